@@ -1,0 +1,272 @@
+"""A guest shell over SSH (paramiko) or the serial console (pexpect), behind one verb API.
+
+Every command runs with a deadline, and every command, its output and exit status go to the
+guest's command log (part of the test bundle).
+
+On the console, each command is framed by two markers that only its own execution can print
+(``@@HH-B-<n>@@`` ... ``@@HH-E-<n>@@ <status>``), so the output and the exit status come back
+reliably even if a prompt, an echo or a stale line sits in between.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Protocol
+
+from .errors import GuestCheckError, GuestDiedError, LabError, WaitTimeout
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    command: str
+    status: int
+    output: str
+    seconds: float
+    channel: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0
+
+
+class Channel(Protocol):
+    name: str
+
+    def exec(self, command: str, timeout: float) -> tuple[int, str]: ...
+
+    def close(self) -> None: ...
+
+
+class ConsoleChannel:
+    """A root shell on the guest's serial console, through QEMU's chardev unix socket."""
+
+    name = "console"
+
+    def __init__(self, socket_path: Path, timeout: float):
+        import pexpect.fdpexpect
+
+        deadline = time.monotonic() + timeout
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(str(socket_path))
+                break
+            except OSError as e:
+                sock.close()
+                if time.monotonic() >= deadline:
+                    raise LabError(f"cannot connect to the serial console {socket_path}: {e}",
+                                   hint="QEMU did not create its console socket; see its output")
+                time.sleep(0.05)  # QEMU has not created the socket yet
+        self._spawn = pexpect.fdpexpect.fdspawn(sock.detach(), encoding="utf-8",
+                                                codec_errors="replace", maxread=65536)
+        self._counter = 0
+        self._lock = threading.Lock()
+
+    def expect(self, pattern: str, timeout: float) -> re.Match:
+        """Wait for ``pattern`` on the console. Raises :class:`WaitTimeout` with the tail seen."""
+        import pexpect
+
+        try:
+            self._spawn.expect(pattern, timeout=max(0.01, timeout))
+        except pexpect.TIMEOUT:
+            raise WaitTimeout(f"console: no {pattern!r} within {timeout:.1f} s",
+                              details="last console output:\n" + _tail(self._spawn.before))
+        except pexpect.EOF:
+            raise GuestDiedError(f"console closed while waiting for {pattern!r} (QEMU exited?)",
+                                 details="last console output:\n" + _tail(self._spawn.before))
+        return self._spawn.match
+
+    def exec(self, command: str, timeout: float) -> tuple[int, str]:
+        with self._lock:
+            self._counter += 1
+            n = self._counter
+            # The markers are printed with a split literal, so an echo of the typed line
+            # (should the terminal echo) can never match them.
+            self._spawn.send(f"echo '@@HH-B-{n}''@@'; ( {command}\n) 2>&1; "
+                             f"echo '@@HH-E-{n}''@@' $?\n")
+            try:
+                self.expect(f"@@HH-B-{n}@@\r?\n", timeout)
+                deadline_left = timeout
+                m = self.expect(f"@@HH-E-{n}@@ (\\d+)\r?\n", deadline_left)
+            except WaitTimeout:
+                self._spawn.send("\x03")  # interrupt the command; the next marker resyncs
+                raise
+            output = self._spawn.before.replace("\r\n", "\n")
+            return int(m.group(1)), output
+
+    def close(self) -> None:
+        try:
+            self._spawn.close()
+        except OSError:
+            pass
+
+
+class SSHChannel:
+    """A root shell over SSH (paramiko) to the guest's forwarded port on loopback."""
+
+    name = "ssh"
+
+    def __init__(self, host: str, port: int, user: str, key_path: Path, timeout: float):
+        import paramiko
+
+        try:
+            key = paramiko.PKey.from_path(str(key_path))
+        except (OSError, paramiko.SSHException) as e:
+            raise LabError(f"cannot load the SSH key {key_path}: {e}",
+                           hint="pass an unencrypted private key with --guest-key") from e
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            client = paramiko.SSHClient()
+            # The guest is a throw-away VM of ours on loopback, with a host key made at boot.
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+            try:
+                # Short per-try timeouts: a guest without an address yet would otherwise hold
+                # each try for the whole connect timeout.
+                client.connect(host, port=port, username=user, pkey=key, timeout=2,
+                               banner_timeout=3, auth_timeout=3, allow_agent=False,
+                               look_for_keys=False)
+                self._client = client
+                return
+            except Exception as e:  # paramiko raises many types while sshd starts
+                last = e
+                client.close()
+                time.sleep(0.2)  # sshd not up yet; retry within the deadline
+        raise WaitTimeout(f"ssh {user}@{host}:{port}: no login within {timeout} s: {last!r}")
+
+    def exec(self, command: str, timeout: float) -> tuple[int, str]:
+        import paramiko
+
+        try:
+            _, stdout, _ = self._client.exec_command(f"( {command}\n) 2>&1", timeout=timeout)
+            chan = stdout.channel
+            deadline = time.monotonic() + timeout
+            chunks = []
+            while True:
+                if chan.recv_ready():
+                    chunks.append(chan.recv(65536))
+                    continue
+                if chan.exit_status_ready() and not chan.recv_ready():
+                    while chan.recv_ready():
+                        chunks.append(chan.recv(65536))
+                    break
+                if time.monotonic() > deadline:
+                    chan.close()
+                    raise WaitTimeout(f"ssh: {command!r} did not finish within {timeout} s",
+                                      details="output so far:\n" + _tail(b"".join(chunks).decode(errors="replace")))
+                chan.status_event.wait(0.05)
+            return chan.recv_exit_status(), b"".join(chunks).decode(errors="replace")
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            raise GuestDiedError(f"ssh connection lost while running {command!r}: {e}") from e
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _tail(text, lines: int = 30) -> str:
+    if not isinstance(text, str):
+        text = str(text)
+    return "\n".join(text.replace("\r\n", "\n").splitlines()[-lines:])
+
+
+class Shell:
+    """The verb API tests use: ``run``, ``succeed``, ``fail``, ``wait_until``.
+
+    Commands go to the preferred channel (SSH when the guest has one); when it drops, for
+    instance because the NIC it used was removed, they go on over the serial console.
+    """
+
+    default_timeout = 30.0
+
+    def __init__(self, log_path: Path, console: ConsoleChannel | None = None):
+        self.console = console
+        self.ssh: SSHChannel | None = None
+        self._log = open(log_path, "a", buffering=1)
+
+    def close(self) -> None:
+        for ch in (self.ssh, self.console):
+            if ch is not None:
+                ch.close()
+        self.ssh = self.console = None
+        self._log.close()
+
+    def _channel(self) -> Channel:
+        ch = self.ssh or self.console
+        if ch is None:
+            raise LabError("the guest has no shell channel", hint="the guest was closed")
+        return ch
+
+    def run(self, command: str, timeout: float | None = None) -> Result:
+        """Run ``command`` in the guest; never raises for a non-zero exit status."""
+        timeout = timeout or self.default_timeout
+        ch = self._channel()
+        t0 = time.monotonic()
+        try:
+            status, output = ch.exec(command, timeout)
+        except GuestDiedError:
+            if ch is self.ssh and self.console is not None:
+                self._log.write(f"### ssh dropped; falling back to the serial console\n")
+                self.ssh.close()
+                self.ssh = None
+                return self.run(command, timeout)
+            raise
+        result = Result(command, status, output, time.monotonic() - t0, ch.name)
+        self._log.write(f"### [{time.strftime('%H:%M:%S')}] ({ch.name}, {result.seconds:.2f} s, "
+                        f"exit {status}) $ {command}\n{output}"
+                        + ("" if output.endswith("\n") or not output else "\n"))
+        return result
+
+    def succeed(self, command: str, timeout: float | None = None) -> str:
+        """Run ``command``; raise :class:`GuestCheckError` unless it exits 0. Returns output."""
+        r = self.run(command, timeout)
+        if not r.ok:
+            raise GuestCheckError(f"guest command failed (exit {r.status}): {command}",
+                                  details="output:\n" + _tail(r.output))
+        return r.output
+
+    def fail(self, command: str, timeout: float | None = None) -> str:
+        """Run ``command``; raise :class:`GuestCheckError` if it exits 0. Returns output."""
+        r = self.run(command, timeout)
+        if r.ok:
+            raise GuestCheckError(f"guest command unexpectedly succeeded: {command}",
+                                  details="output:\n" + _tail(r.output))
+        return r.output
+
+    def wait_until(self, what: str, check: Callable[[], object], timeout: float,
+                   interval: float = 0.1):
+        """Call ``check`` until it returns something truthy, or raise :class:`WaitTimeout`
+        naming ``what`` and the last value (or error) seen."""
+        return wait_until(what, check, timeout, interval)
+
+    def wait_until_succeeds(self, command: str, timeout: float, interval: float = 0.1) -> str:
+        """Run ``command`` until it exits 0; return its output."""
+        def attempt():
+            r = self.run(command, timeout=max(1.0, min(10.0, timeout)))
+            if r.ok:
+                return r.output or "ok"
+            raise GuestCheckError(f"exit {r.status}: {_tail(r.output, 5)}")
+        return wait_until(f"`{command}` to succeed", attempt, timeout, interval)
+
+
+def wait_until(what: str, check: Callable[[], object], timeout: float, interval: float = 0.1):
+    """The one retry helper: poll ``check`` until truthy; on the deadline, say what was awaited
+    and what was last seen."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            value = check()
+            if value:
+                return value
+            last = value
+        except (GuestCheckError, WaitTimeout) as e:
+            last = e
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(f"timed out after {timeout} s waiting for {what}",
+                              details=f"last seen: {last}")
+        time.sleep(interval)  # the condition is re-checked; the deadline bounds the loop

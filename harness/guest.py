@@ -1,0 +1,288 @@
+"""Guest: one object owns one QEMU process and everything it opened.
+
+* the process (tied to its owner's life with PR_SET_PDEATHSIG, so a killed test runner cannot
+  leave it behind), its output log, and its temporary directory (sockets, disk overlays);
+* the QMP :class:`~harness.monitor.Monitor`, run on an event loop in a thread of its own, so test
+  code stays synchronous while the QMP core stays async;
+* the guest :class:`~harness.access.Shell` (serial console, plus SSH when the guest has a
+  management NIC).
+
+``close()`` is idempotent and always reaps: QMP ``quit``, then SIGTERM, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .access import ConsoleChannel, Shell, SSHChannel, _tail
+from .errors import GuestDiedError, HarnessError, ImageError, QemuLaunchError, WaitTimeout
+from .images import GuestImage
+from .machine import GuestSpec, Paths, build_argv, format_argv
+from .monitor import Monitor, UnplugResult
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class Guest:
+    """A running QEMU guest.
+
+    >>> with Guest(GuestSpec(machine="q35"), image, workdir=Path("out")) as g:   # doctest: +SKIP
+    ...     g.device_add("e1000e", "nic0", bus=g.free_bus(), netdev="n0")
+    ...     g.shell.succeed("lspci -nn | grep 8086:10d3")
+    """
+
+    boot_timeout = 60.0
+
+    def __init__(self, spec: GuestSpec, image: GuestImage, *, workdir: Path,
+                 qemu_binary: str = "qemu-system-x86_64", accel: str = "tcg",
+                 name: str = "guest"):
+        self.spec = spec
+        self.image = image
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.qemu_binary = qemu_binary
+        self.accel = accel
+        self.name = name
+        # Sockets live in a short temp dir: unix socket paths are limited to 107 bytes.
+        self._tmp = Path(tempfile.mkdtemp(prefix="hh-"))
+        self.paths = Paths(qmp_socket=self._tmp / "qmp.sock",
+                           console_socket=self._tmp / "console.sock",
+                           serial_log=self.workdir / "serial.log",
+                           disk_overlay=self._tmp / "disk.qcow2" if image.disk else None)
+        self.argv = build_argv(spec, image, self.paths, qemu_binary=qemu_binary, accel=accel,
+                               name=name)
+        self.process: subprocess.Popen | None = None
+        self.monitor: Monitor | None = None
+        self.shell: Shell | None = None
+        self.ssh_port: int | None = None
+        self.boot_seconds: float | None = None
+        self.guest_uptime_at_ready: float | None = None
+        self._used_buses: dict[str, str] = {}  # bus -> device id
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.exit_status: int | None = None
+        (self.workdir / "cmdline.txt").write_text(format_argv(self.argv) + "\n")
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> "Guest":
+        self.launch()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def launch(self) -> "Guest":
+        """Start QEMU, connect QMP and the console, let the guest run, wait until it is ready."""
+        t0 = time.monotonic()
+        try:
+            self._start_process()
+            self._loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                            name=f"qmp-{self.name}")
+            self._thread.start()
+            self.monitor = Monitor(self.workdir / "qmp.jsonl")
+            self._call(self.monitor.connect(str(self.paths.qmp_socket), timeout=15), 20)
+            console = ConsoleChannel(self.paths.console_socket, timeout=10)
+            self.shell = Shell(self.workdir / "commands.log", console)
+            self.qmp("cont")
+            self._wait_ready(t0 + self.boot_timeout)
+        except BaseException as e:
+            output = self.qemu_output()
+            self.close()
+            if isinstance(e, HarnessError) and not isinstance(e, (QemuLaunchError, WaitTimeout, GuestDiedError)):
+                raise
+            raise QemuLaunchError(
+                f"guest {self.name} ({self.spec.label}) did not come up: {e}",
+                hint=getattr(e, "hint", "") or "read QEMU's output and the serial log below",
+                details=f"command line:\n    {format_argv(self.argv)}\nQEMU output:\n{_tail(output)}\n"
+                        f"serial log (last lines):\n{_tail(self.serial_text())}") from e
+        self.boot_seconds = time.monotonic() - t0
+        return self
+
+    def _start_process(self) -> None:
+        if shutil.which(self.qemu_binary) is None and not Path(self.qemu_binary).is_file():
+            raise QemuLaunchError(f"QEMU binary {self.qemu_binary!r} not found",
+                                  hint="install qemu-system-x86 (`make setup`) or pass --qemu-binary")
+        for f in (self.image.kernel, self.image.initrd, self.image.disk):
+            if f is not None and not Path(f).is_file():
+                raise ImageError(f"guest image file {f} does not exist",
+                                 hint="run `make image`, or fix the --guest-* option")
+        if self.image.disk:
+            # A throw-away overlay: the user's image is never written.
+            fmt = self.image.disk_format
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b",
+                            str(Path(self.image.disk).resolve()), str(self.paths.disk_overlay)],
+                           check=True, capture_output=True, timeout=30)
+        self._qemu_log = open(self.workdir / "qemu.log", "wb")
+        self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._qemu_log,
+                                        stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        (self.workdir / "replay.sh").write_text(self._replay_script())
+        os.chmod(self.workdir / "replay.sh", 0o755)
+
+    def _replay_script(self) -> str:
+        """A script that starts the same guest by hand, with an HMP monitor on stdio."""
+        argv = [a for a in self.argv if a != "-S"]
+        out, skip = [], 0
+        for i, a in enumerate(argv):
+            if skip:
+                skip -= 1
+                continue
+            if a in ("-chardev", "-mon") and i + 1 < len(argv) and (
+                    "id=qmp" in argv[i + 1] or "chardev=qmp" in argv[i + 1]):
+                skip = 1
+                continue
+            out.append(a)
+        out += ["-monitor", "unix:./monitor.sock,server=on,wait=off"]
+        text = format_argv(out).replace(str(self.paths.console_socket), "./console.sock")
+        text = text.replace(f"logfile={self.paths.serial_log}", "logfile=./serial-replay.log")
+        return ("#!/bin/sh\n# Start the same guest by hand. Console: socat -,raw,echo=0 "
+                "UNIX-CONNECT:./console.sock\n# Monitor (device_add, info pci): socat - "
+                "UNIX-CONNECT:./monitor.sock\ncd \"$(dirname \"$0\")\"\nexec " + text + "\n")
+
+    def _wait_ready(self, deadline: float) -> None:
+        if self.image.ready_pattern:
+            m = self.shell.console.expect(self.image.ready_pattern, deadline - time.monotonic())
+            if m.groups():
+                try:
+                    self.guest_uptime_at_ready = float(m.group(1))
+                except ValueError:
+                    pass
+        if self.spec.access == "ssh":
+            self.ssh_port = self._forwarded_ssh_port()
+            if self.image.ssh_key is None:
+                raise QemuLaunchError("access=ssh needs an SSH key", hint="pass --guest-key")
+            self.shell.ssh = SSHChannel("127.0.0.1", self.ssh_port, self.image.ssh_user,
+                                        Path(self.image.ssh_key),
+                                        timeout=max(1.0, deadline - time.monotonic()))
+
+    def _forwarded_ssh_port(self) -> int:
+        # hostfwd asked for port 0; the kernel chose a free one, which `info usernet` shows.
+        text = self.hmp("info usernet")
+        m = re.search(r"HOST_FORWARD\]\s+\d+\s+127\.0\.0\.1\s+(\d+)\s+\S+\s+22\b", text)
+        if not m:
+            raise QemuLaunchError("cannot find the forwarded SSH port in `info usernet`",
+                                  details=text)
+        return int(m.group(1))
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def close(self) -> None:
+        """Stop QEMU and release everything. Safe to call any number of times."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.shell is not None:
+            self.shell.close()
+        if self.process is not None:
+            if self.process.poll() is None and self.monitor is not None:
+                try:
+                    self._call(self.monitor.quit(timeout=3), 4)
+                except Exception:
+                    pass  # escalate below
+            for sig, wait in ((None, 3), (signal.SIGTERM, 3), (signal.SIGKILL, 10)):
+                if sig is not None and self.process.poll() is None:
+                    self.process.send_signal(sig)
+                try:
+                    self.process.wait(wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            self.exit_status = self.process.returncode
+            self._qemu_log.close()
+        if self.monitor is not None and self._loop is not None and self._loop.is_running():
+            try:
+                self._call(self.monitor.close(), 6)
+            except Exception:
+                pass
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._thread is not None:
+                self._thread.join(5)
+            self._loop.close()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    # -- QMP (sync facade over the async Monitor) ----------------------------------------------
+
+    def _call(self, coro, timeout: float) -> Any:
+        if self._loop is None or self._closed and coro.__qualname__ not in ("Monitor.quit", "Monitor.close"):
+            coro.close()
+            raise GuestDiedError(f"guest {self.name} is closed")
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            self._raise_if_dead()
+            raise WaitTimeout(f"QMP call did not return within {timeout} s") from None
+        except Exception:
+            self._raise_if_dead()
+            raise
+
+    def _raise_if_dead(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            self.exit_status = self.process.returncode
+            raise GuestDiedError(f"QEMU exited with status {self.process.returncode}",
+                                 details="QEMU output:\n" + _tail(self.qemu_output()))
+
+    def qmp(self, command: str, timeout: float = 30.0, **arguments: Any) -> Any:
+        return self._call(self.monitor.execute(command, arguments, timeout=timeout), timeout + 5)
+
+    def hmp(self, command_line: str, timeout: float = 30.0) -> str:
+        return self._call(self.monitor.hmp(command_line, timeout=timeout), timeout + 5)
+
+    def query_pci(self) -> list[dict]:
+        return self._call(self.monitor.query_pci(), 35)
+
+    def device_add(self, driver: str, device_id: str, **props: Any) -> float:
+        seconds = self._call(self.monitor.device_add(driver, device_id, **props), 35)
+        if "bus" in props:
+            self._used_buses[props["bus"]] = device_id
+        return seconds
+
+    def device_del(self, device_id: str, timeout: float = 20.0, grace: float = 10.0) -> UnplugResult:
+        result = self._call(self.monitor.device_del(device_id, timeout=timeout, grace=grace),
+                            timeout + grace + 15)
+        self._used_buses = {b: d for b, d in self._used_buses.items() if d != device_id}
+        return result
+
+    def free_bus(self) -> str:
+        """A bus a PCI device can be hot-added to now: a free q35 root port, or pc's root bus."""
+        if self.spec.machine == "pc":
+            return "pci.0"
+        for bus in self.spec.hotplug_bus_ids:
+            if bus not in self._used_buses:
+                return bus
+        raise HarnessError(f"all {self.spec.root_ports} root ports of {self.name} are in use",
+                           hint="give the guest more root ports (GuestSpec.root_ports)")
+
+    # -- logs ---------------------------------------------------------------------------------
+
+    def qemu_output(self) -> str:
+        try:
+            return (self.workdir / "qemu.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def serial_text(self) -> str:
+        try:
+            return self.paths.serial_log.read_text(errors="replace")
+        except OSError:
+            return ""

@@ -1,0 +1,226 @@
+"""Async QMP verbs over ``qemu.qmp``: the monitor side of every hotplug.
+
+Every message sent and received, and every event, goes to a JSON-lines transcript with a
+timestamp, so a failure bundle shows exactly what QEMU was told and what it said.
+
+No call waits without a deadline: each verb takes one, or uses ``Monitor.command_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import ConnectError, ExecuteError, QMPClient
+
+from .errors import QemuLaunchError, QMPCommandError, UnplugError
+
+
+@dataclasses.dataclass(frozen=True)
+class UnplugResult:
+    """How a ``device_del`` ended. ``event`` is False when the device left QEMU's device tree
+    without a DEVICE_DELETED event (a QEMU bug the caller must report, not hide)."""
+
+    device_id: str
+    seconds: float
+    event: bool
+
+
+class Monitor:
+    """One QMP connection to one QEMU, with a transcript.
+
+    >>> mon = Monitor(Path("qmp.jsonl"))                                   # doctest: +SKIP
+    >>> await mon.connect("/tmp/hh-x/qmp.sock", timeout=10)                # doctest: +SKIP
+    >>> await mon.device_add("e1000e", "nic0", bus="rp0", netdev="n0")     # doctest: +SKIP
+    >>> (await mon.device_del("nic0", timeout=10)).seconds                 # doctest: +SKIP
+    0.21
+    """
+
+    command_timeout = 30.0
+
+    def __init__(self, transcript: Path):
+        self._qmp = QMPClient("hotplug-harness")
+        self._transcript = open(transcript, "a", buffering=1)
+        self._events_task: asyncio.Task | None = None
+        self.version: dict = {}
+
+    # -- transcript --------------------------------------------------------------------------
+
+    def _record(self, direction: str, message: Any) -> None:
+        if self._transcript.closed:
+            return
+        self._transcript.write(json.dumps({"t": round(time.time(), 6), "dir": direction,
+                                           "msg": message}, default=str) + "\n")
+
+    async def _drain_events(self) -> None:
+        # The client's default listener keeps every event; draining it here both records the
+        # event and keeps that queue from growing for the life of a long-running guest.
+        async for event in self._qmp.events:
+            self._record("event", dict(event))
+
+    # -- connection ---------------------------------------------------------------------------
+
+    async def connect(self, path: str, timeout: float) -> None:
+        """Connect to QEMU's QMP socket, retrying until ``timeout`` while QEMU creates it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await asyncio.wait_for(self._qmp.connect(path), max(0.1, deadline - time.monotonic()))
+                break
+            except (ConnectError, asyncio.TimeoutError) as e:
+                if time.monotonic() >= deadline:
+                    raise QemuLaunchError(f"no QMP connection on {path} within {timeout} s: {e}",
+                                          hint="see QEMU's output below") from e
+                await asyncio.sleep(0.05)  # QEMU has not created the socket yet
+        self._events_task = asyncio.get_running_loop().create_task(self._drain_events())
+        self.version = await self.execute("query-version", timeout=timeout)
+
+    async def close(self) -> None:
+        if self._events_task:
+            self._events_task.cancel()
+            try:
+                await self._events_task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._events_task = None
+        try:
+            await asyncio.wait_for(self._qmp.disconnect(), 5)
+        except Exception:
+            pass  # QEMU is gone or going; the process owner reaps it
+        self._transcript.close()
+
+    # -- commands -----------------------------------------------------------------------------
+
+    async def execute(self, command: str, arguments: dict | None = None, *,
+                      timeout: float | None = None, record: bool = True) -> Any:
+        """Run one QMP command. QEMU's refusal becomes :class:`QMPCommandError`."""
+        arguments = arguments or {}
+        if record:
+            self._record("send", {"execute": command, "arguments": arguments})
+        try:
+            result = await asyncio.wait_for(self._qmp.execute(command, arguments),
+                                            timeout or self.command_timeout)
+        except ExecuteError as e:
+            if record:
+                self._record("recv", {"error": {"class": e.error_class, "desc": e.error.error.desc}})
+            raise QMPCommandError(command, arguments, e.error_class, e.error.error.desc) from e
+        if record:
+            self._record("recv", {"return": result})
+        return result
+
+    async def hmp(self, command_line: str, *, timeout: float | None = None) -> str:
+        """A human monitor command (``info pci``, ``info usb``) as the guide types it."""
+        return await self.execute("human-monitor-command", {"command-line": command_line},
+                                  timeout=timeout)
+
+    async def device_add(self, driver: str, device_id: str, **props: Any) -> float:
+        """``device_add driver,id=device_id,props...``; returns the seconds it took."""
+        t0 = time.monotonic()
+        await self.execute("device_add", {"driver": driver, "id": device_id, **props})
+        return time.monotonic() - t0
+
+    async def _present(self, device_id: str) -> bool:
+        children = await self.execute("qom-list", {"path": "/machine/peripheral"},
+                                      timeout=5, record=False)
+        return any(c["name"] == device_id for c in children)
+
+    async def device_del(self, device_id: str, *, timeout: float, grace: float = 10.0,
+                         poll: float = 0.25) -> UnplugResult:
+        """``device_del`` and wait for this device's DEVICE_DELETED.
+
+        The listener is opened before the command, so a fast unplug cannot be missed. While
+        waiting, the device tree is checked every ``poll`` seconds, so a device that leaves
+        without an event (QEMU 7.2's xhci does) ends the wait at once with ``event=False``.
+
+        On no completion by ``timeout``, one of :class:`UnplugError`'s verdicts:
+        ``guest-slow`` (the event came within ``grace`` after the deadline), ``guest-refused``
+        (DEVICE_UNPLUG_GUEST_ERROR, or no event while QEMU stayed responsive) or ``qemu-stuck``.
+        """
+        names = ("DEVICE_DELETED", "DEVICE_UNPLUG_GUEST_ERROR")
+        with self._qmp.listener(names) as listener:
+            t0 = time.monotonic()
+            await self.execute("device_del", {"id": device_id})
+            deadline = t0 + timeout
+            while True:
+                now = time.monotonic()
+                if now >= deadline:
+                    break
+                try:
+                    event = await asyncio.wait_for(listener.get(), min(poll, deadline - now))
+                except asyncio.TimeoutError:
+                    try:
+                        present = await self._present(device_id)
+                    except asyncio.TimeoutError:
+                        raise UnplugError(device_id, "qemu-stuck",
+                                          f"device_del {device_id}: QEMU stopped answering QMP "
+                                          f"{time.monotonic() - t0:.1f} s after the request",
+                                          hint="QEMU is hung: see its output and the QMP transcript")
+                    if not present:
+                        return UnplugResult(device_id, time.monotonic() - t0, event=False)
+                    continue
+                if event["data"].get("device") != device_id:
+                    continue  # a child object's event, or another device's
+                if event["event"] == "DEVICE_UNPLUG_GUEST_ERROR":
+                    raise UnplugError(device_id, "guest-refused",
+                                      f"device_del {device_id}: the guest reported an error "
+                                      f"(DEVICE_UNPLUG_GUEST_ERROR) after {time.monotonic() - t0:.2f} s",
+                                      hint="check the guest's dmesg in the bundle")
+                return UnplugResult(device_id, time.monotonic() - t0, event=True)
+
+            # Deadline passed. Is QEMU alive? Did the guest answer late?
+            try:
+                event = await asyncio.wait_for(self._late_event(listener, device_id), grace)
+            except asyncio.TimeoutError:
+                event = None
+            waited = time.monotonic() - t0
+            if event is not None and event["event"] == "DEVICE_DELETED":
+                raise UnplugError(device_id, "guest-slow",
+                                  f"device_del {device_id}: DEVICE_DELETED came after {waited:.1f} s, "
+                                  f"past the {timeout} s deadline",
+                                  hint="the guest is slow to release the device; raise the deadline "
+                                       "only if this is expected")
+            try:
+                present = await self._present(device_id)
+            except asyncio.TimeoutError:
+                raise UnplugError(device_id, "qemu-stuck",
+                                  f"device_del {device_id}: no DEVICE_DELETED in {waited:.1f} s and "
+                                  "QEMU no longer answers QMP",
+                                  hint="QEMU is hung: see its output and the QMP transcript")
+            if not present:
+                return UnplugResult(device_id, waited, event=False)
+            raise UnplugError(device_id, "guest-refused",
+                              f"device_del {device_id}: no DEVICE_DELETED in {waited:.1f} s "
+                              f"({timeout} s deadline + {grace} s grace); QEMU answers and the "
+                              "device is still attached, so the guest never released it",
+                              hint="the guest must support PCI hotplug (CONFIG_HOTPLUG_PCI_ACPI / "
+                                   "_PCIE, or modprobe acpiphp on old kernels) and its driver must "
+                                   "let go of the device")
+
+    @staticmethod
+    async def _late_event(listener, device_id: str) -> dict:
+        while True:
+            event = await listener.get()
+            if event["data"].get("device") == device_id:
+                return event
+
+    async def query_pci(self) -> list[dict]:
+        """Every PCI device of the guest, flattened across bridges, each with its ``bus``."""
+        flat: list[dict] = []
+
+        def walk(devices: list[dict], bus: int) -> None:
+            for d in devices:
+                flat.append({**d, "bus": bus})
+                bridge = d.get("pci_bridge")
+                if bridge:
+                    walk(bridge.get("devices", []), bridge["bus"]["secondary"])
+
+        for bus in await self.execute("query-pci"):
+            walk(bus["devices"], bus["bus"])
+        return flat
+
+    async def quit(self, timeout: float) -> None:
+        await self.execute("quit", timeout=timeout)
