@@ -73,6 +73,9 @@ class Guest:
         self.boot_seconds: float | None = None
         self.guest_uptime_at_ready: float | None = None
         self._used_buses: dict[str, str] = {}  # bus -> device id
+        self._counters: dict[str, int] = {}
+        #: State right after boot; a pool reuses the guest only while its state equals this.
+        self.baseline: tuple | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -262,6 +265,16 @@ class Guest:
                             timeout + grace + 15)
         self._used_buses = {b: d for b, d in self._used_buses.items() if d != device_id}
         return result
+
+    def allocate(self, kind: str) -> int:
+        """A number unique within this guest's life for ``kind`` (subnets, disk names...)."""
+        self._counters[kind] = self._counters.get(kind, -1) + 1
+        return self._counters[kind]
+
+    def log_sizes(self) -> dict[str, int]:
+        """Current sizes of the guest's logs, to cut one test's part out of a shared guest's."""
+        return {p.name: p.stat().st_size for p in self.workdir.iterdir()
+                if p.suffix in (".log", ".jsonl")}
 
     def free_bus(self) -> str:
         """A bus a PCI device can be hot-added to now: a free q35 root port, or pc's root bus."""

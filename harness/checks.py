@@ -1,0 +1,119 @@
+"""The guide's checks, from the monitor side and from inside the guest.
+
+Each check waits on a condition with a deadline (never a bare sleep) and, when it fails, says
+what it expected and what it last saw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from . import probes
+from .access import wait_until
+from .errors import GuestCheckError
+
+
+@dataclasses.dataclass(frozen=True)
+class PciFunction:
+    """Where QEMU put a device, as ``query-pci`` reports it."""
+
+    bus: int
+    slot: int
+    function: int
+    vendor: str
+    device: str
+    class_desc: str
+
+    @property
+    def address(self) -> str:
+        """The guest's ``lspci`` address: QEMU reports the bus numbers the guest programmed."""
+        return f"{self.bus:02x}:{self.slot:02x}.{self.function:x}"
+
+    @property
+    def ids(self) -> str:
+        return f"{self.vendor}:{self.device}"
+
+
+def pci_function(guest, device_id: str) -> PciFunction | None:
+    for d in guest.query_pci():
+        if d.get("qdev_id") == device_id:
+            return PciFunction(d["bus"], d["slot"], d["function"], f"{d['id']['vendor']:04x}",
+                               f"{d['id']['device']:04x}", d["class_info"].get("desc", ""))
+    return None
+
+
+def monitor_shows(guest, device_id: str) -> probes.InfoPciEntry:
+    """``info pci`` lists a function with ``id "<device_id>"`` (guide 2.1 step 4)."""
+    text = guest.hmp("info pci")
+    for e in probes.parse_info_pci(text):
+        if e.qdev_id == device_id:
+            return e
+    raise GuestCheckError(f'`info pci` shows no device with id "{device_id}"',
+                          details="ids listed: " + ", ".join(
+                              repr(e.qdev_id) for e in probes.parse_info_pci(text)))
+
+
+def monitor_lacks(guest, device_id: str) -> None:
+    """Neither ``info pci`` nor ``query-pci`` knows ``device_id`` any more."""
+    ids = [e.qdev_id for e in probes.parse_info_pci(guest.hmp("info pci"))]
+    if device_id in ids:
+        raise GuestCheckError(f'`info pci` still shows id "{device_id}" after device_del')
+    if pci_function(guest, device_id) is not None:
+        raise GuestCheckError(f"query-pci still lists {device_id} after device_del")
+
+
+def guest_sees_pci(guest, fn: PciFunction, timeout: float = 10.0) -> probes.LspciEntry:
+    """Guest ``lspci`` shows the function at its address with QEMU's vendor:device ids."""
+    def look():
+        entries = probes.parse_lspci_nn(guest.shell.run(f"lspci -nn -s {fn.address}").output)
+        return next((e for e in entries if e.ids == fn.ids), None)
+    return wait_until(f"guest lspci to show {fn.ids} at {fn.address}", look, timeout)
+
+
+def guest_driver_bound(guest, fn: PciFunction, driver: str, timeout: float = 10.0) -> str:
+    """``lspci -k`` says ``Kernel driver in use: <driver>`` for the function."""
+    def look():
+        info = probes.parse_lspci_k(guest.shell.run(f"lspci -k -s {fn.address}").output)
+        return next((v.get("driver") for v in info.values() if v.get("driver") == driver), None)
+    return wait_until(f"guest driver {driver} to bind {fn.address}", look, timeout)
+
+
+def guest_lacks_pci(guest, fn: PciFunction, timeout: float = 10.0) -> None:
+    """Guest ``lspci`` no longer shows the function (guide 2.1 step 6)."""
+    def gone():
+        entries = probes.parse_lspci_nn(guest.shell.run("lspci -nn").output)
+        return not any(e.slot.endswith(fn.address) and e.ids == fn.ids for e in entries)
+    wait_until(f"guest lspci to stop showing {fn.ids} at {fn.address}", gone, timeout)
+
+
+def net_interfaces(guest) -> set[str]:
+    return set(guest.shell.succeed("ls /sys/class/net").split())
+
+
+def new_interface(guest, before: set[str], timeout: float = 10.0) -> str:
+    """The interface that appeared since ``before`` (found by diffing /sys/class/net)."""
+    def look():
+        new = net_interfaces(guest) - before
+        return sorted(new)[0] if new else None
+    return wait_until("a new network interface in /sys/class/net", look, timeout)
+
+
+def ipv4_address(guest, ifname: str, timeout: float = 20.0) -> str:
+    """The interface's IPv4 address, once DHCP gave it one."""
+    def look():
+        out = guest.shell.run(f"ip -j addr show dev {ifname}").output
+        try:
+            return (probes.ipv4_addresses(out).get(ifname) or [None])[0]
+        except json.JSONDecodeError:
+            return None
+    return wait_until(f"an IPv4 address on {ifname}", look, timeout)
+
+
+def default_gateway(guest, ifname: str) -> str:
+    """The gateway of the interface's default route (the guide's ``route -n``)."""
+    gw = probes.default_gateways(guest.shell.succeed("ip -j route show default")).get(ifname)
+    if not gw:
+        raise GuestCheckError(f"no default route through {ifname}",
+                              details=guest.shell.run("ip route").output)
+    return gw

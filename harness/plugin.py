@@ -1,0 +1,377 @@
+"""The pytest plugin (entry point ``pytest11: hotplug``): options, markers, parametrization,
+fixtures and report hooks. The only module of the harness that imports pytest.
+
+A scenario test declares its role with ``@pytest.mark.scenario("nic")``; the plugin
+parametrizes it over the platforms that role runs on and the devices the backend offers,
+with ids like ``test_nic[emulated-q35-pciehp-e1000e]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from . import accel as accel_mod
+from . import devices, images, report
+from .errors import ConfigError, HarnessError, LabError
+from .images import GuestImage
+from .machine import MACHINES
+from .pool import GuestPool
+from .scenario import ScenarioRun
+
+BACKENDS = ("emulated", "vfio", "lab")
+#: Id parts matched as whole words by -k: "pc" must not select "pciehp" tests.
+EXACT_KEYWORDS = {"pc", "q35"}
+_STASH_SESSION = pytest.StashKey["HarnessSession"]()
+_STASH_REPORTS = pytest.StashKey[dict]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("hotplug", "hotplug-harness")
+    g.addoption("--machine", action="append", choices=MACHINES, default=None,
+                help="machine type(s) to run on; repeat for several (default: pc and q35)")
+    g.addoption("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                help="accelerator: kvm only if the CPU has vmx/svm and a probe boot works "
+                     "(auto, the default), or forced")
+    g.addoption("--qemu-binary", default=os.environ.get("HH_QEMU", "qemu-system-x86_64"),
+                help="QEMU to test (default: qemu-system-x86_64 on PATH, or $HH_QEMU)")
+    g.addoption("--backend", choices=BACKENDS, default="emulated",
+                help="who plays each device role: emulated QEMU models (default), host devices "
+                     "through vfio-pci/usb-host (vfio, needs --inventory), or a nested lab host (lab)")
+    g.addoption("--inventory", default=None, metavar="TOML",
+                help="host device inventory for --backend vfio (see docs/vfio.md)")
+    g.addoption("--report-dir", default="reports", metavar="DIR",
+                help="where run folders and reports/latest go (default: reports)")
+    g.addoption("--keep-bundles", action="store_true",
+                help="keep the per-test bundle of passing tests too (failures always keep theirs)")
+    g.addoption("--no-reuse", action="store_true",
+                help="boot a fresh guest for every test instead of reusing a clean one")
+    g.addoption("--image-cache", default=None, metavar="DIR",
+                help="where the built-in guest image is built and cached "
+                     "(default: fixtures/images/build)")
+    g.addoption("--guest-kernel", default=None, metavar="PATH",
+                help="your guest's kernel (instead of the built-in image)")
+    g.addoption("--guest-initrd", default=None, metavar="PATH", help="your guest's initrd")
+    g.addoption("--guest-append", default="", metavar="ARGS",
+                help="kernel command line for --guest-kernel (include console=ttyS0)")
+    g.addoption("--guest-disk", default=None, metavar="PATH",
+                help="your guest's bootable disk image; it runs on a throw-away overlay")
+    g.addoption("--guest-disk-format", default="qcow2", choices=("qcow2", "raw"),
+                help="format of --guest-disk (default qcow2)")
+    g.addoption("--guest-user", default="root", help="SSH user of your guest (default root)")
+    g.addoption("--guest-key", default=None, metavar="PATH",
+                help="private SSH key that logs into your guest")
+    g.addoption("--guest-ready", default=None, metavar="REGEX",
+                help="what your guest prints on ttyS0 when a root shell is ready there; "
+                     "without it the harness waits for SSH")
+    g.addoption("--guest-access", choices=("console", "ssh"), default=None,
+                help="how tests reach the guest: serial console (default for the built-in "
+                     "image) or SSH over a management NIC (default for your own image)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "scenario(role): a hotplug scenario of the guide; the "
+                            "plugin parametrizes it over platforms and backend devices")
+    config.addinivalue_line("markers", "fault: injects a fault (kills QEMU, panics the guest, ...)")
+    config.addinivalue_line("markers", "slow: takes longer than a minute")
+    if config.option.help:
+        return
+    try:
+        hs = HarnessSession(config)
+    except HarnessError as e:
+        raise pytest.UsageError(str(e)) from e
+    config.stash[_STASH_SESSION] = hs
+    if not hs.worker and not getattr(config.option, "xmlpath", None) and not config.option.collectonly:
+        # Every run writes JUnit XML into its own folder (junitxml reads this after us).
+        config.option.xmlpath = str(hs.run_dir / "junit.xml")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    hs = config.stash.get(_STASH_SESSION, None)
+    return hs.header() if hs else []
+
+
+class HarnessSession:
+    """Per-process state: options, accelerator, image, run folder, guest pool."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        opt = config.option
+        self.worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+        self.backend = opt.backend
+        self.machines = tuple(opt.machine or MACHINES)
+        self.qemu_binary = opt.qemu_binary
+        self.keep_bundles = opt.keep_bundles
+        self.reuse = not opt.no_reuse
+        self._image: GuestImage | None = None
+        self._pool: GuestPool | None = None
+        self.user_image = self._user_image(opt)
+        self.access = opt.guest_access or ("ssh" if self.user_image and not opt.guest_ready else "console")
+        # The controller (or a run without xdist) decides the run folder and the accelerator once;
+        # xdist workers inherit both through the environment.
+        if "HH_RUN_DIR" not in os.environ:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            run_dir = Path(opt.report_dir).resolve() / f"run-{stamp}-{os.getpid()}"
+            os.environ["HH_RUN_DIR"] = str(run_dir)
+        self.run_dir = Path(os.environ["HH_RUN_DIR"])
+        if "HH_ACCEL" not in os.environ:
+            choice = accel_mod.choose(opt.accel, probe=lambda: accel_mod.probe_boot(
+                self.image, self.qemu_binary))
+            os.environ["HH_ACCEL"], os.environ["HH_ACCEL_REASON"] = choice.name, choice.reason
+        self.accel = os.environ["HH_ACCEL"]
+        self.accel_reason = os.environ["HH_ACCEL_REASON"]
+        self.qemu_version = _qemu_version(self.qemu_binary)
+        self.backend_skip = None
+        if self.backend != "emulated":
+            self.backend_skip = (f"--backend {self.backend} is not available in this build yet; "
+                                 f"run with --backend emulated")
+
+    @staticmethod
+    def _user_image(opt) -> GuestImage | None:
+        if not (opt.guest_kernel or opt.guest_disk):
+            if opt.guest_initrd or opt.guest_key or opt.guest_ready:
+                raise pytest.UsageError("--guest-initrd/--guest-key/--guest-ready describe your own "
+                                        "image: also pass --guest-kernel or --guest-disk")
+            return None
+        for flag, value in (("--guest-kernel", opt.guest_kernel), ("--guest-initrd", opt.guest_initrd),
+                            ("--guest-disk", opt.guest_disk), ("--guest-key", opt.guest_key)):
+            if value and not Path(value).is_file():
+                raise pytest.UsageError(f"{flag} {value}: no such file")
+        if not opt.guest_ready and not opt.guest_key:
+            raise pytest.UsageError("your own guest needs a way in: --guest-key (SSH) and/or "
+                                    "--guest-ready REGEX (a root shell on ttyS0)")
+        return GuestImage(kernel=_path(opt.guest_kernel), initrd=_path(opt.guest_initrd),
+                          append=opt.guest_append, disk=_path(opt.guest_disk),
+                          disk_format=opt.guest_disk_format, ssh_user=opt.guest_user,
+                          ssh_key=_path(opt.guest_key), ready_pattern=opt.guest_ready)
+
+    @property
+    def image(self) -> GuestImage:
+        if self._image is None:
+            if self.user_image:
+                self._image = self.user_image
+            else:
+                cache = Path(self.config.option.image_cache or images.DEFAULT_CACHE)
+                self._image = images.ensure_builtin(cache, log=lambda s: None)
+        return self._image
+
+    @property
+    def pool(self) -> GuestPool:
+        if self._pool is None:
+            self._pool = GuestPool(self.image, qemu_binary=self.qemu_binary, accel=self.accel,
+                                   workdir=self.run_dir / "guests", reuse=self.reuse,
+                                   name_prefix=f"{self.worker or 'main'}-g")
+        return self._pool
+
+    def header(self) -> list[str]:
+        image = ("your own: " + ", ".join(str(p) for p in (self.user_image.kernel, self.user_image.disk) if p)
+                 if self.user_image else "built-in Debian guest (fixtures/images)")
+        return [f"hotplug-harness: backend={self.backend} accel={self.accel} ({self.accel_reason})",
+                f"hotplug-harness: qemu={self.qemu_binary} ({self.qemu_version}) machines={','.join(self.machines)} "
+                f"access={self.access}",
+                f"hotplug-harness: image={image}; run folder {self.run_dir}"]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value).resolve() if value else None
+
+
+def _qemu_version(binary: str) -> str:
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"not runnable: {e}"
+    m = re.search(r"version (\S+)", out)
+    return m.group(1) if m else out.strip()[:60]
+
+
+# -- parametrization ---------------------------------------------------------------------------
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("scenario")
+    if marker is None:
+        return
+    hs: HarnessSession = metafunc.config.stash[_STASH_SESSION]
+    role = marker.args[0]
+    platforms = [p for p in devices.PLATFORMS[role] if p.machine in hs.machines]
+    if hs.backend == "emulated":
+        candidates = list(devices.EMULATED[role])
+        marks = []
+    else:
+        candidates = [devices.HotplugDevice()]
+        candidates[0].id = role
+        marks = [pytest.mark.skip(reason=hs.backend_skip)]
+    params = []
+    for platform in platforms:
+        for device in candidates:
+            params.append(pytest.param(platform, device, marks=marks,
+                                       id=f"{hs.backend}-{platform.id}-{device.id}"))
+    metafunc.parametrize(("platform", "device"), params)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _keyword_select_exact(config, items)
+    # Tests that share a guest shape run one after another (and on one xdist worker with
+    # --dist loadgroup), so one clean booted guest serves them all.
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        platform = callspec.params.get("platform") if callspec else None
+        if platform is not None:
+            item.add_marker(pytest.mark.xdist_group(platform.id))
+    items.sort(key=lambda i: (_group_key(i), ))
+
+
+def _group_key(item: pytest.Item) -> str:
+    callspec = getattr(item, "callspec", None)
+    platform = callspec.params.get("platform") if callspec else None
+    return platform.id if platform is not None else ""
+
+
+def _keyword_select_exact(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``-k`` with whole-word matching for machine names, pytest's substring rules otherwise.
+
+    Plain ``-k pc`` would also select every ``q35-pciehp`` test ("pc" is in "pciehp"); a person
+    who types ``-k pc`` means the pc machine.
+    """
+    expr_text = (config.option.keyword or "").strip()
+    words = set(re.findall(r"[\w.-]+", expr_text.lower()))
+    if not expr_text or not words & EXACT_KEYWORDS:
+        return
+    from _pytest.mark import KeywordMatcher
+    from _pytest.mark.expression import Expression
+
+    expr = Expression.compile(expr_text)
+    keep, drop = [], []
+    for item in items:
+        default = KeywordMatcher.from_item(item)
+        callspec = getattr(item, "callspec", None)
+        tokens = set(callspec.id.lower().split("-")) if callspec else set()
+
+        def matcher(ident: str, **_kw) -> bool:
+            if ident.lower() in EXACT_KEYWORDS:
+                return ident.lower() in tokens
+            return default(ident)
+
+        (keep if expr.evaluate(matcher) else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+    config.option.keyword = ""  # already applied; pytest's own pass would undo the exact rule
+
+
+# -- fixtures ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def hotplug_session(request: pytest.FixtureRequest) -> HarnessSession:
+    hs: HarnessSession = request.config.stash[_STASH_SESSION]
+    request.addfinalizer(hs.close)
+    return hs
+
+
+def _bundle_name(nodeid: str) -> str:
+    name = nodeid.split("::", 1)[-1]
+    return re.sub(r"[^A-Za-z0-9_.\[\]-]+", "_", name)[:150]
+
+
+@pytest.fixture
+def hotplug(request: pytest.FixtureRequest, hotplug_session: HarnessSession):
+    """The test's :class:`~harness.scenario.ScenarioRun`: guests, plug/unplug, latencies."""
+    hs = hotplug_session
+    try:
+        pool = hs.pool
+    except HarnessError as e:
+        pytest.fail(f"[{e.kind}] {e}", pytrace=False)
+    run = ScenarioRun(pool, hs.run_dir / "bundles" / _bundle_name(request.node.nodeid),
+                      keep_bundle=hs.keep_bundles)
+    yield run
+    reports = request.node.stash.get(_STASH_REPORTS, {})
+    passed = "call" in reports and reports["call"].passed
+    record = run.finish(passed)
+    request.node.stash[_STASH_RECORD] = record
+    for name, value in record["latencies"].items():
+        request.node.user_properties.append((f"latency.{name}", value))
+
+
+_STASH_RECORD = pytest.StashKey[dict]()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    rep = yield
+    item.stash.setdefault(_STASH_REPORTS, {})[rep.when] = rep
+    if rep.failed and call.excinfo is not None:
+        exc = call.excinfo.value
+        # lab: the host is broken; product: QEMU or the guest misbehaved (a failed assertion
+        # is a product check); harness: a bug in the harness itself.
+        if isinstance(exc, HarnessError):
+            kind = exc.kind
+        else:
+            kind = "product" if isinstance(exc, AssertionError) else "harness"
+        item.user_properties.append(("failure_kind", kind))
+    return rep
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem):
+    yield
+    hs: HarnessSession | None = item.config.stash.get(_STASH_SESSION, None)
+    if hs is None:
+        return
+    reports = item.stash.get(_STASH_REPORTS, {})
+    outcome, reason = report.outcome_of(reports)
+    callspec = getattr(item, "callspec", None)
+    platform = callspec.params.get("platform") if callspec else None
+    device = callspec.params.get("device") if callspec else None
+    record = item.stash.get(_STASH_RECORD, {})
+    report.write_result(hs.run_dir, {
+        "nodeid": item.nodeid,
+        "test": item.originalname if hasattr(item, "originalname") else item.name,
+        "id": callspec.id if callspec else "",
+        "scenario": (item.get_closest_marker("scenario").args[0]
+                     if item.get_closest_marker("scenario") else item.module.__name__.split(".")[-1]),
+        "platform": platform.id if platform else "",
+        "device": device.id if device else "",
+        "backend": hs.backend,
+        "outcome": outcome,
+        "reason": reason,
+        "failure_kind": dict(item.user_properties).get("failure_kind"),
+        "duration": round(sum(r.duration for r in reports.values()), 3),
+        "worker": hs.worker or "main",
+        **record,
+    })
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    hs: HarnessSession | None = session.config.stash.get(_STASH_SESSION, None)
+    if hs is None or hs.worker:
+        return
+    hs.close()
+    if session.config.option.collectonly or not (hs.run_dir / "results").exists():
+        return
+    summary = report.finish_run(hs.run_dir, Path(session.config.option.report_dir).resolve(), {
+        "backend": hs.backend, "accel": hs.accel, "accel_reason": hs.accel_reason,
+        "qemu_binary": hs.qemu_binary, "qemu_version": hs.qemu_version,
+        "image": hs.image.manifest if hs._image else {},
+        "exit_status": int(exitstatus),
+    })
+    tr = session.config.pluginmanager.get_plugin("terminalreporter")
+    if tr is not None:
+        tr.write_sep("=", "hotplug-harness report")
+        for line in report.summary_lines(summary):
+            tr.write_line(line)

@@ -1,0 +1,89 @@
+"""GuestPool: boot a guest per spec, and let the next test reuse it when it is verifiably clean.
+
+A guest goes back to the pool only if the test passed, QEMU is alive, and the guest's state
+(QEMU's device tree, guest lspci/lsusb, network interfaces, block devices, online CPUs and
+memory) equals what it was right after boot. Anything else closes it, so no test ever sees
+another test's leftovers.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Callable
+
+from .guest import Guest
+from .images import GuestImage
+from .machine import GuestSpec
+
+# One command that captures what a test could leave behind in the guest.
+STATE_COMMAND = ("lspci -n; echo --net; ls /sys/class/net; echo --usb; lsusb 2>/dev/null; "
+                 "echo --block; ls /sys/block; echo --cpu; cat /sys/devices/system/cpu/online; "
+                 "echo --mem; grep -h . /sys/devices/system/memory/memory*/online 2>/dev/null | sort | uniq -c")
+
+
+def guest_state(guest: Guest) -> tuple:
+    peripherals = sorted(c["name"] for c in guest.qmp("qom-list", path="/machine/peripheral"))
+    return tuple(peripherals), guest.shell.succeed(STATE_COMMAND, timeout=15)
+
+
+class GuestPool:
+    def __init__(self, image: GuestImage, *, qemu_binary: str, accel: str, workdir: Path,
+                 reuse: bool = True, name_prefix: str = "g", log: Callable[[str], None] = lambda s: None):
+        self.image = image
+        self.qemu_binary = qemu_binary
+        self.accel = accel
+        self.workdir = Path(workdir)
+        self.reuse = reuse
+        self.log = log
+        self._names = (f"{name_prefix}{i}" for i in itertools.count(1))
+        self._idle: dict[GuestSpec, tuple[Guest, tuple]] = {}
+        self.booted: list[Guest] = []
+
+    def acquire(self, spec: GuestSpec, image: GuestImage | None = None) -> Guest:
+        image = image or self.image
+        idle = self._idle.pop(spec, None)
+        if idle is not None and idle[0].image == image:
+            return idle[0]
+        if idle is not None:
+            idle[0].close()
+        name = next(self._names)
+        guest = Guest(spec, image, workdir=self.workdir / f"{name}-{spec.label}",
+                      qemu_binary=self.qemu_binary, accel=self.accel, name=name)
+        self.booted.append(guest)
+        guest.launch()
+        guest.baseline = guest_state(guest) if self.reuse else None
+        self.log(f"booted {name} ({spec.label}) in {guest.boot_seconds:.2f} s")
+        return guest
+
+    def discard_idle(self, spec: GuestSpec) -> None:
+        idle = self._idle.pop(spec, None)
+        if idle is not None:
+            idle[0].close()
+
+    def release(self, guest: Guest, *, clean_exit: bool) -> str:
+        """Give a guest back. Returns why it was kept or closed (for the test's bundle)."""
+        if not (self.reuse and clean_exit and guest.alive() and guest.baseline is not None):
+            guest.close()
+            return "closed (test failed, reuse off, or QEMU gone)"
+        try:
+            state = guest_state(guest)
+        except Exception as e:  # any failure to read state means: do not trust this guest
+            guest.close()
+            return f"closed (could not read its state: {e})"
+        if state != guest.baseline:
+            guest.close()
+            return "closed (state differs from the clean baseline)"
+        # Keep one idle guest per spec; the previous idle one of this spec is replaced.
+        old = self._idle.pop(guest.spec, None)
+        if old is not None:
+            old[0].close()
+        self._idle[guest.spec] = (guest, guest.baseline)
+        return "kept for reuse (state equals the clean baseline)"
+
+    def close(self) -> None:
+        for guest, _ in self._idle.values():
+            guest.close()
+        self._idle.clear()
+        for guest in self.booted:
+            guest.close()

@@ -1,0 +1,186 @@
+"""Pure parsers of the tool output the guide checks with: guest ``lspci -nn``/``-k``, ``lsusb``,
+``fdisk -l``, ``ip -j``, and the monitor's ``info pci`` / ``info usb``.
+
+Each takes text and returns plain data; each is unit-tested on real captured output
+(``tests/unit/data/``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+
+
+@dataclasses.dataclass(frozen=True)
+class LspciEntry:
+    slot: str          # "00:1f.2" or "0000:00:1f.2" (as printed)
+    class_name: str    # "SATA controller"
+    class_id: str      # "0106"
+    description: str   # "Intel Corporation 82801IR/IO/IH ... [AHCI mode]"
+    vendor: str        # "8086"
+    device: str        # "2922"
+
+    @property
+    def ids(self) -> str:
+        return f"{self.vendor}:{self.device}"
+
+
+_LSPCI_NN = re.compile(
+    r"^(?P<slot>(?:[0-9a-f]{4}:)?[0-9a-f]{2}:[0-9a-f]{2}\.[0-7])\s+(?P<cls>.+?)\s+\[(?P<cid>[0-9a-f]{4})\]:\s+"
+    r"(?P<desc>.*?)\s*\[(?P<ven>[0-9a-f]{4}):(?P<dev>[0-9a-f]{4})\](?:\s+\(rev [0-9a-f]+\))?"
+    r"(?:\s+\(prog-if [^)]*\))?\s*$")
+
+
+def parse_lspci_nn(text: str) -> list[LspciEntry]:
+    """``lspci -nn`` (optionally ``-D``) lines; indented ``-k``/``-v`` detail lines are skipped."""
+    out = []
+    for line in text.splitlines():
+        m = _LSPCI_NN.match(line.rstrip())
+        if m:
+            out.append(LspciEntry(m["slot"], m["cls"], m["cid"], m["desc"], m["ven"], m["dev"]))
+    return out
+
+
+def parse_lspci_k(text: str) -> dict[str, dict[str, str]]:
+    """``lspci -k`` (any of -nn/-D/-s): slot -> {"driver": ..., "modules": ..., "line": ...}."""
+    out: dict[str, dict[str, str]] = {}
+    current = None
+    for line in text.splitlines():
+        if line and not line[0].isspace():
+            current = line.split(" ", 1)[0]
+            out[current] = {"line": line.strip()}
+        elif current is not None:
+            m = re.match(r"\s+Kernel (driver in use|modules):\s*(.*)$", line)
+            if m:
+                out[current]["driver" if m[1].startswith("driver") else "modules"] = m[2].strip()
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class LsusbEntry:
+    bus: int
+    device: int
+    vendor: str
+    product: str
+    name: str
+
+    @property
+    def ids(self) -> str:
+        return f"{self.vendor}:{self.product}"
+
+
+_LSUSB = re.compile(r"^Bus (\d+) Device (\d+): ID ([0-9a-f]{4}):([0-9a-f]{4})\s?(.*)$")
+
+
+def parse_lsusb(text: str) -> list[LsusbEntry]:
+    out = []
+    for line in text.splitlines():
+        m = _LSUSB.match(line.strip())
+        if m:
+            out.append(LsusbEntry(int(m[1]), int(m[2]), m[3], m[4], m[5].strip()))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class InfoPciEntry:
+    bus: int
+    device: int
+    function: int
+    class_name: str    # "Ethernet controller"
+    ids: str           # "8086:10d3"
+    qdev_id: str       # "nic0", "" for unnamed
+
+
+_INFO_PCI_HEAD = re.compile(r"^\s*Bus\s+(\d+), device\s+(\d+), function (\d+):\s*$")
+_INFO_PCI_CLASS = re.compile(r"^\s*(.+?): PCI device ([0-9a-f]{4}:[0-9a-f]{4})\s*$")
+_INFO_PCI_ID = re.compile(r'^\s*id "(.*)"\s*$')
+
+
+def parse_info_pci(text: str) -> list[InfoPciEntry]:
+    """HMP ``info pci``: one entry per function, with its qdev ``id``."""
+    out: list[InfoPciEntry] = []
+    head = cls = None
+    for line in text.splitlines():
+        if m := _INFO_PCI_HEAD.match(line):
+            head, cls = (int(m[1]), int(m[2]), int(m[3])), None
+        elif head and cls is None and (m := _INFO_PCI_CLASS.match(line)):
+            cls = (m[1], m[2])
+        elif head and cls and (m := _INFO_PCI_ID.match(line)):
+            out.append(InfoPciEntry(*head, cls[0], cls[1], m[1]))
+            head = cls = None
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class InfoUsbEntry:
+    address: str   # "0.2"
+    port: str
+    speed: str     # "12 Mb/s"
+    product: str
+    qdev_id: str
+
+
+_INFO_USB = re.compile(r"^\s*Device (\S+), Port (\S+), Speed ([^,]+), Product (.*?)(?:, ID: (\S*))?\s*$")
+
+
+def parse_info_usb(text: str) -> list[InfoUsbEntry]:
+    """HMP ``info usb`` (the ``ID:`` field appeared in QEMU 5.x; older output has none)."""
+    out = []
+    for line in text.splitlines():
+        m = _INFO_USB.match(line)
+        if m:
+            out.append(InfoUsbEntry(m[1], m[2], m[3].strip(), m[4], m[5] or ""))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class FdiskDisk:
+    device: str    # "/dev/sda"
+    size_bytes: int
+    sectors: int
+
+
+_FDISK_DISK = re.compile(r"^Disk (/dev/\S+): .*?, (\d+) bytes, (\d+) sectors", re.M)
+_FDISK_DISK_OLD = re.compile(r"^Disk (/dev/\S+): .*?, (\d+) bytes\s*$", re.M)
+
+
+def parse_fdisk_l(text: str) -> list[FdiskDisk]:
+    """``fdisk -l``: util-linux (``..., N bytes, M sectors``) and the guide's older form."""
+    disks = [FdiskDisk(m[1], int(m[2]), int(m[3])) for m in _FDISK_DISK.finditer(text)]
+    seen = {d.device for d in disks}
+    for m in _FDISK_DISK_OLD.finditer(text):
+        if m[1] not in seen:
+            disks.append(FdiskDisk(m[1], int(m[2]), int(m[2]) // 512))
+    return disks
+
+
+def ipv4_addresses(ip_j_addr: str) -> dict[str, list[str]]:
+    """``ip -j addr``: interface -> its IPv4 addresses with prefix (``10.0.3.15/24``)."""
+    out: dict[str, list[str]] = {}
+    for link in json.loads(ip_j_addr or "[]"):
+        out[link["ifname"]] = [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", [])
+                               if a.get("family") == "inet"]
+    return out
+
+
+def default_gateways(ip_j_route: str) -> dict[str, str]:
+    """``ip -j route``: interface -> gateway of its default route."""
+    out: dict[str, str] = {}
+    for r in json.loads(ip_j_route or "[]"):
+        if r.get("dst") == "default" and "gateway" in r:
+            out.setdefault(r["dev"], r["gateway"])
+    return out
+
+
+def parse_events(text: str) -> list[tuple[float, list[str]]]:
+    """The built-in guest's /run/hh/events log: ``<uptime> <word> <word>...`` per line."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2:
+            try:
+                out.append((float(parts[0]), parts[1:]))
+            except ValueError:
+                continue
+    return out

@@ -1,0 +1,178 @@
+"""Run reports: one JSON record per test (written by whichever process ran it), then, at the
+end of the run, ``summary.json`` for machines and a self-contained ``report.html`` for people,
+in the run's folder and copied to ``reports/latest/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
+
+
+def outcome_of(reports: dict) -> tuple[str, str]:
+    """(outcome, reason) from a test's setup/call/teardown pytest reports."""
+    for when in ("setup", "call", "teardown"):
+        rep = reports.get(when)
+        if rep is None:
+            continue
+        if hasattr(rep, "wasxfail"):
+            return ("xfailed" if rep.skipped else "xpassed"), str(rep.wasxfail)
+        if rep.skipped:
+            reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+            return "skipped", reason.removeprefix("Skipped: ")
+        if rep.failed:
+            crash = getattr(rep.longrepr, "reprcrash", None)
+            message = crash.message if crash is not None else str(rep.longrepr)
+            return ("failed" if when == "call" else "error"), message[:2000]
+    return "passed", ""
+
+
+def write_result(run_dir: Path, record: dict) -> None:
+    out = run_dir / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha1(record["nodeid"].encode()).hexdigest()[:16] + ".json"
+    (out / name).write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+
+def load_results(run_dir: Path) -> list[dict]:
+    return sorted((json.loads(p.read_text()) for p in (run_dir / "results").glob("*.json")),
+                  key=lambda r: r["nodeid"])
+
+
+def latency_stats(results: list[dict]) -> dict[str, dict]:
+    """Per latency name (``nic0.device_del_to_event``, with the device id folded out):
+    count, median and max over the run's tests."""
+    values: dict[str, list[float]] = {}
+    for r in results:
+        for name, v in (r.get("latencies") or {}).items():
+            key = f"{r['scenario']}.{name.split('.', 1)[-1]}"
+            values.setdefault(key, []).append(v)
+    return {k: {"n": len(v), "median": round(statistics.median(v), 4), "max": round(max(v), 4)}
+            for k, v in sorted(values.items())}
+
+
+def finish_run(run_dir: Path, report_root: Path, meta: dict) -> dict:
+    results = load_results(run_dir)
+    counts = {o: sum(r["outcome"] == o for r in results) for o in OUTCOMES}
+    boots = [g["boot_seconds"] for r in results for g in r.get("guests", [])
+             if g.get("boot_seconds") and g["after_test"]]
+    summary = {
+        "run": run_dir.name,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **meta,
+        "counts": counts,
+        "wall_seconds": None,
+        "latencies": latency_stats(results),
+        "tests": results,
+    }
+    durations = [r["duration"] for r in results]
+    summary["test_seconds_total"] = round(sum(durations), 2)
+    summary["boot_seconds_median"] = round(statistics.median(boots), 3) if boots else None
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (run_dir / "report.html").write_text(render_html(summary))
+    latest = report_root / "latest"
+    if latest.is_symlink() or latest.is_file():
+        latest.unlink()
+    elif latest.exists():
+        shutil.rmtree(latest)
+    shutil.copytree(run_dir, latest, ignore=shutil.ignore_patterns("guests"))
+    summary["html"] = str(run_dir / "report.html")
+    summary["latest"] = str(latest / "report.html")
+    return summary
+
+
+def summary_lines(summary: dict) -> list[str]:
+    c = summary["counts"]
+    lines = [f"backend {summary['backend']}, accel {summary['accel']}, QEMU {summary['qemu_version']}: "
+             + ", ".join(f"{n} {o}" for o, n in c.items() if n)]
+    for r in summary["tests"]:
+        if r["outcome"] in ("failed", "error"):
+            kind = f"[{r.get('failure_kind') or '?'}] "
+            lines.append(f"  {r['outcome'].upper()} {kind}{r['nodeid']}: {r['reason'].splitlines()[0][:160] if r['reason'] else ''}")
+            if r.get("bundle"):
+                lines.append(f"      bundle: {r['bundle']}")
+    lines.append(f"report: {summary['html']}")
+    lines.append(f"        {summary['latest']} (copy of the newest run)")
+    return lines
+
+
+# -- HTML ------------------------------------------------------------------------------------------
+
+_CSS = """
+body{font:14px/1.45 system-ui,sans-serif;margin:2em;color:#1d2330;max-width:1200px}
+h1{font-size:22px;margin:0 0 .2em} h2{font-size:17px;margin:1.6em 0 .5em}
+.meta{color:#555} table{border-collapse:collapse;margin:.5em 0}
+th,td{border:1px solid #d5d9e0;padding:4px 9px;text-align:left;vertical-align:top}
+th{background:#f1f3f7} .passed{background:#dff3e3} .failed,.error{background:#f9dcdc}
+.skipped{background:#f4f1dc} .xfailed{background:#e6e9f7} .xpassed{background:#f9e6cc}
+.badge{display:inline-block;padding:1px 8px;border-radius:9px;margin-right:6px;font-weight:600}
+td.num{text-align:right;font-variant-numeric:tabular-nums} small{color:#555}
+code{background:#f1f3f7;padding:0 3px}
+"""
+
+
+def _cell(results: list[dict]) -> str:
+    if not results:
+        return "<td></td>"
+    parts = []
+    worst = next((o for o in ("failed", "error", "xpassed", "skipped", "xfailed", "passed")
+                  if any(r["outcome"] == o for r in results)), "passed")
+    for r in results:
+        label = html.escape(r["device"] or r["id"] or r["test"])
+        title = html.escape(r["reason"] or r["outcome"])
+        link = f' <a href="bundles/{html.escape(Path(r["bundle"]).name)}/">bundle</a>' if r.get("bundle") else ""
+        parts.append(f'<span title="{title}">{label}: {r["outcome"]}</span>{link}')
+    return f'<td class="{worst}">' + "<br>".join(parts) + "</td>"
+
+
+def render_html(summary: dict) -> str:
+    tests = summary["tests"]
+    scenarios = sorted({r["scenario"] for r in tests})
+    platforms = sorted({r["platform"] for r in tests})
+    c = summary["counts"]
+    badges = "".join(f'<span class="badge {o}">{n} {o}</span>' for o, n in c.items() if n)
+    image = summary.get("image") or {}
+    rows = []
+    for s in scenarios:
+        cells = "".join(_cell([r for r in tests if r["scenario"] == s and r["platform"] == p])
+                        for p in platforms)
+        rows.append(f"<tr><th>{html.escape(s)}</th>{cells}</tr>")
+    matrix = (f"<table><tr><th>scenario \\ platform ({html.escape(summary['backend'])})</th>"
+              + "".join(f"<th>{html.escape(p or '-')}</th>" for p in platforms) + "</tr>"
+              + "".join(rows) + "</table>")
+    lat = "".join(f'<tr><td>{html.escape(k)}</td><td class="num">{v["n"]}</td>'
+                  f'<td class="num">{v["median"]:.3f}</td><td class="num">{v["max"]:.3f}</td></tr>'
+                  for k, v in summary["latencies"].items())
+    detail = []
+    for r in tests:
+        reason = html.escape(r["reason"] or "")
+        notes = "".join(f"<br><small>note: {html.escape(n)}</small>" for n in r.get("notes", []))
+        link = f'<a href="bundles/{html.escape(Path(r["bundle"]).name)}/">bundle</a>' if r.get("bundle") else ""
+        kind = f" [{r['failure_kind']}]" if r.get("failure_kind") else ""
+        detail.append(f'<tr class="{r["outcome"]}"><td><code>{html.escape(r["nodeid"])}</code></td>'
+                      f'<td>{r["outcome"]}{kind}</td><td class="num">{r["duration"]:.1f}</td>'
+                      f'<td>{reason}{notes}</td><td>{link}</td></tr>')
+    return f"""<!doctype html><html><head><meta charset="utf-8">
+<title>hotplug-harness {html.escape(summary['run'])}</title><style>{_CSS}</style></head><body>
+<h1>hotplug-harness qualification report</h1>
+<p class="meta">run <b>{html.escape(summary['run'])}</b>, finished {html.escape(summary['finished_at'])}<br>
+backend <b>{html.escape(summary['backend'])}</b> &middot; accelerator <b>{html.escape(summary['accel'])}</b>
+<small>({html.escape(summary.get('accel_reason', ''))})</small><br>
+QEMU <b>{html.escape(str(summary['qemu_version']))}</b> <small>{html.escape(summary['qemu_binary'])}</small>
+&middot; guest kernel <b>{html.escape(str(image.get('kernel_version', 'user image')))}</b>
+&middot; median guest boot {summary.get('boot_seconds_median')} s</p>
+<p>{badges}</p>
+<h2>Matrix</h2>{matrix}
+<h2>Hotplug latencies (seconds)</h2>
+<table><tr><th>scenario.measure</th><th>n</th><th>median</th><th>max</th></tr>{lat}</table>
+<h2>Tests</h2>
+<table><tr><th>test</th><th>outcome</th><th>s</th><th>reason / notes</th><th></th></tr>{''.join(detail)}</table>
+</body></html>
+"""

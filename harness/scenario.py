@@ -1,0 +1,121 @@
+"""ScenarioRun: what one test uses -- guests from the pool, devices it plugs, latencies it
+records -- and the bundle it leaves behind.
+
+Knows nothing of pytest: the plugin creates one per test and calls :meth:`finish`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from .access import _tail
+from .devices import HotplugDevice, Plugged
+from .guest import Guest
+from .images import GuestImage
+from .machine import GuestSpec
+from .pool import GuestPool
+
+
+class ScenarioRun:
+    def __init__(self, pool: GuestPool, bundle_dir: Path, *, keep_bundle: bool = False):
+        self.pool = pool
+        self.bundle_dir = Path(bundle_dir)
+        self.keep_bundle = keep_bundle
+        self.guests: list[tuple[Guest, dict[str, int]]] = []
+        self.plugged: list[tuple[Guest, Plugged]] = []
+        self.latencies: dict[str, float] = {}
+        self.notes: list[str] = []
+        self.fresh_only = False
+
+    # -- what tests call ------------------------------------------------------------------------
+
+    def guest(self, spec: GuestSpec, image: GuestImage | None = None, *, fresh: bool = False) -> Guest:
+        """A booted guest of this shape. ``fresh``: a new one, never given to another test
+        (for scenarios that leave changes no check can undo, such as an onlined CPU)."""
+        if fresh:
+            self.fresh_only = True
+            self.pool.discard_idle(spec)
+        guest = self.pool.acquire(spec, image)
+        self.guests.append((guest, guest.log_sizes()))
+        return guest
+
+    def plug(self, guest: Guest, device: HotplugDevice, device_id: str) -> Plugged:
+        plugged = device.plug(guest, device_id)
+        self.plugged.append((guest, plugged))
+        self.record(f"{device_id}.device_add", plugged.add_seconds)
+        return plugged
+
+    def unplug(self, guest: Guest, plugged: Plugged, timeout: float = 20.0):
+        result = plugged.device.unplug(guest, plugged, timeout=timeout)
+        self.record(f"{plugged.device_id}.device_del_to_event", result.seconds)
+        return result
+
+    def record(self, name: str, seconds: float) -> None:
+        self.latencies[name] = round(seconds, 4)
+
+    def note(self, text: str) -> None:
+        """A line for the report (e.g. a QEMU anomaly the test verified around)."""
+        self.notes.append(text)
+
+    # -- end of test ---------------------------------------------------------------------------
+
+    def finish(self, passed: bool) -> dict:
+        """Undo what is left, write the bundle, give guests back. Returns the test's record."""
+        cleanup_errors = []
+        for guest, plugged in reversed(self.plugged):
+            if plugged.removed or not guest.alive():
+                if not plugged.removed:
+                    plugged.device.cleanup(guest, plugged)  # host-side state must still go back
+                continue
+            try:
+                plugged.device.unplug(guest, plugged, timeout=10)
+            except Exception as e:  # the test already failed or will be marked failed
+                cleanup_errors.append(f"unplug {plugged.device_id}: {e}")
+                try:
+                    plugged.device.cleanup(guest, plugged)
+                except Exception as e2:
+                    cleanup_errors.append(f"cleanup {plugged.device_id}: {e2}")
+        keep = self.keep_bundle or not passed or bool(cleanup_errors)
+        guests = []
+        for guest, marks in self.guests:
+            if keep:
+                self._bundle_guest(guest, marks, passed)
+            reusable = passed and not cleanup_errors and not self.fresh_only
+            verdict = self.pool.release(guest, clean_exit=reusable)
+            guests.append({"name": guest.name, "spec": guest.spec.label,
+                           "boot_seconds": round(guest.boot_seconds or 0, 3),
+                           "after_test": verdict, "qemu_exit_status": guest.exit_status})
+        record = {"latencies": self.latencies, "notes": self.notes, "guests": guests,
+                  "cleanup_errors": cleanup_errors,
+                  "bundle": str(self.bundle_dir) if keep else None}
+        if keep:
+            self.bundle_dir.mkdir(parents=True, exist_ok=True)
+            (self.bundle_dir / "record.json").write_text(json.dumps(record, indent=2) + "\n")
+        return record
+
+    def _bundle_guest(self, guest: Guest, marks: dict[str, int], passed: bool) -> None:
+        out = self.bundle_dir / guest.name
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("cmdline.txt", "replay.sh"):
+            if (guest.workdir / name).exists():
+                shutil.copy2(guest.workdir / name, out / name)
+        if not passed and guest.alive():
+            for cmd, fname in (("dmesg", "dmesg.txt"), ("cat /run/hh/events", "events.txt")):
+                try:
+                    (out / fname).write_text(guest.shell.run(cmd, timeout=10).output)
+                except Exception as e:
+                    (out / fname).write_text(f"could not read: {e}\n")
+        # This test's slice of each log of a guest that may have served other tests before.
+        for path in guest.workdir.iterdir():
+            if path.suffix not in (".log", ".jsonl"):
+                continue
+            with open(path, "rb") as f:
+                f.seek(marks.get(path.name, 0))
+                (out / path.name).write_bytes(f.read())
+        status = guest.process.poll() if guest.process else None
+        if status is not None:
+            (out / "qemu-exit.txt").write_text(
+                f"QEMU exit status: {status}\nlast output:\n{_tail(guest.qemu_output())}\n")
