@@ -117,3 +117,75 @@ def default_gateway(guest, ifname: str) -> str:
         raise GuestCheckError(f"no default route through {ifname}",
                               details=guest.shell.run("ip route").output)
     return gw
+
+
+# -- USB ---------------------------------------------------------------------------------------
+
+
+def lsusb(guest) -> list[probes.LsusbEntry]:
+    # lsusb exits 1 when the guest has no USB bus at all; that is an empty list, not an error.
+    return probes.parse_lsusb(guest.shell.run("lsusb").output)
+
+
+def guest_usb_appears(guest, before: list[probes.LsusbEntry], product: str,
+                      timeout: float = 10.0) -> probes.LsusbEntry:
+    """A new ``lsusb`` entry named ``product`` (matched by name: tablet and mouse share an ID)."""
+    old = {(e.bus, e.device) for e in before}
+
+    def look():
+        return next((e for e in lsusb(guest) if (e.bus, e.device) not in old and product in e.name), None)
+    return wait_until(f"guest lsusb to show a new '{product}'", look, timeout)
+
+
+def guest_usb_gone(guest, entry: probes.LsusbEntry, timeout: float = 10.0) -> None:
+    def gone():
+        return not any((e.bus, e.device, e.ids) == (entry.bus, entry.device, entry.ids)
+                       for e in lsusb(guest))
+    wait_until(f"guest lsusb to stop showing Bus {entry.bus:03d} Device {entry.device:03d} "
+               f"{entry.name}", gone, timeout)
+
+
+def _info_usb_match(entries, device_id: str, product: str):
+    # `info usb` names the qdev id since QEMU 5.x; older ones only the product.
+    return [e for e in entries if e.qdev_id == device_id or (not e.qdev_id and e.product == product)]
+
+
+def monitor_usb_shows(guest, device_id: str, product: str) -> probes.InfoUsbEntry:
+    """``info usb`` lists the device (guide 2.2 step 4)."""
+    entries = probes.parse_info_usb(guest.hmp("info usb"))
+    found = _info_usb_match(entries, device_id, product)
+    if not found:
+        raise GuestCheckError(f"`info usb` does not list {device_id} ({product})",
+                              details="listed: " + "; ".join(f"{e.product} {e.qdev_id}" for e in entries))
+    if found[0].product != product:
+        raise GuestCheckError(f"`info usb` names {device_id} '{found[0].product}', expected '{product}'")
+    return found[0]
+
+
+def monitor_usb_lacks(guest, device_id: str, product: str) -> None:
+    if _info_usb_match(probes.parse_info_usb(guest.hmp("info usb")), device_id, product):
+        raise GuestCheckError(f"`info usb` still lists {device_id} after device_del")
+
+
+# -- disks -------------------------------------------------------------------------------------
+
+
+def disks(guest) -> list[probes.FdiskDisk]:
+    return probes.parse_fdisk_l(guest.shell.succeed("fdisk -l"))
+
+
+def new_disk(guest, before: list[probes.FdiskDisk], size_bytes: int | None,
+             timeout: float = 15.0) -> probes.FdiskDisk:
+    """A disk ``fdisk -l`` did not list before, of ``size_bytes`` (any size if None)."""
+    old = {d.device for d in before}
+
+    def look():
+        return next((d for d in disks(guest) if d.device not in old
+                     and (size_bytes is None or d.size_bytes == size_bytes)), None)
+    what = f"a new {size_bytes}-byte disk" if size_bytes else "a new disk"
+    return wait_until(f"{what} in the guest's fdisk -l", look, timeout)
+
+
+def disk_gone(guest, disk: probes.FdiskDisk, timeout: float = 10.0) -> None:
+    wait_until(f"{disk.device} to leave the guest's fdisk -l",
+               lambda: all(d.device != disk.device for d in disks(guest)), timeout)

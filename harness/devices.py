@@ -94,14 +94,150 @@ class EmulatedNic(HotplugDevice):
         guest.qmp("netdev_del", id=plugged.facts["netdev"])
 
 
+def _disk_image(path, size: int) -> None:
+    """A sparse raw disk with an MBR of two partitions (Linux, swap), like the guide's /dev/sdb,
+    so the guest's ``fdisk -l`` has partitions to list."""
+    sectors = size // 512
+    half = sectors // 2
+    entries = b""
+    for start, count, ptype in ((2048, half - 2048, 0x83), (half, sectors - half, 0x82)):
+        entries += bytes([0, 0xFE, 0xFF, 0xFF, ptype, 0xFE, 0xFF, 0xFF]) + start.to_bytes(4, "little") \
+            + count.to_bytes(4, "little")
+    mbr = bytearray(512)
+    mbr[440:444] = (0x48480001).to_bytes(4, "little")  # disk identifier
+    mbr[446:446 + len(entries)] = entries
+    mbr[510:512] = b"\x55\xaa"
+    with open(path, "wb") as f:
+        f.write(mbr)
+        f.truncate(size)
+
+
+def _add_disk(guest, node: str, size: int) -> None:
+    path = guest.scratch_path(f"{node}.raw")
+    _disk_image(path, size)
+    guest.qmp("blockdev-add", driver="raw", **{"node-name": node},
+              file={"driver": "file", "filename": str(path)})
+
+
+def _del_disk(guest, node: str) -> None:
+    guest.qmp("blockdev-del", **{"node-name": node})
+    guest.scratch_path(f"{node}.raw").unlink(missing_ok=True)
+
+
+class EmulatedUsbDevice(HotplugDevice):
+    """A QEMU USB device on the guest's USB bus; usb-storage brings a disk."""
+
+    role = "usb-device"
+
+    def __init__(self, id: str, driver: str, product: str, monitor_product: str,
+                 disk_bytes: int = 0):
+        self.id = id
+        self.driver = driver
+        self.product = product                  # as the guest's lsusb names it
+        self.monitor_product = monitor_product  # as `info usb` names it
+        self.disk_bytes = disk_bytes
+
+    def plug(self, guest, device_id: str) -> Plugged:
+        props = {}
+        facts = {"product": self.product, "monitor_product": self.monitor_product}
+        if self.disk_bytes:
+            node = f"{device_id}-disk"
+            _add_disk(guest, node, self.disk_bytes)
+            props["drive"] = node
+            facts.update(disk_node=node, disk_bytes=self.disk_bytes)
+        seconds = guest.device_add(self.driver, device_id, **props)
+        return Plugged(device_id, self, seconds, facts=facts)
+
+    def cleanup(self, guest, plugged: Plugged) -> None:
+        if "disk_node" in plugged.facts:
+            _del_disk(guest, plugged.facts["disk_node"])
+
+
+class EmulatedUsbController(HotplugDevice):
+    """A whole USB host controller (a PCI device) with a USB tablet plugged in behind it."""
+
+    role = "usb-controller"
+
+    def __init__(self, id: str, driver: str, guest_driver: str):
+        self.id = id
+        self.driver = driver
+        self.guest_driver = guest_driver
+
+    def plug(self, guest, device_id: str) -> Plugged:
+        bus = guest.free_bus()
+        seconds = guest.device_add(self.driver, device_id, bus=bus)
+        behind = f"{device_id}-tablet"
+        guest.device_add("usb-tablet", behind, bus=f"{device_id}.0")
+        return Plugged(device_id, self, seconds, bus,
+                       facts={"behind_id": behind, "behind_product": "QEMU USB Tablet"})
+
+
+class EmulatedSataController(HotplugDevice):
+    """The guide's SATA controller: ich9-ahci, at slot 6 on pc's root bus as in the guide.
+
+    QEMU cannot hot-add a disk onto an AHCI bus (``Bus 'sata.0' does not support
+    hotplugging``) nor hot-add a controller that already has one, so the disk half of the
+    guide's check is played by a SCSI disk on a hot-added virtio-scsi controller: the guest sees
+    it through the same SCSI disk layer (``sd``, ``/dev/sdX``) that an AHCI disk uses.
+    """
+
+    role = "sata-controller"
+    id = "ich9-ahci"
+    guest_driver = "ahci"
+    disk_bytes = 64 << 20
+
+    def plug(self, guest, device_id: str) -> Plugged:
+        bus = guest.free_bus()
+        where = {"addr": "0x06"} if bus == "pci.0" else {}
+        seconds = guest.device_add("ich9-ahci", device_id, bus=bus, **where)
+        hba, disk, node = f"{device_id}-hba", f"{device_id}-disk", f"{device_id}-disk0"
+        guest.device_add("virtio-scsi-pci", hba, bus=guest.free_bus())
+        _add_disk(guest, node, self.disk_bytes)
+        guest.device_add("scsi-hd", disk, bus=f"{hba}.0", drive=node)
+        return Plugged(device_id, self, seconds, bus,
+                       facts={"disk_bytes": self.disk_bytes, "disk_carrier": [disk, hba],
+                              "disk_node": node,
+                              "disk_note": "disk on a hot-added virtio-scsi controller: QEMU "
+                                           "cannot hot-add a disk onto AHCI"})
+
+    def cleanup(self, guest, plugged: Plugged) -> None:
+        for carrier in plugged.facts["disk_carrier"]:
+            guest.device_del(carrier, timeout=20)
+        _del_disk(guest, plugged.facts["disk_node"])
+
+
 EMULATED = {
     "nic": (
         # The guide's NIC is an Intel one: e1000e (82574L) stands in for it.
         EmulatedNic("e1000e", "e1000e", guest_driver="e1000e"),
         EmulatedNic("virtio-net", "virtio-net-pci", guest_driver="virtio-pci"),
     ),
+    "usb-device": (
+        EmulatedUsbDevice("tablet", "usb-tablet", "QEMU QEMU USB Tablet", "QEMU USB Tablet"),
+        EmulatedUsbDevice("mouse", "usb-mouse", "QEMU QEMU USB Mouse", "QEMU USB Mouse"),
+        EmulatedUsbDevice("storage", "usb-storage", "QEMU QEMU USB HARDDRIVE", "QEMU USB MSD",
+                          disk_bytes=32 << 20),
+    ),
+    "usb-controller": (
+        EmulatedUsbController("qemu-xhci", "qemu-xhci", guest_driver="xhci_hcd"),
+        EmulatedUsbController("usb-ehci", "usb-ehci", guest_driver="ehci-pci"),
+    ),
+    "sata-controller": (EmulatedSataController(),),
 }
+
+#: USB devices: the guide's ``-usb`` bus (UHCI on pc, EHCI+UHCI on q35) and a qemu-xhci bus.
+USB_PLATFORMS = (Platform("pc-uhci", "pc", usb="default"), Platform("q35-ehci", "q35", usb="default"),
+                 Platform("q35-xhci", "q35", usb="xhci"))
+#: CPU and memory hot-add: the machine type is the only axis.
+MACHINE_PLATFORMS = (Platform("pc", "pc"), Platform("q35", "q35"))
 
 PLATFORMS = {
     "nic": PCI_PLATFORMS,
+    "usb-controller": PCI_PLATFORMS,
+    "sata-controller": PCI_PLATFORMS,
+    "usb-device": USB_PLATFORMS,
+    "cpu": MACHINE_PLATFORMS,
+    "memory": MACHINE_PLATFORMS,
 }
+#: Roles a host device can play (through --backend vfio); cpu and memory are always QEMU's.
+DEVICE_ROLES = ("nic", "usb-device", "usb-controller", "sata-controller")

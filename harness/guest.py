@@ -76,6 +76,8 @@ class Guest:
         self._counters: dict[str, int] = {}
         #: State right after boot; a pool reuses the guest only while its state equals this.
         self.baseline: tuple | None = None
+        #: The guide's section 1 checks, run once per guest (see harness.prereq).
+        self.prerequisites: list | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -270,6 +272,10 @@ class Guest:
         """A number unique within this guest's life for ``kind`` (subnets, disk names...)."""
         self._counters[kind] = self._counters.get(kind, -1) + 1
         return self._counters[kind]
+
+    def scratch_path(self, name: str) -> Path:
+        """A path in the guest's temporary directory (removed when the guest closes)."""
+        return self._tmp / name
 
     def log_sizes(self) -> dict[str, int]:
         """Current sizes of the guest's logs, to cut one test's part out of a shared guest's."""

@@ -294,6 +294,12 @@ def _add_modules(root: Path, kroot: Path, kver: str, wanted: tuple[str, ...]) ->
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(by_name[key], dest / rel)
     # busybox's modprobe ignores modules.dep, so init insmods this list, dependencies first.
+    # The real depmod, run from the new root with its own loader and libraries, writes the
+    # indexes libkmod needs (lspci -k prints "Kernel modules:" from them).
+    _run([str(root / "usr/lib64/ld-linux-x86-64.so.2"), "--library-path",
+          str(root / "usr/lib/x86_64-linux-gnu"), "--argv0", "depmod", str(root / "usr/bin/kmod"),
+          "-b", str(root), kver],
+         "depmod")
     (root / "etc/hh").mkdir(parents=True, exist_ok=True)
     (root / "etc/hh/modules").write_text(
         "".join(f"{by_name[k].relative_to(src)}\n" for k in order))

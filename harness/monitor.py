@@ -41,6 +41,8 @@ class Monitor:
     """
 
     command_timeout = 30.0
+    #: How long a device that left the device tree may take to send DEVICE_DELETED.
+    settle_seconds = 2.0
 
     def __init__(self, transcript: Path):
         self._qmp = QMPClient("hotplug-harness")
@@ -67,6 +69,8 @@ class Monitor:
     async def connect(self, path: str, timeout: float) -> None:
         """Connect to QEMU's QMP socket, retrying until ``timeout`` while QEMU creates it."""
         deadline = time.monotonic() + timeout
+        while not Path(path).exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)  # QEMU creates the socket early in its start-up
         while True:
             try:
                 await asyncio.wait_for(self._qmp.connect(path), max(0.1, deadline - time.monotonic()))
@@ -160,7 +164,7 @@ class Monitor:
                                           f"{time.monotonic() - t0:.1f} s after the request",
                                           hint="QEMU is hung: see its output and the QMP transcript")
                     if not present:
-                        return UnplugResult(device_id, time.monotonic() - t0, event=False)
+                        return await self._settle(listener, device_id, t0)
                     continue
                 if event["data"].get("device") != device_id:
                     continue  # a child object's event, or another device's
@@ -191,7 +195,7 @@ class Monitor:
                                   "QEMU no longer answers QMP",
                                   hint="QEMU is hung: see its output and the QMP transcript")
             if not present:
-                return UnplugResult(device_id, waited, event=False)
+                return await self._settle(listener, device_id, t0)
             raise UnplugError(device_id, "guest-refused",
                               f"device_del {device_id}: no DEVICE_DELETED in {waited:.1f} s "
                               f"({timeout} s deadline + {grace} s grace); QEMU answers and the "
@@ -199,6 +203,16 @@ class Monitor:
                               hint="the guest must support PCI hotplug (CONFIG_HOTPLUG_PCI_ACPI / "
                                    "_PCIE, or modprobe acpiphp on old kernels) and its driver must "
                                    "let go of the device")
+
+    async def _settle(self, listener, device_id: str, t0: float) -> UnplugResult:
+        """The device has left the device tree. QEMU emits DEVICE_DELETED when the device is
+        finalized, which can trail its removal from the tree (RCU), so give the event a moment
+        before concluding that it never comes."""
+        try:
+            await asyncio.wait_for(self._late_event(listener, device_id), self.settle_seconds)
+            return UnplugResult(device_id, time.monotonic() - t0, event=True)
+        except asyncio.TimeoutError:
+            return UnplugResult(device_id, time.monotonic() - t0, event=False)
 
     @staticmethod
     async def _late_event(listener, device_id: str) -> dict:

@@ -184,3 +184,13 @@ def parse_events(text: str) -> list[tuple[float, list[str]]]:
             except ValueError:
                 continue
     return out
+
+
+def meminfo_kb(text: str) -> dict[str, int]:
+    """/proc/meminfo: field -> kB."""
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"^(\w+):\s+(\d+)", line)
+        if m:
+            out[m[1]] = int(m[2])
+    return out

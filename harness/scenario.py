@@ -11,6 +11,7 @@ import shutil
 import time
 from pathlib import Path
 
+from . import prereq
 from .access import _tail
 from .devices import HotplugDevice, Plugged
 from .guest import Guest
@@ -29,20 +30,46 @@ class ScenarioRun:
         self.latencies: dict[str, float] = {}
         self.notes: list[str] = []
         self.fresh_only = False
+        self.prerequisites: list = []
 
     # -- what tests call ------------------------------------------------------------------------
 
-    def guest(self, spec: GuestSpec, image: GuestImage | None = None, *, fresh: bool = False) -> Guest:
+    def guest(self, spec: GuestSpec, image: GuestImage | None = None, *, fresh: bool = False,
+              check_prerequisites: bool = True) -> Guest:
         """A booted guest of this shape. ``fresh``: a new one, never given to another test
-        (for scenarios that leave changes no check can undo, such as an onlined CPU)."""
+        (for scenarios that leave changes no check can undo, such as an onlined CPU).
+
+        The guide's section 1 prerequisites are checked once per guest; a missing one raises
+        :class:`~harness.prereq.PrerequisiteError` naming it."""
         if fresh:
             self.fresh_only = True
             self.pool.discard_idle(spec)
         guest = self.pool.acquire(spec, image)
         self.guests.append((guest, guest.log_sizes()))
+        if check_prerequisites:
+            if guest.prerequisites is None:
+                guest.prerequisites = prereq.check_guest(guest, machine=spec.machine,
+                                                         pci_hotplug=spec.pci_hotplug)
+            self.prerequisites = guest.prerequisites
+            missing = [c for c in guest.prerequisites if not c.ok]
+            if missing:
+                raise prereq.PrerequisiteError(
+                    "guest prerequisite missing (guide section 1): "
+                    + "; ".join(f"{c.name}: {c.detail}" for c in missing),
+                    hint="use a guest kernel with PCI hotplug support and the device's driver")
         return guest
 
+    def require_driver(self, guest: Guest, driver: str | None) -> None:
+        """Fail with the reason, before any hotplug, if the guest lacks the device's driver."""
+        if not driver:
+            return
+        check = prereq.check_driver(guest, driver)
+        if not check.ok:
+            raise prereq.PrerequisiteError(f"guest prerequisite missing: {check.detail}",
+                                           hint=f"install or build the {driver} driver in the guest")
+
     def plug(self, guest: Guest, device: HotplugDevice, device_id: str) -> Plugged:
+        self.require_driver(guest, device.guest_driver)
         plugged = device.plug(guest, device_id)
         self.plugged.append((guest, plugged))
         self.record(f"{device_id}.device_add", plugged.add_seconds)
@@ -89,6 +116,8 @@ class ScenarioRun:
                            "boot_seconds": round(guest.boot_seconds or 0, 3),
                            "after_test": verdict, "qemu_exit_status": guest.exit_status})
         record = {"latencies": self.latencies, "notes": self.notes, "guests": guests,
+                  "prerequisites": [f"{c.name}: {'ok' if c.ok else 'MISSING'} ({c.detail})"
+                                    for c in self.prerequisites],
                   "cleanup_errors": cleanup_errors,
                   "bundle": str(self.bundle_dir) if keep else None}
         if keep:

@@ -1,0 +1,44 @@
+# Quick start (Debian 12, as root):  make qualify   |   make test
+# Every target installs what it is missing first, and is safe to run again.
+
+PY      := .venv/bin/python
+PYTEST  := .venv/bin/pytest
+STAMP   := .venv/.installed
+# Two guests at once is where 2 cores stop gaining (see bench/ and the README).
+JOBS    ?= 2
+PYTEST_ARGS ?=
+
+.PHONY: setup image qualify test unit bench doctor clean
+
+setup: $(STAMP)
+	@sh .ci/install-host-packages
+
+$(STAMP): pyproject.toml
+	@sh .ci/install-host-packages
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+image: setup
+	$(PY) -m harness image build
+
+# The main job: the whole scenario matrix on the built-in guest with emulated devices.
+qualify: image
+	$(PYTEST) tests/scenarios -n $(JOBS) --dist loadgroup $(PYTEST_ARGS)
+
+# The project's own test suite: unit tests, the scenarios, the fault-injection tests.
+test: image
+	$(PYTEST) -n $(JOBS) --dist loadgroup $(PYTEST_ARGS)
+
+unit: setup
+	$(PYTEST) tests/unit $(PYTEST_ARGS)
+
+bench: image
+	$(PY) bench/bench.py
+
+doctor: setup
+	$(PY) -m harness doctor
+
+clean:
+	rm -rf reports/run-* reports/latest fixtures/images/build

@@ -1,0 +1,52 @@
+"""``python -m harness``: the harness's commands outside pytest.
+
+    image build|path   build the built-in guest image (cached), or print where it is
+    doctor             check this host's prerequisites for the vfio backend
+    discover           list the host devices that could play each role
+    restore            give back host devices a killed run left on vfio-pci
+    compare OLD NEW    compare the latencies of two runs' summary.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import HarnessError
+
+
+def _image(argv: list[str]) -> int:
+    from . import images
+
+    p = argparse.ArgumentParser(prog="python -m harness image")
+    p.add_argument("action", choices=("build", "path"))
+    p.add_argument("--cache", default=str(images.DEFAULT_CACHE))
+    args = p.parse_args(argv)
+    from pathlib import Path
+
+    image = images.ensure_builtin(Path(args.cache))
+    if args.action == "path":
+        print(image.kernel.parent)
+    else:
+        print(f"image ready: {image.kernel.parent} (kernel {image.manifest['kernel_version']}, "
+              f"built in {image.manifest['build_seconds']} s)")
+    return 0
+
+
+COMMANDS = {"image": _image}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__.strip())
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except HarnessError as e:
+        print(f"error [{e.kind}]: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

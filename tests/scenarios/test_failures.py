@@ -1,0 +1,92 @@
+"""The failure cases: each asserts QEMU's exact refusal, or the harness's verdict, and that the
+guest was left as it was."""
+
+import re
+import time
+
+import pytest
+
+from harness import checks
+from harness.devices import PCI_PLATFORMS, Platform
+from harness.errors import QMPCommandError, UnplugError
+
+PC, Q35 = PCI_PLATFORMS[0], PCI_PLATFORMS[1]
+NO_USB = [pytest.param(PC, id="pc"), pytest.param(Q35, id="q35-acpi")]
+
+
+def refused(guest, command: str, **arguments) -> QMPCommandError:
+    with pytest.raises(QMPCommandError) as info:
+        guest.qmp(command, **arguments)
+    return info.value
+
+
+@pytest.mark.parametrize("platform", NO_USB)
+def test_usb_device_without_usb_bus(hotplug, platform):
+    """A USB device into a guest started without ``-usb``: QEMU refuses, naming the missing bus."""
+    guest = hotplug.guest(platform.spec())
+    err = refused(guest, "device_add", driver="usb-tablet", id="tab0")
+    assert re.fullmatch(r"No '?usb-bus'? bus found for device '?usb-tablet'?", err.qemu_desc), err.qemu_desc
+    assert checks.lsusb(guest) == []
+
+
+@pytest.mark.parametrize("platform", [pytest.param(Q35, id="q35-acpi")])
+def test_pci_device_on_q35_root_bus(hotplug, platform):
+    """q35's root bus (pcie.0) takes no hotplug: devices go into a root port."""
+    guest = hotplug.guest(platform.spec())
+    err = refused(guest, "device_add", driver="e1000e", id="nic0", bus="pcie.0")
+    assert err.qemu_desc == "Bus 'pcie.0' does not support hotplugging", err.qemu_desc
+    assert checks.pci_function(guest, "nic0") is None
+
+
+@pytest.mark.parametrize("platform", NO_USB)
+def test_device_del_unknown_id(hotplug, platform):
+    """``device_del`` of an id nobody added."""
+    guest = hotplug.guest(platform.spec())
+    err = refused(guest, "device_del", id="nosuchdev")
+    assert err.qemu_desc == "Device 'nosuchdev' not found", err.qemu_desc
+
+
+@pytest.mark.parametrize("platform", NO_USB)
+def test_duplicate_id(hotplug, platform):
+    """A second ``device_add`` with an id already in use is refused; the first device stays."""
+    guest = hotplug.guest(platform.spec())
+    bus = guest.free_bus()
+    guest.device_add("e1000e", "nic0", bus=bus)
+    try:
+        err = refused(guest, "device_add", driver="virtio-net-pci", id="nic0",
+                      bus=guest.free_bus() if platform.machine == "q35" else bus)
+        assert re.fullmatch(r"Duplicate (device )?ID 'nic0'( for device)?", err.qemu_desc), err.qemu_desc
+        assert checks.monitor_shows(guest, "nic0").ids == "8086:10d3"
+    finally:
+        guest.device_del("nic0")
+
+
+@pytest.mark.parametrize("platform", [pytest.param(PC, id="pc")])
+def test_slot_already_taken(hotplug, platform):
+    """A device at ``addr=0x06`` on pc while the guide's SATA controller sits there."""
+    guest = hotplug.guest(platform.spec())
+    guest.device_add("ich9-ahci", "sata", bus="pci.0", addr="0x06")
+    try:
+        err = refused(guest, "device_add", driver="e1000e", id="nic0", bus="pci.0", addr="0x06")
+        assert re.fullmatch(r"PCI: slot 6 function 0 not available for e1000e, in use by "
+                            r"ich9-ahci(,id=sata)?", err.qemu_desc), err.qemu_desc
+    finally:
+        guest.device_del("sata")
+
+
+@pytest.mark.parametrize("platform", [pytest.param(PC, id="pc")])
+def test_unplug_refused_by_guest(hotplug, platform):
+    """A guest booted with ``acpi=off`` never answers pc's ACPI eject request. ``device_del``
+    must end, within its deadline, with the verdict "guest-refused" while QEMU stays
+    responsive, not hang; the guest is not reused."""
+    guest = hotplug.guest(platform.spec(kernel_args=("acpi=off",)), fresh=True,
+                          check_prerequisites=False)
+    guest.device_add("e1000e", "nic0", bus=guest.free_bus())
+    t0 = time.monotonic()
+    with pytest.raises(UnplugError) as info:
+        guest.device_del("nic0", timeout=5, grace=2)
+    elapsed = time.monotonic() - t0
+    assert info.value.verdict == "guest-refused", str(info.value)
+    assert elapsed < 12, f"the verdict took {elapsed:.1f} s; deadline 5 s + grace 2 s"
+    assert checks.pci_function(guest, "nic0") is not None, "QEMU removed the device anyway"
+    hotplug.note(f"verdict '{info.value.verdict}' after {elapsed:.1f} s: {info.value.message}")
