@@ -294,6 +294,9 @@ def _add_modules(root: Path, kroot: Path, kver: str, wanted: tuple[str, ...]) ->
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(by_name[key], dest / rel)
     # busybox's modprobe ignores modules.dep, so init insmods this list, dependencies first.
+    for f in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
+        if (src / f).exists():
+            shutil.copy2(src / f, dest / f)
     # The real depmod, run from the new root with its own loader and libraries, writes the
     # indexes libkmod needs (lspci -k prints "Kernel modules:" from them).
     _run([str(root / "usr/lib64/ld-linux-x86-64.so.2"), "--library-path",

@@ -1,0 +1,94 @@
+"""Pure pieces of the image builder: cpio writer, ELF readers, kernel extraction, recipe."""
+
+import io
+import lzma
+import os
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import images
+from harness.errors import ImageError
+
+
+def read_cpio(data: bytes) -> dict[str, tuple[int, int, int, bytes]]:
+    """name -> (mode, uid, gid, data) of a newc archive (an independent reader)."""
+    out, off = {}, 0
+    while True:
+        assert data[off:off + 6] == b"070701"
+        fields = [int(data[off + 6 + 8 * i: off + 14 + 8 * i], 16) for i in range(13)]
+        mode, uid, gid, size, namesize = fields[1], fields[2], fields[3], fields[6], fields[11]
+        name = data[off + 110: off + 110 + namesize - 1].decode()
+        off += 110 + namesize
+        off += -off % 4
+        body = data[off: off + size]
+        off += size + (-size % 4)
+        if name == "TRAILER!!!":
+            return out
+        out[name] = (mode, uid, gid, body)
+
+
+def test_cpio_roundtrip_with_links_and_root_owner(tmp_path):
+    root = tmp_path / "root"
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/bin/tool").write_bytes(b"#!/bin/sh\necho hi\n")
+    os.chmod(root / "usr/bin/tool", 0o755)
+    (root / "bin").symlink_to("usr/bin")
+    buf = io.BytesIO()
+    images.write_cpio(root, buf)
+    entries = read_cpio(buf.getvalue())
+    assert entries["usr/bin/tool"][3] == b"#!/bin/sh\necho hi\n"
+    assert entries["usr/bin/tool"][0] & 0o777 == 0o755
+    assert entries["bin"][3] == b"usr/bin" and entries["bin"][0] & 0o170000 == 0o120000
+    assert all(uid == 0 and gid == 0 for _, uid, gid, _ in entries.values())
+    assert "bin/tool" not in entries  # a symlinked dir is stored as the link, not walked
+
+
+def test_elf_needed_reads_a_real_binary():
+    needed = images.elf_needed(Path(sys.executable).resolve().read_bytes())
+    assert any(n.startswith("libc.so") for n in needed) or needed == []
+
+
+def test_elf_sections_refuses_non_elf():
+    with pytest.raises(ValueError):
+        images.elf_sections(b"not an elf")
+
+
+def test_extract_vmlinux():
+    payload = b"\x7fELF" + b"\0" * 100
+    bz = b"MZ header" + lzma.compress(payload, format=lzma.FORMAT_XZ) + b"trailing"
+    assert images.extract_vmlinux(bz) == payload
+    with pytest.raises(ImageError, match="no xz payload"):
+        images.extract_vmlinux(b"plain")
+
+
+def test_recipe_digest_changes_with_any_file(tmp_path):
+    (tmp_path / "overlay").mkdir()
+    (tmp_path / "recipe.toml").write_text('kernel_package="k"\npackages=["a"]\nmodules=[]\n')
+    (tmp_path / "overlay/init").write_text("one")
+    r = images.Recipe.load(tmp_path)
+    first = r.digest()
+    (tmp_path / "overlay/init").write_text("two")
+    assert images.Recipe.load(tmp_path).digest() != first
+
+
+def test_recipe_unknown_key_is_refused(tmp_path):
+    (tmp_path / "recipe.toml").write_text('kernel_package="k"\npackages=[]\nmodules=[]\npackage=["x"]\n')
+    with pytest.raises(ImageError, match=r"unknown keys \['package'\]"):
+        images.Recipe.load(tmp_path)
+
+
+def test_incomplete_image_dir_says_how_to_rebuild(tmp_path):
+    (tmp_path / "vmlinux").write_bytes(b"x")
+    with pytest.raises(ImageError, match="make image"):
+        images.image_from_dir(tmp_path)
+
+
+def test_corrupt_manifest(tmp_path):
+    for n in ("vmlinux", "initrd.cpio", "id_ecdsa"):
+        (tmp_path / n).write_bytes(b"x")
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(ImageError, match="corrupt manifest"):
+        images.image_from_dir(tmp_path)

@@ -1,0 +1,50 @@
+"""Test ids select what a person expects (STYLE habit 7): run pytest's collection on the real
+scenario suite and look at what each -k picks."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def collect(*args: str) -> list[str]:
+    p = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "tests/scenarios", *args],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert p.returncode in (0, 5), p.stdout + p.stderr
+    return [line for line in p.stdout.splitlines() if "::" in line]
+
+
+@pytest.fixture(scope="module")
+def everything():
+    return collect()
+
+
+def test_pc_selects_no_q35_and_q35_no_pc(everything):
+    pc, q35 = collect("-k", "pc"), collect("-k", "q35")
+    assert pc and q35
+    assert not [t for t in pc if "q35" in t], "a q35 test among -k pc"
+    assert not [t for t in q35 if "[pc" in t or "-pc-" in t], "a pc test among -k q35"
+    assert any("pciehp" in t for t in q35)
+    assert set(pc) | set(q35) == set(everything)
+
+
+@pytest.mark.parametrize("word, module", [("nic", "test_nic.py"), ("sata", "test_sata.py"),
+                                          ("cpu", "test_cpu.py"), ("memory", "test_memory.py")])
+def test_scenario_words(word, module):
+    picked = collect("-k", word)
+    assert picked and all(module in t for t in picked), picked
+
+
+def test_usb_and_pciehp(everything):
+    usb = collect("-k", "usb")
+    assert usb and all("usb" in t.lower() for t in usb)
+    assert {t for t in everything if "test_usb.py" in t} <= set(usb)
+    assert all("pciehp" in t for t in collect("-k", "pciehp"))
+
+
+def test_boolean_expressions_keep_exact_words():
+    picked = collect("-k", "nic and pc and not virtio")
+    assert picked == ["tests/scenarios/test_nic.py::test_nic[emulated-pc-e1000e]"]
