@@ -164,6 +164,13 @@ class SSHChannel:
         except (paramiko.SSHException, OSError, EOFError) as e:
             raise GuestDiedError(f"ssh connection lost while running {command!r}: {e}") from e
 
+    def alive(self, timeout: float = 3.0) -> bool:
+        """Whether the SSH link still carries a command (``true``) within ``timeout``."""
+        try:
+            return self.exec("true", timeout)[0] == 0
+        except (GuestDiedError, WaitTimeout):
+            return False
+
     def close(self) -> None:
         self._client.close()
 
@@ -208,9 +215,12 @@ class Shell:
         t0 = time.monotonic()
         try:
             status, output = ch.exec(command, timeout)
-        except GuestDiedError:
-            if ch is self.ssh and self.console is not None:
-                self._log.write(f"### ssh dropped; falling back to the serial console\n")
+        except (GuestDiedError, WaitTimeout) as e:
+            # A removed management NIC leaves the SSH session hanging, not closed: tell a dead
+            # link from a slow command by asking the link for a trivial command.
+            if ch is self.ssh and self.console is not None and not self.ssh.alive():
+                self._log.write(f"### ssh link is dead ({type(e).__name__}); falling back to the "
+                                f"serial console and running the command there\n")
                 self.ssh.close()
                 self.ssh = None
                 return self.run(command, timeout)

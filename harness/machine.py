@@ -98,7 +98,9 @@ def build_argv(spec: GuestSpec, boot: GuestImage, paths: Paths, *, qemu_binary: 
                accel: str, name: str = "guest") -> list[str]:
     """The complete QEMU command line for ``spec``. The guest starts paused (``-S``): the caller
     connects QMP and the console first, so not one byte of console output is lost."""
-    argv = [qemu_binary, "-name", name, "-S", "-nodefaults", "-no-user-config",
+    # -no-reboot: a guest that panics (panic=-1) or reboots makes QEMU exit, so a dead guest is
+    # seen at once as an exit status instead of a silent reboot.
+    argv = [qemu_binary, "-name", name, "-S", "-nodefaults", "-no-user-config", "-no-reboot",
             "-display", "none", "-machine", spec.machine, "-accel", accel,
             "-cpu", "host" if accel == "kvm" else "max"]
 

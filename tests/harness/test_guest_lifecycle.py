@@ -1,0 +1,144 @@
+"""The Guest itself, end to end on real QEMU: access channels, clean shutdown, launch errors,
+and QEMU or the guest dying under a test."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.access import wait_until
+from harness.errors import GuestDiedError, ImageError, QemuLaunchError
+from harness.guest import Guest
+from harness.images import GuestImage
+from harness.machine import GuestSpec
+
+
+@pytest.fixture
+def boot(hotplug_session, tmp_path):
+    """Boot guests of the built-in image; every one is closed at the end, whatever happens."""
+    guests = []
+
+    def start(spec: GuestSpec, image: GuestImage | None = None, **kw) -> Guest:
+        g = Guest(spec, image or hotplug_session.image, workdir=tmp_path / f"g{len(guests)}",
+                  qemu_binary=hotplug_session.qemu_binary, accel=hotplug_session.accel, **kw)
+        guests.append(g)
+        return g.launch()
+
+    yield start
+    for g in guests:
+        g.close()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def test_ssh_access_and_fallback_to_console(boot):
+    """Over SSH (paramiko) commands return output and exit status; when the management NIC is
+    removed under the session, commands go on over the serial console."""
+    g = boot(GuestSpec(machine="pc", access="ssh"))  # on pc the management NIC can be unplugged
+    assert g.shell.ssh is not None and g.ssh_port
+    r = g.shell.run("echo out; echo err >&2; exit 3")
+    assert (r.status, r.channel) == (3, "ssh")
+    assert r.output.split() == ["out", "err"]
+    g.device_del("mgmt0")
+    r = g.shell.run("ls /sys/class/net", timeout=10)
+    assert r.channel == "console" and r.output.split() == ["lo"]
+    assert g.shell.ssh is None
+    assert "falling back to the serial console" in (g.workdir / "commands.log").read_text()
+
+
+def test_console_framing_survives_a_timeout(boot):
+    """A command that outlives its deadline is interrupted; the next command still gets its own
+    output and status."""
+    g = boot(GuestSpec(machine="pc"))
+    with pytest.raises(Exception, match="within 1.0 s"):
+        g.shell.run("sleep 30", timeout=1.0)
+    r = g.shell.run("echo after; false")
+    assert (r.output.strip(), r.status) == ("after", 1)
+
+
+def test_close_reaps_and_removes_everything(boot):
+    g = boot(GuestSpec(machine="pc"))
+    pid, tmp = g.process.pid, g._tmp
+    assert pid_alive(pid) and (tmp / "qmp.sock").exists()
+    g.close()
+    g.close()  # idempotent
+    assert not pid_alive(pid)
+    assert not tmp.exists()
+    assert g.exit_status == 0  # QMP quit: a clean exit
+
+
+def test_launch_failure_shows_command_line_and_qemu_output(hotplug_session, tmp_path):
+    bogus = tmp_path / "not-a-kernel"
+    bogus.write_bytes(b"\0" * 512)
+    g = Guest(GuestSpec(machine="pc"), GuestImage(kernel=bogus), workdir=tmp_path / "g",
+              qemu_binary=hotplug_session.qemu_binary, accel="tcg")
+    with pytest.raises(QemuLaunchError) as info:
+        g.launch()
+    text = str(info.value)
+    assert f"-kernel {bogus}" in text           # the command line
+    assert "QEMU output:" in text               # and what QEMU said
+    assert g.process.poll() is not None and not g._tmp.exists()
+
+
+def test_missing_binary_and_image_say_what_to_do(hotplug_session, tmp_path):
+    g = Guest(GuestSpec(), hotplug_session.image, workdir=tmp_path / "a", qemu_binary="/nonexistent/qemu")
+    with pytest.raises(QemuLaunchError, match="--qemu-binary"):
+        g.launch()
+    g = Guest(GuestSpec(), GuestImage(kernel=tmp_path / "gone"), workdir=tmp_path / "b",
+              qemu_binary=hotplug_session.qemu_binary)
+    with pytest.raises(ImageError, match="make image"):
+        g.launch()
+
+
+def test_qemu_killed_under_a_test(boot):
+    """QEMU dies mid-test: the next monitor call says so with QEMU's exit status."""
+    g = boot(GuestSpec(machine="pc"))
+    g.process.send_signal(signal.SIGKILL)
+    g.process.wait(10)
+    with pytest.raises(GuestDiedError, match="QEMU exited with status -9"):
+        g.query_pci()
+
+
+def test_guest_panic_is_seen_with_the_serial_log(boot):
+    """A guest kernel panic ends QEMU (panic=-1 with -no-reboot); the panic is in the serial log."""
+    g = boot(GuestSpec(machine="pc"))
+    with pytest.raises((GuestDiedError, Exception)):
+        g.shell.run("echo c > /proc/sysrq-trigger", timeout=10)
+    wait_until("QEMU to exit after the panic", lambda: g.process.poll() is not None, 15)
+    assert "Kernel panic - not syncing" in g.serial_text()
+
+
+def test_qemu_dies_with_its_owner(hotplug_session, tmp_path):
+    """SIGKILL the process that owns a Guest in the middle of its life: QEMU goes too
+    (PR_SET_PDEATHSIG), so a killed test runner leaves no QEMU behind."""
+    script = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from harness.guest import Guest
+        from harness.images import ensure_builtin
+        from harness.machine import GuestSpec
+        g = Guest(GuestSpec(machine="pc"), ensure_builtin(), workdir=Path({str(tmp_path)!r}),
+                  qemu_binary={hotplug_session.qemu_binary!r}, accel={hotplug_session.accel!r})
+        g.launch()
+        print(g.process.pid, g._tmp, flush=True)
+        time.sleep(120)
+    """)
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        qemu_pid, tmp = owner.stdout.readline().split()
+        assert pid_alive(int(qemu_pid))
+    finally:
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(10)
+    wait_until(f"QEMU {qemu_pid} to die with its owner", lambda: not pid_alive(int(qemu_pid)), 10)
