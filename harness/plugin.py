@@ -303,7 +303,7 @@ def hotplug(request: pytest.FixtureRequest, hotplug_session: HarnessSession):
     except HarnessError as e:
         pytest.fail(f"[{e.kind}] {e}", pytrace=False)
     run = ScenarioRun(pool, hs.run_dir / "bundles" / _bundle_name(request.node.nodeid),
-                      keep_bundle=hs.keep_bundles)
+                      keep_bundle=hs.keep_bundles, access=hs.access)
     yield run
     reports = request.node.stash.get(_STASH_REPORTS, {})
     passed = "call" in reports and reports["call"].passed

@@ -6,6 +6,7 @@ Knows nothing of pytest: the plugin creates one per test and calls :meth:`finish
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -21,8 +22,11 @@ from .pool import GuestPool
 
 
 class ScenarioRun:
-    def __init__(self, pool: GuestPool, bundle_dir: Path, *, keep_bundle: bool = False):
+    def __init__(self, pool: GuestPool, bundle_dir: Path, *, keep_bundle: bool = False,
+                 access: str = "console"):
         self.pool = pool
+        #: How guests are reached unless a test says otherwise (``--guest-access``).
+        self.access = access
         self.bundle_dir = Path(bundle_dir)
         self.keep_bundle = keep_bundle
         self.guests: list[tuple[Guest, dict[str, int]]] = []
@@ -41,6 +45,7 @@ class ScenarioRun:
 
         The guide's section 1 prerequisites are checked once per guest; a missing one raises
         :class:`~harness.prereq.PrerequisiteError` naming it."""
+        spec = dataclasses.replace(spec, access=self.access)
         if fresh:
             self.fresh_only = True
             self.pool.discard_idle(spec)
