@@ -44,6 +44,10 @@ class Plugged:
     #: Role-specific facts the checks need (a NIC's gateway, a disk's size, ...).
     facts: dict = dataclasses.field(default_factory=dict)
     removed: bool = False
+    #: Host monotonic time device_add was sent, and the guest address QEMU gave a PCI device.
+    add_sent: float = 0.0
+    del_sent: float = 0.0
+    pci_address: str | None = None
 
 
 class HotplugDevice:

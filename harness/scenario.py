@@ -10,9 +10,10 @@ import dataclasses
 import json
 import shutil
 import time
+import time
 from pathlib import Path
 
-from . import prereq
+from . import checks, latency, prereq, probes
 from .access import _tail
 from .devices import HotplugDevice, Plugged
 from .guest import Guest
@@ -35,6 +36,7 @@ class ScenarioRun:
         self.notes: list[str] = []
         self.fresh_only = False
         self.prerequisites: list = []
+        self._clocks: dict[Guest, latency.ClockOffset] = {}
 
     # -- what tests call ------------------------------------------------------------------------
 
@@ -75,15 +77,43 @@ class ScenarioRun:
 
     def plug(self, guest: Guest, device: HotplugDevice, device_id: str) -> Plugged:
         self.require_driver(guest, device.guest_driver)
+        if guest.image.builtin and guest not in self._clocks:
+            self._clocks[guest] = latency.measure_offset(guest)
+        add_sent = time.monotonic()
         plugged = device.plug(guest, device_id)
+        plugged.add_sent = add_sent
         self.plugged.append((guest, plugged))
         self.record(f"{device_id}.device_add", plugged.add_seconds)
+        fn = checks.pci_function(guest, device_id)
+        plugged.pci_address = fn.address if fn else None
         return plugged
 
     def unplug(self, guest: Guest, plugged: Plugged, timeout: float = 20.0):
+        plugged.del_sent = time.monotonic()
         result = plugged.device.unplug(guest, plugged, timeout=timeout)
         self.record(f"{plugged.device_id}.device_del_to_event", result.seconds)
         return result
+
+    def _guest_side_latencies(self) -> None:
+        """device_add/device_del to what the guest kernel logged, on the guest's own clock.
+        Read once at the end of the test, when the test's own checks have seen the device come
+        and go, so every event is in the log."""
+        traces: dict[Guest, list] = {}
+        for guest, plugged in self.plugged:
+            clock = self._clocks.get(guest)
+            if clock is None or not guest.alive():
+                continue
+            if guest not in traces:
+                traces[guest] = latency.parse_trace(guest.shell.run(latency.TRACE_COMMAND, timeout=15).output)
+            events = traces[guest]
+            measured = latency.plug_latencies(events, clock, plugged.add_sent, plugged.pci_address)
+            if plugged.del_sent:
+                usb = None if plugged.pci_address else latency.usb_device_name(events, clock, plugged.add_sent)
+                measured.update(latency.unplug_latency(events, clock, plugged.del_sent,
+                                                       plugged.pci_address, usb))
+            for name, seconds in measured.items():
+                self.record(f"{plugged.device_id}.{name}", seconds)
+            self.record(f"{plugged.device_id}.clock_error", clock.error)
 
     def record(self, name: str, seconds: float) -> None:
         self.latencies[name] = round(seconds, 4)
@@ -97,6 +127,10 @@ class ScenarioRun:
     def finish(self, passed: bool) -> dict:
         """Undo what is left, write the bundle, give guests back. Returns the test's record."""
         cleanup_errors = []
+        try:
+            self._guest_side_latencies()
+        except Exception as e:  # figures are a by-product; never let them mask the verdict
+            self.notes.append(f"guest-side latencies not measured: {e}")
         for guest, plugged in reversed(self.plugged):
             if plugged.removed or not guest.alive():
                 if not plugged.removed:
