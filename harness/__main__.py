@@ -33,7 +33,13 @@ def _image(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"image": _image}
+def _compare(argv: list[str]) -> int:
+    from .compare import main
+
+    return main(argv)
+
+
+COMMANDS = {"image": _image, "compare": _compare}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,16 +47,18 @@ class Guest:
     """
 
     boot_timeout = 60.0
+    #: The accelerator when none is given (bench and tools set it from harness.accel.choose).
+    default_accel = "tcg"
 
     def __init__(self, spec: GuestSpec, image: GuestImage, *, workdir: Path,
-                 qemu_binary: str = "qemu-system-x86_64", accel: str = "tcg",
+                 qemu_binary: str = "qemu-system-x86_64", accel: str | None = None,
                  name: str = "guest"):
         self.spec = spec
         self.image = image
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.qemu_binary = qemu_binary
-        self.accel = accel
+        self.accel = accel or self.default_accel
         self.name = name
         # Sockets live in a short temp dir: unix socket paths are limited to 107 bytes.
         self._tmp = Path(tempfile.mkdtemp(prefix="hh-"))
@@ -64,7 +66,7 @@ class Guest:
                            console_socket=self._tmp / "console.sock",
                            serial_log=self.workdir / "serial.log",
                            disk_overlay=self._tmp / "disk.qcow2" if image.disk else None)
-        self.argv = build_argv(spec, image, self.paths, qemu_binary=qemu_binary, accel=accel,
+        self.argv = build_argv(spec, image, self.paths, qemu_binary=qemu_binary, accel=self.accel,
                                name=name)
         self.process: subprocess.Popen | None = None
         self.monitor: Monitor | None = None

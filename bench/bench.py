@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""Benchmark figures for hotplug-harness. Prints them; asserts nothing.
+
+    .venv/bin/python bench/bench.py [--boots 5] [--cycles 10] [--soak 50] [--skip-matrix]
+
+1. guest image build time (a fresh build into a temporary cache)
+2. QEMU start to guest ready, median/max over --boots boots, pc and q35
+3. each hotplug latency (device_add sent -> guest_visible, driver_bound, interface_addressed,
+   disk_present; device_del -> DEVICE_DELETED, guest_gone), median and max over --cycles cycles
+4. a --soak cycle add/remove soak of one NIC: QEMU RSS and open files before/after, and whether
+   the guest's state is back to its baseline
+5. the whole `make qualify` matrix wall time, serially and with 2 and 3 workers
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from harness import accel, checks, devices, images, latency  # noqa: E402
+from harness.guest import Guest  # noqa: E402
+from harness.machine import GuestSpec  # noqa: E402
+from harness.pool import guest_state  # noqa: E402
+
+
+def stats(values: list[float]) -> str:
+    if not values:
+        return "n=0"
+    return f"median {statistics.median(values):.3f} s, max {max(values):.3f} s (n={len(values)})"
+
+
+def qemu_rss_kb(guest: Guest) -> int:
+    for line in Path(f"/proc/{guest.process.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def qemu_fds(guest: Guest) -> int:
+    return len(os.listdir(f"/proc/{guest.process.pid}/fd"))
+
+
+def bench_build() -> None:
+    with tempfile.TemporaryDirectory(prefix="hh-bench-") as d:
+        t0 = time.monotonic()
+        images.ensure_builtin(Path(d), log=lambda s: None)
+        print(f"image build (fresh, incl. apt-get download): {time.monotonic() - t0:.2f} s")
+
+
+def bench_boot(image, n: int, workdir: Path) -> None:
+    for machine in ("pc", "q35"):
+        times = []
+        for i in range(n):
+            with Guest(GuestSpec(machine=machine), image, workdir=workdir / f"boot-{machine}-{i}") as g:
+                times.append(g.boot_seconds)
+        print(f"QEMU start -> guest ready, {machine}: {stats(times)}")
+
+
+def cycle(guest: Guest, device, device_id: str) -> dict[str, float]:
+    clock = latency.measure_offset(guest)
+    before_usb = checks.lsusb(guest) if device.role == "usb-device" else None
+    add_sent = time.monotonic()
+    plugged = device.plug(guest, device_id)
+    fn = checks.pci_function(guest, device_id)
+    if device.role == "nic":
+        checks.ipv4_address(guest, checks.new_interface(guest, {"lo"}))
+    elif device.role == "usb-device":
+        checks.guest_usb_appears(guest, before_usb, plugged.facts["product"])
+    elif fn is not None:
+        checks.guest_driver_bound(guest, fn, device.guest_driver)
+    del_sent = time.monotonic()
+    result = device.unplug(guest, plugged)
+    if fn is not None:
+        checks.guest_lacks_pci(guest, fn)
+    events = latency.parse_trace(guest.shell.run(latency.TRACE_COMMAND).output)
+    address = fn.address if fn else None
+    usb = None if fn else latency.usb_device_name(events, clock, add_sent)
+    out = {"device_add": plugged.add_seconds, "device_del_to_event": result.seconds,
+           **latency.plug_latencies(events, clock, add_sent, address),
+           **latency.unplug_latency(events, clock, del_sent, address, usb)}
+    return out
+
+
+def bench_latencies(image, n: int, workdir: Path) -> None:
+    cases = [("q35-acpi", GuestSpec(machine="q35"), devices.EMULATED["nic"][0]),
+             ("pc", GuestSpec(machine="pc"), devices.EMULATED["nic"][1]),
+             ("q35-acpi", GuestSpec(machine="q35"), devices.EMULATED["sata-controller"][0]),
+             ("q35-xhci", GuestSpec(machine="q35", usb="xhci"), devices.EMULATED["usb-device"][0])]
+    for label, spec, device in cases:
+        figures: dict[str, list[float]] = {}
+        with Guest(spec, image, workdir=workdir / f"lat-{label}-{device.id}") as g:
+            for i in range(n):
+                for k, v in cycle(g, device, f"d{i}").items():
+                    figures.setdefault(k, []).append(v)
+        print(f"latencies, {device.role} {device.id} on {label}, {n} cycles:")
+        for k, v in figures.items():
+            print(f"    {k:<22} {stats(v)}")
+
+
+def bench_soak(image, n: int, workdir: Path) -> None:
+    device = devices.EMULATED["nic"][1]  # virtio-net: the fastest full cycle, so most cycles/min
+    with Guest(GuestSpec(machine="q35"), image, workdir=workdir / "soak") as g:
+        baseline = guest_state(g)
+        rss0, fds0 = qemu_rss_kb(g), qemu_fds(g)
+        t0 = time.monotonic()
+        for i in range(n):
+            cycle(g, device, f"s{i}")
+            if i == 4:  # after warm-up: QEMU's allocator has reached its working set
+                rss5 = qemu_rss_kb(g)
+        elapsed = time.monotonic() - t0
+        rss1, fds1 = qemu_rss_kb(g), qemu_fds(g)
+        same = guest_state(g) == baseline
+    print(f"soak, {n} add/remove cycles of {device.id} on q35 in {elapsed:.1f} s "
+          f"({elapsed / n:.2f} s/cycle):")
+    print(f"    QEMU RSS {rss0} kB at start, {rss5} kB after 5 cycles, {rss1} kB at the end "
+          f"(growth after warm-up {rss1 - rss5:+d} kB)")
+    print(f"    QEMU open files {fds0} -> {fds1}; guest state back to baseline: {same}")
+
+
+def bench_matrix() -> None:
+    for jobs in ("0", "2", "3"):
+        t0 = time.monotonic()
+        p = subprocess.run([str(REPO / ".venv/bin/pytest"), "tests/scenarios", "-q", "-n", jobs,
+                            "--dist", "loadgroup"], cwd=REPO, capture_output=True, text=True)
+        tail = [l for l in p.stdout.splitlines() if " passed" in l or " failed" in l][-1:]
+        print(f"make qualify matrix, -n {jobs}: {time.monotonic() - t0:.1f} s wall "
+              f"({tail[0].strip('= ') if tail else 'exit ' + str(p.returncode)})")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--boots", type=int, default=5)
+    ap.add_argument("--cycles", type=int, default=10)
+    ap.add_argument("--soak", type=int, default=50)
+    ap.add_argument("--skip-build", action="store_true")
+    ap.add_argument("--skip-matrix", action="store_true")
+    args = ap.parse_args()
+    if not args.skip_build:
+        bench_build()
+    image = images.ensure_builtin(log=lambda s: None)
+    choice = accel.choose("auto", probe=lambda: accel.probe_boot(image, "qemu-system-x86_64"))
+    Guest.default_accel = choice.name
+    qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout
+    print(f"hotplug-harness bench: {os.cpu_count()} cores, accel {choice.name} ({choice.reason}), "
+          f"{qemu.splitlines()[0]}")
+    with tempfile.TemporaryDirectory(prefix="hh-bench-") as d:
+        work = Path(d)
+        bench_boot(image, args.boots, work)
+        bench_latencies(image, args.cycles, work)
+        bench_soak(image, args.soak, work)
+    if not args.skip_matrix:
+        bench_matrix()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

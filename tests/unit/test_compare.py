@@ -1,0 +1,34 @@
+import json
+
+import pytest
+
+from harness import compare
+from harness.__main__ import main
+from harness.errors import ConfigError
+
+
+def summary(**medians):
+    return {"latencies": {k: {"n": 3, "median": v, "max": v} for k, v in medians.items()}}
+
+
+def test_flags_only_real_growth():
+    rows = compare.compare(summary(a=0.2, b=0.002, c=1.0, gone=0.1), summary(a=0.4, b=0.006, c=1.1))
+    flags = {r["name"]: r["flag"] for r in rows}
+    assert flags["a"].startswith("SLOWER +0.200 s")
+    assert flags["b"] == ""            # tripled, but by 4 ms: noise
+    assert flags["c"] == ""            # +10%: under the threshold
+    assert flags["gone"] == "missing in new"
+
+
+def test_command_exit_status(tmp_path, capsys):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old/summary.json").write_text(json.dumps(summary(nic=0.2)))
+    (tmp_path / "new.json").write_text(json.dumps(summary(nic=0.5)))
+    assert main(["compare", str(tmp_path / "old"), str(tmp_path / "new.json")]) == 1
+    assert "SLOWER" in capsys.readouterr().out
+    assert main(["compare", str(tmp_path / "old"), str(tmp_path / "old")]) == 0
+
+
+def test_missing_summary_says_what_to_pass(tmp_path):
+    with pytest.raises(ConfigError, match="pass a run folder"):
+        compare.load_summary(str(tmp_path / "nope"))
