@@ -28,6 +28,11 @@ from typing import Any
 from .access import ConsoleChannel, Shell, SSHChannel, _tail
 from .errors import GuestDiedError, HarnessError, ImageError, QemuLaunchError, WaitTimeout
 from .images import GuestImage
+
+def tmp_prefix() -> str:
+    """Prefix of a guest's temporary directory: ``hh-<run tag>-``, so the end-of-run check
+    (harness.hygiene) finds this run's leftovers and not another run's."""
+    return f"hh-{os.environ.get('HH_RUN_TAG', 'x')}-"
 from .machine import GuestSpec, Paths, build_argv, format_argv
 from .monitor import Monitor, UnplugResult
 
@@ -61,7 +66,7 @@ class Guest:
         self.accel = accel or self.default_accel
         self.name = name
         # Sockets live in a short temp dir: unix socket paths are limited to 107 bytes.
-        self._tmp = Path(tempfile.mkdtemp(prefix="hh-"))
+        self._tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix()))
         self.paths = Paths(qmp_socket=self._tmp / "qmp.sock",
                            console_socket=self._tmp / "console.sock",
                            serial_log=self.workdir / "serial.log",
@@ -140,6 +145,7 @@ class Guest:
         self._qemu_log = open(self.workdir / "qemu.log", "wb")
         self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._qemu_log,
                                         stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        (self.workdir / "qemu.pid").write_text(f"{self.process.pid}\n")
         (self.workdir / "replay.sh").write_text(self._replay_script())
         os.chmod(self.workdir / "replay.sh", 0o755)
 

@@ -60,13 +60,8 @@ class GuestImage:
 
     def checksum(self) -> str:
         """sha256 over the files the guest boots from; the suite checks it is unchanged."""
-        h = hashlib.sha256()
-        for p in (self.kernel, self.initrd, self.disk):
-            if p is not None:
-                with open(p, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        h.update(block)
-        return h.hexdigest()
+        return hashlib.sha256("".join(_sha256(p) for p in (self.kernel, self.initrd, self.disk)
+                                      if p is not None).encode()).hexdigest()
 
 
 # -- recipe ------------------------------------------------------------------------------------
@@ -379,6 +374,7 @@ def build(recipe: Recipe, out_dir: Path, log=print) -> dict:
             write_cpio(root, f)
         manifest = {
             "recipe_digest": recipe.digest(),
+            "sha256": {n: _sha256(stage / n) for n in ("vmlinux", "initrd.cpio")},
             "kernel_version": kver,
             "packages": versions,
             "modules": order,
@@ -397,7 +393,15 @@ def build(recipe: Recipe, out_dir: Path, log=print) -> dict:
 BUILTIN_APPEND = "console=ttyS0 panic=-1 quiet"
 
 
-def image_from_dir(d: Path) -> GuestImage:
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def image_from_dir(d: Path, verify: bool = True) -> GuestImage:
     """A GuestImage from a finished build folder, verified to be complete."""
     need = ("vmlinux", "initrd.cpio", "id_ecdsa", "manifest.json")
     missing = [n for n in need if not (d / n).is_file()]
@@ -409,8 +413,18 @@ def image_from_dir(d: Path) -> GuestImage:
     except ValueError as e:
         raise ImageError(f"guest image {d} has a corrupt manifest.json: {e}",
                          hint=f"delete {d} and run `make image` to rebuild it") from e
+    if verify:
+        for name, want in manifest.get("sha256", {}).items():
+            if _sha256(d / name) != want:
+                raise ImageError(f"guest image {d} is corrupt: {name} does not match its checksum",
+                                 hint=f"delete {d} and run `make image` to rebuild it")
     return GuestImage(kernel=d / "vmlinux", initrd=d / "initrd.cpio", append=BUILTIN_APPEND,
                       ssh_key=d / "id_ecdsa", builtin=True, manifest=manifest)
+
+
+def builtin_dir(cache: Path = DEFAULT_CACHE, recipe_dir: Path = BUILTIN_RECIPE) -> Path:
+    """Where the current recipe's image is (or will be) built."""
+    return cache / Recipe.load(recipe_dir).digest()
 
 
 def ensure_builtin(cache: Path = DEFAULT_CACHE, recipe_dir: Path = BUILTIN_RECIPE, log=print) -> GuestImage:
@@ -419,11 +433,23 @@ def ensure_builtin(cache: Path = DEFAULT_CACHE, recipe_dir: Path = BUILTIN_RECIP
     Safe to call from several processes at once (xdist workers): one builds, the others wait.
     """
     recipe = Recipe.load(recipe_dir)
-    out = cache / recipe.digest()
+    out = builtin_dir(cache, recipe_dir)
     if not out.exists():
         cache.mkdir(parents=True, exist_ok=True)
         with open(cache / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not out.exists():
                 build(recipe, out, log=log)
+                _prune(cache, keep=out)
     return image_from_dir(out)
+
+
+def _prune(cache: Path, keep: Path, spare: int = 2) -> None:
+    """Remove builds of older recipes, keeping the newest ``spare`` besides ``keep`` (another
+    branch may still want them)."""
+    old = sorted((d for d in cache.iterdir() if d.is_dir() and d != keep and (d / "manifest.json").exists()),
+                 key=lambda d: d.stat().st_mtime, reverse=True)
+    for d in old[spare:]:
+        for p in d.iterdir():
+            os.chmod(p, 0o600)
+        shutil.rmtree(d, ignore_errors=True)

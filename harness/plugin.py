@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from . import accel as accel_mod
-from . import devices, images, report
+from . import devices, hygiene, images, report
 from .errors import ConfigError, HarnessError, LabError
 from .images import GuestImage
 from .machine import MACHINES
@@ -118,18 +118,24 @@ class HarnessSession:
         self.access = opt.guest_access or ("ssh" if self.user_image and not opt.guest_ready else "console")
         # The controller (or a run without xdist) decides the run folder and the accelerator once;
         # xdist workers inherit both through the environment.
-        if "HH_RUN_DIR" not in os.environ:
+        if not os.environ.get("HH_RUN_DIR"):
             stamp = time.strftime("%Y%m%d-%H%M%S")
             run_dir = Path(opt.report_dir).resolve() / f"run-{stamp}-{os.getpid()}"
             os.environ["HH_RUN_DIR"] = str(run_dir)
+            os.environ["HH_RUN_TAG"] = str(os.getpid())
         self.run_dir = Path(os.environ["HH_RUN_DIR"])
-        if "HH_ACCEL" not in os.environ:
+        if not self.worker:
+            _require_free_space(self.run_dir.parent)
+        if not os.environ.get("HH_ACCEL"):
             choice = accel_mod.choose(opt.accel, probe=lambda: accel_mod.probe_boot(
                 self.image, self.qemu_binary))
             os.environ["HH_ACCEL"], os.environ["HH_ACCEL_REASON"] = choice.name, choice.reason
         self.accel = os.environ["HH_ACCEL"]
         self.accel_reason = os.environ["HH_ACCEL_REASON"]
         self.qemu_version = _qemu_version(self.qemu_binary)
+        _require_qemu(self.qemu_binary, self.qemu_version)
+        self.snapshot = hygiene.Snapshot.take(self.user_image) if not self.worker else None
+        self.hygiene_problems: list[str] = []
         self.backend_skip = None
         if self.backend != "emulated":
             self.backend_skip = (f"--backend {self.backend} is not available in this build yet; "
@@ -187,6 +193,37 @@ class HarnessSession:
 
 def _path(value: str | None) -> Path | None:
     return Path(value).resolve() if value else None
+
+
+#: A run writes logs, bundles and reports; below this much free space it would fail half-way.
+MIN_FREE_BYTES = 20 << 20
+
+
+def _require_free_space(report_root: Path) -> None:
+    report_root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(report_root).free
+    if free < MIN_FREE_BYTES:
+        raise ConfigError(f"the report folder {report_root} has {free >> 10} KiB free: writing this "
+                          f"run's logs and reports would fail with 'No space left on device'",
+                          hint=f"free space there (a run needs {MIN_FREE_BYTES >> 20} MiB or more) "
+                               "or pass --report-dir DIR")
+
+
+#: Oldest QEMU the harness supports: ACPI hotplug into q35 root ports is the default from 6.1,
+#: DEVICE_UNPLUG_GUEST_ERROR exists from 6.2.
+MIN_QEMU = (6, 2)
+
+
+def _require_qemu(binary: str, version: str) -> None:
+    m = re.match(r"(\d+)\.(\d+)", version)
+    if not m:
+        raise ConfigError(f"QEMU binary {binary!r} is not usable ({version})",
+                          hint="install qemu-system-x86 (make setup) or pass --qemu-binary PATH")
+    if (int(m[1]), int(m[2])) < MIN_QEMU:
+        raise ConfigError(f"QEMU {version} ({binary}) is too old: the harness needs "
+                          f"{MIN_QEMU[0]}.{MIN_QEMU[1]} or newer",
+                          hint="install a newer QEMU (Debian 12 has 7.2, bookworm-backports 10.0) "
+                               "and pass it with --qemu-binary")
 
 
 def _qemu_version(binary: str) -> str:
@@ -380,14 +417,24 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     hs.close()
     if session.config.option.collectonly or not (hs.run_dir / "results").exists():
         return
+    used = (hs.run_dir / "guests").exists()
+    image = (hs.user_image or images.image_from_dir(images.builtin_dir(
+        Path(session.config.option.image_cache or images.DEFAULT_CACHE)), verify=False)) if used else None
+    hs.hygiene_problems = hygiene.check(hs.snapshot, hs.run_dir, image)
+    if hs.hygiene_problems and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
     summary = report.finish_run(hs.run_dir, Path(session.config.option.report_dir).resolve(), {
         "backend": hs.backend, "accel": hs.accel, "accel_reason": hs.accel_reason,
         "qemu_binary": hs.qemu_binary, "qemu_version": hs.qemu_version,
         "image": hs.image.manifest if hs._image else {},
-        "exit_status": int(exitstatus),
+        "exit_status": int(session.exitstatus),
+        "hygiene": hs.hygiene_problems or "clean: no QEMU left running, no temp directory left, "
+                                          "guest image unchanged",
     })
     tr = session.config.pluginmanager.get_plugin("terminalreporter")
     if tr is not None:
         tr.write_sep("=", "hotplug-harness report")
         for line in report.summary_lines(summary):
             tr.write_line(line)
+        for problem in hs.hygiene_problems:
+            tr.write_line(f"HYGIENE: {problem}", red=True)

@@ -1,6 +1,7 @@
 """Test ids select what a person expects (STYLE habit 7): run pytest's collection on the real
 scenario suite and look at what each -k picks."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,20 +11,22 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def collect(*args: str) -> list[str]:
+
+def collect(env: dict, *args: str) -> list[str]:
     p = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "tests/scenarios", *args],
-                       cwd=REPO, capture_output=True, text=True, timeout=120)
+                       cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env=env)
     assert p.returncode in (0, 5), p.stdout + p.stderr
     return [line for line in p.stdout.splitlines() if "::" in line]
 
 
 @pytest.fixture(scope="module")
-def everything():
-    return collect()
+def everything(child_env):
+    return collect(child_env)
 
 
-def test_pc_selects_no_q35_and_q35_no_pc(everything):
-    pc, q35 = collect("-k", "pc"), collect("-k", "q35")
+def test_pc_selects_no_q35_and_q35_no_pc(everything, child_env):
+    pc, q35 = collect(child_env, "-k", "pc"), collect(child_env, "-k", "q35")
     assert pc and q35
     assert not [t for t in pc if "q35" in t], "a q35 test among -k pc"
     assert not [t for t in q35 if "[pc" in t or "-pc-" in t], "a pc test among -k q35"
@@ -33,18 +36,18 @@ def test_pc_selects_no_q35_and_q35_no_pc(everything):
 
 @pytest.mark.parametrize("word, module", [("nic", "test_nic.py"), ("sata", "test_sata.py"),
                                           ("cpu", "test_cpu.py"), ("memory", "test_memory.py")])
-def test_scenario_words(word, module):
-    picked = collect("-k", word)
+def test_scenario_words(word, module, child_env):
+    picked = collect(child_env, "-k", word)
     assert picked and all(module in t for t in picked), picked
 
 
-def test_usb_and_pciehp(everything):
-    usb = collect("-k", "usb")
+def test_usb_and_pciehp(everything, child_env):
+    usb = collect(child_env, "-k", "usb")
     assert usb and all("usb" in t.lower() for t in usb)
     assert {t for t in everything if "test_usb.py" in t} <= set(usb)
-    assert all("pciehp" in t for t in collect("-k", "pciehp"))
+    assert all("pciehp" in t for t in collect(child_env, "-k", "pciehp"))
 
 
-def test_boolean_expressions_keep_exact_words():
-    picked = collect("-k", "nic and pc and not virtio")
+def test_boolean_expressions_keep_exact_words(child_env):
+    picked = collect(child_env, "-k", "nic and pc and not virtio")
     assert picked == ["tests/scenarios/test_nic.py::test_nic[emulated-pc-e1000e]"]

@@ -1,0 +1,74 @@
+"""The suite checks itself at its end: no QEMU it started is still running, no temporary
+directory of a guest is left, and the guest image it booted from is unchanged."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import tempfile
+from pathlib import Path
+
+from .guest import tmp_prefix
+from .images import GuestImage, _sha256
+
+
+def _tmp_dirs() -> set[str]:
+    tmp = Path(tempfile.gettempdir())
+    return {p.name for p in tmp.glob(f"{tmp_prefix()}*") if p.is_dir()}
+
+
+def _fingerprint(image: GuestImage) -> dict[str, str]:
+    """Built-in image: the checksums its manifest recorded at build time are the reference.
+    A user's files: size and modification time (hashing a 20 GB disk is not affordable)."""
+    out = {}
+    for p in (image.kernel, image.initrd, image.disk):
+        if p is not None and Path(p).exists():
+            st = Path(p).stat()
+            out[str(p)] = f"{st.st_size}:{st.st_mtime_ns}"
+    return out
+
+
+@dataclasses.dataclass
+class Snapshot:
+    tmp_dirs: set[str]
+    image_fingerprint: dict[str, str] | None = None
+
+    @classmethod
+    def take(cls, image: GuestImage | None = None) -> "Snapshot":
+        return cls(_tmp_dirs(), _fingerprint(image) if image else None)
+
+
+def _alive_qemu(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return b"qemu-system" in cmdline and state != "Z"
+
+
+def check(before: Snapshot, run_dir: Path, image: GuestImage | None) -> list[str]:
+    """Problems left behind, each one line that says what and what to do. Stray QEMU processes
+    of this run (by the PIDs its guests recorded) are killed after being reported."""
+    problems = []
+    for pidfile in sorted((run_dir / "guests").glob("*/qemu.pid")):
+        pid = int(pidfile.read_text())
+        if _alive_qemu(pid):
+            problems.append(f"QEMU pid {pid} ({pidfile.parent.name}) was still running at the end "
+                            "of the run; killed it. A Guest was not closed: report this as a harness bug")
+            os.kill(pid, signal.SIGKILL)
+    for name in sorted(_tmp_dirs() - before.tmp_dirs):
+        problems.append(f"temporary directory {tempfile.gettempdir()}/{name} (sockets, overlays) "
+                        "was left behind: a Guest was not closed")
+    if image is not None:
+        if image.builtin:
+            for name, want in image.manifest.get("sha256", {}).items():
+                if _sha256(image.kernel.parent / name) != want:
+                    problems.append(f"the guest image's {name} changed during the run "
+                                    f"(checksum differs from its build): delete {image.kernel.parent} "
+                                    "and rebuild; a test wrote to the base image")
+        elif before.image_fingerprint is not None and _fingerprint(image) != before.image_fingerprint:
+            problems.append("your guest image files changed during the run (size or mtime): "
+                            "the harness must only use them through an overlay")
+    return problems

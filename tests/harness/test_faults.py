@@ -1,0 +1,104 @@
+"""Bad environments give one clear line; a run leaves nothing behind, and the suite can tell."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import hygiene, images
+from harness.accel import choose
+from harness.errors import ConfigError, ImageError
+from harness.guest import Guest
+from harness.machine import GuestSpec
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+
+def run_pytest(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pytest", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+def fake_qemu(tmp_path: Path, version: str) -> Path:
+    exe = tmp_path / "qemu-system-x86_64"
+    exe.write_text(f"#!/bin/sh\necho 'QEMU emulator version {version}'\n")
+    exe.chmod(0o755)
+    return exe
+
+
+@pytest.mark.parametrize("binary, message", [
+    ("/nonexistent/qemu-system-x86_64", "is not usable"),
+    ("OLD", "QEMU 4.2.1 (.*) is too old: the harness needs 6.2 or newer"),
+])
+def test_unusable_qemu_is_one_clear_line(tmp_path, binary, message, child_env):
+    if binary == "OLD":
+        binary = str(fake_qemu(tmp_path, "4.2.1"))
+    p = run_pytest(child_env, "--collect-only", "-q", "tests/scenarios", "--qemu-binary", binary,
+                   )
+    assert p.returncode == 4, p.stdout + p.stderr  # usage error: nothing ran
+    assert re.search(message, p.stderr), p.stderr
+    assert "--qemu-binary" in p.stderr
+
+
+def test_kvm_forced_where_it_cannot_run(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("flags\t\t: fpu vme de pse tsc msr\n")
+    with pytest.raises(ConfigError, match="--accel kvm, but KVM cannot run guests here: the CPU "
+                                          "advertises no vmx/svm; .* does not exist"):
+        choose("kvm", cpuinfo_path=str(cpuinfo), kvm_path=str(tmp_path / "kvm"))
+    assert choose("auto", cpuinfo_path=str(cpuinfo), kvm_path=str(tmp_path / "kvm")).name == "tcg"
+
+
+def test_corrupt_image_is_refused_with_the_fix(hotplug_session, tmp_path):
+    src = hotplug_session.image.kernel.parent
+    copy = tmp_path / src.name
+    copy.mkdir()
+    for p in src.iterdir():
+        (copy / p.name).write_bytes(p.read_bytes())
+    with open(copy / "initrd.cpio", "r+b") as f:
+        f.seek(1000)
+        f.write(b"\xff")
+    with pytest.raises(ImageError, match=r"is corrupt: initrd.cpio does not match its checksum"
+                                         r"[\s\S]*run `make image`"):
+        images.image_from_dir(copy)
+
+
+def test_hygiene_check_finds_what_a_run_left(hotplug_session, tmp_path, monkeypatch):
+    """A guest deliberately not closed, and a modified image: the end-of-run check reports
+    both (and kills the stray QEMU)."""
+    monkeypatch.setenv("HH_RUN_TAG", f"hygiene{os.getpid()}")
+    before = hygiene.Snapshot.take()
+    run_dir = tmp_path / "run"
+    g = Guest(GuestSpec(machine="pc"), hotplug_session.image, workdir=run_dir / "guests" / "g1",
+              qemu_binary=hotplug_session.qemu_binary, accel=hotplug_session.accel)
+    try:
+        g.launch()
+        problems = hygiene.check(before, run_dir, hotplug_session.image)
+        assert any(f"QEMU pid {g.process.pid}" in p and "killed it" in p for p in problems), problems
+        assert any(str(g._tmp.name) in p for p in problems), problems
+        g.process.wait(10)  # it was killed by the check
+    finally:
+        g.close()
+    assert hygiene.check(before, run_dir, hotplug_session.image) == []
+
+
+def test_reports_on_a_full_disk_say_so(tmp_path, child_env):
+    """The report folder on a full file system (a 64 KiB tmpfs): the run says what happened."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tiny tmpfs needs root (CI runs as root)")
+    full = tmp_path / "full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)], check=True)
+    try:
+        (full / "filler").write_bytes(b"\0" * 60_000)
+        p = run_pytest(child_env, "-q", "tests/unit/test_compare.py", "--report-dir", str(full),
+                       )
+        out = p.stdout + p.stderr
+        assert p.returncode != 0
+        assert "No space left on device" in out and "free space" in out, out[-2000:]
+    finally:
+        subprocess.run(["umount", str(full)], check=True)
