@@ -397,7 +397,8 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem):
         "test": item.originalname if hasattr(item, "originalname") else item.name,
         "id": callspec.id if callspec else "",
         "scenario": (item.get_closest_marker("scenario").args[0]
-                     if item.get_closest_marker("scenario") else item.module.__name__.split(".")[-1]),
+                     if item.get_closest_marker("scenario") else
+                     item.module.__name__.split(".")[-1].removeprefix("test_")),
         "platform": platform.id if platform else "",
         "device": device.id if device else "",
         "backend": hs.backend,
@@ -426,7 +427,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     summary = report.finish_run(hs.run_dir, Path(session.config.option.report_dir).resolve(), {
         "backend": hs.backend, "accel": hs.accel, "accel_reason": hs.accel_reason,
         "qemu_binary": hs.qemu_binary, "qemu_version": hs.qemu_version,
-        "image": hs.image.manifest if hs._image else {},
+        "image": image.manifest if image is not None else {},
         "exit_status": int(session.exitstatus),
         "hygiene": hs.hygiene_problems or "clean: no QEMU left running, no temp directory left, "
                                           "guest image unchanged",

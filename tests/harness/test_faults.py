@@ -37,8 +37,7 @@ def fake_qemu(tmp_path: Path, version: str) -> Path:
 def test_unusable_qemu_is_one_clear_line(tmp_path, binary, message, child_env):
     if binary == "OLD":
         binary = str(fake_qemu(tmp_path, "4.2.1"))
-    p = run_pytest(child_env, "--collect-only", "-q", "tests/scenarios", "--qemu-binary", binary,
-                   )
+    p = run_pytest(child_env, "--collect-only", "-q", "tests/scenarios", "--qemu-binary", binary)
     assert p.returncode == 4, p.stdout + p.stderr  # usage error: nothing ran
     assert re.search(message, p.stderr), p.stderr
     assert "--qemu-binary" in p.stderr
@@ -95,8 +94,7 @@ def test_reports_on_a_full_disk_say_so(tmp_path, child_env):
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)], check=True)
     try:
         (full / "filler").write_bytes(b"\0" * 60_000)
-        p = run_pytest(child_env, "-q", "tests/unit/test_compare.py", "--report-dir", str(full),
-                       )
+        p = run_pytest(child_env, "-q", "tests/unit/test_compare.py", "--report-dir", str(full))
         out = p.stdout + p.stderr
         assert p.returncode != 0
         assert "No space left on device" in out and "free space" in out, out[-2000:]
