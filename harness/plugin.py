@@ -326,8 +326,14 @@ def hotplug_session(request: pytest.FixtureRequest) -> HarnessSession:
     return hs
 
 
+def _plain_nodeid(nodeid: str) -> str:
+    """The node id without the ``@group`` suffix xdist's loadgroup adds."""
+    at, bracket = nodeid.rfind("@"), nodeid.rfind("]")
+    return nodeid[:at] if at > bracket else nodeid
+
+
 def _bundle_name(nodeid: str) -> str:
-    name = nodeid.split("::", 1)[-1]
+    name = _plain_nodeid(nodeid).split("::", 1)[-1]
     return re.sub(r"[^A-Za-z0-9_.\[\]-]+", "_", name)[:150]
 
 
@@ -393,7 +399,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem):
     device = callspec.params.get("device") if callspec else None
     record = item.stash.get(_STASH_RECORD, {})
     report.write_result(hs.run_dir, {
-        "nodeid": item.nodeid,
+        "nodeid": _plain_nodeid(item.nodeid),
         "test": item.originalname if hasattr(item, "originalname") else item.name,
         "id": callspec.id if callspec else "",
         "scenario": (item.get_closest_marker("scenario").args[0]
