@@ -9,7 +9,7 @@
    disk_present; device_del -> DEVICE_DELETED, guest_gone), median and max over --cycles cycles
 4. a --soak cycle add/remove soak of one NIC: QEMU RSS and open files before/after, and whether
    the guest's state is back to its baseline
-5. the whole `make qualify` matrix wall time, serially and with 2 and 3 workers
+5. the whole `make qualify` matrix wall time, serially and with 2, 3 and 4 workers
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def bench_soak(image, n: int, workdir: Path) -> None:
 
 
 def bench_matrix() -> None:
-    for jobs in ("0", "2", "3"):
+    for jobs in ("0", "2", "3", "4"):
         t0 = time.monotonic()
         p = subprocess.run([str(REPO / ".venv/bin/pytest"), "tests/scenarios", "-q", "-n", jobs,
                             "--dist", "loadgroup"], cwd=REPO, capture_output=True, text=True)

@@ -10,7 +10,7 @@ import dataclasses
 import json
 
 from . import probes
-from .access import wait_until
+from .access import wait_until  # noqa: F401  (re-exported for tests)
 from .errors import GuestCheckError
 
 

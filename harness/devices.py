@@ -75,15 +75,19 @@ class HotplugDevice:
         return f"<{self.backend} {self.role} {self.id}>"
 
 
-class EmulatedNic(HotplugDevice):
-    """A QEMU NIC model on its own user-mode network (its own subnet, gateway .2)."""
-
-    role = "nic"
+class EmulatedModel(HotplugDevice):
+    """A QEMU device model (``driver``) and the guest driver expected to bind it."""
 
     def __init__(self, id: str, driver: str, guest_driver: str):
         self.id = id
         self.driver = driver
         self.guest_driver = guest_driver
+
+
+class EmulatedNic(EmulatedModel):
+    """A QEMU NIC model on its own user-mode network (its own subnet, gateway .2)."""
+
+    role = "nic"
 
     def plug(self, guest, device_id: str) -> Plugged:
         subnet = 10 + guest.allocate("subnet")  # 10.0.2.0/24 is the management network's
@@ -157,15 +161,10 @@ class EmulatedUsbDevice(HotplugDevice):
             _del_disk(guest, plugged.facts["disk_node"])
 
 
-class EmulatedUsbController(HotplugDevice):
+class EmulatedUsbController(EmulatedModel):
     """A whole USB host controller (a PCI device) with a USB tablet plugged in behind it."""
 
     role = "usb-controller"
-
-    def __init__(self, id: str, driver: str, guest_driver: str):
-        self.id = id
-        self.driver = driver
-        self.guest_driver = guest_driver
 
     def plug(self, guest, device_id: str) -> Plugged:
         bus = guest.free_bus()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import signal
 import tempfile
 from pathlib import Path
@@ -27,6 +28,18 @@ def _fingerprint(image: GuestImage) -> dict[str, str]:
             st = Path(p).stat()
             out[str(p)] = f"{st.st_size}:{st.st_mtime_ns}"
     return out
+
+
+def sweep_stale() -> list[str]:
+    """Remove guest temp directories (sockets, overlays) of runs whose process is gone -- a
+    killed test runner's; its QEMUs died with it (PR_SET_PDEATHSIG). Returns what was removed."""
+    removed = []
+    for d in Path(tempfile.gettempdir()).glob("hh-*-*"):
+        tag = d.name.split("-")[1]
+        if d.is_dir() and tag.isdigit() and not Path(f"/proc/{tag}").exists():
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(str(d))
+    return removed
 
 
 @dataclasses.dataclass

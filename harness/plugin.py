@@ -134,6 +134,7 @@ class HarnessSession:
         self.accel_reason = os.environ["HH_ACCEL_REASON"]
         self.qemu_version = _qemu_version(self.qemu_binary)
         _require_qemu(self.qemu_binary, self.qemu_version)
+        self.swept = hygiene.sweep_stale() if not self.worker else []
         self.snapshot = hygiene.Snapshot.take(self.user_image) if not self.worker else None
         self.hygiene_problems: list[str] = []
         self.backend_skip = None

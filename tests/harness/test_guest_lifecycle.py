@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import hygiene
 from harness.access import wait_until
 from harness.errors import GuestDiedError, ImageError, QemuLaunchError
 from harness.guest import Guest
@@ -123,7 +124,8 @@ def test_qemu_dies_with_its_owner(hotplug_session, tmp_path):
     """SIGKILL the process that owns a Guest in the middle of its life: QEMU goes too
     (PR_SET_PDEATHSIG), so a killed test runner leaves no QEMU behind."""
     script = textwrap.dedent(f"""
-        import sys, time
+        import os, sys, time
+        os.environ["HH_RUN_TAG"] = str(os.getpid())  # this owner is a run of its own
         from pathlib import Path
         from harness.guest import Guest
         from harness.images import ensure_builtin
@@ -142,3 +144,7 @@ def test_qemu_dies_with_its_owner(hotplug_session, tmp_path):
         owner.send_signal(signal.SIGKILL)
         owner.wait(10)
     wait_until(f"QEMU {qemu_pid} to die with its owner", lambda: not pid_alive(int(qemu_pid)), 10)
+    # What the dead run left (its sockets' directory) is swept by the next run's start.
+    assert Path(tmp).exists()
+    assert str(tmp) in hygiene.sweep_stale()
+    assert not Path(tmp).exists()

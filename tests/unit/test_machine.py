@@ -25,7 +25,7 @@ def test_pc_console_guest_has_no_network_and_starts_paused():
     assert opt_values(a, "-machine") == ["pc"]
     assert not any(v.startswith("pcie-root-port") for v in opt_values(a, "-device"))
     assert opt_values(a, "-netdev") == []  # the guide's -net none
-    assert opt_values(a, "-cpu") == ["max"] and opt_values(a, "-accel") == ["tcg"]
+    assert opt_values(a, "-cpu") == ["max"] and opt_values(a, "-accel") == ["tcg,tb-size=128"]
 
 
 def test_q35_root_ports_and_pciehp():

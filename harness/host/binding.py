@@ -1,0 +1,473 @@
+"""Binding host PCI devices to vfio-pci, and giving them back, without ever losing one.
+
+The guide's ``vfio-pci.sh`` (unbind, ``new_id``) done safely:
+
+* :meth:`VfioBinder.bind` refuses, before any write, a device not in the inventory, a device the
+  host needs (:mod:`.safety`), a device without IOMMU group, a group with such a member.
+* It then writes a journal entry per device it is about to move (its original driver and
+  ``driver_override``), fsyncs it, and only then moves the devices: ``driver_override=vfio-pci``,
+  unbind, ``drivers_probe``, and checks the ``driver`` link.
+* :meth:`Lease.release` moves them back and drops their entries. A run killed in between
+  leaves the entries; :func:`restore_from_journal` (``python -m harness restore``, and every
+  session start) finishes the job from whatever step the run reached.
+
+    >>> binder = VfioBinder("/", journal=default_journal_path())          # doctest: +SKIP
+    >>> with binder.bind("05:00.0", allowed=inventory.pci_addresses()) as lease:
+    ...     ...  # device_add vfio-pci,host=0000:05:00.0
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import json
+import logging
+import os
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..errors import HarnessError, HostDeviceError
+from .safety import GroupPlan, critical_devices, plan_group
+from .sysfs import PciDevice, Sysfs, parse_bdf
+
+log = logging.getLogger("harness.host")
+
+VFIO = "vfio-pci"
+DEFAULT_JOURNAL = Path("/var/lib/hotplug-harness/vfio-journal.json")
+RESTORE_HINT = "run `python -m harness restore` (as root) to give the devices back"
+
+
+def default_journal_path() -> Path:
+    """``$HH_VFIO_JOURNAL``, else /var/lib/hotplug-harness/vfio-journal.json."""
+    return Path(os.environ.get("HH_VFIO_JOURNAL") or DEFAULT_JOURNAL)
+
+
+# -- the journal --------------------------------------------------------------------------------
+
+
+class Journal:
+    """The devices moved to vfio-pci and not yet given back, as JSON on disk.
+
+    Every change happens under an exclusive lock (pytest-xdist workers share one journal) and
+    replaces the file atomically after an fsync, so a crash leaves either the old or the new
+    list."""
+
+    def __init__(self, path: str | Path, lock_timeout: float = 30.0):
+        self.path = Path(path)
+        self.lock_timeout = lock_timeout
+
+    @contextlib.contextmanager
+    def locked(self):
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise HostDeviceError(f"cannot create the vfio journal lock {lock_path}: {e.strerror}",
+                                  hint="run as root, or set HH_VFIO_JOURNAL to a writable "
+                                       "path") from e
+        try:
+            deadline = time.monotonic() + self.lock_timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise HostDeviceError(
+                            f"the vfio journal {self.path} stayed locked for "
+                            f"{self.lock_timeout:.0f} s",
+                            hint=f"another run is binding devices; `fuser {lock_path}` names it")
+                    time.sleep(0.05)
+            yield self
+        finally:
+            os.close(fd)  # releases the lock
+
+    def read(self) -> list[dict]:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            raise HostDeviceError(f"cannot read the vfio journal {self.path}: {e.strerror}",
+                                  hint="run as root") from e
+        try:
+            entries = json.loads(text)["entries"] if text.strip() else []
+            if not isinstance(entries, list):
+                raise TypeError("entries is not a list")
+        except (ValueError, KeyError, TypeError) as e:
+            raise HostDeviceError(f"the vfio journal {self.path} is corrupt: {e}",
+                                  hint="read it, give the devices back by hand (driver_override, "
+                                       "unbind, bind), then delete it") from e
+        return entries
+
+    def write(self, entries: list[dict]) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        data = json.dumps({"version": 1, "entries": entries}, indent=1) + "\n"
+        try:
+            with open(tmp, "w") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            dfd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as e:
+            raise HostDeviceError(f"cannot write the vfio journal {self.path}: {e.strerror}",
+                                  hint="run as root, or set HH_VFIO_JOURNAL to a writable "
+                                       "path") from e
+
+
+def _process_start(fs: Sysfs, pid: int) -> int | None:
+    """The start time (clock ticks since boot) of ``pid``, which tells a pid reuse apart."""
+    stat = fs.read(fs.proc(str(pid), "stat"))
+    if stat is None:
+        return None
+    try:
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _owner_alive(fs: Sysfs, entry: dict) -> bool:
+    if not fs.proc(str(entry.get("pid")), "stat").exists():
+        return False
+    recorded = entry.get("pid_start")
+    return recorded is None or _process_start(fs, entry["pid"]) == recorded
+
+
+# -- moving devices -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """What happened to one journaled device. ``status``: ``restored`` (back on ``driver``),
+    ``gone`` (no longer on the host), ``in-use`` (its run is alive: left alone), ``failed``."""
+
+    bdf: str
+    status: str
+    driver: str | None
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.bdf}: {self.status}: {self.detail}"
+
+
+def _wait_driver(fs: Sysfs, bdf: str, expected: str | None, timeout: float) -> None:
+    """Wait until the device's driver link names ``expected`` (binding is synchronous in Linux;
+    the deadline covers drivers that finish probing late)."""
+    link = fs.pci_dir(bdf) / "driver"
+    deadline = time.monotonic() + timeout
+    while True:
+        now = fs.link_name(link)
+        if now == expected:
+            return
+        if time.monotonic() >= deadline:
+            raise HostDeviceError(
+                f"{bdf} is on {now or 'no driver'} after {timeout:g} s, not "
+                f"{expected or 'unbound'}",
+                hint=f"`dmesg | tail` shows why {expected or 'the driver'} did not take it")
+        time.sleep(0.02)
+
+
+def _move_to_vfio(fs: Sysfs, dev: PciDevice, timeout: float) -> None:
+    d = fs.pci_dir(dev.bdf)
+    vfio = fs.pci_driver_dir(VFIO)
+    if dev.has_driver_override:
+        fs.write(d / "driver_override", VFIO)
+        if dev.driver:
+            fs.write(fs.pci_driver_dir(dev.driver) / "unbind", dev.bdf)
+        fs.write(fs.sys("bus", "pci", "drivers_probe"), dev.bdf)
+    else:  # kernels before 3.16: teach vfio-pci the ids, which also probes unbound devices
+        if dev.driver:
+            fs.write(fs.pci_driver_dir(dev.driver) / "unbind", dev.bdf)
+        try:
+            fs.write(vfio / "new_id", f"{dev.vendor} {dev.device}")
+        except HostDeviceError as e:
+            if getattr(e.__cause__, "errno", None) != errno.EEXIST:
+                raise
+        if fs.link_name(d / "driver") != VFIO:
+            fs.write(vfio / "bind", dev.bdf)
+    _wait_driver(fs, dev.bdf, VFIO, timeout)
+
+
+def _restore_entry(fs: Sysfs, entry: dict, timeout: float) -> Restored:
+    """Give one journaled device back, from whatever state a run left it in."""
+    bdf, original = entry["bdf"], entry.get("driver")
+    if not fs.pci_exists(bdf):
+        return Restored(bdf, "gone", None, "no longer on this host (removed?); nothing to do")
+    try:
+        dev = fs.pci_device(bdf)
+        if entry.get("method") == "new_id":
+            with contextlib.suppress(HostDeviceError):  # already removed
+                fs.write(fs.pci_driver_dir(VFIO) / "remove_id", entry["ids"])
+        if dev.driver == VFIO:
+            fs.write(fs.pci_driver_dir(VFIO) / "unbind", bdf)
+        elif dev.driver not in (None, original):
+            return Restored(bdf, "failed", dev.driver,
+                            f"bound to {dev.driver}, neither vfio-pci nor its original "
+                            f"{original or 'no driver'}; left as it is")
+        wanted_override = entry.get("driver_override")
+        if dev.has_driver_override and dev.driver_override != wanted_override:
+            fs.write(fs.pci_dir(bdf) / "driver_override", wanted_override or "\n")
+        if original and fs.link_name(fs.pci_dir(bdf) / "driver") != original:
+            bind = fs.pci_driver_dir(original) / "bind"
+            if bind.exists():
+                fs.write(bind, bdf)
+            else:
+                fs.write(fs.sys("bus", "pci", "drivers_probe"), bdf)
+        _wait_driver(fs, bdf, original, timeout)
+    except HostDeviceError as e:
+        return Restored(bdf, "failed", fs.link_name(fs.pci_dir(bdf) / "driver"),
+                        f"{e.message} ({e.hint})" if e.hint else e.message)
+    return Restored(bdf, "restored", original, f"back on {original or 'no driver'}")
+
+
+def restore_from_journal(root: "str | Path | Sysfs" = "/", journal: str | Path | None = None, *,
+                         include_live: bool = False, timeout: float = 5.0) -> list[Restored]:
+    """Give back every device a run left on vfio-pci, and drop its journal entries.
+
+    Entries of a run that is still alive (another session, an xdist worker) are left alone
+    (``status="in-use"``) unless ``include_live``. Idempotent. Raises HostDeviceError after
+    trying them all if any could not be given back (their entries stay)."""
+    fs = Sysfs.of(root)
+    jr = Journal(journal or default_journal_path())
+    if not jr.path.exists():
+        return []
+    results: list[Restored] = []
+    with jr.locked():
+        for entry in jr.read():
+            if not include_live and _owner_alive(fs, entry):
+                results.append(Restored(entry["bdf"], "in-use", fs.link_name(
+                    fs.pci_dir(entry["bdf"]) / "driver"), f"held by pid {entry.get('pid')} (a "
+                                                          f"live run) since {entry.get('time')}"))
+                continue
+            result = _restore_entry(fs, entry, timeout)
+            log.info("restore: %s", result)
+            results.append(result)
+            if result.status != "failed":
+                _drop(jr, entry)
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        raise HostDeviceError(
+            f"{len(failed)} device(s) could not be given back to their drivers: "
+            f"{', '.join(r.bdf for r in failed)}",
+            hint="fix the cause below, then run `python -m harness restore` again",
+            details="\n".join(f"  {r}" for r in results))
+    return results
+
+
+def _drop(jr: Journal, entry: dict) -> None:
+    key = (entry["bdf"], entry.get("lease"))
+    jr.write([e for e in jr.read() if (e["bdf"], e.get("lease")) != key])
+
+
+# -- the binder ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Hold:
+    """One IOMMU group this binder holds: its journal lease id, the journaled entries, and how
+    many Leases share it (two inventory devices can share a group)."""
+
+    lease_id: str
+    entries: list[dict]
+    count: int = 0
+
+
+class Lease:
+    """A device on vfio-pci for as long as the lease is held. ``release()`` (or leaving the
+    ``with`` block) gives its group back once no other lease of the binder needs it."""
+
+    def __init__(self, binder: "VfioBinder", plan: GroupPlan):
+        self._binder = binder
+        self.bdf = plan.target.bdf
+        self.group = plan.group
+        self.plan = plan
+        self.released = False
+
+    @property
+    def members(self) -> list[str]:
+        return [m.bdf for m in self.plan.members]
+
+    @property
+    def moved(self) -> list[str]:
+        """The functions this lease's group hold moved to vfio-pci (and will move back)."""
+        hold = self._binder._holds.get(self.group)
+        return [e["bdf"] for e in hold.entries] if hold else []
+
+    @property
+    def vfio_group_path(self) -> Path:
+        return Path("/dev/vfio", str(self.group))
+
+    def release(self) -> list[Restored]:
+        if self.released:
+            return []
+        self.released = True
+        return self._binder._release(self.group)
+
+    def __enter__(self) -> "Lease":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"<Lease {self.bdf} group {self.group} moved={self.moved}>"
+
+
+class VfioBinder:
+    """Binds inventory devices to vfio-pci for one run. ``close()`` gives back everything still
+    held. ``root`` may be a :class:`Sysfs` whose ``on_write`` plays the kernel (unit tests)."""
+
+    def __init__(self, root: "str | Path | Sysfs" = "/", journal: str | Path | None = None, *,
+                 ssh_connection: str | None = None, timeout: float = 5.0):
+        self.fs = Sysfs.of(root)
+        self.journal = Journal(journal or default_journal_path())
+        self.ssh_connection = ssh_connection
+        self.timeout = timeout
+        self._holds: dict[int, _Hold] = {}
+
+    def bind(self, bdf: str, allowed: set[str] | frozenset[str]) -> Lease:
+        """Put ``bdf`` and the rest of its IOMMU group on vfio-pci. ``allowed``: the inventory's
+        BDFs (``Inventory.pci_addresses()``)."""
+        bdf = parse_bdf(bdf)
+        if bdf not in {parse_bdf(a) for a in allowed}:
+            raise HostDeviceError(f"{bdf} is not in the inventory: the harness takes only "
+                                  f"devices listed there",
+                                  hint="add it to the inventory if the host can spare it "
+                                       "(`python -m harness discover` says whether it can)")
+        if not self.fs.pci_driver_dir(VFIO).is_dir():
+            raise HostDeviceError(f"the vfio-pci driver is not loaded (no "
+                                  f"{self.fs.pci_driver_dir(VFIO)})", hint="modprobe vfio-pci")
+        plan = plan_group(self.fs, bdf, critical_devices(self.fs,
+                                                         ssh_connection=self.ssh_connection))
+        if plan.group is None:
+            raise HostDeviceError(f"{plan.target.bdf}: no iommu_group found",
+                                  hint="enable VT-d in the firmware and boot with intel_iommu=on")
+        if plan.problems:
+            raise HostDeviceError(f"refusing to take {plan.target.bdf}: "
+                                  + "; ".join(plan.problems),
+                                  hint="take it out of the inventory; `python -m harness "
+                                       "discover` lists the devices that are safe to take")
+        with self.journal.locked():
+            entries = self.journal.read()
+            hold = self._holds.get(plan.group)
+            self._refuse_foreign(plan, entries, hold)
+            hold = hold or _Hold(uuid.uuid4().hex[:12], [])
+            new = [self._entry(m, plan.group, hold.lease_id) for m in plan.to_move]
+            if new:
+                self.journal.write(entries + new)
+            self._move_all(plan, new)
+        hold.entries += new
+        hold.count += 1
+        self._holds[plan.group] = hold
+        log.info("vfio: %s (group %s) on vfio-pci; moved %s", plan.target.bdf, plan.group,
+                 [e["bdf"] for e in new] or "nothing")
+        return Lease(self, plan)
+
+    def _refuse_foreign(self, plan: GroupPlan, entries: list[dict], hold: _Hold | None) -> None:
+        members = {m.bdf for m in plan.members}
+        for e in entries:
+            if e["bdf"] in members and (hold is None or e.get("lease") != hold.lease_id):
+                if _owner_alive(self.fs, e):
+                    raise HostDeviceError(
+                        f"{e['bdf']} (group {plan.group}) is held by pid {e.get('pid')} since "
+                        f"{e.get('time')}", hint="another run or xdist worker uses it: wait for "
+                                                 "it, or give that run another device")
+                raise HostDeviceError(f"{e['bdf']} (group {plan.group}) was left on vfio-pci by "
+                                      f"a run that died (pid {e.get('pid')})", hint=RESTORE_HINT)
+
+    def _entry(self, dev: PciDevice, group: int, lease_id: str) -> dict:
+        pid = os.getpid()
+        return {"bdf": dev.bdf, "group": group, "driver": dev.driver,
+                "driver_override": dev.driver_override,
+                "method": "driver_override" if dev.has_driver_override else "new_id",
+                "ids": f"{dev.vendor} {dev.device}", "lease": lease_id, "pid": pid,
+                "pid_start": _process_start(self.fs, pid),
+                "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+    def _move_all(self, plan: GroupPlan, new: list[dict]) -> None:
+        try:
+            for dev in plan.to_move:
+                _move_to_vfio(self.fs, dev, self.timeout)
+        except HarnessError as e:
+            # Put back what already moved (and the half-moved one), newest first.
+            leftovers = []
+            for entry in reversed(new):
+                result = _restore_entry(self.fs, entry, self.timeout)
+                if result.status == "failed":
+                    leftovers.append(result)
+                else:
+                    _drop(self.journal, entry)
+            if leftovers:
+                e.hint = f"{e.hint}; then {RESTORE_HINT}" if e.hint else RESTORE_HINT
+                e.details = "\n".join(f"  not given back: {r}" for r in leftovers)
+            raise
+
+    def _release(self, group: int) -> list[Restored]:
+        hold = self._holds.get(group)
+        if hold is None:
+            return []
+        hold.count -= 1
+        if hold.count > 0:
+            return []
+        del self._holds[group]
+        results = []
+        with self.journal.locked():
+            for entry in reversed(hold.entries):
+                result = _restore_entry(self.fs, entry, self.timeout)
+                log.info("vfio: release %s", result)
+                results.append(result)
+                if result.status != "failed":
+                    _drop(self.journal, entry)
+        failed = [r for r in results if r.status == "failed"]
+        if failed:
+            raise HostDeviceError(f"group {group}: {len(failed)} device(s) not given back",
+                                  hint=RESTORE_HINT,
+                                  details="\n".join(f"  {r}" for r in results))
+        return results
+
+    def close(self) -> list[Restored]:
+        """Give back every group still held (errors of one group do not stop the others)."""
+        results, errors = [], []
+        for group in list(self._holds):
+            self._holds[group].count = 1
+            try:
+                results += self._release(group)
+            except HostDeviceError as e:
+                errors.append(e)
+        if errors:
+            raise HostDeviceError("; ".join(e.message for e in errors), hint=RESTORE_HINT,
+                                  details="\n".join(e.details for e in errors))
+        return results
+
+    def __enter__(self) -> "VfioBinder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def vfio_state(root: "str | Path | Sysfs", bdfs) -> list[dict]:
+    """For a test's bundle: each device's IOMMU group members with their drivers and
+    overrides, as sysfs shows them now."""
+    fs = Sysfs.of(root)
+    out = []
+    for bdf in bdfs:
+        bdf = parse_bdf(bdf)
+        if not fs.pci_exists(bdf):
+            out.append({"bdf": bdf, "present": False})
+            continue
+        dev = fs.pci_device(bdf)
+        members = fs.iommu_group_members(dev.iommu_group) if dev.iommu_group is not None else []
+        out.append({**dev.to_dict(), "present": True,
+                    "group_members": [fs.pci_device(m).to_dict() for m in members]})
+    return out

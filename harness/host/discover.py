@@ -1,0 +1,176 @@
+"""Which host devices could play each role, and which of them the host can spare.
+
+:func:`discover` reads root/sys and returns data; :func:`format_candidates` turns it into text;
+:func:`draft_inventory` makes an inventory of the safe candidates (``discover --write``).
+
+    >>> print(format_candidates(discover("/")))          # doctest: +SKIP
+    nic
+      0000:05:00.0  Intel Corporation 82599ES 10-Gigabit SFI/SFP+ Network Connection [8086:10fb]
+          driver ixgbe, IOMMU group 12 with 0000:05:00.1 (Ethernet controller, ixgbe)
+          safe to take
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from .inventory import GATEWAY_PLACEHOLDER, ROLES, Inventory, InventoryDevice, default_name
+from .safety import critical_devices, plan_group
+from .sysfs import STORAGE_CLASSES, PciDevice, Sysfs, pci_names
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A host device that could play ``role``. ``address`` is the BDF, or the USB device's
+    sysfs name (``3-3``). ``reasons`` says why it is not ``safe`` to take."""
+
+    role: str
+    address: str
+    ids: str
+    vendor_name: str | None
+    device_name: str | None
+    class_name: str
+    driver: str | None
+    iommu_group: int | None
+    #: The rest of the IOMMU group, one line each: "0000:05:00.1 Ethernet controller (ixgbe)".
+    group_others: tuple[str, ...]
+    safe: bool
+    reasons: tuple[str, ...]
+    #: Interfaces and disks the host sees behind it ("interfaces enp5s0f0", "disks sdb").
+    uses: tuple[str, ...] = ()
+    busnum: int | None = None
+    devnum: int | None = None
+    #: Bytes of the one disk behind a storage controller, if there is exactly one.
+    disk_bytes: int | None = None
+
+    @property
+    def title(self) -> str:
+        name = " ".join(n for n in (self.vendor_name, self.device_name) if n) or self.class_name
+        return f"{name} [{self.ids}]"
+
+
+def role_of(dev: PciDevice) -> str | None:
+    base = dev.class_code >> 8
+    if base == 0x0200:
+        return "nic"
+    if base == 0x0c03 and dev.class_code & 0xff != 0xfe:  # 0xfe: a USB device, not a controller
+        return "usb-controller"
+    if base in STORAGE_CLASSES:
+        return "sata-controller"
+    return None
+
+
+def discover(root: "str | Path | Sysfs" = "/", *,
+             ssh_connection: str | None = None) -> list[Candidate]:
+    """Every NIC, USB controller, SATA/SAS controller and USB device of the host, PCI ones in
+    address order, with whether it is safe to take and why not."""
+    fs = Sysfs.of(root)
+    critical = critical_devices(fs, ssh_connection=ssh_connection)
+    out = []
+    for bdf in fs.pci_addresses():
+        dev = fs.pci_device(bdf)
+        role = role_of(dev)
+        if role is None:
+            continue
+        plan = plan_group(fs, bdf, critical)
+        kept = {m.bdf: why for m, why in plan.kept}
+        others = tuple(f"{m.bdf} {m.class_name} ({m.driver or 'no driver'})"
+                       + (f": {kept[m.bdf]}" if m.bdf in kept else "")
+                       for m in plan.members if m.bdf != bdf)
+        uses, disk_bytes = _uses(fs, dev.path)
+        vname, dname = pci_names(fs.root, dev.vendor, dev.device)
+        out.append(Candidate(role, bdf, dev.ids, vname, dname, dev.class_name, dev.driver,
+                             dev.iommu_group, others, plan.safe, plan.problems, uses,
+                             disk_bytes=disk_bytes if role == "sata-controller" else None))
+    for usb in fs.usb_devices():
+        if usb.is_hub:
+            continue
+        reasons = tuple(f"{usb.name} {why}" for why in critical.get(usb.name, []))
+        drivers = sorted({d for p in fs.sys("bus", "usb", "devices").glob(f"{usb.name}:*")
+                          if (d := fs.link_name(p / "driver"))})
+        out.append(Candidate("usb-device", usb.name, usb.ids, usb.manufacturer, usb.product,
+                             "USB device", ", ".join(drivers) or None, None, (), not reasons,
+                             reasons, busnum=usb.busnum, devnum=usb.devnum))
+    return out
+
+
+def _uses(fs: Sysfs, device_path: str) -> tuple[tuple[str, ...], int | None]:
+    """Interfaces and whole disks the host has behind a device's sysfs directory."""
+    prefix = device_path.rstrip("/") + "/"
+
+    def below(cls: str) -> list[Path]:
+        try:
+            return [p for p in sorted(fs.sys("class", cls).iterdir())
+                    if os.path.realpath(p).startswith(prefix)]
+        except OSError:
+            return []
+
+    nets = [p.name for p in below("net")]
+    disks = [p for p in below("block") if not (p / "partition").exists()]
+    uses = []
+    if nets:
+        uses.append("interfaces " + ", ".join(nets))
+    if disks:
+        uses.append("disks " + ", ".join(p.name for p in disks))
+    size = fs.read(disks[0] / "size") if len(disks) == 1 else None
+    return tuple(uses), int(size) * 512 if size and size.isdigit() else None
+
+
+def format_candidates(candidates: list[Candidate]) -> str:
+    lines = []
+    for role in ROLES:
+        mine = [c for c in candidates if c.role == role]
+        lines.append(f"{role}" + ("" if mine else ": none on this host"))
+        for c in mine:
+            where = c.address if c.busnum is None else f"{c.address} (bus {c.busnum} addr {c.devnum})"
+            lines.append(f"  {where}  {c.title}")
+            facts = [f"driver {c.driver or 'none'}"]
+            if c.role != "usb-device":
+                if c.iommu_group is None:
+                    facts.append("no IOMMU group")
+                else:
+                    facts.append(f"IOMMU group {c.iommu_group}"
+                                 + (" alone" if not c.group_others else ""))
+            facts += c.uses
+            lines.append("      " + ", ".join(facts))
+            lines += [f"      group also holds {o}" for o in c.group_others]
+            if c.safe:
+                lines.append("      safe to take")
+            else:
+                lines += [f"      NOT safe: {r}" for r in c.reasons]
+    safe = sum(c.safe for c in candidates)
+    lines.append(f"{safe} of {len(candidates)} candidates are safe to take; "
+                 f"`python -m harness discover --write inventory.toml` drafts an inventory of them")
+    return "\n".join(lines)
+
+
+def draft_inventory(candidates: list[Candidate]) -> Inventory:
+    """An inventory of the safe candidates. NICs get ``gateway = "FILL-IN"``, which the loader
+    rejects until a person puts the real address there."""
+    devices = []
+    ids_count: dict[str, int] = {}
+    for c in candidates:
+        if c.role == "usb-device":
+            ids_count[c.ids] = ids_count.get(c.ids, 0) + 1
+    for c in candidates:
+        if not c.safe:
+            continue
+        note = c.title + (f", driver {c.driver}" if c.driver else "")
+        if c.role == "usb-device":
+            vendorid, productid = (f"0x{x}" for x in c.ids.split(":"))
+            by_bus = ids_count[c.ids] > 1  # two alike devices: only the address tells them apart
+            kw = dict(hostbus=c.busnum, hostaddr=c.devnum) if by_bus else {}
+            devices.append(InventoryDevice(
+                role=c.role, name=default_name(c.role, vendorid=vendorid, productid=productid,
+                                               **kw),
+                vendorid=vendorid, productid=productid, product=c.device_name, note=note, **kw))
+            continue
+        if c.group_others:
+            note += f"\nIOMMU group {c.iommu_group} also holds " + "; ".join(c.group_others)
+        devices.append(InventoryDevice(
+            role=c.role, name=default_name(c.role, bdf=c.address), bdf=c.address,
+            gateway=GATEWAY_PLACEHOLDER if c.role == "nic" else None,
+            disk_bytes=c.disk_bytes, note=note))
+    return Inventory(tuple(devices))

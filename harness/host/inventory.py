@@ -1,0 +1,357 @@
+"""The inventory: which host devices a run may take, and for which role.
+
+A TOML file of ``[[device]]`` tables (docs/vfio.md)::
+
+    [[device]]
+    role = "nic"
+    bdf = "0000:05:00.0"
+    gateway = "192.168.100.1"
+
+:func:`load_inventory` validates it all at once and reports one line per problem, naming the
+file, the entry and the fix::
+
+    inventory.toml: device #1 "nic-05-00.0": unknown key 'gatway': did you mean 'gateway'?
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import json
+import re
+import tomllib
+from pathlib import Path
+
+from ..errors import ConfigError
+from .sysfs import STORAGE_CLASSES, Sysfs, class_name, parse_bdf, short_bdf
+
+PCI_ROLES = ("nic", "usb-controller", "sata-controller")
+ROLES = PCI_ROLES + ("usb-device",)
+_ROLE_KEYS = {
+    "nic": ("bdf", "gateway"),
+    "usb-controller": ("bdf",),
+    "sata-controller": ("bdf", "disk_bytes"),
+    "usb-device": ("hostbus", "hostaddr", "vendorid", "productid", "product"),
+}
+_ALL_KEYS = ("role", "name") + tuple(dict.fromkeys(k for ks in _ROLE_KEYS.values() for k in ks))
+#: The class/subclass a PCI role's device must have.
+_ROLE_CLASSES = {"nic": (0x0200,), "usb-controller": (0x0c03,), "sata-controller": STORAGE_CLASSES}
+#: What ``discover --write`` puts where only a person can know the value.
+GATEWAY_PLACEHOLDER = "FILL-IN"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class InventoryError(ConfigError):
+    """The inventory has problems; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        if len(problems) == 1:
+            super().__init__(problems[0], hint="fix that line of the inventory (format: "
+                                               "docs/vfio.md)")
+        else:
+            super().__init__(f"the inventory has {len(problems)} problems:",
+                             hint="fix each line above (format: docs/vfio.md)",
+                             details="\n".join(f"  {p}" for p in problems))
+        self.problems = problems
+
+
+@dataclasses.dataclass(frozen=True)
+class InventoryDevice:
+    """One host device and the role it plays. PCI roles have ``bdf``; usb-device has
+    hostbus/hostaddr and/or vendorid/productid (``"0x03f0"``)."""
+
+    role: str
+    name: str
+    bdf: str | None = None
+    gateway: str | None = None
+    disk_bytes: int | None = None
+    hostbus: int | None = None
+    hostaddr: int | None = None
+    vendorid: str | None = None
+    productid: str | None = None
+    product: str | None = None
+    #: A comment ``to_toml`` writes above the entry (what discovery saw); not read back.
+    note: str = dataclasses.field(default="", compare=False)
+
+    @property
+    def is_pci(self) -> bool:
+        return self.role in PCI_ROLES
+
+    @property
+    def address(self) -> str:
+        """Where the device is: its BDF, or ``bus 3 addr 3`` / ``03f0:8607`` for USB."""
+        if self.bdf:
+            return self.bdf
+        if self.hostbus is not None:
+            return f"bus {self.hostbus} addr {self.hostaddr}"
+        return f"{self.vendorid[2:]}:{self.productid[2:]}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Inventory:
+    devices: tuple[InventoryDevice, ...]
+    path: Path | None = None
+
+    def for_role(self, role: str) -> list[InventoryDevice]:
+        if role not in ROLES:
+            raise ConfigError(f"unknown role {role!r}", hint=f"use one of {', '.join(ROLES)}")
+        return [d for d in self.devices if d.role == role]
+
+    def by_name(self, name: str) -> InventoryDevice:
+        for d in self.devices:
+            if d.name == name:
+                return d
+        raise ConfigError(f"no device named {name!r} in {self.path or 'the inventory'}",
+                          hint=f"names there: {', '.join(d.name for d in self.devices)}")
+
+    def pci_addresses(self) -> set[str]:
+        """The BDFs the run may bind to vfio-pci (``VfioBinder.bind(bdf, allowed=...)``)."""
+        return {d.bdf for d in self.devices if d.bdf}
+
+    def to_toml(self) -> str:
+        lines = ["# Host devices the hotplug harness may take over for --backend vfio.",
+                 "# Taking a PCI device takes its whole IOMMU group (see docs/vfio.md).",
+                 "# Check it, then: python -m harness doctor --inventory <this file>"]
+        for d in self.devices:
+            lines += ["", "[[device]]"]
+            lines += [f"# {line}" for line in d.note.splitlines()]
+            for key in ("role", "name") + _ROLE_KEYS[d.role]:
+                value = getattr(d, key)
+                if value is None:
+                    continue
+                text = json.dumps(value, ensure_ascii=False) if isinstance(value, str) else str(value)
+                if key == "gateway" and value == GATEWAY_PLACEHOLDER:
+                    text += "  # FILL IN: the address the guest pings through this NIC"
+                lines.append(f"{key} = {text}")
+        return "\n".join(lines) + "\n"
+
+
+def default_name(role: str, bdf: str | None = None, hostbus: int | None = None,
+                 hostaddr: int | None = None, vendorid: str | None = None,
+                 productid: str | None = None) -> str:
+    """A name usable in test ids: ``nic-05-00.0``, ``usb-device-3-3``, ``usb-device-03f0-8607``."""
+    if bdf:
+        return f"{role}-{short_bdf(bdf).replace(':', '-')}"
+    if hostbus is not None:
+        return f"{role}-{hostbus}-{hostaddr}"
+    return f"{role}-{(vendorid or '0x')[2:]}-{(productid or '0x')[2:]}"
+
+
+def load_inventory(path: str | Path, root: "str | Path | Sysfs" = "/", *,
+                   check_host: bool = True) -> Inventory:
+    """Read and validate an inventory file. ``check_host`` also checks each device against
+    root/sys (present, right class). Raises :class:`InventoryError` listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read the inventory {path}: {e.strerror}",
+                          hint="give an existing file; `python -m harness discover --write "
+                               f"{path}` drafts one") from e
+    return parse_inventory(text, source=str(path), root=root, check_host=check_host, path=path)
+
+
+def parse_inventory(text: str, *, source: str = "inventory.toml",
+                    root: "str | Path | Sysfs" = "/", check_host: bool = True,
+                    path: Path | None = None) -> Inventory:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise InventoryError([f"{source}: not valid TOML: {e}; fix the syntax there"]) from e
+    problems: list[str] = []
+    for key in data:
+        if key != "device":
+            problems.append(f"{source}: unknown top-level key {key!r}{_suggest(key, ['device'])}; "
+                            f"each device is a [[device]] table")
+    entries = data.get("device", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        problems.append(f"{source}: 'device' must be [[device]] tables, not "
+                        f"{type(entries).__name__}; write each device as a [[device]] table")
+        entries = []
+    if not entries and not problems:
+        problems.append(f"{source}: no [[device]] entries; `python -m harness discover --write "
+                        f"{source}` drafts them")
+
+    fs = Sysfs.of(root) if check_host else None
+    devices: list[InventoryDevice] = []
+    seen_names: dict[str, str] = {}
+    seen_devices: dict[tuple, str] = {}
+    for i, entry in enumerate(entries, start=1):
+        checker = _EntryChecker(source, i, entry)
+        device = checker.check()
+        if device is not None:
+            label = checker.label
+            if device.name in seen_names:
+                checker.problem(f"name {device.name!r} is also {seen_names[device.name]}",
+                                "give each device its own name")
+            seen_names.setdefault(device.name, label)
+            identity = _identity(device)
+            if identity in seen_devices:
+                checker.problem(f"same device ({device.address}) as {seen_devices[identity]}",
+                                "list each host device once")
+            seen_devices.setdefault(identity, label)
+            if fs is not None and not checker.problems:
+                checker.check_host(fs, device)
+            devices.append(device)
+        problems += checker.problems
+    if problems:
+        raise InventoryError(problems)
+    return Inventory(tuple(devices), path)
+
+
+def _identity(d: InventoryDevice) -> tuple:
+    if d.bdf:
+        return ("pci", d.bdf)
+    if d.hostbus is not None:
+        return ("usb", d.hostbus, d.hostaddr)
+    return ("usb-ids", d.vendorid, d.productid)
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class _EntryChecker:
+    """Validates one ``[[device]]`` table, collecting one line per problem."""
+
+    def __init__(self, source: str, index: int, entry: dict):
+        self.source, self.index, self.entry = source, index, entry
+        self.problems: list[str] = []
+        name = entry.get("name")
+        self.label = f'device #{index}' + (f' "{name}"' if isinstance(name, str) else "")
+
+    def problem(self, what: str, fix: str) -> None:
+        self.problems.append(f"{self.source}: {self.label}: {what}; {fix}")
+
+    def check(self) -> InventoryDevice | None:
+        e = self.entry
+        role = e.get("role")
+        if role is None:
+            self.problem("missing key 'role'", f"add role = one of {', '.join(ROLES)}")
+            return None
+        if not isinstance(role, str) or role not in ROLES:
+            self.problem(f"unknown role {role!r}{_suggest(str(role), ROLES)}",
+                         f"use one of {', '.join(ROLES)}")
+            return None
+        allowed = ("role", "name") + _ROLE_KEYS[role]
+        for key in e:
+            if key in allowed:
+                continue
+            if key in _ALL_KEYS:
+                self.problem(f"key {key!r} does not apply to role {role!r}",
+                             f"remove it (keys of {role}: {', '.join(allowed)})")
+            else:
+                self.problem(f"unknown key {key!r}{_suggest(key, allowed)}",
+                             f"keys of {role}: {', '.join(allowed)}")
+
+        fields = {k: self._field(k) for k in _ROLE_KEYS[role] if k in e}
+        if role in PCI_ROLES and "bdf" not in e:
+            self.problem("missing key 'bdf'", 'add bdf = "DDDD:BB:DD.F" (from `lspci -D` or '
+                                              '`python -m harness discover`)')
+        if role == "nic" and "gateway" not in e:
+            self.problem("missing key 'gateway'", 'add gateway = "A.B.C.D", the address the '
+                                                  'guest pings through this NIC')
+        if role == "usb-device":
+            by_bus = ("hostbus" in e, "hostaddr" in e)
+            by_ids = ("vendorid" in e, "productid" in e)
+            if any(by_bus) and not all(by_bus):
+                missing = "hostaddr" if by_bus[0] else "hostbus"
+                self.problem(f"missing key {missing!r}", "give hostbus and hostaddr together "
+                                                         "(Bus and Device of `lsusb`)")
+            elif any(by_ids) and not all(by_ids):
+                missing = "productid" if by_ids[0] else "vendorid"
+                self.problem(f"missing key {missing!r}", "give vendorid and productid together "
+                                                         '(ID of `lsusb`, like "0x03f0")')
+            elif not any(by_bus + by_ids):
+                self.problem("no hostbus/hostaddr and no vendorid/productid",
+                             "add either (Bus and Device, or ID, of `lsusb`)")
+
+        name = e.get("name")
+        if name is not None and not (isinstance(name, str) and _NAME.fullmatch(name)):
+            self.problem(f"name {name!r} is not letters, digits, '.', '_' and '-'",
+                         "rename it: the name becomes part of test ids")
+            name = None
+        if self.problems:
+            return None
+        if name is None:
+            name = default_name(role, **{k: fields.get(k) for k in
+                                         ("bdf", "hostbus", "hostaddr", "vendorid", "productid")})
+            self.label += f' "{name}"'
+        return InventoryDevice(role=role, name=name, **fields)
+
+    def _field(self, key: str):
+        value = self.entry[key]
+        if key == "bdf":
+            if not isinstance(value, str):
+                return self._type(key, value, 'a string like "0000:05:00.0"')
+            try:
+                return parse_bdf(value)
+            except ConfigError as err:
+                self.problem(err.message, "write it like 0000:05:00.0 or 05:00.0")
+                return None
+        if key == "gateway":
+            if value == GATEWAY_PLACEHOLDER:
+                self.problem(f"gateway is still the placeholder {GATEWAY_PLACEHOLDER!r} from "
+                             f"`discover --write`", "set the address the guest pings through "
+                                                    "this NIC")
+                return None
+            try:
+                return str(ipaddress.ip_address(value)) if isinstance(value, str) else \
+                    self._type(key, value, 'an IP address string like "192.168.100.1"')
+            except ValueError:
+                self.problem(f"gateway {value!r} is not an IP address",
+                             'write it like "192.168.100.1"')
+                return None
+        if key in ("disk_bytes", "hostbus", "hostaddr"):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                example = {"disk_bytes": "164696555520 (bytes, as `fdisk -l` shows)",
+                           "hostbus": "3 (Bus of `lsusb`)", "hostaddr": "3 (Device of `lsusb`)"}
+                return self._type(key, value, f"a positive integer like {example[key]}")
+            return value
+        if key in ("vendorid", "productid"):
+            if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0xffff:
+                return f"0x{value:04x}"
+            if isinstance(value, str) and re.fullmatch(r"(0x)?[0-9a-fA-F]{4}", value):
+                return "0x" + value[-4:].lower()
+            return self._type(key, value, 'four hex digits like "0x03f0" (ID of `lsusb`)')
+        if key == "product":
+            return value if isinstance(value, str) else self._type(key, value, "a string")
+        raise AssertionError(key)
+
+    def _type(self, key: str, value, expected: str) -> None:
+        self.problem(f"{key} = {value!r} is not {expected}", f"write {key} as {expected}")
+        return None
+
+    def check_host(self, fs: Sysfs, d: InventoryDevice) -> None:
+        """The device exists on this host and is what the role needs."""
+        if d.is_pci:
+            if not fs.pci_exists(d.bdf):
+                self.problem(f"PCI device {d.bdf} does not exist on this host",
+                             "check `lspci -D` or `python -m harness discover`")
+                return
+            dev = fs.pci_device(d.bdf)
+            if dev.class_code >> 8 not in _ROLE_CLASSES[d.role]:
+                wanted = " or ".join(class_name(c << 8) for c in _ROLE_CLASSES[d.role])
+                self.problem(f"{d.bdf} is a {dev.class_name} [{dev.ids}], not a {wanted} as "
+                             f"role {d.role!r} needs", "fix the bdf or the role")
+            return
+        usb = fs.usb_devices()
+        wanted_ids = f"{d.vendorid[2:]}:{d.productid[2:]}" if d.vendorid else None
+        at = [u for u in usb if (u.busnum, u.devnum) == (d.hostbus, d.hostaddr)]
+        ids = [u for u in usb if u.ids == wanted_ids]
+        if d.hostbus is not None and not at:
+            self.problem(f"no USB device at bus {d.hostbus} address {d.hostaddr} on this host",
+                         "check `lsusb` (the address changes when the device is replugged)")
+        elif wanted_ids and not ids:
+            self.problem(f"no USB device {wanted_ids} on this host", "check `lsusb` and plug it in")
+        elif at and wanted_ids and at[0].ids != wanted_ids:
+            self.problem(f"bus {d.hostbus} address {d.hostaddr} is {at[0].ids}, not {wanted_ids}",
+                         "fix one of them (`lsusb` shows both)")
+        elif not at and len(ids) > 1:
+            where = ", ".join(f"bus {u.busnum} addr {u.devnum}" for u in ids)
+            self.problem(f"{len(ids)} USB devices are {wanted_ids} ({where})",
+                         "add hostbus and hostaddr to pick one")
+        elif (at or ids)[0].is_hub:
+            self.problem(f"{d.address} is a USB hub", "pick the device behind it (`lsusb -t`)")
