@@ -152,7 +152,7 @@ class HarnessSession:
         for flag, value in (("--guest-kernel", opt.guest_kernel), ("--guest-initrd", opt.guest_initrd),
                             ("--guest-disk", opt.guest_disk), ("--guest-key", opt.guest_key)):
             if value and not Path(value).is_file():
-                raise pytest.UsageError(f"{flag} {value}: no such file")
+                raise pytest.UsageError(f"{flag} {value}: no such file (or not a regular file)")
         if not opt.guest_ready and not opt.guest_key:
             raise pytest.UsageError("your own guest needs a way in: --guest-key (SSH) and/or "
                                     "--guest-ready REGEX (a root shell on ttyS0)")
@@ -271,10 +271,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     _keyword_select_exact(config, items)
     # Tests that share a guest shape run one after another (and on one xdist worker with
     # --dist loadgroup), so one clean booted guest serves them all.
+    grouping = config.pluginmanager.hasplugin("xdist")
     for item in items:
         callspec = getattr(item, "callspec", None)
         platform = callspec.params.get("platform") if callspec else None
-        if platform is not None:
+        if platform is not None and grouping:
             item.add_marker(pytest.mark.xdist_group(platform.id))
     items.sort(key=lambda i: (_group_key(i), ))
 

@@ -136,7 +136,8 @@ def _process_start(fs: Sysfs, pid: int) -> int | None:
         return None
 
 
-def _owner_alive(fs: Sysfs, entry: dict) -> bool:
+def owner_alive(fs: Sysfs, entry: dict) -> bool:
+    """Whether the process that wrote a journal entry still runs (pid and start time match)."""
     if not fs.proc(str(entry.get("pid")), "stat").exists():
         return False
     recorded = entry.get("pid_start")
@@ -244,7 +245,7 @@ def restore_from_journal(root: "str | Path | Sysfs" = "/", journal: str | Path |
     results: list[Restored] = []
     with jr.locked():
         for entry in jr.read():
-            if not include_live and _owner_alive(fs, entry):
+            if not include_live and owner_alive(fs, entry):
                 results.append(Restored(entry["bdf"], "in-use", fs.link_name(
                     fs.pci_dir(entry["bdf"]) / "driver"), f"held by pid {entry.get('pid')} (a "
                                                           f"live run) since {entry.get('time')}"))
@@ -377,7 +378,7 @@ class VfioBinder:
         members = {m.bdf for m in plan.members}
         for e in entries:
             if e["bdf"] in members and (hold is None or e.get("lease") != hold.lease_id):
-                if _owner_alive(self.fs, e):
+                if owner_alive(self.fs, e):
                     raise HostDeviceError(
                         f"{e['bdf']} (group {plan.group}) is held by pid {e.get('pid')} since "
                         f"{e.get('time')}", hint="another run or xdist worker uses it: wait for "

@@ -141,8 +141,9 @@ def format_candidates(candidates: list[Candidate]) -> str:
             else:
                 lines += [f"      NOT safe: {r}" for r in c.reasons]
     safe = sum(c.safe for c in candidates)
-    lines.append(f"{safe} of {len(candidates)} candidates are safe to take; "
-                 f"`python -m harness discover --write inventory.toml` drafts an inventory of them")
+    lines.append(f"{safe} of {len(candidates)} candidates are safe to take"
+                 + ("; `python -m harness discover --write inventory.toml` drafts an inventory "
+                    "of them" if safe else ""))
     return "\n".join(lines)
 
 
