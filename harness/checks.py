@@ -71,12 +71,14 @@ def guest_sees_pci(guest, fn: PciFunction, timeout: float = 10.0) -> probes.Lspc
     return wait_until(f"guest lspci to show {fn.ids} at {fn.address}", look, timeout)
 
 
-def guest_driver_bound(guest, fn: PciFunction, driver: str, timeout: float = 10.0) -> str:
-    """``lspci -k`` says ``Kernel driver in use: <driver>`` for the function."""
+def guest_driver_bound(guest, fn: PciFunction, driver: str | None, timeout: float = 10.0) -> str:
+    """``lspci -k`` says ``Kernel driver in use: <driver>`` for the function (any driver if
+    ``driver`` is None: a host device's guest driver is not always known in advance)."""
     def look():
         info = probes.parse_lspci_k(guest.shell.run(f"lspci -k -s {fn.address}").output)
-        return next((v.get("driver") for v in info.values() if v.get("driver") == driver), None)
-    return wait_until(f"guest driver {driver} to bind {fn.address}", look, timeout)
+        return next((v["driver"] for v in info.values()
+                     if v.get("driver") and driver in (None, v["driver"])), None)
+    return wait_until(f"guest driver {driver or '(any)'} to bind {fn.address}", look, timeout)
 
 
 def guest_lacks_pci(guest, fn: PciFunction, timeout: float = 10.0) -> None:
@@ -135,6 +137,15 @@ def guest_usb_appears(guest, before: list[probes.LsusbEntry], product: str,
     def look():
         return next((e for e in lsusb(guest) if (e.bus, e.device) not in old and product in e.name), None)
     return wait_until(f"guest lsusb to show a new '{product}'", look, timeout)
+
+
+def new_usb_bus(guest, before: list[probes.LsusbEntry], timeout: float = 10.0) -> probes.LsusbEntry:
+    """The root hub (vendor 1d6b, Linux Foundation) of a USB bus that was not there before."""
+    old = {e.bus for e in before}
+
+    def look():
+        return next((e for e in lsusb(guest) if e.vendor == "1d6b" and e.bus not in old), None)
+    return wait_until("guest lsusb to show a new USB bus", look, timeout)
 
 
 def guest_usb_gone(guest, entry: probes.LsusbEntry, timeout: float = 10.0) -> None:
