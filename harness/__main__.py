@@ -39,7 +39,16 @@ def _compare(argv: list[str]) -> int:
     return main(argv)
 
 
-COMMANDS = {"image": _image, "compare": _compare}
+def _host(name: str):
+    def run(argv: list[str]) -> int:
+        from .host import cli
+
+        return getattr(cli, f"{name}_main")(argv)
+    return run
+
+
+COMMANDS = {"image": _image, "compare": _compare, "doctor": _host("doctor"),
+            "discover": _host("discover"), "restore": _host("restore")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,6 +71,10 @@ class HotplugDevice:
     def cleanup(self, guest, plugged: Plugged) -> None:
         """Release what ``plug`` set up besides the device (backends, host bindings)."""
 
+    def host_state(self) -> list[dict] | None:
+        """The host side of the device for a failure bundle (vfio: drivers, IOMMU group)."""
+        return None
+
     def __repr__(self) -> str:
         return f"<{self.backend} {self.role} {self.id}>"
 
@@ -207,6 +211,81 @@ class EmulatedSataController(HotplugDevice):
         for carrier in plugged.facts["disk_carrier"]:
             guest.device_del(carrier, timeout=20)
         _del_disk(guest, plugged.facts["disk_node"])
+
+
+class Placeholder(HotplugDevice):
+    """Stands for a role no device can play in this run; its tests carry a skip mark."""
+
+    backend = "none"
+
+    def __init__(self, role: str):
+        self.role = role
+        self.id = role
+
+
+class VfioPci(HotplugDevice):
+    """A host PCI device passed through: bound to vfio-pci (with its IOMMU group) for the time it
+    is plugged, ``device_add vfio-pci,host=BDF`` as in the guide, given back afterwards."""
+
+    backend = "vfio"
+
+    def __init__(self, entry, binder, allowed: set[str]):
+        self.entry = entry
+        self.role = entry.role
+        self.id = entry.name
+        self.binder = binder
+        self.allowed = allowed
+        self.guest_driver = getattr(entry, "guest_driver", None)
+
+    def plug(self, guest, device_id: str) -> Plugged:
+        lease = self.binder.bind(self.entry.bdf, allowed=self.allowed)
+        try:
+            bus = guest.free_bus()
+            # The guide puts the SATA controller at slot 6 of pc's root bus.
+            where = {"addr": "0x06"} if self.role == "sata-controller" and bus == "pci.0" else {}
+            seconds = guest.device_add("vfio-pci", device_id, host=self.entry.bdf, bus=bus, **where)
+        except BaseException:
+            lease.release()
+            raise
+        facts = {"lease": lease}
+        for key in ("gateway", "disk_bytes", "product"):
+            if getattr(self.entry, key, None) is not None:
+                facts[key] = getattr(self.entry, key)
+        if "product" in facts:
+            facts["behind_product"] = facts.pop("product")
+        return Plugged(device_id, self, seconds, bus, facts=facts)
+
+    def cleanup(self, guest, plugged: Plugged) -> None:
+        plugged.facts["lease"].release()
+
+    def host_state(self) -> list[dict]:
+        from .host.binding import vfio_state
+
+        return vfio_state("/", [self.entry.bdf])
+
+
+class UsbHost(HotplugDevice):
+    """A host USB device through ``usb-host``, chosen as the guide's ``usb_add`` did: by
+    ``hostbus``/``hostaddr`` (``host:003.003``) or by ``vendorid``/``productid``
+    (``host:03f0:8607``)."""
+
+    backend = "vfio"
+    role = "usb-device"
+
+    def __init__(self, entry, form: str):
+        self.entry = entry
+        self.form = form
+        self.id = f"{entry.name}-{form}"
+
+    def plug(self, guest, device_id: str) -> Plugged:
+        e = self.entry
+        props = ({"hostbus": e.hostbus, "hostaddr": e.hostaddr} if self.form == "busaddr"
+                 else {"vendorid": int(e.vendorid, 16), "productid": int(e.productid, 16)})
+        seconds = guest.device_add("usb-host", device_id, **props)
+        facts = {"product": e.product or "", "monitor_product": e.product or ""}
+        if getattr(e, "disk_bytes", None):
+            facts["disk_bytes"] = e.disk_bytes
+        return Plugged(device_id, self, seconds, facts=facts)
 
 
 EMULATED = {

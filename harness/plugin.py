@@ -137,10 +137,49 @@ class HarnessSession:
         self.swept = hygiene.sweep_stale() if not self.worker else []
         self.snapshot = hygiene.Snapshot.take(self.user_image) if not self.worker else None
         self.hygiene_problems: list[str] = []
-        self.backend_skip = None
-        if self.backend != "emulated":
-            self.backend_skip = (f"--backend {self.backend} is not available in this build yet; "
-                                 f"run with --backend emulated")
+        self.backend_skip: str | None = None
+        self.inventory = None
+        self.binder = None
+        if self.backend == "vfio":
+            self._setup_vfio(opt)
+        elif self.backend == "lab":
+            self.backend_skip = ("--backend lab (a nested lab host) is not built yet: run "
+                                 "--backend emulated here, or --backend vfio on a VT-d host")
+
+    def _setup_vfio(self, opt) -> None:
+        """Give back what a killed run left on vfio-pci, load the inventory, ask the doctor.
+        A host that cannot run vfio skips every scenario with the doctor's reason."""
+        from .host import binding, doctor
+        from .host.inventory import load_inventory
+
+        if not self.worker:
+            for r in binding.restore_from_journal("/"):
+                print(f"hotplug-harness: restored {r} (left on vfio-pci by a killed run)")
+        if opt.inventory:
+            self.inventory = load_inventory(opt.inventory)  # bad input stops here, one line each
+        checks = doctor.run_checks("/", self.qemu_binary, self.inventory)
+        if doctor.exit_code(checks):
+            self.backend_skip = (doctor.verdict(checks).removeprefix("verdict: ")
+                                 + " (`python -m harness doctor` lists every check)")
+        elif self.inventory is None:
+            self.backend_skip = ("--backend vfio needs --inventory TOML naming the host devices "
+                                 "to use (`python -m harness discover --write inventory.toml`)")
+        else:
+            self.binder = binding.VfioBinder("/")
+
+    def vfio_devices(self, role: str) -> list:
+        """The inventory's devices for ``role`` as hotplug devices (usb-host in both of the
+        guide's devname forms when the inventory gives both)."""
+        out = []
+        for entry in self.inventory.for_role(role):
+            if entry.is_pci:
+                out.append(devices.VfioPci(entry, self.binder, self.inventory.pci_addresses()))
+            else:
+                if entry.hostbus is not None:
+                    out.append(devices.UsbHost(entry, "busaddr"))
+                if entry.vendorid is not None:
+                    out.append(devices.UsbHost(entry, "vidpid"))
+        return out
 
     @staticmethod
     def _user_image(opt) -> GuestImage | None:
@@ -190,6 +229,8 @@ class HarnessSession:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
+        if self.binder is not None:
+            self.binder.close()  # gives back anything a test could not
 
 
 def _path(value: str | None) -> Path | None:
@@ -251,13 +292,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         # CPU and memory are QEMU's own in every backend: the platform is the only axis.
         metafunc.parametrize("platform", platforms, ids=[p.id for p in platforms])
         return
+    marks = [pytest.mark.skip(reason=hs.backend_skip)] if hs.backend_skip else []
     if hs.backend == "emulated":
         candidates = list(devices.EMULATED[role])
-        marks = []
+    elif hs.backend_skip:
+        candidates = [devices.Placeholder(role)]
     else:
-        candidates = [devices.HotplugDevice()]
-        candidates[0].id = role
-        marks = [pytest.mark.skip(reason=hs.backend_skip)]
+        candidates = hs.vfio_devices(role)
+        if not candidates:
+            candidates = [devices.Placeholder(role)]
+            marks = [pytest.mark.skip(reason=f"the inventory {hs.inventory.path} has no {role!r} "
+                                             f"entry: add one (docs/vfio.md) to run this scenario")]
     params = []
     for platform in platforms:
         for device in candidates:
@@ -271,13 +316,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     _keyword_select_exact(config, items)
     # Tests that share a guest shape run one after another (and on one xdist worker with
     # --dist loadgroup), so one clean booted guest serves them all.
+    hs: HarnessSession = config.stash[_STASH_SESSION]
     grouping = config.pluginmanager.hasplugin("xdist")
     for item in items:
         callspec = getattr(item, "callspec", None)
         platform = callspec.params.get("platform") if callspec else None
-        if platform is not None and grouping:
+        device = callspec.params.get("device") if callspec else None
+        if hs.backend_skip and "scenarios" in item.path.parts:
+            item.add_marker(pytest.mark.skip(reason=hs.backend_skip))
+        if not grouping:
+            continue
+        if device is not None and device.backend != "emulated":
+            # A host device is exclusive: every test that takes it runs on one worker.
+            item.add_marker(pytest.mark.xdist_group(f"host-{device.id}"))
+        elif platform is not None:
             item.add_marker(pytest.mark.xdist_group(platform.id))
-    items.sort(key=lambda i: (_group_key(i), ))
+    items.sort(key=_group_key)
 
 
 def _group_key(item: pytest.Item) -> str:

@@ -162,6 +162,10 @@ class ScenarioRun:
         if keep:
             self.bundle_dir.mkdir(parents=True, exist_ok=True)
             (self.bundle_dir / "record.json").write_text(json.dumps(record, indent=2) + "\n")
+            host = {p.device_id: p.device.host_state() for _, p in self.plugged}
+            host = {k: v for k, v in host.items() if v is not None}
+            if host:
+                (self.bundle_dir / "host-vfio-state.json").write_text(json.dumps(host, indent=2) + "\n")
         return record
 
     def _bundle_guest(self, guest: Guest, marks: dict[str, int], passed: bool) -> None:
