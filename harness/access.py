@@ -89,10 +89,10 @@ class ConsoleChannel:
             # (should the terminal echo) can never match them.
             self._spawn.send(f"echo '@@HH-B-{n}''@@'; ( {command}\n) 2>&1; "
                              f"echo '@@HH-E-{n}''@@' $?\n")
+            deadline = time.monotonic() + timeout
             try:
                 self.expect(f"@@HH-B-{n}@@\r?\n", timeout)
-                deadline_left = timeout
-                m = self.expect(f"@@HH-E-{n}@@ (\\d+)\r?\n", deadline_left)
+                m = self.expect(f"@@HH-E-{n}@@ (\\d+)\r?\n", deadline - time.monotonic())
             except WaitTimeout:
                 self._spawn.send("\x03")  # interrupt the command; the next marker resyncs
                 raise

@@ -207,7 +207,7 @@ class Guest:
         if self.process is not None:
             if self.process.poll() is None and self.monitor is not None:
                 try:
-                    self._call(self.monitor.quit(timeout=3), 4)
+                    self._call(self.monitor.quit(timeout=3), 4, closing=True)
                 except Exception:
                     pass  # escalate below
             for sig, wait in ((None, 3), (signal.SIGTERM, 3), (signal.SIGKILL, 10)):
@@ -222,7 +222,7 @@ class Guest:
             self._qemu_log.close()
         if self.monitor is not None and self._loop is not None and self._loop.is_running():
             try:
-                self._call(self.monitor.close(), 6)
+                self._call(self.monitor.close(), 6, closing=True)
             except Exception:
                 pass
         if self._loop is not None:
@@ -234,8 +234,8 @@ class Guest:
 
     # -- QMP (sync facade over the async Monitor) ----------------------------------------------
 
-    def _call(self, coro, timeout: float) -> Any:
-        if self._loop is None or self._closed and coro.__qualname__ not in ("Monitor.quit", "Monitor.close"):
+    def _call(self, coro, timeout: float, *, closing: bool = False) -> Any:
+        if self._loop is None or (self._closed and not closing):
             coro.close()
             raise GuestDiedError(f"guest {self.name} is closed")
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
