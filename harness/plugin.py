@@ -154,7 +154,8 @@ class HarnessSession:
 
         if not self.worker:
             for r in binding.restore_from_journal("/"):
-                print(f"hotplug-harness: restored {r} (left on vfio-pci by a killed run)")
+                print(f"hotplug-harness: {r.bdf} left on vfio-pci by a killed run: {r.status} "
+                      f"({r.detail})")
         if opt.inventory:
             self.inventory = load_inventory(opt.inventory)  # bad input stops here, one line each
         checks = doctor.run_checks("/", self.qemu_binary, self.inventory)

@@ -199,6 +199,28 @@ def _move_to_vfio(fs: Sysfs, dev: PciDevice, timeout: float) -> None:
     _wait_driver(fs, dev.bdf, VFIO, timeout)
 
 
+def vfio_group_users(root: "str | Path | Sysfs", group: int | None) -> list[tuple[int, str]]:
+    """(pid, command) of the processes that hold /dev/vfio/<group> open (a QEMU using it)."""
+    if group is None:
+        return []
+    fs = Sysfs.of(root)
+    wanted = f"/dev/vfio/{group}"
+    users = []
+    for proc in fs.proc().glob("[0-9]*"):
+        try:
+            fds = list((proc / "fd").iterdir())
+        except OSError:  # gone, or not ours to read
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) == wanted:
+                    users.append((int(proc.name), fs.read(proc / "comm") or "?"))
+                    break
+            except OSError:
+                continue
+    return sorted(users)
+
+
 def _restore_entry(fs: Sysfs, entry: dict, timeout: float) -> Restored:
     """Give one journaled device back, from whatever state a run left it in."""
     bdf, original = entry["bdf"], entry.get("driver")
@@ -209,6 +231,15 @@ def _restore_entry(fs: Sysfs, entry: dict, timeout: float) -> Restored:
         if entry.get("method") == "new_id":
             with contextlib.suppress(HostDeviceError):  # already removed
                 fs.write(fs.pci_driver_dir(VFIO) / "remove_id", entry["ids"])
+        # While a process (a QEMU) has the group open, unbinding blocks in the kernel until it
+        # lets go, and a host driver on any member would share DMA with it: touch none.
+        group = dev.iommu_group if dev.iommu_group is not None else entry.get("group")
+        users = vfio_group_users(fs, group)
+        if users:
+            who = ", ".join(f"pid {pid} ({comm})" for pid, comm in users)
+            return Restored(bdf, "failed", dev.driver,
+                            f"/dev/vfio/{group} is still open by {who}; stop it "
+                            f"(kill {users[0][0]}), then restore again")
         if dev.driver == VFIO:
             fs.write(fs.pci_driver_dir(VFIO) / "unbind", bdf)
         elif dev.driver not in (None, original):
@@ -287,22 +318,18 @@ class Lease:
     """A device on vfio-pci for as long as the lease is held. ``release()`` (or leaving the
     ``with`` block) gives its group back once no other lease of the binder needs it."""
 
-    def __init__(self, binder: "VfioBinder", plan: GroupPlan):
+    def __init__(self, binder: "VfioBinder", plan: GroupPlan, moved: list[str]):
         self._binder = binder
         self.bdf = plan.target.bdf
         self.group = plan.group
         self.plan = plan
+        #: The functions this bind moved to vfio-pci (none when the group was held already).
+        self.moved = moved
         self.released = False
 
     @property
     def members(self) -> list[str]:
         return [m.bdf for m in self.plan.members]
-
-    @property
-    def moved(self) -> list[str]:
-        """The functions this lease's group hold moved to vfio-pci (and will move back)."""
-        hold = self._binder._holds.get(self.group)
-        return [e["bdf"] for e in hold.entries] if hold else []
 
     @property
     def vfio_group_path(self) -> Path:
@@ -325,8 +352,9 @@ class Lease:
 
 
 class VfioBinder:
-    """Binds inventory devices to vfio-pci for one run. ``close()`` gives back everything still
-    held. ``root`` may be a :class:`Sysfs` whose ``on_write`` plays the kernel (unit tests)."""
+    """Binds inventory devices to vfio-pci for one run; use one per process (another binder's
+    entries look like another run's). ``close()`` gives back everything still held. ``root``
+    may be a :class:`Sysfs` whose ``on_write`` plays the kernel (unit tests)."""
 
     def __init__(self, root: "str | Path | Sysfs" = "/", journal: str | Path | None = None, *,
                  ssh_connection: str | None = None, timeout: float = 5.0):
@@ -370,9 +398,10 @@ class VfioBinder:
         hold.entries += new
         hold.count += 1
         self._holds[plan.group] = hold
+        moved = [e["bdf"] for e in new]
         log.info("vfio: %s (group %s) on vfio-pci; moved %s", plan.target.bdf, plan.group,
-                 [e["bdf"] for e in new] or "nothing")
-        return Lease(self, plan)
+                 moved or "nothing")
+        return Lease(self, plan, moved)
 
     def _refuse_foreign(self, plan: GroupPlan, entries: list[dict], hold: _Hold | None) -> None:
         members = {m.bdf for m in plan.members}

@@ -124,7 +124,9 @@ def format_candidates(candidates: list[Candidate]) -> str:
         mine = [c for c in candidates if c.role == role]
         lines.append(f"{role}" + ("" if mine else ": none on this host"))
         for c in mine:
-            where = c.address if c.busnum is None else f"{c.address} (bus {c.busnum} addr {c.devnum})"
+            where = c.address
+            if c.busnum is not None:
+                where += f" (bus {c.busnum} addr {c.devnum})"
             lines.append(f"  {where}  {c.title}")
             facts = [f"driver {c.driver or 'none'}"]
             if c.role != "usb-device":

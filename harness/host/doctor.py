@@ -20,9 +20,9 @@ from pathlib import Path
 from ..accel import cpu_virt_flags
 from ..errors import HostDeviceError
 from .binding import Journal, owner_alive
-from .inventory import Inventory
-from .safety import critical_devices, plan_group
-from .sysfs import Sysfs
+from .inventory import Inventory, find_usb_device, host_problems
+from .safety import critical_devices, plan_group, unmapped_filesystems
+from .sysfs import Sysfs, UsbDevice
 
 #: Where Debian/Fedora put the firmware QEMU loads.
 SEABIOS = ("usr/share/seabios/bios-256k.bin", "usr/share/qemu/bios-256k.bin",
@@ -61,11 +61,12 @@ def run_checks(root: "str | Path | Sysfs" = "/", qemu_binary: str = "qemu-system
     checks += _iommu_checks(fs, cpuinfo, cmdline)
     checks.append(_vfio_module_check(fs))
     checks.append(_interrupt_remapping_check(fs, cmdline))
-    checks += _qemu_checks(fs, qemu_binary, device_help, inventory, qemu_timeout)
+    checks += _qemu_checks(qemu_binary, device_help, inventory, qemu_timeout)
     checks += _firmware_checks(fs)
     checks.append(_memlock_check())
     if journal is not None:
         checks.append(_journal_check(fs, Path(journal)))
+    checks.append(_host_filesystems_check(fs))
     if inventory is not None:
         checks += _inventory_checks(fs, inventory, ssh_connection)
     return checks
@@ -222,7 +223,7 @@ def _interrupt_remapping_check(fs: Sysfs, cmdline: list[str]) -> Check:
                  "allow_unsafe_interrupts=1` in /etc/modprobe.d/vfio.conf")
 
 
-def _qemu_checks(fs: Sysfs, qemu: str, device_help: str | None, inventory: Inventory | None,
+def _qemu_checks(qemu: str, device_help: str | None, inventory: Inventory | None,
                  timeout: float) -> list[Check]:
     name = "QEMU binary"
     if device_help is None:
@@ -266,8 +267,8 @@ def _firmware_checks(fs: Sysfs) -> list[Check]:
     return [Check("SeaBIOS firmware", bool(bios), f"/{bios[0]}" if bios else
                   "no bios-256k.bin/bios.bin under /usr/share/seabios or /usr/share/qemu",
                   "apt install seabios"),
-            Check("OVMF firmware", bool(ovmf), f"/{ovmf[0]}" if ovmf else "not installed "
-                  "(only needed for UEFI guests)", "apt install ovmf", required=False)]
+            Check("OVMF firmware", True if ovmf else None, f"/{ovmf[0]}" if ovmf else
+                  "not installed (only UEFI guests need it: apt install ovmf)", required=False)]
 
 
 def _memlock_check() -> Check:
@@ -299,48 +300,51 @@ def _journal_check(fs: Sysfs, path: Path) -> Check:
                  else "no devices held")
 
 
+def _host_filesystems_check(fs: Sysfs) -> Check:
+    unmapped = unmapped_filesystems(fs)
+    if not unmapped:
+        return Check("host filesystems", True, "every local filesystem and swap maps to its "
+                                               "disk controller, which the harness will not take")
+    return Check("host filesystems", False,
+                 f"cannot tell which controller holds {'; '.join(unmapped)}",
+                 "keep the controllers of those disks out of the inventory", required=False)
+
+
 def _inventory_checks(fs: Sysfs, inventory: Inventory, ssh_connection: str | None) -> list[Check]:
     critical = critical_devices(fs, ssh_connection=ssh_connection)
-    usb = {(u.busnum, u.devnum): u for u in fs.usb_devices()}
     checks = []
     for d in inventory.devices:
         name = f"inventory {d.name}"
-        if not d.is_pci:
-            found = [u for u in usb.values()
-                     if (u.busnum, u.devnum) == (d.hostbus, d.hostaddr)
-                     or (d.hostbus is None and f"0x{u.vendorid}" == d.vendorid
-                         and f"0x{u.productid}" == d.productid)]
-            if not found:
-                checks.append(Check(name, False, f"USB device {d.address} not present",
-                                    "plug it in; check `lsusb`"))
+        problems = host_problems(fs, d)
+        if problems:
+            what, fix = problems[0]
+            checks.append(Check(name, False, what, fix))
+        elif not d.is_pci:
+            checks.append(_usb_device_check(fs, name, find_usb_device(fs, d), critical))
+        else:
+            plan = plan_group(fs, d.bdf, critical)
+            if plan.problems:
+                checks.append(Check(name, False, "; ".join(plan.problems),
+                                    "take it out of the inventory, or move the card to a slot "
+                                    "with its own IOMMU group"))
                 continue
-            u = found[0]
-            reasons = critical.get(u.name, [])
-            node = fs.path("dev", "bus", "usb", f"{u.busnum:03d}", f"{u.devnum:03d}")
-            if reasons:
-                checks.append(Check(name, False, f"USB {u.name} {reasons[0]}",
-                                    "take it out of the inventory"))
-            elif node.exists() and not os.access(node, os.R_OK | os.W_OK):
-                checks.append(Check(name, False, f"/{node.relative_to(fs.root)} is not "
-                                                 f"read-write for this user",
-                                    "run as root, or a udev rule giving the user the device"))
-            else:
-                checks.append(Check(name, True, f"USB {u.name} [{u.ids}] {u.product or ''}"
-                                    .rstrip()))
-            continue
-        if not fs.pci_exists(d.bdf):
-            checks.append(Check(name, False, f"{d.bdf} not present", "fix the inventory "
-                                                                      "(`python -m harness discover`)"))
-            continue
-        plan = plan_group(fs, d.bdf, critical)
-        if plan.problems:
-            checks.append(Check(name, False, "; ".join(plan.problems),
-                                "take it out of the inventory, or move the card to a slot with "
-                                "its own IOMMU group"))
-            continue
-        moving = [m.bdf for m in plan.to_move if m.bdf != d.bdf]
-        checks.append(Check(name, True, f"{d.bdf} {plan.target.class_name} on "
-                                        f"{plan.target.driver or 'no driver'}, IOMMU group "
-                                        f"{plan.group} viable"
-                                        + (f" (also takes {', '.join(moving)})" if moving else "")))
+            moving = [m.bdf for m in plan.to_move if m.bdf != d.bdf]
+            checks.append(Check(name, True, f"{d.bdf} {plan.target.class_name} on "
+                                            f"{plan.target.driver or 'no driver'}, IOMMU group "
+                                            f"{plan.group} viable"
+                                            + (f" (also takes {', '.join(moving)})" if moving
+                                               else "")))
     return checks
+
+
+def _usb_device_check(fs: Sysfs, name: str, u: UsbDevice, critical: dict) -> Check:
+    reasons = critical.get(u.name, [])
+    if reasons:
+        return Check(name, False, f"USB {u.name} {reasons[0]}", "take it out of the inventory")
+    # QEMU's usb-host opens /dev/bus/usb/BBB/DDD itself.
+    node = fs.path("dev", "bus", "usb", f"{u.busnum:03d}", f"{u.devnum:03d}")
+    if node.exists() and not os.access(node, os.R_OK | os.W_OK):
+        return Check(name, False, f"/dev/bus/usb/{u.busnum:03d}/{u.devnum:03d} is not "
+                                  f"read-write for this user",
+                     "run as root, or add a udev rule giving the user the device")
+    return Check(name, True, f"USB {u.name} [{u.ids}] {u.product or ''}".rstrip())

@@ -24,7 +24,7 @@ import tomllib
 from pathlib import Path
 
 from ..errors import ConfigError
-from .sysfs import STORAGE_CLASSES, Sysfs, class_name, parse_bdf, short_bdf
+from .sysfs import STORAGE_CLASSES, Sysfs, UsbDevice, parse_bdf, short_bdf
 
 PCI_ROLES = ("nic", "usb-controller", "sata-controller")
 ROLES = PCI_ROLES + ("usb-device",)
@@ -37,6 +37,8 @@ _ROLE_KEYS = {
 _ALL_KEYS = ("role", "name") + tuple(dict.fromkeys(k for ks in _ROLE_KEYS.values() for k in ks))
 #: The class/subclass a PCI role's device must have.
 _ROLE_CLASSES = {"nic": (0x0200,), "usb-controller": (0x0c03,), "sata-controller": STORAGE_CLASSES}
+_ROLE_WANTS = {"nic": "an Ethernet controller", "usb-controller": "a USB host controller",
+               "sata-controller": "a SATA, SAS, RAID or IDE controller"}
 #: What ``discover --write`` puts where only a person can know the value.
 GATEWAY_PLACEHOLDER = "FILL-IN"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -51,7 +53,7 @@ class InventoryError(ConfigError):
                                                "docs/vfio.md)")
         else:
             super().__init__(f"the inventory has {len(problems)} problems:",
-                             hint="fix each line above (format: docs/vfio.md)",
+                             hint="fix each line below (format: docs/vfio.md)",
                              details="\n".join(f"  {p}" for p in problems))
         self.problems = problems
 
@@ -120,7 +122,9 @@ class Inventory:
                 value = getattr(d, key)
                 if value is None:
                     continue
-                text = json.dumps(value, ensure_ascii=False) if isinstance(value, str) else str(value)
+                # A JSON string is a TOML basic string.
+                text = json.dumps(value, ensure_ascii=False) if isinstance(value, str) \
+                    else str(value)
                 if key == "gateway" and value == GATEWAY_PLACEHOLDER:
                     text += "  # FILL IN: the address the guest pings through this NIC"
                 lines.append(f"{key} = {text}")
@@ -208,19 +212,41 @@ def _identity(d: InventoryDevice) -> tuple:
     return ("usb-ids", d.vendorid, d.productid)
 
 
-def _suggest(word: str, choices) -> str:
+def _tentative_name(entry: dict) -> str | None:
+    """The default name of an entry without one, for messages, if its address is readable."""
+    role, bdf, bus, addr = (entry.get(k) for k in ("role", "bdf", "hostbus", "hostaddr"))
+    if role not in ROLES:
+        return None
+    if isinstance(bdf, str):
+        try:
+            return default_name(role, bdf=parse_bdf(bdf))
+        except ConfigError:
+            return None
+    if isinstance(bus, int) and isinstance(addr, int):
+        return default_name(role, hostbus=bus, hostaddr=addr)
+    return None
+
+
+def _closest(word: str, choices) -> str | None:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return close[0] if close else None
+
+
+def _suggest(word: str, choices) -> str:
+    close = _closest(word, choices)
+    return f" (did you mean {close!r}?)" if close else ""
 
 
 class _EntryChecker:
     """Validates one ``[[device]]`` table, collecting one line per problem."""
 
     def __init__(self, source: str, index: int, entry: dict):
-        self.source, self.index, self.entry = source, index, entry
+        self.source, self.entry = source, entry
         self.problems: list[str] = []
         name = entry.get("name")
-        self.label = f'device #{index}' + (f' "{name}"' if isinstance(name, str) else "")
+        if not isinstance(name, str):
+            name = _tentative_name(entry)
+        self.label = f'device #{index}' + (f' "{name}"' if name else "")
 
     def problem(self, what: str, fix: str) -> None:
         self.problems.append(f"{self.source}: {self.label}: {what}; {fix}")
@@ -236,6 +262,7 @@ class _EntryChecker:
                          f"use one of {', '.join(ROLES)}")
             return None
         allowed = ("role", "name") + _ROLE_KEYS[role]
+        misspelt = set()
         for key in e:
             if key in allowed:
                 continue
@@ -243,19 +270,22 @@ class _EntryChecker:
                 self.problem(f"key {key!r} does not apply to role {role!r}",
                              f"remove it (keys of {role}: {', '.join(allowed)})")
             else:
+                if close := _closest(key, allowed):
+                    misspelt.add(close)
                 self.problem(f"unknown key {key!r}{_suggest(key, allowed)}",
                              f"keys of {role}: {', '.join(allowed)}")
+        present = set(e) | misspelt  # a misspelt key is reported once, as misspelt
 
         fields = {k: self._field(k) for k in _ROLE_KEYS[role] if k in e}
-        if role in PCI_ROLES and "bdf" not in e:
+        if role in PCI_ROLES and "bdf" not in present:
             self.problem("missing key 'bdf'", 'add bdf = "DDDD:BB:DD.F" (from `lspci -D` or '
                                               '`python -m harness discover`)')
-        if role == "nic" and "gateway" not in e:
+        if role == "nic" and "gateway" not in present:
             self.problem("missing key 'gateway'", 'add gateway = "A.B.C.D", the address the '
                                                   'guest pings through this NIC')
         if role == "usb-device":
-            by_bus = ("hostbus" in e, "hostaddr" in e)
-            by_ids = ("vendorid" in e, "productid" in e)
+            by_bus = ("hostbus" in present, "hostaddr" in present)
+            by_ids = ("vendorid" in present, "productid" in present)
             if any(by_bus) and not all(by_bus):
                 missing = "hostaddr" if by_bus[0] else "hostbus"
                 self.problem(f"missing key {missing!r}", "give hostbus and hostaddr together "
@@ -278,7 +308,6 @@ class _EntryChecker:
         if name is None:
             name = default_name(role, **{k: fields.get(k) for k in
                                          ("bdf", "hostbus", "hostaddr", "vendorid", "productid")})
-            self.label += f' "{name}"'
         return InventoryDevice(role=role, name=name, **fields)
 
     def _field(self, key: str):
@@ -325,33 +354,49 @@ class _EntryChecker:
         return None
 
     def check_host(self, fs: Sysfs, d: InventoryDevice) -> None:
-        """The device exists on this host and is what the role needs."""
-        if d.is_pci:
-            if not fs.pci_exists(d.bdf):
-                self.problem(f"PCI device {d.bdf} does not exist on this host",
-                             "check `lspci -D` or `python -m harness discover`")
-                return
-            dev = fs.pci_device(d.bdf)
-            if dev.class_code >> 8 not in _ROLE_CLASSES[d.role]:
-                wanted = " or ".join(class_name(c << 8) for c in _ROLE_CLASSES[d.role])
-                self.problem(f"{d.bdf} is a {dev.class_name} [{dev.ids}], not a {wanted} as "
-                             f"role {d.role!r} needs", "fix the bdf or the role")
-            return
-        usb = fs.usb_devices()
-        wanted_ids = f"{d.vendorid[2:]}:{d.productid[2:]}" if d.vendorid else None
-        at = [u for u in usb if (u.busnum, u.devnum) == (d.hostbus, d.hostaddr)]
-        ids = [u for u in usb if u.ids == wanted_ids]
-        if d.hostbus is not None and not at:
-            self.problem(f"no USB device at bus {d.hostbus} address {d.hostaddr} on this host",
-                         "check `lsusb` (the address changes when the device is replugged)")
-        elif wanted_ids and not ids:
-            self.problem(f"no USB device {wanted_ids} on this host", "check `lsusb` and plug it in")
-        elif at and wanted_ids and at[0].ids != wanted_ids:
-            self.problem(f"bus {d.hostbus} address {d.hostaddr} is {at[0].ids}, not {wanted_ids}",
-                         "fix one of them (`lsusb` shows both)")
-        elif not at and len(ids) > 1:
-            where = ", ".join(f"bus {u.busnum} addr {u.devnum}" for u in ids)
-            self.problem(f"{len(ids)} USB devices are {wanted_ids} ({where})",
-                         "add hostbus and hostaddr to pick one")
-        elif (at or ids)[0].is_hub:
-            self.problem(f"{d.address} is a USB hub", "pick the device behind it (`lsusb -t`)")
+        for what, fix in host_problems(fs, d):
+            self.problem(what, fix)
+
+
+def host_problems(root: "str | Path | Sysfs", d: InventoryDevice) -> list[tuple[str, str]]:
+    """(problem, fix) if the device is not on this host, or is not what its role needs."""
+    fs = Sysfs.of(root)
+    if d.is_pci:
+        if not fs.pci_exists(d.bdf):
+            return [(f"PCI device {d.bdf} does not exist on this host",
+                     "check `lspci -D` or `python -m harness discover`")]
+        dev = fs.pci_device(d.bdf)
+        if dev.class_code >> 8 not in _ROLE_CLASSES[d.role]:
+            return [(f"{d.bdf} [{dev.ids}] is of class {dev.class_name}; role {d.role!r} needs "
+                     f"{_ROLE_WANTS[d.role]}", "fix the bdf or the role")]
+        return []
+    usb = fs.usb_devices()
+    wanted_ids = f"{d.vendorid[2:]}:{d.productid[2:]}" if d.vendorid else None
+    at = [u for u in usb if (u.busnum, u.devnum) == (d.hostbus, d.hostaddr)]
+    ids = [u for u in usb if u.ids == wanted_ids]
+    if d.hostbus is not None and not at:
+        return [(f"no USB device at bus {d.hostbus} address {d.hostaddr} on this host",
+                 "check `lsusb` (the address changes when the device is replugged)")]
+    if wanted_ids and not ids:
+        return [(f"no USB device {wanted_ids} on this host", "check `lsusb` and plug it in")]
+    if at and wanted_ids and at[0].ids != wanted_ids:
+        return [(f"bus {d.hostbus} address {d.hostaddr} is {at[0].ids}, not {wanted_ids}",
+                 "fix one of them (`lsusb` shows both)")]
+    if not at and len(ids) > 1:
+        where = ", ".join(f"bus {u.busnum} addr {u.devnum}" for u in ids)
+        return [(f"{len(ids)} USB devices are {wanted_ids} ({where})",
+                 "add hostbus and hostaddr to pick one")]
+    if (at or ids)[0].is_hub:
+        return [(f"{d.address} is a USB hub", "pick the device behind it (`lsusb -t`)")]
+    return []
+
+
+def find_usb_device(root: "str | Path | Sysfs", d: InventoryDevice) -> UsbDevice | None:
+    """The host USB device an inventory usb-device names (by address if given, else by ids)."""
+    for u in Sysfs.of(root).usb_devices():
+        if d.hostbus is not None:
+            if (u.busnum, u.devnum) == (d.hostbus, d.hostaddr):
+                return u
+        elif d.vendorid and u.ids == f"{d.vendorid[2:]}:{d.productid[2:]}":
+            return u
+    return None

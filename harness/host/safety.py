@@ -12,9 +12,14 @@ A device is *critical* when it is on the sysfs path of:
 
 Critical devices are named by their sysfs names: PCI functions (``0000:02:00.0``, every function
 on the path, so a USB NIC makes its USB controller critical) and USB devices (``3-1``).
+:func:`unmapped_filesystems` names the local filesystems whose disks cannot be told (ZFS).
+
+:func:`plan_group` applies this to an IOMMU group: which members must move to vfio-pci, which
+stay, and why taking the group would hurt the host. Binding, discovery and doctor all use it.
 
     >>> critical_devices("/", ssh_connection="")          # doctest: +SKIP
-    {'0000:00:17.0': ['backs / (/dev/sda2)'], '0000:02:00.0': ['carries the default route (enp2s0)']}
+    {'0000:00:17.0': ['backs / (/dev/sda2)'],
+     '0000:02:00.0': ['carries the default route (enp2s0)']}
 """
 
 from __future__ import annotations
@@ -25,11 +30,14 @@ import os
 import re
 import struct
 from pathlib import Path
+from typing import NamedTuple
 
 from .sysfs import PciDevice, Sysfs, bdfs_in_path, usb_devices_in_path
 
 #: Mounts that never sit on a device of their own.
 _NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "ceph", "glusterfs", "9p", "virtiofs"}
+#: Local filesystems on pools whose disks sysfs does not link to the mount.
+_POOL_FS = {"zfs"}
 
 
 def critical_devices(root: "str | Path | Sysfs" = "/", *,
@@ -48,9 +56,9 @@ def critical_devices(root: "str | Path | Sysfs" = "/", *,
             if reason not in out.setdefault(name, []):
                 out[name].append(reason)
 
-    for source, mountpoint, majmin in _mounted_sources(fs):
-        for path in _block_device_paths(fs, source, majmin):
-            mark(path, f"backs {mountpoint} ({source})")
+    for mount in _local_mounts(fs):
+        for path in _block_device_paths(fs, mount):
+            mark(path, f"backs {mount.mountpoint} ({mount.source})")
 
     routes4, routes6 = _read_routes(fs)
     for iface in sorted({r.iface for r in routes4 + routes6 if r.prefixlen == 0}):
@@ -68,28 +76,43 @@ def critical_devices(root: "str | Path | Sysfs" = "/", *,
 # -- mounts -------------------------------------------------------------------------------------
 
 
-def _mounted_sources(fs: Sysfs) -> list[tuple[str, str, str | None]]:
-    """(device, mountpoint, "major:minor" or None) of block-backed mounts and swap partitions
-    (mountpoint "swap"). mountinfo gives major:minor, which resolves even ``/dev/root``."""
+class _Mount(NamedTuple):
+    source: str             # /dev/sda2, rpool/ROOT/debian
+    mountpoint: str         # "swap" for a swap partition
+    fstype: str
+    majmin: str | None      # from mountinfo: resolves even /dev/root
+
+
+def _local_mounts(fs: Sysfs) -> list[_Mount]:
+    """Mounts of local filesystems (not proc, tmpfs, NFS...) and swap partitions."""
     out = []
     mountinfo = fs.read(fs.proc("self", "mountinfo"))
     if mountinfo is not None:
         for line in mountinfo.splitlines():
             head, _, tail = line.partition(" - ")
             fields, rest = head.split(), tail.split()
-            if len(fields) >= 5 and len(rest) >= 2 and rest[1].startswith("/dev/") \
-                    and rest[0] not in _NETWORK_FS:
-                out.append((_unescape(rest[1]), _unescape(fields[4]), fields[2]))
+            if len(fields) >= 5 and len(rest) >= 2:
+                out.append(_Mount(_unescape(rest[1]), _unescape(fields[4]), rest[0], fields[2]))
     else:
         for line in (fs.read(fs.proc("mounts")) or "").splitlines():
             fields = line.split()
-            if len(fields) >= 3 and fields[0].startswith("/dev/") and fields[2] not in _NETWORK_FS:
-                out.append((_unescape(fields[0]), _unescape(fields[1]), None))
+            if len(fields) >= 3:
+                out.append(_Mount(_unescape(fields[0]), _unescape(fields[1]), fields[2], None))
     for line in (fs.read(fs.proc("swaps")) or "").splitlines()[1:]:
         fields = line.split()
         if fields and fields[0].startswith("/dev/"):
-            out.append((_unescape(fields[0]), "swap", None))
-    return out
+            out.append(_Mount(_unescape(fields[0]), "swap", "swap", None))
+    return [m for m in out if m.fstype in _POOL_FS or
+            (m.source.startswith("/dev/") and m.fstype not in _NETWORK_FS)]
+
+
+def unmapped_filesystems(root: "str | Path | Sysfs" = "/") -> list[str]:
+    """Local filesystems whose disks sysfs does not name (ZFS pools; a device that does not
+    resolve), as "mountpoint (source, fstype)": the host needs them, the harness cannot tell
+    which controller holds them."""
+    fs = Sysfs.of(root)
+    return [f"{m.mountpoint} ({m.source}, {m.fstype})" for m in _local_mounts(fs)
+            if not _block_device_paths(fs, m)]
 
 
 def _unescape(field: str) -> str:
@@ -114,11 +137,22 @@ def _block_name(fs: Sysfs, source: str) -> str | None:
     return None
 
 
-def _block_device_paths(fs: Sysfs, source: str, majmin: str | None) -> list[str]:
-    name = _block_name(fs, source)
-    if name is None and majmin and fs.sys("dev", "block", majmin).exists():
-        name = os.path.basename(os.path.realpath(fs.sys("dev", "block", majmin)))
-    return _block_paths_of(fs, name, set()) if name else []
+def _block_device_paths(fs: Sysfs, mount: _Mount) -> list[str]:
+    if mount.fstype in _POOL_FS:
+        return []
+    name = _block_name(fs, mount.source)
+    if name is None and mount.majmin and fs.sys("dev", "block", mount.majmin).exists():
+        name = os.path.basename(os.path.realpath(fs.sys("dev", "block", mount.majmin)))
+    if name is None:
+        return []
+    names = [name]
+    if mount.fstype == "btrfs":  # a multi-device btrfs shows one of its devices in mounts
+        for devices in fs.sys("fs", "btrfs").glob("*/devices"):
+            members = sorted(p.name for p in devices.iterdir())
+            if name in members:
+                names = members
+    seen: set[str] = set()
+    return [path for n in names for path in _block_paths_of(fs, n, seen)]
 
 
 def _block_paths_of(fs: Sysfs, name: str, seen: set[str]) -> list[str]:
@@ -138,11 +172,11 @@ def _block_paths_of(fs: Sysfs, name: str, seen: set[str]) -> list[str]:
 # -- network ------------------------------------------------------------------------------------
 
 
-class _Route:
-    __slots__ = ("network", "prefixlen", "metric", "iface")
-
-    def __init__(self, network, prefixlen: int, metric: int, iface: str):
-        self.network, self.prefixlen, self.metric, self.iface = network, prefixlen, metric, iface
+class _Route(NamedTuple):
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    prefixlen: int
+    metric: int
+    iface: str
 
 
 def _read_routes(fs: Sysfs) -> tuple[list[_Route], list[_Route]]:
@@ -151,7 +185,8 @@ def _read_routes(fs: Sysfs) -> tuple[list[_Route], list[_Route]]:
         f = line.split()
         if len(f) < 8:
             continue
-        iface, dest, flags, metric, mask = f[0], int(f[1], 16), int(f[3], 16), int(f[6]), int(f[7], 16)
+        iface, dest, flags = f[0], int(f[1], 16), int(f[3], 16)
+        metric, mask = int(f[6]), int(f[7], 16)
         if not flags & 0x1 or flags & 0x200:  # RTF_UP, RTF_REJECT
             continue
         net = ipaddress.IPv4Address(struct.pack("<I", dest))
@@ -235,8 +270,7 @@ def _hex_endpoint(text: str):
 
 def _plain(addr):
     """An IPv4-mapped IPv6 address as the IPv4 address it is."""
-    return addr.ipv4_mapped or addr if addr.version == 6 else addr
-
+    return (addr.ipv4_mapped or addr) if addr.version == 6 else addr
 
 
 # -- IOMMU groups -------------------------------------------------------------------------------
@@ -272,7 +306,8 @@ def plan_group(root: "str | Path | Sysfs", bdf: str,
     bdf = target.bdf
     problems = [f"{bdf} {why}" for why in critical.get(bdf, [])]
     if target.kernel_bridge:
-        problems.append(f"{bdf} is a {target.class_name}: vfio-pci takes only endpoint functions")
+        problems.append(f"{bdf} ({target.class_name}) is a bridge: vfio-pci takes only "
+                        f"endpoint functions")
     if target.iommu_group is None:
         problems.append(f"{bdf} has no iommu_group: no IOMMU, or it is not enabled (VT-d in the "
                         f"firmware, intel_iommu=on)")
@@ -300,6 +335,6 @@ def plan_group(root: "str | Path | Sysfs", bdf: str,
         problems += [f"group {group} member {m.bdf} ({m.class_name}, {m.driver}) {why}"
                      for why in critical.get(m.bdf, [])]
         if m.normal_header_bridge and m.class_code >> 8 != 0x0600:
-            problems.append(f"group {group} member {m.bdf} is a {m.class_name} on {m.driver}: "
-                            f"vfio-pci would have to take it from the host")
+            problems.append(f"group {group} member {m.bdf} ({m.class_name}, {m.driver}) would "
+                            f"have to leave the host for vfio-pci too")
     return GroupPlan(target, group, members, tuple(to_move), tuple(kept), tuple(problems))

@@ -1,0 +1,445 @@
+"""A fake host for the harness/host unit tests: a tree with the real sysfs/procfs layout, and a
+small fake kernel that reacts to writes the way Linux does.
+
+Layout, as on a real host::
+
+    sys/devices/pci0000:00/0000:00:1c.0/0000:05:00.0/      the device (behind its root port)
+    sys/bus/pci/devices/0000:05:00.0 -> ../../../devices/pci0000:00/0000:00:1c.0/0000:05:00.0
+    <device>/driver -> ../../../../bus/pci/drivers/ixgbe
+    sys/bus/pci/drivers/ixgbe/0000:05:00.0 -> <device>
+    <device>/iommu_group -> ../../../../kernel/iommu_groups/12
+    sys/kernel/iommu_groups/12/devices/0000:05:00.0 -> <device>
+
+Files in a temp dir do not react to writes; ``FakeHost.kernel`` is the ``on_write`` hook of the
+:class:`Sysfs` it hands out, and updates the links like Linux: ``driver_override``, ``unbind``,
+``bind``, ``drivers_probe``, ``new_id``, ``remove_id``. ``fail`` makes a write fail with an errno;
+``kill_at`` raises :class:`Killed` (a run killed by SIGKILL: no cleanup runs).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from harness.host.sysfs import Sysfs
+
+PCI_IDS = """\
+# a few lines of the real pci.ids
+8086  Intel Corporation
+\t10fb  82599ES 10-Gigabit SFI/SFP+ Network Connection
+\t\t8086 000c  Ethernet Server Adapter X520-2
+\t1533  I210 Gigabit Network Connection
+\t15bb  Ethernet Connection (7) I219-LM
+\ta352  Cannon Lake PCH SATA AHCI Controller
+\ta36d  Cannon Lake PCH USB 3.1 xHCI Host Controller
+1b21  ASMedia Technology Inc.
+\t0612  ASM1062 Serial ATA Controller
+1912  Renesas Technology Corp.
+\t0015  uPD720202 USB 3.0 Host Controller
+C 02  Network controller
+\t00  Ethernet controller
+"""
+
+#: `qemu-system-x86_64 -device help` of QEMU 7.2 (Debian 12), the lines that matter.
+DEVICE_HELP_QEMU72 = """\
+Controller/Bridge/Hub devices:
+name "pcie-root-port", bus PCI, desc "PCI Express Root Port"
+name "usb-host", bus usb-bus
+name "usb-hub", bus usb-bus
+name "vfio-pci-igd-lpc-bridge", bus PCI, desc "VFIO dummy ISA/LPC bridge for IGD assignment"
+
+USB devices:
+name "qemu-xhci", bus PCI
+name "usb-ehci", bus PCI
+
+Misc devices:
+name "vfio-pci", bus PCI, desc "VFIO-based PCI device assignment"
+name "vfio-pci-nohotplug", bus PCI, desc "VFIO-based PCI device assignment"
+"""
+
+
+class Killed(BaseException):
+    """The run was killed at this write (not an Exception: nothing catches it)."""
+
+
+class FakeHost:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.sys = self.root / "sys"
+        self.writes: list[tuple[str, str]] = []
+        self.fail: dict[tuple[str, str], int] = {}
+        self.kill_at: tuple[str, str] | None = None
+        self.on_any_write = None
+        self.ids: dict[str, set[str]] = {}      # driver -> "vvvv:dddd" it matches
+        self.dynids: dict[str, set[str]] = {}   # driver -> ids added by new_id
+        self.usb_controllers: dict[int, str] = {}
+        for d in ("bus/pci/devices", "bus/pci/drivers", "devices/pci0000:00",
+                  "kernel/iommu_groups", "bus/usb/devices", "bus/usb/drivers", "class/net",
+                  "class/block", "devices/virtual/net", "devices/virtual/block", "class/iommu",
+                  "module"):
+            (self.sys / d).mkdir(parents=True, exist_ok=True)
+        (self.sys / "bus/pci/drivers_probe").write_text("")
+        (self.root / "proc/net").mkdir(parents=True)
+        self.add_driver("vfio-pci")
+
+    # -- building ----------------------------------------------------------------------------
+
+    def sysfs(self) -> Sysfs:
+        return Sysfs(self.root, on_write=self.kernel)
+
+    @staticmethod
+    def _link(link: Path, target: Path) -> None:
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(target, link.parent), link)
+
+    def add_driver(self, name: str, ids=()) -> None:
+        d = self.sys / "bus/pci/drivers" / name
+        if not d.exists():
+            d.mkdir(parents=True)
+            for attr in ("bind", "unbind", "new_id", "remove_id"):
+                (d / attr).write_text("")
+        self.ids.setdefault(name, set()).update(ids)
+        self.dynids.setdefault(name, set())
+
+    def remove_driver(self, name: str) -> None:
+        d = self.sys / "bus/pci/drivers" / name
+        for p in d.iterdir():
+            p.unlink()
+        d.rmdir()
+
+    def dev_dir(self, bdf: str) -> Path:
+        return Path(os.path.realpath(self.sys / "bus/pci/devices" / bdf))
+
+    def add_pci(self, bdf: str, ids: str, cls: int, driver: str | None = None,
+                group: int | None = None, parent: str | None = None,
+                override_file: bool = True) -> Path:
+        base = self.dev_dir(parent) if parent else self.sys / "devices/pci0000:00"
+        d = base / bdf
+        d.mkdir(parents=True)
+        vendor, device = ids.split(":")
+        (d / "vendor").write_text(f"0x{vendor}\n")
+        (d / "device").write_text(f"0x{device}\n")
+        (d / "class").write_text(f"0x{cls:06x}\n")
+        header = 1 if cls >> 8 in (0x0604, 0x0609) else 0
+        (d / "config").write_bytes(bytes([*bytes.fromhex(vendor)[::-1], *bytes.fromhex(device)[::-1]])
+                                   + bytes(10) + bytes([header]) + bytes(49))
+        if override_file:
+            (d / "driver_override").write_text("(null)\n")
+        self._link(self.sys / "bus/pci/devices" / bdf, d)
+        if driver:
+            self.add_driver(driver, [ids])
+            self._bind(bdf, driver)
+        if group is not None:
+            g = self.sys / "kernel/iommu_groups" / str(group)
+            (g / "devices").mkdir(parents=True, exist_ok=True)
+            self._link(d / "iommu_group", g)
+            self._link(g / "devices" / bdf, d)
+        return d
+
+    def add_net(self, ifname: str, bdf: str | None = None, lower=()) -> None:
+        base = self.dev_dir(bdf) if bdf else self.sys / "devices/virtual"
+        d = base / "net" / ifname
+        d.mkdir(parents=True)
+        self._link(self.sys / "class/net" / ifname, d)
+        for low in lower:
+            self._link(d / f"lower_{low}", Path(os.path.realpath(self.sys / "class/net" / low)))
+
+    def add_disk(self, name: str, under: Path, partitions=(), sectors: int = 321672960,
+                 majmin: str | None = None) -> Path:
+        d = under / "block" / name
+        d.mkdir(parents=True)
+        (d / "size").write_text(f"{sectors}\n")
+        self._link(self.sys / "class/block" / name, d)
+        if majmin:
+            self._link(self.sys / "dev/block" / majmin, d)
+        for part in partitions:
+            (d / part).mkdir()
+            (d / part / "partition").write_text("1\n")
+            self._link(self.sys / "class/block" / part, d / part)
+        return d
+
+    def sata_port(self, bdf: str, port: int = 0) -> Path:
+        return self.dev_dir(bdf) / f"ata{port + 1}/host{port}/target{port}:0:0/{port}:0:0:0"
+
+    def add_dm(self, name: str, dm_name: str, slaves) -> None:
+        d = self.sys / "devices/virtual/block" / name
+        (d / "dm").mkdir(parents=True)
+        (d / "dm/name").write_text(dm_name + "\n")
+        (d / "slaves").mkdir()
+        self._link(self.sys / "class/block" / name, d)
+        for s in slaves:
+            self._link(d / "slaves" / s, Path(os.path.realpath(self.sys / "class/block" / s)))
+
+    def add_usb_bus(self, busnum: int, controller: str) -> None:
+        self.usb_controllers[busnum] = controller
+        self._usb_dir(f"usb{busnum}", self.dev_dir(controller) / f"usb{busnum}", busnum, 1,
+                      "1d6b:0003", "xHCI Host Controller", "Linux", "09")
+
+    def add_usb(self, name: str, devnum: int, ids: str, product: str | None = None,
+                manufacturer: str | None = None, dev_class: str = "00",
+                iface_driver: str | None = "usbhid") -> Path:
+        busnum = int(name.split("-")[0])
+        parent = self.dev_dir(self.usb_controllers[busnum]) / f"usb{busnum}"
+        d = self._usb_dir(name, parent / name, busnum, devnum, ids, product, manufacturer,
+                          dev_class)
+        iface = d / f"{name}:1.0"
+        iface.mkdir()
+        self._link(self.sys / "bus/usb/devices" / iface.name, iface)
+        if iface_driver:
+            (self.sys / "bus/usb/drivers" / iface_driver).mkdir(exist_ok=True)
+            self._link(iface / "driver", self.sys / "bus/usb/drivers" / iface_driver)
+        return iface
+
+    def _usb_dir(self, name, d: Path, busnum, devnum, ids, product, manufacturer, dev_class):
+        d.mkdir(parents=True)
+        vendor, prod = ids.split(":")
+        files = {"busnum": busnum, "devnum": devnum, "idVendor": vendor, "idProduct": prod,
+                 "bDeviceClass": dev_class, "product": product, "manufacturer": manufacturer}
+        for k, v in files.items():
+            if v is not None:
+                (d / k).write_text(f"{v}\n")
+        self._link(self.sys / "bus/usb/devices" / name, d)
+        return d
+
+    def proc(self, name: str, text: str) -> None:
+        p = self.root / "proc" / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+
+    def file(self, rel: str, text: str | bytes = "") -> Path:
+        p = self.root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(text) if isinstance(text, bytes) else p.write_text(text)
+        return p
+
+    # -- state -------------------------------------------------------------------------------
+
+    def driver_of(self, bdf: str) -> str | None:
+        link = self.dev_dir(bdf) / "driver"
+        return os.path.basename(os.readlink(link)) if link.is_symlink() else None
+
+    def override_of(self, bdf: str) -> str | None:
+        p = self.dev_dir(bdf) / "driver_override"
+        if not p.exists():
+            return None
+        text = p.read_text().strip()
+        return None if text == "(null)" else text
+
+    def snapshot(self) -> dict[str, tuple]:
+        """Every file's bytes and every link's target under root."""
+        out = {}
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            for n in dirnames + filenames:
+                p = os.path.join(dirpath, n)
+                rel = os.path.relpath(p, self.root)
+                if os.path.islink(p):
+                    out[rel] = ("link", os.readlink(p))
+                elif os.path.isfile(p):
+                    out[rel] = ("file", Path(p).read_bytes())
+                else:
+                    out[rel] = ("dir",)
+        return out
+
+    # -- the kernel --------------------------------------------------------------------------
+
+    def _bind(self, bdf: str, driver: str) -> None:
+        d = self.dev_dir(bdf)
+        self._link(d / "driver", self.sys / "bus/pci/drivers" / driver)
+        self._link(self.sys / "bus/pci/drivers" / driver / bdf, d)
+        if driver == "vfio-pci":
+            group = os.path.basename(os.readlink(d / "iommu_group"))
+            self.file(f"dev/vfio/{group}")
+
+    def _unbind(self, bdf: str) -> None:
+        driver = self.driver_of(bdf)
+        (self.dev_dir(bdf) / "driver").unlink()
+        (self.sys / "bus/pci/drivers" / driver / bdf).unlink()
+
+    def _ids_of(self, bdf: str) -> str:
+        d = self.dev_dir(bdf)
+        return f"{(d / 'vendor').read_text().strip()[2:]}:{(d / 'device').read_text().strip()[2:]}"
+
+    def _matches(self, driver: str, bdf: str) -> bool:
+        override = self.override_of(bdf)
+        if override is not None:
+            return override == driver
+        return self._ids_of(bdf) in self.ids[driver] | self.dynids[driver]
+
+    def _probe(self, bdf: str) -> None:
+        if self.driver_of(bdf):
+            return
+        for driver in sorted(self.ids):
+            if (self.sys / "bus/pci/drivers" / driver).is_dir() and self._matches(driver, bdf):
+                self._bind(bdf, driver)
+                return
+
+    def kernel(self, path: Path, value: str) -> None:
+        rel = str(path.relative_to(self.root))
+        v = value.strip()
+        self.writes.append((rel, v))
+        if self.on_any_write:
+            self.on_any_write(rel, v)
+        if self.kill_at and rel.endswith(self.kill_at[0]) and v == self.kill_at[1]:
+            raise Killed(rel)
+        for (suffix, val), err in self.fail.items():
+            if rel.endswith(suffix) and v == val:
+                raise OSError(err, os.strerror(err))
+        parts = Path(rel).relative_to("sys").parts
+        if parts == ("bus", "pci", "drivers_probe"):
+            if not (self.sys / "bus/pci/devices" / v).exists():
+                raise OSError(errno.ENODEV, "No such device")
+            self._probe(v)
+        elif parts[:3] == ("bus", "pci", "drivers") and len(parts) == 5:
+            driver, attr = parts[3], parts[4]
+            if attr == "unbind":
+                if self.driver_of(v) != driver:
+                    raise OSError(errno.ENODEV, "No such device")
+                self._unbind(v)
+            elif attr == "bind":
+                if not (self.sys / "bus/pci/devices" / v).exists() or not self._matches(driver, v):
+                    raise OSError(errno.ENODEV, "No such device")
+                if self.driver_of(v):
+                    raise OSError(errno.EBUSY, "Device or resource busy")
+                self._bind(v, driver)
+            elif attr == "new_id":
+                self.dynids[driver].add(v.replace(" ", ":"))
+                for bdf in sorted(p.name for p in (self.sys / "bus/pci/devices").iterdir()):
+                    if not self.driver_of(bdf) and self._matches(driver, bdf):
+                        self._bind(bdf, driver)
+            elif attr == "remove_id":
+                ids = v.replace(" ", ":")
+                if ids not in self.dynids[driver]:
+                    raise OSError(errno.ENODEV, "No such device")
+                self.dynids[driver].discard(ids)
+        elif parts[:3] == ("bus", "pci", "devices") and parts[-1] == "driver_override":
+            path.write_text((v or "(null)") + "\n")
+
+
+def _tmpfs_dir() -> Path | None:
+    """A fresh dir on tmpfs if there is one: a fake host is ~400 files, 10 ms to build there
+    and ~300 ms on a busy disk."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        return Path(tempfile.mkdtemp(prefix="hh-fakehost-", dir=shm))
+    return None
+
+
+@pytest.fixture
+def fake_root(request):
+    root = _tmpfs_dir()
+    yield root or request.getfixturevalue("tmp_path")
+    if root:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def lab_readonly(tmp_path_factory) -> "FakeHost":
+    """One :func:`lab_host` for the tests of a module that only read it."""
+    root = _tmpfs_dir()
+    yield lab_host(root or tmp_path_factory.mktemp("lab"))
+    if root:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def lab(fake_root, monkeypatch) -> "FakeHost":
+    """:func:`lab_host` in a fresh root. The tests must not see the $SSH_CONNECTION of whoever
+    runs them."""
+    monkeypatch.delenv("SSH_CONNECTION", raising=False)
+    return lab_host(fake_root)
+
+
+def lab_host(root: Path) -> FakeHost:
+    """A typical lab host (Intel, VT-d on):
+
+    ======== ================================ ========== ===== ==============================
+    BDF      device                           driver     group role / use
+    ======== ================================ ========== ===== ==============================
+    00:00.0  host bridge                      -          0
+    00:14.0  xHCI (USB bus 3)                 xhci_hcd   3     mouse 3-3, keyboard 3-4, stick
+                                                               3-5 mounted on /mnt/usb
+    00:17.0  SATA AHCI                        ahci       4     sda: / and swap
+    00:1c.0  root port                        pcieport   7
+    05:00.0  82599 port 0 (enp5s0f0)          ixgbe      12    free
+    05:00.1  82599 port 1 (enp5s0f1)          ixgbe      12    free (10.0.5.0/24)
+    00:1c.2  root port                        pcieport   8
+    02:00.0  I210 (enp2s0)                    igb        11    default route, SSH
+    00:1c.4  root port                        pcieport   9
+    06:00.0  ASM1062 SATA                     ahci       13    sdb, not mounted
+    00:1d.0  root port                        pcieport   14    (shares the group: no ACS)
+    07:00.0  uPD720202 xHCI (USB bus 4)       xhci_hcd   14    free
+    00:1f.0  LPC/ISA bridge                   lpc_ich    15
+    00:1f.3  SMBus                            i801_smbus 15
+    00:1f.6  I219 (eno1)                      e1000e     15    unused, shares the ISA bridge's
+    ======== ================================ ========== ===== ==============================
+    """
+    h = FakeHost(root)
+    h.add_pci("0000:00:00.0", "8086:3e30", 0x060000, group=0)
+    h.add_pci("0000:00:14.0", "8086:a36d", 0x0c0330, "xhci_hcd", 3)
+    h.add_pci("0000:00:17.0", "8086:a352", 0x010601, "ahci", 4)
+    h.add_pci("0000:00:1c.0", "8086:a338", 0x060400, "pcieport", 7)
+    h.add_pci("0000:05:00.0", "8086:10fb", 0x020000, "ixgbe", 12, parent="0000:00:1c.0")
+    h.add_pci("0000:05:00.1", "8086:10fb", 0x020000, "ixgbe", 12, parent="0000:00:1c.0")
+    h.add_pci("0000:00:1c.2", "8086:a33a", 0x060400, "pcieport", 8)
+    h.add_pci("0000:02:00.0", "8086:1533", 0x020000, "igb", 11, parent="0000:00:1c.2")
+    h.add_pci("0000:00:1c.4", "8086:a33c", 0x060400, "pcieport", 9)
+    h.add_pci("0000:06:00.0", "1b21:0612", 0x010601, "ahci", 13, parent="0000:00:1c.4")
+    h.add_pci("0000:00:1d.0", "8086:a330", 0x060400, "pcieport", 14)
+    h.add_pci("0000:07:00.0", "1912:0015", 0x0c0330, "xhci_hcd", 14, parent="0000:00:1d.0")
+    h.add_pci("0000:00:1f.0", "8086:a306", 0x060100, "lpc_ich", 15)
+    h.add_pci("0000:00:1f.3", "8086:a323", 0x0c0500, "i801_smbus", 15)
+    h.add_pci("0000:00:1f.6", "8086:15bb", 0x020000, "e1000e", 15)
+
+    h.add_net("lo")
+    h.add_net("enp5s0f0", "0000:05:00.0")
+    h.add_net("enp5s0f1", "0000:05:00.1")
+    h.add_net("enp2s0", "0000:02:00.0")
+    h.add_net("eno1", "0000:00:1f.6")
+    h.add_disk("sda", h.sata_port("0000:00:17.0"), ("sda1", "sda2", "sda3"), majmin="8:0")
+    h.add_disk("sdb", h.sata_port("0000:06:00.0"), ("sdb1",), sectors=321672960)
+
+    h.add_usb_bus(3, "0000:00:14.0")
+    h.add_usb_bus(4, "0000:07:00.0")
+    h.add_usb("3-3", 3, "03f0:8607", "Optical Mobile Mouse", "HP")
+    h.add_usb("3-4", 4, "046d:c31c", "USB Keyboard", "Logitech")
+    stick = h.add_usb("3-5", 5, "0781:5581", "Ultra", "SanDisk", iface_driver="usb-storage")
+    h.add_disk("sdc", stick / "host6/target6:0:0/6:0:0:0", ("sdc1",), sectors=60063744)
+
+    h.proc("mounts", "sysfs /sys sysfs rw,nosuid,nodev,noexec,relatime 0 0\n"
+                     "proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0\n"
+                     "/dev/sda2 / ext4 rw,relatime,errors=remount-ro 0 0\n"
+                     "tmpfs /run tmpfs rw,nosuid,nodev,size=3264524k,mode=755 0 0\n"
+                     "/dev/sdc1 /mnt/usb\\040stick vfat rw,relatime 0 0\n")
+    h.proc("swaps", "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n"
+                    "/dev/sda3                               partition\t8388604\t\t0\t\t-2\n")
+    h.proc("net/route",
+           "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
+           "enp2s0\t00000000\t0101A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n"
+           "enp2s0\t0001A8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0\n"
+           "enp5s0f1\t0005000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n")
+    h.proc("net/ipv6_route", "")
+    # sshd on 192.168.1.10:22 with a client at 192.168.1.50:50022
+    h.proc("net/tcp",
+           "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
+           "timeout inode\n"
+           "   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0"
+           "        0 20362 1 0000000000000000 100 0 0 10 0\n"
+           "   1: 0A01A8C0:0016 3201A8C0:C366 01 00000000:00000000 02:000A7E3A 00000000     0"
+           "        0 36121 4 0000000000000000 20 4 29 10 -1\n")
+    h.proc("cpuinfo", "processor\t: 0\nvendor_id\t: GenuineIntel\n"
+                      "flags\t\t: fpu vme de pse tsc msr pae mce cx8 apic vmx ssse3 sse4_2\n")
+    h.proc("cmdline", "BOOT_IMAGE=/vmlinuz-6.1.0-18-amd64 root=UUID=1234 ro quiet "
+                      "intel_iommu=on iommu=pt\n")
+    h.proc("sys/kernel/osrelease", "6.1.0-18-amd64\n")
+    h.file("sys/class/iommu/dmar0/intel-iommu/cap", "d2008c40660462\n")
+    h.file("sys/class/iommu/dmar0/intel-iommu/ecap", "f050da\n")  # bit 3: interrupt remapping
+    (h.sys / "module/kvm_intel").mkdir()
+    h.file("dev/kvm")
+    h.file("usr/share/misc/pci.ids", PCI_IDS)
+    h.file("usr/share/seabios/bios-256k.bin", b"\0")
+    return h

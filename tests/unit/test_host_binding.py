@@ -1,0 +1,340 @@
+"""harness.host.binding on a fake host whose fake kernel reacts to sysfs writes like Linux:
+binding a whole IOMMU group and giving it back, refusing before any write, the journal, and a
+run killed half-way."""
+
+import errno
+import json
+import os
+
+import pytest
+
+from harness.errors import ConfigError, HostDeviceError
+from harness.host.binding import (Journal, VfioBinder, default_journal_path, restore_from_journal,
+                                  vfio_state)
+
+from . import fakesysfs
+from .fakesysfs import FakeHost, Killed
+
+fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
+
+PORT0, PORT1 = "0000:05:00.0", "0000:05:00.1"
+ALLOWED = {"05:00.0", "05:00.1", "06:00.0", "07:00.0", "02:00.0", "00:1f.6", "00:17.0"}
+
+
+@pytest.fixture
+def journal(fake_root):
+    return fake_root / "var/lib/hotplug-harness/vfio-journal.json"
+
+
+def binder(host: FakeHost, journal, **kw) -> VfioBinder:
+    return VfioBinder(host.sysfs(), journal=journal, **kw)
+
+
+def entries(journal) -> list[dict]:
+    return json.loads(journal.read_text())["entries"]
+
+
+def test_bind_moves_the_whole_group_and_release_gives_it_back(lab, journal):
+    seen_journal_first = []
+    lab.on_any_write = lambda rel, v: seen_journal_first.append(
+        {e["bdf"] for e in entries(journal)} == {PORT0, PORT1})
+    with binder(lab, journal).bind("05:00.0", ALLOWED) as lease:
+        lab.on_any_write = None
+        assert len(seen_journal_first) == 6 and all(seen_journal_first)  # journal, then sysfs
+        assert (lease.bdf, lease.group, lease.members) == (PORT0, 12, [PORT0, PORT1])
+        assert lease.moved == [PORT0, PORT1]
+        assert lab.driver_of(PORT0) == lab.driver_of(PORT1) == "vfio-pci"
+        assert lab.override_of(PORT0) == "vfio-pci"
+        assert (lab.root / "dev/vfio/12").exists()
+        held = entries(journal)
+        assert [(e["bdf"], e["driver"], e["driver_override"], e["group"]) for e in held] == \
+            [(PORT0, "ixgbe", None, 12), (PORT1, "ixgbe", None, 12)]
+        assert all(e["pid"] == os.getpid() and e["time"] for e in held)
+    assert lab.writes[:3] == [
+        (f"sys/bus/pci/devices/{PORT0}/driver_override", "vfio-pci"),
+        ("sys/bus/pci/drivers/ixgbe/unbind", PORT0),
+        ("sys/bus/pci/drivers_probe", PORT0)]
+    assert lab.writes[6:9] == [  # newest first: unbind, clear the override, back to its driver
+        ("sys/bus/pci/drivers/vfio-pci/unbind", PORT1),
+        (f"sys/bus/pci/devices/{PORT1}/driver_override", ""),
+        ("sys/bus/pci/drivers/ixgbe/bind", PORT1)]
+    assert lab.driver_of(PORT0) == lab.driver_of(PORT1) == "ixgbe"
+    assert lab.override_of(PORT0) is lab.override_of(PORT1) is None
+    assert entries(journal) == []
+    assert lease.released and lease.release() == []  # idempotent
+
+
+def test_bridges_and_unbound_members_stay(lab, journal):
+    lab.add_pci("0000:07:00.1", "1912:0016", 0x0c0330, None, group=14, parent="0000:00:1d.0")
+    with binder(lab, journal).bind("07:00.0", ALLOWED) as lease:
+        assert lease.moved == ["0000:07:00.0"]
+        assert lab.driver_of("0000:00:1d.0") == "pcieport"
+        assert lab.driver_of("0000:07:00.1") is None
+    assert lab.driver_of("0000:07:00.0") == "xhci_hcd"
+
+
+def test_a_target_without_driver_goes_back_to_no_driver(lab, journal):
+    lab.add_pci("0000:08:00.0", "8086:10d3", 0x020000, None, group=20)
+    with binder(lab, journal).bind("08:00.0", {"08:00.0"}) as lease:
+        assert lease.moved == ["0000:08:00.0"]
+        assert lab.driver_of("0000:08:00.0") == "vfio-pci"
+    assert lab.driver_of("0000:08:00.0") is None
+
+
+def test_two_leases_in_one_group_share_it(lab, journal):
+    b = binder(lab, journal)
+    first = b.bind("05:00.0", ALLOWED)
+    second = b.bind("05:00.1", ALLOWED)
+    assert (first.moved, second.moved) == ([PORT0, PORT1], [])
+    assert len(entries(journal)) == 2
+    first.release()
+    assert lab.driver_of(PORT0) == lab.driver_of(PORT1) == "vfio-pci"
+    second.release()
+    assert lab.driver_of(PORT0) == lab.driver_of(PORT1) == "ixgbe"
+    assert entries(journal) == []
+
+
+def test_close_gives_back_everything(lab, journal):
+    with binder(lab, journal) as b:
+        b.bind("05:00.0", ALLOWED)
+        b.bind("06:00.0", ALLOWED)
+        b.bind("05:00.1", ALLOWED)
+        assert len(entries(journal)) == 3
+    assert lab.driver_of(PORT0) == "ixgbe" and lab.driver_of("0000:06:00.0") == "ahci"
+    assert entries(journal) == []
+
+
+def refused(lab, journal, bdf, allowed=ALLOWED, **kw) -> HostDeviceError:
+    before = lab.snapshot()
+    with pytest.raises(HostDeviceError) as e:
+        binder(lab, journal, **kw).bind(bdf, allowed)
+    assert lab.writes == []
+    assert lab.snapshot() == before
+    assert not journal.exists()
+    assert e.value.hint
+    return e.value
+
+
+def test_refuses_a_device_not_in_the_inventory(lab, journal):
+    e = refused(lab, journal, "05:00.0", allowed={"05:00.1"})
+    assert e.message.startswith("0000:05:00.0 is not in the inventory")
+
+
+def test_refuses_the_root_disk_controller(lab, journal):
+    e = refused(lab, journal, "00:17.0")
+    assert e.message == ("refusing to take 0000:00:17.0: 0000:00:17.0 backs / (/dev/sda2); "
+                         "0000:00:17.0 backs swap (/dev/sda3)")
+
+
+def test_refuses_the_nic_of_the_default_route_and_ssh(lab, journal):
+    e = refused(lab, journal, "02:00.0")
+    assert "carries the default route (enp2s0)" in e.message
+    assert "carries the SSH session from 192.168.1.50 (enp2s0)" in e.message
+
+
+def test_refuses_a_group_whose_member_carries_the_ssh_session(lab, journal):
+    e = refused(lab, journal, "05:00.0", ssh_connection="10.0.5.7 41234 10.0.5.1 22")
+    assert e.message == ("refusing to take 0000:05:00.0: group 12 member 0000:05:00.1 (Ethernet "
+                         "controller, ixgbe) carries the SSH session from 10.0.5.7 "
+                         "($SSH_CONNECTION) (enp5s0f1)")
+
+
+def test_refuses_a_group_with_the_lpc_bridge(lab, journal):
+    e = refused(lab, journal, "00:1f.6")
+    assert e.message == ("refusing to take 0000:00:1f.6: group 15 member 0000:00:1f.0 (ISA bridge, "
+                         "lpc_ich) would have to leave the host for vfio-pci too")
+
+
+def test_refuses_a_device_without_iommu_group(lab, journal):
+    lab.add_pci("0000:08:00.0", "8086:10d3", 0x020000, "e1000e", group=None)
+    e = refused(lab, journal, "08:00.0", allowed={"08:00.0"})
+    assert (e.message, e.hint) == ("0000:08:00.0: no iommu_group found", "enable VT-d in the "
+                                   "firmware and boot with intel_iommu=on")
+
+
+def test_refuses_when_vfio_pci_is_not_loaded(lab, journal):
+    lab.remove_driver("vfio-pci")
+    e = refused(lab, journal, "05:00.0")
+    assert e.hint == "modprobe vfio-pci"
+
+
+def test_refuses_a_device_the_host_does_not_have(lab, journal):
+    e = refused(lab, journal, "09:00.0", allowed={"09:00.0"})
+    assert "0000:09:00.0 does not exist" in e.message
+
+
+def test_malformed_address_is_a_config_error(lab, journal):
+    with pytest.raises(ConfigError, match="malformed PCI address '5:0.0'"):
+        binder(lab, journal).bind("5:0.0", ALLOWED)
+
+
+def test_refuses_a_group_another_live_run_holds(lab, journal):
+    lab.file(f"proc/{os.getpid()}/stat", f"{os.getpid()} (pytest) S " + "0 " * 18 + "4242 0\n")
+    binder(lab, journal).bind("05:00.0", ALLOWED)  # another run, still alive
+    lab.writes.clear()
+    with pytest.raises(HostDeviceError, match=r"0000:05:00.0 \(group 12\) is held by pid"):
+        binder(lab, journal).bind("05:00.1", ALLOWED)
+    assert lab.writes == []
+    assert entries(journal)[0]["pid_start"] == 4242
+
+
+def test_refuses_a_group_a_dead_run_left_and_says_restore(lab, journal):
+    lab.kill_at = ("drivers_probe", PORT1)
+    with pytest.raises(Killed):
+        binder(lab, journal).bind("05:00.0", ALLOWED)
+    lab.kill_at = None
+    with pytest.raises(HostDeviceError, match="left on vfio-pci by a run that died") as e:
+        binder(lab, journal).bind("05:00.1", ALLOWED)
+    assert "python -m harness restore" in e.value.hint
+
+
+def test_a_run_killed_between_unbind_and_bind_is_restored(lab, journal):
+    lab.kill_at = ("drivers_probe", PORT1)  # SIGKILL: no except, no finally of ours runs
+    with pytest.raises(Killed):
+        binder(lab, journal).bind("05:00.0", ALLOWED)
+    assert lab.driver_of(PORT0) == "vfio-pci"
+    assert lab.driver_of(PORT1) is None and lab.override_of(PORT1) == "vfio-pci"
+    assert [e["bdf"] for e in entries(journal)] == [PORT0, PORT1]
+
+    lab.kill_at = None
+    # The next session (or `python -m harness restore`): a new process, nothing but the journal.
+    restored = restore_from_journal(lab.sysfs(), journal)
+    assert [(r.bdf, r.status, r.driver) for r in restored] == [(PORT0, "restored", "ixgbe"),
+                                                               (PORT1, "restored", "ixgbe")]
+    assert lab.driver_of(PORT0) == lab.driver_of(PORT1) == "ixgbe"
+    assert lab.override_of(PORT0) is lab.override_of(PORT1) is None
+    assert entries(journal) == []
+    assert restore_from_journal(lab.sysfs(), journal) == []  # idempotent
+
+
+def test_a_run_killed_right_after_driver_override_is_restored(lab, journal):
+    lab.kill_at = ("ixgbe/unbind", PORT0)
+    with pytest.raises(Killed):
+        binder(lab, journal).bind("05:00.0", ALLOWED)
+    assert lab.driver_of(PORT0) == "ixgbe" and lab.override_of(PORT0) == "vfio-pci"
+    lab.kill_at = None
+    lab.writes.clear()
+    restored = restore_from_journal(lab.sysfs(), journal)
+    assert [r.status for r in restored] == ["restored", "restored"]
+    assert lab.writes == [(f"sys/bus/pci/devices/{PORT0}/driver_override", "")]  # nothing else
+    assert lab.override_of(PORT0) is None and lab.driver_of(PORT0) == "ixgbe"
+
+
+def test_restore_leaves_a_live_run_alone_unless_forced(lab, journal):
+    lab.file(f"proc/{os.getpid()}/stat", f"{os.getpid()} (py test) S " + "0 " * 18 + "77 0\n")
+    binder(lab, journal).bind("05:00.0", ALLOWED)
+    restored = restore_from_journal(lab.sysfs(), journal)
+    assert [(r.bdf, r.status, r.driver) for r in restored] == [(PORT0, "in-use", "vfio-pci"),
+                                                               (PORT1, "in-use", "vfio-pci")]
+    assert len(entries(journal)) == 2
+    forced = restore_from_journal(lab.sysfs(), journal, include_live=True)
+    assert [r.status for r in forced] == ["restored", "restored"]
+    assert lab.driver_of(PORT0) == "ixgbe"
+
+
+def test_a_reused_pid_is_not_the_run_that_wrote_the_entry(lab, journal):
+    lab.file(f"proc/{os.getpid()}/stat", f"{os.getpid()} (pytest) S " + "0 " * 18 + "77 0\n")
+    binder(lab, journal).bind("06:00.0", ALLOWED)
+    lab.file(f"proc/{os.getpid()}/stat", f"{os.getpid()} (bash) S " + "0 " * 18 + "99 0\n")
+    [r] = restore_from_journal(lab.sysfs(), journal)
+    assert r.status == "restored"
+
+
+def test_a_failed_move_puts_back_what_moved(lab, journal):
+    lab.fail[("drivers_probe", PORT1)] = errno.EINVAL
+    with pytest.raises(HostDeviceError, match=f"writing '{PORT1}' to .*drivers_probe failed"):
+        binder(lab, journal).bind("05:00.0", ALLOWED)
+    assert lab.driver_of(PORT0) == lab.driver_of(PORT1) == "ixgbe"
+    assert lab.override_of(PORT0) is lab.override_of(PORT1) is None
+    assert entries(journal) == []
+
+
+def test_a_device_vfio_does_not_take_is_reported_after_the_deadline(lab, journal):
+    # vfio-pci refuses the device (probe error): drivers_probe succeeds, nothing binds.
+    lab.remove_driver("vfio-pci")
+    lab.file("sys/bus/pci/drivers/vfio-pci/unbind")  # present, but binds nothing
+    lab.ids.pop("vfio-pci")
+    with pytest.raises(HostDeviceError, match="0000:06:00.0 is on no driver after 0.05 s, not "
+                                              "vfio-pci"):
+        binder(lab, journal, timeout=0.05).bind("06:00.0", ALLOWED)
+    assert lab.driver_of("0000:06:00.0") == "ahci" and entries(journal) == []
+
+
+def test_restore_reports_what_it_cannot_give_back_and_keeps_the_entry(lab, journal):
+    lab.kill_at = ("drivers_probe", PORT1)
+    with pytest.raises(Killed):
+        binder(lab, journal).bind("05:00.0", ALLOWED)
+    lab.kill_at = None
+    lab.fail[("ixgbe/bind", PORT1)] = errno.EIO
+    with pytest.raises(HostDeviceError, match=r"1 device\(s\) could not be given back") as e:
+        restore_from_journal(lab.sysfs(), journal)
+    assert f"{PORT0}: restored: back on ixgbe" in e.value.details
+    assert f"{PORT1}: failed: writing '{PORT1}' to" in e.value.details
+    assert [x["bdf"] for x in entries(journal)] == [PORT1]
+    lab.fail.clear()
+    assert [r.status for r in restore_from_journal(lab.sysfs(), journal)] == ["restored"]
+
+
+def test_restore_drops_devices_that_are_gone(lab, journal):
+    jr = Journal(journal)
+    with jr.locked():
+        jr.write([{"bdf": "0000:0a:00.0", "driver": "igb", "driver_override": None,
+                   "method": "driver_override", "lease": "x", "pid": 1, "pid_start": None}])
+    [r] = restore_from_journal(lab.sysfs(), journal)
+    assert (r.status, r.detail) == ("gone", "no longer on this host (removed?); nothing to do")
+    assert entries(journal) == []
+
+
+def test_restore_without_journal_is_a_no_op(lab, journal):
+    assert restore_from_journal(lab.sysfs(), journal) == []
+    assert not journal.parent.exists()
+
+
+def test_corrupt_journal(lab, journal):
+    journal.parent.mkdir(parents=True)
+    journal.write_text("{not json")
+    with pytest.raises(HostDeviceError, match="is corrupt"):
+        restore_from_journal(lab.sysfs(), journal)
+
+
+def test_new_id_where_there_is_no_driver_override(lab, journal):
+    lab.add_pci("0000:08:00.0", "8086:10d3", 0x020000, "e1000e", group=20, override_file=False)
+    with binder(lab, journal).bind("08:00.0", {"08:00.0"}):
+        assert lab.driver_of("0000:08:00.0") == "vfio-pci"
+        assert ("sys/bus/pci/drivers/vfio-pci/new_id", "8086 10d3") in lab.writes
+        assert entries(journal)[0]["method"] == "new_id"
+    assert lab.driver_of("0000:08:00.0") == "e1000e"
+    assert ("sys/bus/pci/drivers/vfio-pci/remove_id", "8086 10d3") in lab.writes
+    assert lab.dynids["vfio-pci"] == set()
+
+
+def test_default_journal_path(monkeypatch):
+    monkeypatch.delenv("HH_VFIO_JOURNAL", raising=False)
+    assert str(default_journal_path()) == "/var/lib/hotplug-harness/vfio-journal.json"
+    monkeypatch.setenv("HH_VFIO_JOURNAL", "/tmp/j.json")
+    assert str(default_journal_path()) == "/tmp/j.json"
+
+
+def test_vfio_state_for_bundles(lab):
+    [state] = vfio_state(lab.root, ["05:00.1"])
+    assert state["driver"] == "ixgbe" and state["iommu_group"] == 12
+    assert [m["bdf"] for m in state["group_members"]] == [PORT0, PORT1]
+    assert vfio_state(lab.root, ["09:00.0"]) == [{"bdf": "0000:09:00.0", "present": False}]
+
+
+def test_restore_does_not_unbind_a_group_a_qemu_still_has_open(lab, journal):
+    lab.kill_at = ("drivers_probe", PORT1)
+    with pytest.raises(Killed):
+        binder(lab, journal).bind("05:00.0", ALLOWED)
+    lab.kill_at = None
+    lab.file("proc/4321/comm", "qemu-system-x86\n")
+    (lab.root / "proc/4321/fd").mkdir()
+    os.symlink("/dev/vfio/12", lab.root / "proc/4321/fd/17")
+    lab.writes.clear()
+    with pytest.raises(HostDeviceError) as e:
+        restore_from_journal(lab.sysfs(), journal)
+    assert (f"{PORT0}: failed: /dev/vfio/12 is still open by pid 4321 (qemu-system-x86); stop it "
+            f"(kill 4321), then restore again") in e.value.details
+    assert f"{PORT1}: failed: /dev/vfio/12 is still open by pid 4321" in e.value.details
+    assert lab.writes == []  # neither member touched
+    assert len(entries(journal)) == 2

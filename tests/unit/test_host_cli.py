@@ -1,0 +1,69 @@
+"""harness.host.cli: discover, doctor and restore as ``python -m harness`` runs them, on a fake
+root (no fake kernel here: nothing these tests run writes to sysfs)."""
+
+import json
+
+import pytest
+
+from harness.errors import ConfigError, HostDeviceError
+from harness.host.cli import discover_main, doctor_main, restore_main
+from harness.host.inventory import load_inventory
+
+from . import fakesysfs
+
+fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
+
+
+def test_discover_prints_and_writes_a_draft(lab, fake_root, capsys):
+    out = fake_root / "inventory.toml"
+    assert discover_main(["--root", str(lab.root), "--write", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "NOT safe: 0000:02:00.0 carries the default route (enp2s0)" in printed
+    assert printed.rstrip().endswith(f'wrote {out} (6 devices). Edit it: set each nic\'s gateway '
+                                     f'(now "FILL-IN"); remove what you do not want tested. '
+                                     f'Then: python -m harness doctor --inventory {out}')
+    out.write_text(out.read_text().replace('"FILL-IN"', '"10.0.5.1"'))
+    assert len(load_inventory(out, lab.root).devices) == 6
+    with pytest.raises(ConfigError, match="exists; not overwriting it"):
+        discover_main(["--root", str(lab.root), "--write", str(out)])
+
+
+def test_doctor_reports_inventory_problems_as_checks(lab, fake_root, capsys, monkeypatch):
+    monkeypatch.setenv("HH_VFIO_JOURNAL", str(fake_root / "journal.json"))
+    inv = fake_root / "inv.toml"
+    inv.write_text('[[device]]\nrole = "nic"\nbdf = "05:00.0"\n')
+    code = doctor_main(["--root", str(lab.root), "--inventory", str(inv),
+                        "--qemu-binary", "/nonexistent/qemu"])
+    printed = capsys.readouterr().out
+    assert code == 1
+    assert f"[FAIL] inventory: {inv}: device #1 \"nic-05-00.0\": missing key 'gateway'" in printed
+    assert "[FAIL] QEMU binary: /nonexistent/qemu not found" in printed
+    assert printed.splitlines()[-1].startswith("verdict: vfio cannot run here: ")
+
+
+def test_restore_prints_what_it_did(lab, fake_root, capsys):
+    journal = fake_root / "journal.json"
+    assert restore_main(["--root", str(lab.root), "--journal", str(journal)]) == 0
+    assert capsys.readouterr().out == f"nothing to restore ({journal} lists no devices)\n"
+    # a killed run wrote its journal and died before touching sysfs
+    journal.write_text(json.dumps({"version": 1, "entries": [
+        {"bdf": "0000:05:00.0", "driver": "ixgbe", "driver_override": None,
+         "method": "driver_override", "lease": "a", "pid": 1, "pid_start": None},
+        {"bdf": "0000:0a:00.0", "driver": "igb", "driver_override": None,
+         "method": "driver_override", "lease": "a", "pid": 1, "pid_start": None}]}))
+    assert restore_main(["--root", str(lab.root), "--journal", str(journal)]) == 0
+    assert capsys.readouterr().out == (
+        "0000:05:00.0: restored: back on ixgbe\n"
+        "0000:0a:00.0: gone: no longer on this host (removed?); nothing to do\n")
+    assert json.loads(journal.read_text())["entries"] == []
+
+
+def test_restore_fails_loudly(lab, fake_root):
+    journal = fake_root / "journal.json"
+    journal.write_text(json.dumps({"version": 1, "entries": [
+        {"bdf": "0000:05:00.0", "driver": "igb", "driver_override": None, "lease": "a",
+         "pid": 1}]}))
+    with pytest.raises(HostDeviceError) as e:
+        restore_main(["--root", str(lab.root), "--journal", str(journal)])
+    assert "0000:05:00.0: failed: bound to ixgbe, neither vfio-pci nor its original igb" in \
+        e.value.details

@@ -1,0 +1,195 @@
+"""harness.host.safety and .discover: what the host needs, which candidates are safe, the draft."""
+
+import os
+
+import pytest
+
+from harness.host.discover import discover, draft_inventory, format_candidates
+from harness.host.inventory import GATEWAY_PLACEHOLDER, InventoryError, parse_inventory
+from harness.host.safety import critical_devices, plan_group, unmapped_filesystems
+from harness.host.sysfs import Sysfs
+
+from . import fakesysfs
+
+fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
+
+
+def test_critical_devices_of_the_lab_host(lab):
+    critical = critical_devices(lab.root)
+    assert critical == {
+        "0000:00:17.0": ["backs / (/dev/sda2)", "backs swap (/dev/sda3)"],
+        "0000:00:14.0": ["backs /mnt/usb stick (/dev/sdc1)"],
+        "usb3": ["backs /mnt/usb stick (/dev/sdc1)"],
+        "3-5": ["backs /mnt/usb stick (/dev/sdc1)"],
+        "0000:00:1c.2": ["carries the default route (enp2s0)",
+                         "carries the SSH session from 192.168.1.50 (enp2s0)"],
+        "0000:02:00.0": ["carries the default route (enp2s0)",
+                         "carries the SSH session from 192.168.1.50 (enp2s0)"],
+    }
+
+
+def test_ssh_connection_routes_to_its_interface(lab):
+    # An engineer logged in from the test network: 05:00.1 now carries the session.
+    critical = critical_devices(lab.root, ssh_connection="10.0.5.7 41234 10.0.5.1 22")
+    assert critical["0000:05:00.1"] == ["carries the SSH session from 10.0.5.7 "
+                                        "($SSH_CONNECTION) (enp5s0f1)"]
+    assert "0000:05:00.0" not in critical
+
+
+def test_ssh_connection_from_the_environment(lab, monkeypatch):
+    monkeypatch.setenv("SSH_CONNECTION", "10.0.5.7 41234 10.0.5.1 2222")
+    assert "0000:05:00.1" in critical_devices(lab.root)
+
+
+def test_default_route_through_a_bridge_marks_its_ports(lab):
+    lab.add_net("br0", lower=["enp5s0f0"])
+    lab.proc("net/route", "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n"
+                           "br0\t00000000\t0105000A\t0003\t0\t0\t0\t00000000\n")
+    lab.proc("net/tcp", "")
+    critical = critical_devices(lab.root, ssh_connection="")
+    assert critical["0000:05:00.0"] == ["carries the default route (br0)"]
+    assert "0000:02:00.0" not in critical
+
+
+def test_ipv6_default_route(lab):
+    lab.proc("net/route", "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n")
+    lab.proc("net/tcp", "")
+    lab.proc("net/ipv6_route",
+              "00000000000000000000000000000000 00 00000000000000000000000000000000 00 "
+              "fe800000000000000000000000000001 00000400 00000001 00000000 00000003 eno1\n"
+              "00000000000000000000000000000000 00 00000000000000000000000000000000 00 "
+              "00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo\n")
+    assert critical_devices(lab.root, ssh_connection="")["0000:00:1f.6"] == \
+        ["carries the default route (eno1)"]
+
+
+def test_root_on_lvm_marks_the_disks_under_it(lab):
+    lab.add_dm("dm-0", "vg-root", ["sdb1"])
+    lab.proc("mounts", "/dev/mapper/vg-root / ext4 rw 0 0\n")
+    lab.proc("swaps", "Filename Type Size Used Priority\n")
+    critical = critical_devices(lab.root)
+    assert critical["0000:06:00.0"] == ["backs / (/dev/mapper/vg-root)"]
+    assert "0000:00:17.0" not in critical
+
+
+def test_dev_root_resolved_through_mountinfo(lab):
+    lab.proc("self/mountinfo", "22 1 8:0 / / rw,relatime shared:1 - ext4 /dev/root rw\n"
+                                "23 22 0:21 / /proc rw - proc proc rw\n")
+    lab.proc("swaps", "Filename Type Size Used Priority\n")
+    assert critical_devices(lab.root)["0000:00:17.0"] == ["backs / (/dev/root)"]
+
+
+def test_plan_group_moves_the_whole_group_and_leaves_bridges(lab):
+    fs = Sysfs(lab.root)
+    plan = plan_group(fs, "05:00.1", critical_devices(fs))
+    assert plan.safe and plan.group == 12
+    assert [m.bdf for m in plan.to_move] == ["0000:05:00.0", "0000:05:00.1"]
+    plan = plan_group(fs, "07:00.0", {})
+    assert [m.bdf for m in plan.to_move] == ["0000:07:00.0"]
+    [(bridge, why)] = plan.kept
+    assert bridge.bdf == "0000:00:1d.0" and why == "PCI bridge: stays on pcieport, as vfio allows"
+
+
+def test_candidates_by_role_and_safety(lab):
+    found = {c.address: c for c in discover(lab.root)}
+    assert {a: (c.role, c.safe) for a, c in found.items()} == {
+        "0000:00:14.0": ("usb-controller", False),   # a mounted USB stick is behind it
+        "0000:00:17.0": ("sata-controller", False),  # the root disk
+        "0000:00:1f.6": ("nic", False),              # shares a group with the LPC bridge
+        "0000:02:00.0": ("nic", False),              # default route, SSH
+        "0000:05:00.0": ("nic", True),
+        "0000:05:00.1": ("nic", True),
+        "0000:06:00.0": ("sata-controller", True),
+        "0000:07:00.0": ("usb-controller", True),
+        "3-3": ("usb-device", True),
+        "3-4": ("usb-device", True),
+        "3-5": ("usb-device", False),
+    }
+    nic = found["0000:05:00.0"]
+    assert nic.title == "Intel Corporation 82599ES 10-Gigabit SFI/SFP+ Network Connection [8086:10fb]"
+    assert (nic.driver, nic.iommu_group, nic.uses) == ("ixgbe", 12, ("interfaces enp5s0f0",))
+    assert nic.group_others == ("0000:05:00.1 Ethernet controller (ixgbe)",)
+    assert found["0000:00:1f.6"].reasons == (
+        "group 15 member 0000:00:1f.0 (ISA bridge, lpc_ich) would have to leave the host for "
+        "vfio-pci too",)
+    assert found["0000:02:00.0"].reasons == (
+        "0000:02:00.0 carries the default route (enp2s0)",
+        "0000:02:00.0 carries the SSH session from 192.168.1.50 (enp2s0)")
+    assert found["0000:06:00.0"].disk_bytes == 321672960 * 512
+    assert found["3-5"].reasons == ("3-5 backs /mnt/usb stick (/dev/sdc1)",)
+    assert (found["3-3"].busnum, found["3-3"].devnum, found["3-3"].driver) == (3, 3, "usbhid")
+
+
+def test_no_iommu_group_is_not_safe(lab):
+    lab.add_pci("0000:08:00.0", "8086:10d3", 0x020000, "e1000e", group=None)
+    [c] = [c for c in discover(lab.root) if c.address == "0000:08:00.0"]
+    assert not c.safe and c.iommu_group is None
+    assert "has no iommu_group" in c.reasons[0]
+
+
+def test_group_with_the_host_bridge_is_not_safe(lab):
+    lab.add_pci("0000:00:02.0", "8086:10d3", 0x020000, "e1000e", group=0)
+    [c] = [c for c in discover(lab.root) if c.address == "0000:00:02.0"]
+    assert c.reasons == ("group 0 holds the host bridge 0000:00:00.0: the device is not isolated "
+                         "(no ACS there); use a slot with its own IOMMU group",)
+
+
+def test_format_candidates(lab):
+    text = format_candidates(discover(lab.root))
+    assert "nic\n  0000:00:1f.6  Intel Corporation Ethernet Connection (7) I219-LM [8086:15bb]\n" \
+           in text
+    assert "      driver ixgbe, IOMMU group 12, interfaces enp5s0f0\n" \
+           "      group also holds 0000:05:00.1 Ethernet controller (ixgbe)\n" \
+           "      safe to take\n" in text
+    assert "      NOT safe: 0000:02:00.0 carries the default route (enp2s0)\n" in text
+    assert "  3-3 (bus 3 addr 3)  HP Optical Mobile Mouse [03f0:8607]\n" in text
+    assert ("group also holds 0000:00:1d.0 PCI bridge (pcieport): PCI bridge: stays on "
+            "pcieport, as vfio allows") in text
+    assert text.endswith("6 of 11 candidates are safe to take; `python -m harness discover "
+                         "--write inventory.toml` drafts an inventory of them")
+
+
+def test_draft_inventory_has_the_safe_ones_and_a_placeholder_gateway(lab):
+    inv = draft_inventory(discover(lab.root))
+    assert [(d.role, d.name) for d in inv.devices] == [
+        ("nic", "nic-05-00.0"), ("nic", "nic-05-00.1"),
+        ("sata-controller", "sata-controller-06-00.0"), ("usb-controller", "usb-controller-07-00.0"),
+        ("usb-device", "usb-device-03f0-8607"), ("usb-device", "usb-device-046d-c31c")]
+    assert inv.devices[0].gateway == GATEWAY_PLACEHOLDER
+    text = inv.to_toml()
+    with pytest.raises(InventoryError) as e:
+        parse_inventory(text, root=lab.root)
+    assert len(e.value.problems) == 2 and all("placeholder" in p for p in e.value.problems)
+    filled = parse_inventory(text.replace(f'"{GATEWAY_PLACEHOLDER}"', '"10.0.5.1"'),
+                             root=lab.root)
+    assert filled.pci_addresses() == {"0000:05:00.0", "0000:05:00.1", "0000:06:00.0",
+                                      "0000:07:00.0"}
+    assert filled.by_name("sata-controller-06-00.0").disk_bytes == 321672960 * 512
+    assert filled.by_name("usb-device-03f0-8607").product == "Optical Mobile Mouse"
+
+
+def test_draft_tells_alike_usb_devices_apart_by_address(lab):
+    lab.add_usb("3-6", 6, "03f0:8607", "Optical Mobile Mouse", "HP")
+    inv = draft_inventory(discover(lab.root))
+    mice = [d for d in inv.for_role("usb-device") if d.vendorid == "0x03f0"]
+    assert [(d.name, d.hostbus, d.hostaddr) for d in mice] == [("usb-device-3-3", 3, 3),
+                                                                 ("usb-device-3-6", 3, 6)]
+    parse_inventory(inv.to_toml().replace('"FILL-IN"', '"10.0.5.1"'), root=lab.root)
+
+
+def test_multi_device_btrfs_marks_every_member(lab):
+    lab.proc("mounts", "/dev/sda2 / btrfs rw 0 0\n")
+    lab.proc("swaps", "Filename Type Size Used Priority\n")
+    devices = lab.sys / "fs/btrfs/4d1f/devices"
+    devices.mkdir(parents=True)
+    for member in ("sda2", "sdb1"):
+        os.symlink(os.path.realpath(lab.sys / "class/block" / member), devices / member)
+    critical = critical_devices(lab.root)
+    assert critical["0000:00:17.0"] == critical["0000:06:00.0"] == ["backs / (/dev/sda2)"]
+
+
+def test_zfs_root_is_reported_as_unmapped(lab):
+    lab.proc("mounts", "rpool/ROOT/debian / zfs rw,xattr,noacl 0 0\n/dev/sdb1 /data ext4 rw 0 0\n"
+                       "tmpfs /run tmpfs rw 0 0\nserver:/export /mnt/nfs nfs4 rw 0 0\n")
+    assert unmapped_filesystems(lab.root) == ["/ (rpool/ROOT/debian, zfs)"]
+    assert "0000:06:00.0" in critical_devices(lab.root)
