@@ -93,9 +93,10 @@ class ConsoleChannel:
             try:
                 self.expect(f"@@HH-B-{n}@@\r?\n", timeout)
                 m = self.expect(f"@@HH-E-{n}@@ (\\d+)\r?\n", deadline - time.monotonic())
-            except WaitTimeout:
+            except WaitTimeout as e:
                 self._spawn.send("\x03")  # interrupt the command; the next marker resyncs
-                raise
+                raise WaitTimeout(f"console: `{command}` did not finish within {timeout:.1f} s",
+                                  details=e.details) from None
             output = self._spawn.before.replace("\r\n", "\n")
             return int(m.group(1)), output
 
