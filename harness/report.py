@@ -125,7 +125,7 @@ def _cell(results: list[dict]) -> str:
     worst = next((o for o in ("failed", "error", "xpassed", "skipped", "xfailed", "passed")
                   if any(r["outcome"] == o for r in results)), "passed")
     for r in results:
-        label = html.escape(r["device"] or r["id"] or r["test"])
+        label = html.escape(r["device"] or r["test"].removeprefix("test_"))
         title = html.escape(r["reason"] or r["outcome"])
         link = f' <a href="bundles/{html.escape(Path(r["bundle"]).name)}/">bundle</a>' if r.get("bundle") else ""
         parts.append(f'<span title="{title}">{label}: {r["outcome"]}</span>{link}')
