@@ -147,7 +147,13 @@ class Monitor:
         names = ("DEVICE_DELETED", "DEVICE_UNPLUG_GUEST_ERROR")
         with self._qmp.listener(names) as listener:
             t0 = time.monotonic()
-            await self.execute("device_del", {"id": device_id})
+            try:
+                await self.execute("device_del", {"id": device_id}, timeout=min(timeout, self.command_timeout))
+            except asyncio.TimeoutError:
+                raise UnplugError(device_id, "qemu-stuck",
+                                  f"device_del {device_id}: QEMU did not answer the command within "
+                                  f"{min(timeout, self.command_timeout):.1f} s",
+                                  hint="QEMU is hung: see its output and the QMP transcript") from None
             deadline = t0 + timeout
             while True:
                 now = time.monotonic()

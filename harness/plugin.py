@@ -409,6 +409,13 @@ def hotplug(request: pytest.FixtureRequest, hotplug_session: HarnessSession):
     passed = "call" in reports and reports["call"].passed
     record = run.finish(passed)
     request.node.stash[_STASH_RECORD] = record
+    callspec = getattr(request.node, "callspec", None)
+    platform = callspec.params.get("platform") if callspec else None
+    kernel = hs._image.manifest.get("kernel_version", "user image") if hs._image else ""
+    request.node.user_properties.extend([
+        ("backend", hs.backend), ("machine", platform.machine if platform else ""),
+        ("platform", platform.id if platform else ""), ("accelerator", hs.accel),
+        ("qemu_version", hs.qemu_version), ("guest_kernel", kernel)])
     for name, value in record["latencies"].items():
         request.node.user_properties.append((f"latency.{name}", value))
 

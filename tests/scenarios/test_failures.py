@@ -2,6 +2,7 @@
 guest was left as it was."""
 
 import re
+import signal
 import time
 
 import pytest
@@ -90,3 +91,35 @@ def test_unplug_refused_by_guest(hotplug, platform):
     assert elapsed < 12, f"the verdict took {elapsed:.1f} s; deadline 5 s + grace 2 s"
     assert checks.pci_function(guest, "nic0") is not None, "QEMU removed the device anyway"
     hotplug.note(f"verdict '{info.value.verdict}' after {elapsed:.1f} s: {info.value.message}")
+
+
+@pytest.mark.parametrize("platform", [pytest.param(PCI_PLATFORMS[2], id="q35-pciehp")])
+def test_unplug_verdict_guest_slow(hotplug, platform):
+    """Native PCIe hotplug waits 5 s after the attention button before the guest powers the slot
+    off. With a 2 s deadline and a 10 s grace, the event comes late: the verdict is "guest-slow",
+    not "guest-refused"."""
+    guest = hotplug.guest(platform.spec(), fresh=True)
+    guest.device_add("e1000e", "nic0", bus=guest.free_bus())
+    checks.guest_sees_pci(guest, checks.pci_function(guest, "nic0"))
+    with pytest.raises(UnplugError) as info:
+        guest.device_del("nic0", timeout=2, grace=10)
+    assert info.value.verdict == "guest-slow", str(info.value)
+    assert checks.pci_function(guest, "nic0") is None, "the device should be gone after all"
+    hotplug.note(info.value.message)
+
+
+@pytest.mark.parametrize("platform", [pytest.param(PC, id="pc")])
+def test_unplug_verdict_qemu_stuck(hotplug, platform):
+    """QEMU stopped (SIGSTOP) under a device_del: the verdict is "qemu-stuck" within the
+    deadline, not a hang; the guest is not reused."""
+    guest = hotplug.guest(platform.spec(), fresh=True)
+    guest.device_add("e1000e", "nic0", bus=guest.free_bus())
+    guest.process.send_signal(signal.SIGSTOP)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(UnplugError) as info:
+            guest.device_del("nic0", timeout=3, grace=1)
+    finally:
+        guest.process.send_signal(signal.SIGCONT)
+    assert info.value.verdict == "qemu-stuck", str(info.value)
+    assert time.monotonic() - t0 < 10
