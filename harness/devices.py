@@ -236,6 +236,8 @@ class VfioPci(HotplugDevice):
         self.binder = binder
         self.allowed = allowed
         self.guest_driver = getattr(entry, "guest_driver", None)
+        #: What the report says this test passed through.
+        self.passthrough = f"vfio-pci host={entry.bdf}"
 
     def plug(self, guest, device_id: str) -> Plugged:
         lease = self.binder.bind(self.entry.bdf, allowed=self.allowed)
@@ -276,6 +278,9 @@ class UsbHost(HotplugDevice):
         self.entry = entry
         self.form = form
         self.id = f"{entry.name}-{form}"
+        self.passthrough = (f"usb-host hostbus={entry.hostbus},hostaddr={entry.hostaddr}"
+                            if form == "busaddr" else
+                            f"usb-host vendorid={entry.vendorid},productid={entry.productid}")
 
     def plug(self, guest, device_id: str) -> Plugged:
         e = self.entry

@@ -48,6 +48,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      "through vfio-pci/usb-host (vfio, needs --inventory), or a nested lab host (lab)")
     g.addoption("--inventory", default=None, metavar="TOML",
                 help="host device inventory for --backend vfio (see docs/vfio.md)")
+    g.addoption("--lab-timeout", type=float, default=3600.0, metavar="SECONDS",
+                help="--backend lab: how long the whole run inside the lab host may take "
+                     "(default 3600)")
     g.addoption("--report-dir", default="reports", metavar="DIR",
                 help="where run folders and reports/latest go (default: reports)")
     g.addoption("--keep-bundles", action="store_true",
@@ -75,6 +78,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--guest-access", choices=("console", "ssh"), default=None,
                 help="how tests reach the guest: serial console (default for the built-in "
                      "image) or SSH over a management NIC (default for your own image)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config):
+    """``--backend lab`` on the host: run this same command inside the lab host instead
+    (harness/lab.py); the run inside does the collecting, the testing and the report."""
+    opt = config.option
+    if opt.backend != "lab" or opt.help or opt.version or os.environ.get("HH_LAB_INSIDE"):
+        return None
+    from . import lab
+
+    try:
+        return lab.run_outer(config)
+    except HarnessError as e:
+        print(f"hotplug-harness: ERROR [{e.kind}] {e}")
+        return pytest.ExitCode.USAGE_ERROR
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -141,12 +160,23 @@ class HarnessSession:
         self.inventory = None
         self.binder = None
         if self.backend == "vfio":
-            self._setup_vfio(opt)
+            self._setup_vfio(opt.inventory)
         elif self.backend == "lab":
-            self.backend_skip = ("--backend lab (a nested lab host) is not built yet: run "
-                                 "--backend emulated here, or --backend vfio on a VT-d host")
+            # Only reached inside the lab host (pytest_cmdline_main sends the outer run there):
+            # the lab writes its own inventory, then it is the vfio backend, unchanged.
+            from . import lab
 
-    def _setup_vfio(self, opt) -> None:
+            workdir = lab.inside()
+            if workdir is None:
+                raise ConfigError("--backend lab runs inside the lab host only",
+                                  hint="run `pytest --backend lab` on the host: it boots the lab")
+            if opt.inventory:
+                raise ConfigError("--backend lab writes its own inventory: drop --inventory",
+                                  hint="--inventory is for --backend vfio on a VT-d host")
+            inventory = lab.write_inventory(workdir) if not self.worker else workdir / "inventory.toml"
+            self._setup_vfio(str(inventory))
+
+    def _setup_vfio(self, inventory: str | None) -> None:
         """Give back what a killed run left on vfio-pci, load the inventory, ask the doctor.
         A host that cannot run vfio skips every scenario with the doctor's reason."""
         from .host import binding, doctor
@@ -156,8 +186,8 @@ class HarnessSession:
             for r in binding.restore_from_journal("/"):
                 print(f"hotplug-harness: {r.bdf} left on vfio-pci by a killed run: {r.status} "
                       f"({r.detail})")
-        if opt.inventory:
-            self.inventory = load_inventory(opt.inventory)  # bad input stops here, one line each
+        if inventory:
+            self.inventory = load_inventory(inventory)  # bad input stops here, one line each
         checks = doctor.run_checks("/", self.qemu_binary, self.inventory)
         if doctor.exit_code(checks):
             self.backend_skip = (doctor.verdict(checks).removeprefix("verdict: ")
@@ -472,6 +502,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem):
         "platform": platform.id if platform else "",
         "device": device.id if device else "",
         "backend": hs.backend,
+        "passthrough": getattr(device, "passthrough", ""),
         "outcome": outcome,
         "reason": reason,
         "failure_kind": dict(item.user_properties).get("failure_kind"),

@@ -30,9 +30,9 @@ PCI_ROLES = ("nic", "usb-controller", "sata-controller")
 ROLES = PCI_ROLES + ("usb-device",)
 _ROLE_KEYS = {
     "nic": ("bdf", "gateway"),
-    "usb-controller": ("bdf",),
+    "usb-controller": ("bdf", "product"),
     "sata-controller": ("bdf", "disk_bytes"),
-    "usb-device": ("hostbus", "hostaddr", "vendorid", "productid", "product"),
+    "usb-device": ("hostbus", "hostaddr", "vendorid", "productid", "product", "disk_bytes"),
 }
 _ALL_KEYS = ("role", "name") + tuple(dict.fromkeys(k for ks in _ROLE_KEYS.values() for k in ks))
 #: The class/subclass a PCI role's device must have.

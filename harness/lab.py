@@ -1,0 +1,540 @@
+"""The nested lab host (``--backend lab``): the real vfio path on a machine without VT-d.
+
+The lab host (L1) is a QEMU guest under TCG with an emulated Intel IOMMU
+(``-M q35 -cpu max -device intel-iommu,intremap=on,caching-mode=on``, kernel ``intel_iommu=on``)
+and emulated devices that play the host devices of a VT-d lab:
+
+====================  ==============  ===================================================
+role                  L1 address      device
+====================  ==============  ===================================================
+nic                   0000:00:03.0    e1000e on QEMU user networking (gateway 10.0.5.2)
+sata-controller       0000:00:04.0    ich9-ahci with a 64 MiB disk
+usb-controller        0000:00:05.0    qemu-xhci with a usb-tablet behind it
+usb-device            (EHCI bus)      usb-storage (32 MiB) on a usb-ehci at 0000:00:06.0
+====================  ==============  ===================================================
+
+Inside L1 those devices are real PCI and USB devices of a real Linux host: the harness binds them
+to vfio-pci through sysfs, and the L2 guests (QEMU with KVM on L1's emulated SVM) take them with
+``device_add vfio-pci,host=...`` and ``usb-host`` (libusb), exactly as on a VT-d host.
+
+How the run crosses into the lab: the outer ``pytest --backend lab`` does not collect anything.
+It builds the lab image (cached like the guest image), boots L1 once with the repository (and the
+report and image folders) shared in at the same paths over virtio-9p, and runs the same pytest
+command line inside L1, where :func:`write_inventory` discovers the lab's devices and writes the
+lab's own inventory, and the vfio backend's code runs unchanged. The report, written by the run
+inside, names the backend ``lab`` and, per test, the host device it passed through.
+
+The lab root is Debian packages (QEMU, Python, busybox, ...) unpacked without root, plus the
+harness's Python dependencies copied from ``.venv``; it is read-only to L1 (a tmpfs overlay takes
+the writes), so no run can change it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+from . import images
+from .errors import ConfigError, HarnessError, ImageError, LabError
+
+LAB_RECIPE = images.REPO_ROOT / "fixtures" / "images" / "lab"
+#: Part of the lab image's cache key: change it whenever build_lab() changes what it builds.
+LAB_IMAGE_VERSION = "1"
+#: Inside L1: the folder the outer run writes the job into, and the lab's own inventory.
+INSIDE_ENV = "HH_LAB_INSIDE"
+
+#: The lab's devices, by role: (L1 PCI address, what the L2 guest must see).
+NIC_BDF = "0000:00:03.0"
+SATA_BDF = "0000:00:04.0"
+XHCI_BDF = "0000:00:05.0"
+EHCI_BDF = "0000:00:06.0"
+#: Q35's own AHCI, sharing IOMMU group with the LPC bridge and SMBus: never viable alone.
+GROUPED_BDF = "0000:00:1f.2"
+LAB_GATEWAY = "10.0.5.2"
+SATA_DISK_BYTES = 64 << 20
+STICK_BYTES = 32 << 20
+STICK_IDS = ("0x46f4", "0x0001")
+STICK_PRODUCT = "QEMU USB HARDDRIVE"
+TABLET_PRODUCT = "QEMU USB Tablet"
+
+
+# -- the lab image -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LabImage:
+    folder: Path
+    manifest: dict
+
+    @property
+    def kernel(self) -> Path:
+        return self.folder / "vmlinux"
+
+    @property
+    def initrd(self) -> Path:
+        return self.folder / "initrd.cpio"
+
+    @property
+    def root(self) -> Path:
+        return self.folder / "root"
+
+
+def _site_packages() -> Path:
+    return Path(sysconfig.get_paths()["purelib"])
+
+
+def _python_deps(site: Path) -> list[str]:
+    """The harness's installed Python dependencies (name-version), from the running venv."""
+    return sorted(p.name.removesuffix(".dist-info") for p in site.glob("*.dist-info")
+                  if not p.name.lower().startswith(("hotplug_harness", "pip-", "setuptools-")))
+
+
+def lab_digest(site: Path | None = None) -> str:
+    h = hashlib.sha256()
+    for p in sorted(LAB_RECIPE.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(LAB_RECIPE)).encode() + b"\0" + p.read_bytes())
+    h.update(Path(images.__file__).read_bytes())
+    h.update(LAB_IMAGE_VERSION.encode())
+    h.update("\n".join(_python_deps(site or _site_packages())).encode())
+    h.update(sys.version.encode())
+    return h.hexdigest()[:16]
+
+
+def resolve_closure(packages: list[str], exclude: set[str]) -> list[str]:
+    """The packages and everything they depend on (Depends and Pre-Depends, first installable
+    alternative of each group, first provider of a virtual package), like apt would choose."""
+    chosen: list[str] = []
+    seen: set[str] = set(exclude)
+    todo = [p for p in packages if p not in seen]
+    while todo:
+        batch = list(dict.fromkeys(p for p in todo if p not in seen))
+        todo = []
+        if not batch:
+            break
+        seen.update(batch)
+        chosen += batch
+        out = images._run(["apt-cache", "depends", "--no-recommends", "--no-suggests",
+                           "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances",
+                           *batch], "resolving the lab's packages")
+        todo += _first_alternatives(out, exclude)
+    return sorted(chosen)
+
+
+def _first_alternatives(apt_depends: str, exclude: set[str]) -> list[str]:
+    """Parse ``apt-cache depends`` output: the package chosen for each dependency group.
+    `` |Depends: A`` means "A, or the next one"; a ``<virtual>`` is followed by its providers."""
+    picks: list[str] = []
+    alts: list[list[str]] = []
+    closed = False
+
+    def decide() -> None:
+        for name, *providers in alts:
+            if name.startswith("<"):
+                real = [p for p in providers if p not in exclude]
+                if real:
+                    picks.append(real[0])
+                    return
+            elif name not in exclude:
+                picks.append(name)
+                return
+
+    for line in apt_depends.splitlines():
+        m = re.match(r"^ ([| ])(?:Pre)?Depends: (\S+)", line)
+        if m:
+            if closed:
+                decide()
+                alts = []
+            alts.append([m.group(2).split(":")[0]])
+            closed = m.group(1) == " "
+        elif line.startswith("    ") and alts:
+            alts[-1].append(line.strip().split(":")[0])
+        else:
+            if closed:
+                decide()
+            alts, closed = [], False
+    if closed:
+        decide()
+    return picks
+
+
+def _load_root_recipe() -> tuple[list[str], set[str]]:
+    path = LAB_RECIPE / "root.toml"
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ImageError(f"cannot read the lab recipe {path}: {e}",
+                         hint="restore fixtures/images/lab from git") from e
+    return list(data["packages"]), set(data.get("exclude", ()))
+
+
+def build_lab(out_dir: Path, log=print) -> dict:
+    """Build the lab image into ``out_dir`` (which must not exist): vmlinux + initrd.cpio (the
+    stage-1 initramfs) and root/ (the lab's root file system). Returns the manifest."""
+    t0 = time.monotonic()
+    site = _site_packages()
+    packages, exclude = _load_root_recipe()
+    with tempfile.TemporaryDirectory(prefix="hh-lab-image-", dir=out_dir.parent) as tmp:
+        tmp = Path(tmp)
+        stage, debs = tmp / "out", tmp / "debs"
+        debs.mkdir()
+        boot = images.build(images.Recipe.load(LAB_RECIPE / "initramfs"), tmp / "boot",
+                            log=lambda s: None)
+        stage.mkdir()
+        for name in ("vmlinux", "initrd.cpio"):
+            shutil.copy2(tmp / "boot" / name, stage / name)
+        closure = resolve_closure(packages, exclude)
+        log(f"lab image: downloading {len(closure)} Debian packages")
+        images._run(["apt-get", "download", "-q", *closure], "apt-get download (lab root)", cwd=debs)
+        root = stage / "root"
+        root.mkdir()
+        versions = {}
+        for deb in sorted(debs.glob("*.deb")):
+            name, version = deb.name.split("_")[:2]
+            versions[name] = version.replace("%3a", ":")
+            images._run(["dpkg-deb", "-x", str(deb), str(root)], f"unpacking {deb.name}")
+        images._merge_usr(root)
+        for junk in ("usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info",
+                     "usr/share/lintian", "usr/share/bug"):
+            shutil.rmtree(root / junk, ignore_errors=True)
+        for link, target in (("usr/bin/sh", "dash"), ("usr/bin/python3", "python3.11")):
+            (root / link).unlink(missing_ok=True)
+            (root / link).symlink_to(target)
+        images._check_libraries(root, ("/usr/bin/qemu-system-x86_64", "/usr/bin/qemu-img",
+                                       "/usr/bin/python3.11", "/usr/bin/dash"))
+        # The harness's Python dependencies, as pinned in .venv (the harness itself comes from
+        # the shared repository through PYTHONPATH).
+        dest = root / "usr/local/lib/python3.11/dist-packages"
+        dest.mkdir(parents=True)
+        for item in site.iterdir():
+            low = item.name.lower()
+            if low.startswith(("hotplug_harness", "__editable__", "_hotplug", "pip", "setuptools",
+                               "_distutils_hack", "distutils-precedence", "__pycache__")):
+                continue
+            if item.is_dir():
+                shutil.copytree(item, dest / item.name, symlinks=True)
+            else:
+                shutil.copy2(item, dest / item.name)
+        (root / "etc/hh").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(LAB_RECIPE / "stage2", root / "etc/hh/lab-stage2")
+        for d in ("proc", "sys", "dev", "run", "tmp", "root"):
+            (root / d).mkdir(exist_ok=True)
+        (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+        (root / "etc/group").write_text("root:x:0:\nkvm:x:36:\n")
+        manifest = {
+            "lab_digest": lab_digest(site),
+            "kernel_version": boot["kernel_version"],
+            "packages": versions,
+            "python_packages": _python_deps(site),
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "build_seconds": round(time.monotonic() - t0, 2),
+        }
+        (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        stage.rename(out_dir)
+    log(f"lab image: built {out_dir} in {manifest['build_seconds']} s")
+    return manifest
+
+
+def lab_dir(cache: Path = images.DEFAULT_CACHE) -> Path:
+    return cache / "lab" / lab_digest()
+
+
+def ensure_lab(cache: Path = images.DEFAULT_CACHE, log=print) -> LabImage:
+    """The lab image, built first if this recipe (and these Python dependencies) never was."""
+    out = lab_dir(cache)
+    if not (out / "manifest.json").exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out.parent / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (out / "manifest.json").exists():
+                build_lab(out, log=log)
+                for old in sorted((d for d in out.parent.iterdir() if d.is_dir() and d != out
+                                   and not d.name.startswith("hh-")),
+                                  key=lambda d: d.stat().st_mtime)[:-1]:
+                    shutil.rmtree(old, ignore_errors=True)
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except ValueError as e:
+        raise ImageError(f"lab image {out} has a corrupt manifest.json: {e}",
+                         hint=f"delete {out} and run again to rebuild it") from e
+    for need in ("vmlinux", "initrd.cpio", "root/usr/bin/qemu-system-x86_64"):
+        if not (out / need).exists():
+            raise ImageError(f"lab image {out} is incomplete (missing {need})",
+                             hint=f"delete {out} and run again to rebuild it")
+    return LabImage(out, manifest)
+
+
+# -- the lab host (L1) ---------------------------------------------------------------------------
+
+
+def _lab_devices(disk: Path, stick: Path) -> list[str]:
+    """The emulated devices that play the lab's host devices (see the table above)."""
+    return [
+        "-netdev", "user,id=labnet,net=10.0.5.0/24",
+        "-device", "e1000e,netdev=labnet,id=labnic,bus=pcie.0,addr=0x3",
+        "-drive", f"if=none,id=labdisk,file={disk},format=raw",
+        "-device", "ich9-ahci,id=labahci,bus=pcie.0,addr=0x4",
+        "-device", "ide-hd,drive=labdisk,bus=labahci.0",
+        "-device", "qemu-xhci,id=labxhci,bus=pcie.0,addr=0x5",
+        "-device", "usb-tablet,bus=labxhci.0",
+        "-device", "usb-ehci,id=labehci,bus=pcie.0,addr=0x6",
+        "-drive", f"if=none,id=labstick,file={stick},format=raw",
+        "-device", "usb-storage,drive=labstick,bus=labehci.0",
+    ]
+
+
+def lab_argv(image: LabImage, qemu_binary: str, workdir: Path, shares: dict[str, Path],
+             job: Path | None, memory_mb: int = 4096, cpus: int = 2) -> list[str]:
+    disk, stick = workdir / "sata-disk.raw", workdir / "usb-stick.raw"
+    for path, size in ((disk, SATA_DISK_BYTES), (stick, STICK_BYTES)):
+        with open(path, "wb") as f:
+            f.truncate(size)
+    share_arg = ",".join(f"{tag}:{path}" for tag, path in shares.items())
+    append = ("console=ttyS0 intel_iommu=on iommu=pt panic=-1 quiet loglevel=3 "
+              f"hh.shares={share_arg} hh.job={job or ''}")
+    argv = [qemu_binary, "-name", "hh-lab", "-M", "q35", "-accel", "tcg,tb-size=512",
+            "-cpu", "max", "-smp", str(cpus), "-m", str(memory_mb),
+            "-nodefaults", "-display", "none", "-no-reboot",
+            "-chardev", f"file,id=console,path={workdir / 'console.log'}", "-serial", "chardev:console",
+            "-device", "intel-iommu,intremap=on,caching-mode=on",
+            "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", append,
+            "-fsdev", f"local,id=labroot,path={image.root},security_model=none,readonly=on,"
+                      "multidevs=remap",
+            "-device", "virtio-9p-pci,fsdev=labroot,mount_tag=labroot"]
+    for tag, path in shares.items():
+        argv += ["-fsdev", f"local,id={tag},path={path},security_model=none,multidevs=remap",
+                 "-device", f"virtio-9p-pci,fsdev={tag},mount_tag={tag}"]
+    return argv + _lab_devices(disk, stick)
+
+
+def shares_for(paths: list[Path]) -> dict[str, Path]:
+    """The host folders to share into the lab (each at its own path), without nesting."""
+    out: list[Path] = []
+    for p in sorted({p.resolve() for p in paths}, key=lambda p: len(p.parts)):
+        if any(p == q or q in p.parents for q in out):
+            continue
+        if re.search(r"[\s,:]", str(p)):
+            raise ConfigError(f"cannot share {p} into the lab host: its path has a space, comma "
+                              "or colon", hint="run from (and report into) a plain path")
+        out.append(p)
+    return {f"share{i}": p for i, p in enumerate(out)}
+
+
+class LabHost:
+    """One L1 QEMU process running one job, its console copied to a log and to ``echo``."""
+
+    def __init__(self, argv: list[str], workdir: Path, echo=None):
+        self.argv = argv
+        self.workdir = workdir
+        self.console_log = workdir / "console.log"
+        self.qemu_log = workdir / "qemu.log"
+        self.echo = echo
+        self.process: subprocess.Popen | None = None
+        self.marks: dict[str, float] = {}
+
+    def run(self, deadline: float) -> int:
+        """Start L1 and copy its console until it powers off; QEMU's exit status."""
+        from .guest import _die_with_parent
+
+        (self.workdir / "lab.cmdline").write_text(shlex.join(self.argv) + "\n")
+        t0 = time.monotonic()
+        self.console_log.touch()
+        with open(self.qemu_log, "wb") as log:
+            try:
+                self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
+                                                stderr=subprocess.STDOUT,
+                                                preexec_fn=_die_with_parent)
+            except OSError as e:
+                raise LabError(f"cannot start the lab host: {e}",
+                               hint="install qemu-system-x86 (make setup)") from e
+        pos = 0
+        pending = b""
+        try:
+            while True:
+                done = self.process.poll() is not None
+                with open(self.console_log, "rb") as f:
+                    f.seek(pos)
+                    chunk = f.read()
+                pos += len(chunk)
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for raw in lines:
+                    line = raw.decode("utf-8", "replace").rstrip("\r")
+                    m = re.match(r"lab: (stage 1 done|ready)", line)
+                    if m:
+                        self.marks[m.group(1)] = round(time.monotonic() - t0, 2)
+                    if self.echo:
+                        self.echo(line)
+                if done:
+                    if pending and self.echo:
+                        self.echo(pending.decode("utf-8", "replace"))
+                    if self.process.returncode and self.echo:
+                        for line in self.qemu_log.read_text(errors="replace").splitlines()[-10:]:
+                            self.echo(f"lab QEMU: {line}")
+                    return self.process.returncode
+                if time.monotonic() > deadline:
+                    raise LabError(f"the lab host did not finish in time (console: {self.console_log})",
+                                   hint="look at the console log; raise --lab-timeout if the run "
+                                        "was only slow")
+                time.sleep(0.2)
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        p = self.process
+        if p is None or p.poll() is not None:
+            return
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+# -- the outer run -------------------------------------------------------------------------------
+
+
+def inner_args(args: list[str]) -> list[str]:
+    """The outer command line for the run inside the lab (the same one)."""
+    return list(args)
+
+
+def run_outer(config, echo=print) -> int:
+    """``pytest --backend lab`` on the host: build, boot L1, run the same pytest inside it."""
+    opt = config.option
+    t0 = time.monotonic()
+    cache = Path(opt.image_cache or images.DEFAULT_CACHE).resolve()
+    guest = images.ensure_builtin(cache, log=echo)
+    built_before = lab_dir(cache).exists()
+    image = ensure_lab(cache, log=echo)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    report_root = Path(opt.report_dir).resolve()
+    run_dir = report_root / f"run-{stamp}-{os.getpid()}"
+    workdir = run_dir / "lab"
+    workdir.mkdir(parents=True)
+    invocation = Path(config.invocation_params.dir).resolve()
+    shares = shares_for([Path(config.rootpath), invocation, report_root, cache])
+    args = inner_args([str(a) for a in config.invocation_params.args])
+    env = {
+        INSIDE_ENV: str(workdir),
+        "HH_RUN_DIR": str(run_dir),
+        "HH_RUN_TAG": str(os.getpid()),
+        "PYTHONPATH": str(Path(config.rootpath).resolve()),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "HH_LAB_IMAGE": json.dumps({"folder": str(image.folder),
+                                    "build_seconds": image.manifest.get("build_seconds"),
+                                    "built_now": not built_before}),
+    }
+    job = workdir / "job.sh"
+    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+    job.write_text(
+        "# Written by the outer `pytest --backend lab`; run by the lab host's stage 2.\n"
+        + exports
+        + "if [ -c /dev/kvm ]; then export HH_ACCEL=kvm HH_ACCEL_REASON='nested: KVM on the lab "
+          "host emulated SVM'; else export HH_ACCEL=tcg HH_ACCEL_REASON='no /dev/kvm in the lab "
+          "host'; fi\n"
+        + f"cd {shlex.quote(str(invocation))} || exit 2\n"
+        + f"python3.11 -m pytest {shlex.join(args)}\n"
+        + f"echo $? > {shlex.quote(str(workdir / 'exit_status'))}\n")
+    echo(f"hotplug-harness: backend=lab: lab host image {image.folder.name} "
+         f"({'built in ' + str(image.manifest.get('build_seconds')) + ' s' if not built_before else 'cached'}), "
+         f"guest image {guest.manifest.get('kernel_version', '')}")
+    echo(f"hotplug-harness: booting the lab host (L1: q35, TCG, emulated Intel IOMMU); "
+         f"its console: {workdir / 'console.log'}")
+    host = LabHost(lab_argv(image, opt.qemu_binary, workdir, shares, job), workdir, echo=echo)
+    deadline = time.monotonic() + opt.lab_timeout
+    try:
+        qemu_status = host.run(deadline)
+    except HarnessError as e:
+        echo(f"hotplug-harness: ERROR [{e.kind}] {e}")
+        return 3
+    status_file = workdir / "exit_status"
+    figures = {"lab_boot_seconds": host.marks.get("ready"),
+               "wall_seconds": round(time.monotonic() - t0, 1), "qemu_exit_status": qemu_status}
+    (workdir / "lab.json").write_text(json.dumps(figures, indent=2) + "\n")
+    if not status_file.exists():
+        echo(f"hotplug-harness: ERROR [lab] the lab host stopped (QEMU exit status {qemu_status}) "
+             f"before the test run inside it finished")
+        echo(f"  what to do: read {host.console_log} (the lab host's console)")
+        return 3
+    echo(f"hotplug-harness: lab host ready in {figures['lab_boot_seconds']} s; whole lab run "
+         f"{figures['wall_seconds']} s")
+    return int(status_file.read_text().strip() or 3)
+
+
+# -- inside the lab ------------------------------------------------------------------------------
+
+
+def inside() -> Path | None:
+    """The lab's work folder when this process runs inside the lab host, else None."""
+    value = os.environ.get(INSIDE_ENV)
+    return Path(value) if value else None
+
+
+def find_usb(vendorid: str, productid: str, sys_root: Path = Path("/sys")) -> tuple[int, int]:
+    """(bus, address) of the one USB device with these ids."""
+    found = []
+    for d in sorted((sys_root / "bus/usb/devices").glob("*")):
+        try:
+            ids = ((d / "idVendor").read_text().strip(), (d / "idProduct").read_text().strip())
+        except OSError:
+            continue
+        if ids == (vendorid[2:], productid[2:]):
+            found.append((int((d / "busnum").read_text()), int((d / "devnum").read_text())))
+    if len(found) != 1:
+        raise LabError(f"the lab host has {len(found)} USB devices {vendorid[2:]}:{productid[2:]} "
+                       "(expected the one usb-storage behind its EHCI controller)",
+                       hint="the lab host's devices are set in harness/lab.py (_lab_devices)")
+    return found[0]
+
+
+def write_inventory(workdir: Path, sys_root: Path = Path("/sys")) -> Path:
+    """The lab's own inventory (the format of docs/vfio.md), from what the lab host has."""
+    bus, addr = find_usb(*STICK_IDS, sys_root=sys_root)
+    text = f"""# The lab host's devices (written by harness/lab.py inside the lab host).
+[[device]]
+role = "nic"
+name = "e1000e"
+bdf = "{NIC_BDF}"
+gateway = "{LAB_GATEWAY}"
+
+[[device]]
+role = "sata-controller"
+name = "ahci"
+bdf = "{SATA_BDF}"
+disk_bytes = {SATA_DISK_BYTES}
+
+[[device]]
+role = "usb-controller"
+name = "xhci"
+bdf = "{XHCI_BDF}"
+product = "{TABLET_PRODUCT}"
+
+[[device]]
+role = "usb-device"
+name = "stick"
+hostbus = {bus}
+hostaddr = {addr}
+vendorid = "{STICK_IDS[0]}"
+productid = "{STICK_IDS[1]}"
+product = "{STICK_PRODUCT}"
+disk_bytes = {STICK_BYTES}
+"""
+    path = workdir / "inventory.toml"
+    path.write_text(text)
+    return path
