@@ -300,9 +300,10 @@ def _lab_devices(disk: Path, stick: Path) -> list[str]:
 def lab_argv(image: LabImage, qemu_binary: str, workdir: Path, shares: dict[str, Path],
              job: Path | None, memory_mb: int = 4096, cpus: int = 2) -> list[str]:
     disk, stick = workdir / "sata-disk.raw", workdir / "usb-stick.raw"
+    from .devices import _disk_image
+
     for path, size in ((disk, SATA_DISK_BYTES), (stick, STICK_BYTES)):
-        with open(path, "wb") as f:
-            f.truncate(size)
+        _disk_image(path, size)  # two partitions, like the guide's /dev/sdb
     share_arg = ",".join(f"{tag}:{path}" for tag, path in shares.items())
     append = ("console=ttyS0 intel_iommu=on iommu=pt panic=-1 quiet loglevel=3 "
               f"hh.shares={share_arg} hh.job={job or ''}")
@@ -324,7 +325,7 @@ def lab_argv(image: LabImage, qemu_binary: str, workdir: Path, shares: dict[str,
 def shares_for(paths: list[Path]) -> dict[str, Path]:
     """The host folders to share into the lab (each at its own path), without nesting."""
     out: list[Path] = []
-    for p in sorted({p.resolve() for p in paths}, key=lambda p: len(p.parts)):
+    for p in sorted({p.resolve() for p in paths}, key=lambda p: (len(p.parts), str(p))):
         if any(p == q or q in p.parents for q in out):
             continue
         if re.search(r"[\s,:]", str(p)):

@@ -1,0 +1,95 @@
+"""harness.lab's host-side logic: apt's dependency choices, the folders shared into the lab host,
+and the lab's own inventory read from a fake sysfs with the lab host's devices."""
+
+import pytest
+
+from harness import lab
+from harness.errors import ConfigError
+from harness.host.inventory import load_inventory
+
+from .fakesysfs import FakeHost
+
+# `apt-cache depends --no-recommends ... python3.11 libkmod2 libpam-runtime` (Debian 12).
+APT_DEPENDS = """\
+python3.11
+  Depends: python3.11-minimal
+  Depends: libpython3.11-stdlib
+ |Depends: media-types
+  Depends: mime-support
+libkmod2
+  Depends: libc6
+  Depends: liblzma5
+  Depends: libssl3
+  Depends: libzstd1
+libpam-runtime
+ |Depends: debconf
+  Depends: <debconf-2.0>
+    cdebconf
+    debconf
+ |Depends: debconf
+  Depends: cdebconf
+  Depends: libpam-modules
+"""
+
+
+def test_first_alternatives_picks_the_first_of_each_group():
+    assert lab._first_alternatives(APT_DEPENDS, exclude=set()) == [
+        "python3.11-minimal", "libpython3.11-stdlib", "media-types",
+        "libc6", "liblzma5", "libssl3", "libzstd1", "debconf", "debconf", "libpam-modules"]
+
+
+def test_first_alternatives_skips_excluded_ones():
+    """An excluded package (one the lab takes from elsewhere, or must not have) gives way to the
+    next alternative, a virtual package to its first provider that is not excluded."""
+    picks = lab._first_alternatives(APT_DEPENDS, exclude={"media-types", "debconf", "libssl3"})
+    assert picks == ["python3.11-minimal", "libpython3.11-stdlib", "mime-support",
+                     "libc6", "liblzma5", "libzstd1", "cdebconf", "cdebconf", "libpam-modules"]
+
+
+def test_shares_drop_nested_folders(tmp_path):
+    repo, reports = tmp_path / "repo", tmp_path / "repo" / "reports"
+    cache = tmp_path / "cache"
+    for d in (repo, reports, cache):
+        d.mkdir(parents=True, exist_ok=True)
+    assert lab.shares_for([repo, reports, cache, repo]) == {"share0": cache, "share1": repo}
+
+
+@pytest.mark.parametrize("name", ["my repo", "a,b", "c:d"])
+def test_shares_refuse_paths_the_kernel_command_line_cannot_carry(tmp_path, name):
+    (tmp_path / name).mkdir()
+    with pytest.raises(ConfigError, match="cannot share .* into the lab host"):
+        lab.shares_for([tmp_path / name])
+
+
+def lab_host_sysfs(root) -> FakeHost:
+    """The lab host's PCI and USB devices as its kernel shows them (harness/lab.py)."""
+    h = FakeHost(root)
+    h.add_pci(lab.NIC_BDF, "8086:10d3", 0x020000, "e1000e", 3)
+    h.add_pci(lab.SATA_BDF, "8086:2922", 0x010601, "ahci", 4)
+    h.add_pci(lab.XHCI_BDF, "1b36:000d", 0x0c0330, "xhci_hcd", 5)
+    h.add_pci(lab.EHCI_BDF, "8086:24cd", 0x0c0320, "ehci-pci", 6)
+    h.add_usb_bus(2, lab.XHCI_BDF)
+    h.add_usb_bus(3, lab.EHCI_BDF)
+    h.add_usb("2-1", 2, "0627:0001", lab.TABLET_PRODUCT, "QEMU")
+    h.add_usb("3-1", 4, "46f4:0001", lab.STICK_PRODUCT, "QEMU", iface_driver="usb-storage")
+    return h
+
+
+def test_write_inventory_describes_the_lab_host(tmp_path):
+    host = lab_host_sysfs(tmp_path / "root")
+    path = lab.write_inventory(tmp_path, sys_root=host.sys)
+    inv = load_inventory(path, root=host.root)
+    by_role = {d.role: d for d in inv.devices}
+    assert by_role["nic"].bdf == lab.NIC_BDF and by_role["nic"].gateway == lab.LAB_GATEWAY
+    assert by_role["sata-controller"].disk_bytes == lab.SATA_DISK_BYTES
+    assert by_role["usb-controller"].bdf == lab.XHCI_BDF
+    stick = by_role["usb-device"]
+    assert (stick.hostbus, stick.hostaddr) == (3, 4)
+    assert (stick.vendorid, stick.productid) == lab.STICK_IDS
+
+
+def test_write_inventory_needs_exactly_one_stick(tmp_path):
+    host = lab_host_sysfs(tmp_path / "root")
+    host.add_usb("3-2", 5, "46f4:0001", lab.STICK_PRODUCT, "QEMU", iface_driver="usb-storage")
+    with pytest.raises(lab.LabError, match="the lab host has 2 USB devices 46f4:0001"):
+        lab.write_inventory(tmp_path, sys_root=host.sys)
