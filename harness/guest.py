@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from .access import ConsoleChannel, Shell, SSHChannel, _tail
-from .errors import GuestDiedError, HarnessError, ImageError, QemuLaunchError, WaitTimeout
+from .errors import (GuestDiedError, HarnessError, ImageError, QemuLaunchError, QMPCommandError,
+                     WaitTimeout)
 from .images import GuestImage
 
 def tmp_prefix() -> str:
@@ -265,7 +266,15 @@ class Guest:
         return self._call(self.monitor.query_pci(), 35)
 
     def device_add(self, driver: str, device_id: str, **props: Any) -> float:
-        seconds = self._call(self.monitor.device_add(driver, device_id, **props), 35)
+        try:
+            seconds = self._call(self.monitor.device_add(driver, device_id, **props), 35)
+        except QMPCommandError as e:
+            if driver != "vfio-pci" or "host" not in props:
+                raise
+            # What is wrong on the host, read from sysfs, instead of QEMU's terse words.
+            from .host.binding import explain_vfio_add_error
+
+            raise explain_vfio_add_error("/", str(props["host"]), e.qemu_desc) from e
         if "bus" in props:
             self._used_buses[props["bus"]] = device_id
         return seconds

@@ -102,6 +102,8 @@ def pytest_configure(config: pytest.Config) -> None:
                             "plugin parametrizes it over platforms and backend devices")
     config.addinivalue_line("markers", "fault: injects a fault (kills QEMU, panics the guest, ...)")
     config.addinivalue_line("markers", "slow: takes longer than a minute")
+    config.addinivalue_line("markers", "passthrough: needs real vfio-pci (--backend vfio or lab); "
+                            "deselected with --backend emulated")
     if config.option.help:
         return
     try:
@@ -345,6 +347,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     _keyword_select_exact(config, items)
+    hs_: HarnessSession = config.stash[_STASH_SESSION]
+    if hs_.backend == "emulated":
+        # Real passthrough's failure paths have no emulated equivalent: not run, not "skipped".
+        drop = [i for i in items if i.get_closest_marker("passthrough")]
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+            items[:] = [i for i in items if not i.get_closest_marker("passthrough")]
     # Tests that share a guest shape run one after another (and on one xdist worker with
     # --dist loadgroup), so one clean booted guest serves them all.
     hs: HarnessSession = config.stash[_STASH_SESSION]

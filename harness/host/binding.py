@@ -501,3 +501,51 @@ def vfio_state(root: "str | Path | Sysfs", bdfs) -> list[dict]:
         out.append({**dev.to_dict(), "present": True,
                     "group_members": [fs.pci_device(m).to_dict() for m in members]})
     return out
+
+
+def explain_vfio_add_error(root: "str | Path | Sysfs", host: str, qemu_desc: str) -> HostDeviceError:
+    """Turn QEMU's refusal of ``device_add vfio-pci,host=...`` into what is wrong on this host
+    and what to do, read from sysfs now. QEMU's own words go into the details."""
+    fs = Sysfs.of(root)
+    details = f"  QEMU said: {qemu_desc}"
+    try:
+        bdf = parse_bdf(host)
+    except HarnessError:
+        return HostDeviceError(f"vfio-pci host={host!r} is not a PCI address",
+                               hint="write it as 0000:05:00.0 (domain:bus:device.function)",
+                               details=details)
+    if not fs.pci_exists(bdf):
+        return HostDeviceError(f"there is no PCI device {bdf} on this host",
+                               hint="check the address: `python -m harness discover` lists the "
+                                    "host's devices", details=details)
+    dev = fs.pci_device(bdf)
+    if "already attached" in qemu_desc:
+        return HostDeviceError(f"{bdf} is already passed through to this QEMU by another vfio-pci "
+                               f"device", hint="a host device goes to one guest device at a time: "
+                                               "device_del the first one before adding it again",
+                               details=details)
+    if dev.iommu_group is None:
+        return HostDeviceError(f"{bdf} has no IOMMU group: the IOMMU is off",
+                               hint="enable VT-d in the firmware and boot the host with "
+                                    "intel_iommu=on (`python -m harness doctor`)", details=details)
+    if dev.driver != VFIO:
+        return HostDeviceError(f"{bdf} is on its host driver {dev.driver or '(none)'}, not on "
+                               f"vfio-pci", hint="the harness binds inventory devices itself; by "
+                                                 "hand: driver_override, unbind, drivers_probe "
+                                                 "(docs/vfio.md)", details=details)
+    blockers = []
+    for m in fs.iommu_group_members(dev.iommu_group):
+        other = fs.pci_device(m)
+        if not other.kernel_bridge and other.driver not in (None, VFIO, "pci-stub"):
+            blockers.append(f"{m} ({other.class_name}, {other.driver})")
+    if blockers or "not viable" in qemu_desc:
+        return HostDeviceError(f"IOMMU group {dev.iommu_group} of {bdf} is not viable: "
+                               + (", ".join(blockers) or "a member")
+                               + " still on a host driver",
+                               hint="every endpoint of the group must be on vfio-pci: list the "
+                                    "device in the inventory and let the harness bind its group, "
+                                    "or use a device with an IOMMU group of its own",
+                               details=details)
+    return HostDeviceError(f"QEMU refused to pass through {bdf}: {qemu_desc}",
+                           hint="`python -m harness doctor` checks the host's vfio set-up",
+                           details=details)

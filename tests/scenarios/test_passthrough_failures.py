@@ -1,0 +1,119 @@
+"""The real vfio stack's failure paths, with ``--backend lab`` (the nested lab host) or
+``--backend vfio`` (a VT-d host): each way ``device_add vfio-pci,host=...`` can be refused comes
+back as a harness error that says what is wrong on the host and what to do, with QEMU's own
+words in its details, and nothing is left changed. These tests need real vfio-pci: with
+``--backend emulated`` they are deselected."""
+
+import pytest
+
+from harness import checks
+from harness.devices import PCI_PLATFORMS
+from harness.errors import HostDeviceError
+from harness.host.binding import VFIO, _wait_driver
+from harness.host.inventory import InventoryError, parse_inventory
+from harness.host.sysfs import Sysfs
+
+pytestmark = pytest.mark.passthrough
+Q35 = PCI_PLATFORMS[1]
+
+
+def _nic(hs):
+    entries = hs.inventory.for_role("nic") if hs.inventory else []
+    if not entries:
+        pytest.skip(f"the inventory {hs.inventory.path if hs.inventory else ''} has no 'nic' "
+                    "entry: add one (docs/vfio.md) to run this test")
+    return entries[0]
+
+
+def _refused(guest, device_id: str, host: str) -> HostDeviceError:
+    with pytest.raises(HostDeviceError) as info:
+        guest.device_add("vfio-pci", device_id, host=host, bus=guest.free_bus())
+    err = info.value
+    assert err.details.startswith("  QEMU said: "), err.details
+    assert checks.pci_function(guest, device_id) is None, f"{device_id} is in query-pci"
+    return err
+
+
+def test_device_on_host_driver(hotplug, hotplug_session):
+    """A device still on its host driver (not bound to vfio-pci): QEMU cannot open its group."""
+    bdf = _nic(hotplug_session).bdf
+    fs = Sysfs.of("/")
+    driver = fs.pci_device(bdf).driver
+    assert driver not in (None, VFIO), f"{bdf} should start on its host driver, it is on {driver}"
+    guest = hotplug.guest(Q35.spec())
+    err = _refused(guest, "nic0", bdf)
+    assert err.message == f"{bdf} is on its host driver {driver}, not on vfio-pci", err
+    assert fs.pci_device(bdf).driver == driver
+
+
+def test_group_not_viable(hotplug, hotplug_session):
+    """A device whose IOMMU group it shares with devices on host drivers (q35's 00:1f.x: the LPC
+    bridge, AHCI and SMBus): the binder refuses to take the group, and bound alone by hand it
+    is "not viable" to QEMU."""
+    hs = hotplug_session
+    if hs.backend != "lab":
+        pytest.skip("needs a device that shares its IOMMU group with host devices (the lab "
+                    "host's 00:1f.2); the harness does not do this to a real host's devices")
+    from harness import lab
+
+    bdf, fs = lab.GROUPED_BDF, Sysfs.of("/")
+    dev = fs.pci_device(bdf)
+    others = [m for m in fs.iommu_group_members(dev.iommu_group) if m != bdf]
+    busy = {m: fs.pci_device(m).driver for m in others if fs.pci_device(m).driver}
+    assert busy, f"group {dev.iommu_group} should hold devices on host drivers: {others}"
+
+    with pytest.raises(HostDeviceError) as info:
+        hs.binder.bind(bdf, allowed={bdf})
+    assert info.value.message.startswith(f"refusing to take {bdf}: group {dev.iommu_group} member "), info.value
+    assert "would have to leave the host for vfio-pci too" in info.value.message
+    assert fs.pci_device(bdf).driver == dev.driver, "the refused bind changed a driver"
+
+    guest = hotplug.guest(Q35.spec())
+    node = fs.pci_dir(bdf)
+    fs.write(node / "driver_override", VFIO)
+    fs.write(fs.pci_driver_dir(dev.driver) / "unbind", bdf)
+    fs.write(fs.sys("bus", "pci", "drivers_probe"), bdf)
+    try:
+        _wait_driver(fs, bdf, VFIO, 5)
+        err = _refused(guest, "sata", bdf)
+        assert err.message.startswith(f"IOMMU group {dev.iommu_group} of {bdf} is not viable: "), err
+        for member, driver in busy.items():
+            assert f"{member} (" in err.message and f", {driver})" in err.message, err
+    finally:
+        fs.write(node / "driver_override", "\n")
+        fs.write(fs.pci_driver_dir(VFIO) / "unbind", bdf)
+        fs.write(fs.sys("bus", "pci", "drivers_probe"), bdf)
+        _wait_driver(fs, bdf, dev.driver, 5)
+
+
+def test_device_already_attached(hotplug, hotplug_session):
+    """The same host device passed through twice to one guest."""
+    hs = hotplug_session
+    entry = _nic(hs)
+    device = next(d for d in hs.vfio_devices("nic") if d.entry == entry)
+    guest = hotplug.guest(Q35.spec())
+    nic = hotplug.plug(guest, device, "nic0")
+    err = _refused(guest, "nic1", entry.bdf)
+    assert err.message == (f"{entry.bdf} is already passed through to this QEMU by another "
+                           "vfio-pci device"), err
+    assert checks.pci_function(guest, "nic0") is not None, "the first device went away"
+    assert hotplug.unplug(guest, nic).event
+
+
+def test_missing_device(hotplug, hotplug_session):
+    """A host address with no device behind it: refused by the inventory before anything
+    changes on the host, and by QEMU when given to device_add directly."""
+    fs = Sysfs.of("/")
+    missing = next(f"0000:00:{slot:02x}.0" for slot in range(0x1e, 0, -1)
+                   if not fs.pci_exists(f"0000:00:{slot:02x}.0"))
+    with pytest.raises(InventoryError) as info:
+        parse_inventory(f'[[device]]\nrole = "nic"\nbdf = "{missing}"\ngateway = "10.0.5.2"\n',
+                        source="lab.toml")
+    assert info.value.problems[0].startswith(f'lab.toml: device #1 "nic-{missing[5:].replace(":", "-")}"'), \
+        info.value.problems
+    assert f"PCI device {missing} does not exist on this host" in info.value.problems[0], \
+        info.value.problems
+
+    guest = hotplug.guest(Q35.spec())
+    err = _refused(guest, "nic0", missing)
+    assert err.message == f"there is no PCI device {missing} on this host", err
