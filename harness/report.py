@@ -88,10 +88,31 @@ def finish_run(run_dir: Path, report_root: Path, meta: dict) -> dict:
     return summary
 
 
+def passthrough_counts(results: list[dict]) -> dict[str, int]:
+    """How many tests ran through each real passthrough path (vfio-pci, usb-host)."""
+    counts: dict[str, int] = {}
+    for r in results:
+        kind = (r.get("passthrough") or "").split(" ")[0]
+        if kind:
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
 def summary_lines(summary: dict) -> list[str]:
     c = summary["counts"]
     lines = [f"backend {summary['backend']}, accel {summary['accel']}, QEMU {summary['qemu_version']}: "
              + ", ".join(f"{n} {o}" for o, n in c.items() if n)]
+    through = passthrough_counts(summary["tests"])
+    if through:
+        n = sum(through.values())
+        lines.append(f"through real passthrough: {n} of {len(summary['tests'])} tests ("
+                     + ", ".join(f"{k} {v}" for k, v in sorted(through.items())) + ")")
+    lab = summary.get("lab")
+    if lab:
+        lines.append(f"lab host: kernel {lab.get('kernel')}, ready {lab.get('ready_seconds')} s "
+                     f"after boot; image {Path(lab.get('folder', '')).name}"
+                     + (f" built in {lab.get('build_seconds')} s" if lab.get("built_now") else
+                        " (cached)"))
     for r in summary["tests"]:
         if r["outcome"] in ("failed", "error"):
             kind = f"[{r.get('failure_kind') or '?'}] "
@@ -157,8 +178,21 @@ def render_html(summary: dict) -> str:
         link = f'<a href="bundles/{html.escape(Path(r["bundle"]).name)}/">bundle</a>' if r.get("bundle") else ""
         kind = f" [{r['failure_kind']}]" if r.get("failure_kind") else ""
         detail.append(f'<tr class="{r["outcome"]}"><td><code>{html.escape(r["nodeid"])}</code></td>'
+                      f'<td>{html.escape(r.get("backend", ""))}</td>'
+                      f'<td>{html.escape(r.get("passthrough") or "emulated")}</td>'
                       f'<td>{r["outcome"]}{kind}</td><td class="num">{r["duration"]:.1f}</td>'
                       f'<td>{reason}{notes}</td><td>{link}</td></tr>')
+    through = passthrough_counts(tests)
+    through_line = ("<br>through real passthrough: <b>" + str(sum(through.values())) + f"</b> of "
+                    f"{len(tests)} tests (" + ", ".join(f"{html.escape(k)} {v}" for k, v in
+                                                        sorted(through.items())) + ")"
+                    if through else "")
+    lab = summary.get("lab") or {}
+    lab_line = (f"<br>lab host: kernel <b>{html.escape(str(lab.get('kernel')))}</b>, ready "
+                f"{lab.get('ready_seconds')} s after boot, image "
+                f"<code>{html.escape(Path(lab.get('folder', '')).name)}</code>"
+                + (f" built in {lab.get('build_seconds')} s" if lab.get("built_now") else " (cached)")
+                if lab else "")
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>hotplug-harness {html.escape(summary['run'])}</title><style>{_CSS}</style></head><body>
 <h1>hotplug-harness qualification report</h1>
@@ -167,12 +201,12 @@ backend <b>{html.escape(summary['backend'])}</b> &middot; accelerator <b>{html.e
 <small>({html.escape(summary.get('accel_reason', ''))})</small><br>
 QEMU <b>{html.escape(str(summary['qemu_version']))}</b> <small>{html.escape(summary['qemu_binary'])}</small>
 &middot; guest kernel <b>{html.escape(str(image.get('kernel_version', 'user image')))}</b>
-&middot; median guest boot {summary.get('boot_seconds_median')} s</p>
+&middot; median guest boot {summary.get('boot_seconds_median')} s{through_line}{lab_line}</p>
 <p>{badges}</p>
 <h2>Matrix</h2>{matrix}
 <h2>Hotplug latencies (seconds)</h2>
 <table><tr><th>scenario.measure</th><th>n</th><th>median</th><th>max</th></tr>{lat}</table>
 <h2>Tests</h2>
-<table><tr><th>test</th><th>outcome</th><th>s</th><th>reason / notes</th><th></th></tr>{''.join(detail)}</table>
+<table><tr><th>test</th><th>backend</th><th>device path</th><th>outcome</th><th>s</th><th>reason / notes</th><th></th></tr>{''.join(detail)}</table>
 </body></html>
 """

@@ -1,0 +1,57 @@
+"""harness.report: the terminal summary and the HTML say each test's backend and whether it ran
+through real passthrough (vfio-pci, usb-host) or an emulated stand-in."""
+
+from harness import report
+
+
+def result(nodeid, outcome="passed", passthrough="", backend="lab", scenario="nic"):
+    return {"nodeid": nodeid, "test": nodeid.split("::")[-1].split("[")[0], "id": "",
+            "scenario": scenario, "platform": "q35-acpi", "device": "", "backend": backend,
+            "passthrough": passthrough, "outcome": outcome, "reason": "", "duration": 1.0}
+
+
+def summary(tests, lab=None, backend="lab"):
+    return {"run": "run-1", "finished_at": "2026-11-25T10:00:00+0000", "backend": backend,
+            "accel": "kvm", "accel_reason": "nested", "qemu_binary": "qemu-system-x86_64",
+            "qemu_version": "7.2.22", "image": {"kernel_version": "6.1.0-56-amd64"},
+            "counts": {o: sum(t["outcome"] == o for t in tests) for o in report.OUTCOMES},
+            "latencies": {}, "tests": tests, "lab": lab, "html": "r/report.html",
+            "latest": "latest/report.html", "boot_seconds_median": 4.0}
+
+
+LAB = {"folder": "/c/lab/bca0c5cede676532", "build_seconds": 14.1, "built_now": True,
+       "kernel": "6.1.0-56-amd64", "ready_seconds": 5.85}
+TESTS = [result("test_nic.py::test_nic[q35-acpi-nic]", passthrough="vfio-pci host=0000:00:03.0"),
+         result("test_usb.py::test_usb_device[q35-xhci-stick-vidpid]",
+                passthrough="usb-host vendorid=0x46f4,productid=0x0001"),
+         result("test_passthrough_failures.py::test_missing_device",
+                passthrough="vfio-pci (failure path)"),
+         result("test_cpu.py::test_cpu_hotplug[q35]", scenario="cpu")]
+
+
+def test_passthrough_counts():
+    assert report.passthrough_counts(TESTS) == {"vfio-pci": 2, "usb-host": 1}
+    assert report.passthrough_counts([result("a"), result("b")]) == {}
+
+
+def test_summary_lines_say_how_many_tests_went_through_real_passthrough():
+    lines = report.summary_lines(summary(TESTS, LAB))
+    assert lines[0] == "backend lab, accel kvm, QEMU 7.2.22: 4 passed"
+    assert lines[1] == "through real passthrough: 3 of 4 tests (usb-host 1, vfio-pci 2)"
+    assert lines[2] == ("lab host: kernel 6.1.0-56-amd64, ready 5.85 s after boot; image "
+                        "bca0c5cede676532 built in 14.1 s")
+
+
+def test_summary_lines_of_an_emulated_run_have_no_passthrough_line():
+    tests = [result("a", backend="emulated"), result("b", backend="emulated")]
+    lines = report.summary_lines(summary(tests, backend="emulated"))
+    assert not any("passthrough" in l or "lab host" in l for l in lines), lines
+
+
+def test_html_gives_each_test_its_backend_and_device_path():
+    page = report.render_html(summary(TESTS, LAB))
+    assert ("<td><code>test_nic.py::test_nic[q35-acpi-nic]</code></td><td>lab</td>"
+            "<td>vfio-pci host=0000:00:03.0</td><td>passed</td>") in page
+    assert "<td><code>test_cpu.py::test_cpu_hotplug[q35]</code></td><td>lab</td><td>emulated</td>" in page
+    assert "through real passthrough: <b>3</b> of 4 tests (usb-host 1, vfio-pci 2)" in page
+    assert "lab host: kernel <b>6.1.0-56-amd64</b>, ready 5.85 s after boot" in page
