@@ -9,7 +9,7 @@ STAMP   := .venv/.installed
 JOBS    ?= 3
 PYTEST_ARGS ?=
 
-.PHONY: setup image qualify test unit bench doctor clean
+.PHONY: setup image qualify test lab unit bench doctor clean
 
 setup: $(STAMP)
 	@sh .ci/install-host-packages
@@ -31,6 +31,13 @@ qualify: image
 # The project's own test suite: unit tests, the scenarios, the fault-injection tests.
 test: image
 	$(PYTEST) -n $(JOBS) --dist loadgroup $(PYTEST_ARGS)
+
+# The vfio backend's scenarios through real vfio-pci and usb-host, inside the nested lab host
+# (an L1 guest with an emulated IOMMU; docs/lab.md). About 8 minutes here (19 tests).
+LAB_TESTS ?= tests/scenarios/test_nic.py tests/scenarios/test_usb.py tests/scenarios/test_sata.py \
+             tests/scenarios/test_passthrough_failures.py
+lab: image
+	$(PYTEST) --backend lab $(LAB_TESTS) $(PYTEST_ARGS)
 
 unit: setup
 	$(PYTEST) tests/unit $(PYTEST_ARGS)
