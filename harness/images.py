@@ -67,6 +67,19 @@ class GuestImage:
 # -- recipe ------------------------------------------------------------------------------------
 
 
+def read_recipe_toml(path: Path) -> dict:
+    """An image recipe file, or an ImageError that says how to get it back."""
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        try:
+            where = path.parent.resolve().relative_to(REPO_ROOT)
+        except ValueError:
+            where = path.parent
+        raise ImageError(f"cannot read the image recipe {path}: {e}",
+                         hint=f"restore {where} from git (git checkout -- {where})") from e
+
+
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     folder: Path
@@ -78,11 +91,7 @@ class Recipe:
     @classmethod
     def load(cls, folder: Path = BUILTIN_RECIPE) -> "Recipe":
         path = folder / "recipe.toml"
-        try:
-            data = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise ImageError(f"cannot read image recipe {path}: {e}",
-                             hint="restore fixtures/images/builtin from git") from e
+        data = read_recipe_toml(path)
         known = {"kernel_package", "packages", "modules", "required_programs"}
         unknown = set(data) - known
         if unknown:

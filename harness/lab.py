@@ -45,7 +45,6 @@ import sys
 import sysconfig
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 from . import images
@@ -173,12 +172,7 @@ def _first_alternatives(apt_depends: str, exclude: set[str]) -> list[str]:
 
 
 def _load_root_recipe() -> tuple[list[str], set[str]]:
-    path = LAB_RECIPE / "root.toml"
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise ImageError(f"cannot read the lab recipe {path}: {e}",
-                         hint="restore fixtures/images/lab from git") from e
+    data = images.read_recipe_toml(LAB_RECIPE / "root.toml")
     return list(data["packages"]), set(data.get("exclude", ()))
 
 
