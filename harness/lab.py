@@ -322,6 +322,9 @@ def shares_for(paths: list[Path]) -> dict[str, Path]:
     for p in sorted({p.resolve() for p in paths}, key=lambda p: (len(p.parts), str(p))):
         if any(p == q or q in p.parents for q in out):
             continue
+        if p.parts[1:2] and p.parts[1] in ("proc", "sys", "dev"):
+            raise ConfigError(f"cannot share {p} into the lab host: the lab host has its own "
+                              f"/{p.parts[1]}", hint="run from (and report into) a plain path")
         if re.search(r"[\s,:]", str(p)):
             raise ConfigError(f"cannot share {p} into the lab host: its path has a space, comma "
                               "or colon", hint="run from (and report into) a plain path")

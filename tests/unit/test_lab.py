@@ -1,6 +1,8 @@
 """harness.lab's host-side logic: apt's dependency choices, the folders shared into the lab host,
 and the lab's own inventory read from a fake sysfs with the lab host's devices."""
 
+from pathlib import Path
+
 import pytest
 
 from harness import lab
@@ -59,6 +61,16 @@ def test_shares_refuse_paths_the_kernel_command_line_cannot_carry(tmp_path, name
     (tmp_path / name).mkdir()
     with pytest.raises(ConfigError, match="cannot share .* into the lab host"):
         lab.shares_for([tmp_path / name])
+
+
+def test_shares_refuse_the_lab_hosts_own_file_systems():
+    with pytest.raises(ConfigError, match="the lab host has its own /dev"):
+        lab.shares_for([Path("/dev/shm/repo")])
+
+
+def test_shares_under_tmp_are_fine(tmp_path):
+    """A clone in /tmp: stage 1 mounts the lab's /tmp first, then the share on top of it."""
+    assert lab.shares_for([tmp_path]) == {"share0": tmp_path.resolve()}
 
 
 def lab_host_sysfs(root) -> FakeHost:
