@@ -159,6 +159,7 @@ class HarnessSession:
         self.snapshot = hygiene.Snapshot.take(self.user_image) if not self.worker else None
         self.hygiene_problems: list[str] = []
         self.backend_skip: str | None = None
+        self.lab_left_out = 0
         self.inventory = None
         self.binder = None
         if self.backend == "vfio":
@@ -353,16 +354,23 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     _keyword_select_exact(config, items)
-    hs_: HarnessSession = config.stash[_STASH_SESSION]
-    if hs_.backend == "emulated":
+    hs: HarnessSession = config.stash[_STASH_SESSION]
+    if hs.backend == "emulated":
         # Real passthrough's failure paths have no emulated equivalent: not run, not "skipped".
         drop = [i for i in items if i.get_closest_marker("passthrough")]
-        if drop:
-            config.hook.pytest_deselected(items=drop)
-            items[:] = [i for i in items if not i.get_closest_marker("passthrough")]
+    elif hs.backend == "lab":
+        # The lab is for the scenarios' real passthrough; the unit and self-tests (emulated
+        # devices only) are `make test`'s, and nested they take minutes for nothing new.
+        drop = [i for i in items if "scenarios" not in i.path.parts]
+        hs.lab_left_out = len(drop)
+    else:
+        drop = []
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        dropped = set(map(id, drop))
+        items[:] = [i for i in items if id(i) not in dropped]
     # Tests that share a guest shape run one after another (and on one xdist worker with
     # --dist loadgroup), so one clean booted guest serves them all.
-    hs: HarnessSession = config.stash[_STASH_SESSION]
     grouping = config.pluginmanager.hasplugin("xdist")
     for item in items:
         callspec = getattr(item, "callspec", None)
@@ -378,6 +386,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         elif platform is not None:
             item.add_marker(pytest.mark.xdist_group(platform.id))
     items.sort(key=_group_key)
+
+
+def pytest_report_collectionfinish(config: pytest.Config, items) -> list[str]:
+    hs: HarnessSession | None = config.stash.get(_STASH_SESSION, None)
+    if hs is not None and getattr(hs, "lab_left_out", 0):
+        return [f"hotplug-harness: --backend lab runs tests/scenarios only: {hs.lab_left_out} "
+                "unit and self-tests deselected (`make test` runs them)"]
+    return []
 
 
 def _group_key(item: pytest.Item) -> str:
