@@ -10,11 +10,14 @@
 4. a --soak cycle add/remove soak of one NIC: QEMU RSS and open files before/after, and whether
    the guest's state is back to its baseline
 5. the whole `make qualify` matrix wall time, serially and with 2, 3 and 4 workers
+6. the lab (--backend lab, docs/lab.md): lab image build (fresh), lab host ready, L2 guest boot
+   under nested KVM, and the wall time of `make lab`'s tests (--lab-tests to choose others)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -26,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness import accel, checks, devices, images, latency  # noqa: E402
+from harness import accel, checks, devices, images, lab, latency, report  # noqa: E402
 from harness.guest import Guest  # noqa: E402
 from harness.machine import GuestSpec  # noqa: E402
 from harness.pool import guest_state  # noqa: E402
@@ -112,16 +115,18 @@ def bench_soak(image, n: int, workdir: Path) -> None:
         baseline = guest_state(g)
         rss0, fds0 = qemu_rss_kb(g), qemu_fds(g)
         t0 = time.monotonic()
+        warm = min(5, n)  # after warm-up QEMU's allocator has reached its working set
+        rss5 = rss0
         for i in range(n):
             cycle(g, device, f"s{i}")
-            if i == 4:  # after warm-up: QEMU's allocator has reached its working set
+            if i == warm - 1:
                 rss5 = qemu_rss_kb(g)
         elapsed = time.monotonic() - t0
         rss1, fds1 = qemu_rss_kb(g), qemu_fds(g)
         same = guest_state(g) == baseline
     print(f"soak, {n} add/remove cycles of {device.id} on q35 in {elapsed:.1f} s "
           f"({elapsed / n:.2f} s/cycle):")
-    print(f"    QEMU RSS {rss0} kB at start, {rss5} kB after 5 cycles, {rss1} kB at the end "
+    print(f"    QEMU RSS {rss0} kB at start, {rss5} kB after {warm} cycles, {rss1} kB at the end "
           f"(growth after warm-up {rss1 - rss5:+d} kB)")
     print(f"    QEMU open files {fds0} -> {fds1}; guest state back to baseline: {same}")
 
@@ -136,6 +141,37 @@ def bench_matrix() -> None:
               f"({tail[0].strip('= ') if tail else 'exit ' + str(p.returncode)})")
 
 
+LAB_TESTS = ["tests/scenarios/test_nic.py", "tests/scenarios/test_usb.py",
+             "tests/scenarios/test_sata.py", "tests/scenarios/test_passthrough_failures.py"]
+
+
+def bench_lab(tests: list[str]) -> None:
+    with tempfile.TemporaryDirectory(prefix="hh-bench-lab-") as d:
+        t0 = time.monotonic()
+        image = lab.ensure_lab(Path(d), log=lambda s: None)
+        print(f"lab image build (fresh, incl. apt-get download of "
+              f"{len(image.manifest['packages'])} packages): {time.monotonic() - t0:.2f} s")
+    with tempfile.TemporaryDirectory(prefix="hh-bench-lab-reports-") as reports:
+        t0 = time.monotonic()
+        p = subprocess.run([str(REPO / ".venv/bin/pytest"), "--backend", "lab", "-q", *tests,
+                            "--report-dir", reports], cwd=REPO, capture_output=True, text=True)
+        wall = time.monotonic() - t0
+        runs = sorted(Path(reports).glob("run-*"))
+        if not runs or not (runs[-1] / "summary.json").exists():
+            print(f"lab run: no report (exit {p.returncode}); its output ends:")
+            print("\n".join(p.stdout.splitlines()[-15:]))
+            return
+        summary = json.loads((runs[-1] / "summary.json").read_text())
+        figures = json.loads((runs[-1] / "lab" / "lab.json").read_text())
+    boots = list(report.guest_boots(summary["tests"]).values())
+    c = summary["counts"]
+    print(f"lab host: QEMU start to ready {figures['lab_boot_seconds']} s")
+    print(f"L2 guest boot (nested KVM in the lab host): {stats(boots)}")
+    print(f"lab suite ({len(summary['tests'])} tests: "
+          + ", ".join(f"{n} {o}" for o, n in c.items() if n)
+          + f"): {wall:.1f} s wall, {summary['test_seconds_total']:.1f} s in tests")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--boots", type=int, default=5)
@@ -143,6 +179,8 @@ def main() -> int:
     ap.add_argument("--soak", type=int, default=50)
     ap.add_argument("--skip-build", action="store_true")
     ap.add_argument("--skip-matrix", action="store_true")
+    ap.add_argument("--skip-lab", action="store_true")
+    ap.add_argument("--lab-tests", nargs="+", default=LAB_TESTS, metavar="PATH")
     args = ap.parse_args()
     if not args.skip_build:
         bench_build()
@@ -159,6 +197,8 @@ def main() -> int:
         bench_soak(image, args.soak, work)
     if not args.skip_matrix:
         bench_matrix()
+    if not args.skip_lab:
+        bench_lab(args.lab_tests)
     return 0
 
 

@@ -64,6 +64,8 @@ EHCI_BDF = "0000:00:06.0"
 #: Q35's own AHCI, sharing IOMMU group with the LPC bridge and SMBus: never viable alone.
 GROUPED_BDF = "0000:00:1f.2"
 LAB_GATEWAY = "10.0.5.2"
+SHARE_SLOT = 0x10  # the lab root's 9p device; the shared folders' follow it
+MAX_SHARES = 8
 SATA_DISK_BYTES = 64 << 20
 STICK_BYTES = 32 << 20
 STICK_IDS = ("0x46f4", "0x0001")
@@ -309,10 +311,16 @@ def lab_argv(image: LabImage, qemu_binary: str, workdir: Path, shares: dict[str,
             "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", append,
             "-fsdev", f"local,id=labroot,path={image.root},security_model=none,readonly=on,"
                       "multidevs=remap",
-            "-device", "virtio-9p-pci,fsdev=labroot,mount_tag=labroot"]
-    for tag, path in shares.items():
+            "-device", f"virtio-9p-pci,fsdev=labroot,mount_tag=labroot,addr={SHARE_SLOT:#x}"]
+    # The shares at fixed slots too: auto-assigned ones took 00:03.0 from the lab NIC when a
+    # run had more shares than usual (a --report-dir outside the repository).
+    if len(shares) > MAX_SHARES:
+        raise ConfigError(f"the lab host takes at most {MAX_SHARES} shared folders, not "
+                          f"{len(shares)}", hint="keep the report folder and image cache under "
+                                                 "the repository")
+    for i, (tag, path) in enumerate(shares.items(), start=1):
         argv += ["-fsdev", f"local,id={tag},path={path},security_model=none,multidevs=remap",
-                 "-device", f"virtio-9p-pci,fsdev={tag},mount_tag={tag}"]
+                 "-device", f"virtio-9p-pci,fsdev={tag},mount_tag={tag},addr={SHARE_SLOT + i:#x}"]
     return argv + _lab_devices(disk, stick)
 
 

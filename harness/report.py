@@ -58,11 +58,16 @@ def latency_stats(results: list[dict]) -> dict[str, dict]:
             for k, v in sorted(values.items())}
 
 
+def guest_boots(results: list[dict]) -> dict[str, float]:
+    """Each guest's boot time, once per guest (a reused guest is in every test it served)."""
+    return {g["name"]: g["boot_seconds"] for r in results for g in r.get("guests", [])
+            if g.get("boot_seconds") and g.get("after_test")}
+
+
 def finish_run(run_dir: Path, report_root: Path, meta: dict) -> dict:
     results = load_results(run_dir)
     counts = {o: sum(r["outcome"] == o for r in results) for o in OUTCOMES}
-    boots = [g["boot_seconds"] for r in results for g in r.get("guests", [])
-             if g.get("boot_seconds") and g["after_test"]]
+    boots = list(guest_boots(results).values())
     summary = {
         "run": run_dir.name,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -105,3 +105,18 @@ def test_write_inventory_needs_exactly_one_stick(tmp_path):
     host.add_usb("3-2", 5, "46f4:0001", lab.STICK_PRODUCT, "QEMU", iface_driver="usb-storage")
     with pytest.raises(lab.LabError, match="the lab host has 2 USB devices 46f4:0001"):
         lab.write_inventory(tmp_path, sys_root=host.sys)
+
+
+def test_lab_devices_keep_their_slots_whatever_is_shared(tmp_path):
+    """Every PCI device of the lab host has a fixed slot, so the NIC is 00:03.0 however many
+    folders are shared (an auto-assigned 9p device once took 00:03.0)."""
+    image = lab.LabImage(tmp_path / "img", {})
+    shares = {f"share{i}": tmp_path / f"d{i}" for i in range(lab.MAX_SHARES)}
+    argv = lab.lab_argv(image, "qemu-system-x86_64", tmp_path, shares, job=None)
+    pci = [a for a in argv if a.split(",")[0] in ("virtio-9p-pci", "e1000e", "ich9-ahci",
+                                                  "qemu-xhci", "usb-ehci")]
+    slots = [dict(kv.split("=", 1) for kv in a.split(",")[1:])["addr"] for a in pci]
+    assert len(pci) == 5 + lab.MAX_SHARES and len(set(int(s, 16) for s in slots)) == len(pci)
+    assert "e1000e,netdev=labnet,id=labnic,bus=pcie.0,addr=0x3" in argv
+    with pytest.raises(ConfigError, match="at most 8 shared folders"):
+        lab.lab_argv(image, "qemu-system-x86_64", tmp_path, {**shares, "x": tmp_path}, job=None)

@@ -55,3 +55,11 @@ def test_html_gives_each_test_its_backend_and_device_path():
     assert "<td><code>test_cpu.py::test_cpu_hotplug[q35]</code></td><td>lab</td><td>emulated</td>" in page
     assert "through real passthrough: <b>3</b> of 4 tests (usb-host 1, vfio-pci 2)" in page
     assert "lab host: kernel <b>6.1.0-56-amd64</b>, ready 5.85 s after boot" in page
+
+
+def test_a_reused_guest_boot_counts_once():
+    g1 = {"name": "main-g1-q35-acpi", "boot_seconds": 9.9, "after_test": "kept for reuse (state equals the clean baseline)"}
+    g2 = {"name": "main-g2-pc", "boot_seconds": 24.8, "after_test": "closed (state differs from the clean baseline)"}
+    tests = [{**result("a"), "guests": [g1]}, {**result("b"), "guests": [g1]},
+             {**result("c"), "guests": [g1]}, {**result("d"), "guests": [g2]}]
+    assert report.guest_boots(tests) == {"main-g1-q35-acpi": 9.9, "main-g2-pc": 24.8}
