@@ -245,6 +245,25 @@ def _merge_usr(root: Path) -> None:
         top.symlink_to(f"usr/{d}")
 
 
+def unpack_debs(packages: list[str], debs: Path, root: Path, *,
+                elsewhere: dict[str, Path] | None = None) -> dict[str, str]:
+    """``apt-get download`` the packages into ``debs`` and ``dpkg-deb -x`` each into ``root``
+    (or the folder ``elsewhere`` names for it), without root; merge /usr and drop the docs.
+    Returns each package's version."""
+    elsewhere = elsewhere or {}
+    _run(["apt-get", "download", "-q", *packages], "apt-get download", cwd=debs)
+    versions = {}
+    for deb in sorted(debs.glob("*.deb")):
+        name, version = deb.name.split("_")[:2]
+        versions[name] = version.replace("%3a", ":")
+        _run(["dpkg-deb", "-x", str(deb), str(elsewhere.get(name, root))], f"unpacking {deb.name}")
+    _merge_usr(root)
+    for junk in ("usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info",
+                 "usr/share/lintian", "usr/share/bug"):
+        shutil.rmtree(root / junk, ignore_errors=True)
+    return versions
+
+
 def _check_libraries(root: Path, programs: tuple[str, ...]) -> None:
     """Fail the build if a required program, or a library it loads, lacks a shared library."""
     libdirs = [root / "usr/lib/x86_64-linux-gnu", root / "usr/lib"]
@@ -344,16 +363,7 @@ def build(recipe: Recipe, out_dir: Path, log=print) -> dict:
             d.mkdir()
         kpkg = _resolve_kernel_package(recipe.kernel_package)
         log(f"image: downloading {len(recipe.packages) + 1} Debian packages")
-        _run(["apt-get", "download", "-q", kpkg, *recipe.packages], "apt-get download", cwd=debs)
-        versions = {}
-        for deb in sorted(debs.glob("*.deb")):
-            name, version = deb.name.split("_")[:2]
-            versions[name] = version.replace("%3a", ":")
-            _run(["dpkg-deb", "-x", str(deb), str(kroot if name == kpkg else root)], f"unpacking {deb.name}")
-        _merge_usr(root)
-        for junk in ("usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info",
-                     "usr/share/lintian", "usr/share/bug"):
-            shutil.rmtree(root / junk, ignore_errors=True)
+        versions = unpack_debs([kpkg, *recipe.packages], debs, root, elsewhere={kpkg: kroot})
         _check_libraries(root, recipe.required_programs)
 
         kver = kpkg.removeprefix("linux-image-")
@@ -443,14 +453,25 @@ def ensure_builtin(cache: Path = DEFAULT_CACHE, recipe_dir: Path = BUILTIN_RECIP
     """
     recipe = Recipe.load(recipe_dir)
     out = builtin_dir(cache, recipe_dir)
-    if not out.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        with open(cache / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not out.exists():
-                build(recipe, out, log=log)
-                _prune(cache, keep=out)
+    build_once(out, lambda d: build(recipe, d, log=log))
     return image_from_dir(out)
+
+
+def build_once(out: Path, build_into, spare: int = 2) -> bool:
+    """Build into ``out`` (a cache folder named by what it is built from) unless it is there.
+    Safe from several processes at once: one builds, the others wait on the cache's lock. The
+    build must appear at ``out`` whole (built aside, then renamed). Older builds beyond ``spare``
+    are pruned. True if this call built it."""
+    if out.exists():
+        return False
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if out.exists():
+            return False
+        build_into(out)
+        _prune(out.parent, keep=out, spare=spare)
+    return True
 
 
 def _prune(cache: Path, keep: Path, spare: int = 2) -> None:
@@ -460,5 +481,6 @@ def _prune(cache: Path, keep: Path, spare: int = 2) -> None:
                  key=lambda d: d.stat().st_mtime, reverse=True)
     for d in old[spare:]:
         for p in d.iterdir():
-            os.chmod(p, 0o600)
+            if p.is_file():  # the image's files are read-only
+                os.chmod(p, 0o600)
         shutil.rmtree(d, ignore_errors=True)

@@ -533,11 +533,9 @@ def explain_vfio_add_error(root: "str | Path | Sysfs", host: str, qemu_desc: str
                                f"vfio-pci", hint="the harness binds inventory devices itself; by "
                                                  "hand: driver_override, unbind, drivers_probe "
                                                  "(docs/vfio.md)", details=details)
-    blockers = []
-    for m in fs.iommu_group_members(dev.iommu_group):
-        other = fs.pci_device(m)
-        if not other.kernel_bridge and other.driver not in (None, VFIO, "pci-stub"):
-            blockers.append(f"{m} ({other.class_name}, {other.driver})")
+    # The members vfio still needs moved, by the binder's own rule (plan_group).
+    blockers = [f"{m.bdf} ({m.class_name}, {m.driver})"
+                for m in plan_group(fs, bdf, critical={}).to_move if m.bdf != bdf]
     if blockers or "not viable" in qemu_desc:
         return HostDeviceError(f"IOMMU group {dev.iommu_group} of {bdf} is not viable: "
                                + (", ".join(blockers) or "a member")

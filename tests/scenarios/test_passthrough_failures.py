@@ -9,7 +9,7 @@ import pytest
 from harness import checks
 from harness.devices import PCI_PLATFORMS
 from harness.errors import HostDeviceError
-from harness.host.binding import VFIO, _wait_driver
+from harness.host.binding import VFIO, _move_to_vfio, _restore_entry
 from harness.host.inventory import InventoryError, parse_inventory
 from harness.host.sysfs import Sysfs
 
@@ -69,21 +69,18 @@ def test_group_not_viable(hotplug, hotplug_session):
     assert fs.pci_device(bdf).driver == dev.driver, "the refused bind changed a driver"
 
     guest = hotplug.guest(Q35.spec())
-    node = fs.pci_dir(bdf)
-    fs.write(node / "driver_override", VFIO)
-    fs.write(fs.pci_driver_dir(dev.driver) / "unbind", bdf)
-    fs.write(fs.sys("bus", "pci", "drivers_probe"), bdf)
+    # By hand, what the binder refused: this one function alone onto vfio-pci (the binder's own
+    # steps, without its group plan), and back the way `harness restore` gives devices back.
+    _move_to_vfio(fs, dev, timeout=5)
     try:
-        _wait_driver(fs, bdf, VFIO, 5)
         err = _refused(guest, "sata", bdf)
         assert err.message.startswith(f"IOMMU group {dev.iommu_group} of {bdf} is not viable: "), err
         for member, driver in busy.items():
             assert f"{member} (" in err.message and f", {driver})" in err.message, err
     finally:
-        fs.write(node / "driver_override", "\n")
-        fs.write(fs.pci_driver_dir(VFIO) / "unbind", bdf)
-        fs.write(fs.sys("bus", "pci", "drivers_probe"), bdf)
-        _wait_driver(fs, bdf, dev.driver, 5)
+        back = _restore_entry(fs, {"bdf": bdf, "driver": dev.driver, "group": dev.iommu_group,
+                                   "driver_override": dev.driver_override}, timeout=5)
+        assert back.status == "restored", back
 
 
 def test_device_already_attached(hotplug, hotplug_session):

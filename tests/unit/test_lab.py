@@ -89,7 +89,7 @@ def lab_host_sysfs(root) -> FakeHost:
 
 def test_write_inventory_describes_the_lab_host(tmp_path):
     host = lab_host_sysfs(tmp_path / "root")
-    path = lab.write_inventory(tmp_path, sys_root=host.sys)
+    path = lab.write_inventory(tmp_path, root=host.root)
     inv = load_inventory(path, root=host.root)
     by_role = {d.role: d for d in inv.devices}
     assert by_role["nic"].bdf == lab.NIC_BDF and by_role["nic"].gateway == lab.LAB_GATEWAY
@@ -104,7 +104,7 @@ def test_write_inventory_needs_exactly_one_stick(tmp_path):
     host = lab_host_sysfs(tmp_path / "root")
     host.add_usb("3-2", 5, "46f4:0001", lab.STICK_PRODUCT, "QEMU", iface_driver="usb-storage")
     with pytest.raises(lab.LabError, match="the lab host has 2 USB devices 46f4:0001"):
-        lab.write_inventory(tmp_path, sys_root=host.sys)
+        lab.write_inventory(tmp_path, root=host.root)
 
 
 def test_lab_devices_keep_their_slots_whatever_is_shared(tmp_path):
