@@ -78,8 +78,10 @@ def choose(requested: str, *, probe=None, cpuinfo_path: str = "/proc/cpuinfo",
                        + (", probe boot passed" if probe else ""))
 
 
-def probe_boot(image, qemu_binary: str, timeout: float = 30.0) -> None:
-    """Boot the built-in guest once under KVM; raise unless it becomes ready within ``timeout``."""
+def probe_boot(image, qemu_binary: str, timeout: float = 60.0) -> None:
+    """Boot the built-in guest once under KVM; raise unless it becomes ready within ``timeout``.
+    A working KVM boots it in about a second; nested KVM (in the lab host, on emulated SVM)
+    takes 10-25 s, hence the generous deadline."""
     from .guest import Guest
     from .machine import GuestSpec
 

@@ -32,7 +32,6 @@ the writes), so no run can change it.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -49,6 +48,7 @@ from pathlib import Path
 
 from . import images
 from .errors import ConfigError, HarnessError, ImageError, LabError
+from .host.sysfs import Sysfs
 
 LAB_RECIPE = images.REPO_ROOT / "fixtures" / "images" / "lab"
 #: Part of the lab image's cache key: change it whenever build_lab() changes what it builds.
@@ -66,6 +66,9 @@ GROUPED_BDF = "0000:00:1f.2"
 LAB_GATEWAY = "10.0.5.2"
 SHARE_SLOT = 0x10  # the lab root's 9p device; the shared folders' follow it
 MAX_SHARES = 8
+#: QEMU start to the lab's stage 2 ("lab: ready"): 6-8 s here; a lab that is not up by then
+#: hangs in its boot and would otherwise be noticed only at --lab-timeout.
+LAB_BOOT_TIMEOUT = 300.0
 SATA_DISK_BYTES = 64 << 20
 STICK_BYTES = 32 << 20
 STICK_IDS = ("0x46f4", "0x0001")
@@ -80,6 +83,7 @@ TABLET_PRODUCT = "QEMU USB Tablet"
 class LabImage:
     folder: Path
     manifest: dict
+    built_now: bool = False
 
     @property
     def kernel(self) -> Path:
@@ -195,18 +199,9 @@ def build_lab(out_dir: Path, log=print) -> dict:
             shutil.copy2(tmp / "boot" / name, stage / name)
         closure = resolve_closure(packages, exclude)
         log(f"lab image: downloading {len(closure)} Debian packages")
-        images._run(["apt-get", "download", "-q", *closure], "apt-get download (lab root)", cwd=debs)
         root = stage / "root"
         root.mkdir()
-        versions = {}
-        for deb in sorted(debs.glob("*.deb")):
-            name, version = deb.name.split("_")[:2]
-            versions[name] = version.replace("%3a", ":")
-            images._run(["dpkg-deb", "-x", str(deb), str(root)], f"unpacking {deb.name}")
-        images._merge_usr(root)
-        for junk in ("usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info",
-                     "usr/share/lintian", "usr/share/bug"):
-            shutil.rmtree(root / junk, ignore_errors=True)
+        versions = images.unpack_debs(closure, debs, root)
         for link, target in (("usr/bin/sh", "dash"), ("usr/bin/python3", "python3.11")):
             (root / link).unlink(missing_ok=True)
             (root / link).symlink_to(target)
@@ -252,16 +247,7 @@ def lab_dir(cache: Path = images.DEFAULT_CACHE) -> Path:
 def ensure_lab(cache: Path = images.DEFAULT_CACHE, log=print) -> LabImage:
     """The lab image, built first if this recipe (and these Python dependencies) never was."""
     out = lab_dir(cache)
-    if not (out / "manifest.json").exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out.parent / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not (out / "manifest.json").exists():
-                build_lab(out, log=log)
-                for old in sorted((d for d in out.parent.iterdir() if d.is_dir() and d != out
-                                   and not d.name.startswith("hh-")),
-                                  key=lambda d: d.stat().st_mtime)[:-1]:
-                    shutil.rmtree(old, ignore_errors=True)
+    built_now = images.build_once(out, lambda d: build_lab(d, log=log), spare=1)
     try:
         manifest = json.loads((out / "manifest.json").read_text())
     except ValueError as e:
@@ -271,7 +257,7 @@ def ensure_lab(cache: Path = images.DEFAULT_CACHE, log=print) -> LabImage:
         if not (out / need).exists():
             raise ImageError(f"lab image {out} is incomplete (missing {need})",
                              hint=f"delete {out} and run again to rebuild it")
-    return LabImage(out, manifest)
+    return LabImage(out, manifest, built_now)
 
 
 # -- the lab host (L1) ---------------------------------------------------------------------------
@@ -343,8 +329,10 @@ def shares_for(paths: list[Path]) -> dict[str, Path]:
 class LabHost:
     """One L1 QEMU process running one job, its console copied to a log and to ``echo``."""
 
-    def __init__(self, argv: list[str], workdir: Path, echo=None):
+    def __init__(self, argv: list[str], workdir: Path, echo=None,
+                 boot_timeout: float = LAB_BOOT_TIMEOUT):
         self.argv = argv
+        self.boot_timeout = boot_timeout
         self.workdir = workdir
         self.console_log = workdir / "console.log"
         self.qemu_log = workdir / "qemu.log"
@@ -392,7 +380,12 @@ class LabHost:
                         for line in self.qemu_log.read_text(errors="replace").splitlines()[-10:]:
                             self.echo(f"lab QEMU: {line}")
                     return self.process.returncode
-                if time.monotonic() > deadline:
+                now = time.monotonic()
+                if "ready" not in self.marks and now > t0 + self.boot_timeout:
+                    raise LabError(f"the lab host did not boot in {self.boot_timeout:g} s (no "
+                                   f"'lab: ready' on its console {self.console_log})",
+                                   hint="its last console lines say where it stopped")
+                if now > deadline:
                     raise LabError(f"the lab host did not finish in time (console: {self.console_log})",
                                    hint="look at the console log; raise --lab-timeout if the run "
                                         "was only slow")
@@ -415,18 +408,12 @@ class LabHost:
 # -- the outer run -------------------------------------------------------------------------------
 
 
-def inner_args(args: list[str]) -> list[str]:
-    """The outer command line for the run inside the lab (the same one)."""
-    return list(args)
-
-
 def run_outer(config, echo=print) -> int:
     """``pytest --backend lab`` on the host: build, boot L1, run the same pytest inside it."""
     opt = config.option
     t0 = time.monotonic()
     cache = Path(opt.image_cache or images.DEFAULT_CACHE).resolve()
     guest = images.ensure_builtin(cache, log=echo)
-    built_before = lab_dir(cache).exists()
     image = ensure_lab(cache, log=echo)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     report_root = Path(opt.report_dir).resolve()
@@ -435,7 +422,7 @@ def run_outer(config, echo=print) -> int:
     workdir.mkdir(parents=True)
     invocation = Path(config.invocation_params.dir).resolve()
     shares = shares_for([Path(config.rootpath), invocation, report_root, cache])
-    args = inner_args([str(a) for a in config.invocation_params.args])
+    args = [str(a) for a in config.invocation_params.args]  # the same command, inside
     env = {
         INSIDE_ENV: str(workdir),
         "HH_RUN_DIR": str(run_dir),
@@ -444,21 +431,18 @@ def run_outer(config, echo=print) -> int:
         "PYTHONDONTWRITEBYTECODE": "1",
         "HH_LAB_IMAGE": json.dumps({"folder": str(image.folder),
                                     "build_seconds": image.manifest.get("build_seconds"),
-                                    "built_now": not built_before}),
+                                    "built_now": image.built_now}),
     }
     job = workdir / "job.sh"
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
     job.write_text(
         "# Written by the outer `pytest --backend lab`; run by the lab host's stage 2.\n"
         + exports
-        + "if [ -c /dev/kvm ]; then export HH_ACCEL=kvm HH_ACCEL_REASON='nested: KVM on the lab "
-          "host emulated SVM'; else export HH_ACCEL=tcg HH_ACCEL_REASON='no /dev/kvm in the lab "
-          "host'; fi\n"
         + f"cd {shlex.quote(str(invocation))} || exit 2\n"
         + f"python3.11 -m pytest {shlex.join(args)}\n"
         + f"echo $? > {shlex.quote(str(workdir / 'exit_status'))}\n")
     echo(f"hotplug-harness: backend=lab: lab host image {image.folder.name} "
-         f"({'built in ' + str(image.manifest.get('build_seconds')) + ' s' if not built_before else 'cached'}), "
+         f"({'built in ' + str(image.manifest.get('build_seconds')) + ' s' if image.built_now else 'cached'}), "
          f"guest image {guest.manifest.get('kernel_version', '')}")
     echo(f"hotplug-harness: booting the lab host (L1: q35, TCG, emulated Intel IOMMU); "
          f"its console: {workdir / 'console.log'}")
@@ -492,26 +476,20 @@ def inside() -> Path | None:
     return Path(value) if value else None
 
 
-def find_usb(vendorid: str, productid: str, sys_root: Path = Path("/sys")) -> tuple[int, int]:
+def find_usb(vendorid: str, productid: str, root: "str | Path" = "/") -> tuple[int, int]:
     """(bus, address) of the one USB device with these ids."""
-    found = []
-    for d in sorted((sys_root / "bus/usb/devices").glob("*")):
-        try:
-            ids = ((d / "idVendor").read_text().strip(), (d / "idProduct").read_text().strip())
-        except OSError:
-            continue
-        if ids == (vendorid[2:], productid[2:]):
-            found.append((int((d / "busnum").read_text()), int((d / "devnum").read_text())))
+    ids = f"{vendorid[2:]}:{productid[2:]}"
+    found = [(u.busnum, u.devnum) for u in Sysfs.of(root).usb_devices() if u.ids == ids]
     if len(found) != 1:
-        raise LabError(f"the lab host has {len(found)} USB devices {vendorid[2:]}:{productid[2:]} "
-                       "(expected the one usb-storage behind its EHCI controller)",
+        raise LabError(f"the lab host has {len(found)} USB devices {ids} (expected the one "
+                       "usb-storage behind its EHCI controller)",
                        hint="the lab host's devices are set in harness/lab.py (_lab_devices)")
     return found[0]
 
 
-def write_inventory(workdir: Path, sys_root: Path = Path("/sys")) -> Path:
+def write_inventory(workdir: Path, root: "str | Path" = "/") -> Path:
     """The lab's own inventory (the format of docs/vfio.md), from what the lab host has."""
-    bus, addr = find_usb(*STICK_IDS, sys_root=sys_root)
+    bus, addr = find_usb(*STICK_IDS, root=root)
     text = f"""# The lab host's devices (written by harness/lab.py inside the lab host).
 [[device]]
 role = "nic"

@@ -85,10 +85,12 @@ def pytest_cmdline_main(config: pytest.Config):
     """``--backend lab`` on the host: run this same command inside the lab host instead
     (harness/lab.py); the run inside does the collecting, the testing and the report."""
     opt = config.option
-    if opt.backend != "lab" or opt.help or opt.version or os.environ.get("HH_LAB_INSIDE"):
+    if opt.backend != "lab" or opt.help or opt.version:
         return None
     from . import lab
 
+    if lab.inside():
+        return None
     try:
         return lab.run_outer(config)
     except HarnessError as e:
@@ -390,7 +392,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_report_collectionfinish(config: pytest.Config, items) -> list[str]:
     hs: HarnessSession | None = config.stash.get(_STASH_SESSION, None)
-    if hs is not None and getattr(hs, "lab_left_out", 0):
+    if hs is not None and hs.lab_left_out:
         return [f"hotplug-harness: --backend lab runs tests/scenarios only: {hs.lab_left_out} "
                 "unit and self-tests deselected (`make test` runs them)"]
     return []

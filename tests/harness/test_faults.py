@@ -100,3 +100,23 @@ def test_reports_on_a_full_disk_say_so(tmp_path, child_env):
         assert "No space left on device" in out and "free space" in out, out[-2000:]
     finally:
         subprocess.run(["umount", str(full)], check=True)
+
+
+def test_lab_host_that_never_boots_is_stopped_at_its_boot_deadline(tmp_path):
+    """A lab host stuck before its stage 2 (here a real QEMU that never starts its CPUs) is
+    stopped at the boot deadline with the console's path, not left until --lab-timeout."""
+    import time
+
+    from harness import lab
+    from harness.errors import LabError
+
+    argv = ["qemu-system-x86_64", "-S", "-M", "q35", "-nodefaults", "-display", "none",
+            "-chardev", f"file,id=console,path={tmp_path / 'console.log'}",
+            "-serial", "chardev:console"]
+    host = lab.LabHost(argv, tmp_path, boot_timeout=2)
+    t0 = time.monotonic()
+    with pytest.raises(LabError) as info:
+        host.run(deadline=time.monotonic() + 3600)
+    assert "did not boot in 2 s" in info.value.message and "console.log" in info.value.message
+    assert time.monotonic() - t0 < 15
+    assert host.process.poll() is not None, "the lab QEMU was left running"
