@@ -10,10 +10,9 @@ import dataclasses
 import json
 import shutil
 import time
-import time
 from pathlib import Path
 
-from . import checks, latency, prereq, probes
+from . import checks, latency, prereq
 from .access import _tail
 from .devices import HotplugDevice, Plugged
 from .guest import Guest

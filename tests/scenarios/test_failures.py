@@ -8,7 +8,7 @@ import time
 import pytest
 
 from harness import checks
-from harness.devices import PCI_PLATFORMS, Platform
+from harness.devices import PCI_PLATFORMS
 from harness.errors import QMPCommandError, UnplugError
 
 PC, Q35 = PCI_PLATFORMS[0], PCI_PLATFORMS[1]

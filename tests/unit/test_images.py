@@ -3,7 +3,6 @@
 import io
 import lzma
 import os
-import struct
 import sys
 from pathlib import Path
 

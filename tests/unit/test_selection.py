@@ -1,7 +1,6 @@
 """Test ids select what a person expects (STYLE habit 7): run pytest's collection on the real
 scenario suite and look at what each -k picks."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
