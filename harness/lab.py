@@ -69,6 +69,10 @@ MAX_SHARES = 8
 #: QEMU start to the lab's stage 2 ("lab: ready"): 6-8 s here; a lab that is not up by then
 #: hangs in its boot and would otherwise be noticed only at --lab-timeout.
 LAB_BOOT_TIMEOUT = 300.0
+#: After "lab: ready", the run inside prints at least one character a test; its longest test
+#: takes under a minute here, a failing one a few minutes of deadlines. A lab host silent for
+#: this long is hung (seen once: nested KVM on TCG wedged L1), not slow.
+LAB_SILENCE_TIMEOUT = 600.0
 SATA_DISK_BYTES = 64 << 20
 STICK_BYTES = 32 << 20
 STICK_IDS = ("0x46f4", "0x0001")
@@ -330,9 +334,11 @@ class LabHost:
     """One L1 QEMU process running one job, its console copied to a log and to ``echo``."""
 
     def __init__(self, argv: list[str], workdir: Path, echo=None,
-                 boot_timeout: float = LAB_BOOT_TIMEOUT):
+                 boot_timeout: float = LAB_BOOT_TIMEOUT,
+                 silence_timeout: float = LAB_SILENCE_TIMEOUT):
         self.argv = argv
         self.boot_timeout = boot_timeout
+        self.silence_timeout = silence_timeout
         self.workdir = workdir
         self.console_log = workdir / "console.log"
         self.qemu_log = workdir / "qemu.log"
@@ -357,6 +363,7 @@ class LabHost:
                                hint="install qemu-system-x86 (make setup)") from e
         pos = 0
         pending = b""
+        heard = t0
         try:
             while True:
                 done = self.process.poll() is not None
@@ -364,6 +371,8 @@ class LabHost:
                     f.seek(pos)
                     chunk = f.read()
                 pos += len(chunk)
+                if chunk:
+                    heard = time.monotonic()
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 for raw in lines:
@@ -385,6 +394,12 @@ class LabHost:
                     raise LabError(f"the lab host did not boot in {self.boot_timeout:g} s (no "
                                    f"'lab: ready' on its console {self.console_log})",
                                    hint="its last console lines say where it stopped")
+                if "ready" in self.marks and now > heard + self.silence_timeout:
+                    raise LabError(f"the lab host has printed nothing for {self.silence_timeout:g} s:"
+                                   f" it is hung (console: {self.console_log})",
+                                   hint="the guests of the test that was running are in the run "
+                                        "folder's guests/; run again, and if it recurs, report it "
+                                        "with the console log")
                 if now > deadline:
                     raise LabError(f"the lab host did not finish in time (console: {self.console_log})",
                                    hint="look at the console log; raise --lab-timeout if the run "

@@ -120,3 +120,27 @@ def test_lab_host_that_never_boots_is_stopped_at_its_boot_deadline(tmp_path):
     assert "did not boot in 2 s" in info.value.message and "console.log" in info.value.message
     assert time.monotonic() - t0 < 15
     assert host.process.poll() is not None, "the lab QEMU was left running"
+
+
+def test_lab_host_that_falls_silent_is_stopped(tmp_path):
+    """A lab host that booted (its console said "lab: ready") and then prints nothing is hung:
+    it is stopped after the silence deadline, not left until --lab-timeout. The QEMU here never
+    runs its CPUs; its console goes elsewhere, so console.log holds only the ready line."""
+    import time
+
+    from harness import lab
+    from harness.errors import LabError
+
+    (tmp_path / "console.log").write_text("lab: ready uptime=1.00 kernel=test kvm=no\n")
+    argv = ["qemu-system-x86_64", "-S", "-M", "q35", "-nodefaults", "-display", "none",
+            "-chardev", f"file,id=console,path={tmp_path / 'elsewhere.log'}",
+            "-serial", "chardev:console"]
+    lines = []
+    host = lab.LabHost(argv, tmp_path, echo=lines.append, silence_timeout=2)
+    t0 = time.monotonic()
+    with pytest.raises(LabError) as info:
+        host.run(deadline=time.monotonic() + 3600)
+    assert "has printed nothing for 2 s" in info.value.message, info.value.message
+    assert lines == ["lab: ready uptime=1.00 kernel=test kvm=no"]
+    assert time.monotonic() - t0 < 15
+    assert host.process.poll() is not None, "the lab QEMU was left running"
