@@ -44,6 +44,22 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def qemu_version(binary: str) -> str:
+    """What ``binary --version`` says its version is ("7.2.22"), or why it cannot be run."""
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"not runnable: {e}"
+    m = re.search(r"version (\S+)", out)
+    return m.group(1) if m else out.strip()[:60]
+
+
+def version_tuple(version: str) -> tuple[int, int] | None:
+    """(major, minor) of a version string like "7.2.22", None if it is not one."""
+    m = re.match(r"(\d+)\.(\d+)", version)
+    return (int(m[1]), int(m[2])) if m else None
+
+
 class Guest:
     """A running QEMU guest.
 

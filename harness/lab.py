@@ -51,6 +51,8 @@ from .errors import ConfigError, HarnessError, ImageError, LabError
 from .host.sysfs import Sysfs
 
 LAB_RECIPE = images.REPO_ROOT / "fixtures" / "images" / "lab"
+#: The QEMU that runs L1 when the host's is too old for nested KVM on TCG (see its recipe).
+LAB_QEMU_RECIPE = images.REPO_ROOT / "fixtures" / "images" / "lab-qemu" / "recipe.toml"
 #: Part of the lab image's cache key: change it whenever build_lab() changes what it builds.
 LAB_IMAGE_VERSION = "1"
 #: Inside L1: the folder the outer run writes the job into, and the lab's own inventory.
@@ -264,6 +266,97 @@ def ensure_lab(cache: Path = images.DEFAULT_CACHE, log=print) -> LabImage:
     return LabImage(out, manifest, built_now)
 
 
+# -- the QEMU that runs the lab host -------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LabQemu:
+    """The QEMU that runs L1 (not the QEMU under test, which is the lab root's, inside L1)."""
+    binary: str
+    version: str
+    origin: str
+    #: ``-L`` each: the firmware folders of a QEMU unpacked into the image cache, so that it
+    #: does not take the host QEMU's (older) firmware.
+    data_dirs: tuple[Path, ...] = ()
+
+    def argv(self) -> list[str]:
+        return [self.binary] + [a for d in self.data_dirs for a in ("-L", str(d))]
+
+
+def _lab_qemu_recipe() -> dict:
+    from .guest import version_tuple
+
+    data = images.read_recipe_toml(LAB_QEMU_RECIPE)
+    minimum = version_tuple(str(data.get("min_version", "")))
+    if minimum is None:
+        raise ImageError(f"{LAB_QEMU_RECIPE}: min_version is not a version like \"10.0\"",
+                         hint="restore fixtures/images/lab-qemu from git")
+    return {"release": data["release"], "packages": list(data["packages"]), "min_version": minimum}
+
+
+def ensure_lab_qemu(cache: Path, log=print) -> LabQemu:
+    """The recipe's QEMU, unpacked (without root) into the image cache once."""
+    from .guest import qemu_version
+
+    recipe = _lab_qemu_recipe()
+    digest = hashlib.sha256(LAB_QEMU_RECIPE.read_bytes()
+                            + Path(images.__file__).read_bytes()).hexdigest()[:16]
+    out = cache / "lab-qemu" / digest
+
+    def build(dest: Path) -> None:
+        t0 = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="hh-lab-qemu-", dir=dest.parent) as tmp:
+            root, debs = Path(tmp) / "out", Path(tmp) / "debs"
+            root.mkdir()
+            debs.mkdir()
+            log(f"lab QEMU: downloading {', '.join(recipe['packages'])} from {recipe['release']}")
+            try:
+                images.unpack_debs([f"{p}/{recipe['release']}" for p in recipe["packages"]],
+                                   debs, root)
+            except ImageError as e:
+                raise LabError(
+                    f"cannot get the lab host's QEMU from {recipe['release']}: {e.message}",
+                    hint=f"add {recipe['release']} to apt's sources and run apt-get update (as "
+                         "root, `make setup` does both), or pass --lab-qemu PATH to a QEMU "
+                         f"{'.'.join(map(str, recipe['min_version']))} or newer") from e
+            # It runs on this host's libraries (Debian 12's: the host's own QEMU needs the same).
+            ldd = subprocess.run(["ldd", str(root / "usr/bin/qemu-system-x86_64")],
+                                 capture_output=True, text=True)
+            missing = sorted({line.split()[0] for line in ldd.stdout.splitlines()
+                              if "not found" in line})
+            if ldd.returncode or missing:
+                raise LabError(f"the lab host's QEMU cannot run here: missing {', '.join(missing)}"
+                               f" {ldd.stderr.strip()}".rstrip(),
+                               hint="install qemu-system-x86 from Debian 12 (`make setup`): its "
+                                    "libraries are the ones the backported QEMU needs")
+            root.rename(dest)
+        log(f"lab QEMU: unpacked into {dest} in {time.monotonic() - t0:.1f} s")
+
+    images.build_once(out, build, spare=1)
+    binary = out / "usr/bin/qemu-system-x86_64"
+    return LabQemu(str(binary), qemu_version(str(binary)),
+                   f"{recipe['release']}, unpacked in {out}",
+                   (out / "usr/share/qemu", out / "usr/share/seabios"))
+
+
+def choose_lab_qemu(requested: str, host_binary: str, cache: Path, log=print) -> LabQemu:
+    """``--lab-qemu``: ``auto`` takes the host's QEMU if it is new enough to run nested KVM on
+    TCG reliably (the recipe's ``min_version``), else the recipe's; a path is taken as given."""
+    from .guest import qemu_version, version_tuple
+
+    if requested != "auto":
+        version = qemu_version(requested)
+        if version_tuple(version) is None:
+            raise ConfigError(f"--lab-qemu {requested}: not a QEMU that runs ({version})",
+                              hint="pass the path of a qemu-system-x86_64, or --lab-qemu auto")
+        return LabQemu(requested, version, "--lab-qemu")
+    version = qemu_version(host_binary)
+    have = version_tuple(version)
+    if have is not None and have >= _lab_qemu_recipe()["min_version"]:
+        return LabQemu(host_binary, version, "the host's")
+    return ensure_lab_qemu(cache, log=log)
+
+
 # -- the lab host (L1) ---------------------------------------------------------------------------
 
 
@@ -271,7 +364,7 @@ def _lab_devices(disk: Path, stick: Path) -> list[str]:
     """The emulated devices that play the lab's host devices (see the table above)."""
     return [
         "-netdev", "user,id=labnet,net=10.0.5.0/24",
-        "-device", "e1000e,netdev=labnet,id=labnic,bus=pcie.0,addr=0x3",
+        "-device", "e1000e,netdev=labnet,id=labnic,bus=pcie.0,addr=0x3,romfile=",
         "-drive", f"if=none,id=labdisk,file={disk},format=raw",
         "-device", "ich9-ahci,id=labahci,bus=pcie.0,addr=0x4",
         "-device", "ide-hd,drive=labdisk,bus=labahci.0",
@@ -283,8 +376,9 @@ def _lab_devices(disk: Path, stick: Path) -> list[str]:
     ]
 
 
-def lab_argv(image: LabImage, qemu_binary: str, workdir: Path, shares: dict[str, Path],
+def lab_argv(image: LabImage, qemu: list[str], workdir: Path, shares: dict[str, Path],
              job: Path | None, memory_mb: int = 4096, cpus: int = 2) -> list[str]:
+    """L1's command line; ``qemu`` is the emulator's own part (:meth:`LabQemu.argv`)."""
     disk, stick = workdir / "sata-disk.raw", workdir / "usb-stick.raw"
     from .devices import _disk_image
 
@@ -293,7 +387,7 @@ def lab_argv(image: LabImage, qemu_binary: str, workdir: Path, shares: dict[str,
     share_arg = ",".join(f"{tag}:{path}" for tag, path in shares.items())
     append = ("console=ttyS0 intel_iommu=on iommu=pt panic=-1 quiet loglevel=3 "
               f"hh.shares={share_arg} hh.job={job or ''}")
-    argv = [qemu_binary, "-name", "hh-lab", "-M", "q35", "-accel", "tcg,tb-size=512",
+    argv = [*qemu, "-name", "hh-lab", "-M", "q35", "-accel", "tcg,tb-size=512",
             "-cpu", "max", "-smp", str(cpus), "-m", str(memory_mb),
             "-nodefaults", "-display", "none", "-no-reboot",
             "-chardev", f"file,id=console,path={workdir / 'console.log'}", "-serial", "chardev:console",
@@ -430,6 +524,7 @@ def run_outer(config, echo=print) -> int:
     cache = Path(opt.image_cache or images.DEFAULT_CACHE).resolve()
     guest = images.ensure_builtin(cache, log=echo)
     image = ensure_lab(cache, log=echo)
+    l1_qemu = choose_lab_qemu(opt.lab_qemu, opt.qemu_binary, cache, log=echo)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     report_root = Path(opt.report_dir).resolve()
     run_dir = report_root / f"run-{stamp}-{os.getpid()}"
@@ -446,7 +541,8 @@ def run_outer(config, echo=print) -> int:
         "PYTHONDONTWRITEBYTECODE": "1",
         "HH_LAB_IMAGE": json.dumps({"folder": str(image.folder),
                                     "build_seconds": image.manifest.get("build_seconds"),
-                                    "built_now": image.built_now}),
+                                    "built_now": image.built_now,
+                                    "l1_qemu": f"{l1_qemu.version} ({l1_qemu.origin})"}),
     }
     job = workdir / "job.sh"
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
@@ -459,9 +555,9 @@ def run_outer(config, echo=print) -> int:
     echo(f"hotplug-harness: backend=lab: lab host image {image.folder.name} "
          f"({'built in ' + str(image.manifest.get('build_seconds')) + ' s' if image.built_now else 'cached'}), "
          f"guest image {guest.manifest.get('kernel_version', '')}")
-    echo(f"hotplug-harness: booting the lab host (L1: q35, TCG, emulated Intel IOMMU); "
-         f"its console: {workdir / 'console.log'}")
-    host = LabHost(lab_argv(image, opt.qemu_binary, workdir, shares, job), workdir, echo=echo)
+    echo(f"hotplug-harness: booting the lab host (L1: q35, TCG, emulated Intel IOMMU) with QEMU "
+         f"{l1_qemu.version} ({l1_qemu.origin}); its console: {workdir / 'console.log'}")
+    host = LabHost(lab_argv(image, l1_qemu.argv(), workdir, shares, job), workdir, echo=echo)
     deadline = time.monotonic() + opt.lab_timeout
     try:
         qemu_status = host.run(deadline)
@@ -469,7 +565,7 @@ def run_outer(config, echo=print) -> int:
         echo(f"hotplug-harness: ERROR [{e.kind}] {e}")
         return 3
     status_file = workdir / "exit_status"
-    figures = {"lab_boot_seconds": host.marks.get("ready"),
+    figures = {"lab_boot_seconds": host.marks.get("ready"), "lab_qemu": l1_qemu.version,
                "wall_seconds": round(time.monotonic() - t0, 1), "qemu_exit_status": qemu_status}
     (workdir / "lab.json").write_text(json.dumps(figures, indent=2) + "\n")
     if not status_file.exists():

@@ -12,6 +12,7 @@ import itertools
 from pathlib import Path
 from typing import Callable
 
+from .errors import GuestDiedError, QemuLaunchError, WaitTimeout
 from .guest import Guest
 from .images import GuestImage
 from .machine import GuestSpec
@@ -29,8 +30,14 @@ def guest_state(guest: Guest) -> tuple:
 
 class GuestPool:
     def __init__(self, image: GuestImage, *, qemu_binary: str, accel: str, workdir: Path,
-                 reuse: bool = True, name_prefix: str = "g", log: Callable[[str], None] = lambda s: None):
+                 reuse: bool = True, name_prefix: str = "g", log: Callable[[str], None] = lambda s: None,
+                 boot_attempts: int = 1):
+        """``boot_attempts`` > 1 boots another guest when one does not come up (hangs or dies
+        before its ready marker): only for the lab, where L2 boots under nested KVM on TCG
+        sometimes hang (docs/lab.md). Each retry is kept in :attr:`boot_retries`."""
         self.image = image
+        self.boot_attempts = boot_attempts
+        self.boot_retries: list[str] = []
         self.qemu_binary = qemu_binary
         self.accel = accel
         self.workdir = Path(workdir)
@@ -47,11 +54,22 @@ class GuestPool:
             return idle[0]
         if idle is not None:
             idle[0].close()
-        name = next(self._names)
-        guest = Guest(spec, image, workdir=self.workdir / f"{name}-{spec.label}",
-                      qemu_binary=self.qemu_binary, accel=self.accel, name=name)
-        self.booted.append(guest)
-        guest.launch()
+        for attempt in range(1, self.boot_attempts + 1):
+            name = next(self._names)
+            guest = Guest(spec, image, workdir=self.workdir / f"{name}-{spec.label}",
+                          qemu_binary=self.qemu_binary, accel=self.accel, name=name)
+            self.booted.append(guest)
+            try:
+                guest.launch()
+                break
+            except QemuLaunchError as e:
+                if attempt == self.boot_attempts or not isinstance(e.__cause__, (WaitTimeout,
+                                                                                 GuestDiedError)):
+                    raise
+                self.boot_retries.append(f"boot of {name} ({spec.label}) failed, another guest "
+                                         f"booted instead: {e.message.splitlines()[0]} (serial "
+                                         f"log: {guest.workdir / 'serial.log'})")
+                self.log(self.boot_retries[-1])
         guest.baseline = guest_state(guest) if self.reuse else None
         self.log(f"booted {name} ({spec.label}) in {guest.boot_seconds:.2f} s")
         return guest

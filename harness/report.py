@@ -117,7 +117,7 @@ def summary_lines(summary: dict) -> list[str]:
         lines.append(f"lab host: kernel {lab.get('kernel')}, ready {lab.get('ready_seconds')} s "
                      f"after boot; image {Path(lab.get('folder', '')).name}"
                      + (f" built in {lab.get('build_seconds')} s" if lab.get("built_now") else
-                        " (cached)"))
+                        " (cached)") + f"; run by QEMU {lab.get('l1_qemu')}")
     for r in summary["tests"]:
         if r["outcome"] in ("failed", "error"):
             kind = f"[{r.get('failure_kind') or '?'}] "
@@ -197,6 +197,7 @@ def render_html(summary: dict) -> str:
                 f"{lab.get('ready_seconds')} s after boot, image "
                 f"<code>{html.escape(Path(lab.get('folder', '')).name)}</code>"
                 + (f" built in {lab.get('build_seconds')} s" if lab.get("built_now") else " (cached)")
+                + f", run by QEMU {html.escape(str(lab.get('l1_qemu')))}"
                 if lab else "")
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>hotplug-harness {html.escape(summary['run'])}</title><style>{_CSS}</style></head><body>

@@ -50,7 +50,9 @@ class ScenarioRun:
         if fresh:
             self.fresh_only = True
             self.pool.discard_idle(spec)
+        retried = len(self.pool.boot_retries)
         guest = self.pool.acquire(spec, image)
+        self.notes += self.pool.boot_retries[retried:]
         self.guests.append((guest, guest.log_sizes()))
         if check_prerequisites:
             if guest.prerequisites is None:

@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -148,3 +147,54 @@ def test_qemu_dies_with_its_owner(hotplug_session, tmp_path):
     assert Path(tmp).exists()
     assert str(tmp) in hygiene.sweep_stale()
     assert not Path(tmp).exists()
+
+
+def test_pool_boots_another_guest_when_one_hangs_at_boot(hotplug_session, tmp_path, monkeypatch):
+    """With boot_attempts > 1 (the lab's L2 guests), a guest that does not come up is closed and
+    another is booted; the retry is noted. Here the first QEMU is stopped (SIGSTOP) as soon as
+    the harness has its console, so its boot really hangs; with one attempt the same hang fails
+    the acquire."""
+    import threading
+    import time
+
+    from harness.pool import GuestPool
+
+    monkeypatch.setattr(Guest, "boot_timeout", 15.0)
+    pool = GuestPool(hotplug_session.image, qemu_binary=hotplug_session.qemu_binary,
+                     accel=hotplug_session.accel, workdir=tmp_path, reuse=False, boot_attempts=2)
+
+    def stop_first_qemu():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if pool.booted and pool.booted[0].shell is not None:
+                os.kill(pool.booted[0].process.pid, signal.SIGSTOP)
+                return
+            time.sleep(0.01)
+
+    stopper = threading.Thread(target=stop_first_qemu)
+    stopper.start()
+    try:
+        guest = pool.acquire(GuestSpec(machine="pc"))
+        stopper.join()
+        assert guest.shell.succeed("echo up").strip() == "up"
+        assert [g.name for g in pool.booted] == ["g1", "g2"] and not pool.booted[0].alive()
+        assert len(pool.boot_retries) == 1 and pool.boot_retries[0].startswith(
+            "boot of g1 (pc) failed, another guest booted instead: guest g1 (pc) did not come up")
+    finally:
+        stopper.join()
+        for g in pool.booted:
+            g.close()
+
+    single = GuestPool(hotplug_session.image, qemu_binary=hotplug_session.qemu_binary,
+                       accel=hotplug_session.accel, workdir=tmp_path / "one", reuse=False)
+    pool = single
+    stopper = threading.Thread(target=stop_first_qemu)
+    stopper.start()
+    try:
+        with pytest.raises(QemuLaunchError, match="did not come up"):
+            single.acquire(GuestSpec(machine="pc"))
+    finally:
+        stopper.join()
+        for g in single.booted:
+            g.close()
+    assert [g.alive() for g in single.booted] == [False] and single.boot_retries == []

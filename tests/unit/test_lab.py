@@ -112,11 +112,46 @@ def test_lab_devices_keep_their_slots_whatever_is_shared(tmp_path):
     folders are shared (an auto-assigned 9p device once took 00:03.0)."""
     image = lab.LabImage(tmp_path / "img", {})
     shares = {f"share{i}": tmp_path / f"d{i}" for i in range(lab.MAX_SHARES)}
-    argv = lab.lab_argv(image, "qemu-system-x86_64", tmp_path, shares, job=None)
+    argv = lab.lab_argv(image, ["qemu-system-x86_64"], tmp_path, shares, job=None)
     pci = [a for a in argv if a.split(",")[0] in ("virtio-9p-pci", "e1000e", "ich9-ahci",
                                                   "qemu-xhci", "usb-ehci")]
     slots = [dict(kv.split("=", 1) for kv in a.split(",")[1:])["addr"] for a in pci]
     assert len(pci) == 5 + lab.MAX_SHARES and len(set(int(s, 16) for s in slots)) == len(pci)
-    assert "e1000e,netdev=labnet,id=labnic,bus=pcie.0,addr=0x3" in argv
+    assert "e1000e,netdev=labnet,id=labnic,bus=pcie.0,addr=0x3,romfile=" in argv
     with pytest.raises(ConfigError, match="at most 8 shared folders"):
-        lab.lab_argv(image, "qemu-system-x86_64", tmp_path, {**shares, "x": tmp_path}, job=None)
+        lab.lab_argv(image, ["qemu-system-x86_64"], tmp_path, {**shares, "x": tmp_path}, job=None)
+
+
+def _fake_qemu(path: Path, version: str) -> str:
+    path.write_text(f"#!/bin/sh\necho 'QEMU emulator version {version} (fake)'\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_lab_qemu_auto_takes_a_new_enough_host_qemu(tmp_path):
+    host = _fake_qemu(tmp_path / "qemu", "10.1.0")
+    chosen = lab.choose_lab_qemu("auto", host, tmp_path / "cache")
+    assert (chosen.binary, chosen.version, chosen.origin) == (host, "10.1.0", "the host's")
+    assert chosen.argv() == [host]
+    assert not (tmp_path / "cache").exists(), "nothing to unpack for a new enough host QEMU"
+
+
+def test_lab_qemu_given_is_taken_as_given_and_checked(tmp_path):
+    mine = _fake_qemu(tmp_path / "qemu-7", "7.2.22")
+    chosen = lab.choose_lab_qemu(mine, "qemu-system-x86_64", tmp_path / "cache")
+    assert (chosen.version, chosen.origin) == ("7.2.22", "--lab-qemu")
+    with pytest.raises(ConfigError, match="--lab-qemu /nonexistent/qemu: not a QEMU that runs"):
+        lab.choose_lab_qemu("/nonexistent/qemu", "qemu-system-x86_64", tmp_path / "cache")
+
+
+def test_an_unpacked_lab_qemu_finds_its_own_firmware(tmp_path):
+    unpacked = lab.LabQemu("/cache/q/usr/bin/qemu-system-x86_64", "10.0.2", "backports",
+                           (Path("/cache/q/usr/share/qemu"), Path("/cache/q/usr/share/seabios")))
+    argv = lab.lab_argv(lab.LabImage(tmp_path / "img", {}), unpacked.argv(), tmp_path, {}, None)
+    assert argv[:5] == ["/cache/q/usr/bin/qemu-system-x86_64", "-L", "/cache/q/usr/share/qemu",
+                        "-L", "/cache/q/usr/share/seabios"]
+
+
+def test_lab_qemu_recipe_names_a_minimum_version():
+    recipe = lab._lab_qemu_recipe()
+    assert recipe["min_version"] >= (8, 0) and "qemu-system-x86" in recipe["packages"]

@@ -20,7 +20,8 @@ def summary(tests, lab=None, backend="lab"):
 
 
 LAB = {"folder": "/c/lab/bca0c5cede676532", "build_seconds": 14.1, "built_now": True,
-       "kernel": "6.1.0-56-amd64", "ready_seconds": 5.85}
+       "kernel": "6.1.0-56-amd64", "ready_seconds": 5.85,
+       "l1_qemu": "10.0.2 (bookworm-backports, unpacked in /c/lab-qemu/aee89aa02fde1b93)"}
 TESTS = [result("test_nic.py::test_nic[q35-acpi-nic]", passthrough="vfio-pci host=0000:00:03.0"),
          result("test_usb.py::test_usb_device[q35-xhci-stick-vidpid]",
                 passthrough="usb-host vendorid=0x46f4,productid=0x0001"),
@@ -39,7 +40,8 @@ def test_summary_lines_say_how_many_tests_went_through_real_passthrough():
     assert lines[0] == "backend lab, accel kvm, QEMU 7.2.22: 4 passed"
     assert lines[1] == "through real passthrough: 3 of 4 tests (usb-host 1, vfio-pci 2)"
     assert lines[2] == ("lab host: kernel 6.1.0-56-amd64, ready 5.85 s after boot; image "
-                        "bca0c5cede676532 built in 14.1 s")
+                        "bca0c5cede676532 built in 14.1 s; run by QEMU 10.0.2 (bookworm-backports, "
+                        "unpacked in /c/lab-qemu/aee89aa02fde1b93)")
 
 
 def test_summary_lines_of_an_emulated_run_have_no_passthrough_line():
