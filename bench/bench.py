@@ -165,7 +165,7 @@ def bench_lab(tests: list[str]) -> None:
         figures = json.loads((runs[-1] / "lab" / "lab.json").read_text())
     boots = list(report.guest_boots(summary["tests"]).values())
     c = summary["counts"]
-    print(f"lab host: QEMU start to ready {figures['lab_boot_seconds']} s")
+    print(f"lab host: QEMU {figures.get('lab_qemu')} start to ready {figures['lab_boot_seconds']} s")
     print(f"L2 guest boot (nested KVM in the lab host): {stats(boots)}")
     print(f"lab suite ({len(summary['tests'])} tests: "
           + ", ".join(f"{n} {o}" for o, n in c.items() if n)
