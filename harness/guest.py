@@ -214,6 +214,11 @@ class Guest:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def died(self) -> bool:
+        """QEMU exited on its own (the guest reset or powered off, QEMU crashed), not at
+        :meth:`close`'s request."""
+        return self.process is not None and not self._closed and self.process.poll() is not None
+
     def close(self) -> None:
         """Stop QEMU and release everything. Safe to call any number of times."""
         if self._closed:

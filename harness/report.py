@@ -112,6 +112,10 @@ def summary_lines(summary: dict) -> list[str]:
         n = sum(through.values())
         lines.append(f"through real passthrough: {n} of {len(summary['tests'])} tests ("
                      + ", ".join(f"{k} {v}" for k, v in sorted(through.items())) + ")")
+    again = [t for t in summary["tests"] if t.get("attempts", 1) > 1]
+    if again:
+        lines.append("ran again after a guest died under them (--retry-dead-guest): "
+                     + ", ".join(t["nodeid"].split("::")[-1] for t in again))
     lab = summary.get("lab")
     if lab:
         lines.append(f"lab host: kernel {lab.get('kernel')}, ready {lab.get('ready_seconds')} s "

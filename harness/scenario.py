@@ -151,10 +151,12 @@ class ScenarioRun:
             if keep:
                 self._bundle_guest(guest, marks, passed)
             reusable = passed and not cleanup_errors and not self.fresh_only
+            died = guest.died()
             verdict = self.pool.release(guest, clean_exit=reusable)
             guests.append({"name": guest.name, "spec": guest.spec.label,
                            "boot_seconds": round(guest.boot_seconds or 0, 3),
-                           "after_test": verdict, "qemu_exit_status": guest.exit_status})
+                           "after_test": verdict, "qemu_exit_status": guest.exit_status,
+                           "died": died})
         record = {"latencies": self.latencies, "notes": self.notes, "guests": guests,
                   "prerequisites": [f"{c.name}: {'ok' if c.ok else 'MISSING'} ({c.detail})"
                                     for c in self.prerequisites],

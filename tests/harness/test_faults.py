@@ -144,3 +144,51 @@ def test_lab_host_that_falls_silent_is_stopped(tmp_path):
     assert lines == ["lab: ready uptime=1.00 kernel=test kvm=no"]
     assert time.monotonic() - t0 < 15
     assert host.process.poll() is not None, "the lab QEMU was left running"
+
+
+RETRY_PROBE = '''
+import os, signal
+from pathlib import Path
+from harness.machine import GuestSpec
+
+def test_guest_dies_on_first_attempt(hotplug, tmp_path_factory):
+    marker = Path(os.environ["HH_RETRY_MARKER"])
+    guest = hotplug.guest(GuestSpec(machine="pc"))
+    if not marker.exists():
+        marker.write_text("1")
+        os.kill(guest.process.pid, signal.SIGKILL)  # QEMU exits on its own, as a reset would
+        guest.process.wait(10)
+        guest.shell.succeed("true", timeout=5)
+    assert guest.shell.succeed("echo alive").strip() == "alive"
+'''
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_retry_dead_guest_runs_the_test_again_and_says_so(tmp_path, child_env, retries):
+    """--retry-dead-guest N: a test that failed while its guest's QEMU exited on its own runs
+    again; the first attempt's bundle is kept and the notes say so. Without it the death fails
+    the test. Real QEMU, killed under the test on its first attempt."""
+    import json
+
+    probe = REPO / "tests" / "harness" / f"_retry_probe_{retries}_{os.getpid()}_test.py"
+    probe.write_text(RETRY_PROBE)
+    env = {**child_env, "HH_RETRY_MARKER": str(tmp_path / "attempted")}
+    try:
+        p = run_pytest(env, str(probe), "-p", "no:randomly", "--report-dir", str(tmp_path / "r"),
+                       "--machine", "pc", "--retry-dead-guest", str(retries))
+    finally:
+        probe.unlink()
+    out = p.stdout + p.stderr
+    [run] = (tmp_path / "r").glob("run-*")
+    [result] = json.loads((run / "summary.json").read_text())["tests"]
+    if retries == 0:
+        assert p.returncode == 1, out[-3000:]
+        assert result["outcome"] == "failed" and "attempts" not in result
+    else:
+        assert p.returncode == 0, out[-3000:]
+        assert result["outcome"] == "passed" and result["attempts"] == 2, result
+        assert result["notes"][0].startswith("attempt 1 failed after its guest main-g1 died under "
+                                             "it, so it ran again (--retry-dead-guest): "), result
+        assert list((run / "bundles").glob("*.attempt-1")), "the failed attempt's bundle is gone"
+        assert ("ran again after a guest died under them (--retry-dead-guest): "
+                "test_guest_dies_on_first_attempt") in out, out[-3000:]
