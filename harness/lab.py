@@ -311,8 +311,8 @@ def ensure_lab_qemu(cache: Path, log=print) -> LabQemu:
             debs.mkdir()
             log(f"lab QEMU: downloading {', '.join(recipe['packages'])} from {recipe['release']}")
             try:
-                images.unpack_debs([f"{p}/{recipe['release']}" for p in recipe["packages"]],
-                                   debs, root)
+                versions = images.unpack_debs(
+                    [f"{p}/{recipe['release']}" for p in recipe["packages"]], debs, root)
             except ImageError as e:
                 raise LabError(
                     f"cannot get the lab host's QEMU from {recipe['release']}: {e.message}",
@@ -329,6 +329,8 @@ def ensure_lab_qemu(cache: Path, log=print) -> LabQemu:
                                f" {ldd.stderr.strip()}".rstrip(),
                                hint="install qemu-system-x86 from Debian 12 (`make setup`): its "
                                     "libraries are the ones the backported QEMU needs")
+            # A manifest, as every cached build has one: the cache prunes old builds by it.
+            (root / "manifest.json").write_text(json.dumps({"packages": versions}, indent=2) + "\n")
             root.rename(dest)
         log(f"lab QEMU: unpacked into {dest} in {time.monotonic() - t0:.1f} s")
 
