@@ -91,5 +91,4 @@ def probe_boot(image, qemu_binary: str, attempts: int = 1) -> None:
         try:
             pool.acquire(GuestSpec(machine="q35", root_ports=0)).shell.succeed("true", timeout=10)
         finally:
-            for guest in pool.booted:
-                guest.close()
+            pool.close()

@@ -308,7 +308,7 @@ def _require_free_space(report_root: Path) -> None:
 
 
 #: Guests booted inside the lab host (L2, nested KVM on TCG) sometimes hang before they are
-#: ready (about 1 boot in 20 here, with QEMU 10 running L1): the lab boots another, up to this
+#: ready (1 boot in 42 here, with QEMU 10 running L1): the lab boots another, up to this
 #: many in all, and the test's notes say so. Everywhere else a boot that fails fails the test.
 LAB_BOOT_ATTEMPTS = 3
 
@@ -524,7 +524,7 @@ def pytest_runtest_makereport(item: pytest.Item, call):
 
 
 #: --retry-dead-guest's default in the lab: nested KVM on TCG sometimes resets an L2 guest
-#: under a test (about once in 25 lab tests here, QEMU 10 running L1).
+#: under a test (about 1 test in 40 here, QEMU 10 running L1; docs/lab.md).
 LAB_DEAD_GUEST_RETRIES = 1
 
 

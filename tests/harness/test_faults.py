@@ -170,14 +170,12 @@ def test_retry_dead_guest_runs_the_test_again_and_says_so(tmp_path, child_env, r
     the test. Real QEMU, killed under the test on its first attempt."""
     import json
 
-    probe = REPO / "tests" / "harness" / f"_retry_probe_{retries}_{os.getpid()}_test.py"
+    probe = tmp_path / "retry_probe_test.py"  # outside the repository: nothing to leave there
     probe.write_text(RETRY_PROBE)
     env = {**child_env, "HH_RETRY_MARKER": str(tmp_path / "attempted")}
-    try:
-        p = run_pytest(env, str(probe), "-p", "no:randomly", "--report-dir", str(tmp_path / "r"),
-                       "--machine", "pc", "--retry-dead-guest", str(retries))
-    finally:
-        probe.unlink()
+    p = run_pytest(env, str(probe), "-c", str(REPO / "pytest.ini"), "--rootdir", str(REPO),
+                   "--report-dir", str(tmp_path / "r"), "--machine", "pc",
+                   "--retry-dead-guest", str(retries))
     out = p.stdout + p.stderr
     [run] = (tmp_path / "r").glob("run-*")
     [result] = json.loads((run / "summary.json").read_text())["tests"]

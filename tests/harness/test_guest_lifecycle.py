@@ -182,8 +182,7 @@ def test_pool_boots_another_guest_when_one_hangs_at_boot(hotplug_session, tmp_pa
             "boot of g1 (pc) failed, another guest booted instead: guest g1 (pc) did not come up")
     finally:
         stopper.join()
-        for g in pool.booted:
-            g.close()
+        pool.close()
 
     single = GuestPool(hotplug_session.image, qemu_binary=hotplug_session.qemu_binary,
                        accel=hotplug_session.accel, workdir=tmp_path / "one", reuse=False)
@@ -195,6 +194,5 @@ def test_pool_boots_another_guest_when_one_hangs_at_boot(hotplug_session, tmp_pa
             single.acquire(GuestSpec(machine="pc"))
     finally:
         stopper.join()
-        for g in single.booted:
-            g.close()
+        single.close()
     assert [g.alive() for g in single.booted] == [False] and single.boot_retries == []
