@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness import accel, checks, devices, images, lab, latency, report  # noqa: E402
+from harness import accel, checks, devices, images, lab, latency, pace, report  # noqa: E402
 from harness.guest import Guest  # noqa: E402
 from harness.machine import GuestSpec  # noqa: E402
 from harness.pool import guest_state  # noqa: E402
@@ -59,11 +59,12 @@ def bench_build() -> None:
         print(f"image build (fresh, incl. apt-get download): {time.monotonic() - t0:.2f} s")
 
 
-def bench_boot(image, n: int, workdir: Path) -> None:
+def bench_boot(image, n: int, workdir: Path, **guest) -> None:
     for machine in ("pc", "q35"):
         times = []
         for i in range(n):
-            with Guest(GuestSpec(machine=machine), image, workdir=workdir / f"boot-{machine}-{i}") as g:
+            with Guest(GuestSpec(machine=machine), image, workdir=workdir / f"boot-{machine}-{i}",
+                       **guest) as g:
                 times.append(g.boot_seconds)
         print(f"QEMU start -> guest ready, {machine}: {stats(times)}")
 
@@ -93,14 +94,14 @@ def cycle(guest: Guest, device, device_id: str) -> dict[str, float]:
     return out
 
 
-def bench_latencies(image, n: int, workdir: Path) -> None:
+def bench_latencies(image, n: int, workdir: Path, **guest) -> None:
     cases = [("q35-acpi", GuestSpec(machine="q35"), devices.EMULATED["nic"][0]),
              ("pc", GuestSpec(machine="pc"), devices.EMULATED["nic"][1]),
              ("q35-acpi", GuestSpec(machine="q35"), devices.EMULATED["sata-controller"][0]),
              ("q35-xhci", GuestSpec(machine="q35", usb="xhci"), devices.EMULATED["usb-device"][0])]
     for label, spec, device in cases:
         figures: dict[str, list[float]] = {}
-        with Guest(spec, image, workdir=workdir / f"lat-{label}-{device.id}") as g:
+        with Guest(spec, image, workdir=workdir / f"lat-{label}-{device.id}", **guest) as g:
             for i in range(n):
                 for k, v in cycle(g, device, f"d{i}").items():
                     figures.setdefault(k, []).append(v)
@@ -109,9 +110,9 @@ def bench_latencies(image, n: int, workdir: Path) -> None:
             print(f"    {k:<22} {stats(v)}")
 
 
-def bench_soak(image, n: int, workdir: Path) -> None:
+def bench_soak(image, n: int, workdir: Path, **guest) -> None:
     device = devices.EMULATED["nic"][1]  # virtio-net: the fastest full cycle, so most cycles/min
-    with Guest(GuestSpec(machine="q35"), image, workdir=workdir / "soak") as g:
+    with Guest(GuestSpec(machine="q35"), image, workdir=workdir / "soak", **guest) as g:
         baseline = guest_state(g)
         rss0, fds0 = qemu_rss_kb(g), qemu_fds(g)
         t0 = time.monotonic()
@@ -166,6 +167,10 @@ def bench_lab(tests: list[str]) -> None:
     boots = list(report.guest_boots(summary["tests"]).values())
     c = summary["counts"]
     print(f"lab host: QEMU {figures.get('lab_qemu')} start to ready {figures['lab_boot_seconds']} s")
+    inside = (figures.get("inside") or {}).get("pace") or {}
+    print(f"time factor: host {figures.get('host_pace', {}).get('factor')}, inside the lab host "
+          f"{inside.get('factor')} (probe {inside.get('probe_seconds')} s, reference "
+          f"{inside.get('reference_seconds')} s)")
     print(f"L2 guest boot (nested KVM in the lab host): {stats(boots)}")
     print(f"lab suite ({len(summary['tests'])} tests: "
           + ", ".join(f"{n} {o}" for o, n in c.items() if n)
@@ -185,16 +190,19 @@ def main() -> int:
     if not args.skip_build:
         bench_build()
     image = images.ensure_builtin(log=lambda s: None)
-    choice = accel.choose("auto", probe=lambda: accel.probe_boot(image, "qemu-system-x86_64"))
-    Guest.default_accel = choice.name
+    host_pace = pace.Pace.measure("host")
+    choice = accel.choose("auto", probe=lambda: accel.probe_boot(
+        image, "qemu-system-x86_64", pace.Deadlines.for_run(host_pace, accel="kvm")))
+    guest = {"accel": choice.name, "deadlines": pace.Deadlines.for_run(host_pace, accel=choice.name)}
     qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout
     print(f"hotplug-harness bench: {os.cpu_count()} cores, accel {choice.name} ({choice.reason}), "
           f"{qemu.splitlines()[0]}")
+    print(f"machine speed: {host_pace.describe()}")
     with tempfile.TemporaryDirectory(prefix="hh-bench-") as d:
         work = Path(d)
-        bench_boot(image, args.boots, work)
-        bench_latencies(image, args.cycles, work)
-        bench_soak(image, args.soak, work)
+        bench_boot(image, args.boots, work, **guest)
+        bench_latencies(image, args.cycles, work, **guest)
+        bench_soak(image, args.soak, work, **guest)
     if not args.skip_matrix:
         bench_matrix()
     if not args.skip_lab:

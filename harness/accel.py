@@ -78,16 +78,17 @@ def choose(requested: str, *, probe=None, cpuinfo_path: str = "/proc/cpuinfo",
                        + (", probe boot passed" if probe else ""))
 
 
-def probe_boot(image, qemu_binary: str, attempts: int = 1) -> None:
-    """Boot the built-in guest under KVM; raise unless it becomes ready by the guest's boot
-    deadline (60 s: a working KVM boots it in about a second, nested KVM in the lab host 10-25 s).
+def probe_boot(image, qemu_binary: str, deadlines, attempts: int = 1) -> None:
+    """Boot the built-in guest under KVM; raise unless it becomes ready by ``deadlines.boot``
+    (a working KVM boots it in about a second, nested KVM in the lab host in 10-25 s).
     ``attempts``: boots to try, as the lab's guest pool does (nested boots sometimes hang)."""
     from .machine import GuestSpec
     from .pool import GuestPool
 
     with tempfile.TemporaryDirectory(prefix="hh-kvm-probe-") as d:
         pool = GuestPool(image, qemu_binary=qemu_binary, accel="kvm", workdir=Path(d),
-                         reuse=False, name_prefix="kvm-probe", boot_attempts=attempts)
+                         deadlines=deadlines, reuse=False, name_prefix="kvm-probe",
+                         boot_attempts=attempts)
         try:
             pool.acquire(GuestSpec(machine="q35", root_ports=0)).shell.succeed("true", timeout=10)
         finally:

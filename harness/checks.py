@@ -68,7 +68,7 @@ def guest_sees_pci(guest, fn: PciFunction, timeout: float = 10.0) -> probes.Lspc
     def look():
         entries = probes.parse_lspci_nn(guest.shell.run(f"lspci -nn -s {fn.address}").output)
         return next((e for e in entries if e.ids == fn.ids), None)
-    return wait_until(f"guest lspci to show {fn.ids} at {fn.address}", look, timeout)
+    return guest.shell.wait_until(f"guest lspci to show {fn.ids} at {fn.address}", look, timeout)
 
 
 def guest_driver_bound(guest, fn: PciFunction, driver: str | None, timeout: float = 10.0) -> str:
@@ -78,7 +78,7 @@ def guest_driver_bound(guest, fn: PciFunction, driver: str | None, timeout: floa
         info = probes.parse_lspci_k(guest.shell.run(f"lspci -k -s {fn.address}").output)
         return next((v["driver"] for v in info.values()
                      if v.get("driver") and driver in (None, v["driver"])), None)
-    return wait_until(f"guest driver {driver or '(any)'} to bind {fn.address}", look, timeout)
+    return guest.shell.wait_until(f"guest driver {driver or '(any)'} to bind {fn.address}", look, timeout)
 
 
 def guest_lacks_pci(guest, fn: PciFunction, timeout: float = 10.0) -> None:
@@ -86,7 +86,7 @@ def guest_lacks_pci(guest, fn: PciFunction, timeout: float = 10.0) -> None:
     def gone():
         entries = probes.parse_lspci_nn(guest.shell.run("lspci -nn").output)
         return not any(e.slot.endswith(fn.address) and e.ids == fn.ids for e in entries)
-    wait_until(f"guest lspci to stop showing {fn.ids} at {fn.address}", gone, timeout)
+    guest.shell.wait_until(f"guest lspci to stop showing {fn.ids} at {fn.address}", gone, timeout)
 
 
 def net_interfaces(guest) -> set[str]:
@@ -98,7 +98,7 @@ def new_interface(guest, before: set[str], timeout: float = 10.0) -> str:
     def look():
         new = net_interfaces(guest) - before
         return sorted(new)[0] if new else None
-    return wait_until("a new network interface in /sys/class/net", look, timeout)
+    return guest.shell.wait_until("a new network interface in /sys/class/net", look, timeout)
 
 
 def ipv4_address(guest, ifname: str, timeout: float = 20.0) -> str:
@@ -109,7 +109,7 @@ def ipv4_address(guest, ifname: str, timeout: float = 20.0) -> str:
             return (probes.ipv4_addresses(out).get(ifname) or [None])[0]
         except json.JSONDecodeError:
             return None
-    return wait_until(f"an IPv4 address on {ifname}", look, timeout)
+    return guest.shell.wait_until(f"an IPv4 address on {ifname}", look, timeout)
 
 
 def default_gateway(guest, ifname: str) -> str:
@@ -136,7 +136,7 @@ def guest_usb_appears(guest, before: list[probes.LsusbEntry], product: str,
 
     def look():
         return next((e for e in lsusb(guest) if (e.bus, e.device) not in old and product in e.name), None)
-    return wait_until(f"guest lsusb to show a new '{product}'", look, timeout)
+    return guest.shell.wait_until(f"guest lsusb to show a new '{product}'", look, timeout)
 
 
 def new_usb_bus(guest, before: list[probes.LsusbEntry], timeout: float = 10.0) -> probes.LsusbEntry:
@@ -145,14 +145,14 @@ def new_usb_bus(guest, before: list[probes.LsusbEntry], timeout: float = 10.0) -
 
     def look():
         return next((e for e in lsusb(guest) if e.vendor == "1d6b" and e.bus not in old), None)
-    return wait_until("guest lsusb to show a new USB bus", look, timeout)
+    return guest.shell.wait_until("guest lsusb to show a new USB bus", look, timeout)
 
 
 def guest_usb_gone(guest, entry: probes.LsusbEntry, timeout: float = 10.0) -> None:
     def gone():
         return not any((e.bus, e.device, e.ids) == (entry.bus, entry.device, entry.ids)
                        for e in lsusb(guest))
-    wait_until(f"guest lsusb to stop showing Bus {entry.bus:03d} Device {entry.device:03d} "
+    guest.shell.wait_until(f"guest lsusb to stop showing Bus {entry.bus:03d} Device {entry.device:03d} "
                f"{entry.name}", gone, timeout)
 
 
@@ -194,9 +194,9 @@ def new_disk(guest, before: list[probes.FdiskDisk], size_bytes: int | None,
         return next((d for d in disks(guest) if d.device not in old
                      and (size_bytes is None or d.size_bytes == size_bytes)), None)
     what = f"a new {size_bytes}-byte disk" if size_bytes else "a new disk"
-    return wait_until(f"{what} in the guest's fdisk -l", look, timeout)
+    return guest.shell.wait_until(f"{what} in the guest's fdisk -l", look, timeout)
 
 
 def disk_gone(guest, disk: probes.FdiskDisk, timeout: float = 10.0) -> None:
-    wait_until(f"{disk.device} to leave the guest's fdisk -l",
+    guest.shell.wait_until(f"{disk.device} to leave the guest's fdisk -l",
                lambda: all(d.device != disk.device for d in disks(guest)), timeout)

@@ -209,7 +209,7 @@ class EmulatedSataController(HotplugDevice):
 
     def cleanup(self, guest, plugged: Plugged) -> None:
         for carrier in plugged.facts["disk_carrier"]:
-            guest.device_del(carrier, timeout=20)
+            guest.device_del(carrier, timeout=guest.deadlines.unplug)
         _del_disk(guest, plugged.facts["disk_node"])
 
 

@@ -29,6 +29,8 @@ from .access import ConsoleChannel, Shell, SSHChannel, _tail
 from .errors import (GuestDiedError, HarnessError, ImageError, QemuLaunchError, QMPCommandError,
                      WaitTimeout)
 from .images import GuestImage
+from .pace import Deadlines
+from . import pace
 
 def tmp_prefix() -> str:
     """Prefix of a guest's temporary directory: ``hh-<run tag>-``, so the end-of-run check
@@ -68,19 +70,18 @@ class Guest:
     ...     g.shell.succeed("lspci -nn | grep 8086:10d3")
     """
 
-    boot_timeout = 60.0
-    #: The accelerator when none is given (bench and tools set it from harness.accel.choose).
-    default_accel = "tcg"
-
     def __init__(self, spec: GuestSpec, image: GuestImage, *, workdir: Path,
-                 qemu_binary: str = "qemu-system-x86_64", accel: str | None = None,
-                 name: str = "guest"):
+                 qemu_binary: str = "qemu-system-x86_64", accel: str = "tcg",
+                 deadlines: Deadlines | None = None, name: str = "guest"):
+        """``deadlines``: this machine's (:meth:`harness.pace.Deadlines.for_run`); by default
+        the reference machine's."""
         self.spec = spec
         self.image = image
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.qemu_binary = qemu_binary
-        self.accel = accel or self.default_accel
+        self.accel = accel
+        self.deadlines = deadlines or pace.reference()
         self.name = name
         # Sockets live in a short temp dir: unix socket paths are limited to 107 bytes.
         self._tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix()))
@@ -95,6 +96,8 @@ class Guest:
         self.shell: Shell | None = None
         self.ssh_port: int | None = None
         self.boot_seconds: float | None = None
+        #: Seconds from QEMU's start to each step of the launch (qmp, console, ready).
+        self.launch_marks: dict[str, float] = {}
         self.guest_uptime_at_ready: float | None = None
         self._used_buses: dict[str, str] = {}  # bus -> device id
         self._counters: dict[str, int] = {}
@@ -126,12 +129,19 @@ class Guest:
             self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                             name=f"qmp-{self.name}")
             self._thread.start()
+            d = self.deadlines
             self.monitor = Monitor(self.workdir / "qmp.jsonl")
-            self._call(self.monitor.connect(str(self.paths.qmp_socket), timeout=15), 20)
-            console = ConsoleChannel(self.paths.console_socket, timeout=10)
-            self.shell = Shell(self.workdir / "commands.log", console)
+            self._call(self.monitor.connect(str(self.paths.qmp_socket), timeout=d.qmp_connect,
+                                            gone=self._gone), d.qmp_connect + 5)
+            self.launch_marks["qmp"] = round(time.monotonic() - t0, 2)
+            console = ConsoleChannel(self.paths.console_socket, timeout=d.console_connect,
+                                     name=self.name)
+            self.launch_marks["console"] = round(time.monotonic() - t0, 2)
+            self.shell = Shell(self.workdir / "commands.log", console,
+                               default_timeout=d.command, scale=d.scaled)
             self.qmp("cont")
-            self._wait_ready(t0 + self.boot_timeout)
+            self._wait_ready(time.monotonic() + d.boot)
+            self.launch_marks["ready"] = round(time.monotonic() - t0, 2)
         except BaseException as e:
             output = self.qemu_output()
             self.close()
@@ -210,6 +220,11 @@ class Guest:
             raise QemuLaunchError("cannot find the forwarded SSH port in `info usernet`",
                                   details=text)
         return int(m.group(1))
+
+    def _gone(self) -> str | None:
+        """Why QEMU can no longer answer (it exited), or None while it runs."""
+        status = self.process.poll() if self.process is not None else None
+        return None if status is None else f"QEMU exited with status {status}"
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

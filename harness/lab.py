@@ -46,7 +46,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import images
+from . import images, pace
 from .errors import ConfigError, HarnessError, ImageError, LabError
 from .host.sysfs import Sysfs
 
@@ -68,13 +68,6 @@ GROUPED_BDF = "0000:00:1f.2"
 LAB_GATEWAY = "10.0.5.2"
 SHARE_SLOT = 0x10  # the lab root's 9p device; the shared folders' follow it
 MAX_SHARES = 8
-#: QEMU start to the lab's stage 2 ("lab: ready"): 6-8 s here; a lab that is not up by then
-#: hangs in its boot and would otherwise be noticed only at --lab-timeout.
-LAB_BOOT_TIMEOUT = 300.0
-#: After "lab: ready", the run inside prints at least one character a test; its longest test
-#: takes under a minute here, a failing one a few minutes of deadlines. A lab host silent for
-#: this long is hung (seen once: nested KVM on TCG wedged L1), not slow.
-LAB_SILENCE_TIMEOUT = 600.0
 SATA_DISK_BYTES = 64 << 20
 STICK_BYTES = 32 << 20
 STICK_IDS = ("0x46f4", "0x0001")
@@ -429,9 +422,12 @@ def shares_for(paths: list[Path]) -> dict[str, Path]:
 class LabHost:
     """One L1 QEMU process running one job, its console copied to a log and to ``echo``."""
 
-    def __init__(self, argv: list[str], workdir: Path, echo=None,
-                 boot_timeout: float = LAB_BOOT_TIMEOUT,
-                 silence_timeout: float = LAB_SILENCE_TIMEOUT):
+    def __init__(self, argv: list[str], workdir: Path, *, boot_timeout: float,
+                 silence_timeout: float, echo=None):
+        """``boot_timeout``: QEMU start to "lab: ready" (a lab not up by then hangs in its
+        boot and would otherwise be noticed only at --lab-timeout). ``silence_timeout``: after
+        "lab: ready" the run inside prints at least a character a test; a lab host silent for
+        this long is hung (seen once: nested KVM on TCG wedged L1), not slow."""
         self.argv = argv
         self.boot_timeout = boot_timeout
         self.silence_timeout = silence_timeout
@@ -559,7 +555,12 @@ def run_outer(config, echo=print) -> int:
          f"guest image {guest.manifest.get('kernel_version', '')}")
     echo(f"hotplug-harness: booting the lab host (L1: q35, TCG, emulated Intel IOMMU) with QEMU "
          f"{l1_qemu.version} ({l1_qemu.origin}); its console: {workdir / 'console.log'}")
-    host = LabHost(lab_argv(image, l1_qemu.argv(), workdir, shares, job), workdir, echo=echo)
+    host_pace = pace.Pace.measure("host", opt.time_factor)
+    boot_timeout, silence_timeout = host_pace(pace.LAB_BOOT), host_pace(pace.LAB_SILENCE)
+    echo(f"hotplug-harness: {host_pace.describe()}; lab host deadlines: ready {boot_timeout:g} s, "
+         f"silence {silence_timeout:g} s")
+    host = LabHost(lab_argv(image, l1_qemu.argv(), workdir, shares, job), workdir, echo=echo,
+                   boot_timeout=boot_timeout, silence_timeout=silence_timeout)
     deadline = time.monotonic() + opt.lab_timeout
     try:
         qemu_status = host.run(deadline)
@@ -568,7 +569,10 @@ def run_outer(config, echo=print) -> int:
         return 3
     status_file = workdir / "exit_status"
     figures = {"lab_boot_seconds": host.marks.get("ready"), "lab_qemu": l1_qemu.version,
-               "wall_seconds": round(time.monotonic() - t0, 1), "qemu_exit_status": qemu_status}
+               "wall_seconds": round(time.monotonic() - t0, 1), "qemu_exit_status": qemu_status,
+               "host_pace": dataclasses.asdict(host_pace),
+               "host_deadlines": {"lab_ready": boot_timeout, "lab_silence": silence_timeout},
+               "inside": _read_json(workdir / INSIDE_FIGURES)}
     (workdir / "lab.json").write_text(json.dumps(figures, indent=2) + "\n")
     if not status_file.exists():
         echo(f"hotplug-harness: ERROR [lab] the lab host stopped (QEMU exit status {qemu_status}) "
@@ -581,6 +585,21 @@ def run_outer(config, echo=print) -> int:
 
 
 # -- inside the lab ------------------------------------------------------------------------------
+
+#: What the run inside measured (its time factor and the L2 guests' deadlines), for lab.json.
+INSIDE_FIGURES = "inside-pace.json"
+
+
+def write_inside_figures(workdir: Path, deadlines: "pace.Deadlines") -> None:
+    figures = dataclasses.asdict(deadlines)
+    (workdir / INSIDE_FIGURES).write_text(json.dumps(figures, indent=2) + "\n")
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def inside() -> Path | None:

@@ -13,11 +13,11 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from qemu.qmp import ConnectError, ExecuteError, QMPClient
 
-from .errors import QemuLaunchError, QMPCommandError, UnplugError
+from .errors import GuestDiedError, QMPCommandError, UnplugError, WaitTimeout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +49,7 @@ class Monitor:
         self._transcript = open(transcript, "a", buffering=1)
         self._events_task: asyncio.Task | None = None
         self.version: dict = {}
+        self.connect_seconds: float | None = None
 
     # -- transcript --------------------------------------------------------------------------
 
@@ -66,20 +67,37 @@ class Monitor:
 
     # -- connection ---------------------------------------------------------------------------
 
-    async def connect(self, path: str, timeout: float) -> None:
-        """Connect to QEMU's QMP socket, retrying until ``timeout`` while QEMU creates it."""
-        deadline = time.monotonic() + timeout
-        while not Path(path).exists() and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)  # QEMU creates the socket early in its start-up
+    async def connect(self, path: str, timeout: float,
+                      gone: Callable[[], str | None] = lambda: None) -> None:
+        """Connect to QEMU's QMP socket, retrying until ``timeout`` while QEMU creates it.
+
+        ``gone`` says why QEMU can no longer answer (it exited), or None: a QEMU that died
+        ends the wait at once instead of at the deadline. No connection by the deadline raises
+        :class:`WaitTimeout` (a QEMU that starts too slowly, like a guest that boots too
+        slowly: the caller may start another)."""
+        t0 = time.monotonic()
+        deadline = t0 + timeout
         while True:
+            why = gone()
+            if why:
+                raise GuestDiedError(f"QEMU exited before its QMP socket {path} answered: {why}",
+                                     hint="see QEMU's output below")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeout(f"no QMP connection on {path} within {timeout:g} s (the "
+                                  "socket "
+                                  f"{'does not answer' if Path(path).exists() else 'was not created'})",
+                                  hint="QEMU starts too slowly on this machine: see the time "
+                                       "factor in the run header, or pass --time-factor")
+            if not Path(path).exists():
+                await asyncio.sleep(min(0.05, remaining))  # QEMU creates it early in its start-up
+                continue
             try:
-                await asyncio.wait_for(self._qmp.connect(path), max(0.1, deadline - time.monotonic()))
+                await asyncio.wait_for(self._qmp.connect(path), max(0.1, remaining))
                 break
-            except (ConnectError, asyncio.TimeoutError) as e:
-                if time.monotonic() >= deadline:
-                    raise QemuLaunchError(f"no QMP connection on {path} within {timeout} s: {e}",
-                                          hint="see QEMU's output below") from e
-                await asyncio.sleep(0.05)  # QEMU has not created the socket yet
+            except (ConnectError, asyncio.TimeoutError):
+                await asyncio.sleep(0.05)  # the socket exists but does not accept yet
+        self.connect_seconds = time.monotonic() - t0
         self._events_task = asyncio.get_running_loop().create_task(self._drain_events())
         self.version = await self.execute("query-version", timeout=timeout)
 

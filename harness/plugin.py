@@ -8,6 +8,8 @@ with ids like ``test_nic[emulated-q35-pciehp-e1000e]``.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import os
 import re
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from . import accel as accel_mod
+from . import pace as pace_mod
 from . import devices, hygiene, images, report
 from .errors import ConfigError, HarnessError, LabError
 from .guest import qemu_version, version_tuple
@@ -60,6 +63,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      "under it (reset, power-off, crash); the failed attempt stays in the report. "
                      "Default 0; 1 with --backend lab, where nested KVM on TCG sometimes resets "
                      "an L2 guest")
+    g.addoption("--time-factor", type=_positive_float, default=None, metavar="N",
+                help="how many times slower than the reference machine this one is: every "
+                     "deadline (QMP connect, boot, guest commands, waits) is its reference figure "
+                     "times N. Default: measured by a short probe at session start (never below 1)")
+    g.addoption("--boot-timeout", type=_positive_float, default=None, metavar="SECONDS",
+                help="deadline from QEMU's `cont` to a ready guest. Default: by accelerator and "
+                     "image (built-in 60 s, your own image 240 s under TCG, 120 s under KVM), "
+                     "times the time factor")
     g.addoption("--report-dir", default="reports", metavar="DIR",
                 help="where run folders and reports/latest go (default: reports)")
     g.addoption("--keep-bundles", action="store_true",
@@ -162,12 +173,18 @@ class HarnessSession:
         self.run_dir = Path(os.environ["HH_RUN_DIR"])
         if not self.worker:
             _require_free_space(self.run_dir.parent)
-        if not os.environ.get("HH_ACCEL"):
+        # The controller (or a run without xdist) measures the machine and chooses the
+        # accelerator once; xdist workers get both through their workerinput.
+        given = getattr(config, "workerinput", {})
+        if "hh_pace" in given:
+            self.pace = pace_mod.Pace.from_json(given["hh_pace"])
+            self.accel, self.accel_reason = given["hh_accel"], given["hh_accel_reason"]
+        else:
+            self.pace = pace_mod.Pace.measure(pace_mod.where_am_i(), opt.time_factor)
             choice = accel_mod.choose(opt.accel, probe=lambda: accel_mod.probe_boot(
-                self.image, self.qemu_binary, attempts=self.boot_attempts))
-            os.environ["HH_ACCEL"], os.environ["HH_ACCEL_REASON"] = choice.name, choice.reason
-        self.accel = os.environ["HH_ACCEL"]
-        self.accel_reason = os.environ["HH_ACCEL_REASON"]
+                self.image, self.qemu_binary, self._deadlines("kvm"), attempts=self.boot_attempts))
+            self.accel, self.accel_reason = choice.name, choice.reason
+        self.deadlines = self._deadlines(self.accel)
         self.qemu_version = qemu_version(self.qemu_binary)
         _require_qemu(self.qemu_binary, self.qemu_version)
         self.swept = hygiene.sweep_stale() if not self.worker else []
@@ -192,6 +209,8 @@ class HarnessSession:
                 raise ConfigError("--backend lab writes its own inventory: drop --inventory",
                                   hint="--inventory is for --backend vfio on a VT-d host")
             inventory = lab.write_inventory(workdir) if not self.worker else workdir / "inventory.toml"
+            if not self.worker:  # the outer run puts the inside's figures into lab.json
+                lab.write_inside_figures(workdir, self.deadlines)
             self._setup_vfio(str(inventory))
             if self.backend_skip:
                 # A VT-d host may lack what vfio needs (its tests skip, saying why); the lab is
@@ -212,7 +231,8 @@ class HarnessSession:
                       f"({r.detail})")
         if inventory:
             self.inventory = load_inventory(inventory)  # bad input stops here, one line each
-        checks = doctor.run_checks("/", self.qemu_binary, self.inventory)
+        checks = doctor.run_checks("/", self.qemu_binary, self.inventory,
+                                   qemu_timeout=self.pace(20.0))
         if doctor.exit_code(checks):
             self.backend_skip = (doctor.verdict(checks).removeprefix("verdict: ")
                                  + " (`python -m harness doctor` lists every check)")
@@ -220,7 +240,7 @@ class HarnessSession:
             self.backend_skip = ("--backend vfio needs --inventory TOML naming the host devices "
                                  "to use (`python -m harness discover --write inventory.toml`)")
         else:
-            self.binder = binding.VfioBinder("/")
+            self.binder = binding.VfioBinder("/", timeout=self.pace(5.0))
 
     def vfio_devices(self, role: str) -> list:
         """The inventory's devices for ``role`` as hotplug devices (usb-host in both of the
@@ -269,6 +289,7 @@ class HarnessSession:
     def pool(self) -> GuestPool:
         if self._pool is None:
             self._pool = GuestPool(self.image, qemu_binary=self.qemu_binary, accel=self.accel,
+                                   deadlines=self.deadlines,
                                    workdir=self.run_dir / "guests", reuse=self.reuse,
                                    name_prefix=f"{self.worker or 'main'}-g",
                                    boot_attempts=self.boot_attempts)
@@ -280,13 +301,42 @@ class HarnessSession:
         return [f"hotplug-harness: backend={self.backend} accel={self.accel} ({self.accel_reason})",
                 f"hotplug-harness: qemu={self.qemu_binary} ({self.qemu_version}) machines={','.join(self.machines)} "
                 f"access={self.access}",
-                f"hotplug-harness: image={image}; run folder {self.run_dir}"]
+                f"hotplug-harness: image={image}; run folder {self.run_dir}",
+                f"hotplug-harness: {self.deadlines.describe()}"]
+
+    def _deadlines(self, accel: str) -> pace_mod.Deadlines:
+        return pace_mod.Deadlines.for_run(self.pace, accel=accel,
+                                          image="user" if self.user_image else "builtin",
+                                          boot=self.config.option.boot_timeout)
+
+    def worker_input(self) -> dict:
+        """What every xdist worker takes from the controller instead of deciding again."""
+        return {"hh_pace": self.pace.to_json(), "hh_accel": self.accel,
+                "hh_accel_reason": self.accel_reason}
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
         if self.binder is not None:
             self.binder.close()  # gives back anything a test could not
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """(xdist, controller side) Hand each worker the run's measured pace and accelerator."""
+    hs: HarnessSession | None = node.config.stash.get(_STASH_SESSION, None)
+    if hs is not None:
+        node.workerinput.update(hs.worker_input())
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, not {text!r}")
+    return value
 
 
 def _path(value: str | None) -> Path | None:
@@ -621,6 +671,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     summary = report.finish_run(hs.run_dir, Path(session.config.option.report_dir).resolve(), {
         "backend": hs.backend, "accel": hs.accel, "accel_reason": hs.accel_reason,
+        "pace": dataclasses.asdict(hs.pace),
+        "deadlines": {k: v for k, v in dataclasses.asdict(hs.deadlines).items() if k != "pace"},
         "qemu_binary": hs.qemu_binary, "qemu_version": hs.qemu_version,
         "image": image.manifest if image is not None else {},
         "exit_status": int(session.exitstatus),

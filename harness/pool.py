@@ -16,6 +16,7 @@ from .errors import GuestDiedError, QemuLaunchError, WaitTimeout
 from .guest import Guest
 from .images import GuestImage
 from .machine import GuestSpec
+from .pace import Deadlines
 
 # One command that captures what a test could leave behind in the guest.
 STATE_COMMAND = ("lspci -n; echo --net; ls /sys/class/net; echo --usb; lsusb 2>/dev/null; "
@@ -30,12 +31,14 @@ def guest_state(guest: Guest) -> tuple:
 
 class GuestPool:
     def __init__(self, image: GuestImage, *, qemu_binary: str, accel: str, workdir: Path,
-                 reuse: bool = True, name_prefix: str = "g", log: Callable[[str], None] = lambda s: None,
-                 boot_attempts: int = 1):
-        """``boot_attempts`` > 1 boots another guest when one does not come up (hangs or dies
-        before its ready marker): only for the lab, where L2 boots under nested KVM on TCG
-        sometimes hang (docs/lab.md). Each retry is kept in :attr:`boot_retries`."""
+                 deadlines: Deadlines, reuse: bool = True, name_prefix: str = "g",
+                 log: Callable[[str], None] = lambda s: None, boot_attempts: int = 1):
+        """``boot_attempts`` > 1 boots another guest when one does not come up (its QEMU does
+        not answer QMP in time, or it hangs or dies before its ready marker): only for the
+        lab, where L2 boots under nested KVM on TCG sometimes hang (docs/lab.md). Each retry is
+        kept in :attr:`boot_retries`."""
         self.image = image
+        self.deadlines = deadlines
         self.boot_attempts = boot_attempts
         self.boot_retries: list[str] = []
         self.qemu_binary = qemu_binary
@@ -57,7 +60,8 @@ class GuestPool:
         for attempt in range(1, self.boot_attempts + 1):
             name = next(self._names)
             guest = Guest(spec, image, workdir=self.workdir / f"{name}-{spec.label}",
-                          qemu_binary=self.qemu_binary, accel=self.accel, name=name)
+                          qemu_binary=self.qemu_binary, accel=self.accel,
+                          deadlines=self.deadlines, name=name)
             self.booted.append(guest)
             try:
                 guest.launch()

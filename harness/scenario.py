@@ -89,9 +89,11 @@ class ScenarioRun:
         plugged.pci_address = fn.address if fn else None
         return plugged
 
-    def unplug(self, guest: Guest, plugged: Plugged, timeout: float = 20.0):
+    def unplug(self, guest: Guest, plugged: Plugged, timeout: float | None = None):
+        """``device_del`` and wait for it to complete by ``timeout`` seconds (default: the
+        guest's unplug deadline, a reference figure scaled to this machine)."""
         plugged.del_sent = time.monotonic()
-        result = plugged.device.unplug(guest, plugged, timeout=timeout)
+        result = plugged.device.unplug(guest, plugged, timeout=timeout or guest.deadlines.unplug)
         self.record(f"{plugged.device_id}.device_del_to_event", result.seconds)
         return result
 
@@ -138,7 +140,7 @@ class ScenarioRun:
                     plugged.device.cleanup(guest, plugged)  # host-side state must still go back
                 continue
             try:
-                plugged.device.unplug(guest, plugged, timeout=10)
+                plugged.device.unplug(guest, plugged, timeout=guest.deadlines.scaled(10))
             except Exception as e:  # the test already failed or will be marked failed
                 cleanup_errors.append(f"unplug {plugged.device_id}: {e}")
                 try:

@@ -113,7 +113,7 @@ def test_lab_host_that_never_boots_is_stopped_at_its_boot_deadline(tmp_path):
     argv = ["qemu-system-x86_64", "-S", "-M", "q35", "-nodefaults", "-display", "none",
             "-chardev", f"file,id=console,path={tmp_path / 'console.log'}",
             "-serial", "chardev:console"]
-    host = lab.LabHost(argv, tmp_path, boot_timeout=2)
+    host = lab.LabHost(argv, tmp_path, boot_timeout=2, silence_timeout=600)
     t0 = time.monotonic()
     with pytest.raises(LabError) as info:
         host.run(deadline=time.monotonic() + 3600)
@@ -136,7 +136,7 @@ def test_lab_host_that_falls_silent_is_stopped(tmp_path):
             "-chardev", f"file,id=console,path={tmp_path / 'elsewhere.log'}",
             "-serial", "chardev:console"]
     lines = []
-    host = lab.LabHost(argv, tmp_path, echo=lines.append, silence_timeout=2)
+    host = lab.LabHost(argv, tmp_path, echo=lines.append, boot_timeout=300, silence_timeout=2)
     t0 = time.monotonic()
     with pytest.raises(LabError) as info:
         host.run(deadline=time.monotonic() + 3600)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from harness.errors import QemuLaunchError, QMPCommandError
+from harness.errors import GuestDiedError, QMPCommandError, WaitTimeout
 from harness.monitor import Monitor
 
 
@@ -87,7 +87,19 @@ async def test_query_pci_flattens_bridges(qemu, tmp_path):
 async def test_connect_has_a_deadline(tmp_path):
     mon = Monitor(tmp_path / "qmp.jsonl")
     t0 = time.monotonic()
-    with pytest.raises(QemuLaunchError, match="no QMP connection"):
+    with pytest.raises(WaitTimeout, match="no QMP connection .* within 1 s .*was not created"):
         await mon.connect(str(tmp_path / "nobody.sock"), timeout=1)
+    assert time.monotonic() - t0 < 3
+    await mon.close()
+
+
+@pytest.mark.asyncio
+async def test_connect_ends_at_once_when_qemu_is_gone(tmp_path):
+    """A QEMU that exited cannot answer: the wait ends with why, not at the deadline."""
+    mon = Monitor(tmp_path / "qmp.jsonl")
+    t0 = time.monotonic()
+    with pytest.raises(GuestDiedError, match="QEMU exited with status 1"):
+        await mon.connect(str(tmp_path / "nobody.sock"), timeout=30,
+                          gone=lambda: "QEMU exited with status 1")
     assert time.monotonic() - t0 < 3
     await mon.close()

@@ -33,7 +33,7 @@ def test_memory_hotadd(hotplug, platform):
     grown = probes.meminfo_kb(guest.shell.succeed("cat /proc/meminfo"))["MemTotal"] - mem_before
     assert grown == size_mb * 1024, f"MemTotal grew by {grown} kB, expected {size_mb * 1024} kB"
 
-    result = guest.device_del("dimm1", timeout=20)
+    result = guest.device_del("dimm1", timeout=guest.deadlines.unplug)
     hotplug.record("dimm1.device_del_to_event", result.seconds)
     assert result.event
     guest.qmp("object-del", id="mem1")
