@@ -1,65 +1,48 @@
 """Guest: one object owns one QEMU process and everything it opened.
 
-* the process (tied to its owner's life with PR_SET_PDEATHSIG, so a killed test runner cannot
-  leave it behind), its output log, and its temporary directory (sockets, disk overlays);
+* the QEMU process (a :class:`~harness.process.QemuProcess`: tied to its owner's life, so a
+  killed test runner cannot leave it behind), its output log, and its temporary directory
+  (sockets, disk overlays);
 * the QMP :class:`~harness.monitor.Monitor`, run on an event loop in a thread of its own, so test
   code stays synchronous while the QMP core stays async;
 * the guest :class:`~harness.access.Shell` (serial console, plus SSH when the guest has a
   management NIC).
 
-``close()`` is idempotent and always reaps: QMP ``quit``, then SIGTERM, then SIGKILL.
+``close()`` is idempotent and always reaps: QMP ``quit``, then SIGTERM, then SIGKILL; the
+temporary directory goes even when the close is interrupted part-way. Guests still open when
+the process exits (a run ended by Ctrl-C or SIGTERM) are closed at exit.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
+import atexit
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
+from . import pace
 from .access import ConsoleChannel, Shell, SSHChannel, _tail
 from .errors import (GuestDiedError, HarnessError, ImageError, QemuLaunchError, QMPCommandError,
                      WaitTimeout)
 from .images import GuestImage
+from .machine import GuestSpec, Paths, build_argv, format_argv
+from .monitor import Monitor, UnplugResult
 from .pace import Deadlines
-from . import pace
+from .process import QemuProcess
+
 
 def tmp_prefix() -> str:
     """Prefix of a guest's temporary directory: ``hh-<run tag>-``, so the end-of-run check
     (harness.hygiene) finds this run's leftovers and not another run's."""
     return f"hh-{os.environ.get('HH_RUN_TAG', 'x')}-"
-from .machine import GuestSpec, Paths, build_argv, format_argv
-from .monitor import Monitor, UnplugResult
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def qemu_version(binary: str) -> str:
-    """What ``binary --version`` says its version is ("7.2.22"), or why it cannot be run."""
-    try:
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=20).stdout
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"not runnable: {e}"
-    m = re.search(r"version (\S+)", out)
-    return m.group(1) if m else out.strip()[:60]
-
-
-def version_tuple(version: str) -> tuple[int, int] | None:
-    """(major, minor) of a version string like "7.2.22", None if it is not one."""
-    m = re.match(r"(\d+)\.(\d+)", version)
-    return (int(m[1]), int(m[2])) if m else None
 
 
 class Guest:
@@ -91,13 +74,14 @@ class Guest:
                            disk_overlay=self._tmp / "disk.qcow2" if image.disk else None)
         self.argv = build_argv(spec, image, self.paths, qemu_binary=qemu_binary, accel=self.accel,
                                name=name)
-        self.process: subprocess.Popen | None = None
+        self.qemu = QemuProcess(self.argv, self.workdir / "qemu.log")
         self.monitor: Monitor | None = None
         self.shell: Shell | None = None
         self.ssh_port: int | None = None
         self.boot_seconds: float | None = None
         #: Seconds from QEMU's start to each step of the launch (qmp, console, ready).
         self.launch_marks: dict[str, float] = {}
+        _open_guests.add(self)
         self.guest_uptime_at_ready: float | None = None
         self._used_buses: dict[str, str] = {}  # bus -> device id
         self._counters: dict[str, int] = {}
@@ -132,7 +116,7 @@ class Guest:
             d = self.deadlines
             self.monitor = Monitor(self.workdir / "qmp.jsonl")
             self._call(self.monitor.connect(str(self.paths.qmp_socket), timeout=d.qmp_connect,
-                                            gone=self._gone), d.qmp_connect + 5)
+                                            gone=self.qemu.exit_reason), d.qmp_connect + 5)
             self.launch_marks["qmp"] = round(time.monotonic() - t0, 2)
             console = ConsoleChannel(self.paths.console_socket, timeout=d.console_connect,
                                      name=self.name)
@@ -145,6 +129,8 @@ class Guest:
         except BaseException as e:
             output = self.qemu_output()
             self.close()
+            if not isinstance(e, Exception):
+                raise  # Ctrl-C, SIGTERM, exit: not a launch error, and nothing is left behind
             if isinstance(e, HarnessError) and not isinstance(e, (QemuLaunchError, WaitTimeout, GuestDiedError)):
                 raise
             raise QemuLaunchError(
@@ -156,9 +142,6 @@ class Guest:
         return self
 
     def _start_process(self) -> None:
-        if shutil.which(self.qemu_binary) is None and not Path(self.qemu_binary).is_file():
-            raise QemuLaunchError(f"QEMU binary {self.qemu_binary!r} not found",
-                                  hint="install qemu-system-x86 (`make setup`) or pass --qemu-binary")
         for f in (self.image.kernel, self.image.initrd, self.image.disk):
             if f is not None and not Path(f).is_file():
                 raise ImageError(f"guest image file {f} does not exist",
@@ -169,10 +152,8 @@ class Guest:
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b",
                             str(Path(self.image.disk).resolve()), str(self.paths.disk_overlay)],
                            check=True, capture_output=True, timeout=30)
-        self._qemu_log = open(self.workdir / "qemu.log", "wb")
-        self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._qemu_log,
-                                        stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-        (self.workdir / "qemu.pid").write_text(f"{self.process.pid}\n")
+        self.qemu.start()
+        (self.workdir / "qemu.pid").write_text(f"{self.qemu.pid}\n")
         (self.workdir / "replay.sh").write_text(self._replay_script())
         os.chmod(self.workdir / "replay.sh", 0o755)
 
@@ -221,11 +202,6 @@ class Guest:
                                   details=text)
         return int(m.group(1))
 
-    def _gone(self) -> str | None:
-        """Why QEMU can no longer answer (it exited), or None while it runs."""
-        status = self.process.poll() if self.process is not None else None
-        return None if status is None else f"QEMU exited with status {status}"
-
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
@@ -234,40 +210,39 @@ class Guest:
         :meth:`close`'s request."""
         return self.process is not None and not self._closed and self.process.poll() is not None
 
+    @property
+    def process(self) -> subprocess.Popen | None:
+        """QEMU's process (None before :meth:`launch`)."""
+        return self.qemu.popen
+
     def close(self) -> None:
-        """Stop QEMU and release everything. Safe to call any number of times."""
+        """Stop QEMU and release everything. Safe to call any number of times; an interrupted
+        close still kills and reaps QEMU and removes the temporary directory."""
         if self._closed:
             return
         self._closed = True
-        if self.shell is not None:
-            self.shell.close()
-        if self.process is not None:
-            if self.process.poll() is None and self.monitor is not None:
+        try:
+            if self.shell is not None:
+                self.shell.close()
+            self.exit_status = self.qemu.stop(self._quit if self.monitor is not None else None)
+            if self.monitor is not None and self._loop is not None and self._loop.is_running():
                 try:
-                    self._call(self.monitor.quit(timeout=3), 4, closing=True)
+                    self._call(self.monitor.close(), 6, closing=True)
                 except Exception:
-                    pass  # escalate below
-            for sig, wait in ((None, 3), (signal.SIGTERM, 3), (signal.SIGKILL, 10)):
-                if sig is not None and self.process.poll() is None:
-                    self.process.send_signal(sig)
-                try:
-                    self.process.wait(wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-            self.exit_status = self.process.returncode
-            self._qemu_log.close()
-        if self.monitor is not None and self._loop is not None and self._loop.is_running():
-            try:
-                self._call(self.monitor.close(), 6, closing=True)
-            except Exception:
-                pass
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            if self._thread is not None:
-                self._thread.join(5)
-            self._loop.close()
-        shutil.rmtree(self._tmp, ignore_errors=True)
+                    pass
+        finally:
+            self.exit_status = self.qemu.stop()  # at once if the steps above ran; else kills
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                if self._thread is not None:
+                    self._thread.join(5)
+                if not self._loop.is_running():
+                    self._loop.close()
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            _open_guests.discard(self)
+
+    def _quit(self) -> None:
+        self._call(self.monitor.quit(timeout=3), 4, closing=True)
 
     # -- QMP (sync facade over the async Monitor) ----------------------------------------------
 
@@ -348,13 +323,22 @@ class Guest:
     # -- logs ---------------------------------------------------------------------------------
 
     def qemu_output(self) -> str:
-        try:
-            return (self.workdir / "qemu.log").read_text(errors="replace")
-        except OSError:
-            return ""
+        return self.qemu.output()
 
     def serial_text(self) -> str:
         try:
             return self.paths.serial_log.read_text(errors="replace")
         except OSError:
             return ""
+
+
+#: Guests not closed yet. A run that ends by Ctrl-C or SIGTERM (which the plugin turns into an
+#: ordinary exit) skips fixture teardown in xdist workers; closing them at exit keeps the
+#: promise that no QEMU and no temporary directory is left behind.
+_open_guests: "weakref.WeakSet[Guest]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_guests() -> None:
+    for guest in list(_open_guests):
+        guest.close()

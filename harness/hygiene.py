@@ -42,6 +42,21 @@ def sweep_stale() -> list[str]:
     return removed
 
 
+def sweep_run(run_dir: Path) -> list[str]:
+    """End what this run left when it was interrupted (a worker killed mid-test): its QEMUs,
+    by the PIDs its guests recorded, and its temporary directories. Returns what was done."""
+    done = []
+    for pidfile in sorted((run_dir / "guests").glob("*/qemu.pid")):
+        pid = int(pidfile.read_text())
+        if _alive_qemu(pid):
+            os.kill(pid, signal.SIGKILL)
+            done.append(f"killed QEMU pid {pid} ({pidfile.parent.name}), left by an interrupted worker")
+    for name in sorted(_tmp_dirs()):
+        shutil.rmtree(Path(tempfile.gettempdir()) / name, ignore_errors=True)
+        done.append(f"removed {tempfile.gettempdir()}/{name}, left by an interrupted worker")
+    return done
+
+
 @dataclasses.dataclass
 class Snapshot:
     tmp_dirs: set[str]

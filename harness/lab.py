@@ -38,7 +38,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
@@ -47,8 +46,9 @@ import time
 from pathlib import Path
 
 from . import images, pace
-from .errors import ConfigError, HarnessError, ImageError, LabError
+from .errors import ConfigError, HarnessError, ImageError, LabError, QemuLaunchError
 from .host.sysfs import Sysfs
+from .process import QemuProcess
 
 LAB_RECIPE = images.REPO_ROOT / "fixtures" / "images" / "lab"
 #: The QEMU that runs L1 when the host's is too old for nested KVM on TCG (see its recipe).
@@ -277,7 +277,7 @@ class LabQemu:
 
 
 def _lab_qemu_recipe() -> dict:
-    from .guest import version_tuple
+    from .process import version_tuple
 
     data = images.read_recipe_toml(LAB_QEMU_RECIPE)
     minimum = version_tuple(str(data.get("min_version", "")))
@@ -289,7 +289,7 @@ def _lab_qemu_recipe() -> dict:
 
 def ensure_lab_qemu(cache: Path, log=print) -> LabQemu:
     """The recipe's QEMU, unpacked (without root) into the image cache once."""
-    from .guest import qemu_version
+    from .process import qemu_version
 
     recipe = _lab_qemu_recipe()
     digest = hashlib.sha256(LAB_QEMU_RECIPE.read_bytes()
@@ -337,7 +337,7 @@ def ensure_lab_qemu(cache: Path, log=print) -> LabQemu:
 def choose_lab_qemu(requested: str, host_binary: str, cache: Path, log=print) -> LabQemu:
     """``--lab-qemu``: ``auto`` takes the host's QEMU if it is new enough to run nested KVM on
     TCG reliably (the recipe's ``min_version``), else the recipe's; a path is taken as given."""
-    from .guest import qemu_version, version_tuple
+    from .process import qemu_version, version_tuple
 
     if requested != "auto":
         version = qemu_version(requested)
@@ -435,24 +435,22 @@ class LabHost:
         self.console_log = workdir / "console.log"
         self.qemu_log = workdir / "qemu.log"
         self.echo = echo
-        self.process: subprocess.Popen | None = None
+        self.qemu = QemuProcess(argv, self.qemu_log)
         self.marks: dict[str, float] = {}
+
+    @property
+    def process(self) -> subprocess.Popen | None:
+        return self.qemu.popen
 
     def run(self, deadline: float) -> int:
         """Start L1 and copy its console until it powers off; QEMU's exit status."""
-        from .guest import _die_with_parent
-
         (self.workdir / "lab.cmdline").write_text(shlex.join(self.argv) + "\n")
         t0 = time.monotonic()
         self.console_log.touch()
-        with open(self.qemu_log, "wb") as log:
-            try:
-                self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                                stderr=subprocess.STDOUT,
-                                                preexec_fn=_die_with_parent)
-            except OSError as e:
-                raise LabError(f"cannot start the lab host: {e}",
-                               hint="install qemu-system-x86 (make setup)") from e
+        try:
+            self.qemu.start()
+        except QemuLaunchError as e:
+            raise LabError(f"cannot start the lab host: {e.message}", hint=e.hint) from e
         pos = 0
         pending = b""
         heard = t0
@@ -501,15 +499,8 @@ class LabHost:
             self.stop()
 
     def stop(self) -> None:
-        p = self.process
-        if p is None or p.poll() is not None:
-            return
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        """L1 has no QMP: SIGTERM (QEMU powers the lab off), then SIGKILL; always reaped."""
+        self.qemu.stop(waits=(0.0, 10.0, 10.0))
 
 
 # -- the outer run -------------------------------------------------------------------------------

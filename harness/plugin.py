@@ -14,6 +14,8 @@ import json
 import os
 import re
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from . import accel as accel_mod
 from . import pace as pace_mod
 from . import devices, hygiene, images, report
 from .errors import ConfigError, HarnessError, LabError
-from .guest import qemu_version, version_tuple
+from .process import qemu_version, version_tuple
 from .images import GuestImage
 from .machine import MACHINES
 from .pool import GuestPool
@@ -128,6 +130,7 @@ def pytest_configure(config: pytest.Config) -> None:
                             "deselected with --backend emulated")
     if config.option.help:
         return
+    _terminate_like_ctrl_c()
     try:
         hs = HarnessSession(config)
     except HarnessError as e:
@@ -136,6 +139,29 @@ def pytest_configure(config: pytest.Config) -> None:
     if not hs.worker and not getattr(config.option, "xmlpath", None) and not config.option.collectonly:
         # Every run writes JUnit XML into its own folder (junitxml reads this after us).
         config.option.xmlpath = str(hs.run_dir / "junit.xml")
+
+
+def _terminate_like_ctrl_c() -> None:
+    """SIGTERM (a cancelled CI job) ends the run the way Ctrl-C does: pytest stops, guests are
+    closed, vfio devices given back. Python's default for SIGTERM is to die on the spot."""
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL):
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+        signal.signal(signal.SIGTERM, interrupt)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The last step of every process of a run, however it ended: nothing it started stays.
+    The controller (xdist workers are gone by now) also ends what an interrupted worker left:
+    QEMUs by the PIDs the run folder recorded, and this run's temporary directories."""
+    hs: HarnessSession | None = config.stash.get(_STASH_SESSION, None)
+    if hs is None:
+        return
+    hs.close()
+    if not hs.worker:
+        for line in hygiene.sweep_run(hs.run_dir):
+            print(f"hotplug-harness: {line}")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -658,9 +684,11 @@ def _lab_meta() -> dict:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     hs: HarnessSession | None = session.config.stash.get(_STASH_SESSION, None)
-    if hs is None or hs.worker:
+    if hs is None:
         return
     hs.close()
+    if hs.worker:
+        return
     if session.config.option.collectonly or not (hs.run_dir / "results").exists():
         return
     used = (hs.run_dir / "guests").exists()

@@ -157,6 +157,7 @@ class ScenarioRun:
             verdict = self.pool.release(guest, clean_exit=reusable)
             guests.append({"name": guest.name, "spec": guest.spec.label,
                            "boot_seconds": round(guest.boot_seconds or 0, 3),
+                           "launch_marks": guest.launch_marks,
                            "after_test": verdict, "qemu_exit_status": guest.exit_status,
                            "died": died})
         record = {"latencies": self.latencies, "notes": self.notes, "guests": guests,

@@ -2,6 +2,7 @@
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -190,3 +191,48 @@ def test_retry_dead_guest_runs_the_test_again_and_says_so(tmp_path, child_env, r
         assert list((run / "bundles").glob("*.attempt-1")), "the failed attempt's bundle is gone"
         assert ("ran again after a guest died under them (--retry-dead-guest): "
                 "test_guest_dies_on_first_attempt") in out, out[-3000:]
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(text.encode() in a for a in args):
+            found.append(f"{cmdline.parent.name}: {b' '.join(args)[:200]!r}")
+    return found
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_interrupted_run_leaves_no_qemu_and_no_temp_folder(tmp_path, child_env, how):
+    """A run stopped while its guests boot -- Ctrl-C at the terminal (SIGINT to the whole
+    foreground process group, xdist workers included), or a cancelled CI job (SIGTERM to the
+    runner) -- ends with no QEMU process and no temporary folder of the run left."""
+    import tempfile
+
+    from harness.access import wait_until
+
+    reports = tmp_path / "reports"
+    run = subprocess.Popen([sys.executable, "-m", "pytest", "tests/scenarios", "-k", "test_nic",
+                            "-n", "2", "--dist", "loadgroup", "--no-reuse", "-p", "no:cacheprovider",
+                            "--report-dir", str(reports)],
+                           cwd=REPO, env=child_env, start_new_session=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until("a guest of the run to be booting",
+                   lambda: list(reports.glob("run-*/guests/*/qemu.pid")), 120)
+        if how == "ctrl-c":
+            os.killpg(run.pid, signal.SIGINT)
+        else:
+            os.kill(run.pid, signal.SIGTERM)
+        out, _ = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+    assert run.returncode == 2, f"exit {run.returncode} (expected pytest's 'interrupted'):\n{out[-3000:]}"
+    left = sorted(Path(tempfile.gettempdir()).glob(f"hh-{run.pid}-*"))
+    assert not left, f"temporary folders left: {left}\n{out[-3000:]}"
+    assert not _processes_mentioning(str(reports)), _processes_mentioning(str(reports))
