@@ -214,13 +214,15 @@ class EmulatedSataController(HotplugDevice):
 
 
 class Placeholder(HotplugDevice):
-    """Stands for a role no device can play in this run; its tests carry a skip mark."""
+    """Stands for a role no device can play in this run; ``why`` is what its tests report in
+    set-up (a role nobody can play is not covered, which fails the run; it is never a skip)."""
 
     backend = "none"
 
-    def __init__(self, role: str):
+    def __init__(self, role: str, why: str):
         self.role = role
         self.id = role
+        self.why = why
 
 
 class VfioPci(HotplugDevice):
@@ -328,3 +330,5 @@ PLATFORMS = {
 }
 #: Roles a host device can play (through --backend vfio); cpu and memory are always QEMU's.
 DEVICE_ROLES = ("nic", "usb-device", "usb-controller", "sata-controller")
+#: Every scenario role (``--roles``).
+ROLES = tuple(PLATFORMS)

@@ -73,6 +73,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="deadline from QEMU's `cont` to a ready guest. Default: by accelerator and "
                      "image (built-in 60 s, your own image 240 s under TCG, 120 s under KVM), "
                      "times the time factor")
+    g.addoption("--roles", type=_roles, default=None, metavar="ROLE,...",
+                help="run only the scenarios of these roles (" + ", ".join(devices.ROLES) + "). "
+                     "With --backend vfio a role the inventory lacks fails the run as 'not "
+                     "covered' unless it is left out here")
     g.addoption("--report-dir", default="reports", metavar="DIR",
                 help="where run folders and reports/latest go (default: reports)")
     g.addoption("--keep-bundles", action="store_true",
@@ -216,7 +220,6 @@ class HarnessSession:
         self.swept = hygiene.sweep_stale() if not self.worker else []
         self.snapshot = hygiene.Snapshot.take(self.user_image) if not self.worker else None
         self.hygiene_problems: list[str] = []
-        self.backend_skip: str | None = None
         self.lab_left_out = 0
         self.inventory = None
         self.binder = None
@@ -238,16 +241,11 @@ class HarnessSession:
             if not self.worker:  # the outer run puts the inside's figures into lab.json
                 lab.write_inside_figures(workdir, self.deadlines)
             self._setup_vfio(str(inventory))
-            if self.backend_skip:
-                # A VT-d host may lack what vfio needs (its tests skip, saying why); the lab is
-                # built to have it, so a "no" from its doctor is the harness's own failure.
-                raise LabError(f"the lab host cannot run vfio: {self.backend_skip}",
-                               hint="a bug in the lab image (harness/lab.py): the lab's console "
-                                    "log has the doctor's lines")
 
     def _setup_vfio(self, inventory: str | None) -> None:
         """Give back what a killed run left on vfio-pci, load the inventory, ask the doctor.
-        A host that cannot run vfio skips every scenario with the doctor's reason."""
+        A host that cannot run vfio ends the session with the doctor's reasons: a nightly on a
+        broken VT-d host must fail, not pass having skipped everything."""
         from .host import binding, doctor
         from .host.inventory import load_inventory
 
@@ -257,16 +255,22 @@ class HarnessSession:
                       f"({r.detail})")
         if inventory:
             self.inventory = load_inventory(inventory)  # bad input stops here, one line each
+        elif self.backend == "vfio":
+            raise ConfigError("--backend vfio needs --inventory TOML naming the host devices to "
+                              "use", hint="`python -m harness discover --write inventory.toml`, "
+                                          "then review it (docs/vfio.md)")
         checks = doctor.run_checks("/", self.qemu_binary, self.inventory,
                                    qemu_timeout=self.pace(20.0))
         if doctor.exit_code(checks):
-            self.backend_skip = (doctor.verdict(checks).removeprefix("verdict: ")
-                                 + " (`python -m harness doctor` lists every check)")
-        elif self.inventory is None:
-            self.backend_skip = ("--backend vfio needs --inventory TOML naming the host devices "
-                                 "to use (`python -m harness discover --write inventory.toml`)")
-        else:
-            self.binder = binding.VfioBinder("/", timeout=self.pace(5.0))
+            where = "the lab host" if self.backend == "lab" else "this host"
+            raise LabError(f"--backend {self.backend}: {where} cannot run vfio-pci: "
+                           + doctor.verdict(checks).removeprefix("verdict: "),
+                           hint="fix what the doctor lists below (`python -m harness doctor` "
+                                "runs the same checks)"
+                                + (": a bug in the lab image (harness/lab.py)"
+                                   if self.backend == "lab" else ""),
+                           details=doctor.format_report(checks))
+        self.binder = binding.VfioBinder("/", timeout=self.pace(5.0))
 
     def vfio_devices(self, role: str) -> list:
         """The inventory's devices for ``role`` as hotplug devices (usb-host in both of the
@@ -330,6 +334,11 @@ class HarnessSession:
                 f"hotplug-harness: image={image}; run folder {self.run_dir}",
                 f"hotplug-harness: {self.deadlines.describe()}"]
 
+    def wants_role(self, role: str | None) -> bool:
+        """Whether this run covers scenarios of ``role`` (tests of no role always run)."""
+        roles = self.config.option.roles
+        return role is None or roles is None or role in roles
+
     def _deadlines(self, accel: str) -> pace_mod.Deadlines:
         return pace_mod.Deadlines.for_run(self.pace, accel=accel,
                                           image="user" if self.user_image else "builtin",
@@ -353,6 +362,15 @@ def pytest_configure_node(node) -> None:
     hs: HarnessSession | None = node.config.stash.get(_STASH_SESSION, None)
     if hs is not None:
         node.workerinput.update(hs.worker_input())
+
+
+def _roles(text: str) -> frozenset[str]:
+    roles = frozenset(r.strip() for r in text.split(",") if r.strip())
+    unknown = sorted(roles - set(devices.ROLES))
+    if unknown or not roles:
+        raise argparse.ArgumentTypeError(f"unknown role(s) {', '.join(unknown) or '(none)'}: "
+                                         f"choose from {', '.join(devices.ROLES)}")
+    return roles
 
 
 def _positive_float(text: str) -> float:
@@ -420,21 +438,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         # CPU and memory are QEMU's own in every backend: the platform is the only axis.
         metafunc.parametrize("platform", platforms, ids=[p.id for p in platforms])
         return
-    marks = [pytest.mark.skip(reason=hs.backend_skip)] if hs.backend_skip else []
     if hs.backend == "emulated":
         candidates = list(devices.EMULATED[role])
-    elif hs.backend_skip:
-        candidates = [devices.Placeholder(role)]
     else:
-        candidates = hs.vfio_devices(role)
-        if not candidates:
-            candidates = [devices.Placeholder(role)]
-            marks = [pytest.mark.skip(reason=f"the inventory {hs.inventory.path} has no {role!r} "
-                                             f"entry: add one (docs/vfio.md) to run this scenario")]
+        # A role the inventory cannot play is "not covered": its tests fail in set-up, saying
+        # so, unless the run was narrowed to other roles on purpose (--roles).
+        candidates = hs.vfio_devices(role) or [devices.Placeholder(
+            role, f"not covered: the inventory {hs.inventory.path} has no {role!r} entry")]
     params = []
     for platform in platforms:
         for device in candidates:
-            params.append(pytest.param(platform, device, marks=marks,
+            params.append(pytest.param(platform, device,
                                        id=f"{hs.backend}-{platform.id}-{device.id}"))
     metafunc.parametrize(("platform", "device"), params)
 
@@ -443,16 +457,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     _keyword_select_exact(config, items)
     hs: HarnessSession = config.stash[_STASH_SESSION]
+    drop = [i for i in items if not hs.wants_role(_role_of(i))]
     if hs.backend == "emulated":
         # Real passthrough's failure paths have no emulated equivalent: not run, not "skipped".
-        drop = [i for i in items if i.get_closest_marker("passthrough")]
+        drop += [i for i in items if i.get_closest_marker("passthrough")]
     elif hs.backend == "lab":
         # The lab is for the scenarios' real passthrough; the unit and self-tests (emulated
         # devices only) are `make test`'s, and nested they take minutes for nothing new.
-        drop = [i for i in items if "scenarios" not in i.path.parts]
-        hs.lab_left_out = len(drop)
-    else:
-        drop = []
+        outside = [i for i in items if "scenarios" not in i.path.parts]
+        hs.lab_left_out = len(outside)
+        drop += outside
     if drop:
         config.hook.pytest_deselected(items=drop)
         dropped = set(map(id, drop))
@@ -464,8 +478,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         callspec = getattr(item, "callspec", None)
         platform = callspec.params.get("platform") if callspec else None
         device = callspec.params.get("device") if callspec else None
-        if hs.backend_skip and "scenarios" in item.path.parts:
-            item.add_marker(pytest.mark.skip(reason=hs.backend_skip))
         if not grouping:
             continue
         if device is not None and device.backend != "emulated":
@@ -474,6 +486,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         elif platform is not None:
             item.add_marker(pytest.mark.xdist_group(platform.id))
     items.sort(key=_group_key)
+
+
+def _role_of(item: pytest.Item) -> str | None:
+    marker = item.get_closest_marker("scenario")
+    return marker.args[0] if marker else None
 
 
 def pytest_report_collectionfinish(config: pytest.Config, items) -> list[str]:
@@ -547,6 +564,12 @@ def _bundle_name(nodeid: str) -> str:
 def hotplug(request: pytest.FixtureRequest, hotplug_session: HarnessSession):
     """The test's :class:`~harness.scenario.ScenarioRun`: guests, plug/unplug, latencies."""
     hs = hotplug_session
+    callspec = getattr(request.node, "callspec", None)
+    device = callspec.params.get("device") if callspec else None
+    if isinstance(device, devices.Placeholder):
+        raise LabError(device.why, hint="add a device for the role to the inventory "
+                                        "(docs/vfio.md), or leave the role out on purpose with "
+                                        "--roles")
     try:
         pool = hs.pool
     except HarnessError as e:
@@ -697,6 +720,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     hs.hygiene_problems = hygiene.check(hs.snapshot, hs.run_dir, image)
     if hs.hygiene_problems and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    nothing_tested = None
+    if hs.backend != "emulated" and not sum(report.passthrough_counts(
+            report.load_results(hs.run_dir)).values()):
+        # A vfio run that passed a single device through to no guest tested nothing it is for.
+        nothing_tested = (f"--backend {hs.backend}: no test went through real passthrough "
+                          "(vfio-pci or usb-host): this run tested nothing of the host")
+        if session.exitstatus == 0:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
     summary = report.finish_run(hs.run_dir, Path(session.config.option.report_dir).resolve(), {
         "backend": hs.backend, "accel": hs.accel, "accel_reason": hs.accel_reason,
         "pace": dataclasses.asdict(hs.pace),
@@ -707,6 +738,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "lab": _lab_meta() if hs.backend == "lab" else None,
         "hygiene": hs.hygiene_problems or "clean: no QEMU left running, no temp directory left, "
                                           "guest image unchanged",
+        "nothing_tested": nothing_tested,
     })
     tr = session.config.pluginmanager.get_plugin("terminalreporter")
     if tr is not None:
@@ -715,3 +747,5 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             tr.write_line(line)
         for problem in hs.hygiene_problems:
             tr.write_line(f"HYGIENE: {problem}", red=True)
+        if nothing_tested:
+            tr.write_line(f"NOTHING TESTED: {nothing_tested}", red=True)

@@ -1,0 +1,63 @@
+"""A vfio run never passes having tested nothing (issue: a nightly on a broken VT-d host went
+green because every scenario was skipped). Child pytest runs on this host, which has no IOMMU."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+NIC_ONLY = """
+[[device]]
+role = "nic"
+bdf = "0000:00:03.0"
+gateway = "10.0.5.2"
+"""
+
+
+def run(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pytest", "tests/scenarios", "-p", "no:xdist",
+                           "-p", "no:cacheprovider", *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_vfio_without_an_iommu_ends_the_session_with_the_doctors_reasons(tmp_path, child_env):
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text(NIC_ONLY)
+    p = run({**child_env, "HH_VFIO_JOURNAL": str(tmp_path / "journal.json")},
+            "--backend", "vfio", "--inventory", str(inventory))
+    assert p.returncode != 0, p.stdout[-2000:]
+    assert "cannot run vfio-pci" in p.stderr and "no IOMMU" in p.stderr, p.stderr[-2000:]
+    assert "[FAIL]" in p.stderr and "verdict" not in p.stdout.split("ERROR")[0]
+    assert " passed" not in p.stdout and " skipped" not in p.stdout
+
+
+def test_vfio_without_an_inventory_is_refused(tmp_path, child_env):
+    p = run(child_env, "--backend", "vfio")
+    assert p.returncode != 0 and "needs --inventory" in p.stderr, p.stderr[-2000:]
+
+
+def test_a_role_the_inventory_lacks_is_not_covered_unless_left_out(tmp_path, child_env):
+    """On a host whose doctor says yes (faked here: this host has no IOMMU), the scenarios of a
+    role the inventory has no device for fail in set-up as "not covered"; --roles without that
+    role leaves them out on purpose."""
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text(NIC_ONLY)
+    (tmp_path / "hh_fake_vtd.py").write_text(textwrap.dedent("""
+        from harness.host import doctor
+        doctor.run_checks = lambda *a, **k: [doctor.Check("VT-d (faked by the test)", True, "ok")]
+    """))
+    env = {**child_env, "PYTHONPATH": str(tmp_path), "HH_VFIO_JOURNAL": str(tmp_path / "j.json")}
+    args = ("--backend", "vfio", "--inventory", str(inventory), "-p", "hh_fake_vtd",
+            "--report-dir", str(tmp_path / "reports"), "-k", "test_usb_device")
+    p = run(env, *args)
+    assert p.returncode == 1, p.stdout[-3000:]
+    assert p.stdout.count("not covered: the inventory") >= 3, p.stdout[-3000:]
+    assert "3 errors" in p.stdout.splitlines()[-1], p.stdout.splitlines()[-1]
+    # Left out on purpose: not covered is gone. What is left (the emulated failure tests of
+    # -k test_usb_device) passes, but nothing went through passthrough: the run still fails.
+    p = run(env, *args, "--roles", "nic,sata-controller")
+    assert "not covered" not in p.stdout and "test_usb_device[" not in p.stdout, p.stdout[-3000:]
+    assert "2 passed" in p.stdout.splitlines()[-1], p.stdout[-3000:]
+    assert p.returncode == 1 and "NOTHING TESTED: --backend vfio" in p.stdout, p.stdout[-3000:]
