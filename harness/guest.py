@@ -19,6 +19,7 @@ import asyncio
 import atexit
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -28,7 +29,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from . import pace
+from . import pace, probes
 from .access import ConsoleChannel, Shell, SSHChannel, _tail
 from .errors import (GuestDiedError, HarnessError, ImageError, QemuLaunchError, QMPCommandError,
                      WaitTimeout)
@@ -133,11 +134,13 @@ class Guest:
                 raise  # Ctrl-C, SIGTERM, exit: not a launch error, and nothing is left behind
             if isinstance(e, HarnessError) and not isinstance(e, (QemuLaunchError, WaitTimeout, GuestDiedError)):
                 raise
+            console = self.serial_text()
             raise QemuLaunchError(
                 f"guest {self.name} ({self.spec.label}) did not come up: {e}",
                 hint=getattr(e, "hint", "") or "read QEMU's output and the serial log below",
-                details=f"command line:\n    {format_argv(self.argv)}\nQEMU output:\n{_tail(output)}\n"
-                        f"serial log (last lines):\n{_tail(self.serial_text())}") from e
+                details=f"how far it got: {self._progress(console)}\n"
+                        f"command line:\n    {format_argv(self.argv)}\nQEMU output:\n{_tail(output)}\n"
+                        f"serial log (last lines):\n{_tail(console)}") from e
         self.boot_seconds = time.monotonic() - t0
         return self
 
@@ -173,9 +176,29 @@ class Guest:
         out += ["-monitor", "unix:./monitor.sock,server=on,wait=off"]
         text = format_argv(out).replace(str(self.paths.console_socket), "./console.sock")
         text = text.replace(f"logfile={self.paths.serial_log}", "logfile=./serial-replay.log")
+        overlay = ""
+        if self.image.disk:
+            # The run's overlay was in its temp folder, gone with the guest: make a fresh one
+            # over the same image, so the replay starts the same guest and never writes the image.
+            text = text.replace(str(self.paths.disk_overlay), "./disk-replay.qcow2")
+            overlay = (f"rm -f ./disk-replay.qcow2\nqemu-img create -q -f qcow2 -F "
+                       f"{self.image.disk_format} -b {shlex.quote(str(Path(self.image.disk).resolve()))}"
+                       " ./disk-replay.qcow2 || exit 1\n")
         return ("#!/bin/sh\n# Start the same guest by hand. Console: socat -,raw,echo=0 "
                 "UNIX-CONNECT:./console.sock\n# Monitor (device_add, info pci): socat - "
-                "UNIX-CONNECT:./monitor.sock\ncd \"$(dirname \"$0\")\"\nexec " + text + "\n")
+                "UNIX-CONNECT:./monitor.sock\ncd \"$(dirname \"$0\")\"\n" + overlay
+                + "exec " + text + "\n")
+
+    def _progress(self, console: str) -> str:
+        """How far the launch got, for a launch error: QEMU, the boot, the network and SSH."""
+        if "qmp" not in self.launch_marks:
+            return "QEMU did not answer QMP (the guest never started running)"
+        text = f"console: {probes.boot_stage(console)}"
+        if self.spec.access == "ssh":
+            text += ("; SSH: " + ("answered" if self.shell is not None and self.shell.ssh else
+                                  f"no login on 127.0.0.1:{self.ssh_port}" if self.ssh_port else
+                                  "not tried (the console never showed the ready marker)"))
+        return text
 
     def _wait_ready(self, deadline: float) -> None:
         if self.image.ready_pattern:

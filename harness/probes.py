@@ -194,3 +194,24 @@ def meminfo_kb(text: str) -> dict[str, int]:
         if m:
             out[m[1]] = int(m[2])
     return out
+
+
+#: Milestones of a boot on the serial console, latest first: (what it means, pattern).
+_BOOT_STAGES = (
+    ("a login prompt or shell on the console", re.compile(r"(?m)( login: ?$|[#$] ?$|hh: ready)")),
+    ("userspace: systemd or the init reached its services",
+     re.compile(r"(Reached target|Started |systemd\[1\]|hh: init)")),
+    ("init: the kernel started the first process", re.compile(r"(Run /\S*init|Freeing unused kernel)")),
+    ("the kernel: it printed its banner", re.compile(r"Linux version \d")),
+    ("the firmware", re.compile(r"(SeaBIOS|iPXE|Booting from)")),
+)
+
+
+def boot_stage(console: str) -> str:
+    """How far a boot got, from what its serial console showed: the latest milestone seen."""
+    if not console.strip():
+        return "nothing on the serial console (is console=ttyS0 on the kernel command line?)"
+    for what, pattern in _BOOT_STAGES:
+        if pattern.search(console):
+            return what
+    return "some console output, but no kernel banner (see the serial log)"

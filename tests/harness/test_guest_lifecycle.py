@@ -280,3 +280,31 @@ def test_qemu_past_its_qmp_deadline_is_replaced_in_the_lab_pool(hotplug_session,
     finally:
         single.close()
     assert [g.alive() for g in single.booted] == [False]
+
+
+def test_replay_script_starts_the_same_disk_guest_again(boot, hotplug_session, tmp_path):
+    """replay.sh of a guest with a disk makes a fresh overlay over the same image (the run's
+    overlay went with its temp folder) and boots the guest again; the image is not written."""
+    import hashlib
+
+    disk = tmp_path / "data.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+    digest = hashlib.sha256(disk.read_bytes()).hexdigest()
+    image = dataclasses.replace(hotplug_session.image, disk=disk, disk_format="qcow2")
+    g = boot(GuestSpec(machine="pc"), image)
+    replay = g.workdir / "replay.sh"
+    g.close()
+    replayed = subprocess.Popen(["sh", str(replay)], start_new_session=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        log = g.workdir / "serial-replay.log"
+        wait_until("the replayed guest to be ready",
+                   lambda: log.exists() and "hh: ready" in log.read_text(errors="replace"),
+                   g.deadlines.boot)
+        info = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(g.workdir / "disk-replay.qcow2")],
+                              capture_output=True, text=True, check=True).stdout
+        assert str(disk) in info  # its backing file is the user's image
+    finally:
+        os.killpg(replayed.pid, signal.SIGKILL)
+        replayed.wait(10)
+    assert hashlib.sha256(disk.read_bytes()).hexdigest() == digest, "the image was written"

@@ -112,3 +112,16 @@ def test_parsers_ignore_noise(line):
 def test_events_log():
     assert probes.parse_events("3.46 modules-loaded\nbad line\n7.9 uevent add pci /devices/x\n") == [
         (3.46, ["modules-loaded"]), (7.9, ["uevent", "add", "pci", "/devices/x"])]
+
+
+def test_boot_stage_follows_a_systemd_boot_on_its_console():
+    """A debootstrap'd systemd Debian 12 guest's real console (QEMU 7.2, TCG, q35), cut where a
+    boot that hangs would stop."""
+    full = (DATA / "serial.systemd-debian12.txt").read_text(errors="replace")
+    cut = lambda marker: full[:full.index(marker)]  # noqa: E731
+    assert probes.boot_stage("").startswith("nothing on the serial console")
+    assert probes.boot_stage("SeaBIOS (version 1.16.2-debian-1.16.2-1)\n") == "the firmware"
+    assert probes.boot_stage(cut("Freeing unused")).startswith("the kernel")
+    assert probes.boot_stage(cut("systemd[1]")).startswith("init")
+    assert probes.boot_stage(cut("login:")).startswith("userspace")
+    assert probes.boot_stage(full).startswith("a login prompt or shell")
