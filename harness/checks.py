@@ -129,13 +129,37 @@ def lsusb(guest) -> list[probes.LsusbEntry]:
     return probes.parse_lsusb(guest.shell.run("lsusb").output)
 
 
+#: The device's own strings, as lsusb prints them when its ID database does not know the device:
+#: "<busnum> <devnum> <manufacturer> <product>" per USB device in sysfs.
+USB_STRINGS_COMMAND = ("for d in /sys/bus/usb/devices/*; do [ -f $d/devnum ] && echo $(cat $d/busnum) "
+                       "$(cat $d/devnum) $(cat $d/manufacturer $d/product 2>/dev/null); done")
+
+
+def usb_device_strings(guest) -> dict[tuple[int, int], str]:
+    """(bus, device) -> "manufacturer product" as the device itself reports them."""
+    out = {}
+    for line in guest.shell.run(USB_STRINGS_COMMAND).output.splitlines():
+        parts = line.split(None, 2)
+        if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
+            out[(int(parts[0]), int(parts[1]))] = parts[2] if len(parts) == 3 else ""
+    return out
+
+
 def guest_usb_appears(guest, before: list[probes.LsusbEntry], product: str,
                       timeout: float = 10.0) -> probes.LsusbEntry:
-    """A new ``lsusb`` entry named ``product`` (matched by name: tablet and mouse share an ID)."""
+    """A new ``lsusb`` entry of the device named ``product`` (by name: tablet and mouse share an
+    ID). lsusb names a device from its ID database when it has one (a distribution's usbutils
+    says "Adomax Technology Co., Ltd QEMU Tablet"), else from the device's own strings ("QEMU
+    QEMU USB Tablet"): the device's own strings are read from sysfs when lsusb's name differs."""
     old = {(e.bus, e.device) for e in before}
 
     def look():
-        return next((e for e in lsusb(guest) if (e.bus, e.device) not in old and product in e.name), None)
+        new = [e for e in lsusb(guest) if (e.bus, e.device) not in old]
+        named = next((e for e in new if product in e.name), None)
+        if named is not None or not new:
+            return named
+        strings = usb_device_strings(guest)
+        return next((e for e in new if product in strings.get((e.bus, e.device), "")), None)
     return guest.shell.wait_until(f"guest lsusb to show a new '{product}'", look, timeout)
 
 
