@@ -1,6 +1,7 @@
 """``python -m harness``: the harness's commands outside pytest.
 
-    image build|path   build the built-in guest image (cached), or print where it is
+    image build|path   build the built-in guest image (cached), or print where it is;
+                       --distro systemd: a systemd Debian guest (root, mmdebstrap)
     doctor             check this host's prerequisites for the vfio backend
     discover           list the host devices that could play each role
     restore            give back host devices a killed run left on vfio-pci
@@ -21,9 +22,20 @@ def _image(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m harness image")
     p.add_argument("action", choices=("build", "path"))
     p.add_argument("--cache", default=str(images.DEFAULT_CACHE))
+    p.add_argument("--distro", choices=images.DISTROS, default=None,
+                   help="a conventional distribution guest instead of the built-in one (needs "
+                        "root and mmdebstrap); prints the pytest options that use it")
     args = p.parse_args(argv)
     from pathlib import Path
+    import shlex
 
+    if args.distro:
+        distro = images.ensure_distro(args.distro, Path(args.cache))
+        print(distro.folder if args.action == "path" else
+              f"{args.distro} guest ready: {distro.folder}\n  over SSH:     "
+              f"{shlex.join(distro.pytest_args('ssh'))}\n  over ttyS0:   "
+              f"{shlex.join(distro.pytest_args('console'))}")
+        return 0
     image = images.ensure_builtin(Path(args.cache))
     if args.action == "path":
         print(image.kernel.parent)

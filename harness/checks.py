@@ -94,8 +94,15 @@ def net_interfaces(guest) -> set[str]:
 
 
 def new_interface(guest, before: set[str], timeout: float = 10.0) -> str:
-    """The interface that appeared since ``before`` (found by diffing /sys/class/net)."""
+    """The interface that appeared since ``before`` (found by diffing /sys/class/net), by the
+    name it keeps: a conventional guest's udev renames the kernel's ``eth0`` to a predictable
+    name (``ens4``) just after it appears, so udev is let finish first (a guest without udevadm
+    does no renaming). A systemd Debian guest on the console lost that race: its test waited
+    for an address on an ``eth0`` that had become ``ens4``."""
     def look():
+        if not net_interfaces(guest) - before:
+            return None
+        guest.shell.run("! command -v udevadm >/dev/null || udevadm settle --timeout=10", 15)
         new = net_interfaces(guest) - before
         return sorted(new)[0] if new else None
     return guest.shell.wait_until("a new network interface in /sys/class/net", look, timeout)

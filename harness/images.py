@@ -31,7 +31,7 @@ import time
 import tomllib
 from pathlib import Path
 
-from .errors import ImageError
+from .errors import ConfigError, ImageError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILTIN_RECIPE = REPO_ROOT / "fixtures" / "images" / "builtin"
@@ -484,3 +484,69 @@ def _prune(cache: Path, keep: Path, spare: int = 2) -> None:
             if p.is_file():  # the image's files are read-only
                 os.chmod(p, 0o600)
         shutil.rmtree(d, ignore_errors=True)
+
+
+# -- distribution guests (your own guest, as users have it) --------------------------------------
+
+#: Recipes of conventional distribution guests: ``fixtures/images/<name>/build OUT_DIR``.
+DISTRO_RECIPES = REPO_ROOT / "fixtures" / "images"
+DISTROS = ("systemd",)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistroImage:
+    """A distribution guest built by its recipe: what ``--guest-*`` options it takes."""
+
+    folder: Path
+    manifest: dict
+
+    def pytest_args(self, access: str = "ssh") -> list[str]:
+        args = ["--guest-kernel", str(self.folder / "vmlinuz"),
+                "--guest-initrd", str(self.folder / "initrd.img"),
+                "--guest-append", (self.folder / "append.txt").read_text().strip(),
+                "--guest-disk", str(self.folder / "disk.qcow2"), "--guest-access", access]
+        if access == "ssh":
+            return args + ["--guest-key", str(self.folder / "id_ed25519")]
+        return args + ["--guest-ready", self.manifest["console_prompt"]]
+
+
+def ensure_distro(name: str, cache: Path = DEFAULT_CACHE, log=print) -> DistroImage:
+    """The ``name`` distribution guest, built by its recipe's script the first time (needs root
+    and mmdebstrap), cached by the script's digest like the built-in image."""
+    if name not in DISTROS:
+        raise ConfigError(f"no distribution guest {name!r}", hint=f"one of {', '.join(DISTROS)}")
+    script = DISTRO_RECIPES / name / "build"
+    if not script.is_file():
+        raise ImageError(f"the recipe {script} is missing", hint=f"restore {script.parent} from git")
+    out = cache / name / hashlib.sha256(script.read_bytes()).hexdigest()[:16]
+
+    def build(dest: Path) -> None:
+        if os.geteuid() != 0 or shutil.which("mmdebstrap") is None:
+            raise ImageError(f"building the {name} guest needs root and mmdebstrap",
+                             hint="run as root after `apt-get install mmdebstrap` (make setup "
+                                  "installs it)")
+        t0 = time.monotonic()
+        part = dest.with_name(dest.name + ".part")
+        shutil.rmtree(part, ignore_errors=True)
+        log(f"{name} guest: building with {script} (mmdebstrap, about a minute)")
+        p = subprocess.run([str(script), str(part)], capture_output=True, text=True)
+        if p.returncode:
+            shutil.rmtree(part, ignore_errors=True)
+            raise ImageError(f"{script} failed (exit {p.returncode})",
+                             hint="its output is below", details=_tail_text(p.stdout + p.stderr))
+        manifest = {"recipe": str(script.relative_to(REPO_ROOT)),
+                    "console_prompt": (part / "console-prompt.txt").read_text().strip(),
+                    "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "build_seconds": round(time.monotonic() - t0, 1)}
+        (part / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        for f in part.iterdir():  # the base image is only ever used through overlays
+            os.chmod(f, 0o400 if f.name == "id_ed25519" else 0o444)
+        part.rename(dest)
+        log(f"{name} guest: built {dest} in {manifest['build_seconds']} s")
+
+    build_once(out, build, spare=1)
+    return DistroImage(out, json.loads((out / "manifest.json").read_text()))
+
+
+def _tail_text(text: str, lines: int = 30) -> str:
+    return "\n".join(text.splitlines()[-lines:])

@@ -1,0 +1,59 @@
+"""Your own guest as users have it: a conventional systemd Debian 12 image (mmdebstrap, Debian's
+kernel and initramfs-tools initrd, ext4 disk, systemd-networkd, openssh-server), a stand-in for
+the guide's RHEL 7 image, runs the guide's scenarios over SSH and over the serial console.
+
+Built once by fixtures/images/systemd/build (root and mmdebstrap: CI runs as root) and cached.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import images
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="building the systemd guest needs root "
+                                "(mmdebstrap); CI runs as root")
+
+
+@pytest.fixture(scope="module")
+def systemd_guest(hotplug_session) -> images.DistroImage:
+    cache = Path(hotplug_session.config.option.image_cache or images.DEFAULT_CACHE)
+    return images.ensure_distro("systemd", cache, log=lambda s: None)
+
+
+def run_scenarios(env, tmp_path, image_args, tests, *extra):
+    p = subprocess.run([sys.executable, "-m", "pytest", *tests, "-p", "no:cacheprovider",
+                        "--report-dir", str(tmp_path / "reports"), *image_args, *extra],
+                       cwd=REPO, capture_output=True, text=True, timeout=1800, env=env)
+    summary_file = tmp_path / "reports" / "latest" / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    return p, summary
+
+
+def test_systemd_guest_runs_the_nic_usb_and_sata_scenarios_over_ssh(systemd_guest, tmp_path,
+                                                                    child_env):
+    """NIC, USB device, USB controller and SATA on pc and q35, reached over SSH through a
+    management NIC; the console is still drained, or the guest would stall in printk."""
+    p, summary = run_scenarios(child_env, tmp_path, systemd_guest.pytest_args("ssh"),
+                               ["tests/scenarios/test_nic.py", "tests/scenarios/test_usb.py",
+                                "tests/scenarios/test_sata.py"],
+                               "-n", "2", "--dist", "loadgroup")
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
+    counts = summary["counts"]
+    assert counts["passed"] == 24 and not counts.get("skipped"), counts
+    assert summary["hygiene"].startswith("clean")
+
+
+def test_systemd_guest_runs_the_nic_scenario_over_the_console(systemd_guest, tmp_path, child_env):
+    """The guide's NIC scenario with no network at boot (-net none): the guest is driven over
+    its serial console, ready when root's prompt appears."""
+    p, summary = run_scenarios(child_env, tmp_path, systemd_guest.pytest_args("console"),
+                               ["tests/scenarios/test_nic.py"], "-n", "2", "--dist", "loadgroup")
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
+    assert summary["counts"]["passed"] == 6, summary["counts"]
