@@ -25,6 +25,8 @@ import fcntl
 import json
 import logging
 import os
+import re
+import stat
 import time
 import uuid
 from datetime import datetime, timezone
@@ -63,6 +65,7 @@ class Journal:
     @contextlib.contextmanager
     def locked(self):
         lock_path = self.path.with_name(self.path.name + ".lock")
+        self._refuse_unsafe_folder()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -87,7 +90,22 @@ class Journal:
         finally:
             os.close(fd)  # releases the lock
 
+    def _refuse_unsafe_folder(self) -> None:
+        """The journal says which drivers to bind devices back to, as root: a folder anybody
+        can write to would let anybody swap it (or plant a symlink) and choose those drivers."""
+        folder = self.path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent  # the nearest existing folder is where it would be made
+        mode = folder.stat().st_mode
+        if mode & stat.S_IWOTH:
+            raise HostDeviceError(f"refusing the vfio journal {self.path}: its folder {folder} "
+                                  "is writable by every user",
+                                  hint="keep the journal in a folder only root can write, such "
+                                       f"as the default {DEFAULT_JOURNAL.parent} (unset "
+                                       "HH_VFIO_JOURNAL)")
+
     def read(self) -> list[dict]:
+        self._refuse_unsafe_folder()
         try:
             text = self.path.read_text()
         except FileNotFoundError:
@@ -99,6 +117,8 @@ class Journal:
             entries = json.loads(text)["entries"] if text.strip() else []
             if not isinstance(entries, list):
                 raise TypeError("entries is not a list")
+            for n, entry in enumerate(entries, start=1):
+                _check_entry(entry, n)
         except (ValueError, KeyError, TypeError) as e:
             raise HostDeviceError(f"the vfio journal {self.path} is corrupt: {e}",
                                   hint="read it, give the devices back by hand (driver_override, "
@@ -123,6 +143,35 @@ class Journal:
             raise HostDeviceError(f"cannot write the vfio journal {self.path}: {e.strerror}",
                                   hint="run as root, or set HH_VFIO_JOURNAL to a writable "
                                        "path") from e
+
+
+_DRIVER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_ENTRY_BDF = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]")
+
+
+def _check_entry(entry, n: int) -> None:
+    """An entry's values become sysfs path parts and values written as root: each must be what
+    the harness itself writes, or the journal is refused (ValueError)."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"entry {n} is not an object")
+    if not isinstance(entry.get("bdf"), str) or not _ENTRY_BDF.fullmatch(entry["bdf"]):
+        raise ValueError(f"entry {n}: bdf {entry.get('bdf')!r} is not a PCI address like "
+                         "0000:05:00.0")
+    for key in ("driver", "driver_override"):
+        value = entry.get(key)
+        if value is not None and (not isinstance(value, str) or not _DRIVER_NAME.fullmatch(value)):
+            raise ValueError(f"entry {n} ({entry['bdf']}): {key} {value!r} is not a driver name")
+    if entry.get("method") not in (None, "driver_override", "new_id"):
+        raise ValueError(f"entry {n} ({entry['bdf']}): method {entry.get('method')!r} is not "
+                         "driver_override or new_id")
+    ids = entry.get("ids")
+    if ids is not None and (not isinstance(ids, str) or not re.fullmatch(r"[0-9a-f]{4} [0-9a-f]{4}", ids)):
+        raise ValueError(f"entry {n} ({entry['bdf']}): ids {ids!r} is not 'vendor device'")
+    for key, optional in (("group", True), ("pid", False)):
+        value = entry.get(key)
+        if (value is None and optional) or (isinstance(value, int) and not isinstance(value, bool)):
+            continue
+        raise ValueError(f"entry {n} ({entry['bdf']}): {key} {value!r} is not a number")
 
 
 def _process_start(fs: Sysfs, pid: int) -> int | None:

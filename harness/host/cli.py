@@ -86,6 +86,8 @@ def restore_main(argv: list[str]) -> int:
         print(f"nothing to restore ({journal} lists no devices)")
     in_use = [r for r in results if r.status == "in-use"]
     if in_use:
-        print(f"{len(in_use)} device(s) belong to a run that is still alive; --force takes "
-              f"them back anyway")
+        # Still held: a nightly's clean-up step must not read this as "the host is clean".
+        print(f"{len(in_use)} device(s) belong to a run that is still alive and are still held; "
+              "--force takes them back anyway")
+        return 1
     return 0

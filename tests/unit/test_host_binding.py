@@ -338,3 +338,36 @@ def test_restore_does_not_unbind_a_group_a_qemu_still_has_open(lab, journal):
     assert f"{PORT1}: failed: /dev/vfio/12 is still open by pid 4321" in e.value.details
     assert lab.writes == []  # neither member touched
     assert len(entries(journal)) == 2
+
+
+def test_journal_in_a_folder_anybody_can_write_is_refused(fake_root):
+    folder = fake_root / "shared"
+    folder.mkdir()
+    folder.chmod(0o1777)  # like /tmp
+    jr = Journal(folder / "journal.json")
+    with pytest.raises(HostDeviceError, match="writable by every user"):
+        jr.read()
+    with pytest.raises(HostDeviceError, match="writable by every user"):
+        with jr.locked():
+            pass
+    assert not (folder / "journal.json.lock").exists()
+
+
+@pytest.mark.parametrize("bad", [
+    {"bdf": "../../../../etc"},
+    {"driver": "../../../../../tmp/x"},
+    {"driver_override": "vfio-pci\nigb"},
+    {"method": "rm -rf"},
+    {"ids": "8086 10d3\n1234 5678"},
+    {"pid": "1"},
+])
+def test_tampered_journal_entries_are_refused_before_any_write(lab, journal, bad):
+    """Journal values become sysfs paths and values written as root: each must be what the
+    harness writes itself, or nothing is restored and nothing is written."""
+    entry = {"bdf": "0000:05:00.0", "driver": "ixgbe", "driver_override": None,
+             "method": "driver_override", "lease": "a", "pid": 1, "pid_start": None, **bad}
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    journal.write_text(json.dumps({"version": 1, "entries": [entry]}))
+    with pytest.raises(HostDeviceError, match="is corrupt"):
+        restore_from_journal(lab.sysfs(), journal)
+    assert lab.writes == []

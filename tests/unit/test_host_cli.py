@@ -2,6 +2,7 @@
 root (no fake kernel here: nothing these tests run writes to sysfs)."""
 
 import json
+import os
 
 import pytest
 
@@ -67,3 +68,15 @@ def test_restore_fails_loudly(lab, fake_root):
         restore_main(["--root", str(lab.root), "--journal", str(journal)])
     assert "0000:05:00.0: failed: bound to ixgbe, neither vfio-pci nor its original igb" in \
         e.value.details
+
+
+def test_restore_exits_non_zero_while_a_device_is_still_held(lab, fake_root, capsys):
+    """A live run's device is left alone, and restore says the host is not clean (exit 1)."""
+    journal = fake_root / "journal.json"
+    lab.file(f"proc/{os.getpid()}/stat", f"{os.getpid()} (py test) S " + "0 " * 18 + "77 0\n")
+    journal.write_text(json.dumps({"version": 1, "entries": [
+        {"bdf": "0000:05:00.0", "driver": "ixgbe", "driver_override": None,
+         "method": "driver_override", "lease": "a", "pid": os.getpid(), "pid_start": None}]}))
+    assert restore_main(["--root", str(lab.root), "--journal", str(journal)]) == 1
+    assert "still held" in capsys.readouterr().out
+    assert len(json.loads(journal.read_text())["entries"]) == 1
