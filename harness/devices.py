@@ -219,9 +219,9 @@ class Placeholder(HotplugDevice):
 
     backend = "none"
 
-    def __init__(self, role: str, why: str):
+    def __init__(self, role: str, why: str, id: str | None = None):
         self.role = role
-        self.id = role
+        self.id = id or role
         self.why = why
 
 

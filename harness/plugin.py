@@ -283,8 +283,27 @@ class HarnessSession:
                 if entry.hostbus is not None:
                     out.append(devices.UsbHost(entry, "busaddr"))
                 if entry.vendorid is not None:
-                    out.append(devices.UsbHost(entry, "vidpid"))
+                    out.append(self._usb_by_ids(entry))
         return out
+
+    @staticmethod
+    def _usb_by_ids(entry):
+        """The guide's ``usb_add host:VVVV:PPPP`` form, unless those ids name more than one
+        device on this host: usb-host would take whichever it finds first, maybe one the host
+        needs, so that form is refused (its tests fail in set-up saying why)."""
+        from .host.sysfs import Sysfs
+
+        ids = f"{entry.vendorid[2:]}:{entry.productid[2:]}"
+        twins = [u for u in Sysfs.of("/").usb_devices() if u.ids == ids]
+        if len(twins) > 1:
+            where = ", ".join(f"bus {u.busnum} addr {u.devnum}" for u in twins)
+            return devices.Placeholder(
+                "usb-device", f"refusing usb-host vendorid={entry.vendorid},productid="
+                              f"{entry.productid} for {entry.name}: {len(twins)} devices on this "
+                              f"host have those ids ({where}) and usb-host would take whichever "
+                              "it finds first; the hostbus/hostaddr form names one",
+                id=f"{entry.name}-vidpid")
+        return devices.UsbHost(entry, "vidpid")
 
     @staticmethod
     def _user_image(opt) -> GuestImage | None:
@@ -569,7 +588,9 @@ def hotplug(request: pytest.FixtureRequest, hotplug_session: HarnessSession):
     if isinstance(device, devices.Placeholder):
         raise LabError(device.why, hint="add a device for the role to the inventory "
                                         "(docs/vfio.md), or leave the role out on purpose with "
-                                        "--roles")
+                                        "--roles" if device.why.startswith("not covered") else
+                                        "remove vendorid/productid from the inventory entry, or "
+                                        "unplug its twin")
     try:
         pool = hs.pool
     except HarnessError as e:

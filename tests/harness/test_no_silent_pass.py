@@ -61,3 +61,39 @@ def test_a_role_the_inventory_lacks_is_not_covered_unless_left_out(tmp_path, chi
     assert "not covered" not in p.stdout and "test_usb_device[" not in p.stdout, p.stdout[-3000:]
     assert "2 passed" in p.stdout.splitlines()[-1], p.stdout[-3000:]
     assert p.returncode == 1 and "NOTHING TESTED: --backend vfio" in p.stdout, p.stdout[-3000:]
+
+
+def test_usb_vendor_product_form_is_refused_when_two_devices_share_the_ids(tmp_path, child_env):
+    """The guide's `usb_add host:VVVV:PPPP` form takes whichever device QEMU finds first: with
+    two devices of those ids on the host (faked here, with a doctor that says yes), that form's
+    tests fail in set-up naming both; the hostbus/hostaddr form is unaffected."""
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text(textwrap.dedent("""
+        [[device]]
+        role = "usb-device"
+        name = "stick"
+        hostbus = 1
+        hostaddr = 2
+        vendorid = "0x46f4"
+        productid = "0x0001"
+    """))
+    (tmp_path / "hh_fake_twins.py").write_text(textwrap.dedent("""
+        from harness.host import doctor, sysfs
+        doctor.run_checks = lambda *a, **k: [doctor.Check("VT-d (faked by the test)", True, "ok")]
+        twin = lambda addr: sysfs.UsbDevice(f"1-{addr}", 1, addr, "46f4", "0001", "stick", "QEMU",
+                                            0, f"/sys/bus/usb/devices/1-{addr}")
+        sysfs.Sysfs.usb_devices = lambda self: [twin(2), twin(3)]
+    """))
+    env = {**child_env, "PYTHONPATH": str(tmp_path), "HH_VFIO_JOURNAL": str(tmp_path / "j.json")}
+    p = subprocess.run([sys.executable, "-m", "pytest", "tests/scenarios/test_usb.py", "-p",
+                        "no:xdist", "-p", "no:cacheprovider", "--backend", "vfio", "--inventory",
+                        str(inventory), "-p", "hh_fake_twins", "--collect-only", "-q"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert "stick-vidpid" in p.stdout and "stick-busaddr" in p.stdout, p.stdout[-2000:]
+    p = subprocess.run([sys.executable, "-m", "pytest", "tests/scenarios/test_usb.py", "-p",
+                        "no:xdist", "-p", "no:cacheprovider", "--backend", "vfio", "--inventory",
+                        str(inventory), "-p", "hh_fake_twins", "-k", "vidpid and pc",
+                        "--report-dir", str(tmp_path / "reports")],
+                       cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 1 and "1 error" in p.stdout.splitlines()[-1], p.stdout[-3000:]
+    assert "2 devices on this host have those ids (bus 1 addr 2, bus 1 addr 3)" in p.stdout
