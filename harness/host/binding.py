@@ -426,7 +426,8 @@ class VfioBinder:
             raise HostDeviceError(f"the vfio-pci driver is not loaded (no "
                                   f"{self.fs.pci_driver_dir(VFIO)})", hint="modprobe vfio-pci")
         plan = plan_group(self.fs, bdf, critical_devices(self.fs,
-                                                         ssh_connection=self.ssh_connection))
+                                                         ssh_connection=self.ssh_connection),
+                          allowed=set(allowed))
         if plan.group is None:
             raise HostDeviceError(f"{plan.target.bdf}: no iommu_group found",
                                   hint="enable VT-d in the firmware and boot with intel_iommu=on")

@@ -44,6 +44,8 @@ class Candidate:
     devnum: int | None = None
     #: Bytes of the one disk behind a storage controller, if there is exactly one.
     disk_bytes: int | None = None
+    #: The other group members that would move to vfio-pci with it (the draft's companions).
+    companions: tuple[str, ...] = ()
 
     @property
     def title(self) -> str:
@@ -83,7 +85,8 @@ def discover(root: "str | Path | Sysfs" = "/", *,
         vname, dname = pci_names(fs.root, dev.vendor, dev.device)
         out.append(Candidate(role, bdf, dev.ids, vname, dname, dev.class_name, dev.driver,
                              dev.iommu_group, others, plan.safe, plan.problems, uses,
-                             disk_bytes=disk_bytes if role == "sata-controller" else None))
+                             disk_bytes=disk_bytes if role == "sata-controller" else None,
+                             companions=tuple(m.bdf for m in plan.to_move if m.bdf != bdf)))
     for usb in fs.usb_devices():
         if usb.is_hub:
             continue
@@ -172,8 +175,11 @@ def draft_inventory(candidates: list[Candidate]) -> Inventory:
             continue
         if c.group_others:
             note += f"\nIOMMU group {c.iommu_group} also holds " + "; ".join(c.group_others)
+        if c.companions:
+            note += ("\ncompanions move to vfio-pci with it: check the host can spare them, "
+                     "or remove this entry")
         devices.append(InventoryDevice(
             role=c.role, name=default_name(c.role, bdf=c.address), bdf=c.address,
             gateway=GATEWAY_PLACEHOLDER if c.role == "nic" else None,
-            disk_bytes=c.disk_bytes, note=note))
+            disk_bytes=c.disk_bytes, companions=c.companions, note=note))
     return Inventory(tuple(devices))

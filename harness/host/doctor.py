@@ -322,7 +322,7 @@ def _inventory_checks(fs: Sysfs, inventory: Inventory, ssh_connection: str | Non
         elif not d.is_pci:
             checks.append(_usb_device_check(fs, name, find_usb_device(fs, d), critical))
         else:
-            plan = plan_group(fs, d.bdf, critical)
+            plan = plan_group(fs, d.bdf, critical, allowed=inventory.pci_addresses())
             if plan.problems:
                 checks.append(Check(name, False, "; ".join(plan.problems),
                                     "take it out of the inventory, or move the card to a slot "

@@ -29,9 +29,9 @@ from .sysfs import STORAGE_CLASSES, Sysfs, UsbDevice, parse_bdf, short_bdf
 PCI_ROLES = ("nic", "usb-controller", "sata-controller")
 ROLES = PCI_ROLES + ("usb-device",)
 _ROLE_KEYS = {
-    "nic": ("bdf", "gateway"),
-    "usb-controller": ("bdf", "product"),
-    "sata-controller": ("bdf", "disk_bytes"),
+    "nic": ("bdf", "gateway", "companions"),
+    "usb-controller": ("bdf", "product", "companions"),
+    "sata-controller": ("bdf", "disk_bytes", "companions"),
     "usb-device": ("hostbus", "hostaddr", "vendorid", "productid", "product", "disk_bytes"),
 }
 _ALL_KEYS = ("role", "name") + tuple(dict.fromkeys(k for ks in _ROLE_KEYS.values() for k in ks))
@@ -73,6 +73,9 @@ class InventoryDevice:
     vendorid: str | None = None
     productid: str | None = None
     product: str | None = None
+    #: Other functions of the device's IOMMU group the run may move to vfio-pci with it (the
+    #: other port of a dual-port NIC, a GPU's audio function). Nothing else is ever taken.
+    companions: tuple[str, ...] = ()
     #: A comment ``to_toml`` writes above the entry (what discovery saw); not read back.
     note: str = dataclasses.field(default="", compare=False)
 
@@ -108,8 +111,10 @@ class Inventory:
                           hint=f"names there: {', '.join(d.name for d in self.devices)}")
 
     def pci_addresses(self) -> set[str]:
-        """The BDFs the run may bind to vfio-pci (``VfioBinder.bind(bdf, allowed=...)``)."""
-        return {d.bdf for d in self.devices if d.bdf}
+        """The BDFs the run may bind to vfio-pci (``VfioBinder.bind(bdf, allowed=...)``): the
+        listed devices and their companions: the allow-list."""
+        return {d.bdf for d in self.devices if d.bdf} | {
+            c for d in self.devices for c in d.companions}
 
     def to_toml(self) -> str:
         lines = ["# Host devices the hotplug harness may take over for --backend vfio.",
@@ -120,7 +125,10 @@ class Inventory:
             lines += [f"# {line}" for line in d.note.splitlines()]
             for key in ("role", "name") + _ROLE_KEYS[d.role]:
                 value = getattr(d, key)
-                if value is None:
+                if value is None or value == ():
+                    continue
+                if key == "companions":
+                    lines.append(f"companions = {json.dumps(list(value))}")
                     continue
                 # A JSON string is a TOML basic string.
                 text = json.dumps(value, ensure_ascii=False) if isinstance(value, str) \
@@ -332,6 +340,14 @@ class _EntryChecker:
             except ValueError:
                 self.problem(f"gateway {value!r} is not an IP address",
                              'write it like "192.168.100.1"')
+                return None
+        if key == "companions":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                return self._type(key, value, 'a list of PCI addresses like ["0000:05:00.1"]')
+            try:
+                return tuple(parse_bdf(v) for v in value)
+            except ConfigError as err:
+                self.problem(f"companions: {err.message}", "write each like 0000:05:00.1")
                 return None
         if key in ("disk_bytes", "hostbus", "hostaddr"):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -32,7 +32,7 @@ import struct
 from pathlib import Path
 from typing import NamedTuple
 
-from .sysfs import PciDevice, Sysfs, bdfs_in_path, usb_devices_in_path
+from .sysfs import PciDevice, Sysfs, bdfs_in_path, parse_bdf, usb_devices_in_path
 
 #: Mounts that never sit on a device of their own.
 _NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "ceph", "glusterfs", "9p", "virtiofs"}
@@ -297,10 +297,12 @@ class GroupPlan:
 
 
 def plan_group(root: "str | Path | Sysfs", bdf: str,
-               critical: dict[str, list[str]]) -> GroupPlan:
+               critical: dict[str, list[str]], allowed: "set[str] | None" = None) -> GroupPlan:
     """Plan taking ``bdf`` (which must exist) the way the kernel's vfio sees its group: every
     normal-header function must be on vfio-pci, pci-stub or no driver; bridges stay on their
-    driver. ``critical`` comes from :func:`critical_devices`."""
+    driver. ``critical`` comes from :func:`critical_devices`. ``allowed``: the inventory's
+    allow-list (devices and companions); a member that would have to move and is not on it is
+    a problem (None: no allow-list, as for `discover`, which drafts one)."""
     fs = Sysfs.of(root)
     target = fs.pci_device(bdf)
     bdf = target.bdf
@@ -329,11 +331,16 @@ def plan_group(root: "str | Path | Sysfs", bdf: str,
         if m.bdf != bdf and m.class_code >> 8 == 0x0600:
             problems.append(f"group {group} holds the host bridge {m.bdf}: the device is not "
                             f"isolated (no ACS there); use a slot with its own IOMMU group")
+    listed = {parse_bdf(a) for a in allowed} if allowed is not None else None
     for m in to_move:
         if m.bdf == bdf:
             continue
         problems += [f"group {group} member {m.bdf} ({m.class_name}, {m.driver}) {why}"
                      for why in critical.get(m.bdf, [])]
+        if listed is not None and m.bdf not in listed:
+            problems.append(f"group {group} member {m.bdf} ({m.class_name}, {m.driver}) would "
+                            "have to move to vfio-pci too and is not in the inventory (list it "
+                            f"as a companion of {bdf} if the host can spare it)")
         if m.normal_header_bridge and m.class_code >> 8 != 0x0600:
             problems.append(f"group {group} member {m.bdf} ({m.class_name}, {m.driver}) would "
                             f"have to leave the host for vfio-pci too")

@@ -140,9 +140,21 @@ def test_refuses_a_group_whose_member_carries_the_ssh_session(lab, journal):
 
 
 def test_refuses_a_group_with_the_lpc_bridge(lab, journal):
-    e = refused(lab, journal, "00:1f.6")
+    e = refused(lab, journal, "00:1f.6", allowed={"00:1f.6", "00:1f.0", "00:1f.3"})
     assert e.message == ("refusing to take 0000:00:1f.6: group 15 member 0000:00:1f.0 (ISA bridge, "
                          "lpc_ich) would have to leave the host for vfio-pci too")
+
+
+def test_the_inventory_is_the_allow_list_for_the_whole_group(lab, journal):
+    """Binding a listed device moves its whole IOMMU group: a member not listed (as a device or
+    a companion) is refused before any host change, named; listed as a companion it moves."""
+    e = refused(lab, journal, "05:00.0", allowed={"05:00.0"})
+    assert e.message == ("refusing to take 0000:05:00.0: group 12 member 0000:05:00.1 (Ethernet "
+                         "controller, ixgbe) would have to move to vfio-pci too and is not in the "
+                         "inventory (list it as a companion of 0000:05:00.0 if the host can "
+                         "spare it)")  # refused() checked: nothing written, no journal
+    with binder(lab, journal).bind("05:00.0", {"05:00.0", "05:00.1"}) as lease:
+        assert sorted(lease.moved) == ["0000:05:00.0", "0000:05:00.1"]
 
 
 def test_refuses_a_device_without_iommu_group(lab, journal):

@@ -166,6 +166,10 @@ def test_draft_inventory_has_the_safe_ones_and_a_placeholder_gateway(lab):
                                       "0000:07:00.0"}
     assert filled.by_name("sata-controller-06-00.0").disk_bytes == 321672960 * 512
     assert filled.by_name("usb-device-03f0-8607").product == "Optical Mobile Mouse"
+    # The two ports share an IOMMU group: each is drafted with the other as its companion, so
+    # the allow-list names everything a bind would move.
+    assert filled.by_name("nic-05-00.0").companions == ("0000:05:00.1",)
+    assert 'companions = ["0000:05:00.1"]' in text
 
 
 def test_draft_tells_alike_usb_devices_apart_by_address(lab):

@@ -16,6 +16,7 @@ INVENTORY = """
 role = "nic"
 bdf = "05:00.0"
 gateway = "10.0.5.1"
+companions = ["05:00.1"]
 [[device]]
 role = "usb-device"
 vendorid = "0x03f0"
@@ -194,3 +195,10 @@ def test_a_zfs_root_is_a_warning(lab):
     check = checks(lab)["host filesystems"]
     assert (check.ok, check.required) == (False, False)
     assert check.detail == "cannot tell which controller holds / (rpool/ROOT/debian, zfs)"
+
+
+def test_an_unlisted_group_member_fails_its_inventory_entry(lab):
+    by_name = checks(lab, INVENTORY.replace('companions = ["05:00.1"]\n', ""))
+    check = by_name["inventory nic-05-00.0"]
+    assert check.ok is False and "0000:05:00.1" in check.detail
+    assert "is not in the inventory (list it as a companion" in check.detail
