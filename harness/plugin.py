@@ -23,7 +23,7 @@ import pytest
 
 from . import accel as accel_mod
 from . import pace as pace_mod
-from . import devices, hygiene, images, report
+from . import devices, hygiene, images, keywords, report
 from .errors import ConfigError, HarnessError, LabError
 from .process import qemu_version, version_tuple
 from .images import GuestImage
@@ -527,31 +527,21 @@ def _group_key(item: pytest.Item) -> str:
 
 
 def _keyword_select_exact(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``-k`` with whole-word matching for machine names, pytest's substring rules otherwise.
-
-    Plain ``-k pc`` would also select every ``q35-pciehp`` test ("pc" is in "pciehp"); a person
-    who types ``-k pc`` means the pc machine.
-    """
+    """``-k`` with whole-word matching for machine names (harness/keywords.py): ``-k pc`` means
+    the pc machine, not every ``pciehp`` test too."""
     expr_text = (config.option.keyword or "").strip()
-    words = set(re.findall(r"[\w.-]+", expr_text.lower()))
-    if not expr_text or not words & EXACT_KEYWORDS:
+    if not expr_text:
         return
-    from _pytest.mark import KeywordMatcher
-    from _pytest.mark.expression import Expression
-
-    expr = Expression.compile(expr_text)
+    try:
+        expr = keywords.parse(expr_text)
+    except keywords.KeywordSyntaxError as e:
+        raise pytest.UsageError(str(e)) from e
+    if not {w.lower() for w in keywords.identifiers(expr)} & EXACT_KEYWORDS:
+        return  # pytest's own -k does the rest
     keep, drop = [], []
     for item in items:
-        default = KeywordMatcher.from_item(item)
-        callspec = getattr(item, "callspec", None)
-        tokens = set(callspec.id.lower().split("-")) if callspec else set()
-
-        def matcher(ident: str, **_kw) -> bool:
-            if ident.lower() in EXACT_KEYWORDS:
-                return ident.lower() in tokens
-            return default(ident)
-
-        (keep if expr.evaluate(matcher) else drop).append(item)
+        matches = keywords.matcher(item, EXACT_KEYWORDS)
+        (keep if keywords.evaluate(expr, matches) else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
