@@ -11,7 +11,7 @@ import json
 
 from . import probes
 from .access import wait_until  # noqa: F401  (re-exported for tests)
-from .errors import GuestCheckError
+from .errors import GuestCheckError, WaitTimeout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,13 +119,20 @@ def ipv4_address(guest, ifname: str, timeout: float = 20.0) -> str:
     return guest.shell.wait_until(f"an IPv4 address on {ifname}", look, timeout)
 
 
-def default_gateway(guest, ifname: str) -> str:
-    """The gateway of the interface's default route (the guide's ``route -n``)."""
-    gw = probes.default_gateways(guest.shell.succeed("ip -j route show default")).get(ifname)
-    if not gw:
+def default_gateway(guest, ifname: str, timeout: float = 10.0) -> str:
+    """The gateway of the interface's default route (the guide's ``route -n``). Waited for: a
+    DHCP client may set the route a moment after the address, and ``ip -j route`` prints cut
+    JSON when the route table changes during its dump (seen with systemd-networkd)."""
+    def look():
+        try:
+            return probes.default_gateways(guest.shell.succeed("ip -j route show default")).get(ifname)
+        except json.JSONDecodeError as e:
+            raise GuestCheckError(f"`ip -j route` printed cut JSON (the table changed): {e}")
+    try:
+        return guest.shell.wait_until(f"a default route through {ifname}", look, timeout)
+    except WaitTimeout as e:
         raise GuestCheckError(f"no default route through {ifname}",
-                              details=guest.shell.run("ip route").output)
-    return gw
+                              details=guest.shell.run("ip route").output) from e
 
 
 # -- USB ---------------------------------------------------------------------------------------

@@ -716,6 +716,32 @@ def _lab_meta() -> dict:
     return meta
 
 
+@pytest.hookimpl(wrapper=True, specname="pytest_sessionfinish")
+def give_back_what_the_run_left(session: pytest.Session, exitstatus: int):
+    """After everything else at the session's end (xdist's workers are gone by then): every
+    journal entry of this run goes back to its host driver, its dead workers' and its own
+    included (a worker killed mid-test, a release that failed while a QEMU held the group, a
+    SIGTERM). A device that cannot be given back fails the run, naming it."""
+    result = yield
+    hs: HarnessSession | None = session.config.stash.get(_STASH_SESSION, None)
+    if hs is None or hs.worker or hs.backend == "emulated" or hs.binder is None:
+        return result
+    from .host import binding
+
+    tr = session.config.pluginmanager.get_plugin("terminalreporter")
+    try:
+        restored = binding.restore_from_journal("/", own_pids={os.getpid()})
+    except HarnessError as e:
+        restored = []
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if tr is not None:
+            tr.write_line(f"HOST NOT RESTORED: [{e.kind}] {e}", red=True)
+    for r in restored:
+        if tr is not None and r.status != "in-use":
+            tr.write_line(f"hotplug-harness: end of run: {r}")
+    return result
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     hs: HarnessSession | None = session.config.stash.get(_STASH_SESSION, None)
     if hs is None:

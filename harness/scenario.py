@@ -36,6 +36,7 @@ class ScenarioRun:
         self.fresh_only = False
         self.prerequisites: list = []
         self._clocks: dict[Guest, latency.ClockOffset] = {}
+        self._record: dict | None = None
 
     # -- what tests call ------------------------------------------------------------------------
 
@@ -128,25 +129,31 @@ class ScenarioRun:
     # -- end of test ---------------------------------------------------------------------------
 
     def finish(self, passed: bool) -> dict:
-        """Undo what is left, write the bundle, give guests back. Returns the test's record."""
+        """Undo what is left, write the bundle, give guests back. Returns the test's record.
+        A second call returns the first one's record (a test may finish early to look at the
+        host afterwards)."""
+        if self._record is not None:
+            return self._record
         cleanup_errors = []
         try:
             self._guest_side_latencies()
         except Exception as e:  # figures are a by-product; never let them mask the verdict
             self.notes.append(f"guest-side latencies not measured: {e}")
+        # Devices still attached after their unplug failed (the guest refused it, QEMU died):
+        # given back to the host only once their guest is closed, since a QEMU that still runs
+        # holds /dev/vfio/N and the host driver could not take the device back.
+        stranded: list[tuple[Guest, Plugged]] = []
         for guest, plugged in reversed(self.plugged):
-            if plugged.removed or not guest.alive():
-                if not plugged.removed:
-                    plugged.device.cleanup(guest, plugged)  # host-side state must still go back
+            if plugged.removed:
                 continue
-            try:
-                plugged.device.unplug(guest, plugged, timeout=guest.deadlines.scaled(10))
-            except Exception as e:  # the test already failed or will be marked failed
-                cleanup_errors.append(f"unplug {plugged.device_id}: {e}")
+            if guest.alive():
                 try:
-                    plugged.device.cleanup(guest, plugged)
-                except Exception as e2:
-                    cleanup_errors.append(f"cleanup {plugged.device_id}: {e2}")
+                    plugged.device.unplug(guest, plugged, timeout=guest.deadlines.scaled(10))
+                    continue
+                except Exception as e:  # the test already failed or will be marked failed
+                    cleanup_errors.append(f"unplug {plugged.device_id}: {e}")
+            if not plugged.removed:
+                stranded.append((guest, plugged))
         keep = self.keep_bundle or not passed or bool(cleanup_errors)
         guests = []
         for guest, marks in self.guests:
@@ -160,6 +167,9 @@ class ScenarioRun:
                            "launch_marks": guest.launch_marks,
                            "after_test": verdict, "qemu_exit_status": guest.exit_status,
                            "died": died})
+        for guest, plugged in stranded:
+            guest.close()  # (released above unless reusable, and a guest with errors is not)
+            self._give_back(guest, plugged, cleanup_errors)
         record = {"latencies": self.latencies, "notes": self.notes, "guests": guests,
                   "prerequisites": [f"{c.name}: {'ok' if c.ok else 'MISSING'} ({c.detail})"
                                     for c in self.prerequisites],
@@ -172,7 +182,25 @@ class ScenarioRun:
             host = {k: v for k, v in host.items() if v is not None}
             if host:
                 (self.bundle_dir / "host-vfio-state.json").write_text(json.dumps(host, indent=2) + "\n")
+        self._record = record
         return record
+
+    def _give_back(self, guest: Guest, plugged: Plugged, errors: list[str],
+                   attempts: int = 3) -> None:
+        """Undo what ``plug`` set up on the host (a vfio binding) for a device whose guest is
+        closed; a few tries, as the kernel may still be releasing the device's group."""
+        for attempt in range(1, attempts + 1):
+            try:
+                plugged.device.cleanup(guest, plugged)
+                plugged.removed = True
+                if attempt > 1:
+                    self.notes.append(f"{plugged.device_id} given back to the host on try {attempt}")
+                return
+            except Exception as e:
+                if attempt == attempts:
+                    errors.append(f"give back {plugged.device_id}: {e}")
+                    return
+                time.sleep(guest.deadlines.scaled(1.0))  # the group's release is not an event we can wait on
 
     def _bundle_guest(self, guest: Guest, marks: dict[str, int], passed: bool) -> None:
         out = self.bundle_dir / guest.name

@@ -312,12 +312,15 @@ def _restore_entry(fs: Sysfs, entry: dict, timeout: float) -> Restored:
 
 
 def restore_from_journal(root: "str | Path | Sysfs" = "/", journal: str | Path | None = None, *,
-                         include_live: bool = False, timeout: float = 5.0) -> list[Restored]:
+                         include_live: bool = False, timeout: float = 5.0,
+                         own_pids: "set[int] | frozenset[int]" = frozenset()) -> list[Restored]:
     """Give back every device a run left on vfio-pci, and drop its journal entries.
 
     Entries of a run that is still alive (another session, an xdist worker) are left alone
-    (``status="in-use"``) unless ``include_live``. Idempotent. Raises HostDeviceError after
-    trying them all if any could not be given back (their entries stay)."""
+    (``status="in-use"``) unless ``include_live``; ``own_pids`` are the calling run's own
+    processes, whose entries are given back although they live (a session's end). Idempotent.
+    Raises HostDeviceError after trying them all if any could not be given back (their entries
+    stay)."""
     fs = Sysfs.of(root)
     jr = Journal(journal or default_journal_path())
     if not jr.path.exists():
@@ -325,7 +328,7 @@ def restore_from_journal(root: "str | Path | Sysfs" = "/", journal: str | Path |
     results: list[Restored] = []
     with jr.locked():
         for entry in jr.read():
-            if not include_live and owner_alive(fs, entry):
+            if not include_live and entry.get("pid") not in own_pids and owner_alive(fs, entry):
                 results.append(Restored(entry["bdf"], "in-use", fs.link_name(
                     fs.pci_dir(entry["bdf"]) / "driver"), f"held by pid {entry.get('pid')} (a "
                                                           f"live run) since {entry.get('time')}"))
@@ -385,10 +388,13 @@ class Lease:
         return Path("/dev/vfio", str(self.group))
 
     def release(self) -> list[Restored]:
+        """Give the group back (once no other lease needs it). A release that could not give a
+        device back (a QEMU still held the group) raises and may be called again."""
         if self.released:
             return []
+        results = self._binder._release(self.group)
         self.released = True
-        return self._binder._release(self.group)
+        return results
 
     def __enter__(self) -> "Lease":
         return self
@@ -496,10 +502,9 @@ class VfioBinder:
         hold = self._holds.get(group)
         if hold is None:
             return []
-        hold.count -= 1
-        if hold.count > 0:
+        if hold.count > 1:
+            hold.count -= 1
             return []
-        del self._holds[group]
         results = []
         with self.journal.locked():
             for entry in reversed(hold.entries):
@@ -508,11 +513,15 @@ class VfioBinder:
                 results.append(result)
                 if result.status != "failed":
                     _drop(self.journal, entry)
-        failed = [r for r in results if r.status == "failed"]
+        failed = {r.bdf for r in results if r.status == "failed"}
         if failed:
+            # Kept, with only what is still out, so that a later release (once the QEMU that
+            # held the group is gone) or close() gives it back.
+            hold.entries = [e for e in hold.entries if e["bdf"] in failed]
             raise HostDeviceError(f"group {group}: {len(failed)} device(s) not given back",
                                   hint=RESTORE_HINT,
                                   details="\n".join(f"  {r}" for r in results))
+        del self._holds[group]
         return results
 
     def close(self) -> list[Restored]:

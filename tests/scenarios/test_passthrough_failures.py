@@ -114,3 +114,31 @@ def test_missing_device(hotplug, hotplug_session):
     guest = hotplug.guest(Q35.spec())
     err = _refused(guest, "nic0", missing)
     assert err.message == f"there is no PCI device {missing} on this host", err
+
+
+def test_refused_unplug_gives_the_device_back_after_its_guest_is_closed(hotplug, hotplug_session):
+    """A guest that refuses the unplug (pc booted with acpi=off never ejects) keeps the host
+    device while its QEMU runs: the harness closes that guest first, then gives the device back
+    to its host driver, and the journal ends with no entry for it. (It used to release the
+    device while QEMU still held /dev/vfio/N: the restore failed and the device stayed on
+    vfio-pci, held by the live worker, for every later test.)"""
+    from harness.errors import UnplugError
+    from harness.host.binding import Journal, default_journal_path
+
+    hs = hotplug_session
+    entry = _nic(hs)
+    device = next(d for d in hs.vfio_devices("nic") if d.entry == entry)
+    fs = Sysfs.of("/")
+    host_driver = fs.pci_device(entry.bdf).driver
+    guest = hotplug.guest(PCI_PLATFORMS[0].spec(kernel_args=("acpi=off",)), fresh=True,
+                          check_prerequisites=False)
+    hotplug.plug(guest, device, "nic0")
+    assert fs.pci_device(entry.bdf).driver == VFIO
+    with pytest.raises(UnplugError) as info:
+        guest.device_del("nic0", timeout=5, grace=2)
+    assert info.value.verdict == "guest-refused", str(info.value)
+    record = hotplug.finish(passed=True)  # what the fixture does after the test, done here to look
+    assert not guest.alive()
+    assert fs.pci_device(entry.bdf).driver == host_driver, record["cleanup_errors"]
+    assert [e for e in Journal(default_journal_path()).read() if e["bdf"] == entry.bdf] == []
+    assert any(e.startswith("unplug nic0") for e in record["cleanup_errors"]), record

@@ -383,3 +383,29 @@ def test_tampered_journal_entries_are_refused_before_any_write(lab, journal, bad
     with pytest.raises(HostDeviceError, match="is corrupt"):
         restore_from_journal(lab.sysfs(), journal)
     assert lab.writes == []
+
+
+def test_a_release_refused_while_qemu_holds_the_group_can_be_tried_again(lab, journal):
+    """The vfio-pci driver will not let go while a QEMU holds the group: the release fails, the
+    journal keeps the entry, and once QEMU is gone the same lease gives the device back."""
+    lease = binder(lab, journal).bind("06:00.0", ALLOWED)
+    lab.fail[("drivers/vfio-pci/unbind", "0000:06:00.0")] = errno.EBUSY
+    with pytest.raises(HostDeviceError, match="not given back"):
+        lease.release()
+    assert [e["bdf"] for e in entries(journal)] == ["0000:06:00.0"]
+    del lab.fail[("drivers/vfio-pci/unbind", "0000:06:00.0")]  # QEMU closed
+    lease.release()
+    assert lab.driver_of("0000:06:00.0") == "ahci" and entries(journal) == []
+    assert lease.release() == []  # and only once
+
+
+def test_the_end_of_a_run_gives_back_its_own_entries_too(lab, journal):
+    """At the session's end the controller restores every entry of the run: a dead worker's
+    (its owner is gone) and its own (own_pids), but not another live run's."""
+    me = os.getpid()
+    lab.file(f"proc/{me}/stat", f"{me} (py test) S " + "0 " * 18 + "77 0\n")
+    binder(lab, journal).bind("06:00.0", ALLOWED)  # this run's, never released
+    assert [r.status for r in restore_from_journal(lab.sysfs(), journal)] == ["in-use"]
+    [r] = restore_from_journal(lab.sysfs(), journal, own_pids={me})
+    assert r.status == "restored" and lab.driver_of("0000:06:00.0") == "ahci"
+    assert entries(journal) == []
