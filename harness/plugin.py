@@ -140,9 +140,20 @@ def pytest_configure(config: pytest.Config) -> None:
     except HarnessError as e:
         raise pytest.UsageError(str(e)) from e
     config.stash[_STASH_SESSION] = hs
+    _require_loadgroup_for_host_devices(config, hs)
     if not hs.worker and not getattr(config.option, "xmlpath", None) and not config.option.collectonly:
         # Every run writes JUnit XML into its own folder (junitxml reads this after us).
         config.option.xmlpath = str(hs.run_dir / "junit.xml")
+
+
+def _require_loadgroup_for_host_devices(config: pytest.Config, hs: "HarnessSession") -> None:
+    """Host devices are kept to one worker at a time by xdist groups, which only
+    ``--dist loadgroup`` honours: any other distribution could give one device to two workers."""
+    workers = getattr(config.option, "numprocesses", None)
+    dist = getattr(config.option, "dist", "no")
+    if hs.backend != "emulated" and workers not in (None, 0) and dist != "loadgroup":
+        raise pytest.UsageError(f"--backend {hs.backend} with -n {workers} needs --dist loadgroup "
+                                f"(not {dist}): it keeps each host device to one worker at a time")
 
 
 def _terminate_like_ctrl_c() -> None:
@@ -353,6 +364,27 @@ class HarnessSession:
                 f"hotplug-harness: image={image}; run folder {self.run_dir}",
                 f"hotplug-harness: {self.deadlines.describe()}"]
 
+    def resource_group(self, device) -> str:
+        """The xdist group of a test that takes host hardware: the IOMMU group of a PCI device
+        (two inventory entries in one group are one resource), the USB port path of a USB
+        device (its hostbus/hostaddr and vendorid/productid forms are one device). The vfio
+        failure-path tests bind the inventory's first NIC by hand: they go with its group."""
+        from .host.inventory import find_usb_device
+        from .host.sysfs import Sysfs
+
+        fs = Sysfs.of("/")
+        entry = getattr(device, "entry", None)
+        if entry is None:  # a failure-path test, or a role nobody plays
+            nics = self.inventory.for_role("nic") if self.inventory else []
+            entry = nics[0] if nics else None
+            if entry is None:
+                return "host-failure-paths"
+        if entry.is_pci:
+            group = fs.pci_device(entry.bdf).iommu_group if fs.pci_dir(entry.bdf).exists() else None
+            return f"iommu-group-{group}" if group is not None else f"host-{entry.bdf}"
+        usb = find_usb_device(fs, entry)
+        return f"usb-{usb.name}" if usb is not None else f"host-{entry.name}"
+
     def wants_role(self, role: str | None) -> bool:
         """Whether this run covers scenarios of ``role`` (tests of no role always run)."""
         roles = self.config.option.roles
@@ -499,9 +531,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         device = callspec.params.get("device") if callspec else None
         if not grouping:
             continue
-        if device is not None and device.backend != "emulated":
-            # A host device is exclusive: every test that takes it runs on one worker.
-            item.add_marker(pytest.mark.xdist_group(f"host-{device.id}"))
+        if hs.backend != "emulated" and (device is not None or item.get_closest_marker("passthrough")):
+            # One physical resource, one worker at a time: tests that take host hardware are
+            # grouped by what they really take (see HarnessSession.resource_group).
+            item.add_marker(pytest.mark.xdist_group(hs.resource_group(device)))
         elif platform is not None:
             item.add_marker(pytest.mark.xdist_group(platform.id))
     items.sort(key=_group_key)

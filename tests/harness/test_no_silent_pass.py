@@ -97,3 +97,75 @@ def test_usb_vendor_product_form_is_refused_when_two_devices_share_the_ids(tmp_p
                        cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == 1 and "1 error" in p.stdout.splitlines()[-1], p.stdout[-3000:]
     assert "2 devices on this host have those ids (bus 1 addr 2, bus 1 addr 3)" in p.stdout
+
+
+FAKE_HOST = """
+from types import SimpleNamespace
+from pathlib import Path
+from harness.host import doctor, inventory, sysfs
+doctor.run_checks = lambda *a, **k: [doctor.Check("VT-d (faked by the test)", True, "ok")]
+inventory._EntryChecker.check_host = lambda self, fs, device: None
+GROUPS = {"0000:00:03.0": 7, "0000:00:04.0": 7, "0000:00:05.0": 9}
+sysfs.Sysfs.pci_dir = lambda self, bdf: Path("/")
+sysfs.Sysfs.pci_device = lambda self, bdf: SimpleNamespace(iommu_group=GROUPS[bdf])
+sysfs.Sysfs.usb_devices = lambda self: [sysfs.UsbDevice("3-3", 3, 3, "46f4", "0001", "stick",
+                                                        "QEMU", 0, "/sys/bus/usb/devices/3-3")]
+
+def pytest_collection_finish(session):
+    for item in session.items:
+        group = item.get_closest_marker("xdist_group")
+        print("GROUP", item.nodeid, group.args[0] if group else None)
+"""
+
+TWO_NICS_ONE_GROUP = """
+[[device]]
+role = "nic"
+name = "port0"
+bdf = "0000:00:03.0"
+gateway = "10.0.5.2"
+[[device]]
+role = "nic"
+name = "port1"
+bdf = "0000:00:04.0"
+gateway = "10.0.6.2"
+[[device]]
+role = "sata-controller"
+name = "ahci"
+bdf = "0000:00:05.0"
+[[device]]
+role = "usb-device"
+name = "stick"
+hostbus = 3
+hostaddr = 3
+vendorid = "0x46f4"
+productid = "0x0001"
+"""
+
+
+def test_one_physical_resource_is_one_xdist_group(tmp_path, child_env):
+    """Tests that take host hardware are grouped by what they physically take: two inventory
+    NICs in one IOMMU group are one group; a USB device's two forms are one group; the
+    failure-path tests go with the NIC they bind. And -n without --dist loadgroup is refused."""
+    (tmp_path / "inventory.toml").write_text(TWO_NICS_ONE_GROUP)
+    (tmp_path / "hh_fake_groups.py").write_text(FAKE_HOST)
+    env = {**child_env, "PYTHONPATH": str(tmp_path), "HH_VFIO_JOURNAL": str(tmp_path / "j.json")}
+    args = ["--backend", "vfio", "--inventory", str(tmp_path / "inventory.toml"),
+            "-p", "hh_fake_groups", "--report-dir", str(tmp_path / "reports")]
+    p = subprocess.run([sys.executable, "-m", "pytest", "tests/scenarios", "-p", "no:cacheprovider",
+                        "--collect-only", "-q", "-s", *args],
+                       cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    groups = {}
+    for line in p.stdout.splitlines():
+        if line.startswith("GROUP "):
+            _, nodeid, group = line.split(" ", 2)
+            groups[nodeid.split("::")[-1]] = group
+    assert groups, p.stdout[-3000:] + p.stderr[-2000:]
+    assert groups["test_nic[vfio-pc-port0]"] == groups["test_nic[vfio-pc-port1]"] == "iommu-group-7"
+    assert groups["test_sata_controller[vfio-pc-ahci]"] == "iommu-group-9"
+    assert groups["test_usb_device[vfio-pc-uhci-stick-busaddr]"] == \
+        groups["test_usb_device[vfio-pc-uhci-stick-vidpid]"] == "usb-3-3"
+    assert groups["test_device_on_host_driver"] == "iommu-group-7"
+    p = subprocess.run([sys.executable, "-m", "pytest", "tests/scenarios", "-p", "no:cacheprovider",
+                        "-n", "2", *args], cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env=env)
+    assert p.returncode == 4 and "needs --dist loadgroup" in p.stderr, p.stderr[-2000:]
