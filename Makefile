@@ -9,7 +9,7 @@ STAMP   := .venv/.installed
 JOBS    ?= 3
 PYTEST_ARGS ?=
 
-.PHONY: setup image qualify test lab unit bench doctor clean
+.PHONY: setup image qualify test lab nightly unit bench doctor clean
 
 setup: $(STAMP)
 	@sh .ci/install-host-packages
@@ -38,6 +38,18 @@ LAB_TESTS ?= tests/scenarios/test_nic.py tests/scenarios/test_usb.py tests/scena
              tests/scenarios/test_passthrough_failures.py
 lab: image
 	$(PYTEST) --backend lab $(LAB_TESTS) $(PYTEST_ARGS)
+
+# The nightly job of a VT-d host (docs/vfio.md): give back what a killed run left, check the host,
+# run the scenario matrix through real vfio-pci, give everything back; one exit status, non-zero
+# if the host is broken, a test failed, nothing was tested or a device could not be given back.
+INVENTORY ?= inventory.toml
+nightly: image
+	@test -f "$(INVENTORY)" || { echo "make nightly: no inventory $(INVENTORY) (python -m harness discover --write $(INVENTORY))"; exit 2; }
+	$(PY) -m harness restore
+	$(PY) -m harness doctor --inventory $(INVENTORY)
+	status=0; $(PYTEST) tests/scenarios --backend vfio --inventory $(INVENTORY) -n $(JOBS) \
+	    --dist loadgroup $(PYTEST_ARGS) || status=$$?; \
+	$(PY) -m harness restore || status=1; exit $$status
 
 unit: setup
 	$(PYTEST) tests/unit $(PYTEST_ARGS)

@@ -260,6 +260,11 @@ class HarnessSession:
         from .host import binding, doctor
         from .host.inventory import load_inventory
 
+        if self.backend == "vfio" and os.geteuid() != 0:
+            # Before any host step: binding goes through sysfs and the journal lives in /var/lib.
+            raise ConfigError("--backend vfio needs root: it binds host devices to vfio-pci "
+                              "through sysfs and journals them in /var/lib/hotplug-harness",
+                              hint="run it as root (sudo .venv/bin/pytest ...)")
         if not self.worker:
             for r in binding.restore_from_journal("/"):
                 print(f"hotplug-harness: {r.bdf} left on vfio-pci by a killed run: {r.status} "
