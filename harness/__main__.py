@@ -1,7 +1,8 @@
 """``python -m harness``: the harness's commands outside pytest.
 
     image build|path   build the built-in guest image (cached), or print where it is;
-                       --distro systemd: a systemd Debian guest (root, mmdebstrap)
+                       --distro systemd|cloudinit: a systemd Debian guest, or one that
+                       behaves like a stock cloud image (root, mmdebstrap)
     doctor             check this host's prerequisites for the vfio backend
     discover           list the host devices that could play each role
     restore            give back host devices a killed run left on vfio-pci
@@ -31,10 +32,11 @@ def _image(argv: list[str]) -> int:
 
     if args.distro:
         distro = images.ensure_distro(args.distro, Path(args.cache))
-        print(distro.folder if args.action == "path" else
-              f"{args.distro} guest ready: {distro.folder}\n  over SSH:     "
-              f"{shlex.join(distro.pytest_args('ssh'))}\n  over ttyS0:   "
-              f"{shlex.join(distro.pytest_args('console'))}")
+        lines = [f"{args.distro} guest ready: {distro.folder}",
+                 f"  over SSH:     {shlex.join(distro.pytest_args('ssh'))}"]
+        if distro.manifest.get("console_prompt"):
+            lines.append(f"  over ttyS0:   {shlex.join(distro.pytest_args('console'))}")
+        print(distro.folder if args.action == "path" else "\n".join(lines))
         return 0
     image = images.ensure_builtin(Path(args.cache))
     if args.action == "path":

@@ -55,6 +55,9 @@ class GuestImage:
     #: A regex the serial console prints once the guest is ready for commands (a root shell on
     #: ttyS0 must follow it for console access). None: wait for SSH instead.
     ready_pattern: str | None = READY_MARKER + r" uptime=(\S+)"
+    #: A NoCloud seed disk (vfat, label CIDATA) for a cloud image's cloud-init, attached
+    #: read-only after the disk (:func:`nocloud_seed`).
+    seed: Path | None = None
     builtin: bool = False
     manifest: dict = dataclasses.field(default_factory=dict, compare=False)
 
@@ -490,7 +493,7 @@ def _prune(cache: Path, keep: Path, spare: int = 2) -> None:
 
 #: Recipes of conventional distribution guests: ``fixtures/images/<name>/build OUT_DIR``.
 DISTRO_RECIPES = REPO_ROOT / "fixtures" / "images"
-DISTROS = ("systemd",)
+DISTROS = ("systemd", "cloudinit")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -505,6 +508,8 @@ class DistroImage:
                 "--guest-initrd", str(self.folder / "initrd.img"),
                 "--guest-append", (self.folder / "append.txt").read_text().strip(),
                 "--guest-disk", str(self.folder / "disk.qcow2"), "--guest-access", access]
+        if not (self.folder / "id_ed25519").exists():  # a cloud image: no key baked in
+            return args + ["--guest-cloud-init"]
         if access == "ssh":
             return args + ["--guest-key", str(self.folder / "id_ed25519")]
         return args + ["--guest-ready", self.manifest["console_prompt"]]
@@ -534,8 +539,9 @@ def ensure_distro(name: str, cache: Path = DEFAULT_CACHE, log=print) -> DistroIm
             shutil.rmtree(part, ignore_errors=True)
             raise ImageError(f"{script} failed (exit {p.returncode})",
                              hint="its output is below", details=_tail_text(p.stdout + p.stderr))
+        prompt = part / "console-prompt.txt"
         manifest = {"recipe": str(script.relative_to(REPO_ROOT)),
-                    "console_prompt": (part / "console-prompt.txt").read_text().strip(),
+                    "console_prompt": prompt.read_text().strip() if prompt.exists() else None,
                     "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "build_seconds": round(time.monotonic() - t0, 1)}
         (part / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -550,3 +556,65 @@ def ensure_distro(name: str, cache: Path = DEFAULT_CACHE, log=print) -> DistroIm
 
 def _tail_text(text: str, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
+
+
+# -- cloud images: a NoCloud seed for cloud-init ------------------------------------------------
+
+#: DHCP on NICs that appear later (hot-added ones): the image's cloud-init brings up its first
+#: NIC by itself (its fallback network config, which a seed's network-config would replace, and
+#: cloud-init 22.4's networkd renderer cannot express "every NIC"), and systemd-networkd
+#: images get a rule for the rest; NetworkManager images connect new NICs on their own.
+NOCLOUD_LATER_NICS = """write_files:
+  - path: /etc/systemd/network/90-hh-dhcp-every-nic.network
+    content: |
+      [Match]
+      Type=ether
+      [Network]
+      DHCP=yes
+runcmd:
+  - [sh, -c, "! command -v networkctl >/dev/null || networkctl reload"]
+"""
+
+
+def nocloud_seed(folder: Path, public_key: str) -> Path:
+    """A NoCloud seed for an unmodified cloud image (Debian genericcloud, RHEL/Rocky/Alma KVM
+    guest images, Ubuntu cloud images): root and the image's default user get ``public_key``,
+    passwords stay off, NICs that appear later use DHCP too. Written as a 1 MiB vfat disk labelled
+    CIDATA with mkfs.vfat and mcopy (dosfstools, mtools), no root needed."""
+    import uuid
+
+    for tool, package in (("mkfs.vfat", "dosfstools"), ("mcopy", "mtools")):
+        if shutil.which(tool) is None:
+            raise ImageError(f"making a cloud-init seed needs {tool}",
+                             hint=f"apt-get install {package} (make setup installs it)")
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "meta-data": f"instance-id: hh-{uuid.uuid4().hex[:12]}\nlocal-hostname: hh-cloud\n",
+        "user-data": ("#cloud-config\n"
+                      f"ssh_authorized_keys:\n  - {json.dumps(public_key.strip())}\n"
+                      "disable_root: false\nssh_pwauth: false\n" + NOCLOUD_LATER_NICS),
+    }
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    seed = folder / "seed.vfat"
+    seed.unlink(missing_ok=True)
+    for argv in (["mkfs.vfat", "-n", "CIDATA", "-C", str(seed), "1024"],
+                 ["mcopy", "-o", "-i", str(seed), *(str(folder / n) for n in files), "::"]):
+        p = subprocess.run(argv, capture_output=True, text=True)
+        if p.returncode:
+            raise ImageError(f"making the cloud-init seed failed: {' '.join(argv)}: "
+                             f"{(p.stderr or p.stdout).strip()}", hint="see the message")
+    return seed
+
+
+def run_ssh_key(folder: Path) -> tuple[Path, str]:
+    """An ed25519 key made for this run (private key path, public key line)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    key = folder / "id_ed25519"
+    if not key.exists():
+        if shutil.which("ssh-keygen") is None:
+            raise ImageError("making the run's SSH key needs ssh-keygen",
+                             hint="apt-get install openssh-client")
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hotplug-harness run",
+                        "-f", str(key)], check=True, capture_output=True)
+    return key, (folder / "id_ed25519.pub").read_text()

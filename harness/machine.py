@@ -148,6 +148,8 @@ def build_argv(spec: GuestSpec, boot: GuestImage, paths: Paths, *, qemu_binary: 
     if boot.disk:
         # Always the overlay (backed by the user's image), never the image itself.
         argv += ["-drive", f"file={paths.disk_overlay},if=virtio,format=qcow2"]
+    if boot.seed:
+        argv += ["-drive", f"file={boot.seed},if=virtio,format=raw,readonly=on"]
     return argv
 
 

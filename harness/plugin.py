@@ -98,6 +98,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--guest-user", default="root", help="SSH user of your guest (default root)")
     g.addoption("--guest-key", default=None, metavar="PATH",
                 help="private SSH key that logs into your guest")
+    g.addoption("--guest-cloud-init", action="store_true",
+                help="your --guest-disk is a stock cloud image (Debian genericcloud, RHEL/Rocky/"
+                     "Alma KVM guest images, Ubuntu cloud images): make an SSH key for the run "
+                     "and a NoCloud seed that gives it to root, with DHCP on every NIC")
     g.addoption("--guest-ready", default=None, metavar="REGEX",
                 help="what your guest prints on ttyS0 when a root shell is ready there; "
                      "without it the harness waits for SSH")
@@ -214,6 +218,13 @@ class HarnessSession:
         self.run_dir = Path(os.environ["HH_RUN_DIR"])
         if not self.worker:
             _require_free_space(self.run_dir.parent)
+        if opt.guest_cloud_init:
+            # A stock cloud image: an SSH key made for the run, handed to cloud-init by a
+            # NoCloud seed (each process makes its own, in the run folder).
+            folder = self.run_dir / "cloud-init" / (self.worker or "main")
+            key, public = images.run_ssh_key(folder)
+            self.user_image = dataclasses.replace(self.user_image, ssh_key=key,
+                                                  seed=images.nocloud_seed(folder, public))
         # The controller (or a run without xdist) measures the machine and chooses the
         # accelerator once; xdist workers get both through their workerinput.
         given = getattr(config, "workerinput", {})
@@ -332,9 +343,13 @@ class HarnessSession:
                             ("--guest-disk", opt.guest_disk), ("--guest-key", opt.guest_key)):
             if value and not Path(value).is_file():
                 raise pytest.UsageError(f"{flag} {value}: no such file (or not a regular file)")
-        if not opt.guest_ready and not opt.guest_key:
-            raise pytest.UsageError("your own guest needs a way in: --guest-key (SSH) and/or "
-                                    "--guest-ready REGEX (a root shell on ttyS0)")
+        if opt.guest_cloud_init and not opt.guest_disk:
+            raise pytest.UsageError("--guest-cloud-init seeds a cloud image's cloud-init: pass "
+                                    "the image with --guest-disk")
+        if not opt.guest_ready and not opt.guest_key and not opt.guest_cloud_init:
+            raise pytest.UsageError("your own guest needs a way in: --guest-key (SSH), "
+                                    "--guest-cloud-init (a cloud image: the key is made for the "
+                                    "run) and/or --guest-ready REGEX (a root shell on ttyS0)")
         return GuestImage(kernel=_path(opt.guest_kernel), initrd=_path(opt.guest_initrd),
                           append=opt.guest_append, disk=_path(opt.guest_disk),
                           disk_format=opt.guest_disk_format, ssh_user=opt.guest_user,

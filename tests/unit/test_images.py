@@ -91,3 +91,29 @@ def test_corrupt_manifest(tmp_path):
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(ImageError, match="corrupt manifest"):
         images.image_from_dir(tmp_path)
+
+
+def test_nocloud_seed_gives_the_runs_key_to_root_on_a_cidata_disk(tmp_path):
+    """The seed cloud-init's NoCloud datasource reads: a vfat disk labelled CIDATA with
+    meta-data and user-data (the run's key for root and the default user, passwords off, DHCP
+    on NICs that appear later)."""
+    import shutil
+    import subprocess
+
+    if not (shutil.which("mkfs.vfat") and shutil.which("mtype")):
+        pytest.skip("needs dosfstools and mtools (make setup installs them as root)")
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheTest hotplug-harness run"
+    seed = images.nocloud_seed(tmp_path / "seed", key)
+
+    def read(name: str) -> str:
+        return subprocess.run(["mtype", "-i", str(seed), f"::{name}"], capture_output=True,
+                              text=True, check=True).stdout
+
+    label = subprocess.run(["mlabel", "-s", "-i", str(seed), "::"], capture_output=True,
+                           text=True, check=True).stdout
+    assert "CIDATA" in label
+    user_data = read("user-data")
+    assert user_data.startswith("#cloud-config\n") and key in user_data
+    assert "disable_root: false" in user_data and "ssh_pwauth: false" in user_data
+    assert "Type=ether" in user_data and "DHCP=yes" in user_data
+    assert read("meta-data").startswith("instance-id: hh-")

@@ -87,3 +87,12 @@ def test_format_argv_pairs_options():
 def test_labels():
     assert GuestSpec(machine="q35", pci_hotplug="pciehp", usb="xhci").label == "q35-pciehp-xhci"
     assert GuestSpec(machine="pc", access="ssh").label == "pc-ssh"
+
+
+def test_cloud_image_seed_is_a_read_only_disk_after_the_overlay():
+    image = GuestImage(disk=Path("/images/cloud.qcow2"), ready_pattern=None,
+                       seed=Path("/r/cloud-init/main/seed.vfat"))
+    paths = Paths(PATHS.qmp_socket, PATHS.console_socket, PATHS.serial_log, Path("/t/disk.qcow2"))
+    assert opt_values(argv(GuestSpec(access="ssh"), image, paths=paths), "-drive") == [
+        "file=/t/disk.qcow2,if=virtio,format=qcow2",
+        "file=/r/cloud-init/main/seed.vfat,if=virtio,format=raw,readonly=on"]
