@@ -215,6 +215,15 @@ class Guest:
             self.shell.ssh = SSHChannel("127.0.0.1", self.ssh_port, self.image.ssh_user,
                                         Path(self.image.ssh_key),
                                         timeout=max(1.0, deadline - time.monotonic()))
+        if self.image.seed is not None:
+            # SSH answers before cloud-init has finished (its last stage writes the DHCP rule
+            # for NICs that appear later): a NIC hot-added before then got no address. Its own
+            # `status --wait` (22.4) returned between two stages, so wait for the file the last
+            # stage writes when it is done.
+            channel = self.shell.ssh or self.shell.console
+            channel.exec("! command -v cloud-init >/dev/null || while ! test -e "
+                         "/var/lib/cloud/instance/boot-finished; do sleep 0.5; done",
+                         max(1.0, deadline - time.monotonic()))
 
     def _forwarded_ssh_port(self) -> int:
         # hostfwd asked for port 0; the kernel chose a free one, which `info usernet` shows.
