@@ -62,9 +62,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      "unpacked into the image cache")
     g.addoption("--retry-dead-guest", type=int, default=None, metavar="N",
                 help="run a test again, up to N more times, when a guest's QEMU exits on its own "
-                     "under it (reset, power-off, crash); the failed attempt stays in the report. "
+                     "under it (reset, power-off, crash) or the guest stops answering (not even "
+                     "`true` after the test failed); the failed attempt stays in the report. "
                      "Default 0; 1 with --backend lab, where nested KVM on TCG sometimes resets "
-                     "an L2 guest")
+                     "or wedges an L2 guest")
     g.addoption("--time-factor", type=_positive_float, default=None, metavar="N",
                 help="how many times slower than the reference machine this one is: every "
                      "deadline (QMP connect, boot, guest commands, waits) is its reference figure "
@@ -711,14 +712,17 @@ def pytest_runtest_protocol_retrying(item: pytest.Item, nextitem):
         reports = runtestprotocol(item, nextitem=nextitem, log=False)
         record = item.stash[_STASH_RECORD]
         died = [g["name"] for g in record.get("guests", ()) if g.get("died")]
-        if attempt == hs.test_attempts or not died or not any(r.failed for r in reports):
+        hung = [g["name"] for g in record.get("guests", ()) if g.get("hung")]
+        if attempt == hs.test_attempts or not (died or hung) or not any(r.failed for r in reports):
             break
         bundle = record.get("bundle")
         if bundle and Path(bundle).exists():
             bundle = str(Path(bundle).rename(f"{bundle}.attempt-{attempt}"))
         _, reason = report.outcome_of(item.stash[_STASH_REPORTS])
-        earlier.append(f"attempt {attempt} failed after its guest {', '.join(died)} died under "
-                       f"it, so it ran again (--retry-dead-guest): {reason} (bundle: {bundle})")
+        what = "; ".join(filter(None, [f"its guest {', '.join(died)} died under it" if died else "",
+                                       f"its guest {', '.join(hung)} stopped answering" if hung else ""]))
+        earlier.append(f"attempt {attempt} failed after {what}, so it ran again "
+                       f"(--retry-dead-guest): {reason} (bundle: {bundle})")
     if earlier:
         record["notes"] = earlier + record.get("notes", [])
         record["attempts"] = attempt

@@ -114,7 +114,8 @@ def summary_lines(summary: dict) -> list[str]:
                      + ", ".join(f"{k} {v}" for k, v in sorted(through.items())) + ")")
     again = [t for t in summary["tests"] if t.get("attempts", 1) > 1]
     if again:
-        lines.append("ran again after a guest died under them (--retry-dead-guest): "
+        lines.append("ran again after a guest died or stopped answering under them "
+                     "(--retry-dead-guest): "
                      + ", ".join(t["nodeid"].split("::")[-1] for t in again))
     lab = summary.get("lab")
     if lab:

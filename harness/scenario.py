@@ -161,12 +161,13 @@ class ScenarioRun:
                 self._bundle_guest(guest, marks, passed)
             reusable = passed and not cleanup_errors and not self.fresh_only
             died = guest.died()
+            hung = not passed and not died and guest.alive() and _stopped_answering(guest)
             verdict = self.pool.release(guest, clean_exit=reusable)
             guests.append({"name": guest.name, "spec": guest.spec.label,
                            "boot_seconds": round(guest.boot_seconds or 0, 3),
                            "launch_marks": guest.launch_marks,
                            "after_test": verdict, "qemu_exit_status": guest.exit_status,
-                           "died": died})
+                           "died": died, "hung": hung})
         for guest, plugged in stranded:
             guest.close()  # (released above unless reusable, and a guest with errors is not)
             self._give_back(guest, plugged, cleanup_errors)
@@ -225,3 +226,13 @@ class ScenarioRun:
         if status is not None:
             (out / "qemu-exit.txt").write_text(
                 f"QEMU exit status: {status}\nlast output:\n{_tail(guest.qemu_output())}\n")
+
+
+def _stopped_answering(guest: Guest) -> bool:
+    """Whether a guest whose test failed no longer runs even ``true`` (seen in the lab: an L2
+    guest stuck in a disk read through nested vfio); such a guest is closed, never reused, and
+    --retry-dead-guest treats it like one that died."""
+    try:
+        return not guest.shell.run("true", timeout=5).ok
+    except Exception:  # a timeout or a dead link: no answer
+        return True

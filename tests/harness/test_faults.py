@@ -161,21 +161,32 @@ def test_guest_dies_on_first_attempt(hotplug, tmp_path_factory):
         guest.process.wait(10)
         guest.shell.succeed("true", timeout=5)
     assert guest.shell.succeed("echo alive").strip() == "alive"
+
+
+def test_guest_hangs_on_first_attempt(hotplug, tmp_path_factory):
+    marker = Path(os.environ["HH_RETRY_MARKER"])
+    guest = hotplug.guest(GuestSpec(machine="pc"))
+    if not marker.exists():
+        marker.write_text("1")
+        os.kill(guest.process.pid, signal.SIGSTOP)  # alive, but nothing runs: a wedged guest
+        guest.shell.succeed("true", timeout=3)
+    assert guest.shell.succeed("echo alive").strip() == "alive"
 '''
 
 
-@pytest.mark.parametrize("retries", [0, 1])
-def test_retry_dead_guest_runs_the_test_again_and_says_so(tmp_path, child_env, retries):
-    """--retry-dead-guest N: a test that failed while its guest's QEMU exited on its own runs
-    again; the first attempt's bundle is kept and the notes say so. Without it the death fails
-    the test. Real QEMU, killed under the test on its first attempt."""
+@pytest.mark.parametrize("how, retries", [("dies", 0), ("dies", 1), ("hangs", 1)])
+def test_retry_dead_guest_runs_the_test_again_and_says_so(tmp_path, child_env, how, retries):
+    """--retry-dead-guest N: a test that failed while its guest's QEMU exited on its own, or
+    while its guest stopped answering, runs again; the first attempt's bundle is kept and the
+    notes say so. Without it the death fails the test. Real QEMU, killed (or stopped with
+    SIGSTOP) under the test on its first attempt."""
     import json
 
     probe = tmp_path / "retry_probe_test.py"  # outside the repository: nothing to leave there
     probe.write_text(RETRY_PROBE)
     env = {**child_env, "HH_RETRY_MARKER": str(tmp_path / "attempted")}
-    p = run_pytest(env, str(probe), "-c", str(REPO / "pytest.ini"), "--rootdir", str(REPO),
-                   "--report-dir", str(tmp_path / "r"), "--machine", "pc",
+    p = run_pytest(env, f"{probe}::test_guest_{how}_on_first_attempt", "-c", str(REPO / "pytest.ini"),
+                   "--rootdir", str(REPO), "--report-dir", str(tmp_path / "r"), "--machine", "pc",
                    "--retry-dead-guest", str(retries))
     out = p.stdout + p.stderr
     [run] = (tmp_path / "r").glob("run-*")
@@ -186,11 +197,12 @@ def test_retry_dead_guest_runs_the_test_again_and_says_so(tmp_path, child_env, r
     else:
         assert p.returncode == 0, out[-3000:]
         assert result["outcome"] == "passed" and result["attempts"] == 2, result
-        assert result["notes"][0].startswith("attempt 1 failed after its guest main-g1 died under "
-                                             "it, so it ran again (--retry-dead-guest): "), result
+        what = "died under it" if how == "dies" else "stopped answering"
+        assert result["notes"][0].startswith(f"attempt 1 failed after its guest main-g1 {what}, "
+                                             "so it ran again (--retry-dead-guest): "), result
         assert list((run / "bundles").glob("*.attempt-1")), "the failed attempt's bundle is gone"
-        assert ("ran again after a guest died under them (--retry-dead-guest): "
-                "test_guest_dies_on_first_attempt") in out, out[-3000:]
+        assert ("ran again after a guest died or stopped answering under them "
+                f"(--retry-dead-guest): test_guest_{how}_on_first_attempt") in out, out[-3000:]
 
 
 def _processes_mentioning(text: str) -> list[str]:
