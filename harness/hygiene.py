@@ -42,15 +42,23 @@ def sweep_stale() -> list[str]:
     return removed
 
 
-def sweep_run(run_dir: Path) -> list[str]:
-    """End what this run left when it was interrupted (a worker killed mid-test): its QEMUs,
-    by the PIDs its guests recorded, and its temporary directories. Returns what was done."""
-    done = []
+def _kill_recorded_qemus(run_dir: Path) -> list[tuple[int, str]]:
+    """Kill the QEMUs of this run that still run, by the PIDs its guests recorded; (pid, guest)
+    of each one killed."""
+    killed = []
     for pidfile in sorted((run_dir / "guests").glob("*/qemu.pid")):
         pid = int(pidfile.read_text())
         if _alive_qemu(pid):
             os.kill(pid, signal.SIGKILL)
-            done.append(f"killed QEMU pid {pid} ({pidfile.parent.name}), left by an interrupted worker")
+            killed.append((pid, pidfile.parent.name))
+    return killed
+
+
+def sweep_run(run_dir: Path) -> list[str]:
+    """End what this run left when it was interrupted (a worker killed mid-test): its QEMUs,
+    by the PIDs its guests recorded, and its temporary directories. Returns what was done."""
+    done = [f"killed QEMU pid {pid} ({guest}), left by an interrupted worker"
+            for pid, guest in _kill_recorded_qemus(run_dir)]
     for name in sorted(_tmp_dirs()):
         shutil.rmtree(Path(tempfile.gettempdir()) / name, ignore_errors=True)
         done.append(f"removed {tempfile.gettempdir()}/{name}, left by an interrupted worker")
@@ -79,13 +87,9 @@ def _alive_qemu(pid: int) -> bool:
 def check(before: Snapshot, run_dir: Path, image: GuestImage | None) -> list[str]:
     """Problems left behind, each one line that says what and what to do. Stray QEMU processes
     of this run (by the PIDs its guests recorded) are killed after being reported."""
-    problems = []
-    for pidfile in sorted((run_dir / "guests").glob("*/qemu.pid")):
-        pid = int(pidfile.read_text())
-        if _alive_qemu(pid):
-            problems.append(f"QEMU pid {pid} ({pidfile.parent.name}) was still running at the end "
-                            "of the run; killed it. A Guest was not closed: report this as a harness bug")
-            os.kill(pid, signal.SIGKILL)
+    problems = [f"QEMU pid {pid} ({guest}) was still running at the end of the run; killed it. "
+                "A Guest was not closed: report this as a harness bug"
+                for pid, guest in _kill_recorded_qemus(run_dir)]
     for name in sorted(_tmp_dirs() - before.tmp_dirs):
         problems.append(f"temporary directory {tempfile.gettempdir()}/{name} (sockets, overlays) "
                         "was left behind: a Guest was not closed")

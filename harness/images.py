@@ -537,8 +537,10 @@ def ensure_distro(name: str, cache: Path = DEFAULT_CACHE, log=print) -> DistroIm
         p = subprocess.run([str(script), str(part)], capture_output=True, text=True)
         if p.returncode:
             shutil.rmtree(part, ignore_errors=True)
+            from .access import _tail
+
             raise ImageError(f"{script} failed (exit {p.returncode})",
-                             hint="its output is below", details=_tail_text(p.stdout + p.stderr))
+                             hint="its output is below", details=_tail(p.stdout + p.stderr))
         prompt = part / "console-prompt.txt"
         manifest = {"recipe": str(script.relative_to(REPO_ROOT)),
                     "console_prompt": prompt.read_text().strip() if prompt.exists() else None,
@@ -552,10 +554,6 @@ def ensure_distro(name: str, cache: Path = DEFAULT_CACHE, log=print) -> DistroIm
 
     build_once(out, build, spare=1)
     return DistroImage(out, json.loads((out / "manifest.json").read_text()))
-
-
-def _tail_text(text: str, lines: int = 30) -> str:
-    return "\n".join(text.splitlines()[-lines:])
 
 
 # -- cloud images: a NoCloud seed for cloud-init ------------------------------------------------
