@@ -209,7 +209,9 @@ def render_html(summary: dict) -> str:
 <h1>hotplug-harness qualification report</h1>
 <p class="meta">run <b>{html.escape(summary['run'])}</b>, finished {html.escape(summary['finished_at'])}<br>
 backend <b>{html.escape(summary['backend'])}</b> &middot; accelerator <b>{html.escape(summary['accel'])}</b>
-<small>({html.escape(summary.get('accel_reason', ''))})</small><br>
+<small>({html.escape(summary.get('accel_reason', ''))})</small>
+&middot; time factor <b>{(summary.get('pace') or {}).get('factor', 'n/a')}</b>
+<small>(every deadline is its reference figure times this: {html.escape(', '.join(f"{k.replace('_', ' ')} {v:g} s" for k, v in (summary.get('deadlines') or {}).items()))})</small><br>
 QEMU <b>{html.escape(str(summary['qemu_version']))}</b> <small>{html.escape(summary['qemu_binary'])}</small>
 &middot; guest kernel <b>{html.escape(str(image.get('kernel_version', 'user image')))}</b>
 &middot; median guest boot {summary.get('boot_seconds_median')} s{through_line}{lab_line}</p>
