@@ -40,10 +40,11 @@ from .pace import Deadlines
 from .process import QemuProcess
 
 
-def tmp_prefix() -> str:
-    """Prefix of a guest's temporary directory: ``hh-<run tag>-``, so the end-of-run check
+def tmp_prefix(owner: str | None = None) -> str:
+    """Prefix of a guest's temporary directory: ``hh-<owner>-``, the owner being the run's tag
+    (harness.runconfig; by default this process's PID), so the end-of-run check
     (harness.hygiene) finds this run's leftovers and not another run's."""
-    return f"hh-{os.environ.get('HH_RUN_TAG', 'x')}-"
+    return f"hh-{owner or os.getpid()}-"
 
 
 class Guest:
@@ -56,7 +57,8 @@ class Guest:
 
     def __init__(self, spec: GuestSpec, image: GuestImage, *, workdir: Path,
                  qemu_binary: str = "qemu-system-x86_64", accel: str = "tcg",
-                 deadlines: Deadlines | None = None, name: str = "guest"):
+                 deadlines: Deadlines | None = None, name: str = "guest",
+                 owner: str | None = None):
         """``deadlines``: this machine's (:meth:`harness.pace.Deadlines.for_run`); by default
         the reference machine's."""
         self.spec = spec
@@ -68,7 +70,7 @@ class Guest:
         self.deadlines = deadlines or pace.reference()
         self.name = name
         # Sockets live in a short temp dir: unix socket paths are limited to 107 bytes.
-        self._tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix()))
+        self._tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(owner)))
         self.paths = Paths(qmp_socket=self._tmp / "qmp.sock",
                            console_socket=self._tmp / "console.sock",
                            serial_log=self.workdir / "serial.log",
@@ -349,8 +351,8 @@ class Guest:
 
     def free_bus(self) -> str:
         """A bus a PCI device can be hot-added to now: a free q35 root port, or pc's root bus."""
-        if self.spec.machine == "pc":
-            return "pci.0"
+        if not self.spec.one_device_per_bus:
+            return self.spec.hotplug_bus_ids[0]
         for bus in self.spec.hotplug_bus_ids:
             if bus not in self._used_buses:
                 return bus

@@ -14,9 +14,9 @@ from .guest import tmp_prefix
 from .images import GuestImage, _sha256
 
 
-def _tmp_dirs() -> set[str]:
+def _tmp_dirs(owner: str | None) -> set[str]:
     tmp = Path(tempfile.gettempdir())
-    return {p.name for p in tmp.glob(f"{tmp_prefix()}*") if p.is_dir()}
+    return {p.name for p in tmp.glob(f"{tmp_prefix(owner)}*") if p.is_dir()}
 
 
 def _fingerprint(image: GuestImage) -> dict[str, str]:
@@ -54,12 +54,12 @@ def _kill_recorded_qemus(run_dir: Path) -> list[tuple[int, str]]:
     return killed
 
 
-def sweep_run(run_dir: Path) -> list[str]:
+def sweep_run(run_dir: Path, owner: str) -> list[str]:
     """End what this run left when it was interrupted (a worker killed mid-test): its QEMUs,
     by the PIDs its guests recorded, and its temporary directories. Returns what was done."""
     done = [f"killed QEMU pid {pid} ({guest}), left by an interrupted worker"
             for pid, guest in _kill_recorded_qemus(run_dir)]
-    for name in sorted(_tmp_dirs()):
+    for name in sorted(_tmp_dirs(owner)):
         shutil.rmtree(Path(tempfile.gettempdir()) / name, ignore_errors=True)
         done.append(f"removed {tempfile.gettempdir()}/{name}, left by an interrupted worker")
     return done
@@ -69,10 +69,12 @@ def sweep_run(run_dir: Path) -> list[str]:
 class Snapshot:
     tmp_dirs: set[str]
     image_fingerprint: dict[str, str] | None = None
+    #: The run's owner tag (harness.runconfig): whose temporary folders are looked at.
+    owner: str | None = None
 
     @classmethod
-    def take(cls, image: GuestImage | None = None) -> "Snapshot":
-        return cls(_tmp_dirs(), _fingerprint(image) if image else None)
+    def take(cls, image: GuestImage | None = None, owner: str | None = None) -> "Snapshot":
+        return cls(_tmp_dirs(owner), _fingerprint(image) if image else None, owner)
 
 
 def _alive_qemu(pid: int) -> bool:
@@ -90,7 +92,7 @@ def check(before: Snapshot, run_dir: Path, image: GuestImage | None) -> list[str
     problems = [f"QEMU pid {pid} ({guest}) was still running at the end of the run; killed it. "
                 "A Guest was not closed: report this as a harness bug"
                 for pid, guest in _kill_recorded_qemus(run_dir)]
-    for name in sorted(_tmp_dirs() - before.tmp_dirs):
+    for name in sorted(_tmp_dirs(before.owner) - before.tmp_dirs):
         problems.append(f"temporary directory {tempfile.gettempdir()}/{name} (sockets, overlays) "
                         "was left behind: a Guest was not closed")
     if image is not None:

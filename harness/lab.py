@@ -34,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
 import shlex
 import shutil
@@ -48,7 +47,9 @@ from pathlib import Path
 from . import images, pace
 from .errors import ConfigError, HarnessError, ImageError, LabError, QemuLaunchError
 from .host.sysfs import Sysfs
+from .machine import MACHINES
 from .process import QemuProcess
+from .runconfig import LabContext, RunConfig
 
 LAB_RECIPE = images.REPO_ROOT / "fixtures" / "images" / "lab"
 #: The QEMU that runs L1 when the host's is too old for nested KVM on TCG (see its recipe).
@@ -56,7 +57,6 @@ LAB_QEMU_RECIPE = images.REPO_ROOT / "fixtures" / "images" / "lab-qemu" / "recip
 #: Part of the lab image's cache key: change it whenever build_lab() changes what it builds.
 LAB_IMAGE_VERSION = "1"
 #: Inside L1: the folder the outer run writes the job into, and the lab's own inventory.
-INSIDE_ENV = "HH_LAB_INSIDE"
 
 #: The lab's devices, by role: (L1 PCI address, what the L2 guest must see).
 NIC_BDF = "0000:00:03.0"
@@ -206,25 +206,8 @@ def build_lab(out_dir: Path, log=print) -> dict:
             (root / link).symlink_to(target)
         images._check_libraries(root, ("/usr/bin/qemu-system-x86_64", "/usr/bin/qemu-img",
                                        "/usr/bin/python3.11", "/usr/bin/dash"))
-        # The harness's Python dependencies, as pinned in .venv (the harness itself comes from
-        # the shared repository through PYTHONPATH).
-        dest = root / "usr/local/lib/python3.11/dist-packages"
-        dest.mkdir(parents=True)
-        for item in site.iterdir():
-            low = item.name.lower()
-            if low.startswith(("hotplug_harness", "__editable__", "_hotplug", "pip", "setuptools",
-                               "_distutils_hack", "distutils-precedence", "__pycache__")):
-                continue
-            if item.is_dir():
-                shutil.copytree(item, dest / item.name, symlinks=True)
-            else:
-                shutil.copy2(item, dest / item.name)
-        (root / "etc/hh").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(LAB_RECIPE / "stage2", root / "etc/hh/lab-stage2")
-        for d in ("proc", "sys", "dev", "run", "tmp", "root"):
-            (root / d).mkdir(exist_ok=True)
-        (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-        (root / "etc/group").write_text("root:x:0:\nkvm:x:36:\n")
+        _copy_python_deps(site, root / "usr/local/lib/python3.11/dist-packages")
+        _finish_root(root)
         manifest = {
             "lab_digest": lab_digest(site),
             "kernel_version": boot["kernel_version"],
@@ -237,6 +220,31 @@ def build_lab(out_dir: Path, log=print) -> dict:
         stage.rename(out_dir)
     log(f"lab image: built {out_dir} in {manifest['build_seconds']} s")
     return manifest
+
+
+def _copy_python_deps(site: Path, dest: Path) -> None:
+    """The harness's Python dependencies, as pinned in .venv (the harness itself comes from the
+    shared repository through PYTHONPATH)."""
+    dest.mkdir(parents=True)
+    for item in site.iterdir():
+        low = item.name.lower()
+        if low.startswith(("hotplug_harness", "__editable__", "_hotplug", "pip", "setuptools",
+                           "_distutils_hack", "distutils-precedence", "__pycache__")):
+            continue
+        if item.is_dir():
+            shutil.copytree(item, dest / item.name, symlinks=True)
+        else:
+            shutil.copy2(item, dest / item.name)
+
+
+def _finish_root(root: Path) -> None:
+    """Stage 2, the mount points and the accounts of the lab's root file system."""
+    (root / "etc/hh").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(LAB_RECIPE / "stage2", root / "etc/hh/lab-stage2")
+    for d in ("proc", "sys", "dev", "run", "tmp", "root"):
+        (root / d).mkdir(exist_ok=True)
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (root / "etc/group").write_text("root:x:0:\nkvm:x:36:\n")
 
 
 def lab_dir(cache: Path = images.DEFAULT_CACHE) -> Path:
@@ -451,52 +459,61 @@ class LabHost:
             self.qemu.start()
         except QemuLaunchError as e:
             raise LabError(f"cannot start the lab host: {e.message}", hint=e.hint) from e
-        pos = 0
-        pending = b""
-        heard = t0
+        self._pos, self._pending, heard = 0, b"", t0
         try:
             while True:
                 done = self.process.poll() is not None
-                with open(self.console_log, "rb") as f:
-                    f.seek(pos)
-                    chunk = f.read()
-                pos += len(chunk)
-                if chunk:
+                if self._copy_console(t0):
                     heard = time.monotonic()
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for raw in lines:
-                    line = raw.decode("utf-8", "replace").rstrip("\r")
-                    m = re.match(r"lab: (stage 1 done|ready)", line)
-                    if m:
-                        self.marks[m.group(1)] = round(time.monotonic() - t0, 2)
-                    if self.echo:
-                        self.echo(line)
                 if done:
-                    if pending and self.echo:
-                        self.echo(pending.decode("utf-8", "replace"))
-                    if self.process.returncode and self.echo:
-                        for line in self.qemu_log.read_text(errors="replace").splitlines()[-10:]:
-                            self.echo(f"lab QEMU: {line}")
-                    return self.process.returncode
-                now = time.monotonic()
-                if "ready" not in self.marks and now > t0 + self.boot_timeout:
-                    raise LabError(f"the lab host did not boot in {self.boot_timeout:g} s (no "
-                                   f"'lab: ready' on its console {self.console_log})",
-                                   hint="its last console lines say where it stopped")
-                if "ready" in self.marks and now > heard + self.silence_timeout:
-                    raise LabError(f"the lab host has printed nothing for {self.silence_timeout:g} s:"
-                                   f" it is hung (console: {self.console_log})",
-                                   hint="the guests of the test that was running are in the run "
-                                        "folder's guests/; run again, and if it recurs, report it "
-                                        "with the console log")
-                if now > deadline:
-                    raise LabError(f"the lab host did not finish in time (console: {self.console_log})",
-                                   hint="look at the console log; raise --lab-timeout if the run "
-                                        "was only slow")
+                    return self._ended()
+                self._check_deadlines(t0, heard, deadline)
                 time.sleep(0.2)
         finally:
             self.stop()
+
+    def _copy_console(self, t0: float) -> bool:
+        """Copy what the console log gained to ``echo``, noting the lab's marks; whether it
+        gained anything."""
+        with open(self.console_log, "rb") as f:
+            f.seek(self._pos)
+            chunk = f.read()
+        self._pos += len(chunk)
+        self._pending += chunk
+        *lines, self._pending = self._pending.split(b"\n")
+        for raw in lines:
+            line = raw.decode("utf-8", "replace").rstrip("\r")
+            m = re.match(r"lab: (stage 1 done|ready)", line)
+            if m:
+                self.marks[m.group(1)] = round(time.monotonic() - t0, 2)
+            if self.echo:
+                self.echo(line)
+        return bool(chunk)
+
+    def _ended(self) -> int:
+        if self._pending and self.echo:
+            self.echo(self._pending.decode("utf-8", "replace"))
+        if self.process.returncode and self.echo:
+            for line in self.qemu_log.read_text(errors="replace").splitlines()[-10:]:
+                self.echo(f"lab QEMU: {line}")
+        return self.process.returncode
+
+    def _check_deadlines(self, t0: float, heard: float, deadline: float) -> None:
+        now = time.monotonic()
+        if "ready" not in self.marks and now > t0 + self.boot_timeout:
+            raise LabError(f"the lab host did not boot in {self.boot_timeout:g} s (no "
+                           f"'lab: ready' on its console {self.console_log})",
+                           hint="its last console lines say where it stopped")
+        if "ready" in self.marks and now > heard + self.silence_timeout:
+            raise LabError(f"the lab host has printed nothing for {self.silence_timeout:g} s:"
+                           f" it is hung (console: {self.console_log})",
+                           hint="the guests of the test that was running are in the run "
+                                "folder's guests/; run again, and if it recurs, report it "
+                                "with the console log")
+        if now > deadline:
+            raise LabError(f"the lab host did not finish in time (console: {self.console_log})",
+                           hint="look at the console log; raise --lab-timeout if the run "
+                                "was only slow")
 
     def stop(self) -> None:
         """L1 has no QMP: SIGTERM (QEMU powers the lab off), then SIGKILL; always reaped."""
@@ -514,33 +531,25 @@ def run_outer(config, echo=print) -> int:
     guest = images.ensure_builtin(cache, log=echo)
     image = ensure_lab(cache, log=echo)
     l1_qemu = choose_lab_qemu(opt.lab_qemu, opt.qemu_binary, cache, log=echo)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
     report_root = Path(opt.report_dir).resolve()
-    run_dir = report_root / f"run-{stamp}-{os.getpid()}"
-    workdir = run_dir / "lab"
+    run = RunConfig.new(report_root, backend="lab", qemu_binary=opt.qemu_binary,
+                        machines=tuple(opt.machine or MACHINES))
+    workdir = run.run_dir / "lab"
     workdir.mkdir(parents=True)
+    run.lab = LabContext(workdir, {"folder": str(image.folder),
+                                   "build_seconds": image.manifest.get("build_seconds"),
+                                   "built_now": image.built_now,
+                                   "l1_qemu": f"{l1_qemu.version} ({l1_qemu.origin})"})
     invocation = Path(config.invocation_params.dir).resolve()
     shares = shares_for([Path(config.rootpath), invocation, report_root, cache])
-    args = [str(a) for a in config.invocation_params.args]  # the same command, inside
-    env = {
-        INSIDE_ENV: str(workdir),
-        "HH_RUN_DIR": str(run_dir),
-        "HH_RUN_TAG": str(os.getpid()),
-        "PYTHONPATH": str(Path(config.rootpath).resolve()),
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "HH_LAB_IMAGE": json.dumps({"folder": str(image.folder),
-                                    "build_seconds": image.manifest.get("build_seconds"),
-                                    "built_now": image.built_now,
-                                    "l1_qemu": f"{l1_qemu.version} ({l1_qemu.origin})"}),
-    }
-    job = workdir / "job.sh"
-    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
-    job.write_text(
-        "# Written by the outer `pytest --backend lab`; run by the lab host's stage 2.\n"
-        + exports
-        + f"cd {shlex.quote(str(invocation))} || exit 2\n"
-        + f"python3.11 -m pytest {shlex.join(args)}\n"
-        + f"echo $? > {shlex.quote(str(workdir / 'exit_status'))}\n")
+    job = write_job(workdir, run.write(), invocation, Path(config.rootpath).resolve(),
+                    [str(a) for a in config.invocation_params.args])
+    return _boot_and_wait(opt, image, l1_qemu, guest, workdir, shares, job, t0, echo)
+
+
+def _boot_and_wait(opt, image, l1_qemu, guest, workdir: Path, shares, job: Path, t0: float,
+                   echo) -> int:
+    """Boot L1 with the job, copy its console until it powers off, write lab.json."""
     echo(f"hotplug-harness: backend=lab: lab host image {image.folder.name} "
          f"({'built in ' + str(image.manifest.get('build_seconds')) + ' s' if image.built_now else 'cached'}), "
          f"guest image {guest.manifest.get('kernel_version', '')}")
@@ -552,19 +561,24 @@ def run_outer(config, echo=print) -> int:
          f"silence {silence_timeout:g} s")
     host = LabHost(lab_argv(image, l1_qemu.argv(), workdir, shares, job), workdir, echo=echo,
                    boot_timeout=boot_timeout, silence_timeout=silence_timeout)
-    deadline = time.monotonic() + opt.lab_timeout
     try:
-        qemu_status = host.run(deadline)
+        qemu_status = host.run(time.monotonic() + opt.lab_timeout)
     except HarnessError as e:
         echo(f"hotplug-harness: ERROR [{e.kind}] {e}")
         return 3
-    status_file = workdir / "exit_status"
     figures = {"lab_boot_seconds": host.marks.get("ready"), "lab_qemu": l1_qemu.version,
                "wall_seconds": round(time.monotonic() - t0, 1), "qemu_exit_status": qemu_status,
                "host_pace": dataclasses.asdict(host_pace),
                "host_deadlines": {"lab_ready": boot_timeout, "lab_silence": silence_timeout},
                "inside": _read_json(workdir / INSIDE_FIGURES)}
     (workdir / "lab.json").write_text(json.dumps(figures, indent=2) + "\n")
+    return _outcome(workdir, host, figures, echo)
+
+
+def _outcome(workdir: Path, host: "LabHost", figures: dict, echo) -> int:
+    """The exit status of the run inside, or 3 when the lab host stopped before it ended."""
+    status_file = workdir / "exit_status"
+    qemu_status = figures["qemu_exit_status"]
     if not status_file.exists():
         echo(f"hotplug-harness: ERROR [lab] the lab host stopped (QEMU exit status {qemu_status}) "
              f"before the test run inside it finished")
@@ -573,6 +587,21 @@ def run_outer(config, echo=print) -> int:
     echo(f"hotplug-harness: lab host ready in {figures['lab_boot_seconds']} s; whole lab run "
          f"{figures['wall_seconds']} s")
     return int(status_file.read_text().strip() or 3)
+
+
+def write_job(workdir: Path, run_config: Path, invocation: Path, root: Path, args: list[str]) -> Path:
+    """The job the lab host's stage 2 runs (given the lab host's uptime at "lab: ready"): the
+    same pytest command, inside, reading the run configuration the outer run wrote."""
+    job = workdir / "job.sh"
+    job.write_text(
+        "# Written by the outer `pytest --backend lab`; run by the lab host's stage 2 with its\n"
+        "# uptime at ready as $1.\n"
+        f"echo \"$1\" > {shlex.quote(str(workdir / LabContext.READY_FILE))}\n"
+        f"export PYTHONPATH={shlex.quote(str(root))} PYTHONDONTWRITEBYTECODE=1\n"
+        f"cd {shlex.quote(str(invocation))} || exit 2\n"
+        f"python3.11 -m pytest {shlex.join(['--hh-run-config', str(run_config), *args])}\n"
+        f"echo $? > {shlex.quote(str(workdir / 'exit_status'))}\n")
+    return job
 
 
 # -- inside the lab ------------------------------------------------------------------------------
@@ -591,12 +620,6 @@ def _read_json(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def inside() -> Path | None:
-    """The lab's work folder when this process runs inside the lab host, else None."""
-    value = os.environ.get(INSIDE_ENV)
-    return Path(value) if value else None
 
 
 def find_usb(vendorid: str, productid: str, root: "str | Path" = "/") -> tuple[int, int]:

@@ -32,11 +32,13 @@ def guest_state(guest: Guest) -> tuple:
 class GuestPool:
     def __init__(self, image: GuestImage, *, qemu_binary: str, accel: str, workdir: Path,
                  deadlines: Deadlines, reuse: bool = True, name_prefix: str = "g",
-                 log: Callable[[str], None] = lambda s: None, boot_attempts: int = 1):
+                 log: Callable[[str], None] = lambda s: None, boot_attempts: int = 1,
+                 owner: str | None = None):
         """``boot_attempts`` > 1 boots another guest when one does not come up (its QEMU does
         not answer QMP in time, or it hangs or dies before its ready marker): only for the
         lab, where L2 boots under nested KVM on TCG sometimes hang (docs/lab.md). Each retry is
-        kept in :attr:`boot_retries`."""
+        kept in :attr:`boot_retries`. ``owner``: the run's owner tag (its guests' temp folders)."""
+        self.owner = owner
         self.image = image
         self.deadlines = deadlines
         self.boot_attempts = boot_attempts
@@ -61,7 +63,7 @@ class GuestPool:
             name = next(self._names)
             guest = Guest(spec, image, workdir=self.workdir / f"{name}-{spec.label}",
                           qemu_binary=self.qemu_binary, accel=self.accel,
-                          deadlines=self.deadlines, name=name)
+                          deadlines=self.deadlines, name=name, owner=self.owner)
             self.booted.append(guest)
             try:
                 guest.launch()

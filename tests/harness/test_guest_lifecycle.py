@@ -143,7 +143,6 @@ def test_qemu_dies_with_its_owner(hotplug_session, tmp_path):
     (PR_SET_PDEATHSIG), so a killed test runner leaves no QEMU behind."""
     script = textwrap.dedent(f"""
         import os, sys, time
-        os.environ["HH_RUN_TAG"] = str(os.getpid())  # this owner is a run of its own
         from pathlib import Path
         from harness.guest import Guest
         from harness.images import ensure_builtin

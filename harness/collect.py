@@ -1,0 +1,104 @@
+"""Collection: scenario tests parametrized from the backend, -k with whole-word machine names,
+tests left out by role or backend, xdist groups.
+
+A scenario test declares its role with ``@pytest.mark.scenario("nic")``; it is parametrized
+over the platforms that role runs on and the devices the backend offers, with ids like
+``test_nic[emulated-q35-pciehp-e1000e]``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from . import devices, keywords
+
+#: Id parts matched as whole words by -k: "pc" must not select "pciehp" tests.
+EXACT_KEYWORDS = {"pc", "q35"}
+
+
+def parametrize(metafunc: pytest.Metafunc, hs) -> None:
+    marker = metafunc.definition.get_closest_marker("scenario")
+    if marker is None:
+        return
+    role = marker.args[0]
+    platforms = [p for p in devices.PLATFORMS[role] if p.machine in hs.machines]
+    if role not in devices.DEVICE_ROLES:
+        # CPU and memory are QEMU's own in every backend: the platform is the only axis.
+        metafunc.parametrize("platform", platforms, ids=[p.id for p in platforms])
+        return
+    candidates = hs.backend.candidates(role)
+    metafunc.parametrize(("platform", "device"), [
+        pytest.param(platform, device, id=f"{hs.backend.name}-{platform.id}-{device.id}")
+        for platform in platforms for device in candidates])
+
+
+def select(config: pytest.Config, items: list[pytest.Item], hs) -> None:
+    """Apply -k (whole words for machine names), --roles and the backend's choice; then put
+    tests that share a guest shape (or a host device) in one xdist group, one after another."""
+    select_keywords(config, items)
+    by_role = [i for i in items if not hs.wants_role(role_of(i))]
+    by_backend = [i for i in items if not hs.backend.keeps(
+        i.path, i.get_closest_marker("passthrough") is not None)]
+    hs.backend.left_out = len(by_backend)
+    _deselect(config, items, by_role + by_backend)
+    if config.pluginmanager.hasplugin("xdist"):
+        for item in items:
+            group = _xdist_group(item, hs.backend)
+            if group:
+                item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: getattr(param(item, "platform"), "id", ""))
+
+
+def _xdist_group(item: pytest.Item, backend) -> str | None:
+    """One physical resource, one worker at a time: tests that take host hardware are grouped
+    by what they really take; the others by guest shape, so one clean guest serves them all."""
+    platform, device = param(item, "platform"), param(item, "device")
+    if backend.takes_host_devices and (device is not None or item.get_closest_marker("passthrough")):
+        return backend.resource_group(device)
+    return platform.id if platform is not None else None
+
+
+def _deselect(config: pytest.Config, items: list[pytest.Item], drop: list[pytest.Item]) -> None:
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        dropped = set(map(id, drop))
+        items[:] = [i for i in items if id(i) not in dropped]
+
+
+def param(item: pytest.Item, name: str):
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get(name) if callspec else None
+
+
+def role_of(item: pytest.Item) -> str | None:
+    marker = item.get_closest_marker("scenario")
+    return marker.args[0] if marker else None
+
+
+def select_keywords(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``-k`` with whole-word matching for machine names (harness/keywords.py): ``-k pc`` means
+    the pc machine, not every ``pciehp`` test too."""
+    expr_text = (config.option.keyword or "").strip()
+    if not expr_text:
+        return
+    try:
+        expr = keywords.parse(expr_text)
+    except keywords.KeywordSyntaxError as e:
+        raise pytest.UsageError(str(e)) from e
+    if not {w.lower() for w in keywords.identifiers(expr)} & EXACT_KEYWORDS:
+        return  # pytest's own -k does the rest
+    drop = [item for item in items
+            if not keywords.evaluate(expr, keywords.matcher(item, EXACT_KEYWORDS))]
+    _deselect(config, items, drop)
+    config.option.keyword = ""  # already applied; pytest's own pass would undo the exact rule
+
+
+def require_loadgroup(config: pytest.Config, hs) -> None:
+    """Host devices are kept to one worker at a time by xdist groups, which only
+    ``--dist loadgroup`` honours: any other distribution could give one device to two workers."""
+    workers = getattr(config.option, "numprocesses", None)
+    dist = getattr(config.option, "dist", "no")
+    if hs.backend.takes_host_devices and workers not in (None, 0) and dist != "loadgroup":
+        raise pytest.UsageError(f"--backend {hs.backend.name} with -n {workers} needs --dist "
+                                f"loadgroup (not {dist}): it keeps each host device to one "
+                                "worker at a time")

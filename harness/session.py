@@ -1,0 +1,170 @@
+"""One process's share of a run: its configuration, its backend, its guest pool.
+
+The process that starts a run decides (run folder, pace, accelerator) and writes the run
+configuration (harness/runconfig.py); xdist workers and the run inside the lab host read it.
+Knows nothing of pytest: the plugin builds one from the parsed options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+from . import accel as accel_mod
+from . import backends, hygiene, images, options
+from . import pace as pace_mod
+from .errors import ConfigError
+from .images import GuestImage
+from .machine import MACHINES
+from .pool import GuestPool
+from .process import qemu_version, version_tuple
+from .runconfig import RunConfig
+
+#: Oldest QEMU the harness supports: ACPI hotplug into q35 root ports is the default from 6.1,
+#: DEVICE_UNPLUG_GUEST_ERROR exists from 6.2.
+MIN_QEMU = (6, 2)
+#: A run writes logs, bundles and reports; below this much free space it would fail half-way.
+MIN_FREE_BYTES = 20 << 20
+
+
+class HarnessSession:
+    """Per-process state: the run configuration, the backend, the image, the guest pool."""
+
+    def __init__(self, opt, *, config=None, worker: str = "", given: str | None = None):
+        """``opt``: the parsed options. ``given``: the path of the run configuration the
+        process that started the run wrote (an xdist worker, the run inside the lab host);
+        None in that process itself, which decides and writes it."""
+        self.config, self.option, self.worker = config, opt, worker
+        self.user_image = options.user_image(opt)
+        self.access = opt.guest_access or ("ssh" if self.user_image and not opt.guest_ready else "console")
+        self.keep_bundles, self.reuse = opt.keep_bundles, not opt.no_reuse
+        self._image: GuestImage | None = None
+        self._pool: GuestPool | None = None
+        self.run = RunConfig.load(given) if given else RunConfig.new(
+            Path(opt.report_dir), backend=opt.backend, qemu_binary=opt.qemu_binary,
+            machines=tuple(opt.machine or MACHINES), image="user" if self.user_image else "builtin")
+        decides = self.run.accel is None  # this process started the run
+        if decides:
+            _require_free_space(self.run.run_dir.parent)
+        self.backend = backends.make(self.run.backend, worker=worker, qemu_binary=opt.qemu_binary,
+                                     pace=None, lab=self.run.lab)
+        retries = opt.retry_dead_guest
+        self.test_attempts = 1 + (self.backend.dead_guest_retries if retries is None else retries)
+        self._seed_cloud_init(opt)
+        if decides:
+            self._decide()
+        self.pace = pace_mod.Pace(**self.run.pace)
+        self.backend.pace = self.pace
+        self.deadlines = self._deadlines(self.run.accel)
+        _require_qemu(self.qemu_binary, self.run.qemu_version)
+        self.swept = hygiene.sweep_stale() if decides else []
+        self.snapshot = hygiene.Snapshot.take(self.user_image, self.run.owner) if decides else None
+        self.hygiene_problems: list[str] = []
+        self.backend.setup(opt.inventory)
+        if decides and self.run.lab is not None:
+            from . import lab  # the outer run puts the inside's figures into lab.json
+
+            lab.write_inside_figures(self.run.lab.workdir, self.deadlines)
+
+    def _decide(self) -> None:
+        """Measure the machine, choose the accelerator, find QEMU's version: once per run,
+        written to the run folder for the run's other processes."""
+        where = "lab" if self.run.lab is not None else "host"
+        measured = pace_mod.Pace.measure(where, self.option.time_factor)
+        self.pace = measured
+        choice = accel_mod.choose(self.option.accel, probe=lambda: accel_mod.probe_boot(
+            self.image, self.qemu_binary, self._deadlines("kvm"),
+            attempts=self.backend.boot_attempts))
+        self.run = dataclasses.replace(
+            self.run, accel=choice.name, accel_reason=choice.reason,
+            qemu_version=qemu_version(self.qemu_binary), pace=dataclasses.asdict(measured))
+        self.run.write()
+
+    def _seed_cloud_init(self, opt) -> None:
+        if opt.guest_cloud_init:
+            # A stock cloud image: an SSH key made for the run, handed to cloud-init by a
+            # NoCloud seed (each process makes its own, in the run folder).
+            folder = self.run.run_dir / "cloud-init" / (self.worker or "main")
+            key, public = images.run_ssh_key(folder)
+            self.user_image = dataclasses.replace(self.user_image, ssh_key=key,
+                                                  seed=images.nocloud_seed(folder, public))
+
+    # What the run decided, by name.
+    run_dir = property(lambda self: self.run.run_dir)
+    accel = property(lambda self: self.run.accel)
+    accel_reason = property(lambda self: self.run.accel_reason)
+    qemu_version = property(lambda self: self.run.qemu_version)
+    machines = property(lambda self: self.run.machines)
+    qemu_binary = property(lambda self: self.run.qemu_binary)
+    inventory = property(lambda self: self.backend.inventory)
+    binder = property(lambda self: self.backend.binder)
+
+    def vfio_devices(self, role: str) -> list:
+        return self.backend.host_devices(role)
+
+    @property
+    def image(self) -> GuestImage:
+        if self._image is None:
+            if self.user_image:
+                self._image = self.user_image
+            else:
+                cache = Path(self.option.image_cache or images.DEFAULT_CACHE)
+                self._image = images.ensure_builtin(cache, log=lambda s: None)
+        return self._image
+
+    @property
+    def pool(self) -> GuestPool:
+        if self._pool is None:
+            self._pool = GuestPool(self.image, qemu_binary=self.qemu_binary, accel=self.accel,
+                                   deadlines=self.deadlines,
+                                   workdir=self.run_dir / "guests", reuse=self.reuse,
+                                   name_prefix=f"{self.worker or 'main'}-g",
+                                   boot_attempts=self.backend.boot_attempts, owner=self.run.owner)
+        return self._pool
+
+    def header(self) -> list[str]:
+        image = ("your own: " + ", ".join(str(p) for p in (self.user_image.kernel, self.user_image.disk) if p)
+                 if self.user_image else "built-in Debian guest (fixtures/images)")
+        return [f"hotplug-harness: backend={self.backend.name} accel={self.accel} ({self.accel_reason})",
+                f"hotplug-harness: qemu={self.qemu_binary} ({self.qemu_version}) machines={','.join(self.machines)} "
+                f"access={self.access}",
+                f"hotplug-harness: image={image}; run folder {self.run_dir}",
+                f"hotplug-harness: {self.deadlines.describe()}"]
+
+    def wants_role(self, role: str | None) -> bool:
+        """Whether this run covers scenarios of ``role`` (tests of no role always run)."""
+        roles = self.option.roles
+        return role is None or roles is None or role in roles
+
+    def _deadlines(self, accel: str) -> pace_mod.Deadlines:
+        return pace_mod.Deadlines.for_run(self.pace, accel=accel,
+                                          image="user" if self.user_image else "builtin",
+                                          boot=self.option.boot_timeout)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+        self.backend.close()
+
+
+def _require_free_space(report_root: Path) -> None:
+    report_root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(report_root).free
+    if free < MIN_FREE_BYTES:
+        raise ConfigError(f"the report folder {report_root} has {free >> 10} KiB free: writing this "
+                          f"run's logs and reports would fail with 'No space left on device'",
+                          hint=f"free space there (a run needs {MIN_FREE_BYTES >> 20} MiB or more) "
+                               "or pass --report-dir DIR")
+
+
+def _require_qemu(binary: str, version: str) -> None:
+    have = version_tuple(version)
+    if have is None:
+        raise ConfigError(f"QEMU binary {binary!r} is not usable ({version})",
+                          hint="install qemu-system-x86 (make setup) or pass --qemu-binary PATH")
+    if have < MIN_QEMU:
+        raise ConfigError(f"QEMU {version} ({binary}) is too old: the harness needs "
+                          f"{MIN_QEMU[0]}.{MIN_QEMU[1]} or newer",
+                          hint="install a newer QEMU (Debian 12 has 7.2, bookworm-backports 10.0) "
+                               "and pass it with --qemu-binary")
