@@ -15,6 +15,7 @@ from pathlib import Path
 from . import checks, latency, prereq
 from .access import _tail
 from .devices import HotplugDevice, Plugged
+from .errors import QemuLaunchError
 from .guest import Guest
 from .images import GuestImage
 from .machine import GuestSpec
@@ -35,6 +36,8 @@ class ScenarioRun:
         self.notes: list[str] = []
         self.fresh_only = False
         self.prerequisites: list = []
+        #: Guests that did not boot for this test (kept for the bundle).
+        self.failed_boots: list[Guest] = []
         self._clocks: dict[Guest, latency.ClockOffset] = {}
         self._record: dict | None = None
 
@@ -51,9 +54,16 @@ class ScenarioRun:
         if fresh:
             self.fresh_only = True
             self.pool.discard_idle(spec)
-        retried = len(self.pool.boot_retries)
-        guest = self.pool.acquire(spec, image)
-        self.notes += self.pool.boot_retries[retried:]
+        retried, booted = len(self.pool.boot_retries), len(self.pool.booted)
+        try:
+            guest = self.pool.acquire(spec, image)
+        except QemuLaunchError:
+            # The guest that could not boot goes into the bundle (its serial log, command line,
+            # replay script), as the test's first and only guest.
+            self.failed_boots += self.pool.booted[booted:]
+            raise
+        finally:
+            self.notes += self.pool.boot_retries[retried:]
         self.guests.append((guest, guest.log_sizes()))
         if check_prerequisites:
             if guest.prerequisites is None:
@@ -83,11 +93,11 @@ class ScenarioRun:
             self._clocks[guest] = latency.measure_offset(guest)
         add_sent = time.monotonic()
         plugged = device.plug(guest, device_id)
-        plugged.add_sent = add_sent
+        plugged.add_sent, plugged.guest, plugged.run = add_sent, guest, self
         self.plugged.append((guest, plugged))
         self.record(f"{device_id}.device_add", plugged.add_seconds)
-        fn = checks.pci_function(guest, device_id)
-        plugged.pci_address = fn.address if fn else None
+        plugged.function = checks.pci_function(guest, device_id)
+        plugged.pci_address = plugged.function.address if plugged.function else None
         return plugged
 
     def unplug(self, guest: Guest, plugged: Plugged, timeout: float | None = None):
@@ -134,14 +144,32 @@ class ScenarioRun:
         host afterwards)."""
         if self._record is not None:
             return self._record
-        cleanup_errors = []
         try:
             self._guest_side_latencies()
         except Exception as e:  # figures are a by-product; never let them mask the verdict
             self.notes.append(f"guest-side latencies not measured: {e}")
-        # Devices still attached after their unplug failed (the guest refused it, QEMU died):
-        # given back to the host only once their guest is closed, since a QEMU that still runs
-        # holds /dev/vfio/N and the host driver could not take the device back.
+        cleanup_errors: list[str] = []
+        stranded = self._unplug_what_is_left(cleanup_errors)
+        keep = self.keep_bundle or not passed or bool(cleanup_errors)
+        guests = self._give_guests_back(passed, keep, cleanup_errors)
+        for guest, plugged in stranded:
+            guest.close()  # (released above unless reusable, and a guest with errors is not)
+            self._give_back(guest, plugged, cleanup_errors)
+        record = {"latencies": self.latencies, "notes": self.notes, "guests": guests,
+                  "prerequisites": [f"{c.name}: {'ok' if c.ok else 'MISSING'} ({c.detail})"
+                                    for c in self.prerequisites],
+                  "cleanup_errors": cleanup_errors,
+                  "bundle": str(self.bundle_dir) if keep else None}
+        if keep:
+            self._write_record(record)
+        self._record = record
+        return record
+
+    def _unplug_what_is_left(self, errors: list[str]) -> list[tuple[Guest, Plugged]]:
+        """Unplug devices the test left plugged. Returns those still attached after their
+        unplug failed (the guest refused it, QEMU died): they are given back to the host only
+        once their guest is closed, since a QEMU that still runs holds /dev/vfio/N and the host
+        driver could not take the device back."""
         stranded: list[tuple[Guest, Plugged]] = []
         for guest, plugged in reversed(self.plugged):
             if plugged.removed:
@@ -151,11 +179,19 @@ class ScenarioRun:
                     plugged.device.unplug(guest, plugged, timeout=guest.deadlines.scaled(10))
                     continue
                 except Exception as e:  # the test already failed or will be marked failed
-                    cleanup_errors.append(f"unplug {plugged.device_id}: {e}")
+                    errors.append(f"unplug {plugged.device_id}: {e}")
             if not plugged.removed:
                 stranded.append((guest, plugged))
-        keep = self.keep_bundle or not passed or bool(cleanup_errors)
-        guests = []
+        return stranded
+
+    def _give_guests_back(self, passed: bool, keep: bool, cleanup_errors: list[str]) -> list[dict]:
+        """Bundle each guest (when the bundle is kept) and give it back to the pool, which
+        keeps it for reuse only when clean. Returns what the record says of each guest."""
+        guests = [{"name": g.name, "spec": g.spec.label, "boot_failed": True,
+                   "launch_marks": g.launch_marks, "qemu_exit_status": g.exit_status}
+                  for g in self.failed_boots]
+        for guest in self.failed_boots if keep else ():
+            self._bundle_guest(guest, {}, passed)
         for guest, marks in self.guests:
             if keep:
                 self._bundle_guest(guest, marks, passed)
@@ -168,23 +204,15 @@ class ScenarioRun:
                            "launch_marks": guest.launch_marks,
                            "after_test": verdict, "qemu_exit_status": guest.exit_status,
                            "died": died, "hung": hung})
-        for guest, plugged in stranded:
-            guest.close()  # (released above unless reusable, and a guest with errors is not)
-            self._give_back(guest, plugged, cleanup_errors)
-        record = {"latencies": self.latencies, "notes": self.notes, "guests": guests,
-                  "prerequisites": [f"{c.name}: {'ok' if c.ok else 'MISSING'} ({c.detail})"
-                                    for c in self.prerequisites],
-                  "cleanup_errors": cleanup_errors,
-                  "bundle": str(self.bundle_dir) if keep else None}
-        if keep:
-            self.bundle_dir.mkdir(parents=True, exist_ok=True)
-            (self.bundle_dir / "record.json").write_text(json.dumps(record, indent=2) + "\n")
-            host = {p.device_id: p.device.host_state() for _, p in self.plugged}
-            host = {k: v for k, v in host.items() if v is not None}
-            if host:
-                (self.bundle_dir / "host-vfio-state.json").write_text(json.dumps(host, indent=2) + "\n")
-        self._record = record
-        return record
+        return guests
+
+    def _write_record(self, record: dict) -> None:
+        self.bundle_dir.mkdir(parents=True, exist_ok=True)
+        (self.bundle_dir / "record.json").write_text(json.dumps(record, indent=2) + "\n")
+        host = {p.device_id: p.device.host_state() for _, p in self.plugged}
+        host = {k: v for k, v in host.items() if v is not None}
+        if host:
+            (self.bundle_dir / "host-vfio-state.json").write_text(json.dumps(host, indent=2) + "\n")
 
     def _give_back(self, guest: Guest, plugged: Plugged, errors: list[str],
                    attempts: int = 3) -> None:
@@ -216,7 +244,7 @@ class ScenarioRun:
                 except Exception as e:
                     (out / fname).write_text(f"could not read: {e}\n")
         # This test's slice of each log of a guest that may have served other tests before.
-        for path in guest.workdir.iterdir():
+        for path in (guest.workdir.iterdir() if guest.workdir.exists() else ()):
             if path.suffix not in (".log", ".jsonl"):
                 continue
             with open(path, "rb") as f:

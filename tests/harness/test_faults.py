@@ -70,11 +70,11 @@ def test_corrupt_image_is_refused_with_the_fix(hotplug_session, tmp_path):
 def test_hygiene_check_finds_what_a_run_left(hotplug_session, tmp_path, monkeypatch):
     """A guest deliberately not closed, and a modified image: the end-of-run check reports
     both (and kills the stray QEMU)."""
-    monkeypatch.setenv("HH_RUN_TAG", f"hygiene{os.getpid()}")
-    before = hygiene.Snapshot.take()
+    owner = f"hygiene{os.getpid()}"  # a run of its own
+    before = hygiene.Snapshot.take(owner=owner)
     run_dir = tmp_path / "run"
     g = Guest(GuestSpec(machine="pc"), hotplug_session.image, workdir=run_dir / "guests" / "g1",
-              qemu_binary=hotplug_session.qemu_binary, accel=hotplug_session.accel)
+              qemu_binary=hotplug_session.qemu_binary, accel=hotplug_session.accel, owner=owner)
     try:
         g.launch()
         problems = hygiene.check(before, run_dir, hotplug_session.image)
@@ -248,3 +248,37 @@ def test_interrupted_run_leaves_no_qemu_and_no_temp_folder(tmp_path, child_env, 
     left = sorted(Path(tempfile.gettempdir()).glob(f"hh-{run.pid}-*"))
     assert not left, f"temporary folders left: {left}\n{out[-3000:]}"
     assert not _processes_mentioning(str(reports)), _processes_mentioning(str(reports))
+
+
+NEVER_BOOTS = '''
+import pytest
+from harness.devices import PCI_PLATFORMS
+
+@pytest.mark.guest(platform=PCI_PLATFORMS[0], kernel_args=("rdinit=/nonexistent", "init=/nonexistent"))
+def test_hotplug_into_a_guest_that_cannot_boot(guest):
+    raise AssertionError("the test body ran: the guest fixture should have failed in set-up")
+'''
+
+
+def test_guest_that_cannot_boot_is_an_error_in_set_up_with_its_console_log(tmp_path, child_env):
+    """A guest whose kernel finds no init panics at boot: its test is an error in set-up (the
+    fixture ladder boots the guest before the test body), not a failed hotplug, and the bundle
+    holds the guest's serial log with the panic and its command line."""
+    import json
+
+    probe = tmp_path / "never_boots_test.py"  # outside the repository: nothing to leave there
+    probe.write_text(NEVER_BOOTS)
+    p = run_pytest(child_env, str(probe), "-c", str(REPO / "pytest.ini"), "--rootdir", str(REPO),
+                   "--report-dir", str(tmp_path / "r"), "--machine", "pc")
+    out = p.stdout + p.stderr
+    assert p.returncode == 1, out[-3000:]
+    assert "1 error" in out and "test body ran" not in out, out[-3000:]
+    [run] = (tmp_path / "r").glob("run-*")
+    [result] = json.loads((run / "summary.json").read_text())["tests"]
+    assert result["outcome"] == "error", result
+    assert result["failure_kind"] == "lab", result  # the guest, not the hotplug, is what broke
+    [guest] = result["guests"]
+    assert guest["boot_failed"], result
+    bundle = Path(result["bundle"])
+    assert "Kernel panic" in (bundle / guest["name"] / "serial.log").read_text(errors="replace")
+    assert (bundle / guest["name"] / "cmdline.txt").exists()

@@ -19,10 +19,10 @@ def add_and_online_cpu(hotplug, guest, cpu_id: str) -> int:
 
 
 @pytest.mark.scenario("cpu")
-def test_cpu_hotadd(hotplug, platform):
+@pytest.mark.guest(**HOTPLUG_ROOM, fresh=True)
+def test_cpu_hotadd(hotplug, platform, guest):
     """``device_add`` a CPU into a free slot; the guest sees a new CPU, onlines it, and runs
     with two."""
-    guest = hotplug.guest(platform.spec(**HOTPLUG_ROOM), fresh=True)  # an added CPU cannot leave
     assert guest.shell.succeed("cat /sys/devices/system/cpu/online").strip() == "0"
     index = add_and_online_cpu(hotplug, guest, "cpu1")
     assert guest.shell.succeed("cat /sys/devices/system/cpu/online").strip() == f"0-{index}"
@@ -31,13 +31,13 @@ def test_cpu_hotadd(hotplug, platform):
 
 
 @pytest.mark.scenario("cpu")
-def test_cpu_unplug(hotplug, platform):
+@pytest.mark.guest(**HOTPLUG_ROOM, fresh=True)
+def test_cpu_unplug(hotplug, platform, guest):
     """The guide (section 0) says CPU hot-unplug is not supported; that was true of its QEMU and
     RHEL 7 kernel, not of the QEMU versions this harness accepts (x86 CPU unplug through ACPI
     exists since QEMU 2.7). So this is a real test: hot-add, offline in the guest, ``device_del``
     with DEVICE_DELETED, and the CPU is gone from QEMU and from the guest. A QEMU or guest that
     refuses or crashes fails it, with what happened in the report."""
-    guest = hotplug.guest(platform.spec(**HOTPLUG_ROOM), fresh=True)
     index = add_and_online_cpu(hotplug, guest, "cpu1")
     guest.shell.succeed(f"echo 0 > /sys/devices/system/cpu/cpu{index}/online")
     result = guest.device_del("cpu1", timeout=guest.deadlines.scaled(10), grace=2)

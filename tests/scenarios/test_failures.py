@@ -22,35 +22,31 @@ def refused(guest, command: str, **arguments) -> QMPCommandError:
 
 
 @pytest.mark.parametrize("platform", NO_USB)
-def test_usb_device_without_usb_bus(hotplug, platform):
+def test_usb_device_without_usb_bus(platform, guest):
     """A USB device into a guest started without ``-usb``: QEMU refuses, naming the missing bus."""
-    guest = hotplug.guest(platform.spec())
     err = refused(guest, "device_add", driver="usb-tablet", id="tab0")
     assert re.fullmatch(r"No '?usb-bus'? bus found for device '?usb-tablet'?", err.qemu_desc), err.qemu_desc
     assert checks.lsusb(guest) == []
 
 
 @pytest.mark.parametrize("platform", [pytest.param(Q35, id="q35-acpi")])
-def test_pci_device_on_q35_root_bus(hotplug, platform):
+def test_pci_device_on_q35_root_bus(hotplug, platform, guest):
     """q35's root bus (pcie.0) takes no hotplug: devices go into a root port."""
-    guest = hotplug.guest(platform.spec())
     err = refused(guest, "device_add", driver="e1000e", id="nic0", bus="pcie.0")
     assert err.qemu_desc == "Bus 'pcie.0' does not support hotplugging", err.qemu_desc
     assert checks.pci_function(guest, "nic0") is None
 
 
 @pytest.mark.parametrize("platform", NO_USB)
-def test_device_del_unknown_id(hotplug, platform):
+def test_device_del_unknown_id(platform, guest):
     """``device_del`` of an id nobody added."""
-    guest = hotplug.guest(platform.spec())
     err = refused(guest, "device_del", id="nosuchdev")
     assert err.qemu_desc == "Device 'nosuchdev' not found", err.qemu_desc
 
 
 @pytest.mark.parametrize("platform", NO_USB)
-def test_duplicate_id(hotplug, platform):
+def test_duplicate_id(platform, guest):
     """A second ``device_add`` with an id already in use is refused; the first device stays."""
-    guest = hotplug.guest(platform.spec())
     bus = guest.free_bus()
     guest.device_add("e1000e", "nic0", bus=bus)
     try:
@@ -63,9 +59,8 @@ def test_duplicate_id(hotplug, platform):
 
 
 @pytest.mark.parametrize("platform", [pytest.param(PC, id="pc")])
-def test_slot_already_taken(hotplug, platform):
+def test_slot_already_taken(platform, guest):
     """A device at ``addr=0x06`` on pc while the guide's SATA controller sits there."""
-    guest = hotplug.guest(platform.spec())
     guest.device_add("ich9-ahci", "sata", bus="pci.0", addr="0x06")
     try:
         err = refused(guest, "device_add", driver="e1000e", id="nic0", bus="pci.0", addr="0x06")
@@ -76,12 +71,11 @@ def test_slot_already_taken(hotplug, platform):
 
 
 @pytest.mark.parametrize("platform", [pytest.param(PC, id="pc")])
-def test_unplug_refused_by_guest(hotplug, platform):
+@pytest.mark.guest(kernel_args=("acpi=off",), fresh=True, check_prerequisites=False)
+def test_unplug_refused_by_guest(hotplug, platform, guest):
     """A guest booted with ``acpi=off`` never answers pc's ACPI eject request. ``device_del``
     must end, within its deadline, with the verdict "guest-refused" while QEMU stays
     responsive, not hang; the guest is not reused."""
-    guest = hotplug.guest(platform.spec(kernel_args=("acpi=off",)), fresh=True,
-                          check_prerequisites=False)
     guest.device_add("e1000e", "nic0", bus=guest.free_bus())
     t0 = time.monotonic()
     with pytest.raises(UnplugError) as info:
@@ -94,11 +88,11 @@ def test_unplug_refused_by_guest(hotplug, platform):
 
 
 @pytest.mark.parametrize("platform", [pytest.param(PCI_PLATFORMS[2], id="q35-pciehp")])
-def test_unplug_verdict_guest_slow(hotplug, platform):
+@pytest.mark.guest(fresh=True)
+def test_unplug_verdict_guest_slow(hotplug, platform, guest):
     """Native PCIe hotplug waits 5 s after the attention button before the guest powers the slot
     off. With a 2 s deadline and a 10 s grace, the event comes late: the verdict is "guest-slow",
     not "guest-refused"."""
-    guest = hotplug.guest(platform.spec(), fresh=True)
     guest.device_add("e1000e", "nic0", bus=guest.free_bus())
     checks.guest_sees_pci(guest, checks.pci_function(guest, "nic0"))
     with pytest.raises(UnplugError) as info:
@@ -109,10 +103,10 @@ def test_unplug_verdict_guest_slow(hotplug, platform):
 
 
 @pytest.mark.parametrize("platform", [pytest.param(PC, id="pc")])
-def test_unplug_verdict_qemu_stuck(hotplug, platform):
+@pytest.mark.guest(fresh=True)
+def test_unplug_verdict_qemu_stuck(platform, guest):
     """QEMU stopped (SIGSTOP) under a device_del: the verdict is "qemu-stuck" within the
     deadline, not a hang; the guest is not reused."""
-    guest = hotplug.guest(platform.spec(), fresh=True)
     guest.device_add("e1000e", "nic0", bus=guest.free_bus())
     guest.process.send_signal(signal.SIGSTOP)
     t0 = time.monotonic()

@@ -9,11 +9,11 @@ HOTPLUG_ROOM = {"cpus": 1, "max_cpus": 2, "mem_slots": 2, "max_memory_mb": 2048}
 
 
 @pytest.mark.scenario("memory")
-def test_memory_hotadd(hotplug, platform):
+@pytest.mark.guest(**HOTPLUG_ROOM)
+def test_memory_hotadd(hotplug, platform, guest):
     """``object_add`` a 256 MiB backend and ``device_add`` a pc-dimm; the guest gets new
     memory blocks, onlines them (movable, so they can leave again) and MemTotal grows by
     256 MiB. ``device_del`` the DIMM; the blocks and the memory are gone."""
-    guest = hotplug.guest(platform.spec(**HOTPLUG_ROOM))
     size_mb = 256
     mem_before = probes.meminfo_kb(guest.shell.succeed("cat /proc/meminfo"))["MemTotal"]
     blocks_before = set(guest.shell.succeed("ls /sys/devices/system/memory | grep memory").split())

@@ -6,20 +6,19 @@ from harness import checks
 
 
 @pytest.mark.scenario("nic")
-def test_nic(hotplug, platform, device):
+def test_nic(hotplug, platform, device, guest):
     """A guest booted with no NIC at all (the guide's ``-net none``), driven over its serial
     console (with ``--guest-access ssh`` it also has a management NIC, which the checks skip). ``device_add`` the NIC as ``nic0``; the monitor lists it (``info pci`` shows
     ``id "nic0"``); the guest's ``lspci`` shows the Ethernet controller and its driver binds; a
     new interface gets an address by DHCP, has the default route, and pings its gateway.
     ``device_del nic0``; it is gone from ``info pci``, ``query-pci`` and the guest's ``lspci``.
     """
-    guest = hotplug.guest(platform.spec())
     interfaces = checks.net_interfaces(guest)
     if guest.spec.access == "console":
         assert interfaces == {"lo"}, f"the guest must start with no network, it has {interfaces}"
 
     nic = hotplug.plug(guest, device, "nic0")
-    fn = checks.pci_function(guest, "nic0")
+    fn = nic.function
     assert fn is not None, "query-pci does not list nic0 after device_add"
     info = checks.monitor_shows(guest, "nic0")
     assert info.class_name == "Ethernet controller", info
@@ -30,11 +29,11 @@ def test_nic(hotplug, platform, device):
     ifname = checks.new_interface(guest, interfaces)
     address = checks.ipv4_address(guest, ifname)
     gateway = checks.default_gateway(guest, ifname)
-    assert gateway == nic.facts["gateway"], f"default route via {gateway}, expected {nic.facts['gateway']}"
+    assert gateway == nic.facts.gateway, f"default route via {gateway}, expected {nic.facts.gateway}"
     guest.shell.succeed(f"ping -c 2 -W 2 -I {ifname} {gateway}")
     hotplug.note(f"{ifname} got {address}, default via {gateway}")
 
-    result = hotplug.unplug(guest, nic)
+    result = nic.unplug()
     assert result.event, "the NIC left QEMU without a DEVICE_DELETED event"
     checks.monitor_lacks(guest, "nic0")
     checks.guest_lacks_pci(guest, fn)

@@ -34,24 +34,25 @@ def _refused(guest, device_id: str, host: str) -> HostDeviceError:
     return err
 
 
-def test_device_on_host_driver(hotplug, hotplug_session):
+@pytest.mark.guest(platform=Q35)
+def test_device_on_host_driver(hotplug_session, guest):
     """A device still on its host driver (not bound to vfio-pci): QEMU cannot open its group."""
     bdf = _nic(hotplug_session).bdf
     fs = Sysfs.of("/")
     driver = fs.pci_device(bdf).driver
     assert driver not in (None, VFIO), f"{bdf} should start on its host driver, it is on {driver}"
-    guest = hotplug.guest(Q35.spec())
     err = _refused(guest, "nic0", bdf)
     assert err.message == f"{bdf} is on its host driver {driver}, not on vfio-pci", err
     assert fs.pci_device(bdf).driver == driver
 
 
-def test_group_not_viable(hotplug, hotplug_session):
+@pytest.mark.guest(platform=Q35)
+def test_group_not_viable(hotplug_session, guest):
     """A device whose IOMMU group it shares with devices on host drivers (q35's 00:1f.x: the LPC
     bridge, AHCI and SMBus): the binder refuses to take the group, and bound alone by hand it
     is "not viable" to QEMU."""
     hs = hotplug_session
-    if hs.backend != "lab":
+    if hs.backend.name != "lab":
         pytest.skip("needs a device that shares its IOMMU group with host devices (the lab "
                     "host's 00:1f.2); the harness does not do this to a real host's devices")
     from harness import lab
@@ -68,7 +69,6 @@ def test_group_not_viable(hotplug, hotplug_session):
     assert "would have to leave the host for vfio-pci too" in info.value.message
     assert fs.pci_device(bdf).driver == dev.driver, "the refused bind changed a driver"
 
-    guest = hotplug.guest(Q35.spec())
     # By hand, what the binder refused: this one function alone onto vfio-pci (the binder's own
     # steps, without its group plan), and back the way `harness restore` gives devices back.
     _move_to_vfio(fs, dev, timeout=5)
@@ -83,21 +83,22 @@ def test_group_not_viable(hotplug, hotplug_session):
         assert back.status == "restored", back
 
 
-def test_device_already_attached(hotplug, hotplug_session):
+@pytest.mark.guest(platform=Q35)
+def test_device_already_attached(hotplug, hotplug_session, guest):
     """The same host device passed through twice to one guest."""
     hs = hotplug_session
     entry = _nic(hs)
     device = next(d for d in hs.vfio_devices("nic") if d.entry == entry)
-    guest = hotplug.guest(Q35.spec())
     nic = hotplug.plug(guest, device, "nic0")
     err = _refused(guest, "nic1", entry.bdf)
     assert err.message == (f"{entry.bdf} is already passed through to this QEMU by another "
                            "vfio-pci device"), err
     assert checks.pci_function(guest, "nic0") is not None, "the first device went away"
-    assert hotplug.unplug(guest, nic).event
+    assert nic.unplug().event
 
 
-def test_missing_device(hotplug, hotplug_session):
+@pytest.mark.guest(platform=Q35)
+def test_missing_device(hotplug_session, guest):
     """A host address with no device behind it: refused by the inventory before anything
     changes on the host, and by QEMU when given to device_add directly."""
     fs = Sysfs.of("/")
@@ -111,12 +112,14 @@ def test_missing_device(hotplug, hotplug_session):
     assert f"PCI device {missing} does not exist on this host" in info.value.problems[0], \
         info.value.problems
 
-    guest = hotplug.guest(Q35.spec())
     err = _refused(guest, "nic0", missing)
     assert err.message == f"there is no PCI device {missing} on this host", err
 
 
-def test_refused_unplug_gives_the_device_back_after_its_guest_is_closed(hotplug, hotplug_session):
+@pytest.mark.guest(platform=PCI_PLATFORMS[0], kernel_args=("acpi=off",), fresh=True,
+                  check_prerequisites=False)
+def test_refused_unplug_gives_the_device_back_after_its_guest_is_closed(hotplug, hotplug_session,
+                                                                         guest):
     """A guest that refuses the unplug (pc booted with acpi=off never ejects) keeps the host
     device while its QEMU runs: the harness closes that guest first, then gives the device back
     to its host driver, and the journal ends with no entry for it. (It used to release the
@@ -130,8 +133,6 @@ def test_refused_unplug_gives_the_device_back_after_its_guest_is_closed(hotplug,
     device = next(d for d in hs.vfio_devices("nic") if d.entry == entry)
     fs = Sysfs.of("/")
     host_driver = fs.pci_device(entry.bdf).driver
-    guest = hotplug.guest(PCI_PLATFORMS[0].spec(kernel_args=("acpi=off",)), fresh=True,
-                          check_prerequisites=False)
     hotplug.plug(guest, device, "nic0")
     assert fs.pci_device(entry.bdf).driver == VFIO
     with pytest.raises(UnplugError) as info:

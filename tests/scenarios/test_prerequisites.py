@@ -7,11 +7,10 @@ from harness.prereq import check_driver
 
 
 @pytest.mark.parametrize("platform", [pytest.param(p, id=p.id) for p in PCI_PLATFORMS])
-def test_prerequisites(hotplug, platform):
+def test_prerequisites(hotplug, platform, guest):
     """The guest's firmware is SeaBIOS (QEMU's default, as the guide says), its kernel has the
     hotplug support this machine's path uses, and the drivers of every emulated stand-in are
     there."""
-    guest = hotplug.guest(platform.spec())  # raises PrerequisiteError naming what is missing
     checks = {c.name: c for c in guest.prerequisites}
     assert checks["firmware"].detail.startswith("SeaBIOS"), checks["firmware"]
     for c in guest.prerequisites:

@@ -6,7 +6,7 @@ from harness import checks
 
 
 @pytest.mark.scenario("sata-controller")
-def test_sata_controller(hotplug, platform, device):
+def test_sata_controller(hotplug, platform, device, guest):
     """``device_add`` the SATA controller as ``sata`` (on pc at ``addr=0x06`` as in the guide; on
     q35 into a root port, as its root bus takes no hotplug); ``info pci`` shows a SATA controller
     with ``id "sata"``; the guest's ``lspci -k`` shows ``Kernel driver in use: ahci``; the disk
@@ -16,7 +16,6 @@ def test_sata_controller(hotplug, platform, device):
     disk on a hot-added virtio-scsi controller (same ``sd`` layer and ``/dev/sdX`` name in the
     guest); with ``--backend vfio`` it is the disk behind the real controller.
     """
-    guest = hotplug.guest(platform.spec())
     disks_before = checks.disks(guest)
 
     sata = hotplug.plug(guest, device, "sata")
@@ -25,16 +24,16 @@ def test_sata_controller(hotplug, platform, device):
     if platform.machine == "pc":
         assert (info.bus, info.device, info.function) == (0, 6, 0), \
             f"the guide puts the controller at bus 0 device 6; info pci says {info}"
-    fn = checks.pci_function(guest, "sata")
+    fn = sata.function
     assert checks.guest_sees_pci(guest, fn).class_name == "SATA controller"
     checks.guest_driver_bound(guest, fn, device.guest_driver)
-    disk = checks.new_disk(guest, disks_before, sata.facts["disk_bytes"])
+    disk = checks.new_disk(guest, disks_before, sata.facts.disk_bytes)
     listing = guest.shell.succeed(f"fdisk -l {disk.device}")
     assert f"{disk.device}1" in listing and f"{disk.device}2" in listing, listing
-    if "disk_note" in sata.facts:
-        hotplug.note(sata.facts["disk_note"])
+    if sata.facts.note:
+        hotplug.note(sata.facts.note)
 
-    result = hotplug.unplug(guest, sata)
+    result = sata.unplug()
     assert result.event, "the SATA controller left QEMU without a DEVICE_DELETED event"
     checks.monitor_lacks(guest, "sata")
     checks.guest_lacks_pci(guest, fn)
