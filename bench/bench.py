@@ -78,7 +78,7 @@ def cycle(guest: Guest, device, device_id: str) -> dict[str, float]:
     if device.role == "nic":
         checks.ipv4_address(guest, checks.new_interface(guest, {"lo"}))
     elif device.role == "usb-device":
-        checks.guest_usb_appears(guest, before_usb, plugged.facts["product"])
+        checks.guest_usb_appears(guest, before_usb, plugged.facts.product)
     elif fn is not None:
         checks.guest_driver_bound(guest, fn, device.guest_driver)
     del_sent = time.monotonic()

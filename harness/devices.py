@@ -33,21 +33,51 @@ PCI_PLATFORMS = (Platform("pc", "pc"), Platform("q35-acpi", "q35"),
                  Platform("q35-pciehp", "q35", pci_hotplug="pciehp"))
 
 
+@dataclasses.dataclass(frozen=True)
+class Facts:
+    """What the checks expect of a plugged device (None: not this role's, or not known)."""
+
+    #: nic: the address the guest pings through it (its default route's gateway).
+    gateway: str | None = None
+    #: usb-device: its name as the guest's lsusb shows it, and as `info usb` shows it.
+    product: str | None = None
+    monitor_product: str | None = None
+    #: A disk comes with the device (usb-storage, a SATA controller's disk): its size.
+    disk_bytes: int | None = None
+    #: usb-controller: the name of the USB device behind it, as the guest's lsusb shows it.
+    behind_product: str | None = None
+    #: A line for the report about how the role is played here.
+    note: str | None = None
+
+
 @dataclasses.dataclass
 class Plugged:
-    """A device the test hot-added; ``unplug`` undoes everything ``plug`` did."""
+    """A device the test hot-added, bound to its guest: ``unplug()`` undoes everything its
+    ``plug`` did. Made by :meth:`harness.scenario.ScenarioRun.plug`."""
 
     device_id: str
     device: "HotplugDevice"
     add_seconds: float
     bus: str | None = None
-    #: Role-specific facts the checks need (a NIC's gateway, a disk's size, ...).
-    facts: dict = dataclasses.field(default_factory=dict)
+    facts: Facts = Facts()
+    #: What the device model keeps to undo its plug (a netdev, a disk node, a vfio lease).
+    own: dict = dataclasses.field(default_factory=dict)
     removed: bool = False
     #: Host monotonic time device_add was sent, and the guest address QEMU gave a PCI device.
     add_sent: float = 0.0
     del_sent: float = 0.0
     pci_address: str | None = None
+    #: Where ``query-pci`` listed the device just after ``device_add`` (a
+    #: :class:`harness.probes.PciFunction`; None for a USB device).
+    function: object = None
+    #: The guest it is plugged into, and the test's ScenarioRun (set by ScenarioRun.plug).
+    guest: object = None
+    run: object = dataclasses.field(default=None, repr=False)
+
+    def unplug(self, timeout: float | None = None):
+        """``device_del`` and wait for its completion (default deadline: the guest's unplug
+        deadline); the latency is recorded for the report."""
+        return self.run.unplug(self.guest, self, timeout)
 
 
 class HotplugDevice:
@@ -99,11 +129,11 @@ class EmulatedNic(EmulatedModel):
         guest.qmp("netdev_add", type="user", id=netdev, net=f"10.0.{subnet}.0/24")
         bus = guest.free_bus()
         seconds = guest.device_add(self.driver, device_id, bus=bus, netdev=netdev)
-        return Plugged(device_id, self, seconds, bus,
-                       facts={"gateway": f"10.0.{subnet}.2", "netdev": netdev})
+        return Plugged(device_id, self, seconds, bus, Facts(gateway=f"10.0.{subnet}.2"),
+                       own={"netdev": netdev})
 
     def cleanup(self, guest, plugged: Plugged) -> None:
-        guest.qmp("netdev_del", id=plugged.facts["netdev"])
+        guest.qmp("netdev_del", id=plugged.own["netdev"])
 
 
 def _disk_image(path, size: int) -> None:
@@ -150,19 +180,18 @@ class EmulatedUsbDevice(HotplugDevice):
         self.disk_bytes = disk_bytes
 
     def plug(self, guest, device_id: str) -> Plugged:
-        props = {}
-        facts = {"product": self.product, "monitor_product": self.monitor_product}
+        props, own = {}, {}
         if self.disk_bytes:
-            node = f"{device_id}-disk"
-            _add_disk(guest, node, self.disk_bytes)
-            props["drive"] = node
-            facts.update(disk_node=node, disk_bytes=self.disk_bytes)
+            own["disk_node"] = props["drive"] = f"{device_id}-disk"
+            _add_disk(guest, props["drive"], self.disk_bytes)
         seconds = guest.device_add(self.driver, device_id, **props)
-        return Plugged(device_id, self, seconds, facts=facts)
+        return Plugged(device_id, self, seconds, facts=Facts(
+            product=self.product, monitor_product=self.monitor_product,
+            disk_bytes=self.disk_bytes or None), own=own)
 
     def cleanup(self, guest, plugged: Plugged) -> None:
-        if "disk_node" in plugged.facts:
-            _del_disk(guest, plugged.facts["disk_node"])
+        if "disk_node" in plugged.own:
+            _del_disk(guest, plugged.own["disk_node"])
 
 
 class EmulatedUsbController(EmulatedModel):
@@ -175,8 +204,8 @@ class EmulatedUsbController(EmulatedModel):
         seconds = guest.device_add(self.driver, device_id, bus=bus)
         behind = f"{device_id}-tablet"
         guest.device_add("usb-tablet", behind, bus=f"{device_id}.0")
-        return Plugged(device_id, self, seconds, bus,
-                       facts={"behind_id": behind, "behind_product": "QEMU USB Tablet"})
+        return Plugged(device_id, self, seconds, bus, Facts(behind_product="QEMU USB Tablet"),
+                       own={"behind_id": behind})
 
 
 class EmulatedSataController(HotplugDevice):
@@ -195,22 +224,21 @@ class EmulatedSataController(HotplugDevice):
 
     def plug(self, guest, device_id: str) -> Plugged:
         bus = guest.free_bus()
-        where = {"addr": "0x06"} if bus == "pci.0" else {}
-        seconds = guest.device_add("ich9-ahci", device_id, bus=bus, **where)
+        seconds = guest.device_add("ich9-ahci", device_id, bus=bus,
+                                   **guest.spec.fixed_slot(self.role, bus))
         hba, disk, node = f"{device_id}-hba", f"{device_id}-disk", f"{device_id}-disk0"
         guest.device_add("virtio-scsi-pci", hba, bus=guest.free_bus())
         _add_disk(guest, node, self.disk_bytes)
         guest.device_add("scsi-hd", disk, bus=f"{hba}.0", drive=node)
-        return Plugged(device_id, self, seconds, bus,
-                       facts={"disk_bytes": self.disk_bytes, "disk_carrier": [disk, hba],
-                              "disk_node": node,
-                              "disk_note": "disk on a hot-added virtio-scsi controller: QEMU "
-                                           "cannot hot-add a disk onto AHCI"})
+        return Plugged(device_id, self, seconds, bus, Facts(
+            disk_bytes=self.disk_bytes, note="disk on a hot-added virtio-scsi controller: QEMU "
+                                             "cannot hot-add a disk onto AHCI"),
+            own={"disk_carrier": [disk, hba], "disk_node": node})
 
     def cleanup(self, guest, plugged: Plugged) -> None:
-        for carrier in plugged.facts["disk_carrier"]:
+        for carrier in plugged.own["disk_carrier"]:
             guest.device_del(carrier, timeout=guest.deadlines.unplug)
-        _del_disk(guest, plugged.facts["disk_node"])
+        _del_disk(guest, plugged.own["disk_node"])
 
 
 class Placeholder(HotplugDevice):
@@ -245,22 +273,18 @@ class VfioPci(HotplugDevice):
         lease = self.binder.bind(self.entry.bdf, allowed=self.allowed)
         try:
             bus = guest.free_bus()
-            # The guide puts the SATA controller at slot 6 of pc's root bus.
-            where = {"addr": "0x06"} if self.role == "sata-controller" and bus == "pci.0" else {}
-            seconds = guest.device_add("vfio-pci", device_id, host=self.entry.bdf, bus=bus, **where)
+            seconds = guest.device_add("vfio-pci", device_id, host=self.entry.bdf, bus=bus,
+                                       **guest.spec.fixed_slot(self.role, bus))
         except BaseException:
             lease.release()
             raise
-        facts = {"lease": lease}
-        for key in ("gateway", "disk_bytes", "product"):
-            if getattr(self.entry, key, None) is not None:
-                facts[key] = getattr(self.entry, key)
-        if "product" in facts:
-            facts["behind_product"] = facts.pop("product")
-        return Plugged(device_id, self, seconds, bus, facts=facts)
+        e = self.entry
+        return Plugged(device_id, self, seconds, bus, Facts(
+            gateway=getattr(e, "gateway", None), disk_bytes=getattr(e, "disk_bytes", None),
+            behind_product=getattr(e, "product", None)), own={"lease": lease})
 
     def cleanup(self, guest, plugged: Plugged) -> None:
-        plugged.facts["lease"].release()
+        plugged.own["lease"].release()
 
     def host_state(self) -> list[dict]:
         from .host.binding import vfio_state
@@ -289,10 +313,9 @@ class UsbHost(HotplugDevice):
         props = ({"hostbus": e.hostbus, "hostaddr": e.hostaddr} if self.form == "busaddr"
                  else {"vendorid": int(e.vendorid, 16), "productid": int(e.productid, 16)})
         seconds = guest.device_add("usb-host", device_id, **props)
-        facts = {"product": e.product or "", "monitor_product": e.product or ""}
-        if getattr(e, "disk_bytes", None):
-            facts["disk_bytes"] = e.disk_bytes
-        return Plugged(device_id, self, seconds, facts=facts)
+        return Plugged(device_id, self, seconds, facts=Facts(
+            product=e.product or "", monitor_product=e.product or "",
+            disk_bytes=getattr(e, "disk_bytes", None) or None))
 
 
 EMULATED = {

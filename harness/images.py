@@ -356,6 +356,19 @@ def _make_ssh_key(out: Path) -> str:
     return pub
 
 
+def _finish_root(recipe: Recipe, root: Path, kroot: Path, kver: str) -> None:
+    """The kernel's config, the recipe's overlay, mount points, busybox applets, /bin/sh."""
+    (root / "boot").mkdir(exist_ok=True)
+    shutil.copy2(kroot / f"boot/config-{kver}", root / f"boot/config-{kver}")
+    shutil.copytree(recipe.folder / "overlay", root, symlinks=True, dirs_exist_ok=True)
+    for d in ("proc", "sys", "dev", "run", "tmp", "root/.ssh", "mnt"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    _link_busybox_applets(root)
+    (root / "bin/sh").unlink(missing_ok=True)
+    (root / "usr/bin/sh").unlink(missing_ok=True)
+    (root / "usr/bin/sh").symlink_to("dash")
+
+
 def build(recipe: Recipe, out_dir: Path, log=print) -> dict:
     """Build the image into ``out_dir`` (which must not exist yet). Returns the manifest."""
     t0 = time.monotonic()
@@ -371,16 +384,7 @@ def build(recipe: Recipe, out_dir: Path, log=print) -> dict:
 
         kver = kpkg.removeprefix("linux-image-")
         order = _add_modules(root, kroot, kver, recipe.modules)
-        (root / "boot").mkdir(exist_ok=True)
-        shutil.copy2(kroot / f"boot/config-{kver}", root / f"boot/config-{kver}")
-
-        shutil.copytree(recipe.folder / "overlay", root, symlinks=True, dirs_exist_ok=True)
-        for d in ("proc", "sys", "dev", "run", "tmp", "root/.ssh", "mnt"):
-            (root / d).mkdir(parents=True, exist_ok=True)
-        _link_busybox_applets(root)
-        (root / "bin/sh").unlink(missing_ok=True)
-        (root / "usr/bin/sh").unlink(missing_ok=True)
-        (root / "usr/bin/sh").symlink_to("dash")
+        _finish_root(recipe, root, kroot, kver)
 
         stage = tmp / "out"
         stage.mkdir()

@@ -58,11 +58,28 @@ class GuestSpec:
             raise ValueError(f"access must be one of {ACCESS}, not {self.access!r}")
 
     @property
+    def root_port_ids(self) -> tuple[str, ...]:
+        """q35's free root ports (none on pc)."""
+        return tuple(f"rp{i}" for i in range(self.root_ports)) if self.machine == "q35" else ()
+
+    @property
     def hotplug_bus_ids(self) -> tuple[str, ...]:
         """The buses a PCI device may be hot-added to: q35 root ports, or pc's root bus."""
-        if self.machine == "q35":
-            return tuple(f"rp{i}" for i in range(self.root_ports))
-        return ("pci.0",)
+        return self.root_port_ids or ("pci.0",)
+
+    @property
+    def one_device_per_bus(self) -> bool:
+        """A q35 root port takes one device; pc's root bus takes many."""
+        return self.machine == "q35"
+
+    @property
+    def root_bus(self) -> str:
+        return "pcie.0" if self.machine == "q35" else "pci.0"
+
+    def fixed_slot(self, role: str, bus: str) -> dict[str, str]:
+        """Where the guide puts a role's device on ``bus``: the SATA controller at slot 6 of
+        pc's root bus (``addr=0x06``); anywhere else QEMU chooses."""
+        return {"addr": "0x06"} if role == "sata-controller" and bus == "pci.0" else {}
 
     @property
     def usb_controller(self) -> str:
@@ -107,37 +124,47 @@ def build_argv(spec: GuestSpec, boot: GuestImage, paths: Paths, *, qemu_binary: 
             "-accel", "tcg,tb-size=128" if accel == "tcg" else accel,
             "-cpu", "host" if accel == "kvm" else "max"]
 
-    smp = str(spec.cpus)
-    if spec.max_cpus:
-        smp += f",maxcpus={spec.max_cpus}"
-    argv += ["-smp", smp]
-    mem = f"{spec.memory_mb}M"
-    if spec.mem_slots:
-        mem += f",slots={spec.mem_slots},maxmem={spec.max_memory_mb}M"
-    argv += ["-m", mem]
-
+    argv += _sizes(spec)
     argv += ["-chardev", f"socket,id=qmp,path={paths.qmp_socket},server=on,wait=off",
              "-mon", "chardev=qmp,mode=control",
              "-chardev", f"socket,id=ser0,path={paths.console_socket},server=on,wait=off,"
                          f"logfile={paths.serial_log}",
              "-serial", "chardev:ser0"]
+    argv += _buses(spec)
+    if spec.access == "ssh":
+        argv += ["-netdev", "user,id=mgmt,net=10.0.2.0/24,hostfwd=tcp:127.0.0.1:0-:22",
+                 "-device", f"virtio-net-pci,netdev=mgmt,id=mgmt0,bus={spec.root_bus}"]
+    argv += _boot(spec, boot, paths)
+    return argv
 
+
+def _sizes(spec: GuestSpec) -> list[str]:
+    """CPUs and memory, with room for hot-added ones when the spec asks for it."""
+    smp = str(spec.cpus) + (f",maxcpus={spec.max_cpus}" if spec.max_cpus else "")
+    mem = f"{spec.memory_mb}M"
+    if spec.mem_slots:
+        mem += f",slots={spec.mem_slots},maxmem={spec.max_memory_mb}M"
+    return ["-smp", smp, "-m", mem]
+
+
+def _buses(spec: GuestSpec) -> list[str]:
+    """q35's root ports (the hotplug slots) and its PCI hotplug path; the USB bus."""
+    argv = []
     if spec.machine == "q35":
-        for i in range(spec.root_ports):
-            argv += ["-device", f"pcie-root-port,id=rp{i},bus=pcie.0,chassis={i + 1},slot={i + 1}"]
+        for i, port in enumerate(spec.root_port_ids):
+            argv += ["-device", f"pcie-root-port,id={port},bus=pcie.0,chassis={i + 1},slot={i + 1}"]
         if spec.pci_hotplug == "pciehp":
             argv += ["-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off"]
-
     if spec.usb == "default":
         argv += ["-usb"]
     elif spec.usb == "xhci":
         argv += ["-device", "qemu-xhci,id=xhci"]
+    return argv
 
-    if spec.access == "ssh":
-        argv += ["-netdev", "user,id=mgmt,net=10.0.2.0/24,hostfwd=tcp:127.0.0.1:0-:22",
-                 "-device", "virtio-net-pci,netdev=mgmt,id=mgmt0"
-                            + (",bus=pcie.0" if spec.machine == "q35" else "")]
 
+def _boot(spec: GuestSpec, boot: GuestImage, paths: Paths) -> list[str]:
+    """Kernel, initrd and command line; the disk (always through the overlay); a seed."""
+    argv = []
     if boot.kernel:
         argv += ["-kernel", str(boot.kernel)]
         if boot.initrd:

@@ -172,61 +172,68 @@ class Monitor:
                                   f"device_del {device_id}: QEMU did not answer the command within "
                                   f"{min(timeout, self.command_timeout):.1f} s",
                                   hint="QEMU is hung: see its output and the QMP transcript") from None
-            deadline = t0 + timeout
-            while True:
-                now = time.monotonic()
-                if now >= deadline:
-                    break
-                try:
-                    event = await asyncio.wait_for(listener.get(), min(poll, deadline - now))
-                except asyncio.TimeoutError:
-                    try:
-                        present = await self._present(device_id)
-                    except asyncio.TimeoutError:
-                        raise UnplugError(device_id, "qemu-stuck",
-                                          f"device_del {device_id}: QEMU stopped answering QMP "
-                                          f"{time.monotonic() - t0:.1f} s after the request",
-                                          hint="QEMU is hung: see its output and the QMP transcript")
-                    if not present:
-                        return await self._settle(listener, device_id, t0)
-                    continue
-                if event["data"].get("device") != device_id:
-                    continue  # a child object's event, or another device's
-                if event["event"] == "DEVICE_UNPLUG_GUEST_ERROR":
-                    raise UnplugError(device_id, "guest-refused",
-                                      f"device_del {device_id}: the guest reported an error "
-                                      f"(DEVICE_UNPLUG_GUEST_ERROR) after {time.monotonic() - t0:.2f} s",
-                                      hint="check the guest's dmesg in the bundle")
-                return UnplugResult(device_id, time.monotonic() - t0, event=True)
+            done = await self._until_deleted(listener, device_id, t0, t0 + timeout, poll)
+            return done or await self._verdict_after_deadline(listener, device_id, t0, timeout, grace)
 
-            # Deadline passed. Is QEMU alive? Did the guest answer late?
+    async def _until_deleted(self, listener, device_id: str, t0: float, deadline: float,
+                             poll: float) -> UnplugResult | None:
+        """Wait until ``deadline`` for the device's DEVICE_DELETED, or for it to leave the device
+        tree without one; None if neither happened."""
+        while (now := time.monotonic()) < deadline:
             try:
-                event = await asyncio.wait_for(self._late_event(listener, device_id), grace)
+                event = await asyncio.wait_for(listener.get(), min(poll, deadline - now))
             except asyncio.TimeoutError:
-                event = None
-            waited = time.monotonic() - t0
-            if event is not None and event["event"] == "DEVICE_DELETED":
-                raise UnplugError(device_id, "guest-slow",
-                                  f"device_del {device_id}: DEVICE_DELETED came after {waited:.1f} s, "
-                                  f"past the {timeout} s deadline",
-                                  hint="the guest is slow to release the device; raise the deadline "
-                                       "only if this is expected")
-            try:
-                present = await self._present(device_id)
-            except asyncio.TimeoutError:
-                raise UnplugError(device_id, "qemu-stuck",
-                                  f"device_del {device_id}: no DEVICE_DELETED in {waited:.1f} s and "
-                                  "QEMU no longer answers QMP",
-                                  hint="QEMU is hung: see its output and the QMP transcript")
-            if not present:
-                return await self._settle(listener, device_id, t0)
-            raise UnplugError(device_id, "guest-refused",
-                              f"device_del {device_id}: no DEVICE_DELETED in {waited:.1f} s "
-                              f"({timeout} s deadline + {grace} s grace); QEMU answers and the "
-                              "device is still attached, so the guest never released it",
-                              hint="the guest must support PCI hotplug (CONFIG_HOTPLUG_PCI_ACPI / "
-                                   "_PCIE, or modprobe acpiphp on old kernels) and its driver must "
-                                   "let go of the device")
+                try:
+                    present = await self._present(device_id)
+                except asyncio.TimeoutError:
+                    raise UnplugError(device_id, "qemu-stuck",
+                                      f"device_del {device_id}: QEMU stopped answering QMP "
+                                      f"{time.monotonic() - t0:.1f} s after the request",
+                                      hint="QEMU is hung: see its output and the QMP transcript")
+                if not present:
+                    return await self._settle(listener, device_id, t0)
+                continue
+            if event["data"].get("device") != device_id:
+                continue  # a child object's event, or another device's
+            if event["event"] == "DEVICE_UNPLUG_GUEST_ERROR":
+                raise UnplugError(device_id, "guest-refused",
+                                  f"device_del {device_id}: the guest reported an error "
+                                  f"(DEVICE_UNPLUG_GUEST_ERROR) after {time.monotonic() - t0:.2f} s",
+                                  hint="check the guest's dmesg in the bundle")
+            return UnplugResult(device_id, time.monotonic() - t0, event=True)
+        return None
+
+    async def _verdict_after_deadline(self, listener, device_id: str, t0: float, timeout: float,
+                                      grace: float) -> UnplugResult:
+        """The deadline passed. Did the guest answer late? Is QEMU alive? A device that left
+        the tree after all is a result; anything else raises :class:`UnplugError`."""
+        try:
+            event = await asyncio.wait_for(self._late_event(listener, device_id), grace)
+        except asyncio.TimeoutError:
+            event = None
+        waited = time.monotonic() - t0
+        if event is not None and event["event"] == "DEVICE_DELETED":
+            raise UnplugError(device_id, "guest-slow",
+                              f"device_del {device_id}: DEVICE_DELETED came after {waited:.1f} s, "
+                              f"past the {timeout} s deadline",
+                              hint="the guest is slow to release the device; raise the deadline "
+                                   "only if this is expected")
+        try:
+            present = await self._present(device_id)
+        except asyncio.TimeoutError:
+            raise UnplugError(device_id, "qemu-stuck",
+                              f"device_del {device_id}: no DEVICE_DELETED in {waited:.1f} s and "
+                              "QEMU no longer answers QMP",
+                              hint="QEMU is hung: see its output and the QMP transcript")
+        if not present:
+            return await self._settle(listener, device_id, t0)
+        raise UnplugError(device_id, "guest-refused",
+                          f"device_del {device_id}: no DEVICE_DELETED in {waited:.1f} s "
+                          f"({timeout} s deadline + {grace} s grace); QEMU answers and the "
+                          "device is still attached, so the guest never released it",
+                          hint="the guest must support PCI hotplug (CONFIG_HOTPLUG_PCI_ACPI / "
+                               "_PCIE, or modprobe acpiphp on old kernels) and its driver must "
+                               "let go of the device")
 
     async def _settle(self, listener, device_id: str, t0: float) -> UnplugResult:
         """The device has left the device tree. QEMU emits DEVICE_DELETED when the device is

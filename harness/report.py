@@ -163,35 +163,34 @@ def _cell(results: list[dict]) -> str:
     return f'<td class="{worst}">' + "<br>".join(parts) + "</td>"
 
 
-def render_html(summary: dict) -> str:
+def _matrix(summary: dict) -> str:
     tests = summary["tests"]
-    scenarios = sorted({r["scenario"] for r in tests})
     platforms = sorted({r["platform"] for r in tests})
-    c = summary["counts"]
-    badges = "".join(f'<span class="badge {o}">{n} {o}</span>' for o, n in c.items() if n)
-    image = summary.get("image") or {}
     rows = []
-    for s in scenarios:
+    for s in sorted({r["scenario"] for r in tests}):
         cells = "".join(_cell([r for r in tests if r["scenario"] == s and r["platform"] == p])
                         for p in platforms)
         rows.append(f"<tr><th>{html.escape(s)}</th>{cells}</tr>")
-    matrix = (f"<table><tr><th>scenario \\ platform ({html.escape(summary['backend'])})</th>"
-              + "".join(f"<th>{html.escape(p or '-')}</th>" for p in platforms) + "</tr>"
-              + "".join(rows) + "</table>")
-    lat = "".join(f'<tr><td>{html.escape(k)}</td><td class="num">{v["n"]}</td>'
-                  f'<td class="num">{v["median"]:.3f}</td><td class="num">{v["max"]:.3f}</td></tr>'
-                  for k, v in summary["latencies"].items())
-    detail = []
-    for r in tests:
-        reason = html.escape(r["reason"] or "")
-        notes = "".join(f"<br><small>note: {html.escape(n)}</small>" for n in r.get("notes", []))
-        link = f'<a href="bundles/{html.escape(Path(r["bundle"]).name)}/">bundle</a>' if r.get("bundle") else ""
-        kind = f" [{r['failure_kind']}]" if r.get("failure_kind") else ""
-        detail.append(f'<tr class="{r["outcome"]}"><td><code>{html.escape(r["nodeid"])}</code></td>'
-                      f'<td>{html.escape(r.get("backend", ""))}</td>'
-                      f'<td>{html.escape(r.get("passthrough") or "emulated")}</td>'
-                      f'<td>{r["outcome"]}{kind}</td><td class="num">{r["duration"]:.1f}</td>'
-                      f'<td>{reason}{notes}</td><td>{link}</td></tr>')
+    return (f"<table><tr><th>scenario \\ platform ({html.escape(summary['backend'])})</th>"
+            + "".join(f"<th>{html.escape(p or '-')}</th>" for p in platforms) + "</tr>"
+            + "".join(rows) + "</table>")
+
+
+def _detail_row(r: dict) -> str:
+    reason = html.escape(r["reason"] or "")
+    notes = "".join(f"<br><small>note: {html.escape(n)}</small>" for n in r.get("notes", []))
+    link = f'<a href="bundles/{html.escape(Path(r["bundle"]).name)}/">bundle</a>' if r.get("bundle") else ""
+    kind = f" [{r['failure_kind']}]" if r.get("failure_kind") else ""
+    return (f'<tr class="{r["outcome"]}"><td><code>{html.escape(r["nodeid"])}</code></td>'
+            f'<td>{html.escape(r.get("backend", ""))}</td>'
+            f'<td>{html.escape(r.get("passthrough") or "emulated")}</td>'
+            f'<td>{r["outcome"]}{kind}</td><td class="num">{r["duration"]:.1f}</td>'
+            f'<td>{reason}{notes}</td><td>{link}</td></tr>')
+
+
+def _where_it_ran(summary: dict) -> str:
+    """The meta lines on passthrough and on the lab host."""
+    tests = summary["tests"]
     through = passthrough_counts(tests)
     through_line = ("<br>through real passthrough: <b>" + str(sum(through.values())) + f"</b> of "
                     f"{len(tests)} tests (" + ", ".join(f"{html.escape(k)} {v}" for k, v in
@@ -204,6 +203,18 @@ def render_html(summary: dict) -> str:
                 + (f" built in {lab.get('build_seconds')} s" if lab.get("built_now") else " (cached)")
                 + f", run by QEMU {html.escape(str(lab.get('l1_qemu')))}"
                 if lab else "")
+    return through_line + lab_line
+
+
+def render_html(summary: dict) -> str:
+    c = summary["counts"]
+    badges = "".join(f'<span class="badge {o}">{n} {o}</span>' for o, n in c.items() if n)
+    image = summary.get("image") or {}
+    matrix = _matrix(summary)
+    lat = "".join(f'<tr><td>{html.escape(k)}</td><td class="num">{v["n"]}</td>'
+                  f'<td class="num">{v["median"]:.3f}</td><td class="num">{v["max"]:.3f}</td></tr>'
+                  for k, v in summary["latencies"].items())
+    detail = [_detail_row(r) for r in summary["tests"]]
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>hotplug-harness {html.escape(summary['run'])}</title><style>{_CSS}</style></head><body>
 <h1>hotplug-harness qualification report</h1>
@@ -214,7 +225,7 @@ backend <b>{html.escape(summary['backend'])}</b> &middot; accelerator <b>{html.e
 <small>(every deadline is its reference figure times this: {html.escape(', '.join(f"{k.replace('_', ' ')} {v:g} s" for k, v in (summary.get('deadlines') or {}).items()))})</small><br>
 QEMU <b>{html.escape(str(summary['qemu_version']))}</b> <small>{html.escape(summary['qemu_binary'])}</small>
 &middot; guest kernel <b>{html.escape(str(image.get('kernel_version', 'user image')))}</b>
-&middot; median guest boot {summary.get('boot_seconds_median')} s{through_line}{lab_line}</p>
+&middot; median guest boot {summary.get('boot_seconds_median')} s{_where_it_ran(summary)}</p>
 <p>{badges}</p>
 <h2>Matrix</h2>{matrix}
 <h2>Hotplug latencies (seconds)</h2>
