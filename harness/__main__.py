@@ -6,6 +6,9 @@
     doctor             check this host's prerequisites for the vfio backend
     discover           list the host devices that could play each role
     restore            give back host devices a killed run left on vfio-pci
+    bind BDF           put a host device on vfio-pci by hand (the guide's vfio-pci.sh -h),
+                       through the same safety checks and journal as a run
+    release BDF        give a device bound with `bind` back to its host driver
     compare OLD NEW    compare the latencies of two runs' summary.json
 """
 
@@ -62,7 +65,8 @@ def _host(name: str):
 
 
 COMMANDS = {"image": _image, "compare": _compare, "doctor": _host("doctor"),
-            "discover": _host("discover"), "restore": _host("restore")}
+            "discover": _host("discover"), "restore": _host("restore"),
+            "bind": _host("bind"), "release": _host("release")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,8 +33,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import HarnessError, HostDeviceError
+from .network import namespace_problem
 from .safety import GroupPlan, critical_devices, plan_group
-from .sysfs import PciDevice, Sysfs, parse_bdf
+from .sysfs import PciDevice, Sysfs, parse_bdf, short_bdf
 
 log = logging.getLogger("harness.host")
 
@@ -167,6 +168,9 @@ def _check_entry(entry, n: int) -> None:
     ids = entry.get("ids")
     if ids is not None and (not isinstance(ids, str) or not re.fullmatch(r"[0-9a-f]{4} [0-9a-f]{4}", ids)):
         raise ValueError(f"entry {n} ({entry['bdf']}): ids {ids!r} is not 'vendor device'")
+    if not isinstance(entry.get("manual", False), bool):
+        raise ValueError(f"entry {n} ({entry['bdf']}): manual {entry.get('manual')!r} is not "
+                         "true or false")
     for key, optional in (("group", True), ("pid", False)):
         value = entry.get(key)
         if (value is None and optional) or (isinstance(value, int) and not isinstance(value, bool)):
@@ -313,25 +317,31 @@ def _restore_entry(fs: Sysfs, entry: dict, timeout: float) -> Restored:
 
 def restore_from_journal(root: "str | Path | Sysfs" = "/", journal: str | Path | None = None, *,
                          include_live: bool = False, timeout: float = 5.0,
-                         own_pids: "set[int] | frozenset[int]" = frozenset()) -> list[Restored]:
+                         own_pids: "set[int] | frozenset[int]" = frozenset(),
+                         only: "set[str] | None" = None) -> list[Restored]:
     """Give back every device a run left on vfio-pci, and drop its journal entries.
 
-    Entries of a run that is still alive (another session, an xdist worker) are left alone
-    (``status="in-use"``) unless ``include_live``; ``own_pids`` are the calling run's own
-    processes, whose entries are given back although they live (a session's end). Idempotent.
-    Raises HostDeviceError after trying them all if any could not be given back (their entries
-    stay)."""
+    Entries of a run that is still alive (another session, an xdist worker) and devices bound
+    by hand (``python -m harness bind``) are left alone (``status="in-use"``) unless
+    ``include_live``; ``own_pids`` are the calling run's own processes, whose entries are given
+    back although they live (a session's end). ``only``: just the groups (leases) of these
+    BDFs, bound by hand or not (``python -m harness release``). Idempotent. Raises
+    HostDeviceError after trying them all if any could not be given back (their entries stay)."""
     fs = Sysfs.of(root)
     jr = Journal(journal or default_journal_path())
     if not jr.path.exists():
         return []
     results: list[Restored] = []
     with jr.locked():
-        for entry in jr.read():
-            if not include_live and entry.get("pid") not in own_pids and owner_alive(fs, entry):
+        entries = jr.read()
+        if only is not None:
+            leases = {e.get("lease") for e in entries if e["bdf"] in {parse_bdf(b) for b in only}}
+            entries = [e for e in entries if e.get("lease") in leases]
+        for entry in entries:
+            held = _held_elsewhere(fs, entry, include_live or only is not None, own_pids)
+            if held:
                 results.append(Restored(entry["bdf"], "in-use", fs.link_name(
-                    fs.pci_dir(entry["bdf"]) / "driver"), f"held by pid {entry.get('pid')} (a "
-                                                          f"live run) since {entry.get('time')}"))
+                    fs.pci_dir(entry["bdf"]) / "driver"), held))
                 continue
             result = _restore_entry(fs, entry, timeout)
             log.info("restore: %s", result)
@@ -346,6 +356,18 @@ def restore_from_journal(root: "str | Path | Sysfs" = "/", journal: str | Path |
             hint="fix the cause below, then run `python -m harness restore` again",
             details="\n".join(f"  {r}" for r in results))
     return results
+
+
+def _held_elsewhere(fs: Sysfs, entry: dict, take_all: bool, own_pids) -> str | None:
+    """Why an entry is not this restore's to give back (None: it is)."""
+    if take_all or entry.get("pid") in own_pids:
+        return None
+    if entry.get("manual"):
+        return (f"bound by hand (`python -m harness bind`) since {entry.get('time')}; "
+                f"`python -m harness release {short_bdf(entry['bdf'])}` gives it back")
+    if owner_alive(fs, entry):
+        return f"held by pid {entry.get('pid')} (a live run) since {entry.get('time')}"
+    return None
 
 
 def _drop(jr: Journal, entry: dict) -> None:
@@ -412,10 +434,17 @@ class VfioBinder:
     may be a :class:`Sysfs` whose ``on_write`` plays the kernel (unit tests)."""
 
     def __init__(self, root: "str | Path | Sysfs" = "/", journal: str | Path | None = None, *,
-                 ssh_connection: str | None = None, timeout: float = 5.0):
+                 ssh_connection: str | None = None, timeout: float = 5.0,
+                 cleared_storage: "set[str] | frozenset[str]" = frozenset(),
+                 manual: bool = False):
+        """``cleared_storage``: the inventory's ``no_host_filesystems`` controllers
+        (:meth:`Inventory.cleared_storage`). ``manual``: a binding by hand (``python -m
+        harness bind``) that outlives this process: no automatic restore takes it back."""
+        self.manual = manual
         self.fs = Sysfs.of(root)
         self.journal = Journal(journal or default_journal_path())
         self.ssh_connection = ssh_connection
+        self.cleared_storage = frozenset(cleared_storage)
         self.timeout = timeout
         self._holds: dict[int, _Hold] = {}
 
@@ -431,9 +460,14 @@ class VfioBinder:
         if not self.fs.pci_driver_dir(VFIO).is_dir():
             raise HostDeviceError(f"the vfio-pci driver is not loaded (no "
                                   f"{self.fs.pci_driver_dir(VFIO)})", hint="modprobe vfio-pci")
-        plan = plan_group(self.fs, bdf, critical_devices(self.fs,
-                                                         ssh_connection=self.ssh_connection),
-                          allowed=set(allowed))
+        outside = namespace_problem(self.fs)
+        if outside:
+            raise HostDeviceError(f"refusing to take {bdf}: {outside}",
+                                  hint="run the harness on the host itself (not in a container "
+                                       "or another network namespace)")
+        plan = plan_group(self.fs, bdf, critical_devices(
+            self.fs, ssh_connection=self.ssh_connection, cleared_storage=self.cleared_storage),
+            allowed=set(allowed))
         if plan.group is None:
             raise HostDeviceError(f"{plan.target.bdf}: no iommu_group found",
                                   hint="enable VT-d in the firmware and boot with intel_iommu=on")
@@ -478,7 +512,8 @@ class VfioBinder:
                 "method": "driver_override" if dev.has_driver_override else "new_id",
                 "ids": f"{dev.vendor} {dev.device}", "lease": lease_id, "pid": pid,
                 "pid_start": _process_start(self.fs, pid),
-                "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                **({"manual": True} if self.manual else {})}
 
     def _move_all(self, plan: GroupPlan, new: list[dict]) -> None:
         try:

@@ -1,4 +1,5 @@
-"""``python -m harness discover|doctor|restore``: each ``*_main(argv)`` returns the exit code.
+"""``python -m harness discover|doctor|restore|bind|release``: each ``*_main(argv)`` returns the
+exit code.
 
 They raise :class:`~harness.errors.HarnessError` for a problem they cannot report otherwise
 (an existing --write file, a device that cannot be given back); ``python -m harness`` prints it
@@ -12,7 +13,8 @@ import os
 from pathlib import Path
 
 from ..errors import ConfigError
-from .binding import default_journal_path, restore_from_journal
+from .binding import VfioBinder, default_journal_path, restore_from_journal
+from .sysfs import Sysfs, parse_bdf, short_bdf
 from .discover import discover, draft_inventory, format_candidates
 from .doctor import Check, exit_code, format_report, run_checks
 from .inventory import InventoryError, load_inventory
@@ -91,3 +93,60 @@ def restore_main(argv: list[str]) -> int:
               "--force takes them back anyway")
         return 1
     return 0
+
+
+def bind_main(argv: list[str], fs: Sysfs | None = None) -> int:
+    """The guide's ``vfio-pci.sh -h BB:DD.F``, through the harness's safety checks and journal.
+    ``fs``: a Sysfs whose on_write plays the kernel (unit tests)."""
+    p = _parser("bind", "Put a host device (and the rest of its IOMMU group) on vfio-pci for "
+                        "QEMU's device_add vfio-pci,host=BB:DD.F, as the guide's vfio-pci.sh "
+                        "does, after the same safety checks as a test run. It stays there "
+                        "until `python -m harness release BB:DD.F`.")
+    p.add_argument("bdf", help="the device, like 05:00.0 or 0000:05:00.0")
+    p.add_argument("--with", dest="companions", action="append", default=[], metavar="BDF",
+                   help="another function of its IOMMU group that may move to vfio-pci too "
+                        "(repeat); nothing unnamed is ever taken")
+    p.add_argument("--inventory", metavar="TOML",
+                   help="take the allow-list (devices and companions) from an inventory")
+    p.add_argument("--journal", default=None, metavar="PATH", help="the vfio journal")
+    args = p.parse_args(argv)
+    _require_root(args.root, fs)
+    fs = fs or Sysfs(args.root)
+    allowed = {parse_bdf(args.bdf)} | {parse_bdf(c) for c in args.companions}
+    cleared: frozenset[str] = frozenset()
+    if args.inventory:
+        inventory = load_inventory(args.inventory, fs)
+        allowed |= inventory.pci_addresses()
+        cleared = inventory.cleared_storage()
+    binder = VfioBinder(fs, journal=args.journal, manual=True, cleared_storage=cleared)
+    lease = binder.bind(args.bdf, allowed)
+    short = short_bdf(lease.bdf)
+    print(f"{lease.bdf} is on vfio-pci (IOMMU group {lease.group}; moved "
+          f"{', '.join(lease.moved) or 'nothing: it already was'}).")
+    print(f"  in QEMU's monitor: device_add vfio-pci,host={short},id=dev0")
+    print(f"  give it back:      python -m harness release {short}")
+    return 0
+
+
+def release_main(argv: list[str], fs: Sysfs | None = None) -> int:
+    p = _parser("release", "Give a device bound with `python -m harness bind` (and the rest of "
+                           "its IOMMU group) back to its host driver.")
+    p.add_argument("bdf", help="the device, like 05:00.0")
+    p.add_argument("--journal", default=None, metavar="PATH", help="the vfio journal")
+    args = p.parse_args(argv)
+    _require_root(args.root, fs)
+    journal = Path(args.journal) if args.journal else default_journal_path()
+    results = restore_from_journal(fs or args.root, journal, only={args.bdf})
+    if not results:
+        print(f"{parse_bdf(args.bdf)} is not in the journal {journal}: the harness did not bind "
+              "it (nothing to give back)")
+        return 1
+    for r in results:
+        print(r)
+    return 0
+
+
+def _require_root(root: str, fs: Sysfs | None) -> None:
+    if fs is None and root == "/" and os.geteuid() != 0:
+        raise ConfigError("binding host devices needs root (sysfs writes, the journal in "
+                          "/var/lib/hotplug-harness)", hint="run it with sudo")

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from .inventory import GATEWAY_PLACEHOLDER, ROLES, Inventory, InventoryDevice, default_name
+from . import network
 from .safety import critical_devices, plan_group
 from .sysfs import STORAGE_CLASSES, PciDevice, Sysfs, pci_names
 
@@ -70,6 +71,7 @@ def discover(root: "str | Path | Sysfs" = "/", *,
     address order, with whether it is safe to take and why not."""
     fs = Sysfs.of(root)
     critical = critical_devices(fs, ssh_connection=ssh_connection)
+    outside = network.namespace_problem(fs)
     out = []
     for bdf in fs.pci_addresses():
         dev = fs.pci_device(bdf)
@@ -84,7 +86,8 @@ def discover(root: "str | Path | Sysfs" = "/", *,
         uses, disk_bytes = _uses(fs, dev.path)
         vname, dname = pci_names(fs.root, dev.vendor, dev.device)
         out.append(Candidate(role, bdf, dev.ids, vname, dname, dev.class_name, dev.driver,
-                             dev.iommu_group, others, plan.safe, plan.problems, uses,
+                             dev.iommu_group, others, plan.safe and not outside,
+                             plan.problems + ((outside,) if outside else ()), uses,
                              disk_bytes=disk_bytes if role == "sata-controller" else None,
                              companions=tuple(m.bdf for m in plan.to_move if m.bdf != bdf)))
     for usb in fs.usb_devices():

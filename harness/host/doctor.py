@@ -21,6 +21,7 @@ from ..accel import cpu_virt_flags
 from ..errors import HostDeviceError
 from .binding import Journal, owner_alive
 from .inventory import Inventory, find_usb_device, host_problems
+from .network import namespace_problem
 from .safety import critical_devices, plan_group, unmapped_filesystems
 from .sysfs import Sysfs, UsbDevice
 
@@ -67,6 +68,7 @@ def run_checks(root: "str | Path | Sysfs" = "/", qemu_binary: str = "qemu-system
     if journal is not None:
         checks.append(_journal_check(fs, Path(journal)))
     checks.append(_host_filesystems_check(fs))
+    checks.append(_namespace_check(fs))
     if inventory is not None:
         checks += _inventory_checks(fs, inventory, ssh_connection)
     return checks
@@ -306,12 +308,26 @@ def _host_filesystems_check(fs: Sysfs) -> Check:
         return Check("host filesystems", True, "every local filesystem and swap maps to its "
                                                "disk controller, which the harness will not take")
     return Check("host filesystems", False,
-                 f"cannot tell which controller holds {'; '.join(unmapped)}",
-                 "keep the controllers of those disks out of the inventory", required=False)
+                 f"cannot tell which controller holds {'; '.join(unmapped)}: every storage "
+                 "controller counts as holding it",
+                 "to take a storage controller anyway, mark its inventory entry "
+                 "no_host_filesystems = true (only if none of those disks is on it)",
+                 required=False)
+
+
+def _namespace_check(fs: Sysfs) -> Check:
+    problem = namespace_problem(fs)
+    if problem is None:
+        return Check("host network namespace", True, "the routes and connections read are "
+                                                     "the host's")
+    return Check("host network namespace", False, problem,
+                 "run the harness on the host itself (not in a container or another network "
+                 "namespace): binding is refused there")
 
 
 def _inventory_checks(fs: Sysfs, inventory: Inventory, ssh_connection: str | None) -> list[Check]:
-    critical = critical_devices(fs, ssh_connection=ssh_connection)
+    critical = critical_devices(fs, ssh_connection=ssh_connection,
+                                cleared_storage=inventory.cleared_storage())
     checks = []
     for d in inventory.devices:
         name = f"inventory {d.name}"

@@ -31,7 +31,7 @@ ROLES = PCI_ROLES + ("usb-device",)
 _ROLE_KEYS = {
     "nic": ("bdf", "gateway", "companions"),
     "usb-controller": ("bdf", "product", "companions"),
-    "sata-controller": ("bdf", "disk_bytes", "companions"),
+    "sata-controller": ("bdf", "disk_bytes", "companions", "no_host_filesystems"),
     "usb-device": ("hostbus", "hostaddr", "vendorid", "productid", "product", "disk_bytes"),
 }
 _ALL_KEYS = ("role", "name") + tuple(dict.fromkeys(k for ks in _ROLE_KEYS.values() for k in ks))
@@ -76,6 +76,10 @@ class InventoryDevice:
     #: Other functions of the device's IOMMU group the run may move to vfio-pci with it (the
     #: other port of a dual-port NIC, a GPU's audio function). Nothing else is ever taken.
     companions: tuple[str, ...] = ()
+    #: sata-controller: the person who wrote the inventory says no host filesystem is on it.
+    #: Only matters when a mounted filesystem maps to no controller (a ZFS pool), which
+    #: otherwise makes every storage controller critical.
+    no_host_filesystems: bool | None = None
     #: A comment ``to_toml`` writes above the entry (what discovery saw); not read back.
     note: str = dataclasses.field(default="", compare=False)
 
@@ -116,6 +120,10 @@ class Inventory:
         return {d.bdf for d in self.devices if d.bdf} | {
             c for d in self.devices for c in d.companions}
 
+    def cleared_storage(self) -> frozenset[str]:
+        """Storage controllers the inventory says hold no host filesystem."""
+        return frozenset(d.bdf for d in self.devices if d.no_host_filesystems and d.bdf)
+
     def to_toml(self) -> str:
         lines = ["# Host devices the hotplug harness may take over for --backend vfio.",
                  "# Taking a PCI device takes its whole IOMMU group (see docs/vfio.md).",
@@ -129,6 +137,9 @@ class Inventory:
                     continue
                 if key == "companions":
                     lines.append(f"companions = {json.dumps(list(value))}")
+                    continue
+                if isinstance(value, bool):
+                    lines.append(f"{key} = {str(value).lower()}")
                     continue
                 # A JSON string is a TOML basic string.
                 text = json.dumps(value, ensure_ascii=False) if isinstance(value, str) \
@@ -269,42 +280,9 @@ class _EntryChecker:
             self.problem(f"unknown role {role!r}{_suggest(str(role), ROLES)}",
                          f"use one of {', '.join(ROLES)}")
             return None
-        allowed = ("role", "name") + _ROLE_KEYS[role]
-        misspelt = set()
-        for key in e:
-            if key in allowed:
-                continue
-            if key in _ALL_KEYS:
-                self.problem(f"key {key!r} does not apply to role {role!r}",
-                             f"remove it (keys of {role}: {', '.join(allowed)})")
-            else:
-                if close := _closest(key, allowed):
-                    misspelt.add(close)
-                self.problem(f"unknown key {key!r}{_suggest(key, allowed)}",
-                             f"keys of {role}: {', '.join(allowed)}")
-        present = set(e) | misspelt  # a misspelt key is reported once, as misspelt
-
+        present = self._check_keys(role)
         fields = {k: self._field(k) for k in _ROLE_KEYS[role] if k in e}
-        if role in PCI_ROLES and "bdf" not in present:
-            self.problem("missing key 'bdf'", 'add bdf = "DDDD:BB:DD.F" (from `lspci -D` or '
-                                              '`python -m harness discover`)')
-        if role == "nic" and "gateway" not in present:
-            self.problem("missing key 'gateway'", 'add gateway = "A.B.C.D", the address the '
-                                                  'guest pings through this NIC')
-        if role == "usb-device":
-            by_bus = ("hostbus" in present, "hostaddr" in present)
-            by_ids = ("vendorid" in present, "productid" in present)
-            if any(by_bus) and not all(by_bus):
-                missing = "hostaddr" if by_bus[0] else "hostbus"
-                self.problem(f"missing key {missing!r}", "give hostbus and hostaddr together "
-                                                         "(Bus and Device of `lsusb`)")
-            elif any(by_ids) and not all(by_ids):
-                missing = "productid" if by_ids[0] else "vendorid"
-                self.problem(f"missing key {missing!r}", "give vendorid and productid together "
-                                                         '(ID of `lsusb`, like "0x03f0")')
-            elif not any(by_bus + by_ids):
-                self.problem("no hostbus/hostaddr and no vendorid/productid",
-                             "add either (Bus and Device, or ID, of `lsusb`)")
+        self._check_required(role, present)
 
         name = e.get("name")
         if name is not None and not (isinstance(name, str) and _NAME.fullmatch(name)):
@@ -317,6 +295,47 @@ class _EntryChecker:
             name = default_name(role, **{k: fields.get(k) for k in
                                          ("bdf", "hostbus", "hostaddr", "vendorid", "productid")})
         return InventoryDevice(role=role, name=name, **fields)
+
+    def _check_keys(self, role: str) -> set[str]:
+        """Keys that do not apply or do not exist; returns the keys present, a misspelt key
+        counted as the one it is close to (so it is reported once, as misspelt)."""
+        allowed = ("role", "name") + _ROLE_KEYS[role]
+        misspelt = set()
+        for key in self.entry:
+            if key in allowed:
+                continue
+            if key in _ALL_KEYS:
+                self.problem(f"key {key!r} does not apply to role {role!r}",
+                             f"remove it (keys of {role}: {', '.join(allowed)})")
+            else:
+                if close := _closest(key, allowed):
+                    misspelt.add(close)
+                self.problem(f"unknown key {key!r}{_suggest(key, allowed)}",
+                             f"keys of {role}: {', '.join(allowed)}")
+        return set(self.entry) | misspelt
+
+    def _check_required(self, role: str, present: set[str]) -> None:
+        if role in PCI_ROLES and "bdf" not in present:
+            self.problem("missing key 'bdf'", 'add bdf = "DDDD:BB:DD.F" (from `lspci -D` or '
+                                              '`python -m harness discover`)')
+        if role == "nic" and "gateway" not in present:
+            self.problem("missing key 'gateway'", 'add gateway = "A.B.C.D", the address the '
+                                                  'guest pings through this NIC')
+        if role != "usb-device":
+            return
+        by_bus = ("hostbus" in present, "hostaddr" in present)
+        by_ids = ("vendorid" in present, "productid" in present)
+        if any(by_bus) and not all(by_bus):
+            missing = "hostaddr" if by_bus[0] else "hostbus"
+            self.problem(f"missing key {missing!r}", "give hostbus and hostaddr together "
+                                                     "(Bus and Device of `lsusb`)")
+        elif any(by_ids) and not all(by_ids):
+            missing = "productid" if by_ids[0] else "vendorid"
+            self.problem(f"missing key {missing!r}", "give vendorid and productid together "
+                                                     '(ID of `lsusb`, like "0x03f0")')
+        elif not any(by_bus + by_ids):
+            self.problem("no hostbus/hostaddr and no vendorid/productid",
+                         "add either (Bus and Device, or ID, of `lsusb`)")
 
     def _field(self, key: str):
         value = self.entry[key]
@@ -363,6 +382,8 @@ class _EntryChecker:
             return self._type(key, value, 'four hex digits like "0x03f0" (ID of `lsusb`)')
         if key == "product":
             return value if isinstance(value, str) else self._type(key, value, "a string")
+        if key == "no_host_filesystems":
+            return value if isinstance(value, bool) else self._type(key, value, "true or false")
         raise AssertionError(key)
 
     def _type(self, key: str, value, expected: str) -> None:

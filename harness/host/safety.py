@@ -3,12 +3,14 @@
 A device is *critical* when it is on the sysfs path of:
 
 * a block device behind a mounted filesystem or an active swap (``root/proc/self/mountinfo``
-  or ``root/proc/mounts``, and ``root/proc/swaps``), through device-mapper/md ``slaves``;
-* the interface of a default route (``root/proc/net/route``, ``ipv6_route``), through
-  bridge/bond/VLAN ``lower_*`` links;
-* the interface that carries an SSH session: the peer of ``$SSH_CONNECTION`` and of every
-  established TCP connection to local port 22 (``root/proc/net/tcp``, ``tcp6``), routed through
-  the routing table.
+  or ``root/proc/mounts``, and ``root/proc/swaps``), through device-mapper/md ``slaves``; and
+  when a local filesystem maps to no disk (a ZFS pool), every storage controller the inventory
+  does not clear by name (``no_host_filesystems = true``);
+* an interface the host needs (harness/host/network.py): a default route in any routing table,
+  a routing rule's output device, an established TCP connection (SSH, a CI agent, NFS, iSCSI,
+  NBD, Ceph), a network filesystem's server, an iSCSI session; resolved to the physical
+  devices under bridges, bonds, VLANs, macvlans and tunnels, failing closed for a VPN whose
+  endpoint cannot be read.
 
 Critical devices are named by their sysfs names: PCI functions (``0000:02:00.0``, every function
 on the path, so a USB NIC makes its USB controller critical) and USB devices (``3-1``).
@@ -25,13 +27,12 @@ stay, and why taking the group would hurt the host. Binding, discovery and docto
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import re
-import struct
 from pathlib import Path
 from typing import NamedTuple
 
+from . import network
 from .sysfs import PciDevice, Sysfs, bdfs_in_path, parse_bdf, usb_devices_in_path
 
 #: Mounts that never sit on a device of their own.
@@ -40,12 +41,15 @@ _NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "ceph", "glusterfs", "9p", "virtio
 _POOL_FS = {"zfs"}
 
 
-def critical_devices(root: "str | Path | Sysfs" = "/", *,
-                     ssh_connection: str | None = None) -> dict[str, list[str]]:
+def critical_devices(root: "str | Path | Sysfs" = "/", *, ssh_connection: str | None = None,
+                     cleared_storage: "set[str] | frozenset[str]" = frozenset()
+                     ) -> dict[str, list[str]]:
     """Every device the host needs -> the reasons (one line each).
 
     ``ssh_connection`` is ``$SSH_CONNECTION`` ("client port server port"); None reads the
-    environment, "" means none."""
+    environment, "" means none. ``cleared_storage``: storage controllers the inventory says
+    hold no host filesystem (``no_host_filesystems = true``), which a filesystem that maps to
+    no controller (ZFS) does not make critical."""
     fs = Sysfs.of(root)
     if ssh_connection is None:
         ssh_connection = os.environ.get("SSH_CONNECTION", "")
@@ -59,18 +63,31 @@ def critical_devices(root: "str | Path | Sysfs" = "/", *,
     for mount in _local_mounts(fs):
         for path in _block_device_paths(fs, mount):
             mark(path, f"backs {mount.mountpoint} ({mount.source})")
-
-    routes4, routes6 = _read_routes(fs)
-    for iface in sorted({r.iface for r in routes4 + routes6 if r.prefixlen == 0}):
-        for path in _interface_paths(fs, iface):
-            mark(path, f"carries the default route ({iface})")
-
-    for peer, why in _ssh_peers(fs, ssh_connection):
-        iface = _route_lookup(peer, routes4, routes6)
-        if iface:
-            for path in _interface_paths(fs, iface):
-                mark(path, f"carries the SSH session {why} ({iface})")
+    _storage_of_unmapped_filesystems(fs, cleared_storage, out)
+    needed, net = network.needed_interfaces(fs, ssh_connection)
+    for iface, reasons in sorted(needed.items()):
+        paths, how = network.physical_paths(fs, net, iface)
+        for path in paths:
+            for why in reasons:
+                mark(path, f"{why} ({iface}{how})")
     return out
+
+
+def _storage_of_unmapped_filesystems(fs: Sysfs, cleared: "set[str] | frozenset[str]",
+                                     out: dict[str, list[str]]) -> None:
+    """A filesystem whose disks sysfs does not name (a ZFS pool) may be on any storage
+    controller: every one is critical, unless the inventory clears it by name."""
+    unmapped = unmapped_filesystems(fs)
+    if not unmapped:
+        return
+    cleared = {parse_bdf(b) for b in cleared}
+    for bdf in fs.pci_addresses():
+        dev = fs.pci_device(bdf)
+        if dev.class_code >> 16 == 0x01 and bdf not in cleared:
+            out.setdefault(bdf, []).append(
+                f"may hold {'; '.join(unmapped)}: the harness cannot tell which controller "
+                "does (if this one does not, say so in its inventory entry: "
+                "no_host_filesystems = true)")
 
 
 # -- mounts -------------------------------------------------------------------------------------
@@ -167,110 +184,6 @@ def _block_paths_of(fs: Sysfs, name: str, seen: set[str]) -> list[str]:
             for slave in sorted(slaves.iterdir()):
                 paths += _block_paths_of(fs, slave.name, seen)
     return paths
-
-
-# -- network ------------------------------------------------------------------------------------
-
-
-class _Route(NamedTuple):
-    network: ipaddress.IPv4Network | ipaddress.IPv6Network
-    prefixlen: int
-    metric: int
-    iface: str
-
-
-def _read_routes(fs: Sysfs) -> tuple[list[_Route], list[_Route]]:
-    v4, v6 = [], []
-    for line in (fs.read(fs.proc("net", "route")) or "").splitlines()[1:]:
-        f = line.split()
-        if len(f) < 8:
-            continue
-        iface, dest, flags = f[0], int(f[1], 16), int(f[3], 16)
-        metric, mask = int(f[6]), int(f[7], 16)
-        if not flags & 0x1 or flags & 0x200:  # RTF_UP, RTF_REJECT
-            continue
-        net = ipaddress.IPv4Address(struct.pack("<I", dest))
-        prefix = bin(mask).count("1")
-        v4.append(_Route(ipaddress.IPv4Network(f"{net}/{prefix}", strict=False), prefix, metric,
-                         iface))
-    for line in (fs.read(fs.proc("net", "ipv6_route")) or "").splitlines():
-        f = line.split()
-        if len(f) < 10 or f[9] == "lo":
-            continue
-        flags = int(f[8], 16)
-        if not flags & 0x1 or flags & 0x200:
-            continue
-        prefix = int(f[1], 16)
-        net = ipaddress.IPv6Address(bytes.fromhex(f[0]))
-        v6.append(_Route(ipaddress.IPv6Network(f"{net}/{prefix}", strict=False), prefix,
-                         int(f[5], 16), f[9]))
-    return v4, v6
-
-
-def _route_lookup(addr, routes4: list[_Route], routes6: list[_Route]) -> str | None:
-    """The interface the kernel would send to ``addr`` through (longest prefix, then metric)."""
-    routes = routes4 if addr.version == 4 else routes6
-    best = None
-    for r in routes:
-        if addr in r.network and (best is None or (r.prefixlen, -r.metric) >
-                                  (best.prefixlen, -best.metric)):
-            best = r
-    return best.iface if best else None
-
-
-def _interface_paths(fs: Sysfs, iface: str, seen: set[str] | None = None) -> list[str]:
-    """Resolved sysfs paths of an interface and, for bridges/bonds/VLANs, its lower devices."""
-    seen = set() if seen is None else seen
-    if iface in seen:
-        return []
-    seen.add(iface)
-    link = fs.sys("class", "net", iface)
-    if not link.exists():
-        return []
-    paths = [os.path.realpath(link)]
-    for lower in sorted(link.glob("lower_*")):
-        paths += _interface_paths(fs, os.path.basename(os.path.realpath(lower)), seen)
-    return paths
-
-
-def _ssh_peers(fs: Sysfs, ssh_connection: str):
-    """(peer address, description) of this SSH session and every established SSH connection."""
-    seen = set()
-    fields = ssh_connection.split()
-    ports = {22}
-    if len(fields) == 4:
-        try:
-            peer = _plain(ipaddress.ip_address(fields[0].split("%")[0]))
-            ports.add(int(fields[3]))
-            seen.add(peer)
-            yield peer, f"from {peer} ($SSH_CONNECTION)"
-        except ValueError:
-            pass
-    for name in ("tcp", "tcp6"):
-        for line in (fs.read(fs.proc("net", name)) or "").splitlines()[1:]:
-            f = line.split()
-            if len(f) < 4 or f[3] != "01":  # ESTABLISHED
-                continue
-            local, remote = _hex_endpoint(f[1]), _hex_endpoint(f[2])
-            if local and remote and local[1] in ports and remote[0] not in seen:
-                seen.add(remote[0])
-                yield remote[0], f"from {remote[0]}"
-
-
-def _hex_endpoint(text: str):
-    try:
-        addr_hex, port_hex = text.split(":")
-        raw = bytes.fromhex(addr_hex)
-        # /proc/net/tcp{,6}: the address as 32-bit words in host (little-endian) order.
-        raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
-        return _plain(ipaddress.ip_address(raw)), int(port_hex, 16)
-    except ValueError:
-        return None
-
-
-def _plain(addr):
-    """An IPv4-mapped IPv6 address as the IPv4 address it is."""
-    return (addr.ipv4_mapped or addr) if addr.version == 6 else addr
 
 
 # -- IOMMU groups -------------------------------------------------------------------------------

@@ -80,3 +80,39 @@ def test_restore_exits_non_zero_while_a_device_is_still_held(lab, fake_root, cap
     assert restore_main(["--root", str(lab.root), "--journal", str(journal)]) == 1
     assert "still held" in capsys.readouterr().out
     assert len(json.loads(journal.read_text())["entries"]) == 1
+
+
+def test_bind_and_release_by_hand_like_the_guides_vfio_pci_sh(lab, fake_root, capsys):
+    """``python -m harness bind 05:00.0 --with 05:00.1``: the group on vfio-pci through the
+    safety checks and the journal, left there (a later automatic restore does not take it);
+    ``release 05:00.0`` gives both back. A group member not named is refused, as is a device
+    the host needs."""
+    from harness.host.binding import Journal
+
+    from harness.host.cli import bind_main, release_main
+
+    journal = fake_root / "journal.json"
+    with pytest.raises(HostDeviceError, match="0000:05:00.1 .* is not in the inventory"):
+        bind_main(["05:00.0", "--journal", str(journal)], fs=lab.sysfs())
+    with pytest.raises(HostDeviceError, match="carries the default route"):
+        bind_main(["02:00.0", "--journal", str(journal)], fs=lab.sysfs())
+    assert lab.driver_of("0000:05:00.0") == "ixgbe"
+
+    assert bind_main(["05:00.0", "--with", "05:00.1", "--journal", str(journal)], fs=lab.sysfs()) == 0
+    out = capsys.readouterr().out
+    assert "0000:05:00.0 is on vfio-pci (IOMMU group 12" in out
+    assert "device_add vfio-pci,host=05:00.0,id=dev0" in out
+    assert lab.driver_of("0000:05:00.0") == lab.driver_of("0000:05:00.1") == "vfio-pci"
+    assert all(e["manual"] for e in Journal(journal).read())
+
+    # The binding outlives its command: an automatic restore leaves it, and says so (exit 1).
+    assert restore_main(["--root", str(lab.root), "--journal", str(journal)]) == 1
+    assert "bound by hand (`python -m harness bind`)" in capsys.readouterr().out
+    assert lab.driver_of("0000:05:00.0") == "vfio-pci"
+
+    assert release_main(["05:00.1", "--journal", str(journal)], fs=lab.sysfs()) == 0
+    assert lab.driver_of("0000:05:00.0") == lab.driver_of("0000:05:00.1") == "ixgbe"
+    assert Journal(journal).read() == []
+    capsys.readouterr()
+    assert release_main(["05:00.0", "--journal", str(journal)], fs=lab.sysfs()) == 1
+    assert "the harness did not bind it" in capsys.readouterr().out

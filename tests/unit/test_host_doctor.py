@@ -194,7 +194,9 @@ def test_a_zfs_root_is_a_warning(lab):
     lab.proc("mounts", "rpool/ROOT/debian / zfs rw 0 0\n")
     check = checks(lab)["host filesystems"]
     assert (check.ok, check.required) == (False, False)
-    assert check.detail == "cannot tell which controller holds / (rpool/ROOT/debian, zfs)"
+    assert check.detail == ("cannot tell which controller holds / (rpool/ROOT/debian, zfs): "
+                            "every storage controller counts as holding it")
+    assert "no_host_filesystems = true" in check.fix
 
 
 def test_an_unlisted_group_member_fails_its_inventory_entry(lab):
