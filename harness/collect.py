@@ -16,6 +16,14 @@ from . import devices, keywords
 EXACT_KEYWORDS = {"pc", "q35"}
 
 
+def parametrize_guests(metafunc: pytest.Metafunc, hs) -> None:
+    """--guest: every test that boots a guest runs on each (its id ends with the guest's name;
+    called after every other parametrization)."""
+    if hs.guest_choices and "hh_guest" in metafunc.fixturenames:
+        metafunc.parametrize("hh_guest", hs.guest_choices, indirect=True,
+                             ids=[c.name for c in hs.guest_choices])
+
+
 def parametrize(metafunc: pytest.Metafunc, hs) -> None:
     marker = metafunc.definition.get_closest_marker("scenario")
     if marker is None:
@@ -46,7 +54,8 @@ def select(config: pytest.Config, items: list[pytest.Item], hs) -> None:
             group = _xdist_group(item, hs.backend)
             if group:
                 item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(key=lambda item: getattr(param(item, "platform"), "id", ""))
+    items.sort(key=lambda item: (getattr(param(item, "platform"), "id", ""),
+                                 getattr(param(item, "hh_guest"), "name", "")))
 
 
 def _xdist_group(item: pytest.Item, backend) -> str | None:
@@ -55,7 +64,10 @@ def _xdist_group(item: pytest.Item, backend) -> str | None:
     platform, device = param(item, "platform"), param(item, "device")
     if backend.takes_host_devices and (device is not None or item.get_closest_marker("passthrough")):
         return backend.resource_group(device)
-    return platform.id if platform is not None else None
+    guest = param(item, "hh_guest")
+    if platform is None:
+        return None
+    return platform.id + (f"-{guest.name}" if guest is not None else "")
 
 
 def _deselect(config: pytest.Config, items: list[pytest.Item], drop: list[pytest.Item]) -> None:

@@ -73,8 +73,12 @@ class Snapshot:
     owner: str | None = None
 
     @classmethod
-    def take(cls, image: GuestImage | None = None, owner: str | None = None) -> "Snapshot":
-        return cls(_tmp_dirs(owner), _fingerprint(image) if image else None, owner)
+    def take(cls, image: "GuestImage | list[GuestImage | None] | None" = None,
+             owner: str | None = None) -> "Snapshot":
+        """``image``: the user's image(s) whose files must not change (size and mtime)."""
+        found = [i for i in (image if isinstance(image, list) else [image]) if i is not None]
+        prints = {k: v for i in found for k, v in _fingerprint(i).items()}
+        return cls(_tmp_dirs(owner), prints or None, owner)
 
 
 def _alive_qemu(pid: int) -> bool:
@@ -86,7 +90,8 @@ def _alive_qemu(pid: int) -> bool:
     return b"qemu-system" in cmdline and state != "Z"
 
 
-def check(before: Snapshot, run_dir: Path, image: GuestImage | None) -> list[str]:
+def check(before: Snapshot, run_dir: Path,
+          image: "GuestImage | list[GuestImage | None] | None") -> list[str]:
     """Problems left behind, each one line that says what and what to do. Stray QEMU processes
     of this run (by the PIDs its guests recorded) are killed after being reported."""
     problems = [f"QEMU pid {pid} ({guest}) was still running at the end of the run; killed it. "
@@ -95,14 +100,17 @@ def check(before: Snapshot, run_dir: Path, image: GuestImage | None) -> list[str
     for name in sorted(_tmp_dirs(before.owner) - before.tmp_dirs):
         problems.append(f"temporary directory {tempfile.gettempdir()}/{name} (sockets, overlays) "
                         "was left behind: a Guest was not closed")
-    if image is not None:
-        if image.builtin:
-            for name, want in image.manifest.get("sha256", {}).items():
-                if _sha256(image.kernel.parent / name) != want:
+    for img in (i for i in (image if isinstance(image, list) else [image]) if i is not None):
+        if img.builtin:
+            for name, want in img.manifest.get("sha256", {}).items():
+                if _sha256(img.kernel.parent / name) != want:
                     problems.append(f"the guest image's {name} changed during the run "
-                                    f"(checksum differs from its build): delete {image.kernel.parent} "
+                                    f"(checksum differs from its build): delete {img.kernel.parent} "
                                     "and rebuild; a test wrote to the base image")
-        elif before.image_fingerprint is not None and _fingerprint(image) != before.image_fingerprint:
+            continue
+        now = _fingerprint(img)
+        if before.image_fingerprint is not None and any(
+                before.image_fingerprint.get(k) != v for k, v in now.items()):
             problems.append("your guest image files changed during the run (size or mtime): "
                             "the harness must only use them through an overlay")
     return problems

@@ -80,6 +80,11 @@ def _where_results_go(g) -> None:
 
 
 def _your_guest(g) -> None:
+    g.addoption("--guest", action="append", default=None, metavar="NAME|FILE",
+                help="run every scenario on this guest too; repeat for several (the guest "
+                     "becomes part of the test ids and a column of the report): builtin, "
+                     "systemd, systemd:console, cloudinit (Debian guests built from packages, "
+                     "root and mmdebstrap needed), or a TOML file of your own [[guest]] tables")
     g.addoption("--image-cache", default=None, metavar="DIR",
                 help="where the built-in guest image is built and cached "
                      "(default: fixtures/images/build)")
@@ -110,6 +115,11 @@ def _your_guest(g) -> None:
 def user_image(opt) -> GuestImage | None:
     """Your own guest from the --guest-* options (None: the built-in guest). Bad input is a
     :class:`ConfigError` that says which option and what to pass."""
+    if opt.guest and (opt.guest_kernel or opt.guest_disk):
+        raise ConfigError("--guest and --guest-kernel/--guest-disk: with --guest, describe your "
+                          "own image in a guests file",
+                          hint="a TOML [[guest]] table with name, disk/kernel, key or ready "
+                               "(harness/guests.py), given as --guest FILE")
     if not (opt.guest_kernel or opt.guest_disk):
         if opt.guest_initrd or opt.guest_key or opt.guest_ready:
             raise ConfigError("--guest-initrd/--guest-key/--guest-ready describe your own "

@@ -114,6 +114,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     collect.parametrize(metafunc, metafunc.config.stash[_STASH_SESSION])
 
 
+@pytest.hookimpl(trylast=True, specname="pytest_generate_tests")
+def pytest_generate_tests_guest_axis(metafunc: pytest.Metafunc) -> None:
+    collect.parametrize_guests(metafunc, metafunc.config.stash[_STASH_SESSION])
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     collect.select(config, items, config.stash[_STASH_SESSION])
@@ -163,7 +168,14 @@ def hotplug(request: pytest.FixtureRequest, hotplug_session: HarnessSession):
 
 
 @pytest.fixture
-def guest(request: pytest.FixtureRequest, hotplug: ScenarioRun):
+def hh_guest(request: pytest.FixtureRequest, hotplug_session: HarnessSession):
+    """Which guest the test runs on: one of --guest's (a parameter), or the run's one guest."""
+    return getattr(request, "param", None) or hotplug_session.default_guest()
+
+
+@pytest.fixture
+def guest(request: pytest.FixtureRequest, hotplug: ScenarioRun, hh_guest,
+          hotplug_session: HarnessSession):
     """The test's guest, booted in set-up: a guest that cannot boot is an error in set-up (its
     serial log in the bundle), not a failed hotplug. Its shape is the test's ``platform``
     parameter, or ``@pytest.mark.guest(platform=...)``; the marker's other arguments are
@@ -175,7 +187,8 @@ def guest(request: pytest.FixtureRequest, hotplug: ScenarioRun):
         raise HarnessError("the guest fixture needs a platform: parametrize the test with "
                            "@pytest.mark.scenario or pass @pytest.mark.guest(platform=...)")
     pool_args = {k: kwargs.pop(k) for k in ("fresh", "check_prerequisites") if k in kwargs}
-    return hotplug.guest(platform.spec(**kwargs), **pool_args)
+    return hotplug.guest(platform.spec(**kwargs), hh_guest.image, access=hh_guest.access,
+                         deadlines=hotplug_session.deadlines_for(hh_guest), **pool_args)
 
 
 # -- running and reporting ---------------------------------------------------------------------
@@ -197,7 +210,9 @@ def _prerequisites_skip_on_your_guest(item: pytest.Item):
     try:
         return (yield)
     except PrerequisiteError as e:
-        if item.config.stash[_STASH_SESSION].user_image is None:
+        chosen = collect.param(item, "hh_guest")
+        builtin = chosen.builtin if chosen else item.config.stash[_STASH_SESSION].user_image is None
+        if builtin:
             raise
         pytest.skip(f"your guest cannot run this scenario: {e.message}")
 
@@ -234,7 +249,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem):
 
 
 @pytest.hookimpl(wrapper=True, specname="pytest_sessionfinish")
-def give_back_what_the_run_left(session: pytest.Session, exitstatus: int):
+def pytest_sessionfinish_give_back(session: pytest.Session, exitstatus: int):
     """After everything else at the session's end (xdist's workers are gone by then)."""
     result = yield
     hs: HarnessSession | None = session.config.stash.get(_STASH_SESSION, None)

@@ -52,7 +52,10 @@ class GuestPool:
         self._idle: dict[GuestSpec, tuple[Guest, tuple]] = {}
         self.booted: list[Guest] = []
 
-    def acquire(self, spec: GuestSpec, image: GuestImage | None = None) -> Guest:
+    def acquire(self, spec: GuestSpec, image: GuestImage | None = None,
+                deadlines: Deadlines | None = None) -> Guest:
+        """A clean guest of ``spec`` booted from ``image`` (default: the pool's), with its
+        ``deadlines`` (default: the pool's)."""
         image = image or self.image
         idle = self._idle.pop(spec, None)
         if idle is not None and idle[0].image == image:
@@ -63,7 +66,7 @@ class GuestPool:
             name = next(self._names)
             guest = Guest(spec, image, workdir=self.workdir / f"{name}-{spec.label}",
                           qemu_binary=self.qemu_binary, accel=self.accel,
-                          deadlines=self.deadlines, name=name, owner=self.owner)
+                          deadlines=deadlines or self.deadlines, name=name, owner=self.owner)
             self.booted.append(guest)
             try:
                 guest.launch()

@@ -117,6 +117,7 @@ def summary_lines(summary: dict) -> list[str]:
         lines.append("ran again after a guest died or stopped answering under them "
                      "(--retry-dead-guest): "
                      + ", ".join(t["nodeid"].split("::")[-1] for t in again))
+    lines += guest_matrix_lines(summary)
     lab = summary.get("lab")
     if lab:
         lines.append(f"lab host: kernel {lab.get('kernel')}, ready {lab.get('ready_seconds')} s "
@@ -163,17 +164,41 @@ def _cell(results: list[dict]) -> str:
     return f'<td class="{worst}">' + "<br>".join(parts) + "</td>"
 
 
+def _column(r: dict) -> str:
+    """A matrix column: the platform, and the guest when the run covers several (--guest)."""
+    return r["platform"] + (f" / {r['guest']}" if r.get("guest") else "")
+
+
 def _matrix(summary: dict) -> str:
     tests = summary["tests"]
-    platforms = sorted({r["platform"] for r in tests})
+    columns = sorted({_column(r) for r in tests})
     rows = []
     for s in sorted({r["scenario"] for r in tests}):
-        cells = "".join(_cell([r for r in tests if r["scenario"] == s and r["platform"] == p])
-                        for p in platforms)
+        cells = "".join(_cell([r for r in tests if r["scenario"] == s and _column(r) == c])
+                        for c in columns)
         rows.append(f"<tr><th>{html.escape(s)}</th>{cells}</tr>")
-    return (f"<table><tr><th>scenario \\ platform ({html.escape(summary['backend'])})</th>"
-            + "".join(f"<th>{html.escape(p or '-')}</th>" for p in platforms) + "</tr>"
+    axis = "platform / guest" if any(r.get("guest") for r in tests) else "platform"
+    return (f"<table><tr><th>scenario \\ {axis} ({html.escape(summary['backend'])})</th>"
+            + "".join(f"<th>{html.escape(c or '-')}</th>" for c in columns) + "</tr>"
             + "".join(rows) + "</table>")
+
+
+def guest_matrix_lines(summary: dict) -> list[str]:
+    """With several guests (--guest): passed/total per scenario and guest, for the terminal."""
+    tests = [t for t in summary["tests"] if t.get("guest")]
+    guests = list(dict.fromkeys(t["guest"] for t in tests))
+    if not guests:
+        return []
+    width = max(len(s) for s in {t["scenario"] for t in tests} | {"scenario"})
+    lines = ["scenario".ljust(width) + "".join(f"  {g:>12}" for g in guests)]
+    for s in sorted({t["scenario"] for t in tests}):
+        cells = []
+        for g in guests:
+            mine = [t for t in tests if t["scenario"] == s and t["guest"] == g]
+            ok = sum(t["outcome"] in ("passed", "xfailed") for t in mine)
+            cells.append(f"  {f'{ok}/{len(mine)}':>12}")
+        lines.append(s.ljust(width) + "".join(cells))
+    return lines
 
 
 def _detail_row(r: dict) -> str:

@@ -70,6 +70,7 @@ def write_record(item: pytest.Item, hs) -> None:
     platform, device = collect.param(item, "platform"), collect.param(item, "device")
     callspec = getattr(item, "callspec", None)
     scenario = item.get_closest_marker("scenario")
+    reports = list(item.stash.get(STASH_REPORTS, {}).values())
     report.write_result(hs.run_dir, {
         "nodeid": plain_nodeid(item.nodeid),
         "test": getattr(item, "originalname", item.name),
@@ -78,13 +79,17 @@ def write_record(item: pytest.Item, hs) -> None:
                      item.module.__name__.split(".")[-1].removeprefix("test_")),
         "platform": platform.id if platform else "",
         "device": device.id if device else "",
+        "guest": getattr(collect.param(item, "hh_guest"), "name", ""),
         "backend": hs.backend.name,
         "passthrough": getattr(device, "passthrough", "") or (
             "vfio-pci (failure path)" if item.get_closest_marker("passthrough") else ""),
         "outcome": outcome,
         "reason": reason,
         "failure_kind": dict(item.user_properties).get("failure_kind"),
-        "duration": round(sum(r.duration for r in item.stash.get(STASH_REPORTS, {}).values()), 3),
+        "duration": round(sum(r.duration for r in reports), 3),
+        # Wall-clock span of set-up, call and teardown: when the test held its devices.
+        "started_at": min((r.start for r in reports), default=None),
+        "ended_at": max((r.stop for r in reports), default=None),
         "worker": hs.worker or "main",
         **item.stash.get(STASH_RECORD, {}),
     })
@@ -114,7 +119,8 @@ def finish(session: pytest.Session, hs) -> None:
     used = (hs.run_dir / "guests").exists()
     image = (hs.user_image or images.image_from_dir(images.builtin_dir(
         Path(option.image_cache or images.DEFAULT_CACHE)), verify=False)) if used else None
-    hs.hygiene_problems = hygiene.check(hs.snapshot, hs.run_dir, image)
+    hs.hygiene_problems = hygiene.check(hs.snapshot, hs.run_dir,
+                                        [image] + [c.image for c in hs.guest_choices])
     nothing_tested = _nothing_tested(hs)
     if (hs.hygiene_problems or nothing_tested) and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -124,6 +130,8 @@ def finish(session: pytest.Session, hs) -> None:
         "deadlines": {k: v for k, v in dataclasses.asdict(hs.deadlines).items() if k != "pace"},
         "qemu_binary": hs.qemu_binary, "qemu_version": hs.qemu_version,
         "image": image.manifest if image is not None else {},
+        "guests": [{"name": c.name, "access": c.access, "builtin": c.builtin,
+                    "image": str(c.image.disk or c.image.kernel)} for c in hs.guest_choices],
         "exit_status": int(session.exitstatus),
         "lab": hs.backend.report_meta(),
         "hygiene": hs.hygiene_problems or "clean: no QEMU left running, no temp directory left, "

@@ -44,19 +44,20 @@ class ScenarioRun:
     # -- what tests call ------------------------------------------------------------------------
 
     def guest(self, spec: GuestSpec, image: GuestImage | None = None, *, fresh: bool = False,
-              check_prerequisites: bool = True) -> Guest:
+              check_prerequisites: bool = True, access: str | None = None,
+              deadlines=None) -> Guest:
         """A booted guest of this shape. ``fresh``: a new one, never given to another test
         (for scenarios that leave changes no check can undo, such as an onlined CPU).
 
         The guide's section 1 prerequisites are checked once per guest; a missing one raises
         :class:`~harness.prereq.PrerequisiteError` naming it."""
-        spec = dataclasses.replace(spec, access=self.access)
+        spec = dataclasses.replace(spec, access=access or self.access)
         if fresh:
             self.fresh_only = True
             self.pool.discard_idle(spec)
         retried, booted = len(self.pool.boot_retries), len(self.pool.booted)
         try:
-            guest = self.pool.acquire(spec, image)
+            guest = self.pool.acquire(spec, image, deadlines)
         except QemuLaunchError:
             # The guest that could not boot goes into the bundle (its serial log, command line,
             # replay script), as the test's first and only guest.

@@ -8,11 +8,12 @@ Knows nothing of pytest: the plugin builds one from the parsed options.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from pathlib import Path
 
 from . import accel as accel_mod
-from . import backends, hygiene, images, options
+from . import backends, guests, hygiene, images, options
 from . import pace as pace_mod
 from .errors import ConfigError
 from .images import GuestImage
@@ -52,6 +53,10 @@ class HarnessSession:
         retries = opt.retry_dead_guest
         self.test_attempts = 1 + (self.backend.dead_guest_retries if retries is None else retries)
         self._seed_cloud_init(opt)
+        #: --guest: the guests every scenario runs on (empty: one guest, as the options say).
+        self.guest_choices = guests.resolve(
+            opt.guest or [], Path(opt.image_cache or images.DEFAULT_CACHE),
+            self.run.run_dir / "cloud-init" / (worker or "main"))
         if decides:
             self._decide()
         self.pace = pace_mod.Pace(**self.run.pace)
@@ -59,7 +64,9 @@ class HarnessSession:
         self.deadlines = self._deadlines(self.run.accel)
         _require_qemu(self.qemu_binary, self.run.qemu_version)
         self.swept = hygiene.sweep_stale() if decides else []
-        self.snapshot = hygiene.Snapshot.take(self.user_image, self.run.owner) if decides else None
+        self.snapshot = hygiene.Snapshot.take(
+            [self.user_image] + [c.image for c in self.guest_choices if not c.builtin],
+            self.run.owner) if decides else None
         self.hygiene_problems: list[str] = []
         self.backend.setup(opt.inventory)
         if decides and self.run.lab is not None:
@@ -76,8 +83,10 @@ class HarnessSession:
         choice = accel_mod.choose(self.option.accel, probe=lambda: accel_mod.probe_boot(
             self.image, self.qemu_binary, self._deadlines("kvm"),
             attempts=self.backend.boot_attempts))
+        # The process that decides owns the run's temporary folders (the outer lab run's PID
+        # means nothing inside the lab host).
         self.run = dataclasses.replace(
-            self.run, accel=choice.name, accel_reason=choice.reason,
+            self.run, owner=str(os.getpid()), accel=choice.name, accel_reason=choice.reason,
             qemu_version=qemu_version(self.qemu_binary), pace=dataclasses.asdict(measured))
         self.run.write()
 
@@ -99,6 +108,15 @@ class HarnessSession:
     qemu_binary = property(lambda self: self.run.qemu_binary)
     inventory = property(lambda self: self.backend.inventory)
     binder = property(lambda self: self.backend.binder)
+
+    def default_guest(self) -> guests.GuestChoice:
+        """The run's one guest when --guest is not given (the built-in one, or --guest-*'s)."""
+        return guests.GuestChoice("", self.image, self.access)
+
+    def deadlines_for(self, choice: guests.GuestChoice) -> pace_mod.Deadlines:
+        return pace_mod.Deadlines.for_run(self.pace, accel=self.accel,
+                                          image="builtin" if choice.builtin else "user",
+                                          boot=self.option.boot_timeout)
 
     def vfio_devices(self, role: str) -> list:
         return self.backend.host_devices(role)

@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -232,9 +233,15 @@ def test_interrupted_run_leaves_no_qemu_and_no_temp_folder(tmp_path, child_env, 
                             "--report-dir", str(reports)],
                            cwd=REPO, env=child_env, start_new_session=True,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    def booting():
+        # A QEMU of the run that still runs: the run is mid-way, not finishing.
+        return [p for p in reports.glob("run-*/guests/*/qemu.pid")
+                if p.read_text().strip() and Path(f"/proc/{p.read_text().strip()}").exists()]
+
+    t0 = time.monotonic()
     try:
-        wait_until("a guest of the run to be booting",
-                   lambda: list(reports.glob("run-*/guests/*/qemu.pid")), 120)
+        wait_until("a guest of the run to be booting", booting, 120)
+        sent_after = time.monotonic() - t0
         if how == "ctrl-c":
             os.killpg(run.pid, signal.SIGINT)
         else:
@@ -244,7 +251,8 @@ def test_interrupted_run_leaves_no_qemu_and_no_temp_folder(tmp_path, child_env, 
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
             run.wait()
-    assert run.returncode == 2, f"exit {run.returncode} (expected pytest's 'interrupted'):\n{out[-3000:]}"
+    assert run.returncode == 2, (f"exit {run.returncode} (expected pytest's 'interrupted'; the "
+                                 f"signal went {sent_after:.1f} s after the start):\n{out[-3000:]}")
     left = sorted(Path(tempfile.gettempdir()).glob(f"hh-{run.pid}-*"))
     assert not left, f"temporary folders left: {left}\n{out[-3000:]}"
     assert not _processes_mentioning(str(reports)), _processes_mentioning(str(reports))

@@ -4,6 +4,10 @@ back as a harness error that says what is wrong on the host and what to do, with
 words in its details, and nothing is left changed. These tests need real vfio-pci: with
 ``--backend emulated`` they are deselected."""
 
+import os
+import sys
+from pathlib import Path
+
 import pytest
 
 from harness import checks
@@ -15,6 +19,7 @@ from harness.host.sysfs import Sysfs
 
 pytestmark = pytest.mark.passthrough
 Q35 = PCI_PLATFORMS[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _nic(hs):
@@ -143,3 +148,84 @@ def test_refused_unplug_gives_the_device_back_after_its_guest_is_closed(hotplug,
     assert fs.pci_device(entry.bdf).driver == host_driver, record["cleanup_errors"]
     assert [e for e in Journal(default_journal_path()).read() if e["bdf"] == entry.bdf] == []
     assert any(e.startswith("unplug nic0") for e in record["cleanup_errors"]), record
+
+
+def _child_run(hs, tmp_path, *args: str) -> tuple[list[str], Path]:
+    """The command of a pytest run of its own inside the lab host, on the lab's devices, and
+    its run folder: the lab context of this run, a run folder of its own."""
+    from harness.runconfig import LabContext, RunConfig
+
+    workdir = tmp_path / "lab"
+    workdir.mkdir(parents=True)
+    run = RunConfig.new(tmp_path / "reports", backend="lab", qemu_binary=hs.qemu_binary,
+                        machines=hs.machines, lab=LabContext(workdir, hs.run.lab.image))
+    command = [sys.executable, "-m", "pytest", "--hh-run-config", str(run.write()),
+               "--backend", "lab", "--accel", hs.accel, "-p", "no:cacheprovider",
+               "--report-dir", str(tmp_path / "reports"), *args]
+    return command, run.run_dir
+
+
+def _child_env() -> dict:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "HH_RETRY"))}
+
+
+def test_sigterm_mid_test_gives_the_device_back_and_leaves_no_qemu(hotplug_session, tmp_path):
+    """A cancelled CI job: pytest gets SIGTERM while a test has the lab's NIC passed through to
+    a running guest. The run ends as interrupted, the NIC is back on its host driver, the
+    journal has no entry left, and no QEMU of that run still runs."""
+    import signal
+    import subprocess
+
+    from harness.access import wait_until
+    from harness.host.binding import Journal, default_journal_path
+
+    hs = hotplug_session
+    entry = _nic(hs)
+    fs = Sysfs.of("/")
+    host_driver = fs.pci_device(entry.bdf).driver
+    command, run_dir = _child_run(hs, tmp_path, "tests/scenarios/test_nic.py", "-k", "q35-acpi")
+    child = subprocess.Popen(command, cwd=REPO, env=_child_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until("the child run's guest to have the NIC (on vfio-pci, its QEMU running)",
+                   lambda: fs.pci_device(entry.bdf).driver == VFIO
+                   and list(run_dir.glob("guests/*/qemu.pid")), hs.pace(300.0))
+        child.send_signal(signal.SIGTERM)
+        out, _ = child.communicate(timeout=hs.pace(120.0))
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 2, f"exit {child.returncode} (expected 'interrupted'):\n{out[-3000:]}"
+    assert fs.pci_device(entry.bdf).driver == host_driver, out[-3000:]
+    assert [e for e in Journal(default_journal_path()).read() if e["bdf"] == entry.bdf] == []
+    for pidfile in run_dir.glob("guests/*/qemu.pid"):
+        pid = int(pidfile.read_text())
+        assert not Path(f"/proc/{pid}").exists() or b"qemu" not in Path(
+            f"/proc/{pid}/cmdline").read_bytes(), f"QEMU pid {pid} of the child run still runs"
+
+
+def test_two_workers_never_share_an_iommu_group(hotplug_session, tmp_path):
+    """Two xdist workers on the lab's NIC and SATA controller: the NIC's tests (one IOMMU
+    group) run on one worker one after another, the SATA controller's on the other; tests of
+    one group never overlap in time, while the two groups do run at once."""
+    import json
+    import subprocess
+
+    hs = hotplug_session
+    command, run_dir = _child_run(hs, tmp_path, "tests/scenarios/test_nic.py",
+                                  "tests/scenarios/test_sata.py", "-n", "2", "--dist", "loadgroup")
+    p = subprocess.run(command, cwd=REPO, env=_child_env(), capture_output=True, text=True,
+                       timeout=hs.pace(1200.0))
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+    tests = json.loads((run_dir / "summary.json").read_text())["tests"]
+    groups: dict[str, list[dict]] = {}
+    for t in tests:
+        groups.setdefault(t["device"], []).append(t)
+    assert set(groups) == {"e1000e", "ahci"} and all(len(g) == 3 for g in groups.values()), groups
+    for device, group in groups.items():
+        assert len({t["worker"] for t in group}) == 1, (device, [t["worker"] for t in group])
+        spans = sorted((t["started_at"], t["ended_at"], t["nodeid"]) for t in group)
+        for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+            assert start >= end, f"{a} and {b} (one IOMMU group) overlapped"
+    assert groups["e1000e"][0]["worker"] != groups["ahci"][0]["worker"], "one worker did all"
