@@ -120,6 +120,10 @@ class DrainedConsole(pexpect.spawnbase.SpawnBase):
         self._reader.join(5)
 
 
+#: Terminal control sequences (colours, cursor moves) that tools print on a tty.
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]")
+
+
 class ConsoleChannel:
     """A root shell on the guest's serial console, through QEMU's chardev unix socket."""
 
@@ -171,7 +175,9 @@ class ConsoleChannel:
                 self._spawn.send("\x03")  # interrupt the command; the next marker resyncs
                 raise WaitTimeout(f"console: `{command}` did not finish within {timeout:.1f} s",
                                   details=e.details) from None
-            output = self._spawn.before.replace("\r\n", "\n")
+            # A console is a terminal: tools colour their output there (util-linux's fdisk
+            # printed "\x1b[1mDisk /dev/vda" on a systemd guest); the escapes are not output.
+            output = _ANSI.sub("", self._spawn.before.replace("\r\n", "\n"))
             return int(m.group(1)), output
 
     def close(self) -> None:

@@ -214,7 +214,9 @@ class Guest:
             # Kernel messages printed on the serial console land inside a command's output
             # (a systemd guest's `ls /sys/class/net` once read "70.451999]" as an interface):
             # keep only emergencies on the console. dmesg still has everything (in the bundle).
-            self.shell.run("dmesg -n 1 2>/dev/null; true", max(1.0, deadline - time.monotonic()))
+            # TERM=dumb: tools do not colour what they print on the console (a terminal).
+            self.shell.run("dmesg -n 1 2>/dev/null; export TERM=dumb; true",
+                           max(1.0, deadline - time.monotonic()))
         if self.spec.access == "ssh":
             self.ssh_port = self._forwarded_ssh_port()
             if self.image.ssh_key is None:

@@ -117,6 +117,8 @@ def summary_lines(summary: dict) -> list[str]:
         lines.append("ran again after a guest died or stopped answering under them "
                      "(--retry-dead-guest): "
                      + ", ".join(t["nodeid"].split("::")[-1] for t in again))
+    if identity_line(summary):
+        lines.append(identity_line(summary))
     lines += guest_matrix_lines(summary)
     lab = summary.get("lab")
     if lab:
@@ -231,6 +233,19 @@ def _where_it_ran(summary: dict) -> str:
     return through_line + lab_line
 
 
+def identity_line(summary: dict) -> str | None:
+    """Which host, QEMU build and harness commit ran (summary.json's identity)."""
+    i = summary.get("identity")
+    if not i:
+        return None
+    h = i.get("harness") or {}
+    commit = (h.get("commit") or "")[:12] + (" (with local changes)" if h.get("dirty") else "")
+    return (f"host {i.get('host')} ({i.get('cpu')}, kernel {i.get('host_kernel')}, {i.get('iommu')})"
+            f"; {(i.get('qemu') or {}).get('build') or 'QEMU ?'}; harness {h.get('version')}"
+            + (f" {commit}" if commit else "")
+            + (f"; inventory sha256 {i['inventory_sha256'][:12]}" if i.get("inventory_sha256") else ""))
+
+
 def render_html(summary: dict) -> str:
     c = summary["counts"]
     badges = "".join(f'<span class="badge {o}">{n} {o}</span>' for o, n in c.items() if n)
@@ -250,7 +265,8 @@ backend <b>{html.escape(summary['backend'])}</b> &middot; accelerator <b>{html.e
 <small>(every deadline is its reference figure times this: {html.escape(', '.join(f"{k.replace('_', ' ')} {v:g} s" for k, v in (summary.get('deadlines') or {}).items()))})</small><br>
 QEMU <b>{html.escape(str(summary['qemu_version']))}</b> <small>{html.escape(summary['qemu_binary'])}</small>
 &middot; guest kernel <b>{html.escape(str(image.get('kernel_version', 'user image')))}</b>
-&middot; median guest boot {summary.get('boot_seconds_median')} s{_where_it_ran(summary)}</p>
+&middot; median guest boot {summary.get('boot_seconds_median')} s{_where_it_ran(summary)}
+<br><small>{html.escape(identity_line(summary) or '')}<br><code>{html.escape((summary.get('identity') or {}).get('command', ''))}</code></small></p>
 <p>{badges}</p>
 <h2>Matrix</h2>{matrix}
 <h2>Hotplug latencies (seconds)</h2>

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from . import collect, hygiene, images, report
+from . import collect, hygiene, identity, images, report
 
 STASH_REPORTS = pytest.StashKey[dict]()
 STASH_RECORD = pytest.StashKey[dict]()
@@ -137,6 +137,10 @@ def finish(session: pytest.Session, hs) -> None:
         "hygiene": hs.hygiene_problems or "clean: no QEMU left running, no temp directory left, "
                                           "guest image unchanged",
         "nothing_tested": nothing_tested,
+        "identity": identity.run_identity(
+            qemu_binary=hs.qemu_binary, qemu_version=hs.qemu_version,
+            inventory=hs.inventory.path if hs.inventory is not None else None,
+            args=[str(a) for a in session.config.invocation_params.args]),
     })
     tr = session.config.pluginmanager.get_plugin("terminalreporter")
     if tr is not None:

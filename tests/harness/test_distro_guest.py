@@ -77,7 +77,7 @@ def cloud_guest(hotplug_session) -> images.DistroImage:
     return images.ensure_distro("cloudinit", cache, log=lambda s: None)
 
 
-def test_cloud_image_runs_the_nic_scenario_with_no_key_baked_in(cloud_guest, tmp_path, child_env):
+def test_cloud_image_runs_the_nic_usb_and_sata_scenarios_with_no_key_baked_in(cloud_guest, tmp_path, child_env):
     """A guest that behaves like a stock cloud image (cloud-init, no user key, no password):
     --guest-cloud-init makes the run's SSH key and a NoCloud seed; the guest comes up over SSH
     and its hot-added NICs get addresses by DHCP; the NIC, USB and SATA scenarios on pc and

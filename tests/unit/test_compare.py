@@ -32,3 +32,25 @@ def test_command_exit_status(tmp_path, capsys):
 def test_missing_summary_says_what_to_pass(tmp_path):
     with pytest.raises(ConfigError, match="pass a run folder"):
         compare.load_summary(str(tmp_path / "nope"))
+
+
+def run(*tests):
+    return {"latencies": {}, "tests": [dict(nodeid=n, outcome=o, reason=r, notes=list(notes))
+                                       for n, o, r, notes in tests]}
+
+
+def test_outcomes_notes_and_coverage_are_compared_and_gate(tmp_path, capsys):
+    old = run(("t::a", "passed", "", ["DEVICE_DELETED sent"]), ("t::b", "passed", "", []),
+              ("t::c", "failed", "boom", []), ("t::d", "passed", "", []))
+    new = run(("t::a", "passed", "", []), ("t::b", "failed", "AssertionError: gone\nmore", []),
+              ("t::c", "passed", "", []), ("t::e", "passed", "", []))
+    changes = {(k, n) for k, n, _ in compare.compare_outcomes(old, new)}
+    assert changes == {("NOTES", "t::a"), ("REGRESSED", "t::b"), ("FIXED", "t::c"),
+                       ("NOT COVERED", "t::d"), ("NEW", "t::e")}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    assert main(["compare", str(tmp_path / "old.json"), str(tmp_path / "new.json")]) == 1
+    out = capsys.readouterr().out
+    assert "REGRESSED    t::b: passed -> failed: AssertionError: gone" in out
+    assert "2 regression(s) of outcome or coverage, 3 other change(s)" in out
+    assert main(["compare", str(tmp_path / "old.json"), str(tmp_path / "old.json")]) == 0
