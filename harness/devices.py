@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from .errors import HarnessError
 from .machine import GuestSpec
 
 
@@ -275,8 +276,17 @@ class VfioPci(HotplugDevice):
             bus = guest.free_bus()
             seconds = guest.device_add("vfio-pci", device_id, host=self.entry.bdf, bus=bus,
                                        **guest.spec.fixed_slot(self.role, bus))
-        except BaseException:
-            lease.release()
+        except BaseException as e:
+            # Ctrl-C or SIGTERM can land while QEMU is attaching the device: QEMU then holds
+            # the group and the release fails. That must not replace the interrupt (or QEMU's
+            # refusal): the binder keeps the lease and gives the group back when it is closed,
+            # after the guests (HarnessSession.close).
+            try:
+                lease.release()
+            except HarnessError as failed:
+                if isinstance(e, Exception):
+                    e.add_note(f"(the device goes back to its host driver once the guest is "
+                               f"closed: {failed.message})")
             raise
         e = self.entry
         return Plugged(device_id, self, seconds, bus, Facts(

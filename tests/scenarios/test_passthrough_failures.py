@@ -203,29 +203,3 @@ def test_sigterm_mid_test_gives_the_device_back_and_leaves_no_qemu(hotplug_sessi
         pid = int(pidfile.read_text())
         assert not Path(f"/proc/{pid}").exists() or b"qemu" not in Path(
             f"/proc/{pid}/cmdline").read_bytes(), f"QEMU pid {pid} of the child run still runs"
-
-
-def test_two_workers_never_share_an_iommu_group(hotplug_session, tmp_path):
-    """Two xdist workers on the lab's NIC and SATA controller: the NIC's tests (one IOMMU
-    group) run on one worker one after another, the SATA controller's on the other; tests of
-    one group never overlap in time, while the two groups do run at once."""
-    import json
-    import subprocess
-
-    hs = hotplug_session
-    command, run_dir = _child_run(hs, tmp_path, "tests/scenarios/test_nic.py",
-                                  "tests/scenarios/test_sata.py", "-n", "2", "--dist", "loadgroup")
-    p = subprocess.run(command, cwd=REPO, env=_child_env(), capture_output=True, text=True,
-                       timeout=hs.pace(1200.0))
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
-    tests = json.loads((run_dir / "summary.json").read_text())["tests"]
-    groups: dict[str, list[dict]] = {}
-    for t in tests:
-        groups.setdefault(t["device"], []).append(t)
-    assert set(groups) == {"e1000e", "ahci"} and all(len(g) == 3 for g in groups.values()), groups
-    for device, group in groups.items():
-        assert len({t["worker"] for t in group}) == 1, (device, [t["worker"] for t in group])
-        spans = sorted((t["started_at"], t["ended_at"], t["nodeid"]) for t in group)
-        for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
-            assert start >= end, f"{a} and {b} (one IOMMU group) overlapped"
-    assert groups["e1000e"][0]["worker"] != groups["ahci"][0]["worker"], "one worker did all"

@@ -409,3 +409,30 @@ def test_the_end_of_a_run_gives_back_its_own_entries_too(lab, journal):
     [r] = restore_from_journal(lab.sysfs(), journal, own_pids={me})
     assert r.status == "restored" and lab.driver_of("0000:06:00.0") == "ahci"
     assert entries(journal) == []
+
+
+def test_an_interrupt_during_device_add_stays_an_interrupt_and_the_group_goes_back_at_close(lab, journal):
+    """SIGTERM (as KeyboardInterrupt) lands while QEMU attaches the device, so QEMU holds the
+    group and the plug's own release fails: the interrupt still ends the run (it used to be
+    replaced by the release's HostDeviceError, so the run 'failed' instead of 'interrupted'),
+    and the binder gives the group back at its close, once the QEMU is gone."""
+    from types import SimpleNamespace
+
+    from harness.devices import VfioPci
+    from harness.machine import GuestSpec
+
+    b = binder(lab, journal)
+    entry = SimpleNamespace(bdf="0000:06:00.0", role="sata-controller", name="ahci")
+
+    def device_add(*args, **kw):
+        lab.fail[("drivers/vfio-pci/unbind", "0000:06:00.0")] = errno.EBUSY  # QEMU has it now
+        raise KeyboardInterrupt("signal SIGTERM")
+
+    guest = SimpleNamespace(free_bus=lambda: "rp0", spec=GuestSpec(machine="q35"),
+                            device_add=device_add)
+    with pytest.raises(KeyboardInterrupt):
+        VfioPci(entry, b, ALLOWED).plug(guest, "sata")
+    assert lab.driver_of("0000:06:00.0") == "vfio-pci" and len(entries(journal)) == 1
+    del lab.fail[("drivers/vfio-pci/unbind", "0000:06:00.0")]  # the guest was closed
+    b.close()
+    assert lab.driver_of("0000:06:00.0") == "ahci" and entries(journal) == []
