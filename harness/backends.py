@@ -209,7 +209,7 @@ class Lab(Vfio):
         from .host.inventory import load_inventory
 
         self.inventory = load_inventory(path)
-        self._ask_the_doctor("the lab host", ": a bug in the lab image (harness/lab.py)")
+        self._ask_the_doctor("the lab host", ": a bug in the lab image (harness/lab/)")
         self.binder = binding.VfioBinder("/", timeout=self.pace(5.0),
                                          cleared_storage=self.inventory.cleared_storage())
 

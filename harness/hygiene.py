@@ -11,7 +11,8 @@ import tempfile
 from pathlib import Path
 
 from .guest import tmp_prefix
-from .images import GuestImage, _sha256
+from .debroot import sha256 as _sha256
+from .images import GuestImage
 
 
 def _tmp_dirs(owner: str | None) -> set[str]:

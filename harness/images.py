@@ -15,22 +15,17 @@ the kernel and initramfs, and disks given to tests are separate per-test files.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
-import io
 import json
-import lzma
 import os
-import re
 import shutil
-import stat
-import struct
 import subprocess
 import tempfile
 import time
 import tomllib
 from pathlib import Path
 
+from . import debroot
 from .errors import ConfigError, ImageError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +58,7 @@ class GuestImage:
 
     def checksum(self) -> str:
         """sha256 over the files the guest boots from; the suite checks it is unchanged."""
-        return hashlib.sha256("".join(_sha256(p) for p in (self.kernel, self.initrd, self.disk)
+        return hashlib.sha256("".join(debroot.sha256(p) for p in (self.kernel, self.initrd, self.disk)
                                       if p is not None).encode()).hexdigest()
 
 
@@ -110,187 +105,34 @@ class Recipe:
                 h.update(str(p.relative_to(self.folder)).encode() + b"\0")
                 h.update(p.read_bytes())
         h.update(Path(__file__).read_bytes())
+        h.update(Path(debroot.__file__).read_bytes())
         return h.hexdigest()[:16]
 
 
 # -- small pure helpers (unit-tested) ------------------------------------------------------------
 
 
-def elf_sections(data: bytes) -> dict[str, bytes]:
-    """Sections of a 64-bit little-endian ELF file, by name."""
-    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-        raise ValueError("not a 64-bit little-endian ELF file")
-    e_shoff, = struct.unpack_from("<Q", data, 0x28)
-    e_shentsize, e_shnum, e_shstrndx = struct.unpack_from("<HHH", data, 0x3A)
-    headers = []
-    for i in range(e_shnum):
-        name, _type, _flags, _addr, offset, size = struct.unpack_from(
-            "<IIQQQQ", data, e_shoff + i * e_shentsize)
-        headers.append((name, offset, size))
-    _, stroff, strsize = headers[e_shstrndx]
-    strtab = data[stroff:stroff + strsize]
-    out = {}
-    for name, offset, size in headers:
-        end = strtab.index(b"\0", name)
-        out[strtab[name:end].decode()] = data[offset:offset + size]
-    return out
 
 
-def elf_needed(data: bytes) -> list[str]:
-    """DT_NEEDED entries (shared libraries) of an ELF executable or library."""
-    sections = elf_sections(data)
-    dynamic, dynstr = sections.get(".dynamic", b""), sections.get(".dynstr", b"")
-    needed = []
-    for off in range(0, len(dynamic) - 15, 16):
-        tag, val = struct.unpack_from("<qQ", dynamic, off)
-        if tag == 0:
-            break
-        if tag == 1:  # DT_NEEDED
-            needed.append(dynstr[val:dynstr.index(b"\0", val)].decode())
-    return needed
 
 
-def module_depends(ko: bytes) -> list[str]:
-    """The ``depends=`` list of a kernel module's .modinfo section."""
-    for entry in elf_sections(ko).get(".modinfo", b"").split(b"\0"):
-        if entry.startswith(b"depends="):
-            return [d for d in entry[8:].decode().split(",") if d]
-    return []
 
 
-def extract_vmlinux(bzimage: bytes) -> bytes:
-    """The uncompressed kernel ELF inside an xz-compressed bzImage."""
-    start = bzimage.find(b"\xfd7zXZ\x00")
-    if start < 0:
-        raise ImageError("kernel image has no xz payload", hint="use a CONFIG_KERNEL_XZ kernel")
-    dec = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
-    out = dec.decompress(bzimage[start:])
-    if not out.startswith(b"\x7fELF"):
-        raise ImageError("xz payload of the kernel is not an ELF file")
-    return out
 
 
-def write_cpio(root: Path, out: io.BufferedWriter) -> None:
-    """Write ``root`` as a newc cpio archive with every file owned by root."""
-    ino = 1
-
-    def entry(name: str, mode: int, data: bytes, nlink: int = 1, mtime: int = 0) -> None:
-        nonlocal ino
-        namez = name.encode() + b"\0"
-        hdr = b"070701" + b"".join(b"%08X" % v for v in (
-            ino, mode, 0, 0, nlink, mtime, len(data), 0, 0, 0, 0, len(namez), 0))
-        ino += 1
-        out.write(hdr + namez)
-        out.write(b"\0" * (-(110 + len(namez)) % 4))
-        out.write(data)
-        out.write(b"\0" * (-len(data) % 4))
-
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        rel = os.path.relpath(dirpath, root)
-        if rel != ".":
-            entry(rel, stat.S_IFDIR | 0o755, b"", nlink=2)
-        for fn in sorted(filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
-            full = os.path.join(dirpath, fn)
-            name = os.path.normpath(os.path.join(rel, fn))
-            st = os.lstat(full)
-            if stat.S_ISLNK(st.st_mode):
-                entry(name, stat.S_IFLNK | 0o777, os.readlink(full).encode())
-            elif stat.S_ISREG(st.st_mode):
-                with open(full, "rb") as f:
-                    entry(name, stat.S_IFREG | (st.st_mode & 0o7777), f.read())
-        # symlinked dirs were emitted as links; do not descend into them
-        dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
-    entry("TRAILER!!!", 0, b"")
 
 
 # -- build ---------------------------------------------------------------------------------------
 
 
-def _run(cmd: list[str], what: str, **kw) -> str:
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, **kw)
-    except FileNotFoundError as e:
-        raise ImageError(f"{what}: {cmd[0]} is not installed",
-                         hint="run `make setup` (installs dpkg and apt tools)") from e
-    if p.returncode != 0:
-        raise ImageError(f"{what} failed: {' '.join(cmd)}\n{p.stderr.strip()}",
-                         hint="run `apt-get update` as root, then try again")
-    return p.stdout
 
 
-def _resolve_kernel_package(meta: str) -> str:
-    out = _run(["apt-cache", "show", "--no-all-versions", meta], f"looking up {meta}")
-    m = re.search(r"^Depends: (linux-image-[^\s,]+)", out, re.M)
-    if not m:
-        raise ImageError(f"{meta} does not name a linux-image package", hint="check apt sources")
-    return m.group(1)
 
 
-def _merge_usr(root: Path) -> None:
-    """Debian 12 packages still ship /bin, /sbin, /lib: fold them into /usr with symlinks."""
-    for d in ("bin", "sbin", "lib", "lib64"):
-        top = root / d
-        if top.is_symlink() or not top.exists():
-            continue
-        dest = root / "usr" / d
-        dest.mkdir(parents=True, exist_ok=True)
-        for item in top.iterdir():
-            target = dest / item.name
-            if target.is_dir() and not target.is_symlink() and item.is_dir() and not item.is_symlink():
-                shutil.copytree(item, target, symlinks=True, dirs_exist_ok=True)
-                shutil.rmtree(item)
-            else:
-                if target.exists() or target.is_symlink():
-                    target.unlink() if not target.is_dir() else shutil.rmtree(target)
-                item.rename(target)
-        top.rmdir()
-        top.symlink_to(f"usr/{d}")
 
 
-def unpack_debs(packages: list[str], debs: Path, root: Path, *,
-                elsewhere: dict[str, Path] | None = None) -> dict[str, str]:
-    """``apt-get download`` the packages into ``debs`` and ``dpkg-deb -x`` each into ``root``
-    (or the folder ``elsewhere`` names for it), without root; merge /usr and drop the docs.
-    Returns each package's version."""
-    elsewhere = elsewhere or {}
-    _run(["apt-get", "download", "-q", *packages], "apt-get download", cwd=debs)
-    versions = {}
-    for deb in sorted(debs.glob("*.deb")):
-        name, version = deb.name.split("_")[:2]
-        versions[name] = version.replace("%3a", ":")
-        _run(["dpkg-deb", "-x", str(deb), str(elsewhere.get(name, root))], f"unpacking {deb.name}")
-    _merge_usr(root)
-    for junk in ("usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info",
-                 "usr/share/lintian", "usr/share/bug"):
-        shutil.rmtree(root / junk, ignore_errors=True)
-    return versions
 
 
-def _check_libraries(root: Path, programs: tuple[str, ...]) -> None:
-    """Fail the build if a required program, or a library it loads, lacks a shared library."""
-    libdirs = [root / "usr/lib/x86_64-linux-gnu", root / "usr/lib"]
-    seen: set[str] = set()
-    missing: list[str] = []
-    todo = [root / p.lstrip("/") for p in programs]
-    for p in todo:
-        if not p.exists():
-            missing.append(f"{p.relative_to(root)} (the program itself)")
-    todo = [p for p in todo if p.exists()]
-    while todo:
-        path = todo.pop()
-        for lib in elf_needed(path.resolve().read_bytes()):
-            if lib in seen:
-                continue
-            seen.add(lib)
-            found = next((d / lib for d in libdirs if (d / lib).exists()), None)
-            if found is None:
-                missing.append(f"{lib} (needed by {path.name})")
-            else:
-                todo.append(found)
-    if missing:
-        raise ImageError("the guest image lacks shared libraries: " + ", ".join(missing),
-                         hint="add the Debian package that ships them to recipe.toml")
 
 
 def _add_modules(root: Path, kroot: Path, kver: str, wanted: tuple[str, ...]) -> list[str]:
@@ -308,7 +150,7 @@ def _add_modules(root: Path, kroot: Path, kver: str, wanted: tuple[str, ...]) ->
         if key not in by_name:
             raise ImageError(f"kernel {kver} has no module {name} (wanted by {' <- '.join(chain) or 'recipe'})",
                              hint="it may be built in: remove it from recipe.toml modules")
-        for dep in module_depends(by_name[key].read_bytes()):
+        for dep in debroot.module_depends(by_name[key].read_bytes()):
             visit(dep, chain + (name,))
         order.append(key)
 
@@ -325,7 +167,7 @@ def _add_modules(root: Path, kroot: Path, kver: str, wanted: tuple[str, ...]) ->
             shutil.copy2(src / f, dest / f)
     # The real depmod, run from the new root with its own loader and libraries, writes the
     # indexes libkmod needs (lspci -k prints "Kernel modules:" from them).
-    _run([str(root / "usr/lib64/ld-linux-x86-64.so.2"), "--library-path",
+    debroot.run([str(root / "usr/lib64/ld-linux-x86-64.so.2"), "--library-path",
           str(root / "usr/lib/x86_64-linux-gnu"), "--argv0", "depmod", str(root / "usr/bin/kmod"),
           "-b", str(root), kver],
          "depmod")
@@ -338,7 +180,7 @@ def _add_modules(root: Path, kroot: Path, kver: str, wanted: tuple[str, ...]) ->
 def _link_busybox_applets(root: Path) -> None:
     """Link each busybox applet that no real tool provides into /usr/bin, so every shell (the
     console's, and dropbear's with its fixed PATH) finds the real tools first."""
-    applets = _run([str(root / "usr/bin/busybox"), "--list"], "listing busybox applets").split()
+    applets = debroot.run([str(root / "usr/bin/busybox"), "--list"], "listing busybox applets").split()
     for applet in applets:
         if not any((root / d / applet).exists() or (root / d / applet).is_symlink()
                    for d in ("usr/bin", "usr/sbin")):
@@ -377,10 +219,10 @@ def build(recipe: Recipe, out_dir: Path, log=print) -> dict:
         debs, root, kroot = tmp / "debs", tmp / "root", tmp / "kernel"
         for d in (debs, root, kroot):
             d.mkdir()
-        kpkg = _resolve_kernel_package(recipe.kernel_package)
+        kpkg = debroot.resolve_kernel_package(recipe.kernel_package)
         log(f"image: downloading {len(recipe.packages) + 1} Debian packages")
-        versions = unpack_debs([kpkg, *recipe.packages], debs, root, elsewhere={kpkg: kroot})
-        _check_libraries(root, recipe.required_programs)
+        versions = debroot.unpack_debs([kpkg, *recipe.packages], debs, root, elsewhere={kpkg: kroot})
+        debroot.check_libraries(root, recipe.required_programs)
 
         kver = kpkg.removeprefix("linux-image-")
         order = _add_modules(root, kroot, kver, recipe.modules)
@@ -395,12 +237,12 @@ def build(recipe: Recipe, out_dir: Path, log=print) -> dict:
 
         bz = (kroot / f"boot/vmlinuz-{kver}").read_bytes()
         (stage / "bzImage").write_bytes(bz)
-        (stage / "vmlinux").write_bytes(extract_vmlinux(bz))
+        (stage / "vmlinux").write_bytes(debroot.extract_vmlinux(bz))
         with open(stage / "initrd.cpio", "wb") as f:
-            write_cpio(root, f)
+            debroot.write_cpio(root, f)
         manifest = {
             "recipe_digest": recipe.digest(),
-            "sha256": {n: _sha256(stage / n) for n in ("vmlinux", "initrd.cpio")},
+            "sha256": {n: debroot.sha256(stage / n) for n in ("vmlinux", "initrd.cpio")},
             "kernel_version": kver,
             "packages": versions,
             "modules": order,
@@ -419,12 +261,6 @@ def build(recipe: Recipe, out_dir: Path, log=print) -> dict:
 BUILTIN_APPEND = "console=ttyS0 panic=-1 quiet"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def image_from_dir(d: Path, verify: bool = True) -> GuestImage:
@@ -441,7 +277,7 @@ def image_from_dir(d: Path, verify: bool = True) -> GuestImage:
                          hint=f"delete {d} and run `make image` to rebuild it") from e
     if verify:
         for name, want in manifest.get("sha256", {}).items():
-            if _sha256(d / name) != want:
+            if debroot.sha256(d / name) != want:
                 raise ImageError(f"guest image {d} is corrupt: {name} does not match its checksum",
                                  hint=f"delete {d} and run `make image` to rebuild it")
     return GuestImage(kernel=d / "vmlinux", initrd=d / "initrd.cpio", append=BUILTIN_APPEND,
@@ -460,37 +296,12 @@ def ensure_builtin(cache: Path = DEFAULT_CACHE, recipe_dir: Path = BUILTIN_RECIP
     """
     recipe = Recipe.load(recipe_dir)
     out = builtin_dir(cache, recipe_dir)
-    build_once(out, lambda d: build(recipe, d, log=log))
+    debroot.build_once(out, lambda d: build(recipe, d, log=log))
     return image_from_dir(out)
 
 
-def build_once(out: Path, build_into, spare: int = 2) -> bool:
-    """Build into ``out`` (a cache folder named by what it is built from) unless it is there.
-    Safe from several processes at once: one builds, the others wait on the cache's lock. The
-    build must appear at ``out`` whole (built aside, then renamed). Older builds beyond ``spare``
-    are pruned. True if this call built it."""
-    if out.exists():
-        return False
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if out.exists():
-            return False
-        build_into(out)
-        _prune(out.parent, keep=out, spare=spare)
-    return True
 
 
-def _prune(cache: Path, keep: Path, spare: int = 2) -> None:
-    """Remove builds of older recipes, keeping the newest ``spare`` besides ``keep`` (another
-    branch may still want them)."""
-    old = sorted((d for d in cache.iterdir() if d.is_dir() and d != keep and (d / "manifest.json").exists()),
-                 key=lambda d: d.stat().st_mtime, reverse=True)
-    for d in old[spare:]:
-        for p in d.iterdir():
-            if p.is_file():  # the image's files are read-only
-                os.chmod(p, 0o600)
-        shutil.rmtree(d, ignore_errors=True)
 
 
 # -- distribution guests (your own guest, as users have it) --------------------------------------
@@ -556,7 +367,7 @@ def ensure_distro(name: str, cache: Path = DEFAULT_CACHE, log=print) -> DistroIm
         part.rename(dest)
         log(f"{name} guest: built {dest} in {manifest['build_seconds']} s")
 
-    build_once(out, build, spare=1)
+    debroot.build_once(out, build, spare=1)
     return DistroImage(out, json.loads((out / "manifest.json").read_text()))
 
 

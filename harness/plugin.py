@@ -30,7 +30,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config):
     """``--backend lab`` on the host: run this same command inside the lab host instead
-    (harness/lab.py); the run inside does the collecting, the testing and the report."""
+    (harness/lab/); the run inside does the collecting, the testing and the report."""
     opt = config.option
     if opt.backend != "lab" or opt.help or opt.version or opt.hh_run_config:
         return None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import images
+from harness import debroot, images
 from harness.errors import ImageError
 
 
@@ -36,7 +36,7 @@ def test_cpio_roundtrip_with_links_and_root_owner(tmp_path):
     os.chmod(root / "usr/bin/tool", 0o755)
     (root / "bin").symlink_to("usr/bin")
     buf = io.BytesIO()
-    images.write_cpio(root, buf)
+    debroot.write_cpio(root, buf)
     entries = read_cpio(buf.getvalue())
     assert entries["usr/bin/tool"][3] == b"#!/bin/sh\necho hi\n"
     assert entries["usr/bin/tool"][0] & 0o777 == 0o755
@@ -46,21 +46,21 @@ def test_cpio_roundtrip_with_links_and_root_owner(tmp_path):
 
 
 def test_elf_needed_reads_a_real_binary():
-    needed = images.elf_needed(Path(sys.executable).resolve().read_bytes())
+    needed = debroot.elf_needed(Path(sys.executable).resolve().read_bytes())
     assert any(n.startswith("libc.so") for n in needed) or needed == []
 
 
 def test_elf_sections_refuses_non_elf():
     with pytest.raises(ValueError):
-        images.elf_sections(b"not an elf")
+        debroot.elf_sections(b"not an elf")
 
 
 def test_extract_vmlinux():
     payload = b"\x7fELF" + b"\0" * 100
     bz = b"MZ header" + lzma.compress(payload, format=lzma.FORMAT_XZ) + b"trailing"
-    assert images.extract_vmlinux(bz) == payload
+    assert debroot.extract_vmlinux(bz) == payload
     with pytest.raises(ImageError, match="no xz payload"):
-        images.extract_vmlinux(b"plain")
+        debroot.extract_vmlinux(b"plain")
 
 
 def test_recipe_digest_changes_with_any_file(tmp_path):

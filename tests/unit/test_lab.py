@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from harness import lab
+from harness.lab import image as lab_image
 from harness.errors import ConfigError
 from harness.host.inventory import load_inventory
 
@@ -35,7 +36,7 @@ libpam-runtime
 
 
 def test_first_alternatives_picks_the_first_of_each_group():
-    assert lab._first_alternatives(APT_DEPENDS, exclude=set()) == [
+    assert lab_image._first_alternatives(APT_DEPENDS, exclude=set()) == [
         "python3.11-minimal", "libpython3.11-stdlib", "media-types",
         "libc6", "liblzma5", "libssl3", "libzstd1", "debconf", "debconf", "libpam-modules"]
 
@@ -43,7 +44,7 @@ def test_first_alternatives_picks_the_first_of_each_group():
 def test_first_alternatives_skips_excluded_ones():
     """An excluded package (one the lab takes from elsewhere, or must not have) gives way to the
     next alternative, a virtual package to its first provider that is not excluded."""
-    picks = lab._first_alternatives(APT_DEPENDS, exclude={"media-types", "debconf", "libssl3"})
+    picks = lab_image._first_alternatives(APT_DEPENDS, exclude={"media-types", "debconf", "libssl3"})
     assert picks == ["python3.11-minimal", "libpython3.11-stdlib", "mime-support",
                      "libc6", "liblzma5", "libzstd1", "cdebconf", "cdebconf", "libpam-modules"]
 
@@ -74,7 +75,7 @@ def test_shares_under_tmp_are_fine(tmp_path):
 
 
 def lab_host_sysfs(root) -> FakeHost:
-    """The lab host's PCI and USB devices as its kernel shows them (harness/lab.py)."""
+    """The lab host's PCI and USB devices as its kernel shows them (harness/lab/devices.py)."""
     h = FakeHost(root)
     h.add_pci(lab.NIC_BDF, "8086:10d3", 0x020000, "e1000e", 3)
     h.add_pci(lab.SATA_BDF, "8086:2922", 0x010601, "ahci", 4)
@@ -153,5 +154,5 @@ def test_an_unpacked_lab_qemu_finds_its_own_firmware(tmp_path):
 
 
 def test_lab_qemu_recipe_names_a_minimum_version():
-    recipe = lab._lab_qemu_recipe()
+    recipe = lab_image._lab_qemu_recipe()
     assert recipe["min_version"] >= (8, 0) and "qemu-system-x86" in recipe["packages"]

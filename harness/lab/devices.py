@@ -1,0 +1,101 @@
+"""The lab host's devices: one table that gives both the lab host's QEMU command line and, inside
+the lab host, the lab's own inventory (the format of docs/vfio.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from ..errors import LabError
+from ..host.sysfs import Sysfs
+
+NIC_BDF = "0000:00:03.0"
+SATA_BDF = "0000:00:04.0"
+XHCI_BDF = "0000:00:05.0"
+EHCI_BDF = "0000:00:06.0"
+#: Q35's own AHCI, sharing IOMMU group with the LPC bridge and SMBus: never viable alone.
+GROUPED_BDF = "0000:00:1f.2"
+LAB_GATEWAY = "10.0.5.2"
+SATA_DISK_BYTES = 64 << 20
+STICK_BYTES = 32 << 20
+STICK_IDS = ("0x46f4", "0x0001")
+STICK_PRODUCT = "QEMU USB HARDDRIVE"
+TABLET_PRODUCT = "QEMU USB Tablet"
+
+
+@dataclasses.dataclass(frozen=True)
+class LabDevice:
+    """One role the lab host plays: its inventory entry and its part of L1's command line."""
+
+    role: str
+    name: str
+    #: The L1 PCI function that plays the role (for a USB device: its controller's), at a
+    #: fixed slot of pcie.0; ``{addr}`` in ``qemu`` is that slot.
+    bdf: str
+    #: Its part of L1's command line; ``{disk}`` and ``{stick}`` are the disk images' paths.
+    qemu: tuple[str, ...]
+    #: The inventory's keys besides role, name and bdf (a USB device's hostbus/hostaddr are
+    #: found inside the lab host).
+    inventory: tuple[tuple[str, object], ...] = ()
+    usb: bool = False
+
+    @property
+    def addr(self) -> str:
+        return f"0x{int(self.bdf.split(':')[2].split('.')[0], 16):x}"
+
+
+DEVICES = (
+    LabDevice("nic", "e1000e", NIC_BDF,
+              ("-netdev", "user,id=labnet,net=10.0.5.0/24",
+               "-device", "e1000e,netdev=labnet,id=labnic,bus=pcie.0,addr={addr},romfile="),
+              (("gateway", LAB_GATEWAY),)),
+    LabDevice("sata-controller", "ahci", SATA_BDF,
+              ("-drive", "if=none,id=labdisk,file={disk},format=raw",
+               "-device", "ich9-ahci,id=labahci,bus=pcie.0,addr={addr}",
+               "-device", "ide-hd,drive=labdisk,bus=labahci.0"),
+              (("disk_bytes", SATA_DISK_BYTES),)),
+    LabDevice("usb-controller", "xhci", XHCI_BDF,
+              ("-device", "qemu-xhci,id=labxhci,bus=pcie.0,addr={addr}",
+               "-device", "usb-tablet,bus=labxhci.0"),
+              (("product", TABLET_PRODUCT),)),
+    LabDevice("usb-device", "stick", EHCI_BDF,
+              ("-device", "usb-ehci,id=labehci,bus=pcie.0,addr={addr}",
+               "-drive", "if=none,id=labstick,file={stick},format=raw",
+               "-device", "usb-storage,drive=labstick,bus=labehci.0"),
+              (("vendorid", STICK_IDS[0]), ("productid", STICK_IDS[1]),
+               ("product", STICK_PRODUCT), ("disk_bytes", STICK_BYTES)), usb=True),
+)
+
+
+def qemu_args(disk: Path, stick: Path) -> list[str]:
+    """The emulated devices that play the lab's host devices, at their fixed slots."""
+    return [a.format(addr=d.addr, disk=disk, stick=stick) for d in DEVICES for a in d.qemu]
+
+
+def find_usb(vendorid: str, productid: str, root: "str | Path" = "/") -> tuple[int, int]:
+    """(bus, address) of the one USB device with these ids."""
+    ids = f"{vendorid[2:]}:{productid[2:]}"
+    found = [(u.busnum, u.devnum) for u in Sysfs.of(root).usb_devices() if u.ids == ids]
+    if len(found) != 1:
+        raise LabError(f"the lab host has {len(found)} USB devices {ids} (expected the one "
+                       "usb-storage behind its EHCI controller)",
+                       hint="the lab host's devices are set in harness/lab/devices.py (DEVICES)")
+    return found[0]
+
+
+def write_inventory(workdir: Path, root: "str | Path" = "/") -> Path:
+    """The lab's own inventory (the format of docs/vfio.md), from the table and what the lab
+    host has (the stick's bus and address)."""
+    text = "# The lab host's devices (written by harness/lab/devices.py inside the lab host).\n"
+    for d in DEVICES:
+        text += f"\n[[device]]\nrole = {json.dumps(d.role)}\nname = {json.dumps(d.name)}\n"
+        if d.usb:
+            bus, addr = find_usb(*STICK_IDS, root=root)
+            text += f"hostbus = {bus}\nhostaddr = {addr}\n"
+        else:
+            text += f"bdf = {json.dumps(d.bdf)}\n"
+        text += "".join(f"{k} = {json.dumps(v)}\n" for k, v in d.inventory)
+    path = workdir / "inventory.toml"
+    path.write_text(text)
+    return path

@@ -1,0 +1,161 @@
+"""The lab host (L1): its QEMU command line, the folders shared into it, and the process that
+runs it with its console copied out and its deadlines watched."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import time
+from pathlib import Path
+
+from ..errors import ConfigError, LabError, QemuLaunchError
+from ..process import QemuProcess
+from . import devices
+from .devices import SATA_DISK_BYTES, STICK_BYTES
+from .image import LabImage
+
+SHARE_SLOT = 0x10  # the lab root's 9p device; the shared folders' follow it
+MAX_SHARES = 8
+
+
+def lab_argv(image: LabImage, qemu: list[str], workdir: Path, shares: dict[str, Path],
+             job: Path | None, memory_mb: int = 4096, cpus: int = 2) -> list[str]:
+    """L1's command line; ``qemu`` is the emulator's own part (:meth:`LabQemu.argv`)."""
+    disk, stick = workdir / "sata-disk.raw", workdir / "usb-stick.raw"
+    from ..devices import _disk_image
+
+    for path, size in ((disk, SATA_DISK_BYTES), (stick, STICK_BYTES)):
+        _disk_image(path, size)  # two partitions, like the guide's /dev/sdb
+    share_arg = ",".join(f"{tag}:{path}" for tag, path in shares.items())
+    append = ("console=ttyS0 intel_iommu=on iommu=pt panic=-1 quiet loglevel=3 "
+              f"hh.shares={share_arg} hh.job={job or ''}")
+    argv = [*qemu, "-name", "hh-lab", "-M", "q35", "-accel", "tcg,tb-size=512",
+            "-cpu", "max", "-smp", str(cpus), "-m", str(memory_mb),
+            "-nodefaults", "-display", "none", "-no-reboot",
+            "-chardev", f"file,id=console,path={workdir / 'console.log'}", "-serial", "chardev:console",
+            "-device", "intel-iommu,intremap=on,caching-mode=on",
+            "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", append,
+            "-fsdev", f"local,id=labroot,path={image.root},security_model=none,readonly=on,"
+                      "multidevs=remap",
+            "-device", f"virtio-9p-pci,fsdev=labroot,mount_tag=labroot,addr={SHARE_SLOT:#x}"]
+    # The shares at fixed slots too: auto-assigned ones took 00:03.0 from the lab NIC when a
+    # run had more shares than usual (a --report-dir outside the repository).
+    if len(shares) > MAX_SHARES:
+        raise ConfigError(f"the lab host takes at most {MAX_SHARES} shared folders, not "
+                          f"{len(shares)}", hint="keep the report folder and image cache under "
+                                                 "the repository")
+    for i, (tag, path) in enumerate(shares.items(), start=1):
+        argv += ["-fsdev", f"local,id={tag},path={path},security_model=none,multidevs=remap",
+                 "-device", f"virtio-9p-pci,fsdev={tag},mount_tag={tag},addr={SHARE_SLOT + i:#x}"]
+    return argv + devices.qemu_args(disk, stick)
+
+
+def shares_for(paths: list[Path]) -> dict[str, Path]:
+    """The host folders to share into the lab (each at its own path), without nesting."""
+    out: list[Path] = []
+    for p in sorted({p.resolve() for p in paths}, key=lambda p: (len(p.parts), str(p))):
+        if any(p == q or q in p.parents for q in out):
+            continue
+        if p.parts[1:2] and p.parts[1] in ("proc", "sys", "dev"):
+            raise ConfigError(f"cannot share {p} into the lab host: the lab host has its own "
+                              f"/{p.parts[1]}", hint="run from (and report into) a plain path")
+        if re.search(r"[\s,:]", str(p)):
+            raise ConfigError(f"cannot share {p} into the lab host: its path has a space, comma "
+                              "or colon", hint="run from (and report into) a plain path")
+        out.append(p)
+    return {f"share{i}": p for i, p in enumerate(out)}
+
+
+class LabHost:
+    """One L1 QEMU process running one job, its console copied to a log and to ``echo``."""
+
+    def __init__(self, argv: list[str], workdir: Path, *, boot_timeout: float,
+                 silence_timeout: float, echo=None):
+        """``boot_timeout``: QEMU start to "lab: ready" (a lab not up by then hangs in its
+        boot and would otherwise be noticed only at --lab-timeout). ``silence_timeout``: after
+        "lab: ready" the run inside prints at least a character a test; a lab host silent for
+        this long is hung (seen once: nested KVM on TCG wedged L1), not slow."""
+        self.argv = argv
+        self.boot_timeout = boot_timeout
+        self.silence_timeout = silence_timeout
+        self.workdir = workdir
+        self.console_log = workdir / "console.log"
+        self.qemu_log = workdir / "qemu.log"
+        self.echo = echo
+        self.qemu = QemuProcess(argv, self.qemu_log)
+        self.marks: dict[str, float] = {}
+
+    @property
+    def process(self) -> subprocess.Popen | None:
+        return self.qemu.popen
+
+    def run(self, deadline: float) -> int:
+        """Start L1 and copy its console until it powers off; QEMU's exit status."""
+        (self.workdir / "lab.cmdline").write_text(shlex.join(self.argv) + "\n")
+        t0 = time.monotonic()
+        self.console_log.touch()
+        try:
+            self.qemu.start()
+        except QemuLaunchError as e:
+            raise LabError(f"cannot start the lab host: {e.message}", hint=e.hint) from e
+        self._pos, self._pending, heard = 0, b"", t0
+        try:
+            while True:
+                done = self.process.poll() is not None
+                if self._copy_console(t0):
+                    heard = time.monotonic()
+                if done:
+                    return self._ended()
+                self._check_deadlines(t0, heard, deadline)
+                time.sleep(0.2)
+        finally:
+            self.stop()
+
+    def _copy_console(self, t0: float) -> bool:
+        """Copy what the console log gained to ``echo``, noting the lab's marks; whether it
+        gained anything."""
+        with open(self.console_log, "rb") as f:
+            f.seek(self._pos)
+            chunk = f.read()
+        self._pos += len(chunk)
+        self._pending += chunk
+        *lines, self._pending = self._pending.split(b"\n")
+        for raw in lines:
+            line = raw.decode("utf-8", "replace").rstrip("\r")
+            m = re.match(r"lab: (stage 1 done|ready)", line)
+            if m:
+                self.marks[m.group(1)] = round(time.monotonic() - t0, 2)
+            if self.echo:
+                self.echo(line)
+        return bool(chunk)
+
+    def _ended(self) -> int:
+        if self._pending and self.echo:
+            self.echo(self._pending.decode("utf-8", "replace"))
+        if self.process.returncode and self.echo:
+            for line in self.qemu_log.read_text(errors="replace").splitlines()[-10:]:
+                self.echo(f"lab QEMU: {line}")
+        return self.process.returncode
+
+    def _check_deadlines(self, t0: float, heard: float, deadline: float) -> None:
+        now = time.monotonic()
+        if "ready" not in self.marks and now > t0 + self.boot_timeout:
+            raise LabError(f"the lab host did not boot in {self.boot_timeout:g} s (no "
+                           f"'lab: ready' on its console {self.console_log})",
+                           hint="its last console lines say where it stopped")
+        if "ready" in self.marks and now > heard + self.silence_timeout:
+            raise LabError(f"the lab host has printed nothing for {self.silence_timeout:g} s:"
+                           f" it is hung (console: {self.console_log})",
+                           hint="the guests of the test that was running are in the run "
+                                "folder's guests/; run again, and if it recurs, report it "
+                                "with the console log")
+        if now > deadline:
+            raise LabError(f"the lab host did not finish in time (console: {self.console_log})",
+                           hint="look at the console log; raise --lab-timeout if the run "
+                                "was only slow")
+
+    def stop(self) -> None:
+        """L1 has no QMP: SIGTERM (QEMU powers the lab off), then SIGKILL; always reaped."""
+        self.qemu.stop(waits=(0.0, 10.0, 10.0))
+

@@ -1,0 +1,114 @@
+"""The outer run: ``pytest --backend lab`` on the host builds the lab, boots L1 with the same
+pytest command as its job, and waits; and what the run inside leaves for it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import time
+from pathlib import Path
+
+from .. import images, pace
+from ..errors import HarnessError
+from ..machine import MACHINES
+from ..runconfig import LabContext, RunConfig
+from .host import LabHost, lab_argv, shares_for
+from .image import choose_lab_qemu, ensure_lab
+
+#: What the run inside measured (its time factor and the L2 guests' deadlines), for lab.json.
+INSIDE_FIGURES = "inside-pace.json"
+
+
+def run_outer(config, echo=print) -> int:
+    """``pytest --backend lab`` on the host: build, boot L1, run the same pytest inside it."""
+    opt = config.option
+    t0 = time.monotonic()
+    cache = Path(opt.image_cache or images.DEFAULT_CACHE).resolve()
+    guest = images.ensure_builtin(cache, log=echo)
+    image = ensure_lab(cache, log=echo)
+    l1_qemu = choose_lab_qemu(opt.lab_qemu, opt.qemu_binary, cache, log=echo)
+    report_root = Path(opt.report_dir).resolve()
+    run = RunConfig.new(report_root, backend="lab", qemu_binary=opt.qemu_binary,
+                        machines=tuple(opt.machine or MACHINES))
+    workdir = run.run_dir / "lab"
+    workdir.mkdir(parents=True)
+    run.lab = LabContext(workdir, {"folder": str(image.folder),
+                                   "build_seconds": image.manifest.get("build_seconds"),
+                                   "built_now": image.built_now,
+                                   "l1_qemu": f"{l1_qemu.version} ({l1_qemu.origin})"})
+    invocation = Path(config.invocation_params.dir).resolve()
+    shares = shares_for([Path(config.rootpath), invocation, report_root, cache])
+    job = write_job(workdir, run.write(), invocation, Path(config.rootpath).resolve(),
+                    [str(a) for a in config.invocation_params.args])
+    return _boot_and_wait(opt, image, l1_qemu, guest, workdir, shares, job, t0, echo)
+
+
+def _boot_and_wait(opt, image, l1_qemu, guest, workdir: Path, shares, job: Path, t0: float,
+                   echo) -> int:
+    """Boot L1 with the job, copy its console until it powers off, write lab.json."""
+    echo(f"hotplug-harness: backend=lab: lab host image {image.folder.name} "
+         f"({'built in ' + str(image.manifest.get('build_seconds')) + ' s' if image.built_now else 'cached'}), "
+         f"guest image {guest.manifest.get('kernel_version', '')}")
+    echo(f"hotplug-harness: booting the lab host (L1: q35, TCG, emulated Intel IOMMU) with QEMU "
+         f"{l1_qemu.version} ({l1_qemu.origin}); its console: {workdir / 'console.log'}")
+    host_pace = pace.Pace.measure("host", opt.time_factor)
+    boot_timeout, silence_timeout = host_pace(pace.LAB_BOOT), host_pace(pace.LAB_SILENCE)
+    echo(f"hotplug-harness: {host_pace.describe()}; lab host deadlines: ready {boot_timeout:g} s, "
+         f"silence {silence_timeout:g} s")
+    host = LabHost(lab_argv(image, l1_qemu.argv(), workdir, shares, job), workdir, echo=echo,
+                   boot_timeout=boot_timeout, silence_timeout=silence_timeout)
+    try:
+        qemu_status = host.run(time.monotonic() + opt.lab_timeout)
+    except HarnessError as e:
+        echo(f"hotplug-harness: ERROR [{e.kind}] {e}")
+        return 3
+    figures = {"lab_boot_seconds": host.marks.get("ready"), "lab_qemu": l1_qemu.version,
+               "wall_seconds": round(time.monotonic() - t0, 1), "qemu_exit_status": qemu_status,
+               "host_pace": dataclasses.asdict(host_pace),
+               "host_deadlines": {"lab_ready": boot_timeout, "lab_silence": silence_timeout},
+               "inside": _read_json(workdir / INSIDE_FIGURES)}
+    (workdir / "lab.json").write_text(json.dumps(figures, indent=2) + "\n")
+    return _outcome(workdir, host, figures, echo)
+
+
+def _outcome(workdir: Path, host: "LabHost", figures: dict, echo) -> int:
+    """The exit status of the run inside, or 3 when the lab host stopped before it ended."""
+    status_file = workdir / "exit_status"
+    qemu_status = figures["qemu_exit_status"]
+    if not status_file.exists():
+        echo(f"hotplug-harness: ERROR [lab] the lab host stopped (QEMU exit status {qemu_status}) "
+             f"before the test run inside it finished")
+        echo(f"  what to do: read {host.console_log} (the lab host's console)")
+        return 3
+    echo(f"hotplug-harness: lab host ready in {figures['lab_boot_seconds']} s; whole lab run "
+         f"{figures['wall_seconds']} s")
+    return int(status_file.read_text().strip() or 3)
+
+
+def write_job(workdir: Path, run_config: Path, invocation: Path, root: Path, args: list[str]) -> Path:
+    """The job the lab host's stage 2 runs (given the lab host's uptime at "lab: ready"): the
+    same pytest command, inside, reading the run configuration the outer run wrote."""
+    job = workdir / "job.sh"
+    job.write_text(
+        "# Written by the outer `pytest --backend lab`; run by the lab host's stage 2 with its\n"
+        "# uptime at ready as $1.\n"
+        f"echo \"$1\" > {shlex.quote(str(workdir / LabContext.READY_FILE))}\n"
+        f"export PYTHONPATH={shlex.quote(str(root))} PYTHONDONTWRITEBYTECODE=1\n"
+        f"cd {shlex.quote(str(invocation))} || exit 2\n"
+        f"python3.11 -m pytest {shlex.join(['--hh-run-config', str(run_config), *args])}\n"
+        f"echo $? > {shlex.quote(str(workdir / 'exit_status'))}\n")
+    return job
+
+
+def write_inside_figures(workdir: Path, deadlines: "pace.Deadlines") -> None:
+    figures = dataclasses.asdict(deadlines)
+    (workdir / INSIDE_FIGURES).write_text(json.dumps(figures, indent=2) + "\n")
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
