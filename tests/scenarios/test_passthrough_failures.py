@@ -186,10 +186,15 @@ def test_sigterm_mid_test_gives_the_device_back_and_leaves_no_qemu(hotplug_sessi
     command, run_dir = _child_run(hs, tmp_path, "tests/scenarios/test_nic.py", "-k", "q35-acpi")
     child = subprocess.Popen(command, cwd=REPO, env=_child_env(), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
+    def passed_through():
+        # On vfio-pci, and device_add done: the test has gone on to look for it with lspci.
+        return fs.pci_device(entry.bdf).driver == VFIO and any(
+            "$ lspci -nn -s " in log.read_text(errors="replace")
+            for log in run_dir.glob("guests/*/commands.log"))
+
     try:
-        wait_until("the child run's guest to have the NIC (on vfio-pci, its QEMU running)",
-                   lambda: fs.pci_device(entry.bdf).driver == VFIO
-                   and list(run_dir.glob("guests/*/qemu.pid")), hs.pace(300.0))
+        wait_until("the child run's guest to have the NIC (passed through, seen by lspci)",
+                   passed_through, hs.pace(300.0))
         child.send_signal(signal.SIGTERM)
         out, _ = child.communicate(timeout=hs.pace(120.0))
     finally:
