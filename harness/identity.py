@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 from . import images
+from .process import qemu_query
 
 
 def run_identity(*, qemu_binary: str, qemu_version: str, inventory: Path | None,
@@ -62,7 +63,7 @@ def _digest(path: Path) -> str | None:
 def _qemu_build(binary: str) -> str | None:
     """QEMU's own version line (it names the distribution build, like ``Debian 1:7.2+dfsg-7``)."""
     try:
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=20).stdout
+        out = qemu_query(binary, ["--version"], timeout=20).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.splitlines()[0].strip() if out else None

@@ -35,12 +35,18 @@ def _pdeathsig_prefix() -> tuple[str, ...]:
 def qemu_version(binary: str, timeout: float = 20.0) -> str:
     """What ``binary --version`` says its version is ("7.2.22"), or why it cannot be run."""
     try:
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True,
-                             timeout=timeout).stdout
+        out = qemu_query(binary, ["--version"], timeout).stdout
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"not runnable: {e}"
     m = re.search(r"version (\S+)", out)
     return m.group(1) if m else out.strip()[:60]
+
+
+def qemu_query(binary: str, args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Ask QEMU something and let it exit (``--version``, ``-device help``): the one place
+    besides :class:`QemuProcess` that runs QEMU. Raises OSError or TimeoutExpired."""
+    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
 
 
 def version_tuple(version: str) -> tuple[int, int] | None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..accel import cpu_virt_flags
 from ..errors import HostDeviceError
+from ..process import qemu_query
 from .binding import Journal, owner_alive
 from .inventory import Inventory, find_usb_device, host_problems
 from .network import namespace_problem
@@ -234,8 +235,7 @@ def _qemu_checks(qemu: str, device_help: str | None, inventory: Inventory | None
             return [Check(name, False, f"{qemu} not found",
                           "install qemu-system-x86 or pass --qemu-binary PATH")]
         try:
-            proc = subprocess.run([path, "-device", "help"], capture_output=True, text=True,
-                                  timeout=timeout, stdin=subprocess.DEVNULL)
+            proc = qemu_query(path, ["-device", "help"], timeout)
         except subprocess.TimeoutExpired:
             return [Check(name, False, f"`{path} -device help` did not finish in {timeout:g} s",
                           "run it by hand to see why")]
