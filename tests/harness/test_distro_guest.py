@@ -17,8 +17,11 @@ from harness import images
 
 REPO = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="building the systemd guest needs root "
-                                "(mmdebstrap); CI runs as root")
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="building the systemd guest needs root "
+                                 "(mmdebstrap); CI runs as root"),
+              # One after another on one worker: each runs its own pytest with two workers, and
+              # three at once put 14 TCG guests on 2 cores while the rest of `make test` ran.
+              pytest.mark.xdist_group("distribution-guests")]
 
 
 @pytest.fixture(scope="module")
