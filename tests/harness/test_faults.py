@@ -228,11 +228,16 @@ def test_interrupted_run_leaves_no_qemu_and_no_temp_folder(tmp_path, child_env, 
     from harness.access import wait_until
 
     reports = tmp_path / "reports"
-    run = subprocess.Popen([sys.executable, "-m", "pytest", "tests/scenarios", "-k", "test_nic",
+    # As a terminal's foreground job: SIGINT at its default (a shell starts a background job
+    # with SIGINT ignored, and a make test started that way passed that on to this run).
+    run = subprocess.Popen([sys.executable, "-c", "import signal, sys, pytest; signal.signal("
+                            "signal.SIGINT, signal.default_int_handler); sys.exit(pytest.main())",
+                            "tests/scenarios", "-k", "test_nic",
                             "-n", "2", "--dist", "loadgroup", "--no-reuse", "-p", "no:cacheprovider",
                             "--report-dir", str(reports)],
                            cwd=REPO, env=child_env, start_new_session=True,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
     def booting():
         # A QEMU of the run that still runs: the run is mid-way, not finishing.
         return [p for p in reports.glob("run-*/guests/*/qemu.pid")
