@@ -208,3 +208,24 @@ def test_sigterm_mid_test_gives_the_device_back_and_leaves_no_qemu(hotplug_sessi
         pid = int(pidfile.read_text())
         assert not Path(f"/proc/{pid}").exists() or b"qemu" not in Path(
             f"/proc/{pid}/cmdline").read_bytes(), f"QEMU pid {pid} of the child run still runs"
+
+
+def test_two_workers_never_share_an_iommu_group(hotplug_session, tmp_path):
+    """A run of its own inside the lab host with two xdist workers, on tests that all take the
+    lab's NIC (one IOMMU group): they all go to one worker and run one after another, never at
+    once. (Tests of two groups at once would mean two L2 guests at once under nested KVM on
+    TCG, which crashed the lab host's kernel here: docs/lab.md.)"""
+    import json
+    import subprocess
+
+    hs = hotplug_session
+    command, run_dir = _child_run(hs, tmp_path, "tests/scenarios/test_nic.py", "-k", "not pciehp",
+                                  "-n", "2", "--dist", "loadgroup")
+    p = subprocess.run(command, cwd=REPO, env=_child_env(), capture_output=True, text=True,
+                       timeout=hs.pace(900.0))
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+    tests = json.loads((run_dir / "summary.json").read_text())["tests"]
+    assert len(tests) == 2 and {t["device"] for t in tests} == {"e1000e"}, tests
+    assert len({t["worker"] for t in tests}) == 1, [(t["nodeid"], t["worker"]) for t in tests]
+    (_, end, a), (start, _, b) = sorted((t["started_at"], t["ended_at"], t["nodeid"]) for t in tests)
+    assert start >= end, f"{a} and {b} (one IOMMU group) overlapped"
