@@ -94,10 +94,8 @@ class HarnessSession:
         if opt.guest_cloud_init:
             # A stock cloud image: an SSH key made for the run, handed to cloud-init by a
             # NoCloud seed (each process makes its own, in the run folder).
-            folder = self.run.run_dir / "cloud-init" / (self.worker or "main")
-            key, public = images.run_ssh_key(folder)
-            self.user_image = dataclasses.replace(self.user_image, ssh_key=key,
-                                                  seed=images.nocloud_seed(folder, public))
+            self.user_image = guests.cloud_seeded(
+                self.user_image, self.run.run_dir / "cloud-init" / (self.worker or "main"))
 
     # What the run decided, by name.
     run_dir = property(lambda self: self.run.run_dir)
