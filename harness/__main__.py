@@ -9,7 +9,11 @@
     bind BDF           put a host device on vfio-pci by hand (the guide's vfio-pci.sh -h),
                        through the same safety checks and journal as a run
     release BDF        give a device bound with `bind` back to its host driver
-    compare OLD NEW    compare the latencies of two runs' summary.json
+    merge RUN_DIR...   one qualification report from several runs (hosts, QEMU builds,
+                       guests), with what they differ in as an axis, and one JUnit file
+    compare OLD NEW    what changed between two runs (outcomes, coverage, notes, pass
+                       rates, latencies); exits 1 on a regression
+    trend RUNS_DIR     per scenario, pass rate and latency over the last runs
 """
 
 from __future__ import annotations
@@ -56,6 +60,18 @@ def _compare(argv: list[str]) -> int:
     return main(argv)
 
 
+def _merge(argv: list[str]) -> int:
+    from .merge import main
+
+    return main(argv)
+
+
+def _trend(argv: list[str]) -> int:
+    from .trend import main
+
+    return main(argv)
+
+
 def _host(name: str):
     def run(argv: list[str]) -> int:
         from .host import cli
@@ -64,7 +80,7 @@ def _host(name: str):
     return run
 
 
-COMMANDS = {"image": _image, "compare": _compare, "doctor": _host("doctor"),
+COMMANDS = {"image": _image, "compare": _compare, "merge": _merge, "trend": _trend, "doctor": _host("doctor"),
             "discover": _host("discover"), "restore": _host("restore"),
             "bind": _host("bind"), "release": _host("release")}
 

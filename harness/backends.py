@@ -190,9 +190,12 @@ class Lab(Vfio):
     #: Nested KVM on TCG sometimes resets an L2 guest under a test (about 1 test in 40 here).
     dead_guest_retries = 1
 
-    def __init__(self, *, lab, **kw):
+    def __init__(self, *, lab, roles=None, **kw):
         super().__init__(**kw)
         self.lab = lab
+        #: --roles: the lab host's inventory lists only these roles' devices, as a host with
+        #: less hardware would (two such runs merge as two hosts; docs/fleet.md).
+        self.roles = roles
 
     def setup(self, inventory: str | None) -> None:
         from . import lab as lab_mod
@@ -205,7 +208,8 @@ class Lab(Vfio):
             raise ConfigError("--backend lab writes its own inventory: drop --inventory",
                               hint="--inventory is for --backend vfio on a VT-d host")
         workdir = self.lab.workdir
-        path = workdir / "inventory.toml" if self.worker else lab_mod.write_inventory(workdir)
+        path = (workdir / "inventory.toml" if self.worker else
+                lab_mod.write_inventory(workdir, roles=self.roles))
         from .host.inventory import load_inventory
 
         self.inventory = load_inventory(path)
@@ -234,6 +238,7 @@ def make(name: str, **kw) -> Backend:
     if name == "lab":
         return Lab(**kw)
     kw.pop("lab", None)
+    kw.pop("roles", None)
     return {"emulated": Emulated, "vfio": Vfio}[name](**kw)
 
 

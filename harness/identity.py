@@ -22,6 +22,7 @@ def run_identity(*, qemu_binary: str, qemu_version: str, inventory: Path | None,
         "host_kernel": platform.release(),
         "iommu": _iommu(root),
         "inventory_sha256": _digest(inventory) if inventory else None,
+        "inventory_roles": _roles(inventory) if inventory else None,
         "qemu": {"binary": qemu_binary, "version": qemu_version,
                  "build": _qemu_build(qemu_binary)},
         "harness": _harness_version(),
@@ -58,6 +59,17 @@ def _digest(path: Path) -> str | None:
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()
     except OSError:
         return None
+
+
+def _roles(path: Path) -> list[str] | None:
+    """The roles the inventory's devices can play: what this host covers."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return sorted({d.get("role") for d in data.get("device", []) if d.get("role")})
 
 
 def _qemu_build(binary: str) -> str | None:

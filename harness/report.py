@@ -47,15 +47,22 @@ def load_results(run_dir: Path) -> list[dict]:
 
 
 def latency_stats(results: list[dict]) -> dict[str, dict]:
-    """Per latency name (``nic0.device_del_to_event``, with the device id folded out):
-    count, median and max over the run's tests."""
+    """Per latency name (``nic0.device_del_to_event``, with the device id folded out): its
+    distribution over the run's tests."""
     values: dict[str, list[float]] = {}
     for r in results:
         for name, v in (r.get("latencies") or {}).items():
             key = f"{r['scenario']}.{name.split('.', 1)[-1]}"
             values.setdefault(key, []).append(v)
-    return {k: {"n": len(v), "median": round(statistics.median(v), 4), "max": round(max(v), 4)}
-            for k, v in sorted(values.items())}
+    return {k: distribution(v) for k, v in sorted(values.items())}
+
+
+def distribution(values: list[float]) -> dict:
+    """n, median, p95 (nearest rank) and max of a latency's values."""
+    ordered = sorted(values)
+    p95 = ordered[max(0, -(-95 * len(ordered) // 100) - 1)]
+    return {"n": len(ordered), "median": round(statistics.median(ordered), 4),
+            "p95": round(p95, 4), "max": round(ordered[-1], 4)}
 
 
 def guest_boots(results: list[dict]) -> dict[str, float]:
@@ -137,52 +144,7 @@ def summary_lines(summary: dict) -> list[str]:
     return lines
 
 
-# -- HTML ------------------------------------------------------------------------------------------
-
-_CSS = """
-body{font:14px/1.45 system-ui,sans-serif;margin:2em;color:#1d2330;max-width:1200px}
-h1{font-size:22px;margin:0 0 .2em} h2{font-size:17px;margin:1.6em 0 .5em}
-.meta{color:#555} table{border-collapse:collapse;margin:.5em 0}
-th,td{border:1px solid #d5d9e0;padding:4px 9px;text-align:left;vertical-align:top}
-th{background:#f1f3f7} .passed{background:#dff3e3} .failed,.error{background:#f9dcdc}
-.skipped{background:#f4f1dc} .xfailed{background:#e6e9f7} .xpassed{background:#f9e6cc}
-.badge{display:inline-block;padding:1px 8px;border-radius:9px;margin-right:6px;font-weight:600}
-td.num{text-align:right;font-variant-numeric:tabular-nums} small{color:#555}
-code{background:#f1f3f7;padding:0 3px}
-"""
-
-
-def _cell(results: list[dict]) -> str:
-    if not results:
-        return "<td></td>"
-    parts = []
-    worst = next((o for o in ("failed", "error", "xpassed", "skipped", "xfailed", "passed")
-                  if any(r["outcome"] == o for r in results)), "passed")
-    for r in results:
-        label = html.escape(r["device"] or r["test"].removeprefix("test_"))
-        title = html.escape(r["reason"] or r["outcome"])
-        link = f' <a href="bundles/{html.escape(Path(r["bundle"]).name)}/">bundle</a>' if r.get("bundle") else ""
-        parts.append(f'<span title="{title}">{label}: {r["outcome"]}</span>{link}')
-    return f'<td class="{worst}">' + "<br>".join(parts) + "</td>"
-
-
-def _column(r: dict) -> str:
-    """A matrix column: the platform, and the guest when the run covers several (--guest)."""
-    return r["platform"] + (f" / {r['guest']}" if r.get("guest") else "")
-
-
-def _matrix(summary: dict) -> str:
-    tests = summary["tests"]
-    columns = sorted({_column(r) for r in tests})
-    rows = []
-    for s in sorted({r["scenario"] for r in tests}):
-        cells = "".join(_cell([r for r in tests if r["scenario"] == s and _column(r) == c])
-                        for c in columns)
-        rows.append(f"<tr><th>{html.escape(s)}</th>{cells}</tr>")
-    axis = "platform / guest" if any(r.get("guest") for r in tests) else "platform"
-    return (f"<table><tr><th>scenario \\ {axis} ({html.escape(summary['backend'])})</th>"
-            + "".join(f"<th>{html.escape(c or '-')}</th>" for c in columns) + "</tr>"
-            + "".join(rows) + "</table>")
+# -- HTML (the page itself is reporthtml's) ------------------------------------------------
 
 
 def guest_matrix_lines(summary: dict) -> list[str]:
@@ -201,18 +163,6 @@ def guest_matrix_lines(summary: dict) -> list[str]:
             cells.append(f"  {f'{ok}/{len(mine)}':>12}")
         lines.append(s.ljust(width) + "".join(cells))
     return lines
-
-
-def _detail_row(r: dict) -> str:
-    reason = html.escape(r["reason"] or "")
-    notes = "".join(f"<br><small>note: {html.escape(n)}</small>" for n in r.get("notes", []))
-    link = f'<a href="bundles/{html.escape(Path(r["bundle"]).name)}/">bundle</a>' if r.get("bundle") else ""
-    kind = f" [{r['failure_kind']}]" if r.get("failure_kind") else ""
-    return (f'<tr class="{r["outcome"]}"><td><code>{html.escape(r["nodeid"])}</code></td>'
-            f'<td>{html.escape(r.get("backend", ""))}</td>'
-            f'<td>{html.escape(r.get("passthrough") or "emulated")}</td>'
-            f'<td>{r["outcome"]}{kind}</td><td class="num">{r["duration"]:.1f}</td>'
-            f'<td>{reason}{notes}</td><td>{link}</td></tr>')
 
 
 def _where_it_ran(summary: dict) -> str:
@@ -247,31 +197,24 @@ def identity_line(summary: dict) -> str | None:
 
 
 def render_html(summary: dict) -> str:
-    c = summary["counts"]
-    badges = "".join(f'<span class="badge {o}">{n} {o}</span>' for o, n in c.items() if n)
+    from . import reporthtml as rh
+
     image = summary.get("image") or {}
-    matrix = _matrix(summary)
-    lat = "".join(f'<tr><td>{html.escape(k)}</td><td class="num">{v["n"]}</td>'
-                  f'<td class="num">{v["median"]:.3f}</td><td class="num">{v["max"]:.3f}</td></tr>'
-                  for k, v in summary["latencies"].items())
-    detail = [_detail_row(r) for r in summary["tests"]]
-    return f"""<!doctype html><html><head><meta charset="utf-8">
-<title>hotplug-harness {html.escape(summary['run'])}</title><style>{_CSS}</style></head><body>
-<h1>hotplug-harness qualification report</h1>
-<p class="meta">run <b>{html.escape(summary['run'])}</b>, finished {html.escape(summary['finished_at'])}<br>
+    deadlines = ", ".join(f"{k.replace('_', ' ')} {v:g} s" for k, v in (summary.get("deadlines") or {}).items())
+    meta = f"""<p class="meta">run <b>{html.escape(summary['run'])}</b>, finished {html.escape(summary['finished_at'])}<br>
 backend <b>{html.escape(summary['backend'])}</b> &middot; accelerator <b>{html.escape(summary['accel'])}</b>
 <small>({html.escape(summary.get('accel_reason', ''))})</small>
 &middot; time factor <b>{(summary.get('pace') or {}).get('factor', 'n/a')}</b>
-<small>(every deadline is its reference figure times this: {html.escape(', '.join(f"{k.replace('_', ' ')} {v:g} s" for k, v in (summary.get('deadlines') or {}).items()))})</small><br>
+<small>(every deadline is its reference figure times this: {html.escape(deadlines)})</small><br>
 QEMU <b>{html.escape(str(summary['qemu_version']))}</b> <small>{html.escape(summary['qemu_binary'])}</small>
 &middot; guest kernel <b>{html.escape(str(image.get('kernel_version', 'user image')))}</b>
 &middot; median guest boot {summary.get('boot_seconds_median')} s{_where_it_ran(summary)}
-<br><small>{html.escape(identity_line(summary) or '')}<br><code>{html.escape((summary.get('identity') or {}).get('command', ''))}</code></small></p>
-<p>{badges}</p>
-<h2>Matrix</h2>{matrix}
-<h2>Hotplug latencies (seconds)</h2>
-<table><tr><th>scenario.measure</th><th>n</th><th>median</th><th>max</th></tr>{lat}</table>
-<h2>Tests</h2>
-<table><tr><th>test</th><th>backend</th><th>device path</th><th>outcome</th><th>s</th><th>reason / notes</th><th></th></tr>{''.join(detail)}</table>
-</body></html>
-"""
+<br><small>{html.escape(identity_line(summary) or '')}<br><code>{html.escape((summary.get('identity') or {}).get('command', ''))}</code></small></p>"""
+    tests = summary["tests"]
+    scen = [r for r in tests if rh.is_scenario(r)]
+    body = ("<h1>hotplug-harness qualification report</h1>" + meta + rh.badges(summary["counts"])
+            + f"<h2>Qualification matrix ({html.escape(summary['backend'])})</h2>" + rh.matrix(tests)
+            + ("<h2>Hotplug latencies</h2>" + rh.latency_pictures(scen)
+               + rh.latency_table(summary["latencies"]) if summary["latencies"] else "")
+            + "<h2>Scenario tests</h2>" + rh.tests_table(scen) + rh.self_tests(tests))
+    return rh.page(f"hotplug-harness {summary['run']}", body)

@@ -78,6 +78,11 @@ def write_record(item: pytest.Item, hs) -> None:
         "scenario": (scenario.args[0] if scenario else
                      item.module.__name__.split(".")[-1].removeprefix("test_")),
         "platform": platform.id if platform else "",
+        # The report's axes: machine type, PCI hotplug path, USB bus (see report.axes).
+        "kind": "scenario" if scenario else "self-test",
+        "machine": platform.machine if platform else "",
+        "hotplug_path": platform.pci_hotplug if platform else "",
+        "usb_bus": platform.spec().usb_controller if platform else "",
         "device": device.id if device else "",
         "guest": getattr(collect.param(item, "hh_guest"), "name", ""),
         "backend": hs.backend.name,

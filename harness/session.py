@@ -49,7 +49,7 @@ class HarnessSession:
         if decides:
             _require_free_space(self.run.run_dir.parent)
         self.backend = backends.make(self.run.backend, worker=worker, qemu_binary=opt.qemu_binary,
-                                     pace=None, lab=self.run.lab)
+                                     pace=None, lab=self.run.lab, roles=opt.roles)
         retries = opt.retry_dead_guest
         self.test_attempts = 1 + (self.backend.dead_guest_retries if retries is None else retries)
         self._seed_cloud_init(opt)

@@ -84,11 +84,13 @@ def find_usb(vendorid: str, productid: str, root: "str | Path" = "/") -> tuple[i
     return found[0]
 
 
-def write_inventory(workdir: Path, root: "str | Path" = "/") -> Path:
+def write_inventory(workdir: Path, root: "str | Path" = "/", roles=None) -> Path:
     """The lab's own inventory (the format of docs/vfio.md), from the table and what the lab
-    host has (the stick's bus and address)."""
+    host has (the stick's bus and address); with ``roles`` (--roles), only their devices."""
     text = "# The lab host's devices (written by harness/lab/devices.py inside the lab host).\n"
     for d in DEVICES:
+        if roles and d.role not in roles:
+            continue
         text += f"\n[[device]]\nrole = {json.dumps(d.role)}\nname = {json.dumps(d.name)}\n"
         if d.usb:
             bus, addr = find_usb(*STICK_IDS, root=root)
