@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from .errors import ConfigError
@@ -46,63 +47,149 @@ def compare(old: dict, new: dict, threshold: float = 0.25, min_seconds: float = 
 
 
 _BAD = ("failed", "error")
+#: What gates: a change of these kinds makes ``compare`` exit 1.
+GATING = ("REGRESSED", "NOT COVERED", "PASS RATE")
+
+
+def _key(summary: dict, t: dict) -> str:
+    """A test's identity across runs: its node id, and in a merged summary whose axis is a
+    host, guest or backend, that axis value too (a QEMU build is what a release changes)."""
+    axis = summary.get("axis") or ""
+    if summary.get("merged") and axis and not {"qemu", "run"} & set(axis.split("+")):
+        return f"{t['axis_value']} :: {t['nodeid']}"
+    return t["nodeid"]
 
 
 def _by_test(summary: dict) -> dict[str, dict]:
-    return {t["nodeid"]: t for t in summary.get("tests", [])}
-
-
-def compare_outcomes(old: dict, new: dict) -> list[tuple[str, str, str]]:
-    """(kind, test, what) for every test whose outcome or notes differ; kind is "REGRESSED",
-    "NOT COVERED", "FIXED", "NEW" or "NOTES"."""
-    a, b = _by_test(old), _by_test(new)
-    out = []
-    for nodeid in sorted(set(a) | set(b)):
-        was, now = a.get(nodeid), b.get(nodeid)
-        if now is None:
-            if was["outcome"] == "passed":
-                out.append(("NOT COVERED", nodeid, "passed in OLD, not run in NEW"))
-            continue
-        if was is None:
-            out.append(("NEW", nodeid, f"{now['outcome']} (not in OLD)"))
-            continue
-        if was["outcome"] not in _BAD and now["outcome"] in _BAD:
-            reason = (now.get("reason") or "").splitlines()[0][:160] if now.get("reason") else ""
-            out.append(("REGRESSED", nodeid, f"{was['outcome']} -> {now['outcome']}: {reason}"))
-        elif was["outcome"] in _BAD and now["outcome"] == "passed":
-            out.append(("FIXED", nodeid, f"{was['outcome']} -> passed"))
-        elif was["outcome"] == "passed" and now["outcome"] == "skipped":
-            out.append(("NOT COVERED", nodeid, f"passed -> skipped: {now.get('reason', '')[:160]}"))
-        gone = [n for n in was.get("notes", []) if n not in now.get("notes", [])]
-        came = [n for n in now.get("notes", []) if n not in was.get("notes", [])]
-        if (gone or came) and now["outcome"] == was["outcome"]:
-            out.append(("NOTES", nodeid, "; ".join([f"- {n}" for n in gone] + [f"+ {n}" for n in came])))
+    """Per test: its worst outcome, how often it ran and passed (--repeat, merged runs), the
+    first failure's reason and its notes."""
+    out: dict[str, dict] = {}
+    for t in summary.get("tests", []):
+        agg = out.setdefault(_key(summary, t), {"outcome": "passed", "passed": 0, "ran": 0,
+                                                "reason": "", "notes": [], "skipped": 0})
+        if t["outcome"] == "skipped":
+            agg["skipped"] += 1
+            agg["skip_reason"] = t.get("reason") or ""
+        else:
+            agg["ran"] += 1
+            agg["passed"] += t["outcome"] in ("passed", "xfailed")
+        if _rank(t["outcome"]) < _rank(agg["outcome"]) or agg["ran"] + agg["skipped"] == 1:
+            agg["outcome"] = t["outcome"]
+            if t["outcome"] in _BAD:
+                agg["reason"] = (t.get("reason") or "").splitlines()[0][:160] if t.get("reason") else ""
+        agg["notes"] += [n for n in t.get("notes", []) if n not in agg["notes"]]
     return out
 
 
-def main(argv: list[str]) -> int:
+#: Worst first: a test that ran several times shows its worst outcome.
+OUTCOME_RANKS = ("failed", "error", "xpassed", "passed", "xfailed", "skipped")
+
+
+def _rank(outcome: str) -> int:
+    return OUTCOME_RANKS.index(outcome) if outcome in OUTCOME_RANKS else len(OUTCOME_RANKS)
+
+
+def _rate(agg: dict) -> str:
+    return f"{agg['passed']}/{agg['ran']}" if agg["ran"] > 1 else agg["outcome"]
+
+
+def _outcome_change(was: dict, now: dict, pass_rate_drop: float) -> tuple[str, str] | None:
+    bad_was, bad_now = was["outcome"] in _BAD, now["outcome"] in _BAD
+    if not now["ran"]:
+        if was["passed"]:
+            return "NOT COVERED", f"passed -> skipped: {now.get('skip_reason', '')[:160]}"
+        return None
+    if not bad_was and bad_now:
+        return "REGRESSED", f"{_rate(was)} -> {_rate(now)}: {now['reason']}"
+    if bad_was and not bad_now and now["passed"]:
+        return "FIXED", f"{_rate(was)} -> {_rate(now)}"
+    if bad_was and bad_now and was["ran"] and now["ran"]:
+        drop = was["passed"] / was["ran"] - now["passed"] / now["ran"]
+        if drop > pass_rate_drop:
+            return "PASS RATE", f"{_rate(was)} -> {_rate(now)} passed ({-drop:+.0%}): {now['reason']}"
+    return None
+
+
+_SECONDS = re.compile(r"\b\d+(?:\.\d+)? s\b")
+
+
+def _gist(note: str) -> str:
+    """A note without its measured times: "unplug completed in 2.26 s" and "... in 2.27 s" are
+    the same note; "DEVICE_DELETED sent" and "not sent", or a firmware version, are not."""
+    return _SECONDS.sub("<t> s", note)
+
+
+def compare_outcomes(old: dict, new: dict, pass_rate_drop: float = 0.0) -> list[tuple[str, str, str]]:
+    """(kind, test, what) for every test whose outcome, pass rate or notes differ; kind is
+    "REGRESSED", "NOT COVERED", "PASS RATE" (it failed in both, more often now), "FIXED",
+    "NEW" or "NOTES"."""
+    a, b = _by_test(old), _by_test(new)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        was, now = a.get(key), b.get(key)
+        if now is None:
+            if was["passed"]:
+                out.append(("NOT COVERED", key, "passed in OLD, not run in NEW"))
+            continue
+        if was is None:
+            out.append(("NEW", key, f"{_rate(now)} (not in OLD)"))
+            continue
+        change = _outcome_change(was, now, pass_rate_drop)
+        if change:
+            out.append((change[0], key, change[1]))
+        gone = [n for n in was["notes"] if _gist(n) not in {_gist(m) for m in now["notes"]}]
+        came = [n for n in now["notes"] if _gist(n) not in {_gist(m) for m in was["notes"]}]
+        if (gone or came) and now["outcome"] == was["outcome"]:
+            out.append(("NOTES", key, "; ".join([f"- {n}" for n in gone] + [f"+ {n}" for n in came])))
+    return out
+
+
+def latencies(summary: dict) -> dict:
+    """A summary's latency distributions (a merged summary's over all its runs)."""
+    if summary.get("merged"):
+        from .report import latency_stats
+
+        return latency_stats(summary["tests"])
+    return summary.get("latencies", {})
+
+
+def _arguments(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m harness compare",
-                                description="what changed between two runs: tests that regressed "
-                                            "or are no longer covered, notes, latencies that "
-                                            "grew; exit 1 on a regression")
+                                description="what changed between two runs (run folders, merged "
+                                            "folders or summary.json): tests that regressed, are "
+                                            "no longer covered or pass less often, notes, "
+                                            "latencies that grew; exit 1 on a regression")
     p.add_argument("old")
     p.add_argument("new")
-    p.add_argument("--threshold", type=float, default=0.25, help="relative growth to flag (0.25 = 25%%)")
-    p.add_argument("--min-seconds", type=float, default=0.05, help="absolute growth to flag")
-    args = p.parse_args(argv)
+    p.add_argument("--threshold", type=float, default=0.25,
+                   help="a latency median's relative growth that gates (0.25 = 25%%)")
+    p.add_argument("--min-seconds", type=float, default=0.05,
+                   help="and its absolute growth that gates (seconds)")
+    p.add_argument("--pass-rate-drop", type=float, default=0.0, metavar="FRACTION",
+                   help="a test that failed in both runs gates when its pass rate fell by more "
+                        "than this (0.1 = 10 points; default 0: any drop)")
+    p.add_argument("--no-latency-gate", action="store_true",
+                   help="print latencies that grew but do not fail on them")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = _arguments(argv)
     old, new = load_summary(args.old), load_summary(args.new)
-    changes = compare_outcomes(old, new)
+    changes = compare_outcomes(old, new, args.pass_rate_drop)
     for kind, nodeid, what in changes:
         print(f"{kind:<11}  {nodeid}: {what}")
-    regressed = [c for c in changes if c[0] in ("REGRESSED", "NOT COVERED")]
-    print(f"{len(regressed)} regression(s) of outcome or coverage"
+    regressed = [c for c in changes if c[0] in GATING]
+    print(f"{len(regressed)} regression(s) of outcome, coverage or pass rate"
           + (f", {len(changes) - len(regressed)} other change(s)" if len(changes) > len(regressed) else ""))
-    rows = compare(old, new, args.threshold, args.min_seconds)
+    rows = compare({"latencies": latencies(old)}, {"latencies": latencies(new)},
+                   args.threshold, args.min_seconds)
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     width = max([len(r["name"]) for r in rows] + [10])
     print(f"{'latency (median s)':<{width}}  {'old':>8}  {'new':>8}")
     for r in rows:
         print(f"{r['name']:<{width}}  {fmt(r['old']):>8}  {fmt(r['new']):>8}  {r['flag']}")
     flagged = [r for r in rows if r["flag"].startswith("SLOWER")]
-    print(f"{len(flagged)} of {len(rows)} latencies grew beyond {args.threshold:.0%} and {args.min_seconds} s")
-    return 1 if flagged or regressed else 0
+    print(f"{len(flagged)} of {len(rows)} latencies grew beyond {args.threshold:.0%} and "
+          f"{args.min_seconds} s" + (" (not gating: --no-latency-gate)" if args.no_latency_gate else ""))
+    return 1 if regressed or (flagged and not args.no_latency_gate) else 0
