@@ -30,6 +30,7 @@ qualify: image
 
 # The project's own test suite: unit tests, the scenarios, the fault-injection tests.
 test: image
+	@sh .ci/install-host-packages test
 	$(PYTEST) -n $(JOBS) --dist loadgroup $(PYTEST_ARGS)
 
 # The vfio backend's scenarios through real vfio-pci and usb-host, inside the nested lab host
@@ -60,5 +61,7 @@ bench: image
 doctor: setup
 	$(PY) -m harness doctor
 
+# Removes the guest images and every run folder but the newest (reports/latest stays too).
 clean:
-	rm -rf reports/run-* reports/latest fixtures/images/build
+	python3 -m harness prune reports --keep 1
+	rm -rf fixtures/images/build

@@ -67,12 +67,16 @@ def _how_it_runs(g) -> None:
     g.addoption("--roles", type=_roles, default=None, metavar="ROLE,...",
                 help="run only the scenarios of these roles (" + ", ".join(devices.ROLES) + "). "
                      "With --backend vfio a role the inventory lacks fails the run as 'not "
-                     "covered' unless it is left out here")
+                     "covered' unless it is left out here; with --backend lab the lab host's "
+                     "inventory lists only these roles' devices")
 
 
 def _where_results_go(g) -> None:
     g.addoption("--report-dir", default="reports", metavar="DIR",
                 help="where run folders and reports/latest go (default: reports)")
+    g.addoption("--keep-runs", type=int, default=30, metavar="N",
+                help="at the end of a run, keep the newest N run folders under --report-dir "
+                     "and remove older ones (default 30; the run just finished is always kept)")
     g.addoption("--keep-bundles", action="store_true",
                 help="keep the per-test bundle of passing tests too (failures always keep theirs)")
     g.addoption("--no-reuse", action="store_true",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from . import collect, hygiene, identity, images, report
+from . import collect, hygiene, identity, images, report, retention
 
 STASH_REPORTS = pytest.StashKey[dict]()
 STASH_RECORD = pytest.StashKey[dict]()
@@ -147,9 +147,12 @@ def finish(session: pytest.Session, hs) -> None:
             inventory=hs.inventory.path if hs.inventory is not None else None,
             args=[str(a) for a in session.config.invocation_params.args]),
     })
+    pruned = retention.prune(Path(option.report_dir), option.keep_runs, current=hs.run_dir)
     tr = session.config.pluginmanager.get_plugin("terminalreporter")
     if tr is not None:
         tr.write_sep("=", "hotplug-harness report")
+        if pruned:
+            tr.write_line(f"removed {len(pruned)} old run folder(s) (--keep-runs {option.keep_runs})")
         for line in report.summary_lines(summary):
             tr.write_line(line)
         for problem in hs.hygiene_problems:

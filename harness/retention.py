@@ -1,0 +1,45 @@
+"""Retention: ``reports/`` keeps the newest runs (``--keep-runs``; ``make clean`` keeps one).
+
+Run folders are named ``run-YYYYMMDD-HHMMSS-PID``, so their names sort by age. The run being
+finished is never removed, nor anything that is not a run folder (``latest``, merged reports,
+a user's own files).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+_RUN = re.compile(r"^run-\d{8}-\d{6}-\d+$")
+
+
+def prune(report_root: Path, keep: int, current: Path | None = None) -> list[Path]:
+    """Remove all but the newest ``keep`` run folders (``keep`` < 1 keeps one: the newest);
+    returns what was removed."""
+    runs = sorted((p for p in Path(report_root).iterdir()
+                   if p.is_dir() and not p.is_symlink() and _RUN.match(p.name)),
+                  key=lambda p: p.name)
+    old = runs[:-max(keep, 1)]
+    removed = []
+    for p in old:
+        if current is not None and p.resolve() == Path(current).resolve():
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m harness prune",
+                                description="remove all but the newest run folders of a report folder")
+    p.add_argument("report_dir", nargs="?", default="reports")
+    p.add_argument("--keep", type=int, default=1, metavar="N", help="how many of the newest to keep (1)")
+    args = p.parse_args(argv)
+    if not Path(args.report_dir).is_dir():
+        return 0
+    removed = prune(Path(args.report_dir), args.keep)
+    print(f"removed {len(removed)} run folder(s) from {args.report_dir}, kept the newest {max(args.keep, 1)}")
+    return 0
