@@ -14,6 +14,7 @@
     compare OLD NEW    what changed between two runs (outcomes, coverage, notes, pass
                        rates, latencies); exits 1 on a regression
     trend RUNS_DIR     per scenario, pass rate and latency over the last runs
+    prune [DIR]        remove all but the newest run folders (--keep N; make clean)
 """
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ def _trend(argv: list[str]) -> int:
     return main(argv)
 
 
+def _prune(argv: list[str]) -> int:
+    from .retention import main
+
+    return main(argv)
+
+
 def _host(name: str):
     def run(argv: list[str]) -> int:
         from .host import cli
@@ -80,7 +87,7 @@ def _host(name: str):
     return run
 
 
-COMMANDS = {"image": _image, "compare": _compare, "merge": _merge, "trend": _trend, "doctor": _host("doctor"),
+COMMANDS = {"image": _image, "compare": _compare, "merge": _merge, "trend": _trend, "prune": _prune, "doctor": _host("doctor"),
             "discover": _host("discover"), "restore": _host("restore"),
             "bind": _host("bind"), "release": _host("release")}
 

@@ -48,7 +48,7 @@ def latency_distributions(title: str, measures: dict[str, dict[str, list[float]]
     series = list(dict.fromkeys(s for per in measures.values() for s in per))
     names = list(measures)
     rows = len(names) * len(series)
-    fig, ax = plt.subplots(figsize=(7.5, 0.5 + 0.28 * rows + 0.25 * len(series)))
+    fig, ax = plt.subplots(figsize=(6.2, 0.7 + 0.28 * rows + 0.25 * len(series)))
     ticks = []
     for i, name in enumerate(names):
         for j, s in enumerate(series):
@@ -57,7 +57,7 @@ def latency_distributions(title: str, measures: dict[str, dict[str, list[float]]
             if not values:
                 continue
             colour = _COLOURS[j % len(_COLOURS)]
-            ax.boxplot(values, positions=[y], vert=False, widths=0.7, manage_ticks=False,
+            ax.boxplot(values, positions=[y], orientation="horizontal", widths=0.7, manage_ticks=False,
                        showfliers=False, medianprops={"color": colour, "linewidth": 2},
                        boxprops={"color": colour}, whiskerprops={"color": colour},
                        capprops={"color": colour})

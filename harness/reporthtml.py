@@ -19,7 +19,7 @@ from pathlib import Path
 from . import charts
 
 _CSS = """
-body{font:14px/1.45 system-ui,sans-serif;margin:2em;color:#1d2330;max-width:1300px}
+body{font:14px/1.45 system-ui,sans-serif;margin:2em;color:#1d2330;max-width:1500px}
 h1{font-size:22px;margin:0 0 .2em} h2{font-size:17px;margin:1.6em 0 .5em} h3{font-size:14px;margin:1em 0 .3em}
 .meta{color:#555} table{border-collapse:collapse;margin:.5em 0}
 th,td{border:1px solid #d5d9e0;padding:4px 9px;text-align:left;vertical-align:top}
@@ -29,13 +29,22 @@ th{background:#f1f3f7} th.group{text-align:center} .passed{background:#dff3e3}
 .badge{display:inline-block;padding:1px 8px;border-radius:9px;margin-right:6px;font-weight:600}
 td.num{text-align:right;font-variant-numeric:tabular-nums} small{color:#555}
 code{background:#f1f3f7;padding:0 3px} svg{max-width:100%;height:auto}
+.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:1em}
+figure{margin:0} .v{white-space:nowrap} .wide{overflow-x:auto}
 """
 
 #: Sort order and header text of the axes.
 _MACHINES = {"pc": 0, "q35": 1}
-_PATHS = {"acpi": "ACPI hotplug", "pciehp": "native PCIe hotplug (pciehp)"}
-_USB = {"": "no USB bus", "uhci": "USB: UHCI (-usb)", "ehci": "USB: EHCI (-usb)", "xhci": "USB: xHCI"}
+_PATHS = {"acpi": "ACPI", "pciehp": "pciehp"}
+_USB = {"": "no USB", "uhci": "UHCI", "ehci": "EHCI", "xhci": "xHCI"}
+_LEGEND = ("<p><small>Columns: machine type \u00b7 PCI hotplug path (ACPI; pciehp: native PCIe "
+           "hotplug on q35's root ports), then the guest's USB bus (UHCI and EHCI: the guide's "
+           "<code>-usb</code> on pc and q35; xHCI: a qemu-xhci controller). \u2713 passed, "
+           "\u2717 failed; an empty cell: not a shape that scenario runs on.</small></p>")
 _BAD = ("failed", "error")
+#: A cell's word for an outcome (the full outcome is the tooltip and in the tests table).
+_MARKS = {"passed": "\u2713", "failed": "\u2717 failed", "error": "\u2717 error",
+          "skipped": "\u2013 skipped", "xfailed": "\u2713 (xfail)", "xpassed": "! xpassed"}
 
 
 def is_scenario(r: dict) -> bool:
@@ -54,10 +63,16 @@ def axes(r: dict) -> tuple[str, str, str]:
     return parts[0], path, usb
 
 
-def _column(r: dict) -> tuple:
-    outer = " / ".join(filter(None, [r.get("axis_value", ""), r.get("guest", "")]))
+def _outer(r: dict) -> str:
+    return " / ".join(filter(None, [r.get("axis_value", ""), r.get("guest", "")]))
+
+
+def _column(r: dict, order: dict[str, int]) -> tuple:
+    """A matrix column, sortable: the outer axis in the runs' order, then machine type, hotplug
+    path, USB bus."""
     machine, path, usb = axes(r)
-    return outer, _MACHINES.get(machine, 9), machine, path, list(_USB).index(usb) if usb in _USB else 9, usb
+    return (order[_outer(r)], _outer(r), _MACHINES.get(machine, 9), machine, path,
+            list(_USB).index(usb) if usb in _USB else 9, usb)
 
 
 def _href(r: dict) -> str | None:
@@ -83,11 +98,11 @@ def _cell(results: list[dict]) -> str:
             ok = sum(r["outcome"] in ("passed", "xfailed") for r in runs)
             text = f"{ok}/{len(runs)} passed"
         else:
-            text = runs[0]["outcome"]
+            text = _MARKS.get(runs[0]["outcome"], runs[0]["outcome"])
         first = (bad or runs)[0]
         title = html.escape(first.get("reason") or first["outcome"])
         link = f' <a href="{_href(bad[0])}">bundle</a>' if bad and _href(bad[0]) else ""
-        parts.append(f'<span title="{title}">{html.escape(label)}: {text}</span>{link}')
+        parts.append(f'<span class="v" title="{title}">{html.escape(label)} {text}</span>{link}')
     return f'<td class="{worst}">' + "<br>".join(parts) + "</td>"
 
 
@@ -107,13 +122,13 @@ def _header_rows(columns: list[tuple]) -> str:
     """Header rows: the merged runs' axis (when there is one), machine type and hotplug path,
     USB bus."""
     rows = []
-    if any(c[0] for c in columns):
-        rows.append("<tr><th></th>" + _spans(columns, lambda c: c[0], lambda c: c[0]) + "</tr>")
-    rows.append("<tr><th></th>" + _spans(columns, lambda c: c[:4],
-                                          lambda c: f"{c[2]} \u00b7 {_PATHS.get(c[3], c[3])}")
+    if any(c[1] for c in columns):
+        rows.append("<tr><th></th>" + _spans(columns, lambda c: c[:2], lambda c: c[1]) + "</tr>")
+    rows.append("<tr><th></th>" + _spans(columns, lambda c: c[:5],
+                                          lambda c: f"{c[3]} \u00b7 {_PATHS.get(c[4], c[4])}")
                 + "</tr>")
     rows.append("<tr><th>scenario</th>" + "".join(
-        f"<th>{html.escape(_USB.get(c[5], c[5]))}</th>" for c in columns) + "</tr>")
+        f"<th>{html.escape(_USB.get(c[6], c[6]))}</th>" for c in columns) + "</tr>")
     return "".join(rows)
 
 
@@ -121,13 +136,15 @@ def matrix(tests: list[dict]) -> str:
     scen = [r for r in tests if is_scenario(r)]
     if not scen:
         return "<p>No scenario test ran.</p>"
-    columns = sorted({_column(r) for r in scen})
+    order = {o: i for i, o in enumerate(dict.fromkeys(_outer(r) for r in scen))}
+    columns = sorted({_column(r, order) for r in scen})
     rows = []
     for s in sorted({r["scenario"] for r in scen}):
-        cells = "".join(_cell([r for r in scen if r["scenario"] == s and _column(r) == c])
+        cells = "".join(_cell([r for r in scen if r["scenario"] == s and _column(r, order) == c])
                         for c in columns)
         rows.append(f"<tr><th>{html.escape(s)}</th>{cells}</tr>")
-    return "<table>" + _header_rows(columns) + "".join(rows) + "</table>"
+    return ('<div class="wide"><table>' + _header_rows(columns) + "".join(rows) + "</table></div>"
+            + _LEGEND)
 
 
 def self_tests(tests: list[dict]) -> str:
@@ -170,8 +187,11 @@ def latency_pictures(tests: list[dict], series_of=lambda r: r.get("axis_value") 
                 continue
             per.setdefault(r["scenario"], {}).setdefault(_measure(r, name), {}) \
                .setdefault(series_of(r), []).append(v)
-    return "".join(f"<h3>{html.escape(s)}</h3>" + charts.latency_distributions(
-        f"{s}: latency per test (seconds)", dict(sorted(m.items()))) for s, m in sorted(per.items()))
+    return '<div class="charts">' + "".join(
+        "<figure>" + charts.latency_distributions(
+            f"{s}: each test's latency (seconds)",
+            {k.removeprefix(f"{s}."): v for k, v in sorted(m.items())}) + "</figure>"
+        for s, m in sorted(per.items())) + "</div>"
 
 
 def latency_table(latencies: dict) -> str:
