@@ -120,23 +120,12 @@ def write_junit(merged: dict, path: Path) -> None:
                               skipped=str(sum(t["outcome"] == "skipped" for t in mine)),
                               time=f"{sum(t['duration'] for t in mine):.3f}")
         props = ET.SubElement(suite, "properties")
-        for k, v in _properties(run).items():
+        for k, v in report.identity_properties(run).items():
             ET.SubElement(props, "property", name=k, value=str(v))
         for t in mine:
             _testcase(suite, t, run["label"])
     ET.indent(root)
     ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
-
-
-def _properties(run: dict) -> dict:
-    i = run.get("identity") or {}
-    h = i.get("harness") or {}
-    return {k: v for k, v in {
-        "run": run["run"], "host": i.get("host"), "cpu": i.get("cpu"), "host_kernel": i.get("host_kernel"),
-        "iommu": i.get("iommu"), "inventory_sha256": i.get("inventory_sha256"),
-        "qemu": (i.get("qemu") or {}).get("build") or run.get("qemu_version"),
-        "harness": f"{h.get('version')} {h.get('commit') or ''}".strip(), "command": i.get("command"),
-    }.items() if v}
 
 
 def _testcase(suite, t: dict, lab: str) -> None:

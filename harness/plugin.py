@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import signal
 import threading
+from pathlib import Path
 
 import pytest
 
-from . import collect, devices, hygiene, options, runner
+from . import collect, devices, hygiene, options, report, runner
 from .errors import HarnessError, LabError
 from .prereq import PrerequisiteError
 from .scenario import ScenarioRun
@@ -99,6 +100,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if not hs.worker:
         for line in hygiene.sweep_run(hs.run_dir, hs.run.owner):
             print(f"hotplug-harness: {line}")
+        report.add_junit_identity(hs.run_dir, Path(config.option.report_dir).resolve())
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

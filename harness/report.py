@@ -183,6 +183,43 @@ def _where_it_ran(summary: dict) -> str:
     return through_line + lab_line
 
 
+def identity_properties(summary: dict) -> dict[str, str]:
+    """A run's identity as JUnit test-suite properties (a run's or a merged run's entry)."""
+    i = summary.get("identity") or {}
+    h = i.get("harness") or {}
+    return {k: str(v) for k, v in {
+        "run": summary.get("run"), "host": i.get("host"), "cpu": i.get("cpu"),
+        "host_kernel": i.get("host_kernel"), "iommu": i.get("iommu"),
+        "inventory_sha256": i.get("inventory_sha256"),
+        "qemu": (i.get("qemu") or {}).get("build") or summary.get("qemu_version"),
+        "harness": f"{h.get('version')} {h.get('commit') or ''}".strip(), "command": i.get("command"),
+    }.items() if v}
+
+
+def add_junit_identity(run_dir: Path, report_root: Path) -> None:
+    """Put the run's identity into its junit.xml as test-suite properties (pytest has written
+    the file by now), and refresh latest/'s copy."""
+    from xml.etree import ElementTree as ET
+
+    junit, summary = run_dir / "junit.xml", run_dir / "summary.json"
+    if not (junit.exists() and summary.exists()):
+        return
+    tree = ET.parse(junit)
+    props = identity_properties(json.loads(summary.read_text()))
+    for suite in tree.getroot().iter("testsuite"):
+        el = suite.find("properties")
+        if el is None:
+            el = ET.Element("properties")
+            suite.insert(0, el)
+        for k, v in props.items():
+            ET.SubElement(el, "property", name=f"hotplug.{k}", value=v)
+    tree.write(junit, encoding="utf-8", xml_declaration=True)
+    latest = report_root / "latest"
+    if latest.is_dir() and not latest.is_symlink() and (latest / "summary.json").exists() and \
+            json.loads((latest / "summary.json").read_text()).get("run") == run_dir.name:
+        shutil.copy2(junit, latest / "junit.xml")
+
+
 def identity_line(summary: dict) -> str | None:
     """Which host, QEMU build and harness commit ran (summary.json's identity)."""
     i = summary.get("identity")

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,11 @@ def test_two_runs_merge_compare_gates_and_every_report_renders(tmp_path, child_e
     bad = child_run(child_env, tmp_path / "b", "--qemu-binary", str(wrapper))
     outcomes = [json.loads((r / "summary.json").read_text())["tests"][0]["outcome"] for r in (good, bad)]
     assert outcomes == ["passed", "failed"], outcomes
+
+    # each run's junit.xml carries its identity, for CI systems that read only JUnit
+    suite = ET.parse(bad / "junit.xml").getroot().find("testsuite")
+    props = {p.get("name"): p.get("value") for p in suite.find("properties")}
+    assert props["hotplug.qemu"].startswith("QEMU emulator version") and props["hotplug.run"] == bad.name
 
     out = tmp_path / "merged"
     p = harness("merge", str(good), str(bad), "--out", str(out), env=child_env)

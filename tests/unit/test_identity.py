@@ -19,6 +19,7 @@ def test_run_identity_names_host_cpu_iommu_inventory_qemu_and_commit(tmp_path):
     assert i["cpu"] == "Intel(R) Xeon(R) Gold 6338"
     assert i["iommu"] == "3 IOMMU groups (intel_iommu=on iommu=pt)"
     assert len(i["inventory_sha256"]) == 64
+    assert i["inventory_roles"] == ["nic"]
     assert i["qemu"] == {"binary": "/nonexistent/qemu", "version": "7.2.22", "build": None}
     assert i["command"] == "pytest tests/scenarios -k 'nic and q35'"
     head = subprocess.run(["git", "-C", str(images.REPO_ROOT), "rev-parse", "HEAD"],

@@ -101,6 +101,14 @@ def test_write_inventory_describes_the_lab_host(tmp_path):
     assert (stick.vendorid, stick.productid) == lab.STICK_IDS
 
 
+def test_write_inventory_with_roles_lists_only_their_devices(tmp_path):
+    """--roles in the lab: a host with less hardware (its inventory, and so its digest, differ)."""
+    host = lab_host_sysfs(tmp_path / "root")
+    inv = load_inventory(lab.write_inventory(tmp_path, root=host.root, roles={"nic", "sata-controller"}),
+                         root=host.root)
+    assert sorted(d.role for d in inv.devices) == ["nic", "sata-controller"]
+
+
 def test_write_inventory_needs_exactly_one_stick(tmp_path):
     host = lab_host_sysfs(tmp_path / "root")
     host.add_usb("3-2", 5, "46f4:0001", lab.STICK_PRODUCT, "QEMU", iface_driver="usb-storage")
