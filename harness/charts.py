@@ -40,6 +40,16 @@ def _attr(text: str) -> str:
     return text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
 
 
+def _plain_log_ticks(ax) -> None:
+    """Ticks at 1, 2 and 5 of each decade, labelled as plain numbers (0.02, not 2x10^-2);
+    none of matplotlib's crowded minor labels on a span of less than a decade."""
+    from matplotlib import ticker
+
+    ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
+
+
 def latency_distributions(title: str, measures: dict[str, dict[str, list[float]]]) -> str:
     """Horizontal box plots, one row per measure and one box per series (say QEMU 7.2 and 10.0),
     every value drawn as a dot over its box; a log time axis, since a device_add takes
@@ -68,6 +78,7 @@ def latency_distributions(title: str, measures: dict[str, dict[str, list[float]]
     ax.set_yticks([t for t, _ in ticks], [n for _, n in ticks])
     ax.invert_yaxis()
     ax.set_xscale("log")
+    _plain_log_ticks(ax)
     ax.set_xlabel("seconds (log scale)")
     ax.grid(axis="x", color="#dde1e8", linewidth=0.6)
     ax.set_title(title, loc="left", fontsize=10)

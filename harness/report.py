@@ -37,13 +37,25 @@ def outcome_of(reports: dict) -> tuple[str, str]:
 def write_result(run_dir: Path, record: dict) -> None:
     out = run_dir / "results"
     out.mkdir(parents=True, exist_ok=True)
-    name = hashlib.sha1(record["nodeid"].encode()).hexdigest()[:16] + ".json"
+    key = record["nodeid"] + (f"#{record['repetition']}" if record.get("repetition") else "")
+    name = hashlib.sha1(key.encode()).hexdigest()[:16] + ".json"
     (out / name).write_text(json.dumps(record, indent=2, default=str) + "\n")
 
 
 def load_results(run_dir: Path) -> list[dict]:
     return sorted((json.loads(p.read_text()) for p in (run_dir / "results").glob("*.json")),
-                  key=lambda r: r["nodeid"])
+                  key=lambda r: (r["nodeid"], r.get("repetition") or 0))
+
+
+def pass_rates(results: list[dict]) -> dict[str, dict]:
+    """Per test that ran more than once (--repeat): how often it ran and passed."""
+    runs: dict[str, list[dict]] = {}
+    for r in results:
+        if r["outcome"] != "skipped":
+            runs.setdefault(r["nodeid"], []).append(r)
+    return {n: {"ran": len(rs), "passed": sum(r["outcome"] in ("passed", "xfailed") for r in rs),
+                "rate": round(sum(r["outcome"] in ("passed", "xfailed") for r in rs) / len(rs), 4)}
+            for n, rs in runs.items() if len(rs) > 1}
 
 
 def latency_stats(results: list[dict]) -> dict[str, dict]:
@@ -82,13 +94,14 @@ def finish_run(run_dir: Path, report_root: Path, meta: dict) -> dict:
         "counts": counts,
         "wall_seconds": None,
         "latencies": latency_stats(results),
+        "pass_rates": pass_rates(results),
         "tests": results,
     }
     durations = [r["duration"] for r in results]
     summary["test_seconds_total"] = round(sum(durations), 2)
     summary["boot_seconds_median"] = round(statistics.median(boots), 3) if boots else None
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    (run_dir / "report.html").write_text(render_html(summary))
+    (run_dir / "report.html").write_text(render_html(summary, history(report_root, summary)))
     latest = report_root / "latest"
     if latest.is_symlink() or latest.is_file():
         latest.unlink()
@@ -98,6 +111,30 @@ def finish_run(run_dir: Path, report_root: Path, meta: dict) -> dict:
     summary["html"] = str(run_dir / "report.html")
     summary["latest"] = str(latest / "report.html")
     return summary
+
+
+def history(report_root: Path, summary: dict, last: int = 10) -> list[dict]:
+    """This run and the ones before it in the same report folder, for the report's trend
+    pictures (none for a run of self-tests only, or with fewer than 3 scenario runs)."""
+    from . import trend
+
+    runs = trend.load_runs(report_root, last) if report_root.is_dir() else []
+    if not runs or runs[-1]["run"] != summary["run"] or len(runs) < 3:
+        return []
+    return runs
+
+
+def repeat_lines(summary: dict) -> list[str]:
+    """--repeat: each test's pass rate, and each latency's distribution."""
+    rates = summary.get("pass_rates") or {}
+    if not rates:
+        return []
+    lines = ["pass rate (--repeat):"]
+    lines += [f"  {v['passed']}/{v['ran']} ({v['rate']:.0%})  {n}" for n, v in sorted(rates.items())]
+    lines.append("latency (s)                            n    median       p95       max")
+    lines += [f"  {k:<34} {v['n']:>4} {v['median']:>9.3f} {v['p95']:>9.3f} {v['max']:>9.3f}"
+              for k, v in summary["latencies"].items() if not k.endswith("clock_error")]
+    return lines
 
 
 def passthrough_counts(results: list[dict]) -> dict[str, int]:
@@ -126,6 +163,7 @@ def summary_lines(summary: dict) -> list[str]:
                      + ", ".join(t["nodeid"].split("::")[-1] for t in again))
     if identity_line(summary):
         lines.append(identity_line(summary))
+    lines += repeat_lines(summary)
     lines += guest_matrix_lines(summary)
     lab = summary.get("lab")
     if lab:
@@ -233,7 +271,7 @@ def identity_line(summary: dict) -> str | None:
             + (f"; inventory sha256 {i['inventory_sha256'][:12]}" if i.get("inventory_sha256") else ""))
 
 
-def render_html(summary: dict) -> str:
+def render_html(summary: dict, runs: list[dict] | None = None) -> str:
     from . import reporthtml as rh
 
     image = summary.get("image") or {}
@@ -253,5 +291,6 @@ QEMU <b>{html.escape(str(summary['qemu_version']))}</b> <small>{html.escape(summ
             + f"<h2>Qualification matrix ({html.escape(summary['backend'])})</h2>" + rh.matrix(tests)
             + ("<h2>Hotplug latencies</h2>" + rh.latency_pictures(scen)
                + rh.latency_table(summary["latencies"]) if summary["latencies"] else "")
+            + rh.trend_section(runs or [])
             + "<h2>Scenario tests</h2>" + rh.tests_table(scen) + rh.self_tests(tests))
     return rh.page(f"hotplug-harness {summary['run']}", body)

@@ -90,7 +90,7 @@ def _cell(results: list[dict]) -> str:
                   if any(r["outcome"] == o for r in results)), "passed")
     labels: dict[str, list[dict]] = {}
     for r in results:
-        labels.setdefault(r.get("device") or r["test"].removeprefix("test_"), []).append(r)
+        labels.setdefault(r.get("cell") or r.get("device") or r["test"].removeprefix("test_"), []).append(r)
     parts = []
     for label, runs in labels.items():
         bad = [r for r in runs if r["outcome"] in _BAD]
@@ -194,6 +194,24 @@ def latency_pictures(tests: list[dict], series_of=lambda r: r.get("axis_value") 
         for s, m in sorted(per.items())) + "</div>"
 
 
+def trend_section(runs: list[dict]) -> str:
+    """This run and the ones before it in its report folder: pass rate and the time to the
+    guest seeing the device, per scenario (``python -m harness trend`` has more)."""
+    if len(runs) < 3:
+        return ""
+    from . import trend
+
+    rows = trend.table(runs)
+    names = [s["run"] for s in runs]
+    visible = {k: v["guest_visible"] for k, v in rows.items() if "guest_visible" in v}
+    return (f"<h2>Trend: the last {len(runs)} runs in this folder</h2><div class=\"charts\"><figure>"
+            + charts.trend_lines("pass rate per scenario (%)", names,
+                                 {k: v["pass_rate"] for k, v in rows.items()}, "%", percent=True)
+            + "</figure>" + ("<figure>" + charts.trend_lines(
+                "device_add to guest-visible, median (seconds)", names, visible, "s")
+                + "</figure>" if visible else "") + "</div>")
+
+
 def latency_table(latencies: dict) -> str:
     rows = "".join(f'<tr><td>{html.escape(k)}</td><td class="num">{v["n"]}</td>'
                    f'<td class="num">{v["median"]:.3f}</td><td class="num">{v.get("p95", v["max"]):.3f}</td>'
@@ -208,7 +226,8 @@ def detail_row(r: dict) -> str:
     link = f'<a href="{_href(r)}">bundle</a>' if _href(r) else ""
     kind = f" [{r['failure_kind']}]" if r.get("failure_kind") else ""
     where = f"<td>{html.escape(r['axis_value'])}</td>" if "axis_value" in r else ""
-    return (f'<tr class="{r["outcome"]}">{where}<td><code>{html.escape(r["nodeid"])}</code></td>'
+    rep = f" <small>#{r['repetition']}</small>" if r.get("repetition") else ""
+    return (f'<tr class="{r["outcome"]}">{where}<td><code>{html.escape(r["nodeid"])}</code>{rep}</td>'
             f'<td>{html.escape(r.get("backend", ""))}</td>'
             f'<td>{html.escape(r.get("passthrough") or "emulated")}</td>'
             f'<td>{r["outcome"]}{kind}</td><td class="num">{r["duration"]:.1f}</td>'

@@ -133,3 +133,16 @@ def test_retention_keeps_the_newest_runs_and_never_the_current_or_other_folders(
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [names[0], *names[3:], "latest", "merged-20261129-010000", "my-notes"])
     assert retention.prune(tmp_path, 0) and [p.name for p in tmp_path.glob("run-*")] == [names[4]]
+
+
+def test_a_run_report_shows_the_trend_of_its_folder(tmp_path):
+    from harness import report
+
+    for i in range(3):
+        write_run(tmp_path / f"run-2026112{i}", f"run-2026112{i}", [rec("nic", "pc", "failed" if i == 1 else "passed")])
+    last = json.loads((tmp_path / "run-20261122" / "summary.json").read_text())
+    runs = report.history(tmp_path, last)
+    assert [r["run"] for r in runs] == ["run-20261120", "run-20261121", "run-20261122"]
+    page = reporthtml.trend_section(runs)
+    assert "Trend: the last 3 runs" in page and page.count("<svg") == 2
+    assert report.history(tmp_path, {**last, "run": "run-elsewhere"}) == []
