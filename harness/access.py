@@ -159,6 +159,11 @@ class ConsoleChannel:
                                  details="last console output:\n" + _tail(self._spawn.before))
         return self._spawn.match
 
+    def send_line(self, line: str) -> None:
+        """Type a line and do not wait for it (a command that never returns, like a reboot)."""
+        with self._lock:
+            self._spawn.send(line + "\n")
+
     def exec(self, command: str, timeout: float) -> tuple[int, str]:
         with self._lock:
             self._counter += 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 from . import probes
 from .access import wait_until  # noqa: F401  (re-exported for tests)
@@ -41,6 +42,21 @@ def pci_function(guest, device_id: str) -> PciFunction | None:
             return PciFunction(d["bus"], d["slot"], d["function"], f"{d['id']['vendor']:04x}",
                                f"{d['id']['device']:04x}", d["class_info"].get("desc", ""))
     return None
+
+
+def pci_functions(guest) -> list[PciFunction]:
+    """Every PCI function QEMU's ``query-pci`` lists."""
+    return [PciFunction(d["bus"], d["slot"], d["function"], f"{d['id']['vendor']:04x}",
+                        f"{d['id']['device']:04x}", d["class_info"].get("desc", ""))
+            for d in guest.query_pci()]
+
+
+def interface_at(guest, fn: PciFunction, timeout: float = 10.0) -> str:
+    """The network interface of the PCI function at ``fn``'s address."""
+    def look():
+        r = guest.shell.run(f"ls /sys/bus/pci/devices/0000:{fn.address}/net 2>/dev/null")
+        return r.output.split()[0] if r.ok and r.output.split() else None
+    return guest.shell.wait_until(f"a network interface on {fn.address}", look, timeout)
 
 
 def monitor_shows(guest, device_id: str) -> probes.InfoPciEntry:
@@ -238,3 +254,40 @@ def new_disk(guest, before: list[probes.FdiskDisk], size_bytes: int | None,
 def disk_gone(guest, disk: probes.FdiskDisk, timeout: float = 10.0) -> None:
     guest.shell.wait_until(f"{disk.device} to leave the guest's fdisk -l",
                lambda: all(d.device != disk.device for d in disks(guest)), timeout)
+
+
+# -- the guest kernel's health ---------------------------------------------------------------
+
+#: What a healthy hotplug never makes a kernel log.
+KERNEL_PROBLEM = re.compile(r"Oops|BUG:|WARNING: CPU|WARNING: at |general protection fault|"
+                            r"Kernel panic|INFO: task \S+ blocked for more than|soft lockup|"
+                            r"hard LOCKUP|Call Trace:")
+_STAMP = re.compile(r"^\[\s*(\d+\.\d+)\]")
+
+
+def kernel_log_mark(guest) -> float | None:
+    """The kernel log's last timestamp now (None: no log to read, e.g. no dmesg)."""
+    r = guest.shell.run("dmesg | tail -n 1", timeout=guest.deadlines.scaled(10))
+    m = _STAMP.match(r.output.strip()) if r.ok else None
+    # (no timestamps: old lines cannot be told from new ones, so no check)
+    return float(m.group(1)) if m else None
+
+
+def kernel_problems(guest, since: float | None) -> list[str]:
+    """Each problem the guest kernel logged after ``since`` (a :func:`kernel_log_mark`), with up
+    to 25 lines that follow it (the call trace)."""
+    if since is None:
+        return []
+    r = guest.shell.run("dmesg", timeout=guest.deadlines.scaled(15))
+    if not r.ok:
+        return []
+    lines = [ln for ln in r.output.splitlines()
+             if (m := _STAMP.match(ln)) is None or float(m.group(1)) > since]
+    out, i = [], 0
+    while i < len(lines):
+        if KERNEL_PROBLEM.search(lines[i]):
+            out.append("\n".join(lines[i:i + 26]))
+            i += 26
+        else:
+            i += 1
+    return out

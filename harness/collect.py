@@ -2,8 +2,8 @@
 tests left out by role or backend, xdist groups.
 
 A scenario test declares its role with ``@pytest.mark.scenario("nic")``; it is parametrized
-over the platforms that role runs on and the devices the backend offers, with ids like
-``test_nic[emulated-q35-pciehp-e1000e]``.
+over the platforms that role runs on and the devices the backend offers (the first one only
+with ``one_device=True``), with ids like ``test_nic[emulated-q35-pciehp-e1000e]``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,14 @@ def parametrize_guests(metafunc: pytest.Metafunc, hs) -> None:
                              ids=[c.name for c in hs.guest_choices])
 
 
+def parametrize_repeat(metafunc: pytest.Metafunc, count: int) -> None:
+    """--repeat N: every test N times, the repetition last in its id (``-repeat3``)."""
+    if count > 1:
+        metafunc.fixturenames.append("hh_repetition")
+        metafunc.parametrize("hh_repetition", range(1, count + 1), indirect=True,
+                             ids=[f"repeat{k}" for k in range(1, count + 1)])
+
+
 def parametrize(metafunc: pytest.Metafunc, hs) -> None:
     marker = metafunc.definition.get_closest_marker("scenario")
     if marker is None:
@@ -35,6 +43,9 @@ def parametrize(metafunc: pytest.Metafunc, hs) -> None:
         metafunc.parametrize("platform", platforms, ids=[p.id for p in platforms])
         return
     candidates = hs.backend.candidates(role)
+    if marker.kwargs.get("one_device"):
+        # (a lifecycle scenario is about the slot and the guest, not the model: one will do)
+        candidates = candidates[:1]
     metafunc.parametrize(("platform", "device"), [
         pytest.param(platform, device, id=f"{hs.backend.name}-{platform.id}-{device.id}")
         for platform in platforms for device in candidates])

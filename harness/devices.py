@@ -80,6 +80,11 @@ class Plugged:
         deadline); the latency is recorded for the report."""
         return self.run.unplug(self.guest, self, timeout)
 
+    def wait_removed(self, timeout: float | None = None):
+        """After an ``unplug`` whose verdict was "paused" and a ``cont``: wait for the removal
+        (no new request) and release what the plug set up."""
+        return self.run.wait_removed(self.guest, self, timeout)
+
 
 class HotplugDevice:
     """Base of every role realisation. ``id`` is the device's part of the test id."""

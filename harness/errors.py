@@ -84,6 +84,8 @@ class UnplugError(ProductError):
     * ``guest-refused``: QEMU reported DEVICE_UNPLUG_GUEST_ERROR, or the guest never ejected the
       device although QEMU delivered the request and stayed responsive.
     * ``qemu-stuck``: QEMU stopped answering QMP while the unplug was pending.
+    * ``paused``: the VM is stopped, so the guest cannot release the device yet; the request
+      stands and completes once the VM runs.
     """
 
     def __init__(self, device_id: str, verdict: str, message: str, *, hint: str = ""):

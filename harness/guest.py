@@ -27,7 +27,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import pace, probes
 from .access import ConsoleChannel, Shell, SSHChannel, _tail
@@ -107,8 +107,10 @@ class Guest:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def launch(self) -> "Guest":
-        """Start QEMU, connect QMP and the console, let the guest run, wait until it is ready."""
+    def launch(self, on_running: Callable[["Guest"], None] | None = None) -> "Guest":
+        """Start QEMU, connect QMP and the console, let the guest run, wait until it is ready.
+        ``on_running`` is called right after ``cont``, while the guest's OS is still booting
+        (a scenario that hot-adds during boot)."""
         t0 = time.monotonic()
         try:
             self._start_process()
@@ -127,6 +129,8 @@ class Guest:
             self.shell = Shell(self.workdir / "commands.log", console,
                                default_timeout=d.command, scale=d.scaled)
             self.qmp("cont")
+            if on_running is not None:
+                on_running(self)
             self._wait_ready(time.monotonic() + d.boot)
             self.launch_marks["ready"] = round(time.monotonic() - t0, 2)
         except BaseException as e:
@@ -234,6 +238,19 @@ class Guest:
                          "/var/lib/cloud/instance/boot-finished; do sleep 0.5; done",
                          max(1.0, deadline - time.monotonic()))
 
+    def reboot_from_inside(self) -> None:
+        """The guest reboots itself (``reboot -f`` typed on its console); see :meth:`wait_rebooted`."""
+        self.shell.console.send_line("reboot -f")
+
+    def wait_rebooted(self) -> None:
+        """After a reset the guest boots again: wait for it to be ready, as at launch."""
+        if self.shell.ssh is not None:
+            self.shell.ssh.close()
+            self.shell.ssh = None
+        t0 = time.monotonic()
+        self._wait_ready(t0 + self.deadlines.boot)
+        self.launch_marks["rebooted"] = round(time.monotonic() - t0, 2)
+
     def _forwarded_ssh_port(self) -> int:
         # hostfwd asked for port 0; the kernel chose a free one, which `info usernet` shows.
         text = self.hmp("info usernet")
@@ -334,6 +351,18 @@ class Guest:
     def device_del(self, device_id: str, timeout: float = 20.0, grace: float = 10.0) -> UnplugResult:
         result = self._call(self.monitor.device_del(device_id, timeout=timeout, grace=grace),
                             timeout + grace + 15)
+        self._used_buses = {b: d for b, d in self._used_buses.items() if d != device_id}
+        return result
+
+    def device_del_all(self, ids: list[str], timeout: float) -> list[UnplugResult]:
+        """``device_del`` all of ``ids`` at once and wait for all of them to leave."""
+        results = self._call(self.monitor.device_del_all(ids, timeout=timeout), timeout + 30)
+        self._used_buses = {b: d for b, d in self._used_buses.items() if d not in ids}
+        return results
+
+    def wait_removed(self, device_id: str, timeout: float) -> UnplugResult:
+        """Wait, without a new request, for a device whose unplug was requested earlier."""
+        result = self._call(self.monitor.wait_removed(device_id, timeout=timeout), timeout + 15)
         self._used_buses = {b: d for b, d in self._used_buses.items() if d != device_id}
         return result
 

@@ -44,6 +44,9 @@ class GuestSpec:
     access: str = "console"
     #: Extra kernel command-line words (e.g. to disable hotplug in a failure test).
     kernel_args: tuple[str, ...] = ()
+    #: Let the guest reboot (a reboot scenario). Otherwise QEMU runs with ``-no-reboot``: a
+    #: guest that reboots or panics makes QEMU exit, seen at once as a dead guest.
+    reboot: bool = False
 
     def __post_init__(self):
         if self.machine not in MACHINES:
@@ -98,6 +101,8 @@ class GuestSpec:
             parts.append(self.usb_controller)
         if self.access == "ssh":
             parts.append("ssh")
+        if self.reboot:
+            parts.append("reboot")
         return "-".join(parts)
 
 
@@ -117,8 +122,8 @@ def build_argv(spec: GuestSpec, boot: GuestImage, paths: Paths, *, qemu_binary: 
     connects QMP and the console first, so not one byte of console output is lost."""
     # -no-reboot: a guest that panics (panic=-1) or reboots makes QEMU exit, so a dead guest is
     # seen at once as an exit status instead of a silent reboot.
-    argv = [qemu_binary, "-name", name, "-S", "-nodefaults", "-no-user-config", "-no-reboot",
-            "-display", "none", "-machine", spec.machine,
+    argv = [qemu_binary, "-name", name, "-S", "-nodefaults", "-no-user-config",
+            *([] if spec.reboot else ["-no-reboot"]), "-display", "none", "-machine", spec.machine,
             # TCG's translation cache defaults to 1 GiB and fills up over a long-lived guest,
             # which looks like a leak; 128 MiB bounds QEMU's memory and costs no speed here.
             "-accel", "tcg,tb-size=128" if accel == "tcg" else accel,

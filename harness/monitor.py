@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +29,16 @@ class UnplugResult:
     device_id: str
     seconds: float
     event: bool
+    #: How long QEMU answered that the slot was busy before it took the request (a PCIe slot
+    #: whose power indicator still blinks from the hot-add; 0 when it took it at once).
+    busy_seconds: float = 0.0
+
+
+#: QEMU's answer to a device_del it cannot take yet: since 6.2, a PCIe slot whose power
+#: indicator still blinks from the hot-add ("guest is busy (power indicator blinking)").
+_BUSY = re.compile(r"busy|blinking", re.I)
+#: ... and to one it already has (an earlier request stands: only its completion is left).
+_PENDING = re.compile(r"already in the process of unplug", re.I)
 
 
 class Monitor:
@@ -43,6 +54,9 @@ class Monitor:
     command_timeout = 30.0
     #: How long a device that left the device tree may take to send DEVICE_DELETED.
     settle_seconds = 2.0
+    #: How long device_del watches a stopped VM before its verdict "paused" (its caller's
+    #: deadline when shorter).
+    stopped_window = 3.0
 
     def __init__(self, transcript: Path):
         self._qmp = QMPClient("hotplug-harness")
@@ -165,15 +179,89 @@ class Monitor:
         names = ("DEVICE_DELETED", "DEVICE_UNPLUG_GUEST_ERROR")
         with self._qmp.listener(names) as listener:
             t0 = time.monotonic()
+            busy = await self._request_unplug(device_id, t0 + timeout)
+            status = (await self.execute("query-status", timeout=5, record=False))["status"]
+            if status != "running":
+                # A stopped VM's guest cannot release anything: no DEVICE_DELETED can come (a
+                # suite that waits 120 s for one learns nothing). Watch a short window, then say so.
+                done = await self._until_deleted(listener, device_id, t0, t0 + min(timeout, self.stopped_window), poll)
+                if done is None:
+                    raise UnplugError(device_id, "paused",
+                                      f"device_del {device_id}: the VM is {status}, so the guest "
+                                      f"cannot release the device; no DEVICE_DELETED in "
+                                      f"{time.monotonic() - t0:.1f} s. The request stands: it "
+                                      "completes once the VM runs (cont)",
+                                      hint="resume the VM (QMP cont) and wait for the removal")
+                return dataclasses.replace(done, busy_seconds=busy)
+            done = await self._until_deleted(listener, device_id, t0, t0 + timeout, poll)
+            result = done or await self._verdict_after_deadline(listener, device_id, t0, timeout, grace)
+            return dataclasses.replace(result, busy_seconds=busy)
+
+    async def _request_unplug(self, device_id: str, deadline: float) -> float:
+        """Send ``device_del``. While QEMU answers that the slot is busy, ask again (20 ms,
+        doubling to 0.5 s, bounded by ``deadline``): the answer to each request is the signal,
+        there is no QMP event for a power indicator. Returns how long the slot was busy (0.0 when
+        the first request was taken)."""
+        t0, wait = time.monotonic(), 0.02
+        while True:
             try:
-                await self.execute("device_del", {"id": device_id}, timeout=min(timeout, self.command_timeout))
+                await self.execute("device_del", {"id": device_id},
+                                   timeout=max(1.0, min(deadline - time.monotonic(), self.command_timeout)))
+                return time.monotonic() - t0 if wait > 0.02 else 0.0
             except asyncio.TimeoutError:
                 raise UnplugError(device_id, "qemu-stuck",
-                                  f"device_del {device_id}: QEMU did not answer the command within "
-                                  f"{min(timeout, self.command_timeout):.1f} s",
+                                  f"device_del {device_id}: QEMU did not answer the command",
                                   hint="QEMU is hung: see its output and the QMP transcript") from None
+            except QMPCommandError as e:
+                if _PENDING.search(e.qemu_desc):
+                    return time.monotonic() - t0 if wait > 0.02 else 0.0  # an earlier request stands
+                if not _BUSY.search(e.qemu_desc) or time.monotonic() + wait > deadline:
+                    raise
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, 0.5)
+
+    async def device_del_all(self, ids: list[str], *, timeout: float, poll: float = 0.25) -> list[UnplugResult]:
+        """``device_del`` every one of ``ids`` at once (each request sent as soon as the last
+        was taken), then wait for all of them to leave; results in the order of ``ids``."""
+        names = ("DEVICE_DELETED", "DEVICE_UNPLUG_GUEST_ERROR")
+        with self._qmp.listener(names) as listener:
+            t0 = time.monotonic()
+            busy = {i: await self._request_unplug(i, t0 + timeout) for i in ids}
+            done: dict[str, UnplugResult] = {}
+            while len(done) < len(ids) and (now := time.monotonic()) < t0 + timeout:
+                try:
+                    event = await asyncio.wait_for(listener.get(), min(poll, t0 + timeout - now))
+                except asyncio.TimeoutError:
+                    present = {c["name"] for c in await self.execute(
+                        "qom-list", {"path": "/machine/peripheral"}, timeout=5, record=False)}
+                    done.update({i: UnplugResult(i, time.monotonic() - t0, False, busy[i])
+                                 for i in ids if i not in present and i not in done})
+                    continue
+                dev = event["data"].get("device")
+                if dev in busy and (dev not in done or not done[dev].event):
+                    if event["event"] == "DEVICE_UNPLUG_GUEST_ERROR":
+                        raise UnplugError(dev, "guest-refused", f"device_del {dev}: the guest "
+                                          "reported an error (DEVICE_UNPLUG_GUEST_ERROR)")
+                    done[dev] = UnplugResult(dev, time.monotonic() - t0, True, busy[dev])
+            left = [i for i in ids if i not in done]
+            if left:
+                raise UnplugError(left[0], "guest-refused",
+                                  f"{len(left)} of {len(ids)} devices still attached "
+                                  f"{timeout:.1f} s after device_del: {', '.join(left)}",
+                                  hint="the guest never released them: see its dmesg in the bundle")
+            return [done[i] for i in ids]
+
+    async def wait_removed(self, device_id: str, *, timeout: float, poll: float = 0.25) -> UnplugResult:
+        """Wait for a device whose unplug was requested earlier (say, while the VM was stopped)
+        to leave; no new request. ``event`` is True only if DEVICE_DELETED came after this call."""
+        with self._qmp.listener(("DEVICE_DELETED", "DEVICE_UNPLUG_GUEST_ERROR")) as listener:
+            t0 = time.monotonic()
             done = await self._until_deleted(listener, device_id, t0, t0 + timeout, poll)
-            return done or await self._verdict_after_deadline(listener, device_id, t0, timeout, grace)
+            if done is None:
+                raise UnplugError(device_id, "guest-refused",
+                                  f"{device_id}: still attached {timeout:.1f} s after the wait began",
+                                  hint="the guest never completed the earlier unplug request")
+            return done
 
     async def _until_deleted(self, listener, device_id: str, t0: float, deadline: float,
                              poll: float) -> UnplugResult | None:

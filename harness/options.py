@@ -64,6 +64,10 @@ def _how_it_runs(g) -> None:
                 help="deadline from QEMU's `cont` to a ready guest. Default: by accelerator and "
                      "image (built-in 60 s, your own image 240 s under TCG, 120 s under KVM), "
                      "times the time factor")
+    g.addoption("--repeat", type=_positive_int, default=1, metavar="N",
+                help="run each selected test N times (its id ends in -repeatK; a clean guest "
+                     "serves the repeats): the report and summary.json give each test's pass "
+                     "rate and each latency's distribution (median, p95, max)")
     g.addoption("--roles", type=_roles, default=None, metavar="ROLE,...",
                 help="run only the scenarios of these roles (" + ", ".join(devices.ROLES) + "). "
                      "With --backend vfio a role the inventory lacks fails the run as 'not "
@@ -144,6 +148,18 @@ def user_image(opt) -> GuestImage | None:
                       append=opt.guest_append, disk=_path(opt.guest_disk),
                       disk_format=opt.guest_disk_format, ssh_user=opt.guest_user,
                       ssh_key=_path(opt.guest_key), ready_pattern=opt.guest_ready)
+
+
+def _positive_int(text: str) -> int:
+    import argparse
+
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return n
 
 
 def _roles(text: str) -> frozenset[str]:

@@ -119,6 +119,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.hookimpl(trylast=True, specname="pytest_generate_tests")
 def pytest_generate_tests_guest_axis(metafunc: pytest.Metafunc) -> None:
     collect.parametrize_guests(metafunc, metafunc.config.stash[_STASH_SESSION])
+    collect.parametrize_repeat(metafunc, metafunc.config.option.repeat)
+
+
+@pytest.fixture
+def hh_repetition(request: pytest.FixtureRequest) -> int:
+    """--repeat: which run of the test this is (1..N)."""
+    return request.param
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -203,7 +210,21 @@ def pytest_runtest_setup(item: pytest.Item):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item):
-    return (yield from _prerequisites_skip_on_your_guest(item))
+    result = yield from _prerequisites_skip_on_your_guest(item)
+    _check_guest_kernels(item)
+    return result
+
+
+def _check_guest_kernels(item: pytest.Item) -> None:
+    """Every test that used a guest, once its body passed: the guest kernel logged no Oops,
+    BUG, WARNING, call trace, hung task or lockup since the test got it (a test that provokes
+    one on purpose says so with ``hotplug.allow_kernel``)."""
+    run = getattr(item, "funcargs", {}).get("hotplug")
+    if isinstance(run, ScenarioRun):
+        problems = run.kernel_problems()
+        if problems:
+            raise AssertionError("the guest kernel logged a problem during the test:\n"
+                                 + "\n\n".join(problems))
 
 
 def _prerequisites_skip_on_your_guest(item: pytest.Item):

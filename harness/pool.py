@@ -53,12 +53,13 @@ class GuestPool:
         self.booted: list[Guest] = []
 
     def acquire(self, spec: GuestSpec, image: GuestImage | None = None,
-                deadlines: Deadlines | None = None) -> Guest:
+                deadlines: Deadlines | None = None, on_running=None) -> Guest:
         """A clean guest of ``spec`` booted from ``image`` (default: the pool's), with its
-        ``deadlines`` (default: the pool's)."""
+        ``deadlines`` (default: the pool's). ``on_running``: see :meth:`Guest.launch` (a new
+        guest then, never an idle one)."""
         image = image or self.image
         idle = self._idle.pop(spec, None)
-        if idle is not None and idle[0].image == image:
+        if idle is not None and idle[0].image == image and on_running is None:
             return idle[0]
         if idle is not None:
             idle[0].close()
@@ -69,7 +70,7 @@ class GuestPool:
                           deadlines=deadlines or self.deadlines, name=name, owner=self.owner)
             self.booted.append(guest)
             try:
-                guest.launch()
+                guest.launch(on_running)
                 break
             except QemuLaunchError as e:
                 if attempt == self.boot_attempts or not isinstance(e.__cause__, (WaitTimeout,

@@ -21,6 +21,19 @@ def plain_nodeid(nodeid: str) -> str:
     return nodeid[:at] if at > bracket else nodeid
 
 
+_REPEAT = re.compile(r"-?repeat(\d+)\]$")
+
+
+def base_nodeid(nodeid: str) -> tuple[str, int | None]:
+    """A --repeat test's node id without its repetition, and the repetition:
+    ``t[pc-e1000e-repeat3]`` -> ``(t[pc-e1000e], 3)``; ``t[repeat2]`` -> ``(t, 2)``."""
+    m = _REPEAT.search(nodeid)
+    if not m:
+        return nodeid, None
+    base = nodeid[:m.start()] + "]"
+    return (base[:-2] if base.endswith("[]") else base), int(m.group(1))
+
+
 def bundle_name(nodeid: str) -> str:
     name = plain_nodeid(nodeid).split("::", 1)[-1]
     return re.sub(r"[^A-Za-z0-9_.\[\]-]+", "_", name)[:150]
@@ -71,12 +84,18 @@ def write_record(item: pytest.Item, hs) -> None:
     callspec = getattr(item, "callspec", None)
     scenario = item.get_closest_marker("scenario")
     reports = list(item.stash.get(STASH_REPORTS, {}).values())
+    nodeid, repetition = base_nodeid(plain_nodeid(item.nodeid))
     report.write_result(hs.run_dir, {
-        "nodeid": plain_nodeid(item.nodeid),
+        # (a --repeat test's runs share their node id; "repetition" tells them apart)
+        "nodeid": nodeid,
+        "repetition": repetition,
         "test": getattr(item, "originalname", item.name),
-        "id": callspec.id if callspec else "",
-        "scenario": (scenario.args[0] if scenario else
+        "id": base_nodeid(f"[{callspec.id}]")[0][1:-1] if callspec else "",
+        # (a scenario may report under a name of its own: the lifecycle tests of a role)
+        "scenario": (scenario.kwargs.get("name", scenario.args[0]) if scenario else
                      item.module.__name__.split(".")[-1].removeprefix("test_")),
+        "cell": (getattr(item, "originalname", item.name).removeprefix("test_")
+                 if scenario is not None and "name" in scenario.kwargs else ""),
         "platform": platform.id if platform else "",
         # The report's axes: machine type, PCI hotplug path, USB bus (see report.axes).
         "kind": "scenario" if scenario else "self-test",

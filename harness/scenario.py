@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -40,24 +41,29 @@ class ScenarioRun:
         self.failed_boots: list[Guest] = []
         self._clocks: dict[Guest, latency.ClockOffset] = {}
         self._record: dict | None = None
+        #: Per guest, the kernel log's last timestamp when this test got it.
+        self._kernel_marks: dict[Guest, float | None] = {}
+        self._kernel_allowed: list[re.Pattern] = []
 
     # -- what tests call ------------------------------------------------------------------------
 
     def guest(self, spec: GuestSpec, image: GuestImage | None = None, *, fresh: bool = False,
               check_prerequisites: bool = True, access: str | None = None,
-              deadlines=None) -> Guest:
+              deadlines=None, on_running=None) -> Guest:
         """A booted guest of this shape. ``fresh``: a new one, never given to another test
         (for scenarios that leave changes no check can undo, such as an onlined CPU).
+        ``on_running(guest)``: called right after the new guest starts running, before its OS
+        is up (implies ``fresh``).
 
         The guide's section 1 prerequisites are checked once per guest; a missing one raises
         :class:`~harness.prereq.PrerequisiteError` naming it."""
         spec = dataclasses.replace(spec, access=access or self.access)
-        if fresh:
+        if fresh or on_running is not None:
             self.fresh_only = True
             self.pool.discard_idle(spec)
         retried, booted = len(self.pool.boot_retries), len(self.pool.booted)
         try:
-            guest = self.pool.acquire(spec, image, deadlines)
+            guest = self.pool.acquire(spec, image, deadlines, on_running)
         except QemuLaunchError:
             # The guest that could not boot goes into the bundle (its serial log, command line,
             # replay script), as the test's first and only guest.
@@ -66,6 +72,7 @@ class ScenarioRun:
         finally:
             self.notes += self.pool.boot_retries[retried:]
         self.guests.append((guest, guest.log_sizes()))
+        self._kernel_marks[guest] = checks.kernel_log_mark(guest)
         if check_prerequisites:
             if guest.prerequisites is None:
                 guest.prerequisites = prereq.check_guest(guest, machine=spec.machine,
@@ -101,12 +108,32 @@ class ScenarioRun:
         plugged.pci_address = plugged.function.address if plugged.function else None
         return plugged
 
+    def adopt(self, guest: Guest, plugged: Plugged) -> Plugged:
+        """A device plugged outside :meth:`plug` (during boot, before the guest could answer):
+        from now on this run owns it, as if :meth:`plug` had plugged it."""
+        plugged.guest, plugged.run = guest, self
+        self.plugged.append((guest, plugged))
+        self.record(f"{plugged.device_id}.device_add", plugged.add_seconds)
+        plugged.function = checks.pci_function(guest, plugged.device_id)
+        plugged.pci_address = plugged.function.address if plugged.function else None
+        return plugged
+
+    def wait_removed(self, guest: Guest, plugged: Plugged, timeout: float | None = None):
+        """A device whose unplug was requested earlier (its ``unplug`` said "paused"): wait for
+        it to leave, then release what its plug set up."""
+        result = guest.wait_removed(plugged.device_id, timeout or guest.deadlines.unplug)
+        plugged.removed = True
+        plugged.device.cleanup(guest, plugged)
+        return result
+
     def unplug(self, guest: Guest, plugged: Plugged, timeout: float | None = None):
         """``device_del`` and wait for it to complete by ``timeout`` seconds (default: the
         guest's unplug deadline, a reference figure scaled to this machine)."""
         plugged.del_sent = time.monotonic()
         result = plugged.device.unplug(guest, plugged, timeout=timeout or guest.deadlines.unplug)
         self.record(f"{plugged.device_id}.device_del_to_event", result.seconds)
+        if result.busy_seconds:
+            self.record(f"{plugged.device_id}.port_busy", result.busy_seconds)
         return result
 
     def _guest_side_latencies(self) -> None:
@@ -132,6 +159,23 @@ class ScenarioRun:
 
     def record(self, name: str, seconds: float) -> None:
         self.latencies[name] = round(seconds, 4)
+
+    def allow_kernel(self, pattern: str) -> None:
+        """Kernel log lines this test provokes on purpose (a surprise removal's WARNING, say):
+        the end-of-test kernel check leaves lines matching ``pattern`` (a regex) alone."""
+        self._kernel_allowed.append(re.compile(pattern))
+
+    def kernel_problems(self) -> list[str]:
+        """Oops, BUG, WARNING, call traces, hung tasks, soft lockups the guests' kernels logged
+        since this test got them (each with the lines that follow it), allowed ones left out."""
+        problems = []
+        for guest, mark in self._kernel_marks.items():
+            if not guest.alive():
+                continue
+            for block in checks.kernel_problems(guest, mark):
+                if not any(p.search(block) for p in self._kernel_allowed):
+                    problems.append(f"guest {guest.name}: {block}")
+        return problems
 
     def note(self, text: str) -> None:
         """A line for the report (e.g. a QEMU anomaly the test verified around)."""
@@ -239,7 +283,8 @@ class ScenarioRun:
             if (guest.workdir / name).exists():
                 shutil.copy2(guest.workdir / name, out / name)
         if not passed and guest.alive():
-            for cmd, fname in (("dmesg", "dmesg.txt"), ("cat /run/hh/events", "events.txt")):
+            for cmd, fname in (("dmesg", "dmesg.txt"), ("cat /run/hh/events", "events.txt"),
+                               ("cat /run/hh/uevent.log 2>/dev/null", "uevent.log")):
                 try:
                     (out / fname).write_text(guest.shell.run(cmd, timeout=10).output)
                 except Exception as e:

@@ -102,3 +102,19 @@ def test_two_runs_merge_compare_gates_and_every_report_renders(tmp_path, child_e
     # the failing cell of the merged matrix links to the bundle, which is there
     link = re.search(r'<td class="failed">.*?<a href="([^"]+)">bundle</a>', (out / "report.html").read_text())
     assert link and list((out / link.group(1)).glob("*/serial.log")), link
+
+
+def test_repeat_gives_each_test_a_pass_rate_and_each_latency_a_distribution(tmp_path, child_env):
+    p = subprocess.run([sys.executable, "-m", "pytest", *SELECT, "-p", "no:cacheprovider",
+                        "--report-dir", str(tmp_path), "--repeat", "3"], cwd=REPO,
+                       capture_output=True, text=True, timeout=600, env=child_env)
+    assert p.returncode == 0, p.stdout[-3000:]
+    summary = json.loads((tmp_path / "latest" / "summary.json").read_text())
+    assert [(t["nodeid"], t["repetition"]) for t in summary["tests"]] == [(NODEID, k) for k in (1, 2, 3)]
+    assert summary["pass_rates"] == {NODEID: {"ran": 3, "passed": 3, "rate": 1.0}}
+    visible = summary["latencies"]["nic.guest_visible"]
+    assert visible["n"] == 3 and visible["median"] <= visible["p95"] <= visible["max"]
+    assert f"3/3 (100%)  {NODEID}" in p.stdout
+    assert "e1000e 3/3 passed" in (tmp_path / "latest" / "report.html").read_text()
+    # one guest served all three (reused while clean)
+    assert len({g["name"] for t in summary["tests"] for g in t["guests"]}) == 1

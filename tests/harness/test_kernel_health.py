@@ -1,0 +1,48 @@
+"""After every test that used a guest, the guest kernel's log is checked: an Oops, BUG,
+WARNING, call trace, hung task or lockup logged during the test fails it, with the trace."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.devices import PCI_PLATFORMS
+
+REPO = Path(__file__).resolve().parents[2]
+DELIBERATE = "WARNING: CPU: 0 PID: 1 at hotplug-harness/deliberate.c:1 check_the_check"
+
+
+@pytest.mark.guest(platform=PCI_PLATFORMS[0])
+def test_a_warning_in_the_guest_kernel_log_is_found_and_can_be_allowed(hotplug, guest):
+    assert hotplug.kernel_problems() == []
+    guest.shell.succeed(f"echo '{DELIBERATE}' > /dev/kmsg")
+    [problem] = hotplug.kernel_problems()
+    assert DELIBERATE in problem and problem.startswith(f"guest {guest.name}: ")
+    hotplug.allow_kernel(r"hotplug-harness/deliberate\.c")
+    assert hotplug.kernel_problems() == []
+
+
+CHILD_TEST = f'''
+import pytest
+from harness.devices import PCI_PLATFORMS
+
+@pytest.mark.guest(platform=PCI_PLATFORMS[0])
+def test_passes_but_its_guest_kernel_warned(guest):
+    guest.shell.succeed("echo '{DELIBERATE}' > /dev/kmsg")
+'''
+
+
+def test_a_test_whose_guest_kernel_warned_fails_with_the_trace(tmp_path, child_env):
+    test_file = tmp_path / "test_warned.py"
+    test_file.write_text(CHILD_TEST)
+    p = subprocess.run([sys.executable, "-m", "pytest", str(test_file), "-p", "no:cacheprovider",
+                        "--report-dir", str(tmp_path / "reports"), "--rootdir", str(REPO),
+                        "-c", str(REPO / "pytest.ini")], cwd=REPO, capture_output=True,
+                       text=True, timeout=300, env=child_env)
+    assert p.returncode == 1, p.stdout[-3000:] + p.stderr[-2000:]
+    [record] = json.loads((tmp_path / "reports" / "latest" / "summary.json").read_text())["tests"]
+    assert record["outcome"] == "failed" and record["failure_kind"] == "product", record
+    assert "the guest kernel logged a problem during the test" in record["reason"]
+    assert DELIBERATE in record["reason"]

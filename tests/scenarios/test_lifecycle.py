@@ -1,0 +1,195 @@
+"""Hotplug where it breaks in the field: at once, while paused, during boot, across a reboot,
+many at once. Each on pc (ACPI), q35 with ACPI and q35 with native PCIe hotplug, with one NIC
+model (the slot and the guest are under test here, not the model). ``-k lifecycle`` selects
+them all; every test also gets the end-of-test check of the guest kernel's log."""
+
+import time
+
+import pytest
+
+from harness import checks
+from harness.errors import UnplugError
+from harness.monitor import UnplugResult
+
+lifecycle = pytest.mark.scenario("nic", one_device=True, name="lifecycle")
+
+
+def nic_works(guest, plugged, interfaces_before: set[str] | None = None) -> str:
+    """The guide's NIC checks: visible, driver bound, an address, the default route, a ping.
+    The interface is the new one since ``interfaces_before``, or (None) the one at the NIC's
+    PCI address."""
+    checks.guest_sees_pci(guest, plugged.function)
+    checks.guest_driver_bound(guest, plugged.function, plugged.device.guest_driver)
+    ifname = (checks.interface_at(guest, plugged.function) if interfaces_before is None
+              else checks.new_interface(guest, interfaces_before))
+    checks.ipv4_address(guest, ifname)
+    assert checks.default_gateway(guest, ifname) == plugged.facts.gateway
+    guest.shell.succeed(f"ping -c 1 -W 2 -I {ifname} {plugged.facts.gateway}")
+    return ifname
+
+
+def gone_everywhere(guest, plugged, interfaces: set[str]) -> None:
+    checks.monitor_lacks(guest, plugged.device_id)
+    if plugged.function is not None:
+        checks.guest_lacks_pci(guest, plugged.function)
+    assert checks.net_interfaces(guest) == interfaces, "the interface is still in the guest"
+
+
+@lifecycle
+def test_unplug_at_once(hotplug, platform, device, guest):
+    """``device_del`` the moment ``device_add`` returns, no sleep. Since QEMU 6.2 a PCIe slot
+    answers "guest is busy (power indicator blinking)" until the guest has powered it on; the
+    harness asks again (bounded, no fixed sleep) and reports how long the slot was busy. The
+    NIC ends up removed in both views, and the slot takes the next NIC, which works."""
+    interfaces = checks.net_interfaces(guest)
+    nic = hotplug.plug(guest, device, "nic0")
+    result = nic.unplug()
+    hotplug.note(f"device_del right after device_add: slot busy {result.busy_seconds:.2f} s, "
+                 f"removed {result.seconds:.2f} s after the first request "
+                 f"({'DEVICE_DELETED' if result.event else 'no DEVICE_DELETED'})")
+    assert result.event, "the NIC left QEMU without a DEVICE_DELETED event"
+    gone_everywhere(guest, nic, interfaces)
+
+    again = hotplug.plug(guest, device, "nic1")
+    nic_works(guest, again, interfaces)
+    assert again.unplug().event
+    gone_everywhere(guest, again, interfaces)
+
+
+@lifecycle
+def test_unplug_while_paused(hotplug, platform, device, guest):
+    """``stop``, ``device_del``: no DEVICE_DELETED can come while the VM is paused (the guest
+    must eject the device), and the harness says "paused" within seconds instead of waiting
+    out a deadline. ``cont``: the standing request completes, gone in both views."""
+    interfaces = checks.net_interfaces(guest)
+    nic = hotplug.plug(guest, device, "nic0")
+    nic_works(guest, nic, interfaces)
+    guest.qmp("stop")
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(UnplugError) as refused:
+            nic.unplug()
+        verdict_after = time.monotonic() - t0
+        assert checks.pci_function(guest, "nic0") is not None, "nic0 left while the VM was paused"
+    finally:
+        guest.qmp("cont")
+    assert refused.value.verdict == "paused", refused.value
+    assert verdict_after < guest.deadlines.unplug, f"the verdict took {verdict_after:.1f} s"
+    result = nic.wait_removed()
+    hotplug.note(f"paused: verdict 'paused' after {verdict_after:.1f} s; after cont the NIC "
+                 f"left in {result.seconds:.2f} s")
+    gone_everywhere(guest, nic, interfaces)
+
+
+@pytest.fixture
+def booting(hotplug, platform, device, hh_guest, hotplug_session):
+    """A new guest with ``nic0`` hot-added right after ``cont``, before its kernel is up."""
+    early: dict = {}
+
+    def plug_now(g):
+        early["plugged"] = device.plug(g, "nic0")
+
+    guest = hotplug.guest(platform.spec(), hh_guest.image, access=hh_guest.access,
+                          deadlines=hotplug_session.deadlines_for(hh_guest), on_running=plug_now)
+    return guest, hotplug.adopt(guest, early["plugged"])
+
+
+@lifecycle
+def test_plug_during_boot(hotplug, booting):
+    """A NIC hot-added while the guest's OS is still booting works once the guest is ready,
+    and unplugs cleanly."""
+    guest, nic = booting
+    assert nic.function is not None, "query-pci does not list nic0"
+    ifname = nic_works(guest, nic)
+    interfaces = checks.net_interfaces(guest) - {ifname}
+    assert nic.unplug().event
+    gone_everywhere(guest, nic, interfaces)
+
+
+def boot_unplug_verdict(guest, nic) -> tuple[str, UnplugResult | None]:
+    """What became of a device_del sent while the guest booted, once the guest is ready."""
+    try:   # a guest that processed the request completes it within seconds (pciehp: 5 s blink)
+        return "completed", guest.wait_removed(nic.device_id, timeout=guest.deadlines.scaled(8))
+    except UnplugError:
+        pass
+    try:   # lost: ask again now that the guest runs its hotplug driver
+        return "lost, re-requested, completed", guest.device_del(nic.device_id,
+                                                                timeout=guest.deadlines.unplug)
+    except UnplugError as e:
+        return f"lost for good ({e.verdict}: {e.message.splitlines()[0]})", None
+
+
+@lifecycle
+def test_unplug_requested_during_boot(hotplug, platform, device, hh_guest, hotplug_session):
+    """``device_add`` and ``device_del`` while the guest boots. The verdict QEMU and the guest
+    produce (completed, lost and re-requested, lost for good) goes into the notes per machine
+    type and QEMU version; whatever it is, QEMU's view and the guest's agree at the end."""
+    sent: dict = {}
+
+    def plug_and_unplug(g):
+        sent["plugged"] = device.plug(g, "nic0")
+        g.qmp("device_del", id="nic0")
+
+    guest = hotplug.guest(platform.spec(), hh_guest.image, access=hh_guest.access,
+                          deadlines=hotplug_session.deadlines_for(hh_guest), on_running=plug_and_unplug)
+    nic = sent["plugged"]
+    nic.guest, nic.run = guest, hotplug
+    hotplug.plugged.append((guest, nic))
+    verdict, _ = boot_unplug_verdict(guest, nic)
+    hotplug.note(f"device_del during boot on {platform.id}: {verdict}")
+    in_qemu = checks.pci_function(guest, "nic0") is not None
+    in_guest = "8086:10d3" in guest.shell.succeed("lspci -n")
+    if verdict.startswith("lost for good"):
+        assert in_qemu and in_guest, f"QEMU lists nic0: {in_qemu}, the guest: {in_guest}"
+        hotplug.allow_kernel(r"pcieport|pciehp|acpiphp")
+        pytest.xfail(f"device_del during boot is {verdict}: QEMU keeps the request, the guest "
+                     "never completes it")
+    nic.removed = True
+    nic.device.cleanup(guest, nic)
+    assert not in_qemu and not in_guest, f"QEMU lists nic0: {in_qemu}, the guest: {in_guest}"
+
+
+@lifecycle
+@pytest.mark.parametrize("how", ["system_reset", "guest-reboot"])
+@pytest.mark.guest(reboot=True, fresh=True)
+def test_reboot_keeps_hot_added_device(hotplug, platform, device, guest, how):
+    """A hot-added NIC is still there after a reset (QMP ``system_reset``) or a reboot from
+    inside the guest, works after it (the guest finds it at boot now), and unplugs cleanly."""
+    interfaces = checks.net_interfaces(guest)
+    nic = hotplug.plug(guest, device, "nic0")
+    nic_works(guest, nic, interfaces)
+    if how == "system_reset":
+        guest.qmp("system_reset")
+    else:
+        guest.reboot_from_inside()
+    guest.wait_rebooted()
+    hotplug.note(f"{how}: ready again in {guest.launch_marks['rebooted']} s")
+    nic.function = checks.pci_function(guest, "nic0")
+    assert nic.function is not None, f"nic0 is gone from QEMU after {how}"
+    nic_works(guest, nic)    # found at boot now: its interface is the one at its address
+    assert nic.unplug().event
+    gone_everywhere(guest, nic, interfaces)
+
+
+@lifecycle
+def test_storm_fills_every_slot(hotplug, platform, device, guest):
+    """Every free hotplug slot (each q35 root port; every free slot of pc's root bus) gets a
+    NIC at once; all are visible on both sides; all are unplugged at once; all are gone."""
+    interfaces = checks.net_interfaces(guest)
+    free = len(guest.spec.root_port_ids) or 32 - len({f.slot for f in checks.pci_functions(guest)
+                                                      if f.bus == 0})
+    assert free > 0
+    nics = [hotplug.plug(guest, device, f"storm{i}") for i in range(free)]
+    for nic in nics:
+        checks.guest_sees_pci(guest, nic.function)
+    ids = [n.device_id for n in nics]
+    results = guest.device_del_all(ids, timeout=guest.deadlines.unplug)
+    for nic in nics:
+        nic.removed = True
+        nic.device.cleanup(guest, nic)
+    hotplug.note(f"{free} NICs at once; all removed {max(r.seconds for r in results):.2f} s "
+                 f"after the requests")
+    for nic in nics:
+        checks.monitor_lacks(guest, nic.device_id)
+        checks.guest_lacks_pci(guest, nic.function)
+    assert checks.net_interfaces(guest) == interfaces
