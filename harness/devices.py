@@ -172,6 +172,30 @@ def _del_disk(guest, node: str) -> None:
     guest.scratch_path(f"{node}.raw").unlink(missing_ok=True)
 
 
+class EmulatedDisk(HotplugDevice):
+    """A virtio-blk disk with a partitioned image in the guest's temp folder: not one of the
+    guide's roles, the disk the lifecycle scenarios hot-add beside a NIC, reboot with and
+    unplug under I/O."""
+
+    role = "disk"
+    id = "virtio-blk"
+    guest_driver = "virtio_blk"
+
+    def __init__(self, disk_bytes: int = 32 << 20):
+        self.disk_bytes = disk_bytes
+
+    def plug(self, guest, device_id: str) -> Plugged:
+        node = f"{device_id}-node"
+        _add_disk(guest, node, self.disk_bytes)
+        bus = guest.free_bus()
+        seconds = guest.device_add("virtio-blk-pci", device_id, bus=bus, drive=node)
+        return Plugged(device_id, self, seconds, bus, Facts(disk_bytes=self.disk_bytes),
+                       own={"disk_node": node})
+
+    def cleanup(self, guest, plugged: Plugged) -> None:
+        _del_disk(guest, plugged.own["disk_node"])
+
+
 class EmulatedUsbDevice(HotplugDevice):
     """A QEMU USB device on the guest's USB bus; usb-storage brings a disk."""
 
