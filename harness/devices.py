@@ -104,6 +104,15 @@ class HotplugDevice:
         self.cleanup(guest, plugged)
         return result
 
+    def command_line(self, guest, plugged: Plugged) -> list[str]:
+        """The QEMU options that give a migration destination this plugged device, with the
+        same id, backend, bus, slot and MAC, so the migration stream fits it."""
+        from .errors import HarnessError
+
+        raise HarnessError(f"cannot migrate a guest with {plugged.device_id} ({self!r}) plugged: "
+                           "the harness does not know its command-line form",
+                           hint="unplug it before migrating")
+
     def cleanup(self, guest, plugged: Plugged) -> None:
         """Release what ``plug`` set up besides the device (backends, host bindings)."""
 
@@ -129,14 +138,22 @@ class EmulatedNic(EmulatedModel):
 
     role = "nic"
 
-    def plug(self, guest, device_id: str) -> Plugged:
+    def plug(self, guest, device_id: str, **at) -> Plugged:
+        """``at``: ``bus``/``addr``/``multifunction`` (a multifunction slot), else a free bus."""
         subnet = 10 + guest.allocate("subnet")  # 10.0.2.0/24 is the management network's
         netdev = f"{device_id}-net"
         guest.qmp("netdev_add", type="user", id=netdev, net=f"10.0.{subnet}.0/24")
-        bus = guest.free_bus()
-        seconds = guest.device_add(self.driver, device_id, bus=bus, netdev=netdev)
+        bus = at.pop("bus", None) or guest.free_bus()
+        seconds = guest.device_add(self.driver, device_id, bus=bus, netdev=netdev, **at)
         return Plugged(device_id, self, seconds, bus, Facts(gateway=f"10.0.{subnet}.2"),
-                       own={"netdev": netdev})
+                       own={"netdev": netdev, "net": f"10.0.{subnet}.0/24"})
+
+    def command_line(self, guest, plugged: Plugged) -> list[str]:
+        fn = plugged.function
+        mac = guest.qmp("qom-get", path=f"/machine/peripheral/{plugged.device_id}", property="mac")
+        return ["-netdev", f"user,id={plugged.own['netdev']},net={plugged.own['net']}",
+                "-device", f"{self.driver},id={plugged.device_id},netdev={plugged.own['netdev']},"
+                           f"bus={plugged.bus},addr={fn.slot:#x}.{fn.function:#x},mac={mac}"]
 
     def cleanup(self, guest, plugged: Plugged) -> None:
         guest.qmp("netdev_del", id=plugged.own["netdev"])
@@ -194,6 +211,14 @@ class EmulatedDisk(HotplugDevice):
 
     def cleanup(self, guest, plugged: Plugged) -> None:
         _del_disk(guest, plugged.own["disk_node"])
+
+    def command_line(self, guest, plugged: Plugged) -> list[str]:
+        # (the destination uses the same disk file: migration moves RAM and device state only)
+        node, fn = plugged.own["disk_node"], plugged.function
+        return ["-blockdev", f"driver=raw,node-name={node},file.driver=file,"
+                             f"file.filename={guest.scratch_path(node + '.raw')}",
+                "-device", f"virtio-blk-pci,id={plugged.device_id},drive={node},bus={plugged.bus},"
+                           f"addr={fn.slot:#x}.{fn.function:#x}"]
 
 
 class EmulatedUsbDevice(HotplugDevice):

@@ -58,7 +58,7 @@ class Guest:
     def __init__(self, spec: GuestSpec, image: GuestImage, *, workdir: Path,
                  qemu_binary: str = "qemu-system-x86_64", accel: str = "tcg",
                  deadlines: Deadlines | None = None, name: str = "guest",
-                 owner: str | None = None):
+                 owner: str | None = None, extra_args: tuple[str, ...] = ()):
         """``deadlines``: this machine's (:meth:`harness.pace.Deadlines.for_run`); by default
         the reference machine's."""
         self.spec = spec
@@ -76,7 +76,7 @@ class Guest:
                            serial_log=self.workdir / "serial.log",
                            disk_overlay=self._tmp / "disk.qcow2" if image.disk else None)
         self.argv = build_argv(spec, image, self.paths, qemu_binary=qemu_binary, accel=self.accel,
-                               name=name)
+                               name=name) + list(extra_args)
         self.qemu = QemuProcess(self.argv, self.workdir / "qemu.log")
         self.monitor: Monitor | None = None
         self.shell: Shell | None = None
@@ -113,21 +113,8 @@ class Guest:
         (a scenario that hot-adds during boot)."""
         t0 = time.monotonic()
         try:
-            self._start_process()
-            self._loop = asyncio.new_event_loop()
-            self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                            name=f"qmp-{self.name}")
-            self._thread.start()
+            self._connect(t0)
             d = self.deadlines
-            self.monitor = Monitor(self.workdir / "qmp.jsonl")
-            self._call(self.monitor.connect(str(self.paths.qmp_socket), timeout=d.qmp_connect,
-                                            gone=self.qemu.exit_reason), d.qmp_connect + 5)
-            self.launch_marks["qmp"] = round(time.monotonic() - t0, 2)
-            console = ConsoleChannel(self.paths.console_socket, timeout=d.console_connect,
-                                     name=self.name)
-            self.launch_marks["console"] = round(time.monotonic() - t0, 2)
-            self.shell = Shell(self.workdir / "commands.log", console,
-                               default_timeout=d.command, scale=d.scaled)
             self.qmp("cont")
             if on_running is not None:
                 on_running(self)
@@ -148,6 +135,63 @@ class Guest:
                         f"command line:\n    {format_argv(self.argv)}\nQEMU output:\n{_tail(output)}\n"
                         f"serial log (last lines):\n{_tail(console)}") from e
         self.boot_seconds = time.monotonic() - t0
+        return self
+
+    def _connect(self, t0: float) -> None:
+        """Start QEMU (paused), connect QMP and the serial console."""
+        self._start_process()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name=f"qmp-{self.name}")
+        self._thread.start()
+        d = self.deadlines
+        self.monitor = Monitor(self.workdir / "qmp.jsonl")
+        self._call(self.monitor.connect(str(self.paths.qmp_socket), timeout=d.qmp_connect,
+                                        gone=self.qemu.exit_reason), d.qmp_connect + 5)
+        self.launch_marks["qmp"] = round(time.monotonic() - t0, 2)
+        console = ConsoleChannel(self.paths.console_socket, timeout=d.console_connect,
+                                 name=self.name)
+        self.launch_marks["console"] = round(time.monotonic() - t0, 2)
+        self.shell = Shell(self.workdir / "commands.log", console,
+                           default_timeout=d.command, scale=d.scaled)
+
+    def migrate_to(self, dest: "Guest") -> float:
+        """Live-migrate this guest into ``dest`` (a Guest made with ``-incoming`` on a unix
+        socket, see :meth:`receive`): migrate, wait for completion, run the destination and
+        attach to it. Returns the seconds the migration took. This guest is left paused
+        (``postmigrate``); close it."""
+        t0 = time.monotonic()
+        uri = dest.argv[dest.argv.index("-incoming") + 1]
+        self.qmp("migrate", uri=uri)
+        deadline = t0 + self.deadlines.scaled(60)
+        while (status := self.qmp("query-migrate").get("status")) not in ("completed", "failed", "cancelled"):
+            if time.monotonic() > deadline:
+                raise WaitTimeout(f"migration of {self.name} to {dest.name} still {status} "
+                                  f"after {time.monotonic() - t0:.1f} s")
+            time.sleep(0.05)  # QMP's MIGRATION events need migrate-set-capabilities events=on; polling is as exact here
+        if status != "completed":
+            raise HarnessError(f"migration of {self.name} to {dest.name} {status}",
+                               details=str(self.qmp("query-migrate")))
+        seconds = time.monotonic() - t0
+        dest.qmp("cont")
+        dest._used_buses, dest._counters = dict(self._used_buses), dict(self._counters)
+        dest.baseline, dest.prerequisites, dest.image = self.baseline, self.prerequisites, self.image
+        if dest.spec.access == "ssh":
+            dest.ssh_port = dest._forwarded_ssh_port()
+            dest.shell.ssh = SSHChannel("127.0.0.1", dest.ssh_port, dest.image.ssh_user,
+                                        Path(dest.image.ssh_key), timeout=dest.deadlines.command)
+        dest.shell.succeed("true")
+        dest.launch_marks["migrated"] = round(seconds, 2)
+        return seconds
+
+    def receive(self) -> "Guest":
+        """Start as a migration destination: QEMU started with ``-incoming`` (in ``extra_args``),
+        QMP and console connected, waiting for the stream."""
+        try:
+            self._connect(time.monotonic())
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def _start_process(self) -> None:

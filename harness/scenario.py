@@ -95,18 +95,56 @@ class ScenarioRun:
             raise prereq.PrerequisiteError(f"guest prerequisite missing: {check.detail}",
                                            hint=f"install or build the {driver} driver in the guest")
 
-    def plug(self, guest: Guest, device: HotplugDevice, device_id: str) -> Plugged:
+    def plug(self, guest: Guest, device: HotplugDevice, device_id: str, **at) -> Plugged:
+        """``device_add`` ``device`` as ``device_id``; ``at``: where (``bus``, ``addr``,
+        ``multifunction``), for the models that take it (a NIC), instead of a free slot."""
         self.require_driver(guest, device.guest_driver)
         if guest.image.builtin and guest not in self._clocks:
             self._clocks[guest] = latency.measure_offset(guest)
         add_sent = time.monotonic()
-        plugged = device.plug(guest, device_id)
+        plugged = device.plug(guest, device_id, **at)
         plugged.add_sent, plugged.guest, plugged.run = add_sent, guest, self
         self.plugged.append((guest, plugged))
         self.record(f"{device_id}.device_add", plugged.add_seconds)
         plugged.function = checks.pci_function(guest, device_id)
         plugged.pci_address = plugged.function.address if plugged.function else None
         return plugged
+
+    def migrate(self, guest: Guest) -> Guest:
+        """Live-migrate ``guest`` with the devices this test plugged into it to a second QEMU
+        on this machine (``-incoming`` on a unix socket, the devices on its command line), and
+        return the destination, which the test uses from then on. The source is closed."""
+        mine = [p for g, p in self.plugged if g is guest and not p.removed]
+        through = [p for p in mine if getattr(p.device, "passthrough", "")]
+        if through:
+            from .errors import HarnessError
+
+            raise HarnessError(
+                f"cannot migrate {guest.name}: {through[0].device_id} is a passed-through host "
+                f"device ({through[0].device.passthrough}), and QEMU blocks migration while one "
+                "is attached", hint=f"device_del {through[0].device_id} first (hotplug.unplug)")
+        extra = [a for p in mine for a in p.device.command_line(guest, p)]
+        name = f"{guest.name}-dst"
+        # (the socket in the source's temp folder: a unix socket path is limited to 107 bytes)
+        dest = Guest(guest.spec, guest.image, workdir=self.pool.workdir / f"{name}-{guest.spec.label}",
+                     qemu_binary=guest.qemu_binary, accel=guest.accel, deadlines=guest.deadlines,
+                     name=name, owner=self.pool.owner,
+                     extra_args=(*extra, "-incoming", f"unix:{guest.scratch_path('migration.sock')}"))
+        self.pool.booted.append(dest)
+        dest.receive()
+        seconds = guest.migrate_to(dest)
+        self.record("migration", seconds)
+        self.fresh_only = True
+        self.guests.append((dest, dest.log_sizes()))
+        self._kernel_marks[dest] = self._kernel_marks.get(guest)
+        self._clocks.pop(guest, None)
+        if guest.image.builtin:
+            self._clocks[dest] = latency.measure_offset(dest)
+        self.plugged = [(dest if g is guest else g, p) for g, p in self.plugged]
+        for p in mine:
+            p.guest = dest
+        guest.close()
+        return dest
 
     def adopt(self, guest: Guest, plugged: Plugged) -> Plugged:
         """A device plugged outside :meth:`plug` (during boot, before the guest could answer):

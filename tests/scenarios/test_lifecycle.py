@@ -264,3 +264,53 @@ def test_storm_fills_every_slot(hotplug, platform, device, guest):
     guest.shell.wait_until("guest lspci to show none of them", lambda: not wanted & set(
         guest.shell.succeed("lspci -n | cut -d' ' -f1").split()), 10)
     assert checks.net_interfaces(guest) == interfaces
+
+
+@lifecycle
+def test_multifunction_slot(hotplug, platform, device, guest):
+    """Two NICs as functions 1 and 0 of one slot, function 0 last (the slot appears to the
+    guest when function 0 arrives): both work; ``device_del`` of function 0 removes the whole
+    slot, function 1 with it."""
+    interfaces = checks.net_interfaces(guest)
+    if guest.spec.one_device_per_bus:
+        bus, slot = guest.free_bus(), 0
+    else:
+        bus = guest.spec.root_bus
+        slot = min(set(range(1, 32)) - {f.slot for f in checks.pci_functions(guest) if f.bus == 0})
+    fn1 = hotplug.plug(guest, device, "mf1", bus=bus, addr=f"{slot:#x}.0x1")
+    fn0 = hotplug.plug(guest, device, "mf0", bus=bus, addr=f"{slot:#x}.0x0", multifunction=True)
+    assert (fn0.function.slot, fn0.function.function) == (fn1.function.slot, 0)
+    first = nic_works(guest, fn0)
+    second = nic_works(guest, fn1)
+    assert first != second
+    result = fn0.unplug()
+    fn1.wait_removed()
+    hotplug.note(f"slot {slot:#x} on {bus}: functions 0 and 1; device_del of function 0 removed "
+                 f"both in {result.seconds:.2f} s")
+    for plugged in (fn0, fn1):
+        gone_everywhere(guest, plugged, interfaces)
+
+
+@lifecycle
+def test_live_migration_with_hot_added_devices(hotplug, platform, device, guest):
+    """A guest with a hot-added NIC and disk migrates to a second QEMU on this machine
+    (``-incoming`` on a unix socket, the destination started with both devices on its command
+    line, at the same slots, with the same MAC): on the destination the NIC keeps its address
+    and pings its gateway, the disk reads, and both unplug there."""
+    interfaces, disks = checks.net_interfaces(guest), checks.disks(guest)
+    nic = hotplug.plug(guest, device, "nic0")
+    ifname = nic_works(guest, nic, interfaces)
+    disk = hotplug.plug(guest, DISK, "disk0")
+    dev = checks.new_disk(guest, disks, DISK.disk_bytes).device
+    dest = hotplug.migrate(guest)
+    hotplug.note(f"migrated to {dest.name} in {dest.launch_marks['migrated']} s")
+    assert not guest.alive(), "the source QEMU still runs"
+    for plugged in (nic, disk):
+        plugged.function = checks.pci_function(dest, plugged.device_id)
+        assert plugged.function is not None, f"{plugged.device_id} is not on the destination"
+    assert checks.ipv4_address(dest, ifname)
+    dest.shell.succeed(f"ping -c 1 -W 2 -I {ifname} {nic.facts.gateway}")
+    dest.shell.succeed(f"busybox dd if={dev} of=/dev/null bs=64k count=16")
+    assert nic.unplug().event and disk.unplug().event
+    gone_everywhere(dest, nic, interfaces)
+    assert checks.disks(dest) == disks
