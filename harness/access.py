@@ -159,6 +159,15 @@ class ConsoleChannel:
                                  details="last console output:\n" + _tail(self._spawn.before))
         return self._spawn.match
 
+    def forget_output(self, seconds: float = 0.5) -> None:
+        """Drop what the console printed that nobody read (the prompt after the last command:
+        after a reset, a ready pattern that is a shell prompt would match that stale one)."""
+        deadline = time.monotonic() + seconds
+        with self._lock:
+            while time.monotonic() < deadline and self._spawn.expect(
+                    [r"(?s).+", pexpect.TIMEOUT, pexpect.EOF], timeout=0.1) == 0:
+                pass
+
     def send_line(self, line: str) -> None:
         """Type a line and do not wait for it (a command that never returns, like a reboot)."""
         with self._lock:

@@ -291,6 +291,7 @@ class Guest:
         if self.shell.ssh is not None:
             self.shell.ssh.close()
             self.shell.ssh = None
+        self.shell.console.forget_output()
         t0 = time.monotonic()
         self._wait_ready(t0 + self.deadlines.boot)
         self.launch_marks["rebooted"] = round(time.monotonic() - t0, 2)
