@@ -97,7 +97,7 @@ def write_record(item: pytest.Item, hs) -> None:
         "cell": (getattr(item, "originalname", item.name).removeprefix("test_")
                  if scenario is not None and "name" in scenario.kwargs else ""),
         "platform": platform.id if platform else "",
-        # The report's axes: machine type, PCI hotplug path, USB bus (see report.axes).
+        # The report's axes: machine type, PCI hotplug path, USB bus (see reporthtml.axes).
         "kind": "scenario" if scenario else "self-test",
         "machine": platform.machine if platform else "",
         "hotplug_path": platform.pci_hotplug if platform else "",

@@ -219,7 +219,7 @@ def _sectors(guest, name: str) -> int:
 
 
 @lifecycle
-def test_unplug_nic_under_ping_flood(hotplug, platform, device, guest):
+def test_unplug_under_ping_flood(hotplug, platform, device, guest):
     """A NIC is unplugged while the guest floods its gateway with pings: the unplug completes,
     the ping ends with an error, the guest kernel logs nothing bad, the guest stays usable."""
     interfaces = checks.net_interfaces(guest)

@@ -125,6 +125,7 @@ def test_retention_keeps_the_newest_runs_and_never_the_current_or_other_folders(
     names = [f"run-20261129-0{i}0000-{100 + i}" for i in range(5)]
     for n in names:
         (tmp_path / n).mkdir()
+        (tmp_path / n / "summary.json").write_text("{}")
     for other in ("latest", "merged-20261129-010000", "my-notes"):
         (tmp_path / other).mkdir()
     current = tmp_path / names[0]   # (a clock set back: the run being finished sorts oldest)
@@ -146,3 +147,22 @@ def test_a_run_report_shows_the_trend_of_its_folder(tmp_path):
     page = reporthtml.trend_section(runs)
     assert "Trend: the last 3 runs" in page and page.count("<svg") == 2
     assert report.history(tmp_path, {**last, "run": "run-elsewhere"}) == []
+
+
+def test_retention_never_removes_a_run_still_going(tmp_path):
+    """A long `make test` starts child runs in the same report folder: the parent run, oldest
+    and without its summary yet, must survive their pruning; a killed one goes after a day."""
+    import os
+    import time
+
+    from harness import retention
+
+    going, killed = tmp_path / "run-20261129-000000-1", tmp_path / "run-20261128-000000-2"
+    going.mkdir(), killed.mkdir()
+    old = time.time() - retention.UNFINISHED_GRACE - 60
+    os.utime(killed, (old, old))
+    for i in range(3):
+        (tmp_path / f"run-20261129-0{i + 1}0000-{10 + i}").mkdir()
+        (tmp_path / f"run-20261129-0{i + 1}0000-{10 + i}" / "summary.json").write_text("{}")
+    removed = retention.prune(tmp_path, 1)
+    assert killed in removed and going not in removed and going.exists()
