@@ -282,12 +282,19 @@ def kernel_problems(guest, since: float | None) -> list[str]:
                         timeout=guest.deadlines.scaled(15))
     if not r.ok:
         return []
-    blocks, out = r.output.split("\n--\n"), []
-    for block in blocks:
-        lines = [ln for ln in block.splitlines()
+    out = []
+    for group in r.output.split("\n--\n"):
+        lines = [ln for ln in group.splitlines()
                  if (m := _STAMP.match(ln)) is None or float(m.group(1)) > since]
-        for i, line in enumerate(lines):
-            if re.search(KERNEL_PROBLEM, line):
-                out.append("\n".join(lines[i:i + 26]))
-                break
+        out += _split_problems(lines)
     return out
+
+
+def _split_problems(lines: list[str]) -> list[str]:
+    """One entry per problem: its line and what follows, up to 25 lines or the next problem.
+    A call trace belongs to the problem above it; alone (a hung task's) it is one."""
+    starts = [i for i, ln in enumerate(lines) if re.search(KERNEL_PROBLEM, ln)]
+    starts = [i for n, i in enumerate(starts) if "Call Trace:" not in lines[i]
+              or not n or i - starts[n - 1] > 25]
+    return ["\n".join(lines[i:min(i + 26, *(j for j in starts if j > i), len(lines))])
+            for i in starts]

@@ -94,6 +94,9 @@ class HotplugDevice:
     backend: str = "emulated"
     #: The guest kernel driver expected to bind (``lspci -k``), if the role has one.
     guest_driver: str | None = None
+    #: (regex, why) of guest kernel messages this device is known to cause that are not what
+    #: the test checks: the end-of-test kernel check notes them instead of failing.
+    kernel_noise: tuple[tuple[str, str], ...] = ()
 
     def plug(self, guest, device_id: str) -> Plugged:
         raise NotImplementedError
@@ -276,6 +279,13 @@ class EmulatedSataController(HotplugDevice):
     id = "ich9-ahci"
     guest_driver = "ahci"
     disk_bytes = 64 << 20
+    #: Known guest-kernel noise of this stand-in (see HotplugDevice.kernel_noise): Debian 12's
+    #: 6.1 kernel sometimes warns removing the virtio-scsi disk carrier (WARNING in
+    #: __cancel_work_timer from virtscsi_remove; seen on the systemd guest, q35 ACPI). The
+    #: carrier is ours, not the guide's controller: the warning is noted, not failed on.
+    kernel_noise = ((r"__cancel_work_timer[\s\S]*virtscsi_remove",
+                     "the guest kernel's virtio_scsi warned removing the SATA stand-in's disk "
+                     "carrier (a known bug of Debian 12's 6.1 kernel, not of the AHCI controller)"),)
 
     def plug(self, guest, device_id: str) -> Plugged:
         bus = guest.free_bus()

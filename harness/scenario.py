@@ -43,7 +43,9 @@ class ScenarioRun:
         self._record: dict | None = None
         #: Per guest, the kernel log's last timestamp when this test got it.
         self._kernel_marks: dict[Guest, float | None] = {}
-        self._kernel_allowed: list[re.Pattern] = []
+        #: (pattern, why) of kernel messages not to fail on: allow_kernel's and the plugged
+        #: devices' known noise (noted in the report when seen).
+        self._kernel_allowed: list[tuple[re.Pattern, str]] = []
 
     # -- what tests call ------------------------------------------------------------------------
 
@@ -103,6 +105,8 @@ class ScenarioRun:
             self._clocks[guest] = latency.measure_offset(guest)
         add_sent = time.monotonic()
         plugged = device.plug(guest, device_id, **at)
+        for pattern, why in device.kernel_noise:
+            self.allow_kernel(pattern, why)
         plugged.add_sent, plugged.guest, plugged.run = add_sent, guest, self
         self.plugged.append((guest, plugged))
         self.record(f"{device_id}.device_add", plugged.add_seconds)
@@ -198,10 +202,11 @@ class ScenarioRun:
     def record(self, name: str, seconds: float) -> None:
         self.latencies[name] = round(seconds, 4)
 
-    def allow_kernel(self, pattern: str) -> None:
+    def allow_kernel(self, pattern: str, why: str = "") -> None:
         """Kernel log lines this test provokes on purpose (a surprise removal's WARNING, say):
-        the end-of-test kernel check leaves lines matching ``pattern`` (a regex) alone."""
-        self._kernel_allowed.append(re.compile(pattern))
+        the end-of-test kernel check leaves problems matching ``pattern`` (a regex, searched
+        in the problem and the lines after it) alone; with ``why``, a seen one is noted."""
+        self._kernel_allowed.append((re.compile(pattern), why))
 
     def kernel_problems(self) -> list[str]:
         """Oops, BUG, WARNING, call traces, hung tasks, soft lockups the guests' kernels logged
@@ -211,8 +216,11 @@ class ScenarioRun:
             if not guest.alive():
                 continue
             for block in checks.kernel_problems(guest, mark):
-                if not any(p.search(block) for p in self._kernel_allowed):
+                why = next((w for p, w in self._kernel_allowed if p.search(block)), None)
+                if why is None:
                     problems.append(f"guest {guest.name}: {block}")
+                elif why and not any(why in n for n in self.notes):
+                    self.notes.append(f"allowed: {why}: {block.splitlines()[0]}")
         return problems
 
     def note(self, text: str) -> None:

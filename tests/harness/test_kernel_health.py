@@ -22,6 +22,11 @@ def test_a_warning_in_the_guest_kernel_log_is_found_and_can_be_allowed(hotplug, 
     assert DELIBERATE in problem and problem.startswith(f"guest {guest.name}: ")
     hotplug.allow_kernel(r"hotplug-harness/deliberate\.c")
     assert hotplug.kernel_problems() == []
+    # known noise (a device's kernel_noise goes the same way): not failed on, but noted
+    guest.shell.succeed("echo 'WARNING: CPU: 0 PID: 2 at kernel/noise.c:1 known_noise' > /dev/kmsg")
+    hotplug.allow_kernel(r"noise\.c", "a known noise")
+    assert hotplug.kernel_problems() == []
+    assert [n for n in hotplug.notes if n.startswith("allowed: a known noise: ")]
 
 
 CHILD_TEST = f'''
