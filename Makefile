@@ -34,7 +34,7 @@ test: image
 	$(PYTEST) -n $(JOBS) --dist loadgroup $(PYTEST_ARGS)
 
 # The vfio backend's scenarios through real vfio-pci and usb-host, inside the nested lab host
-# (an L1 guest with an emulated IOMMU; docs/lab.md). About 8 minutes here (20 tests).
+# (an L1 guest with an emulated IOMMU; docs/lab.md). About 10 minutes here (22 tests).
 LAB_TESTS ?= tests/scenarios/test_nic.py tests/scenarios/test_usb.py tests/scenarios/test_sata.py \
              tests/scenarios/test_passthrough_failures.py
 lab: image
