@@ -36,19 +36,18 @@ class PciFunction:
         return f"{self.vendor}:{self.device}"
 
 
+def _function(d: dict) -> PciFunction:
+    return PciFunction(d["bus"], d["slot"], d["function"], f"{d['id']['vendor']:04x}",
+                       f"{d['id']['device']:04x}", d["class_info"].get("desc", ""))
+
+
 def pci_function(guest, device_id: str) -> PciFunction | None:
-    for d in guest.query_pci():
-        if d.get("qdev_id") == device_id:
-            return PciFunction(d["bus"], d["slot"], d["function"], f"{d['id']['vendor']:04x}",
-                               f"{d['id']['device']:04x}", d["class_info"].get("desc", ""))
-    return None
+    return next((_function(d) for d in guest.query_pci() if d.get("qdev_id") == device_id), None)
 
 
 def pci_functions(guest) -> list[PciFunction]:
     """Every PCI function QEMU's ``query-pci`` lists."""
-    return [PciFunction(d["bus"], d["slot"], d["function"], f"{d['id']['vendor']:04x}",
-                        f"{d['id']['device']:04x}", d["class_info"].get("desc", ""))
-            for d in guest.query_pci()]
+    return [_function(d) for d in guest.query_pci()]
 
 
 def interface_at(guest, fn: PciFunction, timeout: float = 10.0) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import html
 import os
-import statistics
 from pathlib import Path
 
 from . import charts
@@ -254,6 +253,3 @@ def href_base(run_dir: Path, out_dir: Path) -> str:
     rel = os.path.relpath(run_dir, out_dir)
     return "" if rel == "." else rel.rstrip("/") + "/"
 
-
-def median(values: list[float]) -> float | None:
-    return round(statistics.median(values), 4) if values else None

@@ -105,14 +105,8 @@ class ScenarioRun:
             self._clocks[guest] = latency.measure_offset(guest)
         add_sent = time.monotonic()
         plugged = device.plug(guest, device_id, **at)
-        for pattern, why in device.kernel_noise:
-            self.allow_kernel(pattern, why)
-        plugged.add_sent, plugged.guest, plugged.run = add_sent, guest, self
-        self.plugged.append((guest, plugged))
-        self.record(f"{device_id}.device_add", plugged.add_seconds)
-        plugged.function = checks.pci_function(guest, device_id)
-        plugged.pci_address = plugged.function.address if plugged.function else None
-        return plugged
+        plugged.add_sent = add_sent
+        return self.adopt(guest, plugged)
 
     def migrate(self, guest: Guest) -> Guest:
         """Live-migrate ``guest`` with the devices this test plugged into it to a second QEMU
@@ -152,8 +146,10 @@ class ScenarioRun:
 
     def adopt(self, guest: Guest, plugged: Plugged) -> Plugged:
         """A device plugged outside :meth:`plug` (during boot, before the guest could answer):
-        from now on this run owns it, as if :meth:`plug` had plugged it."""
+        from now on this run owns it, as if :meth:`plug` had plugged it (which ends here)."""
         plugged.guest, plugged.run = guest, self
+        for pattern, why in plugged.device.kernel_noise:
+            self.allow_kernel(pattern, why)
         self.plugged.append((guest, plugged))
         self.record(f"{plugged.device_id}.device_add", plugged.add_seconds)
         plugged.function = checks.pci_function(guest, plugged.device_id)
