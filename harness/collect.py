@@ -37,7 +37,8 @@ def parametrize(metafunc: pytest.Metafunc, hs) -> None:
     if marker is None:
         return
     role = marker.args[0]
-    platforms = [p for p in devices.PLATFORMS[role] if p.machine in hs.machines]
+    platforms = [p for p in devices.PLATFORMS[role] if p.machine in hs.machines
+                 and p.machine in marker.kwargs.get("machines", (p.machine,))]
     if role not in devices.DEVICE_ROLES:
         # CPU and memory are QEMU's own in every backend: the platform is the only axis.
         metafunc.parametrize("platform", platforms, ids=[p.id for p in platforms])

@@ -141,22 +141,28 @@ class EmulatedNic(EmulatedModel):
 
     role = "nic"
 
-    def plug(self, guest, device_id: str, **at) -> Plugged:
-        """``at``: ``bus``/``addr``/``multifunction`` (a multifunction slot), else a free bus."""
-        subnet = 10 + guest.allocate("subnet")  # 10.0.2.0/24 is the management network's
+    def plug(self, guest, device_id: str, *, network: str | None = None, **at) -> Plugged:
+        """``at``: where (``bus``/``addr``/``multifunction``, else a free bus) and the model's
+        other properties (``mac``, ``failover``, ``failover_pair_id``), kept for the migration
+        destination's command line; ``network``: another NIC's user network (its
+        ``own["net"]``: the two halves of a failover pair share one), else a subnet of its own."""
+        net = network or f"10.0.{10 + guest.allocate('subnet')}.0/24"  # 10.0.2.0/24: management
         netdev = f"{device_id}-net"
-        guest.qmp("netdev_add", type="user", id=netdev, net=f"10.0.{subnet}.0/24")
+        guest.qmp("netdev_add", type="user", id=netdev, net=net)
         bus = at.pop("bus", None) or guest.free_bus()
         seconds = guest.device_add(self.driver, device_id, bus=bus, netdev=netdev, **at)
-        return Plugged(device_id, self, seconds, bus, Facts(gateway=f"10.0.{subnet}.2"),
-                       own={"netdev": netdev, "net": f"10.0.{subnet}.0/24"})
+        props = {k: ("on" if v else "off") if isinstance(v, bool) else v
+                 for k, v in at.items() if k not in ("addr", "mac")}
+        return Plugged(device_id, self, seconds, bus, Facts(gateway=net.rsplit(".", 1)[0] + ".2"),
+                       own={"netdev": netdev, "net": net, "props": props})
 
     def command_line(self, guest, plugged: Plugged) -> list[str]:
         fn = plugged.function
         mac = guest.qmp("qom-get", path=f"/machine/peripheral/{plugged.device_id}", property="mac")
+        props = "".join(f",{k}={v}" for k, v in plugged.own["props"].items())
         return ["-netdev", f"user,id={plugged.own['netdev']},net={plugged.own['net']}",
                 "-device", f"{self.driver},id={plugged.device_id},netdev={plugged.own['netdev']},"
-                           f"bus={plugged.bus},addr={fn.slot:#x}.{fn.function:#x},mac={mac}"]
+                           f"bus={plugged.bus},addr={fn.slot:#x}.{fn.function:#x},mac={mac}{props}"]
 
     def cleanup(self, guest, plugged: Plugged) -> None:
         guest.qmp("netdev_del", id=plugged.own["netdev"])

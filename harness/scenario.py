@@ -130,10 +130,10 @@ class ScenarioRun:
                      extra_args=(*extra, "-incoming", f"unix:{guest.scratch_path('migration.sock')}"))
         self.pool.booted.append(dest)
         dest.receive()
+        self.guests.append((dest, dest.log_sizes()))  # (in the bundle if the migration fails)
         seconds = guest.migrate_to(dest)
         self.record("migration", seconds)
         self.fresh_only = True
-        self.guests.append((dest, dest.log_sizes()))
         self._kernel_marks[dest] = self._kernel_marks.get(guest)
         self._clocks.pop(guest, None)
         if guest.image.builtin:
