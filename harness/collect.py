@@ -60,7 +60,12 @@ def select(config: pytest.Config, items: list[pytest.Item], hs) -> None:
     by_backend = [i for i in items if not hs.backend.keeps(
         i.path, i.get_closest_marker("passthrough") is not None)]
     hs.backend.left_out = len(by_backend)
-    _deselect(config, items, by_role + by_backend)
+    # (what a scenario plugs beyond the test's device is QEMU's own, or more of the host's
+    # devices than an inventory has: the emulated backend's alone, never a skip elsewhere)
+    emulated_only = [i for i in items if hs.backend.takes_host_devices
+                     and i.get_closest_marker("emulated_only") is not None and i not in by_backend]
+    hs.emulated_only = sorted({i.originalname for i in emulated_only})
+    _deselect(config, items, by_role + by_backend + emulated_only)
     if config.pluginmanager.hasplugin("xdist"):
         for item in items:
             group = _xdist_group(item, hs.backend)

@@ -105,3 +105,17 @@ class GuestDiedError(ProductError):
 class WaitTimeout(ProductError):
     """A condition was not met by its deadline. The message names what was awaited and what was
     last seen."""
+
+
+class MigrationRefused(HarnessError):
+    """QEMU refused to migrate a guest that has a passed-through host device (a vfio-pci
+    device without migration support blocks migration); ``qemu_desc``: QEMU's words."""
+
+    def __init__(self, guest: str, device_id: str, passthrough: str, qemu_desc: str):
+        super().__init__(
+            f"cannot migrate {guest}: {device_id} is a passed-through host device "
+            f"({passthrough}), and QEMU refuses to migrate while it is attached: {qemu_desc}",
+            hint=f"device_del {device_id} first (hotplug.unplug), migrate, then hot-add the "
+                 "device on the destination")
+        self.device_id = device_id
+        self.qemu_desc = qemu_desc

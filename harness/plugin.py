@@ -53,7 +53,10 @@ def pytest_configure(config: pytest.Config) -> None:
                  "fault: injects a fault (kills QEMU, panics the guest, ...)",
                  "slow: takes longer than a minute",
                  "passthrough: needs real vfio-pci (--backend vfio or lab); deselected with "
-                 "--backend emulated"):
+                 "--backend emulated",
+                 "emulated_only(why): plugs what only QEMU's emulated devices can give (more "
+                 "devices than a host has, QEMU's own models); deselected with --backend vfio "
+                 "or lab"):
         config.addinivalue_line("markers", line)
     if config.option.help:
         return
@@ -135,8 +138,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_report_collectionfinish(config: pytest.Config, items) -> list[str]:
     hs: HarnessSession | None = config.stash.get(_STASH_SESSION, None)
-    note = hs.backend.collection_note() if hs is not None else None
-    return [note] if note else []
+    if hs is None:
+        return []
+    notes = [hs.backend.collection_note()]
+    if hs.emulated_only:
+        notes.append(f"hotplug-harness: --backend {hs.backend.name}: deselected, emulated backend "
+                     f"only (marked emulated_only, each says why): {', '.join(hs.emulated_only)}")
+    return [n for n in notes if n]
 
 
 # -- fixtures: the session, the test's scenario run, its booted guest ------------------------------

@@ -48,6 +48,8 @@ class HarnessSession:
         decides = self.run.accel is None  # this process started the run
         if decides:
             _require_free_space(self.run.run_dir.parent)
+        #: Scenario functions --backend vfio/lab deselected as emulated_only (collect.select).
+        self.emulated_only: list[str] = []
         self.backend = backends.make(self.run.backend, worker=worker, qemu_binary=opt.qemu_binary,
                                      pace=None, lab=self.run.lab, roles=opt.roles)
         retries = opt.retry_dead_guest

@@ -9,7 +9,7 @@ import pytest
 
 from harness import checks, probes
 from harness.devices import EmulatedDisk, EmulatedNic
-from harness.errors import UnplugError
+from harness.errors import MigrationRefused, UnplugError
 from harness.monitor import UnplugResult
 
 lifecycle = pytest.mark.scenario("nic", one_device=True, name="lifecycle")
@@ -193,6 +193,8 @@ def test_reboot_keeps_hot_added_devices(hotplug, platform, device, guest):
 
 
 @lifecycle
+@pytest.mark.emulated_only("the disk under I/O is QEMU's virtio-blk in every backend: a host "
+                           "device plays no part")
 def test_unplug_disk_under_io(hotplug, platform, device, guest):
     """A disk is unplugged while the guest reads and writes it in a loop: the unplug completes,
     the I/O errors that follow are expected and counted, the guest kernel logs no Oops, BUG or
@@ -252,6 +254,7 @@ def test_unplug_under_ping_flood(hotplug, platform, device, guest):
 
 
 @lifecycle
+@pytest.mark.emulated_only("as many NICs as free slots (up to 31): a host has one or two")
 def test_storm_fills_every_slot(hotplug, platform, device, guest):
     """Every free hotplug slot (each q35 root port; every free slot of pc's root bus) gets a
     NIC at once; all are visible on both sides; all are unplugged at once; all are gone."""
@@ -280,6 +283,7 @@ def test_storm_fills_every_slot(hotplug, platform, device, guest):
 
 
 @lifecycle
+@pytest.mark.emulated_only("two NICs in one slot: two host NICs of one role")
 def test_multifunction_slot(hotplug, platform, device, guest):
     """Two NICs as functions 1 and 0 of one slot, function 0 last (the slot appears to the
     guest when function 0 arrives): both work; ``device_del`` of function 0 removes the whole
@@ -309,15 +313,29 @@ def test_live_migration_with_hot_added_devices(hotplug, platform, device, guest)
     """A guest with a hot-added NIC and disk migrates to a second QEMU on this machine
     (``-incoming`` on a unix socket, the destination started with both devices on its command
     line, at the same slots, with the same MAC): on the destination the NIC keeps its address
-    and pings its gateway, the disk reads, and both unplug there."""
+    and pings its gateway, the disk reads, and both unplug there.
+
+    A NIC passed through with vfio-pci (lab, VT-d host) blocks migration: QEMU refuses, the
+    harness says which device and what to do; after its ``device_del`` the guest migrates, and
+    the host NIC, free again, is hot-added into the destination and works there."""
     interfaces, disks = checks.net_interfaces(guest), checks.disks(guest)
     nic = hotplug.plug(guest, device, "nic0")
     ifname = nic_works(guest, nic, interfaces)
     disk = hotplug.plug(guest, DISK, "disk0")
     dev = checks.new_disk(guest, disks, DISK.disk_bytes).device
+    if getattr(device, "passthrough", ""):
+        with pytest.raises(MigrationRefused) as refused:
+            hotplug.migrate(guest)
+        hotplug.note(f"with {device.passthrough} attached: {refused.value.message}")
+        assert refused.value.device_id == "nic0" and guest.alive()
+        assert nic.unplug().event
+        gone_everywhere(guest, nic, interfaces)
     dest = hotplug.migrate(guest)
     hotplug.note(f"migrated to {dest.name} in {dest.launch_marks['migrated']} s")
     assert not guest.alive(), "the source QEMU still runs"
+    if getattr(device, "passthrough", ""):
+        nic = hotplug.plug(dest, device, "nic1")
+        ifname = nic_works(dest, nic, interfaces)
     for plugged in (nic, disk):
         plugged.function = checks.pci_function(dest, plugged.device_id)
         assert plugged.function is not None, f"{plugged.device_id} is not on the destination"
@@ -370,6 +388,9 @@ def through_primary(guest, master: str, slaves: dict[str, str], gateway: str) ->
 
 
 @pytest.mark.scenario("nic", one_device=True, name="lifecycle", machines=("q35",))
+@pytest.mark.emulated_only("with a vfio primary the destination must be another host: the source "
+                           "QEMU keeps the primary it unplugged for migration, and its vfio "
+                           "group, until it exits")
 def test_failover_pair_through_migration(hotplug, platform, device, guest):
     """QEMU's NIC failover, its answer to migrating a guest that has an SR-IOV VF: a
     virtio-net standby (``failover=on``) and an e1000e primary (``failover_pair_id``, the same

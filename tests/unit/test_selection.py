@@ -50,3 +50,10 @@ def test_usb_and_pciehp(everything, child_env):
 def test_boolean_expressions_keep_exact_words(child_env):
     picked = collect(child_env, "-k", "nic and pc and not virtio")
     assert picked == ["tests/scenarios/test_nic.py::test_nic[emulated-pc-e1000e]"]
+
+
+def test_a_scenario_narrowed_to_q35_has_no_pc_ids(child_env):
+    """``scenario(..., machines=("q35",))``: the failover pair needs PCI Express slots."""
+    assert collect(child_env, "-k", "failover") == [
+        f"tests/scenarios/test_lifecycle.py::test_failover_pair_through_migration[emulated-{p}-e1000e]"
+        for p in ("q35-acpi", "q35-pciehp")]
