@@ -4,12 +4,15 @@
     .venv/bin/python bench/bench.py [--boots 5] [--cycles 10] [--soak 50] [--skip-matrix]
 
 1. guest image build time (a fresh build into a temporary cache)
-2. QEMU start to guest ready, median/max over --boots boots, pc and q35
+2. QEMU start to guest ready, median/max over --boots boots, pc and q35; and side by side, the
+   same guest restored from its saved state (harness.snapshot): save time, state size, restore
+   to ready, and restore/boot as a ratio measured in this run (--qemu-binary: another QEMU)
 3. each hotplug latency (device_add sent -> guest_visible, driver_bound, interface_addressed,
    disk_present; device_del -> DEVICE_DELETED, guest_gone), median and max over --cycles cycles
 4. a --soak cycle add/remove soak of one NIC: QEMU RSS and open files before/after, and whether
    the guest's state is back to its baseline
-5. the whole `make qualify` matrix wall time, serially and with 2, 3 and 4 workers
+5. the whole `make qualify` matrix wall time, serially and with 2, 3 and 4 workers, and with 3
+   workers and --no-snapshot right after (the same matrix, every guest booted)
 6. the lab (--backend lab, docs/lab.md): lab image build (fresh), lab host ready, L2 guest boot
    under nested KVM, and the wall time of `make lab`'s tests (--lab-tests to choose others)
 """
@@ -32,7 +35,8 @@ sys.path.insert(0, str(REPO))
 from harness import accel, checks, devices, images, lab, latency, pace, report  # noqa: E402
 from harness.guest import Guest  # noqa: E402
 from harness.machine import GuestSpec  # noqa: E402
-from harness.pool import guest_state  # noqa: E402
+from harness.pool import GuestPool, guest_state  # noqa: E402
+from harness.snapshot import StateCache  # noqa: E402
 
 
 def stats(values: list[float]) -> str:
@@ -59,7 +63,7 @@ def bench_build() -> None:
         print(f"image build (fresh, incl. apt-get download): {time.monotonic() - t0:.2f} s")
 
 
-def bench_boot(image, n: int, workdir: Path, **guest) -> None:
+def bench_boot(image, n: int, workdir: Path, qemu_version: str, **guest) -> None:
     for machine in ("pc", "q35"):
         times = []
         for i in range(n):
@@ -67,6 +71,26 @@ def bench_boot(image, n: int, workdir: Path, **guest) -> None:
                        **guest) as g:
                 times.append(g.boot_seconds)
         print(f"QEMU start -> guest ready, {machine}: {stats(times)}")
+        # The pool's way: the first guest boots and is saved, the next ones are restored.
+        states = StateCache(workdir / f"states-{machine}", qemu_version=qemu_version)
+        pool = GuestPool(image, workdir=workdir / f"pool-{machine}", reuse=False, states=states,
+                         **guest)
+        try:
+            first = pool.acquire(GuestSpec(machine=machine))
+            restores, loads = [], []
+            for _ in range(n):
+                g = pool.acquire(GuestSpec(machine=machine))
+                assert g.started == "restored", pool.boot_retries
+                restores.append(g.boot_seconds)
+                loads.append(g.launch_marks["loaded"])
+                g.close()
+        finally:
+            pool.close()
+        saved = first.saved or {}
+        print(f"    restored from a saved state, {machine}: {stats(restores)} (of which loading "
+              f"the state: median {statistics.median(loads):.3f} s); saving it took "
+              f"{saved.get('save_seconds')} s, {saved.get('bytes', 0) >> 20} MiB; restore/boot "
+              f"{statistics.median(restores) / statistics.median(times):.3f} (medians, this run)")
 
 
 def cycle(guest: Guest, device, device_id: str) -> dict[str, float]:
@@ -132,14 +156,20 @@ def bench_soak(image, n: int, workdir: Path, **guest) -> None:
     print(f"    QEMU open files {fds0} -> {fds1}; guest state back to baseline: {same}")
 
 
-def bench_matrix() -> None:
-    for jobs in ("0", "2", "3", "4"):
+def bench_matrix(qemu_binary: str, runs=(("0",), ("2",), ("3",), ("4",), ("3", "--no-snapshot"))) -> None:
+    walls = {}
+    for jobs, *extra in runs:
         t0 = time.monotonic()
         p = subprocess.run([str(REPO / ".venv/bin/pytest"), "tests/scenarios", "-q", "-n", jobs,
-                            "--dist", "loadgroup"], cwd=REPO, capture_output=True, text=True)
+                            "--dist", "loadgroup", "--qemu-binary", qemu_binary, *extra],
+                           cwd=REPO, capture_output=True, text=True)
         tail = [l for l in p.stdout.splitlines() if " passed" in l or " failed" in l][-1:]
-        print(f"make qualify matrix, -n {jobs}: {time.monotonic() - t0:.1f} s wall "
-              f"({tail[0].strip('= ') if tail else 'exit ' + str(p.returncode)})")
+        walls[(jobs, *extra)] = time.monotonic() - t0
+        print(f"make qualify matrix, -n {jobs} {' '.join(extra)}: {walls[(jobs, *extra)]:.1f} s "
+              f"wall ({tail[0].strip('= ') if tail else 'exit ' + str(p.returncode)})")
+    if ("3",) in walls and ("3", "--no-snapshot") in walls:
+        print(f"make qualify, saved states / --no-snapshot (-n 3, back to back): "
+              f"{walls[('3',)] / walls[('3', '--no-snapshot')]:.2f}")
 
 
 LAB_TESTS = ["tests/scenarios/test_nic.py", "tests/scenarios/test_usb.py",
@@ -186,25 +216,31 @@ def main() -> int:
     ap.add_argument("--skip-matrix", action="store_true")
     ap.add_argument("--skip-lab", action="store_true")
     ap.add_argument("--lab-tests", nargs="+", default=LAB_TESTS, metavar="PATH")
+    ap.add_argument("--qemu-binary", default="qemu-system-x86_64",
+                    help="the QEMU to measure (boot, restore, latencies, matrix)")
+    ap.add_argument("--matrix-jobs", nargs="+", default=None, metavar="RUN",
+                    help="only these matrix runs, e.g. 3 3,--no-snapshot")
     args = ap.parse_args()
     if not args.skip_build:
         bench_build()
     image = images.ensure_builtin(log=lambda s: None)
     host_pace = pace.Pace.measure("host")
     choice = accel.choose("auto", probe=lambda: accel.probe_boot(
-        image, "qemu-system-x86_64", pace.Deadlines.for_run(host_pace, accel="kvm")))
-    guest = {"accel": choice.name, "deadlines": pace.Deadlines.for_run(host_pace, accel=choice.name)}
-    qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout
+        image, args.qemu_binary, pace.Deadlines.for_run(host_pace, accel="kvm")))
+    guest = {"accel": choice.name, "deadlines": pace.Deadlines.for_run(host_pace, accel=choice.name),
+             "qemu_binary": args.qemu_binary}
+    qemu = subprocess.run([args.qemu_binary, "--version"], capture_output=True, text=True).stdout
     print(f"hotplug-harness bench: {os.cpu_count()} cores, accel {choice.name} ({choice.reason}), "
           f"{qemu.splitlines()[0]}")
     print(f"machine speed: {host_pace.describe()}")
     with tempfile.TemporaryDirectory(prefix="hh-bench-") as d:
         work = Path(d)
-        bench_boot(image, args.boots, work, **guest)
+        bench_boot(image, args.boots, work, qemu.splitlines()[0], **guest)
         bench_latencies(image, args.cycles, work, **guest)
         bench_soak(image, args.soak, work, **guest)
     if not args.skip_matrix:
-        bench_matrix()
+        bench_matrix(args.qemu_binary, *([tuple(tuple(r.split(",")) for r in args.matrix_jobs)]
+                                         if args.matrix_jobs else []))
     if not args.skip_lab:
         bench_lab(args.lab_tests)
     return 0

@@ -68,21 +68,25 @@ def select(config: pytest.Config, items: list[pytest.Item], hs) -> None:
     _deselect(config, items, by_role + by_backend + emulated_only)
     if config.pluginmanager.hasplugin("xdist"):
         for item in items:
-            group = _xdist_group(item, hs.backend)
+            group = _xdist_group(item, hs.backend, by_shape=hs.states is None)
             if group:
                 item.add_marker(pytest.mark.xdist_group(group))
     items.sort(key=lambda item: (getattr(param(item, "platform"), "id", ""),
                                  getattr(param(item, "hh_guest"), "name", "")))
 
 
-def _xdist_group(item: pytest.Item, backend) -> str | None:
+def _xdist_group(item: pytest.Item, backend, *, by_shape: bool) -> str | None:
     """One physical resource, one worker at a time: tests that take host hardware are grouped
-    by what they really take; the others by guest shape, so one clean guest serves them all."""
+    by what they really take. The others go to whichever worker is free: a guest of any shape
+    is restored from its saved state in about a second (harness.snapshot). With --no-snapshot
+    (``by_shape``) they are grouped by guest shape, so one booted clean guest serves them all
+    (a whole shape on one worker: the lifecycle tests of q35-pciehp alone made that worker
+    the run's last by a minute)."""
     platform, device = param(item, "platform"), param(item, "device")
     if backend.takes_host_devices and (device is not None or item.get_closest_marker("passthrough")):
         return backend.resource_group(device)
     guest = param(item, "hh_guest")
-    if platform is None:
+    if platform is None or not by_shape:
         return None
     return platform.id + (f"-{guest.name}" if guest is not None else "")
 

@@ -75,6 +75,7 @@ class Guest:
                            console_socket=self._tmp / "console.sock",
                            serial_log=self.workdir / "serial.log",
                            disk_overlay=self._tmp / "disk.qcow2" if image.disk else None)
+        self.extra_args = tuple(extra_args)
         self.argv = build_argv(spec, image, self.paths, qemu_binary=qemu_binary, accel=self.accel,
                                name=name) + list(extra_args)
         self.qemu = QemuProcess(self.argv, self.workdir / "qemu.log")
@@ -82,11 +83,18 @@ class Guest:
         self.shell: Shell | None = None
         self.ssh_port: int | None = None
         self.boot_seconds: float | None = None
+        #: ``"booted"`` or ``"restored"`` (from a saved state, harness.snapshot) once launched.
+        self.started: str | None = None
+        #: The saved state this guest was restored from (None: booted).
+        self.restored_from: Path | None = None
+        #: The figures of this guest's state being saved for later guests (harness.snapshot).
+        self.saved: dict | None = None
         #: Seconds from QEMU's start to each step of the launch (qmp, console, ready).
         self.launch_marks: dict[str, float] = {}
         _open_guests.add(self)
         self.guest_uptime_at_ready: float | None = None
         self._used_buses: dict[str, str] = {}  # bus -> device id
+        self._overlay_from: Path | None = None
         self._counters: dict[str, int] = {}
         #: State right after boot; a pool reuses the guest only while its state equals this.
         self.baseline: tuple | None = None
@@ -107,18 +115,23 @@ class Guest:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def launch(self, on_running: Callable[["Guest"], None] | None = None) -> "Guest":
+    def launch(self, on_running: Callable[["Guest"], None] | None = None, *,
+               restore: Path | None = None) -> "Guest":
         """Start QEMU, connect QMP and the console, let the guest run, wait until it is ready.
         ``on_running`` is called right after ``cont``, while the guest's OS is still booting
-        (a scenario that hot-adds during boot)."""
+        (a scenario that hot-adds during boot). ``restore``: a saved state's folder
+        (harness.snapshot) to start from instead of booting."""
         t0 = time.monotonic()
         try:
-            self._connect(t0)
-            d = self.deadlines
-            self.qmp("cont")
-            if on_running is not None:
-                on_running(self)
-            self._wait_ready(time.monotonic() + d.boot)
+            if restore is not None:
+                self._restore(restore, t0)
+            else:
+                self._connect(t0)
+                d = self.deadlines
+                self.qmp("cont")
+                if on_running is not None:
+                    on_running(self)
+                self._wait_ready(time.monotonic() + d.boot)
             self.launch_marks["ready"] = round(time.monotonic() - t0, 2)
         except BaseException as e:
             output = self.qemu_output()
@@ -135,7 +148,80 @@ class Guest:
                         f"command line:\n    {format_argv(self.argv)}\nQEMU output:\n{_tail(output)}\n"
                         f"serial log (last lines):\n{_tail(console)}") from e
         self.boot_seconds = time.monotonic() - t0
+        self.started = "restored" if restore is not None else "booted"
         return self
+
+    def _restore(self, state_dir: Path, t0: float) -> None:
+        """Start QEMU with ``-incoming`` from a saved state, run it once loaded, and make it
+        this moment's guest: its clock set to the host's, host randomness in its pool."""
+        from .snapshot import DISK_FILE, STATE_FILE
+
+        self.restored_from = Path(state_dir)
+        self.argv = self.argv + ["-incoming", f"exec:cat {shlex.quote(str(self.restored_from / STATE_FILE))}"]
+        self.qemu = QemuProcess(self.argv, self.workdir / "qemu.log")
+        (self.workdir / "cmdline.txt").write_text(format_argv(self.argv) + "\n")
+        if self.image.disk:
+            # The overlay as it was when the state was saved (its file system is in the RAM).
+            self._overlay_from = self.restored_from / DISK_FILE
+        self._connect(t0)
+        deadline = t0 + self.deadlines.boot
+        while (status := self.qmp("query-status")["status"]) == "inmigrate":
+            if time.monotonic() > deadline:
+                raise WaitTimeout(f"the saved state {self.restored_from} did not load within "
+                                  f"{self.deadlines.boot:.0f} s")
+            time.sleep(0.02)  # QEMU 7.2 has no event for a finished incoming load without the events capability
+        if status not in ("paused", "prelaunch"):
+            raise HarnessError(f"QEMU is {status!r} after loading the saved state {self.restored_from}")
+        self.launch_marks["loaded"] = round(time.monotonic() - t0, 2)
+        self.qmp("cont")
+        if self.spec.access == "ssh":
+            self._connect_ssh(deadline)
+        # The clock reads the moment of the save; the guest's random pool is the saved one
+        # (the vmgenid device makes Linux reseed; host bytes are mixed in as well).
+        # (busybox's date takes whole seconds only: within half a second there)
+        channel = self.shell.ssh or self.shell.console
+        now = time.time()
+        status, output = channel.exec(f"{{ date -s @{now:.6f} || date -s @{round(now)}; }} >/dev/null "
+                                      f"2>&1 && printf %s {os.urandom(32).hex()} > /dev/urandom",
+                                      max(1.0, deadline - time.monotonic()))
+        if status != 0:
+            raise HarnessError("could not set the restored guest's clock (date -s)",
+                               details=output)
+
+    def save_state(self, state: Path, disk: Path) -> dict:
+        """Save this running guest's whole state (RAM included) into ``state`` with QEMU's
+        migration, and its disk overlay as it was then into ``disk``; resume the guest either
+        way. Returns the figures (seconds)."""
+        t0 = time.monotonic()
+        before = self.qmp("query-migrate-parameters").get("max-bandwidth")
+        self.qmp("migrate-set-parameters", **{"max-bandwidth": 64 << 30})  # a file, not a link
+        try:
+            self.qmp("migrate", uri=f"exec:cat > {shlex.quote(str(state))}")
+            status = self._wait_migration(f"saving {self.name}'s state", t0)
+            if status != "completed":
+                raise HarnessError(f"saving {self.name}'s state: migration {status}",
+                                   details=str(self.qmp("query-migrate")))
+            seconds = time.monotonic() - t0
+            if self.image.disk:
+                # Migration flushed and let go of the disk: the overlay is consistent now.
+                shutil.copyfile(self.paths.disk_overlay, disk)
+        finally:
+            if self.qmp("query-status")["status"] != "running":
+                self.qmp("cont")
+            if before is not None:
+                self.qmp("migrate-set-parameters", **{"max-bandwidth": before})
+        self.saved = {"save_seconds": round(seconds, 3),
+                      "paused_seconds": round(time.monotonic() - t0, 3)}
+        return dict(self.saved)
+
+    def _wait_migration(self, what: str, t0: float) -> str:
+        deadline = t0 + self.deadlines.scaled(60)
+        while (status := self.qmp("query-migrate").get("status")) not in ("completed", "failed", "cancelled"):
+            if time.monotonic() > deadline:
+                raise WaitTimeout(f"{what}: migration still {status} after "
+                                  f"{time.monotonic() - t0:.1f} s")
+            time.sleep(0.02)  # QMP's MIGRATION events need migrate-set-capabilities events=on; polling is as exact here
+        return status
 
     def _connect(self, t0: float) -> None:
         """Start QEMU (paused), connect QMP and the serial console."""
@@ -163,12 +249,7 @@ class Guest:
         t0 = time.monotonic()
         uri = dest.argv[dest.argv.index("-incoming") + 1]
         self.qmp("migrate", uri=uri)
-        deadline = t0 + self.deadlines.scaled(60)
-        while (status := self.qmp("query-migrate").get("status")) not in ("completed", "failed", "cancelled"):
-            if time.monotonic() > deadline:
-                raise WaitTimeout(f"migration of {self.name} to {dest.name} still {status} "
-                                  f"after {time.monotonic() - t0:.1f} s")
-            time.sleep(0.05)  # QMP's MIGRATION events need migrate-set-capabilities events=on; polling is as exact here
+        status = self._wait_migration(f"migration of {self.name} to {dest.name}", t0)
         if status != "completed":
             raise HarnessError(f"migration of {self.name} to {dest.name} {status}",
                                details=str(self.qmp("query-migrate")))
@@ -199,7 +280,9 @@ class Guest:
             if f is not None and not Path(f).is_file():
                 raise ImageError(f"guest image file {f} does not exist",
                                  hint="run `make image`, or fix the --guest-* option")
-        if self.image.disk:
+        if self.image.disk and self._overlay_from is not None:
+            shutil.copyfile(self._overlay_from, self.paths.disk_overlay)
+        elif self.image.disk:
             # A throw-away overlay: the user's image is never written.
             fmt = self.image.disk_format
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b",
@@ -221,6 +304,9 @@ class Guest:
             if a in ("-chardev", "-mon") and i + 1 < len(argv) and (
                     "id=qmp" in argv[i + 1] or "chardev=qmp" in argv[i + 1]):
                 skip = 1
+                continue
+            if a == "-incoming" and self.restored_from is not None:
+                skip = 1  # a restored guest's replay boots it (the saved state may be gone)
                 continue
             out.append(a)
         out += ["-monitor", "unix:./monitor.sock,server=on,wait=off"]
@@ -266,12 +352,7 @@ class Guest:
             self.shell.run("dmesg -n 1 2>/dev/null; export TERM=dumb; true",
                            max(1.0, deadline - time.monotonic()))
         if self.spec.access == "ssh":
-            self.ssh_port = self._forwarded_ssh_port()
-            if self.image.ssh_key is None:
-                raise QemuLaunchError("access=ssh needs an SSH key", hint="pass --guest-key")
-            self.shell.ssh = SSHChannel("127.0.0.1", self.ssh_port, self.image.ssh_user,
-                                        Path(self.image.ssh_key),
-                                        timeout=max(1.0, deadline - time.monotonic()))
+            self._connect_ssh(deadline)
         if self.image.seed is not None:
             # SSH answers before cloud-init has finished (its last stage writes the DHCP rule
             # for NICs that appear later): a NIC hot-added before then got no address. Its own
@@ -281,6 +362,14 @@ class Guest:
             channel.exec("! command -v cloud-init >/dev/null || while ! test -e "
                          "/var/lib/cloud/instance/boot-finished; do sleep 0.5; done",
                          max(1.0, deadline - time.monotonic()))
+
+    def _connect_ssh(self, deadline: float) -> None:
+        self.ssh_port = self._forwarded_ssh_port()
+        if self.image.ssh_key is None:
+            raise QemuLaunchError("access=ssh needs an SSH key", hint="pass --guest-key")
+        self.shell.ssh = SSHChannel("127.0.0.1", self.ssh_port, self.image.ssh_user,
+                                    Path(self.image.ssh_key),
+                                    timeout=max(1.0, deadline - time.monotonic()))
 
     def reboot_from_inside(self) -> None:
         """The guest reboots itself (``reboot -f`` typed on its console); see :meth:`wait_rebooted`."""

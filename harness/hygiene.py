@@ -62,7 +62,8 @@ def sweep_run(run_dir: Path, owner: str) -> list[str]:
             for pid, guest in _kill_recorded_qemus(run_dir)]
     for name in sorted(_tmp_dirs(owner)):
         shutil.rmtree(Path(tempfile.gettempdir()) / name, ignore_errors=True)
-        done.append(f"removed {tempfile.gettempdir()}/{name}, left by an interrupted worker")
+        if not name.endswith("-snapshots"):  # the run's saved guest states: theirs to go now
+            done.append(f"removed {tempfile.gettempdir()}/{name}, left by an interrupted worker")
     return done
 
 
@@ -98,7 +99,10 @@ def check(before: Snapshot, run_dir: Path,
     problems = [f"QEMU pid {pid} ({guest}) was still running at the end of the run; killed it. "
                 "A Guest was not closed: report this as a harness bug"
                 for pid, guest in _kill_recorded_qemus(run_dir)]
-    for name in sorted(_tmp_dirs(before.owner) - before.tmp_dirs):
+    # (the run's saved guest states are not a guest's leftover: harness.snapshot; they go with
+    # the run's other temporary folders at its very end, sweep_run)
+    for name in sorted(n for n in _tmp_dirs(before.owner) - before.tmp_dirs
+                       if not n.endswith("-snapshots")):
         problems.append(f"temporary directory {tempfile.gettempdir()}/{name} (sockets, overlays) "
                         "was left behind: a Guest was not closed")
     for img in (i for i in (image if isinstance(image, list) else [image]) if i is not None):

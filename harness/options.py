@@ -83,6 +83,13 @@ def _where_results_go(g) -> None:
                      "and remove older ones (default 30; the run just finished is always kept)")
     g.addoption("--keep-bundles", action="store_true",
                 help="keep the per-test bundle of passing tests too (failures always keep theirs)")
+    g.addoption("--no-snapshot", action="store_true",
+                help="boot every guest from scratch; by default the first guest of each shape "
+                     "is saved once ready (QEMU migration to a file) and later ones are "
+                     "restored from it (docs/architecture.md, Saved guest states)")
+    g.addoption("--snapshot-cache", default=None, metavar="DIR",
+                help="keep saved guest states in DIR across runs (keyed by image, QEMU and "
+                     "command line; a changed one is never used); default: for this run only")
     g.addoption("--no-reuse", action="store_true",
                 help="boot a fresh guest for every test instead of reusing a clean one")
 

@@ -12,11 +12,12 @@ import itertools
 from pathlib import Path
 from typing import Callable
 
-from .errors import GuestDiedError, QemuLaunchError, WaitTimeout
+from .errors import GuestDiedError, HarnessError, QemuLaunchError, WaitTimeout
 from .guest import Guest
 from .images import GuestImage
 from .machine import GuestSpec
 from .pace import Deadlines
+from .snapshot import RESTORABLE_ARGS, StateCache
 
 # One command that captures what a test could leave behind in the guest.
 STATE_COMMAND = ("lspci -n; echo --net; ls /sys/class/net; echo --usb; lsusb 2>/dev/null; "
@@ -33,11 +34,14 @@ class GuestPool:
     def __init__(self, image: GuestImage, *, qemu_binary: str, accel: str, workdir: Path,
                  deadlines: Deadlines, reuse: bool = True, name_prefix: str = "g",
                  log: Callable[[str], None] = lambda s: None, boot_attempts: int = 1,
-                 owner: str | None = None):
+                 owner: str | None = None, states: StateCache | None = None):
         """``boot_attempts`` > 1 boots another guest when one does not come up (its QEMU does
         not answer QMP in time, or it hangs or dies before its ready marker): only for the
         lab, where L2 boots under nested KVM on TCG sometimes hang (docs/lab.md). Each retry is
-        kept in :attr:`boot_retries`. ``owner``: the run's owner tag (its guests' temp folders)."""
+        kept in :attr:`boot_retries`. ``owner``: the run's owner tag (its guests' temp folders).
+        ``states``: saved guest states (harness.snapshot): a guest of a shape saved before is
+        restored from it, the first of a shape is saved after its boot; None boots every one."""
+        self.states = states
         self.owner = owner
         self.image = image
         self.deadlines = deadlines
@@ -64,24 +68,57 @@ class GuestPool:
         if idle is not None:
             idle[0].close()
         for attempt in range(1, self.boot_attempts + 1):
-            name = next(self._names)
-            guest = Guest(spec, image, workdir=self.workdir / f"{name}-{spec.label}",
-                          qemu_binary=self.qemu_binary, accel=self.accel,
-                          deadlines=deadlines or self.deadlines, name=name, owner=self.owner)
-            self.booted.append(guest)
+            guest = self._new_guest(spec, image, deadlines)
             try:
-                guest.launch(on_running)
+                guest = self._start(guest, on_running)
                 break
             except QemuLaunchError as e:
                 if attempt == self.boot_attempts or not isinstance(e.__cause__, (WaitTimeout,
                                                                                  GuestDiedError)):
                     raise
-                self.boot_retries.append(f"boot of {name} ({spec.label}) failed, another guest "
+                self.boot_retries.append(f"boot of {guest.name} ({spec.label}) failed, another guest "
                                          f"booted instead: {e.message.splitlines()[0]} (serial "
                                          f"log: {guest.workdir / 'serial.log'})")
                 self.log(self.boot_retries[-1])
         guest.baseline = guest_state(guest) if self.reuse else None
-        self.log(f"booted {name} ({spec.label}) in {guest.boot_seconds:.2f} s")
+        self.log(f"{guest.started} {guest.name} ({spec.label}) in {guest.boot_seconds:.2f} s")
+        return guest
+
+    def _new_guest(self, spec: GuestSpec, image: GuestImage, deadlines: Deadlines | None) -> Guest:
+        name = next(self._names)
+        guest = Guest(spec, image, workdir=self.workdir / f"{name}-{spec.label}",
+                      qemu_binary=self.qemu_binary, accel=self.accel,
+                      deadlines=deadlines or self.deadlines, name=name, owner=self.owner,
+                      extra_args=RESTORABLE_ARGS if self.states is not None else ())
+        self.booted.append(guest)
+        return guest
+
+    def _start(self, guest: Guest, on_running) -> Guest:
+        """Restore ``guest`` from its shape's saved state if there is one (a guest started
+        during its boot never is), else boot it and save its state for the next ones. A state
+        that does not load is thrown away and another guest boots instead, noted."""
+        key = self.states.key(guest) if self.states is not None and on_running is None else None
+        if key is None:
+            return guest.launch(on_running)
+        with self.states.claim(key, wait=guest.deadlines.boot) as entry:
+            if entry is not None:
+                try:
+                    return guest.launch(restore=entry)
+                except HarnessError as e:
+                    self.states.discard(key)
+                    self.boot_retries.append(
+                        f"restore of {guest.name} ({guest.spec.label}) from its saved state "
+                        f"failed, booted instead: {e.message.splitlines()[0]} (QEMU output: "
+                        f"{guest.workdir / 'qemu.log'})")
+                    self.log(self.boot_retries[-1])
+                    guest = self._new_guest(guest.spec, guest.image, guest.deadlines)
+            guest.launch()
+            try:
+                guest.saved = self.states.save(guest, key)
+            except (HarnessError, OSError) as e:  # costs this guest nothing but the time
+                guest.saved = {"skipped": f"save failed: {str(e).splitlines()[0]}"}
+            if guest.saved:
+                self.log(f"saved the state of {guest.name} ({guest.spec.label}): {guest.saved}")
         return guest
 
     def discard_idle(self, spec: GuestSpec) -> None:

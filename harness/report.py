@@ -77,16 +77,29 @@ def distribution(values: list[float]) -> dict:
             "p95": round(p95, 4), "max": round(ordered[-1], 4)}
 
 
-def guest_boots(results: list[dict]) -> dict[str, float]:
-    """Each guest's boot time, once per guest (a reused guest is in every test it served)."""
+def guest_boots(results: list[dict], started: str = "booted") -> dict[str, float]:
+    """Each guest's time from QEMU's start to ready, once per guest (a reused guest is in every
+    test it served): of the guests ``started`` so, ``"booted"`` or ``"restored"`` from a saved
+    state (harness.snapshot; records older than it say neither: booted)."""
     return {g["name"]: g["boot_seconds"] for r in results for g in r.get("guests", [])
-            if g.get("boot_seconds") and g.get("after_test")}
+            if g.get("boot_seconds") and g.get("after_test")
+            and (g.get("started") or "booted") == started}
+
+
+def _guest_starts(summary: dict) -> str:
+    started = summary.get("guests_started") or {}
+    text = f"median guest boot {summary.get('boot_seconds_median')} s"
+    if started.get("restored"):
+        text += (f" ({started['booted']} booted), restore from a saved state "
+                 f"{summary.get('restore_seconds_median')} s ({started['restored']} restored)")
+    return text
 
 
 def finish_run(run_dir: Path, report_root: Path, meta: dict) -> dict:
     results = load_results(run_dir)
     counts = {o: sum(r["outcome"] == o for r in results) for o in OUTCOMES}
     boots = list(guest_boots(results).values())
+    restores = list(guest_boots(results, "restored").values())
     summary = {
         "run": run_dir.name,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -100,6 +113,8 @@ def finish_run(run_dir: Path, report_root: Path, meta: dict) -> dict:
     durations = [r["duration"] for r in results]
     summary["test_seconds_total"] = round(sum(durations), 2)
     summary["boot_seconds_median"] = round(statistics.median(boots), 3) if boots else None
+    summary["guests_started"] = {"booted": len(boots), "restored": len(restores)}
+    summary["restore_seconds_median"] = round(statistics.median(restores), 3) if restores else None
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (run_dir / "report.html").write_text(render_html(summary, history(report_root, summary)))
     latest = report_root / "latest"
@@ -283,7 +298,7 @@ backend <b>{html.escape(summary['backend'])}</b> &middot; accelerator <b>{html.e
 <small>(every deadline is its reference figure times this: {html.escape(deadlines)})</small><br>
 QEMU <b>{html.escape(str(summary['qemu_version']))}</b> <small>{html.escape(summary['qemu_binary'])}</small>
 &middot; guest kernel <b>{html.escape(str(image.get('kernel_version', 'user image')))}</b>
-&middot; median guest boot {summary.get('boot_seconds_median')} s{_where_it_ran(summary)}
+&middot; {_guest_starts(summary)}{_where_it_ran(summary)}
 <br><small>{html.escape(identity_line(summary) or '')}<br><code>{html.escape((summary.get('identity') or {}).get('command', ''))}</code></small></p>"""
     tests = summary["tests"]
     scen = [r for r in tests if rh.is_scenario(r)]

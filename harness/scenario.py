@@ -122,7 +122,8 @@ class ScenarioRun:
         dest = Guest(guest.spec, guest.image, workdir=self.pool.workdir / f"{name}-{guest.spec.label}",
                      qemu_binary=guest.qemu_binary, accel=guest.accel, deadlines=guest.deadlines,
                      name=name, owner=self.pool.owner,
-                     extra_args=(*extra, "-incoming", f"unix:{guest.scratch_path('migration.sock')}"))
+                     extra_args=(*guest.extra_args, *extra,
+                                 "-incoming", f"unix:{guest.scratch_path('migration.sock')}"))
         self.pool.booted.append(dest)
         dest.receive()
         self.guests.append((dest, dest.log_sizes()))  # (in the bundle if the migration fails)
@@ -290,6 +291,7 @@ class ScenarioRun:
             verdict = self.pool.release(guest, clean_exit=reusable)
             guests.append({"name": guest.name, "spec": guest.spec.label,
                            "boot_seconds": round(guest.boot_seconds or 0, 3),
+                           "started": guest.started, "state_saved": guest.saved,
                            "launch_marks": guest.launch_marks,
                            "after_test": verdict, "qemu_exit_status": guest.exit_status,
                            "died": died, "hung": hung})

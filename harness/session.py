@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from . import accel as accel_mod
-from . import backends, guests, hygiene, images, options
+from . import backends, guests, hygiene, images, options, snapshot
 from . import pace as pace_mod
 from .errors import ConfigError
 from .images import GuestImage
@@ -21,6 +21,7 @@ from .machine import MACHINES
 from .pool import GuestPool
 from .process import qemu_version, version_tuple
 from .runconfig import RunConfig
+from .snapshot import StateCache
 
 #: Oldest QEMU the harness supports: ACPI hotplug into q35 root ports is the default from 6.1,
 #: DEVICE_UNPLUG_GUEST_ERROR exists from 6.2.
@@ -66,6 +67,7 @@ class HarnessSession:
         self.deadlines = self._deadlines(self.run.accel)
         _require_qemu(self.qemu_binary, self.run.qemu_version)
         self.swept = hygiene.sweep_stale() if decides else []
+        self.states = self._state_cache(opt)
         self.snapshot = hygiene.Snapshot.take(
             [self.user_image] + [c.image for c in self.guest_choices if not c.builtin],
             self.run.owner) if decides else None
@@ -138,8 +140,20 @@ class HarnessSession:
                                    deadlines=self.deadlines,
                                    workdir=self.run_dir / "guests", reuse=self.reuse,
                                    name_prefix=f"{self.worker or 'main'}-g",
-                                   boot_attempts=self.backend.boot_attempts, owner=self.run.owner)
+                                   boot_attempts=self.backend.boot_attempts, owner=self.run.owner,
+                                   states=self.states)
         return self._pool
+
+    def _state_cache(self, opt) -> StateCache | None:
+        """Saved guest states (harness.snapshot): the run's own (in its temporary folder,
+        made before the hygiene snapshot so it is not taken for a guest's leftover), or
+        --snapshot-cache's across runs; None with --no-snapshot."""
+        if opt.no_snapshot:
+            return None
+        if opt.snapshot_cache:
+            return StateCache(Path(opt.snapshot_cache), qemu_version=self.run.qemu_version,
+                              persistent=True)
+        return StateCache(snapshot.run_cache_dir(self.run.owner), qemu_version=self.run.qemu_version)
 
     def header(self) -> list[str]:
         image = ("your own: " + ", ".join(str(p) for p in (self.user_image.kernel, self.user_image.disk) if p)
@@ -148,6 +162,10 @@ class HarnessSession:
                 f"hotplug-harness: qemu={self.qemu_binary} ({self.qemu_version}) machines={','.join(self.machines)} "
                 f"access={self.access}",
                 f"hotplug-harness: image={image}; run folder {self.run_dir}",
+                "hotplug-harness: guests: " + (
+                    "each booted (--no-snapshot)" if self.states is None else
+                    "the first of each shape booted and saved, the others restored from it "
+                    f"(states in {self.states.root})"),
                 f"hotplug-harness: {self.deadlines.describe()}"]
 
     def wants_role(self, role: str | None) -> bool:
