@@ -215,6 +215,8 @@ def main() -> int:
     ap.add_argument("--skip-build", action="store_true")
     ap.add_argument("--skip-matrix", action="store_true")
     ap.add_argument("--skip-lab", action="store_true")
+    ap.add_argument("--boot-only", action="store_true",
+                    help="only 2 (boot and restore side by side): no latencies, soak, matrix, lab")
     ap.add_argument("--lab-tests", nargs="+", default=LAB_TESTS, metavar="PATH")
     ap.add_argument("--qemu-binary", default="qemu-system-x86_64",
                     help="the QEMU to measure (boot, restore, latencies, matrix)")
@@ -236,6 +238,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="hh-bench-") as d:
         work = Path(d)
         bench_boot(image, args.boots, work, qemu.splitlines()[0], **guest)
+        if args.boot_only:
+            return 0
         bench_latencies(image, args.cycles, work, **guest)
         bench_soak(image, args.soak, work, **guest)
     if not args.skip_matrix:
