@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .images import GuestImage
+from .locks import flock_within
 from .machine import Paths, build_argv
 
 if TYPE_CHECKING:
@@ -154,15 +155,8 @@ class StateCache:
             return
         lock = open(self.root / f".{key}.lock", "w")
         try:
-            deadline = time.monotonic() + wait
-            while True:
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        break  # (not held: save() will not write either)
-                    time.sleep(0.1)  # flock has no timeout; the holder's boot is seconds long
+            # (not held after ``wait``: boot anyway; save() takes a lock of its own)
+            flock_within(lock, wait, interval=0.1)
             yield self.find(key)
         finally:
             lock.close()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import HarnessError, HostDeviceError
+from ..locks import flock_within
 from .network import namespace_problem
 from .safety import GroupPlan, critical_devices, plan_group
 from .sysfs import PciDevice, Sysfs, parse_bdf, short_bdf
@@ -75,18 +75,10 @@ class Journal:
                                   hint="run as root, or set HH_VFIO_JOURNAL to a writable "
                                        "path") from e
         try:
-            deadline = time.monotonic() + self.lock_timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise HostDeviceError(
-                            f"the vfio journal {self.path} stayed locked for "
-                            f"{self.lock_timeout:.0f} s",
-                            hint=f"another run is binding devices; `fuser {lock_path}` names it")
-                    time.sleep(0.05)
+            if not flock_within(fd, self.lock_timeout):
+                raise HostDeviceError(
+                    f"the vfio journal {self.path} stayed locked for {self.lock_timeout:.0f} s",
+                    hint=f"another run is binding devices; `fuser {lock_path}` names it")
             yield self
         finally:
             os.close(fd)  # releases the lock
