@@ -141,3 +141,19 @@ def test_the_cache_across_runs_is_pruned_of_unused_states(tmp_path):
     os.utime(old, (time.time() - 30 * 86400,) * 2)
     assert cache.prune() == ["a"]
     assert cache.find("b") is not None and cache.find("a") is None
+
+
+def test_a_shape_being_booted_is_waited_for_not_booted_twice(tmp_path):
+    """A worker that finds another one booting the same shape waits for it (up to its boot
+    deadline, then boots on its own); once the state is saved, it gets the state at once."""
+    booting, waiting = (StateCache(tmp_path, qemu_version="7.2.0") for _ in range(2))
+    with booting.claim("k", wait=1.0) as entry:
+        assert entry is None  # nothing saved: this one boots and saves
+        t0 = time.monotonic()
+        with waiting.claim("k", wait=0.3) as other:
+            assert other is None and time.monotonic() - t0 >= 0.3
+        (tmp_path / "k").mkdir()
+        (tmp_path / "k" / META_FILE).write_text("{}")
+    t0 = time.monotonic()
+    with waiting.claim("k", wait=5.0) as other:
+        assert other == tmp_path / "k" and time.monotonic() - t0 < 1.0

@@ -436,3 +436,20 @@ def test_an_interrupt_during_device_add_stays_an_interrupt_and_the_group_goes_ba
     del lab.fail[("drivers/vfio-pci/unbind", "0000:06:00.0")]  # the guest was closed
     b.close()
     assert lab.driver_of("0000:06:00.0") == "ahci" and entries(journal) == []
+
+
+def test_a_journal_held_by_another_run_is_waited_for_then_refused(tmp_path):
+    """Two runs share one journal: the second waits for the first's lock, and past its deadline
+    says who to look for instead of binding anything."""
+    import time
+
+    first, second = Journal(tmp_path / "j.json"), Journal(tmp_path / "j.json", lock_timeout=0.3)
+    with first.locked():
+        t0 = time.monotonic()
+        with pytest.raises(HostDeviceError, match="stayed locked for 0 s") as e:
+            with second.locked():
+                pass
+        assert time.monotonic() - t0 >= 0.3
+        assert "fuser" in e.value.hint
+    with second.locked():  # free again once the first run let go
+        pass
