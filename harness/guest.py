@@ -83,18 +83,15 @@ class Guest:
         self.shell: Shell | None = None
         self.ssh_port: int | None = None
         self.boot_seconds: float | None = None
-        #: ``"booted"`` or ``"restored"`` (from a saved state, harness.snapshot) once launched.
-        self.started: str | None = None
         #: The saved state this guest was restored from (None: booted).
         self.restored_from: Path | None = None
-        #: The figures of this guest's state being saved for later guests (harness.snapshot).
+        #: The figures of this guest's state being saved for later guests (set by the pool).
         self.saved: dict | None = None
         #: Seconds from QEMU's start to each step of the launch (qmp, console, ready).
         self.launch_marks: dict[str, float] = {}
         _open_guests.add(self)
         self.guest_uptime_at_ready: float | None = None
         self._used_buses: dict[str, str] = {}  # bus -> device id
-        self._overlay_from: Path | None = None
         self._counters: dict[str, int] = {}
         #: State right after boot; a pool reuses the guest only while its state equals this.
         self.baseline: tuple | None = None
@@ -148,21 +145,24 @@ class Guest:
                         f"command line:\n    {format_argv(self.argv)}\nQEMU output:\n{_tail(output)}\n"
                         f"serial log (last lines):\n{_tail(console)}") from e
         self.boot_seconds = time.monotonic() - t0
-        self.started = "restored" if restore is not None else "booted"
         return self
+
+    @property
+    def started(self) -> str | None:
+        """``"booted"`` or ``"restored"`` (from a saved state, harness.snapshot) once launched."""
+        if self.boot_seconds is None:
+            return None
+        return "restored" if self.restored_from is not None else "booted"
 
     def _restore(self, state_dir: Path, t0: float) -> None:
         """Start QEMU with ``-incoming`` from a saved state, run it once loaded, and make it
         this moment's guest: its clock set to the host's, host randomness in its pool."""
-        from .snapshot import DISK_FILE, STATE_FILE
+        from .snapshot import STATE_FILE
 
         self.restored_from = Path(state_dir)
         self.argv = self.argv + ["-incoming", f"exec:cat {shlex.quote(str(self.restored_from / STATE_FILE))}"]
         self.qemu = QemuProcess(self.argv, self.workdir / "qemu.log")
         (self.workdir / "cmdline.txt").write_text(format_argv(self.argv) + "\n")
-        if self.image.disk:
-            # The overlay as it was when the state was saved (its file system is in the RAM).
-            self._overlay_from = self.restored_from / DISK_FILE
         self._connect(t0)
         deadline = t0 + self.deadlines.boot
         while (status := self.qmp("query-status")["status"]) == "inmigrate":
@@ -210,9 +210,7 @@ class Guest:
                 self.qmp("cont")
             if before is not None:
                 self.qmp("migrate-set-parameters", **{"max-bandwidth": before})
-        self.saved = {"save_seconds": round(seconds, 3),
-                      "paused_seconds": round(time.monotonic() - t0, 3)}
-        return dict(self.saved)
+        return {"save_seconds": round(seconds, 3), "paused_seconds": round(time.monotonic() - t0, 3)}
 
     def _wait_migration(self, what: str, t0: float) -> str:
         deadline = t0 + self.deadlines.scaled(60)
@@ -280,8 +278,11 @@ class Guest:
             if f is not None and not Path(f).is_file():
                 raise ImageError(f"guest image file {f} does not exist",
                                  hint="run `make image`, or fix the --guest-* option")
-        if self.image.disk and self._overlay_from is not None:
-            shutil.copyfile(self._overlay_from, self.paths.disk_overlay)
+        if self.image.disk and self.restored_from is not None:
+            # The overlay as it was when the state was saved (its file system is in the RAM).
+            from .snapshot import DISK_FILE
+
+            shutil.copyfile(self.restored_from / DISK_FILE, self.paths.disk_overlay)
         elif self.image.disk:
             # A throw-away overlay: the user's image is never written.
             fmt = self.image.disk_format
