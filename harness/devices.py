@@ -128,12 +128,24 @@ class HotplugDevice:
 
 
 class EmulatedModel(HotplugDevice):
-    """A QEMU device model (``driver``) and the guest driver expected to bind it."""
+    """A QEMU device model (``driver``) and the guest driver expected to bind it. ``since``: the
+    first QEMU with the model, for a model some supported QEMUs lack (its tests skip on them,
+    saying so: :meth:`missing_from`)."""
 
-    def __init__(self, id: str, driver: str, guest_driver: str):
+    def __init__(self, id: str, driver: str, guest_driver: str, since: str | None = None):
         self.id = id
         self.driver = driver
         self.guest_driver = guest_driver
+        self.since = since
+
+    def missing_from(self, qemu_devices: "frozenset[str] | None", qemu: str) -> str | None:
+        """Why this model cannot run on the QEMU under test (None: it can). ``qemu_devices``:
+        that QEMU's ``-device help`` names; None when it could not be asked (then QEMU's own
+        error at ``device_add`` says it)."""
+        if self.since is None or qemu_devices is None or self.driver in qemu_devices:
+            return None
+        return (f"{qemu} has no {self.driver} device model ({self.since} and newer emulate it; "
+                "--qemu-binary can point at one)")
 
 
 class EmulatedNic(EmulatedModel):
@@ -338,7 +350,8 @@ class VfioPci(HotplugDevice):
         self.allowed = allowed
         self.guest_driver = getattr(entry, "guest_driver", None)
         #: What the report says this test passed through.
-        self.passthrough = f"vfio-pci host={entry.bdf}"
+        self.passthrough = f"vfio-pci host={entry.bdf}" + (
+            f" (VF {entry.vf} of {entry.pf})" if getattr(entry, "pf", None) else "")
 
     def plug(self, guest, device_id: str) -> Plugged:
         lease = self.binder.bind(self.entry.bdf, allowed=self.allowed)
@@ -403,6 +416,8 @@ EMULATED = {
         # The guide's NIC is an Intel one: e1000e (82574L) stands in for it.
         EmulatedNic("e1000e", "e1000e", guest_driver="e1000e"),
         EmulatedNic("virtio-net", "virtio-net-pci", guest_driver="virtio-pci"),
+        # The 82576 with SR-IOV (the guide's igb/igbvf family): QEMU 8.0 and newer only.
+        EmulatedNic("igb", "igb", guest_driver="igb", since="QEMU 8.0"),
     ),
     "usb-device": (
         EmulatedUsbDevice("tablet", "usb-tablet", "QEMU QEMU USB Tablet", "QEMU USB Tablet"),

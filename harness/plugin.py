@@ -168,6 +168,10 @@ def hotplug(request: pytest.FixtureRequest, hotplug_session: HarnessSession):
                                         "--roles" if device.why.startswith("not covered") else
                                         "remove vendorid/productid from the inventory entry, or "
                                         "unplug its twin")
+    if isinstance(device, devices.EmulatedModel):
+        missing = device.missing_from(hs.qemu_devices, f"QEMU {hs.qemu_version} ({hs.qemu_binary})")
+        if missing:
+            pytest.skip(missing)
     run = ScenarioRun(hs.pool, hs.run_dir / "bundles" / runner.bundle_name(request.node.nodeid),
                       keep_bundle=hs.keep_bundles, access=hs.access)
     yield run

@@ -49,6 +49,20 @@ def qemu_query(binary: str, args: list[str], timeout: float) -> subprocess.Compl
                           stdin=subprocess.DEVNULL)
 
 
+def device_names(device_help: str) -> frozenset[str]:
+    """The device model names in the output of ``qemu -device help``."""
+    return frozenset(re.findall(r'^name "([^"]+)"', device_help, re.M))
+
+
+def qemu_device_names(binary: str, timeout: float) -> frozenset[str] | None:
+    """The device models ``binary`` has (``-device help``); None if it could not say."""
+    try:
+        proc = qemu_query(binary, ["-device", "help"], timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return device_names(proc.stdout) if proc.returncode == 0 else None
+
+
 def version_tuple(version: str) -> tuple[int, int] | None:
     """(major, minor) of a version string like "7.2.22", None if it is not one."""
     m = re.match(r"(\d+)\.(\d+)", version)

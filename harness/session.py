@@ -8,6 +8,7 @@ Knows nothing of pytest: the plugin builds one from the parsed options.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import shutil
 from pathlib import Path
@@ -19,7 +20,7 @@ from .errors import ConfigError
 from .images import GuestImage
 from .machine import MACHINES
 from .pool import GuestPool
-from .process import qemu_version, version_tuple
+from .process import qemu_device_names, qemu_version, version_tuple
 from .runconfig import RunConfig
 from .snapshot import StateCache
 
@@ -110,6 +111,11 @@ class HarnessSession:
     qemu_binary = property(lambda self: self.run.qemu_binary)
     inventory = property(lambda self: self.backend.inventory)
     binder = property(lambda self: self.backend.binder)
+
+    @functools.cached_property
+    def qemu_devices(self) -> frozenset[str] | None:
+        """The device models of the QEMU under test (``-device help``; None: it did not say)."""
+        return qemu_device_names(self.qemu_binary, self.pace(20.0))
 
     def default_guest(self) -> guests.GuestChoice:
         """The run's one guest when --guest is not given (the built-in one, or --guest-*'s)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import resource
 import shutil
 import subprocess
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from ..accel import cpu_virt_flags
 from ..errors import HostDeviceError
-from ..process import qemu_query
+from ..process import device_names, qemu_query
 from .binding import Journal, owner_alive
 from .inventory import Inventory, find_usb_device, host_problems
 from .network import namespace_problem
@@ -248,7 +247,7 @@ def _qemu_checks(qemu: str, device_help: str | None, inventory: Inventory | None
         checks = [Check(name, True, path)]
     else:
         checks = [Check(name, True, f"{qemu} (its -device help was given)")]
-    devices = set(re.findall(r'^name "([^"]+)"', device_help, re.M))
+    devices = device_names(device_help)
     checks.append(Check("QEMU vfio-pci device", "vfio-pci" in devices,
                         "listed by -device help" if "vfio-pci" in devices
                         else "not in -device help: this QEMU was built without VFIO",

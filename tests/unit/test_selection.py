@@ -48,8 +48,11 @@ def test_usb_and_pciehp(everything, child_env):
 
 
 def test_boolean_expressions_keep_exact_words(child_env):
-    picked = collect(child_env, "-k", "nic and pc and not virtio")
+    picked = collect(child_env, "-k", "nic and pc and not virtio and not igb")
     assert picked == ["tests/scenarios/test_nic.py::test_nic[emulated-pc-e1000e]"]
+    assert collect(child_env, "-k", "igb") == [
+        f"tests/scenarios/test_nic.py::test_nic[emulated-{p}-igb]"
+        for p in ("pc", "q35-acpi", "q35-pciehp")]
 
 
 def test_a_scenario_narrowed_to_q35_has_no_pc_ids(child_env):
