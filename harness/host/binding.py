@@ -35,11 +35,14 @@ from ..errors import HarnessError, HostDeviceError
 from ..locks import flock_within
 from .network import namespace_problem
 from .safety import GroupPlan, critical_devices, plan_group
+from . import sriov
 from .sysfs import PciDevice, Sysfs, parse_bdf, short_bdf
 
 log = logging.getLogger("harness.host")
 
 VFIO = "vfio-pci"
+#: The journal entry of a PF whose ``sriov_numvfs`` the harness changed (``numvfs``: what it was).
+SRIOV = "sriov"
 DEFAULT_JOURNAL = Path("/var/lib/hotplug-harness/vfio-journal.json")
 RESTORE_HINT = "run `python -m harness restore` (as root) to give the devices back"
 
@@ -150,6 +153,13 @@ def _check_entry(entry, n: int) -> None:
     if not isinstance(entry.get("bdf"), str) or not _ENTRY_BDF.fullmatch(entry["bdf"]):
         raise ValueError(f"entry {n}: bdf {entry.get('bdf')!r} is not a PCI address like "
                          "0000:05:00.0")
+    if entry.get("kind", "vfio") not in ("vfio", SRIOV):
+        raise ValueError(f"entry {n} ({entry['bdf']}): kind {entry.get('kind')!r} is not vfio "
+                         f"or {SRIOV}")
+    numvfs = entry.get("numvfs")
+    if entry.get("kind") == SRIOV and (not isinstance(numvfs, int) or isinstance(numvfs, bool)
+                                       or not 0 <= numvfs <= 4096):
+        raise ValueError(f"entry {n} ({entry['bdf']}): numvfs {numvfs!r} is not a VF count")
     for key in ("driver", "driver_override"):
         value = entry.get(key)
         if value is not None and (not isinstance(value, str) or not _DRIVER_NAME.fullmatch(value)):
@@ -266,8 +276,38 @@ def vfio_group_users(root: "str | Path | Sysfs", group: int | None) -> list[tupl
     return sorted(users)
 
 
+def _restore_sriov(fs: Sysfs, entry: dict, timeout: float) -> Restored:
+    """Put a PF's ``sriov_numvfs`` back to the count journaled before the harness changed it
+    (its VFs' own entries, if any, are given back first: :func:`restore_from_journal`)."""
+    pf, original = entry["bdf"], entry["numvfs"]
+    now = sriov.physical_function(fs, pf) if fs.pci_exists(pf) else None
+    if now is None:
+        return Restored(pf, "gone", None, "no longer on this host (or no longer SR-IOV); "
+                                          "nothing to do")
+    if now.numvfs == original:
+        return Restored(pf, "restored", now.driver, f"sriov_numvfs is {original} already")
+    for vf in now.vfs:
+        group = fs.pci_device(vf).iommu_group if fs.pci_exists(vf) else None
+        users = vfio_group_users(fs, group)
+        if users:
+            who = ", ".join(f"pid {pid} ({comm})" for pid, comm in users)
+            return Restored(pf, "failed", now.driver,
+                            f"its VF {vf} is in use (/dev/vfio/{group} open by {who}); stop "
+                            f"it (kill {users[0][0]}), then restore again")
+    try:
+        if original and now.numvfs:
+            sriov.set_numvfs(fs, pf, 0, timeout)
+        sriov.set_numvfs(fs, pf, original, timeout)
+    except HostDeviceError as e:
+        return Restored(pf, "failed", now.driver, e.message)
+    return Restored(pf, "restored", now.driver,
+                    f"sriov_numvfs back to {original} (from {now.numvfs})")
+
+
 def _restore_entry(fs: Sysfs, entry: dict, timeout: float) -> Restored:
     """Give one journaled device back, from whatever state a run left it in."""
+    if entry.get("kind") == SRIOV:
+        return _restore_sriov(fs, entry, timeout)
     bdf, original = entry["bdf"], entry.get("driver")
     if not fs.pci_exists(bdf):
         return Restored(bdf, "gone", None, "no longer on this host (removed?); nothing to do")
@@ -325,7 +365,8 @@ def restore_from_journal(root: "str | Path | Sysfs" = "/", journal: str | Path |
         return []
     results: list[Restored] = []
     with jr.locked():
-        entries = jr.read()
+        # VFs before the PFs whose sriov_numvfs made them (a VF on vfio-pci blocks the PF).
+        entries = sorted(jr.read(), key=lambda e: e.get("kind") == SRIOV)
         if only is not None:
             leases = {e.get("lease") for e in entries if e["bdf"] in {parse_bdf(b) for b in only}}
             entries = [e for e in entries if e.get("lease") in leases]
@@ -439,6 +480,8 @@ class VfioBinder:
         self.cleared_storage = frozenset(cleared_storage)
         self.timeout = timeout
         self._holds: dict[int, _Hold] = {}
+        #: The PFs whose sriov_numvfs this binder changed (their journal entries).
+        self._sriov: list[dict] = []
 
     def bind(self, bdf: str, allowed: set[str] | frozenset[str]) -> Lease:
         """Put ``bdf`` and the rest of its IOMMU group on vfio-pci. ``allowed``: the inventory's
@@ -485,9 +528,55 @@ class VfioBinder:
                  moved or "nothing")
         return Lease(self, plan, moved)
 
+    def enable_vfs(self, pf: str, count: int) -> list[str]:
+        """Make sure the PF at ``pf`` has at least ``count`` VFs and return the first
+        ``count`` VFs' BDFs. Writes ``sriov_numvfs`` only when the PF has none yet (the count
+        journaled first, put back by :meth:`close`); refuses a PF without SR-IOV, more than
+        ``sriov_totalvfs``, a PF with fewer VFs than asked (changing them would remove
+        someone's), and the host's own NIC."""
+        pf = parse_bdf(pf)
+        if not self.fs.pci_exists(pf):
+            raise HostDeviceError(f"PCI device {pf} (an SR-IOV PF in the inventory) does not "
+                                  "exist on this host", hint="check `lspci -D`; fix the pf")
+        with self.journal.locked():
+            now = sriov.physical_function(self.fs, pf)
+            why = sriov.check_request(now, pf, count, critical=critical_devices(
+                self.fs, ssh_connection=self.ssh_connection,
+                cleared_storage=self.cleared_storage))
+            if why:
+                raise HostDeviceError(f"cannot have {count} VFs of {pf}: {why}",
+                                      hint="fix the inventory's pf/vfs (`python -m harness "
+                                           "discover` lists the SR-IOV PFs and their VF counts)")
+            if now.numvfs >= count:
+                return list(now.vfs[:count])
+            entries = self.journal.read()
+            stale = [e for e in entries if e.get("kind") == SRIOV and e["bdf"] == pf]
+            if stale:
+                raise HostDeviceError(f"{pf}'s sriov_numvfs was changed by pid "
+                                      f"{stale[0].get('pid')}, which did not put it back",
+                                      hint=RESTORE_HINT)
+            pid = os.getpid()
+            entry = {"kind": SRIOV, "bdf": pf, "numvfs": now.numvfs,
+                     "lease": uuid.uuid4().hex[:12], "pid": pid,
+                     "pid_start": _process_start(self.fs, pid),
+                     "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                     **({"manual": True} if self.manual else {})}
+            self.journal.write(entries + [entry])
+            try:
+                vfs = sriov.set_numvfs(self.fs, pf, count, self.timeout)
+            except HarnessError:
+                if _restore_sriov(self.fs, entry, self.timeout).status != "failed":
+                    _drop(self.journal, entry)
+                raise
+        self._sriov.append(entry)
+        log.info("sriov: %s has %d VFs: %s", pf, count, vfs)
+        return vfs
+
     def _refuse_foreign(self, plan: GroupPlan, entries: list[dict], hold: _Hold | None) -> None:
         members = {m.bdf for m in plan.members}
         for e in entries:
+            if e.get("kind") == SRIOV:
+                continue
             if e["bdf"] in members and (hold is None or e.get("lease") != hold.lease_id):
                 if owner_alive(self.fs, e):
                     raise HostDeviceError(
@@ -560,6 +649,19 @@ class VfioBinder:
                 results += self._release(group)
             except HostDeviceError as e:
                 errors.append(e)
+        if not errors and self._sriov:  # VFs still held keep their PF's count
+            with self.journal.locked():
+                for entry in reversed(self._sriov):
+                    result = _restore_sriov(self.fs, entry, self.timeout)
+                    log.info("sriov: release %s", result)
+                    results.append(result)
+                    if result.status == "failed":
+                        errors.append(HostDeviceError(f"{entry['bdf']}: {result.detail}",
+                                                      details=str(result)))
+                    else:
+                        _drop(self.journal, entry)
+                self._sriov = [e for e in self._sriov if any(
+                    err.message.startswith(e["bdf"]) for err in errors)]
         if errors:
             raise HostDeviceError("; ".join(e.message for e in errors), hint=RESTORE_HINT,
                                   details="\n".join(e.details for e in errors))

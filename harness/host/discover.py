@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .inventory import GATEWAY_PLACEHOLDER, ROLES, Inventory, InventoryDevice, default_name
 from . import network
+from . import sriov
 from .safety import critical_devices, plan_group
 from .sysfs import STORAGE_CLASSES, PciDevice, Sysfs, pci_names
 
@@ -47,6 +48,12 @@ class Candidate:
     disk_bytes: int | None = None
     #: The other group members that would move to vfio-pci with it (the draft's companions).
     companions: tuple[str, ...] = ()
+    #: An SR-IOV PF: (sriov_totalvfs, sriov_numvfs), and why the harness may not make its VFs
+    #: (None: it may).
+    sriov: tuple[int, int] | None = None
+    sriov_refused: str | None = None
+    #: A VF: its PF.
+    physfn: str | None = None
 
     @property
     def title(self) -> str:
@@ -85,11 +92,17 @@ def discover(root: "str | Path | Sysfs" = "/", *,
                        for m in plan.members if m.bdf != bdf)
         uses, disk_bytes = _uses(fs, dev.path)
         vname, dname = pci_names(fs.root, dev.vendor, dev.device)
+        pf = sriov.physical_function(fs, bdf) if role == "nic" else None
         out.append(Candidate(role, bdf, dev.ids, vname, dname, dev.class_name, dev.driver,
                              dev.iommu_group, others, plan.safe and not outside,
                              plan.problems + ((outside,) if outside else ()), uses,
                              disk_bytes=disk_bytes if role == "sata-controller" else None,
-                             companions=tuple(m.bdf for m in plan.to_move if m.bdf != bdf)))
+                             companions=tuple(m.bdf for m in plan.to_move if m.bdf != bdf),
+                             sriov=(pf.totalvfs, pf.numvfs) if pf else None,
+                             sriov_refused=sriov.check_request(
+                                 pf, bdf, draft_vfs(pf.totalvfs, pf.numvfs),
+                                 critical=critical) or outside if pf else None,
+                             physfn=sriov.physfn_of(fs, bdf)))
     for usb in fs.usb_devices():
         if usb.is_hub:
             continue
@@ -100,6 +113,12 @@ def discover(root: "str | Path | Sysfs" = "/", *,
                              "USB device", ", ".join(drivers) or None, None, (), not reasons,
                              reasons, busnum=usb.busnum, devnum=usb.devnum))
     return out
+
+
+def draft_vfs(totalvfs: int, numvfs: int) -> int:
+    """How many VFs a drafted inventory asks of a PF: the ones it has, else two (the tests of
+    two VFs of one PF) when it offers two."""
+    return numvfs or min(2, totalvfs)
 
 
 def _uses(fs: Sysfs, device_path: str) -> tuple[tuple[str, ...], int | None]:
@@ -141,6 +160,10 @@ def format_candidates(candidates: list[Candidate]) -> str:
                 else:
                     facts.append(f"IOMMU group {c.iommu_group}"
                                  + (" alone" if not c.group_others else ""))
+            if c.sriov:
+                facts.append(f"SR-IOV PF: {c.sriov[1]} of {c.sriov[0]} VFs")
+            if c.physfn:
+                facts.append(f"SR-IOV VF of {c.physfn}")
             facts += c.uses
             lines.append("      " + ", ".join(facts))
             lines += [f"      group also holds {o}" for o in c.group_others]
@@ -148,6 +171,10 @@ def format_candidates(candidates: list[Candidate]) -> str:
                 lines.append("      safe to take")
             else:
                 lines += [f"      NOT safe: {r}" for r in c.reasons]
+            if c.sriov:
+                lines.append(f"      its VFs: NOT for the harness: {c.sriov_refused}"
+                             if c.sriov_refused else "      its VFs can be taken (the draft "
+                             "lists VF 0 and 1 instead of the PF: pf, vf, vfs)")
     safe = sum(c.safe for c in candidates)
     lines.append(f"{safe} of {len(candidates)} candidates are safe to take"
                  + ("; `python -m harness discover --write inventory.toml` drafts an inventory "
@@ -164,7 +191,18 @@ def draft_inventory(candidates: list[Candidate]) -> Inventory:
         if c.role == "usb-device":
             ids_count[c.ids] = ids_count.get(c.ids, 0) + 1
     for c in candidates:
-        if not c.safe:
+        if c.sriov and not c.sriov_refused:
+            # The common production set-up: the PF stays on the host, its VFs go to guests.
+            count = draft_vfs(*c.sriov)
+            for vf in range(count):
+                devices.append(InventoryDevice(
+                    role=c.role, name=default_name(c.role, pf=c.address, vf=vf), pf=c.address,
+                    vf=vf, vfs=count, gateway=GATEWAY_PLACEHOLDER,
+                    note=f"VF {vf} of {c.title}, driver {c.driver or 'none'} (SR-IOV: "
+                         f"{c.sriov[0]} VFs at most); the harness sets sriov_numvfs and puts "
+                         f"it back" if vf == 0 else ""))
+            continue
+        if not c.safe or c.physfn:  # a VF: its PF's entry makes and names it
             continue
         note = c.title + (f", driver {c.driver}" if c.driver else "")
         if c.role == "usb-device":

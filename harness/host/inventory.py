@@ -29,7 +29,7 @@ from .sysfs import STORAGE_CLASSES, Sysfs, UsbDevice, parse_bdf, short_bdf
 PCI_ROLES = ("nic", "usb-controller", "sata-controller")
 ROLES = PCI_ROLES + ("usb-device",)
 _ROLE_KEYS = {
-    "nic": ("bdf", "gateway", "companions"),
+    "nic": ("bdf", "gateway", "companions", "pf", "vf", "vfs"),
     "usb-controller": ("bdf", "product", "companions"),
     "sata-controller": ("bdf", "disk_bytes", "companions", "no_host_filesystems"),
     "usb-device": ("hostbus", "hostaddr", "vendorid", "productid", "product", "disk_bytes"),
@@ -80,6 +80,12 @@ class InventoryDevice:
     #: Only matters when a mounted filesystem maps to no controller (a ZFS pool), which
     #: otherwise makes every storage controller critical.
     no_host_filesystems: bool | None = None
+    #: nic: an SR-IOV virtual function instead of ``bdf``: its physical function (which stays
+    #: on the host), the VF's index, and how many VFs the PF gets (``sriov_numvfs``). The
+    #: VF's BDF exists once the VFs do: :meth:`Inventory.with_vfs` fills ``bdf`` in.
+    pf: str | None = None
+    vf: int | None = None
+    vfs: int | None = None
     #: A comment ``to_toml`` writes above the entry (what discovery saw); not read back.
     note: str = dataclasses.field(default="", compare=False)
 
@@ -88,10 +94,17 @@ class InventoryDevice:
         return self.role in PCI_ROLES
 
     @property
+    def is_vf(self) -> bool:
+        return self.pf is not None
+
+    @property
     def address(self) -> str:
-        """Where the device is: its BDF, or ``bus 3 addr 3`` / ``03f0:8607`` for USB."""
+        """Where the device is: its BDF, ``VF 0 of 0000:05:00.0`` (not made yet), or
+        ``bus 3 addr 3`` / ``03f0:8607`` for USB."""
         if self.bdf:
             return self.bdf
+        if self.pf:
+            return f"VF {self.vf} of {self.pf}"
         if self.hostbus is not None:
             return f"bus {self.hostbus} addr {self.hostaddr}"
         return f"{self.vendorid[2:]}:{self.productid[2:]}"
@@ -119,6 +132,20 @@ class Inventory:
         listed devices and their companions: the allow-list."""
         return {d.bdf for d in self.devices if d.bdf} | {
             c for d in self.devices for c in d.companions}
+
+    def vf_counts(self) -> dict[str, int]:
+        """PF -> how many VFs the inventory wants it to have (the most any entry asks)."""
+        out: dict[str, int] = {}
+        for d in self.devices:
+            if d.pf:
+                out[d.pf] = max(out.get(d.pf, 0), d.vfs or 0)
+        return out
+
+    def with_vfs(self, vfs: dict[str, list[str]]) -> "Inventory":
+        """This inventory with each VF entry's ``bdf`` filled in from ``vfs`` (PF -> its VFs'
+        BDFs by index, as :func:`harness.host.sriov.vfs_of` reads them)."""
+        return Inventory(tuple(dataclasses.replace(d, bdf=vfs[d.pf][d.vf]) if d.pf else d
+                               for d in self.devices), self.path)
 
     def cleared_storage(self) -> frozenset[str]:
         """Storage controllers the inventory says hold no host filesystem."""
@@ -152,8 +179,11 @@ class Inventory:
 
 def default_name(role: str, bdf: str | None = None, hostbus: int | None = None,
                  hostaddr: int | None = None, vendorid: str | None = None,
-                 productid: str | None = None) -> str:
-    """A name usable in test ids: ``nic-05-00.0``, ``usb-device-3-3``, ``usb-device-03f0-8607``."""
+                 productid: str | None = None, pf: str | None = None, vf: int | None = None) -> str:
+    """A name usable in test ids: ``nic-05-00.0``, ``nic-vf0-05-00.0`` (VF 0 of that PF: ``-k
+    vf``), ``usb-device-3-3``, ``usb-device-03f0-8607``."""
+    if pf:
+        return f"{role}-vf{vf or 0}-{short_bdf(pf).replace(':', '-')}"
     if bdf:
         return f"{role}-{short_bdf(bdf).replace(':', '-')}"
     if hostbus is not None:
@@ -218,12 +248,19 @@ def parse_inventory(text: str, *, source: str = "inventory.toml",
                 checker.check_host(fs, device)
             devices.append(device)
         problems += checker.problems
+    taken = {d.bdf for d in devices if d.bdf} | {c for d in devices for c in d.companions}
+    for pf in sorted({d.pf for d in devices if d.pf} & taken):
+        problems.append(f"{source}: {pf} is the PF of VF entries and is also listed to be "
+                        "taken (bdf or companions); a PF whose VFs the run uses stays on the "
+                        "host (unbinding its driver removes the VFs): drop one")
     if problems:
         raise InventoryError(problems)
     return Inventory(tuple(devices), path)
 
 
 def _identity(d: InventoryDevice) -> tuple:
+    if d.pf:
+        return ("vf", d.pf, d.vf)
     if d.bdf:
         return ("pci", d.bdf)
     if d.hostbus is not None:
@@ -289,11 +326,19 @@ class _EntryChecker:
             self.problem(f"name {name!r} is not letters, digits, '.', '_' and '-'",
                          "rename it: the name becomes part of test ids")
             name = None
+        if fields.get("pf") and not self.problems:
+            fields.setdefault("vf", 0)
+            fields.setdefault("vfs", fields["vf"] + 1)
+            if fields["vf"] >= fields["vfs"]:
+                self.problem(f"vf = {fields['vf']} but vfs = {fields['vfs']}: the PF's VFs are "
+                             f"numbered 0 to {fields['vfs'] - 1}", f"ask for vfs = "
+                             f"{fields['vf'] + 1} or more, or pick a lower vf")
         if self.problems:
             return None
         if name is None:
             name = default_name(role, **{k: fields.get(k) for k in
-                                         ("bdf", "hostbus", "hostaddr", "vendorid", "productid")})
+                                         ("bdf", "hostbus", "hostaddr", "vendorid", "productid",
+                                          "pf", "vf")})
         return InventoryDevice(role=role, name=name, **fields)
 
     def _check_keys(self, role: str) -> set[str]:
@@ -315,9 +360,16 @@ class _EntryChecker:
         return set(self.entry) | misspelt
 
     def _check_required(self, role: str, present: set[str]) -> None:
-        if role in PCI_ROLES and "bdf" not in present:
+        if role == "nic" and {"bdf", "pf"} <= present:
+            self.problem("both 'bdf' and 'pf'", "a VF's entry names its PF (pf, vf, vfs) and "
+                                                "the harness finds the VF's address; drop one")
+        elif role in PCI_ROLES and "bdf" not in present and "pf" not in present:
             self.problem("missing key 'bdf'", 'add bdf = "DDDD:BB:DD.F" (from `lspci -D` or '
-                                              '`python -m harness discover`)')
+                                              '`python -m harness discover`)' +
+                         (", or pf = the PF of an SR-IOV VF" if role == "nic" else ""))
+        if ({"vf", "vfs"} & present) and "pf" not in present:
+            self.problem("'vf'/'vfs' without 'pf'", 'add pf = "DDDD:BB:DD.F", the physical '
+                                                   "function whose VFs these are")
         if role == "nic" and "gateway" not in present:
             self.problem("missing key 'gateway'", 'add gateway = "A.B.C.D", the address the '
                                                   'guest pings through this NIC')
@@ -339,7 +391,7 @@ class _EntryChecker:
 
     def _field(self, key: str):
         value = self.entry[key]
-        if key == "bdf":
+        if key in ("bdf", "pf"):
             if not isinstance(value, str):
                 return self._type(key, value, 'a string like "0000:05:00.0"')
             try:
@@ -368,9 +420,14 @@ class _EntryChecker:
             except ConfigError as err:
                 self.problem(f"companions: {err.message}", "write each like 0000:05:00.1")
                 return None
-        if key in ("disk_bytes", "hostbus", "hostaddr"):
+        if key == "vf":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                return self._type(key, value, "a VF index: 0, 1, ... (0 is the first VF)")
+            return value
+        if key in ("disk_bytes", "hostbus", "hostaddr", "vfs"):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 example = {"disk_bytes": "164696555520 (bytes, as `fdisk -l` shows)",
+                           "vfs": "2 (VFs the PF gets, at most its sriov_totalvfs)",
                            "hostbus": "3 (Bus of `lsusb`)", "hostaddr": "3 (Device of `lsusb`)"}
                 return self._type(key, value, f"a positive integer like {example[key]}")
             return value
@@ -398,6 +455,25 @@ class _EntryChecker:
 def host_problems(root: "str | Path | Sysfs", d: InventoryDevice) -> list[tuple[str, str]]:
     """(problem, fix) if the device is not on this host, or is not what its role needs."""
     fs = Sysfs.of(root)
+    if d.pf and not d.bdf:
+        from .sriov import physical_function
+
+        if not fs.pci_exists(d.pf):
+            return [(f"PCI device {d.pf} (pf) does not exist on this host",
+                     "check `lspci -D` or `python -m harness discover`")]
+        dev = fs.pci_device(d.pf)
+        if dev.class_code >> 8 not in _ROLE_CLASSES["nic"]:
+            return [(f"pf {d.pf} [{dev.ids}] is of class {dev.class_name}; a VF's PF must be "
+                     "an Ethernet controller", "fix the pf")]
+        pf = physical_function(fs, d.pf)
+        if pf is None:
+            return [(f"pf {d.pf} has no SR-IOV capability (no sriov_totalvfs)",
+                     "switch SR-IOV on in the firmware and load the PF's driver, or pick an "
+                     "SR-IOV NIC (`python -m harness discover` lists them)")]
+        if d.vfs > pf.totalvfs:
+            return [(f"vfs = {d.vfs} but {d.pf} offers at most {pf.totalvfs} "
+                     "(sriov_totalvfs)", f"ask for {pf.totalvfs} or fewer")]
+        return []
     if d.is_pci:
         if not fs.pci_exists(d.bdf):
             return [(f"PCI device {d.bdf} does not exist on this host",

@@ -244,6 +244,11 @@ def plan_group(root: "str | Path | Sysfs", bdf: str,
         if m.bdf != bdf and m.class_code >> 8 == 0x0600:
             problems.append(f"group {group} holds the host bridge {m.bdf}: the device is not "
                             f"isolated (no ACS there); use a slot with its own IOMMU group")
+    pf = fs.link_name(fs.pci_dir(bdf) / "physfn")
+    if pf and pf in {m.bdf for m in members}:
+        problems.append(f"group {group} holds {bdf}'s own physical function {pf}: the PF (and "
+                        "every VF beside it) would leave the host with the VF; use a PF whose "
+                        "VFs get IOMMU groups of their own (ACS)")
     listed = {parse_bdf(a) for a in allowed} if allowed is not None else None
     for m in to_move:
         if m.bdf == bdf:

@@ -12,7 +12,8 @@ Layout, as on a real host::
 
 Files in a temp dir do not react to writes; ``FakeHost.kernel`` is the ``on_write`` hook of the
 :class:`Sysfs` it hands out, and updates the links like Linux: ``driver_override``, ``unbind``,
-``bind``, ``drivers_probe``, ``new_id``, ``remove_id``. ``fail`` makes a write fail with an errno;
+``bind``, ``drivers_probe``, ``new_id``, ``remove_id``, and a PF's ``sriov_numvfs`` (which makes
+or removes its VFs: :meth:`FakeHost.sriov_capable`). ``fail`` makes a write fail with an errno;
 ``kill_at`` raises :class:`Killed` (a run killed by SIGKILL: no cleanup runs).
 """
 
@@ -78,6 +79,7 @@ class FakeHost:
         self.ids: dict[str, set[str]] = {}      # driver -> "vvvv:dddd" it matches
         self.dynids: dict[str, set[str]] = {}   # driver -> ids added by new_id
         self.usb_controllers: dict[int, str] = {}
+        self.sriov: dict[str, dict] = {}        # PF -> its SR-IOV capability and VFs
         for d in ("bus/pci/devices", "bus/pci/drivers", "devices/pci0000:00",
                   "kernel/iommu_groups", "bus/usb/devices", "bus/usb/drivers", "class/net",
                   "class/block", "devices/virtual/net", "devices/virtual/block", "class/iommu",
@@ -140,6 +142,60 @@ class FakeHost:
             self._link(d / "iommu_group", g)
             self._link(g / "devices" / bdf, d)
         return d
+
+    def sriov_capable(self, pf: str, totalvfs: int, *, vf_ids: str = "8086:10ca",
+                      vf_driver: str | None = "igbvf", first_group: int = 100) -> None:
+        """Give the PCI function ``pf`` the SR-IOV capability, as its driver would: VF ``i``
+        appears at slot 0x10 + i / 8 of the PF's bus, in IOMMU group ``first_group + i``
+        (isolated, as 82576 VFs are), and binds to ``vf_driver`` if it is loaded."""
+        d = self.dev_dir(pf)
+        (d / "sriov_totalvfs").write_text(f"{totalvfs}\n")
+        (d / "sriov_numvfs").write_text("0\n")
+        self.sriov[pf] = {"total": totalvfs, "numvfs": 0, "vf_ids": vf_ids,
+                          "vf_driver": vf_driver, "first_group": first_group}
+        if vf_driver:
+            self.add_driver(vf_driver, [vf_ids])
+
+    def vf_address(self, pf: str, index: int) -> str:
+        return f"{pf[:8]}{0x10 + index // 8:02x}.{index % 8}"
+
+    def _set_numvfs(self, path: Path, pf: str, value: str) -> None:
+        cap = self.sriov[pf]
+
+        def refuse(err: int) -> None:
+            path.write_text(f"{cap['numvfs']}\n")  # the kernel keeps the old count
+            raise OSError(err, os.strerror(err))
+
+        try:
+            n = int(value)
+        except ValueError:
+            refuse(errno.EINVAL)
+        if n > cap["total"]:
+            refuse(errno.ERANGE)
+        if n and cap["numvfs"]:
+            refuse(errno.EBUSY)
+        pf_dir = self.dev_dir(pf)
+        if n == 0:
+            for i in range(cap["numvfs"]):
+                vf = self.vf_address(pf, i)
+                if self.driver_of(vf):
+                    self._unbind(vf)
+                vf_dir = self.dev_dir(vf)
+                group = Path(os.path.realpath(vf_dir / "iommu_group"))
+                (group / "devices" / vf).unlink()
+                (self.sys / "bus/pci/devices" / vf).unlink()
+                (pf_dir / f"virtfn{i}").unlink()
+                shutil.rmtree(vf_dir)
+        for i in range(n):
+            vf = self.vf_address(pf, i)
+            above = pf_dir.parent.name  # VFs sit beside their PF (behind the same port)
+            vf_dir = self.add_pci(vf, cap["vf_ids"], 0x020000, group=cap["first_group"] + i,
+                                  parent=above if above.count(":") == 2 else None)
+            self._link(vf_dir / "physfn", pf_dir)
+            self._link(pf_dir / f"virtfn{i}", vf_dir)
+            self._probe(vf)
+        cap["numvfs"] = n
+        path.write_text(f"{n}\n")
 
     def add_net(self, ifname: str, bdf: str | None = None, lower=()) -> None:
         base = self.dev_dir(bdf) if bdf else self.sys / "devices/virtual"
@@ -318,6 +374,8 @@ class FakeHost:
                 self.dynids[driver].discard(ids)
         elif parts[:3] == ("bus", "pci", "devices") and parts[-1] == "driver_override":
             path.write_text((v or "(null)") + "\n")
+        elif parts[:3] == ("bus", "pci", "devices") and parts[-1] == "sriov_numvfs":
+            self._set_numvfs(path, parts[3], v)
 
 
 def _tmpfs_dir() -> Path | None:

@@ -1,0 +1,113 @@
+"""SR-IOV: a NIC's physical function (PF) stays on the host, its virtual functions (VFs) go to
+guests through vfio-pci like any other device.
+
+The kernel makes a PF's VFs when a number is written to its ``sriov_numvfs`` (at most
+``sriov_totalvfs``; a count can only change through 0, which removes every VF). The harness
+writes it only when the PF has no VF yet, journals the count it found (0) before the write, and
+writes it back when it lets go; a run killed in between is put right by ``python -m harness
+restore`` as a device left on vfio-pci is (:func:`harness.host.binding.restore_from_journal`).
+
+    >>> vfs = binder.enable_vfs("0000:05:00.0", 2)       # doctest: +SKIP
+    >>> binder.bind(vfs[0], allowed=...)                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+
+from ..errors import HostDeviceError
+from .sysfs import Sysfs, parse_bdf
+
+_VIRTFN = re.compile(r"virtfn(\d+)")
+
+
+@dataclasses.dataclass(frozen=True)
+class PhysicalFunction:
+    """A PCI function with the SR-IOV capability, as sysfs shows it now."""
+
+    bdf: str
+    totalvfs: int
+    numvfs: int
+    #: Its VFs' addresses, by VF index (``virtfn0``, ``virtfn1``, ...).
+    vfs: tuple[str, ...]
+    driver: str | None
+
+
+def physical_function(root: "str | Sysfs", bdf: str) -> PhysicalFunction | None:
+    """The PF at ``bdf``; None when the function has no SR-IOV capability (no
+    ``sriov_totalvfs``: not SR-IOV hardware, SR-IOV off in the firmware, or a driver without
+    it)."""
+    fs = Sysfs.of(root)
+    bdf = parse_bdf(bdf)
+    d = fs.pci_dir(bdf)
+    total = fs.read(d / "sriov_totalvfs")
+    if total is None:
+        return None
+    numvfs = fs.read(d / "sriov_numvfs")
+    return PhysicalFunction(bdf, _int(total), _int(numvfs or "0"), tuple(vfs_of(fs, bdf)),
+                            fs.link_name(d / "driver"))
+
+
+def vfs_of(root: "str | Sysfs", pf: str) -> list[str]:
+    """The VFs of ``pf`` now, ordered by VF index."""
+    fs = Sysfs.of(root)
+    d = fs.pci_dir(parse_bdf(pf))
+    found = []
+    for link in d.glob("virtfn*"):
+        m = _VIRTFN.fullmatch(link.name)
+        name = fs.link_name(link)
+        if m and name:
+            found.append((int(m[1]), name))
+    return [name for _, name in sorted(found)]
+
+
+def physfn_of(root: "str | Sysfs", bdf: str) -> str | None:
+    """The PF of a VF (None: ``bdf`` is not a VF)."""
+    fs = Sysfs.of(root)
+    return fs.link_name(fs.pci_dir(parse_bdf(bdf)) / "physfn")
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        return 0
+
+
+def check_request(pf: PhysicalFunction | None, bdf: str, count: int, *,
+                  critical: dict[str, list[str]]) -> str | None:
+    """Why ``count`` VFs of the PF at ``bdf`` cannot be had (None: they can). ``critical``: the
+    host's own devices (:func:`harness.host.safety.critical_devices`)."""
+    if pf is None:
+        return (f"{bdf} has no SR-IOV capability (no sriov_totalvfs): not an SR-IOV device, "
+                "SR-IOV switched off in the firmware, or its driver does not offer it")
+    if count < 1:
+        return f"vfs = {count}: ask for at least one VF"
+    if count > pf.totalvfs:
+        return f"{bdf} offers at most {pf.totalvfs} VFs (sriov_totalvfs), {count} asked for"
+    if pf.numvfs >= count:
+        return None  # nothing to write: the VFs are there
+    if pf.numvfs:
+        return (f"{bdf} has {pf.numvfs} VFs already and the kernel changes a count only "
+                f"through 0, which would remove them from whoever uses them")
+    if critical.get(bdf):
+        return (f"{bdf} is the host's own device ({'; '.join(critical[bdf])}): making VFs resets "
+                "some PFs' links (ixgbe, i40e), so the harness never writes its sriov_numvfs")
+    return None
+
+
+def set_numvfs(fs: Sysfs, pf: str, count: int, timeout: float) -> list[str]:
+    """Write ``count`` to the PF's ``sriov_numvfs`` and wait until its VFs are on the bus."""
+    fs.write(fs.pci_dir(pf) / "sriov_numvfs", str(count))
+    deadline = time.monotonic() + timeout
+    while True:
+        vfs = vfs_of(fs, pf)
+        if len(vfs) == count and all(fs.pci_exists(v) for v in vfs):
+            return vfs
+        if time.monotonic() >= deadline:
+            raise HostDeviceError(f"{pf}: {len(vfs)} VFs {timeout:g} s after writing {count} to "
+                                  "sriov_numvfs", hint="`dmesg | tail` says why the PF's "
+                                                       "driver did not make them")
+        time.sleep(0.05)

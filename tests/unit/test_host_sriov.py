@@ -1,0 +1,261 @@
+"""SR-IOV on a fake host: making a PF's VFs (journaled, put back), binding a VF, a run killed
+half-way and `restore`, the refusals (no SR-IOV, too many VFs, VFs already there, the host's
+own NIC, a VF grouped with its PF), and the inventory's VF entries."""
+
+import json
+import os
+
+import pytest
+
+from harness.errors import HostDeviceError
+from harness.host import sriov
+from harness.host.binding import Journal, VfioBinder, restore_from_journal
+from harness.host.inventory import InventoryError, parse_inventory
+from harness.host.safety import critical_devices, plan_group
+
+from . import fakesysfs
+from .fakesysfs import FakeHost, Killed
+
+fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
+
+PF = "0000:08:00.0"
+VF0, VF1 = "0000:08:10.0", "0000:08:10.1"
+
+
+@pytest.fixture
+def host(lab: FakeHost) -> FakeHost:
+    """The lab host with an 82576 (igb, SR-IOV, 7 VFs) behind its own root port."""
+    lab.add_pci("0000:00:1c.6", "8086:a33e", 0x060400, "pcieport", 16)
+    lab.add_pci(PF, "8086:10c9", 0x020000, "igb", 17, parent="0000:00:1c.6")
+    lab.sriov_capable(PF, 7)
+    return lab
+
+
+@pytest.fixture
+def journal(fake_root):
+    return fake_root / "var/lib/hotplug-harness/vfio-journal.json"
+
+
+def entries(journal) -> list[dict]:
+    return json.loads(journal.read_text())["entries"] if journal.exists() else []
+
+
+def set_numvfs(host: FakeHost, n: int, pf: str = PF) -> None:
+    """What a person (or another tool) does by hand: echo n > .../sriov_numvfs."""
+    host.sysfs().write(host.sys / "bus/pci/devices" / pf / "sriov_numvfs", str(n))
+
+
+def numvfs(host: FakeHost, pf: str = PF) -> int:
+    return int((host.dev_dir(pf) / "sriov_numvfs").read_text())
+
+
+def test_physical_function_reads_the_capability(host):
+    pf = sriov.physical_function(host.sysfs(), "08:00.0")
+    assert pf == sriov.PhysicalFunction(PF, totalvfs=7, numvfs=0, vfs=(), driver="igb")
+    assert sriov.physical_function(host.sysfs(), "05:00.0") is None  # the 82599 here has none
+    set_numvfs(host, 2)
+    assert sriov.vfs_of(host.sysfs(), PF) == [VF0, VF1]
+    assert sriov.physfn_of(host.sysfs(), VF1) == PF
+    assert sriov.physfn_of(host.sysfs(), PF) is None
+
+
+def test_vfs_made_journaled_first_bound_and_all_put_back(host, journal):
+    journaled_before_write = []
+    host.on_any_write = lambda rel, v: rel.endswith("sriov_numvfs") and v == "2" and \
+        journaled_before_write.append(entries(journal))
+    binder = VfioBinder(host.sysfs(), journal=journal)
+    vfs = binder.enable_vfs("08:00.0", 2)
+    assert vfs == [VF0, VF1] and numvfs(host) == 2
+    [[entry]] = journaled_before_write
+    assert entry["kind"] == "sriov" and entry["bdf"] == PF and entry["numvfs"] == 0
+    assert host.driver_of(VF0) == "igbvf"
+
+    lease = binder.bind(VF0, allowed={VF0, VF1})
+    assert host.driver_of(VF0) == "vfio-pci" and host.driver_of(PF) == "igb"
+    assert lease.members == [VF0]  # each VF in its own group; the PF stays on the host
+    lease.release()
+    assert host.driver_of(VF0) == "igbvf"
+    binder.close()
+    assert numvfs(host) == 0 and not host.dev_dir(PF).joinpath("virtfn0").exists()
+    assert entries(journal) == []
+    assert host.driver_of(PF) == "igb"
+
+
+def test_vfs_already_there_are_used_as_they_are(host, journal):
+    set_numvfs(host, 4)
+    host.writes.clear()
+    binder = VfioBinder(host.sysfs(), journal=journal)
+    assert binder.enable_vfs(PF, 2) == [VF0, VF1]
+    binder.close()
+    assert host.writes == [] and numvfs(host) == 4 and entries(journal) == []
+
+
+def test_a_killed_run_is_put_back_by_restore_vf_first(host, journal):
+    binder = VfioBinder(host.sysfs(), journal=journal)
+    binder.enable_vfs(PF, 2)
+    host.kill_at = ("drivers_probe", VF1)
+    with pytest.raises(Killed):
+        binder.bind(VF1, allowed={VF1})
+    host.kill_at = None
+    assert {e.get("kind", "vfio") for e in entries(journal)} == {"sriov", "vfio"}
+    host.writes.clear()
+    results = restore_from_journal(host.sysfs(), journal, include_live=True)
+    assert [(r.bdf, r.status) for r in results] == [(VF1, "restored"), (PF, "restored")]
+    assert results[1].detail == "sriov_numvfs back to 0 (from 2)"
+    # the VF went back to its driver before the PF's count removed it
+    assert [w for w in host.writes if w[0].endswith("sriov_numvfs")] == [
+        (f"sys/bus/pci/devices/{PF}/sriov_numvfs", "0")]
+    assert numvfs(host) == 0 and entries(journal) == []
+
+
+def test_restore_leaves_a_pf_whose_vf_a_qemu_holds(host, journal):
+    VfioBinder(host.sysfs(), journal=journal).enable_vfs(PF, 2)
+    host.file("proc/4321/comm", "qemu-system-x86\n")
+    (host.root / "proc/4321/fd").mkdir()
+    os.symlink("/dev/vfio/101", host.root / "proc/4321/fd/17")  # VF1's group
+    with pytest.raises(HostDeviceError) as e:
+        restore_from_journal(host.sysfs(), journal, include_live=True)
+    assert (f"{PF}: failed: its VF {VF1} is in use (/dev/vfio/101 open by pid 4321 "
+            "(qemu-system-x86)); stop it (kill 4321), then restore again") in e.value.details
+    assert numvfs(host) == 2 and len(entries(journal)) == 1
+
+
+def refusal(host, journal, pf, count) -> str:
+    host.writes.clear()
+    sysfs_now = lambda: {k: v for k, v in host.snapshot().items() if k.startswith("sys")}  # noqa: E731
+    before = sysfs_now()
+    with pytest.raises(HostDeviceError) as e:
+        VfioBinder(host.sysfs(), journal=journal, ssh_connection="").enable_vfs(pf, count)
+    assert host.writes == [] and sysfs_now() == before
+    assert entries(journal) == []
+    return e.value.message
+
+
+def test_refusals_before_any_write(host, journal):
+    assert "0000:05:00.0 has no SR-IOV capability (no sriov_totalvfs)" in refusal(
+        host, journal, "05:00.0", 1)
+    assert f"{PF} offers at most 7 VFs (sriov_totalvfs), 8 asked for" in refusal(
+        host, journal, PF, 8)
+    assert "PCI device 0000:09:00.0 (an SR-IOV PF in the inventory) does not exist" in refusal(
+        host, journal, "09:00.0", 1)
+    set_numvfs(host, 1)
+    assert (f"{PF} has 1 VFs already and the kernel changes a count only through 0, which "
+            "would remove them from whoever uses them") in refusal(host, journal, PF, 2)
+
+
+def test_refuses_the_pf_that_carries_the_hosts_route(host, journal):
+    host.sriov_capable("0000:02:00.0", 7)  # the I210 of the default route, made SR-IOV here
+    message = refusal(host, journal, "02:00.0", 1)
+    assert "0000:02:00.0 is the host's own device (carries the default route" in message
+    assert "never writes its sriov_numvfs" in message
+
+
+def test_a_vf_grouped_with_its_pf_is_refused(host, journal):
+    host.sriov_capable(PF, 7, first_group=17)  # no ACS: VF 0 lands in the PF's group
+    set_numvfs(host, 1)
+    plan = plan_group(host.sysfs(), VF0, critical_devices(host.sysfs(), ssh_connection=""),
+                      allowed={VF0})
+    assert any(f"group 17 holds {VF0}'s own physical function {PF}" in p for p in plan.problems)
+
+
+def test_a_failed_write_puts_the_count_back(host, journal):
+    host.sriov[PF]["vf_driver"] = None
+    host.fail[("sriov_numvfs", "2")] = 12  # ENOMEM, as a PF short of MSI-X vectors says
+    with pytest.raises(HostDeviceError, match="Cannot allocate memory"):
+        VfioBinder(host.sysfs(), journal=journal).enable_vfs(PF, 2)
+    assert numvfs(host) == 0 and entries(journal) == []
+
+
+def test_a_journal_with_a_bad_sriov_entry_is_refused(journal):
+    journal.parent.mkdir(parents=True)
+    journal.write_text(json.dumps({"entries": [{"kind": "sriov", "bdf": PF, "numvfs": "0; rm",
+                                                "pid": 1}]}))
+    with pytest.raises(HostDeviceError, match="numvfs '0; rm' is not a VF count"):
+        Journal(journal).read()
+
+
+# -- the inventory ---------------------------------------------------------------------------------
+
+VF_ENTRY = f"""
+[[device]]
+role = "nic"
+pf = "08:00.0"
+vf = {{vf}}
+vfs = {{vfs}}
+gateway = "10.0.8.2"
+"""
+
+
+def inventory(host, text):
+    return parse_inventory(text, root=host.sysfs())
+
+
+def test_inventory_vf_entries(host):
+    inv = inventory(host, VF_ENTRY.format(vf=0, vfs=2) + VF_ENTRY.format(vf=1, vfs=2))
+    a, b = inv.devices
+    assert (a.name, a.pf, a.vf, a.vfs, a.bdf) == ("nic-vf0-08-00.0", PF, 0, 2, None)
+    assert b.name == "nic-vf1-08-00.0" and a.address == f"VF 0 of {PF}"
+    assert inv.vf_counts() == {PF: 2}
+    resolved = inv.with_vfs({PF: [VF0, VF1]})
+    assert [d.bdf for d in resolved.devices] == [VF0, VF1]
+    assert resolved.pci_addresses() == {VF0, VF1}  # never the PF
+    default = inventory(host, '[[device]]\nrole = "nic"\npf = "08:00.0"\ngateway = "10.0.8.2"\n')
+    assert (default.devices[0].vf, default.devices[0].vfs) == (0, 1)
+
+
+@pytest.mark.parametrize("text, problem", [
+    (VF_ENTRY.format(vf=2, vfs=2), "vf = 2 but vfs = 2: the PF's VFs are numbered 0 to 1"),
+    (VF_ENTRY.format(vf=0, vfs=8), f"vfs = 8 but {PF} offers at most 7 (sriov_totalvfs)"),
+    (VF_ENTRY.format(vf=-1, vfs=2), "vf = -1 is not a VF index"),
+    (VF_ENTRY.format(vf=0, vfs=2).replace('pf = "08:00.0"', 'pf = "05:00.0"'),
+     "pf 0000:05:00.0 has no SR-IOV capability (no sriov_totalvfs)"),
+    (VF_ENTRY.format(vf=0, vfs=2).replace('pf = "08:00.0"', 'pf = "00:17.0"'),
+     "a VF's PF must be an Ethernet controller"),
+    (VF_ENTRY.format(vf=0, vfs=2) + 'bdf = "08:10.0"\n', "both 'bdf' and 'pf'"),
+    ('[[device]]\nrole = "nic"\nvf = 1\ngateway = "10.0.8.2"\n', "'vf'/'vfs' without 'pf'"),
+    (VF_ENTRY.format(vf=0, vfs=2) + VF_ENTRY.format(vf=0, vfs=2), "same device (VF 0 of"),
+])
+def test_inventory_vf_problems(host, text, problem):
+    with pytest.raises(InventoryError) as e:
+        inventory(host, text)
+    assert any(problem in p for p in e.value.problems), e.value.problems
+
+
+def test_a_pf_listed_to_be_taken_and_for_its_vfs_is_refused(host):
+    text = VF_ENTRY.format(vf=0, vfs=1) + '[[device]]\nrole = "nic"\nbdf = "08:00.0"\ngateway = "10.0.8.2"\n'
+    with pytest.raises(InventoryError) as e:
+        inventory(host, text)
+    assert any(f"{PF} is the PF of VF entries and is also listed to be taken" in p
+               for p in e.value.problems), e.value.problems
+
+
+# -- discovery -----------------------------------------------------------------------------------
+
+
+def test_discover_lists_sr_iov_pfs_and_drafts_their_vfs(host):
+    from harness.host.discover import discover, draft_inventory, format_candidates
+
+    set_numvfs(host, 2)
+    found = {c.address: c for c in discover(host.sysfs(), ssh_connection="")}
+    assert found[PF].sriov == (7, 2) and found[PF].sriov_refused is None
+    assert found[VF0].physfn == PF and found["0000:05:00.0"].sriov is None
+    text = format_candidates(list(found.values()))
+    assert "SR-IOV PF: 2 of 7 VFs" in text and f"SR-IOV VF of {PF}" in text
+    draft = draft_inventory(list(found.values()))
+    vfs = [d for d in draft.devices if d.pf]
+    assert [(d.name, d.vf, d.vfs) for d in vfs] == [("nic-vf0-08-00.0", 0, 2),
+                                                    ("nic-vf1-08-00.0", 1, 2)]
+    assert PF not in draft.pci_addresses() and VF0 not in draft.pci_addresses()
+    # the draft reads back once the gateway is filled in
+    again = parse_inventory(draft.to_toml().replace('"FILL-IN"', '"10.0.8.2"'), check_host=False)
+    assert [(d.name, d.pf, d.vf, d.vfs, d.gateway) for d in again.devices if d.pf] == [
+        (d.name, d.pf, d.vf, d.vfs, "10.0.8.2") for d in vfs]
+
+
+def test_discover_says_why_a_pfs_vfs_are_not_for_the_harness(host):
+    from harness.host.discover import discover, draft_inventory
+
+    host.sriov_capable("0000:02:00.0", 7)  # the NIC of the default route
+    c = next(c for c in discover(host.sysfs(), ssh_connection="") if c.address == "0000:02:00.0")
+    assert "is the host's own device" in c.sriov_refused
+    assert not [d for d in draft_inventory([c]).devices]
