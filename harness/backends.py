@@ -105,6 +105,28 @@ class Vfio(Backend):
         self._ask_the_doctor()
         self.binder = binding.VfioBinder("/", timeout=self.pace(5.0),
                                          cleared_storage=self.inventory.cleared_storage())
+        self._make_vfs()
+
+    def _make_vfs(self) -> None:
+        """The inventory's SR-IOV VF entries get their addresses. The run's first process (the
+        xdist controller, which starts before its workers, or the only one) makes each PF's
+        VFs, journaled, put back at the end of the run (:meth:`give_back`); workers find them."""
+        from .host import sriov
+
+        found = {}
+        for pf, count in self.inventory.vf_counts().items():
+            if not self.worker:
+                found[pf] = self.binder.enable_vfs(pf, count)
+                print(f"hotplug-harness: {pf} has {count} VFs for this run: "
+                      f"{', '.join(found[pf])}")
+                continue
+            found[pf] = sriov.vfs_of("/", pf)
+            if len(found[pf]) < count:
+                raise LabError(f"{pf} has {len(found[pf])} VFs, the inventory asks for {count}",
+                               hint="the run's controller makes them before its workers start: "
+                                    "did another process set sriov_numvfs meanwhile?")
+        if found:
+            self.inventory = self.inventory.with_vfs(found)
 
     def _require_root(self) -> None:
         if os.geteuid() != 0:
@@ -216,6 +238,7 @@ class Lab(Vfio):
         self._ask_the_doctor("the lab host", ": a bug in the lab image (harness/lab/)")
         self.binder = binding.VfioBinder("/", timeout=self.pace(5.0),
                                          cleared_storage=self.inventory.cleared_storage())
+        self._make_vfs()
 
     def keeps(self, path: Path, passthrough: bool) -> bool:
         # The lab is for the scenarios' real passthrough; the unit and self-tests (emulated

@@ -8,6 +8,8 @@ and emulated devices that play the host devices of a VT-d lab:
 role                  L1 address      device
 ====================  ==============  ===================================================
 nic                   0000:00:03.0    e1000e on QEMU user networking (gateway 10.0.5.2)
+nic (igb-vf0, -vf1)   VFs 0 and 1     of an igb (82576, SR-IOV) behind the root port 00:07.0,
+                                      on its own user network (gateway 10.0.6.2)
 sata-controller       0000:00:04.0    ich9-ahci with a 64 MiB disk
 usb-controller        0000:00:05.0    qemu-xhci with a usb-tablet behind it
 usb-device            (EHCI bus)      usb-storage (32 MiB) on a usb-ehci at 0000:00:06.0
@@ -34,7 +36,7 @@ process), ``outer`` (the outer run and what the run inside leaves for it).
 """
 
 from ..errors import LabError
-from .devices import (DEVICES, EHCI_BDF, GROUPED_BDF, LAB_GATEWAY, NIC_BDF,
+from .devices import (DEVICES, EHCI_BDF, SRIOV_GATEWAY, SRIOV_PORT_BDF, GROUPED_BDF, LAB_GATEWAY, NIC_BDF,
                       SATA_BDF, SATA_DISK_BYTES, STICK_BYTES, STICK_IDS, STICK_PRODUCT,
                       TABLET_PRODUCT, XHCI_BDF, find_usb, write_inventory)
 from .host import MAX_SHARES, SHARE_SLOT, LabHost, lab_argv, shares_for

@@ -14,6 +14,12 @@ NIC_BDF = "0000:00:03.0"
 SATA_BDF = "0000:00:04.0"
 XHCI_BDF = "0000:00:05.0"
 EHCI_BDF = "0000:00:06.0"
+#: The PCIe root port the SR-IOV NIC (an igb, Intel 82576) sits behind; the PF is on its bus.
+SRIOV_PORT_BDF = "0000:00:07.0"
+SRIOV_PF_IDS = ("8086", "10c9")
+SRIOV_GATEWAY = "10.0.6.2"
+#: VFs the lab's PF gets: two, for the tests that hot-add two VFs of one PF.
+SRIOV_VFS = 2
 #: Q35's own AHCI, sharing IOMMU group with the LPC bridge and SMBus: never viable alone.
 GROUPED_BDF = "0000:00:1f.2"
 LAB_GATEWAY = "10.0.5.2"
@@ -39,6 +45,9 @@ class LabDevice:
     #: found inside the lab host).
     inventory: tuple[tuple[str, object], ...] = ()
     usb: bool = False
+    #: An SR-IOV PF behind the root port at ``bdf``: the inventory gets this many VF entries
+    #: (the PF's address is found inside the lab host).
+    vfs: int = 0
 
     @property
     def addr(self) -> str:
@@ -50,6 +59,14 @@ DEVICES = (
               ("-netdev", "user,id=labnet,net=10.0.5.0/24",
                "-device", "e1000e,netdev=labnet,id=labnic,bus=pcie.0,addr={addr},romfile="),
               (("gateway", LAB_GATEWAY),)),
+    # The guide's SR-IOV NIC family: QEMU 8.0+ emulates the 82576 with up to 7 VFs (L1's QEMU is
+    # 10.0); Linux treats 82576 functions as isolated (an ACS quirk), so each VF has an IOMMU
+    # group of its own behind the root port. Its own user network: the VFs' DHCP and gateway.
+    LabDevice("nic", "igb", SRIOV_PORT_BDF,
+              ("-netdev", "user,id=labvfnet,net=10.0.6.0/24",
+               "-device", "pcie-root-port,id=labrp,bus=pcie.0,addr={addr},chassis=7",
+               "-device", "igb,netdev=labvfnet,id=labigb,bus=labrp,romfile="),
+              (("gateway", SRIOV_GATEWAY),), vfs=SRIOV_VFS),
     LabDevice("sata-controller", "ahci", SATA_BDF,
               ("-drive", "if=none,id=labdisk,file={disk},format=raw",
                "-device", "ich9-ahci,id=labahci,bus=pcie.0,addr={addr}",
@@ -84,12 +101,32 @@ def find_usb(vendorid: str, productid: str, root: "str | Path" = "/") -> tuple[i
     return found[0]
 
 
+def find_pci(vendor: str, device: str, root: "str | Path" = "/") -> str:
+    """The address of the one PCI function with these ids (a PF behind a root port: its bus
+    number is the firmware's choice)."""
+    fs = Sysfs.of(root)
+    found = [b for b in fs.pci_addresses() if (fs.pci_device(b).vendor, fs.pci_device(b).device)
+             == (vendor, device)]
+    if len(found) != 1:
+        raise LabError(f"the lab host has {len(found)} PCI functions {vendor}:{device} "
+                       "(expected the one igb PF behind its root port)",
+                       hint="the lab host's devices are set in harness/lab/devices.py (DEVICES)")
+    return found[0]
+
+
 def write_inventory(workdir: Path, root: "str | Path" = "/", roles=None) -> Path:
     """The lab's own inventory (the format of docs/vfio.md), from the table and what the lab
     host has (the stick's bus and address); with ``roles`` (--roles), only their devices."""
     text = "# The lab host's devices (written by harness/lab/devices.py inside the lab host).\n"
     for d in DEVICES:
         if roles and d.role not in roles:
+            continue
+        if d.vfs:
+            pf = find_pci(*SRIOV_PF_IDS, root=root)
+            for vf in range(d.vfs):
+                text += (f"\n[[device]]\nrole = {json.dumps(d.role)}\nname = "
+                         f'"{d.name}-vf{vf}"\npf = "{pf}"\nvf = {vf}\nvfs = {d.vfs}\n')
+                text += "".join(f"{k} = {json.dumps(v)}\n" for k, v in d.inventory)
             continue
         text += f"\n[[device]]\nrole = {json.dumps(d.role)}\nname = {json.dumps(d.name)}\n"
         if d.usb:

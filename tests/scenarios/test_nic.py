@@ -24,7 +24,11 @@ def test_nic(hotplug, platform, device, guest):
     assert info.class_name == "Ethernet controller", info
     seen = checks.guest_sees_pci(guest, fn)
     assert seen.class_name == "Ethernet controller", seen
-    checks.guest_driver_bound(guest, fn, device.guest_driver)
+    driver = checks.guest_driver_bound(guest, fn, device.guest_driver)
+    if getattr(getattr(device, "entry", None), "pf", None):  # an SR-IOV VF (-k vf)
+        assert "Virtual Function" in seen.description, f"not a VF to the guest: {seen}"
+        hotplug.note(f"VF {device.entry.vf} of {device.entry.pf}: {seen.description}, "
+                     f"guest driver {driver}")
 
     ifname = checks.new_interface(guest, interfaces)
     address = checks.ipv4_address(guest, ifname)

@@ -81,6 +81,9 @@ def lab_host_sysfs(root) -> FakeHost:
     h.add_pci(lab.SATA_BDF, "8086:2922", 0x010601, "ahci", 4)
     h.add_pci(lab.XHCI_BDF, "1b36:000d", 0x0c0330, "xhci_hcd", 5)
     h.add_pci(lab.EHCI_BDF, "8086:24cd", 0x0c0320, "ehci-pci", 6)
+    h.add_pci(lab.SRIOV_PORT_BDF, "1b36:000c", 0x060400, "pcieport", 7)
+    h.add_pci("0000:01:00.0", "8086:10c9", 0x020000, "igb", 8, parent=lab.SRIOV_PORT_BDF)
+    h.sriov_capable("0000:01:00.0", 7)
     h.add_usb_bus(2, lab.XHCI_BDF)
     h.add_usb_bus(3, lab.EHCI_BDF)
     h.add_usb("2-1", 2, "0627:0001", lab.TABLET_PRODUCT, "QEMU")
@@ -92,8 +95,11 @@ def test_write_inventory_describes_the_lab_host(tmp_path):
     host = lab_host_sysfs(tmp_path / "root")
     path = lab.write_inventory(tmp_path, root=host.root)
     inv = load_inventory(path, root=host.root)
-    by_role = {d.role: d for d in inv.devices}
+    by_role = {d.role: d for d in inv.devices if not d.pf}
     assert by_role["nic"].bdf == lab.NIC_BDF and by_role["nic"].gateway == lab.LAB_GATEWAY
+    vfs = [d for d in inv.devices if d.pf]
+    assert [(d.name, d.pf, d.vf, d.vfs, d.gateway) for d in vfs] == [
+        (f"igb-vf{i}", "0000:01:00.0", i, 2, lab.SRIOV_GATEWAY) for i in range(2)]
     assert by_role["sata-controller"].disk_bytes == lab.SATA_DISK_BYTES
     assert by_role["usb-controller"].bdf == lab.XHCI_BDF
     stick = by_role["usb-device"]
@@ -106,7 +112,7 @@ def test_write_inventory_with_roles_lists_only_their_devices(tmp_path):
     host = lab_host_sysfs(tmp_path / "root")
     inv = load_inventory(lab.write_inventory(tmp_path, root=host.root, roles={"nic", "sata-controller"}),
                          root=host.root)
-    assert sorted(d.role for d in inv.devices) == ["nic", "sata-controller"]
+    assert sorted(d.role for d in inv.devices) == ["nic", "nic", "nic", "sata-controller"]
 
 
 def test_write_inventory_needs_exactly_one_stick(tmp_path):
