@@ -239,6 +239,9 @@ class Lab(Vfio):
         self.binder = binding.VfioBinder("/", timeout=self.pace(5.0),
                                          cleared_storage=self.inventory.cleared_storage())
         self._make_vfs()
+        if not self.worker:
+            for pf in self.inventory.vf_counts():
+                lab_mod.link_up(pf)
 
     def keeps(self, path: Path, passthrough: bool) -> bool:
         # The lab is for the scenarios' real passthrough; the unit and self-tests (emulated

@@ -19,6 +19,7 @@ from pathlib import Path
 from ..accel import cpu_virt_flags
 from ..errors import HostDeviceError
 from ..process import device_names, qemu_query
+from . import sriov
 from .binding import Journal, owner_alive
 from .inventory import Inventory, find_usb_device, host_problems
 from .network import namespace_problem
@@ -336,6 +337,8 @@ def _inventory_checks(fs: Sysfs, inventory: Inventory, ssh_connection: str | Non
             checks.append(Check(name, False, what, fix))
         elif not d.is_pci:
             checks.append(_usb_device_check(fs, name, find_usb_device(fs, d), critical))
+        elif d.pf and not d.bdf:
+            checks.append(_vf_check(fs, name, d, critical))
         else:
             plan = plan_group(fs, d.bdf, critical, allowed=inventory.pci_addresses())
             if plan.problems:
@@ -350,6 +353,18 @@ def _inventory_checks(fs: Sysfs, inventory: Inventory, ssh_connection: str | Non
                                             + (f" (also takes {', '.join(moving)})" if moving
                                                else "")))
     return checks
+
+
+def _vf_check(fs: Sysfs, name: str, d, critical: dict) -> Check:
+    """An SR-IOV VF entry before the run makes the VFs: may the harness have them?"""
+    pf = sriov.physical_function(fs, d.pf)
+    why = sriov.check_request(pf, d.pf, d.vfs, critical=critical)
+    if why:
+        return Check(name, False, why, "fix the entry's pf/vfs (docs/vfio.md, SR-IOV)")
+    made = (f"has {pf.numvfs} VFs: used as they are" if pf.numvfs >= d.vfs else
+            f"has no VF: the run makes {d.vfs} (sriov_numvfs, put back at its end)")
+    return Check(name, True, f"VF {d.vf} of {d.pf} ({pf.driver or 'no driver'}, up to "
+                             f"{pf.totalvfs} VFs): the PF {made}")
 
 
 def _usb_device_check(fs: Sysfs, name: str, u: UsbDevice, critical: dict) -> Check:

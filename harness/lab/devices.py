@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
 from pathlib import Path
 
 from ..errors import LabError
@@ -63,7 +64,7 @@ DEVICES = (
     # 10.0); Linux treats 82576 functions as isolated (an ACS quirk), so each VF has an IOMMU
     # group of its own behind the root port. Its own user network: the VFs' DHCP and gateway.
     LabDevice("nic", "igb", SRIOV_PORT_BDF,
-              ("-netdev", "user,id=labvfnet,net=10.0.6.0/24",
+              ("-netdev", "user,id=labvfnet,net=10.0.6.0/24,ipv6=off",
                "-device", "pcie-root-port,id=labrp,bus=pcie.0,addr={addr},chassis=7",
                "-device", "igb,netdev=labvfnet,id=labigb,bus=labrp,romfile="),
               (("gateway", SRIOV_GATEWAY),), vfs=SRIOV_VFS),
@@ -99,6 +100,24 @@ def find_usb(vendorid: str, productid: str, root: "str | Path" = "/") -> tuple[i
                        "usb-storage behind its EHCI controller)",
                        hint="the lab host's devices are set in harness/lab/devices.py (DEVICES)")
     return found[0]
+
+
+def link_up(pf: str) -> None:
+    """Open the PF's interface once its VFs exist, as a host using SR-IOV has it: igb tells its
+    VFs the PF is ready (PFRSTD) when its port opens with VFs allocated; a VF made after that
+    says "PF still in reset state" and never gets a link. Its network has no IPv6 (the
+    netdev's ipv6=off): a router advertisement would give the lab host a default route there,
+    and the harness then rightly refuses to touch the PF."""
+    fs = Sysfs.of("/")
+    for net in sorted(fs.pci_dir(pf).glob("net/*")):
+        for state in ("down", "up"):
+            p = subprocess.run(["busybox", "ip", "link", "set", "dev", net.name, state],
+                               capture_output=True, text=True, timeout=30)
+            if p.returncode != 0:
+                raise LabError(f"the lab host could not bring {net.name} ({pf}) {state}: "
+                               f"{p.stderr.strip()}",
+                               hint="a bug in the lab (harness/lab/devices.py)")
+        print(f"hotplug-harness: lab: {net.name} ({pf}, the SR-IOV PF) up with its VFs")
 
 
 def find_pci(vendor: str, device: str, root: "str | Path" = "/") -> str:

@@ -259,3 +259,15 @@ def test_discover_says_why_a_pfs_vfs_are_not_for_the_harness(host):
     c = next(c for c in discover(host.sysfs(), ssh_connection="") if c.address == "0000:02:00.0")
     assert "is the host's own device" in c.sriov_refused
     assert not [d for d in draft_inventory([c]).devices]
+
+
+def test_doctor_checks_a_vf_entry_before_its_vfs_exist(host):
+    from harness.host.doctor import _inventory_checks
+
+    inv = inventory(host, VF_ENTRY.format(vf=1, vfs=2))
+    [check] = _inventory_checks(host.sysfs(), inv, ssh_connection="")
+    assert check.ok and check.detail == (f"VF 1 of {PF} (igb, up to 7 VFs): the PF has no VF: "
+                                         "the run makes 2 (sriov_numvfs, put back at its end)")
+    set_numvfs(host, 1)
+    [check] = _inventory_checks(host.sysfs(), inv, ssh_connection="")
+    assert not check.ok and "has 1 VFs already" in check.detail
