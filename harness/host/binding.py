@@ -276,6 +276,15 @@ def vfio_group_users(root: "str | Path | Sysfs", group: int | None) -> list[tupl
     return sorted(users)
 
 
+def _holders(fs: Sysfs, group: int | None) -> tuple[str, int] | None:
+    """Who holds /dev/vfio/<group> open ("pid 4321 (qemu-system-x86)", and the first pid), or
+    None: a group in use is never touched."""
+    users = vfio_group_users(fs, group)
+    if not users:
+        return None
+    return ", ".join(f"pid {pid} ({comm})" for pid, comm in users), users[0][0]
+
+
 def _restore_sriov(fs: Sysfs, entry: dict, timeout: float) -> Restored:
     """Put a PF's ``sriov_numvfs`` back to the count journaled before the harness changed it
     (its VFs' own entries, if any, are given back first: :func:`restore_from_journal`)."""
@@ -288,12 +297,11 @@ def _restore_sriov(fs: Sysfs, entry: dict, timeout: float) -> Restored:
         return Restored(pf, "restored", now.driver, f"sriov_numvfs is {original} already")
     for vf in now.vfs:
         group = fs.pci_device(vf).iommu_group if fs.pci_exists(vf) else None
-        users = vfio_group_users(fs, group)
-        if users:
-            who = ", ".join(f"pid {pid} ({comm})" for pid, comm in users)
+        held = _holders(fs, group)
+        if held:
             return Restored(pf, "failed", now.driver,
-                            f"its VF {vf} is in use (/dev/vfio/{group} open by {who}); stop "
-                            f"it (kill {users[0][0]}), then restore again")
+                            f"its VF {vf} is in use (/dev/vfio/{group} open by {held[0]}); stop "
+                            f"it (kill {held[1]}), then restore again")
     try:
         if original and now.numvfs:
             sriov.set_numvfs(fs, pf, 0, timeout)
@@ -319,12 +327,11 @@ def _restore_entry(fs: Sysfs, entry: dict, timeout: float) -> Restored:
         # While a process (a QEMU) has the group open, unbinding blocks in the kernel until it
         # lets go, and a host driver on any member would share DMA with it: touch none.
         group = dev.iommu_group if dev.iommu_group is not None else entry.get("group")
-        users = vfio_group_users(fs, group)
-        if users:
-            who = ", ".join(f"pid {pid} ({comm})" for pid, comm in users)
+        held = _holders(fs, group)
+        if held:
             return Restored(bdf, "failed", dev.driver,
-                            f"/dev/vfio/{group} is still open by {who}; stop it "
-                            f"(kill {users[0][0]}), then restore again")
+                            f"/dev/vfio/{group} is still open by {held[0]}; stop it "
+                            f"(kill {held[1]}), then restore again")
         if dev.driver == VFIO:
             fs.write(fs.pci_driver_dir(VFIO) / "unbind", bdf)
         elif dev.driver not in (None, original):
