@@ -42,11 +42,8 @@ LAB_TESTS ?= tests/scenarios/test_nic.py tests/scenarios/test_usb.py tests/scena
              tests/scenarios/test_passthrough_failures.py \
              'tests/scenarios/test_lifecycle.py::test_unplug_at_once[lab-q35-pciehp-e1000e]' \
              'tests/scenarios/test_lifecycle.py::test_live_migration_with_hot_added_devices[lab-q35-pciehp-e1000e]'
-# The lab's SR-IOV VFs (igb-vf0/1: -k igb, tests/scenarios/test_sriov.py) are left out: their
-# guests' igbvf says "PF still in reset state" and gets no link in the nested lab (docs/lab.md).
-LAB_SELECT ?= -k "not igb"
 lab: image
-	$(PYTEST) --backend lab $(LAB_TESTS) $(LAB_SELECT) $(PYTEST_ARGS)
+	$(PYTEST) --backend lab $(LAB_TESTS) $(PYTEST_ARGS)
 
 # The nightly job of a VT-d host (docs/vfio.md): give back what a killed run left, check the host,
 # run the scenario matrix through real vfio-pci, give everything back; one exit status, non-zero

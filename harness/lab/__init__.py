@@ -8,8 +8,6 @@ and emulated devices that play the host devices of a VT-d lab:
 role                  L1 address      device
 ====================  ==============  ===================================================
 nic                   0000:00:03.0    e1000e on QEMU user networking (gateway 10.0.5.2)
-nic (igb-vf0, -vf1)   VFs 0 and 1     of an igb (82576, SR-IOV) behind the root port 00:07.0,
-                                      on its own user network (gateway 10.0.6.2)
 sata-controller       0000:00:04.0    ich9-ahci with a 64 MiB disk
 usb-controller        0000:00:05.0    qemu-xhci with a usb-tablet behind it
 usb-device            (EHCI bus)      usb-storage (32 MiB) on a usb-ehci at 0000:00:06.0
