@@ -657,18 +657,19 @@ class VfioBinder:
             except HostDeviceError as e:
                 errors.append(e)
         if not errors and self._sriov:  # VFs still held keep their PF's count
+            kept = []
             with self.journal.locked():
                 for entry in reversed(self._sriov):
                     result = _restore_sriov(self.fs, entry, self.timeout)
                     log.info("sriov: release %s", result)
                     results.append(result)
                     if result.status == "failed":
+                        kept.append(entry)
                         errors.append(HostDeviceError(f"{entry['bdf']}: {result.detail}",
                                                       details=str(result)))
                     else:
                         _drop(self.journal, entry)
-                self._sriov = [e for e in self._sriov if any(
-                    err.message.startswith(e["bdf"]) for err in errors)]
+            self._sriov = kept
         if errors:
             raise HostDeviceError("; ".join(e.message for e in errors), hint=RESTORE_HINT,
                                   details="\n".join(e.details for e in errors))

@@ -94,10 +94,6 @@ class InventoryDevice:
         return self.role in PCI_ROLES
 
     @property
-    def is_vf(self) -> bool:
-        return self.pf is not None
-
-    @property
     def address(self) -> str:
         """Where the device is: its BDF, ``VF 0 of 0000:05:00.0`` (not made yet), or
         ``bus 3 addr 3`` / ``03f0:8607`` for USB."""

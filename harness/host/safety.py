@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import network
+from .sriov import physfn_of
 from .sysfs import PciDevice, Sysfs, bdfs_in_path, parse_bdf, usb_devices_in_path
 
 #: Mounts that never sit on a device of their own.
@@ -244,7 +245,7 @@ def plan_group(root: "str | Path | Sysfs", bdf: str,
         if m.bdf != bdf and m.class_code >> 8 == 0x0600:
             problems.append(f"group {group} holds the host bridge {m.bdf}: the device is not "
                             f"isolated (no ACS there); use a slot with its own IOMMU group")
-    pf = fs.link_name(fs.pci_dir(bdf) / "physfn")
+    pf = physfn_of(fs, bdf)
     if pf and pf in {m.bdf for m in members}:
         problems.append(f"group {group} holds {bdf}'s own physical function {pf}: the PF (and "
                         "every VF beside it) would leave the host with the VF; use a PF whose "

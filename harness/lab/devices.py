@@ -130,8 +130,8 @@ def find_pci(vendor: str, device: str, root: "str | Path" = "/") -> str:
     """The address of the one PCI function with these ids (a PF behind a root port: its bus
     number is the firmware's choice)."""
     fs = Sysfs.of(root)
-    found = [b for b in fs.pci_addresses() if (fs.pci_device(b).vendor, fs.pci_device(b).device)
-             == (vendor, device)]
+    found = [b for b in fs.pci_addresses()
+             if (d := fs.pci_device(b)).vendor == vendor and d.device == device]
     if len(found) != 1:
         raise LabError(f"the lab host has {len(found)} PCI functions {vendor}:{device} "
                        "(expected the one igb PF behind its root port)",
