@@ -355,6 +355,12 @@ class Shell:
         naming ``what`` and the last value (or error) seen."""
         return wait_until(what, check, self.scale(timeout), interval)
 
+    def wait_progress(self, what: str, count: Callable[[], int], want: int, *, stall: float,
+                      limit: float, interval: float = 0.5) -> float:
+        """:func:`wait_progress` with reference-figure deadlines (scaled here)."""
+        return wait_progress(what, count, want, stall=self.scale(stall), limit=self.scale(limit),
+                             interval=interval)
+
     def wait_until_succeeds(self, command: str, timeout: float, interval: float = 0.1) -> str:
         """Run ``command`` until it exits 0; return its output."""
         def attempt():
@@ -363,6 +369,34 @@ class Shell:
                 return r.output or "ok"
             raise GuestCheckError(f"exit {r.status}: {_tail(r.output, 5)}")
         return wait_until(f"`{command}` to succeed", attempt, self.scale(timeout), interval)
+
+
+def wait_progress(what: str, count: Callable[[], int], want: int, *, stall: float,
+                  limit: float, interval: float = 0.5) -> float:
+    """Poll ``count`` until it reaches ``want``. A guest that works through many devices one
+    by one (a storm of hot-adds) is waited for as long as it makes progress: the wait fails when
+    the count has not grown for ``stall`` seconds, or after ``limit`` seconds in all. Returns
+    the seconds it took."""
+    t0 = time.monotonic()
+    best, moved, last = -1, t0, None
+    while True:
+        try:
+            seen = count()
+            last = seen
+            if seen >= want:
+                return time.monotonic() - t0
+            if seen > best:
+                best, moved = seen, time.monotonic()
+        except (GuestCheckError, WaitTimeout) as e:
+            last = e
+        now = time.monotonic()
+        if now - moved >= stall or now - t0 >= limit:
+            why = (f"no progress for {now - moved:.1f} s" if now - moved >= stall
+                   else f"still moving after the {limit:g} s limit")
+            raise WaitTimeout(f"timed out waiting for {what}: {why} "
+                              f"({max(best, 0)} of {want} after {now - t0:.1f} s)",
+                              details=f"last seen: {last}")
+        time.sleep(interval)
 
 
 def wait_until(what: str, check: Callable[[], object], timeout: float, interval: float = 0.1):

@@ -489,9 +489,13 @@ class Guest:
         self._used_buses = {b: d for b, d in self._used_buses.items() if d != device_id}
         return result
 
-    def device_del_all(self, ids: list[str], timeout: float) -> list[UnplugResult]:
-        """``device_del`` all of ``ids`` at once and wait for all of them to leave."""
-        results = self._call(self.monitor.device_del_all(ids, timeout=timeout), timeout + 30)
+    def device_del_all(self, ids: list[str], timeout: float,
+                       limit: float | None = None) -> list[UnplugResult]:
+        """``device_del`` all of ``ids`` at once and wait for all of them to leave: ``timeout``
+        without one leaving fails, ``limit`` (default ``timeout``) bounds the whole wait."""
+        limit = max(limit or timeout, timeout)
+        results = self._call(self.monitor.device_del_all(ids, timeout=timeout, limit=limit),
+                             limit + 30)
         self._used_buses = {b: d for b, d in self._used_buses.items() if d not in ids}
         return results
 

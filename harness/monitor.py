@@ -220,17 +220,27 @@ class Monitor:
             await asyncio.sleep(wait)
             wait = min(wait * 2, 0.5)
 
-    async def device_del_all(self, ids: list[str], *, timeout: float, poll: float = 0.25) -> list[UnplugResult]:
+    async def device_del_all(self, ids: list[str], *, timeout: float, poll: float = 0.25,
+                             limit: float | None = None) -> list[UnplugResult]:
         """``device_del`` every one of ``ids`` at once (each request sent as soon as the last
-        was taken), then wait for all of them to leave; results in the order of ``ids``."""
+        was taken), then wait for all of them to leave; results in the order of ``ids``.
+        ``timeout`` is how long the wait may go without one of them leaving (the guest ejects
+        them one by one: each departure starts it again), ``limit`` (default ``timeout``) the
+        longest the whole wait may take."""
         names = ("DEVICE_DELETED", "DEVICE_UNPLUG_GUEST_ERROR")
+        limit = max(limit or timeout, timeout)
         with self._qmp.listener(names) as listener:
             t0 = time.monotonic()
             busy = {i: await self._request_unplug(i, t0 + timeout) for i in ids}
             done: dict[str, UnplugResult] = {}
-            while len(done) < len(ids) and (now := time.monotonic()) < t0 + timeout:
+
+            def deadline() -> float:
+                last = max((t0 + r.seconds for r in done.values()), default=t0)
+                return min(t0 + limit, last + timeout)
+
+            while len(done) < len(ids) and (now := time.monotonic()) < deadline():
                 try:
-                    event = await asyncio.wait_for(listener.get(), min(poll, t0 + timeout - now))
+                    event = await asyncio.wait_for(listener.get(), min(poll, deadline() - now))
                 except asyncio.TimeoutError:
                     present = {c["name"] for c in await self.execute(
                         "qom-list", {"path": "/machine/peripheral"}, timeout=5, record=False)}
@@ -247,7 +257,9 @@ class Monitor:
             if left:
                 raise UnplugError(left[0], "guest-refused",
                                   f"{len(left)} of {len(ids)} devices still attached "
-                                  f"{timeout:.1f} s after device_del: {', '.join(left)}",
+                                  f"{time.monotonic() - t0:.1f} s after device_del (none left "
+                                  f"in the last {min(timeout, time.monotonic() - t0):.1f} s): "
+                                  f"{', '.join(left)}",
                                   hint="the guest never released them: see its dmesg in the bundle")
             return [done[i] for i in ids]
 
