@@ -160,6 +160,9 @@ def _check_entry(entry, n: int) -> None:
     if entry.get("kind") == SRIOV and (not isinstance(numvfs, int) or isinstance(numvfs, bool)
                                        or not 0 <= numvfs <= 4096):
         raise ValueError(f"entry {n} ({entry['bdf']}): numvfs {numvfs!r} is not a VF count")
+    if entry.get("kind") == SRIOV and entry.get("autoprobe", 1) not in (0, 1):
+        raise ValueError(f"entry {n} ({entry['bdf']}): autoprobe {entry['autoprobe']!r} is "
+                         "not 0 or 1")
     for key in ("driver", "driver_override"):
         value = entry.get(key)
         if value is not None and (not isinstance(value, str) or not _DRIVER_NAME.fullmatch(value)):
@@ -293,7 +296,9 @@ def _restore_sriov(fs: Sysfs, entry: dict, timeout: float) -> Restored:
     if now is None:
         return Restored(pf, "gone", None, "no longer on this host (or no longer SR-IOV); "
                                           "nothing to do")
+    probe = entry.get("autoprobe")
     if now.numvfs == original:
+        _restore_autoprobe(fs, pf, probe)
         return Restored(pf, "restored", now.driver, f"sriov_numvfs is {original} already")
     for vf in now.vfs:
         group = fs.pci_device(vf).iommu_group if fs.pci_exists(vf) else None
@@ -305,11 +310,19 @@ def _restore_sriov(fs: Sysfs, entry: dict, timeout: float) -> Restored:
     try:
         if original and now.numvfs:
             sriov.set_numvfs(fs, pf, 0, timeout)
+        # (the switch first: VFs made again get the host's drivers, as before the harness)
+        _restore_autoprobe(fs, pf, probe)
         sriov.set_numvfs(fs, pf, original, timeout)
     except HostDeviceError as e:
         return Restored(pf, "failed", now.driver, e.message)
     return Restored(pf, "restored", now.driver,
-                    f"sriov_numvfs back to {original} (from {now.numvfs})")
+                    f"sriov_numvfs back to {original} (from {now.numvfs})"
+                    + (f", sriov_drivers_autoprobe {probe}" if probe is not None else ""))
+
+
+def _restore_autoprobe(fs: Sysfs, pf: str, value: int | None) -> None:
+    if value is not None and sriov.autoprobe(fs, pf) != value:
+        sriov.set_autoprobe(fs, pf, value)
 
 
 def _restore_entry(fs: Sysfs, entry: dict, timeout: float) -> Restored:
@@ -563,13 +576,17 @@ class VfioBinder:
                                       f"{stale[0].get('pid')}, which did not put it back",
                                       hint=RESTORE_HINT)
             pid = os.getpid()
+            probe = sriov.autoprobe(self.fs, pf)
             entry = {"kind": SRIOV, "bdf": pf, "numvfs": now.numvfs,
+                     **({"autoprobe": probe} if probe is not None else {}),
                      "lease": uuid.uuid4().hex[:12], "pid": pid,
                      "pid_start": _process_start(self.fs, pid),
                      "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                      **({"manual": True} if self.manual else {})}
             self.journal.write(entries + [entry])
             try:
+                if probe:  # the new VFs are for vfio-pci, never the host's VF driver
+                    sriov.set_autoprobe(self.fs, pf, 0)
                 vfs = sriov.set_numvfs(self.fs, pf, count, self.timeout)
             except HarnessError:
                 if _restore_sriov(self.fs, entry, self.timeout).status != "failed":

@@ -4,7 +4,13 @@ guests through vfio-pci like any other device.
 The kernel makes a PF's VFs when a number is written to its ``sriov_numvfs`` (at most
 ``sriov_totalvfs``; a count can only change through 0, which removes every VF). The harness
 writes it only when the PF has no VF yet, journals the count it found (0) before the write, and
-writes it back when it lets go; a run killed in between is put right by ``python -m harness
+writes it back when it lets go. Before the write it turns the PF's ``sriov_drivers_autoprobe``
+off (journaled too, put back), so the host's VF driver (igbvf, ixgbevf, iavf) never takes the
+new VFs: they are for vfio-pci, a host driver would only make netdevs the host's network
+manager picks up, and a VF driver that probes first consumes the VF's one-time "PF reset done"
+mailbox bit (82576: RSTD, clear on read), after which the guest's igbvf refuses the VF ("PF
+still in reset state"). A run killed in between is put right by ``python -m harness
+restore`` as a device left on vfio-pci is a run killed in between is put right by ``python -m harness
 restore`` as a device left on vfio-pci is (:func:`harness.host.binding.restore_from_journal`).
 
     >>> vfs = binder.enable_vfs("0000:05:00.0", 2)       # doctest: +SKIP
@@ -96,6 +102,17 @@ def check_request(pf: PhysicalFunction | None, bdf: str, count: int, *,
         return (f"{bdf} is the host's own device ({'; '.join(critical[bdf])}): making VFs resets "
                 "some PFs' links (ixgbe, i40e), so the harness never writes its sriov_numvfs")
     return None
+
+
+def autoprobe(fs: Sysfs, pf: str) -> int | None:
+    """The PF's ``sriov_drivers_autoprobe`` (1: the host's VF driver takes each new VF; None:
+    a kernel older than 4.12, without the switch)."""
+    text = fs.read(fs.pci_dir(pf) / "sriov_drivers_autoprobe")
+    return None if text is None else _int(text)
+
+
+def set_autoprobe(fs: Sysfs, pf: str, value: int) -> None:
+    fs.write(fs.pci_dir(pf) / "sriov_drivers_autoprobe", str(value))
 
 
 def set_numvfs(fs: Sysfs, pf: str, count: int, timeout: float) -> list[str]:

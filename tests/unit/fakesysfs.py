@@ -151,6 +151,7 @@ class FakeHost:
         d = self.dev_dir(pf)
         (d / "sriov_totalvfs").write_text(f"{totalvfs}\n")
         (d / "sriov_numvfs").write_text("0\n")
+        (d / "sriov_drivers_autoprobe").write_text("1\n")
         self.sriov[pf] = {"total": totalvfs, "numvfs": 0, "vf_ids": vf_ids,
                           "vf_driver": vf_driver, "first_group": first_group}
         if vf_driver:
@@ -193,7 +194,10 @@ class FakeHost:
                                   parent=above if above.count(":") == 2 else None)
             self._link(vf_dir / "physfn", pf_dir)
             self._link(pf_dir / f"virtfn{i}", vf_dir)
-            self._probe(vf)
+            # (the kernel reads sriov_drivers_autoprobe as each VF is added: 0, no driver)
+            switch = pf_dir / "sriov_drivers_autoprobe"  # (none before Linux 4.12: probed)
+            if not switch.exists() or switch.read_text().strip() != "0":
+                self._probe(vf)
         cap["numvfs"] = n
         path.write_text(f"{n}\n")
 

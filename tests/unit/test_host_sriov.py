@@ -49,6 +49,10 @@ def numvfs(host: FakeHost, pf: str = PF) -> int:
     return int((host.dev_dir(pf) / "sriov_numvfs").read_text())
 
 
+def autoprobe(host: FakeHost, pf: str = PF) -> str:
+    return (host.dev_dir(pf) / "sriov_drivers_autoprobe").read_text().strip()
+
+
 def test_physical_function_reads_the_capability(host):
     pf = sriov.physical_function(host.sysfs(), "08:00.0")
     assert pf == sriov.PhysicalFunction(PF, totalvfs=7, numvfs=0, vfs=(), driver="igb")
@@ -68,17 +72,43 @@ def test_vfs_made_journaled_first_bound_and_all_put_back(host, journal):
     assert vfs == [VF0, VF1] and numvfs(host) == 2
     [[entry]] = journaled_before_write
     assert entry["kind"] == "sriov" and entry["bdf"] == PF and entry["numvfs"] == 0
-    assert host.driver_of(VF0) == "igbvf"
+    assert entry["autoprobe"] == 1
+    # the host's igbvf never took them: autoprobe was off before the VFs were made
+    assert host.driver_of(VF0) is None and host.driver_of(VF1) is None
+    assert autoprobe(host) == "0"
 
     lease = binder.bind(VF0, allowed={VF0, VF1})
     assert host.driver_of(VF0) == "vfio-pci" and host.driver_of(PF) == "igb"
     assert lease.members == [VF0]  # each VF in its own group; the PF stays on the host
     lease.release()
-    assert host.driver_of(VF0) == "igbvf"
+    assert host.driver_of(VF0) is None  # as the harness found it
     binder.close()
     assert numvfs(host) == 0 and not host.dev_dir(PF).joinpath("virtfn0").exists()
-    assert entries(journal) == []
+    assert entries(journal) == [] and autoprobe(host) == "1"
     assert host.driver_of(PF) == "igb"
+    # VFs made by hand after the harness let go get the host's driver again
+    set_numvfs(host, 1)
+    assert host.driver_of(VF0) == "igbvf"
+
+
+def test_a_kernel_without_the_autoprobe_switch(host, journal):
+    """Before Linux 4.12 there is no sriov_drivers_autoprobe: VFs are made all the same (the
+    host's VF driver takes them; the binding moves them to vfio-pci) and nothing is journaled
+    for the switch."""
+    host.dev_dir(PF).joinpath("sriov_drivers_autoprobe").unlink()
+    binder = VfioBinder(host.sysfs(), journal=journal)
+    assert binder.enable_vfs(PF, 1) == [VF0]
+    assert "autoprobe" not in entries(journal)[0] and host.driver_of(VF0) == "igbvf"
+    binder.close()
+    assert numvfs(host) == 0 and entries(journal) == []
+
+
+def test_autoprobe_already_off_is_left_off(host, journal):
+    host.dev_dir(PF).joinpath("sriov_drivers_autoprobe").write_text("0\n")
+    binder = VfioBinder(host.sysfs(), journal=journal)
+    binder.enable_vfs(PF, 1)
+    binder.close()
+    assert autoprobe(host) == "0" and not [w for w in host.writes if "autoprobe" in w[0]]
 
 
 def test_vfs_already_there_are_used_as_they_are(host, journal):
@@ -101,7 +131,8 @@ def test_a_killed_run_is_put_back_by_restore_vf_first(host, journal):
     host.writes.clear()
     results = restore_from_journal(host.sysfs(), journal, include_live=True)
     assert [(r.bdf, r.status) for r in results] == [(VF1, "restored"), (PF, "restored")]
-    assert results[1].detail == "sriov_numvfs back to 0 (from 2)"
+    assert results[1].detail == "sriov_numvfs back to 0 (from 2), sriov_drivers_autoprobe 1"
+    assert autoprobe(host) == "1"
     # the VF went back to its driver before the PF's count removed it
     assert [w for w in host.writes if w[0].endswith("sriov_numvfs")] == [
         (f"sys/bus/pci/devices/{PF}/sriov_numvfs", "0")]
@@ -171,6 +202,10 @@ def test_a_journal_with_a_bad_sriov_entry_is_refused(journal):
     journal.write_text(json.dumps({"entries": [{"kind": "sriov", "bdf": PF, "numvfs": "0; rm",
                                                 "pid": 1}]}))
     with pytest.raises(HostDeviceError, match="numvfs '0; rm' is not a VF count"):
+        Journal(journal).read()
+    journal.write_text(json.dumps({"entries": [{"kind": "sriov", "bdf": PF, "numvfs": 0,
+                                                "autoprobe": "1; reboot", "pid": 1}]}))
+    with pytest.raises(HostDeviceError, match="autoprobe '1; reboot' is not 0 or 1"):
         Journal(journal).read()
 
 
