@@ -20,7 +20,7 @@ MAX_SHARES = 8
 
 
 def lab_argv(image: LabImage, qemu: list[str], workdir: Path, shares: dict[str, Path],
-             job: Path | None, memory_mb: int = 4096, cpus: int = 2) -> list[str]:
+             job: Path | None, memory_mb: int = 8192, cpus: int = 2) -> list[str]:
     """L1's command line; ``qemu`` is the emulator's own part (:meth:`LabQemu.argv`)."""
     disk, stick = workdir / "sata-disk.raw", workdir / "usb-stick.raw"
     from ..devices import _disk_image
@@ -67,6 +67,15 @@ def shares_for(paths: list[Path]) -> dict[str, Path]:
     return {f"share{i}": p for i, p in enumerate(out)}
 
 
+#: L1's soft-lockup watchdog: a CPU that ran kernel code this long without scheduling. Seen in
+#: the lab only as nested KVM on TCG wedging (a qemu-system-x86 of an L2 guest stuck, "45s",
+#: then "71s", and the lab never printed again); the watchdog speaks after 20-25 s, so a stuck
+#: time of a minute is no passing hiccup. The run stops at once instead of waiting out the
+#: silence deadline (over 12 minutes).
+STUCK_SECONDS = 60
+_STUCK = re.compile(r"watchdog: BUG: soft lockup - CPU#\d+ stuck for (\d+)s!")
+
+
 class LabHost:
     """One L1 QEMU process running one job, its console copied to a log and to ``echo``."""
 
@@ -85,6 +94,8 @@ class LabHost:
         self.echo = echo
         self.qemu = QemuProcess(argv, self.qemu_log)
         self.marks: dict[str, float] = {}
+        #: L1's kernel said one of its CPUs has been stuck for a long time (the line).
+        self.wedged: str | None = None
 
     @property
     def process(self) -> subprocess.Popen | None:
@@ -126,6 +137,9 @@ class LabHost:
             m = re.match(r"lab: (stage 1 done|ready)", line)
             if m:
                 self.marks[m.group(1)] = round(time.monotonic() - t0, 2)
+            stuck = _STUCK.search(line)
+            if stuck and int(stuck.group(1)) >= STUCK_SECONDS and self.wedged is None:
+                self.wedged = line.strip()
             if self.echo:
                 self.echo(line)
         return bool(chunk)
@@ -144,6 +158,11 @@ class LabHost:
             raise LabError(f"the lab host did not boot in {self.boot_timeout:g} s (no "
                            f"'lab: ready' on its console {self.console_log})",
                            hint="its last console lines say where it stopped")
+        if self.wedged is not None:
+            raise LabError(f"the lab host is wedged: its kernel says {self.wedged!r} (console: "
+                           f"{self.console_log})",
+                           hint="nested KVM on TCG stops now and then with a CPU stuck in the L2 "
+                                "guest's QEMU (docs/lab.md); `make lab` runs the lab once more")
         if "ready" in self.marks and now > heard + self.silence_timeout:
             raise LabError(f"the lab host has printed nothing for {self.silence_timeout:g} s:"
                            f" it is hung (console: {self.console_log})",

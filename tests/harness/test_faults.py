@@ -148,6 +148,33 @@ def test_lab_host_that_falls_silent_is_stopped(tmp_path):
     assert host.process.poll() is not None, "the lab QEMU was left running"
 
 
+def test_lab_host_whose_kernel_reports_a_stuck_cpu_is_stopped_at_once(tmp_path):
+    """L1's soft-lockup watchdog saying a CPU has been stuck for a minute (nested KVM on TCG
+    wedged, as seen in `make lab`) ends the run at once, naming the line; a shorter stall is
+    passed over. The QEMU here never runs its CPUs; the lines are L1's console as it was."""
+    import time
+
+    from harness import lab
+    from harness.errors import LabError
+
+    (tmp_path / "console.log").write_text(
+        "lab: ready uptime=7.20 kernel=test kvm=yes\n"
+        "[  600.1] watchdog: BUG: soft lockup - CPU#1 stuck for 23s! [kworker/1:2:88]\n"
+        "[  621.0] watchdog: BUG: soft lockup - CPU#0 stuck for 71s! [qemu-system-x86:677]\n")
+    argv = ["qemu-system-x86_64", "-S", "-M", "q35", "-nodefaults", "-display", "none",
+            "-chardev", f"file,id=console,path={tmp_path / 'elsewhere.log'}",
+            "-serial", "chardev:console"]
+    host = lab.LabHost(argv, tmp_path, echo=lambda line: None, boot_timeout=300,
+                       silence_timeout=600)
+    t0 = time.monotonic()
+    with pytest.raises(LabError) as info:
+        host.run(deadline=time.monotonic() + 3600)
+    assert "wedged" in info.value.message and "CPU#0 stuck for 71s" in info.value.message
+    assert "CPU#1" not in info.value.message
+    assert time.monotonic() - t0 < 15
+    assert host.process.poll() is not None, "the lab QEMU was left running"
+
+
 RETRY_PROBE = '''
 import os, signal
 from pathlib import Path
