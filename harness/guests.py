@@ -93,9 +93,22 @@ def _distro(name: str, access: str, cache: Path, seed_folder: Path) -> GuestChoi
 
 def cloud_seeded(image: GuestImage, folder: Path) -> GuestImage:
     """A stock cloud image with an SSH key made for the run, handed to its cloud-init by a
-    NoCloud seed."""
-    key, public = images.run_ssh_key(folder)
-    return dataclasses.replace(image, ssh_key=key, seed=images.nocloud_seed(folder, public))
+    NoCloud seed. One key and one seed per ``folder``, made by the first of the run's processes
+    to get there (the others wait for it and use them): guests of one shape on two xdist
+    workers then have one command line, so one saved state serves both (harness.snapshot)."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    done = folder / "seed.done"
+    with open(folder / ".seed.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        key, public = images.run_ssh_key(folder)
+        if done.exists():
+            seed = folder / "seed.vfat"
+        else:
+            seed = images.nocloud_seed(folder, public)
+            done.touch()
+    return dataclasses.replace(image, ssh_key=key, seed=seed)
 
 
 def _tables(path: Path) -> list[dict]:

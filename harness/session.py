@@ -60,7 +60,7 @@ class HarnessSession:
         #: --guest: the guests every scenario runs on (empty: one guest, as the options say).
         self.guest_choices = guests.resolve(
             opt.guest or [], Path(opt.image_cache or images.DEFAULT_CACHE),
-            self.run.run_dir / "cloud-init" / (worker or "main"))
+            self.run.run_dir / "cloud-init" / "run")
         if decides:
             self._decide()
         self.pace = pace_mod.Pace(**self.run.pace)
@@ -98,9 +98,10 @@ class HarnessSession:
     def _seed_cloud_init(self, opt) -> None:
         if opt.guest_cloud_init:
             # A stock cloud image: an SSH key made for the run, handed to cloud-init by a
-            # NoCloud seed (each process makes its own, in the run folder).
+            # NoCloud seed (one for the run's processes, in the run folder: one command line
+            # per guest shape, so the workers share its saved state).
             self.user_image = guests.cloud_seeded(
-                self.user_image, self.run.run_dir / "cloud-init" / (self.worker or "main"))
+                self.user_image, self.run.run_dir / "cloud-init" / "run")
 
     # What the run decided, by name.
     run_dir = property(lambda self: self.run.run_dir)

@@ -28,6 +28,12 @@ def test_a_cloud_image_in_a_guests_file_gets_a_key_and_a_seed_for_the_run(tmp_pa
     guests.write_text(f'[[guest]]\nname = "deb12"\ndisk = "{disk}"\ncloud_init = true\n')
     [cloud] = resolve([str(guests)], tmp_path / "cache", tmp_path / "seeds")
     assert cloud.access == "ssh" and cloud.image.ssh_key.exists() and cloud.image.seed.exists()
+    # A second process of the run (an xdist worker) gets the same key and the very same seed
+    # file, not a new one: one command line per guest shape, one saved state for all workers.
+    seed_stat = cloud.image.seed.stat()
+    [again] = resolve([str(guests)], tmp_path / "cache", tmp_path / "seeds")
+    assert (again.image.ssh_key, again.image.seed) == (cloud.image.ssh_key, cloud.image.seed)
+    assert again.image.seed.stat().st_mtime_ns == seed_stat.st_mtime_ns
     assert cloud.image.seed.parent == tmp_path / "seeds" / "deb12"
 
 
