@@ -219,6 +219,19 @@ class Lab(Vfio):
         #: less hardware would (two such runs merge as two hosts; docs/fleet.md).
         self.roles = roles
 
+    def host_devices(self, role: str) -> list:
+        """As on a VT-d host, but a VF's PF is re-armed before each hot-add
+        (:func:`harness.lab.devices.rearm_vfs`: QEMU's igb tells a VF "PF reset done" once per
+        PF open, and each VF driver that starts uses it up)."""
+        from . import lab as lab_mod
+
+        out = super().host_devices(role)
+        for d in out:
+            pf = getattr(getattr(d, "entry", None), "pf", None)
+            if pf:
+                d.prepare = lambda pf=pf: lab_mod.rearm_vfs(pf)
+        return out
+
     def setup(self, inventory: str | None) -> None:
         from . import lab as lab_mod
         from .host import binding
@@ -241,7 +254,7 @@ class Lab(Vfio):
         self._make_vfs()
         if not self.worker:
             for pf in self.inventory.vf_counts():
-                lab_mod.link_up(pf)
+                lab_mod.rearm_vfs(pf)
 
     def keeps(self, path: Path, passthrough: bool) -> bool:
         # The lab is for the scenarios' real passthrough; the unit and self-tests (emulated

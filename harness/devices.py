@@ -342,12 +342,15 @@ class VfioPci(HotplugDevice):
 
     backend = "vfio"
 
-    def __init__(self, entry, binder, allowed: set[str]):
+    def __init__(self, entry, binder, allowed: set[str], prepare=None):
         self.entry = entry
         self.role = entry.role
         self.id = entry.name
         self.binder = binder
         self.allowed = allowed
+        #: Called once the device is on vfio-pci, right before ``device_add`` (the lab's VFs:
+        #: :func:`harness.lab.devices.rearm_vfs`).
+        self.prepare = prepare
         self.guest_driver = getattr(entry, "guest_driver", None)
         #: What the report says this test passed through.
         self.passthrough = f"vfio-pci host={entry.bdf}" + (
@@ -356,6 +359,8 @@ class VfioPci(HotplugDevice):
     def plug(self, guest, device_id: str) -> Plugged:
         lease = self.binder.bind(self.entry.bdf, allowed=self.allowed)
         try:
+            if self.prepare is not None:
+                self.prepare()
             bus = guest.free_bus()
             seconds = guest.device_add("vfio-pci", device_id, host=self.entry.bdf, bus=bus,
                                        **guest.spec.fixed_slot(self.role, bus))

@@ -34,7 +34,7 @@ process), ``outer`` (the outer run and what the run inside leaves for it).
 """
 
 from ..errors import LabError
-from .devices import (DEVICES, EHCI_BDF, SRIOV_GATEWAY, SRIOV_PORT_BDF, link_up, GROUPED_BDF, LAB_GATEWAY, NIC_BDF,
+from .devices import (DEVICES, EHCI_BDF, SRIOV_GATEWAY, SRIOV_PORT_BDF, rearm_vfs, GROUPED_BDF, LAB_GATEWAY, NIC_BDF,
                       SATA_BDF, SATA_DISK_BYTES, STICK_BYTES, STICK_IDS, STICK_PRODUCT,
                       TABLET_PRODUCT, XHCI_BDF, find_usb, write_inventory)
 from .host import MAX_SHARES, SHARE_SLOT, LabHost, lab_argv, shares_for

@@ -82,9 +82,14 @@ DEVICES = (
 #: 10.0); Linux treats 82576 functions as isolated (an ACS quirk), so each VF has an IOMMU group
 #: of its own behind the root port. Its own user network (no IPv6: a router advertisement made
 #: the PF the lab host's default route): the VFs' DHCP and gateway. NOT in DEVICES yet: in L2
-#: the VF's igbvf says "PF still in reset state" and gets no link, and with it in L1 one
-#: `make lab` ended in an L1 kernel panic (stack guard page hit in KVM's vcpu run, an interrupt
-#: in nested SVM under TCG); docs/lab.md. Adding it to DEVICES tries it again.
+#: the VF's igbvf says "PF still in reset state" and gets no link. Found so far: the host's
+#: igbvf took the VFs first and used up their one-time "PF reset done" bit (now the harness
+#: turns sriov_drivers_autoprobe off, and rearm_vfs sets the bit again before each hot-add);
+#: with that, igbvf in L2 sees the bit, but its reset message to the PF goes unanswered within
+#: igbvf's 1 s mailbox timeout (the message 1.27 s after "enabling device"): the PF's igb in L1
+#: (TCG) answers too late or not at all. And with it in L1 one `make lab` ended in an L1 kernel
+#: panic (stack guard page hit in KVM's vcpu run, an interrupt in nested SVM under TCG);
+#: docs/lab.md. Adding it to DEVICES tries it again.
 SRIOV_NIC = LabDevice("nic", "igb", SRIOV_PORT_BDF,
                       ("-netdev", "user,id=labvfnet,net=10.0.6.0/24,ipv6=off",
                        "-device", "pcie-root-port,id=labrp,bus=pcie.0,addr={addr},chassis=7",
@@ -108,12 +113,15 @@ def find_usb(vendorid: str, productid: str, root: "str | Path" = "/") -> tuple[i
     return found[0]
 
 
-def link_up(pf: str) -> None:
-    """Open the PF's interface once its VFs exist, as a host using SR-IOV has it: igb tells its
-    VFs the PF is ready (PFRSTD) when its port opens with VFs allocated; a VF made after that
-    says "PF still in reset state" and never gets a link. Its network has no IPv6 (the
-    netdev's ipv6=off): a router advertisement would give the lab host a default route there,
-    and the harness then rightly refuses to touch the PF."""
+def rearm_vfs(pf: str) -> None:
+    """Close and open the PF's interface, as its driver then tells every VF "PF reset done":
+    igb writes PFRSTD when its port opens with VFs allocated, and QEMU's igb then sets each
+    VF's RSTD mailbox bit. That bit is cleared when read and QEMU sets it again only that way
+    (not on a VF's reset), so each VF driver that starts (igbvf in an L2 guest) uses it up;
+    without it igbvf says "PF still in reset state. Is the PF interface up?" and the VF never
+    gets a link. Done once the VFs exist, and before each VF hot-add (Lab.host_devices).
+    Its network has no IPv6 (the netdev's ipv6=off): a router advertisement would give the lab
+    host a default route there, and the harness then rightly refuses to touch the PF."""
     fs = Sysfs.of("/")
     for net in sorted(fs.pci_dir(pf).glob("net/*")):
         for state in ("down", "up"):
@@ -123,7 +131,8 @@ def link_up(pf: str) -> None:
                 raise LabError(f"the lab host could not bring {net.name} ({pf}) {state}: "
                                f"{p.stderr.strip()}",
                                hint="a bug in the lab (harness/lab/devices.py)")
-        print(f"hotplug-harness: lab: {net.name} ({pf}, the SR-IOV PF) up with its VFs")
+        print(f"hotplug-harness: lab: {net.name} ({pf}, the SR-IOV PF) closed and opened: its "
+              "VFs are told the PF is ready")
 
 
 def find_pci(vendor: str, device: str, root: "str | Path" = "/") -> str:
