@@ -28,7 +28,9 @@ def lab_argv(image: LabImage, qemu: list[str], workdir: Path, shares: dict[str, 
     for path, size in ((disk, SATA_DISK_BYTES), (stick, STICK_BYTES)):
         _disk_image(path, size)  # two partitions, like the guide's /dev/sdb
     share_arg = ",".join(f"{tag}:{path}" for tag, path in shares.items())
-    append = ("console=ttyS0 intel_iommu=on iommu=pt panic=-1 quiet loglevel=3 "
+    # (loglevel=4: errors reach the console too, among them the RCU stall reports that are
+    # the only sign of a wedge where the stuck CPU's own watchdog cannot speak: LabHost)
+    append = ("console=ttyS0 intel_iommu=on iommu=pt panic=-1 quiet loglevel=4 "
               f"hh.shares={share_arg} hh.job={job or ''}")
     argv = [*qemu, "-name", "hh-lab", "-M", "q35", "-accel", "tcg,tb-size=512",
             "-cpu", "max", "-smp", str(cpus), "-m", str(memory_mb),
@@ -74,6 +76,13 @@ def shares_for(paths: list[Path]) -> dict[str, Path]:
 #: silence deadline (over 12 minutes).
 STUCK_SECONDS = 60
 _STUCK = re.compile(r"watchdog: BUG: soft lockup - CPU#\d+ stuck for (\d+)s!")
+#: The other wedge: a CPU stuck in the L2 guest whose own timer interrupts no longer reach L1,
+#: so its watchdog never speaks, and every task whose timer is queued on it sleeps forever
+#: (seen: one L1 vCPU at 100 %, the other idle, the lab silent). RCU reports the stalled CPU
+#: from another one, 21 s into the stall and again every minute or so while it lasts: the
+#: second report means over a minute stuck.
+_RCU_STALL = re.compile(r"rcu: INFO: rcu_\w+ (?:detected stalls on CPUs/tasks|self-detected stall)")
+RCU_STALL_REPORTS = 2
 
 
 class LabHost:
@@ -96,6 +105,7 @@ class LabHost:
         self.marks: dict[str, float] = {}
         #: L1's kernel said one of its CPUs has been stuck for a long time (the line).
         self.wedged: str | None = None
+        self._rcu_stalls = 0
 
     @property
     def process(self) -> subprocess.Popen | None:
@@ -140,6 +150,10 @@ class LabHost:
             stuck = _STUCK.search(line)
             if stuck and int(stuck.group(1)) >= STUCK_SECONDS and self.wedged is None:
                 self.wedged = line.strip()
+            if _RCU_STALL.search(line):
+                self._rcu_stalls += 1
+                if self._rcu_stalls >= RCU_STALL_REPORTS and self.wedged is None:
+                    self.wedged = f"{line.strip()} (report {self._rcu_stalls})"
             if self.echo:
                 self.echo(line)
         return bool(chunk)

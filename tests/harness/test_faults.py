@@ -160,6 +160,7 @@ def test_lab_host_whose_kernel_reports_a_stuck_cpu_is_stopped_at_once(tmp_path):
     (tmp_path / "console.log").write_text(
         "lab: ready uptime=7.20 kernel=test kvm=yes\n"
         "[  600.1] watchdog: BUG: soft lockup - CPU#1 stuck for 23s! [kworker/1:2:88]\n"
+        "[  610.2] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n"
         "[  621.0] watchdog: BUG: soft lockup - CPU#0 stuck for 71s! [qemu-system-x86:677]\n")
     argv = ["qemu-system-x86_64", "-S", "-M", "q35", "-nodefaults", "-display", "none",
             "-chardev", f"file,id=console,path={tmp_path / 'elsewhere.log'}",
@@ -171,6 +172,32 @@ def test_lab_host_whose_kernel_reports_a_stuck_cpu_is_stopped_at_once(tmp_path):
         host.run(deadline=time.monotonic() + 3600)
     assert "wedged" in info.value.message and "CPU#0 stuck for 71s" in info.value.message
     assert "CPU#1" not in info.value.message
+    assert time.monotonic() - t0 < 15
+    assert host.process.poll() is not None, "the lab QEMU was left running"
+
+
+def test_lab_host_whose_kernel_reports_rcu_stalls_twice_is_stopped(tmp_path):
+    """The wedge where the stuck CPU's own watchdog cannot speak: another CPU's RCU stall
+    reports. One report may be a passing stall; the second (over a minute) ends the run."""
+    import time
+
+    from harness import lab
+    from harness.errors import LabError
+
+    (tmp_path / "console.log").write_text(
+        "lab: ready uptime=7.20 kernel=test kvm=yes\n"
+        "[  640.3] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n"
+        "[  640.3] rcu:     1-...!: (0 ticks this GP) idle=9f4c/1/0x4000000000000000\n"
+        "[  703.5] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n")
+    argv = ["qemu-system-x86_64", "-S", "-M", "q35", "-nodefaults", "-display", "none",
+            "-chardev", f"file,id=console,path={tmp_path / 'elsewhere.log'}",
+            "-serial", "chardev:console"]
+    host = lab.LabHost(argv, tmp_path, echo=lambda line: None, boot_timeout=300,
+                       silence_timeout=600)
+    t0 = time.monotonic()
+    with pytest.raises(LabError) as info:
+        host.run(deadline=time.monotonic() + 3600)
+    assert "wedged" in info.value.message and "(report 2)" in info.value.message
     assert time.monotonic() - t0 < 15
     assert host.process.poll() is not None, "the lab QEMU was left running"
 
