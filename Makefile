@@ -42,14 +42,18 @@ LAB_TESTS ?= tests/scenarios/test_nic.py tests/scenarios/test_usb.py tests/scena
              tests/scenarios/test_passthrough_failures.py \
              'tests/scenarios/test_lifecycle.py::test_unplug_at_once[lab-q35-pciehp-e1000e]' \
              'tests/scenarios/test_lifecycle.py::test_live_migration_with_hot_added_devices[lab-q35-pciehp-e1000e]'
-# A lab host that hangs or stops before its tests end (exit 3: nested SVM on TCG stalls now and
-# then, docs/lab.md) gets one more whole run, said on the terminal; any other failure is final.
+# A lab host that hangs or stops before its tests end (exit 3: nested SVM on TCG wedges L1 now
+# and then, docs/lab.md) gets another whole run, said on the terminal, up to LAB_RUNS runs in
+# all; any other failure is final. (Today the wedge came in 2 of 2 full runs, each time just
+# after an L2 guest took the passed-through USB stick; it is caught within a minute or two now.)
+LAB_RUNS ?= 3
 lab: image
-	status=0; $(PYTEST) --backend lab $(LAB_TESTS) $(PYTEST_ARGS) || status=$$?; \
-	if [ $$status -eq 3 ]; then \
-	    echo "make lab: the lab host hung or stopped before its tests ended (exit 3, above): running the lab once more (docs/lab.md)"; \
+	run=1; while :; do \
 	    status=0; $(PYTEST) --backend lab $(LAB_TESTS) $(PYTEST_ARGS) || status=$$?; \
-	fi; exit $$status
+	    [ $$status -eq 3 ] && [ $$run -lt $(LAB_RUNS) ] || exit $$status; \
+	    run=$$((run + 1)); \
+	    echo "make lab: the lab host hung or stopped before its tests ended (exit 3, above): lab run $$run of at most $(LAB_RUNS) (docs/lab.md)"; \
+	done
 
 # The nightly job of a VT-d host (docs/vfio.md): give back what a killed run left, check the host,
 # run the scenario matrix through real vfio-pci, give everything back; one exit status, non-zero
