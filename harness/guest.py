@@ -160,7 +160,7 @@ class Guest:
         from .snapshot import STATE_FILE
 
         self.restored_from = Path(state_dir)
-        self.argv = self.argv + ["-incoming", f"exec:cat {shlex.quote(str(self.restored_from / STATE_FILE))}"]
+        self.argv = self.argv + ["-incoming", f"exec:{_cat()} {shlex.quote(str(self.restored_from / STATE_FILE))}"]
         self.qemu = QemuProcess(self.argv, self.workdir / "qemu.log")
         (self.workdir / "cmdline.txt").write_text(format_argv(self.argv) + "\n")
         self._connect(t0)
@@ -196,7 +196,7 @@ class Guest:
         before = self.qmp("query-migrate-parameters").get("max-bandwidth")
         self.qmp("migrate-set-parameters", **{"max-bandwidth": 64 << 30})  # a file, not a link
         try:
-            self.qmp("migrate", uri=f"exec:cat > {shlex.quote(str(state))}")
+            self.qmp("migrate", uri=f"exec:{_cat()} > {shlex.quote(str(state))}")
             status = self._wait_migration(f"saving {self.name}'s state", t0)
             if status != "completed":
                 raise HarnessError(f"saving {self.name}'s state: migration {status}",
@@ -539,6 +539,17 @@ class Guest:
             return self.paths.serial_log.read_text(errors="replace")
         except OSError:
             return ""
+
+
+def _cat() -> str:
+    """The ``cat`` of QEMU's ``exec:`` migration (QEMU runs it with /bin/sh): coreutils', or
+    busybox's where there is no other (the lab host's root has busybox and no coreutils)."""
+    if shutil.which("cat"):
+        return "cat"
+    if shutil.which("busybox"):
+        return "busybox cat"
+    raise HarnessError("saving or restoring a guest's state needs cat (QEMU's exec: migration)",
+                       hint="install coreutils or busybox, or run with --no-snapshot")
 
 
 #: Guests not closed yet. A run that ends by Ctrl-C or SIGTERM (which the plugin turns into an

@@ -158,10 +158,11 @@ class HarnessSession:
         if opt.no_snapshot:
             return None
         if self.run.lab is not None:
-            # Inside the lab host (or its outer run): its /tmp is a 2 GiB tmpfs in 4 GiB of RAM,
-            # too little for states, so every save was skipped; its L2 guests stay as they were
-            # (no vmgenid) until the lab has room for states (issue 17).
-            return None
+            # Inside the lab host: its /tmp is a tmpfs of half its RAM (harness/lab/host.py),
+            # the one place with room; --snapshot-cache is the host's, not the lab's.
+            return StateCache(snapshot.run_cache_dir(self.run.owner),
+                              qemu_version=self.run.qemu_version,
+                              min_free=snapshot.LAB_MIN_FREE_BYTES)
         if opt.snapshot_cache:
             return StateCache(Path(opt.snapshot_cache), qemu_version=self.run.qemu_version,
                               persistent=True)
@@ -175,7 +176,7 @@ class HarnessSession:
                 f"access={self.access}",
                 f"hotplug-harness: image={image}; run folder {self.run_dir}",
                 "hotplug-harness: guests: " + (
-                    "each booted (--no-snapshot, or in the lab)" if self.states is None else
+                    "each booted (--no-snapshot)" if self.states is None else
                     "the first of each shape booted and saved, the others restored from it "
                     f"(states in {self.states.root})"),
                 f"hotplug-harness: {self.deadlines.describe()}"]
