@@ -124,82 +124,66 @@ def test_lab_host_that_never_boots_is_stopped_at_its_boot_deadline(tmp_path):
     assert host.process.poll() is not None, "the lab QEMU was left running"
 
 
-def test_lab_host_that_falls_silent_is_stopped(tmp_path):
-    """A lab host that booted (its console said "lab: ready") and then prints nothing is hung:
-    it is stopped after the silence deadline, not left until --lab-timeout. The QEMU here never
-    runs its CPUs; its console goes elsewhere, so console.log holds only the ready line."""
-    import time
-
+def _lab_host_with_console(tmp_path, console: str, **deadlines):
+    """A LabHost whose console log already holds ``console`` (what L1 printed); its QEMU never
+    runs its CPUs and sends its own console elsewhere, so nothing else is added."""
     from harness import lab
-    from harness.errors import LabError
 
-    (tmp_path / "console.log").write_text("lab: ready uptime=1.00 kernel=test kvm=no\n")
+    (tmp_path / "console.log").write_text(console)
     argv = ["qemu-system-x86_64", "-S", "-M", "q35", "-nodefaults", "-display", "none",
             "-chardev", f"file,id=console,path={tmp_path / 'elsewhere.log'}",
             "-serial", "chardev:console"]
-    lines = []
-    host = lab.LabHost(argv, tmp_path, echo=lines.append, boot_timeout=300, silence_timeout=2)
+    return lab.LabHost(argv, tmp_path, **{"echo": lambda line: None, "boot_timeout": 300,
+                                           "silence_timeout": 600, **deadlines})
+
+
+def _stopped_with(host) -> str:
+    """Run ``host`` to its LabError; check it was quick and left no QEMU; the message."""
+    import time
+
+    from harness.errors import LabError
+
     t0 = time.monotonic()
     with pytest.raises(LabError) as info:
         host.run(deadline=time.monotonic() + 3600)
-    assert "has printed nothing for 2 s" in info.value.message, info.value.message
-    assert lines == ["lab: ready uptime=1.00 kernel=test kvm=no"]
     assert time.monotonic() - t0 < 15
     assert host.process.poll() is not None, "the lab QEMU was left running"
+    return info.value.message
+
+
+def test_lab_host_that_falls_silent_is_stopped(tmp_path):
+    """A lab host that booted (its console said "lab: ready") and then prints nothing is hung:
+    it is stopped after the silence deadline, not left until --lab-timeout."""
+    lines = []
+    host = _lab_host_with_console(tmp_path, "lab: ready uptime=1.00 kernel=test kvm=no\n",
+                                  echo=lines.append, silence_timeout=2)
+    assert "has printed nothing for 2 s" in _stopped_with(host)
+    assert lines == ["lab: ready uptime=1.00 kernel=test kvm=no"]
 
 
 def test_lab_host_whose_kernel_reports_a_stuck_cpu_is_stopped_at_once(tmp_path):
     """L1's soft-lockup watchdog saying a CPU has been stuck for a minute (nested KVM on TCG
-    wedged, as seen in `make lab`) ends the run at once, naming the line; a shorter stall is
-    passed over. The QEMU here never runs its CPUs; the lines are L1's console as it was."""
-    import time
-
-    from harness import lab
-    from harness.errors import LabError
-
-    (tmp_path / "console.log").write_text(
+    wedged, as seen in `make lab`) ends the run at once, naming the line; a shorter stall, or
+    one RCU stall report, is passed over."""
+    message = _stopped_with(_lab_host_with_console(
+        tmp_path,
         "lab: ready uptime=7.20 kernel=test kvm=yes\n"
         "[  600.1] watchdog: BUG: soft lockup - CPU#1 stuck for 23s! [kworker/1:2:88]\n"
         "[  610.2] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n"
-        "[  621.0] watchdog: BUG: soft lockup - CPU#0 stuck for 71s! [qemu-system-x86:677]\n")
-    argv = ["qemu-system-x86_64", "-S", "-M", "q35", "-nodefaults", "-display", "none",
-            "-chardev", f"file,id=console,path={tmp_path / 'elsewhere.log'}",
-            "-serial", "chardev:console"]
-    host = lab.LabHost(argv, tmp_path, echo=lambda line: None, boot_timeout=300,
-                       silence_timeout=600)
-    t0 = time.monotonic()
-    with pytest.raises(LabError) as info:
-        host.run(deadline=time.monotonic() + 3600)
-    assert "wedged" in info.value.message and "CPU#0 stuck for 71s" in info.value.message
-    assert "CPU#1" not in info.value.message
-    assert time.monotonic() - t0 < 15
-    assert host.process.poll() is not None, "the lab QEMU was left running"
+        "[  621.0] watchdog: BUG: soft lockup - CPU#0 stuck for 71s! [qemu-system-x86:677]\n"))
+    assert "wedged" in message and "CPU#0 stuck for 71s" in message and "CPU#1" not in message
 
 
 def test_lab_host_whose_kernel_reports_rcu_stalls_twice_is_stopped(tmp_path):
     """The wedge where the stuck CPU's own watchdog cannot speak: another CPU's RCU stall
     reports. One report may be a passing stall; the second (over a minute) ends the run."""
-    import time
-
-    from harness import lab
-    from harness.errors import LabError
-
-    (tmp_path / "console.log").write_text(
+    message = _stopped_with(_lab_host_with_console(
+        tmp_path,
         "lab: ready uptime=7.20 kernel=test kvm=yes\n"
         "[  640.3] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n"
         "[  640.3] rcu:     1-...!: (0 ticks this GP) idle=9f4c/1/0x4000000000000000\n"
-        "[  703.5] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n")
-    argv = ["qemu-system-x86_64", "-S", "-M", "q35", "-nodefaults", "-display", "none",
-            "-chardev", f"file,id=console,path={tmp_path / 'elsewhere.log'}",
-            "-serial", "chardev:console"]
-    host = lab.LabHost(argv, tmp_path, echo=lambda line: None, boot_timeout=300,
-                       silence_timeout=600)
-    t0 = time.monotonic()
-    with pytest.raises(LabError) as info:
-        host.run(deadline=time.monotonic() + 3600)
-    assert "wedged" in info.value.message and "(report 2)" in info.value.message
-    assert time.monotonic() - t0 < 15
-    assert host.process.poll() is not None, "the lab QEMU was left running"
+        "[  703.5] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n"))
+    assert "wedged" in message and "(report 2)" in message
 
 
 RETRY_PROBE = '''
