@@ -159,13 +159,19 @@ class Vfio(Backend):
         out = []
         for entry in self.inventory.for_role(role):
             if entry.is_pci:
-                out.append(devices.VfioPci(entry, self.binder, self.inventory.pci_addresses()))
+                out.append(devices.VfioPci(entry, self.binder, self.inventory.pci_addresses(),
+                                           prepare=self.before_plug(entry)))
             else:
                 if entry.hostbus is not None:
                     out.append(devices.UsbHost(entry, "busaddr"))
                 if entry.vendorid is not None:
                     out.append(_usb_by_ids(entry))
         return out
+
+    def before_plug(self, entry):
+        """What to do once ``entry``'s device is on vfio-pci, right before its ``device_add``
+        (None: nothing; a VT-d host's devices need nothing)."""
+        return None
 
     def resource_group(self, device) -> str:
         """The IOMMU group of a PCI device (two inventory entries in one group are one
@@ -219,18 +225,13 @@ class Lab(Vfio):
         #: less hardware would (two such runs merge as two hosts; docs/fleet.md).
         self.roles = roles
 
-    def host_devices(self, role: str) -> list:
-        """As on a VT-d host, but a VF's PF is re-armed before each hot-add
-        (:func:`harness.lab.devices.rearm_vfs`: QEMU's igb tells a VF "PF reset done" once per
-        PF open, and each VF driver that starts uses it up)."""
+    def before_plug(self, entry):
+        """A VF's PF is re-armed before each hot-add (:func:`harness.lab.devices.rearm_vfs`:
+        QEMU's igb tells a VF "PF reset done" once per PF open, and each VF driver that starts
+        uses it up)."""
         from . import lab as lab_mod
 
-        out = super().host_devices(role)
-        for d in out:
-            pf = getattr(getattr(d, "entry", None), "pf", None)
-            if pf:
-                d.prepare = lambda pf=pf: lab_mod.rearm_vfs(pf)
-        return out
+        return (lambda: lab_mod.rearm_vfs(entry.pf)) if entry.pf else None
 
     def setup(self, inventory: str | None) -> None:
         from . import lab as lab_mod

@@ -348,8 +348,8 @@ class VfioPci(HotplugDevice):
         self.id = entry.name
         self.binder = binder
         self.allowed = allowed
-        #: Called once the device is on vfio-pci, right before ``device_add`` (the lab's VFs:
-        #: :func:`harness.lab.devices.rearm_vfs`).
+        #: Called once the device is on vfio-pci, right before ``device_add``
+        #: (:meth:`harness.backends.Vfio.before_plug`).
         self.prepare = prepare
         self.guest_driver = getattr(entry, "guest_driver", None)
         #: What the report says this test passed through.

@@ -255,11 +255,11 @@ class Monitor:
                     done[dev] = UnplugResult(dev, time.monotonic() - t0, True, busy[dev])
             left = [i for i in ids if i not in done]
             if left:
+                elapsed = time.monotonic() - t0
                 raise UnplugError(left[0], "guest-refused",
                                   f"{len(left)} of {len(ids)} devices still attached "
-                                  f"{time.monotonic() - t0:.1f} s after device_del (none left "
-                                  f"in the last {min(timeout, time.monotonic() - t0):.1f} s): "
-                                  f"{', '.join(left)}",
+                                  f"{elapsed:.1f} s after device_del (none left in the last "
+                                  f"{min(timeout, elapsed):.1f} s): {', '.join(left)}",
                                   hint="the guest never released them: see its dmesg in the bundle")
             return [done[i] for i in ids]
 

@@ -106,8 +106,8 @@ BOOT = {("builtin", "tcg"): 60.0, ("builtin", "kvm"): 60.0,
 #: The lab host (L1): QEMU start to "lab: ready" 7.4-8.6 s; silence after ready means hung
 #: (the run inside prints at the end of each test; its longest test took 173-185 s, failing
 #: ones up to 134 s; 300 s is 1.6 times the longest before the host's time factor scales it.
-#: A wedged lab that prints nothing costs this much before its next run, and `make lab` may
-#: need three runs within CI's 90 minutes: it was 600 s).
+#: A wedged lab that prints nothing costs this much before `make lab`'s next run, of 3 at
+#: most: it was 600 s).
 LAB_BOOT = 300.0
 LAB_SILENCE = 300.0
 #: A guest command's default deadline, and the default deadline of an unplug in a scenario.

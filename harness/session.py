@@ -59,8 +59,7 @@ class HarnessSession:
         self._seed_cloud_init(opt)
         #: --guest: the guests every scenario runs on (empty: one guest, as the options say).
         self.guest_choices = guests.resolve(
-            opt.guest or [], Path(opt.image_cache or images.DEFAULT_CACHE),
-            self.run.run_dir / "cloud-init" / "run")
+            opt.guest or [], Path(opt.image_cache or images.DEFAULT_CACHE), self.cloud_init_dir)
         if decides:
             self._decide()
         self.pace = pace_mod.Pace(**self.run.pace)
@@ -100,8 +99,12 @@ class HarnessSession:
             # A stock cloud image: an SSH key made for the run, handed to cloud-init by a
             # NoCloud seed (one for the run's processes, in the run folder: one command line
             # per guest shape, so the workers share its saved state).
-            self.user_image = guests.cloud_seeded(
-                self.user_image, self.run.run_dir / "cloud-init" / "run")
+            self.user_image = guests.cloud_seeded(self.user_image, self.cloud_init_dir)
+
+    @property
+    def cloud_init_dir(self) -> Path:
+        """The run's one SSH key and NoCloud seed for cloud images (harness.guests)."""
+        return self.run.run_dir / "cloud-init" / "run"
 
     # What the run decided, by name.
     run_dir = property(lambda self: self.run.run_dir)

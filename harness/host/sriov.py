@@ -10,7 +10,6 @@ new VFs: they are for vfio-pci, a host driver would only make netdevs the host's
 manager picks up, and a VF driver that probes first consumes the VF's one-time "PF reset done"
 mailbox bit (82576: RSTD, clear on read), after which the guest's igbvf refuses the VF ("PF
 still in reset state"). A run killed in between is put right by ``python -m harness
-restore`` as a device left on vfio-pci is a run killed in between is put right by ``python -m harness
 restore`` as a device left on vfio-pci is (:func:`harness.host.binding.restore_from_journal`).
 
     >>> vfs = binder.enable_vfs("0000:05:00.0", 2)       # doctest: +SKIP

@@ -83,7 +83,6 @@ _STUCK = re.compile(r"watchdog: BUG: soft lockup - CPU#\d+ stuck for (\d+)s!")
 #: timer handling issue on cpu=1", "kthread starved"), cut off in its own stack dump, then
 #: nothing more: no second report comes, so the first one ends the run.
 _RCU_STALL = re.compile(r"rcu: INFO: rcu_\w+ (?:detected stalls on CPUs/tasks|self-detected stall)")
-RCU_STALL_REPORTS = 1
 
 
 class LabHost:
@@ -106,7 +105,6 @@ class LabHost:
         self.marks: dict[str, float] = {}
         #: L1's kernel said one of its CPUs has been stuck for a long time (the line).
         self.wedged: str | None = None
-        self._rcu_stalls = 0
 
     @property
     def process(self) -> subprocess.Popen | None:
@@ -149,12 +147,9 @@ class LabHost:
             if m:
                 self.marks[m.group(1)] = round(time.monotonic() - t0, 2)
             stuck = _STUCK.search(line)
-            if stuck and int(stuck.group(1)) >= STUCK_SECONDS and self.wedged is None:
+            if self.wedged is None and (_RCU_STALL.search(line) or (
+                    stuck and int(stuck.group(1)) >= STUCK_SECONDS)):
                 self.wedged = line.strip()
-            if _RCU_STALL.search(line):
-                self._rcu_stalls += 1
-                if self._rcu_stalls >= RCU_STALL_REPORTS and self.wedged is None:
-                    self.wedged = line.strip()
             if self.echo:
                 self.echo(line)
         return bool(chunk)
