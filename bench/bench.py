@@ -11,8 +11,10 @@
    disk_present; device_del -> DEVICE_DELETED, guest_gone), median and max over --cycles cycles
 4. a --soak cycle add/remove soak of one NIC: QEMU RSS and open files before/after, and whether
    the guest's state is back to its baseline
-5. the whole `make qualify` matrix wall time, serially and with 2, 3 and 4 workers, and with 3
-   workers and --no-snapshot right after (the same matrix, every guest booted)
+5. the whole `make qualify` matrix wall time, serially and with 2, 3 and 4 workers (each run
+   saving its own guest states); then with 4 workers: twice with one state cache (as make
+   qualify's STATES: the first run saves, the second restores every shape the first booted) and
+   with --no-snapshot (every guest booted), back to back, and the ratios
 6. the lab (--backend lab, docs/lab.md): lab image build (fresh), lab host ready, L2 guest boot
    under nested KVM, and the wall time of `make lab`'s tests (--lab-tests to choose others)
 """
@@ -156,20 +158,34 @@ def bench_soak(image, n: int, workdir: Path, **guest) -> None:
     print(f"    QEMU open files {fds0} -> {fds1}; guest state back to baseline: {same}")
 
 
-def bench_matrix(qemu_binary: str, runs=(("0",), ("2",), ("3",), ("4",), ("3", "--no-snapshot"))) -> None:
-    walls = {}
-    for jobs, *extra in runs:
-        t0 = time.monotonic()
-        p = subprocess.run([str(REPO / ".venv/bin/pytest"), "tests/scenarios", "-q", "-n", jobs,
-                            "--dist", "loadgroup", "--qemu-binary", qemu_binary, *extra],
-                           cwd=REPO, capture_output=True, text=True)
-        tail = [l for l in p.stdout.splitlines() if " passed" in l or " failed" in l][-1:]
-        walls[(jobs, *extra)] = time.monotonic() - t0
-        print(f"make qualify matrix, -n {jobs} {' '.join(extra)}: {walls[(jobs, *extra)]:.1f} s "
-              f"wall ({tail[0].strip('= ') if tail else 'exit ' + str(p.returncode)})")
-    if ("3",) in walls and ("3", "--no-snapshot") in walls:
-        print(f"make qualify, saved states / --no-snapshot (-n 3, back to back): "
-              f"{walls[('3',)] / walls[('3', '--no-snapshot')]:.2f}")
+#: The matrix runs: workers and extra options. "@cache" is one folder for the bench's runs, as
+#: make qualify's STATES: its first run saves the states (cold), the next restores them (warm).
+MATRIX_RUNS = (("0",), ("2",), ("3",), ("4",), ("4", "--snapshot-cache=@cache"),
+               ("4", "--snapshot-cache=@cache"), ("4", "--no-snapshot"))
+
+
+def bench_matrix(qemu_binary: str, runs=MATRIX_RUNS) -> None:
+    walls: list[tuple[tuple, float]] = []
+    with tempfile.TemporaryDirectory(prefix="hh-bench-states-") as cache:
+        for jobs, *extra in runs:
+            args = [a.replace("@cache", cache) for a in extra]
+            t0 = time.monotonic()
+            p = subprocess.run([str(REPO / ".venv/bin/pytest"), "tests/scenarios", "-q", "-n", jobs,
+                                "--dist", "loadgroup", "--qemu-binary", qemu_binary, *args],
+                               cwd=REPO, capture_output=True, text=True)
+            tail = [l for l in p.stdout.splitlines() if " passed" in l or " failed" in l][-1:]
+            walls.append(((jobs, *extra), time.monotonic() - t0))
+            print(f"make qualify matrix, -n {jobs} {' '.join(extra)}: {walls[-1][1]:.1f} s "
+                  f"wall ({tail[0].strip('= ') if tail else 'exit ' + str(p.returncode)})")
+    cold = [w for r, w in walls if r == ("4",)]
+    cached = [w for r, w in walls if r == ("4", "--snapshot-cache=@cache")]
+    booted = [w for r, w in walls if r == ("4", "--no-snapshot")]
+    if booted and cold:
+        print(f"make qualify, saved states of this run / --no-snapshot (-n 4): "
+              f"{cold[0] / booted[0]:.2f}")
+    if booted and len(cached) > 1:
+        print(f"make qualify, states saved by the run before / --no-snapshot (-n 4): "
+              f"{cached[1] / booted[0]:.2f}")
 
 
 LAB_TESTS = ["tests/scenarios/test_nic.py", "tests/scenarios/test_usb.py",
@@ -221,7 +237,7 @@ def main() -> int:
     ap.add_argument("--qemu-binary", default="qemu-system-x86_64",
                     help="the QEMU to measure (boot, restore, latencies, matrix)")
     ap.add_argument("--matrix-jobs", nargs="+", default=None, metavar="RUN",
-                    help="only these matrix runs, e.g. 3 3,--no-snapshot")
+                    help="only these matrix runs, e.g. 4 4,--no-snapshot (@cache: the bench's state cache)")
     args = ap.parse_args()
     if not args.skip_build:
         bench_build()
