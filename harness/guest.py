@@ -87,7 +87,9 @@ class Guest:
         self.restored_from: Path | None = None
         #: The figures of this guest's state being saved for later guests (set by the pool).
         self.saved: dict | None = None
-        #: Seconds from QEMU's start to each step of the launch (qmp, console, ready).
+        #: Seconds from QEMU's start to each step of the launch (qmp, console, loaded, ready);
+        #: also how long a reboot or migration took (rebooted, migrated) and, before the launch,
+        #: how long the pool waited for another worker saving this shape (waited_for_state).
         self.launch_marks: dict[str, float] = {}
         _open_guests.add(self)
         self.guest_uptime_at_ready: float | None = None
