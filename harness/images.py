@@ -85,18 +85,22 @@ class Recipe:
     packages: tuple[str, ...]
     modules: tuple[str, ...]
     required_programs: tuple[str, ...]
+    #: Paths (globs, relative to the root) removed from the image after the packages are
+    #: unpacked; shared libraries no program left in it needs go with them (:func:`_prune`).
+    drop: tuple[str, ...] = ()
 
     @classmethod
     def load(cls, folder: Path = BUILTIN_RECIPE) -> "Recipe":
         path = folder / "recipe.toml"
         data = read_recipe_toml(path)
-        known = {"kernel_package", "packages", "modules", "required_programs"}
+        known = {"kernel_package", "packages", "modules", "required_programs", "drop"}
         unknown = set(data) - known
         if unknown:
             raise ImageError(f"{path}: unknown keys {sorted(unknown)}",
                              hint=f"the recipe knows only {sorted(known)}")
         return cls(folder, data["kernel_package"], tuple(data["packages"]),
-                   tuple(data["modules"]), tuple(data.get("required_programs", ())))
+                   tuple(data["modules"]), tuple(data.get("required_programs", ())),
+                   tuple(data.get("drop", ())))
 
     def digest(self) -> str:
         h = hashlib.sha256()
@@ -109,30 +113,7 @@ class Recipe:
         return h.hexdigest()[:16]
 
 
-# -- small pure helpers (unit-tested) ------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
 # -- build ---------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
 
 
 def _add_modules(root: Path, kroot: Path, kver: str, wanted: tuple[str, ...]) -> list[str]:
@@ -198,6 +179,69 @@ def _make_ssh_key(out: Path) -> str:
     return pub
 
 
+#: Loaded without being named in an ELF file's DT_NEEDED: the dynamic loader itself, and the
+#: unwinder glibc opens for pthread_cancel and exit in threads.
+_ALWAYS_KEPT_LIBRARIES = frozenset({"ld-linux-x86-64.so.2", "libgcc_s.so.1"})
+
+
+def _in_root(root: Path, p: Path) -> Path:
+    """``p`` with its symlinks followed inside ``root``: an absolute link target (Debian's
+    ``libz.so -> /lib/x86_64-linux-gnu/libz.so.1.2.13``) means the image's file, not the host's."""
+    for _ in range(40):
+        if not p.is_symlink():
+            return p.resolve()
+        target = os.readlink(p)
+        p = root / target.lstrip("/") if target.startswith("/") else p.parent / target
+    raise ImageError(f"{p}: too many levels of symbolic links in the image",
+                     hint="the package unpacked a symlink loop; check the recipe's packages")
+
+
+def _prune(root: Path, drop: tuple[str, ...]) -> int:
+    """Remove the recipe's ``drop`` paths, then every shared library in the main library folder
+    that no ELF file left in the image needs (directly or through another library). Each byte
+    of the initramfs is unpacked again at every boot and reboot: 48 MB took 0.82 s of a 5 s
+    boot under TCG (Dec 3). Returns the bytes removed."""
+    removed = 0
+
+    def remove(p: Path) -> None:
+        nonlocal removed
+        if p.is_dir() and not p.is_symlink():
+            removed += sum(f.lstat().st_size for f in p.rglob("*") if f.is_file() and not f.is_symlink())
+            shutil.rmtree(p)
+        else:
+            removed += p.lstat().st_size if not p.is_symlink() else 0
+            p.unlink()
+
+    for pattern in drop:
+        for p in sorted(root.glob(pattern), reverse=True):
+            if p.exists() or p.is_symlink():
+                remove(p)
+    libdir = root / "usr/lib/x86_64-linux-gnu"
+    if not libdir.is_dir():
+        return removed
+    elves = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink() and p.parent != libdir
+             and p.read_bytes()[:4] == b"\x7fELF"]
+    needed: set[str] = set(_ALWAYS_KEPT_LIBRARIES)
+    todo = [lib for p in elves for lib in debroot.elf_needed(p.read_bytes())]
+    todo += list(_ALWAYS_KEPT_LIBRARIES)
+    kept: set[Path] = set()
+    while todo:
+        lib = todo.pop()
+        path = _in_root(root, libdir / lib)
+        if path in kept or not path.is_file():
+            needed.add(lib)
+            continue
+        needed.add(lib)
+        kept.add(path)
+        todo.extend(debroot.elf_needed(path.read_bytes()))
+    for p in sorted(libdir.iterdir()):
+        if ".so" not in p.name or (p.is_dir() and not p.is_symlink()) or p.name in needed:
+            continue
+        if p.is_symlink() or _in_root(root, p) not in kept:
+            remove(p)
+    return removed
+
+
 def _finish_root(recipe: Recipe, root: Path, kroot: Path, kver: str) -> None:
     """The kernel's config, the recipe's overlay, mount points, busybox applets, /bin/sh."""
     (root / "boot").mkdir(exist_ok=True)
@@ -227,6 +271,8 @@ def build(recipe: Recipe, out_dir: Path, log=print) -> dict:
         kver = kpkg.removeprefix("linux-image-")
         order = _add_modules(root, kroot, kver, recipe.modules)
         _finish_root(recipe, root, kroot, kver)
+        pruned = _prune(root, recipe.drop)
+        debroot.check_libraries(root, recipe.required_programs)
 
         stage = tmp / "out"
         stage.mkdir()
@@ -246,6 +292,7 @@ def build(recipe: Recipe, out_dir: Path, log=print) -> dict:
             "kernel_version": kver,
             "packages": versions,
             "modules": order,
+            "pruned_bytes": pruned,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "build_seconds": round(time.monotonic() - t0, 2),
         }

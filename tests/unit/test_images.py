@@ -117,3 +117,40 @@ def test_nocloud_seed_gives_the_runs_key_to_root_on_a_cidata_disk(tmp_path):
     assert "disable_root: false" in user_data and "ssh_pwauth: false" in user_data
     assert "Type=ether" in user_data and "DHCP=yes" in user_data
     assert read("meta-data").startswith("instance-id: hh-")
+
+
+def test_prune_keeps_what_the_programs_need_and_drops_the_rest(tmp_path):
+    """A fake root with real ELF files: /usr/bin/true needs libc, libc needs the loader; libz
+    is needed by nothing (its absolute dev symlink must not reach the host's copy), and the
+    recipe's ``drop`` globs go first."""
+    host = Path("/usr/lib/x86_64-linux-gnu")
+    if not (host / "libz.so.1").exists():
+        pytest.skip("needs the host's zlib1g (a Debian base package) as a spare library")
+    root = tmp_path / "root"
+    lib = root / "usr/lib/x86_64-linux-gnu"
+    lib.mkdir(parents=True)
+    (root / "usr/bin").mkdir()
+    (root / "lib").symlink_to("usr/lib")
+    (root / "usr/share/doc/x").mkdir(parents=True)
+    (root / "usr/share/doc/x/README").write_text("doc")
+    (root / "usr/bin/true").write_bytes(Path("/usr/bin/true").read_bytes())
+    for name in ("libc.so.6", "ld-linux-x86-64.so.2"):
+        (lib / name).write_bytes((host / name).read_bytes())
+    zlib = (host / "libz.so.1").resolve()
+    (lib / zlib.name).write_bytes(zlib.read_bytes())
+    (lib / "libz.so.1").symlink_to(zlib.name)
+    (lib / "libz.so").symlink_to(f"/lib/x86_64-linux-gnu/{zlib.name}")
+
+    removed = images._prune(root, ("usr/share/doc",))
+
+    left = sorted(p.name for p in lib.iterdir())
+    assert left == ["ld-linux-x86-64.so.2", "libc.so.6"]
+    assert not (root / "usr/share/doc").exists() and (root / "usr/bin/true").exists()
+    assert removed == zlib.stat().st_size + len("doc")
+    assert (host / "libz.so.1").exists()  # the host's own copy is untouched
+
+
+def test_recipe_drop_key_is_read(tmp_path):
+    (tmp_path / "recipe.toml").write_text(
+        'kernel_package="k"\npackages=[]\nmodules=[]\ndrop=["usr/share/doc"]\n')
+    assert images.Recipe.load(tmp_path).drop == ("usr/share/doc",)
