@@ -95,6 +95,11 @@ def _guest_starts(summary: dict) -> str:
     return text
 
 
+def _wall(summary: dict) -> str:
+    wall = summary.get("wall_seconds")
+    return f" after {wall:g} s" if wall is not None else ""
+
+
 def finish_run(run_dir: Path, report_root: Path, meta: dict) -> dict:
     results = load_results(run_dir)
     counts = {o: sum(r["outcome"] == o for r in results) for o in OUTCOMES}
@@ -105,7 +110,6 @@ def finish_run(run_dir: Path, report_root: Path, meta: dict) -> dict:
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **meta,
         "counts": counts,
-        "wall_seconds": None,
         "latencies": latency_stats(results),
         "pass_rates": pass_rates(results),
         "tests": results,
@@ -165,7 +169,8 @@ def passthrough_counts(results: list[dict]) -> dict[str, int]:
 def summary_lines(summary: dict) -> list[str]:
     c = summary["counts"]
     lines = [f"backend {summary['backend']}, accel {summary['accel']}, QEMU {summary['qemu_version']}: "
-             + ", ".join(f"{n} {o}" for o, n in c.items() if n)]
+             + ", ".join(f"{n} {o}" for o, n in c.items() if n)
+             + (f" in {summary['wall_seconds']:g} s" if summary.get("wall_seconds") is not None else "")]
     through = passthrough_counts(summary["tests"])
     if through:
         n = sum(through.values())
@@ -291,7 +296,7 @@ def render_html(summary: dict, runs: list[dict] | None = None) -> str:
 
     image = summary.get("image") or {}
     deadlines = ", ".join(f"{k.replace('_', ' ')} {v:g} s" for k, v in (summary.get("deadlines") or {}).items())
-    meta = f"""<p class="meta">run <b>{html.escape(summary['run'])}</b>, finished {html.escape(summary['finished_at'])}<br>
+    meta = f"""<p class="meta">run <b>{html.escape(summary['run'])}</b>, finished {html.escape(summary['finished_at'])}{_wall(summary)}<br>
 backend <b>{html.escape(summary['backend'])}</b> &middot; accelerator <b>{html.escape(summary['accel'])}</b>
 <small>({html.escape(summary.get('accel_reason', ''))})</small>
 &middot; time factor <b>{(summary.get('pace') or {}).get('factor', 'n/a')}</b>

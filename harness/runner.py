@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -157,6 +158,7 @@ def finish(session: pytest.Session, hs) -> None:
         "guests": [{"name": c.name, "access": c.access, "builtin": c.builtin,
                     "image": str(c.image.disk or c.image.kernel)} for c in hs.guest_choices],
         "exit_status": int(session.exitstatus),
+        "wall_seconds": round(time.monotonic() - hs.started_monotonic, 1),
         "lab": hs.backend.report_meta(),
         "hygiene": hs.hygiene_problems or "clean: no QEMU left running, no temp directory left, "
                                           "guest image unchanged",

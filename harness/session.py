@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import os
 import shutil
+import time
 from pathlib import Path
 
 from . import accel as accel_mod
@@ -39,6 +40,9 @@ class HarnessSession:
         process that started the run wrote (an xdist worker, the run inside the lab host);
         None in that process itself, which decides and writes it."""
         self.config, self.option, self.worker = config, opt, worker
+        #: For the summary's wall_seconds: the run's span as its user waited for it, from here
+        #: (option parsing is done, nothing is built or booted yet) to the report.
+        self.started_monotonic = time.monotonic()
         self.user_image = options.user_image(opt)
         self.access = opt.guest_access or ("ssh" if self.user_image and not opt.guest_ready else "console")
         self.keep_bundles, self.reuse = opt.keep_bundles, not opt.no_reuse

@@ -65,3 +65,10 @@ def test_a_reused_guest_boot_counts_once():
     tests = [{**result("a"), "guests": [g1]}, {**result("b"), "guests": [g1]},
              {**result("c"), "guests": [g1]}, {**result("d"), "guests": [g2]}]
     assert report.guest_boots(tests) == {"main-g1-q35-acpi": 9.9, "main-g2-pc": 24.8}
+
+
+def test_wall_time_is_in_the_first_line_and_the_page():
+    s = summary([result("a", backend="emulated")], backend="emulated")
+    s["wall_seconds"] = 185.4
+    assert report.summary_lines(s)[0] == "backend emulated, accel kvm, QEMU 7.2.22: 1 passed in 185.4 s"
+    assert "finished 2026-11-25T10:00:00+0000 after 185.4 s<br>" in report.render_html(s)
