@@ -52,8 +52,9 @@ LAB_TESTS ?= tests/scenarios/test_nic.py tests/scenarios/test_usb.py tests/scena
              'tests/scenarios/test_lifecycle.py::test_live_migration_with_hot_added_devices[lab-q35-pciehp-e1000e]'
 # A lab host that hangs or stops before its tests end (exit 3: nested SVM on TCG wedges L1 now
 # and then, docs/lab.md) gets another whole run, said on the terminal, up to LAB_RUNS runs in
-# all; any other failure is final. (Today the wedge came in 2 of 2 full runs, each time just
-# after an L2 guest took the passed-through USB stick; it is caught within a minute or two now.)
+# all; any other failure is final. (The wedge came in 2 of 2 full runs on Dec 3, each time just
+# after an L2 guest took the passed-through USB stick, and in 1 of 4 on Dec 4, silent, in
+# test_sata.py; it is caught within a minute or two, or after 300 s of silence.)
 LAB_RUNS ?= 3
 lab: image
 	run=1; while :; do \
