@@ -221,19 +221,17 @@ def _prune(root: Path, drop: tuple[str, ...]) -> int:
         return removed
     elves = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink() and p.parent != libdir
              and p.read_bytes()[:4] == b"\x7fELF"]
-    needed: set[str] = set(_ALWAYS_KEPT_LIBRARIES)
     todo = [lib for p in elves for lib in debroot.elf_needed(p.read_bytes())]
     todo += list(_ALWAYS_KEPT_LIBRARIES)
-    kept: set[Path] = set()
+    needed: set[str] = set()  # names asked for (a symlink's or the file's own)
+    kept: set[Path] = set()  # the files they resolve to
     while todo:
         lib = todo.pop()
-        path = _in_root(root, libdir / lib)
-        if path in kept or not path.is_file():
-            needed.add(lib)
-            continue
         needed.add(lib)
-        kept.add(path)
-        todo.extend(debroot.elf_needed(path.read_bytes()))
+        path = _in_root(root, libdir / lib)
+        if path not in kept and path.is_file():
+            kept.add(path)
+            todo.extend(debroot.elf_needed(path.read_bytes()))
     for p in sorted(libdir.iterdir()):
         if ".so" not in p.name or (p.is_dir() and not p.is_symlink()) or p.name in needed:
             continue
