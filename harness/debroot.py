@@ -1,8 +1,9 @@
 """The Debian-root toolkit: what builds a root file system from Debian packages without root,
 for the built-in guest (harness/images.py) and the lab host (harness/lab/).
 
-``unpack_debs`` (apt-get download + dpkg-deb -x, /usr merged), ``check_libraries`` (every
-program's shared libraries are there, read from the ELF files), the ELF and kernel-module readers,
+``unpack_debs`` (apt-get download + dpkg-deb -x, /usr merged), ``library_closure`` (the
+shared libraries ELF files load, read from them, symlinks followed inside the root) and
+``check_libraries`` on it (every program's libraries are there), the ELF and kernel-module readers,
 ``extract_vmlinux``, ``write_cpio`` (an initramfs with uid/gid 0), and ``build_once``: a cache
 folder built at most once, by one process, under a lock, with the old ones pruned.
 """
@@ -172,27 +173,48 @@ def unpack_debs(packages: list[str], debs: Path, root: Path, *,
     return versions
 
 
+def in_root(root: Path, p: Path) -> Path:
+    """``p`` with its symlinks followed inside ``root``: an absolute link target (Debian's
+    ``libz.so -> /lib/x86_64-linux-gnu/libz.so.1.2.13``) means the root's file, not the host's."""
+    for _ in range(40):
+        if not p.is_symlink():
+            return p.resolve()
+        target = os.readlink(p)
+        p = root / target.lstrip("/") if target.startswith("/") else p.parent / target
+    raise ImageError(f"{p}: too many levels of symbolic links in the image",
+                     hint="a package unpacked a symlink loop; check the recipe's packages")
+
+
+def library_closure(root: Path, elves: list[Path], also: tuple[str, ...] = ()
+                    ) -> tuple[set[str], set[Path], list[str]]:
+    """The shared libraries ``elves`` (ELF files under ``root``) load, directly or through each
+    other, plus the ``also`` names: the names asked for, the files they are (in ``root``), and
+    what is missing ("libx.so.1 (needed by prog)")."""
+    libdirs = [root / "usr/lib/x86_64-linux-gnu", root / "usr/lib"]
+    todo = [(lib, p.name) for p in elves for lib in elf_needed(in_root(root, p).read_bytes())]
+    todo += [(lib, "the loader") for lib in also]
+    names: set[str] = set()
+    files: set[Path] = set()
+    missing: list[str] = []
+    while todo:
+        lib, by = todo.pop()
+        if lib in names:
+            continue
+        names.add(lib)
+        found = next((in_root(root, d / lib) for d in libdirs if (d / lib).is_symlink() or (d / lib).exists()), None)
+        if found is None or not found.is_file():
+            missing.append(f"{lib} (needed by {by})")
+        elif found not in files:
+            files.add(found)
+            todo += [(dep, lib) for dep in elf_needed(found.read_bytes())]
+    return names, files, missing
+
+
 def check_libraries(root: Path, programs: tuple[str, ...]) -> None:
     """Fail the build if a required program, or a library it loads, lacks a shared library."""
-    libdirs = [root / "usr/lib/x86_64-linux-gnu", root / "usr/lib"]
-    seen: set[str] = set()
-    missing: list[str] = []
-    todo = [root / p.lstrip("/") for p in programs]
-    for p in todo:
-        if not p.exists():
-            missing.append(f"{p.relative_to(root)} (the program itself)")
-    todo = [p for p in todo if p.exists()]
-    while todo:
-        path = todo.pop()
-        for lib in elf_needed(path.resolve().read_bytes()):
-            if lib in seen:
-                continue
-            seen.add(lib)
-            found = next((d / lib for d in libdirs if (d / lib).exists()), None)
-            if found is None:
-                missing.append(f"{lib} (needed by {path.name})")
-            else:
-                todo.append(found)
+    paths = [root / p.lstrip("/") for p in programs]
+    missing = [f"{p.relative_to(root)} (the program itself)" for p in paths if not p.exists()]
+    missing += library_closure(root, [p for p in paths if p.exists()])[2]
     if missing:
         raise ImageError("the guest image lacks shared libraries: " + ", ".join(missing),
                          hint="add the Debian package that ships them to recipe.toml")

@@ -184,18 +184,6 @@ def _make_ssh_key(out: Path) -> str:
 _ALWAYS_KEPT_LIBRARIES = frozenset({"ld-linux-x86-64.so.2", "libgcc_s.so.1"})
 
 
-def _in_root(root: Path, p: Path) -> Path:
-    """``p`` with its symlinks followed inside ``root``: an absolute link target (Debian's
-    ``libz.so -> /lib/x86_64-linux-gnu/libz.so.1.2.13``) means the image's file, not the host's."""
-    for _ in range(40):
-        if not p.is_symlink():
-            return p.resolve()
-        target = os.readlink(p)
-        p = root / target.lstrip("/") if target.startswith("/") else p.parent / target
-    raise ImageError(f"{p}: too many levels of symbolic links in the image",
-                     hint="the package unpacked a symlink loop; check the recipe's packages")
-
-
 def _prune(root: Path, drop: tuple[str, ...]) -> int:
     """Remove the recipe's ``drop`` paths, then every shared library in the main library folder
     that no ELF file left in the image needs (directly or through another library). Each byte
@@ -220,24 +208,19 @@ def _prune(root: Path, drop: tuple[str, ...]) -> int:
     if not libdir.is_dir():
         return removed
     elves = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink() and p.parent != libdir
-             and p.read_bytes()[:4] == b"\x7fELF"]
-    todo = [lib for p in elves for lib in debroot.elf_needed(p.read_bytes())]
-    todo += list(_ALWAYS_KEPT_LIBRARIES)
-    needed: set[str] = set()  # names asked for (a symlink's or the file's own)
-    kept: set[Path] = set()  # the files they resolve to
-    while todo:
-        lib = todo.pop()
-        needed.add(lib)
-        path = _in_root(root, libdir / lib)
-        if path not in kept and path.is_file():
-            kept.add(path)
-            todo.extend(debroot.elf_needed(path.read_bytes()))
+             and _is_elf(p)]
+    needed, kept, _ = debroot.library_closure(root, elves, also=tuple(_ALWAYS_KEPT_LIBRARIES))
     for p in sorted(libdir.iterdir()):
         if ".so" not in p.name or (p.is_dir() and not p.is_symlink()) or p.name in needed:
             continue
-        if p.is_symlink() or _in_root(root, p) not in kept:
+        if p.is_symlink() or debroot.in_root(root, p) not in kept:
             remove(p)
     return removed
+
+
+def _is_elf(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"\x7fELF"
 
 
 def _finish_root(recipe: Recipe, root: Path, kroot: Path, kver: str) -> None:
@@ -264,12 +247,12 @@ def build(recipe: Recipe, out_dir: Path, log=print) -> dict:
         kpkg = debroot.resolve_kernel_package(recipe.kernel_package)
         log(f"image: downloading {len(recipe.packages) + 1} Debian packages")
         versions = debroot.unpack_debs([kpkg, *recipe.packages], debs, root, elsewhere={kpkg: kroot})
-        debroot.check_libraries(root, recipe.required_programs)
 
         kver = kpkg.removeprefix("linux-image-")
         order = _add_modules(root, kroot, kver, recipe.modules)
         _finish_root(recipe, root, kroot, kver)
         pruned = _prune(root, recipe.drop)
+        # After the prune: it removes only what nothing needs, and this proves it.
         debroot.check_libraries(root, recipe.required_programs)
 
         stage = tmp / "out"

@@ -154,3 +154,13 @@ def test_recipe_drop_key_is_read(tmp_path):
     (tmp_path / "recipe.toml").write_text(
         'kernel_package="k"\npackages=[]\nmodules=[]\ndrop=["usr/share/doc"]\n')
     assert images.Recipe.load(tmp_path).drop == ("usr/share/doc",)
+
+
+def test_check_libraries_names_what_is_missing_and_who_needs_it(tmp_path):
+    root = tmp_path / "root"
+    (root / "usr/lib/x86_64-linux-gnu").mkdir(parents=True)
+    (root / "usr/bin").mkdir()
+    (root / "usr/bin/true").write_bytes(Path("/usr/bin/true").read_bytes())
+    with pytest.raises(ImageError, match=r"lacks shared libraries: usr/bin/ip \(the program "
+                                         r"itself\), libc\.so\.6 \(needed by true\)\n  what to do: add the "):
+        debroot.check_libraries(root, ("/usr/bin/true", "/usr/bin/ip"))
