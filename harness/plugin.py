@@ -173,7 +173,8 @@ def hotplug(request: pytest.FixtureRequest, hotplug_session: HarnessSession):
         if missing:
             pytest.skip(missing)
     run = ScenarioRun(hs.pool, hs.run_dir / "bundles" / runner.bundle_name(request.node.nodeid),
-                      keep_bundle=hs.keep_bundles, access=hs.access)
+                      keep_bundle=hs.keep_bundles, access=hs.access,
+                      check_migrated_ram=request.config.option.check_migrated_ram)
     yield run
     reports = request.node.stash.get(runner.STASH_REPORTS, {})
     record = run.finish("call" in reports and reports["call"].passed)
@@ -222,9 +223,30 @@ def pytest_runtest_setup(item: pytest.Item):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item):
-    result = yield from _prerequisites_skip_on_your_guest(item)
+    try:
+        result = yield from _prerequisites_skip_on_your_guest(item)
+    except (AssertionError, HarnessError):
+        _note_guest_kernels(item)
+        raise
     _check_guest_kernels(item)
     return result
+
+
+def _note_guest_kernels(item: pytest.Item) -> None:
+    """A test that failed: whether the guest kernel had logged a problem by then (a guest
+    whose command died with SIGSEGV after an Oops fails on the command; the Oops is the
+    cause). Each problem's first line goes in the report's notes, the trace is in the
+    bundle's dmesg.txt and serial.log. Best effort: the failure stands as it is."""
+    run = getattr(item, "funcargs", {}).get("hotplug")
+    if not isinstance(run, ScenarioRun):
+        return
+    try:
+        problems = run.kernel_problems()
+    except Exception:  # a guest that no longer answers: its serial log is in the bundle
+        return
+    for problem in problems:
+        run.note("the guest kernel logged a problem before the failure: "
+                 + problem.splitlines()[0])
 
 
 def _check_guest_kernels(item: pytest.Item) -> None:

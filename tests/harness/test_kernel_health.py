@@ -36,6 +36,12 @@ from harness.devices import PCI_PLATFORMS
 @pytest.mark.guest(platform=PCI_PLATFORMS[0])
 def test_passes_but_its_guest_kernel_warned(guest):
     guest.shell.succeed("echo '{DELIBERATE}' > /dev/kmsg")
+
+
+@pytest.mark.guest(platform=PCI_PLATFORMS[0])
+def test_fails_on_a_command_after_its_guest_kernel_warned(guest):
+    guest.shell.succeed("echo '{DELIBERATE}' > /dev/kmsg")
+    guest.shell.succeed("exit 3")
 '''
 
 
@@ -47,7 +53,14 @@ def test_a_test_whose_guest_kernel_warned_fails_with_the_trace(tmp_path, child_e
                         "-c", str(REPO / "pytest.ini")], cwd=REPO, capture_output=True,
                        text=True, timeout=300, env=child_env)
     assert p.returncode == 1, p.stdout[-3000:] + p.stderr[-2000:]
-    [record] = json.loads((tmp_path / "reports" / "latest" / "summary.json").read_text())["tests"]
-    assert record["outcome"] == "failed" and record["failure_kind"] == "product", record
-    assert "the guest kernel logged a problem during the test" in record["reason"]
-    assert DELIBERATE in record["reason"]
+    warned, failed = sorted(json.loads((tmp_path / "reports" / "latest" / "summary.json").read_text())["tests"],
+                            key=lambda r: r["test"], reverse=True)
+    assert warned["outcome"] == "failed" and warned["failure_kind"] == "product", warned
+    assert "the guest kernel logged a problem during the test" in warned["reason"]
+    assert DELIBERATE in warned["reason"]
+    # A test that failed on its own: the failure stands, and its notes say the kernel's problem
+    assert failed["outcome"] == "failed" and "exit 3" in failed["reason"], failed
+    [bundle] = (tmp_path / "reports").glob("run-*/bundles/*fails_on_a_command*")
+    notes = json.loads((bundle / "record.json").read_text())["notes"]
+    assert [n for n in notes if n.startswith("the guest kernel logged a problem before the "
+                                             "failure: guest ") and DELIBERATE in n], notes
