@@ -47,6 +47,20 @@ def tmp_prefix(owner: str | None = None) -> str:
     return f"hh-{owner or os.getpid()}-"
 
 
+def without_incoming(args: tuple[str, ...]) -> tuple[str, ...]:
+    """``args`` less an ``-incoming URI`` (a migration destination's, which a guest that
+    migrates on from there must not pass to its own destination)."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "-incoming":
+            skip = True
+        else:
+            out.append(a)
+    return tuple(out)
+
+
 class Guest:
     """A running QEMU guest.
 
@@ -87,6 +101,9 @@ class Guest:
         self.restored_from: Path | None = None
         #: The figures of this guest's state being saved for later guests (set by the pool).
         self.saved: dict | None = None
+        #: The guest this one's run went on in once a live migration completed (this QEMU is
+        #: then ``postmigrate``: its vCPUs never run again, its console never answers).
+        self.migrated_to: "Guest | None" = None
         #: Seconds from QEMU's start to each step of the launch (qmp, console, loaded, ready);
         #: also how long a reboot or migration took (rebooted, migrated) and, before the launch,
         #: how long the pool waited for another worker saving this shape (waited_for_state).
@@ -241,11 +258,12 @@ class Guest:
         self.shell = Shell(self.workdir / "commands.log", console,
                            default_timeout=d.command, scale=d.scaled)
 
-    def migrate_to(self, dest: "Guest") -> float:
+    def migrate_to(self, dest: "Guest", before_running=None) -> float:
         """Live-migrate this guest into ``dest`` (a Guest made with ``-incoming`` on a unix
         socket, see :meth:`receive`): migrate, wait for completion, run the destination and
         attach to it. Returns the seconds the migration took. This guest is left paused
-        (``postmigrate``); close it."""
+        (``postmigrate``); close it. ``before_running(source, dest)`` is called once the
+        migration completed, before the destination runs."""
         t0 = time.monotonic()
         uri = dest.argv[dest.argv.index("-incoming") + 1]
         self.qmp("migrate", uri=uri)
@@ -254,6 +272,9 @@ class Guest:
             raise HarnessError(f"migration of {self.name} to {dest.name} {status}",
                                details=str(self.qmp("query-migrate")))
         seconds = time.monotonic() - t0
+        self.migrated_to = dest
+        if before_running is not None:
+            before_running(self, dest)
         dest.qmp("cont")
         dest._used_buses, dest._counters = dict(self._used_buses), dict(self._counters)
         dest.baseline, dest.prerequisites, dest.image = self.baseline, self.prerequisites, self.image

@@ -90,6 +90,11 @@ def _where_results_go(g) -> None:
     g.addoption("--snapshot-cache", default=None, metavar="DIR",
                 help="keep saved guest states in DIR across runs (keyed by image, QEMU and "
                      "command line; a changed one is never used); default: for this run only")
+    g.addoption("--check-migrated-ram", action="store_true",
+                help="after each live migration, before the destination runs, compare its RAM "
+                     "with the source's page by page (two dumps of the guest's RAM, seconds "
+                     "each): a page that differs fails the test as QEMU's migration losing it, "
+                     "not the guest's fault")
     g.addoption("--no-reuse", action="store_true",
                 help="boot a fresh guest for every test instead of reusing a clean one")
 

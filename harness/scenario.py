@@ -13,11 +13,11 @@ import shutil
 import time
 from pathlib import Path
 
-from . import checks, latency, prereq
+from . import checks, latency, prereq, ramcheck
 from .access import _tail
 from .devices import HotplugDevice, Plugged
 from .errors import MigrationRefused, QMPCommandError, QemuLaunchError
-from .guest import Guest
+from .guest import Guest, without_incoming
 from .images import GuestImage
 from .machine import GuestSpec
 from .pool import GuestPool
@@ -25,8 +25,10 @@ from .pool import GuestPool
 
 class ScenarioRun:
     def __init__(self, pool: GuestPool, bundle_dir: Path, *, keep_bundle: bool = False,
-                 access: str = "console"):
+                 access: str = "console", check_migrated_ram: bool = False):
         self.pool = pool
+        #: ``--check-migrated-ram``: compare each migration's source and destination RAM.
+        self.check_migrated_ram = check_migrated_ram
         #: How guests are reached unless a test says otherwise (``--guest-access``).
         self.access = access
         self.bundle_dir = Path(bundle_dir)
@@ -122,30 +124,40 @@ class ScenarioRun:
         dest = Guest(guest.spec, guest.image, workdir=self.pool.workdir / f"{name}-{guest.spec.label}",
                      qemu_binary=guest.qemu_binary, accel=guest.accel, deadlines=guest.deadlines,
                      name=name, owner=self.pool.owner,
-                     extra_args=(*guest.extra_args, *extra,
+                     extra_args=(*without_incoming(guest.extra_args), *extra,
                                  "-incoming", f"unix:{guest.scratch_path('migration.sock')}"))
         self.pool.booted.append(dest)
         dest.receive()
         self.guests.append((dest, dest.log_sizes()))  # (in the bundle if the migration fails)
         try:
-            seconds = guest.migrate_to(dest)
+            seconds = guest.migrate_to(dest, before_running=self._check_ram
+                                       if self.check_migrated_ram else None)
         except QMPCommandError as e:
-            dest.close()
-            if e.command == "migrate" and through:
-                raise MigrationRefused(guest.name, through[0].device_id,
-                                       through[0].device.passthrough, e.qemu_desc) from e
+            if guest.migrated_to is None:
+                dest.close()
+                if e.command == "migrate" and through:
+                    raise MigrationRefused(guest.name, through[0].device_id,
+                                           through[0].device.passthrough, e.qemu_desc) from e
             raise
+        finally:
+            if guest.migrated_to is dest:
+                # From the moment the migration completed the devices, the kernel check and
+                # the clean-up are the destination's, even if its first command fails: the
+                # source is postmigrate and would answer nothing.
+                self.plugged = [(dest if g is guest else g, p) for g, p in self.plugged]
+                for p in mine:
+                    p.guest = dest
+                self._kernel_marks[dest] = self._kernel_marks.pop(guest, None)
+                self._clocks.pop(guest, None)
         self.record("migration", seconds)
         self.fresh_only = True
-        self._kernel_marks[dest] = self._kernel_marks.get(guest)
-        self._clocks.pop(guest, None)
         if guest.image.builtin:
             self._clocks[dest] = latency.measure_offset(dest)
-        self.plugged = [(dest if g is guest else g, p) for g, p in self.plugged]
-        for p in mine:
-            p.guest = dest
         guest.close()
         return dest
+
+    def _check_ram(self, source: Guest, dest: Guest) -> None:
+        self.note(ramcheck.check(source, dest, timeout=dest.deadlines.scaled(120)))
 
     def adopt(self, guest: Guest, plugged: Plugged) -> Plugged:
         """A device plugged outside :meth:`plug` (during boot, before the guest could answer):
@@ -287,7 +299,8 @@ class ScenarioRun:
                 self._bundle_guest(guest, marks, passed)
             reusable = passed and not cleanup_errors and not self.fresh_only
             died = guest.died()
-            hung = not passed and not died and guest.alive() and _stopped_answering(guest)
+            hung = (not passed and not died and guest.alive() and guest.migrated_to is None
+                    and _stopped_answering(guest))
             verdict = self.pool.release(guest, clean_exit=reusable)
             guests.append({"name": guest.name, "spec": guest.spec.label,
                            "boot_seconds": round(guest.boot_seconds or 0, 3),
@@ -328,7 +341,11 @@ class ScenarioRun:
         for name in ("cmdline.txt", "replay.sh"):
             if (guest.workdir / name).exists():
                 shutil.copy2(guest.workdir / name, out / name)
-        if not passed and guest.alive():
+        if not passed and guest.alive() and guest.migrated_to is not None:
+            (out / "console.txt").write_text(
+                f"not read: this QEMU is the source of a completed live migration (postmigrate,"
+                f" its vCPUs stopped for good); the guest went on as {guest.migrated_to.name}\n")
+        elif not passed and guest.alive():
             # (the kernel log's last 400 lines: the whole log over a serial console took more
             # than the deadline in the lab, and the bundle kept its first 2 KB, the boot's start)
             for cmd, fname in (("dmesg | tail -n 400", "dmesg.txt"),
