@@ -147,6 +147,7 @@ class Guest:
                 self.qmp("cont")
                 if on_running is not None:
                     on_running(self)
+                    self.launch_marks["on_running_done"] = round(time.monotonic() - t0, 2)
                 self._wait_ready(time.monotonic() + d.boot)
             self.launch_marks["ready"] = round(time.monotonic() - t0, 2)
         except BaseException as e:
