@@ -58,14 +58,25 @@ def pass_rates(results: list[dict]) -> dict[str, dict]:
             for n, rs in runs.items() if len(rs) > 1}
 
 
+def latency_group(r: dict) -> str:
+    """Whose latencies a test's are pooled with: its scenario (``nic``), or, for a scenario
+    made of several kinds of test (``lifecycle``), the scenario and the test's cell
+    (``lifecycle.storm_fills_every_slot``): a storm's 30 NICs are not an unplug-at-once."""
+    return f"{r['scenario']}.{r['cell']}" if r.get("cell") else r["scenario"]
+
+
+def latency_key(r: dict, name: str) -> str:
+    """A test's latency ``name`` (``nic0.device_del_to_event``) as the run pools it: the
+    device id folded out, the test's :func:`latency_group` in its place."""
+    return f"{latency_group(r)}.{name.split('.', 1)[-1]}"
+
+
 def latency_stats(results: list[dict]) -> dict[str, dict]:
-    """Per latency name (``nic0.device_del_to_event``, with the device id folded out): its
-    distribution over the run's tests."""
+    """Per latency (:func:`latency_key`): its distribution over the run's tests."""
     values: dict[str, list[float]] = {}
     for r in results:
         for name, v in (r.get("latencies") or {}).items():
-            key = f"{r['scenario']}.{name.split('.', 1)[-1]}"
-            values.setdefault(key, []).append(v)
+            values.setdefault(latency_key(r, name), []).append(v)
     return {k: distribution(v) for k, v in sorted(values.items())}
 
 

@@ -172,19 +172,18 @@ def self_tests(tests: list[dict]) -> str:
               "<th>failed</th><th>error</th><th>skipped</th></tr>" + rows + "</table></details>")
 
 
-def _measure(r: dict, name: str) -> str:
-    return f"{r['scenario']}.{name.split('.', 1)[-1]}"
-
-
 def latency_pictures(tests: list[dict], series_of=lambda r: r.get("axis_value") or "this run") -> str:
-    """Per scenario, each latency's distribution over the tests (and over the merged runs'
-    axis, one colour each) as an inline SVG."""
+    """Per scenario (per kind of test where a scenario has several:
+    :func:`~harness.report.latency_group`), each latency's distribution over the tests (and
+    over the merged runs' axis, one colour each) as an inline SVG."""
+    from .report import latency_group, latency_key
+
     per: dict[str, dict[str, dict[str, list[float]]]] = {}
     for r in tests:
         for name, v in (r.get("latencies") or {}).items():
             if name.endswith("clock_error"):
                 continue
-            per.setdefault(r["scenario"], {}).setdefault(_measure(r, name), {}) \
+            per.setdefault(latency_group(r), {}).setdefault(latency_key(r, name), {}) \
                .setdefault(series_of(r), []).append(v)
     return '<div class="charts">' + "".join(
         "<figure>" + charts.latency_distributions(

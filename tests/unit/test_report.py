@@ -1,7 +1,7 @@
 """harness.report: the terminal summary and the HTML say each test's backend and whether it ran
 through real passthrough (vfio-pci, usb-host) or an emulated stand-in."""
 
-from harness import report
+from harness import report, reporthtml
 
 
 def result(nodeid, outcome="passed", passthrough="", backend="lab", scenario="nic"):
@@ -72,3 +72,28 @@ def test_wall_time_is_in_the_first_line_and_the_page():
     s["wall_seconds"] = 185.4
     assert report.summary_lines(s)[0] == "backend emulated, accel kvm, QEMU 7.2.22: 1 passed in 185.4 s"
     assert "finished 2026-11-25T10:00:00+0000 after 185.4 s<br>" in report.render_html(s)
+
+
+def test_latencies_pool_per_scenario_and_per_kind_of_lifecycle_test():
+    """A scenario of one kind of test pools its latencies over its tests (device ids folded
+    out); a scenario of several kinds (``lifecycle``: its record's ``cell``) pools per kind, so
+    a storm's 30 NICs do not make an unplug-at-once's p95. Records from before ``cell``
+    pool per scenario."""
+    def lat(scenario, cell, **latencies):
+        return {**result("t", scenario=scenario), "cell": cell, "latencies": latencies}
+
+    stats = report.latency_stats(
+        [lat("nic", "", **{"nic0.guest_visible": 0.1}), lat("nic", "", **{"nic0.guest_visible": 0.3}),
+         lat("lifecycle", "unplug_at_once", **{"nic0.guest_visible": 0.2}),
+         lat("lifecycle", "storm_fills_every_slot",
+             **{f"storm{i}.guest_visible": 40.0 for i in range(30)}),
+         {**result("t", scenario="lifecycle"), "latencies": {"nic0.guest_visible": 0.5}}])
+    assert stats["nic.guest_visible"] == {"n": 2, "median": 0.2, "p95": 0.3, "max": 0.3}
+    assert stats["lifecycle.unplug_at_once.guest_visible"]["max"] == 0.2
+    assert stats["lifecycle.storm_fills_every_slot.guest_visible"]["n"] == 30
+    assert stats["lifecycle.guest_visible"]["n"] == 1
+    records = [lat("lifecycle", "unplug_at_once", **{"nic0.guest_visible": 0.2}),
+               lat("lifecycle", "storm_fills_every_slot", **{"storm0.guest_visible": 40.0})]
+    pictures = reporthtml.latency_pictures(records)
+    assert pictures.count("<figure>") == 2
+    assert "lifecycle.storm_fills_every_slot: each test" in pictures
