@@ -34,11 +34,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness import accel, checks, devices, images, lab, latency, pace, report  # noqa: E402
-from harness.guest import Guest  # noqa: E402
-from harness.machine import GuestSpec  # noqa: E402
-from harness.pool import GuestPool, guest_state  # noqa: E402
-from harness.snapshot import StateCache  # noqa: E402
+from harness.qemu import accel
+from harness.guest import checks
+from harness.scenario import devices
+from harness.images import builtin as images
+from harness import lab
+from harness.report import latency
+from harness.core import pace
+from harness.report import summary as report
+from harness.guest.guest import Guest
+from harness.qemu.machine import GuestSpec
+from harness.guest.pool import GuestPool, guest_state
+from harness.guest.snapshot import StateCache
 
 
 def stats(values: list[float]) -> str:

@@ -31,12 +31,12 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import HarnessError, HostDeviceError
-from ..locks import flock_within
-from .network import namespace_problem
-from .safety import GroupPlan, critical_devices, plan_group
-from . import sriov
-from .sysfs import PciDevice, Sysfs, parse_bdf, short_bdf
+from harness.core.errors import HarnessError, HostDeviceError
+from harness.core.locks import flock_within
+from harness.host.network import namespace_problem
+from harness.host.safety import GroupPlan, critical_devices, plan_group
+from harness.host import sriov
+from harness.host.sysfs import PciDevice, Sysfs, parse_bdf, short_bdf
 
 log = logging.getLogger("harness.host")
 

@@ -16,11 +16,12 @@ import dataclasses
 import os
 from pathlib import Path
 
-from .inventory import GATEWAY_PLACEHOLDER, ROLES, Inventory, InventoryDevice, default_name
-from . import network
-from . import sriov
-from .safety import critical_devices, plan_group
-from .sysfs import STORAGE_CLASSES, PciDevice, Sysfs, pci_names
+from harness.host.inventory import (GATEWAY_PLACEHOLDER, ROLES, Inventory, InventoryDevice,
+                                    default_name)
+from harness.host import network
+from harness.host import sriov
+from harness.host.safety import critical_devices, plan_group
+from harness.host.sysfs import STORAGE_CLASSES, PciDevice, Sysfs, pci_names
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,15 +16,15 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ..accel import cpu_virt_flags
-from ..errors import HostDeviceError
-from ..process import device_names, qemu_query
-from . import sriov
-from .binding import Journal, owner_alive
-from .inventory import Inventory, find_usb_device, host_problems
-from .network import namespace_problem
-from .safety import critical_devices, plan_group, unmapped_filesystems
-from .sysfs import Sysfs, UsbDevice
+from harness.qemu.accel import cpu_virt_flags
+from harness.core.errors import HostDeviceError
+from harness.qemu.process import device_names, qemu_query
+from harness.host import sriov
+from harness.host.binding import Journal, owner_alive
+from harness.host.inventory import Inventory, find_usb_device, host_problems
+from harness.host.network import namespace_problem
+from harness.host.safety import critical_devices, plan_group, unmapped_filesystems
+from harness.host.sysfs import Sysfs, UsbDevice
 
 #: Where Debian/Fedora put the firmware QEMU loads.
 SEABIOS = ("usr/share/seabios/bios-256k.bin", "usr/share/qemu/bios-256k.bin",

@@ -27,7 +27,7 @@ import subprocess
 from pathlib import Path
 from typing import NamedTuple
 
-from .sysfs import Sysfs, bdfs_in_path, usb_devices_in_path
+from harness.host.sysfs import Sysfs, bdfs_in_path, usb_devices_in_path
 
 #: Route types that send nothing anywhere.
 _NOT_FORWARDING = {"local", "broadcast", "anycast", "multicast", "unreachable", "prohibit",

@@ -32,9 +32,9 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
-from . import network
-from .sriov import physfn_of
-from .sysfs import PciDevice, Sysfs, bdfs_in_path, parse_bdf, usb_devices_in_path
+from harness.host import network
+from harness.host.sriov import physfn_of
+from harness.host.sysfs import PciDevice, Sysfs, bdfs_in_path, parse_bdf, usb_devices_in_path
 
 #: Mounts that never sit on a device of their own.
 _NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "ceph", "glusterfs", "9p", "virtiofs"}

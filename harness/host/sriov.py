@@ -22,8 +22,8 @@ import dataclasses
 import re
 import time
 
-from ..errors import HostDeviceError
-from .sysfs import Sysfs, parse_bdf
+from harness.core.errors import HostDeviceError
+from harness.host.sysfs import Sysfs, parse_bdf
 
 _VIRTFN = re.compile(r"virtfn(\d+)")
 

@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from ..errors import ConfigError, HostDeviceError
+from harness.core.errors import ConfigError, HostDeviceError
 
 log = logging.getLogger("harness.host")
 

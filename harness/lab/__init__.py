@@ -33,14 +33,15 @@ inventory), ``image`` (the lab image and the QEMU that runs L1), ``host`` (L1's 
 process), ``outer`` (the outer run and what the run inside leaves for it).
 """
 
-from ..errors import LabError
-from .devices import (DEVICES, EHCI_BDF, SRIOV_GATEWAY, SRIOV_PORT_BDF, rearm_vfs, GROUPED_BDF, LAB_GATEWAY, NIC_BDF,
-                      SATA_BDF, SATA_DISK_BYTES, STICK_BYTES, STICK_IDS, STICK_PRODUCT,
-                      TABLET_PRODUCT, XHCI_BDF, find_usb, write_inventory)
-from .host import MAX_SHARES, SHARE_SLOT, LabHost, lab_argv, shares_for
-from .image import (LabImage, LabQemu, build_lab, choose_lab_qemu, ensure_lab,
-                    ensure_lab_qemu, lab_digest, lab_dir, resolve_closure)
-from .outer import INSIDE_FIGURES, run_outer, write_inside_figures, write_job
+from harness.core.errors import LabError
+from harness.lab.devices import (DEVICES, EHCI_BDF, SRIOV_GATEWAY, SRIOV_PORT_BDF,
+                                          rearm_vfs, GROUPED_BDF, LAB_GATEWAY, NIC_BDF, SATA_BDF,
+                                          SATA_DISK_BYTES, STICK_BYTES, STICK_IDS, STICK_PRODUCT,
+                                          TABLET_PRODUCT, XHCI_BDF, find_usb, write_inventory)
+from harness.lab.host import MAX_SHARES, SHARE_SLOT, LabHost, lab_argv, shares_for
+from harness.lab.image import (LabImage, LabQemu, build_lab, choose_lab_qemu, ensure_lab,
+                                        ensure_lab_qemu, lab_digest, lab_dir, resolve_closure)
+from harness.lab.outer import INSIDE_FIGURES, run_outer, write_inside_figures, write_job
 
 
 __all__ = ["DEVICES", "EHCI_BDF", "GROUPED_BDF", "INSIDE_FIGURES", "LAB_GATEWAY", "MAX_SHARES",

@@ -8,8 +8,8 @@ import json
 import subprocess
 from pathlib import Path
 
-from ..errors import LabError
-from ..host.sysfs import Sysfs
+from harness.core.errors import LabError
+from harness.host.sysfs import Sysfs
 
 NIC_BDF = "0000:00:03.0"
 SATA_BDF = "0000:00:04.0"

@@ -9,12 +9,13 @@ import shlex
 import time
 from pathlib import Path
 
-from .. import images, pace
-from ..errors import HarnessError
-from ..machine import MACHINES
-from ..runconfig import LabContext, RunConfig
-from .host import LabHost, lab_argv, shares_for
-from .image import choose_lab_qemu, ensure_lab
+from harness.images import builtin as images
+from harness.core import pace
+from harness.core.errors import HarnessError
+from harness.qemu.machine import MACHINES
+from harness.core.runconfig import LabContext, RunConfig
+from harness.lab.host import LabHost, lab_argv, shares_for
+from harness.lab.image import choose_lab_qemu, ensure_lab
 
 #: What the run inside measured (its time factor and the L2 guests' deadlines), for lab.json.
 INSIDE_FIGURES = "inside-pace.json"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import images
+from harness.images import builtin as images
 
 REPO = Path(__file__).resolve().parents[2]
 

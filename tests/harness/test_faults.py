@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import hygiene, images
-from harness.accel import choose
-from harness.errors import ConfigError, ImageError
-from harness.guest import Guest
-from harness.machine import GuestSpec
+from harness.run import hygiene
+from harness.images import builtin as images
+from harness.qemu.accel import choose
+from harness.core.errors import ConfigError, ImageError
+from harness.guest.guest import Guest
+from harness.qemu.machine import GuestSpec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -110,7 +111,7 @@ def test_lab_host_that_never_boots_is_stopped_at_its_boot_deadline(tmp_path):
     import time
 
     from harness import lab
-    from harness.errors import LabError
+    from harness.core.errors import LabError
 
     argv = ["qemu-system-x86_64", "-S", "-M", "q35", "-nodefaults", "-display", "none",
             "-chardev", f"file,id=console,path={tmp_path / 'console.log'}",
@@ -141,7 +142,7 @@ def _stopped_with(host) -> str:
     """Run ``host`` to its LabError; check it was quick and left no QEMU; the message."""
     import time
 
-    from harness.errors import LabError
+    from harness.core.errors import LabError
 
     t0 = time.monotonic()
     with pytest.raises(LabError) as info:
@@ -263,7 +264,7 @@ def test_interrupted_run_leaves_no_qemu_and_no_temp_folder(tmp_path, child_env, 
     runner) -- ends with no QEMU process and no temporary folder of the run left."""
     import tempfile
 
-    from harness.access import wait_until
+    from harness.guest.access import wait_until
 
     reports = tmp_path / "reports"
     # As a terminal's foreground job: SIGINT at its default (a shell starts a background job

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import hygiene
-from harness.access import wait_until
-from harness.errors import GuestDiedError, ImageError, QemuLaunchError
-from harness.guest import Guest
-from harness.images import GuestImage
-from harness.machine import GuestSpec
+from harness.run import hygiene
+from harness.guest.access import wait_until
+from harness.core.errors import GuestDiedError, ImageError, QemuLaunchError
+from harness.guest.guest import Guest
+from harness.images.builtin import GuestImage
+from harness.qemu.machine import GuestSpec
 
 
 @pytest.fixture
@@ -175,7 +175,7 @@ def test_pool_boots_another_guest_when_one_hangs_at_boot(hotplug_session, tmp_pa
     import threading
     import time
 
-    from harness.pool import GuestPool
+    from harness.guest.pool import GuestPool
 
     # (a hung boot is only found by its deadline, so a short one; but the second guest must
     # come up within it on a loaded machine: a fixed 15 s failed on a CI machine with two
@@ -241,7 +241,7 @@ def _delaying_wrapper(tmp_path: Path, qemu: str, first_delay: float, later_delay
 def test_slow_qmp_start_is_waited_for_within_the_scaled_deadline(hotplug_session, tmp_path):
     """The QMP-connect deadline is a reference figure times the machine's time factor: a QEMU
     that starts later than the reference figure but within the scaled deadline is waited for."""
-    from harness.pace import Deadlines, Pace
+    from harness.core.pace import Deadlines, Pace
 
     slow = Pace(factor=2.0, probe_seconds=None, reference_seconds=1.0, where="host", source="test")
     deadlines = dataclasses.replace(Deadlines.for_run(slow, accel=hotplug_session.accel),
@@ -258,7 +258,7 @@ def test_qemu_past_its_qmp_deadline_is_replaced_in_the_lab_pool(hotplug_session,
     """A QEMU that does not answer QMP by the deadline is handled like a boot that hangs: with
     the lab's boot attempts another guest is started and the test's notes say why; with one
     attempt it is a launch error naming the QMP deadline. Nothing is left running."""
-    from harness.pool import GuestPool
+    from harness.guest.pool import GuestPool
 
     deadlines = dataclasses.replace(hotplug_session.deadlines, qmp_connect=3.0)
     qemu = _delaying_wrapper(tmp_path, hotplug_session.qemu_binary, 60.0, 0.0)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.devices import PCI_PLATFORMS
+from harness.scenario.devices import PCI_PLATFORMS
 
 REPO = Path(__file__).resolve().parents[2]
 DELIBERATE = "WARNING: CPU: 0 PID: 1 at hotplug-harness/deliberate.c:1 check_the_check"

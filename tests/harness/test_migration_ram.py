@@ -8,10 +8,11 @@ import re
 
 import pytest
 
-from harness import ramcheck, snapshot
-from harness.errors import ProductError
-from harness.guest import Guest, without_incoming
-from harness.machine import GuestSpec
+from harness.guest import ramcheck
+from harness.guest import snapshot
+from harness.core.errors import ProductError
+from harness.guest.guest import Guest, without_incoming
+from harness.qemu.machine import GuestSpec
 
 #: A guest-physical address in RAM, away from the firmware and the vmgenid page.
 GPA = 0x1234000

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from harness.errors import GuestDiedError, QMPCommandError, WaitTimeout
-from harness.monitor import Monitor
+from harness.core.errors import GuestDiedError, QMPCommandError, WaitTimeout
+from harness.qemu.monitor import Monitor
 
 
 @pytest.fixture

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.guest import Guest
-from harness.images import GuestImage
-from harness.machine import GuestSpec
-from harness.pool import GuestPool, guest_state
-from harness.snapshot import META_FILE, RESTORABLE_ARGS, STATE_FILE, StateCache
+from harness.guest.guest import Guest
+from harness.images.builtin import GuestImage
+from harness.qemu.machine import GuestSpec
+from harness.guest.pool import GuestPool, guest_state
+from harness.guest.snapshot import META_FILE, RESTORABLE_ARGS, STATE_FILE, StateCache
 
 pytestmark = pytest.mark.xdist_group("saved-states")
 

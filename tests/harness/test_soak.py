@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import checks, devices
-from harness.pool import guest_state
+from harness.guest import checks
+from harness.scenario import devices
+from harness.guest.pool import guest_state
 
 CYCLES = int(os.environ.get("HH_SOAK_CYCLES", "100"))
 

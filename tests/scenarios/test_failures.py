@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from harness import checks
-from harness.devices import PCI_PLATFORMS
-from harness.errors import QMPCommandError, UnplugError
+from harness.guest import checks
+from harness.scenario.devices import PCI_PLATFORMS
+from harness.core.errors import QMPCommandError, UnplugError
 
 PC, Q35 = PCI_PLATFORMS[0], PCI_PLATFORMS[1]
 NO_USB = [pytest.param(PC, id="pc"), pytest.param(Q35, id="q35-acpi")]

@@ -7,10 +7,11 @@ import time
 
 import pytest
 
-from harness import checks, probes
-from harness.devices import EmulatedDisk, EmulatedNic
-from harness.errors import MigrationRefused, UnplugError
-from harness.monitor import UnplugResult
+from harness.guest import checks
+from harness.guest import probes
+from harness.scenario.devices import EmulatedDisk, EmulatedNic
+from harness.core.errors import MigrationRefused, UnplugError
+from harness.qemu.monitor import UnplugResult
 
 lifecycle = pytest.mark.scenario("nic", one_device=True, name="lifecycle")
 #: The disk the scenarios hot-add beside the NIC (a virtio-blk disk: not one of the guide's roles).

@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness import probes
+from harness.guest import probes
 
 # The same shape as the CPU scenarios' guests: room for one more CPU and two DIMMs.
 HOTPLUG_ROOM = {"cpus": 1, "max_cpus": 2, "mem_slots": 2, "max_memory_mb": 2048}

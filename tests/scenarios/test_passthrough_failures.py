@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import checks
-from harness.devices import PCI_PLATFORMS
-from harness.errors import HostDeviceError
+from harness.guest import checks
+from harness.scenario.devices import PCI_PLATFORMS
+from harness.core.errors import HostDeviceError
 from harness.host.binding import VFIO, _move_to_vfio, _restore_entry
 from harness.host.inventory import InventoryError, parse_inventory
 from harness.host.sysfs import Sysfs
@@ -130,7 +130,7 @@ def test_refused_unplug_gives_the_device_back_after_its_guest_is_closed(hotplug,
     to its host driver, and the journal ends with no entry for it. (It used to release the
     device while QEMU still held /dev/vfio/N: the restore failed and the device stayed on
     vfio-pci, held by the live worker, for every later test.)"""
-    from harness.errors import UnplugError
+    from harness.core.errors import UnplugError
     from harness.host.binding import Journal, default_journal_path
 
     hs = hotplug_session
@@ -153,7 +153,7 @@ def test_refused_unplug_gives_the_device_back_after_its_guest_is_closed(hotplug,
 def _child_run(hs, tmp_path, *args: str) -> tuple[list[str], Path]:
     """The command of a pytest run of its own inside the lab host, on the lab's devices, and
     its run folder: the lab context of this run, a run folder of its own."""
-    from harness.runconfig import LabContext, RunConfig
+    from harness.core.runconfig import LabContext, RunConfig
 
     workdir = tmp_path / "lab"
     workdir.mkdir(parents=True)
@@ -176,7 +176,7 @@ def test_sigterm_mid_test_gives_the_device_back_and_leaves_no_qemu(hotplug_sessi
     import signal
     import subprocess
 
-    from harness.access import wait_until
+    from harness.guest.access import wait_until
     from harness.host.binding import Journal, default_journal_path
 
     hs = hotplug_session

@@ -2,8 +2,8 @@
 
 import pytest
 
-from harness.devices import PCI_PLATFORMS
-from harness.prereq import check_driver
+from harness.scenario.devices import PCI_PLATFORMS
+from harness.scenario.prereq import check_driver
 
 
 @pytest.mark.parametrize("platform", [pytest.param(p, id=p.id) for p in PCI_PLATFORMS])

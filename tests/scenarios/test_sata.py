@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness import checks
+from harness.guest import checks
 
 
 @pytest.mark.scenario("sata-controller")

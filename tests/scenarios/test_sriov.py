@@ -8,8 +8,8 @@ VFs of QEMU's igb exist only inside the guest that has the igb."""
 
 import pytest
 
-from harness import checks
-from harness.devices import PCI_PLATFORMS
+from harness.guest import checks
+from harness.scenario.devices import PCI_PLATFORMS
 
 pytestmark = pytest.mark.passthrough
 Q35 = PCI_PLATFORMS[1]

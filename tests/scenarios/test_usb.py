@@ -8,7 +8,7 @@ QEMU's monitor; they map to ``device_add usb-host,hostbus=..,hostaddr=..,id=X`` 
 
 import pytest
 
-from harness import checks
+from harness.guest import checks
 
 
 @pytest.mark.scenario("usb-device")

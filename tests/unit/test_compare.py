@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from harness import compare
-from harness.__main__ import main
-from harness.errors import ConfigError
+from harness.report import compare
+from harness.cli import main
+from harness.core.errors import ConfigError
 
 
 def summary(**medians):

@@ -6,8 +6,9 @@ import string
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness import latency, probes
-from harness.prereq import parse_kernel_config
+from harness.report import latency
+from harness.guest import probes
+from harness.scenario.prereq import parse_kernel_config
 
 hexid = st.text("0123456789abcdef", min_size=4, max_size=4)
 name = st.text(string.ascii_letters + string.digits + " ,.-/()[]", max_size=40).map(str.strip)

@@ -3,8 +3,8 @@ clear error saying what to write."""
 
 import pytest
 
-from harness.errors import ConfigError
-from harness.guests import resolve
+from harness.core.errors import ConfigError
+from harness.run.guests import resolve
 
 
 def test_a_guests_file_describes_your_own_guests(tmp_path):

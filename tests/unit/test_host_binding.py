@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from harness.errors import ConfigError, HostDeviceError
+from harness.core.errors import ConfigError, HostDeviceError
 from harness.host.binding import (Journal, VfioBinder, default_journal_path, restore_from_journal,
                                   vfio_state)
 
@@ -418,8 +418,8 @@ def test_an_interrupt_during_device_add_stays_an_interrupt_and_the_group_goes_ba
     and the binder gives the group back at its close, once the QEMU is gone."""
     from types import SimpleNamespace
 
-    from harness.devices import VfioPci
-    from harness.machine import GuestSpec
+    from harness.scenario.devices import VfioPci
+    from harness.qemu.machine import GuestSpec
 
     b = binder(lab, journal)
     entry = SimpleNamespace(bdf="0000:06:00.0", role="sata-controller", name="ahci")

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from harness.errors import ConfigError, HostDeviceError
-from harness.host.cli import discover_main, doctor_main, restore_main
+from harness.core.errors import ConfigError, HostDeviceError
+from harness.cli.host import discover_main, doctor_main, restore_main
 from harness.host.inventory import load_inventory
 
 from . import fakesysfs
@@ -89,7 +89,7 @@ def test_bind_and_release_by_hand_like_the_guides_vfio_pci_sh(lab, fake_root, ca
     the host needs."""
     from harness.host.binding import Journal
 
-    from harness.host.cli import bind_main, release_main
+    from harness.cli.host import bind_main, release_main
 
     journal = fake_root / "journal.json"
     with pytest.raises(HostDeviceError, match="0000:05:00.1 .* is not in the inventory"):

@@ -4,7 +4,7 @@ import tomllib
 
 import pytest
 
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 from harness.host.inventory import (GATEWAY_PLACEHOLDER, Inventory, InventoryDevice,
                                     InventoryError, load_inventory, parse_inventory)
 

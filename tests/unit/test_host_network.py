@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from harness.errors import HostDeviceError
+from harness.core.errors import HostDeviceError
 from harness.host.binding import VfioBinder
 from harness.host.inventory import parse_inventory
 from harness.host.network import namespace_problem

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from harness.errors import HostDeviceError
+from harness.core.errors import HostDeviceError
 from harness.host import sriov
 from harness.host.binding import Journal, VfioBinder, restore_from_journal
 from harness.host.inventory import InventoryError, parse_inventory

@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness.errors import ConfigError, HostDeviceError
+from harness.core.errors import ConfigError, HostDeviceError
 from harness.host import sysfs
 from harness.host.sysfs import Sysfs, parse_bdf
 

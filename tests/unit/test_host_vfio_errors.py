@@ -1,7 +1,7 @@
 """harness.host.binding.explain_vfio_add_error: QEMU's refusal of ``device_add vfio-pci`` becomes
 what is wrong on this host, read from a fake sysfs, with QEMU's words kept in the details."""
 
-from harness.errors import HostDeviceError
+from harness.core.errors import HostDeviceError
 from harness.host.binding import explain_vfio_add_error
 
 from . import fakesysfs

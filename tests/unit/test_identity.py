@@ -2,8 +2,8 @@
 
 import subprocess
 
-from harness import images
-from harness.identity import run_identity
+from harness.images import builtin as images
+from harness.run.identity import run_identity
 
 
 def test_run_identity_names_host_cpu_iommu_inventory_qemu_and_commit(tmp_path):

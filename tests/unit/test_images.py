@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import debroot, images
-from harness.errors import ImageError
+from harness.images import debroot
+from harness.images import builtin as images
+from harness.core.errors import ImageError
 
 
 def read_cpio(data: bytes) -> dict[str, tuple[int, int, int, bytes]]:

@@ -1,6 +1,6 @@
 """The end-of-test kernel check's parsing: one entry per problem, its call trace with it."""
 
-from harness.checks import _split_problems
+from harness.guest.checks import _split_problems
 
 WARN = ["[69.7] WARNING: CPU: 0 PID: 24 at kernel/workqueue.c:635 __cancel_work_timer+0x10b/0x1a0",
         "[69.7] RIP: 0010:__cancel_work_timer+0x10b/0x1a0", "[69.7] Call Trace:",

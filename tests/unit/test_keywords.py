@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness import keywords
+from harness.plugin import keywords
 
 
 @pytest.mark.parametrize("text, true_for, expected", [

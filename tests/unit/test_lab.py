@@ -7,7 +7,7 @@ import pytest
 
 from harness import lab
 from harness.lab import image as lab_image
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 from harness.host.inventory import load_inventory
 
 from .fakesysfs import FakeHost

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.images import GuestImage
-from harness.machine import GuestSpec, Paths, build_argv, format_argv
+from harness.images.builtin import GuestImage
+from harness.qemu.machine import GuestSpec, Paths, build_argv, format_argv
 
 PATHS = Paths(Path("/t/qmp.sock"), Path("/t/console.sock"), Path("/r/serial.log"))
 IMAGE = GuestImage(kernel=Path("/i/vmlinux"), initrd=Path("/i/initrd.cpio"), append="console=ttyS0")

@@ -7,9 +7,11 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from harness import merge, reporthtml, trend
-from harness.__main__ import main
-from harness.errors import ConfigError
+from harness.report import merge
+from harness.report import html as reporthtml
+from harness.report import trend
+from harness.cli import main
+from harness.core.errors import ConfigError
 
 
 def rec(scenario, platform, outcome="passed", device="e1000e", **kw):
@@ -120,7 +122,7 @@ def test_trend_gives_pass_rate_and_latency_per_scenario_oldest_first(tmp_path, c
 
 
 def test_retention_keeps_the_newest_runs_and_never_the_current_or_other_folders(tmp_path):
-    from harness import retention
+    from harness.report import retention
 
     names = [f"run-20261129-0{i}0000-{100 + i}" for i in range(5)]
     for n in names:
@@ -137,7 +139,7 @@ def test_retention_keeps_the_newest_runs_and_never_the_current_or_other_folders(
 
 
 def test_a_run_report_shows_the_trend_of_its_folder(tmp_path):
-    from harness import report
+    from harness.report import summary as report
 
     for i in range(3):
         write_run(tmp_path / f"run-2026112{i}", f"run-2026112{i}", [rec("nic", "pc", "failed" if i == 1 else "passed")])
@@ -155,7 +157,7 @@ def test_retention_never_removes_a_run_still_going(tmp_path):
     import os
     import time
 
-    from harness import retention
+    from harness.report import retention
 
     going, killed = tmp_path / "run-20261129-000000-1", tmp_path / "run-20261128-000000-2"
     going.mkdir(), killed.mkdir()

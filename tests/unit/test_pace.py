@@ -2,8 +2,8 @@
 
 import pytest
 
-from harness import pace
-from harness.pace import Deadlines, Pace
+from harness.core import pace
+from harness.core.pace import Deadlines, Pace
 
 
 def test_deadlines_are_reference_figures_times_the_factor():

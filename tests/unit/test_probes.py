@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import probes
-from harness.prereq import parse_kernel_config
+from harness.guest import probes
+from harness.scenario.prereq import parse_kernel_config
 
 DATA = Path(__file__).parent / "data"
 

@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from harness import ramcheck
-from harness.errors import ProductError
+from harness.guest import ramcheck
+from harness.core.errors import ProductError
 
 PAGE = ramcheck.PAGE
 

@@ -1,7 +1,8 @@
 """harness.report: the terminal summary and the HTML say each test's backend and whether it ran
 through real passthrough (vfio-pci, usb-host) or an emulated stand-in."""
 
-from harness import report, reporthtml
+from harness.report import summary as report
+from harness.report import html as reporthtml
 
 
 def result(nodeid, outcome="passed", passthrough="", backend="lab", scenario="nic"):

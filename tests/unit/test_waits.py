@@ -4,8 +4,8 @@ import itertools
 
 import pytest
 
-from harness.access import wait_progress
-from harness.errors import WaitTimeout
+from harness.guest.access import wait_progress
+from harness.core.errors import WaitTimeout
 
 
 def test_progress_keeps_the_wait_going_past_the_stall_window():

@@ -1,0 +1,108 @@
+"""``python -m harness``: the harness's commands outside pytest.
+
+    image build|path   build the built-in guest image (cached), or print where it is;
+                       --distro systemd|cloudinit: a systemd Debian guest, or one that
+                       behaves like a stock cloud image (root, mmdebstrap)
+    doctor             check this host's prerequisites for the vfio backend
+    discover           list the host devices that could play each role
+    restore            give back host devices a killed run left on vfio-pci
+    bind BDF           put a host device on vfio-pci by hand (the guide's vfio-pci.sh -h),
+                       through the same safety checks and journal as a run
+    release BDF        give a device bound with `bind` back to its host driver
+    merge RUN_DIR...   one qualification report from several runs (hosts, QEMU builds,
+                       guests), with what they differ in as an axis, and one JUnit file
+    compare OLD NEW    what changed between two runs (outcomes, coverage, notes, pass
+                       rates, latencies); exits 1 on a regression
+    trend RUNS_DIR     per scenario, pass rate and latency over the last runs
+    prune [DIR]        remove all but the newest run folders (--keep N; make clean)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from harness.core.errors import HarnessError
+
+
+def _image(argv: list[str]) -> int:
+    from harness.images import builtin as images
+
+    p = argparse.ArgumentParser(prog="python -m harness image")
+    p.add_argument("action", choices=("build", "path"))
+    p.add_argument("--cache", default=str(images.DEFAULT_CACHE))
+    p.add_argument("--distro", choices=images.DISTROS, default=None,
+                   help="a conventional distribution guest instead of the built-in one (needs "
+                        "root and mmdebstrap); prints the pytest options that use it")
+    args = p.parse_args(argv)
+    from pathlib import Path
+    import shlex
+
+    if args.distro:
+        distro = images.ensure_distro(args.distro, Path(args.cache))
+        lines = [f"{args.distro} guest ready: {distro.folder}",
+                 f"  over SSH:     {shlex.join(distro.pytest_args('ssh'))}"]
+        if distro.manifest.get("console_prompt"):
+            lines.append(f"  over ttyS0:   {shlex.join(distro.pytest_args('console'))}")
+        print(distro.folder if args.action == "path" else "\n".join(lines))
+        return 0
+    image = images.ensure_builtin(Path(args.cache))
+    if args.action == "path":
+        print(image.kernel.parent)
+    else:
+        print(f"image ready: {image.kernel.parent} (kernel {image.manifest['kernel_version']}, "
+              f"built in {image.manifest['build_seconds']} s)")
+    return 0
+
+
+def _compare(argv: list[str]) -> int:
+    from harness.report.compare import main
+
+    return main(argv)
+
+
+def _merge(argv: list[str]) -> int:
+    from harness.report.merge import main
+
+    return main(argv)
+
+
+def _trend(argv: list[str]) -> int:
+    from harness.report.trend import main
+
+    return main(argv)
+
+
+def _prune(argv: list[str]) -> int:
+    from harness.report.retention import main
+
+    return main(argv)
+
+
+def _host(name: str):
+    def run(argv: list[str]) -> int:
+        from harness.cli import host as cli
+
+        return getattr(cli, f"{name}_main")(argv)
+    return run
+
+
+COMMANDS = {"image": _image, "compare": _compare, "merge": _merge, "trend": _trend, "prune": _prune, "doctor": _host("doctor"),
+            "discover": _host("discover"), "restore": _host("restore"),
+            "bind": _host("bind"), "release": _host("release")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__.strip())
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except HarnessError as e:
+        print(f"error [{e.kind}]: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,418 @@
+"""A guest shell over SSH (paramiko) or the serial console (pexpect), behind one verb API.
+
+Every command runs with a deadline, and every command, its output and exit status go to the
+guest's command log (part of the test bundle).
+
+On the console, each command is framed by two markers that only its own execution can print
+(``@@HH-B-<n>@@`` ... ``@@HH-E-<n>@@ <status>``), so the output and the exit status come back
+reliably even if a prompt, an echo or a stale line sits in between.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Protocol
+
+import pexpect
+import pexpect.spawnbase
+
+from harness.core.errors import GuestCheckError, GuestDiedError, LabError, WaitTimeout
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    command: str
+    status: int
+    output: str
+    seconds: float
+    channel: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0
+
+
+class Channel(Protocol):
+    name: str
+
+    def exec(self, command: str, timeout: float) -> tuple[int, str]: ...
+
+    def close(self) -> None: ...
+
+
+class DrainedConsole(pexpect.spawnbase.SpawnBase):
+    """A pexpect spawn over QEMU's console socket that a thread reads all the time.
+
+    A client connected to QEMU's serial chardev that does not read stops the guest's serial
+    output after about 280 bytes, and the guest kernel then crawls in printk for every console
+    line (measured on QEMU 7.2: a systemd guest reached no login in 60 s over SSH, while the same
+    command line with nothing attached booted in 33 s). So the harness never leaves the socket
+    unread: a thread moves everything QEMU sends into a queue (QEMU also writes it to the
+    serial log), and ``expect`` reads from that queue. Console output that nobody waits for is
+    kept until the next ``expect``, which skips it (every command is framed by its own markers).
+    """
+
+    def __init__(self, sock: socket.socket, name: str):
+        super().__init__(timeout=30, maxread=65536, encoding="utf-8", codec_errors="replace")
+        self.delayafterread = None  # read_nonblocking blocks on the queue: no need to nap
+        self._sock = sock
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._buf = ""
+        self._eof = False
+        self.closed = False
+        self._reader = threading.Thread(target=self._drain, daemon=True, name=f"console-{name}")
+        self._reader.start()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                data = self._sock.recv(65536)
+            except OSError:
+                data = b""
+            self._queue.put(data or None)
+            if not data:
+                return
+
+    def read_nonblocking(self, size=1, timeout=-1):
+        if timeout == -1:
+            timeout = self.timeout
+        if not self._buf and not self._eof:
+            try:
+                chunk = self._queue.get(timeout=max(0.0, timeout or 0.0))
+            except queue.Empty:
+                raise pexpect.TIMEOUT("no console output within the timeout") from None
+            while chunk is not None:
+                self._buf += self._decoder.decode(chunk, final=False)
+                try:
+                    chunk = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if chunk is None:
+                self._eof = True
+        if not self._buf and self._eof:
+            self.flag_eof = True
+            raise pexpect.EOF("the console socket closed")
+        out, self._buf = self._buf[:size], self._buf[size:]
+        self._log(out, "read")
+        return out
+
+    def send(self, s) -> int:
+        data = self._encoder.encode(self._coerce_send_string(s), final=False)
+        self._log(s, "send")
+        self._sock.sendall(data)
+        return len(data)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+        self._reader.join(5)
+
+
+#: Terminal control sequences (colours, cursor moves) that tools print on a tty.
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]")
+
+
+class ConsoleChannel:
+    """A root shell on the guest's serial console, through QEMU's chardev unix socket."""
+
+    name = "console"
+
+    def __init__(self, socket_path: Path, timeout: float, name: str = "guest"):
+        deadline = time.monotonic() + timeout
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(str(socket_path))
+                break
+            except OSError as e:
+                sock.close()
+                if time.monotonic() >= deadline:
+                    raise LabError(f"cannot connect to the serial console {socket_path} within "
+                                   f"{timeout:g} s: {e}",
+                                   hint="QEMU did not create its console socket; see its output")
+                time.sleep(0.05)  # QEMU has not created the socket yet
+        self._spawn = DrainedConsole(sock, name)
+        self._counter = 0
+        self._lock = threading.Lock()
+
+    def expect(self, pattern: str, timeout: float) -> re.Match:
+        """Wait for ``pattern`` on the console. Raises :class:`WaitTimeout` with the tail seen."""
+        try:
+            self._spawn.expect(pattern, timeout=max(0.01, timeout))
+        except pexpect.TIMEOUT:
+            raise WaitTimeout(f"console: no {pattern!r} within {timeout:.1f} s",
+                              details="last console output:\n" + _tail(self._spawn.before))
+        except pexpect.EOF:
+            raise GuestDiedError(f"console closed while waiting for {pattern!r} (QEMU exited?)",
+                                 details="last console output:\n" + _tail(self._spawn.before))
+        return self._spawn.match
+
+    def forget_output(self, seconds: float = 0.5) -> None:
+        """Drop what the console printed that nobody read (the prompt after the last command:
+        after a reset, a ready pattern that is a shell prompt would match that stale one)."""
+        deadline = time.monotonic() + seconds
+        with self._lock:
+            while time.monotonic() < deadline and self._spawn.expect(
+                    [r"(?s).+", pexpect.TIMEOUT, pexpect.EOF], timeout=0.1) == 0:
+                pass
+
+    def send_line(self, line: str) -> None:
+        """Type a line and do not wait for it (a command that never returns, like a reboot)."""
+        with self._lock:
+            self._spawn.send(line + "\n")
+
+    def exec(self, command: str, timeout: float) -> tuple[int, str]:
+        with self._lock:
+            self._counter += 1
+            n = self._counter
+            # The markers are printed with a split literal, so an echo of the typed line
+            # (should the terminal echo) can never match them.
+            self._spawn.send(f"echo '@@HH-B-{n}''@@'; ( {command}\n) 2>&1; "
+                             f"echo '@@HH-E-{n}''@@' $?\n")
+            deadline = time.monotonic() + timeout
+            try:
+                self.expect(f"@@HH-B-{n}@@\r?\n", timeout)
+                m = self.expect(f"@@HH-E-{n}@@ (\\d+)\r?\n", deadline - time.monotonic())
+            except WaitTimeout as e:
+                self._spawn.send("\x03")  # interrupt the command; the next marker resyncs
+                raise WaitTimeout(f"console: `{command}` did not finish within {timeout:.1f} s",
+                                  details=e.details) from None
+            # A console is a terminal: tools colour their output there (util-linux's fdisk
+            # printed "\x1b[1mDisk /dev/vda" on a systemd guest); the escapes are not output.
+            output = _ANSI.sub("", self._spawn.before.replace("\r\n", "\n"))
+            return int(m.group(1)), output
+
+    def close(self) -> None:
+        try:
+            self._spawn.close()
+        except OSError:
+            pass
+
+
+class SSHChannel:
+    """A root shell over SSH (paramiko) to the guest's forwarded port on loopback."""
+
+    name = "ssh"
+
+    def __init__(self, host: str, port: int, user: str, key_path: Path, timeout: float):
+        import paramiko
+
+        try:
+            key = paramiko.PKey.from_path(str(key_path))
+        except (OSError, paramiko.SSHException) as e:
+            raise LabError(f"cannot load the SSH key {key_path}: {e}",
+                           hint="pass an unencrypted private key with --guest-key") from e
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            client = paramiko.SSHClient()
+            # The guest is a throw-away VM of ours on loopback, with a host key made at boot.
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+            try:
+                # Short per-try timeouts: a guest without an address yet would otherwise hold
+                # each try for the whole connect timeout.
+                client.connect(host, port=port, username=user, pkey=key, timeout=2,
+                               banner_timeout=3, auth_timeout=3, allow_agent=False,
+                               look_for_keys=False)
+                self._client = client
+                return
+            except Exception as e:  # paramiko raises many types while sshd starts
+                last = e
+                client.close()
+                time.sleep(0.2)  # sshd not up yet; retry within the deadline
+        raise WaitTimeout(f"ssh {user}@{host}:{port}: no login within {timeout} s: {last!r}")
+
+    def exec(self, command: str, timeout: float) -> tuple[int, str]:
+        import paramiko
+
+        try:
+            _, stdout, _ = self._client.exec_command(f"( {command}\n) 2>&1", timeout=timeout)
+            chan = stdout.channel
+            deadline = time.monotonic() + timeout
+            chunks = []
+            while True:
+                if chan.recv_ready():
+                    chunks.append(chan.recv(65536))
+                    continue
+                if chan.exit_status_ready() and not chan.recv_ready():
+                    while chan.recv_ready():
+                        chunks.append(chan.recv(65536))
+                    break
+                if time.monotonic() > deadline:
+                    chan.close()
+                    raise WaitTimeout(f"ssh: {command!r} did not finish within {timeout} s",
+                                      details="output so far:\n" + _tail(b"".join(chunks).decode(errors="replace")))
+                chan.status_event.wait(0.05)
+            return chan.recv_exit_status(), b"".join(chunks).decode(errors="replace")
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            raise GuestDiedError(f"ssh connection lost while running {command!r}: {e}") from e
+
+    def alive(self, timeout: float = 3.0) -> bool:
+        """Whether the SSH link still carries a command (``true``) within ``timeout``."""
+        try:
+            return self.exec("true", timeout)[0] == 0
+        except (GuestDiedError, WaitTimeout):
+            return False
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _tail(text, lines: int = 30) -> str:
+    if not isinstance(text, str):
+        text = str(text)
+    return "\n".join(text.replace("\r\n", "\n").splitlines()[-lines:])
+
+
+class Shell:
+    """The verb API tests use: ``run``, ``succeed``, ``fail``, ``wait_until``.
+
+    Commands go to the preferred channel (SSH when the guest has one); when it drops, for
+    instance because the NIC it used was removed, they go on over the serial console.
+
+    Every ``timeout`` given to a verb is a reference figure (what the reference machine needs,
+    see :mod:`harness.pace`); ``scale`` turns it into this machine's seconds. ``default_timeout``
+    is already in this machine's seconds.
+    """
+
+    def __init__(self, log_path: Path, console: ConsoleChannel | None = None, *,
+                 default_timeout: float, scale: Callable[[float], float] = lambda s: s):
+        self.console = console
+        self.ssh: SSHChannel | None = None
+        self.default_timeout = default_timeout
+        self.scale = scale
+        self._log = open(log_path, "a", buffering=1)
+
+    def close(self) -> None:
+        for ch in (self.ssh, self.console):
+            if ch is not None:
+                ch.close()
+        self.ssh = self.console = None
+        self._log.close()
+
+    def _channel(self) -> Channel:
+        ch = self.ssh or self.console
+        if ch is None:
+            raise LabError("the guest has no shell channel", hint="the guest was closed")
+        return ch
+
+    def run(self, command: str, timeout: float | None = None) -> Result:
+        """Run ``command`` in the guest; never raises for a non-zero exit status."""
+        timeout = self.scale(timeout) if timeout else self.default_timeout
+        return self._run_on(self._channel(), command, timeout)
+
+    def _run_on(self, ch: Channel, command: str, timeout: float) -> Result:
+        t0 = time.monotonic()
+        try:
+            status, output = ch.exec(command, timeout)
+        except (GuestDiedError, WaitTimeout) as e:
+            # A removed management NIC leaves the SSH session hanging, not closed: tell a dead
+            # link from a slow command by asking the link for a trivial command.
+            if ch is self.ssh and self.console is not None and not self.ssh.alive():
+                self._log.write(f"### ssh link is dead ({type(e).__name__}); falling back to the "
+                                f"serial console and running the command there\n")
+                self.ssh.close()
+                self.ssh = None
+                return self._run_on(self._channel(), command, timeout)
+            raise
+        result = Result(command, status, output, time.monotonic() - t0, ch.name)
+        self._log.write(f"### [{time.strftime('%H:%M:%S')}] ({ch.name}, {result.seconds:.2f} s, "
+                        f"exit {status}) $ {command}\n{output}"
+                        + ("" if output.endswith("\n") or not output else "\n"))
+        return result
+
+    def succeed(self, command: str, timeout: float | None = None) -> str:
+        """Run ``command``; raise :class:`GuestCheckError` unless it exits 0. Returns output."""
+        r = self.run(command, timeout)
+        if not r.ok:
+            raise GuestCheckError(f"guest command failed (exit {r.status}): {command}",
+                                  details="output:\n" + _tail(r.output))
+        return r.output
+
+    def fail(self, command: str, timeout: float | None = None) -> str:
+        """Run ``command``; raise :class:`GuestCheckError` if it exits 0. Returns output."""
+        r = self.run(command, timeout)
+        if r.ok:
+            raise GuestCheckError(f"guest command unexpectedly succeeded: {command}",
+                                  details="output:\n" + _tail(r.output))
+        return r.output
+
+    def wait_until(self, what: str, check: Callable[[], object], timeout: float,
+                   interval: float = 0.1):
+        """Call ``check`` until it returns something truthy, or raise :class:`WaitTimeout`
+        naming ``what`` and the last value (or error) seen."""
+        return wait_until(what, check, self.scale(timeout), interval)
+
+    def wait_progress(self, what: str, count: Callable[[], int], want: int, *, stall: float,
+                      limit: float, interval: float = 0.5) -> float:
+        """:func:`wait_progress` with reference-figure deadlines (scaled here)."""
+        return wait_progress(what, count, want, stall=self.scale(stall), limit=self.scale(limit),
+                             interval=interval)
+
+    def wait_until_succeeds(self, command: str, timeout: float, interval: float = 0.1) -> str:
+        """Run ``command`` until it exits 0; return its output."""
+        def attempt():
+            r = self.run(command, timeout=max(1.0, min(10.0, timeout)))
+            if r.ok:
+                return r.output or "ok"
+            raise GuestCheckError(f"exit {r.status}: {_tail(r.output, 5)}")
+        return wait_until(f"`{command}` to succeed", attempt, self.scale(timeout), interval)
+
+
+def wait_progress(what: str, count: Callable[[], int], want: int, *, stall: float,
+                  limit: float, interval: float = 0.5) -> float:
+    """Poll ``count`` until it reaches ``want``. A guest that works through many devices one
+    by one (a storm of hot-adds) is waited for as long as it makes progress: the wait fails when
+    the count has not grown for ``stall`` seconds, or after ``limit`` seconds in all. Returns
+    the seconds it took."""
+    t0 = time.monotonic()
+    best, moved, last = -1, t0, None
+    while True:
+        try:
+            seen = count()
+            last = seen
+            if seen >= want:
+                return time.monotonic() - t0
+            if seen > best:
+                best, moved = seen, time.monotonic()
+        except (GuestCheckError, WaitTimeout) as e:
+            last = e
+        now = time.monotonic()
+        if now - moved >= stall or now - t0 >= limit:
+            why = (f"no progress for {now - moved:.1f} s" if now - moved >= stall
+                   else f"still moving after the {limit:g} s limit")
+            raise WaitTimeout(f"timed out waiting for {what}: {why} "
+                              f"({max(best, 0)} of {want} after {now - t0:.1f} s)",
+                              details=f"last seen: {last}")
+        time.sleep(interval)
+
+
+def wait_until(what: str, check: Callable[[], object], timeout: float, interval: float = 0.1):
+    """The one retry helper: poll ``check`` until truthy; on the deadline, say what was awaited
+    and what was last seen."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            value = check()
+            if value:
+                return value
+            last = value
+        except (GuestCheckError, WaitTimeout) as e:
+            last = e
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(f"timed out after {timeout} s waiting for {what}",
+                              details=f"last seen: {last}")
+        time.sleep(interval)  # the condition is re-checked; the deadline bounds the loop

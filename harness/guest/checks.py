@@ -1,0 +1,299 @@
+"""The guide's checks, from the monitor side and from inside the guest.
+
+Each check waits on a condition with a deadline (never a bare sleep) and, when it fails, says
+what it expected and what it last saw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+
+from harness.guest import probes
+from harness.guest.access import wait_until
+from harness.core.errors import GuestCheckError, WaitTimeout
+
+
+@dataclasses.dataclass(frozen=True)
+class PciFunction:
+    """Where QEMU put a device, as ``query-pci`` reports it."""
+
+    bus: int
+    slot: int
+    function: int
+    vendor: str
+    device: str
+    class_desc: str
+
+    @property
+    def address(self) -> str:
+        """The guest's ``lspci`` address: QEMU reports the bus numbers the guest programmed."""
+        return f"{self.bus:02x}:{self.slot:02x}.{self.function:x}"
+
+    @property
+    def ids(self) -> str:
+        return f"{self.vendor}:{self.device}"
+
+
+def _function(d: dict) -> PciFunction:
+    return PciFunction(d["bus"], d["slot"], d["function"], f"{d['id']['vendor']:04x}",
+                       f"{d['id']['device']:04x}", d["class_info"].get("desc", ""))
+
+
+def pci_function(guest, device_id: str) -> PciFunction | None:
+    return next((_function(d) for d in guest.query_pci() if d.get("qdev_id") == device_id), None)
+
+
+def pci_functions(guest) -> list[PciFunction]:
+    """Every PCI function QEMU's ``query-pci`` lists."""
+    return [_function(d) for d in guest.query_pci()]
+
+
+def interface_at(guest, fn: PciFunction, timeout: float = 10.0) -> str:
+    """The network interface of the PCI function at ``fn``'s address."""
+    def look():
+        r = guest.shell.run(f"ls /sys/bus/pci/devices/0000:{fn.address}/net 2>/dev/null")
+        return r.output.split()[0] if r.ok and r.output.split() else None
+    return guest.shell.wait_until(f"a network interface on {fn.address}", look, timeout)
+
+
+def monitor_shows(guest, device_id: str) -> probes.InfoPciEntry:
+    """``info pci`` lists a function with ``id "<device_id>"`` (guide 2.1 step 4)."""
+    text = guest.hmp("info pci")
+    for e in probes.parse_info_pci(text):
+        if e.qdev_id == device_id:
+            return e
+    raise GuestCheckError(f'`info pci` shows no device with id "{device_id}"',
+                          details="ids listed: " + ", ".join(
+                              repr(e.qdev_id) for e in probes.parse_info_pci(text)))
+
+
+def monitor_lacks(guest, device_id: str) -> None:
+    """Neither ``info pci`` nor ``query-pci`` knows ``device_id`` any more."""
+    ids = [e.qdev_id for e in probes.parse_info_pci(guest.hmp("info pci"))]
+    if device_id in ids:
+        raise GuestCheckError(f'`info pci` still shows id "{device_id}" after device_del')
+    if pci_function(guest, device_id) is not None:
+        raise GuestCheckError(f"query-pci still lists {device_id} after device_del")
+
+
+def guest_sees_pci(guest, fn: PciFunction, timeout: float = 10.0) -> probes.LspciEntry:
+    """Guest ``lspci`` shows the function at its address with QEMU's vendor:device ids."""
+    def look():
+        entries = probes.parse_lspci_nn(guest.shell.run(f"lspci -nn -s {fn.address}").output)
+        return next((e for e in entries if e.ids == fn.ids), None)
+    return guest.shell.wait_until(f"guest lspci to show {fn.ids} at {fn.address}", look, timeout)
+
+
+def guest_driver_bound(guest, fn: PciFunction, driver: str | None, timeout: float = 10.0) -> str:
+    """``lspci -k`` says ``Kernel driver in use: <driver>`` for the function (any driver if
+    ``driver`` is None: a host device's guest driver is not always known in advance)."""
+    def look():
+        info = probes.parse_lspci_k(guest.shell.run(f"lspci -k -s {fn.address}").output)
+        return next((v["driver"] for v in info.values()
+                     if v.get("driver") and driver in (None, v["driver"])), None)
+    return guest.shell.wait_until(f"guest driver {driver or '(any)'} to bind {fn.address}", look, timeout)
+
+
+def guest_lacks_pci(guest, fn: PciFunction, timeout: float = 10.0) -> None:
+    """Guest ``lspci`` no longer shows the function (guide 2.1 step 6)."""
+    def gone():
+        entries = probes.parse_lspci_nn(guest.shell.run("lspci -nn").output)
+        return not any(e.slot.endswith(fn.address) and e.ids == fn.ids for e in entries)
+    guest.shell.wait_until(f"guest lspci to stop showing {fn.ids} at {fn.address}", gone, timeout)
+
+
+def net_interfaces(guest) -> set[str]:
+    return set(guest.shell.succeed("ls /sys/class/net").split())
+
+
+def new_interface(guest, before: set[str], timeout: float = 10.0) -> str:
+    """The interface that appeared since ``before`` (found by diffing /sys/class/net), by the
+    name it keeps: a conventional guest's udev renames the kernel's ``eth0`` to a predictable
+    name (``ens4``) just after it appears, so udev is let finish first (a guest without udevadm
+    does no renaming). A systemd Debian guest on the console lost that race: its test waited
+    for an address on an ``eth0`` that had become ``ens4``."""
+    def look():
+        if not net_interfaces(guest) - before:
+            return None
+        guest.shell.run("! command -v udevadm >/dev/null || udevadm settle --timeout=10", 15)
+        new = net_interfaces(guest) - before
+        return sorted(new)[0] if new else None
+    return guest.shell.wait_until("a new network interface in /sys/class/net", look, timeout)
+
+
+def ipv4_address(guest, ifname: str, timeout: float = 20.0) -> str:
+    """The interface's IPv4 address, once DHCP gave it one."""
+    def look():
+        out = guest.shell.run(f"ip -j addr show dev {ifname}").output
+        try:
+            return (probes.ipv4_addresses(out).get(ifname) or [None])[0]
+        except json.JSONDecodeError:
+            return None
+    return guest.shell.wait_until(f"an IPv4 address on {ifname}", look, timeout)
+
+
+def default_gateway(guest, ifname: str, timeout: float = 10.0) -> str:
+    """The gateway of the interface's default route (the guide's ``route -n``). Waited for: a
+    DHCP client may set the route a moment after the address, and ``ip -j route`` prints cut
+    JSON when the route table changes during its dump (seen with systemd-networkd)."""
+    def look():
+        try:
+            return probes.default_gateways(guest.shell.succeed("ip -j route show default")).get(ifname)
+        except json.JSONDecodeError as e:
+            raise GuestCheckError(f"`ip -j route` printed cut JSON (the table changed): {e}")
+    try:
+        return guest.shell.wait_until(f"a default route through {ifname}", look, timeout)
+    except WaitTimeout as e:
+        raise GuestCheckError(f"no default route through {ifname}",
+                              details=guest.shell.run("ip route").output) from e
+
+
+# -- USB ---------------------------------------------------------------------------------------
+
+
+def lsusb(guest) -> list[probes.LsusbEntry]:
+    # lsusb exits 1 when the guest has no USB bus at all; that is an empty list, not an error.
+    return probes.parse_lsusb(guest.shell.run("lsusb").output)
+
+
+#: The device's own strings, as lsusb prints them when its ID database does not know the device:
+#: "<busnum> <devnum> <manufacturer> <product>" per USB device in sysfs.
+USB_STRINGS_COMMAND = ("for d in /sys/bus/usb/devices/*; do [ -f $d/devnum ] && echo $(cat $d/busnum) "
+                       "$(cat $d/devnum) $(cat $d/manufacturer $d/product 2>/dev/null); done")
+
+
+def usb_device_strings(guest) -> dict[tuple[int, int], str]:
+    """(bus, device) -> "manufacturer product" as the device itself reports them."""
+    out = {}
+    for line in guest.shell.run(USB_STRINGS_COMMAND).output.splitlines():
+        parts = line.split(None, 2)
+        if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
+            out[(int(parts[0]), int(parts[1]))] = parts[2] if len(parts) == 3 else ""
+    return out
+
+
+def guest_usb_appears(guest, before: list[probes.LsusbEntry], product: str,
+                      timeout: float = 10.0) -> probes.LsusbEntry:
+    """A new ``lsusb`` entry of the device named ``product`` (by name: tablet and mouse share an
+    ID). lsusb names a device from its ID database when it has one (a distribution's usbutils
+    says "Adomax Technology Co., Ltd QEMU Tablet"), else from the device's own strings ("QEMU
+    QEMU USB Tablet"): the device's own strings are read from sysfs when lsusb's name differs."""
+    old = {(e.bus, e.device) for e in before}
+
+    def look():
+        new = [e for e in lsusb(guest) if (e.bus, e.device) not in old]
+        named = next((e for e in new if product in e.name), None)
+        if named is not None or not new:
+            return named
+        strings = usb_device_strings(guest)
+        return next((e for e in new if product in strings.get((e.bus, e.device), "")), None)
+    return guest.shell.wait_until(f"guest lsusb to show a new '{product}'", look, timeout)
+
+
+def new_usb_bus(guest, before: list[probes.LsusbEntry], timeout: float = 10.0) -> probes.LsusbEntry:
+    """The root hub (vendor 1d6b, Linux Foundation) of a USB bus that was not there before."""
+    old = {e.bus for e in before}
+
+    def look():
+        return next((e for e in lsusb(guest) if e.vendor == "1d6b" and e.bus not in old), None)
+    return guest.shell.wait_until("guest lsusb to show a new USB bus", look, timeout)
+
+
+def guest_usb_gone(guest, entry: probes.LsusbEntry, timeout: float = 10.0) -> None:
+    def gone():
+        return not any((e.bus, e.device, e.ids) == (entry.bus, entry.device, entry.ids)
+                       for e in lsusb(guest))
+    guest.shell.wait_until(f"guest lsusb to stop showing Bus {entry.bus:03d} Device {entry.device:03d} "
+               f"{entry.name}", gone, timeout)
+
+
+def _info_usb_match(entries, device_id: str, product: str):
+    # `info usb` names the qdev id since QEMU 5.x; older ones only the product.
+    return [e for e in entries if e.qdev_id == device_id or (not e.qdev_id and e.product == product)]
+
+
+def monitor_usb_shows(guest, device_id: str, product: str) -> probes.InfoUsbEntry:
+    """``info usb`` lists the device (guide 2.2 step 4)."""
+    entries = probes.parse_info_usb(guest.hmp("info usb"))
+    found = _info_usb_match(entries, device_id, product)
+    if not found:
+        raise GuestCheckError(f"`info usb` does not list {device_id} ({product})",
+                              details="listed: " + "; ".join(f"{e.product} {e.qdev_id}" for e in entries))
+    if found[0].product != product:
+        raise GuestCheckError(f"`info usb` names {device_id} '{found[0].product}', expected '{product}'")
+    return found[0]
+
+
+def monitor_usb_lacks(guest, device_id: str, product: str) -> None:
+    if _info_usb_match(probes.parse_info_usb(guest.hmp("info usb")), device_id, product):
+        raise GuestCheckError(f"`info usb` still lists {device_id} after device_del")
+
+
+# -- disks -------------------------------------------------------------------------------------
+
+
+def disks(guest) -> list[probes.FdiskDisk]:
+    return probes.parse_fdisk_l(guest.shell.succeed("fdisk -l"))
+
+
+def new_disk(guest, before: list[probes.FdiskDisk], size_bytes: int | None,
+             timeout: float = 15.0) -> probes.FdiskDisk:
+    """A disk ``fdisk -l`` did not list before, of ``size_bytes`` (any size if None)."""
+    old = {d.device for d in before}
+
+    def look():
+        return next((d for d in disks(guest) if d.device not in old
+                     and (size_bytes is None or d.size_bytes == size_bytes)), None)
+    what = f"a new {size_bytes}-byte disk" if size_bytes else "a new disk"
+    return guest.shell.wait_until(f"{what} in the guest's fdisk -l", look, timeout)
+
+
+def disk_gone(guest, disk: probes.FdiskDisk, timeout: float = 10.0) -> None:
+    guest.shell.wait_until(f"{disk.device} to leave the guest's fdisk -l",
+               lambda: all(d.device != disk.device for d in disks(guest)), timeout)
+
+
+# -- the guest kernel's health ---------------------------------------------------------------
+
+#: What a healthy hotplug never makes a kernel log (an extended regex, for grep -E in the guest).
+KERNEL_PROBLEM = (r"Oops|BUG:|WARNING: CPU|WARNING: at |general protection fault|Kernel panic|"
+                  r"INFO: task [^ ]+ blocked for more than|soft lockup|hard LOCKUP|Call Trace:")
+_STAMP = re.compile(r"^\[\s*(\d+\.\d+)\]")
+
+
+def kernel_log_mark(guest) -> float | None:
+    """The kernel log's last timestamp now (None: no log to read, e.g. no dmesg)."""
+    r = guest.shell.run("dmesg | tail -n 1", timeout=10)
+    m = _STAMP.match(r.output.strip()) if r.ok else None
+    # (no timestamps: old lines cannot be told from new ones, so no check)
+    return float(m.group(1)) if m else None
+
+
+def kernel_problems(guest, since: float | None) -> list[str]:
+    """Each problem the guest kernel logged after ``since`` (a :func:`kernel_log_mark`), with up
+    to 25 lines that follow it (the call trace). The guest filters its log itself: a whole
+    dmesg over a nested guest's serial console takes longer than a command may."""
+    if since is None:
+        return []
+    r = guest.shell.run(f"dmesg | grep -E -A 25 '{KERNEL_PROBLEM}' || true",
+                        timeout=guest.deadlines.scaled(15))
+    if not r.ok:
+        return []
+    out = []
+    for group in r.output.split("\n--\n"):
+        lines = [ln for ln in group.splitlines()
+                 if (m := _STAMP.match(ln)) is None or float(m.group(1)) > since]
+        out += _split_problems(lines)
+    return out
+
+
+def _split_problems(lines: list[str]) -> list[str]:
+    """One entry per problem: its line and what follows, up to 25 lines or the next problem.
+    A call trace belongs to the problem above it; alone (a hung task's) it is one."""
+    starts = [i for i, ln in enumerate(lines) if re.search(KERNEL_PROBLEM, ln)]
+    starts = [i for n, i in enumerate(starts) if "Call Trace:" not in lines[i]
+              or not n or i - starts[n - 1] > 25]
+    return ["\n".join(lines[i:min(i + 26, *(j for j in starts if j > i), len(lines))])
+            for i in starts]

@@ -1,0 +1,327 @@
+"""Run reports: one JSON record per test (written by whichever process ran it), then, at the
+end of the run, ``summary.json`` for machines and a self-contained ``report.html`` for people,
+in the run's folder and copied to ``reports/latest/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
+
+
+def outcome_of(reports: dict) -> tuple[str, str]:
+    """(outcome, reason) from a test's setup/call/teardown pytest reports."""
+    for when in ("setup", "call", "teardown"):
+        rep = reports.get(when)
+        if rep is None:
+            continue
+        if hasattr(rep, "wasxfail"):
+            return ("xfailed" if rep.skipped else "xpassed"), str(rep.wasxfail)
+        if rep.skipped:
+            reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+            return "skipped", reason.removeprefix("Skipped: ")
+        if rep.failed:
+            crash = getattr(rep.longrepr, "reprcrash", None)
+            message = crash.message if crash is not None else str(rep.longrepr)
+            return ("failed" if when == "call" else "error"), message[:2000]
+    return "passed", ""
+
+
+def write_result(run_dir: Path, record: dict) -> None:
+    out = run_dir / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    key = record["nodeid"] + (f"#{record['repetition']}" if record.get("repetition") else "")
+    name = hashlib.sha1(key.encode()).hexdigest()[:16] + ".json"
+    (out / name).write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+
+def load_results(run_dir: Path) -> list[dict]:
+    return sorted((json.loads(p.read_text()) for p in (run_dir / "results").glob("*.json")),
+                  key=lambda r: (r["nodeid"], r.get("repetition") or 0))
+
+
+def pass_rates(results: list[dict]) -> dict[str, dict]:
+    """Per test that ran more than once (--repeat): how often it ran and passed."""
+    runs: dict[str, list[dict]] = {}
+    for r in results:
+        if r["outcome"] != "skipped":
+            runs.setdefault(r["nodeid"], []).append(r)
+    return {n: {"ran": len(rs), "passed": sum(r["outcome"] in ("passed", "xfailed") for r in rs),
+                "rate": round(sum(r["outcome"] in ("passed", "xfailed") for r in rs) / len(rs), 4)}
+            for n, rs in runs.items() if len(rs) > 1}
+
+
+def latency_group(r: dict) -> str:
+    """Whose latencies a test's are pooled with: its scenario (``nic``), or, for a scenario
+    made of several kinds of test (``lifecycle``), the scenario and the test's cell
+    (``lifecycle.storm_fills_every_slot``): a storm's 30 NICs are not an unplug-at-once."""
+    return f"{r['scenario']}.{r['cell']}" if r.get("cell") else r["scenario"]
+
+
+def latency_key(r: dict, name: str) -> str:
+    """A test's latency ``name`` (``nic0.device_del_to_event``) as the run pools it: the
+    device id folded out, the test's :func:`latency_group` in its place."""
+    return f"{latency_group(r)}.{name.split('.', 1)[-1]}"
+
+
+def latency_stats(results: list[dict]) -> dict[str, dict]:
+    """Per latency (:func:`latency_key`): its distribution over the run's tests."""
+    values: dict[str, list[float]] = {}
+    for r in results:
+        for name, v in (r.get("latencies") or {}).items():
+            values.setdefault(latency_key(r, name), []).append(v)
+    return {k: distribution(v) for k, v in sorted(values.items())}
+
+
+def distribution(values: list[float]) -> dict:
+    """n, median, p95 (nearest rank) and max of a latency's values."""
+    ordered = sorted(values)
+    p95 = ordered[max(0, -(-95 * len(ordered) // 100) - 1)]
+    return {"n": len(ordered), "median": round(statistics.median(ordered), 4),
+            "p95": round(p95, 4), "max": round(ordered[-1], 4)}
+
+
+def guest_boots(results: list[dict], started: str = "booted") -> dict[str, float]:
+    """Each guest's time from QEMU's start to ready, once per guest (a reused guest is in every
+    test it served): of the guests ``started`` so, ``"booted"`` or ``"restored"`` from a saved
+    state (harness.snapshot; records older than it say neither: booted)."""
+    return {g["name"]: g["boot_seconds"] for r in results for g in r.get("guests", [])
+            if g.get("boot_seconds") and g.get("after_test")
+            and (g.get("started") or "booted") == started}
+
+
+def _guest_starts(summary: dict) -> str:
+    started = summary.get("guests_started") or {}
+    text = f"median guest boot {summary.get('boot_seconds_median')} s"
+    if started.get("restored"):
+        text += (f" ({started['booted']} booted), restore from a saved state "
+                 f"{summary.get('restore_seconds_median')} s ({started['restored']} restored)")
+    return text
+
+
+def _wall(summary: dict) -> str:
+    wall = summary.get("wall_seconds")
+    return f" after {wall:g} s" if wall is not None else ""
+
+
+def finish_run(run_dir: Path, report_root: Path, meta: dict) -> dict:
+    results = load_results(run_dir)
+    counts = {o: sum(r["outcome"] == o for r in results) for o in OUTCOMES}
+    boots = list(guest_boots(results).values())
+    restores = list(guest_boots(results, "restored").values())
+    summary = {
+        "run": run_dir.name,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **meta,
+        "counts": counts,
+        "latencies": latency_stats(results),
+        "pass_rates": pass_rates(results),
+        "tests": results,
+    }
+    durations = [r["duration"] for r in results]
+    summary["test_seconds_total"] = round(sum(durations), 2)
+    summary["boot_seconds_median"] = round(statistics.median(boots), 3) if boots else None
+    summary["guests_started"] = {"booted": len(boots), "restored": len(restores)}
+    summary["restore_seconds_median"] = round(statistics.median(restores), 3) if restores else None
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (run_dir / "report.html").write_text(render_html(summary, history(report_root, summary)))
+    latest = report_root / "latest"
+    if latest.is_symlink() or latest.is_file():
+        latest.unlink()
+    elif latest.exists():
+        shutil.rmtree(latest)
+    shutil.copytree(run_dir, latest, ignore=shutil.ignore_patterns("guests"))
+    summary["html"] = str(run_dir / "report.html")
+    summary["latest"] = str(latest / "report.html")
+    return summary
+
+
+def history(report_root: Path, summary: dict, last: int = 10) -> list[dict]:
+    """This run and the ones before it in the same report folder, for the report's trend
+    pictures (none for a run of self-tests only, or with fewer than 3 scenario runs)."""
+    from harness.report import trend
+
+    runs = trend.load_runs(report_root, last) if report_root.is_dir() else []
+    if not runs or runs[-1]["run"] != summary["run"] or len(runs) < 3:
+        return []
+    return runs
+
+
+def repeat_lines(summary: dict) -> list[str]:
+    """--repeat: each test's pass rate, and each latency's distribution."""
+    rates = summary.get("pass_rates") or {}
+    if not rates:
+        return []
+    lines = ["pass rate (--repeat):"]
+    lines += [f"  {v['passed']}/{v['ran']} ({v['rate']:.0%})  {n}" for n, v in sorted(rates.items())]
+    lines.append("latency (s)                            n    median       p95       max")
+    lines += [f"  {k:<34} {v['n']:>4} {v['median']:>9.3f} {v['p95']:>9.3f} {v['max']:>9.3f}"
+              for k, v in summary["latencies"].items() if not k.endswith("clock_error")]
+    return lines
+
+
+def passthrough_counts(results: list[dict]) -> dict[str, int]:
+    """How many tests ran through each real passthrough path (vfio-pci, usb-host)."""
+    counts: dict[str, int] = {}
+    for r in results:
+        kind = (r.get("passthrough") or "").split(" ")[0]
+        if kind:
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def summary_lines(summary: dict) -> list[str]:
+    c = summary["counts"]
+    lines = [f"backend {summary['backend']}, accel {summary['accel']}, QEMU {summary['qemu_version']}: "
+             + ", ".join(f"{n} {o}" for o, n in c.items() if n)
+             + (f" in {summary['wall_seconds']:g} s" if summary.get("wall_seconds") is not None else "")]
+    through = passthrough_counts(summary["tests"])
+    if through:
+        n = sum(through.values())
+        lines.append(f"through real passthrough: {n} of {len(summary['tests'])} tests ("
+                     + ", ".join(f"{k} {v}" for k, v in sorted(through.items())) + ")")
+    again = [t for t in summary["tests"] if t.get("attempts", 1) > 1]
+    if again:
+        lines.append("ran again after a guest died or stopped answering under them "
+                     "(--retry-dead-guest): "
+                     + ", ".join(t["nodeid"].split("::")[-1] for t in again))
+    if identity_line(summary):
+        lines.append(identity_line(summary))
+    lines += repeat_lines(summary)
+    lines += guest_matrix_lines(summary)
+    lab = summary.get("lab")
+    if lab:
+        lines.append(f"lab host: kernel {lab.get('kernel')}, ready {lab.get('ready_seconds')} s "
+                     f"after boot; image {Path(lab.get('folder', '')).name}"
+                     + (f" built in {lab.get('build_seconds')} s" if lab.get("built_now") else
+                        " (cached)") + f"; run by QEMU {lab.get('l1_qemu')}")
+    for r in summary["tests"]:
+        if r["outcome"] in ("failed", "error"):
+            kind = f"[{r.get('failure_kind') or '?'}] "
+            lines.append(f"  {r['outcome'].upper()} {kind}{r['nodeid']}: {r['reason'].splitlines()[0][:160] if r['reason'] else ''}")
+            if r.get("bundle"):
+                lines.append(f"      bundle: {r['bundle']}")
+    lines.append(f"report: {summary['html']}")
+    lines.append(f"        {summary['latest']} (copy of the newest run)")
+    return lines
+
+
+# -- HTML (the page itself is reporthtml's) ------------------------------------------------
+
+
+def guest_matrix_lines(summary: dict) -> list[str]:
+    """With several guests (--guest): passed/total per scenario and guest, for the terminal."""
+    tests = [t for t in summary["tests"] if t.get("guest")]
+    guests = list(dict.fromkeys(t["guest"] for t in tests))
+    if not guests:
+        return []
+    width = max(len(s) for s in {t["scenario"] for t in tests} | {"scenario"})
+    lines = ["scenario".ljust(width) + "".join(f"  {g:>12}" for g in guests)]
+    for s in sorted({t["scenario"] for t in tests}):
+        cells = []
+        for g in guests:
+            mine = [t for t in tests if t["scenario"] == s and t["guest"] == g]
+            ok = sum(t["outcome"] in ("passed", "xfailed") for t in mine)
+            cells.append(f"  {f'{ok}/{len(mine)}':>12}")
+        lines.append(s.ljust(width) + "".join(cells))
+    return lines
+
+
+def _where_it_ran(summary: dict) -> str:
+    """The meta lines on passthrough and on the lab host."""
+    tests = summary["tests"]
+    through = passthrough_counts(tests)
+    through_line = ("<br>through real passthrough: <b>" + str(sum(through.values())) + f"</b> of "
+                    f"{len(tests)} tests (" + ", ".join(f"{html.escape(k)} {v}" for k, v in
+                                                        sorted(through.items())) + ")"
+                    if through else "")
+    lab = summary.get("lab") or {}
+    lab_line = (f"<br>lab host: kernel <b>{html.escape(str(lab.get('kernel')))}</b>, ready "
+                f"{lab.get('ready_seconds')} s after boot, image "
+                f"<code>{html.escape(Path(lab.get('folder', '')).name)}</code>"
+                + (f" built in {lab.get('build_seconds')} s" if lab.get("built_now") else " (cached)")
+                + f", run by QEMU {html.escape(str(lab.get('l1_qemu')))}"
+                if lab else "")
+    return through_line + lab_line
+
+
+def identity_properties(summary: dict) -> dict[str, str]:
+    """A run's identity as JUnit test-suite properties (a run's or a merged run's entry)."""
+    i = summary.get("identity") or {}
+    h = i.get("harness") or {}
+    return {k: str(v) for k, v in {
+        "run": summary.get("run"), "host": i.get("host"), "cpu": i.get("cpu"),
+        "host_kernel": i.get("host_kernel"), "iommu": i.get("iommu"),
+        "inventory_sha256": i.get("inventory_sha256"),
+        "qemu": (i.get("qemu") or {}).get("build") or summary.get("qemu_version"),
+        "harness": f"{h.get('version')} {h.get('commit') or ''}".strip(), "command": i.get("command"),
+    }.items() if v}
+
+
+def add_junit_identity(run_dir: Path, report_root: Path) -> None:
+    """Put the run's identity into its junit.xml as test-suite properties (pytest has written
+    the file by now), and refresh latest/'s copy."""
+    from xml.etree import ElementTree as ET
+
+    junit, summary = run_dir / "junit.xml", run_dir / "summary.json"
+    if not (junit.exists() and summary.exists()):
+        return
+    tree = ET.parse(junit)
+    props = identity_properties(json.loads(summary.read_text()))
+    for suite in tree.getroot().iter("testsuite"):
+        el = suite.find("properties")
+        if el is None:
+            el = ET.Element("properties")
+            suite.insert(0, el)
+        for k, v in props.items():
+            ET.SubElement(el, "property", name=f"hotplug.{k}", value=v)
+    tree.write(junit, encoding="utf-8", xml_declaration=True)
+    latest = report_root / "latest"
+    if latest.is_dir() and not latest.is_symlink() and (latest / "summary.json").exists() and \
+            json.loads((latest / "summary.json").read_text()).get("run") == run_dir.name:
+        shutil.copy2(junit, latest / "junit.xml")
+
+
+def identity_line(summary: dict) -> str | None:
+    """Which host, QEMU build and harness commit ran (summary.json's identity)."""
+    i = summary.get("identity")
+    if not i:
+        return None
+    h = i.get("harness") or {}
+    commit = (h.get("commit") or "")[:12] + (" (with local changes)" if h.get("dirty") else "")
+    return (f"host {i.get('host')} ({i.get('cpu')}, kernel {i.get('host_kernel')}, {i.get('iommu')})"
+            f"; {(i.get('qemu') or {}).get('build') or 'QEMU ?'}; harness {h.get('version')}"
+            + (f" {commit}" if commit else "")
+            + (f"; inventory sha256 {i['inventory_sha256'][:12]}" if i.get("inventory_sha256") else ""))
+
+
+def render_html(summary: dict, runs: list[dict] | None = None) -> str:
+    from harness.report import html as rh
+
+    image = summary.get("image") or {}
+    deadlines = ", ".join(f"{k.replace('_', ' ')} {v:g} s" for k, v in (summary.get("deadlines") or {}).items())
+    meta = f"""<p class="meta">run <b>{html.escape(summary['run'])}</b>, finished {html.escape(summary['finished_at'])}{_wall(summary)}<br>
+backend <b>{html.escape(summary['backend'])}</b> &middot; accelerator <b>{html.escape(summary['accel'])}</b>
+<small>({html.escape(summary.get('accel_reason', ''))})</small>
+&middot; time factor <b>{(summary.get('pace') or {}).get('factor', 'n/a')}</b>
+<small>(every deadline is its reference figure times this: {html.escape(deadlines)})</small><br>
+QEMU <b>{html.escape(str(summary['qemu_version']))}</b> <small>{html.escape(summary['qemu_binary'])}</small>
+&middot; guest kernel <b>{html.escape(str(image.get('kernel_version', 'user image')))}</b>
+&middot; {_guest_starts(summary)}{_where_it_ran(summary)}
+<br><small>{html.escape(identity_line(summary) or '')}<br><code>{html.escape((summary.get('identity') or {}).get('command', ''))}</code></small></p>"""
+    tests = summary["tests"]
+    scen = [r for r in tests if rh.is_scenario(r)]
+    body = ("<h1>hotplug-harness qualification report</h1>" + meta + rh.badges(summary["counts"])
+            + f"<h2>Qualification matrix ({html.escape(summary['backend'])})</h2>" + rh.matrix(tests)
+            + ("<h2>Hotplug latencies</h2>" + rh.latency_pictures(scen)
+               + rh.latency_table(summary["latencies"]) if summary["latencies"] else "")
+            + rh.trend_section(runs or [])
+            + "<h2>Scenario tests</h2>" + rh.tests_table(scen) + rh.self_tests(tests))
+    return rh.page(f"hotplug-harness {summary['run']}", body)

@@ -1,0 +1,155 @@
+"""The guests a run covers: ``--guest`` given more than once makes the guest an axis of the
+scenario matrix (``test_nic[emulated-q35-acpi-e1000e-systemd]``).
+
+A ``--guest`` value is ``builtin``, a distribution guest the harness builds from Debian
+packages (``systemd``, ``systemd:console``, ``cloudinit``), or a TOML file of your own guests::
+
+    [[guest]]
+    name = "rhel7"                    # part of the test ids
+    disk = "/images/rhel7.qcow2"      # and/or kernel, initrd, append
+    key = "/images/rhel7_id_ed25519"  # SSH; or ready = "REGEX" for a root shell on ttyS0,
+    access = "ssh"                    # or cloud_init = true for a stock cloud image
+
+Knows nothing of pytest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from pathlib import Path
+
+from harness.images import builtin as images
+from harness.core.errors import ConfigError
+from harness.images.builtin import GuestImage
+
+BUILTIN = "builtin"
+_KEYS = {"name", "kernel", "initrd", "append", "disk", "disk_format", "user", "key", "ready",
+         "access", "cloud_init"}
+
+
+@dataclasses.dataclass(frozen=True)
+class GuestChoice:
+    """One guest of the run: its name (in test ids), its image and how tests reach it."""
+
+    name: str
+    image: GuestImage
+    access: str
+
+    @property
+    def builtin(self) -> bool:
+        return self.image.builtin
+
+    def __repr__(self) -> str:
+        return f"<guest {self.name} ({self.access})>"
+
+
+def resolve(values: list[str], cache: Path, seed_folder: Path) -> list[GuestChoice]:
+    """The ``--guest`` values as guests, in order; distribution guests are built first if their
+    recipe never was. ``seed_folder``: where cloud images' SSH keys and NoCloud seeds go."""
+    out: list[GuestChoice] = []
+    for value in values:
+        name, _, access = value.partition(":")
+        if name == BUILTIN:
+            out.append(GuestChoice(BUILTIN, images.ensure_builtin(cache, log=lambda s: None),
+                                   access or "console"))
+        elif name in images.DISTROS:
+            out.append(_distro(name, access, cache, seed_folder))
+        elif Path(value).is_file():
+            out += [_from_table(t, value, seed_folder) for t in _tables(Path(value))]
+        else:
+            raise ConfigError(f"--guest {value}: not {BUILTIN}, a distribution guest "
+                              f"({', '.join(images.DISTROS)}) or a guests file",
+                              hint="e.g. --guest builtin --guest systemd, or --guest guests.toml "
+                                   "(format: harness/guests.py, README)")
+    names = [c.name for c in out]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"--guest names {', '.join(twice)} more than once",
+                          hint="give each guest once (a guests file's guests need distinct names)")
+    return out
+
+
+def _distro(name: str, access: str, cache: Path, seed_folder: Path) -> GuestChoice:
+    d = images.ensure_distro(name, cache)
+    cloud = not (d.folder / "id_ed25519").exists()
+    access = access or "ssh"
+    if access not in ("ssh", "console"):
+        raise ConfigError(f"--guest {name}:{access}: access is ssh or console")
+    if access == "console" and not d.manifest.get("console_prompt"):
+        raise ConfigError(f"--guest {name}:console: this guest has no root shell on ttyS0",
+                          hint=f"use --guest {name} (SSH)")
+    image = GuestImage(kernel=d.folder / "vmlinuz", initrd=d.folder / "initrd.img",
+                       append=(d.folder / "append.txt").read_text().strip(),
+                       disk=d.folder / "disk.qcow2", ssh_key=None if cloud else d.folder / "id_ed25519",
+                       ready_pattern=re.escape(d.manifest["console_prompt"])
+                       if access == "console" else None, manifest=d.manifest)
+    if cloud:
+        image = cloud_seeded(image, seed_folder / name)
+    label = name if access == "ssh" else f"{name}-console"
+    return GuestChoice(label, image, access)
+
+
+def cloud_seeded(image: GuestImage, folder: Path) -> GuestImage:
+    """A stock cloud image with an SSH key made for the run, handed to its cloud-init by a
+    NoCloud seed. One key and one seed per ``folder``, made by the first of the run's processes
+    to get there (the others wait for it and use them): guests of one shape on two xdist
+    workers then have one command line, so one saved state serves both (harness.snapshot)."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    done = folder / "seed.done"
+    with open(folder / ".seed.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        key, public = images.run_ssh_key(folder)
+        if done.exists():
+            seed = folder / "seed.vfat"
+        else:
+            seed = images.nocloud_seed(folder, public)
+            done.touch()
+    return dataclasses.replace(image, ssh_key=key, seed=seed)
+
+
+def _tables(path: Path) -> list[dict]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"--guest {path}: {e}", hint="fix the guests file (TOML, [[guest]] "
+                                                       "tables: harness/guests.py)") from e
+    tables = data.get("guest")
+    tables = [tables] if isinstance(tables, dict) else tables
+    if not isinstance(tables, list) or not tables:
+        raise ConfigError(f"--guest {path}: no [[guest]] table",
+                          hint="describe each guest in a [[guest]] table (harness/guests.py)")
+    return tables
+
+
+def _from_table(t: dict, source: str, seed_folder: Path) -> GuestChoice:
+    where = f"--guest {source}: guest {t.get('name', '?')!r}"
+    unknown = sorted(set(t) - _KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}",
+                          hint=f"keys: {', '.join(sorted(_KEYS))}")
+    if not isinstance(t.get("name"), str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", t["name"]):
+        raise ConfigError(f"{where}: name must be letters, digits, '.', '_' or '-' (it is part "
+                          "of the test ids)")
+    paths = {k: Path(t[k]).expanduser().resolve() for k in ("kernel", "initrd", "disk", "key") if t.get(k)}
+    for key, path in paths.items():
+        if not path.is_file():
+            raise ConfigError(f"{where}: {key} {path}: no such file")
+    if "kernel" not in paths and "disk" not in paths:
+        raise ConfigError(f"{where}: give a kernel or a disk")
+    cloud = bool(t.get("cloud_init"))
+    if not (t.get("ready") or paths.get("key") or cloud):
+        raise ConfigError(f"{where}: no way in: give key (SSH), ready (a root shell on ttyS0) or "
+                          "cloud_init = true")
+    access = t.get("access") or ("console" if t.get("ready") and not paths.get("key") and not cloud
+                                 else "ssh")
+    image = GuestImage(kernel=paths.get("kernel"), initrd=paths.get("initrd"),
+                       append=t.get("append", ""), disk=paths.get("disk"),
+                       disk_format=t.get("disk_format", "qcow2"), ssh_user=t.get("user", "root"),
+                       ssh_key=paths.get("key"), ready_pattern=t.get("ready"))
+    if cloud:
+        image = cloud_seeded(image, seed_folder / t["name"])
+    return GuestChoice(t["name"], image, access)
