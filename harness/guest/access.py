@@ -23,6 +23,7 @@ import pexpect
 import pexpect.spawnbase
 
 from harness.core.errors import GuestCheckError, GuestDiedError, LabError, WaitTimeout
+from harness.core.waits import wait_progress, wait_until
 
 
 @dataclasses.dataclass(frozen=True)
@@ -369,50 +370,3 @@ class Shell:
                 return r.output or "ok"
             raise GuestCheckError(f"exit {r.status}: {_tail(r.output, 5)}")
         return wait_until(f"`{command}` to succeed", attempt, self.scale(timeout), interval)
-
-
-def wait_progress(what: str, count: Callable[[], int], want: int, *, stall: float,
-                  limit: float, interval: float = 0.5) -> float:
-    """Poll ``count`` until it reaches ``want``. A guest that works through many devices one
-    by one (a storm of hot-adds) is waited for as long as it makes progress: the wait fails when
-    the count has not grown for ``stall`` seconds, or after ``limit`` seconds in all. Returns
-    the seconds it took."""
-    t0 = time.monotonic()
-    best, moved, last = -1, t0, None
-    while True:
-        try:
-            seen = count()
-            last = seen
-            if seen >= want:
-                return time.monotonic() - t0
-            if seen > best:
-                best, moved = seen, time.monotonic()
-        except (GuestCheckError, WaitTimeout) as e:
-            last = e
-        now = time.monotonic()
-        if now - moved >= stall or now - t0 >= limit:
-            why = (f"no progress for {now - moved:.1f} s" if now - moved >= stall
-                   else f"still moving after the {limit:g} s limit")
-            raise WaitTimeout(f"timed out waiting for {what}: {why} "
-                              f"({max(best, 0)} of {want} after {now - t0:.1f} s)",
-                              details=f"last seen: {last}")
-        time.sleep(interval)
-
-
-def wait_until(what: str, check: Callable[[], object], timeout: float, interval: float = 0.1):
-    """The one retry helper: poll ``check`` until truthy; on the deadline, say what was awaited
-    and what was last seen."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            value = check()
-            if value:
-                return value
-            last = value
-        except (GuestCheckError, WaitTimeout) as e:
-            last = e
-        if time.monotonic() >= deadline:
-            raise WaitTimeout(f"timed out after {timeout} s waiting for {what}",
-                              details=f"last seen: {last}")
-        time.sleep(interval)  # the condition is re-checked; the deadline bounds the loop

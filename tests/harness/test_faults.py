@@ -264,7 +264,7 @@ def test_interrupted_run_leaves_no_qemu_and_no_temp_folder(tmp_path, child_env, 
     runner) -- ends with no QEMU process and no temporary folder of the run left."""
     import tempfile
 
-    from harness.guest.access import wait_until
+    from harness.core.waits import wait_until
 
     reports = tmp_path / "reports"
     # As a terminal's foreground job: SIGINT at its default (a shell starts a background job

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.run import hygiene
-from harness.guest.access import wait_until
+from harness.core.waits import wait_until
 from harness.core.errors import GuestDiedError, ImageError, QemuLaunchError
 from harness.guest.guest import Guest
 from harness.images.builtin import GuestImage

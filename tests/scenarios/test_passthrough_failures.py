@@ -176,7 +176,7 @@ def test_sigterm_mid_test_gives_the_device_back_and_leaves_no_qemu(hotplug_sessi
     import signal
     import subprocess
 
-    from harness.guest.access import wait_until
+    from harness.core.waits import wait_until
     from harness.host.binding import Journal, default_journal_path
 
     hs = hotplug_session

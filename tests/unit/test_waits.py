@@ -1,10 +1,10 @@
-"""harness.access.wait_progress: a wait that lasts as long as the awaited count keeps growing."""
+"""harness.core.waits.wait_progress: a wait that lasts as long as the awaited count keeps growing."""
 
 import itertools
 
 import pytest
 
-from harness.guest.access import wait_progress
+from harness.core.waits import wait_progress
 from harness.core.errors import WaitTimeout
 
 

@@ -1,0 +1,68 @@
+"""The one way to wait: poll a condition until it holds or a deadline passes, and on the
+deadline say what was awaited and what was last seen (NixOS's ``wait_until_succeeds``).
+
+``timeout``/``stall``/``limit`` here are wall-clock seconds: the caller has already scaled its
+reference figure by the run's pace (harness.core.pace), so no wait scales twice.
+
+    >>> wait_until("the answer", lambda: 42, timeout=1.0)
+    42
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from harness.core.errors import GuestCheckError, WaitTimeout
+
+#: What a check may raise and still be tried again: "not yet", not "broken".
+RETRY_ON: tuple[type[BaseException], ...] = (GuestCheckError, WaitTimeout)
+
+
+def wait_progress(what: str, count: Callable[[], int], want: int, *, stall: float,
+                  limit: float, interval: float = 0.5,
+                  retry_on: tuple[type[BaseException], ...] = RETRY_ON) -> float:
+    """Poll ``count`` until it reaches ``want``. A guest that works through many devices one
+    by one (a storm of hot-adds) is waited for as long as it makes progress: the wait fails when
+    the count has not grown for ``stall`` seconds, or after ``limit`` seconds in all. Returns
+    the seconds it took."""
+    t0 = time.monotonic()
+    best, moved, last = -1, t0, None
+    while True:
+        try:
+            seen = count()
+            last = seen
+            if seen >= want:
+                return time.monotonic() - t0
+            if seen > best:
+                best, moved = seen, time.monotonic()
+        except retry_on as e:
+            last = e
+        now = time.monotonic()
+        if now - moved >= stall or now - t0 >= limit:
+            why = (f"no progress for {now - moved:.1f} s" if now - moved >= stall
+                   else f"still moving after the {limit:g} s limit")
+            raise WaitTimeout(f"timed out waiting for {what}: {why} "
+                              f"({max(best, 0)} of {want} after {now - t0:.1f} s)",
+                              details=f"last seen: {last}")
+        time.sleep(interval)
+
+
+def wait_until(what: str, check: Callable[[], object], timeout: float, interval: float = 0.1,
+               retry_on: tuple[type[BaseException], ...] = RETRY_ON):
+    """The one retry helper: poll ``check`` until truthy; on the deadline, say what was awaited
+    and what was last seen."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            value = check()
+            if value:
+                return value
+            last = value
+        except retry_on as e:
+            last = e
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(f"timed out after {timeout} s waiting for {what}",
+                              details=f"last seen: {last}")
+        time.sleep(interval)  # the condition is re-checked; the deadline bounds the loop
