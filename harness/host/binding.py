@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import re
-import stat
 import time
 import uuid
 from datetime import datetime, timezone
@@ -33,6 +32,7 @@ from pathlib import Path
 
 from harness.core.errors import HarnessError, HostDeviceError
 from harness.core.locks import flock_within
+from harness.core.paths import UnsafePathError, open_nofollow, private_dir, write_atomic
 from harness.host.network import namespace_problem
 from harness.host.safety import GroupPlan, critical_devices, plan_group
 from harness.host import sriov
@@ -69,14 +69,13 @@ class Journal:
     @contextlib.contextmanager
     def locked(self):
         lock_path = self.path.with_name(self.path.name + ".lock")
-        self._refuse_unsafe_folder()
+        self._private_folder()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_nofollow(lock_path, os.O_RDWR | os.O_CREAT)
         except OSError as e:
             raise HostDeviceError(f"cannot create the vfio journal lock {lock_path}: {e.strerror}",
-                                  hint="run as root, or set HH_VFIO_JOURNAL to a writable "
-                                       "path") from e
+                                  hint="run as root, or set HH_VFIO_JOURNAL to a path in a "
+                                       "folder only you can write") from e
         try:
             if not flock_within(fd, self.lock_timeout):
                 raise HostDeviceError(
@@ -86,24 +85,28 @@ class Journal:
         finally:
             os.close(fd)  # releases the lock
 
-    def _refuse_unsafe_folder(self) -> None:
+    def _private_folder(self) -> None:
         """The journal says which drivers to bind devices back to, as root: a folder anybody
-        can write to would let anybody swap it (or plant a symlink) and choose those drivers."""
-        folder = self.path.parent
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent  # the nearest existing folder is where it would be made
-        mode = folder.stat().st_mode
-        if mode & stat.S_IWOTH:
-            raise HostDeviceError(f"refusing the vfio journal {self.path}: its folder {folder} "
-                                  "is writable by every user",
+        else can write to (its group included) would let them swap it, plant a symlink or a
+        forged entry, and choose those drivers. The folder is made 0700, or refused."""
+        try:
+            private_dir(self.path.parent)
+        except UnsafePathError as e:
+            raise HostDeviceError(f"refusing the vfio journal {self.path}: {e.message}",
+                                  details="what the harness writes as root must be in a folder "
+                                          "nobody else can write: docs/vfio.md",
                                   hint="keep the journal in a folder only root can write, such "
                                        f"as the default {DEFAULT_JOURNAL.parent} (unset "
-                                       "HH_VFIO_JOURNAL)")
+                                       "HH_VFIO_JOURNAL)") from e
 
     def read(self) -> list[dict]:
-        self._refuse_unsafe_folder()
+        if not self.path.parent.exists():
+            return []
+        self._private_folder()
         try:
-            text = self.path.read_text()
+            fd = open_nofollow(self.path, os.O_RDONLY)
+            with os.fdopen(fd) as f:
+                text = f.read()
         except FileNotFoundError:
             return []
         except OSError as e:
@@ -122,19 +125,9 @@ class Journal:
         return entries
 
     def write(self, entries: list[dict]) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
         data = json.dumps({"version": 1, "entries": entries}, indent=1) + "\n"
         try:
-            with open(tmp, "w") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-            dfd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            write_atomic(self.path, data.encode())
         except OSError as e:
             raise HostDeviceError(f"cannot write the vfio journal {self.path}: {e.strerror}",
                                   hint="run as root, or set HH_VFIO_JOURNAL to a writable "

@@ -357,9 +357,9 @@ def test_journal_in_a_folder_anybody_can_write_is_refused(fake_root):
     folder.mkdir()
     folder.chmod(0o1777)  # like /tmp
     jr = Journal(folder / "journal.json")
-    with pytest.raises(HostDeviceError, match="writable by every user"):
+    with pytest.raises(HostDeviceError, match="others can write to it"):
         jr.read()
-    with pytest.raises(HostDeviceError, match="writable by every user"):
+    with pytest.raises(HostDeviceError, match="others can write to it"):
         with jr.locked():
             pass
     assert not (folder / "journal.json.lock").exists()

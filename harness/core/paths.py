@@ -1,0 +1,155 @@
+"""Folders and files that root writes where other users could reach them.
+
+The harness runs as root on shared lab hosts. A folder it keeps state in (saved guest states
+that QEMU restores, the vfio journal that says which driver a device goes back to) must be one
+that nobody else can have made, swapped or filled: otherwise a local user plants a symlink that
+root then truncates, or a state root's QEMU loads. The rules here:
+
+* every folder on the path is owned by root or by us and writable by nobody else, except a
+  sticky folder such as /tmp above our own (nobody else may rename or remove what we made there);
+* the folder itself is a real folder (not a symlink), ours, that only we can write to (we
+  make it 0700);
+* a folder we make, we make with ``mkdir`` (never "use it if it exists"); one a second process
+  of the same run finds must pass the same checks;
+* files in it are opened with ``O_NOFOLLOW``, and new ones with ``O_EXCL`` under a name
+  nobody can predict.
+
+    >>> import tempfile, pathlib
+    >>> d = private_dir(pathlib.Path(tempfile.mkdtemp()) / "state")
+    >>> oct(d.stat().st_mode & 0o777)
+    '0o700'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+from harness.core.errors import ConfigError
+
+
+class UnsafePathError(ConfigError):
+    """A path root would write through is not safe from other users."""
+
+
+def _owner_ok(st: os.stat_result) -> bool:
+    return st.st_uid in (0, os.geteuid())
+
+
+def check_ancestors(path: Path) -> None:
+    """Every existing folder above ``path`` (``path`` itself excluded) is owned by root or us
+    and writable by nobody else unless it is sticky."""
+    path = Path(os.path.abspath(path))
+    for folder in reversed(path.parents):
+        try:
+            st = os.lstat(folder)
+        except FileNotFoundError:
+            return  # the rest will be made by us
+        if stat.S_ISLNK(st.st_mode):
+            target = folder.resolve()
+            check_ancestors(target / "x")  # a link is as safe as where it leads, and its owner
+            st = os.lstat(folder)
+            if not _owner_ok(st):
+                raise UnsafePathError(f"{folder} above {path} is a symlink owned by "
+                                      f"uid {st.st_uid}", hint=_HINT)
+            continue
+        sticky = bool(st.st_mode & stat.S_ISVTX)
+        if not _owner_ok(st) or (st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky):
+            raise UnsafePathError(
+                f"the folder {folder} above {path} is "
+                + (f"owned by uid {st.st_uid}" if not _owner_ok(st) else
+                   f"writable by {'its group' if st.st_mode & stat.S_IWGRP else 'every user'}")
+                + ", so another user could replace what the harness keeps there", hint=_HINT)
+
+
+_HINT = ("keep it in a folder only root (or you) can write, such as one under /var/lib or your "
+         "home; see docs/vfio.md, 'What the harness writes as root'")
+
+
+def check_private(path: Path) -> Path:
+    """``path`` is a real folder, ours, that nobody else can write to (the harness makes its
+    own 0700; one made 0755 by an older version is accepted)."""
+    st = os.lstat(path)
+    problem = ("is a symlink" if stat.S_ISLNK(st.st_mode) else
+               "is not a folder" if not stat.S_ISDIR(st.st_mode) else
+               f"is owned by uid {st.st_uid}, not {os.geteuid()}" if st.st_uid != os.geteuid()
+               else f"has mode {st.st_mode & 0o7777:o}: others can write to it"
+               if st.st_mode & 0o022 else "")
+    if problem:
+        raise UnsafePathError(f"{path} {problem}, so another user could have made or changed "
+                              "what the harness keeps there", hint=_HINT)
+    return path
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a private folder: made now (mode 0700, parents 0755), or found and checked
+    (a second process of the same run). Raises UnsafePathError naming what is wrong."""
+    path = Path(os.path.abspath(path))
+    check_ancestors(path)
+    missing = [p for p in reversed(path.parents) if not os.path.lexists(p)]
+    for parent in missing:
+        try:
+            os.mkdir(parent, 0o755)
+        except FileExistsError:
+            pass
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    check_ancestors(path)  # again: a folder made between our look and our mkdir is looked at
+    return check_private(path)
+
+
+def new_private_dir(prefix: str, parent: Path | None = None) -> Path:
+    """A new private folder whose name nobody can predict (``mkdtemp``), in ``parent`` or the
+    system's temporary folder."""
+    base = Path(parent or tempfile.gettempdir())
+    check_ancestors(base / "x")
+    return check_private(Path(tempfile.mkdtemp(prefix=prefix, dir=base)))
+
+
+def open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
+    """``os.open`` that never follows a symlink at the last component."""
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``: written to a new file of an unpredictable name in the
+    same folder (``O_EXCL``), synced, renamed over ``path``, the folder synced."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+
+def run_tmp_prefix(owner: str | None = None) -> str:
+    """Prefix of a run's temporary folders (guests' sockets and overlays, saved states):
+    ``hh-<owner>-``, the owner being the run's tag (harness.core.runconfig; by default this
+    process's PID), so the end-of-run check finds this run's leftovers and not another's."""
+    return f"hh-{owner or os.getpid()}-"
+
+
+def sha256(path: Path) -> str:
+    """The sha256 of a file's content, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
