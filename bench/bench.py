@@ -39,9 +39,9 @@ from harness.guest import checks
 from harness.scenario import devices
 from harness.images import builtin as images
 from harness import lab
-from harness.report import latency
+from harness.guest import latency
 from harness.core import pace
-from harness.report import summary as report
+from harness.report import records
 from harness.guest.guest import Guest
 from harness.qemu.machine import GuestSpec
 from harness.guest.pool import GuestPool, guest_state
@@ -217,7 +217,7 @@ def bench_lab(tests: list[str]) -> None:
             return
         summary = json.loads((runs[-1] / "summary.json").read_text())
         figures = json.loads((runs[-1] / "lab" / "lab.json").read_text())
-    boots = list(report.guest_boots(summary["tests"]).values())
+    boots = list(records.guest_boots(summary["tests"]).values())
     c = summary["counts"]
     print(f"lab host: QEMU {figures.get('lab_qemu')} start to ready {figures['lab_boot_seconds']} s")
     inside = (figures.get("inside") or {}).get("pace") or {}

@@ -20,14 +20,17 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+from pathlib import Path
 
+from harness.cli import host
 from harness.core.errors import HarnessError
+from harness.images import builtin as images
+from harness.report import compare, merge, retention, trend
 
 
 def _image(argv: list[str]) -> int:
-    from harness.images import builtin as images
-
     p = argparse.ArgumentParser(prog="python -m harness image")
     p.add_argument("action", choices=("build", "path"))
     p.add_argument("--cache", default=str(images.DEFAULT_CACHE))
@@ -35,8 +38,6 @@ def _image(argv: list[str]) -> int:
                    help="a conventional distribution guest instead of the built-in one (needs "
                         "root and mmdebstrap); prints the pytest options that use it")
     args = p.parse_args(argv)
-    from pathlib import Path
-    import shlex
 
     if args.distro:
         distro = images.ensure_distro(args.distro, Path(args.cache))
@@ -55,41 +56,9 @@ def _image(argv: list[str]) -> int:
     return 0
 
 
-def _compare(argv: list[str]) -> int:
-    from harness.report.compare import main
-
-    return main(argv)
-
-
-def _merge(argv: list[str]) -> int:
-    from harness.report.merge import main
-
-    return main(argv)
-
-
-def _trend(argv: list[str]) -> int:
-    from harness.report.trend import main
-
-    return main(argv)
-
-
-def _prune(argv: list[str]) -> int:
-    from harness.report.retention import main
-
-    return main(argv)
-
-
-def _host(name: str):
-    def run(argv: list[str]) -> int:
-        from harness.cli import host as cli
-
-        return getattr(cli, f"{name}_main")(argv)
-    return run
-
-
-COMMANDS = {"image": _image, "compare": _compare, "merge": _merge, "trend": _trend, "prune": _prune, "doctor": _host("doctor"),
-            "discover": _host("discover"), "restore": _host("restore"),
-            "bind": _host("bind"), "release": _host("release")}
+COMMANDS = {"image": _image, "compare": compare.main, "merge": merge.main, "trend": trend.main,
+            "prune": retention.main, "doctor": host.doctor_main, "discover": host.discover_main,
+            "restore": host.restore_main, "bind": host.bind_main, "release": host.release_main}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -119,3 +119,9 @@ class MigrationRefused(HarnessError):
                  "device on the destination")
         self.device_id = device_id
         self.qemu_desc = qemu_desc
+
+
+def tail(text, lines: int = 30) -> str:
+    if not isinstance(text, str):
+        text = str(text)
+    return "\n".join(text.replace("\r\n", "\n").splitlines()[-lines:])

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from harness.core.errors import ConfigError
+from harness.core.paths import write_atomic
 
 FILE = "run.json"
 
@@ -57,12 +58,15 @@ class RunConfig:
     #: "builtin" or "user".
     image: str = "builtin"
     lab: LabContext | None = None
+    #: The run's own saved guest states (a private temporary folder), or None.
+    states_dir: str | None = None
 
     @classmethod
-    def new(cls, report_root: Path, **fields) -> "RunConfig":
-        """A new run folder under ``report_root``, owned by this process."""
+    def new(cls, report_root: Path, run_dir: Path | None = None, **fields) -> "RunConfig":
+        """The plan of a run: its folder's path under ``report_root`` (chosen, not made) and
+        what the options say; nothing is measured or written yet."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(report_root).resolve() / f"run-{stamp}-{os.getpid()}"
+        run_dir = run_dir or Path(report_root).resolve() / f"run-{stamp}-{os.getpid()}"
         return cls(run_dir=run_dir, owner=str(os.getpid()), **fields)
 
     @property
@@ -73,9 +77,7 @@ class RunConfig:
         path = path or self.path
         path.parent.mkdir(parents=True, exist_ok=True)
         data = dataclasses.asdict(self)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-        tmp.replace(path)
+        write_atomic(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
         return path
 
     @classmethod

@@ -22,7 +22,7 @@ from typing import Callable, Protocol
 import pexpect
 import pexpect.spawnbase
 
-from harness.core.errors import GuestCheckError, GuestDiedError, LabError, WaitTimeout
+from harness.core.errors import GuestCheckError, GuestDiedError, LabError, WaitTimeout, tail
 from harness.core.waits import wait_progress, wait_until
 
 
@@ -154,10 +154,10 @@ class ConsoleChannel:
             self._spawn.expect(pattern, timeout=max(0.01, timeout))
         except pexpect.TIMEOUT:
             raise WaitTimeout(f"console: no {pattern!r} within {timeout:.1f} s",
-                              details="last console output:\n" + _tail(self._spawn.before))
+                              details="last console output:\n" + tail(self._spawn.before))
         except pexpect.EOF:
             raise GuestDiedError(f"console closed while waiting for {pattern!r} (QEMU exited?)",
-                                 details="last console output:\n" + _tail(self._spawn.before))
+                                 details="last console output:\n" + tail(self._spawn.before))
         return self._spawn.match
 
     def forget_output(self, seconds: float = 0.5) -> None:
@@ -254,7 +254,7 @@ class SSHChannel:
                 if time.monotonic() > deadline:
                     chan.close()
                     raise WaitTimeout(f"ssh: {command!r} did not finish within {timeout} s",
-                                      details="output so far:\n" + _tail(b"".join(chunks).decode(errors="replace")))
+                                      details="output so far:\n" + tail(b"".join(chunks).decode(errors="replace")))
                 chan.status_event.wait(0.05)
             return chan.recv_exit_status(), b"".join(chunks).decode(errors="replace")
         except (paramiko.SSHException, OSError, EOFError) as e:
@@ -269,12 +269,6 @@ class SSHChannel:
 
     def close(self) -> None:
         self._client.close()
-
-
-def _tail(text, lines: int = 30) -> str:
-    if not isinstance(text, str):
-        text = str(text)
-    return "\n".join(text.replace("\r\n", "\n").splitlines()[-lines:])
 
 
 class Shell:
@@ -339,7 +333,7 @@ class Shell:
         r = self.run(command, timeout)
         if not r.ok:
             raise GuestCheckError(f"guest command failed (exit {r.status}): {command}",
-                                  details="output:\n" + _tail(r.output))
+                                  details="output:\n" + tail(r.output))
         return r.output
 
     def fail(self, command: str, timeout: float | None = None) -> str:
@@ -347,7 +341,7 @@ class Shell:
         r = self.run(command, timeout)
         if r.ok:
             raise GuestCheckError(f"guest command unexpectedly succeeded: {command}",
-                                  details="output:\n" + _tail(r.output))
+                                  details="output:\n" + tail(r.output))
         return r.output
 
     def wait_until(self, what: str, check: Callable[[], object], timeout: float,
@@ -368,5 +362,5 @@ class Shell:
             r = self.run(command, timeout=max(1.0, min(10.0, timeout)))
             if r.ok:
                 return r.output or "ok"
-            raise GuestCheckError(f"exit {r.status}: {_tail(r.output, 5)}")
+            raise GuestCheckError(f"exit {r.status}: {tail(r.output, 5)}")
         return wait_until(f"`{command}` to succeed", attempt, self.scale(timeout), interval)

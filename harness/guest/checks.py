@@ -11,7 +11,6 @@ import json
 import re
 
 from harness.guest import probes
-from harness.core.waits import wait_until
 from harness.core.errors import GuestCheckError, WaitTimeout
 
 

@@ -31,21 +31,15 @@ from typing import Any, Callable
 
 from harness.core import pace
 from harness.guest import probes
-from harness.guest.access import ConsoleChannel, Shell, SSHChannel, _tail
+from harness.guest.access import ConsoleChannel, Shell, SSHChannel
 from harness.core.errors import (GuestDiedError, HarnessError, ImageError, QemuLaunchError,
-                                 QMPCommandError, WaitTimeout)
-from harness.images.builtin import GuestImage
+                                 QMPCommandError, WaitTimeout, tail)
+from harness.qemu.machine import GuestImage
 from harness.qemu.machine import GuestSpec, Paths, build_argv, format_argv
 from harness.qemu.monitor import Monitor, UnplugResult
 from harness.core.pace import Deadlines
+from harness.core.paths import run_tmp_prefix
 from harness.qemu.process import QemuProcess
-
-
-def tmp_prefix(owner: str | None = None) -> str:
-    """Prefix of a guest's temporary directory: ``hh-<owner>-``, the owner being the run's tag
-    (harness.runconfig; by default this process's PID), so the end-of-run check
-    (harness.hygiene) finds this run's leftovers and not another run's."""
-    return f"hh-{owner or os.getpid()}-"
 
 
 def without_incoming(args: tuple[str, ...]) -> tuple[str, ...]:
@@ -85,7 +79,7 @@ class Guest:
         self.deadlines = deadlines or pace.reference()
         self.name = name
         # Sockets live in a short temp dir: unix socket paths are limited to 107 bytes.
-        self._tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(owner)))
+        self._tmp = Path(tempfile.mkdtemp(prefix=run_tmp_prefix(owner)))
         self.paths = Paths(qmp_socket=self._tmp / "qmp.sock",
                            console_socket=self._tmp / "console.sock",
                            serial_log=self.workdir / "serial.log",
@@ -163,8 +157,8 @@ class Guest:
                 f"guest {self.name} ({self.spec.label}) did not come up: {e}",
                 hint=getattr(e, "hint", "") or "read QEMU's output and the serial log below",
                 details=f"how far it got: {self._progress(console)}\n"
-                        f"command line:\n    {format_argv(self.argv)}\nQEMU output:\n{_tail(output)}\n"
-                        f"serial log (last lines):\n{_tail(console)}") from e
+                        f"command line:\n    {format_argv(self.argv)}\nQEMU output:\n{tail(output)}\n"
+                        f"serial log (last lines):\n{tail(console)}") from e
         self.boot_seconds = time.monotonic() - t0
         return self
 
@@ -483,7 +477,7 @@ class Guest:
         if self.process is not None and self.process.poll() is not None:
             self.exit_status = self.process.returncode
             raise GuestDiedError(f"QEMU exited with status {self.process.returncode}",
-                                 details="QEMU output:\n" + _tail(self.qemu_output()))
+                                 details="QEMU output:\n" + tail(self.qemu_output()))
 
     def qmp(self, command: str, timeout: float = 30.0, **arguments: Any) -> Any:
         return self._call(self.monitor.execute(command, arguments, timeout=timeout), timeout + 5)

@@ -9,13 +9,14 @@ another test's leftovers.
 from __future__ import annotations
 
 import itertools
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
 from harness.core.errors import GuestDiedError, HarnessError, QemuLaunchError, WaitTimeout
 from harness.guest.guest import Guest
-from harness.images.builtin import GuestImage
+from harness.qemu.machine import GuestImage
 from harness.qemu.machine import GuestSpec
 from harness.core.pace import Deadlines
 from harness.guest.snapshot import RESTORABLE_ARGS, StateCache
@@ -157,3 +158,17 @@ class GuestPool:
         self._idle.clear()
         for guest in self.booted:
             guest.close()
+
+
+def probe_boot(image, qemu_binary: str, deadlines, attempts: int = 1) -> None:
+    """Boot the built-in guest under KVM; raise unless it becomes ready by ``deadlines.boot``
+    (a working KVM boots it in about a second, nested KVM in the lab host in 10-25 s).
+    ``attempts``: boots to try, as the lab's guest pool does (nested boots sometimes hang)."""
+    with tempfile.TemporaryDirectory(prefix="hh-kvm-probe-") as d:
+        pool = GuestPool(image, qemu_binary=qemu_binary, accel="kvm", workdir=Path(d),
+                         deadlines=deadlines, reuse=False, name_prefix="kvm-probe",
+                         boot_attempts=attempts)
+        try:
+            pool.acquire(GuestSpec(machine="q35", root_ports=0)).shell.succeed("true", timeout=10)
+        finally:
+            pool.close()

@@ -27,8 +27,8 @@ size, modification time and the version it prints). A changed image or QEMU is a
 key: a stale state is never used. A state that fails to load is thrown away and the guest boots
 cold instead (noted in the test's report), never a failed test.
 
-States live for the run in its temporary folder (``hh-<owner>-snapshots``, removed with the
-run's other temporary folders), or across runs in ``--snapshot-cache DIR``; ``--no-snapshot``
+States live for the run in a private temporary folder (``hh-<owner>-states-XXXXXXXX``, 0700,
+made once by the process that decides the run, removed with the run's other temporary folders), or across runs in ``--snapshot-cache DIR``; ``--no-snapshot``
 boots every guest from scratch.
 """
 
@@ -45,8 +45,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.images.builtin import GuestImage
+from harness.qemu.machine import GuestImage
 from harness.core.locks import flock_within
+from harness.core.paths import new_private_dir, private_dir, run_tmp_prefix
 from harness.qemu.machine import Paths, build_argv
 
 if TYPE_CHECKING:
@@ -68,10 +69,16 @@ LAB_MIN_FREE_BYTES = 1 << 30
 KEEP_UNUSED_SECONDS = 14 * 86400
 
 
-def run_cache_dir(owner: str) -> Path:
-    """The run's own cache, in the temporary folder with the run's other folders (removed at
-    the run's end, and by the next run if this one was killed: harness.hygiene)."""
-    return Path(tempfile.gettempdir()) / f"hh-{owner}-snapshots"
+#: In the name of a run's own states folder: ``hh-<owner>-states-XXXXXXXX``.
+STATES_TAG = "states"
+
+
+def new_run_cache_dir(owner: str) -> Path:
+    """The run's own cache: a new private folder (0700, a name nobody can predict) in the
+    temporary folder with the run's other folders (removed at the run's end, and by the next
+    run if this one was killed: harness.run.hygiene). Made once, by the process that decides
+    the run; the others find its path in the run configuration."""
+    return new_private_dir(f"{run_tmp_prefix(owner)}{STATES_TAG}-")
 
 
 def _file_identity(path: Path) -> str:
@@ -99,8 +106,9 @@ class StateCache:
 
     def __init__(self, root: Path, *, qemu_version: str, persistent: bool = False,
                  min_free: int = MIN_FREE_BYTES):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        # QEMU restores what is in here as root: a folder another user made or can write to
+        # is refused (harness.core.paths), never "used if it exists".
+        self.root = private_dir(Path(root))
         self.qemu_version = qemu_version
         self.persistent = persistent
         self.min_free = min_free

@@ -24,6 +24,7 @@ import tomllib
 from pathlib import Path
 
 from harness.core.errors import ConfigError
+from harness.host.sriov import physical_function
 from harness.host.sysfs import STORAGE_CLASSES, Sysfs, UsbDevice, parse_bdf, short_bdf
 
 PCI_ROLES = ("nic", "usb-controller", "sata-controller")
@@ -452,8 +453,6 @@ def host_problems(root: "str | Path | Sysfs", d: InventoryDevice) -> list[tuple[
     """(problem, fix) if the device is not on this host, or is not what its role needs."""
     fs = Sysfs.of(root)
     if d.pf and not d.bdf:
-        from harness.host.sriov import physical_function
-
         if not fs.pci_exists(d.pf):
             return [(f"PCI device {d.pf} (pf) does not exist on this host",
                      "check `lspci -D` or `python -m harness discover`")]

@@ -23,43 +23,17 @@ import subprocess
 import tempfile
 import time
 import tomllib
+import uuid
 from pathlib import Path
 
+from harness.core.paths import sha256
 from harness.images import debroot
-from harness.core.errors import ConfigError, ImageError
+from harness.qemu.machine import GuestImage
+from harness.core.errors import ConfigError, ImageError, tail
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILTIN_RECIPE = REPO_ROOT / "fixtures" / "images" / "builtin"
 DEFAULT_CACHE = REPO_ROOT / "fixtures" / "images" / "build"
-READY_MARKER = "hh: ready"
-
-
-@dataclasses.dataclass(frozen=True)
-class GuestImage:
-    """What a guest boots from: the built-in kernel+initramfs, or a user's kernel/initrd and/or
-    disk image, with what the harness needs to reach a shell in it."""
-
-    kernel: Path | None = None
-    initrd: Path | None = None
-    append: str = ""
-    #: A bootable disk image; the guest runs on a throw-away qcow2 overlay of it.
-    disk: Path | None = None
-    disk_format: str = "qcow2"
-    ssh_user: str = "root"
-    ssh_key: Path | None = None
-    #: A regex the serial console prints once the guest is ready for commands (a root shell on
-    #: ttyS0 must follow it for console access). None: wait for SSH instead.
-    ready_pattern: str | None = READY_MARKER + r" uptime=(\S+)"
-    #: A NoCloud seed disk (vfat, label CIDATA) for a cloud image's cloud-init, attached
-    #: read-only after the disk (:func:`nocloud_seed`).
-    seed: Path | None = None
-    builtin: bool = False
-    manifest: dict = dataclasses.field(default_factory=dict, compare=False)
-
-    def checksum(self) -> str:
-        """sha256 over the files the guest boots from; the suite checks it is unchanged."""
-        return hashlib.sha256("".join(debroot.sha256(p) for p in (self.kernel, self.initrd, self.disk)
-                                      if p is not None).encode()).hexdigest()
 
 
 # -- recipe ------------------------------------------------------------------------------------
@@ -269,7 +243,7 @@ def build(recipe: Recipe, out_dir: Path, log=print) -> dict:
             debroot.write_cpio(root, f)
         manifest = {
             "recipe_digest": recipe.digest(),
-            "sha256": {n: debroot.sha256(stage / n) for n in ("vmlinux", "initrd.cpio")},
+            "sha256": {n: sha256(stage / n) for n in ("vmlinux", "initrd.cpio")},
             "kernel_version": kver,
             "packages": versions,
             "modules": order,
@@ -291,8 +265,6 @@ def build(recipe: Recipe, out_dir: Path, log=print) -> dict:
 BUILTIN_APPEND = "console=ttyS0 panic=-1 quiet cryptomgr.notests"
 
 
-
-
 def image_from_dir(d: Path, verify: bool = True) -> GuestImage:
     """A GuestImage from a finished build folder, verified to be complete."""
     need = ("vmlinux", "initrd.cpio", "id_ecdsa", "manifest.json")
@@ -307,7 +279,7 @@ def image_from_dir(d: Path, verify: bool = True) -> GuestImage:
                          hint=f"delete {d} and run `make image` to rebuild it") from e
     if verify:
         for name, want in manifest.get("sha256", {}).items():
-            if debroot.sha256(d / name) != want:
+            if sha256(d / name) != want:
                 raise ImageError(f"guest image {d} is corrupt: {name} does not match its checksum",
                                  hint=f"delete {d} and run `make image` to rebuild it")
     return GuestImage(kernel=d / "vmlinux", initrd=d / "initrd.cpio", append=BUILTIN_APPEND,
@@ -328,10 +300,6 @@ def ensure_builtin(cache: Path = DEFAULT_CACHE, recipe_dir: Path = BUILTIN_RECIP
     out = builtin_dir(cache, recipe_dir)
     debroot.build_once(out, lambda d: build(recipe, d, log=log))
     return image_from_dir(out)
-
-
-
-
 
 
 # -- distribution guests (your own guest, as users have it) --------------------------------------
@@ -382,10 +350,9 @@ def ensure_distro(name: str, cache: Path = DEFAULT_CACHE, log=print) -> DistroIm
         p = subprocess.run([str(script), str(part)], capture_output=True, text=True)
         if p.returncode:
             shutil.rmtree(part, ignore_errors=True)
-            from harness.guest.access import _tail
 
             raise ImageError(f"{script} failed (exit {p.returncode})",
-                             hint="its output is below", details=_tail(p.stdout + p.stderr))
+                             hint="its output is below", details=tail(p.stdout + p.stderr))
         prompt = part / "console-prompt.txt"
         manifest = {"recipe": str(script.relative_to(REPO_ROOT)),
                     "console_prompt": prompt.read_text().strip() if prompt.exists() else None,
@@ -424,7 +391,6 @@ def nocloud_seed(folder: Path, public_key: str) -> Path:
     guest images, Ubuntu cloud images): root and the image's default user get ``public_key``,
     passwords stay off, NICs that appear later use DHCP too. Written as a 1 MiB vfat disk labelled
     CIDATA with mkfs.vfat and mcopy (dosfstools, mtools), no root needed."""
-    import uuid
 
     for tool, package in (("mkfs.vfat", "dosfstools"), ("mcopy", "mtools")):
         if shutil.which(tool) is None:

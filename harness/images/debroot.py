@@ -11,7 +11,6 @@ folder built at most once, by one process, under a lock, with the old ones prune
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import io
 import lzma
 import os
@@ -218,14 +217,6 @@ def check_libraries(root: Path, programs: tuple[str, ...]) -> None:
     if missing:
         raise ImageError("the guest image lacks shared libraries: " + ", ".join(missing),
                          hint="add the Debian package that ships them to recipe.toml")
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def build_once(out: Path, build_into, spare: int = 2) -> bool:

@@ -14,6 +14,7 @@ from harness.qemu.process import QemuProcess
 from harness.lab import devices
 from harness.lab.devices import SATA_DISK_BYTES, STICK_BYTES
 from harness.lab.image import LabImage
+from harness.scenario.devices import _disk_image
 
 SHARE_SLOT = 0x10  # the lab root's 9p device; the shared folders' follow it
 MAX_SHARES = 8
@@ -23,7 +24,6 @@ def lab_argv(image: LabImage, qemu: list[str], workdir: Path, shares: dict[str, 
              job: Path | None, memory_mb: int = 8192, cpus: int = 2) -> list[str]:
     """L1's command line; ``qemu`` is the emulator's own part (:meth:`LabQemu.argv`)."""
     disk, stick = workdir / "sata-disk.raw", workdir / "usb-stick.raw"
-    from harness.scenario.devices import _disk_image
 
     for path, size in ((disk, SATA_DISK_BYTES), (stick, STICK_BYTES)):
         _disk_image(path, size)  # two partitions, like the guide's /dev/sdb

@@ -18,6 +18,7 @@ from pathlib import Path
 from harness.images import debroot
 from harness.images import builtin as images
 from harness.core.errors import ConfigError, ImageError, LabError
+from harness.qemu.process import qemu_version, version_tuple
 
 LAB_RECIPE = images.REPO_ROOT / "fixtures" / "images" / "lab"
 #: The QEMU that runs L1 when the host's is too old for nested KVM on TCG (see its recipe).
@@ -231,8 +232,6 @@ class LabQemu:
 
 
 def _lab_qemu_recipe() -> dict:
-    from harness.qemu.process import version_tuple
-
     data = images.read_recipe_toml(LAB_QEMU_RECIPE)
     minimum = version_tuple(str(data.get("min_version", "")))
     if minimum is None:
@@ -243,8 +242,6 @@ def _lab_qemu_recipe() -> dict:
 
 def ensure_lab_qemu(cache: Path, log=print) -> LabQemu:
     """The recipe's QEMU, unpacked (without root) into the image cache once."""
-    from harness.qemu.process import qemu_version
-
     recipe = _lab_qemu_recipe()
     digest = hashlib.sha256(LAB_QEMU_RECIPE.read_bytes()
                             + Path(images.__file__).read_bytes()).hexdigest()[:16]
@@ -291,8 +288,6 @@ def ensure_lab_qemu(cache: Path, log=print) -> LabQemu:
 def choose_lab_qemu(requested: str, host_binary: str, cache: Path, log=print) -> LabQemu:
     """``--lab-qemu``: ``auto`` takes the host's QEMU if it is new enough to run nested KVM on
     TCG reliably (the recipe's ``min_version``), else the recipe's; a path is taken as given."""
-    from harness.qemu.process import qemu_version, version_tuple
-
     if requested != "auto":
         version = qemu_version(requested)
         if version_tuple(version) is None:

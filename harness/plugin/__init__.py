@@ -17,16 +17,19 @@ from harness.plugin import collect
 from harness.scenario import devices
 from harness.run import hygiene
 from harness.plugin import options
-from harness.report import summary as report
+from harness.report import junit
 from harness.plugin import runner
 from harness.core.errors import HarnessError, LabError
 from harness.scenario.prereq import PrerequisiteError
 from harness.scenario.run import ScenarioRun
 from harness.run.session import HarnessSession
+from harness import lab
 
 _STASH_SESSION = pytest.StashKey[HarnessSession]()
-#: What an xdist worker finds in its workerinput: the path of the run configuration.
-_WORKER_RUN_CONFIG = "hh_run_config"
+#: What an xdist worker finds in its workerinput: the run folder the controller chose.
+_WORKER_RUN_DIR = "hh_run_dir"
+#: Where JUnit XML goes until the run is known to have one (a temporary file; harness/plugin).
+_STASH_JUNIT = pytest.StashKey[str]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -40,7 +43,6 @@ def pytest_cmdline_main(config: pytest.Config):
     opt = config.option
     if opt.backend != "lab" or opt.help or opt.version or opt.hh_run_config:
         return None
-    from harness import lab
 
     try:
         return lab.run_outer(config)
@@ -66,17 +68,20 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.option.help:
         return
     _terminate_like_ctrl_c()
-    given = getattr(config, "workerinput", {}).get(_WORKER_RUN_CONFIG) or config.option.hh_run_config
+    workerinput = getattr(config, "workerinput", {})
     try:
-        hs = HarnessSession(config.option, config=config, given=given,
-                            worker=getattr(config, "workerinput", {}).get("workerid", ""))
+        hs = HarnessSession(config.option, config=config, plan=workerinput.get(_WORKER_RUN_DIR),
+                            given=config.option.hh_run_config,
+                            worker=workerinput.get("workerid", ""))
     except HarnessError as e:
         raise pytest.UsageError(str(e)) from e
     config.stash[_STASH_SESSION] = hs
     collect.require_loadgroup(config, hs)
     if not hs.worker and not getattr(config.option, "xmlpath", None) and not config.option.collectonly:
-        # Every run writes JUnit XML into its own folder (junitxml reads this after us).
-        config.option.xmlpath = str(hs.run_dir / "junit.xml")
+        # Every run writes JUnit XML into its own folder; junitxml writes it at the session's
+        # end, before anyone knows whether the run made a folder: into a temporary file, moved
+        # into the run folder at the end if there is one (pytest_unconfigure).
+        config.stash[_STASH_JUNIT] = config.option.xmlpath = junit.new_junit_file(hs.run_dir)
 
 
 def _terminate_like_ctrl_c() -> None:
@@ -94,7 +99,7 @@ def pytest_configure_node(node) -> None:
     """(xdist, controller side) Each worker reads the run configuration instead of deciding."""
     hs: HarnessSession | None = node.config.stash.get(_STASH_SESSION, None)
     if hs is not None:
-        node.workerinput[_WORKER_RUN_CONFIG] = str(hs.run.path)
+        node.workerinput[_WORKER_RUN_DIR] = str(hs.run_dir)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -105,10 +110,18 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if hs is None:
         return
     hs.close()
-    if not hs.worker:
-        for line in hygiene.sweep_run(hs.run_dir, hs.run.owner):
-            print(f"hotplug-harness: {line}")
-        report.add_junit_identity(hs.run_dir, Path(config.option.report_dir).resolve())
+    if hs.worker:
+        return
+    written = config.stash.get(_STASH_JUNIT, None)
+    if not hs.decided:  # no test needed a guest: nothing was written, nothing to sweep
+        if written:
+            Path(written).unlink(missing_ok=True)
+        return
+    for line in hygiene.sweep_run(hs.run_dir, hs.run.owner):
+        print(f"hotplug-harness: {line}")
+    if written:
+        junit.adopt_junit_file(Path(written), hs.run_dir)
+    junit.add_junit_identity(hs.run_dir, Path(config.option.report_dir).resolve())
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -159,6 +172,14 @@ def pytest_report_collectionfinish(config: pytest.Config, items) -> list[str]:
 def hotplug_session(request: pytest.FixtureRequest) -> HarnessSession:
     hs: HarnessSession = request.config.stash[_STASH_SESSION]
     request.addfinalizer(hs.close)
+    hs.run  # the run is decided here, at the first test that needs a guest
+    tr = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if hs.decided_here and not hs.worker and tr is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            tr.ensure_newline()
+            for line in hs.decision_lines():
+                tr.write_line(line)
     return hs
 
 
@@ -306,7 +327,7 @@ def pytest_runtest_protocol_retrying(item: pytest.Item, nextitem):
 def pytest_runtest_protocol(item: pytest.Item, nextitem):
     yield
     hs: HarnessSession | None = item.config.stash.get(_STASH_SESSION, None)
-    if hs is not None:
+    if hs is not None and "hotplug_session" in item.fixturenames and hs.decided:
         runner.write_record(item, hs)
 
 
@@ -325,6 +346,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if hs is None:
         return
     hs.close()
-    if hs.worker or session.config.option.collectonly or not (hs.run_dir / "results").exists():
+    if (hs.worker or session.config.option.collectonly or not hs.decided
+            or not (hs.run_dir / "results").exists()):
         return
     runner.finish(session, hs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from harness.core import roles
 from harness.scenario import devices
 from harness.plugin import keywords
 
@@ -40,7 +41,7 @@ def parametrize(metafunc: pytest.Metafunc, hs) -> None:
     role = marker.args[0]
     platforms = [p for p in devices.PLATFORMS[role] if p.machine in hs.machines
                  and p.machine in marker.kwargs.get("machines", (p.machine,))]
-    if role not in devices.DEVICE_ROLES:
+    if role not in roles.DEVICE_ROLES:
         # CPU and memory are QEMU's own in every backend: the platform is the only axis.
         metafunc.parametrize("platform", platforms, ids=[p.id for p in platforms])
         return
@@ -69,7 +70,7 @@ def select(config: pytest.Config, items: list[pytest.Item], hs) -> None:
     _deselect(config, items, by_role + by_backend + emulated_only)
     if config.pluginmanager.hasplugin("xdist"):
         for item in items:
-            group = _xdist_group(item, hs.backend, by_shape=hs.states is None)
+            group = _xdist_group(item, hs.backend, by_shape=hs.option.no_snapshot)
             if group:
                 item.add_marker(pytest.mark.xdist_group(group))
     items.sort(key=lambda item: (getattr(param(item, "platform"), "id", ""),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from typing import Callable, Union
+import pytest
 
 Expr = Union[str, tuple]  # an identifier, or ("not", e) / ("and", a, b) / ("or", a, b)
 
@@ -104,8 +105,6 @@ def identifiers(expr: Expr) -> set[str]:
 
 def item_names(item) -> set[str]:
     """The names pytest's own ``-k`` matches against, from pytest's public node API."""
-    import pytest
-
     names = set()
     for node in item.listchain():
         if isinstance(node, pytest.Session) or (isinstance(node, pytest.Directory)

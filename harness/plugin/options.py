@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
-from harness.scenario import devices
+from harness.core import roles
 from harness.run.backends import NAMES as BACKENDS
-from harness.core.errors import ConfigError
-from harness.images.builtin import GuestImage
 from harness.qemu.machine import MACHINES
 
 #: The run configuration the process that started the run wrote (harness/runconfig.py): given
@@ -69,7 +66,7 @@ def _how_it_runs(g) -> None:
                      "serves the repeats): the report and summary.json give each test's pass "
                      "rate and each latency's distribution (median, p95, max)")
     g.addoption("--roles", type=_roles, default=None, metavar="ROLE,...",
-                help="run only the scenarios of these roles (" + ", ".join(devices.ROLES) + "). "
+                help="run only the scenarios of these roles (" + ", ".join(roles.ROLES) + "). "
                      "With --backend vfio a role the inventory lacks fails the run as 'not "
                      "covered' unless it is left out here; with --backend lab the lab host's "
                      "inventory lists only these roles' devices")
@@ -132,39 +129,7 @@ def _your_guest(g) -> None:
                      "image) or SSH over a management NIC (default for your own image)")
 
 
-def user_image(opt) -> GuestImage | None:
-    """Your own guest from the --guest-* options (None: the built-in guest). Bad input is a
-    :class:`ConfigError` that says which option and what to pass."""
-    if opt.guest and (opt.guest_kernel or opt.guest_disk):
-        raise ConfigError("--guest and --guest-kernel/--guest-disk: with --guest, describe your "
-                          "own image in a guests file",
-                          hint="a TOML [[guest]] table with name, disk/kernel, key or ready "
-                               "(harness/guests.py), given as --guest FILE")
-    if not (opt.guest_kernel or opt.guest_disk):
-        if opt.guest_initrd or opt.guest_key or opt.guest_ready:
-            raise ConfigError("--guest-initrd/--guest-key/--guest-ready describe your own "
-                              "image: also pass --guest-kernel or --guest-disk")
-        return None
-    for flag, value in (("--guest-kernel", opt.guest_kernel), ("--guest-initrd", opt.guest_initrd),
-                        ("--guest-disk", opt.guest_disk), ("--guest-key", opt.guest_key)):
-        if value and not Path(value).is_file():
-            raise ConfigError(f"{flag} {value}: no such file (or not a regular file)")
-    if opt.guest_cloud_init and not opt.guest_disk:
-        raise ConfigError("--guest-cloud-init seeds a cloud image's cloud-init: pass "
-                          "the image with --guest-disk")
-    if not opt.guest_ready and not opt.guest_key and not opt.guest_cloud_init:
-        raise ConfigError("your own guest needs a way in: --guest-key (SSH), "
-                          "--guest-cloud-init (a cloud image: the key is made for the "
-                          "run) and/or --guest-ready REGEX (a root shell on ttyS0)")
-    return GuestImage(kernel=_path(opt.guest_kernel), initrd=_path(opt.guest_initrd),
-                      append=opt.guest_append, disk=_path(opt.guest_disk),
-                      disk_format=opt.guest_disk_format, ssh_user=opt.guest_user,
-                      ssh_key=_path(opt.guest_key), ready_pattern=opt.guest_ready)
-
-
 def _positive_int(text: str) -> int:
-    import argparse
-
     try:
         n = int(text)
     except ValueError:
@@ -175,12 +140,12 @@ def _positive_int(text: str) -> int:
 
 
 def _roles(text: str) -> frozenset[str]:
-    roles = frozenset(r.strip() for r in text.split(",") if r.strip())
-    unknown = sorted(roles - set(devices.ROLES))
-    if unknown or not roles:
+    chosen = frozenset(r.strip() for r in text.split(",") if r.strip())
+    unknown = sorted(chosen - set(roles.ROLES))
+    if unknown or not chosen:
         raise argparse.ArgumentTypeError(f"unknown role(s) {', '.join(unknown) or '(none)'}: "
-                                         f"choose from {', '.join(devices.ROLES)}")
-    return roles
+                                         f"choose from {', '.join(roles.ROLES)}")
+    return chosen
 
 
 def _positive_float(text: str) -> float:
@@ -191,7 +156,3 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, not {text!r}")
     return value
-
-
-def _path(value: str | None) -> Path | None:
-    return Path(value).resolve() if value else None

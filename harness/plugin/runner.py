@@ -14,8 +14,11 @@ from harness.plugin import collect
 from harness.run import hygiene
 from harness.run import identity
 from harness.images import builtin as images
+from harness.report import records
 from harness.report import summary as report
 from harness.report import retention
+from _pytest.runner import runtestprotocol
+from harness.core.errors import HarnessError
 
 STASH_REPORTS = pytest.StashKey[dict]()
 STASH_RECORD = pytest.StashKey[dict]()
@@ -49,8 +52,6 @@ def run_with_retries(item: pytest.Item, nextitem, attempts: int) -> None:
     """--retry-dead-guest: a test that failed while one of its guests' QEMU exited on its own
     (or stopped answering) runs again, up to ``attempts`` runs in all. Only such failures; the
     failed attempt's bundle is kept beside the next one's, and the test's notes say so."""
-    from _pytest.runner import runtestprotocol
-
     item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
     properties = list(item.user_properties)
     earlier: list[str] = []
@@ -65,7 +66,7 @@ def run_with_retries(item: pytest.Item, nextitem, attempts: int) -> None:
         bundle = record.get("bundle")
         if bundle and Path(bundle).exists():
             bundle = str(Path(bundle).rename(f"{bundle}.attempt-{attempt}"))
-        _, reason = report.outcome_of(item.stash[STASH_REPORTS])
+        _, reason = records.outcome_of(item.stash[STASH_REPORTS])
         earlier.append(f"attempt {attempt} failed after {why}, so it ran again "
                        f"(--retry-dead-guest): {reason} (bundle: {bundle})")
     if earlier:
@@ -85,13 +86,13 @@ def _guests_lost(record: dict) -> str:
 
 def write_record(item: pytest.Item, hs) -> None:
     """The test's result record (results/<n>.json in the run folder), for the report."""
-    outcome, reason = report.outcome_of(item.stash.get(STASH_REPORTS, {}))
+    outcome, reason = records.outcome_of(item.stash.get(STASH_REPORTS, {}))
     platform, device = collect.param(item, "platform"), collect.param(item, "device")
     callspec = getattr(item, "callspec", None)
     scenario = item.get_closest_marker("scenario")
     reports = list(item.stash.get(STASH_REPORTS, {}).values())
     nodeid, repetition = base_nodeid(plain_nodeid(item.nodeid))
-    report.write_result(hs.run_dir, {
+    records.write_result(hs.run_dir, {
         # (a --repeat test's runs share their node id; "repetition" tells them apart)
         "nodeid": nodeid,
         "repetition": repetition,
@@ -128,8 +129,6 @@ def write_record(item: pytest.Item, hs) -> None:
 def give_back(session: pytest.Session, hs) -> None:
     """At the very end (xdist's workers are gone): the backend gives back every host device of
     this run. A device that cannot be given back fails the run, naming it."""
-    from harness.core.errors import HarnessError
-
     tr = session.config.pluginmanager.get_plugin("terminalreporter")
     try:
         restored = hs.backend.give_back()
@@ -149,7 +148,7 @@ def finish(session: pytest.Session, hs) -> None:
     used = (hs.run_dir / "guests").exists()
     image = (hs.user_image or images.image_from_dir(images.builtin_dir(
         Path(option.image_cache or images.DEFAULT_CACHE)), verify=False)) if used else None
-    hs.hygiene_problems = hygiene.check(hs.snapshot, hs.run_dir,
+    hs.hygiene_problems = hygiene.check(hs.snapshot.for_owner(hs.run.owner), hs.run_dir,
                                         [image] + [c.image for c in hs.guest_choices])
     nothing_tested = _nothing_tested(hs)
     if (hs.hygiene_problems or nothing_tested) and session.exitstatus == 0:
@@ -181,6 +180,8 @@ def finish(session: pytest.Session, hs) -> None:
             tr.write_line(f"removed {len(pruned)} old run folder(s) (--keep-runs {option.keep_runs})")
         for line in report.summary_lines(summary):
             tr.write_line(line)
+        tr.write_line(f"junit:  {hs.run_dir / 'junit.xml'} (pytest writes it to a temporary "
+                      "file first: the run folder gets it at the very end)")
         for problem in hs.hygiene_problems:
             tr.write_line(f"HYGIENE: {problem}", red=True)
         if nothing_tested:
@@ -190,8 +191,8 @@ def finish(session: pytest.Session, hs) -> None:
 def _nothing_tested(hs) -> str | None:
     """A run on host devices that passed a single device through to no guest tested nothing
     it is for."""
-    if hs.backend.takes_host_devices and not sum(report.passthrough_counts(
-            report.load_results(hs.run_dir)).values()):
+    if hs.backend.takes_host_devices and not sum(records.passthrough_counts(
+            records.load_results(hs.run_dir)).values()):
         return (f"--backend {hs.backend.name}: no test went through real passthrough "
                 "(vfio-pci or usb-host): this run tested nothing of the host")
     return None

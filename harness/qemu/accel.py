@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from pathlib import Path
 
 from harness.core.errors import ConfigError, HarnessError
@@ -76,20 +75,3 @@ def choose(requested: str, *, probe=None, cpuinfo_path: str = "/proc/cpuinfo",
         return AccelChoice("tcg", "KVM not usable: " + "; ".join(problems))
     return AccelChoice("kvm", f"CPU has {'/'.join(sorted(flags))}, {why}"
                        + (", probe boot passed" if probe else ""))
-
-
-def probe_boot(image, qemu_binary: str, deadlines, attempts: int = 1) -> None:
-    """Boot the built-in guest under KVM; raise unless it becomes ready by ``deadlines.boot``
-    (a working KVM boots it in about a second, nested KVM in the lab host in 10-25 s).
-    ``attempts``: boots to try, as the lab's guest pool does (nested boots sometimes hang)."""
-    from harness.qemu.machine import GuestSpec
-    from harness.guest.pool import GuestPool
-
-    with tempfile.TemporaryDirectory(prefix="hh-kvm-probe-") as d:
-        pool = GuestPool(image, qemu_binary=qemu_binary, accel="kvm", workdir=Path(d),
-                         deadlines=deadlines, reuse=False, name_prefix="kvm-probe",
-                         boot_attempts=attempts)
-        try:
-            pool.acquire(GuestSpec(machine="q35", root_ports=0)).shell.succeed("true", timeout=10)
-        finally:
-            pool.close()

@@ -8,10 +8,11 @@ every failure.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import shlex
 from pathlib import Path
 
-from harness.images.builtin import GuestImage
+from harness.core.paths import sha256
 
 MACHINES = ("pc", "q35")
 ACCESS = ("console", "ssh")
@@ -196,3 +197,34 @@ def format_argv(argv: list[str]) -> str:
             lines.append(argv[i])
             i += 1
     return " \\\n    ".join(lines)
+
+
+READY_MARKER = "hh: ready"
+
+
+@dataclasses.dataclass(frozen=True)
+class GuestImage:
+    """What a guest boots from: the built-in kernel+initramfs, or a user's kernel/initrd and/or
+    disk image, with what the harness needs to reach a shell in it."""
+
+    kernel: Path | None = None
+    initrd: Path | None = None
+    append: str = ""
+    #: A bootable disk image; the guest runs on a throw-away qcow2 overlay of it.
+    disk: Path | None = None
+    disk_format: str = "qcow2"
+    ssh_user: str = "root"
+    ssh_key: Path | None = None
+    #: A regex the serial console prints once the guest is ready for commands (a root shell on
+    #: ttyS0 must follow it for console access). None: wait for SSH instead.
+    ready_pattern: str | None = READY_MARKER + r" uptime=(\S+)"
+    #: A NoCloud seed disk (vfat, label CIDATA) for a cloud image's cloud-init, attached
+    #: read-only after the disk (:func:`nocloud_seed`).
+    seed: Path | None = None
+    builtin: bool = False
+    manifest: dict = dataclasses.field(default_factory=dict, compare=False)
+
+    def checksum(self) -> str:
+        """sha256 over the files the guest boots from; the suite checks it is unchanged."""
+        return hashlib.sha256("".join(sha256(p) for p in (self.kernel, self.initrd, self.disk)
+                                      if p is not None).encode()).hexdigest()

@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 from harness.core.errors import ConfigError
+from harness.report.records import latency_stats
 
 
 def load_summary(path: str) -> dict:
@@ -147,8 +148,6 @@ def compare_outcomes(old: dict, new: dict, pass_rate_drop: float = 0.0) -> list[
 def latencies(summary: dict) -> dict:
     """A summary's latency distributions (a merged summary's over all its runs)."""
     if summary.get("merged"):
-        from harness.report.summary import latency_stats
-
         return latency_stats(summary["tests"])
     return summary.get("latencies", {})
 

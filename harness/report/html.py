@@ -15,7 +15,7 @@ import html
 import os
 from pathlib import Path
 
-from harness.report import charts
+from harness.report import charts, records
 
 _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em;color:#1d2330;max-width:1500px}
@@ -44,11 +44,6 @@ _BAD = ("failed", "error")
 #: A cell's word for an outcome (the full outcome is the tooltip and in the tests table).
 _MARKS = {"passed": "\u2713", "failed": "\u2717 failed", "error": "\u2717 error",
           "skipped": "\u2013 skipped", "xfailed": "\u2713 (xfail)", "xpassed": "! xpassed"}
-
-
-def is_scenario(r: dict) -> bool:
-    """A scenario test (a role on a platform), not one of the harness's own tests."""
-    return r.get("kind", "scenario" if r.get("platform") else "self-test") == "scenario"
 
 
 def axes(r: dict) -> tuple[str, str, str]:
@@ -132,7 +127,7 @@ def _header_rows(columns: list[tuple]) -> str:
 
 
 def matrix(tests: list[dict]) -> str:
-    scen = [r for r in tests if is_scenario(r)]
+    scen = [r for r in tests if records.is_scenario(r)]
     if not scen:
         return "<p>No scenario test ran.</p>"
     order = {o: i for i, o in enumerate(dict.fromkeys(_outer(r) for r in scen))}
@@ -148,7 +143,7 @@ def matrix(tests: list[dict]) -> str:
 
 def self_tests(tests: list[dict]) -> str:
     """The harness's own tests, short: per file how many passed, and any that did not."""
-    own = [r for r in tests if not is_scenario(r)]
+    own = [r for r in tests if not records.is_scenario(r)]
     if not own:
         return ""
     files: dict[str, list[dict]] = {}
@@ -174,16 +169,14 @@ def self_tests(tests: list[dict]) -> str:
 
 def latency_pictures(tests: list[dict], series_of=lambda r: r.get("axis_value") or "this run") -> str:
     """Per scenario (per kind of test where a scenario has several:
-    :func:`~harness.report.latency_group`), each latency's distribution over the tests (and
+    :func:`~harness.report.records.latency_group`), each latency's distribution over the tests (and
     over the merged runs' axis, one colour each) as an inline SVG."""
-    from harness.report.summary import latency_group, latency_key
-
     per: dict[str, dict[str, dict[str, list[float]]]] = {}
     for r in tests:
         for name, v in (r.get("latencies") or {}).items():
             if name.endswith("clock_error"):
                 continue
-            per.setdefault(latency_group(r), {}).setdefault(latency_key(r, name), {}) \
+            per.setdefault(records.latency_group(r), {}).setdefault(records.latency_key(r, name), {}) \
                .setdefault(series_of(r), []).append(v)
     return '<div class="charts">' + "".join(
         "<figure>" + charts.latency_distributions(
@@ -197,9 +190,7 @@ def trend_section(runs: list[dict]) -> str:
     guest seeing the device, per scenario (``python -m harness trend`` has more)."""
     if len(runs) < 3:
         return ""
-    from harness.report import trend
-
-    rows = trend.table(runs)
+    rows = records.table(runs)
     names = [s["run"] for s in runs]
     visible = {k: v["guest_visible"] for k, v in rows.items() if "guest_visible" in v}
     return (f"<h2>Trend: the last {len(runs)} runs in this folder</h2><div class=\"charts\"><figure>"

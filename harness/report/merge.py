@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
-from harness.scenario import devices
+from harness.core import roles
+from harness.report import records
 from harness.report import summary as report
 from harness.report import html as rh
 from harness.report.compare import load_summary
@@ -60,13 +61,13 @@ def label(s: dict, axes: list[str]) -> str:
 
 def coverage(s: dict) -> dict[str, str]:
     """Per role: what this run's host could do with it."""
-    roles = (s.get("identity") or {}).get("inventory_roles")
+    listed = (s.get("identity") or {}).get("inventory_roles")
     out = {}
-    for role in devices.ROLES:
-        tests = [t for t in s["tests"] if t.get("scenario") == role and rh.is_scenario(t)]
+    for role in roles.ROLES:
+        tests = [t for t in s["tests"] if t.get("scenario") == role and records.is_scenario(t)]
         ran = [t for t in tests if t["outcome"] not in ("skipped",)]
         ok = sum(t["outcome"] == "passed" for t in ran)
-        if roles is not None and role in devices.DEVICE_ROLES and role not in roles:
+        if listed is not None and role in roles.DEVICE_ROLES and role not in listed:
             out[role] = "no device in its inventory" + (f" ({len(ran)} ran)" if ran else "")
         elif not tests:
             out[role] = "not run"
@@ -100,7 +101,7 @@ def merge(run_dirs: list[Path], out: Path, axis: str = "auto") -> dict:
                   "counts": s["counts"], "exit_status": s.get("exit_status"),
                   "coverage": coverage(s)} for lab, (d, s) in zip(labels, runs)],
         "counts": {o: sum(t["outcome"] == o for t in tests) for o in report.OUTCOMES},
-        "latencies": {lab: report.latency_stats(s["tests"]) for lab, (_, s) in zip(labels, runs)},
+        "latencies": {lab: records.latency_stats(s["tests"]) for lab, (_, s) in zip(labels, runs)},
         "tests": tests,
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -151,9 +152,9 @@ def render(merged: dict) -> str:
         + "".join(f"<td>{html.escape(c)}</td>" for c in r["coverage"].values()) + "</tr>"
         for r in merged["runs"])
     cover = ("<table><tr><th>run</th><th>folder</th><th>host, QEMU, harness</th>"
-             + "".join(f"<th>{r}</th>" for r in devices.ROLES) + "</tr>" + runs + "</table>")
+             + "".join(f"<th>{r}</th>" for r in roles.ROLES) + "</tr>" + runs + "</table>")
     tests = merged["tests"]
-    scen = [t for t in tests if rh.is_scenario(t)]
+    scen = [t for t in tests if records.is_scenario(t)]
     body = (f"<h1>hotplug-harness qualification report: {len(merged['runs'])} runs merged</h1>"
             f"<p class=\"meta\">merged {html.escape(merged['finished_at'])}; axis: "
             f"<b>{html.escape(merged['axis'])}</b></p>" + rh.badges(merged["counts"])

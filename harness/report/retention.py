@@ -11,6 +11,7 @@ import re
 import shutil
 import time
 from pathlib import Path
+import argparse
 
 _RUN = re.compile(r"^run-\d{8}-\d{6}-\d+$")
 
@@ -40,8 +41,6 @@ def prune(report_root: Path, keep: int, current: Path | None = None) -> list[Pat
 
 
 def main(argv: list[str]) -> int:
-    import argparse
-
     p = argparse.ArgumentParser(prog="python -m harness prune",
                                 description="remove all but the newest run folders of a report folder")
     p.add_argument("report_dir", nargs="?", default="reports")

@@ -5,7 +5,6 @@ in the run's folder and copied to ``reports/latest/``.
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import shutil
@@ -13,88 +12,10 @@ import statistics
 import time
 from pathlib import Path
 
+from harness.report import html as rh
+from harness.report import records
+
 OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
-
-
-def outcome_of(reports: dict) -> tuple[str, str]:
-    """(outcome, reason) from a test's setup/call/teardown pytest reports."""
-    for when in ("setup", "call", "teardown"):
-        rep = reports.get(when)
-        if rep is None:
-            continue
-        if hasattr(rep, "wasxfail"):
-            return ("xfailed" if rep.skipped else "xpassed"), str(rep.wasxfail)
-        if rep.skipped:
-            reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
-            return "skipped", reason.removeprefix("Skipped: ")
-        if rep.failed:
-            crash = getattr(rep.longrepr, "reprcrash", None)
-            message = crash.message if crash is not None else str(rep.longrepr)
-            return ("failed" if when == "call" else "error"), message[:2000]
-    return "passed", ""
-
-
-def write_result(run_dir: Path, record: dict) -> None:
-    out = run_dir / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    key = record["nodeid"] + (f"#{record['repetition']}" if record.get("repetition") else "")
-    name = hashlib.sha1(key.encode()).hexdigest()[:16] + ".json"
-    (out / name).write_text(json.dumps(record, indent=2, default=str) + "\n")
-
-
-def load_results(run_dir: Path) -> list[dict]:
-    return sorted((json.loads(p.read_text()) for p in (run_dir / "results").glob("*.json")),
-                  key=lambda r: (r["nodeid"], r.get("repetition") or 0))
-
-
-def pass_rates(results: list[dict]) -> dict[str, dict]:
-    """Per test that ran more than once (--repeat): how often it ran and passed."""
-    runs: dict[str, list[dict]] = {}
-    for r in results:
-        if r["outcome"] != "skipped":
-            runs.setdefault(r["nodeid"], []).append(r)
-    return {n: {"ran": len(rs), "passed": sum(r["outcome"] in ("passed", "xfailed") for r in rs),
-                "rate": round(sum(r["outcome"] in ("passed", "xfailed") for r in rs) / len(rs), 4)}
-            for n, rs in runs.items() if len(rs) > 1}
-
-
-def latency_group(r: dict) -> str:
-    """Whose latencies a test's are pooled with: its scenario (``nic``), or, for a scenario
-    made of several kinds of test (``lifecycle``), the scenario and the test's cell
-    (``lifecycle.storm_fills_every_slot``): a storm's 30 NICs are not an unplug-at-once."""
-    return f"{r['scenario']}.{r['cell']}" if r.get("cell") else r["scenario"]
-
-
-def latency_key(r: dict, name: str) -> str:
-    """A test's latency ``name`` (``nic0.device_del_to_event``) as the run pools it: the
-    device id folded out, the test's :func:`latency_group` in its place."""
-    return f"{latency_group(r)}.{name.split('.', 1)[-1]}"
-
-
-def latency_stats(results: list[dict]) -> dict[str, dict]:
-    """Per latency (:func:`latency_key`): its distribution over the run's tests."""
-    values: dict[str, list[float]] = {}
-    for r in results:
-        for name, v in (r.get("latencies") or {}).items():
-            values.setdefault(latency_key(r, name), []).append(v)
-    return {k: distribution(v) for k, v in sorted(values.items())}
-
-
-def distribution(values: list[float]) -> dict:
-    """n, median, p95 (nearest rank) and max of a latency's values."""
-    ordered = sorted(values)
-    p95 = ordered[max(0, -(-95 * len(ordered) // 100) - 1)]
-    return {"n": len(ordered), "median": round(statistics.median(ordered), 4),
-            "p95": round(p95, 4), "max": round(ordered[-1], 4)}
-
-
-def guest_boots(results: list[dict], started: str = "booted") -> dict[str, float]:
-    """Each guest's time from QEMU's start to ready, once per guest (a reused guest is in every
-    test it served): of the guests ``started`` so, ``"booted"`` or ``"restored"`` from a saved
-    state (harness.snapshot; records older than it say neither: booted)."""
-    return {g["name"]: g["boot_seconds"] for r in results for g in r.get("guests", [])
-            if g.get("boot_seconds") and g.get("after_test")
-            and (g.get("started") or "booted") == started}
 
 
 def _guest_starts(summary: dict) -> str:
@@ -112,17 +33,17 @@ def _wall(summary: dict) -> str:
 
 
 def finish_run(run_dir: Path, report_root: Path, meta: dict) -> dict:
-    results = load_results(run_dir)
+    results = records.load_results(run_dir)
     counts = {o: sum(r["outcome"] == o for r in results) for o in OUTCOMES}
-    boots = list(guest_boots(results).values())
-    restores = list(guest_boots(results, "restored").values())
+    boots = list(records.guest_boots(results).values())
+    restores = list(records.guest_boots(results, "restored").values())
     summary = {
         "run": run_dir.name,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **meta,
         "counts": counts,
-        "latencies": latency_stats(results),
-        "pass_rates": pass_rates(results),
+        "latencies": records.latency_stats(results),
+        "pass_rates": records.pass_rates(results),
         "tests": results,
     }
     durations = [r["duration"] for r in results]
@@ -146,9 +67,7 @@ def finish_run(run_dir: Path, report_root: Path, meta: dict) -> dict:
 def history(report_root: Path, summary: dict, last: int = 10) -> list[dict]:
     """This run and the ones before it in the same report folder, for the report's trend
     pictures (none for a run of self-tests only, or with fewer than 3 scenario runs)."""
-    from harness.report import trend
-
-    runs = trend.load_runs(report_root, last) if report_root.is_dir() else []
+    runs = records.load_runs(report_root, last) if report_root.is_dir() else []
     if not runs or runs[-1]["run"] != summary["run"] or len(runs) < 3:
         return []
     return runs
@@ -167,22 +86,12 @@ def repeat_lines(summary: dict) -> list[str]:
     return lines
 
 
-def passthrough_counts(results: list[dict]) -> dict[str, int]:
-    """How many tests ran through each real passthrough path (vfio-pci, usb-host)."""
-    counts: dict[str, int] = {}
-    for r in results:
-        kind = (r.get("passthrough") or "").split(" ")[0]
-        if kind:
-            counts[kind] = counts.get(kind, 0) + 1
-    return counts
-
-
 def summary_lines(summary: dict) -> list[str]:
     c = summary["counts"]
     lines = [f"backend {summary['backend']}, accel {summary['accel']}, QEMU {summary['qemu_version']}: "
              + ", ".join(f"{n} {o}" for o, n in c.items() if n)
              + (f" in {summary['wall_seconds']:g} s" if summary.get("wall_seconds") is not None else "")]
-    through = passthrough_counts(summary["tests"])
+    through = records.passthrough_counts(summary["tests"])
     if through:
         n = sum(through.values())
         lines.append(f"through real passthrough: {n} of {len(summary['tests'])} tests ("
@@ -237,7 +146,7 @@ def guest_matrix_lines(summary: dict) -> list[str]:
 def _where_it_ran(summary: dict) -> str:
     """The meta lines on passthrough and on the lab host."""
     tests = summary["tests"]
-    through = passthrough_counts(tests)
+    through = records.passthrough_counts(tests)
     through_line = ("<br>through real passthrough: <b>" + str(sum(through.values())) + f"</b> of "
                     f"{len(tests)} tests (" + ", ".join(f"{html.escape(k)} {v}" for k, v in
                                                         sorted(through.items())) + ")"
@@ -265,30 +174,6 @@ def identity_properties(summary: dict) -> dict[str, str]:
     }.items() if v}
 
 
-def add_junit_identity(run_dir: Path, report_root: Path) -> None:
-    """Put the run's identity into its junit.xml as test-suite properties (pytest has written
-    the file by now), and refresh latest/'s copy."""
-    from xml.etree import ElementTree as ET
-
-    junit, summary = run_dir / "junit.xml", run_dir / "summary.json"
-    if not (junit.exists() and summary.exists()):
-        return
-    tree = ET.parse(junit)
-    props = identity_properties(json.loads(summary.read_text()))
-    for suite in tree.getroot().iter("testsuite"):
-        el = suite.find("properties")
-        if el is None:
-            el = ET.Element("properties")
-            suite.insert(0, el)
-        for k, v in props.items():
-            ET.SubElement(el, "property", name=f"hotplug.{k}", value=v)
-    tree.write(junit, encoding="utf-8", xml_declaration=True)
-    latest = report_root / "latest"
-    if latest.is_dir() and not latest.is_symlink() and (latest / "summary.json").exists() and \
-            json.loads((latest / "summary.json").read_text()).get("run") == run_dir.name:
-        shutil.copy2(junit, latest / "junit.xml")
-
-
 def identity_line(summary: dict) -> str | None:
     """Which host, QEMU build and harness commit ran (summary.json's identity)."""
     i = summary.get("identity")
@@ -303,8 +188,6 @@ def identity_line(summary: dict) -> str | None:
 
 
 def render_html(summary: dict, runs: list[dict] | None = None) -> str:
-    from harness.report import html as rh
-
     image = summary.get("image") or {}
     deadlines = ", ".join(f"{k.replace('_', ' ')} {v:g} s" for k, v in (summary.get("deadlines") or {}).items())
     meta = f"""<p class="meta">run <b>{html.escape(summary['run'])}</b>, finished {html.escape(summary['finished_at'])}{_wall(summary)}<br>
@@ -317,7 +200,7 @@ QEMU <b>{html.escape(str(summary['qemu_version']))}</b> <small>{html.escape(summ
 &middot; {_guest_starts(summary)}{_where_it_ran(summary)}
 <br><small>{html.escape(identity_line(summary) or '')}<br><code>{html.escape((summary.get('identity') or {}).get('command', ''))}</code></small></p>"""
     tests = summary["tests"]
-    scen = [r for r in tests if rh.is_scenario(r)]
+    scen = [r for r in tests if records.is_scenario(r)]
     body = ("<h1>hotplug-harness qualification report</h1>" + meta + rh.badges(summary["counts"])
             + f"<h2>Qualification matrix ({html.escape(summary['backend'])})</h2>" + rh.matrix(tests)
             + ("<h2>Hotplug latencies</h2>" + rh.latency_pictures(scen)

@@ -10,53 +10,12 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
-import statistics
 from pathlib import Path
 
 from harness.report import charts
+from harness.report.records import load_runs, table
 from harness.report import html as rh
 from harness.core.errors import ConfigError
-
-#: The latencies a trend follows (the others are in each run's report).
-MEASURES = ("guest_visible", "device_del_to_event", "interface_addressed", "disk_present")
-
-
-def load_runs(root: Path, last: int) -> list[dict]:
-    runs = []
-    for path in sorted(root.glob("*/summary.json")):
-        if path.parent.name == "latest" or path.parent.is_symlink():
-            continue
-        try:
-            s = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if s.get("merged") or not any(rh.is_scenario(t) for t in s.get("tests", [])):
-            continue
-        runs.append(s)
-    runs.sort(key=lambda s: (s.get("finished_at") or "", s["run"]))
-    return runs[-last:]
-
-
-def table(runs: list[dict]) -> dict[str, dict]:
-    """{scenario: {"pass_rate": [per run], measure: [median per run]}}; None where a run did
-    not run that scenario."""
-    out: dict[str, dict] = {}
-    scenarios = sorted({t["scenario"] for s in runs for t in s["tests"] if rh.is_scenario(t)})
-    for scen in scenarios:
-        rows: dict[str, list] = {"pass_rate": []}
-        for s in runs:
-            mine = [t for t in s["tests"] if rh.is_scenario(t) and t["scenario"] == scen
-                    and t["outcome"] != "skipped"]
-            rows["pass_rate"].append(round(100 * sum(t["outcome"] == "passed" for t in mine)
-                                           / len(mine), 1) if mine else None)
-            for m in MEASURES:
-                values = [v for t in mine for k, v in (t.get("latencies") or {}).items()
-                          if k.split(".", 1)[-1] == m]
-                rows.setdefault(m, []).append(round(statistics.median(values), 3) if values else None)
-        out[scen] = {k: v for k, v in rows.items() if any(x is not None for x in v)}
-    return out
-
 
 def text(runs: list[dict], rows: dict[str, dict]) -> list[str]:
     fmt = lambda v: "-" if v is None else f"{v:g}"  # noqa: E731

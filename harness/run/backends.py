@@ -17,6 +17,13 @@ from pathlib import Path
 
 from harness.scenario import devices
 from harness.core.errors import ConfigError, LabError
+from harness.host import binding
+from harness.host.inventory import load_inventory
+from harness.host import sriov
+from harness.host import doctor
+from harness.host.inventory import find_usb_device
+from harness.host.sysfs import Sysfs
+from harness import lab as lab_mod
 
 NAMES = ("emulated", "vfio", "lab")
 
@@ -89,9 +96,6 @@ class Vfio(Backend):
         """Give back what a killed run left on vfio-pci, load the inventory, ask the doctor.
         A host that cannot run vfio ends the session with the doctor's reasons: a nightly on a
         broken VT-d host must fail, not pass having skipped everything."""
-        from harness.host import binding
-        from harness.host.inventory import load_inventory
-
         self._require_root()
         if not self.worker:
             for r in binding.restore_from_journal("/"):
@@ -111,8 +115,6 @@ class Vfio(Backend):
         """The inventory's SR-IOV VF entries get their addresses. The run's first process (the
         xdist controller, which starts before its workers, or the only one) makes each PF's
         VFs, journaled, put back at the end of the run (:meth:`give_back`); workers find them."""
-        from harness.host import sriov
-
         found = {}
         for pf, count in self.inventory.vf_counts().items():
             if not self.worker:
@@ -136,8 +138,6 @@ class Vfio(Backend):
                               hint="run it as root (sudo .venv/bin/pytest ...)")
 
     def _ask_the_doctor(self, where: str = "this host", fix: str = "") -> None:
-        from harness.host import doctor
-
         checks = doctor.run_checks("/", self.qemu_binary, self.inventory,
                                    qemu_timeout=self.pace(20.0))
         if doctor.exit_code(checks):
@@ -178,9 +178,6 @@ class Vfio(Backend):
         resource), the USB port path of a USB device (its hostbus/hostaddr and
         vendorid/productid forms are one device). The vfio failure-path tests bind the
         inventory's first NIC by hand: they go with its group."""
-        from harness.host.inventory import find_usb_device
-        from harness.host.sysfs import Sysfs
-
         fs = Sysfs.of("/")
         entry = getattr(device, "entry", None)
         if entry is None:  # a failure-path test, or a role nobody plays
@@ -198,8 +195,6 @@ class Vfio(Backend):
         """Every journal entry of this run goes back to its host driver, its dead workers'
         and its own included (a worker killed mid-test, a release that failed while a QEMU held
         the group, a SIGTERM). Raises if a device cannot be given back."""
-        from harness.host import binding
-
         return binding.restore_from_journal("/", own_pids={os.getpid()})
 
     def close(self) -> None:
@@ -229,14 +224,9 @@ class Lab(Vfio):
         """A VF's PF is re-armed before each hot-add (:func:`harness.lab.devices.rearm_vfs`:
         QEMU's igb tells a VF "PF reset done" once per PF open, and each VF driver that starts
         uses it up)."""
-        from harness import lab as lab_mod
-
         return (lambda: lab_mod.rearm_vfs(entry.pf)) if entry.pf else None
 
     def setup(self, inventory: str | None) -> None:
-        from harness import lab as lab_mod
-        from harness.host import binding
-
         if self.lab is None:
             raise ConfigError("--backend lab runs inside the lab host only",
                               hint="run `pytest --backend lab` on the host: it boots the lab")
@@ -246,7 +236,6 @@ class Lab(Vfio):
         workdir = self.lab.workdir
         path = (workdir / "inventory.toml" if self.worker else
                 lab_mod.write_inventory(workdir, roles=self.roles))
-        from harness.host.inventory import load_inventory
 
         self.inventory = load_inventory(path)
         self._ask_the_doctor("the lab host", ": a bug in the lab image (harness/lab/)")
@@ -286,8 +275,6 @@ def _usb_by_ids(entry):
     """The guide's ``usb_add host:VVVV:PPPP`` form, unless those ids name more than one device
     on this host: usb-host would take whichever it finds first, maybe one the host needs, so
     that form is refused (its tests fail in set-up saying why)."""
-    from harness.host.sysfs import Sysfs
-
     ids = f"{entry.vendorid[2:]}:{entry.productid[2:]}"
     twins = [u for u in Sysfs.of("/").usb_devices() if u.ids == ids]
     if len(twins) > 1:

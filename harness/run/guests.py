@@ -22,7 +22,8 @@ from pathlib import Path
 
 from harness.images import builtin as images
 from harness.core.errors import ConfigError
-from harness.images.builtin import GuestImage
+from harness.qemu.machine import GuestImage
+import fcntl
 
 BUILTIN = "builtin"
 _KEYS = {"name", "kernel", "initrd", "append", "disk", "disk_format", "user", "key", "ready",
@@ -96,8 +97,6 @@ def cloud_seeded(image: GuestImage, folder: Path) -> GuestImage:
     NoCloud seed. One key and one seed per ``folder``, made by the first of the run's processes
     to get there (the others wait for it and use them): guests of one shape on two xdist
     workers then have one command line, so one saved state serves both (harness.snapshot)."""
-    import fcntl
-
     folder.mkdir(parents=True, exist_ok=True)
     done = folder / "seed.done"
     with open(folder / ".seed.lock", "w") as lock:
@@ -153,3 +152,37 @@ def _from_table(t: dict, source: str, seed_folder: Path) -> GuestChoice:
     if cloud:
         image = cloud_seeded(image, seed_folder / t["name"])
     return GuestChoice(t["name"], image, access)
+
+
+def user_image(opt) -> GuestImage | None:
+    """Your own guest from the --guest-* options (None: the built-in guest). Bad input is a
+    :class:`ConfigError` that says which option and what to pass."""
+    if opt.guest and (opt.guest_kernel or opt.guest_disk):
+        raise ConfigError("--guest and --guest-kernel/--guest-disk: with --guest, describe your "
+                          "own image in a guests file",
+                          hint="a TOML [[guest]] table with name, disk/kernel, key or ready "
+                               "(harness/guests.py), given as --guest FILE")
+    if not (opt.guest_kernel or opt.guest_disk):
+        if opt.guest_initrd or opt.guest_key or opt.guest_ready:
+            raise ConfigError("--guest-initrd/--guest-key/--guest-ready describe your own "
+                              "image: also pass --guest-kernel or --guest-disk")
+        return None
+    for flag, value in (("--guest-kernel", opt.guest_kernel), ("--guest-initrd", opt.guest_initrd),
+                        ("--guest-disk", opt.guest_disk), ("--guest-key", opt.guest_key)):
+        if value and not Path(value).is_file():
+            raise ConfigError(f"{flag} {value}: no such file (or not a regular file)")
+    if opt.guest_cloud_init and not opt.guest_disk:
+        raise ConfigError("--guest-cloud-init seeds a cloud image's cloud-init: pass "
+                          "the image with --guest-disk")
+    if not opt.guest_ready and not opt.guest_key and not opt.guest_cloud_init:
+        raise ConfigError("your own guest needs a way in: --guest-key (SSH), "
+                          "--guest-cloud-init (a cloud image: the key is made for the "
+                          "run) and/or --guest-ready REGEX (a root shell on ttyS0)")
+    return GuestImage(kernel=_path(opt.guest_kernel), initrd=_path(opt.guest_initrd),
+                      append=opt.guest_append, disk=_path(opt.guest_disk),
+                      disk_format=opt.guest_disk_format, ssh_user=opt.guest_user,
+                      ssh_key=_path(opt.guest_key), ready_pattern=opt.guest_ready)
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value).resolve() if value else None

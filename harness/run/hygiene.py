@@ -7,17 +7,24 @@ import dataclasses
 import os
 import shutil
 import signal
+import stat
 import tempfile
 from pathlib import Path
 
-from harness.guest.guest import tmp_prefix
-from harness.images.debroot import sha256 as _sha256
-from harness.images.builtin import GuestImage
+from harness.core.paths import run_tmp_prefix
+from harness.guest.snapshot import STATES_TAG
+from harness.core.paths import sha256 as _sha256
+from harness.qemu.machine import GuestImage
 
 
 def _tmp_dirs(owner: str | None) -> set[str]:
     tmp = Path(tempfile.gettempdir())
-    return {p.name for p in tmp.glob(f"{tmp_prefix(owner)}*") if p.is_dir()}
+    return {p.name for p in tmp.glob(f"{run_tmp_prefix(owner)}*") if p.is_dir()}
+
+
+def _is_states(name: str) -> bool:
+    """The run's saved guest states (harness.guest.snapshot), not a guest's leftover."""
+    return f"-{STATES_TAG}-" in name
 
 
 def _fingerprint(image: GuestImage) -> dict[str, str]:
@@ -37,7 +44,13 @@ def sweep_stale() -> list[str]:
     removed = []
     for d in Path(tempfile.gettempdir()).glob("hh-*-*"):
         tag = d.name.split("-")[1]
-        if d.is_dir() and tag.isdigit() and not Path(f"/proc/{tag}").exists():
+        try:
+            st = os.lstat(d)
+        except OSError:
+            continue
+        # only real folders of ours: root never deletes what another user made or links to
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and tag.isdigit() \
+                and not Path(f"/proc/{tag}").exists():
             shutil.rmtree(d, ignore_errors=True)
             removed.append(str(d))
     return removed
@@ -62,7 +75,7 @@ def sweep_run(run_dir: Path, owner: str) -> list[str]:
             for pid, guest in _kill_recorded_qemus(run_dir)]
     for name in sorted(_tmp_dirs(owner)):
         shutil.rmtree(Path(tempfile.gettempdir()) / name, ignore_errors=True)
-        if not name.endswith("-snapshots"):  # the run's saved guest states: theirs to go now
+        if not _is_states(name):  # the run's saved guest states: theirs to go now
             done.append(f"removed {tempfile.gettempdir()}/{name}, left by an interrupted worker")
     return done
 
@@ -81,6 +94,12 @@ class Snapshot:
         found = [i for i in (image if isinstance(image, list) else [image]) if i is not None]
         prints = {k: v for i in found for k, v in _fingerprint(i).items()}
         return cls(_tmp_dirs(owner), prints or None, owner)
+
+    def for_owner(self, owner: str) -> "Snapshot":
+        """The same image fingerprints, for a run whose owner tag was decided after the
+        snapshot was taken (no temporary folder of a new owner existed before it)."""
+        return self if owner == self.owner else dataclasses.replace(self, tmp_dirs=set(),
+                                                                    owner=owner)
 
 
 def _alive_qemu(pid: int) -> bool:
@@ -102,7 +121,7 @@ def check(before: Snapshot, run_dir: Path,
     # (the run's saved guest states are not a guest's leftover: harness.snapshot; they go with
     # the run's other temporary folders at its very end, sweep_run)
     for name in sorted(n for n in _tmp_dirs(before.owner) - before.tmp_dirs
-                       if not n.endswith("-snapshots")):
+                       if not _is_states(n)):
         problems.append(f"temporary directory {tempfile.gettempdir()}/{name} (sockets, overlays) "
                         "was left behind: a Guest was not closed")
     for img in (i for i in (image if isinstance(image, list) else [image]) if i is not None):

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from harness.images import builtin as images
 from harness.qemu.process import qemu_query
+import tomllib
+from importlib.metadata import PackageNotFoundError, version
 
 
 def run_identity(*, qemu_binary: str, qemu_version: str, inventory: Path | None,
@@ -63,8 +65,6 @@ def _digest(path: Path) -> str | None:
 
 def _roles(path: Path) -> list[str] | None:
     """The roles the inventory's devices can play: what this host covers."""
-    import tomllib
-
     try:
         data = tomllib.loads(Path(path).read_text())
     except (OSError, ValueError):
@@ -82,8 +82,6 @@ def _qemu_build(binary: str) -> str | None:
 
 
 def _harness_version() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         v = version("hotplug-harness")
     except PackageNotFoundError:

@@ -14,18 +14,21 @@ import shutil
 import time
 from pathlib import Path
 
+import fcntl
+
+from harness import lab
 from harness.qemu import accel as accel_mod
 from harness.run import backends
 from harness.run import guests
 from harness.run import hygiene
 from harness.images import builtin as images
-from harness.plugin import options
 from harness.guest import snapshot
 from harness.core import pace as pace_mod
 from harness.core.errors import ConfigError
-from harness.images.builtin import GuestImage
+from harness.qemu.machine import GuestImage
 from harness.qemu.machine import MACHINES
-from harness.guest.pool import GuestPool
+from harness.guest.pool import GuestPool, probe_boot
+from harness.core.paths import open_nofollow, private_dir
 from harness.qemu.process import qemu_device_names, qemu_version, version_tuple
 from harness.core.runconfig import RunConfig
 from harness.guest.snapshot import StateCache
@@ -38,70 +41,123 @@ MIN_FREE_BYTES = 20 << 20
 
 
 class HarnessSession:
-    """Per-process state: the run configuration, the backend, the image, the guest pool."""
+    """Per-process state: the run configuration, the backend, the image, the guest pool.
 
-    def __init__(self, opt, *, config=None, worker: str = "", given: str | None = None):
-        """``opt``: the parsed options. ``given``: the path of the run configuration the
-        process that started the run wrote (an xdist worker, the run inside the lab host);
-        None in that process itself, which decides and writes it."""
+    Made cheaply when pytest starts (options, backend, guest choices: what collection needs).
+    The run itself -- its folder, run.json, the pace probe, the accelerator choice (maybe a
+    probe boot), QEMU's version, the saved-states folder -- is decided the first time a test
+    needs it (:attr:`run`), by whichever of the run's processes gets there first, under a lock;
+    the others load what it wrote. A run that never needs it (``pytest tests/unit``,
+    ``--collect-only``) writes nothing and starts no QEMU."""
+
+    def __init__(self, opt, *, config=None, worker: str = "", plan: str | None = None,
+                 given: str | None = None):
+        """``opt``: the parsed options. ``plan``: the run folder the process that started the
+        run chose (an xdist worker gets it; None: choose one now). ``given``: the path of a run
+        configuration already decided (the run inside the lab host)."""
         self.config, self.option, self.worker = config, opt, worker
         #: For the summary's wall_seconds: the run's span as its user waited for it, from here
         #: (option parsing is done, nothing is built or booted yet) to the report.
         self.started_monotonic = time.monotonic()
-        self.user_image = options.user_image(opt)
+        self.user_image = guests.user_image(opt)
         self.access = opt.guest_access or ("ssh" if self.user_image and not opt.guest_ready else "console")
         self.keep_bundles, self.reuse = opt.keep_bundles, not opt.no_reuse
         self._image: GuestImage | None = None
         self._pool: GuestPool | None = None
-        self.run = RunConfig.load(given) if given else RunConfig.new(
-            Path(opt.report_dir), backend=opt.backend, qemu_binary=opt.qemu_binary,
-            machines=tuple(opt.machine or MACHINES), image="user" if self.user_image else "builtin")
-        decides = self.run.accel is None  # this process started the run
-        if decides:
-            _require_free_space(self.run.run_dir.parent)
+        self._run: RunConfig | None = RunConfig.load(given) if given else None
+        self.plan = self._run or RunConfig.new(
+            Path(opt.report_dir), run_dir=Path(plan) if plan else None, backend=opt.backend,
+            qemu_binary=opt.qemu_binary, machines=tuple(opt.machine or MACHINES),
+            image="user" if self.user_image else "builtin")
+        #: Whether this process decided the run (and so owns its end-of-run work's inputs).
+        self.decided_here = False
         #: Scenario functions --backend vfio/lab deselected as emulated_only (collect.select).
         self.emulated_only: list[str] = []
-        self.backend = backends.make(self.run.backend, worker=worker, qemu_binary=opt.qemu_binary,
-                                     pace=None, lab=self.run.lab, roles=opt.roles)
+        self.backend = backends.make(self.plan.backend, worker=worker, qemu_binary=opt.qemu_binary,
+                                     pace=None, lab=self.plan.lab, roles=opt.roles)
         retries = opt.retry_dead_guest
         self.test_attempts = 1 + (self.backend.dead_guest_retries if retries is None else retries)
         self._seed_cloud_init(opt)
         #: --guest: the guests every scenario runs on (empty: one guest, as the options say).
         self.guest_choices = guests.resolve(
             opt.guest or [], Path(opt.image_cache or images.DEFAULT_CACHE), self.cloud_init_dir)
-        if decides:
-            self._decide()
-        self.pace = pace_mod.Pace(**self.run.pace)
-        self.backend.pace = self.pace
-        self.deadlines = self._deadlines(self.run.accel)
-        _require_qemu(self.qemu_binary, self.run.qemu_version)
-        self.swept = hygiene.sweep_stale() if decides else []
-        self.states = self._state_cache(opt)
-        self.snapshot = hygiene.Snapshot.take(
-            [self.user_image] + [c.image for c in self.guest_choices if not c.builtin],
-            self.run.owner) if decides else None
+        #: What the end-of-run check compares against (read-only: temporary folders, the
+        #: user's image files' sizes and times); the process that started the run takes it.
+        self.snapshot = None if worker or given else hygiene.Snapshot.take(
+            [self.user_image] + [c.image for c in self.guest_choices if not c.builtin])
         self.hygiene_problems: list[str] = []
+        self.swept: list[str] = []
         self.backend.setup(opt.inventory)
-        if decides and self.run.lab is not None:
-            from harness import lab
 
-            lab.write_inside_figures(self.run.lab.workdir, self.deadlines)
+    @property
+    def run(self) -> RunConfig:
+        """The run as decided (by this process, or loaded from the one that did)."""
+        if self._run is None:
+            self._run = self._join_or_decide()
+        return self._run
 
-    def _decide(self) -> None:
+    @property
+    def decided(self) -> bool:
+        """Whether any process of the run has decided it (nothing is decided here by asking)."""
+        return self._run is not None or self.plan.path.is_file()
+
+    def _join_or_decide(self) -> RunConfig:
+        _require_free_space(self.plan.run_dir.parent)
+        folder = private_dir(self.plan.run_dir)
+        fd = open_nofollow(folder / ".decide.lock", os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held for one pace probe and maybe a probe boot
+            if self.plan.path.is_file():
+                run = RunConfig.load(self.plan.path)
+            else:
+                run = self._decide()
+                self.decided_here = True
+        finally:
+            os.close(fd)
+        self._after_decided(run)
+        return run
+
+    def _decide(self) -> RunConfig:
         """Measure the machine, choose the accelerator, find QEMU's version: once per run,
         written to the run folder for the run's other processes."""
-        where = "lab" if self.run.lab is not None else "host"
+        where = "lab" if self.plan.lab is not None else "host"
         measured = pace_mod.Pace.measure(where, self.option.time_factor)
-        self.pace = measured
-        choice = accel_mod.choose(self.option.accel, probe=lambda: accel_mod.probe_boot(
-            self.image, self.qemu_binary, self._deadlines("kvm"),
-            attempts=self.backend.boot_attempts))
+        deadlines = pace_mod.Deadlines.for_run(measured, accel="kvm", image=self._image_kind,
+                                               boot=self.option.boot_timeout)
+        choice = accel_mod.choose(self.option.accel, probe=lambda: probe_boot(
+            self.image, self.plan.qemu_binary, deadlines, attempts=self.backend.boot_attempts))
         # The process that decides owns the run's temporary folders (the outer lab run's PID
         # means nothing inside the lab host).
-        self.run = dataclasses.replace(
-            self.run, owner=str(os.getpid()), accel=choice.name, accel_reason=choice.reason,
-            qemu_version=qemu_version(self.qemu_binary), pace=dataclasses.asdict(measured))
-        self.run.write()
+        owner = str(os.getpid())
+        self.swept = hygiene.sweep_stale()
+        run = dataclasses.replace(
+            self.plan, owner=owner, accel=choice.name, accel_reason=choice.reason,
+            qemu_version=qemu_version(self.plan.qemu_binary), pace=dataclasses.asdict(measured),
+            states_dir=self._new_states_dir(owner))
+        run.write()
+        if run.lab is not None:
+            lab.write_inside_figures(run.lab.workdir, pace_mod.Deadlines.for_run(
+                measured, accel=run.accel, image=self._image_kind, boot=self.option.boot_timeout))
+        return run
+
+    def _after_decided(self, run: RunConfig) -> None:
+        _require_qemu(run.qemu_binary, run.qemu_version)
+        self.pace = pace_mod.Pace(**run.pace)
+        self.backend.pace = self.pace
+        self.deadlines = pace_mod.Deadlines.for_run(self.pace, accel=run.accel,
+                                                    image=self._image_kind,
+                                                    boot=self.option.boot_timeout)
+        self.states = self._state_cache(run)
+
+    @property
+    def _image_kind(self) -> str:
+        return "user" if self.user_image else "builtin"
+
+    def _new_states_dir(self, owner: str) -> str | None:
+        """The run's own saved-states folder (None: --no-snapshot, or --snapshot-cache's)."""
+        if self.option.no_snapshot or (self.option.snapshot_cache and self.plan.lab is None):
+            return None
+        return str(snapshot.new_run_cache_dir(owner))
 
     def _seed_cloud_init(self, opt) -> None:
         if opt.guest_cloud_init:
@@ -112,16 +168,16 @@ class HarnessSession:
 
     @property
     def cloud_init_dir(self) -> Path:
-        """The run's one SSH key and NoCloud seed for cloud images (harness.guests)."""
-        return self.run.run_dir / "cloud-init" / "run"
+        """The run's one SSH key and NoCloud seed for cloud images (harness.run.guests)."""
+        return self.run_dir / "cloud-init" / "run"
 
-    # What the run decided, by name.
-    run_dir = property(lambda self: self.run.run_dir)
+    # What the run decided, by name (the run folder is chosen up front, the rest on first use).
+    run_dir = property(lambda self: self.plan.run_dir)
     accel = property(lambda self: self.run.accel)
     accel_reason = property(lambda self: self.run.accel_reason)
     qemu_version = property(lambda self: self.run.qemu_version)
-    machines = property(lambda self: self.run.machines)
-    qemu_binary = property(lambda self: self.run.qemu_binary)
+    machines = property(lambda self: self.plan.machines)
+    qemu_binary = property(lambda self: self.plan.qemu_binary)
     inventory = property(lambda self: self.backend.inventory)
     binder = property(lambda self: self.backend.binder)
 
@@ -163,30 +219,33 @@ class HarnessSession:
                                    states=self.states)
         return self._pool
 
-    def _state_cache(self, opt) -> StateCache | None:
-        """Saved guest states (harness.snapshot): the run's own (in its temporary folder,
-        made before the hygiene snapshot so it is not taken for a guest's leftover), or
-        --snapshot-cache's across runs; None with --no-snapshot."""
-        if opt.no_snapshot:
-            return None
-        if self.run.lab is not None:
-            # Inside the lab host: its /tmp is a tmpfs of half its RAM (harness/lab/host.py),
-            # the one place with room; --snapshot-cache is the host's, not the lab's.
-            return StateCache(snapshot.run_cache_dir(self.run.owner),
-                              qemu_version=self.run.qemu_version,
-                              min_free=snapshot.LAB_MIN_FREE_BYTES)
-        if opt.snapshot_cache:
-            return StateCache(Path(opt.snapshot_cache), qemu_version=self.run.qemu_version,
+    def _state_cache(self, run: RunConfig) -> StateCache | None:
+        """Saved guest states (harness.guest.snapshot): the run's own (a private temporary
+        folder the deciding process made), or --snapshot-cache's across runs; None with
+        --no-snapshot."""
+        if run.states_dir:
+            # (inside the lab host this is its /tmp, a tmpfs of half its RAM: harness/lab/host.py)
+            return StateCache(Path(run.states_dir), qemu_version=run.qemu_version,
+                              min_free=(snapshot.LAB_MIN_FREE_BYTES if run.lab is not None
+                                        else snapshot.MIN_FREE_BYTES))
+        if self.option.snapshot_cache and not self.option.no_snapshot:
+            return StateCache(Path(self.option.snapshot_cache), qemu_version=run.qemu_version,
                               persistent=True)
-        return StateCache(snapshot.run_cache_dir(self.run.owner), qemu_version=self.run.qemu_version)
+        return None
 
     def header(self) -> list[str]:
+        """What the run is, as far as it is known before any test: the rest (accelerator,
+        pace, QEMU's version) is decided at the first test that needs a guest and printed then
+        (:meth:`decision_lines`) and in the summary."""
         image = ("your own: " + ", ".join(str(p) for p in (self.user_image.kernel, self.user_image.disk) if p)
                  if self.user_image else "built-in Debian guest (fixtures/images)")
-        return [f"hotplug-harness: backend={self.backend.name} accel={self.accel} ({self.accel_reason})",
-                f"hotplug-harness: qemu={self.qemu_binary} ({self.qemu_version}) machines={','.join(self.machines)} "
-                f"access={self.access}",
-                f"hotplug-harness: image={image}; run folder {self.run_dir}",
+        return [f"hotplug-harness: backend={self.backend.name} qemu={self.qemu_binary} "
+                f"machines={','.join(self.machines)} access={self.access}",
+                f"hotplug-harness: image={image}; run folder {self.run_dir}"]
+
+    def decision_lines(self) -> list[str]:
+        run = self.run
+        return [f"hotplug-harness: accel={run.accel} ({run.accel_reason}); QEMU {run.qemu_version}",
                 "hotplug-harness: guests: " + (
                     "each booted (--no-snapshot)" if self.states is None else
                     "the first of each shape booted and saved, the others restored from it "
@@ -197,11 +256,6 @@ class HarnessSession:
         """Whether this run covers scenarios of ``role`` (tests of no role always run)."""
         roles = self.option.roles
         return role is None or roles is None or role in roles
-
-    def _deadlines(self, accel: str) -> pace_mod.Deadlines:
-        return pace_mod.Deadlines.for_run(self.pace, accel=accel,
-                                          image="user" if self.user_image else "builtin",
-                                          boot=self.option.boot_timeout)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -12,7 +12,9 @@ import dataclasses
 from typing import Any
 
 from harness.core.errors import HarnessError
+from harness.core.roles import ROLES
 from harness.qemu.machine import GuestSpec
+from harness.host.binding import vfio_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,8 +112,6 @@ class HotplugDevice:
     def command_line(self, guest, plugged: Plugged) -> list[str]:
         """The QEMU options that give a migration destination this plugged device, with the
         same id, backend, bus, slot and MAC, so the migration stream fits it."""
-        from harness.core.errors import HarnessError
-
         raise HarnessError(f"cannot migrate a guest with {plugged.device_id} ({self!r}) plugged: "
                            "the harness does not know its command-line form",
                            hint="unplug it before migrating")
@@ -385,8 +385,6 @@ class VfioPci(HotplugDevice):
         plugged.own["lease"].release()
 
     def host_state(self) -> list[dict]:
-        from harness.host.binding import vfio_state
-
         return vfio_state("/", [self.entry.bdf])
 
 
@@ -451,7 +449,4 @@ PLATFORMS = {
     "cpu": MACHINE_PLATFORMS,
     "memory": MACHINE_PLATFORMS,
 }
-#: Roles a host device can play (through --backend vfio); cpu and memory are always QEMU's.
-DEVICE_ROLES = ("nic", "usb-device", "usb-controller", "sata-controller")
-#: Every scenario role (``--roles``).
-ROLES = tuple(PLATFORMS)
+assert tuple(PLATFORMS) == ROLES, "a role of harness.core.roles without platforms, or the reverse"

@@ -14,14 +14,14 @@ import time
 from pathlib import Path
 
 from harness.guest import checks
-from harness.report import latency
+from harness.guest import latency
 from harness.scenario import prereq
 from harness.guest import ramcheck
-from harness.guest.access import _tail
+from harness.core.errors import tail
 from harness.scenario.devices import HotplugDevice, Plugged
 from harness.core.errors import MigrationRefused, QMPCommandError, QemuLaunchError
 from harness.guest.guest import Guest, without_incoming
-from harness.images.builtin import GuestImage
+from harness.qemu.machine import GuestImage
 from harness.qemu.machine import GuestSpec
 from harness.guest.pool import GuestPool
 
@@ -368,7 +368,7 @@ class ScenarioRun:
         status = guest.process.poll() if guest.process else None
         if status is not None:
             (out / "qemu-exit.txt").write_text(
-                f"QEMU exit status: {status}\nlast output:\n{_tail(guest.qemu_output())}\n")
+                f"QEMU exit status: {status}\nlast output:\n{tail(guest.qemu_output())}\n")
 
 
 def _stopped_answering(guest: Guest) -> bool:

@@ -15,7 +15,7 @@ from harness.run import hygiene
 from harness.core.waits import wait_until
 from harness.core.errors import GuestDiedError, ImageError, QemuLaunchError
 from harness.guest.guest import Guest
-from harness.images.builtin import GuestImage
+from harness.qemu.machine import GuestImage
 from harness.qemu.machine import GuestSpec
 
 

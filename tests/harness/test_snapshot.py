@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.guest.guest import Guest
-from harness.images.builtin import GuestImage
+from harness.qemu.machine import GuestImage
 from harness.qemu.machine import GuestSpec
 from harness.guest.pool import GuestPool, guest_state
 from harness.guest.snapshot import META_FILE, RESTORABLE_ARGS, STATE_FILE, StateCache

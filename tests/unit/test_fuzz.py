@@ -6,7 +6,7 @@ import string
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.report import latency
+from harness.guest import latency
 from harness.guest import probes
 from harness.scenario.prereq import parse_kernel_config
 

@@ -1,6 +1,6 @@
 """Guest-side latency extraction from kprobe trace lines and the DHCP log."""
 
-from harness.report import latency
+from harness.guest import latency
 
 TRACE = """\
     kworker/u2:1-24      [000] .....     4.190538: dev_add: (device_add+0x0/0x8d0) name="0000:00:02.0"

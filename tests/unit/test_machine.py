@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.images.builtin import GuestImage
+from harness.qemu.machine import GuestImage
 from harness.qemu.machine import GuestSpec, Paths, build_argv, format_argv
 
 PATHS = Paths(Path("/t/qmp.sock"), Path("/t/console.sock"), Path("/r/serial.log"))

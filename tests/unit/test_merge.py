@@ -9,7 +9,7 @@ import pytest
 
 from harness.report import merge
 from harness.report import html as reporthtml
-from harness.report import trend
+from harness.report import records
 from harness.cli import main
 from harness.core.errors import ConfigError
 
@@ -112,9 +112,9 @@ def test_trend_gives_pass_rate_and_latency_per_scenario_oldest_first(tmp_path, c
     write_run(tmp_path / "run-1", "run-20261128-1", [rec("nic", "pc"), rec("nic", "q35-acpi")])
     write_run(tmp_path / "unit", "run-3", [{"nodeid": "tests/unit/t.py::t", "scenario": "t",
                                             "kind": "self-test", "outcome": "passed"}])
-    runs = trend.load_runs(tmp_path, 10)
+    runs = records.load_runs(tmp_path, 10)
     assert [r["run"] for r in runs] == ["run-20261128-1", "run-20261129-2"]
-    rows = trend.table(runs)
+    rows = records.table(runs)
     assert rows["nic"]["pass_rate"] == [100.0, 50.0]
     assert rows["nic"]["guest_visible"] == [0.02, 0.02]
     assert main(["trend", str(tmp_path), "--html", str(tmp_path / "t.html")]) == 0

@@ -1,6 +1,7 @@
 """harness.report: the terminal summary and the HTML say each test's backend and whether it ran
 through real passthrough (vfio-pci, usb-host) or an emulated stand-in."""
 
+from harness.report import records
 from harness.report import summary as report
 from harness.report import html as reporthtml
 
@@ -32,8 +33,8 @@ TESTS = [result("test_nic.py::test_nic[q35-acpi-nic]", passthrough="vfio-pci hos
 
 
 def test_passthrough_counts():
-    assert report.passthrough_counts(TESTS) == {"vfio-pci": 2, "usb-host": 1}
-    assert report.passthrough_counts([result("a"), result("b")]) == {}
+    assert records.passthrough_counts(TESTS) == {"vfio-pci": 2, "usb-host": 1}
+    assert records.passthrough_counts([result("a"), result("b")]) == {}
 
 
 def test_summary_lines_say_how_many_tests_went_through_real_passthrough():
@@ -65,7 +66,7 @@ def test_a_reused_guest_boot_counts_once():
     g2 = {"name": "main-g2-pc", "boot_seconds": 24.8, "after_test": "closed (state differs from the clean baseline)"}
     tests = [{**result("a"), "guests": [g1]}, {**result("b"), "guests": [g1]},
              {**result("c"), "guests": [g1]}, {**result("d"), "guests": [g2]}]
-    assert report.guest_boots(tests) == {"main-g1-q35-acpi": 9.9, "main-g2-pc": 24.8}
+    assert records.guest_boots(tests) == {"main-g1-q35-acpi": 9.9, "main-g2-pc": 24.8}
 
 
 def test_wall_time_is_in_the_first_line_and_the_page():
@@ -83,7 +84,7 @@ def test_latencies_pool_per_scenario_and_per_kind_of_lifecycle_test():
     def lat(scenario, cell, **latencies):
         return {**result("t", scenario=scenario), "cell": cell, "latencies": latencies}
 
-    stats = report.latency_stats(
+    stats = records.latency_stats(
         [lat("nic", "", **{"nic0.guest_visible": 0.1}), lat("nic", "", **{"nic0.guest_visible": 0.3}),
          lat("lifecycle", "unplug_at_once", **{"nic0.guest_visible": 0.2}),
          lat("lifecycle", "storm_fills_every_slot",
@@ -93,8 +94,8 @@ def test_latencies_pool_per_scenario_and_per_kind_of_lifecycle_test():
     assert stats["lifecycle.unplug_at_once.guest_visible"]["max"] == 0.2
     assert stats["lifecycle.storm_fills_every_slot.guest_visible"]["n"] == 30
     assert stats["lifecycle.guest_visible"]["n"] == 1
-    records = [lat("lifecycle", "unplug_at_once", **{"nic0.guest_visible": 0.2}),
-               lat("lifecycle", "storm_fills_every_slot", **{"storm0.guest_visible": 40.0})]
-    pictures = reporthtml.latency_pictures(records)
+    results = [lat("lifecycle", "unplug_at_once", **{"nic0.guest_visible": 0.2}),
+              lat("lifecycle", "storm_fills_every_slot", **{"storm0.guest_visible": 40.0})]
+    pictures = reporthtml.latency_pictures(results)
     assert pictures.count("<figure>") == 2
     assert "lifecycle.storm_fills_every_slot: each test" in pictures

@@ -1,0 +1,51 @@
+"""The run's JUnit XML: where pytest writes it, and the run's identity added to it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+from harness.core.paths import run_tmp_prefix
+from harness.report import summary
+
+FILE = "junit.xml"
+
+
+def new_junit_file(run_dir: Path) -> str:
+    """Where pytest's junitxml writes until the run is known to have a folder: a new file in
+    the temporary folder (a run that never needed a guest writes nothing under reports/)."""
+    fd, path = tempfile.mkstemp(prefix=f"{run_tmp_prefix()}junit-", suffix=f"-{run_dir.name}.xml")
+    os.close(fd)
+    return path
+
+
+def adopt_junit_file(path: Path, run_dir: Path) -> None:
+    """Move what pytest wrote at ``path`` into the run folder."""
+    if path.is_file():
+        shutil.move(path, run_dir / FILE)
+
+
+def add_junit_identity(run_dir: Path, report_root: Path) -> None:
+    """Put the run's identity into its junit.xml as test-suite properties (pytest has written
+    the file by now), and refresh latest/'s copy."""
+    junit, summary_file = run_dir / FILE, run_dir / "summary.json"
+    if not (junit.exists() and summary_file.exists()):
+        return
+    tree = ET.parse(junit)
+    props = summary.identity_properties(json.loads(summary_file.read_text()))
+    for suite in tree.getroot().iter("testsuite"):
+        el = suite.find("properties")
+        if el is None:
+            el = ET.Element("properties")
+            suite.insert(0, el)
+        for k, v in props.items():
+            ET.SubElement(el, "property", name=f"hotplug.{k}", value=v)
+    tree.write(junit, encoding="utf-8", xml_declaration=True)
+    latest = report_root / "latest"
+    if latest.is_dir() and not latest.is_symlink() and (latest / "summary.json").exists() and \
+            json.loads((latest / "summary.json").read_text()).get("run") == run_dir.name:
+        shutil.copy2(junit, latest / "junit.xml")
