@@ -15,7 +15,6 @@ the process exits (a run ended by Ctrl-C or SIGTERM) are closed at exit.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import os
 import re
@@ -23,20 +22,20 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 import weakref
 from pathlib import Path
 from typing import Any, Callable
 
 from harness.core import pace
-from harness.guest import probes
+from harness.guest import migration, probes
 from harness.guest.access import ConsoleChannel, Shell, SSHChannel
 from harness.core.errors import (GuestDiedError, HarnessError, ImageError, QemuLaunchError,
-                                 QMPCommandError, WaitTimeout, tail)
+                                 WaitTimeout, tail)
 from harness.qemu.machine import GuestImage
 from harness.qemu.machine import GuestSpec, Paths, build_argv, format_argv
-from harness.qemu.monitor import Monitor, UnplugResult
+from harness.qemu.monitor import UnplugResult
+from harness.qemu.qmp_sync import SyncMonitor
 from harness.core.pace import Deadlines
 from harness.core.paths import run_tmp_prefix
 from harness.qemu.process import QemuProcess
@@ -68,27 +67,18 @@ class Guest:
                  qemu_binary: str = "qemu-system-x86_64", accel: str = "tcg",
                  deadlines: Deadlines | None = None, name: str = "guest",
                  owner: str | None = None, extra_args: tuple[str, ...] = ()):
-        """``deadlines``: this machine's (:meth:`harness.pace.Deadlines.for_run`); by default
-        the reference machine's."""
-        self.spec = spec
-        self.image = image
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.qemu_binary = qemu_binary
-        self.accel = accel
+        """``deadlines``: this machine's (:meth:`harness.core.pace.Deadlines.for_run`); by
+        default the reference machine's. Nothing is made on disk until :meth:`launch` (or
+        :meth:`receive`): its folders, sockets and command line come then."""
+        self.spec, self.image, self.workdir = spec, image, Path(workdir)
+        self.qemu_binary, self.accel, self.name, self.owner = qemu_binary, accel, name, owner
         self.deadlines = deadlines or pace.reference()
-        self.name = name
-        # Sockets live in a short temp dir: unix socket paths are limited to 107 bytes.
-        self._tmp = Path(tempfile.mkdtemp(prefix=run_tmp_prefix(owner)))
-        self.paths = Paths(qmp_socket=self._tmp / "qmp.sock",
-                           console_socket=self._tmp / "console.sock",
-                           serial_log=self.workdir / "serial.log",
-                           disk_overlay=self._tmp / "disk.qcow2" if image.disk else None)
         self.extra_args = tuple(extra_args)
-        self.argv = build_argv(spec, image, self.paths, qemu_binary=qemu_binary, accel=self.accel,
-                               name=name) + list(extra_args)
-        self.qemu = QemuProcess(self.argv, self.workdir / "qemu.log")
-        self.monitor: Monitor | None = None
+        self._tmp: Path | None = None
+        self.paths: Paths | None = None
+        self.argv: list[str] = []
+        self.qemu: QemuProcess | None = None
+        self.monitor: SyncMonitor | None = None
         self.shell: Shell | None = None
         self.ssh_port: int | None = None
         self.boot_seconds: float | None = None
@@ -103,18 +93,31 @@ class Guest:
         #: also how long a reboot or migration took (rebooted, migrated) and, before the launch,
         #: how long the pool waited for another worker saving this shape (waited_for_state).
         self.launch_marks: dict[str, float] = {}
-        _open_guests.add(self)
         self.guest_uptime_at_ready: float | None = None
         self._used_buses: dict[str, str] = {}  # bus -> device id
         self._counters: dict[str, int] = {}
         #: State right after boot; a pool reuses the guest only while its state equals this.
         self.baseline: tuple | None = None
-        #: The guide's section 1 checks, run once per guest (see harness.prereq).
+        #: The guide's section 1 checks, run once per guest (see harness.scenario.prereq).
         self.prerequisites: list | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self._closed = False
         self.exit_status: int | None = None
+
+    def _prepare(self) -> None:
+        """The guest's folders and command line, made as it starts (once)."""
+        if self._tmp is not None:
+            return
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        # Sockets live in a short temp dir: unix socket paths are limited to 107 bytes.
+        self._tmp = Path(tempfile.mkdtemp(prefix=run_tmp_prefix(self.owner)))
+        _open_guests.add(self)
+        self.paths = Paths(qmp_socket=self._tmp / "qmp.sock",
+                           console_socket=self._tmp / "console.sock",
+                           serial_log=self.workdir / "serial.log",
+                           disk_overlay=self._tmp / "disk.qcow2" if self.image.disk else None)
+        self.argv = build_argv(self.spec, self.image, self.paths, qemu_binary=self.qemu_binary,
+                               accel=self.accel, name=self.name) + list(self.extra_args)
+        self.qemu = QemuProcess(self.argv, self.workdir / "qemu.log")
         (self.workdir / "cmdline.txt").write_text(format_argv(self.argv) + "\n")
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -133,9 +136,10 @@ class Guest:
         (a scenario that hot-adds during boot). ``restore``: a saved state's folder
         (harness.snapshot) to start from instead of booting."""
         t0 = time.monotonic()
+        self._prepare()
         try:
             if restore is not None:
-                self._restore(restore, t0)
+                migration.restore(self, restore, t0)
             else:
                 self._connect(t0)
                 d = self.deadlines
@@ -169,84 +173,13 @@ class Guest:
             return None
         return "restored" if self.restored_from is not None else "booted"
 
-    def _restore(self, state_dir: Path, t0: float) -> None:
-        """Start QEMU with ``-incoming`` from a saved state, run it once loaded, and make it
-        this moment's guest: its clock set to the host's, host randomness in its pool."""
-        from harness.guest.snapshot import STATE_FILE
-
-        self.restored_from = Path(state_dir)
-        self.argv = self.argv + ["-incoming", f"exec:{_cat()} {shlex.quote(str(self.restored_from / STATE_FILE))}"]
-        self.qemu = QemuProcess(self.argv, self.workdir / "qemu.log")
-        (self.workdir / "cmdline.txt").write_text(format_argv(self.argv) + "\n")
-        self._connect(t0)
-        deadline = t0 + self.deadlines.boot
-        while (status := self.qmp("query-status")["status"]) == "inmigrate":
-            if time.monotonic() > deadline:
-                raise WaitTimeout(f"the saved state {self.restored_from} did not load within "
-                                  f"{self.deadlines.boot:.0f} s")
-            time.sleep(0.02)  # QEMU 7.2 has no event for a finished incoming load without the events capability
-        if status not in ("paused", "prelaunch"):
-            raise HarnessError(f"QEMU is {status!r} after loading the saved state {self.restored_from}")
-        self.launch_marks["loaded"] = round(time.monotonic() - t0, 2)
-        self.qmp("cont")
-        if self.spec.access == "ssh":
-            self._connect_ssh(deadline)
-        # The clock reads the moment of the save; the guest's random pool is the saved one
-        # (the vmgenid device makes Linux reseed; host bytes are mixed in as well).
-        # (busybox's date takes whole seconds only: within half a second there)
-        channel = self.shell.ssh or self.shell.console
-        now = time.time()
-        status, output = channel.exec(f"{{ date -s @{now:.6f} || date -s @{round(now)}; }} >/dev/null "
-                                      f"2>&1 && printf %s {os.urandom(32).hex()} > /dev/urandom",
-                                      max(1.0, deadline - time.monotonic()))
-        if status != 0:
-            raise HarnessError("could not set the restored guest's clock (date -s)",
-                               details=output)
-
-    def save_state(self, state: Path, disk: Path) -> dict:
-        """Save this running guest's whole state (RAM included) into ``state`` with QEMU's
-        migration, and its disk overlay as it was then into ``disk``; resume the guest either
-        way. Returns the figures (seconds)."""
-        t0 = time.monotonic()
-        before = self.qmp("query-migrate-parameters").get("max-bandwidth")
-        self.qmp("migrate-set-parameters", **{"max-bandwidth": 64 << 30})  # a file, not a link
-        try:
-            self.qmp("migrate", uri=f"exec:{_cat()} > {shlex.quote(str(state))}")
-            status = self._wait_migration(f"saving {self.name}'s state", t0)
-            if status != "completed":
-                raise HarnessError(f"saving {self.name}'s state: migration {status}",
-                                   details=str(self.qmp("query-migrate")))
-            seconds = time.monotonic() - t0
-            if self.image.disk:
-                # Migration flushed and let go of the disk: the overlay is consistent now.
-                shutil.copyfile(self.paths.disk_overlay, disk)
-        finally:
-            if self.qmp("query-status")["status"] != "running":
-                self.qmp("cont")
-            if before is not None:
-                self.qmp("migrate-set-parameters", **{"max-bandwidth": before})
-        return {"save_seconds": round(seconds, 3), "paused_seconds": round(time.monotonic() - t0, 3)}
-
-    def _wait_migration(self, what: str, t0: float) -> str:
-        deadline = t0 + self.deadlines.scaled(60)
-        while (status := self.qmp("query-migrate").get("status")) not in ("completed", "failed", "cancelled"):
-            if time.monotonic() > deadline:
-                raise WaitTimeout(f"{what}: migration still {status} after "
-                                  f"{time.monotonic() - t0:.1f} s")
-            time.sleep(0.02)  # QMP's MIGRATION events need migrate-set-capabilities events=on; polling is as exact here
-        return status
-
     def _connect(self, t0: float) -> None:
         """Start QEMU (paused), connect QMP and the serial console."""
         self._start_process()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                        name=f"qmp-{self.name}")
-        self._thread.start()
         d = self.deadlines
-        self.monitor = Monitor(self.workdir / "qmp.jsonl")
-        self._call(self.monitor.connect(str(self.paths.qmp_socket), timeout=d.qmp_connect,
-                                        gone=self.qemu.exit_reason), d.qmp_connect + 5)
+        self.monitor = SyncMonitor(self.workdir / "qmp.jsonl", self.name, dead=self._raise_if_dead)
+        self.monitor.connect(str(self.paths.qmp_socket), timeout=d.qmp_connect,
+                             gone=self.qemu.exit_reason)
         self.launch_marks["qmp"] = round(time.monotonic() - t0, 2)
         console = ConsoleChannel(self.paths.console_socket, timeout=d.console_connect,
                                  name=self.name)
@@ -254,38 +187,30 @@ class Guest:
         self.shell = Shell(self.workdir / "commands.log", console,
                            default_timeout=d.command, scale=d.scaled)
 
-    def migrate_to(self, dest: "Guest", before_running=None) -> float:
-        """Live-migrate this guest into ``dest`` (a Guest made with ``-incoming`` on a unix
-        socket, see :meth:`receive`): migrate, wait for completion, run the destination and
-        attach to it. Returns the seconds the migration took. This guest is left paused
-        (``postmigrate``); close it. ``before_running(source, dest)`` is called once the
-        migration completed, before the destination runs."""
-        t0 = time.monotonic()
-        uri = dest.argv[dest.argv.index("-incoming") + 1]
-        self.qmp("migrate", uri=uri)
-        status = self._wait_migration(f"migration of {self.name} to {dest.name}", t0)
-        if status != "completed":
-            raise HarnessError(f"migration of {self.name} to {dest.name} {status}",
-                               details=str(self.qmp("query-migrate")))
-        seconds = time.monotonic() - t0
-        self.migrated_to = dest
-        if before_running is not None:
-            before_running(self, dest)
-        dest.qmp("cont")
-        dest._used_buses, dest._counters = dict(self._used_buses), dict(self._counters)
-        dest.baseline, dest.prerequisites, dest.image = self.baseline, self.prerequisites, self.image
-        if dest.spec.access == "ssh":
-            dest.ssh_port = dest._forwarded_ssh_port()
-            dest.shell.ssh = SSHChannel("127.0.0.1", dest.ssh_port, dest.image.ssh_user,
-                                        Path(dest.image.ssh_key), timeout=dest.deadlines.command)
-        dest.shell.succeed("true")
-        dest.launch_marks["migrated"] = round(seconds, 2)
-        return seconds
+    def start_incoming(self, uri: str, t0: float) -> None:
+        """Start QEMU as a migration destination of ``uri`` and connect to it."""
+        self.argv = self.argv + ["-incoming", uri]
+        self.qemu = QemuProcess(self.argv, self.workdir / "qemu.log")
+        (self.workdir / "cmdline.txt").write_text(format_argv(self.argv) + "\n")
+        self._connect(t0)
+
+    def take_over(self, source: "Guest") -> None:
+        """Go on where ``source`` was (a completed live migration, this guest now running):
+        its devices' buses, counters, baseline and image; SSH to this QEMU's forward."""
+        self._used_buses, self._counters = dict(source._used_buses), dict(source._counters)
+        self.baseline, self.prerequisites, self.image = (source.baseline, source.prerequisites,
+                                                         source.image)
+        if self.spec.access == "ssh":
+            self.ssh_port = self._forwarded_ssh_port()
+            self.shell.ssh = SSHChannel("127.0.0.1", self.ssh_port, self.image.ssh_user,
+                                        Path(self.image.ssh_key), timeout=self.deadlines.command)
+        self.shell.succeed("true")
 
     def receive(self) -> "Guest":
         """Start as a migration destination: QEMU started with ``-incoming`` (in ``extra_args``),
         QMP and console connected, waiting for the stream."""
         try:
+            self._prepare()
             self._connect(time.monotonic())
         except BaseException:
             self.close()
@@ -299,9 +224,7 @@ class Guest:
                                  hint="run `make image`, or fix the --guest-* option")
         if self.image.disk and self.restored_from is not None:
             # The overlay as it was when the state was saved (its file system is in the RAM).
-            from harness.guest.snapshot import DISK_FILE
-
-            shutil.copyfile(self.restored_from / DISK_FILE, self.paths.disk_overlay)
+            shutil.copyfile(self.restored_from / migration.DISK_FILE, self.paths.disk_overlay)
         elif self.image.disk:
             # A throw-away overlay: the user's image is never written.
             fmt = self.image.disk_format
@@ -372,7 +295,7 @@ class Guest:
             self.shell.run("dmesg -n 1 2>/dev/null; export TERM=dumb; true",
                            max(1.0, deadline - time.monotonic()))
         if self.spec.access == "ssh":
-            self._connect_ssh(deadline)
+            self.connect_ssh(deadline)
         if self.image.seed is not None:
             # SSH answers before cloud-init has finished (its last stage writes the DHCP rule
             # for NICs that appear later): a NIC hot-added before then got no address. Its own
@@ -383,7 +306,7 @@ class Guest:
                          "/var/lib/cloud/instance/boot-finished; do sleep 0.5; done",
                          max(1.0, deadline - time.monotonic()))
 
-    def _connect_ssh(self, deadline: float) -> None:
+    def connect_ssh(self, deadline: float) -> None:
         self.ssh_port = self._forwarded_ssh_port()
         if self.image.ssh_key is None:
             raise QemuLaunchError("access=ssh needs an SSH key", hint="pass --guest-key")
@@ -425,7 +348,7 @@ class Guest:
     @property
     def process(self) -> subprocess.Popen | None:
         """QEMU's process (None before :meth:`launch`)."""
-        return self.qemu.popen
+        return self.qemu.popen if self.qemu is not None else None
 
     def close(self) -> None:
         """Stop QEMU and release everything. Safe to call any number of times; an interrupted
@@ -436,42 +359,18 @@ class Guest:
         try:
             if self.shell is not None:
                 self.shell.close()
-            self.exit_status = self.qemu.stop(self._quit if self.monitor is not None else None)
-            if self.monitor is not None and self._loop is not None and self._loop.is_running():
-                try:
-                    self._call(self.monitor.close(), 6, closing=True)
-                except Exception:
-                    pass
+            if self.qemu is not None:
+                self.exit_status = self.qemu.stop(self.monitor.quit if self.monitor else None)
         finally:
-            self.exit_status = self.qemu.stop()  # at once if the steps above ran; else kills
-            if self._loop is not None:
-                self._loop.call_soon_threadsafe(self._loop.stop)
-                if self._thread is not None:
-                    self._thread.join(5)
-                if not self._loop.is_running():
-                    self._loop.close()
-            shutil.rmtree(self._tmp, ignore_errors=True)
+            if self.monitor is not None:
+                self.monitor.close()
+            if self.qemu is not None:
+                self.exit_status = self.qemu.stop()  # at once if the steps above ran; else kills
+            if self._tmp is not None:
+                shutil.rmtree(self._tmp, ignore_errors=True)
             _open_guests.discard(self)
 
-    def _quit(self) -> None:
-        self._call(self.monitor.quit(timeout=3), 4, closing=True)
-
-    # -- QMP (sync facade over the async Monitor) ----------------------------------------------
-
-    def _call(self, coro, timeout: float, *, closing: bool = False) -> Any:
-        if self._loop is None or (self._closed and not closing):
-            coro.close()
-            raise GuestDiedError(f"guest {self.name} is closed")
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        try:
-            return future.result(timeout)
-        except TimeoutError:
-            future.cancel()
-            self._raise_if_dead()
-            raise WaitTimeout(f"QMP call did not return within {timeout} s") from None
-        except Exception:
-            self._raise_if_dead()
-            raise
+    # -- QMP (harness.qemu.qmp_sync: the async Monitor called synchronously) --------------------
 
     def _raise_if_dead(self) -> None:
         if self.process is not None and self.process.poll() is not None:
@@ -480,31 +379,27 @@ class Guest:
                                  details="QEMU output:\n" + tail(self.qemu_output()))
 
     def qmp(self, command: str, timeout: float = 30.0, **arguments: Any) -> Any:
-        return self._call(self.monitor.execute(command, arguments, timeout=timeout), timeout + 5)
+        return self._monitor().execute(command, timeout, **arguments)
 
     def hmp(self, command_line: str, timeout: float = 30.0) -> str:
-        return self._call(self.monitor.hmp(command_line, timeout=timeout), timeout + 5)
+        return self._monitor().hmp(command_line, timeout)
 
     def query_pci(self) -> list[dict]:
-        return self._call(self.monitor.query_pci(), 35)
+        return self._monitor().query_pci()
+
+    def _monitor(self) -> SyncMonitor:
+        if self.monitor is None:
+            raise GuestDiedError(f"guest {self.name} was never started")
+        return self.monitor
 
     def device_add(self, driver: str, device_id: str, **props: Any) -> float:
-        try:
-            seconds = self._call(self.monitor.device_add(driver, device_id, **props), 35)
-        except QMPCommandError as e:
-            if driver != "vfio-pci" or "host" not in props:
-                raise
-            # What is wrong on the host, read from sysfs, instead of QEMU's terse words.
-            from harness.host.binding import explain_vfio_add_error
-
-            raise explain_vfio_add_error("/", str(props["host"]), e.qemu_desc) from e
+        seconds = self._monitor().device_add(driver, device_id, **props)
         if "bus" in props:
             self._used_buses[props["bus"]] = device_id
         return seconds
 
     def device_del(self, device_id: str, timeout: float = 20.0, grace: float = 10.0) -> UnplugResult:
-        result = self._call(self.monitor.device_del(device_id, timeout=timeout, grace=grace),
-                            timeout + grace + 15)
+        result = self._monitor().device_del(device_id, timeout, grace)
         self._used_buses = {b: d for b, d in self._used_buses.items() if d != device_id}
         return result
 
@@ -513,14 +408,13 @@ class Guest:
         """``device_del`` all of ``ids`` at once and wait for all of them to leave: ``timeout``
         without one leaving fails, ``limit`` (default ``timeout``) bounds the whole wait."""
         limit = max(limit or timeout, timeout)
-        results = self._call(self.monitor.device_del_all(ids, timeout=timeout, limit=limit),
-                             limit + 30)
+        results = self._monitor().device_del_all(ids, timeout, limit)
         self._used_buses = {b: d for b, d in self._used_buses.items() if d not in ids}
         return results
 
     def wait_removed(self, device_id: str, timeout: float) -> UnplugResult:
         """Wait, without a new request, for a device whose unplug was requested earlier."""
-        result = self._call(self.monitor.wait_removed(device_id, timeout=timeout), timeout + 15)
+        result = self._monitor().wait_removed(device_id, timeout)
         self._used_buses = {b: d for b, d in self._used_buses.items() if d != device_id}
         return result
 
@@ -551,24 +445,13 @@ class Guest:
     # -- logs ---------------------------------------------------------------------------------
 
     def qemu_output(self) -> str:
-        return self.qemu.output()
+        return self.qemu.output() if self.qemu is not None else ""
 
     def serial_text(self) -> str:
         try:
-            return self.paths.serial_log.read_text(errors="replace")
+            return self.paths.serial_log.read_text(errors="replace") if self.paths else ""
         except OSError:
             return ""
-
-
-def _cat() -> str:
-    """The ``cat`` of QEMU's ``exec:`` migration (QEMU runs it with /bin/sh): coreutils', or
-    busybox's where there is no other (the lab host's root has busybox and no coreutils)."""
-    if shutil.which("cat"):
-        return "cat"
-    if shutil.which("busybox"):
-        return "busybox cat"
-    raise HarnessError("saving or restoring a guest's state needs cat (QEMU's exec: migration)",
-                       hint="install coreutils or busybox, or run with --no-snapshot")
 
 
 #: Guests not closed yet. A run that ends by Ctrl-C or SIGTERM (which the plugin turns into an

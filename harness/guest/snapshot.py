@@ -47,14 +47,14 @@ from typing import TYPE_CHECKING
 
 from harness.qemu.machine import GuestImage
 from harness.core.locks import flock_within
+from harness.guest import migration
+from harness.guest.migration import DISK_FILE, STATE_FILE
 from harness.core.paths import new_private_dir, private_dir, run_tmp_prefix
 from harness.qemu.machine import Paths, build_argv
 
 if TYPE_CHECKING:
     from harness.guest.guest import Guest
 
-STATE_FILE = "state.bin"
-DISK_FILE = "disk.qcow2"
 META_FILE = "meta.json"
 #: Arguments every guest that may be saved or restored carries (see the module's text).
 RESTORABLE_ARGS = ("-device", "vmgenid")
@@ -118,13 +118,13 @@ class StateCache:
 
     def key(self, guest: "Guest") -> str | None:
         """The key of ``guest``'s shape, or None if it must never be saved or restored."""
-        if any(d in arg for arg in guest.argv for d in _HOST_DEVICES):
-            return None
         placeholder = Paths(qmp_socket=Path("QMP"), console_socket=Path("CONSOLE"),
                             serial_log=Path("SERIAL"),
                             disk_overlay=Path("DISK") if guest.image.disk else None)
         argv = build_argv(guest.spec, guest.image, placeholder, qemu_binary=guest.qemu_binary,
                           accel=guest.accel, name="NAME") + list(guest.extra_args)
+        if any(d in arg for arg in argv for d in _HOST_DEVICES):
+            return None
         # -no-reboot is what QEMU does when the guest resets (exit), not guest state: a guest
         # of a reboot scenario starts from the same saved state as the others.
         argv = [a for a in argv if a != "-no-reboot"]
@@ -192,7 +192,7 @@ class StateCache:
                 return None
             work = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.root))
             try:
-                figures = guest.save_state(work / STATE_FILE, work / DISK_FILE)
+                figures = migration.save_state(guest, work / STATE_FILE, work / DISK_FILE)
                 figures.update(key=key, label=guest.spec.label, saved_at=time.time(),
                                bytes=(work / STATE_FILE).stat().st_size)
                 (work / META_FILE).write_text(json.dumps(figures, indent=1) + "\n")

@@ -11,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from harness.core.errors import HarnessError
+from harness.core.errors import HarnessError, QMPCommandError
 from harness.core.roles import ROLES
 from harness.qemu.machine import GuestSpec
-from harness.host.binding import vfio_state
+from harness.host.binding import explain_vfio_add_error, vfio_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,8 +362,8 @@ class VfioPci(HotplugDevice):
             if self.prepare is not None:
                 self.prepare()
             bus = guest.free_bus()
-            seconds = guest.device_add("vfio-pci", device_id, host=self.entry.bdf, bus=bus,
-                                       **guest.spec.fixed_slot(self.role, bus))
+            seconds = add_vfio(guest, device_id, self.entry.bdf, bus=bus,
+                               **guest.spec.fixed_slot(self.role, bus))
         except BaseException as e:
             # Ctrl-C or SIGTERM can land while QEMU is attaching the device: QEMU then holds
             # the group and the release fails. That must not replace the interrupt (or QEMU's
@@ -449,4 +449,13 @@ PLATFORMS = {
     "cpu": MACHINE_PLATFORMS,
     "memory": MACHINE_PLATFORMS,
 }
+def add_vfio(guest, device_id: str, host: str, **props) -> float:
+    """``device_add vfio-pci,host=...``; a refusal says what is wrong on the host, read from
+    its sysfs (harness.host.binding), instead of QEMU's terse words."""
+    try:
+        return guest.device_add("vfio-pci", device_id, host=host, **props)
+    except QMPCommandError as e:
+        raise explain_vfio_add_error("/", host, e.qemu_desc) from e
+
+
 assert tuple(PLATFORMS) == ROLES, "a role of harness.core.roles without platforms, or the reverse"

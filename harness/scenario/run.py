@@ -13,8 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
-from harness.guest import checks
-from harness.guest import latency
+from harness.guest import checks, latency, migration
 from harness.scenario import prereq
 from harness.guest import ramcheck
 from harness.core.errors import tail
@@ -133,7 +132,7 @@ class ScenarioRun:
         dest.receive()
         self.guests.append((dest, dest.log_sizes()))  # (in the bundle if the migration fails)
         try:
-            seconds = guest.migrate_to(dest, before_running=self._check_ram
+            seconds = migration.migrate(guest, dest, before_running=self._check_ram
                                        if self.check_migrated_ram else None)
         except QMPCommandError as e:
             if guest.migrated_to is None:

@@ -144,9 +144,9 @@ def test_qemu_dies_with_its_owner(hotplug_session, tmp_path):
     script = textwrap.dedent(f"""
         import os, sys, time
         from pathlib import Path
-        from harness.guest import Guest
-        from harness.images import ensure_builtin
-        from harness.machine import GuestSpec
+        from harness.guest.guest import Guest
+        from harness.images.builtin import ensure_builtin
+        from harness.qemu.machine import GuestSpec
         g = Guest(GuestSpec(machine="pc"), ensure_builtin(), workdir=Path({str(tmp_path)!r}),
                   qemu_binary={hotplug_session.qemu_binary!r}, accel={hotplug_session.accel!r})
         g.launch()

@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from harness.guest import migration
 from harness.guest import ramcheck
 from harness.guest import snapshot
 from harness.core.errors import ProductError
@@ -53,7 +54,7 @@ def test_migrated_ram_is_compared_page_by_page(guests):
     source = guests("src", *snapshot.RESTORABLE_ARGS).launch()  # vmgenid, as the pool's guests
     first = destination(guests, source, "dst1")
     lines = []
-    source.migrate_to(first, before_running=lambda s, d: lines.append(
+    migration.migrate(source, first, before_running=lambda s, d: lines.append(
         ramcheck.check(s, d, timeout=d.deadlines.scaled(120))))
     assert re.fullmatch(r"RAM check: the destination held the source's \d+ MiB, page for page "
                         r"\(\d+\.\d s\); the vmgenid GUID differs by design \(1 page\)", lines[0])
@@ -66,7 +67,7 @@ def test_migrated_ram_is_compared_page_by_page(guests):
         ramcheck.check(s, d, timeout=d.deadlines.scaled(120))
 
     with pytest.raises(ProductError) as lost:
-        first.migrate_to(second, before_running=lose_a_page)
+        migration.migrate(first, second, before_running=lose_a_page)
     assert f"1 page(s) of " in lost.value.message and f": {GPA:#x}" in lost.value.message
     assert "QEMU's migration is at fault" in lost.value.hint
     assert not list(first.scratch_path("").glob("ram.elf")), "the dumps are removed"

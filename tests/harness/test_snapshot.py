@@ -14,7 +14,8 @@ from harness.guest.guest import Guest
 from harness.qemu.machine import GuestImage
 from harness.qemu.machine import GuestSpec
 from harness.guest.pool import GuestPool, guest_state
-from harness.guest.snapshot import META_FILE, RESTORABLE_ARGS, STATE_FILE, StateCache
+from harness.guest.migration import STATE_FILE
+from harness.guest.snapshot import META_FILE, RESTORABLE_ARGS, StateCache
 
 pytestmark = pytest.mark.xdist_group("saved-states")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.guest import checks
+from harness.scenario import devices
 from harness.scenario.devices import PCI_PLATFORMS
 from harness.core.errors import HostDeviceError
 from harness.host.binding import VFIO, _move_to_vfio, _restore_entry
@@ -32,7 +33,7 @@ def _nic(hs):
 
 def _refused(guest, device_id: str, host: str) -> HostDeviceError:
     with pytest.raises(HostDeviceError) as info:
-        guest.device_add("vfio-pci", device_id, host=host, bus=guest.free_bus())
+        devices.add_vfio(guest, device_id, host, bus=guest.free_bus())
     err = info.value
     assert err.details.startswith("  QEMU said: "), err.details
     assert checks.pci_function(guest, device_id) is None, f"{device_id} is in query-pci"
