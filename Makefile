@@ -39,7 +39,7 @@ qualify: image
 # The project's own test suite: unit tests, the scenarios, the fault-injection tests.
 test: image
 	@sh .ci/install-host-packages test
-	$(PYTEST) -n $(JOBS) --dist loadgroup $(PYTEST_ARGS)
+	$(PYTEST) tests/unit tests/harness tests/scenarios -n $(JOBS) --dist loadgroup $(PYTEST_ARGS)
 
 # The vfio backend's scenarios through real vfio-pci and usb-host, inside the nested lab host
 # (an L1 guest with an emulated IOMMU; docs/lab.md). 12-24 minutes here (24 tests; the longer at
@@ -72,7 +72,7 @@ nightly: image
 	@test -f "$(INVENTORY)" || { echo "make nightly: no inventory $(INVENTORY) (python -m harness discover --write $(INVENTORY))"; exit 2; }
 	$(PY) -m harness restore
 	$(PY) -m harness doctor --inventory $(INVENTORY)
-	status=0; $(PYTEST) tests/scenarios --backend vfio --inventory $(INVENTORY) -n $(JOBS) \
+	status=0; $(PYTEST) tests/scenarios --backend vfio --host-inventory $(INVENTORY) -n $(JOBS) \
 	    --dist loadgroup $(PYTEST_ARGS) || status=$$?; \
 	$(PY) -m harness restore || status=1; exit $$status
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import atexit
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import tempfile
@@ -33,7 +32,7 @@ from harness.guest.access import ConsoleChannel, Shell, SSHChannel
 from harness.core.errors import (GuestDiedError, HarnessError, ImageError, QemuLaunchError,
                                  WaitTimeout, tail)
 from harness.qemu.machine import GuestImage
-from harness.qemu.machine import GuestSpec, Paths, build_argv, format_argv
+from harness.qemu.machine import GuestSpec, Paths, build_argv, format_argv, replay_script
 from harness.qemu.monitor import UnplugResult
 from harness.qemu.qmp_sync import SyncMonitor
 from harness.core.pace import Deadlines
@@ -67,9 +66,8 @@ class Guest:
                  qemu_binary: str = "qemu-system-x86_64", accel: str = "tcg",
                  deadlines: Deadlines | None = None, name: str = "guest",
                  owner: str | None = None, extra_args: tuple[str, ...] = ()):
-        """``deadlines``: this machine's (:meth:`harness.core.pace.Deadlines.for_run`); by
-        default the reference machine's. Nothing is made on disk until :meth:`launch` (or
-        :meth:`receive`): its folders, sockets and command line come then."""
+        """``deadlines``: this machine's (harness.core.pace; default the reference's). Nothing
+        is made on disk until :meth:`launch` or :meth:`receive`."""
         self.spec, self.image, self.workdir = spec, image, Path(workdir)
         self.qemu_binary, self.accel, self.name, self.owner = qemu_binary, accel, name, owner
         self.deadlines = deadlines or pace.reference()
@@ -82,26 +80,24 @@ class Guest:
         self.shell: Shell | None = None
         self.ssh_port: int | None = None
         self.boot_seconds: float | None = None
+        self.guest_uptime_at_ready: float | None = None
         #: The saved state this guest was restored from (None: booted).
         self.restored_from: Path | None = None
         #: The figures of this guest's state being saved for later guests (set by the pool).
         self.saved: dict | None = None
-        #: The guest this one's run went on in once a live migration completed (this QEMU is
-        #: then ``postmigrate``: its vCPUs never run again, its console never answers).
+        #: Where this guest's run went on after a completed live migration (this QEMU is then
+        #: ``postmigrate``, never to run again).
         self.migrated_to: "Guest | None" = None
-        #: Seconds from QEMU's start to each step of the launch (qmp, console, loaded, ready);
-        #: also how long a reboot or migration took (rebooted, migrated) and, before the launch,
-        #: how long the pool waited for another worker saving this shape (waited_for_state).
+        #: Seconds from QEMU's start to each launch step (qmp, console, loaded, ready), and how
+        #: long a reboot, migration or wait for a saved state took (rebooted, migrated, ...).
         self.launch_marks: dict[str, float] = {}
-        self.guest_uptime_at_ready: float | None = None
         self._used_buses: dict[str, str] = {}  # bus -> device id
         self._counters: dict[str, int] = {}
         #: State right after boot; a pool reuses the guest only while its state equals this.
         self.baseline: tuple | None = None
         #: The guide's section 1 checks, run once per guest (see harness.scenario.prereq).
         self.prerequisites: list | None = None
-        self._closed = False
-        self.exit_status: int | None = None
+        self._closed, self.exit_status = False, None
 
     def _prepare(self) -> None:
         """The guest's folders and command line, made as it starts (once)."""
@@ -123,8 +119,7 @@ class Guest:
     # -- life cycle ---------------------------------------------------------------------------
 
     def __enter__(self) -> "Guest":
-        self.launch()
-        return self
+        return self.launch()
 
     def __exit__(self, *exc) -> None:
         self.close()
@@ -147,7 +142,7 @@ class Guest:
                 if on_running is not None:
                     on_running(self)
                     self.launch_marks["on_running_done"] = round(time.monotonic() - t0, 2)
-                self._wait_ready(time.monotonic() + d.boot)
+                _wait_ready(self, time.monotonic() + d.boot)
             self.launch_marks["ready"] = round(time.monotonic() - t0, 2)
         except BaseException as e:
             output = self.qemu_output()
@@ -156,22 +151,15 @@ class Guest:
                 raise  # Ctrl-C, SIGTERM, exit: not a launch error, and nothing is left behind
             if isinstance(e, HarnessError) and not isinstance(e, (QemuLaunchError, WaitTimeout, GuestDiedError)):
                 raise
-            console = self.serial_text()
-            raise QemuLaunchError(
-                f"guest {self.name} ({self.spec.label}) did not come up: {e}",
-                hint=getattr(e, "hint", "") or "read QEMU's output and the serial log below",
-                details=f"how far it got: {self._progress(console)}\n"
-                        f"command line:\n    {format_argv(self.argv)}\nQEMU output:\n{tail(output)}\n"
-                        f"serial log (last lines):\n{tail(console)}") from e
+            raise _launch_error(self, e, output) from e
         self.boot_seconds = time.monotonic() - t0
         return self
 
     @property
     def started(self) -> str | None:
-        """``"booted"`` or ``"restored"`` (from a saved state, harness.snapshot) once launched."""
-        if self.boot_seconds is None:
-            return None
-        return "restored" if self.restored_from is not None else "booted"
+        """``"booted"`` or ``"restored"`` (from a saved state) once launched, else None."""
+        return None if self.boot_seconds is None else (
+            "restored" if self.restored_from is not None else "booted")
 
     def _connect(self, t0: float) -> None:
         """Start QEMU (paused), connect QMP and the serial console."""
@@ -201,7 +189,7 @@ class Guest:
         self.baseline, self.prerequisites, self.image = (source.baseline, source.prerequisites,
                                                          source.image)
         if self.spec.access == "ssh":
-            self.ssh_port = self._forwarded_ssh_port()
+            self.ssh_port = _forwarded_ssh_port(self)
             self.shell.ssh = SSHChannel("127.0.0.1", self.ssh_port, self.image.ssh_user,
                                         Path(self.image.ssh_key), timeout=self.deadlines.command)
         self.shell.succeed("true")
@@ -222,92 +210,16 @@ class Guest:
             if f is not None and not Path(f).is_file():
                 raise ImageError(f"guest image file {f} does not exist",
                                  hint="run `make image`, or fix the --guest-* option")
-        if self.image.disk and self.restored_from is not None:
-            # The overlay as it was when the state was saved (its file system is in the RAM).
-            shutil.copyfile(self.restored_from / migration.DISK_FILE, self.paths.disk_overlay)
-        elif self.image.disk:
-            # A throw-away overlay: the user's image is never written.
-            fmt = self.image.disk_format
-            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b",
-                            str(Path(self.image.disk).resolve()), str(self.paths.disk_overlay)],
-                           check=True, capture_output=True, timeout=30)
+        if self.image.disk:
+            _make_overlay(self.image, self.paths.disk_overlay, self.restored_from)
         self.qemu.start()
         (self.workdir / "qemu.pid").write_text(f"{self.qemu.pid}\n")
-        (self.workdir / "replay.sh").write_text(self._replay_script())
+        (self.workdir / "replay.sh").write_text(
+            replay_script(self.argv, self.paths, self.image, self.restored_from is not None))
         os.chmod(self.workdir / "replay.sh", 0o755)
 
-    def _replay_script(self) -> str:
-        """A script that starts the same guest by hand, with an HMP monitor on stdio."""
-        argv = [a for a in self.argv if a != "-S"]
-        out, skip = [], 0
-        for i, a in enumerate(argv):
-            if skip:
-                skip -= 1
-                continue
-            if a in ("-chardev", "-mon") and i + 1 < len(argv) and (
-                    "id=qmp" in argv[i + 1] or "chardev=qmp" in argv[i + 1]):
-                skip = 1
-                continue
-            if a == "-incoming" and self.restored_from is not None:
-                skip = 1  # a restored guest's replay boots it (the saved state may be gone)
-                continue
-            out.append(a)
-        out += ["-monitor", "unix:./monitor.sock,server=on,wait=off"]
-        text = format_argv(out).replace(str(self.paths.console_socket), "./console.sock")
-        text = text.replace(f"logfile={self.paths.serial_log}", "logfile=./serial-replay.log")
-        overlay = ""
-        if self.image.disk:
-            # The run's overlay was in its temp folder, gone with the guest: make a fresh one
-            # over the same image, so the replay starts the same guest and never writes the image.
-            text = text.replace(str(self.paths.disk_overlay), "./disk-replay.qcow2")
-            overlay = (f"rm -f ./disk-replay.qcow2\nqemu-img create -q -f qcow2 -F "
-                       f"{self.image.disk_format} -b {shlex.quote(str(Path(self.image.disk).resolve()))}"
-                       " ./disk-replay.qcow2 || exit 1\n")
-        return ("#!/bin/sh\n# Start the same guest by hand. Console: socat -,raw,echo=0 "
-                "UNIX-CONNECT:./console.sock\n# Monitor (device_add, info pci): socat - "
-                "UNIX-CONNECT:./monitor.sock\ncd \"$(dirname \"$0\")\"\n" + overlay
-                + "exec " + text + "\n")
-
-    def _progress(self, console: str) -> str:
-        """How far the launch got, for a launch error: QEMU, the boot, the network and SSH."""
-        if "qmp" not in self.launch_marks:
-            return "QEMU did not answer QMP (the guest never started running)"
-        text = f"console: {probes.boot_stage(console)}"
-        if self.spec.access == "ssh":
-            text += ("; SSH: " + ("answered" if self.shell is not None and self.shell.ssh else
-                                  f"no login on 127.0.0.1:{self.ssh_port}" if self.ssh_port else
-                                  "not tried (the console never showed the ready marker)"))
-        return text
-
-    def _wait_ready(self, deadline: float) -> None:
-        if self.image.ready_pattern:
-            m = self.shell.console.expect(self.image.ready_pattern, deadline - time.monotonic())
-            if m.groups():
-                try:
-                    self.guest_uptime_at_ready = float(m.group(1))
-                except ValueError:
-                    pass
-        if self.spec.access == "console":
-            # Kernel messages printed on the serial console land inside a command's output
-            # (a systemd guest's `ls /sys/class/net` once read "70.451999]" as an interface):
-            # keep only emergencies on the console. dmesg still has everything (in the bundle).
-            # TERM=dumb: tools do not colour what they print on the console (a terminal).
-            self.shell.run("dmesg -n 1 2>/dev/null; export TERM=dumb; true",
-                           max(1.0, deadline - time.monotonic()))
-        if self.spec.access == "ssh":
-            self.connect_ssh(deadline)
-        if self.image.seed is not None:
-            # SSH answers before cloud-init has finished (its last stage writes the DHCP rule
-            # for NICs that appear later): a NIC hot-added before then got no address. Its own
-            # `status --wait` (22.4) returned between two stages, so wait for the file the last
-            # stage writes when it is done.
-            channel = self.shell.ssh or self.shell.console
-            channel.exec("! command -v cloud-init >/dev/null || while ! test -e "
-                         "/var/lib/cloud/instance/boot-finished; do sleep 0.5; done",
-                         max(1.0, deadline - time.monotonic()))
-
     def connect_ssh(self, deadline: float) -> None:
-        self.ssh_port = self._forwarded_ssh_port()
+        self.ssh_port = _forwarded_ssh_port(self)
         if self.image.ssh_key is None:
             raise QemuLaunchError("access=ssh needs an SSH key", hint="pass --guest-key")
         self.shell.ssh = SSHChannel("127.0.0.1", self.ssh_port, self.image.ssh_user,
@@ -325,24 +237,14 @@ class Guest:
             self.shell.ssh = None
         self.shell.console.forget_output()
         t0 = time.monotonic()
-        self._wait_ready(t0 + self.deadlines.boot)
+        _wait_ready(self, t0 + self.deadlines.boot)
         self.launch_marks["rebooted"] = round(time.monotonic() - t0, 2)
-
-    def _forwarded_ssh_port(self) -> int:
-        # hostfwd asked for port 0; the kernel chose a free one, which `info usernet` shows.
-        text = self.hmp("info usernet")
-        m = re.search(r"HOST_FORWARD\]\s+\d+\s+127\.0\.0\.1\s+(\d+)\s+\S+\s+22\b", text)
-        if not m:
-            raise QemuLaunchError("cannot find the forwarded SSH port in `info usernet`",
-                                  details=text)
-        return int(m.group(1))
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
     def died(self) -> bool:
-        """QEMU exited on its own (the guest reset or powered off, QEMU crashed), not at
-        :meth:`close`'s request."""
+        """QEMU exited on its own (guest reset or power-off, a crash), not asked by close()."""
         return self.process is not None and not self._closed and self.process.poll() is not None
 
     @property
@@ -428,7 +330,7 @@ class Guest:
         return self._tmp / name
 
     def log_sizes(self) -> dict[str, int]:
-        """Current sizes of the guest's logs, to cut one test's part out of a shared guest's."""
+        """Its logs' sizes now (a test's part of a shared guest's logs starts there)."""
         return {p.name: p.stat().st_size for p in self.workdir.iterdir()
                 if p.suffix in (".log", ".jsonl")}
 
@@ -452,6 +354,80 @@ class Guest:
             return self.paths.serial_log.read_text(errors="replace") if self.paths else ""
         except OSError:
             return ""
+
+
+def _wait_ready(guest: "Guest", deadline: float) -> None:
+    """Until the guest is ready for commands: its ready marker, SSH, cloud-init's last stage."""
+    if guest.image.ready_pattern:
+        m = guest.shell.console.expect(guest.image.ready_pattern, deadline - time.monotonic())
+        if m.groups():
+            try:
+                guest.guest_uptime_at_ready = float(m.group(1))
+            except ValueError:
+                pass
+    if guest.spec.access == "console":
+        # Kernel messages printed on the serial console land inside a command's output
+        # (a systemd guest's `ls /sys/class/net` once read "70.451999]" as an interface):
+        # keep only emergencies on the console. dmesg still has everything (in the bundle).
+        # TERM=dumb: tools do not colour what they print on the console (a terminal).
+        guest.shell.run("dmesg -n 1 2>/dev/null; export TERM=dumb; true",
+                       max(1.0, deadline - time.monotonic()))
+    if guest.spec.access == "ssh":
+        guest.connect_ssh(deadline)
+    if guest.image.seed is not None:
+        # SSH answers before cloud-init has finished (its last stage writes the DHCP rule
+        # for NICs that appear later): a NIC hot-added before then got no address. Its own
+        # `status --wait` (22.4) returned between two stages, so wait for the file the last
+        # stage writes when it is done.
+        channel = guest.shell.ssh or guest.shell.console
+        channel.exec("! command -v cloud-init >/dev/null || while ! test -e "
+                     "/var/lib/cloud/instance/boot-finished; do sleep 0.5; done",
+                     max(1.0, deadline - time.monotonic()))
+
+
+def _forwarded_ssh_port(guest: "Guest") -> int:
+    # hostfwd asked for port 0; the kernel chose a free one, which `info usernet` shows.
+    text = guest.hmp("info usernet")
+    m = re.search(r"HOST_FORWARD\]\s+\d+\s+127\.0\.0\.1\s+(\d+)\s+\S+\s+22\b", text)
+    if not m:
+        raise QemuLaunchError("cannot find the forwarded SSH port in `info usernet`",
+                              details=text)
+    return int(m.group(1))
+
+
+def _make_overlay(image: GuestImage, overlay: Path, restored_from: Path | None) -> None:
+    """The guest's disk: a throw-away qcow2 overlay (the user's image is never written), or
+    the overlay as it was when a restored state was saved (its file system is in the RAM)."""
+    if restored_from is not None:
+        shutil.copyfile(restored_from / migration.DISK_FILE, overlay)
+        return
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", image.disk_format, "-b",
+                    str(Path(image.disk).resolve()), str(overlay)],
+                   check=True, capture_output=True, timeout=30)
+
+
+def _launch_error(guest: "Guest", e: Exception, output: str) -> QemuLaunchError:
+    """A guest that did not come up: how far it got, its command line, QEMU's output, the
+    serial log's last lines."""
+    console = guest.serial_text()
+    return QemuLaunchError(
+        f"guest {guest.name} ({guest.spec.label}) did not come up: {e}",
+        hint=getattr(e, "hint", "") or "read QEMU's output and the serial log below",
+        details=f"how far it got: {_progress(guest, console)}\n"
+                f"command line:\n    {format_argv(guest.argv)}\nQEMU output:\n{tail(output)}\n"
+                f"serial log (last lines):\n{tail(console)}")
+
+
+def _progress(guest: "Guest", console: str) -> str:
+    """How far the launch got, for a launch error: QEMU, the boot, the network and SSH."""
+    if "qmp" not in guest.launch_marks:
+        return "QEMU did not answer QMP (the guest never started running)"
+    text = f"console: {probes.boot_stage(console)}"
+    if guest.spec.access == "ssh":
+        text += ("; SSH: " + ("answered" if guest.shell is not None and guest.shell.ssh else
+                              f"no login on 127.0.0.1:{guest.ssh_port}" if guest.ssh_port else
+                              "not tried (the console never showed the ready marker)"))
+    return text
 
 
 #: Guests not closed yet. A run that ends by Ctrl-C or SIGTERM (which the plugin turns into an

@@ -67,6 +67,8 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", line)
     if config.option.help:
         return
+    for line in options.deprecations([str(a) for a in config.invocation_params.args]):
+        config.issue_config_time_warning(pytest.PytestDeprecationWarning(line), stacklevel=2)
     _terminate_like_ctrl_c()
     workerinput = getattr(config, "workerinput", {})
     try:

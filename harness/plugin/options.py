@@ -24,6 +24,29 @@ def add_options(parser) -> None:
     g.addoption(RUN_CONFIG, default=None, help=argparse.SUPPRESS)
 
 
+#: The old spelling of --host-inventory (pytest-ansible registers --inventory too).
+OLD_INVENTORY = "--inventory"
+
+
+def _add_inventory(g) -> None:
+    help_text = "host device inventory for --backend vfio (see docs/vfio.md)"
+    try:
+        g.addoption("--host-inventory", OLD_INVENTORY, dest="host_inventory", default=None,
+                    metavar="TOML", help=help_text + f"; {OLD_INVENTORY} is its deprecated "
+                                                     "spelling, to go in the next release")
+    except ValueError:  # another plugin owns --inventory: ours is --host-inventory only
+        g.addoption("--host-inventory", dest="host_inventory", default=None, metavar="TOML",
+                    help=help_text)
+
+
+def deprecations(args: list[str]) -> list[str]:
+    """What the command line spells the old way, with the new spelling."""
+    if any(a == OLD_INVENTORY or a.startswith(OLD_INVENTORY + "=") for a in args):
+        return [f"{OLD_INVENTORY} is deprecated: use --host-inventory (pytest-ansible also "
+                f"registers {OLD_INVENTORY}; it goes in the next release)"]
+    return []
+
+
 def _what_runs(g) -> None:
     g.addoption("--machine", action="append", choices=MACHINES, default=None,
                 help="machine type(s) to run on; repeat for several (default: pc and q35)")
@@ -34,9 +57,8 @@ def _what_runs(g) -> None:
                 help="QEMU to test (default: qemu-system-x86_64 on PATH, or $HH_QEMU)")
     g.addoption("--backend", choices=BACKENDS, default="emulated",
                 help="who plays each device role: emulated QEMU models (default), host devices "
-                     "through vfio-pci/usb-host (vfio, needs --inventory), or a nested lab host (lab)")
-    g.addoption("--inventory", default=None, metavar="TOML",
-                help="host device inventory for --backend vfio (see docs/vfio.md)")
+                     "through vfio-pci/usb-host (vfio, needs --host-inventory), or a nested lab host (lab)")
+    _add_inventory(g)
     g.addoption("--lab-timeout", type=float, default=3600.0, metavar="SECONDS",
                 help="--backend lab: deadline of the whole lab run, the lab host's boot "
                      "included (default 3600)")

@@ -228,3 +228,38 @@ class GuestImage:
         """sha256 over the files the guest boots from; the suite checks it is unchanged."""
         return hashlib.sha256("".join(sha256(p) for p in (self.kernel, self.initrd, self.disk)
                                       if p is not None).encode()).hexdigest()
+
+
+def replay_script(argv: list[str], paths: Paths, image: GuestImage, restored: bool) -> str:
+    """A script that starts the same guest by hand, with an HMP monitor on a socket: the
+    QMP socket left out, a restored guest booted instead (its saved state may be gone), a
+    fresh overlay over the same disk image (the run's was temporary)."""
+    argv = [a for a in argv if a != "-S"]
+    out, skip = [], 0
+    for i, a in enumerate(argv):
+        if skip:
+            skip -= 1
+            continue
+        if a in ("-chardev", "-mon") and i + 1 < len(argv) and (
+                "id=qmp" in argv[i + 1] or "chardev=qmp" in argv[i + 1]):
+            skip = 1
+            continue
+        if a == "-incoming" and restored:
+            skip = 1  # a restored guest's replay boots it (the saved state may be gone)
+            continue
+        out.append(a)
+    out += ["-monitor", "unix:./monitor.sock,server=on,wait=off"]
+    text = format_argv(out).replace(str(paths.console_socket), "./console.sock")
+    text = text.replace(f"logfile={paths.serial_log}", "logfile=./serial-replay.log")
+    overlay = ""
+    if image.disk:
+        # The run's overlay was in its temp folder, gone with the guest: make a fresh one
+        # over the same image, so the replay starts the same guest and never writes the image.
+        text = text.replace(str(paths.disk_overlay), "./disk-replay.qcow2")
+        overlay = (f"rm -f ./disk-replay.qcow2\nqemu-img create -q -f qcow2 -F "
+                   f"{image.disk_format} -b {shlex.quote(str(Path(image.disk).resolve()))}"
+                   " ./disk-replay.qcow2 || exit 1\n")
+    return ("#!/bin/sh\n# Start the same guest by hand. Console: socat -,raw,echo=0 "
+            "UNIX-CONNECT:./console.sock\n# Monitor (device_add, info pci): socat - "
+            "UNIX-CONNECT:./monitor.sock\ncd \"$(dirname \"$0\")\"\n" + overlay
+            + "exec " + text + "\n")

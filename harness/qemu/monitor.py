@@ -65,13 +65,10 @@ class Monitor:
         self.version: dict = {}
         self.connect_seconds: float | None = None
 
-    # -- transcript --------------------------------------------------------------------------
-
     def _record(self, direction: str, message: Any) -> None:
-        if self._transcript.closed:
-            return
-        self._transcript.write(json.dumps({"t": round(time.time(), 6), "dir": direction,
-                                           "msg": message}, default=str) + "\n")
+        if not self._transcript.closed:
+            self._transcript.write(json.dumps({"t": round(time.time(), 6), "dir": direction,
+                                               "msg": message}, default=str) + "\n")
 
     async def _drain_events(self) -> None:
         # The client's default listener keeps every event; draining it here both records the
@@ -222,11 +219,9 @@ class Monitor:
 
     async def device_del_all(self, ids: list[str], *, timeout: float, poll: float = 0.25,
                              limit: float | None = None) -> list[UnplugResult]:
-        """``device_del`` every one of ``ids`` at once (each request sent as soon as the last
-        was taken), then wait for all of them to leave; results in the order of ``ids``.
-        ``timeout`` is how long the wait may go without one of them leaving (the guest ejects
-        them one by one: each departure starts it again), ``limit`` (default ``timeout``) the
-        longest the whole wait may take."""
+        """``device_del`` all of ``ids`` at once, then wait for all to leave (results in the
+        order of ``ids``): at most ``timeout`` without one leaving (the guest ejects them one by
+        one), at most ``limit`` (default ``timeout``) in all."""
         names = ("DEVICE_DELETED", "DEVICE_UNPLUG_GUEST_ERROR")
         limit = max(limit or timeout, timeout)
         with self._qmp.listener(names) as listener:
@@ -255,12 +250,7 @@ class Monitor:
                     done[dev] = UnplugResult(dev, time.monotonic() - t0, True, busy[dev])
             left = [i for i in ids if i not in done]
             if left:
-                elapsed = time.monotonic() - t0
-                raise UnplugError(left[0], "guest-refused",
-                                  f"{len(left)} of {len(ids)} devices still attached "
-                                  f"{elapsed:.1f} s after device_del (none left in the last "
-                                  f"{min(timeout, elapsed):.1f} s): {', '.join(left)}",
-                                  hint="the guest never released them: see its dmesg in the bundle")
+                raise _still_attached(left, len(ids), time.monotonic() - t0, timeout)
             return [done[i] for i in ids]
 
     async def wait_removed(self, device_id: str, *, timeout: float, poll: float = 0.25) -> UnplugResult:
@@ -340,32 +330,46 @@ class Monitor:
         finalized, which can trail its removal from the tree (RCU), so give the event a moment
         before concluding that it never comes."""
         try:
-            await asyncio.wait_for(self._late_event(listener, device_id), self.settle_seconds)
+            await asyncio.wait_for(_event_of(listener, device_id), self.settle_seconds)
             return UnplugResult(device_id, time.monotonic() - t0, event=True)
         except asyncio.TimeoutError:
             return UnplugResult(device_id, time.monotonic() - t0, event=False)
 
-    @staticmethod
-    async def _late_event(listener, device_id: str) -> dict:
-        while True:
-            event = await listener.get()
-            if event["data"].get("device") == device_id:
-                return event
-
     async def query_pci(self) -> list[dict]:
         """Every PCI device of the guest, flattened across bridges, each with its ``bus``."""
-        flat: list[dict] = []
-
-        def walk(devices: list[dict], bus: int) -> None:
-            for d in devices:
-                flat.append({**d, "bus": bus})
-                bridge = d.get("pci_bridge")
-                if bridge:
-                    walk(bridge.get("devices", []), bridge["bus"]["secondary"])
-
-        for bus in await self.execute("query-pci"):
-            walk(bus["devices"], bus["bus"])
-        return flat
+        return flatten_pci(await self.execute("query-pci"))
 
     async def quit(self, timeout: float) -> None:
         await self.execute("quit", timeout=timeout)
+
+
+async def _event_of(listener, device_id: str) -> dict:
+    """The next event of ``listener`` about ``device_id``."""
+    while True:
+        event = await listener.get()
+        if event["data"].get("device") == device_id:
+            return event
+
+
+def _still_attached(left: list[str], asked: int, elapsed: float, timeout: float) -> UnplugError:
+    return UnplugError(left[0], "guest-refused",
+                       f"{len(left)} of {asked} devices still attached {elapsed:.1f} s after "
+                       f"device_del (none left in the last {min(timeout, elapsed):.1f} s): "
+                       f"{', '.join(left)}",
+                       hint="the guest never released them: see its dmesg in the bundle")
+
+
+def flatten_pci(buses: list[dict]) -> list[dict]:
+    """``query-pci``'s tree as one list across bridges, each device with its ``bus``."""
+    flat: list[dict] = []
+
+    def walk(devices: list[dict], bus: int) -> None:
+        for d in devices:
+            flat.append({**d, "bus": bus})
+            bridge = d.get("pci_bridge")
+            if bridge:
+                walk(bridge.get("devices", []), bridge["bus"]["secondary"])
+
+    for bus in buses:
+        walk(bus["devices"], bus["bus"])
+    return flat

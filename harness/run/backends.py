@@ -48,7 +48,7 @@ class Backend:
         self.left_out = 0
 
     def setup(self, inventory: str | None) -> None:
-        """Prepare the host at session start (``inventory``: --inventory)."""
+        """Prepare the host at session start (``inventory``: --host-inventory)."""
 
     def candidates(self, role: str) -> list:
         """The devices that play ``role`` in this run."""
@@ -102,7 +102,7 @@ class Vfio(Backend):
                 print(f"hotplug-harness: {r.bdf} left on vfio-pci by a killed run: {r.status} "
                       f"({r.detail})")
         if not inventory:
-            raise ConfigError("--backend vfio needs --inventory TOML naming the host devices to "
+            raise ConfigError("--backend vfio needs --host-inventory TOML naming the host devices to "
                               "use", hint="`python -m harness discover --write inventory.toml`, "
                                           "then review it (docs/vfio.md)")
         self.inventory = load_inventory(inventory)  # bad input stops here, one line each
@@ -231,8 +231,8 @@ class Lab(Vfio):
             raise ConfigError("--backend lab runs inside the lab host only",
                               hint="run `pytest --backend lab` on the host: it boots the lab")
         if inventory:
-            raise ConfigError("--backend lab writes its own inventory: drop --inventory",
-                              hint="--inventory is for --backend vfio on a VT-d host")
+            raise ConfigError("--backend lab writes its own inventory: drop --host-inventory",
+                              hint="--host-inventory is for --backend vfio on a VT-d host")
         workdir = self.lab.workdir
         path = (workdir / "inventory.toml" if self.worker else
                 lab_mod.write_inventory(workdir, roles=self.roles))

@@ -87,7 +87,7 @@ class HarnessSession:
             [self.user_image] + [c.image for c in self.guest_choices if not c.builtin])
         self.hygiene_problems: list[str] = []
         self.swept: list[str] = []
-        self.backend.setup(opt.inventory)
+        self.backend.setup(opt.host_inventory)
 
     @property
     def run(self) -> RunConfig:

@@ -7,16 +7,14 @@ Knows nothing of pytest: the plugin creates one per test and calls :meth:`finish
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
-import shutil
 import time
 from pathlib import Path
 
 from harness.guest import checks, latency, migration
 from harness.scenario import prereq
 from harness.guest import ramcheck
-from harness.core.errors import tail
+from harness.scenario.bundle import write_guest_bundle, write_record
 from harness.scenario.devices import HotplugDevice, Plugged
 from harness.core.errors import MigrationRefused, QMPCommandError, QemuLaunchError
 from harness.guest.guest import Guest, without_incoming
@@ -121,14 +119,7 @@ class ScenarioRun:
         # A passed-through device cannot be on the destination's command line (the source holds
         # it); QEMU's migration blocker is what refuses, and the harness says so (below).
         extra = [a for p in mine if p not in through for a in p.device.command_line(guest, p)]
-        name = f"{guest.name}-dst"
-        # (the socket in the source's temp folder: a unix socket path is limited to 107 bytes)
-        dest = Guest(guest.spec, guest.image, workdir=self.pool.workdir / f"{name}-{guest.spec.label}",
-                     qemu_binary=guest.qemu_binary, accel=guest.accel, deadlines=guest.deadlines,
-                     name=name, owner=self.pool.owner,
-                     extra_args=(*without_incoming(guest.extra_args), *extra,
-                                 "-incoming", f"unix:{guest.scratch_path('migration.sock')}"))
-        self.pool.booted.append(dest)
+        dest = _destination(self.pool, guest, extra)
         dest.receive()
         self.guests.append((dest, dest.log_sizes()))  # (in the bundle if the migration fails)
         try:
@@ -265,7 +256,7 @@ class ScenarioRun:
                   "cleanup_errors": cleanup_errors,
                   "bundle": str(self.bundle_dir) if keep else None}
         if keep:
-            self._write_record(record)
+            write_record(self.bundle_dir, record, self.plugged)
         self._record = record
         return record
 
@@ -295,10 +286,10 @@ class ScenarioRun:
                    "launch_marks": g.launch_marks, "qemu_exit_status": g.exit_status}
                   for g in self.failed_boots]
         for guest in self.failed_boots if keep else ():
-            self._bundle_guest(guest, {}, passed)
+            write_guest_bundle(self.bundle_dir, guest, {}, passed)
         for guest, marks in self.guests:
             if keep:
-                self._bundle_guest(guest, marks, passed)
+                write_guest_bundle(self.bundle_dir, guest, marks, passed)
             reusable = passed and not cleanup_errors and not self.fresh_only
             died = guest.died()
             hung = (not passed and not died and guest.alive() and guest.migrated_to is None
@@ -311,14 +302,6 @@ class ScenarioRun:
                            "after_test": verdict, "qemu_exit_status": guest.exit_status,
                            "died": died, "hung": hung})
         return guests
-
-    def _write_record(self, record: dict) -> None:
-        self.bundle_dir.mkdir(parents=True, exist_ok=True)
-        (self.bundle_dir / "record.json").write_text(json.dumps(record, indent=2) + "\n")
-        host = {p.device_id: p.device.host_state() for _, p in self.plugged}
-        host = {k: v for k, v in host.items() if v is not None}
-        if host:
-            (self.bundle_dir / "host-vfio-state.json").write_text(json.dumps(host, indent=2) + "\n")
 
     def _give_back(self, guest: Guest, plugged: Plugged, errors: list[str],
                    attempts: int = 3) -> None:
@@ -337,37 +320,19 @@ class ScenarioRun:
                     return
                 time.sleep(guest.deadlines.scaled(1.0))  # the group's release is not an event we can wait on
 
-    def _bundle_guest(self, guest: Guest, marks: dict[str, int], passed: bool) -> None:
-        out = self.bundle_dir / guest.name
-        out.mkdir(parents=True, exist_ok=True)
-        for name in ("cmdline.txt", "replay.sh"):
-            if (guest.workdir / name).exists():
-                shutil.copy2(guest.workdir / name, out / name)
-        if not passed and guest.alive() and guest.migrated_to is not None:
-            (out / "console.txt").write_text(
-                f"not read: this QEMU is the source of a completed live migration (postmigrate,"
-                f" its vCPUs stopped for good); the guest went on as {guest.migrated_to.name}\n")
-        elif not passed and guest.alive():
-            # (the kernel log's last 400 lines: the whole log over a serial console took more
-            # than the deadline in the lab, and the bundle kept its first 2 KB, the boot's start)
-            for cmd, fname in (("dmesg | tail -n 400", "dmesg.txt"),
-                               ("cat /run/hh/events", "events.txt"),
-                               ("cat /run/hh/uevent.log 2>/dev/null", "uevent.log")):
-                try:
-                    (out / fname).write_text(guest.shell.run(cmd, timeout=30).output)
-                except Exception as e:
-                    (out / fname).write_text(f"could not read: {e}\n")
-        # This test's slice of each log of a guest that may have served other tests before.
-        for path in (guest.workdir.iterdir() if guest.workdir.exists() else ()):
-            if path.suffix not in (".log", ".jsonl"):
-                continue
-            with open(path, "rb") as f:
-                f.seek(marks.get(path.name, 0))
-                (out / path.name).write_bytes(f.read())
-        status = guest.process.poll() if guest.process else None
-        if status is not None:
-            (out / "qemu-exit.txt").write_text(
-                f"QEMU exit status: {status}\nlast output:\n{tail(guest.qemu_output())}\n")
+
+def _destination(pool: GuestPool, guest: Guest, extra: list[str]) -> Guest:
+    """A second QEMU of ``guest``'s shape that waits for its live migration, with ``extra``
+    (the devices plugged into the source) on its command line."""
+    name = f"{guest.name}-dst"
+    # (the socket in the source's temp folder: a unix socket path is limited to 107 bytes)
+    dest = Guest(guest.spec, guest.image, workdir=pool.workdir / f"{name}-{guest.spec.label}",
+                 qemu_binary=guest.qemu_binary, accel=guest.accel, deadlines=guest.deadlines,
+                 name=name, owner=pool.owner,
+                 extra_args=(*without_incoming(guest.extra_args), *extra,
+                             "-incoming", f"unix:{guest.scratch_path('migration.sock')}"))
+    pool.booted.append(dest)
+    return dest
 
 
 def _stopped_answering(guest: Guest) -> bool:

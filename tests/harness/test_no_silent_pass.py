@@ -26,7 +26,7 @@ def test_vfio_without_an_iommu_ends_the_session_with_the_doctors_reasons(tmp_pat
     inventory = tmp_path / "inventory.toml"
     inventory.write_text(NIC_ONLY)
     p = run({**child_env, "HH_VFIO_JOURNAL": str(tmp_path / "journal.json")},
-            "--backend", "vfio", "--inventory", str(inventory))
+            "--backend", "vfio", "--host-inventory", str(inventory))
     assert p.returncode != 0, p.stdout[-2000:]
     assert "cannot run vfio-pci" in p.stderr and "no IOMMU" in p.stderr, p.stderr[-2000:]
     assert "[FAIL]" in p.stderr and "verdict" not in p.stdout.split("ERROR")[0]
@@ -35,7 +35,7 @@ def test_vfio_without_an_iommu_ends_the_session_with_the_doctors_reasons(tmp_pat
 
 def test_vfio_without_an_inventory_is_refused(tmp_path, child_env):
     p = run(child_env, "--backend", "vfio")
-    assert p.returncode != 0 and "needs --inventory" in p.stderr, p.stderr[-2000:]
+    assert p.returncode != 0 and "needs --host-inventory" in p.stderr, p.stderr[-2000:]
 
 
 def test_a_role_the_inventory_lacks_is_not_covered_unless_left_out(tmp_path, child_env):
@@ -49,7 +49,7 @@ def test_a_role_the_inventory_lacks_is_not_covered_unless_left_out(tmp_path, chi
         doctor.run_checks = lambda *a, **k: [doctor.Check("VT-d (faked by the test)", True, "ok")]
     """))
     env = {**child_env, "PYTHONPATH": str(tmp_path), "HH_VFIO_JOURNAL": str(tmp_path / "j.json")}
-    args = ("--backend", "vfio", "--inventory", str(inventory), "-p", "hh_fake_vtd",
+    args = ("--backend", "vfio", "--host-inventory", str(inventory), "-p", "hh_fake_vtd",
             "--report-dir", str(tmp_path / "reports"), "-k", "test_usb_device")
     p = run(env, *args)
     assert p.returncode == 1, p.stdout[-3000:]
@@ -86,12 +86,12 @@ def test_usb_vendor_product_form_is_refused_when_two_devices_share_the_ids(tmp_p
     """))
     env = {**child_env, "PYTHONPATH": str(tmp_path), "HH_VFIO_JOURNAL": str(tmp_path / "j.json")}
     p = subprocess.run([sys.executable, "-m", "pytest", "tests/scenarios/test_usb.py", "-p",
-                        "no:xdist", "-p", "no:cacheprovider", "--backend", "vfio", "--inventory",
+                        "no:xdist", "-p", "no:cacheprovider", "--backend", "vfio", "--host-inventory",
                         str(inventory), "-p", "hh_fake_twins", "--collect-only", "-q"],
                        cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert "stick-vidpid" in p.stdout and "stick-busaddr" in p.stdout, p.stdout[-2000:]
     p = subprocess.run([sys.executable, "-m", "pytest", "tests/scenarios/test_usb.py", "-p",
-                        "no:xdist", "-p", "no:cacheprovider", "--backend", "vfio", "--inventory",
+                        "no:xdist", "-p", "no:cacheprovider", "--backend", "vfio", "--host-inventory",
                         str(inventory), "-p", "hh_fake_twins", "-k", "vidpid and pc",
                         "--report-dir", str(tmp_path / "reports")],
                        cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
@@ -149,7 +149,7 @@ def test_one_physical_resource_is_one_xdist_group(tmp_path, child_env):
     (tmp_path / "inventory.toml").write_text(TWO_NICS_ONE_GROUP)
     (tmp_path / "hh_fake_groups.py").write_text(FAKE_HOST)
     env = {**child_env, "PYTHONPATH": str(tmp_path), "HH_VFIO_JOURNAL": str(tmp_path / "j.json")}
-    args = ["--backend", "vfio", "--inventory", str(tmp_path / "inventory.toml"),
+    args = ["--backend", "vfio", "--host-inventory", str(tmp_path / "inventory.toml"),
             "-p", "hh_fake_groups", "--report-dir", str(tmp_path / "reports")]
     p = subprocess.run([sys.executable, "-m", "pytest", "tests/scenarios", "-p", "no:cacheprovider",
                         "--collect-only", "-q", "-s", *args],

@@ -1,5 +1,5 @@
-"""Test ids select what a person expects (STYLE habit 7): run pytest's collection on the real
-scenario suite and look at what each -k picks."""
+"""Test ids select what a person expects (docs/scenarios.md, "Test ids and -k"): run pytest's
+collection on the real scenario suite and look at what each -k picks."""
 
 import subprocess
 import sys
@@ -11,8 +11,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 
-def collect(env: dict, *args: str) -> list[str]:
-    p = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "tests/scenarios", *args],
+def collect(env: dict, *args: str, where: tuple[str, ...] = ("tests/scenarios",)) -> list[str]:
+    p = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *where, *args],
                        cwd=REPO, capture_output=True, text=True, timeout=120,
                        env=env)
     assert p.returncode in (0, 5), p.stdout + p.stderr
@@ -60,3 +60,13 @@ def test_a_scenario_narrowed_to_q35_has_no_pc_ids(child_env):
     assert collect(child_env, "-k", "failover") == [
         f"tests/scenarios/test_lifecycle.py::test_failover_pair_through_migration[emulated-{p}-e1000e]"
         for p in ("q35-acpi", "q35-pciehp")]
+
+
+@pytest.mark.parametrize("word", ["nic", "usb", "sata", "vfio"])
+def test_k_from_the_repository_root_selects_scenarios_only(word, child_env):
+    """``pytest -k nic`` as users type it, with no path: the scenarios and nothing else (not a
+    unit test or self-test whose name holds the word, such as ``panic``)."""
+    picked = collect(child_env, "-k", word, where=())
+    assert all(t.startswith("tests/scenarios/") for t in picked), picked
+    if word != "vfio":  # (the emulated backend has no vfio test to select)
+        assert picked
