@@ -125,25 +125,29 @@ class DrainedConsole(pexpect.spawnbase.SpawnBase):
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]")
 
 
+def _connected(socket_path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(socket_path))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class ConsoleChannel:
     """A root shell on the guest's serial console, through QEMU's chardev unix socket."""
 
     name = "console"
 
     def __init__(self, socket_path: Path, timeout: float, name: str = "guest"):
-        deadline = time.monotonic() + timeout
-        while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.connect(str(socket_path))
-                break
-            except OSError as e:
-                sock.close()
-                if time.monotonic() >= deadline:
-                    raise LabError(f"cannot connect to the serial console {socket_path} within "
-                                   f"{timeout:g} s: {e}",
-                                   hint="QEMU did not create its console socket; see its output")
-                time.sleep(0.05)  # QEMU has not created the socket yet
+        try:  # (QEMU may not have created the socket yet)
+            sock = wait_until(f"the serial console {socket_path}", lambda: _connected(socket_path),
+                              timeout, interval=0.05, retry_on=(OSError,))
+        except WaitTimeout as e:
+            raise LabError(f"cannot connect to the serial console {socket_path} within "
+                           f"{timeout:g} s: {e.details}",
+                           hint="QEMU did not create its console socket; see its output") from e
         self._spawn = DrainedConsole(sock, name)
         self._counter = 0
         self._lock = threading.Lock()

@@ -195,8 +195,7 @@ class Guest:
         self.shell.succeed("true")
 
     def receive(self) -> "Guest":
-        """Start as a migration destination: QEMU started with ``-incoming`` (in ``extra_args``),
-        QMP and console connected, waiting for the stream."""
+        """Start as a migration destination (``-incoming`` in ``extra_args``), connected."""
         try:
             self._prepare()
             self._connect(time.monotonic())
@@ -280,11 +279,12 @@ class Guest:
             raise GuestDiedError(f"QEMU exited with status {self.process.returncode}",
                                  details="QEMU output:\n" + tail(self.qemu_output()))
 
+    # (a ``timeout`` is a reference figure, scaled here: docs/architecture.md)
     def qmp(self, command: str, timeout: float = 30.0, **arguments: Any) -> Any:
-        return self._monitor().execute(command, timeout, **arguments)
+        return self._monitor().execute(command, self.deadlines.scaled(timeout), **arguments)
 
     def hmp(self, command_line: str, timeout: float = 30.0) -> str:
-        return self._monitor().hmp(command_line, timeout)
+        return self._monitor().hmp(command_line, self.deadlines.scaled(timeout))
 
     def query_pci(self) -> list[dict]:
         return self._monitor().query_pci()
@@ -300,30 +300,30 @@ class Guest:
             self._used_buses[props["bus"]] = device_id
         return seconds
 
-    def device_del(self, device_id: str, timeout: float = 20.0, grace: float = 10.0) -> UnplugResult:
-        result = self._monitor().device_del(device_id, timeout, grace)
+    def device_del(self, device_id: str, timeout: float = pace.UNPLUG, grace: float = 10.0) -> UnplugResult:
+        result = self._monitor().device_del(device_id, *map(self.deadlines.scaled, (timeout, grace)))
         self._used_buses = {b: d for b, d in self._used_buses.items() if d != device_id}
         return result
 
     def device_del_all(self, ids: list[str], timeout: float,
                        limit: float | None = None) -> list[UnplugResult]:
-        """``device_del`` all of ``ids`` at once and wait for all of them to leave: ``timeout``
-        without one leaving fails, ``limit`` (default ``timeout``) bounds the whole wait."""
-        limit = max(limit or timeout, timeout)
-        results = self._monitor().device_del_all(ids, timeout, limit)
+        """``device_del`` all at once; ``timeout`` with none leaving fails, ``limit`` in all."""
+        d = self.deadlines
+        results = self._monitor().device_del_all(ids, d.scaled(timeout),
+                                                 d.scaled(max(limit or timeout, timeout)))
         self._used_buses = {b: d for b, d in self._used_buses.items() if d not in ids}
         return results
 
-    def wait_removed(self, device_id: str, timeout: float) -> UnplugResult:
-        """Wait, without a new request, for a device whose unplug was requested earlier."""
-        result = self._monitor().wait_removed(device_id, timeout)
+    def wait_removed(self, device_id: str, timeout: float = pace.UNPLUG) -> UnplugResult:
+        """Wait (no new request) for a device whose unplug was requested earlier."""
+        result = self._monitor().wait_removed(device_id, self.deadlines.scaled(timeout))
         self._used_buses = {b: d for b, d in self._used_buses.items() if d != device_id}
         return result
 
     def allocate(self, kind: str) -> int:
         """A number unique within this guest's life for ``kind`` (subnets, disk names...)."""
-        self._counters[kind] = self._counters.get(kind, -1) + 1
-        return self._counters[kind]
+        self._counters[kind] = n = self._counters.get(kind, -1) + 1
+        return n
 
     def scratch_path(self, name: str) -> Path:
         """A path in the guest's temporary directory (removed when the guest closes)."""

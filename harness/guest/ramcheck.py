@@ -24,7 +24,8 @@ import time
 import uuid
 from pathlib import Path
 
-from harness.core.errors import ProductError, QMPCommandError
+from harness.core.errors import ProductError, QMPCommandError, WaitTimeout
+from harness.core.waits import wait_until
 
 PAGE = 4096
 CHUNK = 1 << 20
@@ -118,19 +119,20 @@ def _guid(guest) -> bytes | None:
 
 def check(src, dst, timeout: float) -> str:
     """Compare the RAM of ``src`` (postmigrate) and ``dst`` (loaded, not yet running).
-    Returns a line for the report; raises ProductError naming the pages that differ."""
+    Returns a line for the report; raises ProductError naming the pages that differ.
+    ``timeout``: a reference figure, for the load and for each dump."""
     t0 = time.monotonic()
-    deadline = t0 + timeout
-    while dst.qmp("query-status").get("status") == "inmigrate":  # still loading the stream
-        if time.monotonic() > deadline:
-            raise ProductError(f"live migration: {dst.name} still loading {timeout:.0f} s after "
-                               "the source said completed")
-        time.sleep(0.02)
+    try:
+        wait_until(f"{dst.name} to finish loading the migration stream",
+                   lambda: dst.qmp("query-status").get("status") != "inmigrate",
+                   dst.deadlines.scaled(timeout), interval=0.02)
+    except WaitTimeout as e:
+        raise ProductError(f"live migration: {dst.name} still loading {timeout:.0f} s (reference)"
+                           " after the source said completed") from e
     files = [src.scratch_path("ram.elf"), dst.scratch_path("ram.elf")]
     try:
         for guest, path in zip((src, dst), files):
-            guest.qmp("dump-guest-memory", paging=False, protocol=f"file:{path}",
-                      timeout=max(1.0, deadline - time.monotonic()))
+            guest.qmp("dump-guest-memory", paging=False, protocol=f"file:{path}", timeout=timeout)
         guids = (_guid(src), _guid(dst))
         same_at = guids if None not in guids and guids[0] != guids[1] else None
         pages, compared, masked = differing_pages(*files, same_at=same_at)

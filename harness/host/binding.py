@@ -25,12 +25,12 @@ import json
 import logging
 import os
 import re
-import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from harness.core.errors import HarnessError, HostDeviceError
+from harness.core.errors import HarnessError, HostDeviceError, WaitTimeout
+from harness.core.waits import wait_until
 from harness.core.locks import flock_within
 from harness.core.paths import UnsafePathError, open_nofollow, private_dir, write_atomic
 from harness.host.network import namespace_problem
@@ -216,17 +216,17 @@ def _wait_driver(fs: Sysfs, bdf: str, expected: str | None, timeout: float) -> N
     """Wait until the device's driver link names ``expected`` (binding is synchronous in Linux;
     the deadline covers drivers that finish probing late)."""
     link = fs.pci_dir(bdf) / "driver"
-    deadline = time.monotonic() + timeout
-    while True:
-        now = fs.link_name(link)
-        if now == expected:
-            return
-        if time.monotonic() >= deadline:
-            raise HostDeviceError(
-                f"{bdf} is on {now or 'no driver'} after {timeout:g} s, not "
-                f"{expected or 'unbound'}",
-                hint=f"`dmesg | tail` shows why {expected or 'the driver'} did not take it")
-        time.sleep(0.02)
+    seen: list[str | None] = [None]
+
+    def bound() -> bool:
+        seen[0] = fs.link_name(link)
+        return seen[0] == expected
+    try:
+        wait_until(f"{bdf} on {expected or 'no driver'}", bound, timeout, interval=0.02)
+    except WaitTimeout as e:
+        raise HostDeviceError(
+            f"{bdf} is on {seen[0] or 'no driver'} after {timeout:g} s, not {expected or 'unbound'}",
+            hint=f"`dmesg | tail` shows why {expected or 'the driver'} did not take it") from e
 
 
 def _move_to_vfio(fs: Sysfs, dev: PciDevice, timeout: float) -> None:

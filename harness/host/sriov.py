@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import time
 
-from harness.core.errors import HostDeviceError
+from harness.core.errors import HostDeviceError, WaitTimeout
+from harness.core.waits import wait_until
 from harness.host.sysfs import Sysfs, parse_bdf
 
 _VIRTFN = re.compile(r"virtfn(\d+)")
@@ -117,13 +117,16 @@ def set_autoprobe(fs: Sysfs, pf: str, value: int) -> None:
 def set_numvfs(fs: Sysfs, pf: str, count: int, timeout: float) -> list[str]:
     """Write ``count`` to the PF's ``sriov_numvfs`` and wait until its VFs are on the bus."""
     fs.write(fs.pci_dir(pf) / "sriov_numvfs", str(count))
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def all_there():
         vfs = vfs_of(fs, pf)
         if len(vfs) == count and all(fs.pci_exists(v) for v in vfs):
-            return vfs
-        if time.monotonic() >= deadline:
-            raise HostDeviceError(f"{pf}: {len(vfs)} VFs {timeout:g} s after writing {count} to "
-                                  "sriov_numvfs", hint="`dmesg | tail` says why the PF's "
-                                                       "driver did not make them")
-        time.sleep(0.05)
+            return (vfs,)  # (truthy even when there are none to wait for)
+        raise HostDeviceError(f"{len(vfs)} VFs on the bus")
+    try:
+        return wait_until(f"{pf}'s {count} VFs after writing sriov_numvfs", all_there, timeout,
+                          interval=0.05, retry_on=(HostDeviceError,))[0]
+    except WaitTimeout as e:
+        raise HostDeviceError(f"{pf}: {e.details.removeprefix('last seen: ')} {timeout:g} s "
+                              f"after writing {count} to sriov_numvfs",
+                              hint="`dmesg | tail` says why the PF's driver did not make them") from e

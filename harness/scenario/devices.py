@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any
 
 from harness.core.errors import HarnessError, QMPCommandError
+from harness.core.pace import UNPLUG
 from harness.core.roles import ROLES
 from harness.qemu.machine import GuestSpec
 from harness.host.binding import explain_vfio_add_error, vfio_state
@@ -103,7 +104,7 @@ class HotplugDevice:
     def plug(self, guest, device_id: str) -> Plugged:
         raise NotImplementedError
 
-    def unplug(self, guest, plugged: Plugged, timeout: float = 20.0):
+    def unplug(self, guest, plugged: Plugged, timeout: float = UNPLUG):
         result = guest.device_del(plugged.device_id, timeout=timeout)
         plugged.removed = True
         self.cleanup(guest, plugged)
@@ -320,7 +321,7 @@ class EmulatedSataController(HotplugDevice):
 
     def cleanup(self, guest, plugged: Plugged) -> None:
         for carrier in plugged.own["disk_carrier"]:
-            guest.device_del(carrier, timeout=guest.deadlines.unplug)
+            guest.device_del(carrier)
         _del_disk(guest, plugged.own["disk_node"])
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from harness.guest import checks, latency, migration
 from harness.scenario import prereq
 from harness.guest import ramcheck
+from harness.core.pace import UNPLUG
 from harness.scenario.bundle import write_guest_bundle, write_record
 from harness.scenario.devices import HotplugDevice, Plugged
 from harness.core.errors import MigrationRefused, QMPCommandError, QemuLaunchError
@@ -150,7 +151,7 @@ class ScenarioRun:
         return dest
 
     def _check_ram(self, source: Guest, dest: Guest) -> None:
-        self.note(ramcheck.check(source, dest, timeout=dest.deadlines.scaled(120)))
+        self.note(ramcheck.check(source, dest, timeout=120))
 
     def adopt(self, guest: Guest, plugged: Plugged) -> Plugged:
         """A device plugged outside :meth:`plug` (during boot, before the guest could answer):
@@ -167,7 +168,7 @@ class ScenarioRun:
     def wait_removed(self, guest: Guest, plugged: Plugged, timeout: float | None = None):
         """A device whose unplug was requested earlier (its ``unplug`` said "paused"): wait for
         it to leave, then release what its plug set up."""
-        result = guest.wait_removed(plugged.device_id, timeout or guest.deadlines.unplug)
+        result = guest.wait_removed(plugged.device_id, timeout or UNPLUG)
         plugged.removed = True
         plugged.device.cleanup(guest, plugged)
         return result
@@ -176,7 +177,7 @@ class ScenarioRun:
         """``device_del`` and wait for it to complete by ``timeout`` seconds (default: the
         guest's unplug deadline, a reference figure scaled to this machine)."""
         plugged.del_sent = time.monotonic()
-        result = plugged.device.unplug(guest, plugged, timeout=timeout or guest.deadlines.unplug)
+        result = plugged.device.unplug(guest, plugged, timeout=timeout or UNPLUG)
         self.record(f"{plugged.device_id}.device_del_to_event", result.seconds)
         if result.busy_seconds:
             self.record(f"{plugged.device_id}.port_busy", result.busy_seconds)
@@ -271,7 +272,7 @@ class ScenarioRun:
                 continue
             if guest.alive():
                 try:
-                    plugged.device.unplug(guest, plugged, timeout=guest.deadlines.scaled(10))
+                    plugged.device.unplug(guest, plugged, timeout=10)
                     continue
                 except Exception as e:  # the test already failed or will be marked failed
                     errors.append(f"unplug {plugged.device_id}: {e}")

@@ -10,7 +10,7 @@ import pytest
 from harness.guest import checks
 from harness.guest import probes
 from harness.scenario.devices import EmulatedDisk, EmulatedNic
-from harness.core.errors import MigrationRefused, UnplugError
+from harness.core.errors import GuestCheckError, MigrationRefused, UnplugError
 from harness.qemu.monitor import UnplugResult
 
 lifecycle = pytest.mark.scenario("nic", one_device=True, name="lifecycle")
@@ -130,12 +130,11 @@ def test_plug_during_boot(hotplug, booting):
 def boot_unplug_verdict(guest, nic) -> tuple[str, UnplugResult | None]:
     """What became of a device_del sent while the guest booted, once the guest is ready."""
     try:   # a guest that processed the request completes it within seconds (pciehp: 5 s blink)
-        return "completed", guest.wait_removed(nic.device_id, timeout=guest.deadlines.scaled(8))
+        return "completed", guest.wait_removed(nic.device_id, timeout=8)
     except UnplugError:
         pass
     try:   # lost: ask again now that the guest runs its hotplug driver
-        return "lost, re-requested, completed", guest.device_del(nic.device_id,
-                                                                timeout=guest.deadlines.unplug)
+        return "lost, re-requested, completed", guest.device_del(nic.device_id)
     except UnplugError as e:
         return f"lost for good ({e.verdict}: {e.message.splitlines()[0]})", None
 
@@ -284,8 +283,8 @@ def test_storm_fills_every_slot(hotplug, platform, device, guest):
                                        lambda: len(wanted & guest_pci_addresses(guest)),
                                        len(wanted), stall=20, limit=max(60, 10 * free))
     ids = [n.device_id for n in nics]
-    results = guest.device_del_all(ids, timeout=guest.deadlines.scaled(20),
-                                   limit=guest.deadlines.scaled(max(60, 10 * free)))
+    results = guest.device_del_all(ids, timeout=20,
+                                   limit=max(60, 10 * free))
     for nic in nics:
         nic.removed = True
         nic.device.cleanup(guest, nic)
@@ -378,16 +377,16 @@ def failover_pair(guest, timeout: float = 20.0) -> tuple[str, dict[str, str]]:
 
 
 def wait_primary(guest, present: bool, timeout: float) -> tuple[str, dict[str, str]]:
-    """Wait until the failover master has (or has lost) its primary slave."""
-    deadline = time.monotonic() + timeout
-    while True:
+    """Wait until the failover master has (or has lost) its primary slave (``timeout``: a
+    reference figure, as every guest verb's)."""
+    def pair():
         master, slaves = failover_pair(guest)
         if master and ("primary" in slaves) == present:
             return master, slaves
-        assert time.monotonic() < deadline, (
-            f"after {timeout:.0f} s the guest has {f'failover master {master}' if master else 'no failover master'}"
-            f" with {slaves or 'no slaves'}")
-        time.sleep(0.2)
+        raise GuestCheckError(f"{f'failover master {master}' if master else 'no failover master'}"
+                              f" with {slaves or 'no slaves'}")
+    return guest.shell.wait_until(f"the failover master to {'have' if present else 'lose'} its "
+                                  "primary slave", pair, timeout, interval=0.2)
 
 
 def through_primary(guest, master: str, slaves: dict[str, str], gateway: str) -> float:
@@ -423,7 +422,7 @@ def test_failover_pair_through_migration(hotplug, platform, device, guest):
     primary = hotplug.plug(guest, PRIMARY, "primary0", network=standby.own["net"],
                            failover_pair_id="standby0", mac=FAILOVER_MAC, rombar=0, romfile="")
     held_back = primary.function is None  # hidden until the guest's driver acks failover
-    master, slaves = wait_primary(guest, True, guest.deadlines.scaled(10))
+    master, slaves = wait_primary(guest, True, 10)
     primary.function = checks.pci_function(guest, "primary0")
     hotplug.note("failover: QEMU " + ("held the primary back until the guest's virtio-net had "
                                       "accepted failover" if held_back else "plugged the primary at once"))
@@ -432,13 +431,13 @@ def test_failover_pair_through_migration(hotplug, platform, device, guest):
 
     dest = hotplug.migrate(guest)
     t0 = time.monotonic()
-    master, slaves = wait_primary(dest, True, dest.deadlines.scaled(20))
+    master, slaves = wait_primary(dest, True, 20)
     hotplug.note(f"failover: migrated in {dest.launch_marks['migrated']} s (primary unplugged by "
                  f"QEMU on the way); back in the guest {time.monotonic() - t0:.1f} s after it ran")
     assert checks.ipv4_address(dest, master) == address, "the failover master lost its address"
     waited = through_primary(dest, master, slaves, gateway)
     hotplug.note(f"failover: the gateway answered through the master {waited:.1f} s after that")
     assert primary.unplug().event
-    master, slaves = wait_primary(dest, False, dest.deadlines.scaled(10))
+    master, slaves = wait_primary(dest, False, 10)
     dest.shell.succeed(f"ping -c 1 -W 2 -I {master} {gateway}")  # the standby alone
     assert standby.unplug().event
