@@ -24,10 +24,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from harness.cli import host
+from harness.cli import host, report
 from harness.core.errors import HarnessError
 from harness.images import builtin as images
-from harness.report import compare, merge, retention, trend
 
 
 def _image(argv: list[str]) -> int:
@@ -56,8 +55,8 @@ def _image(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"image": _image, "compare": compare.main, "merge": merge.main, "trend": trend.main,
-            "prune": retention.main, "doctor": host.doctor_main, "discover": host.discover_main,
+COMMANDS = {"image": _image, "compare": report.compare_main, "merge": report.merge_main,
+            "trend": report.trend_main, "prune": report.prune_main, "doctor": host.doctor_main, "discover": host.discover_main,
             "restore": host.restore_main, "bind": host.bind_main, "release": host.release_main}
 
 

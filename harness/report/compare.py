@@ -10,7 +10,6 @@ regression, so a pipeline can gate a QEMU release on it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from pathlib import Path
@@ -151,44 +150,3 @@ def latencies(summary: dict) -> dict:
         return latency_stats(summary["tests"])
     return summary.get("latencies", {})
 
-
-def _arguments(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m harness compare",
-                                description="what changed between two runs (run folders, merged "
-                                            "folders or summary.json): tests that regressed, are "
-                                            "no longer covered or pass less often, notes, "
-                                            "latencies that grew; exit 1 on a regression")
-    p.add_argument("old")
-    p.add_argument("new")
-    p.add_argument("--threshold", type=float, default=0.25,
-                   help="a latency median's relative growth that gates (0.25 = 25%%)")
-    p.add_argument("--min-seconds", type=float, default=0.05,
-                   help="and its absolute growth that gates (seconds)")
-    p.add_argument("--pass-rate-drop", type=float, default=0.0, metavar="FRACTION",
-                   help="a test that failed in both runs gates when its pass rate fell by more "
-                        "than this (0.1 = 10 points; default 0: any drop)")
-    p.add_argument("--no-latency-gate", action="store_true",
-                   help="print latencies that grew but do not fail on them")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str]) -> int:
-    args = _arguments(argv)
-    old, new = load_summary(args.old), load_summary(args.new)
-    changes = compare_outcomes(old, new, args.pass_rate_drop)
-    for kind, nodeid, what in changes:
-        print(f"{kind:<11}  {nodeid}: {what}")
-    regressed = [c for c in changes if c[0] in GATING]
-    print(f"{len(regressed)} regression(s) of outcome, coverage or pass rate"
-          + (f", {len(changes) - len(regressed)} other change(s)" if len(changes) > len(regressed) else ""))
-    rows = compare({"latencies": latencies(old)}, {"latencies": latencies(new)},
-                   args.threshold, args.min_seconds)
-    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    width = max([len(r["name"]) for r in rows] + [10])
-    print(f"{'latency (median s)':<{width}}  {'old':>8}  {'new':>8}")
-    for r in rows:
-        print(f"{r['name']:<{width}}  {fmt(r['old']):>8}  {fmt(r['new']):>8}  {r['flag']}")
-    flagged = [r for r in rows if r["flag"].startswith("SLOWER")]
-    print(f"{len(flagged)} of {len(rows)} latencies grew beyond {args.threshold:.0%} and "
-          f"{args.min_seconds} s" + (" (not gating: --no-latency-gate)" if args.no_latency_gate else ""))
-    return 1 if regressed or (flagged and not args.no_latency_gate) else 0

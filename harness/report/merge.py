@@ -11,7 +11,6 @@ gate is ``compare``.
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import time
@@ -164,22 +163,3 @@ def render(merged: dict) -> str:
             + "<h2>Scenario tests</h2>" + rh.tests_table(scen, merged=True) + rh.self_tests(tests))
     return rh.page(f"hotplug-harness merged {merged['run']}", body)
 
-
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m harness merge",
-                                description="one qualification report (HTML, summary.json, "
-                                            "JUnit) from several runs: hosts, QEMU builds, guests")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders or their summary.json")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="where to write (default reports/merged-<time>)")
-    p.add_argument("--axis", choices=("auto", *AXES), default="auto",
-                   help="what the runs differ in (auto: whatever differs)")
-    args = p.parse_args(argv)
-    out = Path(args.out or f"reports/merged-{time.strftime('%Y%m%d-%H%M%S')}")
-    merged = merge([Path(r) for r in args.runs], out, args.axis)
-    for r in merged["runs"]:
-        c = ", ".join(f"{n} {o}" for o, n in r["counts"].items() if n)
-        print(f"{r['label']}: {r['run']}: {c}")
-    print(f"merged on {merged['axis']}: {out / 'report.html'}\n"
-          f"          {out / 'summary.json'}, {out / 'junit.xml'}")
-    return 0

@@ -11,7 +11,6 @@ import re
 import shutil
 import time
 from pathlib import Path
-import argparse
 
 _RUN = re.compile(r"^run-\d{8}-\d{6}-\d+$")
 
@@ -39,15 +38,3 @@ def prune(report_root: Path, keep: int, current: Path | None = None) -> list[Pat
         removed.append(p)
     return removed
 
-
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m harness prune",
-                                description="remove all but the newest run folders of a report folder")
-    p.add_argument("report_dir", nargs="?", default="reports")
-    p.add_argument("--keep", type=int, default=1, metavar="N", help="how many of the newest to keep (1)")
-    args = p.parse_args(argv)
-    if not Path(args.report_dir).is_dir():
-        return 0
-    removed = prune(Path(args.report_dir), args.keep)
-    print(f"removed {len(removed)} run folder(s) from {args.report_dir}, kept the newest {max(args.keep, 1)}")
-    return 0

@@ -8,14 +8,10 @@ scenario: its pass rate and the median of each of its latencies, run after run.
 
 from __future__ import annotations
 
-import argparse
 import html
-from pathlib import Path
 
 from harness.report import charts
-from harness.report.records import load_runs, table
 from harness.report import html as rh
-from harness.core.errors import ConfigError
 
 def text(runs: list[dict], rows: dict[str, dict]) -> list[str]:
     fmt = lambda v: "-" if v is None else f"{v:g}"  # noqa: E731
@@ -41,25 +37,3 @@ def render(runs: list[dict], rows: dict[str, dict]) -> str:
             + ", ".join(f"<code>{html.escape(n)}</code>" for n in names) + "</p>" + "".join(parts))
     return rh.page("hotplug-harness trend", body)
 
-
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m harness trend",
-                                description="per scenario, pass rate and latency medians over "
-                                            "the last runs under RUNS_DIR")
-    p.add_argument("runs_dir", metavar="RUNS_DIR", help="a folder of run folders (reports/)")
-    p.add_argument("--last", type=int, default=20, metavar="N", help="the last N runs (20)")
-    p.add_argument("--html", default=None, metavar="FILE", help="also write a page of pictures")
-    args = p.parse_args(argv)
-    root = Path(args.runs_dir)
-    if not root.is_dir():
-        raise ConfigError(f"{root}: not a folder", hint="pass the folder the runs are in (reports/)")
-    runs = load_runs(root, args.last)
-    if not runs:
-        raise ConfigError(f"{root}: no run with scenario tests in it",
-                          hint="a run folder holds summary.json; run the scenarios first (make qualify)")
-    rows = table(runs)
-    print("\n".join(text(runs, rows)))
-    if args.html:
-        Path(args.html).write_text(render(runs, rows))
-        print(f"trend pictures: {args.html}")
-    return 0
