@@ -4,8 +4,8 @@
 PY      := .venv/bin/python
 PYTEST  := .venv/bin/pytest
 STAMP   := .venv/.installed
-# Guests spend most of a scenario waiting (DHCP, hotplug timers): 3 workers beat 2 on 2 cores
-# (bench: 85 s vs 106 s for the matrix; serial 201 s).
+# Guests spend most of a scenario waiting (DHCP, hotplug timers), so more workers than cores pay
+# off; make test's self-tests start guests of their own, so it keeps 3 (docs/figures.md#workers).
 JOBS    ?= 3
 PYTEST_ARGS ?=
 
@@ -25,12 +25,10 @@ image: setup
 	$(PY) -m harness image build
 
 # The main job: the whole scenario matrix on the built-in guest with emulated devices.
-# 4 workers: the matrix's guests wait on the guest (DHCP, pciehp's 5 s button delay) as much
-# as they compute, and 3 left a quarter of the 2 cores idle (Dec 3, one session: 3 workers
-# 4 min 45 s, 4 workers 3 min 55 s - 4 min 39 s in five runs, 5 workers 4 min 4 s, 6 workers
-# 4 min 39 s). Saved guest states are kept across runs in STATES (keyed by image, QEMU and
-# command line, so a changed one is never used): a second run restores the shapes the first
-# one booted.
+# 4 workers: the matrix's guests wait (DHCP, pciehp's 5 s button delay) as much as they
+# compute, and 3 left part of 2 cores idle; more than 4 gained nothing (docs/figures.md).
+# Saved guest states are kept across runs in STATES (keyed by image, QEMU and command line, so
+# a changed one is never used): a second run restores the shapes the first one booted.
 QUALIFY_JOBS ?= 4
 STATES  ?= fixtures/images/build/states
 qualify: image
@@ -42,9 +40,8 @@ test: image
 	$(PYTEST) tests/unit tests/harness tests/scenarios -n $(JOBS) --dist loadgroup $(PYTEST_ARGS)
 
 # The vfio backend's scenarios through real vfio-pci and usb-host, inside the nested lab host
-# (an L1 guest with an emulated IOMMU; docs/lab.md). 12-24 minutes here (24 tests; the longer at
-# time factor 1.49): of the
-# lifecycle scenarios (all 21 lab variants: pytest --backend lab -k lifecycle, 20 minutes), the
+# (an L1 guest with an emulated IOMMU; docs/lab.md). Of the lifecycle scenarios (all lab
+# variants: pytest --backend lab -k lifecycle, which takes longer than this whole target), the
 # two whose vfio path differs most: device_del at once on pciehp, and migration refused.
 LAB_TESTS ?= tests/scenarios/test_nic.py tests/scenarios/test_usb.py tests/scenarios/test_sata.py \
              tests/scenarios/test_passthrough_failures.py \
@@ -52,9 +49,8 @@ LAB_TESTS ?= tests/scenarios/test_nic.py tests/scenarios/test_usb.py tests/scena
              'tests/scenarios/test_lifecycle.py::test_live_migration_with_hot_added_devices[lab-q35-pciehp-e1000e]'
 # A lab host that hangs or stops before its tests end (exit 3: nested SVM on TCG wedges L1 now
 # and then, docs/lab.md) gets another whole run, said on the terminal, up to LAB_RUNS runs in
-# all; any other failure is final. (The wedge came in 2 of 2 full runs on Dec 3, each time just
-# after an L2 guest took the passed-through USB stick, and in 1 of 4 on Dec 4, silent, in
-# test_sata.py; it is caught within a minute or two, or after 300 s of silence.)
+# all; any other failure is final. A wedge is caught within a minute or two (L1's watchdog or
+# RCU stall report), or after the lab host's silence deadline; how often: docs/figures.md.
 LAB_RUNS ?= 3
 lab: image
 	run=1; while :; do \
