@@ -34,7 +34,7 @@ from pathlib import Path
 from harness.core.errors import HarnessError, HostDeviceError
 from harness.core.locks import flock_within
 from harness.host.network import namespace_problem
-from harness.host.safety import GroupPlan, critical_devices, plan_group
+from harness.host.safety import GroupPlan, HostUsage, plan_group
 from harness.host import sriov
 from harness.host.sysfs import PciDevice, Sysfs, parse_bdf, short_bdf
 
@@ -487,7 +487,7 @@ class VfioBinder:
     may be a :class:`Sysfs` whose ``on_write`` plays the kernel (unit tests)."""
 
     def __init__(self, root: "str | Path | Sysfs" = "/", journal: str | Path | None = None, *,
-                 ssh_connection: str | None = None, timeout: float = 5.0,
+                 timeout: float = 5.0,
                  cleared_storage: "set[str] | frozenset[str]" = frozenset(),
                  manual: bool = False):
         """``cleared_storage``: the inventory's ``no_host_filesystems`` controllers
@@ -496,7 +496,6 @@ class VfioBinder:
         self.manual = manual
         self.fs = Sysfs.of(root)
         self.journal = Journal(journal or default_journal_path())
-        self.ssh_connection = ssh_connection
         self.cleared_storage = frozenset(cleared_storage)
         self.timeout = timeout
         self._holds: dict[int, _Hold] = {}
@@ -520,9 +519,8 @@ class VfioBinder:
             raise HostDeviceError(f"refusing to take {bdf}: {outside}",
                                   hint="run the harness on the host itself (not in a container "
                                        "or another network namespace)")
-        plan = plan_group(self.fs, bdf, critical_devices(
-            self.fs, ssh_connection=self.ssh_connection, cleared_storage=self.cleared_storage),
-            allowed=set(allowed))
+        plan = plan_group(self.fs, bdf, HostUsage.read(self.fs, self.cleared_storage),
+                          allowed=set(allowed), held_groups=frozenset(self._holds))
         if plan.group is None:
             raise HostDeviceError(f"{plan.target.bdf}: no iommu_group found",
                                   hint="enable VT-d in the firmware and boot with intel_iommu=on")
@@ -560,9 +558,8 @@ class VfioBinder:
                                   "exist on this host", hint="check `lspci -D`; fix the pf")
         with self.journal.locked():
             now = sriov.physical_function(self.fs, pf)
-            why = sriov.check_request(now, pf, count, critical=critical_devices(
-                self.fs, ssh_connection=self.ssh_connection,
-                cleared_storage=self.cleared_storage))
+            why = sriov.check_request(now, pf, count, in_use=HostUsage.read(
+                self.fs, self.cleared_storage).verdict(pf).uses)
             if why:
                 raise HostDeviceError(f"cannot have {count} VFs of {pf}: {why}",
                                       hint="fix the inventory's pf/vfs (`python -m harness "
@@ -748,7 +745,7 @@ def explain_vfio_add_error(root: "str | Path | Sysfs", host: str, qemu_desc: str
                                                  "(docs/vfio.md)", details=details)
     # The members vfio still needs moved, by the binder's own rule (plan_group).
     blockers = [f"{m.bdf} ({m.class_name}, {m.driver})"
-                for m in plan_group(fs, bdf, critical={}).to_move if m.bdf != bdf]
+                for m in plan_group(fs, bdf, None).to_move if m.bdf != bdf]
     if blockers or "not viable" in qemu_desc:
         return HostDeviceError(f"IOMMU group {dev.iommu_group} of {bdf} is not viable: "
                                + (", ".join(blockers) or "a member")

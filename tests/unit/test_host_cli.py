@@ -19,7 +19,7 @@ def test_discover_prints_and_writes_a_draft(lab, fake_root, capsys):
     out = fake_root / "inventory.toml"
     assert discover_main(["--root", str(lab.root), "--write", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "NOT safe: 0000:02:00.0 carries the default route (enp2s0)" in printed
+    assert "NOT safe: enp2s0 carries the route default (table main)" in printed
     assert printed.rstrip().endswith(f'wrote {out} (6 devices). Edit it: set each nic\'s gateway '
                                      f'(now "FILL-IN"); remove what you do not want tested. '
                                      f'Then: python -m harness doctor --inventory {out}')
@@ -94,7 +94,7 @@ def test_bind_and_release_by_hand_like_the_guides_vfio_pci_sh(lab, fake_root, ca
     journal = fake_root / "journal.json"
     with pytest.raises(HostDeviceError, match="0000:05:00.1 .* is not in the inventory"):
         bind_main(["05:00.0", "--journal", str(journal)], fs=lab.sysfs())
-    with pytest.raises(HostDeviceError, match="carries the default route"):
+    with pytest.raises(HostDeviceError, match="enp2s0 carries the route default"):
         bind_main(["02:00.0", "--journal", str(journal)], fs=lab.sysfs())
     assert lab.driver_of("0000:05:00.0") == "ixgbe"
 
