@@ -5,6 +5,8 @@
                        behaves like a stock cloud image (root, mmdebstrap)
     doctor             check this host's prerequisites for the vfio backend
     discover           list the host devices that could play each role
+    plan --inventory F a dry run: what a run would change on this host, and the evidence
+                       that each device is idle (or why it is refused)
     restore            give back host devices a killed run left on vfio-pci
     bind BDF           put a host device on vfio-pci by hand (the guide's vfio-pci.sh -h),
                        through the same safety checks and journal as a run
@@ -88,7 +90,7 @@ def _host(name: str):
 
 
 COMMANDS = {"image": _image, "compare": _compare, "merge": _merge, "trend": _trend, "prune": _prune, "doctor": _host("doctor"),
-            "discover": _host("discover"), "restore": _host("restore"),
+            "discover": _host("discover"), "plan": _host("plan"), "restore": _host("restore"),
             "bind": _host("bind"), "release": _host("release")}
 
 

@@ -236,6 +236,17 @@ def _wait_driver(fs: Sysfs, bdf: str, expected: str | None, timeout: float) -> N
         time.sleep(0.02)
 
 
+def move_steps(fs: Sysfs, dev: PciDevice) -> list[str]:
+    """What :func:`_move_to_vfio` writes, as shell lines (``python -m harness plan``)."""
+    d, vfio = fs.pci_dir(dev.bdf), fs.pci_driver_dir(VFIO)
+    unbind = [f"echo {dev.bdf} > {fs.pci_driver_dir(dev.driver) / 'unbind'}"] if dev.driver else []
+    if dev.has_driver_override:
+        return [f"echo {VFIO} > {d / 'driver_override'}", *unbind,
+                f"echo {dev.bdf} > {fs.sys('bus', 'pci', 'drivers_probe')}"]
+    return [*unbind, f"echo '{dev.vendor} {dev.device}' > {vfio / 'new_id'}",
+            f"echo {dev.bdf} > {vfio / 'bind'} (if new_id did not bind it)"]
+
+
 def _move_to_vfio(fs: Sysfs, dev: PciDevice, timeout: float) -> None:
     d = fs.pci_dir(dev.bdf)
     vfio = fs.pci_driver_dir(VFIO)
