@@ -147,17 +147,20 @@ def release_main(argv: list[str], fs: Sysfs | None = None) -> int:
                            "its IOMMU group) back to its host driver.")
     p.add_argument("bdf", help="the device, like 05:00.0")
     p.add_argument("--journal", default=None, metavar="PATH", help="the vfio journal")
+    p.add_argument("--force", action="store_true",
+                   help="also take it back from a run that is still alive")
     args = p.parse_args(argv)
     _require_root(args.root, fs)
     journal = Path(args.journal) if args.journal else default_journal_path()
-    results = restore_from_journal(fs or args.root, journal, only={args.bdf})
+    results = restore_from_journal(fs or args.root, journal, only={args.bdf},
+                                   include_live=args.force)
     if not results:
         print(f"{parse_bdf(args.bdf)} is not in the journal {journal}: the harness did not bind "
               "it (nothing to give back)")
         return 1
     for r in results:
         print(r)
-    return 0
+    return 1 if any(r.status == "in-use" for r in results) else 0
 
 
 def _require_root(root: str, fs: Sysfs | None) -> None:

@@ -158,3 +158,22 @@ def test_plan_says_when_the_host_has_no_iommu_groups(lab, fake_root, capsys):
     printed = capsys.readouterr().out
     assert "this host has no IOMMU groups (/sys/kernel/iommu_groups is empty)" in printed
     assert "    idle: sdb: not mounted, not swap, not held" in printed
+
+
+def test_release_refuses_a_live_runs_lease_without_force(lab, fake_root, capsys):
+    """Issue 31, item 14: `release BDF` took back a live run's device."""
+    from harness.host.binding import Journal, VfioBinder
+
+    from harness.cli.host import release_main
+
+    journal = fake_root / "journal.json"
+    VfioBinder(lab.sysfs(), journal=journal).bind("06:00.0", {"06:00.0"})
+    lab.proc("4321/stat", "4321 (pytest) S 1 " + "0 " * 40 + "\n")
+    with Journal(journal).locked():
+        Journal(journal).write([dict(e, pid=4321, pid_start=None)
+                                for e in Journal(journal).read()])
+    assert release_main(["06:00.0", "--journal", str(journal)], fs=lab.sysfs()) == 1
+    assert "held by pid 4321 (a live run)" in capsys.readouterr().out
+    assert lab.driver_of("0000:06:00.0") == "vfio-pci"
+    assert release_main(["06:00.0", "--journal", str(journal), "--force"], fs=lab.sysfs()) == 0
+    assert lab.driver_of("0000:06:00.0") == "ahci" and Journal(journal).read() == []

@@ -307,3 +307,60 @@ def test_doctor_checks_a_vf_entry_before_its_vfs_exist(host):
     set_numvfs(host, 1)
     [check] = _inventory_checks(host.sysfs(), inv)
     assert not check.ok and "has 1 VFs already" in check.detail
+
+
+# -- issue 31, item 14: runs that cannot hurt each other ------------------------------------------
+
+OTHER_RUN = 4321
+
+
+def hand_to_another_live_run(host: FakeHost, journal, bdfs) -> None:
+    """Make the journal entries of ``bdfs`` belong to another run, alive (pid 4321)."""
+    host.proc(f"{OTHER_RUN}/stat", f"{OTHER_RUN} (pytest) S 1 " + "0 " * 40 + "\n")
+    held = Journal(journal).read()
+    with Journal(journal).locked():
+        Journal(journal).write([dict(e, pid=OTHER_RUN, pid_start=None) if e["bdf"] in bdfs
+                                else e for e in held])
+
+
+def test_a_runs_end_keeps_the_vf_count_while_a_live_run_holds_a_vf(host, journal):
+    """Run A made the VFs, run B (alive) has VF0 on vfio-pci: A's end must not write 0 to
+    sriov_numvfs (that destroys B's VF); the last run to let go puts it back."""
+    a = VfioBinder(host.sysfs(), journal=journal)
+    a.enable_vfs(PF, 2)
+    VfioBinder(host.sysfs(), journal=journal).bind(VF0, {VF0})  # run B
+    hand_to_another_live_run(host, journal, {VF0})
+    [result] = a.close()
+    assert result.status == "in-use" and "pid 4321 (a live run) holds its VF 0000:08:10.0" \
+        in result.detail
+    assert numvfs(host) == 2 and host.driver_of(VF0) == "vfio-pci"
+    assert [e.get("kind", "vfio") for e in entries(journal)] == ["sriov", "vfio"]
+    (host.root / f"proc/{OTHER_RUN}/stat").unlink()  # B ends (killed): restore finishes it all
+    restore_from_journal(host.sysfs(), journal)
+    assert numvfs(host) == 0 and entries(journal) == []
+
+
+def test_vfs_that_were_there_already_are_journaled_as_this_runs(host, journal):
+    """Reused VFs: journaled (their count, unchanged), so another run's end knows this run
+    relies on them; this run's own end changes nothing."""
+    a = VfioBinder(host.sysfs(), journal=journal)
+    a.enable_vfs(PF, 2)
+    hand_to_another_live_run(host, journal, {PF})  # run A made them and lives on
+    b = VfioBinder(host.sysfs(), journal=journal)
+    assert b.enable_vfs(PF, 2) == [VF0, VF1]
+    mine = [e for e in entries(journal) if e["pid"] == os.getpid()]
+    assert [(e["kind"], e["bdf"], e["numvfs"]) for e in mine] == [("sriov", PF, 2)]
+    assert "autoprobe" not in mine[0]  # nothing changed, nothing to put back
+    b.close()
+    assert numvfs(host) == 2 and [e["pid"] for e in entries(journal)] == [OTHER_RUN]
+    # A dies while C (pid 77, alive) relies on the VFs it reused: restoring A's entry keeps them
+    VfioBinder(host.sysfs(), journal=journal).enable_vfs(PF, 2)
+    (host.root / f"proc/{OTHER_RUN}/stat").unlink()
+    host.proc("77/stat", "77 (pytest) S 1 " + "0 " * 40 + "\n")
+    with Journal(journal).locked():
+        held = Journal(journal).read()
+        Journal(journal).write(held[:-1] + [dict(held[-1], pid=77, pid_start=None)])
+    first, second = restore_from_journal(host.sysfs(), journal)
+    assert first.status == "in-use" and "pid 77 (a live run) uses its VFs" in first.detail
+    assert second.status == "in-use" and "held by pid 77" in second.detail
+    assert numvfs(host) == 2 and len(entries(journal)) == 2
