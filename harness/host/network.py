@@ -218,9 +218,13 @@ def _read_sockets(fs: Sysfs, ns: Namespace, where: str) -> None:
     enter = ["ip", "netns", "exec", ns.name] if ns.name else []
     try:
         ss = _run(fs, enter + _SS, _fake_dir(fs, ns.name) / "ss.txt")
-        packet = _run(fs, enter + ["cat", "/proc/net/packet"],
-                      _fake_dir(fs, ns.name) / "packet.txt") if ns.name else \
-            _run(fs, ["cat", "/proc/net/packet"], fs.proc("net", "packet"))
+        if ns.name:
+            packet = _run(fs, enter + ["cat", "/proc/net/packet"],
+                          _fake_dir(fs, ns.name) / "packet.txt")
+        else:
+            packet = fs.read(fs.proc("net", "packet"))
+            if packet is None:
+                raise OSError("/proc/net/packet cannot be read")
     except OSError as e:
         ns.problems.append(f"the sockets{where} cannot be read: {e}")
         return

@@ -69,7 +69,8 @@ def _pci_entry(fs: Sysfs, usage: HostUsage, d: InventoryDevice,
         lines.append(f"{m.bdf} {m.class_name} [{m.ids}] on {m.driver or 'no driver'}"
                      + (" (the device)" if m.bdf == plan.target.bdf else ""))
         if m.bdf in moving:
-            lines += [f"  would write: {step}" for step in move_steps(fs, m)]
+            verb = "would write" if plan.safe else "(refused, so never written)"
+            lines += [f"  {verb}: {step}" for step in move_steps(fs, m)]
         elif m.bdf in kept:
             lines.append(f"  would stay: {kept[m.bdf]}")
         elif m.driver == "vfio-pci":
