@@ -227,13 +227,17 @@ class _Subtree:
         self.netdevs: list[str] = []
         self.blocks: list[str] = []
         self.char_nodes: list[tuple[Path, str | None]] = []
+        try:  # a disk is wherever /sys/class/block says (an NVMe namespace sits under nvme0/)
+            disks = {os.path.realpath(p) for p in fs.sys("class", "block").iterdir()}
+        except OSError:
+            disks = set()
         for dirpath, dirnames, filenames in os.walk(path):
             here = Path(dirpath)
             if here.parent.name == "net":
                 self.netdevs.append(here.name)
                 dirnames.clear()  # its queues and statistics
-            elif here.parent.name == "block" or (here / "partition").exists():
-                if not (here / "partition").exists():
+            elif dirpath in disks or here.parent.name == "block" or "partition" in filenames:
+                if "partition" not in filenames:
                     self.blocks.append(here.name)
             elif "dev" in filenames:
                 self.char_nodes.append((here, fs.read(here / "dev")))

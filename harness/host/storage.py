@@ -16,6 +16,7 @@ which an inventory may clear per controller with ``no_host_filesystems = true``)
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -101,6 +102,23 @@ def block_name(fs: Sysfs, source: str) -> str | None:
     return None
 
 
+def _claimed(name: str) -> list[str]:
+    """Whether the kernel holds ``/dev/<name>`` exclusively (a mount, swap, md, dm, ZFS, DRBD,
+    bcache: an exclusive open then fails with EBUSY), which catches users that leave no other
+    trace. The open has no side effect; a node that cannot be opened counts as in use."""
+    try:
+        fd = os.open(f"/dev/{name}", os.O_RDONLY | os.O_EXCL | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ENOMEDIUM:  # an empty drive: nothing on it to use
+            return []
+        if e.errno == errno.EBUSY:
+            return [f"{name} is claimed by the kernel (an exclusive open of /dev/{name} says "
+                    "busy: mounted, swap, or part of md, dm, ZFS, DRBD...)"]
+        return [f"{name} cannot be checked: opening /dev/{name} failed ({e.strerror})"]
+    os.close(fd)
+    return []
+
+
 class OpenFiles:
     """Which device nodes processes hold open: by path (``/dev/sdb``) and device number."""
 
@@ -176,6 +194,14 @@ class StorageView:
             self.unmapped.append("ZFS is loaded (its pools hold disks the harness cannot tell)")
         self.btrfs = {p.name: p.parent.parent.name
                       for p in fs.sys("fs", "btrfs").glob("*/devices/*")}
+        #: Block devices a loop device reads directly (``losetup /dev/loop0 /dev/sdb``): the
+        #: loop holds them with no holders/ link and no process fd.
+        self.loop_backed = {}
+        for loop in sorted(fs.sys("class", "block").glob("loop*")):
+            backing = fs.read(loop / "loop" / "backing_file") or ""
+            name = block_name(fs, backing) if backing.startswith("/dev/") else None
+            if name:
+                self.loop_backed[name] = loop.name
 
     @classmethod
     def read(cls, fs: Sysfs) -> "StorageView":
@@ -195,6 +221,10 @@ class StorageView:
                 self.by_majmin.get(majmin or "-", [])]
         if name in self.btrfs:
             uses.append(f"{name} is a device of the btrfs filesystem {self.btrfs[name]}")
+        if name in self.loop_backed:
+            uses.append(f"{name} backs the loop device {self.loop_backed[name]}")
+        if self.fs.root == Path("/"):
+            uses += _claimed(devname(d, self.fs))
         uses += [f"{name} is open by {who}"
                  for who in self.opened.users("block", devname(d, self.fs), majmin)]
         for holder in sorted(p.name for p in (d / "holders").glob("*")):

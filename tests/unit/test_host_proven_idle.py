@@ -321,3 +321,32 @@ def test_the_lab_hosts_devices_are_proven_idle_by_the_same_rule(fake_root):
     usage = HostUsage.read(fake_root)
     assert "eth0 carries the route default (table main)" in usage.verdict("00:02.0").uses
     assert not plan_group(h.sysfs(), "00:1f.2", usage, allowed={"00:1f.2"}).safe
+
+
+def test_8_a_disk_a_loop_device_reads_directly_is_in_use(lab):
+    """`losetup /dev/loop0 /dev/sdb`: no holders/ link, no process keeps it open."""
+    loop = lab.sys / "devices/virtual/block/loop0"
+    lab.file(str((loop / "loop/backing_file").relative_to(lab.root)), "/dev/sdb\n")
+    os.symlink(loop, lab.sys / "class/block/loop0")
+    assert uses(lab, "06:00.0") == ("sdb backs the loop device loop0",)
+
+
+def test_an_nvme_namespace_without_multipath_is_a_disk_too(lab):
+    """/sys/class/block/nvme0n1 -> .../nvme/nvme0/nvme0n1: not under a block/ folder."""
+    lab.add_pci("0000:09:00.0", "144d:a808", 0x010802, "nvme", 21)
+    ns = lab.dev_dir("0000:09:00.0") / "nvme/nvme0/nvme0n1"
+    (ns / "nvme0n1p2").mkdir(parents=True)
+    (ns / "dev").write_text("259:0\n")
+    (ns / "nvme0n1p2/partition").write_text("2\n")
+    os.symlink(ns, lab.sys / "class/block/nvme0n1")
+    os.symlink(ns / "nvme0n1p2", lab.sys / "class/block/nvme0n1p2")
+    lab.proc("swaps", "Filename Type Size Used Priority\n/dev/nvme0n1p2 partition 8 0 -2\n")
+    assert "nvme0n1p2 is used as swap" in uses(lab, "09:00.0")
+
+
+def test_a_block_node_that_cannot_be_opened_exclusively_counts_as_in_use():
+    from harness.host.storage import _claimed
+
+    assert _claimed("hh-no-such-disk") == [
+        "hh-no-such-disk cannot be checked: opening /dev/hh-no-such-disk failed (No such file "
+        "or directory)"]
