@@ -78,7 +78,7 @@ class InventoryDevice:
     companions: tuple[str, ...] = ()
     #: sata-controller: the person who wrote the inventory says no host filesystem is on it.
     #: Only matters when a mounted filesystem maps to no controller (a ZFS pool), which
-    #: otherwise makes every storage controller critical.
+    #: otherwise leaves every storage controller unproven (harness/host/safety.py).
     no_host_filesystems: bool | None = None
     #: nic: an SR-IOV virtual function instead of ``bdf``: its physical function (which stays
     #: on the host), the VF's index, and how many VFs the PF gets (``sriov_numvfs``). The

@@ -300,6 +300,37 @@ class GroupPlan:
                      and not m.kernel_bridge)
 
 
+class _Planner:
+    """One :func:`plan_group` call: the problems and verdicts it gathers."""
+
+    def __init__(self, usage: HostUsage | None, held_groups):
+        self.usage, self.held_groups = usage, held_groups
+        self.problems: list[str] = []
+        self.verdicts: list[Verdict] = []
+
+    def judge(self, dev: PciDevice, label: str) -> None:
+        if self.usage is not None:
+            v = self.usage.verdict(dev.bdf, self.held_groups)
+            self.verdicts.append(v)
+            self.problems.extend(label + u for u in v.uses)
+
+    def member(self, m: PciDevice, target: str, group: int, listed: "set[str] | None") -> None:
+        """Problems of a group member that is not a PCI-to-PCI bridge."""
+        what = f"group {group} member {m.bdf} ({m.class_name}, {m.driver or 'no driver'})"
+        if m.class_code >> 8 == 0x0600:
+            self.problems.append(f"group {group} holds the host bridge {m.bdf}: the device is "
+                                 "not isolated (no ACS there); use a slot with its own IOMMU "
+                                 "group")
+        elif m.normal_header_bridge:
+            self.problems.append(f"{what} would have to leave the host for vfio-pci too")
+        elif listed is not None and m.bdf not in listed:
+            self.problems.append(f"{what} is not in the inventory: every function of the group "
+                                 f"but its bridges must be (list it as a companion of {target} "
+                                 "if the host can spare it)")
+        else:
+            self.judge(m, f"in group {group}, ")
+
+
 def plan_group(root: "str | Path | Sysfs", bdf: str, usage: HostUsage | None,
                allowed: "set[str] | None" = None,
                held_groups: "set[int] | frozenset[int]" = frozenset()) -> GroupPlan:
@@ -312,57 +343,36 @@ def plan_group(root: "str | Path | Sysfs", bdf: str, usage: HostUsage | None,
     fs = Sysfs.of(root)
     target = fs.pci_device(bdf)
     bdf = target.bdf
-    problems: list[str] = []
-    verdicts: list[Verdict] = []
-
-    def judge(dev: PciDevice, label: str) -> None:
-        if usage is not None:
-            v = usage.verdict(dev.bdf, held_groups)
-            verdicts.append(v)
-            problems.extend(label + u for u in v.uses)
-
-    judge(target, "")
+    p = _Planner(usage, held_groups)
+    p.judge(target, "")
     if target.kernel_bridge:
-        problems.append(f"{bdf} ({target.class_name}) is a bridge: vfio-pci takes only "
-                        f"endpoint functions")
+        p.problems.append(f"{bdf} ({target.class_name}) is a bridge: vfio-pci takes only "
+                          "endpoint functions")
     if target.iommu_group is None:
-        problems.append(f"{bdf} has no iommu_group: no IOMMU, or it is not enabled (VT-d in the "
-                        f"firmware, intel_iommu=on)")
-        return GroupPlan(target, None, (target,), (), (), tuple(problems), tuple(verdicts))
+        p.problems.append(f"{bdf} has no iommu_group: no IOMMU, or it is not enabled (VT-d in "
+                          "the firmware, intel_iommu=on)")
+        return GroupPlan(target, None, (target,), (), (), tuple(p.problems), tuple(p.verdicts))
     group = target.iommu_group
     members = tuple(fs.pci_device(m) if m != bdf else target
                     for m in fs.iommu_group_members(group) or [bdf])
     listed = {parse_bdf(a) for a in allowed} if allowed is not None else None
     to_move, kept = [], []
     for m in members:
-        what = f"group {group} member {m.bdf} ({m.class_name}, {m.driver or 'no driver'})"
-        if m.bdf == bdf:
-            if m.driver != VFIO and not m.kernel_bridge:
-                to_move.append(m)
-            continue
         if m.kernel_bridge:
-            kept.append((m, f"{m.class_name}: stays on {m.driver or 'no driver'}, as vfio allows"))
+            if m.bdf != bdf:
+                kept.append((m, f"{m.class_name}: stays on {m.driver or 'no driver'}, as vfio "
+                                "allows"))
             continue
-        if m.class_code >> 8 == 0x0600:
-            problems.append(f"group {group} holds the host bridge {m.bdf}: the device is not "
-                            f"isolated (no ACS there); use a slot with its own IOMMU group")
-        elif m.normal_header_bridge:
-            problems.append(f"{what} would have to leave the host for vfio-pci too")
-        elif listed is not None and m.bdf not in listed:
-            problems.append(f"{what} is not in the inventory: every function of the group but "
-                            f"its bridges must be (list it as a companion of {bdf} if the host "
-                            "can spare it)")
-        else:
-            judge(m, f"in group {group}, ")
-        if m.driver in _NO_HOST_DRIVER:
+        if m.bdf != bdf:
+            p.member(m, bdf, group, listed)
+        if m.bdf != bdf and m.driver in _NO_HOST_DRIVER:
             kept.append((m, f"on {m.driver or 'no driver'}, which vfio accepts"))
         elif m.driver != VFIO:
             to_move.append(m)
     pf = physfn_of(fs, bdf)
     if pf and pf in {m.bdf for m in members}:
-        problems.append(f"group {group} holds {bdf}'s own physical function {pf}: the PF (and "
-                        "every VF beside it) would leave the host with the VF; use a PF whose "
-                        "VFs get IOMMU groups of their own (ACS)")
+        p.problems.append(f"group {group} holds {bdf}'s own physical function {pf}: the PF (and "
+                          "every VF beside it) would leave the host with the VF; use a PF whose "
+                          "VFs get IOMMU groups of their own (ACS)")
     return GroupPlan(target, group, members, tuple(to_move), tuple(kept),
-                     tuple(dict.fromkeys(problems)), tuple(verdicts))
-
+                     tuple(dict.fromkeys(p.problems)), tuple(p.verdicts))
