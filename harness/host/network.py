@@ -114,6 +114,8 @@ class NetView:
         if up and ns.addresses.get(dev.name):
             uses.append(f"{dev} is up with the address {', '.join(ns.addresses[dev.name])}")
         uses += [f"{dev} has a socket bound to it ({s})" for s in ns.sockets.get(dev.name, [])]
+        if link.get("xdp"):  # a program handles its packets before any socket sees them
+            uses.append(f"{dev} has an XDP program attached")
         evidence = (f"{dev}: {'up with no address' if up else 'down'}, no route in any table, "
                     "no upper device, no socket bound to it")
         return uses, evidence

@@ -350,3 +350,10 @@ def test_a_block_node_that_cannot_be_opened_exclusively_counts_as_in_use():
     assert _claimed("hh-no-such-disk") == [
         "hh-no-such-disk cannot be checked: opening /dev/hh-no-such-disk failed (No such file "
         "or directory)"]
+
+
+def test_an_interface_with_an_xdp_program_is_in_use(lab):
+    lab.network(links=IDLE_PORTS[:2] + [link(3, "enp5s0f0", PORT0, up=True,
+                                             xdp={"mode": 1, "prog": {"id": 42}})]
+                + IDLE_PORTS[3:], addrs=HOST_ADDRS)
+    assert uses(lab, PORT0) == ("enp5s0f0 has an XDP program attached",)
