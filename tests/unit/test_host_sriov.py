@@ -364,3 +364,24 @@ def test_vfs_that_were_there_already_are_journaled_as_this_runs(host, journal):
     assert first.status == "in-use" and "pid 77 (a live run) uses its VFs" in first.detail
     assert second.status == "in-use" and "held by pid 77" in second.detail
     assert numvfs(host) == 2 and len(entries(journal)) == 2
+
+
+def test_plan_says_what_a_vf_entry_would_write_and_why_the_pf_may_make_them(host):
+    from harness.host.plan import plan_inventory
+
+    inv = inventory(host, VF_ENTRY.format(vf=1, vfs=2))
+    lines, ok = plan_inventory(host.sysfs(), inv)
+    pf_dir = host.root / "sys/bus/pci/devices" / PF
+    assert ok and lines[2:10] == [
+        f"nic nic-vf1-08-00.0 (VF 1 of {PF})",
+        f"  PF {PF} on igb: stays on the host",
+        "    idle: enp8s0: down, no route in any table, no upper device, no socket bound to it",
+        f"  would write: echo 0 > {pf_dir}/sriov_drivers_autoprobe (journaled, put back)",
+        f"  would write: echo 2 > {pf_dir}/sriov_numvfs (journaled: 0, put back at the end of "
+        "the run)",
+        "  then VF 1 is bound like any listed device (driver_override, drivers_probe), after its "
+        "own proven-idle check", "", "verdict: every device would be taken"]
+    set_numvfs(host, 2)
+    lines, ok = plan_inventory(host.sysfs(), inv)
+    assert ok and f"  would use its existing VF 1 ({VF1}), journaled as this run's: " \
+                  "sriov_numvfs stays while any live run holds a VF of it" in lines
