@@ -70,6 +70,8 @@ class NetView:
     def __init__(self, fs: Sysfs, namespaces: list[Namespace], problems: list[str]):
         self.fs = fs
         self.namespaces = {ns.name: ns for ns in namespaces}
+        #: Interfaces the kernel sends its log through (netconsole: no socket, no process).
+        self.netconsoles = _netconsoles(fs)
         #: Why no interface can be proven idle (empty: all was read).
         self.problems = problems + [p for ns in namespaces for p in ns.problems]
 
@@ -114,11 +116,26 @@ class NetView:
         if up and ns.addresses.get(dev.name):
             uses.append(f"{dev} is up with the address {', '.join(ns.addresses[dev.name])}")
         uses += [f"{dev} has a socket bound to it ({s})" for s in ns.sockets.get(dev.name, [])]
+        if dev.namespace == OWN and dev.name in self.netconsoles:
+            uses.append(f"{dev} carries the kernel's netconsole")
         if link.get("xdp"):  # a program handles its packets before any socket sees them
             uses.append(f"{dev} has an XDP program attached")
         evidence = (f"{dev}: {'up with no address' if up else 'down'}, no route in any table, "
                     "no upper device, no socket bound to it")
         return uses, evidence
+
+
+def _netconsoles(fs: Sysfs) -> set[str]:
+    """netconsole's interfaces: ``netconsole=[+][src-port]@[src-ip]/[dev],...`` on the kernel
+    command line (no dev: eth0) and its enabled configfs targets."""
+    out = set()
+    for m in re.finditer(r"(?:^|\s)netconsole=\S*?@[^/\s]*/([^,\s]*)",
+                         fs.read(fs.proc("cmdline")) or ""):
+        out.add(m[1] or "eth0")
+    for target in fs.sys("kernel", "config", "netconsole").glob("*"):
+        if fs.read(target / "enabled") == "1":
+            out.add(fs.read(target / "dev_name") or "eth0")
+    return out
 
 
 def _kind(link: dict) -> str:

@@ -197,6 +197,9 @@ class HostUsage:
             name = devname(node, self.fs)
             who = self.storage.opened.users("char", name, majmin)
             uses += [f"/dev/{name} (below {label}) is open by {w}" for w in who]
+            if majmin in self.storage.consoles:
+                uses.append(f"/dev/{name} (below {label}) is a kernel console "
+                            f"({self.storage.consoles[majmin]} in /proc/consoles)")
         uses += [f"{label}: {k}" for k in _console_inputs(self.fs, path)]
         mice = self.storage.opened.users("char", "input/mice", None)
         if mice and any(n.name.startswith("mouse") for n, _ in tree.char_nodes):

@@ -203,6 +203,12 @@ class StorageView:
             if name:
                 self.loop_backed[name] = loop.name
 
+        #: Character devices the kernel prints its console to (/proc/consoles: a serial
+        #: adapter can be the console with no process holding it open): MAJ:MIN -> name.
+        self.consoles = {f[-1]: f[0] for f in (line.split() for line in
+                         (fs.read(fs.proc("consoles")) or "").splitlines())
+                         if len(f) >= 2 and re.fullmatch(r"\d+:\d+", f[-1])}
+
     @classmethod
     def read(cls, fs: Sysfs) -> "StorageView":
         problems: list[str] = []

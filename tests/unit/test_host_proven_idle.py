@@ -357,3 +357,21 @@ def test_an_interface_with_an_xdp_program_is_in_use(lab):
                                              xdp={"mode": 1, "prog": {"id": 42}})]
                 + IDLE_PORTS[3:], addrs=HOST_ADDRS)
     assert uses(lab, PORT0) == ("enp5s0f0 has an XDP program attached",)
+
+
+def test_a_netconsole_interface_is_in_use(lab):
+    """The kernel sends its log through it: no socket, no process, maybe no address."""
+    lab.proc("cmdline", "root=/dev/sda2 netconsole=6665@/enp5s0f1,6666@10.0.5.9/ quiet\n")
+    assert uses(lab, PORT1) == ("enp5s0f1 carries the kernel's netconsole",)
+    lab.proc("cmdline", "root=/dev/sda2\n")
+    lab.file("sys/kernel/config/netconsole/t1/enabled", "1\n")
+    lab.file("sys/kernel/config/netconsole/t1/dev_name", "enp5s0f0\n")
+    assert uses(lab, PORT0) == ("enp5s0f0 carries the kernel's netconsole",)
+
+
+def test_a_usb_serial_adapter_that_is_the_kernel_console_keeps_its_controller(lab):
+    tty = lab.dev_dir("0000:07:00.0") / "usb4/4-1/4-1:1.0/ttyUSB0/tty/ttyUSB0"
+    lab.file(str((tty / "dev").relative_to(lab.root)), "188:0\n")
+    lab.proc("consoles", "ttyUSB0              -W- (EC p a)  188:0\n")
+    assert uses(lab, "07:00.0") == ("/dev/ttyUSB0 (below 0000:07:00.0) is a kernel console "
+                                    "(ttyUSB0 in /proc/consoles)",)
