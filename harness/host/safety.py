@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 from harness.host.network import NetView
@@ -41,6 +42,14 @@ from harness.host.sriov import physfn_of, vfs_of
 from harness.host.storage import StorageView, devname
 from harness.host.sysfs import STORAGE_CLASSES, PciDevice, Sysfs, UsbDevice, parse_bdf
 
+#: USB interface drivers whose use the rule can judge: through their network interfaces,
+#: disks or device nodes (all looked at), or not at all (hubs). An interface on any other
+#: driver (btusb: Bluetooth sockets the harness cannot see) keeps its controller.
+USB_DRIVERS_JUDGED = {
+    "hub", "usbhid", "usb-storage", "uas", "cdc_ether", "cdc_ncm", "rndis_host", "r8152",
+    "ax88179_178a", "asix", "cdc_acm", "ftdi_sio", "pl2303", "cp210x", "ch341", "usbserial_generic",
+    "snd-usb-audio", "uvcvideo", "usbfs"}
+_USB_INTERFACE = re.compile(r"(?:\d+-[\d.]+|\d+-0):\d+\.\d+")
 #: Drivers that leave a device to nobody on the host.
 _NO_HOST_DRIVER = {None, "pci-stub"}
 VFIO = "vfio-pci"
@@ -201,6 +210,9 @@ class HostUsage:
                 uses.append(f"/dev/{name} (below {label}) is a kernel console "
                             f"({self.storage.consoles[majmin]} in /proc/consoles)")
         uses += [f"{label}: {k}" for k in _console_inputs(self.fs, path)]
+        uses += [f"USB interface {name} (below {label}) is on {driver}, whose use the harness "
+                 "cannot judge" for name, driver in tree.usb_interfaces
+                 if driver is not None and driver not in USB_DRIVERS_JUDGED]
         mice = self.storage.opened.users("char", "input/mice", None)
         if mice and any(n.name.startswith("mouse") for n, _ in tree.char_nodes):
             uses.append(f"a mouse below {label} feeds /dev/input/mice, open by "
@@ -230,12 +242,16 @@ class _Subtree:
         self.netdevs: list[str] = []
         self.blocks: list[str] = []
         self.char_nodes: list[tuple[Path, str | None]] = []
+        #: USB interfaces (``3-4:1.0``) and their drivers (None: unbound).
+        self.usb_interfaces: list[tuple[str, str | None]] = []
         try:  # a disk is wherever /sys/class/block says (an NVMe namespace sits under nvme0/)
             disks = {os.path.realpath(p) for p in fs.sys("class", "block").iterdir()}
         except OSError:
             disks = set()
         for dirpath, dirnames, filenames in os.walk(path):
             here = Path(dirpath)
+            if _USB_INTERFACE.fullmatch(here.name):
+                self.usb_interfaces.append((here.name, fs.link_name(here / "driver")))
             if here.parent.name == "net":
                 self.netdevs.append(here.name)
                 dirnames.clear()  # its queues and statistics

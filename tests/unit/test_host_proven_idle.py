@@ -375,3 +375,10 @@ def test_a_usb_serial_adapter_that_is_the_kernel_console_keeps_its_controller(la
     lab.proc("consoles", "ttyUSB0              -W- (EC p a)  188:0\n")
     assert uses(lab, "07:00.0") == ("/dev/ttyUSB0 (below 0000:07:00.0) is a kernel console "
                                     "(ttyUSB0 in /proc/consoles)",)
+
+
+def test_a_usb_interface_on_a_driver_the_rule_cannot_judge_keeps_its_controller(lab):
+    """Bluetooth (btusb) is used through sockets `ss` does not list: fail closed."""
+    lab.add_usb("4-1", 2, "8087:0a2b", "Bluetooth", iface_driver="btusb")
+    assert uses(lab, "07:00.0") == ("USB interface 4-1:1.0 (below 0000:07:00.0) is on btusb, "
+                                    "whose use the harness cannot judge",)
