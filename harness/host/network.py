@@ -7,14 +7,14 @@ at all (an IPv6 link-local address counts: SSH may run over it). What cannot be 
 or ``ss`` missing, a namespace the harness cannot enter, a device in another namespace whose
 lower device cannot be told) makes every interface unproven: :attr:`NetView.problems`.
 
-Namespaces: the harness's own, and every named one (``ip -all netns``, ``/var/run/netns``).
-An interface moved into an unnamed namespace (a container's) is not seen anywhere: its
-device then shows no interface at all, which :mod:`.safety` counts as "in use".
+Namespaces: the harness's own, every named one (``ip -all netns``, ``/var/run/netns``), and
+every other one a process lives in (a container's, from ``/proc/PID/ns/net``, entered with
+``nsenter -t PID -n``). One that cannot be read makes every interface unproven.
 
 Everything is read under a root: on ``/`` the tools are run; under a test's fake root their
 output is read from files: ``<root>/ip/<what>.json`` for the harness's own namespace,
-``<root>/ip/netns/<name>/<what>.json`` for a named one, ``ip/netns.json``, ``ss.txt`` and
-``packet.txt`` (``/proc/net/packet``) likewise.
+``<root>/ip/netns/<name>/<what>.json`` for a named one, ``ip/pidns/<pid>/`` for a process's,
+``ip/netns.json``, ``ss.txt`` and ``packet.txt`` (``/proc/net/packet``) likewise.
 
     >>> view = NetView.read(Sysfs("/"))                 # doctest: +SKIP
     >>> view.use_of(Netdev(OWN, "enp5s0f0"))
@@ -53,10 +53,13 @@ class Netdev(NamedTuple):
 
 
 class Namespace:
-    """One namespace's links, addresses, routes and sockets, or the reasons it is unreadable."""
+    """One namespace's links, addresses, routes and sockets, or the reasons it is unreadable.
+    ``name``: OWN, a named namespace, or ``pid N`` (an unnamed one, a container's, entered
+    through a process in it); ``enter``: the argv prefix that runs a command in it; ``fake``:
+    where a test's fake root keeps the tools' output for it."""
 
-    def __init__(self, name: str):
-        self.name = name
+    def __init__(self, name: str, enter: list[str], ip: list[str], fake: Path):
+        self.name, self.enter, self.ip, self.fake = name, enter, ip, fake
         self.links: dict[str, dict] = {}
         self.addresses: dict[str, list[str]] = {}
         self.routes: dict[str, list[str]] = {}
@@ -78,8 +81,8 @@ class NetView:
     @classmethod
     def read(cls, fs: Sysfs) -> "NetView":
         problems: list[str] = []
-        names = _named_namespaces(fs, problems)
-        spaces = [_read_namespace(fs, name) for name in [OWN] + names]
+        spaces = [ns if ns.name.startswith("pid ") else _read_namespace(fs, ns)
+                  for ns in _namespaces(fs, problems)]
         for ns in spaces:
             for link in ns.links.values():
                 if link.get("link_netnsid") is not None and \
@@ -175,8 +178,57 @@ def _run(fs: Sysfs, argv: list[str], fake: Path) -> str:
     return p.stdout
 
 
-def _fake_dir(fs: Sysfs, ns: str) -> Path:
-    return fs.path("ip", "netns", ns) if ns else fs.path("ip")
+def _namespaces(fs: Sysfs, problems: list[str]) -> list[Namespace]:
+    """The harness's own namespace, every named one, and every other one a process lives in
+    (a container's: entered with nsenter through that process)."""
+    out = [Namespace(OWN, [], ["ip"], fs.path("ip"))]
+    named = _named_namespaces(fs, problems)
+    out += [Namespace(n, ["ip", "netns", "exec", n], ["ip", "-n", n], fs.path("ip", "netns", n))
+            for n in named]
+    run_netns = fs.path("var", "run", "netns")
+    seen = {_inode(fs.proc("self", "ns", "net"))} | {_inode(run_netns / n) for n in named}
+    others: dict[str, list[str]] = {}
+    for proc in sorted(fs.proc().glob("[0-9]*"), key=lambda p: int(p.name)):
+        try:
+            inode = _inode(proc / "ns" / "net", strict=True)
+        except FileNotFoundError:
+            continue  # gone
+        except OSError as e:
+            problems.append(f"the network namespace of pid {proc.name} cannot be read "
+                            f"({e.strerror}): run as root")
+            continue
+        if None not in seen and inode not in seen:  # (a bare fake has no own namespace)
+            others.setdefault(inode, []).append(proc.name)
+    return out + [_pid_namespace(fs, pids) for pids in others.values()]
+
+
+def _pid_namespace(fs: Sysfs, pids: list[str]) -> Namespace:
+    """An unnamed namespace, read through the first of its processes still there (one that
+    ends meanwhile does not end the namespace while another lives in it)."""
+    for pid in pids:
+        ns = _read_namespace(fs, Namespace(f"pid {pid}", ["nsenter", "-t", pid, "-n"],
+                                           ["nsenter", "-t", pid, "-n", "ip"],
+                                           fs.path("ip", "pidns", pid)))
+        if not ns.problems or fs.proc(pid).exists():
+            return ns
+    # every process of it ended while it was read: the namespace is gone with them
+    return Namespace(f"pid {pids[0]}", [], [], fs.path("ip", "pidns", pids[0]))
+
+
+def _inode(path: Path, strict: bool = False) -> str | None:
+    """A namespace's identity: ``net:[4026531840]`` from a /proc link, the inode of a bind
+    mount in /var/run/netns."""
+    try:
+        return os.readlink(path).removeprefix("net:")
+    except OSError:
+        if strict and not path.exists() and not path.is_symlink():
+            raise FileNotFoundError(path)
+        try:
+            return f"[{os.stat(path).st_ino}]"
+        except OSError:
+            if strict:
+                raise
+            return None
 
 
 def _named_namespaces(fs: Sysfs, problems: list[str]) -> list[str]:
@@ -197,15 +249,12 @@ def _named_namespaces(fs: Sysfs, problems: list[str]) -> list[str]:
     return sorted(names)
 
 
-def _read_namespace(fs: Sysfs, name: str) -> Namespace:
-    ns = Namespace(name)
-    where = f" in network namespace {name}" if name else ""
-    prefix = ["ip", "-n", name] if name else ["ip"]
+def _read_namespace(fs: Sysfs, ns: Namespace) -> Namespace:
+    where = f" in network namespace {ns.name}" if ns.name else ""
     data = {}
     for what, args in _IP.items():
         try:
-            data[what] = json.loads(_run(fs, prefix + args, _fake_dir(fs, name) / f"{what}.json")
-                                    or "[]")
+            data[what] = json.loads(_run(fs, ns.ip + args, ns.fake / f"{what}.json") or "[]")
             if not isinstance(data[what], list):
                 raise ValueError("not a list")
         except (OSError, ValueError) as e:
@@ -234,12 +283,10 @@ def _route_text(r: dict) -> str:
 def _read_sockets(fs: Sysfs, ns: Namespace, where: str) -> None:
     """Sockets bound to an interface: ``ss`` (TCP, UDP, raw) and /proc/net/packet (packet
     sockets, by interface index; 0 means every interface: bound to none)."""
-    enter = ["ip", "netns", "exec", ns.name] if ns.name else []
     try:
-        ss = _run(fs, enter + _SS, _fake_dir(fs, ns.name) / "ss.txt")
+        ss = _run(fs, ns.enter + _SS, ns.fake / "ss.txt")
         if ns.name:
-            packet = _run(fs, enter + ["cat", "/proc/net/packet"],
-                          _fake_dir(fs, ns.name) / "packet.txt")
+            packet = _run(fs, ns.enter + ["cat", "/proc/net/packet"], ns.fake / "packet.txt")
         else:
             packet = fs.read(fs.proc("net", "packet"))
             if packet is None:

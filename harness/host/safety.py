@@ -149,8 +149,9 @@ class HostUsage:
         if (netdevs or may_have) and self.net.problems:
             uses += [f"cannot tell whether {label}'s interfaces are in use: {p}"
                      for p in self.net.problems]
-            return
-        for nd in netdevs:
+        for nd in netdevs:  # what can be read is shown too (an unreadable namespace: above)
+            if self.net.namespaces.get(nd.namespace) and self.net.namespaces[nd.namespace].problems:
+                continue
             why, idle = self.net.use_of(nd)
             uses += why
             if not why:

@@ -382,3 +382,32 @@ def test_a_usb_interface_on_a_driver_the_rule_cannot_judge_keeps_its_controller(
     lab.add_usb("4-1", 2, "8087:0a2b", "Bluetooth", iface_driver="btusb")
     assert uses(lab, "07:00.0") == ("USB interface 4-1:1.0 (below 0000:07:00.0) is on btusb, "
                                     "whose use the harness cannot judge",)
+
+
+def container(host: FakeHost, pid: int, inode: int) -> None:
+    """A process in a network namespace of its own, not named in /var/run/netns."""
+    (host.root / f"proc/{pid}/ns").mkdir(parents=True)
+    os.symlink(f"net:[{inode}]", host.root / f"proc/{pid}/ns/net")
+
+
+def test_9_an_unnamed_namespace_a_container_lives_in_is_read_too(lab):
+    """Docker's and Kubernetes' namespaces are in no /var/run/netns: read through a process
+    in them (nsenter -t PID -n); the macvlan there sits on the host's enp5s0f1."""
+    (lab.root / "proc/self/ns").mkdir(parents=True)
+    os.symlink("net:[4026531840]", lab.root / "proc/self/ns/net")
+    container(lab, 1, 4026531840)      # init, in the host's namespace
+    container(lab, 2301, 4026532500)   # a container's init
+    container(lab, 2302, 4026532500)   # and its other process: one namespace, read once
+    lab.file("ip/pidns/2301/link.json", json.dumps(
+        [link(1, "lo", up=True), link(2, "eth0", up=True, link_index=4, link_netnsid=0,
+                                      linkinfo={"info_kind": "macvlan"})]))
+    for what in ("addr", "route", "route6"):
+        lab.file(f"ip/pidns/2301/{what}.json", "[]")
+    lab.file("ip/pidns/2301/ss.txt", "")
+    lab.file("ip/pidns/2301/packet.txt", "sk RefCnt Type Proto Iface R Rmem User Inode\n")
+    [why] = uses(lab, PORT1)
+    assert "eth0 (netns pid 2301) (macvlan) sits on a device of another namespace" in why
+    (lab.root / "ip/pidns/2301/ss.txt").unlink()  # it cannot be entered: fail closed
+    assert any("the sockets in network namespace pid 2301 cannot be read" in why
+               for why in uses(lab, PORT1))
+    assert not (lab.root / "ip/pidns/2302").exists()
