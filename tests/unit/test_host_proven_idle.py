@@ -411,3 +411,34 @@ def test_9_an_unnamed_namespace_a_container_lives_in_is_read_too(lab):
     assert any("the sockets in network namespace pid 2301 cannot be read" in why
                for why in uses(lab, PORT1))
     assert not (lab.root / "ip/pidns/2302").exists()
+
+
+def test_binding_is_refused_outside_the_hosts_network_namespace(lab):
+    from harness.host.network import namespace_problem
+
+    (lab.root / "proc/self/ns").mkdir(parents=True)
+    (lab.root / "proc/1/ns").mkdir(parents=True)
+    os.symlink("net:[4026532301]", lab.root / "proc/self/ns/net")
+    os.symlink("net:[4026531840]", lab.root / "proc/1/ns/net")
+    assert "network namespace net:[4026532301], not the host's" in namespace_problem(lab.sysfs())
+    assert refused(lab, PORT0).startswith("refusing to take 0000:05:00.0: this process is in "
+                                          "network namespace net:[4026532301]")
+
+
+def test_binding_is_refused_in_a_container(lab):
+    lab.file(".dockerenv")
+    assert "/.dockerenv exists" in refused(lab, PORT0)
+
+
+def test_zfs_leaves_every_storage_controller_unproven_unless_the_inventory_clears_it(lab):
+    from harness.host.inventory import parse_inventory
+
+    lab.proc("mounts", "rpool/ROOT/debian / zfs rw 0 0\n")
+    lab.proc("swaps", "Filename Type Size Used Priority\n")
+    assert "0000:06:00.0 may hold / (rpool/ROOT/debian, zfs)" in refused(lab, "06:00.0",
+                                                                        {"06:00.0"})
+    inventory = parse_inventory('[[device]]\nrole = "sata-controller"\nbdf = "06:00.0"\n'
+                                'no_host_filesystems = true\n', root=lab.root)
+    cleared = HostUsage.read(lab.root, inventory.cleared_storage()).verdict("06:00.0")
+    assert cleared.idle and "0000:06:00.0: the inventory says it holds none of / " \
+                            "(rpool/ROOT/debian, zfs) (no_host_filesystems)" in cleared.evidence
