@@ -49,6 +49,9 @@ USB_DRIVERS_JUDGED = {
     "hub", "usbhid", "usb-storage", "uas", "cdc_ether", "cdc_ncm", "rndis_host", "r8152",
     "ax88179_178a", "asix", "cdc_acm", "ftdi_sio", "pl2303", "cp210x", "ch341", "usbserial_generic",
     "snd-usb-audio", "uvcvideo", "usbfs"}
+#: USB NIC drivers: their interface shows its netdev below it, unless the netdev went to
+#: another namespace, where the harness cannot tie it to the device.
+_USB_NIC_DRIVERS = {"cdc_ether", "cdc_ncm", "rndis_host", "r8152", "ax88179_178a", "asix"}
 _USB_INTERFACE = re.compile(r"(?:\d+-[\d.]+|\d+-0):\d+\.\d+")
 #: Drivers that leave a device to nobody on the host.
 _NO_HOST_DRIVER = {None, "pci-stub"}
@@ -212,8 +215,12 @@ class HostUsage:
                             f"({self.storage.consoles[majmin]} in /proc/consoles)")
         uses += [f"{label}: {k}" for k in _console_inputs(self.fs, path)]
         uses += [f"USB interface {name} (below {label}) is on {driver}, whose use the harness "
-                 "cannot judge" for name, driver in tree.usb_interfaces
+                 "cannot judge" for name, driver, _ in tree.usb_interfaces
                  if driver is not None and driver not in USB_DRIVERS_JUDGED]
+        uses += [f"USB interface {name} (below {label}) is on the network driver {driver} and "
+                 "shows no network interface here (another namespace may use it)"
+                 for name, driver, has_net in tree.usb_interfaces
+                 if driver in _USB_NIC_DRIVERS and not has_net]
         mice = self.storage.opened.users("char", "input/mice", None)
         if mice and any(n.name.startswith("mouse") for n, _ in tree.char_nodes):
             uses.append(f"a mouse below {label} feeds /dev/input/mice, open by "
@@ -243,8 +250,9 @@ class _Subtree:
         self.netdevs: list[str] = []
         self.blocks: list[str] = []
         self.char_nodes: list[tuple[Path, str | None]] = []
-        #: USB interfaces (``3-4:1.0``) and their drivers (None: unbound).
-        self.usb_interfaces: list[tuple[str, str | None]] = []
+        #: USB interfaces (``3-4:1.0``), their drivers (None: unbound), and whether a network
+        #: interface shows below them.
+        self.usb_interfaces: list[tuple[str, str | None, bool]] = []
         try:  # a disk is wherever /sys/class/block says (an NVMe namespace sits under nvme0/)
             disks = {os.path.realpath(p) for p in fs.sys("class", "block").iterdir()}
         except OSError:
@@ -252,7 +260,8 @@ class _Subtree:
         for dirpath, dirnames, filenames in os.walk(path):
             here = Path(dirpath)
             if _USB_INTERFACE.fullmatch(here.name):
-                self.usb_interfaces.append((here.name, fs.link_name(here / "driver")))
+                self.usb_interfaces.append((here.name, fs.link_name(here / "driver"),
+                                            any(here.glob("net/*"))))
             if here.parent.name == "net":
                 self.netdevs.append(here.name)
                 dirnames.clear()  # its queues and statistics

@@ -442,3 +442,14 @@ def test_zfs_leaves_every_storage_controller_unproven_unless_the_inventory_clear
     cleared = HostUsage.read(lab.root, inventory.cleared_storage()).verdict("06:00.0")
     assert cleared.idle and "0000:06:00.0: the inventory says it holds none of / " \
                             "(rpool/ROOT/debian, zfs) (no_host_filesystems)" in cleared.evidence
+
+
+def test_a_usb_nic_whose_interface_went_to_another_namespace_keeps_its_controller(lab):
+    iface = lab.add_usb("4-1", 2, "0bda:8153", "USB 10/100/1000 LAN", iface_driver="r8152")
+    assert uses(lab, "07:00.0") == (
+        "USB interface 4-1:1.0 (below 0000:07:00.0) is on the network driver r8152 and shows no "
+        "network interface here (another namespace may use it)",)
+    (iface / "net/enx00e04c680001").mkdir(parents=True)  # back in the harness's namespace
+    lab.file("ip/link.json", json.dumps(json.loads((lab.root / "ip/link.json").read_text())
+                                        + [link(9, "enx00e04c680001")]))
+    assert uses(lab, "07:00.0") == ()
