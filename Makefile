@@ -68,6 +68,7 @@ nightly: image
 	@test -f "$(INVENTORY)" || { echo "make nightly: no inventory $(INVENTORY) (python -m harness discover --write $(INVENTORY))"; exit 2; }
 	$(PY) -m harness restore
 	$(PY) -m harness doctor --inventory $(INVENTORY)
+	$(PY) -m harness plan --inventory $(INVENTORY)
 	status=0; $(PYTEST) tests/scenarios --backend vfio --host-inventory $(INVENTORY) -n $(JOBS) \
 	    --dist loadgroup $(PYTEST_ARGS) || status=$$?; \
 	$(PY) -m harness restore || status=1; exit $$status

@@ -5,6 +5,8 @@
                        behaves like a stock cloud image (root, mmdebstrap)
     doctor             check this host's prerequisites for the vfio backend
     discover           list the host devices that could play each role
+    plan --inventory F a dry run: what a run would change on this host, and the evidence
+                       that each device is idle (or why it is refused)
     restore            give back host devices a killed run left on vfio-pci
     bind BDF           put a host device on vfio-pci by hand (the guide's vfio-pci.sh -h),
                        through the same safety checks and journal as a run
@@ -56,8 +58,9 @@ def _image(argv: list[str]) -> int:
 
 
 COMMANDS = {"image": _image, "compare": report.compare_main, "merge": report.merge_main,
-            "trend": report.trend_main, "prune": report.prune_main, "doctor": host.doctor_main, "discover": host.discover_main,
-            "restore": host.restore_main, "bind": host.bind_main, "release": host.release_main}
+            "trend": report.trend_main, "prune": report.prune_main, "doctor": host.doctor_main,
+            "discover": host.discover_main, "plan": host.plan_main, "restore": host.restore_main,
+            "bind": host.bind_main, "release": host.release_main}
 
 
 def main(argv: list[str] | None = None) -> int:

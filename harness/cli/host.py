@@ -1,4 +1,4 @@
-"""``python -m harness discover|doctor|restore|bind|release``: each ``*_main(argv)`` returns the
+"""``python -m harness discover|doctor|plan|restore|bind|release``: each ``*_main(argv)`` returns the
 exit code.
 
 They raise :class:`~harness.errors.HarnessError` for a problem they cannot report otherwise
@@ -18,6 +18,7 @@ from harness.host.sysfs import Sysfs, parse_bdf, short_bdf
 from harness.host.discover import discover, draft_inventory, format_candidates
 from harness.host.doctor import Check, exit_code, format_report, run_checks
 from harness.host.inventory import InventoryError, load_inventory
+from harness.host.plan import plan_inventory
 
 
 def _parser(command: str, description: str) -> argparse.ArgumentParser:
@@ -70,6 +71,19 @@ def doctor_main(argv: list[str]) -> int:
                         journal=default_journal_path()) + problems
     print(format_report(checks))
     return exit_code(checks)
+
+
+def plan_main(argv: list[str]) -> int:
+    p = _parser("plan", "A dry run: for each inventory device and each member of its IOMMU "
+                        "group, what a run would change on this host and the evidence that it "
+                        "is idle (or why it is refused). Changes nothing. Exits 1 when "
+                        "anything would be refused.")
+    p.add_argument("--inventory", metavar="TOML", required=True, help="the devices to plan for")
+    args = p.parse_args(argv)
+    inventory = load_inventory(args.inventory, args.root, check_host=False)
+    lines, ok = plan_inventory(args.root, inventory)
+    print("\n".join(lines))
+    return 0 if ok else 1
 
 
 def restore_main(argv: list[str]) -> int:
@@ -133,17 +147,20 @@ def release_main(argv: list[str], fs: Sysfs | None = None) -> int:
                            "its IOMMU group) back to its host driver.")
     p.add_argument("bdf", help="the device, like 05:00.0")
     p.add_argument("--journal", default=None, metavar="PATH", help="the vfio journal")
+    p.add_argument("--force", action="store_true",
+                   help="also take it back from a run that is still alive")
     args = p.parse_args(argv)
     _require_root(args.root, fs)
     journal = Path(args.journal) if args.journal else default_journal_path()
-    results = restore_from_journal(fs or args.root, journal, only={args.bdf})
+    results = restore_from_journal(fs or args.root, journal, only={args.bdf},
+                                   include_live=args.force)
     if not results:
         print(f"{parse_bdf(args.bdf)} is not in the journal {journal}: the harness did not bind "
               "it (nothing to give back)")
         return 1
     for r in results:
         print(r)
-    return 0
+    return 1 if any(r.status == "in-use" for r in results) else 0
 
 
 def _require_root(root: str, fs: Sysfs | None) -> None:

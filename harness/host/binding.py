@@ -34,7 +34,7 @@ from harness.core.waits import wait_until
 from harness.core.locks import flock_within
 from harness.core.paths import UnsafePathError, open_nofollow, private_dir, write_atomic
 from harness.host.network import namespace_problem
-from harness.host.safety import GroupPlan, critical_devices, plan_group
+from harness.host.safety import GroupPlan, HostUsage, plan_group
 from harness.host import sriov
 from harness.host.sysfs import PciDevice, Sysfs, parse_bdf, short_bdf
 
@@ -229,6 +229,17 @@ def _wait_driver(fs: Sysfs, bdf: str, expected: str | None, timeout: float) -> N
             hint=f"`dmesg | tail` shows why {expected or 'the driver'} did not take it") from e
 
 
+def move_steps(fs: Sysfs, dev: PciDevice) -> list[str]:
+    """What :func:`_move_to_vfio` writes, as shell lines (``python -m harness plan``)."""
+    d, vfio = fs.pci_dir(dev.bdf), fs.pci_driver_dir(VFIO)
+    unbind = [f"echo {dev.bdf} > {fs.pci_driver_dir(dev.driver) / 'unbind'}"] if dev.driver else []
+    if dev.has_driver_override:
+        return [f"echo {VFIO} > {d / 'driver_override'}", *unbind,
+                f"echo {dev.bdf} > {fs.sys('bus', 'pci', 'drivers_probe')}"]
+    return [*unbind, f"echo '{dev.vendor} {dev.device}' > {vfio / 'new_id'}",
+            f"echo {dev.bdf} > {vfio / 'bind'} (if new_id did not bind it)"]
+
+
 def _move_to_vfio(fs: Sysfs, dev: PciDevice, timeout: float) -> None:
     d = fs.pci_dir(dev.bdf)
     vfio = fs.pci_driver_dir(VFIO)
@@ -281,9 +292,11 @@ def _holders(fs: Sysfs, group: int | None) -> tuple[str, int] | None:
     return ", ".join(f"pid {pid} ({comm})" for pid, comm in users), users[0][0]
 
 
-def _restore_sriov(fs: Sysfs, entry: dict, timeout: float) -> Restored:
+def _restore_sriov(fs: Sysfs, entry: dict, timeout: float, journaled: list[dict] = ()) -> Restored:
     """Put a PF's ``sriov_numvfs`` back to the count journaled before the harness changed it
-    (its VFs' own entries, if any, are given back first: :func:`restore_from_journal`)."""
+    (its VFs' own entries, if any, are given back first: :func:`restore_from_journal`), unless
+    a live run relies on the PF's VFs (``journaled``: the journal now): then it stays
+    (``in-use``) and the entry with it, for the last run to let go."""
     pf, original = entry["bdf"], entry["numvfs"]
     now = sriov.physical_function(fs, pf) if fs.pci_exists(pf) else None
     if now is None:
@@ -293,6 +306,11 @@ def _restore_sriov(fs: Sysfs, entry: dict, timeout: float) -> Restored:
     if now.numvfs == original:
         _restore_autoprobe(fs, pf, probe)
         return Restored(pf, "restored", now.driver, f"sriov_numvfs is {original} already")
+    relying = _live_users_of_vfs(fs, entry, now, journaled)
+    if relying:
+        return Restored(pf, "in-use", now.driver,
+                        f"sriov_numvfs stays {now.numvfs}: {relying}; the last run to let go "
+                        f"puts it back to {original}")
     for vf in now.vfs:
         group = fs.pci_device(vf).iommu_group if fs.pci_exists(vf) else None
         held = _holders(fs, group)
@@ -313,15 +331,31 @@ def _restore_sriov(fs: Sysfs, entry: dict, timeout: float) -> Restored:
                     + (f", sriov_drivers_autoprobe {probe}" if probe is not None else ""))
 
 
+def _live_users_of_vfs(fs: Sysfs, entry: dict, pf: "sriov.PhysicalFunction",
+                       journaled: list[dict]) -> str | None:
+    """Which live run (other than this process) holds a VF of ``pf`` or relies on its VFs."""
+    for e in journaled:
+        if (e["bdf"], e.get("lease")) == (entry["bdf"], entry.get("lease")) or \
+                e.get("pid") == os.getpid() or not owner_alive(fs, e):
+            continue
+        if e["bdf"] in pf.vfs:
+            return f"pid {e.get('pid')} (a live run) holds its VF {e['bdf']}"
+        if e.get("kind") == SRIOV and e["bdf"] == pf.bdf:
+            return f"pid {e.get('pid')} (a live run) uses its VFs"
+    return None
+
+
 def _restore_autoprobe(fs: Sysfs, pf: str, value: int | None) -> None:
     if value is not None and sriov.autoprobe(fs, pf) != value:
         sriov.set_autoprobe(fs, pf, value)
 
 
-def _restore_entry(fs: Sysfs, entry: dict, timeout: float) -> Restored:
-    """Give one journaled device back, from whatever state a run left it in."""
+def _restore_entry(fs: Sysfs, entry: dict, timeout: float,
+                   journaled: list[dict] = ()) -> Restored:
+    """Give one journaled device back, from whatever state a run left it in (``journaled``:
+    the journal now, for a PF's count: :func:`_restore_sriov`)."""
     if entry.get("kind") == SRIOV:
-        return _restore_sriov(fs, entry, timeout)
+        return _restore_sriov(fs, entry, timeout, journaled)
     bdf, original = entry["bdf"], entry.get("driver")
     if not fs.pci_exists(bdf):
         return Restored(bdf, "gone", None, "no longer on this host (removed?); nothing to do")
@@ -370,7 +404,9 @@ def restore_from_journal(root: "str | Path | Sysfs" = "/", journal: str | Path |
     by hand (``python -m harness bind``) are left alone (``status="in-use"``) unless
     ``include_live``; ``own_pids`` are the calling run's own processes, whose entries are given
     back although they live (a session's end). ``only``: just the groups (leases) of these
-    BDFs, bound by hand or not (``python -m harness release``). Idempotent. Raises
+    BDFs (``python -m harness release``): bound by hand, or of a dead run; a live run's only
+    with ``include_live``. A PF's ``sriov_numvfs`` stays while a live run holds one of its VFs
+    (``in-use``, the entry kept). Idempotent. Raises
     HostDeviceError after trying them all if any could not be given back (their entries stay)."""
     fs = Sysfs.of(root)
     jr = Journal(journal or default_journal_path())
@@ -384,15 +420,15 @@ def restore_from_journal(root: "str | Path | Sysfs" = "/", journal: str | Path |
             leases = {e.get("lease") for e in entries if e["bdf"] in {parse_bdf(b) for b in only}}
             entries = [e for e in entries if e.get("lease") in leases]
         for entry in entries:
-            held = _held_elsewhere(fs, entry, include_live or only is not None, own_pids)
+            held = _held_elsewhere(fs, entry, include_live, own_pids, only is not None)
             if held:
                 results.append(Restored(entry["bdf"], "in-use", fs.link_name(
                     fs.pci_dir(entry["bdf"]) / "driver"), held))
                 continue
-            result = _restore_entry(fs, entry, timeout)
+            result = _restore_entry(fs, entry, timeout, [] if include_live else jr.read())
             log.info("restore: %s", result)
             results.append(result)
-            if result.status != "failed":
+            if result.status in ("restored", "gone"):
                 _drop(jr, entry)
     failed = [r for r in results if r.status == "failed"]
     if failed:
@@ -404,15 +440,19 @@ def restore_from_journal(root: "str | Path | Sysfs" = "/", journal: str | Path |
     return results
 
 
-def _held_elsewhere(fs: Sysfs, entry: dict, take_all: bool, own_pids) -> str | None:
-    """Why an entry is not this restore's to give back (None: it is)."""
+def _held_elsewhere(fs: Sysfs, entry: dict, take_all: bool, own_pids,
+                    releasing: bool) -> str | None:
+    """Why an entry is not this restore's to give back (None: it is). ``releasing``: `release
+    BDF` names the lease, which gives back one bound by hand, not a live run's."""
     if take_all or entry.get("pid") in own_pids:
         return None
     if entry.get("manual"):
-        return (f"bound by hand (`python -m harness bind`) since {entry.get('time')}; "
-                f"`python -m harness release {short_bdf(entry['bdf'])}` gives it back")
+        return None if releasing else (
+            f"bound by hand (`python -m harness bind`) since {entry.get('time')}; "
+            f"`python -m harness release {short_bdf(entry['bdf'])}` gives it back")
     if owner_alive(fs, entry):
-        return f"held by pid {entry.get('pid')} (a live run) since {entry.get('time')}"
+        return (f"held by pid {entry.get('pid')} (a live run) since {entry.get('time')}"
+                + ("; --force takes it back anyway" if releasing else ""))
     return None
 
 
@@ -480,7 +520,7 @@ class VfioBinder:
     may be a :class:`Sysfs` whose ``on_write`` plays the kernel (unit tests)."""
 
     def __init__(self, root: "str | Path | Sysfs" = "/", journal: str | Path | None = None, *,
-                 ssh_connection: str | None = None, timeout: float = 5.0,
+                 timeout: float = 5.0,
                  cleared_storage: "set[str] | frozenset[str]" = frozenset(),
                  manual: bool = False):
         """``cleared_storage``: the inventory's ``no_host_filesystems`` controllers
@@ -489,7 +529,6 @@ class VfioBinder:
         self.manual = manual
         self.fs = Sysfs.of(root)
         self.journal = Journal(journal or default_journal_path())
-        self.ssh_connection = ssh_connection
         self.cleared_storage = frozenset(cleared_storage)
         self.timeout = timeout
         self._holds: dict[int, _Hold] = {}
@@ -513,9 +552,8 @@ class VfioBinder:
             raise HostDeviceError(f"refusing to take {bdf}: {outside}",
                                   hint="run the harness on the host itself (not in a container "
                                        "or another network namespace)")
-        plan = plan_group(self.fs, bdf, critical_devices(
-            self.fs, ssh_connection=self.ssh_connection, cleared_storage=self.cleared_storage),
-            allowed=set(allowed))
+        plan = plan_group(self.fs, bdf, HostUsage.read(self.fs, self.cleared_storage),
+                          allowed=set(allowed), held_groups=frozenset(self._holds))
         if plan.group is None:
             raise HostDeviceError(f"{plan.target.bdf}: no iommu_group found",
                                   hint="enable VT-d in the firmware and boot with intel_iommu=on")
@@ -543,51 +581,62 @@ class VfioBinder:
 
     def enable_vfs(self, pf: str, count: int) -> list[str]:
         """Make sure the PF at ``pf`` has at least ``count`` VFs and return the first
-        ``count`` VFs' BDFs. Writes ``sriov_numvfs`` only when the PF has none yet (the count
-        journaled first, put back by :meth:`close`); refuses a PF without SR-IOV, more than
-        ``sriov_totalvfs``, a PF with fewer VFs than asked (changing them would remove
-        someone's), and the host's own NIC."""
+        ``count`` VFs' BDFs. Journals that this run relies on them either way (VFs that were
+        there already included), so that no other run's end puts ``sriov_numvfs`` back under
+        it. Writes ``sriov_numvfs`` only when the PF has none yet (the count journaled first,
+        put back by :meth:`close` once no live run holds a VF of it); refuses a PF without
+        SR-IOV, more than ``sriov_totalvfs``, a PF with fewer VFs than asked (changing them
+        would remove someone's), and a PF not proven idle."""
         pf = parse_bdf(pf)
         if not self.fs.pci_exists(pf):
             raise HostDeviceError(f"PCI device {pf} (an SR-IOV PF in the inventory) does not "
                                   "exist on this host", hint="check `lspci -D`; fix the pf")
         with self.journal.locked():
             now = sriov.physical_function(self.fs, pf)
-            why = sriov.check_request(now, pf, count, critical=critical_devices(
-                self.fs, ssh_connection=self.ssh_connection,
-                cleared_storage=self.cleared_storage))
+            why = sriov.check_request(now, pf, count, in_use=HostUsage.read(
+                self.fs, self.cleared_storage).verdict(pf).uses)
             if why:
                 raise HostDeviceError(f"cannot have {count} VFs of {pf}: {why}",
                                       hint="fix the inventory's pf/vfs (`python -m harness "
                                            "discover` lists the SR-IOV PFs and their VF counts)")
-            if now.numvfs >= count:
-                return list(now.vfs[:count])
             entries = self.journal.read()
-            stale = [e for e in entries if e.get("kind") == SRIOV and e["bdf"] == pf]
-            if stale:
-                raise HostDeviceError(f"{pf}'s sriov_numvfs was changed by pid "
-                                      f"{stale[0].get('pid')}, which did not put it back",
-                                      hint=RESTORE_HINT)
-            pid = os.getpid()
-            probe = sriov.autoprobe(self.fs, pf)
-            entry = {"kind": SRIOV, "bdf": pf, "numvfs": now.numvfs,
-                     **({"autoprobe": probe} if probe is not None else {}),
-                     "lease": uuid.uuid4().hex[:12], "pid": pid,
-                     "pid_start": _process_start(self.fs, pid),
-                     "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                     **({"manual": True} if self.manual else {})}
+            reuse = now.numvfs >= count
+            if not reuse:
+                self._refuse_stale_count(pf, entries)
+            probe = None if reuse else sriov.autoprobe(self.fs, pf)
+            entry = self._sriov_entry(pf, now.numvfs, probe)
             self.journal.write(entries + [entry])
-            try:
-                if probe:  # the new VFs are for vfio-pci, never the host's VF driver
-                    sriov.set_autoprobe(self.fs, pf, 0)
-                vfs = sriov.set_numvfs(self.fs, pf, count, self.timeout)
-            except HarnessError:
-                if _restore_sriov(self.fs, entry, self.timeout).status != "failed":
-                    _drop(self.journal, entry)
-                raise
+            vfs = list(now.vfs[:count]) if reuse else self._make_vfs(pf, count, probe, entry)
         self._sriov.append(entry)
-        log.info("sriov: %s has %d VFs: %s", pf, count, vfs)
+        log.info("sriov: %s has %d VFs for this run (%s): %s", pf, count,
+                 "there already" if reuse else "made", vfs)
         return vfs
+
+    def _refuse_stale_count(self, pf: str, entries: list[dict]) -> None:
+        stale = [e for e in entries if e.get("kind") == SRIOV and e["bdf"] == pf]
+        if stale:
+            raise HostDeviceError(f"{pf}'s sriov_numvfs was changed by pid "
+                                  f"{stale[0].get('pid')}, which did not put it back",
+                                  hint=RESTORE_HINT)
+
+    def _sriov_entry(self, pf: str, numvfs: int, probe: int | None) -> dict:
+        pid = os.getpid()
+        return {"kind": SRIOV, "bdf": pf, "numvfs": numvfs,
+                **({"autoprobe": probe} if probe is not None else {}),
+                "lease": uuid.uuid4().hex[:12], "pid": pid,
+                "pid_start": _process_start(self.fs, pid),
+                "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                **({"manual": True} if self.manual else {})}
+
+    def _make_vfs(self, pf: str, count: int, probe: int | None, entry: dict) -> list[str]:
+        try:
+            if probe:  # the new VFs are for vfio-pci, never the host's VF driver
+                sriov.set_autoprobe(self.fs, pf, 0)
+            return sriov.set_numvfs(self.fs, pf, count, self.timeout)
+        except HarnessError:
+            if _restore_sriov(self.fs, entry, self.timeout).status != "failed":
+                _drop(self.journal, entry)
+            raise
 
     def _refuse_foreign(self, plan: GroupPlan, entries: list[dict], hold: _Hold | None) -> None:
         members = {m.bdf for m in plan.members}
@@ -670,14 +719,14 @@ class VfioBinder:
             kept = []
             with self.journal.locked():
                 for entry in reversed(self._sriov):
-                    result = _restore_sriov(self.fs, entry, self.timeout)
+                    result = _restore_sriov(self.fs, entry, self.timeout, self.journal.read())
                     log.info("sriov: release %s", result)
                     results.append(result)
                     if result.status == "failed":
                         kept.append(entry)
                         errors.append(HostDeviceError(f"{entry['bdf']}: {result.detail}",
                                                       details=str(result)))
-                    else:
+                    elif result.status != "in-use":  # (in use: the entry stays for the last run)
                         _drop(self.journal, entry)
             self._sriov = kept
         if errors:
@@ -741,7 +790,7 @@ def explain_vfio_add_error(root: "str | Path | Sysfs", host: str, qemu_desc: str
                                                  "(docs/vfio.md)", details=details)
     # The members vfio still needs moved, by the binder's own rule (plan_group).
     blockers = [f"{m.bdf} ({m.class_name}, {m.driver})"
-                for m in plan_group(fs, bdf, critical={}).to_move if m.bdf != bdf]
+                for m in plan_group(fs, bdf, None).to_move if m.bdf != bdf]
     if blockers or "not viable" in qemu_desc:
         return HostDeviceError(f"IOMMU group {dev.iommu_group} of {bdf} is not viable: "
                                + (", ".join(blockers) or "a member")

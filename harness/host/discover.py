@@ -20,8 +20,8 @@ from harness.host.inventory import (GATEWAY_PLACEHOLDER, ROLES, Inventory, Inven
                                     default_name)
 from harness.host import network
 from harness.host import sriov
-from harness.host.safety import critical_devices, plan_group
-from harness.host.sysfs import STORAGE_CLASSES, PciDevice, Sysfs, pci_names
+from harness.host.safety import HostUsage, plan_group, role_of
+from harness.host.sysfs import Sysfs, pci_names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,23 +62,11 @@ class Candidate:
         return f"{name} [{self.ids}]"
 
 
-def role_of(dev: PciDevice) -> str | None:
-    base = dev.class_code >> 8
-    if base == 0x0200:
-        return "nic"
-    if base == 0x0c03 and dev.class_code & 0xff != 0xfe:  # 0xfe: a USB device, not a controller
-        return "usb-controller"
-    if base in STORAGE_CLASSES:
-        return "sata-controller"
-    return None
-
-
-def discover(root: "str | Path | Sysfs" = "/", *,
-             ssh_connection: str | None = None) -> list[Candidate]:
+def discover(root: "str | Path | Sysfs" = "/") -> list[Candidate]:
     """Every NIC, USB controller, SATA/SAS controller and USB device of the host, PCI ones in
-    address order, with whether it is safe to take and why not."""
+    address order, with whether it is proven idle and why not."""
     fs = Sysfs.of(root)
-    critical = critical_devices(fs, ssh_connection=ssh_connection)
+    usage = HostUsage.read(fs)
     outside = network.namespace_problem(fs)
     out = []
     for bdf in fs.pci_addresses():
@@ -86,7 +74,7 @@ def discover(root: "str | Path | Sysfs" = "/", *,
         role = role_of(dev)
         if role is None:
             continue
-        plan = plan_group(fs, bdf, critical)
+        plan = plan_group(fs, bdf, usage)
         kept = {m.bdf: why for m, why in plan.kept}
         others = tuple(f"{m.bdf} {m.class_name} ({m.driver or 'no driver'})"
                        + (f": {kept[m.bdf]}" if m.bdf in kept else "")
@@ -98,16 +86,16 @@ def discover(root: "str | Path | Sysfs" = "/", *,
                              dev.iommu_group, others, plan.safe and not outside,
                              plan.problems + ((outside,) if outside else ()), uses,
                              disk_bytes=disk_bytes if role == "sata-controller" else None,
-                             companions=tuple(m.bdf for m in plan.to_move if m.bdf != bdf),
+                             companions=plan.companions,
                              sriov=(pf.totalvfs, pf.numvfs) if pf else None,
                              sriov_refused=sriov.check_request(
                                  pf, bdf, draft_vfs(pf.totalvfs, pf.numvfs),
-                                 critical=critical) or outside if pf else None,
+                                 in_use=usage.verdict(bdf).uses) or outside if pf else None,
                              physfn=sriov.physfn_of(fs, bdf)))
     for usb in fs.usb_devices():
         if usb.is_hub:
             continue
-        reasons = tuple(f"{usb.name} {why}" for why in critical.get(usb.name, []))
+        reasons = usage.usb_verdict(usb).uses
         drivers = sorted({d for p in fs.sys("bus", "usb", "devices").glob(f"{usb.name}:*")
                           if (d := fs.link_name(p / "driver"))})
         out.append(Candidate("usb-device", usb.name, usb.ids, usb.manufacturer, usb.product,

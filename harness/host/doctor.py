@@ -23,7 +23,8 @@ from harness.host import sriov
 from harness.host.binding import Journal, owner_alive
 from harness.host.inventory import Inventory, find_usb_device, host_problems
 from harness.host.network import namespace_problem
-from harness.host.safety import critical_devices, plan_group, unmapped_filesystems
+from harness.host.safety import HostUsage, plan_group
+from harness.host.storage import StorageView
 from harness.host.sysfs import Sysfs, UsbDevice
 
 #: Where Debian/Fedora put the firmware QEMU loads.
@@ -51,8 +52,7 @@ class Check:
 
 def run_checks(root: "str | Path | Sysfs" = "/", qemu_binary: str = "qemu-system-x86_64",
                inventory: Inventory | None = None, *, device_help: str | None = None,
-               journal: str | Path | None = None, ssh_connection: str | None = None,
-               qemu_timeout: float = 20.0) -> list[Check]:
+               journal: str | Path | None = None, qemu_timeout: float = 20.0) -> list[Check]:
     """All host checks. ``device_help`` is the output of ``qemu -device help`` (tests inject
     it; otherwise QEMU is asked, the only subprocess here). ``journal``: a vfio journal to look
     for devices a killed run left behind."""
@@ -71,7 +71,7 @@ def run_checks(root: "str | Path | Sysfs" = "/", qemu_binary: str = "qemu-system
     checks.append(_host_filesystems_check(fs))
     checks.append(_namespace_check(fs))
     if inventory is not None:
-        checks += _inventory_checks(fs, inventory, ssh_connection)
+        checks += _inventory_checks(fs, inventory)
     return checks
 
 
@@ -303,7 +303,7 @@ def _journal_check(fs: Sysfs, path: Path) -> Check:
 
 
 def _host_filesystems_check(fs: Sysfs) -> Check:
-    unmapped = unmapped_filesystems(fs)
+    unmapped = StorageView.read(fs).unmapped
     if not unmapped:
         return Check("host filesystems", True, "every local filesystem and swap maps to its "
                                                "disk controller, which the harness will not take")
@@ -325,9 +325,8 @@ def _namespace_check(fs: Sysfs) -> Check:
                  "namespace): binding is refused there")
 
 
-def _inventory_checks(fs: Sysfs, inventory: Inventory, ssh_connection: str | None) -> list[Check]:
-    critical = critical_devices(fs, ssh_connection=ssh_connection,
-                                cleared_storage=inventory.cleared_storage())
+def _inventory_checks(fs: Sysfs, inventory: Inventory) -> list[Check]:
+    usage = HostUsage.read(fs, inventory.cleared_storage())
     checks = []
     for d in inventory.devices:
         name = f"inventory {d.name}"
@@ -336,11 +335,11 @@ def _inventory_checks(fs: Sysfs, inventory: Inventory, ssh_connection: str | Non
             what, fix = problems[0]
             checks.append(Check(name, False, what, fix))
         elif not d.is_pci:
-            checks.append(_usb_device_check(fs, name, find_usb_device(fs, d), critical))
+            checks.append(_usb_device_check(fs, name, find_usb_device(fs, d), usage))
         elif d.pf and not d.bdf:
-            checks.append(_vf_check(fs, name, d, critical))
+            checks.append(_vf_check(fs, name, d, usage))
         else:
-            plan = plan_group(fs, d.bdf, critical, allowed=inventory.pci_addresses())
+            plan = plan_group(fs, d.bdf, usage, allowed=inventory.pci_addresses())
             if plan.problems:
                 checks.append(Check(name, False, "; ".join(plan.problems),
                                     "take it out of the inventory, or move the card to a slot "
@@ -355,10 +354,10 @@ def _inventory_checks(fs: Sysfs, inventory: Inventory, ssh_connection: str | Non
     return checks
 
 
-def _vf_check(fs: Sysfs, name: str, d, critical: dict) -> Check:
+def _vf_check(fs: Sysfs, name: str, d, usage: HostUsage) -> Check:
     """An SR-IOV VF entry before the run makes the VFs: may the harness have them?"""
     pf = sriov.physical_function(fs, d.pf)
-    why = sriov.check_request(pf, d.pf, d.vfs, critical=critical)
+    why = sriov.check_request(pf, d.pf, d.vfs, in_use=usage.verdict(d.pf).uses if pf else ())
     if why:
         return Check(name, False, why, "fix the entry's pf/vfs (docs/vfio.md, SR-IOV)")
     made = (f"has {pf.numvfs} VFs: used as they are" if pf.numvfs >= d.vfs else
@@ -367,10 +366,10 @@ def _vf_check(fs: Sysfs, name: str, d, critical: dict) -> Check:
                              f"{pf.totalvfs} VFs): the PF {made}")
 
 
-def _usb_device_check(fs: Sysfs, name: str, u: UsbDevice, critical: dict) -> Check:
-    reasons = critical.get(u.name, [])
+def _usb_device_check(fs: Sysfs, name: str, u: UsbDevice, usage: HostUsage) -> Check:
+    reasons = usage.usb_verdict(u).uses
     if reasons:
-        return Check(name, False, f"USB {u.name} {reasons[0]}", "take it out of the inventory")
+        return Check(name, False, f"USB {u.name}: {reasons[0]}", "take it out of the inventory")
     # QEMU's usb-host opens /dev/bus/usb/BBB/DDD itself.
     node = fs.path("dev", "bus", "usb", f"{u.busnum:03d}", f"{u.devnum:03d}")
     if node.exists() and not os.access(node, os.R_OK | os.W_OK):

@@ -79,7 +79,7 @@ class InventoryDevice:
     companions: tuple[str, ...] = ()
     #: sata-controller: the person who wrote the inventory says no host filesystem is on it.
     #: Only matters when a mounted filesystem maps to no controller (a ZFS pool), which
-    #: otherwise makes every storage controller critical.
+    #: otherwise leaves every storage controller unproven (harness/host/safety.py).
     no_host_filesystems: bool | None = None
     #: nic: an SR-IOV virtual function instead of ``bdf``: its physical function (which stays
     #: on the host), the VF's index, and how many VFs the PF gets (``sriov_numvfs``). The
@@ -202,9 +202,8 @@ def load_inventory(path: str | Path, root: "str | Path | Sysfs" = "/", *,
     return parse_inventory(text, source=str(path), root=root, check_host=check_host, path=path)
 
 
-def parse_inventory(text: str, *, source: str = "inventory.toml",
-                    root: "str | Path | Sysfs" = "/", check_host: bool = True,
-                    path: Path | None = None) -> Inventory:
+def _device_tables(text: str, source: str) -> tuple[list[dict], list[str]]:
+    """The file's [[device]] tables, and what is wrong with its shape."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -222,7 +221,13 @@ def parse_inventory(text: str, *, source: str = "inventory.toml",
     if not entries and not problems:
         problems.append(f"{source}: no [[device]] entries; `python -m harness discover --write "
                         f"{source}` drafts them")
+    return entries, problems
 
+
+def parse_inventory(text: str, *, source: str = "inventory.toml",
+                    root: "str | Path | Sysfs" = "/", check_host: bool = True,
+                    path: Path | None = None) -> Inventory:
+    entries, problems = _device_tables(text, source)
     fs = Sysfs.of(root) if check_host else None
     devices: list[InventoryDevice] = []
     seen_names: dict[str, str] = {}
@@ -397,18 +402,7 @@ class _EntryChecker:
                 self.problem(err.message, "write it like 0000:05:00.0 or 05:00.0")
                 return None
         if key == "gateway":
-            if value == GATEWAY_PLACEHOLDER:
-                self.problem(f"gateway is still the placeholder {GATEWAY_PLACEHOLDER!r} from "
-                             f"`discover --write`", "set the address the guest pings through "
-                                                    "this NIC")
-                return None
-            try:
-                return str(ipaddress.ip_address(value)) if isinstance(value, str) else \
-                    self._type(key, value, 'an IP address string like "192.168.100.1"')
-            except ValueError:
-                self.problem(f"gateway {value!r} is not an IP address",
-                             'write it like "192.168.100.1"')
-                return None
+            return self._gateway(value)
         if key == "companions":
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 return self._type(key, value, 'a list of PCI addresses like ["0000:05:00.1"]')
@@ -439,6 +433,18 @@ class _EntryChecker:
         if key == "no_host_filesystems":
             return value if isinstance(value, bool) else self._type(key, value, "true or false")
         raise AssertionError(key)
+
+    def _gateway(self, value):
+        if value == GATEWAY_PLACEHOLDER:
+            self.problem(f"gateway is still the placeholder {GATEWAY_PLACEHOLDER!r} from "
+                         f"`discover --write`", "set the address the guest pings through this NIC")
+            return None
+        try:
+            return str(ipaddress.ip_address(value)) if isinstance(value, str) else \
+                self._type("gateway", value, 'an IP address string like "192.168.100.1"')
+        except ValueError:
+            self.problem(f"gateway {value!r} is not an IP address", 'write it like "192.168.100.1"')
+            return None
 
     def _type(self, key: str, value, expected: str) -> None:
         self.problem(f"{key} = {value!r} is not {expected}", f"write {key} as {expected}")

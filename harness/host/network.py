@@ -1,301 +1,308 @@
-"""Which network interfaces the host needs, failing closed.
+"""The host's network interfaces in every network namespace, read to prove a NIC idle.
 
-An interface is needed when it carries a default route in any routing table, is the output
-device of a routing rule, carries an established TCP connection (an SSH session, a CI agent,
-NFS, iSCSI, NBD or Ceph over TCP), reaches the server of a network filesystem or an iSCSI
-session, or lies under one that does: bridge ports, bond slaves, VLANs and macvlans through
-their ``lower_*`` links, ip tunnels through the route to their endpoint. A VPN or tun device
-whose endpoint cannot be read makes every physical interface with a route needed. Routes come
-from ``ip -j route show table all`` (every table; policy routing and VRFs included), falling
-back to ``/proc/net/route`` (the main table) when ``ip`` cannot be run.
+A network interface (netdev) is *idle* when it has no upper device (a bridge, bond, OVS or VRF
+master; a VLAN, macvlan or ipvlan on top of it), no route in any routing table of its
+namespace (ECMP ``nexthops`` included), no socket bound to it, and is down or has no address
+at all (an IPv6 link-local address counts: SSH may run over it). What cannot be read (``ip``
+or ``ss`` missing, a namespace the harness cannot enter, a device in another namespace whose
+lower device cannot be told) makes every interface unproven: :attr:`NetView.problems`.
 
-:func:`namespace_problem` says why binding must not happen at all: a process outside the host's
-network namespace (or in a container) sees routes and connections that are not the host's.
+Namespaces: the harness's own, every named one (``ip -all netns``, ``/var/run/netns``), and
+every other one a process lives in (a container's, from ``/proc/PID/ns/net``, entered with
+``nsenter -t PID -n``). One that cannot be read makes every interface unproven.
 
-Everything is read under a root: on ``/`` the ``ip`` tool is run; under a test's fake root its
-output is read from ``<root>/ip/<what>.json``.
+Everything is read under a root: on ``/`` the tools are run; under a test's fake root their
+output is read from files: ``<root>/ip/<what>.json`` for the harness's own namespace,
+``<root>/ip/netns/<name>/<what>.json`` for a named one, ``ip/pidns/<pid>/`` for a process's,
+``ip/netns.json``, ``ss.txt`` and ``packet.txt`` (``/proc/net/packet``) likewise.
+
+    >>> view = NetView.read(Sysfs("/"))                 # doctest: +SKIP
+    >>> view.use_of(Netdev(OWN, "enp5s0f0"))
+    ([], 'enp5s0f0: down, no route in any table, no upper device, no socket bound to it')
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import re
-import socket
 import subprocess
 from pathlib import Path
 from typing import NamedTuple
 
-from harness.host.sysfs import Sysfs, bdfs_in_path, usb_devices_in_path
+from harness.host.sysfs import Sysfs
 
-#: Route types that send nothing anywhere.
-_NOT_FORWARDING = {"local", "broadcast", "anycast", "multicast", "unreachable", "prohibit",
-                   "blackhole", "throw", "nat"}
-#: Link kinds whose traffic leaves through nothing physical.
-_NOWHERE = {"dummy", "ifb", "nlmon", "vcan"}
-#: Network filesystems and how their mount source names the server(s).
-_NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "ceph", "glusterfs"}
-_IP_QUERIES = {"route": ["route", "show", "table", "all"],
-               "route6": ["-6", "route", "show", "table", "all"],
-               "rule": ["rule"], "rule6": ["-6", "rule"], "link": ["-d", "link", "show"]}
-
-
-class Route(NamedTuple):
-    network: ipaddress.IPv4Network | ipaddress.IPv6Network
-    dev: str
-    table: str
+#: The harness's own network namespace, as :class:`NetView` names it.
+OWN = ""
+_IP = {"link": ["-j", "-d", "link", "show"], "addr": ["-j", "addr", "show"],
+       "route": ["-j", "route", "show", "table", "all"],
+       "route6": ["-j", "-6", "route", "show", "table", "all"]}
+_SS = ["ss", "-H", "-a", "-n", "-t", "-u", "-w"]
+#: Kinds of link that lie in another namespace than their peer and carry nothing physical.
+_PEERED_VIRTUAL = {"veth", "vxcan", "netkit"}
+#: ``ss``: a socket bound to (or scoped to) an interface prints ``addr%ifname:port``.
+_SCOPED = re.compile(r"%([^\s:\]]+)")
 
 
-class NetState:
-    """The host's routes, rules and links, read once."""
+class Netdev(NamedTuple):
+    namespace: str          # OWN or the named namespace
+    name: str
 
-    def __init__(self, fs: Sysfs):
-        self.fs = fs
-        self.routes: list[Route] = []
-        self.rules: list[dict] = []
+    def __str__(self) -> str:
+        return self.name + (f" (netns {self.namespace})" if self.namespace else "")
+
+
+class Namespace:
+    """One namespace's links, addresses, routes and sockets, or the reasons it is unreadable.
+    ``name``: OWN, a named namespace, or ``pid N`` (an unnamed one, a container's, entered
+    through a process in it); ``enter``: the argv prefix that runs a command in it; ``fake``:
+    where a test's fake root keeps the tools' output for it."""
+
+    def __init__(self, name: str, enter: list[str], ip: list[str], fake: Path):
+        self.name, self.enter, self.ip, self.fake = name, enter, ip, fake
         self.links: dict[str, dict] = {}
-        routes = (_ip_json(fs, "route") or []) + (_ip_json(fs, "route6") or [])
-        if routes:
-            self.routes = [r for r in map(_route, routes) if r is not None]
-        else:
-            self.routes = _proc_routes(fs)
-        self.rules = (_ip_json(fs, "rule") or []) + (_ip_json(fs, "rule6") or [])
-        self.links = {link["ifname"]: link for link in _ip_json(fs, "link") or [] if "ifname" in link}
-
-    def lookup(self, addr) -> set[str]:
-        """The interfaces the host could send to ``addr`` through: the best route of every
-        table (the rules decide between tables; failing closed, all count)."""
-        best: dict[str, Route] = {}
-        for r in self.routes:
-            if r.network.version == addr.version and addr in r.network:
-                b = best.get(r.table)
-                if b is None or r.network.prefixlen > b.network.prefixlen:
-                    best[r.table] = r
-        return {r.dev for r in best.values()}
-
-    def physical(self, iface: str) -> bool:
-        """A PCI or USB device is on the interface's sysfs path (a virtual one's is
-        /sys/devices/virtual/net/...)."""
-        link = self.fs.sys("class", "net", iface)
-        if not link.exists():
-            return False
-        path = os.path.realpath(link)
-        return bool(bdfs_in_path(path) or usb_devices_in_path(path))
-
-    def routed_physical(self) -> list[str]:
-        return sorted({r.dev for r in self.routes if self.physical(r.dev)})
+        self.addresses: dict[str, list[str]] = {}
+        self.routes: dict[str, list[str]] = {}
+        self.sockets: dict[str, list[str]] = {}
+        self.problems: list[str] = []
 
 
-def _ip_json(fs: Sysfs, what: str) -> list | None:
+class NetView:
+    """Every namespace the harness can read, read once."""
+
+    def __init__(self, fs: Sysfs, namespaces: list[Namespace], problems: list[str]):
+        self.fs = fs
+        self.namespaces = {ns.name: ns for ns in namespaces}
+        #: Interfaces the kernel sends its log through (netconsole: no socket, no process).
+        self.netconsoles = _netconsoles(fs)
+        #: Why no interface can be proven idle (empty: all was read).
+        self.problems = problems + [p for ns in namespaces for p in ns.problems]
+
+    @classmethod
+    def read(cls, fs: Sysfs) -> "NetView":
+        problems: list[str] = []
+        spaces = [ns if ns.name.startswith("pid ") else _read_namespace(fs, ns)
+                  for ns in _namespaces(fs, problems)]
+        for ns in spaces:
+            for link in ns.links.values():
+                if link.get("link_netnsid") is not None and \
+                        _kind(link) not in _PEERED_VIRTUAL and \
+                        ("link" in link or "link_index" in link):
+                    what = _kind(link) or "link"
+                    problems.append(f"{Netdev(ns.name, link['ifname'])} ({what}) sits on a "
+                                    "device of another namespace, which the harness cannot "
+                                    "name")
+        return cls(fs, spaces, problems)
+
+    def netdevs_of(self, bdf: str | None, own_names: list[str]) -> list[Netdev]:
+        """The interfaces of PCI function ``bdf`` in every namespace: ``own_names`` (its
+        ``net/`` entries in sysfs, the harness's namespace) and the links ``ip -d`` says are
+        on it (``parentdev``) anywhere."""
+        found = {Netdev(OWN, n) for n in own_names}
+        for ns in self.namespaces.values() if bdf else ():
+            found |= {Netdev(ns.name, name) for name, link in ns.links.items()
+                      if link.get("parentbus") == "pci" and link.get("parentdev") == bdf}
+        return sorted(found)
+
+    def use_of(self, dev: Netdev) -> tuple[list[str], str]:
+        """(why ``dev`` is in use, the evidence that it is idle); the first is empty when it
+        is idle."""
+        ns = self.namespaces.get(dev.namespace)
+        if ns is None or ns.problems:
+            return [f"{dev}: its namespace cannot be read"], ""
+        link = ns.links.get(dev.name)
+        if link is None:
+            return [f"{dev}: `ip link` does not show it"], ""
+        uses = [f"{dev} has the upper device {up}" for up in _uppers(self.fs, ns, dev)]
+        uses += [f"{dev} carries the route {r}" for r in ns.routes.get(dev.name, [])]
+        up = "UP" in link.get("flags", [])
+        if up and ns.addresses.get(dev.name):
+            uses.append(f"{dev} is up with the address {', '.join(ns.addresses[dev.name])}")
+        uses += [f"{dev} has a socket bound to it ({s})" for s in ns.sockets.get(dev.name, [])]
+        if dev.namespace == OWN and dev.name in self.netconsoles:
+            uses.append(f"{dev} carries the kernel's netconsole")
+        if link.get("xdp"):  # a program handles its packets before any socket sees them
+            uses.append(f"{dev} has an XDP program attached")
+        evidence = (f"{dev}: {'up with no address' if up else 'down'}, no route in any table, "
+                    "no upper device, no socket bound to it")
+        return uses, evidence
+
+
+def _netconsoles(fs: Sysfs) -> set[str]:
+    """netconsole's interfaces: ``netconsole=[+][src-port]@[src-ip]/[dev],...`` on the kernel
+    command line (no dev: eth0) and its enabled configfs targets."""
+    out = set()
+    for m in re.finditer(r"(?:^|\s)netconsole=\S*?@[^/\s]*/([^,\s]*)",
+                         fs.read(fs.proc("cmdline")) or ""):
+        out.add(m[1] or "eth0")
+    for target in fs.sys("kernel", "config", "netconsole").glob("*"):
+        if fs.read(target / "enabled") == "1":
+            out.add(fs.read(target / "dev_name") or "eth0")
+    return out
+
+
+def _kind(link: dict) -> str:
+    return (link.get("linkinfo") or {}).get("info_kind", "")
+
+
+def _uppers(fs: Sysfs, ns: Namespace, dev: Netdev) -> list[str]:
+    out = []
+    link = ns.links[dev.name]
+    if link.get("master"):
+        out.append(link["master"])
+    out += sorted(name for name, other in ns.links.items()
+                  if other.get("link") == dev.name and "link_netnsid" not in other)
+    if dev.namespace == OWN:  # sysfs shows the harness's own namespace
+        out += sorted(p.name[len("upper_"):] for p in fs.sys("class", "net", dev.name)
+                      .glob("upper_*"))
+    return sorted(set(out))
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+def _run(fs: Sysfs, argv: list[str], fake: Path) -> str:
+    """A tool's output; under a fake root, the file that stands for it. Raises OSError (with
+    what went wrong) when it cannot be had."""
     if fs.root != Path("/"):
-        text = fs.read(fs.path("ip", f"{what}.json"))
-    else:
+        text = fs.read(fake)
+        if text is None:
+            raise OSError(f"no {fake.relative_to(fs.root)} (the fake of `{' '.join(argv)}`)")
+        return text
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise OSError(f"`{' '.join(argv)}` could not run: {e}") from e
+    if p.returncode != 0:
+        raise OSError(f"`{' '.join(argv)}` failed: {p.stderr.strip() or p.returncode}")
+    return p.stdout
+
+
+def _namespaces(fs: Sysfs, problems: list[str]) -> list[Namespace]:
+    """The harness's own namespace, every named one, and every other one a process lives in
+    (a container's: entered with nsenter through that process)."""
+    out = [Namespace(OWN, [], ["ip"], fs.path("ip"))]
+    named = _named_namespaces(fs, problems)
+    out += [Namespace(n, ["ip", "netns", "exec", n], ["ip", "-n", n], fs.path("ip", "netns", n))
+            for n in named]
+    run_netns = fs.path("var", "run", "netns")
+    seen = {_inode(fs.proc("self", "ns", "net"))} | {_inode(run_netns / n) for n in named}
+    others: dict[str, list[str]] = {}
+    for proc in sorted(fs.proc().glob("[0-9]*"), key=lambda p: int(p.name)):
         try:
-            text = subprocess.run(["ip", "-j", *_IP_QUERIES[what]], capture_output=True,
-                                  text=True, timeout=10).stdout
-        except (OSError, subprocess.TimeoutExpired):
-            text = None
-    try:
-        data = json.loads(text) if text else None
-    except ValueError:
-        return None
-    return data if isinstance(data, list) else None
-
-
-def _route(r: dict) -> Route | None:
-    if r.get("type", "unicast") in _NOT_FORWARDING or "dev" not in r:
-        return None
-    dst = r.get("dst", "default")
-    try:
-        if dst == "default":
-            v6 = ":" in str(r.get("gateway", "")) or r.get("family") == "inet6"
-            net = ipaddress.ip_network("::/0" if v6 else "0.0.0.0/0")
-        else:
-            net = ipaddress.ip_network(dst, strict=False)
-    except ValueError:
-        return None
-    return Route(net, r["dev"], str(r.get("table", "main")))
-
-
-def _proc_routes(fs: Sysfs) -> list[Route]:
-    out = []
-    for line in (fs.read(fs.proc("net", "route")) or "").splitlines()[1:]:
-        f = line.split()
-        if len(f) < 8 or not int(f[3], 16) & 0x1 or int(f[3], 16) & 0x200:  # RTF_UP, REJECT
+            inode = _inode(proc / "ns" / "net", strict=True)
+        except FileNotFoundError:
+            continue  # gone
+        except OSError as e:
+            problems.append(f"the network namespace of pid {proc.name} cannot be read "
+                            f"({e.strerror}): run as root")
             continue
-        dest = ipaddress.IPv4Address(int(f[1], 16).to_bytes(4, "little"))
-        prefix = bin(int(f[7], 16)).count("1")
-        out.append(Route(ipaddress.IPv4Network(f"{dest}/{prefix}", strict=False), f[0], "main"))
-    for line in (fs.read(fs.proc("net", "ipv6_route")) or "").splitlines():
-        f = line.split()
-        if len(f) < 10 or f[9] == "lo" or not int(f[8], 16) & 0x1 or int(f[8], 16) & 0x200:
-            continue
-        net = ipaddress.IPv6Address(bytes.fromhex(f[0]))
-        out.append(Route(ipaddress.IPv6Network(f"{net}/{int(f[1], 16)}", strict=False), f[9], "main"))
-    return out
+        if None not in seen and inode not in seen:  # (a bare fake has no own namespace)
+            others.setdefault(inode, []).append(proc.name)
+    return out + [_pid_namespace(fs, pids) for pids in others.values()]
 
 
-# -- what the host needs --------------------------------------------------------------------------
+def _pid_namespace(fs: Sysfs, pids: list[str]) -> Namespace:
+    """An unnamed namespace, read through the first of its processes still there (one that
+    ends meanwhile does not end the namespace while another lives in it)."""
+    for pid in pids:
+        ns = _read_namespace(fs, Namespace(f"pid {pid}", ["nsenter", "-t", pid, "-n"],
+                                           ["nsenter", "-t", pid, "-n", "ip"],
+                                           fs.path("ip", "pidns", pid)))
+        if not ns.problems or fs.proc(pid).exists():
+            return ns
+    # every process of it ended while it was read: the namespace is gone with them
+    return Namespace(f"pid {pids[0]}", [], [], fs.path("ip", "pidns", pids[0]))
 
 
-def needed_interfaces(fs: Sysfs, ssh_connection: str) -> tuple[dict[str, list[str]], NetState]:
-    """Interface -> why the host needs it (before resolving to physical devices), and the
-    network state it was read from."""
-    net = NetState(fs)
-    out: dict[str, list[str]] = {}
-
-    def need(iface: str, why: str) -> None:
-        if iface != "lo" and why not in out.setdefault(iface, []):
-            out[iface].append(why)
-
-    for r in net.routes:
-        if r.network.prefixlen == 0:
-            need(r.dev, "carries the default route" + (f" of table {r.table}" if r.table != "main" else ""))
-    for rule in net.rules:
-        if rule.get("oif") and rule["oif"] != "lo":
-            need(rule["oif"], f"is the output device of a routing rule (priority {rule.get('priority')})")
-    for addr, why in _peers(fs, ssh_connection):
-        for iface in net.lookup(addr):
-            need(iface, why)
-    return out, net
-
-
-def _peers(fs: Sysfs, ssh_connection: str):
-    """(address, why) of every peer the host is talking to: SSH, established TCP, network
-    filesystem servers, iSCSI targets."""
-    fields = ssh_connection.split()
-    if len(fields) == 4:
-        try:
-            peer = _plain(ipaddress.ip_address(fields[0].split("%")[0]))
-            yield peer, f"carries the SSH session from {peer} ($SSH_CONNECTION)"
-        except ValueError:
-            pass
-    ssh_ports = {22} | ({int(fields[3])} if len(fields) == 4 and fields[3].isdigit() else set())
-    for local, remote in _established(fs):
-        if local[1] in ssh_ports:
-            yield remote[0], f"carries the SSH session from {remote[0]}"
-        else:
-            yield remote[0], (f"carries an established TCP connection with {_ep(remote)} "
-                              f"(local port {local[1]})")
-    for mount in _network_mounts(fs):
-        for addr in _servers(mount, resolve=fs.root == Path("/")):
-            yield addr, f"carries the {mount[2]} mount {mount[1]} ({mount[0]})"
-    for conn in sorted(fs.sys("class", "iscsi_connection").glob("*")):
-        for name in ("persistent_address", "address"):
-            text = fs.read(conn / name)
-            try:
-                yield _plain(ipaddress.ip_address(text)), f"carries the iSCSI session to {text}"
-                break
-            except ValueError:
-                continue
-
-
-def _ep(endpoint) -> str:
-    addr, port = endpoint
-    return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
-
-
-def _established(fs: Sysfs):
-    for name in ("tcp", "tcp6"):
-        for line in (fs.read(fs.proc("net", name)) or "").splitlines()[1:]:
-            f = line.split()
-            if len(f) < 4 or f[3] != "01":  # ESTABLISHED
-                continue
-            local, remote = _hex_endpoint(f[1]), _hex_endpoint(f[2])
-            if local and remote and not remote[0].is_loopback:
-                yield local, remote
-
-
-def _hex_endpoint(text: str):
+def _inode(path: Path, strict: bool = False) -> str | None:
+    """A namespace's identity: ``net:[4026531840]`` from a /proc link, the inode of a bind
+    mount in /var/run/netns."""
     try:
-        addr_hex, port_hex = text.split(":")
-        raw = bytes.fromhex(addr_hex)
-        # /proc/net/tcp{,6}: the address as 32-bit words in host (little-endian) order.
-        raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
-        return _plain(ipaddress.ip_address(raw)), int(port_hex, 16)
-    except ValueError:
-        return None
-
-
-def _plain(addr):
-    """An IPv4-mapped IPv6 address as the IPv4 address it is."""
-    return (addr.ipv4_mapped or addr) if addr.version == 6 else addr
-
-
-def _network_mounts(fs: Sysfs) -> list[tuple[str, str, str]]:
-    """(source, mountpoint, fstype) of mounted network filesystems."""
-    out = []
-    for line in (fs.read(fs.proc("mounts")) or "").splitlines():
-        f = line.split()
-        if len(f) >= 3 and f[2] in _NETWORK_FS:
-            out.append((f[0], f[1], f[2]))
-    return out
-
-
-def _servers(mount: tuple[str, str, str], resolve: bool) -> list:
-    """The server addresses a network mount's source names (``srv:/export``, ``//srv/share``,
-    ``mon1:6789,mon2:6789:/``); host names are resolved on the real host only."""
-    source = mount[0]
-    if source.startswith("//"):
-        hosts = [source[2:].split("/", 1)[0]]
-    else:
-        head = source.rsplit(":/", 1)[0] if ":/" in source else source.split(":", 1)[0]
-        hosts = [h for h in head.split(",") if h]
-    out = []
-    for host in hosts:
-        host = host.strip("[]")
-        host = re.sub(r":\d+$", "", host) if host.count(":") == 1 else host
+        return os.readlink(path).removeprefix("net:")
+    except OSError:
+        if strict and not path.exists() and not path.is_symlink():
+            raise FileNotFoundError(path)
         try:
-            out.append(_plain(ipaddress.ip_address(host)))
-        except ValueError:
-            if resolve:
-                try:
-                    out += [_plain(ipaddress.ip_address(a[4][0].split("%")[0]))
-                            for a in socket.getaddrinfo(host, None)]
-                except (OSError, ValueError):
-                    pass
-    return out
+            return f"[{os.stat(path).st_ino}]"
+        except OSError:
+            if strict:
+                raise
+            return None
 
 
-# -- from interfaces to physical devices ----------------------------------------------------------
-
-
-def physical_paths(fs: Sysfs, net: NetState, iface: str, seen: set[str] | None = None) -> tuple[list[str], str]:
-    """Resolved sysfs paths of the physical devices under ``iface``, and a note on how they
-    were found ("" when the interface itself is physical or a plain bridge/bond/VLAN)."""
-    seen = set() if seen is None else seen
-    if iface in seen:
-        return [], ""
-    seen.add(iface)
-    link = fs.sys("class", "net", iface)
-    if not link.exists():
-        return [], ""
-    paths = [os.path.realpath(link)]
-    lowers = sorted(link.glob("lower_*"))
-    for lower in lowers:
-        paths += physical_paths(fs, net, os.path.basename(os.path.realpath(lower)), seen)[0]
-    if net.physical(iface) or lowers:
-        return paths, ""
-    info = net.links.get(iface, {})
-    kind = (info.get("linkinfo") or {}).get("info_kind", "")
-    if kind in _NOWHERE or iface == "lo":
-        return paths, ""
-    remote = ((info.get("linkinfo") or {}).get("info_data") or {}).get("remote")
-    under = {info["link"]} if info.get("link") else set()
+def _named_namespaces(fs: Sysfs, problems: list[str]) -> list[str]:
     try:
-        under |= net.lookup(_plain(ipaddress.ip_address(remote))) if remote else set()
-    except ValueError:
+        text = _run(fs, ["ip", "-j", "netns", "list"], fs.path("ip", "netns.json"))
+        listed = json.loads(text) if text.strip() else []
+        names = {n["name"] for n in listed}
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        problems.append(f"the network namespaces cannot be listed: {e}")
+        return []
+    run_netns = fs.path("var", "run", "netns") if fs.root != Path("/") else Path("/var/run/netns")
+    try:
+        names |= {p.name for p in run_netns.iterdir()}
+    except FileNotFoundError:
         pass
-    if under:
-        for dev in sorted(under):
-            paths += physical_paths(fs, net, dev, seen)[0]
-        return paths, f" through {kind or 'tunnel'} {iface} (endpoint {remote or 'link'} via {', '.join(sorted(under))})"
-    # A VPN or tun device whose endpoint cannot be read: any routed physical NIC may carry it.
-    for dev in net.routed_physical():
-        paths += physical_paths(fs, net, dev, seen)[0]
-    return paths, (f" through {kind or 'virtual device'} {iface}, whose endpoint cannot be read: "
-                   "every physical interface with a route may carry it")
+    except OSError as e:
+        problems.append(f"{run_netns} cannot be read: {e.strerror}")
+    return sorted(names)
+
+
+def _read_namespace(fs: Sysfs, ns: Namespace) -> Namespace:
+    where = f" in network namespace {ns.name}" if ns.name else ""
+    data = {}
+    for what, args in _IP.items():
+        try:
+            data[what] = json.loads(_run(fs, ns.ip + args, ns.fake / f"{what}.json") or "[]")
+            if not isinstance(data[what], list):
+                raise ValueError("not a list")
+        except (OSError, ValueError) as e:
+            ns.problems.append(f"`ip {' '.join(args)}`{where} cannot be read: {e}")
+            return ns
+    ns.links = {link["ifname"]: link for link in data["link"] if "ifname" in link}
+    for entry in data["addr"]:
+        ns.addresses[entry.get("ifname", "")] = [
+            f"{a.get('local')}/{a.get('prefixlen')}" for a in entry.get("addr_info", [])
+            if a.get("local")]
+    for r in data["route"] + data["route6"]:
+        for dev in {r.get("dev")} | {h.get("dev") for h in r.get("nexthops", [])}:
+            if dev:
+                ns.routes.setdefault(dev, []).append(_route_text(r))
+    _read_sockets(fs, ns, where)
+    return ns
+
+
+def _route_text(r: dict) -> str:
+    text = f"{r.get('type', '')} {r.get('dst', 'default')}".strip()
+    if r.get("nexthops"):
+        text += " (ECMP: " + ", ".join(h.get("dev", "?") for h in r["nexthops"]) + ")"
+    return text + f" (table {r.get('table', 'main')})"
+
+
+def _read_sockets(fs: Sysfs, ns: Namespace, where: str) -> None:
+    """Sockets bound to an interface: ``ss`` (TCP, UDP, raw) and /proc/net/packet (packet
+    sockets, by interface index; 0 means every interface: bound to none)."""
+    try:
+        ss = _run(fs, ns.enter + _SS, ns.fake / "ss.txt")
+        if ns.name:
+            packet = _run(fs, ns.enter + ["cat", "/proc/net/packet"], ns.fake / "packet.txt")
+        else:
+            packet = fs.read(fs.proc("net", "packet"))
+            if packet is None:
+                raise OSError("/proc/net/packet cannot be read")
+    except OSError as e:
+        ns.problems.append(f"the sockets{where} cannot be read: {e}")
+        return
+    for line in ss.splitlines():
+        for ifname in _SCOPED.findall(line):
+            ns.sockets.setdefault(ifname, []).append(" ".join(line.split()))
+    by_index = {str(link.get("ifindex")): name for name, link in ns.links.items()}
+    for line in packet.splitlines()[1:]:
+        f = line.split()
+        if len(f) >= 5 and f[4] != "0":
+            name = by_index.get(f[4], f"ifindex {f[4]}")
+            ns.sockets.setdefault(name, []).append(f"packet socket, inode {f[-1]}")
 
 
 # -- namespaces ---------------------------------------------------------------------------------
@@ -303,8 +310,8 @@ def physical_paths(fs: Sysfs, net: NetState, iface: str, seen: set[str] | None =
 
 def namespace_problem(fs: Sysfs) -> str | None:
     """Why this process must not bind host devices at all, or None: it is outside the host's
-    network namespace or in a container, so the routes and connections it can see are not the
-    host's and the checks above would prove nothing."""
+    network namespace or in a container, so the interfaces, routes and sockets it can see are
+    not the host's and the checks above would prove nothing."""
     try:
         mine = os.readlink(fs.proc("self", "ns", "net"))
         init = os.readlink(fs.proc("1", "ns", "net"))

@@ -1,27 +1,33 @@
-"""Which host devices the host itself needs, so that a run never takes them.
+"""Proven idle: a PCI function is taken only with positive evidence that nothing on the host
+uses it; without that evidence it is refused, and the refusal names what was lacking.
 
-A device is *critical* when it is on the sysfs path of:
+The rule (docs/vfio.md, "What the harness takes"), for the function and everything below it
+in sysfs:
 
-* a block device behind a mounted filesystem or an active swap (``root/proc/self/mountinfo``
-  or ``root/proc/mounts``, and ``root/proc/swaps``), through device-mapper/md ``slaves``; and
-  when a local filesystem maps to no disk (a ZFS pool), every storage controller the inventory
-  does not clear by name (``no_host_filesystems = true``);
-* an interface the host needs (harness/host/network.py): a default route in any routing table,
-  a routing rule's output device, an established TCP connection (SSH, a CI agent, NFS, iSCSI,
-  NBD, Ceph), a network filesystem's server, an iSCSI session; resolved to the physical
-  devices under bridges, bonds, VLANs, macvlans and tunnels, failing closed for a VPN whose
-  endpoint cannot be read.
+* its class is one the harness has a role for (Ethernet, USB host, SATA/SAS/RAID/IDE
+  storage); a display controller is never taken (``boot_vga``, a framebuffer the console
+  draws on), nor anything else: there is no rule that could prove it idle;
+* every network interface of it and of its SR-IOV VFs, in every network namespace, is idle
+  (:mod:`.network`), and a NIC on a host driver has at least one interface the harness can
+  see (else it may live in a container's namespace, or a DPDK process may drive it);
+* every VF is on no driver or pci-stub, or on a host driver with idle interfaces (a VF on
+  vfio-pci may be in a guest);
+* every block device below it (NVMe multipath heads under ``nvme-subsystem`` included) is
+  idle (:mod:`.storage`), and every device node below it (``/dev/input/event*``,
+  ``/dev/bus/usb/...``, ``/dev/ttyUSB*``) is open by no process; no keyboard below it feeds
+  the console;
+* on vfio-pci: its ``/dev/vfio/GROUP`` is open by no process (or the group is this run's).
 
-Critical devices are named by their sysfs names: PCI functions (``0000:02:00.0``, every function
-on the path, so a USB NIC makes its USB controller critical) and USB devices (``3-1``).
-:func:`unmapped_filesystems` names the local filesystems whose disks cannot be told (ZFS).
+What cannot be read (``ip`` or ``ss`` missing, a namespace it cannot enter, another
+process's fds without root, a loaded ZFS) counts as "in use". So a host shape the harness does
+not know fails closed: nothing it cannot explain is taken.
 
-:func:`plan_group` applies this to an IOMMU group: which members must move to vfio-pci, which
-stay, and why taking the group would hurt the host. Binding, discovery and doctor all use it.
+:func:`plan_group` applies this to an IOMMU group: the members that must move to vfio-pci
+(each listed in the inventory, each proven idle), the bridges that stay, and the problems.
 
-    >>> critical_devices("/", ssh_connection="")          # doctest: +SKIP
-    {'0000:00:17.0': ['backs / (/dev/sda2)'],
-     '0000:02:00.0': ['carries the default route (enp2s0)']}
+    >>> usage = HostUsage.read(Sysfs("/"))                 # doctest: +SKIP
+    >>> usage.verdict("0000:05:00.0").uses
+    ('enp5s0f0 is up with the address 10.0.5.1/24',)
 """
 
 from __future__ import annotations
@@ -30,173 +36,279 @@ import dataclasses
 import os
 import re
 from pathlib import Path
-from typing import NamedTuple
 
-from harness.host import network
-from harness.host.sriov import physfn_of
-from harness.host.sysfs import PciDevice, Sysfs, bdfs_in_path, parse_bdf, usb_devices_in_path
+from harness.host.network import NetView
+from harness.host.sriov import physfn_of, vfs_of
+from harness.host.storage import StorageView, devname
+from harness.host.sysfs import STORAGE_CLASSES, PciDevice, Sysfs, UsbDevice, parse_bdf
 
-#: Mounts that never sit on a device of their own.
-_NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "ceph", "glusterfs", "9p", "virtiofs"}
-#: Local filesystems on pools whose disks sysfs does not link to the mount.
-_POOL_FS = {"zfs"}
-
-
-def critical_devices(root: "str | Path | Sysfs" = "/", *, ssh_connection: str | None = None,
-                     cleared_storage: "set[str] | frozenset[str]" = frozenset()
-                     ) -> dict[str, list[str]]:
-    """Every device the host needs -> the reasons (one line each).
-
-    ``ssh_connection`` is ``$SSH_CONNECTION`` ("client port server port"); None reads the
-    environment, "" means none. ``cleared_storage``: storage controllers the inventory says
-    hold no host filesystem (``no_host_filesystems = true``), which a filesystem that maps to
-    no controller (ZFS) does not make critical."""
-    fs = Sysfs.of(root)
-    if ssh_connection is None:
-        ssh_connection = os.environ.get("SSH_CONNECTION", "")
-    out: dict[str, list[str]] = {}
-
-    def mark(sysfs_path: str, reason: str) -> None:
-        for name in bdfs_in_path(sysfs_path) + usb_devices_in_path(sysfs_path):
-            if reason not in out.setdefault(name, []):
-                out[name].append(reason)
-
-    for mount in _local_mounts(fs):
-        for path in _block_device_paths(fs, mount):
-            mark(path, f"backs {mount.mountpoint} ({mount.source})")
-    _storage_of_unmapped_filesystems(fs, cleared_storage, out)
-    needed, net = network.needed_interfaces(fs, ssh_connection)
-    for iface, reasons in sorted(needed.items()):
-        paths, how = network.physical_paths(fs, net, iface)
-        for path in paths:
-            for why in reasons:
-                mark(path, f"{why} ({iface}{how})")
-    return out
+#: USB interface drivers whose use the rule can judge: through their network interfaces,
+#: disks or device nodes (all looked at), or not at all (hubs). An interface on any other
+#: driver (btusb: Bluetooth sockets the harness cannot see) keeps its controller.
+USB_DRIVERS_JUDGED = {
+    "hub", "usbhid", "usb-storage", "uas", "cdc_ether", "cdc_ncm", "rndis_host", "r8152",
+    "ax88179_178a", "asix", "cdc_acm", "ftdi_sio", "pl2303", "cp210x", "ch341", "usbserial_generic",
+    "snd-usb-audio", "uvcvideo", "usbfs"}
+#: USB NIC drivers: their interface shows its netdev below it, unless the netdev went to
+#: another namespace, where the harness cannot tie it to the device.
+_USB_NIC_DRIVERS = {"cdc_ether", "cdc_ncm", "rndis_host", "r8152", "ax88179_178a", "asix"}
+_USB_INTERFACE = re.compile(r"(?:\d+-[\d.]+|\d+-0):\d+\.\d+")
+#: Drivers that leave a device to nobody on the host.
+_NO_HOST_DRIVER = {None, "pci-stub"}
+VFIO = "vfio-pci"
 
 
-def _storage_of_unmapped_filesystems(fs: Sysfs, cleared: "set[str] | frozenset[str]",
-                                     out: dict[str, list[str]]) -> None:
-    """A filesystem whose disks sysfs does not name (a ZFS pool) may be on any storage
-    controller: every one is critical, unless the inventory clears it by name."""
-    unmapped = unmapped_filesystems(fs)
-    if not unmapped:
-        return
-    cleared = {parse_bdf(b) for b in cleared}
-    for bdf in fs.pci_addresses():
-        dev = fs.pci_device(bdf)
-        if dev.class_code >> 16 == 0x01 and bdf not in cleared:
-            out.setdefault(bdf, []).append(
-                f"may hold {'; '.join(unmapped)}: the harness cannot tell which controller "
-                "does (if this one does not, say so in its inventory entry: "
-                "no_host_filesystems = true)")
-
-
-# -- mounts -------------------------------------------------------------------------------------
-
-
-class _Mount(NamedTuple):
-    source: str             # /dev/sda2, rpool/ROOT/debian
-    mountpoint: str         # "swap" for a swap partition
-    fstype: str
-    majmin: str | None      # from mountinfo: resolves even /dev/root
-
-
-def _local_mounts(fs: Sysfs) -> list[_Mount]:
-    """Mounts of local filesystems (not proc, tmpfs, NFS...) and swap partitions."""
-    out = []
-    mountinfo = fs.read(fs.proc("self", "mountinfo"))
-    if mountinfo is not None:
-        for line in mountinfo.splitlines():
-            head, _, tail = line.partition(" - ")
-            fields, rest = head.split(), tail.split()
-            if len(fields) >= 5 and len(rest) >= 2:
-                out.append(_Mount(_unescape(rest[1]), _unescape(fields[4]), rest[0], fields[2]))
-    else:
-        for line in (fs.read(fs.proc("mounts")) or "").splitlines():
-            fields = line.split()
-            if len(fields) >= 3:
-                out.append(_Mount(_unescape(fields[0]), _unescape(fields[1]), fields[2], None))
-    for line in (fs.read(fs.proc("swaps")) or "").splitlines()[1:]:
-        fields = line.split()
-        if fields and fields[0].startswith("/dev/"):
-            out.append(_Mount(_unescape(fields[0]), "swap", "swap", None))
-    return [m for m in out if m.fstype in _POOL_FS or
-            (m.source.startswith("/dev/") and m.fstype not in _NETWORK_FS)]
-
-
-def unmapped_filesystems(root: "str | Path | Sysfs" = "/") -> list[str]:
-    """Local filesystems whose disks sysfs does not name (ZFS pools; a device that does not
-    resolve), as "mountpoint (source, fstype)": the host needs them, the harness cannot tell
-    which controller holds them."""
-    fs = Sysfs.of(root)
-    return [f"{m.mountpoint} ({m.source}, {m.fstype})" for m in _local_mounts(fs)
-            if not _block_device_paths(fs, m)]
-
-
-def _unescape(field: str) -> str:
-    # /proc/mounts writes space, tab, newline and backslash as octal escapes.
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
-
-
-def _block_name(fs: Sysfs, source: str) -> str | None:
-    """The sysfs block name of a /dev path (``/dev/mapper/vg-root`` -> ``dm-0``)."""
-    name = source[len("/dev/"):]
-    dev = fs.path("dev", name)
-    if dev.is_symlink():  # /dev/mapper/x, /dev/disk/by-uuid/y -> ../dm-0, ../../sda2
-        name = os.path.basename(os.path.realpath(dev))
-    name = name.rsplit("/", 1)[-1]
-    if fs.sys("class", "block", name).exists():
-        return name
-    if source.startswith("/dev/mapper/"):  # no /dev under root: look the dm name up
-        wanted = source[len("/dev/mapper/"):]
-        for dm in sorted(fs.sys("class", "block").glob("dm-*")):
-            if fs.read(dm / "dm" / "name") == wanted:
-                return dm.name
+def role_of(dev: PciDevice) -> str | None:
+    """The role a PCI function could play, or None: the harness takes nothing else."""
+    base = dev.class_code >> 8
+    if base == 0x0200:
+        return "nic"
+    if base == 0x0c03 and dev.class_code & 0xff != 0xfe:  # 0xfe: a USB device, not a controller
+        return "usb-controller"
+    if base in STORAGE_CLASSES:
+        return "sata-controller"
     return None
 
 
-def _block_device_paths(fs: Sysfs, mount: _Mount) -> list[str]:
-    if mount.fstype in _POOL_FS:
-        return []
-    name = _block_name(fs, mount.source)
-    if name is None and mount.majmin and fs.sys("dev", "block", mount.majmin).exists():
-        name = os.path.basename(os.path.realpath(fs.sys("dev", "block", mount.majmin)))
-    if name is None:
-        return []
-    names = [name]
-    if mount.fstype == "btrfs":  # a multi-device btrfs shows one of its devices in mounts
-        for devices in fs.sys("fs", "btrfs").glob("*/devices"):
-            members = sorted(p.name for p in devices.iterdir())
-            if name in members:
-                names = members
-    seen: set[str] = set()
-    return [path for n in names for path in _block_paths_of(fs, n, seen)]
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """Whether one PCI function is proven idle: ``uses`` (why it is in use, or what could not
+    be proven; empty when idle) and ``evidence`` (what was proven)."""
+
+    bdf: str
+    uses: tuple[str, ...]
+    evidence: tuple[str, ...]
+
+    @property
+    def idle(self) -> bool:
+        return not self.uses
 
 
-def _block_paths_of(fs: Sysfs, name: str, seen: set[str]) -> list[str]:
-    if name in seen:
-        return []
-    seen.add(name)
-    path = os.path.realpath(fs.sys("class", "block", name))
-    paths = [path]
-    # device-mapper and md devices: their components are in slaves/ (of the disk, for a partition)
-    for slaves in (Path(path, "slaves"), Path(path).parent / "slaves"):
-        if slaves.is_dir():
-            for slave in sorted(slaves.iterdir()):
-                paths += _block_paths_of(fs, slave.name, seen)
-    return paths
+class HostUsage:
+    """The host's network, storage and open files, read once; :meth:`verdict` per function.
+    ``cleared_storage``: controllers the inventory says hold no host filesystem
+    (``no_host_filesystems = true``), for which a filesystem whose disks cannot be told (ZFS)
+    is no reason to refuse."""
+
+    def __init__(self, fs: Sysfs, net: NetView, storage: StorageView,
+                 cleared_storage: "set[str] | frozenset[str]" = frozenset()):
+        self.fs, self.net, self.storage = fs, net, storage
+        self.cleared = {parse_bdf(b) for b in cleared_storage}
+
+    @classmethod
+    def read(cls, root: "str | Path | Sysfs" = "/",
+             cleared_storage: "set[str] | frozenset[str]" = frozenset()) -> "HostUsage":
+        fs = Sysfs.of(root)
+        return cls(fs, NetView.read(fs), StorageView.read(fs), cleared_storage)
+
+    def verdict(self, bdf: str, held_groups: "set[int] | frozenset[int]" = frozenset()) -> Verdict:
+        """``held_groups``: IOMMU groups this run holds already (its own QEMU may have them
+        open)."""
+        dev = self.fs.pci_device(bdf)
+        uses: list[str] = []
+        evidence: list[str] = []
+        role = role_of(dev)
+        if role is None:
+            uses += self._display(dev) + [
+                f"{dev.bdf} is a {dev.class_name}: the harness has no role for that class, so "
+                "no rule that could prove it idle"]
+        self._driver(dev, role, held_groups, uses, evidence)
+        tree = _Subtree(self.fs, dev.path)
+        self._network(dev, role, tree, uses, evidence)
+        for vf in vfs_of(self.fs, dev.bdf):
+            self._vf(vf, uses, evidence)
+        self._storage(dev, tree, uses, evidence)
+        self._nodes(dev.bdf, dev.path, tree, uses, evidence)
+        return Verdict(dev.bdf, tuple(dict.fromkeys(uses)), tuple(dict.fromkeys(evidence)))
+
+    def _driver(self, dev: PciDevice, role, held_groups, uses: list, evidence: list) -> None:
+        if dev.driver in _NO_HOST_DRIVER:
+            evidence.append(f"{dev.bdf} is on {dev.driver or 'no driver'}: no host driver uses it")
+        elif dev.driver == VFIO:
+            node = f"/dev/vfio/{dev.iommu_group}"
+            users = self.storage.opened.users("char", node[len("/dev/"):], None)
+            if dev.iommu_group in held_groups:
+                evidence.append(f"{dev.bdf} is on vfio-pci for this run")
+            elif users:
+                uses.append(f"{dev.bdf} is on vfio-pci and {node} is open by "
+                            f"{', '.join(users)}")
+            else:
+                evidence.append(f"{dev.bdf} is on vfio-pci and {node} is open by no process")
+        if self.storage.problems and dev.driver not in _NO_HOST_DRIVER | {VFIO}:
+            uses += [f"cannot tell whether {dev.bdf} is in use: {p}"
+                     for p in self.storage.problems]
+
+    def _network(self, dev: PciDevice, role, tree: "_Subtree", uses: list, evidence: list) -> None:
+        host_driver = dev.driver not in _NO_HOST_DRIVER | {VFIO}
+        netdevs = self.net.netdevs_of(dev.bdf, tree.netdevs)
+        if role == "nic" and host_driver and not netdevs and not self.net.problems:
+            uses.append(f"{dev.bdf} is on {dev.driver}, which shows no network interface in "
+                        "any namespace the harness can read (a container's namespace, or a "
+                        "user-space driver, may use it)")
+        self._interfaces(dev.bdf, netdevs, role == "nic" and host_driver, uses, evidence)
+
+    def _interfaces(self, label: str, netdevs: list, may_have: bool, uses: list,
+                    evidence: list) -> None:
+        if (netdevs or may_have) and self.net.problems:
+            uses += [f"cannot tell whether {label}'s interfaces are in use: {p}"
+                     for p in self.net.problems]
+        for nd in netdevs:  # what can be read is shown too (an unreadable namespace: above)
+            if self.net.namespaces.get(nd.namespace) and self.net.namespaces[nd.namespace].problems:
+                continue
+            why, idle = self.net.use_of(nd)
+            uses += why
+            if not why:
+                evidence.append(idle)
+
+    def usb_verdict(self, usb: UsbDevice) -> Verdict:
+        """The same rule for a USB device (its interfaces, disks and device nodes), which
+        QEMU's usb-host takes from its host drivers."""
+        uses: list[str] = []
+        evidence: list[str] = []
+        tree = _Subtree(self.fs, usb.path)
+        self._interfaces(usb.name, self.net.netdevs_of(None, tree.netdevs), False, uses,
+                         evidence)
+        self._storage(None, tree, uses, evidence)
+        self._nodes(usb.name, usb.path, tree, uses, evidence)
+        uses += [f"cannot tell whether {usb.name} is in use: {p}" for p in self.storage.problems]
+        return Verdict(usb.name, tuple(dict.fromkeys(uses)), tuple(dict.fromkeys(evidence)))
+
+    def _vf(self, vf: str, uses: list, evidence: list) -> None:
+        dev = self.fs.pci_device(vf)
+        if dev.driver in _NO_HOST_DRIVER:
+            evidence.append(f"its VF {vf} is on {dev.driver or 'no driver'}")
+        elif dev.driver == VFIO:
+            uses.append(f"its VF {vf} is on vfio-pci: a guest may use it (unbinding the PF "
+                        "would remove it)")
+        else:
+            sub = self.verdict(vf)
+            uses += [f"its VF {u}" for u in sub.uses]
+            evidence += [f"its VF {e}" for e in sub.evidence]
+
+    def _storage(self, dev: PciDevice | None, tree: "_Subtree", uses: list,
+                 evidence: list) -> None:
+        disks = tree.blocks + (_nvme_heads(self.fs, dev.path) if dev else [])
+        for name in disks:
+            why = self.storage.use_of_block(name)
+            uses += why
+            if not why:
+                evidence.append(f"{name}: not mounted, not swap, not held, not a btrfs device, "
+                                "open by no process")
+        if dev and dev.class_code >> 16 == 0x01 and self.storage.unmapped:
+            if dev.bdf in self.cleared:
+                evidence.append(f"{dev.bdf}: the inventory says it holds none of "
+                                f"{'; '.join(self.storage.unmapped)} (no_host_filesystems)")
+            else:
+                uses.append(f"{dev.bdf} may hold {'; '.join(self.storage.unmapped)}: the harness "
+                            "cannot tell which controller does (if this one does not, say so in "
+                            "its inventory entry: no_host_filesystems = true)")
+
+    def _nodes(self, label: str, path: str, tree: "_Subtree", uses: list,
+               evidence: list) -> None:
+        before = len(uses)
+        for node, majmin in tree.char_nodes:
+            name = devname(node, self.fs)
+            who = self.storage.opened.users("char", name, majmin)
+            uses += [f"/dev/{name} (below {label}) is open by {w}" for w in who]
+            if majmin in self.storage.consoles:
+                uses.append(f"/dev/{name} (below {label}) is a kernel console "
+                            f"({self.storage.consoles[majmin]} in /proc/consoles)")
+        uses += [f"{label}: {k}" for k in _console_inputs(self.fs, path)]
+        uses += [f"USB interface {name} (below {label}) is on {driver}, whose use the harness "
+                 "cannot judge" for name, driver, _ in tree.usb_interfaces
+                 if driver is not None and driver not in USB_DRIVERS_JUDGED]
+        uses += [f"USB interface {name} (below {label}) is on the network driver {driver} and "
+                 "shows no network interface here (another namespace may use it)"
+                 for name, driver, has_net in tree.usb_interfaces
+                 if driver in _USB_NIC_DRIVERS and not has_net]
+        mice = self.storage.opened.users("char", "input/mice", None)
+        if mice and any(n.name.startswith("mouse") for n, _ in tree.char_nodes):
+            uses.append(f"a mouse below {label} feeds /dev/input/mice, open by "
+                        f"{', '.join(mice)}")
+        if tree.char_nodes and len(uses) == before:
+            evidence.append(f"{len(tree.char_nodes)} device node(s) below {label} "
+                            "open by no process, no console keyboard")
+
+    def _display(self, dev: PciDevice) -> list[str]:
+        if dev.class_code >> 16 != 0x03:
+            return []
+        out = []
+        if self.fs.read(Path(dev.path) / "boot_vga") == "1":
+            out.append(f"{dev.bdf} is the boot VGA device (boot_vga = 1): the firmware and "
+                       "the console draw on it")
+        for fb in sorted(Path(dev.path).glob("graphics/fb*")):
+            out.append(f"{dev.bdf} backs the framebuffer {fb.name}, which the console "
+                       "(fbcon) draws on")
+        return out
+
+
+class _Subtree:
+    """What sits below a device's sysfs directory (links not followed): network interfaces,
+    block devices, and device nodes (directories with a ``dev`` file)."""
+
+    def __init__(self, fs: Sysfs, path: str):
+        self.netdevs: list[str] = []
+        self.blocks: list[str] = []
+        self.char_nodes: list[tuple[Path, str | None]] = []
+        #: USB interfaces (``3-4:1.0``), their drivers (None: unbound), and whether a network
+        #: interface shows below them.
+        self.usb_interfaces: list[tuple[str, str | None, bool]] = []
+        try:  # a disk is wherever /sys/class/block says (an NVMe namespace sits under nvme0/)
+            disks = {os.path.realpath(p) for p in fs.sys("class", "block").iterdir()}
+        except OSError:
+            disks = set()
+        for dirpath, dirnames, filenames in os.walk(path):
+            here = Path(dirpath)
+            if _USB_INTERFACE.fullmatch(here.name):
+                self.usb_interfaces.append((here.name, fs.link_name(here / "driver"),
+                                            any(here.glob("net/*"))))
+            if here.parent.name == "net":
+                self.netdevs.append(here.name)
+                dirnames.clear()  # its queues and statistics
+            elif dirpath in disks or here.parent.name == "block" or "partition" in filenames:
+                if "partition" not in filenames:
+                    self.blocks.append(here.name)
+            elif "dev" in filenames:
+                self.char_nodes.append((here, fs.read(here / "dev")))
+        self.netdevs.sort()
+        self.blocks.sort()
+
+
+def _nvme_heads(fs: Sysfs, path: str) -> list[str]:
+    """NVMe namespaces with native multipath: the disk the host mounts (``nvme0n1``) lives
+    under /sys/devices/virtual/nvme-subsystem, beside links to the subsystem's controllers."""
+    heads = []
+    prefix = path.rstrip("/") + "/"
+    for subsys in sorted(fs.sys("devices", "virtual", "nvme-subsystem").glob("*")):
+        ctrls = [os.path.realpath(p) for p in subsys.glob("nvme*") if p.is_symlink()]
+        if any(c.startswith(prefix) for c in ctrls):
+            heads += sorted(p.name for p in subsys.glob("nvme*") if (p / "dev").exists()
+                            and not p.is_symlink())
+    return heads
+
+
+def _console_inputs(fs: Sysfs, path: str) -> list[str]:
+    """Keyboards below ``path`` the console's keyboard handler (kbd) reads: no process holds
+    them open, and yet a person at the console types on them."""
+    out = []
+    for block in (fs.read(fs.proc("bus", "input", "devices")) or "").split("\n\n"):
+        fields = dict(line[3:].split("=", 1) for line in block.splitlines()
+                      if line[1:3] == ": " and "=" in line)
+        where = os.path.realpath(fs.sys(fields.get("Sysfs", "/nowhere").lstrip("/")))
+        if where.startswith(path.rstrip("/") + "/") and "kbd" in fields.get("Handlers", "").split():
+            out.append(f"the keyboard {fields.get('Name', '?').strip(chr(34))} below it feeds "
+                       "the console (kbd handler)")
+    return out
 
 
 # -- IOMMU groups -------------------------------------------------------------------------------
-
-#: Drivers the kernel accepts in a viable vfio group besides vfio-pci itself.
-_VIABLE_DRIVERS = {"vfio-pci", "pci-stub"}
 
 
 @dataclasses.dataclass(frozen=True)
 class GroupPlan:
     """What taking ``target`` means: its IOMMU group, which members must move to vfio-pci, which
-    stay where they are (and why), and the problems that make it unsafe (empty when safe)."""
+    stay where they are (and why), each function's verdict, and the problems that make it
+    unsafe (empty when safe)."""
 
     target: PciDevice
     group: int | None
@@ -204,63 +316,92 @@ class GroupPlan:
     to_move: tuple[PciDevice, ...]
     kept: tuple[tuple[PciDevice, str], ...]
     problems: tuple[str, ...]
+    verdicts: tuple[Verdict, ...] = ()
 
     @property
     def safe(self) -> bool:
         return not self.problems
 
+    @property
+    def companions(self) -> tuple[str, ...]:
+        """The members an inventory must list with the target (all but the bridges)."""
+        return tuple(m.bdf for m in self.members if m.bdf != self.target.bdf
+                     and not m.kernel_bridge)
 
-def plan_group(root: "str | Path | Sysfs", bdf: str,
-               critical: dict[str, list[str]], allowed: "set[str] | None" = None) -> GroupPlan:
+
+class _Planner:
+    """One :func:`plan_group` call: the problems and verdicts it gathers."""
+
+    def __init__(self, usage: HostUsage | None, held_groups):
+        self.usage, self.held_groups = usage, held_groups
+        self.problems: list[str] = []
+        self.verdicts: list[Verdict] = []
+
+    def judge(self, dev: PciDevice, label: str) -> None:
+        if self.usage is not None:
+            v = self.usage.verdict(dev.bdf, self.held_groups)
+            self.verdicts.append(v)
+            self.problems.extend(label + u for u in v.uses)
+
+    def member(self, m: PciDevice, target: str, group: int, listed: "set[str] | None") -> None:
+        """Problems of a group member that is not a PCI-to-PCI bridge."""
+        what = f"group {group} member {m.bdf} ({m.class_name}, {m.driver or 'no driver'})"
+        if m.class_code >> 8 == 0x0600:
+            self.problems.append(f"group {group} holds the host bridge {m.bdf}: the device is "
+                                 "not isolated (no ACS there); use a slot with its own IOMMU "
+                                 "group")
+        elif m.normal_header_bridge:
+            self.problems.append(f"{what} would have to leave the host for vfio-pci too")
+        elif listed is not None and m.bdf not in listed:
+            self.problems.append(f"{what} is not in the inventory: every function of the group "
+                                 f"but its bridges must be (list it as a companion of {target} "
+                                 "if the host can spare it)")
+        else:
+            self.judge(m, f"in group {group}, ")
+
+
+def plan_group(root: "str | Path | Sysfs", bdf: str, usage: HostUsage | None,
+               allowed: "set[str] | None" = None,
+               held_groups: "set[int] | frozenset[int]" = frozenset()) -> GroupPlan:
     """Plan taking ``bdf`` (which must exist) the way the kernel's vfio sees its group: every
     normal-header function must be on vfio-pci, pci-stub or no driver; bridges stay on their
-    driver. ``critical`` comes from :func:`critical_devices`. ``allowed``: the inventory's
-    allow-list (devices and companions); a member that would have to move and is not on it is
-    a problem (None: no allow-list, as for `discover`, which drafts one)."""
+    driver. ``usage``: the host's usage (None: plan the moves only, prove nothing, as to
+    explain a QEMU error). ``allowed``: the inventory's allow-list (devices and companions);
+    every member but a bridge must be on it (None: no allow-list, as for `discover`, which
+    drafts one). ``held_groups``: the groups this run holds already."""
     fs = Sysfs.of(root)
     target = fs.pci_device(bdf)
     bdf = target.bdf
-    problems = [f"{bdf} {why}" for why in critical.get(bdf, [])]
+    p = _Planner(usage, held_groups)
+    p.judge(target, "")
     if target.kernel_bridge:
-        problems.append(f"{bdf} ({target.class_name}) is a bridge: vfio-pci takes only "
-                        f"endpoint functions")
+        p.problems.append(f"{bdf} ({target.class_name}) is a bridge: vfio-pci takes only "
+                          "endpoint functions")
     if target.iommu_group is None:
-        problems.append(f"{bdf} has no iommu_group: no IOMMU, or it is not enabled (VT-d in the "
-                        f"firmware, intel_iommu=on)")
-        return GroupPlan(target, None, (target,), (), (), tuple(problems))
+        p.problems.append(f"{bdf} has no iommu_group: no IOMMU, or it is not enabled (VT-d in "
+                          "the firmware, intel_iommu=on)")
+        return GroupPlan(target, None, (target,), (), (), tuple(p.problems), tuple(p.verdicts))
     group = target.iommu_group
     members = tuple(fs.pci_device(m) if m != bdf else target
                     for m in fs.iommu_group_members(group) or [bdf])
+    listed = {parse_bdf(a) for a in allowed} if allowed is not None else None
     to_move, kept = [], []
     for m in members:
-        if m.bdf == bdf:
-            if m.driver != "vfio-pci" and not m.kernel_bridge:
-                to_move.append(m)
-        elif m.kernel_bridge:
-            kept.append((m, f"{m.class_name}: stays on {m.driver or 'no driver'}, as vfio allows"))
-        elif m.driver is None or m.driver in _VIABLE_DRIVERS:
+        if m.kernel_bridge:
+            if m.bdf != bdf:
+                kept.append((m, f"{m.class_name}: stays on {m.driver or 'no driver'}, as vfio "
+                                "allows"))
+            continue
+        if m.bdf != bdf:
+            p.member(m, bdf, group, listed)
+        if m.bdf != bdf and m.driver in _NO_HOST_DRIVER:
             kept.append((m, f"on {m.driver or 'no driver'}, which vfio accepts"))
-        else:
+        elif m.driver != VFIO:
             to_move.append(m)
-        if m.bdf != bdf and m.class_code >> 8 == 0x0600:
-            problems.append(f"group {group} holds the host bridge {m.bdf}: the device is not "
-                            f"isolated (no ACS there); use a slot with its own IOMMU group")
     pf = physfn_of(fs, bdf)
     if pf and pf in {m.bdf for m in members}:
-        problems.append(f"group {group} holds {bdf}'s own physical function {pf}: the PF (and "
-                        "every VF beside it) would leave the host with the VF; use a PF whose "
-                        "VFs get IOMMU groups of their own (ACS)")
-    listed = {parse_bdf(a) for a in allowed} if allowed is not None else None
-    for m in to_move:
-        if m.bdf == bdf:
-            continue
-        problems += [f"group {group} member {m.bdf} ({m.class_name}, {m.driver}) {why}"
-                     for why in critical.get(m.bdf, [])]
-        if listed is not None and m.bdf not in listed:
-            problems.append(f"group {group} member {m.bdf} ({m.class_name}, {m.driver}) would "
-                            "have to move to vfio-pci too and is not in the inventory (list it "
-                            f"as a companion of {bdf} if the host can spare it)")
-        if m.normal_header_bridge and m.class_code >> 8 != 0x0600:
-            problems.append(f"group {group} member {m.bdf} ({m.class_name}, {m.driver}) would "
-                            f"have to leave the host for vfio-pci too")
-    return GroupPlan(target, group, members, tuple(to_move), tuple(kept), tuple(problems))
+        p.problems.append(f"group {group} holds {bdf}'s own physical function {pf}: the PF (and "
+                          "every VF beside it) would leave the host with the VF; use a PF whose "
+                          "VFs get IOMMU groups of their own (ACS)")
+    return GroupPlan(target, group, members, tuple(to_move), tuple(kept),
+                     tuple(dict.fromkeys(p.problems)), tuple(p.verdicts))

@@ -82,9 +82,9 @@ def _int(text: str) -> int:
 
 
 def check_request(pf: PhysicalFunction | None, bdf: str, count: int, *,
-                  critical: dict[str, list[str]]) -> str | None:
-    """Why ``count`` VFs of the PF at ``bdf`` cannot be had (None: they can). ``critical``: the
-    host's own devices (:func:`harness.host.safety.critical_devices`)."""
+                  in_use: "tuple[str, ...] | list[str]") -> str | None:
+    """Why ``count`` VFs of the PF at ``bdf`` cannot be had (None: they can). ``in_use``: why
+    the PF is not proven idle (:meth:`harness.host.safety.HostUsage.verdict`; empty: it is)."""
     if pf is None:
         return (f"{bdf} has no SR-IOV capability (no sriov_totalvfs): not an SR-IOV device, "
                 "SR-IOV switched off in the firmware, or its driver does not offer it")
@@ -97,9 +97,9 @@ def check_request(pf: PhysicalFunction | None, bdf: str, count: int, *,
     if pf.numvfs:
         return (f"{bdf} has {pf.numvfs} VFs already and the kernel changes a count only "
                 f"through 0, which would remove them from whoever uses them")
-    if critical.get(bdf):
-        return (f"{bdf} is the host's own device ({'; '.join(critical[bdf])}): making VFs resets "
-                "some PFs' links (ixgbe, i40e), so the harness never writes its sriov_numvfs")
+    if in_use:
+        return (f"{bdf} is not proven idle ({'; '.join(in_use)}): making VFs resets some PFs' "
+                "links (ixgbe, i40e), so the harness writes sriov_numvfs only on an idle PF")
     return None
 
 

@@ -348,6 +348,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if hs is None:
         return
     hs.close()
+    runner.not_given_back(session, hs)
     if (hs.worker or session.config.option.collectonly or not hs.decided
             or not (hs.run_dir / "results").exists()):
         return

@@ -142,6 +142,17 @@ def give_back(session: pytest.Session, hs) -> None:
             tr.write_line(f"hotplug-harness: end of run: {r}")
 
 
+def not_given_back(session: pytest.Session, hs) -> None:
+    """A host device the session's close could not give back fails the run, said in red."""
+    if not hs.give_back_problems:
+        return
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    tr = session.config.pluginmanager.get_plugin("terminalreporter")
+    for problem in hs.give_back_problems:
+        if tr is not None:
+            tr.write_line(f"HOST NOT RESTORED: {problem}", red=True)
+
+
 def finish(session: pytest.Session, hs) -> None:
     """The controller's end of the run: hygiene, "nothing tested", summary, report."""
     option = session.config.option
@@ -167,6 +178,7 @@ def finish(session: pytest.Session, hs) -> None:
         "hygiene": hs.hygiene_problems or "clean: no QEMU left running, no temp directory left, "
                                           "guest image unchanged",
         "nothing_tested": nothing_tested,
+        "not_given_back": hs.give_back_problems,
         "identity": identity.run_identity(
             qemu_binary=hs.qemu_binary, qemu_version=hs.qemu_version,
             inventory=hs.inventory.path if hs.inventory is not None else None,

@@ -91,12 +91,18 @@ def guest_boots(results: list[dict], started: str = "booted") -> dict[str, float
             and (g.get("started") or "booted") == started}
 
 
+#: Outcomes of a test whose body ran: a skipped test (or one whose set-up failed) passed no
+#: device through, whatever its device was.
+_RAN = ("passed", "failed", "xfailed", "xpassed")
+
+
 def passthrough_counts(results: list[dict]) -> dict[str, int]:
-    """How many tests ran through each real passthrough path (vfio-pci, usb-host)."""
+    """How many tests ran through each real passthrough path (vfio-pci, usb-host); skipped
+    tests and set-up errors never count."""
     counts: dict[str, int] = {}
     for r in results:
         kind = (r.get("passthrough") or "").split(" ")[0]
-        if kind:
+        if kind and r.get("outcome") in _RAN:
             counts[kind] = counts.get(kind, 0) + 1
     return counts
 

@@ -138,7 +138,11 @@ class Vfio(Backend):
                               hint="run it as root (sudo .venv/bin/pytest ...)")
 
     def _ask_the_doctor(self, where: str = "this host", fix: str = "") -> None:
-        checks = doctor.run_checks("/", self.qemu_binary, self.inventory,
+        # The inventory's devices are proven idle by the run's first process, before its
+        # workers start; a worker that starts later would find the devices the others hold
+        # (a QEMU has /dev/vfio/N or the USB node open) in use. The binder proves each device
+        # idle again when it takes it.
+        checks = doctor.run_checks("/", self.qemu_binary, None if self.worker else self.inventory,
                                    qemu_timeout=self.pace(20.0))
         if doctor.exit_code(checks):
             raise LabError(f"--backend {self.name}: {where} cannot run vfio-pci: "

@@ -24,7 +24,7 @@ from harness.run import hygiene
 from harness.images import builtin as images
 from harness.guest import snapshot
 from harness.core import pace as pace_mod
-from harness.core.errors import ConfigError
+from harness.core.errors import ConfigError, HarnessError
 from harness.qemu.machine import GuestImage
 from harness.qemu.machine import MACHINES
 from harness.guest.pool import GuestPool, probe_boot
@@ -73,6 +73,8 @@ class HarnessSession:
         self.decided_here = False
         #: Scenario functions --backend vfio/lab deselected as emulated_only (collect.select).
         self.emulated_only: list[str] = []
+        #: What :meth:`close` could not give back to the host (the report says so; the run fails).
+        self.give_back_problems: list[str] = []
         self.backend = backends.make(self.plan.backend, worker=worker, qemu_binary=opt.qemu_binary,
                                      pace=None, lab=self.plan.lab, roles=opt.roles)
         retries = opt.retry_dead_guest
@@ -258,9 +260,19 @@ class HarnessSession:
         return role is None or roles is None or role in roles
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-        self.backend.close()
+        """Close the guests, then let the backend give back its host devices. A device it
+        cannot give back is recorded in :attr:`give_back_problems`, not raised: the session's
+        end still checks, reports and sets the exit status (plugin: pytest_sessionfinish)."""
+        try:
+            if self._pool is not None:
+                self._pool.close()
+        finally:
+            try:
+                self.backend.close()
+            except HarnessError as e:
+                problem = f"[{e.kind}] {e}"
+                if problem not in self.give_back_problems:
+                    self.give_back_problems.append(problem)
 
 
 def _require_free_space(report_root: Path) -> None:

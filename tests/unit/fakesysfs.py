@@ -20,6 +20,7 @@ or removes its VFs: :meth:`FakeHost.sriov_capable`). ``fail`` makes a write fail
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import tempfile
@@ -208,6 +209,10 @@ class FakeHost:
         self._link(self.sys / "class/net" / ifname, d)
         for low in lower:
             self._link(d / f"lower_{low}", Path(os.path.realpath(self.sys / "class/net" / low)))
+        listed = self.root / "ip/link.json"
+        if listed.exists():  # `ip link` shows it too (down: no address, no route)
+            links = json.loads(listed.read_text())
+            listed.write_text(json.dumps(links + [link(len(links) + 1, ifname, bdf)]))
 
     def add_disk(self, name: str, under: Path, partitions=(), sectors: int = 321672960,
                  majmin: str | None = None) -> Path:
@@ -233,7 +238,10 @@ class FakeHost:
         (d / "slaves").mkdir()
         self._link(self.sys / "class/block" / name, d)
         for s in slaves:
-            self._link(d / "slaves" / s, Path(os.path.realpath(self.sys / "class/block" / s)))
+            slave = Path(os.path.realpath(self.sys / "class/block" / s))
+            self._link(d / "slaves" / s, slave)
+            (slave / "holders").mkdir(exist_ok=True)
+            self._link(slave / "holders" / name, d)
 
     def add_usb_bus(self, busnum: int, controller: str) -> None:
         self.usb_controllers[busnum] = controller
@@ -265,6 +273,31 @@ class FakeHost:
                 (d / k).write_text(f"{v}\n")
         self._link(self.sys / "bus/usb/devices" / name, d)
         return d
+
+    def network(self, namespace: str = "", *, links, addrs=None, routes=(), routes6=(),
+                ss: str = "", packet: str = "sk RefCnt Type Proto Iface R Rmem User Inode\n"
+                ) -> None:
+        """What `ip -j -d link`, `ip -j addr`, `ip -j route show table all` (and -6), `ss` and
+        /proc/net/packet print in ``namespace`` ("": the harness's own; a name is also added
+        to `ip netns list`)."""
+        where = f"ip/netns/{namespace}" if namespace else "ip"
+        addrs = addrs or {}
+        data = {"link": links, "route": list(routes), "route6": list(routes6),
+                "addr": [{"ifindex": li["ifindex"], "ifname": li["ifname"],
+                          "addr_info": [{"local": a.split("/")[0], "prefixlen": int(a.split("/")[1])}
+                                        for a in addrs.get(li["ifname"], [])]} for li in links]}
+        for what, value in data.items():
+            self.file(f"{where}/{what}.json", json.dumps(value))
+        self.file(f"{where}/ss.txt", ss)
+        if namespace:
+            self.file(f"{where}/packet.txt", packet)
+            listed = self.root / "ip/netns.json"
+            names = json.loads((listed.read_text() if listed.exists() else "") or "[]")
+            self.file("ip/netns.json", json.dumps(names + [{"name": namespace}]))
+        else:
+            self.proc("net/packet", packet)
+            if not (self.root / "ip/netns.json").exists():
+                self.file("ip/netns.json", "")
 
     def proc(self, name: str, text: str) -> None:
         p = self.root / "proc" / name
@@ -382,6 +415,17 @@ class FakeHost:
             self._set_numvfs(path, parts[3], v)
 
 
+def link(index: int, name: str, bdf: str | None = None, *, up: bool = False, **more) -> dict:
+    """One interface as `ip -j -d link show` prints it (``parentdev``: its PCI function)."""
+    out = {"ifindex": index, "ifname": name,
+           "flags": ["BROADCAST", "MULTICAST"] + (["UP", "LOWER_UP"] if up else []),
+           "operstate": "UP" if up else "DOWN"}
+    if bdf:
+        out.update(parentbus="pci", parentdev=bdf)
+    out.update(more)
+    return out
+
+
 def _tmpfs_dir() -> Path | None:
     """A fresh dir on tmpfs if there is one: a fake host is ~400 files, 10 ms to build there
     and ~300 ms on a busy disk."""
@@ -479,20 +523,17 @@ def lab_host(root: Path) -> FakeHost:
                      "/dev/sdc1 /mnt/usb\\040stick vfat rw,relatime 0 0\n")
     h.proc("swaps", "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n"
                     "/dev/sda3                               partition\t8388604\t\t0\t\t-2\n")
-    h.proc("net/route",
-           "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
-           "enp2s0\t00000000\t0101A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n"
-           "enp2s0\t0001A8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0\n"
-           "enp5s0f1\t0005000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n")
-    h.proc("net/ipv6_route", "")
-    # sshd on 192.168.1.10:22 with a client at 192.168.1.50:50022
-    h.proc("net/tcp",
-           "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
-           "timeout inode\n"
-           "   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0"
-           "        0 20362 1 0000000000000000 100 0 0 10 0\n"
-           "   1: 0A01A8C0:0016 3201A8C0:C366 01 00000000:00000000 02:000A7E3A 00000000     0"
-           "        0 36121 4 0000000000000000 20 4 29 10 -1\n")
+    h.network(links=[link(1, "lo", up=True), link(2, "enp2s0", "0000:02:00.0", up=True),
+                     link(3, "enp5s0f0", "0000:05:00.0"), link(4, "enp5s0f1", "0000:05:00.1"),
+                     link(5, "eno1", "0000:00:1f.6")],
+              addrs={"lo": ["127.0.0.1/8"], "enp2s0": ["192.168.1.10/24", "fe80::1:10/64"]},
+              routes=[{"dst": "default", "gateway": "192.168.1.1", "dev": "enp2s0", "flags": []},
+                      {"dst": "192.168.1.0/24", "dev": "enp2s0", "scope": "link", "flags": []},
+                      {"type": "local", "dst": "127.0.0.1", "dev": "lo", "table": "local",
+                       "flags": []}],
+              # sshd on 192.168.1.10:22 with a client at 192.168.1.50:50022
+              ss="tcp LISTEN 0 128 0.0.0.0:22 0.0.0.0:*\n"
+                 "tcp ESTAB 0 0 192.168.1.10:22 192.168.1.50:50022\n")
     h.proc("cpuinfo", "processor\t: 0\nvendor_id\t: GenuineIntel\n"
                       "flags\t\t: fpu vme de pse tsc msr pae mce cx8 apic vmx ssse3 sse4_2\n")
     h.proc("cmdline", "BOOT_IMAGE=/vmlinuz-6.1.0-18-amd64 root=UUID=1234 ro quiet "

@@ -126,6 +126,46 @@ def test_gitlab_file_against_gitlabs_schema():
     assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message[:300]}" for e in errors)
 
 
+def _rules(doc: dict, job: dict) -> list:
+    """A job's rules, its own or from the hidden jobs it extends."""
+    if "rules" in job:
+        return job["rules"]
+    bases = job.get("extends", [])
+    for base in [bases] if isinstance(bases, str) else bases:
+        if "rules" in doc[base]:
+            return doc[base]["rules"]
+    return []
+
+
+def test_gitlab_root_jobs_run_only_for_protected_branches_never_for_merge_requests():
+    """Issue 31, item 13: without rules, every branch and merge request ran its pushed code as
+    root on the VT-d runners."""
+    doc = _gitlab()
+    for name, job in list(_host_jobs(doc).items()) + [("qualify", _jobs(doc)["qualify"])]:
+        rules = _rules(doc, job)
+        assert rules, f"{name}: no rules: every pipeline would run it"
+        assert rules[-1] == {"when": "never"}, f"{name}: the last rule must refuse the rest"
+        for rule in rules[:-1]:
+            cond = rule["if"]
+            assert '$CI_COMMIT_REF_PROTECTED == "true" &&' in cond, f"{name}: {cond}"
+            sources = re.search(r"\$CI_PIPELINE_SOURCE =~ /\^\((.*)\)\$/", cond)
+            assert sources and "schedule" in sources[1].split("|"), cond
+            assert not {"merge_request_event", "external_pull_request_event", "trigger",
+                        "pipeline", "api"} & set(sources[1].split("|")), cond
+
+
+def test_gitlab_host_jobs_rebuild_their_venv_and_upload_no_private_key():
+    doc = _gitlab()
+    for name, job in _host_jobs(doc).items():
+        assert "/.venv" not in job["variables"].get("GIT_CLEAN_FLAGS", ""), \
+            f"{name}: a kept .venv lets one job poison the next one's root run"
+        script = job["script"]
+        assert script.index("rm -rf .venv") < next(i for i, s in enumerate(script)
+                                                   if "make nightly" in s), name
+        excluded = job["artifacts"].get("exclude", [])
+        assert "reports/run-*/cloud-init/**" in excluded and "reports/**/id_*" in excluded, name
+
+
 # --- Jenkinsfile -------------------------------------------------------------------------------
 
 CONTROL = {"if", "else", "for", "while", "try", "catch", "finally", "switch"}
@@ -400,3 +440,20 @@ def test_fleet_doc_names_files_that_exist():
         assert (ROOT / rel).exists(), rel
     for link in re.findall(r"\]\(([\w.-]+\.md)\)", doc):
         assert (ROOT / "docs" / link).exists(), link
+
+
+def test_jenkinsfile_root_stages_only_for_protected_branches_fresh_venv_no_key():
+    """Issue 31, item 13, the Jenkinsfile's equivalent: no change request and no unprotected
+    branch runs the host stages; the venv is made afresh; no private key is archived."""
+    text, root = _jenkinsfile()
+    pipeline = root.child("pipeline")
+    assert re.search(r"HH_PROTECTED_BRANCHES\s*=\s*'main'", pipeline.child("environment").text)
+    for stage in pipeline.child("stages").children:
+        when = stage.child("when").text
+        assert "beforeAgent true" in when, stage.label
+        assert "not { changeRequest() }" in when, stage.label
+        assert "in env.HH_PROTECTED_BRANCHES.tokenize(' ')" in when, stage.label
+    assert "rm -rf reports/run-* reports/latest .venv" in text
+    for step in ("archiveArtifacts", "stash name"):
+        line = text[text.index(step):text.index(step) + 300]
+        assert "excludes: 'reports/run-*/cloud-init/**, reports/**/id_*'" in line, step

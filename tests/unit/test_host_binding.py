@@ -64,12 +64,23 @@ def test_bind_moves_the_whole_group_and_release_gives_it_back(lab, journal):
     assert lease.released and lease.release() == []  # idempotent
 
 
-def test_bridges_and_unbound_members_stay(lab, journal):
+def test_bridges_and_listed_unbound_members_stay(lab, journal):
+    """Issue 31, item 10: an unbound (or pci-stub) member the inventory does not list was
+    accepted; now every member but the bridges must be listed."""
     lab.add_pci("0000:07:00.1", "1912:0016", 0x0c0330, None, group=14, parent="0000:00:1d.0")
-    with binder(lab, journal).bind("07:00.0", ALLOWED) as lease:
+    e = refused(lab, journal, "07:00.0")
+    assert e.message == ("refusing to take 0000:07:00.0: group 14 member 0000:07:00.1 (USB "
+                         "controller (xhci), no driver) is not in the inventory: every function "
+                         "of the group but its bridges must be (list it as a companion of "
+                         "0000:07:00.0 if the host can spare it)")
+    lab.add_driver("pci-stub")
+    lab._bind("0000:07:00.1", "pci-stub")
+    assert "0000:07:00.1 (USB controller (xhci), pci-stub) is not in the inventory" in \
+        refused(lab, journal, "07:00.0").message
+    with binder(lab, journal).bind("07:00.0", ALLOWED | {"07:00.1"}) as lease:
         assert lease.moved == ["0000:07:00.0"]
         assert lab.driver_of("0000:00:1d.0") == "pcieport"
-        assert lab.driver_of("0000:07:00.1") is None
+        assert lab.driver_of("0000:07:00.1") == "pci-stub"
     assert lab.driver_of("0000:07:00.0") == "xhci_hcd"
 
 
@@ -122,27 +133,30 @@ def test_refuses_a_device_not_in_the_inventory(lab, journal):
 
 def test_refuses_the_root_disk_controller(lab, journal):
     e = refused(lab, journal, "00:17.0")
-    assert e.message == ("refusing to take 0000:00:17.0: 0000:00:17.0 backs / (/dev/sda2); "
-                         "0000:00:17.0 backs swap (/dev/sda3)")
+    assert e.message == ("refusing to take 0000:00:17.0: sda2 is mounted on /; sda3 is used as "
+                         "swap")
 
 
 def test_refuses_the_nic_of_the_default_route_and_ssh(lab, journal):
     e = refused(lab, journal, "02:00.0")
-    assert "carries the default route (enp2s0)" in e.message
-    assert "carries the SSH session from 192.168.1.50 (enp2s0)" in e.message
+    assert "enp2s0 carries the route default (table main)" in e.message
+    assert "enp2s0 is up with the address 192.168.1.10/24, fe80::1:10/64" in e.message
 
 
-def test_refuses_a_group_whose_member_carries_the_ssh_session(lab, journal):
-    e = refused(lab, journal, "05:00.0", ssh_connection="10.0.5.7 41234 10.0.5.1 22")
-    assert e.message == ("refusing to take 0000:05:00.0: group 12 member 0000:05:00.1 (Ethernet "
-                         "controller, ixgbe) carries the SSH session from 10.0.5.7 "
-                         "($SSH_CONNECTION) (enp5s0f1)")
+def test_refuses_a_group_whose_member_carries_a_route(lab, journal):
+    routes = json.loads((lab.root / "ip/route.json").read_text())
+    lab.file("ip/route.json", json.dumps(routes + [{"dst": "10.0.5.0/24", "dev": "enp5s0f1"}]))
+    e = refused(lab, journal, "05:00.0")
+    assert e.message == ("refusing to take 0000:05:00.0: in group 12, enp5s0f1 carries the "
+                         "route 10.0.5.0/24 (table main)")
 
 
 def test_refuses_a_group_with_the_lpc_bridge(lab, journal):
     e = refused(lab, journal, "00:1f.6", allowed={"00:1f.6", "00:1f.0", "00:1f.3"})
     assert e.message == ("refusing to take 0000:00:1f.6: group 15 member 0000:00:1f.0 (ISA bridge, "
-                         "lpc_ich) would have to leave the host for vfio-pci too")
+                         "lpc_ich) would have to leave the host for vfio-pci too; in group 15, "
+                         "0000:00:1f.3 is a SMBus: the harness has no role for that class, so no "
+                         "rule that could prove it idle")
 
 
 def test_the_inventory_is_the_allow_list_for_the_whole_group(lab, journal):
@@ -150,9 +164,9 @@ def test_the_inventory_is_the_allow_list_for_the_whole_group(lab, journal):
     a companion) is refused before any host change, named; listed as a companion it moves."""
     e = refused(lab, journal, "05:00.0", allowed={"05:00.0"})
     assert e.message == ("refusing to take 0000:05:00.0: group 12 member 0000:05:00.1 (Ethernet "
-                         "controller, ixgbe) would have to move to vfio-pci too and is not in the "
-                         "inventory (list it as a companion of 0000:05:00.0 if the host can "
-                         "spare it)")  # refused() checked: nothing written, no journal
+                         "controller, ixgbe) is not in the inventory: every function of the "
+                         "group but its bridges must be (list it as a companion of 0000:05:00.0 "
+                         "if the host can spare it)")  # refused() checked: nothing written, no journal
     with binder(lab, journal).bind("05:00.0", {"05:00.0", "05:00.1"}) as lease:
         assert sorted(lease.moved) == ["0000:05:00.0", "0000:05:00.1"]
 
@@ -311,6 +325,7 @@ def test_corrupt_journal(lab, journal):
 
 def test_new_id_where_there_is_no_driver_override(lab, journal):
     lab.add_pci("0000:08:00.0", "8086:10d3", 0x020000, "e1000e", group=20, override_file=False)
+    lab.add_net("enp8s0", "0000:08:00.0")
     with binder(lab, journal).bind("08:00.0", {"08:00.0"}):
         assert lab.driver_of("0000:08:00.0") == "vfio-pci"
         assert ("sys/bus/pci/drivers/vfio-pci/new_id", "8086 10d3") in lab.writes

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from harness.core.errors import ConfigError, HostDeviceError
-from harness.cli.host import discover_main, doctor_main, restore_main
+from harness.cli.host import discover_main, doctor_main, plan_main, restore_main
 from harness.host.inventory import load_inventory
 
 from . import fakesysfs
@@ -19,7 +19,7 @@ def test_discover_prints_and_writes_a_draft(lab, fake_root, capsys):
     out = fake_root / "inventory.toml"
     assert discover_main(["--root", str(lab.root), "--write", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "NOT safe: 0000:02:00.0 carries the default route (enp2s0)" in printed
+    assert "NOT safe: enp2s0 carries the route default (table main)" in printed
     assert printed.rstrip().endswith(f'wrote {out} (6 devices). Edit it: set each nic\'s gateway '
                                      f'(now "FILL-IN"); remove what you do not want tested. '
                                      f'Then: python -m harness doctor --inventory {out}')
@@ -94,7 +94,7 @@ def test_bind_and_release_by_hand_like_the_guides_vfio_pci_sh(lab, fake_root, ca
     journal = fake_root / "journal.json"
     with pytest.raises(HostDeviceError, match="0000:05:00.1 .* is not in the inventory"):
         bind_main(["05:00.0", "--journal", str(journal)], fs=lab.sysfs())
-    with pytest.raises(HostDeviceError, match="carries the default route"):
+    with pytest.raises(HostDeviceError, match="enp2s0 carries the route default"):
         bind_main(["02:00.0", "--journal", str(journal)], fs=lab.sysfs())
     assert lab.driver_of("0000:05:00.0") == "ixgbe"
 
@@ -116,3 +116,64 @@ def test_bind_and_release_by_hand_like_the_guides_vfio_pci_sh(lab, fake_root, ca
     capsys.readouterr()
     assert release_main(["05:00.0", "--journal", str(journal)], fs=lab.sysfs()) == 1
     assert "the harness did not bind it" in capsys.readouterr().out
+
+
+def test_plan_prints_each_members_changes_and_evidence_and_changes_nothing(lab, fake_root, capsys):
+    inv = fake_root / "inv.toml"
+    inv.write_text('[[device]]\nrole = "nic"\nbdf = "05:00.0"\ngateway = "10.0.5.1"\n'
+                   'companions = ["05:00.1"]\n\n[[device]]\nrole = "nic"\nbdf = "02:00.0"\n'
+                   'gateway = "192.168.1.1"\n\n[[device]]\nrole = "usb-device"\n'
+                   'hostbus = 3\nhostaddr = 3\n')
+    before = lab.snapshot()
+    assert plan_main(["--root", str(lab.root), "--inventory", str(inv)]) == 1
+    assert lab.snapshot() == before
+    printed = capsys.readouterr().out
+    sys_ = lab.root / "sys"
+    assert (f"nic nic-05-00.0 (0000:05:00.0)\n"
+            f"  IOMMU group 12\n"
+            f"  0000:05:00.0 Ethernet controller [8086:10fb] on ixgbe (the device)\n"
+            f"    would write: echo vfio-pci > {sys_}/bus/pci/devices/0000:05:00.0/driver_override\n"
+            f"    would write: echo 0000:05:00.0 > {sys_}/bus/pci/drivers/ixgbe/unbind\n"
+            f"    would write: echo 0000:05:00.0 > {sys_}/bus/pci/drivers_probe\n"
+            f"    idle: enp5s0f0: down, no route in any table, no upper device, no socket bound "
+            f"to it\n") in printed
+    assert "  would be taken: 2 function(s) to vfio-pci" in printed
+    assert ("    in use: enp2s0 carries the route default (table main)\n" in printed)
+    assert '  REFUSED: 3 use(s) marked "in use" above\n' in printed
+    assert ("usb-device usb-device-3-3 (bus 3 addr 3)\n  USB 3-3 [03f0:8607] Optical Mobile "
+            "Mouse\n") in printed
+    assert printed.rstrip().endswith("verdict: this run would refuse what is marked REFUSED "
+                                     "above")
+
+
+def test_plan_says_when_the_host_has_no_iommu_groups(lab, fake_root, capsys):
+    for group in (lab.root / "sys/kernel/iommu_groups").iterdir():
+        for member in (group / "devices").iterdir():
+            member.unlink()
+        (group / "devices").rmdir()
+        group.rmdir()
+    inv = fake_root / "inv.toml"
+    inv.write_text('[[device]]\nrole = "sata-controller"\nbdf = "06:00.0"\n')
+    assert plan_main(["--root", str(lab.root), "--inventory", str(inv)]) == 1
+    printed = capsys.readouterr().out
+    assert "this host has no IOMMU groups (/sys/kernel/iommu_groups is empty)" in printed
+    assert "    idle: sdb: not mounted, not swap, not held" in printed
+
+
+def test_release_refuses_a_live_runs_lease_without_force(lab, fake_root, capsys):
+    """Issue 31, item 14: `release BDF` took back a live run's device."""
+    from harness.host.binding import Journal, VfioBinder
+
+    from harness.cli.host import release_main
+
+    journal = fake_root / "journal.json"
+    VfioBinder(lab.sysfs(), journal=journal).bind("06:00.0", {"06:00.0"})
+    lab.proc("4321/stat", "4321 (pytest) S 1 " + "0 " * 40 + "\n")
+    with Journal(journal).locked():
+        Journal(journal).write([dict(e, pid=4321, pid_start=None)
+                                for e in Journal(journal).read()])
+    assert release_main(["06:00.0", "--journal", str(journal)], fs=lab.sysfs()) == 1
+    assert "held by pid 4321 (a live run)" in capsys.readouterr().out
+    assert lab.driver_of("0000:06:00.0") == "vfio-pci"
+    assert release_main(["06:00.0", "--journal", str(journal), "--force"], fs=lab.sysfs()) == 0
+    assert lab.driver_of("0000:06:00.0") == "ahci" and Journal(journal).read() == []

@@ -1,12 +1,14 @@
 """harness.host.safety and .discover: what the host needs, which candidates are safe, the draft."""
 
+import json
 import os
 
 import pytest
 
 from harness.host.discover import discover, draft_inventory, format_candidates
 from harness.host.inventory import GATEWAY_PLACEHOLDER, InventoryError, parse_inventory
-from harness.host.safety import critical_devices, plan_group, unmapped_filesystems
+from harness.host.safety import HostUsage, plan_group
+from harness.host.storage import StorageView
 from harness.host.sysfs import Sysfs
 
 from . import fakesysfs
@@ -14,77 +16,64 @@ from . import fakesysfs
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
 
 
-def test_critical_devices_of_the_lab_host(lab):
-    critical = critical_devices(lab.root)
-    assert critical == {
-        "0000:00:17.0": ["backs / (/dev/sda2)", "backs swap (/dev/sda3)"],
-        "0000:00:14.0": ["backs /mnt/usb stick (/dev/sdc1)"],
-        "usb3": ["backs /mnt/usb stick (/dev/sdc1)"],
-        "3-5": ["backs /mnt/usb stick (/dev/sdc1)"],
-        "0000:00:1c.2": ["carries the default route (enp2s0)",
-                         "carries the SSH session from 192.168.1.50 (enp2s0)"],
-        "0000:02:00.0": ["carries the default route (enp2s0)",
-                         "carries the SSH session from 192.168.1.50 (enp2s0)"],
-    }
+def uses(host, bdf: str) -> tuple[str, ...]:
+    return HostUsage.read(host.root).verdict(bdf).uses
 
 
-def test_ssh_connection_routes_to_its_interface(lab):
-    # An engineer logged in from the test network: 05:00.1 now carries the session.
-    critical = critical_devices(lab.root, ssh_connection="10.0.5.7 41234 10.0.5.1 22")
-    assert critical["0000:05:00.1"] == ["carries the SSH session from 10.0.5.7 "
-                                        "($SSH_CONNECTION) (enp5s0f1)"]
-    assert "0000:05:00.0" not in critical
+def test_verdicts_of_the_lab_host(lab):
+    usage = HostUsage.read(lab.root)
+    assert usage.verdict("00:17.0").uses == ("sda2 is mounted on /", "sda3 is used as swap")
+    assert usage.verdict("00:14.0").uses == ("sdc1 is mounted on /mnt/usb stick",)
+    assert usage.verdict("02:00.0").uses == (
+        "enp2s0 carries the route default (table main)",
+        "enp2s0 carries the route 192.168.1.0/24 (table main)",
+        "enp2s0 is up with the address 192.168.1.10/24, fe80::1:10/64")
+    idle = usage.verdict("05:00.0")
+    assert idle.idle and idle.evidence == (
+        "enp5s0f0: down, no route in any table, no upper device, no socket bound to it",)
+    assert usage.verdict("06:00.0").evidence == (
+        "sdb: not mounted, not swap, not held, not a btrfs device, open by no process",)
 
 
-def test_ssh_connection_from_the_environment(lab, monkeypatch):
-    monkeypatch.setenv("SSH_CONNECTION", "10.0.5.7 41234 10.0.5.1 2222")
-    assert "0000:05:00.1" in critical_devices(lab.root)
+def test_a_nic_whose_interface_cannot_be_seen_is_in_use(lab):
+    """Its interface moved into a container's (unnamed) namespace, or DPDK drives it."""
+    (lab.dev_dir("0000:05:00.0") / "net/enp5s0f0").rename(lab.root / "moved-away")
+    links = json.loads((lab.root / "ip/link.json").read_text())
+    lab.file("ip/link.json", json.dumps([li for li in links if li["ifname"] != "enp5s0f0"]))
+    assert uses(lab, "05:00.0") == (
+        "0000:05:00.0 is on ixgbe, which shows no network interface in any namespace the "
+        "harness can read (a container's namespace, or a user-space driver, may use it)",)
 
 
-def test_default_route_through_a_bridge_marks_its_ports(lab):
-    lab.add_net("br0", lower=["enp5s0f0"])
-    lab.proc("net/route", "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n"
-                           "br0\t00000000\t0105000A\t0003\t0\t0\t0\t00000000\n")
-    lab.proc("net/tcp", "")
-    critical = critical_devices(lab.root, ssh_connection="")
-    assert critical["0000:05:00.0"] == ["carries the default route (br0)"]
-    assert "0000:02:00.0" not in critical
+def test_a_nic_is_in_use_when_ip_cannot_be_read(lab):
+    (lab.root / "ip/route6.json").unlink()
+    [why] = uses(lab, "05:00.0")
+    assert why.startswith("cannot tell whether 0000:05:00.0's interfaces are in use: "
+                          "`ip -j -6 route show table all` cannot be read: no ip/route6.json")
 
 
-def test_ipv6_default_route(lab):
-    lab.proc("net/route", "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n")
-    lab.proc("net/tcp", "")
-    lab.proc("net/ipv6_route",
-              "00000000000000000000000000000000 00 00000000000000000000000000000000 00 "
-              "fe800000000000000000000000000001 00000400 00000001 00000000 00000003 eno1\n"
-              "00000000000000000000000000000000 00 00000000000000000000000000000000 00 "
-              "00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo\n")
-    assert critical_devices(lab.root, ssh_connection="")["0000:00:1f.6"] == \
-        ["carries the default route (eno1)"]
-
-
-def test_root_on_lvm_marks_the_disks_under_it(lab):
+def test_root_on_lvm_holds_the_disks_under_it(lab):
     lab.add_dm("dm-0", "vg-root", ["sdb1"])
     lab.proc("mounts", "/dev/mapper/vg-root / ext4 rw 0 0\n")
     lab.proc("swaps", "Filename Type Size Used Priority\n")
-    critical = critical_devices(lab.root)
-    assert critical["0000:06:00.0"] == ["backs / (/dev/mapper/vg-root)"]
-    assert "0000:00:17.0" not in critical
+    assert uses(lab, "06:00.0") == ("sdb1 is held by dm-0 (vg-root)",)
+    assert uses(lab, "00:17.0") == ()
 
 
 def test_dev_root_resolved_through_mountinfo(lab):
     lab.proc("self/mountinfo", "22 1 8:0 / / rw,relatime shared:1 - ext4 /dev/root rw\n"
                                 "23 22 0:21 / /proc rw - proc proc rw\n")
     lab.proc("swaps", "Filename Type Size Used Priority\n")
-    assert critical_devices(lab.root)["0000:00:17.0"] == ["backs / (/dev/root)"]
+    (lab.dev_dir("0000:00:17.0") / "ata1/host0/target0:0:0/0:0:0:0/block/sda/dev").write_text("8:0\n")
+    assert uses(lab, "00:17.0") == ("sda is mounted on /",)
 
 
 def test_plan_group_moves_the_whole_group_and_leaves_bridges(lab):
     fs = Sysfs(lab.root)
-    plan = plan_group(fs, "05:00.1", critical_devices(fs))
+    plan = plan_group(fs, "05:00.1", HostUsage.read(fs))
     assert plan.safe and plan.group == 12
     assert [m.bdf for m in plan.to_move] == ["0000:05:00.0", "0000:05:00.1"]
-    plan = plan_group(fs, "07:00.0", {})
+    plan = plan_group(fs, "07:00.0", None)
     assert [m.bdf for m in plan.to_move] == ["0000:07:00.0"]
     [(bridge, why)] = plan.kept
     assert bridge.bdf == "0000:00:1d.0" and why == "PCI bridge: stays on pcieport, as vfio allows"
@@ -111,17 +100,17 @@ def test_candidates_by_role_and_safety(lab):
     assert nic.group_others == ("0000:05:00.1 Ethernet controller (ixgbe)",)
     assert found["0000:00:1f.6"].reasons == (
         "group 15 member 0000:00:1f.0 (ISA bridge, lpc_ich) would have to leave the host for "
-        "vfio-pci too",)
-    assert found["0000:02:00.0"].reasons == (
-        "0000:02:00.0 carries the default route (enp2s0)",
-        "0000:02:00.0 carries the SSH session from 192.168.1.50 (enp2s0)")
+        "vfio-pci too", "in group 15, 0000:00:1f.3 is a SMBus: the harness has no role for "
+        "that class, so no rule that could prove it idle")
+    assert found["0000:02:00.0"].reasons == uses(lab, "02:00.0")
     assert found["0000:06:00.0"].disk_bytes == 321672960 * 512
-    assert found["3-5"].reasons == ("3-5 backs /mnt/usb stick (/dev/sdc1)",)
+    assert found["3-5"].reasons == ("sdc1 is mounted on /mnt/usb stick",)
     assert (found["3-3"].busnum, found["3-3"].devnum, found["3-3"].driver) == (3, 3, "usbhid")
 
 
 def test_no_iommu_group_is_not_safe(lab):
     lab.add_pci("0000:08:00.0", "8086:10d3", 0x020000, "e1000e", group=None)
+    lab.add_net("enp8s0", "0000:08:00.0")
     [c] = [c for c in discover(lab.root) if c.address == "0000:08:00.0"]
     assert not c.safe and c.iommu_group is None
     assert "has no iommu_group" in c.reasons[0]
@@ -129,6 +118,7 @@ def test_no_iommu_group_is_not_safe(lab):
 
 def test_group_with_the_host_bridge_is_not_safe(lab):
     lab.add_pci("0000:00:02.0", "8086:10d3", 0x020000, "e1000e", group=0)
+    lab.add_net("enp0s2", "0000:00:02.0")
     [c] = [c for c in discover(lab.root) if c.address == "0000:00:02.0"]
     assert c.reasons == ("group 0 holds the host bridge 0000:00:00.0: the device is not isolated "
                          "(no ACS there); use a slot with its own IOMMU group",)
@@ -141,7 +131,7 @@ def test_format_candidates(lab):
     assert "      driver ixgbe, IOMMU group 12, interfaces enp5s0f0\n" \
            "      group also holds 0000:05:00.1 Ethernet controller (ixgbe)\n" \
            "      safe to take\n" in text
-    assert "      NOT safe: 0000:02:00.0 carries the default route (enp2s0)\n" in text
+    assert "      NOT safe: enp2s0 carries the route default (table main)\n" in text
     assert "  3-3 (bus 3 addr 3)  HP Optical Mobile Mouse [03f0:8607]\n" in text
     assert ("group also holds 0000:00:1d.0 PCI bridge (pcieport): PCI bridge: stays on "
             "pcieport, as vfio allows") in text
@@ -188,12 +178,17 @@ def test_multi_device_btrfs_marks_every_member(lab):
     devices.mkdir(parents=True)
     for member in ("sda2", "sdb1"):
         os.symlink(os.path.realpath(lab.sys / "class/block" / member), devices / member)
-    critical = critical_devices(lab.root)
-    assert critical["0000:00:17.0"] == critical["0000:06:00.0"] == ["backs / (/dev/sda2)"]
+    assert uses(lab, "00:17.0") == ("sda2 is mounted on /",
+                                    "sda2 is a device of the btrfs filesystem 4d1f")
+    assert uses(lab, "06:00.0") == ("sdb1 is a device of the btrfs filesystem 4d1f",)
 
 
 def test_zfs_root_is_reported_as_unmapped(lab):
     lab.proc("mounts", "rpool/ROOT/debian / zfs rw,xattr,noacl 0 0\n/dev/sdb1 /data ext4 rw 0 0\n"
                        "tmpfs /run tmpfs rw 0 0\nserver:/export /mnt/nfs nfs4 rw 0 0\n")
-    assert unmapped_filesystems(lab.root) == ["/ (rpool/ROOT/debian, zfs)"]
-    assert "0000:06:00.0" in critical_devices(lab.root)
+    assert StorageView.read(Sysfs(lab.root)).unmapped == ["/ (rpool/ROOT/debian, zfs)"]
+    assert uses(lab, "06:00.0") == (
+        "sdb1 is mounted on /data",
+        "0000:06:00.0 may hold / (rpool/ROOT/debian, zfs): the harness cannot tell which "
+        "controller does (if this one does not, say so in its inventory entry: "
+        "no_host_filesystems = true)")

@@ -11,7 +11,7 @@ from harness.core.errors import HostDeviceError
 from harness.host import sriov
 from harness.host.binding import Journal, VfioBinder, restore_from_journal
 from harness.host.inventory import InventoryError, parse_inventory
-from harness.host.safety import critical_devices, plan_group
+from harness.host.safety import HostUsage, plan_group
 
 from . import fakesysfs
 from .fakesysfs import FakeHost, Killed
@@ -28,6 +28,7 @@ def host(lab: FakeHost) -> FakeHost:
     lab.add_pci("0000:00:1c.6", "8086:a33e", 0x060400, "pcieport", 16)
     lab.add_pci(PF, "8086:10c9", 0x020000, "igb", 17, parent="0000:00:1c.6")
     lab.sriov_capable(PF, 7)
+    lab.add_net("enp8s0", PF)  # down, no address: idle
     return lab
 
 
@@ -156,7 +157,7 @@ def refusal(host, journal, pf, count) -> str:
     sysfs_now = lambda: {k: v for k, v in host.snapshot().items() if k.startswith("sys")}  # noqa: E731
     before = sysfs_now()
     with pytest.raises(HostDeviceError) as e:
-        VfioBinder(host.sysfs(), journal=journal, ssh_connection="").enable_vfs(pf, count)
+        VfioBinder(host.sysfs(), journal=journal).enable_vfs(pf, count)
     assert host.writes == [] and sysfs_now() == before
     assert entries(journal) == []
     return e.value.message
@@ -177,14 +178,14 @@ def test_refusals_before_any_write(host, journal):
 def test_refuses_the_pf_that_carries_the_hosts_route(host, journal):
     host.sriov_capable("0000:02:00.0", 7)  # the I210 of the default route, made SR-IOV here
     message = refusal(host, journal, "02:00.0", 1)
-    assert "0000:02:00.0 is the host's own device (carries the default route" in message
-    assert "never writes its sriov_numvfs" in message
+    assert "0000:02:00.0 is not proven idle (enp2s0 carries the route default" in message
+    assert "writes sriov_numvfs only on an idle PF" in message
 
 
 def test_a_vf_grouped_with_its_pf_is_refused(host, journal):
     host.sriov_capable(PF, 7, first_group=17)  # no ACS: VF 0 lands in the PF's group
     set_numvfs(host, 1)
-    plan = plan_group(host.sysfs(), VF0, critical_devices(host.sysfs(), ssh_connection=""),
+    plan = plan_group(host.sysfs(), VF0, HostUsage.read(host.sysfs()),
                       allowed={VF0})
     assert any(f"group 17 holds {VF0}'s own physical function {PF}" in p for p in plan.problems)
 
@@ -271,7 +272,7 @@ def test_discover_lists_sr_iov_pfs_and_drafts_their_vfs(host):
     from harness.host.discover import discover, draft_inventory, format_candidates
 
     set_numvfs(host, 2)
-    found = {c.address: c for c in discover(host.sysfs(), ssh_connection="")}
+    found = {c.address: c for c in discover(host.sysfs())}
     assert found[PF].sriov == (7, 2) and found[PF].sriov_refused is None
     assert found[VF0].physfn == PF and found["0000:05:00.0"].sriov is None
     text = format_candidates(list(found.values()))
@@ -291,8 +292,8 @@ def test_discover_says_why_a_pfs_vfs_are_not_for_the_harness(host):
     from harness.host.discover import discover, draft_inventory
 
     host.sriov_capable("0000:02:00.0", 7)  # the NIC of the default route
-    c = next(c for c in discover(host.sysfs(), ssh_connection="") if c.address == "0000:02:00.0")
-    assert "is the host's own device" in c.sriov_refused
+    c = next(c for c in discover(host.sysfs()) if c.address == "0000:02:00.0")
+    assert "is not proven idle (enp2s0 carries the route default" in c.sriov_refused
     assert not [d for d in draft_inventory([c]).devices]
 
 
@@ -300,9 +301,87 @@ def test_doctor_checks_a_vf_entry_before_its_vfs_exist(host):
     from harness.host.doctor import _inventory_checks
 
     inv = inventory(host, VF_ENTRY.format(vf=1, vfs=2))
-    [check] = _inventory_checks(host.sysfs(), inv, ssh_connection="")
+    [check] = _inventory_checks(host.sysfs(), inv)
     assert check.ok and check.detail == (f"VF 1 of {PF} (igb, up to 7 VFs): the PF has no VF: "
                                          "the run makes 2 (sriov_numvfs, put back at its end)")
     set_numvfs(host, 1)
-    [check] = _inventory_checks(host.sysfs(), inv, ssh_connection="")
+    [check] = _inventory_checks(host.sysfs(), inv)
     assert not check.ok and "has 1 VFs already" in check.detail
+
+
+# -- issue 31, item 14: runs that cannot hurt each other ------------------------------------------
+
+OTHER_RUN = 4321
+
+
+def hand_to_another_live_run(host: FakeHost, journal, bdfs) -> None:
+    """Make the journal entries of ``bdfs`` belong to another run, alive (pid 4321)."""
+    host.proc(f"{OTHER_RUN}/stat", f"{OTHER_RUN} (pytest) S 1 " + "0 " * 40 + "\n")
+    held = Journal(journal).read()
+    with Journal(journal).locked():
+        Journal(journal).write([dict(e, pid=OTHER_RUN, pid_start=None) if e["bdf"] in bdfs
+                                else e for e in held])
+
+
+def test_a_runs_end_keeps_the_vf_count_while_a_live_run_holds_a_vf(host, journal):
+    """Run A made the VFs, run B (alive) has VF0 on vfio-pci: A's end must not write 0 to
+    sriov_numvfs (that destroys B's VF); the last run to let go puts it back."""
+    a = VfioBinder(host.sysfs(), journal=journal)
+    a.enable_vfs(PF, 2)
+    VfioBinder(host.sysfs(), journal=journal).bind(VF0, {VF0})  # run B
+    hand_to_another_live_run(host, journal, {VF0})
+    [result] = a.close()
+    assert result.status == "in-use" and "pid 4321 (a live run) holds its VF 0000:08:10.0" \
+        in result.detail
+    assert numvfs(host) == 2 and host.driver_of(VF0) == "vfio-pci"
+    assert [e.get("kind", "vfio") for e in entries(journal)] == ["sriov", "vfio"]
+    (host.root / f"proc/{OTHER_RUN}/stat").unlink()  # B ends (killed): restore finishes it all
+    restore_from_journal(host.sysfs(), journal)
+    assert numvfs(host) == 0 and entries(journal) == []
+
+
+def test_vfs_that_were_there_already_are_journaled_as_this_runs(host, journal):
+    """Reused VFs: journaled (their count, unchanged), so another run's end knows this run
+    relies on them; this run's own end changes nothing."""
+    a = VfioBinder(host.sysfs(), journal=journal)
+    a.enable_vfs(PF, 2)
+    hand_to_another_live_run(host, journal, {PF})  # run A made them and lives on
+    b = VfioBinder(host.sysfs(), journal=journal)
+    assert b.enable_vfs(PF, 2) == [VF0, VF1]
+    mine = [e for e in entries(journal) if e["pid"] == os.getpid()]
+    assert [(e["kind"], e["bdf"], e["numvfs"]) for e in mine] == [("sriov", PF, 2)]
+    assert "autoprobe" not in mine[0]  # nothing changed, nothing to put back
+    b.close()
+    assert numvfs(host) == 2 and [e["pid"] for e in entries(journal)] == [OTHER_RUN]
+    # A dies while C (pid 77, alive) relies on the VFs it reused: restoring A's entry keeps them
+    VfioBinder(host.sysfs(), journal=journal).enable_vfs(PF, 2)
+    (host.root / f"proc/{OTHER_RUN}/stat").unlink()
+    host.proc("77/stat", "77 (pytest) S 1 " + "0 " * 40 + "\n")
+    with Journal(journal).locked():
+        held = Journal(journal).read()
+        Journal(journal).write(held[:-1] + [dict(held[-1], pid=77, pid_start=None)])
+    first, second = restore_from_journal(host.sysfs(), journal)
+    assert first.status == "in-use" and "pid 77 (a live run) uses its VFs" in first.detail
+    assert second.status == "in-use" and "held by pid 77" in second.detail
+    assert numvfs(host) == 2 and len(entries(journal)) == 2
+
+
+def test_plan_says_what_a_vf_entry_would_write_and_why_the_pf_may_make_them(host):
+    from harness.host.plan import plan_inventory
+
+    inv = inventory(host, VF_ENTRY.format(vf=1, vfs=2))
+    lines, ok = plan_inventory(host.sysfs(), inv)
+    pf_dir = host.root / "sys/bus/pci/devices" / PF
+    assert ok and lines[2:10] == [
+        f"nic nic-vf1-08-00.0 (VF 1 of {PF})",
+        f"  PF {PF} on igb: stays on the host",
+        "    idle: enp8s0: down, no route in any table, no upper device, no socket bound to it",
+        f"  would write: echo 0 > {pf_dir}/sriov_drivers_autoprobe (journaled, put back)",
+        f"  would write: echo 2 > {pf_dir}/sriov_numvfs (journaled: 0, put back at the end of "
+        "the run)",
+        "  then VF 1 is bound like any listed device (driver_override, drivers_probe), after its "
+        "own proven-idle check", "", "verdict: every device would be taken"]
+    set_numvfs(host, 2)
+    lines, ok = plan_inventory(host.sysfs(), inv)
+    assert ok and f"  would use its existing VF 1 ({VF1}), journaled as this run's: " \
+                  "sriov_numvfs stays while any live run holds a VF of it" in lines

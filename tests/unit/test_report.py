@@ -37,6 +37,15 @@ def test_passthrough_counts():
     assert records.passthrough_counts([result("a"), result("b")]) == {}
 
 
+def test_skipped_tests_never_count_as_passthrough():
+    """Issue 31, item 15: a vfio run whose tests all skipped counted them as passthrough, and
+    its "nothing tested" check let it exit 0."""
+    skipped = [dict(t, outcome="skipped") for t in TESTS] + [
+        result("test_sata.py::test_sata[q35]", outcome="error", passthrough="vfio-pci host=x")]
+    assert records.passthrough_counts(skipped) == {}
+    assert records.passthrough_counts(skipped + [TESTS[0]]) == {"vfio-pci": 1}
+
+
 def test_summary_lines_say_how_many_tests_went_through_real_passthrough():
     lines = report.summary_lines(summary(TESTS, LAB))
     assert lines[0] == "backend lab, accel kvm, QEMU 7.2.22: 4 passed"

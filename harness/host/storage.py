@@ -1,0 +1,242 @@
+"""What the host does with its block devices and device nodes, read to prove a device idle.
+
+A block device is *idle* when neither it nor any of its partitions is mounted (in any mount
+namespace), used as swap, held by another block device (``holders/``: device-mapper, LVM, md,
+bcache, dm-crypt), a member of a btrfs filesystem, or open by a process. Open device nodes
+are read from every process's ``/proc/PID/fd``; a process whose fds cannot be read, a mount
+namespace whose mounts cannot be read, a local filesystem whose disk cannot be told and a
+loaded ZFS (whose pools hold disks with none of the above) make every device unproven:
+:attr:`StorageView.problems` (ZFS and unmapped filesystems: :attr:`StorageView.unmapped`,
+which an inventory may clear per controller with ``no_host_filesystems = true``).
+
+    >>> view = StorageView.read(Sysfs("/"))              # doctest: +SKIP
+    >>> view.use_of_block("sdb")
+    []
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+from pathlib import Path
+from typing import NamedTuple
+
+from harness.host.sysfs import Sysfs
+
+#: Mounts that never sit on a device of their own.
+_NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "ceph", "glusterfs", "9p", "virtiofs"}
+#: Local filesystems on pools whose disks sysfs does not link to the mount.
+_POOL_FS = {"zfs"}
+
+
+class Mount(NamedTuple):
+    source: str             # /dev/sda2, rpool/ROOT/debian
+    mountpoint: str         # "swap" for a swap partition
+    fstype: str
+    majmin: str | None      # from mountinfo: resolves even /dev/root
+
+
+def _unescape(field: str) -> str:
+    # /proc/mounts writes space, tab, newline and backslash as octal escapes.
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
+
+
+def _parse_mountinfo(text: str) -> list[Mount]:
+    out = []
+    for line in text.splitlines():
+        head, _, tail = line.partition(" - ")
+        fields, rest = head.split(), tail.split()
+        if len(fields) >= 5 and len(rest) >= 2:
+            out.append(Mount(_unescape(rest[1]), _unescape(fields[4]), rest[0], fields[2]))
+    return out
+
+
+def _mounts(fs: Sysfs, problems: list[str]) -> list[Mount]:
+    """The mounts of every mount namespace (a container's too), and swap."""
+    seen, out = set(), []
+    for proc in [fs.proc("self")] + sorted(fs.proc().glob("[0-9]*")):
+        try:
+            ns = os.readlink(proc / "ns" / "mnt")
+        except FileNotFoundError:
+            ns = None if proc.name == "self" else "gone"
+        except OSError as e:
+            problems.append(f"the mount namespace of pid {proc.name} cannot be read "
+                            f"({e.strerror}): run as root")
+            continue
+        if ns == "gone" or ns in seen:
+            continue
+        seen.add(ns)
+        text = fs.read(proc / "mountinfo")
+        if text is None and proc.name == "self":
+            text = fs.read(fs.proc("mounts"))
+            out += [Mount(_unescape(f[0]), _unescape(f[1]), f[2], None)
+                    for f in (line.split() for line in (text or "").splitlines()) if len(f) >= 3]
+            if text is None:
+                problems.append("neither /proc/self/mountinfo nor /proc/mounts can be read")
+            continue
+        out += _parse_mountinfo(text or "")
+    for line in (fs.read(fs.proc("swaps")) or "").splitlines()[1:]:
+        fields = line.split()
+        if fields and fields[0].startswith("/dev/"):
+            out.append(Mount(_unescape(fields[0]), "swap", "swap", None))
+    return [m for m in out if m.fstype in _POOL_FS or
+            (m.source.startswith("/dev/") and m.fstype not in _NETWORK_FS)]
+
+
+def block_name(fs: Sysfs, source: str) -> str | None:
+    """The sysfs block name of a /dev path (``/dev/mapper/vg-root`` -> ``dm-0``)."""
+    name = source[len("/dev/"):]
+    dev = fs.path("dev", name)
+    if dev.is_symlink():  # /dev/mapper/x, /dev/disk/by-uuid/y -> ../dm-0, ../../sda2
+        name = os.path.basename(os.path.realpath(dev))
+    name = name.rsplit("/", 1)[-1]
+    if fs.sys("class", "block", name).exists():
+        return name
+    if source.startswith("/dev/mapper/"):  # no /dev under root: look the dm name up
+        wanted = source[len("/dev/mapper/"):]
+        for dm in sorted(fs.sys("class", "block").glob("dm-*")):
+            if fs.read(dm / "dm" / "name") == wanted:
+                return dm.name
+    return None
+
+
+def _claimed(name: str) -> list[str]:
+    """Whether the kernel holds ``/dev/<name>`` exclusively (a mount, swap, md, dm, ZFS, DRBD,
+    bcache: an exclusive open then fails with EBUSY), which catches users that leave no other
+    trace. The open has no side effect; a node that cannot be opened counts as in use."""
+    try:
+        fd = os.open(f"/dev/{name}", os.O_RDONLY | os.O_EXCL | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ENOMEDIUM:  # an empty drive: nothing on it to use
+            return []
+        if e.errno == errno.EBUSY:
+            return [f"{name} is claimed by the kernel (an exclusive open of /dev/{name} says "
+                    "busy: mounted, swap, or part of md, dm, ZFS, DRBD...)"]
+        return [f"{name} cannot be checked: opening /dev/{name} failed ({e.strerror})"]
+    os.close(fd)
+    return []
+
+
+class OpenFiles:
+    """Which device nodes processes hold open: by path (``/dev/sdb``) and device number."""
+
+    def __init__(self, fs: Sysfs, problems: list[str]):
+        self.paths: dict[str, set[str]] = {}
+        self.numbers: dict[tuple[str, int], set[str]] = {}
+        for proc in sorted(fs.proc().glob("[0-9]*")):
+            try:
+                fds = list((proc / "fd").iterdir())
+            except FileNotFoundError:
+                continue  # gone, or a fake process without fds
+            except OSError as e:
+                problems.append(f"the open files of pid {proc.name} cannot be read "
+                                f"({e.strerror}): run as root")
+                continue
+            who = f"pid {proc.name} ({fs.read(proc / 'comm') or '?'})"
+            for fd in fds:
+                self._add(fd, who)
+
+    def _add(self, fd: Path, who: str) -> None:
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            return
+        if not target.startswith("/dev/"):
+            return
+        self.paths.setdefault(target, set()).add(who)
+        try:
+            st = os.stat(fd)
+        except OSError:
+            return
+        if stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode):
+            kind = "block" if stat.S_ISBLK(st.st_mode) else "char"
+            self.numbers.setdefault((kind, st.st_rdev), set()).add(who)
+
+    def users(self, kind: str, devname: str | None, majmin: str | None) -> list[str]:
+        """Who holds the node open (its ``DEVNAME`` or its ``MAJ:MIN``)."""
+        found = set(self.paths.get(f"/dev/{devname}", ())) if devname else set()
+        if majmin and re.fullmatch(r"\d+:\d+", majmin):
+            major, minor = map(int, majmin.split(":"))
+            found |= self.numbers.get((kind, os.makedev(major, minor)), set())
+        return sorted(found)
+
+
+def devname(node: Path, fs: Sysfs) -> str:
+    """A sysfs device's node name under /dev (``DEVNAME`` of its uevent, else its own name)."""
+    for line in (fs.read(node / "uevent") or "").splitlines():
+        if line.startswith("DEVNAME="):
+            return line[len("DEVNAME="):]
+    return node.name
+
+
+class StorageView:
+    """Mounts, swap, holders and open files, read once."""
+
+    def __init__(self, fs: Sysfs, opened: OpenFiles, mounts: list[Mount], problems: list[str]):
+        self.fs, self.opened, self.problems = fs, opened, problems
+        self.by_majmin: dict[str, list[str]] = {}
+        self.by_name: dict[str, list[str]] = {}
+        #: Filesystems whose disks cannot be told (ZFS pools, a device that resolves nowhere).
+        self.unmapped: list[str] = []
+        for m in mounts:
+            what = "used as swap" if m.mountpoint == "swap" else f"mounted on {m.mountpoint}"
+            name = block_name(fs, m.source) if m.source.startswith("/dev/") else None
+            if name:
+                self.by_name.setdefault(name, []).append(what)
+            if m.majmin and not m.majmin.startswith("0:"):
+                self.by_majmin.setdefault(m.majmin, []).append(what)
+            if m.fstype in _POOL_FS or (name is None and not (
+                    m.majmin and fs.sys("dev", "block", m.majmin).exists())):
+                self.unmapped.append(f"{m.mountpoint} ({m.source}, {m.fstype})")
+        if fs.sys("module", "zfs").exists():
+            self.unmapped.append("ZFS is loaded (its pools hold disks the harness cannot tell)")
+        self.btrfs = {p.name: p.parent.parent.name
+                      for p in fs.sys("fs", "btrfs").glob("*/devices/*")}
+        #: Block devices a loop device reads directly (``losetup /dev/loop0 /dev/sdb``): the
+        #: loop holds them with no holders/ link and no process fd.
+        self.loop_backed = {}
+        for loop in sorted(fs.sys("class", "block").glob("loop*")):
+            backing = fs.read(loop / "loop" / "backing_file") or ""
+            name = block_name(fs, backing) if backing.startswith("/dev/") else None
+            if name:
+                self.loop_backed[name] = loop.name
+
+        #: Character devices the kernel prints its console to (/proc/consoles: a serial
+        #: adapter can be the console with no process holding it open): MAJ:MIN -> name.
+        self.consoles = {f[-1]: f[0] for f in (line.split() for line in
+                         (fs.read(fs.proc("consoles")) or "").splitlines())
+                         if len(f) >= 2 and re.fullmatch(r"\d+:\d+", f[-1])}
+
+    @classmethod
+    def read(cls, fs: Sysfs) -> "StorageView":
+        problems: list[str] = []
+        mounts = _mounts(fs, problems)
+        return cls(fs, OpenFiles(fs, problems), mounts, problems)
+
+    def use_of_block(self, name: str, seen: set[str] | None = None) -> list[str]:
+        """Why block device ``name`` (or a partition of it, or what holds it) is in use."""
+        seen = set() if seen is None else seen
+        if name in seen:
+            return []
+        seen.add(name)
+        d = Path(os.path.realpath(self.fs.sys("class", "block", name)))
+        majmin = self.fs.read(d / "dev")
+        uses = [f"{name} is {w}" for w in self.by_name.get(name, []) +
+                self.by_majmin.get(majmin or "-", [])]
+        if name in self.btrfs:
+            uses.append(f"{name} is a device of the btrfs filesystem {self.btrfs[name]}")
+        if name in self.loop_backed:
+            uses.append(f"{name} backs the loop device {self.loop_backed[name]}")
+        if self.fs.root == Path("/"):
+            uses += _claimed(devname(d, self.fs))
+        uses += [f"{name} is open by {who}"
+                 for who in self.opened.users("block", devname(d, self.fs), majmin)]
+        for holder in sorted(p.name for p in (d / "holders").glob("*")):
+            label = self.fs.read(self.fs.sys("class", "block", holder, "dm", "name"))
+            uses.append(f"{name} is held by {holder}" + (f" ({label})" if label else ""))
+        for part in sorted(p.name for p in d.iterdir() if (p / "partition").exists()) \
+                if d.is_dir() else []:
+            uses += self.use_of_block(part, seen)
+        return uses
