@@ -1,0 +1,108 @@
+"""What root writes is safe from other local users (harness.core.paths): the saved-states cache
+(root's QEMU restores what is in it) and the vfio journal (it says which driver each device
+goes back to). The other user is real: a process running as ``nobody`` plants the files."""
+
+import os
+import stat
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from harness.core.paths import UnsafePathError, new_private_dir, private_dir
+from harness.core.errors import HostDeviceError
+from harness.guest.snapshot import StateCache, new_run_cache_dir
+from harness.host.binding import Journal
+
+NOBODY = 65534
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as a second user "
+                                                           "(nobody): run as root, as CI does")
+
+
+def as_nobody(script: str) -> None:
+    """Run a shell ``script`` as the user nobody (the local attacker)."""
+    subprocess.run(["/bin/sh", "-ec", script], check=True, timeout=30, cwd="/",
+                   preexec_fn=lambda: (os.setgroups([]), os.setgid(NOBODY), os.setuid(NOBODY)))
+
+
+@pytest.fixture
+def shared_tmp():
+    """A sticky, world-writable folder like /tmp, owned by root."""
+    d = Path(tempfile.mkdtemp(prefix="hh-test-sharedtmp-"))
+    d.chmod(0o1777)
+    yield d
+    subprocess.run(["rm", "-rf", str(d)], check=True)
+
+
+def test_a_cache_folder_another_user_made_first_is_refused(shared_tmp):
+    """Issue 31, item 11: the old default (hh-<pid>-snapshots in /tmp, exist_ok) used whatever a
+    local user had made there, with a state.bin root's QEMU then restored."""
+    planted = shared_tmp / "hh-4242-snapshots"
+    as_nobody(f"mkdir -m 777 {planted}; echo 'not a state' > {planted}/state.bin")
+    with pytest.raises(UnsafePathError, match="owned by uid 65534"):
+        StateCache(planted, qemu_version="7.2.22")
+
+
+def test_a_symlink_planted_as_the_cache_is_refused(shared_tmp):
+    target = shared_tmp / "elsewhere"
+    target.mkdir(mode=0o700)
+    link = shared_tmp / "cache"
+    as_nobody(f"ln -s {target} {link}")
+    with pytest.raises(UnsafePathError, match="is a symlink"):
+        private_dir(link)
+
+
+def test_the_runs_own_cache_is_private_and_unpredictable(shared_tmp, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(shared_tmp))
+    first, second = new_run_cache_dir("4242"), new_run_cache_dir("4242")
+    assert first != second and first.name.startswith("hh-4242-states-")
+    for d in (first, second):
+        st = d.stat()
+        assert st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == 0o700
+
+
+def test_a_cache_below_a_folder_another_user_can_write_is_refused(tmp_path):
+    open_folder = tmp_path / "team"
+    open_folder.mkdir()
+    os.chown(open_folder, 0, NOBODY)
+    open_folder.chmod(0o775)  # group-writable, not sticky: its group can swap our folder
+    with pytest.raises(UnsafePathError, match="writable by its group"):
+        private_dir(open_folder / "states")
+
+
+def test_journal_in_a_group_writable_folder_is_refused(tmp_path):
+    """Issue 31, item 12: a group-writable journal folder let its group plant the temporary
+    file as a symlink (root wrote through it) or a forged journal."""
+    folder = tmp_path / "journal"
+    folder.mkdir()
+    os.chown(folder, 0, NOBODY)
+    folder.chmod(0o770)
+    with pytest.raises(HostDeviceError, match="others can write to it"):
+        Journal(folder / "vfio-journal.json").read()
+
+
+def test_journal_write_never_follows_a_planted_link(tmp_path):
+    """Inside a folder only root can write nobody can plant anything; and even a link left
+    there (an older version's folder, or root's own mistake) is neither followed nor kept."""
+    folder = private_dir(tmp_path / "journal")
+    victim = tmp_path / "victim"
+    victim.write_text("root's file\n")
+    (folder / "vfio-journal.json.tmp").symlink_to(victim)
+    journal = Journal(folder / "vfio-journal.json")
+    with journal.locked():
+        journal.write([{"bdf": "0000:05:00.0", "driver": "e1000e"}])
+    assert victim.read_text() == "root's file\n"
+    assert not (folder / "vfio-journal.json").is_symlink()
+    (folder / "vfio-journal.json").unlink()
+    (folder / "vfio-journal.json").symlink_to(victim)
+    with pytest.raises(HostDeviceError, match="cannot read the vfio journal"):
+        journal.read()
+
+
+def test_new_private_dir_refuses_a_parent_another_user_owns(tmp_path):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, NOBODY, NOBODY)
+    with pytest.raises(UnsafePathError, match="owned by uid 65534"):
+        new_private_dir("hh-1-states-", theirs)
