@@ -28,8 +28,9 @@ from harness import lab
 _STASH_SESSION = pytest.StashKey[HarnessSession]()
 #: What an xdist worker finds in its workerinput: the run folder the controller chose.
 _WORKER_RUN_DIR = "hh_run_dir"
-#: Where JUnit XML goes until the run is known to have one (a temporary file; harness/plugin).
-_STASH_JUNIT = pytest.StashKey[str]()
+#: Set when the plugin chose where junitxml writes (the user did not pass --junitxml); at the
+#: end, the temporary file to remove if the run never made a folder.
+_STASH_JUNIT = pytest.StashKey["bool | Path"]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -80,10 +81,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_STASH_SESSION] = hs
     collect.require_loadgroup(config, hs)
     if not hs.worker and not getattr(config.option, "xmlpath", None) and not config.option.collectonly:
-        # Every run writes JUnit XML into its own folder; junitxml writes it at the session's
-        # end, before anyone knows whether the run made a folder: into a temporary file, moved
-        # into the run folder at the end if there is one (pytest_unconfigure).
-        config.stash[_STASH_JUNIT] = config.option.xmlpath = junit.new_junit_file(hs.run_dir)
+        # Every run writes JUnit XML into its own folder, which exists only once a test needed
+        # a guest: junitxml is aimed there (or stopped) at the session's end.
+        config.option.xmlpath = str(hs.run_dir / junit.FILE)
+        config.stash[_STASH_JUNIT] = True
 
 
 def _terminate_like_ctrl_c() -> None:
@@ -114,15 +115,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     hs.close()
     if hs.worker:
         return
-    written = config.stash.get(_STASH_JUNIT, None)
     if not hs.decided:  # no test needed a guest: nothing was written, nothing to sweep
-        if written:
-            Path(written).unlink(missing_ok=True)
         return
     for line in hygiene.sweep_run(hs.run_dir, hs.run.owner):
         print(f"hotplug-harness: {line}")
-    if written:
-        junit.adopt_junit_file(Path(written), hs.run_dir)
     junit.add_junit_identity(hs.run_dir, Path(config.option.report_dir).resolve())
 
 
@@ -333,10 +329,23 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem):
         runner.write_record(item, hs)
 
 
+@pytest.hookimpl(tryfirst=True, specname="pytest_sessionfinish")
+def pytest_sessionfinish_junit(session: pytest.Session, exitstatus: int) -> None:
+    """Before junitxml writes: into the run folder if the run has one, else nothing at all."""
+    hs: HarnessSession | None = session.config.stash.get(_STASH_SESSION, None)
+    if hs is not None and not hs.worker and _STASH_JUNIT in session.config.stash:
+        scratch = runner.aim_junit(session.config, hs.run_dir if hs.decided else None)
+        if scratch is not None:
+            session.config.stash[_STASH_JUNIT] = scratch
+
+
 @pytest.hookimpl(wrapper=True, specname="pytest_sessionfinish")
 def pytest_sessionfinish_give_back(session: pytest.Session, exitstatus: int):
     """After everything else at the session's end (xdist's workers are gone by then)."""
     result = yield
+    scratch = session.config.stash.get(_STASH_JUNIT, None)
+    if isinstance(scratch, Path):
+        runner.drop_junit(session.config, scratch)
     hs: HarnessSession | None = session.config.stash.get(_STASH_SESSION, None)
     if hs is not None and not hs.worker and hs.binder is not None:
         runner.give_back(session, hs)

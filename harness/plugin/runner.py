@@ -4,7 +4,9 @@ the run's end (hygiene check, "nothing tested", summary and report)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,11 +16,13 @@ from harness.plugin import collect
 from harness.run import hygiene
 from harness.run import identity
 from harness.images import builtin as images
-from harness.report import records
+from harness.report import junit, records
 from harness.report import summary as report
 from harness.report import retention
+from _pytest.junitxml import xml_key
 from _pytest.runner import runtestprotocol
 from harness.core.errors import HarnessError
+from harness.core.paths import run_tmp_prefix
 
 STASH_REPORTS = pytest.StashKey[dict]()
 STASH_RECORD = pytest.StashKey[dict]()
@@ -192,8 +196,6 @@ def finish(session: pytest.Session, hs) -> None:
             tr.write_line(f"removed {len(pruned)} old run folder(s) (--keep-runs {option.keep_runs})")
         for line in report.summary_lines(summary):
             tr.write_line(line)
-        tr.write_line(f"junit:  {hs.run_dir / 'junit.xml'} (pytest writes it to a temporary "
-                      "file first: the run folder gets it at the very end)")
         for problem in hs.hygiene_problems:
             tr.write_line(f"HYGIENE: {problem}", red=True)
         if nothing_tested:
@@ -208,3 +210,29 @@ def _nothing_tested(hs) -> str | None:
         return (f"--backend {hs.backend.name}: no test went through real passthrough "
                 "(vfio-pci or usb-host): this run tested nothing of the host")
     return None
+
+
+def aim_junit(config, run_dir: Path | None) -> Path | None:
+    """At the session's end, before pytest's junitxml writes (its hook list for this call is
+    fixed already): into ``run_dir``; or, when the run never made a folder, into a temporary
+    file that :func:`drop_junit` removes once written. Returns that file."""
+    xml = config.stash.get(xml_key, None)
+    if xml is None:
+        return None
+    if run_dir is not None:
+        xml.logfile = str(run_dir / junit.FILE)
+        return None
+    fd, scratch = tempfile.mkstemp(prefix=f"{run_tmp_prefix()}junit-", suffix=".xml")
+    os.close(fd)
+    xml.logfile = scratch
+    return Path(scratch)
+
+
+def drop_junit(config, scratch: Path) -> None:
+    """A run of no guest writes no JUnit file: the one junitxml wrote is removed, and junitxml
+    leaves (as its own unconfigure does) so it does not print where it wrote."""
+    scratch.unlink(missing_ok=True)
+    xml = config.stash.get(xml_key, None)
+    if xml is not None:
+        del config.stash[xml_key]
+        config.pluginmanager.unregister(xml)

@@ -1,32 +1,15 @@
-"""The run's JUnit XML: where pytest writes it, and the run's identity added to it."""
+"""The run's JUnit XML (pytest writes it): the run's identity added to it."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
-from harness.core.paths import run_tmp_prefix
 from harness.report import summary
 
 FILE = "junit.xml"
-
-
-def new_junit_file(run_dir: Path) -> str:
-    """Where pytest's junitxml writes until the run is known to have a folder: a new file in
-    the temporary folder (a run that never needed a guest writes nothing under reports/)."""
-    fd, path = tempfile.mkstemp(prefix=f"{run_tmp_prefix()}junit-", suffix=f"-{run_dir.name}.xml")
-    os.close(fd)
-    return path
-
-
-def adopt_junit_file(path: Path, run_dir: Path) -> None:
-    """Move what pytest wrote at ``path`` into the run folder."""
-    if path.is_file():
-        shutil.move(path, run_dir / FILE)
 
 
 def add_junit_identity(run_dir: Path, report_root: Path) -> None:
