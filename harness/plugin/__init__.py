@@ -8,6 +8,7 @@ configuration (session.py, runconfig.py), who plays each device (backends.py), c
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -149,7 +150,23 @@ def hh_repetition(request: pytest.FixtureRequest) -> int:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    collect.select(config, items, config.stash[_STASH_SESSION])
+    hs: HarnessSession = config.stash[_STASH_SESSION]
+    collect.select(config, items, hs)
+    if config.option.collectonly or not any("hotplug_session" in getattr(i, "fixturenames", ())
+                                            for i in items):
+        return
+    # A test will need a guest: the run is decided now, before any test runs, so a QEMU that
+    # cannot serve or a full report disk stops the run with one line (exit 4).
+    try:
+        hs.run
+    except HarnessError as e:  # (as pytest says a usage error: one line on stderr, exit 4)
+        print(f"ERROR: {e}", file=sys.stderr)
+        pytest.exit("hotplug-harness: the run cannot start (the error above)",
+                    returncode=pytest.ExitCode.USAGE_ERROR)
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if hs.decided_here and not hs.worker and tr is not None:
+        for line in hs.decision_lines():
+            tr.write_line(line)
 
 
 def pytest_report_collectionfinish(config: pytest.Config, items) -> list[str]:
@@ -170,14 +187,7 @@ def pytest_report_collectionfinish(config: pytest.Config, items) -> list[str]:
 def hotplug_session(request: pytest.FixtureRequest) -> HarnessSession:
     hs: HarnessSession = request.config.stash[_STASH_SESSION]
     request.addfinalizer(hs.close)
-    hs.run  # the run is decided here, at the first test that needs a guest
-    tr = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if hs.decided_here and not hs.worker and tr is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            tr.ensure_newline()
-            for line in hs.decision_lines():
-                tr.write_line(line)
+    hs.run  # (decided at collection; a worker that collected no such test loads it now)
     return hs
 
 

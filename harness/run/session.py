@@ -89,6 +89,10 @@ class HarnessSession:
             [self.user_image] + [c.image for c in self.guest_choices if not c.builtin])
         self.hygiene_problems: list[str] = []
         self.swept: list[str] = []
+        if self.backend.takes_host_devices:
+            # A run on host devices is a run of scenarios, and its set-up (the doctor, the
+            # binder) needs the run's pace: decided now, before collection.
+            self.run
         self.backend.setup(opt.host_inventory)
 
     @property
@@ -114,6 +118,10 @@ class HarnessSession:
             else:
                 run = self._decide()
                 self.decided_here = True
+        except BaseException:
+            if not self.plan.path.is_file():  # nothing decided: no run folder stays
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
         finally:
             os.close(fd)
         self._after_decided(run)
@@ -122,6 +130,8 @@ class HarnessSession:
     def _decide(self) -> RunConfig:
         """Measure the machine, choose the accelerator, find QEMU's version: once per run,
         written to the run folder for the run's other processes."""
+        version = qemu_version(self.plan.qemu_binary)
+        _require_qemu(self.plan.qemu_binary, version)  # (first: cheap, and nothing is written yet)
         where = "lab" if self.plan.lab is not None else "host"
         measured = pace_mod.Pace.measure(where, self.option.time_factor)
         deadlines = pace_mod.Deadlines.for_run(measured, accel="kvm", image=self._image_kind,
@@ -134,7 +144,7 @@ class HarnessSession:
         self.swept = hygiene.sweep_stale()
         run = dataclasses.replace(
             self.plan, owner=owner, accel=choice.name, accel_reason=choice.reason,
-            qemu_version=qemu_version(self.plan.qemu_binary), pace=dataclasses.asdict(measured),
+            qemu_version=version, pace=dataclasses.asdict(measured),
             states_dir=self._new_states_dir(owner))
         run.write()
         if run.lab is not None:

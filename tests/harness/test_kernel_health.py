@@ -31,7 +31,7 @@ def test_a_warning_in_the_guest_kernel_log_is_found_and_can_be_allowed(hotplug, 
 
 CHILD_TEST = f'''
 import pytest
-from harness.devices import PCI_PLATFORMS
+from harness.scenario.devices import PCI_PLATFORMS
 
 @pytest.mark.guest(platform=PCI_PLATFORMS[0])
 def test_passes_but_its_guest_kernel_warned(guest):
