@@ -44,7 +44,7 @@ from harness.core import pace
 from harness.report import records
 from harness.guest.guest import Guest
 from harness.qemu.machine import GuestSpec
-from harness.guest.pool import GuestPool, guest_state
+from harness.guest.pool import GuestPool, guest_state, probe_boot
 from harness.guest.snapshot import StateCache
 
 
@@ -250,7 +250,7 @@ def main() -> int:
         bench_build()
     image = images.ensure_builtin(log=lambda s: None)
     host_pace = pace.Pace.measure("host")
-    choice = accel.choose("auto", probe=lambda: accel.probe_boot(
+    choice = accel.choose("auto", probe=lambda: probe_boot(
         image, args.qemu_binary, pace.Deadlines.for_run(host_pace, accel="kvm")))
     guest = {"accel": choice.name, "deadlines": pace.Deadlines.for_run(host_pace, accel=choice.name),
              "qemu_binary": args.qemu_binary}
