@@ -21,7 +21,7 @@ from harness.host.inventory import (GATEWAY_PLACEHOLDER, ROLES, Inventory, Inven
 from harness.host import network
 from harness.host import sriov
 from harness.host.safety import critical_devices, plan_group
-from harness.host.sysfs import STORAGE_CLASSES, PciDevice, Sysfs, pci_names
+from harness.host.sysfs import NVME_CLASS, STORAGE_CLASSES, PciDevice, Sysfs, pci_names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +70,8 @@ def role_of(dev: PciDevice) -> str | None:
         return "usb-controller"
     if base in STORAGE_CLASSES:
         return "sata-controller"
+    if base == NVME_CLASS:
+        return "nvme"
     return None
 
 
@@ -97,7 +99,7 @@ def discover(root: "str | Path | Sysfs" = "/", *,
         out.append(Candidate(role, bdf, dev.ids, vname, dname, dev.class_name, dev.driver,
                              dev.iommu_group, others, plan.safe and not outside,
                              plan.problems + ((outside,) if outside else ()), uses,
-                             disk_bytes=disk_bytes if role == "sata-controller" else None,
+                             disk_bytes=disk_bytes if role in ("sata-controller", "nvme") else None,
                              companions=tuple(m.bdf for m in plan.to_move if m.bdf != bdf),
                              sriov=(pf.totalvfs, pf.numvfs) if pf else None,
                              sriov_refused=sriov.check_request(

@@ -1,4 +1,4 @@
-"""Roles (nic, usb-device, usb-controller, sata-controller) and how each backend realises them.
+"""Roles (nic, usb-device, usb-controller, sata-controller, nvme) and how each backend realises them.
 
 A scenario test asks for a role; the backend decides what plays it: an emulated QEMU model
 (``--backend emulated``, everywhere) or a host device through vfio-pci / usb-host
@@ -324,6 +324,32 @@ class EmulatedSataController(HotplugDevice):
         _del_disk(guest, plugged.own["disk_node"])
 
 
+class EmulatedNvme(HotplugDevice):
+    """An NVMe controller with one namespace: QEMU's ``nvme`` with ``drive=`` makes namespace 1
+    of that disk (a partitioned image in the guest's temp folder); ``serial=`` is required."""
+
+    role = "nvme"
+    id = "nvme"
+    guest_driver = "nvme"
+    disk_bytes = 64 << 20
+
+    def plug(self, guest, device_id: str) -> Plugged:
+        node = f"{device_id}-ns1"
+        _add_disk(guest, node, self.disk_bytes)
+        bus = guest.free_bus()
+        try:
+            seconds = guest.device_add("nvme", device_id, bus=bus, drive=node,
+                                       serial=f"hh-{device_id}")
+        except BaseException:
+            _del_disk(guest, node)
+            raise
+        return Plugged(device_id, self, seconds, bus, Facts(disk_bytes=self.disk_bytes),
+                       own={"disk_node": node})
+
+    def cleanup(self, guest, plugged: Plugged) -> None:
+        _del_disk(guest, plugged.own["disk_node"])
+
+
 class Placeholder(HotplugDevice):
     """Stands for a role no device can play in this run; ``why`` is what its tests report in
     set-up (a role nobody can play is not covered, which fails the run; it is never a skip)."""
@@ -435,6 +461,7 @@ EMULATED = {
         EmulatedUsbController("usb-ehci", "usb-ehci", guest_driver="ehci-pci"),
     ),
     "sata-controller": (EmulatedSataController(),),
+    "nvme": (EmulatedNvme(),),
 }
 
 #: USB devices: the guide's ``-usb`` bus (UHCI on pc, EHCI+UHCI on q35) and a qemu-xhci bus.
@@ -447,11 +474,12 @@ PLATFORMS = {
     "nic": PCI_PLATFORMS,
     "usb-controller": PCI_PLATFORMS,
     "sata-controller": PCI_PLATFORMS,
+    "nvme": PCI_PLATFORMS,
     "usb-device": USB_PLATFORMS,
     "cpu": MACHINE_PLATFORMS,
     "memory": MACHINE_PLATFORMS,
 }
 #: Roles a host device can play (through --backend vfio); cpu and memory are always QEMU's.
-DEVICE_ROLES = ("nic", "usb-device", "usb-controller", "sata-controller")
+DEVICE_ROLES = ("nic", "usb-device", "usb-controller", "sata-controller", "nvme")
 #: Every scenario role (``--roles``).
 ROLES = tuple(PLATFORMS)

@@ -197,3 +197,10 @@ def test_zfs_root_is_reported_as_unmapped(lab):
                        "tmpfs /run tmpfs rw 0 0\nserver:/export /mnt/nfs nfs4 rw 0 0\n")
     assert unmapped_filesystems(lab.root) == ["/ (rpool/ROOT/debian, zfs)"]
     assert "0000:06:00.0" in critical_devices(lab.root)
+
+
+def test_an_nvme_controller_is_offered_as_role_nvme(lab):
+    lab.add_pci("0000:00:1c.6", "8086:a33e", 0x060400, "pcieport", 16)
+    lab.add_pci("0000:08:00.0", "144d:a808", 0x010802, "nvme", 17, parent="0000:00:1c.6")
+    roles = {c.address: c.role for c in discover(lab.root)}
+    assert roles["0000:08:00.0"] == "nvme"
