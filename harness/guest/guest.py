@@ -168,6 +168,14 @@ class Guest:
         self.boot_seconds = time.monotonic() - t0
         return self
 
+    def retime(self, deadlines: Deadlines) -> None:
+        """Give this running guest other deadlines (its pool's, once they follow the guest's
+        speed: :meth:`harness.core.pace.Deadlines.following`), its shell's waits included."""
+        self.deadlines = deadlines
+        if self.shell is not None:
+            self.shell.default_timeout = deadlines.command
+            self.shell.scale = deadlines.scaled
+
     @property
     def started(self) -> str | None:
         """``"booted"`` or ``"restored"`` (from a saved state, harness.snapshot) once launched."""

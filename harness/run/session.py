@@ -93,9 +93,15 @@ class HarnessSession:
         where = "lab" if self.run.lab is not None else "host"
         measured = pace_mod.Pace.measure(where, self.option.time_factor)
         self.pace = measured
-        choice = accel_mod.choose(self.option.accel, probe=lambda: accel_mod.probe_boot(
+        requested = self.option.accel
+        if self.run.lab is not None and requested == "auto":
+            requested = self.option.lab_accel  # the lab's setting (docs/lab.md)
+        choice = accel_mod.choose(requested, probe=lambda: accel_mod.probe_boot(
             self.image, self.qemu_binary, self._deadlines("kvm"),
             attempts=self.backend.boot_attempts))
+        if requested != self.option.accel:
+            choice = dataclasses.replace(choice, reason=f"--lab-accel {requested}; "
+                                                        + choice.reason)
         # The process that decides owns the run's temporary folders (the outer lab run's PID
         # means nothing inside the lab host).
         self.run = dataclasses.replace(

@@ -180,6 +180,11 @@ class EmulatedNic(EmulatedModel):
         guest.qmp("netdev_del", id=plugged.own["netdev"])
 
 
+#: The MBR disk identifier of every disk image the harness writes (``fdisk -l``: "Disk
+#: identifier: 0x48480001"): a disk that shows it is one of ours, with its two partitions.
+HARNESS_DISK_ID = 0x48480001
+
+
 def _disk_image(path, size: int) -> None:
     """A sparse raw disk with an MBR of two partitions (Linux, swap), like the guide's /dev/sdb,
     so the guest's ``fdisk -l`` has partitions to list."""
@@ -190,7 +195,7 @@ def _disk_image(path, size: int) -> None:
         entries += bytes([0, 0xFE, 0xFF, 0xFF, ptype, 0xFE, 0xFF, 0xFF]) + start.to_bytes(4, "little") \
             + count.to_bytes(4, "little")
     mbr = bytearray(512)
-    mbr[440:444] = (0x48480001).to_bytes(4, "little")  # disk identifier
+    mbr[440:444] = HARNESS_DISK_ID.to_bytes(4, "little")
     mbr[446:446 + len(entries)] = entries
     mbr[510:512] = b"\x55\xaa"
     with open(path, "wb") as f:
@@ -362,6 +367,11 @@ class Placeholder(HotplugDevice):
         self.why = why
 
 
+#: The guest driver a host device of a role binds whatever its make (every NVMe controller is
+#: nvme's; a NIC or SATA controller's depends on the model).
+HOST_ROLE_DRIVERS = {"nvme": "nvme"}
+
+
 class VfioPci(HotplugDevice):
     """A host PCI device passed through: bound to vfio-pci (with its IOMMU group) for the time it
     is plugged, ``device_add vfio-pci,host=BDF`` as in the guide, given back afterwards."""
@@ -377,7 +387,7 @@ class VfioPci(HotplugDevice):
         #: Called once the device is on vfio-pci, right before ``device_add``
         #: (:meth:`harness.backends.Vfio.before_plug`).
         self.prepare = prepare
-        self.guest_driver = getattr(entry, "guest_driver", None)
+        self.guest_driver = getattr(entry, "guest_driver", None) or HOST_ROLE_DRIVERS.get(self.role)
         #: What the report says this test passed through.
         self.passthrough = f"vfio-pci host={entry.bdf}" + (
             f" (VF {entry.vf} of {entry.pf})" if getattr(entry, "pf", None) else "")
