@@ -15,6 +15,8 @@
                        rates, latencies); exits 1 on a regression
     trend RUNS_DIR     per scenario, pass rate and latency over the last runs
     prune [DIR]        remove all but the newest run folders (--keep N; make clean)
+    lab-runs -- ARGS   pytest --backend lab ARGS, with a wedged lab host restarted for the
+                       tests left (--runs N in all, default 3; make lab-smoke)
 """
 
 from __future__ import annotations
@@ -79,6 +81,12 @@ def _prune(argv: list[str]) -> int:
     return main(argv)
 
 
+def _lab_runs(argv: list[str]) -> int:
+    from harness.lab.reruns import main
+
+    return main(argv)
+
+
 def _host(name: str):
     def run(argv: list[str]) -> int:
         from harness.cli import host as cli
@@ -87,7 +95,7 @@ def _host(name: str):
     return run
 
 
-COMMANDS = {"image": _image, "compare": _compare, "merge": _merge, "trend": _trend, "prune": _prune, "doctor": _host("doctor"),
+COMMANDS = {"image": _image, "compare": _compare, "merge": _merge, "trend": _trend, "prune": _prune, "lab-runs": _lab_runs, "doctor": _host("doctor"),
             "discover": _host("discover"), "restore": _host("restore"),
             "bind": _host("bind"), "release": _host("release")}
 

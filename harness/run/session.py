@@ -100,8 +100,8 @@ class HarnessSession:
             self.image, self.qemu_binary, self._deadlines("kvm"),
             attempts=self.backend.boot_attempts))
         if requested != self.option.accel:
-            choice = dataclasses.replace(choice, reason=f"--lab-accel {requested}; "
-                                                        + choice.reason)
+            choice = dataclasses.replace(choice, reason=f"--lab-accel {requested}" + (
+                "" if requested == "tcg" else f"; {choice.reason}"))
         # The process that decides owns the run's temporary folders (the outer lab run's PID
         # means nothing inside the lab host).
         self.run = dataclasses.replace(
