@@ -46,7 +46,7 @@ test: image
 # time factor 1.49): of the
 # lifecycle scenarios (all 21 lab variants: pytest --backend lab -k lifecycle, 20 minutes), the
 # two whose vfio path differs most: device_del at once on pciehp, and migration refused.
-LAB_TESTS ?= tests/scenarios/test_nic.py tests/scenarios/test_usb.py tests/scenarios/test_sata.py \
+LAB_TESTS ?= tests/scenarios/test_nic.py tests/scenarios/test_usb.py tests/scenarios/test_sata.py tests/scenarios/test_nvme.py \
              tests/scenarios/test_passthrough_failures.py \
              'tests/scenarios/test_lifecycle.py::test_unplug_at_once[lab-q35-pciehp-e1000e]' \
              'tests/scenarios/test_lifecycle.py::test_live_migration_with_hot_added_devices[lab-q35-pciehp-e1000e]'
