@@ -9,7 +9,7 @@ STAMP   := .venv/.installed
 JOBS    ?= 3
 PYTEST_ARGS ?=
 
-.PHONY: setup image qualify test lab nightly unit bench doctor clean
+.PHONY: setup image qualify test lab lab-smoke nightly unit bench doctor clean
 
 setup: $(STAMP)
 	@sh .ci/install-host-packages
@@ -43,7 +43,7 @@ test: image
 # (an L1 guest with an emulated IOMMU; docs/lab.md). Of the lifecycle scenarios (all lab
 # variants: pytest --backend lab -k lifecycle, which takes longer than this whole target), the
 # two whose vfio path differs most: device_del at once on pciehp, and migration refused.
-LAB_TESTS ?= tests/scenarios/test_nic.py tests/scenarios/test_usb.py tests/scenarios/test_sata.py \
+LAB_TESTS ?= tests/scenarios/test_nic.py tests/scenarios/test_usb.py tests/scenarios/test_sata.py tests/scenarios/test_nvme.py \
              tests/scenarios/test_passthrough_failures.py \
              'tests/scenarios/test_lifecycle.py::test_unplug_at_once[lab-q35-pciehp-e1000e]' \
              'tests/scenarios/test_lifecycle.py::test_live_migration_with_hot_added_devices[lab-q35-pciehp-e1000e]'
@@ -59,6 +59,34 @@ lab: image
 	    run=$$((run + 1)); \
 	    echo "make lab: the lab host hung or stopped before its tests ended (exit 3, above): lab run $$run of at most $(LAB_RUNS) (docs/lab.md)"; \
 	done
+
+# The lab smoke, run by .ci/run after `make test`: through real vfio-pci and usb-host in the lab,
+# every role once on pc and on q35 (the USB device in both of the guide's forms), the four
+# passthrough failure tests, and the refused-unplug and SIGTERM releases. A lab host that wedges
+# (exit 3) is restarted for the tests not yet finished, up to LAB_SMOKE_RUNS lab runs in all,
+# and the run says so (`python -m harness lab-runs`); any other failure is final.
+LAB_SMOKE_TESTS ?= \
+  'tests/scenarios/test_nic.py::test_nic[lab-pc-e1000e]' \
+  'tests/scenarios/test_nic.py::test_nic[lab-q35-acpi-e1000e]' \
+  'tests/scenarios/test_usb.py::test_usb_device[lab-pc-uhci-stick-busaddr]' \
+  'tests/scenarios/test_usb.py::test_usb_device[lab-pc-uhci-stick-vidpid]' \
+  'tests/scenarios/test_usb.py::test_usb_device[lab-q35-ehci-stick-busaddr]' \
+  'tests/scenarios/test_usb.py::test_usb_device[lab-q35-ehci-stick-vidpid]' \
+  'tests/scenarios/test_usb.py::test_usb_controller[lab-pc-xhci]' \
+  'tests/scenarios/test_usb.py::test_usb_controller[lab-q35-acpi-xhci]' \
+  'tests/scenarios/test_sata.py::test_sata_controller[lab-pc-ahci]' \
+  'tests/scenarios/test_sata.py::test_sata_controller[lab-q35-acpi-ahci]' \
+  'tests/scenarios/test_nvme.py::test_nvme[lab-pc-nvme]' \
+  'tests/scenarios/test_nvme.py::test_nvme[lab-q35-acpi-nvme]' \
+  tests/scenarios/test_passthrough_failures.py::test_device_on_host_driver \
+  tests/scenarios/test_passthrough_failures.py::test_group_not_viable \
+  tests/scenarios/test_passthrough_failures.py::test_device_already_attached \
+  tests/scenarios/test_passthrough_failures.py::test_missing_device \
+  tests/scenarios/test_passthrough_failures.py::test_refused_unplug_gives_the_device_back_after_its_guest_is_closed \
+  tests/scenarios/test_passthrough_failures.py::test_sigterm_mid_test_gives_the_device_back_and_leaves_no_qemu
+LAB_SMOKE_RUNS ?= 3
+lab-smoke: image
+	$(PY) -m harness lab-runs --runs $(LAB_SMOKE_RUNS) -- $(LAB_SMOKE_TESTS) $(PYTEST_ARGS)
 
 # The nightly job of a VT-d host (docs/vfio.md): give back what a killed run left, check the host,
 # run the scenario matrix through real vfio-pci, give everything back; one exit status, non-zero

@@ -17,6 +17,8 @@
                        rates, latencies); exits 1 on a regression
     trend RUNS_DIR     per scenario, pass rate and latency over the last runs
     prune [DIR]        remove all but the newest run folders (--keep N; make clean)
+    lab-runs -- ARGS   pytest --backend lab ARGS, with a wedged lab host restarted for the
+                       tests left (--runs N in all, default 3; make lab-smoke)
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import sys
 from pathlib import Path
 
 from harness.cli import host, report
+from harness.lab import reruns
 from harness.core.errors import HarnessError
 from harness.images import builtin as images
 
@@ -58,9 +61,9 @@ def _image(argv: list[str]) -> int:
 
 
 COMMANDS = {"image": _image, "compare": report.compare_main, "merge": report.merge_main,
-            "trend": report.trend_main, "prune": report.prune_main, "doctor": host.doctor_main,
-            "discover": host.discover_main, "plan": host.plan_main, "restore": host.restore_main,
-            "bind": host.bind_main, "release": host.release_main}
+            "trend": report.trend_main, "prune": report.prune_main, "lab-runs": reruns.main,
+            "doctor": host.doctor_main, "discover": host.discover_main, "plan": host.plan_main,
+            "restore": host.restore_main, "bind": host.bind_main, "release": host.release_main}
 
 
 def main(argv: list[str] | None = None) -> int:

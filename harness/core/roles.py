@@ -3,6 +3,6 @@
 
 #: Roles a host device can play (through --backend vfio or the lab); cpu and memory are always
 #: QEMU's own.
-DEVICE_ROLES = ("nic", "usb-device", "usb-controller", "sata-controller")
+DEVICE_ROLES = ("nic", "usb-device", "usb-controller", "sata-controller", "nvme")
 #: Every scenario role (``--roles``), in the order reports show them.
-ROLES = ("nic", "usb-controller", "sata-controller", "usb-device", "cpu", "memory")
+ROLES = ("nic", "usb-controller", "sata-controller", "nvme", "usb-device", "cpu", "memory")

@@ -430,6 +430,15 @@ def _progress(guest: "Guest", console: str) -> str:
     return text
 
 
+def retime(guest: Guest, deadlines: Deadlines) -> None:
+    """Give a running guest other deadlines (its pool's, once they follow the guest's speed:
+    :meth:`harness.core.pace.Deadlines.following`), its shell's waits included."""
+    guest.deadlines = deadlines
+    if guest.shell is not None:
+        guest.shell.default_timeout = deadlines.command
+        guest.shell.scale = deadlines.scaled
+
+
 #: Guests not closed yet. A run that ends by Ctrl-C or SIGTERM (which the plugin turns into an
 #: ordinary exit) skips fixture teardown in xdist workers; closing them at exit keeps the
 #: promise that no QEMU and no temporary directory is left behind.

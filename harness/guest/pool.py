@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from harness.core.errors import GuestDiedError, HarnessError, QemuLaunchError, WaitTimeout
-from harness.guest.guest import Guest
+from harness.guest.guest import Guest, retime
 from harness.qemu.machine import GuestImage
 from harness.qemu.machine import GuestSpec
 from harness.core.pace import Deadlines
@@ -49,6 +49,9 @@ class GuestPool:
         self.deadlines = deadlines
         self.boot_attempts = boot_attempts
         self.boot_retries: list[str] = []
+        #: What the first booted guest's speed did to the deadlines (Deadlines.following),
+        #: once; None until a guest booted.
+        self.paced: str | None = None
         self.qemu_binary = qemu_binary
         self.accel = accel
         self.workdir = Path(workdir)
@@ -82,9 +85,30 @@ class GuestPool:
                                          f"booted instead: {e.message.splitlines()[0]} (serial "
                                          f"log: {guest.workdir / 'serial.log'})")
                 self.log(self.boot_retries[-1])
+        if self.paced is None and guest.started == "booted":
+            self._follow(guest, own_deadlines=deadlines is not None)
         guest.baseline = guest_state(guest) if self.reuse else None
         self.log(f"{guest.started} {guest.name} ({spec.label}) in {guest.boot_seconds:.2f} s")
         return guest
+
+    def _follow(self, guest: Guest, *, own_deadlines: bool) -> None:
+        """The first boot measures how fast guests run here (the probe measured the CPU that
+        starts them): the deadlines of this guest and, unless it came with its own, of the
+        pool's later guests follow it."""
+        before = guest.deadlines
+        after = before.following(guest.launch_marks["ready"])
+        if after is before:
+            self.paced = (f"{guest.name} was ready in {guest.launch_marks['ready']:.1f} s: "
+                          f"deadlines stay at time factor {before.pace.factor:g}")
+            return
+        retime(guest, after)
+        if not own_deadlines:
+            self.deadlines = after
+        self.paced = (f"{guest.name} was ready in {guest.launch_marks['ready']:.1f} s: deadlines "
+                      f"follow its speed, time factor {before.pace.factor:g} -> "
+                      f"{after.pace.factor:g} (command {after.command:g} s, unplug "
+                      f"{after.unplug:g} s)")
+        self.log(self.paced)
 
     def _new_guest(self, spec: GuestSpec, image: GuestImage, deadlines: Deadlines | None) -> Guest:
         name = next(self._names)

@@ -85,7 +85,7 @@ def discover(root: "str | Path | Sysfs" = "/") -> list[Candidate]:
         out.append(Candidate(role, bdf, dev.ids, vname, dname, dev.class_name, dev.driver,
                              dev.iommu_group, others, plan.safe and not outside,
                              plan.problems + ((outside,) if outside else ()), uses,
-                             disk_bytes=disk_bytes if role == "sata-controller" else None,
+                             disk_bytes=disk_bytes if role in ("sata-controller", "nvme") else None,
                              companions=plan.companions,
                              sriov=(pf.totalvfs, pf.numvfs) if pf else None,
                              sriov_refused=sriov.check_request(

@@ -25,21 +25,24 @@ from pathlib import Path
 
 from harness.core.errors import ConfigError
 from harness.host.sriov import physical_function
-from harness.host.sysfs import STORAGE_CLASSES, Sysfs, UsbDevice, parse_bdf, short_bdf
+from harness.host.sysfs import NVME_CLASS, STORAGE_CLASSES, Sysfs, UsbDevice, parse_bdf, short_bdf
 
-PCI_ROLES = ("nic", "usb-controller", "sata-controller")
+PCI_ROLES = ("nic", "usb-controller", "sata-controller", "nvme")
 ROLES = PCI_ROLES + ("usb-device",)
 _ROLE_KEYS = {
     "nic": ("bdf", "gateway", "companions", "pf", "vf", "vfs"),
     "usb-controller": ("bdf", "product", "companions"),
     "sata-controller": ("bdf", "disk_bytes", "companions", "no_host_filesystems"),
+    "nvme": ("bdf", "disk_bytes", "companions", "no_host_filesystems"),
     "usb-device": ("hostbus", "hostaddr", "vendorid", "productid", "product", "disk_bytes"),
 }
 _ALL_KEYS = ("role", "name") + tuple(dict.fromkeys(k for ks in _ROLE_KEYS.values() for k in ks))
 #: The class/subclass a PCI role's device must have.
-_ROLE_CLASSES = {"nic": (0x0200,), "usb-controller": (0x0c03,), "sata-controller": STORAGE_CLASSES}
+_ROLE_CLASSES = {"nic": (0x0200,), "usb-controller": (0x0c03,), "sata-controller": STORAGE_CLASSES,
+                 "nvme": (NVME_CLASS,)}
 _ROLE_WANTS = {"nic": "an Ethernet controller", "usb-controller": "a USB host controller",
-               "sata-controller": "a SATA, SAS, RAID or IDE controller"}
+               "sata-controller": "a SATA, SAS, RAID or IDE controller",
+               "nvme": "an NVMe controller (class 0x0108)"}
 #: What ``discover --write`` puts where only a person can know the value.
 GATEWAY_PLACEHOLDER = "FILL-IN"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -77,7 +80,7 @@ class InventoryDevice:
     #: Other functions of the device's IOMMU group the run may move to vfio-pci with it (the
     #: other port of a dual-port NIC, a GPU's audio function). Nothing else is ever taken.
     companions: tuple[str, ...] = ()
-    #: sata-controller: the person who wrote the inventory says no host filesystem is on it.
+    #: sata-controller, nvme: the person who wrote the inventory says no host filesystem is on it.
     #: Only matters when a mounted filesystem maps to no controller (a ZFS pool), which
     #: otherwise leaves every storage controller unproven (harness/host/safety.py).
     no_host_filesystems: bool | None = None

@@ -40,7 +40,7 @@ from pathlib import Path
 from harness.host.network import NetView
 from harness.host.sriov import physfn_of, vfs_of
 from harness.host.storage import StorageView, devname
-from harness.host.sysfs import STORAGE_CLASSES, PciDevice, Sysfs, UsbDevice, parse_bdf
+from harness.host.sysfs import NVME_CLASS, STORAGE_CLASSES, PciDevice, Sysfs, UsbDevice, parse_bdf
 
 #: USB interface drivers whose use the rule can judge: through their network interfaces,
 #: disks or device nodes (all looked at), or not at all (hubs). An interface on any other
@@ -67,6 +67,8 @@ def role_of(dev: PciDevice) -> str | None:
         return "usb-controller"
     if base in STORAGE_CLASSES:
         return "sata-controller"
+    if base == NVME_CLASS:
+        return "nvme"
     return None
 
 

@@ -82,6 +82,8 @@ USB_PROG_IF = {0x00: "uhci", 0x10: "ohci", 0x20: "ehci", 0x30: "xhci", 0x40: "us
 #: Class/subclass of SATA-capable storage controllers (AHCI SATA, SAS HBAs, RAID-mode chipsets,
 #: IDE-mode SATA).
 STORAGE_CLASSES = (0x0106, 0x0107, 0x0104, 0x0101)
+#: Class/subclass of an NVMe controller (Non-Volatile memory controller).
+NVME_CLASS = 0x0108
 
 
 def class_name(class_code: int) -> str:

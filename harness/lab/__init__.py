@@ -11,6 +11,7 @@ nic                   0000:00:03.0    e1000e on QEMU user networking (gateway 10
 sata-controller       0000:00:04.0    ich9-ahci with a 64 MiB disk
 usb-controller        0000:00:05.0    qemu-xhci with a usb-tablet behind it
 usb-device            (EHCI bus)      usb-storage (32 MiB) on a usb-ehci at 0000:00:06.0
+nvme                  0000:00:08.0    nvme with one 64 MiB namespace
 ====================  ==============  ===================================================
 
 Inside L1 those devices are real PCI and USB devices of a real Linux host: the harness binds them
@@ -34,17 +35,17 @@ process), ``outer`` (the outer run and what the run inside leaves for it).
 """
 
 from harness.core.errors import LabError
-from harness.lab.devices import (DEVICES, EHCI_BDF, SRIOV_GATEWAY, SRIOV_PORT_BDF,
+from harness.lab.devices import (DEVICES, EHCI_BDF, NVME_BDF, NVME_DISK_BYTES, SRIOV_GATEWAY, SRIOV_PORT_BDF,
                                           rearm_vfs, GROUPED_BDF, LAB_GATEWAY, NIC_BDF, SATA_BDF,
                                           SATA_DISK_BYTES, STICK_BYTES, STICK_IDS, STICK_PRODUCT,
                                           TABLET_PRODUCT, XHCI_BDF, find_usb, write_inventory)
-from harness.lab.host import MAX_SHARES, SHARE_SLOT, LabHost, lab_argv, shares_for
+from harness.lab.host import DEFAULT_LAB_ACCEL, LAB_ACCELS, MAX_SHARES, SHARE_SLOT, LabHost, lab_argv, shares_for
 from harness.lab.image import (LabImage, LabQemu, build_lab, choose_lab_qemu, ensure_lab,
                                         ensure_lab_qemu, lab_digest, lab_dir, resolve_closure)
 from harness.lab.outer import INSIDE_FIGURES, run_outer, write_inside_figures, write_job
 
 
-__all__ = ["DEVICES", "EHCI_BDF", "GROUPED_BDF", "INSIDE_FIGURES", "LAB_GATEWAY", "MAX_SHARES",
+__all__ = ["DEFAULT_LAB_ACCEL", "DEVICES", "EHCI_BDF", "LAB_ACCELS", "NVME_BDF", "NVME_DISK_BYTES", "GROUPED_BDF", "INSIDE_FIGURES", "LAB_GATEWAY", "MAX_SHARES",
            "NIC_BDF", "SATA_BDF", "SATA_DISK_BYTES", "SHARE_SLOT", "STICK_BYTES", "STICK_IDS",
            "STICK_PRODUCT", "TABLET_PRODUCT", "XHCI_BDF", "LabError", "LabHost", "LabImage",
            "LabQemu", "build_lab", "choose_lab_qemu", "ensure_lab", "ensure_lab_qemu",

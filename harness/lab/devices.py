@@ -15,6 +15,7 @@ NIC_BDF = "0000:00:03.0"
 SATA_BDF = "0000:00:04.0"
 XHCI_BDF = "0000:00:05.0"
 EHCI_BDF = "0000:00:06.0"
+NVME_BDF = "0000:00:08.0"
 #: The PCIe root port the SR-IOV NIC (an igb, Intel 82576) sits behind; the PF is on its bus.
 SRIOV_PORT_BDF = "0000:00:07.0"
 SRIOV_PF_IDS = ("8086", "10c9")
@@ -25,6 +26,7 @@ SRIOV_VFS = 2
 GROUPED_BDF = "0000:00:1f.2"
 LAB_GATEWAY = "10.0.5.2"
 SATA_DISK_BYTES = 64 << 20
+NVME_DISK_BYTES = 64 << 20
 STICK_BYTES = 32 << 20
 STICK_IDS = ("0x46f4", "0x0001")
 STICK_PRODUCT = "QEMU USB HARDDRIVE"
@@ -40,7 +42,8 @@ class LabDevice:
     #: The L1 PCI function that plays the role (for a USB device: its controller's), at a
     #: fixed slot of pcie.0; ``{addr}`` in ``qemu`` is that slot.
     bdf: str
-    #: Its part of L1's command line; ``{disk}`` and ``{stick}`` are the disk images' paths.
+    #: Its part of L1's command line; ``{disk}``, ``{stick}`` and ``{nvme}`` are the disk
+    #: images' paths.
     qemu: tuple[str, ...]
     #: The inventory's keys besides role, name and bdf (a USB device's hostbus/hostaddr are
     #: found inside the lab host).
@@ -75,6 +78,12 @@ DEVICES = (
                "-device", "usb-storage,drive=labstick,bus=labehci.0"),
               (("vendorid", STICK_IDS[0]), ("productid", STICK_IDS[1]),
                ("product", STICK_PRODUCT), ("disk_bytes", STICK_BYTES)), usb=True),
+    # (serial= is required by QEMU's nvme; drive= makes its namespace 1)
+    LabDevice("nvme", "nvme", NVME_BDF,
+              ("-drive", "if=none,id=labnvme,file={nvme},format=raw",
+               "-device", "nvme,id=labnvmectl,serial=hh-lab-nvme,drive=labnvme,bus=pcie.0,"
+                          "addr={addr}"),
+              (("disk_bytes", NVME_DISK_BYTES),)),
 )
 
 
@@ -97,9 +106,10 @@ SRIOV_NIC = LabDevice("nic", "igb", SRIOV_PORT_BDF,
                       (("gateway", SRIOV_GATEWAY),), vfs=SRIOV_VFS)
 
 
-def qemu_args(disk: Path, stick: Path) -> list[str]:
+def qemu_args(disk: Path, stick: Path, nvme: Path) -> list[str]:
     """The emulated devices that play the lab's host devices, at their fixed slots."""
-    return [a.format(addr=d.addr, disk=disk, stick=stick) for d in DEVICES for a in d.qemu]
+    return [a.format(addr=d.addr, disk=disk, stick=stick, nvme=nvme)
+            for d in DEVICES for a in d.qemu]
 
 
 def find_usb(vendorid: str, productid: str, root: "str | Path" = "/") -> tuple[int, int]:

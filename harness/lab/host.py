@@ -12,20 +12,25 @@ from pathlib import Path
 from harness.core.errors import ConfigError, LabError, QemuLaunchError
 from harness.qemu.process import QemuProcess
 from harness.lab import devices
-from harness.lab.devices import SATA_DISK_BYTES, STICK_BYTES
+from harness.lab.devices import NVME_DISK_BYTES, SATA_DISK_BYTES, STICK_BYTES
 from harness.lab.image import LabImage
 from harness.scenario.devices import _disk_image
 
 SHARE_SLOT = 0x10  # the lab root's 9p device; the shared folders' follow it
 MAX_SHARES = 8
+#: How the guests under test (L2) run inside the lab host (``--lab-accel``): KVM nested on the
+#: emulated SVM of L1's TCG, or TCG inside TCG. Measured on this kind of machine: docs/lab.md.
+LAB_ACCELS = ("kvm", "tcg")
+DEFAULT_LAB_ACCEL = "kvm"
 
 
 def lab_argv(image: LabImage, qemu: list[str], workdir: Path, shares: dict[str, Path],
              job: Path | None, memory_mb: int = 8192, cpus: int = 2) -> list[str]:
     """L1's command line; ``qemu`` is the emulator's own part (:meth:`LabQemu.argv`)."""
     disk, stick = workdir / "sata-disk.raw", workdir / "usb-stick.raw"
+    nvme = workdir / "nvme-disk.raw"
 
-    for path, size in ((disk, SATA_DISK_BYTES), (stick, STICK_BYTES)):
+    for path, size in ((disk, SATA_DISK_BYTES), (stick, STICK_BYTES), (nvme, NVME_DISK_BYTES)):
         _disk_image(path, size)  # two partitions, like the guide's /dev/sdb
     share_arg = ",".join(f"{tag}:{path}" for tag, path in shares.items())
     # (loglevel=4: errors reach the console too, among them the RCU stall reports that are
@@ -50,7 +55,7 @@ def lab_argv(image: LabImage, qemu: list[str], workdir: Path, shares: dict[str, 
     for i, (tag, path) in enumerate(shares.items(), start=1):
         argv += ["-fsdev", f"local,id={tag},path={path},security_model=none,multidevs=remap",
                  "-device", f"virtio-9p-pci,fsdev={tag},mount_tag={tag},addr={SHARE_SLOT + i:#x}"]
-    return argv + devices.qemu_args(disk, stick)
+    return argv + devices.qemu_args(disk, stick, nvme)
 
 
 def shares_for(paths: list[Path]) -> dict[str, Path]:

@@ -54,9 +54,12 @@ def _boot_and_wait(opt, image, l1_qemu, guest, workdir: Path, shares, job: Path,
     echo(f"hotplug-harness: booting the lab host (L1: q35, TCG, emulated Intel IOMMU) with QEMU "
          f"{l1_qemu.version} ({l1_qemu.origin}); its console: {workdir / 'console.log'}")
     host_pace = pace.Pace.measure("host", opt.time_factor)
-    boot_timeout, silence_timeout = host_pace(pace.LAB_BOOT), host_pace(pace.LAB_SILENCE)
+    l2_accel = opt.accel if opt.accel != "auto" else opt.lab_accel
+    boot_timeout = host_pace(pace.LAB_BOOT)
+    silence_timeout = host_pace(pace.LAB_SILENCE_NESTED_TCG if l2_accel == "tcg"
+                                else pace.LAB_SILENCE)
     echo(f"hotplug-harness: {host_pace.describe()}; lab host deadlines: ready {boot_timeout:g} s, "
-         f"silence {silence_timeout:g} s")
+         f"silence {silence_timeout:g} s (guests under {l2_accel})")
     host = LabHost(lab_argv(image, l1_qemu.argv(), workdir, shares, job), workdir, echo=echo,
                    boot_timeout=boot_timeout, silence_timeout=silence_timeout)
     try:

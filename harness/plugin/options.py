@@ -8,6 +8,7 @@ import os
 
 from harness.core import roles
 from harness.run.backends import NAMES as BACKENDS
+from harness.lab.host import DEFAULT_LAB_ACCEL, LAB_ACCELS
 from harness.qemu.machine import MACHINES
 
 #: The run configuration the process that started the run wrote (harness/runconfig.py): given
@@ -66,6 +67,11 @@ def _what_runs(g) -> None:
                 help="--backend lab: the QEMU that runs the lab host; auto (default): the "
                      "host's QEMU if it is 10.0 or newer, else QEMU 10 from bookworm-backports, "
                      "unpacked into the image cache")
+    g.addoption("--lab-accel", choices=LAB_ACCELS, default=DEFAULT_LAB_ACCEL,
+                help="--backend lab: how the guests under test (L2) run inside the lab host: "
+                     "kvm (nested on the lab host's emulated SVM: faster, and it wedges the lab "
+                     "host now and then) or tcg (slower; deadlines follow the guest's speed); "
+                     f"default {DEFAULT_LAB_ACCEL} (docs/lab.md). --accel kvm/tcg overrides it")
 
 
 def _how_it_runs(g) -> None:

@@ -171,7 +171,8 @@ def finish(session: pytest.Session, hs) -> None:
     summary = report.finish_run(hs.run_dir, Path(option.report_dir).resolve(), {
         "backend": hs.backend.name, "accel": hs.accel, "accel_reason": hs.accel_reason,
         "pace": dataclasses.asdict(hs.pace),
-        "deadlines": {k: v for k, v in dataclasses.asdict(hs.deadlines).items() if k != "pace"},
+        "deadlines": {k: v for k, v in dataclasses.asdict(hs.deadlines).items()
+                      if k not in ("pace", "image")},
         "qemu_binary": hs.qemu_binary, "qemu_version": hs.qemu_version,
         "image": image.manifest if image is not None else {},
         "guests": [{"name": c.name, "access": c.access, "builtin": c.builtin,

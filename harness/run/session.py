@@ -134,10 +134,16 @@ class HarnessSession:
         _require_qemu(self.plan.qemu_binary, version)  # (first: cheap, and nothing is written yet)
         where = "lab" if self.plan.lab is not None else "host"
         measured = pace_mod.Pace.measure(where, self.option.time_factor)
+        requested = self.option.accel
+        if self.plan.lab is not None and requested == "auto":
+            requested = self.option.lab_accel  # the lab's setting (docs/lab.md)
         deadlines = pace_mod.Deadlines.for_run(measured, accel="kvm", image=self._image_kind,
                                                boot=self.option.boot_timeout)
-        choice = accel_mod.choose(self.option.accel, probe=lambda: probe_boot(
+        choice = accel_mod.choose(requested, probe=lambda: probe_boot(
             self.image, self.plan.qemu_binary, deadlines, attempts=self.backend.boot_attempts))
+        if requested != self.option.accel:
+            choice = dataclasses.replace(choice, reason=f"--lab-accel {requested}" + (
+                "" if requested == "tcg" else f"; {choice.reason}"))
         # The process that decides owns the run's temporary folders (the outer lab run's PID
         # means nothing inside the lab host).
         owner = str(os.getpid())

@@ -1,4 +1,4 @@
-"""Roles (nic, usb-device, usb-controller, sata-controller) and how each backend realises them.
+"""Roles (nic, usb-device, usb-controller, sata-controller, nvme) and how each backend realises them.
 
 A scenario test asks for a role; the backend decides what plays it: an emulated QEMU model
 (``--backend emulated``, everywhere) or a host device through vfio-pci / usb-host
@@ -181,6 +181,11 @@ class EmulatedNic(EmulatedModel):
         guest.qmp("netdev_del", id=plugged.own["netdev"])
 
 
+#: The MBR disk identifier of every disk image the harness writes (``fdisk -l``: "Disk
+#: identifier: 0x48480001"): a disk that shows it is one of ours, with its two partitions.
+HARNESS_DISK_ID = 0x48480001
+
+
 def _disk_image(path, size: int) -> None:
     """A sparse raw disk with an MBR of two partitions (Linux, swap), like the guide's /dev/sdb,
     so the guest's ``fdisk -l`` has partitions to list."""
@@ -191,7 +196,7 @@ def _disk_image(path, size: int) -> None:
         entries += bytes([0, 0xFE, 0xFF, 0xFF, ptype, 0xFE, 0xFF, 0xFF]) + start.to_bytes(4, "little") \
             + count.to_bytes(4, "little")
     mbr = bytearray(512)
-    mbr[440:444] = (0x48480001).to_bytes(4, "little")  # disk identifier
+    mbr[440:444] = HARNESS_DISK_ID.to_bytes(4, "little")
     mbr[446:446 + len(entries)] = entries
     mbr[510:512] = b"\x55\xaa"
     with open(path, "wb") as f:
@@ -325,6 +330,32 @@ class EmulatedSataController(HotplugDevice):
         _del_disk(guest, plugged.own["disk_node"])
 
 
+class EmulatedNvme(HotplugDevice):
+    """An NVMe controller with one namespace: QEMU's ``nvme`` with ``drive=`` makes namespace 1
+    of that disk (a partitioned image in the guest's temp folder); ``serial=`` is required."""
+
+    role = "nvme"
+    id = "nvme"
+    guest_driver = "nvme"
+    disk_bytes = 64 << 20
+
+    def plug(self, guest, device_id: str) -> Plugged:
+        node = f"{device_id}-ns1"
+        _add_disk(guest, node, self.disk_bytes)
+        bus = guest.free_bus()
+        try:
+            seconds = guest.device_add("nvme", device_id, bus=bus, drive=node,
+                                       serial=f"hh-{device_id}")
+        except BaseException:
+            _del_disk(guest, node)
+            raise
+        return Plugged(device_id, self, seconds, bus, Facts(disk_bytes=self.disk_bytes),
+                       own={"disk_node": node})
+
+    def cleanup(self, guest, plugged: Plugged) -> None:
+        _del_disk(guest, plugged.own["disk_node"])
+
+
 class Placeholder(HotplugDevice):
     """Stands for a role no device can play in this run; ``why`` is what its tests report in
     set-up (a role nobody can play is not covered, which fails the run; it is never a skip)."""
@@ -335,6 +366,11 @@ class Placeholder(HotplugDevice):
         self.role = role
         self.id = id or role
         self.why = why
+
+
+#: The guest driver a host device of a role binds whatever its make (every NVMe controller is
+#: nvme's; a NIC or SATA controller's depends on the model).
+HOST_ROLE_DRIVERS = {"nvme": "nvme"}
 
 
 class VfioPci(HotplugDevice):
@@ -352,7 +388,7 @@ class VfioPci(HotplugDevice):
         #: Called once the device is on vfio-pci, right before ``device_add``
         #: (:meth:`harness.backends.Vfio.before_plug`).
         self.prepare = prepare
-        self.guest_driver = getattr(entry, "guest_driver", None)
+        self.guest_driver = getattr(entry, "guest_driver", None) or HOST_ROLE_DRIVERS.get(self.role)
         #: What the report says this test passed through.
         self.passthrough = f"vfio-pci host={entry.bdf}" + (
             f" (VF {entry.vf} of {entry.pf})" if getattr(entry, "pf", None) else "")
@@ -434,6 +470,7 @@ EMULATED = {
         EmulatedUsbController("usb-ehci", "usb-ehci", guest_driver="ehci-pci"),
     ),
     "sata-controller": (EmulatedSataController(),),
+    "nvme": (EmulatedNvme(),),
 }
 
 #: USB devices: the guide's ``-usb`` bus (UHCI on pc, EHCI+UHCI on q35) and a qemu-xhci bus.
@@ -446,10 +483,13 @@ PLATFORMS = {
     "nic": PCI_PLATFORMS,
     "usb-controller": PCI_PLATFORMS,
     "sata-controller": PCI_PLATFORMS,
+    "nvme": PCI_PLATFORMS,
     "usb-device": USB_PLATFORMS,
     "cpu": MACHINE_PLATFORMS,
     "memory": MACHINE_PLATFORMS,
 }
+
+
 def add_vfio(guest, device_id: str, host: str, **props) -> float:
     """``device_add vfio-pci,host=...``; a refusal says what is wrong on the host, read from
     its sysfs (harness.host.binding), instead of QEMU's terse words."""

@@ -67,6 +67,7 @@ class ScenarioRun:
             self.fresh_only = True
             self.pool.discard_idle(spec)
         retried, booted = len(self.pool.boot_retries), len(self.pool.booted)
+        paced = self.pool.paced
         try:
             guest = self.pool.acquire(spec, image, deadlines, on_running)
         except QemuLaunchError:
@@ -76,6 +77,8 @@ class ScenarioRun:
             raise
         finally:
             self.notes += self.pool.boot_retries[retried:]
+        if self.pool.paced != paced:
+            self.notes.append(self.pool.paced)
         self.guests.append((guest, guest.log_sizes()))
         self._kernel_marks[guest] = checks.kernel_log_mark(guest)
         if check_prerequisites:

@@ -192,3 +192,26 @@ def test_zfs_root_is_reported_as_unmapped(lab):
         "0000:06:00.0 may hold / (rpool/ROOT/debian, zfs): the harness cannot tell which "
         "controller does (if this one does not, say so in its inventory entry: "
         "no_host_filesystems = true)")
+
+
+def _nvme(lab, bdf: str, port: str, group: int, mounted: str | None = None):
+    """An NVMe drive behind its own root port, namespace 1 with one partition."""
+    lab.add_pci(port, "8086:a33e", 0x060400, "pcieport", group)
+    lab.add_pci(bdf, "144d:a808", 0x010802, "nvme", group + 1, parent=port)
+    name = f"nvme{group}n1"
+    lab.add_disk(name, lab.dev_dir(bdf) / f"nvme/nvme{group}", (f"{name}p1",), sectors=976773168)
+    if mounted:
+        mounts = (lab.root / "proc/mounts").read_text()
+        lab.proc("mounts", mounts + f"/dev/{name}p1 {mounted} ext4 rw,relatime 0 0\n")
+
+
+def test_an_nvme_drive_is_role_nvme_and_one_holding_a_host_filesystem_is_refused(lab):
+    """A spare NVMe drive is offered as role nvme with its namespace's size; one whose
+    namespace holds a mounted filesystem of the host is not safe to take (proven-idle)."""
+    _nvme(lab, "0000:08:00.0", "0000:00:1c.6", 16)
+    _nvme(lab, "0000:09:00.0", "0000:00:1c.7", 18, mounted="/data")
+    found = {c.address: c for c in discover(lab.root)}
+    spare, busy = found["0000:08:00.0"], found["0000:09:00.0"]
+    assert (spare.role, spare.safe, spare.disk_bytes) == ("nvme", True, 976773168 * 512)
+    assert busy.role == "nvme" and not busy.safe
+    assert any("/data" in r for r in busy.reasons), busy.reasons

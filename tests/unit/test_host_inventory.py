@@ -11,6 +11,7 @@ from harness.host.inventory import (GATEWAY_PLACEHOLDER, Inventory, InventoryDev
 from . import fakesysfs
 
 lab_readonly = fakesysfs.lab_readonly  # fixture
+lab, fake_root = fakesysfs.lab, fakesysfs.fake_root  # fixtures
 
 GOOD = """
 [[device]]
@@ -83,7 +84,7 @@ BAD = {
                             "device #1 \"nic-05-00.0\": key 'disk_bytes' does not apply to role 'nic'; remove it"),
     "unknown role": (entry(role="nics", bdf="05:00.0"),
                      "device #1: unknown role 'nics' (did you mean 'nic'?); use one of nic, "
-                     "usb-controller, sata-controller, usb-device"),
+                     "usb-controller, sata-controller, nvme, usb-device"),
     "missing role": (entry(bdf="05:00.0"), "device #1: missing key 'role'; add role = "),
     "missing bdf": (entry(role="usb-controller", name="xhci"),
                     'device #1 "xhci": missing key \'bdf\'; add bdf = "DDDD:BB:DD.F"'),
@@ -196,3 +197,16 @@ def test_to_toml_marks_the_placeholder_and_notes():
     assert 'gateway = "FILL-IN"  # FILL IN: the address the guest pings through this NIC' in text
     with pytest.raises(InventoryError, match="placeholder"):
         parse_inventory(text, check_host=False)
+
+
+def test_nvme_role_takes_an_nvme_controller_only(lab):
+    """Role ``nvme``: an NVMe controller (class 0x0108) is accepted, with its disk's size; a
+    SATA controller given the role is refused, saying what the role needs."""
+    lab.add_pci("0000:00:1c.6", "8086:a33e", 0x060400, "pcieport", 16)
+    lab.add_pci("0000:08:00.0", "144d:a808", 0x010802, "nvme", 17, parent="0000:00:1c.6")
+    inv = parse_inventory(entry(role="nvme", name="spare-nvme", bdf="08:00.0",
+                                disk_bytes=500107862016), root=lab.root)
+    [nvme] = inv.for_role("nvme")
+    assert (nvme.bdf, nvme.disk_bytes, nvme.is_pci) == ("0000:08:00.0", 500107862016, True)
+    with pytest.raises(InventoryError, match="role 'nvme' needs an NVMe controller"):
+        parse_inventory(entry(role="nvme", bdf="06:00.0"), root=lab.root)

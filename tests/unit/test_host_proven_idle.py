@@ -155,10 +155,7 @@ def nvme_root(host: FakeHost) -> None:
 
 def test_6_the_root_disk_on_nvme_with_native_multipath_is_in_use(lab):
     nvme_root(lab)
-    assert uses(lab, "09:00.0") == (
-        "0000:09:00.0 is a Non-Volatile memory controller: the harness has no role for that "
-        "class, so no rule that could prove it idle",
-        "nvme0n1p1 is mounted on /")
+    assert uses(lab, "09:00.0") == ("nvme0n1p1 is mounted on /",)
     # `harness bind` takes no inventory: the allow-list is the BDF itself
     assert "nvme0n1p1 is mounted on /" in refused(lab, "09:00.0", {"09:00.0"})
 
@@ -252,7 +249,7 @@ def lab_l1(root) -> FakeHost:
     NIC with the default route (harder than the real lab, whose only link up is lo); the
     devices to take idle: e1000e 00:03.0 (down), ich9-ahci 00:04.0 (a disk, not mounted),
     qemu-xhci 00:05.0 (a usb-tablet), usb-ehci 00:06.0 (a usb-storage stick), an igb SR-IOV
-    PF behind the root port 00:07.0; the LPC bridge, SMBus and Q35's own AHCI share group 9.
+    PF behind the root port 00:07.0, an NVMe drive 00:08.0 (not mounted); the LPC bridge, SMBus and Q35's own AHCI share group 9.
     Its root is 9p, its /tmp tmpfs; pytest (pid 300) holds only its console open."""
     h = FakeHost(root)
     h.add_pci("0000:00:00.0", "8086:29c0", 0x060000, group=0)
@@ -262,6 +259,7 @@ def lab_l1(root) -> FakeHost:
     h.add_pci("0000:00:05.0", "1b36:000d", 0x0c0330, "xhci_hcd", 4)
     h.add_pci("0000:00:06.0", "8086:24cd", 0x0c0320, "ehci-pci", 5)
     h.add_pci("0000:00:07.0", "1b36:000c", 0x060400, "pcieport", 6)
+    h.add_pci("0000:00:08.0", "1b36:0010", 0x010802, "nvme", 8)
     h.add_pci("0000:01:00.0", "8086:10c9", 0x020000, "igb", 7, parent="0000:00:07.0")
     h.sriov_capable("0000:01:00.0", 7, first_group=20)
     h.add_pci("0000:00:1f.0", "8086:2918", 0x060100, "lpc_ich", 9)
@@ -276,6 +274,8 @@ def lab_l1(root) -> FakeHost:
               routes=[{"dst": "default", "gateway": "10.0.2.2", "dev": "eth0"},
                       {"dst": "10.0.2.0/24", "dev": "eth0", "scope": "link"}])
     h.add_disk("sda", h.sata_port("0000:00:04.0"), (), sectors=131072)
+    h.add_disk("nvme0n1", h.dev_dir("0000:00:08.0") / "nvme/nvme0", (),
+               sectors=lab_devices.NVME_DISK_BYTES // 512)
     bsg = h.sata_port("0000:00:04.0") / "bsg/0:0:0:0"
     h.file(str((bsg / "dev").relative_to(root)), "247:0\n")
     h.add_usb_bus(1, "0000:00:05.0")

@@ -81,6 +81,7 @@ def lab_host_sysfs(root) -> FakeHost:
     h.add_pci(lab.SATA_BDF, "8086:2922", 0x010601, "ahci", 4)
     h.add_pci(lab.XHCI_BDF, "1b36:000d", 0x0c0330, "xhci_hcd", 5)
     h.add_pci(lab.EHCI_BDF, "8086:24cd", 0x0c0320, "ehci-pci", 6)
+    h.add_pci(lab.NVME_BDF, "1b36:0010", 0x010802, "nvme", 9)
     h.add_pci(lab.SRIOV_PORT_BDF, "1b36:000c", 0x060400, "pcieport", 7)
     h.add_pci("0000:01:00.0", "8086:10c9", 0x020000, "igb", 8, parent=lab.SRIOV_PORT_BDF)
     h.sriov_capable("0000:01:00.0", 7)
@@ -100,6 +101,7 @@ def test_write_inventory_describes_the_lab_host(tmp_path):
     assert not [d for d in inv.devices if d.pf]  # the lab's SR-IOV NIC is not in DEVICES yet
     assert by_role["sata-controller"].disk_bytes == lab.SATA_DISK_BYTES
     assert by_role["usb-controller"].bdf == lab.XHCI_BDF
+    assert (by_role["nvme"].bdf, by_role["nvme"].disk_bytes) == (lab.NVME_BDF, lab.NVME_DISK_BYTES)
     stick = by_role["usb-device"]
     assert (stick.hostbus, stick.hostaddr) == (3, 4)
     assert (stick.vendorid, stick.productid) == lab.STICK_IDS

@@ -48,3 +48,32 @@ def test_pace_round_trips_through_json():
 
 def test_the_probe_measures_something():
     assert 0 < pace.probe_seconds(rounds=1) < 30
+
+
+def test_guests_under_tcg_inside_the_lab_get_a_boot_deadline_of_their_own():
+    lab = Pace(1.0, 1.2, 1.2, "lab", "measured")
+    assert Deadlines.for_run(lab, accel="tcg").boot == pace.NESTED_TCG_BOOT["builtin"]
+    assert Deadlines.for_run(lab, accel="kvm").boot == pace.BOOT[("builtin", "kvm")]
+
+
+def test_deadlines_follow_a_guest_much_slower_than_the_probe_says():
+    """L2 under TCG inside the lab: the probe (L1's CPU) says 1.0, the guest was ready in
+    155 s against the reference guest's 9.3 s. Commands and unplugs follow the guest; the
+    connects (the starting machine's) and the boot deadline (just met) stay."""
+    d = Deadlines.for_run(Pace(1.0, 1.2, 1.2, "lab", "measured"), accel="tcg")
+    after = d.following(155.0)
+    factor = round(155.0 / pace.REFERENCE_READY["builtin"], 2)
+    assert after.pace.factor == factor and "155.0 s" in after.pace.source
+    assert after.command == round(pace.COMMAND * factor, 1)
+    assert after.unplug == round(pace.UNPLUG * factor, 1) and after.scaled(20) == round(20 * factor, 1)
+    assert (after.qmp_connect, after.console_connect, after.boot) == (d.qmp_connect,
+                                                                      d.console_connect, d.boot)
+
+
+def test_a_guest_within_the_machines_noise_or_a_factor_given_by_hand_changes_nothing():
+    measured = Deadlines.for_run(Pace(1.2, 0.08, 0.065, "host", "measured"), accel="tcg")
+    assert measured.following(1.2 * 1.4 * pace.REFERENCE_READY["builtin"]) is measured
+    by_hand = Deadlines.for_run(Pace(1.0, None, 0.065, "host", "--time-factor"), accel="tcg")
+    assert by_hand.following(300.0) is by_hand
+    user = Deadlines.for_run(Pace(1.0, 0.065, 0.065, "host", "measured"), accel="tcg", image="user")
+    assert user.following(66.0).pace.factor == 2.0  # a distribution guest against its own 33 s
