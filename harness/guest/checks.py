@@ -12,7 +12,7 @@ import re
 
 from harness.guest import probes
 from harness.core.waits import wait_until
-from harness.core.errors import GuestCheckError, WaitTimeout
+from harness.core.errors import GuestCheckError, PreconditionError, WaitTimeout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,6 +253,72 @@ def new_disk(guest, before: list[probes.FdiskDisk], size_bytes: int | None,
 def disk_gone(guest, disk: probes.FdiskDisk, timeout: float = 10.0) -> None:
     guest.shell.wait_until(f"{disk.device} to leave the guest's fdisk -l",
                lambda: all(d.device != disk.device for d in disks(guest)), timeout)
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+#: Each memory block with its state and valid zones (parsed by probes.parse_memory_blocks).
+MEMORY_BLOCKS = ("cd /sys/devices/system/memory && for b in memory[0-9]*; do "
+                 "echo $b $(cat $b/state) $(cat $b/valid_zones); done")
+
+
+def settle_udev(guest) -> None:
+    """Let the guest's udev finish the events it has (renaming a NIC, onlining memory by a
+    rule) before the harness reads what they change; a guest without udevadm has none."""
+    guest.shell.run("! command -v udevadm >/dev/null || udevadm settle --timeout=10", 15)
+
+
+def memory_blocks(guest) -> dict[str, probes.MemoryBlock]:
+    """The guest's memory blocks by name. A block read mid-removal (its files gone) fails the
+    read, which a wait tries again: a half-read block is not data."""
+    out = guest.shell.read(MEMORY_BLOCKS, "one line per memory block: name, state, zones")
+    return {b.name: b for b in probes.parse_memory_blocks(out)}
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlinedBlock:
+    name: str
+    by: str      # "harness" or "guest" (a udev rule, the kernel's memhp_default_state)
+    zone: str    # "Movable": it can leave again; "Normal": the kernel may refuse
+
+
+def online_memory(guest, names: set[str]) -> list[OnlinedBlock]:
+    """Bring the new blocks ``names`` online, acting only where the guest did not: its udev is
+    let finish first (a rule like RHEL's 40-redhat.rules onlines them itself), each block's
+    ``state`` is read, and only an offline one is onlined by the harness, movable where its
+    ``valid_zones`` offer Movable. Says per block who onlined it and into which zone."""
+    settle_udev(guest)
+    before = memory_blocks(guest)
+    if missing := names - set(before):
+        raise PreconditionError(f"the new memory blocks {sorted(names)}",
+                                f"{sorted(missing)} gone from /sys/devices/system/memory")
+    written = {}
+    for name in sorted(names):
+        if before[name].state == "offline":
+            how = "online_movable" if "Movable" in before[name].zones else "online"
+            written[name] = guest.shell.run(f"echo {how} > /sys/devices/system/memory/{name}/state")
+    after = memory_blocks(guest)
+    out = []
+    for name in sorted(names):
+        block = after.get(name)
+        if block is None or block.state != "online":
+            r = written.get(name)
+            raise GuestCheckError(f"memory block {name} is not online: it is "
+                                  f"{block.state if block else 'gone'}",
+                                  details=r.described() if r else f"before: {before[name]}")
+        # (a write that failed because the guest onlined the block in between is the guest's)
+        by = "harness" if name in written and written[name].ok else "guest"
+        out.append(OnlinedBlock(name, by, block.zone))
+    return out
+
+
+def describe_onlined(blocks: list[OnlinedBlock]) -> str:
+    """"memory32, memory33 onlined by the guest into Normal", grouped by who and where."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for b in blocks:
+        groups.setdefault((b.by, b.zone), []).append(b.name)
+    return "; ".join(f"{', '.join(names)} onlined by the {by} into {zone}"
+                     for (by, zone), names in groups.items())
 
 
 # -- the guest kernel's health ---------------------------------------------------------------

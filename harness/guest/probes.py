@@ -196,6 +196,30 @@ def meminfo_kb(text: str) -> dict[str, int]:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class MemoryBlock:
+    """A memory block in /sys/devices/system/memory, as its ``state`` and ``valid_zones`` say."""
+
+    name: str                # "memory32"
+    state: str               # "online", "offline", "going-offline"
+    zones: tuple[str, ...]   # offline: where it may go ("Normal", "Movable"); online: its zone
+
+    @property
+    def zone(self) -> str:
+        """The zone an online block is in ("Movable", "Normal"; "none" when it spans several)."""
+        return self.zones[0] if self.state == "online" and self.zones else "?"
+
+
+def parse_memory_blocks(text: str) -> list[MemoryBlock]:
+    """Lines of ``<block> <state> <valid_zones...>`` (:data:`harness.guest.checks.MEMORY_BLOCKS`)."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and re.fullmatch(r"memory\d+", parts[0]):
+            out.append(MemoryBlock(parts[0], parts[1], tuple(parts[2:])))
+    return out
+
+
 #: Milestones of a boot on the serial console, latest first: (what it means, pattern).
 _BOOT_STAGES = (
     ("a login prompt or shell on the console", re.compile(r"(?m)( login: ?$|[#$] ?$|hh: ready)")),

@@ -125,3 +125,13 @@ def test_boot_stage_follows_a_systemd_boot_on_its_console():
     assert probes.boot_stage(cut("systemd[1]")).startswith("init")
     assert probes.boot_stage(cut("login:")).startswith("userspace")
     assert probes.boot_stage(full).startswith("a login prompt or shell")
+
+
+def test_memory_blocks_before_and_after_onlining():
+    """Captured on the systemd guest after a 256 MiB pc-dimm: memory32 still offline (where it
+    may go: Normal first, the default), memory33 onlined by udev into Normal."""
+    blocks = probes.parse_memory_blocks("memory0 online DMA\nmemory1 online DMA32\n"
+                                        "memory32 offline Normal Movable\nmemory33 online Normal\n")
+    assert [(b.name, b.state, b.zones) for b in blocks[2:]] == [
+        ("memory32", "offline", ("Normal", "Movable")), ("memory33", "online", ("Normal",))]
+    assert (blocks[2].zone, blocks[3].zone) == ("?", "Normal")
