@@ -12,7 +12,7 @@ import re
 
 from harness.guest import probes
 from harness.core.waits import wait_until
-from harness.core.errors import GuestCheckError, PreconditionError, WaitTimeout
+from harness.core.errors import GuestCheckError, PreconditionError, QMPCommandError, WaitTimeout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,14 +48,6 @@ def pci_function(guest, device_id: str) -> PciFunction | None:
 def pci_functions(guest) -> list[PciFunction]:
     """Every PCI function QEMU's ``query-pci`` lists."""
     return [_function(d) for d in guest.query_pci()]
-
-
-def interface_at(guest, fn: PciFunction, timeout: float = 10.0) -> str:
-    """The network interface of the PCI function at ``fn``'s address."""
-    def look():
-        r = guest.shell.run(f"ls /sys/bus/pci/devices/0000:{fn.address}/net 2>/dev/null")
-        return r.output.split()[0] if r.ok and r.output.split() else None
-    return guest.shell.wait_until(f"a network interface on {fn.address}", look, timeout)
 
 
 def monitor_shows(guest, device_id: str) -> probes.InfoPciEntry:
@@ -104,34 +96,100 @@ def guest_lacks_pci(guest, fn: PciFunction, timeout: float = 10.0) -> None:
     guest.shell.wait_until(f"guest lspci to stop showing {fn.ids} at {fn.address}", gone, timeout)
 
 
+def settle_udev(guest) -> None:
+    """Let the guest's udev finish the events it has (renaming a NIC, onlining memory by a
+    rule) before the harness reads what they change; a guest without udevadm has none."""
+    guest.shell.run("! command -v udevadm >/dev/null || udevadm settle --timeout=10", 15)
+
+
+# -- network interfaces: a NIC is its MAC and its PCI function, not its name --------------------
+
+#: Every interface in one pass: ``name MAC device-path|- driver|- [lower...]`` (parsed by
+#: probes.parse_net_links). A name that vanishes while it is read (udev renamed it) makes the
+#: pass fail on stderr, and so does a set of names that changed between its start and its end:
+#: a half-renamed view is never data.
+NET_LINKS = (
+    'cd /sys/class/net || exit 1; names="$(echo *)"; for n in $names; do '
+    'a=$(cat $n/address) || exit 1; d=-; v=-; '
+    'if [ -e $n/device ]; then d=$(readlink -f $n/device) && [ -n "$d" ] '
+    '|| { echo "$n: its device link vanished" >&2; exit 1; }; '
+    'if [ -e $n/device/driver ]; then v=$(readlink $n/device/driver) '
+    '|| { echo "$n: its driver link vanished" >&2; exit 1; }; v=${v##*/}; fi; fi; '
+    'l=; for x in $n/lower_*; do [ -e "$x" ] && l="$l ${x##*/lower_}"; done; '
+    'echo "$n $a $d $v$l"; done; '
+    '[ "$(echo *)" = "$names" ] || { echo "renamed while read: $names -> $(echo *)" >&2; exit 1; }')
+
+
+@dataclasses.dataclass(frozen=True)
+class NicIdentity:
+    """What QEMU gave a NIC, by which the guest's interface is found at the moment of use."""
+
+    device_id: str
+    mac: str | None     # None: QEMU does not know it (a passed-through host NIC)
+    pci: str | None     # "01:00.0", as lspci writes it
+
+    def __str__(self) -> str:
+        return f"{self.device_id} (MAC {self.mac or '?'}, PCI {self.pci or '?'})"
+
+
+def nic_identity(guest, plugged) -> NicIdentity:
+    """The MAC QEMU gave the plugged NIC and the PCI function it sits at."""
+    try:
+        mac = guest.qmp("qom-get", path=f"/machine/peripheral/{plugged.device_id}", property="mac")
+    except QMPCommandError:
+        mac = None   # vfio-pci has no "mac": the host NIC's own, which only the guest reads
+    fn = plugged.function or pci_function(guest, plugged.device_id)
+    return NicIdentity(plugged.device_id, mac, fn.address if fn else None)
+
+
+def _read_links(guest) -> list[probes.NetLink]:
+    settle_udev(guest)
+    return probes.parse_net_links(guest.shell.read(
+        NET_LINKS, "one line per network interface: name, MAC, device, driver, lowers"))
+
+
+def net_links(guest, timeout: float = 10.0) -> list[probes.NetLink]:
+    """Every network interface, once the guest's udev has settled, read in one steady pass
+    (a pass that saw a rename is read again, within ``timeout``)."""
+    return guest.shell.wait_until("a steady view of /sys/class/net", lambda: _read_links(guest),
+                                  timeout)
+
+
 def net_interfaces(guest) -> set[str]:
-    return set(guest.shell.succeed("ls /sys/class/net").split())
+    """The interfaces' names once udev has settled (for "the same as before" comparisons)."""
+    return {link.name for link in net_links(guest)}
 
 
-def new_interface(guest, before: set[str], timeout: float = 10.0) -> str:
-    """The interface that appeared since ``before`` (found by diffing /sys/class/net), by the
-    name it keeps: a conventional guest's udev renames the kernel's ``eth0`` to a predictable
-    name (``ens4``) just after it appears, so udev is let finish first (a guest without udevadm
-    does no renaming). A systemd Debian guest on the console lost that race: its test waited
-    for an address on an ``eth0`` that had become ``ens4``."""
+def _current_name(guest, nic) -> str | None:
+    if isinstance(nic, str):
+        return nic
+    link = probes.interface_of(_read_links(guest), nic.mac, nic.pci)
+    return link.name if link else None
+
+
+def nic_interface(guest, nic, timeout: float = 10.0) -> str:
+    """The name the guest's interface for ``nic`` (a Plugged NIC or its :class:`NicIdentity`)
+    has now, found by its MAC (the interface carrying its traffic: a failover pair's master)
+    or its PCI function, after the guest's udev has settled. Resolve it again after anything
+    that may rename it (a reboot, a migration): the name is the guest's to change."""
+    ident = nic if isinstance(nic, NicIdentity) else nic_identity(guest, nic)
+    return guest.shell.wait_until(f"the guest's interface of {ident}",
+                                  lambda: _current_name(guest, ident), timeout)
+
+
+def ipv4_address(guest, nic, timeout: float = 20.0) -> str:
+    """The IPv4 address of ``nic`` (an interface name, or a NIC's identity, resolved to its
+    current name at every look: udev may rename it while DHCP runs), once it has one."""
+    ident = nic if isinstance(nic, (str, NicIdentity)) else nic_identity(guest, nic)
+
     def look():
-        if not net_interfaces(guest) - before:
-            return None
-        guest.shell.run("! command -v udevadm >/dev/null || udevadm settle --timeout=10", 15)
-        new = net_interfaces(guest) - before
-        return sorted(new)[0] if new else None
-    return guest.shell.wait_until("a new network interface in /sys/class/net", look, timeout)
-
-
-def ipv4_address(guest, ifname: str, timeout: float = 20.0) -> str:
-    """The interface's IPv4 address, once DHCP gave it one."""
-    def look():
-        out = guest.shell.run(f"ip -j addr show dev {ifname}").output
+        ifname = _current_name(guest, ident)
+        out = guest.shell.run(f"ip -j addr show dev {ifname}").output if ifname else ""
         try:
             return (probes.ipv4_addresses(out).get(ifname) or [None])[0]
         except json.JSONDecodeError:
             return None
-    return guest.shell.wait_until(f"an IPv4 address on {ifname}", look, timeout)
+    return guest.shell.wait_until(f"an IPv4 address on {ident}", look, timeout)
 
 
 def default_gateway(guest, ifname: str, timeout: float = 10.0) -> str:
@@ -148,6 +206,23 @@ def default_gateway(guest, ifname: str, timeout: float = 10.0) -> str:
     except WaitTimeout as e:
         raise GuestCheckError(f"no default route through {ifname}",
                               details=guest.shell.run("ip route").output) from e
+
+
+def failover_pair(guest, mac: str) -> tuple[str | None, dict[str, str]]:
+    """net_failover's master for ``mac`` and its slaves by role ({"standby": ..., "primary":
+    ...}; the primary absent while unplugged). All three share the MAC: the master is the one
+    with lower interfaces, the standby the lower that virtio_net drives. Names as udev left
+    them (enp1s0, enp1s0nsby, enp2s0), read in one steady pass."""
+    links = net_links(guest)
+    masters = [n for n in links if n.mac == mac.lower() and n.lowers]
+    if len(masters) > 1:
+        raise GuestCheckError(f"expected one failover master for {mac}, the guest has "
+                              f"{[m.name for m in masters]}", details="\n".join(map(str, links)))
+    if not masters:
+        return None, {}
+    by_name = {n.name: n for n in links}
+    return masters[0].name, {("standby" if by_name[s].driver == "virtio_net" else "primary"): s
+                             for s in masters[0].lowers if s in by_name}
 
 
 # -- USB ---------------------------------------------------------------------------------------
@@ -260,12 +335,6 @@ def disk_gone(guest, disk: probes.FdiskDisk, timeout: float = 10.0) -> None:
 #: Each memory block with its state and valid zones (parsed by probes.parse_memory_blocks).
 MEMORY_BLOCKS = ("cd /sys/devices/system/memory && for b in memory[0-9]*; do "
                  "echo $b $(cat $b/state) $(cat $b/valid_zones); done")
-
-
-def settle_udev(guest) -> None:
-    """Let the guest's udev finish the events it has (renaming a NIC, onlining memory by a
-    rule) before the harness reads what they change; a guest without udevadm has none."""
-    guest.shell.run("! command -v udevadm >/dev/null || udevadm settle --timeout=10", 15)
 
 
 def memory_blocks(guest) -> dict[str, probes.MemoryBlock]:

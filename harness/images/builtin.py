@@ -360,6 +360,15 @@ class DistroImage:
         return args + ["--guest-ready", self.manifest["console_prompt"]]
 
 
+def _recipe_digest(folder: Path) -> str:
+    """The digest of a recipe folder: its build script and every file it copies in (the
+    systemd guest's habits/*.rules), so changing any of them builds the image anew."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(f.relative_to(folder).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def ensure_distro(name: str, cache: Path = DEFAULT_CACHE, log=print) -> DistroImage:
     """The ``name`` distribution guest, built by its recipe's script the first time (needs root
     and mmdebstrap), cached by the script's digest like the built-in image."""
@@ -368,7 +377,7 @@ def ensure_distro(name: str, cache: Path = DEFAULT_CACHE, log=print) -> DistroIm
     script = DISTRO_RECIPES / name / "build"
     if not script.is_file():
         raise ImageError(f"the recipe {script} is missing", hint=f"restore {script.parent} from git")
-    out = cache / name / hashlib.sha256(script.read_bytes()).hexdigest()[:16]
+    out = cache / name / _recipe_digest(script.parent)
 
     def build(dest: Path) -> None:
         if os.geteuid() != 0 or shutil.which("mmdebstrap") is None:
