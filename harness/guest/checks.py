@@ -192,6 +192,58 @@ def ipv4_address(guest, nic, timeout: float = 20.0) -> str:
     return guest.shell.wait_until(f"an IPv4 address on {ident}", look, timeout)
 
 
+#: The guest's own ways to start DHCP on one interface, in order of preference: (name, test
+#: that the guest has it and it runs, command). ``{i}``: the interface. networkd and ifupdown
+#: take a one-interface configuration first, NetworkManager makes its own connection.
+NETWORK_TOOLS = (
+    ("networkctl", "command -v networkctl && systemctl is-active -q systemd-networkd",
+     "mkdir -p /run/systemd/network && printf '[Match]\\nName={i}\\n[Network]\\nDHCP=ipv4\\n' "
+     "> /run/systemd/network/10-hh-{i}.network && networkctl reload && networkctl reconfigure {i}"),
+    ("nmcli", "command -v nmcli && nmcli -t -f RUNNING general | grep -qx running",
+     "nmcli device connect {i}"),
+    ("ifup", "command -v ifup && grep -qs '^source.*/etc/network/interfaces.d' /etc/network/interfaces",
+     "printf 'iface {i} inet dhcp\\n' > /etc/network/interfaces.d/hh-{i} && ifup {i}"),
+    ("dhclient", "command -v dhclient", "dhclient -1 {i}"),
+    ("udhcpc", "command -v udhcpc", "udhcpc -n -q -i {i}"),
+)
+
+
+def configure_dhcp(guest, ifname: str) -> str:
+    """Start DHCP on ``ifname`` with the first of the guest's own tools it has
+    (:data:`NETWORK_TOOLS`); returns the tool's name."""
+    for name, present, command in NETWORK_TOOLS:
+        if guest.shell.run(f"{present} >/dev/null 2>&1", 10).ok:
+            r = guest.shell.run(command.format(i=ifname), 30)
+            if not r.ok:
+                raise GuestCheckError(f"{name} could not start DHCP on {ifname}",
+                                      details=r.described())
+            return name
+    raise GuestCheckError(f"the guest has none of {', '.join(n for n, _, _ in NETWORK_TOOLS)} to "
+                          f"start DHCP on {ifname} with", hint="configure the guest's network "
+                          "for hot-added NICs (DHCP on every Ethernet interface)")
+
+
+def nic_address(guest, nic, *, must_configure: bool = False,
+                timeout: float = 20.0) -> tuple[str, str]:
+    """The hot-added NIC's IPv4 address and who configured it: the guest's own network stack
+    (networkd, NetworkManager, ifupdown as cloud-init rendered it) is given ``timeout`` to do
+    it; after that the harness starts DHCP with the guest's own tool and says so ("harness
+    (nmcli)"), unless ``must_configure`` (``--guest-must-configure-nic``) makes the guest's
+    silence a failure."""
+    ident = nic if isinstance(nic, NicIdentity) else nic_identity(guest, nic)
+    try:
+        return ipv4_address(guest, ident, timeout), "guest"
+    except WaitTimeout as e:
+        if must_configure:
+            raise GuestCheckError(f"the guest did not configure {ident} by itself within "
+                                  f"{timeout:g} s (--guest-must-configure-nic)",
+                                  hint="give the guest DHCP on every Ethernet NIC (a udev "
+                                       "rule, a networkd .network, NetworkManager's default)",
+                                  details=e.details) from e
+    tool = configure_dhcp(guest, nic_interface(guest, ident))
+    return ipv4_address(guest, ident, timeout), f"harness ({tool})"
+
+
 def default_gateway(guest, ifname: str, timeout: float = 10.0) -> str:
     """The gateway of the interface's default route (the guide's ``route -n``). Waited for: a
     DHCP client may set the route a moment after the address, and ``ip -j route`` prints cut

@@ -95,6 +95,10 @@ def _where_results_go(g) -> None:
                      "with the source's page by page (two dumps of the guest's RAM, seconds "
                      "each): a page that differs fails the test as QEMU's migration losing it, "
                      "not the guest's fault")
+    g.addoption("--guest-must-configure-nic", action="store_true",
+                help="a hot-added NIC the guest leaves without an address fails the test; by "
+                     "default the harness then starts DHCP with the guest's own tool "
+                     "(networkctl, nmcli, ifup, dhclient, udhcpc) and says so in the notes")
     g.addoption("--no-reuse", action="store_true",
                 help="boot a fresh guest for every test instead of reusing a clean one")
 

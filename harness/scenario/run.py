@@ -28,8 +28,11 @@ from harness.guest.pool import GuestPool
 
 class ScenarioRun:
     def __init__(self, pool: GuestPool, bundle_dir: Path, *, keep_bundle: bool = False,
-                 access: str = "console", check_migrated_ram: bool = False):
+                 access: str = "console", check_migrated_ram: bool = False,
+                 guest_must_configure_nic: bool = False):
         self.pool = pool
+        #: ``--guest-must-configure-nic``: a hot-added NIC the guest leaves unconfigured fails.
+        self.guest_must_configure_nic = guest_must_configure_nic
         #: ``--check-migrated-ram``: compare each migration's source and destination RAM.
         self.check_migrated_ram = check_migrated_ram
         #: How guests are reached unless a test says otherwise (``--guest-access``).

@@ -32,8 +32,11 @@ def nic_works(guest, plugged) -> str:
     its name read again once it has its address. Returns that name."""
     checks.guest_sees_pci(guest, plugged.function)
     checks.guest_driver_bound(guest, plugged.function, plugged.device.guest_driver)
-    checks.ipv4_address(guest, plugged)
+    _, who = checks.nic_address(guest, plugged,
+                                must_configure=plugged.run.guest_must_configure_nic)
     ifname = checks.nic_interface(guest, plugged)
+    if who != "guest":
+        plugged.run.note(f"{plugged.device_id}: {ifname} configured by the {who}")
     assert checks.default_gateway(guest, ifname) == plugged.facts.gateway
     guest.shell.succeed(f"ping -c 1 -W 2 -I {ifname} {plugged.facts.gateway}")
     return ifname

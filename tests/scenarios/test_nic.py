@@ -32,12 +32,16 @@ def test_nic(hotplug, platform, device, guest):
         hotplug.note(f"VF {device.entry.vf} of {device.entry.pf}: {seen.description}, "
                      f"guest driver {driver}")
 
-    address = checks.ipv4_address(guest, nic)   # found by its MAC, whatever udev names it
+    # (found by its MAC, whatever udev names it; configured by the guest's own network stack,
+    # or by the harness with the guest's own tool once the guest had its chance)
+    address, configured_by = checks.nic_address(guest, nic,
+                                                must_configure=hotplug.guest_must_configure_nic)
     ifname = checks.nic_interface(guest, nic)
     gateway = checks.default_gateway(guest, ifname)
     assert gateway == nic.facts.gateway, f"default route via {gateway}, expected {nic.facts.gateway}"
     guest.shell.succeed(f"ping -c 2 -W 2 -I {ifname} {gateway}")
-    hotplug.note(f"{ifname} got {address}, default via {gateway}")
+    hotplug.note(f"{ifname} got {address} (configured by the {configured_by}), "
+                 f"default via {gateway}")
 
     result = nic.unplug()
     assert result.event, "the NIC left QEMU without a DEVICE_DELETED event"
