@@ -194,7 +194,10 @@ def ipv4_address(guest, nic, timeout: float = 20.0) -> str:
 
 #: The guest's own ways to start DHCP on one interface, in order of preference: (name, test
 #: that the guest has it and it runs, command). ``{i}``: the interface. networkd and ifupdown
-#: take a one-interface configuration first, NetworkManager makes its own connection.
+#: take a one-interface configuration first, NetworkManager makes its own connection. ifupdown's
+#: default route gets a metric of its own (100 + ifindex): dhclient-script's plain one failed
+#: with "File exists" beside the management NIC's, and the NIC had an address but no route.
+#: (ifdown first: ifupdown's state may still have a removed NIC of the same name as up.)
 NETWORK_TOOLS = (
     ("networkctl", "command -v networkctl && systemctl is-active -q systemd-networkd",
      "mkdir -p /run/systemd/network && printf '[Match]\\nName={i}\\n[Network]\\nDHCP=ipv4\\n' "
@@ -202,7 +205,8 @@ NETWORK_TOOLS = (
     ("nmcli", "command -v nmcli && nmcli -t -f RUNNING general | grep -qx running",
      "nmcli device connect {i}"),
     ("ifup", "command -v ifup && grep -qs '^source.*/etc/network/interfaces.d' /etc/network/interfaces",
-     "printf 'iface {i} inet dhcp\\n' > /etc/network/interfaces.d/hh-{i} && ifup {i}"),
+     "printf 'iface {i} inet dhcp\\n    metric %s\\n' $((100 + $(cat /sys/class/net/{i}/ifindex))) "
+     "> /etc/network/interfaces.d/hh-{i} && {{ ifdown --force {i}; ifup {i}; }}"),
     ("dhclient", "command -v dhclient", "dhclient -1 {i}"),
     ("udhcpc", "command -v udhcpc", "udhcpc -n -q -i {i}"),
 )
@@ -212,7 +216,7 @@ def configure_dhcp(guest, ifname: str) -> str:
     """Start DHCP on ``ifname`` with the first of the guest's own tools it has
     (:data:`NETWORK_TOOLS`); returns the tool's name."""
     for name, present, command in NETWORK_TOOLS:
-        if guest.shell.run(f"{present} >/dev/null 2>&1", 10).ok:
+        if guest.shell.run(f"{{ {present}; }} >/dev/null 2>&1", 10).ok:
             r = guest.shell.run(command.format(i=ifname), 30)
             if not r.ok:
                 raise GuestCheckError(f"{name} could not start DHCP on {ifname}",
