@@ -130,14 +130,15 @@ def test_cloud_image_whose_network_is_not_networkd_gets_its_hot_added_nics_confi
     NetworkManager (RHEL, Rocky, Alma): the seed's networkd rule means nothing there. The NIC
     scenario on pc and q35 and two NICs in one slot pass: the guest's own stack gets its
     chance, then the harness starts DHCP with the guest's own tool, and the notes say who
-    configured each address."""
+    configured each address. (pc and q35 with ACPI hotplug: a cloud image takes about 80 s to
+    boot under TCG, and what is tried here is the guest's network stack, not the slot.)"""
     cache = Path(hotplug_session.config.option.image_cache or images.DEFAULT_CACHE)
     guest = images.ensure_distro(f"cloudinit-{network}", cache, log=lambda s: None)
     p, summary = run_scenarios(child_env, tmp_path, guest.pytest_args("ssh"),
                                ["tests/scenarios/test_nic.py", "tests/scenarios/test_lifecycle.py"],
-                               "-k", "e1000e and (test_nic or multifunction)",
+                               "-k", "e1000e and (test_nic or multifunction) and not pciehp",
                                "-n", "2", "--dist", "loadgroup")
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
-    assert summary["counts"]["passed"] == 6, summary["counts"]
+    assert summary["counts"]["passed"] == 4, summary["counts"]
     who = [n for n in notes_of(summary, "test_nic") if "configured by the" in n]
-    assert len(who) == 3, notes_of(summary, "test_nic")
+    assert len(who) == 2, notes_of(summary, "test_nic")
