@@ -122,7 +122,8 @@ def test_cloud_image_runs_the_nic_usb_and_sata_scenarios_with_no_key_baked_in(cl
     assert seeds, "no NoCloud seed in the run folder"
 
 
-@OTHER_GROUP
+@SSH_GROUP   # (beside the systemd guest's SSH run: the other group has the console matrix and
+            # the networkd cloud image, the longer half)
 @pytest.mark.parametrize("network", ["ifupdown", "nm"])
 def test_cloud_image_whose_network_is_not_networkd_gets_its_hot_added_nics_configured(
         network, hotplug_session, tmp_path, child_env):
