@@ -53,3 +53,14 @@ def test_a_vanished_link_is_an_error_on_stderr_not_a_short_row(tmp_path):
     (net / "enp2s0" / "address").unlink()   # as when udev renames it under the loop
     p = run(net)
     assert p.returncode != 0 and "address" in p.stderr
+
+
+def test_every_network_tool_command_names_the_interface_and_parses_in_sh():
+    """The guest-tool DHCP commands are format strings full of shell braces: each formats,
+    names the interface, and is valid sh (``sh -n``) as the guest will get it."""
+    for name, present, command in checks.NETWORK_TOOLS:
+        line = command.format(i="ens5")
+        assert "ens5" in line and "{i}" not in line, name
+        for text in (present, line):
+            p = subprocess.run(["sh", "-n", "-c", text], capture_output=True, text=True)
+            assert p.returncode == 0, (name, text, p.stderr)
