@@ -107,7 +107,8 @@ def _your_guest(g) -> None:
     g.addoption("--guest", action="append", default=None, metavar="NAME|FILE",
                 help="run every scenario on this guest too; repeat for several (the guest "
                      "becomes part of the test ids and a column of the report): builtin, "
-                     "systemd, systemd:console, cloudinit (Debian guests built from packages, "
+                     "systemd, systemd:console, cloudinit, cloudinit-ifupdown, cloudinit-nm "
+                     "(Debian guests built from packages, "
                      "root and mmdebstrap needed), or a TOML file of your own [[guest]] tables")
     g.addoption("--image-cache", default=None, metavar="DIR",
                 help="where the built-in guest image is built and cached "
