@@ -1,8 +1,8 @@
 """``python -m harness``: the harness's commands outside pytest.
 
     image build|path   build the built-in guest image (cached), or print where it is;
-                       --distro systemd|cloudinit: a systemd Debian guest, or one that
-                       behaves like a stock cloud image (root, mmdebstrap)
+                       --distro systemd|cloudinit[-ifupdown|-nm]: a systemd Debian guest,
+                       or one that behaves like a stock cloud image (root, mmdebstrap)
     doctor             check this host's prerequisites for the vfio backend
     discover           list the host devices that could play each role
     plan --inventory F a dry run: what a run would change on this host, and the evidence

@@ -107,6 +107,20 @@ class WaitTimeout(ProductError):
     last seen."""
 
 
+class PreconditionError(HarnessError):
+    """What the harness counted on before it acted did not hold (the guest was to start with
+    no NIC, a slot was to be free): the harness's failure, never the product's, since the
+    product was not exercised yet. Says what was expected and what was found."""
+
+    def __init__(self, expected: str, found: str, *, hint: str = ""):
+        super().__init__(f"precondition not met: expected {expected}; found {found}",
+                         hint=hint or "the harness assumed something of this guest or machine "
+                                      "that is not so: see what was found, and fix the harness "
+                                      "or the guest description")
+        self.expected = expected
+        self.found = found
+
+
 class MigrationRefused(HarnessError):
     """QEMU refused to migrate a guest that has a passed-through host device (a vfio-pci
     device without migration support blocks migration); ``qemu_desc``: QEMU's words."""

@@ -3,9 +3,15 @@
 Every command runs with a deadline, and every command, its output and exit status go to the
 guest's command log (part of the test bundle).
 
-On the console, each command is framed by two markers that only its own execution can print
-(``@@HH-B-<n>@@`` ... ``@@HH-E-<n>@@ <status>``), so the output and the exit status come back
-reliably even if a prompt, an echo or a stale line sits in between.
+On the console, each command is framed by markers that only its own execution can print
+(``@@HH-B-<n>@@`` stdout ``@@HH-S-<n>@@ <status>`` stderr ``@@HH-E-<n>@@``), so the output and
+the exit status come back reliably even if a prompt, an echo or a stale line sits in between.
+
+stderr is never data: a command's standard output and its standard error come back apart, on
+both channels (over the console, stderr goes to a file in the guest's /tmp and is printed after
+the status). ``Result.output`` is stdout alone; a tool's complaint ("basename: missing operand")
+can never be parsed as what it was asked for. :meth:`Shell.read` goes further for commands whose
+output is parsed: any word on stderr fails the check, naming what was expected and what came back.
 """
 
 from __future__ import annotations
@@ -30,21 +36,40 @@ from harness.core.waits import wait_progress, wait_until
 class Result:
     command: str
     status: int
+    #: The command's standard output alone.
     output: str
     seconds: float
     channel: str
+    #: Its standard error, kept apart: for people and error messages, never for parsing.
+    stderr: str = ""
 
     @property
     def ok(self) -> bool:
         return self.status == 0
 
+    def described(self) -> str:
+        """Exit status, stdout and stderr, for an error's details."""
+        return (f"exit status {self.status}\nstdout:\n{tail(self.output) or '(nothing)'}\n"
+                f"stderr:\n{tail(self.stderr) or '(nothing)'}")
+
 
 class Channel(Protocol):
     name: str
 
+    def run(self, command: str, timeout: float) -> tuple[int, str, str]: ...
+
     def exec(self, command: str, timeout: float) -> tuple[int, str]: ...
 
     def close(self) -> None: ...
+
+
+class _MergedExec:
+    """``exec``: a command's status and what it printed on stdout and stderr together, for
+    callers that only show it to people (a failed clock set's message); parsers use ``run``."""
+
+    def exec(self, command: str, timeout: float) -> tuple[int, str]:
+        status, out, err = self.run(command, timeout)
+        return status, out + err
 
 
 class DrainedConsole(pexpect.spawnbase.SpawnBase):
@@ -135,12 +160,19 @@ def _connected(socket_path: Path) -> socket.socket:
     return sock
 
 
-class ConsoleChannel:
-    """A root shell on the guest's serial console, through QEMU's chardev unix socket."""
+#: Where a console command's stderr waits in the guest until the status is printed.
+CONSOLE_STDERR = "/tmp/.hh-stderr"
+
+
+class ConsoleChannel(_MergedExec):
+    """A root shell on the guest's serial console, through QEMU's chardev unix socket.
+    Standard error comes back apart from standard output: see :data:`CONSOLE_STDERR`."""
 
     name = "console"
 
-    def __init__(self, socket_path: Path, timeout: float, name: str = "guest"):
+    def __init__(self, socket_path: Path, timeout: float, name: str = "guest", *,
+                 stderr_file: str = CONSOLE_STDERR):
+        self.stderr_file = stderr_file
         try:  # (QEMU may not have created the socket yet)
             sock = wait_until(f"the serial console {socket_path}", lambda: _connected(socket_path),
                               timeout, interval=0.05, retry_on=(OSError,))
@@ -178,26 +210,29 @@ class ConsoleChannel:
         with self._lock:
             self._spawn.send(line + "\n")
 
-    def exec(self, command: str, timeout: float) -> tuple[int, str]:
+    def run(self, command: str, timeout: float) -> tuple[int, str, str]:
+        """Run ``command``: (exit status, stdout, stderr)."""
         with self._lock:
             self._counter += 1
             n = self._counter
             # The markers are printed with a split literal, so an echo of the typed line
-            # (should the terminal echo) can never match them.
-            self._spawn.send(f"echo '@@HH-B-{n}''@@'; ( {command}\n) 2>&1; "
-                             f"echo '@@HH-E-{n}''@@' $?\n")
+            # (should the terminal echo) can never match them. The stderr file is removed once
+            # read: a background job the command left keeps writing to an unlinked file.
+            err = self.stderr_file
+            self._spawn.send(f"echo '@@HH-B-{n}''@@'; ( {command}\n) 2>{err}; "
+                             f"echo '@@HH-S-{n}''@@' $?; cat {err}; rm -f {err}; "
+                             f"echo '@@HH-E-{n}''@@'\n")
             deadline = time.monotonic() + timeout
             try:
                 self.expect(f"@@HH-B-{n}@@\r?\n", timeout)
-                m = self.expect(f"@@HH-E-{n}@@ (\\d+)\r?\n", deadline - time.monotonic())
+                m = self.expect(f"@@HH-S-{n}@@ (\\d+)\r?\n", deadline - time.monotonic())
+                stdout = self._spawn.before
+                self.expect(f"@@HH-E-{n}@@\r?\n", max(0.01, deadline - time.monotonic()))
             except WaitTimeout as e:
                 self._spawn.send("\x03")  # interrupt the command; the next marker resyncs
                 raise WaitTimeout(f"console: `{command}` did not finish within {timeout:.1f} s",
                                   details=e.details) from None
-            # A console is a terminal: tools colour their output there (util-linux's fdisk
-            # printed "\x1b[1mDisk /dev/vda" on a systemd guest); the escapes are not output.
-            output = _ANSI.sub("", self._spawn.before.replace("\r\n", "\n"))
-            return int(m.group(1)), output
+            return int(m.group(1)), _terminal_text(stdout), _terminal_text(self._spawn.before)
 
     def close(self) -> None:
         try:
@@ -206,7 +241,7 @@ class ConsoleChannel:
             pass
 
 
-class SSHChannel:
+class SSHChannel(_MergedExec):
     """A root shell over SSH (paramiko) to the guest's forwarded port on loopback."""
 
     name = "ssh"
@@ -239,40 +274,53 @@ class SSHChannel:
                 time.sleep(0.2)  # sshd not up yet; retry within the deadline
         raise WaitTimeout(f"ssh {user}@{host}:{port}: no login within {timeout} s: {last!r}")
 
-    def exec(self, command: str, timeout: float) -> tuple[int, str]:
+    def run(self, command: str, timeout: float) -> tuple[int, str, str]:
+        """Run ``command``: (exit status, stdout, stderr), read from SSH's two streams."""
         import paramiko
 
         try:
-            _, stdout, _ = self._client.exec_command(f"( {command}\n) 2>&1", timeout=timeout)
+            _, stdout, _ = self._client.exec_command(f"( {command}\n)", timeout=timeout)
             chan = stdout.channel
             deadline = time.monotonic() + timeout
-            chunks = []
-            while True:
+            out, err = [], []
+            while not (chan.exit_status_ready() and not chan.recv_ready()
+                       and not chan.recv_stderr_ready()):
                 if chan.recv_ready():
-                    chunks.append(chan.recv(65536))
-                    continue
-                if chan.exit_status_ready() and not chan.recv_ready():
-                    while chan.recv_ready():
-                        chunks.append(chan.recv(65536))
-                    break
-                if time.monotonic() > deadline:
+                    out.append(chan.recv(65536))
+                elif chan.recv_stderr_ready():
+                    err.append(chan.recv_stderr(65536))
+                elif time.monotonic() > deadline:
                     chan.close()
                     raise WaitTimeout(f"ssh: {command!r} did not finish within {timeout} s",
-                                      details="output so far:\n" + tail(b"".join(chunks).decode(errors="replace")))
-                chan.status_event.wait(0.05)
-            return chan.recv_exit_status(), b"".join(chunks).decode(errors="replace")
+                                      details="stdout so far:\n" + tail(b"".join(out).decode(errors="replace"))
+                                      + "\nstderr so far:\n" + tail(b"".join(err).decode(errors="replace")))
+                else:
+                    chan.status_event.wait(0.05)
+            return (chan.recv_exit_status(), b"".join(out).decode(errors="replace"),
+                    b"".join(err).decode(errors="replace"))
         except (paramiko.SSHException, OSError, EOFError) as e:
             raise GuestDiedError(f"ssh connection lost while running {command!r}: {e}") from e
 
     def alive(self, timeout: float = 3.0) -> bool:
         """Whether the SSH link still carries a command (``true``) within ``timeout``."""
         try:
-            return self.exec("true", timeout)[0] == 0
+            return self.run("true", timeout)[0] == 0
         except (GuestDiedError, WaitTimeout):
             return False
 
     def close(self) -> None:
         self._client.close()
+
+
+def _terminal_text(text: str) -> str:
+    """What a command printed on the console, as it would have printed it to a file: a console
+    is a terminal, and tools colour their output there (util-linux's fdisk printed
+    "\x1b[1mDisk /dev/vda" on a systemd guest); the escapes and the CRs are not output."""
+    return _ANSI.sub("", text.replace("\r\n", "\n"))
+
+
+def _lines(text: str) -> str:
+    return text + ("" if text.endswith("\n") or not text else "\n")
 
 
 class Shell:
@@ -315,7 +363,7 @@ class Shell:
     def _run_on(self, ch: Channel, command: str, timeout: float) -> Result:
         t0 = time.monotonic()
         try:
-            status, output = ch.exec(command, timeout)
+            status, output, stderr = ch.run(command, timeout)
         except (GuestDiedError, WaitTimeout) as e:
             # A removed management NIC leaves the SSH session hanging, not closed: tell a dead
             # link from a slow command by asking the link for a trivial command.
@@ -326,10 +374,10 @@ class Shell:
                 self.ssh = None
                 return self._run_on(self._channel(), command, timeout)
             raise
-        result = Result(command, status, output, time.monotonic() - t0, ch.name)
+        result = Result(command, status, output, time.monotonic() - t0, ch.name, stderr)
         self._log.write(f"### [{time.strftime('%H:%M:%S')}] ({ch.name}, {result.seconds:.2f} s, "
-                        f"exit {status}) $ {command}\n{output}"
-                        + ("" if output.endswith("\n") or not output else "\n"))
+                        f"exit {status}) $ {command}\n{_lines(output)}"
+                        + (f"### stderr:\n{_lines(stderr)}" if stderr else ""))
         return result
 
     def succeed(self, command: str, timeout: float | None = None) -> str:
@@ -337,16 +385,28 @@ class Shell:
         r = self.run(command, timeout)
         if not r.ok:
             raise GuestCheckError(f"guest command failed (exit {r.status}): {command}",
-                                  details="output:\n" + tail(r.output))
+                                  details=r.described())
+        return r.output
+
+    def read(self, command: str, expected: str, timeout: float | None = None) -> str:
+        """The stdout of ``command``, whose output is ``expected`` (what a parser will read:
+        "one line per NIC: name MAC"). Anything on stderr, or a non-zero exit, fails the check
+        with what was expected and what came back: a half-done command's output is not data."""
+        r = self.run(command, timeout)
+        if not r.ok or r.stderr.strip():
+            raise GuestCheckError(f"expected {expected} from `{command}`; it "
+                                  + ("wrote to stderr" if r.ok else f"exited {r.status}"),
+                                  details=r.described())
         return r.output
 
     def fail(self, command: str, timeout: float | None = None) -> str:
-        """Run ``command``; raise :class:`GuestCheckError` if it exits 0. Returns output."""
+        """Run ``command``; raise :class:`GuestCheckError` if it exits 0. Returns what it
+        printed, stdout then stderr (a failing command's complaint is what its caller checks)."""
         r = self.run(command, timeout)
         if r.ok:
             raise GuestCheckError(f"guest command unexpectedly succeeded: {command}",
-                                  details="output:\n" + tail(r.output))
-        return r.output
+                                  details=r.described())
+        return r.output + r.stderr
 
     def wait_until(self, what: str, check: Callable[[], object], timeout: float,
                    interval: float = 0.1):
@@ -366,5 +426,5 @@ class Shell:
             r = self.run(command, timeout=max(1.0, min(10.0, timeout)))
             if r.ok:
                 return r.output or "ok"
-            raise GuestCheckError(f"exit {r.status}: {tail(r.output, 5)}")
+            raise GuestCheckError(f"exit {r.status}: {tail(r.output + r.stderr, 5)}")
         return wait_until(f"`{command}` to succeed", attempt, self.scale(timeout), interval)

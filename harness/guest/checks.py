@@ -11,7 +11,7 @@ import json
 import re
 
 from harness.guest import probes
-from harness.core.errors import GuestCheckError, WaitTimeout
+from harness.core.errors import GuestCheckError, PreconditionError, QMPCommandError, WaitTimeout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,14 +47,6 @@ def pci_function(guest, device_id: str) -> PciFunction | None:
 def pci_functions(guest) -> list[PciFunction]:
     """Every PCI function QEMU's ``query-pci`` lists."""
     return [_function(d) for d in guest.query_pci()]
-
-
-def interface_at(guest, fn: PciFunction, timeout: float = 10.0) -> str:
-    """The network interface of the PCI function at ``fn``'s address."""
-    def look():
-        r = guest.shell.run(f"ls /sys/bus/pci/devices/0000:{fn.address}/net 2>/dev/null")
-        return r.output.split()[0] if r.ok and r.output.split() else None
-    return guest.shell.wait_until(f"a network interface on {fn.address}", look, timeout)
 
 
 def monitor_shows(guest, device_id: str) -> probes.InfoPciEntry:
@@ -103,34 +95,156 @@ def guest_lacks_pci(guest, fn: PciFunction, timeout: float = 10.0) -> None:
     guest.shell.wait_until(f"guest lspci to stop showing {fn.ids} at {fn.address}", gone, timeout)
 
 
+def settle_udev(guest) -> None:
+    """Let the guest's udev finish the events it has (renaming a NIC, onlining memory by a
+    rule) before the harness reads what they change; a guest without udevadm has none."""
+    guest.shell.run("! command -v udevadm >/dev/null || udevadm settle --timeout=10", 15)
+
+
+# -- network interfaces: a NIC is its MAC and its PCI function, not its name --------------------
+
+#: Every interface in one pass: ``name MAC device-path|- driver|- [lower...]`` (parsed by
+#: probes.parse_net_links). A name that vanishes while it is read (udev renamed it) makes the
+#: pass fail on stderr, and so does a set of names that changed between its start and its end:
+#: a half-renamed view is never data.
+NET_LINKS = (
+    'cd /sys/class/net || exit 1; names="$(echo *)"; for n in $names; do '
+    'a=$(cat $n/address) || exit 1; d=-; v=-; '
+    'if [ -e $n/device ]; then d=$(readlink -f $n/device) && [ -n "$d" ] '
+    '|| { echo "$n: its device link vanished" >&2; exit 1; }; '
+    'if [ -e $n/device/driver ]; then v=$(readlink $n/device/driver) '
+    '|| { echo "$n: its driver link vanished" >&2; exit 1; }; v=${v##*/}; fi; fi; '
+    'l=; for x in $n/lower_*; do [ -e "$x" ] && l="$l ${x##*/lower_}"; done; '
+    'echo "$n $a $d $v$l"; done; '
+    '[ "$(echo *)" = "$names" ] || { echo "renamed while read: $names -> $(echo *)" >&2; exit 1; }')
+
+
+@dataclasses.dataclass(frozen=True)
+class NicIdentity:
+    """What QEMU gave a NIC, by which the guest's interface is found at the moment of use."""
+
+    device_id: str
+    mac: str | None     # None: QEMU does not know it (a passed-through host NIC)
+    pci: str | None     # "01:00.0", as lspci writes it
+
+    def __str__(self) -> str:
+        return f"{self.device_id} (MAC {self.mac or '?'}, PCI {self.pci or '?'})"
+
+
+def nic_identity(guest, plugged) -> NicIdentity:
+    """The MAC QEMU gave the plugged NIC and the PCI function it sits at."""
+    try:
+        mac = guest.qmp("qom-get", path=f"/machine/peripheral/{plugged.device_id}", property="mac")
+    except QMPCommandError:
+        mac = None   # vfio-pci has no "mac": the host NIC's own, which only the guest reads
+    fn = plugged.function or pci_function(guest, plugged.device_id)
+    return NicIdentity(plugged.device_id, mac, fn.address if fn else None)
+
+
+def _read_links(guest) -> list[probes.NetLink]:
+    settle_udev(guest)
+    return probes.parse_net_links(guest.shell.read(
+        NET_LINKS, "one line per network interface: name, MAC, device, driver, lowers"))
+
+
+def net_links(guest, timeout: float = 10.0) -> list[probes.NetLink]:
+    """Every network interface, once the guest's udev has settled, read in one steady pass
+    (a pass that saw a rename is read again, within ``timeout``)."""
+    return guest.shell.wait_until("a steady view of /sys/class/net", lambda: _read_links(guest),
+                                  timeout)
+
+
 def net_interfaces(guest) -> set[str]:
-    return set(guest.shell.succeed("ls /sys/class/net").split())
+    """The interfaces' names once udev has settled (for "the same as before" comparisons)."""
+    return {link.name for link in net_links(guest)}
 
 
-def new_interface(guest, before: set[str], timeout: float = 10.0) -> str:
-    """The interface that appeared since ``before`` (found by diffing /sys/class/net), by the
-    name it keeps: a conventional guest's udev renames the kernel's ``eth0`` to a predictable
-    name (``ens4``) just after it appears, so udev is let finish first (a guest without udevadm
-    does no renaming). A systemd Debian guest on the console lost that race: its test waited
-    for an address on an ``eth0`` that had become ``ens4``."""
+def _current_name(guest, nic) -> str | None:
+    if isinstance(nic, str):
+        return nic
+    link = probes.interface_of(_read_links(guest), nic.mac, nic.pci)
+    return link.name if link else None
+
+
+def nic_interface(guest, nic, timeout: float = 10.0) -> str:
+    """The name the guest's interface for ``nic`` (a Plugged NIC or its :class:`NicIdentity`)
+    has now, found by its MAC (the interface carrying its traffic: a failover pair's master)
+    or its PCI function, after the guest's udev has settled. Resolve it again after anything
+    that may rename it (a reboot, a migration): the name is the guest's to change."""
+    ident = nic if isinstance(nic, NicIdentity) else nic_identity(guest, nic)
+    return guest.shell.wait_until(f"the guest's interface of {ident}",
+                                  lambda: _current_name(guest, ident), timeout)
+
+
+def ipv4_address(guest, nic, timeout: float = 20.0) -> str:
+    """The IPv4 address of ``nic`` (an interface name, or a NIC's identity, resolved to its
+    current name at every look: udev may rename it while DHCP runs), once it has one."""
+    ident = nic if isinstance(nic, (str, NicIdentity)) else nic_identity(guest, nic)
+
     def look():
-        if not net_interfaces(guest) - before:
-            return None
-        guest.shell.run("! command -v udevadm >/dev/null || udevadm settle --timeout=10", 15)
-        new = net_interfaces(guest) - before
-        return sorted(new)[0] if new else None
-    return guest.shell.wait_until("a new network interface in /sys/class/net", look, timeout)
-
-
-def ipv4_address(guest, ifname: str, timeout: float = 20.0) -> str:
-    """The interface's IPv4 address, once DHCP gave it one."""
-    def look():
-        out = guest.shell.run(f"ip -j addr show dev {ifname}").output
+        ifname = _current_name(guest, ident)
+        out = guest.shell.run(f"ip -j addr show dev {ifname}").output if ifname else ""
         try:
             return (probes.ipv4_addresses(out).get(ifname) or [None])[0]
         except json.JSONDecodeError:
             return None
-    return guest.shell.wait_until(f"an IPv4 address on {ifname}", look, timeout)
+    return guest.shell.wait_until(f"an IPv4 address on {ident}", look, timeout)
+
+
+#: The guest's own ways to start DHCP on one interface, in order of preference: (name, test
+#: that the guest has it and it runs, command). ``{i}``: the interface. networkd and ifupdown
+#: take a one-interface configuration first, NetworkManager makes its own connection. ifupdown's
+#: default route gets a metric of its own (100 + ifindex): dhclient-script's plain one failed
+#: with "File exists" beside the management NIC's, and the NIC had an address but no route.
+#: (ifdown first: ifupdown's state may still have a removed NIC of the same name as up.)
+NETWORK_TOOLS = (
+    ("networkctl", "command -v networkctl && systemctl is-active -q systemd-networkd",
+     "mkdir -p /run/systemd/network && printf '[Match]\\nName={i}\\n[Network]\\nDHCP=ipv4\\n' "
+     "> /run/systemd/network/10-hh-{i}.network && networkctl reload && networkctl reconfigure {i}"),
+    ("nmcli", "command -v nmcli && nmcli -t -f RUNNING general | grep -qx running",
+     "nmcli device connect {i}"),
+    ("ifup", "command -v ifup && grep -qs '^source.*/etc/network/interfaces.d' /etc/network/interfaces",
+     "printf 'iface {i} inet dhcp\\n    metric %s\\n' $((100 + $(cat /sys/class/net/{i}/ifindex))) "
+     "> /etc/network/interfaces.d/hh-{i} && {{ ifdown --force {i}; ifup {i}; }}"),
+    ("dhclient", "command -v dhclient", "dhclient -1 {i}"),
+    ("udhcpc", "command -v udhcpc", "udhcpc -n -q -i {i}"),
+)
+
+
+def configure_dhcp(guest, ifname: str) -> str:
+    """Start DHCP on ``ifname`` with the first of the guest's own tools it has
+    (:data:`NETWORK_TOOLS`); returns the tool's name."""
+    for name, present, command in NETWORK_TOOLS:
+        if guest.shell.run(f"{{ {present}; }} >/dev/null 2>&1", 10).ok:
+            r = guest.shell.run(command.format(i=ifname), 30)
+            if not r.ok:
+                raise GuestCheckError(f"{name} could not start DHCP on {ifname}",
+                                      details=r.described())
+            return name
+    raise GuestCheckError(f"the guest has none of {', '.join(n for n, _, _ in NETWORK_TOOLS)} to "
+                          f"start DHCP on {ifname} with", hint="configure the guest's network "
+                          "for hot-added NICs (DHCP on every Ethernet interface)")
+
+
+def nic_address(guest, nic, *, must_configure: bool = False,
+                timeout: float = 20.0) -> tuple[str, str]:
+    """The hot-added NIC's IPv4 address and who configured it: the guest's own network stack
+    (networkd, NetworkManager, ifupdown as cloud-init rendered it) is given ``timeout`` to do
+    it; after that the harness starts DHCP with the guest's own tool and says so ("harness
+    (nmcli)"), unless ``must_configure`` (``--guest-must-configure-nic``) makes the guest's
+    silence a failure."""
+    ident = nic if isinstance(nic, NicIdentity) else nic_identity(guest, nic)
+    try:
+        return ipv4_address(guest, ident, timeout), "guest"
+    except WaitTimeout as e:
+        if must_configure:
+            raise GuestCheckError(f"the guest did not configure {ident} by itself within "
+                                  f"{timeout:g} s (--guest-must-configure-nic)",
+                                  hint="give the guest DHCP on every Ethernet NIC (a udev "
+                                       "rule, a networkd .network, NetworkManager's default)",
+                                  details=e.details) from e
+    tool = configure_dhcp(guest, nic_interface(guest, ident))
+    return ipv4_address(guest, ident, timeout), f"harness ({tool})"
 
 
 def default_gateway(guest, ifname: str, timeout: float = 10.0) -> str:
@@ -147,6 +261,23 @@ def default_gateway(guest, ifname: str, timeout: float = 10.0) -> str:
     except WaitTimeout as e:
         raise GuestCheckError(f"no default route through {ifname}",
                               details=guest.shell.run("ip route").output) from e
+
+
+def failover_pair(guest, mac: str) -> tuple[str | None, dict[str, str]]:
+    """net_failover's master for ``mac`` and its slaves by role ({"standby": ..., "primary":
+    ...}; the primary absent while unplugged). All three share the MAC: the master is the one
+    with lower interfaces, the standby the lower that virtio_net drives. Names as udev left
+    them (enp1s0, enp1s0nsby, enp2s0), read in one steady pass."""
+    links = net_links(guest)
+    masters = [n for n in links if n.mac == mac.lower() and n.lowers]
+    if len(masters) > 1:
+        raise GuestCheckError(f"expected one failover master for {mac}, the guest has "
+                              f"{[m.name for m in masters]}", details="\n".join(map(str, links)))
+    if not masters:
+        return None, {}
+    by_name = {n.name: n for n in links}
+    return masters[0].name, {("standby" if by_name[s].driver == "virtio_net" else "primary"): s
+                             for s in masters[0].lowers if s in by_name}
 
 
 # -- USB ---------------------------------------------------------------------------------------
@@ -252,6 +383,66 @@ def new_disk(guest, before: list[probes.FdiskDisk], size_bytes: int | None,
 def disk_gone(guest, disk: probes.FdiskDisk, timeout: float = 10.0) -> None:
     guest.shell.wait_until(f"{disk.device} to leave the guest's fdisk -l",
                lambda: all(d.device != disk.device for d in disks(guest)), timeout)
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+#: Each memory block with its state and valid zones (parsed by probes.parse_memory_blocks).
+MEMORY_BLOCKS = ("cd /sys/devices/system/memory && for b in memory[0-9]*; do "
+                 "echo $b $(cat $b/state) $(cat $b/valid_zones); done")
+
+
+def memory_blocks(guest) -> dict[str, probes.MemoryBlock]:
+    """The guest's memory blocks by name. A block read mid-removal (its files gone) fails the
+    read, which a wait tries again: a half-read block is not data."""
+    out = guest.shell.read(MEMORY_BLOCKS, "one line per memory block: name, state, zones")
+    return {b.name: b for b in probes.parse_memory_blocks(out)}
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlinedBlock:
+    name: str
+    by: str      # "harness" or "guest" (a udev rule, the kernel's memhp_default_state)
+    zone: str    # "Movable": it can leave again; "Normal": the kernel may refuse
+
+
+def online_memory(guest, names: set[str]) -> list[OnlinedBlock]:
+    """Bring the new blocks ``names`` online, acting only where the guest did not: its udev is
+    let finish first (a rule like RHEL's 40-redhat.rules onlines them itself), each block's
+    ``state`` is read, and only an offline one is onlined by the harness, movable where its
+    ``valid_zones`` offer Movable. Says per block who onlined it and into which zone."""
+    settle_udev(guest)
+    before = memory_blocks(guest)
+    if missing := names - set(before):
+        raise PreconditionError(f"the new memory blocks {sorted(names)}",
+                                f"{sorted(missing)} gone from /sys/devices/system/memory")
+    written = {}
+    for name in sorted(names):
+        if before[name].state == "offline":
+            how = "online_movable" if "Movable" in before[name].zones else "online"
+            written[name] = guest.shell.run(f"echo {how} > /sys/devices/system/memory/{name}/state")
+    after = memory_blocks(guest)
+    out = []
+    for name in sorted(names):
+        block = after.get(name)
+        if block is None or block.state != "online":
+            r = written.get(name)
+            raise GuestCheckError(f"memory block {name} is not online: it is "
+                                  f"{block.state if block else 'gone'}",
+                                  details=r.described() if r else f"before: {before[name]}")
+        # (a write that failed because the guest onlined the block in between is the guest's)
+        by = "harness" if name in written and written[name].ok else "guest"
+        out.append(OnlinedBlock(name, by, block.zone))
+    return out
+
+
+def describe_onlined(blocks: list[OnlinedBlock]) -> str:
+    """"memory32, memory33 onlined by the guest into Normal", grouped by who and where."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for b in blocks:
+        groups.setdefault((b.by, b.zone), []).append(b.name)
+    return "; ".join(f"{', '.join(names)} onlined by the {by} into {zone}"
+                     for (by, zone), names in groups.items())
 
 
 # -- the guest kernel's health ---------------------------------------------------------------

@@ -196,6 +196,78 @@ def meminfo_kb(text: str) -> dict[str, int]:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class NetLink:
+    """A network interface as sysfs describes it at one moment: its name (which udev may change
+    at any time), its MAC, the PCI function behind it, its driver and its lower interfaces (a
+    net_failover master's standby and primary)."""
+
+    name: str
+    mac: str
+    pci: str | None            # "0000:01:00.0" (a virtio NIC's PCI function, not virtio0)
+    driver: str | None         # "virtio_net", "e1000e"
+    lowers: tuple[str, ...] = ()
+
+
+_PCI_ADDRESS = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
+
+
+def parse_net_links(text: str) -> list[NetLink]:
+    """Lines of ``<name> <mac> <device path|-> <driver|-> [lower...]``
+    (:data:`harness.guest.checks.NET_LINKS`). The PCI function is the last PCI address in the
+    device's path: a virtio NIC's device is ``.../0000:00:03.0/virtio0``."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 4:
+            continue
+        name, mac, path, driver, *lowers = parts
+        pci = next((c for c in reversed(path.split("/")) if _PCI_ADDRESS.match(c)), None)
+        out.append(NetLink(name, mac.lower(), pci, None if driver == "-" else driver,
+                           tuple(lowers)))
+    return out
+
+
+def interface_of(links: list[NetLink], mac: str | None, pci: str | None) -> NetLink | None:
+    """The interface that carries a NIC's traffic, found by what QEMU gave the NIC (its MAC, its
+    PCI function ``bb:ss.f``), never by name: the one with the MAC that is no other interface's
+    lower (a failover pair's master, not its standby or primary), else the one at the PCI
+    function. None while there is none, or no single one."""
+    lowers = {name for link in links for name in link.lowers}
+    tops = [n for n in links if n.name not in lowers]
+    if mac:
+        found = [n for n in tops if n.mac == mac.lower()]
+        if len(found) > 1 and pci:
+            found = [n for n in found if n.pci and n.pci.endswith(pci)]
+    else:
+        found = [n for n in tops if pci and n.pci and n.pci.endswith(pci)]
+    return found[0] if len(found) == 1 else None
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryBlock:
+    """A memory block in /sys/devices/system/memory, as its ``state`` and ``valid_zones`` say."""
+
+    name: str                # "memory32"
+    state: str               # "online", "offline", "going-offline"
+    zones: tuple[str, ...]   # offline: where it may go ("Normal", "Movable"); online: its zone
+
+    @property
+    def zone(self) -> str:
+        """The zone an online block is in ("Movable", "Normal"; "none" when it spans several)."""
+        return self.zones[0] if self.state == "online" and self.zones else "?"
+
+
+def parse_memory_blocks(text: str) -> list[MemoryBlock]:
+    """Lines of ``<block> <state> <valid_zones...>`` (:data:`harness.guest.checks.MEMORY_BLOCKS`)."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and re.fullmatch(r"memory\d+", parts[0]):
+            out.append(MemoryBlock(parts[0], parts[1], tuple(parts[2:])))
+    return out
+
+
 #: Milestones of a boot on the serial console, latest first: (what it means, pattern).
 _BOOT_STAGES = (
     ("a login prompt or shell on the console", re.compile(r"(?m)( login: ?$|[#$] ?$|hh: ready)")),

@@ -304,9 +304,11 @@ def ensure_builtin(cache: Path = DEFAULT_CACHE, recipe_dir: Path = BUILTIN_RECIP
 
 # -- distribution guests (your own guest, as users have it) --------------------------------------
 
-#: Recipes of conventional distribution guests: ``fixtures/images/<name>/build OUT_DIR``.
+#: Recipes of conventional distribution guests: ``fixtures/images/<recipe>/build OUT_DIR
+#: [VARIANT]``; a guest named ``<recipe>-<variant>`` is its recipe built with that variant (the
+#: cloud image whose cloud-init renders ifupdown, or NetworkManager, instead of networkd).
 DISTRO_RECIPES = REPO_ROOT / "fixtures" / "images"
-DISTROS = ("systemd", "cloudinit")
+DISTROS = ("systemd", "cloudinit", "cloudinit-ifupdown", "cloudinit-nm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -328,15 +330,25 @@ class DistroImage:
         return args + ["--guest-ready", self.manifest["console_prompt"]]
 
 
+def _recipe_digest(folder: Path) -> str:
+    """The digest of a recipe folder: its build script and every file it copies in (the
+    systemd guest's habits/*.rules), so changing any of them builds the image anew."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(f.relative_to(folder).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def ensure_distro(name: str, cache: Path = DEFAULT_CACHE, log=print) -> DistroImage:
     """The ``name`` distribution guest, built by its recipe's script the first time (needs root
     and mmdebstrap), cached by the script's digest like the built-in image."""
     if name not in DISTROS:
         raise ConfigError(f"no distribution guest {name!r}", hint=f"one of {', '.join(DISTROS)}")
-    script = DISTRO_RECIPES / name / "build"
+    recipe, _, variant = name.partition("-")
+    script = DISTRO_RECIPES / recipe / "build"
     if not script.is_file():
         raise ImageError(f"the recipe {script} is missing", hint=f"restore {script.parent} from git")
-    out = cache / name / hashlib.sha256(script.read_bytes()).hexdigest()[:16]
+    out = cache / name / _recipe_digest(script.parent)
 
     def build(dest: Path) -> None:
         if os.geteuid() != 0 or shutil.which("mmdebstrap") is None:
@@ -347,7 +359,8 @@ def ensure_distro(name: str, cache: Path = DEFAULT_CACHE, log=print) -> DistroIm
         part = dest.with_name(dest.name + ".part")
         shutil.rmtree(part, ignore_errors=True)
         log(f"{name} guest: building with {script} (mmdebstrap, about a minute)")
-        p = subprocess.run([str(script), str(part)], capture_output=True, text=True)
+        p = subprocess.run([str(script), str(part), *([variant] if variant else [])],
+                           capture_output=True, text=True)
         if p.returncode:
             shutil.rmtree(part, ignore_errors=True)
 

@@ -208,7 +208,8 @@ def hotplug(request: pytest.FixtureRequest, hotplug_session: HarnessSession):
             pytest.skip(missing)
     run = ScenarioRun(hs.pool, hs.run_dir / "bundles" / runner.bundle_name(request.node.nodeid),
                       keep_bundle=hs.keep_bundles, access=hs.access,
-                      check_migrated_ram=request.config.option.check_migrated_ram)
+                      check_migrated_ram=request.config.option.check_migrated_ram,
+                      guest_must_configure_nic=request.config.option.guest_must_configure_nic)
     yield run
     reports = request.node.stash.get(runner.STASH_REPORTS, {})
     record = run.finish("call" in reports and reports["call"].passed)

@@ -120,6 +120,10 @@ def _where_results_go(g) -> None:
                      "with the source's page by page (two dumps of the guest's RAM, seconds "
                      "each): a page that differs fails the test as QEMU's migration losing it, "
                      "not the guest's fault")
+    g.addoption("--guest-must-configure-nic", action="store_true",
+                help="a hot-added NIC the guest leaves without an address fails the test; by "
+                     "default the harness then starts DHCP with the guest's own tool "
+                     "(networkctl, nmcli, ifup, dhclient, udhcpc) and says so in the notes")
     g.addoption("--no-reuse", action="store_true",
                 help="boot a fresh guest for every test instead of reusing a clean one")
 
@@ -128,7 +132,8 @@ def _your_guest(g) -> None:
     g.addoption("--guest", action="append", default=None, metavar="NAME|FILE",
                 help="run every scenario on this guest too; repeat for several (the guest "
                      "becomes part of the test ids and a column of the report): builtin, "
-                     "systemd, systemd:console, cloudinit (Debian guests built from packages, "
+                     "systemd, systemd:console, cloudinit, cloudinit-ifupdown, cloudinit-nm "
+                     "(Debian guests built from packages, "
                      "root and mmdebstrap needed), or a TOML file of your own [[guest]] tables")
     g.addoption("--image-cache", default=None, metavar="DIR",
                 help="where the built-in guest image is built and cached "

@@ -298,7 +298,7 @@ class Monitor:
         """The deadline passed. Did the guest answer late? Is QEMU alive? A device that left
         the tree after all is a result; anything else raises :class:`UnplugError`."""
         try:
-            event = await asyncio.wait_for(self._late_event(listener, device_id), grace)
+            event = await asyncio.wait_for(_event_of(listener, device_id), grace)
         except asyncio.TimeoutError:
             event = None
         waited = time.monotonic() - t0

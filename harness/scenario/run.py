@@ -26,14 +26,16 @@ from harness.guest.pool import GuestPool
 
 class ScenarioRun:
     def __init__(self, pool: GuestPool, bundle_dir: Path, *, keep_bundle: bool = False,
-                 access: str = "console", check_migrated_ram: bool = False):
+                 access: str = "console", check_migrated_ram: bool = False,
+                 guest_must_configure_nic: bool = False):
         self.pool = pool
+        #: ``--guest-must-configure-nic``: a hot-added NIC the guest leaves unconfigured fails.
+        self.guest_must_configure_nic = guest_must_configure_nic
         #: ``--check-migrated-ram``: compare each migration's source and destination RAM.
         self.check_migrated_ram = check_migrated_ram
         #: How guests are reached unless a test says otherwise (``--guest-access``).
         self.access = access
-        self.bundle_dir = Path(bundle_dir)
-        self.keep_bundle = keep_bundle
+        self.bundle_dir, self.keep_bundle = Path(bundle_dir), keep_bundle
         self.guests: list[tuple[Guest, dict[str, int]]] = []
         self.plugged: list[tuple[Guest, Plugged]] = []
         self.latencies: dict[str, float] = {}
@@ -49,8 +51,6 @@ class ScenarioRun:
         #: (pattern, why) of kernel messages not to fail on: allow_kernel's and the plugged
         #: devices' known noise (noted in the report when seen).
         self._kernel_allowed: list[tuple[re.Pattern, str]] = []
-
-    # -- what tests call ------------------------------------------------------------------------
 
     def guest(self, spec: GuestSpec, image: GuestImage | None = None, *, fresh: bool = False,
               check_prerequisites: bool = True, access: str | None = None,

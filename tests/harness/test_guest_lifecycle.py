@@ -45,16 +45,18 @@ def pid_alive(pid: int) -> bool:
 
 
 def test_ssh_access_and_fallback_to_console(boot):
-    """Over SSH (paramiko) commands return output and exit status; when the management NIC is
-    removed under the session, commands go on over the serial console."""
+    """Over SSH (paramiko) commands return stdout, stderr (apart: stderr is never data) and
+    exit status; when the management NIC is removed under the session, commands go on over
+    the serial console, where stdout and stderr come back apart too."""
     g = boot(GuestSpec(machine="pc", access="ssh"))  # on pc the management NIC can be unplugged
     assert g.shell.ssh is not None and g.ssh_port
     r = g.shell.run("echo out; echo err >&2; exit 3")
     assert (r.status, r.channel) == (3, "ssh")
-    assert r.output.split() == ["out", "err"]
+    assert (r.output, r.stderr) == ("out\n", "err\n")
     g.device_del("mgmt0")
-    r = g.shell.run("ls /sys/class/net", timeout=10)
+    r = g.shell.run("ls /sys/class/net; ls /sys/class/net/eth0", timeout=10)
     assert r.channel == "console" and r.output.split() == ["lo"]
+    assert "eth0" in r.stderr and r.status != 0
     assert g.shell.ssh is None
     assert "falling back to the serial console" in (g.workdir / "commands.log").read_text()
 

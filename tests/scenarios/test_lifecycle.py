@@ -10,7 +10,7 @@ import pytest
 from harness.guest import checks
 from harness.guest import probes
 from harness.scenario.devices import EmulatedDisk, EmulatedNic
-from harness.core.errors import GuestCheckError, MigrationRefused, UnplugError
+from harness.core.errors import MigrationRefused, PreconditionError, UnplugError
 from harness.qemu.monitor import UnplugResult
 
 lifecycle = pytest.mark.scenario("nic", one_device=True, name="lifecycle")
@@ -22,17 +22,21 @@ DISK = EmulatedDisk()
 STANDBY, PRIMARY = EmulatedNic("virtio-net", "virtio-net-pci", "virtio_net"), \
     EmulatedNic("e1000e", "e1000e", "e1000e")
 FAILOVER_MAC = "52:54:00:fa:11:00"
+#: The pair as the guest shows it: the interface with that MAC that is no other's lower (the master).
+FAILOVER = checks.NicIdentity("standby0+primary0", FAILOVER_MAC, None)
 
 
-def nic_works(guest, plugged, interfaces_before: set[str] | None = None) -> str:
+def nic_works(guest, plugged) -> str:
     """The guide's NIC checks: visible, driver bound, an address, the default route, a ping.
-    The interface is the new one since ``interfaces_before``, or (None) the one at the NIC's
-    PCI address."""
+    The interface is found by the NIC's MAC and PCI function (udev renames it as it likes),
+    its name read again once it has its address. Returns that name."""
     checks.guest_sees_pci(guest, plugged.function)
     checks.guest_driver_bound(guest, plugged.function, plugged.device.guest_driver)
-    ifname = (checks.interface_at(guest, plugged.function) if interfaces_before is None
-              else checks.new_interface(guest, interfaces_before))
-    checks.ipv4_address(guest, ifname)
+    _, who = checks.nic_address(guest, plugged,
+                                must_configure=plugged.run.guest_must_configure_nic)
+    ifname = checks.nic_interface(guest, plugged)
+    if who != "guest":
+        plugged.run.note(f"{plugged.device_id}: {ifname} configured by the {who}")
     assert checks.default_gateway(guest, ifname) == plugged.facts.gateway
     guest.shell.succeed(f"ping -c 1 -W 2 -I {ifname} {plugged.facts.gateway}")
     return ifname
@@ -61,7 +65,7 @@ def test_unplug_at_once(hotplug, platform, device, guest):
     gone_everywhere(guest, nic, interfaces)
 
     again = hotplug.plug(guest, device, "nic1")
-    nic_works(guest, again, interfaces)
+    nic_works(guest, again)
     assert again.unplug().event
     gone_everywhere(guest, again, interfaces)
 
@@ -73,7 +77,7 @@ def test_unplug_while_paused(hotplug, platform, device, guest):
     out a deadline. ``cont``: the standing request completes, gone in both views."""
     interfaces = checks.net_interfaces(guest)
     nic = hotplug.plug(guest, device, "nic0")
-    nic_works(guest, nic, interfaces)
+    nic_works(guest, nic)
     guest.qmp("stop")
     try:
         t0 = time.monotonic()
@@ -176,7 +180,7 @@ def test_reboot_keeps_hot_added_devices(hotplug, platform, device, guest):
     boot now), and unplug cleanly."""
     interfaces, disks = checks.net_interfaces(guest), checks.disks(guest)
     nic = hotplug.plug(guest, device, "nic0")
-    nic_works(guest, nic, interfaces)
+    nic_works(guest, nic)
     disk = hotplug.plug(guest, DISK, "disk0")
     checks.new_disk(guest, disks, DISK.disk_bytes)
     for how in ("system_reset", "reboot -f"):
@@ -242,7 +246,7 @@ def test_unplug_under_ping_flood(hotplug, platform, device, guest):
     the ping ends with an error, the guest kernel logs nothing bad, the guest stays usable."""
     interfaces = checks.net_interfaces(guest)
     nic = hotplug.plug(guest, device, "nic0")
-    ifname = nic_works(guest, nic, interfaces)
+    ifname = nic_works(guest, nic)
     guest.shell.succeed(f"ping -f -I {ifname} {nic.facts.gateway} > /tmp/flood.log 2>&1 & "
                         "echo $! > /tmp/flood.pid")
     guest.shell.wait_until("the flood to be under way", lambda: int(guest.shell.succeed(
@@ -271,7 +275,8 @@ def test_storm_fills_every_slot(hotplug, platform, device, guest):
     interfaces = checks.net_interfaces(guest)
     free = len(guest.spec.root_port_ids) or 32 - len({f.slot for f in checks.pci_functions(guest)
                                                       if f.bus == 0})
-    assert free > 0
+    if free <= 0:
+        raise PreconditionError("a free hotplug slot for the storm", "none")
     nics = [hotplug.plug(guest, device, f"storm{i}") for i in range(free)]
     wanted = {n.function.address for n in nics}
     # (the guest enumerates them one by one, and ejects them one by one: a fixed deadline for
@@ -335,7 +340,7 @@ def test_live_migration_with_hot_added_devices(hotplug, platform, device, guest)
     the host NIC, free again, is hot-added into the destination and works there."""
     interfaces, disks = checks.net_interfaces(guest), checks.disks(guest)
     nic = hotplug.plug(guest, device, "nic0")
-    ifname = nic_works(guest, nic, interfaces)
+    nic_works(guest, nic)
     disk = hotplug.plug(guest, DISK, "disk0")
     dev = checks.new_disk(guest, disks, DISK.disk_bytes).device
     if getattr(device, "passthrough", ""):
@@ -350,11 +355,12 @@ def test_live_migration_with_hot_added_devices(hotplug, platform, device, guest)
     assert not guest.alive(), "the source QEMU still runs"
     if getattr(device, "passthrough", ""):
         nic = hotplug.plug(dest, device, "nic1")
-        ifname = nic_works(dest, nic, interfaces)
+        nic_works(dest, nic)
     for plugged in (nic, disk):
         plugged.function = checks.pci_function(dest, plugged.device_id)
         assert plugged.function is not None, f"{plugged.device_id} is not on the destination"
-    assert checks.ipv4_address(dest, ifname)
+    assert checks.ipv4_address(dest, nic)
+    ifname = checks.nic_interface(dest, nic)   # (by its MAC: its name is the guest's to change)
     dest.shell.succeed(f"ping -c 1 -W 2 -I {ifname} {nic.facts.gateway}")
     dest.shell.succeed(f"dd if={dev} of=/dev/null bs=64k count=16")
     assert nic.unplug().event and disk.unplug().event
@@ -362,31 +368,15 @@ def test_live_migration_with_hot_added_devices(hotplug, platform, device, guest)
     assert checks.disks(dest) == disks
 
 
-def failover_pair(guest, timeout: float = 20.0) -> tuple[str, dict[str, str]]:
-    """net_failover's master and its slaves by role ({"standby": ..., "primary": ...}, the
-    primary absent while unplugged), read from sysfs: a slave of a master has ``lower_*`` link."""
-    out = guest.shell.succeed(
-        "for l in /sys/class/net/*/lower_*; do [ -e \"$l\" ] || continue; m=${l%/lower_*}; "
-        "s=${l##*/lower_}; echo ${m##*/} $s $(basename $(readlink /sys/class/net/$s/device/driver)); done",
-        timeout=timeout)
-    rows = [line.split() for line in out.splitlines() if line.strip()]
-    masters = {r[0] for r in rows}
-    assert len(masters) <= 1, f"expected one failover master, the guest has: {out!r}"
-    return (masters.pop() if masters else None,
-            {("standby" if r[2] == "virtio_net" else "primary"): r[1] for r in rows})
-
-
 def wait_primary(guest, present: bool, timeout: float) -> tuple[str, dict[str, str]]:
     """Wait until the failover master has (or has lost) its primary slave (``timeout``: a
-    reference figure, as every guest verb's)."""
-    def pair():
-        master, slaves = failover_pair(guest)
-        if master and ("primary" in slaves) == present:
-            return master, slaves
-        raise GuestCheckError(f"{f'failover master {master}' if master else 'no failover master'}"
-                              f" with {slaves or 'no slaves'}")
-    return guest.shell.wait_until(f"the failover master to {'have' if present else 'lose'} its "
-                                  "primary slave", pair, timeout, interval=0.2)
+    reference figure). The three are found by their shared MAC and their roles in sysfs,
+    whatever udev has named them by then."""
+    def look():
+        master, slaves = checks.failover_pair(guest, FAILOVER_MAC)
+        return (master, slaves) if master and ("primary" in slaves) == present else None
+    return guest.shell.wait_until(f"a failover master for {FAILOVER_MAC} "
+                                  f"{'with' if present else 'without'} its primary", look, timeout)
 
 
 def through_primary(guest, master: str, slaves: dict[str, str], gateway: str) -> float:
@@ -426,7 +416,7 @@ def test_failover_pair_through_migration(hotplug, platform, device, guest):
     primary.function = checks.pci_function(guest, "primary0")
     hotplug.note("failover: QEMU " + ("held the primary back until the guest's virtio-net had "
                                       "accepted failover" if held_back else "plugged the primary at once"))
-    address = checks.ipv4_address(guest, master)
+    address = checks.ipv4_address(guest, FAILOVER)
     through_primary(guest, master, slaves, gateway)
 
     dest = hotplug.migrate(guest)
@@ -434,7 +424,7 @@ def test_failover_pair_through_migration(hotplug, platform, device, guest):
     master, slaves = wait_primary(dest, True, 20)
     hotplug.note(f"failover: migrated in {dest.launch_marks['migrated']} s (primary unplugged by "
                  f"QEMU on the way); back in the guest {time.monotonic() - t0:.1f} s after it ran")
-    assert checks.ipv4_address(dest, master) == address, "the failover master lost its address"
+    assert checks.ipv4_address(dest, FAILOVER) == address, "the failover master lost its address"
     waited = through_primary(dest, master, slaves, gateway)
     hotplug.note(f"failover: the gateway answered through the master {waited:.1f} s after that")
     assert primary.unplug().event

@@ -125,3 +125,46 @@ def test_boot_stage_follows_a_systemd_boot_on_its_console():
     assert probes.boot_stage(cut("systemd[1]")).startswith("init")
     assert probes.boot_stage(cut("login:")).startswith("userspace")
     assert probes.boot_stage(full).startswith("a login prompt or shell")
+
+
+def test_memory_blocks_before_and_after_onlining():
+    """Captured on the systemd guest after a 256 MiB pc-dimm: memory32 still offline (where it
+    may go: Normal first, the default), memory33 onlined by udev into Normal."""
+    blocks = probes.parse_memory_blocks("memory0 online DMA\nmemory1 online DMA32\n"
+                                        "memory32 offline Normal Movable\nmemory33 online Normal\n")
+    assert [(b.name, b.state, b.zones) for b in blocks[2:]] == [
+        ("memory32", "offline", ("Normal", "Movable")), ("memory33", "online", ("Normal",))]
+    assert (blocks[2].zone, blocks[3].zone) == ("?", "Normal")
+
+
+def test_net_links_of_a_failover_pair_after_udev_renamed_it():
+    """Captured on the systemd guest (QEMU 7.2, q35): net_failover's master enp1s0 (the
+    virtio device's link, as the kernel sets it up), its standby enp1s0nsby (virtio_net) and
+    its primary enp2s0 (e1000e), all three with the one MAC; lo has no device."""
+    text = ("enp1s0 52:54:00:fa:11:00 /sys/devices/pci0000:00/0000:00:02.0/0000:01:00.0/virtio1 "
+            "virtio_net enp1s0nsby enp2s0\n"
+            "enp1s0nsby 52:54:00:FA:11:00 /sys/devices/pci0000:00/0000:00:02.0/0000:01:00.0/virtio1 virtio_net\n"
+            "enp2s0 52:54:00:fa:11:00 /sys/devices/pci0000:00/0000:00:02.1/0000:02:00.0 e1000e\n"
+            "lo 00:00:00:00:00:00 - -\n"
+            "half\n")
+    links = probes.parse_net_links(text)
+    assert [(n.name, n.pci, n.driver, n.lowers) for n in links] == [
+        ("enp1s0", "0000:01:00.0", "virtio_net", ("enp1s0nsby", "enp2s0")),
+        ("enp1s0nsby", "0000:01:00.0", "virtio_net", ()),
+        ("enp2s0", "0000:02:00.0", "e1000e", ()),
+        ("lo", None, None, ())]
+    assert {n.mac for n in links[:3]} == {"52:54:00:fa:11:00"}
+
+
+def test_interface_of_a_nic_is_found_by_mac_or_pci_never_by_name():
+    links = probes.parse_net_links(
+        "enp1s0 52:54:00:fa:11:00 /sys/devices/pci0000:00/0000:00:02.0/0000:01:00.0/virtio1 "
+        "virtio_net enp1s0nsby enp2s0\n"
+        "enp1s0nsby 52:54:00:fa:11:00 /sys/devices/pci0000:00/0000:00:02.0/0000:01:00.0/virtio1 virtio_net\n"
+        "enp2s0 52:54:00:fa:11:00 /sys/devices/pci0000:00/0000:00:02.1/0000:02:00.0 e1000e\n"
+        "ens4 52:54:00:12:34:56 /sys/devices/pci0000:00/0000:00:04.0 e1000\n"
+        "ens5 52:54:00:12:34:57 /sys/devices/pci0000:00/0000:00:05.0 vfio-less\n")
+    assert probes.interface_of(links, "52:54:00:FA:11:00", "01:00.0").name == "enp1s0"  # the master
+    assert probes.interface_of(links, "52:54:00:12:34:56", None).name == "ens4"
+    assert probes.interface_of(links, None, "00:05.0").name == "ens5"   # a passed-through NIC
+    assert probes.interface_of(links, "52:54:00:00:00:01", "00:06.0") is None

@@ -1,0 +1,76 @@
+"""stderr is never data: a command's complaint cannot become what a parser reads.
+
+The console channel is driven against a real ``/bin/sh`` behind a unix socket, as QEMU's serial
+chardev socket puts a guest's shell behind one: stdout and stderr share the one stream there,
+the way they share a terminal, so only the framing can tell them apart.
+"""
+
+import socket
+import subprocess
+import threading
+
+import pytest
+
+from harness.core.errors import GuestCheckError
+from harness.guest.access import ConsoleChannel, Shell
+
+
+@pytest.fixture
+def console(tmp_path):
+    """A ConsoleChannel to a real shell whose stdout and stderr both go to the socket."""
+    path = tmp_path / "console.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    shells = []
+
+    def serve():
+        conn, _ = server.accept()
+        shells.append(subprocess.Popen(["sh"], stdin=conn, stdout=conn, stderr=conn, cwd=tmp_path))
+        conn.close()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    channel = ConsoleChannel(path, timeout=5, name="unit", stderr_file=str(tmp_path / "stderr"))
+    t.join(5)
+    yield channel
+    channel.close()
+    server.close()
+    for p in shells:
+        p.kill()
+        p.wait(5)
+
+
+#: net_failover's interfaces read mid-rename (issue 33): readlink of a name udev had just
+#: replaced printed nothing, and basename's complaint became three "failover masters".
+MID_RENAME = ("for m in eth0; do echo $m $(basename $(readlink /nonexistent/$m/device/driver)); "
+              "done")
+
+
+def test_console_returns_stdout_and_stderr_apart(console):
+    status, out, err = console.run("echo data; echo 'complaint' >&2; echo more; exit 3", 5)
+    assert (status, out, err) == (3, "data\nmore\n", "complaint\n")
+
+
+def test_a_complaint_mid_rename_is_not_parsed_as_a_row(console, tmp_path):
+    shell = Shell(tmp_path / "commands.log", console, default_timeout=5)
+    r = shell.run(MID_RENAME)
+    rows = [line.split() for line in r.output.splitlines()]
+    assert rows == [["eth0"]], rows       # basename's words are not in the data
+    assert "basename" in r.stderr and "missing operand" in r.stderr
+    assert "### stderr:" in (tmp_path / "commands.log").read_text()
+
+
+def test_read_fails_a_command_that_complains_saying_what_was_expected(console, tmp_path):
+    shell = Shell(tmp_path / "commands.log", console, default_timeout=5)
+    with pytest.raises(GuestCheckError) as e:
+        shell.read(MID_RENAME, "one line per failover slave: master slave driver")
+    text = str(e.value)
+    assert "expected one line per failover slave: master slave driver" in text
+    assert "wrote to stderr" in text and "missing operand" in text and "stdout:\neth0" in text
+    assert shell.read("echo ok", "the word ok") == "ok\n"
+
+
+def test_exit_status_and_output_survive_a_stderr_without_newline(console):
+    status, out, err = console.run("printf out; printf err >&2; false", 5)
+    assert (status, out, err) == (1, "out", "err")
