@@ -32,24 +32,25 @@ from harness.cli import host, report
 from harness.lab import reruns
 from harness.core.errors import HarnessError
 from harness.images import builtin as images
+from harness.images import distro
 
 
 def _image(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m harness image")
     p.add_argument("action", choices=("build", "path"))
     p.add_argument("--cache", default=str(images.DEFAULT_CACHE))
-    p.add_argument("--distro", choices=images.DISTROS, default=None,
+    p.add_argument("--distro", choices=distro.DISTROS, default=None,
                    help="a conventional distribution guest instead of the built-in one (needs "
                         "root and mmdebstrap); prints the pytest options that use it")
     args = p.parse_args(argv)
 
     if args.distro:
-        distro = images.ensure_distro(args.distro, Path(args.cache))
-        lines = [f"{args.distro} guest ready: {distro.folder}",
-                 f"  over SSH:     {shlex.join(distro.pytest_args('ssh'))}"]
-        if distro.manifest.get("console_prompt"):
-            lines.append(f"  over ttyS0:   {shlex.join(distro.pytest_args('console'))}")
-        print(distro.folder if args.action == "path" else "\n".join(lines))
+        guest = distro.ensure_distro(args.distro, Path(args.cache))
+        lines = [f"{args.distro} guest ready: {guest.folder}",
+                 f"  over SSH:     {shlex.join(guest.pytest_args('ssh'))}"]
+        if guest.manifest.get("console_prompt"):
+            lines.append(f"  over ttyS0:   {shlex.join(guest.pytest_args('console'))}")
+        print(guest.folder if args.action == "path" else "\n".join(lines))
         return 0
     image = images.ensure_builtin(Path(args.cache))
     if args.action == "path":

@@ -19,17 +19,15 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 import tomllib
-import uuid
 from pathlib import Path
 
 from harness.core.paths import sha256
 from harness.images import debroot
 from harness.qemu.machine import GuestImage
-from harness.core.errors import ConfigError, ImageError, tail
+from harness.core.errors import ImageError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILTIN_RECIPE = REPO_ROOT / "fixtures" / "images" / "builtin"
@@ -304,139 +302,4 @@ def ensure_builtin(cache: Path = DEFAULT_CACHE, recipe_dir: Path = BUILTIN_RECIP
 
 # -- distribution guests (your own guest, as users have it) --------------------------------------
 
-#: Recipes of conventional distribution guests: ``fixtures/images/<recipe>/build OUT_DIR
-#: [VARIANT]``; a guest named ``<recipe>-<variant>`` is its recipe built with that variant (the
-#: cloud image whose cloud-init renders ifupdown, or NetworkManager, instead of networkd).
-DISTRO_RECIPES = REPO_ROOT / "fixtures" / "images"
-DISTROS = ("systemd", "cloudinit", "cloudinit-ifupdown", "cloudinit-nm")
-
-
-@dataclasses.dataclass(frozen=True)
-class DistroImage:
-    """A distribution guest built by its recipe: what ``--guest-*`` options it takes."""
-
-    folder: Path
-    manifest: dict
-
-    def pytest_args(self, access: str = "ssh") -> list[str]:
-        args = ["--guest-kernel", str(self.folder / "vmlinuz"),
-                "--guest-initrd", str(self.folder / "initrd.img"),
-                "--guest-append", (self.folder / "append.txt").read_text().strip(),
-                "--guest-disk", str(self.folder / "disk.qcow2"), "--guest-access", access]
-        if not (self.folder / "id_ed25519").exists():  # a cloud image: no key baked in
-            return args + ["--guest-cloud-init"]
-        if access == "ssh":
-            return args + ["--guest-key", str(self.folder / "id_ed25519")]
-        return args + ["--guest-ready", self.manifest["console_prompt"]]
-
-
-def _recipe_digest(folder: Path) -> str:
-    """The digest of a recipe folder: its build script and every file it copies in (the
-    systemd guest's habits/*.rules), so changing any of them builds the image anew."""
-    h = hashlib.sha256()
-    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-        h.update(f.relative_to(folder).as_posix().encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def ensure_distro(name: str, cache: Path = DEFAULT_CACHE, log=print) -> DistroImage:
-    """The ``name`` distribution guest, built by its recipe's script the first time (needs root
-    and mmdebstrap), cached by the script's digest like the built-in image."""
-    if name not in DISTROS:
-        raise ConfigError(f"no distribution guest {name!r}", hint=f"one of {', '.join(DISTROS)}")
-    recipe, _, variant = name.partition("-")
-    script = DISTRO_RECIPES / recipe / "build"
-    if not script.is_file():
-        raise ImageError(f"the recipe {script} is missing", hint=f"restore {script.parent} from git")
-    out = cache / name / _recipe_digest(script.parent)
-
-    def build(dest: Path) -> None:
-        if os.geteuid() != 0 or shutil.which("mmdebstrap") is None:
-            raise ImageError(f"building the {name} guest needs root and mmdebstrap",
-                             hint="run as root after `apt-get install mmdebstrap` (make setup "
-                                  "installs it)")
-        t0 = time.monotonic()
-        part = dest.with_name(dest.name + ".part")
-        shutil.rmtree(part, ignore_errors=True)
-        log(f"{name} guest: building with {script} (mmdebstrap, about a minute)")
-        p = subprocess.run([str(script), str(part), *([variant] if variant else [])],
-                           capture_output=True, text=True)
-        if p.returncode:
-            shutil.rmtree(part, ignore_errors=True)
-
-            raise ImageError(f"{script} failed (exit {p.returncode})",
-                             hint="its output is below", details=tail(p.stdout + p.stderr))
-        prompt = part / "console-prompt.txt"
-        manifest = {"recipe": str(script.relative_to(REPO_ROOT)),
-                    "console_prompt": prompt.read_text().strip() if prompt.exists() else None,
-                    "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "build_seconds": round(time.monotonic() - t0, 1)}
-        (part / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        for f in part.iterdir():  # the base image is only ever used through overlays
-            os.chmod(f, 0o400 if f.name == "id_ed25519" else 0o444)
-        part.rename(dest)
-        log(f"{name} guest: built {dest} in {manifest['build_seconds']} s")
-
-    debroot.build_once(out, build, spare=1)
-    return DistroImage(out, json.loads((out / "manifest.json").read_text()))
-
-
 # -- cloud images: a NoCloud seed for cloud-init ------------------------------------------------
-
-#: DHCP on NICs that appear later (hot-added ones): the image's cloud-init brings up its first
-#: NIC by itself (its fallback network config, which a seed's network-config would replace, and
-#: cloud-init 22.4's networkd renderer cannot express "every NIC"), and systemd-networkd
-#: images get a rule for the rest; NetworkManager images connect new NICs on their own.
-NOCLOUD_LATER_NICS = """write_files:
-  - path: /etc/systemd/network/90-hh-dhcp-every-nic.network
-    content: |
-      [Match]
-      Type=ether
-      [Network]
-      DHCP=yes
-runcmd:
-  - [sh, -c, "! command -v networkctl >/dev/null || networkctl reload"]
-"""
-
-
-def nocloud_seed(folder: Path, public_key: str) -> Path:
-    """A NoCloud seed for an unmodified cloud image (Debian genericcloud, RHEL/Rocky/Alma KVM
-    guest images, Ubuntu cloud images): root and the image's default user get ``public_key``,
-    passwords stay off, NICs that appear later use DHCP too. Written as a 1 MiB vfat disk labelled
-    CIDATA with mkfs.vfat and mcopy (dosfstools, mtools), no root needed."""
-
-    for tool, package in (("mkfs.vfat", "dosfstools"), ("mcopy", "mtools")):
-        if shutil.which(tool) is None:
-            raise ImageError(f"making a cloud-init seed needs {tool}",
-                             hint=f"apt-get install {package} (make setup installs it)")
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {
-        "meta-data": f"instance-id: hh-{uuid.uuid4().hex[:12]}\nlocal-hostname: hh-cloud\n",
-        "user-data": ("#cloud-config\n"
-                      f"ssh_authorized_keys:\n  - {json.dumps(public_key.strip())}\n"
-                      "disable_root: false\nssh_pwauth: false\n" + NOCLOUD_LATER_NICS),
-    }
-    for name, text in files.items():
-        (folder / name).write_text(text)
-    seed = folder / "seed.vfat"
-    seed.unlink(missing_ok=True)
-    for argv in (["mkfs.vfat", "-n", "CIDATA", "-C", str(seed), "1024"],
-                 ["mcopy", "-o", "-i", str(seed), *(str(folder / n) for n in files), "::"]):
-        p = subprocess.run(argv, capture_output=True, text=True)
-        if p.returncode:
-            raise ImageError(f"making the cloud-init seed failed: {' '.join(argv)}: "
-                             f"{(p.stderr or p.stdout).strip()}", hint="see the message")
-    return seed
-
-
-def run_ssh_key(folder: Path) -> tuple[Path, str]:
-    """An ed25519 key made for this run (private key path, public key line)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    key = folder / "id_ed25519"
-    if not key.exists():
-        if shutil.which("ssh-keygen") is None:
-            raise ImageError("making the run's SSH key needs ssh-keygen",
-                             hint="apt-get install openssh-client")
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hotplug-harness run",
-                        "-f", str(key)], check=True, capture_output=True)
-    return key, (folder / "id_ed25519.pub").read_text()

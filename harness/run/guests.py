@@ -21,6 +21,8 @@ import tomllib
 from pathlib import Path
 
 from harness.images import builtin as images
+from harness.images import cloudinit
+from harness.images import distro
 from harness.core.errors import ConfigError
 from harness.qemu.machine import GuestImage
 import fcntl
@@ -55,13 +57,13 @@ def resolve(values: list[str], cache: Path, seed_folder: Path) -> list[GuestChoi
         if name == BUILTIN:
             out.append(GuestChoice(BUILTIN, images.ensure_builtin(cache, log=lambda s: None),
                                    access or "console"))
-        elif name in images.DISTROS:
+        elif name in distro.DISTROS:
             out.append(_distro(name, access, cache, seed_folder))
         elif Path(value).is_file():
             out += [_from_table(t, value, seed_folder) for t in _tables(Path(value))]
         else:
             raise ConfigError(f"--guest {value}: not {BUILTIN}, a distribution guest "
-                              f"({', '.join(images.DISTROS)}) or a guests file",
+                              f"({', '.join(distro.DISTROS)}) or a guests file",
                               hint="e.g. --guest builtin --guest systemd, or --guest guests.toml "
                                    "(format: harness/guests.py, README)")
     names = [c.name for c in out]
@@ -73,7 +75,7 @@ def resolve(values: list[str], cache: Path, seed_folder: Path) -> list[GuestChoi
 
 
 def _distro(name: str, access: str, cache: Path, seed_folder: Path) -> GuestChoice:
-    d = images.ensure_distro(name, cache)
+    d = distro.ensure_distro(name, cache)
     cloud = not (d.folder / "id_ed25519").exists()
     access = access or "ssh"
     if access not in ("ssh", "console"):
@@ -101,11 +103,11 @@ def cloud_seeded(image: GuestImage, folder: Path) -> GuestImage:
     done = folder / "seed.done"
     with open(folder / ".seed.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        key, public = images.run_ssh_key(folder)
+        key, public = cloudinit.run_ssh_key(folder)
         if done.exists():
             seed = folder / "seed.vfat"
         else:
-            seed = images.nocloud_seed(folder, public)
+            seed = cloudinit.nocloud_seed(folder, public)
             done.touch()
     return dataclasses.replace(image, ssh_key=key, seed=seed)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness.images import builtin as images
+from harness.images import distro
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,9 +38,9 @@ WITH_HABITS = ("-k", f"(({ONE_MODEL_EACH[1]}) and not lifecycle) or memory or fa
 
 
 @pytest.fixture(scope="module")
-def systemd_guest(hotplug_session) -> images.DistroImage:
+def systemd_guest(hotplug_session) -> distro.DistroImage:
     cache = Path(hotplug_session.config.option.image_cache or images.DEFAULT_CACHE)
-    return images.ensure_distro("systemd", cache, log=lambda s: None)
+    return distro.ensure_distro("systemd", cache, log=lambda s: None)
 
 
 def run_scenarios(env, tmp_path, image_args, tests, *extra):
@@ -100,9 +101,9 @@ def test_systemd_guest_over_the_console_and_the_builtin_guest_in_one_matrix(syst
 
 
 @pytest.fixture(scope="module")
-def cloud_guest(hotplug_session) -> images.DistroImage:
+def cloud_guest(hotplug_session) -> distro.DistroImage:
     cache = Path(hotplug_session.config.option.image_cache or images.DEFAULT_CACHE)
-    return images.ensure_distro("cloudinit", cache, log=lambda s: None)
+    return distro.ensure_distro("cloudinit", cache, log=lambda s: None)
 
 
 @OTHER_GROUP
@@ -134,7 +135,7 @@ def test_cloud_image_whose_network_is_not_networkd_gets_its_hot_added_nics_confi
     configured each address. (pc and q35 with ACPI hotplug: a cloud image takes about 80 s to
     boot under TCG, and what is tried here is the guest's network stack, not the slot.)"""
     cache = Path(hotplug_session.config.option.image_cache or images.DEFAULT_CACHE)
-    guest = images.ensure_distro(f"cloudinit-{network}", cache, log=lambda s: None)
+    guest = distro.ensure_distro(f"cloudinit-{network}", cache, log=lambda s: None)
     p, summary = run_scenarios(child_env, tmp_path, guest.pytest_args("ssh"),
                                ["tests/scenarios/test_nic.py", "tests/scenarios/test_lifecycle.py"],
                                "-k", "e1000e and (test_nic or multifunction) and not pciehp",

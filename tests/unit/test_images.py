@@ -10,6 +10,7 @@ import pytest
 
 from harness.images import debroot
 from harness.images import builtin as images
+from harness.images import cloudinit
 from harness.core.errors import ImageError
 
 
@@ -104,7 +105,7 @@ def test_nocloud_seed_gives_the_runs_key_to_root_on_a_cidata_disk(tmp_path):
     if not (shutil.which("mkfs.vfat") and shutil.which("mtype")):
         pytest.skip("needs dosfstools and mtools (make setup installs them as root)")
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheTest hotplug-harness run"
-    seed = images.nocloud_seed(tmp_path / "seed", key)
+    seed = cloudinit.nocloud_seed(tmp_path / "seed", key)
 
     def read(name: str) -> str:
         return subprocess.run(["mtype", "-i", str(seed), f"::{name}"], capture_output=True,

@@ -1,0 +1,97 @@
+"""Distribution guests built from Debian packages (root, mmdebstrap): a conventional systemd
+Debian with users' habits, and cloud-image stand-ins on networkd, ifupdown and NetworkManager.
+Each is a recipe folder under fixtures/images/ with a ``build`` script, cached by its digest."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from harness.core.errors import ConfigError, ImageError, tail
+from harness.images import debroot
+from harness.images.builtin import DEFAULT_CACHE, REPO_ROOT
+
+
+#: Recipes of conventional distribution guests: ``fixtures/images/<recipe>/build OUT_DIR
+#: [VARIANT]``; a guest named ``<recipe>-<variant>`` is its recipe built with that variant (the
+#: cloud image whose cloud-init renders ifupdown, or NetworkManager, instead of networkd).
+DISTRO_RECIPES = REPO_ROOT / "fixtures" / "images"
+
+
+DISTROS = ("systemd", "cloudinit", "cloudinit-ifupdown", "cloudinit-nm")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistroImage:
+    """A distribution guest built by its recipe: what ``--guest-*`` options it takes."""
+
+    folder: Path
+    manifest: dict
+
+    def pytest_args(self, access: str = "ssh") -> list[str]:
+        args = ["--guest-kernel", str(self.folder / "vmlinuz"),
+                "--guest-initrd", str(self.folder / "initrd.img"),
+                "--guest-append", (self.folder / "append.txt").read_text().strip(),
+                "--guest-disk", str(self.folder / "disk.qcow2"), "--guest-access", access]
+        if not (self.folder / "id_ed25519").exists():  # a cloud image: no key baked in
+            return args + ["--guest-cloud-init"]
+        if access == "ssh":
+            return args + ["--guest-key", str(self.folder / "id_ed25519")]
+        return args + ["--guest-ready", self.manifest["console_prompt"]]
+
+
+def _recipe_digest(folder: Path) -> str:
+    """The digest of a recipe folder: its build script and every file it copies in (the
+    systemd guest's habits/*.rules), so changing any of them builds the image anew."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(f.relative_to(folder).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def ensure_distro(name: str, cache: Path = DEFAULT_CACHE, log=print) -> DistroImage:
+    """The ``name`` distribution guest, built by its recipe's script the first time (needs root
+    and mmdebstrap), cached by the script's digest like the built-in image."""
+    if name not in DISTROS:
+        raise ConfigError(f"no distribution guest {name!r}", hint=f"one of {', '.join(DISTROS)}")
+    recipe, _, variant = name.partition("-")
+    script = DISTRO_RECIPES / recipe / "build"
+    if not script.is_file():
+        raise ImageError(f"the recipe {script} is missing", hint=f"restore {script.parent} from git")
+    out = cache / name / _recipe_digest(script.parent)
+
+    def build(dest: Path) -> None:
+        if os.geteuid() != 0 or shutil.which("mmdebstrap") is None:
+            raise ImageError(f"building the {name} guest needs root and mmdebstrap",
+                             hint="run as root after `apt-get install mmdebstrap` (make setup "
+                                  "installs it)")
+        t0 = time.monotonic()
+        part = dest.with_name(dest.name + ".part")
+        shutil.rmtree(part, ignore_errors=True)
+        log(f"{name} guest: building with {script} (mmdebstrap, about a minute)")
+        p = subprocess.run([str(script), str(part), *([variant] if variant else [])],
+                           capture_output=True, text=True)
+        if p.returncode:
+            shutil.rmtree(part, ignore_errors=True)
+
+            raise ImageError(f"{script} failed (exit {p.returncode})",
+                             hint="its output is below", details=tail(p.stdout + p.stderr))
+        prompt = part / "console-prompt.txt"
+        manifest = {"recipe": str(script.relative_to(REPO_ROOT)),
+                    "console_prompt": prompt.read_text().strip() if prompt.exists() else None,
+                    "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "build_seconds": round(time.monotonic() - t0, 1)}
+        (part / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        for f in part.iterdir():  # the base image is only ever used through overlays
+            os.chmod(f, 0o400 if f.name == "id_ed25519" else 0o444)
+        part.rename(dest)
+        log(f"{name} guest: built {dest} in {manifest['build_seconds']} s")
+
+    debroot.build_once(out, build, spare=1)
+    return DistroImage(out, json.loads((out / "manifest.json").read_text()))
