@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from harness.core.errors import ConfigError
+from harness.core.paths import open_nofollow
 from harness.host.binding import VfioBinder, default_journal_path, restore_from_journal
 from harness.host.sysfs import Sysfs, parse_bdf, short_bdf
 from harness.host.discover import discover, draft_inventory, format_candidates
@@ -38,14 +39,16 @@ def discover_main(argv: list[str]) -> int:
     print(format_candidates(candidates))
     if args.write:
         path = Path(args.write)
-        if path.exists():
+        if os.path.lexists(path):
             raise ConfigError(f"{path} exists; not overwriting it",
                               hint="give --write a new path, or move the old file away")
         inventory = draft_inventory(candidates)
         if not inventory.devices:
             print(f"nothing safe to take on this host: {path} not written")
             return 1
-        path.write_text(inventory.to_toml())
+        # (a new file, never through a link: root may run this in a folder others can write)
+        with os.fdopen(open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "w") as f:
+            f.write(inventory.to_toml())
         todo = ["remove what you do not want tested"]
         if inventory.for_role("nic"):
             todo.insert(0, 'set each nic\'s gateway (now "FILL-IN")')

@@ -115,16 +115,20 @@ class NetView:
             return [f"{dev}: `ip link` does not show it"], ""
         uses = [f"{dev} has the upper device {up}" for up in _uppers(self.fs, ns, dev)]
         uses += [f"{dev} carries the route {r}" for r in ns.routes.get(dev.name, [])]
-        up = "UP" in link.get("flags", [])
-        if up and ns.addresses.get(dev.name):
-            uses.append(f"{dev} is up with the address {', '.join(ns.addresses[dev.name])}")
+        # Up at all is in use: an address-less port that is up carries what no address, route
+        # or socket shows (FCoE, AoE, a tc mirror target, an nftables netdev hook, an uplink
+        # whose cable is out right now); the operator sets a spare port down to offer it.
+        if "UP" in link.get("flags", []):
+            addresses = ns.addresses.get(dev.name)
+            uses.append(f"{dev} is up " + (f"with the address {', '.join(addresses)}"
+                                           if addresses else "(with no address)"))
         uses += [f"{dev} has a socket bound to it ({s})" for s in ns.sockets.get(dev.name, [])]
         if dev.namespace == OWN and dev.name in self.netconsoles:
             uses.append(f"{dev} carries the kernel's netconsole")
         if link.get("xdp"):  # a program handles its packets before any socket sees them
             uses.append(f"{dev} has an XDP program attached")
-        evidence = (f"{dev}: {'up with no address' if up else 'down'}, no route in any table, "
-                    "no upper device, no socket bound to it")
+        evidence = (f"{dev}: down, no route in any table, no upper device, no socket bound "
+                    "to it")
         return uses, evidence
 
 

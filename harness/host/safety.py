@@ -284,7 +284,9 @@ def _nvme_heads(fs: Sysfs, path: str) -> list[str]:
     for subsys in sorted(fs.sys("devices", "virtual", "nvme-subsystem").glob("*")):
         ctrls = [os.path.realpath(p) for p in subsys.glob("nvme*") if p.is_symlink()]
         if any(c.startswith(prefix) for c in ctrls):
-            heads += sorted(p.name for p in subsys.glob("nvme*") if (p / "dev").exists()
+            # (the namespace heads, nvme0n1, and their generic character devices, ng0n1,
+            # which io_uring passthrough users hold open)
+            heads += sorted(p.name for p in subsys.iterdir() if (p / "dev").exists()
                             and not p.is_symlink())
     return heads
 

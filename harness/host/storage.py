@@ -171,6 +171,46 @@ def devname(node: Path, fs: Sysfs) -> str:
     return node.name
 
 
+#: configfs trees of the kernel's storage targets: (module, folder, globs of the files that name
+#: a block device) -- NVMe over Fabrics (namespaces, and passthrough controllers) and LIO.
+_TARGETS = (("nvmet", ("kernel", "config", "nvmet", "subsystems"),
+             ("*/namespaces/*/device_path", "*/passthru/device_path")),
+            ("target_core_mod", ("kernel", "config", "target", "core"), ("*/*/udev_path",)))
+
+
+def _exported(fs: Sysfs, problems: list[str]) -> dict[str, list[str]]:
+    """Block device name -> the targets that export it. A target module that is loaded with a
+    configfs tree the harness cannot read is a problem (every disk counts as in use)."""
+    out: dict[str, list[str]] = {}
+    for module, folder, globs in _TARGETS:
+        if not fs.sys("module", module).exists():
+            continue
+        root = fs.sys(*folder)
+        if not root.is_dir():
+            problems.append(f"{module} is loaded but {root} cannot be read (is configfs "
+                            "mounted?): the disks it exports are unknown")
+            continue
+        for pattern in globs:
+            for f in sorted(root.glob(pattern)):
+                path = (fs.read(f) or "").strip()
+                where = f"{module} ({f.relative_to(root).parts[0]})"
+                for name in _exported_blocks(fs, path):
+                    out.setdefault(name, []).append(where)
+    return out
+
+
+def _exported_blocks(fs: Sysfs, path: str) -> list[str]:
+    """The block devices a target's device path gives away: a disk (``/dev/sdb``), or every
+    namespace of an NVMe controller passed through whole (``/dev/nvme0``)."""
+    if not path.startswith("/dev/"):
+        return []  # a file: its filesystem is mounted, and that is seen
+    name = block_name(fs, path)
+    if name:
+        return [name]
+    controller = path.rsplit("/", 1)[-1]
+    return sorted(p.name for p in fs.sys("class", "block").glob(f"{controller}n*"))
+
+
 class StorageView:
     """Mounts, swap, holders and open files, read once."""
 
@@ -203,6 +243,10 @@ class StorageView:
             if name:
                 self.loop_backed[name] = loop.name
 
+        #: Block devices a kernel storage target exports to other machines (nvmet, LIO):
+        #: they open the disk without an exclusive claim, a holder or a process fd.
+        self.exported = _exported(fs, problems)
+
         #: Character devices the kernel prints its console to (/proc/consoles: a serial
         #: adapter can be the console with no process holding it open): MAJ:MIN -> name.
         self.consoles = {f[-1]: f[0] for f in (line.split() for line in
@@ -229,6 +273,7 @@ class StorageView:
             uses.append(f"{name} is a device of the btrfs filesystem {self.btrfs[name]}")
         if name in self.loop_backed:
             uses.append(f"{name} backs the loop device {self.loop_backed[name]}")
+        uses += [f"{name} is exported by {target}" for target in self.exported.get(name, [])]
         if self.fs.root == Path("/"):
             uses += _claimed(devname(d, self.fs))
         uses += [f"{name} is open by {who}"

@@ -18,8 +18,18 @@ from harness.qemu.machine import GuestImage
 
 
 def _tmp_dirs(owner: str | None) -> set[str]:
+    """This run's temporary folders: real folders of ours (another user's look-alike is not
+    ours to report or remove)."""
     tmp = Path(tempfile.gettempdir())
-    return {p.name for p in tmp.glob(f"{run_tmp_prefix(owner)}*") if p.is_dir()}
+    return {p.name for p in tmp.glob(f"{run_tmp_prefix(owner)}*") if _ours(p)}
+
+
+def _ours(p: Path) -> bool:
+    try:
+        st = os.lstat(p)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
 
 
 def _is_states(name: str) -> bool:

@@ -65,7 +65,8 @@ def test_2_an_open_vswitch_uplink_is_in_use(lab):
         link(7, "br-ex", up=True, linkinfo={"info_kind": "openvswitch"})],
         addrs={**HOST_ADDRS, "br-ex": ["10.0.5.1/24"]},
         routes=[{"dst": "default", "gateway": "10.0.5.254", "dev": "br-ex", "flags": []}])
-    assert uses(lab, PORT0) == ("enp5s0f0 has the upper device ovs-system",)
+    assert uses(lab, PORT0) == ("enp5s0f0 has the upper device ovs-system",
+                                "enp5s0f0 is up (with no address)")
     assert "enp5s0f0 has the upper device ovs-system" in refused(lab, PORT0)
 
 
@@ -77,7 +78,8 @@ def test_3_ports_of_a_bridge_bond_or_vlan_are_in_use(lab):
         link(7, "enp5s0f0.100", up=True, link="enp5s0f0", linkinfo={"info_kind": "vlan"})],
         addrs=HOST_ADDRS)
     assert uses(lab, PORT0) == ("enp5s0f0 has the upper device enp5s0f0.100",)
-    assert uses(lab, PORT1) == ("enp5s0f1 has the upper device br-vm",)
+    assert uses(lab, PORT1) == ("enp5s0f1 has the upper device br-vm",
+                                "enp5s0f1 is up (with no address)")
     # a bond the `ip` output does not show, known only from sysfs' upper_* link
     lab.network(links=IDLE_PORTS, addrs=HOST_ADDRS)
     lab.add_net("bond0")
@@ -323,6 +325,21 @@ def test_the_lab_hosts_devices_are_proven_idle_by_the_same_rule(fake_root):
     assert not plan_group(h.sysfs(), "00:1f.2", usage, allowed={"00:1f.2"}).safe
 
 
+def test_8_a_disk_a_kernel_storage_target_exports_is_in_use(lab):
+    """nvmet and LIO open the disks they export to other machines without an exclusive
+    claim, a holder or a process fd: only their configfs says so (found by a second,
+    adversarial read)."""
+    lab.file("sys/module/nvmet/refcnt", "1\n")
+    lab.file("sys/kernel/config/nvmet/subsystems/nqn.lab:san/namespaces/1/device_path",
+             "/dev/sdb\n")
+    assert uses(lab, "06:00.0") == ("sdb is exported by nvmet (nqn.lab:san)",)
+
+
+def test_8_a_loaded_target_whose_configfs_cannot_be_read_is_in_use(lab):
+    lab.file("sys/module/target_core_mod/refcnt", "1\n")
+    assert any("target_core_mod is loaded" in u for u in uses(lab, "06:00.0"))
+
+
 def test_8_a_disk_a_loop_device_reads_directly_is_in_use(lab):
     """`losetup /dev/loop0 /dev/sdb`: no holders/ link, no process keeps it open."""
     loop = lab.sys / "devices/virtual/block/loop0"
@@ -352,11 +369,21 @@ def test_a_block_node_that_cannot_be_opened_exclusively_counts_as_in_use():
         "or directory)"]
 
 
+def test_an_up_port_with_no_address_is_in_use(lab):
+    """An FCoE or AoE port, a tc mirror target, an uplink whose cable is out right now: up,
+    with no address, route, upper device or socket. Up at all is in use; only a port the
+    operator set down is offered (found by a second, adversarial read)."""
+    lab.network(links=IDLE_PORTS[:2] + [link(3, "enp5s0f0", PORT0, up=True), IDLE_PORTS[3]])
+    assert uses(lab, PORT0) == ("enp5s0f0 is up (with no address)",)
+    assert "enp5s0f0 is up (with no address)" in refused(lab, PORT0)
+
+
 def test_an_interface_with_an_xdp_program_is_in_use(lab):
     lab.network(links=IDLE_PORTS[:2] + [link(3, "enp5s0f0", PORT0, up=True,
                                              xdp={"mode": 1, "prog": {"id": 42}})]
                 + IDLE_PORTS[3:], addrs=HOST_ADDRS)
-    assert uses(lab, PORT0) == ("enp5s0f0 has an XDP program attached",)
+    assert uses(lab, PORT0) == ("enp5s0f0 is up (with no address)",
+                                "enp5s0f0 has an XDP program attached")
 
 
 def test_a_netconsole_interface_is_in_use(lab):

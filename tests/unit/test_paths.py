@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.core.paths import UnsafePathError, new_private_dir, private_dir
-from harness.core.errors import HostDeviceError
+from harness.core.errors import ConfigError, HostDeviceError
 from harness.guest.snapshot import StateCache, new_run_cache_dir
 from harness.host.binding import Journal
 
@@ -106,3 +106,26 @@ def test_new_private_dir_refuses_a_parent_another_user_owns(tmp_path):
     os.chown(theirs, NOBODY, NOBODY)
     with pytest.raises(UnsafePathError, match="owned by uid 65534"):
         new_private_dir("hh-1-states-", theirs)
+
+
+def test_discover_write_never_writes_through_a_planted_link(shared_tmp):
+    """`discover --write inv.toml` as root in a folder others can write: a dangling symlink
+    planted at that name is refused, not followed (found by a second, adversarial read)."""
+    from harness.cli.host import discover_main
+
+    target = shared_tmp / "target-root-would-create"
+    as_nobody(f"ln -s {target} {shared_tmp}/inv.toml")
+    with pytest.raises(ConfigError, match="exists; not overwriting it"):
+        discover_main(["--write", str(shared_tmp / "inv.toml")])
+    assert not target.exists()
+
+
+def test_another_users_look_alike_temp_folder_is_not_this_runs(shared_tmp, monkeypatch):
+    """/tmp/hh-<owner>-x made by another user is neither reported as this run's leftover nor
+    removed by its sweep."""
+    from harness.run import hygiene
+
+    monkeypatch.setattr(tempfile, "tempdir", str(shared_tmp))
+    as_nobody(f"mkdir {shared_tmp}/hh-4242-planted")
+    assert hygiene.sweep_run(shared_tmp / "no-run", "4242") == []
+    assert (shared_tmp / "hh-4242-planted").is_dir()
