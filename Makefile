@@ -42,7 +42,7 @@ test: image
 	$(PYTEST) -n $(JOBS) --dist loadgroup $(PYTEST_ARGS)
 
 # The vfio backend's scenarios through real vfio-pci and usb-host, inside the nested lab host
-# (an L1 guest with an emulated IOMMU; docs/lab.md). 12-24 minutes here (24 tests; the longer at
+# (an L1 guest with an emulated IOMMU; docs/lab.md). 12-24 minutes here (24 tests before the 3 NVMe ones; the longer at
 # time factor 1.49): of the
 # lifecycle scenarios (all 21 lab variants: pytest --backend lab -k lifecycle, 20 minutes), the
 # two whose vfio path differs most: device_del at once on pciehp, and migration refused.
