@@ -177,7 +177,8 @@ class LabHost:
             raise LabError(f"the lab host is wedged: its kernel says {self.wedged!r} (console: "
                            f"{self.console_log})",
                            hint="nested KVM on TCG stops now and then with a CPU stuck in the L2 "
-                                "guest's QEMU (docs/lab.md); `make lab` runs the lab again, 3 runs at most")
+                                "guest's QEMU (docs/lab.md); `make lab` and `make lab-smoke` run "
+                                "the lab again, 3 runs at most")
         if "ready" in self.marks and now > heard + self.silence_timeout:
             raise LabError(f"the lab host has printed nothing for {self.silence_timeout:g} s:"
                            f" it is hung (console: {self.console_log})",

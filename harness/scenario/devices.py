@@ -1,4 +1,5 @@
-"""Roles (nic, usb-device, usb-controller, sata-controller, nvme) and how each backend realises them.
+"""Roles (nic, usb-device, usb-controller, sata-controller, nvme) and how each backend
+realises them.
 
 A scenario test asks for a role; the backend decides what plays it: an emulated QEMU model
 (``--backend emulated``, everywhere) or a host device through vfio-pci / usb-host
