@@ -20,7 +20,8 @@ def write_record(bundle_dir: Path, record: dict, plugged: list) -> None:
         (bundle_dir / "host-vfio-state.json").write_text(json.dumps(host, indent=2) + "\n")
 
 
-def write_guest_bundle(bundle_dir: Path, guest: Guest, marks: dict[str, int], passed: bool) -> None:
+def write_guest_bundle(bundle_dir: Path, guest: Guest, marks: dict[str, int], passed: bool,
+                       answers: bool = True) -> None:
     """What a person needs of one guest of a test: its command line and replay script, this
     test's slice of its logs, and for a failed test its kernel log and hotplug events."""
     out = bundle_dir / guest.name
@@ -32,6 +33,9 @@ def write_guest_bundle(bundle_dir: Path, guest: Guest, marks: dict[str, int], pa
         (out / "console.txt").write_text(
             f"not read: this QEMU is the source of a completed live migration (postmigrate,"
             f" its vCPUs stopped for good); the guest went on as {guest.migrated_to.name}\n")
+    elif not passed and guest.alive() and not answers:
+        (out / "console.txt").write_text("not read: the guest stopped answering (`true` did not "
+                                         "finish); its serial log is beside this file\n")
     elif not passed and guest.alive():
         # (the kernel log's last 400 lines: the whole log over a serial console took more
         # than the deadline in the lab, and the bundle kept its first 2 KB, the boot's start)

@@ -292,12 +292,12 @@ class ScenarioRun:
         for guest in self.failed_boots if keep else ():
             write_guest_bundle(self.bundle_dir, guest, {}, passed)
         for guest, marks in self.guests:
-            if keep:
-                write_guest_bundle(self.bundle_dir, guest, marks, passed)
-            reusable = passed and not cleanup_errors and not self.fresh_only
             died = guest.died()
             hung = (not passed and not died and guest.alive() and guest.migrated_to is None
                     and _stopped_answering(guest))
+            if keep:  # (a guest that stopped answering is not asked for its logs)
+                write_guest_bundle(self.bundle_dir, guest, marks, passed, answers=not hung)
+            reusable = passed and not cleanup_errors and not self.fresh_only
             verdict = self.pool.release(guest, clean_exit=reusable)
             guests.append({"name": guest.name, "spec": guest.spec.label,
                            "boot_seconds": round(guest.boot_seconds or 0, 3),
