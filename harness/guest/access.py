@@ -254,9 +254,7 @@ class SSHChannel(_MergedExec):
         except (OSError, paramiko.SSHException) as e:
             raise LabError(f"cannot load the SSH key {key_path}: {e}",
                            hint="pass an unencrypted private key with --guest-key") from e
-        deadline = time.monotonic() + timeout
-        last: Exception | None = None
-        while time.monotonic() < deadline:
+        def login():
             client = paramiko.SSHClient()
             # The guest is a throw-away VM of ours on loopback, with a host key made at boot.
             client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
@@ -266,13 +264,13 @@ class SSHChannel(_MergedExec):
                 client.connect(host, port=port, username=user, pkey=key, timeout=2,
                                banner_timeout=3, auth_timeout=3, allow_agent=False,
                                look_for_keys=False)
-                self._client = client
-                return
-            except Exception as e:  # paramiko raises many types while sshd starts
-                last = e
+            except Exception:  # paramiko raises many types while sshd starts
                 client.close()
-                time.sleep(0.2)  # sshd not up yet; retry within the deadline
-        raise WaitTimeout(f"ssh {user}@{host}:{port}: no login within {timeout} s: {last!r}")
+                raise
+            return client
+        # (every failure is retried until the deadline: sshd not up yet)
+        self._client = wait_until(f"ssh {user}@{host}:{port} to let us log in", login, timeout,
+                                  interval=0.2, retry_on=(Exception,))
 
     def run(self, command: str, timeout: float) -> tuple[int, str, str]:
         """Run ``command``: (exit status, stdout, stderr), read from SSH's two streams."""

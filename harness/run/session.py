@@ -64,8 +64,9 @@ class HarnessSession:
         self.keep_bundles, self.reuse = opt.keep_bundles, not opt.no_reuse
         self._image: GuestImage | None = None
         self._pool: GuestPool | None = None
-        self._run: RunConfig | None = RunConfig.load(given) if given else None
-        self.plan = self._run or RunConfig.new(
+        self._run: RunConfig | None = None
+        given_run = RunConfig.load(given) if given else None
+        self.plan = given_run or RunConfig.new(
             Path(opt.report_dir), run_dir=Path(plan) if plan else None, backend=opt.backend,
             qemu_binary=opt.qemu_binary, machines=tuple(opt.machine or MACHINES),
             image="user" if self.user_image else "builtin")
@@ -89,7 +90,10 @@ class HarnessSession:
             [self.user_image] + [c.image for c in self.guest_choices if not c.builtin])
         self.hygiene_problems: list[str] = []
         self.swept: list[str] = []
-        if self.backend.takes_host_devices:
+        if given_run is not None and given_run.accel is not None:  # decided by whoever started it
+            self._run = given_run
+            self._after_decided(given_run)
+        elif self.backend.takes_host_devices:
             # A run on host devices is a run of scenarios, and its set-up (the doctor, the
             # binder) needs the run's pace: decided now, before collection.
             self.run
@@ -105,7 +109,15 @@ class HarnessSession:
     @property
     def decided(self) -> bool:
         """Whether any process of the run has decided it (nothing is decided here by asking)."""
-        return self._run is not None or self.plan.path.is_file()
+        return self._run is not None or self._written() is not None
+
+    def _written(self) -> RunConfig | None:
+        """The run as another process decided it, if one has. (The lab's outer run writes a
+        plan there, with the lab but nothing decided: the run inside decides.)"""
+        if not self.plan.path.is_file():
+            return None
+        run = RunConfig.load(self.plan.path)
+        return run if run.accel is not None else None
 
     def _join_or_decide(self) -> RunConfig:
         _require_free_space(self.plan.run_dir.parent)
@@ -113,9 +125,8 @@ class HarnessSession:
         fd = open_nofollow(folder / ".decide.lock", os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # held for one pace probe and maybe a probe boot
-            if self.plan.path.is_file():
-                run = RunConfig.load(self.plan.path)
-            else:
+            run = self._written()
+            if run is None:
                 run = self._decide()
                 self.decided_here = True
         except BaseException:
