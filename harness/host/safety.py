@@ -284,9 +284,7 @@ def _nvme_heads(fs: Sysfs, path: str) -> list[str]:
     for subsys in sorted(fs.sys("devices", "virtual", "nvme-subsystem").glob("*")):
         ctrls = [os.path.realpath(p) for p in subsys.glob("nvme*") if p.is_symlink()]
         if any(c.startswith(prefix) for c in ctrls):
-            # (the namespace heads, nvme0n1, and their generic character devices, ng0n1,
-            # which io_uring passthrough users hold open)
-            heads += sorted(p.name for p in subsys.iterdir() if (p / "dev").exists()
+            heads += sorted(p.name for p in subsys.glob("nvme*") if (p / "dev").exists()
                             and not p.is_symlink())
     return heads
 
