@@ -86,7 +86,7 @@ class HarnessSession:
             opt.guest or [], Path(opt.image_cache or images.DEFAULT_CACHE), self.cloud_init_dir)
         #: What the end-of-run check compares against (read-only: temporary folders, the
         #: user's image files' sizes and times); the process that started the run takes it.
-        self.snapshot = None if worker or given else hygiene.Snapshot.take(
+        self.snapshot = None if worker else hygiene.Snapshot.take(
             [self.user_image] + [c.image for c in self.guest_choices if not c.builtin])
         self.hygiene_problems: list[str] = []
         self.swept: list[str] = []
