@@ -9,7 +9,7 @@ STAMP   := .venv/.installed
 JOBS    ?= 3
 PYTEST_ARGS ?=
 
-.PHONY: setup image qualify test lab lab-smoke nightly unit bench doctor clean
+.PHONY: setup image qualify test lab lab-smoke nightly unit bench doctor clean libvirt-daemon
 
 setup: $(STAMP)
 	@sh .ci/install-host-packages
@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	! pkg-config --exists libvirt || $(PY) -m pip install -q -e '.[libvirt]'
 	touch $(STAMP)
 
 image: setup
@@ -37,6 +38,7 @@ qualify: image
 # The project's own test suite: unit tests, the scenarios, the fault-injection tests.
 test: image
 	@sh .ci/install-host-packages test
+	@sh .ci/libvirt-daemon
 	$(PYTEST) tests/unit tests/harness tests/scenarios -n $(JOBS) --dist loadgroup $(PYTEST_ARGS)
 
 # The vfio backend's scenarios through real vfio-pci and usb-host, inside the nested lab host
@@ -100,6 +102,10 @@ nightly: image
 	status=0; $(PYTEST) tests/scenarios --backend vfio --host-inventory $(INVENTORY) -n $(JOBS) \
 	    --dist loadgroup $(PYTEST_ARGS) || status=$$?; \
 	$(PY) -m harness restore || status=1; exit $$status
+
+# The real libvirt daemon on qemu:///system, for --driver libvirt (started if it is not running).
+libvirt-daemon: setup
+	@sh .ci/libvirt-daemon
 
 unit: setup
 	$(PYTEST) tests/unit $(PYTEST_ARGS)

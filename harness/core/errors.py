@@ -107,6 +107,18 @@ class WaitTimeout(ProductError):
     last seen."""
 
 
+class Unexpressible(HarnessError):
+    """The driver cannot say this (``--driver libvirt``: a device or guest shape libvirt has no
+    XML for, or refuses to hot-plug). Not a failure of the product: the test says which and
+    why, and ends as an expected failure, tried each run (so it passes once libvirt can)."""
+
+    kind = "unexpressible"
+
+    def __init__(self, what: str, why: str, *, hint: str = "", details: str = ""):
+        super().__init__(f"libvirt cannot express {what}: {why}", hint=hint, details=details)
+        self.what, self.why = what, why
+
+
 class PreconditionError(HarnessError):
     """What the harness counted on before it acted did not hold (the guest was to start with
     no NIC, a slot was to be free): the harness's failure, never the product's, since the

@@ -41,7 +41,8 @@ def _function(d: dict) -> PciFunction:
 
 
 def pci_function(guest, device_id: str) -> PciFunction | None:
-    return next((_function(d) for d in guest.query_pci() if d.get("qdev_id") == device_id), None)
+    qdev_id = guest.qemu_id(device_id)
+    return next((_function(d) for d in guest.query_pci() if d.get("qdev_id") == qdev_id), None)
 
 
 def pci_functions(guest) -> list[PciFunction]:
@@ -50,21 +51,34 @@ def pci_functions(guest) -> list[PciFunction]:
 
 
 def monitor_shows(guest, device_id: str) -> probes.InfoPciEntry:
-    """``info pci`` lists a function with ``id "<device_id>"`` (guide 2.1 step 4)."""
-    text = guest.hmp("info pci")
+    """``info pci`` lists a function with ``id "<device_id>"`` (guide 2.1 step 4); through
+    libvirt, its live domain XML lists the device too."""
+    driver_view(guest, device_id, present=True)
+    text, qdev_id = guest.hmp("info pci"), guest.qemu_id(device_id)
     for e in probes.parse_info_pci(text):
-        if e.qdev_id == device_id:
+        if e.qdev_id == qdev_id:
             return e
-    raise GuestCheckError(f'`info pci` shows no device with id "{device_id}"',
+    raise GuestCheckError(f'`info pci` shows no device with id "{qdev_id}"',
                           details="ids listed: " + ", ".join(
                               repr(e.qdev_id) for e in probes.parse_info_pci(text)))
 
 
+def driver_view(guest, device_id: str, *, present: bool) -> None:
+    """What the driver above QEMU keeps of the device agrees (``--driver libvirt``: the live
+    domain XML lists it while plugged and not after); the QMP driver keeps nothing of its own."""
+    listed = guest.driver_lists(device_id)
+    if listed is not None and listed != present:
+        raise GuestCheckError(f"the live domain XML {'lacks' if present else 'still lists'} "
+                              f"{guest.qemu_id(device_id)} "
+                              f"{'after the hot-add' if present else 'after its removal'}")
+
+
 def monitor_lacks(guest, device_id: str) -> None:
-    """Neither ``info pci`` nor ``query-pci`` knows ``device_id`` any more."""
+    """Neither ``info pci`` nor ``query-pci`` (nor libvirt's live XML) knows ``device_id``."""
+    driver_view(guest, device_id, present=False)
     ids = [e.qdev_id for e in probes.parse_info_pci(guest.hmp("info pci"))]
-    if device_id in ids:
-        raise GuestCheckError(f'`info pci` still shows id "{device_id}" after device_del')
+    if guest.qemu_id(device_id) in ids:
+        raise GuestCheckError(f'`info pci` still shows id "{guest.qemu_id(device_id)}" after device_del')
     if pci_function(guest, device_id) is not None:
         raise GuestCheckError(f"query-pci still lists {device_id} after device_del")
 
@@ -134,7 +148,8 @@ class NicIdentity:
 def nic_identity(guest, plugged) -> NicIdentity:
     """The MAC QEMU gave the plugged NIC and the PCI function it sits at."""
     try:
-        mac = guest.qmp("qom-get", path=f"/machine/peripheral/{plugged.device_id}", property="mac")
+        mac = guest.qmp("qom-get", path=f"/machine/peripheral/{guest.qemu_id(plugged.device_id)}",
+                        property="mac")
     except QMPCommandError:
         mac = None   # vfio-pci has no "mac": the host NIC's own, which only the guest reads
     fn = plugged.function or pci_function(guest, plugged.device_id)
@@ -346,8 +361,9 @@ def _info_usb_match(entries, device_id: str, product: str):
 
 def monitor_usb_shows(guest, device_id: str, product: str) -> probes.InfoUsbEntry:
     """``info usb`` lists the device (guide 2.2 step 4)."""
+    driver_view(guest, device_id, present=True)
     entries = probes.parse_info_usb(guest.hmp("info usb"))
-    found = _info_usb_match(entries, device_id, product)
+    found = _info_usb_match(entries, guest.qemu_id(device_id), product)
     if not found:
         raise GuestCheckError(f"`info usb` does not list {device_id} ({product})",
                               details="listed: " + "; ".join(f"{e.product} {e.qdev_id}" for e in entries))
@@ -357,7 +373,8 @@ def monitor_usb_shows(guest, device_id: str, product: str) -> probes.InfoUsbEntr
 
 
 def monitor_usb_lacks(guest, device_id: str, product: str) -> None:
-    if _info_usb_match(probes.parse_info_usb(guest.hmp("info usb")), device_id, product):
+    driver_view(guest, device_id, present=False)
+    if _info_usb_match(probes.parse_info_usb(guest.hmp("info usb")), guest.qemu_id(device_id), product):
         raise GuestCheckError(f"`info usb` still lists {device_id} after device_del")
 
 

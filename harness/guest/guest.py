@@ -101,16 +101,11 @@ class Guest:
 
     def _prepare(self) -> None:
         """The guest's folders and command line, made as it starts (once)."""
-        if self._tmp is not None:
-            return
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        # Sockets live in a short temp dir: unix socket paths are limited to 107 bytes.
-        self._tmp = Path(tempfile.mkdtemp(prefix=run_tmp_prefix(self.owner)))
-        _open_guests.add(self)
-        self.paths = Paths(qmp_socket=self._tmp / "qmp.sock",
-                           console_socket=self._tmp / "console.sock",
-                           serial_log=self.workdir / "serial.log",
-                           disk_overlay=self._tmp / "disk.qcow2" if self.image.disk else None)
+        if self._tmp is None:
+            self._tmp, self.paths = _folders(self)
+            self._command()
+
+    def _command(self) -> None:
         self.argv = build_argv(self.spec, self.image, self.paths, qemu_binary=self.qemu_binary,
                                accel=self.accel, name=self.name) + list(self.extra_args)
         self.qemu = QemuProcess(self.argv, self.workdir / "qemu.log")
@@ -189,9 +184,7 @@ class Guest:
         self.baseline, self.prerequisites, self.image = (source.baseline, source.prerequisites,
                                                          source.image)
         if self.spec.access == "ssh":
-            self.ssh_port = _forwarded_ssh_port(self)
-            self.shell.ssh = SSHChannel("127.0.0.1", self.ssh_port, self.image.ssh_user,
-                                        Path(self.image.ssh_key), timeout=self.deadlines.command)
+            self.connect_ssh(time.monotonic() + self.deadlines.command)
         self.shell.succeed("true")
 
     def receive(self) -> "Guest":
@@ -273,7 +266,7 @@ class Guest:
 
     # -- QMP (harness.qemu.qmp_sync: the async Monitor called synchronously) --------------------
 
-    def _raise_if_dead(self) -> None:
+    def _raise_if_dead(self) -> None:  # (QEMU gone: say so, with its output)
         if self.process is not None and self.process.poll() is not None:
             self.exit_status = self.process.returncode
             raise GuestDiedError(f"QEMU exited with status {self.process.returncode}",
@@ -293,6 +286,12 @@ class Guest:
         if self.monitor is None:
             raise GuestDiedError(f"guest {self.name} was never started")
         return self.monitor
+
+    def qemu_id(self, device_id: str) -> str:
+        return device_id  # (the id QEMU knows it by: a driver above QEMU may rename it)
+
+    def driver_lists(self, device_id: str) -> bool | None:
+        return None  # (the driver's own record lists it? QMP keeps none; libvirt its live XML)
 
     def device_add(self, driver: str, device_id: str, **props: Any) -> float:
         seconds = self._monitor().device_add(driver, device_id, **props)
@@ -354,6 +353,17 @@ class Guest:
             return self.paths.serial_log.read_text(errors="replace") if self.paths else ""
         except OSError:
             return ""
+
+
+def _folders(guest: "Guest") -> tuple[Path, Paths]:
+    """The guest's work folder, and its temporary folder for sockets and the disk overlay (a
+    short path: unix socket paths are limited to 107 bytes), removed by :meth:`Guest.close`."""
+    guest.workdir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=run_tmp_prefix(guest.owner)))
+    _open_guests.add(guest)
+    return tmp, Paths(qmp_socket=tmp / "qmp.sock", console_socket=tmp / "console.sock",
+                      serial_log=guest.workdir / "serial.log",
+                      disk_overlay=tmp / "disk.qcow2" if guest.image.disk else None)
 
 
 def _wait_ready(guest: "Guest", deadline: float) -> None:

@@ -36,14 +36,17 @@ class GuestPool:
     def __init__(self, image: GuestImage, *, qemu_binary: str, accel: str, workdir: Path,
                  deadlines: Deadlines, reuse: bool = True, name_prefix: str = "g",
                  log: Callable[[str], None] = lambda s: None, boot_attempts: int = 1,
-                 owner: str | None = None, states: StateCache | None = None):
+                 owner: str | None = None, states: StateCache | None = None,
+                 guest_class: type[Guest] = Guest):
         """``boot_attempts`` > 1 boots another guest when one does not come up (its QEMU does
         not answer QMP in time, or it hangs or dies before its ready marker): only for the
         lab, where L2 boots under nested KVM on TCG sometimes hang (docs/lab.md). Each retry is
         kept in :attr:`boot_retries`. ``owner``: the run's owner tag (its guests' temp folders).
         ``states``: saved guest states (harness.snapshot): a guest of a shape saved before is
-        restored from it, the first of a shape is saved after its boot; None boots every one."""
-        self.states = states
+        restored from it, the first of a shape is saved after its boot; None boots every one.
+        ``guest_class``: what a guest is (a :class:`~harness.virt.domain.DomainGuest` for
+        ``--driver libvirt``)."""
+        self.states, self.guest_class = states, guest_class
         self.owner = owner
         self.image = image
         self.deadlines = deadlines
@@ -112,7 +115,7 @@ class GuestPool:
 
     def _new_guest(self, spec: GuestSpec, image: GuestImage, deadlines: Deadlines | None) -> Guest:
         name = next(self._names)
-        guest = Guest(spec, image, workdir=self.workdir / f"{name}-{spec.label}",
+        guest = self.guest_class(spec, image, workdir=self.workdir / f"{name}-{spec.label}",
                       qemu_binary=self.qemu_binary, accel=self.accel,
                       deadlines=deadlines or self.deadlines, name=name, owner=self.owner,
                       extra_args=RESTORABLE_ARGS if self.states is not None else ())

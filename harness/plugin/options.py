@@ -59,6 +59,10 @@ def _what_runs(g) -> None:
     g.addoption("--backend", choices=BACKENDS, default="emulated",
                 help="who plays each device role: emulated QEMU models (default), host devices "
                      "through vfio-pci/usb-host (vfio, needs --host-inventory), or a nested lab host (lab)")
+    g.addoption("--driver", choices=("qmp", "libvirt"), default=os.environ.get("HH_DRIVER", "qmp"),
+                help="who starts the guests and hot-adds: QEMU's monitor (qmp, default) or "
+                     "libvirt (transient domains on qemu:///system, attach-device/detach-device; "
+                     "emulated backend; docs/libvirt.md). Default $HH_DRIVER or qmp")
     _add_inventory(g)
     g.addoption("--lab-timeout", type=float, default=3600.0, metavar="SECONDS",
                 help="--backend lab: deadline of the whole lab run, the lab host's boot "

@@ -116,6 +116,8 @@ def write_record(item: pytest.Item, hs) -> None:
         "device": device.id if device else "",
         "guest": getattr(collect.param(item, "hh_guest"), "name", ""),
         "backend": hs.backend.name,
+        # who started the guests and hot-added: QEMU's monitor (qmp) or libvirt
+        "driver": hs.driver,
         "passthrough": getattr(device, "passthrough", "") or (
             "vfio-pci (failure path)" if item.get_closest_marker("passthrough") else ""),
         "outcome": outcome,

@@ -27,7 +27,10 @@ from harness.core import pace as pace_mod
 from harness.core.errors import ConfigError, HarnessError
 from harness.qemu.machine import GuestImage
 from harness.qemu.machine import MACHINES
+from harness.guest.guest import Guest
 from harness.guest.pool import GuestPool, probe_boot
+from harness.virt import connect
+from harness.virt.domain import DomainGuest
 from harness.core.paths import open_nofollow, private_dir
 from harness.qemu.process import qemu_device_names, qemu_version, version_tuple
 from harness.core.runconfig import RunConfig
@@ -62,6 +65,8 @@ class HarnessSession:
         self.user_image = guests.user_image(opt)
         self.access = opt.guest_access or ("ssh" if self.user_image and not opt.guest_ready else "console")
         self.keep_bundles, self.reuse = opt.keep_bundles, not opt.no_reuse
+        self.driver = getattr(opt, "driver", "qmp")
+        _require_driver(self.driver, opt.backend)
         self._image: GuestImage | None = None
         self._pool: GuestPool | None = None
         self._run: RunConfig | None = None
@@ -143,6 +148,8 @@ class HarnessSession:
         written to the run folder for the run's other processes."""
         version = qemu_version(self.plan.qemu_binary)
         _require_qemu(self.plan.qemu_binary, version)  # (first: cheap, and nothing is written yet)
+        if self.driver == "libvirt":
+            connect.connection()  # (a daemon that is not there: one line, before any test)
         where = "lab" if self.plan.lab is not None else "host"
         measured = pace_mod.Pace.measure(where, self.option.time_factor)
         requested = self.option.accel
@@ -184,7 +191,8 @@ class HarnessSession:
 
     def _new_states_dir(self, owner: str) -> str | None:
         """The run's own saved-states folder (None: --no-snapshot, or --snapshot-cache's)."""
-        if self.option.no_snapshot or (self.option.snapshot_cache and self.plan.lab is None):
+        if (self.option.no_snapshot or self.driver != "qmp"
+                or (self.option.snapshot_cache and self.plan.lab is None)):
             return None
         return str(snapshot.new_run_cache_dir(owner))
 
@@ -245,7 +253,8 @@ class HarnessSession:
                                    workdir=self.run_dir / "guests", reuse=self.reuse,
                                    name_prefix=f"{self.worker or 'main'}-g",
                                    boot_attempts=self.backend.boot_attempts, owner=self.run.owner,
-                                   states=self.states)
+                                   states=self.states,
+                                   guest_class=DomainGuest if self.driver == "libvirt" else Guest)
         return self._pool
 
     def _state_cache(self, run: RunConfig) -> StateCache | None:
@@ -257,7 +266,7 @@ class HarnessSession:
             return StateCache(Path(run.states_dir), qemu_version=run.qemu_version,
                               min_free=(snapshot.LAB_MIN_FREE_BYTES if run.lab is not None
                                         else snapshot.MIN_FREE_BYTES))
-        if self.option.snapshot_cache and not self.option.no_snapshot:
+        if self.option.snapshot_cache and not self.option.no_snapshot and self.driver == "qmp":
             return StateCache(Path(self.option.snapshot_cache), qemu_version=run.qemu_version,
                               persistent=True)
         return None
@@ -268,7 +277,7 @@ class HarnessSession:
         (:meth:`decision_lines`) and in the summary."""
         image = ("your own: " + ", ".join(str(p) for p in (self.user_image.kernel, self.user_image.disk) if p)
                  if self.user_image else "built-in Debian guest (fixtures/images)")
-        return [f"hotplug-harness: backend={self.backend.name} qemu={self.qemu_binary} "
+        return [f"hotplug-harness: backend={self.backend.name} driver={self.driver} qemu={self.qemu_binary} "
                 f"machines={','.join(self.machines)} access={self.access}",
                 f"hotplug-harness: image={image}; run folder {self.run_dir}"]
 
@@ -310,6 +319,13 @@ def _require_free_space(report_root: Path) -> None:
                           f"run's logs and reports would fail with 'No space left on device'",
                           hint=f"free space there (a run needs {MIN_FREE_BYTES >> 20} MiB or more) "
                                "or pass --report-dir DIR")
+
+
+def _require_driver(driver: str, backend: str) -> None:
+    if driver == "libvirt" and backend != "emulated":
+        raise ConfigError(f"--driver libvirt runs on the emulated backend only so far, not "
+                          f"--backend {backend} (managed hostdevs through the lab: not built yet)",
+                          hint="drop --driver libvirt, or use --backend emulated")
 
 
 def _require_qemu(binary: str, version: str) -> None:

@@ -172,7 +172,8 @@ class EmulatedNic(EmulatedModel):
 
     def command_line(self, guest, plugged: Plugged) -> list[str]:
         fn = plugged.function
-        mac = guest.qmp("qom-get", path=f"/machine/peripheral/{plugged.device_id}", property="mac")
+        mac = guest.qmp("qom-get", path=f"/machine/peripheral/{guest.qemu_id(plugged.device_id)}",
+                        property="mac")
         props = "".join(f",{k}={v}" for k, v in plugged.own["props"].items())
         return ["-netdev", f"user,id={plugged.own['netdev']},net={plugged.own['net']}",
                 "-device", f"{self.driver},id={plugged.device_id},netdev={plugged.own['netdev']},"

@@ -12,11 +12,11 @@ import pytest
 HARNESS = Path(__file__).resolve().parents[2] / "harness"
 
 #: Bottom first; packages on one line are side by side and may not import each other.
-LAYERS = [("core",), ("qemu", "report"), ("images", "host"), ("guest",), ("scenario",), ("lab",),
+LAYERS = [("core",), ("qemu", "report"), ("images", "host"), ("guest",), ("scenario", "virt"), ("lab",),
           ("run",), ("plugin",), ("cli",)]
 RANK = {pkg: n for n, row in enumerate(LAYERS) for pkg in row}
 #: Imported inside functions on purpose: slow to import, and only some runs need them.
-HEAVY_OPTIONAL = {"matplotlib", "paramiko", "libvirt"}
+HEAVY_OPTIONAL = {"matplotlib", "paramiko", "libvirt", "libvirt_qemu"}
 
 
 def _modules(root: Path = HARNESS):

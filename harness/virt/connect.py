@@ -1,0 +1,126 @@
+"""The connection to the real libvirt daemon, and libvirt's events.
+
+libvirt's Python binding is imported here only (it is optional: ``--driver qmp`` needs none).
+Every libvirt failure the harness can name becomes a :class:`~harness.core.errors.LabError`
+with what to do: no daemon, no permission on its socket, an XML it rejects, a name taken.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+from harness.core.errors import ConfigError, LabError
+
+URI = "qemu:///system"
+
+_loop_lock = threading.Lock()
+_loop_started = False
+#: (domain name, alias) -> callbacks waiting for that device's removal (or its failure).
+_waiters: dict[tuple[str, str], list[Callable[[str], None]]] = {}
+_waiters_lock = threading.Lock()
+_connections: dict[str, object] = {}
+
+
+def libvirt_module():
+    """The binding, or a clear error if it is not installed."""
+    try:
+        import libvirt
+    except ImportError as e:
+        raise ConfigError("--driver libvirt needs libvirt's Python binding, which this "
+                          f"environment lacks ({e})",
+                          hint="run `make setup` as root (it installs libvirt and the binding), "
+                               "or pip install libvirt-python") from None
+    return libvirt
+
+
+def _start_event_loop(libvirt) -> None:
+    """libvirt's default event loop, in a daemon thread, once per process (before the first
+    connection opens, as libvirt requires for events)."""
+    global _loop_started
+    with _loop_lock:
+        if _loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _loop_started = True
+
+
+def connection(uri: str = URI):
+    """The process's connection to ``uri`` (opened once; a dead one is opened again)."""
+    libvirt = libvirt_module()
+    _start_event_loop(libvirt)
+    conn = _connections.get(uri)
+    if conn is not None and conn.isAlive():
+        return conn
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError as e:
+        raise _connect_error(uri, e) from None
+    for event in (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED,
+                  libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED):
+        outcome = "removed" if event == libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED else "failed"
+        conn.domainEventRegisterAny(None, event, _on_device_event, outcome)
+    _connections[uri] = conn
+    return conn
+
+
+def _connect_error(uri: str, e) -> LabError:
+    text = str(e)
+    if "No such file" in text or "Connection refused" in text:
+        return LabError(f"the libvirt daemon is not running: {uri} cannot be reached ({text})",
+                        hint="start it: `systemctl start libvirtd` (or virtqemud), or on a host "
+                             "without systemd `make libvirt-daemon`")
+    if "Permission denied" in text or "authentication" in text.lower():
+        return LabError(f"no permission to use {uri}: {text}",
+                        hint="run as root, or as a member of the libvirt group")
+    return LabError(f"cannot connect to {uri}: {text}", hint="check the daemon's log")
+
+
+def _on_device_event(conn, dom, dev_alias: str, outcome: str) -> None:
+    with _waiters_lock:
+        callbacks = list(_waiters.get((dom.name(), dev_alias), ()))
+    for callback in callbacks:
+        callback(outcome)
+
+
+class DeviceEvents:
+    """Collects libvirt's ``device-removed`` / ``device-removal-failed`` for one device of one
+    domain, from before the request is sent (so a fast removal is never missed)."""
+
+    def __init__(self, domain: str, dev_alias: str):
+        self.key = (domain, dev_alias)
+        self.outcome: str | None = None
+        self.at: float | None = None
+        self._cond = threading.Condition()
+
+    def __enter__(self) -> "DeviceEvents":
+        with _waiters_lock:
+            _waiters.setdefault(self.key, []).append(self._record)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with _waiters_lock:
+            callbacks = _waiters.get(self.key, [])
+            if self._record in callbacks:
+                callbacks.remove(self._record)
+            if not callbacks:
+                _waiters.pop(self.key, None)
+
+    def _record(self, outcome: str) -> None:
+        with self._cond:
+            if self.outcome is None:
+                self.outcome, self.at = outcome, time.monotonic()
+            self._cond.notify_all()
+
+    def wait(self, seconds: float) -> str | None:
+        """The outcome (``removed`` / ``failed``), or None if none came within ``seconds``."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.outcome is not None, max(0.0, seconds))
+            return self.outcome

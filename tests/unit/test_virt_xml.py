@@ -1,0 +1,121 @@
+"""harness.virt.xml: guest shapes and hot-added devices as libvirt XML (no daemon needed;
+the same XML is what the end-to-end tests hand the real daemon in tests/harness/test_libvirt.py)."""
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from harness.core.errors import Unexpressible
+from harness.qemu.machine import GuestImage, GuestSpec, Paths
+from harness.virt import xml as vx
+
+PATHS = Paths(qmp_socket=Path("/t/qmp.sock"), console_socket=Path("/t/console.sock"),
+              serial_log=Path("/w/serial.log"), disk_overlay=Path("/t/disk.qcow2"))
+IMAGE = GuestImage(kernel=Path("/i/vmlinux"), initrd=Path("/i/initrd"), append="console=ttyS0")
+
+
+def domain(spec, image=IMAGE, accel="tcg"):
+    return ET.fromstring(vx.domain_xml(spec, image, PATHS, name="hh-1-g1",
+                                       emulator="/usr/bin/qemu-system-x86_64", accel=accel))
+
+
+def test_q35_domain_has_the_root_ports_console_and_kernel_boot_of_the_spec():
+    d = domain(GuestSpec(machine="q35", root_ports=3, kernel_args=("hh.x=1",)))
+    assert d.get("type") == "qemu" and d.find("os/type").get("machine") == "q35"
+    ports = [c for c in d.findall("devices/controller") if c.get("model") == "pcie-root-port"]
+    assert [(p.get("index"), p.find("alias").get("name")) for p in ports] == [
+        ("1", "ua-rp0"), ("2", "ua-rp1"), ("3", "ua-rp2")]
+    assert d.find("os/cmdline").text == "console=ttyS0 hh.x=1"
+    serial = d.find("devices/serial")
+    assert serial.find("source").get("path") == "/t/console.sock"
+    assert serial.find("log").get("file") == "/w/serial.log"
+    assert d.find("on_reboot").text == "destroy"  # QEMU's -no-reboot
+    assert d.find("features/tcg/tb-cache").text == "128"
+    assert d.find("seclabel/label").text == "+0:+0"
+    # (no USB bus asked for: none, as -nodefaults gives)
+    assert [c.get("model") for c in d.findall("devices/controller[@type='usb']")] == ["none"]
+
+
+def test_usb_buses_follow_the_guide():
+    pc = domain(GuestSpec(machine="pc", usb="default"))
+    assert [c.get("model") for c in pc.findall("devices/controller[@type='usb']")] == ["piix3-uhci"]
+    q35 = domain(GuestSpec(machine="q35", usb="default"))
+    assert [c.get("model") for c in q35.findall("devices/controller[@type='usb']")] == [
+        "ich9-ehci1", "ich9-uhci1", "ich9-uhci2", "ich9-uhci3"]
+
+
+def test_pciehp_turns_acpi_hotplug_off_through_a_qemu_argument_and_kvm_passes_the_host_cpu():
+    d = domain(GuestSpec(machine="q35", pci_hotplug="pciehp"), accel="kvm")
+    ns = {"qemu": "http://libvirt.org/schemas/domain/qemu/1.0"}
+    args = [a.get("value") for a in d.findall("qemu:commandline/qemu:arg", ns)]
+    assert args == ["-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off"]
+    assert d.get("type") == "kvm" and d.find("cpu").get("mode") == "host-passthrough"
+
+
+def test_a_disk_guest_boots_its_overlay_never_its_image():
+    d = domain(GuestSpec(machine="pc"), GuestImage(disk=Path("/u/mine.qcow2"), ready_pattern=None,
+                                                   seed=Path("/u/seed.img")))
+    sources = [s.get("file") for s in d.findall("devices/disk/source")]
+    assert sources == ["/t/disk.qcow2", "/u/seed.img"]
+    assert d.find("devices/disk[2]/readonly") is not None
+
+
+def test_shapes_libvirt_cannot_take_yet_say_why():
+    with pytest.raises(Unexpressible, match="passt"):
+        domain(GuestSpec(machine="pc", access="ssh"))
+    with pytest.raises(Unexpressible, match="hot-add room"):
+        domain(GuestSpec(machine="pc", max_cpus=4))
+
+
+def test_a_nic_is_an_interface_with_its_model_network_alias_and_root_port():
+    spec = GuestSpec(machine="q35")
+    b = vx.Backends(netdevs={"n0": {"type": "user", "id": "n0", "net": "10.0.11.0/24"}})
+    el = ET.fromstring(vx.device_xml(spec, "e1000e", "nic0", {"bus": "rp2", "netdev": "n0"}, b))
+    assert el.tag == "interface" and el.get("type") == "user"
+    assert el.find("model").get("type") == "e1000e"
+    assert (el.find("ip").get("address"), el.find("ip").get("prefix")) == ("10.0.11.0", "24")
+    assert el.find("alias").get("name") == "ua-nic0"
+    assert el.find("address").get("bus") == "0x03"  # rp2 is controller index 3
+    virtio = ET.fromstring(vx.device_xml(spec, "virtio-net-pci", "nic1", {"netdev": "n0"}, b))
+    assert virtio.find("model").get("type") == "virtio" and virtio.find("address") is None
+
+
+def test_the_guides_fixed_sata_slot_and_a_multifunction_address_on_pc():
+    spec = GuestSpec(machine="pc")
+    b = vx.Backends(netdevs={"n0": {"type": "user"}})
+    el = ET.fromstring(vx.device_xml(spec, "e1000", "f1", {"bus": "pci.0", "addr": "0x06.1",
+                                                            "multifunction": "on", "netdev": "n0"}, b))
+    a = el.find("address")
+    assert (a.get("bus"), a.get("slot"), a.get("function"), a.get("multifunction")) == (
+        "0x00", "0x06", "0x1", "on")
+
+
+def test_disks_controllers_and_host_devices():
+    spec = GuestSpec(machine="q35", usb="xhci")
+    b = vx.Backends(disks={"d0": Path("/t/d0.raw"), "d1": Path("/t/d1.raw")},
+                    indexes={"usb": {0}, "sata": {0}})
+    stick = ET.fromstring(vx.device_xml(spec, "usb-storage", "usb0", {"drive": "d0"}, b))
+    assert (stick.find("target").get("bus"), stick.find("target").get("dev")) == ("usb", "sdb")
+    blk = ET.fromstring(vx.device_xml(spec, "virtio-blk-pci", "blk0", {"drive": "d1", "bus": "rp0"}, b))
+    assert blk.find("target").get("dev") == "vdb" and blk.find("source").get("file") == "/t/d1.raw"
+    sata = ET.fromstring(vx.device_xml(spec, "ich9-ahci", "sata0", {"bus": "rp1"}, b))
+    assert (sata.get("type"), sata.get("index")) == ("sata", "1")  # q35's own AHCI is 0
+    vfio = ET.fromstring(vx.device_xml(spec, "vfio-pci", "v0", {"host": "0000:03:00.1"}, b))
+    src = vfio.find("source/address")
+    assert (vfio.get("managed"), src.get("bus"), src.get("function")) == ("yes", "0x03", "0x1")
+    usbhost = ET.fromstring(vx.device_xml(spec, "usb-host", "u0", {"vendorid": "0x46f4",
+                                                                    "productid": "0x0001"}, b))
+    assert usbhost.find("source/vendor").get("id") == "0x46f4"
+    with pytest.raises(Unexpressible, match="nvme"):
+        vx.device_xml(spec, "nvme", "nvme0", {"drive": "d0"}, b)
+
+
+def test_live_aliases_and_elements_from_a_live_domain_xml():
+    live = ("<domain><devices><controller type='usb' index='0'><alias name='usb'/></controller>"
+            "<interface type='user'><alias name='ua-nic0'/></interface>"
+            "<controller type='pci' index='1'/></devices></domain>")
+    assert vx.live_aliases(live) == {"usb": "controller", "ua-nic0": "interface"}
+    assert vx.controller_indexes(live) == {"usb": {0}, "pci": {1}}
+    assert "ua-nic0" in vx.element_of(live, "ua-nic0")
+    assert vx.element_of(live, "ua-nic1") is None
