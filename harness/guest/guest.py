@@ -62,6 +62,8 @@ class Guest:
     ...     g.shell.succeed("lspci -nn | grep 8086:10d3")
     """
 
+    driver = "qmp"  # (who starts it and hot-adds: harness.virt.domain's guests say libvirt)
+
     def __init__(self, spec: GuestSpec, image: GuestImage, *, workdir: Path,
                  qemu_binary: str = "qemu-system-x86_64", accel: str = "tcg",
                  deadlines: Deadlines | None = None, name: str = "guest",
@@ -169,13 +171,6 @@ class Guest:
         self.launch_marks["console"] = round(time.monotonic() - t0, 2)
         self.shell = Shell(self.workdir / "commands.log", console,
                            default_timeout=d.command, scale=d.scaled)
-
-    def start_incoming(self, uri: str, t0: float) -> None:
-        """Start QEMU as a migration destination of ``uri`` and connect to it."""
-        self.argv = self.argv + ["-incoming", uri]
-        self.qemu = QemuProcess(self.argv, self.workdir / "qemu.log")
-        (self.workdir / "cmdline.txt").write_text(format_argv(self.argv) + "\n")
-        self._connect(t0)
 
     def take_over(self, source: "Guest") -> None:
         """Go on where ``source`` was (a completed live migration, this guest now running):

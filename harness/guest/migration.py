@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 from harness.core.errors import HarnessError
 from harness.core.waits import wait_until
+from harness.qemu.machine import format_argv
+from harness.qemu.process import QemuProcess
 
 if TYPE_CHECKING:
     from harness.guest.guest import Guest
@@ -38,7 +40,7 @@ def restore(guest: "Guest", state_dir: Path, t0: float) -> None:
     """Start ``guest``'s QEMU with ``-incoming`` from a saved state, run it once loaded, and make
     it this moment's guest: its clock set to the host's, host randomness in its pool."""
     guest.restored_from = Path(state_dir)
-    guest.start_incoming(f"exec:{cat_command()} {shlex.quote(str(guest.restored_from / STATE_FILE))}",
+    start_incoming(guest, f"exec:{cat_command()} {shlex.quote(str(guest.restored_from / STATE_FILE))}",
                          t0)
     deadline = t0 + guest.deadlines.boot
     # (QEMU 7.2 has no event for a finished incoming load without the events capability)
@@ -124,3 +126,11 @@ def migrate(source: "Guest", dest: "Guest", before_running=None) -> float:
     dest.take_over(source)
     dest.launch_marks["migrated"] = round(seconds, 2)
     return seconds
+
+
+def start_incoming(guest, uri: str, t0: float) -> None:
+    """Start ``guest``'s QEMU as a migration destination of ``uri`` and connect to it."""
+    guest.argv = guest.argv + ["-incoming", uri]
+    guest.qemu = QemuProcess(guest.argv, guest.workdir / "qemu.log")
+    (guest.workdir / "cmdline.txt").write_text(format_argv(guest.argv) + "\n")
+    guest._connect(t0)

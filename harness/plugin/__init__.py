@@ -217,7 +217,7 @@ def hotplug(request: pytest.FixtureRequest, hotplug_session: HarnessSession):
     platform = collect.param(request.node, "platform")
     kernel = hs._image.manifest.get("kernel_version", "user image") if hs._image else ""
     request.node.user_properties.extend([
-        ("backend", hs.backend.name), ("machine", platform.machine if platform else ""),
+        ("backend", hs.backend.name), ("driver", hs.driver), ("machine", platform.machine if platform else ""),
         ("platform", platform.id if platform else ""), ("accelerator", hs.accel),
         ("qemu_version", hs.qemu_version), ("guest_kernel", kernel)])
     for name, value in record["latencies"].items():

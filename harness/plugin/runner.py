@@ -171,7 +171,7 @@ def finish(session: pytest.Session, hs) -> None:
     if (hs.hygiene_problems or nothing_tested) and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     summary = report.finish_run(hs.run_dir, Path(option.report_dir).resolve(), {
-        "backend": hs.backend.name, "accel": hs.accel, "accel_reason": hs.accel_reason,
+        "backend": hs.backend.name, "driver": hs.driver, "accel": hs.accel, "accel_reason": hs.accel_reason,
         "pace": dataclasses.asdict(hs.pace),
         "deadlines": {k: v for k, v in dataclasses.asdict(hs.deadlines).items()
                       if k not in ("pace", "image")},

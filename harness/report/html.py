@@ -217,7 +217,8 @@ def detail_row(r: dict) -> str:
     where = f"<td>{html.escape(r['axis_value'])}</td>" if "axis_value" in r else ""
     rep = f" <small>#{r['repetition']}</small>" if r.get("repetition") else ""
     return (f'<tr class="{r["outcome"]}">{where}<td><code>{html.escape(r["nodeid"])}</code>{rep}</td>'
-            f'<td>{html.escape(r.get("backend", ""))}</td>'
+            f'<td>{html.escape(r.get("backend", ""))}'
+            f'{"" if r.get("driver", "qmp") == "qmp" else " via " + html.escape(r["driver"])}</td>'
             f'<td>{html.escape(r.get("passthrough") or "emulated")}</td>'
             f'<td>{r["outcome"]}{kind}</td><td class="num">{r["duration"]:.1f}</td>'
             f'<td>{reason}{notes}</td><td>{link}</td></tr>')

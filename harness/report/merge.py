@@ -43,7 +43,9 @@ def guest_label(s: dict) -> str:
 
 
 AXES = {"host": host_label, "qemu": qemu_label, "guest": guest_label,
-        "backend": lambda s: f"backend {s.get('backend')}"}
+        "backend": lambda s: f"backend {s.get('backend')}",
+        # (runs from before the driver axis went through QMP)
+        "driver": lambda s: f"driver {s.get('driver') or 'qmp'}"}
 
 
 def choose_axes(summaries: list[dict], axis: str) -> list[str]:

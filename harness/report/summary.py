@@ -88,7 +88,9 @@ def repeat_lines(summary: dict) -> list[str]:
 
 def summary_lines(summary: dict) -> list[str]:
     c = summary["counts"]
-    lines = [f"backend {summary['backend']}, accel {summary['accel']}, QEMU {summary['qemu_version']}: "
+    driver = summary.get("driver") or "qmp"
+    lines = [f"backend {summary['backend']}" + ("" if driver == "qmp" else f" via {driver}")
+             + f", accel {summary['accel']}, QEMU {summary['qemu_version']}: "
              + ", ".join(f"{n} {o}" for o, n in c.items() if n)
              + (f" in {summary['wall_seconds']:g} s" if summary.get("wall_seconds") is not None else "")]
     through = records.passthrough_counts(summary["tests"])
@@ -191,7 +193,7 @@ def render_html(summary: dict, runs: list[dict] | None = None) -> str:
     image = summary.get("image") or {}
     deadlines = ", ".join(f"{k.replace('_', ' ')} {v:g} s" for k, v in (summary.get("deadlines") or {}).items())
     meta = f"""<p class="meta">run <b>{html.escape(summary['run'])}</b>, finished {html.escape(summary['finished_at'])}{_wall(summary)}<br>
-backend <b>{html.escape(summary['backend'])}</b> &middot; accelerator <b>{html.escape(summary['accel'])}</b>
+backend <b>{html.escape(summary['backend'])}</b> &middot; driver <b>{html.escape(summary.get('driver') or 'qmp')}</b> &middot; accelerator <b>{html.escape(summary['accel'])}</b>
 <small>({html.escape(summary.get('accel_reason', ''))})</small>
 &middot; time factor <b>{(summary.get('pace') or {}).get('factor', 'n/a')}</b>
 <small>(every deadline is its reference figure times this: {html.escape(deadlines)})</small><br>

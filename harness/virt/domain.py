@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,9 @@ from harness.guest.guest import Guest, _make_overlay, _open_guests
 from harness.qemu.monitor import UnplugResult, flatten_pci
 from harness.virt import connect, xml
 
-#: libvirt's flags (virDomainModificationImpact, virDomainCreateFlags, qemu-monitor-command).
-AFFECT_LIVE, START_PAUSED, MONITOR_HMP = 1, 1, 1
+#: libvirt's flags (virDomainModificationImpact, virDomainCreateFlags, qemu-monitor-command)
+#: and its state "paused" (virDomainState).
+AFFECT_LIVE, START_PAUSED, MONITOR_HMP, PAUSED = 1, 1, 1, 3
 #: How long a device that left the live XML may take to send ``device-removed``.
 SETTLE = 2.0
 
@@ -102,6 +104,11 @@ class DomainGuest(Guest):
         raise Unexpressible("live migration", "not built for --driver libvirt yet (virsh migrate)",
                             hint="run the migration scenarios with --driver qmp")
 
+    @property
+    def process(self) -> "QemuPid | None":
+        """The QEMU libvirt started (its PID; signals go to it), None before the launch."""
+        return QemuPid(self.qemu_pid) if self.qemu_pid else None
+
     def alive(self) -> bool:
         return self.dom is not None and _active(self.dom)
 
@@ -151,8 +158,16 @@ class DomainGuest(Guest):
     def qmp(self, command: str, timeout: float = 30.0, **arguments: Any) -> Any:
         """QMP through ``qemu-monitor-command``; the back ends QMP would add before a
         ``device_add`` are kept for its XML (in libvirt they are part of the device)."""
-        if command == "cont":
-            return self._call(lambda: self.dom.resume(), "resume the domain")
+        if command in ("cont", "stop"):  # (through libvirt, which keeps the domain's state)
+            return self._call(self.dom.resume if command == "cont" else self.dom.suspend,
+                              f"{'resume' if command == 'cont' else 'suspend'} the domain")
+        if command in ("device_add", "device_del"):
+            # (behind libvirt's back the live XML would lie: a test of QEMU's own answer to a
+            # raw command has no libvirt equivalent)
+            raise Unexpressible(f"a raw QMP {command}", "with --driver libvirt every hot-add "
+                                "and removal goes through attach-device / detach-device; this "
+                                "test asserts QEMU's own answer to the raw command",
+                                hint="run it with --driver qmp")
         if command in ("netdev_add", "netdev_del"):
             self._backend(self.backends.netdevs, arguments["id"], command, arguments)
             return {}
@@ -234,8 +249,8 @@ class DomainGuest(Guest):
         try:
             t0 = time.monotonic()
             for i in ids:
-                self._call(lambda i=i: self.dom.detachDeviceAlias(self.qemu_id(i), AFFECT_LIVE),
-                           f"detach-device-alias {self.qemu_id(i)}")
+                self._detach(i, t0 + timeout)
+            self._unless_paused(ids, waits, t0, timeout)
             results = [self._verdict(i, waits[i], t0, max(timeout, limit),
                                      self.deadlines.scaled(grace)) for i in ids]
         finally:
@@ -243,6 +258,41 @@ class DomainGuest(Guest):
                 w.__exit__(None, None, None)
         self._used_buses = {b: d for b, d in self._used_buses.items() if d not in ids}
         return results
+
+    def _detach(self, device_id: str, deadline: float) -> None:
+        """``detach-device-alias``; libvirt sends QEMU ``device_del`` and waits for its answer
+        as long as it takes, so the request runs in a thread: no answer by ``deadline`` is the
+        verdict ``qemu-stuck`` (the request stands, libvirt still waits for QEMU)."""
+        name, box = self.qemu_id(device_id), {}
+
+        def request() -> None:
+            try:
+                self._call(lambda: self.dom.detachDeviceAlias(name, AFFECT_LIVE),
+                           f"detach-device-alias {name}")
+            except HarnessError as e:
+                box["error"] = e
+
+        worker = threading.Thread(target=request, name=f"detach-{name}", daemon=True)
+        worker.start()
+        worker.join(max(1.0, deadline - time.monotonic()))
+        if worker.is_alive():
+            raise UnplugError(device_id, "qemu-stuck", f"detach {name}: libvirt did not answer in "
+                              f"{self.deadlines.unplug:g} s: its monitor waits for QEMU, which does "
+                              "not answer", hint="QEMU is hung: see its log in the bundle")
+        if "error" in box:
+            raise box["error"]
+
+    def _unless_paused(self, ids: list[str], waits: dict, t0: float, timeout: float) -> None:
+        """A paused domain's guest cannot release anything: after a short look, say so."""
+        state = self._call(lambda: self.dom.state()[0], "read the domain's state")
+        if state != PAUSED:
+            return
+        for i in ids:
+            if waits[i].wait(t0 + min(timeout, 3.0) - time.monotonic()) != "removed":
+                raise UnplugError(i, "paused", f"detach {self.qemu_id(i)}: the domain is paused, "
+                                  "so the guest cannot release the device; no device-removed in "
+                                  f"{time.monotonic() - t0:.1f} s. The request stands: it completes "
+                                  "once the domain runs", hint="resume it (virsh resume) and wait")
 
     def wait_removed(self, device_id: str, timeout: float = 20.0) -> UnplugResult:
         with connect.DeviceEvents(self.domain_name, self.qemu_id(device_id)) as w:
@@ -278,6 +328,19 @@ class DomainGuest(Guest):
                           f"detach {name}: no device-removed in {timeout:.1f} s; libvirt answers "
                           "and the live XML still lists the device, so the guest never released it",
                           hint="the guest must support PCI hotplug and its driver must let go")
+
+
+class QemuPid:
+    """As much of a ``Popen`` as the harness uses, for a QEMU that is libvirt's child."""
+
+    def __init__(self, pid: int):
+        self.pid, self.returncode = pid, None
+
+    def send_signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def poll(self) -> int | None:
+        return None if Path(f"/proc/{self.pid}").exists() else 0
 
 
 class LibvirtCommandError(QMPCommandError):
@@ -358,7 +421,8 @@ def _rejected(guest: DomainGuest, e) -> LabError:
 
 def _attach_refused(driver: str, device_id: str, element: str, e):
     text = str(e)
-    if "cannot be hot plugged" in text or "not supported" in text.lower():
+    if ("cannot be hot plugged" in text or "not supported" in text.lower()
+            or "Only PCI device addresses with function=0" in text):
         return Unexpressible(f"a hot-added {driver}", f"libvirt refused: {text}",
                              details=f"element sent:\n{element}")
     return LibvirtCommandError(f"attach-device {device_id}", text, element)

@@ -35,6 +35,16 @@ CONTROLLERS = {"ich9-ahci": ("sata", None), "qemu-xhci": ("usb", "qemu-xhci"),
                "nec-usb-xhci": ("usb", "nec-xhci"), "virtio-scsi-pci": ("scsi", "virtio-scsi")}
 
 
+_PCI = frozenset({"bus", "addr", "multifunction"})
+#: The device_add properties each model's element carries (any other is refused).
+MAPPED_PROPS = {**{d: _PCI | {"netdev", "mac"} for d in NIC_MODELS},
+                **{d: frozenset({"bus", "port"}) for d in USB_INPUTS},
+                "usb-storage": frozenset({"drive", "bus", "port"}),
+                "virtio-blk-pci": _PCI | {"drive"}, "scsi-hd": frozenset({"drive", "bus"}),
+                "vfio-pci": _PCI | {"host", "managed"},
+                "usb-host": frozenset({"hostbus", "hostaddr", "vendorid", "productid", "bus", "port"})}
+
+
 def alias(device_id: str) -> str:
     """The name QEMU and the live XML know a hot-added device by."""
     return ALIAS_PREFIX + device_id
@@ -149,8 +159,17 @@ def _disks(image: GuestImage, paths: Paths) -> list[str]:
 
 def device_xml(spec: GuestSpec, driver: str, device_id: str, props: dict,
                backends: Backends) -> str:
-    """The element ``attach-device`` takes for ``device_add driver,id=device_id,props``."""
+    """The element ``attach-device`` takes for ``device_add driver,id=device_id,props``. A
+    property not mapped is refused, never dropped: the device would not be the one asked for."""
     name = f"<alias name={quoteattr(alias(device_id))}/>"
+    unmapped = sorted(set(props) - MAPPED_PROPS.get(driver, _PCI))
+    if unmapped:
+        raise Unexpressible(f"device_add {driver} with {', '.join(f'{k}={props[k]}' for k in unmapped)}",
+                            "the harness maps no libvirt element or attribute to "
+                            + ("it" if len(unmapped) == 1 else "them")
+                            + (" (libvirt's <teaming> fails over only to a hostdev)"
+                               if {"failover", "failover_pair_id"} & set(unmapped) else ""),
+                            hint="run this test with --driver qmp")
     if driver in NIC_MODELS:
         return _interface(spec, driver, name, props, backends)
     if driver in USB_INPUTS:

@@ -119,3 +119,12 @@ def test_live_aliases_and_elements_from_a_live_domain_xml():
     assert vx.controller_indexes(live) == {"usb": {0}, "pci": {1}}
     assert "ua-nic0" in vx.element_of(live, "ua-nic0")
     assert vx.element_of(live, "ua-nic1") is None
+
+
+def test_a_property_libvirt_has_no_place_for_is_refused_not_dropped():
+    spec = GuestSpec(machine="q35")
+    b = vx.Backends(netdevs={"n0": {"type": "user"}})
+    with pytest.raises(Unexpressible, match="failover=True.*hostdev"):
+        vx.device_xml(spec, "virtio-net-pci", "standby0", {"netdev": "n0", "failover": True}, b)
+    with pytest.raises(Unexpressible, match="speed=fast"):
+        vx.device_xml(spec, "usb-tablet", "t0", {"speed": "fast"}, b)
