@@ -215,7 +215,7 @@ class HostUsage:
             if majmin in self.storage.consoles:
                 uses.append(f"/dev/{name} (below {label}) is a kernel console "
                             f"({self.storage.consoles[majmin]} in /proc/consoles)")
-        uses += [f"{label}: {k}" for k in _console_inputs(self.fs, path)]
+        uses += [f"{label}: {k}" for k in _console_inputs(self.fs, path, tree.inputs)]
         uses += [f"USB interface {name} (below {label}) is on {driver}, whose use the harness "
                  "cannot judge" for name, driver, _ in tree.usb_interfaces
                  if driver is not None and driver not in USB_DRIVERS_JUDGED]
@@ -255,12 +255,16 @@ class _Subtree:
         #: USB interfaces (``3-4:1.0``), their drivers (None: unbound), and whether a network
         #: interface shows below them.
         self.usb_interfaces: list[tuple[str, str | None, bool]] = []
+        #: Input devices (``input5``: what /proc/bus/input/devices lists).
+        self.inputs: list[str] = []
         try:  # a disk is wherever /sys/class/block says (an NVMe namespace sits under nvme0/)
             disks = {os.path.realpath(p) for p in fs.sys("class", "block").iterdir()}
         except OSError:
             disks = set()
         for dirpath, dirnames, filenames in os.walk(path):
             here = Path(dirpath)
+            if re.fullmatch(r"input\d+", here.name):
+                self.inputs.append(here.name)
             if _USB_INTERFACE.fullmatch(here.name):
                 self.usb_interfaces.append((here.name, fs.link_name(here / "driver"),
                                             any(here.glob("net/*"))))
@@ -289,11 +293,16 @@ def _nvme_heads(fs: Sysfs, path: str) -> list[str]:
     return heads
 
 
-def _console_inputs(fs: Sysfs, path: str) -> list[str]:
+def _console_inputs(fs: Sysfs, path: str, inputs: list[str]) -> list[str]:
     """Keyboards below ``path`` the console's keyboard handler (kbd) reads: no process holds
-    them open, and yet a person at the console types on them."""
+    them open, and yet a person at the console types on them. ``inputs``: the input devices
+    below it (``input5``), which an unreadable list leaves unproven."""
+    text = fs.read(fs.proc("bus", "input", "devices"))
+    if text is None:
+        return [f"cannot tell whether the input device(s) {', '.join(inputs)} below it feed "
+                "the console: /proc/bus/input/devices cannot be read"] if inputs else []
     out = []
-    for block in (fs.read(fs.proc("bus", "input", "devices")) or "").split("\n\n"):
+    for block in text.split("\n\n"):
         fields = dict(line[3:].split("=", 1) for line in block.splitlines()
                       if line[1:3] == ": " and "=" in line)
         where = os.path.realpath(fs.sys(fields.get("Sysfs", "/nowhere").lstrip("/")))
@@ -345,6 +354,24 @@ class _Planner:
             self.verdicts.append(v)
             self.problems.extend(label + u for u in v.uses)
 
+    def members_of(self, fs: Sysfs, target: PciDevice, group: int) -> tuple[PciDevice, ...]:
+        """The group's members as sysfs lists them; one it cannot list is a problem, never a
+        group of one (vfio takes every member with the device)."""
+        try:
+            members = tuple(fs.pci_device(m) if m != target.bdf else target
+                            for m in fs.iommu_group_members(group, strict=True))
+        except OSError as e:
+            self.problems.append(f"the members of IOMMU group {group} cannot be read "
+                                 f"({fs.sys('kernel', 'iommu_groups', str(group), 'devices')}: "
+                                 f"{e.strerror or e}): vfio would take them all with "
+                                 f"{target.bdf}")
+            return (target,)
+        if target not in members:
+            self.problems.append(f"{target.bdf} is not among the members sysfs lists for IOMMU "
+                                 f"group {group}: the group cannot be told")
+            members = (target, *members)
+        return members
+
     def member(self, m: PciDevice, target: str, group: int, listed: "set[str] | None") -> None:
         """Problems of a group member that is not a PCI-to-PCI bridge."""
         what = f"group {group} member {m.bdf} ({m.class_name}, {m.driver or 'no driver'})"
@@ -384,8 +411,7 @@ def plan_group(root: "str | Path | Sysfs", bdf: str, usage: HostUsage | None,
                           "the firmware, intel_iommu=on)")
         return GroupPlan(target, None, (target,), (), (), tuple(p.problems), tuple(p.verdicts))
     group = target.iommu_group
-    members = tuple(fs.pci_device(m) if m != bdf else target
-                    for m in fs.iommu_group_members(group) or [bdf])
+    members = p.members_of(fs, target, group)
     listed = {parse_bdf(a) for a in allowed} if allowed is not None else None
     to_move, kept = [], []
     for m in members:

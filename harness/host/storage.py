@@ -4,7 +4,8 @@ A block device is *idle* when neither it nor any of its partitions is mounted (i
 namespace), used as swap, held by another block device (``holders/``: device-mapper, LVM, md,
 bcache, dm-crypt), a member of a btrfs filesystem, or open by a process. Open device nodes
 are read from every process's ``/proc/PID/fd``; a process whose fds cannot be read, a mount
-namespace whose mounts cannot be read, a local filesystem whose disk cannot be told and a
+namespace whose mounts cannot be read (``mountinfo``), an unreadable ``/proc/swaps`` or
+``/proc/consoles``, a local filesystem whose disk cannot be told and a
 loaded ZFS (whose pools hold disks with none of the above) make every device unproven:
 :attr:`StorageView.problems` (ZFS and unmapped filesystems: :attr:`StorageView.unmapped`,
 which an inventory may clear per controller with ``no_host_filesystems = true``).
@@ -69,15 +70,16 @@ def _mounts(fs: Sysfs, problems: list[str]) -> list[Mount]:
             continue
         seen.add(ns)
         text = fs.read(proc / "mountinfo")
-        if text is None and proc.name == "self":
-            text = fs.read(fs.proc("mounts"))
-            out += [Mount(_unescape(f[0]), _unescape(f[1]), f[2], None)
-                    for f in (line.split() for line in (text or "").splitlines()) if len(f) >= 3]
-            if text is None:
-                problems.append("neither /proc/self/mountinfo nor /proc/mounts can be read")
+        if text is None:  # unread is not "nothing mounted" (a process that ended: gone)
+            if proc.name == "self" or proc.exists():
+                problems.append(f"/proc/{proc.name}/mountinfo cannot be read: what is mounted "
+                                "there is unknown")
             continue
-        out += _parse_mountinfo(text or "")
-    for line in (fs.read(fs.proc("swaps")) or "").splitlines()[1:]:
+        out += _parse_mountinfo(text)
+    swaps = fs.read(fs.proc("swaps"))
+    if swaps is None:
+        problems.append("/proc/swaps cannot be read: which disks are swap is unknown")
+    for line in (swaps or "").splitlines()[1:]:
         fields = line.split()
         if fields and fields[0].startswith("/dev/"):
             out.append(Mount(_unescape(fields[0]), "swap", "swap", None))
@@ -249,8 +251,12 @@ class StorageView:
 
         #: Character devices the kernel prints its console to (/proc/consoles: a serial
         #: adapter can be the console with no process holding it open): MAJ:MIN -> name.
+        consoles = fs.read(fs.proc("consoles"))
+        if consoles is None:
+            problems.append("/proc/consoles cannot be read: which device nodes the kernel "
+                            "prints its console to is unknown")
         self.consoles = {f[-1]: f[0] for f in (line.split() for line in
-                         (fs.read(fs.proc("consoles")) or "").splitlines())
+                         (consoles or "").splitlines())
                          if len(f) >= 2 and re.fullmatch(r"\d+:\d+", f[-1])}
 
     @classmethod

@@ -309,11 +309,15 @@ class Sysfs:
         except OSError:
             return []
 
-    def iommu_group_members(self, group: int) -> list[str]:
+    def iommu_group_members(self, group: int, strict: bool = False) -> list[str]:
+        """The PCI functions of IOMMU group ``group``; an unreadable group is empty, or raises
+        OSError when ``strict`` (for a decision: an unread group is not a group of one)."""
         try:
             return sorted(p.name for p in
                           self.sys("kernel", "iommu_groups", str(group), "devices").iterdir())
         except OSError:
+            if strict:
+                raise
             return []
 
     def pci_driver_dir(self, driver: str) -> Path:

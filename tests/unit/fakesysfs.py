@@ -88,6 +88,10 @@ class FakeHost:
             (self.sys / d).mkdir(parents=True, exist_ok=True)
         (self.sys / "bus/pci/drivers_probe").write_text("")
         (self.root / "proc/net").mkdir(parents=True)
+        # What every Linux host has, read as evidence (unreadable: nothing is proven idle).
+        self.proc("self/mountinfo", "")
+        self.proc("swaps", "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n")
+        self.proc("consoles", "tty0                 -WU (EC p  )    4:7\n")
         self.add_driver("vfio-pci")
 
     # -- building ----------------------------------------------------------------------------
@@ -300,9 +304,16 @@ class FakeHost:
                 self.file("ip/netns.json", "")
 
     def proc(self, name: str, text: str) -> None:
+        """``name`` under proc/; ``mounts`` (the /proc/mounts format, easier to write) is
+        written as self/mountinfo too, which the harness reads (with no MAJ:MIN: 0:0)."""
         p = self.root / "proc" / name
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(text)
+        if name == "mounts":
+            self.proc("self/mountinfo", "".join(
+                f"{n} 1 0:0 / {f[1]} {f[3]} - {f[2]} {f[0]} {f[3]}\n"
+                for n, f in enumerate((line.split() for line in text.splitlines()), start=20)
+                if len(f) >= 4))
 
     def file(self, rel: str, text: str | bytes = "") -> Path:
         p = self.root / rel

@@ -1,0 +1,98 @@
+"""Issue 31, a later adversarial read of the proven-idle rule: holes each closed fail-closed,
+each test failing on the code before its fix. Fake sysfs, fake `ip -j` output and real files
+(tests/unit/fakesysfs.py)."""
+
+import os
+import shutil
+
+import pytest
+
+from harness.core.errors import HostDeviceError
+from harness.host.binding import VfioBinder
+from harness.host.safety import HostUsage, plan_group
+
+from . import fakesysfs
+from .fakesysfs import FakeHost
+
+fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
+PORT0, PORT1 = "0000:05:00.0", "0000:05:00.1"
+SATA = "0000:06:00.0"     # sdb, not mounted: idle on the lab host
+XHCI = "0000:07:00.0"     # USB bus 4, nothing on it
+
+
+def uses(host: FakeHost, bdf: str) -> tuple[str, ...]:
+    return HostUsage.read(host.root).verdict(bdf).uses
+
+
+def refused(host: FakeHost, bdf: str, allowed) -> str:
+    """The binder refuses before any write, journal or sysfs."""
+    journal = host.root / "var/lib/hotplug-harness/vfio-journal.json"
+    before = host.snapshot()
+    with pytest.raises(HostDeviceError) as e:
+        VfioBinder(host.sysfs(), journal=journal).bind(bdf, allowed)
+    assert host.writes == [] and host.snapshot() == before and not journal.exists()
+    return e.value.message
+
+
+def unreadable(path) -> None:
+    """A file that exists but cannot be read (as root, a mode would not stop the read)."""
+    path.unlink()
+    path.mkdir()
+
+
+# -- 4. evidence that cannot be read is no evidence ---------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["swaps", "consoles", "self/mountinfo"])
+def test_an_unreadable_proc_file_leaves_every_device_unproven(lab, name):
+    """An unreadable /proc/swaps, /proc/consoles or /proc/self/mountinfo read as empty: the
+    disks' use (swap, mounts) and the console's nodes went unseen. Now the device is refused,
+    naming the file."""
+    assert uses(lab, SATA) == ()
+    unreadable(lab.root / "proc" / name)
+    assert any(f"/proc/{name} cannot be read" in u for u in uses(lab, SATA)), uses(lab, SATA)
+    assert f"/proc/{name} cannot be read" in refused(lab, SATA, {SATA})
+
+
+def test_an_unreadable_mountinfo_of_another_mount_namespace_is_not_an_empty_one(lab):
+    (lab.root / "proc/77/ns").mkdir(parents=True)
+    os.symlink("mnt:[4026532400]", lab.root / "proc/77/ns/mnt")
+    lab.proc("77/mountinfo", "40 30 8:17 / /data rw - ext4 /dev/sdb1 rw\n")
+    unreadable(lab.root / "proc/77/mountinfo")
+    assert "cannot tell whether 0000:06:00.0 is in use: /proc/77/mountinfo cannot be read: " \
+           "what is mounted there is unknown" in uses(lab, SATA)
+
+
+def test_an_unreadable_input_device_list_keeps_a_controller_with_input_devices(lab):
+    """/proc/bus/input/devices says which keyboard feeds the console: unread, a controller
+    with an input device below it is unproven (one without any is not concerned)."""
+    (lab.dev_dir(XHCI) / "usb4/4-1/4-1:1.0/0003:046D:C31C.0001/input/input4").mkdir(
+        parents=True)
+    lab.proc("bus/input/devices", "")
+    assert uses(lab, XHCI) == ()
+    unreadable(lab.root / "proc/bus/input/devices")
+    assert uses(lab, XHCI) == (
+        "0000:07:00.0: cannot tell whether the input device(s) input4 below it feed the "
+        "console: /proc/bus/input/devices cannot be read",)
+    assert uses(lab, PORT0) == ()
+
+
+def test_an_unreadable_iommu_group_is_not_a_group_of_the_device_alone(lab):
+    """`iommu_group_members(...) or [bdf]`: a group whose member list could not be read was
+    taken as the device alone, so its unlisted companion 05:00.1 (moved to vfio-pci with it by
+    the kernel's rule) was never looked at."""
+    devices = lab.sys / "kernel/iommu_groups/12/devices"
+    shutil.rmtree(devices)
+    devices.write_text("")  # listing it fails (not a directory)
+    plan = plan_group(lab.root, PORT0, HostUsage.read(lab.root), allowed={PORT0})
+    assert not plan.safe
+    assert any("the members of IOMMU group 12 cannot be read" in p and str(devices) in p
+               for p in plan.problems), plan.problems
+    assert "the members of IOMMU group 12 cannot be read" in refused(lab, PORT0, {PORT0})
+
+
+def test_a_device_missing_from_its_groups_member_list_is_refused(lab):
+    (lab.sys / "kernel/iommu_groups/12/devices" / PORT0).unlink()
+    plan = plan_group(lab.root, PORT0, HostUsage.read(lab.root), allowed={PORT0, PORT1})
+    assert f"{PORT0} is not among the members sysfs lists for IOMMU group 12: the group " \
+           "cannot be told" in plan.problems
