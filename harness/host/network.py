@@ -168,7 +168,7 @@ def _uppers(fs: Sysfs, ns: Namespace, dev: Netdev) -> list[str]:
 def _run(fs: Sysfs, argv: list[str], fake: Path) -> str:
     """A tool's output; under a fake root, the file that stands for it. Raises OSError (with
     what went wrong) when it cannot be had."""
-    if fs.root != Path("/"):
+    if not fs.real_host:
         text = fs.read(fake)
         if text is None:
             raise OSError(f"no {fake.relative_to(fs.root)} (the fake of `{' '.join(argv)}`)")
@@ -243,7 +243,7 @@ def _named_namespaces(fs: Sysfs, problems: list[str]) -> list[str]:
     except (OSError, ValueError, TypeError, KeyError) as e:
         problems.append(f"the network namespaces cannot be listed: {e}")
         return []
-    run_netns = fs.path("var", "run", "netns") if fs.root != Path("/") else Path("/var/run/netns")
+    run_netns = fs.path("var", "run", "netns")
     try:
         names |= {p.name for p in run_netns.iterdir()}
     except FileNotFoundError:

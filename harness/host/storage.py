@@ -282,7 +282,7 @@ class StorageView:
         uses += [f"{name} is exported by {target}" for target in self.exported.get(name, [])]
         # (a hidden NVMe multipath path, nvme0c0n1, has no /dev node: the kernel claims the
         # disk through its head, nvme0n1, which is looked at as the namespace's own device)
-        if self.fs.root == Path("/") and self.fs.read(d / "hidden") != "1":
+        if self.fs.real_host and self.fs.read(d / "hidden") != "1":
             uses += _claimed(devname(d, self.fs))
         uses += [f"{name} is open by {who}"
                  for who in self.opened.users("block", devname(d, self.fs), majmin)]

@@ -216,8 +216,16 @@ class Sysfs:
     """root/sys and root/proc. All sysfs writes of the harness go through :meth:`write`."""
 
     def __init__(self, root: str | Path = "/", on_write: WriteHook | None = None):
-        self.root = Path(root)
+        # Resolved once: "//", "/./", "/proc/.." or a link to / are the real host too, and
+        # every "real host or a test's fake root?" decision reads :attr:`real_host`.
+        self.root = Path(os.path.realpath(root))
         self.on_write = on_write
+
+    @property
+    def real_host(self) -> bool:
+        """Whether this is the running host (root ``/``), not a test's fake tree: the real
+        host's tools run and its /dev nodes are opened, a fake root's stand-ins are read."""
+        return self.root == Path("/")
 
     @classmethod
     def of(cls, root: "str | Path | Sysfs") -> "Sysfs":

@@ -4,12 +4,15 @@ each test failing on the code before its fix. Fake sysfs, fake `ip -j` output an
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
 from harness.core.errors import HostDeviceError
 from harness.host.binding import VfioBinder
+from harness.host import network
 from harness.host.safety import HostUsage, plan_group
+from harness.host.sysfs import Sysfs
 
 from . import fakesysfs
 from .fakesysfs import FakeHost
@@ -96,3 +99,28 @@ def test_a_device_missing_from_its_groups_member_list_is_refused(lab):
     plan = plan_group(lab.root, PORT0, HostUsage.read(lab.root), allowed={PORT0, PORT1})
     assert f"{PORT0} is not among the members sysfs lists for IOMMU group 12: the group " \
            "cannot be told" in plan.problems
+
+
+# -- 8. one notion of "the real host" -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("spelling", ["/", "//", "/./", "/proc/..", "a link to /"])
+def test_every_spelling_of_the_real_root_is_the_real_host(spelling, tmp_path):
+    """`fs.root == Path("/")` chose the fake tools: `--root //` (pathlib keeps the two
+    slashes) or `/proc/..` read the host as a test's fake tree, whose stand-in files are
+    missing, or planted. The root is resolved once and one property decides."""
+    if spelling == "a link to /":
+        os.symlink("/", tmp_path / "root")
+        spelling = str(tmp_path / "root")
+    fs = Sysfs(spelling)
+    assert fs.real_host and fs.root == Path("/")
+    # the host's own tool runs; no stand-in under the root is looked for
+    assert network._run(fs, ["echo", "from the real tool"], fs.path("ip", "link.json")) == \
+        "from the real tool\n"
+
+
+def test_a_fake_root_is_not_the_real_host(lab):
+    fs = Sysfs(str(lab.root) + "/./")
+    assert not fs.real_host and fs.root == lab.root
+    assert network._run(fs, ["false"], fs.path("ip", "link.json")).startswith("[")
+
