@@ -124,3 +124,55 @@ def test_a_fake_root_is_not_the_real_host(lab):
     assert not fs.real_host and fs.root == lab.root
     assert network._run(fs, ["false"], fs.path("ip", "link.json")).startswith("[")
 
+
+# -- 7. the evidence is read again under the journal lock ---------------------------------------
+
+
+class _ChangesWhileWaiting:
+    """A journal lock whose wait lets the host change (another run, an operator): ``change``
+    runs as the lock is taken, after the binder's first reading of the evidence."""
+
+    def __init__(self, journal, change):
+        self.journal, self.change = journal, change
+
+    def locked(self):
+        self.change()
+        return self.journal.locked()
+
+    def __getattr__(self, name):
+        return getattr(self.journal, name)
+
+
+def _bind_while(host: FakeHost, change) -> str:
+    journal = host.root / "var/lib/hotplug-harness/vfio-journal.json"
+    binder = VfioBinder(host.sysfs(), journal=journal)
+    binder.journal = _ChangesWhileWaiting(binder.journal, change)
+    with pytest.raises(HostDeviceError) as e:
+        binder.bind(PORT0, {PORT0, PORT1})
+    assert host.writes == [] and not journal.exists()
+    return e.value.message
+
+
+def test_an_interface_brought_up_while_the_bind_waits_for_the_lock_is_seen(lab):
+    """The verdict was read before the journal lock was taken, and the devices moved after it:
+    an interface brought up (and addressed) meanwhile went to vfio-pci."""
+    def bring_up():
+        lab.network(links=[fakesysfs.link(1, "lo", up=True),
+                           fakesysfs.link(3, "enp5s0f0", PORT0, up=True),
+                           fakesysfs.link(4, "enp5s0f1", PORT1)],
+                    addrs={"enp5s0f0": ["10.0.5.1/24"]})
+    assert "while it waited for the vfio journal lock, enp5s0f0 is up with the address " \
+           "10.0.5.1/24" in _bind_while(lab, bring_up)
+
+
+def test_a_group_member_rebound_while_the_bind_waits_for_the_lock_is_refused(lab):
+    """The plan moves each member from the driver it had: one rebound meanwhile (to a driver
+    the first reading did not judge) is not moved on the old plan."""
+    def rebind():
+        lab.add_driver("igb", ["8086:10fb"])
+        lab.kernel(lab.sys / "bus/pci/drivers/ixgbe/unbind", PORT1)
+        lab.kernel(lab.sys / "bus/pci/drivers/igb/bind", PORT1)
+        lab.writes.clear()
+    message = _bind_while(lab, rebind)
+    assert "its IOMMU group 12 changed while it waited for the vfio journal lock" in message
+    assert "0000:05:00.1 (moves from igb)" in message
