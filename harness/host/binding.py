@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import stat
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -262,25 +263,37 @@ def _move_to_vfio(fs: Sysfs, dev: PciDevice, timeout: float) -> None:
 
 
 def vfio_group_users(root: "str | Path | Sysfs", group: int | None) -> list[tuple[int, str]]:
-    """(pid, command) of the processes that hold /dev/vfio/<group> open (a QEMU using it)."""
+    """(pid, command) of the processes that hold /dev/vfio/<group> open (a QEMU using it), by
+    path or by device number (a node of another path: a container's /dev)."""
     if group is None:
         return []
     fs = Sysfs.of(root)
     wanted = f"/dev/vfio/{group}"
+    number = fs.vfio_group_dev(group)
+    rdev = os.makedev(*map(int, number.split(":"))) if number else None
     users = []
     for proc in fs.proc().glob("[0-9]*"):
         try:
             fds = list((proc / "fd").iterdir())
         except OSError:  # gone, or not ours to read
             continue
-        for fd in fds:
-            try:
-                if os.readlink(fd) == wanted:
-                    users.append((int(proc.name), fs.read(proc / "comm") or "?"))
-                    break
-            except OSError:
-                continue
+        if any(_is_node(fd, wanted, rdev) for fd in fds):
+            users.append((int(proc.name), fs.read(proc / "comm") or "?"))
     return sorted(users)
+
+
+def _is_node(fd: Path, path: str, rdev: int | None) -> bool:
+    """Whether the open file ``fd`` is the character device at ``path`` or of number ``rdev``."""
+    try:
+        target = os.readlink(fd)
+        if target == path:
+            return True
+        if rdev is None or not target.startswith("/"):
+            return False
+        st = os.stat(fd)
+    except OSError:
+        return False
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == rdev
 
 
 def _holders(fs: Sysfs, group: int | None) -> tuple[str, int] | None:

@@ -128,9 +128,15 @@ class HostUsage:
             evidence.append(f"{dev.bdf} is on {dev.driver or 'no driver'}: no host driver uses it")
         elif dev.driver == VFIO:
             node = f"/dev/vfio/{dev.iommu_group}"
-            users = self.storage.opened.users("char", node[len("/dev/"):], None)
+            number = self.fs.vfio_group_dev(dev.iommu_group) \
+                if dev.iommu_group is not None else None
+            users = self.storage.opened.users("char", node[len("/dev/"):], number)
             if dev.iommu_group in held_groups:
                 evidence.append(f"{dev.bdf} is on vfio-pci for this run")
+            elif number is None:
+                uses.append(f"{dev.bdf} is on vfio-pci and the device number of {node} cannot "
+                            f"be read (/sys/class/vfio/{dev.iommu_group}/dev): a process may "
+                            "hold the group through a node of another path")
             elif users:
                 uses.append(f"{dev.bdf} is on vfio-pci and {node} is open by "
                             f"{', '.join(users)}")

@@ -145,9 +145,11 @@ class OpenFiles:
             target = os.readlink(fd)
         except OSError:
             return
-        if not target.startswith("/dev/"):
-            return
+        if not target.startswith("/"):
+            return  # socket:[...], pipe:[...], anon_inode:..., net:[...]: no device node
         self.paths.setdefault(target, set()).add(who)
+        # By number whatever its path: a node in a container's /dev, or anywhere else, that
+        # stands for the same device is the same use.
         try:
             st = os.stat(fd)
         except OSError:

@@ -328,6 +328,13 @@ class Sysfs:
                 raise
             return []
 
+    def vfio_group_dev(self, group: int) -> str | None:
+        """``MAJ:MIN`` of ``/dev/vfio/<group>`` (sysfs ``class/vfio/<group>/dev``), or None when
+        it cannot be read: a process may hold the group through any node of that number (a
+        container's own /dev), so it is matched by number, not by path."""
+        dev = self.read(self.sys("class", "vfio", str(group), "dev"))
+        return dev if dev and re.fullmatch(r"\d+:\d+", dev) else None
+
     def pci_driver_dir(self, driver: str) -> Path:
         return self.sys("bus", "pci", "drivers", driver)
 

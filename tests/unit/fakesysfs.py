@@ -65,6 +65,10 @@ name "vfio-pci-nohotplug", bus PCI, desc "VFIO-based PCI device assignment"
 """
 
 
+#: The major number the kernel gave vfio's group devices (dynamic; 243 is a common one).
+VFIO_MAJOR = 243
+
+
 class Killed(BaseException):
     """The run was killed at this write (not an Exception: nothing catches it)."""
 
@@ -358,6 +362,7 @@ class FakeHost:
         if driver == "vfio-pci":
             group = os.path.basename(os.readlink(d / "iommu_group"))
             self.file(f"dev/vfio/{group}")
+            self.file(f"sys/class/vfio/{group}/dev", f"{VFIO_MAJOR}:{group}\n")
 
     def _unbind(self, bdf: str) -> None:
         driver = self.driver_of(bdf)

@@ -4,6 +4,7 @@ each test failing on the code before its fix. Fake sysfs, fake `ip -j` output an
 
 import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,47 @@ def test_a_group_member_rebound_while_the_bind_waits_for_the_lock_is_refused(lab
     message = _bind_while(lab, rebind)
     assert "its IOMMU group 12 changed while it waited for the vfio journal lock" in message
     assert "0000:05:00.1 (moves from igb)" in message
+
+
+# -- 6. a vfio group held through a node of another path ----------------------------------------
+
+
+def hold_by_number(host: FakeHost, pid: int, comm: str, major: int, minor: int,
+                   where: str) -> None:
+    """Process ``pid`` holds a character device node of MAJ:MIN at ``where`` (a container's
+    /dev, as the host sees it): a real node, so that its fd is matched by number only."""
+    node = host.root / where
+    node.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mknod(node, 0o600 | stat.S_IFCHR, os.makedev(major, minor))
+    except PermissionError:
+        pytest.skip("making a device node needs CAP_MKNOD (run the unit tests as root)")
+    host.proc(f"{pid}/comm", f"{comm}\n")
+    (host.root / f"proc/{pid}/fd").mkdir(parents=True, exist_ok=True)
+    os.symlink(node, host.root / f"proc/{pid}/fd/9")
+
+
+def test_a_vfio_group_held_through_a_containers_node_is_in_use(lab):
+    """Group users were matched by the path /dev/vfio/N only: a QEMU in a container holding
+    the same group through its own /dev/vfio/12 was not seen, so the group was judged free
+    (and given back under it). Now by device number."""
+    journal = lab.root / "var/lib/hotplug-harness/vfio-journal.json"
+    binder = VfioBinder(lab.sysfs(), journal=journal)
+    lease = binder.bind(PORT0, {PORT0, PORT1})
+    hold_by_number(lab, 5150, "qemu-system-x86", fakesysfs.VFIO_MAJOR, 12,
+                   "var/lib/containers/ctr1/rootfs/dev/vfio/12")
+    assert "0000:05:00.0 is on vfio-pci and /dev/vfio/12 is open by pid 5150 " \
+           "(qemu-system-x86)" in uses(lab, PORT0)
+    with pytest.raises(HostDeviceError) as e:
+        lease.release()
+    assert "/dev/vfio/12 is still open by pid 5150 (qemu-system-x86)" in e.value.details
+    assert lab.driver_of(PORT0) == "vfio-pci"
+
+
+def test_a_vfio_group_whose_device_number_cannot_be_read_is_unproven(lab):
+    journal = lab.root / "var/lib/hotplug-harness/vfio-journal.json"
+    VfioBinder(lab.sysfs(), journal=journal).bind(PORT0, {PORT0, PORT1})
+    (lab.sys / "class/vfio/12/dev").unlink()
+    assert any("the device number of /dev/vfio/12 cannot be read" in u
+               for u in uses(lab, PORT0)), uses(lab, PORT0)
+
