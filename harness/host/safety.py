@@ -14,8 +14,9 @@ in sysfs:
   vfio-pci may be in a guest);
 * every block device below it (NVMe multipath heads under ``nvme-subsystem`` included) is
   idle (:mod:`.storage`), and every device node below it (``/dev/input/event*``,
-  ``/dev/bus/usb/...``, ``/dev/ttyUSB*``) is open by no process; no keyboard below it feeds
-  the console;
+  ``/dev/bus/usb/...``, ``/dev/ttyUSB*``, the NVMe controller's ``/dev/nvme0`` and generic
+  ``/dev/ng0n1``, a multipath head's too) is open by no process, by path or by number; no
+  keyboard below it feeds the console;
 * on vfio-pci: its ``/dev/vfio/GROUP`` is open by no process (or the group is this run's).
 
 What cannot be read (``ip`` or ``ss`` missing, a namespace it cannot enter, another
@@ -116,6 +117,7 @@ class HostUsage:
                 "no rule that could prove it idle"]
         self._driver(dev, role, held_groups, uses, evidence)
         tree = _Subtree(self.fs, dev.path)
+        tree.char_nodes += _nvme_char_heads(self.fs, dev.path)
         self._network(dev, role, tree, uses, evidence)
         for vf in vfs_of(self.fs, dev.bdf):
             self._vf(vf, uses, evidence)
@@ -286,17 +288,26 @@ class _Subtree:
         self.blocks.sort()
 
 
-def _nvme_heads(fs: Sysfs, path: str) -> list[str]:
-    """NVMe namespaces with native multipath: the disk the host mounts (``nvme0n1``) lives
-    under /sys/devices/virtual/nvme-subsystem, beside links to the subsystem's controllers."""
-    heads = []
+def _nvme_subsystems(fs: Sysfs, path: str) -> list[Path]:
+    """The NVMe subsystems (native multipath) with a controller below ``path``: their
+    namespaces' devices live under /sys/devices/virtual/nvme-subsystem, not below it."""
     prefix = path.rstrip("/") + "/"
-    for subsys in sorted(fs.sys("devices", "virtual", "nvme-subsystem").glob("*")):
-        ctrls = [os.path.realpath(p) for p in subsys.glob("nvme*") if p.is_symlink()]
-        if any(c.startswith(prefix) for c in ctrls):
-            heads += sorted(p.name for p in subsys.glob("nvme*") if (p / "dev").exists()
-                            and not p.is_symlink())
-    return heads
+    return [subsys for subsys in sorted(fs.sys("devices", "virtual", "nvme-subsystem").glob("*"))
+            if any(os.path.realpath(p).startswith(prefix)
+                   for p in subsys.glob("nvme*") if p.is_symlink())]
+
+
+def _nvme_heads(fs: Sysfs, path: str) -> list[str]:
+    """The multipath disks the host mounts (``nvme0n1``), beside the controllers' links."""
+    return [p.name for subsys in _nvme_subsystems(fs, path) for p in sorted(subsys.glob("nvme*"))
+            if (p / "dev").exists() and not p.is_symlink()]
+
+
+def _nvme_char_heads(fs: Sysfs, path: str) -> list[tuple[Path, str | None]]:
+    """The multipath namespaces' generic character devices (``/dev/ng0n1``: NVMe passthrough,
+    io_uring): a process holding one uses the controller with no block device open."""
+    return [(p, fs.read(p / "dev")) for subsys in _nvme_subsystems(fs, path)
+            for p in sorted(subsys.glob("ng*")) if (p / "dev").exists()]
 
 
 def _console_inputs(fs: Sysfs, path: str, inputs: list[str]) -> list[str]:

@@ -221,3 +221,47 @@ def test_a_vfio_group_whose_device_number_cannot_be_read_is_unproven(lab):
     assert any("the device number of /dev/vfio/12 cannot be read" in u
                for u in uses(lab, PORT0)), uses(lab, PORT0)
 
+
+# -- 3. NVMe character devices --------------------------------------------------------------------
+
+NVME = "0000:09:00.0"
+
+
+def nvme_multipath(host: FakeHost) -> None:
+    """An idle NVMe controller with native multipath: its controller node nvme0 (242:0) below
+    the PCI function, its namespace's disk nvme0n1 and generic node ng0n1 (238:0) under
+    /sys/devices/virtual/nvme-subsystem."""
+    host.add_pci(NVME, "144d:a808", 0x010802, "nvme", 21)
+    ctrl = host.dev_dir(NVME) / "nvme/nvme0"
+    (ctrl / "nvme0c0n1").mkdir(parents=True)
+    (ctrl / "dev").write_text("242:0\n")
+    subsys = host.sys / "devices/virtual/nvme-subsystem/nvme-subsys0"
+    (subsys / "nvme0n1").mkdir(parents=True)
+    (subsys / "nvme0n1/dev").write_text("259:0\n")
+    (subsys / "ng0n1").mkdir()
+    (subsys / "ng0n1/dev").write_text("238:0\n")
+    (subsys / "ng0n1/uevent").write_text("MAJOR=238\nMINOR=0\nDEVNAME=ng0n1\n")
+    os.symlink(ctrl, subsys / "nvme0")
+    os.symlink(subsys / "nvme0n1", host.sys / "class/block/nvme0n1")
+
+
+def test_an_nvme_multipath_heads_generic_char_device_held_open_is_in_use(lab):
+    """/dev/ng0n1 (NVMe passthrough, io_uring) of a multipath namespace lives under the
+    subsystem, not below the controller: only its block device was looked at."""
+    nvme_multipath(lab)
+    assert uses(lab, NVME) == ()
+    lab.proc("6060/comm", "fio\n")
+    (lab.root / "proc/6060/fd").mkdir()
+    os.symlink("/dev/ng0n1", lab.root / "proc/6060/fd/4")
+    assert uses(lab, NVME) == ("/dev/ng0n1 (below 0000:09:00.0) is open by pid 6060 (fio)",)
+    assert "/dev/ng0n1 (below 0000:09:00.0) is open by pid 6060 (fio)" in \
+        refused(lab, NVME, {NVME})
+
+
+@pytest.mark.parametrize("node, majmin", [("nvme0", (242, 0)), ("ng0n1", (238, 0))])
+def test_an_nvme_char_device_held_through_another_path_is_in_use(lab, node, majmin):
+    """By device number, not by path: a container's /dev/nvme0 or /dev/ng0n1 is the same
+    controller."""
+    nvme_multipath(lab)
+    hold_by_number(lab, 6061, "nvme", *majmin, f"ctr/rootfs/dev/{node}")
+    assert uses(lab, NVME) == (f"/dev/{node} (below 0000:09:00.0) is open by pid 6061 (nvme)",)
