@@ -39,7 +39,8 @@ class Mount(NamedTuple):
     majmin: str | None      # from mountinfo: resolves even /dev/root
 
 
-def _unescape(field: str) -> str:
+def unescape_mountinfo(field: str) -> str:
+    """A path field of mountinfo (or /proc/mounts) as it is."""
     # /proc/mounts writes space, tab, newline and backslash as octal escapes.
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
 
@@ -50,7 +51,8 @@ def _parse_mountinfo(text: str) -> list[Mount]:
         head, _, tail = line.partition(" - ")
         fields, rest = head.split(), tail.split()
         if len(fields) >= 5 and len(rest) >= 2:
-            out.append(Mount(_unescape(rest[1]), _unescape(fields[4]), rest[0], fields[2]))
+            out.append(Mount(unescape_mountinfo(rest[1]), unescape_mountinfo(fields[4]), rest[0],
+                             fields[2]))
     return out
 
 
@@ -82,7 +84,7 @@ def _mounts(fs: Sysfs, problems: list[str]) -> list[Mount]:
     for line in (swaps or "").splitlines()[1:]:
         fields = line.split()
         if fields and fields[0].startswith("/dev/"):
-            out.append(Mount(_unescape(fields[0]), "swap", "swap", None))
+            out.append(Mount(unescape_mountinfo(fields[0]), "swap", "swap", None))
     return [m for m in out if m.fstype in _POOL_FS or
             (m.source.startswith("/dev/") and m.fstype not in _NETWORK_FS)]
 

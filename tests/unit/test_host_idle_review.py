@@ -2,6 +2,7 @@
 each test failing on the code before its fix. Fake sysfs, fake `ip -j` output and real files
 (tests/unit/fakesysfs.py)."""
 
+import json
 import os
 import shutil
 import stat
@@ -265,3 +266,84 @@ def test_an_nvme_char_device_held_through_another_path_is_in_use(lab, node, majm
     nvme_multipath(lab)
     hold_by_number(lab, 6061, "nvme", *majmin, f"ctr/rootfs/dev/{node}")
     assert uses(lab, NVME) == (f"/dev/{node} (below 0000:09:00.0) is open by pid 6061 (nvme)",)
+
+
+# -- 2. every network namespace anything holds --------------------------------------------------
+
+HOST_NS = 4026531840
+
+
+def in_namespace(host: FakeHost, pid: int, inode: int, where: str = "ns/net") -> None:
+    link_path = host.root / f"proc/{pid}/{where}"
+    link_path.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(f"net:[{inode}]", link_path)
+
+
+def host_namespace(host: FakeHost) -> None:
+    """The harness and init in the host's namespace (the fake starts with none: not looked
+    for)."""
+    in_namespace(host, "self", HOST_NS)
+    in_namespace(host, 1, HOST_NS)
+
+
+def entered_through_a_file(host: FakeHost, inode: int, up_port: str = PORT1) -> None:
+    """What `nsenter --net=PATH ip ...` prints in namespace ``inode``: the host's 05:00.1 is up
+    there with an address."""
+    where = f"ip/nsfs/{inode}"
+    host.file(f"{where}/link.json", json.dumps(
+        [fakesysfs.link(1, "lo", up=True), fakesysfs.link(7, "p1", up_port, up=True)]))
+    host.file(f"{where}/addr.json", json.dumps(
+        [{"ifindex": 7, "ifname": "p1", "addr_info": [{"local": "10.7.0.1", "prefixlen": 24}]}]))
+    for what in ("route", "route6"):
+        host.file(f"{where}/{what}.json", "[]")
+    host.file(f"{where}/ss.txt", "")
+    host.file(f"{where}/packet.txt", "sk RefCnt Type Proto Iface R Rmem User Inode\n")
+
+
+def test_a_namespace_only_a_thread_lives_in_is_read(lab):
+    """(a) `unshare(CLONE_NEWNET)` in one thread: /proc/PID/ns/net is the host's, only
+    /proc/PID/task/TID/ns/net shows the other namespace."""
+    host_namespace(lab)
+    in_namespace(lab, 3000, HOST_NS)
+    in_namespace(lab, 3000, HOST_NS, "task/3000/ns/net")
+    in_namespace(lab, 3000, 4026532600, "task/3001/ns/net")
+    entered_through_a_file(lab, 4026532600)
+    assert "p1 (netns thread 3001 of pid 3000) is up with the address 10.7.0.1/24" in \
+        uses(lab, PORT1)
+
+
+def test_a_namespace_held_only_by_an_open_fd_is_read(lab):
+    """(c) a process that left a namespace but keeps an fd of it open (`net:[N]`)."""
+    host_namespace(lab)
+    in_namespace(lab, 3100, HOST_NS)
+    in_namespace(lab, 3100, 4026532700, "fd/5")
+    entered_through_a_file(lab, 4026532700)
+    assert "p1 (netns fd 5 of pid 3100) is up with the address 10.7.0.1/24" in uses(lab, PORT1)
+
+
+@pytest.mark.parametrize("mount_namespace", ["the harness's", "another"])
+def test_a_namespace_bind_mounted_outside_var_run_netns_is_read(lab, mount_namespace):
+    """(b) an nsfs bind mount anywhere (a container runtime's /run/docker/netns/...), in the
+    harness's own mount namespace or only in another one."""
+    host_namespace(lab)
+    line = "300 25 0:4 net:[4026532800] /run/docker/netns/ab\\040c rw - nsfs nsfs rw\n"
+    if mount_namespace == "another":
+        in_namespace(lab, 3200, HOST_NS)
+        os.symlink("mnt:[4026532900]", lab.root / "proc/3200/ns/mnt")
+        lab.proc("3200/mountinfo", line)
+    else:
+        lab.proc("self/mountinfo", line)
+    entered_through_a_file(lab, 4026532800)
+    assert "p1 (netns nsfs mount /run/docker/netns/ab c) is up with the address 10.7.0.1/24" \
+        in uses(lab, PORT1)
+
+
+def test_a_namespace_seen_but_not_entered_leaves_every_nic_unproven(lab):
+    host_namespace(lab)
+    in_namespace(lab, 3100, HOST_NS)
+    in_namespace(lab, 3100, 4026532700, "fd/5")   # no `ip` output for it: it cannot be entered
+    why = uses(lab, PORT0)
+    assert any("`ip -j -d link show` in network namespace fd 5 of pid 3100 cannot be read" in u
+               for u in why), why
+    assert "network namespace fd 5 of pid 3100 cannot be read" in refused(lab, PORT0, {PORT0,
+                                                                                      PORT1})
