@@ -95,9 +95,13 @@ lab-smoke: image
 # (make expands $(...) in a variable and the recipe's shell runs its ; and $(...)):
 # HH_INVENTORY (else INVENTORY) and HH_PYTEST_ARGS, which pytest alone splits, as shell words
 # that nothing executes (PYTEST_ADDOPTS). PYTEST_ARGS is refused here (docs/fleet.md).
+# Before anything of the checkout runs as root (its .venv included: `make image` runs it), the
+# checkout is refused if another user could have written any of it (.ci/check-root-tree).
 INVENTORY ?= inventory.toml
-nightly: image
+nightly:
 	@if [ "$(origin PYTEST_ARGS)" != file ]; then echo "make nightly: PYTEST_ARGS is not read here (make and the shell would parse it as root): put the pytest options in the environment variable HH_PYTEST_ARGS"; exit 2; fi
+	@sh .ci/check-root-tree
+	@$(MAKE) --no-print-directory image
 	@inv="$${HH_INVENTORY:-$(INVENTORY)}"; \
 	test -f "$$inv" || { echo "make nightly: no inventory $$inv (python -m harness discover --write $$inv)"; exit 2; }; \
 	set -x; \

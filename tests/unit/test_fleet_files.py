@@ -491,8 +491,12 @@ def test_ci_pytest_args_reach_pytest_as_words_and_are_never_run(ci, tmp_path):
         pytest.skip("make is not installed")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "make").write_text(f'#!/bin/sh\nexec {make} -f {ROOT / "Makefile"} -o image '
-                                  f'PY="{tmp_path}/stub" PYTEST="{tmp_path}/stub" "$@"\n')
+    (bin_dir / "make").write_text(f'#!/bin/sh\n[ "$*" = "--no-print-directory image" ] && '
+                                  f'exit 0\nexec {make} -f {ROOT / "Makefile"} '
+                                  f'MAKE={bin_dir / "make"} PY="{tmp_path}/stub" '
+                                  f'PYTEST="{tmp_path}/stub" "$@"\n')
+    (tmp_path / ".ci").mkdir()
+    shutil.copy(ROOT / ".ci/check-root-tree", tmp_path / ".ci")
     (tmp_path / "stub").write_text('#!/bin/sh\nprintf "%s\\n" "$*" "${PYTEST_ADDOPTS:-}" '
                                    '>> calls.log\n')
     for f in (bin_dir / "make", tmp_path / "stub"):
@@ -514,7 +518,7 @@ def test_ci_pytest_args_reach_pytest_as_words_and_are_never_run(ci, tmp_path):
 def test_make_nightly_refuses_pytest_args_on_its_command_line(tmp_path):
     """PYTEST_ARGS would be parsed by make and the shell as root: the nightly says where the
     options go instead of running anything."""
-    r = subprocess.run(["make", "-f", str(ROOT / "Makefile"), "-o", "image", "nightly",
+    r = subprocess.run(["make", "-f", str(ROOT / "Makefile"), "nightly",
                         "PYTEST_ARGS=-k nic", f"PY={tmp_path}/none", f"PYTEST={tmp_path}/none"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "HH_PYTEST_ARGS" in r.stdout, r.stdout + r.stderr
