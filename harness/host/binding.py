@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import re
-import stat
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,6 +35,7 @@ from harness.core.locks import flock_within
 from harness.core.paths import UnsafePathError, open_nofollow, private_dir, write_atomic
 from harness.host.network import namespace_problem
 from harness.host.safety import GroupPlan, HostUsage, plan_group
+from harness.host.storage import OpenFiles, mountinfos, remote_mount_ids
 from harness.host import sriov
 from harness.host.sysfs import PciDevice, Sysfs, parse_bdf, short_bdf
 
@@ -268,32 +268,8 @@ def vfio_group_users(root: "str | Path | Sysfs", group: int | None) -> list[tupl
     if group is None:
         return []
     fs = Sysfs.of(root)
-    wanted = f"/dev/vfio/{group}"
-    number = fs.vfio_group_dev(group)
-    rdev = os.makedev(*map(int, number.split(":"))) if number else None
-    users = []
-    for proc in fs.proc().glob("[0-9]*"):
-        try:
-            fds = list((proc / "fd").iterdir())
-        except OSError:  # gone, or not ours to read
-            continue
-        if any(_is_node(fd, wanted, rdev) for fd in fds):
-            users.append((int(proc.name), fs.read(proc / "comm") or "?"))
-    return sorted(users)
-
-
-def _is_node(fd: Path, path: str, rdev: int | None) -> bool:
-    """Whether the open file ``fd`` is the character device at ``path`` or of number ``rdev``."""
-    try:
-        target = os.readlink(fd)
-        if target == path:
-            return True
-        if rdev is None or not target.startswith("/"):
-            return False
-        st = os.stat(fd)
-    except OSError:
-        return False
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == rdev
+    opened = OpenFiles(fs, [], remote_mount_ids(mountinfos(fs, [])))  # (unreadable: not ours)
+    return opened.holders("char", f"vfio/{group}", fs.vfio_group_dev(group))
 
 
 def _holders(fs: Sysfs, group: int | None) -> tuple[str, int] | None:

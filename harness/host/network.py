@@ -35,7 +35,7 @@ import subprocess
 from pathlib import Path
 from typing import NamedTuple
 
-from harness.host.storage import unescape_mountinfo
+from harness.host.storage import mountinfos, unescape_mountinfo
 from harness.host.sysfs import Sysfs
 
 #: The harness's own network namespace, as :class:`NetView` names it.
@@ -252,23 +252,8 @@ def _nsfs_mounts(fs: Sysfs, problems: list[str]) -> list[tuple[str, str, Path]]:
     """(namespace, how, path) of every network namespace file bind-mounted anywhere (``ip
     netns add`` elsewhere than /var/run/netns, a container runtime's /run/.../netns/...), in
     every mount namespace: their ``mountinfo`` lines of type nsfs, whose root is ``net:[N]``."""
-    out, seen = [], set()
-    for proc in [fs.proc("self")] + sorted(fs.proc().glob("[0-9]*"), key=lambda p: int(p.name)):
-        try:
-            mnt = os.readlink(proc / "ns" / "mnt")
-        except FileNotFoundError:
-            mnt = "self" if proc.name == "self" else None
-        except OSError:
-            mnt = None  # (reported by the mounts' own reading, harness/host/storage.py)
-        if mnt is None or mnt in seen:
-            continue
-        seen.add(mnt)
-        text = fs.read(proc / "mountinfo")
-        if text is None:
-            if proc.name == "self" or proc.exists():
-                problems.append(f"{proc / 'mountinfo'} cannot be read: a network namespace "
-                                "bind-mounted there would be missed")
-            continue
+    out = []
+    for proc, text in mountinfos(fs, problems):
         # the first mount namespace read is the harness's own: its paths are paths here
         base = proc / "root" if proc.name != "self" else fs.path()
         for line in text.splitlines():

@@ -56,14 +56,16 @@ def _parse_mountinfo(text: str) -> list[Mount]:
     return out
 
 
-def _mounts(fs: Sysfs, problems: list[str]) -> list[Mount]:
-    """The mounts of every mount namespace (a container's too), and swap."""
+def mountinfos(fs: Sysfs, problems: list[str]) -> list[tuple[Path, str]]:
+    """(a process of it, its ``mountinfo``) for every mount namespace, the harness's own first
+    (``self``): a container's mounts are in no other. One that cannot be read is a problem,
+    never an empty one (a process that ended meanwhile: gone)."""
     seen, out = set(), []
     for proc in [fs.proc("self")] + sorted(fs.proc().glob("[0-9]*")):
         try:
             ns = os.readlink(proc / "ns" / "mnt")
         except FileNotFoundError:
-            ns = None if proc.name == "self" else "gone"
+            ns = "self" if proc.name == "self" else "gone"
         except OSError as e:
             problems.append(f"the mount namespace of pid {proc.name} cannot be read "
                             f"({e.strerror}): run as root")
@@ -72,12 +74,30 @@ def _mounts(fs: Sysfs, problems: list[str]) -> list[Mount]:
             continue
         seen.add(ns)
         text = fs.read(proc / "mountinfo")
-        if text is None:  # unread is not "nothing mounted" (a process that ended: gone)
+        if text is None:
             if proc.name == "self" or proc.exists():
                 problems.append(f"/proc/{proc.name}/mountinfo cannot be read: what is mounted "
                                 "there is unknown")
             continue
-        out += _parse_mountinfo(text)
+        out.append((proc, text))
+    return out
+
+
+def remote_mount_ids(infos: list[tuple[Path, str]]) -> set[str]:
+    """The mount ids of network and FUSE filesystems: a ``stat`` of a file there may block for
+    as long as its server does not answer, and no device node lives there."""
+    out = set()
+    for _, text in infos:
+        for line in text.splitlines():
+            fstype = line.partition(" - ")[2].split()[:1]
+            if fstype and (fstype[0] in _NETWORK_FS or fstype[0].startswith("fuse")):
+                out.add(line.split(maxsplit=1)[0])
+    return out
+
+
+def _mounts(fs: Sysfs, infos: list[tuple[Path, str]], problems: list[str]) -> list[Mount]:
+    """The mounts of every mount namespace (``infos``: :func:`mountinfos`), and swap."""
+    out = [m for _, text in infos for m in _parse_mountinfo(text)]
     swaps = fs.read(fs.proc("swaps"))
     if swaps is None:
         problems.append("/proc/swaps cannot be read: which disks are swap is unknown")
@@ -124,11 +144,14 @@ def _claimed(name: str) -> list[str]:
 
 
 class OpenFiles:
-    """Which device nodes processes hold open: by path (``/dev/sdb``) and device number."""
+    """Which device nodes processes hold open: by path (``/dev/sdb``) and by device number,
+    whatever the path (a node in a container's /dev stands for the same device). Files on
+    ``remote_mounts`` (mount ids: :func:`remote_mount_ids`) are not looked at by number."""
 
-    def __init__(self, fs: Sysfs, problems: list[str]):
-        self.paths: dict[str, set[str]] = {}
-        self.numbers: dict[tuple[str, int], set[str]] = {}
+    def __init__(self, fs: Sysfs, problems: list[str], remote_mounts: "set[str]" = frozenset()):
+        self.paths: dict[str, set[tuple[int, str]]] = {}
+        self.numbers: dict[tuple[str, int], set[tuple[int, str]]] = {}
+        self.remote = remote_mounts
         for proc in sorted(fs.proc().glob("[0-9]*")):
             try:
                 fds = list((proc / "fd").iterdir())
@@ -138,11 +161,11 @@ class OpenFiles:
                 problems.append(f"the open files of pid {proc.name} cannot be read "
                                 f"({e.strerror}): run as root")
                 continue
-            who = f"pid {proc.name} ({fs.read(proc / 'comm') or '?'})"
+            who = (int(proc.name), fs.read(proc / "comm") or "?")
             for fd in fds:
-                self._add(fd, who)
+                self._add(fs, fd, who)
 
-    def _add(self, fd: Path, who: str) -> None:
+    def _add(self, fs: Sysfs, fd: Path, who: tuple[int, str]) -> None:
         try:
             target = os.readlink(fd)
         except OSError:
@@ -150,8 +173,10 @@ class OpenFiles:
         if not target.startswith("/"):
             return  # socket:[...], pipe:[...], anon_inode:..., net:[...]: no device node
         self.paths.setdefault(target, set()).add(who)
-        # By number whatever its path: a node in a container's /dev, or anywhere else, that
-        # stands for the same device is the same use.
+        info = fs.read(fd.parent.parent / "fdinfo" / fd.name) or ""
+        mount = re.search(r"^mnt_id:\s*(\d+)", info, re.M)
+        if mount and mount[1] in self.remote:
+            return  # (a stat there can hang on a server that is gone)
         try:
             st = os.stat(fd)
         except OSError:
@@ -160,13 +185,19 @@ class OpenFiles:
             kind = "block" if stat.S_ISBLK(st.st_mode) else "char"
             self.numbers.setdefault((kind, st.st_rdev), set()).add(who)
 
-    def users(self, kind: str, devname: str | None, majmin: str | None) -> list[str]:
-        """Who holds the node open (its ``DEVNAME`` or its ``MAJ:MIN``)."""
+    def holders(self, kind: str, devname: str | None, majmin: str | None
+                ) -> list[tuple[int, str]]:
+        """(pid, command) of the processes that hold the node open (its ``DEVNAME`` under
+        /dev, or any node of its ``MAJ:MIN``)."""
         found = set(self.paths.get(f"/dev/{devname}", ())) if devname else set()
         if majmin and re.fullmatch(r"\d+:\d+", majmin):
             major, minor = map(int, majmin.split(":"))
             found |= self.numbers.get((kind, os.makedev(major, minor)), set())
         return sorted(found)
+
+    def users(self, kind: str, devname: str | None, majmin: str | None) -> list[str]:
+        """:meth:`holders` as ``pid 4242 (ceph-osd)``."""
+        return [f"pid {pid} ({comm})" for pid, comm in self.holders(kind, devname, majmin)]
 
 
 def devname(node: Path, fs: Sysfs) -> str:
@@ -266,8 +297,9 @@ class StorageView:
     @classmethod
     def read(cls, fs: Sysfs) -> "StorageView":
         problems: list[str] = []
-        mounts = _mounts(fs, problems)
-        return cls(fs, OpenFiles(fs, problems), mounts, problems)
+        infos = mountinfos(fs, problems)
+        mounts = _mounts(fs, infos, problems)
+        return cls(fs, OpenFiles(fs, problems, remote_mount_ids(infos)), mounts, problems)
 
     def use_of_block(self, name: str, seen: set[str] | None = None) -> list[str]:
         """Why block device ``name`` (or a partition of it, or what holds it) is in use."""

@@ -12,7 +12,7 @@ import pytest
 
 from harness.core.errors import HostDeviceError
 from harness.host.binding import VfioBinder
-from harness.host import network
+from harness.host import network, storage
 from harness.host.safety import HostUsage, plan_group
 from harness.host.sysfs import Sysfs
 
@@ -347,3 +347,25 @@ def test_a_namespace_seen_but_not_entered_leaves_every_nic_unproven(lab):
                for u in why), why
     assert "network namespace fd 5 of pid 3100 cannot be read" in refused(lab, PORT0, {PORT0,
                                                                                       PORT1})
+
+
+def test_a_file_on_a_network_filesystem_is_never_stat_ed(lab, monkeypatch):
+    """Matching by number stats every fd's file; a stat of a file on a dead NFS server blocks
+    for as long as the server is gone (why `lsof -b` exists). Files on network and FUSE mounts
+    (their mount id in fdinfo) are matched by path only: device nodes do not live there."""
+    lab.proc("self/mountinfo", "99 25 0:77 / /home rw - nfs4 srv:/home rw\n")
+    lab.proc("7070/comm", "vim\n")
+    (lab.root / "proc/7070/fd").mkdir()
+    (lab.root / "home").mkdir()
+    (lab.root / "home/notes.txt").write_text("")
+    os.symlink(lab.root / "home/notes.txt", lab.root / "proc/7070/fd/3")
+    os.symlink(lab.root / "proc/cmdline", lab.root / "proc/7070/fd/4")  # a local file: stat'ed
+    lab.proc("7070/fdinfo/3", "pos:\t0\nflags:\t0100002\nmnt_id:\t99\nino:\t1234\n")
+    lab.proc("7070/fdinfo/4", "pos:\t0\nflags:\t0100000\nmnt_id:\t25\nino:\t1235\n")
+    stated = []
+    real_stat = os.stat
+    monkeypatch.setattr(storage.os, "stat", lambda p, *a, **k: stated.append(str(p))
+                        or real_stat(p, *a, **k))
+    assert uses(lab, SATA) == ()
+    assert str(lab.root / "proc/7070/fd/4") in stated
+    assert str(lab.root / "proc/7070/fd/3") not in stated
