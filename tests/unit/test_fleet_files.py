@@ -536,5 +536,8 @@ def test_jenkinsfile_root_stage_needs_the_credential_only_the_protected_job_has(
     assert grant, "the host stage binds no credential"
     after = steps[grant.end():]
     assert after.index('test -n "$HH_ROOT_GRANT"') < after.index("make nightly")
+    restore = steps.index("harness restore")  # post { always }: root too
+    assert steps.rindex("credentialsId: 'hotplug-vtd-root-nightly'", 0, restore) > grant.end()
+    assert '[ -n "$HH_ROOT_GRANT" ] &&' in steps[restore - 120:restore]
     fleet = (ROOT / "docs" / "fleet.md").read_text()
     assert f"`{grant[1]}`" in fleet, "docs/fleet.md must name the credential to create"
