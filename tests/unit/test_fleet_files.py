@@ -415,6 +415,8 @@ def test_systemd_units_say_what_the_nightly_needs():
     assert service["WorkingDirectory"][0].startswith("/")
     assert "make nightly" in service["ExecStart"][0]
     assert "harness restore" in service["ExecStopPost"][0]
+    stop_post = service["ExecStopPost"][0]
+    assert stop_post.index(".ci/check-root-tree &&") < stop_post.index(".venv/bin/python")
     assert "KillMode" not in service, "every process of the run must get SIGTERM"
     assert timer["Persistent"] == ["true"] and timer["RandomizedDelaySec"]
     assert timer["WantedBy"] == ["timers.target"]
