@@ -270,7 +270,9 @@ def _nsfs_mounts(fs: Sysfs, problems: list[str]) -> list[tuple[str, str, Path]]:
 def _held_namespace(fs: Sysfs, inode: str, ways: list[tuple[str, Path]]) -> Namespace:
     """A namespace in no list, read through the first way into it still there: a process in
     it (``nsenter -t PID -n``), else the file that holds it (``nsenter --net=PATH``: a
-    thread's, an fd's, a bind mount). One that ended while it was read is gone."""
+    thread's, an fd's, a bind mount). One whose every process, thread or fd ended while it
+    was read is gone; a bind mount is never taken for gone (the process it was seen through
+    may end while the mount lives on in its mount namespace)."""
     for how, path in ways:
         if how.startswith("pid "):
             pid = how[len("pid "):]
@@ -280,7 +282,7 @@ def _held_namespace(fs: Sysfs, inode: str, ways: list[tuple[str, Path]]) -> Name
         fake = fs.path("ip", "pidns", how[len("pid "):]) if how.startswith("pid ") else \
             fs.path("ip", "nsfs", inode.strip("[]"))
         ns = _read_namespace(fs, Namespace(how, enter, enter + ["ip"], fake))
-        if not ns.problems or os.path.lexists(path):
+        if not ns.problems or how.startswith("nsfs mount") or os.path.lexists(path):
             return ns
     return Namespace(ways[0][0], [], [], fs.path("ip", "nsfs", inode.strip("[]")))
 

@@ -369,3 +369,13 @@ def test_a_file_on_a_network_filesystem_is_never_stat_ed(lab, monkeypatch):
     assert uses(lab, SATA) == ()
     assert str(lab.root / "proc/7070/fd/4") in stated
     assert str(lab.root / "proc/7070/fd/3") not in stated
+
+
+def test_a_bind_mounted_namespace_that_cannot_be_entered_is_never_taken_for_gone(lab):
+    """Its path (through /proc/PID/root of the process it was seen in) may be gone with that
+    process while the mount lives on in its mount namespace: unread is unproven, not gone."""
+    host_namespace(lab)
+    lab.proc("self/mountinfo", "300 25 0:4 net:[4026532800] /run/netns-elsewhere/x rw - "
+                               "nsfs nsfs rw\n")
+    assert any("network namespace nsfs mount /run/netns-elsewhere/x cannot be read" in u
+               for u in uses(lab, PORT0)), uses(lab, PORT0)
