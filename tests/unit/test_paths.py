@@ -207,10 +207,11 @@ def test_under_sudo_the_invoking_users_inventory_is_theirs(tmp_path, monkeypatch
 
 def _checkout(top: Path) -> Path:
     """A checkout as `make nightly` runs it: code, a .venv and a __pycache__, all root's."""
-    for rel in ("harness/__pycache__", ".venv/bin", "reports/run-1", "fixtures/images/build"):
+    for rel in ("harness/__pycache__", ".venv/bin", "reports/run-1",
+                "fixtures/images/build/0123abcd", "fixtures/images/build/lab/4567/root/var/mail"):
         (top / rel).mkdir(parents=True)
     for rel in ("harness/__init__.py", "harness/__pycache__/x.cpython-311.pyc",
-                ".venv/bin/python3.11"):
+                ".venv/bin/python3.11", "fixtures/images/build/0123abcd/vmlinux"):
         (top / rel).write_text("")
     (top / ".venv/bin/python").symlink_to("python3.11")
     return top
@@ -230,8 +231,12 @@ def test_the_nightlys_checkout_and_venv_are_refused_when_another_user_could_writ
     top = _checkout(tmp_path / "srv" / "hotplug-harness")
     assert _check_tree(top).returncode == 0
     os.chown(top / "reports/run-1", NOBODY, NOBODY)          # not run: not looked at
-    (top / "fixtures/images/build").chmod(0o777)             # runs in guests only
+    (top / "fixtures/images/build/lab/4567/root/var/mail").chmod(0o2775)  # a guest's own tree
     assert _check_tree(top).returncode == 0
+    (top / "fixtures/images/build/0123abcd/vmlinux").chmod(0o666)  # root's QEMU boots it
+    r = _check_tree(top)
+    assert r.returncode == 1 and "0123abcd/vmlinux" in r.stderr, r.stderr
+    (top / "fixtures/images/build/0123abcd/vmlinux").chmod(0o644)
 
     (top / ".venv/bin/python3.11").chmod(0o775)
     r = _check_tree(top)
