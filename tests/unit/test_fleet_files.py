@@ -155,6 +155,20 @@ def test_gitlab_root_jobs_run_only_for_protected_branches_never_for_merge_reques
                         "pipeline", "api"} & set(sources[1].split("|")), cond
 
 
+def test_gitlab_host_jobs_run_nothing_as_root_without_the_protected_grant():
+    """The rules are in the branch's own file: the protected variable GitLab gives only to
+    protected refs is what a copy of the job, or an edited one, lacks."""
+    doc = _gitlab()
+    for name, job in _host_jobs(doc).items():
+        script = job["script"]
+        grant = next(i for i, s in enumerate(script) if 'test -n "${HH_ROOT_GRANT:-}"' in s)
+        assert grant < next(i for i, s in enumerate(script) if "make nightly" in s), name
+        assert grant < next(i for i, s in enumerate(script) if "id -u" in s), name
+        assert all('[ -n "${HH_ROOT_GRANT:-}" ] &&' in s for s in job["after_script"]
+                   if ".venv/bin/python" in s), name
+    assert "`HH_ROOT_GRANT`" in (ROOT / "docs" / "fleet.md").read_text()
+
+
 def test_gitlab_host_jobs_rebuild_their_venv_and_upload_no_private_key():
     doc = _gitlab()
     for name, job in _host_jobs(doc).items():
