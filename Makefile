@@ -94,12 +94,13 @@ lab-smoke: image
 # It runs as root, so what CI hands it comes through the environment, never make's command line
 # (make expands $(...) in a variable and the recipe's shell runs its ; and $(...)):
 # HH_INVENTORY (else INVENTORY) and HH_PYTEST_ARGS, which pytest alone splits, as shell words
-# that nothing executes (PYTEST_ADDOPTS). PYTEST_ARGS is refused here (docs/fleet.md).
+# that nothing executes (PYTEST_ADDOPTS). PYTEST_ARGS is refused here (docs/fleet.md); mind
+# that make expands $(...) in any variable on its command line whatever the Makefile says.
 # Before anything of the checkout runs as root (its .venv included: `make image` runs it), the
 # checkout is refused if another user could have written any of it (.ci/check-root-tree).
 INVENTORY ?= inventory.toml
 nightly:
-	@if [ "$(origin PYTEST_ARGS)" != file ]; then echo "make nightly: PYTEST_ARGS is not read here (make and the shell would parse it as root): put the pytest options in the environment variable HH_PYTEST_ARGS"; exit 2; fi
+	@if [ "$(if $(value PYTEST_ARGS),set)" = set ]; then echo "make nightly: PYTEST_ARGS is not read here (make and the shell would parse it as root): put the pytest options in the environment variable HH_PYTEST_ARGS"; exit 2; fi
 	@sh .ci/check-root-tree
 	@$(MAKE) --no-print-directory image
 	@inv="$${HH_INVENTORY:-$(INVENTORY)}"; \

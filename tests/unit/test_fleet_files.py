@@ -538,6 +538,11 @@ def test_make_nightly_refuses_pytest_args_on_its_command_line(tmp_path):
                         "PYTEST_ARGS=-k nic", f"PY={tmp_path}/none", f"PYTEST={tmp_path}/none"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "HH_PYTEST_ARGS" in r.stdout, r.stdout + r.stderr
+    # an empty one (the unit file of an older version passes PYTEST_ARGS=) is no option
+    r = subprocess.run(["make", "-f", str(ROOT / "Makefile"), "nightly", "PYTEST_ARGS=",
+                        "INVENTORY=none.toml", f"MAKE={tmp_path}/none"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert "HH_PYTEST_ARGS" not in r.stdout + r.stderr, r.stdout + r.stderr
 
 
 def test_jenkinsfile_root_stage_needs_the_credential_only_the_protected_job_has():
