@@ -2,15 +2,19 @@
 each test failing on the code before its fix. Fake sysfs, fake `ip -j` output and real files
 (tests/unit/fakesysfs.py)."""
 
+import ctypes
 import json
 import os
 import shutil
 import stat
+import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 
 from harness.core.errors import HostDeviceError
+from harness.core.waits import wait_until
 from harness.host.binding import VfioBinder
 from harness.host import network, storage
 from harness.host.safety import HostUsage, plan_group
@@ -184,10 +188,9 @@ def test_a_group_member_rebound_while_the_bind_waits_for_the_lock_is_refused(lab
 
 
 def hold_by_number(host: FakeHost, pid: int, comm: str, major: int, minor: int,
-                   where: str) -> None:
-    """Process ``pid`` holds a character device node of MAJ:MIN at ``where`` (a container's
-    /dev, as the host sees it): a real node, so that its fd is matched by number only."""
-    node = host.root / where
+                   node: Path) -> None:
+    """Process ``pid`` holds a character device node of MAJ:MIN at ``node`` (a container's
+    /dev, as the host sees it: not under /dev): a real node, matched by number only."""
     node.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.mknod(node, 0o600 | stat.S_IFCHR, os.makedev(major, minor))
@@ -198,7 +201,7 @@ def hold_by_number(host: FakeHost, pid: int, comm: str, major: int, minor: int,
     os.symlink(node, host.root / f"proc/{pid}/fd/9")
 
 
-def test_a_vfio_group_held_through_a_containers_node_is_in_use(lab):
+def test_a_vfio_group_held_through_a_containers_node_is_in_use(lab, tmp_path):
     """Group users were matched by the path /dev/vfio/N only: a QEMU in a container holding
     the same group through its own /dev/vfio/12 was not seen, so the group was judged free
     (and given back under it). Now by device number."""
@@ -206,7 +209,7 @@ def test_a_vfio_group_held_through_a_containers_node_is_in_use(lab):
     binder = VfioBinder(lab.sysfs(), journal=journal)
     lease = binder.bind(PORT0, {PORT0, PORT1})
     hold_by_number(lab, 5150, "qemu-system-x86", fakesysfs.VFIO_MAJOR, 12,
-                   "var/lib/containers/ctr1/rootfs/dev/vfio/12")
+                   tmp_path / "var/lib/containers/ctr1/rootfs/dev/vfio/12")
     assert "0000:05:00.0 is on vfio-pci and /dev/vfio/12 is open by pid 5150 " \
            "(qemu-system-x86)" in uses(lab, PORT0)
     with pytest.raises(HostDeviceError) as e:
@@ -260,11 +263,11 @@ def test_an_nvme_multipath_heads_generic_char_device_held_open_is_in_use(lab):
 
 
 @pytest.mark.parametrize("node, majmin", [("nvme0", (242, 0)), ("ng0n1", (238, 0))])
-def test_an_nvme_char_device_held_through_another_path_is_in_use(lab, node, majmin):
+def test_an_nvme_char_device_held_through_another_path_is_in_use(lab, node, majmin, tmp_path):
     """By device number, not by path: a container's /dev/nvme0 or /dev/ng0n1 is the same
     controller."""
     nvme_multipath(lab)
-    hold_by_number(lab, 6061, "nvme", *majmin, f"ctr/rootfs/dev/{node}")
+    hold_by_number(lab, 6061, "nvme", *majmin, tmp_path / f"ctr/rootfs/dev/{node}")
     assert uses(lab, NVME) == (f"/dev/{node} (below 0000:09:00.0) is open by pid 6061 (nvme)",)
 
 
@@ -379,3 +382,87 @@ def test_a_bind_mounted_namespace_that_cannot_be_entered_is_never_taken_for_gone
                                "nsfs nsfs rw\n")
     assert any("network namespace nsfs mount /run/netns-elsewhere/x cannot be read" in u
                for u in uses(lab, PORT0)), uses(lab, PORT0)
+
+
+# -- 2, on this host: real namespaces, entered with the real nsenter -------------------------------
+
+
+def _held_namespaces() -> dict:
+    """The network namespaces NetView finds on this host, by name."""
+    return network.NetView.read(Sysfs("/")).namespaces
+
+
+@pytest.fixture
+def lone_namespace():
+    """A new network namespace (``unshare -n``), and the process that keeps it until the test
+    holds it some other way; then that process ends."""
+    if shutil.which("unshare") is None or shutil.which("nsenter") is None:
+        pytest.skip("util-linux's unshare and nsenter are not installed")
+    proc = subprocess.Popen(["unshare", "-n", "sleep", "60"], stderr=subprocess.DEVNULL)
+    path = f"/proc/{proc.pid}/ns/net"
+    try:
+        wait_until("unshare -n in its own network namespace", lambda: proc.poll() is not None
+                   or os.readlink(path) != os.readlink("/proc/self/ns/net"), 10, interval=0.01)
+        if proc.poll() is not None:
+            pytest.skip("unshare -n is not permitted here")
+        yield proc, path
+    finally:
+        _ends(proc)
+
+
+def _ends(proc) -> None:
+    proc.kill()
+    proc.wait()
+
+
+def _readable(ns) -> bool:
+    return ns is not None and not ns.problems and "lo" in ns.links
+
+
+def test_on_this_host_a_namespace_held_only_by_an_open_fd_is_entered(lone_namespace):
+    proc, path = lone_namespace
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        _ends(proc)
+        ns = _held_namespaces().get(f"fd {fd} of pid {os.getpid()}")
+        assert _readable(ns), ns and ns.problems
+    finally:
+        os.close(fd)
+
+
+def test_on_this_host_a_namespace_only_a_thread_lives_in_is_entered():
+    """A thread of this process moves to a new namespace (unshare(CLONE_NEWNET)); the process
+    itself stays in the host's."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    moved, done, errs = threading.Event(), threading.Event(), []
+
+    def thread():
+        if libc.unshare(0x40000000) != 0:  # CLONE_NEWNET
+            errs.append(os.strerror(ctypes.get_errno()))
+        moved.set()
+        done.wait(30)
+    t = threading.Thread(target=thread)
+    t.start()
+    try:
+        moved.wait(10)
+        if errs:
+            pytest.skip(f"unshare(CLONE_NEWNET) is not permitted here: {errs[0]}")
+        ns = _held_namespaces().get(f"thread {t.native_id} of pid {os.getpid()}")
+        assert _readable(ns), ns and ns.problems
+    finally:
+        done.set()
+        t.join()
+
+
+def test_on_this_host_a_namespace_bind_mounted_anywhere_is_entered(lone_namespace, tmp_path):
+    proc, path = lone_namespace
+    target = tmp_path / "a netns"
+    target.write_text("")
+    if subprocess.run(["mount", "--bind", path, str(target)], capture_output=True).returncode:
+        pytest.skip("mount --bind is not permitted here")
+    try:
+        _ends(proc)
+        ns = _held_namespaces().get(f"nsfs mount {target}")
+        assert _readable(ns), ns and ns.problems
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
