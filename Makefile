@@ -93,14 +93,26 @@ lab-smoke: image
 # The nightly job of a VT-d host (docs/vfio.md): give back what a killed run left, check the host,
 # run the scenario matrix through real vfio-pci, give everything back; one exit status, non-zero
 # if the host is broken, a test failed, nothing was tested or a device could not be given back.
+# It runs as root, so what CI hands it comes through the environment, never make's command line
+# (make expands $(...) in a variable and the recipe's shell runs its ; and $(...)):
+# HH_INVENTORY (else INVENTORY) and HH_PYTEST_ARGS, which pytest alone splits, as shell words
+# that nothing executes (PYTEST_ADDOPTS). PYTEST_ARGS is refused here (docs/fleet.md); mind
+# that make expands $(...) in any variable on its command line whatever the Makefile says.
+# Before anything of the checkout runs as root (its .venv included: `make image` runs it), the
+# checkout is refused if another user could have written any of it (.ci/check-root-tree).
 INVENTORY ?= inventory.toml
-nightly: image
-	@test -f "$(INVENTORY)" || { echo "make nightly: no inventory $(INVENTORY) (python -m harness discover --write $(INVENTORY))"; exit 2; }
-	$(PY) -m harness restore
-	$(PY) -m harness doctor --inventory $(INVENTORY)
-	$(PY) -m harness plan --inventory $(INVENTORY)
-	status=0; $(PYTEST) tests/scenarios --backend vfio --host-inventory $(INVENTORY) -n $(JOBS) \
-	    --dist loadgroup $(PYTEST_ARGS) || status=$$?; \
+nightly:
+	@if [ "$(if $(value PYTEST_ARGS),set)" = set ]; then echo "make nightly: PYTEST_ARGS is not read here (make and the shell would parse it as root): put the pytest options in the environment variable HH_PYTEST_ARGS"; exit 2; fi
+	@sh .ci/check-root-tree
+	@$(MAKE) --no-print-directory image
+	@inv="$${HH_INVENTORY:-$(INVENTORY)}"; \
+	test -f "$$inv" || { echo "make nightly: no inventory $$inv (python -m harness discover --write $$inv)"; exit 2; }; \
+	set -x; \
+	$(PY) -m harness restore && \
+	$(PY) -m harness doctor --inventory "$$inv" && \
+	$(PY) -m harness plan --inventory "$$inv" || exit $$?; \
+	status=0; PYTEST_ADDOPTS="$${PYTEST_ADDOPTS:-} $${HH_PYTEST_ARGS:-}" $(PYTEST) tests/scenarios \
+	    --backend vfio --host-inventory "$$inv" -n $(JOBS) --dist loadgroup || status=$$?; \
 	$(PY) -m harness restore || status=1; exit $$status
 
 # The real libvirt daemon on qemu:///system, for --driver libvirt (started if it is not running).

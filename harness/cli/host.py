@@ -167,6 +167,6 @@ def release_main(argv: list[str], fs: Sysfs | None = None) -> int:
 
 
 def _require_root(root: str, fs: Sysfs | None) -> None:
-    if fs is None and root == "/" and os.geteuid() != 0:
+    if fs is None and Sysfs(root).real_host and os.geteuid() != 0:
         raise ConfigError("binding host devices needs root (sysfs writes, the journal in "
                           "/var/lib/hotplug-harness)", hint="run it with sudo")

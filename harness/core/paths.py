@@ -40,6 +40,39 @@ def _owner_ok(st: os.stat_result) -> bool:
     return st.st_uid in (0, os.geteuid())
 
 
+def invoking_uids() -> set[int]:
+    """Root, this process's user and, under sudo, the user who ran sudo: whoever may own what
+    root reads and acts on (they could run as root anyway)."""
+    uids = {0, os.geteuid()}
+    sudo = os.environ.get("SUDO_UID", "")
+    if sudo.isdigit():
+        uids.add(int(sudo))
+    return uids
+
+
+def check_trusted_file(path: Path) -> Path:
+    """A file root acts on (an inventory: which devices it takes) that nobody else can have
+    written or swapped: the file (links followed) and every folder above it owned by root or
+    the invoking user (:func:`invoking_uids`) and writable by nobody else (a sticky folder such
+    as /tmp above it aside). Raises UnsafePathError naming what is wrong."""
+    real = Path(os.path.realpath(path))
+    uids = invoking_uids()
+    for p in [real, *real.parents]:
+        st = os.stat(p)
+        sticky = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
+        writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        if st.st_uid not in uids or (writable and not sticky):
+            what = "the file" if p == real else "the folder"
+            who = (f"owned by uid {st.st_uid}" if st.st_uid not in uids else
+                   f"writable by {'its group' if st.st_mode & stat.S_IWGRP else 'every user'}")
+            raise UnsafePathError(
+                f"{what} {p}" + (f" (of {path})" if p != Path(path) else "") + f" is {who}, "
+                "so another user could choose what root does with it",
+                hint=f"chown root and chmod go-w {p} (and the folders above it), or keep the "
+                     "file in a folder only root can write such as /etc/hotplug-harness")
+    return real
+
+
 def check_ancestors(path: Path) -> None:
     """Every existing folder above ``path`` (``path`` itself excluded) is owned by root or us
     and writable by nobody else unless it is sticky."""

@@ -35,6 +35,7 @@ from harness.core.locks import flock_within
 from harness.core.paths import UnsafePathError, open_nofollow, private_dir, write_atomic
 from harness.host.network import namespace_problem
 from harness.host.safety import GroupPlan, HostUsage, plan_group
+from harness.host.storage import OpenFiles, mountinfos, remote_mount_ids
 from harness.host import sriov
 from harness.host.sysfs import PciDevice, Sysfs, parse_bdf, short_bdf
 
@@ -262,25 +263,13 @@ def _move_to_vfio(fs: Sysfs, dev: PciDevice, timeout: float) -> None:
 
 
 def vfio_group_users(root: "str | Path | Sysfs", group: int | None) -> list[tuple[int, str]]:
-    """(pid, command) of the processes that hold /dev/vfio/<group> open (a QEMU using it)."""
+    """(pid, command) of the processes that hold /dev/vfio/<group> open (a QEMU using it), by
+    path or by device number (a node of another path: a container's /dev)."""
     if group is None:
         return []
     fs = Sysfs.of(root)
-    wanted = f"/dev/vfio/{group}"
-    users = []
-    for proc in fs.proc().glob("[0-9]*"):
-        try:
-            fds = list((proc / "fd").iterdir())
-        except OSError:  # gone, or not ours to read
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(fd) == wanted:
-                    users.append((int(proc.name), fs.read(proc / "comm") or "?"))
-                    break
-            except OSError:
-                continue
-    return sorted(users)
+    opened = OpenFiles(fs, [], remote_mount_ids(mountinfos(fs, [])))  # (unreadable: not ours)
+    return opened.holders("char", f"vfio/{group}", fs.vfio_group_dev(group))
 
 
 def _holders(fs: Sysfs, group: int | None) -> tuple[str, int] | None:
@@ -552,17 +541,18 @@ class VfioBinder:
             raise HostDeviceError(f"refusing to take {bdf}: {outside}",
                                   hint="run the harness on the host itself (not in a container "
                                        "or another network namespace)")
-        plan = plan_group(self.fs, bdf, HostUsage.read(self.fs, self.cleared_storage),
-                          allowed=set(allowed), held_groups=frozenset(self._holds))
-        if plan.group is None:
-            raise HostDeviceError(f"{plan.target.bdf}: no iommu_group found",
-                                  hint="enable VT-d in the firmware and boot with intel_iommu=on")
-        if plan.problems:
-            raise HostDeviceError(f"refusing to take {plan.target.bdf}: "
-                                  + "; ".join(plan.problems),
-                                  hint="take it out of the inventory; `python -m harness "
-                                       "discover` lists the devices that are safe to take")
+        first = self._proven_plan(bdf, allowed, "")
         with self.journal.locked():
+            # The host may have changed while this waited for the lock (another run's bind, an
+            # interface brought up): read the evidence again right before the first write.
+            plan = self._proven_plan(bdf, allowed, "while it waited for the vfio journal "
+                                                   "lock, ")
+            if _moves(plan) != _moves(first):
+                raise HostDeviceError(
+                    f"refusing to take {plan.target.bdf}: its IOMMU group {plan.group} changed "
+                    f"while it waited for the vfio journal lock (was {_moves(first)}, now "
+                    f"{_moves(plan)})", hint="run again; if it repeats, something on the host "
+                                             "is rebinding these devices")
             entries = self.journal.read()
             hold = self._holds.get(plan.group)
             self._refuse_foreign(plan, entries, hold)
@@ -578,6 +568,20 @@ class VfioBinder:
         log.info("vfio: %s (group %s) on vfio-pci; moved %s", plan.target.bdf, plan.group,
                  moved or "nothing")
         return Lease(self, plan, moved)
+
+    def _proven_plan(self, bdf: str, allowed, when: str) -> GroupPlan:
+        """The group's plan from the host's evidence read now; raises unless it is safe."""
+        plan = plan_group(self.fs, bdf, HostUsage.read(self.fs, self.cleared_storage),
+                          allowed=set(allowed), held_groups=frozenset(self._holds))
+        if plan.group is None:
+            raise HostDeviceError(f"{plan.target.bdf}: no iommu_group found",
+                                  hint="enable VT-d in the firmware and boot with intel_iommu=on")
+        if plan.problems:
+            raise HostDeviceError(f"refusing to take {plan.target.bdf}: {when}"
+                                  + "; ".join(plan.problems),
+                                  hint="take it out of the inventory; `python -m harness "
+                                       "discover` lists the devices that are safe to take")
+        return plan
 
     def enable_vfs(self, pf: str, count: int) -> list[str]:
         """Make sure the PF at ``pf`` has at least ``count`` VFs and return the first
@@ -739,6 +743,14 @@ class VfioBinder:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _moves(plan: GroupPlan) -> list[str]:
+    """What a plan changes: the group's members, and each one it moves with its driver now,
+    for telling whether the host changed between two reads."""
+    moving = {m.bdf: m.driver for m in plan.to_move}
+    return [m.bdf + (f" (moves from {moving[m.bdf] or 'no driver'})" if m.bdf in moving else "")
+            for m in sorted(plan.members, key=lambda m: m.bdf)]
 
 
 def vfio_state(root: "str | Path | Sysfs", bdfs) -> list[dict]:

@@ -19,11 +19,13 @@ import dataclasses
 import difflib
 import ipaddress
 import json
+import os
 import re
 import tomllib
 from pathlib import Path
 
 from harness.core.errors import ConfigError
+from harness.core.paths import UnsafePathError, check_trusted_file
 from harness.host.sriov import physical_function
 from harness.host.sysfs import NVME_CLASS, STORAGE_CLASSES, Sysfs, UsbDevice, parse_bdf, short_bdf
 
@@ -197,7 +199,13 @@ def load_inventory(path: str | Path, root: "str | Path | Sysfs" = "/", *,
     root/sys (present, right class). Raises :class:`InventoryError` listing every problem."""
     path = Path(path)
     try:
+        if os.geteuid() == 0:  # it says which host devices root takes
+            check_trusted_file(path)
         text = path.read_text()
+    except UnsafePathError as e:
+        raise UnsafePathError(f"refusing the inventory {path}: {e.message}", hint=e.hint,
+                              details="an inventory says which host devices root takes: "
+                                      "docs/vfio.md, 'What the harness writes as root'") from e
     except OSError as e:
         raise ConfigError(f"cannot read the inventory {path}: {e.strerror}",
                           hint="give an existing file; `python -m harness discover --write "

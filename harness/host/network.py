@@ -8,12 +8,17 @@ or ``ss`` missing, a namespace the harness cannot enter, a device in another nam
 lower device cannot be told) makes every interface unproven: :attr:`NetView.problems`.
 
 Namespaces: the harness's own, every named one (``ip -all netns``, ``/var/run/netns``), and
-every other one a process lives in (a container's, from ``/proc/PID/ns/net``, entered with
-``nsenter -t PID -n``). One that cannot be read makes every interface unproven.
+every other one anything holds: a process lives in it (a container's, ``/proc/PID/ns/net``,
+entered with ``nsenter -t PID -n``), one of its threads does (``/proc/PID/task/TID/ns/net``),
+it holds it by an open fd (``net:[N]``), or an nsfs file is bind-mounted for it anywhere
+(``nsfs`` lines of every mount namespace's ``mountinfo``); those are entered with ``nsenter
+--net=PATH``. One that cannot be read, or a place that cannot be searched, makes every
+interface unproven.
 
 Everything is read under a root: on ``/`` the tools are run; under a test's fake root their
 output is read from files: ``<root>/ip/<what>.json`` for the harness's own namespace,
 ``<root>/ip/netns/<name>/<what>.json`` for a named one, ``ip/pidns/<pid>/`` for a process's,
+``ip/nsfs/<inode>/`` for one entered through a file,
 ``ip/netns.json``, ``ss.txt`` and ``packet.txt`` (``/proc/net/packet``) likewise.
 
     >>> view = NetView.read(Sysfs("/"))                 # doctest: +SKIP
@@ -30,6 +35,7 @@ import subprocess
 from pathlib import Path
 from typing import NamedTuple
 
+from harness.host.storage import mountinfos, unescape_mountinfo
 from harness.host.sysfs import Sysfs
 
 #: The harness's own network namespace, as :class:`NetView` names it.
@@ -81,8 +87,7 @@ class NetView:
     @classmethod
     def read(cls, fs: Sysfs) -> "NetView":
         problems: list[str] = []
-        spaces = [ns if ns.name.startswith("pid ") else _read_namespace(fs, ns)
-                  for ns in _namespaces(fs, problems)]
+        spaces = _namespaces(fs, problems)
         for ns in spaces:
             for link in ns.links.values():
                 if link.get("link_netnsid") is not None and \
@@ -168,7 +173,7 @@ def _uppers(fs: Sysfs, ns: Namespace, dev: Netdev) -> list[str]:
 def _run(fs: Sysfs, argv: list[str], fake: Path) -> str:
     """A tool's output; under a fake root, the file that stands for it. Raises OSError (with
     what went wrong) when it cannot be had."""
-    if fs.root != Path("/"):
+    if not fs.real_host:
         text = fs.read(fake)
         if text is None:
             raise OSError(f"no {fake.relative_to(fs.root)} (the fake of `{' '.join(argv)}`)")
@@ -183,40 +188,103 @@ def _run(fs: Sysfs, argv: list[str], fake: Path) -> str:
 
 
 def _namespaces(fs: Sysfs, problems: list[str]) -> list[Namespace]:
-    """The harness's own namespace, every named one, and every other one a process lives in
-    (a container's: entered with nsenter through that process)."""
+    """The harness's own namespace, every named one, and every other one that anything holds:
+    a process or one of its threads lives in it, a process holds it by an open fd, or an nsfs
+    file is bind-mounted for it anywhere, in any mount namespace. Each is read (the others
+    through ``nsenter``); one that cannot be read reports why in its problems."""
     out = [Namespace(OWN, [], ["ip"], fs.path("ip"))]
     named = _named_namespaces(fs, problems)
     out += [Namespace(n, ["ip", "netns", "exec", n], ["ip", "-n", n], fs.path("ip", "netns", n))
             for n in named]
     run_netns = fs.path("var", "run", "netns")
     seen = {_inode(fs.proc("self", "ns", "net"))} | {_inode(run_netns / n) for n in named}
-    others: dict[str, list[str]] = {}
+    out = [_read_namespace(fs, ns) for ns in out]
+    if None in seen:  # a bare fake with no namespace of its own
+        return out
+    held: dict[str, list[tuple[str, Path]]] = {}
     for proc in sorted(fs.proc().glob("[0-9]*"), key=lambda p: int(p.name)):
-        try:
-            inode = _inode(proc / "ns" / "net", strict=True)
+        for inode, how, path in _held_by_process(fs, proc, problems):
+            held.setdefault(inode, []).append((how, path))
+    for inode, how, path in _nsfs_mounts(fs, problems):
+        held.setdefault(inode, []).append((how, path))
+    return out + [_held_namespace(fs, inode, ways) for inode, ways in held.items()
+                  if inode not in seen]
+
+
+def _held_by_process(fs: Sysfs, proc: Path, problems: list[str]) -> list[tuple[str, str, Path]]:
+    """(namespace, how it is held, the path that enters it) for the network namespaces one
+    process holds: its own, its threads' (``task/TID/ns/net``) and its open fds' (``net:[N]``)."""
+    try:
+        inode = _inode(proc / "ns" / "net", strict=True)
+    except FileNotFoundError:
+        return []  # gone
+    except OSError as e:
+        problems.append(f"the network namespace of pid {proc.name} cannot be read "
+                        f"({e.strerror}): run as root")
+        return []
+    out = [(inode, f"pid {proc.name}", proc)]
+    for what, folder in (("thread", "task"), ("fd", "fd")):
+        try:  # (a link's target does not exist: listed, not globbed)
+            entries = sorted(p / "ns" / "net" if what == "thread" else p
+                             for p in (proc / folder).iterdir())
         except FileNotFoundError:
-            continue  # gone
+            continue  # gone, or a fake process without threads or fds
         except OSError as e:
-            problems.append(f"the network namespace of pid {proc.name} cannot be read "
-                            f"({e.strerror}): run as root")
+            problems.append(f"the {what}s of pid {proc.name} cannot be read ({e.strerror}): "
+                            "a network namespace held only there would be missed")
             continue
-        if None not in seen and inode not in seen:  # (a bare fake has no own namespace)
-            others.setdefault(inode, []).append(proc.name)
-    return out + [_pid_namespace(fs, pids) for pids in others.values()]
+        for entry in entries:
+            try:
+                target = os.readlink(entry)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                problems.append(f"{entry} cannot be read ({e.strerror}): run as root")
+                continue
+            if target.startswith("net:") and target.removeprefix("net:") != inode:
+                label = (f"thread {entry.parent.parent.name} of pid {proc.name}"
+                         if what == "thread" else f"fd {entry.name} of pid {proc.name}")
+                out.append((target.removeprefix("net:"), label, entry))
+    return out
 
 
-def _pid_namespace(fs: Sysfs, pids: list[str]) -> Namespace:
-    """An unnamed namespace, read through the first of its processes still there (one that
-    ends meanwhile does not end the namespace while another lives in it)."""
-    for pid in pids:
-        ns = _read_namespace(fs, Namespace(f"pid {pid}", ["nsenter", "-t", pid, "-n"],
-                                           ["nsenter", "-t", pid, "-n", "ip"],
-                                           fs.path("ip", "pidns", pid)))
-        if not ns.problems or fs.proc(pid).exists():
+def _nsfs_mounts(fs: Sysfs, problems: list[str]) -> list[tuple[str, str, Path]]:
+    """(namespace, how, path) of every network namespace file bind-mounted anywhere (``ip
+    netns add`` elsewhere than /var/run/netns, a container runtime's /run/.../netns/...), in
+    every mount namespace: their ``mountinfo`` lines of type nsfs, whose root is ``net:[N]``."""
+    out = []
+    for proc, text in mountinfos(fs, problems):
+        # the first mount namespace read is the harness's own: its paths are paths here
+        base = proc / "root" if proc.name != "self" else fs.path()
+        for line in text.splitlines():
+            head, _, tail = line.partition(" - ")
+            fields = head.split()
+            if tail.split()[:1] == ["nsfs"] and len(fields) >= 5 and \
+                    fields[3].startswith("net:["):
+                where = unescape_mountinfo(fields[4])
+                out.append((fields[3].removeprefix("net:"), f"nsfs mount {where}",
+                            base / where.lstrip("/")))
+    return out
+
+
+def _held_namespace(fs: Sysfs, inode: str, ways: list[tuple[str, Path]]) -> Namespace:
+    """A namespace in no list, read through the first way into it still there: a process in
+    it (``nsenter -t PID -n``), else the file that holds it (``nsenter --net=PATH``: a
+    thread's, an fd's, a bind mount). One whose every process, thread or fd ended while it
+    was read is gone; a bind mount is never taken for gone (the process it was seen through
+    may end while the mount lives on in its mount namespace)."""
+    for how, path in ways:
+        if how.startswith("pid "):
+            pid = how[len("pid "):]
+            enter = ["nsenter", "-t", pid, "-n"]
+        else:
+            enter = ["nsenter", f"--net={path}"]
+        fake = fs.path("ip", "pidns", how[len("pid "):]) if how.startswith("pid ") else \
+            fs.path("ip", "nsfs", inode.strip("[]"))
+        ns = _read_namespace(fs, Namespace(how, enter, enter + ["ip"], fake))
+        if not ns.problems or how.startswith("nsfs mount") or os.path.lexists(path):
             return ns
-    # every process of it ended while it was read: the namespace is gone with them
-    return Namespace(f"pid {pids[0]}", [], [], fs.path("ip", "pidns", pids[0]))
+    return Namespace(ways[0][0], [], [], fs.path("ip", "nsfs", inode.strip("[]")))
 
 
 def _inode(path: Path, strict: bool = False) -> str | None:
@@ -243,7 +311,7 @@ def _named_namespaces(fs: Sysfs, problems: list[str]) -> list[str]:
     except (OSError, ValueError, TypeError, KeyError) as e:
         problems.append(f"the network namespaces cannot be listed: {e}")
         return []
-    run_netns = fs.path("var", "run", "netns") if fs.root != Path("/") else Path("/var/run/netns")
+    run_netns = fs.path("var", "run", "netns")
     try:
         names |= {p.name for p in run_netns.iterdir()}
     except FileNotFoundError:

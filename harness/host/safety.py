@@ -14,8 +14,9 @@ in sysfs:
   vfio-pci may be in a guest);
 * every block device below it (NVMe multipath heads under ``nvme-subsystem`` included) is
   idle (:mod:`.storage`), and every device node below it (``/dev/input/event*``,
-  ``/dev/bus/usb/...``, ``/dev/ttyUSB*``) is open by no process; no keyboard below it feeds
-  the console;
+  ``/dev/bus/usb/...``, ``/dev/ttyUSB*``, the NVMe controller's ``/dev/nvme0`` and generic
+  ``/dev/ng0n1``, a multipath head's too) is open by no process, by path or by number; no
+  keyboard below it feeds the console;
 * on vfio-pci: its ``/dev/vfio/GROUP`` is open by no process (or the group is this run's).
 
 What cannot be read (``ip`` or ``ss`` missing, a namespace it cannot enter, another
@@ -116,6 +117,7 @@ class HostUsage:
                 "no rule that could prove it idle"]
         self._driver(dev, role, held_groups, uses, evidence)
         tree = _Subtree(self.fs, dev.path)
+        tree.char_nodes += _nvme_char_heads(self.fs, dev.path)
         self._network(dev, role, tree, uses, evidence)
         for vf in vfs_of(self.fs, dev.bdf):
             self._vf(vf, uses, evidence)
@@ -128,9 +130,15 @@ class HostUsage:
             evidence.append(f"{dev.bdf} is on {dev.driver or 'no driver'}: no host driver uses it")
         elif dev.driver == VFIO:
             node = f"/dev/vfio/{dev.iommu_group}"
-            users = self.storage.opened.users("char", node[len("/dev/"):], None)
+            number = self.fs.vfio_group_dev(dev.iommu_group) \
+                if dev.iommu_group is not None else None
+            users = self.storage.opened.users("char", node[len("/dev/"):], number)
             if dev.iommu_group in held_groups:
                 evidence.append(f"{dev.bdf} is on vfio-pci for this run")
+            elif number is None:
+                uses.append(f"{dev.bdf} is on vfio-pci and the device number of {node} cannot "
+                            f"be read (/sys/class/vfio/{dev.iommu_group}/dev): a process may "
+                            "hold the group through a node of another path")
             elif users:
                 uses.append(f"{dev.bdf} is on vfio-pci and {node} is open by "
                             f"{', '.join(users)}")
@@ -215,7 +223,7 @@ class HostUsage:
             if majmin in self.storage.consoles:
                 uses.append(f"/dev/{name} (below {label}) is a kernel console "
                             f"({self.storage.consoles[majmin]} in /proc/consoles)")
-        uses += [f"{label}: {k}" for k in _console_inputs(self.fs, path)]
+        uses += [f"{label}: {k}" for k in _console_inputs(self.fs, path, tree.inputs)]
         uses += [f"USB interface {name} (below {label}) is on {driver}, whose use the harness "
                  "cannot judge" for name, driver, _ in tree.usb_interfaces
                  if driver is not None and driver not in USB_DRIVERS_JUDGED]
@@ -255,12 +263,16 @@ class _Subtree:
         #: USB interfaces (``3-4:1.0``), their drivers (None: unbound), and whether a network
         #: interface shows below them.
         self.usb_interfaces: list[tuple[str, str | None, bool]] = []
+        #: Input devices (``input5``: what /proc/bus/input/devices lists).
+        self.inputs: list[str] = []
         try:  # a disk is wherever /sys/class/block says (an NVMe namespace sits under nvme0/)
             disks = {os.path.realpath(p) for p in fs.sys("class", "block").iterdir()}
         except OSError:
             disks = set()
         for dirpath, dirnames, filenames in os.walk(path):
             here = Path(dirpath)
+            if re.fullmatch(r"input\d+", here.name):
+                self.inputs.append(here.name)
             if _USB_INTERFACE.fullmatch(here.name):
                 self.usb_interfaces.append((here.name, fs.link_name(here / "driver"),
                                             any(here.glob("net/*"))))
@@ -276,24 +288,38 @@ class _Subtree:
         self.blocks.sort()
 
 
-def _nvme_heads(fs: Sysfs, path: str) -> list[str]:
-    """NVMe namespaces with native multipath: the disk the host mounts (``nvme0n1``) lives
-    under /sys/devices/virtual/nvme-subsystem, beside links to the subsystem's controllers."""
-    heads = []
+def _nvme_subsystems(fs: Sysfs, path: str) -> list[Path]:
+    """The NVMe subsystems (native multipath) with a controller below ``path``: their
+    namespaces' devices live under /sys/devices/virtual/nvme-subsystem, not below it."""
     prefix = path.rstrip("/") + "/"
-    for subsys in sorted(fs.sys("devices", "virtual", "nvme-subsystem").glob("*")):
-        ctrls = [os.path.realpath(p) for p in subsys.glob("nvme*") if p.is_symlink()]
-        if any(c.startswith(prefix) for c in ctrls):
-            heads += sorted(p.name for p in subsys.glob("nvme*") if (p / "dev").exists()
-                            and not p.is_symlink())
-    return heads
+    return [subsys for subsys in sorted(fs.sys("devices", "virtual", "nvme-subsystem").glob("*"))
+            if any(os.path.realpath(p).startswith(prefix)
+                   for p in subsys.glob("nvme*") if p.is_symlink())]
 
 
-def _console_inputs(fs: Sysfs, path: str) -> list[str]:
+def _nvme_heads(fs: Sysfs, path: str) -> list[str]:
+    """The multipath disks the host mounts (``nvme0n1``), beside the controllers' links."""
+    return [p.name for subsys in _nvme_subsystems(fs, path) for p in sorted(subsys.glob("nvme*"))
+            if (p / "dev").exists() and not p.is_symlink()]
+
+
+def _nvme_char_heads(fs: Sysfs, path: str) -> list[tuple[Path, str | None]]:
+    """The multipath namespaces' generic character devices (``/dev/ng0n1``: NVMe passthrough,
+    io_uring): a process holding one uses the controller with no block device open."""
+    return [(p, fs.read(p / "dev")) for subsys in _nvme_subsystems(fs, path)
+            for p in sorted(subsys.glob("ng*")) if (p / "dev").exists()]
+
+
+def _console_inputs(fs: Sysfs, path: str, inputs: list[str]) -> list[str]:
     """Keyboards below ``path`` the console's keyboard handler (kbd) reads: no process holds
-    them open, and yet a person at the console types on them."""
+    them open, and yet a person at the console types on them. ``inputs``: the input devices
+    below it (``input5``), which an unreadable list leaves unproven."""
+    text = fs.read(fs.proc("bus", "input", "devices"))
+    if text is None:
+        return [f"cannot tell whether the input device(s) {', '.join(inputs)} below it feed "
+                "the console: /proc/bus/input/devices cannot be read"] if inputs else []
     out = []
-    for block in (fs.read(fs.proc("bus", "input", "devices")) or "").split("\n\n"):
+    for block in text.split("\n\n"):
         fields = dict(line[3:].split("=", 1) for line in block.splitlines()
                       if line[1:3] == ": " and "=" in line)
         where = os.path.realpath(fs.sys(fields.get("Sysfs", "/nowhere").lstrip("/")))
@@ -345,6 +371,24 @@ class _Planner:
             self.verdicts.append(v)
             self.problems.extend(label + u for u in v.uses)
 
+    def members_of(self, fs: Sysfs, target: PciDevice, group: int) -> tuple[PciDevice, ...]:
+        """The group's members as sysfs lists them; one it cannot list is a problem, never a
+        group of one (vfio takes every member with the device)."""
+        try:
+            members = tuple(fs.pci_device(m) if m != target.bdf else target
+                            for m in fs.iommu_group_members(group, strict=True))
+        except OSError as e:
+            self.problems.append(f"the members of IOMMU group {group} cannot be read "
+                                 f"({fs.sys('kernel', 'iommu_groups', str(group), 'devices')}: "
+                                 f"{e.strerror or e}): vfio would take them all with "
+                                 f"{target.bdf}")
+            return (target,)
+        if target not in members:
+            self.problems.append(f"{target.bdf} is not among the members sysfs lists for IOMMU "
+                                 f"group {group}: the group cannot be told")
+            members = (target, *members)
+        return members
+
     def member(self, m: PciDevice, target: str, group: int, listed: "set[str] | None") -> None:
         """Problems of a group member that is not a PCI-to-PCI bridge."""
         what = f"group {group} member {m.bdf} ({m.class_name}, {m.driver or 'no driver'})"
@@ -384,8 +428,7 @@ def plan_group(root: "str | Path | Sysfs", bdf: str, usage: HostUsage | None,
                           "the firmware, intel_iommu=on)")
         return GroupPlan(target, None, (target,), (), (), tuple(p.problems), tuple(p.verdicts))
     group = target.iommu_group
-    members = tuple(fs.pci_device(m) if m != bdf else target
-                    for m in fs.iommu_group_members(group) or [bdf])
+    members = p.members_of(fs, target, group)
     listed = {parse_bdf(a) for a in allowed} if allowed is not None else None
     to_move, kept = [], []
     for m in members:

@@ -4,7 +4,8 @@ A block device is *idle* when neither it nor any of its partitions is mounted (i
 namespace), used as swap, held by another block device (``holders/``: device-mapper, LVM, md,
 bcache, dm-crypt), a member of a btrfs filesystem, or open by a process. Open device nodes
 are read from every process's ``/proc/PID/fd``; a process whose fds cannot be read, a mount
-namespace whose mounts cannot be read, a local filesystem whose disk cannot be told and a
+namespace whose mounts cannot be read (``mountinfo``), an unreadable ``/proc/swaps`` or
+``/proc/consoles``, a local filesystem whose disk cannot be told and a
 loaded ZFS (whose pools hold disks with none of the above) make every device unproven:
 :attr:`StorageView.problems` (ZFS and unmapped filesystems: :attr:`StorageView.unmapped`,
 which an inventory may clear per controller with ``no_host_filesystems = true``).
@@ -38,7 +39,8 @@ class Mount(NamedTuple):
     majmin: str | None      # from mountinfo: resolves even /dev/root
 
 
-def _unescape(field: str) -> str:
+def unescape_mountinfo(field: str) -> str:
+    """A path field of mountinfo (or /proc/mounts) as it is."""
     # /proc/mounts writes space, tab, newline and backslash as octal escapes.
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
 
@@ -49,18 +51,21 @@ def _parse_mountinfo(text: str) -> list[Mount]:
         head, _, tail = line.partition(" - ")
         fields, rest = head.split(), tail.split()
         if len(fields) >= 5 and len(rest) >= 2:
-            out.append(Mount(_unescape(rest[1]), _unescape(fields[4]), rest[0], fields[2]))
+            out.append(Mount(unescape_mountinfo(rest[1]), unescape_mountinfo(fields[4]), rest[0],
+                             fields[2]))
     return out
 
 
-def _mounts(fs: Sysfs, problems: list[str]) -> list[Mount]:
-    """The mounts of every mount namespace (a container's too), and swap."""
+def mountinfos(fs: Sysfs, problems: list[str]) -> list[tuple[Path, str]]:
+    """(a process of it, its ``mountinfo``) for every mount namespace, the harness's own first
+    (``self``): a container's mounts are in no other. One that cannot be read is a problem,
+    never an empty one (a process that ended meanwhile: gone)."""
     seen, out = set(), []
     for proc in [fs.proc("self")] + sorted(fs.proc().glob("[0-9]*")):
         try:
             ns = os.readlink(proc / "ns" / "mnt")
         except FileNotFoundError:
-            ns = None if proc.name == "self" else "gone"
+            ns = "self" if proc.name == "self" else "gone"
         except OSError as e:
             problems.append(f"the mount namespace of pid {proc.name} cannot be read "
                             f"({e.strerror}): run as root")
@@ -69,18 +74,37 @@ def _mounts(fs: Sysfs, problems: list[str]) -> list[Mount]:
             continue
         seen.add(ns)
         text = fs.read(proc / "mountinfo")
-        if text is None and proc.name == "self":
-            text = fs.read(fs.proc("mounts"))
-            out += [Mount(_unescape(f[0]), _unescape(f[1]), f[2], None)
-                    for f in (line.split() for line in (text or "").splitlines()) if len(f) >= 3]
-            if text is None:
-                problems.append("neither /proc/self/mountinfo nor /proc/mounts can be read")
+        if text is None:
+            if proc.name == "self" or proc.exists():
+                problems.append(f"/proc/{proc.name}/mountinfo cannot be read: what is mounted "
+                                "there is unknown")
             continue
-        out += _parse_mountinfo(text or "")
-    for line in (fs.read(fs.proc("swaps")) or "").splitlines()[1:]:
+        out.append((proc, text))
+    return out
+
+
+def remote_mount_ids(infos: list[tuple[Path, str]]) -> set[str]:
+    """The mount ids of network and FUSE filesystems: a ``stat`` of a file there may block for
+    as long as its server does not answer, and no device node lives there."""
+    out = set()
+    for _, text in infos:
+        for line in text.splitlines():
+            fstype = line.partition(" - ")[2].split()[:1]
+            if fstype and (fstype[0] in _NETWORK_FS or fstype[0].startswith("fuse")):
+                out.add(line.split(maxsplit=1)[0])
+    return out
+
+
+def _mounts(fs: Sysfs, infos: list[tuple[Path, str]], problems: list[str]) -> list[Mount]:
+    """The mounts of every mount namespace (``infos``: :func:`mountinfos`), and swap."""
+    out = [m for _, text in infos for m in _parse_mountinfo(text)]
+    swaps = fs.read(fs.proc("swaps"))
+    if swaps is None:
+        problems.append("/proc/swaps cannot be read: which disks are swap is unknown")
+    for line in (swaps or "").splitlines()[1:]:
         fields = line.split()
         if fields and fields[0].startswith("/dev/"):
-            out.append(Mount(_unescape(fields[0]), "swap", "swap", None))
+            out.append(Mount(unescape_mountinfo(fields[0]), "swap", "swap", None))
     return [m for m in out if m.fstype in _POOL_FS or
             (m.source.startswith("/dev/") and m.fstype not in _NETWORK_FS)]
 
@@ -120,11 +144,14 @@ def _claimed(name: str) -> list[str]:
 
 
 class OpenFiles:
-    """Which device nodes processes hold open: by path (``/dev/sdb``) and device number."""
+    """Which device nodes processes hold open: by path (``/dev/sdb``) and by device number,
+    whatever the path (a node in a container's /dev stands for the same device). Files on
+    ``remote_mounts`` (mount ids: :func:`remote_mount_ids`) are not looked at by number."""
 
-    def __init__(self, fs: Sysfs, problems: list[str]):
-        self.paths: dict[str, set[str]] = {}
-        self.numbers: dict[tuple[str, int], set[str]] = {}
+    def __init__(self, fs: Sysfs, problems: list[str], remote_mounts: "set[str]" = frozenset()):
+        self.paths: dict[str, set[tuple[int, str]]] = {}
+        self.numbers: dict[tuple[str, int], set[tuple[int, str]]] = {}
+        self.remote = remote_mounts
         for proc in sorted(fs.proc().glob("[0-9]*")):
             try:
                 fds = list((proc / "fd").iterdir())
@@ -134,18 +161,22 @@ class OpenFiles:
                 problems.append(f"the open files of pid {proc.name} cannot be read "
                                 f"({e.strerror}): run as root")
                 continue
-            who = f"pid {proc.name} ({fs.read(proc / 'comm') or '?'})"
+            who = (int(proc.name), fs.read(proc / "comm") or "?")
             for fd in fds:
-                self._add(fd, who)
+                self._add(fs, fd, who)
 
-    def _add(self, fd: Path, who: str) -> None:
+    def _add(self, fs: Sysfs, fd: Path, who: tuple[int, str]) -> None:
         try:
             target = os.readlink(fd)
         except OSError:
             return
-        if not target.startswith("/dev/"):
-            return
+        if not target.startswith("/"):
+            return  # socket:[...], pipe:[...], anon_inode:..., net:[...]: no device node
         self.paths.setdefault(target, set()).add(who)
+        info = fs.read(fd.parent.parent / "fdinfo" / fd.name) or ""
+        mount = re.search(r"^mnt_id:\s*(\d+)", info, re.M)
+        if mount and mount[1] in self.remote:
+            return  # (a stat there can hang on a server that is gone)
         try:
             st = os.stat(fd)
         except OSError:
@@ -154,13 +185,19 @@ class OpenFiles:
             kind = "block" if stat.S_ISBLK(st.st_mode) else "char"
             self.numbers.setdefault((kind, st.st_rdev), set()).add(who)
 
-    def users(self, kind: str, devname: str | None, majmin: str | None) -> list[str]:
-        """Who holds the node open (its ``DEVNAME`` or its ``MAJ:MIN``)."""
+    def holders(self, kind: str, devname: str | None, majmin: str | None
+                ) -> list[tuple[int, str]]:
+        """(pid, command) of the processes that hold the node open (its ``DEVNAME`` under
+        /dev, or any node of its ``MAJ:MIN``)."""
         found = set(self.paths.get(f"/dev/{devname}", ())) if devname else set()
         if majmin and re.fullmatch(r"\d+:\d+", majmin):
             major, minor = map(int, majmin.split(":"))
             found |= self.numbers.get((kind, os.makedev(major, minor)), set())
         return sorted(found)
+
+    def users(self, kind: str, devname: str | None, majmin: str | None) -> list[str]:
+        """:meth:`holders` as ``pid 4242 (ceph-osd)``."""
+        return [f"pid {pid} ({comm})" for pid, comm in self.holders(kind, devname, majmin)]
 
 
 def devname(node: Path, fs: Sysfs) -> str:
@@ -249,15 +286,20 @@ class StorageView:
 
         #: Character devices the kernel prints its console to (/proc/consoles: a serial
         #: adapter can be the console with no process holding it open): MAJ:MIN -> name.
+        consoles = fs.read(fs.proc("consoles"))
+        if consoles is None:
+            problems.append("/proc/consoles cannot be read: which device nodes the kernel "
+                            "prints its console to is unknown")
         self.consoles = {f[-1]: f[0] for f in (line.split() for line in
-                         (fs.read(fs.proc("consoles")) or "").splitlines())
+                         (consoles or "").splitlines())
                          if len(f) >= 2 and re.fullmatch(r"\d+:\d+", f[-1])}
 
     @classmethod
     def read(cls, fs: Sysfs) -> "StorageView":
         problems: list[str] = []
-        mounts = _mounts(fs, problems)
-        return cls(fs, OpenFiles(fs, problems), mounts, problems)
+        infos = mountinfos(fs, problems)
+        mounts = _mounts(fs, infos, problems)
+        return cls(fs, OpenFiles(fs, problems, remote_mount_ids(infos)), mounts, problems)
 
     def use_of_block(self, name: str, seen: set[str] | None = None) -> list[str]:
         """Why block device ``name`` (or a partition of it, or what holds it) is in use."""
@@ -276,7 +318,7 @@ class StorageView:
         uses += [f"{name} is exported by {target}" for target in self.exported.get(name, [])]
         # (a hidden NVMe multipath path, nvme0c0n1, has no /dev node: the kernel claims the
         # disk through its head, nvme0n1, which is looked at as the namespace's own device)
-        if self.fs.root == Path("/") and self.fs.read(d / "hidden") != "1":
+        if self.fs.real_host and self.fs.read(d / "hidden") != "1":
             uses += _claimed(devname(d, self.fs))
         uses += [f"{name} is open by {who}"
                  for who in self.opened.users("block", devname(d, self.fs), majmin)]

@@ -216,8 +216,16 @@ class Sysfs:
     """root/sys and root/proc. All sysfs writes of the harness go through :meth:`write`."""
 
     def __init__(self, root: str | Path = "/", on_write: WriteHook | None = None):
-        self.root = Path(root)
+        # Resolved once: "//", "/./", "/proc/.." or a link to / are the real host too, and
+        # every "real host or a test's fake root?" decision reads :attr:`real_host`.
+        self.root = Path(os.path.realpath(root))
         self.on_write = on_write
+
+    @property
+    def real_host(self) -> bool:
+        """Whether this is the running host (root ``/``), not a test's fake tree: the real
+        host's tools run and its /dev nodes are opened, a fake root's stand-ins are read."""
+        return self.root == Path("/")
 
     @classmethod
     def of(cls, root: "str | Path | Sysfs") -> "Sysfs":
@@ -309,12 +317,23 @@ class Sysfs:
         except OSError:
             return []
 
-    def iommu_group_members(self, group: int) -> list[str]:
+    def iommu_group_members(self, group: int, strict: bool = False) -> list[str]:
+        """The PCI functions of IOMMU group ``group``; an unreadable group is empty, or raises
+        OSError when ``strict`` (for a decision: an unread group is not a group of one)."""
         try:
             return sorted(p.name for p in
                           self.sys("kernel", "iommu_groups", str(group), "devices").iterdir())
         except OSError:
+            if strict:
+                raise
             return []
+
+    def vfio_group_dev(self, group: int) -> str | None:
+        """``MAJ:MIN`` of ``/dev/vfio/<group>`` (sysfs ``class/vfio/<group>/dev``), or None when
+        it cannot be read: a process may hold the group through any node of that number (a
+        container's own /dev), so it is matched by number, not by path."""
+        dev = self.read(self.sys("class", "vfio", str(group), "dev"))
+        return dev if dev and re.fullmatch(r"\d+:\d+", dev) else None
 
     def pci_driver_dir(self, driver: str) -> Path:
         return self.sys("bus", "pci", "drivers", driver)

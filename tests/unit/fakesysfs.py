@@ -65,6 +65,10 @@ name "vfio-pci-nohotplug", bus PCI, desc "VFIO-based PCI device assignment"
 """
 
 
+#: The major number the kernel gave vfio's group devices (dynamic; 243 is a common one).
+VFIO_MAJOR = 243
+
+
 class Killed(BaseException):
     """The run was killed at this write (not an Exception: nothing catches it)."""
 
@@ -88,6 +92,10 @@ class FakeHost:
             (self.sys / d).mkdir(parents=True, exist_ok=True)
         (self.sys / "bus/pci/drivers_probe").write_text("")
         (self.root / "proc/net").mkdir(parents=True)
+        # What every Linux host has, read as evidence (unreadable: nothing is proven idle).
+        self.proc("self/mountinfo", "")
+        self.proc("swaps", "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n")
+        self.proc("consoles", "tty0                 -WU (EC p  )    4:7\n")
         self.add_driver("vfio-pci")
 
     # -- building ----------------------------------------------------------------------------
@@ -300,9 +308,16 @@ class FakeHost:
                 self.file("ip/netns.json", "")
 
     def proc(self, name: str, text: str) -> None:
+        """``name`` under proc/; ``mounts`` (the /proc/mounts format, easier to write) is
+        written as self/mountinfo too, which the harness reads (with no MAJ:MIN: 0:0)."""
         p = self.root / "proc" / name
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(text)
+        if name == "mounts":
+            self.proc("self/mountinfo", "".join(
+                f"{n} 1 0:0 / {f[1]} {f[3]} - {f[2]} {f[0]} {f[3]}\n"
+                for n, f in enumerate((line.split() for line in text.splitlines()), start=20)
+                if len(f) >= 4))
 
     def file(self, rel: str, text: str | bytes = "") -> Path:
         p = self.root / rel
@@ -347,6 +362,7 @@ class FakeHost:
         if driver == "vfio-pci":
             group = os.path.basename(os.readlink(d / "iommu_group"))
             self.file(f"dev/vfio/{group}")
+            self.file(f"sys/class/vfio/{group}/dev", f"{VFIO_MAJOR}:{group}\n")
 
     def _unbind(self, bdf: str) -> None:
         driver = self.driver_of(bdf)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -152,6 +153,20 @@ def test_gitlab_root_jobs_run_only_for_protected_branches_never_for_merge_reques
             assert sources and "schedule" in sources[1].split("|"), cond
             assert not {"merge_request_event", "external_pull_request_event", "trigger",
                         "pipeline", "api"} & set(sources[1].split("|")), cond
+
+
+def test_gitlab_host_jobs_run_nothing_as_root_without_the_protected_grant():
+    """The rules are in the branch's own file: the protected variable GitLab gives only to
+    protected refs is what a copy of the job, or an edited one, lacks."""
+    doc = _gitlab()
+    for name, job in _host_jobs(doc).items():
+        script = job["script"]
+        grant = next(i for i, s in enumerate(script) if 'test -n "${HH_ROOT_GRANT:-}"' in s)
+        assert grant < next(i for i, s in enumerate(script) if "make nightly" in s), name
+        assert grant < next(i for i, s in enumerate(script) if "id -u" in s), name
+        assert all('[ -n "${HH_ROOT_GRANT:-}" ] &&' in s for s in job["after_script"]
+                   if ".venv/bin/python" in s), name
+    assert "`HH_ROOT_GRANT`" in (ROOT / "docs" / "fleet.md").read_text()
 
 
 def test_gitlab_host_jobs_rebuild_their_venv_and_upload_no_private_key():
@@ -414,6 +429,8 @@ def test_systemd_units_say_what_the_nightly_needs():
     assert service["WorkingDirectory"][0].startswith("/")
     assert "make nightly" in service["ExecStart"][0]
     assert "harness restore" in service["ExecStopPost"][0]
+    stop_post = service["ExecStopPost"][0]
+    assert stop_post.index(".ci/check-root-tree &&") < stop_post.index(".venv/bin/python")
     assert "KillMode" not in service, "every process of the run must get SIGTERM"
     assert timer["Persistent"] == ["true"] and timer["RandomizedDelaySec"]
     assert timer["WantedBy"] == ["timers.target"]
@@ -457,3 +474,91 @@ def test_jenkinsfile_root_stages_only_for_protected_branches_fresh_venv_no_key()
     for step in ("archiveArtifacts", "stash name"):
         line = text[text.index(step):text.index(step) + 300]
         assert "excludes: 'reports/run-*/cloud-init/**, reports/**/id_*'" in line, step
+
+
+# --- what reaches the root nightly's make ------------------------------------------------------
+
+#: Pytest options as a CI parameter could carry them: make's $(shell), a shell's ; and `...`, and
+#: a quoted option value that must stay one word.
+_HOSTILE_ARGS = ('$(shell touch pwned-make) "; touch pwned-semicolon; " `touch pwned-backquote` '
+                 "$(touch pwned-dollar) -k 'a b'")
+
+
+def _ci_nightly_lines() -> dict[str, str]:
+    """The command line each CI file runs `make nightly` with."""
+    doc = _gitlab()
+    gitlab = [s for job in _host_jobs(doc).values() for s in job["script"] if "make nightly" in s]
+    jenkins = [line.strip() for line in (CI / "Jenkinsfile").read_text().splitlines()
+               if "make nightly" in line and not line.strip().startswith("//")]
+    exec_start = _unit(UNITS[0])["ExecStart"][0].replace("/usr/bin/make", "make")
+    assert len(gitlab) == 1 and len(jenkins) == 1, (gitlab, jenkins)
+    return {"gitlab": gitlab[0], "jenkins": jenkins[0], "systemd": exec_start}
+
+
+@pytest.mark.parametrize("ci", ["gitlab", "jenkins", "systemd"])
+def test_ci_pytest_args_reach_pytest_as_words_and_are_never_run(ci, tmp_path):
+    """Issue 31 follow-up: `make nightly PYTEST_ARGS="$HH_PYTEST_ARGS"` let make expand $(shell)
+    in the parameter and the recipe's shell run its `;` and backquotes, as root. The CI line runs
+    here for real, with this Makefile, a `make` that skips the image and stand-ins for the venv's
+    python and pytest: nothing in the arguments runs, and pytest gets them as shell words."""
+    line = _ci_nightly_lines()[ci]
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "make").write_text(f'#!/bin/sh\n[ "$*" = "--no-print-directory image" ] && '
+                                  f'exit 0\nexec {make} -f {ROOT / "Makefile"} '
+                                  f'MAKE={bin_dir / "make"} PY="{tmp_path}/stub" '
+                                  f'PYTEST="{tmp_path}/stub" "$@"\n')
+    (tmp_path / ".ci").mkdir()
+    shutil.copy(ROOT / ".ci/check-root-tree", tmp_path / ".ci")
+    (tmp_path / "stub").write_text('#!/bin/sh\nprintf "%s\\n" "$*" "${PYTEST_ADDOPTS:-}" '
+                                   '>> calls.log\n')
+    for f in (bin_dir / "make", tmp_path / "stub"):
+        f.chmod(0o755)
+    (tmp_path / "inv.toml").write_text("")
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path),
+           "HH_INVENTORY": "inv.toml", "HH_PYTEST_ARGS": _HOSTILE_ARGS, "HH_ROOT_GRANT": "x"}
+    r = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not list(tmp_path.glob("pwned-*")), f"{ci}: the arguments ran: {line}"
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    run = calls.index("tests/scenarios --backend vfio --host-inventory inv.toml -n 3 "
+                      "--dist loadgroup")
+    assert shlex.split(calls[run + 1]) == shlex.split(_HOSTILE_ARGS)
+    assert "-m harness plan --inventory inv.toml" in calls
+
+
+def test_make_nightly_refuses_pytest_args_on_its_command_line(tmp_path):
+    """PYTEST_ARGS would be parsed by make and the shell as root: the nightly says where the
+    options go instead of running anything."""
+    r = subprocess.run(["make", "-f", str(ROOT / "Makefile"), "nightly",
+                        "PYTEST_ARGS=-k nic", f"PY={tmp_path}/none", f"PYTEST={tmp_path}/none"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "HH_PYTEST_ARGS" in r.stdout, r.stdout + r.stderr
+    # an empty one (the unit file of an older version passes PYTEST_ARGS=) is no option
+    r = subprocess.run(["make", "-f", str(ROOT / "Makefile"), "nightly", "PYTEST_ARGS=",
+                        "INVENTORY=none.toml", f"MAKE={tmp_path}/none"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert "HH_PYTEST_ARGS" not in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_jenkinsfile_root_stage_needs_the_credential_only_the_protected_job_has():
+    """A branch can delete the Jenkinsfile's `when` guards; a copy of the file in any job other
+    than the protected nightly (which alone sees the credential) stops before root runs."""
+    text, root = _jenkinsfile()
+    cells = root.child("pipeline").child("stages")
+    matrix = [s for s in cells.children if any(c.label == "matrix" for c in s.children)][0]
+    steps = "".join(s.text for s in matrix.child("matrix").child("stages").children)
+    grant = re.search(r"withCredentials\(\[string\(credentialsId: '([\w-]+)', "
+                      r"variable: 'HH_ROOT_GRANT'\)\]\)", steps)
+    assert grant, "the host stage binds no credential"
+    after = steps[grant.end():]
+    assert after.index('test -n "$HH_ROOT_GRANT"') < after.index("make nightly")
+    restore = steps.index("harness restore")  # post { always }: root too
+    assert steps.rindex("credentialsId: 'hotplug-vtd-root-nightly'", 0, restore) > grant.end()
+    assert '[ -n "$HH_ROOT_GRANT" ] &&' in steps[restore - 120:restore]
+    fleet = (ROOT / "docs" / "fleet.md").read_text()
+    assert f"`{grant[1]}`" in fleet, "docs/fleet.md must name the credential to create"

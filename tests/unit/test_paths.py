@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.paths import UnsafePathError, new_private_dir, private_dir
+from harness.core.paths import UnsafePathError, check_trusted_file, new_private_dir, private_dir
 from harness.core.errors import ConfigError, HostDeviceError
 from harness.guest.snapshot import StateCache, new_run_cache_dir
 from harness.host.binding import Journal
+from harness.host.inventory import load_inventory
 
 NOBODY = 65534
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as a second user "
@@ -129,3 +130,126 @@ def test_another_users_look_alike_temp_folder_is_not_this_runs(shared_tmp, monke
     as_nobody(f"mkdir {shared_tmp}/hh-4242-planted")
     assert hygiene.sweep_run(shared_tmp / "no-run", "4242") == []
     assert (shared_tmp / "hh-4242-planted").is_dir()
+
+
+# -- what root reads and runs: the inventory, the checkout and its .venv -------------------------
+
+INVENTORY = """\
+[[device]]
+role = "nic"
+bdf = "0000:05:00.0"
+gateway = "10.0.5.1"
+"""
+ROOT_DIR = Path(__file__).resolve().parents[2]
+
+
+def _inventory_in(folder: Path) -> Path:
+    folder.mkdir(exist_ok=True)
+    path = folder / "inventory.toml"
+    path.write_text(INVENTORY)
+    path.chmod(0o644)
+    return path
+
+
+def test_an_inventory_only_root_can_write_is_read(tmp_path, monkeypatch):
+    monkeypatch.delenv("SUDO_UID", raising=False)
+    inv = load_inventory(_inventory_in(tmp_path / "etc"), check_host=False)
+    assert [d.bdf for d in inv.devices] == ["0000:05:00.0"]
+
+
+def test_an_inventory_another_user_rewrote_is_refused(shared_tmp, monkeypatch):
+    """The inventory says which host devices root takes: one another user owns (or can
+    rewrite) chooses them. Before, root read any inventory it was given."""
+    monkeypatch.delenv("SUDO_UID", raising=False)
+    path = _inventory_in(shared_tmp / "etc")
+    os.chown(path, NOBODY, NOBODY)
+    as_nobody(f"echo 'bdf = \"0000:00:17.0\"' >> {path}")
+    with pytest.raises(UnsafePathError) as e:
+        load_inventory(path, check_host=False)
+    assert e.value.message == (f"refusing the inventory {path}: the file {path} is owned by uid "
+                               f"{NOBODY}, so another user could choose what root does with it")
+    assert "chown root and chmod go-w" in e.value.hint
+
+
+@pytest.mark.parametrize("mode, who", [(0o664, "its group"), (0o646, "every user")])
+def test_an_inventory_others_can_write_is_refused(tmp_path, mode, who, monkeypatch):
+    monkeypatch.delenv("SUDO_UID", raising=False)
+    path = _inventory_in(tmp_path / "etc")
+    path.chmod(mode)
+    with pytest.raises(UnsafePathError, match=f"the file {path} is writable by {who}"):
+        load_inventory(path, check_host=False)
+
+
+def test_an_inventory_in_a_folder_others_can_write_is_refused(tmp_path, monkeypatch):
+    """Swapping the file needs only the folder: a group-writable (not sticky) folder above it,
+    or one another user owns, is refused too, and a link is judged where it leads."""
+    monkeypatch.delenv("SUDO_UID", raising=False)
+    path = _inventory_in(tmp_path / "team")
+    os.chown(tmp_path / "team", 0, NOBODY)
+    (tmp_path / "team").chmod(0o775)
+    link = tmp_path / "inventory.toml"
+    link.symlink_to(path)
+    with pytest.raises(UnsafePathError, match=f"the folder {tmp_path / 'team'} .* is writable "
+                                              "by its group"):
+        load_inventory(link, check_host=False)
+    (tmp_path / "team").chmod(0o755)
+    os.chown(tmp_path / "team", NOBODY, NOBODY)
+    with pytest.raises(UnsafePathError, match="is owned by uid 65534"):
+        load_inventory(link, check_host=False)
+
+
+def test_under_sudo_the_invoking_users_inventory_is_theirs(tmp_path, monkeypatch):
+    path = _inventory_in(tmp_path / "home")
+    os.chown(path, NOBODY, NOBODY)
+    monkeypatch.setenv("SUDO_UID", str(NOBODY))
+    assert check_trusted_file(path) == path
+
+
+def _checkout(top: Path) -> Path:
+    """A checkout as `make nightly` runs it: code, a .venv and a __pycache__, all root's."""
+    for rel in ("harness/__pycache__", ".venv/bin", "reports/run-1",
+                "fixtures/images/build/0123abcd", "fixtures/images/build/lab/4567/root/var/mail"):
+        (top / rel).mkdir(parents=True)
+    for rel in ("harness/__init__.py", "harness/__pycache__/x.cpython-311.pyc",
+                ".venv/bin/python3.11", "fixtures/images/build/0123abcd/vmlinux"):
+        (top / rel).write_text("")
+    (top / ".venv/bin/python").symlink_to("python3.11")
+    return top
+
+
+def _check_tree(top: Path, **env) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k != "SUDO_UID"}
+    return subprocess.run(["sh", str(ROOT_DIR / ".ci/check-root-tree"), str(top)],
+                          capture_output=True, text=True, timeout=60, env={**environ, **env})
+
+
+def test_the_nightlys_checkout_and_venv_are_refused_when_another_user_could_write_them(
+        tmp_path):
+    """`make nightly` runs the checkout's code and .venv as root: a group-writable .venv (a
+    umask 002 install), a .pyc another user left, or a folder above the checkout others can
+    write, each is refused before any of it runs."""
+    top = _checkout(tmp_path / "srv" / "hotplug-harness")
+    assert _check_tree(top).returncode == 0
+    os.chown(top / "reports/run-1", NOBODY, NOBODY)          # not run: not looked at
+    (top / "fixtures/images/build/lab/4567/root/var/mail").chmod(0o2775)  # a guest's own tree
+    assert _check_tree(top).returncode == 0
+    (top / "fixtures/images/build/0123abcd/vmlinux").chmod(0o666)  # root's QEMU boots it
+    r = _check_tree(top)
+    assert r.returncode == 1 and "0123abcd/vmlinux" in r.stderr, r.stderr
+    (top / "fixtures/images/build/0123abcd/vmlinux").chmod(0o644)
+
+    (top / ".venv/bin/python3.11").chmod(0o775)
+    r = _check_tree(top)
+    assert r.returncode == 1 and f"{top}/.venv/bin/python3.11" in r.stderr, r.stderr
+    (top / ".venv/bin/python3.11").chmod(0o755)
+
+    os.chown(top / "harness/__pycache__/x.cpython-311.pyc", NOBODY, NOBODY)
+    r = _check_tree(top)
+    assert r.returncode == 1 and "x.cpython-311.pyc" in r.stderr, r.stderr
+    assert _check_tree(top, SUDO_UID=str(NOBODY)).returncode == 0  # sudo by that user
+    os.chown(top / "harness/__pycache__/x.cpython-311.pyc", 0, 0)
+
+    (tmp_path / "srv").chmod(0o777)
+    r = _check_tree(top)
+    assert r.returncode == 1 and f"the folder {tmp_path / 'srv'} above it is writable" in \
+        r.stderr, r.stderr
