@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Callable
 
-from harness.core.errors import ConfigError, LabError
+from harness.core.errors import ConfigError, HarnessError, LabError, QMPCommandError
 
 URI = "qemu:///system"
 
@@ -124,3 +124,13 @@ class DeviceEvents:
         with self._cond:
             self._cond.wait_for(lambda: self.outcome is not None, max(0.0, seconds))
             return self.outcome
+
+
+class LibvirtCommandError(QMPCommandError):
+    """libvirt refused a request (its words in ``qemu_desc``): a QMPCommandError, so a role
+    that explains QEMU's refusals explains libvirt's the same way."""
+
+    def __init__(self, what: str, text: str, element: str = ""):
+        super().__init__(what, {}, "libvirtError", text)
+        HarnessError.__init__(self, f"libvirt: {what} failed: {text}",
+                              details=f"element sent:\n{element}" if element else "")

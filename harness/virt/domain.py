@@ -17,28 +17,26 @@ guest-side checks run unchanged. What differs is underneath:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from harness.core.errors import (GuestDiedError, HarnessError, LabError, QMPCommandError,
-                                 UnplugError, Unexpressible, WaitTimeout)
+                                 Unexpressible, WaitTimeout)
 from harness.core.waits import wait_until
 from harness.guest.access import ConsoleChannel, Shell
 from harness.guest.guest import Guest, _make_overlay, _open_guests
 from harness.qemu.monitor import UnplugResult, flatten_pci
-from harness.virt import connect, xml
+from harness.virt import connect, removal, xml
+from harness.virt.connect import LibvirtCommandError
 
-#: libvirt's flags (virDomainModificationImpact, virDomainCreateFlags, qemu-monitor-command)
-#: and its state "paused" (virDomainState).
-AFFECT_LIVE, START_PAUSED, MONITOR_HMP, PAUSED = 1, 1, 1, 3
-#: How long a device that left the live XML may take to send ``device-removed``.
-SETTLE = 2.0
+#: libvirt's flags (virDomainModificationImpact, virDomainCreateFlags, qemu-monitor-command).
+AFFECT_LIVE, START_PAUSED, MONITOR_HMP = 1, 1, 1
 
 
 class DomainGuest(Guest):
@@ -248,86 +246,24 @@ class DomainGuest(Guest):
             w.__enter__()
         try:
             t0 = time.monotonic()
-            for i in ids:
-                self._detach(i, t0 + timeout)
-            self._unless_paused(ids, waits, t0, timeout)
-            results = [self._verdict(i, waits[i], t0, max(timeout, limit),
-                                     self.deadlines.scaled(grace)) for i in ids]
+            busy = {i: removal.detach(self, i, t0 + timeout) for i in ids}
+            removal.unless_paused(self, ids, waits, t0, timeout)
+            results = [dataclasses.replace(removal.verdict(self, i, waits[i], t0, max(timeout, limit),
+                                                           self.deadlines.scaled(grace)),
+                                           busy_seconds=busy[i]) for i in ids]
         finally:
             for w in waits.values():
                 w.__exit__(None, None, None)
         self._used_buses = {b: d for b, d in self._used_buses.items() if d not in ids}
         return results
 
-    def _detach(self, device_id: str, deadline: float) -> None:
-        """``detach-device-alias``; libvirt sends QEMU ``device_del`` and waits for its answer
-        as long as it takes, so the request runs in a thread: no answer by ``deadline`` is the
-        verdict ``qemu-stuck`` (the request stands, libvirt still waits for QEMU)."""
-        name, box = self.qemu_id(device_id), {}
-
-        def request() -> None:
-            try:
-                self._call(lambda: self.dom.detachDeviceAlias(name, AFFECT_LIVE),
-                           f"detach-device-alias {name}")
-            except HarnessError as e:
-                box["error"] = e
-
-        worker = threading.Thread(target=request, name=f"detach-{name}", daemon=True)
-        worker.start()
-        worker.join(max(1.0, deadline - time.monotonic()))
-        if worker.is_alive():
-            raise UnplugError(device_id, "qemu-stuck", f"detach {name}: libvirt did not answer in "
-                              f"{self.deadlines.unplug:g} s: its monitor waits for QEMU, which does "
-                              "not answer", hint="QEMU is hung: see its log in the bundle")
-        if "error" in box:
-            raise box["error"]
-
-    def _unless_paused(self, ids: list[str], waits: dict, t0: float, timeout: float) -> None:
-        """A paused domain's guest cannot release anything: after a short look, say so."""
-        state = self._call(lambda: self.dom.state()[0], "read the domain's state")
-        if state != PAUSED:
-            return
-        for i in ids:
-            if waits[i].wait(t0 + min(timeout, 3.0) - time.monotonic()) != "removed":
-                raise UnplugError(i, "paused", f"detach {self.qemu_id(i)}: the domain is paused, "
-                                  "so the guest cannot release the device; no device-removed in "
-                                  f"{time.monotonic() - t0:.1f} s. The request stands: it completes "
-                                  "once the domain runs", hint="resume it (virsh resume) and wait")
-
     def wait_removed(self, device_id: str, timeout: float = 20.0) -> UnplugResult:
+        """Wait (no new request) for a device whose removal was requested earlier."""
         with connect.DeviceEvents(self.domain_name, self.qemu_id(device_id)) as w:
-            result = self._verdict(device_id, w, time.monotonic(), self.deadlines.scaled(timeout))
+            result = removal.verdict(self, device_id, w, time.monotonic(),
+                                     self.deadlines.scaled(timeout))
         self._used_buses = {b: d for b, d in self._used_buses.items() if d != device_id}
         return result
-
-    def _verdict(self, device_id: str, events: connect.DeviceEvents, t0: float,
-                 timeout: float, grace: float = 0.0) -> UnplugResult:
-        name = self.qemu_id(device_id)
-        outcome = events.wait(t0 + timeout - time.monotonic())
-        if outcome is None and grace and events.wait(grace) == "removed":
-            raise UnplugError(device_id, "guest-slow", f"detach {name}: device-removed came after "
-                              f"{events.at - t0:.1f} s, past the {timeout:.1f} s deadline",
-                              hint="the guest is slow to release the device; raise the deadline "
-                                   "only if this is expected")
-        if outcome == "removed":
-            return UnplugResult(device_id, events.at - t0, event=True)
-        if outcome == "failed":
-            raise UnplugError(device_id, "guest-refused", f"detach {name}: libvirt reported "
-                              f"device-removal-failed after {events.at - t0:.2f} s",
-                              hint="check the guest's dmesg in the bundle")
-        try:
-            present = name in xml.live_aliases(self.live_xml())
-        except HarnessError:
-            raise UnplugError(device_id, "qemu-stuck", f"detach {name}: no device-removed in "
-                              f"{timeout:.1f} s and libvirt no longer answers for the domain",
-                              hint="see libvirt's log and QEMU's log in the bundle") from None
-        if not present:
-            late = events.wait(SETTLE)
-            return UnplugResult(device_id, time.monotonic() - t0, event=late == "removed")
-        raise UnplugError(device_id, "guest-refused",
-                          f"detach {name}: no device-removed in {timeout:.1f} s; libvirt answers "
-                          "and the live XML still lists the device, so the guest never released it",
-                          hint="the guest must support PCI hotplug and its driver must let go")
 
 
 class QemuPid:
@@ -341,16 +277,6 @@ class QemuPid:
 
     def poll(self) -> int | None:
         return None if Path(f"/proc/{self.pid}").exists() else 0
-
-
-class LibvirtCommandError(QMPCommandError):
-    """libvirt refused a request (its words in ``qemu_desc``): a QMPCommandError, so a role
-    that explains QEMU's refusals explains libvirt's the same way."""
-
-    def __init__(self, what: str, text: str, element: str = ""):
-        super().__init__(what, {}, "libvirtError", text)
-        HarnessError.__init__(self, f"libvirt: {what} failed: {text}",
-                              details=f"element sent:\n{element}" if element else "")
 
 
 def _libvirt_qemu():
