@@ -42,7 +42,10 @@ from harness import lab
 from harness.guest import latency
 from harness.core import pace
 from harness.report import records
+from harness.core.errors import HarnessError
 from harness.guest.guest import Guest
+from harness.virt import connect
+from harness.virt.domain import DomainGuest
 from harness.qemu.machine import GuestSpec
 from harness.guest.pool import GuestPool, guest_state, probe_boot
 from harness.guest.snapshot import StateCache
@@ -143,6 +146,34 @@ def bench_latencies(image, n: int, workdir: Path, **guest) -> None:
             print(f"    {k:<22} {stats(v)}")
 
 
+def bench_drivers(image, n: int, workdir: Path, **guest) -> None:
+    """The NIC's attach and detach through QMP and through libvirt (--driver libvirt), in one
+    run: a guest of each driver side by side, their cycles taken in turn, so both sides see the
+    same machine at the same time; the ratio is libvirt's over QMP's."""
+    try:
+        connect.connection()
+    except HarnessError as e:
+        print(f"drivers: skipped, libvirt is not usable here: {e.message}")
+        return
+    nic = devices.EMULATED["nic"][0]
+    for label, spec in (("pc", GuestSpec(machine="pc")), ("q35-acpi", GuestSpec(machine="q35"))):
+        figures: dict[str, dict[str, list[float]]] = {"qmp": {}, "libvirt": {}}
+        with Guest(spec, image, workdir=workdir / f"drv-qmp-{label}", **guest) as q, \
+                DomainGuest(spec, image, workdir=workdir / f"drv-lv-{label}", name=f"bench-{label}",
+                            **guest) as lv:
+            figures["qmp"]["boot"], figures["libvirt"]["boot"] = [q.boot_seconds], [lv.boot_seconds]
+            for i in range(n):
+                for driver, g in (("qmp", q), ("libvirt", lv)):
+                    for k, v in cycle(g, nic, f"d{i}").items():
+                        figures[driver].setdefault(k, []).append(v)
+        print(f"drivers, {nic.id} on {label}, {n} cycles each, taken in turn (median, libvirt/qmp):")
+        for k in ("boot", "device_add", "device_del_to_event", "interface_addressed", "guest_gone"):
+            a, b = figures["qmp"].get(k), figures["libvirt"].get(k)
+            if a and b:
+                ma, mb = statistics.median(a), statistics.median(b)
+                print(f"    {k:<22} qmp {ma:7.3f} s   libvirt {mb:7.3f} s   ratio {mb / ma:5.2f}")
+
+
 def bench_soak(image, n: int, workdir: Path, **guest) -> None:
     device = devices.EMULATED["nic"][1]  # virtio-net: the fastest full cycle, so most cycles/min
     with Guest(GuestSpec(machine="q35"), image, workdir=workdir / "soak", **guest) as g:
@@ -238,6 +269,8 @@ def main() -> int:
     ap.add_argument("--skip-build", action="store_true")
     ap.add_argument("--skip-matrix", action="store_true")
     ap.add_argument("--skip-lab", action="store_true")
+    ap.add_argument("--drivers-only", action="store_true",
+                    help="only the NIC's attach/detach through QMP next to libvirt")
     ap.add_argument("--boot-only", action="store_true",
                     help="only 2 (boot and restore side by side): no latencies, soak, matrix, lab")
     ap.add_argument("--lab-tests", nargs="+", default=LAB_TESTS, metavar="PATH")
@@ -260,10 +293,14 @@ def main() -> int:
     print(f"machine speed: {host_pace.describe()}")
     with tempfile.TemporaryDirectory(prefix="hh-bench-") as d:
         work = Path(d)
+        if args.drivers_only:
+            bench_drivers(image, args.cycles, work, **guest)
+            return 0
         bench_boot(image, args.boots, work, qemu.splitlines()[0], **guest)
         if args.boot_only:
             return 0
         bench_latencies(image, args.cycles, work, **guest)
+        bench_drivers(image, args.cycles, work, **guest)
         bench_soak(image, args.soak, work, **guest)
     if not args.skip_matrix:
         bench_matrix(args.qemu_binary, *([tuple(tuple(r.split(",")) for r in args.matrix_jobs)]

@@ -109,14 +109,18 @@ class WaitTimeout(ProductError):
 
 class Unexpressible(HarnessError):
     """The driver cannot say this (``--driver libvirt``: a device or guest shape libvirt has no
-    XML for, or refuses to hot-plug). Not a failure of the product: the test says which and
-    why, and ends as an expected failure, tried each run (so it passes once libvirt can)."""
+    XML for, or refuses to hot-plug; or one the harness does not drive through libvirt yet).
+    Not a failure of the product: the test says which and why, and ends as an expected
+    failure, tried each run (so it runs once libvirt, or the harness, can)."""
 
     kind = "unexpressible"
 
-    def __init__(self, what: str, why: str, *, hint: str = "", details: str = ""):
-        super().__init__(f"libvirt cannot express {what}: {why}", hint=hint, details=details)
-        self.what, self.why = what, why
+    def __init__(self, what: str, why: str, *, hint: str = "", details: str = "",
+                 not_built: bool = False):
+        """``not_built``: libvirt could, the harness does not drive it through libvirt yet."""
+        super().__init__(f"{'not built for --driver libvirt yet' if not_built else 'libvirt cannot express'}"
+                         f" {what}: {why}", hint=hint, details=details)
+        self.what, self.why, self.not_built = what, why, not_built
 
 
 class PreconditionError(HarnessError):

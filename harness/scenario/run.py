@@ -329,8 +329,8 @@ def _destination(pool: GuestPool, guest: Guest, extra: list[str]) -> Guest:
     """A second QEMU of ``guest``'s shape that waits for its live migration, with ``extra``
     (the devices plugged into the source) on its command line."""
     if guest.driver != "qmp":
-        raise Unexpressible("live migration", f"not built for --driver {guest.driver} yet "
-                            "(virsh migrate)", hint="run it with --driver qmp")
+        raise Unexpressible("live migration", "virsh migrate", not_built=True,
+                            hint="run it with --driver qmp")
     name = f"{guest.name}-dst"
     # (the socket in the source's temp folder: a unix socket path is limited to 107 bytes)
     dest = Guest(guest.spec, guest.image, workdir=pool.workdir / f"{name}-{guest.spec.label}",

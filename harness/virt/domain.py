@@ -66,8 +66,8 @@ class DomainGuest(Guest):
 
     def launch(self, on_running=None, *, restore: Path | None = None) -> "DomainGuest":
         if restore is not None:
-            raise Unexpressible("a guest restored from a saved state", "not built for "
-                                "--driver libvirt (virsh restore)")
+            raise Unexpressible("a guest restored from a saved state", "virsh restore",
+                                not_built=True)
         return super().launch(on_running)
 
     def _connect(self, t0: float) -> None:
@@ -99,7 +99,7 @@ class DomainGuest(Guest):
                                hint="run `make image`, or fix the --guest-* option")
 
     def receive(self) -> "DomainGuest":
-        raise Unexpressible("live migration", "not built for --driver libvirt yet (virsh migrate)",
+        raise Unexpressible("live migration", "virsh migrate", not_built=True,
                             hint="run the migration scenarios with --driver qmp")
 
     @property

@@ -32,7 +32,8 @@ NIC_MODELS = {"e1000e": "e1000e", "e1000": "e1000", "virtio-net-pci": "virtio",
 USB_INPUTS = {"usb-tablet": "tablet", "usb-kbd": "keyboard", "usb-mouse": "mouse"}
 #: Controllers the roles hot-add: libvirt's ``<controller type=... model=...>``.
 CONTROLLERS = {"ich9-ahci": ("sata", None), "qemu-xhci": ("usb", "qemu-xhci"),
-               "nec-usb-xhci": ("usb", "nec-xhci"), "virtio-scsi-pci": ("scsi", "virtio-scsi")}
+               "nec-usb-xhci": ("usb", "nec-xhci"), "usb-ehci": ("usb", "ehci"),
+               "virtio-scsi-pci": ("scsi", "virtio-scsi")}
 
 
 _PCI = frozenset({"bus", "addr", "multifunction"})
@@ -72,12 +73,13 @@ def domain_xml(spec: GuestSpec, image: GuestImage, paths: Paths, *, name: str, e
     as :func:`harness.qemu.machine.build_argv` gives QEMU, written as libvirt elements."""
     if spec.access != "console":
         raise Unexpressible("a guest reached over SSH through user networking's port forward",
-                            "libvirt 9.0 forwards ports of <interface type='user'> only with the "
-                            "passt back end, which the harness does not use yet",
+                            "libvirt forwards ports of <interface type='user'> only with the "
+                            "passt back end (libvirt 9.0 and newer), which needs passt",
+                            not_built=True,
                             hint="use --guest-access console with --driver libvirt")
     if spec.mem_slots or spec.max_cpus:
-        raise Unexpressible("CPU or memory hot-add room", "not built for --driver libvirt yet "
-                            "(setvcpus --live, <memory model='dimm'>)",
+        raise Unexpressible("CPU or memory hot-add room", "setvcpus --live, <memory model='dimm'> "
+                            "with a NUMA cell", not_built=True,
                             hint="run the cpu and memory scenarios with --driver qmp")
     features = "<acpi/>" + ("<tcg><tb-cache unit='MiB'>128</tb-cache></tcg>" if accel == "tcg" else "")
     parts = [f"<domain type={quoteattr('kvm' if accel == 'kvm' else 'qemu')} "
@@ -162,6 +164,11 @@ def device_xml(spec: GuestSpec, driver: str, device_id: str, props: dict,
     """The element ``attach-device`` takes for ``device_add driver,id=device_id,props``. A
     property not mapped is refused, never dropped: the device would not be the one asked for."""
     name = f"<alias name={quoteattr(alias(device_id))}/>"
+    if driver not in MAPPED_PROPS and driver not in CONTROLLERS:
+        raise Unexpressible(f"device_add {driver}", "libvirt has no device element for this QEMU "
+                            "model in the versions the harness knows (an NVMe controller is "
+                            "<disk bus='nvme'> only since libvirt 10.x)",
+                            hint="run this role with --driver qmp")
     unmapped = sorted(set(props) - MAPPED_PROPS.get(driver, _PCI))
     if unmapped:
         raise Unexpressible(f"device_add {driver} with {', '.join(f'{k}={props[k]}' for k in unmapped)}",
@@ -185,12 +192,7 @@ def device_xml(spec: GuestSpec, driver: str, device_id: str, props: dict,
                 f"{_pci_address(spec, props)}</controller>")
     if driver == "vfio-pci":
         return _hostdev_pci(spec, name, props)
-    if driver == "usb-host":
-        return _hostdev_usb(name, props)
-    raise Unexpressible(f"device_add {driver}", "libvirt has no device element for this QEMU "
-                        "model in the versions the harness knows (an NVMe controller is "
-                        "<disk bus='nvme'> only since libvirt 10.x)",
-                        hint="run this role with --driver qmp")
+    return _hostdev_usb(name, props)
 
 
 def _interface(spec: GuestSpec, driver: str, name: str, props: dict, backends: Backends) -> str:
