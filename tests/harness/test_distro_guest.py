@@ -7,6 +7,7 @@ Built once by fixtures/images/systemd/build (root and mmdebstrap: CI runs as roo
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,10 @@ OTHER_GROUP = pytest.mark.xdist_group("distribution-guests")
 #: Every role on every platform, one model each: the guest is what these tests try (the
 #: models are the built-in guest's matrix), so a 12-test slice of the 27-test matrix.
 ONE_MODEL_EACH = ("-k", "e1000e or storage or qemu-xhci or sata")
+#: Every role once, the NIC on pc and q35 (a cloud image boots in about 80 s under TCG; its
+#: slots are the built-in guest's, what is tried is the guest): 6 tests, 4 guest shapes.
+EVERY_ROLE_ONCE = ("-k", "(test_nic and e1000e and not pciehp) or (storage and q35) or "
+                         "(qemu-xhci and pc) or (sata and pc)")
 SCENARIOS = ["tests/scenarios/test_nic.py", "tests/scenarios/test_usb.py",
              "tests/scenarios/test_sata.py"]
 #: The scenarios a guest's own habits break (issue 33): memory it onlines itself, NICs udev
@@ -85,18 +90,22 @@ def test_systemd_guest_over_the_console_and_the_builtin_guest_in_one_matrix(syst
     no network at boot (the guide's -net none) and is driven over its serial console, ready
     when root's prompt appears. The terminal and the report show one matrix with the guest as
     an axis."""
+    # (the NIC on every platform: the built-in guest's whole matrix is make test's own, and
+    # the systemd guest's every role runs over SSH above; what is tried here is the console
+    # and two guests in one run)
     p, summary = run_scenarios(child_env, tmp_path, ["--guest", "builtin", "--guest", "systemd:console"],
-                               SCENARIOS, *ONE_MODEL_EACH, "-n", "2", "--dist", "loadgroup")
+                               ["tests/scenarios/test_nic.py"], "-k", "e1000e",
+                               "-n", "2", "--dist", "loadgroup")
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
     by_guest = {g: [t for t in summary["tests"] if t["guest"] == g] for g in ("builtin", "systemd-console")}
     for g, tests in by_guest.items():
-        assert len(tests) == 12 and all(t["outcome"] == "passed" for t in tests), (g, len(tests))
+        assert len(tests) == 3 and all(t["outcome"] == "passed" for t in tests), (g, len(tests))
         assert all(t["nodeid"].endswith(f"-{g}]") for t in tests), g
     assert [line.split() for line in p.stdout.splitlines() if line.startswith("scenario ")] == \
         [["scenario", "builtin", "systemd-console"]], p.stdout[-3000:]
     page = (tmp_path / "reports" / "latest" / "report.html").read_text()
     for g in ("builtin", "systemd-console"):   # the guest is the matrix's outer axis
-        assert f'<th class="group" colspan="6">{g}</th>' in page, g
+        assert re.search(f'<th class="group" colspan="\\d+">{g}</th>', page), g
     assert summary["hygiene"].startswith("clean")
 
 
@@ -110,22 +119,23 @@ def cloud_guest(hotplug_session) -> distro.DistroImage:
 def test_cloud_image_runs_the_nic_usb_and_sata_scenarios_with_no_key_baked_in(cloud_guest, tmp_path, child_env):
     """A guest that behaves like a stock cloud image (cloud-init, no user key, no password):
     --guest-cloud-init makes the run's SSH key and a NoCloud seed; the guest comes up over SSH
-    and its hot-added NICs get addresses by DHCP; the NIC, USB and SATA scenarios on pc and
-    q35 pass on it."""
+    and its hot-added NICs get addresses by DHCP; every role's scenario passes on it (the NIC
+    on pc and q35)."""
     assert not (cloud_guest.folder / "id_ed25519").exists()
     args = cloud_guest.pytest_args("ssh")
     assert "--guest-cloud-init" in args and "--guest-key" not in args
-    p, summary = run_scenarios(child_env, tmp_path, args, SCENARIOS, *ONE_MODEL_EACH,
+    p, summary = run_scenarios(child_env, tmp_path, args, SCENARIOS, *EVERY_ROLE_ONCE,
                                "-n", "2", "--dist", "loadgroup")
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
-    assert summary["counts"]["passed"] == 12, summary["counts"]
+    assert summary["counts"]["passed"] == 6, summary["counts"]
     seeds = list((tmp_path / "reports").glob("run-*/cloud-init/*/seed.vfat"))
     assert seeds, "no NoCloud seed in the run folder"
 
 
-@SSH_GROUP   # (beside the systemd guest's SSH run: the other group has the console matrix and
-            # the networkd cloud image, the longer half)
-@pytest.mark.parametrize("network", ["ifupdown", "nm"])
+# (one beside the systemd guest's SSH run, one beside the console matrix and the networkd
+# cloud image: the two halves take about as long)
+@pytest.mark.parametrize("network", [pytest.param("ifupdown", marks=SSH_GROUP),
+                                     pytest.param("nm", marks=OTHER_GROUP)])
 def test_cloud_image_whose_network_is_not_networkd_gets_its_hot_added_nics_configured(
         network, hotplug_session, tmp_path, child_env):
     """Cloud images whose cloud-init renders ifupdown (Debian's genericcloud) or
