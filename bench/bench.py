@@ -112,7 +112,7 @@ def cycle(guest: Guest, device, device_id: str) -> dict[str, float]:
     plugged = device.plug(guest, device_id)
     fn = checks.pci_function(guest, device_id)
     if device.role == "nic":
-        checks.ipv4_address(guest, checks.new_interface(guest, {"lo"}))
+        checks.nic_address(guest, plugged)
     elif device.role == "usb-device":
         checks.guest_usb_appears(guest, before_usb, plugged.facts.product)
     elif fn is not None:
