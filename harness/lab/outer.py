@@ -66,7 +66,7 @@ def _boot_and_wait(opt, image, l1_qemu, guest, workdir: Path, shares, job: Path,
         qemu_status = host.run(time.monotonic() + opt.lab_timeout)
     except HarnessError as e:
         echo(f"hotplug-harness: ERROR [{e.kind}] {e}")
-        return 3
+        return stopped(workdir, str(e))
     figures = {"lab_boot_seconds": host.marks.get("ready"), "lab_qemu": l1_qemu.version,
                "wall_seconds": round(time.monotonic() - t0, 1), "qemu_exit_status": qemu_status,
                "host_pace": dataclasses.asdict(host_pace),
@@ -74,6 +74,16 @@ def _boot_and_wait(opt, image, l1_qemu, guest, workdir: Path, shares, job: Path,
                "inside": _read_json(workdir / INSIDE_FIGURES)}
     (workdir / "lab.json").write_text(json.dumps(figures, indent=2) + "\n")
     return _outcome(workdir, host, figures, echo)
+
+
+#: In the run's lab folder when the lab host hung, wedged or stopped before its run ended: the
+#: exit status 3 that goes with it is the lab's, not pytest's own (an internal error is 3 too).
+STOPPED = "stopped"
+
+
+def stopped(workdir: Path, why: str) -> int:
+    (workdir / STOPPED).write_text(why.splitlines()[0] + "\n")
+    return 3
 
 
 def _outcome(workdir: Path, host: "LabHost", figures: dict, echo) -> int:
@@ -84,7 +94,7 @@ def _outcome(workdir: Path, host: "LabHost", figures: dict, echo) -> int:
         echo(f"hotplug-harness: ERROR [lab] the lab host stopped (QEMU exit status {qemu_status}) "
              f"before the test run inside it finished")
         echo(f"  what to do: read {host.console_log} (the lab host's console)")
-        return 3
+        return stopped(workdir, f"the lab host stopped (QEMU exit status {qemu_status})")
     echo(f"hotplug-harness: lab host ready in {figures['lab_boot_seconds']} s; whole lab run "
          f"{figures['wall_seconds']} s")
     return int(status_file.read_text().strip() or 3)

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from harness.lab.outer import STOPPED
 from harness.report.records import load_results
 
 #: The outer run's status when the lab host stopped before its tests ended.
@@ -46,6 +47,12 @@ def _one_run(pytest: list[str], args: list[str], finished: dict[str, str],
     return status, run_dir, round(time.monotonic() - t0, 1)
 
 
+def _lab_stopped(status: int, run_dir: Path | None) -> bool:
+    """Exit 3 with the lab's mark (harness.lab.outer.STOPPED): the lab host hung or stopped.
+    Exit 3 without it is pytest's internal error, which another run would only repeat."""
+    return status == WEDGED and run_dir is not None and (run_dir / "lab" / STOPPED).exists()
+
+
 def run(pytest: list[str], args: list[str], report_root: Path, runs: int, echo=print) -> int:
     """Lab runs of ``args`` until one ends without a wedged lab host (or ``runs`` did)."""
     finished: dict[str, str] = {}
@@ -55,13 +62,13 @@ def run(pytest: list[str], args: list[str], report_root: Path, runs: int, echo=p
         history.append({"run": attempt, "status": status, "seconds": seconds,
                         "run_dir": str(run_dir) if run_dir else None,
                         "finished_so_far": len(finished)})
-        if status != WEDGED or attempt == runs:
+        if not _lab_stopped(status, run_dir) or attempt == runs:
             break
         echo(f"hotplug-harness: lab-runs: the lab host hung or stopped before its tests ended "
              f"(exit 3, run {attempt} of at most {runs}, {len(finished)} tests finished): "
              f"restarting it for the tests left (docs/lab.md)")
     failed = sorted(n for n, outcome in finished.items() if outcome in FAILED)
-    final = WEDGED if status == WEDGED else (1 if failed and status == 0 else status)
+    final = status if status == WEDGED else (1 if failed and status == 0 else status)
     summary = {"runs": history, "restarts": len(history) - 1, "tests_finished": len(finished),
                "failed": failed, "exit_status": final,
                "wall_seconds": round(sum(h["seconds"] for h in history), 1)}

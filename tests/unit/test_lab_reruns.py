@@ -27,6 +27,9 @@ run_dir = report / f"run-20261205-000000-{{os.getpid()}}"
 for nodeid, outcome in step["results"]:
     assert nodeid not in deselected, nodeid
     write_result(run_dir, {{"nodeid": nodeid, "outcome": outcome}})
+if step.get("stopped"):   # the outer run's mark of a lab host that hung or stopped
+    (run_dir / "lab").mkdir(parents=True, exist_ok=True)
+    (run_dir / "lab" / "stopped").write_text("wedged\n")
 sys.exit(step["exit"])
 '''
 
@@ -44,7 +47,7 @@ def fake_pytest(tmp_path, plan):
 
 def test_wedged_lab_host_is_restarted_for_the_tests_left(tmp_path):
     pytest, calls = fake_pytest(tmp_path, [
-        {"results": [["t.py::a", "passed"]], "exit": 3},
+        {"results": [["t.py::a", "passed"]], "exit": 3, "stopped": True},
         {"results": [["t.py::b", "passed"], ["t.py::c", "passed"]], "exit": 0}])
     said = []
     status = reruns.run(pytest, TESTS, tmp_path / "reports", runs=3, echo=said.append)
@@ -57,7 +60,7 @@ def test_wedged_lab_host_is_restarted_for_the_tests_left(tmp_path):
 
 def test_a_failure_before_the_wedge_fails_the_whole(tmp_path):
     pytest, _ = fake_pytest(tmp_path, [
-        {"results": [["t.py::a", "failed"]], "exit": 3},
+        {"results": [["t.py::a", "failed"]], "exit": 3, "stopped": True},
         {"results": [["t.py::b", "passed"], ["t.py::c", "passed"]], "exit": 0}])
     said = []
     assert reruns.run(pytest, TESTS, tmp_path / "reports", runs=3, echo=said.append) == 1
@@ -65,7 +68,7 @@ def test_a_failure_before_the_wedge_fails_the_whole(tmp_path):
 
 
 def test_at_most_runs_lab_runs_and_a_last_wedge_is_final(tmp_path):
-    pytest, calls = fake_pytest(tmp_path, [{"results": [], "exit": 3}] * 3)
+    pytest, calls = fake_pytest(tmp_path, [{"results": [], "exit": 3, "stopped": True}] * 3)
     assert reruns.run(pytest, TESTS, tmp_path / "reports", runs=2, echo=lambda s: None) == 3
     assert len(calls.read_text().splitlines()) == 2
 
@@ -74,4 +77,13 @@ def test_any_other_failure_is_not_restarted(tmp_path):
     pytest, calls = fake_pytest(tmp_path, [{"results": [["t.py::a", "passed"]], "exit": 2},
                                            {"results": [], "exit": 0}])
     assert reruns.run(pytest, TESTS, tmp_path / "reports", runs=3, echo=lambda s: None) == 2
+    assert len(calls.read_text().splitlines()) == 1
+
+
+def test_exit_3_without_the_labs_mark_is_pytests_internal_error_and_final(tmp_path):
+    """pytest exits 3 on an internal error too: without the outer run's mark that the lab host
+    stopped, another lab run would only repeat it."""
+    pytest, calls = fake_pytest(tmp_path, [{"results": [["t.py::a", "passed"]], "exit": 3},
+                                           {"results": [], "exit": 0}])
+    assert reruns.run(pytest, TESTS, tmp_path / "reports", runs=3, echo=lambda s: None) == 3
     assert len(calls.read_text().splitlines()) == 1
