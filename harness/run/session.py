@@ -148,8 +148,10 @@ class HarnessSession:
         written to the run folder for the run's other processes."""
         version = qemu_version(self.plan.qemu_binary)
         _require_qemu(self.plan.qemu_binary, version)  # (first: cheap, and nothing is written yet)
-        if self.driver == "libvirt":
-            connect.connection()  # (a daemon that is not there: one line, before any test)
+        if self.driver == "libvirt":  # (no daemon, or one that cannot use this QEMU: one line,
+            # before any test)
+            connect.check_emulator(shutil.which(self.plan.qemu_binary) or self.plan.qemu_binary,
+                                   version)
         where = "lab" if self.plan.lab is not None else "host"
         measured = pace_mod.Pace.measure(where, self.option.time_factor)
         requested = self.option.accel

@@ -32,6 +32,8 @@ def libvirt_module():
                           f"environment lacks ({e})",
                           hint="run `make setup` as root (it installs libvirt and the binding), "
                                "or pip install libvirt-python") from None
+    # (libvirt prints every error on stderr by default; the harness says them in its own)
+    libvirt.registerErrorHandler(lambda ctx, err: None, None)
     return libvirt
 
 
@@ -69,6 +71,23 @@ def connection(uri: str = URI):
         conn.domainEventRegisterAny(None, event, _on_device_event, outcome)
     _connections[uri] = conn
     return conn
+
+
+def check_emulator(binary: str, qemu_version: str, uri: str = URI) -> str:
+    """libvirt can use this QEMU: its capabilities probe works (libvirt 9.0 cannot probe QEMU
+    10.0, which exits during the probe). libvirt's version, for the run's header."""
+    libvirt, conn = libvirt_module(), connection(uri)
+    version = conn.getLibVersion()
+    text = f"{version // 1000000}.{version // 1000 % 1000}.{version % 1000}"
+    try:
+        conn.getDomainCapabilities(binary, "x86_64", None, "qemu", 0)
+    except libvirt.libvirtError as e:
+        raise ConfigError(f"libvirt {text} cannot use QEMU {qemu_version} ({binary}): its "
+                          f"capabilities probe failed ({e})",
+                          hint="use a libvirt that knows this QEMU (Debian 12: libvirt 11.3 in "
+                               "bookworm-backports for QEMU 10), or --driver qmp; libvirtd's "
+                               "log says why the probe failed") from None
+    return text
 
 
 def _connect_error(uri: str, e) -> LabError:
