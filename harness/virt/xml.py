@@ -146,16 +146,24 @@ def _controllers(spec: GuestSpec) -> list[str]:
     return out
 
 
+#: The boot disk's and seed's slots on the root bus. As QEMU's -drive if=virtio puts them (the
+#: QMP driver's guests): left to itself, libvirt puts a q35 PCIe device on the first root port,
+#: the one the harness hot-adds to.
+DISK_SLOTS = (0x0A, 0x0B)
+
+
 def _disks(image: GuestImage, paths: Paths) -> list[str]:
     out = []
+    at = [f"<address type='pci' domain='0x0000' bus='0x00' slot='{slot:#04x}' function='0x0'/>"
+          for slot in DISK_SLOTS]
     if image.disk:
         out.append("<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
                    f"<source file={quoteattr(str(paths.disk_overlay))}/>"
-                   "<target dev='vda' bus='virtio'/></disk>")
+                   f"<target dev='vda' bus='virtio'/>{at[0]}</disk>")
     if image.seed:
         out.append("<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
                    f"<source file={quoteattr(str(image.seed))}/><target dev='vdb' bus='virtio'/>"
-                   "<readonly/></disk>")
+                   f"<readonly/>{at[1]}</disk>")
     return out
 
 

@@ -58,6 +58,8 @@ def test_a_disk_guest_boots_its_overlay_never_its_image():
                                                    seed=Path("/u/seed.img")))
     sources = [s.get("file") for s in d.findall("devices/disk/source")]
     assert sources == ["/t/disk.qcow2", "/u/seed.img"]
+    # on the root bus, as QEMU's -drive if=virtio: never on a root port the harness hot-adds to
+    assert [a.get("bus") for a in d.findall("devices/disk/address")] == ["0x00", "0x00"]
     assert d.find("devices/disk[2]/readonly") is not None
 
 
