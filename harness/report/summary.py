@@ -190,7 +190,10 @@ def identity_line(summary: dict) -> str | None:
     if not i:
         return None
     h = i.get("harness") or {}
-    commit = (h.get("commit") or "")[:12] + (" (with local changes)" if h.get("dirty") else "")
+    dirty = h.get("dirty")
+    commit = (h.get("commit") or "")[:12] + (
+        f" (local changes {dirty})" if isinstance(dirty, str) else
+        " (with local changes)" if dirty else "")
     return (f"host {i.get('host')} ({i.get('cpu')}, kernel {i.get('host_kernel')}, {i.get('iommu')})"
             f"; {(i.get('qemu') or {}).get('build') or 'QEMU ?'}; harness {h.get('version')}"
             + (f" {commit}" if commit else "")
