@@ -154,6 +154,10 @@ def _check_entry(entry, n: int) -> None:
     if entry.get("kind") == SRIOV and (not isinstance(numvfs, int) or isinstance(numvfs, bool)
                                        or not 0 <= numvfs <= 4096):
         raise ValueError(f"entry {n} ({entry['bdf']}): numvfs {numvfs!r} is not a VF count")
+    made = entry.get("set")
+    if made is not None and (not isinstance(made, int) or isinstance(made, bool)
+                             or not 0 <= made <= 4096):
+        raise ValueError(f"entry {n} ({entry['bdf']}): set {made!r} is not a VF count")
     if entry.get("kind") == SRIOV and entry.get("autoprobe", 1) not in (0, 1):
         raise ValueError(f"entry {n} ({entry['bdf']}): autoprobe {entry['autoprobe']!r} is "
                          "not 0 or 1")
@@ -300,13 +304,9 @@ def _restore_sriov(fs: Sysfs, entry: dict, timeout: float, journaled: list[dict]
         return Restored(pf, "in-use", now.driver,
                         f"sriov_numvfs stays {now.numvfs}: {relying}; the last run to let go "
                         f"puts it back to {original}")
-    for vf in now.vfs:
-        group = fs.pci_device(vf).iommu_group if fs.pci_exists(vf) else None
-        held = _holders(fs, group)
-        if held:
-            return Restored(pf, "failed", now.driver,
-                            f"its VF {vf} is in use (/dev/vfio/{group} open by {held[0]}); stop "
-                            f"it (kill {held[1]}), then restore again")
+    busy = _vfs_not_idle(fs, entry, now)
+    if busy:
+        return Restored(pf, "failed", now.driver, busy)
     try:
         if original and now.numvfs:
             sriov.set_numvfs(fs, pf, 0, timeout)
@@ -318,6 +318,32 @@ def _restore_sriov(fs: Sysfs, entry: dict, timeout: float, journaled: list[dict]
     return Restored(pf, "restored", now.driver,
                     f"sriov_numvfs back to {original} (from {now.numvfs})"
                     + (f", sriov_drivers_autoprobe {probe}" if probe is not None else ""))
+
+
+def _vfs_not_idle(fs: Sysfs, entry: dict, pf: "sriov.PhysicalFunction") -> str | None:
+    """Why writing ``sriov_numvfs`` would destroy VFs someone uses (None: it would not): the
+    count is not the one this run set (someone changed it, or the run set none), or a VF is
+    not proven idle (a QEMU holds its group, a host driver's interface is up...)."""
+    made = entry.get("set")
+    if pf.numvfs != made:
+        return (f"sriov_numvfs is {pf.numvfs}, not the "
+                + (f"{made} this run set" if made is not None else "count of this run (it set "
+                   "none)") + ": someone else changed it, and its VFs may be theirs; left as it "
+                f"is (once they are free, set it to {entry['numvfs']} by hand, then restore "
+                "again)")
+    for vf in pf.vfs:
+        group = fs.pci_device(vf).iommu_group if fs.pci_exists(vf) else None
+        held = _holders(fs, group)
+        if held:
+            return (f"its VF {vf} is in use (/dev/vfio/{group} open by {held[0]}); stop "
+                    f"it (kill {held[1]}), then restore again")
+    usage = HostUsage.read(fs)
+    for vf in pf.vfs:
+        uses = usage.verdict(vf).uses if fs.pci_exists(vf) else ()
+        if uses:
+            return (f"its VF {vf} is not proven idle ({'; '.join(uses)}); sriov_numvfs stays "
+                    f"{pf.numvfs}: free the VF, then restore again")
+    return None
 
 
 def _live_users_of_vfs(fs: Sysfs, entry: dict, pf: "sriov.PhysicalFunction",
@@ -608,7 +634,7 @@ class VfioBinder:
             if not reuse:
                 self._refuse_stale_count(pf, entries)
             probe = None if reuse else sriov.autoprobe(self.fs, pf)
-            entry = self._sriov_entry(pf, now.numvfs, probe)
+            entry = self._sriov_entry(pf, now.numvfs, probe, None if reuse else count)
             self.journal.write(entries + [entry])
             vfs = list(now.vfs[:count]) if reuse else self._make_vfs(pf, count, probe, entry)
         self._sriov.append(entry)
@@ -623,9 +649,12 @@ class VfioBinder:
                                   f"{stale[0].get('pid')}, which did not put it back",
                                   hint=RESTORE_HINT)
 
-    def _sriov_entry(self, pf: str, numvfs: int, probe: int | None) -> dict:
+    def _sriov_entry(self, pf: str, numvfs: int, probe: int | None, made: int | None) -> dict:
+        """``numvfs``: the count before; ``made``: the count this run sets (None: it sets
+        none), the only one its end may write over."""
         pid = os.getpid()
         return {"kind": SRIOV, "bdf": pf, "numvfs": numvfs,
+                **({"set": made} if made is not None else {}),
                 **({"autoprobe": probe} if probe is not None else {}),
                 "lease": uuid.uuid4().hex[:12], "pid": pid,
                 "pid_start": _process_start(self.fs, pid),

@@ -1,0 +1,86 @@
+"""Issue 31, a third adversarial read of the host code: holes each closed fail-closed, each
+test failing on the code before its fix. Fake sysfs, fake `ip -j` output and real files
+(tests/unit/fakesysfs.py)."""
+
+import json
+
+import pytest
+
+from harness.core.errors import HostDeviceError
+from harness.host.binding import VfioBinder, restore_from_journal
+
+from . import fakesysfs
+from .fakesysfs import FakeHost
+
+fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
+PF = "0000:08:00.0"
+VF0, VF1 = "0000:08:10.0", "0000:08:10.1"
+
+
+@pytest.fixture
+def sriov_host(lab: FakeHost) -> FakeHost:
+    """The lab host with an 82576 (igb, SR-IOV, 7 VFs) behind its own root port."""
+    lab.add_pci("0000:00:1c.6", "8086:a33e", 0x060400, "pcieport", 16)
+    lab.add_pci(PF, "8086:10c9", 0x020000, "igb", 17, parent="0000:00:1c.6")
+    lab.sriov_capable(PF, 7)
+    lab.add_net("enp8s0", PF)  # down, no address: idle
+    return lab
+
+
+@pytest.fixture
+def journal(fake_root):
+    return fake_root / "var/lib/hotplug-harness/vfio-journal.json"
+
+
+def entries(journal) -> list[dict]:
+    return json.loads(journal.read_text())["entries"] if journal.exists() else []
+
+
+def numvfs(host: FakeHost) -> int:
+    return int((host.dev_dir(PF) / "sriov_numvfs").read_text())
+
+
+def bring_up(host: FakeHost, ifname: str) -> None:
+    """`ip link set IFNAME up`, as `ip -j -d link` then shows it."""
+    listed = host.root / "ip/link.json"
+    links = json.loads(listed.read_text())
+    listed.write_text(json.dumps([dict(li, flags=li["flags"] + ["UP", "LOWER_UP"],
+                                       operstate="UP") if li["ifname"] == ifname else li
+                                  for li in links]))
+
+
+# -- 3. a PF's count goes back only over idle VFs this run made ---------------------------------
+
+
+def test_restore_leaves_a_vf_another_user_bound_with_its_interface_up(sriov_host, journal):
+    """`_restore_sriov` checked only the journal and /dev/vfio/GROUP: a VF another user had
+    bound to igbvf, its interface up, was destroyed by the write of 0 to sriov_numvfs."""
+    host = sriov_host
+    VfioBinder(host.sysfs(), journal=journal).enable_vfs(PF, 2)  # the run dies here
+    host._bind(VF0, "igbvf")  # another user: echo 0000:08:10.0 > .../igbvf/bind
+    host.add_net("enp8s0v0", VF0)
+    bring_up(host, "enp8s0v0")
+    with pytest.raises(HostDeviceError) as e:
+        restore_from_journal(host.sysfs(), journal, include_live=True)
+    assert (f"{PF}: failed: its VF {VF0} is not proven idle (enp8s0v0 is up (with no "
+            "address))") in e.value.details
+    assert numvfs(host) == 2 and host.driver_of(VF0) == "igbvf"
+    assert [e["kind"] for e in entries(journal)] == ["sriov"]  # kept for a later restore
+
+
+def test_a_runs_end_leaves_a_count_someone_else_changed(sriov_host, journal):
+    """The run set 2 VFs; someone made it 4 (theirs among them): its end must not write 0."""
+    host = sriov_host
+    binder = VfioBinder(host.sysfs(), journal=journal)
+    binder.enable_vfs(PF, 2)
+    host.sysfs().write(host.dev_dir(PF) / "sriov_numvfs", "0")
+    host.sysfs().write(host.dev_dir(PF) / "sriov_numvfs", "4")
+    with pytest.raises(HostDeviceError) as e:
+        binder.close()
+    assert ("sriov_numvfs is 4, not the 2 this run set: someone else changed it"
+            in e.value.message)
+    assert numvfs(host) == 4 and len(entries(journal)) == 1
+    host.sysfs().write(host.dev_dir(PF) / "sriov_numvfs", "0")  # they put it back by hand
+    assert [r.status for r in restore_from_journal(host.sysfs(), journal,
+                                                    include_live=True)] == ["restored"]
+    assert entries(journal) == []
