@@ -84,3 +84,38 @@ def test_a_runs_end_leaves_a_count_someone_else_changed(sriov_host, journal):
     assert [r.status for r in restore_from_journal(host.sysfs(), journal,
                                                     include_live=True)] == ["restored"]
     assert entries(journal) == []
+
+
+# -- 4. nothing is made or given back from a container -------------------------------------------
+
+
+def in_a_container(host: FakeHost) -> None:
+    host.file(".dockerenv")
+
+
+def test_vfs_are_not_made_from_a_container(sriov_host, journal):
+    """`bind` refused in a container; `enable_vfs` wrote sriov_numvfs all the same, on a PF
+    whose users (interfaces, sockets in the host's namespaces) it could not see."""
+    host = sriov_host
+    in_a_container(host)
+    with pytest.raises(HostDeviceError, match=r"refusing to change 0000:08:00.0's "
+                                              r"sriov_numvfs: this runs in a container"):
+        VfioBinder(host.sysfs(), journal=journal).enable_vfs(PF, 2)
+    assert numvfs(host) == 0 and host.writes == [] and entries(journal) == []
+
+
+def test_restore_gives_nothing_back_from_a_container(sriov_host, journal):
+    """From a container, the run that journaled a device looks dead (its pid is not in the
+    container's /proc) and a QEMU holding the group is unseen: restore took devices back."""
+    host = sriov_host
+    VfioBinder(host.sysfs(), journal=journal).bind("05:00.0", {"05:00.0", "05:00.1"})
+    host.writes.clear()
+    in_a_container(host)
+    with pytest.raises(HostDeviceError, match="refusing to give devices back: this runs in a "
+                                              "container"):
+        restore_from_journal(host.sysfs(), journal, include_live=True)
+    assert host.writes == [] and host.driver_of("0000:05:00.0") == "vfio-pci"
+    assert len(entries(journal)) == 2
+    (host.root / ".dockerenv").unlink()
+    restore_from_journal(host.sysfs(), journal, include_live=True)
+    assert host.driver_of("0000:05:00.0") == "ixgbe" and entries(journal) == []
