@@ -8,6 +8,7 @@ import pytest
 
 from harness.core.errors import HostDeviceError
 from harness.host.binding import VfioBinder, restore_from_journal
+from harness.host.safety import HostUsage
 
 from . import fakesysfs
 from .fakesysfs import FakeHost
@@ -119,3 +120,42 @@ def test_restore_gives_nothing_back_from_a_container(sriov_host, journal):
     (host.root / ".dockerenv").unlink()
     restore_from_journal(host.sysfs(), journal, include_live=True)
     assert host.driver_of("0000:05:00.0") == "ixgbe" and entries(journal) == []
+
+
+# -- 5. a port `ip -d link` ties to no PCI function leaves every NIC unproven ---------------------
+
+PORT0 = "0000:05:00.0"
+
+
+def old_iproute2_in_a_container(host: FakeHost) -> None:
+    """Port 2 of the function 05:00.0 (a two-port function, like mlx4's) moved into a named
+    namespace and up there; this iproute2 prints no parentdev, so nothing ties it to 05:00.0."""
+    host.network("ctr", links=[fakesysfs.link(1, "lo", up=True),
+                               fakesysfs.link(2, "eth1", up=True),
+                               fakesysfs.link(3, "veth0", up=True, linkinfo={"info_kind": "veth"})],
+                 addrs={"eth1": ["10.9.0.1/24"]})
+
+
+def test_a_port_with_no_parentdev_in_another_namespace_leaves_nics_unproven(lab):
+    """A physical link with no parentdev was tied to nothing: the function whose other port it
+    is was taken while that port carried a container's traffic."""
+    old_iproute2_in_a_container(lab)
+    why = HostUsage.read(lab.root).verdict(PORT0).uses
+    assert ("cannot tell whether 0000:05:00.0's interfaces are in use: eth1 (netns ctr) is a "
+            "physical link, but `ip -d link` names no device under it (no parentdev: iproute2 "
+            "or the kernel is too old), so which PCI function's port it is cannot be told") in why
+    assert not any("veth0" in u or "lo (netns" in u for u in why)  # virtual: no port of any
+
+
+def test_a_port_with_no_parentdev_in_the_harness_namespace_is_told_by_sysfs(lab):
+    """In the harness's own namespace sysfs names a port's device: one there with no
+    parentdev counts the same; a virtual link there (no device in sysfs) does not."""
+    links = json.loads((lab.root / "ip/link.json").read_text())
+    lab.add_net("dummy0")
+    lab.file("ip/link.json", json.dumps(
+        [{k: v for k, v in li.items() if k not in ("parentbus", "parentdev")}
+         if li["ifname"] == "enp5s0f1" else li for li in links]
+        + [fakesysfs.link(len(links) + 1, "dummy0")]))
+    why = " ".join(HostUsage.read(lab.root).verdict(PORT0).uses)
+    assert "enp5s0f1 is a physical link, but `ip -d link` names no device" in why
+    assert "dummy0" not in why
