@@ -56,6 +56,8 @@ _USB_NIC_DRIVERS = {"cdc_ether", "cdc_ncm", "rndis_host", "r8152", "ax88179_178a
 _USB_INTERFACE = re.compile(r"(?:\d+-[\d.]+|\d+-0):\d+\.\d+")
 #: Drivers that leave a device to nobody on the host.
 _NO_HOST_DRIVER = {None, "pci-stub"}
+#: A function's sysfs files that reach the device itself: BARs, config space, option ROM.
+_BAR_FILE = re.compile(r"resource\d+(?:_wc)?|config|rom")
 VFIO = "vfio-pci"
 
 
@@ -123,6 +125,7 @@ class HostUsage:
             self._vf(vf, uses, evidence)
         self._storage(dev, tree, uses, evidence)
         self._nodes(dev.bdf, dev.path, tree, uses, evidence)
+        self._bars(dev, uses)
         return Verdict(dev.bdf, tuple(dict.fromkeys(uses)), tuple(dict.fromkeys(evidence)))
 
     def _driver(self, dev: PciDevice, role, held_groups, uses: list, evidence: list) -> None:
@@ -238,6 +241,19 @@ class HostUsage:
         if tree.char_nodes and len(uses) == before:
             evidence.append(f"{len(tree.char_nodes)} device node(s) below {label} "
                             "open by no process, no console keyboard")
+
+    def _bars(self, dev: PciDevice, uses: list) -> None:
+        """A user-space driver reaches a function through its sysfs BARs (``resource0``...),
+        config space and ROM, open or mapped: no driver, node or interface shows that."""
+        here = "/" + os.path.relpath(dev.path, self.fs.root)
+        held: dict[str, set] = {}
+        for path, who in self.storage.opened.paths.items():
+            if os.path.dirname(path) == here and _BAR_FILE.fullmatch(os.path.basename(path)):
+                held.setdefault(os.path.basename(path), set()).update(who)
+        for name, who in sorted(held.items()):
+            uses.append(f"{dev.bdf}'s {name} (sysfs) is open or mapped by "
+                        + ", ".join(f"pid {pid} ({comm})" for pid, comm in sorted(who))
+                        + ": a user-space driver may use it")
 
     def _display(self, dev: PciDevice) -> list[str]:
         if dev.class_code >> 16 != 0x03:

@@ -3,6 +3,7 @@ test failing on the code before its fix. Fake sysfs, fake `ip -j` output and rea
 (tests/unit/fakesysfs.py)."""
 
 import json
+import os
 
 import pytest
 
@@ -159,3 +160,34 @@ def test_a_port_with_no_parentdev_in_the_harness_namespace_is_told_by_sysfs(lab)
     why = " ".join(HostUsage.read(lab.root).verdict(PORT0).uses)
     assert "enp5s0f1 is a physical link, but `ip -d link` names no device" in why
     assert "dummy0" not in why
+
+
+# -- 6. a function's BARs, config space or ROM held from user space ------------------------------
+
+PORT1 = "0000:05:00.1"
+
+
+def sysfs_path_on_the_host(host: FakeHost, bdf: str, name: str) -> str:
+    """What /proc shows for a function's sysfs file: its path on the host."""
+    return "/" + os.path.relpath(os.path.realpath(host.dev_dir(bdf) / name),
+                                 os.path.realpath(host.root))
+
+
+@pytest.mark.parametrize("how", ["fd", "maps"])
+def test_a_function_whose_bar_a_process_holds_is_in_use(lab, how):
+    """A user-space driver (DPDK, a vendor tool) opens and mmaps resource0 of an unbound
+    function: no driver, no node, no interface shows it, and it was taken."""
+    lab.kernel(lab.sys / "bus/pci/drivers/ixgbe/unbind", PORT1)
+    assert HostUsage.read(lab.root).verdict(PORT1).idle
+    bar = sysfs_path_on_the_host(lab, PORT1, "resource0")
+    lab.proc("5000/comm", "dpdk-testpmd\n")
+    if how == "fd":
+        (lab.root / "proc/5000/fd").mkdir()
+        os.symlink(bar, lab.root / "proc/5000/fd/42")
+    else:  # the fd was closed after the mmap: the mapping holds the BAR
+        lab.proc("5000/maps", "55d0c0a00000-55d0c0a2b000 r--p 00000000 08:02 1311 /usr/bin/x\n"
+                              f"7f1c40000000-7f1c40080000 rw-s 00000000 00:15 30512 {bar}\n")
+    assert HostUsage.read(lab.root).verdict(PORT1).uses == (
+        f"{PORT1}'s resource0 (sysfs) is open or mapped by pid 5000 (dpdk-testpmd): a "
+        "user-space driver may use it",)
+    assert HostUsage.read(lab.root).verdict("0000:05:00.0").idle  # its sibling's is not held
