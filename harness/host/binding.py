@@ -34,7 +34,7 @@ from harness.core.waits import wait_until
 from harness.core.locks import flock_within
 from harness.core.paths import UnsafePathError, open_nofollow, private_dir, write_atomic
 from harness.host.network import namespace_problem
-from harness.host.safety import GroupPlan, HostUsage, plan_group
+from harness.host.safety import GroupPlan, HostUsage, node_holders, nodes_below, plan_group
 from harness.host.storage import OpenFiles, mountinfos, remote_mount_ids
 from harness.host import sriov
 from harness.host.sysfs import PciDevice, Sysfs, parse_bdf, short_bdf
@@ -266,23 +266,23 @@ def _move_to_vfio(fs: Sysfs, dev: PciDevice, timeout: float) -> None:
     _wait_driver(fs, dev.bdf, VFIO, timeout)
 
 
-def vfio_group_users(root: "str | Path | Sysfs", group: int | None) -> list[tuple[int, str]]:
-    """(pid, command) of the processes that hold /dev/vfio/<group> open (a QEMU using it), by
-    path or by device number (a node of another path: a container's /dev)."""
-    if group is None:
-        return []
-    fs = Sysfs.of(root)
+def _holders(fs: Sysfs, group: int | None, bdf: str | None = None
+             ) -> tuple[str, int, str] | None:
+    """Who holds /dev/vfio/<group> open, or a device node below ``bdf`` (vfio-pci's
+    /dev/vfio/devices/vfioN, which a QEMU on iommufd opens instead of the group): ("pid 4321
+    (qemu-system-x86)", the first pid, the node), or None: a device in use is never touched."""
     opened = OpenFiles(fs, [], remote_mount_ids(mountinfos(fs, [])))  # (unreadable: not ours)
-    return opened.holders("char", f"vfio/{group}", fs.vfio_group_dev(group))
-
-
-def _holders(fs: Sysfs, group: int | None) -> tuple[str, int] | None:
-    """Who holds /dev/vfio/<group> open ("pid 4321 (qemu-system-x86)", and the first pid), or
-    None: a group in use is never touched."""
-    users = vfio_group_users(fs, group)
-    if not users:
-        return None
-    return ", ".join(f"pid {pid} ({comm})" for pid, comm in users), users[0][0]
+    held = [(f"/dev/vfio/{group}", opened.holders("char", f"vfio/{group}",
+                                                  fs.vfio_group_dev(group)))] \
+        if group is not None else []
+    if bdf is not None and fs.pci_exists(bdf):
+        for node, majmin in nodes_below(fs, fs.pci_device(bdf).path):
+            name, users = node_holders(fs, opened, node, majmin)
+            held.append((f"/dev/{name}", users))
+    for node, users in held:
+        if users:
+            return ", ".join(f"pid {pid} ({comm})" for pid, comm in users), users[0][0], node
+    return None
 
 
 def _restore_sriov(fs: Sysfs, entry: dict, timeout: float, journaled: list[dict] = ()) -> Restored:
@@ -333,9 +333,9 @@ def _vfs_not_idle(fs: Sysfs, entry: dict, pf: "sriov.PhysicalFunction") -> str |
                 "again)")
     for vf in pf.vfs:
         group = fs.pci_device(vf).iommu_group if fs.pci_exists(vf) else None
-        held = _holders(fs, group)
+        held = _holders(fs, group, vf)
         if held:
-            return (f"its VF {vf} is in use (/dev/vfio/{group} open by {held[0]}); stop "
+            return (f"its VF {vf} is in use ({held[2]} open by {held[0]}); stop "
                     f"it (kill {held[1]}), then restore again")
     usage = HostUsage.read(fs)
     for vf in pf.vfs:
@@ -382,10 +382,10 @@ def _restore_entry(fs: Sysfs, entry: dict, timeout: float,
         # While a process (a QEMU) has the group open, unbinding blocks in the kernel until it
         # lets go, and a host driver on any member would share DMA with it: touch none.
         group = dev.iommu_group if dev.iommu_group is not None else entry.get("group")
-        held = _holders(fs, group)
+        held = _holders(fs, group, bdf)
         if held:
             return Restored(bdf, "failed", dev.driver,
-                            f"/dev/vfio/{group} is still open by {held[0]}; stop it "
+                            f"{held[2]} is still open by {held[0]}; stop it "
                             f"(kill {held[1]}), then restore again")
         if dev.driver == VFIO:
             fs.write(fs.pci_driver_dir(VFIO) / "unbind", bdf)

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from harness.host.network import NetView
 from harness.host.sriov import physfn_of, vfs_of
-from harness.host.storage import StorageView, devname
+from harness.host.storage import OpenFiles, StorageView, devname
 from harness.host.sysfs import NVME_CLASS, STORAGE_CLASSES, PciDevice, Sysfs, UsbDevice, parse_bdf
 
 #: USB interface drivers whose use the rule can judge: through their network interfaces,
@@ -221,7 +221,8 @@ class HostUsage:
         before = len(uses)
         for node, majmin in tree.char_nodes:
             name = devname(node, self.fs)
-            who = self.storage.opened.users("char", name, majmin)
+            who = [f"pid {pid} ({comm})" for pid, comm in
+                   node_holders(self.fs, self.storage.opened, node, majmin)[1]]
             uses += [f"/dev/{name} (below {label}) is open by {w}" for w in who]
             if majmin in self.storage.consoles:
                 uses.append(f"/dev/{name} (below {label}) is a kernel console "
@@ -266,6 +267,20 @@ class HostUsage:
             out.append(f"{dev.bdf} backs the framebuffer {fb.name}, which the console "
                        "(fbcon) draws on")
         return out
+
+
+def node_holders(fs: Sysfs, opened: OpenFiles, node: Path, majmin: str | None
+                 ) -> tuple[str, list[tuple[int, str]]]:
+    """(its name under /dev, (pid, command) of the processes that hold it open) for the device
+    node of a sysfs directory ``node``, by path and by device number."""
+    name = devname(node, fs)
+    return name, opened.holders("char", name, majmin)
+
+
+def nodes_below(fs: Sysfs, path: str) -> list[tuple[Path, str | None]]:
+    """The device nodes below a device's sysfs directory (a vfio-pci function's
+    ``vfio-dev/vfioN``: iommufd's /dev/vfio/devices/vfioN), with their ``MAJ:MIN``."""
+    return _Subtree(fs, path).char_nodes
 
 
 class _Subtree:

@@ -191,3 +191,41 @@ def test_a_function_whose_bar_a_process_holds_is_in_use(lab, how):
         f"{PORT1}'s resource0 (sysfs) is open or mapped by pid 5000 (dpdk-testpmd): a "
         "user-space driver may use it",)
     assert HostUsage.read(lab.root).verdict("0000:05:00.0").idle  # its sibling's is not held
+
+
+# -- 7. giving back sees the vfio device node (iommufd) too --------------------------------------
+
+
+def qemu_on_iommufd(host: FakeHost, bdf: str, pid: int = 4321) -> None:
+    """vfio-pci's cdev of ``bdf`` (/dev/vfio/devices/vfio0), open by a QEMU that uses iommufd
+    (`-object iommufd`): it holds no /dev/vfio/GROUP."""
+    node = host.dev_dir(bdf) / "vfio-dev/vfio0"
+    node.mkdir(parents=True)
+    (node / "dev").write_text("511:0\n")
+    (node / "uevent").write_text("MAJOR=511\nMINOR=0\nDEVNAME=vfio/devices/vfio0\n")
+    host.proc(f"{pid}/comm", "qemu-system-x86\n")
+    (host.root / f"proc/{pid}/fd").mkdir()
+    os.symlink("/dev/vfio/devices/vfio0", host.root / f"proc/{pid}/fd/23")
+
+
+def test_restore_leaves_a_function_a_qemu_holds_through_iommufd(lab, journal):
+    """`_holders` saw only /dev/vfio/GROUP: restore unbound a function a QEMU on iommufd still
+    held through its vfio device node."""
+    VfioBinder(lab.sysfs(), journal=journal).bind(PORT0, {PORT0, PORT1})  # the run dies
+    qemu_on_iommufd(lab, PORT0)
+    lab.writes.clear()
+    with pytest.raises(HostDeviceError) as e:
+        restore_from_journal(lab.sysfs(), journal, include_live=True)
+    assert (f"{PORT0}: failed: /dev/vfio/devices/vfio0 is still open by pid 4321 "
+            "(qemu-system-x86); stop it (kill 4321), then restore again") in e.value.details
+    assert lab.driver_of(PORT0) == "vfio-pci" and len(entries(journal)) >= 1
+
+
+def test_restore_leaves_a_pf_whose_vf_a_qemu_holds_through_iommufd(sriov_host, journal):
+    VfioBinder(sriov_host.sysfs(), journal=journal).enable_vfs(PF, 2)
+    qemu_on_iommufd(sriov_host, VF1)
+    with pytest.raises(HostDeviceError) as e:
+        restore_from_journal(sriov_host.sysfs(), journal, include_live=True)
+    assert (f"{PF}: failed: its VF {VF1} is in use (/dev/vfio/devices/vfio0 open by pid 4321 "
+            "(qemu-system-x86)); stop it (kill 4321), then restore again") in e.value.details
+    assert numvfs(sriov_host) == 2
