@@ -34,7 +34,7 @@ from harness.core.waits import wait_until
 from harness.core.locks import flock_within
 from harness.core.paths import UnsafePathError, open_nofollow, private_dir, write_atomic
 from harness.host.network import namespace_problem
-from harness.host.safety import GroupPlan, HostUsage, plan_group
+from harness.host.safety import GroupPlan, HostUsage, node_holders, nodes_below, plan_group
 from harness.host.storage import OpenFiles, mountinfos, remote_mount_ids
 from harness.host import sriov
 from harness.host.sysfs import PciDevice, Sysfs, parse_bdf, short_bdf
@@ -154,6 +154,10 @@ def _check_entry(entry, n: int) -> None:
     if entry.get("kind") == SRIOV and (not isinstance(numvfs, int) or isinstance(numvfs, bool)
                                        or not 0 <= numvfs <= 4096):
         raise ValueError(f"entry {n} ({entry['bdf']}): numvfs {numvfs!r} is not a VF count")
+    made = entry.get("set")
+    if made is not None and (not isinstance(made, int) or isinstance(made, bool)
+                             or not 0 <= made <= 4096):
+        raise ValueError(f"entry {n} ({entry['bdf']}): set {made!r} is not a VF count")
     if entry.get("kind") == SRIOV and entry.get("autoprobe", 1) not in (0, 1):
         raise ValueError(f"entry {n} ({entry['bdf']}): autoprobe {entry['autoprobe']!r} is "
                          "not 0 or 1")
@@ -262,23 +266,23 @@ def _move_to_vfio(fs: Sysfs, dev: PciDevice, timeout: float) -> None:
     _wait_driver(fs, dev.bdf, VFIO, timeout)
 
 
-def vfio_group_users(root: "str | Path | Sysfs", group: int | None) -> list[tuple[int, str]]:
-    """(pid, command) of the processes that hold /dev/vfio/<group> open (a QEMU using it), by
-    path or by device number (a node of another path: a container's /dev)."""
-    if group is None:
-        return []
-    fs = Sysfs.of(root)
+def _holders(fs: Sysfs, group: int | None, bdf: str | None = None
+             ) -> tuple[str, int, str] | None:
+    """Who holds /dev/vfio/<group> open, or a device node below ``bdf`` (vfio-pci's
+    /dev/vfio/devices/vfioN, which a QEMU on iommufd opens instead of the group): ("pid 4321
+    (qemu-system-x86)", the first pid, the node), or None: a device in use is never touched."""
     opened = OpenFiles(fs, [], remote_mount_ids(mountinfos(fs, [])))  # (unreadable: not ours)
-    return opened.holders("char", f"vfio/{group}", fs.vfio_group_dev(group))
-
-
-def _holders(fs: Sysfs, group: int | None) -> tuple[str, int] | None:
-    """Who holds /dev/vfio/<group> open ("pid 4321 (qemu-system-x86)", and the first pid), or
-    None: a group in use is never touched."""
-    users = vfio_group_users(fs, group)
-    if not users:
-        return None
-    return ", ".join(f"pid {pid} ({comm})" for pid, comm in users), users[0][0]
+    held = [(f"/dev/vfio/{group}", opened.holders("char", f"vfio/{group}",
+                                                  fs.vfio_group_dev(group)))] \
+        if group is not None else []
+    if bdf is not None and fs.pci_exists(bdf):
+        for node, majmin in nodes_below(fs, fs.pci_device(bdf).path):
+            name, users = node_holders(fs, opened, node, majmin)
+            held.append((f"/dev/{name}", users))
+    for node, users in held:
+        if users:
+            return ", ".join(f"pid {pid} ({comm})" for pid, comm in users), users[0][0], node
+    return None
 
 
 def _restore_sriov(fs: Sysfs, entry: dict, timeout: float, journaled: list[dict] = ()) -> Restored:
@@ -300,13 +304,9 @@ def _restore_sriov(fs: Sysfs, entry: dict, timeout: float, journaled: list[dict]
         return Restored(pf, "in-use", now.driver,
                         f"sriov_numvfs stays {now.numvfs}: {relying}; the last run to let go "
                         f"puts it back to {original}")
-    for vf in now.vfs:
-        group = fs.pci_device(vf).iommu_group if fs.pci_exists(vf) else None
-        held = _holders(fs, group)
-        if held:
-            return Restored(pf, "failed", now.driver,
-                            f"its VF {vf} is in use (/dev/vfio/{group} open by {held[0]}); stop "
-                            f"it (kill {held[1]}), then restore again")
+    busy = _vfs_not_idle(fs, entry, now)
+    if busy:
+        return Restored(pf, "failed", now.driver, busy)
     try:
         if original and now.numvfs:
             sriov.set_numvfs(fs, pf, 0, timeout)
@@ -318,6 +318,32 @@ def _restore_sriov(fs: Sysfs, entry: dict, timeout: float, journaled: list[dict]
     return Restored(pf, "restored", now.driver,
                     f"sriov_numvfs back to {original} (from {now.numvfs})"
                     + (f", sriov_drivers_autoprobe {probe}" if probe is not None else ""))
+
+
+def _vfs_not_idle(fs: Sysfs, entry: dict, pf: "sriov.PhysicalFunction") -> str | None:
+    """Why writing ``sriov_numvfs`` would destroy VFs someone uses (None: it would not): the
+    count is not the one this run set (someone changed it, or the run set none), or a VF is
+    not proven idle (a QEMU holds its group, a host driver's interface is up...)."""
+    made = entry.get("set")
+    if pf.numvfs != made:
+        return (f"sriov_numvfs is {pf.numvfs}, not the "
+                + (f"{made} this run set" if made is not None else "count of this run (it set "
+                   "none)") + ": someone else changed it, and its VFs may be theirs; left as it "
+                f"is (once they are free, set it to {entry['numvfs']} by hand, then restore "
+                "again)")
+    for vf in pf.vfs:
+        group = fs.pci_device(vf).iommu_group if fs.pci_exists(vf) else None
+        held = _holders(fs, group, vf)
+        if held:
+            return (f"its VF {vf} is in use ({held[2]} open by {held[0]}); stop "
+                    f"it (kill {held[1]}), then restore again")
+    usage = HostUsage.read(fs)
+    for vf in pf.vfs:
+        uses = usage.verdict(vf).uses if fs.pci_exists(vf) else ()
+        if uses:
+            return (f"its VF {vf} is not proven idle ({'; '.join(uses)}); sriov_numvfs stays "
+                    f"{pf.numvfs}: free the VF, then restore again")
+    return None
 
 
 def _live_users_of_vfs(fs: Sysfs, entry: dict, pf: "sriov.PhysicalFunction",
@@ -356,10 +382,10 @@ def _restore_entry(fs: Sysfs, entry: dict, timeout: float,
         # While a process (a QEMU) has the group open, unbinding blocks in the kernel until it
         # lets go, and a host driver on any member would share DMA with it: touch none.
         group = dev.iommu_group if dev.iommu_group is not None else entry.get("group")
-        held = _holders(fs, group)
+        held = _holders(fs, group, bdf)
         if held:
             return Restored(bdf, "failed", dev.driver,
-                            f"/dev/vfio/{group} is still open by {held[0]}; stop it "
+                            f"{held[2]} is still open by {held[0]}; stop it "
                             f"(kill {held[1]}), then restore again")
         if dev.driver == VFIO:
             fs.write(fs.pci_driver_dir(VFIO) / "unbind", bdf)
@@ -405,6 +431,7 @@ def restore_from_journal(root: "str | Path | Sysfs" = "/", journal: str | Path |
     with jr.locked():
         # VFs before the PFs whose sriov_numvfs made them (a VF on vfio-pci blocks the PF).
         entries = sorted(jr.read(), key=lambda e: e.get("kind") == SRIOV)
+        _refuse_outside_host(fs, "give devices back", bool(entries))
         if only is not None:
             leases = {e.get("lease") for e in entries if e["bdf"] in {parse_bdf(b) for b in only}}
             entries = [e for e in entries if e.get("lease") in leases]
@@ -427,6 +454,17 @@ def restore_from_journal(root: "str | Path | Sysfs" = "/", journal: str | Path |
             hint="fix the cause below, then run `python -m harness restore` again",
             details="\n".join(f"  {r}" for r in results))
     return results
+
+
+def _refuse_outside_host(fs: Sysfs, what: str, acting: bool = True) -> None:
+    """Outside the host's namespaces (a container), the processes, interfaces and open files
+    seen are not the host's: a live run looks dead, a VF's interface unseen. Nothing is
+    taken, made or given back there (``acting``: there is something to do)."""
+    outside = namespace_problem(fs) if acting else None
+    if outside:
+        raise HostDeviceError(f"refusing to {what}: {outside}",
+                              hint="run the harness on the host itself (not in a container "
+                                   "or another network namespace)")
 
 
 def _held_elsewhere(fs: Sysfs, entry: dict, take_all: bool, own_pids,
@@ -536,11 +574,7 @@ class VfioBinder:
         if not self.fs.pci_driver_dir(VFIO).is_dir():
             raise HostDeviceError(f"the vfio-pci driver is not loaded (no "
                                   f"{self.fs.pci_driver_dir(VFIO)})", hint="modprobe vfio-pci")
-        outside = namespace_problem(self.fs)
-        if outside:
-            raise HostDeviceError(f"refusing to take {bdf}: {outside}",
-                                  hint="run the harness on the host itself (not in a container "
-                                       "or another network namespace)")
+        _refuse_outside_host(self.fs, f"take {bdf}")
         first = self._proven_plan(bdf, allowed, "")
         with self.journal.locked():
             # The host may have changed while this waited for the lock (another run's bind, an
@@ -592,6 +626,7 @@ class VfioBinder:
         SR-IOV, more than ``sriov_totalvfs``, a PF with fewer VFs than asked (changing them
         would remove someone's), and a PF not proven idle."""
         pf = parse_bdf(pf)
+        _refuse_outside_host(self.fs, f"change {pf}'s sriov_numvfs")
         if not self.fs.pci_exists(pf):
             raise HostDeviceError(f"PCI device {pf} (an SR-IOV PF in the inventory) does not "
                                   "exist on this host", hint="check `lspci -D`; fix the pf")
@@ -608,7 +643,7 @@ class VfioBinder:
             if not reuse:
                 self._refuse_stale_count(pf, entries)
             probe = None if reuse else sriov.autoprobe(self.fs, pf)
-            entry = self._sriov_entry(pf, now.numvfs, probe)
+            entry = self._sriov_entry(pf, now.numvfs, probe, None if reuse else count)
             self.journal.write(entries + [entry])
             vfs = list(now.vfs[:count]) if reuse else self._make_vfs(pf, count, probe, entry)
         self._sriov.append(entry)
@@ -623,9 +658,12 @@ class VfioBinder:
                                   f"{stale[0].get('pid')}, which did not put it back",
                                   hint=RESTORE_HINT)
 
-    def _sriov_entry(self, pf: str, numvfs: int, probe: int | None) -> dict:
+    def _sriov_entry(self, pf: str, numvfs: int, probe: int | None, made: int | None) -> dict:
+        """``numvfs``: the count before; ``made``: the count this run sets (None: it sets
+        none), the only one its end may write over."""
         pid = os.getpid()
         return {"kind": SRIOV, "bdf": pf, "numvfs": numvfs,
+                **({"set": made} if made is not None else {}),
                 **({"autoprobe": probe} if probe is not None else {}),
                 "lease": uuid.uuid4().hex[:12], "pid": pid,
                 "pid_start": _process_start(self.fs, pid),

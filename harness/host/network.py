@@ -97,6 +97,11 @@ class NetView:
                     problems.append(f"{Netdev(ns.name, link['ifname'])} ({what}) sits on a "
                                     "device of another namespace, which the harness cannot "
                                     "name")
+            problems += [f"{Netdev(ns.name, name)} is a physical link, but `ip -d link` names "
+                         "no device under it (no parentdev: iproute2 or the kernel is too "
+                         "old), so which PCI function's port it is cannot be told"
+                         for name, link in ns.links.items()
+                         if "parentdev" not in link and _physical(fs, ns, name, link)]
         return cls(fs, spaces, problems)
 
     def netdevs_of(self, bdf: str | None, own_names: list[str]) -> list[Netdev]:
@@ -148,6 +153,15 @@ def _netconsoles(fs: Sysfs) -> set[str]:
         if fs.read(target / "enabled") == "1":
             out.add(fs.read(target / "dev_name") or "eth0")
     return out
+
+
+def _physical(fs: Sysfs, ns: Namespace, name: str, link: dict) -> bool:
+    """Whether a link is a device's port (a PCI function's, a USB adapter's), not a virtual
+    one: in the harness's namespace sysfs says so (``/sys/class/net/X/device``); elsewhere, a
+    link of no kind (``linkinfo``) that is not the loopback is taken for one."""
+    if ns.name == OWN:
+        return fs.sys("class", "net", name, "device").exists()
+    return not _kind(link) and link.get("link_type") != "loopback"
 
 
 def _kind(link: dict) -> str:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from harness.host.network import NetView
 from harness.host.sriov import physfn_of, vfs_of
-from harness.host.storage import StorageView, devname
+from harness.host.storage import OpenFiles, StorageView, devname
 from harness.host.sysfs import NVME_CLASS, STORAGE_CLASSES, PciDevice, Sysfs, UsbDevice, parse_bdf
 
 #: USB interface drivers whose use the rule can judge: through their network interfaces,
@@ -56,6 +56,8 @@ _USB_NIC_DRIVERS = {"cdc_ether", "cdc_ncm", "rndis_host", "r8152", "ax88179_178a
 _USB_INTERFACE = re.compile(r"(?:\d+-[\d.]+|\d+-0):\d+\.\d+")
 #: Drivers that leave a device to nobody on the host.
 _NO_HOST_DRIVER = {None, "pci-stub"}
+#: A function's sysfs files that reach the device itself: BARs, config space, option ROM.
+_BAR_FILE = re.compile(r"resource\d+(?:_wc)?|config|rom")
 VFIO = "vfio-pci"
 
 
@@ -123,6 +125,7 @@ class HostUsage:
             self._vf(vf, uses, evidence)
         self._storage(dev, tree, uses, evidence)
         self._nodes(dev.bdf, dev.path, tree, uses, evidence)
+        self._bars(dev, uses)
         return Verdict(dev.bdf, tuple(dict.fromkeys(uses)), tuple(dict.fromkeys(evidence)))
 
     def _driver(self, dev: PciDevice, role, held_groups, uses: list, evidence: list) -> None:
@@ -218,7 +221,8 @@ class HostUsage:
         before = len(uses)
         for node, majmin in tree.char_nodes:
             name = devname(node, self.fs)
-            who = self.storage.opened.users("char", name, majmin)
+            who = [f"pid {pid} ({comm})" for pid, comm in
+                   node_holders(self.fs, self.storage.opened, node, majmin)[1]]
             uses += [f"/dev/{name} (below {label}) is open by {w}" for w in who]
             if majmin in self.storage.consoles:
                 uses.append(f"/dev/{name} (below {label}) is a kernel console "
@@ -239,6 +243,19 @@ class HostUsage:
             evidence.append(f"{len(tree.char_nodes)} device node(s) below {label} "
                             "open by no process, no console keyboard")
 
+    def _bars(self, dev: PciDevice, uses: list) -> None:
+        """A user-space driver reaches a function through its sysfs BARs (``resource0``...),
+        config space and ROM, open or mapped: no driver, node or interface shows that."""
+        here = "/" + os.path.relpath(dev.path, self.fs.root)
+        held: dict[str, set] = {}
+        for path, who in self.storage.opened.paths.items():
+            if os.path.dirname(path) == here and _BAR_FILE.fullmatch(os.path.basename(path)):
+                held.setdefault(os.path.basename(path), set()).update(who)
+        for name, who in sorted(held.items()):
+            uses.append(f"{dev.bdf}'s {name} (sysfs) is open or mapped by "
+                        + ", ".join(f"pid {pid} ({comm})" for pid, comm in sorted(who))
+                        + ": a user-space driver may use it")
+
     def _display(self, dev: PciDevice) -> list[str]:
         if dev.class_code >> 16 != 0x03:
             return []
@@ -250,6 +267,20 @@ class HostUsage:
             out.append(f"{dev.bdf} backs the framebuffer {fb.name}, which the console "
                        "(fbcon) draws on")
         return out
+
+
+def node_holders(fs: Sysfs, opened: OpenFiles, node: Path, majmin: str | None
+                 ) -> tuple[str, list[tuple[int, str]]]:
+    """(its name under /dev, (pid, command) of the processes that hold it open) for the device
+    node of a sysfs directory ``node``, by path and by device number."""
+    name = devname(node, fs)
+    return name, opened.holders("char", name, majmin)
+
+
+def nodes_below(fs: Sysfs, path: str) -> list[tuple[Path, str | None]]:
+    """The device nodes below a device's sysfs directory (a vfio-pci function's
+    ``vfio-dev/vfioN``: iommufd's /dev/vfio/devices/vfioN), with their ``MAJ:MIN``."""
+    return _Subtree(fs, path).char_nodes
 
 
 class _Subtree:

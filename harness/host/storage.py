@@ -153,6 +153,8 @@ class OpenFiles:
         self.numbers: dict[tuple[str, int], set[tuple[int, str]]] = {}
         self.remote = remote_mounts
         for proc in sorted(fs.proc().glob("[0-9]*")):
+            who = (int(proc.name), fs.read(proc / "comm") or "?")
+            self._add_maps(proc, who, problems)
             try:
                 fds = list((proc / "fd").iterdir())
             except FileNotFoundError:
@@ -161,9 +163,24 @@ class OpenFiles:
                 problems.append(f"the open files of pid {proc.name} cannot be read "
                                 f"({e.strerror}): run as root")
                 continue
-            who = (int(proc.name), fs.read(proc / "comm") or "?")
             for fd in fds:
                 self._add(fs, fd, who)
+
+    def _add_maps(self, proc: Path, who: tuple[int, str], problems: list[str]) -> None:
+        """The files a process has mapped (``/proc/PID/maps``): a mapping holds a file after
+        its fd is closed (a user-space driver's mmap of a BAR, ``resource0``)."""
+        try:
+            text = (proc / "maps").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            return  # gone, or a fake process without mappings
+        except OSError as e:
+            problems.append(f"the mapped files of pid {proc.name} cannot be read "
+                            f"({e.strerror}): run as root")
+            return
+        for line in text.splitlines():
+            fields = line.split(None, 5)
+            if len(fields) == 6 and fields[5].startswith("/"):
+                self.paths.setdefault(fields[5].removesuffix(" (deleted)"), set()).add(who)
 
     def _add(self, fs: Sysfs, fd: Path, who: tuple[int, str]) -> None:
         try:

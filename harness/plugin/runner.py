@@ -119,7 +119,7 @@ def write_record(item: pytest.Item, hs) -> None:
         # who started the guests and hot-added: QEMU's monitor (qmp) or libvirt
         "driver": hs.driver,
         "passthrough": getattr(device, "passthrough", "") or (
-            "vfio-pci (failure path)" if item.get_closest_marker("passthrough") else ""),
+            records.FAILURE_PATH if item.get_closest_marker("passthrough") else ""),
         "outcome": outcome,
         "reason": reason,
         "failure_kind": dict(item.user_properties).get("failure_kind"),

@@ -96,15 +96,26 @@ def guest_boots(results: list[dict], started: str = "booted") -> dict[str, float
 _RAN = ("passed", "failed", "xfailed", "xpassed")
 
 
+#: The label of a test of real passthrough's failure paths (a missing device, a group not
+#: viable): it passes no host device through, so it never counts as passthrough.
+FAILURE_PATH = "vfio-pci (failure path)"
+
+
 def passthrough_counts(results: list[dict]) -> dict[str, int]:
     """How many tests ran through each real passthrough path (vfio-pci, usb-host); skipped
-    tests and set-up errors never count."""
+    tests, set-up errors and the failure-path tests (:data:`FAILURE_PATH`) never count."""
     counts: dict[str, int] = {}
     for r in results:
         kind = (r.get("passthrough") or "").split(" ")[0]
-        if kind and r.get("outcome") in _RAN:
+        if kind and r.get("outcome") in _RAN and r.get("passthrough") != FAILURE_PATH:
             counts[kind] = counts.get(kind, 0) + 1
     return counts
+
+
+def failure_path_count(results: list[dict]) -> int:
+    """How many tests of real passthrough's failure paths ran (they touch no host device)."""
+    return sum(r.get("passthrough") == FAILURE_PATH and r.get("outcome") in _RAN
+               for r in results)
 
 
 def is_scenario(r: dict) -> bool:

@@ -98,6 +98,10 @@ def summary_lines(summary: dict) -> list[str]:
         n = sum(through.values())
         lines.append(f"through real passthrough: {n} of {len(summary['tests'])} tests ("
                      + ", ".join(f"{k} {v}" for k, v in sorted(through.items())) + ")")
+    failure_paths = records.failure_path_count(summary["tests"])
+    if failure_paths:
+        lines.append(f"failure paths of real passthrough: {failure_paths} tests "
+                     "(no host device passed through, not counted above)")
     again = [t for t in summary["tests"] if t.get("attempts", 1) > 1]
     if again:
         lines.append("ran again after a guest died or stopped answering under them "
@@ -153,6 +157,10 @@ def _where_it_ran(summary: dict) -> str:
                     f"{len(tests)} tests (" + ", ".join(f"{html.escape(k)} {v}" for k, v in
                                                         sorted(through.items())) + ")"
                     if through else "")
+    failure_paths = records.failure_path_count(tests)
+    if failure_paths:
+        through_line += (f"<br>failure paths of real passthrough: <b>{failure_paths}</b> tests "
+                         "(no host device passed through, not counted as passthrough)")
     lab = summary.get("lab") or {}
     lab_line = (f"<br>lab host: kernel <b>{html.escape(str(lab.get('kernel')))}</b>, ready "
                 f"{lab.get('ready_seconds')} s after boot, image "
@@ -182,7 +190,10 @@ def identity_line(summary: dict) -> str | None:
     if not i:
         return None
     h = i.get("harness") or {}
-    commit = (h.get("commit") or "")[:12] + (" (with local changes)" if h.get("dirty") else "")
+    dirty = h.get("dirty")
+    commit = (h.get("commit") or "")[:12] + (
+        f" (local changes {dirty})" if isinstance(dirty, str) else
+        " (with local changes)" if dirty else "")
     return (f"host {i.get('host')} ({i.get('cpu')}, kernel {i.get('host_kernel')}, {i.get('iommu')})"
             f"; {(i.get('qemu') or {}).get('build') or 'QEMU ?'}; harness {h.get('version')}"
             + (f" {commit}" if commit else "")

@@ -215,6 +215,8 @@ class FakeHost:
         d = base / "net" / ifname
         d.mkdir(parents=True)
         self._link(self.sys / "class/net" / ifname, d)
+        if bdf:  # a port's device (a virtual interface has none)
+            self._link(d / "device", self.dev_dir(bdf))
         for low in lower:
             self._link(d / f"lower_{low}", Path(os.path.realpath(self.sys / "class/net" / low)))
         listed = self.root / "ip/link.json"
@@ -433,7 +435,7 @@ class FakeHost:
 
 def link(index: int, name: str, bdf: str | None = None, *, up: bool = False, **more) -> dict:
     """One interface as `ip -j -d link show` prints it (``parentdev``: its PCI function)."""
-    out = {"ifindex": index, "ifname": name,
+    out = {"ifindex": index, "ifname": name, "link_type": "loopback" if name == "lo" else "ether",
            "flags": ["BROADCAST", "MULTICAST"] + (["UP", "LOWER_UP"] if up else []),
            "operstate": "UP" if up else "DOWN"}
     if bdf:

@@ -100,6 +100,7 @@ def test_a_kernel_without_the_autoprobe_switch(host, journal):
     binder = VfioBinder(host.sysfs(), journal=journal)
     assert binder.enable_vfs(PF, 1) == [VF0]
     assert "autoprobe" not in entries(journal)[0] and host.driver_of(VF0) == "igbvf"
+    host.add_net("enp8s0v0", VF0)  # igbvf's interface, down: the VF is idle
     binder.close()
     assert numvfs(host) == 0 and entries(journal) == []
 

@@ -33,7 +33,10 @@ TESTS = [result("test_nic.py::test_nic[q35-acpi-nic]", passthrough="vfio-pci hos
 
 
 def test_passthrough_counts():
-    assert records.passthrough_counts(TESTS) == {"vfio-pci": 2, "usb-host": 1}
+    """A failure-path test (test_missing_device) passes no host device through: it is counted
+    apart, never as vfio-pci (issue 31, third review, item 1)."""
+    assert records.passthrough_counts(TESTS) == {"vfio-pci": 1, "usb-host": 1}
+    assert records.failure_path_count(TESTS) == 1
     assert records.passthrough_counts([result("a"), result("b")]) == {}
 
 
@@ -49,8 +52,10 @@ def test_skipped_tests_never_count_as_passthrough():
 def test_summary_lines_say_how_many_tests_went_through_real_passthrough():
     lines = report.summary_lines(summary(TESTS, LAB))
     assert lines[0] == "backend lab, accel kvm, QEMU 7.2.22: 4 passed"
-    assert lines[1] == "through real passthrough: 3 of 4 tests (usb-host 1, vfio-pci 2)"
-    assert lines[2] == ("lab host: kernel 6.1.0-56-amd64, ready 5.85 s after boot; image "
+    assert lines[1] == "through real passthrough: 2 of 4 tests (usb-host 1, vfio-pci 1)"
+    assert lines[2] == ("failure paths of real passthrough: 1 tests "
+                        "(no host device passed through, not counted above)")
+    assert lines[3] == ("lab host: kernel 6.1.0-56-amd64, ready 5.85 s after boot; image "
                         "bca0c5cede676532 built in 14.1 s; run by QEMU 10.0.2 (bookworm-backports, "
                         "unpacked in /c/lab-qemu/aee89aa02fde1b93)")
 
@@ -66,7 +71,8 @@ def test_html_gives_each_test_its_backend_and_device_path():
     assert ("<td><code>test_nic.py::test_nic[q35-acpi-nic]</code></td><td>lab</td>"
             "<td>vfio-pci host=0000:00:03.0</td><td>passed</td>") in page
     assert "<td><code>test_cpu.py::test_cpu_hotplug[q35]</code></td><td>lab</td><td>emulated</td>" in page
-    assert "through real passthrough: <b>3</b> of 4 tests (usb-host 1, vfio-pci 2)" in page
+    assert "through real passthrough: <b>2</b> of 4 tests (usb-host 1, vfio-pci 1)" in page
+    assert "failure paths of real passthrough: <b>1</b> tests" in page
     assert "lab host: kernel <b>6.1.0-56-amd64</b>, ready 5.85 s after boot" in page
 
 

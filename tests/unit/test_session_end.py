@@ -68,3 +68,19 @@ def test_a_vfio_run_whose_passthrough_tests_all_skipped_tested_nothing(tmp_path)
     (tmp_path / "results" / "0.json").write_text(json.dumps(
         {"nodeid": "t0", "outcome": "failed", "passthrough": "vfio-pci host=0000:05:00.0"}))
     assert runner._nothing_tested(hs) is None
+
+
+def test_a_vfio_run_of_only_failure_path_tests_tested_nothing(tmp_path):
+    """Issue 31, third review, item 1: tests marked ``passthrough`` (test_missing_device...)
+    were labelled vfio-pci and satisfied the "nothing tested" check with no host device used."""
+    import json
+
+    (tmp_path / "results").mkdir()
+    for n in range(2):
+        (tmp_path / "results" / f"{n}.json").write_text(json.dumps(
+            {"nodeid": f"t{n}", "outcome": "passed", "passthrough": "vfio-pci (failure path)"}))
+    hs = SimpleNamespace(backend=Vfio(worker="", qemu_binary="q", pace=None), run_dir=tmp_path)
+    assert "no test went through real passthrough" in runner._nothing_tested(hs)
+    (tmp_path / "results" / "2.json").write_text(json.dumps(
+        {"nodeid": "t2", "outcome": "passed", "passthrough": "vfio-pci host=0000:05:00.0"}))
+    assert runner._nothing_tested(hs) is None
