@@ -22,6 +22,7 @@ from harness.host.inventory import load_inventory
 from harness.host import sriov
 from harness.host import doctor
 from harness.host.inventory import find_usb_device
+from harness.host.plan import plan_inventory
 from harness.host.sysfs import Sysfs
 from harness import lab as lab_mod
 
@@ -243,6 +244,14 @@ class Lab(Vfio):
 
         self.inventory = load_inventory(path)
         self._ask_the_doctor("the lab host", ": a bug in the lab image (harness/lab/)")
+        if not self.worker:
+            # (what `python -m harness plan` says inside the lab host, before any bind: the
+            # lab's devices are proven idle by the same rule as a VT-d host's; in the run
+            # folder as lab/plan.txt)
+            lines, ok = plan_inventory("/", self.inventory)
+            (workdir / "plan.txt").write_text("\n".join(lines) + "\n")
+            print(f"hotplug-harness: lab host plan: {lines[-1].removeprefix('verdict: ')} "
+                  f"({workdir / 'plan.txt'})", flush=True)
         self.binder = binding.VfioBinder("/", timeout=self.pace(5.0),
                                          cleared_storage=self.inventory.cleared_storage())
         self._make_vfs()
