@@ -37,6 +37,7 @@ from harness.qemu.monitor import UnplugResult
 from harness.qemu.qmp_sync import SyncMonitor
 from harness.core.pace import Deadlines
 from harness.core.paths import run_tmp_prefix
+from harness.core.waits import wait_until
 from harness.qemu.process import QemuProcess
 
 
@@ -214,8 +215,8 @@ class Guest:
                                     timeout=max(1.0, deadline - time.monotonic()))
 
     def reboot_from_inside(self) -> None:
-        """The guest reboots itself (``reboot -f`` typed on its console); see :meth:`wait_rebooted`."""
-        self.shell.console.send_line("reboot -f")
+        """``reboot -f`` on the console; back once it reset (:func:`_reboot_from_inside`)."""
+        _reboot_from_inside(self)
 
     def wait_rebooted(self) -> None:
         """After a reset the guest boots again: wait for it to be ready, as at launch."""
@@ -359,6 +360,23 @@ def _folders(guest: "Guest") -> tuple[Path, Paths]:
     return tmp, Paths(qmp_socket=tmp / "qmp.sock", console_socket=tmp / "console.sock",
                       serial_log=guest.workdir / "serial.log",
                       disk_overlay=tmp / "disk.qcow2" if guest.image.disk else None)
+
+
+def _reboot_from_inside(guest: "Guest") -> None:
+    """``reboot -f`` through the guest's access channel, then wait for QEMU's RESET event: until
+    the reset the old system still answers, and a wait for the guest to be ready again took it
+    for the rebooted one (a loaded systemd guest reset 5 s after the line; its SSH answered at
+    once, and the test's checks then ran into the reboot). Over SSH it is not typed on the
+    console: a guest reached by SSH need not have a shell there yet (a line typed while its
+    autologin was starting was run 5 s late once, and lost another time: no reset in 31 s)."""
+    monitor = guest._monitor()
+    before = monitor.resets
+    if guest.shell.ssh is not None:  # detached, so that the command returns before the reset
+        guest.shell.succeed("(sleep 1; reboot -f) </dev/null >/dev/null 2>&1 &")
+    else:
+        guest.shell.console.send_line("reboot -f")
+    wait_until("a RESET event from QEMU after `reboot -f`", lambda: monitor.resets > before,
+               guest.deadlines.command)
 
 
 def _wait_ready(guest: "Guest", deadline: float) -> None:

@@ -13,9 +13,10 @@ from harness.core.errors import ImageError
 
 
 #: DHCP on NICs that appear later (hot-added ones): the image's cloud-init brings up its first
-#: NIC by itself (its fallback network config, which a seed's network-config would replace, and
-#: cloud-init 22.4's networkd renderer cannot express "every NIC"), and systemd-networkd
-#: images get a rule for the rest; NetworkManager images connect new NICs on their own.
+#: NIC by itself (its fallback network config), and systemd-networkd images get a rule for the
+#: rest; NetworkManager images connect new NICs on their own. No network-config: it would
+#: replace the fallback, and cloud-init 22.4 cannot say "every NIC" in one that its ifupdown and
+#: NetworkManager renderers keep (docs/guests.md, "Why the NoCloud seed has no network-config").
 NOCLOUD_LATER_NICS = """write_files:
   - path: /etc/systemd/network/90-hh-dhcp-every-nic.network
     content: |

@@ -64,6 +64,7 @@ class Monitor:
         self._events_task: asyncio.Task | None = None
         self.version: dict = {}
         self.connect_seconds: float | None = None
+        self.resets = 0  # RESET events seen: a reboot started inside the guest has happened
 
     def _record(self, direction: str, message: Any) -> None:
         if not self._transcript.closed:
@@ -71,10 +72,10 @@ class Monitor:
                                                "msg": message}, default=str) + "\n")
 
     async def _drain_events(self) -> None:
-        # The client's default listener keeps every event; draining it here both records the
-        # event and keeps that queue from growing for the life of a long-running guest.
+        # Draining the client's default listener records every event and keeps its queue short.
         async for event in self._qmp.events:
             self._record("event", dict(event))
+            self.resets += event.get("event") == "RESET"
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -326,9 +327,8 @@ class Monitor:
                                "let go of the device")
 
     async def _settle(self, listener, device_id: str, t0: float) -> UnplugResult:
-        """The device has left the device tree. QEMU emits DEVICE_DELETED when the device is
-        finalized, which can trail its removal from the tree (RCU), so give the event a moment
-        before concluding that it never comes."""
+        """The device has left the device tree. DEVICE_DELETED comes when it is finalized, which
+        can trail its removal from the tree (RCU): give the event a moment before giving up."""
         try:
             await asyncio.wait_for(_event_of(listener, device_id), self.settle_seconds)
             return UnplugResult(device_id, time.monotonic() - t0, event=True)

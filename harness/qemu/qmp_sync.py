@@ -54,6 +54,11 @@ class SyncMonitor:
             self._dead()
             raise
 
+    @property
+    def resets(self) -> int:
+        """RESET events QEMU has sent so far (:attr:`Monitor.resets`)."""
+        return self.monitor.resets if self.monitor is not None else 0
+
     def execute(self, command: str, timeout: float = 30.0, **arguments: Any) -> Any:
         return self.call(self.monitor.execute(command, arguments, timeout=timeout), timeout + 5)
 

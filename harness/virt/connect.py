@@ -21,6 +21,8 @@ _loop_started = False
 _waiters: dict[tuple[str, str], list[Callable[[str], None]]] = {}
 _waiters_lock = threading.Lock()
 _connections: dict[str, object] = {}
+#: Domain name -> guest resets libvirt reported (its reboot event: QEMU's RESET).
+_reboots: dict[str, int] = {}
 
 
 def libvirt_module():
@@ -69,6 +71,7 @@ def connection(uri: str = URI):
                   libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED):
         outcome = "removed" if event == libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED else "failed"
         conn.domainEventRegisterAny(None, event, _on_device_event, outcome)
+    conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, _on_reboot, None)
     _connections[uri] = conn
     return conn
 
@@ -100,6 +103,17 @@ def _connect_error(uri: str, e) -> LabError:
         return LabError(f"no permission to use {uri}: {text}",
                         hint="run as root, or as a member of the libvirt group")
     return LabError(f"cannot connect to {uri}: {text}", hint="check the daemon's log")
+
+
+def _on_reboot(conn, dom, opaque) -> None:
+    with _waiters_lock:
+        _reboots[dom.name()] = _reboots.get(dom.name(), 0) + 1
+
+
+def reboots(domain: str) -> int:
+    """How many times libvirt reported domain ``domain``'s guest reset."""
+    with _waiters_lock:
+        return _reboots.get(domain, 0)
 
 
 def _on_device_event(conn, dom, dev_alias: str, outcome: str) -> None:

@@ -147,6 +147,14 @@ class DomainGuest(Guest):
     def qemu_id(self, device_id: str) -> str:
         return xml.alias(device_id)
 
+    def _monitor(self) -> "DomainGuest":
+        return self  # (all a reboot from inside asks of the monitor: its resets, below)
+
+    @property
+    def resets(self) -> int:
+        """Guest resets libvirt reported (its reboot event, from QEMU's RESET)."""
+        return connect.reboots(self.domain_name)
+
     def driver_lists(self, device_id: str) -> bool:
         return self.qemu_id(device_id) in xml.live_aliases(self.live_xml())
 
