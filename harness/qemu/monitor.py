@@ -36,7 +36,7 @@ class UnplugResult:
 
 #: QEMU's answer to a device_del it cannot take yet: since 6.2, a PCIe slot whose power
 #: indicator still blinks from the hot-add ("guest is busy (power indicator blinking)").
-_BUSY = re.compile(r"busy|blinking", re.I)
+BUSY = re.compile(r"busy|blinking", re.I)
 #: ... and to one it already has (an earlier request stands: only its completion is left).
 _PENDING = re.compile(r"already in the process of unplug", re.I)
 
@@ -213,7 +213,7 @@ class Monitor:
             except QMPCommandError as e:
                 if _PENDING.search(e.qemu_desc):
                     return time.monotonic() - t0 if wait > 0.02 else 0.0  # an earlier request stands
-                if not _BUSY.search(e.qemu_desc) or time.monotonic() + wait > deadline:
+                if not BUSY.search(e.qemu_desc) or time.monotonic() + wait > deadline:
                     raise
             await asyncio.sleep(wait)
             wait = min(wait * 2, 0.5)

@@ -17,6 +17,7 @@ guest-side checks run unchanged. What differs is underneath:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -249,19 +250,15 @@ class DomainGuest(Guest):
         """``detach-device-alias --live`` for each, then the verdicts as QMP's: removed (with
         or without libvirt's event), or ``guest-refused`` / ``guest-slow`` / ``qemu-stuck``."""
         timeout, limit = self.deadlines.scaled(timeout), self.deadlines.scaled(limit or timeout)
-        waits = {i: connect.DeviceEvents(self.domain_name, self.qemu_id(i)) for i in ids}
-        for w in waits.values():
-            w.__enter__()
-        try:
+        with contextlib.ExitStack() as stack:  # (listening from before the first request)
+            waits = {i: stack.enter_context(connect.DeviceEvents(self.domain_name, self.qemu_id(i)))
+                     for i in ids}
             t0 = time.monotonic()
             busy = {i: removal.detach(self, i, t0 + timeout) for i in ids}
             removal.unless_paused(self, ids, waits, t0, timeout)
             results = [dataclasses.replace(removal.verdict(self, i, waits[i], t0, max(timeout, limit),
                                                            self.deadlines.scaled(grace)),
                                            busy_seconds=busy[i]) for i in ids]
-        finally:
-            for w in waits.values():
-                w.__exit__(None, None, None)
         self._used_buses = {b: d for b, d in self._used_buses.items() if d not in ids}
         return results
 

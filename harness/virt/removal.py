@@ -4,20 +4,14 @@ driver names them (harness.qemu.monitor): removed (with or without libvirt's
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 
 from harness.core.errors import HarnessError, UnplugError
-from harness.qemu.monitor import UnplugResult
+from harness.qemu.monitor import BUSY, Monitor, UnplugResult
 from harness.virt import connect, xml
 from harness.virt.connect import LibvirtCommandError
 
-#: QEMU's answer to a device_del it cannot take yet (a PCIe slot still blinking), as libvirt
-#: relays it.
-_BUSY = re.compile(r"busy|blinking", re.I)
-#: How long a device that left the live XML may take to send ``device-removed``.
-SETTLE = 2.0
 #: libvirt's flag for the running domain, and its state "paused" (virDomainState).
 AFFECT_LIVE, PAUSED = 1, 3
 
@@ -33,7 +27,7 @@ def detach(guest, device_id: str, deadline: float) -> float:
             _detach_once(guest, device_id, deadline)
             return time.monotonic() - t0 if wait > 0.02 else 0.0
         except LibvirtCommandError as e:
-            if not _BUSY.search(e.qemu_desc) or time.monotonic() + wait > deadline:
+            if not BUSY.search(e.qemu_desc) or time.monotonic() + wait > deadline:
                 raise
         time.sleep(wait)  # (the slot's answer to the next request is the signal: no event)
         wait = min(wait * 2, 0.5)
@@ -66,7 +60,7 @@ def unless_paused(guest, ids: list[str], waits: dict, t0: float, timeout: float)
     if state != PAUSED:
         return
     for i in ids:
-        if waits[i].wait(t0 + min(timeout, 3.0) - time.monotonic()) != "removed":
+        if waits[i].wait(t0 + min(timeout, Monitor.stopped_window) - time.monotonic()) != "removed":
             raise UnplugError(i, "paused", f"detach {guest.qemu_id(i)}: the domain is paused, "
                               "so the guest cannot release the device; no device-removed in "
                               f"{time.monotonic() - t0:.1f} s. The request stands: it completes "
@@ -95,7 +89,7 @@ def verdict(guest, device_id: str, events: connect.DeviceEvents, t0: float,
                           f"{timeout:.1f} s and libvirt no longer answers for the domain",
                           hint="see libvirt's log and QEMU's log in the bundle") from None
     if not present:
-        late = events.wait(SETTLE)
+        late = events.wait(Monitor.settle_seconds)
         return UnplugResult(device_id, time.monotonic() - t0, event=late == "removed")
     raise UnplugError(device_id, "guest-refused",
                       f"detach {name}: no device-removed in {timeout:.1f} s; libvirt answers "
