@@ -361,8 +361,22 @@ def _attach_refused(driver: str, device_id: str, element: str, e):
 
 def _failed(guest: DomainGuest, what: str, e) -> HarnessError:
     text = str(e)
-    if "Cannot recv data" in text or "client socket is closed" in text or "not running" in text.lower():
+    if _connection_lost(e):
         return LabError(f"libvirt stopped answering while the harness was to {what} "
                         f"({guest.domain_name}): {text}",
                         hint="is the daemon still running? (`virsh list`); its log says why")
     return LibvirtCommandError(what, text)
+
+
+# What libvirt's RPC layer says when the daemon went away under an open connection: the first
+# call after a SIGKILL may still find the connection "alive" and fail writing to it.
+_LOST = ("Cannot recv data", "Cannot write data", "client socket is closed",
+         "End of file while reading data", "not running")
+
+
+def _connection_lost(e) -> bool:
+    libvirt = connect.libvirt_module()
+    text = str(e)
+    return (any(m.lower() in text.lower() for m in _LOST)
+            or (e.get_error_domain() == libvirt.VIR_FROM_RPC
+                and e.get_error_code() == libvirt.VIR_ERR_SYSTEM_ERROR))

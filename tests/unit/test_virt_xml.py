@@ -130,3 +130,29 @@ def test_a_property_libvirt_has_no_place_for_is_refused_not_dropped():
         vx.device_xml(spec, "virtio-net-pci", "standby0", {"netdev": "n0", "failover": True}, b)
     with pytest.raises(Unexpressible, match="speed=fast"):
         vx.device_xml(spec, "usb-tablet", "t0", {"speed": "fast"}, b)
+
+
+class _Err(Exception):
+    def __init__(self, text, domain, code):
+        super().__init__(text)
+        self._domain, self._code = domain, code
+
+    def get_error_domain(self):
+        return self._domain
+
+    def get_error_code(self):
+        return self._code
+
+
+def test_a_daemon_gone_under_an_open_connection_is_told_apart_from_a_refusal(monkeypatch):
+    """The first call after libvirtd died may still find its connection alive and fail writing
+    to it (CI, Dec 5: "Cannot write data: Broken pipe"): that is the daemon gone, not a refusal."""
+    from types import SimpleNamespace
+
+    from harness.virt import connect, domain as vd
+    monkeypatch.setattr(connect, "libvirt_module",
+                        lambda: SimpleNamespace(VIR_FROM_RPC=7, VIR_ERR_SYSTEM_ERROR=38))
+    assert vd._connection_lost(_Err("Cannot write data: Broken pipe", 7, 38))
+    assert vd._connection_lost(_Err("internal error: client socket is closed", 7, 1))
+    assert vd._connection_lost(_Err("some new RPC wording", 7, 38))
+    assert not vd._connection_lost(_Err("operation failed: device not found", 10, 9))
