@@ -431,7 +431,7 @@ def restore_from_journal(root: "str | Path | Sysfs" = "/", journal: str | Path |
     with jr.locked():
         # VFs before the PFs whose sriov_numvfs made them (a VF on vfio-pci blocks the PF).
         entries = sorted(jr.read(), key=lambda e: e.get("kind") == SRIOV)
-        _refuse_outside_host(fs, "give devices back", bool(entries))
+        refuse_outside_host(fs, "give devices back", bool(entries))
         if only is not None:
             leases = {e.get("lease") for e in entries if e["bdf"] in {parse_bdf(b) for b in only}}
             entries = [e for e in entries if e.get("lease") in leases]
@@ -456,7 +456,7 @@ def restore_from_journal(root: "str | Path | Sysfs" = "/", journal: str | Path |
     return results
 
 
-def _refuse_outside_host(fs: Sysfs, what: str, acting: bool = True) -> None:
+def refuse_outside_host(fs: Sysfs, what: str, acting: bool = True) -> None:
     """Outside the host's namespaces (a container), the processes, interfaces and open files
     seen are not the host's: a live run looks dead, a VF's interface unseen. Nothing is
     taken, made or given back there (``acting``: there is something to do)."""
@@ -574,7 +574,7 @@ class VfioBinder:
         if not self.fs.pci_driver_dir(VFIO).is_dir():
             raise HostDeviceError(f"the vfio-pci driver is not loaded (no "
                                   f"{self.fs.pci_driver_dir(VFIO)})", hint="modprobe vfio-pci")
-        _refuse_outside_host(self.fs, f"take {bdf}")
+        refuse_outside_host(self.fs, f"take {bdf}")
         first = self._proven_plan(bdf, allowed, "")
         with self.journal.locked():
             # The host may have changed while this waited for the lock (another run's bind, an
@@ -626,7 +626,7 @@ class VfioBinder:
         SR-IOV, more than ``sriov_totalvfs``, a PF with fewer VFs than asked (changing them
         would remove someone's), and a PF not proven idle."""
         pf = parse_bdf(pf)
-        _refuse_outside_host(self.fs, f"change {pf}'s sriov_numvfs")
+        refuse_outside_host(self.fs, f"change {pf}'s sriov_numvfs")
         if not self.fs.pci_exists(pf):
             raise HostDeviceError(f"PCI device {pf} (an SR-IOV PF in the inventory) does not "
                                   "exist on this host", hint="check `lspci -D`; fix the pf")

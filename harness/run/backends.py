@@ -168,9 +168,9 @@ class Vfio(Backend):
                                            prepare=self.before_plug(entry)))
             else:
                 if entry.hostbus is not None:
-                    out.append(devices.UsbHost(entry, "busaddr"))
+                    out.append(devices.UsbHost(entry, "busaddr", self.binder))
                 if entry.vendorid is not None:
-                    out.append(_usb_by_ids(entry))
+                    out.append(_usb_by_ids(entry, self.binder))
         return out
 
     def before_plug(self, entry):
@@ -284,7 +284,7 @@ def make(name: str, **kw) -> Backend:
     return {"emulated": Emulated, "vfio": Vfio}[name](**kw)
 
 
-def _usb_by_ids(entry):
+def _usb_by_ids(entry, binder):
     """The guide's ``usb_add host:VVVV:PPPP`` form, unless those ids name more than one device
     on this host: usb-host would take whichever it finds first, maybe one the host needs, so
     that form is refused (its tests fail in set-up saying why)."""
@@ -298,5 +298,5 @@ def _usb_by_ids(entry):
                           f"host have those ids ({where}) and usb-host would take whichever "
                           "it finds first; the hostbus/hostaddr form names one",
             id=f"{entry.name}-vidpid")
-    return devices.UsbHost(entry, "vidpid")
+    return devices.UsbHost(entry, "vidpid", binder)
 

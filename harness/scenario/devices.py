@@ -16,6 +16,7 @@ from harness.core.errors import HarnessError, QMPCommandError
 from harness.core.pace import UNPLUG
 from harness.core.roles import ROLES
 from harness.qemu.machine import GuestSpec
+from harness.host import usbhost
 from harness.host.binding import explain_vfio_add_error, vfio_state
 
 
@@ -435,9 +436,10 @@ class UsbHost(HotplugDevice):
     backend = "vfio"
     role = "usb-device"
 
-    def __init__(self, entry, form: str):
+    def __init__(self, entry, form: str, binder):
         self.entry = entry
         self.form = form
+        self.binder = binder
         self.id = f"{entry.name}-{form}"
         self.passthrough = (f"usb-host hostbus={entry.hostbus},hostaddr={entry.hostaddr}"
                             if form == "busaddr" else
@@ -447,7 +449,10 @@ class UsbHost(HotplugDevice):
         e = self.entry
         props = ({"hostbus": e.hostbus, "hostaddr": e.hostaddr} if self.form == "busaddr"
                  else {"vendorid": int(e.vendorid, 16), "productid": int(e.productid, 16)})
-        seconds = guest.device_add("usb-host", device_id, **props)
+        # Proven idle again right before QEMU opens it (the doctor did at the run's start),
+        # under the vfio journal's lock (harness.host.usbhost).
+        with usbhost.handed(self.binder, e, self.form):
+            seconds = guest.device_add("usb-host", device_id, **props)
         return Plugged(device_id, self, seconds, facts=Facts(
             product=e.product or "", monitor_product=e.product or "",
             disk_bytes=getattr(e, "disk_bytes", None) or None))
