@@ -99,7 +99,9 @@ lab-smoke: image
 # that nothing executes (PYTEST_ADDOPTS). PYTEST_ARGS is refused here (docs/fleet.md); mind
 # that make expands $(...) in any variable on its command line whatever the Makefile says.
 # Before anything of the checkout runs as root (its .venv included: `make image` runs it), the
-# checkout is refused if another user could have written any of it (.ci/check-root-tree).
+# checkout is refused if another user could have written any of it (.ci/check-root-tree). That
+# check comes after make has read this checkout's makefiles: the jobs in ci/ run root's own
+# installed copy of it before make (docs/fleet.md); this one is the second line.
 INVENTORY ?= inventory.toml
 nightly:
 	@if [ "$(if $(value PYTEST_ARGS),set)" = set ]; then echo "make nightly: PYTEST_ARGS is not read here (make and the shell would parse it as root): put the pytest options in the environment variable HH_PYTEST_ARGS"; exit 2; fi

@@ -23,6 +23,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CI = ROOT / "ci"
+#: Root's own copy of .ci/check-root-tree, run before make reads a checkout (docs/fleet.md).
+ROOT_CHECK = "/usr/local/libexec/hotplug-harness/check-root-tree"
 
 
 # --- GitLab CI ---------------------------------------------------------------------------------
@@ -179,6 +181,23 @@ def test_gitlab_host_jobs_rebuild_their_venv_and_upload_no_private_key():
                                                    if "make nightly" in s), name
         excluded = job["artifacts"].get("exclude", [])
         assert "reports/run-*/cloud-init/**" in excluded and "reports/**/id_*" in excluded, name
+
+
+def test_every_root_job_checks_the_checkout_with_roots_own_copy_before_make_reads_it():
+    """Third adversarial read: `make nightly`'s own check runs after make has read the
+    checkout's makefiles (a GNUmakefile first). Each CI file runs root's installed copy first,
+    and again before the give-back that runs the checkout's .venv."""
+    for name, job in _host_jobs(_gitlab()).items():
+        script = job["script"]
+        check = script.index(f"{ROOT_CHECK} .")
+        assert check < next(i for i, s in enumerate(script) if "make nightly" in s), name
+        assert all(f"&& {ROOT_CHECK} .;" in s for s in job["after_script"]
+                   if ".venv/bin/python" in s), name
+    jenkins = (CI / "Jenkinsfile").read_text()
+    assert jenkins.index(f"{ROOT_CHECK} .\n") < jenkins.index("make nightly")
+    assert f"&& {ROOT_CHECK} .; then .venv/bin/python" in jenkins
+    assert f"install -D -o root -g root -m 0755 .ci/check-root-tree {ROOT_CHECK}" in \
+        (ROOT / "docs" / "fleet.md").read_text()
 
 
 # --- Jenkinsfile -------------------------------------------------------------------------------
@@ -430,18 +449,24 @@ def test_systemd_units_say_what_the_nightly_needs():
     assert "make nightly" in service["ExecStart"][0]
     assert "harness restore" in service["ExecStopPost"][0]
     stop_post = service["ExecStopPost"][0]
-    assert stop_post.index(".ci/check-root-tree &&") < stop_post.index(".venv/bin/python")
+    assert stop_post.index(f"{ROOT_CHECK} . &&") < stop_post.index(".venv/bin/python")
+    assert service["ExecStartPre"] == [f"{ROOT_CHECK} ."]  # before make reads the checkout
     assert "KillMode" not in service, "every process of the run must get SIGTERM"
     assert timer["Persistent"] == ["true"] and timer["RandomizedDelaySec"]
     assert timer["WantedBy"] == ["timers.target"]
 
 
-def test_systemd_analyze_verify():
+def test_systemd_analyze_verify(tmp_path):
     tool = shutil.which("systemd-analyze")
     if not tool:
         pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
-    r = subprocess.run([tool, "verify", *map(str, UNITS)], capture_output=True, text=True,
-                       cwd=UNITS[0].parent, timeout=120)
+    # (the units as installed, but for root's copy of the check: verify wants it executable
+    # where the unit names it, and this machine has not installed it)
+    for unit in UNITS:
+        (tmp_path / unit.name).write_text(unit.read_text().replace(
+            ROOT_CHECK, str(ROOT / ".ci" / "check-root-tree")))
+    r = subprocess.run([tool, "verify", *(str(tmp_path / u.name) for u in UNITS)],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     assert "hotplug-harness" not in out, out
@@ -559,6 +584,6 @@ def test_jenkinsfile_root_stage_needs_the_credential_only_the_protected_job_has(
     assert after.index('test -n "$HH_ROOT_GRANT"') < after.index("make nightly")
     restore = steps.index("harness restore")  # post { always }: root too
     assert steps.rindex("credentialsId: 'hotplug-vtd-root-nightly'", 0, restore) > grant.end()
-    assert '[ -n "$HH_ROOT_GRANT" ] &&' in steps[restore - 120:restore]
+    assert '[ -n "$HH_ROOT_GRANT" ] &&' in steps[restore - 200:restore]
     fleet = (ROOT / "docs" / "fleet.md").read_text()
     assert f"`{grant[1]}`" in fleet, "docs/fleet.md must name the credential to create"

@@ -253,3 +253,42 @@ def test_the_nightlys_checkout_and_venv_are_refused_when_another_user_could_writ
     r = _check_tree(top)
     assert r.returncode == 1 and f"the folder {tmp_path / 'srv'} above it is writable" in \
         r.stderr, r.stderr
+
+
+def test_what_leads_out_of_the_checkout_is_checked_where_it_leads(tmp_path):
+    """Third adversarial read: the check followed no symlink, so a .venv linked to a folder of
+    a user's (or a python linked into one, or a .pth adding one to Python's path) ran their
+    files as root. Each target and the folders above it are checked like the tree."""
+    top = _checkout(tmp_path / "srv" / "hotplug-harness")
+    theirs = tmp_path / "home" / "alice" / "venv"
+    (theirs / "bin").mkdir(parents=True)
+    (theirs / "bin" / "python3.11").write_text("")
+    for d in (tmp_path / "home", tmp_path / "home" / "alice", theirs, theirs / "bin"):
+        d.chmod(0o755)
+    os.chown(tmp_path / "home" / "alice", NOBODY, NOBODY)
+    (top / ".venv/bin/python").unlink()
+    (top / ".venv/bin/python").symlink_to(theirs / "bin" / "python3.11")
+    r = _check_tree(top)
+    assert r.returncode == 1 and f"the folder {tmp_path / 'home' / 'alice'} above " \
+        f"{theirs / 'bin' / 'python3.11'} is owned by uid {NOBODY}" in r.stderr, r.stderr
+    os.chown(tmp_path / "home" / "alice", 0, 0)
+    assert _check_tree(top).returncode == 0  # the same link to root's own folder: fine
+    os.chown(theirs / "bin" / "python3.11", NOBODY, NOBODY)
+    r = _check_tree(top)
+    assert r.returncode == 1 and str(theirs / "bin" / "python3.11") in r.stderr, r.stderr
+
+    (top / ".venv/bin/python").unlink()
+    (top / ".venv/bin/python").symlink_to(tmp_path / "nowhere" / "python")
+    r = _check_tree(top)
+    assert r.returncode == 1 and "leads out of the tree to nothing" in r.stderr, r.stderr
+    (top / ".venv/bin/python").unlink()
+    (top / ".venv/bin/python").symlink_to("python3.11")
+
+    site = top / ".venv/lib/python3.11/site-packages"
+    site.mkdir(parents=True)
+    (site / "extra.pth").write_text(f"import sys\n{theirs}\nrelative/ignored\n")
+    assert _check_tree(top).returncode == 1  # python3.11 in it is still nobody's
+    os.chown(theirs / "bin" / "python3.11", 0, 0)
+    theirs.chmod(0o777)
+    r = _check_tree(top)
+    assert r.returncode == 1 and str(theirs) in r.stderr, r.stderr
