@@ -40,14 +40,14 @@ from harness.lab.devices import (DEVICES, EHCI_BDF, NVME_BDF, NVME_DISK_BYTES, S
                                           SATA_DISK_BYTES, STICK_BYTES, STICK_IDS, STICK_PRODUCT,
                                           TABLET_PRODUCT, XHCI_BDF, find_usb, write_inventory)
 from harness.lab.host import DEFAULT_LAB_ACCEL, LAB_ACCELS, MAX_SHARES, SHARE_SLOT, LabHost, lab_argv, shares_for
-from harness.lab.image import (LabImage, LabQemu, build_lab, choose_lab_qemu, ensure_lab,
+from harness.lab.image import (BACKPORTS, LabImage, LabQemu, backports_qemu, build_lab, choose_lab_qemu, ensure_lab,
                                         ensure_lab_qemu, lab_digest, lab_dir, resolve_closure)
 from harness.lab.outer import INSIDE_FIGURES, run_outer, write_inside_figures, write_job
 
 
-__all__ = ["DEFAULT_LAB_ACCEL", "DEVICES", "EHCI_BDF", "LAB_ACCELS", "NVME_BDF", "NVME_DISK_BYTES", "GROUPED_BDF", "INSIDE_FIGURES", "LAB_GATEWAY", "MAX_SHARES",
+__all__ = ["BACKPORTS", "DEFAULT_LAB_ACCEL", "DEVICES", "EHCI_BDF", "LAB_ACCELS", "NVME_BDF", "NVME_DISK_BYTES", "GROUPED_BDF", "INSIDE_FIGURES", "LAB_GATEWAY", "MAX_SHARES",
            "NIC_BDF", "SATA_BDF", "SATA_DISK_BYTES", "SHARE_SLOT", "STICK_BYTES", "STICK_IDS",
            "STICK_PRODUCT", "TABLET_PRODUCT", "XHCI_BDF", "LabError", "LabHost", "LabImage",
-           "LabQemu", "build_lab", "choose_lab_qemu", "ensure_lab", "ensure_lab_qemu",
+           "LabQemu", "backports_qemu", "build_lab", "choose_lab_qemu", "ensure_lab", "ensure_lab_qemu",
            "find_usb", "lab_argv", "lab_digest", "lab_dir", "resolve_closure", "run_outer",
            "shares_for", "write_inside_figures", "write_inventory", "write_job"]

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 from harness.images import debroot
 from harness.images import builtin as images
 from harness.core.errors import ConfigError, ImageError, LabError
+from harness.core.paths import write_atomic
 from harness.qemu.process import qemu_version, version_tuple
 
 LAB_RECIPE = images.REPO_ROOT / "fixtures" / "images" / "lab"
@@ -300,3 +302,22 @@ def choose_lab_qemu(requested: str, host_binary: str, cache: Path, log=print) ->
         return LabQemu(host_binary, version, "the host's")
     return ensure_lab_qemu(cache, log=log)
 
+
+
+#: ``--qemu-binary backports``: the QEMU under test is the lab host's (QEMU 10 from
+#: bookworm-backports, unpacked into the image cache), beside Debian 12's 7.2.
+BACKPORTS = "backports"
+
+
+def backports_qemu(cache: Path, log=print) -> str:
+    """The recipe's QEMU as one program for ``--qemu-binary``: a wrapper in its cache folder
+    that runs it with its own firmware first (``-L``), then the host's."""
+    q = ensure_lab_qemu(cache, log=log)
+    wrapper = Path(q.binary).parents[2] / "bin" / "qemu-system-x86_64"
+    text = ("#!/bin/sh\n# hotplug-harness: --qemu-binary backports (harness/lab/image.py)\n"
+            f"exec {shlex.join(q.argv())} -L /usr/share/qemu \"$@\"\n")
+    if not wrapper.is_file() or wrapper.read_text() != text:
+        wrapper.parent.mkdir(mode=0o755, exist_ok=True)
+        write_atomic(wrapper, text.encode())
+        wrapper.chmod(0o755)
+    return str(wrapper)

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from harness.images import builtin as images
 from harness.core import pace
-from harness.core.errors import HarnessError
+from harness.core.errors import ConfigError, HarnessError
 from harness.qemu.machine import MACHINES
 from harness.core.runconfig import LabContext, RunConfig
 from harness.lab.host import LabHost, lab_argv, shares_for
-from harness.lab.image import choose_lab_qemu, ensure_lab
+from harness.lab.image import BACKPORTS, choose_lab_qemu, ensure_lab
 
 #: What the run inside measured (its time factor and the L2 guests' deadlines), for lab.json.
 INSIDE_FIGURES = "inside-pace.json"
@@ -24,6 +24,10 @@ INSIDE_FIGURES = "inside-pace.json"
 def run_outer(config, echo=print) -> int:
     """``pytest --backend lab`` on the host: build, boot L1, run the same pytest inside it."""
     opt = config.option
+    if opt.qemu_binary == BACKPORTS:
+        raise ConfigError("--qemu-binary backports is for the emulated and vfio backends",
+                          hint="the lab host runs on that QEMU already (--lab-qemu auto); the "
+                               "QEMU under test inside it is the lab image's")
     t0 = time.monotonic()
     cache = Path(opt.image_cache or images.DEFAULT_CACHE).resolve()
     guest = images.ensure_builtin(cache, log=echo)

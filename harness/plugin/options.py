@@ -55,7 +55,9 @@ def _what_runs(g) -> None:
                 help="accelerator: kvm only if the CPU has vmx/svm and a probe boot works "
                      "(auto, the default), or forced")
     g.addoption("--qemu-binary", default=os.environ.get("HH_QEMU", "qemu-system-x86_64"),
-                help="QEMU to test (default: qemu-system-x86_64 on PATH, or $HH_QEMU)")
+                help="QEMU to test (default: qemu-system-x86_64 on PATH, or $HH_QEMU); "
+                     "'backports': QEMU 10 from bookworm-backports, unpacked into the image "
+                     "cache beside the host's (docs/running.md)")
     g.addoption("--backend", choices=BACKENDS, default="emulated",
                 help="who plays each device role: emulated QEMU models (default), host devices "
                      "through vfio-pci/usb-host (vfio, needs --host-inventory), or a nested lab host (lab)")

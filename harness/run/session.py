@@ -73,7 +73,7 @@ class HarnessSession:
         given_run = RunConfig.load(given) if given else None
         self.plan = given_run or RunConfig.new(
             Path(opt.report_dir), run_dir=Path(plan) if plan else None, backend=opt.backend,
-            qemu_binary=opt.qemu_binary, machines=tuple(opt.machine or MACHINES),
+            qemu_binary=_qemu_binary(opt), machines=tuple(opt.machine or MACHINES),
             image="user" if self.user_image else "builtin")
         #: Whether this process decided the run (and so owns its end-of-run work's inputs).
         self.decided_here = False
@@ -81,7 +81,7 @@ class HarnessSession:
         self.emulated_only: list[str] = []
         #: What :meth:`close` could not give back to the host (the report says so; the run fails).
         self.give_back_problems: list[str] = []
-        self.backend = backends.make(self.plan.backend, worker=worker, qemu_binary=opt.qemu_binary,
+        self.backend = backends.make(self.plan.backend, worker=worker, qemu_binary=self.plan.qemu_binary,
                                      pace=None, lab=self.plan.lab, roles=opt.roles)
         retries = opt.retry_dead_guest
         self.test_attempts = 1 + (self.backend.dead_guest_retries if retries is None else retries)
@@ -321,6 +321,15 @@ def _require_free_space(report_root: Path) -> None:
                           f"run's logs and reports would fail with 'No space left on device'",
                           hint=f"free space there (a run needs {MIN_FREE_BYTES >> 20} MiB or more) "
                                "or pass --report-dir DIR")
+
+
+def _qemu_binary(opt) -> str:
+    """``--qemu-binary``; ``backports``: QEMU 10 from bookworm-backports beside Debian 12's
+    7.2, unpacked into the image cache as the lab host's QEMU is (docs/running.md)."""
+    if opt.qemu_binary != lab.BACKPORTS:
+        return opt.qemu_binary
+    cache = Path(opt.image_cache or images.DEFAULT_CACHE)
+    return lab.backports_qemu(cache, log=lambda s: print(f"hotplug-harness: {s}", flush=True))
 
 
 def _require_driver(driver: str, backend: str) -> None:
