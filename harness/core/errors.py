@@ -86,6 +86,8 @@ class UnplugError(ProductError):
     * ``qemu-stuck``: QEMU stopped answering QMP while the unplug was pending.
     * ``paused``: the VM is stopped, so the guest cannot release the device yet; the request
       stands and completes once the VM runs.
+    * ``driver-stale``: QEMU and the guest let the device go, but the driver above QEMU
+      (libvirt) still lists it.
     """
 
     def __init__(self, device_id: str, verdict: str, message: str, *, hint: str = ""):

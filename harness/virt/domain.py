@@ -33,7 +33,7 @@ from harness.core.waits import wait_until
 from harness.guest.access import ConsoleChannel, Shell
 from harness.guest.guest import Guest, _make_overlay, _open_guests
 from harness.qemu.monitor import UnplugResult, flatten_pci
-from harness.virt import connect, removal, xml
+from harness.virt import connect, removal, vcpus, xml
 from harness.virt.connect import LibvirtCommandError
 
 #: libvirt's flags (virDomainModificationImpact, virDomainCreateFlags, qemu-monitor-command).
@@ -52,6 +52,11 @@ class DomainGuest(Guest):
         self.dom = None
         self.qemu_pid: int | None = None
         self.backends = xml.Backends()
+        #: Scenario ids QEMU knows by another name than libvirt's alias (a vCPU: ``vcpu1``),
+        #: and hot-added vCPUs' libvirt numbers (harness.virt.vcpus).
+        self.renamed: dict[str, str] = {}
+        self.vcpus: dict[str, int] = {}
+        self.vcpu_props: dict[str, dict] = {}
         self.xml = ""
         #: (request, answer) pairs sent to QEMU through libvirt, for the bundle.
         self._transcript = None
@@ -146,7 +151,13 @@ class DomainGuest(Guest):
     # -- QEMU's view, through libvirt ---------------------------------------------------------
 
     def qemu_id(self, device_id: str) -> str:
-        return xml.alias(device_id)
+        return self.renamed.get(device_id) or xml.alias(device_id)
+
+    def lists(self, device_id: str, live_xml: str) -> bool:
+        """Whether the live domain XML still has the device (a vCPU: enabled)."""
+        if device_id in self.vcpus:
+            return vcpus.enabled(live_xml, self.vcpus[device_id])
+        return self.qemu_id(device_id) in xml.live_aliases(live_xml)
 
     def _monitor(self) -> "DomainGuest":
         return self  # (all a reboot from inside asks of the monitor: its resets, below)
@@ -157,7 +168,7 @@ class DomainGuest(Guest):
         return connect.reboots(self.domain_name)
 
     def driver_lists(self, device_id: str) -> bool:
-        return self.qemu_id(device_id) in xml.live_aliases(self.live_xml())
+        return self.lists(device_id, self.live_xml())
 
     def live_xml(self) -> str:
         return self._call(lambda: self.dom.XMLDesc(0), "read the live domain XML")
@@ -177,6 +188,11 @@ class DomainGuest(Guest):
                                 hint="run it with --driver qmp")
         if command in ("netdev_add", "netdev_del"):
             self._backend(self.backends.netdevs, arguments["id"], command, arguments)
+            return {}
+        if (command == "object-add" and arguments.get("qom-type") == "memory-backend-ram"
+                or command == "object-del" and arguments.get("id") in self.backends.memdevs):
+            # (a DIMM's memory: in libvirt part of its <memory model='dimm'>)
+            self._backend(self.backends.memdevs, arguments["id"], command, arguments.get("size"))
             return {}
         if command in ("blockdev-add", "blockdev-del"):
             node = arguments["node-name"]
@@ -227,7 +243,10 @@ class DomainGuest(Guest):
     # -- hot-add and removal through libvirt --------------------------------------------------
 
     def device_add(self, driver: str, device_id: str, **props: Any) -> float:
-        """``attach-device --live`` of the element for ``device_add driver,id=..,props``."""
+        """``attach-device --live`` of the element for ``device_add driver,id=..,props``
+        (a CPU: ``setvcpu --enable --live``)."""
+        if vcpus.is_cpu(driver):
+            return vcpus.add(self, driver, device_id, props)
         self.backends.indexes = xml.controller_indexes(self.live_xml())
         element = xml.device_xml(self.spec, driver, device_id, props, self.backends)
         (self.workdir / f"attach-{device_id}.xml").write_text(element + "\n")

@@ -9,7 +9,7 @@ import time
 
 from harness.core.errors import HarnessError, UnplugError
 from harness.qemu.monitor import BUSY, Monitor, UnplugResult
-from harness.virt import connect, xml
+from harness.virt import connect, vcpus
 from harness.virt.connect import LibvirtCommandError
 
 #: libvirt's flag for the running domain, and its state "paused" (virDomainState).
@@ -39,6 +39,9 @@ def _detach_once(guest, device_id: str, deadline: float) -> None:
 
     def request() -> None:
         try:
+            if device_id in guest.vcpus:
+                vcpus.request_removal(guest, device_id)
+                return
             guest._call(lambda: guest.dom.detachDeviceAlias(name, AFFECT_LIVE),
                        f"detach-device-alias {name}")
         except HarnessError as e:
@@ -69,6 +72,8 @@ def unless_paused(guest, ids: list[str], waits: dict, t0: float, timeout: float)
 
 def verdict(guest, device_id: str, events: connect.DeviceEvents, t0: float,
              timeout: float, grace: float = 0.0) -> UnplugResult:
+    if device_id in guest.vcpus:
+        return vcpus.verdict(guest, device_id, t0, timeout)
     name = guest.qemu_id(device_id)
     outcome = events.wait(t0 + timeout - time.monotonic())
     if outcome is None and grace and events.wait(grace) == "removed":
@@ -83,7 +88,7 @@ def verdict(guest, device_id: str, events: connect.DeviceEvents, t0: float,
                           f"device-removal-failed after {events.at - t0:.2f} s",
                           hint="check the guest's dmesg in the bundle")
     try:
-        present = name in xml.live_aliases(guest.live_xml())
+        present = guest.lists(device_id, guest.live_xml())
     except HarnessError:
         raise UnplugError(device_id, "qemu-stuck", f"detach {name}: no device-removed in "
                           f"{timeout:.1f} s and libvirt no longer answers for the domain",

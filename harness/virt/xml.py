@@ -43,7 +43,8 @@ MAPPED_PROPS = {**{d: _PCI | {"netdev", "mac"} for d in NIC_MODELS},
                 "usb-storage": frozenset({"drive", "bus", "port"}),
                 "virtio-blk-pci": _PCI | {"drive"}, "scsi-hd": frozenset({"drive", "bus"}),
                 "vfio-pci": _PCI | {"host", "managed"},
-                "usb-host": frozenset({"hostbus", "hostaddr", "vendorid", "productid", "bus", "port"})}
+                "usb-host": frozenset({"hostbus", "hostaddr", "vendorid", "productid", "bus", "port"}),
+                "pc-dimm": frozenset({"memdev", "node"})}
 
 
 def alias(device_id: str) -> str:
@@ -63,6 +64,8 @@ class Backends:
     #: The live domain's controller indexes by type (:func:`controller_indexes`), read before
     #: each attach: a new controller takes the next of its type.
     indexes: dict[str, set[int]] = dataclasses.field(default_factory=dict)
+    #: ``object-add memory-backend-ram`` ids -> size in bytes (a DIMM's ``memdev``).
+    memdevs: dict[str, int] = dataclasses.field(default_factory=dict)
     #: Disk target names handed out (``sda``, ``vdb``...).
     targets: set[str] = dataclasses.field(default_factory=set)
 
@@ -77,19 +80,14 @@ def domain_xml(spec: GuestSpec, image: GuestImage, paths: Paths, *, name: str, e
                             "passt back end (libvirt 9.0 and newer), which needs passt",
                             not_built=True,
                             hint="use --guest-access console with --driver libvirt")
-    if spec.mem_slots or spec.max_cpus:
-        raise Unexpressible("CPU or memory hot-add room", "setvcpus --live, <memory model='dimm'> "
-                            "with a NUMA cell", not_built=True,
-                            hint="run the cpu and memory scenarios with --driver qmp")
     features = "<acpi/>" + ("<tcg><tb-cache unit='MiB'>128</tb-cache></tcg>" if accel == "tcg" else "")
     parts = [f"<domain type={quoteattr('kvm' if accel == 'kvm' else 'qemu')} "
              "xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>",
              f"<name>{_text(name)}</name>",
-             f"<memory unit='MiB'>{spec.memory_mb}</memory>",
-             f"<vcpu placement='static'>{spec.cpus}</vcpu>",
+             *_sizes(spec),
              f"<os><type arch='x86_64' machine={quoteattr(spec.machine)}>hvm</type>{_boot(spec, image)}</os>",
              f"<features>{features}</features>",
-             "<cpu mode='host-passthrough'/>" if accel == "kvm" else "<cpu mode='maximum' check='none'/>",
+             _cpu(spec, accel),
              "<on_poweroff>destroy</on_poweroff>",
              f"<on_reboot>{'restart' if spec.reboot else 'destroy'}</on_reboot>",
              "<on_crash>destroy</on_crash>",
@@ -108,6 +106,36 @@ def domain_xml(spec: GuestSpec, image: GuestImage, paths: Paths, *, name: str, e
                      "<qemu:arg value='ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off'/>"
                      "</qemu:commandline>")
     return "".join(parts) + "</domain>"
+
+
+def _sizes(spec: GuestSpec) -> list[str]:
+    """Memory and vCPUs, with the hot-add room of ``-m size,slots=N,maxmem=M`` and ``-smp
+    cpus,maxcpus=N``: vCPUs past ``current`` are hotpluggable offline ones, and DIMM slots
+    come with ``<maxMemory>`` (which libvirt takes only with a NUMA cell: :func:`_cpu`)."""
+    out = []
+    if spec.mem_slots:
+        out.append(f"<maxMemory slots='{spec.mem_slots}' unit='MiB'>{spec.max_memory_mb}</maxMemory>")
+    out.append(f"<memory unit='MiB'>{spec.memory_mb}</memory>")
+    top = max(spec.max_cpus, spec.cpus)
+    current = f" current='{spec.cpus}'" if top > spec.cpus else ""
+    out.append(f"<vcpu placement='static'{current}>{top}</vcpu>")
+    return out
+
+
+def _cpu(spec: GuestSpec, accel: str) -> str:
+    """The CPU model, its topology (one socket of ``maxcpus`` cores, as QEMU 6.2 and newer
+    give ``-smp N,maxcpus=M`` to the QMP driver's guests, so that a hot-added CPU is the same
+    core there and here) and, for DIMM slots, the one NUMA cell libvirt wants before it lets
+    memory be hot-added."""
+    mode = "mode='host-passthrough'" if accel == "kvm" else "mode='maximum' check='none'"
+    top = max(spec.max_cpus, spec.cpus)
+    inner = ""
+    if top > spec.cpus:
+        inner += f"<topology sockets='1' dies='1' cores='{top}' threads='1'/>"
+    if spec.mem_slots:
+        inner += (f"<numa><cell id='0' cpus='0-{top - 1}' memory='{spec.memory_mb}' "
+                  "unit='MiB'/></numa>")
+    return f"<cpu {mode}>{inner}</cpu>" if inner else f"<cpu {mode}/>"
 
 
 def _text(value: str) -> str:
@@ -191,6 +219,8 @@ def device_xml(spec: GuestSpec, driver: str, device_id: str, props: dict,
         return f"<input type='{USB_INPUTS[driver]}' bus='usb'>{name}{_usb_address(props)}</input>"
     if driver in ("usb-storage", "virtio-blk-pci", "scsi-hd"):
         return _disk(spec, driver, name, props, backends)
+    if driver == "pc-dimm":
+        return _dimm(name, props, backends)
     if driver in CONTROLLERS:
         kind, model = CONTROLLERS[driver]
         model_attr = f" model='{model}'" if model else ""
@@ -237,6 +267,16 @@ def _disk(spec: GuestSpec, driver: str, name: str, props: dict, backends: Backen
     return (f"<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
             f"<source file={quoteattr(str(path))}/><target dev='{target}' bus='{bus}'/>"
             f"{name}{where}</disk>")
+
+
+def _dimm(name: str, props: dict, backends: Backends) -> str:
+    size = backends.memdevs.get(props.get("memdev", ""))
+    if not size:
+        raise Unexpressible("pc-dimm without a memory-backend-ram of known size", "libvirt "
+                            "makes a DIMM's memory itself, of the size its element says",
+                            hint="object-add the backend (with its size) before the device_add")
+    return (f"<memory model='dimm'><target><size unit='KiB'>{int(size) // 1024}</size>"
+            f"<node>{int(props.get('node', 0))}</node></target>{name}</memory>")
 
 
 def _pci_address(spec: GuestSpec, props: dict) -> str:

@@ -71,7 +71,8 @@ def refused_as_expected(hotplug, guest, stuck, error: UnplugError, mem_total: in
     hotplug.note(f"device_del dimm1 refused ({error.verdict}), as expected: "
                  f"{', '.join(b.name for b in stuck)} in {stuck[0].zone}, which the kernel "
                  "need not offline")
-    assert any(d.get("data", {}).get("id") == "dimm1" for d in guest.qmp("query-memory-devices")), \
+    assert any(d.get("data", {}).get("id") == guest.qemu_id("dimm1")
+               for d in guest.qmp("query-memory-devices")), \
         "QEMU no longer lists dimm1 although the guest refused the unplug"
     assert mem_total_kb(guest) == mem_total, "the guest refused the unplug but lost the memory"
     hotplug.fresh_only = True   # (a guest holding a DIMM is no one else's starting point)

@@ -66,8 +66,33 @@ def test_a_disk_guest_boots_its_overlay_never_its_image():
 def test_shapes_libvirt_cannot_take_yet_say_why():
     with pytest.raises(Unexpressible, match="passt"):
         domain(GuestSpec(machine="pc", access="ssh"))
-    with pytest.raises(Unexpressible, match="hot-add room"):
-        domain(GuestSpec(machine="pc", max_cpus=4))
+
+
+def test_cpu_and_memory_room_is_offline_vcpus_in_qemus_topology_and_dimm_slots_in_a_numa_cell():
+    """As ``-smp 1,maxcpus=2 -m 512,slots=2,maxmem=2048M`` gives the QMP driver's guests: QEMU
+    (6.2 and newer) makes that one socket of two cores, so the hot-added CPU is core 1 in both."""
+    from harness.virt import vcpus
+    d = domain(GuestSpec(machine="pc", cpus=1, max_cpus=2, mem_slots=2, max_memory_mb=2048))
+    assert (d.find("vcpu").text, d.find("vcpu").get("current")) == ("2", "1")
+    assert d.find("cpu/topology").attrib == {"sockets": "1", "dies": "1", "cores": "2", "threads": "1"}
+    assert d.find("maxMemory").attrib == {"slots": "2", "unit": "MiB"} and d.find("maxMemory").text == "2048"
+    assert d.find("cpu/numa/cell").attrib == {"id": "0", "cpus": "0-1", "memory": "512", "unit": "MiB"}
+    text = ET.tostring(d, encoding="unicode")
+    assert vcpus.vcpu_number(text, {"socket-id": 0, "core-id": 1, "thread-id": 0, "node-id": 0}) == 1
+    plain = domain(GuestSpec(machine="pc"))
+    assert plain.find("vcpu").get("current") is None and plain.find("maxMemory") is None
+    assert plain.find("cpu/topology") is None and plain.find("cpu/numa") is None
+
+
+def test_a_dimm_is_a_memory_element_of_its_backends_size():
+    b = vx.Backends(memdevs={"mem1": 256 << 20})
+    el = ET.fromstring(vx.device_xml(GuestSpec(machine="q35"), "pc-dimm", "dimm1",
+                                     {"memdev": "mem1"}, b))
+    assert (el.tag, el.get("model"), el.find("target/size").text, el.find("target/size").get("unit"),
+            el.find("target/node").text, el.find("alias").get("name")) == (
+        "memory", "dimm", "262144", "KiB", "0", "ua-dimm1")
+    with pytest.raises(Unexpressible, match="memory-backend-ram of known size"):
+        vx.device_xml(GuestSpec(machine="q35"), "pc-dimm", "dimm2", {"memdev": "nope"}, b)
 
 
 def test_a_nic_is_an_interface_with_its_model_network_alias_and_root_port():
