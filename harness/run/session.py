@@ -277,11 +277,17 @@ class HarnessSession:
         """What the run is, as far as it is known before any test: the rest (accelerator,
         pace, QEMU's version) is decided at the first test that needs a guest and printed then
         (:meth:`decision_lines`) and in the summary."""
-        image = ("your own: " + ", ".join(str(p) for p in (self.user_image.kernel, self.user_image.disk) if p)
-                 if self.user_image else "built-in Debian guest (fixtures/images)")
+        if self.guest_choices:  # (--guest: each guest its own image and access)
+            image, access = "guests=" + ", ".join(
+                f"{c.name} ({c.access})" for c in self.guest_choices), ""
+        else:
+            image = "image=" + ("your own: " + ", ".join(
+                str(p) for p in (self.user_image.kernel, self.user_image.disk) if p)
+                if self.user_image else "built-in Debian guest (fixtures/images)")
+            access = f" access={self.access}"
         return [f"hotplug-harness: backend={self.backend.name} driver={self.driver} qemu={self.qemu_binary} "
-                f"machines={','.join(self.machines)} access={self.access}",
-                f"hotplug-harness: image={image}; run folder {self.run_dir}"]
+                f"machines={','.join(self.machines)}{access}",
+                f"hotplug-harness: {image}; run folder {self.run_dir}"]
 
     def decision_lines(self) -> list[str]:
         run = self.run
