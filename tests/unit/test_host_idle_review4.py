@@ -1,0 +1,74 @@
+"""Issue 31, fourth adversarial read: seven holes in the host code, each closed fail-closed,
+each test failing on the code before its fix. Fake sysfs and fake `ip -j` output
+(tests/unit/fakesysfs.py), real files, real threads, and a second user (nobody)."""
+
+import json
+import os
+
+import pytest
+
+from harness.core.errors import HostDeviceError
+from harness.host.binding import VfioBinder
+from harness.host.network import namespace_problem
+
+from . import fakesysfs
+from .fakesysfs import FakeHost
+
+fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
+PORT0 = "0000:05:00.0"
+PF = "0000:08:00.0"
+
+
+@pytest.fixture
+def journal(fake_root):
+    return fake_root / "var/lib/hotplug-harness/vfio-journal.json"
+
+
+def entries(journal) -> list[dict]:
+    return json.loads(journal.read_text())["entries"] if journal.exists() else []
+
+
+# -- 2. a container that shares the host's network but not its processes ------------------------
+
+
+def pid_one_in(host: FakeHost, **links: str) -> None:
+    """PID 1 (and this process) in these namespaces instead of the host's: a container's init."""
+    host.host_namespaces()
+    for who in ("1", "self"):
+        for kind, target in links.items():
+            (host.root / "proc" / who / "ns" / kind).unlink()
+            os.symlink(target, host.root / "proc" / who / "ns" / kind)
+
+
+def test_2_a_container_sharing_only_the_hosts_network_is_refused(lab, journal):
+    """A hostNetwork pod (or LXC, nspawn) with its own PID and mount namespaces, a cgroup
+    namespace (/proc/self/cgroup reads 0::/) and no /.dockerenv passed: the host's processes
+    were invisible, so a QEMU holding /dev/vfio/N or a live run's pid looked gone."""
+    pid_one_in(lab, pid="pid:[4026532710]", mnt="mnt:[4026532709]")
+    lab.proc("self/cgroup", "0::/\n")
+    assert namespace_problem(lab.sysfs()) == (
+        "PID 1 is in PID namespace pid:[4026532710], not the host's initial one "
+        "(pid:[4026531836]): this runs in a container, whose processes are not all the host's "
+        "(a QEMU holding a device, a live run, would be invisible)")
+    with pytest.raises(HostDeviceError, match="refusing to take 0000:05:00.0: PID 1 is in PID "
+                                              "namespace pid:"):
+        VfioBinder(lab.sysfs(), journal=journal).bind(PORT0, {PORT0})
+    assert lab.writes == [] and entries(journal) == []
+
+
+def test_2_a_pid_or_mount_namespace_of_its_own_or_one_unread_is_refused(lab):
+    """The proof is positive: this process's PID and mount namespaces are PID 1's, and what
+    cannot be read proves nothing."""
+    lab.host_namespaces(mnt="mnt:[4026532800]")
+    assert namespace_problem(lab.sysfs()).startswith(
+        "this process is in mnt namespace mnt:[4026532800], not PID 1's (mnt:[4026531841])")
+    lab.host_namespaces(pid="pid:[4026532801]")
+    assert namespace_problem(lab.sysfs()).startswith(
+        "this process is in pid namespace pid:[4026532801], not PID 1's (pid:[4026531836])")
+    lab.host_namespaces()
+    assert namespace_problem(lab.sysfs()) is None
+    (lab.root / "proc/1/ns/pid").unlink()
+    assert namespace_problem(lab.sysfs()) == (
+        "it cannot be proven that this process is in the host's namespaces: /proc/1/ns/pid "
+        "(No such file or directory) cannot be read, so the processes, interfaces and open "
+        "files it sees may not be the host's")
