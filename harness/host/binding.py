@@ -321,9 +321,11 @@ def _restore_sriov(fs: Sysfs, entry: dict, timeout: float, journaled: list[dict]
 
 
 def _vfs_not_idle(fs: Sysfs, entry: dict, pf: "sriov.PhysicalFunction") -> str | None:
-    """Why writing ``sriov_numvfs`` would destroy VFs someone uses (None: it would not): the
-    count is not the one this run set (someone changed it, or the run set none), or a VF is
-    not proven idle (a QEMU holds its group, a host driver's interface is up...)."""
+    """Why writing ``sriov_numvfs`` would disturb what someone uses (None: it would not): the
+    count is not the one this run set (someone changed it, or the run set none), the PF
+    itself is not proven idle (it stays on its host driver through the run, and may have
+    come to carry host traffic since: the write resets it), or a VF is not proven idle (a
+    QEMU holds its group, a host driver's interface is up...)."""
     made = entry.get("set")
     if pf.numvfs != made:
         return (f"sriov_numvfs is {pf.numvfs}, not the "
@@ -343,6 +345,10 @@ def _vfs_not_idle(fs: Sysfs, entry: dict, pf: "sriov.PhysicalFunction") -> str |
         if uses:
             return (f"its VF {vf} is not proven idle ({'; '.join(uses)}); sriov_numvfs stays "
                     f"{pf.numvfs}: free the VF, then restore again")
+    uses = usage.verdict(pf.bdf).uses
+    if uses:
+        return (f"{pf.bdf} itself is not proven idle ({'; '.join(uses)}); sriov_numvfs stays "
+                f"{pf.numvfs}: free it (down, no address, route or socket), then restore again")
     return None
 
 

@@ -72,3 +72,68 @@ def test_2_a_pid_or_mount_namespace_of_its_own_or_one_unread_is_refused(lab):
         "it cannot be proven that this process is in the host's namespaces: /proc/1/ns/pid "
         "(No such file or directory) cannot be read, so the processes, interfaces and open "
         "files it sees may not be the host's")
+
+
+# -- 1. the run's end does not reset a PF that came to carry host traffic ------------------------
+
+
+@pytest.fixture
+def sriov_host(lab: FakeHost) -> FakeHost:
+    """The lab host with an 82576 (igb, SR-IOV, 7 VFs) behind its own root port."""
+    lab.add_pci("0000:00:1c.6", "8086:a33e", 0x060400, "pcieport", 16)
+    lab.add_pci(PF, "8086:10c9", 0x020000, "igb", 17, parent="0000:00:1c.6")
+    lab.sriov_capable(PF, 7)
+    lab.add_net("enp8s0", PF)  # down, no address: idle
+    return lab
+
+
+def carries_host_traffic(host: FakeHost, ifname: str, route: str) -> None:
+    """`ip link set IFNAME up; ip route add ROUTE dev IFNAME`, as `ip -j` then shows it."""
+    links = host.root / "ip/link.json"
+    links.write_text(json.dumps([dict(li, flags=li["flags"] + ["UP", "LOWER_UP"],
+                                      operstate="UP") if li["ifname"] == ifname else li
+                                 for li in json.loads(links.read_text())]))
+    routes = host.root / "ip/route.json"
+    routes.write_text(json.dumps(json.loads(routes.read_text()) + [{"dst": route,
+                                                                     "dev": ifname}]))
+
+
+def numvfs(host: FakeHost) -> int:
+    return int((host.dev_dir(PF) / "sriov_numvfs").read_text())
+
+
+def test_1_the_runs_end_leaves_the_count_of_a_pf_that_came_into_use(sriov_host, journal):
+    """The PF stays on igb through the run; hours later it carries a route. The end of the run
+    checked only the VFs and wrote sriov_numvfs=0 on it (which resets the PF). Now: no write,
+    "failed" with the PF's uses, and the entry kept for a later restore."""
+    from harness.host.binding import restore_from_journal
+
+    host = sriov_host
+    binder = VfioBinder(host.sysfs(), journal=journal)
+    binder.enable_vfs(PF, 2)
+    carries_host_traffic(host, "enp8s0", "10.8.0.0/16")
+    host.writes.clear()
+    with pytest.raises(HostDeviceError) as e:
+        binder.close()
+    assert e.value.message == (
+        f"{PF}: {PF} itself is not proven idle (enp8s0 carries the route 10.8.0.0/16 (table "
+        "main); enp8s0 is up (with no address)); sriov_numvfs stays 2: free it (down, no "
+        "address, route or socket), then restore again")
+    assert host.writes == [] and numvfs(host) == 2
+    assert [(x["kind"], x["bdf"]) for x in entries(journal)] == [("sriov", PF)]
+    with pytest.raises(HostDeviceError, match="could not be given back"):
+        restore_from_journal(host.sysfs(), journal, include_live=True)  # still in use: kept
+    assert host.writes == [] and len(entries(journal)) == 1
+    (host.root / "ip/route.json").write_text(json.dumps(
+        [r for r in json.loads((host.root / "ip/route.json").read_text())
+         if r.get("dev") != "enp8s0"]))
+    link_down(host, "enp8s0")
+    [result] = restore_from_journal(host.sysfs(), journal, include_live=True)
+    assert result.status == "restored" and numvfs(host) == 0 and entries(journal) == []
+
+
+def link_down(host: FakeHost, ifname: str) -> None:
+    links = host.root / "ip/link.json"
+    links.write_text(json.dumps([dict(li, flags=["BROADCAST", "MULTICAST"], operstate="DOWN")
+                                 if li["ifname"] == ifname else li
+                                 for li in json.loads(links.read_text())]))
