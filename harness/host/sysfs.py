@@ -79,6 +79,10 @@ CLASS_NAMES = {
 }
 #: USB controller programming interfaces (the low byte of class 0x0c03xx).
 USB_PROG_IF = {0x00: "uhci", 0x10: "ohci", 0x20: "ehci", 0x30: "xhci", 0x40: "usb4"}
+#: The USB host controllers (UHCI, OHCI, EHCI, xHCI): their use shows below them in sysfs (root
+#: hubs, devices, interfaces). A USB4/Thunderbolt NHI (0x40) tunnels PCIe and DisplayPort to
+#: devices that sit elsewhere, and is none.
+USB_HOST_PROG_IFS = (0x00, 0x10, 0x20, 0x30)
 #: Class/subclass of SATA-capable storage controllers (AHCI SATA, SAS HBAs, RAID-mode chipsets,
 #: IDE-mode SATA).
 STORAGE_CLASSES = (0x0106, 0x0107, 0x0104, 0x0101)
@@ -95,6 +99,11 @@ def class_name(class_code: int) -> str:
     elif base == 0x0106 and class_code & 0xff == 0x01:
         name += " (AHCI)"
     return name
+
+
+def is_usb_host_controller(class_code: int) -> bool:
+    """A UHCI, OHCI, EHCI or xHCI controller (not a USB4 NHI, not a USB device, 0xfe)."""
+    return class_code >> 8 == 0x0c03 and class_code & 0xff in USB_HOST_PROG_IFS
 
 
 def usb_controller_kind(class_code: int) -> str | None:

@@ -282,6 +282,9 @@ class FakeHost:
         for k, v in files.items():
             if v is not None:
                 (d / k).write_text(f"{v}\n")
+        # every USB device, root hubs included, is a node: /dev/bus/usb/BBB/DDD, major 189
+        (d / "dev").write_text(f"189:{(busnum - 1) * 128 + devnum - 1}\n")
+        (d / "uevent").write_text(f"DEVNAME=bus/usb/{busnum:03d}/{devnum:03d}\n")
         self._link(self.sys / "bus/usb/devices" / name, d)
         return d
 

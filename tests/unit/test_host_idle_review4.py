@@ -137,3 +137,50 @@ def link_down(host: FakeHost, ifname: str) -> None:
     links.write_text(json.dumps([dict(li, flags=["BROADCAST", "MULTICAST"], operstate="DOWN")
                                  if li["ifname"] == ifname else li
                                  for li in json.loads(links.read_text())]))
+
+
+# -- 3. a USB4 NHI is no USB host controller; no evidence proves nothing ------------------------
+
+NHI = "0000:00:0d.2"
+
+
+def test_3_a_usb4_nhi_has_no_role_and_is_refused(lab):
+    """A USB4/Thunderbolt NHI (class 0x0c0340, driver thunderbolt) was a "usb-controller":
+    nothing below it is a USB device, so no rule read anything, and it was called idle (while
+    a dock's tunnelled PCIe NIC or display hangs off it)."""
+    from harness.host.inventory import InventoryError, parse_inventory
+    from harness.host.safety import HostUsage, plan_group, role_of
+
+    d = lab.add_pci(NHI, "8086:9a1b", 0x0c0340, "thunderbolt", 30)
+    for rel in ("domain0/0-0", "domain0/0-0/0-1"):  # the domain and a dock's router below it
+        (d / rel).mkdir(parents=True)
+        (d / rel / "uevent").write_text("DEVTYPE=thunderbolt_device\n")
+    assert role_of(lab.sysfs().pci_device(NHI)) is None
+    verdict = HostUsage.read(lab.sysfs()).verdict(NHI)
+    assert not verdict.idle and verdict.uses == (
+        f"{NHI} is a USB controller (usb4): the harness has no role for that class, so no rule "
+        "that could prove it idle",)
+    plan = plan_group(lab.sysfs(), NHI, HostUsage.read(lab.sysfs()), allowed={NHI})
+    assert not plan.safe
+    with pytest.raises(InventoryError, match=r"0000:00:0d.2 \[8086:9a1b\] is of class USB "
+                                             r"controller \(usb4\); role 'usb-controller' needs "
+                                             r"a USB host controller \(UHCI, OHCI, EHCI or xHCI\)"):
+        parse_inventory(f'[[device]]\nrole = "usb-controller"\nbdf = "{NHI}"\n', root=lab.sysfs())
+
+
+def test_3_a_verdict_with_no_evidence_at_all_is_unproven(lab):
+    """A function with a role, on its host driver, below which nothing was read (an xHCI whose
+    root hubs sysfs does not show): no use found is not proof of idleness."""
+    from harness.host.safety import HostUsage, Verdict
+
+    lab.add_pci("0000:00:0d.0", "8086:9a13", 0x0c0330, "xhci_hcd", 31)
+    verdict = HostUsage.read(lab.sysfs()).verdict("0000:00:0d.0")
+    assert not verdict.idle and verdict.evidence == () and verdict.uses == (
+        "0000:00:0d.0: nothing was read that shows it idle (no interface, disk or device node "
+        "below it, no driver state that proves it)",)
+    assert not Verdict("0000:00:0d.0", (), ()).idle
+    # an AHCI controller with no drive on its ports says so: that is what was read
+    lab.add_pci("0000:00:0e.0", "1b21:0612", 0x010601, "ahci", 32)
+    empty = HostUsage.read(lab.sysfs()).verdict("0000:00:0e.0")
+    assert empty.idle and empty.evidence == ("0000:00:0e.0: no disk below it (no drive on its "
+                                             "ports)",)
