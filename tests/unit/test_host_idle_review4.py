@@ -4,6 +4,7 @@ each test failing on the code before its fix. Fake sysfs and fake `ip -j` output
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -184,3 +185,66 @@ def test_3_a_verdict_with_no_evidence_at_all_is_unproven(lab):
     empty = HostUsage.read(lab.sysfs()).verdict("0000:00:0e.0")
     assert empty.idle and empty.evidence == ("0000:00:0e.0: no disk below it (no drive on its "
                                              "ports)",)
+
+
+# -- 4. a thread's own file table ----------------------------------------------------------------
+
+CLONE_FILES = 0x400
+
+
+def test_4_a_file_only_a_thread_with_its_own_fd_table_holds_is_seen(tmp_path):
+    """A thread that did unshare(CLONE_FILES) holds files only /proc/PID/task/TID/fd lists:
+    OpenFiles read /proc/PID/fd alone, so a disk (or /dev/vfio/N) open there looked unused."""
+    import ctypes
+    import threading
+
+    from harness.host.storage import OpenFiles
+    from harness.host.sysfs import Sysfs
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    held = tmp_path / "held-by-a-thread"
+    held.write_text("")
+    opened, done, failed = threading.Event(), threading.Event(), []
+
+    def thread() -> None:
+        if libc.unshare(CLONE_FILES) != 0:
+            failed.append(os.strerror(ctypes.get_errno()))
+            opened.set()
+            return
+        fd = os.open(held, os.O_RDONLY)  # in this thread's own table only
+        opened.set()
+        done.wait(30)
+        os.close(fd)
+
+    t = threading.Thread(target=thread)
+    t.start()
+    try:
+        assert opened.wait(30) and not failed, failed
+        main_table = {os.readlink(f"/proc/self/fd/{n}") for n in os.listdir("/proc/self/fd")
+                      if os.path.islink(f"/proc/self/fd/{n}")}
+        assert str(held) not in main_table  # the main thread's table does not show it
+        problems: list[str] = []
+        files = OpenFiles(Sysfs("/"), problems)
+        assert os.getpid() in {pid for pid, _ in files.paths.get(str(held), ())}, problems
+    finally:
+        done.set()
+        t.join(30)
+
+
+def test_4_a_threads_fds_that_cannot_be_read_leave_every_device_unproven(lab):
+    """As an unreadable /proc/PID/fd does: files held there may be the device's."""
+    from harness.host.storage import OpenFiles
+
+    lab.proc("77/comm", "qemu-system-x86\n")
+    lab.file("proc/77/task/77/fd/0")  # the main thread: /proc/77/fd
+    lab.file("proc/77/task/78/fd", "not a folder")
+    problems: list[str] = []
+    OpenFiles(lab.sysfs(), problems)
+    assert problems == ["the open files of pid 77's thread 78 cannot be read (Not a directory): "
+                        "run as root"]
+    shutil.rmtree(lab.root / "proc/77/task")
+    lab.file("proc/77/task", "not a folder")
+    problems = []
+    OpenFiles(lab.sysfs(), problems)
+    assert problems == ["the threads of pid 77 cannot be read (Not a directory): files only one "
+                        "of them holds would be missed; run as root"]
