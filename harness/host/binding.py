@@ -690,6 +690,12 @@ class VfioBinder:
         members = {m.bdf for m in plan.members}
         for e in entries:
             if e.get("kind") == SRIOV:
+                if e["bdf"] in members and owner_alive(self.fs, e):
+                    raise HostDeviceError(
+                        f"{e['bdf']} (group {plan.group}) is the PF whose VFs pid "
+                        f"{e.get('pid')} (a live run) relies on since {e.get('time')}: "
+                        "unbinding its driver would remove them",
+                        hint="wait for that run to end, or take another device")
                 continue
             if e["bdf"] in members and (hold is None or e.get("lease") != hold.lease_id):
                 if owner_alive(self.fs, e):

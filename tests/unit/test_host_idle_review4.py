@@ -248,3 +248,30 @@ def test_4_a_threads_fds_that_cannot_be_read_leave_every_device_unproven(lab):
     OpenFiles(lab.sysfs(), problems)
     assert problems == ["the threads of pid 77 cannot be read (Not a directory): files only one "
                         "of them holds would be missed; run as root"]
+
+
+# -- 5. the PF of a live run's VFs --------------------------------------------------------------
+
+OTHER_RUN = 4321
+
+
+def test_5_the_pf_of_a_live_runs_vfs_is_not_taken(sriov_host, journal):
+    """Run A made VFs of the PF and relies on them (journaled, alive); `harness bind` (or
+    another run) took the PF: _refuse_foreign skipped SR-IOV entries, and unbinding igb
+    removes A's VFs."""
+    from harness.host.binding import Journal
+
+    host = sriov_host
+    VfioBinder(host.sysfs(), journal=journal).enable_vfs(PF, 2)  # run A ...
+    host.proc(f"{OTHER_RUN}/stat", f"{OTHER_RUN} (pytest) S 1 " + "0 " * 40 + "\n")
+    with Journal(journal).locked():  # ... is pid 4321, alive
+        Journal(journal).write([dict(e, pid=OTHER_RUN, pid_start=None)
+                                for e in Journal(journal).read()])
+    host.writes.clear()
+    with pytest.raises(HostDeviceError) as e:
+        VfioBinder(host.sysfs(), journal=journal, manual=True).bind(PF, {PF})
+    assert e.value.message.startswith(f"{PF} (group 17) is the PF whose VFs pid 4321 (a live "
+                                      "run) relies on since ")
+    assert e.value.message.endswith(": unbinding its driver would remove them")
+    assert host.writes == [] and host.driver_of(PF) == "igb" and numvfs(host) == 2
+    assert [x["kind"] for x in entries(journal)] == ["sriov"]
