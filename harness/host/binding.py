@@ -37,7 +37,7 @@ from harness.host.network import namespace_problem
 from harness.host.safety import GroupPlan, HostUsage, node_holders, nodes_below, plan_group
 from harness.host.storage import OpenFiles, mountinfos, remote_mount_ids
 from harness.host import sriov
-from harness.host.sysfs import PciDevice, Sysfs, parse_bdf, short_bdf
+from harness.host.sysfs import SYSFS_BDF, PciDevice, Sysfs, parse_bdf, short_bdf
 
 log = logging.getLogger("harness.host")
 
@@ -126,6 +126,15 @@ class Journal:
         return entries
 
     def write(self, entries: list[dict]) -> None:
+        """Replace the entries; each is checked first as :meth:`read` checks it, so the journal
+        never holds what it could not read back (and give back)."""
+        try:
+            for n, entry in enumerate(entries, start=1):
+                _check_entry(entry, n)
+        except (ValueError, KeyError, TypeError) as e:
+            raise HostDeviceError(f"refusing to write the vfio journal {self.path}: {e}",
+                                  hint="nothing was written; this is a bug of the harness: "
+                                       "report it with this message") from e
         data = json.dumps({"version": 1, "entries": entries}, indent=1) + "\n"
         try:
             write_atomic(self.path, data.encode())
@@ -136,7 +145,8 @@ class Journal:
 
 
 _DRIVER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_ENTRY_BDF = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]")
+#: What parse_bdf makes and sysfs names (a VMD domain has 5 digits: 10000:01:00.0).
+_ENTRY_BDF = SYSFS_BDF
 
 
 def _check_entry(entry, n: int) -> None:

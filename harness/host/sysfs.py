@@ -27,8 +27,10 @@ from harness.core.errors import ConfigError, HostDeviceError
 log = logging.getLogger("harness.host")
 
 _BDF = re.compile(r"(?:([0-9a-f]{4,8}):)?([0-9a-f]{2}):([01][0-9a-f])\.([0-7])", re.I)
-#: A normalised BDF as sysfs names devices (used to pick them out of sysfs paths).
-_SYSFS_BDF = re.compile(r"[0-9a-f]{4,8}:[0-9a-f]{2}:[01][0-9a-f]\.[0-7]")
+#: A normalised BDF as sysfs names devices and :func:`parse_bdf` makes them (used to pick them
+#: out of sysfs paths, and to check the vfio journal's). Linux prints the domain with %04x: a
+#: VMD domain has 5 digits (10000:01:00.0).
+SYSFS_BDF = re.compile(r"[0-9a-f]{4,8}:[0-9a-f]{2}:[01][0-9a-f]\.[0-7]")
 #: USB device (not interface) names in sysfs paths: root hubs ``usb3``, devices ``3-1``, ``3-1.2``.
 _USB_DEVICE = re.compile(r"usb\d+|\d+-\d+(?:\.\d+)*")
 
@@ -56,7 +58,7 @@ def short_bdf(bdf: str) -> str:
 def bdfs_in_path(path: str | Path) -> list[str]:
     """The PCI functions on a resolved sysfs path, upstream first: the last one is the device
     itself (``.../0000:00:1c.0/0000:02:00.0/net/eth0`` -> both)."""
-    return [p for p in Path(path).parts if _SYSFS_BDF.fullmatch(p)]
+    return [p for p in Path(path).parts if SYSFS_BDF.fullmatch(p)]
 
 
 def usb_devices_in_path(path: str | Path) -> list[str]:

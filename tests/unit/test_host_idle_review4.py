@@ -275,3 +275,37 @@ def test_5_the_pf_of_a_live_runs_vfs_is_not_taken(sriov_host, journal):
     assert e.value.message.endswith(": unbinding its driver would remove them")
     assert host.writes == [] and host.driver_of(PF) == "igb" and numvfs(host) == 2
     assert [x["kind"] for x in entries(journal)] == ["sriov"]
+
+
+# -- 7. one BDF pattern: what is journaled can be read back -------------------------------------
+
+VMD_DISK = "10000:01:00.0"
+
+
+def test_7_a_device_in_a_five_digit_vmd_domain_is_journaled_and_given_back(lab, journal):
+    """parse_bdf takes 4 to 8 domain digits (Linux prints %04x: a VMD domain is 10000), the
+    journal check only 4: bind wrote an entry the journal then refused to read, and neither
+    release nor restore could give the device back."""
+    from harness.host.binding import Journal, restore_from_journal
+
+    lab.add_pci(VMD_DISK, "1b21:0612", 0x010601, "ahci", 40)
+    lease = VfioBinder(lab.sysfs(), journal=journal).bind(VMD_DISK, {VMD_DISK})
+    assert lab.driver_of(VMD_DISK) == "vfio-pci"
+    assert [e["bdf"] for e in Journal(journal).read()] == [VMD_DISK]
+    [result] = lease.release()
+    assert result.status == "restored" and lab.driver_of(VMD_DISK) == "ahci"
+    assert entries(journal) == [] and restore_from_journal(lab.sysfs(), journal) == []
+
+
+def test_7_the_journal_never_holds_what_it_cannot_read_back(journal):
+    """Entries are checked before they are written, as they are when read."""
+    from harness.host.binding import Journal
+
+    jr = Journal(journal)
+    with jr.locked():
+        jr.write([{"bdf": "0000:05:00.0", "pid": 1, "driver": "ixgbe"}])
+        with pytest.raises(HostDeviceError) as e:
+            jr.write([{"bdf": "0000:05:00.0/../../..", "pid": 1, "driver": "ixgbe"}])
+    assert e.value.message == (f"refusing to write the vfio journal {journal}: entry 1: bdf "
+                               "'0000:05:00.0/../../..' is not a PCI address like 0000:05:00.0")
+    assert [x["bdf"] for x in jr.read()] == ["0000:05:00.0"]

@@ -92,7 +92,7 @@ def test_journal_write_never_follows_a_planted_link(tmp_path):
     (folder / "vfio-journal.json.tmp").symlink_to(victim)
     journal = Journal(folder / "vfio-journal.json")
     with journal.locked():
-        journal.write([{"bdf": "0000:05:00.0", "driver": "e1000e"}])
+        journal.write([{"bdf": "0000:05:00.0", "driver": "e1000e", "pid": 1}])
     assert victim.read_text() == "root's file\n"
     assert not (folder / "vfio-journal.json").is_symlink()
     (folder / "vfio-journal.json").unlink()
