@@ -25,7 +25,7 @@ import tomllib
 from pathlib import Path
 
 from harness.core.errors import ConfigError
-from harness.core.paths import UnsafePathError, check_trusted_file
+from harness.core.paths import UnsafePathError, read_trusted_file
 from harness.host.sriov import physical_function
 from harness.host.sysfs import (NVME_CLASS, STORAGE_CLASSES, Sysfs, UsbDevice, is_usb_host_controller,
                                 parse_bdf, short_bdf)
@@ -210,9 +210,8 @@ def load_inventory(path: str | Path, root: "str | Path | Sysfs" = "/", *,
     root/sys (present, right class). Raises :class:`InventoryError` listing every problem."""
     path = Path(path)
     try:
-        if os.geteuid() == 0:  # it says which host devices root takes
-            check_trusted_file(path)
-        text = path.read_text()
+        # it says which host devices root takes: judged by the fd it is read from
+        text = read_trusted_file(path) if os.geteuid() == 0 else path.read_text()
     except UnsafePathError as e:
         raise UnsafePathError(f"refusing the inventory {path}: {e.message}", hint=e.hint,
                               details="an inventory says which host devices root takes: "

@@ -309,3 +309,61 @@ def test_7_the_journal_never_holds_what_it_cannot_read_back(journal):
     assert e.value.message == (f"refusing to write the vfio journal {journal}: entry 1: bdf "
                                "'0000:05:00.0/../../..' is not a PCI address like 0000:05:00.0")
     assert [x["bdf"] for x in jr.read()] == ["0000:05:00.0"]
+
+
+# -- 6. the inventory: resolved once, judged by what is read, its links' folders too -------------
+
+NOBODY = 65534
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act for a second user (nobody): "
+                                               "run as root, as CI does")
+def test_6_an_inventory_link_in_a_folder_others_can_write_is_refused(tmp_path, monkeypatch):
+    """The inventory was judged where its link led, then read through the link again: a link
+    in a group-writable folder can be swapped between the check and the read (to a file the
+    group wrote), so such a link is refused, as root, whatever it leads to."""
+    from harness.core.paths import UnsafePathError
+    from harness.host.inventory import load_inventory
+
+    monkeypatch.delenv("SUDO_UID", raising=False)
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    real = etc / "inventory.toml"
+    real.write_text('[[device]]\nrole = "nic"\nbdf = "0000:05:00.0"\ngateway = "10.0.5.1"\n')
+    real.chmod(0o644)
+    team = tmp_path / "team"
+    team.mkdir()
+    os.chown(team, 0, NOBODY)
+    team.chmod(0o775)
+    link = team / "inventory.toml"
+    link.symlink_to(real)
+    with pytest.raises(UnsafePathError) as e:
+        load_inventory(link, check_host=False)
+    assert e.value.message == (f"refusing the inventory {link}: the folder {team} above {link} "
+                               "is writable by its group, so another user could replace what "
+                               "the harness keeps there")
+    assert [d.bdf for d in load_inventory(real, check_host=False).devices] == ["0000:05:00.0"]
+    team.chmod(0o755)  # a folder only root can write: the link is as safe as its target
+    assert [d.bdf for d in load_inventory(link, check_host=False).devices] == ["0000:05:00.0"]
+
+
+def test_6_the_inventory_is_read_from_the_fd_that_was_judged(tmp_path, monkeypatch):
+    """Resolve once, open with O_NOFOLLOW, fstat the fd, read the fd: a path swapped for a
+    link after it was resolved is refused, never read through."""
+    from harness.core import paths
+
+    real = tmp_path / "inventory.toml"
+    real.write_text("x = 1\n")
+    real.chmod(0o644)
+    planted = tmp_path / "planted.toml"
+    planted.write_text("swapped\n")
+    follow = paths._follow_trusted_links
+
+    def swap_after_resolving(path, uids):  # what a race would do, made certain
+        resolved = follow(path, uids)
+        real.unlink()
+        real.symlink_to(planted)
+        return resolved
+    monkeypatch.setattr(paths, "_follow_trusted_links", swap_after_resolving)
+    with pytest.raises(paths.UnsafePathError, match="became a symlink while it was checked"):
+        paths.read_trusted_file(real)
