@@ -51,15 +51,6 @@ def invoking_uids() -> set[int]:
     return uids
 
 
-def check_trusted_file(path: Path) -> Path:
-    """A file root acts on (an inventory: which devices it takes) that nobody else can have
-    written or swapped (:func:`read_trusted_file`, which also reads it); returns where it
-    leads. Raises UnsafePathError naming what is wrong."""
-    real, fd = _open_trusted(Path(path))
-    os.close(fd)
-    return real
-
-
 def read_trusted_file(path: Path) -> str:
     """The text of a file root acts on, read only if nobody else can have written or swapped
     it: every link on the way to it lies in folders only root or the invoking user
