@@ -700,12 +700,8 @@ class VfioBinder:
         members = {m.bdf for m in plan.members}
         for e in entries:
             if e.get("kind") == SRIOV:
-                if e["bdf"] in members and owner_alive(self.fs, e):
-                    raise HostDeviceError(
-                        f"{e['bdf']} (group {plan.group}) is the PF whose VFs pid "
-                        f"{e.get('pid')} (a live run) relies on since {e.get('time')}: "
-                        "unbinding its driver would remove them",
-                        hint="wait for that run to end, or take another device")
+                if e["bdf"] in members:
+                    self._refuse_pf_of_vfs(e, plan.group)
                 continue
             if e["bdf"] in members and (hold is None or e.get("lease") != hold.lease_id):
                 if owner_alive(self.fs, e):
@@ -715,6 +711,17 @@ class VfioBinder:
                                                  "it, or give that run another device")
                 raise HostDeviceError(f"{e['bdf']} (group {plan.group}) was left on vfio-pci by "
                                       f"a run that died (pid {e.get('pid')})", hint=RESTORE_HINT)
+
+    def _refuse_pf_of_vfs(self, e: dict, group: int) -> None:
+        """A PF whose sriov_numvfs a run journaled: unbinding its driver removes the VFs that
+        run relies on (alive), or leaves its count for `restore` to put back (dead)."""
+        if owner_alive(self.fs, e):
+            raise HostDeviceError(
+                f"{e['bdf']} (group {group}) is the PF whose VFs pid {e.get('pid')} (a live "
+                f"run) relies on since {e.get('time')}: unbinding its driver would remove them",
+                hint="wait for that run to end, or take another device")
+        raise HostDeviceError(f"{e['bdf']} (group {group}) is the PF whose sriov_numvfs a run "
+                              f"that died (pid {e.get('pid')}) changed", hint=RESTORE_HINT)
 
     def _entry(self, dev: PciDevice, group: int, lease_id: str) -> dict:
         pid = os.getpid()

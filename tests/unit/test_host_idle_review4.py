@@ -275,6 +275,11 @@ def test_5_the_pf_of_a_live_runs_vfs_is_not_taken(sriov_host, journal):
     assert e.value.message.endswith(": unbinding its driver would remove them")
     assert host.writes == [] and host.driver_of(PF) == "igb" and numvfs(host) == 2
     assert [x["kind"] for x in entries(journal)] == ["sriov"]
+    (host.root / f"proc/{OTHER_RUN}/stat").unlink()  # A died: its count is restore's to put back
+    with pytest.raises(HostDeviceError, match=f"{PF} \\(group 17\\) is the PF whose sriov_numvfs "
+                                              "a run that died \\(pid 4321\\) changed") as e:
+        VfioBinder(host.sysfs(), journal=journal, manual=True).bind(PF, {PF})
+    assert "python -m harness restore" in e.value.hint and host.writes == []
 
 
 # -- 7. one BDF pattern: what is journaled can be read back -------------------------------------
