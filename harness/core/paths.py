@@ -23,6 +23,7 @@ root then truncates, or a state root's QEMU loads. The rules here:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import stat
@@ -50,33 +51,85 @@ def invoking_uids() -> set[int]:
     return uids
 
 
-def check_trusted_file(path: Path) -> Path:
-    """A file root acts on (an inventory: which devices it takes) that nobody else can have
-    written or swapped: the file (links followed) and every folder above it owned by root or
-    the invoking user (:func:`invoking_uids`) and writable by nobody else (a sticky folder such
-    as /tmp above it aside). Raises UnsafePathError naming what is wrong."""
-    real = Path(os.path.realpath(path))
+def read_trusted_file(path: Path) -> str:
+    """The text of a file root acts on, read only if nobody else can have written or swapped
+    it: every link on the way to it lies in folders only root or the invoking user
+    (:func:`invoking_uids`) can write (a sticky folder such as /tmp aside), and so does the
+    file; the path is resolved once, the file opened there with ``O_NOFOLLOW``, judged by its
+    open fd (owner, mode: writable by nobody else) and read from that fd, so a link or a file
+    swapped after the checks is never what is read. Raises UnsafePathError naming what is
+    wrong, OSError when it cannot be read."""
+    real, fd = _open_trusted(Path(path))
+    with os.fdopen(fd, encoding="utf-8") as f:
+        return f.read()
+
+
+def _open_trusted(path: Path) -> tuple[Path, int]:
     uids = invoking_uids()
-    for p in [real, *real.parents]:
-        st = os.stat(p)
-        sticky = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
-        writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-        if st.st_uid not in uids or (writable and not sticky):
-            what = "the file" if p == real else "the folder"
-            who = (f"owned by uid {st.st_uid}" if st.st_uid not in uids else
-                   f"writable by {'its group' if st.st_mode & stat.S_IWGRP else 'every user'}")
-            raise UnsafePathError(
-                f"{what} {p}" + (f" (of {path})" if p != Path(path) else "") + f" is {who}, "
-                "so another user could choose what root does with it",
-                hint=f"chown root and chmod go-w {p} (and the folders above it), or keep the "
-                     "file in a folder only root can write such as /etc/hotplug-harness")
-    return real
+    real = _follow_trusted_links(path, uids)
+    for folder in real.parents:
+        _check_trusted(path, folder, os.stat(folder), uids)
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UnsafePathError(f"{real} (of {path}) became a symlink while it was checked, "
+                                  "so another user could choose what root reads",
+                                  hint=_TRUSTED_HINT.format(p=real.parent)) from e
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafePathError(f"{real} (of {path}) is not a regular file",
+                                  hint="give the path of the file itself")
+        _check_trusted(path, real, st, uids)
+    except BaseException:
+        os.close(fd)
+        raise
+    return real, fd
 
 
-def check_ancestors(path: Path) -> None:
+def _follow_trusted_links(path: Path, uids: set[int]) -> Path:
+    """Where ``path`` leads, each link on the way checked like a file: a link in a folder
+    another user can write (its group included) is swapped as easily as the file."""
+    hop = Path(os.path.abspath(path))
+    for _ in range(40):  # (Linux's own limit)
+        check_ancestors(hop, uids)
+        st = os.lstat(hop)
+        if not stat.S_ISLNK(st.st_mode):
+            return Path(os.path.realpath(hop))
+        if st.st_uid not in uids:
+            raise UnsafePathError(f"the link {hop} (of {path}) is owned by uid {st.st_uid}, so "
+                                  "another user could choose what root reads through it",
+                                  hint=_TRUSTED_HINT.format(p=hop))
+        hop = Path(os.path.abspath(Path(os.path.realpath(hop.parent)) / os.readlink(hop)))
+    raise UnsafePathError(f"{path}: too many levels of symbolic links",
+                          hint="give the path of the file itself")
+
+
+def _check_trusted(path: Path, p: Path, st: os.stat_result, uids: set[int]) -> None:
+    sticky = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
+    writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if st.st_uid in uids and not (writable and not sticky):
+        return
+    what = "the folder" if stat.S_ISDIR(st.st_mode) else "the file"
+    who = (f"owned by uid {st.st_uid}" if st.st_uid not in uids else
+           f"writable by {'its group' if st.st_mode & stat.S_IWGRP else 'every user'}")
+    raise UnsafePathError(
+        f"{what} {p}" + (f" (of {path})" if p != Path(path) else "") + f" is {who}, "
+        "so another user could choose what root does with it",
+        hint=_TRUSTED_HINT.format(p=p))
+
+
+_TRUSTED_HINT = ("chown root and chmod go-w {p} (and the folders above it), or keep the file "
+                 "in a folder only root can write such as /etc/hotplug-harness")
+
+
+def check_ancestors(path: Path, owners: "set[int] | None" = None) -> None:
     """Every existing folder above ``path`` (``path`` itself excluded) is owned by root or us
-    and writable by nobody else unless it is sticky."""
+    (or one of ``owners``) and writable by nobody else unless it is sticky."""
     path = Path(os.path.abspath(path))
+    owner_ok = _owner_ok if owners is None else (lambda st: st.st_uid in owners)
     for folder in reversed(path.parents):
         try:
             st = os.lstat(folder)
@@ -84,17 +137,18 @@ def check_ancestors(path: Path) -> None:
             return  # the rest will be made by us
         if stat.S_ISLNK(st.st_mode):
             target = folder.resolve()
-            check_ancestors(target / "x")  # a link is as safe as where it leads, and its owner
+            # a link is as safe as where it leads, and its owner
+            check_ancestors(target / "x", owners)
             st = os.lstat(folder)
-            if not _owner_ok(st):
+            if not owner_ok(st):
                 raise UnsafePathError(f"{folder} above {path} is a symlink owned by "
                                       f"uid {st.st_uid}", hint=_HINT)
             continue
         sticky = bool(st.st_mode & stat.S_ISVTX)
-        if not _owner_ok(st) or (st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky):
+        if not owner_ok(st) or (st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky):
             raise UnsafePathError(
                 f"the folder {folder} above {path} is "
-                + (f"owned by uid {st.st_uid}" if not _owner_ok(st) else
+                + (f"owned by uid {st.st_uid}" if not owner_ok(st) else
                    f"writable by {'its group' if st.st_mode & stat.S_IWGRP else 'every user'}")
                 + ", so another user could replace what the harness keeps there", hint=_HINT)
 

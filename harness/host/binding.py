@@ -37,7 +37,7 @@ from harness.host.network import namespace_problem
 from harness.host.safety import GroupPlan, HostUsage, node_holders, nodes_below, plan_group
 from harness.host.storage import OpenFiles, mountinfos, remote_mount_ids
 from harness.host import sriov
-from harness.host.sysfs import PciDevice, Sysfs, parse_bdf, short_bdf
+from harness.host.sysfs import SYSFS_BDF, PciDevice, Sysfs, parse_bdf, short_bdf
 
 log = logging.getLogger("harness.host")
 
@@ -126,6 +126,15 @@ class Journal:
         return entries
 
     def write(self, entries: list[dict]) -> None:
+        """Replace the entries; each is checked first as :meth:`read` checks it, so the journal
+        never holds what it could not read back (and give back)."""
+        try:
+            for n, entry in enumerate(entries, start=1):
+                _check_entry(entry, n)
+        except (ValueError, KeyError, TypeError) as e:
+            raise HostDeviceError(f"refusing to write the vfio journal {self.path}: {e}",
+                                  hint="nothing was written; this is a bug of the harness: "
+                                       "report it with this message") from e
         data = json.dumps({"version": 1, "entries": entries}, indent=1) + "\n"
         try:
             write_atomic(self.path, data.encode())
@@ -136,7 +145,8 @@ class Journal:
 
 
 _DRIVER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_ENTRY_BDF = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]")
+#: What parse_bdf makes and sysfs names (a VMD domain has 5 digits: 10000:01:00.0).
+_ENTRY_BDF = SYSFS_BDF
 
 
 def _check_entry(entry, n: int) -> None:
@@ -321,9 +331,11 @@ def _restore_sriov(fs: Sysfs, entry: dict, timeout: float, journaled: list[dict]
 
 
 def _vfs_not_idle(fs: Sysfs, entry: dict, pf: "sriov.PhysicalFunction") -> str | None:
-    """Why writing ``sriov_numvfs`` would destroy VFs someone uses (None: it would not): the
-    count is not the one this run set (someone changed it, or the run set none), or a VF is
-    not proven idle (a QEMU holds its group, a host driver's interface is up...)."""
+    """Why writing ``sriov_numvfs`` would disturb what someone uses (None: it would not): the
+    count is not the one this run set (someone changed it, or the run set none), the PF
+    itself is not proven idle (it stays on its host driver through the run, and may have
+    come to carry host traffic since: the write resets it), or a VF is not proven idle (a
+    QEMU holds its group, a host driver's interface is up...)."""
     made = entry.get("set")
     if pf.numvfs != made:
         return (f"sriov_numvfs is {pf.numvfs}, not the "
@@ -343,6 +355,10 @@ def _vfs_not_idle(fs: Sysfs, entry: dict, pf: "sriov.PhysicalFunction") -> str |
         if uses:
             return (f"its VF {vf} is not proven idle ({'; '.join(uses)}); sriov_numvfs stays "
                     f"{pf.numvfs}: free the VF, then restore again")
+    uses = usage.verdict(pf.bdf).uses
+    if uses:
+        return (f"{pf.bdf} itself is not proven idle ({'; '.join(uses)}); sriov_numvfs stays "
+                f"{pf.numvfs}: free it (down, no address, route or socket), then restore again")
     return None
 
 
@@ -684,6 +700,8 @@ class VfioBinder:
         members = {m.bdf for m in plan.members}
         for e in entries:
             if e.get("kind") == SRIOV:
+                if e["bdf"] in members:
+                    self._refuse_pf_of_vfs(e, plan.group)
                 continue
             if e["bdf"] in members and (hold is None or e.get("lease") != hold.lease_id):
                 if owner_alive(self.fs, e):
@@ -693,6 +711,17 @@ class VfioBinder:
                                                  "it, or give that run another device")
                 raise HostDeviceError(f"{e['bdf']} (group {plan.group}) was left on vfio-pci by "
                                       f"a run that died (pid {e.get('pid')})", hint=RESTORE_HINT)
+
+    def _refuse_pf_of_vfs(self, e: dict, group: int) -> None:
+        """A PF whose sriov_numvfs a run journaled: unbinding its driver removes the VFs that
+        run relies on (alive), or leaves its count for `restore` to put back (dead)."""
+        if owner_alive(self.fs, e):
+            raise HostDeviceError(
+                f"{e['bdf']} (group {group}) is the PF whose VFs pid {e.get('pid')} (a live "
+                f"run) relies on since {e.get('time')}: unbinding its driver would remove them",
+                hint="wait for that run to end, or take another device")
+        raise HostDeviceError(f"{e['bdf']} (group {group}) is the PF whose sriov_numvfs a run "
+                              f"that died (pid {e.get('pid')}) changed", hint=RESTORE_HINT)
 
     def _entry(self, dev: PciDevice, group: int, lease_id: str) -> dict:
         pid = os.getpid()

@@ -318,8 +318,9 @@ def _host_filesystems_check(fs: Sysfs) -> Check:
 def _namespace_check(fs: Sysfs) -> Check:
     problem = namespace_problem(fs)
     if problem is None:
-        return Check("host network namespace", True, "the routes and connections read are "
-                                                     "the host's")
+        return Check("host network namespace", True, "the routes, connections, processes "
+                                                     "and open files read are the host's (its "
+                                                     "network, PID and mount namespaces)")
     return Check("host network namespace", False, problem,
                  "run the harness on the host itself (not in a container or another network "
                  "namespace): binding is refused there")

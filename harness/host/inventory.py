@@ -25,9 +25,10 @@ import tomllib
 from pathlib import Path
 
 from harness.core.errors import ConfigError
-from harness.core.paths import UnsafePathError, check_trusted_file
+from harness.core.paths import UnsafePathError, read_trusted_file
 from harness.host.sriov import physical_function
-from harness.host.sysfs import NVME_CLASS, STORAGE_CLASSES, Sysfs, UsbDevice, parse_bdf, short_bdf
+from harness.host.sysfs import (NVME_CLASS, STORAGE_CLASSES, Sysfs, UsbDevice, is_usb_host_controller,
+                                parse_bdf, short_bdf)
 
 PCI_ROLES = ("nic", "usb-controller", "sata-controller", "nvme")
 ROLES = PCI_ROLES + ("usb-device",)
@@ -42,9 +43,19 @@ _ALL_KEYS = ("role", "name") + tuple(dict.fromkeys(k for ks in _ROLE_KEYS.values
 #: The class/subclass a PCI role's device must have.
 _ROLE_CLASSES = {"nic": (0x0200,), "usb-controller": (0x0c03,), "sata-controller": STORAGE_CLASSES,
                  "nvme": (NVME_CLASS,)}
-_ROLE_WANTS = {"nic": "an Ethernet controller", "usb-controller": "a USB host controller",
+_ROLE_WANTS = {"nic": "an Ethernet controller",
+               "usb-controller": "a USB host controller (UHCI, OHCI, EHCI or xHCI)",
                "sata-controller": "a SATA, SAS, RAID or IDE controller",
                "nvme": "an NVMe controller (class 0x0108)"}
+
+
+def _role_fits(role: str, class_code: int) -> bool:
+    """Whether a function of ``class_code`` can play ``role`` (as harness.host.safety's
+    ``role_of`` says: a USB4 NHI, class 0x0c0340, is no usb-controller)."""
+    return class_code >> 8 in _ROLE_CLASSES[role] and (
+        role != "usb-controller" or is_usb_host_controller(class_code))
+
+
 #: What ``discover --write`` puts where only a person can know the value.
 GATEWAY_PLACEHOLDER = "FILL-IN"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -199,9 +210,8 @@ def load_inventory(path: str | Path, root: "str | Path | Sysfs" = "/", *,
     root/sys (present, right class). Raises :class:`InventoryError` listing every problem."""
     path = Path(path)
     try:
-        if os.geteuid() == 0:  # it says which host devices root takes
-            check_trusted_file(path)
-        text = path.read_text()
+        # it says which host devices root takes: judged by the fd it is read from
+        text = read_trusted_file(path) if os.geteuid() == 0 else path.read_text()
     except UnsafePathError as e:
         raise UnsafePathError(f"refusing the inventory {path}: {e.message}", hint=e.hint,
                               details="an inventory says which host devices root takes: "
@@ -491,7 +501,7 @@ def host_problems(root: "str | Path | Sysfs", d: InventoryDevice) -> list[tuple[
             return [(f"PCI device {d.bdf} does not exist on this host",
                      "check `lspci -D` or `python -m harness discover`")]
         dev = fs.pci_device(d.bdf)
-        if dev.class_code >> 8 not in _ROLE_CLASSES[d.role]:
+        if not _role_fits(d.role, dev.class_code):
             return [(f"{d.bdf} [{dev.ids}] is of class {dev.class_name}; role {d.role!r} needs "
                      f"{_ROLE_WANTS[d.role]}", "fix the bdf or the role")]
         return []

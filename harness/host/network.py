@@ -394,18 +394,52 @@ def _read_sockets(fs: Sysfs, ns: Namespace, where: str) -> None:
 # -- namespaces ---------------------------------------------------------------------------------
 
 
+#: The inode of the initial PID namespace's /proc link (``PROC_PID_INIT_INO``, a kernel
+#: constant): only a PID 1 in the host's own PID namespace shows it.
+INIT_PID_NS = "pid:[4026531836]"
+_NAMESPACE_KINDS = ("net", "pid", "mnt")
+
+
 def namespace_problem(fs: Sysfs) -> str | None:
-    """Why this process must not bind host devices at all, or None: it is outside the host's
-    network namespace or in a container, so the interfaces, routes and sockets it can see are
-    not the host's and the checks above would prove nothing."""
-    try:
-        mine = os.readlink(fs.proc("self", "ns", "net"))
-        init = os.readlink(fs.proc("1", "ns", "net"))
-        if mine != init:
-            return (f"this process is in network namespace {mine}, not the host's ({init}, "
-                    "PID 1's): the routes and connections it sees are not the host's")
-    except OSError:
-        pass
+    """Why this process must not bind host devices at all, or None: it is proven to be in the
+    host's network, PID and mount namespaces. Elsewhere (a container, even one sharing the
+    host's network: a hostNetwork pod, LXC, nspawn) the interfaces, processes and open files
+    it sees are not all the host's, and the checks above would prove nothing: a QEMU holding
+    /dev/vfio/N, a live run's pid, would be invisible. The proof: this process's namespaces
+    are PID 1's, and PID 1's PID namespace is the initial one (:data:`INIT_PID_NS`); what
+    cannot be read proves nothing, and is refused."""
+    links, unreadable = {}, []
+    for who in ("self", "1"):
+        for kind in _NAMESPACE_KINDS:
+            try:
+                links[who, kind] = os.readlink(fs.proc(who, "ns", kind))
+            except OSError as e:
+                unreadable.append(f"/proc/{who}/ns/{kind} ({e.strerror or e})")
+    mine, init = links.get(("self", "net")), links.get(("1", "net"))
+    if mine and init and mine != init:
+        return (f"this process is in network namespace {mine}, not the host's ({init}, PID "
+                "1's): the routes and connections it sees are not the host's")
+    container = _container_marker(fs)
+    if container:
+        return container
+    if unreadable:
+        return ("it cannot be proven that this process is in the host's namespaces: "
+                f"{', '.join(unreadable)} cannot be read, so the processes, interfaces and "
+                "open files it sees may not be the host's")
+    for kind in _NAMESPACE_KINDS[1:]:
+        if links["self", kind] != links["1", kind]:
+            return (f"this process is in {kind} namespace {links['self', kind]}, not PID 1's "
+                    f"({links['1', kind]}): the processes and open files it sees are not all "
+                    "the host's")
+    if links["1", "pid"] != INIT_PID_NS:
+        return (f"PID 1 is in PID namespace {links['1', 'pid']}, not the host's initial one "
+                f"({INIT_PID_NS}): this runs in a container, whose processes are not all the "
+                "host's (a QEMU holding a device, a live run, would be invisible)")
+    return None
+
+
+def _container_marker(fs: Sysfs) -> str | None:
+    """A container's own marks: the files its runtime leaves, or a cgroup naming it."""
     for marker in (".dockerenv", "run/.containerenv"):
         if fs.path(marker).exists():
             return (f"this runs in a container (/{marker} exists): the routes and connections "

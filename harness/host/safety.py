@@ -41,7 +41,8 @@ from pathlib import Path
 from harness.host.network import NetView
 from harness.host.sriov import physfn_of, vfs_of
 from harness.host.storage import OpenFiles, StorageView, devname
-from harness.host.sysfs import NVME_CLASS, STORAGE_CLASSES, PciDevice, Sysfs, UsbDevice, parse_bdf
+from harness.host.sysfs import (NVME_CLASS, STORAGE_CLASSES, PciDevice, Sysfs, UsbDevice,
+                                is_usb_host_controller, parse_bdf)
 
 #: USB interface drivers whose use the rule can judge: through their network interfaces,
 #: disks or device nodes (all looked at), or not at all (hubs). An interface on any other
@@ -66,7 +67,7 @@ def role_of(dev: PciDevice) -> str | None:
     base = dev.class_code >> 8
     if base == 0x0200:
         return "nic"
-    if base == 0x0c03 and dev.class_code & 0xff != 0xfe:  # 0xfe: a USB device, not a controller
+    if is_usb_host_controller(dev.class_code):  # (not a USB4 NHI: its use is elsewhere)
         return "usb-controller"
     if base in STORAGE_CLASSES:
         return "sata-controller"
@@ -78,7 +79,8 @@ def role_of(dev: PciDevice) -> str | None:
 @dataclasses.dataclass(frozen=True)
 class Verdict:
     """Whether one PCI function is proven idle: ``uses`` (why it is in use, or what could not
-    be proven; empty when idle) and ``evidence`` (what was proven)."""
+    be proven; empty when idle) and ``evidence`` (what was proven). Idle needs both: no use,
+    and something read that shows it (no evidence at all proves nothing)."""
 
     bdf: str
     uses: tuple[str, ...]
@@ -86,7 +88,7 @@ class Verdict:
 
     @property
     def idle(self) -> bool:
-        return not self.uses
+        return not self.uses and bool(self.evidence)
 
 
 class HostUsage:
@@ -126,7 +128,7 @@ class HostUsage:
         self._storage(dev, tree, uses, evidence)
         self._nodes(dev.bdf, dev.path, tree, uses, evidence)
         self._bars(dev, uses)
-        return Verdict(dev.bdf, tuple(dict.fromkeys(uses)), tuple(dict.fromkeys(evidence)))
+        return _verdict(dev.bdf, uses, evidence)
 
     def _driver(self, dev: PciDevice, role, held_groups, uses: list, evidence: list) -> None:
         if dev.driver in _NO_HOST_DRIVER:
@@ -184,7 +186,7 @@ class HostUsage:
         self._storage(None, tree, uses, evidence)
         self._nodes(usb.name, usb.path, tree, uses, evidence)
         uses += [f"cannot tell whether {usb.name} is in use: {p}" for p in self.storage.problems]
-        return Verdict(usb.name, tuple(dict.fromkeys(uses)), tuple(dict.fromkeys(evidence)))
+        return _verdict(usb.name, uses, evidence)
 
     def _vf(self, vf: str, uses: list, evidence: list) -> None:
         dev = self.fs.pci_device(vf)
@@ -207,6 +209,8 @@ class HostUsage:
             if not why:
                 evidence.append(f"{name}: not mounted, not swap, not held, not a btrfs device, "
                                 "open by no process")
+        if dev and not disks and role_of(dev) == "sata-controller":
+            evidence.append(f"{dev.bdf}: no disk below it (no drive on its ports)")
         if dev and dev.class_code >> 16 == 0x01 and self.storage.unmapped:
             if dev.bdf in self.cleared:
                 evidence.append(f"{dev.bdf}: the inventory says it holds none of "
@@ -267,6 +271,15 @@ class HostUsage:
             out.append(f"{dev.bdf} backs the framebuffer {fb.name}, which the console "
                        "(fbcon) draws on")
         return out
+
+
+def _verdict(label: str, uses: list[str], evidence: list[str]) -> Verdict:
+    """The verdict, with nothing read that shows it idle counted as a use: a shape no rule
+    looked at (no interface, disk or node below it) is never called idle for that."""
+    if not uses and not evidence:
+        uses = [f"{label}: nothing was read that shows it idle (no interface, disk or device "
+                "node below it, no driver state that proves it)"]
+    return Verdict(label, tuple(dict.fromkeys(uses)), tuple(dict.fromkeys(evidence)))
 
 
 def node_holders(fs: Sysfs, opened: OpenFiles, node: Path, majmin: str | None

@@ -3,7 +3,8 @@
 A block device is *idle* when neither it nor any of its partitions is mounted (in any mount
 namespace), used as swap, held by another block device (``holders/``: device-mapper, LVM, md,
 bcache, dm-crypt), a member of a btrfs filesystem, or open by a process. Open device nodes
-are read from every process's ``/proc/PID/fd``; a process whose fds cannot be read, a mount
+are read from every process's ``/proc/PID/fd`` and its threads' ``/proc/PID/task/TID/fd`` (a
+thread that did ``unshare(CLONE_FILES)`` has files of its own); one that cannot be read, a mount
 namespace whose mounts cannot be read (``mountinfo``), an unreadable ``/proc/swaps`` or
 ``/proc/consoles``, a local filesystem whose disk cannot be told and a
 loaded ZFS (whose pools hold disks with none of the above) make every device unproven:
@@ -155,16 +156,36 @@ class OpenFiles:
         for proc in sorted(fs.proc().glob("[0-9]*")):
             who = (int(proc.name), fs.read(proc / "comm") or "?")
             self._add_maps(proc, who, problems)
-            try:
-                fds = list((proc / "fd").iterdir())
-            except FileNotFoundError:
-                continue  # gone, or a fake process without fds
-            except OSError as e:
-                problems.append(f"the open files of pid {proc.name} cannot be read "
-                                f"({e.strerror}): run as root")
-                continue
-            for fd in fds:
-                self._add(fs, fd, who)
+            self._add_fds(fs, proc / "fd", who, problems, f"pid {proc.name}")
+            for task in self._tasks(proc, problems):
+                self._add_fds(fs, task / "fd", who, problems,
+                              f"pid {proc.name}'s thread {task.name}")
+
+    @staticmethod
+    def _tasks(proc: Path, problems: list[str]) -> list[Path]:
+        """A process's other threads: one that did ``unshare(CLONE_FILES)`` holds files that
+        only its own ``/proc/PID/task/TID/fd`` lists (the main thread's are ``/proc/PID/fd``)."""
+        try:
+            return sorted(t for t in (proc / "task").iterdir() if t.name != proc.name)
+        except FileNotFoundError:
+            return []  # gone, or a fake process without threads
+        except OSError as e:
+            problems.append(f"the threads of pid {proc.name} cannot be read ({e.strerror}): "
+                            "files only one of them holds would be missed; run as root")
+            return []
+
+    def _add_fds(self, fs: Sysfs, folder: Path, who: tuple[int, str], problems: list[str],
+                 whose: str) -> None:
+        try:
+            fds = list(folder.iterdir())
+        except FileNotFoundError:
+            return  # gone, or a fake process without fds
+        except OSError as e:
+            problems.append(f"the open files of {whose} cannot be read ({e.strerror}): run as "
+                            "root")
+            return
+        for fd in fds:
+            self._add(fs, fd, who)
 
     def _add_maps(self, proc: Path, who: tuple[int, str], problems: list[str]) -> None:
         """The files a process has mapped (``/proc/PID/maps``): a mapping holds a file after

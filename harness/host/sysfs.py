@@ -27,8 +27,10 @@ from harness.core.errors import ConfigError, HostDeviceError
 log = logging.getLogger("harness.host")
 
 _BDF = re.compile(r"(?:([0-9a-f]{4,8}):)?([0-9a-f]{2}):([01][0-9a-f])\.([0-7])", re.I)
-#: A normalised BDF as sysfs names devices (used to pick them out of sysfs paths).
-_SYSFS_BDF = re.compile(r"[0-9a-f]{4,8}:[0-9a-f]{2}:[01][0-9a-f]\.[0-7]")
+#: A normalised BDF as sysfs names devices and :func:`parse_bdf` makes them (used to pick them
+#: out of sysfs paths, and to check the vfio journal's). Linux prints the domain with %04x: a
+#: VMD domain has 5 digits (10000:01:00.0).
+SYSFS_BDF = re.compile(r"[0-9a-f]{4,8}:[0-9a-f]{2}:[01][0-9a-f]\.[0-7]")
 #: USB device (not interface) names in sysfs paths: root hubs ``usb3``, devices ``3-1``, ``3-1.2``.
 _USB_DEVICE = re.compile(r"usb\d+|\d+-\d+(?:\.\d+)*")
 
@@ -56,7 +58,7 @@ def short_bdf(bdf: str) -> str:
 def bdfs_in_path(path: str | Path) -> list[str]:
     """The PCI functions on a resolved sysfs path, upstream first: the last one is the device
     itself (``.../0000:00:1c.0/0000:02:00.0/net/eth0`` -> both)."""
-    return [p for p in Path(path).parts if _SYSFS_BDF.fullmatch(p)]
+    return [p for p in Path(path).parts if SYSFS_BDF.fullmatch(p)]
 
 
 def usb_devices_in_path(path: str | Path) -> list[str]:
@@ -79,6 +81,10 @@ CLASS_NAMES = {
 }
 #: USB controller programming interfaces (the low byte of class 0x0c03xx).
 USB_PROG_IF = {0x00: "uhci", 0x10: "ohci", 0x20: "ehci", 0x30: "xhci", 0x40: "usb4"}
+#: The USB host controllers (UHCI, OHCI, EHCI, xHCI): their use shows below them in sysfs (root
+#: hubs, devices, interfaces). A USB4/Thunderbolt NHI (0x40) tunnels PCIe and DisplayPort to
+#: devices that sit elsewhere, and is none.
+USB_HOST_PROG_IFS = (0x00, 0x10, 0x20, 0x30)
 #: Class/subclass of SATA-capable storage controllers (AHCI SATA, SAS HBAs, RAID-mode chipsets,
 #: IDE-mode SATA).
 STORAGE_CLASSES = (0x0106, 0x0107, 0x0104, 0x0101)
@@ -95,6 +101,11 @@ def class_name(class_code: int) -> str:
     elif base == 0x0106 and class_code & 0xff == 0x01:
         name += " (AHCI)"
     return name
+
+
+def is_usb_host_controller(class_code: int) -> bool:
+    """A UHCI, OHCI, EHCI or xHCI controller (not a USB4 NHI, not a USB device, 0xfe)."""
+    return class_code >> 8 == 0x0c03 and class_code & 0xff in USB_HOST_PROG_IFS
 
 
 def usb_controller_kind(class_code: int) -> str | None:

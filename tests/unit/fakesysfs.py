@@ -96,6 +96,7 @@ class FakeHost:
         self.proc("self/mountinfo", "")
         self.proc("swaps", "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n")
         self.proc("consoles", "tty0                 -WU (EC p  )    4:7\n")
+        self.host_namespaces()
         self.add_driver("vfio-pci")
 
     # -- building ----------------------------------------------------------------------------
@@ -281,6 +282,9 @@ class FakeHost:
         for k, v in files.items():
             if v is not None:
                 (d / k).write_text(f"{v}\n")
+        # every USB device, root hubs included, is a node: /dev/bus/usb/BBB/DDD, major 189
+        (d / "dev").write_text(f"189:{(busnum - 1) * 128 + devnum - 1}\n")
+        (d / "uevent").write_text(f"DEVNAME=bus/usb/{busnum:03d}/{devnum:03d}\n")
         self._link(self.sys / "bus/usb/devices" / name, d)
         return d
 
@@ -308,6 +312,19 @@ class FakeHost:
             self.proc("net/packet", packet)
             if not (self.root / "ip/netns.json").exists():
                 self.file("ip/netns.json", "")
+
+    def host_namespaces(self, **mine: str) -> None:
+        """The harness runs in the host's PID and mount namespaces: /proc/self/ns/{pid,mnt}
+        are PID 1's, and PID 1's PID namespace is the initial one (the proof
+        ``namespace_problem`` wants). ``mine``: this process's own instead (``pid="pid:[N]"``)."""
+        host = {"net": "net:[4026531840]", "pid": "pid:[4026531836]", "mnt": "mnt:[4026531841]"}
+        for who, links in (("1", host), ("self", {**host, **mine})):
+            for kind, target in links.items():
+                p = self.root / "proc" / who / "ns" / kind
+                p.parent.mkdir(parents=True, exist_ok=True)
+                if p.is_symlink():
+                    p.unlink()
+                os.symlink(target, p)
 
     def proc(self, name: str, text: str) -> None:
         """``name`` under proc/; ``mounts`` (the /proc/mounts format, easier to write) is

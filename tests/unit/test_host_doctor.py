@@ -187,7 +187,8 @@ def test_inventory_device_of_the_wrong_class(lab):
         "inventory usb-controller-06-00.0"]
     assert check.blocking
     assert check.detail == ("0000:06:00.0 [1b21:0612] is of class SATA controller (AHCI); role "
-                            "'usb-controller' needs a USB host controller")
+                            "'usb-controller' needs a USB host controller (UHCI, OHCI, EHCI or "
+                            "xHCI)")
 
 
 def test_a_zfs_root_is_a_warning(lab):

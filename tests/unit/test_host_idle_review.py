@@ -279,6 +279,8 @@ HOST_NS = 4026531840
 def in_namespace(host: FakeHost, pid: int, inode: int, where: str = "ns/net") -> None:
     link_path = host.root / f"proc/{pid}/{where}"
     link_path.parent.mkdir(parents=True, exist_ok=True)
+    if link_path.is_symlink():  # (the fake host's own: the host's namespace)
+        link_path.unlink()
     os.symlink(f"net:[{inode}]", link_path)
 
 

@@ -411,17 +411,18 @@ def test_a_usb_interface_on_a_driver_the_rule_cannot_judge_keeps_its_controller(
                                     "whose use the harness cannot judge",)
 
 
-def container(host: FakeHost, pid: int, inode: int) -> None:
+def container(host: FakeHost, pid: "int | str", inode: int) -> None:
     """A process in a network namespace of its own, not named in /var/run/netns."""
-    (host.root / f"proc/{pid}/ns").mkdir(parents=True)
+    (host.root / f"proc/{pid}/ns").mkdir(parents=True, exist_ok=True)
+    if (host.root / f"proc/{pid}/ns/net").is_symlink():  # (the fake host's own)
+        (host.root / f"proc/{pid}/ns/net").unlink()
     os.symlink(f"net:[{inode}]", host.root / f"proc/{pid}/ns/net")
 
 
 def test_9_an_unnamed_namespace_a_container_lives_in_is_read_too(lab):
     """Docker's and Kubernetes' namespaces are in no /var/run/netns: read through a process
     in them (nsenter -t PID -n); the macvlan there sits on the host's enp5s0f1."""
-    (lab.root / "proc/self/ns").mkdir(parents=True)
-    os.symlink("net:[4026531840]", lab.root / "proc/self/ns/net")
+    container(lab, "self", 4026531840)
     container(lab, 1, 4026531840)      # init, in the host's namespace
     container(lab, 2301, 4026532500)   # a container's init
     container(lab, 2302, 4026532500)   # and its other process: one namespace, read once
@@ -443,10 +444,7 @@ def test_9_an_unnamed_namespace_a_container_lives_in_is_read_too(lab):
 def test_binding_is_refused_outside_the_hosts_network_namespace(lab):
     from harness.host.network import namespace_problem
 
-    (lab.root / "proc/self/ns").mkdir(parents=True)
-    (lab.root / "proc/1/ns").mkdir(parents=True)
-    os.symlink("net:[4026532301]", lab.root / "proc/self/ns/net")
-    os.symlink("net:[4026531840]", lab.root / "proc/1/ns/net")
+    container(lab, "self", 4026532301)
     assert "network namespace net:[4026532301], not the host's" in namespace_problem(lab.sysfs())
     assert refused(lab, PORT0).startswith("refusing to take 0000:05:00.0: this process is in "
                                           "network namespace net:[4026532301]")

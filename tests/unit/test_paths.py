@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.paths import UnsafePathError, check_trusted_file, new_private_dir, private_dir
+from harness.core.paths import UnsafePathError, new_private_dir, private_dir, read_trusted_file
 from harness.core.errors import ConfigError, HostDeviceError
 from harness.guest.snapshot import StateCache, new_run_cache_dir
 from harness.host.binding import Journal
@@ -92,7 +92,7 @@ def test_journal_write_never_follows_a_planted_link(tmp_path):
     (folder / "vfio-journal.json.tmp").symlink_to(victim)
     journal = Journal(folder / "vfio-journal.json")
     with journal.locked():
-        journal.write([{"bdf": "0000:05:00.0", "driver": "e1000e"}])
+        journal.write([{"bdf": "0000:05:00.0", "driver": "e1000e", "pid": 1}])
     assert victim.read_text() == "root's file\n"
     assert not (folder / "vfio-journal.json").is_symlink()
     (folder / "vfio-journal.json").unlink()
@@ -202,7 +202,7 @@ def test_under_sudo_the_invoking_users_inventory_is_theirs(tmp_path, monkeypatch
     path = _inventory_in(tmp_path / "home")
     os.chown(path, NOBODY, NOBODY)
     monkeypatch.setenv("SUDO_UID", str(NOBODY))
-    assert check_trusted_file(path) == path
+    assert read_trusted_file(path) == INVENTORY
 
 
 def _checkout(top: Path) -> Path:
