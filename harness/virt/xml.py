@@ -74,12 +74,6 @@ def domain_xml(spec: GuestSpec, image: GuestImage, paths: Paths, *, name: str, e
                accel: str) -> str:
     """A transient domain of ``spec``: the same machine, sizes, buses, serial console and boot
     as :func:`harness.qemu.machine.build_argv` gives QEMU, written as libvirt elements."""
-    if spec.access != "console":
-        raise Unexpressible("a guest reached over SSH through user networking's port forward",
-                            "libvirt forwards ports of <interface type='user'> only with the "
-                            "passt back end (libvirt 9.0 and newer), which needs passt",
-                            not_built=True,
-                            hint="use --guest-access console with --driver libvirt")
     features = "<acpi/>" + ("<tcg><tb-cache unit='MiB'>128</tb-cache></tcg>" if accel == "tcg" else "")
     parts = [f"<domain type={quoteattr('kvm' if accel == 'kvm' else 'qemu')} "
              "xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>",
@@ -99,13 +93,37 @@ def domain_xml(spec: GuestSpec, image: GuestImage, paths: Paths, *, name: str, e
              # QEMU runs as root, as the harness's own QEMUs do, on files in the guest's own
              # root-only folder: libvirt neither switches user nor relabels them.
              "<seclabel type='static' model='dac' relabel='no'><label>+0:+0</label></seclabel>"]
-    if spec.pci_hotplug == "pciehp":
-        # libvirt 9.0 has no element for q35's ACPI hotplug switch (<acpi-bridge-hotplug> came
-        # in 9.2 for pc only): passed to QEMU as is, which libvirt marks the domain tainted for.
-        parts.append("<qemu:commandline><qemu:arg value='-global'/>"
-                     "<qemu:arg value='ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off'/>"
-                     "</qemu:commandline>")
+    args = _qemu_args(spec)
+    if args:
+        parts.append("<qemu:commandline>" + "".join(f"<qemu:arg value={quoteattr(a)}/>" for a in args)
+                     + "</qemu:commandline>")
     return "".join(parts) + "</domain>"
+
+
+#: The SSH management NIC's slot on the root bus (after the disks' :data:`DISK_SLOTS`).
+MGMT_SLOT = 0x0C
+
+
+def _qemu_args(spec: GuestSpec) -> list[str]:
+    """What libvirt's XML has no element for, passed to QEMU as is (libvirt marks the domain
+    tainted for it):
+
+    * q35's ACPI hotplug switch (libvirt 9.0 has none; ``<acpi-bridge-hotplug>`` came in 9.2,
+      for pc only);
+    * the SSH management NIC: user networking with a port forward to the guest's port 22,
+      the QMP driver's own (``hostfwd=tcp:127.0.0.1:0-:22``, the port read from ``info
+      usernet``). libvirt forwards ports of a user interface only through passt, a different
+      network stack (the guest would get the host's address): the same NIC for both drivers
+      keeps what is compared the same. libvirt does not know the device, so it sits at a
+      fixed slot of the root bus (:data:`MGMT_SLOT`)."""
+    args = []
+    if spec.pci_hotplug == "pciehp":
+        args += ["-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off"]
+    if spec.access == "ssh":
+        args += ["-netdev", "user,id=mgmt,net=10.0.2.0/24,hostfwd=tcp:127.0.0.1:0-:22",
+                 "-device", f"virtio-net-pci,netdev=mgmt,id=mgmt0,bus={spec.root_bus},"
+                            f"addr={MGMT_SLOT:#04x}"]
+    return args
 
 
 def _sizes(spec: GuestSpec) -> list[str]:

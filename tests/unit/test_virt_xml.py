@@ -63,9 +63,18 @@ def test_a_disk_guest_boots_its_overlay_never_its_image():
     assert d.find("devices/disk[2]/readonly") is not None
 
 
-def test_shapes_libvirt_cannot_take_yet_say_why():
-    with pytest.raises(Unexpressible, match="passt"):
-        domain(GuestSpec(machine="pc", access="ssh"))
+def test_a_guest_reached_over_ssh_has_the_qmp_drivers_management_nic_at_a_fixed_slot():
+    """libvirt forwards a user interface's ports only through passt (another network stack):
+    the QMP driver's own management NIC goes to QEMU as is, at a slot libvirt leaves alone."""
+    d = domain(GuestSpec(machine="q35", access="ssh", pci_hotplug="pciehp"))
+    ns = "{http://libvirt.org/schemas/domain/qemu/1.0}"
+    args = [a.get("value") for a in d.iter(f"{ns}arg")]
+    assert args == ["-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
+                    "-netdev", "user,id=mgmt,net=10.0.2.0/24,hostfwd=tcp:127.0.0.1:0-:22",
+                    "-device", "virtio-net-pci,netdev=mgmt,id=mgmt0,bus=pcie.0,addr=0x0c"]
+    slots = {int(a.get("slot"), 16) for a in d.iter("address") if a.get("bus") == "0x00"}
+    assert vx.MGMT_SLOT not in slots
+    assert not list(domain(GuestSpec(machine="pc")).iter(f"{ns}arg"))
 
 
 def test_cpu_and_memory_room_is_offline_vcpus_in_qemus_topology_and_dimm_slots_in_a_numa_cell():
