@@ -46,8 +46,8 @@ from harness.lab.outer import INSIDE_FIGURES, run_outer, write_inside_figures, w
 
 
 __all__ = ["BACKPORTS", "DEFAULT_LAB_ACCEL", "DEVICES", "EHCI_BDF", "LAB_ACCELS", "NVME_BDF", "NVME_DISK_BYTES", "GROUPED_BDF", "INSIDE_FIGURES", "LAB_GATEWAY", "MAX_SHARES",
-           "NIC_BDF", "SATA_BDF", "SATA_DISK_BYTES", "SHARE_SLOT", "STICK_BYTES", "STICK_IDS",
+           "NIC_BDF", "SATA_BDF", "SATA_DISK_BYTES", "SHARE_SLOT", "SRIOV_GATEWAY", "SRIOV_PORT_BDF", "STICK_BYTES", "STICK_IDS",
            "STICK_PRODUCT", "TABLET_PRODUCT", "XHCI_BDF", "LabError", "LabHost", "LabImage",
            "LabQemu", "backports_qemu", "build_lab", "choose_lab_qemu", "ensure_lab", "ensure_lab_qemu",
-           "find_usb", "lab_argv", "lab_digest", "lab_dir", "resolve_closure", "run_outer",
+           "find_usb", "lab_argv", "lab_digest", "lab_dir", "rearm_vfs", "resolve_closure", "run_outer",
            "shares_for", "write_inside_figures", "write_inventory", "write_job"]

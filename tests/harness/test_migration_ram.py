@@ -68,6 +68,6 @@ def test_migrated_ram_is_compared_page_by_page(guests):
 
     with pytest.raises(ProductError) as lost:
         migration.migrate(first, second, before_running=lose_a_page)
-    assert f"1 page(s) of " in lost.value.message and f": {GPA:#x}" in lost.value.message
+    assert "1 page(s) of " in lost.value.message and f": {GPA:#x}" in lost.value.message
     assert "QEMU's migration is at fault" in lost.value.hint
     assert not list(first.scratch_path("").glob("ram.elf")), "the dumps are removed"

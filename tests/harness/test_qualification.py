@@ -4,7 +4,6 @@ as a build with that default would), merged into one report, compared (the regre
 and every page opened in headless Chromium: it renders, with no console error."""
 
 import json
-import os
 import re
 import shutil
 import subprocess

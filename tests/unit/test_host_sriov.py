@@ -213,12 +213,12 @@ def test_a_journal_with_a_bad_sriov_entry_is_refused(journal):
 
 # -- the inventory ---------------------------------------------------------------------------------
 
-VF_ENTRY = f"""
+VF_ENTRY = """
 [[device]]
 role = "nic"
 pf = "08:00.0"
-vf = {{vf}}
-vfs = {{vfs}}
+vf = {vf}
+vfs = {vfs}
 gateway = "10.0.8.2"
 """
 
