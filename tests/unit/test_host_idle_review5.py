@@ -1,0 +1,52 @@
+"""Issue 31, fifth adversarial read: holes in the host code and in what root reads, runs or
+writes, each closed fail-closed, each test failing on the code before its fix. Fake sysfs and
+fake `ip -j` output (tests/unit/fakesysfs.py), real files, and a second user (nobody)."""
+
+import os
+
+import pytest
+
+from harness.host.safety import HostUsage
+
+from . import fakesysfs
+from .fakesysfs import FakeHost, link
+
+fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
+PORT0 = "0000:05:00.0"
+NOBODY = 65534
+
+
+# -- 3. a netdev on an auxiliary device (an mlx5 sub-function) of the PF ------------------------
+
+
+def sub_function(host: FakeHost, pf: str, name: str) -> None:
+    """An auxiliary device ``name`` below ``pf`` in sysfs, as mlx5_core makes for an SF."""
+    sf = host.dev_dir(pf) / name
+    sf.mkdir()
+    (host.sys / "bus/auxiliary/devices").mkdir(parents=True, exist_ok=True)
+    os.symlink(sf, host.sys / "bus/auxiliary/devices" / name)
+
+
+def test_3_a_sub_functions_netdev_in_a_container_ties_the_pf(lab):
+    """eth0 in a container sits on mlx5_core.sf.2 (parentbus auxiliary), a child of the PF:
+    only ``parentbus pci`` links counted, so the PF read idle while the container used it."""
+    sub_function(lab, PORT0, "mlx5_core.sf.2")
+    lab.network("ctr", links=[link(1, "lo", up=True),
+                              link(2, "eth0", up=True, parentbus="auxiliary",
+                                   parentdev="mlx5_core.sf.2")],
+                addrs={"eth0": ["10.9.0.2/24"]},
+                routes=[{"dst": "default", "gateway": "10.9.0.1", "dev": "eth0"}])
+    verdict = HostUsage.read(lab.sysfs()).verdict(PORT0)
+    assert not verdict.idle
+    assert "eth0 (netns ctr) is up with the address 10.9.0.2/24" in verdict.uses
+
+
+def test_3_a_netdev_on_a_parent_sysfs_does_not_show_makes_every_nic_unproven(lab):
+    """A parent the harness cannot find in /sys/bus/<bus>/devices may be below any function."""
+    lab.network("ctr", links=[link(1, "lo", up=True),
+                              link(2, "eth0", parentbus="auxiliary",
+                                   parentdev="mlx5_core.sf.9")])
+    usage = HostUsage.read(lab.sysfs())
+    assert any("eth0 (netns ctr) sits on auxiliary/mlx5_core.sf.9, which /sys/bus/auxiliary/devices "
+               "does not show" in p for p in usage.net.problems)
+    assert not usage.verdict(PORT0).idle
