@@ -50,3 +50,32 @@ def test_3_a_netdev_on_a_parent_sysfs_does_not_show_makes_every_nic_unproven(lab
     assert any("eth0 (netns ctr) sits on auxiliary/mlx5_core.sf.9, which /sys/bus/auxiliary/devices "
                "does not show" in p for p in usage.net.problems)
     assert not usage.verdict(PORT0).idle
+
+
+# -- 4. an automount point whose disk is not mounted yet ----------------------------------------
+
+SATA2 = "0000:06:00.0"
+AUTOMOUNT = ("99 1 0:55 / /data rw,relatime shared:50 - autofs systemd-1 rw,fd=45,pgrp=1,"
+             "timeout=0,minproto=5,maxproto=5,direct\n")
+
+
+def test_4_an_automount_point_makes_storage_controllers_unproven(lab):
+    """fstab's ``UUID=... /data ext4 x-systemd.automount``: until something opens /data only
+    an autofs mount shows, on no disk; the controller behind /data read idle."""
+    assert HostUsage.read(lab.sysfs()).verdict(SATA2).idle
+    mountinfo = lab.root / "proc/self/mountinfo"
+    mountinfo.write_text(mountinfo.read_text() + AUTOMOUNT)
+    usage = HostUsage.read(lab.sysfs())
+    assert usage.storage.unmapped == ["/data (systemd-1, autofs)"]
+    verdict = usage.verdict(SATA2)
+    assert not verdict.idle
+    assert any("may hold /data (systemd-1, autofs)" in u for u in verdict.uses)
+    cleared = HostUsage.read(lab.sysfs(), cleared_storage=frozenset({SATA2})).verdict(SATA2)
+    assert cleared.idle
+
+
+def test_4_systemds_binfmt_misc_automount_is_no_disk(lab):
+    mountinfo = lab.root / "proc/self/mountinfo"
+    mountinfo.write_text(mountinfo.read_text() + AUTOMOUNT.replace(
+        "/data", "/proc/sys/fs/binfmt_misc"))
+    assert HostUsage.read(lab.sysfs()).verdict(SATA2).idle
