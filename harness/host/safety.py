@@ -149,7 +149,9 @@ class HostUsage:
                             f"{', '.join(users)}")
             else:
                 evidence.append(f"{dev.bdf} is on vfio-pci and {node} is open by no process")
-        if self.storage.problems and dev.driver not in _NO_HOST_DRIVER | {VFIO}:
+        # On vfio-pci too: a process whose fds cannot be read may hold the group.
+        if self.storage.problems and dev.driver not in _NO_HOST_DRIVER and \
+                not (dev.driver == VFIO and dev.iommu_group in held_groups):
             uses += [f"cannot tell whether {dev.bdf} is in use: {p}"
                      for p in self.storage.problems]
 

@@ -6,13 +6,15 @@ import os
 
 import pytest
 
+from harness.core.errors import HostDeviceError
+from harness.host.binding import VfioBinder, restore_from_journal
 from harness.host.safety import HostUsage
 
 from . import fakesysfs
 from .fakesysfs import FakeHost, link
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
-PORT0 = "0000:05:00.0"
+PORT0, PORT1 = "0000:05:00.0", "0000:05:00.1"
 NOBODY = 65534
 
 
@@ -79,3 +81,39 @@ def test_4_systemds_binfmt_misc_automount_is_no_disk(lab):
     mountinfo.write_text(mountinfo.read_text() + AUTOMOUNT.replace(
         "/data", "/proc/sys/fs/binfmt_misc"))
     assert HostUsage.read(lab.sysfs()).verdict(SATA2).idle
+
+
+# -- 7. a device on vfio-pci while some process's fds cannot be read ---------------------------
+
+
+def bound_then_unreadable(host: FakeHost, journal) -> None:
+    """PORT0 and PORT1 (one group) on vfio-pci; pid 77 is a QEMU whose fds cannot be read."""
+    VfioBinder(host.sysfs(), journal=journal).bind(PORT0, {PORT0, PORT1})
+    host.proc("77/comm", "qemu-system-x86\n")
+    host.file("proc/77/fd", "not a folder")
+    host.writes.clear()
+
+
+def test_7_a_vfio_device_with_unreadable_fds_is_not_idle(lab, fake_root):
+    """It read "on vfio-pci and /dev/vfio/N is open by no process" while pid 77's fds could
+    not be read at all."""
+    bound_then_unreadable(lab, fake_root / "var/lib/hh/journal.json")
+    usage = HostUsage.read(lab.sysfs())
+    assert any("pid 77" in p for p in usage.storage.problems)
+    verdict = usage.verdict(PORT0)
+    assert not verdict.idle
+    assert any(u.startswith(f"cannot tell whether {PORT0} is in use: ") and "pid 77" in u
+               for u in verdict.uses)
+
+
+def test_7_restore_does_not_unbind_while_fds_cannot_be_read(lab, fake_root):
+    """restore unbound the group from vfio-pci (blocking in the kernel, or handing a QEMU's
+    device to a host driver) because unreadable fds counted as "no holder"."""
+    journal = fake_root / "var/lib/hh/journal.json"
+    bound_then_unreadable(lab, journal)
+    with pytest.raises(HostDeviceError, match="could not be given back") as e:
+        restore_from_journal(lab.sysfs(), journal, include_live=True)
+    assert "is still open by a process the harness cannot see" in str(e.value.details) + \
+        e.value.message
+    assert lab.writes == []
+    assert lab.driver_of(PORT0) == "vfio-pci"
