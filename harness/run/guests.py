@@ -24,6 +24,7 @@ from harness.images import builtin as images
 from harness.images import cloudinit
 from harness.images import distro
 from harness.core.errors import ConfigError
+from harness.core.paths import private_dir
 from harness.qemu.machine import GuestImage
 import fcntl
 
@@ -99,7 +100,7 @@ def cloud_seeded(image: GuestImage, folder: Path) -> GuestImage:
     NoCloud seed. One key and one seed per ``folder``, made by the first of the run's processes
     to get there (the others wait for it and use them): guests of one shape on two xdist
     workers then have one command line, so one saved state serves both (harness.snapshot)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    private_dir(folder)  # (root's key goes here: no link or folder another user made)
     done = folder / "seed.done"
     with open(folder / ".seed.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

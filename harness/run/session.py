@@ -85,6 +85,10 @@ class HarnessSession:
                                      pace=None, lab=self.plan.lab, roles=opt.roles)
         retries = opt.retry_dead_guest
         self.test_attempts = 1 + (self.backend.dead_guest_retries if retries is None else retries)
+        if opt.guest_cloud_init or opt.guest:
+            # Root's SSH key and NoCloud seeds go below it: a planted symlink or a folder
+            # others can write is refused before anything is written there.
+            private_dir(self.plan.run_dir)
         self._seed_cloud_init(opt)
         #: --guest: the guests every scenario runs on (empty: one guest, as the options say).
         self.guest_choices = guests.resolve(

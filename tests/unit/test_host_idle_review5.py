@@ -3,12 +3,18 @@ writes, each closed fail-closed, each test failing on the code before its fix. F
 fake `ip -j` output (tests/unit/fakesysfs.py), real files, and a second user (nobody)."""
 
 import os
+import subprocess
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from harness.core.errors import HostDeviceError
+from harness.core.paths import UnsafePathError
 from harness.host.binding import VfioBinder, restore_from_journal
 from harness.host.safety import HostUsage
+from harness.run.session import HarnessSession
 
 from . import fakesysfs
 from .fakesysfs import FakeHost, link
@@ -16,6 +22,29 @@ from .fakesysfs import FakeHost, link
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
 PORT0, PORT1 = "0000:05:00.0", "0000:05:00.1"
 NOBODY = 65534
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as a second user "
+                                                       "(nobody): run as root, as CI does")
+
+
+def as_nobody(script: str) -> None:
+    """Run a shell ``script`` as the user nobody (the local attacker)."""
+    subprocess.run(["/bin/sh", "-ec", script], check=True, timeout=30, cwd="/",
+                   preexec_fn=lambda: (os.setgroups([]), os.setgid(NOBODY), os.setuid(NOBODY)))
+
+
+@pytest.fixture
+def shared_tmp():
+    """A sticky, world-writable folder like /tmp, owned by root."""
+    d = Path(tempfile.mkdtemp(prefix="hh-test-sharedtmp-"))
+    d.chmod(0o1777)
+    yield d
+    subprocess.run(["rm", "-rf", str(d)], check=True)
+
+
+def nobodys_folder(path: Path) -> Path:
+    path.mkdir(mode=0o755)
+    os.chown(path, NOBODY, NOBODY)
+    return path
 
 
 # -- 3. a netdev on an auxiliary device (an mlx5 sub-function) of the PF ------------------------
@@ -117,3 +146,41 @@ def test_7_restore_does_not_unbind_while_fds_cannot_be_read(lab, fake_root):
         e.value.message
     assert lab.writes == []
     assert lab.driver_of(PORT0) == "vfio-pci"
+
+
+# -- 6. the run folder is checked before root's SSH key and seed go into it ---------------------
+
+
+def cloud_image_options(tmp: Path, reports: Path) -> SimpleNamespace:
+    """--guest-disk cloud.qcow2 --guest-cloud-init --report-dir REPORTS: the run makes an
+    SSH key and a NoCloud seed in its run folder when the session is made."""
+    disk = tmp / "cloud.qcow2"
+    disk.write_bytes(b"")
+    return SimpleNamespace(
+        backend="emulated", driver="qmp", guest=[], guest_access=None, guest_append="",
+        guest_cloud_init=True, guest_disk=str(disk), guest_disk_format="qcow2",
+        guest_initrd=None, guest_kernel=None, guest_key=None, guest_ready=None,
+        guest_user="root", host_inventory=None, image_cache=str(tmp / "cache"),
+        keep_bundles=False, machine=None, no_reuse=False, qemu_binary="qemu-system-x86_64",
+        report_dir=str(reports), retry_dead_guest=None, roles=None)
+
+
+@as_root
+def test_6_a_reports_folder_another_user_owns_gets_no_key(tmp_path):
+    reports = nobodys_folder(tmp_path / "reports")
+    with pytest.raises(UnsafePathError, match=f"the folder {reports} above .* is owned by uid "
+                                              f"{NOBODY}"):
+        HarnessSession(cloud_image_options(tmp_path, reports))
+    assert list(reports.iterdir()) == []
+
+
+@as_root
+def test_6_a_run_folder_planted_as_a_symlink_gets_no_key(shared_tmp, tmp_path):
+    """A worker (or the lab's run) is handed its run folder: one planted as a link to a
+    folder of nobody's got root's private key before anything looked at it."""
+    target = nobodys_folder(tmp_path / "nobodys")
+    os.chmod(tmp_path, 0o755)
+    as_nobody(f"ln -s {target} {shared_tmp}/run-1")
+    with pytest.raises(UnsafePathError):
+        HarnessSession(cloud_image_options(tmp_path, shared_tmp), plan=str(shared_tmp / "run-1"))
+    assert list(target.iterdir()) == []
