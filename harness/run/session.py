@@ -85,10 +85,6 @@ class HarnessSession:
                                      pace=None, lab=self.plan.lab, roles=opt.roles)
         retries = opt.retry_dead_guest
         self.test_attempts = 1 + (self.backend.dead_guest_retries if retries is None else retries)
-        if opt.guest_cloud_init or opt.guest:
-            # Root's SSH key and NoCloud seeds go below it: a planted symlink or a folder
-            # others can write is refused before anything is written there.
-            private_dir(self.plan.run_dir)
         self._seed_cloud_init(opt)
         #: --guest: the guests every scenario runs on (empty: one guest, as the options say).
         self.guest_choices = guests.resolve(
@@ -203,6 +199,10 @@ class HarnessSession:
         return str(snapshot.new_run_cache_dir(owner))
 
     def _seed_cloud_init(self, opt) -> None:
+        if opt.guest_cloud_init or opt.guest:
+            # Root's SSH key and NoCloud seeds go below the run folder (here, or as --guest
+            # resolves): a planted symlink or a folder others can write is refused first.
+            private_dir(self.plan.run_dir)
         if opt.guest_cloud_init:
             # A stock cloud image: an SSH key made for the run, handed to cloud-init by a
             # NoCloud seed (one for the run's processes, in the run folder: one command line
