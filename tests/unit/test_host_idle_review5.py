@@ -3,6 +3,7 @@ writes, each closed fail-closed, each test failing on the code before its fix. F
 fake `ip -j` output (tests/unit/fakesysfs.py), real files, and a second user (nobody)."""
 
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -14,9 +15,11 @@ from harness.core.errors import HostDeviceError
 from harness.core.paths import UnsafePathError
 from harness.host.binding import VfioBinder, restore_from_journal
 from harness.host.safety import HostUsage
+from harness.lab import image as lab_image
 from harness.run.session import HarnessSession
 
 from . import fakesysfs
+from .test_paths import _check_tree, _checkout
 from .fakesysfs import FakeHost, link
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
@@ -78,8 +81,8 @@ def test_3_a_netdev_on_a_parent_sysfs_does_not_show_makes_every_nic_unproven(lab
                               link(2, "eth0", parentbus="auxiliary",
                                    parentdev="mlx5_core.sf.9")])
     usage = HostUsage.read(lab.sysfs())
-    assert any("eth0 (netns ctr) sits on auxiliary/mlx5_core.sf.9, which /sys/bus/auxiliary/devices "
-               "does not show" in p for p in usage.net.problems)
+    assert any("eth0 (netns ctr) sits on auxiliary/mlx5_core.sf.9, which "
+               "/sys/bus/auxiliary/devices does not show" in p for p in usage.net.problems)
     assert not usage.verdict(PORT0).idle
 
 
@@ -184,3 +187,140 @@ def test_6_a_run_folder_planted_as_a_symlink_gets_no_key(shared_tmp, tmp_path):
     with pytest.raises(UnsafePathError):
         HarnessSession(cloud_image_options(tmp_path, shared_tmp), plan=str(shared_tmp / "run-1"))
     assert list(target.iterdir()) == []
+
+
+# -- 1. root runs the lab QEMU (and --qemu-binary backports' wrapper) from the image cache ------
+
+FAKE_QEMU = "#!/bin/sh\ntouch {marker}\necho 'QEMU emulator version 10.0.2'\n"
+
+
+def planted_lab_qemu(cache: Path, marker: Path, mode: int = 0o755) -> Path:
+    """A lab QEMU "already unpacked" in ``cache`` (its folder is named predictably), a script
+    that leaves ``marker`` when it runs."""
+    out = lab_image.lab_qemu_folder(cache)
+    binary = out / "usr/bin/qemu-system-x86_64"
+    binary.parent.mkdir(parents=True)
+    binary.write_text(FAKE_QEMU.format(marker=marker))
+    binary.chmod(mode)
+    (out / "manifest.json").write_text("{}\n")
+    return out
+
+
+@as_root
+def test_1_a_lab_qemu_planted_in_a_cache_another_user_owns_is_not_run(shared_tmp):
+    """--image-cache DIR that others can write: nobody plants lab-qemu/<digest>/usr/bin/
+    qemu-system-x86_64 (the digest is predictable) and root ran it at once (--version)."""
+    cache, marker = shared_tmp / "cache", shared_tmp / "ran"
+    as_nobody(f"mkdir -m 755 {cache}")
+    out = planted_lab_qemu(cache, marker)
+    subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(cache)], check=True)
+    with pytest.raises(UnsafePathError, match=f"{cache}.* is owned by uid {NOBODY}"):
+        lab_image.ensure_lab_qemu(cache, log=lambda s: None)
+    with pytest.raises(UnsafePathError):
+        lab_image.backports_qemu(cache, log=lambda s: None)
+    assert not marker.exists() and not (out / "bin").exists()
+
+
+@as_root
+def test_1_a_world_writable_lab_qemu_in_roots_cache_is_not_run(tmp_path):
+    cache, marker = tmp_path / "cache", tmp_path / "ran"
+    out = planted_lab_qemu(cache, marker, mode=0o777)
+    with pytest.raises(UnsafePathError, match=f"the file {out}/usr/bin/qemu-system-x86_64 .* "
+                                              r"is writable by others than its owner \(mode 777\)"):
+        lab_image.ensure_lab_qemu(cache, log=lambda s: None)
+    assert not marker.exists()
+
+
+@as_root
+def test_1_a_link_out_of_the_lab_qemu_tree_is_not_run(tmp_path):
+    cache, marker = tmp_path / "cache", tmp_path / "ran"
+    out = planted_lab_qemu(cache, marker)
+    elsewhere = tmp_path / "elsewhere"
+    (out / "usr/bin/qemu-system-x86_64").rename(elsewhere)
+    (out / "usr/bin/qemu-system-x86_64").symlink_to(elsewhere)
+    with pytest.raises(UnsafePathError, match="leads to .*elsewhere, out of it"):
+        lab_image.ensure_lab_qemu(cache, log=lambda s: None)
+    assert not marker.exists()
+
+
+@as_root
+def test_1_a_backports_wrapper_of_another_user_is_not_kept(tmp_path):
+    """The wrapper was kept whenever its text matched, whatever its owner and mode."""
+    cache, marker = tmp_path / "cache", tmp_path / "ran"
+    out = planted_lab_qemu(cache, marker)
+    wrapper = lab_image.backports_qemu(cache, log=lambda s: None)
+    assert Path(wrapper) == out / "bin/qemu-system-x86_64"
+    assert os.stat(wrapper).st_mode & 0o777 == 0o755
+    text = Path(wrapper).read_text()
+    os.chown(wrapper, NOBODY, NOBODY)
+    assert Path(wrapper).read_text() == text
+    with pytest.raises(UnsafePathError, match=f"the file {wrapper} .* is owned by uid {NOBODY}"):
+        lab_image.backports_qemu(cache, log=lambda s: None)
+
+
+# -- 2. .ci/check-root-tree follows every link and .pth entry, hop by hop, however deep ---------
+
+
+def venv_elsewhere(tmp_path: Path) -> tuple[Path, Path]:
+    """A checkout whose .venv is a link to root's /opt/venvs/hh (a venv kept out of the tree)."""
+    top = _checkout(tmp_path / "srv" / "hotplug-harness")
+    venv = tmp_path / "opt" / "venvs" / "hh"
+    venv.parent.mkdir(parents=True)
+    shutil.move(top / ".venv", venv)
+    (top / ".venv").symlink_to(venv)
+    assert _check_tree(top).returncode == 0
+    return top, venv
+
+
+def alices(tmp_path: Path, rel: str, folder_too: bool = True) -> Path:
+    """``home/alice/<rel>``, a file of nobody's (and so, with ``folder_too``, alice's folder)."""
+    path = tmp_path / "home" / "alice" / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
+    os.chmod(tmp_path / "home", 0o755)
+    os.chown(path, NOBODY, NOBODY)
+    if folder_too:
+        os.chown(tmp_path / "home" / "alice", NOBODY, NOBODY)
+    return path
+
+
+@as_root
+def test_2a_a_pth_file_in_a_venv_linked_from_the_checkout_is_followed(tmp_path):
+    """.venv -> /opt/venvs/hh: `find $top/.venv -name '*.pth'` did not descend into the link,
+    so a .pth there adding alice's folder to root's Python path went unchecked."""
+    top, venv = venv_elsewhere(tmp_path)
+    theirs = alices(tmp_path, "lib/sitecustomize.py").parent
+    site = venv / "lib/python3.11/site-packages"
+    site.mkdir(parents=True)
+    (site / "extra.pth").write_text(f"{theirs}\n")
+    r = _check_tree(top)
+    assert r.returncode == 1 and f"the folder {tmp_path / 'home' / 'alice'} above" in \
+        r.stderr, r.stderr
+
+
+@as_root
+def test_2b_a_link_below_a_place_outside_the_checkout_is_followed(tmp_path):
+    """/opt/venvs/hh/bin/python3 -> a file alice owns: the outside target's check skipped its
+    links (`! -type l`) and followed none."""
+    top, venv = venv_elsewhere(tmp_path)
+    theirs = alices(tmp_path, "python3", folder_too=False)
+    (venv / "bin" / "python3").symlink_to(theirs)
+    r = _check_tree(top)
+    assert r.returncode == 1 and str(theirs) in r.stderr, r.stderr
+
+
+@as_root
+def test_2c_a_link_chain_through_a_folder_others_can_write_is_refused(tmp_path):
+    """.venv/bin/python -> /srv/shared/py -> root's python3.11: `readlink -f` checked only the
+    end, so anyone could swap the middle link in the world-writable (not sticky) folder."""
+    top = _checkout(tmp_path / "srv" / "hotplug-harness")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "py").symlink_to(top / ".venv/bin/python3.11")
+    (top / ".venv/bin/python").unlink()
+    (top / ".venv/bin/python").symlink_to(shared / "py")
+    assert _check_tree(top).returncode == 0
+    shared.chmod(0o777)
+    r = _check_tree(top)
+    assert r.returncode == 1 and f"the folder {shared} above {shared / 'py'} is writable" in \
+        r.stderr, r.stderr
