@@ -11,11 +11,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness.core.errors import HostDeviceError
+from harness.core.errors import ConfigError, HostDeviceError
 from harness.core.paths import UnsafePathError
 from harness.host.binding import VfioBinder, restore_from_journal
 from harness.host.safety import HostUsage
 from harness.lab import image as lab_image
+from harness.run import guests
 from harness.run.session import HarnessSession
 
 from . import fakesysfs
@@ -157,8 +158,7 @@ def test_7_restore_does_not_unbind_while_fds_cannot_be_read(lab, fake_root):
 def cloud_image_options(tmp: Path, reports: Path) -> SimpleNamespace:
     """--guest-disk cloud.qcow2 --guest-cloud-init --report-dir REPORTS: the run makes an
     SSH key and a NoCloud seed in its run folder when the session is made."""
-    disk = tmp / "cloud.qcow2"
-    disk.write_bytes(b"")
+    disk = qcow2(tmp / "cloud.qcow2")
     return SimpleNamespace(
         backend="emulated", driver="qmp", guest=[], guest_access=None, guest_append="",
         guest_cloud_init=True, guest_disk=str(disk), guest_disk_format="qcow2",
@@ -324,3 +324,70 @@ def test_2c_a_link_chain_through_a_folder_others_can_write_is_refused(tmp_path):
     r = _check_tree(top)
     assert r.returncode == 1 and f"the folder {shared} above {shared / 'py'} is writable" in \
         r.stderr, r.stderr
+
+
+# -- 5. as root, a guest's files (its guests file, disk, kernel, key) are ones no one else wrote --
+
+
+def user_guest(tmp: Path, **given) -> SimpleNamespace:
+    """--guest-disk DISK --guest-key KEY (and what ``given`` adds)."""
+    opt = dict(guest=[], guest_kernel=None, guest_initrd=None, guest_disk=None,
+               guest_key=None, guest_ready=None, guest_cloud_init=False, guest_append="",
+               guest_disk_format="qcow2", guest_user="root")
+    return SimpleNamespace(**{**opt, **given})
+
+
+def qcow2(path: Path, backing: Path | None = None) -> Path:
+    args = ["-b", str(backing), "-F", "raw"] if backing else []
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", *args, str(path), "1M"],
+                   check=True, timeout=30)
+    return path
+
+
+@as_root
+def test_5_a_disk_with_a_backing_file_of_its_own_is_refused(tmp_path):
+    """A user's qcow2 whose backing file is /dev/nvme0n1 (here a file standing in for it):
+    root's QEMU opened the backing file too, the host's disk in the guest."""
+    base = tmp_path / "nvme0n1"
+    base.write_bytes(b"\0" * (1 << 20))
+    disk = qcow2(tmp_path / "rhel.qcow2", backing=base)
+    key = tmp_path / "id_ed25519"
+    key.write_text("")
+    with pytest.raises(ConfigError, match=f"--guest-disk {disk} refers to other files "
+                                          f"\\({base}\\)") as e:
+        guests.user_image(user_guest(tmp_path, guest_disk=str(disk), guest_key=str(key)))
+    assert f"qemu-img convert -O qcow2 {disk} FLAT" in e.value.hint
+    whole = qcow2(tmp_path / "whole.qcow2")
+    assert guests.user_image(user_guest(tmp_path, guest_disk=str(whole),
+                                        guest_key=str(key))).disk == whole
+
+
+@as_root
+def test_5_a_guest_disk_or_key_another_user_can_write_is_refused(tmp_path):
+    disk, key = qcow2(tmp_path / "rhel.qcow2"), tmp_path / "id_ed25519"
+    key.write_text("")
+    os.chown(disk, NOBODY, NOBODY)
+    with pytest.raises(UnsafePathError, match=f"--guest-disk: the file {disk} is owned by uid "
+                                              f"{NOBODY}"):
+        guests.user_image(user_guest(tmp_path, guest_disk=str(disk), guest_key=str(key)))
+    os.chown(disk, 0, 0)
+    key.chmod(0o666)
+    with pytest.raises(UnsafePathError, match=f"--guest-key: the file {key} is writable"):
+        guests.user_image(user_guest(tmp_path, guest_disk=str(disk), guest_key=str(key)))
+
+
+@as_root
+def test_5_a_guests_file_another_user_owns_is_refused(tmp_path):
+    """The guests file says which disk root's QEMU opens: read like the inventory."""
+    disk = qcow2(tmp_path / "rhel.qcow2")
+    listed = tmp_path / "guests.toml"
+    listed.write_text(f'[[guest]]\nname = "rhel"\ndisk = "{disk}"\nready = "# "\n')
+    assert [c.name for c in guests.resolve([str(listed)], tmp_path, tmp_path / "seeds")] == \
+        ["rhel"]
+    os.chown(listed, NOBODY, NOBODY)
+    with pytest.raises(UnsafePathError, match=f"the file {listed} is owned by uid {NOBODY}"):
+        guests.resolve([str(listed)], tmp_path, tmp_path / "seeds")
+    os.chown(listed, 0, 0)
+    os.chown(disk, NOBODY, NOBODY)
+    with pytest.raises(UnsafePathError, match=f"guest 'rhel': disk: the file {disk} is owned"):
+        guests.resolve([str(listed)], tmp_path, tmp_path / "seeds")
