@@ -244,6 +244,20 @@ def test_1_a_link_out_of_the_lab_qemu_tree_is_not_run(tmp_path):
 
 
 @as_root
+def test_1_check_root_tree_looks_at_the_lab_qemu_in_full(tmp_path):
+    """It pruned fixtures/images/build/*/*/* (guest root trees), which skipped the lab's QEMU
+    below lab-qemu/<digest>/usr: a binary root runs on the host."""
+    top = _checkout(tmp_path / "srv" / "hotplug-harness")
+    binary = top / "fixtures/images/build/lab-qemu/5c5f0ea6a5acbffd/usr/bin/qemu-system-x86_64"
+    binary.parent.mkdir(parents=True)
+    binary.write_text("")
+    assert _check_tree(top).returncode == 0
+    binary.chmod(0o777)
+    r = _check_tree(top)
+    assert r.returncode == 1 and str(binary) in r.stderr, r.stderr
+
+
+@as_root
 def test_1_a_backports_wrapper_of_another_user_is_not_kept(tmp_path):
     """The wrapper was kept whenever its text matched, whatever its owner and mode."""
     cache, marker = tmp_path / "cache", tmp_path / "ran"
