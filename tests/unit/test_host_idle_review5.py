@@ -2,6 +2,7 @@
 writes, each closed fail-closed, each test failing on the code before its fix. Fake sysfs and
 fake `ip -j` output (tests/unit/fakesysfs.py), real files, and a second user (nobody)."""
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ from harness.core.errors import ConfigError, HostDeviceError
 from harness.core.paths import UnsafePathError
 from harness.host.binding import VfioBinder, restore_from_journal
 from harness.host.safety import HostUsage
+from harness.images import builtin as builtin_images
 from harness.lab import image as lab_image
 from harness.run import guests
 from harness.run.session import HarnessSession
@@ -107,12 +109,9 @@ def test_4_an_automount_point_makes_storage_controllers_unproven(lab):
     assert any("may hold /data (systemd-1, autofs)" in u for u in verdict.uses)
     cleared = HostUsage.read(lab.sysfs(), cleared_storage=frozenset({SATA2})).verdict(SATA2)
     assert cleared.idle
-
-
-def test_4_systemds_binfmt_misc_automount_is_no_disk(lab):
-    mountinfo = lab.root / "proc/self/mountinfo"
-    mountinfo.write_text(mountinfo.read_text() + AUTOMOUNT.replace(
-        "/data", "/proc/sys/fs/binfmt_misc"))
+    # systemd's automount of binfmt_misc (on most hosts) is no disk
+    mountinfo.write_text(mountinfo.read_text().replace(AUTOMOUNT, AUTOMOUNT.replace(
+        "/data", "/proc/sys/fs/binfmt_misc")))
     assert HostUsage.read(lab.sysfs()).verdict(SATA2).idle
 
 
@@ -197,7 +196,9 @@ FAKE_QEMU = "#!/bin/sh\ntouch {marker}\necho 'QEMU emulator version 10.0.2'\n"
 def planted_lab_qemu(cache: Path, marker: Path, mode: int = 0o755) -> Path:
     """A lab QEMU "already unpacked" in ``cache`` (its folder is named predictably), a script
     that leaves ``marker`` when it runs."""
-    out = lab_image.lab_qemu_folder(cache)
+    digest = hashlib.sha256(lab_image.LAB_QEMU_RECIPE.read_bytes()
+                            + Path(builtin_images.__file__).read_bytes()).hexdigest()[:16]
+    out = cache / "lab-qemu" / digest  # (predictable: named by the recipe and the code)
     binary = out / "usr/bin/qemu-system-x86_64"
     binary.parent.mkdir(parents=True)
     binary.write_text(FAKE_QEMU.format(marker=marker))
