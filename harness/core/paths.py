@@ -64,6 +64,14 @@ def read_trusted_file(path: Path) -> str:
         return f.read()
 
 
+def check_trusted_file(path: Path) -> Path:
+    """Where ``path`` leads, checked as :func:`read_trusted_file` checks (for a file root hands
+    to a program rather than reads: a guest's disk, kernel, key). Raises UnsafePathError."""
+    real, fd = _open_trusted(Path(path))
+    os.close(fd)
+    return real
+
+
 def _open_trusted(path: Path) -> tuple[Path, int]:
     uids = invoking_uids()
     real = _follow_trusted_links(path, uids)
@@ -123,6 +131,50 @@ def _check_trusted(path: Path, p: Path, st: os.stat_result, uids: set[int]) -> N
 
 _TRUSTED_HINT = ("chown root and chmod go-w {p} (and the folders above it), or keep the file "
                  "in a folder only root can write such as /etc/hotplug-harness")
+
+
+def check_trusted_tree(top: Path) -> None:
+    """As root, before root runs a program from ``top`` (a cache folder a program was unpacked
+    into): ``top`` and every folder above it are owned by root or the invoking user
+    (:func:`invoking_uids`) and writable by nobody else (a sticky folder above it aside), and
+    so is every file and folder below it; a symlink below it is the invoking user's and leads
+    to a place inside ``top``. Nobody else can then have planted or swapped what root runs.
+    Not root: nothing to check (a user runs what their own cache holds). Raises
+    UnsafePathError naming the path."""
+    if os.geteuid() != 0:
+        return
+    uids = invoking_uids()
+    top = Path(os.path.abspath(top))
+    check_ancestors(top, uids)
+    real_top = os.path.realpath(top)
+    _check_tree_entry(top, top, real_top, uids)
+    for folder, dirs, files in os.walk(top):
+        for name in dirs + files:
+            _check_tree_entry(top, Path(folder) / name, real_top, uids)
+
+
+def _check_tree_entry(top: Path, p: Path, real_top: str, uids: set[int]) -> None:
+    st = os.lstat(p)
+    if stat.S_ISLNK(st.st_mode):
+        target = os.path.realpath(p)
+        if st.st_uid not in uids or p == top or not (
+                target == real_top or target.startswith(real_top + "/")):
+            raise UnsafePathError(
+                f"the link {p} (in {top}) " + (
+                    f"is owned by uid {st.st_uid}" if st.st_uid not in uids else
+                    f"leads to {target}, out of it") + ", so another user could choose what "
+                "root runs from it", hint=_TREE_HINT.format(p=top))
+        return
+    if st.st_uid not in uids or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        what = "the folder" if stat.S_ISDIR(st.st_mode) else "the file"
+        who = (f"owned by uid {st.st_uid}" if st.st_uid not in uids else
+               f"writable by others than its owner (mode {st.st_mode & 0o7777:o})")
+        raise UnsafePathError(f"{what} {p} (in {top}) is {who}, so another user could choose "
+                              "what root runs from it", hint=_TREE_HINT.format(p=top))
+
+
+_TREE_HINT = ("remove {p} (it is unpacked again), and keep the image cache (--image-cache) in a "
+              "folder only root (or you) can write")
 
 
 def check_ancestors(path: Path, owners: "set[int] | None" = None) -> None:
@@ -204,12 +256,15 @@ def open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
     return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
     """Replace ``path`` with ``data``: written to a new file of an unpredictable name in the
-    same folder (``O_EXCL``), synced, renamed over ``path``, the folder synced."""
+    same folder (``O_EXCL``, ``mode`` if given, else 0600), synced, renamed over ``path`` (a
+    link there is replaced, never followed), the folder synced."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -277,11 +277,13 @@ def _move_to_vfio(fs: Sysfs, dev: PciDevice, timeout: float) -> None:
 
 
 def _holders(fs: Sysfs, group: int | None, bdf: str | None = None
-             ) -> tuple[str, int, str] | None:
+             ) -> tuple[str, str, str] | None:
     """Who holds /dev/vfio/<group> open, or a device node below ``bdf`` (vfio-pci's
-    /dev/vfio/devices/vfioN, which a QEMU on iommufd opens instead of the group): ("pid 4321
-    (qemu-system-x86)", the first pid, the node), or None: a device in use is never touched."""
-    opened = OpenFiles(fs, [], remote_mount_ids(mountinfos(fs, [])))  # (unreadable: not ours)
+    /dev/vfio/devices/vfioN, which a QEMU on iommufd opens instead of the group): (the node,
+    "pid 4321 (qemu-system-x86)", what to do: "stop it (kill 4321)"), or None: a device in use
+    is never touched. Open files that cannot be read count as a holder (fail closed)."""
+    problems: list[str] = []
+    opened = OpenFiles(fs, problems, remote_mount_ids(mountinfos(fs, problems)))
     held = [(f"/dev/vfio/{group}", opened.holders("char", f"vfio/{group}",
                                                   fs.vfio_group_dev(group)))] \
         if group is not None else []
@@ -291,7 +293,11 @@ def _holders(fs: Sysfs, group: int | None, bdf: str | None = None
             held.append((f"/dev/{name}", users))
     for node, users in held:
         if users:
-            return ", ".join(f"pid {pid} ({comm})" for pid, comm in users), users[0][0], node
+            return (node, ", ".join(f"pid {pid} ({comm})" for pid, comm in users),
+                    f"stop it (kill {users[0][0]})")
+    if problems and held:
+        return (held[0][0], f"a process the harness cannot see ({'; '.join(problems)})",
+                "run as root in the host's PID namespace, or wait until that process is gone")
     return None
 
 
@@ -347,8 +353,8 @@ def _vfs_not_idle(fs: Sysfs, entry: dict, pf: "sriov.PhysicalFunction") -> str |
         group = fs.pci_device(vf).iommu_group if fs.pci_exists(vf) else None
         held = _holders(fs, group, vf)
         if held:
-            return (f"its VF {vf} is in use ({held[2]} open by {held[0]}); stop "
-                    f"it (kill {held[1]}), then restore again")
+            return (f"its VF {vf} is in use ({held[0]} open by {held[1]}); {held[2]}, "
+                    "then restore again")
     usage = HostUsage.read(fs)
     for vf in pf.vfs:
         uses = usage.verdict(vf).uses if fs.pci_exists(vf) else ()
@@ -401,8 +407,8 @@ def _restore_entry(fs: Sysfs, entry: dict, timeout: float,
         held = _holders(fs, group, bdf)
         if held:
             return Restored(bdf, "failed", dev.driver,
-                            f"{held[2]} is still open by {held[0]}; stop it "
-                            f"(kill {held[1]}), then restore again")
+                            f"{held[0]} is still open by {held[1]}; {held[2]}, then "
+                            "restore again")
         if dev.driver == VFIO:
             fs.write(fs.pci_driver_dir(VFIO) / "unbind", bdf)
         elif dev.driver not in (None, original):

@@ -83,6 +83,8 @@ class NetView:
         self.netconsoles = _netconsoles(fs)
         #: Why no interface can be proven idle (empty: all was read).
         self.problems = problems + [p for ns in namespaces for p in ns.problems]
+        #: (namespace, link) -> the resolved sysfs path of the device ``ip -d`` puts it on.
+        self.parents: dict[tuple[str, str], str] = _parents(fs, namespaces, self.problems)
 
     @classmethod
     def read(cls, fs: Sysfs) -> "NetView":
@@ -104,14 +106,16 @@ class NetView:
                          if "parentdev" not in link and _physical(fs, ns, name, link)]
         return cls(fs, spaces, problems)
 
-    def netdevs_of(self, bdf: str | None, own_names: list[str]) -> list[Netdev]:
-        """The interfaces of PCI function ``bdf`` in every namespace: ``own_names`` (its
-        ``net/`` entries in sysfs, the harness's namespace) and the links ``ip -d`` says are
-        on it (``parentdev``) anywhere."""
+    def netdevs_of(self, path: str | None, own_names: list[str]) -> list[Netdev]:
+        """The interfaces of the device at sysfs ``path`` (resolved) in every namespace:
+        ``own_names`` (its ``net/`` entries in sysfs, the harness's namespace) and the links
+        ``ip -d`` says sit on it or on a device below it anywhere (``parentbus``/``parentdev``:
+        a PCI function, or an auxiliary device such as an mlx5 sub-function under it)."""
         found = {Netdev(OWN, n) for n in own_names}
-        for ns in self.namespaces.values() if bdf else ():
+        for ns in self.namespaces.values() if path else ():
             found |= {Netdev(ns.name, name) for name, link in ns.links.items()
-                      if link.get("parentbus") == "pci" and link.get("parentdev") == bdf}
+                      if (parent := self.parents.get((ns.name, name))) and
+                      (parent == path or parent.startswith(path + "/"))}
         return sorted(found)
 
     def use_of(self, dev: Netdev) -> tuple[list[str], str]:
@@ -140,6 +144,25 @@ class NetView:
         evidence = (f"{dev}: down, no route in any table, no upper device, no socket bound "
                     "to it")
         return uses, evidence
+
+
+def _parents(fs: Sysfs, spaces: list[Namespace], problems: list[str]) -> dict:
+    """Where each link's ``parentbus``/``parentdev`` sits in sysfs; a parent that does not
+    resolve is a problem (fail closed: the link may sit on any device)."""
+    out = {}
+    for ns in spaces:
+        for name, link in ns.links.items():
+            bus, dev = link.get("parentbus"), link.get("parentdev")
+            if not bus and not dev:
+                continue
+            where = fs.sys("bus", str(bus), "devices", str(dev))
+            if not bus or not dev or "/" in f"{bus}{dev}" or not where.exists():
+                problems.append(f"{Netdev(ns.name, name)} sits on {bus}/{dev}, which "
+                                f"/sys/bus/{bus}/devices does not show: which device it is "
+                                "on cannot be told")
+                continue
+            out[(ns.name, name)] = os.path.realpath(where)
+    return out
 
 
 def _netconsoles(fs: Sysfs) -> set[str]:

@@ -149,13 +149,15 @@ class HostUsage:
                             f"{', '.join(users)}")
             else:
                 evidence.append(f"{dev.bdf} is on vfio-pci and {node} is open by no process")
-        if self.storage.problems and dev.driver not in _NO_HOST_DRIVER | {VFIO}:
+        # On vfio-pci too: a process whose fds cannot be read may hold the group.
+        if self.storage.problems and dev.driver not in _NO_HOST_DRIVER and \
+                not (dev.driver == VFIO and dev.iommu_group in held_groups):
             uses += [f"cannot tell whether {dev.bdf} is in use: {p}"
                      for p in self.storage.problems]
 
     def _network(self, dev: PciDevice, role, tree: "_Subtree", uses: list, evidence: list) -> None:
         host_driver = dev.driver not in _NO_HOST_DRIVER | {VFIO}
-        netdevs = self.net.netdevs_of(dev.bdf, tree.netdevs)
+        netdevs = self.net.netdevs_of(dev.path, tree.netdevs)
         if role == "nic" and host_driver and not netdevs and not self.net.problems:
             uses.append(f"{dev.bdf} is on {dev.driver}, which shows no network interface in "
                         "any namespace the harness can read (a container's namespace, or a "
@@ -181,7 +183,7 @@ class HostUsage:
         uses: list[str] = []
         evidence: list[str] = []
         tree = _Subtree(self.fs, usb.path)
-        self._interfaces(usb.name, self.net.netdevs_of(None, tree.netdevs), False, uses,
+        self._interfaces(usb.name, self.net.netdevs_of(usb.path, tree.netdevs), False, uses,
                          evidence)
         self._storage(None, tree, uses, evidence)
         self._nodes(usb.name, usb.path, tree, uses, evidence)

@@ -8,8 +8,9 @@ thread that did ``unshare(CLONE_FILES)`` has files of its own); one that cannot 
 namespace whose mounts cannot be read (``mountinfo``), an unreadable ``/proc/swaps`` or
 ``/proc/consoles``, a local filesystem whose disk cannot be told and a
 loaded ZFS (whose pools hold disks with none of the above) make every device unproven:
-:attr:`StorageView.problems` (ZFS and unmapped filesystems: :attr:`StorageView.unmapped`,
-which an inventory may clear per controller with ``no_host_filesystems = true``).
+:attr:`StorageView.problems` (ZFS, automount points whose disk shows only once mounted, and
+unmapped filesystems: :attr:`StorageView.unmapped`, which an inventory may clear per
+controller with ``no_host_filesystems = true``).
 
     >>> view = StorageView.read(Sysfs("/"))              # doctest: +SKIP
     >>> view.use_of_block("sdb")
@@ -31,6 +32,11 @@ from harness.host.sysfs import Sysfs
 _NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "ceph", "glusterfs", "9p", "virtiofs"}
 #: Local filesystems on pools whose disks sysfs does not link to the mount.
 _POOL_FS = {"zfs"}
+#: An automount point (fstab ``x-systemd.automount``, autofs maps): what it will mount, and
+#: from which disk, shows only once something opens a path below it.
+_AUTOMOUNT_FS = {"autofs"}
+#: systemd's automount of the kernel's binfmt_misc filesystem (no disk): on most hosts.
+_VIRTUAL_AUTOMOUNTS = {"/proc/sys/fs/binfmt_misc"}
 
 
 class Mount(NamedTuple):
@@ -106,8 +112,10 @@ def _mounts(fs: Sysfs, infos: list[tuple[Path, str]], problems: list[str]) -> li
         fields = line.split()
         if fields and fields[0].startswith("/dev/"):
             out.append(Mount(unescape_mountinfo(fields[0]), "swap", "swap", None))
-    return [m for m in out if m.fstype in _POOL_FS or
-            (m.source.startswith("/dev/") and m.fstype not in _NETWORK_FS)]
+    automounts = [m for m in out if m.fstype in _AUTOMOUNT_FS and
+                  m.mountpoint not in _VIRTUAL_AUTOMOUNTS]
+    return automounts + [m for m in out if m.fstype in _POOL_FS or
+                         (m.source.startswith("/dev/") and m.fstype not in _NETWORK_FS)]
 
 
 def block_name(fs: Sysfs, source: str) -> str | None:
@@ -302,7 +310,7 @@ class StorageView:
                 self.by_name.setdefault(name, []).append(what)
             if m.majmin and not m.majmin.startswith("0:"):
                 self.by_majmin.setdefault(m.majmin, []).append(what)
-            if m.fstype in _POOL_FS or (name is None and not (
+            if m.fstype in _POOL_FS | _AUTOMOUNT_FS or (name is None and not (
                     m.majmin and fs.sys("dev", "block", m.majmin).exists())):
                 self.unmapped.append(f"{m.mountpoint} ({m.source}, {m.fstype})")
         if fs.sys("module", "zfs").exists():

@@ -22,6 +22,7 @@ import subprocess
 from pathlib import Path
 
 from harness.core.errors import ImageError
+from harness.core.paths import open_nofollow
 
 
 def elf_sections(data: bytes) -> dict[str, bytes]:
@@ -227,7 +228,8 @@ def build_once(out: Path, build_into, spare: int = 2) -> bool:
     if out.exists():
         return False
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / ".lock", "w") as lock:
+    # (never through a link: in a cache another user could write, it would be root's write)
+    with os.fdopen(open_nofollow(out.parent / ".lock", os.O_RDWR | os.O_CREAT)) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if out.exists():
             return False

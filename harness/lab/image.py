@@ -3,12 +3,15 @@ the harness's Python dependencies) and the QEMU that runs it."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -19,7 +22,7 @@ from pathlib import Path
 from harness.images import debroot
 from harness.images import builtin as images
 from harness.core.errors import ConfigError, ImageError, LabError
-from harness.core.paths import write_atomic
+from harness.core.paths import check_ancestors, check_trusted_tree, invoking_uids, write_atomic
 from harness.qemu.process import qemu_version, version_tuple
 
 LAB_RECIPE = images.REPO_ROOT / "fixtures" / "images" / "lab"
@@ -242,12 +245,21 @@ def _lab_qemu_recipe() -> dict:
     return {"release": data["release"], "packages": list(data["packages"]), "min_version": minimum}
 
 
+def lab_qemu_folder(cache: Path) -> Path:
+    """Where the recipe's QEMU is unpacked in the image cache (named by what it is built from)."""
+    digest = hashlib.sha256(LAB_QEMU_RECIPE.read_bytes()
+                            + Path(images.__file__).read_bytes()).hexdigest()[:16]
+    return cache / "lab-qemu" / digest
+
+
 def ensure_lab_qemu(cache: Path, log=print) -> LabQemu:
     """The recipe's QEMU, unpacked (without root) into the image cache once."""
     recipe = _lab_qemu_recipe()
-    digest = hashlib.sha256(LAB_QEMU_RECIPE.read_bytes()
-                            + Path(images.__file__).read_bytes()).hexdigest()[:16]
-    out = cache / "lab-qemu" / digest
+    out = lab_qemu_folder(cache)
+    # Root runs what is unpacked here: its folder chain first (root's lock file and build
+    # folder go there), the whole tree before anything of it runs.
+    if os.geteuid() == 0:
+        check_ancestors(out, invoking_uids())
 
     def build(dest: Path) -> None:
         t0 = time.monotonic()
@@ -281,6 +293,7 @@ def ensure_lab_qemu(cache: Path, log=print) -> LabQemu:
         log(f"lab QEMU: unpacked into {dest} in {time.monotonic() - t0:.1f} s")
 
     debroot.build_once(out, build, spare=1)
+    check_trusted_tree(out)
     binary = out / "usr/bin/qemu-system-x86_64"
     return LabQemu(str(binary), qemu_version(str(binary)),
                    f"{recipe['release']}, unpacked in {out}",
@@ -314,10 +327,27 @@ def backports_qemu(cache: Path, log=print) -> str:
     that runs it with its own firmware first (``-L``), then the host's."""
     q = ensure_lab_qemu(cache, log=log)
     wrapper = Path(q.binary).parents[2] / "bin" / "qemu-system-x86_64"
-    text = ("#!/bin/sh\n# hotplug-harness: --qemu-binary backports (harness/lab/image.py)\n"
-            f"exec {shlex.join(q.argv())} -L /usr/share/qemu \"$@\"\n")
-    if not wrapper.is_file() or wrapper.read_text() != text:
-        wrapper.parent.mkdir(mode=0o755, exist_ok=True)
-        write_atomic(wrapper, text.encode())
-        wrapper.chmod(0o755)
+    text = backports_wrapper_text(q)
+    if not _wrapper_is(wrapper, text):
+        with contextlib.suppress(FileExistsError):
+            wrapper.parent.mkdir(mode=0o755)
+        check_trusted_tree(wrapper.parent)  # (a folder another user made is no place for it)
+        write_atomic(wrapper, text.encode(), mode=0o755)
+    check_trusted_tree(wrapper.parent)
     return str(wrapper)
+
+
+def backports_wrapper_text(q: LabQemu) -> str:
+    return ("#!/bin/sh\n# hotplug-harness: --qemu-binary backports (harness/lab/image.py)\n"
+            f"exec {shlex.join(q.argv())} -L /usr/share/qemu \"$@\"\n")
+
+
+def _wrapper_is(wrapper: Path, text: str) -> bool:
+    """Whether ``wrapper`` is the wrapper with ``text`` as made: a regular file (not a link),
+    ours, executable and writable by nobody else."""
+    try:
+        st = os.lstat(wrapper)
+    except FileNotFoundError:
+        return False
+    return (stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and
+            st.st_mode & 0o777 == 0o755 and wrapper.read_text() == text)

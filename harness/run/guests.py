@@ -16,7 +16,10 @@ Knows nothing of pytest.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import re
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -24,6 +27,8 @@ from harness.images import builtin as images
 from harness.images import cloudinit
 from harness.images import distro
 from harness.core.errors import ConfigError
+from harness.core.paths import (UnsafePathError, check_trusted_file, private_dir,
+                                read_trusted_file)
 from harness.qemu.machine import GuestImage
 import fcntl
 
@@ -99,7 +104,7 @@ def cloud_seeded(image: GuestImage, folder: Path) -> GuestImage:
     NoCloud seed. One key and one seed per ``folder``, made by the first of the run's processes
     to get there (the others wait for it and use them): guests of one shape on two xdist
     workers then have one command line, so one saved state serves both (harness.snapshot)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    private_dir(folder)  # (root's key goes here: no link or folder another user made)
     done = folder / "seed.done"
     with open(folder / ".seed.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -113,8 +118,8 @@ def cloud_seeded(image: GuestImage, folder: Path) -> GuestImage:
 
 
 def _tables(path: Path) -> list[dict]:
-    try:
-        data = tomllib.loads(path.read_text())
+    try:  # (as root, like the inventory: a file another user could write is refused)
+        data = tomllib.loads(read_trusted_file(path) if os.geteuid() == 0 else path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"--guest {path}: {e}", hint="fix the guests file (TOML, [[guest]] "
                                                        "tables: harness/guests.py)") from e
@@ -145,6 +150,7 @@ def _from_table(t: dict, source: str, seed_folder: Path) -> GuestChoice:
     if not (t.get("ready") or paths.get("key") or cloud):
         raise ConfigError(f"{where}: no way in: give key (SSH), ready (a root shell on ttyS0) or "
                           "cloud_init = true")
+    trusted_image_files(where, paths, t.get("disk_format", "qcow2"))
     access = t.get("access") or ("console" if t.get("ready") and not paths.get("key") and not cloud
                                  else "ssh")
     image = GuestImage(kernel=paths.get("kernel"), initrd=paths.get("initrd"),
@@ -180,10 +186,64 @@ def user_image(opt) -> GuestImage | None:
         raise ConfigError("your own guest needs a way in: --guest-key (SSH), "
                           "--guest-cloud-init (a cloud image: the key is made for the "
                           "run) and/or --guest-ready REGEX (a root shell on ttyS0)")
+    trusted_image_files("your own guest", {
+        k: Path(v).resolve() for k, v in (("--guest-kernel", opt.guest_kernel),
+                                          ("--guest-initrd", opt.guest_initrd),
+                                          ("--guest-disk", opt.guest_disk),
+                                          ("--guest-key", opt.guest_key)) if v},
+        opt.guest_disk_format, disk="--guest-disk")
     return GuestImage(kernel=_path(opt.guest_kernel), initrd=_path(opt.guest_initrd),
                       append=opt.guest_append, disk=_path(opt.guest_disk),
                       disk_format=opt.guest_disk_format, ssh_user=opt.guest_user,
                       ssh_key=_path(opt.guest_key), ready_pattern=opt.guest_ready)
+
+
+def trusted_image_files(where: str, paths: dict[str, Path], disk_format: str,
+                        disk: str = "disk") -> None:
+    """As root, the files a guest is made of (``paths``: its disk, kernel, initrd, key) are
+    ones no other user can write (the file and the folders on the way to it), and its disk
+    refers to no other file (``disk``: its key in ``paths``), or root's QEMU would open
+    whatever that user chose (a backing file /dev/nvme0n1: the host's disk in the guest).
+    Not root: nothing to check."""
+    if os.geteuid() != 0:
+        return
+    for key, path in paths.items():
+        try:
+            check_trusted_file(path)
+        except UnsafePathError as e:
+            raise UnsafePathError(f"{where}: {key}: {e.message}", hint=e.hint) from e
+    if disk in paths:
+        refs = _references(paths[disk], disk_format)
+        if refs:
+            raise ConfigError(
+                f"{where}: {disk} {paths[disk]} refers to other files ({', '.join(refs)}), "
+                "which root's QEMU would open too: a guest image must be whole",
+                hint=f"flatten it: qemu-img convert -O {disk_format} {paths[disk]} FLAT "
+                     "(then give FLAT)")
+
+
+def _references(disk: Path, disk_format: str) -> list[str]:
+    """The files ``qemu-img info`` says ``disk`` refers to besides itself (a backing file, a
+    qcow2 external data file, a VMDK's extents)."""
+    r = subprocess.run(["qemu-img", "info", "--output=json", "-U", "-f", disk_format,
+                        str(disk)], capture_output=True, text=True, timeout=60)
+    if r.returncode:
+        raise ConfigError(f"{disk}: qemu-img cannot read it as {disk_format}: "
+                          f"{r.stderr.strip()}", hint="give the image's format (disk_format, "
+                                                      "--guest-disk-format)")
+    refs: list[str] = []
+
+    def walk(value, key=""):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, k)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v, key)
+        elif key in ("backing-filename", "data-file", "filename") and value != str(disk):
+            refs.append(str(value))
+    walk(json.loads(r.stdout))
+    return sorted(set(refs))
 
 
 def _path(value: str | None) -> Path | None:

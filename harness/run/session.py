@@ -199,6 +199,10 @@ class HarnessSession:
         return str(snapshot.new_run_cache_dir(owner))
 
     def _seed_cloud_init(self, opt) -> None:
+        if opt.guest_cloud_init or opt.guest:
+            # Root's SSH key and NoCloud seeds go below the run folder (here, or as --guest
+            # resolves): a planted symlink or a folder others can write is refused first.
+            private_dir(self.plan.run_dir)
         if opt.guest_cloud_init:
             # A stock cloud image: an SSH key made for the run, handed to cloud-init by a
             # NoCloud seed (one for the run's processes, in the run folder: one command line

@@ -1,15 +1,24 @@
 """harness.guests: --guest values and guests files become the run's guests; bad ones are one
 clear error saying what to write."""
 
+import subprocess
+
 import pytest
 
 from harness.core.errors import ConfigError
 from harness.run.guests import resolve
 
 
+def qcow2(path):
+    """A real disk image (as root the harness asks qemu-img what it refers to)."""
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "1M"], check=True,
+                   timeout=30)
+    return path
+
+
 def test_a_guests_file_describes_your_own_guests(tmp_path):
-    disk, key, kernel = tmp_path / "rhel7.qcow2", tmp_path / "id", tmp_path / "vmlinuz"
-    for f in (disk, key, kernel):
+    disk, key, kernel = qcow2(tmp_path / "rhel7.qcow2"), tmp_path / "id", tmp_path / "vmlinuz"
+    for f in (key, kernel):
         f.write_text("x")
     guests = tmp_path / "guests.toml"
     guests.write_text(f'[[guest]]\nname = "rhel7"\ndisk = "{disk}"\nkey = "{key}"\n\n'
@@ -22,8 +31,7 @@ def test_a_guests_file_describes_your_own_guests(tmp_path):
 
 
 def test_a_cloud_image_in_a_guests_file_gets_a_key_and_a_seed_for_the_run(tmp_path):
-    disk = tmp_path / "debian-12-genericcloud-amd64.qcow2"
-    disk.write_text("x")
+    disk = qcow2(tmp_path / "debian-12-genericcloud-amd64.qcow2")
     guests = tmp_path / "g.toml"
     guests.write_text(f'[[guest]]\nname = "deb12"\ndisk = "{disk}"\ncloud_init = true\n')
     [cloud] = resolve([str(guests)], tmp_path / "cache", tmp_path / "seeds")
