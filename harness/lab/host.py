@@ -90,6 +90,17 @@ _STUCK = re.compile(r"watchdog: BUG: soft lockup - CPU#\d+ stuck for (\d+)s!")
 _RCU_STALL = re.compile(r"rcu: INFO: rcu_\w+ (?:detected stalls on CPUs/tasks|self-detected stall)")
 
 
+#: The lab host's job writes its uptime to this file of the run folder (shared over 9p) every
+#: HEARTBEAT_SECONDS while its pytest runs: a test may print nothing for minutes (the SIGTERM
+#: test runs a pytest of its own inside L1: 199-300 s, longer on a busy machine), and silence
+#: alone then read as a hung lab host (seen Dec 5: "printed nothing for 309 s", the lab
+#: restarted, the one test left passed in 170 s). A lab host whose kernel still runs its
+#: tasks is not hung; one that is stops beating too. A wedge that leaves one CPU running
+#: (tasks queued on the stuck one sleep forever) is what the RCU stall report above catches.
+HEARTBEAT = "alive"
+HEARTBEAT_SECONDS = 20
+
+
 class LabHost:
     """One L1 QEMU process running one job, its console copied to a log and to ``echo``."""
 
@@ -104,6 +115,8 @@ class LabHost:
         self.silence_timeout = silence_timeout
         self.workdir = workdir
         self.console_log = workdir / "console.log"
+        self.heartbeat = workdir / HEARTBEAT
+        self._beat = ""
         self.qemu_log = workdir / "qemu.log"
         self.echo = echo
         self.qemu = QemuProcess(argv, self.qemu_log)
@@ -128,7 +141,7 @@ class LabHost:
         try:
             while True:
                 done = self.process.poll() is not None
-                if self._copy_console(t0):
+                if self._copy_console(t0) | self._beating():
                     heard = time.monotonic()
                 if done:
                     return self._ended()
@@ -159,6 +172,15 @@ class LabHost:
                 self.echo(line)
         return bool(chunk)
 
+    def _beating(self) -> bool:
+        """Whether the job's heartbeat file changed since the last look."""
+        try:
+            beat = self.heartbeat.read_text()
+        except OSError:
+            return False
+        changed, self._beat = beat != self._beat, beat
+        return changed
+
     def _ended(self) -> int:
         if self._pending and self.echo:
             self.echo(self._pending.decode("utf-8", "replace"))
@@ -180,8 +202,9 @@ class LabHost:
                                 "guest's QEMU (docs/lab.md); `make lab` and `make lab-smoke` run "
                                 "the lab again, 3 runs at most")
         if "ready" in self.marks and now > heard + self.silence_timeout:
-            raise LabError(f"the lab host has printed nothing for {self.silence_timeout:g} s:"
-                           f" it is hung (console: {self.console_log})",
+            raise LabError(f"the lab host has printed nothing for {self.silence_timeout:g} s"
+                           f" and its job's heartbeat stopped: it is hung (console: "
+                           f"{self.console_log})",
                            hint="the guests of the test that was running are in the run "
                                 "folder's guests/; run again, and if it recurs, report it "
                                 "with the console log")

@@ -166,6 +166,40 @@ def test_lab_host_that_falls_silent_is_stopped(tmp_path):
     assert lines == ["lab: ready uptime=1.00 kernel=test kvm=no"]
 
 
+def test_lab_host_that_prints_nothing_but_beats_is_not_taken_for_hung(tmp_path):
+    """A test may print nothing for minutes (the SIGTERM test's own pytest inside L1): while
+    the job's heartbeat file changes the lab host is alive; once it stops too, it is hung."""
+    import threading
+    import time
+
+    from harness.lab.host import HEARTBEAT
+
+    host = _lab_host_with_console(tmp_path, "lab: ready uptime=1.00 kernel=test kvm=no\n",
+                                  silence_timeout=2)
+    stop = time.monotonic() + 5
+
+    def beat():
+        while time.monotonic() < stop:
+            (tmp_path / HEARTBEAT).write_text(f"{time.monotonic():.2f} 0.00\n")
+            time.sleep(0.5)
+    beater = threading.Thread(target=beat)
+    t0 = time.monotonic()
+    beater.start()
+    message = _stopped_with(host)
+    beater.join()
+    assert time.monotonic() - t0 > 6, "stopped while the heartbeat still came"
+    assert "printed nothing for 2 s and its job's heartbeat stopped" in message
+
+
+def test_lab_hosts_job_beats_while_its_pytest_runs(tmp_path):
+    from harness.lab.host import HEARTBEAT
+    from harness.lab.outer import write_job
+
+    text = write_job(tmp_path, tmp_path / "run.json", tmp_path, tmp_path, ["-k", "nic"]).read_text()
+    beat, run = text.index(f"/proc/uptime > {tmp_path / HEARTBEAT}"), text.index("python3.11 -m pytest")
+    assert beat < run < text.index("kill $beat") < text.index("echo $status >")
+
+
 def test_lab_host_whose_kernel_reports_a_stuck_cpu_is_stopped_at_once(tmp_path):
     """L1's soft-lockup watchdog saying a CPU has been stuck for a minute (nested KVM on TCG
     wedged, as seen in `make lab`) ends the run at once, naming the line; a shorter stall is
