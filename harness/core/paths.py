@@ -133,12 +133,18 @@ _TRUSTED_HINT = ("chown root and chmod go-w {p} (and the folders above it), or k
                  "in a folder only root can write such as /etc/hotplug-harness")
 
 
-def check_trusted_tree(top: Path) -> None:
+def check_trusted_tree(top: Path, guest_trees: tuple[str, ...] = ()) -> None:
     """As root, before root runs a program from ``top`` (a cache folder a program was unpacked
     into): ``top`` and every folder above it are owned by root or the invoking user
     (:func:`invoking_uids`) and writable by nobody else (a sticky folder above it aside), and
     so is every file and folder below it; a symlink below it is the invoking user's and leads
     to a place inside ``top``. Nobody else can then have planted or swapped what root runs.
+    ``guest_trees``: folders below ``top`` (relative names) that are a guest's root file
+    system (the lab host's ``root``): the same rule for their files and folders, but a link
+    in them means a path inside the guest (``etc/rmt -> /usr/sbin/rmt``), so it is judged by
+    its owner only and never followed here (nor by QEMU's 9p server, which serves the tree
+    without following links out of it).
+
     Not root: nothing to check (a user runs what their own cache holds). Raises
     UnsafePathError naming the path."""
     if os.geteuid() != 0:
@@ -147,18 +153,21 @@ def check_trusted_tree(top: Path) -> None:
     top = Path(os.path.abspath(top))
     check_ancestors(top, uids)
     real_top = os.path.realpath(top)
+    guests = tuple(str(top / g) for g in guest_trees)
     _check_tree_entry(top, top, real_top, uids)
     for folder, dirs, files in os.walk(top):
+        in_guest = any(folder == g or folder.startswith(g + "/") for g in guests)
         for name in dirs + files:
-            _check_tree_entry(top, Path(folder) / name, real_top, uids)
+            _check_tree_entry(top, Path(folder) / name, real_top, uids, in_guest)
 
 
-def _check_tree_entry(top: Path, p: Path, real_top: str, uids: set[int]) -> None:
+def _check_tree_entry(top: Path, p: Path, real_top: str, uids: set[int],
+                      in_guest: bool = False) -> None:
     st = os.lstat(p)
     if stat.S_ISLNK(st.st_mode):
         target = os.path.realpath(p)
         if st.st_uid not in uids or p == top or not (
-                target == real_top or target.startswith(real_top + "/")):
+                in_guest or target == real_top or target.startswith(real_top + "/")):
             raise UnsafePathError(
                 f"the link {p} (in {top}) " + (
                     f"is owned by uid {st.st_uid}" if st.st_uid not in uids else

@@ -22,7 +22,8 @@ import subprocess
 from pathlib import Path
 
 from harness.core.errors import ImageError
-from harness.core.paths import open_nofollow
+from harness.core.paths import (check_ancestors, check_trusted_tree, invoking_uids,
+                                open_nofollow)
 
 
 def elf_sections(data: bytes) -> dict[str, bytes]:
@@ -220,32 +221,51 @@ def check_libraries(root: Path, programs: tuple[str, ...]) -> None:
                          hint="add the Debian package that ships them to recipe.toml")
 
 
-def build_once(out: Path, build_into, spare: int = 2) -> bool:
+def build_once(out: Path, build_into, spare: int = 2, guest_trees: tuple[str, ...] = ()) -> bool:
     """Build into ``out`` (a cache folder named by what it is built from) unless it is there.
     Safe from several processes at once: one builds, the others wait on the cache's lock. The
     build must appear at ``out`` whole (built aside, then renamed). Older builds beyond ``spare``
-    are pruned. True if this call built it."""
-    if out.exists():
-        return False
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # (never through a link: in a cache another user could write, it would be root's write)
-    with os.fdopen(open_nofollow(out.parent / ".lock", os.O_RDWR | os.O_CREAT)) as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if out.exists():
-            return False
-        build_into(out)
-        prune(out.parent, keep=out, spare=spare)
-    return True
+    are pruned. True if this call built it.
+
+    As root, the image cache may be one others can write (``--image-cache DIR``), and its
+    folder names are predictable: before anything is made, locked, built or removed there, the
+    folders above ``out`` must be root's (or the invoking user's) and writable by nobody else
+    (a sticky folder above the cache aside), looked at again once ``out``'s folder exists; and
+    ``out``, built now or found, must be root's through and through
+    (:func:`harness.core.paths.check_trusted_tree`, ``guest_trees`` its guest root trees)
+    before anyone uses it. Raises UnsafePathError naming the path."""
+    uids = invoking_uids() if os.geteuid() == 0 else None
+    if uids:
+        check_ancestors(out, uids)
+    built = False
+    if not os.path.lexists(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if uids:
+            check_ancestors(out, uids)  # (a folder another user made first, or a link)
+        with os.fdopen(open_nofollow(out.parent / ".lock", os.O_RDWR | os.O_CREAT)) as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not os.path.lexists(out):
+                build_into(out)
+                prune(out.parent, keep=out, spare=spare)
+                built = True
+    check_trusted_tree(out, guest_trees)
+    return built
 
 
 def prune(cache: Path, keep: Path, spare: int = 2) -> None:
     """Remove builds of older recipes, keeping the newest ``spare`` besides ``keep`` (another
-    branch may still want them)."""
-    old = sorted((d for d in cache.iterdir() if d.is_dir() and d != keep and (d / "manifest.json").exists()),
-                 key=lambda d: d.stat().st_mtime, reverse=True)
-    for d in old[spare:]:
-        for p in d.iterdir():
-            if p.is_file():  # the image's files are read-only
-                os.chmod(p, 0o600)
+    branch may still want them). Only real folders with a manifest are builds: a symlink (to
+    a folder of root's, planted in a cache another user could write) is never followed, and
+    ``rmtree`` removes what is below a build without following a link in it."""
+    old = []
+    for d in cache.iterdir():
+        st = os.lstat(d)
+        if d == keep or not stat.S_ISDIR(st.st_mode):
+            continue
+        try:
+            if stat.S_ISREG(os.lstat(d / "manifest.json").st_mode):
+                old.append((st.st_mtime, d))
+        except FileNotFoundError:
+            continue
+    for _, d in sorted(old, reverse=True)[spare:]:
         shutil.rmtree(d, ignore_errors=True)
-

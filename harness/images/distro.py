@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,21 +66,26 @@ def ensure_distro(name: str, cache: Path = DEFAULT_CACHE, log=print) -> DistroIm
     if not script.is_file():
         raise ImageError(f"the recipe {script} is missing", hint=f"restore {script.parent} from git")
     out = cache / name / _recipe_digest(script.parent)
+    debroot.build_once(out, lambda dest: _build(name, script, variant, dest, log), spare=1)
+    return DistroImage(out, json.loads((out / "manifest.json").read_text()))
 
-    def build(dest: Path) -> None:
-        if os.geteuid() != 0 or shutil.which("mmdebstrap") is None:
-            raise ImageError(f"building the {name} guest needs root and mmdebstrap",
-                             hint="run as root after `apt-get install mmdebstrap` (make setup "
-                                  "installs it)")
-        t0 = time.monotonic()
-        part = dest.with_name(dest.name + ".part")
-        shutil.rmtree(part, ignore_errors=True)
+
+def _build(name: str, script: Path, variant: str, dest: Path, log) -> None:
+    """Build the ``name`` guest with its recipe's ``script`` and put it at ``dest`` whole."""
+    if os.geteuid() != 0 or shutil.which("mmdebstrap") is None:
+        raise ImageError(f"building the {name} guest needs root and mmdebstrap",
+                         hint="run as root after `apt-get install mmdebstrap` (make setup "
+                              "installs it)")
+    t0 = time.monotonic()
+    # Built in a new folder of a name nobody can predict: a ``.part`` of a predictable name,
+    # planted as a link to /etc, had the build write there and chmod all of it 0444.
+    aside = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        part = aside / "out"
         log(f"{name} guest: building with {script} (mmdebstrap, about a minute)")
         p = subprocess.run([str(script), str(part), *([variant] if variant else [])],
                            capture_output=True, text=True)
         if p.returncode:
-            shutil.rmtree(part, ignore_errors=True)
-
             raise ImageError(f"{script} failed (exit {p.returncode})",
                              hint="its output is below", details=tail(p.stdout + p.stderr))
         prompt = part / "console-prompt.txt"
@@ -91,7 +97,6 @@ def ensure_distro(name: str, cache: Path = DEFAULT_CACHE, log=print) -> DistroIm
         for f in part.iterdir():  # the base image is only ever used through overlays
             os.chmod(f, 0o400 if f.name == "id_ed25519" else 0o444)
         part.rename(dest)
-        log(f"{name} guest: built {dest} in {manifest['build_seconds']} s")
-
-    debroot.build_once(out, build, spare=1)
-    return DistroImage(out, json.loads((out / "manifest.json").read_text()))
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
+    log(f"{name} guest: built {dest} in {manifest['build_seconds']} s")

@@ -3,6 +3,7 @@ runs it with its console copied out and its deadlines watched."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 from harness.core.errors import ConfigError, LabError, QemuLaunchError
+from harness.core.paths import open_nofollow
 from harness.qemu.process import QemuProcess
 from harness.lab import devices
 from harness.lab.devices import NVME_DISK_BYTES, SATA_DISK_BYTES, STICK_BYTES
@@ -29,9 +31,12 @@ def lab_argv(image: LabImage, qemu: list[str], workdir: Path, shares: dict[str, 
     """L1's command line; ``qemu`` is the emulator's own part (:meth:`LabQemu.argv`)."""
     disk, stick = workdir / "sata-disk.raw", workdir / "usb-stick.raw"
     nvme = workdir / "nvme-disk.raw"
-
+    if len(shares) > MAX_SHARES:
+        raise ConfigError(f"the lab host takes at most {MAX_SHARES} shared folders, not "
+                          f"{len(shares)}", hint="keep the report folder and image cache under "
+                                                 "the repository")
     for path, size in ((disk, SATA_DISK_BYTES), (stick, STICK_BYTES), (nvme, NVME_DISK_BYTES)):
-        _disk_image(path, size)  # two partitions, like the guide's /dev/sdb
+        _disk_image(path, size)  # two partitions, like the guide's /dev/sdb (new files only)
     share_arg = ",".join(f"{tag}:{path}" for tag, path in shares.items())
     # (loglevel=4: errors reach the console too, among them the RCU stall reports that are
     # the only sign of a wedge where the stuck CPU's own watchdog cannot speak: LabHost)
@@ -48,10 +53,6 @@ def lab_argv(image: LabImage, qemu: list[str], workdir: Path, shares: dict[str, 
             "-device", f"virtio-9p-pci,fsdev=labroot,mount_tag=labroot,addr={SHARE_SLOT:#x}"]
     # The shares at fixed slots too: auto-assigned ones took 00:03.0 from the lab NIC when a
     # run had more shares than usual (a --report-dir outside the repository).
-    if len(shares) > MAX_SHARES:
-        raise ConfigError(f"the lab host takes at most {MAX_SHARES} shared folders, not "
-                          f"{len(shares)}", hint="keep the report folder and image cache under "
-                                                 "the repository")
     for i, (tag, path) in enumerate(shares.items(), start=1):
         argv += ["-fsdev", f"local,id={tag},path={path},security_model=none,multidevs=remap",
                  "-device", f"virtio-9p-pci,fsdev={tag},mount_tag={tag},addr={SHARE_SLOT + i:#x}"]
@@ -130,9 +131,12 @@ class LabHost:
 
     def run(self, deadline: float) -> int:
         """Start L1 and copy its console until it powers off; QEMU's exit status."""
-        (self.workdir / "lab.cmdline").write_text(shlex.join(self.argv) + "\n")
+        # (never through a link: QEMU, as root, appends L1's console to what is there)
+        for path, text, how in ((self.workdir / "lab.cmdline", shlex.join(self.argv) + "\n",
+                                 os.O_TRUNC), (self.console_log, "", os.O_APPEND)):
+            with os.fdopen(open_nofollow(path, os.O_WRONLY | os.O_CREAT | how), "w") as f:
+                f.write(text)
         t0 = time.monotonic()
-        self.console_log.touch()
         try:
             self.qemu.start()
         except QemuLaunchError as e:

@@ -207,9 +207,13 @@ def lab_dir(cache: Path = images.DEFAULT_CACHE) -> Path:
 
 
 def ensure_lab(cache: Path = images.DEFAULT_CACHE, log=print) -> LabImage:
-    """The lab image, built first if this recipe (and these Python dependencies) never was."""
+    """The lab image, built first if this recipe (and these Python dependencies) never was.
+    As root, refused unless the cache's folders and the whole image are root's (its root file
+    system's links, paths inside L1, judged by their owner only): L1 runs as root with the
+    checkout shared into it writable, so what it boots is root on this host."""
     out = lab_dir(cache)
-    built_now = debroot.build_once(out, lambda d: build_lab(d, log=log), spare=1)
+    built_now = debroot.build_once(out, lambda d: build_lab(d, log=log), spare=1,
+                                   guest_trees=("root",))
     try:
         manifest = json.loads((out / "manifest.json").read_text())
     except ValueError as e:

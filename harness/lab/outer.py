@@ -12,6 +12,7 @@ from pathlib import Path
 from harness.images import builtin as images
 from harness.core import pace
 from harness.core.errors import ConfigError, HarnessError
+from harness.core.paths import private_dir
 from harness.qemu.machine import MACHINES
 from harness.core.runconfig import LabContext, RunConfig
 from harness.lab.host import HEARTBEAT, HEARTBEAT_SECONDS, LabHost, lab_argv, shares_for
@@ -36,8 +37,10 @@ def run_outer(config, echo=print) -> int:
     report_root = Path(opt.report_dir).resolve()
     run = RunConfig.new(report_root, backend="lab", qemu_binary=opt.qemu_binary,
                         machines=tuple(opt.machine or MACHINES))
-    workdir = run.run_dir / "lab"
-    workdir.mkdir(parents=True)
+    # (a report folder others can write: no run folder planted there, nor a link, is used;
+    # L1 runs as root what is written here)
+    workdir = private_dir(run.run_dir) / "lab"
+    workdir.mkdir(mode=0o700)
     run.lab = LabContext(workdir, {"folder": str(image.folder),
                                    "build_seconds": image.manifest.get("build_seconds"),
                                    "built_now": image.built_now,

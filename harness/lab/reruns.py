@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from harness.core.paths import UnsafePathError, check_private, write_atomic
 from harness.lab.outer import STOPPED
 from harness.report.records import load_results
 
@@ -26,9 +27,16 @@ FAILED = ("failed", "error")
 
 
 def _run_dir(report_root: Path, pid: int) -> Path | None:
-    """The run folder the outer pytest with this PID made (``run-<time>-<pid>``)."""
-    found = sorted(report_root.glob(f"run-*-{pid}"))
-    return found[-1] if found else None
+    """The run folder the outer pytest with this PID made (``run-<time>-<pid>``): the newest
+    one that is ours and private (:func:`check_private`). The PID is seen by all while the run
+    lasts: in a report folder others can write, a look-alike folder (or a link) another user
+    made is not the run's, and what is read from it or written into it is theirs."""
+    for found in sorted(report_root.glob(f"run-*-{pid}"), reverse=True):
+        try:
+            return check_private(found)
+        except (UnsafePathError, OSError):
+            continue
+    return None
 
 
 def _one_run(pytest: list[str], args: list[str], finished: dict[str, str],
@@ -73,7 +81,8 @@ def run(pytest: list[str], args: list[str], report_root: Path, runs: int, echo=p
                "failed": failed, "exit_status": final,
                "wall_seconds": round(sum(h["seconds"] for h in history), 1)}
     if run_dir is not None:
-        (run_dir / "lab-runs.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_atomic(run_dir / "lab-runs.json", (json.dumps(summary, indent=2) + "\n").encode(),
+                     mode=0o644)
     echo(describe(summary))
     return final
 

@@ -140,7 +140,8 @@ def _from_table(t: dict, source: str, seed_folder: Path) -> GuestChoice:
     if not isinstance(t.get("name"), str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", t["name"]):
         raise ConfigError(f"{where}: name must be letters, digits, '.', '_' or '-' (it is part "
                           "of the test ids)")
-    paths = {k: Path(t[k]).expanduser().resolve() for k in ("kernel", "initrd", "disk", "key") if t.get(k)}
+    paths = {k: Path(os.path.abspath(Path(t[k]).expanduser()))
+             for k in ("kernel", "initrd", "disk", "key") if t.get(k)}
     for key, path in paths.items():
         if not path.is_file():
             raise ConfigError(f"{where}: {key} {path}: no such file")
@@ -150,7 +151,7 @@ def _from_table(t: dict, source: str, seed_folder: Path) -> GuestChoice:
     if not (t.get("ready") or paths.get("key") or cloud):
         raise ConfigError(f"{where}: no way in: give key (SSH), ready (a root shell on ttyS0) or "
                           "cloud_init = true")
-    trusted_image_files(where, paths, t.get("disk_format", "qcow2"))
+    paths = trusted_image_files(where, paths, t.get("disk_format", "qcow2"))
     access = t.get("access") or ("console" if t.get("ready") and not paths.get("key") and not cloud
                                  else "ssh")
     image = GuestImage(kernel=paths.get("kernel"), initrd=paths.get("initrd"),
@@ -186,40 +187,44 @@ def user_image(opt) -> GuestImage | None:
         raise ConfigError("your own guest needs a way in: --guest-key (SSH), "
                           "--guest-cloud-init (a cloud image: the key is made for the "
                           "run) and/or --guest-ready REGEX (a root shell on ttyS0)")
-    trusted_image_files("your own guest", {
-        k: Path(v).resolve() for k, v in (("--guest-kernel", opt.guest_kernel),
-                                          ("--guest-initrd", opt.guest_initrd),
-                                          ("--guest-disk", opt.guest_disk),
-                                          ("--guest-key", opt.guest_key)) if v},
+    real = trusted_image_files("your own guest", {
+        k: Path(v) for k, v in (("--guest-kernel", opt.guest_kernel),
+                                ("--guest-initrd", opt.guest_initrd),
+                                ("--guest-disk", opt.guest_disk),
+                                ("--guest-key", opt.guest_key)) if v},
         opt.guest_disk_format, disk="--guest-disk")
-    return GuestImage(kernel=_path(opt.guest_kernel), initrd=_path(opt.guest_initrd),
-                      append=opt.guest_append, disk=_path(opt.guest_disk),
+    return GuestImage(kernel=real.get("--guest-kernel"), initrd=real.get("--guest-initrd"),
+                      append=opt.guest_append, disk=real.get("--guest-disk"),
                       disk_format=opt.guest_disk_format, ssh_user=opt.guest_user,
-                      ssh_key=_path(opt.guest_key), ready_pattern=opt.guest_ready)
+                      ssh_key=real.get("--guest-key"), ready_pattern=opt.guest_ready)
 
 
 def trusted_image_files(where: str, paths: dict[str, Path], disk_format: str,
-                        disk: str = "disk") -> None:
-    """As root, the files a guest is made of (``paths``: its disk, kernel, initrd, key) are
-    ones no other user can write (the file and the folders on the way to it), and its disk
-    refers to no other file (``disk``: its key in ``paths``), or root's QEMU would open
-    whatever that user chose (a backing file /dev/nvme0n1: the host's disk in the guest).
-    Not root: nothing to check."""
+                        disk: str = "disk") -> dict[str, Path]:
+    """Where the files a guest is made of (``paths``, as given: its disk, kernel, initrd, key)
+    are, to be used from now on: as root, the real paths :func:`check_trusted_file` judged
+    (each link on the way judged too, and no link left to re-point after the check), ones no
+    other user can write (the file and the folders on the way to it); and its disk refers to
+    no other file (``disk``: its key in ``paths``), or root's QEMU would open whatever that
+    user chose (a backing file /dev/nvme0n1: the host's disk in the guest). Not root: the
+    paths resolved, nothing checked."""
     if os.geteuid() != 0:
-        return
+        return {key: Path(path).resolve() for key, path in paths.items()}
+    real = {}
     for key, path in paths.items():
         try:
-            check_trusted_file(path)
+            real[key] = check_trusted_file(path)
         except UnsafePathError as e:
             raise UnsafePathError(f"{where}: {key}: {e.message}", hint=e.hint) from e
-    if disk in paths:
-        refs = _references(paths[disk], disk_format)
+    if disk in real:
+        refs = _references(real[disk], disk_format)
         if refs:
             raise ConfigError(
-                f"{where}: {disk} {paths[disk]} refers to other files ({', '.join(refs)}), "
+                f"{where}: {disk} {real[disk]} refers to other files ({', '.join(refs)}), "
                 "which root's QEMU would open too: a guest image must be whole",
-                hint=f"flatten it: qemu-img convert -O {disk_format} {paths[disk]} FLAT "
+                hint=f"flatten it: qemu-img convert -O {disk_format} {real[disk]} FLAT "
                      "(then give FLAT)")
+    return real
 
 
 def _references(disk: Path, disk_format: str) -> list[str]:
@@ -245,6 +250,3 @@ def _references(disk: Path, disk_format: str) -> list[str]:
     walk(json.loads(r.stdout))
     return sorted(set(refs))
 
-
-def _path(value: str | None) -> Path | None:
-    return Path(value).resolve() if value else None

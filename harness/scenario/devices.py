@@ -10,10 +10,12 @@ the same checks.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from harness.core.errors import HarnessError, QMPCommandError
 from harness.core.pace import UNPLUG
+from harness.core.paths import open_nofollow
 from harness.core.roles import ROLES
 from harness.qemu.machine import GuestSpec
 from harness.host import usbhost
@@ -202,13 +204,15 @@ def _disk_image(path, size: int) -> None:
     mbr[440:444] = HARNESS_DISK_ID.to_bytes(4, "little")
     mbr[446:446 + len(entries)] = entries
     mbr[510:512] = b"\x55\xaa"
-    with open(path, "wb") as f:
+    # A new file, never through a link (root writes it: a planted link would be root's write)
+    with os.fdopen(open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as f:
         f.write(mbr)
         f.truncate(size)
 
 
 def _add_disk(guest, node: str, size: int) -> None:
     path = guest.scratch_path(f"{node}.raw")
+    path.unlink(missing_ok=True)  # (an earlier plug's that failed, in the guest's own folder)
     _disk_image(path, size)
     guest.qmp("blockdev-add", driver="raw", **{"node-name": node},
               file={"driver": "file", "filename": str(path)})

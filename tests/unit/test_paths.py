@@ -231,8 +231,14 @@ def test_the_nightlys_checkout_and_venv_are_refused_when_another_user_could_writ
     top = _checkout(tmp_path / "srv" / "hotplug-harness")
     assert _check_tree(top).returncode == 0
     os.chown(top / "reports/run-1", NOBODY, NOBODY)          # not run: not looked at
-    (top / "fixtures/images/build/lab/4567/root/var/mail").chmod(0o2775)  # a guest's own tree
+    # the lab host's root file system: its links are paths inside it, not followed here
+    (top / "fixtures/images/build/lab/4567/root/var/spool").symlink_to("/nonexistent/in/guest")
     assert _check_tree(top).returncode == 0
+    # but no exception for its modes (L1 runs it as root; its root is read-only in L1)
+    (top / "fixtures/images/build/lab/4567/root/var/mail").chmod(0o2775)
+    r = _check_tree(top)
+    assert r.returncode == 1 and "4567/root/var/mail" in r.stderr, r.stderr
+    (top / "fixtures/images/build/lab/4567/root/var/mail").chmod(0o755)
     (top / "fixtures/images/build/0123abcd/vmlinux").chmod(0o666)  # root's QEMU boots it
     r = _check_tree(top)
     assert r.returncode == 1 and "0123abcd/vmlinux" in r.stderr, r.stderr
