@@ -277,10 +277,20 @@ def private_dir(path: Path) -> Path:
 
 def new_private_dir(prefix: str, parent: Path | None = None) -> Path:
     """A new private folder whose name nobody can predict (``mkdtemp``), in ``parent`` or the
-    system's temporary folder."""
-    base = Path(parent or tempfile.gettempdir())
+    system's temporary folder (:func:`checked_tempdir`)."""
+    base = Path(parent) if parent else checked_tempdir()
     check_ancestors(base / "x")
     return check_private(Path(tempfile.mkdtemp(prefix=prefix, dir=base)))
+
+
+def checked_tempdir() -> Path:
+    """The system's temporary folder (``$TMPDIR``, else /tmp), once it and every folder above
+    it are checked as :func:`check_ancestors` checks: a ``mkdtemp`` folder there is then one
+    nobody else can rename or swap (a TMPDIR another user owns, or can write without the
+    sticky bit, is refused: UnsafePathError)."""
+    base = Path(tempfile.gettempdir())
+    check_ancestors(base / "x")
+    return base
 
 
 def open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
