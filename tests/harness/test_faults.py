@@ -196,7 +196,7 @@ def test_lab_hosts_job_beats_while_its_pytest_runs(tmp_path):
     from harness.lab.outer import write_job
 
     text = write_job(tmp_path, tmp_path / "run.json", tmp_path, tmp_path, ["-k", "nic"]).read_text()
-    beat, run = text.index(f"/proc/uptime > {tmp_path / HEARTBEAT}"), text.index("python3.11 -m pytest")
+    beat, run = text.index(f"/proc/uptime > {tmp_path / HEARTBEAT}"), text.index("python3.11 -P -m pytest")
     assert beat < run < text.index("kill $beat") < text.index("echo $status >")
 
 
