@@ -107,6 +107,13 @@ def _outcome(workdir: Path, host: "LabHost", figures: dict, echo) -> int:
     return int(status_file.read_text().strip() or 3)
 
 
+_BEAT = ("import time\n"
+         "while True:\n"
+         "    with open({path!r}, 'w') as f, open('/proc/uptime') as u:\n"
+         "        f.write(u.read())\n"
+         "    time.sleep({every})\n")
+
+
 def write_job(workdir: Path, run_config: Path, invocation: Path, root: Path, args: list[str]) -> Path:
     """The job the lab host's stage 2 runs (given the lab host's uptime at "lab: ready"): the
     same pytest command, inside, reading the run configuration the outer run wrote."""
@@ -118,8 +125,9 @@ def write_job(workdir: Path, run_config: Path, invocation: Path, root: Path, arg
         f"export PYTHONPATH={shlex.quote(str(root))} PYTHONDONTWRITEBYTECODE=1\n"
         f"cd {shlex.quote(str(invocation))} || exit 2\n"
         # (the lab host's heartbeat while the run prints nothing: harness.lab.host.HEARTBEAT)
-        f"( while :; do cat /proc/uptime > {shlex.quote(str(workdir / HEARTBEAT))}; "
-        f"sleep {HEARTBEAT_SECONDS}; done ) &\n"
+        # (in Python: the lab host's userland has no coreutils, and a shell loop whose
+        # sleep is missing spins)
+        f"python3.11 -c {shlex.quote(_BEAT.format(path=str(workdir / HEARTBEAT), every=HEARTBEAT_SECONDS))} &\n"
         "beat=$!\n"
         # (-P: the invocation folder is not put first on sys.path, so no pytest.py planted
         # there runs as root in the lab host; the harness comes from PYTHONPATH)

@@ -192,12 +192,28 @@ def test_lab_host_that_prints_nothing_but_beats_is_not_taken_for_hung(tmp_path):
 
 
 def test_lab_hosts_job_beats_while_its_pytest_runs(tmp_path):
+    """The job starts its heartbeat before its pytest and ends it after; the heartbeat is
+    Python (the lab host has no coreutils: a shell loop without sleep spun, Dec 5) and
+    writes the uptime every HEARTBEAT_SECONDS."""
+    import subprocess
+    import time
+
     from harness.lab.host import HEARTBEAT
-    from harness.lab.outer import write_job
+    from harness.lab.outer import _BEAT, write_job
 
     text = write_job(tmp_path, tmp_path / "run.json", tmp_path, tmp_path, ["-k", "nic"]).read_text()
-    beat, run = text.index(f"/proc/uptime > {tmp_path / HEARTBEAT}"), text.index("python3.11 -P -m pytest")
+    beat, run = text.index("python3.11 -c "), text.index("-m pytest")
     assert beat < run < text.index("kill $beat") < text.index("echo $status >")
+    assert "sleep " not in text and "cat " not in text
+    p = subprocess.Popen([sys.executable, "-c", _BEAT.format(path=str(tmp_path / HEARTBEAT), every=0.2)])
+    try:
+        time.sleep(1.0)
+        first = (tmp_path / HEARTBEAT).read_text()
+        time.sleep(0.5)
+        assert (tmp_path / HEARTBEAT).read_text() != first and len(first.split()) == 2
+    finally:
+        p.kill()
+        p.wait()
 
 
 def test_lab_host_whose_kernel_reports_a_stuck_cpu_is_stopped_at_once(tmp_path):
