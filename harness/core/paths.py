@@ -26,6 +26,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -70,6 +71,28 @@ def check_trusted_file(path: Path) -> Path:
     real, fd = _open_trusted(Path(path))
     os.close(fd)
     return real
+
+
+def trusted_program(program: str) -> str:
+    """The program root runs for ``program`` (a name looked up on PATH, or a path). As root:
+    the real path :func:`shutil.which` finds, checked as :func:`check_trusted_file` checks (the
+    file, the folders above it and every link on the way owned by root or the invoking user
+    and writable by nobody else), so root never runs what another user could have written or
+    swapped; run that path, not ``program``. What a wrapper script runs in turn is the
+    wrapper's business. Nothing to run there: ``program`` unchanged (running it fails), once
+    its folders are checked, so nobody else can put a program there in between. Not root:
+    ``program`` unchanged. Raises UnsafePathError."""
+    if os.geteuid() != 0:
+        return program
+    found = shutil.which(program)
+    if found is not None:
+        return str(check_trusted_file(Path(found)))
+    if os.sep in program:
+        if os.path.lexists(program):  # (not executable now: nor may another user make it so)
+            check_trusted_file(Path(program))
+        else:
+            check_ancestors(Path(program), invoking_uids())
+    return program
 
 
 def _open_trusted(path: Path) -> tuple[Path, int]:
@@ -254,10 +277,20 @@ def private_dir(path: Path) -> Path:
 
 def new_private_dir(prefix: str, parent: Path | None = None) -> Path:
     """A new private folder whose name nobody can predict (``mkdtemp``), in ``parent`` or the
-    system's temporary folder."""
-    base = Path(parent or tempfile.gettempdir())
+    system's temporary folder (:func:`checked_tempdir`)."""
+    base = Path(parent) if parent else checked_tempdir()
     check_ancestors(base / "x")
     return check_private(Path(tempfile.mkdtemp(prefix=prefix, dir=base)))
+
+
+def checked_tempdir() -> Path:
+    """The system's temporary folder (``$TMPDIR``, else /tmp), once it and every folder above
+    it are checked as :func:`check_ancestors` checks: a ``mkdtemp`` folder there is then one
+    nobody else can rename or swap (a TMPDIR another user owns, or can write without the
+    sticky bit, is refused: UnsafePathError)."""
+    base = Path(tempfile.gettempdir())
+    check_ancestors(base / "x")
+    return base
 
 
 def open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:

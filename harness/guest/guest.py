@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 import weakref
 from pathlib import Path
@@ -36,7 +35,7 @@ from harness.qemu.machine import GuestSpec, Paths, build_argv, format_argv, repl
 from harness.qemu.monitor import UnplugResult
 from harness.qemu.qmp_sync import SyncMonitor
 from harness.core.pace import Deadlines
-from harness.core.paths import run_tmp_prefix
+from harness.core.paths import new_private_dir, run_tmp_prefix
 from harness.core.waits import wait_until
 from harness.qemu.process import QemuProcess
 
@@ -355,7 +354,7 @@ def _folders(guest: "Guest") -> tuple[Path, Paths]:
     """The guest's work folder, and its temporary folder for sockets and the disk overlay (a
     short path: unix socket paths are limited to 107 bytes), removed by :meth:`Guest.close`."""
     guest.workdir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=run_tmp_prefix(guest.owner)))
+    tmp = new_private_dir(run_tmp_prefix(guest.owner))  # (QEMU's monitor and disk overlay)
     _open_guests.add(guest)
     return tmp, Paths(qmp_socket=tmp / "qmp.sock", console_socket=tmp / "console.sock",
                       serial_log=guest.workdir / "serial.log",

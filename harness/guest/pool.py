@@ -19,6 +19,7 @@ from harness.guest.guest import Guest, retime
 from harness.qemu.machine import GuestImage
 from harness.qemu.machine import GuestSpec
 from harness.core.pace import Deadlines
+from harness.core.paths import checked_tempdir
 from harness.guest.snapshot import RESTORABLE_ARGS, StateCache
 
 # One command that captures what a test could leave behind in the guest.
@@ -191,7 +192,7 @@ def probe_boot(image, qemu_binary: str, deadlines, attempts: int = 1) -> None:
     """Boot the built-in guest under KVM; raise unless it becomes ready by ``deadlines.boot``
     (a working KVM boots it in about a second, nested KVM in the lab host in 10-25 s).
     ``attempts``: boots to try, as the lab's guest pool does (nested boots sometimes hang)."""
-    with tempfile.TemporaryDirectory(prefix="hh-kvm-probe-") as d:
+    with tempfile.TemporaryDirectory(prefix="hh-kvm-probe-", dir=checked_tempdir()) as d:
         pool = GuestPool(image, qemu_binary=qemu_binary, accel="kvm", workdir=Path(d),
                          deadlines=deadlines, reuse=False, name_prefix="kvm-probe",
                          boot_attempts=attempts)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from harness.qemu.accel import cpu_virt_flags
 from harness.core.errors import HostDeviceError
+from harness.core.paths import UnsafePathError, trusted_program
 from harness.qemu.process import device_names, qemu_query
 from harness.host import sriov
 from harness.host.binding import Journal, owner_alive
@@ -234,6 +235,10 @@ def _qemu_checks(qemu: str, device_help: str | None, inventory: Inventory | None
         if path is None:
             return [Check(name, False, f"{qemu} not found",
                           "install qemu-system-x86 or pass --qemu-binary PATH")]
+        try:
+            path = trusted_program(path)  # (as root: only a QEMU nobody else can have written)
+        except UnsafePathError as e:
+            return [Check(name, False, str(e), e.hint)]
         try:
             proc = qemu_query(path, ["-device", "help"], timeout)
         except subprocess.TimeoutExpired:

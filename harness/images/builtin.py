@@ -24,7 +24,7 @@ import time
 import tomllib
 from pathlib import Path
 
-from harness.core.paths import sha256
+from harness.core.paths import checked_tempdir, sha256
 from harness.images import debroot
 from harness.qemu.machine import GuestImage
 from harness.core.errors import ImageError
@@ -211,7 +211,7 @@ def _finish_root(recipe: Recipe, root: Path, kroot: Path, kver: str) -> None:
 def build(recipe: Recipe, out_dir: Path, log=print) -> dict:
     """Build the image into ``out_dir`` (which must not exist yet). Returns the manifest."""
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="hh-image-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="hh-image-", dir=checked_tempdir()) as tmp:
         tmp = Path(tmp)
         debs, root, kroot = tmp / "debs", tmp / "root", tmp / "kernel"
         for d in (debs, root, kroot):

@@ -256,11 +256,13 @@ def prune(cache: Path, keep: Path, spare: int = 2) -> None:
     """Remove builds of older recipes, keeping the newest ``spare`` besides ``keep`` (another
     branch may still want them). Only real folders with a manifest are builds: a symlink (to
     a folder of root's, planted in a cache another user could write) is never followed, and
-    ``rmtree`` removes what is below a build without following a link in it."""
+    ``rmtree`` removes what is below a build without following a link in it. Only our own
+    builds count: another user's, in a cache others share, are neither removed nor counted
+    (newer ones planted there would push ours out)."""
     old = []
     for d in cache.iterdir():
         st = os.lstat(d)
-        if d == keep or not stat.S_ISDIR(st.st_mode):
+        if d == keep or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
             continue
         try:
             if stat.S_ISREG(os.lstat(d / "manifest.json").st_mode):

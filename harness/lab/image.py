@@ -22,7 +22,8 @@ from pathlib import Path
 from harness.images import debroot
 from harness.images import builtin as images
 from harness.core.errors import ConfigError, ImageError, LabError
-from harness.core.paths import check_ancestors, check_trusted_tree, invoking_uids, write_atomic
+from harness.core.paths import (check_ancestors, check_trusted_tree, invoking_uids, trusted_program,
+                                write_atomic)
 from harness.qemu.process import qemu_version, version_tuple
 
 LAB_RECIPE = images.REPO_ROOT / "fixtures" / "images" / "lab"
@@ -306,13 +307,17 @@ def ensure_lab_qemu(cache: Path, log=print) -> LabQemu:
 
 def choose_lab_qemu(requested: str, host_binary: str, cache: Path, log=print) -> LabQemu:
     """``--lab-qemu``: ``auto`` takes the host's QEMU if it is new enough to run nested KVM on
-    TCG reliably (the recipe's ``min_version``), else the recipe's; a path is taken as given."""
+    TCG reliably (the recipe's ``min_version``), else the recipe's; a path is taken as given.
+    As root, either is run (and kept) as the real path of a program nobody else can have
+    written (:func:`trusted_program`)."""
     if requested != "auto":
-        version = qemu_version(requested)
+        binary = trusted_program(requested)
+        version = qemu_version(binary)
         if version_tuple(version) is None:
             raise ConfigError(f"--lab-qemu {requested}: not a QEMU that runs ({version})",
                               hint="pass the path of a qemu-system-x86_64, or --lab-qemu auto")
-        return LabQemu(requested, version, "--lab-qemu")
+        return LabQemu(binary, version, "--lab-qemu")
+    host_binary = trusted_program(host_binary)
     version = qemu_version(host_binary)
     have = version_tuple(version)
     if have is not None and have >= _lab_qemu_recipe()["min_version"]:

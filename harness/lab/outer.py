@@ -129,7 +129,9 @@ def write_job(workdir: Path, run_config: Path, invocation: Path, root: Path, arg
         # sleep is missing spins)
         f"python3.11 -c {shlex.quote(_BEAT.format(path=str(workdir / HEARTBEAT), every=HEARTBEAT_SECONDS))} &\n"
         "beat=$!\n"
-        f"python3.11 -m pytest {shlex.join(['--hh-run-config', str(run_config), *args])}\n"
+        # (-P: the invocation folder is not put first on sys.path, so no pytest.py planted
+        # there runs as root in the lab host; the harness comes from PYTHONPATH)
+        f"python3.11 -P -m pytest {shlex.join(['--hh-run-config', str(run_config), *args])}\n"
         "status=$?\n"
         "kill $beat\n"
         f"echo $status > {shlex.quote(str(workdir / 'exit_status'))}\n")

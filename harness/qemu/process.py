@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from harness.core.errors import QemuLaunchError
+from harness.core.paths import trusted_program
 
 
 @functools.lru_cache(maxsize=1)
@@ -44,8 +45,10 @@ def qemu_version(binary: str, timeout: float = 20.0) -> str:
 
 def qemu_query(binary: str, args: list[str], timeout: float) -> subprocess.CompletedProcess:
     """Ask QEMU something and let it exit (``--version``, ``-device help``): the one place
-    besides :class:`QemuProcess` that runs QEMU. Raises OSError or TimeoutExpired."""
-    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=timeout,
+    besides :class:`QemuProcess` that runs QEMU. As root, only a ``binary`` nobody else can
+    have written (:func:`~harness.core.paths.trusted_program`). Raises OSError,
+    TimeoutExpired or UnsafePathError."""
+    return subprocess.run([trusted_program(binary), *args], capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
 
 

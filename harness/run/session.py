@@ -31,7 +31,7 @@ from harness.guest.guest import Guest
 from harness.guest.pool import GuestPool, probe_boot
 from harness.virt import connect
 from harness.virt.domain import DomainGuest
-from harness.core.paths import open_nofollow, private_dir
+from harness.core.paths import open_nofollow, private_dir, trusted_program
 from harness.qemu.process import qemu_device_names, qemu_version, version_tuple
 from harness.core.runconfig import RunConfig
 from harness.guest.snapshot import StateCache
@@ -334,12 +334,15 @@ def _require_free_space(report_root: Path) -> None:
 
 
 def _qemu_binary(opt) -> str:
-    """``--qemu-binary``; ``backports``: QEMU 10 from bookworm-backports beside Debian 12's
-    7.2, unpacked into the image cache as the lab host's QEMU is (docs/running.md)."""
+    """The QEMU the run runs, as the plan keeps it: ``--qemu-binary`` (``$HH_QEMU``);
+    ``backports``: QEMU 10 from bookworm-backports beside Debian 12's 7.2, unpacked into the
+    image cache as the lab host's QEMU is (docs/running.md). As root, the real path of a
+    program nobody else can have written (:func:`trusted_program`)."""
     if opt.qemu_binary != lab.BACKPORTS:
-        return opt.qemu_binary
+        return trusted_program(opt.qemu_binary)
     cache = Path(opt.image_cache or images.DEFAULT_CACHE)
-    return lab.backports_qemu(cache, log=lambda s: print(f"hotplug-harness: {s}", flush=True))
+    return trusted_program(lab.backports_qemu(
+        cache, log=lambda s: print(f"hotplug-harness: {s}", flush=True)))
 
 
 def _require_driver(driver: str, backend: str) -> None:
