@@ -249,7 +249,46 @@ def build_once(out: Path, build_into, spare: int = 2, guest_trees: tuple[str, ..
                 prune(out.parent, keep=out, spare=spare)
                 built = True
     check_trusted_tree(out, guest_trees)
+    _hold(out)
     return built
+
+
+#: Builds this process uses, each held with a shared lock on its folder for as long as the
+#: process lives: another checkout's run sharing the cache must not prune a build from under
+#: a run that boots from it (seen Dec 5: a run on a newer commit pruned the built-in image an
+#: older commit's run was using, whose report then failed: "image ... is incomplete").
+_HELD: dict[Path, int] = {}
+
+
+def _hold(build: Path) -> None:
+    if build in _HELD:
+        return
+    try:
+        fd = os.open(build, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError:  # (a file system without flock: nothing to hold it with)
+        os.close(fd)
+        return
+    _HELD[build] = fd
+
+
+def _remove_unless_in_use(build: Path) -> None:
+    """``rmtree`` a build no process holds (:func:`_hold`); one held, or one whose lock
+    cannot be taken, stays."""
+    try:
+        fd = os.open(build, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        shutil.rmtree(build, ignore_errors=True)
+    except OSError:
+        pass  # (in use by a live run, or no locks here: not ours to remove now)
+    finally:
+        os.close(fd)
 
 
 def prune(cache: Path, keep: Path, spare: int = 2) -> None:
@@ -270,4 +309,4 @@ def prune(cache: Path, keep: Path, spare: int = 2) -> None:
         except FileNotFoundError:
             continue
     for _, d in sorted(old, reverse=True)[spare:]:
-        shutil.rmtree(d, ignore_errors=True)
+        _remove_unless_in_use(d)
