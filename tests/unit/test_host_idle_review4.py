@@ -13,11 +13,12 @@ from harness.host.binding import VfioBinder
 from harness.host.network import namespace_problem
 
 from . import fakesysfs
+from . import test_host_idle_review3 as review3
 from .fakesysfs import FakeHost
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
 PORT0 = "0000:05:00.0"
-PF = "0000:08:00.0"
+PF = review3.PF
 
 
 @pytest.fixture
@@ -78,14 +79,7 @@ def test_2_a_pid_or_mount_namespace_of_its_own_or_one_unread_is_refused(lab):
 # -- 1. the run's end does not reset a PF that came to carry host traffic ------------------------
 
 
-@pytest.fixture
-def sriov_host(lab: FakeHost) -> FakeHost:
-    """The lab host with an 82576 (igb, SR-IOV, 7 VFs) behind its own root port."""
-    lab.add_pci("0000:00:1c.6", "8086:a33e", 0x060400, "pcieport", 16)
-    lab.add_pci(PF, "8086:10c9", 0x020000, "igb", 17, parent="0000:00:1c.6")
-    lab.sriov_capable(PF, 7)
-    lab.add_net("enp8s0", PF)  # down, no address: idle
-    return lab
+sriov_host = review3.sriov_host  # (a fixture: the lab host with an idle 82576 PF at PF)
 
 
 def carries_host_traffic(host: FakeHost, ifname: str, route: str) -> None:

@@ -6,7 +6,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,26 +24,15 @@ from . import fakesysfs
 from .test_paths import _check_tree, _checkout
 from .fakesysfs import FakeHost, link
 
+from . import test_paths
+
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
 PORT0, PORT1 = "0000:05:00.0", "0000:05:00.1"
-NOBODY = 65534
+NOBODY = test_paths.NOBODY
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as a second user "
                                                        "(nobody): run as root, as CI does")
-
-
-def as_nobody(script: str) -> None:
-    """Run a shell ``script`` as the user nobody (the local attacker)."""
-    subprocess.run(["/bin/sh", "-ec", script], check=True, timeout=30, cwd="/",
-                   preexec_fn=lambda: (os.setgroups([]), os.setgid(NOBODY), os.setuid(NOBODY)))
-
-
-@pytest.fixture
-def shared_tmp():
-    """A sticky, world-writable folder like /tmp, owned by root."""
-    d = Path(tempfile.mkdtemp(prefix="hh-test-sharedtmp-"))
-    d.chmod(0o1777)
-    yield d
-    subprocess.run(["rm", "-rf", str(d)], check=True)
+as_nobody = test_paths.as_nobody   # (the local attacker)
+shared_tmp = test_paths.shared_tmp  # (a fixture: a sticky folder others can write, like /tmp)
 
 
 def nobodys_folder(path: Path) -> Path:
