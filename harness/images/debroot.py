@@ -267,9 +267,9 @@ def _hold(build: Path) -> None:
         fd = os.open(build, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError:
         return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-    except OSError:  # (a file system without flock: nothing to hold it with)
+    try:  # (never waits: only a prune that is removing this very build holds it exclusively)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:  # (that, or a file system without flock: nothing to hold it with)
         os.close(fd)
         return
     _HELD[build] = fd
