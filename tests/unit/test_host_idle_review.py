@@ -21,6 +21,7 @@ from harness.host.safety import HostUsage, plan_group
 from harness.host.sysfs import Sysfs
 
 from . import fakesysfs
+from . import test_host_proven_idle as proven_idle
 from .fakesysfs import FakeHost
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
@@ -29,18 +30,7 @@ SATA = "0000:06:00.0"     # sdb, not mounted: idle on the lab host
 XHCI = "0000:07:00.0"     # USB bus 4, nothing on it
 
 
-def uses(host: FakeHost, bdf: str) -> tuple[str, ...]:
-    return HostUsage.read(host.root).verdict(bdf).uses
-
-
-def refused(host: FakeHost, bdf: str, allowed) -> str:
-    """The binder refuses before any write, journal or sysfs."""
-    journal = host.root / "var/lib/hotplug-harness/vfio-journal.json"
-    before = host.snapshot()
-    with pytest.raises(HostDeviceError) as e:
-        VfioBinder(host.sysfs(), journal=journal).bind(bdf, allowed)
-    assert host.writes == [] and host.snapshot() == before and not journal.exists()
-    return e.value.message
+uses, refused = proven_idle.uses, proven_idle.refused  # (a device's uses; a bind refused before any write)
 
 
 def unreadable(path) -> None:

@@ -12,30 +12,13 @@ from harness.host.binding import VfioBinder, restore_from_journal
 from harness.host.safety import HostUsage
 
 from . import fakesysfs
+from . import test_host_sriov as sriov
 from .fakesysfs import FakeHost
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
-PF = "0000:08:00.0"
-VF0, VF1 = "0000:08:10.0", "0000:08:10.1"
-
-
-@pytest.fixture
-def sriov_host(lab: FakeHost) -> FakeHost:
-    """The lab host with an 82576 (igb, SR-IOV, 7 VFs) behind its own root port."""
-    lab.add_pci("0000:00:1c.6", "8086:a33e", 0x060400, "pcieport", 16)
-    lab.add_pci(PF, "8086:10c9", 0x020000, "igb", 17, parent="0000:00:1c.6")
-    lab.sriov_capable(PF, 7)
-    lab.add_net("enp8s0", PF)  # down, no address: idle
-    return lab
-
-
-@pytest.fixture
-def journal(fake_root):
-    return fake_root / "var/lib/hotplug-harness/vfio-journal.json"
-
-
-def entries(journal) -> list[dict]:
-    return json.loads(journal.read_text())["entries"] if journal.exists() else []
+PF, VF0, VF1 = sriov.PF, sriov.VF0, sriov.VF1
+sriov_host, journal = sriov.host, sriov.journal  # (fixtures: an idle 82576 PF; the journal)
+entries = sriov.entries
 
 
 def numvfs(host: FakeHost) -> int:
