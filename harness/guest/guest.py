@@ -248,16 +248,22 @@ class Guest:
         try:
             if self.shell is not None:
                 self.shell.close()
-            if self.qemu is not None:
-                self.exit_status = self.qemu.stop(self.monitor.quit if self.monitor else None)
+            self._stop_vm()
         finally:
-            if self.monitor is not None:
-                self.monitor.close()
-            if self.qemu is not None:
-                self.exit_status = self.qemu.stop()  # at once if the steps above ran; else kills
+            self._release_vm()
             if self._tmp is not None:
                 shutil.rmtree(self._tmp, ignore_errors=True)
             _open_guests.discard(self)
+
+    def _stop_vm(self) -> None:  # (the orderly way: QMP quit)
+        if self.qemu is not None:
+            self.exit_status = self.qemu.stop(self.monitor.quit if self.monitor else None)
+
+    def _release_vm(self) -> None:  # (what _stop_vm did not get to: QEMU killed, reaped)
+        if self.monitor is not None:
+            self.monitor.close()
+        if self.qemu is not None:
+            self.exit_status = self.qemu.stop()
 
     # -- QMP (harness.qemu.qmp_sync: the async Monitor called synchronously) --------------------
 

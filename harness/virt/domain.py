@@ -31,7 +31,7 @@ from harness.core.errors import (GuestDiedError, HarnessError, LabError, QMPComm
                                  Unexpressible, WaitTimeout)
 from harness.core.waits import wait_until
 from harness.guest.access import ConsoleChannel, Shell
-from harness.guest.guest import Guest, _make_overlay, _open_guests
+from harness.guest.guest import Guest, _make_overlay
 from harness.qemu.monitor import UnplugResult, flatten_pci
 from harness.virt import connect, removal, vcpus, xml
 from harness.virt.connect import LibvirtCommandError
@@ -119,23 +119,15 @@ class DomainGuest(Guest):
     def died(self) -> bool:
         return self.dom is not None and not self._closed and not _active(self.dom)
 
-    def close(self) -> None:
+    def _stop_vm(self) -> None:
         """Destroy the domain (transient: gone with its QEMU). A daemon that no longer answers
         cannot destroy it: then its QEMU is ended by its PID, checked to be this domain's."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            if self.shell is not None:
-                self.shell.close()
-            if self.dom is not None:
-                _destroy(self)
-        finally:
-            if self._transcript is not None:
-                self._transcript.close()
-            if self._tmp is not None:
-                shutil.rmtree(self._tmp, ignore_errors=True)
-            _open_guests.discard(self)
+        if self.dom is not None:
+            _destroy(self)
+
+    def _release_vm(self) -> None:
+        if self._transcript is not None:
+            self._transcript.close()
 
     def _raise_if_dead(self) -> None:
         if self.dom is not None and not _active(self.dom):
