@@ -44,6 +44,8 @@ log = logging.getLogger("harness.host")
 VFIO = "vfio-pci"
 #: The journal entry of a PF whose ``sriov_numvfs`` the harness changed (``numvfs``: what it was).
 SRIOV = "sriov"
+#: Who moved a journaled device to vfio-pci instead of the harness (<hostdev managed='yes'>).
+LIBVIRT = "libvirt"
 DEFAULT_JOURNAL = Path("/var/lib/hotplug-harness/vfio-journal.json")
 RESTORE_HINT = "run `python -m harness restore` (as root) to give the devices back"
 
@@ -181,6 +183,9 @@ def _check_entry(entry, n: int) -> None:
     ids = entry.get("ids")
     if ids is not None and (not isinstance(ids, str) or not re.fullmatch(r"[0-9a-f]{4} [0-9a-f]{4}", ids)):
         raise ValueError(f"entry {n} ({entry['bdf']}): ids {ids!r} is not 'vendor device'")
+    if entry.get("moved_by") not in (None, LIBVIRT):
+        raise ValueError(f"entry {n} ({entry['bdf']}): moved_by {entry.get('moved_by')!r} is "
+                         f"not {LIBVIRT}")
     if not isinstance(entry.get("manual", False), bool):
         raise ValueError(f"entry {n} ({entry['bdf']}): manual {entry.get('manual')!r} is not "
                          "true or false")
@@ -431,6 +436,28 @@ def _restore_entry(fs: Sysfs, entry: dict, timeout: float,
     return Restored(bdf, "restored", original, f"back on {original or 'no driver'}")
 
 
+def _give_back(fs: Sysfs, entry: dict, timeout: float) -> Restored:
+    """A release's give-back: :func:`_restore_entry`, but an entry libvirt moved
+    (``<hostdev managed='yes'>``) should be back on its driver already (libvirt re-attaches
+    it when QEMU lets go); given the deadline to get there, then put back by the harness,
+    which the result says."""
+    if not entry.get("moved_by"):
+        return _restore_entry(fs, entry, timeout)
+    bdf, original, who = entry["bdf"], entry.get("driver"), entry["moved_by"]
+    try:
+        _wait_driver(fs, bdf, original, timeout)
+        if fs.pci_device(bdf).driver_override == entry.get("driver_override"):
+            return Restored(bdf, "restored", original,
+                            f"back on {original or 'no driver'}, given back by {who}")
+    except HostDeviceError as e:
+        left = e.message
+    else:
+        left = "its driver_override was not put back"
+    result = _restore_entry(fs, entry, timeout)
+    return dataclasses.replace(result, detail=f"{who} did not give it back ({left}); "
+                                              f"the harness: {result.detail}")
+
+
 def restore_from_journal(root: "str | Path | Sysfs" = "/", journal: str | Path | None = None, *,
                          include_live: bool = False, timeout: float = 5.0,
                          own_pids: "set[int] | frozenset[int]" = frozenset(),
@@ -584,9 +611,15 @@ class VfioBinder:
         #: The PFs whose sriov_numvfs this binder changed (their journal entries).
         self._sriov: list[dict] = []
 
-    def bind(self, bdf: str, allowed: set[str] | frozenset[str]) -> Lease:
+    def bind(self, bdf: str, allowed: set[str] | frozenset[str], *,
+             moved_by: str | None = None) -> Lease:
         """Put ``bdf`` and the rest of its IOMMU group on vfio-pci. ``allowed``: the inventory's
-        BDFs (``Inventory.pci_addresses()``)."""
+        BDFs (``Inventory.pci_addresses()``). ``moved_by="libvirt"`` (``<hostdev
+        managed='yes'>``): the same proof and journal, the rest of the group moved, but ``bdf``
+        itself left for libvirt to move on attach and give back on detach; the release checks
+        that it did, and gives it back itself if not."""
+        if moved_by not in (None, LIBVIRT):
+            raise ValueError(f"moved_by {moved_by!r}")
         bdf = parse_bdf(bdf)
         if bdf not in {parse_bdf(a) for a in allowed}:
             raise HostDeviceError(f"{bdf} is not in the inventory: the harness takes only "
@@ -613,15 +646,18 @@ class VfioBinder:
             hold = self._holds.get(plan.group)
             self._refuse_foreign(plan, entries, hold)
             hold = hold or _Hold(uuid.uuid4().hex[:12], [])
-            new = [self._entry(m, plan.group, hold.lease_id) for m in plan.to_move]
+            new = [self._entry(m, plan.group, hold.lease_id,
+                               moved_by if m.bdf == plan.target.bdf else None)
+                   for m in plan.to_move]
             if new:
                 self.journal.write(entries + new)
-            self._move_all(plan, new)
+            self._move_all(plan, new, keep=plan.target.bdf if moved_by else None)
         hold.entries += new
         hold.count += 1
         self._holds[plan.group] = hold
-        moved = [e["bdf"] for e in new]
-        log.info("vfio: %s (group %s) on vfio-pci; moved %s", plan.target.bdf, plan.group,
+        moved = [e["bdf"] for e in new if not e.get("moved_by")]
+        log.info("vfio: %s (group %s) %s; moved %s", plan.target.bdf, plan.group,
+                 f"journaled for {moved_by} to move" if moved_by else "on vfio-pci",
                  moved or "nothing")
         return Lease(self, plan, moved)
 
@@ -729,9 +765,11 @@ class VfioBinder:
         raise HostDeviceError(f"{e['bdf']} (group {group}) is the PF whose sriov_numvfs a run "
                               f"that died (pid {e.get('pid')}) changed", hint=RESTORE_HINT)
 
-    def _entry(self, dev: PciDevice, group: int, lease_id: str) -> dict:
+    def _entry(self, dev: PciDevice, group: int, lease_id: str,
+               moved_by: str | None = None) -> dict:
         pid = os.getpid()
         return {"bdf": dev.bdf, "group": group, "driver": dev.driver,
+                **({"moved_by": moved_by} if moved_by else {}),
                 "driver_override": dev.driver_override,
                 "method": "driver_override" if dev.has_driver_override else "new_id",
                 "ids": f"{dev.vendor} {dev.device}", "lease": lease_id, "pid": pid,
@@ -739,10 +777,11 @@ class VfioBinder:
                 "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 **({"manual": True} if self.manual else {})}
 
-    def _move_all(self, plan: GroupPlan, new: list[dict]) -> None:
+    def _move_all(self, plan: GroupPlan, new: list[dict], keep: str | None = None) -> None:
         try:
             for dev in plan.to_move:
-                _move_to_vfio(self.fs, dev, self.timeout)
+                if dev.bdf != keep:
+                    _move_to_vfio(self.fs, dev, self.timeout)
         except HarnessError as e:
             # Put back what already moved (and the half-moved one), newest first.
             leftovers = []
@@ -767,7 +806,7 @@ class VfioBinder:
         results = []
         with self.journal.locked():
             for entry in reversed(hold.entries):
-                result = _restore_entry(self.fs, entry, self.timeout)
+                result = _give_back(self.fs, entry, self.timeout)
                 log.info("vfio: release %s", result)
                 results.append(result)
                 if result.status != "failed":

@@ -30,7 +30,7 @@ LAB_RECIPE = images.REPO_ROOT / "fixtures" / "images" / "lab"
 #: The QEMU that runs L1 when the host's is too old for nested KVM on TCG (see its recipe).
 LAB_QEMU_RECIPE = images.REPO_ROOT / "fixtures" / "images" / "lab-qemu" / "recipe.toml"
 #: Part of the lab image's cache key: change it whenever build_lab() changes what it builds.
-LAB_IMAGE_VERSION = "1"
+LAB_IMAGE_VERSION = "2"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +67,7 @@ def lab_digest(site: Path | None = None) -> str:
     for p in sorted(LAB_RECIPE.rglob("*")):
         if p.is_file():
             h.update(str(p.relative_to(LAB_RECIPE)).encode() + b"\0" + p.read_bytes())
+    h.update(Path(__file__).read_bytes())  # (build_lab and _finish_root: what is built)
     h.update(Path(images.__file__).read_bytes())
     h.update(Path(debroot.__file__).read_bytes())
     h.update(LAB_IMAGE_VERSION.encode())
@@ -199,8 +200,19 @@ def _finish_root(root: Path) -> None:
     shutil.copy2(LAB_RECIPE / "stage2", root / "etc/hh/lab-stage2")
     for d in ("proc", "sys", "dev", "run", "tmp", "root"):
         (root / d).mkdir(exist_ok=True)
-    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-    (root / "etc/group").write_text("root:x:0:\nkvm:x:36:\n")
+    if not (root / "var/run").is_symlink():  # (base-files' link, which libvirt's socket needs)
+        (root / "var").mkdir(exist_ok=True)
+        (root / "var/run").symlink_to("/run")
+    # (libvirt-qemu: libvirtd looks up its built-in QEMU account before it reads qemu.conf,
+    # which makes QEMU run as root; nothing runs as libvirt-qemu)
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n"
+                                     "libvirt-qemu:x:64055:64055::/var/lib/libvirt:/bin/false\n")
+    (root / "etc/group").write_text("root:x:0:\nkvm:x:36:\nlibvirt-qemu:x:64055:\n")
+    # (libvirt-daemon-system, which has Debian's configuration, needs systemd: libvirtd runs
+    # on its built-in defaults and this QEMU driver configuration)
+    for d in ("etc/libvirt", "var/log/libvirt/qemu", "var/lib/libvirt/qemu", "var/cache/libvirt/qemu"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    shutil.copy2(LAB_RECIPE / "libvirt-qemu.conf", root / "etc/libvirt/qemu.conf")
 
 
 def lab_dir(cache: Path = images.DEFAULT_CACHE) -> Path:

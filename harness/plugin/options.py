@@ -64,7 +64,12 @@ def _what_runs(g) -> None:
     g.addoption("--driver", choices=("qmp", "libvirt"), default=os.environ.get("HH_DRIVER", "qmp"),
                 help="who starts the guests and hot-adds: QEMU's monitor (qmp, default) or "
                      "libvirt (transient domains on qemu:///system, attach-device/detach-device; "
-                     "emulated backend; docs/libvirt.md). Default $HH_DRIVER or qmp")
+                     "docs/libvirt.md). Default $HH_DRIVER or qmp")
+    g.addoption("--libvirt-managed", choices=("yes", "no"), default="yes",
+                help="--driver libvirt with host PCI devices (--backend vfio or lab): "
+                     "<hostdev managed='yes'> (default: libvirt moves the device to vfio-pci and "
+                     "back, after the harness proved it idle and journaled it) or 'no' (the "
+                     "harness binds it, as with qmp)")
     _add_inventory(g)
     g.addoption("--lab-timeout", type=float, default=3600.0, metavar="SECONDS",
                 help="--backend lab: deadline of the whole lab run, the lab host's boot "

@@ -39,8 +39,11 @@ class Backend:
     #: give-back, and a run that passed nothing through fails as having tested nothing.
     takes_host_devices = False
 
-    def __init__(self, *, worker: str, qemu_binary: str, pace):
+    def __init__(self, *, worker: str, qemu_binary: str, pace, managed: str | None = None):
         self.worker = worker
+        #: --driver libvirt: a host PCI device's <hostdev managed=...> ('yes': libvirt moves it
+        #: to vfio-pci and back); None: the QMP driver (the harness binds).
+        self.managed = managed
         self.qemu_binary = qemu_binary
         self.pace = pace
         self.inventory = None
@@ -165,7 +168,7 @@ class Vfio(Backend):
         for entry in self.inventory.for_role(role):
             if entry.is_pci:
                 out.append(devices.VfioPci(entry, self.binder, self.inventory.pci_addresses(),
-                                           prepare=self.before_plug(entry)))
+                                           prepare=self.before_plug(entry), managed=self.managed))
             else:
                 if entry.hostbus is not None:
                     out.append(devices.UsbHost(entry, "busaddr", self.binder))

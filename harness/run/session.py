@@ -29,7 +29,7 @@ from harness.qemu.machine import GuestImage
 from harness.qemu.machine import MACHINES
 from harness.guest.guest import Guest
 from harness.guest.pool import GuestPool, probe_boot
-from harness.virt import connect
+from harness.virt import connect, daemon
 from harness.virt.domain import DomainGuest
 from harness.core.paths import open_nofollow, private_dir, trusted_program
 from harness.qemu.process import qemu_device_names, qemu_version, version_tuple
@@ -66,7 +66,6 @@ class HarnessSession:
         self.access = opt.guest_access or ("ssh" if self.user_image and not opt.guest_ready else "console")
         self.keep_bundles, self.reuse = opt.keep_bundles, not opt.no_reuse
         self.driver = getattr(opt, "driver", "qmp")
-        _require_driver(self.driver, opt.backend)
         self._image: GuestImage | None = None
         self._pool: GuestPool | None = None
         self._run: RunConfig | None = None
@@ -82,7 +81,8 @@ class HarnessSession:
         #: What :meth:`close` could not give back to the host (the report says so; the run fails).
         self.give_back_problems: list[str] = []
         self.backend = backends.make(self.plan.backend, worker=worker, qemu_binary=self.plan.qemu_binary,
-                                     pace=None, lab=self.plan.lab, roles=opt.roles)
+                                     pace=None, lab=self.plan.lab, roles=opt.roles,
+                                     managed=getattr(opt, "libvirt_managed", "yes") if self.driver == "libvirt" else None)
         retries = opt.retry_dead_guest
         self.test_attempts = 1 + (self.backend.dead_guest_retries if retries is None else retries)
         self._seed_cloud_init(opt)
@@ -148,12 +148,11 @@ class HarnessSession:
         written to the run folder for the run's other processes."""
         version = qemu_version(self.plan.qemu_binary)
         _require_qemu(self.plan.qemu_binary, version)  # (first: cheap, and nothing is written yet)
-        if self.driver == "libvirt":  # (no daemon, or one that cannot use this QEMU: one line,
-            # before any test)
-            connect.check_emulator(shutil.which(self.plan.qemu_binary) or self.plan.qemu_binary,
-                                   version)
         where = "lab" if self.plan.lab is not None else "host"
         measured = pace_mod.Pace.measure(where, self.option.time_factor)
+        if self.driver == "libvirt":  # (no daemon, or one that cannot use this QEMU: one line,
+            # before any test)
+            self._libvirt_ready(version, measured)
         requested = self.option.accel
         if self.plan.lab is not None and requested == "auto":
             requested = self.option.lab_accel  # the lab's setting (docs/lab.md)
@@ -177,6 +176,17 @@ class HarnessSession:
             lab.write_inside_figures(run.lab.workdir, pace_mod.Deadlines.for_run(
                 measured, accel=run.accel, image=self._image_kind, boot=self.option.boot_timeout))
         return run
+
+    def _libvirt_ready(self, version: str, measured: pace_mod.Pace) -> None:
+        if self.plan.lab is not None:  # (inside the lab host the daemon is the lab's to start:
+            # it answered in 2 s here)
+            log = self.plan.lab.workdir / "libvirtd.log"
+            took = daemon.ensure_running(measured(LIBVIRTD_READY_SECONDS), log)
+            if took is not None:
+                print(f"hotplug-harness: lab host: libvirtd answered {took:g} s after its start "
+                      f"(its log: {log})", flush=True)
+        connect.check_emulator(shutil.which(self.plan.qemu_binary) or self.plan.qemu_binary,
+                               version)
 
     def _after_decided(self, run: RunConfig) -> None:
         _require_qemu(run.qemu_binary, run.qemu_version)
@@ -345,11 +355,11 @@ def _qemu_binary(opt) -> str:
         cache, log=lambda s: print(f"hotplug-harness: {s}", flush=True)))
 
 
-def _require_driver(driver: str, backend: str) -> None:
-    if driver == "libvirt" and backend != "emulated":
-        raise ConfigError(f"--driver libvirt runs on the emulated backend only so far, not "
-                          f"--backend {backend} (managed hostdevs through the lab: not built yet)",
-                          hint="drop --driver libvirt, or use --backend emulated")
+
+
+#: How long the lab host's libvirtd may take to answer, on the reference machine (times the
+#: time factor measured inside the lab host).
+LIBVIRTD_READY_SECONDS = 60.0
 
 
 def _require_qemu(binary: str, version: str) -> None:

@@ -386,8 +386,12 @@ class VfioPci(HotplugDevice):
 
     backend = "vfio"
 
-    def __init__(self, entry, binder, allowed: set[str], prepare=None):
+    def __init__(self, entry, binder, allowed: set[str], prepare=None, managed: str | None = None):
         self.entry = entry
+        #: --driver libvirt: <hostdev managed=...>; 'yes': libvirt moves the device to
+        #: vfio-pci on attach and back on detach (the harness proves it idle, journals it and
+        #: checks it came back). None: the QMP driver.
+        self.managed = managed
         self.role = entry.role
         self.id = entry.name
         self.binder = binder
@@ -401,13 +405,15 @@ class VfioPci(HotplugDevice):
             f" (VF {entry.vf} of {entry.pf})" if getattr(entry, "pf", None) else "")
 
     def plug(self, guest, device_id: str) -> Plugged:
-        lease = self.binder.bind(self.entry.bdf, allowed=self.allowed)
+        lease = self.binder.bind(self.entry.bdf, allowed=self.allowed,
+                                 moved_by="libvirt" if self.managed == "yes" else None)
         try:
             if self.prepare is not None:
                 self.prepare()
             bus = guest.free_bus()
             seconds = add_vfio(guest, device_id, self.entry.bdf, bus=bus,
-                               **guest.spec.fixed_slot(self.role, bus))
+                               **guest.spec.fixed_slot(self.role, bus),
+                               **({"managed": self.managed} if self.managed else {}))
         except BaseException as e:
             # Ctrl-C or SIGTERM can land while QEMU is attaching the device: QEMU then holds
             # the group and the release fails. That must not replace the interrupt (or QEMU's
@@ -426,7 +432,10 @@ class VfioPci(HotplugDevice):
             behind_product=getattr(e, "product", None)), own={"lease": lease})
 
     def cleanup(self, guest, plugged: Plugged) -> None:
-        plugged.own["lease"].release()
+        given_back = plugged.own["lease"].release()
+        if plugged.run is not None:  # (who gave each device back: the harness, or libvirt)
+            for r in given_back:
+                plugged.run.note(f"host: {r}")
 
     def host_state(self) -> list[dict]:
         return vfio_state("/", [self.entry.bdf])

@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
-from harness.core.errors import LabError
+from harness.core.errors import LabError, WaitTimeout
 from harness.core.waits import wait_until
 from harness.virt import connect
 
@@ -51,13 +52,39 @@ def stop(sig: int = signal.SIGTERM) -> int:
     return victim
 
 
-def start() -> None:
-    """Start the daemon again and wait until ``qemu:///system`` answers."""
+def start(timeout: float = 30, log: Path | None = None) -> None:
+    """Start the daemon again and wait until ``qemu:///system`` answers (``timeout``: it
+    answers once its drivers are up, QEMU's capabilities probed). ``log``: where a daemon
+    started here writes its log (the lab host's, kept in its run folder)."""
     if systemd():
         subprocess.run(["systemctl", "start", "libvirtd"], check=True, timeout=60)
     else:
-        subprocess.run(["libvirtd", "-d"], check=True, timeout=60)
-    wait_until("libvirtd to answer on qemu:///system", _answers, 30, interval=0.2)
+        env = {**os.environ, **({"LIBVIRT_LOG_OUTPUTS": f"3:file:{log}"} if log else {})}
+        done = subprocess.run(["libvirtd", "-d"], capture_output=True, text=True, timeout=60,
+                              env=env)
+        if done.returncode:
+            raise LabError(f"libvirtd -d failed (exit {done.returncode}): "
+                           f"{(done.stderr.strip() or done.stdout.strip() or 'no output')[-500:]}",
+                           hint=f"start it by hand to see why (libvirtd -v); its log: "
+                                f"{log or '/var/log/libvirt/libvirtd.log'}")
+    try:
+        wait_until("libvirtd to answer on qemu:///system", _answers, timeout, interval=0.2)
+    except WaitTimeout:
+        raise LabError(f"libvirtd did not answer on {connect.URI} within {timeout:g} s of its "
+                       f"start: {_last_refusal[0]}",
+                       hint=f"its log says why: {log or 'journalctl -u libvirtd'}") from None
+
+
+def ensure_running(timeout: float, log: Path) -> float | None:
+    """The lab host's daemon (its run inside asked for ``--driver libvirt``): started when
+    ``qemu:///system`` does not answer yet; the seconds it took to answer, None if it was
+    running. Its configuration is the lab image's (fixtures/images/lab/libvirt-qemu.conf), its
+    log ``log``; it ends with the lab host."""
+    if _answers():
+        return None
+    t0 = time.monotonic()
+    start(timeout, log)
+    return round(time.monotonic() - t0, 1)
 
 
 def restart() -> None:
@@ -73,9 +100,14 @@ def _running(p: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+#: Why the daemon did not answer the last time it was asked (for the error that gives up).
+_last_refusal: list[str] = [""]
+
+
 def _answers() -> bool:
     try:
         connect.connection()
         return True
-    except LabError:
+    except LabError as e:
+        _last_refusal[0] = e.message
         return False

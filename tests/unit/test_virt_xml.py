@@ -140,6 +140,8 @@ def test_disks_controllers_and_host_devices():
     vfio = ET.fromstring(vx.device_xml(spec, "vfio-pci", "v0", {"host": "0000:03:00.1"}, b))
     src = vfio.find("source/address")
     assert (vfio.get("managed"), src.get("bus"), src.get("function")) == ("yes", "0x03", "0x1")
+    unmanaged = vx.device_xml(spec, "vfio-pci", "v0", {"host": "03:00.1", "managed": "no"}, b)
+    assert ET.fromstring(unmanaged).get("managed") == "no"  # (--libvirt-managed no)
     usbhost = ET.fromstring(vx.device_xml(spec, "usb-host", "u0", {"vendorid": "0x46f4",
                                                                     "productid": "0x0001"}, b))
     assert usbhost.find("source/vendor").get("id") == "0x46f4"
