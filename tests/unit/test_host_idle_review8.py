@@ -1,0 +1,120 @@
+"""Issue 31, eighth adversarial read: root ran the host tools (ip, ss, nsenter, setpriv, which
+execs QEMU) by name from whatever PATH it was given, so a PATH folder another user can write
+gave them root. Each test fails on the code before its fix. Real files, real programs, a fake
+sysfs tree where the host is read, and a second user (nobody); no guest is booted and nothing
+is downloaded."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import cli
+from harness.core.paths import UnsafePathError
+from harness.host.network import NetView
+from harness.host.sysfs import Sysfs
+from harness.qemu import process
+
+from .test_host_idle_review5 import NOBODY, as_root, nobodys_folder
+
+REPO = Path(__file__).resolve().parents[2]
+TOOLS = ("ip", "ss", "nsenter", "setpriv", "cat", "qemu-img", "git")
+
+
+def nobodys_bin(tmp_path: Path, marker: Path) -> Path:
+    """A folder of nobody's, first on root's PATH, with an ``ip``, ``ss``, ``setpriv``... that
+    leave ``marker`` (in root's own folder) when root runs them."""
+    folder = nobodys_folder(tmp_path / "bin")
+    for tool in TOOLS:
+        (folder / tool).write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+        (folder / tool).chmod(0o755)
+        os.chown(folder / tool, NOBODY, NOBODY)
+    return folder
+
+
+@pytest.fixture
+def planted_path(tmp_path, monkeypatch) -> Path:
+    """PATH is nobody's folder first, then root's usual ones; returns the marker."""
+    marker = tmp_path / "root" / "ran"
+    marker.parent.mkdir()
+    monkeypatch.setenv("PATH", f"{nobodys_bin(tmp_path, marker)}:{os.environ['PATH']}")
+    process._pdeathsig_prefix.cache_clear()
+    yield marker
+    process._pdeathsig_prefix.cache_clear()
+
+
+# -- 1. root runs no program from a PATH folder another user can write -------------------------
+
+
+@as_root
+def test_1_the_host_evidence_is_not_read_with_another_users_ip(planted_path):
+    """Every verdict (discover, doctor, plan, bind, a run's set-up) runs `ip -j ...`, `ss` and
+    `nsenter` by name: nobody's `ip` ran as root."""
+    with pytest.raises(UnsafePathError, match=f"PATH entry .*/bin: .* owned by uid {NOBODY}"):
+        NetView.read(Sysfs("/"))
+    assert not planted_path.exists()
+
+
+@as_root
+def test_1_qemu_is_not_started_through_another_users_setpriv(planted_path):
+    """QEMU is checked before root runs it, but `setpriv --pdeathsig KILL -- QEMU` (the
+    program that execs it) was taken from PATH unchecked: nobody's setpriv ran as root, with
+    the checked QEMU as its argument."""
+    with pytest.raises(UnsafePathError, match=f"owned by uid {NOBODY}"):
+        process._pdeathsig_prefix()
+    assert not planted_path.exists()
+
+
+@as_root
+def test_1_the_commands_refuse_such_a_path_before_they_run_anything(planted_path, capsys):
+    """`python -m harness restore` (make nightly's first step, and the CI jobs' clean-up)."""
+    assert cli.main(["restore", "--journal", str(planted_path.parent / "journal.json")]) == 1
+    err = capsys.readouterr().err
+    assert "PATH entry" in err and "what to do:" in err
+    assert not planted_path.exists()
+
+
+@as_root
+def test_1_a_pytest_run_refuses_such_a_path_before_its_session(planted_path, tmp_path):
+    """The plugin made its session (qemu-img of the user's guest disks, QEMU's --version) with
+    whatever PATH it had."""
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    p = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--co", "-q",
+                        str(REPO / "tests/unit/test_waits.py")], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 4, p.stdout + p.stderr
+    assert "PATH entry" in p.stdout and f"owned by uid {NOBODY}" in p.stdout
+    assert not planted_path.exists()
+
+
+@as_root
+@pytest.mark.parametrize("entry", ["", ".", "bin"])
+def test_1_a_relative_path_entry_is_refused(entry, monkeypatch):
+    """An empty or relative PATH entry is the folder root happens to be in."""
+    monkeypatch.setenv("PATH", f"/usr/bin:{entry}:/bin")
+    with pytest.raises(UnsafePathError, match="relative entry"):
+        NetView.read(Sysfs("/"))
+
+
+@as_root
+def test_1_a_sticky_world_writable_path_entry_is_refused(tmp_path, monkeypatch):
+    """A sticky folder (like /tmp) protects what is in it, not the names not yet there."""
+    folder = tmp_path / "sticky"
+    folder.mkdir()
+    folder.chmod(0o1777)
+    monkeypatch.setenv("PATH", f"{folder}:/usr/bin:/bin")
+    with pytest.raises(UnsafePathError, match="writable by every user"):
+        NetView.read(Sysfs("/"))
+
+
+@as_root
+def test_1_roots_own_path_still_runs(tmp_path, monkeypatch):
+    """Root-owned folders, one linked (/bin -> usr/bin), one that does not exist: all fine."""
+    monkeypatch.setenv("PATH", f"{tmp_path / 'missing'}:/usr/local/bin:/usr/bin:/bin")
+    process._pdeathsig_prefix.cache_clear()
+    try:
+        assert process._pdeathsig_prefix()[1:] == ("--pdeathsig", "KILL", "--")
+    finally:
+        process._pdeathsig_prefix.cache_clear()
