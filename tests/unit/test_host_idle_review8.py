@@ -18,6 +18,7 @@ from harness.host.sysfs import Sysfs
 from harness.qemu import process
 
 from .test_host_idle_review5 import NOBODY, as_root, nobodys_folder
+from .test_paths import _check_tree, _checkout
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = ("ip", "ss", "nsenter", "setpriv", "cat", "qemu-img", "git")
@@ -118,3 +119,63 @@ def test_1_roots_own_path_still_runs(tmp_path, monkeypatch):
         assert process._pdeathsig_prefix()[1:] == ("--pdeathsig", "KILL", "--")
     finally:
         process._pdeathsig_prefix.cache_clear()
+
+
+# -- 2. check-root-tree follows what a .venv runs outside the tree, not only its links ---------
+
+
+def users_build(tmp_path: Path) -> Path:
+    """/home/alice/hh: the folder the checkout's .venv was made in (``make setup`` as alice),
+    before root copied the checkout to /srv and chowned it: alice's python and harness."""
+    home = nobodys_folder(tmp_path / "home")
+    for rel in (".venv/bin", "harness"):
+        (home / "hh" / rel).mkdir(parents=True)
+    (home / "hh/.venv/bin/python").write_text("#!/bin/sh\n")
+    (home / "hh/harness/__init__.py").write_text("")
+    subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(home)], check=True)
+    return home / "hh"
+
+
+@as_root
+def test_2_a_venv_script_whose_interpreter_is_another_users_python_is_refused(tmp_path):
+    """`make nightly` runs .venv/bin/pytest, whose `#!` pip wrote as the python of the folder
+    the .venv was made in: the check followed links and .pth entries, not that line, so root
+    ran alice's python."""
+    top = _checkout(tmp_path / "srv" / "hotplug-harness")
+    theirs = users_build(tmp_path)
+    pytest_script = top / ".venv/bin/pytest"
+    pytest_script.write_text(f"#!{theirs}/.venv/bin/python\nimport sys\n")
+    pytest_script.chmod(0o755)
+    r = _check_tree(top)
+    assert r.returncode == 1 and f"owned by uid {NOBODY}" in r.stderr and \
+        f"the interpreter of {pytest_script}" in r.stderr, r.stderr
+    # pip's form for a long path: `#!/bin/sh` and the python on the next line
+    pytest_script.write_text(f"#!/bin/sh\n'''exec' \"{theirs}/.venv/bin/python\" \"$0\" \"$@\"\n"
+                             "' '''\nimport sys\n")
+    r = _check_tree(top)
+    assert r.returncode == 1 and str(theirs) in r.stderr, r.stderr
+    # the python it named is gone (the folder was moved): whoever makes it chooses
+    pytest_script.write_text(f"#!{tmp_path}/gone/.venv/bin/python\n")
+    r = _check_tree(top)
+    assert r.returncode == 1 and "leads out of the tree to nothing" in r.stderr, r.stderr
+    pytest_script.write_text(f"#!{top}/.venv/bin/python\nimport sys\n")  # (make setup's own)
+    assert _check_tree(top).returncode == 0, _check_tree(top).stderr
+
+
+@as_root
+def test_2_an_editable_install_of_another_users_source_is_refused(tmp_path):
+    """`pip install -e .` maps `harness` to the folder it ran in (setuptools' finder): pytest
+    loads the plugin through it before anything puts the checkout on sys.path, so root
+    imported alice's harness."""
+    top = _checkout(tmp_path / "srv" / "hotplug-harness")
+    theirs = users_build(tmp_path)
+    site = top / ".venv/lib/python3.11/site-packages"
+    site.mkdir(parents=True)
+    finder = site / "__editable___hotplug_harness_0_1_0_finder.py"
+    finder.write_text(f"import sys\nMAPPING: dict[str, str] = {{'harness': '{theirs}/harness'}}\n"
+                      "NAMESPACES: dict[str, list[str]] = {}\n")
+    r = _check_tree(top)
+    assert r.returncode == 1 and f"owned by uid {NOBODY}" in r.stderr and \
+        "an editable install's source" in r.stderr, r.stderr
+    finder.write_text(f"MAPPING: dict[str, str] = {{'harness': '{top}/harness'}}\n")
+    assert _check_tree(top).returncode == 0, _check_tree(top).stderr
