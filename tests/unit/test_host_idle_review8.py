@@ -1,20 +1,26 @@
 """Issue 31, eighth adversarial read: root ran the host tools (ip, ss, nsenter, setpriv, which
 execs QEMU) by name from whatever PATH it was given, so a PATH folder another user can write
-gave them root. Each test fails on the code before its fix. Real files, real programs, a fake
-sysfs tree where the host is read, and a second user (nobody); no guest is booted and nothing
-is downloaded."""
+gave them root; check-root-tree did not follow a .venv script's `#!` interpreter nor an
+editable install's source folder out of the tree; and a run that made no folder had junitxml
+write by name into an unchecked $TMPDIR. Each finding's tests fail on the code before its fix.
+Real files, real programs, a fake sysfs tree where the host is read, and a second user
+(nobody); no guest is booted and nothing is downloaded."""
 
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from _pytest.junitxml import xml_key
 
 from harness import cli
 from harness.core.paths import UnsafePathError
 from harness.host.network import NetView
 from harness.host.sysfs import Sysfs
+from harness.plugin import runner
 from harness.qemu import process
 
 from .test_host_idle_review5 import NOBODY, as_root, nobodys_folder
@@ -179,3 +185,34 @@ def test_2_an_editable_install_of_another_users_source_is_refused(tmp_path):
         "an editable install's source" in r.stderr, r.stderr
     finder.write_text(f"MAPPING: dict[str, str] = {{'harness': '{top}/harness'}}\n")
     assert _check_tree(top).returncode == 0, _check_tree(top).stderr
+
+
+# -- 3. a run that made no folder writes its JUnit file into no temporary folder ---------------
+
+
+@as_root
+def test_3_junit_of_a_run_with_no_folder_is_not_written_under_another_users_tmpdir(
+        tmp_path, monkeypatch):
+    """A run that never needed a guest (`pytest tests/unit` as root, a -k that selects no
+    scenario) had junitxml write a mkstemp file in $TMPDIR, unchecked, which junitxml then
+    opened by name: in a TMPDIR of nobody's (not sticky) they swap it for a link, and root
+    writes the XML over the file it leads to."""
+    theirs = nobodys_folder(tmp_path / "usertmp")
+    monkeypatch.setattr(tempfile, "tempdir", str(theirs))
+    xml = SimpleNamespace(logfile="unset")
+    config = SimpleNamespace(stash={xml_key: xml})
+    runner.aim_junit(config, None)
+    assert not Path(xml.logfile).resolve().is_relative_to(theirs) and \
+        list(theirs.iterdir()) == []
+    assert xml.logfile == os.devnull
+
+
+def test_3_a_run_with_no_folder_still_ends_cleanly_and_writes_no_junit(tmp_path):
+    """The plugin's own JUnit file of a run with no folder goes nowhere, and says nothing."""
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "TMPDIR": str(tmp_path)}
+    p = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                        str(REPO / "tests/unit/test_waits.py")], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "junit" not in p.stdout.lower() and "devnull" not in p.stdout
+    assert Path(os.devnull).is_char_device()
