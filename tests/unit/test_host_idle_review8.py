@@ -19,12 +19,20 @@ from _pytest.junitxml import xml_key
 from harness import cli
 from harness.core.paths import UnsafePathError
 from harness.host.network import NetView
+from harness.host.safety import HostUsage
 from harness.host.sysfs import Sysfs
 from harness.plugin import runner
 from harness.qemu import process
 
 from .test_host_idle_review5 import NOBODY, as_root, nobodys_folder
 from .test_paths import _check_tree, _checkout
+from . import fakesysfs
+from .test_host_idle_review3 import sysfs_path_on_the_host
+from .test_host_proven_idle import PORT1
+from .test_host_sriov import PF, VF0, host, set_numvfs
+
+fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
+host = host  # (a fixture: the lab host with an SR-IOV 82576)
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = ("ip", "ss", "nsenter", "setpriv", "cat", "qemu-img", "git")
@@ -216,3 +224,37 @@ def test_3_a_run_with_no_folder_still_ends_cleanly_and_writes_no_junit(tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "junit" not in p.stdout.lower() and "devnull" not in p.stdout
     assert Path(os.devnull).is_char_device()
+
+
+# -- 4. a function on no driver, or its PF's VF on none, is proven idle only by what was read ---
+
+
+def test_4_an_unbound_function_is_not_idle_while_some_processes_files_cannot_be_read(lab):
+    """A function on no driver is used only from user space, through its sysfs BARs, which
+    only every process's fds and maps show: with pid 5000's unreadable it still read "on no
+    driver: no host driver uses it" (the unreadable-files rule skipped unbound functions)."""
+    lab.kernel(lab.sys / "bus/pci/drivers/ixgbe/unbind", PORT1)
+    assert HostUsage.read(lab.root).verdict(PORT1).idle
+    lab.proc("5000/comm", "dpdk-testpmd\n")
+    lab.file("proc/5000/fd", "not a folder")
+    lab.proc("5000/maps/x", "")  # (a folder: cannot be read as a file)
+    verdict = HostUsage.read(lab.root).verdict(PORT1)
+    assert not verdict.idle
+    assert any(u.startswith(f"cannot tell whether {PORT1} is in use: ") and "pid 5000" in u
+               for u in verdict.uses), verdict.uses
+
+
+def test_4_a_vf_on_no_driver_whose_bar_a_process_maps_keeps_its_pf(host):
+    """The PF's verdict took a VF on no driver as idle without looking at its BARs: a
+    user-space driver on the VF (mapped resource0) lost it when the PF was unbound (or its
+    sriov_numvfs written)."""
+    (host.dev_dir(PF) / "sriov_drivers_autoprobe").write_text("0\n")
+    set_numvfs(host, 2)
+    assert host.driver_of(VF0) is None
+    assert HostUsage.read(host.root).verdict(PF).idle
+    host.proc("5000/comm", "dpdk-testpmd\n")
+    host.proc("5000/maps", "7f1c40000000-7f1c40080000 rw-s 00000000 00:15 30512 "
+                           f"{sysfs_path_on_the_host(host, VF0, 'resource0')}\n")
+    uses = HostUsage.read(host.root).verdict(PF).uses
+    assert any(u.startswith(f"its VF {VF0}'s resource0 (sysfs) is open or mapped by pid 5000")
+               for u in uses), uses
