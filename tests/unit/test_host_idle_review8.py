@@ -1,11 +1,14 @@
 """Issue 31, eighth adversarial read: root ran the host tools (ip, ss, nsenter, setpriv, which
 execs QEMU) by name from whatever PATH it was given, so a PATH folder another user can write
 gave them root; check-root-tree did not follow a .venv script's `#!` interpreter nor an
-editable install's source folder out of the tree; and a run that made no folder had junitxml
-write by name into an unchecked $TMPDIR. Each finding's tests fail on the code before its fix.
+editable install's source folder out of the tree; a run that made no folder had junitxml
+write by name into an unchecked $TMPDIR; a function on no driver (or its PF's VF on none) read
+idle without every process's files read; and in a shared report folder root removed another
+user's `latest` and wrote its junit.xml through a link in it. Each finding's tests fail on the code before its fix.
 Real files, real programs, a fake sysfs tree where the host is read, and a second user
 (nobody); no guest is booted and nothing is downloaded."""
 
+import json
 import os
 import subprocess
 import sys
@@ -17,14 +20,18 @@ import pytest
 from _pytest.junitxml import xml_key
 
 from harness import cli
-from harness.core.paths import UnsafePathError
+from harness.core.paths import UnsafePathError, private_dir
 from harness.host.network import NetView
 from harness.host.safety import HostUsage
 from harness.host.sysfs import Sysfs
 from harness.plugin import runner
 from harness.qemu import process
+from harness.report import junit
+from harness.report import summary as report_summary
 
-from .test_host_idle_review5 import NOBODY, as_root, nobodys_folder
+from . import test_host_idle_review5 as review5
+from .test_host_idle_review5 import NOBODY, as_nobody, as_root, nobodys_folder
+from .test_host_idle_review6 import roots_secret
 from .test_paths import _check_tree, _checkout
 from . import fakesysfs
 from .test_host_idle_review3 import sysfs_path_on_the_host
@@ -33,6 +40,7 @@ from .test_host_sriov import PF, VF0, host, set_numvfs
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
 host = host  # (a fixture: the lab host with an SR-IOV 82576)
+shared_tmp = review5.shared_tmp  # (a fixture: a sticky folder others can write, like /tmp)
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = ("ip", "ss", "nsenter", "setpriv", "cat", "qemu-img", "git")
@@ -258,3 +266,70 @@ def test_4_a_vf_on_no_driver_whose_bar_a_process_maps_keeps_its_pf(host):
     uses = HostUsage.read(host.root).verdict(PF).uses
     assert any(u.startswith(f"its VF {VF0}'s resource0 (sysfs) is open or mapped by pid 5000")
                for u in uses), uses
+
+
+# -- 5. reports/latest in a shared report folder -----------------------------------------------
+
+
+#: What a run's end hands the report (harness/plugin/runner.py: finish).
+META = {"backend": "vfio", "accel": "kvm", "accel_reason": "kvm", "qemu_binary": "qemu",
+        "qemu_version": "7.2.22", "image": {}, "lab": None}
+
+
+def finished_run(report_root: Path) -> Path:
+    """A run folder of root's (private, as the session makes it) with its JUnit file."""
+    run = private_dir(report_root / "run-20261205-184500-4242")
+    (run / "junit.xml").write_text('<?xml version="1.0"?><testsuites><testsuite name="s" '
+                                   'tests="0"/></testsuites>\n')
+    return run
+
+
+def nobodys_latest(report_root: Path, run: Path, secret: Path) -> Path:
+    """nobody's `latest` in the shared report folder, made to look like this run's copy, with
+    a junit.xml that is a link to root's secret."""
+    latest = nobodys_folder(report_root / "latest")
+    as_nobody(f"echo '{{\"run\": \"{run.name}\"}}' > {latest}/summary.json; "
+              f"echo mine > {latest}/notes.txt; ln -s {secret} {latest}/junit.xml")
+    return latest
+
+
+@as_root
+def test_5_root_does_not_delete_another_users_latest(shared_tmp, tmp_path):
+    """A report folder shared by several users (sticky, as the harness allows): root's end of
+    run removed (rmtree) the `latest` folder nobody had made there, with what was in it."""
+    secret = roots_secret(tmp_path / "root-only")
+    run = finished_run(shared_tmp)
+    latest = nobodys_latest(shared_tmp, run, secret)
+    done = report_summary.finish_run(run, shared_tmp, META)
+    assert (latest / "notes.txt").read_text() == "mine\n"  # theirs: left alone
+    assert done["latest"] is None
+    assert "copy of the newest run" not in "\n".join(report_summary.summary_lines(done))
+    junit.add_junit_identity(run, shared_tmp)
+    assert secret.read_text() == "PRIVATE"
+
+
+@as_root
+def test_5_root_writes_no_junit_through_another_users_latest(shared_tmp, tmp_path):
+    """When root's copy could not be made (nobody made `latest` again between root's rmtree
+    and its copytree, which then failed), the end of run wrote its junit.xml into that
+    `latest` of nobody's, through their link: over root's secret."""
+    secret = roots_secret(tmp_path / "root-only")
+    run = finished_run(shared_tmp)
+    (run / "summary.json").write_text(json.dumps({"run": run.name, **META}))
+    nobodys_latest(shared_tmp, run, secret)
+    junit.add_junit_identity(run, shared_tmp)
+    assert secret.read_text() == "PRIVATE"
+
+
+def test_5_roots_own_latest_is_replaced_by_the_new_runs_copy(tmp_path):
+    report_root = tmp_path / "reports"
+    report_root.mkdir()
+    old = report_root / "latest"
+    old.mkdir()
+    (old / "stale.txt").write_text("old run")
+    run = finished_run(report_root)
+    done = report_summary.finish_run(run, report_root, META)
+    assert done["latest"] == str(old / "report.html") and (old / "report.html").is_file()
+    assert not (old / "stale.txt").exists() and not list(report_root.glob(".latest-*"))
+    junit.add_junit_identity(run, report_root)
+    assert "hotplug." in (old / "junit.xml").read_text()
