@@ -65,6 +65,29 @@ def read_trusted_file(path: Path) -> str:
         return f.read()
 
 
+def read_plain_file(path: Path, limit: int = 16 << 20) -> str:
+    """The text of a file root only reads (a record, a git ref) from a folder others may
+    write: opened without following a link at its name and without blocking (O_NOFOLLOW,
+    O_NONBLOCK), read only when it is a regular file, at most ``limit`` bytes. So a FIFO
+    planted there cannot hang root, nor a link lead root to open a device (``/dev/watchdog``
+    arms on open, ``/dev/zero`` never ends). Raises OSError (ELOOP, or EINVAL naming what it
+    is) otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if st.st_size > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
+    return data.decode("utf-8", errors="replace")
+
+
 def check_trusted_file(path: Path) -> Path:
     """Where ``path`` leads, checked as :func:`read_trusted_file` checks (for a file root hands
     to a program rather than reads: a guest's disk, kernel, key). Raises UnsafePathError."""

@@ -90,9 +90,11 @@ def refresh_latest(run_dir: Path, report_root: Path) -> str | None:
 
 
 def history(report_root: Path, summary: dict, last: int = 10) -> list[dict]:
-    """This run and the ones before it in the same report folder, for the report's trend
-    pictures (none for a run of self-tests only, or with fewer than 3 scenario runs)."""
-    runs = records.load_runs(report_root, last) if report_root.is_dir() else []
+    """This run and the ones before it in the same report folder (this user's: a shared report
+    folder's other runs are not read), for the report's trend pictures (none for a run of
+    self-tests only, or with fewer than 3 scenario runs)."""
+    runs = records.load_runs(report_root, last, owner=os.geteuid()) \
+        if report_root.is_dir() else []
     if not runs or runs[-1]["run"] != summary["run"] or len(runs) < 3:
         return []
     return runs

@@ -3,13 +3,16 @@ execs QEMU) by name from whatever PATH it was given, so a PATH folder another us
 gave them root; check-root-tree did not follow a .venv script's `#!` interpreter nor an
 editable install's source folder out of the tree; a run that made no folder had junitxml
 write by name into an unchecked $TMPDIR; a function on no driver (or its PF's VF on none) read
-idle without every process's files read; and in a shared report folder root removed another
-user's `latest` and wrote its junit.xml through a link in it. Each finding's tests fail on the code before its fix.
+idle without every process's files read; in a shared report folder root removed another
+user's `latest` and wrote its junit.xml through a link in it; and root read other users'
+summary.json files, and an untrusted .git's HEAD, by following links and blocking on FIFOs. Each finding's tests fail on the code before its fix.
 Real files, real programs, a fake sysfs tree where the host is read, and a second user
 (nobody); no guest is booted and nothing is downloaded."""
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -25,8 +28,10 @@ from harness.host.network import NetView
 from harness.host.safety import HostUsage
 from harness.host.sysfs import Sysfs
 from harness.plugin import runner
+from harness.run import identity
 from harness.qemu import process
-from harness.report import junit
+from harness.images import builtin as builtin_images
+from harness.report import junit, records
 from harness.report import summary as report_summary
 
 from . import test_host_idle_review5 as review5
@@ -333,3 +338,69 @@ def test_5_roots_own_latest_is_replaced_by_the_new_runs_copy(tmp_path):
     assert not (old / "stale.txt").exists() and not list(report_root.glob(".latest-*"))
     junit.add_junit_identity(run, report_root)
     assert "hotplug." in (old / "junit.xml").read_text()
+
+
+# -- 6. what root only reads, in folders others can write: no FIFO, no link to a device -------
+
+
+class Blocked(BaseException):
+    """Raised by :func:`deadline` (not an OSError: the code under test catches those)."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: int):
+    """Fail (instead of hanging the suite) if the block blocks longer than ``seconds``."""
+    def expired(signum, frame):
+        raise Blocked(f"blocked for {seconds} s")
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@as_root
+def test_6_a_fifo_in_another_users_run_folder_does_not_hang_roots_report(shared_tmp):
+    """The end of root's run read every `*/summary.json` of the (shared) report folder for its
+    trend pictures: nobody's run folder with a FIFO there hung it (before the devices of its
+    dead workers were given back); a link there to /dev/zero or /dev/watchdog would have been
+    opened and read as root."""
+    theirs = nobodys_folder(shared_tmp / "run-20261205-000000-1")
+    as_nobody(f"mkfifo {theirs}/summary.json")
+    run = finished_run(shared_tmp)
+    with deadline(5):
+        assert records.load_runs(shared_tmp, 10) == []
+        done = report_summary.finish_run(run, shared_tmp, META)
+    assert done["run"] == run.name
+
+
+@as_root
+def test_6_another_users_runs_are_not_read_into_roots_report(shared_tmp):
+    """Their summary.json files are theirs to shape (and theirs to make FIFOs or links, above):
+    root's report read them into its trend pictures as runs of its own."""
+    scenario = {"scenario": "nic", "platform": "pc", "outcome": "passed", "nodeid": "t"}
+    for n in range(3):
+        theirs = nobodys_folder(shared_tmp / f"run-20261205-00000{n}-1")
+        (theirs / "summary.json").write_text(json.dumps(
+            {"run": theirs.name, "finished_at": f"2026-12-05T00:00:0{n}", "tests": [scenario]}))
+    run = finished_run(shared_tmp)
+    (run / "summary.json").write_text(json.dumps(
+        {"run": run.name, "finished_at": "2026-12-05T18:45:00", "tests": [scenario]}))
+    assert report_summary.history(shared_tmp, {"run": run.name}) == []  # (fewer than 3 runs)
+    assert [r["run"] for r in records.load_runs(shared_tmp, 10, owner=os.geteuid())] == \
+        [run.name]
+
+
+@as_root
+def test_6_a_fifo_as_git_head_does_not_hang_root(shared_tmp, monkeypatch):
+    """A .git others can write (a shared repository, core.sharedRepository=group): root runs no
+    git there and reads HEAD as a file, and a FIFO planted as HEAD hung the run."""
+    repo = shared_tmp / "repo"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(repo / ".git")], check=True)
+    as_nobody(f"rm {repo}/.git/HEAD; mkfifo {repo}/.git/HEAD")
+    monkeypatch.setattr(builtin_images, "REPO_ROOT", repo)
+    with deadline(5):
+        assert identity._harness_version()["commit"] is None
