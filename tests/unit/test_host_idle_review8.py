@@ -5,7 +5,9 @@ editable install's source folder out of the tree; a run that made no folder had 
 write by name into an unchecked $TMPDIR; a function on no driver (or its PF's VF on none) read
 idle without every process's files read; in a shared report folder root removed another
 user's `latest` and wrote its junit.xml through a link in it; and root read other users'
-summary.json files, and an untrusted .git's HEAD, by following links and blocking on FIFOs. Each finding's tests fail on the code before its fix.
+summary.json files, and an untrusted .git's HEAD, by following links and blocking on FIFOs;
+and a controller whose disk the host uses through another controller (one disk, two paths,
+no multipath) read idle. Each finding's tests fail on the code before its fix.
 Real files, real programs, a fake sysfs tree where the host is read, and a second user
 (nobody); no guest is booted and nothing is downloaded."""
 
@@ -35,7 +37,7 @@ from harness.report import junit, records
 from harness.report import summary as report_summary
 
 from . import test_host_idle_review5 as review5
-from .test_host_idle_review5 import NOBODY, as_nobody, as_root, nobodys_folder
+from .test_host_idle_review5 import NOBODY, SATA2, as_nobody, as_root, nobodys_folder
 from .test_host_idle_review6 import roots_secret
 from .test_paths import _check_tree, _checkout
 from . import fakesysfs
@@ -404,3 +406,31 @@ def test_6_a_fifo_as_git_head_does_not_hang_root(shared_tmp, monkeypatch):
     monkeypatch.setattr(builtin_images, "REPO_ROOT", repo)
     with deadline(5):
         assert identity._harness_version()["commit"] is None
+
+
+# -- 7. one disk through two controllers ---------------------------------------------------------
+
+
+def with_wwid(host, disk: str, wwid: str) -> None:
+    """The SCSI device of ``disk`` reports ``wwid`` (VPD page 0x83), as sysfs shows it."""
+    d = Path(os.path.realpath(host.sys / "class/block" / disk))
+    (d / "device").symlink_to(d.parent.parent)
+    (d.parent.parent / "wwid").write_text(f"{wwid}\n")
+
+
+SAS_WWID = "naa.5000c500a1b2c3d4"
+
+
+def test_7_a_disk_the_host_mounts_through_another_controller_keeps_this_one(lab):
+    """A dual-ported SAS disk cabled to two HBAs, no dm-multipath: the host mounts / from sda
+    (00:17.0), and the same disk is sdd behind 06:00.0, which showed nothing mounted, held or
+    open there: 06:00.0 was taken with the host's root disk behind it."""
+    assert HostUsage.read(lab.root).verdict(SATA2).idle
+    lab.add_disk("sdd", lab.sata_port(SATA2, 1))
+    with_wwid(lab, "sda", SAS_WWID)
+    with_wwid(lab, "sdd", SAS_WWID)
+    uses = HostUsage.read(lab.root).verdict(SATA2).uses
+    assert f"sdd is the same disk (wwid {SAS_WWID}) as sda: sda2 is mounted on /" in uses, uses
+    with_wwid(lab, "sdb", "naa.5000c500ffffffff")  # (a disk of its own: no twin)
+    assert not any("sdb is the same disk" in u for u in
+                   HostUsage.read(lab.root).verdict(SATA2).uses)
