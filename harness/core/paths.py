@@ -122,44 +122,50 @@ def check_search_path(search: str | None = None) -> None:
     """As root: every folder on ``PATH`` (``search``, else ``$PATH``) is one nobody else can
     have put a program in, since root runs ``ip``, ``ss``, ``nsenter``, ``setpriv`` (which
     execs QEMU), ``qemu-img``, ``git``, ``ssh-keygen``... by name from it, and so do the
-    programs it runs. Each entry is an absolute path whose existing folders, and the entry
-    itself, are owned by root or the invoking user (:func:`invoking_uids`) and writable by
-    nobody else; the entry itself may not be a sticky folder others can write either (anyone
-    may add a new ``ip`` to /tmp). An entry that does not exist is fine when the folders above
-    it pass (nobody else can make it). Not root: nothing to check. Raises UnsafePathError
-    naming the entry."""
+    programs it runs; and so is every folder on ``$PYTHONPATH`` (root's Python imports from
+    it). Each entry is an absolute path whose existing folders, and the entry itself, are
+    owned by root or the invoking user (:func:`invoking_uids`) and writable by nobody else;
+    the entry itself may not be a sticky folder others can write either (anyone may add a new
+    ``ip`` to /tmp). An entry that does not exist is fine when the folders above it pass
+    (nobody else can make it). Not root: nothing to check. Raises UnsafePathError naming the
+    entry."""
     if os.geteuid() != 0:
         return
     search = os.environ.get("PATH", os.defpath) if search is None else search
+    _check_search("PATH", search, "a program there that root runs by name (ip, ss, setpriv, "
+                                  "qemu-img...)")
+    if os.environ.get("PYTHONPATH"):
+        _check_search("PYTHONPATH", os.environ["PYTHONPATH"], "a module there that root's "
+                                                              "Python imports")
+
+
+def _check_search(var: str, search: str, what: str) -> None:
     uids = invoking_uids()
     for entry in search.split(os.pathsep):
         if not os.path.isabs(entry):
             raise UnsafePathError(
-                f"PATH holds the relative entry {entry!r}: root would run the programs it "
-                "runs by name (ip, ss, setpriv, qemu-img...) from whatever folder it is in",
-                hint=_SEARCH_HINT)
+                f"{var} holds the relative entry {entry!r}: another user could put {what}, "
+                "in whatever folder root happens to be in", hint=_SEARCH_HINT.format(var=var))
         try:
             check_ancestors(Path(entry, "x"), uids)
             st = os.stat(entry)
         except FileNotFoundError:
             continue
         except UnsafePathError as e:
-            what = e.message.split(", so ")[0].replace(f" above {Path(entry, 'x')}", "")
-            raise UnsafePathError(f"PATH entry {entry}: {what}, so "
-                                  "another user could put a program there that root runs by "
-                                  "name (ip, ss, setpriv, qemu-img...)",
-                                  hint=_SEARCH_HINT) from e
+            found = e.message.split(", so ")[0].replace(f" above {Path(entry, 'x')}", "")
+            raise UnsafePathError(f"{var} entry {entry}: {found}, so another user could put "
+                                  f"{what}", hint=_SEARCH_HINT.format(var=var)) from e
         if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             raise UnsafePathError(
-                f"PATH entry {entry} is writable by "
+                f"{var} entry {entry} is writable by "
                 f"{'every user' if st.st_mode & stat.S_IWOTH else 'its group'} (mode "
-                f"{st.st_mode & 0o7777:o}), so another user could put a program there that "
-                "root runs by name (ip, ss, setpriv, qemu-img...)", hint=_SEARCH_HINT)
+                f"{st.st_mode & 0o7777:o}), so another user could put {what}",
+                hint=_SEARCH_HINT.format(var=var))
 
 
-_SEARCH_HINT = ("run as root with a PATH of folders only root can write (sudo's secure_path, "
-                "or PATH=/usr/sbin:/usr/bin:/sbin:/bin), or chown root and chmod go-w that "
-                "folder; docs/vfio.md, 'What root reads and runs'")
+_SEARCH_HINT = ("run as root with a {var} of folders only root can write (sudo's secure_path "
+                "and env_reset; PATH=/usr/sbin:/usr/bin:/sbin:/bin), or chown root and chmod "
+                "go-w that folder; docs/vfio.md, 'What root reads and runs'")
 
 
 def _open_trusted(path: Path) -> tuple[Path, int]:

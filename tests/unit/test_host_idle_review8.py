@@ -140,6 +140,32 @@ def test_1_a_sticky_world_writable_path_entry_is_refused(tmp_path, monkeypatch):
 
 
 @as_root
+def test_1_a_pythonpath_folder_another_user_owns_is_refused(tmp_path, monkeypatch, capsys):
+    """PYTHONPATH is where root's Python imports from, as PATH is where it runs from."""
+    theirs = nobodys_folder(tmp_path / "lib")
+    monkeypatch.setenv("PYTHONPATH", f"{theirs}")
+    assert cli.main(["restore", "--journal", str(tmp_path / "journal.json")]) == 1
+    assert f"PYTHONPATH entry {theirs}: " in capsys.readouterr().err
+
+
+@as_root
+def test_1_check_root_tree_refuses_such_a_path_before_make_runs(planted_path, tmp_path):
+    """The CI jobs and the systemd unit run check-root-tree, then `make` by name: from a PATH
+    folder of nobody's, make itself (and the shell the recipes run in) was theirs."""
+    top = _checkout(tmp_path / "srv" / "hotplug-harness")
+    r = _check_tree(top, PATH=os.environ["PATH"])
+    assert r.returncode == 1 and "the PATH entry" in r.stderr and \
+        f"owned by uid {NOBODY}" in r.stderr, r.stderr
+    for bad in (f"{os.environ['PATH']}:", "bin:/usr/bin:/bin"):
+        r = _check_tree(top, PATH=bad)
+        assert r.returncode == 1 and "PATH holds" in r.stderr, r.stderr
+    r = _check_tree(top, PATH="/usr/bin:/bin", PYTHONPATH=str(planted_path.parent.parent / "bin"))
+    assert r.returncode == 1 and "the PYTHONPATH entry" in r.stderr, r.stderr
+    assert _check_tree(top, PATH="/usr/local/bin:/usr/bin:/bin").returncode == 0
+    assert not planted_path.exists()
+
+
+@as_root
 def test_1_roots_own_path_still_runs(tmp_path, monkeypatch):
     """Root-owned folders, one linked (/bin -> usr/bin), one that does not exist: all fine."""
     monkeypatch.setenv("PATH", f"{tmp_path / 'missing'}:/usr/local/bin:/usr/bin:/bin")
