@@ -365,15 +365,17 @@ def pytest_sessionfinish_junit(session: pytest.Session, exitstatus: int) -> None
 
 @pytest.hookimpl(wrapper=True, specname="pytest_sessionfinish")
 def pytest_sessionfinish_give_back(session: pytest.Session, exitstatus: int):
-    """After everything else at the session's end (xdist's workers are gone by then)."""
-    result = yield
-    scratch = session.config.stash.get(_STASH_JUNIT, None)
-    if isinstance(scratch, Path):
-        runner.drop_junit(session.config, scratch)
-    hs: HarnessSession | None = session.config.stash.get(_STASH_SESSION, None)
-    if hs is not None and not hs.worker and hs.binder is not None:
-        runner.give_back(session, hs)
-    return result
+    """After everything else at the session's end (xdist's workers are gone by then), also
+    when that failed (the report could not be written...): the host's devices go back."""
+    try:
+        return (yield)
+    finally:
+        scratch = session.config.stash.get(_STASH_JUNIT, None)
+        if isinstance(scratch, Path):
+            runner.drop_junit(session.config, scratch)
+        hs: HarnessSession | None = session.config.stash.get(_STASH_SESSION, None)
+        if hs is not None and not hs.worker and hs.binder is not None:
+            runner.give_back(session, hs)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

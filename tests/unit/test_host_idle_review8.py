@@ -7,7 +7,7 @@ idle without every process's files read; in a shared report folder root removed 
 user's `latest` and wrote its junit.xml through a link in it; and root read other users'
 summary.json files, and an untrusted .git's HEAD, by following links and blocking on FIFOs;
 and a controller whose disk the host uses through another controller (one disk, two paths,
-no multipath) read idle. Each finding's tests fail on the code before its fix.
+no multipath) read idle; and a report that raised at the run's end skipped the give-back. Each finding's tests fail on the code before its fix.
 Real files, real programs, a fake sysfs tree where the host is read, and a second user
 (nobody); no guest is booted and nothing is downloaded."""
 
@@ -24,6 +24,7 @@ from types import SimpleNamespace
 import pytest
 from _pytest.junitxml import xml_key
 
+import harness.plugin as plugin
 from harness import cli
 from harness.core.paths import UnsafePathError, private_dir
 from harness.host.network import NetView
@@ -460,3 +461,34 @@ def test_7_a_disk_the_host_mounts_through_another_controller_keeps_this_one(lab)
     with_wwid(lab, "sdb", "naa.5000c500ffffffff")  # (a disk of its own: no twin)
     assert not any("sdb is the same disk" in u for u in
                    HostUsage.read(lab.root).verdict(SATA2).uses)
+
+
+# -- 8. the end of a run gives the host's devices back even when its report failed --------------
+
+
+class Backend:
+    """The backend's end-of-run give-back (harness.run.backends.Vfio.give_back gives back
+    every journal entry of the run on the real host; here it says that it ran)."""
+
+    def __init__(self):
+        self.given_back = 0
+
+    def give_back(self) -> list:
+        self.given_back += 1
+        return []
+
+
+def test_8_devices_go_back_when_the_report_raised():
+    """pytest_sessionfinish (the "nothing tested" check, the summary, the report) raised (a
+    full disk, a QEMU that became untrusted for its version line...), and the give-back after
+    it never ran: a dead worker's devices stayed on vfio-pci, and no HOST NOT RESTORED line."""
+    backend = Backend()
+    hs = SimpleNamespace(worker="", binder=object(), backend=backend)
+    session = SimpleNamespace(exitstatus=pytest.ExitCode.OK, config=SimpleNamespace(
+        stash={plugin._STASH_SESSION: hs}, pluginmanager=SimpleNamespace(
+            get_plugin=lambda name: None)))
+    wrapper = plugin.pytest_sessionfinish_give_back(session, 0)
+    next(wrapper)  # (the other pytest_sessionfinish hooks run now)
+    with pytest.raises(OSError, match="No space left"):
+        wrapper.throw(OSError(28, "No space left on device"))
+    assert backend.given_back == 1
