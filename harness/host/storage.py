@@ -331,11 +331,7 @@ class StorageView:
         #: reached through two controllers (a dual-ported SAS disk without dm-multipath, an
         #: NVMe drive's two ports without native multipath) is two block devices, and the
         #: host's use of one is a use of the other.
-        self.wwid_of = {blk.name: w for blk in sorted(fs.sys("class", "block").glob("*"))
-                        if (w := _wwid(fs, blk))}
-        self.by_wwid: dict[str, list[str]] = {}
-        for name, w in self.wwid_of.items():
-            self.by_wwid.setdefault(w, []).append(name)
+        self.wwid_of, self.by_wwid = _wwids(fs)
 
         #: Block devices a kernel storage target exports to other machines (nvmet, LIO):
         #: they open the disk without an exclusive claim, a holder or a process fd.
@@ -391,6 +387,16 @@ class StorageView:
                 uses += [f"{name} is the same disk (wwid {wwid}) as {twin}: {u}"
                          for u in self.use_of_block(twin, seen)]
         return uses
+
+
+def _wwids(fs: Sysfs) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """(block device -> its world-wide id, world-wide id -> its block devices)."""
+    wwid_of = {blk.name: w for blk in sorted(fs.sys("class", "block").glob("*"))
+               if (w := _wwid(fs, blk))}
+    by_wwid: dict[str, list[str]] = {}
+    for name, w in wwid_of.items():
+        by_wwid.setdefault(w, []).append(name)
+    return wwid_of, by_wwid
 
 
 def _wwid(fs: Sysfs, blk: Path) -> str | None:
