@@ -26,10 +26,11 @@ from _pytest.junitxml import xml_key
 
 import harness.plugin as plugin
 from harness import cli
-from harness.core.paths import UnsafePathError, private_dir
+from harness.core.paths import UnsafePathError, check_search_path, private_dir
 from harness.host.network import NetView
 from harness.host.safety import HostUsage
 from harness.host.sysfs import Sysfs
+from harness.lab.outer import write_job
 from harness.plugin import runner
 from harness.run import identity
 from harness.qemu import process
@@ -164,6 +165,23 @@ def test_1_check_root_tree_refuses_such_a_path_before_make_runs(planted_path, tm
     assert r.returncode == 1 and "the PYTHONPATH entry" in r.stderr, r.stderr
     assert _check_tree(top, PATH="/usr/local/bin:/usr/bin:/bin").returncode == 0
     assert not planted_path.exists()
+
+
+@as_root
+def test_1_the_sudo_users_checkout_on_the_lab_jobs_pythonpath_passes(tmp_path, monkeypatch):
+    """The lab host's job puts the checkout on PYTHONPATH; under sudo the checkout is the sudo
+    user's, who is trusted on the host and, told by the job, in the lab host too."""
+    checkout = nobodys_folder(tmp_path / "hh")
+    monkeypatch.setenv("SUDO_UID", str(NOBODY))
+    job = write_job(tmp_path, tmp_path / "run.json", checkout, checkout, ["-k", "nic"])
+    assert f"export SUDO_UID={NOBODY}\n" in job.read_text()
+    monkeypatch.setenv("PYTHONPATH", str(checkout))
+    check_search_path()  # (what the run inside the lab host checks first)
+    monkeypatch.delenv("SUDO_UID")
+    assert "SUDO_UID" not in write_job(tmp_path, tmp_path / "run.json", checkout, checkout,
+                                       []).read_text()
+    with pytest.raises(UnsafePathError, match=f"PYTHONPATH entry {checkout}: "):
+        check_search_path()
 
 
 @as_root
