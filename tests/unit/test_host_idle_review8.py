@@ -7,7 +7,8 @@ idle without every process's files read; in a shared report folder root removed 
 user's `latest` and wrote its junit.xml through a link in it; and root read other users'
 summary.json files, and an untrusted .git's HEAD, by following links and blocking on FIFOs;
 and a controller whose disk the host uses through another controller (one disk, two paths,
-no multipath) read idle; and a report that raised at the run's end skipped the give-back. Each finding's tests fail on the code before its fix.
+no multipath) read idle; a report that raised at the run's end skipped the give-back; and a
+--root tree's links led writes out of it, on the copy's evidence. Each finding's tests fail on the code before its fix.
 Real files, real programs, a fake sysfs tree where the host is read, and a second user
 (nobody); no guest is booted and nothing is downloaded."""
 
@@ -26,7 +27,9 @@ from _pytest.junitxml import xml_key
 
 import harness.plugin as plugin
 from harness import cli
+from harness.core.errors import HostDeviceError
 from harness.core.paths import UnsafePathError, check_search_path, private_dir
+from harness.host.binding import VfioBinder
 from harness.host.network import NetView
 from harness.host.safety import HostUsage
 from harness.host.sysfs import Sysfs
@@ -44,7 +47,7 @@ from .test_host_idle_review6 import roots_secret
 from .test_paths import _check_tree, _checkout
 from . import fakesysfs
 from .test_host_idle_review3 import sysfs_path_on_the_host
-from .test_host_proven_idle import PORT1
+from .test_host_proven_idle import PORT0, PORT1
 from .test_host_sriov import PF, VF0, host, set_numvfs
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
@@ -510,3 +513,24 @@ def test_8_devices_go_back_when_the_report_raised():
     with pytest.raises(OSError, match="No space left"):
         wrapper.throw(OSError(28, "No space left on device"))
     assert backend.given_back == 1
+
+
+# -- 9. --root: the evidence of a copy never takes a device of the real host ----------------------
+
+
+def test_9_a_root_tree_whose_sysfs_leads_elsewhere_is_never_written_through(lab, tmp_path):
+    """`harness bind --root DIR` reads DIR's files as the host's evidence (its ip/*.json, its
+    /proc) and writes DIR/sys/...: with DIR's sys/bus/pci/devices/<bdf> a link to another
+    tree (the real /sys, or here a stand-in for it), the device there was unbound on the
+    copy's word."""
+    elsewhere = tmp_path / "elsewhere"
+    real_dev = lab.dev_dir(PORT1)
+    elsewhere.mkdir()
+    (elsewhere / "driver_override").write_text("(null)\n")
+    link = lab.sys / "bus/pci/devices" / PORT1 / "driver_override"
+    link.unlink()
+    link.symlink_to(elsewhere / "driver_override")
+    with pytest.raises(HostDeviceError, match="leads out of"):
+        VfioBinder(lab.sysfs(), journal=lab.root / "journal.json").bind(PORT0, {PORT0, PORT1})
+    assert (elsewhere / "driver_override").read_text() == "(null)\n"
+    assert lab.driver_of(PORT0) == "ixgbe" and (real_dev / "driver").exists()
