@@ -8,7 +8,8 @@ user's `latest` and wrote its junit.xml through a link in it; and root read othe
 summary.json files, and an untrusted .git's HEAD, by following links and blocking on FIFOs;
 and a controller whose disk the host uses through another controller (one disk, two paths,
 no multipath) read idle; a report that raised at the run's end skipped the give-back; and a
---root tree's links led writes out of it, on the copy's evidence. Each finding's tests fail on the code before its fix.
+--root tree's links led writes out of it, on the copy's evidence; and restore gave a group's
+member back to its host driver while a QEMU on iommufd held another member. Each finding's tests fail on the code before its fix.
 Real files, real programs, a fake sysfs tree where the host is read, and a second user
 (nobody); no guest is booted and nothing is downloaded."""
 
@@ -29,7 +30,7 @@ import harness.plugin as plugin
 from harness import cli
 from harness.core.errors import HostDeviceError
 from harness.core.paths import UnsafePathError, check_search_path, private_dir
-from harness.host.binding import VfioBinder
+from harness.host.binding import VfioBinder, restore_from_journal
 from harness.host.network import NetView
 from harness.host.safety import HostUsage
 from harness.host.sysfs import Sysfs
@@ -46,7 +47,7 @@ from .test_host_idle_review5 import NOBODY, SATA2, as_nobody, as_root, nobodys_f
 from .test_host_idle_review6 import roots_secret
 from .test_paths import _check_tree, _checkout
 from . import fakesysfs
-from .test_host_idle_review3 import sysfs_path_on_the_host
+from .test_host_idle_review3 import qemu_on_iommufd, sysfs_path_on_the_host
 from .test_host_proven_idle import PORT0, PORT1
 from .test_host_sriov import PF, VF0, host, set_numvfs
 
@@ -534,3 +535,22 @@ def test_9_a_root_tree_whose_sysfs_leads_elsewhere_is_never_written_through(lab,
         VfioBinder(lab.sysfs(), journal=lab.root / "journal.json").bind(PORT0, {PORT0, PORT1})
     assert (elsewhere / "driver_override").read_text() == "(null)\n"
     assert lab.driver_of(PORT0) == "ixgbe" and (real_dev / "driver").exists()
+
+
+# -- 10. give back no member of a group a QEMU holds through another member's vfio device node --
+
+
+def test_10_restore_leaves_the_whole_group_while_a_qemu_holds_one_member_on_iommufd(lab):
+    """A QEMU on iommufd holds PORT0 through /dev/vfio/devices/vfio0 (not /dev/vfio/12): restore
+    left PORT0 alone, but gave PORT1, of the same group, back to ixgbe: a host driver on a
+    member of a group a guest uses (its DMA not isolated from the guest's)."""
+    journal = lab.root / "var/lib/hh/journal.json"
+    VfioBinder(lab.sysfs(), journal=journal).bind(PORT0, {PORT0, PORT1})  # the run dies
+    qemu_on_iommufd(lab, PORT0)
+    lab.writes.clear()
+    with pytest.raises(HostDeviceError) as e:
+        restore_from_journal(lab.sysfs(), journal, include_live=True)
+    assert (f"{PORT1}: failed: /dev/vfio/devices/vfio0 is still open by pid 4321") in \
+        e.value.details, e.value.details
+    assert lab.driver_of(PORT0) == lab.driver_of(PORT1) == "vfio-pci"
+    assert lab.writes == []
