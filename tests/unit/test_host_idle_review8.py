@@ -1,17 +1,27 @@
-"""Issue 31, eighth adversarial read: root ran the host tools (ip, ss, nsenter, setpriv, which
-execs QEMU) by name from whatever PATH it was given, so a PATH folder another user can write
-gave them root; check-root-tree did not follow a .venv script's `#!` interpreter nor an
-editable install's source folder out of the tree; a run that made no folder had junitxml
-write by name into an unchecked $TMPDIR; a function on no driver (or its PF's VF on none) read
-idle without every process's files read; in a shared report folder root removed another
-user's `latest` and wrote its junit.xml through a link in it; and root read other users'
-summary.json files, and an untrusted .git's HEAD, by following links and blocking on FIFOs;
-and a controller whose disk the host uses through another controller (one disk, two paths,
-no multipath) read idle; a report that raised at the run's end skipped the give-back; and a
---root tree's links led writes out of it, on the copy's evidence; and restore gave a group's
-member back to its host driver while a QEMU on iommufd held another member. Each finding's tests fail on the code before its fix.
-Real files, real programs, a fake sysfs tree where the host is read, and a second user
-(nobody); no guest is booted and nothing is downloaded."""
+"""Issue 31, eighth adversarial read. What it found, one section below each:
+
+1. root ran its tools (ip, ss, nsenter, setpriv, which execs the checked QEMU, qemu-img...)
+   by name from whatever PATH it had, and imported from whatever PYTHONPATH: a folder another
+   user can write there gave them root;
+2. check-root-tree did not follow a .venv script's `#!` interpreter, nor an editable
+   install's source folder, out of the tree;
+3. a run that made no folder had junitxml write by name into an unchecked $TMPDIR;
+4. a function on no driver (or its PF's VF on none) read idle without every process's files
+   read, and without the VF's BARs looked at;
+5. in a shared report folder root removed another user's `latest`, and wrote its junit.xml
+   through a link in it;
+6. root read other users' summary.json files, and an untrusted .git's HEAD, following links
+   and blocking on FIFOs;
+7. a controller whose disk the host uses through another controller (one disk, two paths, no
+   multipath) read idle;
+8. a report that raised at the run's end skipped the give-back;
+9. under --root, a link in the tree led sysfs writes out of it, on the copy's evidence;
+10. restore gave a group's member back to its host driver while a QEMU on iommufd held
+    another member.
+
+Each finding's tests fail on the code before its fix. Real files, real programs, a fake sysfs
+tree where the host is read, and a second user (nobody); no guest is booted and nothing is
+downloaded."""
 
 import contextlib
 import json
