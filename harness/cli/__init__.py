@@ -31,6 +31,7 @@ from pathlib import Path
 from harness.cli import host, report
 from harness.lab import reruns
 from harness.core.errors import HarnessError
+from harness.core.paths import check_search_path
 from harness.images import builtin as images
 from harness.images import distro
 
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip())
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     try:
+        check_search_path()  # (as root: every command may run ip, ss, qemu-img... by name)
         return COMMANDS[argv[0]](argv[1:])
     except HarnessError as e:
         print(f"error [{e.kind}]: {e}", file=sys.stderr)

@@ -65,6 +65,29 @@ def read_trusted_file(path: Path) -> str:
         return f.read()
 
 
+def read_plain_file(path: Path, limit: int = 16 << 20) -> str:
+    """The text of a file root only reads (a record, a git ref) from a folder others may
+    write: opened without following a link at its name and without blocking (O_NOFOLLOW,
+    O_NONBLOCK), read only when it is a regular file, at most ``limit`` bytes. So a FIFO
+    planted there cannot hang root, nor a link lead root to open a device (``/dev/watchdog``
+    arms on open, ``/dev/zero`` never ends). Raises OSError (ELOOP, or EINVAL naming what it
+    is) otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if st.st_size > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
+    return data.decode("utf-8", errors="replace")
+
+
 def check_trusted_file(path: Path) -> Path:
     """Where ``path`` leads, checked as :func:`read_trusted_file` checks (for a file root hands
     to a program rather than reads: a guest's disk, kernel, key). Raises UnsafePathError."""
@@ -93,6 +116,56 @@ def trusted_program(program: str) -> str:
         else:
             check_ancestors(Path(program), invoking_uids())
     return program
+
+
+def check_search_path(search: str | None = None) -> None:
+    """As root: every folder on ``PATH`` (``search``, else ``$PATH``) is one nobody else can
+    have put a program in, since root runs ``ip``, ``ss``, ``nsenter``, ``setpriv`` (which
+    execs QEMU), ``qemu-img``, ``git``, ``ssh-keygen``... by name from it, and so do the
+    programs it runs; and so is every folder on ``$PYTHONPATH`` (root's Python imports from
+    it). Each entry is an absolute path whose existing folders, and the entry itself, are
+    owned by root or the invoking user (:func:`invoking_uids`) and writable by nobody else;
+    the entry itself may not be a sticky folder others can write either (anyone may add a new
+    ``ip`` to /tmp). An entry that does not exist is fine when the folders above it pass
+    (nobody else can make it). Not root: nothing to check. Raises UnsafePathError naming the
+    entry."""
+    if os.geteuid() != 0:
+        return
+    search = os.environ.get("PATH", os.defpath) if search is None else search
+    _check_search("PATH", search, "a program there that root runs by name (ip, ss, setpriv, "
+                                  "qemu-img...)")
+    if os.environ.get("PYTHONPATH"):
+        _check_search("PYTHONPATH", os.environ["PYTHONPATH"], "a module there that root's "
+                                                              "Python imports")
+
+
+def _check_search(var: str, search: str, what: str) -> None:
+    uids = invoking_uids()
+    for entry in search.split(os.pathsep):
+        if not os.path.isabs(entry):
+            raise UnsafePathError(
+                f"{var} holds the relative entry {entry!r}: another user could put {what}, "
+                "in whatever folder root happens to be in", hint=_SEARCH_HINT.format(var=var))
+        try:
+            check_ancestors(Path(entry, "x"), uids)
+            st = os.stat(entry)
+        except FileNotFoundError:
+            continue
+        except UnsafePathError as e:
+            found = e.message.split(", so ")[0].replace(f" above {Path(entry, 'x')}", "")
+            raise UnsafePathError(f"{var} entry {entry}: {found}, so another user could put "
+                                  f"{what}", hint=_SEARCH_HINT.format(var=var)) from e
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise UnsafePathError(
+                f"{var} entry {entry} is writable by "
+                f"{'every user' if st.st_mode & stat.S_IWOTH else 'its group'} (mode "
+                f"{st.st_mode & 0o7777:o}), so another user could put {what}",
+                hint=_SEARCH_HINT.format(var=var))
+
+
+_SEARCH_HINT = ("run as root with a {var} of folders only root can write (sudo's secure_path "
+                "and env_reset; PATH=/usr/sbin:/usr/bin:/sbin:/bin), or chown root and chmod "
+                "go-w that folder; docs/vfio.md, 'What root reads and runs'")
 
 
 def _open_trusted(path: Path) -> tuple[Path, int]:

@@ -283,17 +283,24 @@ def _move_to_vfio(fs: Sysfs, dev: PciDevice, timeout: float) -> None:
 
 def _holders(fs: Sysfs, group: int | None, bdf: str | None = None
              ) -> tuple[str, str, str] | None:
-    """Who holds /dev/vfio/<group> open, or a device node below ``bdf`` (vfio-pci's
-    /dev/vfio/devices/vfioN, which a QEMU on iommufd opens instead of the group): (the node,
-    "pid 4321 (qemu-system-x86)", what to do: "stop it (kill 4321)"), or None: a device in use
-    is never touched. Open files that cannot be read count as a holder (fail closed)."""
+    """Who holds /dev/vfio/<group> open, or a device node below ``bdf`` or below any other
+    member of its group (vfio-pci's /dev/vfio/devices/vfioN, which a QEMU on iommufd opens
+    instead of the group: a host driver on one member would share DMA with a guest that has
+    another): (the node, "pid 4321 (qemu-system-x86)", what to do: "stop it (kill 4321)"), or
+    None: a device in use is never touched. Open files that cannot be read count as a holder
+    (fail closed)."""
     problems: list[str] = []
     opened = OpenFiles(fs, problems, remote_mount_ids(mountinfos(fs, problems)))
     held = [(f"/dev/vfio/{group}", opened.holders("char", f"vfio/{group}",
                                                   fs.vfio_group_dev(group)))] \
         if group is not None else []
-    if bdf is not None and fs.pci_exists(bdf):
-        for node, majmin in nodes_below(fs, fs.pci_device(bdf).path):
+    members = [bdf] if bdf is not None else []
+    members += [m for m in (fs.iommu_group_members(group) if group is not None else [])
+                if m not in members]
+    for member in members:
+        if not fs.pci_exists(member):
+            continue
+        for node, majmin in nodes_below(fs, fs.pci_device(member).path):
             name, users = node_holders(fs, opened, node, majmin)
             held.append((f"/dev/{name}", users))
     for node, users in held:

@@ -35,6 +35,7 @@ import subprocess
 from pathlib import Path
 from typing import NamedTuple
 
+from harness.core.paths import check_search_path
 from harness.host.storage import mountinfos, unescape_mountinfo
 from harness.host.sysfs import Sysfs
 
@@ -215,6 +216,7 @@ def _run(fs: Sysfs, argv: list[str], fake: Path) -> str:
         if text is None:
             raise OSError(f"no {fake.relative_to(fs.root)} (the fake of `{' '.join(argv)}`)")
         return text
+    check_search_path()  # (as root: ip, ss, nsenter and what they run are found on PATH)
     try:
         p = subprocess.run(argv, capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired) as e:

@@ -149,9 +149,9 @@ class HostUsage:
                             f"{', '.join(users)}")
             else:
                 evidence.append(f"{dev.bdf} is on vfio-pci and {node} is open by no process")
-        # On vfio-pci too: a process whose fds cannot be read may hold the group.
-        if self.storage.problems and dev.driver not in _NO_HOST_DRIVER and \
-                not (dev.driver == VFIO and dev.iommu_group in held_groups):
+        # On vfio-pci or on no driver too: a process whose fds or maps cannot be read may hold
+        # the group, or drive the function from user space through its BARs (:meth:`_bars`).
+        if self.storage.problems and not (dev.driver == VFIO and dev.iommu_group in held_groups):
             uses += [f"cannot tell whether {dev.bdf} is in use: {p}"
                      for p in self.storage.problems]
 
@@ -192,7 +192,10 @@ class HostUsage:
 
     def _vf(self, vf: str, uses: list, evidence: list) -> None:
         dev = self.fs.pci_device(vf)
-        if dev.driver in _NO_HOST_DRIVER:
+        if dev.driver in _NO_HOST_DRIVER:  # (a user-space driver may map its BARs)
+            held: list[str] = []
+            self._bars(dev, held)
+            uses += [f"its VF {u}" for u in held]
             evidence.append(f"its VF {vf} is on {dev.driver or 'no driver'}")
         elif dev.driver == VFIO:
             uses.append(f"its VF {vf} is on vfio-pci: a guest may use it (unbinding the PF "

@@ -2,7 +2,8 @@
 
 A block device is *idle* when neither it nor any of its partitions is mounted (in any mount
 namespace), used as swap, held by another block device (``holders/``: device-mapper, LVM, md,
-bcache, dm-crypt), a member of a btrfs filesystem, or open by a process. Open device nodes
+bcache, dm-crypt), a member of a btrfs filesystem, or open by a process, and no other block
+device with its world-wide id (the same disk through another controller) is in use. Open device nodes
 are read from every process's ``/proc/PID/fd`` and its threads' ``/proc/PID/task/TID/fd`` (a
 thread that did ``unshare(CLONE_FILES)`` has files of its own); one that cannot be read, a mount
 namespace whose mounts cannot be read (``mountinfo``), an unreadable ``/proc/swaps`` or
@@ -326,6 +327,12 @@ class StorageView:
             if name:
                 self.loop_backed[name] = loop.name
 
+        #: Whole disks by their world-wide id (SCSI ``device/wwid``, NVMe ``wwid``): one disk
+        #: reached through two controllers (a dual-ported SAS disk without dm-multipath, an
+        #: NVMe drive's two ports without native multipath) is two block devices, and the
+        #: host's use of one is a use of the other.
+        self.wwid_of, self.by_wwid = _wwids(fs)
+
         #: Block devices a kernel storage target exports to other machines (nvmet, LIO):
         #: they open the disk without an exclusive claim, a holder or a process fd.
         self.exported = _exported(fs, problems)
@@ -374,4 +381,31 @@ class StorageView:
         for part in sorted(p.name for p in d.iterdir() if (p / "partition").exists()) \
                 if d.is_dir() else []:
             uses += self.use_of_block(part, seen)
+        wwid = self.wwid_of.get(name)
+        for twin in self.by_wwid.get(wwid, []) if wwid else []:
+            if twin not in seen:
+                uses += [f"{name} is the same disk (wwid {wwid}) as {twin}: {u}"
+                         for u in self.use_of_block(twin, seen)]
         return uses
+
+
+def _wwids(fs: Sysfs) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """(block device -> its world-wide id, world-wide id -> its block devices)."""
+    wwid_of = {blk.name: w for blk in sorted(fs.sys("class", "block").glob("*"))
+               if (w := _wwid(fs, blk))}
+    by_wwid: dict[str, list[str]] = {}
+    for name, w in wwid_of.items():
+        by_wwid.setdefault(w, []).append(name)
+    return wwid_of, by_wwid
+
+
+def _wwid(fs: Sysfs, blk: Path) -> str | None:
+    """A whole disk's world-wide id, or None (a partition; a hidden NVMe path, whose head is
+    judged as the namespace's own device; a disk without one)."""
+    if (blk / "partition").exists() or fs.read(blk / "hidden") == "1":
+        return None
+    for rel in ("wwid", "device/wwid"):
+        text = (fs.read(blk / rel) or "").strip()
+        if text:
+            return text
+    return None

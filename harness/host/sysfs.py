@@ -376,8 +376,18 @@ class Sysfs:
     def write(self, path: Path, value: str) -> None:
         """Write ``value`` to an existing sysfs attribute (never creates a file).
 
-        Raises HostDeviceError naming the file, the value and the kernel's errno."""
+        Raises HostDeviceError naming the file, the value and the kernel's errno. Under
+        another root than ``/`` (a copy of a host's tree), a write whose path leads out of that
+        tree is refused: the evidence read there proves nothing about the place it leads to
+        (a ``sys`` linked to the real /sys would take a device on a copy's word)."""
         log.info("sysfs: echo %r > %s", value, path)
+        real = os.path.realpath(path)
+        if not self.real_host and not real.startswith(str(self.root) + os.sep):
+            raise HostDeviceError(f"refusing to write {value.strip()!r} to {path}: it leads out "
+                                  f"of {self.root} (to {real}), whose files were read as the "
+                                  "host's evidence",
+                                  hint="--root is for a copy of a host's tree; to bind on this "
+                                       "host, leave --root out (it is /)")
         try:
             fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
             try:

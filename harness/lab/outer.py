@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shlex
 import time
 from pathlib import Path
@@ -123,6 +124,10 @@ def write_job(workdir: Path, run_config: Path, invocation: Path, root: Path, arg
         "# uptime at ready as $1.\n"
         f"echo \"$1\" > {shlex.quote(str(workdir / LabContext.READY_FILE))}\n"
         f"export PYTHONPATH={shlex.quote(str(root))} PYTHONDONTWRITEBYTECODE=1\n"
+        # (the user who ran sudo on the host owns what they own in the lab host too: its
+        # files there pass the same checks, the checkout on PYTHONPATH among them)
+        + (f"export SUDO_UID={os.environ['SUDO_UID']}\n"
+           if os.environ.get("SUDO_UID", "").isdigit() else "") +
         f"cd {shlex.quote(str(invocation))} || exit 2\n"
         # (the lab host's heartbeat while the run prints nothing: harness.lab.host.HEARTBEAT)
         # (in Python: the lab host's userland has no coreutils, and a shell loop whose

@@ -21,6 +21,7 @@ from harness.plugin import options
 from harness.report import junit
 from harness.plugin import runner
 from harness.core.errors import HarnessError, LabError, Unexpressible
+from harness.core.paths import check_search_path
 from harness.scenario.prereq import PrerequisiteError
 from harness.scenario.run import ScenarioRun
 from harness.run.session import HarnessSession
@@ -40,10 +41,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config):
-    """``--backend lab`` on the host: run this same command inside the lab host instead
-    (harness/lab/); the run inside does the collecting, the testing and the report."""
+    """As root, a PATH another user could have put a program in is refused before anything
+    runs (:func:`harness.core.paths.check_search_path`). ``--backend lab`` on the host: run
+    this same command inside the lab host instead (harness/lab/); the run inside does the
+    collecting, the testing and the report."""
     opt = config.option
-    if opt.backend != "lab" or opt.help or opt.version or opt.hh_run_config:
+    if opt.help or opt.version:
+        return None
+    try:  # (as root: a run runs ip, setpriv, qemu-img, ssh-keygen... by name from PATH)
+        check_search_path()
+    except HarnessError as e:
+        print(f"hotplug-harness: ERROR [{e.kind}] {e}")
+        return pytest.ExitCode.USAGE_ERROR
+    if opt.backend != "lab" or opt.hh_run_config:
         return None
 
     try:
@@ -355,15 +365,17 @@ def pytest_sessionfinish_junit(session: pytest.Session, exitstatus: int) -> None
 
 @pytest.hookimpl(wrapper=True, specname="pytest_sessionfinish")
 def pytest_sessionfinish_give_back(session: pytest.Session, exitstatus: int):
-    """After everything else at the session's end (xdist's workers are gone by then)."""
-    result = yield
-    scratch = session.config.stash.get(_STASH_JUNIT, None)
-    if isinstance(scratch, Path):
-        runner.drop_junit(session.config, scratch)
-    hs: HarnessSession | None = session.config.stash.get(_STASH_SESSION, None)
-    if hs is not None and not hs.worker and hs.binder is not None:
-        runner.give_back(session, hs)
-    return result
+    """After everything else at the session's end (xdist's workers are gone by then), also
+    when that failed (the report could not be written...): the host's devices go back."""
+    try:
+        return (yield)
+    finally:
+        scratch = session.config.stash.get(_STASH_JUNIT, None)
+        if isinstance(scratch, Path):
+            runner.drop_junit(session.config, scratch)
+        hs: HarnessSession | None = session.config.stash.get(_STASH_SESSION, None)
+        if hs is not None and not hs.worker and hs.binder is not None:
+            runner.give_back(session, hs)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +21,6 @@ from harness.report import retention
 from _pytest.junitxml import xml_key
 from _pytest.runner import runtestprotocol
 from harness.core.errors import HarnessError
-from harness.core.paths import run_tmp_prefix
 
 STASH_REPORTS = pytest.StashKey[dict]()
 STASH_RECORD = pytest.StashKey[dict]()
@@ -217,24 +215,23 @@ def _nothing_tested(hs) -> str | None:
 
 def aim_junit(config, run_dir: Path | None) -> Path | None:
     """At the session's end, before pytest's junitxml writes (its hook list for this call is
-    fixed already): into ``run_dir``; or, when the run never made a folder, into a temporary
-    file that :func:`drop_junit` removes once written. Returns that file."""
+    fixed already): into ``run_dir``; or, when the run never made a folder, into
+    ``/dev/null`` (no file: junitxml opens its file by name, so one in a temporary folder
+    another user can write could be swapped for a link to a file root then overwrites), and
+    :func:`drop_junit` sends junitxml away. Returns ``/dev/null`` then."""
     xml = config.stash.get(xml_key, None)
     if xml is None:
         return None
     if run_dir is not None:
         xml.logfile = str(run_dir / junit.FILE)
         return None
-    fd, scratch = tempfile.mkstemp(prefix=f"{run_tmp_prefix()}junit-", suffix=".xml")
-    os.close(fd)
-    xml.logfile = scratch
-    return Path(scratch)
+    xml.logfile = os.devnull
+    return Path(os.devnull)
 
 
 def drop_junit(config, scratch: Path) -> None:
-    """A run of no guest writes no JUnit file: the one junitxml wrote is removed, and junitxml
-    leaves (as its own unconfigure does) so it does not print where it wrote."""
-    scratch.unlink(missing_ok=True)
+    """A run of no guest writes no JUnit file: junitxml wrote to /dev/null, and leaves (as its
+    own unconfigure does) so it does not print where it wrote."""
     xml = config.stash.get(xml_key, None)
     if xml is not None:
         del config.stash[xml_key]

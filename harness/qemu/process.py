@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Callable
 
 from harness.core.errors import QemuLaunchError
-from harness.core.paths import trusted_program
+from harness.core.paths import check_search_path, trusted_program
 
 
 @functools.lru_cache(maxsize=1)
 def _pdeathsig_prefix() -> tuple[str, ...]:
     """``setpriv --pdeathsig KILL --`` where util-linux has it (Debian 10 and newer)."""
+    check_search_path()  # (as root: setpriv execs QEMU, and is found on PATH)
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         return ()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
@@ -29,6 +31,18 @@ def add_junit_identity(run_dir: Path, report_root: Path) -> None:
             ET.SubElement(el, "property", name=f"hotplug.{k}", value=v)
     tree.write(junit, encoding="utf-8", xml_declaration=True)
     latest = report_root / "latest"
-    if latest.is_dir() and not latest.is_symlink() and (latest / "summary.json").exists() and \
+    # (only a `latest` of our own, which nobody else can write into: in a shared report folder
+    # another user's may hold a link named junit.xml that root would write through)
+    if _ours(latest) and (latest / "summary.json").exists() and \
             json.loads((latest / "summary.json").read_text()).get("run") == run_dir.name:
         shutil.copy2(junit, latest / "junit.xml")
+
+
+def _ours(folder: Path) -> bool:
+    """A real folder (not a link) of this process's user that nobody else can write."""
+    try:
+        st = os.lstat(folder)
+    except FileNotFoundError:
+        return False
+    return (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+            and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import statistics
 from pathlib import Path
+
+from harness.core.paths import read_plain_file
 
 
 def outcome_of(reports: dict) -> tuple[str, str]:
@@ -127,20 +130,35 @@ def is_scenario(r: dict) -> bool:
 MEASURES = ("guest_visible", "device_del_to_event", "interface_addressed", "disk_present")
 
 
-def load_runs(root: Path, last: int) -> list[dict]:
+def load_runs(root: Path, last: int, owner: int | None = None) -> list[dict]:
+    """The last ``last`` runs of the report folder ``root`` (their ``summary.json``), oldest
+    first; with ``owner``, only the run folders that user owns (a run's own report: in a shared
+    report folder, another user's files are not read into it)."""
     runs = []
     for path in sorted(root.glob("*/summary.json")):
         if path.parent.name == "latest" or path.parent.is_symlink():
             continue
-        try:
-            s = json.loads(path.read_text())
+        if owner is not None and _owner(path.parent) != owner:
+            continue
+        try:  # (a report folder may be shared: another user's file may be a FIFO or a link)
+            s = json.loads(read_plain_file(path))
         except (OSError, ValueError):
+            continue
+        if not isinstance(s, dict) or not isinstance(s.get("tests"), list) or \
+                not isinstance(s.get("run"), str):
             continue
         if s.get("merged") or not any(is_scenario(t) for t in s.get("tests", [])):
             continue
         runs.append(s)
     runs.sort(key=lambda s: (s.get("finished_at") or "", s["run"]))
     return runs[-last:]
+
+
+def _owner(folder: Path) -> int | None:
+    try:
+        return os.lstat(folder).st_uid
+    except OSError:
+        return None
 
 
 def table(runs: list[dict]) -> dict[str, dict]:

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import shutil
+import stat
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,21 +56,45 @@ def finish_run(run_dir: Path, report_root: Path, meta: dict) -> dict:
     summary["restore_seconds_median"] = round(statistics.median(restores), 3) if restores else None
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (run_dir / "report.html").write_text(render_html(summary, history(report_root, summary)))
-    latest = report_root / "latest"
-    if latest.is_symlink() or latest.is_file():
-        latest.unlink()
-    elif latest.exists():
-        shutil.rmtree(latest)
-    shutil.copytree(run_dir, latest, ignore=shutil.ignore_patterns("guests"))
     summary["html"] = str(run_dir / "report.html")
-    summary["latest"] = str(latest / "report.html")
+    summary["latest"] = refresh_latest(run_dir, report_root)
     return summary
 
 
+def refresh_latest(run_dir: Path, report_root: Path) -> str | None:
+    """``report_root/latest`` made a copy of ``run_dir``; its report's path, or None when it
+    was left alone. A report folder may be shared (a sticky folder others can write): a
+    ``latest`` another user owns is theirs, neither removed nor written through (root would
+    delete their folder, or follow their link); the copy is made aside under a name nobody can
+    predict and renamed into place, so a ``latest`` made meanwhile is never written into."""
+    latest = report_root / "latest"
+    try:
+        st = os.lstat(latest)
+    except FileNotFoundError:
+        st = None
+    if st is not None and st.st_uid != os.geteuid():
+        return None
+    aside = Path(tempfile.mkdtemp(prefix=".latest-", dir=report_root))
+    try:
+        shutil.copytree(run_dir, aside, ignore=shutil.ignore_patterns("guests"),
+                        dirs_exist_ok=True)
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(latest)
+        elif st is not None:
+            latest.unlink()
+        os.rename(aside, latest)  # (a `latest` someone made since: the rename fails)
+    except OSError:
+        shutil.rmtree(aside, ignore_errors=True)
+        return None
+    return str(latest / "report.html")
+
+
 def history(report_root: Path, summary: dict, last: int = 10) -> list[dict]:
-    """This run and the ones before it in the same report folder, for the report's trend
-    pictures (none for a run of self-tests only, or with fewer than 3 scenario runs)."""
-    runs = records.load_runs(report_root, last) if report_root.is_dir() else []
+    """This run and the ones before it in the same report folder (this user's: a shared report
+    folder's other runs are not read), for the report's trend pictures (none for a run of
+    self-tests only, or with fewer than 3 scenario runs)."""
+    runs = records.load_runs(report_root, last, owner=os.geteuid()) \
+        if report_root.is_dir() else []
     if not runs or runs[-1]["run"] != summary["run"] or len(runs) < 3:
         return []
     return runs
@@ -124,7 +151,8 @@ def summary_lines(summary: dict) -> list[str]:
             if r.get("bundle"):
                 lines.append(f"      bundle: {r['bundle']}")
     lines.append(f"report: {summary['html']}")
-    lines.append(f"        {summary['latest']} (copy of the newest run)")
+    if summary.get("latest"):
+        lines.append(f"        {summary['latest']} (copy of the newest run)")
     return lines
 
 

@@ -11,6 +11,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+from harness.core.paths import read_plain_file
 from harness.images import builtin as images
 from harness.qemu.process import qemu_query
 import tomllib
@@ -127,14 +128,14 @@ def _git_dirs(repo: Path) -> tuple[Path, Path] | None:
     try:
         if dot.is_dir():
             return dot, dot
-        text = dot.read_text()
+        text = read_plain_file(dot)
     except OSError:
         return None
     if not text.startswith("gitdir:"):
         return None
     gitdir = repo / text.split(":", 1)[1].strip()
     try:
-        common = gitdir / (gitdir / "commondir").read_text().strip()
+        common = gitdir / read_plain_file(gitdir / "commondir").strip()
     except OSError:
         common = gitdir
     return gitdir, common
@@ -163,15 +164,15 @@ def _trusted_git(repo: Path, gitdir: Path, common: Path) -> bool:
 def _read_head(gitdir: Path, common: Path) -> str | None:
     """The commit HEAD names, read from the files (no git run)."""
     try:
-        head = (gitdir / "HEAD").read_text().strip()
+        head = read_plain_file(gitdir / "HEAD").strip()
         if not head.startswith("ref: "):
             return head if _is_hash(head) else None
         ref = head.removeprefix("ref: ").strip()
         loose = common / ref
         if loose.is_file():
-            value = loose.read_text().strip()
+            value = read_plain_file(loose).strip()
             return value if _is_hash(value) else None
-        for line in (common / "packed-refs").read_text().splitlines():
+        for line in read_plain_file(common / "packed-refs").splitlines():
             value, _, name = line.partition(" ")
             if name.strip() == ref and _is_hash(value):
                 return value
