@@ -3,6 +3,8 @@ supported)."""
 
 import pytest
 
+from harness.core.errors import UnplugError
+
 
 # Room for one more CPU and two DIMMs (the memory scenarios' guests have the same shape).
 HOTPLUG_ROOM = {"cpus": 1, "max_cpus": 2, "mem_slots": 2, "max_memory_mb": 2048}
@@ -40,9 +42,20 @@ def test_cpu_unplug(hotplug, platform, guest):
     refuses or crashes fails it, with what happened in the report."""
     index = add_and_online_cpu(hotplug, guest, "cpu1")
     guest.shell.succeed(f"echo 0 > /sys/devices/system/cpu/cpu{index}/online")
-    result = guest.device_del("cpu1", timeout=10, grace=2)
-    hotplug.note(f"CPU unplug completed in {result.seconds:.2f} s (event={result.event}); "
-                 "the guide says CPU hot-unplug is not supported")
+    stale = None
+    try:
+        result = guest.device_del("cpu1", timeout=10, grace=2)
+        hotplug.note(f"CPU unplug completed in {result.seconds:.2f} s (event={result.event}); "
+                     "the guide says CPU hot-unplug is not supported")
+    except UnplugError as e:
+        if e.verdict != "driver-stale":
+            raise
+        stale = e  # (libvirt's record, not QEMU's or the guest's: both are checked below)
     assert len(guest.qmp("query-cpus-fast")) == 1
     guest.shell.wait_until_succeeds(f"! test -e /sys/devices/system/cpu/cpu{index}", 10)
     assert guest.shell.succeed("cat /sys/devices/system/cpu/online").strip() == "0"
+    if stale is not None:
+        # libvirt 9.0 with QEMU 7.2/10.0 (docs/libvirt.md): QEMU and the guest removed the CPU,
+        # libvirt kept it in its live XML. Expected, said, and tried again on every run: once
+        # libvirt updates its record, this passes.
+        pytest.xfail(f"--driver libvirt: {stale.message}")
