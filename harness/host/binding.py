@@ -889,11 +889,13 @@ def vfio_state(root: "str | Path | Sysfs", bdfs) -> list[dict]:
     return out
 
 
-def explain_vfio_add_error(root: "str | Path | Sysfs", host: str, qemu_desc: str) -> HostDeviceError:
-    """Turn QEMU's refusal of ``device_add vfio-pci,host=...`` into what is wrong on this host
-    and what to do, read from sysfs now. QEMU's own words go into the details."""
+def explain_vfio_add_error(root: "str | Path | Sysfs", host: str, qemu_desc: str,
+                           who: str = "QEMU") -> HostDeviceError:
+    """Turn QEMU's refusal of ``device_add vfio-pci,host=...`` (or libvirt's of its
+    ``<hostdev>``: ``who``) into what is wrong on this host and what to do, read from sysfs
+    now. Their own words go into the details."""
     fs = Sysfs.of(root)
-    details = f"  QEMU said: {qemu_desc}"
+    details = f"  {who} said: {qemu_desc}"
     try:
         bdf = parse_bdf(host)
     except HarnessError:
@@ -905,7 +907,8 @@ def explain_vfio_add_error(root: "str | Path | Sysfs", host: str, qemu_desc: str
                                hint="check the address: `python -m harness discover` lists the "
                                     "host's devices", details=details)
     dev = fs.pci_device(bdf)
-    if "already attached" in qemu_desc:
+    if "already attached" in qemu_desc or re.search(r"in use by driver \S+, domain", qemu_desc):
+        # (QEMU's words; libvirt's: "PCI device ... is in use by driver QEMU, domain NAME")
         return HostDeviceError(f"{bdf} is already passed through to this QEMU by another vfio-pci "
                                f"device", hint="a host device goes to one guest device at a time: "
                                                "device_del the first one before adding it again",

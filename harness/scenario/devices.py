@@ -515,8 +515,9 @@ def add_vfio(guest, device_id: str, host: str, **props) -> float:
     its sysfs (harness.host.binding), instead of QEMU's terse words."""
     try:
         return guest.device_add("vfio-pci", device_id, host=host, **props)
-    except QMPCommandError as e:
-        raise explain_vfio_add_error("/", host, e.qemu_desc) from e
+    except QMPCommandError as e:  # (libvirt's refusals are QMPCommandErrors of libvirtError)
+        raise explain_vfio_add_error("/", host, e.qemu_desc, who="libvirt" if e.qemu_class ==
+                                     "libvirtError" else "QEMU") from e
 
 
 assert tuple(PLATFORMS) == ROLES, "a role of harness.core.roles without platforms, or the reverse"

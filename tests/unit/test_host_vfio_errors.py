@@ -87,3 +87,15 @@ def test_explaining_changes_nothing(lab):
                       ("00:1f.6", NOT_VIABLE), ("05:00.0", ATTACHED)):
         explain(lab, bdf, desc)
     assert lab.snapshot() == before and lab.writes == []
+
+
+def test_libvirts_refusal_is_explained_the_same_way_with_its_words(lab):
+    """--driver libvirt: libvirt's refusal of a <hostdev> (its own words, or QEMU's through
+    it), explained from sysfs like QEMU's, said as libvirt's in the details."""
+    in_use = "Requested operation is not valid: PCI device 0000:05:00.0 is in use by driver QEMU, domain hh-1-g0"
+    bind_to_vfio(lab, "0000:05:00.0")
+    bind_to_vfio(lab, "0000:05:00.1")
+    err = explain_vfio_add_error(lab.sysfs(), "05:00.0", in_use, who="libvirt")
+    assert err.message == ("0000:05:00.0 is already passed through to this QEMU by another "
+                           "vfio-pci device")
+    assert err.details == f"  libvirt said: {in_use}"
