@@ -49,18 +49,14 @@ LAB_TESTS ?= tests/scenarios/test_nic.py tests/scenarios/test_usb.py tests/scena
              tests/scenarios/test_passthrough_failures.py \
              'tests/scenarios/test_lifecycle.py::test_unplug_at_once[lab-q35-pciehp-e1000e]' \
              'tests/scenarios/test_lifecycle.py::test_live_migration_with_hot_added_devices[lab-q35-pciehp-e1000e]'
-# A lab host that hangs or stops before its tests end (exit 3: nested SVM on TCG wedges L1 now
-# and then, docs/lab.md) gets another whole run, said on the terminal, up to LAB_RUNS runs in
-# all; any other failure is final. A wedge is caught within a minute or two (L1's watchdog or
-# RCU stall report), or after the lab host's silence deadline; how often: docs/figures.md.
+# A lab host that hangs or stops before its tests end (nested SVM on TCG wedges L1 now and then,
+# docs/lab.md) is restarted for the tests not yet finished, as the lab smoke is (below), up to
+# LAB_RUNS lab runs in all, and the run says so; any other failure (an internal error included)
+# is final. A wedge is caught within a minute or two (L1's watchdog or RCU stall report), or
+# after the lab host's silence deadline; how often: docs/figures.md.
 LAB_RUNS ?= 3
 lab: image
-	run=1; while :; do \
-	    status=0; $(PYTEST) --backend lab $(LAB_TESTS) $(PYTEST_ARGS) || status=$$?; \
-	    [ $$status -eq 3 ] && [ $$run -lt $(LAB_RUNS) ] || exit $$status; \
-	    run=$$((run + 1)); \
-	    echo "make lab: the lab host hung or stopped before its tests ended (exit 3, above): lab run $$run of at most $(LAB_RUNS) (docs/lab.md)"; \
-	done
+	$(PY) -m harness lab-runs --runs $(LAB_RUNS) -- $(LAB_TESTS) $(PYTEST_ARGS)
 
 # The lab smoke, run by .ci/run after `make test`: through real vfio-pci and usb-host in the lab,
 # every role once on pc and on q35 (the USB device in both of the guide's forms), the four
