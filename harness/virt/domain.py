@@ -108,6 +108,27 @@ class DomainGuest(Guest):
         raise Unexpressible("live migration", "virsh migrate", not_built=True,
                             hint="run the migration scenarios with --driver qmp")
 
+    def migrate_on_this_host(self) -> None:
+        """Live migration through libvirt, asked for as ``virsh migrate --live --p2p DOMAIN
+        qemu:///system`` would: libvirt migrates between hosts only (9.0: "Attempt to migrate
+        guest to the same host <uuid>"), and the migration scenarios have one host. Asked on
+        every run, so that a libvirt that takes it is noticed; its refusal is the test's
+        expected failure, in libvirt's words."""
+        libvirt = connect.libvirt_module()
+        try:
+            self.dom.migrateToURI3(self.uri, {}, libvirt.VIR_MIGRATE_LIVE
+                                   | libvirt.VIR_MIGRATE_PEER2PEER)
+        except libvirt.libvirtError as e:
+            words = e.get_error_message() or str(e)
+            if "same host" not in words:
+                raise _failed(self, "migrate --live --p2p to this host", e) from None
+            raise Unexpressible("a live migration on one host", f"libvirt refused: {words}",
+                                hint="libvirt migrates between two hosts; run the migration "
+                                     "scenarios with --driver qmp") from None
+        raise HarnessError(f"libvirt migrated {self.domain_name} to this same host, which "
+                           "libvirt 9.0 refuses and the harness cannot check yet",
+                           hint="report it; run the migration scenarios with --driver qmp")
+
     @property
     def process(self) -> "QemuPid | None":
         """The QEMU libvirt started (its PID; signals go to it), None before the launch."""
