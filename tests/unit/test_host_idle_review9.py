@@ -16,10 +16,26 @@ Each finding's tests fail on the code before its fix. A fake sysfs tree plays th
 plays libvirt's own sysfs writes (virPCIDeviceBindToStub, virPCIDeviceUnbindFromStub); no
 guest is booted."""
 
+import os
 import xml.etree.ElementTree as ET
+from types import SimpleNamespace
 
+import pytest
+
+from harness.core.errors import HostDeviceError
+from harness.core.locks import flock_within
 from harness.qemu.machine import GuestSpec
+from harness.scenario.devices import VfioPci
 from harness.virt import xml as vx
+
+from . import fakesysfs
+from .test_host_binding import ALLOWED, PORT0, PORT1, binder, entries, journal, libvirt_moves
+
+fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
+journal = journal  # (a fixture: the journal in the fake root's /var/lib)
+
+ASM = "0000:06:00.0"  # the ASM1062 SATA controller, alone in IOMMU group 13; sdb, not mounted
+LONE = "0000:08:00.0"  # added below: a NIC on no driver, alone in group 20
 
 
 # -- 1. managed='yes' only when asked ---------------------------------------------------------
@@ -35,3 +51,138 @@ def test_a_plain_vfio_device_add_through_libvirt_takes_the_device_as_it_is():
     asked = ET.fromstring(vx.device_xml(spec, "vfio-pci", "v0",
                                         {"host": "0000:05:00.0", "managed": "yes"}, b))
     assert asked.get("managed") == "yes"
+
+
+# -- 2. proven idle again right before libvirt moves it ---------------------------------------
+
+
+def libvirt_guest(lab, journal, seen: dict, meanwhile=None):
+    """A guest driven through libvirt: ``device_add`` of ``<hostdev managed='yes'>`` does what
+    libvirt's attach does to the host (unless the device is on vfio-pci already) and notes
+    whether the vfio journal was locked then; ``meanwhile`` runs between the bind and the
+    attach (the host at work)."""
+    def free_bus():
+        if meanwhile:
+            meanwhile()
+        return "rp0"
+
+    def device_add(driver, device_id, host, managed=None, **props):
+        seen["managed"] = managed
+        lock = os.open(journal.with_name(journal.name + ".lock"), os.O_RDWR)
+        try:
+            seen["journal_locked"] = not flock_within(lock, 0)
+        finally:
+            os.close(lock)
+        if managed == "yes" and lab.driver_of(host) != "vfio-pci":
+            libvirt_moves(lab, host, "vfio-pci")
+        return 0.1
+
+    return SimpleNamespace(free_bus=free_bus, spec=GuestSpec(machine="q35"),
+                           device_add=device_add)
+
+
+def asm_device(lab, journal) -> VfioPci:
+    entry = SimpleNamespace(bdf=ASM, role="sata-controller", name="asm")
+    return VfioPci(entry, binder(lab, journal), ALLOWED, managed="yes")
+
+
+def test_a_disk_mounted_between_the_bind_and_libvirts_attach_is_not_taken(lab, journal):
+    """The bind proved 06:00.0 idle (sdb not mounted); before libvirt's attach-device the host
+    mounts sdb1. The harness's own move happens under the journal lock right after its proof;
+    libvirt's happened later with no look at all, and took the host's mounted disk."""
+    seen: dict = {}
+
+    def mount_sdb1():
+        lab.proc("mounts", (lab.root / "proc/mounts").read_text() + "/dev/sdb1 /srv ext4 rw 0 0\n")
+
+    device = asm_device(lab, journal)
+    with pytest.raises(HostDeviceError) as e:
+        device.plug(libvirt_guest(lab, journal, seen, meanwhile=mount_sdb1), "sata")
+    assert "managed" not in seen, "libvirt was asked to take a device in use"
+    assert e.value.message.startswith(f"refusing to take {ASM}: right before libvirt moves it, ")
+    assert "sdb1 is mounted on /srv" in e.value.message, e.value.message
+    assert e.value.hint
+    assert lab.driver_of(ASM) == "ahci" and entries(journal) == []
+
+
+def test_libvirts_attach_runs_under_the_journal_lock_once_proven_again(lab, journal):
+    """Nothing changed meanwhile: libvirt moves it, under the journal lock (no other run binds
+    or restores in between), and gives it back on detach."""
+    seen: dict = {}
+    device = asm_device(lab, journal)
+    plugged = device.plug(libvirt_guest(lab, journal, seen), "sata")
+    assert seen == {"managed": "yes", "journal_locked": True}
+    assert lab.driver_of(ASM) == "vfio-pci"
+    libvirt_moves(lab, ASM, None)  # detach-device
+    plugged.run = None
+    device.cleanup(None, plugged)
+    assert lab.driver_of(ASM) == "ahci" and entries(journal) == []
+
+
+def test_a_device_rebound_between_the_bind_and_libvirts_attach_is_not_taken(lab, journal):
+    """Proven idle on ahci; by the attach something moved it to another driver: not the
+    device that was proven idle and journaled."""
+    lab.add_driver("ahci-alt", ids={"1b21:0612"})
+    seen: dict = {}
+
+    def rebind():
+        lab._unbind(ASM)
+        lab._bind(ASM, "ahci-alt")
+
+    with pytest.raises(HostDeviceError) as e:
+        asm_device(lab, journal).plug(libvirt_guest(lab, journal, seen, meanwhile=rebind), "sata")
+    assert "managed" not in seen
+    assert e.value.message == (f"refusing to let libvirt take {ASM}: it is on ahci-alt, not the "
+                               "ahci it was proven idle on"), e.value.message
+
+
+# -- 3. libvirt gives back only what its give-back restores ----------------------------------
+
+
+def test_a_device_on_no_driver_is_moved_by_the_harness_not_libvirt(lab, journal):
+    """libvirt's give-back writes drivers_probe: a NIC the host keeps on no driver would come
+    back on e1000e (an interface the host then configures). The harness moves it itself;
+    libvirt finds it on vfio-pci and, on detach, leaves it there (it unbinds only what it
+    bound); the harness gives it back to no driver."""
+    lab.add_driver("e1000e", ids={"8086:10d3"})
+    lab.add_pci(LONE, "8086:10d3", 0x020000, None, group=20)
+    b = binder(lab, journal)
+    lease = b.bind(LONE, {LONE}, moved_by="libvirt")
+    assert lab.driver_of(LONE) == "vfio-pci"
+    assert [e.get("moved_by") for e in entries(journal)] == [None]
+    assert lease.left_to is None and lease.moved == [LONE]
+    seen: dict = {}
+    guest = libvirt_guest(lab, journal, seen)
+    with b.handover(lease):  # (nothing to prove again: the binder moved it)
+        guest.device_add("vfio-pci", "nic0", LONE, managed="yes")
+    assert seen["managed"] == "yes" and lab.driver_of(LONE) == "vfio-pci"
+    assert {r.bdf: r.status for r in lease.release()} == {LONE: "restored"}
+    assert lab.driver_of(LONE) is None and entries(journal) == []
+
+
+def test_a_device_on_pci_stub_is_moved_by_the_harness_not_libvirt(lab, journal):
+    lab.add_driver("pci-stub")
+    lab.add_driver("e1000e", ids={"8086:10d3"})
+    lab.add_pci(LONE, "8086:10d3", 0x020000, "pci-stub", group=20)
+    lease = binder(lab, journal).bind(LONE, {LONE}, moved_by="libvirt")
+    assert lab.driver_of(LONE) == "vfio-pci" and lease.left_to is None
+    lease.release()
+    assert lab.driver_of(LONE) == "pci-stub"
+
+
+def test_a_device_that_shares_its_group_is_moved_by_the_harness_not_libvirt(lab, journal):
+    """05:00.0 and 05:00.1 share group 12, both in the inventory: with a lease on each, a test
+    can have both in a guest. libvirt's detach of 05:00.0 gives it back to ixgbe at once,
+    while the guest still has 05:00.1 (DMA shared with the host); the binder gives a group
+    back only once its last lease lets go. So the harness moves both."""
+    b = binder(lab, journal)
+    first = b.bind(PORT0, ALLOWED, moved_by="libvirt")
+    second = b.bind(PORT1, ALLOWED, moved_by="libvirt")
+    assert lab.driver_of(PORT0) == lab.driver_of(PORT1) == "vfio-pci"
+    assert first.moved == [PORT0, PORT1]
+    assert (first.left_to, second.left_to) == (None, None)
+    assert [e.get("moved_by") for e in entries(journal)] == [None, None]
+    first.release()
+    assert lab.driver_of(PORT0) == "vfio-pci"  # (the other lease still holds the group)
+    second.release()
+    assert lab.driver_of(PORT0) == lab.driver_of(PORT1) == "ixgbe" and entries(journal) == []
