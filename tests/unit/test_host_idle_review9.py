@@ -10,11 +10,14 @@
 3. libvirt's give-back (``driver_override`` cleared, unbind, ``drivers_probe``) was trusted for
    a device on no driver or ``pci-stub`` (which it hands to whichever host driver claims it)
    and for a device that shares its IOMMU group (libvirt gives it back while a guest may
-   have another member: the harness never does, eighth read, item 10).
+   have another member: the harness never does, eighth read, item 10);
+4. ``bind``/``release``/``restore --root COPY`` wrote a copy's sysfs files as root through
+   whatever a folder of the copy held: another user who owned it chose, with a link, which
+   file of root's was truncated and written.
 
 Each finding's tests fail on the code before its fix. A fake sysfs tree plays the host and
-plays libvirt's own sysfs writes (virPCIDeviceBindToStub, virPCIDeviceUnbindFromStub); no
-guest is booted."""
+plays libvirt's own sysfs writes (virPCIDeviceBindToStub, virPCIDeviceUnbindFromStub), and a
+second user (nobody) owns part of a copy's tree; no guest is booted."""
 
 import os
 import xml.etree.ElementTree as ET
@@ -30,6 +33,7 @@ from harness.virt import xml as vx
 
 from . import fakesysfs
 from .test_host_binding import ALLOWED, PORT0, PORT1, binder, entries, journal, libvirt_moves
+from .test_host_idle_review5 import NOBODY, as_nobody, as_root
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
 journal = journal  # (a fixture: the journal in the fake root's /var/lib)
@@ -186,3 +190,28 @@ def test_a_device_that_shares_its_group_is_moved_by_the_harness_not_libvirt(lab,
     assert lab.driver_of(PORT0) == "vfio-pci"  # (the other lease still holds the group)
     second.release()
     assert lab.driver_of(PORT0) == lab.driver_of(PORT1) == "ixgbe" and entries(journal) == []
+
+
+# -- 4. --root: root writes into a copy's tree only where nobody else can choose the file ----
+
+
+@as_root
+def test_root_writes_into_a_copy_of_a_host_only_where_nobody_else_can_swap_a_file(lab, journal):
+    """`bind --root COPY` (a copy of a host's tree, for tests) writes its sysfs files as root.
+    A copy whose driver folder another user owns lets them put a link where root writes
+    `unbind` (past the check that it leads inside the tree, or swapped in just after it):
+    root truncated and wrote whatever it led to."""
+    secret = lab.file("etc/secret", "root's own\n")
+    ixgbe = lab.sys / "bus/pci/drivers/ixgbe"
+    lab.root.chmod(0o755)  # (a copy others can reach, as one in a shared folder)
+    os.chown(ixgbe, NOBODY, NOBODY)
+    as_nobody(f"rm {ixgbe}/unbind; ln -s {secret} {ixgbe}/unbind")
+    with pytest.raises(HostDeviceError) as e:
+        binder(lab, journal).bind(PORT0, ALLOWED)
+    assert secret.read_text() == "root's own\n"
+    assert e.value.message.startswith(
+        "refusing to write '0000:05:00.0' as root into a copy of a host's tree: the folder "
+        f"{ixgbe} above {ixgbe}/unbind is owned by uid {NOBODY}"), e.value.message
+    assert "chown -R root" in e.value.hint
+    assert lab.driver_of(PORT0) == lab.driver_of(PORT1) == "ixgbe"  # (the half-move undone)
+
