@@ -13,13 +13,17 @@
    have another member: the harness never does, eighth read, item 10);
 4. ``bind``/``release``/``restore --root COPY`` wrote a copy's sysfs files as root through
    whatever a folder of the copy held: another user who owned it chose, with a link, which
-   file of root's was truncated and written.
+   file of root's was truncated and written;
+5. the run's end SIGKILLed any live process at a PID one of its guests' QEMUs once had whose
+   command line said qemu-system: on a shared host, another user's QEMU that got the PID.
 
 Each finding's tests fail on the code before its fix. A fake sysfs tree plays the host and
 plays libvirt's own sysfs writes (virPCIDeviceBindToStub, virPCIDeviceUnbindFromStub), and a
 second user (nobody) owns part of a copy's tree; no guest is booted."""
 
 import os
+import signal
+import subprocess
 import xml.etree.ElementTree as ET
 from types import SimpleNamespace
 
@@ -28,6 +32,8 @@ import pytest
 from harness.core.errors import HostDeviceError
 from harness.core.locks import flock_within
 from harness.qemu.machine import GuestSpec
+from harness.qemu.process import process_start, record_pid
+from harness.run import hygiene
 from harness.scenario.devices import VfioPci
 from harness.virt import xml as vx
 
@@ -215,3 +221,47 @@ def test_root_writes_into_a_copy_of_a_host_only_where_nobody_else_can_swap_a_fil
     assert "chown -R root" in e.value.hint
     assert lab.driver_of(PORT0) == lab.driver_of(PORT1) == "ixgbe"  # (the half-move undone)
 
+
+# -- 5. the run's end kills its leftover QEMUs only while their PIDs are still theirs --------
+
+
+def someones_qemu(uid: int | None = None) -> subprocess.Popen:
+    """A process whose command line says qemu-system-x86_64 (another user's VM, say)."""
+    drop = (lambda: (os.setgroups([]), os.setgid(uid), os.setuid(uid))) if uid is not None \
+        else None
+    return subprocess.Popen(["/usr/bin/python3", "-c", "import time; time.sleep(60)",
+                             "qemu-system-x86_64"], preexec_fn=drop, cwd="/")
+
+
+@as_root
+def test_the_run_end_never_kills_a_process_that_got_a_guests_old_pid(tmp_path):
+    """Every guest of a run leaves qemu.pid in its folder; at the run's end root SIGKILLed any
+    live process at each recorded PID whose command line said qemu-system. On a shared host a
+    PID of a QEMU closed hours ago is reused, and another user's QEMU that got it was killed."""
+    run_dir = tmp_path / "run"
+    theirs = someones_qemu(NOBODY)
+    try:
+        old = run_dir / "guests/g1-q35"
+        old.mkdir(parents=True)
+        (old / "qemu.pid").write_text(f"{theirs.pid}\n")  # (this run's QEMU had it, once)
+        (old / "qemu.start").write_text(f"{process_start(theirs.pid) - 100}\n")
+        assert hygiene.check(hygiene.Snapshot(set()), run_dir, None) == []
+        assert hygiene.sweep_run(run_dir, "4242") == []
+        assert theirs.poll() is None, "root killed another user's QEMU"
+    finally:
+        theirs.kill()
+        theirs.wait()
+
+
+def test_the_run_end_still_kills_a_qemu_its_guest_left(tmp_path):
+    ours = someones_qemu()
+    try:
+        left = tmp_path / "run/guests/g1-q35"
+        left.mkdir(parents=True)
+        record_pid(left, ours.pid)
+        problems = hygiene.check(hygiene.Snapshot(set()), tmp_path / "run", None)
+        assert problems and problems[0].startswith(f"QEMU pid {ours.pid} (g1-q35) was still running")
+        assert ours.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        ours.kill()
+        ours.wait()
