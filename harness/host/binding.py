@@ -689,7 +689,8 @@ class VfioBinder:
         with self.journal.locked():
             plan = self._proven_plan(lease.bdf, lease.allowed, f"right before {lease.left_to} "
                                                                "moves it, ")
-            journaled = next((e for e in self._holds[lease.group].entries
+            hold = self._holds.get(lease.group)
+            journaled = next((e for e in (hold.entries if hold else [])
                               if e["bdf"] == lease.bdf and e.get("moved_by")), None)
             now = plan.target.driver
             if journaled is None or now != journaled.get("driver"):
