@@ -37,7 +37,7 @@ from harness.qemu.qmp_sync import SyncMonitor
 from harness.core.pace import Deadlines
 from harness.core.paths import new_private_dir, run_tmp_prefix
 from harness.core.waits import wait_until
-from harness.qemu.process import QemuProcess
+from harness.qemu.process import QemuProcess, record_pid
 
 
 def without_incoming(args: tuple[str, ...]) -> tuple[str, ...]:
@@ -200,7 +200,7 @@ class Guest:
         if self.image.disk:
             _make_overlay(self.image, self.paths.disk_overlay, self.restored_from)
         self.qemu.start()
-        (self.workdir / "qemu.pid").write_text(f"{self.qemu.pid}\n")
+        record_pid(self.workdir, self.qemu.pid)
         (self.workdir / "replay.sh").write_text(
             replay_script(self.argv, self.paths, self.image, self.restored_from is not None))
         os.chmod(self.workdir / "replay.sh", 0o755)

@@ -561,13 +561,19 @@ class Lease:
     """A device on vfio-pci for as long as the lease is held. ``release()`` (or leaving the
     ``with`` block) gives its group back once no other lease of the binder needs it."""
 
-    def __init__(self, binder: "VfioBinder", plan: GroupPlan, moved: list[str]):
+    def __init__(self, binder: "VfioBinder", plan: GroupPlan, moved: list[str], *,
+                 left_to: str | None = None, allowed=frozenset()):
         self._binder = binder
         self.bdf = plan.target.bdf
         self.group = plan.group
         self.plan = plan
         #: The functions this bind moved to vfio-pci (none when the group was held already).
         self.moved = moved
+        #: Who moves the target itself ("libvirt": <hostdev managed='yes'>), None: the binder
+        #: did (or it was on vfio-pci already). :meth:`VfioBinder.handover` around the attach.
+        self.left_to = left_to
+        #: The inventory's allow-list it was bound with (for the proof again at the handover).
+        self.allowed = allowed
         self.released = False
 
     @property
@@ -622,9 +628,10 @@ class VfioBinder:
              moved_by: str | None = None) -> Lease:
         """Put ``bdf`` and the rest of its IOMMU group on vfio-pci. ``allowed``: the inventory's
         BDFs (``Inventory.pci_addresses()``). ``moved_by="libvirt"`` (``<hostdev
-        managed='yes'>``): the same proof and journal, the rest of the group moved, but ``bdf``
-        itself left for libvirt to move on attach and give back on detach; the release checks
-        that it did, and gives it back itself if not."""
+        managed='yes'>``): the same proof and journal, ``bdf`` left for libvirt to move on
+        attach (in :meth:`handover`) and give back on detach when that is safe
+        (:func:`_libvirt_gives_back`; else moved here, ``Lease.left_to`` None); the release
+        checks that libvirt gave it back, and gives it back itself if not."""
         if moved_by not in (None, LIBVIRT):
             raise ValueError(f"moved_by {moved_by!r}")
         bdf = parse_bdf(bdf)
@@ -653,20 +660,47 @@ class VfioBinder:
             hold = self._holds.get(plan.group)
             self._refuse_foreign(plan, entries, hold)
             hold = hold or _Hold(uuid.uuid4().hex[:12], [])
-            new = [self._entry(m, plan.group, hold.lease_id,
-                               moved_by if m.bdf == plan.target.bdf else None)
+            keep = plan.target.bdf if moved_by and _libvirt_gives_back(plan) else None
+            new = [self._entry(m, plan.group, hold.lease_id, moved_by if m.bdf == keep else None)
                    for m in plan.to_move]
             if new:
                 self.journal.write(entries + new)
-            self._move_all(plan, new, keep=plan.target.bdf if moved_by else None)
+            self._move_all(plan, new, keep=keep)
         hold.entries += new
         hold.count += 1
         self._holds[plan.group] = hold
         moved = [e["bdf"] for e in new if not e.get("moved_by")]
+        left = moved_by if any(e.get("moved_by") for e in new) else None
         log.info("vfio: %s (group %s) %s; moved %s", plan.target.bdf, plan.group,
-                 f"journaled for {moved_by} to move" if moved_by else "on vfio-pci",
-                 moved or "nothing")
-        return Lease(self, plan, moved)
+                 f"journaled for {left} to move" if left else "on vfio-pci", moved or "nothing")
+        return Lease(self, plan, moved, left_to=left, allowed=allowed)
+
+    @contextlib.contextmanager
+    def handover(self, lease: "Lease"):
+        """Around the ``attach-device`` of a lease whose target libvirt moves (``<hostdev
+        managed='yes'>``): the journal lock held, and the target proven idle again and on its
+        journaled driver, right before libvirt unbinds it, as the binder's own move is right
+        after its proof. Between the bind and the attach the host may have started using it
+        (an interface brought up, a disk mounted), and libvirt looks at none of that. A lease
+        the binder moved itself: nothing to do."""
+        if lease.left_to is None:
+            yield lease
+            return
+        with self.journal.locked():
+            plan = self._proven_plan(lease.bdf, lease.allowed, f"right before {lease.left_to} "
+                                                               "moves it, ")
+            hold = self._holds.get(lease.group)
+            journaled = next((e for e in (hold.entries if hold else [])
+                              if e["bdf"] == lease.bdf and e.get("moved_by")), None)
+            now = plan.target.driver
+            if journaled is None or now != journaled.get("driver"):
+                raise HostDeviceError(
+                    f"refusing to let {lease.left_to} take {lease.bdf}: it is on "
+                    f"{now or 'no driver'}, not the "
+                    f"{(journaled or {}).get('driver') or 'no driver'} it was proven idle on",
+                    hint="something on the host rebound it since the bind; run again, and if "
+                         "it repeats, find what rebinds it")
+            yield lease
 
     def _proven_plan(self, bdf: str, allowed, when: str) -> GroupPlan:
         """The group's plan from the host's evidence read now; raises unless it is safe."""
@@ -862,6 +896,20 @@ class VfioBinder:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _libvirt_gives_back(plan: GroupPlan) -> bool:
+    """Whether libvirt may move ``plan``'s target (``<hostdev managed='yes'>``): its give-back
+    on detach clears ``driver_override``, unbinds and writes ``drivers_probe``
+    (virPCIDeviceUnbindFromStub), and looks at nothing else. That puts the target back as it
+    was only when a host driver had it (one on no driver or ``pci-stub`` would be handed to
+    whichever host driver claims it), and shares no DMA with a guest only when no other
+    function of its group can be in one (libvirt gives a member back while a guest has
+    another: the harness never does). Otherwise the harness moves the target too, and
+    libvirt, which finds it on vfio-pci already, leaves it there on detach."""
+    target = plan.target
+    others = [m for m in plan.members if m.bdf != target.bdf and not m.kernel_bridge]
+    return target.driver not in (None, "pci-stub", VFIO) and not others
 
 
 def _moves(plan: GroupPlan) -> list[str]:

@@ -19,10 +19,12 @@ import functools
 import logging
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Callable
 
 from harness.core.errors import ConfigError, HostDeviceError
+from harness.core.paths import UnsafePathError, check_ancestors, invoking_uids
 
 log = logging.getLogger("harness.host")
 
@@ -388,8 +390,12 @@ class Sysfs:
                                   "host's evidence",
                                   hint="--root is for a copy of a host's tree; to bind on this "
                                        "host, leave --root out (it is /)")
+        if not self.real_host:
+            _check_copy_file(value, Path(path), Path(real))
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+            # (in a copy: the checked real path, and never a FIFO's reader awaited)
+            fd = (os.open(path, os.O_WRONLY | os.O_TRUNC) if self.real_host else
+                  os.open(real, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK))
             try:
                 os.write(fd, value.encode())
             finally:
@@ -403,3 +409,37 @@ class Sysfs:
                 hint = "the kernel refused; `dmesg | tail` shows the driver's reason"
             raise HostDeviceError(f"writing {value.strip()!r} to {path} failed: "
                                   f"{e.strerror or e}", hint=hint) from e
+
+
+def _check_copy_file(value: str, path: Path, real: Path) -> None:
+    """As root, a file of a copy's tree (``--root``) is written only when nobody else can
+    have chosen or swapped it: every folder above ``path`` and above where it leads
+    (``real``), each link on the way and the file are root's (or the sudo user's), writable by
+    nobody else (a sticky folder such as /tmp above the tree aside), and it is a regular file.
+    Otherwise another user who owns the copy, or can write a folder of it, links it to a file
+    of root's (at the last moment, past the check that it leads inside the tree) and root
+    overwrites that. Not root: nothing to check."""
+    if os.geteuid() != 0:
+        return
+    uids = invoking_uids()
+    try:
+        check_ancestors(path, uids)
+        check_ancestors(real, uids)
+        link, st = os.lstat(path), os.lstat(real)
+    except UnsafePathError as e:
+        problem = e.message.split(", so ")[0]
+    except OSError:
+        return  # (no such file: the write fails, saying so; it never creates one)
+    else:
+        problem = (f"the link {path} is owned by uid {link.st_uid}"
+                   if stat.S_ISLNK(link.st_mode) and link.st_uid not in uids else
+                   f"{real} is not a regular file" if not stat.S_ISREG(st.st_mode) else
+                   f"{real} is owned by uid {st.st_uid}" if st.st_uid not in uids else
+                   f"{real} is writable by others (mode {st.st_mode & 0o7777:o})"
+                   if st.st_mode & 0o022 else "")
+    if problem:
+        raise HostDeviceError(f"refusing to write {value.strip()!r} as root into a copy of a "
+                              f"host's tree: {problem}, so another user could choose what "
+                              "root overwrites",
+                              hint="keep the copy (--root) in a folder only root (or you) can "
+                                   "write: chown -R root it and chmod -R go-w it")

@@ -154,3 +154,23 @@ class QemuProcess:
                 except subprocess.TimeoutExpired:
                     pass  # uninterruptible; PDEATHSIG and the end-of-run check are the backstop
         return p.returncode
+
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, ``/proc/PID/stat``'s 22nd field),
+    which tells a reused PID apart; None when it is gone or cannot be read."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def record_pid(workdir: Path, pid: int | None) -> None:
+    """A guest's QEMU in its folder: ``qemu.pid`` (the PID) and ``qemu.start`` (its start
+    time), so that the run's end kills a QEMU it left by that PID only while the PID is still
+    that QEMU's (harness.run.hygiene), never another user's process that got the PID since.
+    No PID known (libvirt's PID file unread): nothing recorded."""
+    if pid is None:
+        return
+    (workdir / "qemu.pid").write_text(f"{pid}\n")
+    (workdir / "qemu.start").write_text(f"{process_start(pid)}\n")

@@ -15,6 +15,7 @@ from harness.core.paths import run_tmp_prefix
 from harness.guest.snapshot import STATES_TAG
 from harness.core.paths import sha256 as _sha256
 from harness.qemu.machine import GuestImage
+from harness.qemu.process import process_start
 
 
 def _tmp_dirs(owner: str | None) -> set[str]:
@@ -67,12 +68,18 @@ def sweep_stale() -> list[str]:
 
 
 def _kill_recorded_qemus(run_dir: Path) -> list[tuple[int, str]]:
-    """Kill the QEMUs of this run that still run, by the PIDs its guests recorded; (pid, guest)
-    of each one killed."""
+    """Kill the QEMUs of this run that still run, by the PIDs its guests recorded with their
+    start times (harness.qemu.process.record_pid); (pid, guest) of each one killed. A PID
+    whose process started at another time is another process's now (on a shared host, maybe
+    another user's QEMU): root never kills it, nor one whose start was not recorded."""
     killed = []
     for pidfile in sorted((run_dir / "guests").glob("*/qemu.pid")):
-        pid = int(pidfile.read_text())
-        if _alive_qemu(pid):
+        try:
+            pid = int(pidfile.read_text())
+            start = int((pidfile.parent / "qemu.start").read_text())
+        except (OSError, ValueError):
+            continue
+        if _alive_qemu(pid, start):
             os.kill(pid, signal.SIGKILL)
             killed.append((pid, pidfile.parent.name))
     return killed
@@ -112,13 +119,14 @@ class Snapshot:
                                                                     owner=owner)
 
 
-def _alive_qemu(pid: int) -> bool:
+def _alive_qemu(pid: int, start: int) -> bool:
+    """Whether ``pid`` is still the QEMU that started at ``start`` and has not exited."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return False
-    return b"qemu-system" in cmdline and state != "Z"
+    return b"qemu-system" in cmdline and state != "Z" and process_start(pid) == start
 
 
 def check(before: Snapshot, run_dir: Path,

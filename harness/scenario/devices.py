@@ -411,9 +411,10 @@ class VfioPci(HotplugDevice):
             if self.prepare is not None:
                 self.prepare()
             bus = guest.free_bus()
-            seconds = add_vfio(guest, device_id, self.entry.bdf, bus=bus,
-                               **guest.spec.fixed_slot(self.role, bus),
-                               **({"managed": self.managed} if self.managed else {}))
+            with self.binder.handover(lease):  # (libvirt moves it: proven idle again first)
+                seconds = add_vfio(guest, device_id, self.entry.bdf, bus=bus,
+                                   **guest.spec.fixed_slot(self.role, bus),
+                                   **({"managed": self.managed} if self.managed else {}))
         except BaseException as e:
             # Ctrl-C or SIGTERM can land while QEMU is attaching the device: QEMU then holds
             # the group and the release fails. That must not replace the interrupt (or QEMU's

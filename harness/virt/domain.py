@@ -33,6 +33,7 @@ from harness.core.waits import wait_until
 from harness.guest.access import ConsoleChannel, Shell
 from harness.guest.guest import Guest, _make_overlay
 from harness.qemu.monitor import UnplugResult, flatten_pci
+from harness.qemu.process import record_pid
 from harness.virt import connect, removal, vcpus, xml
 from harness.virt.connect import LibvirtCommandError
 
@@ -89,7 +90,7 @@ class DomainGuest(Guest):
         except libvirt.libvirtError as e:
             raise _rejected(self, e) from None
         self.qemu_pid = _read_pid(self.domain_name)
-        (self.workdir / "qemu.pid").write_text(f"{self.qemu_pid}\n")
+        record_pid(self.workdir, self.qemu_pid)
         (self.workdir / "domain-live.xml").write_text(self.live_xml() + "\n")
         self.launch_marks["qmp"] = round(time.monotonic() - t0, 2)
         console = ConsoleChannel(self.paths.console_socket, timeout=self.deadlines.console_connect,

@@ -19,7 +19,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
-from harness.core.errors import Unexpressible
+from harness.core.errors import ConfigError, Unexpressible
 from harness.qemu.machine import GuestImage, GuestSpec, Paths
 
 #: libvirt's prefix for aliases the user chooses (domain_conf.c: USER_ALIAS_PREFIX).
@@ -322,7 +322,16 @@ def _hostdev_pci(spec: GuestSpec, name: str, props: dict) -> str:
     if not m:
         raise Unexpressible(f"vfio-pci host={props['host']}", "not a PCI address libvirt takes")
     dom, bus, slot, fn = m.group(1) or "0000", *m.group(2, 3, 4)
-    return (f"<hostdev mode='subsystem' type='pci' managed='{props.get('managed', 'yes')}'>"
+    # managed='yes' has libvirt unbind the device from its host driver itself, proving
+    # nothing and journaling nothing: only a caller that had the binder prove it idle and
+    # journal it asks for that (harness.scenario.devices.VfioPci); by default libvirt takes
+    # the device as it is, as QEMU's device_add does.
+    managed = props.get("managed", "no")
+    if managed not in ("yes", "no"):
+        raise ConfigError(f"vfio-pci managed={managed!r}: libvirt takes yes or no",
+                          hint="pass managed=\"yes\" (once the binder proved it idle and "
+                               "journaled it) or \"no\"")
+    return (f"<hostdev mode='subsystem' type='pci' managed='{managed}'>"
             f"<source><address domain='0x{dom}' bus='0x{bus}' slot='0x{slot}' function='0x{fn}'/>"
             f"</source>{name}{_pci_address(spec, props)}</hostdev>")
 

@@ -481,54 +481,56 @@ def libvirt_moves(lab: FakeHost, bdf: str, to: str | None) -> None:
 
 
 def test_managed_yes_leaves_the_target_to_libvirt_and_checks_it_came_back(lab, journal):
-    """--driver libvirt --libvirt-managed yes: proven idle and journaled as always; the rest of
-    the group moved by the harness; the target moved by libvirt, whose give-back the release
-    checks without writing anything of its own for it."""
+    """--driver libvirt --libvirt-managed yes: proven idle and journaled as always; the target
+    (alone in its IOMMU group, on a host driver: test_host_idle_review9 for the others) moved
+    by libvirt, whose give-back the release checks without writing anything of its own."""
+    asm = "0000:06:00.0"
     b = binder(lab, journal)
-    lease = b.bind("05:00.0", ALLOWED, moved_by="libvirt")
-    assert lease.moved == [PORT1]
-    assert lab.driver_of(PORT0) == "ixgbe" and lab.driver_of(PORT1) == "vfio-pci"
-    assert [(e["bdf"], e.get("moved_by")) for e in entries(journal)] == \
-        [(PORT0, "libvirt"), (PORT1, None)]
-    libvirt_moves(lab, PORT0, "vfio-pci")  # attach-device
-    assert lab.driver_of(PORT0) == "vfio-pci"
-    libvirt_moves(lab, PORT0, None)  # detach-device
+    lease = b.bind(asm, ALLOWED, moved_by="libvirt")
+    assert lease.moved == [] and lease.left_to == "libvirt"
+    assert lab.driver_of(asm) == "ahci"
+    assert [(e["bdf"], e.get("moved_by")) for e in entries(journal)] == [(asm, "libvirt")]
+    libvirt_moves(lab, asm, "vfio-pci")  # attach-device
+    assert lab.driver_of(asm) == "vfio-pci"
+    libvirt_moves(lab, asm, None)  # detach-device
     writes = len(lab.writes)
     results = {r.bdf: r for r in lease.release()}
-    assert results[PORT0].status == "restored"
-    assert results[PORT0].detail == "back on ixgbe, given back by libvirt"
-    assert not [w for w in lab.writes[writes:] if PORT0 in w[0] or w[1] == PORT0]
-    assert lab.driver_of(PORT0) == lab.driver_of(PORT1) == "ixgbe"
-    assert lab.override_of(PORT0) is None and entries(journal) == []
+    assert results[asm].status == "restored"
+    assert results[asm].detail == "back on ahci, given back by libvirt"
+    assert lab.writes[writes:] == []
+    assert lab.driver_of(asm) == "ahci"
+    assert lab.override_of(asm) is None and entries(journal) == []
 
 
 def test_managed_yes_a_device_libvirt_left_on_vfio_is_given_back_and_said(lab, journal):
-    lease = binder(lab, journal, timeout=0.2).bind("05:00.0", ALLOWED, moved_by="libvirt")
-    libvirt_moves(lab, PORT0, "vfio-pci")
+    asm = "0000:06:00.0"
+    lease = binder(lab, journal, timeout=0.2).bind(asm, ALLOWED, moved_by="libvirt")
+    libvirt_moves(lab, asm, "vfio-pci")
     results = {r.bdf: r for r in lease.release()}
-    assert results[PORT0].status == "restored"
-    assert results[PORT0].detail.startswith(
-        f"libvirt did not give it back ({PORT0} is on vfio-pci after 0.2 s, not ixgbe); "
-        "the harness: back on ixgbe")
-    assert lab.driver_of(PORT0) == "ixgbe" and lab.override_of(PORT0) is None
+    assert results[asm].status == "restored"
+    assert results[asm].detail.startswith(
+        f"libvirt did not give it back ({asm} is on vfio-pci after 0.2 s, not ahci); "
+        "the harness: back on ahci")
+    assert lab.driver_of(asm) == "ahci" and lab.override_of(asm) is None
     assert entries(journal) == []
 
 
 def test_managed_yes_entry_of_a_run_that_died_is_restored(lab, journal):
     """A run killed while libvirt had the device: `restore` puts it back like any entry."""
-    binder(lab, journal).bind("05:00.0", ALLOWED, moved_by="libvirt")
-    libvirt_moves(lab, PORT0, "vfio-pci")
+    asm = "0000:06:00.0"
+    binder(lab, journal).bind(asm, ALLOWED, moved_by="libvirt")
+    libvirt_moves(lab, asm, "vfio-pci")
     held = entries(journal)
     for e in held:
         e["pid"] = 2 ** 22 + 7  # a run that is gone
     journal.write_text(json.dumps({"entries": held}))
     assert {r.bdf: r.status for r in restore_from_journal(lab.sysfs(), journal)} == \
-        {PORT0: "restored", PORT1: "restored"}
-    assert lab.driver_of(PORT0) == lab.driver_of(PORT1) == "ixgbe"
+        {asm: "restored"}
+    assert lab.driver_of(asm) == "ahci" and lab.override_of(asm) is None
 
 
 def test_journal_refuses_an_unknown_mover(lab, journal):
-    binder(lab, journal).bind("05:00.0", ALLOWED, moved_by="libvirt")
+    binder(lab, journal).bind("06:00.0", ALLOWED, moved_by="libvirt")
     held = entries(journal)
     held[0]["moved_by"] = "someone"
     journal.write_text(json.dumps({"entries": held}))

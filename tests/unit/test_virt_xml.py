@@ -137,7 +137,8 @@ def test_disks_controllers_and_host_devices():
     assert blk.find("target").get("dev") == "vdb" and blk.find("source").get("file") == "/t/d1.raw"
     sata = ET.fromstring(vx.device_xml(spec, "ich9-ahci", "sata0", {"bus": "rp1"}, b))
     assert (sata.get("type"), sata.get("index")) == ("sata", "1")  # q35's own AHCI is 0
-    vfio = ET.fromstring(vx.device_xml(spec, "vfio-pci", "v0", {"host": "0000:03:00.1"}, b))
+    vfio = ET.fromstring(vx.device_xml(spec, "vfio-pci", "v0", {"host": "0000:03:00.1",
+                                                                 "managed": "yes"}, b))
     src = vfio.find("source/address")
     assert (vfio.get("managed"), src.get("bus"), src.get("function")) == ("yes", "0x03", "0x1")
     unmanaged = vx.device_xml(spec, "vfio-pci", "v0", {"host": "03:00.1", "managed": "no"}, b)
