@@ -234,7 +234,8 @@ def check_trusted_tree(top: Path, guest_trees: tuple[str, ...] = ()) -> None:
     into): ``top`` and every folder above it are owned by root or the invoking user
     (:func:`invoking_uids`) and writable by nobody else (a sticky folder above it aside), and
     so is every file and folder below it; a symlink below it is the invoking user's and leads
-    to a place inside ``top``. Nobody else can then have planted or swapped what root runs.
+    to a place inside ``top``, followed hop by hop (each link on the way the invoking user's,
+    in folders only they can write). Nobody else can then have planted or swapped what root runs.
     ``guest_trees``: folders below ``top`` (relative names) that are a guest's root file
     system (the lab host's ``root``): the same rule for their files and folders, but a link
     in them means a path inside the guest (``etc/rmt -> /usr/sbin/rmt``), so it is judged by
@@ -261,7 +262,12 @@ def _check_tree_entry(top: Path, p: Path, real_top: str, uids: set[int],
                       in_guest: bool = False) -> None:
     st = os.lstat(p)
     if stat.S_ISLNK(st.st_mode):
+        # (out of a guest's tree, hop by hop: another user's link on the way is theirs to
+        # repoint, wherever the chain ends now)
         target = os.path.realpath(p)
+        if not in_guest and st.st_uid in uids:
+            with contextlib.suppress(FileNotFoundError):  # (a dangling end: judged by where)
+                target = str(_follow_trusted_links(p, uids))
         if st.st_uid not in uids or p == top or not (
                 in_guest or target == real_top or target.startswith(real_top + "/")):
             raise UnsafePathError(

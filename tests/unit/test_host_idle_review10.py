@@ -7,7 +7,10 @@
    journal's and the run's folders, a --root copy's files) checked the first link's owner
    and then only the end of its chain. Another user's link in a sticky folder such as /tmp,
    met on the way, passed while it led to a root folder, and was repointed afterwards to a
-   folder of theirs (a program root runs by name, a journal root trusts).
+   folder of theirs (a program root runs by name, a journal root trusts);
+2. check_trusted_tree (the image cache root boots and runs from) judged a link of the cache
+   by the real path its chain ended at: a chain that left the cache through another user's
+   link and came back inside passed, theirs to repoint at a kernel or a QEMU of their own.
 
 Each finding's tests fail on the code before its fix. Real files and links, and a second user
 (nobody) who owns a link in a sticky folder; no guest is booted."""
@@ -17,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.paths import UnsafePathError, check_search_path, private_dir
+from harness.core.paths import (UnsafePathError, check_search_path, check_trusted_tree,
+                                private_dir)
 
 from .test_host_idle_review5 import NOBODY, as_root
 from .test_paths import _check_tree, _checkout
@@ -114,3 +118,23 @@ def test_1_roots_own_chains_of_links_still_pass(tmp_path, monkeypatch):
     check_search_path()
     top = _checkout(tmp_path / "srv" / "hotplug-harness")
     assert _check_tree(top, PATH=f"{entry}:/bin:/usr/bin").returncode == 0
+
+
+# -- 2. the image cache's links, hop by hop too -----------------------------------------------
+
+
+@as_root
+def test_2_a_cache_link_whose_chain_passes_through_another_users_link_is_refused(tmp_path):
+    """The image cache root runs from: a link of root's that leads, through nobody's link in
+    /tmp, back to a file inside it was judged by where it ended (inside), and nobody repoints
+    theirs at a kernel or a QEMU of their own."""
+    top = tmp_path / "cache"
+    (top / "build").mkdir(parents=True)
+    (top / "build" / "vmlinux").write_text("")
+    link = nobodys_link(sticky(tmp_path), "vmlinux", top / "build" / "vmlinux")
+    (top / "build" / "kernel").symlink_to(link)
+    with pytest.raises(UnsafePathError, match=f"{link} .*owned by uid {NOBODY}"):
+        check_trusted_tree(top)
+    (top / "build" / "kernel").unlink()
+    (top / "build" / "kernel").symlink_to("vmlinux")
+    check_trusted_tree(top)  # (root's link inside the tree: fine)
