@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from harness.core.paths import (UnsafePathError, check_search_path, check_trusted_tree,
-                                private_dir)
+                                private_dir, read_trusted_file)
 
 from .test_host_idle_review5 import NOBODY, as_root
 from .test_paths import _check_tree, _checkout
@@ -107,6 +107,21 @@ def test_1_a_private_folder_reached_through_another_users_link_is_refused(tmp_pa
     with pytest.raises(UnsafePathError, match=f"{link} .*owned by uid {NOBODY}"):
         private_dir(above / "hotplug-harness")
     assert private_dir(real / "hotplug-harness").is_dir()  # (root's own folder: fine)
+
+
+@as_root
+def test_1_an_inventory_in_a_folder_reached_through_another_users_link_is_refused(tmp_path):
+    """The inventory (which devices root takes) read through a folder link of root's whose
+    next hop is nobody's: read_trusted_file followed the file's own links hop by hop, but
+    judged the folders above each hop by where their chain ended."""
+    real = tmp_path / "etc" / "hotplug-harness"
+    real.mkdir(parents=True)
+    (real / "inventory.toml").write_text("")
+    link = nobodys_link(sticky(tmp_path), "conf", real)
+    above = roots_link(tmp_path / "srv" / "conf", link)
+    with pytest.raises(UnsafePathError, match=f"{link} .*owned by uid {NOBODY}"):
+        read_trusted_file(above / "inventory.toml")
+    assert read_trusted_file(real / "inventory.toml") == ""
 
 
 @as_root
