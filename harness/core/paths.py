@@ -234,7 +234,8 @@ def check_trusted_tree(top: Path, guest_trees: tuple[str, ...] = ()) -> None:
     into): ``top`` and every folder above it are owned by root or the invoking user
     (:func:`invoking_uids`) and writable by nobody else (a sticky folder above it aside), and
     so is every file and folder below it; a symlink below it is the invoking user's and leads
-    to a place inside ``top``. Nobody else can then have planted or swapped what root runs.
+    to a place inside ``top``, followed hop by hop (each link on the way the invoking user's,
+    in folders only they can write). Nobody else can then have planted or swapped what root runs.
     ``guest_trees``: folders below ``top`` (relative names) that are a guest's root file
     system (the lab host's ``root``): the same rule for their files and folders, but a link
     in them means a path inside the guest (``etc/rmt -> /usr/sbin/rmt``), so it is judged by
@@ -261,7 +262,12 @@ def _check_tree_entry(top: Path, p: Path, real_top: str, uids: set[int],
                       in_guest: bool = False) -> None:
     st = os.lstat(p)
     if stat.S_ISLNK(st.st_mode):
+        # (out of a guest's tree, hop by hop: another user's link on the way is theirs to
+        # repoint, wherever the chain ends now)
         target = os.path.realpath(p)
+        if not in_guest and st.st_uid in uids:
+            with contextlib.suppress(FileNotFoundError):  # (a dangling end: judged by where)
+                target = str(_follow_trusted_links(p, uids))
         if st.st_uid not in uids or p == top or not (
                 in_guest or target == real_top or target.startswith(real_top + "/")):
             raise UnsafePathError(
@@ -282,9 +288,12 @@ _TREE_HINT = ("remove {p} (it is unpacked again), and keep the image cache (--im
               "folder only root (or you) can write")
 
 
-def check_ancestors(path: Path, owners: "set[int] | None" = None) -> None:
+def check_ancestors(path: Path, owners: "set[int] | None" = None, _hops: int = 0) -> None:
     """Every existing folder above ``path`` (``path`` itself excluded) is owned by root or us
-    (or one of ``owners``) and writable by nobody else unless it is sticky."""
+    (or one of ``owners``) and writable by nobody else unless it is sticky; a link among them
+    is judged hop by hop: its owner, then where its one hop leads, checked the same way (so a
+    link of another user's further down the chain, which they may repoint at any time, is
+    refused although the chain's end is root's now)."""
     path = Path(os.path.abspath(path))
     owner_ok = _owner_ok if owners is None else (lambda st: st.st_uid in owners)
     for folder in reversed(path.parents):
@@ -293,13 +302,15 @@ def check_ancestors(path: Path, owners: "set[int] | None" = None) -> None:
         except FileNotFoundError:
             return  # the rest will be made by us
         if stat.S_ISLNK(st.st_mode):
-            target = folder.resolve()
-            # a link is as safe as where it leads, and its owner
-            check_ancestors(target / "x", owners)
-            st = os.lstat(folder)
+            # a link is as safe as its owner, and the next hop of where it leads
             if not owner_ok(st):
                 raise UnsafePathError(f"{folder} above {path} is a symlink owned by "
                                       f"uid {st.st_uid}", hint=_HINT)
+            if _hops >= 40:  # (Linux's own limit)
+                raise UnsafePathError(f"{folder} above {path}: too many levels of symbolic "
+                                      "links", hint=_HINT)
+            hop = Path(os.path.realpath(folder.parent)) / os.readlink(folder)
+            check_ancestors(Path(os.path.abspath(hop)) / "x", owners, _hops + 1)
             continue
         sticky = bool(st.st_mode & stat.S_ISVTX)
         if not owner_ok(st) or (st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky):
