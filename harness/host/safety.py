@@ -455,6 +455,29 @@ class _Planner:
             self.judge(m, f"in group {group}, ")
 
 
+def _new_id_strays(fs: Sysfs, to_move: list[PciDevice]) -> list[str]:
+    """A kernel without ``driver_override`` (before 3.16) moves a function by vfio-pci's
+    ``new_id``, and then binds to vfio-pci every function of those ids on no driver: any such
+    function not itself moved (proven idle, journaled, given back) would be taken unseen."""
+    moving = {m.bdf for m in to_move}
+    ids = {m.ids for m in to_move if not m.has_driver_override}
+    addresses = fs.pci_addresses() if ids else []
+    if ids and not addresses:
+        return [f"{fs.sys('bus', 'pci', 'devices')} cannot be listed: which functions vfio-pci's "
+                "new_id would take with the device (this kernel has no driver_override) cannot "
+                "be told"]
+    out = []
+    for other in addresses:
+        dev = fs.pci_device(other)
+        if dev.bdf not in moving and dev.ids in ids and dev.driver is None:
+            out.append(f"{dev.bdf} ({dev.ids}) is on no driver: this kernel has no "
+                       "driver_override, and vfio-pci's new_id, the only way to move "
+                       f"{', '.join(sorted(m.bdf for m in to_move if m.ids == dev.ids))}, would "
+                       f"take {dev.bdf} too, unproven and not given back (put {dev.bdf} on "
+                       "pci-stub or a host driver first)")
+    return out
+
+
 def plan_group(root: "str | Path | Sysfs", bdf: str, usage: HostUsage | None,
                allowed: "set[str] | None" = None,
                held_groups: "set[int] | frozenset[int]" = frozenset()) -> GroupPlan:
@@ -492,6 +515,8 @@ def plan_group(root: "str | Path | Sysfs", bdf: str, usage: HostUsage | None,
             kept.append((m, f"on {m.driver or 'no driver'}, which vfio accepts"))
         elif m.driver != VFIO:
             to_move.append(m)
+    if usage is not None:
+        p.problems += _new_id_strays(fs, to_move)
     pf = physfn_of(fs, bdf)
     if pf and pf in {m.bdf for m in members}:
         p.problems.append(f"group {group} holds {bdf}'s own physical function {pf}: the PF (and "
