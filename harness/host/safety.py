@@ -233,6 +233,8 @@ class HostUsage:
             who = [f"pid {pid} ({comm})" for pid, comm in
                    node_holders(self.fs, self.storage.opened, node, majmin)[1]]
             uses += [f"/dev/{name} (below {label}) is open by {w}" for w in who]
+            uses += [f"/dev/{name} (below {label}) is exported by {t}" for t in
+                     self.storage.exported.get(majmin or "-", self.storage.exported.get(name, []))]
             if majmin in self.storage.consoles:
                 uses.append(f"/dev/{name} (below {label}) is a kernel console "
                             f"({self.storage.consoles[majmin]} in /proc/consoles)")

@@ -263,8 +263,11 @@ _TARGETS = (("nvmet", ("kernel", "config", "nvmet", "subsystems"),
 
 
 def _exported(fs: Sysfs, problems: list[str]) -> dict[str, list[str]]:
-    """Block device name -> the targets that export it. A target module that is loaded with a
-    configfs tree the harness cannot read is a problem (every disk counts as in use)."""
+    """Block device name -> the targets that export it; also an NVMe controller's node passed
+    through whole (``/dev/nvme1``), by its name and its ``MAJ:MIN`` (the kernel opens it: no
+    process holds it, and its namespaces may be named after its subsystem, ``nvme0n1``, or be
+    none). A target module that is loaded with a configfs tree the harness cannot read is a
+    problem (every disk counts as in use)."""
     out: dict[str, list[str]] = {}
     for module, folder, globs in _TARGETS:
         if not fs.sys("module", module).exists():
@@ -278,9 +281,19 @@ def _exported(fs: Sysfs, problems: list[str]) -> dict[str, list[str]]:
             for f in sorted(root.glob(pattern)):
                 path = (fs.read(f) or "").strip()
                 where = f"{module} ({f.relative_to(root).parts[0]})"
-                for name in _exported_blocks(fs, path):
+                for name in _exported_blocks(fs, path) + _exported_controller(fs, path):
                     out.setdefault(name, []).append(where)
     return out
+
+
+def _exported_controller(fs: Sysfs, path: str) -> list[str]:
+    """The node name and ``MAJ:MIN`` of the NVMe controller a passthrough device path names."""
+    if not path.startswith("/dev/"):
+        return []
+    dev = fs.path("dev", path[len("/dev/"):])
+    name = os.path.basename(os.path.realpath(dev) if dev.is_symlink() else path)
+    majmin = fs.read(fs.sys("class", "nvme", name, "dev"))
+    return [name] + ([majmin] if majmin else [])
 
 
 def _exported_blocks(fs: Sysfs, path: str) -> list[str]:
@@ -334,7 +347,8 @@ class StorageView:
         self.wwid_of, self.by_wwid = _wwids(fs)
 
         #: Block devices a kernel storage target exports to other machines (nvmet, LIO):
-        #: they open the disk without an exclusive claim, a holder or a process fd.
+        #: they open the disk without an exclusive claim, a holder or a process fd; and the
+        #: NVMe controllers nvmet passes through whole (by node name and ``MAJ:MIN``).
         self.exported = _exported(fs, problems)
 
         #: Character devices the kernel prints its console to (/proc/consoles: a serial

@@ -4,17 +4,25 @@
    and the kernel then binds to vfio-pci every function of that vendor:device on no driver,
    not only the one proven idle: another function of the same model (a second card, or the
    other port of the same one), which nothing proved idle, no journal entry records and no
-   give-back returns, was taken with it and left on vfio-pci after the run.
+   give-back returns, was taken with it and left on vfio-pci after the run;
+2. an NVMe controller that nvmet exports whole to other machines (``passthru/device_path`` =
+   ``/dev/nvme1``: the kernel opens the controller's node, no process, no claim on a disk) was
+   judged by the disks named ``nvme1n*``: with native multipath its namespaces are named after
+   the subsystem (``nvme0n1``: a drive's second controller, or any controller whose number is
+   not its subsystem's), and a controller with no namespace has none, so it read idle and was
+   taken from under the remote hosts.
 
 Each finding's tests fail on the code before its fix. A fake sysfs tree plays the host and the
 kernel's new_id, which probes every unbound function of the ids; no guest is booted."""
 
 import json
+import os
 
 import pytest
 
 from harness.core.errors import HostDeviceError
 from harness.host.binding import VfioBinder
+from harness.host.safety import HostUsage
 
 from . import fakesysfs
 
@@ -62,3 +70,53 @@ def test_new_id_still_used_when_no_other_function_has_the_ids(lab, journal):
         assert lab.driver_of("0000:08:00.0") == "vfio-pci"
         assert lab.driver_of("0000:09:00.0") == "e1000e"
     assert lab.driver_of("0000:08:00.0") == "e1000e"
+
+
+# -- 2. an NVMe controller nvmet passes through whole -------------------------------------------
+
+NVME = "0000:09:00.0"
+
+
+def _nvme_controller(host, namespace: bool) -> None:
+    """An idle NVMe controller nvme1 (242:1) with native multipath: its subsystem is
+    nvme-subsys0, so its namespace's disk (if any) is nvme0n1, under the subsystem."""
+    host.add_pci(NVME, "144d:a808", 0x010802, "nvme", 21)
+    ctrl = host.dev_dir(NVME) / "nvme/nvme1"
+    ctrl.mkdir(parents=True)
+    (ctrl / "dev").write_text("242:1\n")
+    (ctrl / "uevent").write_text("MAJOR=242\nMINOR=1\nDEVNAME=nvme1\n")
+    (host.sys / "class/nvme").mkdir(parents=True, exist_ok=True)
+    os.symlink(ctrl, host.sys / "class/nvme/nvme1")
+    subsys = host.sys / "devices/virtual/nvme-subsystem/nvme-subsys0"
+    subsys.mkdir(parents=True)
+    os.symlink(ctrl, subsys / "nvme1")
+    if namespace:
+        (ctrl / "nvme0c1n1").mkdir()
+        (subsys / "nvme0n1").mkdir()
+        (subsys / "nvme0n1/dev").write_text("259:0\n")
+        os.symlink(subsys / "nvme0n1", host.sys / "class/block/nvme0n1")
+
+
+def _passthru(host, device_path: str) -> None:
+    host.file("sys/module/nvmet/refcnt", "1\n")
+    host.file("sys/kernel/config/nvmet/subsystems/nqn.lab:pt/passthru/device_path",
+              device_path + "\n")
+
+
+@pytest.mark.parametrize("namespace", [True, False], ids=["multipath-namespace", "no-namespace"])
+def test_an_nvme_controller_nvmet_passes_through_is_in_use(lab, namespace):
+    _nvme_controller(lab, namespace)
+    assert HostUsage.read(lab.root).verdict(NVME).idle  # (idle before the export)
+    _passthru(lab, "/dev/nvme1")
+    v = HostUsage.read(lab.root).verdict(NVME)
+    assert not v.idle
+    assert "/dev/nvme1 (below 0000:09:00.0) is exported by nvmet (nqn.lab:pt)" in v.uses
+    with pytest.raises(HostDeviceError, match="exported by nvmet"):
+        VfioBinder(lab.sysfs(), journal=lab.root / "var/lib/hh/j.json").bind(NVME, {NVME})
+    assert lab.driver_of(NVME) == "nvme"
+
+
+def test_another_controllers_passthru_leaves_this_one_idle(lab):
+    _nvme_controller(lab, True)
+    _passthru(lab, "/dev/nvme7")
+    assert HostUsage.read(lab.root).verdict(NVME).idle
