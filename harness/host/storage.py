@@ -288,7 +288,7 @@ def _exported(fs: Sysfs, problems: list[str]) -> dict[str, list[str]]:
 
 def _exported_controller(fs: Sysfs, path: str) -> list[str]:
     """The node name and ``MAJ:MIN`` of the NVMe controller a passthrough device path names."""
-    if not path.startswith("/dev/"):
+    if not path.startswith("/dev/") or block_name(fs, path):
         return []
     dev = fs.path("dev", path[len("/dev/"):])
     name = os.path.basename(os.path.realpath(dev) if dev.is_symlink() else path)

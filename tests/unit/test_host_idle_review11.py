@@ -23,6 +23,7 @@ import pytest
 from harness.core.errors import HostDeviceError
 from harness.host.binding import VfioBinder
 from harness.host.safety import HostUsage
+from harness.host.storage import StorageView
 
 from . import fakesysfs
 
@@ -120,3 +121,11 @@ def test_another_controllers_passthru_leaves_this_one_idle(lab):
     _nvme_controller(lab, True)
     _passthru(lab, "/dev/nvme7")
     assert HostUsage.read(lab.root).verdict(NVME).idle
+
+
+def test_an_exported_disk_is_named_once(lab):
+    """(the controller lookup adds nothing for a block device's path)"""
+    lab.file("sys/module/nvmet/refcnt", "1\n")
+    lab.file("sys/kernel/config/nvmet/subsystems/nqn.lab:san/namespaces/1/device_path",
+             "/dev/sdb\n")
+    assert StorageView.read(lab.sysfs()).exported == {"sdb": ["nvmet (nqn.lab:san)"]}
