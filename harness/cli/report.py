@@ -4,10 +4,12 @@ the fact (harness.report does the work; this module parses the command lines and
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
 from harness.core.errors import ConfigError
+from harness.core.paths import check_ancestors, write_atomic
 from harness.report import compare, merge, retention, trend
 from harness.report.records import load_runs, table
 
@@ -92,9 +94,19 @@ def trend_main(argv: list[str]) -> int:
     rows = table(runs)
     print("\n".join(trend.text(runs, rows)))
     if args.html:
-        Path(args.html).write_text(trend.render(runs, rows))
+        _write_page(Path(args.html), trend.render(runs, rows))
         print(f"trend pictures: {args.html}")
     return 0
+
+
+def _write_page(path: Path, page: str) -> None:
+    if os.geteuid() != 0:
+        path.write_text(page)
+        return
+    # As root: only in folders nobody else can write, and a link there is replaced, never
+    # followed (another user's link would choose which of root's files is written).
+    check_ancestors(path)
+    write_atomic(path, page.encode(), 0o644)
 
 
 def prune_main(argv: list[str]) -> int:

@@ -11,10 +11,12 @@ regression, so a pipeline can gate a QEMU release on it.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
 from harness.core.errors import ConfigError
+from harness.core.paths import read_plain_file
 from harness.report.records import latency_stats
 
 
@@ -23,10 +25,19 @@ def load_summary(path: str) -> dict:
     if p.is_dir():
         p = p / "summary.json"
     try:
-        return json.loads(p.read_text())
+        # As root, in a report folder others share, another user's summary.json may be a link
+        # (to a file only root may read, or /dev/watchdog, which arms on open) or a FIFO.
+        return json.loads(read_plain_file(p) if os.geteuid() == 0 else p.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{p}: no such summary", hint="pass a run folder or its summary.json "
                           "(reports/latest, reports/run-...)") from None
+    except OSError as e:
+        if os.geteuid() != 0:
+            raise
+        raise ConfigError(f"{p}: refused: {e.strerror} (a link or not a regular file)",
+                          hint="as root, a summary is read only as a regular file, never through "
+                               "a link: pass the run folder itself, or run merge/compare as "
+                               "the user who owns the runs") from None
     except ValueError as e:
         raise ConfigError(f"{p}: not a summary.json ({e})", hint="pass a summary written by a run") from None
 

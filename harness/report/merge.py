@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import time
 from pathlib import Path
 from xml.etree import ElementTree as ET
@@ -23,6 +24,7 @@ from harness.report import summary as report
 from harness.report import html as rh
 from harness.report.compare import load_summary
 from harness.core.errors import ConfigError
+from harness.core.paths import private_dir
 
 
 def host_label(s: dict) -> str:
@@ -105,7 +107,12 @@ def merge(run_dirs: list[Path], out: Path, axis: str = "auto") -> dict:
         "latencies": {lab: records.latency_stats(s["tests"]) for lab, (_, s) in zip(labels, runs)},
         "tests": tests,
     }
-    out.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        # (root writes there by name: a folder another user made first, in a report folder
+        # others share, could hold a link to any file of root's)
+        private_dir(out)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(merged, indent=2, default=str) + "\n")
     (out / "report.html").write_text(render(merged))
     write_junit(merged, out / "junit.xml")
