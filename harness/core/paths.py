@@ -35,7 +35,13 @@ from harness.core.errors import ConfigError
 
 
 class UnsafePathError(ConfigError):
-    """A path root would write through is not safe from other users."""
+    """A path root would write through is not safe from other users. ``finding``: what was
+    found, without the consequence the message goes on to ("the folder X is writable by its
+    group"), for a caller that says what follows from it in its own words."""
+
+    def __init__(self, message: str, *, hint: str = "", details: str = "", finding: str = ""):
+        super().__init__(message, hint=hint, details=details)
+        self.finding = finding or message
 
 
 def _owner_ok(st: os.stat_result) -> bool:
@@ -152,7 +158,7 @@ def _check_search(var: str, search: str, what: str) -> None:
         except FileNotFoundError:
             continue
         except UnsafePathError as e:
-            found = e.message.split(", so ")[0].replace(f" above {Path(entry, 'x')}", "")
+            found = e.finding.replace(f" above {Path(entry, 'x')}", "")  # (x: the entry's own)
             raise UnsafePathError(f"{var} entry {entry}: {found}, so another user could put "
                                   f"{what}", hint=_SEARCH_HINT.format(var=var)) from e
         if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
@@ -305,20 +311,23 @@ def check_ancestors(path: Path, owners: "set[int] | None" = None, _hops: int = 0
             # a link is as safe as its owner, and the next hop of where it leads
             if not owner_ok(st):
                 raise UnsafePathError(f"{folder} above {path} is a symlink owned by "
-                                      f"uid {st.st_uid}", hint=_HINT)
+                                      f"uid {st.st_uid}", hint=_HINT,
+                                      finding=f"{folder} above {path} is a symlink owned by uid {st.st_uid}")
             if _hops >= 40:  # (Linux's own limit)
                 raise UnsafePathError(f"{folder} above {path}: too many levels of symbolic "
-                                      "links", hint=_HINT)
+                                      "links", hint=_HINT,
+                                      finding=f"{folder} above {path}: too many levels of symbolic links")
             hop = Path(os.path.realpath(folder.parent)) / os.readlink(folder)
             check_ancestors(Path(os.path.abspath(hop)) / "x", owners, _hops + 1)
             continue
         sticky = bool(st.st_mode & stat.S_ISVTX)
         if not owner_ok(st) or (st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky):
-            raise UnsafePathError(
-                f"the folder {folder} above {path} is "
-                + (f"owned by uid {st.st_uid}" if not owner_ok(st) else
+            why = (f"owned by uid {st.st_uid}" if not owner_ok(st) else
                    f"writable by {'its group' if st.st_mode & stat.S_IWGRP else 'every user'}")
-                + ", so another user could replace what the harness keeps there", hint=_HINT)
+            raise UnsafePathError(
+                f"the folder {folder} above {path} is {why}, so another user could replace "
+                "what the harness keeps there", hint=_HINT,
+                finding=f"the folder {folder} above {path} is {why}")
 
 
 _HINT = ("keep it in a folder only root (or you) can write, such as one under /var/lib or your "

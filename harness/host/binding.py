@@ -38,6 +38,7 @@ from harness.host.safety import GroupPlan, HostUsage, node_holders, nodes_below,
 from harness.host.storage import OpenFiles, mountinfos, remote_mount_ids
 from harness.host import sriov
 from harness.host.sysfs import SYSFS_BDF, PciDevice, Sysfs, parse_bdf, short_bdf
+from harness.qemu.process import start_time
 
 log = logging.getLogger("harness.host")
 
@@ -197,14 +198,8 @@ def _check_entry(entry, n: int) -> None:
 
 
 def _process_start(fs: Sysfs, pid: int) -> int | None:
-    """The start time (clock ticks since boot) of ``pid``, which tells a pid reuse apart."""
-    stat = fs.read(fs.proc(str(pid), "stat"))
-    if stat is None:
-        return None
-    try:
-        return int(stat.rsplit(")", 1)[1].split()[19])
-    except (IndexError, ValueError):
-        return None
+    """The start time of ``pid`` in ``fs``'s /proc (:func:`start_time`)."""
+    return start_time(fs.read(fs.proc(str(pid), "stat")))
 
 
 def owner_alive(fs: Sysfs, entry: dict) -> bool:

@@ -427,7 +427,7 @@ def _check_copy_file(value: str, path: Path, real: Path) -> None:
         check_ancestors(real, uids)
         link, st = os.lstat(path), os.lstat(real)
     except UnsafePathError as e:
-        problem = e.message.split(", so ")[0]
+        problem = e.finding
     except OSError:
         return  # (no such file: the write fails, saying so; it never creates one)
     else:

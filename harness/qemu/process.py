@@ -156,12 +156,22 @@ class QemuProcess:
         return p.returncode
 
 
-def process_start(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks since boot, ``/proc/PID/stat``'s 22nd field),
-    which tells a reused PID apart; None when it is gone or cannot be read."""
+def start_time(stat: str | None) -> int | None:
+    """A process's start time (clock ticks since boot) from the text of its ``/proc/PID/stat``
+    (the 22nd field, counted after the command name, which may hold spaces and parentheses);
+    it tells a reused PID apart. None for no text or text that is not a stat line."""
     try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
+        return int(stat.rsplit(")", 1)[1].split()[19]) if stat else None
+    except (IndexError, ValueError):
+        return None
+
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` of this host started (:func:`start_time`); None when it is gone
+    or cannot be read."""
+    try:
+        return start_time(Path(f"/proc/{pid}/stat").read_text())
+    except OSError:
         return None
 
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import stat
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
 from harness.report import summary
+from harness.core.paths import UnsafePathError, check_private
 
 FILE = "junit.xml"
 
@@ -41,8 +40,7 @@ def add_junit_identity(run_dir: Path, report_root: Path) -> None:
 def _ours(folder: Path) -> bool:
     """A real folder (not a link) of this process's user that nobody else can write."""
     try:
-        st = os.lstat(folder)
-    except FileNotFoundError:
+        check_private(folder)
+    except (UnsafePathError, FileNotFoundError):
         return False
-    return (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
-            and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+    return True

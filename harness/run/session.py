@@ -355,8 +355,6 @@ def _qemu_binary(opt) -> str:
         cache, log=lambda s: print(f"hotplug-harness: {s}", flush=True)))
 
 
-
-
 #: How long the lab host's libvirtd may take to answer, on the reference machine (times the
 #: time factor measured inside the lab host).
 LIBVIRTD_READY_SECONDS = 60.0

@@ -67,11 +67,16 @@ def start(timeout: float = 30, log: Path | None = None) -> None:
                            f"{(done.stderr.strip() or done.stdout.strip() or 'no output')[-500:]}",
                            hint=f"start it by hand to see why (libvirtd -v); its log: "
                                 f"{log or '/var/log/libvirt/libvirtd.log'}")
+    refusal = [""]  # (why it did not answer the last time it was asked)
+
+    def answers() -> bool:
+        refusal[0] = _refusal() or ""
+        return not refusal[0]
     try:
-        wait_until("libvirtd to answer on qemu:///system", _answers, timeout, interval=0.2)
+        wait_until("libvirtd to answer on qemu:///system", answers, timeout, interval=0.2)
     except WaitTimeout:
         raise LabError(f"libvirtd did not answer on {connect.URI} within {timeout:g} s of its "
-                       f"start: {_last_refusal[0]}",
+                       f"start: {refusal[0]}",
                        hint=f"its log says why: {log or 'journalctl -u libvirtd'}") from None
 
 
@@ -100,14 +105,14 @@ def _running(p: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-#: Why the daemon did not answer the last time it was asked (for the error that gives up).
-_last_refusal: list[str] = [""]
+def _refusal() -> str | None:
+    """Why ``qemu:///system`` does not answer now; None when it does."""
+    try:
+        connect.connection()
+        return None
+    except LabError as e:
+        return e.message
 
 
 def _answers() -> bool:
-    try:
-        connect.connection()
-        return True
-    except LabError as e:
-        _last_refusal[0] = e.message
-        return False
+    return _refusal() is None

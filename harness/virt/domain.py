@@ -105,10 +105,6 @@ class DomainGuest(Guest):
                 raise LabError(f"guest image file {f} does not exist",
                                hint="run `make image`, or fix the --guest-* option")
 
-    def receive(self) -> "DomainGuest":
-        raise Unexpressible("live migration", "virsh migrate", not_built=True,
-                            hint="run the migration scenarios with --driver qmp")
-
     def migrate_on_this_host(self) -> None:
         """Live migration through libvirt, asked for as ``virsh migrate --live --p2p DOMAIN
         qemu:///system`` would: libvirt migrates between hosts only (9.0: "Attempt to migrate
