@@ -388,13 +388,61 @@ def disks(guest) -> list[probes.FdiskDisk]:
 def new_disk(guest, before: list[probes.FdiskDisk], size_bytes: int | None,
              timeout: float = 15.0) -> probes.FdiskDisk:
     """A disk ``fdisk -l`` did not list before, of ``size_bytes`` (any size if None)."""
+    return new_disk_behind(guest, before, size_bytes, (), timeout)[0]
+
+
+def new_disk_behind(guest, before: list[probes.FdiskDisk], size_bytes: int | None,
+                    functions, timeout: float = 15.0) -> tuple[probes.FdiskDisk, str]:
+    """A new disk as :func:`new_disk`, and who found it: "guest" when its kernel scanned the
+    controller by itself; when ``timeout`` passes without one, the SCSI hosts hanging off
+    ``functions`` (the PCI functions the disk sits behind) are read first, and only a host
+    that found no target is scanned, with the guest's own sysfs interface (``echo "- - -" >
+    /sys/class/scsi_host/hostN/scan``, what rescan-scsi-bus does); then "harness (scanned
+    hostN)". No host behind them, or still no disk, fails with what the guest shows."""
     old = {d.device for d in before}
+    what = f"a new {size_bytes}-byte disk" if size_bytes else "a new disk"
 
     def look():
         return next((d for d in disks(guest) if d.device not in old
                      and (size_bytes is None or d.size_bytes == size_bytes)), None)
-    what = f"a new {size_bytes}-byte disk" if size_bytes else "a new disk"
-    return guest.shell.wait_until(f"{what} in the guest's fdisk -l", look, timeout)
+
+    try:
+        return guest.shell.wait_until(f"{what} in the guest's fdisk -l", look, timeout), "guest"
+    except WaitTimeout as e:
+        if not functions:
+            raise GuestCheckError(f"no {what[2:]} in the guest's fdisk -l within {timeout:g} s",
+                                  details=_disk_evidence(guest, e)) from e
+        first = e
+    addresses = [fn.address for fn in functions]
+    hosts = [h for h in scsi_hosts(guest) if any(h.behind(a) for a in addresses)]
+    idle = [h for h in hosts if not h.targets]
+    if not idle:
+        why = (f"its SCSI hosts {[h.name for h in hosts]} found their targets" if hosts
+               else "the guest has no SCSI host behind them")
+        raise GuestCheckError(f"no {what[2:]} in the guest's fdisk -l within {timeout:g} s "
+                              f"behind {', '.join(addresses)}: {why}",
+                              details=_disk_evidence(guest, first))
+    for h in idle:
+        guest.shell.succeed(f'echo "- - -" > /sys/class/scsi_host/{h.name}/scan')
+    names = ", ".join(f"{h.name} ({h.driver})" for h in idle)
+    try:
+        disk = guest.shell.wait_until(f"{what} after scanning {names}", look, timeout)
+    except WaitTimeout as e:
+        raise GuestCheckError(f"no {what[2:]} in the guest's fdisk -l, neither within "
+                              f"{timeout:g} s nor after the harness scanned {names}",
+                              details=_disk_evidence(guest, e)) from e
+    return disk, f"harness (scanned {names}: the guest had not)"
+
+
+def scsi_hosts(guest) -> list[probes.ScsiHost]:
+    return probes.parse_scsi_hosts(guest.shell.read(probes.SCSI_HOSTS, "one line per SCSI host"))
+
+
+def _disk_evidence(guest, timeout: WaitTimeout) -> str:
+    """What a missing disk's error carries: the last wait's, the SCSI hosts, the kernel's tail."""
+    hosts = guest.shell.run(probes.SCSI_HOSTS).output.strip() or "(no SCSI host)"
+    return (f"{timeout}: {timeout.details}\nSCSI hosts (name driver path targets):\n{hosts}\n"
+            f"kernel log, last lines:\n{guest.shell.run('dmesg | tail -n 25').output}")
 
 
 def disk_gone(guest, disk: probes.FdiskDisk, timeout: float = 10.0) -> None:

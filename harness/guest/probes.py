@@ -155,6 +155,37 @@ def parse_fdisk_l(text: str) -> list[FdiskDisk]:
     return disks
 
 
+@dataclasses.dataclass(frozen=True)
+class ScsiHost:
+    """A SCSI host of the guest (``/sys/class/scsi_host/hostN``): its driver, the sysfs path of
+    the device it hangs off, and how many targets were found on it."""
+    name: str        # "host2"
+    driver: str      # its proc_name: "virtio_scsi", "ahci", "usb-storage"
+    path: str        # /sys/devices/pci0000:00/0000:00:02.1/0000:02:00.0/virtio3/host2
+    targets: int
+
+    def behind(self, address: str) -> bool:
+        """Whether the host hangs off the PCI function ``address`` (the guest's ``02:00.0``)."""
+        return any(part.endswith(f":{address}") for part in self.path.split("/"))
+
+
+#: One line per SCSI host: ``name proc_name path target-count`` (parsed by parse_scsi_hosts).
+SCSI_HOSTS = ("for h in /sys/class/scsi_host/host*; do [ -e \"$h\" ] || continue; "
+              "p=$(readlink -f \"$h/device\"); "
+              "echo \"${h##*/}\" \"$(cat \"$h/proc_name\")\" \"$p\" "
+              "\"$(ls -d \"$p\"/target* 2>/dev/null | wc -l)\"; done")
+
+
+def parse_scsi_hosts(text: str) -> list[ScsiHost]:
+    """The output of :data:`SCSI_HOSTS`; a line cut mid-removal (fewer fields) is left out."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and re.fullmatch(r"host\d+", parts[0]) and parts[3].isdigit():
+            out.append(ScsiHost(parts[0], parts[1], parts[2], int(parts[3])))
+    return out
+
+
 def ipv4_addresses(ip_j_addr: str) -> dict[str, list[str]]:
     """``ip -j addr``: interface -> its IPv4 addresses with prefix (``10.0.3.15/24``)."""
     out: dict[str, list[str]] = {}

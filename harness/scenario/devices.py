@@ -54,6 +54,9 @@ class Facts:
     disk_bytes: int | None = None
     #: usb-controller: the name of the USB device behind it, as the guest's lsusb shows it.
     behind_product: str | None = None
+    #: The device id of the controller the disk hangs off, when it is not the device itself
+    #: (the SATA stand-in's virtio-scsi carrier): a scan of the disk looks behind it too.
+    disk_carrier: str | None = None
     #: A line for the report about how the role is played here.
     note: str | None = None
 
@@ -327,8 +330,8 @@ class EmulatedSataController(HotplugDevice):
         _add_disk(guest, node, self.disk_bytes)
         guest.device_add("scsi-hd", disk, bus=f"{hba}.0", drive=node)
         return Plugged(device_id, self, seconds, bus, Facts(
-            disk_bytes=self.disk_bytes, note="disk on a hot-added virtio-scsi controller: QEMU "
-                                             "cannot hot-add a disk onto AHCI"),
+            disk_bytes=self.disk_bytes, disk_carrier=hba,
+            note="disk on a hot-added virtio-scsi controller: QEMU cannot hot-add a disk onto AHCI"),
             own={"disk_carrier": [disk, hba], "disk_node": node})
 
     def cleanup(self, guest, plugged: Plugged) -> None:

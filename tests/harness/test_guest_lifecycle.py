@@ -3,6 +3,7 @@ and QEMU or the guest dying under a test."""
 
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -314,3 +315,33 @@ def test_replay_script_starts_the_same_disk_guest_again(boot, hotplug_session, t
         os.killpg(replayed.pid, signal.SIGKILL)
         replayed.wait(10)
     assert hashlib.sha256(disk.read_bytes()).hexdigest() == digest, "the image was written"
+
+
+def test_a_disk_the_guest_did_not_scan_is_scanned_for_behind_its_controller_only(boot):
+    """The SATA scenario's disk check reads before it acts: a disk the guest's kernel found is
+    the guest's; a disk it did not find (here: the guest told to forget it, as a lost hotplug
+    event leaves it) is scanned for through the guest's own sysfs, on the SCSI host behind the
+    controller that found no target, and the answer says so; behind a function with no SCSI
+    host, the check fails with what the guest shows."""
+    from harness.guest import checks
+    from harness.core.errors import GuestCheckError
+    from harness.scenario.devices import EmulatedSataController
+
+    g = boot(GuestSpec(machine="q35"))
+    before = checks.disks(g)
+    sata = EmulatedSataController()
+    plugged = sata.plug(g, "sata")
+    carrier = [checks.pci_function(g, plugged.facts.disk_carrier)]
+    disk, who = checks.new_disk_behind(g, before, sata.disk_bytes, carrier)
+    assert who == "guest"
+
+    g.shell.succeed(f"echo 1 > /sys/block/{disk.device.split('/')[-1]}/device/delete")
+    checks.disk_gone(g, disk)
+    again, who = checks.new_disk_behind(g, before, sata.disk_bytes, carrier, timeout=2)
+    assert again.size_bytes == sata.disk_bytes
+    assert re.fullmatch(r"harness \(scanned host\d+ \(virtio_scsi\): the guest had not\)", who), who
+
+    host_bridge = next(f for f in checks.pci_functions(g) if f.class_desc == "Host bridge")
+    with pytest.raises(GuestCheckError, match="the guest has no SCSI host behind them") as e:
+        checks.new_disk_behind(g, checks.disks(g), sata.disk_bytes, [host_bridge], timeout=1)
+    assert "SCSI hosts (name driver path targets)" in e.value.details and "virtio_scsi" in e.value.details

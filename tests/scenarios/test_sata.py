@@ -10,7 +10,9 @@ def test_sata_controller(hotplug, platform, device, guest):
     """``device_add`` the SATA controller as ``sata`` (on pc at ``addr=0x06`` as in the guide; on
     q35 into a root port, as its root bus takes no hotplug); ``info pci`` shows a SATA controller
     with ``id "sata"``; the guest's ``lspci -k`` shows ``Kernel driver in use: ahci``; the disk
-    behind it appears in ``fdisk -l`` with its partitions. ``device_del sata``; all gone.
+    behind it appears in ``fdisk -l`` with its partitions (if the guest's kernel did not scan
+    for it, the harness scans the SCSI host it hangs off and says so in the notes).
+    ``device_del sata``; all gone.
 
     Emulated difference: QEMU cannot hot-add a disk onto an AHCI bus, so the disk half is a SCSI
     disk on a hot-added virtio-scsi controller (same ``sd`` layer and ``/dev/sdX`` name in the
@@ -27,7 +29,13 @@ def test_sata_controller(hotplug, platform, device, guest):
     fn = sata.function
     assert checks.guest_sees_pci(guest, fn).class_name == "SATA controller"
     checks.guest_driver_bound(guest, fn, device.guest_driver)
-    disk = checks.new_disk(guest, disks_before, sata.facts.disk_bytes)
+    # (a disk the guest's kernel did not find by itself is scanned for, with the guest's own
+    # sysfs, behind the controller it hangs off only, and the notes say so)
+    carrier = sata.facts.disk_carrier
+    behind = [checks.pci_function(guest, carrier) if carrier else fn]
+    disk, found_by = checks.new_disk_behind(guest, disks_before, sata.facts.disk_bytes, behind)
+    if found_by != "guest":
+        hotplug.note(f"{disk.device} found by the {found_by}")
     listing = guest.shell.succeed(f"fdisk -l {disk.device}")
     assert f"{disk.device}1" in listing and f"{disk.device}2" in listing, listing
     if sata.facts.note:

@@ -168,3 +168,22 @@ def test_interface_of_a_nic_is_found_by_mac_or_pci_never_by_name():
     assert probes.interface_of(links, "52:54:00:12:34:56", None).name == "ens4"
     assert probes.interface_of(links, None, "00:05.0").name == "ens5"   # a passed-through NIC
     assert probes.interface_of(links, "52:54:00:00:00:01", "00:06.0") is None
+
+
+def test_scsi_hosts_and_the_pci_function_each_hangs_off():
+    """Captured on the built-in guest (QEMU 7.2, q35) after the SATA stand-in's hot-add: the
+    chipset's AHCI (00:1f.2), the hot-added ich9-ahci (01:00.0), each port a host with no
+    target, and the virtio-scsi carrier (02:00.0) with its disk; a line cut mid-removal is
+    not data."""
+    text = ("host0 ahci /sys/devices/pci0000:00/0000:00:1f.2/ata1/host0 0\n"
+            "host6 ahci /sys/devices/pci0000:00/0000:00:01.0/0000:01:00.0/ata7/host6 0\n"
+            "host12 virtio_scsi /sys/devices/pci0000:00/0000:00:02.0/0000:02:00.0/virtio0/host12 1\n"
+            "host13 virtio_scsi\n")
+    hosts = probes.parse_scsi_hosts(text)
+    assert [(h.name, h.driver, h.targets) for h in hosts] == [
+        ("host0", "ahci", 0), ("host6", "ahci", 0), ("host12", "virtio_scsi", 1)]
+    assert [h.name for h in hosts if h.behind("02:00.0")] == ["host12"]
+    assert [h.name for h in hosts if h.behind("01:00.0")] == ["host6"]
+    # (the root port 00:01.0 is on the path of the ahci behind it, not of the chipset's)
+    assert [h.name for h in hosts if h.behind("00:01.0")] == ["host6"]
+    assert not [h for h in hosts if h.behind("00:02.1")]
