@@ -1,0 +1,86 @@
+"""Issue 31, thirteenth adversarial read. What it found, one section below each:
+
+1. a ``PATH`` or ``PYTHONPATH`` entry that did not exist was accepted when the folders above
+   it passed check_ancestors, which lets a sticky folder through: with ``/tmp/tools/bin`` on
+   root's PATH (a stale entry, a tool folder not made yet), another user made it, put an
+   ``ip`` there, and root's next ``python -m harness ...`` ran theirs (.ci/check-root-tree,
+   which judges the nearest existing folder's mode, refused it; the Python check did not).
+   So did a QEMU path that did not exist yet (``--qemu-binary /tmp/qemu/bin/...``), "checked
+   so that nobody else can put a program there in between".
+
+Each finding's tests fail on the code before its fix. Real files and folders, and a second
+user (nobody) who makes what root would run in a sticky folder; no guest is booted.
+"""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness.core.paths import UnsafePathError, check_search_path, trusted_program
+
+from . import test_paths
+
+NOBODY = test_paths.NOBODY
+as_nobody = test_paths.as_nobody    # (the local attacker)
+shared_tmp = test_paths.shared_tmp  # (a fixture: a sticky folder others can write, like /tmp)
+
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as a second user "
+                                                       "(nobody): run as root, as CI does")
+
+
+# -- 1. a search path entry (or a QEMU) that does not exist yet, in a sticky folder -------------
+
+
+@as_root
+def test_1_a_missing_path_entry_in_a_sticky_folder_is_refused(shared_tmp, monkeypatch):
+    """PATH=/tmp/tools/bin:/usr/bin:/bin with no /tmp/tools yet: nobody makes it, with an
+    `ip` of theirs in it, and root runs that `ip` for the host's evidence."""
+    entry = shared_tmp / "tools" / "bin"
+    monkeypatch.setenv("PATH", f"{entry}:/usr/bin:/bin")
+    with pytest.raises(UnsafePathError, match=f"PATH entry {entry}: .*does not exist.*"
+                                              f"{shared_tmp}.*mode 1777"):
+        check_search_path()
+    as_nobody(f"mkdir -p {entry}; printf '#!/bin/sh\\nid -u > {shared_tmp}/ran\\n' > "
+              f"{entry}/ip; chmod 755 {entry}/ip")
+    subprocess.run(["ip", "-V"], check=True, env={"PATH": f"{entry}:/usr/bin:/bin"})
+    assert (shared_tmp / "ran").read_text() == "0\n"  # (what root would have run)
+
+
+@as_root
+def test_1_a_missing_pythonpath_entry_in_a_sticky_folder_is_refused(shared_tmp, monkeypatch):
+    entry = shared_tmp / "build" / "lib"
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.setenv("PYTHONPATH", str(entry))
+    with pytest.raises(UnsafePathError, match=f"PYTHONPATH entry {entry}: .*does not exist"):
+        check_search_path()
+
+
+@as_root
+def test_1_a_missing_entry_behind_roots_link_into_a_sticky_folder_is_refused(
+        tmp_path, shared_tmp, monkeypatch):
+    """/opt/tools/bin -> /tmp/tools/bin (root's link, its target not made yet)."""
+    link = tmp_path / "opt" / "bin"
+    link.parent.mkdir()
+    link.symlink_to(shared_tmp / "tools")
+    monkeypatch.setenv("PATH", f"{link}:/usr/bin:/bin")
+    with pytest.raises(UnsafePathError, match=f"PATH entry {link}: .*{shared_tmp}"):
+        check_search_path()
+
+
+@as_root
+def test_1_a_qemu_that_does_not_exist_yet_in_a_sticky_folder_is_refused(shared_tmp):
+    qemu = shared_tmp / "qemu" / "bin" / "qemu-system-x86_64"
+    with pytest.raises(UnsafePathError, match=f"{qemu} does not exist"):
+        trusted_program(str(qemu))
+
+
+@as_root
+def test_1_missing_entries_in_roots_own_folders_still_pass(tmp_path, monkeypatch):
+    """A folder of root's, 0755 or 0700, that nobody else can make anything in."""
+    (tmp_path / "opt").mkdir(mode=0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'opt' / 'x' / 'bin'}:{tmp_path / 'y'}:/usr/bin:/bin")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "opt" / "lib"))
+    check_search_path()
+    assert trusted_program(str(tmp_path / "opt" / "qemu")) == str(tmp_path / "opt" / "qemu")
