@@ -8,12 +8,23 @@
    So did a QEMU path that did not exist yet (``--qemu-binary /tmp/qemu/bin/...``), "checked
    so that nobody else can put a program there in between".
 
+2. .ci/check-root-tree skipped a ``.pth`` entry of the .venv that did not exist, and every
+   relative one: Python adds an entry to root's path once it exists, and joins a relative one
+   to the .pth's folder (``../../../../../../tmp/x`` leaves the tree). An entry naming a
+   folder in /tmp that is gone (an editable install from a build folder since cleaned, a
+   tool's stale line) was made again by another user, with a module or a pytest plugin
+   (an entry point in a ``.dist-info``) there, and root's ``make nightly`` imported it. The
+   check now judges a missing entry by the folder it would be made in, as for PATH, and
+   follows relative entries like absolute ones.
+
 Each finding's tests fail on the code before its fix. Real files and folders, and a second
 user (nobody) who makes what root would run in a sticky folder; no guest is booted.
 """
 
 import os
+import site
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +32,7 @@ import pytest
 from harness.core.paths import UnsafePathError, check_search_path, trusted_program
 
 from . import test_paths
+from .test_paths import _check_tree, _checkout
 
 NOBODY = test_paths.NOBODY
 as_nobody = test_paths.as_nobody    # (the local attacker)
@@ -84,3 +96,57 @@ def test_1_missing_entries_in_roots_own_folders_still_pass(tmp_path, monkeypatch
     monkeypatch.setenv("PYTHONPATH", str(tmp_path / "opt" / "lib"))
     check_search_path()
     assert trusted_program(str(tmp_path / "opt" / "qemu")) == str(tmp_path / "opt" / "qemu")
+
+
+# -- 2. check-root-tree: a .pth entry that does not exist yet, or a relative one ---------------
+
+
+def _site(top: Path) -> Path:
+    site_dir = top / ".venv" / "lib" / "python3.11" / "site-packages"
+    site_dir.mkdir(parents=True)
+    return site_dir
+
+
+@as_root
+def test_2_a_pth_entry_that_does_not_exist_yet_in_a_sticky_folder_is_refused(
+        tmp_path, shared_tmp):
+    """A stale line of a .pth in root's .venv names /tmp/hh-src, gone since: nobody makes it,
+    and root's Python adds it to its path (and pytest loads a plugin it finds there)."""
+    top = _checkout(tmp_path / "srv" / "hotplug-harness")
+    site_dir = _site(top)
+    theirs = shared_tmp / "hh-src"
+    (site_dir / "stale.pth").write_text(f"# a comment\n{theirs}\n")
+    r = _check_tree(top, PATH="/usr/bin:/bin")
+    assert r.returncode == 1 and f"{theirs} (a path entry of {site_dir / 'stale.pth'}) does " \
+        f"not exist, and {shared_tmp}" in r.stderr, r.stderr
+    as_nobody(f"mkdir {theirs}")  # (and what root would then have imported from it:)
+    before = list(sys.path)
+    try:
+        site.addpackage(str(site_dir), "stale.pth", None)
+        assert str(theirs) in sys.path
+    finally:
+        sys.path[:] = before
+
+
+@as_root
+def test_2_a_relative_pth_entry_that_leaves_the_tree_is_followed(tmp_path, shared_tmp):
+    """``../../../..`` from site-packages: site.py joins it to the .pth's folder; the check
+    looked only at entries that began with /."""
+    top = _checkout(tmp_path / "srv" / "hotplug-harness")
+    site_dir = _site(top)
+    as_nobody(f"mkdir {shared_tmp}/lib")
+    (site_dir / "rel.pth").write_text(os.path.relpath(shared_tmp / "lib", site_dir) + "\n")
+    r = _check_tree(top, PATH="/usr/bin:/bin")
+    assert r.returncode == 1 and f"{shared_tmp / 'lib'}" in r.stderr, r.stderr
+
+
+@as_root
+def test_2_roots_own_pth_entries_still_pass(tmp_path):
+    """Absolute and relative entries inside the tree, one not made yet, and import lines."""
+    top = _checkout(tmp_path / "srv" / "hotplug-harness")
+    site_dir = _site(top)
+    (site_dir / "ok.pth").write_text(f"{top / 'harness'}\nsub\n{top / 'not-yet'}\n"
+                                     "import os; os.getpid()\n\n")
+    (site_dir / "sub").mkdir()
+    r = _check_tree(top, PATH="/usr/bin:/bin")
+    assert r.returncode == 0, r.stderr
