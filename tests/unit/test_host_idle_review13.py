@@ -17,19 +17,32 @@
    check now judges a missing entry by the folder it would be made in, as for PATH, and
    follows relative entries like absolute ones.
 
+3. a network namespace held only by an nsfs bind mount in another mount namespace (or by a
+   process's fd) was entered with ``nsenter --net=/proc/PID/root/<mount point>``: nsenter,
+   as root, opened that path, which lies in the other user's own mount namespace (an
+   unprivileged user namespace gives them one). They mounted something else over the nsfs
+   mount (or a tmpfs with a link over its folder), and root opened it: a FIFO of theirs, or
+   the host's ``/dev/watchdog``, which arms on open and reboots the host. The namespace is
+   now reached with ``O_PATH`` (which opens nothing), proven to be the one seen, and
+   entered through that fd; one replaced since is unreadable, and so in use.
+
 Each finding's tests fail on the code before its fix. Real files and folders, and a second
 user (nobody) who makes what root would run in a sticky folder; no guest is booted.
 """
 
 import os
+import signal
 import site
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from harness.core.paths import UnsafePathError, check_search_path, trusted_program
+from harness.host.network import NetView
+from harness.host.sysfs import Sysfs
 
 from . import test_paths
 from .test_paths import _check_tree, _checkout
@@ -150,3 +163,45 @@ def test_2_roots_own_pth_entries_still_pass(tmp_path):
     (site_dir / "sub").mkdir()
     r = _check_tree(top, PATH="/usr/bin:/bin")
     assert r.returncode == 0, r.stderr
+
+
+# -- 3. a namespace held by a bind mount in another user's mount namespace ----------------------
+
+
+_OVER_MOUNT = """
+touch "$1/ns"; mkfifo "$1/fifo"
+unshare -n sh -c "mount --bind /proc/self/ns/net '$1/ns'"
+mount --bind "$1/fifo" "$1/ns"
+(echo x > "$1/ns" && touch "$1/root-opened-it") &
+touch "$1/ready"
+exec sleep 300
+"""
+
+
+@as_root
+def test_3_roots_nsenter_never_opens_a_path_in_another_users_mount_namespace(shared_tmp):
+    """nobody, in a user and mount namespace of their own, bind-mounts a new network namespace
+    onto a file and mounts a FIFO of theirs over it: mountinfo still lists the nsfs mount, and
+    root's `nsenter --net=/proc/PID/root/...` opened the FIFO (had it been the host's
+    /dev/watchdog, it would have armed it)."""
+    work = shared_tmp / "userns"
+    work.mkdir()
+    os.chown(work, NOBODY, NOBODY)
+    (shared_tmp / "over.sh").write_text(_OVER_MOUNT)
+    attacker = subprocess.Popen(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "unshare",
+         "-Urm", "--propagation", "private", "sh", str(shared_tmp / "over.sh"), str(work)],
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not (work / "ready").exists():
+            assert attacker.poll() is None and time.monotonic() < deadline, \
+                "no user namespace for nobody on this host"
+            time.sleep(0.05)
+        view = NetView.read(Sysfs("/"))
+        assert not (work / "root-opened-it").exists(), "root opened nobody's FIFO"
+        assert any(f"{work}/ns" in p and "not that namespace" in p for p in view.problems), \
+            view.problems
+    finally:
+        os.killpg(attacker.pid, signal.SIGKILL)  # (the processes this test started)
+        attacker.wait()
