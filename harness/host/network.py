@@ -11,8 +11,8 @@ Namespaces: the harness's own, every named one (``ip -all netns``, ``/var/run/ne
 every other one anything holds: a process lives in it (a container's, ``/proc/PID/ns/net``,
 entered with ``nsenter -t PID -n``), one of its threads does (``/proc/PID/task/TID/ns/net``),
 it holds it by an open fd (``net:[N]``), or an nsfs file is bind-mounted for it anywhere
-(``nsfs`` lines of every mount namespace's ``mountinfo``); those are entered with ``nsenter
---net=PATH``. One that cannot be read, or a place that cannot be searched, makes every
+(``nsfs`` lines of every mount namespace's ``mountinfo``); those are entered through an
+``O_PATH`` fd proven to be that namespace (``nsenter --net=/proc/self/fd/N``), never by path. One that cannot be read, or a place that cannot be searched, makes every
 interface unproven.
 
 Everything is read under a root: on ``/`` the tools are run; under a test's fake root their
