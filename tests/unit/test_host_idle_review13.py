@@ -26,6 +26,12 @@
    now reached with ``O_PATH`` (which opens nothing), proven to be the one seen, and
    entered through that fd; one replaced since is unreadable, and so in use.
 
+4. a USB device that usbip exports to another machine (``usbip bind``: its own driver is
+   ``usbip-host`` in place of the generic ``usb``, its interfaces on no driver, no process
+   holding its node) read idle, and so did its controller: the harness took the xHCI
+   controller (or, through usb-host, the device) from under the machine that uses it over
+   the network. A USB device on any driver but ``usb`` now keeps itself and its controller.
+
 Each finding's tests fail on the code before its fix. Real files and folders, and a second
 user (nobody) who makes what root would run in a sticky folder; no guest is booted.
 """
@@ -42,14 +48,17 @@ import pytest
 
 from harness.core.paths import UnsafePathError, check_search_path, trusted_program
 from harness.host.network import NetView
+from harness.host.safety import HostUsage
 from harness.host.sysfs import Sysfs
 
 from . import test_paths
 from .test_paths import _check_tree, _checkout
+from . import fakesysfs
 
 NOBODY = test_paths.NOBODY
 as_nobody = test_paths.as_nobody    # (the local attacker)
 shared_tmp = test_paths.shared_tmp  # (a fixture: a sticky folder others can write, like /tmp)
+fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures (a fake sysfs lab host)
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as a second user "
                                                        "(nobody): run as root, as CI does")
@@ -205,3 +214,37 @@ def test_3_roots_nsenter_never_opens_a_path_in_another_users_mount_namespace(sha
     finally:
         os.killpg(attacker.pid, signal.SIGKILL)  # (the processes this test started)
         attacker.wait()
+
+
+# -- 4. a USB device usbip exports to another machine ------------------------------------------
+
+
+def _exported_by_usbip(h) -> None:
+    """`usbip bind -b 4-1`: usbip-host takes the device itself (its interfaces leave their
+    drivers), and the kernel serves it to the remote machine over TCP."""
+    iface = h.add_usb("4-1", 2, "0529:0001", "HASP license key", iface_driver=None)
+    (h.sys / "bus/usb/drivers/usbip-host").mkdir(parents=True, exist_ok=True)
+    os.symlink(h.sys / "bus/usb/drivers/usbip-host", iface.parent / "driver")
+
+
+def test_4_a_usb_device_exported_by_usbip_keeps_its_controller(lab):
+    assert HostUsage.read(lab.root).verdict("0000:07:00.0").idle  # (free before)
+    _exported_by_usbip(lab)
+    uses = HostUsage.read(lab.root).verdict("0000:07:00.0").uses
+    assert uses == ("USB device 4-1 (below 0000:07:00.0) is on usbip-host, not the generic usb "
+                    "driver: usbip exports it to another machine",), uses
+
+
+def test_4_a_usb_device_exported_by_usbip_is_not_handed_to_usb_host(lab):
+    _exported_by_usbip(lab)
+    [dev] = [u for u in Sysfs(lab.root).usb_devices() if u.name == "4-1"]
+    verdict = HostUsage.read(lab.root).usb_verdict(dev)
+    assert not verdict.idle and "usbip exports it" in verdict.uses[0], verdict
+
+
+def test_4_usb_devices_on_the_generic_driver_still_pass(lab):
+    iface = lab.add_usb("4-1", 2, "0781:5581", "Ultra", iface_driver=None)
+    (lab.sys / "bus/usb/drivers/usb").mkdir(parents=True, exist_ok=True)
+    os.symlink(lab.sys / "bus/usb/drivers/usb", iface.parent / "driver")
+    os.symlink(lab.sys / "bus/usb/drivers/usb", iface.parent.parent / "driver")  # (usb4)
+    assert HostUsage.read(lab.root).verdict("0000:07:00.0").idle
