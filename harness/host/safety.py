@@ -335,7 +335,7 @@ class _Subtree:
             here = Path(dirpath)
             if re.fullmatch(r"input\d+", here.name):
                 self.inputs.append(here.name)
-            if _USB_DEVICE.fullmatch(here.name):
+            if _USB_DEVICE.fullmatch(here.name) and "busnum" in filenames:  # (not i2c's 0-0050)
                 self.usb_devices.append((here.name, fs.link_name(here / "driver")))
             if _USB_INTERFACE.fullmatch(here.name):
                 self.usb_interfaces.append((here.name, fs.link_name(here / "driver"),
