@@ -16,7 +16,6 @@
    (an entry point in a ``.dist-info``) there, and root's ``make nightly`` imported it. The
    check now judges a missing entry by the folder it would be made in, as for PATH, and
    follows relative entries like absolute ones.
-
 3. a network namespace held only by an nsfs bind mount in another mount namespace (or by a
    process's fd) was entered with ``nsenter --net=/proc/PID/root/<mount point>``: nsenter,
    as root, opened that path, which lies in the other user's own mount namespace (an
@@ -25,15 +24,16 @@
    the host's ``/dev/watchdog``, which arms on open and reboots the host. The namespace is
    now reached with ``O_PATH`` (which opens nothing), proven to be the one seen, and
    entered through that fd; one replaced since is unreadable, and so in use.
-
 4. a USB device that usbip exports to another machine (``usbip bind``: its own driver is
    ``usbip-host`` in place of the generic ``usb``, its interfaces on no driver, no process
    holding its node) read idle, and so did its controller: the harness took the xHCI
    controller (or, through usb-host, the device) from under the machine that uses it over
    the network. A USB device on any driver but ``usb`` now keeps itself and its controller.
 
-Each finding's tests fail on the code before its fix. Real files and folders, and a second
-user (nobody) who makes what root would run in a sticky folder; no guest is booted.
+Each finding's tests fail on the code before its fix. Real files and folders, a second user
+(nobody) who makes what root would run in a sticky folder and mounts over an nsfs mount in a
+user namespace of their own, and a fake sysfs lab host for the USB device; no guest is
+booted.
 """
 
 import os
