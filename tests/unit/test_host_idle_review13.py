@@ -7,7 +7,6 @@
    which judges the nearest existing folder's mode, refused it; the Python check did not).
    So did a QEMU path that did not exist yet (``--qemu-binary /tmp/qemu/bin/...``), "checked
    so that nobody else can put a program there in between".
-
 2. .ci/check-root-tree skipped a ``.pth`` entry of the .venv that did not exist, and every
    relative one: Python adds an entry to root's path once it exists, and joins a relative one
    to the .pth's folder (``../../../../../../tmp/x`` leaves the tree). An entry naming a
