@@ -109,7 +109,9 @@ def trusted_program(program: str) -> str:
     and writable by nobody else), so root never runs what another user could have written or
     swapped; run that path, not ``program``. What a wrapper script runs in turn is the
     wrapper's business. Nothing to run there: ``program`` unchanged (running it fails), once
-    its folders are checked, so nobody else can put a program there in between. Not root:
+    its folders are checked and the one it would be made in is writable by nobody else (a
+    sticky /tmp included: :func:`check_missing`), so nobody else can put a program there in
+    between. Not root:
     ``program`` unchanged. Raises UnsafePathError."""
     if os.geteuid() != 0:
         return program
@@ -121,6 +123,7 @@ def trusted_program(program: str) -> str:
             check_trusted_file(Path(program))
         else:
             check_ancestors(Path(program), invoking_uids())
+            check_missing(Path(program))
     return program
 
 
@@ -132,8 +135,9 @@ def check_search_path(search: str | None = None) -> None:
     it). Each entry is an absolute path whose existing folders, and the entry itself, are
     owned by root or the invoking user (:func:`invoking_uids`) and writable by nobody else;
     the entry itself may not be a sticky folder others can write either (anyone may add a new
-    ``ip`` to /tmp). An entry that does not exist is fine when the folders above it pass
-    (nobody else can make it). Not root: nothing to check. Raises UnsafePathError naming the
+    ``ip`` to /tmp). An entry that does not exist is fine when the folders above it pass and
+    the one it would be made in is writable by nobody else, sticky or not (anyone may make
+    /tmp/bin: :func:`check_missing`). Not root: nothing to check. Raises UnsafePathError naming the
     entry."""
     if os.geteuid() != 0:
         return
@@ -156,6 +160,11 @@ def _check_search(var: str, search: str, what: str) -> None:
             check_ancestors(Path(entry, "x"), uids)
             st = os.stat(entry)
         except FileNotFoundError:
+            try:
+                check_missing(Path(entry))
+            except UnsafePathError as e:
+                raise UnsafePathError(f"{var} entry {entry}: {e.finding}, so another user could "
+                                      f"put {what}", hint=_SEARCH_HINT.format(var=var)) from e
             continue
         except UnsafePathError as e:
             found = e.finding.replace(f" above {Path(entry, 'x')}", "")  # (x: the entry's own)
@@ -167,6 +176,26 @@ def _check_search(var: str, search: str, what: str) -> None:
                 f"{'every user' if st.st_mode & stat.S_IWOTH else 'its group'} (mode "
                 f"{st.st_mode & 0o7777:o}), so another user could put {what}",
                 hint=_SEARCH_HINT.format(var=var))
+
+
+def check_missing(path: Path) -> None:
+    """``path`` does not exist (yet): the folder nearest to it that does, where it would be
+    made (links above it followed), is one nobody else can write, sticky or not. A sticky
+    folder such as /tmp keeps others from renaming what is there, not from making a new name:
+    a folder or program root would use, made there first by another user, is theirs. Call it
+    after :func:`check_ancestors`, which judges the owners and links on the way. Raises
+    UnsafePathError."""
+    at = Path(os.path.realpath(path))
+    while not os.path.exists(at) and at != at.parent:
+        at = at.parent
+    st = os.stat(at)
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        who = "its group" if st.st_mode & stat.S_IWGRP and not st.st_mode & stat.S_IWOTH \
+            else "every user"
+        finding = (f"{path} does not exist and the folder {at}, where it would be made, is "
+                   f"writable by {who} (mode {st.st_mode & 0o7777:o})")
+        raise UnsafePathError(f"{finding}: another user could make it first", hint=_HINT,
+                              finding=finding)
 
 
 _SEARCH_HINT = ("run as root with a {var} of folders only root can write (sudo's secure_path "

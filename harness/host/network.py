@@ -11,8 +11,8 @@ Namespaces: the harness's own, every named one (``ip -all netns``, ``/var/run/ne
 every other one anything holds: a process lives in it (a container's, ``/proc/PID/ns/net``,
 entered with ``nsenter -t PID -n``), one of its threads does (``/proc/PID/task/TID/ns/net``),
 it holds it by an open fd (``net:[N]``), or an nsfs file is bind-mounted for it anywhere
-(``nsfs`` lines of every mount namespace's ``mountinfo``); those are entered with ``nsenter
---net=PATH``. One that cannot be read, or a place that cannot be searched, makes every
+(``nsfs`` lines of every mount namespace's ``mountinfo``); those are entered through an
+``O_PATH`` fd proven to be that namespace (``nsenter --net=/proc/self/fd/N``), never by path. One that cannot be read, or a place that cannot be searched, makes every
 interface unproven.
 
 Everything is read under a root: on ``/`` the tools are run; under a test's fake root their
@@ -28,10 +28,12 @@ output is read from files: ``<root>/ip/<what>.json`` for the harness's own names
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import subprocess
+import threading
 from pathlib import Path
 from typing import NamedTuple
 
@@ -65,8 +67,11 @@ class Namespace:
     through a process in it); ``enter``: the argv prefix that runs a command in it; ``fake``:
     where a test's fake root keeps the tools' output for it."""
 
-    def __init__(self, name: str, enter: list[str], ip: list[str], fake: Path):
+    def __init__(self, name: str, enter: list[str], ip: list[str], fake: Path,
+                 fds: tuple[int, ...] = ()):
         self.name, self.enter, self.ip, self.fake = name, enter, ip, fake
+        #: fds the commands that enter it inherit (``nsenter --net=/proc/self/fd/N``)
+        self.fds = fds
         self.links: dict[str, dict] = {}
         self.addresses: dict[str, list[str]] = {}
         self.routes: dict[str, list[str]] = {}
@@ -208,9 +213,9 @@ def _uppers(fs: Sysfs, ns: Namespace, dev: Netdev) -> list[str]:
 # -- reading ------------------------------------------------------------------------------------
 
 
-def _run(fs: Sysfs, argv: list[str], fake: Path) -> str:
-    """A tool's output; under a fake root, the file that stands for it. Raises OSError (with
-    what went wrong) when it cannot be had."""
+def _run(fs: Sysfs, argv: list[str], fake: Path, fds: tuple[int, ...] = ()) -> str:
+    """A tool's output; under a fake root, the file that stands for it. ``fds``: the ones it
+    inherits. Raises OSError (with what went wrong) when it cannot be had."""
     if not fs.real_host:
         text = fs.read(fake)
         if text is None:
@@ -218,7 +223,7 @@ def _run(fs: Sysfs, argv: list[str], fake: Path) -> str:
         return text
     check_search_path()  # (as root: ip, ss, nsenter and what they run are found on PATH)
     try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=20, pass_fds=fds)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise OSError(f"`{' '.join(argv)}` could not run: {e}") from e
     if p.returncode != 0:
@@ -311,19 +316,92 @@ def _held_namespace(fs: Sysfs, inode: str, ways: list[tuple[str, Path]]) -> Name
     it (``nsenter -t PID -n``), else the file that holds it (``nsenter --net=PATH``: a
     thread's, an fd's, a bind mount). One whose every process, thread or fd ended while it
     was read is gone; a bind mount is never taken for gone (the process it was seen through
-    may end while the mount lives on in its mount namespace)."""
+    may end while the mount lives on in its mount namespace).
+
+    A file is never opened by its path (``nsenter --net=PATH`` would: a path inside another
+    user's mount namespace, or an fd of their process, is theirs to turn into a FIFO that
+    blocks root or a device whose open acts, ``/dev/watchdog``, over the nsfs mount seen a
+    moment ago): it is reached with ``O_PATH``, which opens nothing, proven to be the
+    namespace ``inode``, and entered through that fd."""
     for how, path in ways:
-        if how.startswith("pid "):
-            pid = how[len("pid "):]
-            enter = ["nsenter", "-t", pid, "-n"]
-        else:
-            enter = ["nsenter", f"--net={path}"]
         fake = fs.path("ip", "pidns", how[len("pid "):]) if how.startswith("pid ") else \
             fs.path("ip", "nsfs", inode.strip("[]"))
-        ns = _read_namespace(fs, Namespace(how, enter, enter + ["ip"], fake))
+        if how.startswith("pid "):
+            ns = _read_namespace(fs, Namespace(how, e := ["nsenter", "-t", how[4:], "-n"],
+                                               e + ["ip"], fake))
+        elif not fs.real_host:
+            ns = _read_namespace(fs, Namespace(how, e := ["nsenter", f"--net={path}"],
+                                               e + ["ip"], fake))
+        else:
+            ns = _read_through_fd(fs, how, path, inode, fake)
         if not ns.problems or how.startswith("nsfs mount") or os.path.lexists(path):
             return ns
     return Namespace(ways[0][0], [], [], fs.path("ip", "nsfs", inode.strip("[]")))
+
+
+def _read_through_fd(fs: Sysfs, how: str, path: Path, inode: str, fake: Path) -> Namespace:
+    """The namespace ``inode`` read through an ``O_PATH`` fd of ``path`` (a thread's link, a
+    process's fd, a bind mount), once the fd is proven to be that namespace."""
+    try:
+        fd, st = _open_path(path)
+    except OSError as e:
+        ns = Namespace(how, [], [], fake)
+        ns.problems.append(f"network namespace {inode} ({how}) cannot be entered: {path}: "
+                           f"{e.strerror or e}")
+        return ns
+    try:
+        try:
+            nsfs = os.stat(fs.proc("self", "ns", "net"))
+            found = f"inode {st.st_ino} of device {st.st_dev}"
+            same = (st.st_dev, f"[{st.st_ino}]") == (nsfs.st_dev, inode)
+        except OSError as e:
+            found, same = f"unreadable ({e.strerror or e})", False
+        if not same:
+            ns = Namespace(how, [], [], fake)
+            ns.problems.append(f"network namespace {inode} ({how}) cannot be entered: {path} "
+                               f"is now {found}, not that namespace (it was replaced since it "
+                               "was seen)")
+            return ns
+        enter = ["nsenter", f"--net=/proc/self/fd/{fd}"]
+        return _read_namespace(fs, Namespace(how, enter, enter + ["ip"], fake, (fd,)))
+    finally:
+        os.close(fd)
+
+
+def _open_path(path: Path, timeout: float = 20.0) -> tuple[int, os.stat_result]:
+    """An ``O_PATH`` fd of ``path`` and its stat, looked up in a thread given up after
+    ``timeout`` seconds (a lookup or stat in a FUSE mount of another user's mount namespace
+    waits on their daemon, maybe for ever); an fd the thread gets after that is closed.
+    Raises OSError."""
+    box: dict = {}
+    lock = threading.Lock()
+
+    def look() -> None:
+        try:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError as e:
+            box.setdefault("error", e)
+            return
+        try:
+            st = os.fstat(fd)
+        except OSError as e:
+            os.close(fd)
+            box.setdefault("error", e)
+            return
+        with lock:
+            if "error" in box:  # (given up on)
+                os.close(fd)
+            else:
+                box["fd"] = (fd, st)
+
+    thread = threading.Thread(target=look, name="hh-netns-lookup", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    with lock:
+        box.setdefault("error", OSError(errno.ETIMEDOUT, f"no answer in {timeout:g} s"))
+        if "fd" in box:
+            return box["fd"]
+    raise box["error"]
 
 
 def _inode(path: Path, strict: bool = False) -> str | None:
@@ -365,7 +443,7 @@ def _read_namespace(fs: Sysfs, ns: Namespace) -> Namespace:
     data = {}
     for what, args in _IP.items():
         try:
-            data[what] = json.loads(_run(fs, ns.ip + args, ns.fake / f"{what}.json") or "[]")
+            data[what] = json.loads(_run(fs, ns.ip + args, ns.fake / f"{what}.json", ns.fds) or "[]")
             if not isinstance(data[what], list):
                 raise ValueError("not a list")
         except (OSError, ValueError) as e:
@@ -395,9 +473,10 @@ def _read_sockets(fs: Sysfs, ns: Namespace, where: str) -> None:
     """Sockets bound to an interface: ``ss`` (TCP, UDP, raw) and /proc/net/packet (packet
     sockets, by interface index; 0 means every interface: bound to none)."""
     try:
-        ss = _run(fs, ns.enter + _SS, ns.fake / "ss.txt")
+        ss = _run(fs, ns.enter + _SS, ns.fake / "ss.txt", ns.fds)
         if ns.name:
-            packet = _run(fs, ns.enter + ["cat", "/proc/net/packet"], ns.fake / "packet.txt")
+            packet = _run(fs, ns.enter + ["cat", "/proc/net/packet"], ns.fake / "packet.txt",
+                          ns.fds)
         else:
             packet = fs.read(fs.proc("net", "packet"))
             if packet is None:

@@ -55,6 +55,11 @@ USB_DRIVERS_JUDGED = {
 #: another namespace, where the harness cannot tie it to the device.
 _USB_NIC_DRIVERS = {"cdc_ether", "cdc_ncm", "rndis_host", "r8152", "ax88179_178a", "asix"}
 _USB_INTERFACE = re.compile(r"(?:\d+-[\d.]+|\d+-0):\d+\.\d+")
+#: A USB device (``3-4``, a root hub ``usb3``), whose own driver is ``usb`` (the generic one,
+#: which hands the interfaces to theirs). Any other takes the whole device: usbip-host exports
+#: it to another machine, with no interface driver, node or process on this host to show it.
+_USB_DEVICE = re.compile(r"usb\d+|\d+-[\d.]+")
+_USB_DEVICE_DRIVERS_JUDGED = {None, "usb"}
 #: Drivers that leave a device to nobody on the host.
 _NO_HOST_DRIVER = {None, "pci-stub"}
 #: A function's sysfs files that reach the device itself: BARs, config space, option ROM.
@@ -242,6 +247,10 @@ class HostUsage:
         uses += [f"USB interface {name} (below {label}) is on {driver}, whose use the harness "
                  "cannot judge" for name, driver, _ in tree.usb_interfaces
                  if driver is not None and driver not in USB_DRIVERS_JUDGED]
+        uses += [f"USB device {name} (below {label}) is on {driver}, not the generic usb driver: "
+                 + ("usbip exports it to another machine" if driver == "usbip-host" else
+                    "the harness cannot judge its use")
+                 for name, driver in tree.usb_devices if driver not in _USB_DEVICE_DRIVERS_JUDGED]
         uses += [f"USB interface {name} (below {label}) is on the network driver {driver} and "
                  "shows no network interface here (another namespace may use it)"
                  for name, driver, has_net in tree.usb_interfaces
@@ -316,6 +325,8 @@ class _Subtree:
         self.usb_interfaces: list[tuple[str, str | None, bool]] = []
         #: Input devices (``input5``: what /proc/bus/input/devices lists).
         self.inputs: list[str] = []
+        #: USB devices (``3-4``) and their own drivers (``usb``; None: unconfigured).
+        self.usb_devices: list[tuple[str, str | None]] = []
         try:  # a disk is wherever /sys/class/block says (an NVMe namespace sits under nvme0/)
             disks = {os.path.realpath(p) for p in fs.sys("class", "block").iterdir()}
         except OSError:
@@ -324,6 +335,8 @@ class _Subtree:
             here = Path(dirpath)
             if re.fullmatch(r"input\d+", here.name):
                 self.inputs.append(here.name)
+            if _USB_DEVICE.fullmatch(here.name) and "busnum" in filenames:  # (not i2c's 0-0050)
+                self.usb_devices.append((here.name, fs.link_name(here / "driver")))
             if _USB_INTERFACE.fullmatch(here.name):
                 self.usb_interfaces.append((here.name, fs.link_name(here / "driver"),
                                             any(here.glob("net/*"))))
