@@ -10,6 +10,15 @@
    wrote the file the link named. So did a run of no guest (``pytest tests/unit`` as root).
    A run is now decided only by a ``run.json`` in a folder of its own that nobody else can
    write.
+2. the lab host's root file system, unpacked by root from Debian packages into the image cache
+   (``lab/<digest>/root``, folders any user can enter), kept the packages' set-user-ID and
+   set-group-ID bits: ``su``, ``passwd``, ``chsh``, ``chfn``, ``gpasswd`` and ``unix_chkpwd``
+   setuid root, ``chage`` and ``expiry`` setgid shadow, each one any local user could run on
+   the host. Those copies are outside apt's reach and live as long as the lab's recipe (its
+   digest names no package version): when the host's packages fix a hole in one of them,
+   the lab's copy, still setuid root, keeps it. L1 runs everything as root and needs none
+   of the bits: a lab image is now built without them, and a lab image (or an older one
+   kept beside it) that has them loses them before it is used.
 
 Each finding's tests fail on the code before its fix. Real files and links, a real junitxml
 writer, and a second user (nobody) who owns a folder in a sticky one; no guest is booted.
@@ -25,10 +34,12 @@ from _pytest.junitxml import LogXML, xml_key
 from _pytest.stash import Stash
 
 from harness import plugin
+from harness.lab import image as lab_image
 from harness.core.runconfig import RunConfig
 from harness.run.session import HarnessSession
 
 from . import test_paths
+from .test_host_idle_review6 import planted_lab_image
 
 NOBODY = test_paths.NOBODY
 as_nobody = test_paths.as_nobody    # (the local attacker)
@@ -95,3 +106,42 @@ def test_1_a_run_of_its_own_folder_is_still_decided_and_gets_its_junit(tmp_path)
     assert hs.decided
     _end_junit(hs, tmp_path / "elsewhere.xml")
     assert (run_dir / "junit.xml").read_text().startswith("<?xml")
+
+
+# -- 2. set-user-ID programs of the lab's root file system, on the host -------------------------
+
+
+def _set_ids(top: Path) -> list[str]:
+    return sorted(str(p.relative_to(top)) for p in top.rglob("*")
+                  if not p.is_symlink() and p.is_file() and p.stat().st_mode & 0o6000)
+
+
+def test_2_a_lab_image_keeps_no_setuid_program_any_user_could_run_on_the_host(tmp_path):
+    cache = tmp_path / "cache"
+    out = planted_lab_image(cache)  # as root's build left it: the packages' modes kept
+    older = cache / "lab" / "0123456789abcdef"
+    (older / "root/usr/sbin").mkdir(parents=True)
+    (older / "manifest.json").write_text("{}\n")
+    for build, rel, mode in ((out, "root/usr/bin/su", 0o4755), (out, "root/usr/bin/chage", 0o2755),
+                             (older, "root/usr/sbin/unix_chkpwd", 0o6755)):
+        (build / rel).write_text("#!/bin/sh\n")
+        os.chmod(build / rel, mode)
+    assert _set_ids(cache) != []
+    image = lab_image.ensure_lab(cache, log=lambda s: None)
+    assert image.folder == out
+    assert _set_ids(cache) == []
+    assert (out / "root/usr/bin/su").stat().st_mode & 0o7777 == 0o755
+    assert (out / "root/usr/bin/chage").stat().st_mode & 0o7777 == 0o755
+
+
+def test_2_the_lab_root_is_finished_without_set_id_bits(tmp_path):
+    """What build_lab unpacks goes through _finish_root before it is renamed into the cache."""
+    root = tmp_path / "root"
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/bin/passwd").write_text("")
+    os.chmod(root / "usr/bin/passwd", 0o4755)
+    (root / "usr/bin/python3.11").write_text("")
+    os.chmod(root / "usr/bin/python3.11", 0o755)
+    lab_image._finish_root(root)
+    assert _set_ids(root) == []
+    assert (root / "usr/bin/python3.11").stat().st_mode & 0o7777 == 0o755
