@@ -19,13 +19,23 @@
    the lab's copy, still setuid root, keeps it. L1 runs everything as root and needs none
    of the bits: a lab image is now built without them, and a lab image (or an older one
    kept beside it) that has them loses them before it is used.
+3. a distribution guest's build script (``image build --distro``, ``--guest systemd``: root,
+   mmdebstrap) made its work folder with ``mktemp -d "${TMPDIR:-/tmp}/..."`` under whatever
+   ``TMPDIR`` root had, which the harness's own temporary folders refuse when another user
+   owns it or can write it (seventh read): there they could rename root's folder and put a
+   link in its place, and the script then copied the guest's kernel and initrd over what
+   the link named (``cp -L ... "$tmp/"``: ``/vmlinuz``, a link to the host's own kernel,
+   is written through) and built the guest from their files. The script now runs only under
+   a temporary folder checked as the harness's own are, handed to it as ``TMPDIR``.
 
 Each finding's tests fail on the code before its fix. Real files and links, a real junitxml
-writer, and a second user (nobody) who owns a folder in a sticky one; no guest is booted.
+writer, a real build script in place of a recipe's (no mmdebstrap run, nothing downloaded), and
+a second user (nobody) who owns a folder in a sticky one or the TMPDIR; no guest is booted.
 """
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,7 +45,9 @@ from _pytest.stash import Stash
 
 from harness import plugin
 from harness.lab import image as lab_image
+from harness.core.paths import UnsafePathError
 from harness.core.runconfig import RunConfig
+from harness.images import distro
 from harness.run.session import HarnessSession
 
 from . import test_paths
@@ -145,3 +157,50 @@ def test_2_the_lab_root_is_finished_without_set_id_bits(tmp_path):
     lab_image._finish_root(root)
     assert _set_ids(root) == []
     assert (root / "usr/bin/python3.11").stat().st_mode & 0o7777 == 0o755
+
+
+# -- 3. a distribution guest's build script under another user's TMPDIR ------------------------
+
+
+def _recipe(tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
+    """A recipe whose build script (a real one) notes the TMPDIR it was given and builds a
+    guest's files, as fixtures/images/systemd/build does with mktemp and mmdebstrap."""
+    recipes = tmp_path / "recipes"
+    (recipes / "systemd").mkdir(parents=True)
+    script, seen = recipes / "systemd" / "build", tmp_path / "seen-tmpdir"
+    script.write_text("#!/bin/sh\nset -eu\n"
+                      f"echo \"${{TMPDIR:-/tmp}}\" > {seen}\n"
+                      "mkdir -p \"$1\"; touch \"$1/disk.qcow2\" \"$1/vmlinuz\"\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(distro, "REPO_ROOT", recipes)
+    return script, seen
+
+
+@as_root
+def test_3_a_distro_guest_is_not_built_under_another_users_tmpdir(tmp_path, monkeypatch):
+    script, seen = _recipe(tmp_path, monkeypatch)
+    theirs = tmp_path / "usertmp"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, NOBODY, NOBODY)
+    monkeypatch.setenv("TMPDIR", str(theirs))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # (as a process that starts with it)
+    dest = tmp_path / "cache" / "systemd" / "0123456789abcdef"
+    dest.parent.mkdir(parents=True)
+    with pytest.raises(UnsafePathError, match=f"owned by uid {NOBODY}"):
+        distro._build("systemd", script, "", dest, log=lambda s: None)
+    assert not seen.exists(), "the build script ran under their TMPDIR"
+    assert not dest.exists()
+
+
+@as_root
+def test_3_a_distro_guest_is_built_under_the_checked_temporary_folder(tmp_path, monkeypatch):
+    script, seen = _recipe(tmp_path, monkeypatch)
+    ours = tmp_path / "roottmp"
+    ours.mkdir(mode=0o755)
+    monkeypatch.setenv("TMPDIR", str(ours))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    dest = tmp_path / "cache" / "systemd" / "0123456789abcdef"
+    dest.parent.mkdir(parents=True)
+    distro._build("systemd", script, "", dest, log=lambda s: None)
+    assert seen.read_text().strip() == str(ours)
+    assert (dest / "manifest.json").is_file()
