@@ -27,6 +27,14 @@
    the link named (``cp -L ... "$tmp/"``: ``/vmlinuz``, a link to the host's own kernel,
    is written through) and built the guest from their files. The script now runs only under
    a temporary folder checked as the harness's own are, handed to it as ``TMPDIR``.
+4. .ci/check-root-tree did not read a ``.venv``'s ``pyvenv.cfg``: its ``home`` is where the
+   venv's Python finds its standard library (``sys.base_prefix`` is searched up from it,
+   whatever ``bin/python`` links to, or is a copy of), so a ``.venv`` another user made with
+   their own Python (``python -m venv --copies`` from a pyenv in their home: the binaries
+   are copies, no link leads out) and that root then took over as the check's own hint
+   says (``chown -R root``) passed, and root's ``make nightly`` imported ``json``,
+   ``subprocess``... from that user's folder. The home, the folders above it and the
+   standard library it leads to are now checked like the rest.
 
 Each finding's tests fail on the code before its fix. Real files and links, a real junitxml
 writer, a real build script in place of a recipe's (no mmdebstrap run, nothing downloaded), and
@@ -35,6 +43,7 @@ a second user (nobody) who owns a folder in a sticky one or the TMPDIR; no guest
 
 import json
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -51,6 +60,7 @@ from harness.images import distro
 from harness.run.session import HarnessSession
 
 from . import test_paths
+from .test_paths import _check_tree, _checkout
 from .test_host_idle_review6 import planted_lab_image
 
 NOBODY = test_paths.NOBODY
@@ -204,3 +214,48 @@ def test_3_a_distro_guest_is_built_under_the_checked_temporary_folder(tmp_path, 
     distro._build("systemd", script, "", dest, log=lambda s: None)
     assert seen.read_text().strip() == str(ours)
     assert (dest / "manifest.json").is_file()
+
+
+# -- 4. check-root-tree: the standard library a .venv's pyvenv.cfg names -----------------------
+
+
+def _venv_home(top: Path, home: str) -> None:
+    (top / ".venv" / "pyvenv.cfg").write_text(
+        f"home = {home}\ninclude-system-site-packages = false\nversion = 3.11.2\n")
+
+
+@as_root
+def test_4_a_venv_whose_standard_library_is_another_users_is_refused(tmp_path):
+    """The .venv was made by another user with their own Python, ``--copies`` (binaries
+    copied, no link out), then chowned to root: its pyvenv.cfg still names their Python."""
+    top = _checkout(tmp_path / "srv" / "hotplug-harness")
+    theirs = tmp_path / "home" / "alice" / ".pyenv" / "versions" / "3.11.2"
+    (theirs / "bin").mkdir(parents=True)
+    (theirs / "lib" / "python3.11" / "json").mkdir(parents=True)
+    (theirs / "lib" / "python3.11" / "os.py").write_text("")
+    (theirs / "lib" / "python3.11" / "json" / "__init__.py").write_text("")
+    subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(tmp_path / "home" / "alice")],
+                   check=True)
+    _venv_home(top, str(theirs / "bin"))
+    r = _check_tree(top, PATH="/usr/bin:/bin")
+    assert r.returncode == 1 and str(tmp_path / "home" / "alice") in r.stderr \
+        and "pyvenv.cfg" in r.stderr, r.stderr
+
+
+@as_root
+def test_4_a_venv_whose_home_is_missing_or_relative_is_refused(tmp_path, shared_tmp):
+    top = _checkout(tmp_path / "srv" / "hotplug-harness")
+    _venv_home(top, str(shared_tmp / "py" / "bin"))  # (anyone could make it)
+    r = _check_tree(top, PATH="/usr/bin:/bin")
+    assert r.returncode == 1 and "does not exist" in r.stderr, r.stderr
+    _venv_home(top, "py/bin")
+    r = _check_tree(top, PATH="/usr/bin:/bin")
+    assert r.returncode == 1 and "relative" in r.stderr, r.stderr
+
+
+@as_root
+def test_4_a_venv_of_the_systems_python_still_passes(tmp_path):
+    top = _checkout(tmp_path / "srv" / "hotplug-harness")
+    _venv_home(top, "/usr/bin")
+    r = _check_tree(top, PATH="/usr/bin:/bin")
+    assert r.returncode == 0, r.stderr
