@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from harness.core.errors import ConfigError, ImageError, tail
+from harness.core.paths import checked_tempdir
 from harness.images import debroot
 from harness.images.builtin import DEFAULT_CACHE, REPO_ROOT
 
@@ -77,6 +78,10 @@ def _build(name: str, script: Path, variant: str, dest: Path, log) -> None:
                          hint="run as root after `apt-get install mmdebstrap` (make setup "
                               "installs it)")
     t0 = time.monotonic()
+    # The script makes its work folder with mktemp under $TMPDIR (the guest's root, kernel and
+    # initrd go there; root copies them out): only under a temporary folder checked as the
+    # harness's own are (another user's TMPDIR would let them swap that folder for a link).
+    env = {**os.environ, "TMPDIR": str(checked_tempdir())}
     # Built in a new folder of a name nobody can predict: a ``.part`` of a predictable name,
     # planted as a link to /etc, had the build write there and chmod all of it 0444.
     aside = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
@@ -84,7 +89,7 @@ def _build(name: str, script: Path, variant: str, dest: Path, log) -> None:
         part = aside / "out"
         log(f"{name} guest: building with {script} (mmdebstrap, about a minute)")
         p = subprocess.run([str(script), str(part), *([variant] if variant else [])],
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, env=env)
         if p.returncode:
             raise ImageError(f"{script} failed (exit {p.returncode})",
                              hint="its output is below", details=tail(p.stdout + p.stderr))

@@ -195,7 +195,9 @@ def _copy_python_deps(site: Path, dest: Path) -> None:
 
 
 def _finish_root(root: Path) -> None:
-    """Stage 2, the mount points and the accounts of the lab's root file system."""
+    """Stage 2, the mount points and the accounts of the lab's root file system, without the
+    packages' set-user-ID bits (:func:`drop_set_ids`)."""
+    drop_set_ids(root)
     (root / "etc/hh").mkdir(parents=True, exist_ok=True)
     shutil.copy2(LAB_RECIPE / "stage2", root / "etc/hh/lab-stage2")
     for d in ("proc", "sys", "dev", "run", "tmp", "root"):
@@ -215,6 +217,50 @@ def _finish_root(root: Path) -> None:
     shutil.copy2(LAB_RECIPE / "libvirt-qemu.conf", root / "etc/libvirt/qemu.conf")
 
 
+def drop_set_ids(top: Path) -> list[Path]:
+    """Clear the set-user-ID and set-group-ID bits of every file below ``top``; the files that
+    had them. Root unpacks Debian packages with their modes: the lab's root file system held
+    ``su``, ``passwd``, ``chsh``, ``chfn``, ``gpasswd``, ``unix_chkpwd`` setuid root (and
+    ``chage`` setgid shadow) in the image cache, where any local user could run them on the
+    host, copies apt never updates (a hole the host's packages fix stays open in them). L1
+    runs everything as root: it needs none of the bits. No link is followed, and each file is
+    changed through the folder it was found in (``os.fwalk``), so a folder swapped for a link
+    meanwhile leads nowhere else."""
+    dropped = []
+    set_ids = stat.S_ISUID | stat.S_ISGID
+    for folder, _dirs, files, dir_fd in os.fwalk(top):
+        for name in files:
+            try:
+                first = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if not (stat.S_ISREG(first.st_mode) and first.st_mode & set_ids):
+                continue  # (nothing opened that is not a set-id file: no device, no FIFO)
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                             dir_fd=dir_fd)
+            except OSError:  # (a link, or gone)
+                continue
+            try:
+                st = os.fstat(fd)
+                if stat.S_ISREG(st.st_mode) and st.st_mode & set_ids:
+                    os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~set_ids)
+                    dropped.append(Path(folder) / name)
+            finally:
+                os.close(fd)
+    return dropped
+
+
+def _drop_lab_set_ids(labs: Path) -> None:
+    """:func:`drop_set_ids` on the root file system of every lab image of ours in ``labs``
+    (the one in use, and older ones kept beside it, built before the bits were dropped)."""
+    for build in labs.iterdir():
+        st = os.lstat(build)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and \
+                not os.path.islink(build / "root") and (build / "root").is_dir():
+            drop_set_ids(build / "root")
+
+
 def lab_dir(cache: Path = images.DEFAULT_CACHE) -> Path:
     return cache / "lab" / lab_digest()
 
@@ -227,6 +273,7 @@ def ensure_lab(cache: Path = images.DEFAULT_CACHE, log=print) -> LabImage:
     out = lab_dir(cache)
     built_now = debroot.build_once(out, lambda d: build_lab(d, log=log), spare=1,
                                    guest_trees=("root",))
+    _drop_lab_set_ids(out.parent)  # (checked: build_once judged the cache's folders)
     try:
         manifest = json.loads((out / "manifest.json").read_text())
     except ValueError as e:

@@ -31,7 +31,8 @@ from harness.guest.guest import Guest
 from harness.guest.pool import GuestPool, probe_boot
 from harness.virt import connect, daemon
 from harness.virt.domain import DomainGuest
-from harness.core.paths import open_nofollow, private_dir, trusted_program
+from harness.core.paths import (UnsafePathError, check_private, open_nofollow, private_dir,
+                                trusted_program)
 from harness.qemu.process import qemu_device_names, qemu_version, version_tuple
 from harness.core.runconfig import RunConfig
 from harness.guest.snapshot import StateCache
@@ -118,7 +119,15 @@ class HarnessSession:
 
     def _written(self) -> RunConfig | None:
         """The run as another process decided it, if one has. (The lab's outer run writes a
-        plan there, with the lab but nothing decided: the run inside decides.)"""
+        plan there, with the lab but nothing decided: the run inside decides.) Only a
+        ``run.json`` in a run folder of our own that nobody else can write counts: one in a
+        look-alike folder another user made first in a shared report folder (its name can be
+        guessed) would have the session's end aim junitxml, which opens its file by name,
+        at a link of theirs there."""
+        try:
+            check_private(self.plan.run_dir)
+        except (UnsafePathError, OSError):
+            return None
         if not self.plan.path.is_file():
             return None
         run = RunConfig.load(self.plan.path)
