@@ -59,8 +59,7 @@ as_nobody = test_paths.as_nobody    # (the local attacker)
 shared_tmp = test_paths.shared_tmp  # (a fixture: a sticky folder others can write, like /tmp)
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures (a fake sysfs lab host)
 
-as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as a second user "
-                                                       "(nobody): run as root, as CI does")
+as_root = test_paths.as_root
 
 
 # -- 1. a search path entry (or a QEMU) that does not exist yet, in a sticky folder -------------

@@ -66,16 +66,9 @@ from .test_host_idle_review6 import planted_lab_image
 NOBODY = test_paths.NOBODY
 as_nobody = test_paths.as_nobody    # (the local attacker)
 shared_tmp = test_paths.shared_tmp  # (a fixture: a sticky folder others can write, like /tmp)
-as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as a second user "
-                                                       "(nobody): run as root, as CI does")
+as_root = test_paths.as_root
 
-
-def _victim(tmp_path: Path) -> Path:
-    """A file of root's that nobody may change."""
-    victim = tmp_path / "root-only" / "shadow"
-    victim.parent.mkdir(mode=0o700)
-    victim.write_text("root's\n")
-    return victim
+_victim = test_paths.victim
 
 
 # -- 1. a run folder another user made first, with a run.json and a junit.xml link -------------

@@ -29,8 +29,7 @@ from . import test_paths
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
 PORT0, PORT1 = "0000:05:00.0", "0000:05:00.1"
 NOBODY = test_paths.NOBODY
-as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as a second user "
-                                                       "(nobody): run as root, as CI does")
+as_root = test_paths.as_root
 as_nobody = test_paths.as_nobody   # (the local attacker)
 shared_tmp = test_paths.shared_tmp  # (a fixture: a sticky folder others can write, like /tmp)
 

@@ -17,8 +17,18 @@ from harness.host.binding import Journal
 from harness.host.inventory import load_inventory
 
 NOBODY = 65534
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as a second user "
-                                                           "(nobody): run as root, as CI does")
+#: The mark of a test that acts as a second user (nobody): the reviews' files use it per test.
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as a second user "
+                                                       "(nobody): run as root, as CI does")
+pytestmark = as_root
+
+
+def victim(tmp_path: Path) -> Path:
+    """A file of root's that nobody may change (what a planted link would have root write)."""
+    target = tmp_path / "root-only" / "shadow"
+    target.parent.mkdir(mode=0o700)
+    target.write_text("root's\n")
+    return target
 
 
 def as_nobody(script: str) -> None:
