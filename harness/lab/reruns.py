@@ -109,5 +109,22 @@ def main(argv: list[str]) -> int:
     p.add_argument("args", nargs=argparse.REMAINDER, help="pytest's arguments (after --)")
     opt = p.parse_args(argv)
     args = opt.args[1:] if opt.args[:1] == ["--"] else opt.args
-    return run([sys.executable, "-m", "pytest"], args, Path(opt.report_dir).resolve(),
+    given, args = take_report_dir(args)
+    return run([sys.executable, "-m", "pytest"], args, Path(given or opt.report_dir).resolve(),
                max(1, opt.runs))
+
+
+def take_report_dir(args: list[str]) -> tuple[str | None, list[str]]:
+    """pytest's own ``--report-dir`` among its arguments, taken out of them: the run folders
+    are looked for there. (Left in, pytest would write them there while lab-runs looked
+    under its default, found no run folder, and could neither tell a wedged lab host nor
+    skip the finished tests.)"""
+    given, rest, it = None, [], iter(args)
+    for a in it:
+        if a == "--report-dir":
+            given = next(it, None)
+        elif a.startswith("--report-dir="):
+            given = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+    return given, rest

@@ -87,3 +87,12 @@ def test_exit_3_without_the_labs_mark_is_pytests_internal_error_and_final(tmp_pa
                                            {"results": [], "exit": 0}])
     assert reruns.run(pytest, TESTS, tmp_path / "reports", runs=3, echo=lambda s: None) == 3
     assert len(calls.read_text().splitlines()) == 1
+
+
+def test_pytests_own_report_dir_is_where_the_run_folders_are_looked_for():
+    """`lab-runs -- ... --report-dir DIR` (as one would give pytest) used to leave lab-runs
+    looking under reports/ for a run folder pytest made in DIR: it said "0 tests finished"
+    and could not have told a wedged lab host."""
+    args = ["t.py::a", "--report-dir", "/x/reports", "-k", "nic", "--report-dir=/y"]
+    assert reruns.take_report_dir(args) == ("/y", ["t.py::a", "-k", "nic"])
+    assert reruns.take_report_dir(["t.py::a"]) == (None, ["t.py::a"])
