@@ -67,6 +67,13 @@ _BAR_FILE = re.compile(r"resource\d+(?:_wc)?|config|rom")
 VFIO = "vfio-pci"
 
 
+def _proc_bus_pci(bdf: str) -> str:
+    """A function's file under /proc/bus/pci: ``00/03.0``; on a domain other than 0000 its
+    folder names the domain too (``0001:00/03.0``)."""
+    domain, bus, slot_fn = bdf.split(":")
+    return f"/proc/bus/pci/{bus if domain == '0000' else f'{domain}:{bus}'}/{slot_fn}"
+
+
 def role_of(dev: PciDevice) -> str | None:
     """The role a PCI function could play, or None: the harness takes nothing else."""
     base = dev.class_code >> 8
@@ -265,14 +272,18 @@ class HostUsage:
 
     def _bars(self, dev: PciDevice, uses: list) -> None:
         """A user-space driver reaches a function through its sysfs BARs (``resource0``...),
-        config space and ROM, open or mapped: no driver, node or interface shows that."""
+        config space and ROM, open or mapped: no driver, node or interface shows that. The
+        kernel's older interface, ``/proc/bus/pci/BB/DD.F`` (config space, and BARs mapped
+        through its ioctl; pciutils and old user-space drivers use it), counts the same."""
         here = "/" + os.path.relpath(dev.path, self.fs.root)
         held: dict[str, set] = {}
         for path, who in self.storage.opened.paths.items():
             if os.path.dirname(path) == here and _BAR_FILE.fullmatch(os.path.basename(path)):
-                held.setdefault(os.path.basename(path), set()).update(who)
+                held.setdefault(f"{os.path.basename(path)} (sysfs)", set()).update(who)
+            elif path == _proc_bus_pci(dev.bdf):
+                held.setdefault(f"{path} (procfs)", set()).update(who)
         for name, who in sorted(held.items()):
-            uses.append(f"{dev.bdf}'s {name} (sysfs) is open or mapped by "
+            uses.append(f"{dev.bdf}'s {name} is open or mapped by "
                         + ", ".join(f"pid {pid} ({comm})" for pid, comm in sorted(who))
                         + ": a user-space driver may use it")
 
