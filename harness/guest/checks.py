@@ -400,17 +400,17 @@ def new_disk_behind(guest, before: list[probes.FdiskDisk], size_bytes: int | Non
     /sys/class/scsi_host/hostN/scan``, what rescan-scsi-bus does); then "harness (scanned
     hostN)". No host behind them, or still no disk, fails with what the guest shows."""
     old = {d.device for d in before}
-    what = f"a new {size_bytes}-byte disk" if size_bytes else "a new disk"
+    disk = f"new {size_bytes}-byte disk" if size_bytes else "new disk"
 
     def look():
         return next((d for d in disks(guest) if d.device not in old
                      and (size_bytes is None or d.size_bytes == size_bytes)), None)
 
     try:
-        return guest.shell.wait_until(f"{what} in the guest's fdisk -l", look, timeout), "guest"
+        return guest.shell.wait_until(f"a {disk} in the guest's fdisk -l", look, timeout), "guest"
     except WaitTimeout as e:
         if not functions:
-            raise GuestCheckError(f"no {what[2:]} in the guest's fdisk -l within {timeout:g} s",
+            raise GuestCheckError(f"no {disk} in the guest's fdisk -l within {timeout:g} s",
                                   details=_disk_evidence(guest, e)) from e
         first = e
     addresses = [fn.address for fn in functions]
@@ -419,19 +419,19 @@ def new_disk_behind(guest, before: list[probes.FdiskDisk], size_bytes: int | Non
     if not idle:
         why = (f"its SCSI hosts {[h.name for h in hosts]} found their targets" if hosts
                else "the guest has no SCSI host behind them")
-        raise GuestCheckError(f"no {what[2:]} in the guest's fdisk -l within {timeout:g} s "
+        raise GuestCheckError(f"no {disk} in the guest's fdisk -l within {timeout:g} s "
                               f"behind {', '.join(addresses)}: {why}",
                               details=_disk_evidence(guest, first))
     for h in idle:
         guest.shell.succeed(f'echo "- - -" > /sys/class/scsi_host/{h.name}/scan')
     names = ", ".join(f"{h.name} ({h.driver})" for h in idle)
     try:
-        disk = guest.shell.wait_until(f"{what} after scanning {names}", look, timeout)
+        found = guest.shell.wait_until(f"a {disk} after scanning {names}", look, timeout)
     except WaitTimeout as e:
-        raise GuestCheckError(f"no {what[2:]} in the guest's fdisk -l, neither within "
+        raise GuestCheckError(f"no {disk} in the guest's fdisk -l, neither within "
                               f"{timeout:g} s nor after the harness scanned {names}",
                               details=_disk_evidence(guest, e)) from e
-    return disk, f"harness (scanned {names}: the guest had not)"
+    return found, f"harness (scanned {names}: the guest had not)"
 
 
 def scsi_hosts(guest) -> list[probes.ScsiHost]:
