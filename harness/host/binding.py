@@ -35,7 +35,7 @@ from harness.core.locks import flock_within
 from harness.core.paths import UnsafePathError, open_nofollow, private_dir, write_atomic
 from harness.host.network import namespace_problem
 from harness.host.safety import GroupPlan, HostUsage, node_holders, nodes_below, plan_group
-from harness.host.storage import OpenFiles, mountinfos, remote_mount_ids
+from harness.host.storage import OpenFiles, mount_ids, mountinfos, remote_mount_ids
 from harness.host import sriov
 from harness.host.sysfs import SYSFS_BDF, PciDevice, Sysfs, parse_bdf, short_bdf
 from harness.qemu.process import start_time
@@ -285,7 +285,8 @@ def _holders(fs: Sysfs, group: int | None, bdf: str | None = None
     None: a device in use is never touched. Open files that cannot be read count as a holder
     (fail closed)."""
     problems: list[str] = []
-    opened = OpenFiles(fs, problems, remote_mount_ids(mountinfos(fs, problems)))
+    infos = mountinfos(fs, problems)
+    opened = OpenFiles(fs, problems, remote_mount_ids(infos), mount_ids(infos))
     held = [(f"/dev/vfio/{group}", opened.holders("char", f"vfio/{group}",
                                                   fs.vfio_group_dev(group)))] \
         if group is not None else []

@@ -5,7 +5,8 @@ namespace), used as swap, held by another block device (``holders/``: device-map
 bcache, dm-crypt), a member of a btrfs filesystem, or open by a process, and no other block
 device with its world-wide id (the same disk through another controller) is in use. Open device nodes
 are read from every process's ``/proc/PID/fd`` and its threads' ``/proc/PID/task/TID/fd`` (a
-thread that did ``unshare(CLONE_FILES)`` has files of its own); one that cannot be read, a mount
+thread that did ``unshare(CLONE_FILES)`` has files of its own; their type from the kernel's
+cache, so no file server is waited on); one that cannot be read, a mount
 namespace whose mounts cannot be read (``mountinfo``), an unreadable ``/proc/swaps`` or
 ``/proc/consoles``, a local filesystem whose disk cannot be told and a
 loaded ZFS (whose pools hold disks with none of the above) make every device unproven:
@@ -20,10 +21,12 @@ controller with ``no_host_filesystems = true``).
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import re
 import stat
+import threading
 from pathlib import Path
 from typing import NamedTuple
 
@@ -103,6 +106,13 @@ def remote_mount_ids(infos: list[tuple[Path, str]]) -> set[str]:
     return out
 
 
+def mount_ids(infos: list[tuple[Path, str]]) -> set[str]:
+    """The ids of every mount of every mount namespace: an open file whose mount id is in none
+    sits on a mount that was detached (``umount -l``) while the file stayed open."""
+    return {line.split(maxsplit=1)[0] for _, text in infos for line in text.splitlines()
+            if line.strip()}
+
+
 def _mounts(fs: Sysfs, infos: list[tuple[Path, str]], problems: list[str]) -> list[Mount]:
     """The mounts of every mount namespace (``infos``: :func:`mountinfos`), and swap."""
     out = [m for _, text in infos for m in _parse_mountinfo(text)]
@@ -153,15 +163,80 @@ def _claimed(name: str) -> list[str]:
     return []
 
 
+_AT_FDCWD = -100
+_AT_STATX_DONT_SYNC = 0x4000
+_STATX_TYPE = 0x1
+#: How long the type of a file on a detached mount is waited for (seconds).
+DETACHED_STAT_TIMEOUT = 5.0
+
+
+def _libc_statx():
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).statx
+    except (AttributeError, OSError):
+        return None  # a C library older than glibc 2.28: os.stat
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
+    return fn
+
+
+_statx = _libc_statx()
+
+
+def node_type(path: str) -> tuple[int, int]:
+    """(``st_mode``, ``st_rdev``) of what ``path`` leads to, from what the kernel has cached
+    (``statx`` with ``AT_STATX_DONT_SYNC``): a FUSE, NFS or CIFS file is not asked of its
+    server, which may never answer. A file's type and device number never change, so the
+    cached ones are the truth. Raises OSError."""
+    if _statx is None:
+        st = os.stat(path)
+        return st.st_mode, st.st_rdev
+    buf = ctypes.create_string_buffer(256)  # struct statx
+    if _statx(_AT_FDCWD, os.fsencode(path), _AT_STATX_DONT_SYNC, _STATX_TYPE, buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    mode = int.from_bytes(buf.raw[28:30], "little")
+    major, minor = (int.from_bytes(buf.raw[i:i + 4], "little") for i in (128, 132))
+    return mode, os.makedev(major, minor)
+
+
+def _in_thread(look, timeout: float):
+    """``look()`` in a daemon thread, given up after ``timeout`` seconds: TimeoutError (the
+    thread stays blocked in the kernel until the harness exits)."""
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["value"] = look()
+        except BaseException as e:  # noqa: BLE001 (handed to the caller)
+            box["error"] = e
+
+    thread = threading.Thread(target=run, name="hh-detached-stat", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if "error" in box:
+        raise box["error"]
+    if "value" not in box:
+        raise TimeoutError(f"no answer in {timeout:g} s")
+    return box["value"]
+
+
 class OpenFiles:
     """Which device nodes processes hold open: by path (``/dev/sdb``) and by device number,
     whatever the path (a node in a container's /dev stands for the same device). Files on
-    ``remote_mounts`` (mount ids: :func:`remote_mount_ids`) are not looked at by number."""
+    ``remote_mounts`` (mount ids: :func:`remote_mount_ids`) are not looked at by number. A file
+    on a mount in none of ``known_mounts`` (:func:`mount_ids`; None: not known, as in a fake
+    tree) was left open on a detached mount: its type is waited for only
+    :data:`DETACHED_STAT_TIMEOUT` seconds, and one that does not come is a problem (what that
+    process holds is unknown)."""
 
-    def __init__(self, fs: Sysfs, problems: list[str], remote_mounts: "set[str]" = frozenset()):
+    def __init__(self, fs: Sysfs, problems: list[str], remote_mounts: "set[str]" = frozenset(),
+                 known_mounts: "set[str] | None" = None):
         self.paths: dict[str, set[tuple[int, str]]] = {}
         self.numbers: dict[tuple[str, int], set[tuple[int, str]]] = {}
         self.remote = remote_mounts
+        self.known = known_mounts
+        self.problems = problems
+        self.silent_mounts: set[str] = set()  # detached mounts that did not answer
         for proc in sorted(fs.proc().glob("[0-9]*")):
             who = (int(proc.name), fs.read(proc / "comm") or "?")
             self._add_maps(proc, who, problems)
@@ -224,13 +299,27 @@ class OpenFiles:
         mount = re.search(r"^mnt_id:\s*(\d+)", info, re.M)
         if mount and mount[1] in self.remote:
             return  # (a stat there can hang on a server that is gone)
+        detached = bool(mount and self.known is not None and mount[1] not in self.known)
         try:
-            st = os.stat(fd)
+            if not detached:
+                mode, rdev = node_type(str(fd))
+            elif mount[1] in self.silent_mounts:
+                return  # (already a problem)
+            else:
+                mode, rdev = _in_thread(lambda: node_type(str(fd)), DETACHED_STAT_TIMEOUT)
+        except TimeoutError:
+            self.silent_mounts.add(mount[1])
+            self.problems.append(
+                f"pid {who[0]} ({who[1]}) holds {target} open on a detached mount (id "
+                f"{mount[1]}, in no mount list) whose filesystem did not say in "
+                f"{DETACHED_STAT_TIMEOUT:g} s what the file is: which device it holds is "
+                f"unknown; end that process (kill {who[0]}) or its filesystem's daemon")
+            return
         except OSError:
             return
-        if stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode):
-            kind = "block" if stat.S_ISBLK(st.st_mode) else "char"
-            self.numbers.setdefault((kind, st.st_rdev), set()).add(who)
+        if stat.S_ISBLK(mode) or stat.S_ISCHR(mode):
+            kind = "block" if stat.S_ISBLK(mode) else "char"
+            self.numbers.setdefault((kind, rdev), set()).add(who)
 
     def holders(self, kind: str, devname: str | None, majmin: str | None
                 ) -> list[tuple[int, str]]:
@@ -366,7 +455,8 @@ class StorageView:
         problems: list[str] = []
         infos = mountinfos(fs, problems)
         mounts = _mounts(fs, infos, problems)
-        return cls(fs, OpenFiles(fs, problems, remote_mount_ids(infos)), mounts, problems)
+        return cls(fs, OpenFiles(fs, problems, remote_mount_ids(infos), mount_ids(infos)), mounts,
+                   problems)
 
     def use_of_block(self, name: str, seen: set[str] | None = None) -> list[str]:
         """Why block device ``name`` (or a partition of it, or what holds it) is in use."""

@@ -358,9 +358,8 @@ def test_a_file_on_a_network_filesystem_is_never_stat_ed(lab, monkeypatch):
     lab.proc("7070/fdinfo/3", "pos:\t0\nflags:\t0100002\nmnt_id:\t99\nino:\t1234\n")
     lab.proc("7070/fdinfo/4", "pos:\t0\nflags:\t0100000\nmnt_id:\t25\nino:\t1235\n")
     stated = []
-    real_stat = os.stat
-    monkeypatch.setattr(storage.os, "stat", lambda p, *a, **k: stated.append(str(p))
-                        or real_stat(p, *a, **k))
+    real_stat = storage.node_type
+    monkeypatch.setattr(storage, "node_type", lambda p: stated.append(str(p)) or real_stat(p))
     assert uses(lab, SATA) == ()
     assert str(lab.root / "proc/7070/fd/4") in stated
     assert str(lab.root / "proc/7070/fd/3") not in stated

@@ -7,20 +7,32 @@
    ``resource*``/``config``/``rom`` files counted, though the open-file read had the
    /proc path already.
 
-(It also found that a FUSE file held open by a process whose mount was lazily unmounted,
-with a daemon that never answers, blocks root's stat of every process's open files for good;
-that one is left for the next round, docs/vfio.md says so.)
+2. A FUSE file held open by a process after its mount was lazily unmounted
+   (``fusermount3 -u -z``), behind a daemon that never answers, blocked root's ``stat`` of
+   every process's open files for good (the file's mount is in no mount list, so it was not
+   skipped as a network or FUSE mount's): ``doctor``, ``plan`` and a bind hung, a bind with
+   the journal's lock held. The type of an open file is now read from the kernel's cache
+   (``statx`` with ``AT_STATX_DONT_SYNC``), and a file on a detached mount is given
+   :data:`DETACHED_STAT_TIMEOUT` seconds, after which what it holds is unknown: a problem,
+   so storage is unproven rather than the read hung. (Fixed the round after the read.)
 
-A fake sysfs and /proc tree; no guest is booted."""
+Case 1: a fake sysfs and /proc tree. Case 2: a real FUSE mount served by
+:mod:`tests.unit.fusestub`, as root; no guest is booted."""
 
 import os
+import threading
+import time
 
 import pytest
 
+from harness.host import storage
 from harness.host.safety import HostUsage, _proc_bus_pci
+from harness.host.sysfs import Sysfs
 
 from . import fakesysfs
+from .fusestub import FuseStub
 from .test_host_idle_review3 import PORT1
+from .test_paths import as_root
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
 
@@ -45,3 +57,83 @@ def test_1_a_function_a_process_holds_through_proc_bus_pci_is_in_use(lab, how):
 def test_1_proc_bus_pci_names_a_domain_other_than_0000_in_its_folder():
     assert _proc_bus_pci("0000:05:00.1") == "/proc/bus/pci/05/00.1"
     assert _proc_bus_pci("0001:3a:02.7") == "/proc/bus/pci/0001:3a/02.7"
+
+
+def _keep(box: list, call, *args) -> None:
+    """``call(*args)``'s value into ``box``; an error is dropped (a stat the stub's abort ends
+    fails with ECONNABORTED after the test)."""
+    try:
+        box.append(call(*args))
+    except OSError:
+        pass
+
+
+def _read_storage(bound: float) -> tuple[storage.StorageView | None, float]:
+    """The real host's StorageView, or None when it did not come in ``bound`` seconds (the read
+    is left blocked in a daemon thread, which the FUSE stub's abort frees)."""
+    box: list = []
+    start = time.monotonic()
+    thread = threading.Thread(target=_keep, args=(box, storage.StorageView.read, Sysfs("/")),
+                              daemon=True)
+    thread.start()
+    thread.join(bound)
+    return (box[0] if box else None), time.monotonic() - start
+
+
+@pytest.fixture
+def silent_fuse(tmp_path):
+    """A FUSE file a process holds open, its daemon silent and its mount detached; and that a
+    plain ``stat`` of it through /proc does hang (the premise)."""
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse on this host: modprobe fuse")
+    with FuseStub(tmp_path / "mnt") as fuse:
+        holder = fuse.hold_file()
+        fuse.go_silent()
+        fuse.detach()
+        plain: list = []
+        stuck = threading.Thread(target=_keep, args=(plain, os.stat, f"/proc/{holder.pid}/fd/3"),
+                                 daemon=True)
+        stuck.start()
+        stuck.join(2)
+        assert not plain, "a plain stat of the file answered: the daemon is not silent"
+        yield holder
+
+
+@as_root
+def test_2_a_file_on_a_detached_fuse_mount_with_a_silent_daemon_does_not_hang_the_read(
+        silent_fuse):
+    view, took = _read_storage(60)
+    assert view is not None, "the host's storage read hung on the silent FUSE daemon"
+    assert any(who[0] == silent_fuse.pid for who in view.opened.paths.get("/f", ())), \
+        "the held file is missing from the open files"
+    assert not [p for p in view.problems if f"pid {silent_fuse.pid} " in p]  # its type came
+    assert took < storage.DETACHED_STAT_TIMEOUT  # from the cache, without a wait
+
+
+@as_root
+def test_2_a_filesystem_that_ignores_dont_sync_costs_a_bounded_wait_and_proves_nothing(
+        silent_fuse, monkeypatch):
+    """A kernel or filesystem that asks its server even with AT_STATX_DONT_SYNC (a plain stat
+    stands for it): the file's type is given up on, and storage is unproven, with the holder."""
+    monkeypatch.setattr(storage, "DETACHED_STAT_TIMEOUT", 1.0)
+    monkeypatch.setattr(storage, "node_type", lambda path: (lambda st: (st.st_mode, st.st_rdev))(
+        os.stat(path)))
+    view, _ = _read_storage(60)
+    assert view is not None, "the host's storage read hung on the silent FUSE daemon"
+    assert [p for p in view.problems if f"pid {silent_fuse.pid} " in p] == [
+        f"pid {silent_fuse.pid} ({_comm(silent_fuse.pid)}) holds /f open on a detached mount "
+        f"(id {_mount_id(silent_fuse.pid)}, in no mount list) whose filesystem did not say in "
+        f"1 s what the file is: which device it holds is unknown; end that process (kill "
+        f"{silent_fuse.pid}) or its filesystem's daemon"]
+
+
+def _comm(pid: int) -> str:
+    with open(f"/proc/{pid}/comm") as f:
+        return f.read().strip()
+
+
+def _mount_id(pid: int) -> str:
+    for line in open(f"/proc/{pid}/fdinfo/3"):
+        if line.startswith("mnt_id:"):
+            return line.split()[1]
+    raise AssertionError("no mnt_id")
