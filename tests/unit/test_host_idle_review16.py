@@ -1,0 +1,270 @@
+"""Issue 31, sixteenth adversarial read. What it found, one section below each:
+
+1. a process that uses a disk (or any device node) through io_uring's registered files holds
+   it with no fd of its own: it opens ``/dev/sdb``, registers it
+   (``IORING_REGISTER_FILES``) and closes the fd, and goes on reading and writing it by its
+   fixed index. ``/proc/PID/fd`` lists only ``anon_inode:[io_uring]`` (the kernel lists the
+   file in that fd's ``fdinfo``, ``UserFiles:``, which nothing reads); the open is not
+   exclusive, so the ``O_EXCL`` probe says nothing either. With the ring's own fd registered
+   (``IORING_REGISTER_RING_FDS``) and closed too, the process has no fd at all, and only an
+   ``anon_inode:[io_uring]`` mapping in ``/proc/PID/maps`` is left to show it (none with
+   ``IORING_SETUP_NO_MMAP``). The disk read idle while the process read it.
+2. a loop device whose backing file is a block device node outside ``/dev`` (kubelet pins a
+   raw block volume with a loop device over its published node,
+   ``/var/lib/kubelet/plugins/kubernetes.io/csi/volumeDevices/publish/<pv>/<pod>``, a bind
+   mount of the disk's node; a node made with ``mknod`` anywhere; a container's own /dev
+   seen from the host) was not looked at: only ``/dev/...`` backing paths were tied to a
+   disk, by name, and the disk read idle under the loop device the pod's volume is.
+3. an NVMe controller's peer-to-peer memory (its CMB published as ``p2pmem``) is used with no
+   node, no disk and no BAR file: a process maps ``p2pmem/allocate`` (only ``resource*``,
+   ``config`` and ``rom`` files count as BARs), and nvmet hands it to the RDMA NIC as its
+   buffers (``namespaces/N/p2pmem`` names the controller), so the controller read idle.
+4. GPIO lines of a USB serial adapter (cp210x and ftdi_sio, judged drivers, register a
+   gpiochip below their interface) that are held (exported through
+   ``/sys/class/gpio/export``, or requested by a process, which keeps an
+   ``anon_inode:gpio-line`` fd and may close the chip's) drive something on the host (a lab's
+   power relay) with ``/dev/gpiochipN`` open by no process: the controller read idle, and
+   taking it drops the lines.
+
+Each finding's tests fail on the code as it is (403a42e). Case 1: a real loop device and a real
+io_uring, as root. Cases 2 to 4: a fake sysfs and /proc tree. No guest is booted.
+"""
+
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from harness.host.safety import HostUsage
+from harness.host.storage import StorageView
+from harness.host.sysfs import Sysfs
+
+from . import fakesysfs
+from .test_host_idle_review11 import NVME, _nvme_controller
+from .test_paths import as_root
+
+fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
+
+# -- 1. a disk held through io_uring's registered files -----------------------------------------
+
+#: A process that opens a device, registers it with io_uring, closes its fd (and with ``ring``
+#: the ring's fd too, once the ring is registered) and then reads it by fixed index, before and
+#: after the harness looks: proof that it still uses the device.
+URING = textwrap.dedent(r'''
+    import ctypes, os, struct, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    SETUP, ENTER, REGISTER = 425, 426, 427
+    U32 = ctypes.c_uint32
+    class Off(ctypes.Structure):
+        _fields_ = [(f"f{i}", U32) for i in range(8)] + [("user_addr", ctypes.c_uint64)]
+    class Params(ctypes.Structure):
+        _fields_ = [(n, U32) for n in ("sq_entries", "cq_entries", "flags", "cpu", "idle",
+                                       "features", "wq_fd")] + [
+            ("resv", U32 * 3), ("sq_off", Off), ("cq_off", Off)]
+    def check(r):
+        if r < 0:
+            sys.exit(f"io_uring: {os.strerror(ctypes.get_errno())}")
+        return r
+    p = Params()
+    ring = check(libc.syscall(SETUP, 4, ctypes.byref(p)))
+    fd = os.open(sys.argv[1], os.O_RDONLY)
+    check(libc.syscall(REGISTER, ring, 2, (ctypes.c_int * 1)(fd), 1))  # REGISTER_FILES
+    os.close(fd)
+    # sq_off: head tail ring_mask ring_entries flags dropped array; cq_off: ... cqes at f5
+    size = max(p.sq_off.f6 + 4 * p.sq_entries, p.cq_off.f5 + 16 * p.cq_entries)
+    rings = (ctypes.c_char * size).from_address(libc.mmap(None, size, 3, 1, ring, 0))
+    sqes = (ctypes.c_char * (64 * p.sq_entries)).from_address(
+        libc.mmap(None, 64 * p.sq_entries, 3, 1, ring, 0x10000000))
+    enter_flags = 1  # GETEVENTS
+    if sys.argv[2] == "ring":  # REGISTER_RING_FDS, then no fd of the ring either
+        class Update(ctypes.Structure):
+            _fields_ = [("offset", U32), ("resv", U32), ("data", ctypes.c_uint64),
+                        ("resv2", ctypes.c_uint64)]
+        up = Update(0xFFFFFFFF, 0, ring, 0)
+        check(libc.syscall(REGISTER, ring, 20, ctypes.byref(up), 1))
+        os.close(ring)
+        ring, enter_flags = up.offset, 1 | 16  # ENTER_REGISTERED_RING
+    buf = ctypes.create_string_buffer(512)
+    def read():
+        u32 = lambda off: struct.unpack_from("I", rings, off)[0]
+        tail = u32(p.sq_off.f1)
+        i = tail & u32(p.sq_off.f2)
+        sqe = struct.pack("<BBHiQQIIQ", 22, 1, 0, 0, 0, ctypes.addressof(buf), 512, 0, 1)
+        sqes[64 * i:64 * i + 64] = sqe.ljust(64, b"\0")  # OP_READ, FIXED_FILE, index 0
+        struct.pack_into("I", rings, p.sq_off.f6 + 4 * i, i)
+        struct.pack_into("I", rings, p.sq_off.f1, tail + 1)
+        check(libc.syscall(ENTER, ring, 1, 1, enter_flags, None, 0))
+        head = u32(p.cq_off.f0)
+        res = struct.unpack_from("<QiI", rings, p.cq_off.f5 + 16 * (head & u32(p.cq_off.f2)))[1]
+        struct.pack_into("I", rings, p.cq_off.f0, head + 1)
+        return res == 512 and buf.raw.startswith(b"HH-REVIEW16")
+    print("reading" if read() else "failed", flush=True)
+    sys.stdin.readline()
+    print("still reading" if read() else "failed", flush=True)
+''')
+
+
+@pytest.fixture
+def loop_disk(tmp_path):
+    """A real block device, ``loopN`` over a file of this test, whose first bytes say what it
+    is."""
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"HH-REVIEW16".ljust(1 << 20, b"\0"))
+    try:
+        dev = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True,
+                             text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as e:
+        pytest.skip(f"no loop device to play the disk: {e}")
+    yield dev
+    subprocess.run(["losetup", "-d", dev], check=False)
+
+
+@as_root
+@pytest.mark.parametrize("ring", ["fd", "ring"], ids=["ring-fd-kept", "ring-fd-registered"])
+def test_1_a_disk_read_through_io_uring_registered_files_is_in_use(loop_disk, ring):
+    name = os.path.basename(loop_disk)
+    assert StorageView.read(Sysfs("/")).use_of_block(name) == []  # (idle before)
+    child = subprocess.Popen([sys.executable, "-c", URING, loop_disk, ring],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        first = child.stdout.readline().strip()
+        if first != "reading":
+            pytest.skip(f"io_uring is not usable here: {first or child.wait()}")
+        fds = {os.readlink(f"/proc/{child.pid}/fd/{fd}") for fd in
+               os.listdir(f"/proc/{child.pid}/fd")}
+        assert loop_disk not in fds  # no fd of the disk: only the ring holds it
+        view = StorageView.read(Sysfs("/"))
+        seen = view.use_of_block(name) + view.problems
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "still reading"  # it was in use all along
+        assert any(f"pid {child.pid}" in u for u in seen), seen
+    finally:
+        child.kill()
+        child.wait()
+
+
+# -- 2. a loop device over a disk's node outside /dev -------------------------------------------
+
+PUBLISHED = ("/var/lib/kubelet/plugins/kubernetes.io/csi/volumeDevices/publish/pvc-7f3a/"
+             "0c1e5d2a-5b7e-4d1c-9a43-2f0b6e8d4c11")
+
+
+@pytest.mark.parametrize("where", ["node", "gone"])
+def test_2_a_disk_a_loop_device_reads_through_a_node_outside_dev_is_in_use(lab, where):
+    """kubelet's loop device over a raw block volume's published node (here a real block node
+    of sdb's number, 8:16); or a backing path that no longer leads anywhere the harness can
+    see (another mount namespace's node): which disk it is cannot be told."""
+    sdb = lab.sys / "class/block/sdb"
+    (sdb / "dev").write_text("8:16\n")
+    os.symlink(os.path.realpath(sdb), lab.sys / "dev/block/8:16")
+    assert HostUsage.read(lab.root).verdict("0000:06:00.0").idle  # (free before)
+    loop = lab.sys / "devices/virtual/block/loop0"
+    lab.file(str((loop / "loop/backing_file").relative_to(lab.root)), PUBLISHED + "\n")
+    (loop / "dev").write_text("7:0\n")
+    os.symlink(loop, lab.sys / "class/block/loop0")
+    if where == "node":
+        node = lab.root / PUBLISHED.lstrip("/")
+        node.parent.mkdir(parents=True)
+        try:
+            os.mknod(node, 0o600 | stat.S_IFBLK, os.makedev(8, 16))
+        except PermissionError:
+            pytest.skip("making a device node needs CAP_MKNOD (run the unit tests as root)")
+    verdict = HostUsage.read(lab.root).verdict("0000:06:00.0")
+    assert not verdict.idle
+    assert any("loop0" in u for u in verdict.uses), verdict.uses
+
+
+# -- 3. an NVMe controller's peer-to-peer memory in use -----------------------------------------
+
+
+def _p2pmem(host) -> str:
+    """The controller's CMB, published as peer-to-peer memory (4 MiB); its sysfs path as the
+    host sees it."""
+    p2p = host.dev_dir(NVME) / "p2pmem"
+    p2p.mkdir()
+    (p2p / "size").write_text("4194304\n")
+    (p2p / "available").write_text("4194304\n")
+    (p2p / "published").write_text("1\n")
+    (p2p / "allocate").write_text("")
+    return "/" + os.path.relpath(p2p / "allocate", host.root)
+
+
+def test_3_an_nvme_controllers_p2pmem_a_process_maps_is_in_use(lab):
+    _nvme_controller(lab, namespace=False)
+    allocate = _p2pmem(lab)
+    assert HostUsage.read(lab.root).verdict(NVME).idle  # (free before)
+    lab.proc("5200/comm", "rdma-app\n")
+    lab.proc("5200/maps", f"7f2a00000000-7f2a00200000 rw-s 00000000 00:15 4077 {allocate}\n")
+    (lab.sys / os.path.relpath(allocate, "/sys")).parent.joinpath("available") \
+        .write_text("2097152\n")
+    verdict = HostUsage.read(lab.root).verdict(NVME)
+    assert not verdict.idle
+    assert any("pid 5200" in u for u in verdict.uses), verdict.uses
+
+
+def test_3_an_nvme_controllers_p2pmem_nvmet_uses_is_in_use(lab):
+    """nvmet-rdma's namespace on another drive takes its data buffers from this controller's
+    CMB (``p2pmem`` names it): the kernel allocates from it, no process, node or disk."""
+    _nvme_controller(lab, namespace=False)
+    _p2pmem(lab)
+    assert HostUsage.read(lab.root).verdict(NVME).idle  # (free before)
+    lab.file("sys/module/nvmet/refcnt", "1\n")
+    ns = "sys/kernel/config/nvmet/subsystems/nqn.lab:data/namespaces/1"
+    lab.file(f"{ns}/device_path", "/dev/nvme7n1\n")  # (a drive elsewhere)
+    lab.file(f"{ns}/enable", "1\n")
+    lab.file(f"{ns}/p2pmem", f"{NVME}\n")
+    (lab.dev_dir(NVME) / "p2pmem/available").write_text("0\n")
+    verdict = HostUsage.read(lab.root).verdict(NVME)
+    assert not verdict.idle
+    assert any("p2pmem" in u for u in verdict.uses), verdict.uses
+
+
+# -- 4. GPIO lines of a USB serial adapter held --------------------------------------------------
+
+
+def _cp2102n(host):
+    """A CP2102N on the free xHCI (07:00.0, bus 4): its tty and its gpiochip (254:0) below its
+    interface, as cp210x registers them."""
+    iface = host.add_usb("4-1", 2, "10c4:ea60", "CP2102N USB to UART Bridge Controller",
+                         "Silicon Labs", iface_driver="cp210x")
+    tty = iface / "ttyUSB0/tty/ttyUSB0"
+    tty.mkdir(parents=True)
+    (tty / "dev").write_text("188:0\n")
+    (tty / "uevent").write_text("MAJOR=188\nMINOR=0\nDEVNAME=ttyUSB0\n")
+    chip = iface / "gpiochip0"
+    chip.mkdir()
+    (chip / "dev").write_text("254:0\n")
+    (chip / "uevent").write_text("MAJOR=254\nMINOR=0\nDEVNAME=gpiochip0\n")
+    (chip / "gpio/gpiochip512").mkdir(parents=True)  # (the legacy class's view of the chip)
+    (chip / "gpio/gpiochip512/base").write_text("512\n")
+    (chip / "gpio/gpiochip512/ngpio").write_text("4\n")
+    return chip
+
+
+@pytest.mark.parametrize("how", ["sysfs-export", "line-request"])
+def test_4_a_usb_adapters_gpio_line_held_keeps_its_controller(lab, how):
+    chip = _cp2102n(lab)
+    if how == "sysfs-export":  # echo 513 > /sys/class/gpio/export; echo high > .../direction
+        line = chip / "gpio/gpio513"
+        line.mkdir()
+        (line / "direction").write_text("out\n")
+        (line / "value").write_text("1\n")
+        (lab.sys / "class/gpio").mkdir(parents=True, exist_ok=True)
+        os.symlink(line, lab.sys / "class/gpio/gpio513")
+    else:  # gpioset's line request: its own fd; the chip's was closed after the request
+        lab.proc("5300/comm", "gpioset\n")
+        (lab.root / "proc/5300/fd").mkdir(parents=True)
+        os.symlink("anon_inode:gpio-line", lab.root / "proc/5300/fd/4")
+        lab.proc("5300/fdinfo/4", "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t1057\n"
+                                  "gpio-chip:\tgpiochip0\ngpio-line:\t1\n")
+    verdict = HostUsage.read(lab.root).verdict("0000:07:00.0")
+    assert not verdict.idle
+    assert any("gpio" in u.lower() for u in verdict.uses), verdict.uses
