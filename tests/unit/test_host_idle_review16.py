@@ -25,9 +25,20 @@
    ``anon_inode:gpio-line`` fd and may close the chip's) drive something on the host (a lab's
    power relay) with ``/dev/gpiochipN`` open by no process: the controller read idle, and
    taking it drops the lines.
+5. a network namespace held only by a socket is never read: a process that made a socket in a
+   namespace and went back to the host's (``setns``: a routing daemon's per-VRF sockets; a
+   namespace whose ``ip netns`` name was deleted while such a daemon kept its sockets) holds
+   it with a ``socket:[N]`` fd, which is neither ``net:[N]`` nor a process or thread living
+   there, nor an nsfs mount. The interfaces in it are in no namespace the harness reads, and
+   no problem says so. A NIC whose other netdevs are visible then reads idle while that one
+   carries traffic: the second port of a function that drives two (cxgb4, mlx4, nfp), an
+   mlx5 sub-function's or a switchdev representor's netdev (``parentdev`` under the PF), all
+   made to be moved into namespaces. (A tun/tap fd and an open ``/proc/PID/net/*`` file hold
+   a namespace the same way.)
 
-Each finding's tests fail on the code as it is (403a42e). Case 1: a real loop device and a real
-io_uring, as root. Cases 2 to 4: a fake sysfs and /proc tree. No guest is booted.
+Each finding's tests fail on the code as it is (403a42e). Cases 1 and 5: a real loop device,
+a real io_uring, a real namespace and veth pair, as root. Cases 2 to 4: a fake sysfs and /proc
+tree. No guest is booted.
 """
 
 import os
@@ -38,6 +49,7 @@ import textwrap
 
 import pytest
 
+from harness.host.network import NetView
 from harness.host.safety import HostUsage
 from harness.host.storage import StorageView
 from harness.host.sysfs import Sysfs
@@ -268,3 +280,52 @@ def test_4_a_usb_adapters_gpio_line_held_keeps_its_controller(lab, how):
     verdict = HostUsage.read(lab.root).verdict("0000:07:00.0")
     assert not verdict.idle
     assert any("gpio" in u.lower() for u in verdict.uses), verdict.uses
+
+
+# -- 5. a network namespace held only by a socket -----------------------------------------------
+
+#: A process that makes a namespace with a veth pair in it (``sys.argv[1]`` up, with an
+#: address), opens a socket there, and goes back to the namespace it came from: the socket
+#: alone holds the namespace.
+SOCKET_NS = textwrap.dedent(r'''
+    import ctypes, os, socket, subprocess, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    if libc.unshare(0x40000000) != 0:  # CLONE_NEWNET
+        sys.exit("unshare: " + os.strerror(ctypes.get_errno()))
+    name = sys.argv[1]
+    for argv in (["link", "add", name, "type", "veth", "peer", "name", name + "p"],
+                 ["addr", "add", "10.216.16.1/30", "dev", name], ["link", "set", name, "up"],
+                 ["link", "set", name + "p", "up"]):
+        if subprocess.run(["ip", *argv]).returncode:
+            sys.exit("ip " + " ".join(argv) + " failed")
+    inode = os.readlink("/proc/self/ns/net")
+    held = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    held.bind(("10.216.16.1", 0))
+    if libc.setns(home, 0x40000000) != 0:
+        sys.exit("setns: " + os.strerror(ctypes.get_errno()))
+    os.close(home)
+    print("ready", inode, flush=True)
+    sys.stdin.readline()
+''')
+
+
+@as_root
+def test_5_a_network_namespace_held_only_by_a_socket_is_read():
+    child = subprocess.Popen([sys.executable, "-c", SOCKET_NS, "hh16sk"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        first = child.stdout.readline().split()
+        if first[:1] != ["ready"]:
+            pytest.skip(f"no network namespace with a veth pair here: {child.wait()}")
+        fds = [os.readlink(f"/proc/{child.pid}/fd/{fd}") for fd in
+               os.listdir(f"/proc/{child.pid}/fd")]
+        assert os.readlink(f"/proc/{child.pid}/ns/net") != first[1]  # back home
+        assert not any(t.startswith("net:") for t in fds)  # only socket:[N] holds it
+        view = NetView.read(Sysfs("/"))
+        seen = [name for name, ns in view.namespaces.items() if "hh16sk" in ns.links]
+        told = [p for p in view.problems if f"pid {child.pid}" in p or first[1] in p]
+        assert seen or told, (list(view.namespaces), view.problems)
+    finally:
+        child.kill()
+        child.wait()
