@@ -34,7 +34,9 @@
    carries traffic: the second port of a function that drives two (cxgb4, mlx4, nfp), an
    mlx5 sub-function's or a switchdev representor's netdev (``parentdev`` under the PF), all
    made to be moved into namespaces. (A tun/tap fd and an open ``/proc/PID/net/*`` file hold
-   a namespace the same way.)
+   a namespace the same way.) So does an nsfs mount of the namespace inside a mount namespace
+   no process is in (``unshare --mount=FILE``: that one is held by an nsfs ``mnt:[N]`` mount
+   here, whose mounts are in no process's ``mountinfo``).
 
 Each finding's tests fail on the code as it is (403a42e). Cases 1 and 5: a real loop device,
 a real io_uring, a real namespace and veth pair, as root. Cases 2 to 4: a fake sysfs and /proc
@@ -329,3 +331,33 @@ def test_5_a_network_namespace_held_only_by_a_socket_is_read():
     finally:
         child.kill()
         child.wait()
+
+
+@as_root
+def test_5_a_network_namespace_mounted_only_in_a_mount_namespace_no_process_is_in_is_read(
+        tmp_path):
+    """``unshare --mount=FILE``, and in that mount namespace ``unshare --net=PATH``: both
+    processes end; the network namespace lives on through its nsfs mount there, and that
+    mount namespace through its own nsfs mount here (``mnt:[N]``, which is not ``net:``)."""
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "hh16", str(keep)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        subprocess.run(["mount", "--make-private", str(keep)], check=True)
+        (keep / "mnt").touch()
+        made = subprocess.run(
+            ["unshare", f"--mount={keep}/mnt", "--propagation", "private", "sh", "-ec",
+             "mkdir -p /run/hh16; mount -t tmpfs hh16 /run/hh16; touch /run/hh16/net; "
+             "unshare --net=/run/hh16/net sh -ec 'ip link add hh16mn type veth peer name "
+             "hh16mnp; ip addr add 10.216.17.1/30 dev hh16mn; ip link set hh16mn up; "
+             "ip link set hh16mnp up'"], capture_output=True, text=True)
+        if made.returncode:
+            pytest.skip(f"no namespaces to make here: {made.stderr.strip()}")
+        view = NetView.read(Sysfs("/"))
+        seen = [name for name, ns in view.namespaces.items() if "hh16mn" in ns.links]
+        told = [p for p in view.problems if str(keep) in p]
+        assert seen or told, (list(view.namespaces), view.problems)
+    finally:
+        subprocess.run(["umount", f"{keep}/mnt"], check=False)
+        subprocess.run(["umount", str(keep)], check=False)
