@@ -24,7 +24,11 @@
    ``/sys/class/gpio/export``, or requested by a process, which keeps an
    ``anon_inode:gpio-line`` fd and may close the chip's) drive something on the host (a lab's
    power relay) with ``/dev/gpiochipN`` open by no process: the controller read idle, and
-   taking it drops the lines.
+   taking it drops the lines. The same for what a USB-to-I2C/GPIO bridge behind usbhid (a
+   judged driver) carries: its HID device is on a driver of its own (hid-cp2112,
+   hid-mcp2221, hid-ft260), whose I2C bus has kernel drivers bound (a sensor, a PSU monitor,
+   an EEPROM) that no node or process shows; only USB interfaces' drivers are judged, not
+   those of the devices below them.
 5. a network namespace held only by a socket is never read: a process that made a socket in a
    namespace and went back to the host's (``setns``: a routing daemon's per-VRF sockets; a
    namespace whose ``ip netns`` name was deleted while such a daemon kept its sockets) holds
@@ -282,6 +286,35 @@ def test_4_a_usb_adapters_gpio_line_held_keeps_its_controller(lab, how):
     verdict = HostUsage.read(lab.root).verdict("0000:07:00.0")
     assert not verdict.idle
     assert any("gpio" in u.lower() for u in verdict.uses), verdict.uses
+
+
+
+def test_4_an_i2c_client_bound_behind_a_usb_hid_bridge_keeps_its_controller(lab):
+    """A CP2112 (usbhid; its HID device on hid-cp2112) whose I2C bus carries an lm75 sensor
+    the host's fan control reads (``echo lm75 0x48 > .../new_device``): bound in the kernel,
+    no node open, nothing below is a USB interface on a driver the rule does not know."""
+    iface = lab.add_usb("4-1", 2, "10c4:ea90", "CP2112 HID USB-to-SMBus Bridge",
+                        "Silicon Labs")
+    hid = iface / "0003:10C4:EA90.0001"
+    hid.mkdir()
+    (lab.sys / "bus/hid/drivers/hid-cp2112").mkdir(parents=True)
+    os.symlink(lab.sys / "bus/hid/drivers/hid-cp2112", hid / "driver")
+    raw = hid / "hidraw/hidraw0"
+    raw.mkdir(parents=True)
+    (raw / "dev").write_text("247:0\n")
+    (raw / "uevent").write_text("MAJOR=247\nMINOR=0\nDEVNAME=hidraw0\n")
+    bus = hid / "i2c-7"
+    (bus / "i2c-dev/i2c-7").mkdir(parents=True)
+    (bus / "i2c-dev/i2c-7/dev").write_text("89:7\n")
+    (bus / "i2c-dev/i2c-7/uevent").write_text("MAJOR=89\nMINOR=7\nDEVNAME=i2c-7\n")
+    client = bus / "7-0048"
+    (client / "hwmon/hwmon3").mkdir(parents=True)
+    (client / "name").write_text("lm75\n")
+    (lab.sys / "bus/i2c/drivers/lm75").mkdir(parents=True)
+    os.symlink(lab.sys / "bus/i2c/drivers/lm75", client / "driver")
+    verdict = HostUsage.read(lab.root).verdict("0000:07:00.0")
+    assert not verdict.idle
+    assert any("7-0048" in u or "hid-cp2112" in u for u in verdict.uses), verdict.uses
 
 
 # -- 5. a network namespace held only by a socket -----------------------------------------------
