@@ -9,12 +9,13 @@
    (``IORING_REGISTER_RING_FDS``) and closed too, the process has no fd at all, and only an
    ``anon_inode:[io_uring]`` mapping in ``/proc/PID/maps`` is left to show it (none with
    ``IORING_SETUP_NO_MMAP``). The disk read idle while the process read it.
-2. a loop device whose backing file is a block device node outside ``/dev`` (kubelet pins a
-   raw block volume with a loop device over its published node,
-   ``/var/lib/kubelet/plugins/kubernetes.io/csi/volumeDevices/publish/<pv>/<pod>``, a bind
-   mount of the disk's node; a node made with ``mknod`` anywhere; a container's own /dev
-   seen from the host) was not looked at: only ``/dev/...`` backing paths were tied to a
-   disk, by name, and the disk read idle under the loop device the pod's volume is.
+2. a loop device whose backing file is a block device node outside ``/dev`` was not looked
+   at: only ``/dev/...`` backing paths were tied to a disk, by name. kubelet pins a raw block
+   volume with a loop device over the disk's node bind-mounted for the pod
+   (``/var/lib/kubelet/plugins/kubernetes.io/csi/volumeDevices/<pv>/dev/<pod uid>``); so does
+   a node made with ``mknod`` anywhere, or a container's own /dev seen from the host. The
+   loop opens the disk with no claim, no holders/ link and no process fd, and the disk read
+   idle under the loop device the pod's volume is.
 3. an NVMe controller's peer-to-peer memory (its CMB published as ``p2pmem``) is used with no
    node, no disk and no BAR file: a process maps ``p2pmem/allocate`` (only ``resource*``,
    ``config`` and ``rom`` files count as BARs), and nvmet hands it to the RDMA NIC as its
@@ -171,7 +172,9 @@ def test_1_a_disk_read_through_io_uring_registered_files_is_in_use(loop_disk, ri
 
 # -- 2. a loop device over a disk's node outside /dev -------------------------------------------
 
-PUBLISHED = ("/var/lib/kubelet/plugins/kubernetes.io/csi/volumeDevices/publish/pvc-7f3a/"
+#: kubelet's global map path of a raw block volume for one pod: a bind mount of the disk's node,
+#: with a loop device over it (``losetup -f --show PATH``) "to keep the block device opened".
+PUBLISHED = ("/var/lib/kubelet/plugins/kubernetes.io/csi/volumeDevices/pvc-7f3a/dev/"
              "0c1e5d2a-5b7e-4d1c-9a43-2f0b6e8d4c11")
 
 
