@@ -43,19 +43,30 @@
    no process is in (``unshare --mount=FILE``: that one is held by an nsfs ``mnt:[N]`` mount
    here, whose mounts are in no process's ``mountinfo``).
 
-Each finding's tests fail on the code as it is (403a42e). Cases 1 and 5: a real loop device,
-a real io_uring, a real namespace and veth pair, as root. Cases 2 to 4: a fake sysfs and /proc
-tree. No guest is booted.
+6. any local user stops every read of the host's open files: a mapping of a file whose name is
+   not UTF-8 (``/tmp/x\\xff``, nobody's own) makes ``/proc/PID/maps`` undecodable, and
+   ``OpenFiles`` reads it with ``read_text()`` (strict), so ``UnicodeDecodeError`` ends
+   ``doctor``, ``plan``, ``discover``, every bind and usb-host plug, and the give-back
+   (``restore``, a run's end: ``_holders``) with a traceback instead of a refusal that names
+   the evidence: for as long as that user keeps the mapping, nothing the harness took goes
+   back to the host.
+
+Each finding's tests fail on the code as it is (403a42e). Cases 1, 5 and 6: a real loop device,
+a real io_uring, a real namespace and veth pair, a second user (nobody), as root. Cases 2 to 4:
+a fake sysfs and /proc tree. No guest is booted.
 """
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
 
+from harness.host.binding import _holders
 from harness.host.network import NetView
 from harness.host.safety import HostUsage
 from harness.host.storage import StorageView
@@ -63,7 +74,7 @@ from harness.host.sysfs import Sysfs
 
 from . import fakesysfs
 from .test_host_idle_review11 import NVME, _nvme_controller
-from .test_paths import as_root
+from .test_paths import NOBODY, as_root
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
 
@@ -397,3 +408,49 @@ def test_5_a_network_namespace_mounted_only_in_a_mount_namespace_no_process_is_i
     finally:
         subprocess.run(["umount", f"{keep}/mnt"], check=False)
         subprocess.run(["umount", str(keep)], check=False)
+
+
+# -- 6. a mapped file whose name is not UTF-8 -----------------------------------------------------
+
+#: nobody maps a file of theirs whose name ends in the byte 0xff, and keeps it mapped.
+MAP_ODD_NAME = textwrap.dedent(r'''
+    import mmap, os, sys
+    path = os.fsencode(sys.argv[1]) + b"/map-\xff"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.write(fd, b"x" * 4096)
+    kept = mmap.mmap(fd, 4096)
+    print("ready", flush=True)
+    sys.stdin.readline()
+''')
+
+
+def _drop_to_nobody() -> None:
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+
+
+@as_root
+def test_6_a_mapping_of_a_file_with_a_name_not_utf8_does_not_stop_the_read():
+    folder = tempfile.mkdtemp(prefix="hh-review16-")  # (pytest's tmp_path: root's alone)
+    os.chown(folder, NOBODY, NOBODY)
+    for python in dict.fromkeys((sys.executable, "/usr/bin/python3")):
+        try:
+            child = subprocess.Popen([python, "-c", MAP_ODD_NAME, str(folder)], cwd="/",
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True,
+                                     preexec_fn=_drop_to_nobody)
+        except PermissionError:
+            continue  # (an interpreter under root's home)
+        if child.stdout.readline().strip() == "ready":
+            break
+        child.wait()
+    else:
+        pytest.skip("no Python that the user nobody may run")
+    try:
+        StorageView.read(Sysfs("/"))  # doctor, plan, discover, bind: HostUsage.read
+        assert _holders(Sysfs("/"), None) is None  # restore and a run's give-back
+    finally:
+        child.kill()
+        child.wait()
+        shutil.rmtree(folder, ignore_errors=True)
