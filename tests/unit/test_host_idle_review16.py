@@ -50,10 +50,17 @@
    (``restore``, a run's end: ``_holders``) with a traceback instead of a refusal that names
    the evidence: for as long as that user keeps the mapping, nothing the harness took goes
    back to the host.
+7. a process that holds a vfio device through its device fd alone (``VFIO_GROUP_GET_DEVICE_FD``,
+   then the group's fd closed: the device fd keeps a reference to the group's file, so the
+   group stays open, in no process's fd table) shows only ``anon_inode:[vfio-device]``: "/dev/
+   vfio/N is open by no process" is then no evidence. ``release``/``restore`` gave the group
+   back under it (vfio-pci's remove then waits in the kernel for that process, the journal
+   lock held), and a bind took it as idle. The kernel names the device in the fd's
+   ``fdinfo`` (``vfio-device-syspath``, recent kernels); nothing reads it.
 
 Each finding's tests fail on the code as it is (403a42e). Cases 1, 5 and 6: a real loop device,
-a real io_uring, a real namespace and veth pair, a second user (nobody), as root. Cases 2 to 4:
-a fake sysfs and /proc tree. No guest is booted.
+a real io_uring, a real namespace and veth pair, a second user (nobody), as root. Cases 2 to 4
+and 7: a fake sysfs and /proc tree. No guest is booted.
 """
 
 import os
@@ -66,7 +73,8 @@ import textwrap
 
 import pytest
 
-from harness.host.binding import _holders
+from harness.core.errors import HostDeviceError
+from harness.host.binding import VfioBinder, _holders
 from harness.host.network import NetView
 from harness.host.safety import HostUsage
 from harness.host.storage import StorageView
@@ -454,3 +462,23 @@ def test_6_a_mapping_of_a_file_with_a_name_not_utf8_does_not_stop_the_read():
         child.kill()
         child.wait()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# -- 7. a vfio device held by its device fd alone --------------------------------------------------
+
+PORT0, PORT1 = "0000:05:00.0", "0000:05:00.1"
+
+
+def test_7_a_vfio_device_held_only_by_its_device_fd_is_not_given_back(lab):
+    journal = lab.root / "var/lib/hotplug-harness/vfio-journal.json"
+    lease = VfioBinder(lab.sysfs(), journal=journal).bind(PORT0, {PORT0, PORT1})
+    # a user-space driver took the device fd from /dev/vfio/12, then closed the group's fd
+    lab.proc("5160/comm", "spdk_tgt\n")
+    (lab.root / "proc/5160/fd").mkdir(parents=True)
+    os.symlink("anon_inode:[vfio-device]", lab.root / "proc/5160/fd/23")
+    lab.proc("5160/fdinfo/23", "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t1058\n"
+                               "vfio-device-syspath: /sys/devices/pci0000:00/0000:00:1c.0/"
+                               f"{PORT0}\n")
+    with pytest.raises(HostDeviceError):
+        lease.release()
+    assert lab.driver_of(PORT0) == "vfio-pci"
