@@ -42,7 +42,6 @@
    a namespace the same way.) So does an nsfs mount of the namespace inside a mount namespace
    no process is in (``unshare --mount=FILE``: that one is held by an nsfs ``mnt:[N]`` mount
    here, whose mounts are in no process's ``mountinfo``).
-
 6. any local user stops every read of the host's open files: a mapping of a file whose name is
    not UTF-8 (``/tmp/x\\xff``, nobody's own) makes ``/proc/PID/maps`` undecodable, and
    ``OpenFiles`` reads it with ``read_text()`` (strict), so ``UnicodeDecodeError`` ends
@@ -55,7 +54,7 @@
    group stays open, in no process's fd table) shows only ``anon_inode:[vfio-device]``: "/dev/
    vfio/N is open by no process" is then no evidence. ``release``/``restore`` gave the group
    back under it (vfio-pci's remove then waits in the kernel for that process, the journal
-   lock held), and a bind took it as idle. The kernel names the device in the fd's
+   lock held), and ``doctor``/``plan`` call it idle. The kernel names the device in the fd's
    ``fdinfo`` (``vfio-device-syspath``, recent kernels); nothing reads it.
 
 Each finding's tests fail on the code as it is (403a42e). Cases 1, 5 and 6: a real loop device,
