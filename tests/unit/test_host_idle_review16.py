@@ -57,9 +57,9 @@
    lock held), and ``doctor``/``plan`` call it idle. The kernel names the device in the fd's
    ``fdinfo`` (``vfio-device-syspath``, recent kernels); nothing reads it.
 
-Each finding's tests fail on the code as it is (403a42e). Cases 1, 5 and 6: a real loop device,
-a real io_uring, a real namespace and veth pair, a second user (nobody), as root. Cases 2 to 4
-and 7: a fake sysfs and /proc tree. No guest is booted.
+Each finding's tests fail on the code as it is (403a42e). Cases 1, 2 (on this host), 5 and 6: real
+loop devices, a real io_uring, a real namespace and veth pair, a second user (nobody), as root.
+Cases 2 to 4 and 7: a fake sysfs and /proc tree. No guest is booted.
 """
 
 import os
@@ -220,6 +220,29 @@ def test_2_a_disk_a_loop_device_reads_through_a_node_outside_dev_is_in_use(lab, 
     assert not verdict.idle
     assert any("loop0" in u for u in verdict.uses), verdict.uses
 
+
+
+@as_root
+def test_2_on_this_host_a_loop_device_over_a_disks_node_outside_dev_holds_the_disk(
+        loop_disk, tmp_path):
+    """The same on the real host: ``loop_disk`` plays the disk, a node of its number made in
+    a folder of the test (``mknod``) the pod's bind-mounted node; a second loop device over
+    it. No holders/ link, no claim (the exclusive open succeeds), no process fd."""
+    st = os.stat(loop_disk)
+    node = tmp_path / "pod-volume"
+    try:
+        os.mknod(node, 0o600 | stat.S_IFBLK, st.st_rdev)
+    except PermissionError:
+        pytest.skip("making a device node needs CAP_MKNOD")
+    over = subprocess.run(["losetup", "-f", "--show", str(node)], capture_output=True,
+                          text=True)
+    if over.returncode:
+        pytest.skip(f"no second loop device: {over.stderr.strip()}")
+    try:
+        uses = StorageView.read(Sysfs("/")).use_of_block(os.path.basename(loop_disk))
+        assert any(os.path.basename(over.stdout.strip()) in u for u in uses), uses
+    finally:
+        subprocess.run(["losetup", "-d", over.stdout.strip()], check=False)
 
 # -- 3. an NVMe controller's peer-to-peer memory in use -----------------------------------------
 
