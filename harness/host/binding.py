@@ -303,6 +303,10 @@ def _holders(fs: Sysfs, group: int | None, bdf: str | None = None
         if users:
             return (node, ", ".join(f"pid {pid} ({comm})" for pid, comm in users),
                     f"stop it (kill {users[0][0]})")
+    by_fd = opened.vfio_device_users(fs, members) if group is not None else []
+    if by_fd:  # the group's fd may be closed: a device fd holds the group all the same
+        return (f"a vfio device fd of group {group}", ", ".join(by_fd),
+                "stop it (kill " + by_fd[0].split()[1] + ")")
     if problems and held:
         return (held[0][0], f"a process the harness cannot see ({'; '.join(problems)})",
                 "run as root in the host's PID namespace, or wait until that process is gone")

@@ -150,6 +150,10 @@ class HostUsage:
             number = self.fs.vfio_group_dev(dev.iommu_group) \
                 if dev.iommu_group is not None else None
             users = self.storage.opened.users("char", node[len("/dev/"):], number)
+            users += [f"{u} through a vfio device fd" for u in
+                      self.storage.opened.vfio_device_users(
+                          self.fs, self.fs.iommu_group_members(dev.iommu_group)
+                          if dev.iommu_group is not None else [dev.bdf])]
             if dev.iommu_group in held_groups:
                 evidence.append(f"{dev.bdf} is on vfio-pci for this run")
             elif number is None:

@@ -237,6 +237,13 @@ class OpenFiles:
         self.known = known_mounts
         self.problems = problems
         self.silent_mounts: set[str] = set()  # detached mounts that did not answer
+        #: vfio devices held through a device fd (``VFIO_GROUP_GET_DEVICE_FD``: the group's
+        #: fd may be closed since, its file held by the device fd's): BDF -> holders; and the
+        #: holders of device fds whose device the kernel does not name (fail closed).
+        self.vfio_devices: dict[str, set[tuple[int, str]]] = {}
+        self.vfio_unnamed: set[tuple[int, str]] = set()
+        self._rings_mapped: dict[str, tuple[int, str]] = {}  # io_uring inode -> a mapper
+        self._rings_held: set[str] = set()                   # io_uring inodes with an fd
         for proc in sorted(fs.proc().glob("[0-9]*")):
             who = (int(proc.name), fs.read(proc / "comm") or "?")
             self._add_maps(proc, who, problems)
@@ -244,6 +251,11 @@ class OpenFiles:
             for task in self._tasks(proc, problems):
                 self._add_fds(fs, task / "fd", who, problems,
                               f"pid {proc.name}'s thread {task.name}")
+        for inode in sorted(set(self._rings_mapped) - self._rings_held):
+            pid, comm = self._rings_mapped[inode]
+            problems.append(f"pid {pid} ({comm}) maps an io_uring (inode {inode}) that no "
+                            "process holds an fd of (its fd registered with the ring and "
+                            "closed): which files it reads and writes cannot be read")
 
     @staticmethod
     def _tasks(proc: Path, problems: list[str]) -> list[Path]:
@@ -274,8 +286,8 @@ class OpenFiles:
     def _add_maps(self, proc: Path, who: tuple[int, str], problems: list[str]) -> None:
         """The files a process has mapped (``/proc/PID/maps``): a mapping holds a file after
         its fd is closed (a user-space driver's mmap of a BAR, ``resource0``)."""
-        try:
-            text = (proc / "maps").read_text()
+        try:  # (a path is any bytes another user chose: as the kernel has it, not UTF-8)
+            text = os.fsdecode((proc / "maps").read_bytes())
         except (FileNotFoundError, ProcessLookupError):
             return  # gone, or a fake process without mappings
         except OSError as e:
@@ -286,16 +298,80 @@ class OpenFiles:
             fields = line.split(None, 5)
             if len(fields) == 6 and fields[5].startswith("/"):
                 self.paths.setdefault(fields[5].removesuffix(" (deleted)"), set()).add(who)
+            elif len(fields) == 6 and fields[5] == "anon_inode:[io_uring]":
+                self._rings_mapped.setdefault(fields[4], who)
 
     def _add(self, fs: Sysfs, fd: Path, who: tuple[int, str]) -> None:
         try:
             target = os.readlink(fd)
         except OSError:
             return
-        if not target.startswith("/"):
-            return  # socket:[...], pipe:[...], anon_inode:..., net:[...]: no device node
+        if target == "anon_inode:[io_uring]":
+            self._add_ring(fs, fd, who)
+        elif target == "anon_inode:[vfio-device]":
+            syspath = re.search(r"^vfio-device-syspath:\s*(\S+)", self._fdinfo(fs, fd), re.M)
+            if syspath:
+                self.vfio_devices.setdefault(syspath[1].rsplit("/", 1)[-1], set()).add(who)
+            else:  # (kernels before 6.14 do not name it)
+                self.vfio_unnamed.add(who)
+        elif target.startswith("/"):
+            self._add_node(fs, fd, target, who)
+        # socket:[...], pipe:[...], other anon_inode:..., net:[...]: no device node
+
+    @staticmethod
+    def _fdinfo(fs: Sysfs, fd: Path) -> str:
+        return fs.read(fd.parent.parent / "fdinfo" / fd.name) or ""
+
+    def _add_ring(self, fs: Sysfs, fd: Path, who: tuple[int, str]) -> None:
+        """The files an io_uring has registered (``IORING_REGISTER_FILES``): the process may
+        have closed its own fds of them and use them by index (``UserFiles:`` in the ring's
+        fdinfo). The kernel leaves the list out while the ring is busy: read again, then
+        unknown."""
+        for _ in range(3):
+            info = self._fdinfo(fs, fd)
+            inode = re.search(r"^ino:\s*(\d+)", info, re.M)
+            if inode:
+                self._rings_held.add(inode[1])
+            count = re.search(r"^UserFiles:\s*(\d+)", info, re.M)
+            files = re.findall(r"^\s+\d+: (.+)$", info.partition("UserFiles:")[2]
+                               .partition("UserBufs:")[0], re.M)
+            if not count or int(count[1]) == 0 or files:
+                break
+        else:
+            self.problems.append(f"pid {who[0]} ({who[1]}) has an io_uring with {count[1]} "
+                                 "registered files the kernel did not list (the ring was busy, "
+                                 "or its table is sparse): which files it uses is unknown")
+        for path in files:
+            path = path.removesuffix(" (deleted)")
+            self.paths.setdefault(path, set()).add(who)
+            try:
+                mode, rdev = node_type(str(fs.path(path.lstrip("/"))))
+            except OSError as e:
+                self.problems.append(f"pid {who[0]} ({who[1]}) uses {path} through its "
+                                     f"io_uring, which cannot be looked at ({e.strerror}): "
+                                     "which device it is is unknown")
+                continue
+            self._add_number(mode, rdev, who)
+
+    def _add_number(self, mode: int, rdev: int, who: tuple[int, str]) -> None:
+        if stat.S_ISBLK(mode) or stat.S_ISCHR(mode):
+            kind = "block" if stat.S_ISBLK(mode) else "char"
+            self.numbers.setdefault((kind, rdev), set()).add(who)
+
+    def vfio_device_users(self, fs: Sysfs, bdfs: "list[str]") -> list[str]:
+        """Who holds a vfio device fd of one of ``bdfs``. A device fd the kernel does not name
+        (before 6.14) counts when one of ``bdfs`` is enabled or its ``enable`` cannot be read:
+        vfio-pci enables a function while a device fd of it is open, and only then."""
+        found = set().union(*(self.vfio_devices.get(b, ()) for b in bdfs))
+        if self.vfio_unnamed and any(
+                fs.read(Path(fs.pci_device(b).path) / "enable") != "0"
+                for b in bdfs if fs.pci_exists(b)):
+            found |= self.vfio_unnamed
+        return [f"pid {pid} ({comm})" for pid, comm in sorted(found)]
+
+    def _add_node(self, fs: Sysfs, fd: Path, target: str, who: tuple[int, str]) -> None:
         self.paths.setdefault(target, set()).add(who)
-        info = fs.read(fd.parent.parent / "fdinfo" / fd.name) or ""
+        info = self._fdinfo(fs, fd)
         mount = re.search(r"^mnt_id:\s*(\d+)", info, re.M)
         if mount and mount[1] in self.remote:
             return  # (a stat there can hang on a server that is gone)
@@ -317,9 +393,7 @@ class OpenFiles:
             return
         except OSError:
             return
-        if stat.S_ISBLK(mode) or stat.S_ISCHR(mode):
-            kind = "block" if stat.S_ISBLK(mode) else "char"
-            self.numbers.setdefault((kind, rdev), set()).add(who)
+        self._add_number(mode, rdev, who)
 
     def holders(self, kind: str, devname: str | None, majmin: str | None
                 ) -> list[tuple[int, str]]:
@@ -422,12 +496,7 @@ class StorageView:
                       for p in fs.sys("fs", "btrfs").glob("*/devices/*")}
         #: Block devices a loop device reads directly (``losetup /dev/loop0 /dev/sdb``): the
         #: loop holds them with no holders/ link and no process fd.
-        self.loop_backed = {}
-        for loop in sorted(fs.sys("class", "block").glob("loop*")):
-            backing = fs.read(loop / "loop" / "backing_file") or ""
-            name = block_name(fs, backing) if backing.startswith("/dev/") else None
-            if name:
-                self.loop_backed[name] = loop.name
+        self.loop_backed, self.loops_unknown = _loop_backing(fs)
 
         #: Whole disks by their world-wide id (SCSI ``device/wwid``, NVMe ``wwid``): one disk
         #: reached through two controllers (a dual-ported SAS disk without dm-multipath, an
@@ -472,6 +541,7 @@ class StorageView:
             uses.append(f"{name} is a device of the btrfs filesystem {self.btrfs[name]}")
         if name in self.loop_backed:
             uses.append(f"{name} backs the loop device {self.loop_backed[name]}")
+        uses += [f"{name} may back the loop device {why}" for why in self.loops_unknown]
         uses += [f"{name} is exported by {target}" for target in self.exported.get(name, [])]
         # (a hidden NVMe multipath path, nvme0c0n1, has no /dev node: the kernel claims the
         # disk through its head, nvme0n1, which is looked at as the namespace's own device)
@@ -491,6 +561,39 @@ class StorageView:
                 uses += [f"{name} is the same disk (wwid {wwid}) as {twin}: {u}"
                          for u in self.use_of_block(twin, seen)]
         return uses
+
+
+def _loop_backing(fs: Sysfs) -> tuple[dict[str, str], list[str]]:
+    """The block devices loop devices read directly (``losetup /dev/loop0 /dev/sdb``; kubelet's
+    loop over a raw volume's node bind-mounted for a pod, a node made anywhere): disk ->
+    loop, matched by the backing node's number, not only by a /dev name. The loop holds its
+    disk with no holders/ link, no claim and no process fd. And the loops whose backing path
+    cannot be looked at (another mount namespace's, deleted): any disk may be theirs."""
+    backed, unknown = {}, []
+    for loop in sorted(fs.sys("class", "block").glob("loop*")):
+        backing = fs.read(loop / "loop" / "backing_file")
+        if not backing:
+            continue  # (no backing file: the loop is not set up)
+        name = block_name(fs, backing) if backing.startswith("/dev/") else None
+        if name is None:
+            try:
+                mode, rdev = node_type(str(fs.path(backing.lstrip("/"))))
+            except OSError as e:
+                unknown.append(f"{loop.name}, whose backing file {backing} cannot be looked at "
+                               f"({e.strerror}): it may be a disk's node in another mount "
+                               "namespace")
+                continue
+            if not stat.S_ISBLK(mode):
+                continue  # an image file
+            disk = fs.sys("dev", "block", f"{os.major(rdev)}:{os.minor(rdev)}")
+            if not disk.exists():
+                unknown.append(f"{loop.name}, whose backing node {backing} is of no block "
+                               "device this host lists")
+                continue
+            name = os.path.basename(os.path.realpath(disk))
+        if name:
+            backed[name] = loop.name
+    return backed, unknown
 
 
 def _wwids(fs: Sysfs) -> tuple[dict[str, str], dict[str, list[str]]]:

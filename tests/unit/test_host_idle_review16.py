@@ -504,3 +504,28 @@ def test_7_a_vfio_device_held_only_by_its_device_fd_is_not_given_back(lab):
     with pytest.raises(HostDeviceError):
         lease.release()
     assert lab.driver_of(PORT0) == "vfio-pci"
+
+
+@pytest.mark.parametrize("enabled", ["1", "0"])
+def test_7_on_a_kernel_that_does_not_name_the_device_an_enabled_group_member_is_held(lab,
+                                                                                   enabled):
+    """Before 6.14 (Debian 12's 6.1, the lab's L1) a device fd's fdinfo does not name its
+    device. vfio-pci enables a function while a device fd of it is open, and only then: a
+    group with a member enabled is held by the unnamed device fd; one whose members are all
+    disabled is not (a QEMU passing another group through does not hold this one)."""
+    journal = lab.root / "var/lib/hotplug-harness/vfio-journal.json"
+    lease = VfioBinder(lab.sysfs(), journal=journal).bind(PORT0, {PORT0, PORT1})
+    for bdf in (PORT0, PORT1):
+        (lab.dev_dir(bdf) / "enable").write_text("0\n")
+    (lab.dev_dir(PORT1) / "enable").write_text(f"{enabled}\n")
+    lab.proc("5160/comm", "qemu-system-x86\n")
+    (lab.root / "proc/5160/fd").mkdir(parents=True)
+    os.symlink("anon_inode:[vfio-device]", lab.root / "proc/5160/fd/23")
+    lab.proc("5160/fdinfo/23", "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t1058\n")
+    if enabled == "1":
+        with pytest.raises(HostDeviceError, match=r"pid 5160 \(qemu-system-x86\)"):
+            lease.release()
+        assert lab.driver_of(PORT0) == "vfio-pci"
+    else:
+        lease.release()
+        assert lab.driver_of(PORT0) == "ixgbe"
