@@ -16,7 +16,9 @@ output is parsed: any word on stderr fails the check, naming what was expected a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import queue
 import re
 import socket
@@ -241,6 +243,20 @@ class ConsoleChannel(_MergedExec):
             pass
 
 
+@contextlib.contextmanager
+def _paramiko_quiet():
+    """No paramiko transport log while sshd starts: each try it refuses or resets is logged as
+    an ERROR with a traceback (dozens per boot, which buried a failing test's own message in
+    its captured log); the wait's own error says what the last try met."""
+    logger = logging.getLogger("paramiko.transport")
+    drop = logging.Filter("(none)")  # a name no record has: every record is dropped
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
 class SSHChannel(_MergedExec):
     """A root shell over SSH (paramiko) to the guest's forwarded port on loopback."""
 
@@ -269,8 +285,9 @@ class SSHChannel(_MergedExec):
                 raise
             return client
         # (every failure is retried until the deadline: sshd not up yet)
-        self._client = wait_until(f"ssh {user}@{host}:{port} to let us log in", login, timeout,
-                                  interval=0.2, retry_on=(Exception,))
+        with _paramiko_quiet():
+            self._client = wait_until(f"ssh {user}@{host}:{port} to let us log in", login,
+                                      timeout, interval=0.2, retry_on=(Exception,))
 
     def run(self, command: str, timeout: float) -> tuple[int, str, str]:
         """Run ``command``: (exit status, stdout, stderr), read from SSH's two streams."""
