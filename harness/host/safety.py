@@ -62,8 +62,26 @@ _USB_DEVICE = re.compile(r"usb\d+|\d+-[\d.]+")
 _USB_DEVICE_DRIVERS_JUDGED = {None, "usb"}
 #: Drivers that leave a device to nobody on the host.
 _NO_HOST_DRIVER = {None, "pci-stub"}
-#: A function's sysfs files that reach the device itself: BARs, config space, option ROM.
-_BAR_FILE = re.compile(r"resource\d+(?:_wc)?|config|rom")
+#: A function's sysfs files that reach the device itself: BARs, config space, option ROM,
+#: and the peer-to-peer memory it publishes (an NVMe CMB: ``p2pmem/allocate``, which a
+#: process maps to move data between devices with no driver of theirs to show it).
+_BAR_FILE = re.compile(r"resource\d+(?:_wc)?|config|rom|p2pmem/allocate")
+#: Devices below a function, bound to a driver, whose use shows in full in what the rule
+#: judges below them: their disks (a SCSI disk or CD-ROM), network interfaces, device nodes
+#: (a HID device's input and hidraw nodes, a USB serial port's tty), GPIO lines (a GPIO chip
+#: is on gpio_stub_drv, a placeholder). (bus, driver); any other bound device below a function
+#: keeps it (an I2C sensor behind a USB-to-I2C bridge, a platform device of a HID sensor hub,
+#: an RDMA driver on the auxiliary bus): a kernel driver may use it with nothing else to show.
+_BOUND_JUDGED = {
+    ("hid", "hid-generic"), ("hid", "hid-multitouch"), ("scsi", "sd"), ("scsi", "sr"),
+    ("usb-serial", "cp210x"), ("usb-serial", "ftdi_sio"), ("usb-serial", "pl2303"),
+    ("usb-serial", "ch341-uart"), ("usb-serial", "generic"), ("gpio", "gpio_stub_drv"),
+    ("virtio", "virtio_net"), ("virtio", "virtio_blk"), ("virtio", "virtio_scsi")}
+#: What a device on a bus is called in a refusal.
+_ON_BUS = {"i2c": "an I2C client", "hid": "a HID device", "spi": "an SPI device",
+           "platform": "a platform device", "scsi": "a SCSI device", "gpio": "a GPIO chip",
+           "usb-serial": "a USB serial port", "auxiliary": "an auxiliary device",
+           "mdio_bus": "an MDIO device", "virtio": "a virtio device"}
 VFIO = "vfio-pci"
 
 
@@ -278,14 +296,30 @@ class HostUsage:
         here = "/" + os.path.relpath(dev.path, self.fs.root)
         held: dict[str, set] = {}
         for path, who in self.storage.opened.paths.items():
-            if os.path.dirname(path) == here and _BAR_FILE.fullmatch(os.path.basename(path)):
-                held.setdefault(f"{os.path.basename(path)} (sysfs)", set()).update(who)
+            rel = path[len(here) + 1:] if path.startswith(here + "/") else ""
+            if _BAR_FILE.fullmatch(rel):
+                held.setdefault(f"{rel} (sysfs)", set()).update(who)
             elif path == _proc_bus_pci(dev.bdf):
                 held.setdefault(f"{path} (procfs)", set()).update(who)
         for name, who in sorted(held.items()):
             uses.append(f"{dev.bdf}'s {name} is open or mapped by "
                         + ", ".join(f"pid {pid} ({comm})" for pid, comm in sorted(who))
                         + ": a user-space driver may use it")
+        self._p2pmem(dev, uses)
+
+    def _p2pmem(self, dev: PciDevice, uses: list) -> None:
+        """Peer-to-peer memory the function publishes (``p2pmem/``, an NVMe CMB) that nvmet
+        lends to an RDMA NIC as its buffers: named, or taken from whichever function publishes
+        some (then this one may be it). Not ``available < size``: the nvme driver puts its own
+        queues there."""
+        lent = self.storage.p2pmem_lent
+        uses += [f"{dev.bdf}'s peer-to-peer memory (p2pmem) is lent by {t} (its p2pmem names "
+                 f"{dev.bdf})" for t in lent.get(dev.bdf, [])]
+        p2p = Path(dev.path) / "p2pmem"
+        if lent.get("auto") and p2p.is_dir() and self.fs.read(p2p / "published") != "0":
+            uses += [f"{dev.bdf} publishes peer-to-peer memory (p2pmem) and {t} takes its "
+                     "buffers from any function that does (its p2pmem names none): which one it "
+                     "took cannot be told" for t in lent["auto"]]
 
     def _display(self, dev: PciDevice) -> list[str]:
         if dev.class_code >> 16 != 0x03:
