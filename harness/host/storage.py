@@ -481,8 +481,7 @@ class StorageView:
         #: they open the disk without an exclusive claim, a holder or a process fd; and the
         #: NVMe controllers nvmet passes through whole (by node name and ``MAJ:MIN``).
         self.exported = _exported(fs, problems)
-        #: PCI functions whose peer-to-peer memory nvmet lends (:func:`_p2pmem_lent`).
-        self.p2pmem_lent = _p2pmem_lent(fs)
+        self.p2pmem_lent = _p2pmem_lent(fs)  # (PCI functions whose p2pmem nvmet lends)
 
         #: Character devices the kernel prints its console to (/proc/consoles: a serial
         #: adapter can be the console with no process holding it open): MAJ:MIN -> name.
