@@ -320,8 +320,8 @@ class HostUsage:
                      for pid, comm in sorted(lines.get(chip, ()))]
         if tree.gpiochips and None in lines:
             uses += [f"pid {pid} ({comm}) holds a GPIO line request whose chip its fdinfo does "
-                     f"not name (a kernel before 6.7): it may be one of "
-                     f"{', '.join(tree.gpiochips)} (below {label})"
+                     "not name (a v1 line handle or event, or a kernel before 6.7): it may be "
+                     f"one of {', '.join(tree.gpiochips)} (below {label})"
                      for pid, comm in sorted(lines[None])]
 
     def _bars(self, dev: PciDevice, uses: list) -> None:

@@ -334,7 +334,8 @@ class OpenFiles:
 
     def _add_gpio_request(self, fs: Sysfs, fd: Path, who: tuple[int, str]) -> None:
         """A GPIO line request (``gpioset``, libgpiod): its chip is named in the fd's fdinfo
-        (``gpio-chip:``, Linux 6.7 and later); an older kernel's leaves it unknown (None)."""
+        (``gpio-chip:``, a v2 request on Linux 6.7 and later); a v1 handle or event, or an older
+        kernel, leaves it unknown (None)."""
         info = fs.read(fd.parent.parent / "fdinfo" / fd.name) or ""
         chip = re.search(r"^gpio-chip:\s*(\S+)", info, re.M)
         self.gpio_lines.setdefault(chip[1] if chip else None, set()).add(who)

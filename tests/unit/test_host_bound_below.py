@@ -85,7 +85,8 @@ def test_an_idle_usb_serial_adapter_with_a_gpio_chip_stays_idle(lab):
 
 
 def test_a_gpio_line_request_whose_chip_a_kernel_does_not_name_keeps_every_chip(lab):
-    """Before Linux 6.7 a line request's fdinfo does not name its chip: any chip may be it."""
+    """A v1 line handle's fdinfo (and before Linux 6.7 a v2 request's) does not name its
+    chip: any chip may be it."""
     _cp2102n(lab)
     lab.proc("5301/comm", "relayd\n")
     (lab.root / "proc/5301/fd").mkdir(parents=True)
@@ -93,7 +94,8 @@ def test_a_gpio_line_request_whose_chip_a_kernel_does_not_name_keeps_every_chip(
     lab.proc("5301/fdinfo/5", "pos:\t0\nflags:\t02000002\nmnt_id:\t16\n")
     assert HostUsage.read(lab.root).verdict("0000:07:00.0").uses == (
         "pid 5301 (relayd) holds a GPIO line request whose chip its fdinfo does not name (a "
-        "kernel before 6.7): it may be one of gpiochip0 (below 0000:07:00.0)",)
+        "v1 line handle or event, or a kernel before 6.7): it may be one of gpiochip0 (below "
+        "0000:07:00.0)",)
     assert HostUsage.read(lab.root).verdict("0000:06:00.0").idle  # (no chip below it)
 
 
