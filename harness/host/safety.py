@@ -17,6 +17,12 @@ in sysfs:
   ``/dev/bus/usb/...``, ``/dev/ttyUSB*``, the NVMe controller's ``/dev/nvme0`` and generic
   ``/dev/ng0n1``, a multipath head's too) is open by no process, by path or by number; no
   keyboard below it feeds the console;
+* no GPIO line of a chip below it (a USB serial adapter's) is exported or requested by a
+  process, and every other device below it that is bound to a driver is one whose use those
+  rules judge (:data:`_BOUND_JUDGED`: a HID device on hid-generic, a SCSI disk on sd...): an
+  I2C sensor behind a USB-to-I2C bridge keeps its controller;
+* its BARs, config space, ROM and peer-to-peer memory are mapped by no process, and nvmet
+  lends none of its p2pmem to an RDMA NIC;
 * on vfio-pci: its ``/dev/vfio/GROUP`` is open by no process (or the group is this run's).
 
 What cannot be read (``ip`` or ``ss`` missing, a namespace it cannot enter, another
@@ -62,8 +68,33 @@ _USB_DEVICE = re.compile(r"usb\d+|\d+-[\d.]+")
 _USB_DEVICE_DRIVERS_JUDGED = {None, "usb"}
 #: Drivers that leave a device to nobody on the host.
 _NO_HOST_DRIVER = {None, "pci-stub"}
-#: A function's sysfs files that reach the device itself: BARs, config space, option ROM.
-_BAR_FILE = re.compile(r"resource\d+(?:_wc)?|config|rom")
+#: A function's sysfs files that reach the device itself: BARs, config space, option ROM,
+#: and the peer-to-peer memory it publishes (an NVMe CMB: ``p2pmem/allocate``, which a
+#: process maps to move data between devices with no driver of theirs to show it).
+_BAR_FILE = re.compile(r"resource\d+(?:_wc)?|config|rom|p2pmem/allocate")
+#: Devices below a function, bound to a driver, whose use shows in full in what the rule
+#: judges below them: their disks (a SCSI disk or CD-ROM), network interfaces, device nodes
+#: (a HID device's input and hidraw nodes, a USB serial port's tty), GPIO lines (a GPIO chip
+#: is on gpio_stub_drv, a placeholder). (bus, driver); any other bound device below a function
+#: keeps it (an I2C sensor behind a USB-to-I2C bridge, a platform device of a HID sensor hub,
+#: an RDMA driver on the auxiliary bus): a kernel driver may use it with nothing else to show.
+_BOUND_JUDGED = {
+    ("hid", "hid-generic"), ("hid", "hid-multitouch"), ("scsi", "sd"), ("scsi", "sr"),
+    ("usb-serial", "cp210x"), ("usb-serial", "ftdi_sio"), ("usb-serial", "pl2303"),
+    ("usb-serial", "ch341-uart"), ("usb-serial", "generic"), ("gpio", "gpio_stub_drv"),
+    ("virtio", "virtio_net"), ("virtio", "virtio_blk"), ("virtio", "virtio_scsi"),
+    ("auxiliary", "mlx5_core.eth")}
+#: Buses whose every device below a function serves that function's network interfaces,
+#: which are judged: a NIC's PHYs (r8169's, phylib's; the driver is named after the chip).
+_BUSES_JUDGED = {"mdio_bus"}
+#: A hub's port (``usb1-port2``, ``1-4-port1``): the kernel gives it a driver of its own with
+#: no bus; what uses it is the USB device on it, judged as one.
+_USB_PORT = re.compile(r"(?:usb\d+|\d+-[\d.]+)-port\d+")
+#: What a device on a bus is called in a refusal.
+_ON_BUS = {"i2c": "an I2C client", "hid": "a HID device", "spi": "an SPI device",
+           "platform": "a platform device", "scsi": "a SCSI device", "gpio": "a GPIO chip",
+           "usb-serial": "a USB serial port", "auxiliary": "an auxiliary device",
+           "mdio_bus": "an MDIO device", "virtio": "a virtio device"}
 VFIO = "vfio-pci"
 
 
@@ -270,9 +301,32 @@ class HostUsage:
         if mice and any(n.name.startswith("mouse") for n, _ in tree.char_nodes):
             uses.append(f"a mouse below {label} feeds /dev/input/mice, open by "
                         f"{', '.join(mice)}")
+        self._gpio(label, tree, uses)
+        uses += [f"{_ON_BUS.get(bus, f'a device on the {bus} bus')} {name} (below {label}) is "
+                 f"on the driver {driver}, whose use the harness cannot judge (a kernel driver "
+                 "may use it with no node or process to show it)"
+                 for name, bus, driver in tree.bound
+                 if (bus, driver) not in _BOUND_JUDGED and bus not in _BUSES_JUDGED]
         if tree.char_nodes and len(uses) == before:
             evidence.append(f"{len(tree.char_nodes)} device node(s) below {label} "
                             "open by no process, no console keyboard")
+
+    def _gpio(self, label: str, tree: "_Subtree", uses: list) -> None:
+        """GPIO lines of a chip below it (a USB serial adapter's: cp210x, ftdi_sio) that are
+        held drive something on the host (a power relay) with the chip's node open by no one:
+        exported through /sys/class/gpio, or requested by a process, whose request fd holds
+        them (a kernel that does not name the fd's chip: any chip may be the one)."""
+        uses += [f"the GPIO line {line} (below {label}) is exported through /sys/class/gpio: "
+                 "something on the host drives or reads it" for line in tree.gpio_exported]
+        lines = self.storage.opened.gpio_lines
+        for chip in tree.gpiochips:
+            uses += [f"a GPIO line of {chip} (below {label}) is requested by pid {pid} ({comm})"
+                     for pid, comm in sorted(lines.get(chip, ()))]
+        if tree.gpiochips and None in lines:
+            uses += [f"pid {pid} ({comm}) holds a GPIO line request whose chip its fdinfo does "
+                     "not name (a v1 line handle or event, or a kernel before 6.7): it may be "
+                     f"one of {', '.join(tree.gpiochips)} (below {label})"
+                     for pid, comm in sorted(lines[None])]
 
     def _bars(self, dev: PciDevice, uses: list) -> None:
         """A user-space driver reaches a function through its sysfs BARs (``resource0``...),
@@ -282,14 +336,30 @@ class HostUsage:
         here = "/" + os.path.relpath(dev.path, self.fs.root)
         held: dict[str, set] = {}
         for path, who in self.storage.opened.paths.items():
-            if os.path.dirname(path) == here and _BAR_FILE.fullmatch(os.path.basename(path)):
-                held.setdefault(f"{os.path.basename(path)} (sysfs)", set()).update(who)
+            rel = path[len(here) + 1:] if path.startswith(here + "/") else ""
+            if _BAR_FILE.fullmatch(rel):
+                held.setdefault(f"{rel} (sysfs)", set()).update(who)
             elif path == _proc_bus_pci(dev.bdf):
                 held.setdefault(f"{path} (procfs)", set()).update(who)
         for name, who in sorted(held.items()):
             uses.append(f"{dev.bdf}'s {name} is open or mapped by "
                         + ", ".join(f"pid {pid} ({comm})" for pid, comm in sorted(who))
                         + ": a user-space driver may use it")
+        self._p2pmem(dev, uses)
+
+    def _p2pmem(self, dev: PciDevice, uses: list) -> None:
+        """Peer-to-peer memory the function publishes (``p2pmem/``, an NVMe CMB) that nvmet
+        lends to an RDMA NIC as its buffers: named, or taken from whichever function publishes
+        some (then this one may be it). Not ``available < size``: the nvme driver puts its own
+        queues there."""
+        lent = self.storage.p2pmem_lent
+        uses += [f"{dev.bdf}'s peer-to-peer memory (p2pmem) is lent by {t} (its p2pmem names "
+                 f"{dev.bdf})" for t in lent.get(dev.bdf, [])]
+        p2p = Path(dev.path) / "p2pmem"
+        if lent.get("auto") and p2p.is_dir() and self.fs.read(p2p / "published") != "0":
+            uses += [f"{dev.bdf} publishes peer-to-peer memory (p2pmem) and {t} takes its "
+                     "buffers from any function that does (its p2pmem names none): which one it "
+                     "took cannot be told" for t in lent["auto"]]
 
     def _display(self, dev: PciDevice) -> list[str]:
         if dev.class_code >> 16 != 0x03:
@@ -329,9 +399,11 @@ def nodes_below(fs: Sysfs, path: str) -> list[tuple[Path, str | None]]:
 
 class _Subtree:
     """What sits below a device's sysfs directory (links not followed): network interfaces,
-    block devices, and device nodes (directories with a ``dev`` file)."""
+    block devices, device nodes (directories with a ``dev`` file), USB devices and interfaces,
+    GPIO chips and their exported lines, and every other device bound to a driver."""
 
     def __init__(self, fs: Sysfs, path: str):
+        self.fs = fs
         self.netdevs: list[str] = []
         self.blocks: list[str] = []
         self.char_nodes: list[tuple[Path, str | None]] = []
@@ -342,29 +414,51 @@ class _Subtree:
         self.inputs: list[str] = []
         #: USB devices (``3-4``) and their own drivers (``usb``; None: unconfigured).
         self.usb_devices: list[tuple[str, str | None]] = []
+        #: GPIO chips (``gpiochip0``, as a line request's fdinfo names them) and the lines
+        #: exported through /sys/class/gpio (``gpio513``, below the chip's ``gpio/``).
+        self.gpiochips: list[str] = []
+        self.gpio_exported: list[str] = []
+        #: Every other device bound to a driver: (name, bus, driver).
+        self.bound: list[tuple[str, str, str]] = []
         try:  # a disk is wherever /sys/class/block says (an NVMe namespace sits under nvme0/)
-            disks = {os.path.realpath(p) for p in fs.sys("class", "block").iterdir()}
+            self.disks = {os.path.realpath(p) for p in fs.sys("class", "block").iterdir()}
         except OSError:
-            disks = set()
+            self.disks = set()
         for dirpath, dirnames, filenames in os.walk(path):
-            here = Path(dirpath)
-            if re.fullmatch(r"input\d+", here.name):
-                self.inputs.append(here.name)
-            if _USB_DEVICE.fullmatch(here.name) and "busnum" in filenames:  # (not i2c's 0-0050)
-                self.usb_devices.append((here.name, fs.link_name(here / "driver")))
-            if _USB_INTERFACE.fullmatch(here.name):
-                self.usb_interfaces.append((here.name, fs.link_name(here / "driver"),
-                                            any(here.glob("net/*"))))
-            if here.parent.name == "net":
-                self.netdevs.append(here.name)
-                dirnames.clear()  # its queues and statistics
-            elif dirpath in disks or here.parent.name == "block" or "partition" in filenames:
-                if "partition" not in filenames:
-                    self.blocks.append(here.name)
-            elif "dev" in filenames:
-                self.char_nodes.append((here, fs.read(here / "dev")))
+            if not self._look(Path(dirpath), filenames, dirpath != path and
+                              "driver" in dirnames + filenames):
+                dirnames.clear()  # a network interface's queues and statistics
         self.netdevs.sort()
         self.blocks.sort()
+
+    def _look(self, here: Path, filenames: list[str], has_driver: bool) -> bool:
+        """Note what ``here`` is; False: nothing below it is worth a look."""
+        fs, usb = self.fs, False
+        if re.fullmatch(r"input\d+", here.name):
+            self.inputs.append(here.name)
+        if _USB_DEVICE.fullmatch(here.name) and "busnum" in filenames:  # (not i2c's 0-0050)
+            self.usb_devices.append((here.name, fs.link_name(here / "driver")))
+            usb = True
+        if _USB_INTERFACE.fullmatch(here.name):
+            self.usb_interfaces.append((here.name, fs.link_name(here / "driver"),
+                                        any(here.glob("net/*"))))
+            usb = True
+        if re.fullmatch(r"gpiochip\d+", here.name) and here.parent.name != "gpio":
+            self.gpiochips.append(here.name)  # (gpio/gpiochip512: the legacy class's view)
+        elif re.fullmatch(r"gpio\d+", here.name) and here.parent.name == "gpio":
+            self.gpio_exported.append(here.name)
+        if has_driver and not usb and not _USB_PORT.fullmatch(here.name):
+            driver = Path(os.path.realpath(here / "driver"))  # /sys/bus/BUS/drivers/NAME
+            self.bound.append((here.name, driver.parent.parent.name, driver.name))
+        if here.parent.name == "net":
+            self.netdevs.append(here.name)
+            return False
+        if str(here) in self.disks or here.parent.name == "block" or "partition" in filenames:
+            if "partition" not in filenames:
+                self.blocks.append(here.name)
+        elif "dev" in filenames:
+            self.char_nodes.append((here, fs.read(here / "dev")))
+        return True
 
 
 def _nvme_subsystems(fs: Sysfs, path: str) -> list[Path]:

@@ -220,6 +220,11 @@ def _in_thread(look, timeout: float):
     return box["value"]
 
 
+#: The anonymous files of a GPIO line request: ``gpio-line`` (the chardev's v2 ABI),
+#: ``gpio-linehandle`` and ``gpio-event`` (v1).
+_GPIO_REQUESTS = {"anon_inode:gpio-line", "anon_inode:gpio-linehandle", "anon_inode:gpio-event"}
+
+
 class OpenFiles:
     """Which device nodes processes hold open: by path (``/dev/sdb``) and by device number,
     whatever the path (a node in a container's /dev stands for the same device). Files on
@@ -244,6 +249,10 @@ class OpenFiles:
         self.vfio_unnamed: set[tuple[int, str]] = set()
         self._rings_mapped: dict[str, tuple[int, str]] = {}  # io_uring inode -> a mapper
         self._rings_held: set[str] = set()                   # io_uring inodes with an fd
+        #: GPIO lines requested from user space, by chip (``gpiochip0``; None: a kernel whose
+        #: fdinfo does not name it) -> who holds them: the request's own fd keeps the lines
+        #: after the chip's node is closed.
+        self.gpio_lines: dict[str | None, set[tuple[int, str]]] = {}
         for proc in sorted(fs.proc().glob("[0-9]*")):
             who = (int(proc.name), fs.read(proc / "comm") or "?")
             self._add_maps(proc, who, problems)
@@ -306,7 +315,9 @@ class OpenFiles:
             target = os.readlink(fd)
         except OSError:
             return
-        if target == "anon_inode:[io_uring]":
+        if target in _GPIO_REQUESTS:
+            self._add_gpio_request(fs, fd, who)
+        elif target == "anon_inode:[io_uring]":
             self._add_ring(fs, fd, who)
         elif target == "anon_inode:[vfio-device]":
             syspath = re.search(r"^vfio-device-syspath:\s*(\S+)", self._fdinfo(fs, fd), re.M)
@@ -395,6 +406,14 @@ class OpenFiles:
             return
         self._add_number(mode, rdev, who)
 
+    def _add_gpio_request(self, fs: Sysfs, fd: Path, who: tuple[int, str]) -> None:
+        """A GPIO line request (``gpioset``, libgpiod): its chip is named in the fd's fdinfo
+        (``gpio-chip:``, a v2 request on Linux 6.7 and later); a v1 handle or event, or an older
+        kernel, leaves it unknown (None)."""
+        info = self._fdinfo(fs, fd)
+        chip = re.search(r"^gpio-chip:\s*(\S+)", info, re.M)
+        self.gpio_lines.setdefault(chip[1] if chip else None, set()).add(who)
+
     def holders(self, kind: str, devname: str | None, majmin: str | None
                 ) -> list[tuple[int, str]]:
         """(pid, command) of the processes that hold the node open (its ``DEVNAME`` under
@@ -446,6 +465,30 @@ def _exported(fs: Sysfs, problems: list[str]) -> dict[str, list[str]]:
                 where = f"{module} ({f.relative_to(root).parts[0]})"
                 for name in _exported_blocks(fs, path) + _exported_controller(fs, path):
                     out.setdefault(name, []).append(where)
+    return out
+
+
+_P2PMEM_OFF = {"", "0", "n", "no", "off", "false", "none"}
+_PCI_NAME = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]")
+
+
+def _p2pmem_lent(fs: Sysfs) -> dict[str, list[str]]:
+    """PCI function -> the nvmet namespaces that take their data buffers from its peer-to-peer
+    memory (configfs ``namespaces/N/p2pmem`` names it: the kernel allocates from it for an RDMA
+    NIC, with no process, node or disk to show it); ``"auto"`` -> those that take it from any
+    function that publishes p2pmem (``1``: which one each controller took is not shown).
+    (An unreadable configfs with nvmet loaded is already a problem: :func:`_exported`.)"""
+    out: dict[str, list[str]] = {}
+    root = fs.sys("kernel", "config", "nvmet", "subsystems")
+    if not fs.sys("module", "nvmet").exists() or not root.is_dir():
+        return out
+    for f in sorted(root.glob("*/namespaces/*/p2pmem")):
+        text = fs.read(f)  # (one that cannot be read may name any function)
+        value = "unreadable" if text is None else text.strip().lower()
+        if value in _P2PMEM_OFF:
+            continue
+        where = f"nvmet ({f.relative_to(root).parts[0]}, namespace {f.parent.name})"
+        out.setdefault(value if _PCI_NAME.fullmatch(value) else "auto", []).append(where)
     return out
 
 
@@ -508,6 +551,7 @@ class StorageView:
         #: they open the disk without an exclusive claim, a holder or a process fd; and the
         #: NVMe controllers nvmet passes through whole (by node name and ``MAJ:MIN``).
         self.exported = _exported(fs, problems)
+        self.p2pmem_lent = _p2pmem_lent(fs)  # (PCI functions whose p2pmem nvmet lends)
 
         #: Character devices the kernel prints its console to (/proc/consoles: a serial
         #: adapter can be the console with no process holding it open): MAJ:MIN -> name.
