@@ -440,6 +440,93 @@ def test_5_a_network_namespace_mounted_only_in_a_mount_namespace_no_process_is_i
         subprocess.run(["umount", str(keep)], check=False)
 
 
+#: A process that makes a namespace, a tap device in it (``sys.argv[1]``; none when it is
+#: empty: the tun fd is then attached to no device), and goes back to the namespace it came
+#: from: its tun fd alone holds the namespace.
+TUN_NS = textwrap.dedent(r"""
+    import ctypes, fcntl, os, struct, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    if libc.unshare(0x40000000) != 0:  # CLONE_NEWNET
+        sys.exit("unshare: " + os.strerror(ctypes.get_errno()))
+    tun = os.open("/dev/net/tun", os.O_RDWR)
+    if sys.argv[1]:  # TUNSETIFF, IFF_TAP | IFF_NO_PI
+        fcntl.ioctl(tun, 0x400454CA, struct.pack("16sH22x", sys.argv[1].encode(), 0x1002))
+    inode = os.readlink("/proc/self/ns/net")
+    if libc.setns(home, 0x40000000) != 0:
+        sys.exit("setns: " + os.strerror(ctypes.get_errno()))
+    os.close(home)
+    print("ready", inode, flush=True)
+    sys.stdin.readline()
+""")
+
+
+def _holder(script: str, *args: str) -> tuple[subprocess.Popen, str]:
+    child = subprocess.Popen([sys.executable, "-c", script, *args], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    first = child.stdout.readline().split()
+    if first[:1] != ["ready"]:
+        child.kill()
+        pytest.skip(f"no network namespace with a tun device here: {child.wait()}")
+    return child, first[1]
+
+
+@as_root
+def test_5_a_network_namespace_held_only_by_a_tun_fd_is_read():
+    child, inode = _holder(TUN_NS, "hh16tn")
+    try:
+        view = NetView.read(Sysfs("/"))
+        seen = [name for name, ns in view.namespaces.items() if "hh16tn" in ns.links]
+        assert seen and f"pid {child.pid}" in seen[0], (list(view.namespaces), view.problems)
+    finally:
+        child.kill()
+        child.wait()
+
+
+@as_root
+def test_5_a_tun_fd_attached_to_no_device_leaves_every_nic_unproven():
+    """It holds the namespace it was opened in, and no ioctl names that one."""
+    child, inode = _holder(TUN_NS, "")
+    try:
+        view = NetView.read(Sysfs("/"))
+        told = [p for p in view.problems if f"pid {child.pid}" in p and "tun" in p]
+        assert told, view.problems
+    finally:
+        child.kill()
+        child.wait()
+
+
+@as_root
+def test_5_a_mount_namespace_held_only_by_an_fd_is_visited(tmp_path):
+    """A process in a mount namespace mounts a network namespace there; another holds the
+    mount namespace by an fd (``mnt:[N]``) and the first one ends."""
+    made = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-ec",
+         "mkdir -p /run/hh16f; mount -t tmpfs hh16 /run/hh16f; touch /run/hh16f/net; "
+         "unshare --net=/run/hh16f/net ip link add hh16fd type veth peer name hh16fdp; "
+         "echo ready; read x"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = None
+    try:
+        if made.stdout.readline().strip() != "ready":
+            pytest.skip(f"no namespaces to make here: {made.wait()}")
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); "
+             "print('ready', flush=True); sys.stdin.readline()",
+             f"/proc/{made.pid}/ns/mnt"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            text=True)
+        assert holder.stdout.readline().strip() == "ready"
+        made.kill()
+        made.wait()
+        view = NetView.read(Sysfs("/"))
+        seen = [name for name, ns in view.namespaces.items() if "hh16fd" in ns.links]
+        assert seen, (list(view.namespaces), view.problems)
+    finally:
+        for child in (made, holder):
+            if child:
+                child.kill()
+                child.wait()
+
+
 # -- 6. a mapped file whose name is not UTF-8 -----------------------------------------------------
 
 #: nobody maps a file of theirs whose name ends in the byte 0xff, and keeps it mapped.
