@@ -14,8 +14,8 @@ it holds it by an open fd (``net:[N]``), or an nsfs file is bind-mounted for it 
 (``nsfs`` lines of every mount namespace's ``mountinfo``, those no process is in included:
 :mod:`harness.host.nsholders` visits them); those are entered through an ``O_PATH`` fd
 proven to be that namespace (``nsenter --net=/proc/self/fd/N``), never by path. A socket or
-tun fd holds the namespace the kernel names for it (``SIOCGSKNS``, ``TUNGETDEVNETNS``, on a
-copy taken with ``pidfd_getfd``), entered through that fd. One that cannot be read, or a
+tun fd holds the namespace the kernel names for it (``SIOCGSKNS`` on a copy taken with
+``pidfd_getfd``), entered through that fd. One that cannot be read, or a
 place that cannot be searched, makes every interface unproven.
 
 Everything is read under a root: on ``/`` the tools are run; under a test's fake root their
@@ -250,11 +250,12 @@ def _namespaces(fs: Sysfs, problems: list[str]) -> list[Namespace]:
         return out
     with MountVisits(fs) as visits:
         held, sockets = _holders(fs, visits, problems)
-        by_socket = socket_namespaces(sockets, seen | set(held), problems) \
-            if fs.real_host else {}
+        # (a namespace also held otherwise keeps the socket's fd as its last way in: the
+        # process or fd it was seen through may end while it is read)
+        by_socket = socket_namespaces(sockets, seen, problems) if fs.real_host else {}
         try:
             for inode, (how, fd) in by_socket.items():
-                held[inode] = [(how, fd)]
+                held.setdefault(inode, []).append((how, fd))
             return out + [_held_namespace(fs, inode, ways) for inode, ways in held.items()
                           if inode not in seen]
         finally:

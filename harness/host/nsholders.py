@@ -8,7 +8,8 @@ process. Two more kinds of holder keep a namespace alive with none of those:
   to its own (``setns``: a routing daemon's per-VRF sockets, a namespace whose ``ip netns``
   name was deleted while the daemon kept its sockets). Its fd reads ``socket:[N]``; the
   socket's namespace is learnt by taking a copy of the fd (``pidfd_getfd``, Linux 5.6, root)
-  and asking the kernel for an fd of it (``SIOCGSKNS``; ``TUNGETDEVNETNS`` for a tun fd);
+  and asking the kernel for an fd of it (``SIOCGSKNS``; a tun fd answers it too, with the
+  namespace it was opened in, which it holds whether or not it is attached to a device);
 * **a mount namespace no process is in** (``unshare --mount=FILE``): it lives through an nsfs
   ``mnt:[N]`` file (a bind mount, an fd, a thread's ``ns/mnt``), and a network namespace
   mounted inside it shows in no process's ``mountinfo``. A helper process enters it (proven
@@ -17,7 +18,7 @@ process. Two more kinds of holder keep a namespace alive with none of those:
   mount namespace from here.
 
 What cannot be told (``pidfd_getfd`` refused or missing, an ioctl the kernel does not have,
-a tun fd attached to no device, a mount namespace that cannot be entered) is returned as a
+a mount namespace that cannot be entered) is returned as a
 problem, which makes every NIC unproven.
 """
 
@@ -28,6 +29,7 @@ import errno
 import fcntl
 import os
 import select
+import stat
 import subprocess
 import sys
 import threading
@@ -37,8 +39,8 @@ from harness.host.storage import unescape_mountinfo
 from harness.host.sysfs import Sysfs
 
 SIOCGSKNS = 0x894C          # linux/sockios.h: an fd of a socket's network namespace
-TUNGETDEVNETNS = 0x54E3     # linux/if_tun.h, _IO('T', 227): the tun device's namespace
 _PIDFD_GETFD = 438          # the syscall's number on every architecture
+_TUN_DEVICE = os.makedev(10, 200)   # /dev/net/tun
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
 #: Run by the helper: enter the mount namespace of the (proven) fd ``argv[1]``, say so, and
@@ -115,8 +117,9 @@ def open_namespace(fs: Sysfs, path: Path, inode: str, kind: str) -> int:
 def socket_namespaces(fds: list[tuple[str, Path]], known: set[str],
                       problems: list[str]) -> dict[str, tuple[str, int]]:
     """The network namespaces not in ``known`` that the sockets and tun fds ``fds`` ((their
-    link, ``/proc/PID/fd/N``)) are in: {inode: (how it is held, an fd of it, to close)}. Each
-    socket is asked once, however many fds share it; what cannot be asked is a problem."""
+    link, ``/proc/PID/fd/N``)) are in: {inode: (how it is held, an fd of it, to close)}, one
+    fd a namespace. Each socket is asked once, however many fds share it; what cannot be
+    asked is a problem."""
     out: dict[str, tuple[str, int]] = {}
     pidfds: dict[str, int | None] = {}
     asked: set[str] = set()
@@ -166,14 +169,16 @@ def _namespace_of_fd(pidfds: dict[str, int | None], pid: str, fd: int, tun: bool
         raise OSError(err, "pidfd_getfd: " + os.strerror(err) +
                       (" (Linux 5.6 or later is needed)" if err == errno.ENOSYS else ""))
     try:
-        try:
-            return fcntl.ioctl(copy, TUNGETDEVNETNS if tun else SIOCGSKNS)
+        st = os.fstat(copy)
+        if not (stat.S_ISCHR(st.st_mode) and st.st_rdev == _TUN_DEVICE if tun else
+                stat.S_ISSOCK(st.st_mode)):
+            return None  # replaced since it was listed, or a file another mount namespace
+            # calls /dev/net/tun, which holds no namespace (and is sent no tun ioctl)
+        try:  # (a tun fd answers with the namespace it was opened in, which it holds,
+            # attached to a device or not: Linux 4.16)
+            return fcntl.ioctl(copy, SIOCGSKNS)
         except OSError as e:
-            if tun and e.errno == errno.EBADFD:
-                raise OSError(e.errno, "a tun/tap fd attached to no device (it holds the "
-                              "namespace it was opened in, which no ioctl names)") from e
-            raise OSError(e.errno, f"{'TUNGETDEVNETNS' if tun else 'SIOCGSKNS'}: "
-                          f"{e.strerror}") from e
+            raise OSError(e.errno, f"SIOCGSKNS: {e.strerror}") from e
     finally:
         os.close(copy)
 

@@ -440,18 +440,22 @@ def test_5_a_network_namespace_mounted_only_in_a_mount_namespace_no_process_is_i
         subprocess.run(["umount", str(keep)], check=False)
 
 
-#: A process that makes a namespace, a tap device in it (``sys.argv[1]``; none when it is
-#: empty: the tun fd is then attached to no device), and goes back to the namespace it came
-#: from: its tun fd alone holds the namespace.
+#: A process that makes a namespace with a veth pair in it (``sys.argv[1]``), opens
+#: /dev/net/tun there (and with ``sys.argv[2]`` makes a tap device of it), and goes back to the
+#: namespace it came from: its tun fd alone holds the namespace.
 TUN_NS = textwrap.dedent(r"""
-    import ctypes, fcntl, os, struct, sys
+    import ctypes, fcntl, os, struct, subprocess, sys
     libc = ctypes.CDLL(None, use_errno=True)
     home = os.open("/proc/self/ns/net", os.O_RDONLY)
     if libc.unshare(0x40000000) != 0:  # CLONE_NEWNET
         sys.exit("unshare: " + os.strerror(ctypes.get_errno()))
+    name = sys.argv[1]
+    if subprocess.run(["ip", "link", "add", name, "type", "veth", "peer", "name",
+                       name + "p"]).returncode:
+        sys.exit("ip link add failed")
     tun = os.open("/dev/net/tun", os.O_RDWR)
-    if sys.argv[1]:  # TUNSETIFF, IFF_TAP | IFF_NO_PI
-        fcntl.ioctl(tun, 0x400454CA, struct.pack("16sH22x", sys.argv[1].encode(), 0x1002))
+    if sys.argv[2]:  # TUNSETIFF, IFF_TAP | IFF_NO_PI
+        fcntl.ioctl(tun, 0x400454CA, struct.pack("16sH22x", sys.argv[2].encode(), 0x1002))
     inode = os.readlink("/proc/self/ns/net")
     if libc.setns(home, 0x40000000) != 0:
         sys.exit("setns: " + os.strerror(ctypes.get_errno()))
@@ -461,36 +465,25 @@ TUN_NS = textwrap.dedent(r"""
 """)
 
 
-def _holder(script: str, *args: str) -> tuple[subprocess.Popen, str]:
-    child = subprocess.Popen([sys.executable, "-c", script, *args], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
-    first = child.stdout.readline().split()
-    if first[:1] != ["ready"]:
-        child.kill()
-        pytest.skip(f"no network namespace with a tun device here: {child.wait()}")
-    return child, first[1]
-
-
 @as_root
-def test_5_a_network_namespace_held_only_by_a_tun_fd_is_read():
-    child, inode = _holder(TUN_NS, "hh16tn")
+@pytest.mark.parametrize("tap", ["hh16tap", ""], ids=["attached", "attached-to-no-device"])
+def test_5_a_network_namespace_held_only_by_a_tun_fd_is_read(tap):
+    """A tun fd holds the namespace it was opened in, whether it made a device or not."""
+    child = subprocess.Popen([sys.executable, "-c", TUN_NS, "hh16tn", tap],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
+        first = child.stdout.readline().split()
+        if first[:1] != ["ready"]:
+            pytest.skip(f"no network namespace with a tun fd here: {child.wait()}")
+        fds = [os.readlink(f"/proc/{child.pid}/fd/{fd}") for fd in
+               os.listdir(f"/proc/{child.pid}/fd")]
+        assert "/dev/net/tun" in fds and not any(t.startswith(("net:", "socket:"))
+                                                 for t in fds)
         view = NetView.read(Sysfs("/"))
-        seen = [name for name, ns in view.namespaces.items() if "hh16tn" in ns.links]
-        assert seen and f"pid {child.pid}" in seen[0], (list(view.namespaces), view.problems)
-    finally:
-        child.kill()
-        child.wait()
-
-
-@as_root
-def test_5_a_tun_fd_attached_to_no_device_leaves_every_nic_unproven():
-    """It holds the namespace it was opened in, and no ioctl names that one."""
-    child, inode = _holder(TUN_NS, "")
-    try:
-        view = NetView.read(Sysfs("/"))
-        told = [p for p in view.problems if f"pid {child.pid}" in p and "tun" in p]
-        assert told, view.problems
+        seen = [ns for ns in view.namespaces.values() if "hh16tn" in ns.links]
+        assert seen and f"pid {child.pid}" in seen[0].name, (list(view.namespaces),
+                                                             view.problems)
+        assert (tap in seen[0].links) if tap else len(seen[0].links) == 3  # lo and the pair
     finally:
         child.kill()
         child.wait()
