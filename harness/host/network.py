@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from harness.core.paths import check_search_path
-from harness.host.nsholders import MountVisits, nsfs_mounts, open_namespace, socket_namespaces
+from harness.host.nsholders import (PROC_NET, MountVisits, nsfs_mounts, open_namespace,
+                                    proc_net_problems, socket_namespaces)
 from harness.host.storage import mountinfos
 from harness.host.sysfs import Sysfs
 
@@ -266,14 +267,17 @@ def _namespaces(fs: Sysfs, problems: list[str]) -> list[Namespace]:
 def _holders(fs: Sysfs, visits: MountVisits, problems: list[str]) -> tuple[dict, list]:
     """({namespace: [(how it is held, the path that enters it)]} for every network namespace
     a process, thread, nsfs fd or nsfs mount holds, and the (link, path) of every socket and
-    tun fd, whose namespaces only the kernel can tell. Mount namespaces no process is in (held
+    tun fd, whose namespaces only the kernel can tell; an open ``/proc/PID/net`` file of a
+    namespace that cannot be named is a problem. Mount namespaces no process is in (held
     by an nsfs ``mnt:`` fd, thread link or mount) are visited for their nsfs mounts."""
-    found: dict[str, list] = {"net": [], "mnt": [], "socket": []}
+    found: dict[str, list] = {"net": [], "mnt": [], "socket": [], "procnet": []}
     for proc in sorted(fs.proc().glob("[0-9]*"), key=lambda p: int(p.name)):
         for kind, what, how, path in _held_by_process(fs, proc, problems):
             found[kind].append((what, how, path) if kind != "socket" else (what, path))
     infos = mountinfos(fs, problems)
     infos += visits.visit(infos, found["mnt"], problems)
+    if fs.real_host:
+        problems += proc_net_problems(found["procnet"], infos, fs)
     held: dict[str, list[tuple[str, Path | int]]] = {}
     for inode, how, path in found["net"] + nsfs_mounts(infos, fs.path(), "net"):
         held.setdefault(inode, []).append((how, path))
@@ -284,7 +288,8 @@ def _held_by_process(fs: Sysfs, proc: Path, problems: list[str]) -> list[tuple[s
     """(kind, what, how it is held, its path) for what one process holds that may keep a
     network namespace: the one it lives in; its threads' (``task/TID/ns/net``, ``ns/mnt``)
     and its open fds' nsfs files (``net:[N]``, ``mnt:[N]``): kind ``net`` or ``mnt``, what the
-    namespace; and its sockets and tun fds: kind ``socket``, what the fd's link."""
+    namespace; its sockets and tun fds: kind ``socket``, what the fd's link; and its open
+    ``/proc/PID/net`` files: kind ``procnet``, likewise."""
     try:
         inode = _inode(proc / "ns" / "net", strict=True)
     except FileNotFoundError:
@@ -320,6 +325,8 @@ def _held_by_process(fs: Sysfs, proc: Path, problems: list[str]) -> list[tuple[s
                 out.append((kind, target.removeprefix(kind + ":"), label, entry))
             elif what == "fd" and (kind == "socket" or target == "/dev/net/tun"):
                 out.append(("socket", target, label, entry))
+            elif what == "fd" and PROC_NET.fullmatch(target):
+                out.append(("procnet", target, label, entry))
     return out
 
 

@@ -28,6 +28,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import re
 import select
 import stat
 import subprocess
@@ -181,6 +182,49 @@ def _namespace_of_fd(pidfds: dict[str, int | None], pid: str, fd: int, tun: bool
             raise OSError(e.errno, f"SIOCGSKNS: {e.strerror}") from e
     finally:
         os.close(copy)
+
+
+#: An open file of a ``/proc/PID/net`` folder: what of it follows ``net/``.
+PROC_NET = re.compile(r"/proc/[^/]+/(?:task/[^/]+/)?net/(.+)")
+
+
+def proc_net_problems(files: list[tuple[str, str, Path]], infos: list[tuple[Path, str]],
+                      fs: Sysfs) -> list[str]:
+    """Why the open ``/proc/PID/net`` files ``files`` ((link, how, ``/proc/PID/fd/N``)) may
+    hold a namespace no one reads: such a file keeps the namespace it shows alive, and no
+    kernel interface names it. One is known when it is the file of the harness's own
+    namespace or of the one its process is in (the same procfs inode); one whose fd is on no
+    procfs mount (``fdinfo``'s ``mnt_id``, from ``infos``) is not such a file at all, and is
+    never stat'ed (a FUSE file named so would block the stat)."""
+    mounts = {line.split(maxsplit=1)[0]: line.partition(" - ")[2].split()[:1]
+              for _, text in infos for line in text.splitlines()}
+    out = []
+    for target, how, entry in files:
+        rel, pid = PROC_NET.fullmatch(target)[1], entry.parent.parent.name
+        fdinfo = fs.read(entry.parent.parent / "fdinfo" / entry.name) or ""
+        mount = re.search(r"^mnt_id:\s*(\d+)", fdinfo, re.M)
+        if mount and mounts.get(mount[1], ["proc"]) != ["proc"] or \
+                not mount and not os.path.lexists(entry):
+            continue  # on a mount seen not to be procfs, or gone
+        if mount and mount[1] not in mounts:
+            mount = None  # on no mount seen: what it is cannot be told without a stat
+        known = set()
+        for where in (fs.proc("self", "net", rel), fs.proc(pid, "net", rel)):
+            try:
+                known.add(os.stat(where).st_ino)
+            except OSError:
+                pass
+        try:
+            if mount and ".." not in rel.split("/") and os.stat(entry).st_ino in known:
+                continue
+        except FileNotFoundError:
+            continue
+        except OSError:
+            pass
+        out.append(f"{how} is {target}, which may be a file of a network namespace that is "
+                   f"neither this one nor the one pid {pid} is in (no kernel interface names "
+                   "which): the interfaces of a namespace held only by it would be missed")
+    return out
 
 
 # -- mount namespaces no process is in -----------------------------------------------------

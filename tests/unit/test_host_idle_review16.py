@@ -489,6 +489,41 @@ def test_5_a_network_namespace_held_only_by_a_tun_fd_is_read(tap):
         child.wait()
 
 
+#: A process that opens its /proc/self/net/dev (in a namespace of its own with
+#: ``sys.argv[1]``, which it then leaves) and keeps it open.
+PROC_NET_FILE = textwrap.dedent(r"""
+    import ctypes, os, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    if sys.argv[1] and libc.unshare(0x40000000) != 0:  # CLONE_NEWNET
+        sys.exit("unshare: " + os.strerror(ctypes.get_errno()))
+    kept = open("/proc/self/net/dev")
+    if sys.argv[1] and libc.setns(home, 0x40000000) != 0:
+        sys.exit("setns: " + os.strerror(ctypes.get_errno()))
+    os.close(home)
+    print("ready", flush=True)
+    sys.stdin.readline()
+""")
+
+
+@as_root
+@pytest.mark.parametrize("elsewhere", [True, False], ids=["other-namespace", "its-own"])
+def test_5_an_open_proc_net_file_of_a_namespace_left_is_named(elsewhere):
+    """A /proc/PID/net file holds the namespace it shows, and nothing names which: one of a
+    namespace its process has left leaves every NIC unproven; one of its own does not."""
+    child = subprocess.Popen([sys.executable, "-c", PROC_NET_FILE, "x" if elsewhere else ""],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        if child.stdout.readline().strip() != "ready":
+            pytest.skip(f"no network namespace to make here: {child.wait()}")
+        view = NetView.read(Sysfs("/"))
+        told = [p for p in view.problems if f"pid {child.pid}" in p and "/net/dev" in p]
+        assert bool(told) == elsewhere, view.problems
+    finally:
+        child.kill()
+        child.wait()
+
+
 @as_root
 def test_5_a_mount_namespace_held_only_by_an_fd_is_visited(tmp_path):
     """A process in a mount namespace mounts a network namespace there; another holds the
