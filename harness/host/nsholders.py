@@ -127,9 +127,10 @@ def socket_namespaces(fds: list[tuple[str, Path]], known: set[str],
     try:
         for target, entry in fds:
             pid, fd = entry.parent.parent.name, int(entry.name)
-            if target in asked:
+            key = target if target.startswith("socket:") else f"{entry}"  # (tun fds: all alike)
+            if key in asked:
                 continue
-            asked.add(target)
+            asked.add(key)
             how = f"{target} (fd {fd} of pid {pid})"
             try:
                 ns = _namespace_of_fd(pidfds, pid, fd, target.startswith("/"))
@@ -319,7 +320,7 @@ class MountVisits:
         if said != b"in\n":
             helper.kill()
             helper.wait()
-            raise OSError(errno.EIO, "the helper that enters it "
-                          + ("failed: " + helper.stderr.read().decode(errors="replace")
-                             if said or helper.poll() is not None else "gave no answer"))
+            raise OSError(errno.EIO, "the helper that enters it " + (
+                "failed: " + helper.stderr.read().decode(errors="replace").strip()
+                if ready else "gave no answer in 20 s"))
         return self.fs.proc(str(helper.pid))

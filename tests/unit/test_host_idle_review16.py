@@ -81,6 +81,7 @@ from harness.host.sysfs import Sysfs
 
 from . import fakesysfs
 from .test_host_idle_review11 import NVME, _nvme_controller
+from .test_host_idle_review import host_namespace, uses
 from .test_paths import NOBODY, as_root
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
@@ -480,9 +481,8 @@ def test_5_a_network_namespace_held_only_by_a_tun_fd_is_read(tap):
         assert "/dev/net/tun" in fds and not any(t.startswith(("net:", "socket:"))
                                                  for t in fds)
         view = NetView.read(Sysfs("/"))
-        seen = [ns for ns in view.namespaces.values() if "hh16tn" in ns.links]
-        assert seen and f"pid {child.pid}" in seen[0].name, (list(view.namespaces),
-                                                             view.problems)
+        seen = [ns for ns in view.namespaces.values() if f"pid {child.pid}" in ns.name]
+        assert seen and "hh16tn" in seen[0].links, (list(view.namespaces), view.problems)
         assert (tap in seen[0].links) if tap else len(seen[0].links) == 3  # lo and the pair
     finally:
         child.kill()
@@ -553,6 +553,16 @@ def test_5_a_mount_namespace_held_only_by_an_fd_is_visited(tmp_path):
             if child:
                 child.kill()
                 child.wait()
+
+
+def test_5_a_mount_namespace_that_cannot_be_entered_leaves_every_nic_unproven(lab):
+    """Held by an nsfs ``mnt:`` mount here (on a fake root nothing is entered): a network
+    namespace mounted only there would be missed, so no NIC is proven idle."""
+    host_namespace(lab)
+    lab.proc("self/mountinfo", "300 25 0:4 mnt:[4026532950] /run/keep/mnt rw - nsfs nsfs rw\n")
+    why = uses(lab, PORT0)
+    assert any("mount namespace [4026532950] (nsfs mount /run/keep/mnt) cannot be entered" in u
+               for u in why), why
 
 
 # -- 6. a mapped file whose name is not UTF-8 -----------------------------------------------------
