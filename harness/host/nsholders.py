@@ -294,6 +294,8 @@ class MountVisits:
                 if text is None:
                     raise OSError(f"{proc}/mountinfo cannot be read")
             except OSError as e:
+                if not how.startswith("nsfs mount") and not os.path.lexists(path):
+                    continue  # its thread or fd ended (a mount is never taken for gone)
                 problems.append(f"mount namespace {inode} ({how}) cannot be entered: "
                                 f"{e.strerror or e}: a network namespace mounted only there "
                                 "would be missed")
