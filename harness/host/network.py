@@ -11,9 +11,12 @@ Namespaces: the harness's own, every named one (``ip -all netns``, ``/var/run/ne
 every other one anything holds: a process lives in it (a container's, ``/proc/PID/ns/net``,
 entered with ``nsenter -t PID -n``), one of its threads does (``/proc/PID/task/TID/ns/net``),
 it holds it by an open fd (``net:[N]``), or an nsfs file is bind-mounted for it anywhere
-(``nsfs`` lines of every mount namespace's ``mountinfo``); those are entered through an
-``O_PATH`` fd proven to be that namespace (``nsenter --net=/proc/self/fd/N``), never by path. One that cannot be read, or a place that cannot be searched, makes every
-interface unproven.
+(``nsfs`` lines of every mount namespace's ``mountinfo``, those no process is in included:
+:mod:`harness.host.nsholders` visits them); those are entered through an ``O_PATH`` fd
+proven to be that namespace (``nsenter --net=/proc/self/fd/N``), never by path. A socket or
+tun fd holds the namespace the kernel names for it (``SIOCGSKNS`` on a copy taken with
+``pidfd_getfd``), entered through that fd. One that cannot be read, or a
+place that cannot be searched, makes every interface unproven.
 
 Everything is read under a root: on ``/`` the tools are run; under a test's fake root their
 output is read from files: ``<root>/ip/<what>.json`` for the harness's own namespace,
@@ -28,17 +31,17 @@ output is read from files: ``<root>/ip/<what>.json`` for the harness's own names
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
 import subprocess
-import threading
 from pathlib import Path
 from typing import NamedTuple
 
 from harness.core.paths import check_search_path
-from harness.host.storage import mountinfos, unescape_mountinfo
+from harness.host.nsholders import (PROC_NET, MountVisits, nsfs_mounts, open_namespace,
+                                    proc_net_problems, socket_namespaces)
+from harness.host.storage import mountinfos
 from harness.host.sysfs import Sysfs
 
 #: The harness's own network namespace, as :class:`NetView` names it.
@@ -233,9 +236,10 @@ def _run(fs: Sysfs, argv: list[str], fake: Path, fds: tuple[int, ...] = ()) -> s
 
 def _namespaces(fs: Sysfs, problems: list[str]) -> list[Namespace]:
     """The harness's own namespace, every named one, and every other one that anything holds:
-    a process or one of its threads lives in it, a process holds it by an open fd, or an nsfs
-    file is bind-mounted for it anywhere, in any mount namespace. Each is read (the others
-    through ``nsenter``); one that cannot be read reports why in its problems."""
+    a process or one of its threads lives in it, a process holds it by an open fd (an nsfs
+    file, a socket, a tun fd), or an nsfs file is bind-mounted for it anywhere, in any mount
+    namespace (one no process is in included). Each is read (the others through
+    ``nsenter``); one that cannot be read reports why in its problems."""
     out = [Namespace(OWN, [], ["ip"], fs.path("ip"))]
     named = _named_namespaces(fs, problems)
     out += [Namespace(n, ["ip", "netns", "exec", n], ["ip", "-n", n], fs.path("ip", "netns", n))
@@ -245,19 +249,47 @@ def _namespaces(fs: Sysfs, problems: list[str]) -> list[Namespace]:
     out = [_read_namespace(fs, ns) for ns in out]
     if None in seen:  # a bare fake with no namespace of its own
         return out
-    held: dict[str, list[tuple[str, Path]]] = {}
+    with MountVisits(fs) as visits:
+        held, sockets = _holders(fs, visits, problems)
+        # (a namespace also held otherwise keeps the socket's fd as its last way in: the
+        # process or fd it was seen through may end while it is read)
+        by_socket = socket_namespaces(sockets, seen, problems) if fs.real_host else {}
+        try:
+            for inode, (how, fd) in by_socket.items():
+                held.setdefault(inode, []).append((how, fd))
+            return out + [_held_namespace(fs, inode, ways) for inode, ways in held.items()
+                          if inode not in seen]
+        finally:
+            for _, fd in by_socket.values():
+                os.close(fd)
+
+
+def _holders(fs: Sysfs, visits: MountVisits, problems: list[str]) -> tuple[dict, list]:
+    """({namespace: [(how it is held, the path that enters it)]} for every network namespace
+    a process, thread, nsfs fd or nsfs mount holds, and the (link, path) of every socket and
+    tun fd, whose namespaces only the kernel can tell; an open ``/proc/PID/net`` file of a
+    namespace that cannot be named is a problem. Mount namespaces no process is in (held
+    by an nsfs ``mnt:`` fd, thread link or mount) are visited for their nsfs mounts."""
+    found: dict[str, list] = {"net": [], "mnt": [], "socket": [], "procnet": []}
     for proc in sorted(fs.proc().glob("[0-9]*"), key=lambda p: int(p.name)):
-        for inode, how, path in _held_by_process(fs, proc, problems):
-            held.setdefault(inode, []).append((how, path))
-    for inode, how, path in _nsfs_mounts(fs, problems):
+        for kind, what, how, path in _held_by_process(fs, proc, problems):
+            found[kind].append((what, how, path) if kind != "socket" else (what, path))
+    infos = mountinfos(fs, problems)
+    infos += visits.visit(infos, found["mnt"], problems)
+    if fs.real_host:
+        problems += proc_net_problems(found["procnet"], infos, fs)
+    held: dict[str, list[tuple[str, Path | int]]] = {}
+    for inode, how, path in found["net"] + nsfs_mounts(infos, fs.path(), "net"):
         held.setdefault(inode, []).append((how, path))
-    return out + [_held_namespace(fs, inode, ways) for inode, ways in held.items()
-                  if inode not in seen]
+    return held, found["socket"]
 
 
-def _held_by_process(fs: Sysfs, proc: Path, problems: list[str]) -> list[tuple[str, str, Path]]:
-    """(namespace, how it is held, the path that enters it) for the network namespaces one
-    process holds: its own, its threads' (``task/TID/ns/net``) and its open fds' (``net:[N]``)."""
+def _held_by_process(fs: Sysfs, proc: Path, problems: list[str]) -> list[tuple[str, str, str, Path]]:
+    """(kind, what, how it is held, its path) for what one process holds that may keep a
+    network namespace: the one it lives in; its threads' (``task/TID/ns/net``, ``ns/mnt``)
+    and its open fds' nsfs files (``net:[N]``, ``mnt:[N]``): kind ``net`` or ``mnt``, what the
+    namespace; its sockets and tun fds: kind ``socket``, what the fd's link; and its open
+    ``/proc/PID/net`` files: kind ``procnet``, likewise."""
     try:
         inode = _inode(proc / "ns" / "net", strict=True)
     except FileNotFoundError:
@@ -266,11 +298,12 @@ def _held_by_process(fs: Sysfs, proc: Path, problems: list[str]) -> list[tuple[s
         problems.append(f"the network namespace of pid {proc.name} cannot be read "
                         f"({e.strerror}): run as root")
         return []
-    out = [(inode, f"pid {proc.name}", proc)]
+    out = [("net", inode, f"pid {proc.name}", proc)]
     for what, folder in (("thread", "task"), ("fd", "fd")):
         try:  # (a link's target does not exist: listed, not globbed)
-            entries = sorted(p / "ns" / "net" if what == "thread" else p
-                             for p in (proc / folder).iterdir())
+            entries = sorted(p / "ns" / kind if what == "thread" else p
+                             for p in (proc / folder).iterdir()
+                             for kind in (("net", "mnt") if what == "thread" else ("",)))
         except FileNotFoundError:
             continue  # gone, or a fake process without threads or fds
         except OSError as e:
@@ -285,36 +318,23 @@ def _held_by_process(fs: Sysfs, proc: Path, problems: list[str]) -> list[tuple[s
             except OSError as e:
                 problems.append(f"{entry} cannot be read ({e.strerror}): run as root")
                 continue
-            if target.startswith("net:") and target.removeprefix("net:") != inode:
-                label = (f"thread {entry.parent.parent.name} of pid {proc.name}"
-                         if what == "thread" else f"fd {entry.name} of pid {proc.name}")
-                out.append((target.removeprefix("net:"), label, entry))
+            label = (f"thread {entry.parent.parent.name} of pid {proc.name}"
+                     if what == "thread" else f"fd {entry.name} of pid {proc.name}")
+            kind = target.partition(":")[0]
+            if kind in ("net", "mnt") and target != f"net:{inode}":
+                out.append((kind, target.removeprefix(kind + ":"), label, entry))
+            elif what == "fd" and (kind == "socket" or target == "/dev/net/tun"):
+                out.append(("socket", target, label, entry))
+            elif what == "fd" and PROC_NET.fullmatch(target):
+                out.append(("procnet", target, label, entry))
     return out
 
 
-def _nsfs_mounts(fs: Sysfs, problems: list[str]) -> list[tuple[str, str, Path]]:
-    """(namespace, how, path) of every network namespace file bind-mounted anywhere (``ip
-    netns add`` elsewhere than /var/run/netns, a container runtime's /run/.../netns/...), in
-    every mount namespace: their ``mountinfo`` lines of type nsfs, whose root is ``net:[N]``."""
-    out = []
-    for proc, text in mountinfos(fs, problems):
-        # the first mount namespace read is the harness's own: its paths are paths here
-        base = proc / "root" if proc.name != "self" else fs.path()
-        for line in text.splitlines():
-            head, _, tail = line.partition(" - ")
-            fields = head.split()
-            if tail.split()[:1] == ["nsfs"] and len(fields) >= 5 and \
-                    fields[3].startswith("net:["):
-                where = unescape_mountinfo(fields[4])
-                out.append((fields[3].removeprefix("net:"), f"nsfs mount {where}",
-                            base / where.lstrip("/")))
-    return out
-
-
-def _held_namespace(fs: Sysfs, inode: str, ways: list[tuple[str, Path]]) -> Namespace:
+def _held_namespace(fs: Sysfs, inode: str, ways: list[tuple[str, Path | int]]) -> Namespace:
     """A namespace in no list, read through the first way into it still there: a process in
     it (``nsenter -t PID -n``), else the file that holds it (``nsenter --net=PATH``: a
-    thread's, an fd's, a bind mount). One whose every process, thread or fd ended while it
+    thread's, an fd's, a bind mount), else the fd of it the kernel gave for a socket that
+    holds it (``SIOCGSKNS``: an int). One whose every process, thread or fd ended while it
     was read is gone; a bind mount is never taken for gone (the process it was seen through
     may end while the mount lives on in its mount namespace).
 
@@ -324,6 +344,8 @@ def _held_namespace(fs: Sysfs, inode: str, ways: list[tuple[str, Path]]) -> Name
     moment ago): it is reached with ``O_PATH``, which opens nothing, proven to be the
     namespace ``inode``, and entered through that fd."""
     for how, path in ways:
+        if isinstance(path, int):
+            return _read_namespace_fd(fs, how, path, fs.path("ip", "nsfs", inode.strip("[]")))
         fake = fs.path("ip", "pidns", how[len("pid "):]) if how.startswith("pid ") else \
             fs.path("ip", "nsfs", inode.strip("[]"))
         if how.startswith("pid "):
@@ -343,65 +365,23 @@ def _read_through_fd(fs: Sysfs, how: str, path: Path, inode: str, fake: Path) ->
     """The namespace ``inode`` read through an ``O_PATH`` fd of ``path`` (a thread's link, a
     process's fd, a bind mount), once the fd is proven to be that namespace."""
     try:
-        fd, st = _open_path(path)
+        fd = open_namespace(fs, path, inode, "net")
     except OSError as e:
         ns = Namespace(how, [], [], fake)
         ns.problems.append(f"network namespace {inode} ({how}) cannot be entered: {path}: "
                            f"{e.strerror or e}")
         return ns
     try:
-        try:
-            nsfs = os.stat(fs.proc("self", "ns", "net"))
-            found = f"inode {st.st_ino} of device {st.st_dev}"
-            same = (st.st_dev, f"[{st.st_ino}]") == (nsfs.st_dev, inode)
-        except OSError as e:
-            found, same = f"unreadable ({e.strerror or e})", False
-        if not same:
-            ns = Namespace(how, [], [], fake)
-            ns.problems.append(f"network namespace {inode} ({how}) cannot be entered: {path} "
-                               f"is now {found}, not that namespace (it was replaced since it "
-                               "was seen)")
-            return ns
-        enter = ["nsenter", f"--net=/proc/self/fd/{fd}"]
-        return _read_namespace(fs, Namespace(how, enter, enter + ["ip"], fake, (fd,)))
+        return _read_namespace_fd(fs, how, fd, fake)
     finally:
         os.close(fd)
 
 
-def _open_path(path: Path, timeout: float = 20.0) -> tuple[int, os.stat_result]:
-    """An ``O_PATH`` fd of ``path`` and its stat, looked up in a thread given up after
-    ``timeout`` seconds (a lookup or stat in a FUSE mount of another user's mount namespace
-    waits on their daemon, maybe for ever); an fd the thread gets after that is closed.
-    Raises OSError."""
-    box: dict = {}
-    lock = threading.Lock()
-
-    def look() -> None:
-        try:
-            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-        except OSError as e:
-            box.setdefault("error", e)
-            return
-        try:
-            st = os.fstat(fd)
-        except OSError as e:
-            os.close(fd)
-            box.setdefault("error", e)
-            return
-        with lock:
-            if "error" in box:  # (given up on)
-                os.close(fd)
-            else:
-                box["fd"] = (fd, st)
-
-    thread = threading.Thread(target=look, name="hh-netns-lookup", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    with lock:
-        box.setdefault("error", OSError(errno.ETIMEDOUT, f"no answer in {timeout:g} s"))
-        if "fd" in box:
-            return box["fd"]
-    raise box["error"]
+def _read_namespace_fd(fs: Sysfs, how: str, fd: int, fake: Path) -> Namespace:
+    """A namespace read through an fd of it this process holds (``nsenter --net=/proc/self/
+    fd/N``: the path is this process's own, the fd already proven)."""
+    enter = ["nsenter", f"--net=/proc/self/fd/{fd}"]
+    return _read_namespace(fs, Namespace(how, enter, enter + ["ip"], fake, (fd,)))
 
 
 def _inode(path: Path, strict: bool = False) -> str | None:

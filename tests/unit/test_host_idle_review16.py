@@ -81,6 +81,7 @@ from harness.host.sysfs import Sysfs
 
 from . import fakesysfs
 from .test_host_idle_review11 import NVME, _nvme_controller
+from .test_host_idle_review import host_namespace, uses
 from .test_paths import NOBODY, as_root
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
@@ -438,6 +439,130 @@ def test_5_a_network_namespace_mounted_only_in_a_mount_namespace_no_process_is_i
     finally:
         subprocess.run(["umount", f"{keep}/mnt"], check=False)
         subprocess.run(["umount", str(keep)], check=False)
+
+
+#: A process that makes a namespace with a veth pair in it (``sys.argv[1]``), opens
+#: /dev/net/tun there (and with ``sys.argv[2]`` makes a tap device of it), and goes back to the
+#: namespace it came from: its tun fd alone holds the namespace.
+TUN_NS = textwrap.dedent(r"""
+    import ctypes, fcntl, os, struct, subprocess, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    if libc.unshare(0x40000000) != 0:  # CLONE_NEWNET
+        sys.exit("unshare: " + os.strerror(ctypes.get_errno()))
+    name = sys.argv[1]
+    if subprocess.run(["ip", "link", "add", name, "type", "veth", "peer", "name",
+                       name + "p"]).returncode:
+        sys.exit("ip link add failed")
+    tun = os.open("/dev/net/tun", os.O_RDWR)
+    if sys.argv[2]:  # TUNSETIFF, IFF_TAP | IFF_NO_PI
+        fcntl.ioctl(tun, 0x400454CA, struct.pack("16sH22x", sys.argv[2].encode(), 0x1002))
+    inode = os.readlink("/proc/self/ns/net")
+    if libc.setns(home, 0x40000000) != 0:
+        sys.exit("setns: " + os.strerror(ctypes.get_errno()))
+    os.close(home)
+    print("ready", inode, flush=True)
+    sys.stdin.readline()
+""")
+
+
+@as_root
+@pytest.mark.parametrize("tap", ["hh16tap", ""], ids=["attached", "attached-to-no-device"])
+def test_5_a_network_namespace_held_only_by_a_tun_fd_is_read(tap):
+    """A tun fd holds the namespace it was opened in, whether it made a device or not."""
+    child = subprocess.Popen([sys.executable, "-c", TUN_NS, "hh16tn", tap],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        first = child.stdout.readline().split()
+        if first[:1] != ["ready"]:
+            pytest.skip(f"no network namespace with a tun fd here: {child.wait()}")
+        fds = [os.readlink(f"/proc/{child.pid}/fd/{fd}") for fd in
+               os.listdir(f"/proc/{child.pid}/fd")]
+        assert "/dev/net/tun" in fds and not any(t.startswith(("net:", "socket:"))
+                                                 for t in fds)
+        view = NetView.read(Sysfs("/"))
+        seen = [ns for ns in view.namespaces.values() if f"pid {child.pid}" in ns.name]
+        assert seen and "hh16tn" in seen[0].links, (list(view.namespaces), view.problems)
+        assert (tap in seen[0].links) if tap else len(seen[0].links) == 3  # lo and the pair
+    finally:
+        child.kill()
+        child.wait()
+
+
+#: A process that opens its /proc/self/net/dev (in a namespace of its own with
+#: ``sys.argv[1]``, which it then leaves) and keeps it open.
+PROC_NET_FILE = textwrap.dedent(r"""
+    import ctypes, os, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    if sys.argv[1] and libc.unshare(0x40000000) != 0:  # CLONE_NEWNET
+        sys.exit("unshare: " + os.strerror(ctypes.get_errno()))
+    kept = open("/proc/self/net/dev")
+    if sys.argv[1] and libc.setns(home, 0x40000000) != 0:
+        sys.exit("setns: " + os.strerror(ctypes.get_errno()))
+    os.close(home)
+    print("ready", flush=True)
+    sys.stdin.readline()
+""")
+
+
+@as_root
+@pytest.mark.parametrize("elsewhere", [True, False], ids=["other-namespace", "its-own"])
+def test_5_an_open_proc_net_file_of_a_namespace_left_is_named(elsewhere):
+    """A /proc/PID/net file holds the namespace it shows, and nothing names which: one of a
+    namespace its process has left leaves every NIC unproven; one of its own does not."""
+    child = subprocess.Popen([sys.executable, "-c", PROC_NET_FILE, "x" if elsewhere else ""],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        if child.stdout.readline().strip() != "ready":
+            pytest.skip(f"no network namespace to make here: {child.wait()}")
+        view = NetView.read(Sysfs("/"))
+        told = [p for p in view.problems if f"pid {child.pid}" in p and "/net/dev" in p]
+        assert bool(told) == elsewhere, view.problems
+    finally:
+        child.kill()
+        child.wait()
+
+
+@as_root
+def test_5_a_mount_namespace_held_only_by_an_fd_is_visited(tmp_path):
+    """A process in a mount namespace mounts a network namespace there; another holds the
+    mount namespace by an fd (``mnt:[N]``) and the first one ends."""
+    made = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-ec",
+         "mkdir -p /run/hh16f; mount -t tmpfs hh16 /run/hh16f; touch /run/hh16f/net; "
+         "unshare --net=/run/hh16f/net ip link add hh16fd type veth peer name hh16fdp; "
+         "echo ready; read x"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = None
+    try:
+        if made.stdout.readline().strip() != "ready":
+            pytest.skip(f"no namespaces to make here: {made.wait()}")
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); "
+             "print('ready', flush=True); sys.stdin.readline()",
+             f"/proc/{made.pid}/ns/mnt"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            text=True)
+        assert holder.stdout.readline().strip() == "ready"
+        made.kill()
+        made.wait()
+        view = NetView.read(Sysfs("/"))
+        seen = [name for name, ns in view.namespaces.items() if "hh16fd" in ns.links]
+        assert seen, (list(view.namespaces), view.problems)
+    finally:
+        for child in (made, holder):
+            if child:
+                child.kill()
+                child.wait()
+
+
+def test_5_a_mount_namespace_that_cannot_be_entered_leaves_every_nic_unproven(lab):
+    """Held by an nsfs ``mnt:`` mount here (on a fake root nothing is entered): a network
+    namespace mounted only there would be missed, so no NIC is proven idle."""
+    host_namespace(lab)
+    lab.proc("self/mountinfo", "300 25 0:4 mnt:[4026532950] /run/keep/mnt rw - nsfs nsfs rw\n")
+    why = uses(lab, PORT0)
+    assert any("mount namespace [4026532950] (nsfs mount /run/keep/mnt) cannot be entered" in u
+               for u in why), why
 
 
 # -- 6. a mapped file whose name is not UTF-8 -----------------------------------------------------

@@ -1,0 +1,328 @@
+"""Network namespaces held where no process lives and no listed mount shows them.
+
+:mod:`harness.host.network` finds a namespace a process lives in, one a thread or an fd
+holds as an nsfs file (``net:[N]``), and one bind-mounted in the mount namespace of some
+process. Two more kinds of holder keep a namespace alive with none of those:
+
+* **a socket** (or a tun/tap fd): a process makes a socket inside a namespace and goes back
+  to its own (``setns``: a routing daemon's per-VRF sockets, a namespace whose ``ip netns``
+  name was deleted while the daemon kept its sockets). Its fd reads ``socket:[N]``; the
+  socket's namespace is learnt by taking a copy of the fd (``pidfd_getfd``, Linux 5.6, root)
+  and asking the kernel for an fd of it (``SIOCGSKNS``; a tun fd answers it too, with the
+  namespace it was opened in, which it holds whether or not it is attached to a device);
+* **a mount namespace no process is in** (``unshare --mount=FILE``): it lives through an nsfs
+  ``mnt:[N]`` file (a bind mount, an fd, a thread's ``ns/mnt``), and a network namespace
+  mounted inside it shows in no process's ``mountinfo``. A helper process enters it (proven
+  to be that namespace, as :func:`open_path` proves a file), runs nothing there, and stays
+  until the view is read, so its ``/proc/PID/mountinfo`` and ``/proc/PID/root`` show that
+  mount namespace from here.
+
+What cannot be told (``pidfd_getfd`` refused or missing, an ioctl the kernel does not have,
+a mount namespace that cannot be entered) is returned as a
+problem, which makes every NIC unproven.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import re
+import select
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from harness.host.storage import unescape_mountinfo
+from harness.host.sysfs import Sysfs
+
+SIOCGSKNS = 0x894C          # linux/sockios.h: an fd of a socket's network namespace
+_PIDFD_GETFD = 438          # the syscall's number on every architecture
+_TUN_DEVICE = os.makedev(10, 200)   # /dev/net/tun
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+#: Run by the helper: enter the mount namespace of the (proven) fd ``argv[1]``, say so, and
+#: wait. Nothing is imported or run after ``setns``: the files there are not the host's.
+_ENTER_MOUNT_NS = r'''
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+fd = os.open("/proc/self/fd/" + sys.argv[1], os.O_RDONLY | os.O_CLOEXEC)
+if libc.setns(fd, 0x00020000) != 0:
+    os.write(2, ("setns: " + os.strerror(ctypes.get_errno())).encode())
+    os._exit(1)
+os.write(1, b"in\n")
+os.read(0, 1)
+os._exit(0)
+'''
+
+
+def open_path(path: Path, timeout: float = 20.0) -> tuple[int, os.stat_result]:
+    """An ``O_PATH`` fd of ``path`` and its stat, looked up in a thread given up after
+    ``timeout`` seconds (a lookup or stat in a FUSE mount of another user's mount namespace
+    waits on their daemon, maybe for ever); an fd the thread gets after that is closed.
+    Raises OSError."""
+    box: dict = {}
+    lock = threading.Lock()
+
+    def look() -> None:
+        try:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError as e:
+            box.setdefault("error", e)
+            return
+        try:
+            st = os.fstat(fd)
+        except OSError as e:
+            os.close(fd)
+            box.setdefault("error", e)
+            return
+        with lock:
+            if "error" in box:  # (given up on)
+                os.close(fd)
+            else:
+                box["fd"] = (fd, st)
+
+    thread = threading.Thread(target=look, name="hh-netns-lookup", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    with lock:
+        box.setdefault("error", OSError(errno.ETIMEDOUT, f"no answer in {timeout:g} s"))
+        if "fd" in box:
+            return box["fd"]
+    raise box["error"]
+
+
+def open_namespace(fs: Sysfs, path: Path, inode: str, kind: str) -> int:
+    """An ``O_PATH`` fd of ``path`` proven to be the ``kind`` namespace ``inode``
+    (``[4026532000]``): on nsfs (the device of ``/proc/self/ns/<kind>``) with that inode.
+    Raises OSError saying what it is instead."""
+    fd, st = open_path(path)
+    try:
+        nsfs = os.stat(fs.proc("self", "ns", kind))
+        if (st.st_dev, f"[{st.st_ino}]") != (nsfs.st_dev, inode):
+            raise OSError(errno.ESTALE, f"{path} is now inode {st.st_ino} of device "
+                          f"{st.st_dev}, not that namespace (it was replaced since it was "
+                          "seen)")
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+# -- sockets and tun fds ---------------------------------------------------------------------
+
+
+def socket_namespaces(fds: list[tuple[str, Path]], known: set[str],
+                      problems: list[str]) -> dict[str, tuple[str, int]]:
+    """The network namespaces not in ``known`` that the sockets and tun fds ``fds`` ((their
+    link, ``/proc/PID/fd/N``)) are in: {inode: (how it is held, an fd of it, to close)}, one
+    fd a namespace. Each socket is asked once, however many fds share it; what cannot be
+    asked is a problem."""
+    out: dict[str, tuple[str, int]] = {}
+    pidfds: dict[str, int | None] = {}
+    asked: set[str] = set()
+    try:
+        for target, entry in fds:
+            pid, fd = entry.parent.parent.name, int(entry.name)
+            key = target if target.startswith("socket:") else f"{entry}"  # (tun fds: all alike)
+            if key in asked:
+                continue
+            asked.add(key)
+            how = f"{target} (fd {fd} of pid {pid})"
+            try:
+                ns = _namespace_of_fd(pidfds, pid, fd, target.startswith("/"))
+            except OSError as e:
+                problems.append(f"the network namespace of {how} cannot be told: "
+                                f"{e.strerror or e}: the interfaces of a namespace held only "
+                                "by it would be missed")
+                continue
+            if ns is None:
+                continue  # gone
+            inode = f"[{os.fstat(ns).st_ino}]"
+            if inode in known or inode in out:
+                os.close(ns)
+            else:
+                out[inode] = (how, ns)
+    finally:
+        for pidfd in pidfds.values():
+            if pidfd is not None:
+                os.close(pidfd)
+    return out
+
+
+def _namespace_of_fd(pidfds: dict[str, int | None], pid: str, fd: int, tun: bool) -> int | None:
+    """An fd of the network namespace of a socket (or a tun fd) of another process, or None
+    when the process or the fd is gone. Raises OSError."""
+    if pid not in pidfds:
+        try:
+            pidfds[pid] = os.pidfd_open(int(pid))
+        except ProcessLookupError:
+            pidfds[pid] = None
+    if pidfds[pid] is None:
+        return None
+    copy = _LIBC.syscall(_PIDFD_GETFD, pidfds[pid], fd, 0)
+    if copy < 0:
+        err = ctypes.get_errno()
+        if err in (errno.EBADF, errno.ESRCH):
+            return None  # closed, or ended, since it was listed
+        raise OSError(err, "pidfd_getfd: " + os.strerror(err) +
+                      (" (Linux 5.6 or later is needed)" if err == errno.ENOSYS else ""))
+    try:
+        st = os.fstat(copy)
+        if not (stat.S_ISCHR(st.st_mode) and st.st_rdev == _TUN_DEVICE if tun else
+                stat.S_ISSOCK(st.st_mode)):
+            return None  # replaced since it was listed, or a file another mount namespace
+            # calls /dev/net/tun, which holds no namespace (and is sent no tun ioctl)
+        try:  # (a tun fd answers with the namespace it was opened in, which it holds,
+            # attached to a device or not: Linux 4.16)
+            return fcntl.ioctl(copy, SIOCGSKNS)
+        except OSError as e:
+            raise OSError(e.errno, f"SIOCGSKNS: {e.strerror}") from e
+    finally:
+        os.close(copy)
+
+
+#: An open file of a ``/proc/PID/net`` folder: what of it follows ``net/``.
+PROC_NET = re.compile(r"/proc/[^/]+/(?:task/[^/]+/)?net/(.+)")
+
+
+def proc_net_problems(files: list[tuple[str, str, Path]], infos: list[tuple[Path, str]],
+                      fs: Sysfs) -> list[str]:
+    """Why the open ``/proc/PID/net`` files ``files`` ((link, how, ``/proc/PID/fd/N``)) may
+    hold a namespace no one reads: such a file keeps the namespace it shows alive, and no
+    kernel interface names it. One is known when it is the file of the harness's own
+    namespace or of the one its process is in (the same procfs inode); one whose fd is on no
+    procfs mount (``fdinfo``'s ``mnt_id``, from ``infos``) is not such a file at all, and is
+    never stat'ed (a FUSE file named so would block the stat)."""
+    mounts = {line.split(maxsplit=1)[0]: line.partition(" - ")[2].split()[:1]
+              for _, text in infos for line in text.splitlines()}
+    out = []
+    for target, how, entry in files:
+        rel, pid = PROC_NET.fullmatch(target)[1], entry.parent.parent.name
+        fdinfo = fs.read(entry.parent.parent / "fdinfo" / entry.name) or ""
+        mount = re.search(r"^mnt_id:\s*(\d+)", fdinfo, re.M)
+        if mount and mounts.get(mount[1], ["proc"]) != ["proc"] or \
+                not mount and not os.path.lexists(entry):
+            continue  # on a mount seen not to be procfs, or gone
+        if mount and mount[1] not in mounts:
+            mount = None  # on no mount seen: what it is cannot be told without a stat
+        known = set()
+        for where in (fs.proc("self", "net", rel), fs.proc(pid, "net", rel)):
+            try:
+                known.add(os.stat(where).st_ino)
+            except OSError:
+                pass
+        try:
+            if mount and ".." not in rel.split("/") and os.stat(entry).st_ino in known:
+                continue
+        except FileNotFoundError:
+            continue
+        except OSError:
+            pass
+        out.append(f"{how} is {target}, which may be a file of a network namespace that is "
+                   f"neither this one nor the one pid {pid} is in (no kernel interface names "
+                   "which): the interfaces of a namespace held only by it would be missed")
+    return out
+
+
+# -- mount namespaces no process is in -----------------------------------------------------
+
+
+def nsfs_mounts(infos: list[tuple[Path, str]], root: Path, kind: str) -> list[tuple[str, str, Path]]:
+    """(namespace, how, path) of every nsfs file of namespaces of ``kind`` (``net``, ``mnt``)
+    bind-mounted in the mount namespaces ``infos`` ((a process of it, its ``mountinfo``)):
+    their lines of type nsfs, whose root is ``<kind>:[N]``. The path is reached through the
+    process's root; the harness's own (``self``) under ``root``."""
+    out = []
+    for proc, text in infos:
+        base = proc / "root" if proc.name != "self" else root
+        for line in text.splitlines():
+            head, _, tail = line.partition(" - ")
+            fields = head.split()
+            if tail.split()[:1] == ["nsfs"] and len(fields) >= 5 and \
+                    fields[3].startswith(kind + ":["):
+                where = unescape_mountinfo(fields[4])
+                out.append((fields[3].removeprefix(kind + ":"), f"nsfs mount {where}",
+                            base / where.lstrip("/")))
+    return out
+
+
+class MountVisits:
+    """Helper processes, each in a mount namespace no process is in, kept until closed: while
+    they live, their ``/proc/PID`` shows that namespace's mounts and files."""
+
+    def __init__(self, fs: Sysfs):
+        self.fs = fs
+        self.helpers: list[subprocess.Popen] = []
+
+    def __enter__(self) -> "MountVisits":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for helper in self.helpers:
+            helper.kill()
+            helper.wait()
+            for stream in (helper.stdin, helper.stdout, helper.stderr):
+                stream.close()
+        self.helpers.clear()
+
+    def visit(self, infos: list[tuple[Path, str]], held: list[tuple[str, str, Path]],
+              problems: list[str]) -> list[tuple[Path, str]]:
+        """The ``mountinfo`` of every mount namespace that ``infos`` (every process's) do not
+        show but that is held by ``held`` ((``[N]``, how, an nsfs file of it): an fd, a
+        thread's link) or by an nsfs ``mnt:`` mount in any mount namespace, this one's
+        included: (its helper's /proc entry, its mountinfo)."""
+        seen = set()
+        for proc, _ in infos:
+            try:
+                seen.add(os.readlink(proc / "ns" / "mnt").removeprefix("mnt:"))
+            except OSError:
+                pass  # gone, or already a problem of mountinfos()
+        queue = list(held) + nsfs_mounts(infos, self.fs.path(), "mnt")
+        out: list[tuple[Path, str]] = []
+        while queue:
+            inode, how, path = queue.pop(0)
+            if inode in seen:
+                continue
+            seen.add(inode)
+            try:
+                proc = self._enter(path, inode)
+                text = self.fs.read(proc / "mountinfo")
+                if text is None:
+                    raise OSError(f"{proc}/mountinfo cannot be read")
+            except OSError as e:
+                if not how.startswith("nsfs mount") and not os.path.lexists(path):
+                    continue  # its thread or fd ended (a mount is never taken for gone)
+                problems.append(f"mount namespace {inode} ({how}) cannot be entered: "
+                                f"{e.strerror or e}: a network namespace mounted only there "
+                                "would be missed")
+                continue
+            out.append((proc, text))
+            queue += nsfs_mounts([(proc, text)], self.fs.path(), "mnt")
+        return out
+
+    def _enter(self, path: Path, inode: str) -> Path:
+        """A helper process in the mount namespace ``inode`` reached through ``path``, proven
+        to be it: its /proc entry. Raises OSError."""
+        if not self.fs.real_host:
+            raise OSError(f"{path} is not entered under a test's fake root")
+        fd = open_namespace(self.fs, path, inode, "mnt")
+        try:
+            helper = subprocess.Popen([sys.executable, "-I", "-S", "-c", _ENTER_MOUNT_NS,
+                                       str(fd)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, pass_fds=(fd,))
+        finally:
+            os.close(fd)
+        self.helpers.append(helper)
+        ready, _, _ = select.select([helper.stdout], [], [], 20)
+        said = os.read(helper.stdout.fileno(), 16) if ready else b""
+        if said != b"in\n":
+            helper.kill()
+            helper.wait()
+            raise OSError(errno.EIO, "the helper that enters it " + (
+                "failed: " + helper.stderr.read().decode(errors="replace").strip()
+                if ready else "gave no answer in 20 s"))
+        return self.fs.proc(str(helper.pid))
