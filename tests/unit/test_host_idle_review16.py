@@ -57,8 +57,9 @@
    lock held), and ``doctor``/``plan`` call it idle. The kernel names the device in the fd's
    ``fdinfo`` (``vfio-device-syspath``, recent kernels); nothing reads it.
 
-Each finding's tests fail on the code as it is (403a42e). Cases 1, 2 (on this host), 5 and 6: real
-loop devices, a real io_uring, a real namespace and veth pair, a second user (nobody), as root.
+Each finding's tests fail on the code as it is (403a42e); all seven were fixed the same round
+(1, 2, 6 and 7 in 7eb98a9, 3 and 4 in a46ce60, 5 in 513a381). Cases 1, 2 (on this host), 5
+and 6: real loop devices, a real io_uring, a real namespace and veth pair, a second user (nobody), as root.
 Cases 2 to 4 and 7: a fake sysfs and /proc tree. No guest is booted.
 """
 
