@@ -63,6 +63,7 @@ and 6: real loop devices, a real io_uring, a real namespace and veth pair, a sec
 Cases 2 to 4 and 7: a fake sysfs and /proc tree. No guest is booted.
 """
 
+import contextlib
 import os
 import shutil
 import stat
@@ -365,24 +366,17 @@ def test_4_an_i2c_client_bound_behind_a_usb_hid_bridge_keeps_its_controller(lab)
 
 # -- 5. a network namespace held only by a socket -----------------------------------------------
 
-#: A process that makes a namespace with a veth pair in it (``sys.argv[1]`` up, with an
-#: address), opens a socket there, and goes back to the namespace it came from: the socket
-#: alone holds the namespace.
-SOCKET_NS = textwrap.dedent(r'''
-    import ctypes, os, socket, subprocess, sys
+#: A process that makes a network namespace (``unshare``), runs a body of code there with
+#: ``name`` (``sys.argv[1]``), and goes back to the namespace it came from: "ready INODE".
+IN_A_NAMESPACE = textwrap.dedent(r'''
+    import ctypes, fcntl, os, socket, struct, subprocess, sys
     libc = ctypes.CDLL(None, use_errno=True)
     home = os.open("/proc/self/ns/net", os.O_RDONLY)
     if libc.unshare(0x40000000) != 0:  # CLONE_NEWNET
         sys.exit("unshare: " + os.strerror(ctypes.get_errno()))
     name = sys.argv[1]
-    for argv in (["link", "add", name, "type", "veth", "peer", "name", name + "p"],
-                 ["addr", "add", "10.216.16.1/30", "dev", name], ["link", "set", name, "up"],
-                 ["link", "set", name + "p", "up"]):
-        if subprocess.run(["ip", *argv]).returncode:
-            sys.exit("ip " + " ".join(argv) + " failed")
+    {body}
     inode = os.readlink("/proc/self/ns/net")
-    held = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    held.bind(("10.216.16.1", 0))
     if libc.setns(home, 0x40000000) != 0:
         sys.exit("setns: " + os.strerror(ctypes.get_errno()))
     os.close(home)
@@ -390,26 +384,47 @@ SOCKET_NS = textwrap.dedent(r'''
     sys.stdin.readline()
 ''')
 
+#: A veth pair (``name`` up, with an address) and a socket there: the socket alone holds the
+#: namespace once the process is back.
+SOCKET_NS = """
+for argv in (["link", "add", name, "type", "veth", "peer", "name", name + "p"],
+             ["addr", "add", "10.216.16.1/30", "dev", name], ["link", "set", name, "up"],
+             ["link", "set", name + "p", "up"]):
+    if subprocess.run(["ip", *argv]).returncode:
+        sys.exit("ip " + " ".join(argv) + " failed")
+held = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+held.bind(("10.216.16.1", 0))
+"""
 
-@as_root
-def test_5_a_network_namespace_held_only_by_a_socket_is_read():
-    child = subprocess.Popen([sys.executable, "-c", SOCKET_NS, "hh16sk"],
+
+@contextlib.contextmanager
+def _left_namespace(body: str, what: str, *args: str):
+    """A process of :data:`IN_A_NAMESPACE` running ``body``, back home: (it, the inode of
+    the namespace it left)."""
+    code = IN_A_NAMESPACE.replace("{body}", body.strip())
+    child = subprocess.Popen([sys.executable, "-c", code, *args],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         first = child.stdout.readline().split()
         if first[:1] != ["ready"]:
-            pytest.skip(f"no network namespace with a veth pair here: {child.wait()}")
-        fds = [os.readlink(f"/proc/{child.pid}/fd/{fd}") for fd in
-               os.listdir(f"/proc/{child.pid}/fd")]
-        assert os.readlink(f"/proc/{child.pid}/ns/net") != first[1]  # back home
-        assert not any(t.startswith("net:") for t in fds)  # only socket:[N] holds it
-        view = NetView.read(Sysfs("/"))
-        seen = [name for name, ns in view.namespaces.items() if "hh16sk" in ns.links]
-        told = [p for p in view.problems if f"pid {child.pid}" in p or first[1] in p]
-        assert seen or told, (list(view.namespaces), view.problems)
+            pytest.skip(f"no network namespace with {what} here: {child.wait()}")
+        yield child, first[1]
     finally:
         child.kill()
         child.wait()
+
+
+@as_root
+def test_5_a_network_namespace_held_only_by_a_socket_is_read():
+    with _left_namespace(SOCKET_NS, "a veth pair", "hh16sk") as (child, inode):
+        fds = [os.readlink(f"/proc/{child.pid}/fd/{fd}") for fd in
+               os.listdir(f"/proc/{child.pid}/fd")]
+        assert os.readlink(f"/proc/{child.pid}/ns/net") != inode  # back home
+        assert not any(t.startswith("net:") for t in fds)  # only socket:[N] holds it
+        view = NetView.read(Sysfs("/"))
+        seen = [name for name, ns in view.namespaces.items() if "hh16sk" in ns.links]
+        told = [p for p in view.problems if f"pid {child.pid}" in p or inode in p]
+        assert seen or told, (list(view.namespaces), view.problems)
 
 
 @as_root
@@ -442,41 +457,23 @@ def test_5_a_network_namespace_mounted_only_in_a_mount_namespace_no_process_is_i
         subprocess.run(["umount", str(keep)], check=False)
 
 
-#: A process that makes a namespace with a veth pair in it (``sys.argv[1]``), opens
-#: /dev/net/tun there (and with ``sys.argv[2]`` makes a tap device of it), and goes back to the
-#: namespace it came from: its tun fd alone holds the namespace.
-TUN_NS = textwrap.dedent(r"""
-    import ctypes, fcntl, os, struct, subprocess, sys
-    libc = ctypes.CDLL(None, use_errno=True)
-    home = os.open("/proc/self/ns/net", os.O_RDONLY)
-    if libc.unshare(0x40000000) != 0:  # CLONE_NEWNET
-        sys.exit("unshare: " + os.strerror(ctypes.get_errno()))
-    name = sys.argv[1]
-    if subprocess.run(["ip", "link", "add", name, "type", "veth", "peer", "name",
-                       name + "p"]).returncode:
-        sys.exit("ip link add failed")
-    tun = os.open("/dev/net/tun", os.O_RDWR)
-    if sys.argv[2]:  # TUNSETIFF, IFF_TAP | IFF_NO_PI
-        fcntl.ioctl(tun, 0x400454CA, struct.pack("16sH22x", sys.argv[2].encode(), 0x1002))
-    inode = os.readlink("/proc/self/ns/net")
-    if libc.setns(home, 0x40000000) != 0:
-        sys.exit("setns: " + os.strerror(ctypes.get_errno()))
-    os.close(home)
-    print("ready", inode, flush=True)
-    sys.stdin.readline()
-""")
+#: A veth pair (``name``) and /dev/net/tun opened there (with ``sys.argv[2]``, a tap device
+#: made of it): its tun fd alone holds the namespace once the process is back.
+TUN_NS = """
+if subprocess.run(["ip", "link", "add", name, "type", "veth", "peer", "name",
+                   name + "p"]).returncode:
+    sys.exit("ip link add failed")
+tun = os.open("/dev/net/tun", os.O_RDWR)
+if sys.argv[2]:  # TUNSETIFF, IFF_TAP | IFF_NO_PI
+    fcntl.ioctl(tun, 0x400454CA, struct.pack("16sH22x", sys.argv[2].encode(), 0x1002))
+"""
 
 
 @as_root
 @pytest.mark.parametrize("tap", ["hh16tap", ""], ids=["attached", "attached-to-no-device"])
 def test_5_a_network_namespace_held_only_by_a_tun_fd_is_read(tap):
     """A tun fd holds the namespace it was opened in, whether it made a device or not."""
-    child = subprocess.Popen([sys.executable, "-c", TUN_NS, "hh16tn", tap],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        first = child.stdout.readline().split()
-        if first[:1] != ["ready"]:
-            pytest.skip(f"no network namespace with a tun fd here: {child.wait()}")
+    with _left_namespace(TUN_NS, "a tun fd", "hh16tn", tap) as (child, _):
         fds = [os.readlink(f"/proc/{child.pid}/fd/{fd}") for fd in
                os.listdir(f"/proc/{child.pid}/fd")]
         assert "/dev/net/tun" in fds and not any(t.startswith(("net:", "socket:"))
@@ -485,9 +482,6 @@ def test_5_a_network_namespace_held_only_by_a_tun_fd_is_read(tap):
         seen = [ns for ns in view.namespaces.values() if f"pid {child.pid}" in ns.name]
         assert seen and "hh16tn" in seen[0].links, (list(view.namespaces), view.problems)
         assert (tap in seen[0].links) if tap else len(seen[0].links) == 3  # lo and the pair
-    finally:
-        child.kill()
-        child.wait()
 
 
 #: A process that opens its /proc/self/net/dev (in a namespace of its own with
