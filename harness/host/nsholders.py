@@ -24,25 +24,20 @@ problem, which makes every NIC unproven.
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import fcntl
+import json
 import os
 import re
 import select
-import stat
+import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from harness.host.storage import unescape_mountinfo
 from harness.host.sysfs import Sysfs
-
-SIOCGSKNS = 0x894C          # linux/sockios.h: an fd of a socket's network namespace
-_PIDFD_GETFD = 438          # the syscall's number on every architecture
-_TUN_DEVICE = os.makedev(10, 200)   # /dev/net/tun
-_LIBC = ctypes.CDLL(None, use_errno=True)
 
 #: Run by the helper: enter the mount namespace of the (proven) fd ``argv[1]``, say so, and
 #: wait. Nothing is imported or run after ``setns``: the files there are not the host's.
@@ -115,74 +110,137 @@ def open_namespace(fs: Sysfs, path: Path, inode: str, kind: str) -> int:
 # -- sockets and tun fds ---------------------------------------------------------------------
 
 
+#: Run by a child process: for each (pid, fd, tun) of the JSON list on stdin, take a copy of
+#: that fd (``pidfd_getfd``), check from the kernel's cache alone that it is still a socket (or
+#: the tun device), and send an fd of its network namespace (``SIOCGSKNS``) back over the
+#: SOCK_SEQPACKET socket ``argv[1]``, one message each, then "done". Another user may have
+#: swapped a file on a FUSE mount of theirs in for the socket since it was listed: a copy that
+#: is not a socket is never stat'ed, asked or closed (closing it sends FUSE's FLUSH, which a
+#: daemon that never answers makes wait for good); the child exits with it, maybe stuck, and
+#: the harness does not wait for it.
+_ASK_SOCKETS = r'''
+import ctypes, fcntl, json, os, socket, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+out = socket.socket(fileno=int(sys.argv[1]))
+kept, pidfds = [], {}
+def say(answer, fds=()):
+    socket.send_fds(out, [json.dumps(answer).encode()], list(fds))
+def kind(fd):  # (st_mode, rdev) of an fd, from the kernel's cache: statx AT_EMPTY_PATH|DONT_SYNC
+    buf = ctypes.create_string_buffer(256)
+    if libc.statx(fd, b"", 0x1000 | 0x4000, 1, buf) != 0:
+        raise OSError(ctypes.get_errno(), "statx")
+    raw = buf.raw
+    return (int.from_bytes(raw[28:30], "little"),
+            (int.from_bytes(raw[128:132], "little"), int.from_bytes(raw[132:136], "little")))
+for i, (pid, fd, tun) in enumerate(json.load(sys.stdin)):
+    try:
+        if pid not in pidfds:
+            pidfds[pid] = os.pidfd_open(pid)
+        copy = libc.syscall(438, pidfds[pid], fd, 0)  # pidfd_getfd
+        if copy < 0:
+            err = ctypes.get_errno()
+            say({"i": i, "gone": True} if err in (9, 3) else {"i": i, "errno": err,
+                                                             "what": "pidfd_getfd"})
+            continue
+        mode, rdev = kind(copy)
+        if not ((mode & 0o170000 == 0o020000 and rdev == (10, 200)) if tun else
+                mode & 0o170000 == 0o140000):  # the tun device, or a socket
+            kept.append(copy)  # (never closed here: see above)
+            say({"i": i, "swapped": True})
+            continue
+        try:
+            ns = fcntl.ioctl(copy, 0x894C)  # SIOCGSKNS
+        except OSError as e:
+            say({"i": i, "errno": e.errno, "what": "SIOCGSKNS"})
+            continue
+        finally:
+            os.close(copy)  # (a socket or the tun device: no flush to wait for)
+        say({"i": i}, [ns])
+        os.close(ns)
+    except ProcessLookupError:
+        say({"i": i, "gone": True})
+    except OSError as e:
+        say({"i": i, "errno": e.errno or 0, "what": str(e)})
+say({"done": True})
+os._exit(0)
+'''
+#: How long the child that asks sockets their namespace has (seconds).
+ASK_TIMEOUT = 20.0
+
+
 def socket_namespaces(fds: list[tuple[str, Path]], known: set[str],
                       problems: list[str]) -> dict[str, tuple[str, int]]:
     """The network namespaces not in ``known`` that the sockets and tun fds ``fds`` ((their
     link, ``/proc/PID/fd/N``)) are in: {inode: (how it is held, an fd of it, to close)}, one
-    fd a namespace. Each socket is asked once, however many fds share it; what cannot be
-    asked is a problem."""
-    out: dict[str, tuple[str, int]] = {}
-    pidfds: dict[str, int | None] = {}
-    asked: set[str] = set()
-    try:
-        for target, entry in fds:
-            pid, fd = entry.parent.parent.name, int(entry.name)
-            key = target if target.startswith("socket:") else f"{entry}"  # (tun fds: all alike)
-            if key in asked:
-                continue
+    fd a namespace. Each socket is asked once, however many fds share it, by a child process
+    (:data:`_ASK_SOCKETS`); what cannot be asked, or was swapped for another file since it
+    was listed, or got no answer in :data:`ASK_TIMEOUT` seconds, is a problem."""
+    queries, asked = [], set()
+    for target, entry in fds:
+        key = target if target.startswith("socket:") else f"{entry}"  # (tun fds: all alike)
+        if key not in asked:
             asked.add(key)
-            how = f"{target} (fd {fd} of pid {pid})"
-            try:
-                ns = _namespace_of_fd(pidfds, pid, fd, target.startswith("/"))
-            except OSError as e:
-                problems.append(f"the network namespace of {how} cannot be told: "
-                                f"{e.strerror or e}: the interfaces of a namespace held only "
-                                "by it would be missed")
-                continue
-            if ns is None:
-                continue  # gone
-            inode = f"[{os.fstat(ns).st_ino}]"
-            if inode in known or inode in out:
-                os.close(ns)
-            else:
-                out[inode] = (how, ns)
-    finally:
-        for pidfd in pidfds.values():
-            if pidfd is not None:
-                os.close(pidfd)
+            queries.append((target, entry))
+    out: dict[str, tuple[str, int]] = {}
+    if not queries:
+        return out
+    answers = _ask(queries)
+    for n, (target, entry) in enumerate(queries):
+        how = f"{target} (fd {entry.name} of pid {entry.parent.parent.name})"
+        answer, ns = answers.get(n, ({"errno": errno.ETIMEDOUT, "what": f"no answer in "
+                                      f"{ASK_TIMEOUT:g} s"}, None))
+        if ns is None:
+            if not answer.get("gone"):
+                why = "it was swapped for another file since it was listed" \
+                    if answer.get("swapped") else \
+                    f"{answer['what']}: {os.strerror(answer['errno'])}"
+                problems.append(f"the network namespace of {how} cannot be told: {why}: the "
+                                "interfaces of a namespace held only by it would be missed")
+            continue
+        inode = f"[{os.fstat(ns).st_ino}]"
+        if inode in known or inode in out:
+            os.close(ns)
+        else:
+            out[inode] = (how, ns)
     return out
 
 
-def _namespace_of_fd(pidfds: dict[str, int | None], pid: str, fd: int, tun: bool) -> int | None:
-    """An fd of the network namespace of a socket (or a tun fd) of another process, or None
-    when the process or the fd is gone. Raises OSError."""
-    if pid not in pidfds:
-        try:
-            pidfds[pid] = os.pidfd_open(int(pid))
-        except ProcessLookupError:
-            pidfds[pid] = None
-    if pidfds[pid] is None:
-        return None
-    copy = _LIBC.syscall(_PIDFD_GETFD, pidfds[pid], fd, 0)
-    if copy < 0:
-        err = ctypes.get_errno()
-        if err in (errno.EBADF, errno.ESRCH):
-            return None  # closed, or ended, since it was listed
-        raise OSError(err, "pidfd_getfd: " + os.strerror(err) +
-                      (" (Linux 5.6 or later is needed)" if err == errno.ENOSYS else ""))
+def _ask(queries: list[tuple[str, Path]]) -> dict[int, tuple[dict, int | None]]:
+    """Run :data:`_ASK_SOCKETS` on ``queries``: {index: (its answer, a namespace fd or
+    None)}; those without an answer by the deadline are missing."""
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    child = subprocess.Popen([sys.executable, "-I", "-S", "-c", _ASK_SOCKETS,
+                              str(theirs.fileno())], stdin=subprocess.PIPE,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             pass_fds=(theirs.fileno(),))
+    theirs.close()
+    answers: dict[int, tuple[dict, int | None]] = {}
     try:
-        st = os.fstat(copy)
-        if not (stat.S_ISCHR(st.st_mode) and st.st_rdev == _TUN_DEVICE if tun else
-                stat.S_ISSOCK(st.st_mode)):
-            return None  # replaced since it was listed, or a file another mount namespace
-            # calls /dev/net/tun, which holds no namespace (and is sent no tun ioctl)
-        try:  # (a tun fd answers with the namespace it was opened in, which it holds,
-            # attached to a device or not: Linux 4.16)
-            return fcntl.ioctl(copy, SIOCGSKNS)
-        except OSError as e:
-            raise OSError(e.errno, f"SIOCGSKNS: {e.strerror}") from e
+        child.stdin.write(json.dumps([[int(e.parent.parent.name), int(e.name),
+                                       t.startswith("/")] for t, e in queries]).encode())
+        child.stdin.close()
+        deadline = time.monotonic() + ASK_TIMEOUT
+        while time.monotonic() < deadline:
+            if not select.select([mine], [], [], deadline - time.monotonic())[0]:
+                break
+            data, fds, _, _ = socket.recv_fds(mine, 4096, 1)
+            if not data:
+                break  # (the child ended)
+            answer = json.loads(data)
+            if answer.get("done"):
+                break
+            answers[answer["i"]] = (answer, fds[0] if fds else None)
+    except (OSError, ValueError):
+        pass  # (what was not answered is a problem of the caller's)
     finally:
-        os.close(copy)
+        mine.close()
+        child.kill()  # (one stuck closing a swapped-in FUSE file dies when it can)
+        try:
+            child.wait(1)
+        except subprocess.TimeoutExpired:
+            pass
+    return answers
 
 
 #: An open file of a ``/proc/PID/net`` folder: what of it follows ``net/``.

@@ -71,12 +71,15 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
+from pathlib import Path
 
 import pytest
 
 from harness.core.errors import HostDeviceError
 from harness.host.binding import VfioBinder, _holders
 from harness.host.network import NetView
+from harness.host.nsholders import socket_namespaces
 from harness.host.safety import HostUsage
 from harness.host.storage import StorageView
 from harness.host.sysfs import Sysfs
@@ -84,9 +87,11 @@ from harness.host.sysfs import Sysfs
 from . import fakesysfs
 from .test_host_idle_review11 import NVME, _nvme_controller
 from .test_host_idle_review import host_namespace, uses
+from .test_host_idle_review15 import silent_fuse as _silent_fuse
 from .test_paths import NOBODY, as_root
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
+silent_fuse = _silent_fuse  # a fixture (tests/unit/fusestub.py)
 
 # -- 1. a disk held through io_uring's registered files -----------------------------------------
 
@@ -649,3 +654,30 @@ def test_7_on_a_kernel_that_does_not_name_the_device_an_enabled_group_member_is_
     else:
         lease.release()
         assert lab.driver_of(PORT0) == "ixgbe"
+
+
+# -- 5, as fixed: a socket swapped for a file on a silent FUSE mount -----------------------------
+
+
+@as_root
+def test_5_a_socket_swapped_for_a_file_of_a_silent_fuse_daemon_does_not_hang_the_read(
+        silent_fuse):
+    """Found while merging finding 5's fix: the fd a process had as ``socket:[N]`` when it was
+    listed may be another file when root takes its copy (``dup2`` of a file on the user's own
+    FUSE mount over it, retried until it lands). Root's ``fstat`` of that copy asked the
+    daemon, and closing the copy sends FUSE's FLUSH, which waits for good (uninterruptibly)
+    on a daemon that never answers: the read, and a bind holding the journal lock, hung. The
+    copies are now taken by a child that checks the type from the kernel's cache only and
+    never closes a copy that is not a socket; the read names the fd and goes on."""
+    problems: list = []
+    holder = f"/proc/{silent_fuse.pid}/fd/3"  # (the FUSE file, listed as a socket)
+    box: list = []
+    thread = threading.Thread(target=lambda: box.append(socket_namespaces(
+        [("socket:[4242]", Path(holder))], set(), problems)), daemon=True)
+    thread.start()
+    thread.join(60)
+    assert box == [{}], "the socket read hung on the silent FUSE daemon"
+    assert problems == [f"the network namespace of socket:[4242] (fd 3 of pid "
+                        f"{silent_fuse.pid}) cannot be told: it was swapped for another file "
+                        "since it was listed: the interfaces of a namespace held only by it "
+                        "would be missed"]
