@@ -36,7 +36,7 @@ import threading
 import time
 from pathlib import Path
 
-from harness.host.storage import unescape_mountinfo
+from harness.host.storage import cached_inode, unescape_mountinfo
 from harness.host.sysfs import Sysfs
 
 #: Run by the helper: enter the mount namespace of the (proven) fd ``argv[1]``, say so, and
@@ -273,8 +273,8 @@ def proc_net_problems(files: list[tuple[str, str, Path]], infos: list[tuple[Path
                 known.add(os.stat(where).st_ino)
             except OSError:
                 pass
-        try:
-            if mount and ".." not in rel.split("/") and os.stat(entry).st_ino in known:
+        try:  # (from the cache: the fd may be another user's FUSE file by now)
+            if mount and ".." not in rel.split("/") and cached_inode(str(entry)) in known:
                 continue
         except FileNotFoundError:
             continue

@@ -166,6 +166,7 @@ def _claimed(name: str) -> list[str]:
 _AT_FDCWD = -100
 _AT_STATX_DONT_SYNC = 0x4000
 _STATX_TYPE = 0x1
+_STATX_INO = 0x100
 #: How long the type of a file on a detached mount is waited for (seconds).
 DETACHED_STAT_TIMEOUT = 5.0
 
@@ -190,13 +191,26 @@ def node_type(path: str) -> tuple[int, int]:
     if _statx is None:
         st = os.stat(path)
         return st.st_mode, st.st_rdev
+    raw = _statx_cached(path, _STATX_TYPE)
+    mode = int.from_bytes(raw[28:30], "little")
+    major, minor = (int.from_bytes(raw[i:i + 4], "little") for i in (128, 132))
+    return mode, os.makedev(major, minor)
+
+
+def cached_inode(path: str) -> int:
+    """The inode number of what ``path`` leads to, from the kernel's cache as
+    :func:`node_type`. Raises OSError."""
+    if _statx is None:
+        return os.stat(path).st_ino
+    return int.from_bytes(_statx_cached(path, _STATX_INO)[32:40], "little")
+
+
+def _statx_cached(path: str, mask: int) -> bytes:
     buf = ctypes.create_string_buffer(256)  # struct statx
-    if _statx(_AT_FDCWD, os.fsencode(path), _AT_STATX_DONT_SYNC, _STATX_TYPE, buf) != 0:
+    if _statx(_AT_FDCWD, os.fsencode(path), _AT_STATX_DONT_SYNC, mask, buf) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
-    mode = int.from_bytes(buf.raw[28:30], "little")
-    major, minor = (int.from_bytes(buf.raw[i:i + 4], "little") for i in (128, 132))
-    return mode, os.makedev(major, minor)
+    return buf.raw
 
 
 def _in_thread(look, timeout: float):
