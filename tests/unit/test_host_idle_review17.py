@@ -1,0 +1,260 @@
+"""Issue 31, seventeenth adversarial read. What it found, one section below each:
+
+1. the files an io_uring has registered (``UserFiles:`` in the ring's fdinfo) and a loop
+   device's backing file (``loop/backing_file``) are named by the kernel as a path, and the
+   harness looks that path up in *its own* mount namespace (``node_type(path)``), where it may
+   be another file or none: the kernel prints the path as the holder's mount namespace has it
+   (a container's ``/dev/xvdb``, a pod's volume path, a bind mount of the disk's node in a
+   namespace of its own), and ``/`` for a file whose mount is no longer in any namespace (the
+   namespace that set the loop up has ended, or the bind mount was lazily unmounted). A
+   process in another mount namespace that reads a disk through a registered file, and a loop
+   device set up over a disk's node in a namespace since gone, leave the disk idle: the path
+   resolves here to a regular file, or to ``/``, a folder, which is "an image file";
+2. those same lookups are made by path, with no timeout and whatever filesystem the path is
+   on: a registered file or a loop's backing file on a FUSE, NFS or CIFS mount whose server
+   does not answer blocks the lookup (``AT_STATX_DONT_SYNC`` spares the getattr, not the
+   lookup's revalidation) for good. The fifteenth read made the open-file read skip remote
+   mounts and bound the wait on a detached one for just this; these two paths, added by the
+   sixteenth, do neither: ``doctor``, ``plan``, a bind and every give-back (``restore``, a
+   run's end: ``binding._holders``) hang, the journal's lock held;
+3. the kernel's storage targets are read only when ``/sys/module/nvmet`` (or
+   ``target_core_mod``) exists, which for a target built into the kernel
+   (``CONFIG_NVME_TARGET=y``) it does not: a built-in module shows in /sys/module only when
+   it has parameters, and neither has any. Disks nvmet or LIO exports to other machines (and
+   the p2pmem nvmet lends) then read idle although configfs names them;
+4. a GPIO line of a USB adapter's chip that a kernel consumer elsewhere holds reads idle:
+   ``gpio-aggregator`` (``new_device "gpiochip0 0-3"``, how lines are handed to a VM or to
+   one user) requests the lines in the kernel, from a platform device that is not below the
+   adapter, and the process that drives them holds the aggregator's own chip. No line of
+   the adapter's chip is exported or requested by a process, so the controller was taken
+   from under the relay the lines drive. (The kernel says which lines are used by anyone:
+   ``GPIO_V2_LINE_FLAG_USED`` from the chip's line info, or /sys/kernel/debug/gpio.)
+
+Each finding's tests fail on the code as it is (513a381). Cases 1 and 2: real loop devices, a
+real io_uring, a real mount namespace, and a real FUSE mount served by
+:mod:`tests.unit.fusestub`, as root. Cases 3 and 4: a fake sysfs and /proc tree. No guest is
+booted.
+"""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from harness.host import storage
+from harness.host.safety import HostUsage
+from harness.host.storage import StorageView
+from harness.host.sysfs import Sysfs
+
+from . import fakesysfs
+from .fusestub import FuseStub
+from .test_host_idle_review16 import URING, _cp2102n
+from .test_paths import as_root
+
+fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
+SATA = "0000:06:00.0"     # sdb, not mounted: idle on the lab host
+XHCI = "0000:07:00.0"     # USB bus 4
+
+
+@pytest.fixture
+def loop_disk(tmp_path):
+    """A real block device, ``loopN`` over a file of this test, whose first bytes say what it
+    is (as the sixteenth read's URING reader expects)."""
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"HH-REVIEW16".ljust(1 << 20, b"\0"))
+    try:
+        dev = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True,
+                             text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as e:
+        pytest.skip(f"no loop device to play the disk: {e}")
+    yield dev
+    subprocess.run(["losetup", "-d", dev], check=False)
+
+
+def _seen(name: str) -> list[str]:
+    view = StorageView.read(Sysfs("/"))
+    return view.use_of_block(name) + view.problems
+
+
+# -- 1. a path the kernel prints for another mount namespace --------------------------------------
+
+
+@as_root
+def test_1_a_disk_read_through_io_uring_from_another_mount_namespace_is_in_use(loop_disk,
+                                                                                tmp_path):
+    """A container's shape: the process sees the disk at a path of its own mount namespace
+    (here a bind mount of the node over a file that, in the host's, is a plain empty file),
+    registers it with io_uring and closes its fd."""
+    name, plain = os.path.basename(loop_disk), tmp_path / "volume"
+    plain.write_bytes(b"")
+    assert StorageView.read(Sysfs("/")).use_of_block(name) == []  # (idle before)
+    script = tmp_path / "uring.py"
+    script.write_text(URING)
+    child = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         'mount --bind "$1" "$2" && exec "$3" "$4" "$2" fd', "sh", loop_disk, str(plain),
+         sys.executable, str(script)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        first = child.stdout.readline().strip()
+        if first != "reading":
+            pytest.skip(f"io_uring or unshare is not usable here: {first or child.wait()}")
+        seen = _seen(name)
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "still reading"  # it was in use all along
+        assert any(f"pid {child.pid}" in u for u in seen), seen
+    finally:
+        child.kill()
+        child.wait()
+
+
+@as_root
+def test_1_a_loop_device_set_up_in_a_mount_namespace_since_gone_holds_its_disk(loop_disk,
+                                                                               tmp_path):
+    """``losetup`` over the disk's node bind-mounted in a mount namespace that then ended (a
+    container's, a job's): the kernel prints the backing file as ``/``."""
+    name, plain = os.path.basename(loop_disk), tmp_path / "volume"
+    plain.write_bytes(b"")
+    over = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         'mount --bind "$1" "$2" && losetup -f --show "$2"', "sh", loop_disk, str(plain)],
+        capture_output=True, text=True)
+    if over.returncode != 0:
+        pytest.skip(f"no second loop device or no unshare: {over.stderr.strip()}")
+    loop = over.stdout.strip()
+    try:
+        with open(loop, "rb") as f:
+            assert f.read(11) == b"HH-REVIEW16"  # the loop reads the disk
+        seen = _seen(name)
+        assert any(os.path.basename(loop) in u for u in seen), seen
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=False)
+
+
+# -- 2. a lookup on a file server that does not answer --------------------------------------------
+
+
+def _read_storage(bound: float) -> "StorageView | None":
+    """The real host's StorageView, or None when it did not come in ``bound`` seconds (the read
+    is left blocked in a daemon thread, which the FUSE stub's abort frees)."""
+    box: list = []
+
+    def read() -> None:
+        try:
+            box.append(StorageView.read(Sysfs("/")))
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    thread.join(bound)
+    return box[0] if box else None
+
+
+@pytest.fixture
+def fuse(tmp_path):
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse on this host: modprobe fuse")
+    with FuseStub(tmp_path / "mnt") as stub:
+        yield stub
+
+
+@as_root
+def test_2_a_fuse_file_registered_with_io_uring_does_not_hang_the_read(fuse, tmp_path):
+    script = tmp_path / "uring.py"
+    script.write_text(URING)
+    child = subprocess.Popen([sys.executable, str(script), str(fuse.mountpoint / "f"), "fd"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    fuse.holders.append(child)  # (killed when the stub ends)
+    first = child.stdout.readline().strip()  # ("failed": the stub has no READ; registered all
+    if not first:                              # the same)
+        pytest.skip(f"io_uring is not usable here: {child.wait()}")
+    fuse.go_silent()
+    start = time.monotonic()
+    view = _read_storage(3 * storage.DETACHED_STAT_TIMEOUT + 30)
+    assert view is not None, ("the host's storage read hung on a file an io_uring registered, "
+                              "on a FUSE mount whose daemon does not answer")
+    assert time.monotonic() - start < 3 * storage.DETACHED_STAT_TIMEOUT + 30
+
+
+@as_root
+def test_2_a_loop_device_over_a_fuse_file_does_not_hang_the_read(fuse):
+    made = subprocess.run(["losetup", "-f", "--show", str(fuse.mountpoint / "f")],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"no loop device over the FUSE file: {made.stderr.strip()}")
+    loop = made.stdout.strip()
+    try:
+        fuse.go_silent()
+        view = _read_storage(3 * storage.DETACHED_STAT_TIMEOUT + 30)
+        assert view is not None, ("the host's storage read hung on a loop device's backing "
+                                  "file, on a FUSE mount whose daemon does not answer")
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=False)
+
+
+# -- 3. a storage target built into the kernel ----------------------------------------------------
+
+
+@pytest.mark.parametrize("module", ["loaded", "built-in"])
+def test_3_a_disk_a_built_in_nvmet_exports_is_in_use(lab, module):
+    assert HostUsage.read(lab.root).verdict(SATA).idle  # (idle before the export)
+    if module == "loaded":
+        lab.file("sys/module/nvmet/refcnt", "1\n")
+    # (built in: no /sys/module/nvmet, for nvmet has no parameter; configfs as for a module)
+    lab.file("sys/kernel/config/nvmet/subsystems/nqn.lab:san/namespaces/1/device_path",
+             "/dev/sdb\n")
+    lab.file("sys/kernel/config/nvmet/subsystems/nqn.lab:san/namespaces/1/enable", "1\n")
+    v = HostUsage.read(lab.root).verdict(SATA)
+    assert not v.idle
+    assert any("nvmet" in u for u in v.uses), v.uses
+
+
+@pytest.mark.parametrize("module", ["loaded", "built-in"])
+def test_3_a_disk_a_built_in_lio_exports_is_in_use(lab, module):
+    if module == "loaded":
+        lab.file("sys/module/target_core_mod/refcnt", "1\n")
+    lab.file("sys/kernel/config/target/core/iblock_0/lab-sdb/udev_path", "/dev/sdb\n")
+    v = HostUsage.read(lab.root).verdict(SATA)
+    assert not v.idle
+    assert any("target_core_mod" in u for u in v.uses), v.uses
+
+
+# -- 4. a GPIO line a kernel consumer holds -------------------------------------------------------
+
+
+def test_4_a_usb_adapters_gpio_lines_an_aggregator_holds_keep_its_controller(lab):
+    """``echo "gpiochip0 0-3" > /sys/bus/platform/drivers/gpio-aggregator/new_device``: the
+    aggregator (a platform device, not below the adapter) holds lines 0-3 of the CP2102N's
+    chip in the kernel and offers them as gpiochip1, whose lines a relay daemon (or a VM's
+    vhost-user-gpio) requests. What the kernel shows: the aggregator's device and chip, the
+    daemon's request of gpiochip1, and debugfs's list of used lines."""
+    _cp2102n(lab)
+    assert HostUsage.read(lab.root).verdict(XHCI).idle  # (idle before the aggregator)
+    agg = lab.sys / "devices/platform/gpio-aggregator.0"
+    (agg / "gpiochip1").mkdir(parents=True)
+    (agg / "gpiochip1/dev").write_text("254:1\n")
+    (agg / "gpiochip1/uevent").write_text("MAJOR=254\nMINOR=1\nDEVNAME=gpiochip1\n")
+    (lab.sys / "bus/platform/drivers/gpio-aggregator").mkdir(parents=True)
+    os.symlink(lab.sys / "bus/platform/drivers/gpio-aggregator", agg / "driver")
+    lab.proc("5400/comm", "relayd\n")
+    (lab.root / "proc/5400/fd").mkdir(parents=True)
+    os.symlink("anon_inode:gpio-line", lab.root / "proc/5400/fd/4")
+    lab.proc("5400/fdinfo/4", "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t1057\n"
+                              "gpio-chip:\tgpiochip1\ngpio-line:\t0\n")
+    lab.file("sys/kernel/debug/gpio",
+             "gpiochip0: GPIOs 512-515, parent: usb/4-1:1.0, cp210x, can sleep:\n"
+             " gpio-512 (                    |gpio-aggregator.0   ) out hi \n"
+             " gpio-513 (                    |gpio-aggregator.0   ) out lo \n"
+             " gpio-514 (                    |gpio-aggregator.0   ) in  lo \n"
+             " gpio-515 (                    |gpio-aggregator.0   ) in  lo \n\n"
+             "gpiochip1: GPIOs 516-519, parent: platform/gpio-aggregator.0, "
+             "gpio-aggregator.0, can sleep:\n"
+             " gpio-516 (                    |relayd              ) out hi \n")
+    v = HostUsage.read(lab.root).verdict(XHCI)
+    assert not v.idle
+    assert any("gpio" in u.lower() for u in v.uses), v.uses
