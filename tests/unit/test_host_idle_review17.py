@@ -29,22 +29,36 @@
    the adapter's chip is exported or requested by a process, so the controller was taken
    from under the relay the lines drive. (The kernel says which lines are used by anyone:
    ``GPIO_V2_LINE_FLAG_USED`` from the chip's line info, or /sys/kernel/debug/gpio.)
+5. the helper process that :class:`harness.host.nsholders.MountVisits` leaves in a mount
+   namespace no process is in (another user's, made in a user namespace of theirs) is a
+   Python with the terminal's process group: an operator's Ctrl-C during ``doctor``, ``plan``
+   or a bind (a read that user can make as long as they like: each network namespace they
+   hold adds its ``ip`` and ``ss`` runs) reaches it as KeyboardInterrupt, and Python 3.13 and
+   later print an uncaught exception with the ``traceback`` module, imported then: from that
+   namespace's files, where the user has mounted a ``traceback.py`` of theirs over the
+   standard library. Root runs it (a fork of it outlives the SIGKILL that follows). The
+   helper needs no signal of the terminal's and must never import.
 
 Each finding's tests fail on the code as it is (513a381). Cases 1 and 2: real loop devices, a
 real io_uring, a real mount namespace, and a real FUSE mount served by
-:mod:`tests.unit.fusestub`, as root. Cases 3 and 4: a fake sysfs and /proc tree. No guest is
-booted.
+:mod:`tests.unit.fusestub`, as root. Cases 3 and 4: a fake sysfs and /proc tree. Case 5: a real
+mount namespace held only by an fd, a real helper and a Python 3.13 if this host has one. No
+guest is booted.
 """
 
+import glob
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from harness.host import storage
+from harness.host import network, nsholders, storage
 from harness.host.safety import HostUsage
 from harness.host.storage import StorageView
 from harness.host.sysfs import Sysfs
@@ -258,3 +272,88 @@ def test_4_a_usb_adapters_gpio_lines_an_aggregator_holds_keep_its_controller(lab
     v = HostUsage.read(lab.root).verdict(XHCI)
     assert not v.idle
     assert any("gpio" in u.lower() for u in v.uses), v.uses
+
+
+# -- 5. the helper in a mount namespace no process is in ------------------------------------------
+
+
+def _python_313() -> str | None:
+    """A Python 3.13 or later (which imports ``traceback`` to print an uncaught exception)."""
+    pyenv = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    for python in [sys.executable] + sorted(glob.glob(f"{pyenv}/versions/3.1[3-9]*/bin/python3")) \
+            + [shutil.which(f"python3.{minor}") for minor in range(13, 20)]:
+        try:
+            if python and subprocess.run([python, "-I", "-S", "-c", "import sys; sys.exit("
+                                          "sys.version_info < (3, 13))"], timeout=30,
+                                         capture_output=True).returncode == 0:
+                return python
+        except (OSError, subprocess.TimeoutExpired):
+            pass  # (a wrapper that does not run under -I, such as a pyenv shim)
+    return None
+
+
+def _cover(stdlib: str) -> str:
+    """Where another user mounts a tmpfs to put their own files at ``stdlib``: the first folder
+    on the way they may not search (``/root``, for a Python under root's home), else the
+    standard library's folder itself."""
+    parts = Path(stdlib).parts
+    for i in range(2, len(parts) + 1):
+        if not os.stat(os.path.join(*parts[:i])).st_mode & 0o001:
+            return os.path.join(*parts[:i])
+    return stdlib
+
+
+NOBODY_RUN = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@as_root
+def test_5_a_ctrl_c_does_not_make_the_helper_import_from_the_namespace_it_visits(tmp_path,
+                                                                                 monkeypatch):
+    python = _python_313()
+    if python is None:
+        pytest.skip("no Python 3.13 or later on this host (earlier ones print an uncaught "
+                    "exception without an import)")
+    stdlib = subprocess.run([python, "-I", "-S", "-c", "import os; print(os.path.dirname("
+                             "os.__file__))"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    marker = tmp_path / "ran-as-root"  # (in root's own folder: nobody cannot write there)
+    payload = f"import os\nopen({str(marker)!r}, 'w').write(str(os.getuid()))\n"
+    # nobody's namespace, in a user namespace of theirs: their traceback.py where the standard
+    # library is; then no process left in it, held by an fd of theirs only.
+    maker = subprocess.Popen(
+        NOBODY_RUN + ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                      'mount -t tmpfs hh-planted "$1" && mkdir -p "$2" && printf %s "$3" '
+                      '> "$2/traceback.py" && echo ready && exec sleep 600', "sh",
+                      _cover(stdlib), stdlib, payload],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    holder = None
+    try:
+        if maker.stdout.readline().strip() != "ready":
+            pytest.skip(f"nobody cannot make a user namespace here: {maker.stderr.read()}")
+        holder = subprocess.Popen(
+            NOBODY_RUN + [sys.executable, "-c", "import os, sys; fd = os.open(f'/proc/{sys.argv"
+                          "[1]}/ns/mnt', os.O_RDONLY); print('held', flush=True); "
+                          "sys.stdin.readline()", str(maker.pid)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "held"
+        maker.kill()
+        maker.wait()
+        monkeypatch.setattr(sys, "executable", python)  # (the harness's Python runs the helper)
+        fs, problems = Sysfs("/"), []
+        with nsholders.MountVisits(fs) as visits:
+            network._holders(fs, visits, problems)  # (as every read of the host's NICs does)
+            if not visits.helpers:
+                pytest.skip(f"the namespace was not entered here: {problems}")
+            helper = visits.helpers[-1]
+            helper.send_signal(signal.SIGINT)  # (Ctrl-C: the terminal's whole process group)
+            try:
+                helper.wait(5)
+            except subprocess.TimeoutExpired:
+                pass  # (a helper that ignores it)
+    finally:
+        for proc in (maker, holder):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+    assert not marker.exists(), (f"the helper ran nobody's traceback.py, as uid "
+                                 f"{marker.read_text()}")
