@@ -19,9 +19,11 @@
    run's end: ``binding._holders``) hang, the journal's lock held;
 3. the kernel's storage targets are read only when ``/sys/module/nvmet`` (or
    ``target_core_mod``) exists, which for a target built into the kernel
-   (``CONFIG_NVME_TARGET=y``) it does not: a built-in module shows in /sys/module only when
-   it has parameters, and neither has any. Disks nvmet or LIO exports to other machines (and
-   the p2pmem nvmet lends) then read idle although configfs names them;
+   (``CONFIG_NVME_TARGET=y``, a lab's own kernel) it does not: a built-in module shows in
+   /sys/module only when it has a parameter or a version, and nvmet has neither (this host's
+   built-in veth has no /sys/module/veth either). Disks nvmet (or a built-in LIO without
+   one) exports to other machines, and the p2pmem nvmet lends, then read idle although
+   configfs names them;
 4. a GPIO line of a USB adapter's chip that a kernel consumer elsewhere holds reads idle:
    ``gpio-aggregator`` (``new_device "gpiochip0 0-3"``, how lines are handed to a VM or to
    one user) requests the lines in the kernel, from a platform device that is not below the
@@ -38,12 +40,20 @@
    namespace's files, where the user has mounted a ``traceback.py`` of theirs over the
    standard library. Root runs it (a fork of it outlives the SIGKILL that follows). The
    helper needs no signal of the terminal's and must never import.
+6. a vfio device held by a mapping alone: a user-space driver maps a BAR through its vfio
+   device fd (``mmap`` of a region) and closes the device fd and the group's, or a child it
+   forks keeps only the mapping (a daemon's ``closefrom(3)``). The mapping holds the device's
+   file, so the device stays open, and the group with it; ``/proc/PID/maps`` shows
+   ``anon_inode:[vfio-device]``, which the open-file read drops (it keeps only paths and
+   io_uring rings). ``doctor``/``plan`` call the function idle on vfio-pci, and the give-back
+   unbinds it under the process (vfio-pci's remove then waits in the kernel for it, the
+   journal's lock held), as the sixteenth read's seventh finding did for the device fd.
 
 Each finding's tests fail on the code as it is (513a381). Cases 1 and 2: real loop devices, a
 real io_uring, a real mount namespace, and a real FUSE mount served by
-:mod:`tests.unit.fusestub`, as root. Cases 3 and 4: a fake sysfs and /proc tree. Case 5: a real
-mount namespace held only by an fd, a real helper and a Python 3.13 if this host has one. No
-guest is booted.
+:mod:`tests.unit.fusestub`, as root. Cases 3, 4 and 6: a fake sysfs and /proc tree. Case 5: a
+real mount namespace that nobody makes and holds by an fd, the real helper, and a Python 3.13
+if this host has one. No guest is booted.
 """
 
 import glob
@@ -58,7 +68,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.core.errors import HostDeviceError
 from harness.host import network, nsholders, storage
+from harness.host.binding import VfioBinder
 from harness.host.safety import HostUsage
 from harness.host.storage import StorageView
 from harness.host.sysfs import Sysfs
@@ -357,3 +369,26 @@ def test_5_a_ctrl_c_does_not_make_the_helper_import_from_the_namespace_it_visits
                 proc.wait()
     assert not marker.exists(), (f"the helper ran nobody's traceback.py, as uid "
                                  f"{marker.read_text()}")
+
+
+# -- 6. a vfio device held by a mapping alone -----------------------------------------------------
+
+PORT0, PORT1 = "0000:05:00.0", "0000:05:00.1"
+
+
+def test_6_a_vfio_device_held_only_by_a_mapping_is_not_given_back(lab):
+    """(No fd is left to have an fdinfo: the kernel names the device nowhere, 6.14 or not.)"""
+    journal = lab.root / "var/lib/hotplug-harness/vfio-journal.json"
+    lease = VfioBinder(lab.sysfs(), journal=journal).bind(PORT0, {PORT0, PORT1})
+    (lab.dev_dir(PORT0) / "enable").write_text("1\n")  # (open: vfio-pci enabled it)
+    # a user-space driver mapped BAR 0 through the device fd, then closed every fd it had
+    lab.proc("5170/comm", "pmd-poller\n")
+    (lab.root / "proc/5170/fd").mkdir(parents=True)
+    lab.proc("5170/maps", "55d0c0a00000-55d0c0a21000 r-xp 00000000 fe:01 2163290 "
+                          "/usr/bin/pmd-poller\n"
+                          "7f3a40000000-7f3a40080000 rw-s 00000000 00:0e 1058 "
+                          "anon_inode:[vfio-device]\n")
+    assert not HostUsage.read(lab.root).verdict(PORT0).idle
+    with pytest.raises(HostDeviceError):
+        lease.release()
+    assert lab.driver_of(PORT0) == "vfio-pci"
