@@ -48,12 +48,19 @@
    io_uring rings). ``doctor``/``plan`` call the function idle on vfio-pci, and the give-back
    unbinds it under the process (vfio-pci's remove then waits in the kernel for it, the
    journal's lock held), as the sixteenth read's seventh finding did for the device fd.
+7. the same helpers, one a mount namespace, are all kept alive until the whole network read
+   ends, with no bound: a local user binds as many mount namespaces as they like to files in
+   a namespace of their own (``unshare --mount=FILE``, in a user namespace: up to
+   ``user.max_mnt_namespaces``, 96367 here), and every ``doctor``, ``plan`` or bind makes
+   root start one Python per namespace and keep them all. Each is about 9 MB (50 took 444 MB
+   here, in 1.6 s): a few thousand fill this host's 24 GB, and the kernel's OOM killer then
+   picks the largest processes, a guest's QEMU first.
 
 Each finding's tests fail on the code as it is (513a381). Cases 1 and 2: real loop devices, a
 real io_uring, a real mount namespace, and a real FUSE mount served by
 :mod:`tests.unit.fusestub`, as root. Cases 3, 4 and 6: a fake sysfs and /proc tree. Case 5: a
 real mount namespace that nobody makes and holds by an fd, the real helper, and a Python 3.13
-if this host has one. No guest is booted.
+if this host has one. Case 7: real mount namespaces nobody makes and binds. No guest is booted.
 """
 
 import glob
@@ -62,6 +69,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -78,7 +86,7 @@ from harness.host.sysfs import Sysfs
 from . import fakesysfs
 from .fusestub import FuseStub
 from .test_host_idle_review16 import URING, _cp2102n
-from .test_paths import as_root
+from .test_paths import NOBODY, as_root
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
 SATA = "0000:06:00.0"     # sdb, not mounted: idle on the lab host
@@ -392,3 +400,36 @@ def test_6_a_vfio_device_held_only_by_a_mapping_is_not_given_back(lab):
     with pytest.raises(HostDeviceError):
         lease.release()
     assert lab.driver_of(PORT0) == "vfio-pci"
+
+
+# -- 7. one helper a namespace, all alive at once -------------------------------------------------
+
+
+@as_root
+def test_7_the_mount_namespaces_another_user_binds_do_not_each_keep_a_root_process():
+    count = 40
+    folder = Path(tempfile.mkdtemp(prefix="hh-review17-"))  # (nobody's, in /tmp)
+    os.chown(folder, NOBODY, NOBODY)
+    # nobody, in a user namespace of theirs: ``count`` mount namespaces bound to files there
+    # (``unshare --mount=FILE`` now and then says EINVAL: another file is tried)
+    maker = subprocess.Popen(
+        NOBODY_RUN + ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                      'mount -t tmpfs hh-bound "$1" && i=0 && j=0 && while [ "$i" -lt "$2" ] '
+                      '&& [ "$j" -lt "$(($2 * 4))" ]; do j=$((j + 1)); touch "$1/m$j"; '
+                      'unshare --mount="$1/m$j" true 2>/dev/null && i=$((i + 1)); done; '
+                      'echo "ready $i"; exec sleep 600', "sh", str(folder), str(count)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        said = maker.stdout.readline().split()
+        if said != ["ready", str(count)]:
+            pytest.skip(f"nobody could not bind {count} mount namespaces here: {said}")
+        fs, problems = Sysfs("/"), []
+        with nsholders.MountVisits(fs) as visits:
+            network._holders(fs, visits, problems)  # (as every read of the host's NICs does)
+            alive = [h for h in visits.helpers if h.poll() is None]
+        assert len(alive) <= 8, (f"{len(alive)} root processes kept alive at once for the "
+                                 f"{count} mount namespaces nobody made")
+    finally:
+        maker.kill()
+        maker.wait()
+        folder.rmdir()
