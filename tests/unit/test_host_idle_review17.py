@@ -55,10 +55,18 @@
    root start one Python per namespace and keep them all. Each is about 9 MB (50 took 444 MB
    here, in 1.6 s): a few thousand fill this host's 24 GB, and the kernel's OOM killer then
    picks the largest processes, a guest's QEMU first.
+8. a function on no driver (or pci-stub) that a user-space program drives through
+   ``/dev/mem`` reads idle: its BARs are physical memory, which ``/dev/mem`` maps for root
+   (``CONFIG_STRICT_DEVMEM`` lets through MMIO that no driver has claimed, as a function on
+   no driver's is), and only the function's sysfs ``resource*``/``config``/``rom`` files and
+   ``/proc/bus/pci`` (the fifteenth read) count. The mapping names its physical address
+   (``/proc/PID/maps``' offset of a ``/dev/mem`` mapping), which the function's ``resource``
+   file places in its BAR; an fd of ``/dev/mem`` (``pread``/``pwrite`` at any address) may
+   be any function's. The other old user-space interface, beside ``/proc/bus/pci``.
 
 Each finding's tests fail on the code as it is (513a381). Cases 1 and 2: real loop devices, a
 real io_uring, a real mount namespace, and a real FUSE mount served by
-:mod:`tests.unit.fusestub`, as root. Cases 3, 4 and 6: a fake sysfs and /proc tree. Case 5: a
+:mod:`tests.unit.fusestub`, as root. Cases 3, 4, 6 and 8: a fake sysfs and /proc tree. Case 5: a
 real mount namespace that nobody makes and holds by an fd, the real helper, and a Python 3.13
 if this host has one. Case 7: real mount namespaces nobody makes and binds. No guest is booted.
 """
@@ -433,3 +441,28 @@ def test_7_the_mount_namespaces_another_user_binds_do_not_each_keep_a_root_proce
         maker.kill()
         maker.wait()
         folder.rmdir()
+
+
+# -- 8. a function on no driver driven through /dev/mem -------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["mapped", "fd"])
+def test_8_a_function_a_process_drives_through_dev_mem_is_in_use(lab, how):
+    lab.kernel(lab.sys / "bus/pci/drivers/ixgbe/unbind", PORT1)
+    # its BAR 0 (512 KiB of MMIO at 0xfb000000) and BAR 4, as the kernel lists them
+    lab.file(f"{lab.dev_dir(PORT1).relative_to(lab.root)}/resource",
+             "0x00000000fb000000 0x00000000fb07ffff 0x0000000000140204\n"
+             + "0x0000000000000000 0x0000000000000000 0x0000000000000000\n" * 3
+             + "0x00000000fb100000 0x00000000fb103fff 0x0000000000140204\n"
+             + "0x0000000000000000 0x0000000000000000 0x0000000000000000\n" * 8)
+    assert HostUsage.read(lab.root).verdict(PORT1).idle
+    lab.proc("5180/comm", "legacy-ctl\n")
+    (lab.root / "proc/5180/fd").mkdir(parents=True)
+    if how == "mapped":  # mmap(/dev/mem, offset 0xfb000000): its BAR 0, the fd closed after
+        lab.proc("5180/maps", "7f1c40000000-7f1c40080000 rw-s fb000000 00:06 5 /dev/mem\n")
+    else:  # pread/pwrite at its BAR's address
+        os.symlink("/dev/mem", lab.root / "proc/5180/fd/3")
+        lab.proc("5180/fdinfo/3", "pos:\t0\nflags:\t0100002\nmnt_id:\t20\nino:\t5\n")
+    v = HostUsage.read(lab.root).verdict(PORT1)
+    assert not v.idle
+    assert any("/dev/mem" in u for u in v.uses), v.uses
