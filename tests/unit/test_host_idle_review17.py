@@ -30,7 +30,11 @@
    adapter, and the process that drives them holds the aggregator's own chip. No line of
    the adapter's chip is exported or requested by a process, so the controller was taken
    from under the relay the lines drive. (The kernel says which lines are used by anyone:
-   ``GPIO_V2_LINE_FLAG_USED`` from the chip's line info, or /sys/kernel/debug/gpio.)
+   ``GPIO_V2_LINE_FLAG_USED`` from the chip's line info, or /sys/kernel/debug/gpio.) And a
+   line exported through the per-chip sysfs interface (Linux 6.17: ``echo 1 >
+   /sys/class/gpio/chip0/export``) is a group ``gpio1`` below the chip's class device
+   ``chip0`` (``<adapter>/gpio/chip0/gpio1/value``); only a legacy ``gpioN`` device below a
+   ``gpio`` folder counts, which a kernel without ``CONFIG_GPIO_SYSFS_LEGACY`` never makes;
 5. the helper process that :class:`harness.host.nsholders.MountVisits` leaves in a mount
    namespace no process is in (another user's, made in a user namespace of theirs) is a
    Python with the terminal's process group: an operator's Ctrl-C during ``doctor``, ``plan``
@@ -297,6 +301,25 @@ def test_4_a_usb_adapters_gpio_lines_an_aggregator_holds_keep_its_controller(lab
              "gpiochip1: GPIOs 516-519, parent: platform/gpio-aggregator.0, "
              "gpio-aggregator.0, can sleep:\n"
              " gpio-516 (                    |relayd              ) out hi \n")
+    v = HostUsage.read(lab.root).verdict(XHCI)
+    assert not v.idle
+    assert any("gpio" in u.lower() for u in v.uses), v.uses
+
+
+def test_4_a_line_exported_through_the_per_chip_sysfs_interface_keeps_its_controller(lab):
+    """gpiolib-sysfs (6.17) without CONFIG_GPIO_SYSFS_LEGACY: the chip's class device is
+    ``chip<id>`` below the chip's parent (the adapter's interface), and an exported line is an
+    attribute group ``gpio<offset>`` of it; no ``gpio<N>`` device is made."""
+    chip = _cp2102n(lab)
+    assert HostUsage.read(lab.root).verdict(XHCI).idle
+    cdev = chip.parent / "gpio/chip0"
+    cdev.mkdir(parents=True)
+    for name, text in (("label", "cp210x\n"), ("ngpio", "4\n"), ("export", ""),
+                       ("unexport", "")):
+        (cdev / name).write_text(text)
+    (cdev / "gpio1").mkdir()  # echo 1 > /sys/class/gpio/chip0/export; echo out > .../direction
+    (cdev / "gpio1/direction").write_text("out\n")
+    (cdev / "gpio1/value").write_text("1\n")
     v = HostUsage.read(lab.root).verdict(XHCI)
     assert not v.idle
     assert any("gpio" in u.lower() for u in v.uses), v.uses
