@@ -9,7 +9,12 @@
    namespace that set the loop up has ended, or the bind mount was lazily unmounted). A
    process in another mount namespace that reads a disk through a registered file, and a loop
    device set up over a disk's node in a namespace since gone, leave the disk idle: the path
-   resolves here to a regular file, or to ``/``, a folder, which is "an image file";
+   resolves here to a regular file, or to ``/``, a folder, which is "an image file". The
+   same holds for a function's BAR files (``resource0``) that a container opens or maps
+   through the host's sysfs mounted elsewhere (``/host/sys``, as monitoring and device-plugin
+   pods mount it): the path is ``/host/sys/devices/...``, and only ``/sys/devices/...``
+   counts, though ``/proc/PID/maps`` gives the mapped file's device and inode, which are the
+   BAR file's wherever it is mounted;
 2. those same lookups are made by path, with no timeout and whatever filesystem the path is
    on: a registered file or a loop's backing file on a FUSE, NFS or CIFS mount whose server
    does not answer blocks the lookup (``AT_STATX_DONT_SYNC`` spares the getattr, not the
@@ -69,7 +74,7 @@
    be any function's. The other old user-space interface, beside ``/proc/bus/pci``.
 
 Each finding's tests fail on the code as it is (513a381). Cases 1 and 2: real loop devices, a
-real io_uring, a real mount namespace, and a real FUSE mount served by
+real io_uring (and a fake tree for a BAR mapped through sysfs elsewhere), a real mount namespace, and a real FUSE mount served by
 :mod:`tests.unit.fusestub`, as root. Cases 3, 4, 6 and 8: a fake sysfs and /proc tree. Case 5: a
 real mount namespace that nobody makes and holds by an fd, the real helper, and a Python 3.13
 if this host has one. Case 7: real mount namespaces nobody makes and binds. No guest is booted.
@@ -103,6 +108,7 @@ from .test_paths import NOBODY, as_root
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
 SATA = "0000:06:00.0"     # sdb, not mounted: idle on the lab host
 XHCI = "0000:07:00.0"     # USB bus 4
+PORT0, PORT1 = "0000:05:00.0", "0000:05:00.1"
 
 
 @pytest.fixture
@@ -179,6 +185,24 @@ def test_1_a_loop_device_set_up_in_a_mount_namespace_since_gone_holds_its_disk(l
         assert any(os.path.basename(loop) in u for u in seen), seen
     finally:
         subprocess.run(["losetup", "-d", loop], check=False)
+
+
+def test_1_a_bar_mapped_through_sysfs_mounted_elsewhere_is_in_use(lab):
+    """A container with the host's sysfs at /host/sys maps 05:00.1's BAR 0 (on no driver): the
+    kernel prints the path as the container's mount namespace has it."""
+    lab.kernel(lab.sys / "bus/pci/drivers/ixgbe/unbind", PORT1)
+    bar = lab.dev_dir(PORT1) / "resource0"
+    bar.write_bytes(b"")
+    assert HostUsage.read(lab.root).verdict(PORT1).idle
+    st = os.stat(bar)
+    where = "/host/sys/" + str(lab.dev_dir(PORT1).relative_to(lab.sys)) + "/resource0"
+    lab.proc("5190/comm", "pmd\n")
+    lab.proc("5190/maps", f"7f1c40000000-7f1c40080000 rw-s 00000000 "
+                          f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x} {st.st_ino} "
+                          f"{where}\n")
+    v = HostUsage.read(lab.root).verdict(PORT1)
+    assert not v.idle
+    assert any("resource0" in u for u in v.uses), v.uses
 
 
 # -- 2. a lookup on a file server that does not answer --------------------------------------------
@@ -411,8 +435,6 @@ def test_5_a_ctrl_c_does_not_make_the_helper_import_from_the_namespace_it_visits
 
 
 # -- 6. a vfio device held by a mapping alone -----------------------------------------------------
-
-PORT0, PORT1 = "0000:05:00.0", "0000:05:00.1"
 
 
 def test_6_a_vfio_device_held_only_by_a_mapping_is_not_given_back(lab):
