@@ -72,6 +72,13 @@
    (``/proc/PID/maps``' offset of a ``/dev/mem`` mapping), which the function's ``resource``
    file places in its BAR; an fd of ``/dev/mem`` (``pread``/``pwrite`` at any address) may
    be any function's. The other old user-space interface, beside ``/proc/bus/pci``.
+9. any local user stops ``doctor``, ``plan`` and every bind with a traceback again, through
+   the network read this time: an interface name is any bytes but ``/``, ``:`` and
+   whitespace, and ``ss`` prints the name of the interface a socket is bound to as it is, so
+   ``_run`` (``text=True``) raises UnicodeDecodeError, which ``_read_sockets`` does not catch
+   (only OSError; ``ip``'s output is read under ``except ValueError`` and is safe). The user
+   names their interface (in a network namespace of their own) ``x\xff`` just while root's
+   ``nsenter ... ss`` runs there, which ``/proc`` shows them, and back after.
 
 Each finding's tests fail on the code as it is (513a381). Cases 1 and 2: real loop devices, a
 real io_uring (and a fake tree for a BAR mapped through sysfs elsewhere), a real mount namespace, and a real FUSE mount served by
@@ -87,6 +94,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -96,6 +104,7 @@ import pytest
 from harness.core.errors import HostDeviceError
 from harness.host import network, nsholders, storage
 from harness.host.binding import VfioBinder
+from harness.host.network import NetView
 from harness.host.safety import HostUsage
 from harness.host.storage import StorageView
 from harness.host.sysfs import Sysfs
@@ -511,3 +520,78 @@ def test_8_a_function_a_process_drives_through_dev_mem_is_in_use(lab, how):
     v = HostUsage.read(lab.root).verdict(PORT1)
     assert not v.idle
     assert any("/dev/mem" in u for u in v.uses), v.uses
+
+
+# -- 9. a name that is not UTF-8 in ss's output ---------------------------------------------------
+
+#: nobody's process in a network namespace of their own (a user namespace too): a veth
+#: ``hhok`` with a UDP socket bound to it; whenever a process of the reader (``argv[1]``) runs
+#: ``ss`` (``nsenter ... ss -H ...``, in /proc for anyone to see), the veth is named
+#: ``x\xff`` until that process ends, then ``hhok`` again.
+RENAMER = textwrap.dedent(r"""
+    import fcntl, os, socket, struct, subprocess, sys, time
+    reader = sys.argv[1]
+    if subprocess.run(["ip", "link", "add", "hhok", "type", "veth", "peer", "name",
+                       "hhpeer"]).returncode:
+        sys.exit("no veth")
+    held = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"hhok")
+    held.bind(("0.0.0.0", 0))
+    def rename(old, new):  # SIOCSIFNAME (the veth is down)
+        fcntl.ioctl(held, 0x8923, struct.pack("16s16s", old, new))
+    print("ready", flush=True)
+    others, seen = set(), set()  # (processes not the reader's, never looked at again)
+    while True:
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit() or pid in others or pid in seen:
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    ppid = f.read().rsplit(")", 1)[1].split()[1]
+                if ppid != reader:
+                    others.add(pid)
+                    continue
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except (OSError, IndexError):
+                continue
+            if b"ss" in argv and b"-H" in argv:
+                seen.add(pid)
+                rename(b"hhok", b"x\xff")
+                while os.path.exists(f"/proc/{pid}"):
+                    time.sleep(0.001)
+                rename(b"x\xff", b"hhok")
+        time.sleep(0.0005)
+""")
+
+
+def _python_nobody_runs_in_a_user_namespace() -> str | None:
+    """(an interpreter under root's home cannot be reached from nobody's user namespace)"""
+    for python in dict.fromkeys((sys.executable, "/usr/bin/python3")):
+        if subprocess.run(NOBODY_RUN + ["unshare", "--user", "--map-root-user", python, "-c",
+                                        "pass"], capture_output=True).returncode == 0:
+            return python
+    return None
+
+
+@as_root
+def test_9_an_interface_name_not_utf8_does_not_stop_the_network_read():
+    python = _python_nobody_runs_in_a_user_namespace()
+    if python is None:
+        pytest.skip("no Python that nobody may run in a user namespace of theirs")
+    child = subprocess.Popen(
+        NOBODY_RUN + ["unshare", "--user", "--map-root-user", "--net", python, "-c",
+                      RENAMER, str(os.getpid())],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        if child.stdout.readline().strip() != "ready":
+            pytest.skip(f"nobody cannot make a network namespace here: {child.stderr.read()}")
+        for _ in range(5):  # (the rename races root's ss: it is given five chances)
+            try:
+                view = NetView.read(Sysfs("/"))
+            except UnicodeDecodeError as e:
+                pytest.fail(f"the host's network read ended in a traceback: {e!r}")
+            assert view is not None
+    finally:
+        child.kill()
+        child.wait()
