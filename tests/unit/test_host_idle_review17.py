@@ -79,6 +79,15 @@
    (only OSError; ``ip``'s output is read under ``except ValueError`` and is safe). The user
    names their interface (in a network namespace of their own) ``x\xff`` just while root's
    ``nsenter ... ss`` runs there, which ``/proc`` shows them, and back after.
+10. any local user makes every read of the host's open files take hours, the give-back's
+   too: the open-file read lists every thread's ``/proc/PID/task/TID/fd`` (for a thread that
+   did ``unshare(CLONE_FILES)``), and every thread that shares its process's table lists the
+   same fds again, each one read (link, fdinfo, type). One process of nobody's with 400
+   threads and 4000 fds (``/dev/null``) made ``OpenFiles`` take 112 s here (0.15 s
+   without it); it grows as threads times fds, and nobody may have 20000 fds and thousands
+   of threads: hours for ``doctor``, ``plan``, a bind (the journal's lock held) and
+   ``restore``/a run's end (``binding._holders``), which a CI job's timeout then kills
+   before anything is given back. ``kcmp(KCMP_FILES)`` tells which threads share a table.
 
 Each finding's tests fail on the code as it is (513a381). Cases 1 and 2: real loop devices, a
 real io_uring (and a fake tree for a BAR mapped through sysfs elsewhere), a real mount namespace, and a real FUSE mount served by
@@ -595,3 +604,49 @@ def test_9_an_interface_name_not_utf8_does_not_stop_the_network_read():
     finally:
         child.kill()
         child.wait()
+
+
+# -- 10. threads that share their process's files, each listed again ------------------------------
+
+#: nobody's process: ``argv[2]`` fds (of /dev/null) and ``argv[1]`` threads that share them.
+THREADS = textwrap.dedent(r"""
+    import os, resource, sys, threading
+    threads, fds = int(sys.argv[1]), int(sys.argv[2])
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, fds + 64), hard))
+    null = os.open("/dev/null", os.O_RDONLY)
+    kept = [os.dup(null) for _ in range(fds - 1)]
+    stop = threading.Event()
+    threading.stack_size(64 * 1024)
+    for _ in range(threads - 1):
+        threading.Thread(target=stop.wait, daemon=True).start()
+    print("ready", flush=True)
+    sys.stdin.readline()
+""")
+
+
+def _read_open_files_with(threads: int, fds: int) -> float:
+    """Seconds one read of every process's open files takes with nobody's process of
+    ``threads`` threads and ``fds`` fds alive."""
+    child = subprocess.Popen(NOBODY_RUN + ["/usr/bin/python3", "-c", THREADS, str(threads),
+                                           str(fds)], cwd="/",
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        if child.stdout.readline().strip() != "ready":
+            pytest.skip(f"nobody could not hold {fds} fds in {threads} threads here")
+        start = time.monotonic()
+        storage.OpenFiles(Sysfs("/"), [])
+        return time.monotonic() - start
+    finally:
+        child.kill()
+        child.wait()
+
+
+@as_root
+def test_10_threads_that_share_their_files_do_not_multiply_the_read():
+    if not os.access("/usr/bin/python3", os.X_OK):
+        pytest.skip("no /usr/bin/python3 for nobody")
+    alone = _read_open_files_with(1, 2000)
+    threaded = _read_open_files_with(150, 2000)
+    assert threaded < 3 * alone + 2, (f"the read took {threaded:.1f} s with 150 threads sharing "
+                                      f"2000 fds, {alone:.1f} s with one thread")
