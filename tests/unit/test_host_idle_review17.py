@@ -77,7 +77,7 @@
    whitespace, and ``ss`` prints the name of the interface a socket is bound to as it is, so
    ``_run`` (``text=True``) raises UnicodeDecodeError, which ``_read_sockets`` does not catch
    (only OSError; ``ip``'s output is read under ``except ValueError`` and is safe). The user
-   names their interface (in a network namespace of their own) ``x\xff`` just while root's
+   names their interface (in a network namespace of their own) ``x\\xff`` just while root's
    ``nsenter ... ss`` runs there, which ``/proc`` shows them, and back after.
 10. any local user makes every read of the host's open files take hours, the give-back's
    too: the open-file read lists every thread's ``/proc/PID/task/TID/fd`` (for a thread that
@@ -90,10 +90,11 @@
    before anything is given back. ``kcmp(KCMP_FILES)`` tells which threads share a table.
 
 Each finding's tests fail on the code as it is (513a381). Cases 1 and 2: real loop devices, a
-real io_uring (and a fake tree for a BAR mapped through sysfs elsewhere), a real mount namespace, and a real FUSE mount served by
-:mod:`tests.unit.fusestub`, as root. Cases 3, 4, 6 and 8: a fake sysfs and /proc tree. Case 5: a
-real mount namespace that nobody makes and holds by an fd, the real helper, and a Python 3.13
-if this host has one. Case 7: real mount namespaces nobody makes and binds. No guest is booted.
+real io_uring, a real mount namespace and a real FUSE mount served by :mod:`tests.unit.fusestub`,
+as root (and a fake tree for a BAR mapped through sysfs elsewhere). Cases 3, 4, 6 and 8: a fake
+sysfs and /proc tree. Case 5: a real mount namespace that nobody makes and holds by an fd, the
+real helper, and a Python 3.13 if this host has one. Cases 7, 9 and 10: real namespaces,
+interfaces, threads and fds of nobody's. No guest is booted.
 """
 
 import glob
