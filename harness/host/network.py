@@ -226,7 +226,10 @@ def _run(fs: Sysfs, argv: list[str], fake: Path, fds: tuple[int, ...] = ()) -> s
         return text
     check_search_path()  # (as root: ip, ss, nsenter and what they run are found on PATH)
     try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=20, pass_fds=fds)
+        # (an interface name is any bytes the user who named it chose: kept as the kernel has
+        # them, never a UnicodeDecodeError that ends the read)
+        p = subprocess.run(argv, capture_output=True, text=True, errors="surrogateescape",
+                           timeout=20, pass_fds=fds)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise OSError(f"`{' '.join(argv)}` could not run: {e}") from e
     if p.returncode != 0:

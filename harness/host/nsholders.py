@@ -42,15 +42,20 @@ from harness.host.sysfs import Sysfs
 #: Run by the helper: enter the mount namespace of the (proven) fd ``argv[1]``, say so, and
 #: wait. Nothing is imported or run after ``setns``: the files there are not the host's.
 _ENTER_MOUNT_NS = r'''
-import ctypes, os, sys
+import ctypes, os, signal, sys
+for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+            signal.SIGUSR2, signal.SIGPIPE):  # (no Python code runs there: no traceback,
+    signal.signal(sig, signal.SIG_IGN)       # whose import would read that namespace's files)
 libc = ctypes.CDLL(None, use_errno=True)
 fd = os.open("/proc/self/fd/" + sys.argv[1], os.O_RDONLY | os.O_CLOEXEC)
 if libc.setns(fd, 0x00020000) != 0:
     os.write(2, ("setns: " + os.strerror(ctypes.get_errno())).encode())
     os._exit(1)
-os.write(1, b"in\n")
-os.read(0, 1)
-os._exit(0)
+try:  # (an error here must print nothing: printing it imports from that namespace)
+    os.write(1, b"in\n")
+    os.read(0, 1)
+finally:
+    os._exit(0)
 '''
 
 
@@ -308,6 +313,11 @@ def nsfs_mounts(infos: list[tuple[Path, str]], root: Path, kind: str) -> list[tu
     return out
 
 
+#: How many mount namespaces no process is in are visited in one read; more is a problem
+#: (another user can bind thousands, and each visit keeps a root process alive).
+MAX_VISITS = 8
+
+
 class MountVisits:
     """Helper processes, each in a mount namespace no process is in, kept until closed: while
     they live, their ``/proc/PID`` shows that namespace's mounts and files."""
@@ -346,6 +356,12 @@ class MountVisits:
             if inode in seen:
                 continue
             seen.add(inode)
+            if len(self.helpers) >= MAX_VISITS:  # (each is a root process, alive until read)
+                problems.append(f"more than {MAX_VISITS} mount namespaces no process is in "
+                                f"(mount namespace {inode}, {how}, and maybe more): not "
+                                "visited, so a network namespace mounted only there would be "
+                                "missed")
+                break
             try:
                 proc = self._enter(path, inode)
                 text = self.fs.read(proc / "mountinfo")
@@ -371,7 +387,8 @@ class MountVisits:
         try:
             helper = subprocess.Popen([sys.executable, "-I", "-S", "-c", _ENTER_MOUNT_NS,
                                        str(fd)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, pass_fds=(fd,))
+                                      stderr=subprocess.PIPE, pass_fds=(fd,),
+                                      start_new_session=True)  # (no terminal's Ctrl-C)
         finally:
             os.close(fd)
         self.helpers.append(helper)

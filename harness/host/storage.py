@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import platform
 import re
 import stat
 import threading
@@ -239,6 +240,20 @@ def _in_thread(look, timeout: float):
 _GPIO_REQUESTS = {"anon_inode:gpio-line", "anon_inode:gpio-linehandle", "anon_inode:gpio-event"}
 
 
+#: kcmp(2)'s number (x86-64, arm64), and its KCMP_FILES.
+_KCMP = {"x86_64": 312, "aarch64": 272}.get(platform.machine())
+_KCMP_FILES = 2
+
+
+def _same_files(pid: str, tid: str) -> bool:
+    """Whether thread ``tid`` shares its process's table of open files (``kcmp``; threads do,
+    unless they did ``unshare(CLONE_FILES)``). False when it cannot be told: then it is read."""
+    if _KCMP is None:
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.syscall(_KCMP, int(pid), int(tid), _KCMP_FILES, 0, 0) == 0
+
+
 class OpenFiles:
     """Which device nodes processes hold open: by path (``/dev/sdb``) and by device number,
     whatever the path (a node in a container's /dev stands for the same device). Files on
@@ -272,6 +287,8 @@ class OpenFiles:
             self._add_maps(proc, who, problems)
             self._add_fds(fs, proc / "fd", who, problems, f"pid {proc.name}")
             for task in self._tasks(proc, problems):
+                if fs.real_host and _same_files(proc.name, task.name):
+                    continue  # (its process's table, read above: not once per thread)
                 self._add_fds(fs, task / "fd", who, problems,
                               f"pid {proc.name}'s thread {task.name}")
         for inode in sorted(set(self._rings_mapped) - self._rings_held):
@@ -323,6 +340,9 @@ class OpenFiles:
                 self.paths.setdefault(fields[5].removesuffix(" (deleted)"), set()).add(who)
             elif len(fields) == 6 and fields[5] == "anon_inode:[io_uring]":
                 self._rings_mapped.setdefault(fields[4], who)
+            elif len(fields) == 6 and fields[5] == "anon_inode:[vfio-device]":
+                self.vfio_unnamed.add(who)  # (a BAR mapped through a device fd since closed:
+                # the mapping holds the device; which one, /proc does not say)
 
     def _add(self, fs: Sysfs, fd: Path, who: tuple[int, str]) -> None:
         try:
@@ -369,12 +389,17 @@ class OpenFiles:
         for path in files:
             path = path.removesuffix(" (deleted)")
             self.paths.setdefault(path, set()).add(who)
-            try:
-                mode, rdev = node_type(str(fs.path(path.lstrip("/"))))
-            except OSError as e:
+            try:  # (a path on a file server that does not answer waits: bounded)
+                # (the kernel prints the path as the holder's mount namespace sees it)
+                mode, rdev = _in_thread(lambda: node_type(str(fs.proc(
+                    str(who[0]), "root", path.lstrip("/")))), DETACHED_STAT_TIMEOUT)
+                if stat.S_ISDIR(mode):  # ("/": its mount is in no namespace any more)
+                    raise OSError(errno.ENOENT, "its mount is gone")
+            except (OSError, TimeoutError) as e:
                 self.problems.append(f"pid {who[0]} ({who[1]}) uses {path} through its "
-                                     f"io_uring, which cannot be looked at ({e.strerror}): "
-                                     "which device it is is unknown")
+                                     "io_uring, which cannot be looked at "
+                                     f"({getattr(e, 'strerror', None) or e}): which device it "
+                                     "is is unknown")
                 continue
             self._add_number(mode, rdev, who)
 
@@ -466,12 +491,12 @@ def _exported(fs: Sysfs, problems: list[str]) -> dict[str, list[str]]:
     problem (every disk counts as in use)."""
     out: dict[str, list[str]] = {}
     for module, folder, globs in _TARGETS:
-        if not fs.sys("module", module).exists():
+        root = fs.sys(*folder)  # (a module built into the kernel may have no /sys/module entry)
+        if not (root.is_dir() or fs.sys("module", module).exists() or _built_in(fs, module)):
             continue
-        root = fs.sys(*folder)
         if not root.is_dir():
-            problems.append(f"{module} is loaded but {root} cannot be read (is configfs "
-                            "mounted?): the disks it exports are unknown")
+            problems.append(f"{module} is loaded or built in but {root} cannot be read (is "
+                            "configfs mounted?): the disks it exports are unknown")
             continue
         for pattern in globs:
             for f in sorted(root.glob(pattern)):
@@ -480,6 +505,13 @@ def _exported(fs: Sysfs, problems: list[str]) -> dict[str, list[str]]:
                 for name in _exported_blocks(fs, path) + _exported_controller(fs, path):
                     out.setdefault(name, []).append(where)
     return out
+
+
+def _built_in(fs: Sysfs, module: str) -> bool:
+    """Whether the running kernel has ``module`` built in (``modules.builtin``): a built-in
+    module without parameters or a version shows no /sys/module entry."""
+    text = fs.read(fs.path("lib", "modules", os.uname().release, "modules.builtin")) or ""
+    return any(line.rsplit("/", 1)[-1] == f"{module}.ko" for line in text.splitlines())
 
 
 _P2PMEM_OFF = {"", "0", "n", "no", "off", "false", "none"}
@@ -494,7 +526,7 @@ def _p2pmem_lent(fs: Sysfs) -> dict[str, list[str]]:
     (An unreadable configfs with nvmet loaded is already a problem: :func:`_exported`.)"""
     out: dict[str, list[str]] = {}
     root = fs.sys("kernel", "config", "nvmet", "subsystems")
-    if not fs.sys("module", "nvmet").exists() or not root.is_dir():
+    if not root.is_dir():  # (nvmet loaded or built in: its configfs is there)
         return out
     for f in sorted(root.glob("*/namespaces/*/p2pmem")):
         text = fs.read(f)  # (one that cannot be read may name any function)
@@ -634,12 +666,18 @@ def _loop_backing(fs: Sysfs) -> tuple[dict[str, str], list[str]]:
             continue  # (no backing file: the loop is not set up)
         name = block_name(fs, backing) if backing.startswith("/dev/") else None
         if name is None:
-            try:
-                mode, rdev = node_type(str(fs.path(backing.lstrip("/"))))
-            except OSError as e:
+            try:  # (a path on a file server that does not answer waits: bounded)
+                mode, rdev = _in_thread(lambda: node_type(str(fs.path(backing.lstrip("/")))),
+                                        DETACHED_STAT_TIMEOUT)
+            except (OSError, TimeoutError) as e:
                 unknown.append(f"{loop.name}, whose backing file {backing} cannot be looked at "
-                               f"({e.strerror}): it may be a disk's node in another mount "
-                               "namespace")
+                               f"({getattr(e, 'strerror', None) or e}): it may be a disk's "
+                               "node in another mount namespace")
+                continue
+            if stat.S_ISDIR(mode):  # ("/": set up in a mount namespace since gone)
+                unknown.append(f"{loop.name}, whose backing file the kernel prints as "
+                               f"{backing}: its mount is in no namespace any more, and it may "
+                               "be a disk's node")
                 continue
             if not stat.S_ISBLK(mode):
                 continue  # an image file

@@ -150,6 +150,12 @@ def _seen(name: str) -> list[str]:
     return view.use_of_block(name) + view.problems
 
 
+
+def still_open(why: str):
+    """A finding of this read not fixed yet: its test runs, and must still fail (strict), so
+    the day it passes says to drop the mark."""
+    return pytest.mark.xfail(strict=True, reason=f"open (issue 31, seventeenth read): {why}")
+
 # -- 1. a path the kernel prints for another mount namespace --------------------------------------
 
 
@@ -206,6 +212,8 @@ def test_1_a_loop_device_set_up_in_a_mount_namespace_since_gone_holds_its_disk(l
         subprocess.run(["losetup", "-d", loop], check=False)
 
 
+@still_open("a BAR mapped through a sysfs mounted elsewhere is matched by path only (to match "
+            "by the maps line's device and inode)")
 def test_1_a_bar_mapped_through_sysfs_mounted_elsewhere_is_in_use(lab):
     """A container with the host's sysfs at /host/sys maps 05:00.1's BAR 0 (on no driver): the
     kernel prints the path as the container's mount namespace has it."""
@@ -316,6 +324,8 @@ def test_3_a_disk_a_built_in_lio_exports_is_in_use(lab, module):
 # -- 4. a GPIO line a kernel consumer holds -------------------------------------------------------
 
 
+@still_open("GPIO lines a kernel consumer holds (gpio-aggregator) are not read (to ask each "
+            "chip's line info)")
 def test_4_a_usb_adapters_gpio_lines_an_aggregator_holds_keep_its_controller(lab):
     """``echo "gpiochip0 0-3" > /sys/bus/platform/drivers/gpio-aggregator/new_device``: the
     aggregator (a platform device, not below the adapter) holds lines 0-3 of the CP2102N's
@@ -349,6 +359,7 @@ def test_4_a_usb_adapters_gpio_lines_an_aggregator_holds_keep_its_controller(lab
     assert any("gpio" in u.lower() for u in v.uses), v.uses
 
 
+@still_open("Linux 6.17's per-chip GPIO export layout is not read")
 def test_4_a_line_exported_through_the_per_chip_sysfs_interface_keeps_its_controller(lab):
     """gpiolib-sysfs (6.17) without CONFIG_GPIO_SYSFS_LEGACY: the chip's class device is
     ``chip<id>`` below the chip's parent (the adapter's interface), and an exported line is an
@@ -510,6 +521,8 @@ def test_7_the_mount_namespaces_another_user_binds_do_not_each_keep_a_root_proce
 # -- 8. a function on no driver driven through /dev/mem -------------------------------------------
 
 
+@still_open("a function on no driver driven through /dev/mem is not seen (to compare mappings "
+            "with its resource ranges)")
 @pytest.mark.parametrize("how", ["mapped", "fd"])
 def test_8_a_function_a_process_drives_through_dev_mem_is_in_use(lab, how):
     lab.kernel(lab.sys / "bus/pci/drivers/ixgbe/unbind", PORT1)
