@@ -91,6 +91,10 @@ from .test_host_idle_review15 import silent_fuse as _silent_fuse
 from .test_paths import NOBODY, as_root
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
+#: These tests make real namespaces, mount namespaces and FUSE mounts and read the whole host:
+#: one run's namespaces churning under another's read made it fail closed where the test
+#: expected a view. One worker runs them all, one after another.
+pytestmark = pytest.mark.xdist_group("real-host-namespaces")
 silent_fuse = _silent_fuse  # a fixture (tests/unit/fusestub.py)
 
 # -- 1. a disk held through io_uring's registered files -----------------------------------------
@@ -458,8 +462,8 @@ def test_5_a_network_namespace_mounted_only_in_a_mount_namespace_no_process_is_i
         told = [p for p in view.problems if str(keep) in p]
         assert seen or told, (list(view.namespaces), view.problems)
     finally:
-        subprocess.run(["umount", f"{keep}/mnt"], check=False)
-        subprocess.run(["umount", str(keep)], check=False)
+        subprocess.run(["umount", "-l", f"{keep}/mnt"], check=False)
+        subprocess.run(["umount", "-l", str(keep)], check=False)
 
 
 #: A veth pair (``name``) and /dev/net/tun opened there (with ``sys.argv[2]``, a tap device

@@ -125,6 +125,10 @@ from .test_host_idle_review16 import URING, _cp2102n
 from .test_paths import NOBODY, as_root
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
+#: These tests make real namespaces, mount namespaces and FUSE mounts and read the whole host:
+#: one run's namespaces churning under another's read made it fail closed where the test
+#: expected a view. One worker runs them all, one after another.
+pytestmark = pytest.mark.xdist_group("real-host-namespaces")
 SATA = "0000:06:00.0"     # sdb, not mounted: idle on the lab host
 XHCI = "0000:07:00.0"     # USB bus 4
 PORT0, PORT1 = "0000:05:00.0", "0000:05:00.1"
