@@ -183,21 +183,30 @@ def test_1_a_disk_read_through_io_uring_registered_files_is_in_use(loop_disk, ri
     child = subprocess.Popen([sys.executable, "-c", URING, loop_disk, ring],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        first = child.stdout.readline().strip()
-        if first != "reading":
-            pytest.skip(f"io_uring is not usable here: {first or child.wait()}")
-        fds = {os.readlink(f"/proc/{child.pid}/fd/{fd}") for fd in
-               os.listdir(f"/proc/{child.pid}/fd")}
-        assert loop_disk not in fds  # no fd of the disk: only the ring holds it
-        view = StorageView.read(Sysfs("/"))
-        seen = view.use_of_block(name) + view.problems
-        child.stdin.write("\n")
-        child.stdin.flush()
-        assert child.stdout.readline().strip() == "still reading"  # it was in use all along
+        seen = read_while_it_reads(child, name, "io_uring is not usable here", lambda: {
+            os.readlink(f"/proc/{child.pid}/fd/{fd}") for fd in
+            os.listdir(f"/proc/{child.pid}/fd")})
         assert any(f"pid {child.pid}" in u for u in seen), seen
     finally:
         child.kill()
         child.wait()
+
+
+def read_while_it_reads(child, name: str, unusable: str, fds=None) -> list[str]:
+    """Once the :data:`URING` reader ``child`` has read the disk ``name``: what the host's
+    storage read says of the disk, and its problems; then that the reader still reads it (it
+    was in use all along). ``fds``: a call that lists the reader's open files, which must not
+    hold the disk (only the ring does)."""
+    first = child.stdout.readline().strip()
+    if first != "reading":
+        pytest.skip(f"{unusable}: {first or child.wait()}")
+    if fds is not None:
+        assert f"/dev/{name}" not in fds()  # no fd of the disk: only the ring holds it
+    view = StorageView.read(Sysfs("/"))
+    child.stdin.write("\n")
+    child.stdin.flush()
+    assert child.stdout.readline().strip() == "still reading"
+    return view.use_of_block(name) + view.problems
 
 
 # -- 2. a loop device over a disk's node outside /dev -------------------------------------------

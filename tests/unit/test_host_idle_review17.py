@@ -121,10 +121,12 @@ from harness.host.sysfs import Sysfs
 
 from . import fakesysfs
 from .fusestub import FuseStub
-from .test_host_idle_review16 import URING, _cp2102n
+from .test_host_idle_review16 import URING, _cp2102n, read_while_it_reads
+from .test_host_idle_review16 import loop_disk as _loop_disk
 from .test_paths import NOBODY, as_root
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
+loop_disk = _loop_disk  # a fixture: a real loop device, the sixteenth read's
 #: These tests make real namespaces, mount namespaces and FUSE mounts and read the whole host:
 #: one run's namespaces churning under another's read made it fail closed where the test
 #: expected a view. One worker runs them all, one after another.
@@ -132,21 +134,6 @@ pytestmark = pytest.mark.xdist_group("real-host-namespaces")
 SATA = "0000:06:00.0"     # sdb, not mounted: idle on the lab host
 XHCI = "0000:07:00.0"     # USB bus 4
 PORT0, PORT1 = "0000:05:00.0", "0000:05:00.1"
-
-
-@pytest.fixture
-def loop_disk(tmp_path):
-    """A real block device, ``loopN`` over a file of this test, whose first bytes say what it
-    is (as the sixteenth read's URING reader expects)."""
-    image = tmp_path / "disk.img"
-    image.write_bytes(b"HH-REVIEW16".ljust(1 << 20, b"\0"))
-    try:
-        dev = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True,
-                             text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError) as e:
-        pytest.skip(f"no loop device to play the disk: {e}")
-    yield dev
-    subprocess.run(["losetup", "-d", dev], check=False)
 
 
 def _seen(name: str) -> list[str]:
@@ -180,13 +167,7 @@ def test_1_a_disk_read_through_io_uring_from_another_mount_namespace_is_in_use(l
          sys.executable, str(script)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        first = child.stdout.readline().strip()
-        if first != "reading":
-            pytest.skip(f"io_uring or unshare is not usable here: {first or child.wait()}")
-        seen = _seen(name)
-        child.stdin.write("\n")
-        child.stdin.flush()
-        assert child.stdout.readline().strip() == "still reading"  # it was in use all along
+        seen = read_while_it_reads(child, name, "io_uring or unshare is not usable here")
         assert any(f"pid {child.pid}" in u for u in seen), seen
     finally:
         child.kill()
