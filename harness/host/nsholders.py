@@ -32,11 +32,10 @@ import select
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-from harness.host.storage import cached_inode, unescape_mountinfo
+from harness.host.storage import cached_inode, call_within, unescape_mountinfo
 from harness.host.sysfs import Sysfs
 
 #: Run by the helper: enter the mount namespace of the (proven) fd ``argv[1]``, say so, and
@@ -64,35 +63,15 @@ def open_path(path: Path, timeout: float = 20.0) -> tuple[int, os.stat_result]:
     ``timeout`` seconds (a lookup or stat in a FUSE mount of another user's mount namespace
     waits on their daemon, maybe for ever); an fd the thread gets after that is closed.
     Raises OSError."""
-    box: dict = {}
-    lock = threading.Lock()
-
-    def look() -> None:
+    def look() -> tuple[int, os.stat_result]:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
         try:
-            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-        except OSError as e:
-            box.setdefault("error", e)
-            return
-        try:
-            st = os.fstat(fd)
-        except OSError as e:
+            return fd, os.fstat(fd)
+        except OSError:
             os.close(fd)
-            box.setdefault("error", e)
-            return
-        with lock:
-            if "error" in box:  # (given up on)
-                os.close(fd)
-            else:
-                box["fd"] = (fd, st)
+            raise
 
-    thread = threading.Thread(target=look, name="hh-netns-lookup", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    with lock:
-        box.setdefault("error", OSError(errno.ETIMEDOUT, f"no answer in {timeout:g} s"))
-        if "fd" in box:
-            return box["fd"]
-    raise box["error"]
+    return call_within(look, timeout, late=lambda found: os.close(found[0]))
 
 
 def open_namespace(fs: Sysfs, path: Path, inode: str, kind: str) -> int:

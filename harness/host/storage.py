@@ -172,10 +172,13 @@ _STATX_INO = 0x100
 DETACHED_STAT_TIMEOUT = 5.0
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
 def _libc_statx():
     try:
-        fn = ctypes.CDLL(None, use_errno=True).statx
-    except (AttributeError, OSError):
+        fn = _LIBC.statx
+    except AttributeError:
         return None  # a C library older than glibc 2.28: os.stat
     fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
     return fn
@@ -214,25 +217,36 @@ def _statx_cached(path: str, mask: int) -> bytes:
     return buf.raw
 
 
-def _in_thread(look, timeout: float):
+def call_within(look, timeout: float, late=None):
     """``look()`` in a daemon thread, given up after ``timeout`` seconds: TimeoutError (the
-    thread stays blocked in the kernel until the harness exits)."""
+    thread stays blocked in the kernel, on a file server that never answers, until the
+    harness exits). A value that comes after that is handed to ``late`` (to close an fd)."""
     box: dict = {}
+    lock = threading.Lock()
 
     def run() -> None:
         try:
-            box["value"] = look()
+            value = look()
         except BaseException as e:  # noqa: BLE001 (handed to the caller)
-            box["error"] = e
+            with lock:
+                box["error"] = e
+            return
+        with lock:
+            if "given up" not in box:
+                box["value"] = value
+            elif late is not None:
+                late(value)
 
-    thread = threading.Thread(target=run, name="hh-detached-stat", daemon=True)
+    thread = threading.Thread(target=run, name="hh-bounded-lookup", daemon=True)
     thread.start()
     thread.join(timeout)
-    if "error" in box:
-        raise box["error"]
-    if "value" not in box:
-        raise TimeoutError(f"no answer in {timeout:g} s")
-    return box["value"]
+    with lock:
+        if "error" in box:
+            raise box["error"]
+        if "value" in box:
+            return box["value"]
+        box["given up"] = True
+    raise TimeoutError(f"no answer in {timeout:g} s")
 
 
 #: The anonymous files of a GPIO line request: ``gpio-line`` (the chardev's v2 ABI),
@@ -250,8 +264,7 @@ def _same_files(pid: str, tid: str) -> bool:
     unless they did ``unshare(CLONE_FILES)``). False when it cannot be told: then it is read."""
     if _KCMP is None:
         return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    return libc.syscall(_KCMP, int(pid), int(tid), _KCMP_FILES, 0, 0) == 0
+    return _LIBC.syscall(_KCMP, int(pid), int(tid), _KCMP_FILES, 0, 0) == 0
 
 
 class OpenFiles:
@@ -391,7 +404,7 @@ class OpenFiles:
             self.paths.setdefault(path, set()).add(who)
             try:  # (a path on a file server that does not answer waits: bounded)
                 # (the kernel prints the path as the holder's mount namespace sees it)
-                mode, rdev = _in_thread(lambda: node_type(str(fs.proc(
+                mode, rdev = call_within(lambda: node_type(str(fs.proc(
                     str(who[0]), "root", path.lstrip("/")))), DETACHED_STAT_TIMEOUT)
                 if stat.S_ISDIR(mode):  # ("/": its mount is in no namespace any more)
                     raise OSError(errno.ENOENT, "its mount is gone")
@@ -432,7 +445,7 @@ class OpenFiles:
             elif mount[1] in self.silent_mounts:
                 return  # (already a problem)
             else:
-                mode, rdev = _in_thread(lambda: node_type(str(fd)), DETACHED_STAT_TIMEOUT)
+                mode, rdev = call_within(lambda: node_type(str(fd)), DETACHED_STAT_TIMEOUT)
         except TimeoutError:
             self.silent_mounts.add(mount[1])
             self.problems.append(
@@ -667,7 +680,7 @@ def _loop_backing(fs: Sysfs) -> tuple[dict[str, str], list[str]]:
         name = block_name(fs, backing) if backing.startswith("/dev/") else None
         if name is None:
             try:  # (a path on a file server that does not answer waits: bounded)
-                mode, rdev = _in_thread(lambda: node_type(str(fs.path(backing.lstrip("/")))),
+                mode, rdev = call_within(lambda: node_type(str(fs.path(backing.lstrip("/")))),
                                         DETACHED_STAT_TIMEOUT)
             except (OSError, TimeoutError) as e:
                 unknown.append(f"{loop.name}, whose backing file {backing} cannot be looked at "

@@ -137,3 +137,18 @@ def _mount_id(pid: int) -> str:
         if line.startswith("mnt_id:"):
             return line.split()[1]
     raise AssertionError("no mnt_id")
+
+
+def test_a_lookup_given_up_on_hands_its_late_value_to_be_closed():
+    """``call_within`` (the storage read's bounded stat, the network read's O_PATH lookup): a
+    value that comes after the caller gave up is handed to ``late``, so an fd is not leaked."""
+    go, late = threading.Event(), []
+    with pytest.raises(TimeoutError, match="no answer in 0.2 s"):
+        storage.call_within(lambda: go.wait() and "fd 42", 0.2, late=late.append)
+    go.set()
+    for _ in range(50):
+        if late:
+            break
+        time.sleep(0.02)
+    assert late == ["fd 42"]
+    assert storage.call_within(lambda: "at once", 1) == "at once"
