@@ -17,12 +17,14 @@ in sysfs:
   ``/dev/bus/usb/...``, ``/dev/ttyUSB*``, the NVMe controller's ``/dev/nvme0`` and generic
   ``/dev/ng0n1``, a multipath head's too) is open by no process, by path or by number; no
   keyboard below it feeds the console;
-* no GPIO line of a chip below it (a USB serial adapter's) is exported or requested by a
-  process, and every other device below it that is bound to a driver is one whose use those
-  rules judge (:data:`_BOUND_JUDGED`: a HID device on hid-generic, a SCSI disk on sd...): an
-  I2C sensor behind a USB-to-I2C bridge keeps its controller;
-* its BARs, config space, ROM and peer-to-peer memory are mapped by no process, and nvmet
-  lends none of its p2pmem to an RDMA NIC;
+* no GPIO line of a chip below it (a USB serial adapter's) is held, by the kernel
+  (/sys/kernel/debug/gpio) or by a process, and every other device below it that is bound
+  to a driver is one whose use those rules judge (:data:`_BOUND_JUDGED`: a HID device on
+  hid-generic, a SCSI disk on sd...): an I2C sensor behind a USB-to-I2C bridge keeps its
+  controller;
+* its BARs, config space, ROM and peer-to-peer memory are mapped by no process (through
+  any mount of sysfs or procfs, or /dev/mem), and nvmet lends none of its p2pmem to an
+  RDMA NIC;
 * on vfio-pci: its ``/dev/vfio/GROUP`` is open by no process (or the group is this run's).
 
 What cannot be read (``ip`` or ``ss`` missing, a namespace it cannot enter, another
@@ -40,6 +42,7 @@ not know fails closed: nothing it cannot explain is taken.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 from pathlib import Path
@@ -72,6 +75,7 @@ _NO_HOST_DRIVER = {None, "pci-stub"}
 #: and the peer-to-peer memory it publishes (an NVMe CMB: ``p2pmem/allocate``, which a
 #: process maps to move data between devices with no driver of theirs to show it).
 _BAR_FILE = re.compile(r"resource\d+(?:_wc)?|config|rom|p2pmem/allocate")
+_IORESOURCE_IO = 0x100
 #: Devices below a function, bound to a driver, whose use shows in full in what the rule
 #: judges below them: their disks (a SCSI disk or CD-ROM), network interfaces, device nodes
 #: (a HID device's input and hidraw nodes, a USB serial port's tty), GPIO lines (a GPIO chip
@@ -311,13 +315,31 @@ class HostUsage:
             evidence.append(f"{len(tree.char_nodes)} device node(s) below {label} "
                             "open by no process, no console keyboard")
 
+    @functools.cached_property
+    def gpio_held(self) -> "dict[str, list[tuple[str, str]]] | None":
+        """:func:`_gpio_held`, read once."""
+        return _gpio_held(self.fs)
+
     def _gpio(self, label: str, tree: "_Subtree", uses: list) -> None:
         """GPIO lines of a chip below it (a USB serial adapter's: cp210x, ftdi_sio) that are
         held drive something on the host (a power relay) with the chip's node open by no one:
-        exported through /sys/class/gpio, or requested by a process, whose request fd holds
-        them (a kernel that does not name the fd's chip: any chip may be the one)."""
-        uses += [f"the GPIO line {line} (below {label}) is exported through /sys/class/gpio: "
-                 "something on the host drives or reads it" for line in tree.gpio_exported]
+        held by anyone, the kernel included (gpio-aggregator hands lines on as a chip of its
+        own), as the kernel lists them; exported through sysfs, or requested by a process,
+        whose request fd holds them (a kernel that does not name the fd's chip: any chip may
+        be the one)."""
+        uses += [f"the GPIO line {line} (below {label}) is exported through sysfs: something "
+                 "on the host drives or reads it" for line in tree.gpio_exported]
+        for chip in tree.gpiochips:
+            listed = self.gpio_held
+            held = listed.get(chip) if listed is not None else None
+            if held is None:
+                uses.append(f"which lines of {chip} (below {label}) are held cannot be read: "
+                            "/sys/kernel/debug/gpio " + ("does not list it" if listed is not None
+                                                         else "cannot be read (mount debugfs "
+                                                         "there, as root)"))
+            uses += [f"the GPIO line {line} of {chip} (below {label}) is held by "
+                     f"{consumer or 'a consumer the kernel does not name'}"
+                     for line, consumer in held or ()]
         lines = self.storage.opened.gpio_lines
         for chip in tree.gpiochips:
             uses += [f"a GPIO line of {chip} (below {label}) is requested by pid {pid} ({comm})"
@@ -332,7 +354,9 @@ class HostUsage:
         """A user-space driver reaches a function through its sysfs BARs (``resource0``...),
         config space and ROM, open or mapped: no driver, node or interface shows that. The
         kernel's older interface, ``/proc/bus/pci/BB/DD.F`` (config space, and BARs mapped
-        through its ioctl; pciutils and old user-space drivers use it), counts the same."""
+        through its ioctl; pciutils and old user-space drivers use it), counts the same, and
+        so does either through another mount of sysfs or procfs (a container's /host/sys),
+        and /dev/mem."""
         here = "/" + os.path.relpath(dev.path, self.fs.root)
         held: dict[str, set] = {}
         for path, who in self.storage.opened.paths.items():
@@ -341,10 +365,22 @@ class HostUsage:
                 held.setdefault(f"{rel} (sysfs)", set()).update(who)
             elif path == _proc_bus_pci(dev.bdf):
                 held.setdefault(f"{path} (procfs)", set()).update(who)
+        base = Path(dev.path)
+        for file in [*base.glob("resource*"), base / "config", base / "rom",
+                     base / "p2pmem/allocate"]:
+            rel = os.path.relpath(file, base)
+            if _BAR_FILE.fullmatch(rel):
+                held.setdefault(f"{rel} (sysfs)", set()).update(
+                    self.storage.opened.pci_file_holders(file, "sysfs"))
+        proc = _proc_bus_pci(dev.bdf)
+        held.setdefault(f"{proc} (procfs)", set()).update(
+            self.storage.opened.pci_file_holders(self.fs.path(proc.lstrip("/")), "proc"))
         for name, who in sorted(held.items()):
-            uses.append(f"{dev.bdf}'s {name} is open or mapped by "
-                        + ", ".join(f"pid {pid} ({comm})" for pid, comm in sorted(who))
-                        + ": a user-space driver may use it")
+            if who:
+                uses.append(f"{dev.bdf}'s {name} is open or mapped by "
+                            + ", ".join(f"pid {pid} ({comm})" for pid, comm in sorted(who))
+                            + ": a user-space driver may use it")
+        uses += _devmem(self.fs, self.storage.opened, dev)
         self._p2pmem(dev, uses)
 
     def _p2pmem(self, dev: PciDevice, uses: list) -> None:
@@ -372,6 +408,71 @@ class HostUsage:
             out.append(f"{dev.bdf} backs the framebuffer {fb.name}, which the console "
                        "(fbcon) draws on")
         return out
+
+
+def _ranges(fs: Sysfs, dev: PciDevice) -> list[tuple[int, int, int]]:
+    """A function's BARs and ROM as its ``resource`` file lists them: (first, last address,
+    flags); an unreadable file reads as one range over everything."""
+    text = fs.read(Path(dev.path) / "resource")
+    if text is None:
+        return [(0, 2 ** 64 - 1, _IORESOURCE_IO)]
+    out = []
+    for line in text.splitlines():
+        try:
+            start, end, flags = (int(n, 16) for n in line.split()[:3])
+        except ValueError:
+            return [(0, 2 ** 64 - 1, _IORESOURCE_IO)]
+        if end > start:
+            out.append((start, end, flags))
+    return out
+
+
+def _ecam(fs: Sysfs) -> list[tuple[int, int, int]]:
+    """The PCI configuration windows (ECAM, ``PCI MMCONFIG``) /proc/iomem lists; unreadable:
+    everything."""
+    text = fs.read(fs.proc("iomem"))
+    if text is None:
+        return [(0, 2 ** 64 - 1, 0)]
+    return [(int(m[1], 16), int(m[2], 16), 0) for m in re.finditer(
+        r"^\s*([0-9a-f]+)-([0-9a-f]+) : PCI (?:MMCONFIG|ECAM)", text, re.M)]
+
+
+def _devmem(fs: Sysfs, opened: OpenFiles, dev: PciDevice) -> list[str]:
+    """/dev/mem reaches physical memory: a mapping whose offset (a physical address) falls in
+    the function's BARs, or in the PCI configuration windows, drives it; an fd of it may read
+    and write any address (``pread``), and one of /dev/port any I/O port."""
+    ranges = _ranges(fs, dev)
+    if opened.devmem:
+        ranges += _ecam(fs)
+    uses = [f"pid {pid} ({comm}) maps physical memory {lo:#x}-{hi:#x} through /dev/mem, "
+            f"which holds {dev.bdf}'s BARs or PCI configuration space: a user-space driver "
+            "may use it" for lo, hi, (pid, comm) in sorted(opened.devmem)
+            if any(lo <= end and start <= hi for start, end, _ in ranges)]
+    uses += [f"pid {pid} ({comm}) holds /dev/mem open: it can read and write any physical "
+             f"address, {dev.bdf}'s BARs and configuration space included"
+             for pid, comm in opened.holders("char", "mem", "1:1")]
+    if any(flags & _IORESOURCE_IO for _, _, flags in ranges):
+        uses += [f"pid {pid} ({comm}) holds /dev/port open: it can reach {dev.bdf}'s I/O "
+                 "ports" for pid, comm in opened.holders("char", "port", "1:4")]
+    return uses
+
+
+def _gpio_held(fs: Sysfs) -> dict[str, list[tuple[str, str]]] | None:
+    """GPIO chip -> its lines held by anyone, the kernel included, with who holds each
+    (``gpiochip0`` -> [(``gpio-512``, ``gpio-aggregator.0``)]), as /sys/kernel/debug/gpio
+    lists them (it lists every chip, and only the lines held); None: it cannot be read."""
+    text = fs.read(fs.sys("kernel", "debug", "gpio"))
+    if text is None:
+        return None
+    chips: dict[str, list[tuple[str, str]]] = {}
+    lines: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        if re.match(r"gpiochip\d+:", line):
+            lines = chips.setdefault(line.split(":", 1)[0], [])
+        elif line.strip():  # `` gpio-512 (name |consumer ) out hi``
+            consumer = re.search(r"\|([^)]*)\)", line)
+            lines.append((line.split()[0], consumer[1].strip() if consumer else ""))
+    return chips
 
 
 def _verdict(label: str, uses: list[str], evidence: list[str]) -> Verdict:
@@ -447,6 +548,9 @@ class _Subtree:
             self.gpiochips.append(here.name)  # (gpio/gpiochip512: the legacy class's view)
         elif re.fullmatch(r"gpio\d+", here.name) and here.parent.name == "gpio":
             self.gpio_exported.append(here.name)
+        elif re.fullmatch(r"gpio\d+", here.name) and re.fullmatch(r"chip\d+", here.parent.name) \
+                and here.parent.parent.name == "gpio":  # (Linux 6.17's per-chip export)
+            self.gpio_exported.append(f"{here.parent.name}/{here.name}")
         if has_driver and not usb and not _USB_PORT.fullmatch(here.name):
             driver = Path(os.path.realpath(here / "driver"))  # /sys/bus/BUS/drivers/NAME
             self.bound.append((here.name, driver.parent.parent.name, driver.name))

@@ -201,6 +201,17 @@ def node_type(path: str) -> tuple[int, int]:
     return mode, os.makedev(major, minor)
 
 
+def cached_identity(path: str) -> tuple[int, int]:
+    """(``st_dev``, ``st_ino``) of what ``path`` leads to, from the kernel's cache as
+    :func:`node_type`. Raises OSError."""
+    if _statx is None:
+        st = os.stat(path)
+        return st.st_dev, st.st_ino
+    raw = _statx_cached(path, _STATX_INO)
+    major, minor = (int.from_bytes(raw[i:i + 4], "little") for i in (136, 140))
+    return os.makedev(major, minor), int.from_bytes(raw[32:40], "little")
+
+
 def cached_inode(path: str) -> int:
     """The inode number of what ``path`` leads to, from the kernel's cache as
     :func:`node_type`. Raises OSError."""
@@ -267,6 +278,24 @@ def _same_files(pid: str, tid: str) -> bool:
     return _LIBC.syscall(_KCMP, int(pid), int(tid), _KCMP_FILES, 0, 0) == 0
 
 
+#: The names of a PCI function's files through which a process reaches the device itself:
+#: sysfs BARs, config space, ROM, p2pmem's ``allocate``, and its /proc/bus/pci file
+#: (``03.0``). Open or mapped through another mount of sysfs or procfs (a container's
+#: /host/sys), they are found by name and inode (:meth:`OpenFiles.pci_file_holders`).
+_PCI_FILE_NAME = re.compile(r"resource\d+(?:_wc)?|config|rom|allocate|[0-9a-f]{2}\.[0-7]")
+
+
+def _mounted_as(fs: Sysfs, pid: int, dev: int, fstype: str) -> bool | None:
+    """Whether the filesystem ``dev`` is a mount of ``fstype`` in pid's mount namespace (its
+    mountinfo); None when that cannot be read."""
+    text = fs.read(fs.proc(str(pid), "mountinfo"))
+    if text is None:
+        return None
+    want = f"{os.major(dev)}:{os.minor(dev)}"
+    return any(f[2] == want and f[f.index("-") + 1] == fstype
+               for f in (line.split() for line in text.splitlines()) if "-" in f[3:])
+
+
 class OpenFiles:
     """Which device nodes processes hold open: by path (``/dev/sdb``) and by device number,
     whatever the path (a node in a container's /dev stands for the same device). Files on
@@ -295,6 +324,12 @@ class OpenFiles:
         #: fdinfo does not name it) -> who holds them: the request's own fd keeps the lines
         #: after the chip's node is closed.
         self.gpio_lines: dict[str | None, set[tuple[int, str]]] = {}
+        #: A PCI function's files (:data:`_PCI_FILE_NAME`) open or mapped, wherever mounted:
+        #: (name, inode) -> filesystem (``st_dev``) -> holders.
+        self.pci_files: dict[tuple[str, int], dict[int, set[tuple[int, str]]]] = {}
+        #: Mappings of /dev/mem: (first, last physical address, holder).
+        self.devmem: list[tuple[int, int, tuple[int, str]]] = []
+        self._fs = fs
         for proc in sorted(fs.proc().glob("[0-9]*")):
             who = (int(proc.name), fs.read(proc / "comm") or "?")
             self._add_maps(proc, who, problems)
@@ -350,12 +385,48 @@ class OpenFiles:
         for line in text.splitlines():
             fields = line.split(None, 5)
             if len(fields) == 6 and fields[5].startswith("/"):
-                self.paths.setdefault(fields[5].removesuffix(" (deleted)"), set()).add(who)
+                self._add_mapped(fields, who)
             elif len(fields) == 6 and fields[5] == "anon_inode:[io_uring]":
                 self._rings_mapped.setdefault(fields[4], who)
             elif len(fields) == 6 and fields[5] == "anon_inode:[vfio-device]":
                 self.vfio_unnamed.add(who)  # (a BAR mapped through a device fd since closed:
                 # the mapping holds the device; which one, /proc does not say)
+
+    def _add_mapped(self, fields: list[str], who: tuple[int, str]) -> None:
+        """A file mapping of /proc/PID/maps: ``start-end perms offset MAJ:MIN inode path``,
+        the numbers in hex but the inode."""
+        path = fields[5].removesuffix(" (deleted)")
+        devmem = path == "/dev/mem" or path.endswith("/dev/mem")
+        if not devmem:  # (a mapping of /dev/mem holds the addresses it maps, not all of it)
+            self.paths.setdefault(path, set()).add(who)
+        name = path.rsplit("/", 1)[-1]
+        try:
+            major, minor = (int(n, 16) for n in fields[3].split(":"))
+            start, end = (int(n, 16) for n in fields[0].split("-"))
+            offset, inode = int(fields[2], 16), int(fields[4])
+        except ValueError:
+            return
+        if _PCI_FILE_NAME.fullmatch(name):
+            self.pci_files.setdefault((name, inode), {}).setdefault(
+                os.makedev(major, minor), set()).add(who)
+        if devmem:  # (its offset: a physical address)
+            self.devmem.append((offset, offset + end - start - 1, who))
+
+    def pci_file_holders(self, path: Path, fstype: str) -> set[tuple[int, str]]:
+        """Who holds open or maps a function's file ``path`` (its sysfs ``resource0``, its
+        /proc/bus/pci file) through any mount of it: the same name and inode on the same
+        filesystem, or on another mount of ``fstype`` in the holder's mount namespace (sysfs
+        mounted in another network namespace is a superblock of its own, with the same
+        inodes), or where the holder's mounts cannot be read."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return set()
+        found = set()
+        for dev, who in self.pci_files.get((path.name, st.st_ino), {}).items():
+            found |= {(pid, comm) for pid, comm in who if dev == st.st_dev
+                      or _mounted_as(self._fs, pid, dev, fstype) is not False}
+        return found
 
     def _add(self, fs: Sysfs, fd: Path, who: tuple[int, str]) -> None:
         try:
@@ -457,6 +528,15 @@ class OpenFiles:
         except OSError:
             return
         self._add_number(mode, rdev, who)
+        name = target.rsplit("/", 1)[-1]
+        if stat.S_ISREG(mode) and _PCI_FILE_NAME.fullmatch(name):
+            try:  # (pread/pwrite of a BAR or config space through a mount of sysfs elsewhere)
+                dev, inode = call_within(lambda: cached_identity(str(fd)),
+                                         DETACHED_STAT_TIMEOUT) if detached \
+                    else cached_identity(str(fd))
+            except (OSError, TimeoutError):
+                return
+            self.pci_files.setdefault((name, inode), {}).setdefault(dev, set()).add(who)
 
     def _add_gpio_request(self, fs: Sysfs, fd: Path, who: tuple[int, str]) -> None:
         """A GPIO line request (``gpioset``, libgpiod): its chip is named in the fd's fdinfo

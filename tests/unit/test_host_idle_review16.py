@@ -329,6 +329,9 @@ def _cp2102n(host):
     (chip / "gpio/gpiochip512").mkdir(parents=True)  # (the legacy class's view of the chip)
     (chip / "gpio/gpiochip512/base").write_text("512\n")
     (chip / "gpio/gpiochip512/ngpio").write_text("4\n")
+    debug = host.sys / "kernel/debug/gpio"  # (debugfs: every chip, and the lines held: none)
+    debug.parent.mkdir(parents=True, exist_ok=True)
+    debug.write_text("gpiochip0: GPIOs 512-515, parent: usb/4-1:1.0, cp210x, can sleep:\n\n")
     return chip
 
 

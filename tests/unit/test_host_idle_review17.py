@@ -142,11 +142,6 @@ def _seen(name: str) -> list[str]:
 
 
 
-def still_open(why: str):
-    """A finding of this read not fixed yet: its test runs, and must still fail (strict), so
-    the day it passes says to drop the mark."""
-    return pytest.mark.xfail(strict=True, reason=f"open (issue 31, seventeenth read): {why}")
-
 # -- 1. a path the kernel prints for another mount namespace --------------------------------------
 
 
@@ -197,8 +192,6 @@ def test_1_a_loop_device_set_up_in_a_mount_namespace_since_gone_holds_its_disk(l
         subprocess.run(["losetup", "-d", loop], check=False)
 
 
-@still_open("a BAR mapped through a sysfs mounted elsewhere is matched by path only (to match "
-            "by the maps line's device and inode)")
 def test_1_a_bar_mapped_through_sysfs_mounted_elsewhere_is_in_use(lab):
     """A container with the host's sysfs at /host/sys maps 05:00.1's BAR 0 (on no driver): the
     kernel prints the path as the container's mount namespace has it."""
@@ -215,6 +208,64 @@ def test_1_a_bar_mapped_through_sysfs_mounted_elsewhere_is_in_use(lab):
     v = HostUsage.read(lab.root).verdict(PORT1)
     assert not v.idle
     assert any("resource0" in u for u in v.uses), v.uses
+
+
+@pytest.mark.parametrize("where", ["sysfs", "tmpfs"])
+def test_1_a_bar_mapped_from_another_sysfs_superblock_is_matched_by_its_mounts(lab, where):
+    """sysfs mounted in another network namespace is a superblock of its own (another device
+    number) with the same inodes: the holder's mountinfo says it is sysfs. The control: a file
+    of that name and inode on a tmpfs is not the BAR."""
+    lab.kernel(lab.sys / "bus/pci/drivers/ixgbe/unbind", PORT1)
+    bar = lab.dev_dir(PORT1) / "resource0"
+    bar.write_bytes(b"")
+    lab.proc("5191/comm", "pmd\n")
+    lab.proc("5191/maps", f"7f1c40000000-7f1c40080000 rw-s 00000000 00:99 {os.stat(bar).st_ino} "
+                          "/host/sys/bus/pci/devices/0000:05:00.1/resource0\n")
+    lab.proc("5191/mountinfo", f"1210 1190 0:153 / /host/sys rw,nosuid - {where} {where} rw\n")
+    v = HostUsage.read(lab.root).verdict(PORT1)
+    assert v.idle == (where == "tmpfs"), v.uses
+
+
+@as_root
+def test_1_config_space_open_through_sysfs_of_another_network_namespace_is_held(tmp_path):
+    """For real: a process in its own network and mount namespaces mounts sysfs (a superblock
+    of its own) and holds a function's config space open through it."""
+    bdf = sorted(os.listdir("/sys/bus/pci/devices"))[0] if os.path.isdir(
+        "/sys/bus/pci/devices") and os.listdir("/sys/bus/pci/devices") else None
+    if bdf is None:
+        pytest.skip("this host has no PCI function")
+    there = tmp_path / "hostsys"
+    there.mkdir()
+    child = subprocess.Popen(
+        ["unshare", "--mount", "--net", "--propagation", "private", "sh", "-c",
+         'mount -t sysfs sysfs "$1" && exec 3<"$1/bus/pci/devices/$2/config" && '
+         'echo held && exec sleep 60', "sh", str(there), bdf],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        if child.stdout.readline().strip() != "held":
+            pytest.skip(f"unshare or a second sysfs mount is not possible here: {child.wait()}")
+        assert os.stat(f"/proc/{child.pid}/fd/3").st_dev != os.stat("/sys").st_dev  # (premise)
+        opened = StorageView.read(Sysfs("/")).opened
+        held = opened.pci_file_holders(Path(f"/sys/bus/pci/devices/{bdf}/config"), "sysfs")
+        assert child.pid in {pid for pid, _ in held}, held
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_8_a_dev_mem_mapping_elsewhere_leaves_the_function_idle(lab):
+    """The control: a mapping of /dev/mem outside the function's BARs and the PCI
+    configuration windows (the BIOS area, as dmidecode once mapped it)."""
+    lab.kernel(lab.sys / "bus/pci/drivers/ixgbe/unbind", PORT1)
+    lab.file(f"{lab.dev_dir(PORT1).relative_to(lab.root)}/resource",
+             "0x00000000fb000000 0x00000000fb07ffff 0x0000000000140204\n")
+    lab.proc("iomem", "e0000000-efffffff : PCI MMCONFIG 0000 [bus 00-ff]\n")
+    lab.proc("5181/comm", "dmidecode\n")
+    lab.proc("5181/maps", "7f1c40000000-7f1c40010000 r--s 000f0000 00:06 5 /dev/mem\n")
+    assert HostUsage.read(lab.root).verdict(PORT1).idle
+    lab.proc("5181/maps", "7f1c40000000-7f1c40010000 rw-s e0500000 00:06 5 /dev/mem\n")
+    v = HostUsage.read(lab.root).verdict(PORT1)  # (ECAM: the configuration space of all)
+    assert any("/dev/mem" in u for u in v.uses), v.uses
 
 
 # -- 2. a lookup on a file server that does not answer --------------------------------------------
@@ -309,8 +360,6 @@ def test_3_a_disk_a_built_in_lio_exports_is_in_use(lab, module):
 # -- 4. a GPIO line a kernel consumer holds -------------------------------------------------------
 
 
-@still_open("GPIO lines a kernel consumer holds (gpio-aggregator) are not read (to ask each "
-            "chip's line info)")
 def test_4_a_usb_adapters_gpio_lines_an_aggregator_holds_keep_its_controller(lab):
     """``echo "gpiochip0 0-3" > /sys/bus/platform/drivers/gpio-aggregator/new_device``: the
     aggregator (a platform device, not below the adapter) holds lines 0-3 of the CP2102N's
@@ -344,7 +393,6 @@ def test_4_a_usb_adapters_gpio_lines_an_aggregator_holds_keep_its_controller(lab
     assert any("gpio" in u.lower() for u in v.uses), v.uses
 
 
-@still_open("Linux 6.17's per-chip GPIO export layout is not read")
 def test_4_a_line_exported_through_the_per_chip_sysfs_interface_keeps_its_controller(lab):
     """gpiolib-sysfs (6.17) without CONFIG_GPIO_SYSFS_LEGACY: the chip's class device is
     ``chip<id>`` below the chip's parent (the adapter's interface), and an exported line is an
@@ -506,8 +554,6 @@ def test_7_the_mount_namespaces_another_user_binds_do_not_each_keep_a_root_proce
 # -- 8. a function on no driver driven through /dev/mem -------------------------------------------
 
 
-@still_open("a function on no driver driven through /dev/mem is not seen (to compare mappings "
-            "with its resource ranges)")
 @pytest.mark.parametrize("how", ["mapped", "fd"])
 def test_8_a_function_a_process_drives_through_dev_mem_is_in_use(lab, how):
     lab.kernel(lab.sys / "bus/pci/drivers/ixgbe/unbind", PORT1)
