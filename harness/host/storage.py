@@ -265,6 +265,43 @@ def call_within(look, timeout: float, late=None):
 _GPIO_REQUESTS = {"anon_inode:gpio-line", "anon_inode:gpio-linehandle", "anon_inode:gpio-event"}
 
 
+class NotLookedAt(TimeoutError):
+    """A lookup :class:`Lookups` did not make: an earlier one of the same read did not answer."""
+
+
+class Lookups:
+    """The bounded lookups of one read of the host, of paths other users chose (a file an
+    io_uring registered, a loop's backing file, a file kept open on a detached mount): each
+    waits :data:`DETACHED_STAT_TIMEOUT` seconds at most, and once one has not answered, no
+    other is made: the read has failed closed already, and a user with a thousand files on a
+    server that does not answer would otherwise make it take hours. ``silent``: the first
+    that did not answer; ``skipped``: how many were not made after it."""
+
+    def __init__(self) -> None:
+        self.silent: str | None = None
+        self.skipped = 0
+
+    def node_type(self, path: str, what: str) -> tuple[int, int]:
+        """:func:`node_type` of ``path`` (``what`` names it in a problem), bounded; raises
+        OSError, TimeoutError, or NotLookedAt."""
+        return self.within(lambda: node_type(path), what)
+
+    def within(self, look, what: str):
+        if self.silent is not None:
+            self.skipped += 1
+            raise NotLookedAt(f"not looked at: {self.silent} did not answer before")
+        try:
+            return call_within(look, DETACHED_STAT_TIMEOUT)
+        except TimeoutError:
+            self.silent = what
+            raise
+
+    def problems(self) -> list[str]:
+        return [f"{self.skipped} more file(s) that other processes use were not looked at, "
+                f"after {self.silent} did not answer in {DETACHED_STAT_TIMEOUT:g} s: which "
+                "devices they are is unknown"] if self.skipped else []
+
+
 #: kcmp(2)'s number (x86-64, arm64), and its KCMP_FILES.
 _KCMP = {"x86_64": 312, "aarch64": 272}.get(platform.machine())
 _KCMP_FILES = 2
@@ -330,6 +367,7 @@ class OpenFiles:
         #: Mappings of /dev/mem: (first, last physical address, holder).
         self.devmem: list[tuple[int, int, tuple[int, str]]] = []
         self._fs = fs
+        self.lookups = Lookups()
         for proc in sorted(fs.proc().glob("[0-9]*")):
             who = (int(proc.name), fs.read(proc / "comm") or "?")
             self._add_maps(proc, who, problems)
@@ -339,6 +377,7 @@ class OpenFiles:
                     continue  # (its process's table, read above: not once per thread)
                 self._add_fds(fs, task / "fd", who, problems,
                               f"pid {proc.name}'s thread {task.name}")
+        problems += self.lookups.problems()
         for inode in sorted(set(self._rings_mapped) - self._rings_held):
             pid, comm = self._rings_mapped[inode]
             problems.append(f"pid {pid} ({comm}) maps an io_uring (inode {inode}) that no "
@@ -475,10 +514,12 @@ class OpenFiles:
             self.paths.setdefault(path, set()).add(who)
             try:  # (a path on a file server that does not answer waits: bounded)
                 # (the kernel prints the path as the holder's mount namespace sees it)
-                mode, rdev = call_within(lambda: node_type(str(fs.proc(
-                    str(who[0]), "root", path.lstrip("/")))), DETACHED_STAT_TIMEOUT)
+                mode, rdev = self.lookups.node_type(str(fs.proc(
+                    str(who[0]), "root", path.lstrip("/"))), f"{path} (pid {who[0]}'s io_uring)")
                 if stat.S_ISDIR(mode):  # ("/": its mount is in no namespace any more)
                     raise OSError(errno.ENOENT, "its mount is gone")
+            except NotLookedAt:
+                continue  # (counted: one problem for all)
             except (OSError, TimeoutError) as e:
                 self.problems.append(f"pid {who[0]} ({who[1]}) uses {path} through its "
                                      "io_uring, which cannot be looked at "
@@ -516,7 +557,9 @@ class OpenFiles:
             elif mount[1] in self.silent_mounts:
                 return  # (already a problem)
             else:
-                mode, rdev = call_within(lambda: node_type(str(fd)), DETACHED_STAT_TIMEOUT)
+                mode, rdev = self.lookups.node_type(str(fd), f"{target} (pid {who[0]})")
+        except NotLookedAt:
+            return  # (counted: one problem for all)
         except TimeoutError:
             self.silent_mounts.add(mount[1])
             self.problems.append(
@@ -531,9 +574,8 @@ class OpenFiles:
         name = target.rsplit("/", 1)[-1]
         if stat.S_ISREG(mode) and _PCI_FILE_NAME.fullmatch(name):
             try:  # (pread/pwrite of a BAR or config space through a mount of sysfs elsewhere)
-                dev, inode = call_within(lambda: cached_identity(str(fd)),
-                                         DETACHED_STAT_TIMEOUT) if detached \
-                    else cached_identity(str(fd))
+                dev, inode = self.lookups.within(lambda: cached_identity(str(fd)), target) \
+                    if detached else cached_identity(str(fd))
             except (OSError, TimeoutError):
                 return
             self.pci_files.setdefault((name, inode), {}).setdefault(dev, set()).add(who)
@@ -678,7 +720,7 @@ class StorageView:
                       for p in fs.sys("fs", "btrfs").glob("*/devices/*")}
         #: Block devices a loop device reads directly (``losetup /dev/loop0 /dev/sdb``): the
         #: loop holds them with no holders/ link and no process fd.
-        self.loop_backed, self.loops_unknown = _loop_backing(fs)
+        self.loop_backed, self.loops_unknown = _loop_backing(fs, opened.lookups)
 
         #: Whole disks by their world-wide id (SCSI ``device/wwid``, NVMe ``wwid``): one disk
         #: reached through two controllers (a dual-ported SAS disk without dm-multipath, an
@@ -746,7 +788,7 @@ class StorageView:
         return uses
 
 
-def _loop_backing(fs: Sysfs) -> tuple[dict[str, str], list[str]]:
+def _loop_backing(fs: Sysfs, lookups: Lookups) -> tuple[dict[str, str], list[str]]:
     """The block devices loop devices read directly (``losetup /dev/loop0 /dev/sdb``; kubelet's
     loop over a raw volume's node bind-mounted for a pod, a node made anywhere): disk ->
     loop, matched by the backing node's number, not only by a /dev name. The loop holds its
@@ -760,8 +802,8 @@ def _loop_backing(fs: Sysfs) -> tuple[dict[str, str], list[str]]:
         name = block_name(fs, backing) if backing.startswith("/dev/") else None
         if name is None:
             try:  # (a path on a file server that does not answer waits: bounded)
-                mode, rdev = call_within(lambda: node_type(str(fs.path(backing.lstrip("/")))),
-                                        DETACHED_STAT_TIMEOUT)
+                mode, rdev = lookups.node_type(str(fs.path(backing.lstrip("/"))),
+                                               f"{backing} ({loop.name}'s backing file)")
             except (OSError, TimeoutError) as e:
                 unknown.append(f"{loop.name}, whose backing file {backing} cannot be looked at "
                                f"({getattr(e, 'strerror', None) or e}): it may be a disk's "

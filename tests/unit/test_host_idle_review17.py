@@ -315,6 +315,31 @@ def test_2_a_fuse_file_registered_with_io_uring_does_not_hang_the_read(fuse, tmp
 
 
 @as_root
+def test_2_many_files_on_a_silent_server_cost_one_bound_not_one_each(fuse, tmp_path):
+    """Four processes each register the FUSE file with an io_uring of theirs, and the daemon
+    goes silent: the first lookup waits its bound, and the others are not made (the read has
+    failed closed already), so the read costs one bound, not four."""
+    script = tmp_path / "uring.py"
+    script.write_text(URING)
+    children = []
+    for _ in range(4):
+        child = subprocess.Popen([sys.executable, str(script), str(fuse.mountpoint / "f"), "fd"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        fuse.holders.append(child)  # (killed when the stub ends)
+        if not child.stdout.readline().strip():
+            pytest.skip(f"io_uring is not usable here: {child.wait()}")
+        children.append(child)
+    fuse.go_silent()
+    start = time.monotonic()
+    view = _read_storage(4 * storage.DETACHED_STAT_TIMEOUT + 30)
+    took = time.monotonic() - start
+    assert view is not None, "the host's storage read hung"
+    assert took < 2 * storage.DETACHED_STAT_TIMEOUT + 10, f"the read took {took:.1f} s"
+    assert any("not looked at" in p for p in view.problems), view.problems
+    assert sum(f"pid {c.pid}" in " ".join(view.problems) for c in children) >= 1
+
+
+@as_root
 def test_2_a_loop_device_over_a_fuse_file_does_not_hang_the_read(fuse):
     made = subprocess.run(["losetup", "-f", "--show", str(fuse.mountpoint / "f")],
                           capture_output=True, text=True)
