@@ -1,0 +1,209 @@
+"""Issue 31, eighteenth adversarial read. What it found, one section below each:
+
+1. any local user stops every read of the host's storage with a traceback: the source of a
+   mount is any string its maker chose (``mount -t tmpfs SOURCE DIR`` in a user and mount
+   namespace of their own, no privilege needed), every mount namespace's ``mountinfo`` is
+   read, and a source that begins with ``/dev/`` is looked up as a path under the host's
+   /dev (:func:`harness.host.storage.block_name`: ``Path.is_symlink()`` and ``.exists()``).
+   Python's ``pathlib`` swallows only ENOENT, ENOTDIR, EBADF and ELOOP there, so a source of
+   ``/dev/`` and 300 letters (ENAMETOOLONG) raises OSError out of ``StorageView.read``:
+   ``doctor``, ``plan``, ``discover``, every bind (the journal's lock held) and a VF's
+   give-back end in a traceback, for as long as that user keeps the mount. (A source
+   ``/dev/../proc/PID/root/...`` through their own FUSE mount gives EACCES, likewise; one
+   through a hard NFS mount whose server is down, a home folder on a lab host, blocks the
+   ``lstat`` for good.) Likely: only by intent, but any user with user namespaces (Debian's
+   default) can, in one command; bad: nothing the harness took goes back while it lasts.
+2. a loop device set up in a mount namespace that is still alive (a privileged container's,
+   a CSI node plugin's, ``unshare --mount``) over a disk's node bind-mounted there leaves the
+   disk idle: the kernel prints the backing file as that namespace has it, and
+   :func:`harness.host.storage._loop_backing` looks the path up in the harness's own
+   namespace (``fs.path(backing)``), where it is another file: a plain file reads "an image
+   file", and a ``/dev/NAME`` of another host disk is taken for that disk. The seventeenth
+   read's fix covers only the namespace that is gone (the path printed as ``/``); the
+   io_uring path is looked up through the holder's root, but a loop has no holder. The
+   kernel gives the backing node's number whatever the path (``LOOP_GET_STATUS64``:
+   ``lo_rdevice``, and ``lo_device``/``lo_inode`` of the file). Likely: a container or pod
+   that runs ``losetup`` on its volume's node (the k8s docs' ``devicePath: /dev/xvda``);
+   bad: the disk under the loop is taken.
+3. the seventeenth read's tenth fix (threads that share their process's fd table are read
+   once, by ``kcmp``) is bypassed by threads that each call ``unshare(CLONE_FILES)``: each
+   then has a copy of the table, pointing at the same open files (8 bytes of kernel memory an
+   fd for the user), and every copy is read again, fd by fd (link, fdinfo, a statx). 150
+   threads with 2000 fds of ``/dev/null`` made ``OpenFiles`` take 16.6 s here (0.16 s with one
+   thread); it grows as threads times fds, and nobody may have 20000 fds and thousands of
+   threads: a thousand threads cost them 160 MB and every read of the host about twenty
+   minutes (``doctor``, ``plan``, a bind with the journal's lock held, ``restore`` and a
+   run's end). Forked processes that keep the fds do the same. Likely: by intent only; bad:
+   as the seventeenth's tenth.
+
+Cases 1 (also on a fake tree), 2 and 3: real mounts, namespaces, loop devices and threads, of
+nobody's where another user is the point, as root. Each fails on the code as it is (dbcfa20).
+No guest is booted.
+"""
+
+import os
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.host import storage
+from harness.host.safety import HostUsage
+from harness.host.storage import StorageView
+from harness.host.sysfs import Sysfs
+
+from . import fakesysfs
+from .test_host_idle_review16 import loop_disk as _loop_disk
+from .test_host_idle_review17 import NOBODY_RUN
+from .test_paths import as_root
+
+fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
+loop_disk = _loop_disk  # a fixture: a real loop device, the sixteenth read's
+#: These tests make real namespaces, mounts and loop devices and read the whole host.
+pytestmark = pytest.mark.xdist_group("real-host-namespaces")
+SATA = "0000:06:00.0"     # sdb, not mounted: idle on the lab host
+
+# -- 1. a mount source another user chose --------------------------------------------------------
+
+#: A source no path can be: one name of 300 letters under /dev (a lookup says ENAMETOOLONG).
+LONG_SOURCE = "/dev/" + "a" * 300
+
+
+def test_1_a_mount_source_too_long_for_a_path_does_not_stop_the_storage_read(lab):
+    """The fake host with one more mount of that source (a tmpfs, as nobody makes it)."""
+    info = lab.root / "proc/self/mountinfo"
+    info.write_text(info.read_text() + f"90 1 0:99 / /home/nobody/x rw - tmpfs {LONG_SOURCE} "
+                                       "rw\n")
+    try:
+        usage = HostUsage.read(lab.root)
+    except OSError as e:
+        pytest.fail(f"a mount's source ended the host's read in a traceback: {e!r}")
+    assert usage.verdict(SATA) is not None
+
+
+@as_root
+def test_1_nobodys_mount_source_does_not_stop_the_storage_read():
+    """nobody, in a user and mount namespace of their own: ``mount -t tmpfs SOURCE /mnt``."""
+    maker = subprocess.Popen(
+        NOBODY_RUN + ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                      'mount -t tmpfs "$1" /mnt && echo ready && exec sleep 600', "sh",
+                      LONG_SOURCE],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+    try:
+        if maker.stdout.readline().strip() != "ready":
+            pytest.skip(f"nobody cannot mount in a namespace of theirs here: "
+                        f"{maker.stderr.read()}")
+        try:
+            view = StorageView.read(Sysfs("/"))
+        except OSError as e:
+            pytest.fail(f"nobody's mount ended the host's storage read in a traceback: {e!r}")
+        assert any("/mnt" in u for u in view.unmapped + view.problems), view.unmapped
+    finally:
+        maker.kill()
+        maker.wait()
+
+
+# -- 2. a loop device set up in a mount namespace that is still alive -----------------------------
+
+
+@as_root
+@pytest.mark.parametrize("over", ["plain file", "another disk's name"])
+def test_2_a_loop_device_set_up_in_a_live_mount_namespace_holds_its_disk(loop_disk, tmp_path,
+                                                                         over):
+    """A container's shape: the disk's node bind-mounted in a mount namespace of its own, over
+    a path that in the host's is a plain empty file, or over ``/dev/NAME`` of another block
+    device the host has (here another loop device of this test: ``--device
+    /dev/sdb:/dev/sdc``); ``losetup`` there, and the namespace lives on."""
+    name = os.path.basename(loop_disk)
+    if over == "plain file":
+        where = tmp_path / "volume"
+        where.write_bytes(b"")
+        other = None
+    else:
+        decoy = tmp_path / "decoy.img"
+        decoy.write_bytes(b"\0" * (1 << 20))
+        made = subprocess.run(["losetup", "-f", "--show", str(decoy)], capture_output=True,
+                              text=True)
+        if made.returncode != 0:
+            pytest.skip(f"no second loop device: {made.stderr.strip()}")
+        other = made.stdout.strip()
+        where = Path(other)
+    assert StorageView.read(Sysfs("/")).use_of_block(name) == []  # (idle before)
+    holder = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         'mount --bind "$1" "$2" && losetup -f --show "$2" && exec sleep 600', "sh", loop_disk,
+         str(where)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    loop = None
+    try:
+        loop = holder.stdout.readline().strip()
+        if not loop.startswith("/dev/loop"):
+            pytest.skip(f"no loop device or no unshare here: {holder.stderr.read()}")
+        with open(loop, "rb") as f:
+            assert f.read(11) == b"HH-REVIEW16"  # the loop reads the disk
+        view = StorageView.read(Sysfs("/"))
+        seen = view.use_of_block(name) + view.problems
+        assert any(os.path.basename(loop) in u for u in seen), seen
+    finally:
+        if loop and loop.startswith("/dev/loop"):
+            subprocess.run(["losetup", "-d", loop], check=False)
+        holder.kill()
+        holder.wait()
+        if other:
+            subprocess.run(["losetup", "-d", other], check=False)
+
+
+# -- 3. threads with fd tables of their own, each a copy ------------------------------------------
+
+#: nobody's process: ``argv[2]`` fds (of /dev/null) and ``argv[1]`` threads, each of which
+#: unshares its fd table (``unshare(CLONE_FILES)``: a copy, the same open files).
+OWN_TABLES = textwrap.dedent(r"""
+    import ctypes, os, resource, sys, threading
+    threads, fds = int(sys.argv[1]), int(sys.argv[2])
+    libc = ctypes.CDLL(None, use_errno=True)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, fds + 64), hard))
+    null = os.open("/dev/null", os.O_RDONLY)
+    kept = [os.dup(null) for _ in range(fds - 1)]
+    stop, ready = threading.Event(), threading.Semaphore(0)
+    threading.stack_size(64 * 1024)
+    def own_table():
+        if libc.unshare(0x400) != 0:  # CLONE_FILES
+            os._exit(3)
+        ready.release()
+        stop.wait()
+    for _ in range(threads - 1):
+        threading.Thread(target=own_table, daemon=True).start()
+    for _ in range(threads - 1):
+        ready.acquire()
+    print("ready", flush=True)
+    sys.stdin.readline()
+""")
+
+
+def _read_open_files_with(threads: int, fds: int) -> float:
+    """Seconds one read of every process's open files takes with nobody's process of
+    ``threads`` threads, each with its own copy of ``fds`` fds, alive."""
+    child = subprocess.Popen(NOBODY_RUN + ["/usr/bin/python3", "-c", OWN_TABLES, str(threads),
+                                           str(fds)], cwd="/",
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        if child.stdout.readline().strip() != "ready":
+            pytest.skip(f"nobody could not hold {fds} fds in {threads} threads here")
+        start = time.monotonic()
+        storage.OpenFiles(Sysfs("/"), [])
+        return time.monotonic() - start
+    finally:
+        child.kill()
+        child.wait()
+
+
+@as_root
+def test_3_threads_with_copies_of_one_fd_table_do_not_multiply_the_read():
+    if not os.access("/usr/bin/python3", os.X_OK):
+        pytest.skip("no /usr/bin/python3 for nobody")
+    alone = _read_open_files_with(1, 2000)
+    copied = _read_open_files_with(150, 2000)
+    assert copied < 3 * alone + 2, (f"the read took {copied:.1f} s with 150 threads, each with "
+                                    f"a copy of 2000 fds, {alone:.1f} s with one thread")
