@@ -35,15 +35,31 @@
    minutes (``doctor``, ``plan``, a bind with the journal's lock held, ``restore`` and a
    run's end). Forked processes that keep the fds do the same. Likely: by intent only; bad:
    as the seventeenth's tenth.
+4. the files an io_uring has registered are each looked up (through the holder's root) in a
+   thread given up after :data:`harness.host.storage.DETACHED_STAT_TIMEOUT` (5 s), one after
+   another, with no bound in all and nothing remembered: the open-file read gives a detached
+   mount that did not answer one wait (``silent_mounts``), the ring's files each get their
+   own. A process that registers one file on a mount whose server does not answer many times
+   (a ring's table may hold RLIMIT_NOFILE slots, 20000 here, each the same file) makes every
+   read take 5 s a slot (28 hours), and each wait leaves a root thread blocked in the
+   kernel for good: ``doctor``, ``plan``, a bind (the journal's lock held), ``restore``. Who
+   can: anyone whose files sit where root's lookup waits on a server: an NFS or CIFS home
+   whose server went away (a hard mount), a root-mounted sshfs/rclone share with
+   ``allow_other``, or their own FUSE daemon where ``/etc/fuse.conf`` has ``user_allow_other``
+   (a FUSE mount of a user namespace root cannot search: EACCES, at once). Likely: low to
+   medium (lab hosts share NFS homes); bad: the read never ends in practice.
 
 Cases 1 (also on a fake tree), 2 and 3: real mounts, namespaces, loop devices and threads, of
-nobody's where another user is the point, as root. Each fails on the code as it is (dbcfa20).
+nobody's where another user is the point, as root. Case 4: a real io_uring and a FUSE mount
+served by :mod:`tests.unit.fusestub` (root's: the shape of a mount root can search). Each fails on the code as it is (dbcfa20).
 No guest is booted.
 """
 
 import os
 import subprocess
+import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -55,6 +71,7 @@ from harness.host.storage import StorageView
 from harness.host.sysfs import Sysfs
 
 from . import fakesysfs
+from .fusestub import FuseStub
 from .test_host_idle_review16 import loop_disk as _loop_disk
 from .test_host_idle_review17 import NOBODY_RUN
 from .test_paths import as_root
@@ -146,10 +163,10 @@ def test_2_a_loop_device_set_up_in_a_live_mount_namespace_holds_its_disk(loop_di
         seen = view.use_of_block(name) + view.problems
         assert any(os.path.basename(loop) in u for u in seen), seen
     finally:
+        holder.kill()  # (first: a loop its namespace still holds is only marked to go)
+        holder.wait()
         if loop and loop.startswith("/dev/loop"):
             subprocess.run(["losetup", "-d", loop], check=False)
-        holder.kill()
-        holder.wait()
         if other:
             subprocess.run(["losetup", "-d", other], check=False)
 
@@ -207,3 +224,66 @@ def test_3_threads_with_copies_of_one_fd_table_do_not_multiply_the_read():
     copied = _read_open_files_with(150, 2000)
     assert copied < 3 * alone + 2, (f"the read took {copied:.1f} s with 150 threads, each with "
                                     f"a copy of 2000 fds, {alone:.1f} s with one thread")
+
+
+# -- 4. a lookup bounded one by one, as many times as there are registered files ------------------
+
+#: A process that opens ``argv[1]``, registers it ``argv[2]`` times with one io_uring
+#: (``IORING_REGISTER_FILES``: a table of that many slots, each the same file), closes its fd
+#: and waits.
+REGISTER_MANY = textwrap.dedent(r'''
+    import ctypes, os, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    params = (ctypes.c_uint32 * 30)()  # struct io_uring_params, zeroed
+    ring = libc.syscall(425, 4, params)  # io_uring_setup
+    if ring < 0:
+        sys.exit(f"io_uring: {os.strerror(ctypes.get_errno())}")
+    fd, count = os.open(sys.argv[1], os.O_RDONLY), int(sys.argv[2])
+    if libc.syscall(427, ring, 2, (ctypes.c_int * count)(*[fd] * count), count) < 0:
+        sys.exit(f"IORING_REGISTER_FILES: {os.strerror(ctypes.get_errno())}")
+    os.close(fd)
+    print("registered", flush=True)
+    sys.stdin.readline()
+''')
+
+
+@pytest.fixture
+def fuse(tmp_path):
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse on this host: modprobe fuse")
+    with FuseStub(tmp_path / "mnt") as stub:
+        yield stub
+
+
+def _read_storage_within(seconds: float) -> "tuple[StorageView | None, float]":
+    """(the host's storage view, or None if the read did not end in ``seconds``; how long it
+    took)."""
+    box: list = []
+    start = time.monotonic()
+    thread = threading.Thread(target=lambda: box.append(StorageView.read(Sysfs("/"))),
+                              daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return (box[0] if box else None), time.monotonic() - start
+
+
+@as_root
+def test_4_files_an_io_uring_registered_on_a_silent_mount_cost_one_bounded_wait_in_all(fuse):
+    """Eight slots of one FUSE file whose daemon then stops answering: each path is looked up
+    again and given up after :data:`storage.DETACHED_STAT_TIMEOUT` (5 s) on its own, 40 s in
+    all; a ring may register up to RLIMIT_NOFILE files (20000 here: 28 hours), and each wait
+    leaves a root thread blocked in the kernel."""
+    count, bound = 8, storage.DETACHED_STAT_TIMEOUT
+    child = subprocess.Popen([sys.executable, "-c", REGISTER_MANY, str(fuse.mountpoint / "f"),
+                              str(count)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    fuse.holders.append(child)  # (killed when the stub ends)
+    if child.stdout.readline().strip() != "registered":
+        pytest.skip(f"io_uring is not usable here: {child.stderr.read().strip()}")
+    fuse.go_silent()
+    view, took = _read_storage_within(count * bound + 30)
+    assert view is not None, "the host's storage read hung on the registered files"
+    assert any("io_uring" in p for p in view.problems), view.problems  # (unknown: fail closed)
+    assert took < 3 * bound, (f"the storage read took {took:.0f} s: {count} registered slots of "
+                              f"one file on a silent mount, each waited for {bound:g} s")
