@@ -48,10 +48,23 @@
    ``allow_other``, or their own FUSE daemon where ``/etc/fuse.conf`` has ``user_allow_other``
    (a FUSE mount of a user namespace root cannot search: EACCES, at once). Likely: low to
    medium (lab hosts share NFS homes); bad: the read never ends in practice.
+5. the seventeenth read's ninth fix decodes ``ip``'s and ``ss``'s output with
+   ``surrogateescape``, so an interface name that is not UTF-8 no longer ends the read; it
+   now ends the printing instead. The name goes on as a lone surrogate into what is shown
+   (a NIC's uses and problems: "m\udcff (netns ...) (macvlan) sits on a device of another
+   namespace", which every NIC's verdict names), and ``plan`` and ``doctor`` ``print`` it: on
+   a stdout Python opens in a UTF-8 locale other than C/C.UTF-8 (en_US.UTF-8, a lab host's
+   default, kept by sudo; ``PYTHONIOENCODING=utf-8``) that is ``UnicodeEncodeError``, a
+   traceback, and nothing printed: ``make nightly`` prints the plan before it binds. (The
+   run's ``report.html`` is written with ``write_text`` too, strict, from messages that may
+   carry it.) Who: any local user (a macvlan on a veth of theirs, moved into a second
+   namespace of theirs); likely: by intent; bad: no plan, no doctor, for as long as they
+   keep it.
 
 Cases 1 (also on a fake tree), 2 and 3: real mounts, namespaces, loop devices and threads, of
 nobody's where another user is the point, as root. Case 4: a real io_uring and a FUSE mount
-served by :mod:`tests.unit.fusestub` (root's: the shape of a mount root can search). Each fails on the code as it is (dbcfa20).
+served by :mod:`tests.unit.fusestub` (root's: the shape of a mount root can search). Case 5: nobody's macvlan and
+``plan`` in-process, its stdout pytest's strict UTF-8 capture. Each fails on the code as it is (dbcfa20).
 No guest is booted.
 """
 
@@ -65,10 +78,11 @@ from pathlib import Path
 
 import pytest
 
+from harness.cli.host import plan_main
 from harness.host import storage
 from harness.host.safety import HostUsage
 from harness.host.storage import StorageView
-from harness.host.sysfs import Sysfs
+from harness.host.sysfs import Sysfs, bdfs_in_path
 
 from . import fakesysfs
 from .fusestub import FuseStub
@@ -287,3 +301,57 @@ def test_4_files_an_io_uring_registered_on_a_silent_mount_cost_one_bounded_wait_
     assert any("io_uring" in p for p in view.problems), view.problems  # (unknown: fail closed)
     assert took < 3 * bound, (f"the storage read took {took:.0f} s: {count} registered slots of "
                               f"one file on a silent mount, each waited for {bound:g} s")
+
+
+# -- 5. a name that is not UTF-8, printed ---------------------------------------------------------
+
+#: nobody, in a network namespace of theirs (a user namespace too): a veth ``va``, a macvlan
+#: named ``m\xff`` on it, moved into a second namespace of theirs (where it sits on a device of
+#: another namespace, which every NIC's verdict then names).
+MACVLAN = textwrap.dedent(r"""
+    set -e
+    ip link add va type veth peer name vb
+    ip link add link va name "$(printf 'm\377')" type macvlan
+    unshare --net sleep 600 &
+    sleep 0.3
+    ip link set "$(printf 'm\377')" netns $!
+    echo ready
+    wait
+""")
+
+
+def _a_pci_nic() -> str | None:
+    """The PCI address of a network interface of this host's, or None."""
+    for dev in sorted(Path("/sys/class/net").glob("*/device")):
+        found = bdfs_in_path(os.path.realpath(dev))
+        if found:
+            return found[-1]
+    return None
+
+
+@as_root
+def test_5_a_link_name_not_utf8_does_not_stop_plan_from_printing(tmp_path, capsys):
+    """``plan`` prints to a strict UTF-8 stdout, as Python opens it in a UTF-8 locale that is
+    not C.UTF-8 (en_US.UTF-8, a lab host's default, which sudo keeps; pytest's capture is
+    the same), the line that names nobody's macvlan ``m\\xff``."""
+    nic = _a_pci_nic()
+    if nic is None:
+        pytest.skip("no PCI network interface on this host to plan for")
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text(f'[[device]]\nrole = "nic"\nbdf = "{nic}"\ngateway = "192.0.2.1"\n')
+    maker = subprocess.Popen(NOBODY_RUN + ["unshare", "--user", "--map-root-user", "--net", "sh",
+                                           "-c", MACVLAN], cwd="/", stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        if maker.stdout.readline().strip() != "ready":
+            pytest.skip(f"nobody cannot make a macvlan in a namespace of theirs here: "
+                        f"{maker.stderr.read()}")
+        try:
+            status = plan_main(["--inventory", str(inventory)])
+        except UnicodeEncodeError as e:
+            pytest.fail(f"`plan` ended in a traceback on nobody's interface name: {e!r}")
+        assert status == 1  # (refused: a namespace that cannot be told, fail closed)
+        assert "(macvlan) sits on a device of another namespace" in capsys.readouterr().out
+    finally:
+        maker.kill()
+        maker.wait()
