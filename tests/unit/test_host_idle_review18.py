@@ -69,6 +69,7 @@ No guest is booted.
 """
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -341,7 +342,7 @@ def test_5_a_link_name_not_utf8_does_not_stop_plan_from_printing(tmp_path, capsy
     inventory.write_text(f'[[device]]\nrole = "nic"\nbdf = "{nic}"\ngateway = "192.0.2.1"\n')
     maker = subprocess.Popen(NOBODY_RUN + ["unshare", "--user", "--map-root-user", "--net", "sh",
                                            "-c", MACVLAN], cwd="/", stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         if maker.stdout.readline().strip() != "ready":
             pytest.skip(f"nobody cannot make a macvlan in a namespace of theirs here: "
@@ -353,5 +354,5 @@ def test_5_a_link_name_not_utf8_does_not_stop_plan_from_printing(tmp_path, capsy
         assert status == 1  # (refused: a namespace that cannot be told, fail closed)
         assert "(macvlan) sits on a device of another namespace" in capsys.readouterr().out
     finally:
-        maker.kill()
+        os.killpg(maker.pid, signal.SIGKILL)  # (its second namespace's sleep too)
         maker.wait()
