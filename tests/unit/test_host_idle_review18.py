@@ -60,11 +60,25 @@
    carry it.) Who: any local user (a macvlan on a veth of theirs, moved into a second
    namespace of theirs); likely: by intent; bad: no plan, no doctor, for as long as they
    keep it.
+6. every slot of an io_uring's registered-file table is looked up on its own, each in a new
+   thread (:func:`harness.host.storage.call_within`), and each that cannot be looked up adds
+   its own problem, however many slots hold the same file; and a socket or pipe (the kernel
+   prints ``socket:[N]``, ``pipe:[N]``: no path, no device) is looked up as a path and is
+   such a problem. So (a) any process that keeps sockets as io_uring fixed files, which is
+   how io_uring servers work, leaves every device on the host unproven for as long as it
+   runs (storage problems go into every verdict), and (b) any local user makes the read slow
+   and large at 8 to 16 bytes of kernel memory a slot: one socket registered 50000 times (ten
+   rings) took 25.7 s and made 50000 problems (7.4 MB) here; a ring holds up to RLIMIT_NOFILE
+   slots and a process as many rings as fds, and every verdict copies the storage problems
+   into its uses ("cannot tell whether X is in use: ..."), so ``plan``'s output and a bind's
+   refusal (one string, ``"; ".join``) grow as devices times slots. Likely: (a) on any host
+   that runs an io_uring server; (b) by intent. Bad: (a) nothing can be taken; (b) hours and
+   gigabytes in root's process (the OOM killer then picks a guest's QEMU).
 
 Cases 1 (also on a fake tree), 2 and 3: real mounts, namespaces, loop devices and threads, of
 nobody's where another user is the point, as root. Case 4: a real io_uring and a FUSE mount
 served by :mod:`tests.unit.fusestub` (root's: the shape of a mount root can search). Case 5: nobody's macvlan and
-``plan`` in-process, its stdout pytest's strict UTF-8 capture. Each fails on the code as it is (dbcfa20).
+``plan`` in-process, its stdout pytest's strict UTF-8 capture. Case 6: nobody's io_urings. Each fails on the code as it is (dbcfa20).
 No guest is booted.
 """
 
@@ -356,3 +370,74 @@ def test_5_a_link_name_not_utf8_does_not_stop_plan_from_printing(tmp_path, capsy
     finally:
         os.killpg(maker.pid, signal.SIGKILL)  # (its second namespace's sleep too)
         maker.wait()
+
+
+# -- 6. every slot of every ring: a thread, a lookup and a problem each ---------------------------
+
+#: nobody's process: ``argv[1]`` io_urings, each with ``argv[2]`` slots registered, every slot
+#: the same socket (which no path leads to: ``socket:[N]`` in the ring's fdinfo).
+RINGS = textwrap.dedent(r"""
+    import ctypes, os, resource, socket, sys
+    rings, files = int(sys.argv[1]), int(sys.argv[2])
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    table = (ctypes.c_int * files)(*[s.fileno()] * files)
+    kept = []
+    for _ in range(rings):
+        params = (ctypes.c_uint32 * 30)()  # struct io_uring_params, zeroed
+        ring = libc.syscall(425, 4, params)  # io_uring_setup
+        if ring < 0 or libc.syscall(427, ring, 2, table, files) < 0:  # REGISTER_FILES
+            sys.exit("io_uring: " + os.strerror(ctypes.get_errno()))
+        kept.append(ring)
+    print("ready", flush=True)
+    sys.stdin.readline()
+""")
+
+
+def _read_storage_with_rings(rings: int, slots: int) -> "tuple[float, list[str]]":
+    """(seconds one read of the host's storage takes, its problems) with nobody's ``rings``
+    rings of ``slots`` registered slots each alive."""
+    child = subprocess.Popen(NOBODY_RUN + ["/usr/bin/python3", "-c", RINGS, str(rings),
+                                           str(slots)], cwd="/", stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        if child.stdout.readline().strip() != "ready":
+            pytest.skip(f"nobody cannot register files with io_uring here: {child.stderr.read()}")
+        view, took = _read_storage_within(600)
+        assert view is not None, "the host's storage read did not end in 10 minutes"
+        return took, [p for p in view.problems if f"pid {child.pid} " in p]
+    finally:
+        child.kill()
+        child.wait()
+
+
+@as_root
+def test_6_slots_of_one_socket_do_not_multiply_the_read_or_its_problems():
+    """Ten rings of 2000 slots, each slot the same socket: 20000 lookups, each in a thread of
+    its own, and 20000 problems that say the same thing (about 10 s and 3 MB here; a ring may
+    have RLIMIT_NOFILE slots, and a process as many rings as fds)."""
+    if not os.access("/usr/bin/python3", os.X_OK):
+        pytest.skip("no /usr/bin/python3 for nobody")
+    alone, few = _read_storage_with_rings(1, 1)
+    many, problems = _read_storage_with_rings(10, 2000)
+    assert few and problems  # (what that process uses is unknown either way: fail closed)
+    assert len(problems) <= 10, (f"{len(problems)} problems for one socket registered 20000 "
+                                 f"times, e.g. {problems[0]!r}")
+    assert many < 3 * alone + 2, (f"the read took {many:.1f} s with 10 rings of 2000 slots of "
+                                  f"one socket, {alone:.1f} s with one slot")
+
+
+@as_root
+def test_6_a_socket_registered_with_io_uring_is_no_unknown_device():
+    """An io_uring server's shape (fixed files are how io_uring servers keep their sockets):
+    the kernel prints a registered socket as ``socket:[N]``, no path, and no device node; the
+    read looks it up as a path, fails, and calls what the process uses unknown, which leaves
+    every device of the host unproven for as long as such a server runs. (A vfio device fd or
+    a GPIO line request registered so is another matter: it holds a device.)"""
+    if not os.access("/usr/bin/python3", os.X_OK):
+        pytest.skip("no /usr/bin/python3 for nobody")
+    _, problems = _read_storage_with_rings(1, 1)
+    assert problems == []
