@@ -74,15 +74,28 @@
    refusal (one string, ``"; ".join``) grow as devices times slots. Likely: (a) on any host
    that runs an io_uring server; (b) by intent. Bad: (a) nothing can be taken; (b) hours and
    gigabytes in root's process (the OOM killer then picks a guest's QEMU).
+7. any local user ends the network read (``doctor``, ``plan``, ``discover``, every bind) with a
+   traceback through the namespaces sockets hold: the child that asks each socket its
+   namespace sends back an fd of every one not known, and the harness keeps them all open
+   until the read ends, one per namespace with no bound. A root shell or service on a
+   systemd host runs with a soft limit of 1024 open files (DefaultLimitNOFILE=1024:524288;
+   sudo keeps it); past it the kernel drops the fd from the message (``MSG_CTRUNC``), the
+   answer ``{"i": N}`` arrives without one, and :func:`harness.host.nsholders.
+   socket_namespaces` takes it for a failure and reads its ``what``: KeyError. 1100
+   namespaces, each made by nobody in a user namespace of theirs and left holding one UDP
+   socket (about 200 MB of kernel memory) do it. Likely: by intent (or a host with that many
+   VRF sockets); bad: no read of the host's network, so no bind and no plan, while it lasts.
 
 Cases 1 (also on a fake tree), 2 and 3: real mounts, namespaces, loop devices and threads, of
 nobody's where another user is the point, as root. Case 4: a real io_uring and a FUSE mount
 served by :mod:`tests.unit.fusestub` (root's: the shape of a mount root can search). Case 5: nobody's macvlan and
-``plan`` in-process, its stdout pytest's strict UTF-8 capture. Case 6: nobody's io_urings. Each fails on the code as it is (dbcfa20).
+``plan`` in-process, its stdout pytest's strict UTF-8 capture. Case 6: nobody's io_urings. Case 7: nobody's
+namespaces and sockets, the harness at a soft limit of 1024 open files. Each fails on the code as it is (dbcfa20).
 No guest is booted.
 """
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -95,6 +108,7 @@ import pytest
 
 from harness.cli.host import plan_main
 from harness.host import storage
+from harness.host.network import NetView
 from harness.host.safety import HostUsage
 from harness.host.storage import StorageView
 from harness.host.sysfs import Sysfs, bdfs_in_path
@@ -441,3 +455,54 @@ def test_6_a_socket_registered_with_io_uring_is_no_unknown_device():
         pytest.skip("no /usr/bin/python3 for nobody")
     _, problems = _read_storage_with_rings(1, 1)
     assert problems == []
+
+
+# -- 7. one fd kept for every namespace a socket holds, and one that does not come --------------
+
+#: nobody's process, in a user namespace of theirs: ``argv[1]`` network namespaces, each made
+#: and left holding one UDP socket (the process lives in the last one).
+SOCKETS = textwrap.dedent(r"""
+    import ctypes, os, resource, socket, sys
+    n = int(sys.argv[1])
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    libc = ctypes.CDLL(None, use_errno=True)
+    held = []
+    for _ in range(n):
+        if libc.unshare(0x40000000) != 0:  # CLONE_NEWNET
+            sys.exit("unshare: " + os.strerror(ctypes.get_errno()))
+        held.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    print("ready", flush=True)
+    sys.stdin.readline()
+""")
+
+
+@as_root
+def test_7_namespaces_held_by_sockets_do_not_end_the_network_read_in_a_traceback():
+    """1100 namespaces, each held by a socket, and the harness at the soft limit of open files
+    a root shell or service gets on a systemd host (1024: DefaultLimitNOFILE=1024:524288; sudo
+    keeps it). The child that asks the sockets sends an fd of each namespace; the harness keeps
+    every one until the read ends, and past 1024 the kernel drops the fd from the message
+    (MSG_CTRUNC): the answer ``{"i": N}`` then comes without one, and
+    :func:`harness.host.nsholders.socket_namespaces` reads its ``what`` (KeyError)."""
+    python = "/usr/bin/python3"
+    if not os.access(python, os.X_OK):
+        pytest.skip("no /usr/bin/python3 for nobody")
+    maker = subprocess.Popen(NOBODY_RUN + ["unshare", "--user", "--map-root-user", python, "-c",
+                                           SOCKETS, "1100"], cwd="/", stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        if maker.stdout.readline().strip() != "ready":
+            pytest.skip(f"nobody cannot make 1100 network namespaces here: {maker.stderr.read()}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, limits[1]), limits[1]))
+        try:
+            view = NetView.read(Sysfs("/"))
+        except (KeyError, OSError) as e:
+            pytest.fail(f"nobody's namespaces ended the host's network read in a traceback: "
+                        f"{e!r}")
+        assert view.problems  # (1100 namespaces not read: fail closed, and say so)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+        maker.kill()
+        maker.wait()
