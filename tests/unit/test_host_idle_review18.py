@@ -24,7 +24,9 @@
    kernel gives the backing node's number whatever the path (``LOOP_GET_STATUS64``:
    ``lo_rdevice``, and ``lo_device``/``lo_inode`` of the file). Likely: a container or pod
    that runs ``losetup`` on its volume's node (the k8s docs' ``devicePath: /dev/xvda``);
-   bad: the disk under the loop is taken.
+   bad: the disk under the loop is taken. The converse is common and refuses every disk: a
+   container's loop over an image file of its own (a path the host does not have) is "maybe
+   any disk's node" while it is set up, so every storage controller is unproven.
 3. the seventeenth read's tenth fix (threads that share their process's fd table are read
    once, by ``kcmp``) is bypassed by threads that each call ``unshare(CLONE_FILES)``: each
    then has a copy of the table, pointing at the same open files (8 bytes of kernel memory an
@@ -506,3 +508,31 @@ def test_7_namespaces_held_by_sockets_do_not_end_the_network_read_in_a_traceback
         resource.setrlimit(resource.RLIMIT_NOFILE, limits)
         maker.kill()
         maker.wait()
+
+
+@as_root
+def test_2_a_loop_over_an_image_in_a_live_mount_namespace_leaves_the_disks_provable(loop_disk,
+                                                                                     tmp_path):
+    """The converse: a container's loop over an image file of its own (a path the host does
+    not have) is looked up in the host's namespace, is not found, and is taken for "maybe a
+    disk" of every disk: every storage controller is then refused while it is set up. The
+    kernel says it is a regular file (``LOOP_GET_STATUS64``: ``lo_rdevice`` 0)."""
+    name, inside = os.path.basename(loop_disk), tmp_path / "ns"
+    inside.mkdir()
+    assert StorageView.read(Sysfs("/")).use_of_block(name) == []  # (idle before)
+    holder = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         'mount -t tmpfs hh "$1" && truncate -s 1M "$1/image" && losetup -f --show "$1/image" '
+         '&& exec sleep 600', "sh", str(inside)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    loop = None
+    try:
+        loop = holder.stdout.readline().strip()
+        if not loop.startswith("/dev/loop"):
+            pytest.skip(f"no loop device or no unshare here: {holder.stderr.read()}")
+        assert StorageView.read(Sysfs("/")).use_of_block(name) == []
+    finally:
+        holder.kill()
+        holder.wait()
+        if loop and loop.startswith("/dev/loop"):
+            subprocess.run(["losetup", "-d", loop], check=False)
