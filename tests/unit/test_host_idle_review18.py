@@ -142,7 +142,8 @@ def test_1_a_mount_source_too_long_for_a_path_does_not_stop_the_storage_read(lab
         usage = HostUsage.read(lab.root)
     except OSError as e:
         pytest.fail(f"a mount's source ended the host's read in a traceback: {e!r}")
-    assert usage.verdict(SATA) is not None
+    uses = usage.verdict(SATA).uses  # (a mount whose disk cannot be told: named, fail closed)
+    assert any("/home/nobody/x" in u for u in uses), uses
 
 
 @as_root
@@ -214,6 +215,34 @@ def test_2_a_loop_device_set_up_in_a_live_mount_namespace_holds_its_disk(loop_di
             subprocess.run(["losetup", "-d", loop], check=False)
         if other:
             subprocess.run(["losetup", "-d", other], check=False)
+
+
+@as_root
+def test_2_a_loop_over_an_image_in_a_live_mount_namespace_leaves_the_disks_provable(loop_disk,
+                                                                                     tmp_path):
+    """The converse: a container's loop over an image file of its own (a path the host does
+    not have) is looked up in the host's namespace, is not found, and is taken for "maybe a
+    disk" of every disk: every storage controller is then refused while it is set up. The
+    kernel says it is a regular file (``LOOP_GET_STATUS64``: ``lo_rdevice`` 0)."""
+    name, inside = os.path.basename(loop_disk), tmp_path / "ns"
+    inside.mkdir()
+    assert StorageView.read(Sysfs("/")).use_of_block(name) == []  # (idle before)
+    holder = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         'mount -t tmpfs hh "$1" && truncate -s 1M "$1/image" && losetup -f --show "$1/image" '
+         '&& exec sleep 600', "sh", str(inside)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    loop = None
+    try:
+        loop = holder.stdout.readline().strip()
+        if not loop.startswith("/dev/loop"):
+            pytest.skip(f"no loop device or no unshare here: {holder.stderr.read()}")
+        assert StorageView.read(Sysfs("/")).use_of_block(name) == []
+    finally:
+        holder.kill()
+        holder.wait()
+        if loop and loop.startswith("/dev/loop"):
+            subprocess.run(["losetup", "-d", loop], check=False)
 
 
 # -- 3. threads with fd tables of their own, each a copy ------------------------------------------
@@ -509,30 +538,3 @@ def test_7_namespaces_held_by_sockets_do_not_end_the_network_read_in_a_traceback
         maker.kill()
         maker.wait()
 
-
-@as_root
-def test_2_a_loop_over_an_image_in_a_live_mount_namespace_leaves_the_disks_provable(loop_disk,
-                                                                                     tmp_path):
-    """The converse: a container's loop over an image file of its own (a path the host does
-    not have) is looked up in the host's namespace, is not found, and is taken for "maybe a
-    disk" of every disk: every storage controller is then refused while it is set up. The
-    kernel says it is a regular file (``LOOP_GET_STATUS64``: ``lo_rdevice`` 0)."""
-    name, inside = os.path.basename(loop_disk), tmp_path / "ns"
-    inside.mkdir()
-    assert StorageView.read(Sysfs("/")).use_of_block(name) == []  # (idle before)
-    holder = subprocess.Popen(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-         'mount -t tmpfs hh "$1" && truncate -s 1M "$1/image" && losetup -f --show "$1/image" '
-         '&& exec sleep 600', "sh", str(inside)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    loop = None
-    try:
-        loop = holder.stdout.readline().strip()
-        if not loop.startswith("/dev/loop"):
-            pytest.skip(f"no loop device or no unshare here: {holder.stderr.read()}")
-        assert StorageView.read(Sysfs("/")).use_of_block(name) == []
-    finally:
-        holder.kill()
-        holder.wait()
-        if loop and loop.startswith("/dev/loop"):
-            subprocess.run(["losetup", "-d", loop], check=False)
