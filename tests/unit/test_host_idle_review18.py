@@ -87,15 +87,29 @@
    namespaces, each made by nobody in a user namespace of theirs and left holding one UDP
    socket (about 200 MB of kernel memory) do it. Likely: by intent (or a host with that many
    VRF sockets); bad: no read of the host's network, so no bind and no plan, while it lasts.
+8. a namespace a process lives in is read with ``nsenter -t PID -n``, by the PID seen when
+   /proc was listed, and nothing checks that the PID is still in that namespace: every other
+   way in (a thread's link, an fd, a bind mount, a socket) is an ``O_PATH`` fd proven to be
+   the namespace, this one is not. If the first process listed in a namespace (the lowest
+   PID) ends before its turn and its PID goes to a process of another namespace (the host's),
+   the host's namespace is read under the container's name, with no problem, and the
+   container's interfaces are in no namespace read: the other ways in are never tried. A
+   NIC with a netdev there (a multi-port function's second port, an mlx5 sub-function's or
+   representor's netdev moved into a pod) reads idle by what shows of it elsewhere. Who:
+   nobody by intent needs PID wrap-around (pid_max 32768 here, a few seconds of forks), and
+   a busy CI host wraps by itself; the window is the whole read (33 ms a namespace, minutes
+   with many). Likely: low; bad: a device in use taken, with no problem said.
 
 Cases 1 (also on a fake tree), 2 and 3: real mounts, namespaces, loop devices and threads, of
 nobody's where another user is the point, as root. Case 4: a real io_uring and a FUSE mount
 served by :mod:`tests.unit.fusestub` (root's: the shape of a mount root can search). Case 5: nobody's macvlan and
 ``plan`` in-process, its stdout pytest's strict UTF-8 capture. Case 6: nobody's io_urings. Case 7: nobody's
-namespaces and sockets, the harness at a soft limit of 1024 open files. Each fails on the code as it is (dbcfa20).
+namespaces and sockets, the harness at a soft limit of 1024 open files. Case 8: a real namespace
+of root's, the listing made, the PID reused through ``ns_last_pid``. Each fails on the code as it is (dbcfa20).
 No guest is booted.
 """
 
+import contextlib
 import os
 import resource
 import signal
@@ -109,7 +123,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli.host import plan_main
-from harness.host import storage
+from harness.host import network, nsholders, storage
 from harness.host.network import NetView
 from harness.host.safety import HostUsage
 from harness.host.storage import StorageView
@@ -538,3 +552,65 @@ def test_7_namespaces_held_by_sockets_do_not_end_the_network_read_in_a_traceback
         maker.kill()
         maker.wait()
 
+
+
+# -- 8. a namespace entered by a PID that another process has since ---------------------------
+
+
+def _reuse_pid(pid: int) -> "subprocess.Popen | None":
+    """A process of this host's namespaces given ``pid`` (free again), through
+    ``ns_last_pid``; None if another process took it first."""
+    for _ in range(5):
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(pid - 1))
+        child = subprocess.Popen(["sleep", "600"])
+        if child.pid == pid:
+            return child
+        child.kill()
+        child.wait()
+    return None
+
+
+@as_root
+def test_8_a_namespace_read_through_a_pid_is_the_namespace_that_pid_was_seen_in():
+    """A container's namespace, seen through its two processes (the first one listed, the
+    lower pid, is read). The first ends between the listing and the read, and its PID goes to
+    a process of the host's own namespace (a host with pid_max 32768 and busy CI jobs wraps
+    PIDs in minutes; one read of many namespaces takes that long): ``nsenter -t PID -n`` then
+    reads the host's namespace under the container's name, with no problem, and the
+    container's interfaces are in no namespace read. Every other way in is an ``O_PATH`` fd
+    proven to be that namespace; this one is not."""
+    if not os.access("/proc/sys/kernel/ns_last_pid", os.W_OK):
+        pytest.skip("no ns_last_pid to write here")
+    first = subprocess.Popen(["unshare", "--net", "sh", "-c",
+                              'ip link add hh8 type veth peer name hh8p || exit 1; '
+                              'sleep 600 & echo $!; wait'],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = reused = None
+    try:
+        line = first.stdout.readline().strip()
+        if not line.isdigit():
+            pytest.skip(f"no network namespace with a veth here: {first.stderr.read()}")
+        second = int(line)  # (the same namespace, a higher pid)
+        inode = os.readlink(f"/proc/{second}/ns/net").removeprefix("net:")
+        fs, problems = Sysfs("/"), []
+        with nsholders.MountVisits(fs) as visits:
+            held, _ = network._holders(fs, visits, problems)  # (the listing)
+        ways = held[inode]
+        assert ways[0][0] == f"pid {first.pid}", ways
+        first.kill()  # ends between the listing and the read; its PID is taken again
+        first.wait()
+        reused = _reuse_pid(first.pid)
+        if reused is None:
+            pytest.skip("another process took the PID first")
+        ns = network._held_namespace(fs, inode, ways)
+        assert "hh8" in ns.links or ns.problems, (
+            f"namespace {inode} read as {ns.name}: its links are {sorted(ns.links)}")
+    finally:
+        for proc in (first, reused):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if second is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(second, signal.SIGKILL)
