@@ -95,18 +95,19 @@
    the host's namespace is read under the container's name, with no problem, and the
    container's interfaces are in no namespace read: the other ways in are never tried. A
    NIC with a netdev there (a multi-port function's second port, an mlx5 sub-function's or
-   representor's netdev moved into a pod) reads idle by what shows of it elsewhere. Who:
-   nobody by intent needs PID wrap-around (pid_max 32768 here, a few seconds of forks), and
-   a busy CI host wraps by itself; the window is the whole read (33 ms a namespace, minutes
-   with many). Likely: low; bad: a device in use taken, with no problem said.
+   representor's netdev moved into a pod) reads idle by what shows of it elsewhere. Who: no
+   one has to act: the first process of a pod ends while the host is read, and its PID is
+   given again (pid_max 32768 here: a busy CI host wraps in minutes, any local user's forks
+   in seconds); the window is the whole read (33 ms a namespace, minutes with many).
+   Likely: low; bad: a device in use taken, with no problem said.
 
 Cases 1 (also on a fake tree), 2 and 3: real mounts, namespaces, loop devices and threads, of
 nobody's where another user is the point, as root. Case 4: a real io_uring and a FUSE mount
-served by :mod:`tests.unit.fusestub` (root's: the shape of a mount root can search). Case 5: nobody's macvlan and
-``plan`` in-process, its stdout pytest's strict UTF-8 capture. Case 6: nobody's io_urings. Case 7: nobody's
-namespaces and sockets, the harness at a soft limit of 1024 open files. Case 8: a real namespace
-of root's, the listing made, the PID reused through ``ns_last_pid``. Each fails on the code as it is (dbcfa20).
-No guest is booted.
+served by :mod:`tests.unit.fusestub` (root's: the shape of a mount root can search). Case 5:
+nobody's macvlan and ``plan`` in-process, its stdout pytest's strict UTF-8 capture. Case 6:
+nobody's io_urings. Case 7: nobody's namespaces and sockets, the harness at a soft limit of
+1024 open files. Case 8: a real namespace of root's, the listing made, the PID reused
+through ``ns_last_pid``. Each fails on the code as it is (dbcfa20). No guest is booted.
 """
 
 import contextlib
