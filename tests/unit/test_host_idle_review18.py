@@ -8,7 +8,7 @@
    Python's ``pathlib`` swallows only ENOENT, ENOTDIR, EBADF and ELOOP there, so a source of
    ``/dev/`` and 300 letters (ENAMETOOLONG) raises OSError out of ``StorageView.read``:
    ``doctor``, ``plan``, ``discover``, every bind (the journal's lock held) and a VF's
-   give-back end in a traceback, for as long as that user keeps the mount. (A source
+   give-back end in a traceback, for as long as that user keeps the mount. (Not tested: a source
    ``/dev/../proc/PID/root/...`` through their own FUSE mount gives EACCES, likewise; one
    through a hard NFS mount whose server is down, a home folder on a lab host, blocks the
    ``lstat`` for good.) Likely: only by intent, but any user with user namespaces (Debian's
@@ -53,7 +53,7 @@
 5. the seventeenth read's ninth fix decodes ``ip``'s and ``ss``'s output with
    ``surrogateescape``, so an interface name that is not UTF-8 no longer ends the read; it
    now ends the printing instead. The name goes on as a lone surrogate into what is shown
-   (a NIC's uses and problems: "m\udcff (netns ...) (macvlan) sits on a device of another
+   (a NIC's uses and problems: "m\\udcff (netns ...) (macvlan) sits on a device of another
    namespace", which every NIC's verdict names), and ``plan`` and ``doctor`` ``print`` it: on
    a stdout Python opens in a UTF-8 locale other than C/C.UTF-8 (en_US.UTF-8, a lab host's
    default, kept by sudo; ``PYTHONIOENCODING=utf-8``) that is ``UnicodeEncodeError``, a
