@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import platform
 import re
@@ -131,19 +132,47 @@ def _mounts(fs: Sysfs, infos: list[tuple[Path, str]], problems: list[str]) -> li
 
 
 def block_name(fs: Sysfs, source: str) -> str | None:
-    """The sysfs block name of a /dev path (``/dev/mapper/vg-root`` -> ``dm-0``)."""
-    name = source[len("/dev/"):]
-    dev = fs.path("dev", name)
-    if dev.is_symlink():  # /dev/mapper/x, /dev/disk/by-uuid/y -> ../dm-0, ../../sda2
-        name = os.path.basename(os.path.realpath(dev))
-    name = name.rsplit("/", 1)[-1]
-    if fs.sys("class", "block", name).exists():
-        return name
-    if source.startswith("/dev/mapper/"):  # no /dev under root: look the dm name up
-        wanted = source[len("/dev/mapper/"):]
-        for dm in sorted(fs.sys("class", "block").glob("dm-*")):
-            if fs.read(dm / "dm" / "name") == wanted:
-                return dm.name
+    """The sysfs block name of a /dev path (``/dev/mapper/vg-root`` -> ``dm-0``), or None. The
+    path may be any string another user chose (a mount's source): it is looked at only
+    inside /dev's own filesystem (:func:`_udev_link`), and one that cannot be looked at is
+    None."""
+    parts = source[len("/dev/"):].split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        return None
+    name = _udev_link(fs, parts) or parts[-1]
+    try:
+        if fs.sys("class", "block", name).exists():
+            return name
+        if source.startswith("/dev/mapper/"):  # no /dev under root: look the dm name up
+            wanted = source[len("/dev/mapper/"):]
+            for dm in sorted(fs.sys("class", "block").glob("dm-*")):
+                if fs.read(dm / "dm" / "name") == wanted:
+                    return dm.name
+    except OSError:  # (a name too long for a path)
+        return None
+    return None
+
+
+def _udev_link(fs: Sysfs, parts: list[str]) -> str | None:
+    """The node a /dev link names (``mapper/x``, ``disk/by-uuid/y`` -> ``../dm-0``,
+    ``../../sda2``: udev's links are one level, relative, and in /dev's own filesystem), or
+    None when ``/dev/<parts>`` is no such link. Each component is looked at on its own and
+    the walk never leaves /dev's filesystem (``/dev/shm`` is another user's tmpfs, whose links
+    may lead to a file server that does not answer)."""
+    here = fs.path("dev")
+    try:
+        top = os.lstat(here).st_dev
+        for i, part in enumerate(parts):
+            here = here / part
+            st = os.lstat(here)
+            if st.st_dev != top:
+                return None  # (another filesystem mounted in /dev)
+            if stat.S_ISLNK(st.st_mode):
+                target = os.path.normpath(os.path.join(here.parent, os.readlink(here)))
+                inside = target.startswith(str(fs.path("dev")) + "/")
+                return os.path.basename(target) if inside and i == len(parts) - 1 else None
+    except OSError:
+        return None
     return None
 
 
@@ -302,6 +331,9 @@ class Lookups:
                 "devices they are is unknown"] if self.skipped else []
 
 
+#: How many threads of one process with fd tables of their own are read; more is a problem
+#: (a user could make every read of the host take hours with thousands of copies).
+MAX_OWN_TABLES = 8
 #: kcmp(2)'s number (x86-64, arm64), and its KCMP_FILES.
 _KCMP = {"x86_64": 312, "aarch64": 272}.get(platform.machine())
 _KCMP_FILES = 2
@@ -320,6 +352,17 @@ def _same_files(pid: str, tid: str) -> bool:
 #: (``03.0``). Open or mapped through another mount of sysfs or procfs (a container's
 #: /host/sys), they are found by name and inode (:meth:`OpenFiles.pci_file_holders`).
 _PCI_FILE_NAME = re.compile(r"resource\d+(?:_wc)?|config|rom|allocate|[0-9a-f]{2}\.[0-7]")
+
+
+def _types_through_root(fs: Sysfs, pid: int, paths: list[str]) -> list:
+    """:func:`node_type` of each path as process ``pid``'s root has it, or its OSError."""
+    out: list = []
+    for path in paths:
+        try:
+            out.append(node_type(str(fs.proc(str(pid), "root", path.lstrip("/")))))
+        except OSError as e:
+            out.append(e)
+    return out
 
 
 def _mounted_as(fs: Sysfs, pid: int, dev: int, fstype: str) -> bool | None:
@@ -372,11 +415,16 @@ class OpenFiles:
             who = (int(proc.name), fs.read(proc / "comm") or "?")
             self._add_maps(proc, who, problems)
             self._add_fds(fs, proc / "fd", who, problems, f"pid {proc.name}")
-            for task in self._tasks(proc, problems):
-                if fs.real_host and _same_files(proc.name, task.name):
-                    continue  # (its process's table, read above: not once per thread)
+            own = [t for t in self._tasks(proc, problems)
+                   if not (fs.real_host and _same_files(proc.name, t.name))]
+            for task in own[:MAX_OWN_TABLES]:  # (not its process's table, read above)
                 self._add_fds(fs, task / "fd", who, problems,
                               f"pid {proc.name}'s thread {task.name}")
+            if len(own) > MAX_OWN_TABLES:
+                problems.append(f"pid {who[0]} ({who[1]}) has {len(own)} threads with fd "
+                                f"tables of their own (unshare(CLONE_FILES)); only "
+                                f"{MAX_OWN_TABLES} were read (each costs a read of every fd): "
+                                "which files the others hold is unknown")
         problems += self.lookups.problems()
         for inode in sorted(set(self._rings_mapped) - self._rings_held):
             pid, comm = self._rings_mapped[inode]
@@ -509,24 +557,49 @@ class OpenFiles:
             self.problems.append(f"pid {who[0]} ({who[1]}) has an io_uring with {count[1]} "
                                  "registered files the kernel did not list (the ring was busy, "
                                  "or its table is sparse): which files it uses is unknown")
-        for path in files:
-            path = path.removesuffix(" (deleted)")
+        paths = list(dict.fromkeys(f.removesuffix(" (deleted)") for f in files
+                                   if f.startswith("/")))  # (many slots may hold one file)
+        for other in set(f for f in files if not f.startswith("/")):
+            self._add_anonymous(other, who)
+        for path in paths:
             self.paths.setdefault(path, set()).add(who)
-            try:  # (a path on a file server that does not answer waits: bounded)
-                # (the kernel prints the path as the holder's mount namespace sees it)
-                mode, rdev = self.lookups.node_type(str(fs.proc(
-                    str(who[0]), "root", path.lstrip("/"))), f"{path} (pid {who[0]}'s io_uring)")
-                if stat.S_ISDIR(mode):  # ("/": its mount is in no namespace any more)
-                    raise OSError(errno.ENOENT, "its mount is gone")
-            except NotLookedAt:
-                continue  # (counted: one problem for all)
-            except (OSError, TimeoutError) as e:
-                self.problems.append(f"pid {who[0]} ({who[1]}) uses {path} through its "
-                                     "io_uring, which cannot be looked at "
-                                     f"({getattr(e, 'strerror', None) or e}): which device it "
-                                     "is is unknown")
-                continue
-            self._add_number(mode, rdev, who)
+        if paths:
+            self._look_up_registered(fs, paths, who)
+
+    def _add_anonymous(self, target: str, who: tuple[int, str]) -> None:
+        """A registered file with no path: a vfio device or a GPIO line request holds its
+        device (which one, the ring's fdinfo does not say); a socket, pipe, eventfd... none."""
+        if target == "anon_inode:[vfio-device]":
+            self.vfio_unnamed.add(who)
+        elif target in _GPIO_REQUESTS:
+            self.gpio_lines.setdefault(None, set()).add(who)
+
+    def _look_up_registered(self, fs: Sysfs, paths: list[str], who: tuple[int, str]) -> None:
+        """The registered files' types, through the holder's root (the kernel prints a path
+        as the holder's mount namespace has it), in one bounded lookup for the ring (a path
+        on a file server that does not answer waits); the first few that cannot be looked at
+        are named, the others counted."""
+        try:
+            found = self.lookups.within(lambda: _types_through_root(fs, who[0], paths),
+                                        f"the files pid {who[0]}'s io_uring registered")
+        except NotLookedAt:
+            return  # (counted: one problem for all)
+        except TimeoutError as e:
+            found = [e] * len(paths)
+        failed = []
+        for path, got in zip(paths, found):
+            if not isinstance(got, Exception) and stat.S_ISDIR(got[0]):
+                got = OSError(errno.ENOENT, "its mount is gone")  # ("/": in no namespace now)
+            if isinstance(got, Exception):
+                failed.append(f"{path} ({getattr(got, 'strerror', None) or got})")
+            else:
+                self._add_number(*got, who)
+        if failed:
+            self.problems.append(
+                f"pid {who[0]} ({who[1]}) uses {', '.join(failed[:3])}"
+                + (f" and {len(failed) - 3} more file(s)" if len(failed) > 3 else "")
+                + " through its io_uring, which cannot be looked at: which devices they are is "
+                "unknown")
 
     def _add_number(self, mode: int, rdev: int, who: tuple[int, str]) -> None:
         if stat.S_ISBLK(mode) or stat.S_ISCHR(mode):
@@ -792,39 +865,89 @@ def _loop_backing(fs: Sysfs, lookups: Lookups) -> tuple[dict[str, str], list[str
     """The block devices loop devices read directly (``losetup /dev/loop0 /dev/sdb``; kubelet's
     loop over a raw volume's node bind-mounted for a pod, a node made anywhere): disk ->
     loop, matched by the backing node's number, not only by a /dev name. The loop holds its
-    disk with no holders/ link, no claim and no process fd. And the loops whose backing path
-    cannot be looked at (another mount namespace's, deleted): any disk may be theirs."""
+    disk with no holders/ link, no claim and no process fd. And the loops whose backing file
+    cannot be told: any disk may be theirs."""
     backed, unknown = {}, []
     for loop in sorted(fs.sys("class", "block").glob("loop*")):
         backing = fs.read(loop / "loop" / "backing_file")
         if not backing:
             continue  # (no backing file: the loop is not set up)
-        name = block_name(fs, backing) if backing.startswith("/dev/") else None
-        if name is None:
-            try:  # (a path on a file server that does not answer waits: bounded)
-                mode, rdev = lookups.node_type(str(fs.path(backing.lstrip("/"))),
-                                               f"{backing} ({loop.name}'s backing file)")
-            except (OSError, TimeoutError) as e:
-                unknown.append(f"{loop.name}, whose backing file {backing} cannot be looked at "
-                               f"({getattr(e, 'strerror', None) or e}): it may be a disk's "
-                               "node in another mount namespace")
-                continue
-            if stat.S_ISDIR(mode):  # ("/": set up in a mount namespace since gone)
-                unknown.append(f"{loop.name}, whose backing file the kernel prints as "
-                               f"{backing}: its mount is in no namespace any more, and it may "
-                               "be a disk's node")
-                continue
-            if not stat.S_ISBLK(mode):
-                continue  # an image file
-            disk = fs.sys("dev", "block", f"{os.major(rdev)}:{os.minor(rdev)}")
-            if not disk.exists():
-                unknown.append(f"{loop.name}, whose backing node {backing} is of no block "
-                               "device this host lists")
-                continue
-            name = os.path.basename(os.path.realpath(disk))
-        if name:
+        name, why = _loop_disk(fs, loop, backing, lookups)
+        if why:
+            unknown.append(f"{loop.name}, whose backing {why}")
+        elif name:
             backed[name] = loop.name
     return backed, unknown
+
+
+def _loop_disk(fs: Sysfs, loop: Path, backing: str, lookups: Lookups
+               ) -> tuple[str | None, str | None]:
+    """(the disk a loop reads, None); (None, None) for an image file; (None, why) when that
+    cannot be told. The kernel's word first (:func:`_loop_rdev`): it holds whichever mount
+    namespace the path is printed for; without a node of the loop here, the path."""
+    if fs.real_host:
+        try:
+            rdev = _loop_rdev(fs, loop, lookups)
+        except TimeoutError as e:
+            return None, f"file {backing} did not answer the kernel ({e}): it may be a disk's node"
+        except OSError:
+            rdev = None  # (no node of the loop here to ask: the path, below)
+        if rdev == 0:
+            return None, None  # a regular file: an image
+        if rdev is not None:
+            name = _block_of(fs, rdev)
+            return (name, None) if name else (
+                None, f"node {backing} is of no block device this host lists")
+    name = block_name(fs, backing) if backing.startswith("/dev/") else None
+    if name is not None:
+        return name, None
+    try:  # (a path on a file server that does not answer waits: bounded)
+        mode, rdev = lookups.node_type(str(fs.path(backing.lstrip("/"))),
+                                       f"{backing} ({loop.name}'s backing file)")
+    except (OSError, TimeoutError) as e:
+        return None, (f"file {backing} cannot be looked at ({getattr(e, 'strerror', None) or e}):"
+                      " it may be a disk's node in another mount namespace")
+    if stat.S_ISDIR(mode):  # ("/": set up in a mount namespace since gone)
+        return None, (f"file the kernel prints as {backing}: its mount is in no namespace any "
+                      "more, and it may be a disk's node")
+    if not stat.S_ISBLK(mode):
+        return None, None  # an image file
+    name = _block_of(fs, rdev)
+    return (name, None) if name else (None, f"node {backing} is of no block device this host "
+                                            "lists")
+
+
+#: LOOP_GET_STATUS64 and the size of its struct loop_info64; ``lo_rdevice`` at offset 16.
+_LOOP_GET_STATUS64, _LOOP_INFO64_SIZE = 0x4C05, 232
+
+
+def _loop_rdev(fs: Sysfs, loop: Path, lookups: Lookups) -> int:
+    """The device number of a loop device's backing file as the kernel has it
+    (``LOOP_GET_STATUS64``'s ``lo_rdevice``: a block device's number, 0 for a regular file),
+    whatever path it prints the file as. The ioctl asks the file's filesystem (a FUSE file's
+    daemon), so it is bounded (:class:`Lookups`). Raises OSError or TimeoutError."""
+    node = fs.path("dev", devname(loop, fs))
+    want = fs.read(loop / "dev")
+
+    def look() -> int:
+        fd = os.open(node, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISBLK(st.st_mode) or \
+                    f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}" != want:
+                raise OSError(errno.ENODEV, f"{node} is not {loop.name}'s node")
+            buf = bytearray(_LOOP_INFO64_SIZE)
+            fcntl.ioctl(fd, _LOOP_GET_STATUS64, buf)
+            return int.from_bytes(buf[16:24], "little")
+        finally:
+            os.close(fd)
+    return lookups.within(look, f"{loop.name}'s backing file")
+
+
+def _block_of(fs: Sysfs, rdev: int) -> str | None:
+    """The block device (``sdb``, ``sdb1``) of a device number, or None."""
+    disk = fs.sys("dev", "block", f"{os.major(rdev)}:{os.minor(rdev)}")
+    return os.path.basename(os.path.realpath(disk)) if disk.exists() else None
 
 
 def _wwids(fs: Sysfs) -> tuple[dict[str, str], dict[str, list[str]]]:

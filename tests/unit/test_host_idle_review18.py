@@ -438,16 +438,20 @@ def test_5_a_link_name_not_utf8_does_not_stop_plan_from_printing(tmp_path, capsy
 # -- 6. every slot of every ring: a thread, a lookup and a problem each ---------------------------
 
 #: nobody's process: ``argv[1]`` io_urings, each with ``argv[2]`` slots registered, every slot
-#: the same socket (which no path leads to: ``socket:[N]`` in the ring's fdinfo).
+#: the same socket (which no path leads to: ``socket:[N]`` in the ring's fdinfo), or with
+#: ``argv[3]`` "deleted", the same file of theirs, deleted since (a path no lookup finds).
 RINGS = textwrap.dedent(r"""
-    import ctypes, os, resource, socket, sys
+    import ctypes, os, resource, socket, sys, tempfile
     rings, files = int(sys.argv[1]), int(sys.argv[2])
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    table = (ctypes.c_int * files)(*[s.fileno()] * files)
+    if sys.argv[3:] == ["deleted"]:
+        s, name = tempfile.mkstemp()
+        os.unlink(name)
+    table = (ctypes.c_int * files)(*[s if isinstance(s, int) else s.fileno()] * files)
     kept = []
     for _ in range(rings):
         params = (ctypes.c_uint32 * 30)()  # struct io_uring_params, zeroed
@@ -460,11 +464,12 @@ RINGS = textwrap.dedent(r"""
 """)
 
 
-def _read_storage_with_rings(rings: int, slots: int) -> "tuple[float, list[str]]":
+def _read_storage_with_rings(rings: int, slots: int, what: str = "socket"
+                             ) -> "tuple[float, list[str]]":
     """(seconds one read of the host's storage takes, its problems) with nobody's ``rings``
     rings of ``slots`` registered slots each alive."""
     child = subprocess.Popen(NOBODY_RUN + ["/usr/bin/python3", "-c", RINGS, str(rings),
-                                           str(slots)], cwd="/", stdin=subprocess.PIPE,
+                                           str(slots), what], cwd="/", stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         if child.stdout.readline().strip() != "ready":
@@ -478,19 +483,22 @@ def _read_storage_with_rings(rings: int, slots: int) -> "tuple[float, list[str]]
 
 
 @as_root
-def test_6_slots_of_one_socket_do_not_multiply_the_read_or_its_problems():
-    """Ten rings of 2000 slots, each slot the same socket: 20000 lookups, each in a thread of
-    its own, and 20000 problems that say the same thing (about 10 s and 3 MB here; a ring may
-    have RLIMIT_NOFILE slots, and a process as many rings as fds)."""
+@pytest.mark.parametrize("what", ["socket", "deleted"])
+def test_6_slots_of_one_file_do_not_multiply_the_read_or_its_problems(what):
+    """Ten rings of 2000 slots, each slot the same socket (or the same deleted file): 20000
+    lookups, each in a thread of its own, and 20000 problems that say the same thing (about
+    10 s and 3 MB here; a ring may have RLIMIT_NOFILE slots, and a process as many rings as
+    fds). A socket is no device (no problem at all); a deleted file cannot be looked up, so
+    what the process uses is unknown (fail closed), said once a ring at most."""
     if not os.access("/usr/bin/python3", os.X_OK):
         pytest.skip("no /usr/bin/python3 for nobody")
-    alone, few = _read_storage_with_rings(1, 1)
-    many, problems = _read_storage_with_rings(10, 2000)
-    assert few and problems  # (what that process uses is unknown either way: fail closed)
-    assert len(problems) <= 10, (f"{len(problems)} problems for one socket registered 20000 "
+    alone, few = _read_storage_with_rings(1, 1, what)
+    many, problems = _read_storage_with_rings(10, 2000, what)
+    assert bool(few) == bool(problems) == (what == "deleted"), (few, problems[:2])
+    assert len(problems) <= 10, (f"{len(problems)} problems for one {what} registered 20000 "
                                  f"times, e.g. {problems[0]!r}")
     assert many < 3 * alone + 2, (f"the read took {many:.1f} s with 10 rings of 2000 slots of "
-                                  f"one socket, {alone:.1f} s with one slot")
+                                  f"one {what}, {alone:.1f} s with one slot")
 
 
 @as_root
