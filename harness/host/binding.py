@@ -34,7 +34,8 @@ from harness.core.waits import wait_until
 from harness.core.locks import flock_within
 from harness.core.paths import UnsafePathError, open_nofollow, private_dir, write_atomic
 from harness.host.network import namespace_problem
-from harness.host.safety import GroupPlan, HostUsage, node_holders, nodes_below, plan_group
+from harness.host.safety import (GroupPlan, HostUsage, disks_below, node_holders, nodes_below,
+                                 plan_group)
 from harness.host.storage import OpenFiles, mount_ids, mountinfos, remote_mount_ids
 from harness.host import sriov
 from harness.host.sysfs import SYSFS_BDF, PciDevice, Sysfs, parse_bdf, short_bdf
@@ -820,9 +821,10 @@ class VfioBinder:
 
     def _move_all(self, plan: GroupPlan, new: list[dict], keep: str | None = None) -> None:
         try:
-            for dev in plan.to_move:
-                if dev.bdf != keep:
-                    _move_to_vfio(self.fs, dev, self.timeout)
+            with _disks_claimed(self.fs, plan, keep):
+                for dev in plan.to_move:
+                    if dev.bdf != keep:
+                        _move_to_vfio(self.fs, dev, self.timeout)
         except HarnessError as e:
             # Put back what already moved (and the half-moved one), newest first.
             leftovers = []
@@ -896,6 +898,33 @@ class VfioBinder:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def _disks_claimed(fs: Sysfs, plan: GroupPlan, keep: str | None = None):
+    """An exclusive claim of every disk below what moves, held from right after the proof to
+    the end of the move: a mount or a swapon in between fails (EBUSY) rather than lose its
+    disk under it (the proof's own exclusive open is let go at once). A disk that cannot be
+    claimed now was taken since the proof: refused."""
+    fds: list[int] = []
+    try:
+        for dev in plan.to_move if fs.real_host else ():
+            for name in disks_below(fs, dev.path) if dev.bdf != keep else ():
+                try:
+                    fds.append(os.open(fs.path("dev", name), os.O_RDONLY | os.O_EXCL |
+                                       os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW))
+                except OSError as e:
+                    if e.errno == errno.ENOMEDIUM:
+                        continue  # (an empty drive: nothing on it to use)
+                    raise HostDeviceError(
+                        f"refusing to take {dev.bdf}: /dev/{name} cannot be claimed right "
+                        f"before the move ({e.strerror}): something started using it since it "
+                        "was proven idle", hint="run again; `python -m harness plan` says "
+                                                "what uses it now") from e
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _libvirt_gives_back(plan: GroupPlan) -> bool:

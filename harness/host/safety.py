@@ -492,6 +492,15 @@ def node_holders(fs: Sysfs, opened: OpenFiles, node: Path, majmin: str | None
     return name, opened.holders("char", name, majmin)
 
 
+def disks_below(fs: Sysfs, path: str) -> list[str]:
+    """The block devices below a device's sysfs directory, by their /dev names (``sdb``,
+    ``nvme0n1``; an NVMe controller's multipath heads too): the whole disks, whose claim
+    covers their partitions."""
+    tree = _Subtree(fs, path)
+    return [devname(fs.sys("class", "block", name), fs)
+            for name in tree.blocks + _nvme_heads(fs, path)]
+
+
 def nodes_below(fs: Sysfs, path: str) -> list[tuple[Path, str | None]]:
     """The device nodes below a device's sysfs directory (a vfio-pci function's
     ``vfio-dev/vfioN``: iommufd's /dev/vfio/devices/vfioN), with their ``MAJ:MIN``."""

@@ -1,16 +1,19 @@
 """harness.host.binding on a fake host whose fake kernel reacts to sysfs writes like Linux:
 binding a whole IOMMU group and giving it back, refusing before any write, the journal, and a
-run killed half-way."""
+run killed half-way; and the claim of a moving controller's disks, on a real loop device."""
 
 import errno
 import json
 import os
+import subprocess
+from types import SimpleNamespace
 
 import pytest
 
 from harness.core.errors import ConfigError, HostDeviceError
-from harness.host.binding import (Journal, VfioBinder, default_journal_path, restore_from_journal,
-                                  vfio_state)
+from harness.host.binding import (Journal, VfioBinder, _disks_claimed, default_journal_path,
+                                  restore_from_journal, vfio_state)
+from harness.host.sysfs import Sysfs
 
 from . import fakesysfs
 from .fakesysfs import FakeHost, Killed
@@ -536,3 +539,54 @@ def test_journal_refuses_an_unknown_mover(lab, journal):
     journal.write_text(json.dumps({"entries": held}))
     with pytest.raises(HostDeviceError, match="moved_by .someone. is not libvirt"):
         Journal(journal).read()
+
+
+# -- the disks below what moves stay claimed from the proof to the move ---------------------------
+
+
+@pytest.fixture
+def claimed_plan(tmp_path):
+    """A real loop device standing for a controller's disk, and a plan that moves a "function"
+    whose sysfs directory is the loop's own (what lies below it is what counts)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: real loop devices and exclusive claims")
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"\0" * (1 << 20))
+    made = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"no loop device to play the disk: {made.stderr.strip()}")
+    loop = made.stdout.strip()
+    fn = SimpleNamespace(bdf="0000:06:00.0", path=os.path.realpath(
+        f"/sys/class/block/{os.path.basename(loop)}"))
+    yield loop, SimpleNamespace(to_move=(fn,))
+    subprocess.run(["losetup", "-d", loop], check=False)
+
+
+def _exclusive(node: str) -> "int | None":
+    try:
+        return os.open(node, os.O_RDONLY | os.O_EXCL | os.O_NONBLOCK)
+    except OSError as e:
+        assert e.errno == errno.EBUSY, e
+        return None
+
+
+def test_the_disks_below_what_moves_stay_claimed_through_the_move(claimed_plan):
+    """A mount (or swapon) between the proof and the unbind fails rather than lose its disk;
+    after the move the claim is let go."""
+    loop, plan = claimed_plan
+    with _disks_claimed(Sysfs("/"), plan):
+        assert _exclusive(loop) is None  # (what a mount's claim meets: busy)
+    fd = _exclusive(loop)
+    assert fd is not None
+    os.close(fd)
+
+
+def test_a_disk_taken_since_the_proof_refuses_the_move(claimed_plan):
+    loop, plan = claimed_plan
+    taken = os.open(loop, os.O_RDONLY | os.O_EXCL)  # (mounted between the proof and the move)
+    try:
+        with pytest.raises(HostDeviceError, match="cannot be claimed right before the move"):
+            with _disks_claimed(Sysfs("/"), plan):
+                pass
+    finally:
+        os.close(taken)
