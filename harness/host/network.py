@@ -43,6 +43,7 @@ from harness.core.paths import check_search_path
 from harness.host.nsholders import (PROC_NET, MountVisits, nsfs_mounts, open_namespace,
                                     proc_net_problems, socket_namespaces)
 from harness.host.storage import mountinfos
+from harness.host.nsholders import more_open_files
 from harness.host.sysfs import Sysfs
 
 #: The harness's own network namespace, as :class:`NetView` names it.
@@ -101,7 +102,8 @@ class NetView:
     @classmethod
     def read(cls, fs: Sysfs) -> "NetView":
         problems: list[str] = []
-        spaces = _namespaces(fs, problems)
+        with more_open_files():  # (an fd of each namespace a socket holds is kept until read)
+            spaces = _namespaces(fs, problems)
         for ns in spaces:
             for link in ns.links.values():
                 if link.get("link_netnsid") is not None and \
