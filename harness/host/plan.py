@@ -23,7 +23,7 @@ from harness.host.sysfs import Sysfs
 
 def plan_inventory(root: "str | Path | Sysfs", inventory: Inventory) -> tuple[list[str], bool]:
     """The plan's lines, and whether every device would be taken. The lines are as shown to
-    people: a name in them that is not UTF-8 spelt ``\xff`` (:func:`~harness.core.text.shown`),
+    people: a name in them that is not UTF-8 spelt ``\\xff`` (:func:`~harness.core.text.shown`),
     so that any stream or file takes them."""
     fs = Sysfs.of(root)
     usage = HostUsage.read(fs, inventory.cleared_storage())
