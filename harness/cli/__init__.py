@@ -32,6 +32,7 @@ from harness.cli import host, report
 from harness.lab import reruns
 from harness.core.errors import HarnessError
 from harness.core.paths import check_search_path
+from harness.core.text import shown
 from harness.images import builtin as images
 from harness.images import distro
 
@@ -70,6 +71,9 @@ COMMANDS = {"image": _image, "compare": report.compare_main, "merge": report.mer
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    for stream in (sys.stdout, sys.stderr):  # (a name another user chose, not UTF-8, that
+        if hasattr(stream, "reconfigure"):   # reaches a print unshown: \udcff, no traceback)
+            stream.reconfigure(errors="backslashreplace")
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(__doc__.strip())
         return 0 if argv and argv[0] in ("-h", "--help") else 2
@@ -77,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         check_search_path()  # (as root: every command may run ip, ss, qemu-img... by name)
         return COMMANDS[argv[0]](argv[1:])
     except HarnessError as e:
-        print(f"error [{e.kind}]: {e}", file=sys.stderr)
+        print(shown(f"error [{e.kind}]: {e}"), file=sys.stderr)
         return 1
 
 

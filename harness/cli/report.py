@@ -10,6 +10,7 @@ from pathlib import Path
 
 from harness.core.errors import ConfigError
 from harness.core.paths import check_ancestors, write_atomic
+from harness.core.text import shown
 from harness.report import compare, merge, retention, trend
 from harness.report.records import load_runs, table
 
@@ -100,8 +101,9 @@ def trend_main(argv: list[str]) -> int:
 
 
 def _write_page(path: Path, page: str) -> None:
+    page = shown(page)  # (a run's messages may carry a name, not UTF-8, another user chose)
     if os.geteuid() != 0:
-        path.write_text(page)
+        path.write_text(page, encoding="utf-8")
         return
     # As root: only in folders nobody else can write, and a link there is replaced, never
     # followed (another user's link would choose which of root's files is written).

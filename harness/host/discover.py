@@ -16,6 +16,7 @@ import dataclasses
 import os
 from pathlib import Path
 
+from harness.core.text import shown
 from harness.host.inventory import (GATEWAY_PLACEHOLDER, ROLES, Inventory, InventoryDevice,
                                     default_name)
 from harness.host import network
@@ -168,7 +169,7 @@ def format_candidates(candidates: list[Candidate]) -> str:
     lines.append(f"{safe} of {len(candidates)} candidates are safe to take"
                  + ("; `python -m harness discover --write inventory.toml` drafts an inventory "
                     "of them" if safe else ""))
-    return "\n".join(lines)
+    return shown("\n".join(lines))  # (a name another user chose may be in any line)
 
 
 def draft_inventory(candidates: list[Candidate]) -> Inventory:

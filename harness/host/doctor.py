@@ -19,6 +19,7 @@ from pathlib import Path
 from harness.qemu.accel import cpu_virt_flags
 from harness.core.errors import HostDeviceError
 from harness.core.paths import UnsafePathError, trusted_program
+from harness.core.text import shown
 from harness.qemu.process import device_names, qemu_query
 from harness.host import sriov
 from harness.host.binding import Journal, owner_alive
@@ -85,7 +86,7 @@ def format_report(checks: list[Check]) -> str:
         if c.ok is False and c.fix:
             lines.append(f"       fix: {c.fix}")
     lines.append(verdict(checks))
-    return "\n".join(lines)
+    return shown("\n".join(lines))  # (a name another user chose may be in any line)
 
 
 def verdict(checks: list[Check]) -> str:

@@ -38,10 +38,12 @@ import subprocess
 from pathlib import Path
 from typing import NamedTuple
 
+from harness.core.text import shown
 from harness.core.paths import check_search_path
 from harness.host.nsholders import (PROC_NET, MountVisits, nsfs_mounts, open_namespace,
                                     proc_net_problems, socket_namespaces)
 from harness.host.storage import mountinfos
+from harness.host.nsholders import more_open_files
 from harness.host.sysfs import Sysfs
 
 #: The harness's own network namespace, as :class:`NetView` names it.
@@ -90,15 +92,18 @@ class NetView:
         self.namespaces = {ns.name: ns for ns in namespaces}
         #: Interfaces the kernel sends its log through (netconsole: no socket, no process).
         self.netconsoles = _netconsoles(fs)
-        #: Why no interface can be proven idle (empty: all was read).
-        self.problems = problems + [p for ns in namespaces for p in ns.problems]
+        problems = problems + [p for ns in namespaces for p in ns.problems]
         #: (namespace, link) -> the resolved sysfs path of the device ``ip -d`` puts it on.
-        self.parents: dict[tuple[str, str], str] = _parents(fs, namespaces, self.problems)
+        self.parents: dict[tuple[str, str], str] = _parents(fs, namespaces, problems)
+        #: Why no interface can be proven idle (empty: all was read), as shown to people: a
+        #: name that is not UTF-8 spelt ``\xff`` (:func:`~harness.core.text.shown`).
+        self.problems = [shown(p) for p in problems]
 
     @classmethod
     def read(cls, fs: Sysfs) -> "NetView":
         problems: list[str] = []
-        spaces = _namespaces(fs, problems)
+        with more_open_files():  # (an fd of each namespace a socket holds is kept until read)
+            spaces = _namespaces(fs, problems)
         for ns in spaces:
             for link in ns.links.values():
                 if link.get("link_netnsid") is not None and \
@@ -129,13 +134,14 @@ class NetView:
 
     def use_of(self, dev: Netdev) -> tuple[list[str], str]:
         """(why ``dev`` is in use, the evidence that it is idle); the first is empty when it
-        is idle."""
+        is idle. Both as shown to people (:func:`~harness.core.text.shown`): ``dev``'s name
+        stays raw for the lookups."""
         ns = self.namespaces.get(dev.namespace)
         if ns is None or ns.problems:
-            return [f"{dev}: its namespace cannot be read"], ""
+            return [shown(f"{dev}: its namespace cannot be read")], ""
         link = ns.links.get(dev.name)
         if link is None:
-            return [f"{dev}: `ip link` does not show it"], ""
+            return [shown(f"{dev}: `ip link` does not show it")], ""
         uses = [f"{dev} has the upper device {up}" for up in _uppers(self.fs, ns, dev)]
         uses += [f"{dev} carries the route {r}" for r in ns.routes.get(dev.name, [])]
         # Up at all is in use: an address-less port that is up carries what no address, route
@@ -152,7 +158,7 @@ class NetView:
             uses.append(f"{dev} has an XDP program attached")
         evidence = (f"{dev}: down, no route in any table, no upper device, no socket bound "
                     "to it")
-        return uses, evidence
+        return [shown(u) for u in uses], shown(evidence)
 
 
 def _parents(fs: Sysfs, spaces: list[Namespace], problems: list[str]) -> dict:

@@ -24,10 +24,12 @@ problem, which makes every NIC unproven.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import re
+import resource
 import select
 import socket
 import subprocess
@@ -159,7 +161,9 @@ def socket_namespaces(fds: list[tuple[str, Path]], known: set[str],
     link, ``/proc/PID/fd/N``)) are in: {inode: (how it is held, an fd of it, to close)}, one
     fd a namespace. Each socket is asked once, however many fds share it, by a child process
     (:data:`_ASK_SOCKETS`); what cannot be asked, or was swapped for another file since it
-    was listed, or got no answer in :data:`ASK_TIMEOUT` seconds, is a problem."""
+    was listed, or got no answer in :data:`ASK_TIMEOUT` seconds, or whose namespace's fd did
+    not arrive (past the harness's limit of open files the kernel drops it from the message:
+    ``MSG_CTRUNC``), is a problem. Hold the fds under :func:`more_open_files`."""
     queries, asked = [], set()
     for target, entry in fds:
         key = target if target.startswith("socket:") else f"{entry}"  # (tun fds: all alike)
@@ -169,52 +173,53 @@ def socket_namespaces(fds: list[tuple[str, Path]], known: set[str],
     out: dict[str, tuple[str, int]] = {}
     if not queries:
         return out
-    answers = _ask(queries)
+    answers = _ask(queries, known)
     for n, (target, entry) in enumerate(queries):
         how = f"{target} (fd {entry.name} of pid {entry.parent.parent.name})"
-        answer, ns = answers.get(n, ({"errno": errno.ETIMEDOUT, "what": f"no answer in "
-                                      f"{ASK_TIMEOUT:g} s"}, None))
-        if ns is None:
-            if not answer.get("gone"):
-                why = "it was swapped for another file since it was listed" \
-                    if answer.get("swapped") else \
-                    f"{answer['what']}: {os.strerror(answer['errno'])}"
-                problems.append(f"the network namespace of {how} cannot be told: {why}: the "
-                                "interfaces of a namespace held only by it would be missed")
-            continue
-        inode = f"[{os.fstat(ns).st_ino}]"
-        if inode in known or inode in out:
-            os.close(ns)
-        else:
+        answer, inode, ns = answers.get(n, ({"errno": errno.ETIMEDOUT, "what": f"no answer in "
+                                             f"{ASK_TIMEOUT:g} s"}, None, None))
+        if ns is not None:
             out[inode] = (how, ns)
+        elif inode is None and not answer.get("gone"):  # (else a namespace known or sent)
+            why = "it was swapped for another file since it was listed" \
+                if answer.get("swapped") else \
+                f"{answer.get('what', 'its answer')}: " \
+                f"{os.strerror(answer.get('errno', errno.EPROTO))}"
+            problems.append(f"the network namespace of {how} cannot be told: {why}: the "
+                            "interfaces of a namespace held only by it would be missed")
     return out
 
 
-def _ask(queries: list[tuple[str, Path]]) -> dict[int, tuple[dict, int | None]]:
-    """Run :data:`_ASK_SOCKETS` on ``queries``: {index: (its answer, a namespace fd or
-    None)}; those without an answer by the deadline are missing."""
+def _ask(queries: list[tuple[str, Path]],
+         known: set[str]) -> dict[int, tuple[dict, str | None, int | None]]:
+    """Run :data:`_ASK_SOCKETS` on ``queries``: {index: (its answer, the namespace it names
+    (``[N]``) or None, an fd of it when it is in neither ``known`` nor an earlier answer)};
+    those without an answer by the deadline are missing. Every other fd is closed as it
+    arrives, so that as many are open as there are namespaces not known."""
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     child = subprocess.Popen([sys.executable, "-I", "-S", "-c", _ASK_SOCKETS,
                               str(theirs.fileno())], stdin=subprocess.PIPE,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              pass_fds=(theirs.fileno(),))
     theirs.close()
-    answers: dict[int, tuple[dict, int | None]] = {}
+    answers: dict[int, tuple[dict, str | None, int | None]] = {}
     try:
         child.stdin.write(json.dumps([[int(e.parent.parent.name), int(e.name),
                                        t.startswith("/")] for t, e in queries]).encode())
         child.stdin.close()
-        deadline = time.monotonic() + ASK_TIMEOUT
+        deadline, waiting = time.monotonic() + ASK_TIMEOUT, select.poll()
+        waiting.register(mine, select.POLLIN)  # (poll: fd numbers past 1024 are no error)
+        seen = set(known)
         while time.monotonic() < deadline:
-            if not select.select([mine], [], [], deadline - time.monotonic())[0]:
+            if not waiting.poll(max(0.0, deadline - time.monotonic()) * 1000):
                 break
-            data, fds, _, _ = socket.recv_fds(mine, 4096, 1)
+            data, fds, flags, _ = socket.recv_fds(mine, 4096, 1)
             if not data:
                 break  # (the child ended)
-            answer = json.loads(data)
+            answer = _answer(data, fds, flags)
             if answer.get("done"):
                 break
-            answers[answer["i"]] = (answer, fds[0] if fds else None)
+            answers[answer["i"]] = _keep_new(answer, fds, seen)
     except (OSError, ValueError):
         pass  # (what was not answered is a problem of the caller's)
     finally:
@@ -225,6 +230,61 @@ def _ask(queries: list[tuple[str, Path]]) -> dict[int, tuple[dict, int | None]]:
         except subprocess.TimeoutExpired:
             pass
     return answers
+
+
+def _answer(data: bytes, fds: list[int], flags: int) -> dict:
+    """The child's answer ``data``, with ``fds`` that came with it; one that should have
+    brought an fd and did not (``MSG_CTRUNC``: past the harness's limit of open files the
+    kernel drops it) is a failure of its own. Raises ValueError (fds closed) for one that is
+    not the child's."""
+    try:
+        answer = json.loads(data)
+        if not answer.get("done"):
+            answer["i"] = int(answer["i"])
+    except (ValueError, TypeError, AttributeError, KeyError) as e:
+        for fd in fds:
+            os.close(fd)
+        raise ValueError(f"not an answer: {data[:80]!r}") from e
+    if fds or set(answer) != {"i"}:
+        return answer
+    if flags & socket.MSG_CTRUNC:
+        return {"i": answer["i"], "errno": errno.EMFILE, "what": "the fd of its namespace was "
+                "dropped on the way (MSG_CTRUNC)"}
+    return {"i": answer["i"], "errno": errno.EPROTO, "what": "the answer came without the fd "
+            "of its namespace"}
+
+
+def _keep_new(answer: dict, fds: list[int], seen: set[str]) -> tuple[dict, str | None,
+                                                                      int | None]:
+    """(``answer``, the namespace of its fd, the fd if that namespace is not in ``seen``, which
+    it is added to); an fd not kept is closed at once."""
+    if not fds:
+        return answer, None, None
+    inode = f"[{os.fstat(fds[0]).st_ino}]"  # (an nsfs file the kernel made: nothing waits)
+    if inode in seen:
+        os.close(fds[0])
+        return answer, inode, None
+    seen.add(inode)
+    return answer, inode, fds[0]
+
+
+@contextlib.contextmanager
+def more_open_files():
+    """The soft limit of open files raised to the hard one while the host's namespaces are
+    read, and set back after: an fd of each namespace not known is kept until it is read (a
+    root shell or service on a systemd host has 1024: ``DefaultLimitNOFILE=1024:524288``,
+    and another user can make thousands of namespaces). Where it cannot be raised, what
+    does not fit is a problem (:func:`socket_namespaces`)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError):  # (an unlimited hard limit is past fs.nr_open)
+        soft = None
+    try:
+        yield
+    finally:
+        if soft is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 #: An open file of a ``/proc/PID/net`` folder: what of it follows ``net/``.

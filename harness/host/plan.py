@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.core.text import shown
 from harness.host import sriov
 from harness.host.binding import move_steps
 from harness.host.inventory import Inventory, InventoryDevice, find_usb_device
@@ -21,7 +22,9 @@ from harness.host.sysfs import Sysfs
 
 
 def plan_inventory(root: "str | Path | Sysfs", inventory: Inventory) -> tuple[list[str], bool]:
-    """The plan's lines, and whether every device would be taken."""
+    """The plan's lines, and whether every device would be taken. The lines are as shown to
+    people: a name in them that is not UTF-8 spelt ``\\xff`` (:func:`~harness.core.text.shown`),
+    so that any stream or file takes them."""
     fs = Sysfs.of(root)
     usage = HostUsage.read(fs, inventory.cleared_storage())
     lines = [f"plan for {inventory.path or 'the inventory'}: a dry run, nothing on this host "
@@ -49,7 +52,7 @@ def plan_inventory(root: "str | Path | Sysfs", inventory: Inventory) -> tuple[li
         ok = ok and fine
     lines += ["", "verdict: every device would be taken" if ok else
               "verdict: this run would refuse what is marked REFUSED above"]
-    return lines, ok
+    return [shown(line) for line in lines], ok
 
 
 def _verdict_lines(v: Verdict) -> list[str]:

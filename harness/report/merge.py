@@ -25,6 +25,7 @@ from harness.report import html as rh
 from harness.report.compare import load_summary
 from harness.core.errors import ConfigError
 from harness.core.paths import private_dir
+from harness.core.text import shown
 
 
 def host_label(s: dict) -> str:
@@ -114,7 +115,7 @@ def merge(run_dirs: list[Path], out: Path, axis: str = "auto") -> dict:
     else:
         out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(merged, indent=2, default=str) + "\n")
-    (out / "report.html").write_text(render(merged))
+    (out / "report.html").write_text(shown(render(merged)), encoding="utf-8")  # (as summary's)
     write_junit(merged, out / "junit.xml")
     return merged
 
@@ -143,7 +144,7 @@ def _testcase(suite, t: dict, lab: str) -> None:
     path, _, name = t["nodeid"].partition("::")
     case = ET.SubElement(suite, "testcase", classname=f"{lab}.{path.removesuffix('.py').replace('/', '.')}",
                          name=name or path, time=f"{t['duration']:.3f}")
-    reason = t.get("reason") or ""
+    reason = shown(t.get("reason") or "")  # (XML takes no lone surrogate, no control character)
     if t["outcome"] in ("failed", "error"):
         ET.SubElement(case, "failure" if t["outcome"] == "failed" else "error",
                       message=reason.splitlines()[0][:500] if reason else t["outcome"]).text = reason

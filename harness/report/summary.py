@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness.core.text import shown
 from harness.report import html as rh
 from harness.report import records
 
@@ -55,7 +56,10 @@ def finish_run(run_dir: Path, report_root: Path, meta: dict) -> dict:
     summary["guests_started"] = {"booted": len(boots), "restored": len(restores)}
     summary["restore_seconds_median"] = round(statistics.median(restores), 3) if restores else None
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    (run_dir / "report.html").write_text(render_html(summary, history(report_root, summary)))
+    # (its messages may carry a name another user chose that is not UTF-8: shown, never a
+    # UnicodeEncodeError; UTF-8 whatever the locale, as the page says)
+    page = shown(render_html(summary, history(report_root, summary)))
+    (run_dir / "report.html").write_text(page, encoding="utf-8")
     summary["html"] = str(run_dir / "report.html")
     summary["latest"] = refresh_latest(run_dir, report_root)
     return summary
