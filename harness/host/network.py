@@ -35,6 +35,7 @@ output is read from files: ``<root>/ip/<what>.json`` for the harness's own names
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -43,7 +44,8 @@ import subprocess
 from pathlib import Path
 from typing import NamedTuple
 
-from harness.core.paths import check_search_path
+from harness.core.locks import flock_within
+from harness.core.paths import check_search_path, open_nofollow
 from harness.host.nsholders import (PROC_NET, MountVisits, fd_namespace, nsfs_mounts,
                                     open_namespace, proc_net_problems, socket_namespaces,
                                     went_away)
@@ -248,6 +250,14 @@ def _run(fs: Sysfs, argv: list[str], fake: Path, fds: tuple[int, ...] = ()) -> s
 #: while it was read, a name deleted, an fd closed): each search either finds it again, and
 #: reads it, or shows that nothing holds it any more.
 RESEARCHES = 3
+#: Held (``flock``) while the host's holders are searched and their namespaces read: two reads
+#: at once (two runs, two xdist workers) would each find the other's fds of every namespace and
+#: enter through them, and a namespace nothing else holds would live on, passed from one to
+#: the other, for as long as their reads overlap (seen: hundreds kept so, and reads 6 times
+#: slower). In /run, where only root makes files.
+READ_LOCK = Path("/run/hotplug-harness-netns.lock")
+#: How long a read waits for another one to end (seconds).
+READ_LOCK_WAIT = 120.0
 
 
 def _namespaces(fs: Sysfs, problems: list[str]) -> list[Namespace]:
@@ -261,7 +271,14 @@ def _namespaces(fs: Sysfs, problems: list[str]) -> list[Namespace]:
     was undone or replaced) says nothing of the namespace, which may live on, or have moved,
     through another holder: every holder is searched again, and it is read through what
     holds it now, or found held by nothing (gone: it holds no interface any more). One that
-    went away in each of ``1 +`` :data:`RESEARCHES` searches is a problem."""
+    went away in each of ``1 +`` :data:`RESEARCHES` searches is a problem. One read at a time
+    (:data:`READ_LOCK`)."""
+    with _alone(fs, problems) as alone:
+        return _read_all(fs, problems, alone)
+
+
+def _read_all(fs: Sysfs, problems: list[str], alone: bool) -> list[Namespace]:
+    """:func:`_namespaces`; the holders searched only when ``alone``."""
     out = [_read_namespace(fs, Namespace(OWN, [], ["ip"], fs.path("ip")))]
     done = {_inode(fs.proc("self", "ns", "net"))}
     for name in _named_namespaces(fs, problems):
@@ -270,7 +287,7 @@ def _namespaces(fs: Sysfs, problems: list[str]) -> list[Namespace]:
         if ns is not None:  # (else its name went away: the searches below find it if held)
             out.append(ns)
             done.add(inode)
-    if None in done:  # a bare fake with no namespace of its own
+    if None in done or not alone:  # a bare fake with no namespace of its own
         return out
     for _ in range(1 + RESEARCHES):
         found, went, said = _search(fs, done)
@@ -283,6 +300,35 @@ def _namespaces(fs: Sysfs, problems: list[str]) -> list[Namespace]:
                  "could be entered): the interfaces of a namespace held only there would be "
                  "missed" for what in went]
     return out
+
+
+@contextlib.contextmanager
+def _alone(fs: Sysfs, problems: list[str]):
+    """True while this is the only read of the host's holders (:data:`READ_LOCK`); False,
+    with the problem said, when that cannot be had. Under a test's fake root: True."""
+    if not fs.real_host:
+        yield True
+        return
+    try:
+        fd = open_nofollow(READ_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        problems.append(f"{READ_LOCK} cannot be opened ({e.strerror}): the host's network "
+                        "namespaces are not searched (run as root)")
+        yield False
+        return
+    try:
+        if os.fstat(fd).st_uid != os.geteuid():
+            problems.append(f"{READ_LOCK} is not this user's: the host's network namespaces "
+                            "are not searched")
+            yield False
+        elif not flock_within(fd, READ_LOCK_WAIT):
+            problems.append(f"another read of the host's network namespaces held {READ_LOCK} "
+                            f"for {READ_LOCK_WAIT:g} s: they are not searched")
+            yield False
+        else:
+            yield True
+    finally:
+        os.close(fd)
 
 
 def _search(fs: Sysfs, done: set) -> tuple[list[Namespace], list[str], list[str]]:

@@ -20,10 +20,12 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
+from harness.core.waits import wait_until
 from harness.host import network
 from harness.host.network import NetView
 from harness.host.sysfs import Sysfs
@@ -32,7 +34,7 @@ from .test_paths import as_root
 
 #: These tests make real namespaces and read the whole host, as review16/17's do.
 pytestmark = [as_root, pytest.mark.xdist_group("real-host-namespaces")]
-VETH = "hhchv"
+VETH = f"hhc{os.getpid() % 100000}"  # (one a worker: another worker's reads see it)
 NAME = "hhchurn"
 #: A process that holds the namespace ``argv[1]`` by an open fd until its stdin ends.
 HOLD = ("import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); print('held', flush=True); "
@@ -238,3 +240,79 @@ def test_a_named_namespace_deleted_before_it_was_read(monkeypatch, kept):
         finally:
             for proc in holders:
                 _ended(proc)
+
+
+# -- two reads at once ------------------------------------------------------------------------
+
+#: A loop of whole-host network reads until stdin ends (one reader of the host).
+READER = ("import sys, threading\n"
+          "from harness.host.network import NetView\n"
+          "from harness.host.sysfs import Sysfs\n"
+          "stop = threading.Event()\n"
+          "threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()\n"
+          "print('reading', flush=True)\n"
+          "while not stop.is_set():\n"
+          "    NetView.read(Sysfs('/'))\n")
+
+
+#: A process that makes ``argv[1]`` network namespaces, keeps an fd of each and goes back to
+#: its own: their inodes, then it waits on its stdin.
+MANY = textwrap.dedent(r"""
+    import ctypes, os, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    home, kept = os.open("/proc/self/ns/net", os.O_RDONLY), []
+    for _ in range(int(sys.argv[1])):
+        if libc.unshare(0x40000000) != 0:  # CLONE_NEWNET
+            sys.exit("unshare: " + os.strerror(ctypes.get_errno()))
+        kept.append(os.open("/proc/self/ns/net", os.O_RDONLY))
+        libc.setns(home, 0x40000000)
+    print(*(os.fstat(fd).st_ino for fd in kept), flush=True)
+    sys.stdin.readline()
+""")
+
+
+def _held_of(inodes: set[int], pids: str = "[0-9]*") -> set[int]:
+    """Which of the namespaces ``inodes`` an fd of the processes ``pids`` (a glob) holds (by
+    the kernel's device and inode: an fd opened through a bind mount reads as a path)."""
+    nsfs = os.stat("/proc/self/ns/net").st_dev
+    out = set()
+    for proc in Path("/proc").glob(pids):
+        with contextlib.suppress(OSError):  # (a process or fd that ended meanwhile)
+            for fd in os.listdir(proc / "fd"):
+                with contextlib.suppress(OSError):
+                    st = os.stat(proc / "fd" / fd)
+                    if st.st_dev == nsfs and st.st_ino in inodes:
+                        out.add(st.st_ino)
+    return out
+
+
+def test_two_reads_at_once_do_not_keep_namespaces_nothing_else_holds_alive():
+    """Each read enters every namespace through an fd it holds while it reads; another read
+    that runs meanwhile finds those fds, holds the namespaces through them, and is found by
+    the first one's next read: namespaces whose last holder ended lived on, passed between
+    the two, for as long as they overlapped (hundreds of them, with two xdist workers)."""
+    made = subprocess.Popen([sys.executable, "-c", MANY, "24"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    readers = []
+    try:
+        inodes = {int(i) for i in made.stdout.readline().split()}
+        if not inodes:
+            pytest.skip(f"no network namespaces to make here: {made.wait()}")
+        for _ in range(2):
+            readers.append(subprocess.Popen([sys.executable, "-c", READER],
+                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                            text=True, cwd=Path(__file__).parents[2]))
+            assert readers[-1].stdout.readline().strip() == "reading"
+        wait_until("a read holding them", lambda: any(
+            _held_of(inodes, str(r.pid)) for r in readers), 20, interval=0.01)
+        assert all(r.poll() is None for r in readers), "a read ended"
+        made.stdin.close()
+        made.wait(10)
+        # (a read takes about a second with them all: any still held after 15 s are kept by
+        # the two, passed between them; one that nothing holds is gone for good)
+        wait_until("no read holding them any more", lambda: not _held_of(inodes), 15)
+    finally:
+        for proc in [made, *readers]:
+            with contextlib.suppress(OSError, ValueError):
+                proc.stdin.close()
+            _ended(proc)
