@@ -295,10 +295,10 @@ def _read_all(fs: Sysfs, problems: list[str], alone: bool) -> list[Namespace]:
         problems += [p for p in said if p not in problems]
         if not went:
             return out
-    problems += [f"{what} went away from where it was seen in each of {1 + RESEARCHES} "
-                 "searches of every holder (made and torn down, or moved, faster than it "
-                 "could be entered): the interfaces of a namespace held only there would be "
-                 "missed" for what in went]
+    problems += [f"{what}: each way into it was gone, or was another file (not that "
+                 f"namespace), in each of {1 + RESEARCHES} searches of every holder (made and "
+                 "torn down faster than it could be entered, or its file replaced): the "
+                 "interfaces of a namespace held only there would be missed" for what in went]
     return out
 
 
@@ -461,13 +461,15 @@ def _held_by_process(fs: Sysfs, proc: Path, problems: list[str]) -> list[tuple[s
     try:
         inode = _inode(proc / "ns" / "net", strict=True)
     except OSError as e:  # (one reaped meanwhile says ESRCH, or EACCES: get_proc_task)
-        if isinstance(e, FileNotFoundError) or e.errno == errno.ESRCH or \
-                not os.path.lexists(proc):
+        if not isinstance(e, FileNotFoundError) and e.errno != errno.ESRCH and \
+                os.path.lexists(proc):
+            problems.append(f"the network namespace of pid {proc.name} cannot be read "
+                            f"({e.strerror}): run as root")
+            return []
+        if not os.path.lexists(proc / "task"):
             return []  # it ended (and with it all it held) while it was read
-        problems.append(f"the network namespace of pid {proc.name} cannot be read "
-                        f"({e.strerror}): run as root")
-        return []
-    out = [("net", inode, f"pid {proc.name}", proc)]
+        inode = None  # its main thread ended (a zombie): threads of it may live on
+    out = [("net", inode, f"pid {proc.name}", proc)] if inode else []
     for what, folder in (("thread", "task"), ("fd", "fd")):
         try:  # (a link's target does not exist: listed, not globbed)
             entries = sorted(p / "ns" / kind if what == "thread" else p

@@ -316,3 +316,37 @@ def test_two_reads_at_once_do_not_keep_namespaces_nothing_else_holds_alive():
             with contextlib.suppress(OSError, ValueError):
                 proc.stdin.close()
             _ended(proc)
+
+
+#: A process whose thread goes into a namespace of its own (with a veth pair ``argv[1]``) and
+#: whose main thread then ends: a zombie whose other thread lives on there.
+LEADER_ENDS = textwrap.dedent(r"""
+    import ctypes, subprocess, sys, threading
+    libc = ctypes.CDLL(None, use_errno=True)
+    def there():
+        if libc.unshare(0x40000000) != 0:  # CLONE_NEWNET, this thread only
+            print("unshare failed", flush=True)
+            return
+        subprocess.run(["ip", "link", "add", sys.argv[1], "type", "veth", "peer", "name",
+                        sys.argv[1] + "p"], check=True)
+        print("ready", flush=True)
+        sys.stdin.readline()
+    threading.Thread(target=there).start()
+    libc.pthread_exit(None)
+""")
+
+
+def test_a_namespace_of_a_thread_whose_main_thread_ended_is_read():
+    """A process's own namespace link is gone once its main thread ended; its other threads
+    live on, each in its namespace (before: the whole process was taken for gone)."""
+    child = subprocess.Popen([sys.executable, "-c", LEADER_ENDS, VETH], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        if child.stdout.readline().strip() != "ready":
+            pytest.skip("no network namespace for a thread here")
+        wait_until("its main thread ended", lambda: not os.path.exists(
+            f"/proc/{child.pid}/ns/net"), 10, interval=0.01)
+        view = NetView.read(Sysfs("/"))
+        assert _with_veth(view), (list(view.namespaces), view.problems)
+    finally:
+        _ended(child)
