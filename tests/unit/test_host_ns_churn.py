@@ -34,8 +34,9 @@ from .test_paths import as_root
 
 #: These tests make real namespaces and read the whole host, as review16/17's do.
 pytestmark = [as_root, pytest.mark.xdist_group("real-host-namespaces")]
-VETH = f"hhc{os.getpid() % 100000}"  # (one a worker: another worker's reads see it)
-NAME = "hhchurn"
+#: One of each a worker: another worker's reads see them, and two workers cannot share a name.
+VETH = f"hhc{os.getpid() % 100000}"
+NAME = f"hhchurn{os.getpid() % 100000}"
 #: A process that holds the namespace ``argv[1]`` by an open fd until its stdin ends.
 HOLD = ("import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); print('held', flush=True); "
         "sys.stdin.readline()")
