@@ -8,15 +8,19 @@ or ``ss`` missing, a namespace the harness cannot enter, a device in another nam
 lower device cannot be told) makes every interface unproven: :attr:`NetView.problems`.
 
 Namespaces: the harness's own, every named one (``ip -all netns``, ``/var/run/netns``), and
-every other one anything holds: a process lives in it (a container's, ``/proc/PID/ns/net``,
-entered with ``nsenter -t PID -n``), one of its threads does (``/proc/PID/task/TID/ns/net``),
-it holds it by an open fd (``net:[N]``), or an nsfs file is bind-mounted for it anywhere
-(``nsfs`` lines of every mount namespace's ``mountinfo``, those no process is in included:
-:mod:`harness.host.nsholders` visits them); those are entered through an ``O_PATH`` fd
-proven to be that namespace (``nsenter --net=/proc/self/fd/N``), never by path. A socket or
-tun fd holds the namespace the kernel names for it (``SIOCGSKNS`` on a copy taken with
-``pidfd_getfd``), entered through that fd. One that cannot be read, or a
-place that cannot be searched, makes every interface unproven.
+every other one anything holds: a process lives in it (a container's, ``/proc/PID/ns/net``),
+one of its threads does (``/proc/PID/task/TID/ns/net``), it holds it by an open fd
+(``net:[N]``, or a path: the file opened through its bind mount), or an nsfs file is
+bind-mounted for it anywhere (``nsfs`` lines of every mount namespace's ``mountinfo``, those
+no process is in included: :mod:`harness.host.nsholders` visits them); those are entered
+through an ``O_PATH`` fd proven to be that namespace (``nsenter --net=/proc/self/fd/N``),
+never by path, all opened as soon as the holders are found (so none can go away while it is
+read). A socket or tun fd holds the namespace the kernel names for it (``SIOCGSKNS`` on a
+copy taken with ``pidfd_getfd``), entered through that fd. One that cannot be read, or a
+place that cannot be searched, makes every interface unproven; one whose way in went away
+between being seen and being entered (a container that ended, a name deleted) is looked for
+again in a new search of every holder: read where it is held now, or gone (held by nothing,
+it holds no interface), and unproven only if it went away in every search.
 
 Everything is read under a root: on ``/`` the tools are run; under a test's fake root their
 output is read from files: ``<root>/ip/<what>.json`` for the harness's own namespace,
@@ -31,6 +35,8 @@ output is read from files: ``<root>/ip/<what>.json`` for the harness's own names
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
@@ -38,12 +44,13 @@ import subprocess
 from pathlib import Path
 from typing import NamedTuple
 
+from harness.core.locks import flock_within
+from harness.core.paths import check_search_path, open_nofollow
 from harness.core.text import shown
-from harness.core.paths import check_search_path
-from harness.host.nsholders import (PROC_NET, MountVisits, nsfs_mounts, open_namespace,
-                                    proc_net_problems, socket_namespaces)
+from harness.host.nsholders import (PROC_NET, MountVisits, fd_namespace, more_open_files,
+                                    nsfs_mounts, open_namespace, proc_net_problems,
+                                    socket_namespaces, went_away)
 from harness.host.storage import mountinfos
-from harness.host.nsholders import more_open_files
 from harness.host.sysfs import Sysfs
 
 #: The harness's own network namespace, as :class:`NetView` names it.
@@ -243,34 +250,182 @@ def _run(fs: Sysfs, argv: list[str], fake: Path, fds: tuple[int, ...] = ()) -> s
     return p.stdout
 
 
+#: How many more times every holder is searched when a namespace, or a mount namespace one
+#: may be mounted in, went away between being seen and being entered (a container that ended
+#: while it was read, a name deleted, an fd closed): each search either finds it again, and
+#: reads it, or shows that nothing holds it any more.
+RESEARCHES = 3
+#: Held (``flock``) while the host's holders are searched and their namespaces read: two reads
+#: at once (two runs, two xdist workers) would each find the other's fds of every namespace and
+#: enter through them, and a namespace nothing else holds would live on, passed from one to
+#: the other, for as long as their reads overlap (seen: hundreds kept so, and reads 6 times
+#: slower). In /run, where only root makes files.
+READ_LOCK = Path("/run/hotplug-harness-netns.lock")
+#: How long a read waits for another one to end (seconds).
+READ_LOCK_WAIT = 120.0
+
+
 def _namespaces(fs: Sysfs, problems: list[str]) -> list[Namespace]:
     """The harness's own namespace, every named one, and every other one that anything holds:
     a process or one of its threads lives in it, a process holds it by an open fd (an nsfs
     file, a socket, a tun fd), or an nsfs file is bind-mounted for it anywhere, in any mount
     namespace (one no process is in included). Each is read (the others through
-    ``nsenter``); one that cannot be read reports why in its problems."""
-    out = [Namespace(OWN, [], ["ip"], fs.path("ip"))]
-    named = _named_namespaces(fs, problems)
-    out += [Namespace(n, ["ip", "netns", "exec", n], ["ip", "-n", n], fs.path("ip", "netns", n))
-            for n in named]
-    run_netns = fs.path("var", "run", "netns")
-    seen = {_inode(fs.proc("self", "ns", "net"))} | {_inode(run_netns / n) for n in named}
-    out = [_read_namespace(fs, ns) for ns in out]
-    if None in seen:  # a bare fake with no namespace of its own
+    ``nsenter``); one that cannot be read reports why in its problems.
+
+    A way into one that went away before it was entered (its process ended, its bind mount
+    was undone or replaced) says nothing of the namespace, which may live on, or have moved,
+    through another holder: every holder is searched again, and it is read through what
+    holds it now, or found held by nothing (gone: it holds no interface any more). One that
+    went away in each of ``1 +`` :data:`RESEARCHES` searches is a problem. One read at a time
+    (:data:`READ_LOCK`)."""
+    with _alone(fs, problems) as alone:
+        return _read_all(fs, problems, alone)
+
+
+def _read_all(fs: Sysfs, problems: list[str], alone: bool) -> list[Namespace]:
+    """:func:`_namespaces`; the holders searched only when ``alone``."""
+    out = [_read_namespace(fs, Namespace(OWN, [], ["ip"], fs.path("ip")))]
+    done = {_inode(fs.proc("self", "ns", "net"))}
+    for name in _named_namespaces(fs, problems):
+        inode = _inode(fs.path("var", "run", "netns", name))
+        ns = _named_namespace(fs, name, inode)
+        if ns is not None:  # (else its name went away: the searches below find it if held)
+            out.append(ns)
+            done.add(inode)
+    if None in done or not alone:  # a bare fake with no namespace of its own
         return out
+    for _ in range(1 + RESEARCHES):
+        found, went, said = _search(fs, done)
+        out += found
+        problems += [p for p in said if p not in problems]
+        if not went:
+            return out
+    problems += [f"{what}: each way into it was gone, or was another file (not that "
+                 f"namespace), in each of {1 + RESEARCHES} searches of every holder (made and "
+                 "torn down faster than it could be entered, or its file replaced): the "
+                 "interfaces of a namespace held only there would be missed" for what in went]
+    return out
+
+
+@contextlib.contextmanager
+def _alone(fs: Sysfs, problems: list[str]):
+    """True while this is the only read of the host's holders (:data:`READ_LOCK`); False,
+    with the problem said, when that cannot be had. Under a test's fake root: True."""
+    if not fs.real_host:
+        yield True
+        return
+    try:
+        fd = open_nofollow(READ_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        problems.append(f"{READ_LOCK} cannot be opened ({e.strerror}): the host's network "
+                        "namespaces are not searched (run as root)")
+        yield False
+        return
+    try:
+        if os.fstat(fd).st_uid != os.geteuid():
+            problems.append(f"{READ_LOCK} is not this user's: the host's network namespaces "
+                            "are not searched")
+            yield False
+        elif not flock_within(fd, READ_LOCK_WAIT):
+            problems.append(f"another read of the host's network namespaces held {READ_LOCK} "
+                            f"for {READ_LOCK_WAIT:g} s: they are not searched")
+            yield False
+        else:
+            yield True
+    finally:
+        os.close(fd)
+
+
+def _search(fs: Sysfs, done: set) -> tuple[list[Namespace], list[str], list[str]]:
+    """One search of every holder: (the network namespaces it finds that are not in ``done``,
+    read, and added to it; what went away between being seen and being entered; the
+    problems)."""
+    problems: list[str] = []
     with MountVisits(fs) as visits:
         held, sockets = _holders(fs, visits, problems)
-        # (a namespace also held otherwise keeps the socket's fd as its last way in: the
-        # process or fd it was seen through may end while it is read)
-        by_socket = socket_namespaces(sockets, seen, problems) if fs.real_host else {}
+        if not fs.real_host:
+            fakes = {inode: _held_namespace(fs, inode, ways) for inode, ways in held.items()
+                     if inode not in done}
+            done |= fakes.keys()
+            return list(fakes.values()), visits.went, problems
+        pins, went, found = {}, {}, {}
         try:
-            for inode, (how, fd) in by_socket.items():
-                held.setdefault(inode, []).append((how, fd))
-            return out + [_held_namespace(fs, inode, ways) for inode, ways in held.items()
-                          if inode not in seen]
+            for inode, ways in held.items():  # (entered first, all at once: held by this
+                if inode in done:             # process, none can go away while it is read)
+                    continue
+                pin = _pin(fs, inode, ways)
+                if isinstance(pin, tuple):
+                    pins[inode] = pin
+                elif pin is None:
+                    went[inode] = f"network namespace {inode} ({ways[0][0]})"
+                else:
+                    found[inode] = pin
+            for inode, way in socket_namespaces(sockets, done | pins.keys(), problems).items():
+                pins[inode] = way  # (a way in after all, for one that went away or failed)
+                went.pop(inode, None)
+                found.pop(inode, None)
+            for inode, (how, fd) in pins.items():
+                found[inode] = _read_namespace_fd(fs, how, fd,
+                                                  fs.path("ip", "nsfs", inode.strip("[]")))
         finally:
-            for _, fd in by_socket.values():
+            for _, fd in pins.values():
                 os.close(fd)
+        done |= found.keys()
+        return list(found.values()), visits.went + list(went.values()), problems
+
+
+def _pin(fs: Sysfs, inode: str,
+         ways: list[tuple[str, Path]]) -> tuple[str, int] | Namespace | None:
+    """The first way into the namespace ``inode`` that opens, as (how it is held, an ``O_PATH``
+    fd proven to be it: a process's ``/proc/PID/ns/net``, a thread's or an fd's link, a bind
+    mount); else the first that could not be entered, as a namespace with that problem; None
+    when every way went away before it was opened (:func:`went_away`: its process, thread or
+    fd ended, its mount was undone or replaced), which alone does not prove it gone: it may
+    live on, or have moved, through another holder.
+
+    A file is never opened by its path (``nsenter --net=PATH`` would: a path inside another
+    user's mount namespace, or an fd of their process, is theirs to turn into a FIFO that
+    blocks root or a device whose open acts, ``/dev/watchdog``, over the nsfs mount seen a
+    moment ago): it is reached with ``O_PATH``, which opens nothing, proven to be the
+    namespace ``inode``, and entered through that fd (a process's too: ``nsenter -t PID``
+    would enter whatever namespace it has moved to since)."""
+    failed = None
+    for how, path in ways:
+        where = path / "ns" / "net" if how.startswith("pid ") else path
+        try:
+            return how, open_namespace(fs, where, inode, "net")
+        except OSError as e:
+            if not went_away(e) and failed is None:
+                failed = Namespace(how, [], [], fs.path("ip", "nsfs", inode.strip("[]")))
+                failed.problems.append(f"network namespace {inode} ({how}) cannot be "
+                                       f"entered: {where}: {e.strerror or e}")
+    return failed
+
+
+def _named_namespace(fs: Sysfs, name: str, inode: str | None) -> Namespace | None:
+    """The namespace named ``name`` (``ip netns``), read through an fd of its file proven to
+    be the namespace ``inode`` seen when the names were listed, so that every tool reads that
+    one even if the name is deleted or made again meanwhile; None when the name went away
+    first (:func:`went_away`)."""
+    fake = fs.path("ip", "netns", name)
+    if not fs.real_host:
+        return _read_namespace(fs, Namespace(name, ["ip", "netns", "exec", name],
+                                             ["ip", "-n", name], fake))
+    if inode is None:
+        return None
+    try:
+        fd = open_namespace(fs, fs.path("var", "run", "netns", name), inode, "net")
+    except OSError as e:
+        if went_away(e):
+            return None
+        ns = Namespace(name, [], [], fake)
+        ns.problems.append(f"network namespace {name} ({inode}) cannot be entered: "
+                           f"{e.strerror or e}")
+        return ns
+    try:
+        return _read_namespace_fd(fs, name, fd, fake)
+    finally:
+        os.close(fd)
 
 
 def _holders(fs: Sysfs, visits: MountVisits, problems: list[str]) -> tuple[dict, list]:
@@ -279,10 +434,19 @@ def _holders(fs: Sysfs, visits: MountVisits, problems: list[str]) -> tuple[dict,
     tun fd, whose namespaces only the kernel can tell; an open ``/proc/PID/net`` file of a
     namespace that cannot be named is a problem. Mount namespaces no process is in (held
     by an nsfs ``mnt:`` fd, thread link or mount) are visited for their nsfs mounts."""
-    found: dict[str, list] = {"net": [], "mnt": [], "socket": [], "procnet": []}
+    found: dict[str, list] = {"net": [], "mnt": [], "socket": [], "procnet": [], "path": []}
     for proc in sorted(fs.proc().glob("[0-9]*"), key=lambda p: int(p.name)):
         for kind, what, how, path in _held_by_process(fs, proc, problems):
             found[kind].append((what, how, path) if kind != "socket" else (what, path))
+    for _, how, entry in found["path"]:
+        try:
+            if held := fd_namespace(fs, entry):
+                found[held[0]].append((held[1], how, entry))
+        except OSError as e:
+            if not went_away(e):  # (else closed meanwhile, as an fd that no longer reads)
+                problems.append(f"{how} may be a namespace's file, which cannot be told: "
+                                f"{e.strerror or e}: a network namespace held only by it "
+                                "would be missed")
     infos = mountinfos(fs, problems)
     infos += visits.visit(infos, found["mnt"], problems)
     if fs.real_host:
@@ -301,13 +465,16 @@ def _held_by_process(fs: Sysfs, proc: Path, problems: list[str]) -> list[tuple[s
     ``/proc/PID/net`` files: kind ``procnet``, likewise."""
     try:
         inode = _inode(proc / "ns" / "net", strict=True)
-    except FileNotFoundError:
-        return []  # gone
-    except OSError as e:
-        problems.append(f"the network namespace of pid {proc.name} cannot be read "
-                        f"({e.strerror}): run as root")
-        return []
-    out = [("net", inode, f"pid {proc.name}", proc)]
+    except OSError as e:  # (one reaped meanwhile says ESRCH, or EACCES: get_proc_task)
+        if not isinstance(e, FileNotFoundError) and e.errno != errno.ESRCH and \
+                os.path.lexists(proc):
+            problems.append(f"the network namespace of pid {proc.name} cannot be read "
+                            f"({e.strerror}): run as root")
+            return []
+        if not os.path.lexists(proc / "task"):
+            return []  # it ended (and with it all it held) while it was read
+        inode = None  # its main thread ended (a zombie): threads of it may live on
+    out = [("net", inode, f"pid {proc.name}", proc)] if inode else []
     for what, folder in (("thread", "task"), ("fd", "fd")):
         try:  # (a link's target does not exist: listed, not globbed)
             entries = sorted(p / "ns" / kind if what == "thread" else p
@@ -322,9 +489,10 @@ def _held_by_process(fs: Sysfs, proc: Path, problems: list[str]) -> list[tuple[s
         for entry in entries:
             try:
                 target = os.readlink(entry)
-            except FileNotFoundError:
-                continue
-            except OSError as e:
+            except OSError as e:  # (a task reaped meanwhile says EACCES: get_proc_task)
+                if isinstance(e, FileNotFoundError) or \
+                        not os.path.lexists(entry.parent.parent):
+                    continue  # closed, or its thread or process ended
                 problems.append(f"{entry} cannot be read ({e.strerror}): run as root")
                 continue
             label = (f"thread {entry.parent.parent.name} of pid {proc.name}"
@@ -336,54 +504,26 @@ def _held_by_process(fs: Sysfs, proc: Path, problems: list[str]) -> list[tuple[s
                 out.append(("socket", target, label, entry))
             elif what == "fd" and PROC_NET.fullmatch(target):
                 out.append(("procnet", target, label, entry))
+            elif what == "fd" and target.startswith("/") and fs.real_host:
+                out.append(("path", target, label, entry))  # (maybe a namespace's file)
     return out
 
 
-def _held_namespace(fs: Sysfs, inode: str, ways: list[tuple[str, Path | int]]) -> Namespace:
-    """A namespace in no list, read through the first way into it still there: a process in
-    it (``nsenter -t PID -n``), else the file that holds it (``nsenter --net=PATH``: a
-    thread's, an fd's, a bind mount), else the fd of it the kernel gave for a socket that
-    holds it (``SIOCGSKNS``: an int). One whose every process, thread or fd ended while it
-    was read is gone; a bind mount is never taken for gone (the process it was seen through
-    may end while the mount lives on in its mount namespace).
-
-    A file is never opened by its path (``nsenter --net=PATH`` would: a path inside another
-    user's mount namespace, or an fd of their process, is theirs to turn into a FIFO that
-    blocks root or a device whose open acts, ``/dev/watchdog``, over the nsfs mount seen a
-    moment ago): it is reached with ``O_PATH``, which opens nothing, proven to be the
-    namespace ``inode``, and entered through that fd."""
+def _held_namespace(fs: Sysfs, inode: str, ways: list[tuple[str, Path]]) -> Namespace:
+    """Under a test's fake root (on the host: :func:`_pin`), a namespace in no list, read
+    from the files that stand for the first way into it still there: a process in it
+    (``ip/pidns/PID``), else the file that holds it (``ip/nsfs/N``: a thread's, an fd's, a
+    bind mount). A thread's or fd's file that is not there ended; one whose every way ended
+    is returned empty; a bind mount is never taken for gone."""
     for how, path in ways:
-        if isinstance(path, int):
-            return _read_namespace_fd(fs, how, path, fs.path("ip", "nsfs", inode.strip("[]")))
-        fake = fs.path("ip", "pidns", how[len("pid "):]) if how.startswith("pid ") else \
-            fs.path("ip", "nsfs", inode.strip("[]"))
         if how.startswith("pid "):
-            ns = _read_namespace(fs, Namespace(how, e := ["nsenter", "-t", how[4:], "-n"],
-                                               e + ["ip"], fake))
-        elif not fs.real_host:
-            ns = _read_namespace(fs, Namespace(how, e := ["nsenter", f"--net={path}"],
-                                               e + ["ip"], fake))
+            enter, fake = ["nsenter", "-t", how[4:], "-n"], fs.path("ip", "pidns", how[4:])
         else:
-            ns = _read_through_fd(fs, how, path, inode, fake)
+            enter, fake = ["nsenter", f"--net={path}"], fs.path("ip", "nsfs", inode.strip("[]"))
+        ns = _read_namespace(fs, Namespace(how, enter, enter + ["ip"], fake))
         if not ns.problems or how.startswith("nsfs mount") or os.path.lexists(path):
             return ns
     return Namespace(ways[0][0], [], [], fs.path("ip", "nsfs", inode.strip("[]")))
-
-
-def _read_through_fd(fs: Sysfs, how: str, path: Path, inode: str, fake: Path) -> Namespace:
-    """The namespace ``inode`` read through an ``O_PATH`` fd of ``path`` (a thread's link, a
-    process's fd, a bind mount), once the fd is proven to be that namespace."""
-    try:
-        fd = open_namespace(fs, path, inode, "net")
-    except OSError as e:
-        ns = Namespace(how, [], [], fake)
-        ns.problems.append(f"network namespace {inode} ({how}) cannot be entered: {path}: "
-                           f"{e.strerror or e}")
-        return ns
-    try:
-        return _read_namespace_fd(fs, how, fd, fake)
-    finally:
-        os.close(fd)
 
 
 def _read_namespace_fd(fs: Sysfs, how: str, fd: int, fake: Path) -> Namespace:

@@ -19,13 +19,18 @@ process. Two more kinds of holder keep a namespace alive with none of those:
 
 What cannot be told (``pidfd_getfd`` refused or missing, an ioctl the kernel does not have,
 a mount namespace that cannot be entered) is returned as a
-problem, which makes every NIC unproven.
+problem, which makes every NIC unproven. A mount namespace whose way in went away between
+being seen and being entered (:func:`went_away`: its holder ended, its file was unmounted or
+replaced) is neither: it is named in :attr:`MountVisits.went`, for the caller to search every
+holder again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import fcntl
 import json
 import os
 import re
@@ -60,6 +65,20 @@ finally:
 '''
 
 
+#: What opening a way into a namespace says when the way itself went away since it was seen:
+#: the file is gone (its process or thread ended, the mount was undone: ``ENOENT``,
+#: ``ENOTDIR``), its process is being reaped (``ESRCH``), or another file stands there now
+#: (``ESTALE``, :func:`open_namespace`'s). It says nothing of the namespace itself, which may
+#: live on through another holder.
+_WENT_AWAY = {errno.ENOENT, errno.ENOTDIR, errno.ESRCH, errno.ESTALE}
+
+
+def went_away(error: OSError) -> bool:
+    """Whether ``error`` (from :func:`open_namespace`) says the way in went away, not that
+    the namespace cannot be entered (permission refused, a lookup that never answers)."""
+    return error.errno in _WENT_AWAY
+
+
 def open_path(path: Path, timeout: float = 20.0) -> tuple[int, os.stat_result]:
     """An ``O_PATH`` fd of ``path`` and its stat, looked up in a thread given up after
     ``timeout`` seconds (a lookup or stat in a FUSE mount of another user's mount namespace
@@ -91,6 +110,50 @@ def open_namespace(fs: Sysfs, path: Path, inode: str, kind: str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+# -- namespace files opened through a bind mount -------------------------------------------
+
+#: ``NS_GET_NSTYPE`` (``linux/nsfs.h``, Linux 4.11): the ``CLONE_NEW*`` flag of a namespace's
+#: fd; the kinds that may hold an interface, or a mount of one.
+_NS_GET_NSTYPE = 0xB703
+_NS_KINDS = {0x40000000: "net", 0x00020000: "mnt"}
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def _cached_device(path: str) -> tuple[int, int]:
+    """(``st_dev``, ``st_ino``) of what ``path`` leads to, from the kernel's cache
+    (``statx``, ``AT_STATX_DONT_SYNC``): a FUSE file is not asked of its daemon. Raises
+    OSError."""
+    buf = ctypes.create_string_buffer(256)  # struct statx
+    if _LIBC.statx(-100, os.fsencode(path), 0x4000, 0x100, buf) != 0:  # AT_FDCWD, STATX_INO
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    raw = buf.raw
+    major, minor = (int.from_bytes(raw[i:i + 4], "little") for i in (136, 140))
+    return os.makedev(major, minor), int.from_bytes(raw[32:40], "little")
+
+
+def fd_namespace(fs: Sysfs, entry: Path) -> tuple[str, str] | None:
+    """(kind, ``[N]``) of the network or mount namespace a process's fd ``entry``
+    (``/proc/PID/fd/N``) holds when its link reads as a path: a namespace's file opened
+    through its bind mount (as a container runtime keeps ``/var/run/netns/NAME``) reads as
+    the mount's path, and as ``/`` once that is unmounted, never ``net:[N]``. None when it is
+    no namespace's file (the kernel's cache says so: nothing waits on a FUSE daemon) or one of
+    another kind. Raises OSError (:func:`went_away` when the fd was closed or swapped)."""
+    device, inode = _cached_device(str(entry))
+    if device != os.stat(fs.proc("self", "ns", "net")).st_dev:
+        return None
+    fd = open_namespace(fs, entry, f"[{inode}]", "net")  # (nsfs and that inode, any kind)
+    try:
+        real = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)  # (proven nsfs)
+        try:
+            kind = _NS_KINDS.get(fcntl.ioctl(real, _NS_GET_NSTYPE))
+        finally:
+            os.close(real)
+    finally:
+        os.close(fd)
+    return (kind, f"[{inode}]") if kind else None
 
 
 # -- sockets and tun fds ---------------------------------------------------------------------
@@ -364,6 +427,9 @@ class MountVisits:
     def __init__(self, fs: Sysfs):
         self.fs = fs
         self.helpers: list[subprocess.Popen] = []
+        #: The mount namespaces whose way in went away between being seen and being entered
+        #: (:func:`went_away`): not visited, and not known to be gone either.
+        self.went: list[str] = []
 
     def __enter__(self) -> "MountVisits":
         return self
@@ -381,7 +447,9 @@ class MountVisits:
         """The ``mountinfo`` of every mount namespace that ``infos`` (every process's) do not
         show but that is held by ``held`` ((``[N]``, how, an nsfs file of it): an fd, a
         thread's link) or by an nsfs ``mnt:`` mount in any mount namespace, this one's
-        included: (its helper's /proc entry, its mountinfo)."""
+        included: (its helper's /proc entry, its mountinfo). One whose way in went away
+        before it was entered (its fd closed, its mount undone) goes to :attr:`went`, never
+        taken for gone: it may live on through a holder that was not its first."""
         seen = set()
         for proc, _ in infos:
             try:
@@ -407,8 +475,9 @@ class MountVisits:
                 if text is None:
                     raise OSError(f"{proc}/mountinfo cannot be read")
             except OSError as e:
-                if not how.startswith("nsfs mount") and not os.path.lexists(path):
-                    continue  # its thread or fd ended (a mount is never taken for gone)
+                if went_away(e):
+                    self.went.append(f"mount namespace {inode} ({how})")
+                    continue
                 problems.append(f"mount namespace {inode} ({how}) cannot be entered: "
                                 f"{e.strerror or e}: a network namespace mounted only there "
                                 "would be missed")
