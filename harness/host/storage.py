@@ -80,20 +80,33 @@ def mountinfos(fs: Sysfs, problems: list[str]) -> list[tuple[Path, str]]:
         except FileNotFoundError:
             ns = "self" if proc.name == "self" else "gone"
         except OSError as e:
-            problems.append(f"the mount namespace of pid {proc.name} cannot be read "
-                            f"({e.strerror}): run as root")
+            if not _ended(proc):
+                problems.append(f"the mount namespace of pid {proc.name} cannot be read "
+                                f"({e.strerror}): run as root")
             continue
         if ns == "gone" or ns in seen:
             continue
         seen.add(ns)
         text = fs.read(proc / "mountinfo")
         if text is None:
-            if proc.name == "self" or proc.exists():
+            if proc.name == "self" or not _ended(proc):
                 problems.append(f"/proc/{proc.name}/mountinfo cannot be read: what is mounted "
                                 "there is unknown")
             continue
         out.append((proc, text))
     return out
+
+
+def _ended(proc: Path) -> bool:
+    """Whether a process ended while it was read: reaped (its /proc folder gone), or a zombie
+    with no other thread (it holds no namespace any more; a zombie leader's live threads
+    still do)."""
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        threads = [t for t in (proc / "task").iterdir() if t.name != proc.name]
+    except (OSError, IndexError):
+        return not proc.exists()
+    return state in ("Z", "X") and not threads
 
 
 def remote_mount_ids(infos: list[tuple[Path, str]]) -> set[str]:

@@ -5,6 +5,9 @@ network namespace (tests/unit/fakesysfs.py)."""
 
 import json
 import os
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +15,7 @@ from harness.core.errors import HostDeviceError
 from harness.host.binding import VfioBinder
 from harness.host.inventory import load_inventory
 from harness.host.safety import HostUsage, plan_group
+from harness.host.storage import _ended
 from harness.host.sysfs import Sysfs
 from harness.lab import devices as lab_devices
 
@@ -478,3 +482,22 @@ def test_a_usb_nic_whose_interface_went_to_another_namespace_keeps_its_controlle
     lab.file("ip/link.json", json.dumps(json.loads((lab.root / "ip/link.json").read_text())
                                         + [link(9, "enx00e04c680001")]))
     assert uses(lab, "07:00.0") == ()
+
+
+def test_a_process_that_ended_mid_read_is_gone_not_a_problem():
+    """Reaped, or a zombie alone: it holds no namespace, so a read that met it mid-way is
+    no reason to refuse; a live process is not taken for ended."""
+    live = subprocess.Popen(["sleep", "60"])
+    zombie = subprocess.Popen(["true"])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "Z" not in open(f"/proc/{zombie.pid}/stat").read() \
+                .rsplit(")", 1)[1].split()[0]:
+            time.sleep(0.01)
+        assert _ended(Path(f"/proc/{zombie.pid}"))
+        assert not _ended(Path(f"/proc/{live.pid}"))
+    finally:
+        live.kill()
+        live.wait()
+        zombie.wait()
+    assert _ended(Path(f"/proc/{zombie.pid}"))  # (reaped)
