@@ -495,10 +495,12 @@ def node_holders(fs: Sysfs, opened: OpenFiles, node: Path, majmin: str | None
 def disks_below(fs: Sysfs, path: str) -> list[str]:
     """The block devices below a device's sysfs directory, by their /dev names (``sdb``,
     ``nvme0n1``; an NVMe controller's multipath heads too): the whole disks, whose claim
-    covers their partitions."""
+    covers their partitions. Not a hidden one (``nvme0c0n1``, one path of a multipath head:
+    no node, nothing to mount)."""
     tree = _Subtree(fs, path)
     return [devname(fs.sys("class", "block", name), fs)
-            for name in tree.blocks + _nvme_heads(fs, path)]
+            for name in tree.blocks + _nvme_heads(fs, path)
+            if fs.read(fs.sys("class", "block", name, "hidden")) != "1"]
 
 
 def nodes_below(fs: Sysfs, path: str) -> list[tuple[Path, str | None]]:

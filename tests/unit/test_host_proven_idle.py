@@ -14,7 +14,7 @@ import pytest
 from harness.core.errors import HostDeviceError
 from harness.host.binding import VfioBinder
 from harness.host.inventory import load_inventory
-from harness.host.safety import HostUsage, plan_group
+from harness.host.safety import HostUsage, disks_below, plan_group
 from harness.host.storage import _ended
 from harness.host.sysfs import Sysfs
 from harness.lab import devices as lab_devices
@@ -501,3 +501,15 @@ def test_a_process_that_ended_mid_read_is_gone_not_a_problem():
         live.wait()
         zombie.wait()
     assert _ended(Path(f"/proc/{zombie.pid}"))  # (reaped)
+
+
+def test_the_disks_a_move_claims_are_the_multipath_head_not_its_hidden_path(lab):
+    """What :func:`harness.host.binding._disks_claimed` claims of an NVMe controller with
+    native multipath: the head (``/dev/nvme0n1``), not the path device ``nvme0c0n1``, which
+    the kernel hides (no node: the lab's first try to claim it met ENOENT and refused)."""
+    nvme_root(lab)
+    path_dev = lab.dev_dir("0000:09:00.0") / "nvme/nvme0/nvme0c0n1"
+    (path_dev / "hidden").write_text("1\n")
+    (path_dev / "dev").write_text("259:2\n")
+    os.symlink(path_dev, lab.sys / "class/block/nvme0c0n1")
+    assert disks_below(Sysfs(lab.root), str(lab.dev_dir("0000:09:00.0"))) == ["nvme0n1"]
