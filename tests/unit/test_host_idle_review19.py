@@ -1,0 +1,125 @@
+"""Issue 31, nineteenth adversarial read. What it found, one section below each:
+
+1. any local user with a FUSE mount of their own (``sshfs``, ``rclone mount``, GNOME's gvfs
+   and the document portal under /run/user/UID, or a FUSE mount in a user namespace of
+   theirs) who keeps one file open there leaves every NIC on the host unproven, with no
+   intent: the network read now asks the kernel of *every* fd on the host whose link is a
+   path whether it is a namespace's file (:func:`harness.host.nsholders.fd_namespace`, the
+   nsmiss merge), by ``statx`` of ``/proc/PID/fd/N``; for a file on a FUSE mount that was
+   not made with ``allow_other`` the kernel refuses that to everyone but the mount's owner,
+   root included (``fuse_allow_current_process``: EACCES), and the refusal is taken for "a
+   namespace's file which cannot be told" (``went_away`` is only ENOENT, ENOTDIR, ESRCH,
+   ESTALE): a problem of the whole network read. The open-file read skips FUSE files for
+   just this reason; this new path does not. ``doctor``/``plan`` call every NIC unproven and
+   a bind of any NIC is refused for as long as, say, an editor or a ``tail -f`` of the user
+   keeps a file of their sshfs mount open. Likely: high on shared lab hosts (sshfs homes,
+   desktops); bad: no NIC can be taken (a false refusal, fail closed), and the problem
+   names an fd of a user's editor as "may be a namespace's file", which sends the operator
+   looking in the wrong place.
+
+Case 1: a real FUSE mount owned by nobody (served by :mod:`tests.unit.fusestub`, mounted as
+``fusermount`` mounts it for a user: ``user_id=65534``, no ``allow_other``) and a process of
+nobody's holding a file there; the whole host's network read as root. Fails on the code as it
+is (ea6ff04). No guest is booted.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from harness.host.network import NetView
+from harness.host.sysfs import Sysfs
+
+from .fusestub import FuseStub, _libc
+from .test_host_idle_review17 import NOBODY_RUN
+from .test_paths import NOBODY, as_root
+
+#: These tests make real namespaces, mounts and processes and read the whole host.
+pytestmark = [pytest.mark.xdist_group("real-host-namespaces"), as_root]
+
+
+# -- 1. a file open on a user's FUSE mount ---------------------------------------------------
+
+
+class NobodysFuse(FuseStub):
+    """:class:`FuseStub` mounted as ``fusermount`` mounts a user's FUSE filesystem: owned by
+    that user (``user_id``/``group_id``), without ``allow_other``, so that the kernel lets no
+    other user, root included, look at its files."""
+
+    def __enter__(self) -> "NobodysFuse":
+        self.mountpoint.mkdir()
+        self.fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
+        options = f"fd={self.fd},rootmode=40000,user_id={NOBODY},group_id={NOBODY}".encode()
+        if _libc.mount(b"hh-fusestub", os.fsencode(self.mountpoint), b"fuse", 0, options):
+            err = ctypes.get_errno()
+            os.close(self.fd)
+            raise OSError(err, os.strerror(err), "mount -t fuse")
+        self.mounted = True
+        self.thread = threading.Thread(target=self._serve, name="fusestub", daemon=True)
+        self.thread.start()
+        return self
+
+    def hold_file_as_nobody(self) -> subprocess.Popen:
+        """A process of nobody's that keeps ``f`` open (an editor, a ``tail -f``)."""
+        proc = subprocess.Popen(
+            NOBODY_RUN + [sys.executable, "-c", "import sys, time; f = open(sys.argv[1]); "
+                          "print('open', flush=True); time.sleep(600)",
+                          str(self.mountpoint / "f")],
+            stdout=subprocess.PIPE, text=True, cwd="/")
+        self.holders.append(proc)
+        assert proc.stdout.readline() == "open\n"
+        return proc
+
+
+@pytest.fixture
+def nobodys_fuse():
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse on this host: modprobe fuse")
+    top = Path(tempfile.mkdtemp(prefix="hh-test-r19-"))
+    top.chmod(0o755)  # (nobody reaches the mount point, as a user reaches their home)
+    try:
+        with NobodysFuse(top / "mnt") as stub:
+            yield stub
+    finally:
+        subprocess.run(["rm", "-rf", "--one-file-system", str(top)], check=False)
+
+
+def _read_network_within(seconds: float) -> NetView:
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.update(view=NetView.read(Sysfs("/"))),
+                              daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert "view" in box, f"the host's network read did not end in {seconds} s"
+    return box["view"]
+
+
+def test_1_a_file_open_on_a_users_fuse_mount_leaves_the_nics_provable(nobodys_fuse):
+    """The kernel refuses root a ``statx`` of nobody's FUSE file (EACCES); the file is no
+    namespace's (a namespace's file is on nsfs, which the kernel never refuses root), so
+    nothing about the host's network namespaces is unknown."""
+    holder = nobodys_fuse.hold_file_as_nobody()
+    with pytest.raises(PermissionError):  # (the shape: root may not look at it)
+        os.stat(nobodys_fuse.mountpoint / "f")
+    view = _read_network_within(60)
+    theirs = [p for p in view.problems if f"pid {holder.pid}" in p]
+    assert not theirs, theirs
+
+
+def test_1_control_a_file_open_on_roots_own_fuse_mount_is_no_problem(tmp_path):
+    """The same file on a FUSE mount root may look at (``user_id=0``) is no problem: what
+    the finding turns on is only the kernel's refusal."""
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse on this host: modprobe fuse")
+    with FuseStub(tmp_path / "mnt") as stub:
+        holder = stub.hold_file()
+        view = _read_network_within(60)
+    assert not [p for p in view.problems if f"pid {holder.pid}" in p], view.problems
