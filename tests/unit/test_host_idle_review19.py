@@ -33,13 +33,31 @@
    every read. Likely: medium on shared build/CI lab hosts; bad: no NIC can be taken while
    it lasts (a false refusal), and by intent any user keeps it so.
 
+3. ``harness bind`` (and a run's bind) of any NVMe controller whose namespaces have native
+   multipath heads is refused, idle or not: the claim held through the move
+   (:func:`harness.host.binding._disks_claimed`) opens ``/dev/<name>`` of every disk
+   :func:`harness.host.safety.disks_below` lists, and that lists the controller's *path*
+   devices too (``nvme0c0n1``: a hidden disk, in /sys/class/block, below the controller,
+   with ``hidden`` = 1 and no device number, so no /dev node). Its open says ENOENT, which
+   is "something started using it since it was proven idle": "refusing to take ...:
+   /dev/nvme0c0n1 cannot be claimed right before the move (No such file or directory)".
+   The storage read knows this shape (``use_of_block`` skips the claim of a hidden path:
+   "the kernel claims the disk through its head"); the move's claim does not. Who: every
+   host with a dual-port (multi-controller, ``CMIC``) NVMe SSD, which most U.2/E3
+   datacenter drives are, on a kernel with ``CONFIG_NVME_MULTIPATH`` (Debian, Ubuntu,
+   Fedora, RHEL 9: on), or ``nvme_core.multipath_always_on``, or QEMU's ``nvme-subsys``.
+   Likely: high on server lab hosts; bad: the NVMe passthrough tests can never run there (a
+   false refusal that plan/doctor do not predict: they call the controller idle).
+
 Case 1: a real FUSE mount owned by nobody (served by :mod:`tests.unit.fusestub`, mounted as
 ``fusermount`` mounts it for a user: ``user_id=65534``, no ``allow_other``) and a process of
 nobody's holding a file there; the whole host's network read as root. Case 2: a real
 namespace of nobody's (a user namespace and its network namespace, held by one process) made
 before each search of the holders and ended, its process reaped, right as the read reaches
-for it (the race made exact, as tests/unit/test_host_ns_churn.py makes it). Each fails on the
-code as it is (ea6ff04). No guest is booted.
+for it (the race made exact, as tests/unit/test_host_ns_churn.py makes it). Case 3: a fake sysfs tree with an NVMe
+controller, its hidden path device and its multipath head, read as the running host is (the
+claim is made only there), the head's /dev node a stand-in file. Each fails on the code as it
+is (ea6ff04). No guest is booted.
 """
 
 from __future__ import annotations
@@ -55,16 +73,21 @@ from pathlib import Path
 
 import pytest
 
+from harness.core.errors import HarnessError
 from harness.host import network
+from harness.host.binding import _disks_claimed
+from harness.host.safety import HostUsage
 from harness.host.network import NetView
 from harness.host.sysfs import Sysfs
 
+from . import fakesysfs
 from .fusestub import FuseStub, _libc
 from .test_host_idle_review17 import NOBODY_RUN
 from .test_paths import NOBODY, as_root
 
 #: These tests make real namespaces, mounts and processes and read the whole host.
 pytestmark = [pytest.mark.xdist_group("real-host-namespaces"), as_root]
+fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
 
 
 # -- 1. a file open on a user's FUSE mount ---------------------------------------------------
@@ -197,3 +220,54 @@ def test_2_namespaces_that_end_in_each_search_leave_the_nics_provable(monkeypatc
     assert len(sandboxes) > 1, "the read searched the holders once: nothing went away"
     went = [p for p in view.problems if "each way into it was gone" in p]
     assert not went, went
+
+
+# -- 3. an NVMe controller's hidden multipath path at the move's claim --------------------------
+
+NVME = "0000:09:00.0"
+
+
+class HostShaped(Sysfs):
+    """A fake tree read as the running host is (:attr:`Sysfs.real_host`): the move's claim of
+    the disks below what moves is made only there, on the tree's /dev."""
+
+    @property
+    def real_host(self) -> bool:
+        return True
+
+
+def _multipath_nvme(host) -> None:
+    """An idle NVMe controller nvme0 whose namespace has a native multipath head, as a
+    dual-port SSD's does: the head nvme0n1 (259:0) under the subsystem, with its /dev node;
+    the path nvme0c0n1 below the controller, in /sys/class/block, hidden, with no device
+    number (so no ``dev``, no DEVNAME, no /dev node)."""
+    host.add_pci(NVME, "144d:a824", 0x010802, "nvme", 21)
+    ctrl = host.dev_dir(NVME) / "nvme/nvme0"
+    ctrl.mkdir(parents=True)
+    (ctrl / "dev").write_text("242:0\n")
+    (ctrl / "uevent").write_text("MAJOR=242\nMINOR=0\nDEVNAME=nvme0\n")
+    path = ctrl / "nvme0c0n1"
+    path.mkdir()
+    (path / "hidden").write_text("1\n")
+    (path / "uevent").write_text("DEVTYPE=disk\n")
+    os.symlink(path, host.sys / "class/block/nvme0c0n1")
+    subsys = host.sys / "devices/virtual/nvme-subsystem/nvme-subsys0"
+    (subsys / "nvme0n1").mkdir(parents=True)
+    os.symlink(ctrl, subsys / "nvme0")
+    (subsys / "nvme0n1/dev").write_text("259:0\n")
+    (subsys / "nvme0n1/uevent").write_text("MAJOR=259\nMINOR=0\nDEVNAME=nvme0n1\n")
+    os.symlink(subsys / "nvme0n1", host.sys / "class/block/nvme0n1")
+    host.file("dev/nvme0n1")  # (a stand-in for the head's node: an exclusive open succeeds)
+
+
+def test_3_an_idle_nvme_controller_with_multipath_heads_can_be_claimed_for_the_move(lab):
+    _multipath_nvme(lab)
+    verdict = HostUsage.read(lab.root).verdict(NVME)
+    assert verdict.idle, verdict  # (the proof: idle)
+    fs = HostShaped(lab.root)
+    plan = type("Plan", (), {"to_move": (fs.pci_device(NVME),)})()
+    try:
+        with _disks_claimed(fs, plan):
+            pass
+    except HarnessError as e:
+        pytest.fail(f"an idle NVMe controller with a multipath head was refused at the move: {e}")
