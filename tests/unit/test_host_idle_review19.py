@@ -54,10 +54,10 @@ Case 1: a real FUSE mount owned by nobody (served by :mod:`tests.unit.fusestub`,
 nobody's holding a file there; the whole host's network read as root. Case 2: a real
 namespace of nobody's (a user namespace and its network namespace, held by one process) made
 before each search of the holders and ended, its process reaped, right as the read reaches
-for it (the race made exact, as tests/unit/test_host_ns_churn.py makes it). Case 3: a fake sysfs tree with an NVMe
-controller, its hidden path device and its multipath head, read as the running host is (the
-claim is made only there), the head's /dev node a stand-in file. Each fails on the code as it
-is (ea6ff04). No guest is booted.
+for it (the race made exact, as tests/unit/test_host_ns_churn.py makes it). Case 3: a fake
+sysfs tree with an NVMe controller, its hidden path device and its multipath head, read as
+the running host is (the claim is made only there), the head's /dev node a stand-in file.
+Each fails on the code as it is (ea6ff04). No guest is booted.
 """
 
 from __future__ import annotations
