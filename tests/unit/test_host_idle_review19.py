@@ -49,6 +49,18 @@
    Likely: high on server lab hosts; bad: the NVMe passthrough tests can never run there (a
    false refusal that plan/doctor do not predict: they call the controller idle).
 
+4. a process whose main thread has ended (``pthread_exit`` from ``main``, the documented way
+   to let a program's other threads run on; the leader stays a zombie) with more than
+   :data:`harness.host.storage.MAX_OWN_TABLES` (8) threads makes every device on the host
+   unproven: the eighteenth read's bound counts the threads that do not share their
+   *leader's* table of open files (``kcmp(pid, tid, KCMP_FILES)``), and a zombie leader has
+   no table, so every live thread "has a table of its own" although all share one: "pid N
+   has 12 threads with fd tables of their own (unshare(CLONE_FILES)); only 8 were read",
+   a storage problem, which goes into every verdict. (Comparing the threads with one
+   another, not with the leader, reads that one table once.) Who: any program written that
+   way, a service or a user's; any local user by intent, with one command. Likely: low
+   without intent, trivial with; bad: nothing can be taken while it runs.
+
 Case 1: a real FUSE mount owned by nobody (served by :mod:`tests.unit.fusestub`, mounted as
 ``fusermount`` mounts it for a user: ``user_id=65534``, no ``allow_other``) and a process of
 nobody's holding a file there; the whole host's network read as root. Case 2: a real
@@ -57,7 +69,9 @@ before each search of the holders and ended, its process reaped, right as the re
 for it (the race made exact, as tests/unit/test_host_ns_churn.py makes it). Case 3: a fake
 sysfs tree with an NVMe controller, its hidden path device and its multipath head, read as
 the running host is (the claim is made only there), the head's /dev node a stand-in file.
-Each fails on the code as it is (ea6ff04). No guest is booted.
+Case 4: a real process of nobody's, its main thread ended, twelve threads left (and the
+control: its main thread alive). Each fails on the code as it is (ea6ff04). No guest is
+booted.
 """
 
 from __future__ import annotations
@@ -77,6 +91,7 @@ from harness.core.errors import HarnessError
 from harness.host import network
 from harness.host.binding import _disks_claimed
 from harness.host.safety import HostUsage
+from harness.host.storage import MAX_OWN_TABLES, StorageView
 from harness.host.network import NetView
 from harness.host.sysfs import Sysfs
 
@@ -271,3 +286,44 @@ def test_3_an_idle_nvme_controller_with_multipath_heads_can_be_claimed_for_the_m
             pass
     except HarnessError as e:
         pytest.fail(f"an idle NVMe controller with a multipath head was refused at the move: {e}")
+
+
+# -- 4. a process whose main thread ended -----------------------------------------------------
+
+#: A program whose main thread starts ``argv[1]`` threads and ends (``pthread_exit``): the
+#: threads live on, sharing the one table of open files the process had.
+MAIN_ENDS = ("import ctypes, sys, threading, time\n"
+             "for _ in range(int(sys.argv[1])):\n"
+             "    threading.Thread(target=time.sleep, args=(600,), daemon=True).start()\n"
+             "print('ready', flush=True)\n"
+             "if sys.argv[2] == 'ends':\n"
+             "    ctypes.CDLL(None).pthread_exit(None)\n"
+             "time.sleep(600)\n")
+
+
+@pytest.mark.parametrize("main", ["ends", "lives"])
+def test_4_threads_of_a_process_whose_main_thread_ended_share_one_table(main):
+    python = "/usr/bin/python3"
+    if not os.access(python, os.X_OK):
+        pytest.skip("no /usr/bin/python3 for nobody")
+    threads = MAX_OWN_TABLES + 4
+    proc = subprocess.Popen(NOBODY_RUN + [python, "-c", MAIN_ENDS, str(threads), main],
+                            stdout=subprocess.PIPE, text=True, cwd="/")
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 10
+        while main == "ends" and not open(f"/proc/{proc.pid}/stat").read().rsplit(
+                ")", 1)[1].split()[0] == "Z":
+            assert time.monotonic() < deadline, "the main thread did not end"
+            time.sleep(0.05)
+        box: dict = {}
+        reader = threading.Thread(target=lambda: box.update(
+            view=StorageView.read(Sysfs("/"))), daemon=True)
+        reader.start()
+        reader.join(120)
+        assert "view" in box, "the host's storage read did not end in 120 s"
+    finally:
+        proc.kill()
+        proc.wait(10)
+    theirs = [p for p in box["view"].problems if f"pid {proc.pid} " in p]
+    assert not theirs, theirs
