@@ -341,37 +341,49 @@ def _search(fs: Sysfs, done: set) -> tuple[list[Namespace], list[str], list[str]
     read, and added to it; what went away between being seen and being entered; the
     problems)."""
     problems: list[str] = []
-    with MountVisits(fs) as visits:
-        held, sockets = _holders(fs, visits, problems)
-        if not fs.real_host:
-            fakes = {inode: _held_namespace(fs, inode, ways) for inode, ways in held.items()
-                     if inode not in done}
-            done |= fakes.keys()
-            return list(fakes.values()), visits.went, problems
-        pins, went, found = {}, {}, {}
-        try:
-            for inode, ways in held.items():  # (entered first, all at once: held by this
-                if inode in done:             # process, none can go away while it is read)
-                    continue
-                pin = _pin(fs, inode, ways)
-                if isinstance(pin, tuple):
-                    pins[inode] = pin
-                elif pin is None:
-                    went[inode] = f"network namespace {inode} ({ways[0][0]})"
-                else:
-                    found[inode] = pin
-            for inode, way in socket_namespaces(sockets, done | pins.keys(), problems).items():
-                pins[inode] = way  # (a way in after all, for one that went away or failed)
-                went.pop(inode, None)
-                found.pop(inode, None)
-            for inode, (how, fd) in pins.items():
-                found[inode] = _read_namespace_fd(fs, how, fd,
-                                                  fs.path("ip", "nsfs", inode.strip("[]")))
-        finally:
-            for _, fd in pins.values():
-                os.close(fd)
-        done |= found.keys()
-        return list(found.values()), visits.went + list(went.values()), problems
+    early: dict[str, tuple[str, int]] = {}
+    try:
+        with MountVisits(fs) as visits:
+            return _search_held(fs, done, visits, early, problems)
+    finally:
+        for _, fd in early.values():
+            os.close(fd)
+
+
+def _search_held(fs: Sysfs, done: set, visits: MountVisits, early: dict,
+                 problems: list[str]) -> tuple[list[Namespace], list[str], list[str]]:
+    """:func:`_search`, given the visits of mount namespaces and the fds of the namespaces
+    processes live in, opened as they were seen (``early``: inode -> (how, fd); taken)."""
+    held, sockets = _holders(fs, visits, problems, early if fs.real_host else None)
+    if not fs.real_host:
+        fakes = {inode: _held_namespace(fs, inode, ways) for inode, ways in held.items()
+                 if inode not in done}
+        done |= fakes.keys()
+        return list(fakes.values()), visits.went, problems
+    pins, went, found = {}, {}, {}
+    try:
+        for inode, ways in held.items():  # (entered first, all at once: held by this
+            if inode in done:             # process, none can go away while it is read)
+                continue
+            pin = early.pop(inode, None) or _pin(fs, inode, ways)
+            if isinstance(pin, tuple):
+                pins[inode] = pin
+            elif pin is None:
+                went[inode] = f"network namespace {inode} ({ways[0][0]})"
+            else:
+                found[inode] = pin
+        for inode, way in socket_namespaces(sockets, done | pins.keys(), problems).items():
+            pins[inode] = way  # (a way in after all, for one that went away or failed)
+            went.pop(inode, None)
+            found.pop(inode, None)
+        for inode, (how, fd) in pins.items():
+            found[inode] = _read_namespace_fd(fs, how, fd,
+                                              fs.path("ip", "nsfs", inode.strip("[]")))
+    finally:
+        for _, fd in pins.values():
+            os.close(fd)
+    done |= found.keys()
+    return list(found.values()), visits.went + list(went.values()), problems
 
 
 def _pin(fs: Sysfs, inode: str,
@@ -428,15 +440,18 @@ def _named_namespace(fs: Sysfs, name: str, inode: str | None) -> Namespace | Non
         os.close(fd)
 
 
-def _holders(fs: Sysfs, visits: MountVisits, problems: list[str]) -> tuple[dict, list]:
+def _holders(fs: Sysfs, visits: MountVisits, problems: list[str],
+             early: dict | None = None) -> tuple[dict, list]:
     """({namespace: [(how it is held, the path that enters it)]} for every network namespace
     a process, thread, nsfs fd or nsfs mount holds, and the (link, path) of every socket and
     tun fd, whose namespaces only the kernel can tell; an open ``/proc/PID/net`` file of a
     namespace that cannot be named is a problem. Mount namespaces no process is in (held
-    by an nsfs ``mnt:`` fd, thread link or mount) are visited for their nsfs mounts."""
+    by an nsfs ``mnt:`` fd, thread link or mount) are visited for their nsfs mounts. With
+    ``early``, the namespace each process lives in is opened as it is seen (:func:`_live_in`),
+    its fd kept there: a sandbox that ends right after cannot take it away unseen."""
     found: dict[str, list] = {"net": [], "mnt": [], "socket": [], "procnet": [], "path": []}
     for proc in sorted(fs.proc().glob("[0-9]*"), key=lambda p: int(p.name)):
-        for kind, what, how, path in _held_by_process(fs, proc, problems):
+        for kind, what, how, path in _held_by_process(fs, proc, problems, early):
             found[kind].append((what, how, path) if kind != "socket" else (what, path))
     for _, how, entry in found["path"]:
         try:
@@ -457,14 +472,14 @@ def _holders(fs: Sysfs, visits: MountVisits, problems: list[str]) -> tuple[dict,
     return held, found["socket"]
 
 
-def _held_by_process(fs: Sysfs, proc: Path, problems: list[str]) -> list[tuple[str, str, str, Path]]:
+def _held_by_process(fs: Sysfs, proc: Path, problems: list[str], early=None) -> list[tuple]:
     """(kind, what, how it is held, its path) for what one process holds that may keep a
     network namespace: the one it lives in; its threads' (``task/TID/ns/net``, ``ns/mnt``)
     and its open fds' nsfs files (``net:[N]``, ``mnt:[N]``): kind ``net`` or ``mnt``, what the
     namespace; its sockets and tun fds: kind ``socket``, what the fd's link; and its open
-    ``/proc/PID/net`` files: kind ``procnet``, likewise."""
+    ``/proc/PID/net`` files: kind ``procnet``, likewise. ``early``: :func:`_live_in`'s."""
     try:
-        inode = _inode(proc / "ns" / "net", strict=True)
+        inode = _live_in(fs, proc, early)
     except OSError as e:  # (one reaped meanwhile says ESRCH, or EACCES: get_proc_task)
         if not isinstance(e, FileNotFoundError) and e.errno != errno.ESRCH and \
                 os.path.lexists(proc):
@@ -507,6 +522,31 @@ def _held_by_process(fs: Sysfs, proc: Path, problems: list[str]) -> list[tuple[s
             elif what == "fd" and target.startswith("/") and fs.real_host:
                 out.append(("path", target, label, entry))  # (maybe a namespace's file)
     return out
+
+
+def _live_in(fs: Sysfs, proc: Path, early: "dict[str, tuple[str, int]] | None") -> str:
+    """The namespace a process lives in, seen by opening it (``O_PATH`` of ``ns/net``, proven
+    nsfs), not by reading its link first: what is seen is held, so it cannot go away between
+    being seen and being entered (a sandbox that lives 5 ms, of which a busy build host has
+    many, would otherwise be a namespace that went away in every search). Its fd is kept in
+    ``early`` (the first of each namespace); without it (a fake tree), its link is read.
+    Raises OSError."""
+    if early is None:
+        return _inode(proc / "ns" / "net", strict=True)
+    fd = os.open(proc / "ns" / "net", os.O_PATH | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if st.st_dev != os.stat(fs.proc("self", "ns", "net")).st_dev:
+            raise OSError(errno.EINVAL, "not a namespace's file", str(proc / "ns" / "net"))
+    except OSError:
+        os.close(fd)
+        raise
+    inode = f"[{st.st_ino}]"
+    if inode in early:
+        os.close(fd)
+    else:
+        early[inode] = (f"pid {proc.name}", fd)
+    return inode
 
 
 def _held_namespace(fs: Sysfs, inode: str, ways: list[tuple[str, Path]]) -> Namespace:

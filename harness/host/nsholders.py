@@ -134,6 +134,22 @@ def _cached_device(path: str) -> tuple[int, int]:
     return os.makedev(major, minor), int.from_bytes(raw[32:40], "little")
 
 
+def _on_fuse(entry: Path) -> bool:
+    """Whether the fd ``entry`` (``/proc/PID/fd/N``) is a file on a FUSE mount: its mount id
+    (``fdinfo``) names a ``fuse*`` mount in that process's ``mountinfo``. False when that
+    cannot be told."""
+    proc = entry.parent.parent
+    try:
+        info = (proc / "fdinfo" / entry.name).read_text()
+        mounts = (proc / "mountinfo").read_text()
+    except OSError:
+        return False
+    mount = re.search(r"^mnt_id:\s*(\d+)", info, re.M)
+    return bool(mount) and any(
+        line.split(maxsplit=1)[0] == mount[1]
+        and line.partition(" - ")[2].startswith("fuse") for line in mounts.splitlines())
+
+
 def fd_namespace(fs: Sysfs, entry: Path) -> tuple[str, str] | None:
     """(kind, ``[N]``) of the network or mount namespace a process's fd ``entry``
     (``/proc/PID/fd/N``) holds when its link reads as a path: a namespace's file opened
@@ -141,7 +157,12 @@ def fd_namespace(fs: Sysfs, entry: Path) -> tuple[str, str] | None:
     the mount's path, and as ``/`` once that is unmounted, never ``net:[N]``. None when it is
     no namespace's file (the kernel's cache says so: nothing waits on a FUSE daemon) or one of
     another kind. Raises OSError (:func:`went_away` when the fd was closed or swapped)."""
-    device, inode = _cached_device(str(entry))
+    try:
+        device, inode = _cached_device(str(entry))
+    except PermissionError:
+        if _on_fuse(entry):
+            return None  # (FUSE refuses even root without allow_other; no namespace is there)
+        raise
     if device != os.stat(fs.proc("self", "ns", "net")).st_dev:
         return None
     fd = open_namespace(fs, entry, f"[{inode}]", "net")  # (nsfs and that inode, any kind)

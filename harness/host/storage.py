@@ -97,6 +97,25 @@ def mountinfos(fs: Sysfs, problems: list[str]) -> list[tuple[Path, str]]:
     return out
 
 
+def _thread_tables(fs: Sysfs, proc: Path, tasks: list[Path]) -> list[Path]:
+    """A process's threads (``tasks``, its main thread left out) whose fd table is to be read
+    besides its own: those ``kcmp`` does not find sharing it (a thread that did
+    ``unshare(CLONE_FILES)``). A zombie leader (its main thread ended: ``pthread_exit``) has
+    no table: its first live thread's stands for it, read first."""
+    ref, first = proc.name, []
+    if tasks and fs.real_host and _ended_leader(proc):
+        ref, first, tasks = tasks[0].name, tasks[:1], tasks[1:]
+    return first + [t for t in tasks if not (fs.real_host and _same_files(ref, t.name))]
+
+
+def _ended_leader(proc: Path) -> bool:
+    """Whether a process's main thread has ended (a zombie leader; its threads may live on)."""
+    try:
+        return (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
 def _ended(proc: Path) -> bool:
     """Whether a process ended while it was read: reaped (its /proc folder gone), or a zombie
     with no other thread (it holds no namespace any more; a zombie leader's live threads
@@ -428,22 +447,24 @@ class OpenFiles:
             who = (int(proc.name), fs.read(proc / "comm") or "?")
             self._add_maps(proc, who, problems)
             self._add_fds(fs, proc / "fd", who, problems, f"pid {proc.name}")
-            own = [t for t in self._tasks(proc, problems)
-                   if not (fs.real_host and _same_files(proc.name, t.name))]
-            for task in own[:MAX_OWN_TABLES]:  # (not its process's table, read above)
-                self._add_fds(fs, task / "fd", who, problems,
-                              f"pid {proc.name}'s thread {task.name}")
-            if len(own) > MAX_OWN_TABLES:
-                problems.append(f"pid {who[0]} ({who[1]}) has {len(own)} threads with fd "
-                                f"tables of their own (unshare(CLONE_FILES)); only "
-                                f"{MAX_OWN_TABLES} were read (each costs a read of every fd): "
-                                "which files the others hold is unknown")
+            self._add_threads(fs, proc, who, problems)
         problems += self.lookups.problems()
         for inode in sorted(set(self._rings_mapped) - self._rings_held):
             pid, comm = self._rings_mapped[inode]
             problems.append(f"pid {pid} ({comm}) maps an io_uring (inode {inode}) that no "
                             "process holds an fd of (its fd registered with the ring and "
                             "closed): which files it reads and writes cannot be read")
+
+    def _add_threads(self, fs: Sysfs, proc: Path, who: tuple[int, str],
+                     problems: list[str]) -> None:
+        """The fds of up to :data:`MAX_OWN_TABLES` threads' own tables (:func:`_thread_tables`)."""
+        own = _thread_tables(fs, proc, self._tasks(proc, problems))
+        for task in own[:MAX_OWN_TABLES]:  # (not its process's table, read already)
+            self._add_fds(fs, task / "fd", who, problems, f"pid {proc.name}'s thread {task.name}")
+        if len(own) > MAX_OWN_TABLES:
+            problems.append(f"pid {who[0]} ({who[1]}) has {len(own)} threads with fd tables of "
+                            f"their own (unshare(CLONE_FILES)); only {MAX_OWN_TABLES} were read: "
+                            "which files the others hold is unknown")
 
     @staticmethod
     def _tasks(proc: Path, problems: list[str]) -> list[Path]:

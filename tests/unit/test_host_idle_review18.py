@@ -605,8 +605,8 @@ def test_8_a_namespace_read_through_a_pid_is_the_namespace_that_pid_was_seen_in(
     second, state = None, {}
     listing = network._holders
 
-    def listed_then_reused(fs, visits, problems):
-        found = listing(fs, visits, problems)  # ({namespace: ways}, sockets)
+    def listed_then_reused(fs, visits, problems, *early):
+        found = listing(fs, visits, problems, *early)  # ({namespace: ways}, sockets)
         if "reused" not in state:  # (once: the first process ends, its PID is given again)
             state["ways"] = found[0].get(state["inode"], [])
             first.kill()

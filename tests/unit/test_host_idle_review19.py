@@ -232,9 +232,12 @@ def test_2_namespaces_that_end_in_each_search_leave_the_nics_provable(monkeypatc
             if proc.poll() is None:
                 proc.kill()
             proc.wait(10)
-    assert len(sandboxes) > 1, "the read searched the holders once: nothing went away"
     went = [p for p in view.problems if "each way into it was gone" in p]
     assert not went, went
+    # (the premise: each search met a sandbox that ended; or, a namespace being held from the
+    # moment it is seen, the first sandbox's was read before it could end)
+    assert len(sandboxes) > 1 or f"pid {sandboxes[0][0].pid}" in view.namespaces, \
+        (len(sandboxes), sorted(view.namespaces))
 
 
 # -- 3. an NVMe controller's hidden multipath path at the move's claim --------------------------
