@@ -460,7 +460,8 @@ def _devmem(fs: Sysfs, opened: OpenFiles, dev: PciDevice) -> list[str]:
 def _gpio_held(fs: Sysfs) -> dict[str, list[tuple[str, str]]] | None:
     """GPIO chip -> its lines held by anyone, the kernel included, with who holds each
     (``gpiochip0`` -> [(``gpio-512``, ``gpio-aggregator.0``)]), as /sys/kernel/debug/gpio
-    lists them (it lists every chip, and only the lines held); None: it cannot be read."""
+    lists them (every chip; the lines held, with their consumer after ``|``, and the free
+    lines that have a name, without); None: it cannot be read."""
     text = fs.read(fs.sys("kernel", "debug", "gpio"))
     if text is None:
         return None
@@ -469,9 +470,12 @@ def _gpio_held(fs: Sysfs) -> dict[str, list[tuple[str, str]]] | None:
     for line in text.splitlines():
         if re.match(r"gpiochip\d+:", line):
             lines = chips.setdefault(line.split(":", 1)[0], [])
-        elif line.strip():  # `` gpio-512 (name |consumer ) out hi``
-            consumer = re.search(r"\|([^)]*)\)", line)
-            lines.append((line.split()[0], consumer[1].strip() if consumer else ""))
+        elif line.strip():  # held: `` gpio-512 (name |consumer ) out hi``; a free line
+            # with a name: `` gpio-513 (name )``; anything else a chip prints: held (unknown)
+            named = re.match(r"\s*(gpio-\d+) \(([^)]*)\)", line)
+            if named and "|" not in named[2]:
+                continue
+            lines.append((line.split()[0], named[2].split("|", 1)[1].strip() if named else ""))
     return chips
 
 

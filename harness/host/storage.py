@@ -366,8 +366,9 @@ class Lookups:
 #: How many threads of one process with fd tables of their own are read; more is a problem
 #: (a user could make every read of the host take hours with thousands of copies).
 MAX_OWN_TABLES = 8
-#: kcmp(2)'s number (x86-64, arm64), and its KCMP_FILES.
-_KCMP = {"x86_64": 312, "aarch64": 272}.get(platform.machine())
+#: kcmp(2)'s number (x86-64, arm64, riscv64, ppc64, s390x), and its KCMP_FILES.
+_KCMP = {"x86_64": 312, "aarch64": 272, "riscv64": 272, "ppc64le": 354, "ppc64": 354,
+         "s390x": 343}.get(platform.machine())
 _KCMP_FILES = 2
 
 

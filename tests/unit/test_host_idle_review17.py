@@ -720,3 +720,17 @@ def test_10_threads_that_share_their_files_do_not_multiply_the_read():
     threaded = _read_open_files_with(150, 2000)
     assert threaded < 3 * alone + 2, (f"the read took {threaded:.1f} s with 150 threads sharing "
                                       f"2000 fds, {alone:.1f} s with one thread")
+
+
+def test_4_a_free_line_that_has_a_name_is_not_held(lab):
+    """debugfs lists a free line that has a name (from firmware or a board file) too, with no
+    consumer: `` gpio-513 (RELAY               )``; only a line with one (after ``|``) is
+    held. The control: the same chip with that line requested."""
+    _cp2102n(lab)
+    debug = lab.sys / "kernel/debug/gpio"
+    head = "gpiochip0: GPIOs 512-515, parent: usb/4-1:1.0, cp210x, can sleep:\n"
+    debug.write_text(head + " gpio-513 (RELAY               )\n\n")
+    assert HostUsage.read(lab.root).verdict(XHCI).idle
+    debug.write_text(head + " gpio-513 (RELAY               |relayd              ) out hi \n\n")
+    v = HostUsage.read(lab.root).verdict(XHCI)
+    assert any("gpio-513" in u and "relayd" in u for u in v.uses), v.uses
