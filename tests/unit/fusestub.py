@@ -40,6 +40,10 @@ class FuseStub:
     """``mountpoint``/f, a regular file; attributes are never cached (``attr_valid`` 0), so
     every plain ``stat`` of it asks the daemon."""
 
+    #: Whose mount it is (``user_id``/``group_id``); without ``allow_other`` the kernel lets
+    #: no other user, root included, look at its files.
+    OWNER = 0
+
     def __init__(self, mountpoint: Path):
         self.mountpoint = mountpoint
         self.answering = threading.Event()
@@ -50,7 +54,8 @@ class FuseStub:
     def __enter__(self) -> "FuseStub":
         self.mountpoint.mkdir()
         self.fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
-        options = f"fd={self.fd},rootmode=40000,user_id=0,group_id=0".encode()
+        options = f"fd={self.fd},rootmode=40000,user_id={self.OWNER},group_id={self.OWNER}" \
+            .encode()
         if _libc.mount(b"hh-fusestub", os.fsencode(self.mountpoint), b"fuse", 0, options):
             err = ctypes.get_errno()
             os.close(self.fd)

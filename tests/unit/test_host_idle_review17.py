@@ -695,11 +695,12 @@ THREADS = textwrap.dedent(r"""
 """)
 
 
-def _read_open_files_with(threads: int, fds: int) -> float:
+def read_open_files_with(threads: int, fds: int, script: str = "") -> float:
     """Seconds one read of every process's open files takes with nobody's process of
-    ``threads`` threads and ``fds`` fds alive."""
-    child = subprocess.Popen(NOBODY_RUN + ["/usr/bin/python3", "-c", THREADS, str(threads),
-                                           str(fds)], cwd="/",
+    ``threads`` threads and ``fds`` fds alive (``script``: its Python, :data:`THREADS`'s
+    arguments; the threads share one table unless it says otherwise)."""
+    child = subprocess.Popen(NOBODY_RUN + ["/usr/bin/python3", "-c", script or THREADS,
+                                           str(threads), str(fds)], cwd="/",
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         if child.stdout.readline().strip() != "ready":
@@ -716,8 +717,8 @@ def _read_open_files_with(threads: int, fds: int) -> float:
 def test_10_threads_that_share_their_files_do_not_multiply_the_read():
     if not os.access("/usr/bin/python3", os.X_OK):
         pytest.skip("no /usr/bin/python3 for nobody")
-    alone = _read_open_files_with(1, 2000)
-    threaded = _read_open_files_with(150, 2000)
+    alone = read_open_files_with(1, 2000)
+    threaded = read_open_files_with(150, 2000)
     assert threaded < 3 * alone + 2, (f"the read took {threaded:.1f} s with 150 threads sharing "
                                       f"2000 fds, {alone:.1f} s with one thread")
 

@@ -136,7 +136,7 @@ from harness.host.sysfs import Sysfs, bdfs_in_path
 from . import fakesysfs
 from .fusestub import FuseStub
 from .test_host_idle_review16 import loop_disk as _loop_disk
-from .test_host_idle_review17 import NOBODY_RUN
+from .test_host_idle_review17 import NOBODY_RUN, read_open_files_with
 from .test_paths import as_root
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
@@ -291,29 +291,12 @@ OWN_TABLES = textwrap.dedent(r"""
 """)
 
 
-def _read_open_files_with(threads: int, fds: int) -> float:
-    """Seconds one read of every process's open files takes with nobody's process of
-    ``threads`` threads, each with its own copy of ``fds`` fds, alive."""
-    child = subprocess.Popen(NOBODY_RUN + ["/usr/bin/python3", "-c", OWN_TABLES, str(threads),
-                                           str(fds)], cwd="/",
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        if child.stdout.readline().strip() != "ready":
-            pytest.skip(f"nobody could not hold {fds} fds in {threads} threads here")
-        start = time.monotonic()
-        storage.OpenFiles(Sysfs("/"), [])
-        return time.monotonic() - start
-    finally:
-        child.kill()
-        child.wait()
-
-
 @as_root
 def test_3_threads_with_copies_of_one_fd_table_do_not_multiply_the_read():
     if not os.access("/usr/bin/python3", os.X_OK):
         pytest.skip("no /usr/bin/python3 for nobody")
-    alone = _read_open_files_with(1, 2000)
-    copied = _read_open_files_with(150, 2000)
+    alone = read_open_files_with(1, 2000, OWN_TABLES)
+    copied = read_open_files_with(150, 2000, OWN_TABLES)
     assert copied < 3 * alone + 2, (f"the read took {copied:.1f} s with 150 threads, each with "
                                     f"a copy of 2000 fds, {alone:.1f} s with one thread")
 

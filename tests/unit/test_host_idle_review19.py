@@ -76,7 +76,6 @@ booted.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import subprocess
 import sys
@@ -96,7 +95,7 @@ from harness.host.network import NetView
 from harness.host.sysfs import Sysfs
 
 from . import fakesysfs
-from .fusestub import FuseStub, _libc
+from .fusestub import FuseStub
 from .test_host_idle_review17 import NOBODY_RUN
 from .test_paths import NOBODY, as_root
 
@@ -113,18 +112,7 @@ class NobodysFuse(FuseStub):
     that user (``user_id``/``group_id``), without ``allow_other``, so that the kernel lets no
     other user, root included, look at its files."""
 
-    def __enter__(self) -> "NobodysFuse":
-        self.mountpoint.mkdir()
-        self.fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
-        options = f"fd={self.fd},rootmode=40000,user_id={NOBODY},group_id={NOBODY}".encode()
-        if _libc.mount(b"hh-fusestub", os.fsencode(self.mountpoint), b"fuse", 0, options):
-            err = ctypes.get_errno()
-            os.close(self.fd)
-            raise OSError(err, os.strerror(err), "mount -t fuse")
-        self.mounted = True
-        self.thread = threading.Thread(target=self._serve, name="fusestub", daemon=True)
-        self.thread.start()
-        return self
+    OWNER = NOBODY
 
     def hold_file_as_nobody(self) -> subprocess.Popen:
         """A process of nobody's that keeps ``f`` open (an editor, a ``tail -f``)."""
