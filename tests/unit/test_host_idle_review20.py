@@ -1,0 +1,284 @@
+"""Issue 31, twentieth adversarial read. What it found, one section below each:
+
+1. a disk (or a function's BAR, or /dev/mem) that a process has mapped reads idle when that
+   process's main thread has ended (``pthread_exit`` from ``main``; the leader stays a
+   zombie while its other threads run on): the mappings are read from ``/proc/PID/maps``
+   alone (:meth:`harness.host.storage.OpenFiles._add_maps`), and the kernel shows a zombie
+   leader's maps empty (its ``mm`` is gone from the leader; the threads share it, and each
+   ``/proc/PID/task/TID/maps`` lists it in full). The nineteenth read's fourth fix reads
+   such a process's fd tables through its live threads; its mappings stay unread, and a
+   mapping is exactly what holds a file after its fd is closed (the docstring's own
+   reason: a user-space driver's mmap of ``resource0``). Nothing else shows it: a mapping
+   of a block device is no exclusive claim (the open ``O_EXCL`` succeeds), no holder, no
+   fd. Who: a process written that way (a daemon whose main thread hands over to workers
+   and ends, the documented use of ``pthread_exit`` in ``main``) that maps a disk, a BAR,
+   a vfio device or /dev/mem and closes the fd. Likely: low; bad: the worst kind, a device
+   in use is taken, with nothing said.
+
+2. the same process shape hides from the network read what its fds hold: the holder search
+   (:func:`harness.host.network._held_by_process`) lists ``/proc/PID/fd`` alone, which a
+   zombie leader shows empty (its table is gone from the leader, kept by its threads; the
+   storage read was taught to read a thread's table instead, this one was not). A network
+   namespace held only by such a process's fds (an nsfs fd, a socket made in it, a tun fd:
+   a routing daemon's per-VRF sockets, a container runtime's handle) is never found, and no
+   problem says so: its interfaces are in no namespace read. A NIC with a netdev there (a
+   second port, an mlx5 sub-function's netdev moved into it) reads idle by what shows of
+   it elsewhere. Likely: low (the holder must be root's to have a physical netdev in its
+   namespace); bad: a device in use taken, with nothing said.
+
+3. any local user ends every read of the host's network (``doctor``, ``plan``,
+   ``discover``, every bind with the journal's lock held, an SR-IOV PF's give-back) with a
+   traceback: ``ValueError: filedescriptor out of range in select()``. The search keeps
+   one fd open for each network namespace a process lives in (``early``, the nineteenth
+   read's second fix), with the soft limit of open files raised to the hard one
+   (:func:`harness.host.nsholders.more_open_files`), so past about a thousand namespaces the
+   next fds the harness opens are numbered past 1023; the visit of a mount namespace no
+   process is in (:meth:`harness.host.nsholders.MountVisits._enter`) then waits for its
+   helper with ``select.select``, which refuses such an fd, and the ``ValueError`` passes
+   every ``except OSError``. nobody, in a user namespace of theirs, makes 1100 processes
+   each alone in a network namespace (``unshare --net sleep``: a few seconds, about 200 MB
+   of kernel memory) and binds one mount namespace to a file (``unshare --mount=FILE``).
+   Without intent: an Ubuntu host, whose snapd keeps each snap's mount namespace bound in
+   /run/snapd/ns with no process in it (visited by every read), that also runs more than
+   about a thousand network namespaces with a process in each (a large container or
+   OpenStack network node). Likely: by intent, or on such hosts; bad: no plan, no doctor,
+   no bind while it lasts (a crash on something another user controls).
+
+Case 1: a real loop device mapped by a process of root's (a user-space program maps what
+only root may open) whose main thread has ended, and the control (its main thread alive).
+Case 2: nobody, in a user namespace of theirs, holding an fd of a second network namespace
+(with a veth in it), its main thread ended; and the control. Case 3: nobody's 1100
+namespaces and one bound mount namespace, the harness at a soft limit of 1024 open files as
+systemd gives a root service (raised by the read itself). Each fails on the code as it is
+(329e872). No guest is booted.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.host import network, nsholders
+from harness.host.network import NetView
+from harness.host.storage import StorageView
+from harness.host.sysfs import Sysfs
+
+from . import test_host_idle_review16
+from .test_host_idle_review17 import NOBODY_RUN
+from .test_paths import NOBODY, as_root
+
+#: These tests make real namespaces, loop devices and processes and read the whole host.
+pytestmark = [pytest.mark.xdist_group("real-host-namespaces"), as_root]
+loop_disk = test_host_idle_review16.loop_disk  # fixture
+
+PYTHON = "/usr/bin/python3"  # (one nobody may run: not under root's home)
+
+
+def _wait_main_ended(pid: int) -> None:
+    """Until ``pid``'s main thread has ended (its leader a zombie), 10 s at most."""
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the main thread did not end"
+        time.sleep(0.05)
+
+
+def _within(seconds: float, read):
+    """``read()`` in a daemon thread: its value, or the exception it raised; fails the test
+    when it does not end in ``seconds``."""
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["value"] = read()
+        except BaseException as e:  # noqa: BLE001 (handed to the test)
+            box["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert box, f"the read did not end in {seconds} s"
+    return box
+
+
+# -- 1. a mapping of a process whose main thread ended -----------------------------------------
+
+#: Maps the first page of the block device ``argv[1]`` (``mmap(2)`` through the C library:
+#: Python's mmap would keep a dup of the fd), closes its fd, starts a thread that lives on,
+#: and ends its main thread when ``argv[2]`` is ``ends``.
+MAPPER = textwrap.dedent(r"""
+    import ctypes, os, sys, threading, time
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    fd = os.open(sys.argv[1], os.O_RDONLY)
+    at = libc.mmap(None, 4096, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
+    if at in (None, ctypes.c_void_p(-1).value):
+        sys.exit("mmap: " + os.strerror(ctypes.get_errno()))
+    os.close(fd)  # (the mapping holds the disk now; no fd does)
+    threading.Thread(target=time.sleep, args=(600,)).start()
+    print("ready", flush=True)
+    if sys.argv[2] == "ends":
+        libc.pthread_exit(None)
+    time.sleep(600)
+""")
+
+
+@pytest.mark.parametrize("main", ["ends", "lives"])
+def test_1_a_disk_mapped_by_a_process_whose_main_thread_ended_is_in_use(loop_disk, main):
+    name = os.path.basename(loop_disk)
+    assert StorageView.read(Sysfs("/")).use_of_block(name) == []  # (idle before)
+    proc = subprocess.Popen([PYTHON, "-c", MAPPER, loop_disk, main], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd="/")
+    try:
+        said = proc.stdout.readline().strip()
+        assert said == "ready", proc.stderr.read()
+        if main == "ends":
+            _wait_main_ended(proc.pid)
+        # (the shape: the mapping is in its live thread's maps, and no fd holds the disk)
+        tasks = os.listdir(f"/proc/{proc.pid}/task")
+        assert any(loop_disk in Path(f"/proc/{proc.pid}/task/{t}/maps").read_text()
+                   for t in tasks if t != str(proc.pid))
+        box = _within(120, lambda: StorageView.read(Sysfs("/")).use_of_block(name))
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert "error" not in box, box.get("error")
+    uses = box["value"]
+    assert any(f"pid {proc.pid}" in u for u in uses), \
+        f"{name}, mapped by pid {proc.pid} (main thread {main}), reads: {uses}"
+
+
+# -- 2. an fd of a process whose main thread ended, holding a network namespace ----------------
+
+#: nobody's, in a user namespace and a network namespace of theirs (A): makes a second
+#: network namespace (B) with a veth ``hh20held`` in it, keeps an fd of B, goes back to A,
+#: starts a thread that lives on, and ends its main thread when ``argv[1]`` is ``ends``. B
+#: is then held by that fd alone.
+HOLDER = textwrap.dedent(r"""
+    import ctypes, os, subprocess, sys, threading, time
+    libc = ctypes.CDLL(None, use_errno=True)
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    if libc.unshare(0x40000000) != 0:  # CLONE_NEWNET
+        sys.exit("unshare: " + os.strerror(ctypes.get_errno()))
+    if subprocess.run(["ip", "link", "add", "hh20held", "type", "veth", "peer", "name",
+                       "hh20peer"]).returncode:
+        sys.exit("no veth")
+    held = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    if libc.setns(home, 0x40000000) != 0:
+        sys.exit("setns: " + os.strerror(ctypes.get_errno()))
+    os.close(home)
+    threading.Thread(target=time.sleep, args=(600,)).start()
+    print("ready", os.readlink(f"/proc/self/fd/{held}"), flush=True)
+    if sys.argv[1] == "ends":
+        libc.pthread_exit(None)
+    time.sleep(600)
+""")
+
+
+@pytest.mark.parametrize("main", ["ends", "lives"])
+def test_2_a_namespace_held_by_an_fd_of_a_process_whose_main_thread_ended_is_read(main):
+    if not os.access(PYTHON, os.X_OK):
+        pytest.skip(f"no {PYTHON} for nobody")
+    proc = subprocess.Popen(NOBODY_RUN + ["unshare", "--user", "--map-root-user", "--net",
+                                          PYTHON, "-c", HOLDER, main],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+    try:
+        said = proc.stdout.readline().split()
+        if not said or said[0] != "ready":
+            pytest.skip(f"nobody cannot make two network namespaces here: {proc.stderr.read()}")
+        if main == "ends":
+            _wait_main_ended(proc.pid)
+        box = _within(180, lambda: NetView.read(Sysfs("/")))
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert "error" not in box, box.get("error")
+    view = box["value"]
+    found = [name for name, ns in view.namespaces.items() if "hh20held" in ns.links]
+    told = [p for p in view.problems if f"pid {proc.pid}" in p]
+    assert found or told, (f"the namespace {said[1]} that fd of pid {proc.pid} (main thread "
+                           f"{main}) holds, with hh20held in it, was neither read nor named: "
+                           f"read {sorted(view.namespaces)}")
+
+
+# -- 3. a thousand namespaces, then a visit that waits with select() ----------------------------
+
+#: nobody, in a user namespace and a mount namespace of theirs: one mount namespace bound to a
+#: file of a tmpfs there (no process is in it: every read of the host visits it), then
+#: ``$2`` processes, each alone in a network namespace of its own.
+MAKER = ('mount -t tmpfs hh-r20 "$1" || exit 1; j=0; touch "$1/m0"; '
+         'until unshare --mount="$1/m$j" true 2>/dev/null; do j=$((j + 1)); '
+         '[ "$j" -lt 8 ] || exit 1; touch "$1/m$j"; done; '
+         'i=0; while [ "$i" -lt "$2" ]; do unshare --net sleep 600 & i=$((i + 1)); done; '
+         'echo ready; wait')
+
+
+def _nobodys_namespaces(pids: "list[int] | None" = None) -> int:
+    """How many network namespaces processes of nobody's live in."""
+    seen = set()
+    for pid in pids or [p for p in os.listdir("/proc") if p.isdigit()]:
+        try:
+            if os.stat(f"/proc/{pid}").st_uid == NOBODY:
+                seen.add(os.readlink(f"/proc/{pid}/ns/net"))
+        except OSError:
+            continue
+    return len(seen)
+
+
+def test_3_a_thousand_namespaces_do_not_end_the_network_read_in_a_traceback():
+    count = 1100
+    folder = Path(tempfile.mkdtemp(prefix="hh-review20-"))
+    os.chown(folder, NOBODY, NOBODY)
+    maker = subprocess.Popen(NOBODY_RUN + ["unshare", "--user", "--map-root-user", "--mount",
+                                           "sh", "-c", MAKER,
+                                           "sh", str(folder), str(count)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             cwd="/", start_new_session=True)
+    limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        if maker.stdout.readline().strip() != "ready":
+            pytest.skip(f"nobody cannot make {count} namespaces here: {maker.stderr.read()}")
+        deadline = time.monotonic() + 60
+        while _nobodys_namespaces() < count:  # (each sleep in its namespace)
+            assert time.monotonic() < deadline, _nobodys_namespaces()
+            time.sleep(0.2)
+        if limits[1] < 4096:
+            pytest.skip(f"a hard limit of {limits[1]} open files: the read cannot keep {count}")
+        # (a root service on a systemd host: DefaultLimitNOFILE=1024:524288; sudo keeps it)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, limits[1]))
+        fs, problems, early = Sysfs("/"), [], {}
+
+        def search() -> int:  # (as network._search does, up to the visits)
+            with nsholders.more_open_files():
+                try:
+                    with nsholders.MountVisits(fs) as visits:
+                        network._holders(fs, visits, problems, early)
+                        return len(visits.helpers)
+                finally:
+                    for _, fd in early.values():
+                        os.close(fd)
+
+        box = _within(180, search)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+        try:
+            os.killpg(maker.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        maker.wait(30)
+        subprocess.run(["rm", "-rf", "--one-file-system", str(folder)], check=False)
+    assert "error" not in box, (f"nobody's {count} namespaces ended the host's network read "
+                                f"in a traceback: {box.get('error')!r}")
+    assert len(early) > 1024  # (the premise: an fd kept for each namespace seen)
+    visited = box["value"]
+    assert visited or any("mount namespace" in p for p in problems), problems[:3]
