@@ -44,12 +44,28 @@
    OpenStack network node). Likely: by intent, or on such hosts; bad: no plan, no doctor,
    no bind while it lasts (a crash on something another user controls).
 
+4. a disk mapped through a node at another path than the host's ``/dev/NAME`` reads idle
+   once the fd that made the mapping is closed: a mapping is matched by the path
+   ``/proc/PID/maps`` prints (:meth:`harness.host.storage.OpenFiles._add_mapped` adds it to
+   ``paths`` only), while an fd is matched by the device number of what it leads to too. A
+   container's ``/dev/xvdb`` (the runtime's ``mknod`` with the host's numbers, or a bind
+   mount of the host's node, as runc and kubelet's raw block volumes make them) prints as
+   ``/dev/xvdb``, and the maps line gives the filesystem and inode of that node, not the
+   disk's number; ``/proc/PID/map_files/START-END`` would lead to the node and its
+   ``st_rdev``. (Where the container's name is another host disk's, that one reads in use
+   instead: safe.) Who: a program in a privileged container or with a raw block volume that
+   maps its disk and closes the fd, or any root program given a node made elsewhere.
+   Likely: low; bad: the worst kind, the disk is taken with nothing said. The same holds for
+   a character node mapped so (usbfs' buffers, a UIO device's ``/dev/uioN``).
+
 Case 1: a real loop device mapped by a process of root's (a user-space program maps what
 only root may open) whose main thread has ended, and the control (its main thread alive).
 Case 2: nobody, in a user namespace of theirs, holding an fd of a second network namespace
 (with a veth in it), its main thread ended; and the control. Case 3: nobody's 1100
 namespaces and one bound mount namespace, the harness at a soft limit of 1024 open files as
-systemd gives a root service (raised by the read itself). Each fails on the code as it is
+systemd gives a root service (raised by the read itself). Case 4: a real loop device and
+a node of it made in a test folder, mapped by a process of root's (test 1's control maps
+``/dev/loopN`` itself and is seen). Each fails on the code as it is
 (329e872). No guest is booted.
 """
 
@@ -58,6 +74,7 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import stat
 import subprocess
 import tempfile
 import textwrap
@@ -282,3 +299,31 @@ def test_3_a_thousand_namespaces_do_not_end_the_network_read_in_a_traceback():
     assert len(early) > 1024  # (the premise: an fd kept for each namespace seen)
     visited = box["value"]
     assert visited or any("mount namespace" in p for p in problems), problems[:3]
+
+
+# -- 4. a disk mapped through a node of another path ----------------------------------------------
+
+
+def test_4_a_disk_mapped_through_a_node_of_another_path_is_in_use(loop_disk, tmp_path):
+    """A node of the disk made elsewhere, as a container runtime makes ``/dev/xvdb`` in a
+    container's /dev (``mknod``, the host's numbers); a process maps the disk through it and
+    closes its fd. ``/proc/PID/maps`` prints that path, and the filesystem and inode of that
+    node (not the disk's number); an fd of it would have been matched by number."""
+    name = os.path.basename(loop_disk)
+    alias = tmp_path / "xvdb"
+    os.mknod(alias, stat.S_IFBLK | 0o600, os.stat(loop_disk).st_rdev)
+    assert StorageView.read(Sysfs("/")).use_of_block(name) == []  # (idle before)
+    proc = subprocess.Popen([PYTHON, "-c", MAPPER, str(alias), "lives"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+    try:
+        said = proc.stdout.readline().strip()
+        assert said == "ready", proc.stderr.read()
+        assert str(alias) in Path(f"/proc/{proc.pid}/maps").read_text()  # (the shape)
+        box = _within(120, lambda: StorageView.read(Sysfs("/")).use_of_block(name))
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert "error" not in box, box.get("error")
+    uses = box["value"]
+    assert any(f"pid {proc.pid}" in u for u in uses), \
+        f"{name}, mapped by pid {proc.pid} through {alias}, reads: {uses}"
