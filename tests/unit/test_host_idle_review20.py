@@ -195,6 +195,7 @@ HOLDER = textwrap.dedent(r"""
                        "hh20peer"]).returncode:
         sys.exit("no veth")
     held = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    b = os.readlink(f"/proc/self/fd/{held}")
     if libc.setns(home, 0x40000000) != 0:
         sys.exit("setns: " + os.strerror(ctypes.get_errno()))
     os.close(home)
@@ -208,7 +209,7 @@ HOLDER = textwrap.dedent(r"""
     copied.wait()
     if sys.argv[1] == "own":
         os.close(held)  # (the thread's copy holds B now)
-    print("ready", os.readlink(f"/proc/thread-self/ns/net"), flush=True)
+    print("ready", b, flush=True)
     if sys.argv[1] == "ends":
         libc.pthread_exit(None)
     time.sleep(600)
@@ -236,8 +237,8 @@ def test_2_a_namespace_held_by_an_fd_of_a_thread_is_read(main):
     view = box["value"]
     found = [name for name, ns in view.namespaces.items() if "hh20held" in ns.links]
     told = [p for p in view.problems if f"pid {proc.pid}" in p]
-    assert found or told, (f"the namespace that an fd of pid {proc.pid} holds ({main}), with "
-                           f"hh20held in it, was neither read nor named: read "
+    assert found or told, (f"the namespace {said[1]} that an fd of pid {proc.pid} holds "
+                           f"({main}), with hh20held in it, was neither read nor named: read "
                            f"{sorted(view.namespaces)}")
 
 
@@ -253,10 +254,10 @@ MAKER = ('mount -t tmpfs hh-r20 "$1" || exit 1; j=0; touch "$1/m0"; '
          'echo ready; wait')
 
 
-def _nobodys_namespaces(pids: "list[int] | None" = None) -> int:
+def _nobodys_namespaces() -> int:
     """How many network namespaces processes of nobody's live in."""
     seen = set()
-    for pid in pids or [p for p in os.listdir("/proc") if p.isdigit()]:
+    for pid in [p for p in os.listdir("/proc") if p.isdigit()]:
         try:
             if os.stat(f"/proc/{pid}").st_uid == NOBODY:
                 seen.add(os.readlink(f"/proc/{pid}/ns/net"))
