@@ -60,6 +60,25 @@
    Likely: low; bad: the worst kind, the disk is taken with nothing said. The same holds for
    a character node mapped so (usbfs' buffers, a UIO device's ``/dev/uioN``).
 
+5. any local user stops every read of the host's open files, and with it every give-back,
+   with a traceback (``UnicodeDecodeError``), in one command: the nineteenth read's fixes
+   read ``/proc/PID/stat`` with ``Path.read_text()``, strict UTF-8
+   (:func:`harness.host.storage._ended_leader`, and :func:`~harness.host.storage._ended`),
+   and that file holds the process's name, which is any bytes its owner chose
+   (``prctl(PR_SET_NAME)``, ``/proc/self/comm``, an executable's name). ``_ended_leader``
+   runs for every process with more than one thread, so one multi-threaded process of
+   anyone's whose name is not UTF-8 ends ``OpenFiles``: ``doctor``, ``plan``, ``discover``,
+   every bind, and the check every give-back makes before it touches a device
+   (:func:`harness.host.binding._holders`: ``restore``, ``release``, a run's end), so
+   nothing the harness took goes back while it runs. No intent is needed: the kernel cuts
+   a name at 15 bytes, inside a character when it is not ASCII (an executable named in
+   Cyrillic, ``мониторинг``; Wine names a process after its ``.exe``). Likewise
+   :func:`harness.host.nsholders._on_fuse` (the nineteenth read's first fix) reads the
+   holder's ``mountinfo`` strictly, where a mount point is any bytes too: a user's FUSE
+   mount at ``~/mnt\xff`` (``fusermount``, no privilege) with a file open there ends the
+   network read. Likely: high by intent, plausible without; bad: no bind, no plan, and no
+   give-back while it lasts (a crash on something another user controls).
+
 Case 1: a real loop device mapped by a process of root's (a user-space program maps what
 only root may open) whose main thread has ended, and the control (its main thread alive).
 Case 2: nobody, in a user namespace of theirs, holding an fd of a second network namespace
@@ -68,7 +87,9 @@ Case 2: nobody, in a user namespace of theirs, holding an fd of a second network
 namespaces and one bound mount namespace, the harness at a soft limit of 1024 open files as
 systemd gives a root service (raised by the read itself). Case 4: a real loop device and
 a node of it made in a test folder, mapped by a process of root's (test 1's control maps
-``/dev/loopN`` itself and is seen). Each fails on the code as it is
+``/dev/loopN`` itself and is seen). Case 5: nobody's two-threaded process named
+``hh20\xff``; nobody's FUSE mount (review 19's stub) at ``mnt\xff`` with a file held open
+there. Each fails on the code as it is
 (329e872). No guest is booted.
 """
 
@@ -87,13 +108,14 @@ from pathlib import Path
 
 import pytest
 
-from harness.host import network, nsholders
+from harness.host import binding, network, nsholders
 from harness.host.network import NetView
 from harness.host.storage import StorageView
 from harness.host.sysfs import Sysfs
 
 from . import test_host_idle_review16
 from .test_host_idle_review17 import NOBODY_RUN
+from .test_host_idle_review19 import NobodysFuse
 from .test_paths import NOBODY, as_root
 
 #: These tests make real namespaces, loop devices and processes and read the whole host.
@@ -341,3 +363,68 @@ def test_4_a_disk_mapped_through_a_node_of_another_path_is_in_use(loop_disk, tmp
     uses = box["value"]
     assert any(f"pid {proc.pid}" in u for u in uses), \
         f"{name}, mapped by pid {proc.pid} through {alias}, reads: {uses}"
+
+
+# -- 5. a name not UTF-8 in what the nineteenth read's fixes read strictly ------------------------
+
+#: nobody's process named ``hh20\xff`` (``prctl(PR_SET_NAME)``; or an executable's name cut at
+#: 15 bytes inside a character), with a second thread.
+NAMED = textwrap.dedent(r"""
+    import ctypes, threading, time
+    ctypes.CDLL(None).prctl(15, b"hh20\xff", 0, 0, 0)  # PR_SET_NAME
+    threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
+    print("ready", flush=True)
+    time.sleep(600)
+""")
+
+
+@pytest.fixture
+def named_not_utf8():
+    if not os.access(PYTHON, os.X_OK):
+        pytest.skip(f"no {PYTHON} for nobody")
+    proc = subprocess.Popen(NOBODY_RUN + [PYTHON, "-c", NAMED], stdout=subprocess.PIPE,
+                            text=True, cwd="/")
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        assert Path(f"/proc/{proc.pid}/stat").read_bytes().split(b" ", 2)[1] == b"(hh20\xff)"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_5_a_process_name_not_utf8_does_not_stop_the_storage_read(named_not_utf8):
+    box = _within(120, lambda: StorageView.read(Sysfs("/")))
+    assert "error" not in box, (f"nobody's process name ended the host's storage read in a "
+                                f"traceback: {box.get('error')!r}")
+
+
+def test_5_a_process_name_not_utf8_does_not_stop_the_give_back(named_not_utf8):
+    """The check every give-back makes (``restore``, ``release``, a run's end) before it
+    touches a device: who holds its group or nodes open."""
+    box = _within(120, lambda: binding._holders(Sysfs("/"), None))
+    assert "error" not in box, (f"nobody's process name ended the give-back's check in a "
+                                f"traceback: {box.get('error')!r}")
+
+
+@pytest.fixture
+def nobodys_fuse_not_utf8():
+    """nobody's FUSE mount (as ``fusermount`` makes it) at a path whose name is not UTF-8."""
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse on this host: modprobe fuse")
+    top = Path(tempfile.mkdtemp(prefix="hh-test-r20-"))
+    top.chmod(0o755)
+    try:
+        with NobodysFuse(top / os.fsdecode(b"mnt\xff")) as stub:
+            yield stub
+    finally:
+        subprocess.run(["rm", "-rf", "--one-file-system", str(top)], check=False)
+
+
+def test_5_a_file_open_on_a_fuse_mount_named_not_utf8_does_not_stop_the_network_read(
+        nobodys_fuse_not_utf8):
+    holder = nobodys_fuse_not_utf8.hold_file_as_nobody()
+    box = _within(120, lambda: NetView.read(Sysfs("/")))
+    assert "error" not in box, (f"a file pid {holder.pid} of nobody's holds on their FUSE mount "
+                                f"ended the host's network read in a traceback: "
+                                f"{box.get('error')!r}")
