@@ -79,6 +79,21 @@
    network read. Likely: high by intent, plausible without; bad: no bind, no plan, and no
    give-back while it lasts (a crash on something another user controls).
 
+6. on arm64 and riscv64 hosts a function driven through /proc/bus/pci reads idle (the
+   fifteenth read's first finding, back on those architectures): the kernel names every
+   folder there with its domain when ``pci_proc_domain()`` says so, which
+   ``asm-generic/pci.h`` makes 1 on every architecture that takes it (arm64, riscv64, and
+   others; arm64 under Hyper-V: the domain's number), so the file is
+   ``/proc/bus/pci/0000:05/00.1``; :func:`harness.host.safety._proc_bus_pci` gives
+   ``/proc/bus/pci/05/00.1`` for domain 0000 (x86's layout), which is matched against
+   what processes hold and stat'ed for another mount's holders
+   (:meth:`~harness.host.storage.OpenFiles.pci_file_holders`): no such file, no holder. A
+   user-space program holding the function's config space or a BAR mapped through its
+   ``PCIIOC_MMAP_IS_MEM`` (pciutils' ``proc`` method, an old user-space driver) on a function
+   on no driver or pci-stub leaves it idle. Who: arm64 lab hosts (Ampere, Graviton, Grace:
+   SMMU, vfio-pci as on x86; the harness knows kcmp's number there). Likely: low (the procfs
+   interface is rare); bad: the worst kind, the function is taken from its program.
+
 Case 1: a real loop device mapped by a process of root's (a user-space program maps what
 only root may open) whose main thread has ended, and the control (its main thread alive).
 Case 2: nobody, in a user namespace of theirs, holding an fd of a second network namespace
@@ -89,7 +104,8 @@ systemd gives a root service (raised by the read itself). Case 4: a real loop de
 a node of it made in a test folder, mapped by a process of root's (test 1's control maps
 ``/dev/loopN`` itself and is seen). Case 5: nobody's two-threaded process named
 ``hh20\xff``; nobody's FUSE mount (review 19's stub) at ``mnt\xff`` with a file held open
-there. Each fails on the code as it is
+there. Case 6: the fake tree, its /proc/bus/pci laid out as arm64's (review 15's test is the
+control: x86's layout, seen). Each fails on the code as it is
 (329e872). No guest is booted.
 """
 
@@ -110,17 +126,20 @@ import pytest
 
 from harness.host import binding, network, nsholders
 from harness.host.network import NetView
+from harness.host.safety import HostUsage
 from harness.host.storage import StorageView
 from harness.host.sysfs import Sysfs
 
-from . import test_host_idle_review16
+from . import fakesysfs, test_host_idle_review16
 from .test_host_idle_review17 import NOBODY_RUN
 from .test_host_idle_review19 import NobodysFuse
+from .test_host_idle_review3 import PORT1
 from .test_paths import NOBODY, as_root
 
 #: These tests make real namespaces, loop devices and processes and read the whole host.
 pytestmark = [pytest.mark.xdist_group("real-host-namespaces"), as_root]
 loop_disk = test_host_idle_review16.loop_disk  # fixture
+fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
 
 PYTHON = "/usr/bin/python3"  # (one nobody may run: not under root's home)
 
@@ -428,3 +447,26 @@ def test_5_a_file_open_on_a_fuse_mount_named_not_utf8_does_not_stop_the_network_
     assert "error" not in box, (f"a file pid {holder.pid} of nobody's holds on their FUSE mount "
                                 f"ended the host's network read in a traceback: "
                                 f"{box.get('error')!r}")
+
+
+# -- 6. /proc/bus/pci as arm64 and riscv64 name its folders -----------------------------------
+
+
+@pytest.mark.parametrize("how", ["fd", "maps"])
+def test_6_a_function_held_through_proc_bus_pci_with_its_domain_named_is_in_use(lab, how):
+    """The fifteenth read's case on a kernel that names the domain in every folder of
+    /proc/bus/pci (``pci_proc_domain()`` is 1 on arm64 and riscv64: ``0000:05/00.1``)."""
+    lab.kernel(lab.sys / "bus/pci/drivers/ixgbe/unbind", PORT1)
+    lab.proc("bus/pci/0000:05/00.1", "")  # (no 05/00.1 on such a kernel)
+    assert HostUsage.read(lab.root).verdict(PORT1).idle
+    proc_file = "/proc/bus/pci/0000:05/00.1"
+    inode = os.stat(lab.root / proc_file.lstrip("/")).st_ino
+    lab.proc("5000/comm", "vendor-tool\n")
+    if how == "fd":
+        (lab.root / "proc/5000/fd").mkdir()
+        os.symlink(proc_file, lab.root / "proc/5000/fd/3")
+    else:  # a BAR mapped through the ioctl, the fd closed after
+        lab.proc("5000/maps", f"7f1c40000000-7f1c40080000 rw-s 00000000 00:15 {inode} "
+                              f"{proc_file}\n")
+    uses = HostUsage.read(lab.root).verdict(PORT1).uses
+    assert any("pid 5000" in u for u in uses), uses
