@@ -442,7 +442,13 @@ def nobodys_fuse_not_utf8():
 
 def test_5_a_file_open_on_a_fuse_mount_named_not_utf8_does_not_stop_the_network_read(
         nobodys_fuse_not_utf8):
-    holder = nobodys_fuse_not_utf8.hold_file_as_nobody()
+    stub = nobodys_fuse_not_utf8
+    holder = subprocess.Popen(  # (an editor, a ``tail -f``; /usr/bin's Python: nobody's to run)
+        NOBODY_RUN + [PYTHON, "-c", "import sys, time; f = open(sys.argv[1]); "
+                      "print('open', flush=True); time.sleep(600)", str(stub.mountpoint / "f")],
+        stdout=subprocess.PIPE, text=True, cwd="/")
+    stub.holders.append(holder)
+    assert holder.stdout.readline() == "open\n"
     box = _within(120, lambda: NetView.read(Sysfs("/")))
     assert "error" not in box, (f"a file pid {holder.pid} of nobody's holds on their FUSE mount "
                                 f"ended the host's network read in a traceback: "
