@@ -167,6 +167,8 @@ def _within(seconds: float, read):
     thread.start()
     thread.join(seconds)
     assert box, f"the read did not end in {seconds} s"
+    if "error" in box:  # (shown short: a decoding error carries the whole file)
+        box["error"] = f"{type(box['error']).__name__}: {str(box['error'])[:300]}"
     return box
 
 
@@ -290,7 +292,7 @@ def test_2_a_namespace_held_by_an_fd_of_a_thread_is_read(main):
 #: ``$2`` processes, each alone in a network namespace of its own.
 MAKER = ('mount -t tmpfs hh-r20 "$1" || exit 1; j=0; touch "$1/m0"; '
          'until unshare --mount="$1/m$j" true 2>/dev/null; do j=$((j + 1)); '
-         '[ "$j" -lt 8 ] || exit 1; touch "$1/m$j"; done; '
+         '[ "$j" -lt 40 ] || exit 1; touch "$1/m$j"; done; '
          'i=0; while [ "$i" -lt "$2" ]; do unshare --net sleep 600 & i=$((i + 1)); done; '
          'echo ready; wait')
 
@@ -350,7 +352,7 @@ def test_3_a_thousand_namespaces_do_not_end_the_network_read_in_a_traceback():
         maker.wait(30)
         subprocess.run(["rm", "-rf", "--one-file-system", str(folder)], check=False)
     assert "error" not in box, (f"nobody's {count} namespaces ended the host's network read "
-                                f"in a traceback: {box.get('error')!r}")
+                                f"in a traceback: {box.get('error')}")
     assert len(early) > 1024  # (the premise: an fd kept for each namespace seen)
     visited = box["value"]
     assert visited or any("mount namespace" in p for p in problems), problems[:3]
@@ -415,7 +417,7 @@ def named_not_utf8():
 def test_5_a_process_name_not_utf8_does_not_stop_the_storage_read(named_not_utf8):
     box = _within(120, lambda: StorageView.read(Sysfs("/")))
     assert "error" not in box, (f"nobody's process name ended the host's storage read in a "
-                                f"traceback: {box.get('error')!r}")
+                                f"traceback: {box.get('error')}")
 
 
 def test_5_a_process_name_not_utf8_does_not_stop_the_give_back(named_not_utf8):
@@ -423,7 +425,7 @@ def test_5_a_process_name_not_utf8_does_not_stop_the_give_back(named_not_utf8):
     touches a device: who holds its group or nodes open."""
     box = _within(120, lambda: binding._holders(Sysfs("/"), None))
     assert "error" not in box, (f"nobody's process name ended the give-back's check in a "
-                                f"traceback: {box.get('error')!r}")
+                                f"traceback: {box.get('error')}")
 
 
 @pytest.fixture
@@ -452,7 +454,7 @@ def test_5_a_file_open_on_a_fuse_mount_named_not_utf8_does_not_stop_the_network_
     box = _within(120, lambda: NetView.read(Sysfs("/")))
     assert "error" not in box, (f"a file pid {holder.pid} of nobody's holds on their FUSE mount "
                                 f"ended the host's network read in a traceback: "
-                                f"{box.get('error')!r}")
+                                f"{box.get('error')}")
 
 
 # -- 6. /proc/bus/pci as arm64 and riscv64 name its folders -----------------------------------
