@@ -50,7 +50,7 @@ from harness.core.text import shown
 from harness.host.nsholders import (PROC_NET, MountVisits, fd_namespace, more_open_files,
                                     nsfs_mounts, open_namespace, proc_net_problems,
                                     socket_namespaces, went_away)
-from harness.host.storage import mountinfos
+from harness.host.storage import tasks_of, thread_tables, mountinfos
 from harness.host.sysfs import Sysfs
 
 #: The harness's own network namespace, as :class:`NetView` names it.
@@ -490,7 +490,8 @@ def _held_by_process(fs: Sysfs, proc: Path, problems: list[str], early=None) -> 
             return []  # it ended (and with it all it held) while it was read
         inode = None  # its main thread ended (a zombie): threads of it may live on
     out = [("net", inode, f"pid {proc.name}", proc)] if inode else []
-    for what, folder in (("thread", "task"), ("fd", "fd")):
+    own = [("fd", f"task/{t.name}/fd") for t in thread_tables(fs, proc, tasks_of(proc, []))]
+    for what, folder in [("thread", "task"), ("fd", "fd")] + own:  # (own: threads' tables)
         try:  # (a link's target does not exist: listed, not globbed)
             entries = sorted(p / "ns" / kind if what == "thread" else p
                              for p in (proc / folder).iterdir()
@@ -502,26 +503,31 @@ def _held_by_process(fs: Sysfs, proc: Path, problems: list[str], early=None) -> 
                             "a network namespace held only there would be missed")
             continue
         for entry in entries:
-            try:
-                target = os.readlink(entry)
-            except OSError as e:  # (a task reaped meanwhile says EACCES: get_proc_task)
-                if isinstance(e, FileNotFoundError) or \
-                        not os.path.lexists(entry.parent.parent):
-                    continue  # closed, or its thread or process ended
-                problems.append(f"{entry} cannot be read ({e.strerror}): run as root")
-                continue
-            label = (f"thread {entry.parent.parent.name} of pid {proc.name}"
-                     if what == "thread" else f"fd {entry.name} of pid {proc.name}")
-            kind = target.partition(":")[0]
-            if kind in ("net", "mnt") and target != f"net:{inode}":
-                out.append((kind, target.removeprefix(kind + ":"), label, entry))
-            elif what == "fd" and (kind == "socket" or target == "/dev/net/tun"):
-                out.append(("socket", target, label, entry))
-            elif what == "fd" and PROC_NET.fullmatch(target):
-                out.append(("procnet", target, label, entry))
-            elif what == "fd" and target.startswith("/") and fs.real_host:
-                out.append(("path", target, label, entry))  # (maybe a namespace's file)
+            out += _held_by_entry(fs, proc, what, entry, inode, problems)
     return out
+
+
+def _held_by_entry(fs: Sysfs, proc: Path, what: str, entry: Path, inode: str | None,
+                   problems: list[str]) -> list[tuple]:
+    """:func:`_held_by_process`'s tuples for one thread's namespace link or one fd."""
+    try:
+        target = os.readlink(entry)
+    except OSError as e:  # (a task reaped meanwhile says EACCES: get_proc_task)
+        if not isinstance(e, FileNotFoundError) and os.path.lexists(entry.parent.parent):
+            problems.append(f"{entry} cannot be read ({e.strerror}): run as root")
+        return []  # (else closed, or its thread or process ended)
+    label = (f"thread {entry.parent.parent.name} of pid {proc.name}"
+             if what == "thread" else f"fd {entry.name} of pid {proc.name}")
+    kind = target.partition(":")[0]
+    if kind in ("net", "mnt") and target != f"net:{inode}":
+        return [(kind, target.removeprefix(kind + ":"), label, entry)]
+    if what == "fd" and (kind == "socket" or target == "/dev/net/tun"):
+        return [("socket", target, label, entry)]
+    if what == "fd" and PROC_NET.fullmatch(target):
+        return [("procnet", target, label, entry)]
+    if what == "fd" and target.startswith("/") and fs.real_host:
+        return [("path", target, label, entry)]  # (maybe a namespace's file)
+    return []
 
 
 def _live_in(fs: Sysfs, proc: Path, early: "dict[str, tuple[str, int]] | None") -> str:

@@ -140,8 +140,8 @@ def _on_fuse(entry: Path) -> bool:
     cannot be told."""
     proc = entry.parent.parent
     try:
-        info = (proc / "fdinfo" / entry.name).read_text()
-        mounts = (proc / "mountinfo").read_text()
+        info = os.fsdecode((proc / "fdinfo" / entry.name).read_bytes())
+        mounts = os.fsdecode((proc / "mountinfo").read_bytes())  # (paths: any bytes)
     except OSError:
         return False
     mount = re.search(r"^mnt_id:\s*(\d+)", info, re.M)
@@ -521,7 +521,9 @@ class MountVisits:
         finally:
             os.close(fd)
         self.helpers.append(helper)
-        ready, _, _ = select.select([helper.stdout], [], [], 20)
+        waiting = select.poll()  # (poll: this process may hold fds past 1024, select may not)
+        waiting.register(helper.stdout, select.POLLIN)
+        ready = waiting.poll(20_000)
         said = os.read(helper.stdout.fileno(), 16) if ready else b""
         if said != b"in\n":
             helper.kill()

@@ -49,7 +49,7 @@ from pathlib import Path
 
 from harness.host.network import NetView
 from harness.host.sriov import physfn_of, vfs_of
-from harness.host.storage import OpenFiles, StorageView, devname
+from harness.host.storage import OpenFiles, StorageView, devname, pci_file_holders
 from harness.host.sysfs import (NVME_CLASS, STORAGE_CLASSES, PciDevice, Sysfs, UsbDevice,
                                 is_usb_host_controller, parse_bdf)
 
@@ -102,11 +102,13 @@ _ON_BUS = {"i2c": "an I2C client", "hid": "a HID device", "spi": "an SPI device"
 VFIO = "vfio-pci"
 
 
-def _proc_bus_pci(bdf: str) -> str:
-    """A function's file under /proc/bus/pci: ``00/03.0``; on a domain other than 0000 its
-    folder names the domain too (``0001:00/03.0``)."""
+def _proc_bus_pci(bdf: str) -> tuple[str, ...]:
+    """A function's file under /proc/bus/pci: ``00/03.0`` on x86's domain 0000; on another
+    domain, and on every domain on arm64 and riscv64 (their ``pci_proc_domain()`` is 1), its
+    folder names the domain too (``0000:00/03.0``). Both, where they can be."""
     domain, bus, slot_fn = bdf.split(":")
-    return f"/proc/bus/pci/{bus if domain == '0000' else f'{domain}:{bus}'}/{slot_fn}"
+    named = f"/proc/bus/pci/{domain}:{bus}/{slot_fn}"
+    return (f"/proc/bus/pci/{bus}/{slot_fn}", named) if domain == "0000" else (named,)
 
 
 def role_of(dev: PciDevice) -> str | None:
@@ -363,7 +365,7 @@ class HostUsage:
             rel = path[len(here) + 1:] if path.startswith(here + "/") else ""
             if _BAR_FILE.fullmatch(rel):
                 held.setdefault(f"{rel} (sysfs)", set()).update(who)
-            elif path == _proc_bus_pci(dev.bdf):
+            elif path in _proc_bus_pci(dev.bdf):
                 held.setdefault(f"{path} (procfs)", set()).update(who)
         base = Path(dev.path)
         for file in [*base.glob("resource*"), base / "config", base / "rom",
@@ -371,10 +373,11 @@ class HostUsage:
             rel = os.path.relpath(file, base)
             if _BAR_FILE.fullmatch(rel):
                 held.setdefault(f"{rel} (sysfs)", set()).update(
-                    self.storage.opened.pci_file_holders(file, "sysfs"))
-        proc = _proc_bus_pci(dev.bdf)
-        held.setdefault(f"{proc} (procfs)", set()).update(
-            self.storage.opened.pci_file_holders(self.fs.path(proc.lstrip("/")), "proc"))
+                    pci_file_holders(self.storage.opened, file, "sysfs"))
+        for proc in _proc_bus_pci(dev.bdf):
+            held.setdefault(f"{proc} (procfs)", set()).update(
+                pci_file_holders(self.storage.opened, self.fs.path(proc.lstrip("/")),
+                                 "proc"))
         for name, who in sorted(held.items()):
             if who:
                 uses.append(f"{dev.bdf}'s {name} is open or mapped by "

@@ -97,7 +97,7 @@ def mountinfos(fs: Sysfs, problems: list[str]) -> list[tuple[Path, str]]:
     return out
 
 
-def _thread_tables(fs: Sysfs, proc: Path, tasks: list[Path]) -> list[Path]:
+def thread_tables(fs: Sysfs, proc: Path, tasks: list[Path]) -> list[Path]:
     """A process's threads (``tasks``, its main thread left out) whose fd table is to be read
     besides its own: those ``kcmp`` does not find sharing it (a thread that did
     ``unshare(CLONE_FILES)``). A zombie leader (its main thread ended: ``pthread_exit``) has
@@ -108,10 +108,16 @@ def _thread_tables(fs: Sysfs, proc: Path, tasks: list[Path]) -> list[Path]:
     return first + [t for t in tasks if not (fs.real_host and _same_files(ref, t.name))]
 
 
+def _state(proc: Path) -> str:
+    """A process's state letter (``R``, ``S``, ``Z``...) from its ``stat``, read as bytes: the
+    name before it is any bytes its process chose. Raises OSError or IndexError."""
+    return (proc / "stat").read_bytes().rsplit(b")", 1)[1].split()[0].decode("ascii", "replace")
+
+
 def _ended_leader(proc: Path) -> bool:
     """Whether a process's main thread has ended (a zombie leader; its threads may live on)."""
     try:
-        return (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+        return _state(proc) in ("Z", "X")
     except (OSError, IndexError):
         return False
 
@@ -121,7 +127,7 @@ def _ended(proc: Path) -> bool:
     with no other thread (it holds no namespace any more; a zombie leader's live threads
     still do)."""
     try:
-        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        state = _state(proc)
         threads = [t for t in (proc / "task").iterdir() if t.name != proc.name]
     except (OSError, IndexError):
         return not proc.exists()
@@ -383,7 +389,7 @@ def _same_files(pid: str, tid: str) -> bool:
 #: The names of a PCI function's files through which a process reaches the device itself:
 #: sysfs BARs, config space, ROM, p2pmem's ``allocate``, and its /proc/bus/pci file
 #: (``03.0``). Open or mapped through another mount of sysfs or procfs (a container's
-#: /host/sys), they are found by name and inode (:meth:`OpenFiles.pci_file_holders`).
+#: /host/sys), they are found by name and inode (:func:`pci_file_holders`).
 _PCI_FILE_NAME = re.compile(r"resource\d+(?:_wc)?|config|rom|allocate|[0-9a-f]{2}\.[0-7]")
 
 
@@ -398,6 +404,37 @@ def _types_through_root(fs: Sysfs, pid: int, paths: list[str]) -> list:
     return out
 
 
+def _mapped_numbers(fs: Sysfs, mapped: dict, lookups: Lookups, problems: list[str]) -> list:
+    """((mode, rdev), holders) of each mapped file that is a device node: a disk mapped
+    through a node at any path (a container's ``/dev/xvdb`` made with the host's numbers)
+    holds it after its fd is closed, and ``maps`` names only the node's path. Each distinct
+    file is looked at once, through ``map_files`` (the mapping itself), from the kernel's
+    cache, in one bounded lookup for the read."""
+    if not fs.real_host or not mapped:
+        return []
+    files = list(mapped.values())
+
+    def look() -> list:
+        out = []
+        for link, _ in files:
+            try:
+                out.append(node_type(str(link)))
+            except OSError:
+                out.append(None)  # (unmapped since, or its process ended: holds nothing)
+        return out
+    try:
+        found = lookups.within(look, "the files processes map")
+    except NotLookedAt:
+        return []
+    except TimeoutError:
+        problems.append(f"the {len(files)} files processes map did not all say in "
+                        f"{DETACHED_STAT_TIMEOUT:g} s what they are: a disk mapped through a "
+                        "node of another path would be missed")
+        return []
+    return [(got, who) for (_, who), got in zip(files, found)
+            if got and (stat.S_ISBLK(got[0]) or stat.S_ISCHR(got[0]))]
+
+
 def _mounted_as(fs: Sysfs, pid: int, dev: int, fstype: str) -> bool | None:
     """Whether the filesystem ``dev`` is a mount of ``fstype`` in pid's mount namespace (its
     mountinfo); None when that cannot be read."""
@@ -407,6 +444,19 @@ def _mounted_as(fs: Sysfs, pid: int, dev: int, fstype: str) -> bool | None:
     want = f"{os.major(dev)}:{os.minor(dev)}"
     return any(f[2] == want and f[f.index("-") + 1] == fstype
                for f in (line.split() for line in text.splitlines()) if "-" in f[3:])
+
+
+def tasks_of(proc: Path, problems: list[str]) -> list[Path]:
+    """A process's other threads: one that did ``unshare(CLONE_FILES)`` holds files that
+    only its own ``/proc/PID/task/TID/fd`` lists (the main thread's are ``/proc/PID/fd``)."""
+    try:
+        return sorted(t for t in (proc / "task").iterdir() if t.name != proc.name)
+    except FileNotFoundError:
+        return []  # gone, or a fake process without threads
+    except OSError as e:
+        problems.append(f"the threads of pid {proc.name} cannot be read ({e.strerror}): "
+                        "files only one of them holds would be missed; run as root")
+        return []
 
 
 class OpenFiles:
@@ -444,11 +494,15 @@ class OpenFiles:
         self.devmem: list[tuple[int, int, tuple[int, str]]] = []
         self._fs = fs
         self.lookups = Lookups()
+        self._mapped: dict[tuple[int, int, int], tuple[Path, set]] = {}
         for proc in sorted(fs.proc().glob("[0-9]*")):
             who = (int(proc.name), fs.read(proc / "comm") or "?")
             self._add_maps(proc, who, problems)
             self._add_fds(fs, proc / "fd", who, problems, f"pid {proc.name}")
             self._add_threads(fs, proc, who, problems)
+        for (mode, rdev), who in _mapped_numbers(fs, self._mapped, self.lookups, problems):
+            for w in who:
+                self._add_number(mode, rdev, w)
         problems += self.lookups.problems()
         for inode in sorted(set(self._rings_mapped) - self._rings_held):
             pid, comm = self._rings_mapped[inode]
@@ -458,27 +512,17 @@ class OpenFiles:
 
     def _add_threads(self, fs: Sysfs, proc: Path, who: tuple[int, str],
                      problems: list[str]) -> None:
-        """The fds of up to :data:`MAX_OWN_TABLES` threads' own tables (:func:`_thread_tables`)."""
-        own = _thread_tables(fs, proc, self._tasks(proc, problems))
+        """The fds of up to :data:`MAX_OWN_TABLES` threads' own tables (:func:`thread_tables`)."""
+        tasks = tasks_of(proc, problems)
+        if tasks and fs.real_host and _ended_leader(proc):  # (its maps read empty; its
+            self._add_maps(tasks[0], who, problems)          # threads share one memory)
+        own = thread_tables(fs, proc, tasks)
         for task in own[:MAX_OWN_TABLES]:  # (not its process's table, read already)
             self._add_fds(fs, task / "fd", who, problems, f"pid {proc.name}'s thread {task.name}")
         if len(own) > MAX_OWN_TABLES:
             problems.append(f"pid {who[0]} ({who[1]}) has {len(own)} threads with fd tables of "
                             f"their own (unshare(CLONE_FILES)); only {MAX_OWN_TABLES} were read: "
                             "which files the others hold is unknown")
-
-    @staticmethod
-    def _tasks(proc: Path, problems: list[str]) -> list[Path]:
-        """A process's other threads: one that did ``unshare(CLONE_FILES)`` holds files that
-        only its own ``/proc/PID/task/TID/fd`` lists (the main thread's are ``/proc/PID/fd``)."""
-        try:
-            return sorted(t for t in (proc / "task").iterdir() if t.name != proc.name)
-        except FileNotFoundError:
-            return []  # gone, or a fake process without threads
-        except OSError as e:
-            problems.append(f"the threads of pid {proc.name} cannot be read ({e.strerror}): "
-                            "files only one of them holds would be missed; run as root")
-            return []
 
     def _add_fds(self, fs: Sysfs, folder: Path, who: tuple[int, str], problems: list[str],
                  whose: str) -> None:
@@ -507,16 +551,17 @@ class OpenFiles:
         for line in text.splitlines():
             fields = line.split(None, 5)
             if len(fields) == 6 and fields[5].startswith("/"):
-                self._add_mapped(fields, who)
+                self._add_mapped(proc, fields, who)
             elif len(fields) == 6 and fields[5] == "anon_inode:[io_uring]":
                 self._rings_mapped.setdefault(fields[4], who)
             elif len(fields) == 6 and fields[5] == "anon_inode:[vfio-device]":
                 self.vfio_unnamed.add(who)  # (a BAR mapped through a device fd since closed:
                 # the mapping holds the device; which one, /proc does not say)
 
-    def _add_mapped(self, fields: list[str], who: tuple[int, str]) -> None:
+    def _add_mapped(self, proc: Path, fields: list[str], who: tuple[int, str]) -> None:
         """A file mapping of /proc/PID/maps: ``start-end perms offset MAJ:MIN inode path``,
-        the numbers in hex but the inode."""
+        the numbers in hex but the inode; each distinct file is kept with a way to it
+        (``map_files/START-END``) for :func:`_mapped_numbers`."""
         path = fields[5].removesuffix(" (deleted)")
         devmem = path == "/dev/mem" or path.endswith("/dev/mem")
         if not devmem:  # (a mapping of /dev/mem holds the addresses it maps, not all of it)
@@ -528,27 +573,13 @@ class OpenFiles:
             offset, inode = int(fields[2], 16), int(fields[4])
         except ValueError:
             return
+        self._mapped.setdefault((major, minor, inode), (
+            proc / "map_files" / f"{start:x}-{end:x}", set()))[1].add(who)
         if _PCI_FILE_NAME.fullmatch(name):
             self.pci_files.setdefault((name, inode), {}).setdefault(
                 os.makedev(major, minor), set()).add(who)
         if devmem:  # (its offset: a physical address)
             self.devmem.append((offset, offset + end - start - 1, who))
-
-    def pci_file_holders(self, path: Path, fstype: str) -> set[tuple[int, str]]:
-        """Who holds open or maps a function's file ``path`` (its sysfs ``resource0``, its
-        /proc/bus/pci file) through any mount of it: the same name and inode on the same
-        filesystem, or on another mount of ``fstype`` in the holder's mount namespace (sysfs
-        mounted in another network namespace is a superblock of its own, with the same
-        inodes), or where the holder's mounts cannot be read."""
-        try:
-            st = os.stat(path)
-        except OSError:
-            return set()
-        found = set()
-        for dev, who in self.pci_files.get((path.name, st.st_ino), {}).items():
-            found |= {(pid, comm) for pid, comm in who if dev == st.st_dev
-                      or _mounted_as(self._fs, pid, dev, fstype) is not False}
-        return found
 
     def _add(self, fs: Sysfs, fd: Path, who: tuple[int, str]) -> None:
         try:
@@ -709,6 +740,23 @@ class OpenFiles:
     def users(self, kind: str, devname: str | None, majmin: str | None) -> list[str]:
         """:meth:`holders` as ``pid 4242 (ceph-osd)``."""
         return [f"pid {pid} ({comm})" for pid, comm in self.holders(kind, devname, majmin)]
+
+
+def pci_file_holders(opened: OpenFiles, path: Path, fstype: str) -> set[tuple[int, str]]:
+    """Who holds open or maps a function's file ``path`` (its sysfs ``resource0``, its
+    /proc/bus/pci file) through any mount of it: the same name and inode on the same
+    filesystem, or on another mount of ``fstype`` in the holder's mount namespace (sysfs
+    mounted in another network namespace is a superblock of its own, with the same
+    inodes), or where the holder's mounts cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return set()
+    found = set()
+    for dev, who in opened.pci_files.get((path.name, st.st_ino), {}).items():
+        found |= {(pid, comm) for pid, comm in who if dev == st.st_dev
+                  or _mounted_as(opened._fs, pid, dev, fstype) is not False}
+    return found
 
 
 def devname(node: Path, fs: Sysfs) -> str:

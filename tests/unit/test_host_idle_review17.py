@@ -246,7 +246,8 @@ def test_1_config_space_open_through_sysfs_of_another_network_namespace_is_held(
             pytest.skip(f"unshare or a second sysfs mount is not possible here: {child.wait()}")
         assert os.stat(f"/proc/{child.pid}/fd/3").st_dev != os.stat("/sys").st_dev  # (premise)
         opened = StorageView.read(Sysfs("/")).opened
-        held = opened.pci_file_holders(Path(f"/sys/bus/pci/devices/{bdf}/config"), "sysfs")
+        held = storage.pci_file_holders(opened, Path(f"/sys/bus/pci/devices/{bdf}/config"),
+                                    "sysfs")
         assert child.pid in {pid for pid, _ in held}, held
     finally:
         child.kill()

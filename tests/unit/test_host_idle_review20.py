@@ -87,7 +87,7 @@
    ``/proc/bus/pci/0000:05/00.1``; :func:`harness.host.safety._proc_bus_pci` gives
    ``/proc/bus/pci/05/00.1`` for domain 0000 (x86's layout), which is matched against
    what processes hold and stat'ed for another mount's holders
-   (:meth:`~harness.host.storage.OpenFiles.pci_file_holders`): no such file, no holder. A
+   (:func:`~harness.host.storage.pci_file_holders`): no such file, no holder. A
    user-space program holding the function's config space or a BAR mapped through its
    ``PCIIOC_MMAP_IS_MEM`` (pciutils' ``proc`` method, an old user-space driver) on a function
    on no driver or pci-stub leaves it idle. Who: arm64 lab hosts (Ampere, Graviton, Grace:
