@@ -55,8 +55,11 @@ def test_1_a_function_a_process_holds_through_proc_bus_pci_is_in_use(lab, how):
 
 
 def test_1_proc_bus_pci_names_a_domain_other_than_0000_in_its_folder():
-    assert _proc_bus_pci("0000:05:00.1") == "/proc/bus/pci/05/00.1"
-    assert _proc_bus_pci("0001:3a:02.7") == "/proc/bus/pci/0001:3a/02.7"
+    """(and domain 0000 in both forms: x86's ``05/00.1``, arm64's and riscv64's
+    ``0000:05/00.1``)"""
+    assert _proc_bus_pci("0000:05:00.1") == ("/proc/bus/pci/05/00.1",
+                                             "/proc/bus/pci/0000:05/00.1")
+    assert _proc_bus_pci("0001:3a:02.7") == ("/proc/bus/pci/0001:3a/02.7",)
 
 
 def _keep(box: list, call, *args) -> None:
