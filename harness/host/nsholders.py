@@ -28,7 +28,6 @@ holder again.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import json
@@ -42,7 +41,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.host.storage import cached_inode, call_within, unescape_mountinfo
+from harness.host.storage import cached_identity, cached_inode, call_within, unescape_mountinfo
 from harness.host.sysfs import Sysfs
 
 #: Run by the helper: enter the mount namespace of the (proven) fd ``argv[1]``, say so, and
@@ -118,20 +117,6 @@ def open_namespace(fs: Sysfs, path: Path, inode: str, kind: str) -> int:
 #: fd; the kinds that may hold an interface, or a mount of one.
 _NS_GET_NSTYPE = 0xB703
 _NS_KINDS = {0x40000000: "net", 0x00020000: "mnt"}
-_LIBC = ctypes.CDLL(None, use_errno=True)
-
-
-def _cached_device(path: str) -> tuple[int, int]:
-    """(``st_dev``, ``st_ino``) of what ``path`` leads to, from the kernel's cache
-    (``statx``, ``AT_STATX_DONT_SYNC``): a FUSE file is not asked of its daemon. Raises
-    OSError."""
-    buf = ctypes.create_string_buffer(256)  # struct statx
-    if _LIBC.statx(-100, os.fsencode(path), 0x4000, 0x100, buf) != 0:  # AT_FDCWD, STATX_INO
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), path)
-    raw = buf.raw
-    major, minor = (int.from_bytes(raw[i:i + 4], "little") for i in (136, 140))
-    return os.makedev(major, minor), int.from_bytes(raw[32:40], "little")
 
 
 def _on_fuse(entry: Path) -> bool:
@@ -158,7 +143,7 @@ def fd_namespace(fs: Sysfs, entry: Path) -> tuple[str, str] | None:
     no namespace's file (the kernel's cache says so: nothing waits on a FUSE daemon) or one of
     another kind. Raises OSError (:func:`went_away` when the fd was closed or swapped)."""
     try:
-        device, inode = _cached_device(str(entry))
+        device, inode = cached_identity(str(entry))  # (a FUSE daemon is not asked)
     except PermissionError:
         if _on_fuse(entry):
             return None  # (FUSE refuses even root without allow_other; no namespace is there)

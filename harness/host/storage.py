@@ -393,12 +393,12 @@ def _same_files(pid: str, tid: str) -> bool:
 _PCI_FILE_NAME = re.compile(r"resource\d+(?:_wc)?|config|rom|allocate|[0-9a-f]{2}\.[0-7]")
 
 
-def _types_through_root(fs: Sysfs, pid: int, paths: list[str]) -> list:
-    """:func:`node_type` of each path as process ``pid``'s root has it, or its OSError."""
+def _node_types(paths: list[str]) -> list:
+    """:func:`node_type` of each path, or its OSError (for one bounded lookup of many)."""
     out: list = []
     for path in paths:
         try:
-            out.append(node_type(str(fs.proc(str(pid), "root", path.lstrip("/")))))
+            out.append(node_type(path))
         except OSError as e:
             out.append(e)
     return out
@@ -413,17 +413,9 @@ def _mapped_numbers(fs: Sysfs, mapped: dict, lookups: Lookups, problems: list[st
     if not fs.real_host or not mapped:
         return []
     files = list(mapped.values())
-
-    def look() -> list:
-        out = []
-        for link, _ in files:
-            try:
-                out.append(node_type(str(link)))
-            except OSError:
-                out.append(None)  # (unmapped since, or its process ended: holds nothing)
-        return out
     try:
-        found = lookups.within(look, "the files processes map")
+        found = lookups.within(lambda: _node_types([str(link) for link, _ in files]),
+                               "the files processes map")
     except NotLookedAt:
         return []
     except TimeoutError:
@@ -431,8 +423,9 @@ def _mapped_numbers(fs: Sysfs, mapped: dict, lookups: Lookups, problems: list[st
                         f"{DETACHED_STAT_TIMEOUT:g} s what they are: a disk mapped through a "
                         "node of another path would be missed")
         return []
-    return [(got, who) for (_, who), got in zip(files, found)
-            if got and (stat.S_ISBLK(got[0]) or stat.S_ISCHR(got[0]))]
+    return [(got, who) for (_, who), got in zip(files, found)  # (an error: unmapped since,
+            if not isinstance(got, OSError)                      # or its process ended)
+            and (stat.S_ISBLK(got[0]) or stat.S_ISCHR(got[0]))]
 
 
 def _mounted_as(fs: Sysfs, pid: int, dev: int, fstype: str) -> bool | None:
@@ -646,8 +639,10 @@ class OpenFiles:
         on a file server that does not answer waits); the first few that cannot be looked at
         are named, the others counted."""
         try:
-            found = self.lookups.within(lambda: _types_through_root(fs, who[0], paths),
-                                        f"the files pid {who[0]}'s io_uring registered")
+            found = self.lookups.within(  # (through its root: as its mount namespace has them)
+                lambda: _node_types([str(fs.proc(str(who[0]), "root", p.lstrip("/")))
+                                     for p in paths]),
+                f"the files pid {who[0]}'s io_uring registered")
         except NotLookedAt:
             return  # (counted: one problem for all)
         except TimeoutError as e:

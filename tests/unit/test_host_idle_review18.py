@@ -134,13 +134,15 @@ from harness.host.storage import StorageView
 from harness.host.sysfs import Sysfs, bdfs_in_path
 
 from . import fakesysfs
-from .fusestub import FuseStub
 from .test_host_idle_review16 import loop_disk as _loop_disk
 from .test_host_idle_review17 import NOBODY_RUN, read_open_files_with
+from .test_host_idle_review17 import fuse as _fuse
+from .test_socket_namespace_fds import SOCKETS
 from .test_paths import as_root
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
 loop_disk = _loop_disk  # a fixture: a real loop device, the sixteenth read's
+fuse = _fuse  # a fixture: a one-file FUSE mount that can be told to go silent (the 17th's)
 #: These tests make real namespaces, mounts and loop devices and read the whole host.
 pytestmark = pytest.mark.xdist_group("real-host-namespaces")
 SATA = "0000:06:00.0"     # sdb, not mounted: idle on the lab host
@@ -323,14 +325,6 @@ REGISTER_MANY = textwrap.dedent(r'''
 ''')
 
 
-@pytest.fixture
-def fuse(tmp_path):
-    if not os.path.exists("/dev/fuse"):
-        pytest.skip("no /dev/fuse on this host: modprobe fuse")
-    with FuseStub(tmp_path / "mnt") as stub:
-        yield stub
-
-
 def _read_storage_within(seconds: float) -> "tuple[StorageView | None, float]":
     """(the host's storage view, or None if the read did not end in ``seconds``; how long it
     took)."""
@@ -499,22 +493,6 @@ def test_6_a_socket_registered_with_io_uring_is_no_unknown_device():
 
 # -- 7. one fd kept for every namespace a socket holds, and one that does not come --------------
 
-#: nobody's process, in a user namespace of theirs: ``argv[1]`` network namespaces, each made
-#: and left holding one UDP socket (the process lives in the last one).
-SOCKETS = textwrap.dedent(r"""
-    import ctypes, os, resource, socket, sys
-    n = int(sys.argv[1])
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    libc = ctypes.CDLL(None, use_errno=True)
-    held = []
-    for _ in range(n):
-        if libc.unshare(0x40000000) != 0:  # CLONE_NEWNET
-            sys.exit("unshare: " + os.strerror(ctypes.get_errno()))
-        held.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-    print("ready", flush=True)
-    sys.stdin.readline()
-""")
 
 
 @as_root
@@ -529,7 +507,7 @@ def test_7_namespaces_held_by_sockets_do_not_end_the_network_read_in_a_traceback
     if not os.access(python, os.X_OK):
         pytest.skip("no /usr/bin/python3 for nobody")
     maker = subprocess.Popen(NOBODY_RUN + ["unshare", "--user", "--map-root-user", python, "-c",
-                                           SOCKETS, "1100"], cwd="/", stdin=subprocess.PIPE,
+                                           SOCKETS, "1100", "1"], cwd="/", stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     limits = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:

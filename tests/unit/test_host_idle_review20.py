@@ -201,25 +201,34 @@ MAPPER = textwrap.dedent(r"""
 def test_1_a_disk_mapped_by_a_process_whose_main_thread_ended_is_in_use(loop_disk, main):
     name = os.path.basename(loop_disk)
     assert StorageView.read(Sysfs("/")).use_of_block(name) == []  # (idle before)
-    proc = subprocess.Popen([PYTHON, "-c", MAPPER, loop_disk, main], stdout=subprocess.PIPE,
+    def shape(pid: int) -> None:
+        if main == "ends":
+            _wait_main_ended(pid)
+        # (the mapping is in its live thread's maps, and no fd holds the disk)
+        tasks = os.listdir(f"/proc/{pid}/task")
+        assert any(loop_disk in Path(f"/proc/{pid}/task/{t}/maps").read_text()
+                   for t in tasks if t != str(pid))
+    pid, uses = _uses_while_mapped(name, [loop_disk, main], shape)
+    assert any(f"pid {pid}" in u for u in uses), \
+        f"{name}, mapped by pid {pid} (main thread {main}), reads: {uses}"
+
+
+def _uses_while_mapped(name: str, args: list[str], shape) -> "tuple[int, list[str]]":
+    """(the pid of a :data:`MAPPER` run with ``args``, what the host's storage read says of
+    the disk ``name`` while it maps it, in 120 s at most); ``shape(pid)`` checks the premise
+    first."""
+    proc = subprocess.Popen([PYTHON, "-c", MAPPER, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd="/")
     try:
         said = proc.stdout.readline().strip()
         assert said == "ready", proc.stderr.read()
-        if main == "ends":
-            _wait_main_ended(proc.pid)
-        # (the shape: the mapping is in its live thread's maps, and no fd holds the disk)
-        tasks = os.listdir(f"/proc/{proc.pid}/task")
-        assert any(loop_disk in Path(f"/proc/{proc.pid}/task/{t}/maps").read_text()
-                   for t in tasks if t != str(proc.pid))
+        shape(proc.pid)
         box = _within(120, lambda: StorageView.read(Sysfs("/")).use_of_block(name))
     finally:
         proc.kill()
         proc.wait(10)
     assert "error" not in box, box.get("error")
-    uses = box["value"]
-    assert any(f"pid {proc.pid}" in u for u in uses), \
-        f"{name}, mapped by pid {proc.pid} (main thread {main}), reads: {uses}"
+    return proc.pid, box["value"]
 
 
 # -- 2. an fd of a process whose main thread ended, holding a network namespace ----------------
@@ -371,20 +380,11 @@ def test_4_a_disk_mapped_through_a_node_of_another_path_is_in_use(loop_disk, tmp
     alias = tmp_path / "xvdb"
     os.mknod(alias, stat.S_IFBLK | 0o600, os.stat(loop_disk).st_rdev)
     assert StorageView.read(Sysfs("/")).use_of_block(name) == []  # (idle before)
-    proc = subprocess.Popen([PYTHON, "-c", MAPPER, str(alias), "lives"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
-    try:
-        said = proc.stdout.readline().strip()
-        assert said == "ready", proc.stderr.read()
-        assert str(alias) in Path(f"/proc/{proc.pid}/maps").read_text()  # (the shape)
-        box = _within(120, lambda: StorageView.read(Sysfs("/")).use_of_block(name))
-    finally:
-        proc.kill()
-        proc.wait(10)
-    assert "error" not in box, box.get("error")
-    uses = box["value"]
-    assert any(f"pid {proc.pid}" in u for u in uses), \
-        f"{name}, mapped by pid {proc.pid} through {alias}, reads: {uses}"
+    def shape(pid: int) -> None:
+        assert str(alias) in Path(f"/proc/{pid}/maps").read_text()
+    pid, uses = _uses_while_mapped(name, [str(alias), "lives"], shape)
+    assert any(f"pid {pid}" in u for u in uses), \
+        f"{name}, mapped by pid {pid} through {alias}, reads: {uses}"
 
 
 # -- 5. a name not UTF-8 in what the nineteenth read's fixes read strictly ------------------------
