@@ -97,13 +97,17 @@ def mountinfos(fs: Sysfs, problems: list[str]) -> list[tuple[Path, str]]:
     return out
 
 
-def thread_tables(fs: Sysfs, proc: Path, tasks: list[Path]) -> list[Path]:
+def thread_tables(fs: Sysfs, proc: Path, tasks: list[Path], ended: bool | None = None
+                  ) -> list[Path]:
     """A process's threads (``tasks``, its main thread left out) whose fd table is to be read
     besides its own: those ``kcmp`` does not find sharing it (a thread that did
-    ``unshare(CLONE_FILES)``). A zombie leader (its main thread ended: ``pthread_exit``) has
-    no table: its first live thread's stands for it, read first."""
+    ``unshare(CLONE_FILES)``). A zombie leader (its main thread ended: ``pthread_exit``;
+    ``ended``, when the caller has read it already) has no table: its first live thread's
+    stands for it, read first."""
     ref, first = proc.name, []
-    if tasks and fs.real_host and _ended_leader(proc):
+    if ended is None:
+        ended = bool(tasks) and fs.real_host and _ended_leader(proc)
+    if tasks and ended:
         ref, first, tasks = tasks[0].name, tasks[:1], tasks[1:]
     return first + [t for t in tasks if not (fs.real_host and _same_files(ref, t.name))]
 
@@ -423,8 +427,17 @@ def _mapped_numbers(fs: Sysfs, mapped: dict, lookups: Lookups, problems: list[st
                         f"{DETACHED_STAT_TIMEOUT:g} s what they are: a disk mapped through a "
                         "node of another path would be missed")
         return []
-    return [(got, who) for (_, who), got in zip(files, found)  # (an error: unmapped since,
-            if not isinstance(got, OSError)                      # or its process ended)
+    denied = [who for (_, who), got in zip(files, found)
+              if isinstance(got, OSError) and got.errno in (errno.EACCES, errno.EPERM)]
+    if denied:
+        pids = sorted({pid for who in denied for pid, _ in who})
+        problems.append(f"{len(denied)} files mapped by pid {', '.join(map(str, pids[:5]))}"
+                        f"{' and others' if len(pids) > 5 else ''} cannot be looked at through "
+                        "/proc/PID/map_files (permission denied: run as root, outside any "
+                        "LSM confinement): a disk mapped through a node of another path would "
+                        "be missed")
+    return [(got, who) for (_, who), got in zip(files, found)  # (another error: unmapped
+            if not isinstance(got, OSError)                      # since, or its process ended)
             and (stat.S_ISBLK(got[0]) or stat.S_ISCHR(got[0]))]
 
 
@@ -507,9 +520,10 @@ class OpenFiles:
                      problems: list[str]) -> None:
         """The fds of up to :data:`MAX_OWN_TABLES` threads' own tables (:func:`thread_tables`)."""
         tasks = tasks_of(proc, problems)
-        if tasks and fs.real_host and _ended_leader(proc):  # (its maps read empty; its
-            self._add_maps(tasks[0], who, problems)          # threads share one memory)
-        own = thread_tables(fs, proc, tasks)
+        ended = bool(tasks) and fs.real_host and _ended_leader(proc)
+        if ended:  # (its maps read empty; its threads share one memory)
+            self._add_maps(tasks[0], who, problems)
+        own = thread_tables(fs, proc, tasks, ended)
         for task in own[:MAX_OWN_TABLES]:  # (not its process's table, read already)
             self._add_fds(fs, task / "fd", who, problems, f"pid {proc.name}'s thread {task.name}")
         if len(own) > MAX_OWN_TABLES:

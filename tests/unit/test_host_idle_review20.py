@@ -112,6 +112,7 @@ the device idle (no use at all), 2 reads neither the namespace nor a problem, 3 
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import signal
@@ -125,7 +126,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.host import binding, network, nsholders
+from harness.host import binding, network, nsholders, storage
 from harness.host.network import NetView
 from harness.host.safety import HostUsage
 from harness.host.storage import StorageView
@@ -385,6 +386,16 @@ def test_4_a_disk_mapped_through_a_node_of_another_path_is_in_use(loop_disk, tmp
     pid, uses = _uses_while_mapped(name, [str(alias), "lives"], shape)
     assert any(f"pid {pid}" in u for u in uses), \
         f"{name}, mapped by pid {pid} through {alias}, reads: {uses}"
+
+
+def test_4_mapped_files_root_may_not_look_at_are_a_named_problem(monkeypatch):
+    """An LSM that confines root (or a kernel without ``CAP_CHECKPOINT_RESTORE`` for it) denies
+    ``/proc/PID/map_files``: what those mappings are is then unknown, and says so. The
+    kernel's answer is put in place of the lookup: no LSM here confines root."""
+    monkeypatch.setattr(storage, "_node_types",
+                        lambda paths: [PermissionError(errno.EACCES, "denied")] * len(paths))
+    problems = StorageView.read(Sysfs("/")).problems
+    assert any("map_files" in p and "permission denied" in p for p in problems), problems
 
 
 # -- 5. a name not UTF-8 in what the nineteenth read's fixes read strictly ------------------------
