@@ -1,0 +1,146 @@
+"""Issue 31, twenty-first adversarial read. What it found, one section below each:
+
+1. any local user leaves every NIC on the host unproven (a false refusal they keep for as long
+   as they like, one command, no privilege): the network read parses ``ip -j``'s output with
+   ``json.loads`` (:func:`harness.host.network._read_namespace`), which is strict about control
+   characters inside strings (``Invalid control character at ...``), and iproute2's JSON writer
+   (``jsonw_puts``) escapes only ``"``, ``\\``, ``\\b``, ``\\f``, ``\\n``, ``\\r`` and ``\\t``: any
+   other byte below 0x20 goes out raw. An interface name may hold such bytes (the kernel's
+   ``dev_valid_name`` refuses only ``/``, ``:`` and white space), and so may its alias
+   (``ip link set X alias ...``, up to 255 bytes). nobody makes a user and network namespace of
+   their own (``unshare -Urn``) and names a veth there ``a\\x01b`` (or gives it such an alias);
+   the read enters every namespace a process holds, ``ip -j -d link show`` there "cannot be
+   read", and that namespace's problem goes into every NIC's verdict ("cannot tell whether
+   0000:05:00.0's interfaces are in use: ..."): ``plan``, ``doctor`` and every NIC bind refuse.
+   Where: network.py ``_read_namespace`` (``json.loads(...)``, no ``strict=False``); the
+   seventeenth read's ninth fix (``surrogateescape``) covers bytes that are not UTF-8, not
+   these. Who: any local user (user namespaces on: Debian, Ubuntu, Fedora defaults). Likely:
+   by intent; bad: no NIC can be taken while it lasts, and the refusal points at the user's
+   namespace only as "pid N", with a JSON parser's error for a reason.
+
+2. a storage controller (or a NIC) whose driver is reached through a node that is *not* below
+   the function reads idle while a process drives it through that node: the SAS and RAID
+   drivers' management nodes are global (``/dev/mpt3ctl``, a misc device under
+   ``/sys/devices/virtual/misc``; ``/dev/megaraid_sas_ioctl_node``, a bare character major
+   with no sysfs device at all, which ``storcli`` makes itself from /proc/devices), and pick the
+   controller by a number in each ioctl; Mellanox's MFT reaches a NIC's configuration space
+   through ``/dev/mst/mt4119_pciconf0`` (the ``mst_pciconf`` module's node). The rule looks only
+   at nodes below the function (:class:`harness.host.safety._Subtree`: ``char_nodes``), its
+   sysfs/procfs BAR and config files and /dev/mem (:meth:`HostUsage._bars`), so a process
+   holding one of these nodes is no use of anything. What holds them: ``sas3flash`` /
+   ``storcli download`` writing the controller's firmware, ``mstflint``/``flint`` burning a
+   NIC's, a RAID monitor (LSI MSM, Dell OMSA, ``megaclisas-status`` in a loop) polling it.
+   Unbinding the controller under a firmware download can leave the card unbootable. Who: root
+   tools (not another user); likely: low to medium on server lab hosts with SAS HBAs or RAID
+   controllers (class 0x0107 and 0x0104 are roles the harness takes); bad: the worst kind, a
+   device in use taken with nothing said.
+
+Case 1: a real user and network namespace of nobody's with a veth pair in it, the interface
+named (or aliased) with ``\\x01``; the whole host's network read as root (the control: the same
+namespace with a plain name reads with no problem of it). Case 2: the fake lab host with an
+idle SAS HBA (and a RAID controller, and a ConnectX NIC) added, and a process holding the
+driver's management node (the control: the same host without that process reads the device
+idle, so the evidence is there and only the holder is missed). Each fails on the code as it is
+(c9eb2ed): 1 names nobody's namespace as unreadable, 2 reads the device idle; the controls
+pass. No guest is booted.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from harness.host.network import NetView
+from harness.host.safety import HostUsage
+from harness.host.sysfs import Sysfs
+
+from . import fakesysfs
+from .test_host_idle_review17 import NOBODY_RUN
+from .test_paths import as_root
+
+fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
+
+
+# -- 1. a control character in an interface's name or alias, in nobody's namespace -------------
+
+#: nobody's shell in a user and network namespace of theirs: a veth pair, one end named (or
+#: aliased) ``argv[1]``'s way, then it waits.
+NAMER = {
+    "name": "ip link add \"$(printf 'a\\001b')\" type veth peer name hh21p",
+    "alias": "ip link add hh21a type veth peer name hh21p && "
+             "ip link set hh21a alias \"$(printf 'x\\002y')\"",
+    "plain": "ip link add hh21a type veth peer name hh21p",
+}
+
+
+def _nobodys_namespace_problems(how: str) -> list[str]:
+    """The network read's problems that name nobody's namespace, made ``how``."""
+    child = subprocess.Popen(
+        NOBODY_RUN + ["unshare", "--user", "--map-root-user", "--net", "sh", "-c",
+                      NAMER[how] + " && echo ready && exec sleep 120"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        if child.stdout.readline().strip() != "ready":
+            pytest.skip(f"nobody cannot make a network namespace here: {child.stderr.read()}")
+        view = NetView.read(Sysfs("/"))
+        return [p for p in view.problems if f"pid {child.pid}" in p]
+    finally:
+        child.kill()
+        child.wait()
+
+
+@as_root
+@pytest.mark.parametrize("how", ["name", "alias"])
+def test_1_a_control_character_in_a_users_interface_leaves_the_nics_provable(how):
+    assert _nobodys_namespace_problems(how) == []
+
+
+@as_root
+def test_1_control_a_plainly_named_interface_of_nobodys_is_read():
+    assert _nobodys_namespace_problems("plain") == []
+
+
+# -- 2. a controller driven through its driver's node, which is not below it -------------------
+
+#: (function, ids, class, driver, the node a management or flashing tool holds, its command)
+MANAGED = {
+    "sas": ("0000:08:00.0", "1000:0097", 0x010700, "mpt3sas", "/dev/mpt3ctl", "sas3flash"),
+    "raid": ("0000:09:00.0", "1000:10e2", 0x010400, "megaraid_sas",
+             "/dev/megaraid_sas_ioctl_node", "storcli64"),
+    "nic": ("0000:0a:00.0", "15b3:1017", 0x020000, "mlx5_core", "/dev/mst/mt4119_pciconf0",
+            "mstflint"),
+}
+
+
+def _managed(host, what: str, held: bool) -> str:
+    """``what``'s function added to the lab host, idle (a disk below a storage controller,
+    not mounted; a NIC's port down), and, if ``held``, a process holding its driver's node."""
+    bdf, ids, cls, driver, node, comm = MANAGED[what]
+    host.add_pci(bdf, ids, cls, driver, 40 + len(what))
+    if cls >> 16 == 0x01:
+        host.add_disk("sdx", host.dev_dir(bdf) / "host9/target9:0:0/9:0:0:0", ("sdx1",))
+    else:
+        host.add_net("enp10s0f0np0", bdf)
+    if what == "sas":  # (a misc device: /sys/class/misc/mpt3ctl, 10:222, below no function)
+        host.file("sys/devices/virtual/misc/mpt3ctl/dev", "10:222\n")
+    if held:
+        host.proc("5421/comm", comm + "\n")
+        (host.root / "proc/5421/fd").mkdir(parents=True)
+        os.symlink(node, host.root / "proc/5421/fd/3")
+    return bdf
+
+
+@pytest.mark.parametrize("what", sorted(MANAGED))
+def test_2_a_controller_driven_through_its_drivers_node_is_in_use(lab, what):
+    bdf = _managed(lab, what, held=True)
+    verdict = HostUsage.read(lab.root).verdict(bdf)
+    assert not verdict.idle, f"{bdf} reads idle: {verdict.evidence}"
+
+
+@pytest.mark.parametrize("what", sorted(MANAGED))
+def test_2_control_the_same_controller_with_no_tool_holding_it_is_idle(lab, what):
+    bdf = _managed(lab, what, held=False)
+    verdict = HostUsage.read(lab.root).verdict(bdf)
+    assert verdict.idle, verdict.uses
