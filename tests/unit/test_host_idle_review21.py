@@ -52,11 +52,13 @@ import subprocess
 
 import pytest
 
+from harness.host import storage
 from harness.host.network import NetView
 from harness.host.safety import HostUsage
 from harness.host.sysfs import Sysfs
 
-from . import fakesysfs
+from . import fakesysfs, test_host_idle_review19
+from .test_host_idle_review5 import AUTOMOUNT
 from .test_host_idle_review17 import NOBODY_RUN
 from .test_paths import as_root
 
@@ -144,3 +146,52 @@ def test_2_control_the_same_controller_with_no_tool_holding_it_is_idle(lab, what
     bdf = _managed(lab, what, held=False)
     verdict = HostUsage.read(lab.root).verdict(bdf)
     assert verdict.idle, verdict.uses
+
+
+# -- 3. a host where kcmp cannot be asked ----------------------------------------------------------
+
+#: ``None``: an architecture the table does not name (``platform.machine()`` of loongarch64,
+#: whose kcmp is asm-generic's 272, or of 32-bit armv7l and i686); 1023: a number no kernel
+#: has, as kcmp is on a kernel built without it (ENOSYS).
+@as_root
+@pytest.mark.parametrize("number", [None, 1023], ids=["arch-not-in-table", "ENOSYS"])
+def test_3_threads_that_share_one_table_where_kcmp_cannot_be_asked(monkeypatch, number):
+    monkeypatch.setattr(storage, "_KCMP", number)
+    test_host_idle_review19.test_4_threads_of_a_process_whose_main_thread_ended_share_one_table(
+        "lives")
+
+
+@as_root
+def test_3_control_where_kcmp_is_known_they_are_read_once():
+    test_host_idle_review19.test_4_threads_of_a_process_whose_main_thread_ended_share_one_table(
+        "lives")
+
+
+# -- 4. an automount point and a USB disk ----------------------------------------------------------
+
+XHCI = "0000:07:00.0"  # (the lab's free uPD720202: USB bus 4)
+
+
+def _usb_disk(host, automount: bool) -> None:
+    """A USB disk on bus 4, not mounted; with ``automount``, fstab's ``x-systemd.automount``
+    point (/data) that nothing has opened yet."""
+    stick = host.add_usb("4-1", 2, "0bc2:2038", "Expansion", "Seagate",
+                         iface_driver="usb-storage")
+    host.add_disk("sdd", stick / "host7/target7:0:0/7:0:0:0", ("sdd1",))
+    if automount:
+        mountinfo = host.root / "proc/self/mountinfo"
+        mountinfo.write_text(mountinfo.read_text() + AUTOMOUNT)
+
+
+@pytest.mark.parametrize("automount", [True, False], ids=["automount", "control-none"])
+def test_4_a_usb_controller_with_a_disk_an_automount_may_hold(lab, automount):
+    _usb_disk(lab, automount)
+    verdict = HostUsage.read(lab.root).verdict(XHCI)
+    assert verdict.idle is not automount, verdict
+
+
+def test_4_a_usb_disk_an_automount_may_hold_is_not_handed_to_usb_host(lab):
+    _usb_disk(lab, automount=True)
+    usage = HostUsage.read(lab.root)
+    disk = next(u for u in lab.sysfs().usb_devices() if u.name == "4-1")
+    assert not usage.usb_verdict(disk).idle
