@@ -35,6 +35,34 @@
    controllers (class 0x0107 and 0x0104 are roles the harness takes); bad: the worst kind, a
    device in use taken with nothing said.
 
+3. on a host where ``kcmp`` cannot be asked, every device is unproven: whether a thread shares
+   its process's table of open files is told only by ``kcmp(KCMP_FILES)``
+   (:func:`harness.host.storage._same_files`), whose number is taken from a table of five
+   machines (``_KCMP``: x86_64, aarch64, riscv64, ppc64/ppc64le, s390x); elsewhere
+   (``platform.machine()`` ``loongarch64``, whose kcmp is asm-generic's 272 as on arm64 and
+   riscv64; ``armv7l``, ``i686``) and on a kernel built without it (``CONFIG_KCMP`` off: no
+   ``CHECKPOINT_RESTORE`` and no DRM to select it; ENOSYS) every thread counts as one "with an
+   fd table of its own", and any process with more than
+   :data:`~harness.host.storage.MAX_OWN_TABLES` (8) threads (a QEMU, containerd, a JVM,
+   polkitd...) is "pid N has 12 threads with fd tables of their own (unshare(CLONE_FILES));
+   only 8 were read": a storage problem, which goes into every verdict (``_driver``). No
+   intent is needed; the problem names the wrong cause. Likely: low (such hosts and kernels
+   are rare among lab hosts, though a lab host may run a kernel under test); bad: nothing can
+   be taken there, and ``doctor``/``plan`` say why wrongly.
+
+4. a USB disk that an automount point may hold is taken, with its controller or through
+   usb-host: the storage rule's "a filesystem whose disk cannot be told" (an autofs mount:
+   fstab's ``x-systemd.automount``, an autofs map; ZFS loaded; a mount that resolves to no
+   block device) refuses only functions of class 0x01 (:meth:`HostUsage._storage`:
+   ``dev.class_code >> 16 == 0x01``), and :meth:`HostUsage.usb_verdict` passes no function at
+   all. A USB controller with a disk on it, and the USB disk itself, read idle while
+   ``/backup`` waits to mount it on the next access (the nightly backup, a user's ``cd``):
+   the mount then fails, or, once the guest gives the device back, mounts what the guest left.
+   The fifth read's fourth finding made this rule for SATA/NVMe controllers; USB storage,
+   which is where automount points are most often used (a backup disk, ``noauto`` media),
+   was left out. Who: any host with such an fstab line or autofs map; likely: medium on
+   hosts with USB backup disks; bad: a disk the host is set up to use taken, nothing said.
+
 Case 1: a real user and network namespace of nobody's with a veth pair in it, the interface
 named (or aliased) with ``\\x01``; the whole host's network read as root (the control: the same
 namespace with a plain name reads with no problem of it). Case 2: the fake lab host with an
@@ -42,7 +70,12 @@ idle SAS HBA (and a RAID controller, and a ConnectX NIC) added, and a process ho
 driver's management node (the control: the same host without that process reads the device
 idle, so the evidence is there and only the holder is missed). Each fails on the code as it is
 (c9eb2ed): 1 names nobody's namespace as unreadable, 2 reads the device idle; the controls
-pass. No guest is booted.
+pass. Case 3: a real process of nobody's with twelve threads sharing one table (the
+nineteenth read's helper), read with ``_KCMP`` as it is on loongarch64 (None) and as a kernel
+without kcmp answers (ENOSYS); the control: this host's kcmp, no problem. Case 4: the fake lab
+host, a USB disk (usb-storage) on its free xHCI and an autofs mount (the fifth read's line);
+the control: no automount, idle. Each fails on the code as it is (c9eb2ed): 3 names nobody's
+process as unreadable, 4 reads the controller and the disk idle. No guest is booted.
 """
 
 from __future__ import annotations
