@@ -3,10 +3,11 @@
 1. any local user leaves every NIC on the host unproven (a false refusal they keep for as long
    as they like, one command, no privilege): the network read parses ``ip -j``'s output with
    ``json.loads`` (:func:`harness.host.network._read_namespace`), which is strict about control
-   characters inside strings (``Invalid control character at ...``), and iproute2's JSON writer
-   (``jsonw_puts``) escapes only ``"``, ``\\``, ``\\b``, ``\\f``, ``\\n``, ``\\r`` and ``\\t``: any
-   other byte below 0x20 goes out raw. An interface name may hold such bytes (the kernel's
-   ``dev_valid_name`` refuses only ``/``, ``:`` and white space), and so may its alias
+   characters inside strings (``Invalid control character at ...``), and iproute2's JSON
+   writer (``jsonw_puts``; iproute2 6.1 here, Debian 12's) escapes only ``"``, ``\\``,
+   ``\\b``, ``\\f``, ``\\n``, ``\\r`` and ``\\t``: any other byte below 0x20 goes out raw.
+   An interface name may hold such bytes (the kernel's ``dev_valid_name`` refuses only
+   ``/``, ``:`` and white space), and so may its alias
    (``ip link set X alias ...``, up to 255 bytes). nobody makes a user and network namespace of
    their own (``unshare -Urn``) and names a veth there ``a\\x01b`` (or gives it such an alias);
    the read enters every namespace a process holds, ``ip -j -d link show`` there "cannot be
@@ -78,22 +79,21 @@
    Likely: medium on Ubuntu lab hosts that use snaps; bad: no NIC can be taken there (a false
    refusal), and the problem says nothing of snapd.
 
-Case 1: a real user and network namespace of nobody's with a veth pair in it, the interface
-named (or aliased) with ``\\x01``; the whole host's network read as root (the control: the same
-namespace with a plain name reads with no problem of it). Case 2: the fake lab host with an
-idle SAS HBA (and a RAID controller, and a ConnectX NIC) added, and a process holding the
-driver's management node (the control: the same host without that process reads the device
-idle, so the evidence is there and only the holder is missed). Each fails on the code as it is
-(c9eb2ed): 1 names nobody's namespace as unreadable, 2 reads the device idle; the controls
-pass. Case 3: a real process of nobody's with twelve threads sharing one table (the
-nineteenth read's helper), read with ``_KCMP`` as it is on loongarch64 (None) and as a kernel
-without kcmp answers (ENOSYS); the control: this host's kcmp, no problem. Case 4: the fake lab
-host, a USB disk (usb-storage) on its free xHCI and an autofs mount (the fifth read's line);
-the control: no automount, idle. Each fails on the code as it is (c9eb2ed): 3 names nobody's
-process as unreadable, 4 reads the controller and the disk idle. Case 5: twelve mount namespaces bound as
-snap-confine binds them (in a private bind mount of a folder in /run, no process in any),
-made and removed by the test as root; the control: eight, no problem. It fails on c9eb2ed with
-"more than 8 mount namespaces no process is in". No guest is booted.
+Case 1: a real user and network namespace of nobody's with a veth pair in it, one end named
+(or aliased) with a control character; the whole host's network read as root (the control: a
+plain name, no problem of that namespace). Case 2: the fake lab host with an idle SAS HBA, a
+RAID controller and a ConnectX NIC added, and a process holding the driver's management node
+(the control: no such process, idle: the evidence is there, only the holder is missed). Case
+3: a real process of nobody's with twelve threads sharing one table (the nineteenth read's
+helper), read with ``_KCMP`` as on loongarch64 (None) and as a kernel without kcmp answers
+(ENOSYS); the control: this host's kcmp, no problem. Case 4: the fake lab host, a USB disk
+(usb-storage) on its free xHCI and an autofs mount (the fifth read's line); the control: no
+automount, idle. Case 5: twelve mount namespaces bound as snap-confine binds them (a private
+bind mount of a folder in /run, no process in any), made and removed by the test as root; the
+control: eight. Each fails on the code as it is (c9eb2ed): 1 says "`ip -j -d link show` in
+network namespace pid N cannot be read: Invalid control character", 2 and 4 read the device
+idle, 3 says "pid N has 12 threads with fd tables of their own", 5 says "more than 8 mount
+namespaces no process is in"; the controls pass. No guest is booted.
 """
 
 from __future__ import annotations
@@ -115,13 +115,15 @@ from .test_host_idle_review5 import AUTOMOUNT
 from .test_host_idle_review17 import NOBODY_RUN
 from .test_paths import as_root
 
+#: Cases 1, 3 and 5 make real namespaces and processes and read the whole host.
+pytestmark = pytest.mark.xdist_group("real-host-namespaces")
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
 
 
 # -- 1. a control character in an interface's name or alias, in nobody's namespace -------------
 
-#: nobody's shell in a user and network namespace of theirs: a veth pair, one end named (or
-#: aliased) ``argv[1]``'s way, then it waits.
+#: What nobody's shell does in a user and network namespace of theirs before it waits: a veth
+#: pair, one end named with ``\x01`` (or aliased with ``\x02``, or named plainly).
 NAMER = {
     "name": "ip link add \"$(printf 'a\\001b')\" type veth peer name hh21p",
     "alias": "ip link add hh21a type veth peer name hh21p && "
