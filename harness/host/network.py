@@ -595,10 +595,17 @@ def _inode(path: Path, strict: bool = False) -> str | None:
             return None
 
 
+def _ip_json(text: str):
+    """``ip -j``'s output: iproute2 prints control characters other than ``\\b \\f \\n \\r
+    \\t`` in a string as they are (an interface's name or alias may hold any, in a user's own
+    namespace), which strict JSON refuses. Raises ValueError."""
+    return json.loads(text, strict=False)
+
+
 def _named_namespaces(fs: Sysfs, problems: list[str]) -> list[str]:
     try:
         text = _run(fs, ["ip", "-j", "netns", "list"], fs.path("ip", "netns.json"))
-        listed = json.loads(text) if text.strip() else []
+        listed = _ip_json(text) if text.strip() else []
         names = {n["name"] for n in listed}
     except (OSError, ValueError, TypeError, KeyError) as e:
         problems.append(f"the network namespaces cannot be listed: {e}")
@@ -618,7 +625,7 @@ def _read_namespace(fs: Sysfs, ns: Namespace) -> Namespace:
     data = {}
     for what, args in _IP.items():
         try:
-            data[what] = json.loads(_run(fs, ns.ip + args, ns.fake / f"{what}.json", ns.fds) or "[]")
+            data[what] = _ip_json(_run(fs, ns.ip + args, ns.fake / f"{what}.json", ns.fds) or "[]")
             if not isinstance(data[what], list):
                 raise ValueError("not a list")
         except (OSError, ValueError) as e:
