@@ -34,7 +34,7 @@ PCI_ROLES = ("nic", "usb-controller", "sata-controller", "nvme")
 ROLES = PCI_ROLES + ("usb-device",)
 _ROLE_KEYS = {
     "nic": ("bdf", "gateway", "companions", "pf", "vf", "vfs"),
-    "usb-controller": ("bdf", "product", "companions"),
+    "usb-controller": ("bdf", "product", "companions", "no_host_filesystems"),
     "sata-controller": ("bdf", "disk_bytes", "companions", "no_host_filesystems"),
     "nvme": ("bdf", "disk_bytes", "companions", "no_host_filesystems"),
     "usb-device": ("hostbus", "hostaddr", "vendorid", "productid", "product", "disk_bytes"),

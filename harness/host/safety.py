@@ -238,7 +238,7 @@ class HostUsage:
         tree = _Subtree(self.fs, usb.path)
         self._interfaces(usb.name, self.net.netdevs_of(usb.path, tree.netdevs), False, uses,
                          evidence)
-        self._storage(None, tree, uses, evidence)
+        self._storage(None, tree, uses, evidence, usb.name)
         self._nodes(usb.name, usb.path, tree, uses, evidence)
         uses += [f"cannot tell whether {usb.name} is in use: {p}" for p in self.storage.problems]
         return _verdict(usb.name, uses, evidence)
@@ -259,7 +259,10 @@ class HostUsage:
             evidence += [f"its VF {e}" for e in sub.evidence]
 
     def _storage(self, dev: PciDevice | None, tree: "_Subtree", uses: list,
-                 evidence: list) -> None:
+                 evidence: list, label: str = "") -> None:
+        """Its disks' uses; and a filesystem whose disk cannot be told (an automount point, ZFS)
+        may be on any storage controller, and on any function or USB device with a disk below
+        it (a USB backup disk that ``x-systemd.automount`` mounts on the next access)."""
         disks = tree.blocks + (_nvme_heads(self.fs, dev.path) if dev else [])
         for name in disks:
             why = self.storage.use_of_block(name)
@@ -269,14 +272,17 @@ class HostUsage:
                                 "open by no process")
         if dev and not disks and role_of(dev) == "sata-controller":
             evidence.append(f"{dev.bdf}: no disk below it (no drive on its ports)")
-        if dev and dev.class_code >> 16 == 0x01 and self.storage.unmapped:
-            if dev.bdf in self.cleared:
-                evidence.append(f"{dev.bdf}: the inventory says it holds none of "
+        name = dev.bdf if dev else label
+        if self.storage.unmapped and (disks or (dev and dev.class_code >> 16 == 0x01)):
+            if name in self.cleared:
+                evidence.append(f"{name}: the inventory says it holds none of "
                                 f"{'; '.join(self.storage.unmapped)} (no_host_filesystems)")
             else:
-                uses.append(f"{dev.bdf} may hold {'; '.join(self.storage.unmapped)}: the harness "
-                            "cannot tell which controller does (if this one does not, say so in "
-                            "its inventory entry: no_host_filesystems = true)")
+                uses.append(f"{name} may hold {'; '.join(self.storage.unmapped)}: the harness "
+                            "cannot tell which " + (
+                                "controller does (if this one does not, say so in its "
+                                "inventory entry: no_host_filesystems = true)" if dev else
+                                "disk does"))
 
     def _nodes(self, label: str, path: str, tree: "_Subtree", uses: list,
                evidence: list) -> None:
