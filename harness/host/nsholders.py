@@ -422,8 +422,10 @@ def nsfs_mounts(infos: list[tuple[Path, str]], root: Path, kind: str) -> list[tu
 
 
 #: How many mount namespaces no process is in are visited in one read; more is a problem
-#: (another user can bind thousands, and each visit keeps a root process alive).
-MAX_VISITS = 8
+#: (another user can bind thousands, and each visit keeps a root process alive, about 9 MB,
+#: until the read ends). Ubuntu's snapd keeps one for each snap run since boot
+#: (``/run/snapd/ns/<snap>.mnt``): a desktop's dozen or two must fit.
+MAX_VISITS = 32
 
 
 class MountVisits:
@@ -473,7 +475,9 @@ class MountVisits:
                 problems.append(f"more than {MAX_VISITS} mount namespaces no process is in "
                                 f"(mount namespace {inode}, {how}, and maybe more): not "
                                 "visited, so a network namespace mounted only there would be "
-                                "missed")
+                                "missed" + ("; snapd keeps one for each snap run since boot "
+                                            "(`snap-discard-ns SNAP` frees one)"
+                                            if "/snapd/ns/" in how else ""))
                 break
             try:
                 proc = self._enter(path, inode)

@@ -377,9 +377,14 @@ class Lookups:
 #: (a user could make every read of the host take hours with thousands of copies).
 MAX_OWN_TABLES = 8
 #: kcmp(2)'s number (x86-64, arm64, riscv64, ppc64, s390x), and its KCMP_FILES.
-_KCMP = {"x86_64": 312, "aarch64": 272, "riscv64": 272, "ppc64le": 354, "ppc64": 354,
-         "s390x": 343}.get(platform.machine())
+_KCMP = {"x86_64": 312, "aarch64": 272, "riscv64": 272, "loongarch64": 272, "ppc64le": 354,
+         "ppc64": 354, "ppc": 354, "s390x": 343, "i386": 349, "i486": 349, "i586": 349,
+         "i686": 349, "armv6l": 378, "armv7l": 378, "armv8l": 378}.get(platform.machine())
 _KCMP_FILES = 2
+#: Where ``kcmp`` cannot be asked (a machine the table above does not name, a kernel built
+#: without it), which threads share a table cannot be told: each thread's table is read, up
+#: to this many fds in all in one read (past it, the rest are a problem).
+MAX_UNCOMPARED_FDS = 20_000
 
 
 def _same_files(pid: str, tid: str) -> bool:
@@ -388,6 +393,39 @@ def _same_files(pid: str, tid: str) -> bool:
     if _KCMP is None:
         return False
     return _LIBC.syscall(_KCMP, int(pid), int(tid), _KCMP_FILES, 0, 0) == 0
+
+
+def kcmp_answers() -> bool:
+    """Whether ``kcmp`` tells tables apart here (its number known, the kernel built with it)."""
+    me = os.getpid()
+    return _KCMP is not None and _LIBC.syscall(_KCMP, me, me, _KCMP_FILES, 0, 0) == 0
+
+
+def tables_within(own: list[Path], who: tuple[int, str], budget: "list[int] | None"
+                  ) -> tuple[list[Path], str | None]:
+    """Which of a process's threads' own tables (:func:`thread_tables`) to read, and the
+    problem of those left. ``budget``: None where kcmp told them apart (a table of its own is
+    one the thread made: past :data:`MAX_OWN_TABLES`, the rest are left); else the fds still
+    to be read in this read (:data:`MAX_UNCOMPARED_FDS`), spent here."""
+    if budget is None:
+        return own[:MAX_OWN_TABLES], (
+            f"pid {who[0]} ({who[1]}) has {len(own)} threads with fd tables of their own "
+            f"(unshare(CLONE_FILES)); only {MAX_OWN_TABLES} were read: which files the others "
+            "hold is unknown") if len(own) > MAX_OWN_TABLES else None
+    for n, task in enumerate(own):
+        try:
+            count = len(os.listdir(task / "fd"))
+        except OSError:
+            count = 0  # (gone; or unreadable, which reading it says)
+        if count > budget[0]:
+            return own[:n], (
+                f"kcmp cannot be asked here ({platform.machine()}, or a kernel without "
+                f"CONFIG_KCMP): which threads share a table of open files cannot be told, so "
+                f"each thread's is read, up to {MAX_UNCOMPARED_FDS} fds in all; {len(own) - n} "
+                f"threads of pid {who[0]} ({who[1]}) were past it: which files they hold is "
+                "unknown")
+        budget[0] -= count
+    return own, None
 
 
 #: The names of a PCI function's files through which a process reaches the device itself:
@@ -501,6 +539,7 @@ class OpenFiles:
         self._fs = fs
         self.lookups = Lookups()
         self._mapped: dict[tuple[int, int, int], tuple[Path, set]] = {}
+        self._budget = None if not fs.real_host or kcmp_answers() else [MAX_UNCOMPARED_FDS]
         for proc in sorted(fs.proc().glob("[0-9]*")):
             who = (int(proc.name), fs.read(proc / "comm") or "?")
             self._add_maps(proc, who, problems)
@@ -523,13 +562,11 @@ class OpenFiles:
         ended = bool(tasks) and fs.real_host and _ended_leader(proc)
         if ended:  # (its maps read empty; its threads share one memory)
             self._add_maps(tasks[0], who, problems)
-        own = thread_tables(fs, proc, tasks, ended)
-        for task in own[:MAX_OWN_TABLES]:  # (not its process's table, read already)
+        read, left = tables_within(thread_tables(fs, proc, tasks, ended), who, self._budget)
+        for task in read:  # (not its process's table, read already)
             self._add_fds(fs, task / "fd", who, problems, f"pid {proc.name}'s thread {task.name}")
-        if len(own) > MAX_OWN_TABLES:
-            problems.append(f"pid {who[0]} ({who[1]}) has {len(own)} threads with fd tables of "
-                            f"their own (unshare(CLONE_FILES)); only {MAX_OWN_TABLES} were read: "
-                            "which files the others hold is unknown")
+        if left:
+            problems.append(left)
 
     def _add_fds(self, fs: Sysfs, folder: Path, who: tuple[int, str], problems: list[str],
                  whose: str) -> None:
