@@ -177,6 +177,7 @@ class HostUsage:
         self._storage(dev, tree, uses, evidence)
         self._nodes(dev.bdf, dev.path, tree, uses, evidence)
         self._bars(dev, uses)
+        uses += _tool_node_uses(self.fs, self.storage.opened, dev)
         return _verdict(dev.bdf, uses, evidence)
 
     def _driver(self, dev: PciDevice, role, held_groups, uses: list, evidence: list) -> None:
@@ -464,6 +465,53 @@ def _devmem(fs: Sysfs, opened: OpenFiles, dev: PciDevice) -> list[str]:
         uses += [f"pid {pid} ({comm}) holds /dev/port open: it can reach {dev.bdf}'s I/O "
                  "ports" for pid, comm in opened.holders("char", "port", "1:4")]
     return uses
+
+
+#: Nodes through which a driver's management and flashing tools (``sas3flash``, ``storcli``,
+#: a RAID monitor) reach every function it drives, the ioctl naming which, and which sit below
+#: no function: misc devices (``/sys/class/misc/NAME/dev``) and bare character majors (by
+#: their name in ``/proc/devices``: ``storcli`` makes its node itself). Driver -> names.
+_DRIVER_NODES = {
+    "mpt3sas": ("mpt3ctl", "mpt2ctl"), "mpt2sas": ("mpt2ctl",), "mptsas": ("mptctl",),
+    "mptspi": ("mptctl",), "mptfc": ("mptctl",),
+    "megaraid_sas": ("megaraid_sas_ioctl_node", "megaraid_sas_ioctl"), "aacraid": ("aac",),
+    "3w-9xxx": ("twa",), "3w-sas": ("twl",), "3w-xxxx": ("twe",),
+}
+#: The same for a vendor's own tool modules, whatever the driver: vendor -> (their folder in
+#: /dev, their majors' names). Mellanox MFT's ``/dev/mst/mt4119_pciconf0`` reaches a
+#: ConnectX's configuration space (``mstflint``, ``flint`` burning its firmware).
+_VENDOR_NODES = {"15b3": ("mst", ("mst_pciconf", "mst_pci"))}
+
+
+def _tool_node_uses(fs: Sysfs, opened: OpenFiles, dev: PciDevice) -> list[str]:
+    """Processes that hold a node of :data:`_DRIVER_NODES` or :data:`_VENDOR_NODES` that may
+    reach ``dev``: which function their ioctls pick cannot be read, so any may be it."""
+    names = _DRIVER_NODES.get(dev.driver or "", ())
+    folder, named = _VENDOR_NODES.get(dev.vendor, (None, ()))
+    if not names and not folder:
+        return []
+    text = fs.read(fs.proc("devices"))
+    if text is None and fs.real_host:
+        return [f"{dev.bdf}: /proc/devices cannot be read, so whether a tool holds its "
+                f"driver's node ({', '.join(names or named)}) cannot be told"]
+    majors = {f[1]: int(f[0]) for f in (line.split() for line in
+              (text or "").split("\n\n", 1)[0].splitlines()) if len(f) == 2 and f[0].isdigit()}
+    held: dict[tuple[int, str], str] = {}
+    for name in names:
+        for who in opened.holders("char", name, fs.read(fs.sys("class", "misc", name, "dev"))):
+            held.setdefault(who, f"/dev/{name}")
+    for prefix in [f"/dev/{folder}/"] if folder else []:
+        for path, whom in opened.paths.items():
+            held.update({who: path for who in whom if path.startswith(prefix)
+                         and who not in held})
+    for name in names + named:
+        for (kind, rdev), whom in opened.numbers.items() if name in majors else ():
+            held.update({who: f"a node of {name} (major {majors[name]})" for who in whom
+                         if kind == "char" and os.major(rdev) == majors[name]
+                         and who not in held})
+    return [f"pid {pid} ({comm}) holds {what}, through which its tools reach any function "
+            f"{dev.driver or 'its vendor'} drives, {dev.bdf} perhaps" for (pid, comm), what
+            in sorted(held.items())]
 
 
 def _gpio_held(fs: Sysfs) -> dict[str, list[tuple[str, str]]] | None:
