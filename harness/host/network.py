@@ -50,7 +50,8 @@ from harness.core.text import shown
 from harness.host.nsholders import (PROC_NET, MountVisits, fd_namespace, more_open_files,
                                     nsfs_mounts, open_namespace, proc_net_problems,
                                     socket_namespaces, went_away)
-from harness.host.storage import tasks_of, thread_tables, mountinfos
+from harness.host.storage import (MAX_UNCOMPARED_FDS, kcmp_answers, mountinfos, tables_within,
+                                   tasks_of, thread_tables)
 from harness.host.sysfs import Sysfs
 
 #: The harness's own network namespace, as :class:`NetView` names it.
@@ -450,8 +451,9 @@ def _holders(fs: Sysfs, visits: MountVisits, problems: list[str],
     ``early``, the namespace each process lives in is opened as it is seen (:func:`_live_in`),
     its fd kept there: a sandbox that ends right after cannot take it away unseen."""
     found: dict[str, list] = {"net": [], "mnt": [], "socket": [], "procnet": [], "path": []}
+    budget = None if not fs.real_host or kcmp_answers() else [MAX_UNCOMPARED_FDS]
     for proc in sorted(fs.proc().glob("[0-9]*"), key=lambda p: int(p.name)):
-        for kind, what, how, path in _held_by_process(fs, proc, problems, early):
+        for kind, what, how, path in _held_by_process(fs, proc, problems, early, budget):
             found[kind].append((what, how, path) if kind != "socket" else (what, path))
     for _, how, entry in found["path"]:
         try:
@@ -472,12 +474,14 @@ def _holders(fs: Sysfs, visits: MountVisits, problems: list[str],
     return held, found["socket"]
 
 
-def _held_by_process(fs: Sysfs, proc: Path, problems: list[str], early=None) -> list[tuple]:
+def _held_by_process(fs: Sysfs, proc: Path, problems: list[str], early=None,
+                     budget: "list[int] | None" = None) -> list[tuple]:
     """(kind, what, how it is held, its path) for what one process holds that may keep a
     network namespace: the one it lives in; its threads' (``task/TID/ns/net``, ``ns/mnt``)
     and its open fds' nsfs files (``net:[N]``, ``mnt:[N]``): kind ``net`` or ``mnt``, what the
     namespace; its sockets and tun fds: kind ``socket``, what the fd's link; and its open
-    ``/proc/PID/net`` files: kind ``procnet``, likewise. ``early``: :func:`_live_in`'s."""
+    ``/proc/PID/net`` files: kind ``procnet``, likewise. ``early``: :func:`_live_in`'s;
+    ``budget``: :func:`~harness.host.storage.tables_within`'s."""
     try:
         inode = _live_in(fs, proc, early)
     except OSError as e:  # (one reaped meanwhile says ESRCH, or EACCES: get_proc_task)
@@ -490,7 +494,11 @@ def _held_by_process(fs: Sysfs, proc: Path, problems: list[str], early=None) -> 
             return []  # it ended (and with it all it held) while it was read
         inode = None  # its main thread ended (a zombie): threads of it may live on
     out = [("net", inode, f"pid {proc.name}", proc)] if inode else []
-    own = [("fd", f"task/{t.name}/fd") for t in thread_tables(fs, proc, tasks_of(proc, []))]
+    own = thread_tables(fs, proc, tasks_of(proc, []))
+    if own:  # (bounded as the storage read bounds them: one user's copies cannot multiply it)
+        own, left = tables_within(own, (int(proc.name), fs.read(proc / "comm") or "?"), budget)
+        problems += [f"{left}: a network namespace held only there would be missed"] if left else []
+    own = [("fd", f"task/{t.name}/fd") for t in own]
     for what, folder in [("thread", "task"), ("fd", "fd")] + own:  # (own: threads' tables)
         try:  # (a link's target does not exist: listed, not globbed)
             entries = sorted(p / "ns" / kind if what == "thread" else p

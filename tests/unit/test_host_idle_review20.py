@@ -132,7 +132,7 @@ from harness.host.safety import HostUsage
 from harness.host.storage import StorageView
 from harness.host.sysfs import Sysfs
 
-from . import fakesysfs, test_host_idle_review16
+from . import fakesysfs, test_host_idle_review16, test_host_idle_review18
 from .test_host_idle_review17 import NOBODY_RUN
 from .test_host_idle_review19 import NobodysFuse
 from .test_host_idle_review3 import PORT1
@@ -294,6 +294,33 @@ def test_2_a_namespace_held_by_an_fd_of_a_thread_is_read(main):
     assert found or told, (f"the namespace {said[1]} that an fd of pid {proc.pid} holds "
                            f"({main}), with hh20held in it, was neither read nor named: read "
                            f"{sorted(view.namespaces)}")
+
+
+@as_root
+def test_2_threads_with_copies_of_one_table_do_not_multiply_the_network_read():
+    """Reading threads' own tables (the fix above) is bounded as the storage read bounds them
+    (eighteenth read, 3): 150 threads of nobody's, each a copy of 2000 fds, are 8 tables read
+    and a problem, not 150."""
+    child = subprocess.Popen(NOBODY_RUN + [PYTHON, "-c", test_host_idle_review18.OWN_TABLES,
+                                           "150", "2000"], cwd="/", stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    seen, held_by_entry = [0], network._held_by_entry
+
+    def counted(fs, proc, what, entry, *rest):
+        seen[0] += what == "fd" and proc.name == str(child.pid)
+        return held_by_entry(fs, proc, what, entry, *rest)
+    try:
+        if child.stdout.readline().strip() != "ready":
+            pytest.skip("nobody could not hold 2000 fds in 150 threads here")
+        fs, problems = Sysfs("/"), []
+        with pytest.MonkeyPatch.context() as patch, nsholders.MountVisits(fs) as visits:
+            patch.setattr(network, "_held_by_entry", counted)
+            network._holders(fs, visits, problems)
+    finally:
+        child.kill()
+        child.wait()
+    assert seen[0] <= (1 + storage.MAX_OWN_TABLES) * 2010, f"{seen[0]} fds read"
+    assert any(f"pid {child.pid}" in p and "fd tables of their own" in p for p in problems)
 
 
 # -- 3. a thousand namespaces, then a visit that waits with select() ----------------------------
