@@ -58,6 +58,22 @@
    the node's number is matched already). Likely: by intent; bad: those controllers and NICs
    cannot be taken while it lasts (a false refusal that blames a tool).
 
+5. any local user makes every read of the host's open files take hours again, with processes
+   in place of threads: the eighteenth read's third finding said "forked processes that keep
+   the fds do the same", and its fix bounds only the tables of one process's threads
+   (:data:`~harness.host.storage.MAX_OWN_TABLES`). A fork copies the table (8 bytes of kernel
+   memory an fd, the files themselves shared), and :class:`harness.host.storage.OpenFiles`
+   reads every process's table fd by fd (link, fdinfo, a statx: about 100 us an fd here, 2.1
+   s for one process of nobody's 20000 fds, their hard limit on this host; Debian's is
+   524288). nobody opens 20000 fds of ``/dev/null`` and forks 1000 children that keep them
+   (160 MB of kernel memory, well under their process limit): 20 million entries, about 35
+   minutes for every ``doctor``, ``plan``, ``discover``, bind (the journal's lock held),
+   ``restore`` and run's end (:func:`harness.host.binding._holders`), and nothing said. No
+   bound on the fds read in all, and no problem, where kcmp answers (the budget of
+   :data:`~harness.host.storage.MAX_UNCOMPARED_FDS` is only for hosts without it). Likely: by
+   intent; bad: as the eighteenth's third (a CI job's timeout kills the run before the
+   give-back).
+
 Case 1: nobody's FUSE mount (review 19's stub, as ``fusermount`` mounts it: no
 ``allow_other``) and nobody's process mapping a file there, the whole host's storage read as
 root; the control: the same on root's own mount. Case 2: the fake lab host with a process whose
@@ -65,11 +81,13 @@ root; the control: the same on root's own mount. Case 2: the fake lab host with 
 Case 3: the fake lab host, review 21's USB disk and autofs mount, an inventory that clears the
 disk; the controls: no automount, and the USB controller cleared. Case 4: nobody's user and
 mount namespace with the plain file open, the host's open files read as root and judged for a
-function of each driver or vendor. Each fails on the code as it is (af7abdb): 1 says "1 files
+function of each driver or vendor. Case 5: nobody's process with 2000 fds and 20 forks that
+keep them, the entries the read looks at counted (review 17's way), not seconds. Each fails on the code as it is (af7abdb): 1 says "1 files
 mapped by pid N cannot be looked at through /proc/PID/map_files (permission denied ...)", 2
 "the storage read was still blocked on pid 5422's maps after 30 s", 3 "key
 'no_host_filesystems' does not apply to role 'usb-device'", 4 "pid N (sleep) holds
-/dev/mst/mt4119_pciconf0 ..."; the controls pass. No guest is booted.
+/dev/mst/mt4119_pciconf0 ...", 5 "the read looked at 42063 fds of 21 processes that hold the
+same 2000 open files ..., 2003 of one, and said nothing"; the controls pass. No guest is booted.
 """
 
 from __future__ import annotations
@@ -264,3 +282,61 @@ def _tool_uses_with_nobodys_file(what: str) -> list[str]:
 @pytest.mark.parametrize("what", sorted(NAMED))
 def test_4_a_users_own_file_named_like_a_tools_node_is_no_use(what):
     assert _tool_uses_with_nobodys_file(what) == []
+
+
+# -- 5. one table of open files, copied by fork ------------------------------------------------
+
+#: nobody's process: ``fds`` fds of /dev/null, then ``children`` forks that keep them all
+#: (a pre-forking server's workers, or anyone's loop of ``fork``); prints every pid.
+FORKER = """
+import os, resource, sys, time
+fds, children = int(sys.argv[1]), int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_NOFILE, (fds + 64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+null = os.open("/dev/null", os.O_RDONLY)
+for _ in range(fds - 1):
+    os.dup(null)
+pids = [os.getpid()]
+for _ in range(children):
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(600)
+        os._exit(0)
+    pids.append(pid)
+print(*pids, flush=True)
+time.sleep(600)
+"""
+
+
+def _entries_read_of_forks(children: int, fds: int = 2000) -> tuple[int, list[str], list[int]]:
+    """(the fd entries one read of the host's open files looked at for nobody's processes, its
+    problems, their pids)."""
+    child = subprocess.Popen(NOBODY_RUN + [sys.executable, "-c", FORKER, str(fds), str(children)],
+                             stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        pids = [int(p) for p in child.stdout.readline().split()]
+        seen, add = [0], storage.OpenFiles._add
+
+        def counted(self, fs, fd, who):
+            seen[0] += who[0] in pids
+            return add(self, fs, fd, who)
+
+        problems: list[str] = []
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(storage.OpenFiles, "_add", counted)
+            storage.OpenFiles(Sysfs("/"), problems)
+        return seen[0], problems, pids
+    finally:
+        os.killpg(child.pid, 9)
+        child.wait()
+        child.stdout.close()
+
+
+@as_root
+def test_5_forks_that_keep_one_processs_fds_do_not_multiply_the_read():
+    alone, _, _ = _entries_read_of_forks(0)
+    copied, problems, pids = _entries_read_of_forks(20)
+    assert alone >= 2000
+    named = [p for p in problems if any(f"pid {pid}" in p for pid in pids)]
+    assert copied <= (1 + storage.MAX_OWN_TABLES) * alone or named, (
+        f"the read looked at {copied} fds of 21 processes that hold the same 2000 open files "
+        f"(a fork's copy of one table), {alone} of one, and said nothing")
