@@ -204,9 +204,11 @@ def test_2_a_maps_read_the_kernel_holds_back_is_bounded(lab):
     thread.start()
     thread.join(30)
     ended = "v" in box
-    if not ended:  # (let the blocked read go: a writer that closes at once is an EOF)
+    try:  # (let a read still blocked go, the harness's or a bounded lookup's: an EOF)
         os.close(os.open(maps, os.O_WRONLY | os.O_NONBLOCK))
-        thread.join(10)
+    except OSError:
+        pass  # (ENXIO: no one reads it)
+    thread.join(10)
     assert ended, "the storage read was still blocked on pid 5422's maps after 30 s"
     assert any("pid 5422" in p for p in box["v"].problems), box["v"].problems
 
