@@ -26,6 +26,7 @@ import errno
 import fcntl
 import os
 import platform
+import queue
 import re
 import stat
 import threading
@@ -336,6 +337,17 @@ def call_within(look, timeout: float, late=None):
 _GPIO_REQUESTS = {"anon_inode:gpio-line", "anon_inode:gpio-linehandle", "anon_inode:gpio-event"}
 
 
+def _read_jobs(jobs: "queue.SimpleQueue") -> None:
+    """:meth:`Lookups.read`'s worker: reads each (path, box, done) it is given, until None."""
+    while (job := jobs.get()) is not None:
+        path, box, done = job
+        try:
+            box["value"] = path.read_bytes()
+        except OSError as e:
+            box["error"] = e
+        done.set()
+
+
 class NotLookedAt(TimeoutError):
     """A lookup :class:`Lookups` did not make: an earlier one of the same read did not answer."""
 
@@ -351,6 +363,35 @@ class Lookups:
     def __init__(self) -> None:
         self.silent: str | None = None
         self.skipped = 0
+        self._jobs: "queue.SimpleQueue | None" = None
+
+    def read(self, path: Path, what: str) -> bytes:
+        """``path``'s bytes, bounded as :meth:`within` is, through one worker thread kept for
+        the read (a thread each would cost more than most reads: ``/proc/PID/maps`` of every
+        process, which waits for that process's memory lock, and another user's thread can
+        hold it while it faults on a file server that does not answer). Raises OSError,
+        TimeoutError or NotLookedAt. :meth:`close` ends the worker."""
+        if self.silent is not None:
+            self.skipped += 1
+            raise NotLookedAt(f"not looked at: {self.silent} did not answer before")
+        if self._jobs is None:
+            self._jobs = queue.SimpleQueue()
+            threading.Thread(target=_read_jobs, args=(self._jobs,), name="hh-bounded-read",
+                             daemon=True).start()
+        box: dict = {}
+        done = threading.Event()
+        self._jobs.put((path, box, done))
+        if not done.wait(DETACHED_STAT_TIMEOUT):
+            self.silent, self._jobs = what, None  # (its worker stays blocked; none is made again)
+            raise TimeoutError(f"no answer in {DETACHED_STAT_TIMEOUT:g} s")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    def close(self) -> None:
+        if self._jobs is not None:
+            self._jobs.put(None)
+            self._jobs = None
 
     def node_type(self, path: str, what: str) -> tuple[int, int]:
         """:func:`node_type` of ``path`` (``what`` names it in a problem), bounded; raises
@@ -540,11 +581,14 @@ class OpenFiles:
         self.lookups = Lookups()
         self._mapped: dict[tuple[int, int, int], tuple[Path, set]] = {}
         self._budget = None if not fs.real_host or kcmp_answers() else [MAX_UNCOMPARED_FDS]
-        for proc in sorted(fs.proc().glob("[0-9]*")):
-            who = (int(proc.name), fs.read(proc / "comm") or "?")
-            self._add_maps(proc, who, problems)
-            self._add_fds(fs, proc / "fd", who, problems, f"pid {proc.name}")
-            self._add_threads(fs, proc, who, problems)
+        try:
+            for proc in sorted(fs.proc().glob("[0-9]*")):
+                who = (int(proc.name), fs.read(proc / "comm") or "?")
+                self._add_maps(proc, who, problems)
+                self._add_fds(fs, proc / "fd", who, problems, f"pid {proc.name}")
+                self._add_threads(fs, proc, who, problems)
+        finally:
+            self.lookups.close()
         for (mode, rdev), who in _mapped_numbers(fs, self._mapped, self.lookups, problems):
             for w in who:
                 self._add_number(mode, rdev, w)
@@ -585,9 +629,16 @@ class OpenFiles:
         """The files a process has mapped (``/proc/PID/maps``): a mapping holds a file after
         its fd is closed (a user-space driver's mmap of a BAR, ``resource0``)."""
         try:  # (a path is any bytes another user chose: as the kernel has it, not UTF-8)
-            text = os.fsdecode((proc / "maps").read_bytes())
-        except (FileNotFoundError, ProcessLookupError):
-            return  # gone, or a fake process without mappings
+            text = os.fsdecode(self.lookups.read(proc / "maps", f"the maps of pid {who[0]} "
+                                                 f"({who[1]})"))
+        except (FileNotFoundError, ProcessLookupError, NotLookedAt):
+            return  # gone, or a fake process without mappings; or counted by the lookups
+        except TimeoutError:
+            problems.append(f"the mapped files of pid {who[0]} ({who[1]}) did not come in "
+                            f"{DETACHED_STAT_TIMEOUT:g} s (its memory is locked, perhaps by a "
+                            "fault on a file server that does not answer): which files it "
+                            "maps is unknown")
+            return
         except OSError as e:
             problems.append(f"the mapped files of pid {proc.name} cannot be read "
                             f"({e.strerror}): run as root")
