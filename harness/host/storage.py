@@ -495,7 +495,7 @@ def _mapped_numbers(fs: Sysfs, mapped: dict, lookups: Lookups, problems: list[st
     cache, in one bounded lookup for the read."""
     if not fs.real_host or not mapped:
         return []
-    files = list(mapped.values())
+    keys, files = list(mapped), list(mapped.values())
     try:
         found = lookups.within(lambda: _node_types([str(link) for link, _ in files]),
                                "the files processes map")
@@ -506,8 +506,9 @@ def _mapped_numbers(fs: Sysfs, mapped: dict, lookups: Lookups, problems: list[st
                         f"{DETACHED_STAT_TIMEOUT:g} s what they are: a disk mapped through a "
                         "node of another path would be missed")
         return []
-    denied = [who for (_, who), got in zip(files, found)
-              if isinstance(got, OSError) and got.errno in (errno.EACCES, errno.EPERM)]
+    denied = [who for key, (_, who), got in zip(keys, files, found)
+              if isinstance(got, OSError) and got.errno in (errno.EACCES, errno.EPERM)
+              and not _on_fuse(fs, os.makedev(key[0], key[1]), who)]
     if denied:
         pids = sorted({pid for who in denied for pid, _ in who})
         problems.append(f"{len(denied)} files mapped by pid {', '.join(map(str, pids[:5]))}"
@@ -521,14 +522,22 @@ def _mapped_numbers(fs: Sysfs, mapped: dict, lookups: Lookups, problems: list[st
 
 
 def _mounted_as(fs: Sysfs, pid: int, dev: int, fstype: str) -> bool | None:
-    """Whether the filesystem ``dev`` is a mount of ``fstype`` in pid's mount namespace (its
-    mountinfo); None when that cannot be read."""
+    """Whether the filesystem ``dev`` is a mount of ``fstype`` (or ``fstype.*``, a FUSE
+    subtype: ``fuse.sshfs``) in pid's mount namespace (its mountinfo); None when that cannot
+    be read."""
     text = fs.read(fs.proc(str(pid), "mountinfo"))
     if text is None:
         return None
     want = f"{os.major(dev)}:{os.minor(dev)}"
-    return any(f[2] == want and f[f.index("-") + 1] == fstype
-               for f in (line.split() for line in text.splitlines()) if "-" in f[3:])
+    return any(f[2] == want and f[f.index("-") + 1].split(".", 1)[0] == fstype
+               for f in (line.split(" ") for line in text.splitlines()) if "-" in f[3:])
+
+
+def _on_fuse(fs: Sysfs, dev: int, who: set) -> bool:
+    """Whether the filesystem ``dev`` its mappers map a file of is FUSE, to all of them: one
+    mounted without ``allow_other`` refuses root even a look (EACCES), and holds no device
+    node a mapping could reach (a user's mount is ``nodev``; root's lets root look)."""
+    return bool(who) and all(_mounted_as(fs, pid, dev, "fuse") for pid, _ in who)
 
 
 def tasks_of(proc: Path, problems: list[str]) -> list[Path]:
