@@ -497,10 +497,12 @@ def _tool_node_uses(fs: Sysfs, opened: OpenFiles, dev: PciDevice) -> list[str]:
     majors = {f[1]: int(f[0]) for f in (line.split() for line in
               (text or "").split("\n\n", 1)[0].splitlines()) if len(f) == 2 and f[0].isdigit()}
     held: dict[tuple[int, str], str] = {}
-    for name in names:
-        for who in opened.holders("char", name, fs.read(fs.sys("class", "misc", name, "dev"))):
+    fake = not fs.real_host  # (a test's tree has no numbers: paths stand for nodes there; on
+    for name in names:       # the host a path is anyone's file in a namespace of their own)
+        for who in opened.holders("char", name if fake else None,
+                                  fs.read(fs.sys("class", "misc", name, "dev"))):
             held.setdefault(who, f"/dev/{name}")
-    for prefix in [f"/dev/{folder}/"] if folder else []:
+    for prefix in [f"/dev/{folder}/"] if folder and fake else []:
         for path, whom in opened.paths.items():
             held.update({who: path for who in whom if path.startswith(prefix)
                          and who not in held})
