@@ -342,7 +342,8 @@ def _inventory_checks(fs: Sysfs, inventory: Inventory) -> list[Check]:
             what, fix = problems[0]
             checks.append(Check(name, False, what, fix))
         elif not d.is_pci:
-            checks.append(_usb_device_check(fs, name, find_usb_device(fs, d), usage))
+            checks.append(_usb_device_check(fs, name, find_usb_device(fs, d), usage,
+                                            bool(d.no_host_filesystems)))
         elif d.pf and not d.bdf:
             checks.append(_vf_check(fs, name, d, usage))
         else:
@@ -373,8 +374,9 @@ def _vf_check(fs: Sysfs, name: str, d, usage: HostUsage) -> Check:
                              f"{pf.totalvfs} VFs): the PF {made}")
 
 
-def _usb_device_check(fs: Sysfs, name: str, u: UsbDevice, usage: HostUsage) -> Check:
-    reasons = usage.usb_verdict(u).uses
+def _usb_device_check(fs: Sysfs, name: str, u: UsbDevice, usage: HostUsage,
+                      cleared: bool = False) -> Check:
+    reasons = usage.usb_verdict(u, cleared).uses
     if reasons:
         return Check(name, False, f"USB {u.name}: {reasons[0]}", "take it out of the inventory")
     # QEMU's usb-host opens /dev/bus/usb/BBB/DDD itself.

@@ -37,7 +37,8 @@ _ROLE_KEYS = {
     "usb-controller": ("bdf", "product", "companions", "no_host_filesystems"),
     "sata-controller": ("bdf", "disk_bytes", "companions", "no_host_filesystems"),
     "nvme": ("bdf", "disk_bytes", "companions", "no_host_filesystems"),
-    "usb-device": ("hostbus", "hostaddr", "vendorid", "productid", "product", "disk_bytes"),
+    "usb-device": ("hostbus", "hostaddr", "vendorid", "productid", "product", "disk_bytes",
+                   "no_host_filesystems"),
 }
 _ALL_KEYS = ("role", "name") + tuple(dict.fromkeys(k for ks in _ROLE_KEYS.values() for k in ks))
 #: The class/subclass a PCI role's device must have.

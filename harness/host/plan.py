@@ -117,7 +117,7 @@ def _usb_entry(fs: Sysfs, usage: HostUsage, d: InventoryDevice) -> tuple[list[st
     usb = find_usb_device(fs, d)
     if usb is None:
         return [f"REFUSED: no such USB device on this host ({d.address})"], False
-    verdict = usage.usb_verdict(usb)
+    verdict = usage.usb_verdict(usb, bool(d.no_host_filesystems))
     lines = [f"USB {usb.name} [{usb.ids}] {usb.product or ''}".rstrip(),
              f"would write: nothing on the host; QEMU's usb-host opens "
              f"/dev/bus/usb/{usb.busnum:03d}/{usb.devnum:03d} and detaches its host drivers"]

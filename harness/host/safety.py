@@ -231,15 +231,16 @@ class HostUsage:
             if not why:
                 evidence.append(idle)
 
-    def usb_verdict(self, usb: UsbDevice) -> Verdict:
+    def usb_verdict(self, usb: UsbDevice, cleared: bool = False) -> Verdict:
         """The same rule for a USB device (its interfaces, disks and device nodes), which
-        QEMU's usb-host takes from its host drivers."""
+        QEMU's usb-host takes from its host drivers. ``cleared``: its inventory entry says
+        it holds no host filesystem (``no_host_filesystems``)."""
         uses: list[str] = []
         evidence: list[str] = []
         tree = _Subtree(self.fs, usb.path)
         self._interfaces(usb.name, self.net.netdevs_of(usb.path, tree.netdevs), False, uses,
                          evidence)
-        self._storage(None, tree, uses, evidence, usb.name)
+        self._storage(None, tree, uses, evidence, usb.name, cleared)
         self._nodes(usb.name, usb.path, tree, uses, evidence)
         uses += [f"cannot tell whether {usb.name} is in use: {p}" for p in self.storage.problems]
         return _verdict(usb.name, uses, evidence)
@@ -260,7 +261,7 @@ class HostUsage:
             evidence += [f"its VF {e}" for e in sub.evidence]
 
     def _storage(self, dev: PciDevice | None, tree: "_Subtree", uses: list,
-                 evidence: list, label: str = "") -> None:
+                 evidence: list, label: str = "", cleared: bool = False) -> None:
         """Its disks' uses; and a filesystem whose disk cannot be told (an automount point, ZFS)
         may be on any storage controller, and on any function or USB device with a disk below
         it (a USB backup disk that ``x-systemd.automount`` mounts on the next access)."""
@@ -275,15 +276,14 @@ class HostUsage:
             evidence.append(f"{dev.bdf}: no disk below it (no drive on its ports)")
         name = dev.bdf if dev else label
         if self.storage.unmapped and (disks or (dev and dev.class_code >> 16 == 0x01)):
-            if name in self.cleared:
+            if (dev.bdf in self.cleared) if dev else cleared:
                 evidence.append(f"{name}: the inventory says it holds none of "
                                 f"{'; '.join(self.storage.unmapped)} (no_host_filesystems)")
             else:
                 uses.append(f"{name} may hold {'; '.join(self.storage.unmapped)}: the harness "
-                            "cannot tell which " + (
-                                "controller does (if this one does not, say so in its "
-                                "inventory entry: no_host_filesystems = true)" if dev else
-                                "disk does"))
+                            "cannot tell which " + ("controller" if dev else "disk") +
+                            " does (if this one does not, say so in its inventory entry: "
+                            "no_host_filesystems = true)")
 
     def _nodes(self, label: str, path: str, tree: "_Subtree", uses: list,
                evidence: list) -> None:

@@ -65,7 +65,8 @@ def proven_idle(fs: Sysfs, entry, form: str, settle: float) -> tuple[UsbDevice, 
 
     def idle() -> bool:
         usb = find_for_plug(fs, entry, form)
-        seen["usb"], seen["verdict"] = usb, HostUsage.read(fs).usb_verdict(usb)
+        seen["usb"], seen["verdict"] = usb, HostUsage.read(fs).usb_verdict(
+            usb, bool(getattr(entry, "no_host_filesystems", False)))
         return seen["verdict"].idle
 
     try:
