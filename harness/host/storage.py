@@ -487,6 +487,44 @@ def _node_types(paths: list[str]) -> list:
     return out
 
 
+#: A process's table of at least this many fds, and with children, is kept while the host is
+#: read: a fork's copy of it (a pre-forking server's workers; anyone's loop of ``fork``) is
+#: then told by ``kcmp`` and not read again, which any user could otherwise multiply.
+FORK_TABLE_MIN = 64
+_KCMP_FILE = 0
+
+
+def _link(fd: Path) -> str | None:
+    try:
+        return os.readlink(fd)
+    except OSError:
+        return None  # (closed since)
+
+
+def _has_children(proc: Path) -> bool:
+    """Whether a process has children (``task/PID/children``); True when that cannot be read."""
+    try:
+        return bool((proc / "task" / proc.name / "children").read_bytes().strip())
+    except OSError:
+        return True
+
+
+def _parent_table(proc: Path, tables: dict) -> "tuple[int, dict] | None":
+    """(its parent's pid, the parent's table of fd -> link) when that table was kept."""
+    try:
+        ppid = int((proc / "stat").read_bytes().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return (ppid, tables[ppid]) if ppid in tables else None
+
+
+def _copied(parent: tuple[int, dict], pid: int, fd: str, target: str) -> bool:
+    """Whether ``pid``'s fd ``fd`` is its parent's of that number, the same open file
+    (``kcmp(KCMP_FILE)``), that linked to the same file when the parent was read."""
+    return parent[1].get(fd) == target and _KCMP is not None and _LIBC.syscall(
+        _KCMP, parent[0], pid, _KCMP_FILE, int(fd), int(fd)) == 0
+
+
 def _mapped_numbers(fs: Sysfs, mapped: dict, lookups: Lookups, problems: list[str]) -> list:
     """((mode, rdev), holders) of each mapped file that is a device node: a disk mapped
     through a node at any path (a container's ``/dev/xvdb`` made with the host's numbers)
@@ -590,11 +628,16 @@ class OpenFiles:
         self.lookups = Lookups()
         self._mapped: dict[tuple[int, int, int], tuple[Path, set]] = {}
         self._budget = None if not fs.real_host or kcmp_answers() else [MAX_UNCOMPARED_FDS]
+        self._forks: dict[int, set[tuple[int, str]]] = {}  # pid -> forks that copied its fds
+        tables: dict[int, dict[str, str]] = {}  # (of processes with children: :func:`_copied`)
         try:
-            for proc in sorted(fs.proc().glob("[0-9]*")):
+            for proc in sorted(fs.proc().glob("[0-9]*"), key=lambda p: int(p.name)):
                 who = (int(proc.name), fs.read(proc / "comm") or "?")
                 self._add_maps(proc, who, problems)
-                self._add_fds(fs, proc / "fd", who, problems, f"pid {proc.name}")
+                parent = _parent_table(proc, tables) if self._budget is None else None
+                table = self._add_fds(fs, proc / "fd", who, problems, f"pid {who[0]}", parent)
+                if fs.real_host and len(table) >= FORK_TABLE_MIN and _has_children(proc):
+                    tables[who[0]] = table
                 self._add_threads(fs, proc, who, problems)
         finally:
             self.lookups.close()
@@ -622,17 +665,24 @@ class OpenFiles:
             problems.append(left)
 
     def _add_fds(self, fs: Sysfs, folder: Path, who: tuple[int, str], problems: list[str],
-                 whose: str) -> None:
+                 whose: str, parent: "tuple[int, dict] | None" = None) -> dict[str, str]:
+        """Each fd's file, but a fork's copy of its ``parent``'s (:func:`_parent_table`), read
+        already, whose holders stand for their forks (:meth:`holders`). Returns fd -> link."""
         try:
             fds = list(folder.iterdir())
         except FileNotFoundError:
-            return  # gone, or a fake process without fds
+            return {}  # gone, or a fake process without fds
         except OSError as e:
             problems.append(f"the open files of {whose} cannot be read ({e.strerror}): run as "
                             "root")
-            return
-        for fd in fds:
-            self._add(fs, fd, who)
+            return {}
+        table = {fd.name: target for fd in fds if (target := _link(fd)) is not None}
+        for fd in (fd for fd in fds if fd.name in table):
+            if parent and _copied(parent, who[0], fd.name, table[fd.name]):
+                self._forks.setdefault(parent[0], set()).add(who)
+            else:
+                self._add(fs, fd, who, table[fd.name])
+        return table
 
     def _add_maps(self, proc: Path, who: tuple[int, str], problems: list[str]) -> None:
         """The files a process has mapped (``/proc/PID/maps``): a mapping holds a file after
@@ -685,11 +735,7 @@ class OpenFiles:
         if devmem:  # (its offset: a physical address)
             self.devmem.append((offset, offset + end - start - 1, who))
 
-    def _add(self, fs: Sysfs, fd: Path, who: tuple[int, str]) -> None:
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            return
+    def _add(self, fs: Sysfs, fd: Path, who: tuple[int, str], target: str) -> None:
         if target in _GPIO_REQUESTS:
             self._add_gpio_request(fs, fd, who)
         elif target == "anon_inode:[io_uring]":
@@ -704,9 +750,7 @@ class OpenFiles:
             self._add_node(fs, fd, target, who)
         # socket:[...], pipe:[...], other anon_inode:..., net:[...]: no device node
 
-    @staticmethod
-    def _fdinfo(fs: Sysfs, fd: Path) -> str:
-        return fs.read(fd.parent.parent / "fdinfo" / fd.name) or ""
+    _fdinfo = staticmethod(lambda fs, fd: fs.read(fd.parent.parent / "fdinfo" / fd.name) or "")
 
     def _add_ring(self, fs: Sysfs, fd: Path, who: tuple[int, str]) -> None:
         """The files an io_uring has registered (``IORING_REGISTER_FILES``): the process may
@@ -841,7 +885,7 @@ class OpenFiles:
         if majmin and re.fullmatch(r"\d+:\d+", majmin):
             major, minor = map(int, majmin.split(":"))
             found |= self.numbers.get((kind, os.makedev(major, minor)), set())
-        return sorted(found)
+        return sorted(found.union(*(self._forks.get(pid, ()) for pid, _ in found)))
 
     def users(self, kind: str, devname: str | None, majmin: str | None) -> list[str]:
         """:meth:`holders` as ``pid 4242 (ceph-osd)``."""

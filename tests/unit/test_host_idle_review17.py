@@ -708,9 +708,9 @@ def read_open_files_with(threads: int, fds: int, script: str = "") -> tuple[int,
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     seen, add = [0], storage.OpenFiles._add
 
-    def counted(self, fs, fd, who):
+    def counted(self, fs, fd, who, *rest):
         seen[0] += who[0] == child.pid
-        return add(self, fs, fd, who)
+        return add(self, fs, fd, who, *rest)
     try:
         if child.stdout.readline().strip() != "ready":
             pytest.skip(f"nobody could not hold {fds} fds in {threads} threads here")

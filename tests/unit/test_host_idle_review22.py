@@ -318,9 +318,9 @@ def _entries_read_of_forks(children: int, fds: int = 2000) -> tuple[int, list[st
         pids = [int(p) for p in child.stdout.readline().split()]
         seen, add = [0], storage.OpenFiles._add
 
-        def counted(self, fs, fd, who):
+        def counted(self, fs, fd, who, *rest):
             seen[0] += who[0] in pids
-            return add(self, fs, fd, who)
+            return add(self, fs, fd, who, *rest)
 
         problems: list[str] = []
         with pytest.MonkeyPatch.context() as patch:
