@@ -112,6 +112,7 @@ from harness.host.sysfs import Sysfs
 from . import fakesysfs, fusestub
 from .test_host_idle_review17 import NOBODY_RUN
 from .test_host_idle_review19 import NobodysFuse
+from .test_host_idle_review16 import loop_disk as _loop_disk
 from .test_host_idle_review21 import XHCI, _usb_disk
 from .test_paths import as_root
 
@@ -342,3 +343,43 @@ def test_5_forks_that_keep_one_processs_fds_do_not_multiply_the_read():
     assert copied <= (1 + storage.MAX_OWN_TABLES) * alone or named, (
         f"the read looked at {copied} fds of 21 processes that hold the same 2000 open files "
         f"(a fork's copy of one table), {alone} of one, and said nothing")
+
+
+loop_disk = _loop_disk  # a fixture: a real loop device, the sixteenth read's
+
+
+#: A process that opens ``argv[1]`` (a disk) and 100 more fds, forks a child that keeps
+#: them all, and then, with ``argv[2]`` ``closed``, closes its own fd of the disk; prints
+#: both pids.
+FORK_HOLDER = """
+import os, sys, time
+disk = os.open(sys.argv[1], os.O_RDONLY)
+null = [os.open("/dev/null", os.O_RDONLY) for _ in range(100)]
+child = os.fork()
+if child == 0:
+    time.sleep(600)
+    os._exit(0)
+if sys.argv[2] == "closed":
+    os.close(disk)
+print(os.getpid(), child, flush=True)
+time.sleep(600)
+"""
+
+
+@as_root
+@pytest.mark.parametrize("parent", ["kept", "closed"])
+def test_5_a_disk_a_fork_holds_is_in_use_by_it(loop_disk, parent):
+    """A fork's copy of its parent's fd is read through the parent (above): its holders name
+    the fork too; and one the parent closed since is the fork's alone, read as such."""
+    name = os.path.basename(loop_disk)
+    proc = subprocess.Popen([sys.executable, "-c", FORK_HOLDER, loop_disk, parent],
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        uses = StorageView.read(Sysfs("/")).use_of_block(name)
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+        proc.stdout.close()
+    assert any(f"pid {pids[1]} " in u for u in uses), uses
+    assert any(f"pid {pids[0]} " in u for u in uses) is (parent == "kept"), uses
