@@ -84,6 +84,7 @@ is booted.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import subprocess
 import sys
@@ -134,7 +135,7 @@ def test_1_a_disk_read_through_io_uring_with_another_file_mounted_over_its_path_
         path.write_text(text)
         path.chmod(0o644)
     top.chmod(0o755)
-    mode = os.stat(loop_disk).st_mode
+    mode = stat.S_IMODE(os.stat(loop_disk).st_mode)
     os.chmod(loop_disk, 0o666 if who == "nobody" else mode)
     child = subprocess.Popen(
         run + unshare + ["sh", "-c", 'mount --bind "$1" "$2" && exec "$3" "$4" "$2" fd', "sh",
