@@ -30,6 +30,7 @@ import queue
 import re
 import stat
 import threading
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -70,11 +71,19 @@ def _parse_mountinfo(text: str) -> list[Mount]:
     return out
 
 
+#: Seconds all mount namespaces' ``mountinfo`` may take to read in one :func:`mountinfos`:
+#: the kernel's cost of that file grows with the square of how deep mounts are stacked, and
+#: any user may stack thousands in a namespace of theirs (20000 took 2.4 s here).
+MOUNT_TABLES_BUDGET = 10.0
+
+
 def mountinfos(fs: Sysfs, problems: list[str]) -> list[tuple[Path, str]]:
     """(a process of it, its ``mountinfo``) for every mount namespace, the harness's own first
     (``self``): a container's mounts are in no other. One that cannot be read is a problem,
-    never an empty one (a process that ended meanwhile: gone)."""
+    never an empty one (a process that ended meanwhile: gone); so are those past
+    :data:`MOUNT_TABLES_BUDGET`."""
     seen, out = set(), []
+    deadline = time.monotonic() + MOUNT_TABLES_BUDGET
     for proc in [fs.proc("self")] + sorted(fs.proc().glob("[0-9]*")):
         try:
             ns = os.readlink(proc / "ns" / "mnt")
@@ -88,7 +97,15 @@ def mountinfos(fs: Sysfs, problems: list[str]) -> list[tuple[Path, str]]:
         if ns == "gone" or ns in seen:
             continue
         seen.add(ns)
-        text = fs.read(proc / "mountinfo")
+        try:
+            text = call_within(lambda: fs.read(proc / "mountinfo"),
+                               max(deadline - time.monotonic(), 0.01))
+        except TimeoutError:
+            problems.append(f"the mount tables took more than {MOUNT_TABLES_BUDGET:g} s to read "
+                            f"(pid {proc.name}'s mount namespace {ns} was the one read then; "
+                            "a namespace with mounts stacked thousands deep is that slow): "
+                            "what is mounted in it and in the namespaces after it is unknown")
+            break
         if text is None:
             if proc.name == "self" or not _ended(proc):
                 problems.append(f"/proc/{proc.name}/mountinfo cannot be read: what is mounted "
@@ -487,6 +504,9 @@ def _node_types(paths: list[str]) -> list:
     return out
 
 
+#: The open files one read looks at in all: past this many (a user's forks, each keeping
+#: 20000 fds, would make the read take hours), the rest are a problem.
+MAX_FDS_READ = 1_000_000
 #: A process's table of at least this many fds, and with children, is kept while the host is
 #: read: a fork's copy of it (a pre-forking server's workers; anyone's loop of ``fork``) is
 #: then told by ``kcmp`` and not read again, which any user could otherwise multiply.
@@ -502,9 +522,10 @@ def _link(fd: Path) -> str | None:
 
 
 def _has_children(proc: Path) -> bool:
-    """Whether a process has children (``task/PID/children``); True when that cannot be read."""
+    """Whether a process has children (``task/TID/children`` of any thread: a child is listed
+    under the thread that forked it); True when that cannot be read."""
     try:
-        return bool((proc / "task" / proc.name / "children").read_bytes().strip())
+        return any((task / "children").read_bytes().strip() for task in (proc / "task").iterdir())
     except OSError:
         return True
 
@@ -544,9 +565,10 @@ def _mapped_numbers(fs: Sysfs, mapped: dict, lookups: Lookups, problems: list[st
                         f"{DETACHED_STAT_TIMEOUT:g} s what they are: a disk mapped through a "
                         "node of another path would be missed")
         return []
+    types: dict[int, dict[str, str] | None] = {}  # (each mapper's mount table, read once)
     denied = [who for key, (_, who), got in zip(keys, files, found)
               if isinstance(got, OSError) and got.errno in (errno.EACCES, errno.EPERM)
-              and not _on_fuse(fs, os.makedev(key[0], key[1]), who)]
+              and not _on_fuse(fs, key[0], key[1], who, types)]
     if denied:
         pids = sorted({pid for who in denied for pid, _ in who})
         problems.append(f"{len(denied)} files mapped by pid {', '.join(map(str, pids[:5]))}"
@@ -571,11 +593,37 @@ def _mounted_as(fs: Sysfs, pid: int, dev: int, fstype: str) -> bool | None:
                for f in (line.split(" ") for line in text.splitlines()) if "-" in f[3:])
 
 
-def _on_fuse(fs: Sysfs, dev: int, who: set) -> bool:
-    """Whether the filesystem ``dev`` its mappers map a file of is FUSE, to all of them: one
-    mounted without ``allow_other`` refuses root even a look (EACCES), and holds no device
-    node a mapping could reach (a user's mount is ``nodev``; root's lets root look)."""
-    return bool(who) and all(_mounted_as(fs, pid, dev, "fuse") for pid, _ in who)
+def _in_my_mount_namespace(fs: Sysfs, pid: int) -> bool:
+    """Whether pid lives in the harness's mount namespace (False when that cannot be read)."""
+    try:
+        return os.readlink(fs.proc(str(pid), "ns", "mnt")) == os.readlink(fs.proc("self", "ns",
+                                                                                   "mnt"))
+    except OSError:
+        return False
+
+
+def _mount_types(fs: Sysfs, pid: int) -> dict[str, str] | None:
+    """``MAJ:MIN`` -> filesystem type of each mount in pid's mount namespace; None: unread."""
+    text = fs.read(fs.proc(str(pid), "mountinfo"))
+    return None if text is None else {
+        f[2]: f[f.index("-") + 1] for f in (line.split(" ") for line in text.splitlines())
+        if "-" in f[3:] and len(f) > f.index("-") + 1}
+
+
+def _on_fuse(fs: Sysfs, major: int, minor: int, who: set, types: dict) -> bool:
+    """Whether the filesystem ``major:minor`` its mappers map a file of is FUSE to all of
+    them: one mounted without ``allow_other`` refuses root even a look (EACCES), and holds no
+    device node a mapping could reach (a user's mount is ``nodev``; root's lets root look).
+    One in none of a mapper's mounts, an anonymous device (major 0), is taken for a FUSE
+    mount detached since (``fusermount -uz``): only FUSE refuses root there, an LSM aside.
+    ``types``: :func:`_mount_types` of each mapper, filled as they are read."""
+    for pid, _ in who:
+        if pid not in types:
+            types[pid] = _mount_types(fs, pid)
+        kind = (types[pid] or {}).get(f"{major}:{minor}", "" if types[pid] is None else None)
+        if not (kind is None and major == 0 or (kind or "").split(".")[0] in ("fuse", "fuseblk")):
+            return False
+    return bool(who)
 
 
 def tasks_of(proc: Path, problems: list[str]) -> list[Path]:
@@ -629,6 +677,7 @@ class OpenFiles:
         self._mapped: dict[tuple[int, int, int], tuple[Path, set]] = {}
         self._budget = None if not fs.real_host or kcmp_answers() else [MAX_UNCOMPARED_FDS]
         self._forks: dict[int, set[tuple[int, str]]] = {}  # pid -> forks that copied its fds
+        self._fds_left = [MAX_FDS_READ, 0, None]  # (fds still to read; tables not read; first)
         tables: dict[int, dict[str, str]] = {}  # (of processes with children: :func:`_copied`)
         try:
             for proc in sorted(fs.proc().glob("[0-9]*"), key=lambda p: int(p.name)):
@@ -641,15 +690,7 @@ class OpenFiles:
                 self._add_threads(fs, proc, who, problems)
         finally:
             self.lookups.close()
-        for (mode, rdev), who in _mapped_numbers(fs, self._mapped, self.lookups, problems):
-            for w in who:
-                self._add_number(mode, rdev, w)
-        problems += self.lookups.problems()
-        for inode in sorted(set(self._rings_mapped) - self._rings_held):
-            pid, comm = self._rings_mapped[inode]
-            problems.append(f"pid {pid} ({comm}) maps an io_uring (inode {inode}) that no "
-                            "process holds an fd of (its fd registered with the ring and "
-                            "closed): which files it reads and writes cannot be read")
+        _finish(self, fs, problems)
 
     def _add_threads(self, fs: Sysfs, proc: Path, who: tuple[int, str],
                      problems: list[str]) -> None:
@@ -676,6 +717,10 @@ class OpenFiles:
             problems.append(f"the open files of {whose} cannot be read ({e.strerror}): run as "
                             "root")
             return {}
+        if len(fds) > self._fds_left[0]:
+            self._fds_left[1:] = self._fds_left[1] + 1, self._fds_left[2] or whose
+            return {}  # (a problem, counted: the read stops looking)
+        self._fds_left[0] -= len(fds)
         table = {fd.name: target for fd in fds if (target := _link(fd)) is not None}
         for fd in (fd for fd in fds if fd.name in table):
             if parent and _copied(parent, who[0], fd.name, table[fd.name]):
@@ -778,7 +823,7 @@ class OpenFiles:
         for path in paths:
             self.paths.setdefault(path, set()).add(who)
         if paths:
-            self._look_up_registered(fs, paths, who)
+            _look_up_registered(self, fs, paths, who)
 
     def _add_anonymous(self, target: str, who: tuple[int, str]) -> None:
         """A registered file with no path: a vfio device or a GPIO line request holds its
@@ -787,35 +832,6 @@ class OpenFiles:
             self.vfio_unnamed.add(who)
         elif target in _GPIO_REQUESTS:
             self.gpio_lines.setdefault(None, set()).add(who)
-
-    def _look_up_registered(self, fs: Sysfs, paths: list[str], who: tuple[int, str]) -> None:
-        """The registered files' types, through the holder's root (the kernel prints a path
-        as the holder's mount namespace has it), in one bounded lookup for the ring (a path
-        on a file server that does not answer waits); the first few that cannot be looked at
-        are named, the others counted."""
-        try:
-            found = self.lookups.within(  # (through its root: as its mount namespace has them)
-                lambda: _node_types([str(fs.proc(str(who[0]), "root", p.lstrip("/")))
-                                     for p in paths]),
-                f"the files pid {who[0]}'s io_uring registered")
-        except NotLookedAt:
-            return  # (counted: one problem for all)
-        except TimeoutError as e:
-            found = [e] * len(paths)
-        failed = []
-        for path, got in zip(paths, found):
-            if not isinstance(got, Exception) and stat.S_ISDIR(got[0]):
-                got = OSError(errno.ENOENT, "its mount is gone")  # ("/": in no namespace now)
-            if isinstance(got, Exception):
-                failed.append(f"{path} ({getattr(got, 'strerror', None) or got})")
-            else:
-                self._add_number(*got, who)
-        if failed:
-            self.problems.append(
-                f"pid {who[0]} ({who[1]}) uses {', '.join(failed[:3])}"
-                + (f" and {len(failed) - 3} more file(s)" if len(failed) > 3 else "")
-                + " through its io_uring, which cannot be looked at: which devices they are is "
-                "unknown")
 
     def _add_number(self, mode: int, rdev: int, who: tuple[int, str]) -> None:
         if stat.S_ISBLK(mode) or stat.S_ISCHR(mode):
@@ -890,6 +906,60 @@ class OpenFiles:
     def users(self, kind: str, devname: str | None, majmin: str | None) -> list[str]:
         """:meth:`holders` as ``pid 4242 (ceph-osd)``."""
         return [f"pid {pid} ({comm})" for pid, comm in self.holders(kind, devname, majmin)]
+
+
+def _finish(opened: "OpenFiles", fs: Sysfs, problems: list[str]) -> None:
+    """What :class:`OpenFiles` reads once every process is read: the device numbers of
+    mapped files; what was left unread; rings mapped with no fd of them held."""
+    for (mode, rdev), who in _mapped_numbers(fs, opened._mapped, opened.lookups, problems):
+        for w in who:
+            opened._add_number(mode, rdev, w)
+    problems += opened.lookups.problems()
+    left, first = opened._fds_left[1:]
+    if left:
+        problems.append(f"more than {MAX_FDS_READ} open files on the host: the tables of "
+                        f"{first} and {left - 1} more were not read: which files they hold "
+                        "is unknown")
+    for inode in sorted(set(opened._rings_mapped) - opened._rings_held):
+        pid, comm = opened._rings_mapped[inode]
+        problems.append(f"pid {pid} ({comm}) maps an io_uring (inode {inode}) that no "
+                        "process holds an fd of (its fd registered with the ring and "
+                        "closed): which files it reads and writes cannot be read")
+
+
+def _look_up_registered(opened: "OpenFiles", fs: Sysfs, paths: list[str], who: tuple[int, str]
+                        ) -> None:
+    """The registered files' types, through the holder's root (the kernel prints a path
+    as the holder's mount namespace has it), in one bounded lookup for the ring (a path
+    on a file server that does not answer waits); the first few that cannot be looked at
+    are named, the others counted."""
+    try:
+        found = opened.lookups.within(  # (through its root: as its mount namespace has them)
+            lambda: _node_types([str(fs.proc(str(who[0]), "root", p.lstrip("/")))
+                                 for p in paths]),
+            f"the files pid {who[0]}'s io_uring registered")
+    except NotLookedAt:
+        return  # (counted: one problem for all)
+    except TimeoutError as e:
+        found = [e] * len(paths)
+    failed, own = [], fs.real_host and not _in_my_mount_namespace(fs, who[0])
+    for path, got in zip(paths, found):
+        if not isinstance(got, Exception) and stat.S_ISDIR(got[0]):
+            got = OSError(errno.ENOENT, "its mount is gone")  # ("/": in no namespace now)
+        elif own and not isinstance(got, Exception) and not stat.S_ISBLK(got[0]) \
+                and not stat.S_ISCHR(got[0]):  # (a mount over the path since, a chroot)
+            got = OSError(errno.EPERM, "not a device node at that path in its own mount "
+                          "namespace, which it may have changed since it registered it")
+        if isinstance(got, Exception):
+            failed.append(f"{path} ({getattr(got, 'strerror', None) or got})")
+        else:
+            opened._add_number(*got, who)
+    if failed:
+        opened.problems.append(
+            f"pid {who[0]} ({who[1]}) uses {', '.join(failed[:3])}"
+            + (f" and {len(failed) - 3} more file(s)" if len(failed) > 3 else "")
+            + " through its io_uring, which cannot be looked at: which devices they are is "
+            "unknown")
 
 
 def pci_file_holders(opened: OpenFiles, path: Path, fstype: str) -> set[tuple[int, str]]:

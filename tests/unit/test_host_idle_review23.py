@@ -253,14 +253,30 @@ time.sleep(600)
 """
 
 
+def _host_fds() -> int:
+    """How many fds the host's processes hold now."""
+    count = 0
+    for fds in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            count += len(os.listdir(fds))
+        except OSError:
+            pass  # (gone)
+    return count
+
+
 @as_root
 @pytest.mark.parametrize("how, where", [("own", "main"), ("copied", "thread")],
                          ids=["forks-remake-their-fds", "forked-by-a-thread"])
 def test_3_forks_do_not_multiply_the_read_whatever_their_fds_or_forker(how, where):
+    """Forks that copied their fds are read through their parent, whichever thread forked
+    them; forks that remade theirs are no copies, and the read's bound on fds in all
+    (:data:`~harness.host.storage.MAX_FDS_READ`, put here between this host's fds with one
+    such table and with 21) stops it, naming where."""
     program = FORKER.replace("HOW", how).replace("WHERE", where)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(review22, "FORKER", program)
         alone, _, _ = review22._entries_read_of_forks(0)
+        patch.setattr(storage, "MAX_FDS_READ", _host_fds() + 4 * alone)
         forked, problems, pids = review22._entries_read_of_forks(20)
     assert alone >= 2000
     named = [p for p in problems if any(f"pid {pid}" in p for pid in pids)]
