@@ -76,6 +76,7 @@ booted.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -126,17 +127,25 @@ class NobodysFuse(FuseStub):
         return proc
 
 
-@pytest.fixture
-def nobodys_fuse():
+@contextlib.contextmanager
+def fuse_in_a_folder(stub=None, name: "str | bytes" = "mnt"):
+    """A mount of ``stub`` (a :class:`NobodysFuse`, nobody's by default) at ``name`` in a
+    temporary folder that nobody reaches (as a user reaches their home), removed after."""
     if not os.path.exists("/dev/fuse"):
         pytest.skip("no /dev/fuse on this host: modprobe fuse")
-    top = Path(tempfile.mkdtemp(prefix="hh-test-r19-"))
-    top.chmod(0o755)  # (nobody reaches the mount point, as a user reaches their home)
+    top = Path(tempfile.mkdtemp(prefix="hh-test-fuse-"))
+    top.chmod(0o755)
     try:
-        with NobodysFuse(top / "mnt") as stub:
-            yield stub
+        with (stub or NobodysFuse)(top / os.fsdecode(name)) as mounted:
+            yield mounted
     finally:
         subprocess.run(["rm", "-rf", "--one-file-system", str(top)], check=False)
+
+
+@pytest.fixture
+def nobodys_fuse():
+    with fuse_in_a_folder() as stub:
+        yield stub
 
 
 def _read_network_within(seconds: float) -> NetView:

@@ -134,7 +134,7 @@ from harness.host.sysfs import Sysfs
 
 from . import fakesysfs, test_host_idle_review16, test_host_idle_review18
 from .test_host_idle_review17 import NOBODY_RUN
-from .test_host_idle_review19 import NobodysFuse
+from .test_host_idle_review19 import fuse_in_a_folder
 from .test_host_idle_review3 import PORT1
 from .test_paths import NOBODY, as_root
 
@@ -470,15 +470,8 @@ def test_5_a_process_name_not_utf8_does_not_stop_the_give_back(named_not_utf8):
 @pytest.fixture
 def nobodys_fuse_not_utf8():
     """nobody's FUSE mount (as ``fusermount`` makes it) at a path whose name is not UTF-8."""
-    if not os.path.exists("/dev/fuse"):
-        pytest.skip("no /dev/fuse on this host: modprobe fuse")
-    top = Path(tempfile.mkdtemp(prefix="hh-test-r20-"))
-    top.chmod(0o755)
-    try:
-        with NobodysFuse(top / os.fsdecode(b"mnt\xff")) as stub:
-            yield stub
-    finally:
-        subprocess.run(["rm", "-rf", "--one-file-system", str(top)], check=False)
+    with fuse_in_a_folder(name=b"mnt\xff") as stub:
+        yield stub
 
 
 def test_5_a_file_open_on_a_fuse_mount_named_not_utf8_does_not_stop_the_network_read(

@@ -96,10 +96,8 @@ import os
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import types
-from pathlib import Path
 
 import pytest
 
@@ -111,7 +109,7 @@ from harness.host.sysfs import Sysfs
 
 from . import fakesysfs, fusestub
 from .test_host_idle_review17 import NOBODY_RUN
-from .test_host_idle_review19 import NobodysFuse
+from .test_host_idle_review19 import NobodysFuse, fuse_in_a_folder
 from .test_host_idle_review16 import loop_disk as _loop_disk
 from .test_host_idle_review21 import XHCI, _usb_disk
 from .test_paths import as_root
@@ -154,15 +152,8 @@ MAPPER = ("import mmap, sys, time\n"
 
 @pytest.fixture
 def nobodys_sized_fuse():
-    if not os.path.exists("/dev/fuse"):
-        pytest.skip("no /dev/fuse on this host: modprobe fuse")
-    top = Path(tempfile.mkdtemp(prefix="hh-test-r22-"))
-    top.chmod(0o755)
-    try:
-        with _SizedFuse(top / "mnt") as stub:
-            yield stub
-    finally:
-        subprocess.run(["rm", "-rf", "--one-file-system", str(top)], check=False)
+    with fuse_in_a_folder(_SizedFuse) as stub:
+        yield stub
 
 
 def _map_as(stub, run: list[str], program: str = MAPPER) -> subprocess.Popen:
