@@ -1,0 +1,112 @@
+"""Issue 31, twenty-fourth adversarial read. What it found, one section below each:
+
+1. a disk held through a device node that lives on a network or FUSE mount is read idle, and
+   nothing is said: :meth:`harness.host.storage.OpenFiles._add_node` never looks at a file
+   whose fd's mount is in :func:`~harness.host.storage.remote_mount_ids` (NFS, CIFS, 9p,
+   virtiofs, ceph, any ``fuse*``), on the first read's word that "device nodes do not live
+   there", and the node's path (``/mnt/nfs/chroot/dev/sdb``) matches no ``/dev/NAME``. They
+   do live there: root's mounts are ``dev`` unless told ``nodev`` (fstab's ``defaults``, a
+   ``mount -t fuse``, an NFS-root or NFS-held container root with its own ``/dev`` nodes,
+   fuse-overlayfs as a root container's rootfs), and the node opens the host's device. The
+   mapping side has the same hole when the mount refuses root a look: the twenty-second
+   read's :func:`~harness.host.storage._on_fuse` takes any EACCES from a FUSE file for "no
+   device node could be reached" (a user's mount is ``nodev``), but a mount root made for a
+   user (``user_id=`` without ``allow_other``: pam_mount, a root-run ``sshfs -o uid=``)
+   without ``nodev`` refuses root and serves nodes all the same. The fifteenth read's reason
+   (a stat there can hang) asks for a bounded look (``Lookups.node_type``, as for a
+   detached mount), not none. Likely: low (root's configuration); bad: the worst kind (a
+   device in use is taken), with no word said.
+
+Case 1: a FUSE stub root mounts without ``nodev`` whose one file is a block node of review
+16's loop disk; root's process opens it and reads the disk (fd kept), or nobody's (the mount
+made for nobody, without ``allow_other``) maps it and closes the fd. The controls: the same
+node made with ``mknod`` in a local folder, opened or mapped. Each fails on the code as it is
+(7194e45) with a list without the holder's pid (the disk is idle while it is held; only this
+host's own problems: ``the mount namespace of pid 1 cannot be read ...``); the controls pass.
+No guest is booted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from harness.host.storage import StorageView
+from harness.host.sysfs import Sysfs
+
+from . import fusestub
+from .test_host_idle_review16 import loop_disk as _loop_disk
+from .test_host_idle_review17 import NOBODY_RUN
+from .test_host_idle_review19 import fuse_in_a_folder
+from .test_host_idle_review23 import PYTHON
+from .test_paths import as_root
+
+#: The real-host cases make namespaces and processes of nobody's and read the whole host.
+pytestmark = pytest.mark.xdist_group("real-host-namespaces")
+loop_disk = _loop_disk  # fixture
+
+
+# -- 1. a device node on a network or FUSE mount ------------------------------------------------
+
+def _node_fuse(rdev: int, owner: int = 0) -> type:
+    """A FUSE stub that root mounted without ``nodev`` (as ``mount -t fuse`` and an NFS mount
+    of fstab's ``defaults`` are), for ``owner`` (not ``allow_other``), whose ``f`` is a block
+    device node of ``rdev``, open to all."""
+    attr = fusestub._ATTR.pack(2, 0, 0, 0, 0, 0, 0, 0, 0, stat.S_IFBLK | 0o666, 1, 0, 0,
+                               (os.minor(rdev) & 0xff) | (os.major(rdev) << 8)
+                               | ((os.minor(rdev) & ~0xff) << 12), 4096, 0)
+
+    class NodeFuse(fusestub.FuseStub):
+        OWNER = owner
+
+        @staticmethod
+        def _answer(opcode: int, node: int, body: bytes) -> tuple[int, bytes]:
+            if opcode == fusestub._GETATTR and node == 2:
+                return 0, struct.pack("<QII", 0, 0, 0) + attr
+            if opcode == fusestub._LOOKUP and node == 1 and body.rstrip(b"\0") == b"f":
+                return 0, struct.pack("<QQQQII", 2, 0, 0, 0, 0, 0) + attr
+            return fusestub.FuseStub._answer(opcode, node, body)
+    return NodeFuse
+
+
+#: Opens the node (``argv[1]``), reads the disk's first bytes, then keeps it open (``fd``) or
+#: only a mapping of it (``map``: the fd closed).
+HOLD = ("import mmap, sys, time\nf = open(sys.argv[1], 'rb')\n"
+        "print(f.read(11).decode(), flush=True)\n"
+        "if sys.argv[2] == 'map':\n"
+        "    kept = mmap.mmap(f.fileno(), 4096, prot=mmap.PROT_READ)\n    f.close()\n"
+        "time.sleep(600)\n")
+
+
+@as_root
+@pytest.mark.parametrize("where, how", [("fuse", "fd"), ("nobodys-fuse", "map"), ("tmp", "fd"),
+                                        ("tmp", "map")],
+                         ids=["fuse-open", "nobodys-fuse-mapped", "control-local-folder-open",
+                              "control-local-folder-mapped"])
+def test_1_a_disk_held_through_a_node_on_a_fuse_mount_is_in_use(loop_disk, where, how,
+                                                                 tmp_path):
+    name, rdev = os.path.basename(loop_disk), os.stat(loop_disk).st_rdev
+    with contextlib.ExitStack() as stack:
+        if where != "tmp":
+            node = stack.enter_context(fuse_in_a_folder(_node_fuse(
+                rdev, 65534 if where == "nobodys-fuse" else 0))).mountpoint / "f"
+        else:
+            node = tmp_path / "f"
+            os.mknod(node, stat.S_IFBLK | 0o600, rdev)
+        child = subprocess.Popen(
+            (NOBODY_RUN if where == "nobodys-fuse" else []) + [PYTHON, "-c", HOLD, str(node), how],
+            stdout=subprocess.PIPE, text=True, cwd="/")
+        try:
+            assert child.stdout.readline().strip() == "HH-REVIEW16"  # (it reads the disk)
+            view = StorageView.read(Sysfs("/"))
+        finally:
+            child.kill()
+            child.wait()
+    seen = view.use_of_block(name) + view.problems
+    assert any(f"pid {child.pid}" in u for u in seen), seen
