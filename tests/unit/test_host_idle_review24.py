@@ -33,10 +33,12 @@ import os
 import stat
 import struct
 import subprocess
-import sys
+import threading
 
 import pytest
 
+from harness.host import storage
+from harness.host.network import NetView
 from harness.host.storage import StorageView
 from harness.host.sysfs import Sysfs
 
@@ -110,3 +112,50 @@ def test_1_a_disk_held_through_a_node_on_a_fuse_mount_is_in_use(loop_disk, where
             child.wait()
     seen = view.use_of_block(name) + view.problems
     assert any(f"pid {child.pid}" in u for u in seen), seen
+
+
+# -- 2. network namespaces a user makes, each read in turn with no bound on them all ------------
+
+#: nobody's program, in a user namespace of theirs: ``argv[1]`` network namespaces, each kept
+#: by an fd of it (one process; nothing else to make); prints "ready" once all are made.
+NETNS_MAKER = """
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+kept = []
+for _ in range(int(sys.argv[1])):
+    if libc.unshare(0x40000000):  # CLONE_NEWNET
+        sys.exit("unshare: " + os.strerror(ctypes.get_errno()))
+    kept.append(os.open("/proc/self/ns/net", os.O_RDONLY))
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+@as_root
+@pytest.mark.parametrize("count", [800, 5], ids=["namespaces-800", "control-namespaces-5"])
+def test_2_network_namespaces_a_user_makes_do_not_stall_the_read(count):
+    box: list = []
+    reader = None
+    maker = subprocess.Popen(
+        NOBODY_RUN + ["unshare", "-Ur", PYTHON, "-c", NETNS_MAKER, str(count)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
+        start_new_session=True)
+    try:
+        if maker.stdout.readline().strip() != "ready":
+            pytest.skip(f"nobody cannot make network namespaces here: {maker.stderr.read()}")
+        bound = 2 * storage.MOUNT_TABLES_BUDGET
+        reader = threading.Thread(target=lambda: box.append(NetView.read(Sysfs("/"))),
+                                  daemon=True)
+        reader.start()
+        reader.join(bound)
+        view = box[0] if box else None
+    finally:
+        os.killpg(maker.pid, 9)
+        maker.wait()
+        maker.stdout.close()
+        maker.stderr.close()
+        if reader is not None:
+            reader.join(600)  # (its namespaces gone, it ends; none left to read the next)
+    assert view is not None, (
+        f"the host's network read did not end in {bound:g} s: nobody's {count} network "
+        "namespaces (one process's fds) are each entered and read in turn, and nothing said")
