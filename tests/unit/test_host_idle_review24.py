@@ -33,7 +33,9 @@ import os
 import stat
 import struct
 import subprocess
+import tempfile
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -159,3 +161,66 @@ def test_2_network_namespaces_a_user_makes_do_not_stall_the_read(count):
     assert view is not None, (
         f"the host's network read did not end in {bound:g} s: nobody's {count} network "
         "namespaces (one process's fds) are each entered and read in turn, and nothing said")
+
+
+# -- 3. mapped-file lists a user sizes, each read within the bound, with no bound on them all ---
+
+#: nobody's program: one file at a path of about 3800 bytes below ``argv[1]``, mapped
+#: ``argv[2]`` times (neighbours at alternate offsets: about half as many areas in
+#: ``/proc/PID/maps``, each a line with that path), then ``argv[3]`` forks (each a copy of
+#: the areas); prints "ready" once all are made.
+MAPPER = r"""
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long]
+path = os.path.join(sys.argv[1], *(chr(97 + i) * 250 for i in range(15)))
+os.makedirs(path)
+with open(os.path.join(path, "f"), "wb") as w:
+    w.truncate(8192)
+fd = os.open(os.path.join(path, "f"), os.O_RDONLY)
+for i in range(int(sys.argv[2])):
+    if libc.mmap(None, 4096, 1, 2, fd, 4096 * (i % 2)) in (None, 2 ** 64 - 1):
+        sys.exit("mmap: " + os.strerror(ctypes.get_errno()))
+os.close(fd)
+for _ in range(int(sys.argv[3])):
+    if os.fork() == 0:
+        time.sleep(600)
+        os._exit(0)
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+@as_root
+@pytest.mark.parametrize("count", [30000, 100], ids=["mapped-30000", "control-mapped-100"])
+def test_3_mapped_files_a_user_lists_do_not_stall_the_read(count):
+    box: list = []
+    reader = None
+    top = Path(tempfile.mkdtemp(prefix="hh-test-r24-"))
+    top.chmod(0o755)
+    os.chown(top, 65534, 65534)
+    maker = subprocess.Popen(NOBODY_RUN + [PYTHON, "-c", MAPPER, str(top), str(count), "20"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             cwd="/", start_new_session=True)
+    try:
+        if maker.stdout.readline().strip() != "ready":
+            pytest.skip(f"nobody cannot map files here: {maker.stderr.read()}")
+        bound = 2.5 * storage.DETACHED_STAT_TIMEOUT
+        reader = threading.Thread(target=lambda: box.append(StorageView.read(Sysfs("/"))),
+                                  daemon=True)
+        reader.start()
+        reader.join(bound)
+        view = box[0] if box else None
+    finally:
+        os.killpg(maker.pid, 9)
+        maker.wait()
+        maker.stdout.close()
+        maker.stderr.close()
+        if reader is not None:
+            reader.join(600)  # (its processes gone, it ends; none left to read the next)
+        subprocess.run(["rm", "-rf", "--one-file-system", str(top)], check=False)
+    assert view is not None, (
+        f"the host's storage read did not end in {bound:g} s: nobody's 21 processes that map "
+        f"one file {count // 2} times at a long path are each read whole, and said nothing")
