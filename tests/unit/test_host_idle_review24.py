@@ -17,13 +17,44 @@
    detached mount), not none. Likely: low (root's configuration); bad: the worst kind (a
    device in use is taken), with no word said.
 
+2. any local user makes every read of the host's network take as long as they like with
+   network namespaces alone: :func:`harness.host.network._read_all` enters and reads each
+   namespace anything holds, in turn (``ip -j`` five times, ``ss``, ``/proc/net/packet``:
+   seven programs a namespace, each bounded at 20 s, with no bound on them all and none on
+   how many namespaces). nobody, in a user namespace of theirs, keeps 800 network
+   namespaces by an fd each in one process (``unshare(CLONE_NEWNET)`` in a loop: a second to
+   make, no other process, ``user.max_net_namespaces`` is 96367 here): the network read, 2.7
+   s on this host alone, did not end in 20 s (72 ms a namespace measured with 40; review 18
+   saw 33 ms). 10000 of them are minutes in every ``doctor``, ``plan``, ``discover``, bind
+   (the journal's lock held) and give-back, and nothing says why: review 23's second finding
+   (mount tables) for network namespaces, whose budget (``MOUNT_TABLES_BUDGET``) this read
+   has no counterpart of. Likely: by intent; bad: as review 23's second (a CI job's timeout
+   kills the run before the give-back).
+
+3. any local user makes every read of the host's open files take as long as they like with
+   files mapped: the twenty-second read's bound on ``/proc/PID/maps``
+   (:meth:`harness.host.storage.Lookups.read`, from :meth:`~harness.host.storage.OpenFiles.
+   _add_maps`) is 5 s *each*, and each is then decoded and split whole outside it; there is
+   no bound on them all and none on their size. A file at a path of about 3800 bytes mapped
+   15000 times (areas that do not merge: ``vm.max_map_count`` is 65530) is 58 MB of
+   ``maps``, 2.4 to 2.9 s to read and parse here, and a fork copies it: nobody's process
+   with 20 forks made the storage read take 26.8 s (not ended in 12.5 s); a thousand forks
+   of 65530 areas each (each read just under the 5 s) are hours, in every ``doctor``,
+   ``plan``, bind (the journal's lock held) and give-back, and the harness holds three copies
+   of each 250 MB text while it parses it. Likely: by intent; bad: as 2.
+
 Case 1: a FUSE stub root mounts without ``nodev`` whose one file is a block node of review
 16's loop disk; root's process opens it and reads the disk (fd kept), or nobody's (the mount
 made for nobody, without ``allow_other``) maps it and closes the fd. The controls: the same
-node made with ``mknod`` in a local folder, opened or mapped. Each fails on the code as it is
-(7194e45) with a list without the holder's pid (the disk is idle while it is held; only this
-host's own problems: ``the mount namespace of pid 1 cannot be read ...``); the controls pass.
-No guest is booted.
+node made with ``mknod`` in a local folder, opened or mapped. Case 2: nobody's 800 network
+namespaces, the network read bounded at twice ``MOUNT_TABLES_BUDGET`` (20 s); the control: 5.
+Case 3: nobody's process mapping one file 30000 times (15000 areas) at a 3800-byte path,
+with 20 forks, the storage read bounded at 2.5 times the lookups' bound (12.5 s, as review
+23's case 2); the control: 100 times. Each fails on the code as it is (7194e45): 1 with a
+list without the holder's pid (the disk is idle while it is held; only this host's own
+problems: ``the mount namespace of pid 1 cannot be read ...``), 2 "the host's network read
+did not end in 20 s ...", 3 "the host's storage read did not end in 12.5 s ..."; the
+controls pass. No guest is booted.
 """
 
 from __future__ import annotations
