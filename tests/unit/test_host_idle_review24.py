@@ -1,6 +1,20 @@
 """Issue 31, twenty-fourth adversarial read. What it found, one section below each:
 
-1. a disk held through a device node that lives on a network or FUSE mount is read idle, and
+1. a disk mapped through a node at a path other than its ``/dev`` name (a container's
+   ``/dev/xvdb``) by two processes is read idle when the first of them unmaps it, or ends,
+   while the host is read: :meth:`harness.host.storage.OpenFiles._add_mapped` keeps one way
+   to each mapped file (``map_files/START-END`` of the *first* mapper read, by pid), and
+   :func:`~harness.host.storage._mapped_numbers` looks at it only at the end of the whole
+   read; an error there other than EACCES ("unmapped since, or its process ended") drops the
+   file for *all* its mappers, the second still mapping it. The window is the whole read
+   (seconds on a busy host): a mapper that maps the node briefly, or a helper that ends,
+   with a lower pid than the one that keeps it, is enough; one that maps another file at the
+   same addresses turns the way into a plain file's, dropped as well. nobody may do it on
+   purpose for a device they may open (a ``uaccess`` USB node, whose usbfs file maps), bound
+   to another path in a mount namespace of theirs. Likely: low by accident, by intent for a
+   user with a device; bad: the worst kind (a device in use is taken), nothing said.
+
+2. a disk held through a device node that lives on a network or FUSE mount is read idle, and
    nothing is said: :meth:`harness.host.storage.OpenFiles._add_node` never looks at a file
    whose fd's mount is in :func:`~harness.host.storage.remote_mount_ids` (NFS, CIFS, 9p,
    virtiofs, ceph, any ``fuse*``), on the first read's word that "device nodes do not live
@@ -17,7 +31,7 @@
    detached mount), not none. Likely: low (root's configuration); bad: the worst kind (a
    device in use is taken), with no word said.
 
-2. any local user makes every read of the host's network take as long as they like with
+3. any local user makes every read of the host's network take as long as they like with
    network namespaces alone: :func:`harness.host.network._read_all` enters and reads each
    namespace anything holds, in turn (``ip -j`` five times, ``ss``, ``/proc/net/packet``:
    seven programs a namespace, each bounded at 20 s, with no bound on them all and none on
@@ -31,7 +45,7 @@
    has no counterpart of. Likely: by intent; bad: as review 23's second (a CI job's timeout
    kills the run before the give-back).
 
-3. any local user makes every read of the host's open files take as long as they like with
+4. any local user makes every read of the host's open files take as long as they like with
    files mapped: the twenty-second read's bound on ``/proc/PID/maps``
    (:meth:`harness.host.storage.Lookups.read`, from :meth:`~harness.host.storage.OpenFiles.
    _add_maps`) is 5 s *each*, and each is then decoded and split whole outside it; there is
@@ -39,39 +53,25 @@
    15000 times (areas that do not merge: ``vm.max_map_count`` is 65530) is 58 MB of
    ``maps``, 2.4 to 2.9 s to read and parse here, and a fork copies it: nobody's process
    with 20 forks made the storage read take 26.8 s (not ended in 12.5 s); a thousand forks
-   of 65530 areas each (each read just under the 5 s) are hours, in every ``doctor``,
+   of 65530 areas each (each read just under the 5 s) are over an hour, in every ``doctor``,
    ``plan``, bind (the journal's lock held) and give-back, and the harness holds three copies
-   of each 250 MB text while it parses it. Likely: by intent; bad: as 2.
+   of each 250 MB text while it parses it. Likely: by intent; bad: as 3.
 
-4. a disk mapped through a node at a path other than its ``/dev`` name (a container's
-   ``/dev/xvdb``) by two processes is read idle when the first of them unmaps it, or ends,
-   while the host is read: :meth:`harness.host.storage.OpenFiles._add_mapped` keeps one way
-   to each mapped file (``map_files/START-END`` of the *first* mapper read, by pid), and
-   :func:`~harness.host.storage._mapped_numbers` looks at it only at the end of the whole
-   read; an error there other than EACCES ("unmapped since, or its process ended") drops the
-   file for *all* its mappers, the second still mapping it. The window is the whole read
-   (seconds on a busy host): a mapper that maps the node briefly, or a helper that ends,
-   with a lower pid than the one that keeps it, is enough; one that maps another file at the
-   same addresses turns the way into a plain file's, dropped as well. nobody may do it on
-   purpose for a device they may open (a ``uaccess`` USB node, whose usbfs file maps), bound
-   to another path in a mount namespace of theirs. Likely: low by accident, by intent for a
-   user with a device; bad: the worst kind (a device in use is taken), nothing said.
-
-Case 1: a FUSE stub root mounts without ``nodev`` whose one file is a block node of review
+Case 1: two root processes map review 16's loop disk through a node made with ``mknod`` in a
+folder (their fds closed), the first unmapping it while the host is read (told to when the
+read's mapped files are looked at: the end of the window); the control: it stays mapped.
+Case 2: a FUSE stub root mounts without ``nodev`` whose one file is a block node of review
 16's loop disk; root's process opens it and reads the disk (fd kept), or nobody's (the mount
 made for nobody, without ``allow_other``) maps it and closes the fd. The controls: the same
-node made with ``mknod`` in a local folder, opened or mapped. Case 2: nobody's 800 network
+node made with ``mknod`` in a local folder, opened or mapped. Case 3: nobody's 800 network
 namespaces, the network read bounded at twice ``MOUNT_TABLES_BUDGET`` (20 s); the control: 5.
-Case 3: nobody's process mapping one file 30000 times (15000 areas) at a 3800-byte path,
+Case 4: nobody's process mapping one file 30000 times (15000 areas) at a 3800-byte path,
 with 20 forks, the storage read bounded at 2.5 times the lookups' bound (12.5 s, as review
-23's case 2); the control: 100 times. Case 4: two root processes map review 16's loop disk
-through a node made with ``mknod`` in a folder (their fds closed), the first unmapping it
-while the host is read (told to when the read's mapped files are looked at: the end of the
-window); the control: it stays mapped. Each fails on the code as it is (7194e45): 1 with a
-list without the holder's pid (the disk is idle while it is held; only this host's own
-problems: ``the mount namespace of pid 1 cannot be read ...``), 2 "the host's network read
-did not end in 20 s ...", 3 "the host's storage read did not end in 12.5 s ...", 4 with a list
-without the second mapper's pid; the controls pass. No guest is booted.
+23's case 2); the control: 100 times. Each fails on the code as it is (7194e45): 1 with a
+list without the second mapper's pid, 2 with a list without the holder's pid (the disk is
+idle while it is held; only this host's own problems: ``the mount namespace of pid 1 cannot
+be read ...``), 3 "the host's network read did not end in 20 s ...", 4 "the host's storage
+read did not end in 12.5 s ..."; the controls pass. No guest is booted.
 """
 
 from __future__ import annotations
@@ -104,7 +104,65 @@ pytestmark = pytest.mark.xdist_group("real-host-namespaces")
 loop_disk = _loop_disk  # fixture
 
 
-# -- 1. a device node on a network or FUSE mount ------------------------------------------------
+# -- 1. a mapped node looked at through its first mapper only -----------------------------------
+
+#: Maps ``argv[1]`` (a disk's node; its fd closed: Python's mmap would keep a copy) and
+#: prints its first bytes; with ``argv[2]`` ``unmap``, unmaps it on a line read and says so;
+#: then stays.
+MAP_NODE = r"""
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long]
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+fd = os.open(sys.argv[1], os.O_RDONLY)
+at = libc.mmap(None, 4096, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
+os.close(fd)
+print(ctypes.string_at(at, 11).decode(), flush=True)
+if sys.argv[2] == "unmap":
+    sys.stdin.readline()
+    libc.munmap(at, 4096)
+    print("unmapped", flush=True)
+time.sleep(600)
+"""
+
+
+@as_root
+@pytest.mark.parametrize("unmap", [True, False], ids=["first-unmaps", "control-first-stays"])
+def test_1_a_disk_mapped_through_a_node_stays_in_use_when_its_first_mapper_unmaps(
+        loop_disk, tmp_path, monkeypatch, unmap):
+    name = os.path.basename(loop_disk)
+    node = tmp_path / "xvdb"  # (a container's node of the disk, in its own /dev)
+    os.mknod(node, stat.S_IFBLK | 0o600, os.stat(loop_disk).st_rdev)
+    first, second = (subprocess.Popen([PYTHON, "-c", MAP_NODE, str(node), how],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                     for how in ("unmap" if unmap else "stay", "stay"))
+    looked = storage._mapped_numbers
+
+    def after_the_first_unmapped(*args):  # (during the read: its whole length is the window)
+        if unmap:
+            first.stdin.write("\n")
+            first.stdin.flush()
+            assert first.stdout.readline().strip() == "unmapped"
+        return looked(*args)
+
+    monkeypatch.setattr(storage, "_mapped_numbers", after_the_first_unmapped)
+    try:
+        assert [p.stdout.readline().strip() for p in (first, second)] == ["HH-REVIEW16"] * 2
+        if first.pid > second.pid:
+            pytest.skip("pids wrapped between the two mappers")
+        view = StorageView.read(Sysfs("/"))
+    finally:
+        for proc in (first, second):
+            proc.kill()
+            proc.wait()
+    seen = view.use_of_block(name) + view.problems
+    assert any(f"pid {second.pid}" in u for u in seen), seen
+
+
+
+# -- 2. a device node on a network or FUSE mount ------------------------------------------------
 
 def _node_fuse(rdev: int, owner: int = 0) -> type:
     """A FUSE stub that root mounted without ``nodev`` (as ``mount -t fuse`` and an NFS mount
@@ -141,7 +199,7 @@ HOLD = ("import mmap, sys, time\nf = open(sys.argv[1], 'rb')\n"
                                         ("tmp", "map")],
                          ids=["fuse-open", "nobodys-fuse-mapped", "control-local-folder-open",
                               "control-local-folder-mapped"])
-def test_1_a_disk_held_through_a_node_on_a_fuse_mount_is_in_use(loop_disk, where, how,
+def test_2_a_disk_held_through_a_node_on_a_fuse_mount_is_in_use(loop_disk, where, how,
                                                                  tmp_path):
     name, rdev = os.path.basename(loop_disk), os.stat(loop_disk).st_rdev
     with contextlib.ExitStack() as stack:
@@ -164,7 +222,7 @@ def test_1_a_disk_held_through_a_node_on_a_fuse_mount_is_in_use(loop_disk, where
     assert any(f"pid {child.pid}" in u for u in seen), seen
 
 
-# -- 2. network namespaces a user makes, each read in turn with no bound on them all ------------
+# -- 3. network namespaces a user makes, each read in turn with no bound on them all ------------
 
 #: nobody's program, in a user namespace of theirs: ``argv[1]`` network namespaces, each kept
 #: by an fd of it (one process; nothing else to make); prints "ready" once all are made.
@@ -183,7 +241,7 @@ time.sleep(600)
 
 @as_root
 @pytest.mark.parametrize("count", [800, 5], ids=["namespaces-800", "control-namespaces-5"])
-def test_2_network_namespaces_a_user_makes_do_not_stall_the_read(count):
+def test_3_network_namespaces_a_user_makes_do_not_stall_the_read(count):
     box: list = []
     reader = None
     maker = subprocess.Popen(
@@ -211,7 +269,7 @@ def test_2_network_namespaces_a_user_makes_do_not_stall_the_read(count):
         "namespaces (one process's fds) are each entered and read in turn, and nothing said")
 
 
-# -- 3. mapped-file lists a user sizes, each read within the bound, with no bound on them all ---
+# -- 4. mapped-file lists a user sizes, each read within the bound, with no bound on them all ---
 
 #: nobody's program: one file at a path of about 3800 bytes below ``argv[1]``, mapped
 #: ``argv[2]`` times (neighbours at alternate offsets: about half as many areas in
@@ -243,7 +301,7 @@ time.sleep(600)
 
 @as_root
 @pytest.mark.parametrize("count", [30000, 100], ids=["mapped-30000", "control-mapped-100"])
-def test_3_mapped_files_a_user_lists_do_not_stall_the_read(count):
+def test_4_mapped_files_a_user_lists_do_not_stall_the_read(count):
     box: list = []
     reader = None
     top = Path(tempfile.mkdtemp(prefix="hh-test-r24-"))
@@ -272,60 +330,3 @@ def test_3_mapped_files_a_user_lists_do_not_stall_the_read(count):
     assert view is not None, (
         f"the host's storage read did not end in {bound:g} s: nobody's 21 processes that map "
         f"one file {count // 2} times at a long path are each read whole, and said nothing")
-
-
-# -- 4. a mapped node looked at through its first mapper only -----------------------------------
-
-#: Maps ``argv[1]`` (a disk's node; its fd closed: Python's mmap would keep a copy) and
-#: prints its first bytes; with ``argv[2]`` ``unmap``, unmaps it on a line read and says so;
-#: then stays.
-MAP_NODE = r"""
-import ctypes, os, sys, time
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mmap.restype = ctypes.c_void_p
-libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                      ctypes.c_int, ctypes.c_long]
-libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-fd = os.open(sys.argv[1], os.O_RDONLY)
-at = libc.mmap(None, 4096, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
-os.close(fd)
-print(ctypes.string_at(at, 11).decode(), flush=True)
-if sys.argv[2] == "unmap":
-    sys.stdin.readline()
-    libc.munmap(at, 4096)
-    print("unmapped", flush=True)
-time.sleep(600)
-"""
-
-
-@as_root
-@pytest.mark.parametrize("unmap", [True, False], ids=["first-unmaps", "control-first-stays"])
-def test_4_a_disk_mapped_through_a_node_stays_in_use_when_its_first_mapper_unmaps(
-        loop_disk, tmp_path, monkeypatch, unmap):
-    name = os.path.basename(loop_disk)
-    node = tmp_path / "xvdb"  # (a container's node of the disk, in its own /dev)
-    os.mknod(node, stat.S_IFBLK | 0o600, os.stat(loop_disk).st_rdev)
-    first, second = (subprocess.Popen([PYTHON, "-c", MAP_NODE, str(node), how],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-                     for how in ("unmap" if unmap else "stay", "stay"))
-    looked = storage._mapped_numbers
-
-    def after_the_first_unmapped(*args):  # (during the read: its whole length is the window)
-        if unmap:
-            first.stdin.write("\n")
-            first.stdin.flush()
-            assert first.stdout.readline().strip() == "unmapped"
-        return looked(*args)
-
-    monkeypatch.setattr(storage, "_mapped_numbers", after_the_first_unmapped)
-    try:
-        assert [p.stdout.readline().strip() for p in (first, second)] == ["HH-REVIEW16"] * 2
-        if first.pid > second.pid:
-            pytest.skip("pids wrapped between the two mappers")
-        view = StorageView.read(Sysfs("/"))
-    finally:
-        for proc in (first, second):
-            proc.kill()
-            proc.wait()
-    seen = view.use_of_block(name) + view.problems
-    assert any(f"pid {second.pid}" in u for u in seen), seen
