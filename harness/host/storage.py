@@ -816,8 +816,9 @@ class OpenFiles:
             self.problems.append(f"pid {who[0]} ({who[1]}) has an io_uring with {count[1]} "
                                  "registered files the kernel did not list (the ring was busy, "
                                  "or its table is sparse): which files it uses is unknown")
-        paths = list(dict.fromkeys(f.removesuffix(" (deleted)") for f in files
-                                   if f.startswith("/")))  # (many slots may hold one file)
+        paths = list(dict.fromkeys(  # (many slots may hold one file; the kernel escapes
+            re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)),  # " \t\n\\" as \040...)
+                   f.removesuffix(" (deleted)")) for f in files if f.startswith("/")))
         for other in set(f for f in files if not f.startswith("/")):
             self._add_anonymous(other, who)
         for path in paths:
