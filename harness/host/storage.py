@@ -546,6 +546,19 @@ def _copied(parent: tuple[int, dict], pid: int, fd: str, target: str) -> bool:
         _KCMP, parent[0], pid, _KCMP_FILE, int(fd), int(fd)) == 0
 
 
+def _first_type(links: list[str]):
+    """:func:`node_type` through the first of ``links`` (the ways to one mapped file, one a
+    mapper) whose mapping is still there, or the last error."""
+    for link in links:
+        try:
+            return node_type(link)
+        except OSError as e:
+            error = e
+            if e.errno not in (errno.ENOENT, errno.ESRCH):
+                return e
+    return error
+
+
 def _mapped_numbers(fs: Sysfs, mapped: dict, lookups: Lookups, problems: list[str]) -> list:
     """((mode, rdev), holders) of each mapped file that is a device node: a disk mapped
     through a node at any path (a container's ``/dev/xvdb`` made with the host's numbers)
@@ -556,7 +569,7 @@ def _mapped_numbers(fs: Sysfs, mapped: dict, lookups: Lookups, problems: list[st
         return []
     keys, files = list(mapped), list(mapped.values())
     try:
-        found = lookups.within(lambda: _node_types([str(link) for link, _ in files]),
+        found = lookups.within(lambda: [_first_type(links) for links, _ in files],
                                "the files processes map")
     except NotLookedAt:
         return []
@@ -674,7 +687,7 @@ class OpenFiles:
         self.devmem: list[tuple[int, int, tuple[int, str]]] = []
         self._fs = fs
         self.lookups = Lookups()
-        self._mapped: dict[tuple[int, int, int], tuple[Path, set]] = {}
+        self._mapped: dict[tuple[int, int, int], tuple[list[str], set]] = {}
         self._budget = None if not fs.real_host or kcmp_answers() else [MAX_UNCOMPARED_FDS]
         self._forks: dict[int, set[tuple[int, str]]] = {}  # pid -> forks that copied its fds
         self._fds_left = [MAX_FDS_READ, 0, None]  # (fds still to read; tables not read; first)
@@ -772,8 +785,10 @@ class OpenFiles:
             offset, inode = int(fields[2], 16), int(fields[4])
         except ValueError:
             return
-        self._mapped.setdefault((major, minor, inode), (
-            proc / "map_files" / f"{start:x}-{end:x}", set()))[1].add(who)
+        links, whom = self._mapped.setdefault((major, minor, inode), ([], set()))
+        if who not in whom:  # (a way through each mapper: the first may unmap it meanwhile)
+            links.append(f"{proc}/map_files/{start:x}-{end:x}")
+            whom.add(who)
         if _PCI_FILE_NAME.fullmatch(name):
             self.pci_files.setdefault((name, inode), {}).setdefault(
                 os.makedev(major, minor), set()).add(who)
