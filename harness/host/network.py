@@ -41,6 +41,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -337,6 +338,11 @@ def _alone(fs: Sysfs, problems: list[str]):
         os.close(fd)
 
 
+#: Seconds the namespaces one search finds may take to read, in all (about 70 ms each here:
+#: a node's few hundred pods fit; any user may make thousands, held by one process's fds).
+NAMESPACES_BUDGET = 30.0
+
+
 def _search(fs: Sysfs, done: set) -> tuple[list[Namespace], list[str], list[str]]:
     """One search of every holder: (the network namespaces it finds that are not in ``done``,
     read, and added to it; what went away between being seen and being entered; the
@@ -377,7 +383,13 @@ def _search_held(fs: Sysfs, done: set, visits: MountVisits, early: dict,
             pins[inode] = way  # (a way in after all, for one that went away or failed)
             went.pop(inode, None)
             found.pop(inode, None)
-        for inode, (how, fd) in pins.items():
+        deadline = time.monotonic() + NAMESPACES_BUDGET
+        for n, (inode, (how, fd)) in enumerate(pins.items()):
+            if time.monotonic() > deadline:
+                problems.append(f"the network namespaces took more than {NAMESPACES_BUDGET:g} "
+                                f"s to read: {len(pins) - n} were not read ({inode}, {how}, "
+                                "and others): the interfaces in them are unknown")
+                break
             found[inode] = _read_namespace_fd(fs, how, fd,
                                               fs.path("ip", "nsfs", inode.strip("[]")))
     finally:

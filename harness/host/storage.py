@@ -357,9 +357,10 @@ _GPIO_REQUESTS = {"anon_inode:gpio-line", "anon_inode:gpio-linehandle", "anon_in
 def _read_jobs(jobs: "queue.SimpleQueue") -> None:
     """:meth:`Lookups.read`'s worker: reads each (path, box, done) it is given, until None."""
     while (job := jobs.get()) is not None:
-        path, box, done = job
+        path, box, done, limit = job
         try:
-            box["value"] = path.read_bytes()
+            with open(path, "rb") as f:
+                box["value"] = f.read() if limit is None else f.read(limit + 1)
         except OSError as e:
             box["error"] = e
         done.set()
@@ -382,12 +383,13 @@ class Lookups:
         self.skipped = 0
         self._jobs: "queue.SimpleQueue | None" = None
 
-    def read(self, path: Path, what: str) -> bytes:
+    def read(self, path: Path, what: str, limit: int | None = None) -> bytes:
         """``path``'s bytes, bounded as :meth:`within` is, through one worker thread kept for
         the read (a thread each would cost more than most reads: ``/proc/PID/maps`` of every
         process, which waits for that process's memory lock, and another user's thread can
-        hold it while it faults on a file server that does not answer). Raises OSError,
-        TimeoutError or NotLookedAt. :meth:`close` ends the worker."""
+        hold it while it faults on a file server that does not answer). ``limit``: at most
+        that many bytes, and one more to tell a longer file. Raises OSError, TimeoutError or
+        NotLookedAt. :meth:`close` ends the worker."""
         if self.silent is not None:
             self.skipped += 1
             raise NotLookedAt(f"not looked at: {self.silent} did not answer before")
@@ -397,7 +399,7 @@ class Lookups:
                              daemon=True).start()
         box: dict = {}
         done = threading.Event()
-        self._jobs.put((path, box, done))
+        self._jobs.put((path, box, done, limit))
         if not done.wait(DETACHED_STAT_TIMEOUT):
             self.silent, self._jobs = what, None  # (its worker stays blocked; none is made again)
             raise TimeoutError(f"no answer in {DETACHED_STAT_TIMEOUT:g} s")
@@ -504,6 +506,10 @@ def _node_types(paths: list[str]) -> list:
     return out
 
 
+#: Seconds all processes' ``/proc/PID/maps`` may take to read in one read, and the most of
+#: one that is read (a user maps one file at a path of 4000 bytes in 65000 pieces: 250 MB).
+MAPS_BUDGET = 10.0
+MAX_MAPS_BYTES = 16 << 20
 #: The open files one read looks at in all: past this many (a user's forks, each keeping
 #: 20000 fds, would make the read take hours), the rest are a problem.
 MAX_FDS_READ = 1_000_000
@@ -691,6 +697,7 @@ class OpenFiles:
         self._budget = None if not fs.real_host or kcmp_answers() else [MAX_UNCOMPARED_FDS]
         self._forks: dict[int, set[tuple[int, str]]] = {}  # pid -> forks that copied its fds
         self._fds_left = [MAX_FDS_READ, 0, None]  # (fds still to read; tables not read; first)
+        self._maps_left = [time.monotonic() + MAPS_BUDGET, 0]  # (until when; maps not read)
         tables: dict[int, dict[str, str]] = {}  # (of processes with children: :func:`_copied`)
         try:
             for proc in sorted(fs.proc().glob("[0-9]*"), key=lambda p: int(p.name)):
@@ -745,9 +752,15 @@ class OpenFiles:
     def _add_maps(self, proc: Path, who: tuple[int, str], problems: list[str]) -> None:
         """The files a process has mapped (``/proc/PID/maps``): a mapping holds a file after
         its fd is closed (a user-space driver's mmap of a BAR, ``resource0``)."""
+        if time.monotonic() > self._maps_left[0] or self._maps_left[1]:
+            self._maps_left[1] += 1  # (past the budget: a problem, counted)
+            return
         try:  # (a path is any bytes another user chose: as the kernel has it, not UTF-8)
-            text = os.fsdecode(self.lookups.read(proc / "maps", f"the maps of pid {who[0]} "
-                                                 f"({who[1]})"))
+            data = self.lookups.read(proc / "maps", f"the maps of pid {who[0]} ({who[1]})",
+                                     MAX_MAPS_BYTES)
+            if len(data) > MAX_MAPS_BYTES:
+                raise OSError(errno.EFBIG, f"more than {MAX_MAPS_BYTES >> 20} MB of mappings")
+            text = os.fsdecode(data)
         except (FileNotFoundError, ProcessLookupError, NotLookedAt):
             return  # gone, or a fake process without mappings; or counted by the lookups
         except TimeoutError:
@@ -758,7 +771,9 @@ class OpenFiles:
             return
         except OSError as e:
             problems.append(f"the mapped files of pid {proc.name} cannot be read "
-                            f"({e.strerror}): run as root")
+                            f"({e.strerror})" + (": run as root" if e.errno in (
+                                errno.EACCES, errno.EPERM) else ": which files it maps is "
+                                "unknown"))
             return
         for line in text.splitlines():
             fields = line.split(None, 5)
@@ -931,6 +946,10 @@ def _finish(opened: "OpenFiles", fs: Sysfs, problems: list[str]) -> None:
         for w in who:
             opened._add_number(mode, rdev, w)
     problems += opened.lookups.problems()
+    if opened._maps_left[1]:
+        problems.append(f"the mapped files of all processes took more than {MAPS_BUDGET:g} s "
+                        f"to read: {opened._maps_left[1]} processes' were not read, which files "
+                        "they map is unknown")
     left, first = opened._fds_left[1:]
     if left:
         problems.append(f"more than {MAX_FDS_READ} open files on the host: the tables of "

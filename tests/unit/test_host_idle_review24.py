@@ -102,7 +102,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.host import storage
+from harness.host import network, storage
 from harness.host.network import NetView
 from harness.host.storage import StorageView
 from harness.host.sysfs import Sysfs
@@ -266,7 +266,7 @@ def test_3_network_namespaces_a_user_makes_do_not_stall_the_read(count):
     try:
         if maker.stdout.readline().strip() != "ready":
             pytest.skip(f"nobody cannot make network namespaces here: {maker.stderr.read()}")
-        bound = 2 * storage.MOUNT_TABLES_BUDGET
+        bound = network.NAMESPACES_BUDGET + 15
         reader = threading.Thread(target=lambda: box.append(NetView.read(Sysfs("/"))),
                                   daemon=True)
         reader.start()
@@ -328,7 +328,7 @@ def test_4_mapped_files_a_user_lists_do_not_stall_the_read(count):
     try:
         if maker.stdout.readline().strip() != "ready":
             pytest.skip(f"nobody cannot map files here: {maker.stderr.read()}")
-        bound = 2.5 * storage.DETACHED_STAT_TIMEOUT
+        bound = storage.MAPS_BUDGET + 2 * storage.DETACHED_STAT_TIMEOUT
         reader = threading.Thread(target=lambda: box.append(StorageView.read(Sysfs("/"))),
                                   daemon=True)
         reader.start()
