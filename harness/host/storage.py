@@ -156,15 +156,17 @@ def _ended(proc: Path) -> bool:
     return state in ("Z", "X") and not threads
 
 
-def remote_mount_ids(infos: list[tuple[Path, str]]) -> set[str]:
-    """The mount ids of network and FUSE filesystems: a ``stat`` of a file there may block for
-    as long as its server does not answer, and no device node lives there."""
-    out = set()
+def remote_mount_ids(infos: list[tuple[Path, str]]) -> dict[str, bool]:
+    """The mount ids of network and FUSE filesystems, each with whether it is ``nodev``: a
+    ``stat`` of a file there may block for as long as its server does not answer, and a
+    device node there is a device only where the mount lets it be (root's mounts may)."""
+    out = {}
     for _, text in infos:
         for line in text.splitlines():
             fstype = line.partition(" - ")[2].split()[:1]
             if fstype and (fstype[0] in _NETWORK_FS or fstype[0].startswith("fuse")):
-                out.add(line.split(maxsplit=1)[0])
+                fields = line.split(" ")
+                out[fields[0]] = len(fields) > 5 and "nodev" in fields[5].split(",")
     return out
 
 
@@ -622,17 +624,22 @@ def _in_my_mount_namespace(fs: Sysfs, pid: int) -> bool:
 
 
 def _mount_types(fs: Sysfs, pid: int) -> dict[str, str] | None:
-    """``MAJ:MIN`` -> filesystem type of each mount in pid's mount namespace; None: unread."""
+    """``MAJ:MIN`` -> filesystem type of its mounts in pid's mount namespace, with `` dev``
+    after it when one of them is not ``nodev`` (a node there may be a device); None: unread."""
     text = fs.read(fs.proc(str(pid), "mountinfo"))
-    return None if text is None else {
-        f[2]: f[f.index("-") + 1] for f in (line.split(" ") for line in text.splitlines())
-        if "-" in f[3:] and len(f) > f.index("-") + 1}
+    if text is None:
+        return None
+    out: dict[str, str] = {}
+    for f in (line.split(" ") for line in text.splitlines()):
+        if "-" in f[3:] and len(f) > f.index("-") + 1 and not out.get(f[2], "").endswith(" dev"):
+            out[f[2]] = f[f.index("-") + 1] + ("" if "nodev" in f[5].split(",") else " dev")
+    return out
 
 
 def _on_fuse(fs: Sysfs, major: int, minor: int, who: set, types: dict) -> bool:
-    """Whether the filesystem ``major:minor`` its mappers map a file of is FUSE to all of
-    them: one mounted without ``allow_other`` refuses root even a look (EACCES), and holds no
-    device node a mapping could reach (a user's mount is ``nodev``; root's lets root look).
+    """Whether the filesystem ``major:minor`` its mappers map a file of is FUSE and ``nodev``
+    to all of them: one mounted without ``allow_other`` refuses root even a look (EACCES),
+    and a device node there is no device (root may mount one for a user without ``nodev``).
     One in none of a mapper's mounts, an anonymous device (major 0), is taken for a FUSE
     mount detached since (``fusermount -uz``): only FUSE refuses root there, an LSM aside.
     ``types``: :func:`_mount_types` of each mapper, filled as they are read."""
@@ -640,7 +647,8 @@ def _on_fuse(fs: Sysfs, major: int, minor: int, who: set, types: dict) -> bool:
         if pid not in types:
             types[pid] = _mount_types(fs, pid)
         kind = (types[pid] or {}).get(f"{major}:{minor}", "" if types[pid] is None else None)
-        if not (kind is None and major == 0 or (kind or "").split(".")[0] in ("fuse", "fuseblk")):
+        if not (kind is None and major == 0 or (kind or "").split(".")[0] in ("fuse", "fuseblk")
+                and not kind.endswith(" dev")):
             return False
     return bool(who)
 
@@ -667,11 +675,11 @@ class OpenFiles:
     :data:`DETACHED_STAT_TIMEOUT` seconds, and one that does not come is a problem (what that
     process holds is unknown)."""
 
-    def __init__(self, fs: Sysfs, problems: list[str], remote_mounts: "set[str]" = frozenset(),
+    def __init__(self, fs: Sysfs, problems: list[str], remote_mounts: "dict | None" = None,
                  known_mounts: "set[str] | None" = None):
         self.paths: dict[str, set[tuple[int, str]]] = {}
         self.numbers: dict[tuple[str, int], set[tuple[int, str]]] = {}
-        self.remote = remote_mounts
+        self.remote = remote_mounts or {}
         self.known = known_mounts
         self.problems = problems
         self.silent_mounts: set[str] = set()  # detached mounts that did not answer
@@ -884,9 +892,11 @@ class OpenFiles:
         self.paths.setdefault(target, set()).add(who)
         info = self._fdinfo(fs, fd)
         mount = re.search(r"^mnt_id:\s*(\d+)", info, re.M)
-        if mount and mount[1] in self.remote:
-            return  # (a stat there can hang on a server that is gone)
-        detached = bool(mount and self.known is not None and mount[1] not in self.known)
+        remote = self.remote.get(mount[1]) if mount else None
+        if remote:
+            return  # (nodev: no device there; and a stat can hang on a server that is gone)
+        detached = bool(mount and (remote is False or self.known is not None  # (or bounded)
+                                   and mount[1] not in self.known))
         try:
             if not detached:
                 mode, rdev = node_type(str(fd))
@@ -899,8 +909,9 @@ class OpenFiles:
         except TimeoutError:
             self.silent_mounts.add(mount[1])
             self.problems.append(
-                f"pid {who[0]} ({who[1]}) holds {target} open on a detached mount (id "
-                f"{mount[1]}, in no mount list) whose filesystem did not say in "
+                f"pid {who[0]} ({who[1]}) holds {target} open on "
+                + ("a network or FUSE mount that allows device nodes" if remote is False else
+                   "a detached mount") + f" (id {mount[1]}) whose filesystem did not say in "
                 f"{DETACHED_STAT_TIMEOUT:g} s what the file is: which device it holds is "
                 f"unknown; end that process (kill {who[0]}) or its filesystem's daemon")
             return

@@ -43,6 +43,8 @@ class FuseStub:
     #: Whose mount it is (``user_id``/``group_id``); without ``allow_other`` the kernel lets
     #: no other user, root included, look at its files.
     OWNER = 0
+    #: Mount flags (``MS_NOSUID | MS_NODEV``: as ``fusermount`` mounts a user's filesystem).
+    FLAGS = 0
 
     def __init__(self, mountpoint: Path):
         self.mountpoint = mountpoint
@@ -56,7 +58,8 @@ class FuseStub:
         self.fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
         options = f"fd={self.fd},rootmode=40000,user_id={self.OWNER},group_id={self.OWNER}" \
             .encode()
-        if _libc.mount(b"hh-fusestub", os.fsencode(self.mountpoint), b"fuse", 0, options):
+        if _libc.mount(b"hh-fusestub", os.fsencode(self.mountpoint), b"fuse", self.FLAGS,
+                       options):
             err = ctypes.get_errno()
             os.close(self.fd)
             raise OSError(err, os.strerror(err), "mount -t fuse")

@@ -114,6 +114,7 @@ class NobodysFuse(FuseStub):
     other user, root included, look at its files."""
 
     OWNER = NOBODY
+    FLAGS = 0x2 | 0x4  # (MS_NOSUID | MS_NODEV, as fusermount mounts it)
 
     def hold_file_as_nobody(self) -> subprocess.Popen:
         """A process of nobody's that keeps ``f`` open (an editor, a ``tail -f``)."""
