@@ -910,8 +910,9 @@ class OpenFiles:
             self.silent_mounts.add(mount[1])
             self.problems.append(
                 f"pid {who[0]} ({who[1]}) holds {target} open on "
-                + ("a network or FUSE mount that allows device nodes" if remote is False else
-                   "a detached mount") + f" (id {mount[1]}) whose filesystem did not say in "
+                + (f"a network or FUSE mount that allows device nodes (id {mount[1]})"
+                   if remote is False else f"a detached mount (id {mount[1]}, in no mount "
+                   "list)") + " whose filesystem did not say in "
                 f"{DETACHED_STAT_TIMEOUT:g} s what the file is: which device it holds is "
                 f"unknown; end that process (kill {who[0]}) or its filesystem's daemon")
             return

@@ -344,11 +344,14 @@ def test_a_namespace_seen_but_not_entered_leaves_every_nic_unproven(lab):
                                                                                       PORT1})
 
 
-def test_a_file_on_a_network_filesystem_is_never_stat_ed(lab, monkeypatch):
+@pytest.mark.parametrize("options", ["rw,nosuid,nodev", "rw"])
+def test_a_file_on_a_network_filesystem_is_never_stat_ed_unbounded(lab, monkeypatch, options):
     """Matching by number stats every fd's file; a stat of a file on a dead NFS server blocks
     for as long as the server is gone (why `lsof -b` exists). Files on network and FUSE mounts
-    (their mount id in fdinfo) are matched by path only: device nodes do not live there."""
-    lab.proc("self/mountinfo", "99 25 0:77 / /home rw - nfs4 srv:/home rw\n")
+    (their mount id in fdinfo) mounted ``nodev`` are matched by path only: a node there is no
+    device; on one that allows devices (the twenty-fourth read's second), each gets the
+    bounded lookup of a file on a detached mount."""
+    lab.proc("self/mountinfo", f"99 25 0:77 / /home {options} - nfs4 srv:/home rw\n")
     lab.proc("7070/comm", "vim\n")
     (lab.root / "proc/7070/fd").mkdir()
     (lab.root / "home").mkdir()
@@ -357,12 +360,15 @@ def test_a_file_on_a_network_filesystem_is_never_stat_ed(lab, monkeypatch):
     os.symlink(lab.root / "proc/cmdline", lab.root / "proc/7070/fd/4")  # a local file: stat'ed
     lab.proc("7070/fdinfo/3", "pos:\t0\nflags:\t0100002\nmnt_id:\t99\nino:\t1234\n")
     lab.proc("7070/fdinfo/4", "pos:\t0\nflags:\t0100000\nmnt_id:\t25\nino:\t1235\n")
-    stated = []
-    real_stat = storage.node_type
+    stated, bounded = [], []
+    real_stat, real_bounded = storage.node_type, storage.Lookups.node_type
     monkeypatch.setattr(storage, "node_type", lambda p: stated.append(str(p)) or real_stat(p))
+    monkeypatch.setattr(storage.Lookups, "node_type", lambda self, p, what: bounded.append(
+        str(p)) or real_bounded(self, p, what))
     assert uses(lab, SATA) == ()
     assert str(lab.root / "proc/7070/fd/4") in stated
-    assert str(lab.root / "proc/7070/fd/3") not in stated
+    assert (str(lab.root / "proc/7070/fd/3") in bounded) is ("nodev" not in options)
+    assert "nodev" not in options or str(lab.root / "proc/7070/fd/3") not in stated
 
 
 def test_a_bind_mounted_namespace_that_cannot_be_entered_is_never_taken_for_gone(lab):
