@@ -196,33 +196,37 @@ def test_2_mount_tables_a_user_makes_slow_do_not_stall_the_read(depth, monkeypat
     """The mount tables' budget, made 2 s here (their unbounded read took 31 s on a quiet
     machine), ends the read well inside the bound even on a loaded one, and says so."""
     monkeypatch.setattr(storage, "MOUNT_TABLES_BUDGET", 2.0)
-    box: list = []
-    reader = None
-    maker = subprocess.Popen(
-        NOBODY_RUN + ["unshare", "-Urm", "--propagation", "private", PYTHON, "-c", STACKER,
-                      str(depth), "15"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
-        start_new_session=True)
-    try:
-        if maker.stdout.readline().strip() != "ready":
-            pytest.skip(f"nobody cannot make mounts of their own here: {maker.stderr.read()}")
-        bound = storage.MOUNT_TABLES_BUDGET + 4 * storage.DETACHED_STAT_TIMEOUT
-        reader = threading.Thread(target=lambda: box.append(StorageView.read(Sysfs("/"))),
-                                  daemon=True)
-        reader.start()
-        reader.join(bound)
-        view = box[0] if box else None
-    finally:
-        os.killpg(maker.pid, 9)
-        maker.wait()
-        maker.stdout.close()
-        maker.stderr.close()
-        if reader is not None:
-            reader.join(120)  # (its namespaces gone, it ends soon; none left to read the next)
+    bound = storage.MOUNT_TABLES_BUDGET + 4 * storage.DETACHED_STAT_TIMEOUT
+    view = read_beside(["unshare", "-Urm", "--propagation", "private", PYTHON, "-c", STACKER,
+                        str(depth), "15"], lambda: StorageView.read(Sysfs("/")), bound)
     assert view is not None, (
         f"the host's storage read did not end in {bound:g} s: nobody's 16 mount namespaces of "
         f"{depth} bind mounts stacked on one folder are each read whole, and said nothing")
     assert depth < 1000 or any("the mount tables took more than" in p for p in view.problems)
+
+
+def read_beside(maker: list[str], read, bound: float):
+    """``read()``'s value while nobody's ``maker`` (a command that prints ``ready`` once it
+    has made what it makes) lives, or None if it did not end in ``bound`` seconds; the maker
+    and all it started are ended after, and the read is let finish then."""
+    box: list = []
+    reader = None
+    proc = subprocess.Popen(NOBODY_RUN + maker, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd="/", start_new_session=True)
+    try:
+        if proc.stdout.readline().strip() != "ready":
+            pytest.skip(f"nobody's {maker[0]} could not make it here: {proc.stderr.read()}")
+        reader = threading.Thread(target=lambda: box.append(read()), daemon=True)
+        reader.start()
+        reader.join(bound)
+        return box[0] if box else None
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+        if reader is not None:
+            reader.join(600)  # (what it read gone, it ends; none left for the next test)
 
 
 # -- 3. forks whose fds are no copies to kcmp, or forked by a thread ---------------------------

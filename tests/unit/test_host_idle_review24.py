@@ -97,7 +97,6 @@ import stat
 import struct
 import subprocess
 import tempfile
-import threading
 from pathlib import Path
 
 import pytest
@@ -111,7 +110,7 @@ from . import fusestub
 from .test_host_idle_review16 import URING, loop_disk as _loop_disk
 from .test_host_idle_review17 import NOBODY_RUN
 from .test_host_idle_review19 import fuse_in_a_folder
-from .test_host_idle_review23 import PYTHON
+from .test_host_idle_review23 import PYTHON, read_beside
 from .test_paths import as_root
 
 #: The real-host cases make namespaces and processes of nobody's and read the whole host.
@@ -257,28 +256,9 @@ time.sleep(600)
 @as_root
 @pytest.mark.parametrize("count", [800, 5], ids=["namespaces-800", "control-namespaces-5"])
 def test_3_network_namespaces_a_user_makes_do_not_stall_the_read(count):
-    box: list = []
-    reader = None
-    maker = subprocess.Popen(
-        NOBODY_RUN + ["unshare", "-Ur", PYTHON, "-c", NETNS_MAKER, str(count)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
-        start_new_session=True)
-    try:
-        if maker.stdout.readline().strip() != "ready":
-            pytest.skip(f"nobody cannot make network namespaces here: {maker.stderr.read()}")
-        bound = network.NAMESPACES_BUDGET + 15
-        reader = threading.Thread(target=lambda: box.append(NetView.read(Sysfs("/"))),
-                                  daemon=True)
-        reader.start()
-        reader.join(bound)
-        view = box[0] if box else None
-    finally:
-        os.killpg(maker.pid, 9)
-        maker.wait()
-        maker.stdout.close()
-        maker.stderr.close()
-        if reader is not None:
-            reader.join(600)  # (its namespaces gone, it ends; none left to read the next)
+    bound = network.NAMESPACES_BUDGET + 15
+    view = read_beside(["unshare", "-Ur", PYTHON, "-c", NETNS_MAKER, str(count)],
+                       lambda: NetView.read(Sysfs("/")), bound)
     assert view is not None, (
         f"the host's network read did not end in {bound:g} s: nobody's {count} network "
         "namespaces (one process's fds) are each entered and read in turn, and nothing said")
@@ -317,34 +297,19 @@ time.sleep(600)
 @as_root
 @pytest.mark.parametrize("count", [30000, 100], ids=["mapped-30000", "control-mapped-100"])
 def test_4_mapped_files_a_user_lists_do_not_stall_the_read(count):
-    box: list = []
-    reader = None
     top = Path(tempfile.mkdtemp(prefix="hh-test-r24-"))
     top.chmod(0o755)
     os.chown(top, 65534, 65534)
-    maker = subprocess.Popen(NOBODY_RUN + [PYTHON, "-c", MAPPER, str(top), str(count), "20"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             cwd="/", start_new_session=True)
+    bound = storage.MAPS_BUDGET + 2 * storage.DETACHED_STAT_TIMEOUT
     try:
-        if maker.stdout.readline().strip() != "ready":
-            pytest.skip(f"nobody cannot map files here: {maker.stderr.read()}")
-        bound = storage.MAPS_BUDGET + 2 * storage.DETACHED_STAT_TIMEOUT
-        reader = threading.Thread(target=lambda: box.append(StorageView.read(Sysfs("/"))),
-                                  daemon=True)
-        reader.start()
-        reader.join(bound)
-        view = box[0] if box else None
+        view = read_beside([PYTHON, "-c", MAPPER, str(top), str(count), "20"],
+                           lambda: StorageView.read(Sysfs("/")), bound)
     finally:
-        os.killpg(maker.pid, 9)
-        maker.wait()
-        maker.stdout.close()
-        maker.stderr.close()
-        if reader is not None:
-            reader.join(600)  # (its processes gone, it ends; none left to read the next)
         subprocess.run(["rm", "-rf", "--one-file-system", str(top)], check=False)
     assert view is not None, (
         f"the host's storage read did not end in {bound:g} s: nobody's 21 processes that map "
         f"one file {count // 2} times at a long path are each read whole, and said nothing")
+
 
 # -- 5. a registered file whose path has a space -----------------------------------------------
 
