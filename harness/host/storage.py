@@ -706,6 +706,7 @@ class OpenFiles:
         self._forks: dict[int, set[tuple[int, str]]] = {}  # pid -> forks that copied its fds
         self._fds_left = [MAX_FDS_READ, 0, None]  # (fds still to read; tables not read; first)
         self._maps_left = [time.monotonic() + MAPS_BUDGET, 0]  # (until when; maps not read)
+        self._remote_files: list[tuple[str, str, tuple[int, str]]] = []  # (_remote_numbers)
         tables: dict[int, dict[str, str]] = {}  # (of processes with children: :func:`_copied`)
         try:
             for proc in sorted(fs.proc().glob("[0-9]*"), key=lambda p: int(p.name)):
@@ -893,10 +894,11 @@ class OpenFiles:
         info = self._fdinfo(fs, fd)
         mount = re.search(r"^mnt_id:\s*(\d+)", info, re.M)
         remote = self.remote.get(mount[1]) if mount else None
-        if remote:
-            return  # (nodev: no device there; and a stat can hang on a server that is gone)
-        detached = bool(mount and (remote is False or self.known is not None  # (or bounded)
-                                   and mount[1] not in self.known))
+        if remote is not None:  # (nodev: no device there; else one bounded lookup for all:
+            if remote is False:  # a stat can hang on a server that is gone)
+                self._remote_files.append((str(fd), target, who))
+            return
+        detached = bool(mount and self.known is not None and mount[1] not in self.known)
         try:
             if not detached:
                 mode, rdev = node_type(str(fd))
@@ -910,9 +912,7 @@ class OpenFiles:
             self.silent_mounts.add(mount[1])
             self.problems.append(
                 f"pid {who[0]} ({who[1]}) holds {target} open on "
-                + (f"a network or FUSE mount that allows device nodes (id {mount[1]})"
-                   if remote is False else f"a detached mount (id {mount[1]}, in no mount "
-                   "list)") + " whose filesystem did not say in "
+                f"a detached mount (id {mount[1]}, in no mount list) whose filesystem did not say in "
                 f"{DETACHED_STAT_TIMEOUT:g} s what the file is: which device it holds is "
                 f"unknown; end that process (kill {who[0]}) or its filesystem's daemon")
             return
@@ -957,6 +957,7 @@ def _finish(opened: "OpenFiles", fs: Sysfs, problems: list[str]) -> None:
     for (mode, rdev), who in _mapped_numbers(fs, opened._mapped, opened.lookups, problems):
         for w in who:
             opened._add_number(mode, rdev, w)
+    _remote_numbers(opened, problems)
     problems += opened.lookups.problems()
     if opened._maps_left[1]:
         problems.append(f"the mapped files of all processes took more than {MAPS_BUDGET:g} s "
@@ -972,6 +973,32 @@ def _finish(opened: "OpenFiles", fs: Sysfs, problems: list[str]) -> None:
         problems.append(f"pid {pid} ({comm}) maps an io_uring (inode {inode}) that no "
                         "process holds an fd of (its fd registered with the ring and "
                         "closed): which files it reads and writes cannot be read")
+
+
+def _remote_numbers(opened: "OpenFiles", problems: list[str]) -> None:
+    """The device numbers of files open on network and FUSE mounts that allow device nodes
+    (not ``nodev``: root's mounts of fstab's ``defaults``), in one bounded lookup for all; an
+    fd closed since holds nothing, one that cannot be looked at is a problem."""
+    files = opened._remote_files
+    if not files:
+        return
+    try:
+        found = opened.lookups.within(lambda: _node_types([fd for fd, _, _ in files]),
+                                      "the files open on network and FUSE mounts")
+    except NotLookedAt:
+        return
+    except TimeoutError:
+        problems.append(f"the {len(files)} files open on network and FUSE mounts that allow "
+                        f"device nodes did not all say in {DETACHED_STAT_TIMEOUT:g} s what they "
+                        "are: a disk's node there would be missed")
+        return
+    for (_, target, who), got in zip(files, found):
+        if not isinstance(got, OSError):
+            opened._add_number(*got, who)
+        elif got.errno not in (errno.ENOENT, errno.ESRCH):
+            problems.append(f"pid {who[0]} ({who[1]}) holds {target} on a network or FUSE mount "
+                            f"that allows device nodes, which cannot be looked at "
+                            f"({got.strerror}): which device it is is unknown")
 
 
 def _look_up_registered(opened: "OpenFiles", fs: Sysfs, paths: list[str], who: tuple[int, str]

@@ -361,14 +361,14 @@ def test_a_file_on_a_network_filesystem_is_never_stat_ed_unbounded(lab, monkeypa
     lab.proc("7070/fdinfo/3", "pos:\t0\nflags:\t0100002\nmnt_id:\t99\nino:\t1234\n")
     lab.proc("7070/fdinfo/4", "pos:\t0\nflags:\t0100000\nmnt_id:\t25\nino:\t1235\n")
     stated, bounded = [], []
-    real_stat, real_bounded = storage.node_type, storage.Lookups.node_type
+    real_stat, real_bounded = storage.node_type, storage.Lookups.within
     monkeypatch.setattr(storage, "node_type", lambda p: stated.append(str(p)) or real_stat(p))
-    monkeypatch.setattr(storage.Lookups, "node_type", lambda self, p, what: bounded.append(
-        str(p)) or real_bounded(self, p, what))
+    monkeypatch.setattr(storage.Lookups, "within", lambda self, look, what: bounded.append(
+        what) or real_bounded(self, look, what))
     assert uses(lab, SATA) == ()
     assert str(lab.root / "proc/7070/fd/4") in stated
-    assert (str(lab.root / "proc/7070/fd/3") in bounded) is ("nodev" not in options)
-    assert "nodev" not in options or str(lab.root / "proc/7070/fd/3") not in stated
+    assert (str(lab.root / "proc/7070/fd/3") in stated) is ("nodev" not in options)
+    assert ("the files open on network and FUSE mounts" in bounded) is ("nodev" not in options)
 
 
 def test_a_bind_mounted_namespace_that_cannot_be_entered_is_never_taken_for_gone(lab):
