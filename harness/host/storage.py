@@ -449,18 +449,20 @@ _KCMP_FILES = 2
 MAX_UNCOMPARED_FDS = 20_000
 
 
+def _same(pid1, pid2, kind: int, fd1: int = 0, fd2: int = 0) -> bool:
+    """``kcmp``'s "the same": False when it says otherwise or cannot be asked."""
+    return _KCMP is not None and _LIBC.syscall(_KCMP, int(pid1), int(pid2), kind, fd1, fd2) == 0
+
+
 def _same_files(pid: str, tid: str) -> bool:
     """Whether thread ``tid`` shares its process's table of open files (``kcmp``; threads do,
     unless they did ``unshare(CLONE_FILES)``). False when it cannot be told: then it is read."""
-    if _KCMP is None:
-        return False
-    return _LIBC.syscall(_KCMP, int(pid), int(tid), _KCMP_FILES, 0, 0) == 0
+    return _same(pid, tid, _KCMP_FILES)
 
 
 def kcmp_answers() -> bool:
     """Whether ``kcmp`` tells tables apart here (its number known, the kernel built with it)."""
-    me = os.getpid()
-    return _KCMP is not None and _LIBC.syscall(_KCMP, me, me, _KCMP_FILES, 0, 0) == 0
+    return _same(os.getpid(), os.getpid(), _KCMP_FILES)
 
 
 def tables_within(own: list[Path], who: tuple[int, str], budget: "list[int] | None"
@@ -550,8 +552,7 @@ def _parent_table(proc: Path, tables: dict) -> "tuple[int, dict] | None":
 def _copied(parent: tuple[int, dict], pid: int, fd: str, target: str) -> bool:
     """Whether ``pid``'s fd ``fd`` is its parent's of that number, the same open file
     (``kcmp(KCMP_FILE)``), that linked to the same file when the parent was read."""
-    return parent[1].get(fd) == target and _KCMP is not None and _LIBC.syscall(
-        _KCMP, parent[0], pid, _KCMP_FILE, int(fd), int(fd)) == 0
+    return parent[1].get(fd) == target and _same(parent[0], pid, _KCMP_FILE, int(fd), int(fd))
 
 
 def _first_type(links: list[str]):
@@ -606,12 +607,11 @@ def _mounted_as(fs: Sysfs, pid: int, dev: int, fstype: str) -> bool | None:
     """Whether the filesystem ``dev`` is a mount of ``fstype`` (or ``fstype.*``, a FUSE
     subtype: ``fuse.sshfs``) in pid's mount namespace (its mountinfo); None when that cannot
     be read."""
-    text = fs.read(fs.proc(str(pid), "mountinfo"))
-    if text is None:
+    types = _mount_types(fs, pid)
+    if types is None:
         return None
-    want = f"{os.major(dev)}:{os.minor(dev)}"
-    return any(f[2] == want and f[f.index("-") + 1].split(".", 1)[0] == fstype
-               for f in (line.split(" ") for line in text.splitlines()) if "-" in f[3:])
+    kind = types.get(f"{os.major(dev)}:{os.minor(dev)}")
+    return kind is not None and kind.split(" ")[0].split(".", 1)[0] == fstype
 
 
 def _in_my_mount_namespace(fs: Sysfs, pid: int) -> bool:
