@@ -51,8 +51,8 @@ from harness.core.text import shown
 from harness.host.nsholders import (PROC_NET, MountVisits, fd_namespace, more_open_files,
                                     nsfs_mounts, open_namespace, proc_net_problems,
                                     socket_namespaces, went_away)
-from harness.host.storage import (MAX_UNCOMPARED_FDS, kcmp_answers, mountinfos, tables_within,
-                                   tasks_of, thread_tables)
+from harness.host.storage import (mountinfos, tables_budget, tables_within, tasks_of,
+                                   thread_tables)
 from harness.host.sysfs import Sysfs
 
 #: The harness's own network namespace, as :class:`NetView` names it.
@@ -463,7 +463,7 @@ def _holders(fs: Sysfs, visits: MountVisits, problems: list[str],
     ``early``, the namespace each process lives in is opened as it is seen (:func:`_live_in`),
     its fd kept there: a sandbox that ends right after cannot take it away unseen."""
     found: dict[str, list] = {"net": [], "mnt": [], "socket": [], "procnet": [], "path": []}
-    budget = None if not fs.real_host or kcmp_answers() else [MAX_UNCOMPARED_FDS]
+    budget = tables_budget(fs)
     for proc in sorted(fs.proc().glob("[0-9]*"), key=lambda p: int(p.name)):
         for kind, what, how, path in _held_by_process(fs, proc, problems, early, budget):
             found[kind].append((what, how, path) if kind != "socket" else (what, path))

@@ -465,6 +465,12 @@ def kcmp_answers() -> bool:
     return _same(os.getpid(), os.getpid(), _KCMP_FILES)
 
 
+def tables_budget(fs: Sysfs) -> "list[int] | None":
+    """A new budget for :func:`tables_within`: None where ``kcmp`` tells tables apart (or in
+    a test's fake tree), else :data:`MAX_UNCOMPARED_FDS` to spend in one read."""
+    return None if not fs.real_host or kcmp_answers() else [MAX_UNCOMPARED_FDS]
+
+
 def tables_within(own: list[Path], who: tuple[int, str], budget: "list[int] | None"
                   ) -> tuple[list[Path], str | None]:
     """Which of a process's threads' own tables (:func:`thread_tables`) to read, and the
@@ -702,7 +708,7 @@ class OpenFiles:
         self._fs = fs
         self.lookups = Lookups()
         self._mapped: dict[tuple[int, int, int], tuple[list[str], set]] = {}
-        self._budget = None if not fs.real_host or kcmp_answers() else [MAX_UNCOMPARED_FDS]
+        self._budget = tables_budget(fs)
         self._forks: dict[int, set[tuple[int, str]]] = {}  # pid -> forks that copied its fds
         self._fds_left = [MAX_FDS_READ, 0, None]  # (fds still to read; tables not read; first)
         self._maps_left = [time.monotonic() + MAPS_BUDGET, 0]  # (until when; maps not read)
