@@ -13,10 +13,42 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from harness.core.contention import EXTRA_AT_MOST, Meter
 from harness.core.errors import GuestCheckError, WaitTimeout
 
 #: What a check may raise and still be tried again: "not yet", not "broken".
 RETRY_ON: tuple[type[BaseException], ...] = (GuestCheckError, WaitTimeout)
+
+
+class Deadline:
+    """``seconds`` from now; with ``meters`` (a guest's, harness.core.contention), moved later by
+    the time the guest could not run meanwhile, up to EXTRA_AT_MOST times ``seconds`` more. The
+    meter is only asked once the nominal deadline has passed.
+
+    >>> Deadline(5.0).left() > 4.9
+    True
+    """
+
+    def __init__(self, seconds: float, meters: Callable[[], Meter] | None = None):
+        self.seconds, self.t0 = seconds, time.monotonic()
+        self.meter = meters() if meters else None
+        self.extra = 0.0
+
+    def left(self) -> float:
+        now = time.monotonic()
+        if self.meter is not None and now >= self.t0 + self.seconds + self.extra:
+            self.extra = min(self.meter.seconds(), EXTRA_AT_MOST * self.seconds)
+        return self.t0 + self.seconds + self.extra - now
+
+    def passed(self) -> bool:
+        return self.left() <= 0
+
+    def said(self) -> str:
+        """What stretched the deadline, for an error message ("" when nothing could)."""
+        if self.meter is None:
+            return ""
+        return (f" (stretched by {self.extra:.1f} s, at most {EXTRA_AT_MOST:g} times the wait: "
+                f"the guest's QEMU {self.meter.describe()})")
 
 
 def wait_progress(what: str, count: Callable[[], int], want: int, *, stall: float,
@@ -49,10 +81,11 @@ def wait_progress(what: str, count: Callable[[], int], want: int, *, stall: floa
 
 
 def wait_until(what: str, check: Callable[[], object], timeout: float, interval: float = 0.1,
-               retry_on: tuple[type[BaseException], ...] = RETRY_ON):
+               retry_on: tuple[type[BaseException], ...] = RETRY_ON,
+               meters: Callable[[], Meter] | None = None):
     """The one retry helper: poll ``check`` until truthy; on the deadline, say what was awaited
-    and what was last seen."""
-    deadline = time.monotonic() + timeout
+    and what was last seen. ``meters``: a guest's (:class:`Deadline`)."""
+    deadline = Deadline(timeout, meters)
     last: object = None
     while True:
         try:
@@ -62,7 +95,7 @@ def wait_until(what: str, check: Callable[[], object], timeout: float, interval:
             last = value
         except retry_on as e:
             last = e
-        if time.monotonic() >= deadline:
-            raise WaitTimeout(f"timed out after {timeout} s waiting for {what}",
+        if deadline.passed():
+            raise WaitTimeout(f"timed out after {timeout} s waiting for {what}{deadline.said()}",
                               details=f"last seen: {last}")
         time.sleep(interval)  # the condition is re-checked; the deadline bounds the loop

@@ -31,7 +31,11 @@ import pexpect
 import pexpect.spawnbase
 
 from harness.core.errors import GuestCheckError, GuestDiedError, LabError, WaitTimeout, tail
-from harness.core.waits import wait_progress, wait_until
+from harness.core.contention import Meter
+from harness.core.waits import Deadline, wait_progress, wait_until
+
+#: A guest's meters of lost time (harness.core.contention), or None.
+Meters = Callable[[], Meter] | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +62,7 @@ class Result:
 class Channel(Protocol):
     name: str
 
-    def run(self, command: str, timeout: float) -> tuple[int, str, str]: ...
+    def run(self, command: str, timeout: float, meters: Meters = None) -> tuple[int, str, str]: ...
 
     def exec(self, command: str, timeout: float) -> tuple[int, str]: ...
 
@@ -212,7 +216,16 @@ class ConsoleChannel(_MergedExec):
         with self._lock:
             self._spawn.send(line + "\n")
 
-    def run(self, command: str, timeout: float) -> tuple[int, str, str]:
+    def _expect_by(self, pattern: str, deadline: Deadline) -> re.Match:
+        """:meth:`expect` until ``deadline``, however far the guest's lost time moves it."""
+        while True:
+            try:
+                return self.expect(pattern, max(0.01, deadline.left()))
+            except WaitTimeout:
+                if deadline.passed():
+                    raise
+
+    def run(self, command: str, timeout: float, meters: Meters = None) -> tuple[int, str, str]:
         """Run ``command``: (exit status, stdout, stderr)."""
         with self._lock:
             self._counter += 1
@@ -224,16 +237,16 @@ class ConsoleChannel(_MergedExec):
             self._spawn.send(f"echo '@@HH-B-{n}''@@'; ( {command}\n) 2>{err}; "
                              f"echo '@@HH-S-{n}''@@' $?; cat {err}; rm -f {err}; "
                              f"echo '@@HH-E-{n}''@@'\n")
-            deadline = time.monotonic() + timeout
+            deadline = Deadline(timeout, meters)
             try:
-                self.expect(f"@@HH-B-{n}@@\r?\n", timeout)
-                m = self.expect(f"@@HH-S-{n}@@ (\\d+)\r?\n", deadline - time.monotonic())
+                self._expect_by(f"@@HH-B-{n}@@\r?\n", deadline)
+                m = self._expect_by(f"@@HH-S-{n}@@ (\\d+)\r?\n", deadline)
                 stdout = self._spawn.before
-                self.expect(f"@@HH-E-{n}@@\r?\n", max(0.01, deadline - time.monotonic()))
+                self._expect_by(f"@@HH-E-{n}@@\r?\n", deadline)
             except WaitTimeout as e:
                 self._spawn.send("\x03")  # interrupt the command; the next marker resyncs
-                raise WaitTimeout(f"console: `{command}` did not finish within {timeout:.1f} s",
-                                  details=e.details) from None
+                raise WaitTimeout(f"console: `{command}` did not finish within {timeout:.1f} s"
+                                  f"{deadline.said()}", details=e.details) from None
             return int(m.group(1)), _terminal_text(stdout), _terminal_text(self._spawn.before)
 
     def close(self) -> None:
@@ -289,14 +302,14 @@ class SSHChannel(_MergedExec):
             self._client = wait_until(f"ssh {user}@{host}:{port} to let us log in", login,
                                       timeout, interval=0.2, retry_on=(Exception,))
 
-    def run(self, command: str, timeout: float) -> tuple[int, str, str]:
+    def run(self, command: str, timeout: float, meters: Meters = None) -> tuple[int, str, str]:
         """Run ``command``: (exit status, stdout, stderr), read from SSH's two streams."""
         import paramiko
 
         try:
             _, stdout, _ = self._client.exec_command(f"( {command}\n)", timeout=timeout)
             chan = stdout.channel
-            deadline = time.monotonic() + timeout
+            deadline = Deadline(timeout, meters)
             out, err = [], []
             while not (chan.exit_status_ready() and not chan.recv_ready()
                        and not chan.recv_stderr_ready()):
@@ -304,9 +317,10 @@ class SSHChannel(_MergedExec):
                     out.append(chan.recv(65536))
                 elif chan.recv_stderr_ready():
                     err.append(chan.recv_stderr(65536))
-                elif time.monotonic() > deadline:
+                elif deadline.passed():
                     chan.close()
-                    raise WaitTimeout(f"ssh: {command!r} did not finish within {timeout} s",
+                    raise WaitTimeout(f"ssh: {command!r} did not finish within {timeout} s"
+                                      f"{deadline.said()}",
                                       details="stdout so far:\n" + tail(b"".join(out).decode(errors="replace"))
                                       + "\nstderr so far:\n" + tail(b"".join(err).decode(errors="replace")))
                 else:
@@ -346,15 +360,19 @@ class Shell:
 
     Every ``timeout`` given to a verb is a reference figure (what the reference machine needs,
     see :mod:`harness.pace`); ``scale`` turns it into this machine's seconds. ``default_timeout``
-    is already in this machine's seconds.
+    is already in this machine's seconds. ``meters`` (the guest's QEMU process's, see
+    :mod:`harness.core.contention`) moves every deadline later by the time the guest could not
+    run meanwhile.
     """
 
     def __init__(self, log_path: Path, console: ConsoleChannel | None = None, *,
-                 default_timeout: float, scale: Callable[[float], float] = lambda s: s):
+                 default_timeout: float, scale: Callable[[float], float] = lambda s: s,
+                 meters: Meters = None):
         self.console = console
         self.ssh: SSHChannel | None = None
         self.default_timeout = default_timeout
         self.scale = scale
+        self.meters = meters
         self._log = open(log_path, "a", buffering=1)
 
     def close(self) -> None:
@@ -378,7 +396,7 @@ class Shell:
     def _run_on(self, ch: Channel, command: str, timeout: float) -> Result:
         t0 = time.monotonic()
         try:
-            status, output, stderr = ch.run(command, timeout)
+            status, output, stderr = ch.run(command, timeout, self.meters)
         except (GuestDiedError, WaitTimeout) as e:
             # A removed management NIC leaves the SSH session hanging, not closed: tell a dead
             # link from a slow command by asking the link for a trivial command.
@@ -390,6 +408,9 @@ class Shell:
                 return self._run_on(self._channel(), command, timeout)
             raise
         result = Result(command, status, output, time.monotonic() - t0, ch.name, stderr)
+        if result.seconds > timeout:  # (its deadline moved: harness.core.contention)
+            self._log.write(f"### took {result.seconds:.1f} s, past its {timeout:g} s deadline, "
+                            f"which the guest's lost time to host contention moved\n")
         self._log.write(f"### [{time.strftime('%H:%M:%S')}] ({ch.name}, {result.seconds:.2f} s, "
                         f"exit {status}) $ {command}\n{_lines(output)}"
                         + (f"### stderr:\n{_lines(stderr)}" if stderr else ""))
@@ -427,7 +448,7 @@ class Shell:
                    interval: float = 0.1):
         """Call ``check`` until it returns something truthy, or raise :class:`WaitTimeout`
         naming ``what`` and the last value (or error) seen."""
-        return wait_until(what, check, self.scale(timeout), interval)
+        return wait_until(what, check, self.scale(timeout), interval, meters=self.meters)
 
     def wait_progress(self, what: str, count: Callable[[], int], want: int, *, stall: float,
                       limit: float, interval: float = 0.5) -> float:
@@ -442,4 +463,5 @@ class Shell:
             if r.ok:
                 return r.output or "ok"
             raise GuestCheckError(f"exit {r.status}: {tail(r.output + r.stderr, 5)}")
-        return wait_until(f"`{command}` to succeed", attempt, self.scale(timeout), interval)
+        return wait_until(f"`{command}` to succeed", attempt, self.scale(timeout), interval,
+                          meters=self.meters)

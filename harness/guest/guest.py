@@ -25,7 +25,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.core import pace
+from harness.core import contention, pace
 from harness.guest import migration, probes
 from harness.guest.access import ConsoleChannel, Shell, SSHChannel
 from harness.core.errors import (GuestDiedError, HarnessError, ImageError, QemuLaunchError,
@@ -169,8 +169,8 @@ class Guest:
         console = ConsoleChannel(self.paths.console_socket, timeout=d.console_connect,
                                  name=self.name)
         self.launch_marks["console"] = round(time.monotonic() - t0, 2)
-        self.shell = Shell(self.workdir / "commands.log", console,
-                           default_timeout=d.command, scale=d.scaled)
+        self.shell = Shell(self.workdir / "commands.log", console, default_timeout=d.command,
+                           scale=d.scaled, meters=contention.meters(self.qemu.pid))
 
     def take_over(self, source: "Guest") -> None:
         """Go on where ``source`` was (a completed live migration, this guest now running):

@@ -29,6 +29,7 @@ from typing import Any
 
 from harness.core.errors import (GuestDiedError, HarnessError, LabError, QMPCommandError,
                                  Unexpressible, WaitTimeout)
+from harness.core import contention
 from harness.core.waits import wait_until
 from harness.guest.access import ConsoleChannel, Shell
 from harness.guest.guest import Guest, _make_overlay
@@ -97,7 +98,8 @@ class DomainGuest(Guest):
                                  name=self.name)
         self.launch_marks["console"] = round(time.monotonic() - t0, 2)
         self.shell = Shell(self.workdir / "commands.log", console,
-                           default_timeout=self.deadlines.command, scale=self.deadlines.scaled)
+                           default_timeout=self.deadlines.command, scale=self.deadlines.scaled,
+                           meters=contention.meters(self.qemu_pid))
 
     def _check_files(self) -> None:
         for f in (self.image.kernel, self.image.initrd, self.image.disk):

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.waits import wait_until
 from harness.guest import checks
 from harness.scenario import devices
 from harness.guest.pool import guest_state
@@ -33,8 +32,8 @@ def test_nic_add_remove_soak(hotplug):
         checks.ipv4_address(guest, plugged)
         result = hotplug.unplug(guest, plugged)
         assert result.event, f"cycle {i}: no DEVICE_DELETED"
-        wait_until(f"cycle {i}: the interface to leave the guest",
-                          lambda: checks.net_interfaces(guest) == {"lo"}, 10)
+        guest.shell.wait_until(f"cycle {i}: the interface to leave the guest",
+                               lambda: checks.net_interfaces(guest) == {"lo"}, 10)
         if i == 9:
             warm_rss = rss_kb(pid)  # QEMU's allocator has reached its working set
     end_rss = rss_kb(pid)
