@@ -64,7 +64,7 @@ class Channel(Protocol):
 
     def run(self, command: str, timeout: float, meters: Meters = None) -> tuple[int, str, str]: ...
 
-    def exec(self, command: str, timeout: float) -> tuple[int, str]: ...
+    def exec(self, command: str, timeout: float, meters: Meters = None) -> tuple[int, str]: ...
 
     def close(self) -> None: ...
 
@@ -73,8 +73,8 @@ class _MergedExec:
     """``exec``: a command's status and what it printed on stdout and stderr together, for
     callers that only show it to people (a failed clock set's message); parsers use ``run``."""
 
-    def exec(self, command: str, timeout: float) -> tuple[int, str]:
-        status, out, err = self.run(command, timeout)
+    def exec(self, command: str, timeout: float, meters: Meters = None) -> tuple[int, str]:
+        status, out, err = self.run(command, timeout, meters)
         return status, out + err
 
 
@@ -216,7 +216,7 @@ class ConsoleChannel(_MergedExec):
         with self._lock:
             self._spawn.send(line + "\n")
 
-    def _expect_by(self, pattern: str, deadline: Deadline) -> re.Match:
+    def expect_by(self, pattern: str, deadline: Deadline) -> re.Match:
         """:meth:`expect` until ``deadline``, however far the guest's lost time moves it."""
         while True:
             try:
@@ -239,10 +239,10 @@ class ConsoleChannel(_MergedExec):
                              f"echo '@@HH-E-{n}''@@'\n")
             deadline = Deadline(timeout, meters)
             try:
-                self._expect_by(f"@@HH-B-{n}@@\r?\n", deadline)
-                m = self._expect_by(f"@@HH-S-{n}@@ (\\d+)\r?\n", deadline)
+                self.expect_by(f"@@HH-B-{n}@@\r?\n", deadline)
+                m = self.expect_by(f"@@HH-S-{n}@@ (\\d+)\r?\n", deadline)
                 stdout = self._spawn.before
-                self._expect_by(f"@@HH-E-{n}@@\r?\n", deadline)
+                self.expect_by(f"@@HH-E-{n}@@\r?\n", deadline)
             except WaitTimeout as e:
                 self._spawn.send("\x03")  # interrupt the command; the next marker resyncs
                 raise WaitTimeout(f"console: `{command}` did not finish within {timeout:.1f} s"
@@ -275,7 +275,8 @@ class SSHChannel(_MergedExec):
 
     name = "ssh"
 
-    def __init__(self, host: str, port: int, user: str, key_path: Path, timeout: float):
+    def __init__(self, host: str, port: int, user: str, key_path: Path, timeout: float,
+                 meters: Meters = None):
         import paramiko
 
         try:
@@ -300,7 +301,8 @@ class SSHChannel(_MergedExec):
         # (every failure is retried until the deadline: sshd not up yet)
         with _paramiko_quiet():
             self._client = wait_until(f"ssh {user}@{host}:{port} to let us log in", login,
-                                      timeout, interval=0.2, retry_on=(Exception,))
+                                      timeout, interval=0.2, retry_on=(Exception,),
+                                      meters=meters)
 
     def run(self, command: str, timeout: float, meters: Meters = None) -> tuple[int, str, str]:
         """Run ``command``: (exit status, stdout, stderr), read from SSH's two streams."""

@@ -36,7 +36,7 @@ from harness.qemu.monitor import UnplugResult
 from harness.qemu.qmp_sync import SyncMonitor
 from harness.core.pace import Deadlines
 from harness.core.paths import new_private_dir, run_tmp_prefix
-from harness.core.waits import wait_until
+from harness.core.waits import Deadline, wait_until
 from harness.qemu.process import QemuProcess, record_pid
 
 
@@ -210,7 +210,7 @@ class Guest:
         if self.image.ssh_key is None:
             raise QemuLaunchError("access=ssh needs an SSH key", hint="pass --guest-key")
         self.shell.ssh = SSHChannel("127.0.0.1", self.ssh_port, self.image.ssh_user,
-                                    Path(self.image.ssh_key),
+                                    Path(self.image.ssh_key), meters=self.shell.meters,
                                     timeout=max(1.0, deadline - time.monotonic()))
 
     def reboot_from_inside(self) -> None:
@@ -384,10 +384,12 @@ def _reboot_from_inside(guest: "Guest") -> None:
                guest.deadlines.command)
 
 
-def _wait_ready(guest: "Guest", deadline: float) -> None:
-    """Until the guest is ready for commands: its ready marker, SSH, cloud-init's last stage."""
+def _wait_ready(guest: "Guest", by: float) -> None:
+    """Until the guest is ready for commands: its ready marker, SSH, cloud-init's last stage.
+    The deadline ``by`` moves by the time the guest could not run (harness.core.contention)."""
+    deadline = Deadline(by - time.monotonic(), guest.shell.meters)
     if guest.image.ready_pattern:
-        m = guest.shell.console.expect(guest.image.ready_pattern, deadline - time.monotonic())
+        m = guest.shell.console.expect_by(guest.image.ready_pattern, deadline)
         if m.groups():
             try:
                 guest.guest_uptime_at_ready = float(m.group(1))
@@ -399,9 +401,9 @@ def _wait_ready(guest: "Guest", deadline: float) -> None:
         # keep only emergencies on the console. dmesg still has everything (in the bundle).
         # TERM=dumb: tools do not colour what they print on the console (a terminal).
         guest.shell.run("dmesg -n 1 2>/dev/null; export TERM=dumb; true",
-                       max(1.0, deadline - time.monotonic()))
+                       max(1.0, deadline.left()))
     if guest.spec.access == "ssh":
-        guest.connect_ssh(deadline)
+        guest.connect_ssh(time.monotonic() + deadline.left())
     if guest.image.seed is not None:
         # SSH answers before cloud-init has finished (its last stage writes the DHCP rule
         # for NICs that appear later): a NIC hot-added before then got no address. Its own
@@ -410,7 +412,7 @@ def _wait_ready(guest: "Guest", deadline: float) -> None:
         channel = guest.shell.ssh or guest.shell.console
         channel.exec("! command -v cloud-init >/dev/null || while ! test -e "
                      "/var/lib/cloud/instance/boot-finished; do sleep 0.5; done",
-                     max(1.0, deadline - time.monotonic()))
+                     max(1.0, deadline.left()), guest.shell.meters)
 
 
 def _forwarded_ssh_port(guest: "Guest") -> int:
