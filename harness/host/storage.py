@@ -505,6 +505,45 @@ def tables_within(own: list[Path], who: tuple[int, str], budget: "list[int] | No
 _PCI_FILE_NAME = re.compile(r"resource\d+(?:_wc)?|config|rom|allocate|[0-9a-f]{2}\.[0-7]")
 
 
+def _ring_info(opened: "OpenFiles", fd: Path, who: tuple[int, str]) -> str | None:
+    """A ring's fdinfo, through the bounded reader, all rings within :data:`RINGS_BUDGET`
+    and :data:`MAX_RING_BYTES` each (the kernel renders a ring's whole table of files in
+    one pass, and a user chooses how large it is); None, counted, past either."""
+    info = fd.parent.parent / "fdinfo" / fd.name
+    if time.monotonic() > opened._rings_left[0] or opened._rings_left[1]:
+        opened._rings_left[1] += 1
+        return None
+    try:
+        data = opened.lookups.read(info, f"the io_uring of pid {who[0]} ({who[1]})",
+                                 MAX_RING_BYTES)
+    except (FileNotFoundError, ProcessLookupError, NotLookedAt):
+        return ""  # (closed since; or counted by the lookups)
+    except (OSError, TimeoutError):
+        opened._rings_left[1] += 1
+        return None
+    if len(data) > MAX_RING_BYTES:
+        opened._rings_left[1] += 1
+        return None
+    return os.fsdecode(data)
+
+
+def _registered(info: str) -> list[str]:
+    """The files listed after an io_uring fdinfo's ``UserFiles:`` line, one per line as
+    ``%5u: path`` (a slot of five digits or more has no space before it), until the next
+    header; a path's newline is escaped (``\\012``)."""
+    lines = info.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("UserFiles:")), None)
+    if start is None:
+        return []
+    files = []
+    for line in lines[start + 1:]:
+        m = re.match(r"\s*\d+: (.+)$", line)
+        if not m:
+            break
+        files.append(m[1])
+    return files
+
+
 def _node_types(paths: list[str]) -> list:
     """:func:`node_type` of each path, or its OSError (for one bounded lookup of many)."""
     out: list = []
@@ -519,6 +558,9 @@ def _node_types(paths: list[str]) -> list:
 #: Seconds all processes' ``/proc/PID/maps`` may take to read in one read, and the most of
 #: one that is read (a user maps one file at a path of 4000 bytes in 65000 pieces: 250 MB).
 MAPS_BUDGET = 10.0
+#: The same for every io_uring's fdinfo (its registered files), and each one's size.
+RINGS_BUDGET = 10.0
+MAX_RING_BYTES = 16 << 20
 MAX_MAPS_BYTES = 16 << 20
 #: The open files one read looks at in all: past this many (a user's forks, each keeping
 #: 20000 fds, would make the read take hours), the rest are a problem.
@@ -561,17 +603,39 @@ def _copied(parent: tuple[int, dict], pid: int, fd: str, target: str) -> bool:
     return parent[1].get(fd) == target and _same(parent[0], pid, _KCMP_FILE, int(fd), int(fd))
 
 
-def _first_type(links: list[str]):
+def _first_type(links: list[str], key: tuple[int, int, int] | None = None):
     """:func:`node_type` through the first of ``links`` (the ways to one mapped file, one a
-    mapper) whose mapping is still there, or the last error."""
+    mapper; or an fd and its forks' copies) that still leads to that file (``key``: its maps
+    ``MAJ``, ``MIN`` and inode; a mapper may have mapped another file at those addresses
+    since; without it, the first still there), or the last error. When
+    none leads to it, what the first that answered leads to (the maps and the link may name
+    a file of a stacked filesystem differently: never less than before)."""
+    first, error = None, OSError(errno.ENOENT, "no mapper left")
     for link in links:
         try:
-            return node_type(link)
+            got = _type_and_identity(link)
         except OSError as e:
             error = e
             if e.errno not in (errno.ENOENT, errno.ESRCH):
                 return e
-    return error
+            continue
+        if key is None or got[2] == (os.makedev(key[0], key[1]), key[2]):
+            return got[:2]
+        first = first or got[:2]
+    return first or error
+
+
+def _type_and_identity(path: str) -> tuple[int, int, tuple[int, int]]:
+    """(``st_mode``, ``st_rdev``, (``st_dev``, ``st_ino``)) of what ``path`` leads to, from
+    the kernel's cache in one call (:func:`node_type`, :func:`cached_identity`)."""
+    if _statx is None:
+        st = os.stat(path)
+        return st.st_mode, st.st_rdev, (st.st_dev, st.st_ino)
+    raw = _statx_cached(path, _STATX_TYPE | _STATX_INO)
+    major, minor, dmaj, dmin = (int.from_bytes(raw[i:i + 4], "little")
+                                for i in (128, 132, 136, 140))
+    return (int.from_bytes(raw[28:30], "little"), os.makedev(major, minor),
+            (os.makedev(dmaj, dmin), int.from_bytes(raw[32:40], "little")))
 
 
 def _mapped_numbers(fs: Sysfs, mapped: dict, lookups: Lookups, problems: list[str]) -> list:
@@ -584,7 +648,8 @@ def _mapped_numbers(fs: Sysfs, mapped: dict, lookups: Lookups, problems: list[st
         return []
     keys, files = list(mapped), list(mapped.values())
     try:
-        found = lookups.within(lambda: [_first_type(links) for links, _ in files],
+        found = lookups.within(lambda: [_first_type(links, key) for key, (links, _)
+                                        in zip(keys, files)],
                                "the files processes map")
     except NotLookedAt:
         return []
@@ -712,6 +777,7 @@ class OpenFiles:
         self._forks: dict[int, set[tuple[int, str]]] = {}  # pid -> forks that copied its fds
         self._fds_left = [MAX_FDS_READ, 0, None]  # (fds still to read; tables not read; first)
         self._maps_left = [time.monotonic() + MAPS_BUDGET, 0]  # (until when; maps not read)
+        self._rings_left = [time.monotonic() + RINGS_BUDGET, 0]  # (until when; rings not read)
         self._remote_files: list[tuple[str, str, tuple[int, str]]] = []  # (_remote_numbers)
         tables: dict[int, dict[str, str]] = {}  # (of processes with children: :func:`_copied`)
         try:
@@ -848,13 +914,14 @@ class OpenFiles:
         fdinfo). The kernel leaves the list out while the ring is busy: read again, then
         unknown."""
         for _ in range(3):
-            info = self._fdinfo(fs, fd)
+            info = _ring_info(self, fd, who)
+            if info is None:
+                return
             inode = re.search(r"^ino:\s*(\d+)", info, re.M)
             if inode:
                 self._rings_held.add(inode[1])
             count = re.search(r"^UserFiles:\s*(\d+)", info, re.M)
-            files = re.findall(r"^\s+\d+: (.+)$", info.partition("UserFiles:")[2]
-                               .partition("UserBufs:")[0], re.M)
+            files = _registered(info)
             if not count or int(count[1]) == 0 or files:
                 break
         else:
@@ -965,6 +1032,10 @@ def _finish(opened: "OpenFiles", fs: Sysfs, problems: list[str]) -> None:
             opened._add_number(mode, rdev, w)
     _remote_numbers(opened, problems)
     problems += opened.lookups.problems()
+    if opened._rings_left[1]:
+        problems.append(f"{opened._rings_left[1]} io_uring(s) whose registered files were not "
+                        f"read within {RINGS_BUDGET:g} s for all, {MAX_RING_BYTES >> 20} MB "
+                        "each: which files they use is unknown")
     if opened._maps_left[1]:
         problems.append(f"the mapped files of all processes took more than {MAPS_BUDGET:g} s "
                         f"to read: {opened._maps_left[1]} processes' were not read, which files "
@@ -988,8 +1059,11 @@ def _remote_numbers(opened: "OpenFiles", problems: list[str]) -> None:
     files = opened._remote_files
     if not files:
         return
+    ways = [[fd] + [str(Path(fd).parents[2] / str(pid) / "fd" / Path(fd).name)  # (a fork's
+                    for pid, _ in sorted(opened._forks.get(who[0], ()))]  # copy, not read: the
+            for fd, _, who in files]                                      # parent may close it)
     try:
-        found = opened.lookups.within(lambda: _node_types([fd for fd, _, _ in files]),
+        found = opened.lookups.within(lambda: [_first_type(w) for w in ways],
                                       "the files open on network and FUSE mounts")
     except NotLookedAt:
         return
