@@ -638,7 +638,8 @@ def _type_and_identity(path: str) -> tuple[int, int, tuple[int, int]]:
             (os.makedev(dmaj, dmin), int.from_bytes(raw[32:40], "little")))
 
 
-def _mapped_numbers(fs: Sysfs, mapped: dict, lookups: Lookups, problems: list[str]) -> list:
+def _mapped_numbers(fs: Sysfs, mapped: dict, lookups: Lookups, problems: list[str],
+                    tables: "MountTables") -> list:
     """((mode, rdev), holders) of each mapped file that is a device node: a disk mapped
     through a node at any path (a container's ``/dev/xvdb`` made with the host's numbers)
     holds it after its fd is closed, and ``maps`` names only the node's path. Each distinct
@@ -658,10 +659,9 @@ def _mapped_numbers(fs: Sysfs, mapped: dict, lookups: Lookups, problems: list[st
                         f"{DETACHED_STAT_TIMEOUT:g} s what they are: a disk mapped through a "
                         "node of another path would be missed")
         return []
-    types: dict[int, dict[str, str] | None] = {}  # (each mapper's mount table, read once)
     denied = [who for key, (_, who), got in zip(keys, files, found)
               if isinstance(got, OSError) and got.errno in (errno.EACCES, errno.EPERM)
-              and not _on_fuse(fs, key[0], key[1], who, types)]
+              and not _on_fuse(key[0], key[1], who, tables)]
     if denied:
         pids = sorted({pid for who in denied for pid, _ in who})
         problems.append(f"{len(denied)} files mapped by pid {', '.join(map(str, pids[:5]))}"
@@ -674,11 +674,11 @@ def _mapped_numbers(fs: Sysfs, mapped: dict, lookups: Lookups, problems: list[st
             and (stat.S_ISBLK(got[0]) or stat.S_ISCHR(got[0]))]
 
 
-def _mounted_as(fs: Sysfs, pid: int, dev: int, fstype: str) -> bool | None:
+def _mounted_as(tables: "MountTables", pid: int, dev: int, fstype: str) -> bool | None:
     """Whether the filesystem ``dev`` is a mount of ``fstype`` (or ``fstype.*``, a FUSE
     subtype: ``fuse.sshfs``) in pid's mount namespace (its mountinfo); None when that cannot
     be read."""
-    types = _mount_types(fs, pid)
+    types = tables.of(pid)
     if types is None:
         return None
     kind = types.get(f"{os.major(dev)}:{os.minor(dev)}")
@@ -694,12 +694,39 @@ def _in_my_mount_namespace(fs: Sysfs, pid: int) -> bool:
         return False
 
 
-def _mount_types(fs: Sysfs, pid: int) -> dict[str, str] | None:
-    """``MAJ:MIN`` -> filesystem type of its mounts in pid's mount namespace, with `` dev``
-    after it when one of them is not ``nodev`` (a node there may be a device); None: unread."""
-    text = fs.read(fs.proc(str(pid), "mountinfo"))
-    if text is None:
-        return None
+class MountTables:
+    """Each mount namespace's :func:`_mount_types`, read once in one read of the host (a
+    holder's, a mapper's: many share one namespace), all of them within
+    :data:`MOUNT_TABLES_BUDGET` (any user stacks mounts thousands deep in a namespace of
+    theirs, and the kernel's cost of the table grows with the square of that); one not read
+    in it is None, as one that cannot be read."""
+
+    def __init__(self, fs: Sysfs):
+        self._fs, self._by_ns = fs, {}
+        self._deadline: float | None = None
+
+    def of(self, pid: int) -> dict[str, str] | None:
+        fs = self._fs
+        try:
+            ns = os.readlink(fs.proc(str(pid), "ns", "mnt"))
+        except OSError:
+            ns = f"pid {pid}"  # (gone, or a fake process: its own)
+        if ns not in self._by_ns:
+            if self._deadline is None:
+                self._deadline = time.monotonic() + MOUNT_TABLES_BUDGET
+            left = self._deadline - time.monotonic()
+            try:
+                text = (call_within(lambda: fs.read(fs.proc(str(pid), "mountinfo")), left)
+                        if left > 0 else None)
+            except TimeoutError:
+                text = None
+            self._by_ns[ns] = None if text is None else _mount_types(text)
+        return self._by_ns[ns]
+
+
+def _mount_types(text: str) -> dict[str, str]:
+    """``MAJ:MIN`` -> filesystem type of the mounts of a ``mountinfo``, with `` dev`` after
+    it when one of them is not ``nodev`` (a node there may be a device)."""
     out: dict[str, str] = {}
     for f in (line.split(" ") for line in text.splitlines()):
         if "-" in f[3:] and len(f) > f.index("-") + 1 and not out.get(f[2], "").endswith(" dev"):
@@ -707,17 +734,16 @@ def _mount_types(fs: Sysfs, pid: int) -> dict[str, str] | None:
     return out
 
 
-def _on_fuse(fs: Sysfs, major: int, minor: int, who: set, types: dict) -> bool:
+def _on_fuse(major: int, minor: int, who: set, types: "MountTables") -> bool:
     """Whether the filesystem ``major:minor`` its mappers map a file of is FUSE and ``nodev``
     to all of them: one mounted without ``allow_other`` refuses root even a look (EACCES),
     and a device node there is no device (root may mount one for a user without ``nodev``).
     One in none of a mapper's mounts, an anonymous device (major 0), is taken for a FUSE
     mount detached since (``fusermount -uz``): only FUSE refuses root there, an LSM aside.
-    ``types``: :func:`_mount_types` of each mapper, filled as they are read."""
+    ``types``: the read's mount tables."""
     for pid, _ in who:
-        if pid not in types:
-            types[pid] = _mount_types(fs, pid)
-        kind = (types[pid] or {}).get(f"{major}:{minor}", "" if types[pid] is None else None)
+        table = types.of(pid)
+        kind = (table or {}).get(f"{major}:{minor}", "" if table is None else None)
         if not (kind is None and major == 0 or (kind or "").split(".")[0] in ("fuse", "fuseblk")
                 and not kind.endswith(" dev")):
             return False
@@ -772,6 +798,7 @@ class OpenFiles:
         self.devmem: list[tuple[int, int, tuple[int, str]]] = []
         self._fs = fs
         self.lookups = Lookups()
+        self.mount_tables = MountTables(fs)
         self._mapped: dict[tuple[int, int, int], tuple[list[str], set]] = {}
         self._budget = tables_budget(fs)
         self._forks: dict[int, set[tuple[int, str]]] = {}  # pid -> forks that copied its fds
@@ -1027,7 +1054,8 @@ class OpenFiles:
 def _finish(opened: "OpenFiles", fs: Sysfs, problems: list[str]) -> None:
     """What :class:`OpenFiles` reads once every process is read: the device numbers of
     mapped files; what was left unread; rings mapped with no fd of them held."""
-    for (mode, rdev), who in _mapped_numbers(fs, opened._mapped, opened.lookups, problems):
+    for (mode, rdev), who in _mapped_numbers(fs, opened._mapped, opened.lookups, problems,
+                                             opened.mount_tables):
         for w in who:
             opened._add_number(mode, rdev, w)
     _remote_numbers(opened, problems)
@@ -1129,7 +1157,7 @@ def pci_file_holders(opened: OpenFiles, path: Path, fstype: str) -> set[tuple[in
     found = set()
     for dev, who in opened.pci_files.get((path.name, st.st_ino), {}).items():
         found |= {(pid, comm) for pid, comm in who if dev == st.st_dev
-                  or _mounted_as(opened._fs, pid, dev, fstype) is not False}
+                  or _mounted_as(opened.mount_tables, pid, dev, fstype) is not False}
     return found
 
 

@@ -330,9 +330,9 @@ MAP_ALL = ("import mmap, sys, time\nkept = []\n"
 def test_4_each_mappers_mount_table_is_read_once_not_once_a_file():
     reads, mount_types = [0], storage._mount_types
 
-    def counted(fs, pid):
+    def counted(text):
         reads[0] += 1
-        return mount_types(fs, pid)
+        return mount_types(text)
 
     with fuse_in_a_folder(_ManyFilesFuse) as stub:
         files = [str(stub.mountpoint / f"f{i}") for i in range(_ManyFilesFuse.FILES)]
