@@ -41,6 +41,7 @@ import sys
 import time
 from pathlib import Path
 
+from harness.host import storage
 from harness.host.storage import cached_identity, cached_inode, call_within, unescape_mountinfo
 from harness.host.sysfs import Sysfs
 
@@ -428,6 +429,14 @@ def nsfs_mounts(infos: list[tuple[Path, str]], root: Path, kind: str) -> list[tu
 MAX_VISITS = 32
 
 
+def _too_many(inode: str, how: str) -> str:
+    return (f"more than {MAX_VISITS} mount namespaces no process is in (mount namespace "
+            f"{inode}, {how}, and maybe more): not visited, so a network namespace mounted only "
+            "there would be missed" + ("; snapd keeps one for each snap run since boot "
+                                       "(`snap-discard-ns SNAP` frees one)"
+                                       if "/snapd/ns/" in how else ""))
+
+
 class MountVisits:
     """Helper processes, each in a mount namespace no process is in, kept until closed: while
     they live, their ``/proc/PID`` shows that namespace's mounts and files."""
@@ -466,24 +475,24 @@ class MountVisits:
                 pass  # gone, or already a problem of mountinfos()
         queue = list(held) + nsfs_mounts(infos, self.fs.path(), "mnt")
         out: list[tuple[Path, str]] = []
+        deadline = time.monotonic() + storage.MOUNT_TABLES_BUDGET  # (for all tables visited)
         while queue:
             inode, how, path = queue.pop(0)
             if inode in seen:
                 continue
             seen.add(inode)
             if len(self.helpers) >= MAX_VISITS:  # (each is a root process, alive until read)
-                problems.append(f"more than {MAX_VISITS} mount namespaces no process is in "
-                                f"(mount namespace {inode}, {how}, and maybe more): not "
-                                "visited, so a network namespace mounted only there would be "
-                                "missed" + ("; snapd keeps one for each snap run since boot "
-                                            "(`snap-discard-ns SNAP` frees one)"
-                                            if "/snapd/ns/" in how else ""))
+                problems.append(_too_many(inode, how))
                 break
             try:
                 proc = self._enter(path, inode)
-                text = self.fs.read(proc / "mountinfo")
-                if text is None:
-                    raise OSError(f"{proc}/mountinfo cannot be read")
+                text = self._table(proc, deadline)
+            except TimeoutError:
+                problems.append(f"the mount tables of namespaces no process is in took more "
+                                f"than {storage.MOUNT_TABLES_BUDGET:g} s to read (mount "
+                                f"namespace {inode}, {how}, was the one read then): a network "
+                                "namespace mounted there or in those after it would be missed")
+                break
             except OSError as e:
                 if went_away(e):
                     self.went.append(f"mount namespace {inode} ({how})")
@@ -495,6 +504,18 @@ class MountVisits:
             out.append((proc, text))
             queue += nsfs_mounts([(proc, text)], self.fs.path(), "mnt")
         return out
+
+    def _table(self, proc: Path, deadline: float) -> str:
+        """``proc``'s mountinfo, read by ``deadline`` (the kernel's cost of it grows with the
+        square of how deep its mounts are stacked, which any user chooses). Raises OSError or
+        TimeoutError."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the budget is spent")
+        text = call_within(lambda: self.fs.read(proc / "mountinfo"), left)
+        if text is None:
+            raise OSError(f"{proc}/mountinfo cannot be read")
+        return text
 
     def _enter(self, path: Path, inode: str) -> Path:
         """A helper process in the mount namespace ``inode`` reached through ``path``, proven
