@@ -51,8 +51,9 @@ from harness.core.text import shown
 from harness.host.nsholders import (PROC_NET, MountVisits, fd_namespace, more_open_files,
                                     nsfs_mounts, open_namespace, proc_net_problems,
                                     socket_namespaces, went_away)
-from harness.host.storage import (mountinfos, tables_budget, tables_within, tasks_of,
-                                   thread_tables)
+from harness.host.storage import (FORK_TABLE_MIN, MAX_FDS_READ, _copied, _has_children, _link,
+                                  _parent_table, mountinfos, tables_budget, tables_within,
+                                  tasks_of, thread_tables)
 from harness.host.sysfs import Sysfs
 
 #: The harness's own network namespace, as :class:`NetView` names it.
@@ -464,9 +465,11 @@ def _holders(fs: Sysfs, visits: MountVisits, problems: list[str],
     its fd kept there: a sandbox that ends right after cannot take it away unseen."""
     found: dict[str, list] = {"net": [], "mnt": [], "socket": [], "procnet": [], "path": []}
     budget = tables_budget(fs)
+    fds = _FdsRead()
     for proc in sorted(fs.proc().glob("[0-9]*"), key=lambda p: int(p.name)):
-        for kind, what, how, path in _held_by_process(fs, proc, problems, early, budget):
+        for kind, what, how, path in _held_by_process(fs, proc, problems, early, budget, fds):
             found[kind].append((what, how, path) if kind != "socket" else (what, path))
+    problems += fds.problems()
     for _, how, entry in found["path"]:
         try:
             if held := fd_namespace(fs, entry):
@@ -486,14 +489,52 @@ def _holders(fs: Sysfs, visits: MountVisits, problems: list[str],
     return held, found["socket"]
 
 
+class _FdsRead:
+    """What one search's read of every process's fds has cost: at most
+    :data:`~harness.host.storage.MAX_FDS_READ` fds in all (the rest a problem), and a fork's
+    copies of its parent's fds not read again (as the storage read: a process of 64 fds or
+    more with children keeps its table while the host is read, and a child's fd that
+    ``kcmp`` finds the same open file, linking where the parent's did, holds what the
+    parent's holds)."""
+
+    def __init__(self) -> None:
+        self.left, self.skipped, self.first = MAX_FDS_READ, 0, ""
+        self.tables: dict[int, dict[str, str]] = {}
+
+    def to_read(self, fs: Sysfs, proc: Path, entries: list[Path], own: bool) -> list[Path]:
+        """Of the ``entries`` of a process's table (``own``) or a thread's, those to read."""
+        if len(entries) > self.left:
+            self.skipped, self.first = self.skipped + 1, self.first or f"pid {proc.name}"
+            return []
+        self.left -= len(entries)
+        if not own:
+            return entries
+        pid = int(proc.name)
+        parent = _parent_table(proc, self.tables) if fs.real_host else None
+        keep = fs.real_host and len(entries) >= FORK_TABLE_MIN and _has_children(proc)
+        if not (parent or keep):
+            return entries
+        table = {e.name: t for e in entries if (t := _link(e)) is not None}
+        if keep:
+            self.tables[pid] = table
+        return [e for e in entries if not (parent and e.name in table
+                                           and _copied(parent, pid, e.name, table[e.name]))]
+
+    def problems(self) -> list[str]:
+        return [f"more than {MAX_FDS_READ} open files on the host: the fds of {self.first} "
+                f"and {self.skipped - 1} more processes were not read: a network namespace "
+                "held only there would be missed"] if self.skipped else []
+
+
 def _held_by_process(fs: Sysfs, proc: Path, problems: list[str], early=None,
-                     budget: "list[int] | None" = None) -> list[tuple]:
+                     budget: "list[int] | None" = None, fds: "_FdsRead | None" = None
+                     ) -> list[tuple]:
     """(kind, what, how it is held, its path) for what one process holds that may keep a
     network namespace: the one it lives in; its threads' (``task/TID/ns/net``, ``ns/mnt``)
     and its open fds' nsfs files (``net:[N]``, ``mnt:[N]``): kind ``net`` or ``mnt``, what the
     namespace; its sockets and tun fds: kind ``socket``, what the fd's link; and its open
     ``/proc/PID/net`` files: kind ``procnet``, likewise. ``early``: :func:`_live_in`'s;
-    ``budget``: :func:`~harness.host.storage.tables_within`'s."""
+    ``budget``: :func:`~harness.host.storage.tables_within`'s; ``fds``: the search's."""
     try:
         inode = _live_in(fs, proc, early)
     except OSError as e:  # (one reaped meanwhile says ESRCH, or EACCES: get_proc_task)
@@ -522,6 +563,8 @@ def _held_by_process(fs: Sysfs, proc: Path, problems: list[str], early=None,
             problems.append(f"the {what}s of pid {proc.name} cannot be read ({e.strerror}): "
                             "a network namespace held only there would be missed")
             continue
+        if what == "fd" and fds is not None:  # (a thread's table is counted, not compared)
+            entries = fds.to_read(fs, proc, entries, own=folder == "fd")
         for entry in entries:
             out += _held_by_entry(fs, proc, what, entry, inode, problems)
     return out

@@ -613,13 +613,15 @@ def _first_type(links: list[str], key: tuple[int, int, int] | None = None):
     first, error = None, OSError(errno.ENOENT, "no mapper left")
     for link in links:
         try:
+            if key is None:  # (the first still there)
+                return node_type(link)
             got = _type_and_identity(link)
         except OSError as e:
             error = e
             if e.errno not in (errno.ENOENT, errno.ESRCH):
                 return e
             continue
-        if key is None or got[2] == (os.makedev(key[0], key[1]), key[2]):
+        if got[2] == (os.makedev(key[0], key[1]), key[2]):
             return got[:2]
         first = first or got[:2]
     return first or error

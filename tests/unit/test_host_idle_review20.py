@@ -420,7 +420,7 @@ def test_4_mapped_files_root_may_not_look_at_are_a_named_problem(monkeypatch):
     ``/proc/PID/map_files``: what those mappings are is then unknown, and says so. The
     kernel's answer is put in place of the lookup: no LSM here confines root."""
     monkeypatch.setattr(storage, "_first_type",
-                        lambda links: PermissionError(errno.EACCES, "denied"))
+                        lambda links, key=None: PermissionError(errno.EACCES, "denied"))
     problems = StorageView.read(Sysfs("/")).problems
     assert any("map_files" in p and "permission denied" in p for p in problems), problems
 
