@@ -142,6 +142,34 @@ time.sleep(600)
 """
 
 
+def read_with_two_mappers(monkeypatch, argvs: list[list[str]], change: bool, said: str):
+    """The host's storage read beside two mappers started from ``argvs``, each printing
+    ``HH-REVIEW16`` once it maps; with ``change``, the first is sent a line during the read,
+    once every process is read (the whole read is the window), and must answer ``said``.
+    Returns (the view, the second mapper)."""
+    first, second = (subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      text=True) for argv in argvs)
+    looked = storage._mapped_numbers
+
+    def after_the_first_changed(*args):
+        if change:
+            first.stdin.write("\n")
+            first.stdin.flush()
+            assert first.stdout.readline().strip() == said
+        return looked(*args)
+
+    monkeypatch.setattr(storage, "_mapped_numbers", after_the_first_changed)
+    try:
+        assert [p.stdout.readline().strip() for p in (first, second)] == ["HH-REVIEW16"] * 2
+        if first.pid > second.pid:
+            pytest.skip("pids wrapped between the two mappers")
+        return StorageView.read(Sysfs("/")), second
+    finally:
+        for proc in (first, second):
+            proc.kill()
+            proc.wait()
+
+
 @as_root
 @pytest.mark.parametrize("unmap", [True, False], ids=["first-unmaps", "control-first-stays"])
 def test_1_a_disk_mapped_through_a_node_stays_in_use_when_its_first_mapper_unmaps(
@@ -149,28 +177,9 @@ def test_1_a_disk_mapped_through_a_node_stays_in_use_when_its_first_mapper_unmap
     name = os.path.basename(loop_disk)
     node = tmp_path / "xvdb"  # (a container's node of the disk, in its own /dev)
     os.mknod(node, stat.S_IFBLK | 0o600, os.stat(loop_disk).st_rdev)
-    first, second = (subprocess.Popen([PYTHON, "-c", MAP_NODE, str(node), how],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-                     for how in ("unmap" if unmap else "stay", "stay"))
-    looked = storage._mapped_numbers
-
-    def after_the_first_unmapped(*args):  # (during the read: its whole length is the window)
-        if unmap:
-            first.stdin.write("\n")
-            first.stdin.flush()
-            assert first.stdout.readline().strip() == "unmapped"
-        return looked(*args)
-
-    monkeypatch.setattr(storage, "_mapped_numbers", after_the_first_unmapped)
-    try:
-        assert [p.stdout.readline().strip() for p in (first, second)] == ["HH-REVIEW16"] * 2
-        if first.pid > second.pid:
-            pytest.skip("pids wrapped between the two mappers")
-        view = StorageView.read(Sysfs("/"))
-    finally:
-        for proc in (first, second):
-            proc.kill()
-            proc.wait()
+    view, second = read_with_two_mappers(
+        monkeypatch, [[PYTHON, "-c", MAP_NODE, str(node), how]
+                      for how in ("unmap" if unmap else "stay", "stay")], unmap, "unmapped")
     seen = view.use_of_block(name) + view.problems
     assert any(f"pid {second.pid}" in u for u in seen), seen
 

@@ -49,7 +49,7 @@ from .test_host_idle_review16 import URING, read_while_it_reads
 from .test_host_idle_review16 import loop_disk as _loop_disk
 from .test_host_idle_review19 import fuse_in_a_folder
 from .test_host_idle_review23 import PYTHON, read_beside
-from .test_host_idle_review24 import _node_fuse
+from .test_host_idle_review24 import _node_fuse, read_with_two_mappers
 from .test_paths import as_root
 
 #: The real-host cases make processes and namespaces of nobody's and read the whole host.
@@ -373,28 +373,9 @@ def test_4_a_disk_mapped_through_a_node_stays_in_use_when_its_first_mapper_maps_
     os.mknod(node, stat.S_IFBLK | 0o600, os.stat(loop_disk).st_rdev)
     plain = tmp_path / "plain"
     plain.write_bytes(b"\0" * 4096)
-    first, second = (subprocess.Popen([PYTHON, "-c", REMAP_NODE, str(node), how, str(plain)],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-                     for how in ("remap" if remap else "stay", "stay"))
-    looked = storage._mapped_numbers
-
-    def after_the_first_remapped(*args):  # (during the read: its whole length is the window)
-        if remap:
-            first.stdin.write("\n")
-            first.stdin.flush()
-            assert first.stdout.readline().strip() == "remapped"
-        return looked(*args)
-
-    monkeypatch.setattr(storage, "_mapped_numbers", after_the_first_remapped)
-    try:
-        assert [p.stdout.readline().strip() for p in (first, second)] == ["HH-REVIEW16"] * 2
-        if first.pid > second.pid:
-            pytest.skip("pids wrapped between the two mappers")
-        view = StorageView.read(Sysfs("/"))
-    finally:
-        for proc in (first, second):
-            proc.kill()
-            proc.wait()
+    view, second = read_with_two_mappers(
+        monkeypatch, [[PYTHON, "-c", REMAP_NODE, str(node), how, str(plain)]
+                      for how in ("remap" if remap else "stay", "stay")], remap, "remapped")
     seen = view.use_of_block(name) + view.problems
     assert any(f"pid {second.pid}" in u for u in seen), seen
 
