@@ -166,7 +166,8 @@ def test_1_a_disk_read_through_io_uring_with_another_file_mounted_over_its_path_
 
 #: nobody's program, in a user and mount namespace of theirs: a tmpfs on /tmp (theirs only),
 #: ``argv[1]`` bind mounts stacked on /tmp/a, then ``argv[2]`` forks that each take a copy of
-#: that table (``unshare(CLONE_NEWNS)``); prints "ready" once all are made.
+#: that table (``unshare(CLONE_NEWNS)``); prints "ready" once all are made (its pid, with
+#: ``argv[3]`` ``pid``).
 STACKER = """
 import ctypes, os, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
@@ -184,8 +185,10 @@ for _ in range(copies):
         os.write(tell, b".")
         time.sleep(600)
         os._exit(0)
-os.read(done, copies)
-print("ready", flush=True)
+told = b""
+while len(told) < copies:  # (a pipe's read returns what is there: wait for them all)
+    told += os.read(done, copies - len(told))
+print(os.getpid() if sys.argv[3:] == ["pid"] else "ready", flush=True)
 time.sleep(600)
 """
 

@@ -48,7 +48,7 @@ from harness.host.sysfs import Sysfs
 from .test_host_idle_review16 import URING, read_while_it_reads
 from .test_host_idle_review16 import loop_disk as _loop_disk
 from .test_host_idle_review19 import fuse_in_a_folder
-from .test_host_idle_review23 import PYTHON, read_beside
+from .test_host_idle_review23 import PYTHON, STACKER, read_beside
 from .test_host_idle_review24 import _node_fuse, read_with_two_mappers
 from .test_paths import as_root
 
@@ -382,41 +382,14 @@ def test_4_a_disk_mapped_through_a_node_stays_in_use_when_its_first_mapper_maps_
 
 # -- 5. mount namespaces no process is in: each visited one's table read whole, with no bound --
 
-#: Run in nobody's user and mount namespace (``unshare -Urm``): a tmpfs on /tmp, ``argv[1]``
-#: bind mounts stacked on /tmp/a, then ``argv[2]`` forks that each take a copy of that table
-#: (``unshare(CLONE_NEWNS)``, cheap); prints its own pid and theirs, then stays.
-STACKED_COPIES = textwrap.dedent("""
-    import ctypes, os, sys, time
-    libc = ctypes.CDLL(None, use_errno=True)
-    depth, copies = int(sys.argv[1]), int(sys.argv[2])
-    if libc.mount(b"hh-r25", b"/tmp", b"tmpfs", 0, None):
-        sys.exit("tmpfs: " + os.strerror(ctypes.get_errno()))
-    os.mkdir("/tmp/a")
-    for _ in range(depth):
-        if libc.mount(b"/tmp/a", b"/tmp/a", None, 4096, None):  # MS_BIND, on the one before
-            sys.exit("bind: " + os.strerror(ctypes.get_errno()))
-    done, tell = os.pipe()
-    for _ in range(copies):
-        if os.fork() == 0:
-            libc.unshare(0x20000)  # CLONE_NEWNS
-            os.write(tell, b".")
-            time.sleep(600)
-            os._exit(0)
-    told = b""
-    while len(told) < copies:  # (a pipe's read returns what is there: wait for them all)
-        told += os.read(done, copies - len(told))
-    print(os.getpid(), flush=True)
-    time.sleep(600)
-""")
-
-#: nobody's program in the host's mount namespace: runs :data:`STACKED_COPIES`, keeps an fd of
+#: nobody's program in the host's mount namespace: runs review 23's ``STACKER``, keeps an fd of
 #: each of its mount namespaces (``/proc/PID/ns/mnt``: ``mnt:[N]`` in this process's fds),
 #: ends every process in them, and prints "ready": the namespaces live on, no process in
 #: them, held by its fds only (as ``unshare --mount=FILE`` or snapd keep theirs by a mount).
 MOUNT_NS_KEEPER = textwrap.dedent("""
     import os, signal, subprocess, sys, time
     inner = subprocess.Popen(["unshare", "-Urm", "--propagation", "private", sys.executable,
-                              "-c", sys.argv[1], sys.argv[2], sys.argv[3]],
+                              "-c", sys.argv[1], sys.argv[2], sys.argv[3], "pid"],
                              stdout=subprocess.PIPE, text=True)
     top = int(inner.stdout.readline())
     pids = [top] + [int(p) for t in os.listdir(f"/proc/{top}/task")
@@ -454,7 +427,7 @@ def test_5_mount_namespaces_a_user_keeps_do_not_stall_the_network_read(depth, mo
     for all tables of the read, in the bounded reader), past which the rest are a problem."""
     monkeypatch.setattr(storage, "MOUNT_TABLES_BUDGET", 2.0)
     bound = storage.MOUNT_TABLES_BUDGET + 4 * storage.DETACHED_STAT_TIMEOUT
-    view = read_beside([PYTHON, "-c", MOUNT_NS_KEEPER, STACKED_COPIES, str(depth), "16"],
+    view = read_beside([PYTHON, "-c", MOUNT_NS_KEEPER, STACKER, str(depth), "16"],
                        lambda: NetView.read(Sysfs("/")), bound)
     assert view is not None, (
         f"the host's network read did not end in {bound:g} s: nobody's 17 mount namespaces "
