@@ -11,8 +11,10 @@ import threading
 
 import pytest
 
-from harness.core.errors import GuestCheckError
+from harness.core.errors import GuestCheckError, WaitTimeout
 from harness.guest.access import ConsoleChannel, Shell
+
+from .test_contention import GrowingMeter
 
 
 @pytest.fixture
@@ -74,3 +76,17 @@ def test_read_fails_a_command_that_complains_saying_what_was_expected(console, t
 def test_exit_status_and_output_survive_a_stderr_without_newline(console):
     status, out, err = console.run("printf out; printf err >&2; false", 5)
     assert (status, out, err) == (1, "out", "err")
+
+
+def test_a_console_command_is_given_the_time_its_guest_lost(console, tmp_path):
+    """A command that needs 1 s, with a 0.5 s deadline: a guest that could not run most of
+    that time gets it (harness.core.contention), and the command log says the deadline
+    moved; one that lost no time fails on time, saying the deadline was not moved."""
+    shell = Shell(tmp_path / "commands.log", console, default_timeout=0.5,
+                  meters=lambda: GrowingMeter(0.9))
+    assert shell.run("sleep 1; echo done").output == "done\n"
+    assert "past its 0.5 s deadline" in (tmp_path / "commands.log").read_text()
+    with pytest.raises(WaitTimeout) as e:
+        console.run("sleep 1; echo done", 0.5, lambda: GrowingMeter(0.0))
+    assert "did not finish within 0.5 s (stretched by 0.0 s" in str(e.value)
+    assert "had the host's CPU throughout" in str(e.value)
