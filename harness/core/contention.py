@@ -9,9 +9,10 @@ it would have met, and the failure names the guest. So each wait on a guest take
 :class:`Meter`, started when the wait starts, and the wait's deadline moves later by what the
 meter saw, and by no more than :data:`EXTRA_AT_MOST` times the wait itself:
 
-- the time the QEMU process's vCPU threads and main loop waited for a host CPU (the
-  scheduler's run-queue delay, ``/proc/PID/task/TID/schedstat``; the most of any one thread, not
-  their sum, since they wait side by side);
+- the time the QEMU process's threads waited for a host CPU (the scheduler's run-queue delay,
+  ``/proc/PID/task/TID/schedstat``), the most of any one thread, not their sum, since they wait
+  side by side: the vCPU threads and the main loop are among them, and QEMU names them
+  (``CPU 0/TCG``) only with ``-name ...,debug-threads=on``, so no name is relied on;
 - the time this machine's own hypervisor took its CPUs away (``steal`` in ``/proc/stat``, per
   CPU);
 - the time every task on the machine was stalled on I/O or memory (PSI's ``full`` line,
@@ -35,10 +36,6 @@ from typing import Callable
 #: A wait is stretched by at most this many times its own length (a guest that gets a third of
 #: a CPU still meets every deadline; one that gets less is reported with the figure).
 EXTRA_AT_MOST = 2.0
-#: QEMU's vCPU threads are named ``CPU 0/TCG``, ``CPU 1/KVM`` ...; the main loop is the
-#: process's own thread.
-VCPU_PREFIX = "CPU "
-
 Sample = dict[str, float]
 
 
@@ -51,13 +48,11 @@ def _read(path: str) -> str:
 
 
 def _threads(pid: int) -> list[int]:
-    """The QEMU process's main thread and its vCPU threads."""
+    """The QEMU process's threads (a thread started later has no start to compare with)."""
     try:
-        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
     except (OSError, ValueError):
         return []
-    return [t for t in tids
-            if t == pid or _read(f"/proc/{pid}/task/{t}/comm").startswith(VCPU_PREFIX)]
 
 
 def _run_delay(pid: int, tid: int) -> float | None:
