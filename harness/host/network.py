@@ -51,7 +51,8 @@ from harness.core.text import shown
 from harness.host.nsholders import (PROC_NET, MountVisits, fd_namespace, more_open_files,
                                     nsfs_mounts, open_namespace, proc_net_problems,
                                     socket_namespaces, went_away)
-from harness.host.storage import (FORK_TABLE_MIN, MAX_FDS_READ, _copied, _has_children, _link,
+from harness.host.storage import (FDS_BUDGET, FORK_TABLE_MIN, MAX_FDS_READ, Budget, _copied,
+                                  _has_children, _link,
                                   _parent_table, mountinfos, tables_budget, tables_within,
                                   tasks_of, thread_tables)
 from harness.host.sysfs import Sysfs
@@ -368,12 +369,12 @@ def _search_held(fs: Sysfs, done: set, visits: MountVisits, early: dict,
                  if inode not in done}
         done |= fakes.keys()
         return list(fakes.values()), visits.went, problems
-    pins, went, found = {}, {}, {}
+    pins, went, found, silent = {}, {}, {}, []
     try:
         for inode, ways in held.items():  # (entered first, all at once: held by this
             if inode in done:             # process, none can go away while it is read)
                 continue
-            pin = early.pop(inode, None) or _pin(fs, inode, ways)
+            pin = early.pop(inode, None) or _pin(fs, inode, ways, silent)
             if isinstance(pin, tuple):
                 pins[inode] = pin
             elif pin is None:
@@ -400,8 +401,8 @@ def _search_held(fs: Sysfs, done: set, visits: MountVisits, early: dict,
     return list(found.values()), visits.went + list(went.values()), problems
 
 
-def _pin(fs: Sysfs, inode: str,
-         ways: list[tuple[str, Path]]) -> tuple[str, int] | Namespace | None:
+def _pin(fs: Sysfs, inode: str, ways: list[tuple[str, Path]],
+         silent: list[str]) -> tuple[str, int] | Namespace | None:
     """The first way into the namespace ``inode`` that opens, as (how it is held, an ``O_PATH``
     fd proven to be it: a process's ``/proc/PID/ns/net``, a thread's or an fd's link, a bind
     mount); else the first that could not be entered, as a namespace with that problem; None
@@ -414,17 +415,31 @@ def _pin(fs: Sysfs, inode: str,
     blocks root or a device whose open acts, ``/dev/watchdog``, over the nsfs mount seen a
     moment ago): it is reached with ``O_PATH``, which opens nothing, proven to be the
     namespace ``inode``, and entered through that fd (a process's too: ``nsenter -t PID``
-    would enter whatever namespace it has moved to since)."""
+    would enter whatever namespace it has moved to since).
+
+    A way whose lookup does not answer (a path on a FUSE mount of a daemon that stopped) costs
+    its bound once in a search: ``silent`` then names it, and no other way is tried in that
+    search (any user can bind a namespace's file on their FUSE mount a thousand times)."""
     failed = None
     for how, path in ways:
         where = path / "ns" / "net" if how.startswith("pid ") else path
-        try:
-            return how, open_namespace(fs, where, inode, "net")
-        except OSError as e:
-            if not went_away(e) and failed is None:
-                failed = Namespace(how, [], [], fs.path("ip", "nsfs", inode.strip("[]")))
-                failed.problems.append(f"network namespace {inode} ({how}) cannot be "
-                                       f"entered: {where}: {e.strerror or e}")
+        if silent:
+            why = f"not tried: {silent[0]} did not answer before, in this search"
+        else:
+            try:
+                return how, open_namespace(fs, where, inode, "net")
+            except TimeoutError as e:
+                silent.append(f"{where} ({how})")
+                why = f"{where}: {e}"
+            except OSError as e:
+                if went_away(e):
+                    continue
+                why = f"{where}: {e.strerror or e}"
+        if failed is None:
+            failed = Namespace(how, [], [], fs.path("ip", "nsfs", inode.strip("[]")))
+            failed.problems.append(f"network namespace {inode} ({how}) cannot be entered: {why}")
+        if silent:
+            break
     return failed
 
 
@@ -470,15 +485,7 @@ def _holders(fs: Sysfs, visits: MountVisits, problems: list[str],
         for kind, what, how, path in _held_by_process(fs, proc, problems, early, budget, fds):
             found[kind].append((what, how, path) if kind != "socket" else (what, path))
     problems += fds.problems()
-    for _, how, entry in found["path"]:
-        try:
-            if held := fd_namespace(fs, entry):
-                found[held[0]].append((held[1], how, entry))
-        except OSError as e:
-            if not went_away(e):  # (else closed meanwhile, as an fd that no longer reads)
-                problems.append(f"{how} may be a namespace's file, which cannot be told: "
-                                f"{e.strerror or e}: a network namespace held only by it "
-                                "would be missed")
+    _path_namespaces(fs, found, fds.budget, problems)
     infos = mountinfos(fs, problems)
     infos += visits.visit(infos, found["mnt"], problems)
     if fs.real_host:
@@ -487,6 +494,30 @@ def _holders(fs: Sysfs, visits: MountVisits, problems: list[str],
     for inode, how, path in found["net"] + nsfs_mounts(infos, fs.path(), "net"):
         held.setdefault(inode, []).append((how, path))
     return held, found["socket"]
+
+
+def _path_namespaces(fs: Sysfs, found: dict, budget: Budget, problems: list[str]) -> None:
+    """Of the open files whose link reads as a path (``found["path"]``), those that are a
+    namespace's file (:func:`fd_namespace`) go to ``found["net"]`` or ``found["mnt"]``,
+    within what is left of the search's fd ``budget``."""
+    paths = found["path"]
+    nsfs = os.stat(fs.proc("self", "ns", "net")).st_dev if paths else None
+    for n, (_, how, entry) in enumerate(paths):
+        if not budget.allows():
+            problems.append(f"{len(paths) - n} open files that may be namespaces' were not "
+                            f"looked at within {FDS_BUDGET:g} s: a network namespace held "
+                            "only by one would be missed")
+            break
+        try:
+            with budget.timing():
+                held = fd_namespace(fs, entry, nsfs)
+            if held:
+                found[held[0]].append((held[1], how, entry))
+        except OSError as e:
+            if not went_away(e):  # (else closed meanwhile, as an fd that no longer reads)
+                problems.append(f"{how} may be a namespace's file, which cannot be told: "
+                                f"{e.strerror or e}: a network namespace held only by it "
+                                "would be missed")
 
 
 class _FdsRead:
@@ -500,10 +531,12 @@ class _FdsRead:
     def __init__(self) -> None:
         self.left, self.skipped, self.first = MAX_FDS_READ, 0, ""
         self.tables: dict[int, dict[str, str]] = {}
+        #: Listing them and looking at those that are paths, in one search.
+        self.budget = Budget(FDS_BUDGET)
 
     def to_read(self, fs: Sysfs, proc: Path, entries: list[Path], own: bool) -> list[Path]:
         """Of the ``entries`` of a process's table (``own``) or a thread's, those to read."""
-        if len(entries) > self.left:
+        if len(entries) > self.left or not self.budget.allows():
             self.skipped, self.first = self.skipped + 1, self.first or f"pid {proc.name}"
             return []
         self.left -= len(entries)
@@ -521,9 +554,10 @@ class _FdsRead:
                                            and _copied(parent, pid, e.name, table[e.name]))]
 
     def problems(self) -> list[str]:
-        return [f"more than {MAX_FDS_READ} open files on the host: the fds of {self.first} "
-                f"and {self.skipped - 1} more processes were not read: a network namespace "
-                "held only there would be missed"] if self.skipped else []
+        return [f"more than {MAX_FDS_READ} open files on the host, or more than "
+                f"{FDS_BUDGET:g} s to read them: the fds of {self.first} and "
+                f"{self.skipped - 1} more were not read: a network namespace held only there "
+                "would be missed"] if self.skipped else []
 
 
 def _held_by_process(fs: Sysfs, proc: Path, problems: list[str], early=None,
@@ -565,8 +599,9 @@ def _held_by_process(fs: Sysfs, proc: Path, problems: list[str], early=None,
             continue
         if what == "fd" and fds is not None:  # (a thread's table is counted, not compared)
             entries = fds.to_read(fs, proc, entries, own=folder == "fd")
-        for entry in entries:
-            out += _held_by_entry(fs, proc, what, entry, inode, problems)
+        with fds.budget.timing() if fds is not None else contextlib.nullcontext():
+            for entry in entries:
+                out += _held_by_entry(fs, proc, what, entry, inode, problems)
     return out
 
 

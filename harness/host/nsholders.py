@@ -42,7 +42,8 @@ import time
 from pathlib import Path
 
 from harness.host import storage
-from harness.host.storage import cached_identity, cached_inode, call_within, unescape_mountinfo
+from harness.host.storage import (cached_identity, cached_inode, call_within, kernel_lines,
+                                  unescape_mountinfo)
 from harness.host.sysfs import Sysfs
 
 #: Run by the helper: enter the mount namespace of the (proven) fd ``argv[1]``, say so, and
@@ -133,10 +134,10 @@ def _on_fuse(entry: Path) -> bool:
     mount = re.search(r"^mnt_id:\s*(\d+)", info, re.M)
     return bool(mount) and any(
         line.split(maxsplit=1)[0] == mount[1]
-        and line.partition(" - ")[2].startswith("fuse") for line in mounts.splitlines())
+        and line.partition(" - ")[2].startswith("fuse") for line in kernel_lines(mounts))
 
 
-def fd_namespace(fs: Sysfs, entry: Path) -> tuple[str, str] | None:
+def fd_namespace(fs: Sysfs, entry: Path, nsfs: int | None = None) -> tuple[str, str] | None:
     """(kind, ``[N]``) of the network or mount namespace a process's fd ``entry``
     (``/proc/PID/fd/N``) holds when its link reads as a path: a namespace's file opened
     through its bind mount (as a container runtime keeps ``/var/run/netns/NAME``) reads as
@@ -149,8 +150,8 @@ def fd_namespace(fs: Sysfs, entry: Path) -> tuple[str, str] | None:
         if _on_fuse(entry):
             return None  # (FUSE refuses even root without allow_other; no namespace is there)
         raise
-    if device != os.stat(fs.proc("self", "ns", "net")).st_dev:
-        return None
+    if device != (nsfs if nsfs is not None else os.stat(fs.proc("self", "ns", "net")).st_dev):
+        return None  # (``nsfs``: that device, read once for many)
     fd = open_namespace(fs, entry, f"[{inode}]", "net")  # (nsfs and that inode, any kind)
     try:
         real = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)  # (proven nsfs)
@@ -370,7 +371,7 @@ def proc_net_problems(files: list[tuple[str, str, Path]], infos: list[tuple[Path
     procfs mount (``fdinfo``'s ``mnt_id``, from ``infos``) is not such a file at all, and is
     never stat'ed (a FUSE file named so would block the stat)."""
     mounts = {line.split(maxsplit=1)[0]: line.partition(" - ")[2].split()[:1]
-              for _, text in infos for line in text.splitlines()}
+              for _, text in infos for line in kernel_lines(text)}
     out = []
     for target, how, entry in files:
         rel, pid = PROC_NET.fullmatch(target)[1], entry.parent.parent.name
@@ -411,7 +412,7 @@ def nsfs_mounts(infos: list[tuple[Path, str]], root: Path, kind: str) -> list[tu
     out = []
     for proc, text in infos:
         base = proc / "root" if proc.name != "self" else root
-        for line in text.splitlines():
+        for line in kernel_lines(text):
             head, _, tail = line.partition(" - ")
             fields = head.split()
             if tail.split()[:1] == ["nsfs"] and len(fields) >= 5 and \

@@ -21,6 +21,7 @@ controller with ``no_host_filesystems = true``).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -60,9 +61,16 @@ def unescape_mountinfo(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
 
 
+def kernel_lines(text: str) -> list[str]:
+    """The lines of a file the kernel writes with ``\\n`` escaped in names (mountinfo, maps,
+    fdinfo): split on ``\\n`` alone; ``str.splitlines`` also splits on ``\\r``, U+2028 and
+    others, which a name may hold unescaped."""
+    return [line for line in text.split("\n") if line]
+
+
 def _parse_mountinfo(text: str) -> list[Mount]:
     out = []
-    for line in text.splitlines():
+    for line in text.split("\n"):
         head, _, tail = line.partition(" - ")
         fields, rest = head.split(), tail.split()
         if len(fields) >= 5 and len(rest) >= 2:
@@ -162,7 +170,7 @@ def remote_mount_ids(infos: list[tuple[Path, str]]) -> dict[str, bool]:
     device node there is a device only where the mount lets it be (root's mounts may)."""
     out = {}
     for _, text in infos:
-        for line in text.splitlines():
+        for line in text.split("\n"):
             fstype = line.partition(" - ")[2].split()[:1]
             if fstype and (fstype[0] in _NETWORK_FS or fstype[0].startswith("fuse")):
                 fields = line.split(" ")
@@ -173,7 +181,7 @@ def remote_mount_ids(infos: list[tuple[Path, str]]) -> dict[str, bool]:
 def mount_ids(infos: list[tuple[Path, str]]) -> set[str]:
     """The ids of every mount of every mount namespace: an open file whose mount id is in none
     sits on a mount that was detached (``umount -l``) while the file stayed open."""
-    return {line.split(maxsplit=1)[0] for _, text in infos for line in text.splitlines()
+    return {line.split(maxsplit=1)[0] for _, text in infos for line in text.split("\n")
             if line.strip()}
 
 
@@ -505,24 +513,47 @@ def tables_within(own: list[Path], who: tuple[int, str], budget: "list[int] | No
 _PCI_FILE_NAME = re.compile(r"resource\d+(?:_wc)?|config|rom|allocate|[0-9a-f]{2}\.[0-7]")
 
 
+class Budget:
+    """The seconds one kind of reading may take in all, in one read of the host, counted only
+    while that kind reads (the time other kinds take is not its: a host with many fds must not
+    leave its maps unread), and how many were left unread past it."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.spent, self.left_out = seconds, 0.0, 0
+
+    def allows(self) -> bool:
+        if self.spent >= self.seconds:
+            self.left_out += 1
+            return False
+        return True
+
+    @contextlib.contextmanager
+    def timing(self):
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.spent += time.monotonic() - t0
+
+
 def _ring_info(opened: "OpenFiles", fd: Path, who: tuple[int, str]) -> str | None:
     """A ring's fdinfo, through the bounded reader, all rings within :data:`RINGS_BUDGET`
     and :data:`MAX_RING_BYTES` each (the kernel renders a ring's whole table of files in
     one pass, and a user chooses how large it is); None, counted, past either."""
     info = fd.parent.parent / "fdinfo" / fd.name
-    if time.monotonic() > opened._rings_left[0] or opened._rings_left[1]:
-        opened._rings_left[1] += 1
+    if not opened._rings.allows():
         return None
     try:
-        data = opened.lookups.read(info, f"the io_uring of pid {who[0]} ({who[1]})",
-                                 MAX_RING_BYTES)
+        with opened._rings.timing():
+            data = opened.lookups.read(info, f"the io_uring of pid {who[0]} ({who[1]})",
+                                       MAX_RING_BYTES)
     except (FileNotFoundError, ProcessLookupError, NotLookedAt):
         return ""  # (closed since; or counted by the lookups)
     except (OSError, TimeoutError):
-        opened._rings_left[1] += 1
+        opened._rings.left_out += 1
         return None
     if len(data) > MAX_RING_BYTES:
-        opened._rings_left[1] += 1
+        opened._rings.left_out += 1
         return None
     return os.fsdecode(data)
 
@@ -531,17 +562,36 @@ def _registered(info: str) -> list[str]:
     """The files listed after an io_uring fdinfo's ``UserFiles:`` line, one per line as
     ``%5u: path`` (a slot of five digits or more has no space before it), until the next
     header; a path's newline is escaped (``\\012``)."""
-    lines = info.splitlines()
+    lines = info.split("\n")  # (not splitlines: \r, U+2028... are in names unescaped)
     start = next((i for i, line in enumerate(lines) if line.startswith("UserFiles:")), None)
     if start is None:
         return []
     files = []
     for line in lines[start + 1:]:
-        m = re.match(r"\s*\d+: (.+)$", line)
+        m = re.fullmatch(r"\s*\d+: (.*)", line)
         if not m:
             break
         files.append(m[1])
     return files
+
+
+#: What a registered slot may print that is no file of a folder: an empty slot, and (before
+#: Linux 6.14, which prints the name alone) a socket's or pipe's empty name or an anonymous
+#: inode's ``[eventfd]``; from 6.14, ``anon_inode:[...]``, ``socket:[N]``, ``pipe:[N]``.
+_NOT_A_FOLDERS_FILE = re.compile(r"|<none>|\[.*\]|(anon_inode|socket|pipe):.*")
+
+
+def _names_alone(opened: "OpenFiles", files: list[str], who: tuple[int, str]) -> None:
+    """Registered files a kernel before 6.14 names without their folder (``sdb``): which file
+    each is cannot be told (a disk's node, anywhere), so the ring's holder is a problem."""
+    names = sorted({f for f in files if not f.startswith("/")
+                    and not _NOT_A_FOLDERS_FILE.fullmatch(f)})
+    if names:
+        opened.problems.append(
+            f"pid {who[0]} ({who[1]}) has an io_uring with registered files this kernel names "
+            f"without their folder ({', '.join(map(repr, names[:3]))}"
+            f"{' and more' if len(names) > 3 else ''}; Linux 6.14 prints paths): which files "
+            "they are cannot be told")
 
 
 def _node_types(paths: list[str]) -> list:
@@ -565,6 +615,10 @@ MAX_MAPS_BYTES = 16 << 20
 #: The open files one read looks at in all: past this many (a user's forks, each keeping
 #: 20000 fds, would make the read take hours), the rest are a problem.
 MAX_FDS_READ = 1_000_000
+#: ... and the seconds reading them may take in all, in each read (80-180 us an fd on the
+#: reference machine under load, so 55,000-125,000 fds; a count alone let a user's million
+#: fds take minutes).
+FDS_BUDGET = 10.0
 #: A process's table of at least this many fds, and with children, is kept while the host is
 #: read: a fork's copy of it (a pre-forking server's workers; anyone's loop of ``fork``) is
 #: then told by ``kcmp`` and not read again, which any user could otherwise multiply.
@@ -603,18 +657,16 @@ def _copied(parent: tuple[int, dict], pid: int, fd: str, target: str) -> bool:
     return parent[1].get(fd) == target and _same(parent[0], pid, _KCMP_FILE, int(fd), int(fd))
 
 
-def _first_type(links: list[str], key: tuple[int, int, int] | None = None):
-    """:func:`node_type` through the first of ``links`` (the ways to one mapped file, one a
-    mapper; or an fd and its forks' copies) that still leads to that file (``key``: its maps
-    ``MAJ``, ``MIN`` and inode; a mapper may have mapped another file at those addresses
-    since; without it, the first still there), or the last error. When
-    none leads to it, what the first that answered leads to (the maps and the link may name
-    a file of a stacked filesystem differently: never less than before)."""
-    first, error = None, OSError(errno.ENOENT, "no mapper left")
+def _first_type(links: list[str], key: tuple[int, int, int]):
+    """:func:`node_type` of one mapped file (``key``: its maps ``MAJ``, ``MIN`` and inode)
+    through the first of ``links`` (one way through each mapper) that still leads to it: a
+    mapper may have mapped another file at those addresses since. An overlayfs of two
+    filesystems names the file by its own device in maps and by its layer's in a stat: when
+    no way matches both, a device node with the inode matches; when none does, what the
+    first that answered leads to; else the last error."""
+    answers, error = [], OSError(errno.ENOENT, "no mapper left")
     for link in links:
         try:
-            if key is None:  # (the first still there)
-                return node_type(link)
             got = _type_and_identity(link)
         except OSError as e:
             error = e
@@ -623,8 +675,28 @@ def _first_type(links: list[str], key: tuple[int, int, int] | None = None):
             continue
         if got[2] == (os.makedev(key[0], key[1]), key[2]):
             return got[:2]
-        first = first or got[:2]
-    return first or error
+        answers.append(got)
+    nodes = [got for got in answers if got[2][1] == key[2]
+             and (stat.S_ISBLK(got[0]) or stat.S_ISCHR(got[0]))]
+    return (nodes or answers)[0][:2] if answers else error
+
+
+def _held_type(ways: list[str], target: str):
+    """:func:`node_type` of an open file through the first of ``ways`` (an fd, and its forks'
+    copies of it, which were not read) that still links to ``target``, as the fd did when it
+    was read (a fork may have closed its copy and opened a log at that number since), or the
+    last error."""
+    error: OSError = OSError(errno.ENOENT, "closed since")
+    for way in ways:
+        try:
+            if os.readlink(way) != target:  # (no file server is asked for a link)
+                continue
+            return node_type(way)
+        except OSError as e:
+            error = e
+            if e.errno not in (errno.ENOENT, errno.ESRCH):
+                return e
+    return error
 
 
 def _type_and_identity(path: str) -> tuple[int, int, tuple[int, int]]:
@@ -730,7 +802,7 @@ def _mount_types(text: str) -> dict[str, str]:
     """``MAJ:MIN`` -> filesystem type of the mounts of a ``mountinfo``, with `` dev`` after
     it when one of them is not ``nodev`` (a node there may be a device)."""
     out: dict[str, str] = {}
-    for f in (line.split(" ") for line in text.splitlines()):
+    for f in (line.split(" ") for line in text.split("\n")):
         if "-" in f[3:] and len(f) > f.index("-") + 1 and not out.get(f[2], "").endswith(" dev"):
             out[f[2]] = f[f.index("-") + 1] + ("" if "nodev" in f[5].split(",") else " dev")
     return out
@@ -805,8 +877,8 @@ class OpenFiles:
         self._budget = tables_budget(fs)
         self._forks: dict[int, set[tuple[int, str]]] = {}  # pid -> forks that copied its fds
         self._fds_left = [MAX_FDS_READ, 0, None]  # (fds still to read; tables not read; first)
-        self._maps_left = [time.monotonic() + MAPS_BUDGET, 0]  # (until when; maps not read)
-        self._rings_left = [time.monotonic() + RINGS_BUDGET, 0]  # (until when; rings not read)
+        self._fds, self._maps, self._rings = (Budget(FDS_BUDGET), Budget(MAPS_BUDGET),
+                                              Budget(RINGS_BUDGET))
         self._remote_files: list[tuple[str, str, tuple[int, str]]] = []  # (_remote_numbers)
         tables: dict[int, dict[str, str]] = {}  # (of processes with children: :func:`_copied`)
         try:
@@ -847,27 +919,28 @@ class OpenFiles:
             problems.append(f"the open files of {whose} cannot be read ({e.strerror}): run as "
                             "root")
             return {}
-        if len(fds) > self._fds_left[0]:
+        if len(fds) > self._fds_left[0] or not self._fds.allows():
             self._fds_left[1:] = self._fds_left[1] + 1, self._fds_left[2] or whose
             return {}  # (a problem, counted: the read stops looking)
         self._fds_left[0] -= len(fds)
-        table = {fd.name: target for fd in fds if (target := _link(fd)) is not None}
-        for fd in (fd for fd in fds if fd.name in table):
-            if parent and _copied(parent, who[0], fd.name, table[fd.name]):
-                self._forks.setdefault(parent[0], set()).add(who)
-            else:
-                self._add(fs, fd, who, table[fd.name])
+        with self._fds.timing():
+            table = {fd.name: target for fd in fds if (target := _link(fd)) is not None}
+            for fd in (fd for fd in fds if fd.name in table):
+                if parent and _copied(parent, who[0], fd.name, table[fd.name]):
+                    self._forks.setdefault(parent[0], set()).add(who)
+                else:
+                    self._add(fs, fd, who, table[fd.name])
         return table
 
     def _add_maps(self, proc: Path, who: tuple[int, str], problems: list[str]) -> None:
         """The files a process has mapped (``/proc/PID/maps``): a mapping holds a file after
         its fd is closed (a user-space driver's mmap of a BAR, ``resource0``)."""
-        if time.monotonic() > self._maps_left[0] or self._maps_left[1]:
-            self._maps_left[1] += 1  # (past the budget: a problem, counted)
+        if not self._maps.allows():  # (past the budget: a problem, counted)
             return
         try:  # (a path is any bytes another user chose: as the kernel has it, not UTF-8)
-            data = self.lookups.read(proc / "maps", f"the maps of pid {who[0]} ({who[1]})",
-                                     MAX_MAPS_BYTES)
+            with self._maps.timing():
+                data = self.lookups.read(proc / "maps", f"the maps of pid {who[0]} "
+                                         f"({who[1]})", MAX_MAPS_BYTES)
             if len(data) > MAX_MAPS_BYTES:
                 raise OSError(errno.EFBIG, f"more than {MAX_MAPS_BYTES >> 20} MB of mappings")
             text = os.fsdecode(data)
@@ -885,7 +958,7 @@ class OpenFiles:
                                 errno.EACCES, errno.EPERM) else ": which files it maps is "
                                 "unknown"))
             return
-        for line in text.splitlines():
+        for line in text.split("\n"):
             fields = line.split(None, 5)
             if len(fields) == 6 and fields[5].startswith("/"):
                 self._add_mapped(proc, fields, who)
@@ -957,6 +1030,7 @@ class OpenFiles:
             self.problems.append(f"pid {who[0]} ({who[1]}) has an io_uring with {count[1]} "
                                  "registered files the kernel did not list (the ring was busy, "
                                  "or its table is sparse): which files it uses is unknown")
+        _names_alone(self, files, who)
         paths = list(dict.fromkeys(  # (many slots may hold one file; the kernel escapes
             re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)),  # " \t\n\\" as \040...)
                    f.removesuffix(" (deleted)")) for f in files if f.startswith("/")))
@@ -970,6 +1044,7 @@ class OpenFiles:
     def _add_anonymous(self, target: str, who: tuple[int, str]) -> None:
         """A registered file with no path: a vfio device or a GPIO line request holds its
         device (which one, the ring's fdinfo does not say); a socket, pipe, eventfd... none."""
+        target = f"anon_inode:{target}" if target.startswith("[") else target  # (before 6.14)
         if target == "anon_inode:[vfio-device]":
             self.vfio_unnamed.add(who)
         elif target in _GPIO_REQUESTS:
@@ -1062,19 +1137,19 @@ def _finish(opened: "OpenFiles", fs: Sysfs, problems: list[str]) -> None:
             opened._add_number(mode, rdev, w)
     _remote_numbers(opened, problems)
     problems += opened.lookups.problems()
-    if opened._rings_left[1]:
-        problems.append(f"{opened._rings_left[1]} io_uring(s) whose registered files were not "
+    if opened._rings.left_out:
+        problems.append(f"{opened._rings.left_out} io_uring(s) whose registered files were not "
                         f"read within {RINGS_BUDGET:g} s for all, {MAX_RING_BYTES >> 20} MB "
                         "each: which files they use is unknown")
-    if opened._maps_left[1]:
+    if opened._maps.left_out:
         problems.append(f"the mapped files of all processes took more than {MAPS_BUDGET:g} s "
-                        f"to read: {opened._maps_left[1]} processes' were not read, which files "
+                        f"to read: {opened._maps.left_out} processes' were not read, which files "
                         "they map is unknown")
     left, first = opened._fds_left[1:]
     if left:
-        problems.append(f"more than {MAX_FDS_READ} open files on the host: the tables of "
-                        f"{first} and {left - 1} more were not read: which files they hold "
-                        "is unknown")
+        problems.append(f"more than {MAX_FDS_READ} open files on the host, or more than "
+                        f"{FDS_BUDGET:g} s to read them: the tables of {first} and {left - 1} "
+                        "more were not read: which files they hold is unknown")
     for inode in sorted(set(opened._rings_mapped) - opened._rings_held):
         pid, comm = opened._rings_mapped[inode]
         problems.append(f"pid {pid} ({comm}) maps an io_uring (inode {inode}) that no "
@@ -1093,7 +1168,8 @@ def _remote_numbers(opened: "OpenFiles", problems: list[str]) -> None:
                     for pid, _ in sorted(opened._forks.get(who[0], ()))]  # copy, not read: the
             for fd, _, who in files]                                      # parent may close it)
     try:
-        found = opened.lookups.within(lambda: [_first_type(w) for w in ways],
+        found = opened.lookups.within(lambda: [_held_type(w, target) for w, (_, target, _)
+                                               in zip(ways, files)],
                                       "the files open on network and FUSE mounts")
     except NotLookedAt:
         return
