@@ -298,8 +298,9 @@ def _read_all(fs: Sysfs, problems: list[str], alone: bool) -> list[Namespace]:
             done.add(inode)
     if None in done or not alone:  # a bare fake with no namespace of its own
         return out
+    fds = _FdsRead()  # (one budget of fds for all searches: a user who made one slow)
     for _ in range(1 + RESEARCHES):
-        found, went, said = _search(fs, done)
+        found, went, said = _search(fs, done, fds)
         out += found
         problems += [p for p in said if p not in problems]
         if not went:
@@ -345,7 +346,7 @@ def _alone(fs: Sysfs, problems: list[str]):
 NAMESPACES_BUDGET = 30.0
 
 
-def _search(fs: Sysfs, done: set) -> tuple[list[Namespace], list[str], list[str]]:
+def _search(fs: Sysfs, done: set, fds: "_FdsRead") -> tuple[list[Namespace], list[str], list[str]]:
     """One search of every holder: (the network namespaces it finds that are not in ``done``,
     read, and added to it; what went away between being seen and being entered; the
     problems)."""
@@ -353,17 +354,17 @@ def _search(fs: Sysfs, done: set) -> tuple[list[Namespace], list[str], list[str]
     early: dict[str, tuple[str, int]] = {}
     try:
         with MountVisits(fs) as visits:
-            return _search_held(fs, done, visits, early, problems)
+            return _search_held(fs, done, visits, early, problems, fds)
     finally:
         for _, fd in early.values():
             os.close(fd)
 
 
-def _search_held(fs: Sysfs, done: set, visits: MountVisits, early: dict,
-                 problems: list[str]) -> tuple[list[Namespace], list[str], list[str]]:
+def _search_held(fs: Sysfs, done: set, visits: MountVisits, early: dict, problems: list[str],
+                 fds: "_FdsRead") -> tuple[list[Namespace], list[str], list[str]]:
     """:func:`_search`, given the visits of mount namespaces and the fds of the namespaces
     processes live in, opened as they were seen (``early``: inode -> (how, fd); taken)."""
-    held, sockets = _holders(fs, visits, problems, early if fs.real_host else None)
+    held, sockets = _holders(fs, visits, problems, early if fs.real_host else None, fds)
     if not fs.real_host:
         fakes = {inode: _held_namespace(fs, inode, ways) for inode, ways in held.items()
                  if inode not in done}
@@ -470,21 +471,22 @@ def _named_namespace(fs: Sysfs, name: str, inode: str | None) -> Namespace | Non
 
 
 def _holders(fs: Sysfs, visits: MountVisits, problems: list[str],
-             early: dict | None = None) -> tuple[dict, list]:
+             early: dict | None = None, fds: "_FdsRead | None" = None) -> tuple[dict, list]:
     """({namespace: [(how it is held, the path that enters it)]} for every network namespace
     a process, thread, nsfs fd or nsfs mount holds, and the (link, path) of every socket and
     tun fd, whose namespaces only the kernel can tell; an open ``/proc/PID/net`` file of a
     namespace that cannot be named is a problem. Mount namespaces no process is in (held
     by an nsfs ``mnt:`` fd, thread link or mount) are visited for their nsfs mounts. With
     ``early``, the namespace each process lives in is opened as it is seen (:func:`_live_in`),
-    its fd kept there: a sandbox that ends right after cannot take it away unseen."""
+    its fd kept there: a sandbox that ends right after cannot take it away unseen. ``fds``:
+    the read's (:class:`_FdsRead`, shared by its searches)."""
     found: dict[str, list] = {"net": [], "mnt": [], "socket": [], "procnet": [], "path": []}
     budget = tables_budget(fs)
-    fds = _FdsRead()
+    fds = fds or _FdsRead()
     for proc in sorted(fs.proc().glob("[0-9]*"), key=lambda p: int(p.name)):
         for kind, what, how, path in _held_by_process(fs, proc, problems, early, budget, fds):
             found[kind].append((what, how, path) if kind != "socket" else (what, path))
-    problems += fds.problems()
+    problems += fds.problems(new=True)
     _path_namespaces(fs, found, fds.budget, problems)
     infos = mountinfos(fs, problems)
     infos += visits.visit(infos, found["mnt"], problems)
@@ -529,7 +531,7 @@ class _FdsRead:
     parent's holds)."""
 
     def __init__(self) -> None:
-        self.left, self.skipped, self.first = MAX_FDS_READ, 0, ""
+        self.left, self.skipped, self.first, self._said = MAX_FDS_READ, 0, "", False
         self.tables: dict[int, dict[str, str]] = {}
         #: Listing them and looking at those that are paths, in one search.
         self.budget = Budget(FDS_BUDGET)
@@ -553,7 +555,12 @@ class _FdsRead:
         return [e for e in entries if not (parent and e.name in table
                                            and _copied(parent, pid, e.name, table[e.name]))]
 
-    def problems(self) -> list[str]:
+    def problems(self, new: bool = False) -> list[str]:
+        """The problem of fds not read; with ``new``, only once in the read (its searches
+        share the budget: a later one leaves out what the first left out, and more)."""
+        if new and self._said:
+            return []
+        self._said = bool(self.skipped)
         return [f"more than {MAX_FDS_READ} open files on the host, or more than "
                 f"{FDS_BUDGET:g} s to read them: the fds of {self.first} and "
                 f"{self.skipped - 1} more were not read: a network namespace held only there "

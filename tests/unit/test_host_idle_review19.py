@@ -210,9 +210,9 @@ def test_2_namespaces_that_end_in_each_search_leave_the_nics_provable(monkeypatc
     sandboxes: list[tuple[subprocess.Popen, str]] = []
     real_search, real_open = network._search, network.open_namespace
 
-    def search(fs, done):
+    def search(fs, done, *fds):
         sandboxes.append(_sandbox())
-        return real_search(fs, done)
+        return real_search(fs, done, *fds)
 
     def open_namespace(fs, path, inode, kind):
         for proc, theirs in sandboxes:
