@@ -483,6 +483,7 @@ def _holders(fs: Sysfs, visits: MountVisits, problems: list[str],
     found: dict[str, list] = {"net": [], "mnt": [], "socket": [], "procnet": [], "path": []}
     budget = tables_budget(fs)
     fds = fds or _FdsRead()
+    fds.left = MAX_FDS_READ  # (a count for each search; the time is the read's)
     for proc in sorted(fs.proc().glob("[0-9]*"), key=lambda p: int(p.name)):
         for kind, what, how, path in _held_by_process(fs, proc, problems, early, budget, fds):
             found[kind].append((what, how, path) if kind != "socket" else (what, path))
