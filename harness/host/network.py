@@ -550,11 +550,12 @@ class _FdsRead:
         keep = fs.real_host and len(entries) >= FORK_TABLE_MIN and _has_children(proc)
         if not (parent or keep):
             return entries
-        table = {e.name: t for e in entries if (t := _link(e)) is not None}
-        if keep:
-            self.tables[pid] = table
-        return [e for e in entries if not (parent and e.name in table
-                                           and _copied(parent, pid, e.name, table[e.name]))]
+        with self.budget.timing():  # (comparing a fork's table costs as reading it would)
+            table = {e.name: t for e in entries if (t := _link(e)) is not None}
+            if keep:
+                self.tables[pid] = table
+            return [e for e in entries if not (parent and e.name in table
+                                               and _copied(parent, pid, e.name, table[e.name]))]
 
     def problems(self, new: bool = False) -> list[str]:
         """The problem of fds not read; with ``new``, only once in the read (its searches
