@@ -127,22 +127,28 @@ def test_1_a_disk_a_fork_holds_through_a_node_on_a_fuse_mount_stays_in_use(
             worker = int(server.stdout.readline())
             if worker < server.pid:
                 pytest.skip("pids wrapped between the server and its worker")
-            queued = storage._remote_numbers
-
-            def after_the_parent_let_go(*args):  # (at the queued lookups: the end of the read)
-                server.stdin.write("\n")
-                server.stdin.flush()
-                assert server.stdout.readline().strip() == "done"
-                return queued(*args)
-
-            monkeypatch.setattr(storage, "_remote_numbers", after_the_parent_let_go)
-            view = StorageView.read(Sysfs("/"))
+            view = read_as_the_parent_lets_go(monkeypatch, server)
             assert os.path.exists(f"/proc/{worker}/fd")  # (the worker holds it all along)
         finally:
             os.killpg(server.pid, signal.SIGKILL)  # (the worker too: its group)
             server.wait()
     seen = view.use_of_block(name) + view.problems
     assert any(f"pid {worker} " in u for u in seen), seen
+
+
+def read_as_the_parent_lets_go(monkeypatch, server: subprocess.Popen) -> StorageView:
+    """The host's storage read, the forking ``server`` told (a line) to close its own copy at
+    the read's queued lookups (the end of the read), which it answers ``done``."""
+    queued = storage._remote_numbers
+
+    def after_the_parent_let_go(*args):
+        server.stdin.write("\n")
+        server.stdin.flush()
+        assert server.stdout.readline().strip() == "done"
+        return queued(*args)
+
+    monkeypatch.setattr(storage, "_remote_numbers", after_the_parent_let_go)
+    return StorageView.read(Sysfs("/"))
 
 
 # -- 2. a holder's mount table read again, whole, for each of its processes and each file ------

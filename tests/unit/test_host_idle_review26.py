@@ -61,7 +61,7 @@ from .fusestub import FuseStub
 from .test_host_idle_review19 import fuse_in_a_folder
 from .test_host_idle_review23 import FORKER, PYTHON, read_beside
 from .test_host_idle_review24 import _node_fuse
-from .test_host_idle_review25 import REMAP_NODE
+from .test_host_idle_review25 import REMAP_NODE, read_as_the_parent_lets_go
 from .test_paths import as_root
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
@@ -199,16 +199,7 @@ def test_2_a_disk_a_second_fork_holds_through_a_node_on_a_fuse_mount_stays_in_us
             one, two = (int(p) for p in server.stdout.readline().split())
             if not server.pid < one < two:
                 pytest.skip("pids wrapped between the server and its workers")
-            queued = storage._remote_numbers
-
-            def after_the_parent_let_go(*args):  # (at the queued lookups: the end of the read)
-                server.stdin.write("\n")
-                server.stdin.flush()
-                assert server.stdout.readline().strip() == "done"
-                return queued(*args)
-
-            monkeypatch.setattr(storage, "_remote_numbers", after_the_parent_let_go)
-            view = StorageView.read(Sysfs("/"))
+            view = read_as_the_parent_lets_go(monkeypatch, server)
             assert os.path.exists(f"/proc/{two}/fd")  # (the second holds it all along)
         finally:
             os.killpg(server.pid, signal.SIGKILL)  # (the workers too: its group)
