@@ -117,6 +117,10 @@ def meter(pid: int) -> Meter:
     return Meter(sample(pid), lambda: sample(pid))
 
 
-def meters(pid: int | None) -> Callable[[], Meter] | None:
+#: What a guest's waits are given (:func:`meters`), or None.
+Meters = Callable[[], Meter] | None
+
+
+def meters(pid: int | None) -> Meters:
     """What a guest's waits are given: a new meter for each wait (None without a process)."""
     return None if pid is None or not Path(f"/proc/{pid}").exists() else (lambda: meter(pid))

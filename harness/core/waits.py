@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from harness.core.contention import EXTRA_AT_MOST, Meter
+from harness.core.contention import EXTRA_AT_MOST, Meters
 from harness.core.errors import GuestCheckError, WaitTimeout
 
 #: What a check may raise and still be tried again: "not yet", not "broken".
@@ -29,7 +29,7 @@ class Deadline:
     True
     """
 
-    def __init__(self, seconds: float, meters: Callable[[], Meter] | None = None):
+    def __init__(self, seconds: float, meters: Meters = None):
         self.seconds, self.t0 = seconds, time.monotonic()
         self.meter = meters() if meters else None
         self.extra = 0.0
@@ -82,7 +82,7 @@ def wait_progress(what: str, count: Callable[[], int], want: int, *, stall: floa
 
 def wait_until(what: str, check: Callable[[], object], timeout: float, interval: float = 0.1,
                retry_on: tuple[type[BaseException], ...] = RETRY_ON,
-               meters: Callable[[], Meter] | None = None):
+               meters: Meters = None):
     """The one retry helper: poll ``check`` until truthy; on the deadline, say what was awaited
     and what was last seen. ``meters``: a guest's (:class:`Deadline`)."""
     deadline = Deadline(timeout, meters)

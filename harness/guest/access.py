@@ -31,11 +31,8 @@ import pexpect
 import pexpect.spawnbase
 
 from harness.core.errors import GuestCheckError, GuestDiedError, LabError, WaitTimeout, tail
-from harness.core.contention import Meter
+from harness.core.contention import Meters
 from harness.core.waits import Deadline, wait_progress, wait_until
-
-#: A guest's meters of lost time (harness.core.contention), or None.
-Meters = Callable[[], Meter] | None
 
 
 @dataclasses.dataclass(frozen=True)
