@@ -52,9 +52,8 @@ from harness.host.nsholders import (PROC_NET, MountVisits, fd_namespace, more_op
                                     nsfs_mounts, open_namespace, proc_net_problems,
                                     socket_namespaces, went_away)
 from harness.host.storage import (FDS_BUDGET, FORK_TABLE_MIN, MAX_FDS_READ, Budget, _copied,
-                                  _has_children, _link,
-                                  _parent_table, mountinfos, tables_budget, tables_within,
-                                  tasks_of, thread_tables)
+                                  _has_children, _link, _parent_table, mountinfos,
+                                  tables_budget, tables_within, tasks_of, thread_tables)
 from harness.host.sysfs import Sysfs
 
 #: The harness's own network namespace, as :class:`NetView` names it.
