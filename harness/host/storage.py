@@ -70,7 +70,7 @@ def kernel_lines(text: str) -> list[str]:
 
 def _parse_mountinfo(text: str) -> list[Mount]:
     out = []
-    for line in text.split("\n"):
+    for line in kernel_lines(text):
         head, _, tail = line.partition(" - ")
         fields, rest = head.split(), tail.split()
         if len(fields) >= 5 and len(rest) >= 2:
@@ -170,7 +170,7 @@ def remote_mount_ids(infos: list[tuple[Path, str]]) -> dict[str, bool]:
     device node there is a device only where the mount lets it be (root's mounts may)."""
     out = {}
     for _, text in infos:
-        for line in text.split("\n"):
+        for line in kernel_lines(text):
             fstype = line.partition(" - ")[2].split()[:1]
             if fstype and (fstype[0] in _NETWORK_FS or fstype[0].startswith("fuse")):
                 fields = line.split(" ")
@@ -181,7 +181,7 @@ def remote_mount_ids(infos: list[tuple[Path, str]]) -> dict[str, bool]:
 def mount_ids(infos: list[tuple[Path, str]]) -> set[str]:
     """The ids of every mount of every mount namespace: an open file whose mount id is in none
     sits on a mount that was detached (``umount -l``) while the file stayed open."""
-    return {line.split(maxsplit=1)[0] for _, text in infos for line in text.split("\n")
+    return {line.split(maxsplit=1)[0] for _, text in infos for line in kernel_lines(text)
             if line.strip()}
 
 
@@ -802,7 +802,7 @@ def _mount_types(text: str) -> dict[str, str]:
     """``MAJ:MIN`` -> filesystem type of the mounts of a ``mountinfo``, with `` dev`` after
     it when one of them is not ``nodev`` (a node there may be a device)."""
     out: dict[str, str] = {}
-    for f in (line.split(" ") for line in text.split("\n")):
+    for f in (line.split(" ") for line in kernel_lines(text)):
         if "-" in f[3:] and len(f) > f.index("-") + 1 and not out.get(f[2], "").endswith(" dev"):
             out[f[2]] = f[f.index("-") + 1] + ("" if "nodev" in f[5].split(",") else " dev")
     return out
@@ -958,7 +958,7 @@ class OpenFiles:
                                 errno.EACCES, errno.EPERM) else ": which files it maps is "
                                 "unknown"))
             return
-        for line in text.split("\n"):
+        for line in kernel_lines(text):
             fields = line.split(None, 5)
             if len(fields) == 6 and fields[5].startswith("/"):
                 self._add_mapped(proc, fields, who)
