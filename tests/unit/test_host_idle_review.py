@@ -416,6 +416,7 @@ def _readable(ns) -> bool:
     return ns is not None and not ns.problems and "lo" in ns.links
 
 
+@pytest.mark.xdist_group("real-host-namespaces")
 def test_on_this_host_a_namespace_held_only_by_an_open_fd_is_entered(lone_namespace):
     proc, path = lone_namespace
     fd = os.open(path, os.O_RDONLY)
@@ -427,6 +428,7 @@ def test_on_this_host_a_namespace_held_only_by_an_open_fd_is_entered(lone_namesp
         os.close(fd)
 
 
+@pytest.mark.xdist_group("real-host-namespaces")
 def test_on_this_host_a_namespace_only_a_thread_lives_in_is_entered():
     """A thread of this process moves to a new namespace (unshare(CLONE_NEWNET)); the process
     itself stays in the host's."""
@@ -451,6 +453,7 @@ def test_on_this_host_a_namespace_only_a_thread_lives_in_is_entered():
         t.join()
 
 
+@pytest.mark.xdist_group("real-host-namespaces")
 def test_on_this_host_a_namespace_bind_mounted_anywhere_is_entered(lone_namespace, tmp_path):
     proc, path = lone_namespace
     target = tmp_path / "a netns"

@@ -185,6 +185,7 @@ exec sleep 300
 """
 
 
+@pytest.mark.xdist_group("real-host-namespaces")
 @as_root
 def test_3_roots_nsenter_never_opens_a_path_in_another_users_mount_namespace(shared_tmp):
     """nobody, in a user and mount namespace of their own, bind-mounts a new network namespace

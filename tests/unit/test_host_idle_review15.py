@@ -35,6 +35,9 @@ from .test_host_idle_review3 import PORT1
 from .test_paths import as_root
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
+#: The silent-FUSE tests read this host's /proc whole: a neighbour of many fds or namespaces (the
+#: other real-host tests) spends the read's budgets before it reaches their holder.
+REAL_HOST = pytest.mark.xdist_group("real-host-namespaces")
 
 
 @pytest.mark.parametrize("how", ["fd", "maps"])
@@ -102,6 +105,7 @@ def silent_fuse(tmp_path):
         yield holder
 
 
+@REAL_HOST
 @as_root
 def test_2_a_file_on_a_detached_fuse_mount_with_a_silent_daemon_does_not_hang_the_read(
         silent_fuse):
@@ -113,6 +117,7 @@ def test_2_a_file_on_a_detached_fuse_mount_with_a_silent_daemon_does_not_hang_th
     assert took < storage.DETACHED_STAT_TIMEOUT  # from the cache, without a wait
 
 
+@REAL_HOST
 @as_root
 def test_2_a_filesystem_that_ignores_dont_sync_costs_a_bounded_wait_and_proves_nothing(
         silent_fuse, monkeypatch):
