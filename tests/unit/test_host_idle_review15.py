@@ -108,8 +108,11 @@ def silent_fuse(tmp_path):
 @REAL_HOST
 @as_root
 def test_2_a_file_on_a_detached_fuse_mount_with_a_silent_daemon_does_not_hang_the_read(
-        silent_fuse):
-    view, took = _read_storage(60)
+        silent_fuse, monkeypatch):
+    # (a wait on the daemon would take the whole bound: 30 s tells it from a slow read of a
+    # loaded host, which 5 s did not)
+    monkeypatch.setattr(storage, "DETACHED_STAT_TIMEOUT", 30.0)
+    view, took = _read_storage(90)
     assert view is not None, "the host's storage read hung on the silent FUSE daemon"
     assert any(who[0] == silent_fuse.pid for who in view.opened.paths.get("/f", ())), \
         "the held file is missing from the open files"
