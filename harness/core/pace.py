@@ -145,6 +145,11 @@ LAB_SILENCE = 300.0
 #: (an L2 boot of 83-155 s, then commands of 6-12 s each over the console) passed 300 s
 #: without a line; that mode does not wedge the lab host, so a long silence costs little.
 LAB_SILENCE_NESTED_TCG = 900.0
+#: Once the lab host's job beats (harness.lab.host.HEARTBEAT, every 20 s), a healthy L1 never
+#: leaves it and its console both silent for long: this many seconds (6 beats missed) of both
+#: means hung. A wedge that stops the console mid-test used to cost the whole silence deadline
+#: (324 s in one `.ci/run`) before the lab ran again for the tests left.
+LAB_BEAT_STOPPED = 120.0
 #: A guest command's default deadline, and the default deadline of an unplug in a scenario.
 COMMAND = 30.0
 UNPLUG = 20.0

@@ -106,11 +106,13 @@ class LabHost:
     """One L1 QEMU process running one job, its console copied to a log and to ``echo``."""
 
     def __init__(self, argv: list[str], workdir: Path, *, boot_timeout: float,
-                 silence_timeout: float, echo=None):
+                 silence_timeout: float, beat_timeout: float | None = None, echo=None):
         """``boot_timeout``: QEMU start to "lab: ready" (a lab not up by then hangs in its
         boot and would otherwise be noticed only at --lab-timeout). ``silence_timeout``: after
         "lab: ready" the run inside prints at least a character a test; a lab host silent for
-        this long is hung (seen once: nested KVM on TCG wedged L1), not slow."""
+        this long is hung (seen once: nested KVM on TCG wedged L1), not slow.
+        ``beat_timeout``: once the job's heartbeat has come, the silence deadline is at most
+        this (a healthy job beats every HEARTBEAT_SECONDS whatever its tests print)."""
         self.argv = argv
         self.boot_timeout = boot_timeout
         self.silence_timeout = silence_timeout
@@ -118,6 +120,7 @@ class LabHost:
         self.console_log = workdir / "console.log"
         self.heartbeat = workdir / HEARTBEAT
         self._beat = ""
+        self.beat_timeout = beat_timeout
         self.qemu_log = workdir / "qemu.log"
         self.echo = echo
         self.qemu = QemuProcess(argv, self.qemu_log)
@@ -205,8 +208,11 @@ class LabHost:
                            hint="nested KVM on TCG stops now and then with a CPU stuck in the L2 "
                                 "guest's QEMU (docs/lab.md); `make lab` and `make lab-smoke` run "
                                 "the lab again, 3 runs at most")
-        if "ready" in self.marks and now > heard + self.silence_timeout:
-            raise LabError(f"the lab host has printed nothing for {self.silence_timeout:g} s"
+        silence = self.silence_timeout
+        if self._beat and self.beat_timeout is not None:
+            silence = min(silence, self.beat_timeout)
+        if "ready" in self.marks and now > heard + silence:
+            raise LabError(f"the lab host has printed nothing for {silence:g} s"
                            f" and its job's heartbeat stopped: it is hung (console: "
                            f"{self.console_log})",
                            hint="the guests of the test that was running are in the run "

@@ -66,10 +66,13 @@ def _boot_and_wait(opt, image, l1_qemu, guest, workdir: Path, shares, job: Path,
     boot_timeout = host_pace(pace.LAB_BOOT)
     silence_timeout = host_pace(pace.LAB_SILENCE_NESTED_TCG if l2_accel == "tcg"
                                 else pace.LAB_SILENCE)
+    beat_timeout = host_pace(pace.LAB_BEAT_STOPPED)
     echo(f"hotplug-harness: {host_pace.describe()}; lab host deadlines: ready {boot_timeout:g} s, "
-         f"silence {silence_timeout:g} s (guests under {l2_accel})")
+         f"silence {silence_timeout:g} s, {beat_timeout:g} s once its job beats (guests under "
+         f"{l2_accel})")
     host = LabHost(lab_argv(image, l1_qemu.argv(), workdir, shares, job), workdir, echo=echo,
-                   boot_timeout=boot_timeout, silence_timeout=silence_timeout)
+                   boot_timeout=boot_timeout, silence_timeout=silence_timeout,
+                   beat_timeout=beat_timeout)
     try:
         qemu_status = host.run(time.monotonic() + opt.lab_timeout)
     except HarnessError as e:
@@ -78,7 +81,8 @@ def _boot_and_wait(opt, image, l1_qemu, guest, workdir: Path, shares, job: Path,
     figures = {"lab_boot_seconds": host.marks.get("ready"), "lab_qemu": l1_qemu.version,
                "wall_seconds": round(time.monotonic() - t0, 1), "qemu_exit_status": qemu_status,
                "host_pace": dataclasses.asdict(host_pace),
-               "host_deadlines": {"lab_ready": boot_timeout, "lab_silence": silence_timeout},
+               "host_deadlines": {"lab_ready": boot_timeout, "lab_silence": silence_timeout,
+                                  "lab_beat_stopped": beat_timeout},
                "inside": _read_json(workdir / INSIDE_FIGURES)}
     (workdir / "lab.json").write_text(json.dumps(figures, indent=2) + "\n")
     return _outcome(workdir, host, figures, echo)

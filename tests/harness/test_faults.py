@@ -191,6 +191,27 @@ def test_lab_host_that_prints_nothing_but_beats_is_not_taken_for_hung(tmp_path):
     assert "printed nothing for 2 s and its job's heartbeat stopped" in message
 
 
+def test_lab_host_whose_job_stopped_beating_is_stopped_before_the_silence_deadline(tmp_path):
+    """Once the job beats, the lab host and its heartbeat both silent for the beat deadline is
+    hung, however long the silence deadline (300 s x factor: what a mid-test wedge used to
+    cost before the lab ran again). Before the first beat, the silence deadline holds."""
+    import time
+
+    from harness.lab.host import HEARTBEAT
+
+    (tmp_path / HEARTBEAT).write_text("12.00 0.00\n")
+    host = _lab_host_with_console(tmp_path, "lab: ready uptime=1.00 kernel=test kvm=no\n",
+                                  silence_timeout=600, beat_timeout=2)
+    t0 = time.monotonic()
+    assert "printed nothing for 2 s and its job's heartbeat stopped" in _stopped_with(host)
+    assert time.monotonic() - t0 >= 2
+    (tmp_path / HEARTBEAT).unlink()
+    (tmp_path / "never-beat").mkdir()
+    host = _lab_host_with_console(tmp_path / "never-beat", "lab: ready uptime=1.00 kernel=test kvm=no\n",
+                                  silence_timeout=3, beat_timeout=1)
+    assert "printed nothing for 3 s" in _stopped_with(host)
+
+
 def test_lab_hosts_job_beats_while_its_pytest_runs(tmp_path):
     """The job starts its heartbeat before its pytest and ends it after; the heartbeat is
     Python (the lab host has no coreutils: a shell loop without sleep spun, Dec 5) and
