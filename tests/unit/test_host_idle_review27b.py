@@ -1,0 +1,185 @@
+"""Issue 31, twenty-seventh adversarial read (b: network, safety, binding, sysfs, USB, device
+classes, the root-owned paths of the state cache and the journal; storage left to another
+read). What it found, one section below each (the docstring of each test says the host shape,
+the path and the result on 6d5d590):
+
+1. (a) a NIC whose MDIO bus carries the PHY of *another* function's interface reads idle, and
+   is taken: :class:`harness.host.safety._Subtree` files the PHY (a device on ``mdio_bus``,
+   bound to its PHY driver) under :data:`~harness.host.safety._BUSES_JUDGED`, on the word that
+   "it serves the NIC's own interfaces". The kernel says whose it is (``attached_dev``, the
+   netdev phylib attached it to); one MDIO bus serving several MACs is a known shape (ixgbe's
+   X550EM_A: "up to 4 MACs sharing a single MDIO bus", registered on the lowest function only;
+   stmmac/dwmac boards whose second MAC's PHY hangs off the first MAC's bus). Unbinding the
+   function removes its MDIO bus, and with it the PHY under the other port, which is up and
+   carrying traffic.
+2. (a) a USB MIDI device that a program uses through the ALSA sequencer reads idle, and so does
+   its controller: :data:`~harness.host.safety.USB_DRIVERS_JUDGED` takes ``snd-usb-audio``'s
+   use to show in full in the nodes below the card, but a sequencer client (``aseqdump``,
+   ``a2jmidid``, a DAW, PipeWire's MIDI bridge) holds only ``/dev/snd/seq``, which is below no
+   device, and the kernel's sequencer opens the card's rawmidi itself
+   (``snd_rawmidi_kernel_open``): no process holds ``/dev/snd/midiC1D0``. The kernel says so in
+   ``/proc/asound/card1/midi0`` (``Owner PID`` under an opened substream) and in
+   ``/proc/asound/seq/clients`` (the card's port ``Connected From`` a user client).
+3. (b) any local user makes every read of the host's network take far longer than the
+   namespaces' budget (:data:`harness.host.network.NAMESPACES_BUDGET`, 30 s "in all"): the
+   budget is looked at only *between* namespaces, and each of the six commands that read one
+   (``ip -j -d link``, ``addr``, ``route``, ``-6 route``, ``ss``, ``cat /proc/net/packet``)
+   gets a 20 s timeout of its own, with its output captured whole and parsed with no bound
+   (the JSON parse is outside every timeout). A user's namespace with a few million routes
+   (``unshare -rn``, ``ip -batch``) costs up to 2 minutes a read, every read, and root's memory
+   for the whole listing (200,000 routes: 11.8 MB of JSON, 3 s to parse here).
+
+Most important first: 1 and 2 (a device in use taken), then 3 (a stall). Each test fails on
+6d5d590 and names what it saw; the controls pass. No guest is booted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from harness.host import network
+from harness.host.network import NetView
+from harness.host.safety import HostUsage, plan_group
+from harness.host.sysfs import Sysfs
+
+from . import fakesysfs
+from . import test_paths
+
+fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures (a fake sysfs lab host)
+NOBODY = test_paths.NOBODY
+
+
+# -- 1. a PHY on this function's MDIO bus that another function's interface uses -----------------
+
+
+def _two_macs_one_mdio_bus(h, attached_to: "str | None") -> None:
+    """Two ports of an SoC's 10G MAC, each in an IOMMU group of its own (ACS): 08:00.0
+    (enp8s0f0, down, no address: the spare one) registers the MDIO bus both ports' PHYs hang
+    on; 08:00.1 (enp8s0f1) is up and carries 10.0.8.1/24. phylib attached the PHY at address
+    1 to ``attached_to``'s interface (``attached_dev``; the interface's ``phydev`` back), or
+    to none (None: a PHY no MAC uses)."""
+    h.add_pci("0000:00:1c.6", "8086:19a4", 0x060400, "pcieport", 20)
+    for fn, group in (("0", 21), ("1", 22)):
+        h.add_pci(f"0000:08:00.{fn}", "8086:15e4", 0x020000, "ixgbe", group,
+                  parent="0000:00:1c.6")
+        h.add_net(f"enp8s0f{fn}", f"0000:08:00.{fn}")
+    bus = h.dev_dir("0000:08:00.0") / "mdio_bus" / "ixgbe-mdio-0000:08:00.0"
+    drivers = h.sys / "bus/mdio_bus/drivers"
+    for addr, port in ((0, "enp8s0f0"), (1, "enp8s0f1")):
+        phy = bus / f"ixgbe-mdio-0000:08:00.0:{addr:02x}"
+        phy.mkdir(parents=True)
+        (phy / "phy_id").write_text("0x01410dd0\n")
+        (drivers / "Marvell 88E1510").mkdir(parents=True, exist_ok=True)
+        h._link(phy / "driver", drivers / "Marvell 88E1510")
+        user = port if addr == 0 else attached_to
+        if user:
+            netdev = (h.sys / "class/net" / user).resolve()
+            h._link(phy / "attached_dev", netdev)
+            h._link(netdev / "phydev", phy)
+    links = json.loads((h.root / "ip/link.json").read_text())
+    for li in links:
+        if li["ifname"] == "enp8s0f1":
+            li.update(fakesysfs.link(li["ifindex"], "enp8s0f1", "0000:08:00.1", up=True))
+    (h.root / "ip/link.json").write_text(json.dumps(links))
+    addrs = json.loads((h.root / "ip/addr.json").read_text())
+    addrs.append({"ifindex": links[-1]["ifindex"], "ifname": "enp8s0f1",
+                  "addr_info": [{"local": "10.0.8.1", "prefixlen": 24}]})
+    (h.root / "ip/addr.json").write_text(json.dumps(addrs))
+
+
+def test_1_a_nic_whose_mdio_bus_carries_another_ports_phy_is_in_use(lab):
+    """Host shape: :func:`_two_macs_one_mdio_bus`, the PHY at address 1 attached to
+    enp8s0f1 (up, 10.0.8.1/24), on 08:00.0's bus. Path: ``plan_group`` (what ``bind`` and a
+    run's proof use) for 08:00.0, listed alone. On 6d5d590: safe, no problem at all (the PHY is
+    on ``mdio_bus``, never looked at): the bind unbinds ixgbe from 08:00.0, the MDIO bus goes,
+    and enp8s0f1 loses its PHY under its traffic."""
+    _two_macs_one_mdio_bus(lab, attached_to="enp8s0f1")
+    usage = HostUsage.read(lab.root)
+    assert not usage.verdict("0000:08:00.1").idle  # (the other port is in use: up, address)
+    plan = plan_group(lab.root, "0000:08:00.0", usage, allowed={"0000:08:00.0"})
+    assert not plan.safe, (
+        "08:00.0 would be taken although the PHY of enp8s0f1 (up, 10.0.8.1/24, another "
+        f"function) is on its MDIO bus; verdict: {plan.verdicts[0]}")
+    assert any("enp8s0f1" in p for p in plan.problems), plan.problems
+
+
+def test_1_a_nic_whose_mdio_bus_carries_only_its_own_phy_is_still_idle(lab):
+    """Control: the second PHY of 08:00.0's bus attached to no interface (the first to its own,
+    down): taken."""
+    _two_macs_one_mdio_bus(lab, attached_to=None)
+    plan = plan_group(lab.root, "0000:08:00.0", HostUsage.read(lab.root),
+                      allowed={"0000:08:00.0"})
+    assert plan.safe, plan.problems
+
+
+# -- 2. a USB MIDI device used through the ALSA sequencer ----------------------------------------
+
+
+def _usb_midi(h) -> None:
+    """A USB MIDI interface (Roland UM-ONE) at 4-1 on 07:00.0's bus, on snd-usb-audio: card 1,
+    its control node and its rawmidi node, open by no process."""
+    iface = h.add_usb("4-1", 2, "0582:012a", "UM-ONE", "Roland", iface_driver="snd-usb-audio")
+    card = iface / "sound" / "card1"
+    for name, minor in (("controlC1", 32), ("midiC1D0", 40)):
+        (card / name).mkdir(parents=True)
+        (card / name / "dev").write_text(f"116:{minor}\n")
+        (card / name / "uevent").write_text(f"MAJOR=116\nMINOR={minor}\nDEVNAME=snd/{name}\n")
+    h.proc("asound/cards", " 1 [UMONE          ]: USB-Audio - UM-ONE\n"
+                           "                      Roland UM-ONE at usb-0000:07:00.0-1, full "
+                           "speed\n")
+
+
+def _subscribed_through_the_sequencer(h) -> None:
+    """``aseqdump -p 20:0`` (pid 4242) reads the keyboard through /dev/snd/seq: the kernel's
+    sequencer client 20 (the card's MIDI port) opened the rawmidi input for it, as the kernel
+    prints it (sound/core/rawmidi.c, sound/core/seq/seq_clientmgr.c)."""
+    h.proc("asound/card1/midi0", "UM-ONE\n\nOutput 0\n  Tx bytes     : 0\n"
+                                 "Input 0\n  Rx bytes     : 4718\n"
+                                 "  Owner PID    : 4242\n  Buffer size  : 4096\n"
+                                 "  Avail        : 0\n  Overruns     : 0\n")
+    h.proc("asound/seq/clients",
+           "Client info\n  cur  clients : 3\n  peak clients : 3\n  max  clients : 192\n\n"
+           'Client   0 : "System" [Kernel]\n  Port   0 : "Timer" (Rwe-)\n'
+           '  Port   1 : "Announce" (R-e-)\n'
+           'Client  20 : "UM-ONE" [Kernel card 1]\n'
+           '  Port   0 : "UM-ONE MIDI 1" (RWeX) [In/Out] 16 ch\n'
+           "    Connecting To: 128:0\n"
+           'Client 128 : "aseqdump" [User UMP MIDI1 pid 4242]\n'
+           '  Port   0 : "aseqdump" (-We-) [Out]\n    Connected From: 20:0\n')
+    h.file("proc/4242/comm", "aseqdump\n")
+    (h.root / "proc/4242/fd").mkdir(parents=True)
+    os.symlink("/dev/snd/seq", h.root / "proc/4242/fd/3")  # (below no device)
+
+
+def test_2_a_usb_midi_device_used_through_the_alsa_sequencer_is_in_use(lab):
+    """Host shape: :func:`_usb_midi` and :func:`_subscribed_through_the_sequencer`. Path: the
+    verdict of the device itself (``usb_verdict``: what QEMU's usb-host would be handed) and of
+    its controller 07:00.0 (``plan_group``, alone in its group with a root port). On
+    6d5d590: both idle ("2 device node(s) below ... open by no process"), and the controller
+    is safe to take: the program reading the keyboard loses it."""
+    _usb_midi(lab)
+    _subscribed_through_the_sequencer(lab)
+    usage = HostUsage.read(lab.root)
+    [dev] = [u for u in Sysfs(lab.root).usb_devices() if u.name == "4-1"]
+    verdict = usage.usb_verdict(dev)
+    plan = plan_group(lab.root, "0000:07:00.0", usage, allowed={"0000:07:00.0"})
+    assert not verdict.idle, (
+        "the USB MIDI device 4-1, whose rawmidi input the kernel holds open for aseqdump "
+        f"(pid 4242, /proc/asound/card1/midi0), reads idle: {verdict}")
+    assert not plan.safe, (f"its controller 07:00.0 would be taken: {plan.verdicts[0]}")
+
+
+def test_2_a_usb_midi_device_nobody_uses_is_still_idle(lab):
+    """Control: the same card with its rawmidi closed (no ``Owner PID``) and no subscriber."""
+    _usb_midi(lab)
+    lab.proc("asound/card1/midi0", "UM-ONE\n\nOutput 0\n  Tx bytes     : 0\n"
+                                   "Input 0\n  Rx bytes     : 0\n")
+    usage = HostUsage.read(lab.root)
+    [dev] = [u for u in Sysfs(lab.root).usb_devices() if u.name == "4-1"]
+    assert usage.usb_verdict(dev).idle, usage.usb_verdict(dev)
+    assert plan_group(lab.root, "0000:07:00.0", usage, allowed={"0000:07:00.0"}).safe
