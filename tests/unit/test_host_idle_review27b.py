@@ -49,9 +49,9 @@ from harness.host.sysfs import Sysfs
 
 from . import fakesysfs
 from . import test_paths
+from .test_host_idle_review23 import read_beside
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures (a fake sysfs lab host)
-NOBODY = test_paths.NOBODY
 
 
 # -- 1. a PHY on this function's MDIO bus that another function's interface uses -----------------
@@ -183,3 +183,68 @@ def test_2_a_usb_midi_device_nobody_uses_is_still_idle(lab):
     [dev] = [u for u in Sysfs(lab.root).usb_devices() if u.name == "4-1"]
     assert usage.usb_verdict(dev).idle, usage.usb_verdict(dev)
     assert plan_group(lab.root, "0000:07:00.0", usage, allowed={"0000:07:00.0"}).safe
+
+
+# -- 3. one namespace's read is bounded by 20 s a command, not by the namespaces' budget --------
+
+#: Stands for ``ip`` on root's PATH (a folder of root's: the PATH check passes): in any network
+#: namespace but the test's own, a listing of routes takes ``HH_TEST_ROUTES_SECONDS``, as the
+#: kernel's dump and iproute2's JSON of a few million routes in a user's namespace do (200,000
+#: routes on ``lo`` made with ``ip -batch`` in ``unshare -rn``: 0.65 s for ``ip -j route show
+#: table all``, 11.8 MB of JSON, which then took the harness's ``json.loads`` 3 s here).
+SLOW_ROUTES_IP = """#!/bin/sh
+if [ "$(readlink /proc/self/ns/net)" != "$HH_TEST_OWN_NETNS" ]; then
+    case " $* " in *" route "*) sleep "$HH_TEST_ROUTES_SECONDS" ;; esac
+fi
+exec REAL_IP "$@"
+"""
+
+
+@test_paths.as_root
+@pytest.mark.parametrize("seconds", [3.0, 0.0], ids=["routes-3s", "control-routes-at-once"])
+def test_3_a_users_namespace_slow_to_list_does_not_stretch_the_network_read_past_its_budget(
+        tmp_path, monkeypatch, seconds):
+    """(b) Host shape: any multi-user host; the user needs ``unshare -rn`` and ``ip -batch``
+    of a few million ``route add ... dev lo`` lines (their memory cgroup permitting), in a
+    namespace their ``sleep`` keeps. Here nobody's namespace is a plain one and ``ip``'s
+    route listings in it are made to take 3 s (:data:`SLOW_ROUTES_IP`).
+
+    Path: :func:`harness.host.network._search_held` looks at its deadline
+    (:data:`~harness.host.network.NAMESPACES_BUDGET`, made 0.5 s here) only before it starts
+    each namespace; :func:`~harness.host.network._read_namespace` then runs the namespace's
+    six commands through :func:`~harness.host.network._run`, each with a timeout of 20 s of
+    its own (and its output captured whole, parsed after with no bound). One namespace started
+    just before the deadline costs up to 120 s more, in every read (bind, its read again
+    under the journal's lock, ``plan``, ``discover``, ``doctor``, each ``restore`` of a PF).
+
+    On 6d5d590: the read takes 6 s and more (``route`` and ``-6 route``, 3 s each), past the
+    0.5 s budget, and says nothing of it; the control (the listings at once) ends at once.
+    Fix: give each command of a namespace what is left of the budget as its timeout (and
+    bound the output it captures), and past it name the namespace as not read."""
+    real_ip = subprocess.run(["sh", "-c", "command -v ip"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(mode=0o755)
+    fake = bin_dir / "ip"
+    fake.write_text(SLOW_ROUTES_IP.replace("REAL_IP", real_ip))
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("HH_TEST_OWN_NETNS", os.readlink("/proc/self/ns/net"))
+    monkeypatch.setenv("HH_TEST_ROUTES_SECONDS", str(seconds))
+    monkeypatch.setattr(network, "NAMESPACES_BUDGET", 0.5)
+    slack = 3.5  # (the harness's own namespace, the search of holders: 0.2 to 1.2 s here)
+    bound = network.NAMESPACES_BUDGET + slack
+
+    def timed():
+        start = time.monotonic()
+        view = NetView.read(Sysfs("/"))
+        return view, time.monotonic() - start
+
+    got = read_beside(["unshare", "-rn", "sh", "-c", "echo ready; exec sleep 600"], timed, 60)
+    assert got is not None, "the host's network read did not end in 60 s"
+    view, took = got
+    assert len(view.namespaces) >= 2, list(view.namespaces)  # (nobody's was found)
+    assert took <= bound, (
+        f"the host's network read took {took:.1f} s, past its namespaces' budget of "
+        f"{network.NAMESPACES_BUDGET:g} s (+{slack:g} s allowed for the rest): one namespace whose "
+        f"route listings take {seconds:g} s each was read whole; problems: {view.problems}")
