@@ -28,8 +28,13 @@ the path and the result on 6d5d590):
    (the JSON parse is outside every timeout). A user's namespace with a few million routes
    (``unshare -rn``, ``ip -batch``) costs up to 2 minutes a read, every read, and root's memory
    for the whole listing (200,000 routes: 11.8 MB of JSON, 3 s to parse here).
+4. (a, low likelihood) a NIC brought up while the bind's last proof reads the host's storage
+   is taken up: the network is read first, the storage after it (seconds, and any user can
+   stretch it to the storage budgets), and a NIC gets no claim right before the move as the
+   disks do.
 
-Most important first: 1 and 2 (a device in use taken), then 3 (a stall). Each test fails on
+Most important first: 1 and 2 (a device in use taken), then 4 (taken, but only in a window
+the host's own activity must hit), then 3 (a stall). Each test fails on
 6d5d590 and names what it saw; the controls pass. No guest is booted.
 """
 
@@ -42,7 +47,9 @@ import time
 
 import pytest
 
-from harness.host import network
+from harness.core.errors import HostDeviceError
+from harness.host import network, safety
+from harness.host.binding import VfioBinder
 from harness.host.network import NetView
 from harness.host.safety import HostUsage, plan_group
 from harness.host.sysfs import Sysfs
@@ -248,3 +255,72 @@ def test_3_a_users_namespace_slow_to_list_does_not_stretch_the_network_read_past
         f"the host's network read took {took:.1f} s, past its namespaces' budget of "
         f"{network.NAMESPACES_BUDGET:g} s (+{slack:g} s allowed for the rest): one namespace whose "
         f"route listings take {seconds:g} s each was read whole; problems: {view.problems}")
+
+
+# -- 4. a NIC's evidence is the oldest part of the proof the bind acts on -------------------------
+
+
+def _comes_up_during_the_storage_read(h, monkeypatch, ifname: str, on_call: int) -> list:
+    """From the ``on_call``-th read of the host's storage on, ``ifname`` is up with an address
+    once that read ends (NetworkManager activating it, an operator's ``ip link set up``, a DHCP
+    client): what the host does while the read takes its seconds."""
+    calls: list = []
+    real = safety.StorageView.read
+
+    def storage_read(fs, *a, **kw):
+        view = real(fs, *a, **kw)
+        calls.append(1)
+        if len(calls) >= on_call:
+            links = json.loads((h.root / "ip/link.json").read_text())
+            for li in links:
+                if li["ifname"] == ifname:
+                    li.update(fakesysfs.link(li["ifindex"], ifname, li.get("parentdev"),
+                                             up=True))
+            (h.root / "ip/link.json").write_text(json.dumps(links))
+            addrs = json.loads((h.root / "ip/addr.json").read_text())
+            for a in addrs:
+                if a["ifname"] == ifname:
+                    a["addr_info"] = [{"local": "10.0.5.7", "prefixlen": 24}]
+            (h.root / "ip/addr.json").write_text(json.dumps(addrs))
+        return view
+    monkeypatch.setattr(safety.StorageView, "read", staticmethod(storage_read))
+    return calls
+
+
+@pytest.mark.parametrize("on_call", [2, 1], ids=["up-during-the-last-read",
+                                                 "control-up-during-the-first-read"])
+def test_4_a_nic_brought_up_while_the_bind_reads_storage_is_not_taken(
+        lab, fake_root, monkeypatch, on_call):
+    """(a, low likelihood: it takes the host's own activity in a window of seconds) Host shape:
+    the lab host's spare 82599 (05:00.0 and 05:00.1, group 12, both down); enp5s0f0 comes up
+    with an address while the bind's last proof, under the journal's lock, reads the host's
+    storage (:func:`_comes_up_during_the_storage_read`).
+
+    Path: :meth:`harness.host.binding.VfioBinder.bind` -> ``_proven_plan`` ->
+    :meth:`harness.host.safety.HostUsage.read` reads the network first (``NetView.read``),
+    then the storage (``StorageView.read``: the mount tables, every process's fds and maps,
+    io_uring rings, each with its own budget of 5 to 10 s, which any user can fill), then the
+    plan, the journal's write (fsync) and the move. The disks the move takes are claimed
+    right before it (``_disks_claimed``, so a mount in between fails); a NIC's interfaces have
+    nothing of the kind, and their evidence is the oldest of the proof: seconds old, more
+    when a user makes the storage read slow. docs/vfio.md: "read again once the journal lock
+    is held, right before the first write: a device that stopped being idle ... is refused".
+
+    On 6d5d590: 05:00.0 is moved to vfio-pci with enp5s0f0 up and carrying 10.0.5.7/24 (the
+    control, up during the first read, is refused). Fix: read the network last (it is the
+    cheap part), or look at the interfaces of what moves once more right before the move."""
+    journal = fake_root / "var/lib/hotplug-harness/vfio-journal.json"
+    calls = _comes_up_during_the_storage_read(lab, monkeypatch, "enp5s0f0", on_call)
+    binder = VfioBinder(lab.sysfs(), journal=journal)
+    try:
+        binder.bind("05:00.0", {"05:00.0", "05:00.1"})
+        refused = ""
+    except HostDeviceError as e:
+        refused = e.message
+    taken = lab.driver_of("0000:05:00.0")
+    binder.close()
+    assert len(calls) == 2  # (the proof, then the proof again under the journal's lock)
+    assert "enp5s0f0 is up" in refused, (
+        f"05:00.0 was moved to {taken} with enp5s0f0 up and carrying 10.0.5.7/24 (up since "
+        f"the last read of the network, {'refused: ' + refused if refused else 'not refused'})")
+    assert taken == "ixgbe"
