@@ -32,8 +32,13 @@ the path and the result on 6d5d590):
    is taken up: the network is read first, the storage after it (seconds, and any user can
    stretch it to the storage budgets), and a NIC gets no claim right before the move as the
    disks do.
+5. (a) a network namespace held only by a socket registered with an io_uring (its fd closed,
+   or made as a direct descriptor with no fd) is neither read nor named: the network read
+   looks at fds' links only, and a ring's registered files are never looked at for sockets
+   (the storage read parses them for disks). A port of a multi-port function in such a
+   namespace is missed, and the function judged by its other, idle port.
 
-Most important first: 1 and 2 (a device in use taken), then 4 (taken, but only in a window
+Most important first: 5, 1 and 2 (a device in use taken), then 4 (taken, but only in a window
 the host's own activity must hit), then 3 (a stall). Each test fails on
 6d5d590 and names what it saw; the controls pass. No guest is booted.
 """
@@ -56,6 +61,7 @@ from harness.host.sysfs import Sysfs
 
 from . import fakesysfs
 from . import test_paths
+from .test_host_idle_review16 import SOCKET_NS, _left_namespace
 from .test_host_idle_review23 import read_beside
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures (a fake sysfs lab host)
@@ -324,3 +330,62 @@ def test_4_a_nic_brought_up_while_the_bind_reads_storage_is_not_taken(
         f"05:00.0 was moved to {taken} with enp5s0f0 up and carrying 10.0.5.7/24 (up since "
         f"the last read of the network, {'refused: ' + refused if refused else 'not refused'})")
     assert taken == "ixgbe"
+
+
+# -- 5. a network namespace held only by a socket registered with io_uring ---------------------
+
+#: After review 16's SOCKET_NS (a veth pair up with an address, and a socket bound there): the
+#: socket registered with an io_uring (``IORING_REGISTER_FILES``; a direct descriptor made by
+#: ``IORING_OP_SOCKET`` with a ``file_index`` is the same, with no fd ever) and its fd closed,
+#: or (``kept``) left open beside the ring.
+RING_HELD = SOCKET_NS + """
+libc.syscall.restype = ctypes.c_long
+params = ctypes.create_string_buffer(120)
+ring = libc.syscall(425, 4, params)  # io_uring_setup
+if ring < 0:
+    sys.exit("io_uring_setup: " + os.strerror(ctypes.get_errno()))
+if libc.syscall(427, ring, 2, (ctypes.c_int * 1)(held.fileno()), 1) < 0:  # REGISTER_FILES
+    sys.exit("IORING_REGISTER_FILES: " + os.strerror(ctypes.get_errno()))
+if sys.argv[2] == "registered":
+    os.close(held.detach())
+"""
+
+
+@test_paths.as_root
+@pytest.mark.parametrize("how", ["registered", "kept"], ids=["socket-in-the-ring-only",
+                                                            "control-socket-fd-kept"])
+def test_5_a_network_namespace_held_only_by_an_io_uring_registered_socket_is_read(how):
+    """(a, for a port of a multi-port function moved into that namespace: the function's
+    other port, down in the host's namespace, then stands for it) Host shape: a process that
+    made a socket in a network namespace (a per-VRF or per-container socket of a routing
+    daemon or proxy, as review 16's), registered it with its io_uring and closed its fd, or
+    made it there as a direct descriptor with no fd at all (liburing's
+    ``io_uring_prep_socket_direct``, Linux 5.19), and went back to its own namespace. The
+    namespace is held by the ring's file table alone.
+
+    Path: :func:`harness.host.network._held_by_entry` looks at each fd's link: ``net:[N]``,
+    ``socket:[N]``, ``/dev/net/tun``, ``/proc/PID/net/*``, or a path; the ring's fd is
+    ``anon_inode:[io_uring]``, none of them, and the files it holds (its ``fdinfo``'s
+    ``UserFiles:``, which the storage read already parses for disks) are never looked at for
+    sockets. docs/vfio.md: "a socket or tun fd holds it ... a routing daemon's per-VRF socket
+    made there before it went back with setns".
+
+    On 6d5d590: the namespace is neither read nor named ("seen: [''], said: [...]"); the
+    control (the socket's fd kept) is read. Fix: a ring whose registered files include a
+    socket (fdinfo names it ``socket:[N]``... or by nothing on kernels before 6.14) holds a
+    namespace that cannot be told unless the socket is reached: unproven, as the storage read
+    does for rings it cannot place."""
+    with _left_namespace(RING_HELD, "a veth pair and io_uring", "hh27ur", how) as (child, inode):
+        fds = [os.readlink(f"/proc/{child.pid}/fd/{fd}") for fd in
+               os.listdir(f"/proc/{child.pid}/fd")]
+        assert os.readlink(f"/proc/{child.pid}/ns/net") != inode  # back home
+        assert any("io_uring" in t for t in fds), fds
+        assert (how == "kept") == any(t.startswith("socket:") for t in fds), fds
+        view = NetView.read(Sysfs("/"))
+        seen = [name for name, ns in view.namespaces.items() if "hh27ur" in ns.links]
+        told = [p for p in view.problems if f"pid {child.pid}" in p or inode in p
+                or "io_uring" in p]
+        assert seen or told, (
+            f"the network namespace {inode} (hh27ur up with 10.216.16.1/30), held by pid "
+            f"{child.pid}'s io_uring, was neither read nor named: seen "
+            f"{list(view.namespaces)}, said {view.problems}")
