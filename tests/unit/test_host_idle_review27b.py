@@ -37,8 +37,13 @@ the path and the result on 6d5d590):
    looks at fds' links only, and a ring's registered files are never looked at for sockets
    (the storage read parses them for disks). A port of a multi-port function in such a
    namespace is missed, and the function judged by its other, idle port.
+6. (a) a network namespace held by a socket that two processes share (a fork, or one it was
+   passed to) is neither read nor named when the process with the lower pid closes its copy
+   while the host is read: the socket is asked once, through the first fd listed, whose
+   "gone" answer is dropped as "known or sent"; the other fd is never asked, and no search
+   is made again.
 
-Most important first: 5, 1 and 2 (a device in use taken), then 4 (taken, but only in a window
+Most important first: 5, 6, 1 and 2 (a device in use taken), then 4 (taken, but only in a window
 the host's own activity must hit), then 3 (a stall). Each test fails on
 6d5d590 and names what it saw; the controls pass. No guest is booted.
 """
@@ -48,6 +53,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
@@ -389,3 +396,92 @@ def test_5_a_network_namespace_held_only_by_an_io_uring_registered_socket_is_rea
             f"the network namespace {inode} (hh27ur up with 10.216.16.1/30), held by pid "
             f"{child.pid}'s io_uring, was neither read nor named: seen "
             f"{list(view.namespaces)}, said {view.problems}")
+
+
+# -- 6. a socket two processes share, asked through the one that lets it go -------------------
+
+#: Review 16's SOCKET_NS made in a namespace left at once (the socket alone holds it), then a
+#: fork: both processes hold the one socket. The parent prints "ready INODE CHILD" and, on a
+#: line from stdin, closes its copy (a pre-forking server's parent that hands a listening
+#: socket to its workers, a worker recycled, a daemon that re-execs) and says "closed".
+SHARED_SOCKET = textwrap.dedent(r'''
+    import ctypes, os, socket, subprocess, sys, time
+    libc = ctypes.CDLL(None, use_errno=True)
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    if libc.unshare(0x40000000) != 0:  # CLONE_NEWNET
+        sys.exit("unshare: " + os.strerror(ctypes.get_errno()))
+    name = sys.argv[1]
+    {body}
+    inode = os.readlink("/proc/self/ns/net")
+    if libc.setns(home, 0x40000000) != 0:
+        sys.exit("setns: " + os.strerror(ctypes.get_errno()))
+    os.close(home)
+    child = os.fork()
+    if child == 0:
+        os.setsid()
+        time.sleep(600)
+        os._exit(0)
+    print("ready", inode, child, flush=True)
+    sys.stdin.readline()
+    held.close()
+    print("closed", flush=True)
+    sys.stdin.readline()
+    os.kill(child, 9)
+''').replace("{body}", SOCKET_NS.strip())
+
+
+@test_paths.as_root
+@pytest.mark.parametrize("closes", [True, False], ids=["parent-closes-while-read",
+                                                        "control-parent-keeps-it"])
+def test_6_a_namespace_held_by_a_socket_two_processes_share_is_read_when_one_lets_go(
+        monkeypatch, closes):
+    """(a, for a port of a multi-port function in that namespace, as in 5) Host shape: a
+    socket made in a network namespace (review 16's per-VRF socket), shared by a process and
+    its fork (or passed to another process over a unix socket); the process with the lower
+    pid closes its copy while the host is read.
+
+    Path: :func:`harness.host.nsholders.socket_namespaces` asks each socket once, "however
+    many fds share it" (the first listed fd of ``socket:[N]``; the network read's fork dedupe,
+    :class:`harness.host.network._FdsRead`, leaves out a fork's copy before that); the child
+    that copies it (``pidfd_getfd``) finds that fd closed (EBADF) and answers ``gone``, which
+    is taken for "a namespace known or sent" and dropped with nothing said, and no search is
+    made again (only the ways of ``held`` count as went away). The other process's fd, which
+    holds the namespace all along, is never asked.
+
+    On 6d5d590: the namespace is neither read nor named; the control (the parent keeps its
+    copy) is read. Fix: ask the socket again through another fd that shares it when the one
+    asked is gone (or count it as went away, for a search again), as review 25 did for a
+    disk's forks."""
+    proc = subprocess.Popen([sys.executable, "-c", SHARED_SOCKET, "hh27sh"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline().split()
+        if first[:1] != ["ready"]:
+            pytest.skip(f"no network namespace with a veth pair here: {proc.wait()}")
+        inode, child = first[1], int(first[2])
+        real = network.socket_namespaces
+
+        def parent_lets_go(sockets, known, problems):
+            if closes:
+                proc.stdin.write("close\n")
+                proc.stdin.flush()
+                assert proc.stdout.readline().strip() == "closed"
+            return real(sockets, known, problems)
+        monkeypatch.setattr(network, "socket_namespaces", parent_lets_go)
+        view = NetView.read(Sysfs("/"))
+        assert any(os.readlink(f"/proc/{child}/fd/{fd}").startswith("socket:")
+                   for fd in os.listdir(f"/proc/{child}/fd"))  # (the fork holds it all along)
+        seen = [n for n, ns in view.namespaces.items() if "hh27sh" in ns.links]
+        told = [p for p in view.problems if f"pid {child}" in p or f"pid {proc.pid}" in p
+                or inode in p]
+        assert seen or told, (
+            f"the network namespace {inode} (hh27sh up with 10.216.16.1/30), held by a socket "
+            f"pid {child} holds (and pid {proc.pid} held when listed), was neither read nor "
+            f"named: seen {list(view.namespaces)}, said {view.problems}")
+    finally:
+        proc.kill()
+        proc.wait()
+        try:
+            os.kill(child, 9)
+        except (NameError, ProcessLookupError):
+            pass
