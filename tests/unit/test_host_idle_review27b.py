@@ -42,9 +42,14 @@ the path and the result on 6d5d590):
    while the host is read: the socket is asked once, through the first fd listed, whose
    "gone" answer is dropped as "known or sent"; the other fd is never asked, and no search
    is made again.
+7. (c, low) root makes a folder of its own (empty, 0700) wherever another user points a link
+   they plant, in a shared sticky folder, in place of a missing folder above a state cache
+   (or a run folder): :func:`harness.core.paths.private_dir` makes the missing folders by path
+   after looking at them, and the ``mkdir`` below the link follows it; the check after it
+   refuses, too late.
 
 Most important first: 5, 6, 1 and 2 (a device in use taken), then 4 (taken, but only in a window
-the host's own activity must hit), then 3 (a stall). Each test fails on
+the host's own activity must hit), then 3 (a stall), then 7. Each test fails on
 6d5d590 and names what it saw; the controls pass. No guest is booted.
 """
 
@@ -60,6 +65,8 @@ import time
 import pytest
 
 from harness.core.errors import HostDeviceError
+from harness.core.paths import UnsafePathError
+from harness.guest.snapshot import StateCache
 from harness.host import network, safety
 from harness.host.binding import VfioBinder
 from harness.host.network import NetView
@@ -72,6 +79,7 @@ from .test_host_idle_review16 import SOCKET_NS, _left_namespace
 from .test_host_idle_review23 import read_beside
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures (a fake sysfs lab host)
+shared_tmp = test_paths.shared_tmp  # (a fixture: a sticky folder others can write, like /tmp)
 
 
 # -- 1. a PHY on this function's MDIO bus that another function's interface uses -----------------
@@ -485,3 +493,52 @@ def test_6_a_namespace_held_by_a_socket_two_processes_share_is_read_when_one_let
             os.kill(child, 9)
         except (NameError, ProcessLookupError):
             pass
+
+
+# -- 7. the folders private_dir makes above a cache, through a link planted in between ----------
+
+
+@test_paths.as_root
+@pytest.mark.parametrize("race", [True, False], ids=["link-planted-in-between",
+                                                      "control-no-one-there"])
+def test_7_the_folders_above_a_state_cache_are_not_made_through_another_users_link(
+        tmp_path, shared_tmp, monkeypatch, race):
+    """(c, low: root makes an empty folder of its own where the other user says, and then
+    refuses) Host shape: ``--snapshot-cache /tmp/hh/states`` (or a run folder, a merge's
+    ``--out``, under a report folder that does not exist yet in a shared sticky folder);
+    ``/tmp/hh`` does not exist yet. nobody makes ``/tmp/hh`` a link to a folder of their
+    choosing between root's look and root's ``mkdir`` (simulated: the link is planted right
+    before the ``mkdir`` of ``/tmp/hh``).
+
+    Path: :func:`harness.core.paths.private_dir` (through ``StateCache``) checks the folders
+    above with :func:`~harness.core.paths.check_ancestors`, which stops at the first that does
+    not exist ("the rest will be made by us"), then makes each missing one with
+    ``os.mkdir(parent)`` (EEXIST ignored: the link is taken for a folder made by a second
+    process of the run) and the cache with ``os.mkdir(path)``, which follows the link in its
+    middle: root makes ``states`` (0700) inside the folder the link names, here one only
+    root can write. The check after it then refuses, but the folder is made.
+
+    On 6d5d590: ``root-only/states`` exists after the refusal. Fix: make the missing folders
+    one at a time relative to an fd of the one above (``mkdirat`` + ``O_NOFOLLOW |
+    O_DIRECTORY`` opens, or ``openat2`` with ``RESOLVE_NO_SYMLINKS``), never by a path with
+    a component another user could have made a link since it was looked at."""
+    theirs = tmp_path / "root-only"  # (a folder nobody may write: where the link leads)
+    theirs.mkdir(mode=0o700)
+    above = shared_tmp / "hh"
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *a, **kw):
+        if race and os.fspath(path) == os.fspath(above) and not os.path.lexists(above):
+            test_paths.as_nobody(f"ln -s {theirs} {above}")
+        return real_mkdir(path, *a, **kw)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    if race:
+        with pytest.raises(UnsafePathError):
+            StateCache(above / "states", qemu_version="7.2.22")
+        made = sorted(p.name for p in theirs.iterdir())
+        assert made == [], (f"root made {made} in {theirs} (a folder only root can write), "
+                            f"through nobody's link {above} -> {os.readlink(above)}, before "
+                            "it refused the cache")
+    else:
+        cache = StateCache(above / "states", qemu_version="7.2.22")
+        assert oct(cache.root.stat().st_mode & 0o777) == "0o700"
