@@ -80,6 +80,10 @@ from .test_host_idle_review23 import read_beside
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures (a fake sysfs lab host)
 shared_tmp = test_paths.shared_tmp  # (a fixture: a sticky folder others can write, like /tmp)
+#: Tests 3, 5 and 6 make real namespaces and read the whole host: with the other reviews' such
+#: tests, one worker runs them all, one after another (another's namespaces churning under a
+#: read make it fail closed where a test expects a view).
+pytestmark = pytest.mark.xdist_group("real-host-namespaces")
 
 
 # -- 1. a PHY on this function's MDIO bus that another function's interface uses -----------------
