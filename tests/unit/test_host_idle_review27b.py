@@ -169,20 +169,22 @@ def _usb_midi(h) -> None:
 def _subscribed_through_the_sequencer(h) -> None:
     """``aseqdump -p 20:0`` (pid 4242) reads the keyboard through /dev/snd/seq: the kernel's
     sequencer client 20 (the card's MIDI port) opened the rawmidi input for it, as the kernel
-    prints it (sound/core/rawmidi.c, sound/core/seq/seq_clientmgr.c)."""
+    prints it: ``Owner PID`` under the opened substream of the card's ``midi0``
+    (sound/core/rawmidi.c, ``snd_rawmidi_proc_info_read``), and the port's subscribers in the
+    sequencer's clients (sound/core/seq/seq_clientmgr.c; its exact columns vary by kernel)."""
     h.proc("asound/card1/midi0", "UM-ONE\n\nOutput 0\n  Tx bytes     : 0\n"
                                  "Input 0\n  Rx bytes     : 4718\n"
                                  "  Owner PID    : 4242\n  Buffer size  : 4096\n"
                                  "  Avail        : 0\n  Overruns     : 0\n")
     h.proc("asound/seq/clients",
            "Client info\n  cur  clients : 3\n  peak clients : 3\n  max  clients : 192\n\n"
-           'Client   0 : "System" [Kernel]\n  Port   0 : "Timer" (Rwe-)\n'
+           'Client   0 : "System" [Kernel Legacy]\n  Port   0 : "Timer" (Rwe-)\n'
            '  Port   1 : "Announce" (R-e-)\n'
-           'Client  20 : "UM-ONE" [Kernel card 1]\n'
-           '  Port   0 : "UM-ONE MIDI 1" (RWeX) [In/Out] 16 ch\n'
+           'Client  20 : "UM-ONE" [Kernel Legacy]\n'
+           '  Port   0 : "UM-ONE MIDI 1" (RWeX)\n'
            "    Connecting To: 128:0\n"
-           'Client 128 : "aseqdump" [User UMP MIDI1 pid 4242]\n'
-           '  Port   0 : "aseqdump" (-We-) [Out]\n    Connected From: 20:0\n')
+           'Client 128 : "aseqdump" [User Legacy]\n'
+           '  Port   0 : "aseqdump" (-We-)\n    Connected From: 20:0\n')
     h.file("proc/4242/comm", "aseqdump\n")
     (h.root / "proc/4242/fd").mkdir(parents=True)
     os.symlink("/dev/snd/seq", h.root / "proc/4242/fd/3")  # (below no device)
