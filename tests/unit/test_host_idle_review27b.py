@@ -47,8 +47,11 @@ the path and the result on 6d5d590):
    (or a run folder): :func:`harness.core.paths.private_dir` makes the missing folders by path
    after looking at them, and the ``mkdir`` below the link follows it; the check after it
    refuses, too late.
+8. (a) a network namespace held by its ``/proc/PID/net/*`` file opened through a procfs
+   mounted elsewhere than ``/proc`` (a ``/host/proc``) is neither read nor named: such files
+   are told by the text of their path (``/proc/[^/]+/net/...``), not by their filesystem.
 
-Most important first: 5, 6, 1 and 2 (a device in use taken), then 4 (taken, but only in a window
+Most important first: 5, 6, 8, 1 and 2 (a device in use taken), then 4 (taken, but only in a window
 the host's own activity must hit), then 3 (a stall), then 7. Each test fails on
 6d5d590 and names what it saw; the controls pass. No guest is booted.
 """
@@ -80,7 +83,7 @@ from .test_host_idle_review23 import read_beside
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures (a fake sysfs lab host)
 shared_tmp = test_paths.shared_tmp  # (a fixture: a sticky folder others can write, like /tmp)
-#: Tests 3, 5 and 6 make real namespaces and read the whole host: with the other reviews' such
+#: Tests 3, 5, 6 and 8 make real namespaces and read the whole host: with the other reviews' such
 #: tests, one worker runs them all, one after another (another's namespaces churning under a
 #: read make it fail closed where a test expects a view).
 pytestmark = pytest.mark.xdist_group("real-host-namespaces")
@@ -548,3 +551,63 @@ def test_7_the_folders_above_a_state_cache_are_not_made_through_another_users_li
     else:
         cache = StateCache(above / "states", qemu_version="7.2.22")
         assert oct(cache.root.stat().st_mode & 0o777) == "0o700"
+
+
+# -- 8. a network namespace held by its /proc/net file opened through another procfs mount ------
+
+#: Review 16's veth pair (``name`` up, with an address), and the namespace's ``net/dev`` opened
+#: through the procfs mounted at ``sys.argv[2]`` (``/proc``, or another mount of procfs): the
+#: open file alone holds the namespace once the process is back (``seq_open_net``).
+PROC_NET_FILE_NS = SOCKET_NS.split("held = ")[0] + """
+held = open(sys.argv[2] + "/self/net/dev")
+"""
+
+
+@test_paths.as_root
+@pytest.mark.parametrize("where", ["other", "proc"], ids=["procfs-mounted-elsewhere",
+                                                          "control-through-slash-proc"])
+def test_8_a_namespace_held_by_its_proc_net_file_through_another_procfs_mount_is_named(
+        tmp_path, where):
+    """(a, for a port of a multi-port function in that namespace, as in 5) Host shape: a
+    process that read a namespace's ``/proc/net/dev`` (a monitoring agent's per-namespace
+    collector, a container's ``/host/proc``-style mount of procfs) through a procfs mounted
+    elsewhere than ``/proc``, kept the file open and went back to its own namespace.
+
+    Path: :func:`harness.host.network._held_by_entry` takes an fd for a ``/proc/PID/net``
+    file only when its link matches :data:`harness.host.nsholders.PROC_NET`
+    (``/proc/[^/]+/(task/[^/]+/)?net/...``): the link of one opened through procfs mounted at
+    ``/mnt/p`` reads ``/mnt/p/PID/net/dev``, is taken for a path, and
+    :func:`~harness.host.nsholders.fd_namespace` finds it no namespace's file. docs/vfio.md:
+    "An open /proc/PID/net/* file holds its namespace too ... one that is not the harness's
+    own namespace's file or its process's ... is named as unreadable"; the BAR rule already
+    matches sysfs and procfs mounted elsewhere by their filesystem, not their path.
+
+    On 6d5d590: the namespace is neither read nor named; the control (opened through
+    ``/proc``) is named. Fix: tell an open procfs file by its mount (``mnt_id`` in fdinfo, a
+    procfs mount in the holder's mount table: as ``proc_net_problems`` already does for the
+    ones it sees), not by the text of its path."""
+    if where == "other":
+        mnt = tmp_path / "p"
+        mnt.mkdir()
+        if subprocess.run(["mount", "-t", "proc", "hh27proc", str(mnt)]).returncode:
+            pytest.skip("cannot mount a procfs here")
+    else:
+        mnt = None
+    try:
+        with _left_namespace(PROC_NET_FILE_NS, "a veth pair", "hh27pn",
+                             str(mnt or "/proc")) as (child, inode):
+            fds = [os.readlink(f"/proc/{child.pid}/fd/{fd}") for fd in
+                   os.listdir(f"/proc/{child.pid}/fd")]
+            assert os.readlink(f"/proc/{child.pid}/ns/net") != inode  # back home
+            assert not any(t.startswith(("net:", "socket:")) for t in fds), fds
+            assert any(t.endswith("/net/dev") for t in fds), fds
+            view = NetView.read(Sysfs("/"))
+            seen = [n for n, ns in view.namespaces.items() if "hh27pn" in ns.links]
+            told = [p for p in view.problems if f"pid {child.pid}" in p or inode in p]
+            assert seen or told, (
+                f"the network namespace {inode} (hh27pn up with 10.216.16.1/30), held by pid "
+                f"{child.pid}'s open {[t for t in fds if t.endswith('/net/dev')]}, was "
+                f"neither read nor named: seen {list(view.namespaces)}, said {view.problems}")
+    finally:
+        if mnt is not None:
+            subprocess.run(["umount", "-l", str(mnt)], check=False)
