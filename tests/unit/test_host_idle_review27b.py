@@ -53,8 +53,11 @@ the path and the result on 6d5d590):
 9. (a) a network namespace held by a macvtap's (or ipvtap's) character device, ``/dev/tapN``
    opened there (a VM's macvtap NIC), is neither read nor named: only sockets and
    ``/dev/net/tun`` are asked for their namespace.
+10. (a) a network namespace held by a tun fd opened through a node at another path than
+   ``/dev/net/tun`` (a container's or chroot's /dev seen from the host) is neither read nor
+   named: a tun fd is told by the text of its path, not by its device number.
 
-Most important first: 5, 6, 8, 9, 1 and 2 (a device in use taken), then 4 (taken, but only in a window
+Most important first: 5, 6, 8, 9, 10, 1 and 2 (a device in use taken), then 4 (taken, but only in a window
 the host's own activity must hit), then 3 (a stall), then 7. Each test fails on
 6d5d590 and names what it saw; the controls pass. No guest is booted.
 """
@@ -67,6 +70,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -81,12 +85,12 @@ from harness.host.sysfs import Sysfs
 
 from . import fakesysfs
 from . import test_paths
-from .test_host_idle_review16 import SOCKET_NS, _left_namespace
+from .test_host_idle_review16 import SOCKET_NS, TUN_NS, _left_namespace
 from .test_host_idle_review23 import read_beside
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures (a fake sysfs lab host)
 shared_tmp = test_paths.shared_tmp  # (a fixture: a sticky folder others can write, like /tmp)
-#: Tests 3, 5, 6, 8 and 9 make real namespaces and read the whole host: with the other reviews' such
+#: Tests 3, 5, 6, 8, 9 and 10 make real namespaces and read the whole host: with the other reviews' such
 #: tests, one worker runs them all, one after another (another's namespaces churning under a
 #: read make it fail closed where a test expects a view).
 pytestmark = pytest.mark.xdist_group("real-host-namespaces")
@@ -676,3 +680,46 @@ def test_9_a_namespace_held_by_a_macvtap_fd_is_read(tmp_path, how):
             f"the network namespace {inode} (hh27mv up with 10.216.16.1/30, its macvtap "
             f"hh27mvt), held by pid {child.pid}'s macvtap fd, was neither read nor named: "
             f"seen {list(view.namespaces)}, said {view.problems}")
+
+
+# -- 10. a network namespace held by a tun fd opened through a node of another path -------------
+
+#: Review 16's TUN_NS (a veth pair, and a tap device made of a tun fd there) with the tun node
+#: opened at ``sys.argv[3]``: /dev/net/tun, or a node of its numbers elsewhere (a container's
+#: /dev as the host sees it, a chroot's, a node a program makes for itself).
+TUN_AT = TUN_NS.replace('os.open("/dev/net/tun"', "os.open(sys.argv[3]")
+assert TUN_AT != TUN_NS, "review 16's TUN_NS changed: adapt TUN_AT"
+
+
+@test_paths.as_root
+@pytest.mark.parametrize("where", ["other", "dev"], ids=["tun-node-elsewhere",
+                                                        "control-dev-net-tun"])
+def test_10_a_namespace_held_by_a_tun_fd_opened_through_another_node_is_read(tmp_path, where):
+    """(a, for a port of a multi-port function in that namespace, as in 5) Host shape:
+    review 16's (a tun fd alone holds the namespace it was opened in: a VPN daemon's, a
+    VM's tap), but the tun device opened through a node of its numbers (10:200) at another
+    path than /dev/net/tun: a container's or chroot's /dev as the host sees it
+    (``/var/lib/machines/m/dev/net/tun`` opened from the host), a node a program makes.
+
+    Path: :func:`harness.host.network._held_by_entry` takes an fd for a tun fd only when its
+    link reads ``/dev/net/tun`` exactly; any other path is a "path", and
+    :func:`~harness.host.nsholders.fd_namespace` finds it no namespace's file. The device
+    rule already matches nodes by number, whatever their path (docs/vfio.md).
+
+    On 6d5d590: the namespace is neither read nor named; the control (opened through
+    /dev/net/tun) is read. Fix: tell a tun fd by its device number (``st_rdev`` 10:200, from
+    the kernel's cache), not by the text of its path."""
+    node = tmp_path / "tun" if where == "other" else Path("/dev/net/tun")
+    if where == "other":
+        os.mknod(node, 0o20600, os.stat("/dev/net/tun").st_rdev)
+    with _left_namespace(TUN_AT, "a tun fd", "hh27tn", "hh27tap", str(node)) as (child, inode):
+        fds = [os.readlink(f"/proc/{child.pid}/fd/{fd}") for fd in
+               os.listdir(f"/proc/{child.pid}/fd")]
+        assert str(node) in fds and not any(t.startswith(("net:", "socket:")) for t in fds)
+        view = NetView.read(Sysfs("/"))
+        seen = [n for n, ns in view.namespaces.items() if "hh27tn" in ns.links]
+        told = [p for p in view.problems if f"pid {child.pid}" in p or inode in p]
+        assert seen or told, (
+            f"the network namespace {inode} (hh27tn, hh27tap), held by pid {child.pid}'s tun "
+            f"fd opened through {node}, was neither read nor named: seen "
+            f"{list(view.namespaces)}, said {view.problems}")
