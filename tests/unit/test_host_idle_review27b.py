@@ -57,9 +57,9 @@ the path and the result on 6d5d590):
    ``/dev/net/tun`` (a container's or chroot's /dev seen from the host) is neither read nor
    named: a tun fd is told by the text of its path, not by its device number.
 
-Most important first: 5, 6, 8, 9, 10, 1 and 2 (a device in use taken), then 4 (taken, but only in a window
-the host's own activity must hit), then 3 (a stall), then 7. Each test fails on
-6d5d590 and names what it saw; the controls pass. No guest is booted.
+Most important first: 5, 6, 8, 9, 10, 1 and 2 (a device in use taken), then 4 (taken, but
+only in a window the host's own activity must hit), then 3 (a stall), then 7. Each test fails
+on 6d5d590 and names what it saw; the controls pass. No guest is booted.
 """
 
 from __future__ import annotations
@@ -90,9 +90,9 @@ from .test_host_idle_review23 import read_beside
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures (a fake sysfs lab host)
 shared_tmp = test_paths.shared_tmp  # (a fixture: a sticky folder others can write, like /tmp)
-#: Tests 3, 5, 6, 8, 9 and 10 make real namespaces and read the whole host: with the other reviews' such
-#: tests, one worker runs them all, one after another (another's namespaces churning under a
-#: read make it fail closed where a test expects a view).
+#: Tests 3, 5, 6, 8, 9 and 10 make real namespaces and read the whole host: with the other
+#: reviews' such tests, one worker runs them all, one after another (another's namespaces
+#: churning under a read make it fail closed where a test expects a view).
 pytestmark = pytest.mark.xdist_group("real-host-namespaces")
 
 
