@@ -383,18 +383,39 @@ def private_dir(path: Path) -> Path:
     (a second process of the same run). Raises UnsafePathError naming what is wrong."""
     path = Path(os.path.abspath(path))
     check_ancestors(path)
-    missing = [p for p in reversed(path.parents) if not os.path.lexists(p)]
-    for parent in missing:
-        try:
-            os.mkdir(parent, 0o755)
-        except FileExistsError:
-            pass
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
+    missing = [p for p in [*reversed(path.parents), path] if not os.path.lexists(p)]
+    if missing:
+        _make_below(missing[0].parent, [p.name for p in missing])
     check_ancestors(path)  # again: a folder made between our look and our mkdir is looked at
     return check_private(path)
+
+
+def _make_below(base: Path, names: list[str]) -> None:
+    """Make ``base/names[0]/names[1]/...``, each relative to an fd of the one above and opened
+    without following a link: a link another user plants in place of a folder not yet made
+    (in a shared sticky folder) is refused, never followed by our ``mkdir`` below it."""
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    here = base
+    try:
+        for i, name in enumerate(names):
+            here = here / name
+            try:
+                os.mkdir(name, 0o700 if i == len(names) - 1 else 0o755, dir_fd=fd)
+            except FileExistsError:
+                pass  # (a second process of the run made it: looked at below)
+            try:
+                below = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                dir_fd=fd)
+            except OSError as e:
+                raise UnsafePathError(
+                    f"{here} is not a folder ({e.strerror}): something was put there while "
+                    "the harness made the folders above its own",
+                    hint=f"remove {here} if it is not yours, or choose a folder only you can "
+                         "write") from None
+            os.close(fd)
+            fd = below
+    finally:
+        os.close(fd)
 
 
 def new_private_dir(prefix: str, parent: Path | None = None) -> Path:

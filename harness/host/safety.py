@@ -155,7 +155,11 @@ class HostUsage:
     def read(cls, root: "str | Path | Sysfs" = "/",
              cleared_storage: "set[str] | frozenset[str]" = frozenset()) -> "HostUsage":
         fs = Sysfs.of(root)
-        return cls(fs, NetView.read(fs), StorageView.read(fs), cleared_storage)
+        # (the network last: a disk the move takes is claimed right before it, so a mount
+        # after this read fails; an interface has no such claim, so its evidence is read
+        # after the storage read's seconds, which any user can stretch to its budgets)
+        storage = StorageView.read(fs)
+        return cls(fs, NetView.read(fs), storage, cleared_storage)
 
     def verdict(self, bdf: str, held_groups: "set[int] | frozenset[int]" = frozenset()) -> Verdict:
         """``held_groups``: IOMMU groups this run holds already (its own QEMU may have them
@@ -315,6 +319,8 @@ class HostUsage:
             uses.append(f"a mouse below {label} feeds /dev/input/mice, open by "
                         f"{', '.join(mice)}")
         self._gpio(label, tree, uses)
+        uses += _phys_used_elsewhere(label, path, tree)
+        uses += _midi_held_by_the_kernel(self.fs, label, tree)
         uses += [f"{_ON_BUS.get(bus, f'a device on the {bus} bus')} {name} (below {label}) is "
                  f"on the driver {driver}, whose use the harness cannot judge (a kernel driver "
                  "may use it with no node or process to show it)"
@@ -595,6 +601,11 @@ class _Subtree:
         self.gpio_exported: list[str] = []
         #: Every other device bound to a driver: (name, bus, driver).
         self.bound: list[tuple[str, str, str]] = []
+        #: PHYs (devices on mdio_bus) and the network interface phylib attached each to
+        #: (``attached_dev``, resolved; None: no interface uses it).
+        self.phys: list[tuple[str, str | None]] = []
+        #: ALSA sound cards (``card1``, below the device's ``sound/``).
+        self.sound_cards: list[str] = []
         try:  # a disk is wherever /sys/class/block says (an NVMe namespace sits under nvme0/)
             self.disks = {os.path.realpath(p) for p in fs.sys("class", "block").iterdir()}
         except OSError:
@@ -628,6 +639,12 @@ class _Subtree:
         if has_driver and not usb and not _USB_PORT.fullmatch(here.name):
             driver = Path(os.path.realpath(here / "driver"))  # /sys/bus/BUS/drivers/NAME
             self.bound.append((here.name, driver.parent.parent.name, driver.name))
+            if driver.parent.parent.name == "mdio_bus":
+                attached = here / "attached_dev"
+                self.phys.append((here.name, os.path.realpath(attached)
+                                  if os.path.lexists(attached) else None))
+        if re.fullmatch(r"card\d+", here.name) and here.parent.name == "sound":
+            self.sound_cards.append(here.name)
         if here.parent.name == "net":
             self.netdevs.append(here.name)
             return False
@@ -659,6 +676,49 @@ def _nvme_char_heads(fs: Sysfs, path: str) -> list[tuple[Path, str | None]]:
     io_uring): a process holding one uses the controller with no block device open."""
     return [(p, fs.read(p / "dev")) for subsys in _nvme_subsystems(fs, path)
             for p in sorted(subsys.glob("ng*")) if (p / "dev").exists()]
+
+
+def _phys_used_elsewhere(label: str, path: str, tree: "_Subtree") -> list[str]:
+    """PHYs on the function's MDIO bus that phylib attached to an interface not below it: one
+    bus may serve several MACs (ixgbe's X550EM_A registers it on the lowest function for up to
+    4 ports; an SoC's second MAC's PHY on the first's bus). Unbinding the function removes the
+    bus and the PHY under the other port. The kernel says whose each is (``attached_dev``)."""
+    prefix = path.rstrip("/") + "/"
+    return [f"the PHY {phy} on the MDIO bus of {label} serves the network interface "
+            f"{os.path.basename(netdev)} of another device ("
+            f"{os.path.basename(os.path.dirname(os.path.dirname(netdev)))}): taking {label} "
+            "takes that interface's PHY"
+            for phy, netdev in tree.phys if netdev is not None and not netdev.startswith(prefix)]
+
+
+def _midi_held_by_the_kernel(fs: Sysfs, label: str, tree: "_Subtree") -> list[str]:
+    """MIDI ports of a sound card below it that the kernel holds open for a program: the ALSA
+    sequencer opens a card's rawmidi itself for a client that holds only /dev/snd/seq (below
+    no device), so no process holds the card's nodes; the kernel prints the opener as
+    ``Owner PID`` under the substream in /proc/asound/cardN/midiM. A card whose MIDI ports
+    cannot be read there is not proven free."""
+    uses = []
+    for card in tree.sound_cards:
+        folder = fs.proc("asound", card)
+        if not any(n.name.startswith("midiC") for n, _ in tree.char_nodes
+                   if n.parent.name == card):
+            continue
+        try:
+            ports = sorted(p for p in folder.iterdir() if re.fullmatch(r"midi\d+", p.name))
+        except OSError as e:
+            uses.append(f"cannot tell whether the kernel holds the MIDI ports of {card} (below "
+                        f"{label}) open for a program: {folder} cannot be read ({e.strerror})")
+            continue
+        for port in ports:
+            text = fs.read(port)
+            owners = re.findall(r"Owner PID\s*:\s*(\d+)", text or "")
+            uses += [f"the MIDI port {card}/{port.name} (below {label}) is held open by the "
+                     f"kernel for pid {pid} ({fs.read(fs.proc(pid, 'comm')) or '?'}: the ALSA "
+                     "sequencer)" for pid in owners]
+            if text is None:
+                uses.append(f"cannot tell whether the kernel holds the MIDI port {card}/"
+                            f"{port.name} (below {label}) open: {port} cannot be read")
+    return uses
 
 
 def _console_inputs(fs: Sysfs, path: str, inputs: list[str]) -> list[str]:
