@@ -43,6 +43,14 @@ class Deadline:
     def passed(self) -> bool:
         return self.left() <= 0
 
+    @classmethod
+    def of(cls, timeout: "float | Deadline", meters: Meters = None) -> "Deadline":
+        """``timeout`` as a deadline: a wait that is one step of a longer one (the boot's
+        console, SSH login and cloud-init) is handed that one's Deadline, so the time its guest
+        lost in any step moves the whole, up to EXTRA_AT_MOST times the whole: a last step
+        given what was left had room for only twice that rest."""
+        return timeout if isinstance(timeout, Deadline) else cls(timeout, meters)
+
     def said(self) -> str:
         """What stretched the deadline, for an error message ("" when nothing could)."""
         if self.meter is None:
@@ -80,12 +88,13 @@ def wait_progress(what: str, count: Callable[[], int], want: int, *, stall: floa
         time.sleep(interval)
 
 
-def wait_until(what: str, check: Callable[[], object], timeout: float, interval: float = 0.1,
+def wait_until(what: str, check: Callable[[], object], timeout: "float | Deadline",
+               interval: float = 0.1,
                retry_on: tuple[type[BaseException], ...] = RETRY_ON,
                meters: Meters = None):
     """The one retry helper: poll ``check`` until truthy; on the deadline, say what was awaited
     and what was last seen. ``meters``: a guest's (:class:`Deadline`)."""
-    deadline = Deadline(timeout, meters)
+    deadline = Deadline.of(timeout, meters)
     last: object = None
     while True:
         try:
@@ -96,6 +105,7 @@ def wait_until(what: str, check: Callable[[], object], timeout: float, interval:
         except retry_on as e:
             last = e
         if deadline.passed():
-            raise WaitTimeout(f"timed out after {timeout} s waiting for {what}{deadline.said()}",
+            raise WaitTimeout(f"timed out after {deadline.seconds:g} s waiting for {what}"
+                              f"{deadline.said()}",
                               details=f"last seen: {last}")
         time.sleep(interval)  # the condition is re-checked; the deadline bounds the loop

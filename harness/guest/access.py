@@ -59,9 +59,11 @@ class Result:
 class Channel(Protocol):
     name: str
 
-    def run(self, command: str, timeout: float, meters: Meters = None) -> tuple[int, str, str]: ...
+    def run(self, command: str, timeout: "float | Deadline",
+            meters: Meters = None) -> tuple[int, str, str]: ...
 
-    def exec(self, command: str, timeout: float, meters: Meters = None) -> tuple[int, str]: ...
+    def exec(self, command: str, timeout: "float | Deadline",
+             meters: Meters = None) -> tuple[int, str]: ...
 
     def close(self) -> None: ...
 
@@ -70,7 +72,8 @@ class _MergedExec:
     """``exec``: a command's status and what it printed on stdout and stderr together, for
     callers that only show it to people (a failed clock set's message); parsers use ``run``."""
 
-    def exec(self, command: str, timeout: float, meters: Meters = None) -> tuple[int, str]:
+    def exec(self, command: str, timeout: "float | Deadline",
+             meters: Meters = None) -> tuple[int, str]:
         status, out, err = self.run(command, timeout, meters)
         return status, out + err
 
@@ -222,7 +225,8 @@ class ConsoleChannel(_MergedExec):
                 if deadline.passed():
                     raise
 
-    def run(self, command: str, timeout: float, meters: Meters = None) -> tuple[int, str, str]:
+    def run(self, command: str, timeout: "float | Deadline",
+            meters: Meters = None) -> tuple[int, str, str]:
         """Run ``command``: (exit status, stdout, stderr)."""
         with self._lock:
             self._counter += 1
@@ -234,7 +238,7 @@ class ConsoleChannel(_MergedExec):
             self._spawn.send(f"echo '@@HH-B-{n}''@@'; ( {command}\n) 2>{err}; "
                              f"echo '@@HH-S-{n}''@@' $?; cat {err}; rm -f {err}; "
                              f"echo '@@HH-E-{n}''@@'\n")
-            deadline = Deadline(timeout, meters)
+            deadline = Deadline.of(timeout, meters)
             try:
                 self.expect_by(f"@@HH-B-{n}@@\r?\n", deadline)
                 m = self.expect_by(f"@@HH-S-{n}@@ (\\d+)\r?\n", deadline)
@@ -242,7 +246,7 @@ class ConsoleChannel(_MergedExec):
                 self.expect_by(f"@@HH-E-{n}@@\r?\n", deadline)
             except WaitTimeout as e:
                 self._spawn.send("\x03")  # interrupt the command; the next marker resyncs
-                raise WaitTimeout(f"console: `{command}` did not finish within {timeout:.1f} s"
+                raise WaitTimeout(f"console: `{command}` did not finish within {deadline.seconds:.1f} s"
                                   f"{deadline.said()}", details=e.details) from None
             return int(m.group(1)), _terminal_text(stdout), _terminal_text(self._spawn.before)
 
@@ -272,8 +276,8 @@ class SSHChannel(_MergedExec):
 
     name = "ssh"
 
-    def __init__(self, host: str, port: int, user: str, key_path: Path, timeout: float,
-                 meters: Meters = None):
+    def __init__(self, host: str, port: int, user: str, key_path: Path,
+                 timeout: "float | Deadline", meters: Meters = None):
         import paramiko
 
         try:
@@ -301,14 +305,16 @@ class SSHChannel(_MergedExec):
                                       timeout, interval=0.2, retry_on=(Exception,),
                                       meters=meters)
 
-    def run(self, command: str, timeout: float, meters: Meters = None) -> tuple[int, str, str]:
+    def run(self, command: str, timeout: "float | Deadline",
+            meters: Meters = None) -> tuple[int, str, str]:
         """Run ``command``: (exit status, stdout, stderr), read from SSH's two streams."""
         import paramiko
 
         try:
-            _, stdout, _ = self._client.exec_command(f"( {command}\n)", timeout=timeout)
+            deadline = Deadline.of(timeout, meters)
+            _, stdout, _ = self._client.exec_command(f"( {command}\n)",
+                                                     timeout=max(1.0, deadline.left()))
             chan = stdout.channel
-            deadline = Deadline(timeout, meters)
             out, err = [], []
             while not (chan.exit_status_ready() and not chan.recv_ready()
                        and not chan.recv_stderr_ready()):
@@ -318,7 +324,7 @@ class SSHChannel(_MergedExec):
                     err.append(chan.recv_stderr(65536))
                 elif deadline.passed():
                     chan.close()
-                    raise WaitTimeout(f"ssh: {command!r} did not finish within {timeout} s"
+                    raise WaitTimeout(f"ssh: {command!r} did not finish within {deadline.seconds:g} s"
                                       f"{deadline.said()}",
                                       details="stdout so far:\n" + tail(b"".join(out).decode(errors="replace"))
                                       + "\nstderr so far:\n" + tail(b"".join(err).decode(errors="replace")))

@@ -205,13 +205,15 @@ class Guest:
             replay_script(self.argv, self.paths, self.image, self.restored_from is not None))
         os.chmod(self.workdir / "replay.sh", 0o755)
 
-    def connect_ssh(self, deadline: float) -> None:
+    def connect_ssh(self, deadline: "float | Deadline") -> None:
+        """``deadline``: a time.monotonic() value, or the boot's Deadline (its lost time counts)."""
         self.ssh_port = _forwarded_ssh_port(self)
         if self.image.ssh_key is None:
             raise QemuLaunchError("access=ssh needs an SSH key", hint="pass --guest-key")
         self.shell.ssh = SSHChannel("127.0.0.1", self.ssh_port, self.image.ssh_user,
                                     Path(self.image.ssh_key), meters=self.shell.meters,
-                                    timeout=max(1.0, deadline - time.monotonic()))
+                                    timeout=deadline if isinstance(deadline, Deadline)
+                                    else max(1.0, deadline - time.monotonic()))
 
     def reboot_from_inside(self) -> None:
         """``reboot -f`` on the console; back once it reset (:func:`_reboot_from_inside`)."""
@@ -403,7 +405,7 @@ def _wait_ready(guest: "Guest", by: float) -> None:
         guest.shell.run("dmesg -n 1 2>/dev/null; export TERM=dumb; true",
                        max(1.0, deadline.left()))
     if guest.spec.access == "ssh":
-        guest.connect_ssh(time.monotonic() + deadline.left())
+        guest.connect_ssh(deadline)
     if guest.image.seed is not None:
         # SSH answers before cloud-init has finished (its last stage writes the DHCP rule
         # for NICs that appear later): a NIC hot-added before then got no address. Its own
@@ -412,7 +414,7 @@ def _wait_ready(guest: "Guest", by: float) -> None:
         channel = guest.shell.ssh or guest.shell.console
         channel.exec("! command -v cloud-init >/dev/null || while ! test -e "
                      "/var/lib/cloud/instance/boot-finished; do sleep 0.5; done",
-                     max(1.0, deadline.left()), guest.shell.meters)
+                     deadline, guest.shell.meters)
 
 
 def _forwarded_ssh_port(guest: "Guest") -> int:
