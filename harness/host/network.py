@@ -49,9 +49,10 @@ from typing import NamedTuple
 from harness.core.locks import flock_within
 from harness.core.paths import check_search_path, open_nofollow
 from harness.core.text import shown
-from harness.host.nsholders import (PROC_NET, MountVisits, fd_namespace, more_open_files,
-                                    nsfs_mounts, open_namespace, proc_net_problems,
-                                    socket_namespaces, went_away)
+from harness.host.nsholders import (PROC_NET, Identity, MountVisits, fd_namespace,
+                                    more_open_files, node_holds_namespace, nsfs_mounts,
+                                    open_namespace, proc_net_problems, procfs_devices,
+                                    socket_namespaces, tap_majors, went_away)
 from harness.host.storage import (FDS_BUDGET, FORK_TABLE_MIN, MAX_FDS_READ, Budget, _copied,
                                   _has_children, _link, _parent_table, mountinfos,
                                   tables_budget, tables_within, tasks_of, thread_tables)
@@ -547,10 +548,13 @@ def _holders(fs: Sysfs, visits: MountVisits, problems: list[str],
         for kind, what, how, path in _held_by_process(fs, proc, problems, early, budget, fds):
             found[kind].append((what, how, path) if kind != "socket" else (what, path))
     problems += fds.problems(new=True)
-    _path_namespaces(fs, found, fds.budget, problems)
+    seen = _path_namespaces(fs, found, fds.budget, problems)
     infos = mountinfos(fs, problems)
     infos += visits.visit(infos, found["mnt"], problems)
     if fs.real_host:
+        procfs = procfs_devices(infos)
+        found["procnet"] += [(t, how, e) for t, how, e in found["path"]
+                             if e in seen and seen[e].dev in procfs and PROC_NET.fullmatch(t)]
         problems += proc_net_problems(found["procnet"], infos, fs)
     held: dict[str, list[tuple[str, Path | int]]] = {}
     for inode, how, path in found["net"] + nsfs_mounts(infos, fs.path(), "net"):
@@ -558,13 +562,17 @@ def _holders(fs: Sysfs, visits: MountVisits, problems: list[str],
     return held, found["socket"]
 
 
-def _path_namespaces(fs: Sysfs, found: dict, budget: Budget, problems: list[str]) -> None:
+def _path_namespaces(fs: Sysfs, found: dict, budget: Budget, problems: list[str]
+                     ) -> "dict[Path, Identity]":
     """Of the open files whose link reads as a path (``found["path"]``), those that are a
-    namespace's file (:func:`fd_namespace`) go to ``found["net"]`` or ``found["mnt"]``,
-    within what is left of the search's fd ``budget``."""
-    paths = found["path"]
+    namespace's file (:func:`fd_namespace`) go to ``found["net"]`` or ``found["mnt"]``, the
+    tun device's fds (by its number, at any path) to ``found["socket"]``, and a macvtap or
+    ipvtap queue's is a problem (:func:`node_holds_namespace`), within what is left of the
+    search's fd ``budget``. Returns what the others are (:func:`cached_file`)."""
+    paths, seen = found["path"], {}
     nsfs = os.stat(fs.proc("self", "ns", "net")).st_dev if paths else None
-    for n, (_, how, entry) in enumerate(paths):
+    taps = tap_majors(fs) if paths else {}
+    for n, (target, how, entry) in enumerate(paths):
         if not budget.allows():
             problems.append(f"{len(paths) - n} open files that may be namespaces' were not "
                             f"looked at within {FDS_BUDGET:g} s: a network namespace held "
@@ -572,14 +580,33 @@ def _path_namespaces(fs: Sysfs, found: dict, budget: Budget, problems: list[str]
             break
         try:
             with budget.timing():
-                held = fd_namespace(fs, entry, nsfs)
+                held = fd_namespace(fs, entry, nsfs, seen)
             if held:
                 found[held[0]].append((held[1], how, entry))
+            elif entry in seen:
+                _held_node(target, how, entry, seen[entry], taps, found, problems)
         except OSError as e:
             if not went_away(e):  # (else closed meanwhile, as an fd that no longer reads)
                 problems.append(f"{how} may be a namespace's file, which cannot be told: "
                                 f"{e.strerror or e}: a network namespace held only by it "
                                 "would be missed")
+    return seen
+
+
+def _held_node(target: str, how: str, entry: Path, ident: Identity, taps: dict[int, str],
+               found: dict, problems: list[str]) -> None:
+    """An open character device that holds a network namespace (:func:`node_holds_namespace`):
+    the tun device is asked as a socket is; a macvtap or ipvtap queue, whose namespace no
+    kernel interface names, is a problem."""
+    kind = node_holds_namespace(ident, taps)
+    if kind == "tun":
+        found["socket"].append((target, entry))
+    elif kind:
+        problems.append(f"{how} is {target}, a {kind} queue (character device "
+                        f"{os.major(ident.rdev)}:{os.minor(ident.rdev)}), which holds the network "
+                        "namespace it was opened in, and no kernel interface names which: the "
+                        "interfaces of a namespace held only by it would be missed (end pid "
+                        f"{entry.parent.parent.name}, or its VM, to prove the host's NICs idle)")
 
 
 class _FdsRead:
@@ -687,12 +714,10 @@ def _held_by_entry(fs: Sysfs, proc: Path, what: str, entry: Path, inode: str | N
     kind = target.partition(":")[0]
     if kind in ("net", "mnt") and target != f"net:{inode}":
         return [(kind, target.removeprefix(kind + ":"), label, entry)]
-    if what == "fd" and (kind == "socket" or target == "/dev/net/tun"):
+    if what == "fd" and kind == "socket":
         return [("socket", target, label, entry)]
-    if what == "fd" and PROC_NET.fullmatch(target):
-        return [("procnet", target, label, entry)]
-    if what == "fd" and target.startswith("/") and fs.real_host:
-        return [("path", target, label, entry)]  # (maybe a namespace's file)
+    if what == "fd" and target.startswith("/") and fs.real_host:  # (told by what the kernel
+        return [("path", target, label, entry)]  # says it is: :func:`_path_namespaces`)
     return []
 
 

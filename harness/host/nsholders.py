@@ -36,14 +36,16 @@ import re
 import resource
 import select
 import socket
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from harness.host import storage
-from harness.host.storage import (cached_identity, cached_inode, call_within, kernel_lines,
-                                  unescape_mountinfo)
+from harness.host.storage import (_STATX_INO, _STATX_TYPE, _statx_cached, cached_inode,
+                                  call_within, kernel_lines, unescape_mountinfo)
 from harness.host.sysfs import Sysfs
 
 #: Run by the helper: enter the mount namespace of the (proven) fd ``argv[1]``, say so, and
@@ -137,19 +139,47 @@ def _on_fuse(entry: Path) -> bool:
         and line.partition(" - ")[2].startswith("fuse") for line in kernel_lines(mounts))
 
 
-def fd_namespace(fs: Sysfs, entry: Path, nsfs: int | None = None) -> tuple[str, str] | None:
+class Identity(NamedTuple):
+    """What the kernel's cache says an open file is: its filesystem, inode, type and device
+    number (a node's)."""
+    dev: int
+    ino: int
+    mode: int
+    rdev: int
+
+
+def cached_file(path: str) -> Identity:
+    """:class:`Identity` of what ``path`` leads to, from the kernel's cache alone (``statx``
+    with ``AT_STATX_DONT_SYNC``, as :func:`~harness.host.storage.node_type`): a FUSE daemon is
+    not asked. Raises OSError."""
+    if storage._statx is None:
+        st = os.stat(path)
+        return Identity(st.st_dev, st.st_ino, st.st_mode, st.st_rdev)
+    raw = _statx_cached(path, _STATX_TYPE | _STATX_INO)
+    dev, rdev = (os.makedev(*(int.from_bytes(raw[i:i + 4], "little") for i in (at, at + 4)))
+                 for at in (136, 128))
+    return Identity(dev, int.from_bytes(raw[32:40], "little"),
+                    int.from_bytes(raw[28:30], "little"), rdev)
+
+
+def fd_namespace(fs: Sysfs, entry: Path, nsfs: int | None = None,
+                 seen: "dict[Path, Identity] | None" = None) -> tuple[str, str] | None:
     """(kind, ``[N]``) of the network or mount namespace a process's fd ``entry``
     (``/proc/PID/fd/N``) holds when its link reads as a path: a namespace's file opened
     through its bind mount (as a container runtime keeps ``/var/run/netns/NAME``) reads as
     the mount's path, and as ``/`` once that is unmounted, never ``net:[N]``. None when it is
     no namespace's file (the kernel's cache says so: nothing waits on a FUSE daemon) or one of
-    another kind. Raises OSError (:func:`went_away` when the fd was closed or swapped)."""
+    another kind; ``seen`` then gets what it is (:func:`cached_file`). Raises OSError
+    (:func:`went_away` when the fd was closed or swapped)."""
     try:
-        device, inode = cached_identity(str(entry))  # (a FUSE daemon is not asked)
+        found = cached_file(str(entry))  # (a FUSE daemon is not asked)
     except PermissionError:
         if _on_fuse(entry):
             return None  # (FUSE refuses even root without allow_other; no namespace is there)
         raise
+    device, inode = found.dev, found.ino
+    if seen is not None:
+        seen[entry] = found
     if device != (nsfs if nsfs is not None else os.stat(fs.proc("self", "ns", "net")).st_dev):
         return None  # (``nsfs``: that device, read once for many)
     fd = open_namespace(fs, entry, f"[{inode}]", "net")  # (nsfs and that inode, any kind)
@@ -358,8 +388,48 @@ def more_open_files():
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-#: An open file of a ``/proc/PID/net`` folder: what of it follows ``net/``.
-PROC_NET = re.compile(r"/proc/[^/]+/(?:task/[^/]+/)?net/(.+)")
+#: An open file of a ``/proc/PID/net`` folder, through a procfs mounted anywhere (told by its
+#: filesystem: :func:`procfs_devices`): what of it follows ``net/``.
+PROC_NET = re.compile(r".*/(?:[0-9]+|self|thread-self)/(?:task/[0-9]+/)?net/(.+?)"
+                      r"(?: \(deleted\))?")  # (procfs drops its net/ dentries: "deleted")
+#: The tun device's number (misc 200, ``/dev/net/tun`` wherever its node is): an fd of it
+#: holds the namespace it was opened in, which ``SIOCGSKNS`` names.
+TUN_RDEV = os.makedev(10, 200)
+
+
+def procfs_devices(infos: list[tuple[Path, str]]) -> set[int]:
+    """The filesystems (``st_dev``) of every procfs mounted in the mount namespaces ``infos``
+    ((a process of it, its ``mountinfo``)): ``/proc``, a container's ``/host/proc``, any."""
+    out = set()
+    for _, text in infos:
+        for line in kernel_lines(text):
+            head, _, tail = line.partition(" - ")
+            fields = head.split()
+            if tail.split()[:1] == ["proc"] and len(fields) >= 3 and \
+                    re.fullmatch(r"\d+:\d+", fields[2]):
+                out.add(os.makedev(*map(int, fields[2].split(":"))))
+    return out
+
+
+def tap_majors(fs: Sysfs) -> dict[int, str]:
+    """The character majors of the queues of macvtap and ipvtap devices (``/dev/tapN``), from
+    ``/proc/devices``: an fd of one holds the namespace its socket was made in, which no
+    kernel interface names (``tap_ioctl`` has no ``SIOCGSKNS``). Empty where none is loaded."""
+    text = (fs.read(fs.proc("devices")) or "").partition("Character devices:")[2]
+    text = text.partition("Block devices:")[0]
+    return {int(f[0]): f[1] for line in text.splitlines()
+            if len(f := line.split()) == 2 and f[0].isdigit() and f[1] in ("macvtap", "ipvtap")}
+
+
+def node_holds_namespace(ident: Identity, taps: dict[int, str]) -> str | None:
+    """What a character device open as ``ident`` is when it holds a network namespace: the
+    tun device (``tun``: asked as a socket is) or a macvtap/ipvtap queue (its driver's name:
+    which namespace, nothing says); None for any other file."""
+    if not stat.S_ISCHR(ident.mode):
+        return None
+    if ident.rdev == TUN_RDEV:
+        return "tun"
+    return taps.get(os.major(ident.rdev))
 
 
 def proc_net_problems(files: list[tuple[str, str, Path]], infos: list[tuple[Path, str]],
