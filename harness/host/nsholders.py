@@ -261,34 +261,49 @@ def socket_namespaces(fds: list[tuple[str, Path]], known: set[str],
     """The network namespaces not in ``known`` that the sockets and tun fds ``fds`` ((their
     link, ``/proc/PID/fd/N``)) are in: {inode: (how it is held, an fd of it, to close)}, one
     fd a namespace. Each socket is asked once, however many fds share it, by a child process
-    (:data:`_ASK_SOCKETS`); what cannot be asked, or was swapped for another file since it
-    was listed, or got no answer in :data:`ASK_TIMEOUT` seconds, or whose namespace's fd did
-    not arrive (past the harness's limit of open files the kernel drops it from the message:
-    ``MSG_CTRUNC``), is a problem. Hold the fds under :func:`more_open_files`."""
-    queries, asked = [], set()
+    (:data:`_ASK_SOCKETS`), through the first listed; one whose fd was closed by then is asked
+    again through every other fd listed that shares it (a fork's, one passed to another
+    process: the process asked first may let go of it while another keeps it). What cannot be
+    asked, or was swapped for another file since it was listed, or got no answer in
+    :data:`ASK_TIMEOUT` seconds, or whose namespace's fd did not arrive (past the harness's
+    limit of open files the kernel drops it from the message: ``MSG_CTRUNC``), is a problem.
+    Hold the fds under :func:`more_open_files`."""
+    shared: dict[str, list[tuple[str, Path]]] = {}
     for target, entry in fds:
         key = target if target.startswith("socket:") else f"{entry}"  # (tun fds: all alike)
-        if key not in asked:
-            asked.add(key)
-            queries.append((target, entry))
+        if (target, entry) not in shared.setdefault(key, []):
+            shared[key].append((target, entry))
     out: dict[str, tuple[str, int]] = {}
+    gone = _asked([ways[0] for ways in shared.values()], known, out, problems)
+    again = [way for n, ways in enumerate(shared.values()) if n in gone for way in ways[1:]]
+    _asked(again, known | out.keys(), out, problems)  # (gone again: every copy was closed)
+    return out
+
+
+def _asked(queries: list[tuple[str, Path]], known: set[str], out: dict[str, tuple[str, int]],
+           problems: list[str]) -> set[int]:
+    """:func:`socket_namespaces`'s one round: the namespaces ``queries`` name go to ``out``,
+    what cannot be told to ``problems``; returns the indexes of those whose fd was closed
+    (``gone``: neither a namespace nor a problem)."""
     if not queries:
-        return out
-    answers = _ask(queries, known)
+        return set()
+    answers, gone = _ask(queries, known), set()
     for n, (target, entry) in enumerate(queries):
         how = f"{target} (fd {entry.name} of pid {entry.parent.parent.name})"
         answer, inode, ns = answers.get(n, ({"errno": errno.ETIMEDOUT, "what": f"no answer in "
                                              f"{ASK_TIMEOUT:g} s"}, None, None))
         if ns is not None:
             out[inode] = (how, ns)
-        elif inode is None and not answer.get("gone"):  # (else a namespace known or sent)
+        elif answer.get("gone"):
+            gone.add(n)
+        elif inode is None:  # (else a namespace known or sent)
             why = "it was swapped for another file since it was listed" \
                 if answer.get("swapped") else \
                 f"{answer.get('what', 'its answer')}: " \
                 f"{os.strerror(answer.get('errno', errno.EPROTO))}"
             problems.append(f"the network namespace of {how} cannot be told: {why}: the "
                             "interfaces of a namespace held only by it would be missed")
-    return out
+    return gone
 
 
 def _ask(queries: list[tuple[str, Path]],
