@@ -52,7 +52,7 @@ from harness.core.text import shown
 from harness.host.nsholders import (PROC_NET, Identity, MountVisits, fd_namespace,
                                     more_open_files, node_holds_namespace, nsfs_mounts,
                                     open_namespace, proc_net_problems, procfs_devices,
-                                    socket_namespaces, tap_majors, went_away)
+                                    ring_problems, socket_namespaces, tap_majors, went_away)
 from harness.host.storage import (FDS_BUDGET, FORK_TABLE_MIN, MAX_FDS_READ, Budget, _copied,
                                   _has_children, _link, _parent_table, mountinfos,
                                   tables_budget, tables_within, tasks_of, thread_tables)
@@ -540,7 +540,8 @@ def _holders(fs: Sysfs, visits: MountVisits, problems: list[str],
     ``early``, the namespace each process lives in is opened as it is seen (:func:`_live_in`),
     its fd kept there: a sandbox that ends right after cannot take it away unseen. ``fds``:
     the read's (:class:`_FdsRead`, shared by its searches)."""
-    found: dict[str, list] = {"net": [], "mnt": [], "socket": [], "procnet": [], "path": []}
+    found: dict[str, list] = {"net": [], "mnt": [], "socket": [], "procnet": [], "path": [],
+                              "ring": []}
     budget = tables_budget(fs)
     fds = fds or _FdsRead()
     fds.left = MAX_FDS_READ  # (a count for each search; the time is the read's)
@@ -557,6 +558,9 @@ def _holders(fs: Sysfs, visits: MountVisits, problems: list[str],
         found["procnet"] += [(t, how, e) for t, how, e in found["path"]
                              if e in seen and seen[e].dev in procfs and PROC_NET.fullmatch(t)]
         problems += proc_net_problems(found["procnet"], infos, fs)
+        problems += ring_problems(found["ring"], {t for t, _ in found["socket"]},
+                                  {i for i, _, _ in found["net"]} | {_inode(fs.proc(
+                                      "self", "ns", "net"))}, fds.budget)
     held: dict[str, list[tuple[str, Path | int]]] = {}
     for inode, how, path in found["net"] + nsfs_mounts(infos, fs.path(), "net"):
         held.setdefault(inode, []).append((how, path))
@@ -724,6 +728,8 @@ def _held_by_entry(fs: Sysfs, proc: Path, what: str, entry: Path, inode: str | N
         return [(kind, target.removeprefix(kind + ":"), label, entry)]
     if what == "fd" and kind == "socket":
         return [("socket", target, label, entry)]
+    if what == "fd" and target == "anon_inode:[io_uring]":  # (its registered files)
+        return [("ring", target, label, entry)]
     if what == "fd" and target.startswith("/") and fs.real_host:  # (told by what the kernel
         return [("path", target, label, entry)]  # says it is: :func:`_path_namespaces`)
     return []

@@ -486,6 +486,65 @@ def proc_net_problems(files: list[tuple[str, str, Path]], infos: list[tuple[Path
     return out
 
 
+# -- io_uring registered files ----------------------------------------------------------------
+
+
+def ring_problems(rings: list[tuple[str, str, Path]], sockets: set[str], namespaces: set[str],
+                  budget: "storage.Budget") -> list[str]:
+    """Why the io_urings ``rings`` ((link, how, ``/proc/PID/fd/N``)) may hold a network
+    namespace no one reads: a socket registered with a ring (``IORING_REGISTER_FILES``, its
+    fd closed after; or made as a direct descriptor, with no fd ever) holds the namespace it
+    was made in, and cannot be reached to ask which. Its slot is known only when the same
+    socket (``socket:[N]``) is among the fds ``sockets`` asked, or an nsfs file's namespace
+    among ``namespaces`` read; a slot a kernel before 6.14 prints with no name (a socket or a
+    pipe: which, it does not say), a ring whose files cannot be read, or one past ``budget``
+    (the fds'), is a problem. The registered files are read as the storage read reads them
+    (:func:`harness.host.storage._registered`)."""
+    out = []
+    for _, how, entry in rings:
+        if not budget.allows():
+            return out + [f"{how} and maybe more io_urings were not read within the fds' "
+                          "budget: a socket registered with one would hold a network "
+                          "namespace that is missed"]
+        try:
+            with budget.timing():
+                files = _ring_files(entry)
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # (closed since, or its process ended: it holds nothing now)
+        except OSError as e:
+            files = [f"<its registered files cannot be read: {e.strerror or e}>"]
+        held = sorted({f for f in files if (f.startswith("socket:") and f not in sockets)
+                       or (f.startswith("net:") and f[4:] not in namespaces)
+                       or f == "" or f.startswith("<its")})
+        if held:
+            out.append(f"{how} is an io_uring with {', '.join(map(repr, held[:3]))}"
+                       f"{' and more' if len(held) > 3 else ''} registered: a socket there "
+                       "holds the network namespace it was made in, which nothing can ask "
+                       "(no fd of it): the interfaces of a namespace held only by it would be "
+                       f"missed (end pid {entry.parent.parent.name} to prove the host's NICs "
+                       "idle)")
+    return out
+
+
+def _ring_files(entry: Path) -> list[str]:
+    """The registered files of the io_uring fd ``entry``, from its fdinfo, at most
+    :data:`~harness.host.storage.MAX_RING_BYTES` of it (a user chooses how large the table
+    is). The kernel leaves the list out while the ring is busy: read again, then an error.
+    Raises OSError."""
+    for _ in range(3):
+        with open(entry.parent.parent / "fdinfo" / entry.name, "rb") as f:
+            data = f.read(storage.MAX_RING_BYTES + 1)
+        if len(data) > storage.MAX_RING_BYTES:
+            raise OSError(errno.EFBIG, f"more than {storage.MAX_RING_BYTES >> 20} MB")
+        info = os.fsdecode(data)
+        count = re.search(r"^UserFiles:\s*(\d+)", info, re.M)
+        files = storage._registered(info)
+        if not count or int(count[1]) == 0 or files:
+            return files
+    raise OSError(errno.EBUSY, f"{count[1]} registered files the kernel did not list (the "
+                  "ring was busy, or its table is sparse)")
+
+
 # -- mount namespaces no process is in -----------------------------------------------------
 
 
