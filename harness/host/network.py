@@ -299,7 +299,7 @@ def _capture(argv: list[str], timeout: float, fds: tuple[int, ...]) -> tuple[int
                 got[fd].append(chunk)
             if size > MAX_OUTPUT:
                 raise OSError(errno.EFBIG, f"more than {MAX_OUTPUT >> 20} MB of output")
-        code = p.wait(max(0.0, deadline - time.monotonic()))
+        code = p.wait(max(0.1, deadline - time.monotonic()))  # (its pipes closed: ending)
     except subprocess.TimeoutExpired as e:
         raise TimeoutError(f"no end in {timeout:.3g} s") from e
     finally:

@@ -271,8 +271,7 @@ def socket_namespaces(fds: list[tuple[str, Path]], known: set[str],
     shared: dict[str, list[tuple[str, Path]]] = {}
     for target, entry in fds:
         key = target if target.startswith("socket:") else f"{entry}"  # (tun fds: all alike)
-        if (target, entry) not in shared.setdefault(key, []):
-            shared[key].append((target, entry))
+        shared.setdefault(key, []).append((target, entry))
     out: dict[str, tuple[str, int]] = {}
     gone = _asked([ways[0] for ways in shared.values()], known, out, problems)
     again = [way for n, ways in enumerate(shared.values()) if n in gone for way in ways[1:]]
