@@ -545,7 +545,6 @@ def _holders(fs: Sysfs, visits: MountVisits, problems: list[str],
     budget = tables_budget(fs)
     fds = fds or _FdsRead()
     fds.left = MAX_FDS_READ  # (a count for each search; the time is the read's)
-    fds.copies = {}
     for proc in sorted(fs.proc().glob("[0-9]*"), key=lambda p: int(p.name)):
         for kind, what, how, path in _held_by_process(fs, proc, problems, early, budget, fds):
             found[kind].append((what, how, path) if kind != "socket" else (what, path))
@@ -564,8 +563,7 @@ def _holders(fs: Sysfs, visits: MountVisits, problems: list[str],
     held: dict[str, list[tuple[str, Path | int]]] = {}
     for inode, how, path in found["net"] + nsfs_mounts(infos, fs.path(), "net"):
         held.setdefault(inode, []).append((how, path))
-    return held, found["socket"] + [(target, copy) for target, entry in found["socket"]
-                                    for copy in fds.copies.get(entry, ())]
+    return held, found["socket"]
 
 
 def _path_namespaces(fs: Sysfs, found: dict, budget: Budget, problems: list[str]
@@ -626,9 +624,6 @@ class _FdsRead:
     def __init__(self) -> None:
         self.left, self.skipped, self.first, self._said = MAX_FDS_READ, 0, "", False
         self.tables: dict[int, dict[str, str]] = {}
-        #: A parent's fd -> its forks' copies of it, left out (asked when the parent's is
-        #: closed by the time it is asked: :func:`~harness.host.nsholders.socket_namespaces`).
-        self.copies: dict[Path, list[Path]] = {}
         #: Listing them and looking at those that are paths, in one search.
         self.budget = Budget(FDS_BUDGET)
 
@@ -649,11 +644,8 @@ class _FdsRead:
             table = {e.name: t for e in entries if (t := _link(e)) is not None}
             if keep:
                 self.tables[pid] = table
-            out = [e for e in entries if not (parent and e.name in table
-                                              and _copied(parent, pid, e.name, table[e.name]))]
-        for e in set(entries) - set(out):  # (parent: the table above; its fd of that number)
-            self.copies.setdefault(proc.parent / str(parent[0]) / "fd" / e.name, []).append(e)
-        return out
+            return [e for e in entries if not (parent and e.name in table
+                                               and _copied(parent, pid, e.name, table[e.name]))]
 
     def problems(self, new: bool = False) -> list[str]:
         """The problem of fds not read; with ``new``, only once in the read (its searches

@@ -263,7 +263,9 @@ def socket_namespaces(fds: list[tuple[str, Path]], known: set[str],
     fd a namespace. Each socket is asked once, however many fds share it, by a child process
     (:data:`_ASK_SOCKETS`), through the first listed; one whose fd was closed by then is asked
     again through every other fd listed that shares it (a fork's, one passed to another
-    process: the process asked first may let go of it while another keeps it). What cannot be
+    process: the process asked first may let go of it while another keeps it), and through
+    the same fd of the children of its holder (a fork's copy, which the read of fds leaves
+    out as its parent's: :func:`_fork_copies`). What cannot be
     asked, or was swapped for another file since it was listed, or got no answer in
     :data:`ASK_TIMEOUT` seconds, or whose namespace's fd did not arrive (past the harness's
     limit of open files the kernel drops it from the message: ``MSG_CTRUNC``), is a problem.
@@ -274,8 +276,30 @@ def socket_namespaces(fds: list[tuple[str, Path]], known: set[str],
         shared.setdefault(key, []).append((target, entry))
     out: dict[str, tuple[str, int]] = {}
     gone = _asked([ways[0] for ways in shared.values()], known, out, problems)
-    again = [way for n, ways in enumerate(shared.values()) if n in gone for way in ways[1:]]
+    again = [way for n, ways in enumerate(shared.values()) if n in gone
+             for way in ways[1:] + _fork_copies(*ways[0])]
     _asked(again, known | out.keys(), out, problems)  # (gone again: every copy was closed)
+    return out
+
+
+def _fork_copies(target: str, entry: Path) -> list[tuple[str, Path]]:
+    """The fds of the same number as ``entry`` (``/proc/PID/fd/N``) in the children of its
+    process whose link still reads ``target``: a fork's copies of a socket, which the read of
+    fds does not list (:class:`harness.host.network._FdsRead`). Read only for a socket whose
+    listed fds were all closed when asked."""
+    proc, out = entry.parent.parent, []
+    try:
+        children = {c for task in (proc / "task").iterdir()
+                    for c in (task / "children").read_text().split()}
+    except OSError:
+        return []  # (it ended: its forks, reparented, are listed as its were)
+    for child in sorted(children):
+        copy = proc.parent / child / "fd" / entry.name
+        try:
+            if os.readlink(copy) == target:
+                out.append((target, copy))
+        except OSError:
+            pass  # (not open there, or gone)
     return out
 
 
