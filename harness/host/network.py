@@ -40,6 +40,7 @@ import errno
 import json
 import os
 import re
+import select
 import subprocess
 import time
 from pathlib import Path
@@ -48,9 +49,10 @@ from typing import NamedTuple
 from harness.core.locks import flock_within
 from harness.core.paths import check_search_path, open_nofollow
 from harness.core.text import shown
-from harness.host.nsholders import (PROC_NET, MountVisits, fd_namespace, more_open_files,
-                                    nsfs_mounts, open_namespace, proc_net_problems,
-                                    socket_namespaces, went_away)
+from harness.host.nsholders import (PROC_NET, Identity, MountVisits, fd_namespace,
+                                    more_open_files, node_holds_namespace, nsfs_mounts,
+                                    open_namespace, proc_net_problems, procfs_devices,
+                                    ring_problems, socket_namespaces, tap_majors, went_away)
 from harness.host.storage import (FDS_BUDGET, FORK_TABLE_MIN, MAX_FDS_READ, Budget, _copied,
                                   _has_children, _link, _parent_table, mountinfos,
                                   tables_budget, tables_within, tasks_of, thread_tables)
@@ -87,6 +89,9 @@ class Namespace:
         self.name, self.enter, self.ip, self.fake = name, enter, ip, fake
         #: fds the commands that enter it inherit (``nsenter --net=/proc/self/fd/N``)
         self.fds = fds
+        #: When all its commands must have ended (``time.monotonic()``; None: each has
+        #: :data:`RUN_TIMEOUT`): what is left of the budget it is read within.
+        self.deadline: float | None = None
         self.links: dict[str, dict] = {}
         self.addresses: dict[str, list[str]] = {}
         self.routes: dict[str, list[str]] = {}
@@ -232,25 +237,80 @@ def _uppers(fs: Sysfs, ns: Namespace, dev: Netdev) -> list[str]:
 # -- reading ------------------------------------------------------------------------------------
 
 
-def _run(fs: Sysfs, argv: list[str], fake: Path, fds: tuple[int, ...] = ()) -> str:
+#: Seconds one command that reads a namespace may take (less: what is left of the budget of
+#: the namespaces found by a search, :data:`NAMESPACES_BUDGET`, which all of one namespace's
+#: commands share), and the most output it may print (bytes): past either it is ended, and
+#: the namespace is not read (a user's namespace with millions of routes would otherwise cost
+#: minutes and root's memory for the whole listing, every read).
+RUN_TIMEOUT = 20.0
+MAX_OUTPUT = 32 << 20
+
+
+def _run(fs: Sysfs, argv: list[str], fake: Path, fds: tuple[int, ...] = (),
+         deadline: float | None = None) -> str:
     """A tool's output; under a fake root, the file that stands for it. ``fds``: the ones it
-    inherits. Raises OSError (with what went wrong) when it cannot be had."""
+    inherits; ``deadline`` (``time.monotonic()``): when it must have ended (else
+    :data:`RUN_TIMEOUT` from now). Raises OSError (with what went wrong) when it cannot be had."""
     if not fs.real_host:
         text = fs.read(fake)
         if text is None:
             raise OSError(f"no {fake.relative_to(fs.root)} (the fake of `{' '.join(argv)}`)")
         return text
     check_search_path()  # (as root: ip, ss, nsenter and what they run are found on PATH)
+    timeout = RUN_TIMEOUT if deadline is None else min(RUN_TIMEOUT, deadline - time.monotonic())
+    if timeout <= 0:
+        raise OSError(f"`{' '.join(argv)}` was not run: the namespaces' budget of "
+                      f"{NAMESPACES_BUDGET:g} s is spent")
     try:
-        # (an interface name is any bytes the user who named it chose: kept as the kernel has
-        # them, never a UnicodeDecodeError that ends the read)
-        p = subprocess.run(argv, capture_output=True, text=True, errors="surrogateescape",
-                           timeout=20, pass_fds=fds)
-    except (OSError, subprocess.TimeoutExpired) as e:
+        code, out, err = _capture(argv, timeout, fds)
+    except (OSError, TimeoutError) as e:
         raise OSError(f"`{' '.join(argv)}` could not run: {e}") from e
-    if p.returncode != 0:
-        raise OSError(f"`{' '.join(argv)}` failed: {p.stderr.strip() or p.returncode}")
-    return p.stdout
+    if code != 0:
+        raise OSError(f"`{' '.join(argv)}` failed: {err.strip() or code}")
+    return out
+
+
+def _capture(argv: list[str], timeout: float, fds: tuple[int, ...]) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of ``argv``, run in a session of its own, whose every
+    process is killed past ``timeout`` seconds or :data:`MAX_OUTPUT` bytes (a child that keeps
+    the pipe open would make a wait for its end last as long as the child). An interface name
+    is any bytes the user who named it chose: kept as the kernel has them (surrogateescape).
+    Raises OSError or TimeoutError."""
+    deadline = time.monotonic() + timeout
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, pass_fds=fds, start_new_session=True)
+    streams = (p.stdout.fileno(), p.stderr.fileno())
+    got: dict[int, list[bytes]] = {fd: [] for fd in streams}
+    size, waiting = 0, select.poll()
+    for fd in got:
+        waiting.register(fd, select.POLLIN)
+    try:
+        open_fds = set(got)
+        while open_fds:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no end in {timeout:.3g} s")
+            for fd, _ in waiting.poll(left * 1000):
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    waiting.unregister(fd)
+                    open_fds.discard(fd)
+                size += len(chunk)
+                got[fd].append(chunk)
+            if size > MAX_OUTPUT:
+                raise OSError(errno.EFBIG, f"more than {MAX_OUTPUT >> 20} MB of output")
+        code = p.wait(max(0.1, deadline - time.monotonic()))  # (its pipes closed: ending)
+    except subprocess.TimeoutExpired as e:
+        raise TimeoutError(f"no end in {timeout:.3g} s") from e
+    finally:
+        if p.poll() is None:
+            with contextlib.suppress(OSError):
+                os.killpg(p.pid, 9)
+            p.wait()
+        p.stdout.close()
+        p.stderr.close()
+    out, err = (b"".join(got[fd]).decode(errors="surrogateescape") for fd in streams)
+    return code, out, err
 
 
 #: How many more times every holder is searched when a namespace, or a mount namespace one
@@ -393,7 +453,8 @@ def _search_held(fs: Sysfs, done: set, visits: MountVisits, early: dict, problem
                                 "and others): the interfaces in them are unknown")
                 break
             found[inode] = _read_namespace_fd(fs, how, fd,
-                                              fs.path("ip", "nsfs", inode.strip("[]")))
+                                              fs.path("ip", "nsfs", inode.strip("[]")),
+                                              deadline)
     finally:
         for _, fd in pins.values():
             os.close(fd)
@@ -479,7 +540,8 @@ def _holders(fs: Sysfs, visits: MountVisits, problems: list[str],
     ``early``, the namespace each process lives in is opened as it is seen (:func:`_live_in`),
     its fd kept there: a sandbox that ends right after cannot take it away unseen. ``fds``:
     the read's (:class:`_FdsRead`, shared by its searches)."""
-    found: dict[str, list] = {"net": [], "mnt": [], "socket": [], "procnet": [], "path": []}
+    found: dict[str, list] = {"net": [], "mnt": [], "socket": [], "procnet": [], "path": [],
+                              "ring": []}
     budget = tables_budget(fs)
     fds = fds or _FdsRead()
     fds.left = MAX_FDS_READ  # (a count for each search; the time is the read's)
@@ -487,24 +549,34 @@ def _holders(fs: Sysfs, visits: MountVisits, problems: list[str],
         for kind, what, how, path in _held_by_process(fs, proc, problems, early, budget, fds):
             found[kind].append((what, how, path) if kind != "socket" else (what, path))
     problems += fds.problems(new=True)
-    _path_namespaces(fs, found, fds.budget, problems)
+    seen = _path_namespaces(fs, found, fds.budget, problems)
     infos = mountinfos(fs, problems)
     infos += visits.visit(infos, found["mnt"], problems)
     if fs.real_host:
+        procfs = procfs_devices(infos)
+        found["procnet"] += [(t, how, e) for t, how, e in found["path"]
+                             if e in seen and seen[e].dev in procfs and PROC_NET.fullmatch(t)]
         problems += proc_net_problems(found["procnet"], infos, fs)
+        problems += ring_problems(found["ring"], {t for t, _ in found["socket"]},
+                                  {i for i, _, _ in found["net"]} | {_inode(fs.proc(
+                                      "self", "ns", "net"))}, fds.budget)
     held: dict[str, list[tuple[str, Path | int]]] = {}
     for inode, how, path in found["net"] + nsfs_mounts(infos, fs.path(), "net"):
         held.setdefault(inode, []).append((how, path))
     return held, found["socket"]
 
 
-def _path_namespaces(fs: Sysfs, found: dict, budget: Budget, problems: list[str]) -> None:
+def _path_namespaces(fs: Sysfs, found: dict, budget: Budget, problems: list[str]
+                     ) -> "dict[Path, Identity]":
     """Of the open files whose link reads as a path (``found["path"]``), those that are a
-    namespace's file (:func:`fd_namespace`) go to ``found["net"]`` or ``found["mnt"]``,
-    within what is left of the search's fd ``budget``."""
-    paths = found["path"]
+    namespace's file (:func:`fd_namespace`) go to ``found["net"]`` or ``found["mnt"]``, the
+    tun device's fds (by its number, at any path) to ``found["socket"]``, and a macvtap or
+    ipvtap queue's is a problem (:func:`node_holds_namespace`), within what is left of the
+    search's fd ``budget``. Returns what the others are (:func:`cached_file`)."""
+    paths, seen = found["path"], {}
     nsfs = os.stat(fs.proc("self", "ns", "net")).st_dev if paths else None
-    for n, (_, how, entry) in enumerate(paths):
+    taps = tap_majors(fs) if paths else {}
+    for n, (target, how, entry) in enumerate(paths):
         if not budget.allows():
             problems.append(f"{len(paths) - n} open files that may be namespaces' were not "
                             f"looked at within {FDS_BUDGET:g} s: a network namespace held "
@@ -512,14 +584,33 @@ def _path_namespaces(fs: Sysfs, found: dict, budget: Budget, problems: list[str]
             break
         try:
             with budget.timing():
-                held = fd_namespace(fs, entry, nsfs)
+                held = fd_namespace(fs, entry, nsfs, seen)
             if held:
                 found[held[0]].append((held[1], how, entry))
+            elif entry in seen:
+                _held_node(target, how, entry, seen[entry], taps, found, problems)
         except OSError as e:
             if not went_away(e):  # (else closed meanwhile, as an fd that no longer reads)
                 problems.append(f"{how} may be a namespace's file, which cannot be told: "
                                 f"{e.strerror or e}: a network namespace held only by it "
                                 "would be missed")
+    return seen
+
+
+def _held_node(target: str, how: str, entry: Path, ident: Identity, taps: dict[int, str],
+               found: dict, problems: list[str]) -> None:
+    """An open character device that holds a network namespace (:func:`node_holds_namespace`):
+    the tun device is asked as a socket is; a macvtap or ipvtap queue, whose namespace no
+    kernel interface names, is a problem."""
+    kind = node_holds_namespace(ident, taps)
+    if kind == "tun":
+        found["socket"].append((target, entry))
+    elif kind:
+        problems.append(f"{how} is {target}, a {kind} queue (character device "
+                        f"{os.major(ident.rdev)}:{os.minor(ident.rdev)}), which holds the network "
+                        "namespace it was opened in, and no kernel interface names which: the "
+                        "interfaces of a namespace held only by it would be missed (end pid "
+                        f"{entry.parent.parent.name}, or its VM, to prove the host's NICs idle)")
 
 
 class _FdsRead:
@@ -627,12 +718,12 @@ def _held_by_entry(fs: Sysfs, proc: Path, what: str, entry: Path, inode: str | N
     kind = target.partition(":")[0]
     if kind in ("net", "mnt") and target != f"net:{inode}":
         return [(kind, target.removeprefix(kind + ":"), label, entry)]
-    if what == "fd" and (kind == "socket" or target == "/dev/net/tun"):
+    if what == "fd" and kind == "socket":
         return [("socket", target, label, entry)]
-    if what == "fd" and PROC_NET.fullmatch(target):
-        return [("procnet", target, label, entry)]
-    if what == "fd" and target.startswith("/") and fs.real_host:
-        return [("path", target, label, entry)]  # (maybe a namespace's file)
+    if what == "fd" and target == "anon_inode:[io_uring]":  # (its registered files)
+        return [("ring", target, label, entry)]
+    if what == "fd" and target.startswith("/") and fs.real_host:  # (told by what the kernel
+        return [("path", target, label, entry)]  # says it is: :func:`_path_namespaces`)
     return []
 
 
@@ -678,11 +769,15 @@ def _held_namespace(fs: Sysfs, inode: str, ways: list[tuple[str, Path]]) -> Name
     return Namespace(ways[0][0], [], [], fs.path("ip", "nsfs", inode.strip("[]")))
 
 
-def _read_namespace_fd(fs: Sysfs, how: str, fd: int, fake: Path) -> Namespace:
+def _read_namespace_fd(fs: Sysfs, how: str, fd: int, fake: Path,
+                       deadline: float | None = None) -> Namespace:
     """A namespace read through an fd of it this process holds (``nsenter --net=/proc/self/
-    fd/N``: the path is this process's own, the fd already proven)."""
+    fd/N``: the path is this process's own, the fd already proven), all its commands ended by
+    ``deadline`` when one is given."""
     enter = ["nsenter", f"--net=/proc/self/fd/{fd}"]
-    return _read_namespace(fs, Namespace(how, enter, enter + ["ip"], fake, (fd,)))
+    ns = Namespace(how, enter, enter + ["ip"], fake, (fd,))
+    ns.deadline = deadline
+    return _read_namespace(fs, ns)
 
 
 def _inode(path: Path, strict: bool = False) -> str | None:
@@ -731,9 +826,13 @@ def _read_namespace(fs: Sysfs, ns: Namespace) -> Namespace:
     data = {}
     for what, args in _IP.items():
         try:
-            data[what] = _ip_json(_run(fs, ns.ip + args, ns.fake / f"{what}.json", ns.fds) or "[]")
+            data[what] = _ip_json(_run(fs, ns.ip + args, ns.fake / f"{what}.json", ns.fds,
+                                       **_by(ns)) or "[]")
             if not isinstance(data[what], list):
                 raise ValueError("not a list")
+            if ns.deadline is not None and time.monotonic() > ns.deadline:
+                raise OSError(f"the namespaces' budget of {NAMESPACES_BUDGET:g} s was spent "
+                              "reading it")
         except (OSError, ValueError) as e:
             ns.problems.append(f"`ip {' '.join(args)}`{where} cannot be read: {e}")
             return ns
@@ -750,6 +849,11 @@ def _read_namespace(fs: Sysfs, ns: Namespace) -> Namespace:
     return ns
 
 
+def _by(ns: Namespace) -> dict:
+    """:func:`_run`'s ``deadline`` for ``ns``'s commands, when it has one."""
+    return {"deadline": ns.deadline} if ns.deadline is not None else {}
+
+
 def _route_text(r: dict) -> str:
     text = f"{r.get('type', '')} {r.get('dst', 'default')}".strip()
     if r.get("nexthops"):
@@ -761,10 +865,10 @@ def _read_sockets(fs: Sysfs, ns: Namespace, where: str) -> None:
     """Sockets bound to an interface: ``ss`` (TCP, UDP, raw) and /proc/net/packet (packet
     sockets, by interface index; 0 means every interface: bound to none)."""
     try:
-        ss = _run(fs, ns.enter + _SS, ns.fake / "ss.txt", ns.fds)
+        ss = _run(fs, ns.enter + _SS, ns.fake / "ss.txt", ns.fds, **_by(ns))
         if ns.name:
             packet = _run(fs, ns.enter + ["cat", "/proc/net/packet"], ns.fake / "packet.txt",
-                          ns.fds)
+                          ns.fds, **_by(ns))
         else:
             packet = fs.read(fs.proc("net", "packet"))
             if packet is None:

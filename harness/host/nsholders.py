@@ -36,14 +36,16 @@ import re
 import resource
 import select
 import socket
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from harness.host import storage
-from harness.host.storage import (cached_identity, cached_inode, call_within, kernel_lines,
-                                  unescape_mountinfo)
+from harness.host.storage import (_STATX_INO, _STATX_TYPE, _statx_cached, cached_inode,
+                                  call_within, kernel_lines, unescape_mountinfo)
 from harness.host.sysfs import Sysfs
 
 #: Run by the helper: enter the mount namespace of the (proven) fd ``argv[1]``, say so, and
@@ -137,19 +139,47 @@ def _on_fuse(entry: Path) -> bool:
         and line.partition(" - ")[2].startswith("fuse") for line in kernel_lines(mounts))
 
 
-def fd_namespace(fs: Sysfs, entry: Path, nsfs: int | None = None) -> tuple[str, str] | None:
+class Identity(NamedTuple):
+    """What the kernel's cache says an open file is: its filesystem, inode, type and device
+    number (a node's)."""
+    dev: int
+    ino: int
+    mode: int
+    rdev: int
+
+
+def cached_file(path: str) -> Identity:
+    """:class:`Identity` of what ``path`` leads to, from the kernel's cache alone (``statx``
+    with ``AT_STATX_DONT_SYNC``, as :func:`~harness.host.storage.node_type`): a FUSE daemon is
+    not asked. Raises OSError."""
+    if storage._statx is None:
+        st = os.stat(path)
+        return Identity(st.st_dev, st.st_ino, st.st_mode, st.st_rdev)
+    raw = _statx_cached(path, _STATX_TYPE | _STATX_INO)
+    dev, rdev = (os.makedev(*(int.from_bytes(raw[i:i + 4], "little") for i in (at, at + 4)))
+                 for at in (136, 128))
+    return Identity(dev, int.from_bytes(raw[32:40], "little"),
+                    int.from_bytes(raw[28:30], "little"), rdev)
+
+
+def fd_namespace(fs: Sysfs, entry: Path, nsfs: int | None = None,
+                 seen: "dict[Path, Identity] | None" = None) -> tuple[str, str] | None:
     """(kind, ``[N]``) of the network or mount namespace a process's fd ``entry``
     (``/proc/PID/fd/N``) holds when its link reads as a path: a namespace's file opened
     through its bind mount (as a container runtime keeps ``/var/run/netns/NAME``) reads as
     the mount's path, and as ``/`` once that is unmounted, never ``net:[N]``. None when it is
     no namespace's file (the kernel's cache says so: nothing waits on a FUSE daemon) or one of
-    another kind. Raises OSError (:func:`went_away` when the fd was closed or swapped)."""
+    another kind; ``seen`` then gets what it is (:func:`cached_file`). Raises OSError
+    (:func:`went_away` when the fd was closed or swapped)."""
     try:
-        device, inode = cached_identity(str(entry))  # (a FUSE daemon is not asked)
+        found = cached_file(str(entry))  # (a FUSE daemon is not asked)
     except PermissionError:
         if _on_fuse(entry):
             return None  # (FUSE refuses even root without allow_other; no namespace is there)
         raise
+    device, inode = found.dev, found.ino
+    if seen is not None:
+        seen[entry] = found
     if device != (nsfs if nsfs is not None else os.stat(fs.proc("self", "ns", "net")).st_dev):
         return None  # (``nsfs``: that device, read once for many)
     fd = open_namespace(fs, entry, f"[{inode}]", "net")  # (nsfs and that inode, any kind)
@@ -231,34 +261,72 @@ def socket_namespaces(fds: list[tuple[str, Path]], known: set[str],
     """The network namespaces not in ``known`` that the sockets and tun fds ``fds`` ((their
     link, ``/proc/PID/fd/N``)) are in: {inode: (how it is held, an fd of it, to close)}, one
     fd a namespace. Each socket is asked once, however many fds share it, by a child process
-    (:data:`_ASK_SOCKETS`); what cannot be asked, or was swapped for another file since it
-    was listed, or got no answer in :data:`ASK_TIMEOUT` seconds, or whose namespace's fd did
-    not arrive (past the harness's limit of open files the kernel drops it from the message:
-    ``MSG_CTRUNC``), is a problem. Hold the fds under :func:`more_open_files`."""
-    queries, asked = [], set()
+    (:data:`_ASK_SOCKETS`), through the first listed; one whose fd was closed by then is asked
+    again through every other fd listed that shares it (a fork's, one passed to another
+    process: the process asked first may let go of it while another keeps it), and through
+    the same fd of the children of its holder (a fork's copy, which the read of fds leaves
+    out as its parent's: :func:`_fork_copies`). What cannot be
+    asked, or was swapped for another file since it was listed, or got no answer in
+    :data:`ASK_TIMEOUT` seconds, or whose namespace's fd did not arrive (past the harness's
+    limit of open files the kernel drops it from the message: ``MSG_CTRUNC``), is a problem.
+    Hold the fds under :func:`more_open_files`."""
+    shared: dict[str, list[tuple[str, Path]]] = {}
     for target, entry in fds:
         key = target if target.startswith("socket:") else f"{entry}"  # (tun fds: all alike)
-        if key not in asked:
-            asked.add(key)
-            queries.append((target, entry))
+        shared.setdefault(key, []).append((target, entry))
     out: dict[str, tuple[str, int]] = {}
+    gone = _asked([ways[0] for ways in shared.values()], known, out, problems)
+    again = [way for n, ways in enumerate(shared.values()) if n in gone
+             for way in ways[1:] + _fork_copies(*ways[0])]
+    _asked(again, known | out.keys(), out, problems)  # (gone again: every copy was closed)
+    return out
+
+
+def _fork_copies(target: str, entry: Path) -> list[tuple[str, Path]]:
+    """The fds of the same number as ``entry`` (``/proc/PID/fd/N``) in the children of its
+    process whose link still reads ``target``: a fork's copies of a socket, which the read of
+    fds does not list (:class:`harness.host.network._FdsRead`). Read only for a socket whose
+    listed fds were all closed when asked."""
+    proc, out = entry.parent.parent, []
+    try:
+        children = {c for task in (proc / "task").iterdir()
+                    for c in (task / "children").read_text().split()}
+    except OSError:
+        return []  # (it ended: its forks, reparented, are listed as its were)
+    for child in sorted(children):
+        copy = proc.parent / child / "fd" / entry.name
+        try:
+            if os.readlink(copy) == target:
+                out.append((target, copy))
+        except OSError:
+            pass  # (not open there, or gone)
+    return out
+
+
+def _asked(queries: list[tuple[str, Path]], known: set[str], out: dict[str, tuple[str, int]],
+           problems: list[str]) -> set[int]:
+    """:func:`socket_namespaces`'s one round: the namespaces ``queries`` name go to ``out``,
+    what cannot be told to ``problems``; returns the indexes of those whose fd was closed
+    (``gone``: neither a namespace nor a problem)."""
     if not queries:
-        return out
-    answers = _ask(queries, known)
+        return set()
+    answers, gone = _ask(queries, known), set()
     for n, (target, entry) in enumerate(queries):
         how = f"{target} (fd {entry.name} of pid {entry.parent.parent.name})"
         answer, inode, ns = answers.get(n, ({"errno": errno.ETIMEDOUT, "what": f"no answer in "
                                              f"{ASK_TIMEOUT:g} s"}, None, None))
         if ns is not None:
             out[inode] = (how, ns)
-        elif inode is None and not answer.get("gone"):  # (else a namespace known or sent)
+        elif answer.get("gone"):
+            gone.add(n)
+        elif inode is None:  # (else a namespace known or sent)
             why = "it was swapped for another file since it was listed" \
                 if answer.get("swapped") else \
                 f"{answer.get('what', 'its answer')}: " \
                 f"{os.strerror(answer.get('errno', errno.EPROTO))}"
             problems.append(f"the network namespace of {how} cannot be told: {why}: the "
                             "interfaces of a namespace held only by it would be missed")
-    return out
+    return gone
 
 
 def _ask(queries: list[tuple[str, Path]],
@@ -358,8 +426,48 @@ def more_open_files():
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-#: An open file of a ``/proc/PID/net`` folder: what of it follows ``net/``.
-PROC_NET = re.compile(r"/proc/[^/]+/(?:task/[^/]+/)?net/(.+)")
+#: An open file of a ``/proc/PID/net`` folder, through a procfs mounted anywhere (told by its
+#: filesystem: :func:`procfs_devices`): what of it follows ``net/``.
+PROC_NET = re.compile(r".*/(?:[0-9]+|self|thread-self)/(?:task/[0-9]+/)?net/(.+?)"
+                      r"(?: \(deleted\))?")  # (procfs drops its net/ dentries: "deleted")
+#: The tun device's number (misc 200, ``/dev/net/tun`` wherever its node is): an fd of it
+#: holds the namespace it was opened in, which ``SIOCGSKNS`` names.
+TUN_RDEV = os.makedev(10, 200)
+
+
+def procfs_devices(infos: list[tuple[Path, str]]) -> set[int]:
+    """The filesystems (``st_dev``) of every procfs mounted in the mount namespaces ``infos``
+    ((a process of it, its ``mountinfo``)): ``/proc``, a container's ``/host/proc``, any."""
+    out = set()
+    for _, text in infos:
+        for line in kernel_lines(text) if " - proc " in text else ():  # (tables may be long)
+            head, _, tail = line.partition(" - ")
+            fields = head.split()
+            if tail.split()[:1] == ["proc"] and len(fields) >= 3 and \
+                    re.fullmatch(r"\d+:\d+", fields[2]):
+                out.add(os.makedev(*map(int, fields[2].split(":"))))
+    return out
+
+
+def tap_majors(fs: Sysfs) -> dict[int, str]:
+    """The character majors of the queues of macvtap and ipvtap devices (``/dev/tapN``), from
+    ``/proc/devices``: an fd of one holds the namespace its socket was made in, which no
+    kernel interface names (``tap_ioctl`` has no ``SIOCGSKNS``). Empty where none is loaded."""
+    text = (fs.read(fs.proc("devices")) or "").partition("Character devices:")[2]
+    text = text.partition("Block devices:")[0]
+    return {int(f[0]): f[1] for line in text.splitlines()
+            if len(f := line.split()) == 2 and f[0].isdigit() and f[1] in ("macvtap", "ipvtap")}
+
+
+def node_holds_namespace(ident: Identity, taps: dict[int, str]) -> str | None:
+    """What a character device open as ``ident`` is when it holds a network namespace: the
+    tun device (``tun``: asked as a socket is) or a macvtap/ipvtap queue (its driver's name:
+    which namespace, nothing says); None for any other file."""
+    if not stat.S_ISCHR(ident.mode):
+        return None
+    if ident.rdev == TUN_RDEV:
+        return "tun"
+    return taps.get(os.major(ident.rdev))
 
 
 def proc_net_problems(files: list[tuple[str, str, Path]], infos: list[tuple[Path, str]],
@@ -399,6 +507,65 @@ def proc_net_problems(files: list[tuple[str, str, Path]], infos: list[tuple[Path
                    f"neither this one nor the one pid {pid} is in (no kernel interface names "
                    "which): the interfaces of a namespace held only by it would be missed")
     return out
+
+
+# -- io_uring registered files ----------------------------------------------------------------
+
+
+def ring_problems(rings: list[tuple[str, str, Path]], sockets: set[str], namespaces: set[str],
+                  budget: "storage.Budget") -> list[str]:
+    """Why the io_urings ``rings`` ((link, how, ``/proc/PID/fd/N``)) may hold a network
+    namespace no one reads: a socket registered with a ring (``IORING_REGISTER_FILES``, its
+    fd closed after; or made as a direct descriptor, with no fd ever) holds the namespace it
+    was made in, and cannot be reached to ask which. Its slot is known only when the same
+    socket (``socket:[N]``) is among the fds ``sockets`` asked, or an nsfs file's namespace
+    among ``namespaces`` read; a slot a kernel before 6.14 prints with no name (a socket or a
+    pipe: which, it does not say), a ring whose files cannot be read, or one past ``budget``
+    (the fds'), is a problem. The registered files are read as the storage read reads them
+    (:func:`harness.host.storage._registered`)."""
+    out = []
+    for _, how, entry in rings:
+        if not budget.allows():
+            return out + [f"{how} and maybe more io_urings were not read within the fds' "
+                          "budget: a socket registered with one would hold a network "
+                          "namespace that is missed"]
+        try:
+            with budget.timing():
+                files = _ring_files(entry)
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # (closed since, or its process ended: it holds nothing now)
+        except OSError as e:
+            files = [f"<its registered files cannot be read: {e.strerror or e}>"]
+        held = sorted({f for f in files if (f.startswith("socket:") and f not in sockets)
+                       or (f.startswith("net:") and f[4:] not in namespaces)
+                       or f == "" or f.startswith("<its")})
+        if held:
+            out.append(f"{how} is an io_uring with {', '.join(map(repr, held[:3]))}"
+                       f"{' and more' if len(held) > 3 else ''} registered: a socket there "
+                       "holds the network namespace it was made in, which nothing can ask "
+                       "(no fd of it): the interfaces of a namespace held only by it would be "
+                       f"missed (end pid {entry.parent.parent.name} to prove the host's NICs "
+                       "idle)")
+    return out
+
+
+def _ring_files(entry: Path) -> list[str]:
+    """The registered files of the io_uring fd ``entry``, from its fdinfo, at most
+    :data:`~harness.host.storage.MAX_RING_BYTES` of it (a user chooses how large the table
+    is). The kernel leaves the list out while the ring is busy: read again, then an error.
+    Raises OSError."""
+    for _ in range(3):
+        with open(entry.parent.parent / "fdinfo" / entry.name, "rb") as f:
+            data = f.read(storage.MAX_RING_BYTES + 1)
+        if len(data) > storage.MAX_RING_BYTES:
+            raise OSError(errno.EFBIG, f"more than {storage.MAX_RING_BYTES >> 20} MB")
+        info = os.fsdecode(data)
+        count = re.search(r"^UserFiles:\s*(\d+)", info, re.M)
+        files = storage._registered(info)
+        if not count or int(count[1]) == 0 or files:
+            return files
+    raise OSError(errno.EBUSY, f"{count[1]} registered files the kernel did not list (the "
+                  "ring was busy, or its table is sparse)")
 
 
 # -- mount namespaces no process is in -----------------------------------------------------

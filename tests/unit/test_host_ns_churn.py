@@ -117,9 +117,9 @@ def _read_tearing_down(monkeypatch, touches, act) -> NetView:
         first(str(path))
         return real_open(fs, path, inode, kind)
 
-    def run(fs, argv, fake, fds=()):
+    def run(fs, argv, fake, fds=(), **kw):
         first(" ".join(argv))
-        return real_run(fs, argv, fake, fds)
+        return real_run(fs, argv, fake, fds, **kw)
 
     monkeypatch.setattr(network, "open_namespace", open_namespace)
     monkeypatch.setattr(network, "_run", run)
