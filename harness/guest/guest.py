@@ -179,7 +179,7 @@ class Guest:
         self.baseline, self.prerequisites, self.image = (source.baseline, source.prerequisites,
                                                          source.image)
         if self.spec.access == "ssh":
-            self.connect_ssh(time.monotonic() + self.deadlines.command)
+            self.connect_ssh(self.deadlines.command)
         self.shell.succeed("true")
 
     def receive(self) -> "Guest":
@@ -205,15 +205,13 @@ class Guest:
             replay_script(self.argv, self.paths, self.image, self.restored_from is not None))
         os.chmod(self.workdir / "replay.sh", 0o755)
 
-    def connect_ssh(self, deadline: "float | Deadline") -> None:
-        """``deadline``: a time.monotonic() value, or the boot's Deadline (its lost time counts)."""
+    def connect_ssh(self, timeout: "float | Deadline") -> None:
         self.ssh_port = _forwarded_ssh_port(self)
         if self.image.ssh_key is None:
             raise QemuLaunchError("access=ssh needs an SSH key", hint="pass --guest-key")
         self.shell.ssh = SSHChannel("127.0.0.1", self.ssh_port, self.image.ssh_user,
                                     Path(self.image.ssh_key), meters=self.shell.meters,
-                                    timeout=deadline if isinstance(deadline, Deadline)
-                                    else max(1.0, deadline - time.monotonic()))
+                                    timeout=timeout)
 
     def reboot_from_inside(self) -> None:
         """``reboot -f`` on the console; back once it reset (:func:`_reboot_from_inside`)."""

@@ -52,7 +52,7 @@ def restore(guest: "Guest", state_dir: Path, t0: float) -> None:
     guest.launch_marks["loaded"] = round(time.monotonic() - t0, 2)
     guest.qmp("cont")
     if guest.spec.access == "ssh":
-        guest.connect_ssh(deadline)
+        guest.connect_ssh(max(1.0, deadline - time.monotonic()))
     # The clock reads the moment of the save; the guest's random pool is the saved one
     # (the vmgenid device makes Linux reseed; host bytes are mixed in as well).
     # (busybox's date takes whole seconds only: within half a second there)
