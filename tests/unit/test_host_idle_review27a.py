@@ -1,0 +1,249 @@
+"""Issue 31, twenty-seventh adversarial read (27a: storage and holders). What it found, one
+section below each (the docstring of each test says the host shape, the path and the result
+on 6d5d590).
+
+1. (a) a disk that backs a loop device reads idle when the loop's backing file is printed
+   at a path longer than a page: the kernel's ``loop/backing_file`` then fails to read
+   (``ENAMETOOLONG``), and :func:`harness.host.storage._loop_backing` takes a loop whose
+   ``backing_file`` cannot be read for one that is not set up, before it asks the kernel
+   (``LOOP_GET_STATUS64``) which device the loop reads.
+2. (a) a disk exported by LIO's ``fileio`` backstore reads idle when the backstore was set
+   up through its ``control`` file (``fd_dev_name=/dev/sdb``) and not through the optional
+   ``udev_path`` attribute: :func:`harness.host.storage._exported` reads ``udev_path``
+   alone, and fileio opens the disk with ``filp_open``: no claim, no holder, no process.
+3. (a) a disk exported by an in-tree kernel block server that :data:`harness.host.storage.
+   _TARGETS` does not list reads idle: Xen's ``xen-blkback`` (dom0 gives a physical disk to
+   a guest) and the RDMA block server ``rnbd-server`` open the disk with no holder (so not
+   exclusively: ``_claimed`` sees nothing), no ``holders/`` link and no process fd. The rule
+   lists the servers it knows (nvmet, LIO) instead of failing closed on the ones it does not.
+
+Most important first: 1 (a real loop over a real disk, shown on this host), then 2 and 3
+(kernel targets, on a fake sysfs as the nvmet and LIO cases are). Each test fails on
+6d5d590 and names what it saw; the controls pass. No guest is booted; the loop devices made
+are detached and the deep folders removed by the test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import stat
+
+import pytest
+
+from harness.host.safety import HostUsage
+from harness.host.storage import StorageView
+from harness.host.sysfs import Sysfs
+
+from . import fakesysfs
+from .test_host_idle_review16 import loop_disk as _loop_disk
+from .test_paths import as_root
+
+fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
+loop_disk = _loop_disk  # fixture
+#: The real-host case makes loop devices and reads the whole host.
+pytestmark = pytest.mark.xdist_group("real-host-namespaces")
+SATA = "0000:06:00.0"     # sdb, not mounted: idle on the lab host
+
+#: ``LOOP_SET_FD``, ``LOOP_CLR_FD`` and ``LOOP_CTL_GET_FREE`` (linux/loop.h).
+_LOOP_SET_FD, _LOOP_CLR_FD, _LOOP_CTL_GET_FREE = 0x4C00, 0x4C01, 0x4C82
+
+
+# -- 1. a loop whose backing file's path is longer than a page ---------------------------------
+
+
+@contextlib.contextmanager
+def loop_over_node(folder, disk: str, depth: int):
+    """A loop device (``/dev/loopN``) over a block node of ``disk`` made ``depth`` folders of
+    200 bytes deep below ``folder`` (each reached by a folder fd: the path is longer than
+    PATH_MAX), set up from an fd of the node as ``losetup`` does; detached, and the folders
+    removed, after."""
+    rdev = os.stat(disk).st_rdev
+    top = os.path.join(folder, "deep")
+    os.mkdir(top)
+    here = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    loop_fd = None
+    try:
+        for _ in range(depth):
+            os.mkdir("d" * 200, dir_fd=here)
+            deeper = os.open("d" * 200, os.O_RDONLY | os.O_DIRECTORY, dir_fd=here)
+            os.close(here)
+            here = deeper
+        os.mknod("node", stat.S_IFBLK | 0o600, rdev, dir_fd=here)
+        backing = os.open("node", os.O_RDWR, dir_fd=here)
+        try:
+            control = os.open("/dev/loop-control", os.O_RDWR)
+            try:
+                n = fcntl.ioctl(control, _LOOP_CTL_GET_FREE)
+            finally:
+                os.close(control)
+            loop_fd = os.open(f"/dev/loop{n}", os.O_RDWR)
+            fcntl.ioctl(loop_fd, _LOOP_SET_FD, backing)
+        except OSError as e:
+            if loop_fd is not None:
+                os.close(loop_fd)
+                loop_fd = None
+            pytest.skip(f"no second loop device here: {e}")
+        finally:
+            os.close(backing)
+        yield f"loop{n}", loop_fd
+    finally:
+        os.close(here)
+        if loop_fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.ioctl(loop_fd, _LOOP_CLR_FD)
+            os.close(loop_fd)
+        shutil.rmtree(top)
+
+
+@as_root
+@pytest.mark.parametrize("depth", [22, 1], ids=["path-of-4400-bytes", "control-short-path"])
+def test_1_a_disk_behind_a_loop_whose_backing_path_is_longer_than_a_page_is_in_use(
+        loop_disk, tmp_path, depth):
+    """(a) Host shape: a loop device whose backing file is a disk's block node at a path
+    longer than a page (4095 bytes): a node made in a deep folder (a container's or
+    chroot's ``/dev`` nested in a build tree, a CSI driver's staging path under a long
+    pod volume path), set up from an fd of it (``losetup`` and ``LOOP_CONFIGURE`` take an
+    fd; the path is never needed, and may be longer than PATH_MAX), and the process that
+    set it up gone. The loop reads and writes the disk: no claim, no ``holders/`` link, no
+    process fd.
+
+    Path: :func:`harness.host.storage._loop_backing` reads each loop's
+    ``loop/backing_file`` first and skips a loop where that read gives nothing
+    (``if not backing: continue``, "not set up"). ``Sysfs.read`` returns None for any error,
+    and the kernel's ``loop_attr_backing_file_show`` fails with ``ENAMETOOLONG`` when
+    ``file_path`` does not fit in a page: the loop is skipped before
+    :func:`~harness.host.storage._loop_rdev` asks the kernel which device it reads (which
+    it would have answered: ``lo_rdevice``), and is neither in ``loop_backed`` nor in
+    ``loops_unknown``.
+
+    On 6d5d590: ``use_of_block`` of the disk is ``[]`` and no problem names the loop, while
+    the loop reads the disk (checked through the loop); the control (the node one folder
+    deep) says "loopA backs the loop device loopB". Fix: a loop that is set up (its
+    ``loop/`` folder is there) whose ``backing_file`` cannot be read is asked by
+    ``LOOP_GET_STATUS64`` like any other, and is unknown (every disk unproven) when that
+    cannot be done either."""
+    name = os.path.basename(loop_disk)
+    before = StorageView.read(Sysfs("/"))
+    assert before.use_of_block(name) == []  # (idle before)
+    with loop_over_node(tmp_path, loop_disk, depth) as (loop, fd):
+        assert os.pread(fd, 11, 0) == b"HH-REVIEW16"  # the loop reads the disk
+        printed = Sysfs.read(Sysfs("/").sys("class", "block", loop, "loop", "backing_file"))
+        view = StorageView.read(Sysfs("/"))
+        uses = view.use_of_block(name)
+        named = [p for p in set(view.problems) - set(before.problems) if loop in p]
+        assert uses or named, (
+            f"{name} reads idle while {loop} reads it (its backing file, a node of {name}, is "
+            f"{depth} folders deep; the kernel prints it as {printed!r}): "
+            f"loop_backed={view.loop_backed}, loops_unknown={view.loops_unknown}")
+        assert any(loop in u for u in uses) or named
+
+
+# -- 2. LIO's fileio backstore set up through its control file -----------------------------------
+
+#: A LIO fileio backstore's ``info`` as the kernel prints it (target_core_file.c:
+#: ``fd_show_configfs_dev_params``).
+FILEIO_INFO = ("Status: ACTIVATED  Max Queue Depth: 128  SectorSize: 512  HwMaxSectors: 16384\n"
+               "        TCM FILEIO ID: 0        File: /dev/sdb  Size: 164696555520  Mode: "
+               "O_DSYNC\n")
+
+
+@pytest.mark.parametrize("udev_path", ["", "/dev/sdb"],
+                         ids=["set-up-through-control", "control-udev-path-written"])
+def test_2_a_disk_lio_fileio_exports_without_a_udev_path_is_in_use(lab, udev_path):
+    """(a) Host shape: a host that exports a disk over iSCSI (or any LIO fabric) through
+    the ``fileio`` backstore, set up by writing configfs itself (a provisioning script, an
+    appliance's own tool, the kernel's documented ``control`` parameters):
+    ``echo fd_dev_name=/dev/sdb,fd_dev_size=... > .../core/fileio_0/disk0/control; echo 1 >
+    .../enable``. ``udev_path`` is a separate, optional attribute that only targetcli
+    (rtslib) fills in; the kernel reads it as empty when it was not written
+    (``target_core_dev_udev_path_show`` returns 0 bytes without ``DF_USING_UDEV_PATH``).
+    fileio opens its file with ``filp_open`` (a block device is allowed: ``S_ISBLK``), so
+    the disk has no exclusive claim, no ``holders/`` link and no process fd.
+
+    Path: :func:`harness.host.storage._exported` reads LIO's ``*/*/udev_path`` alone; an
+    empty one names nothing (``(fs.read(f) or "").strip()`` is ``""``), and nothing else of
+    the backstore (``info``: ``File: /dev/sdb``) is read.
+
+    On 6d5d590: the controller of sdb reads idle with sdb exported; the control (rtslib's
+    ``udev_path`` written too) is in use. Fix: read what the backstore opened (fileio's
+    ``File:`` in ``info``, iblock's ``UDEV PATH``), or take an enabled backstore whose
+    device cannot be told as unknown (every disk unproven)."""
+    assert HostUsage.read(lab.root).verdict(SATA).idle  # (idle before the export)
+    (lab.sys / "module/target_core_mod").mkdir()
+    (lab.sys / "module/target_core_file").mkdir()
+    disk0 = lab.sys / "kernel/config/target/core/fileio_0/disk0"
+    lab.file(str((disk0 / "udev_path").relative_to(lab.root)), udev_path + "\n" if udev_path
+             else "")
+    lab.file(str((disk0 / "info").relative_to(lab.root)), FILEIO_INFO)
+    lab.file(str((disk0 / "enable").relative_to(lab.root)), "1\n")
+    lab.file(str((disk0 / "control").relative_to(lab.root)), "")
+    v = HostUsage.read(lab.root).verdict(SATA)
+    assert not v.idle, (f"the controller of sdb reads idle while LIO's fileio backstore "
+                        f"disk0 exports /dev/sdb (udev_path {udev_path!r}): {v}")
+
+
+# -- 3. kernel block servers the rule does not list ----------------------------------------------
+
+
+def _xen_blkback(lab) -> None:
+    """dom0's blkback serving sdb (8:16) to domain 3 as xvda (51712): its xenbus device shows
+    the physical device as hex ``MAJ:MIN`` (xenbus.c: ``VBD_SHOW(physical_device,
+    "%x:%x\\n", ...)``)."""
+    (lab.sys / "module/xen_blkback").mkdir()
+    vbd = lab.sys / "devices/vbd-3-51712"
+    lab.file(str((vbd / "physical_device").relative_to(lab.root)), "8:10\n")
+    lab.file(str((vbd / "mode").relative_to(lab.root)), "w\n")
+    lab.file(str((vbd / "statistics/rd_req").relative_to(lab.root)), "1234\n")
+    for link in (lab.sys / "bus/xen-backend/devices/vbd-3-51712",
+                 lab.sys / "bus/xen-backend/drivers/vbd/vbd-3-51712"):
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(vbd, link.parent), link)
+
+
+def _rnbd_server(lab) -> None:
+    """rnbd-server serving sdb to an RDMA client: ``/sys/class/rnbd-server/ctl/devices/sdb``
+    with ``block_dev`` linking the disk (rnbd-srv-sysfs.c) and the session's folder."""
+    (lab.sys / "module/rnbd_server").mkdir()
+    ctl = lab.sys / "devices/virtual/rnbd-server/ctl"
+    dev = ctl / "devices/sdb"
+    (dev / "sessions/client-1").mkdir(parents=True)
+    lab.file(str((dev / "sessions/client-1/read_only").relative_to(lab.root)), "0\n")
+    disk = os.path.realpath(lab.sys / "class/block/sdb")
+    os.symlink(os.path.relpath(disk, dev), dev / "block_dev")
+    (lab.sys / "class/rnbd-server").mkdir(parents=True)
+    os.symlink(os.path.relpath(ctl, lab.sys / "class/rnbd-server"),
+               lab.sys / "class/rnbd-server/ctl")
+
+
+@pytest.mark.parametrize("server", [_xen_blkback, _rnbd_server, None],
+                         ids=["xen-blkback", "rnbd-server", "control-no-server"])
+def test_3_a_disk_an_unlisted_kernel_block_server_exports_is_in_use(lab, server):
+    """(a) Host shape: a Xen dom0 whose guests get physical disks (``phy:/dev/sdb`` in an
+    xl config: ``xen-blkback`` opens the disk in the kernel), or a storage node serving
+    disks over RDMA with the in-tree ``rnbd-server`` (``rnbd-client`` maps
+    ``device_path=/dev/sdb`` from another machine).
+
+    Path: both open the disk with no holder (``bdev_file_open_by_dev(..., NULL, NULL)``
+    in ``xen_vbd_create``; ``bdev_file_open_by_path(full_path, open_flags, NULL, NULL)`` in
+    rnbd's ``process_msg_open``), so not exclusively: an ``O_EXCL`` open of the disk
+    succeeds (``_claimed``), there is no ``holders/`` link and no process fd. The only
+    kernel users of this kind :class:`harness.host.storage.StorageView` looks for are the
+    ones it lists (:data:`~harness.host.storage._TARGETS`: nvmet and LIO; and loop), so a
+    server it does not know is no use at all: the rule fails open on a new host shape.
+
+    On 6d5d590: the controller of sdb reads idle while the guest or the remote client
+    reads and writes sdb; the control (no server) is idle. Fix: read these servers'
+    devices (``/sys/bus/xen-backend/devices/vbd-*/physical_device``,
+    ``/sys/class/rnbd-server/ctl/devices/*/block_dev``), and take any loaded block server
+    module the harness cannot read as unknown (every disk unproven)."""
+    if server is None:
+        assert HostUsage.read(lab.root).verdict(SATA).idle
+        return
+    server(lab)
+    v = HostUsage.read(lab.root).verdict(SATA)
+    assert not v.idle, (f"the controller of sdb reads idle while {server.__name__[1:]} "
+                        f"serves sdb: {v}")
+
