@@ -30,6 +30,7 @@ import fcntl
 import os
 import shutil
 import stat
+import subprocess
 
 import pytest
 
@@ -39,6 +40,10 @@ from harness.host.sysfs import Sysfs
 
 from . import fakesysfs
 from .test_host_idle_review16 import loop_disk as _loop_disk
+from .test_host_idle_review17 import NOBODY_RUN
+from .test_host_idle_review19 import fuse_in_a_folder
+from .test_host_idle_review23 import PYTHON
+from .test_host_idle_review24 import HOLD, _node_fuse
 from .test_paths import as_root
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
@@ -247,3 +252,55 @@ def test_3_a_disk_an_unlisted_kernel_block_server_exports_is_in_use(lab, server)
     assert not v.idle, (f"the controller of sdb reads idle while {server.__name__[1:]} "
                         f"serves sdb: {v}")
 
+
+
+# -- 4. a disk held through a node on a FUSE mount that allows devices, detached since ----------
+
+
+@as_root
+@pytest.mark.parametrize("how, detach", [("fd", True), ("map", True), ("fd", False)],
+                         ids=["open-then-detached", "mapped-then-detached",
+                              "control-open-still-mounted"])
+def test_4_a_disk_held_through_a_node_on_a_detached_fuse_mount_is_in_use(loop_disk, how,
+                                                                        detach):
+    """(a) Host shape: review 24's second case (a FUSE mount root made for a user,
+    ``user_id=`` without ``allow_other`` and without ``nodev``: pam_mount, a root-run
+    ``sshfs -o uid=``, whose nodes open the host's devices), and then the mount detached
+    (``fusermount -u -z``, ``umount -l``: a session's logout, a stuck mount cleared) while
+    the user's process keeps the disk's node open, or mapped. The disk is read and written;
+    no claim (an open of a node is not exclusive), no holder, and the path the fd links to
+    (``/f``) is no ``/dev`` name.
+
+    Path, fd: :meth:`harness.host.storage.OpenFiles._add_node` sees the fd's mount id in no
+    mount list (``detached``) and asks its type through ``Lookups.node_type``; the kernel
+    refuses root (``fuse_getattr``: ``EACCES`` without ``allow_other``), and the bare
+    ``except OSError: return`` drops the fd: nothing is said. (Attached, the same fd takes
+    the remote-mount path, whose ``_remote_numbers`` names it as a problem: the control.)
+    Path, mapping: :func:`~harness.host.storage._mapped_numbers` drops an ``EACCES`` when
+    :func:`~harness.host.storage._on_fuse` says the file is FUSE and ``nodev``; for a
+    mount in no table with an anonymous device (major 0) it answers "a FUSE mount detached
+    since" and takes it for ``nodev`` without knowing: a detached mount's flags are read
+    nowhere.
+
+    On 6d5d590: no use and no problem names the holder while it reads the disk, both
+    detached; the control (still mounted, fd) names it. Fix: a file on a detached mount
+    whose type cannot be looked at is unknown (a problem naming its holder, as a lookup
+    that does not answer is); a detached anonymous mount is not known to be ``nodev``."""
+    name, rdev = os.path.basename(loop_disk), os.stat(loop_disk).st_rdev
+    with fuse_in_a_folder(_node_fuse(rdev, 65534)) as fuse:
+        child = subprocess.Popen(NOBODY_RUN + [PYTHON, "-c", HOLD, str(fuse.mountpoint / "f"),
+                                               how], stdout=subprocess.PIPE, text=True, cwd="/")
+        try:
+            assert child.stdout.readline().strip() == "HH-REVIEW16"  # (it reads the disk)
+            if detach:
+                fuse.detach()
+            view = StorageView.read(Sysfs("/"))
+        finally:
+            child.kill()
+            child.wait()
+            child.stdout.close()
+    seen = view.use_of_block(name) + view.problems
+    assert any(f"pid {child.pid}" in u for u in seen), (
+        f"{name} reads idle and nothing names pid {child.pid}, which holds it ({how}) through a "
+        f"block node on a FUSE mount that allows devices"
+        f"{', detached since' if detach else ''}: {seen}")
