@@ -304,3 +304,51 @@ def test_4_a_disk_held_through_a_node_on_a_detached_fuse_mount_is_in_use(loop_di
         f"{name} reads idle and nothing names pid {child.pid}, which holds it ({how}) through a "
         f"block node on a FUSE mount that allows devices"
         f"{', detached since' if detach else ''}: {seen}")
+
+
+# -- 5. a target's device path that is not a /dev name --------------------------------------------
+
+
+@pytest.mark.parametrize("target, path", [
+    ("nvmet", "/host/dev/sdb"), ("lio-fileio", "/host/dev/sdb"),
+    ("nvmet", "/srv/nvmet/ns1.img"), ("lio-fileio", "/srv/nvmet/ns1.img")],
+    ids=["nvmet-host-dev-in-a-pod", "lio-fileio-host-dev-in-a-pod",
+         "control-nvmet-image-file", "control-lio-fileio-image-file"])
+def test_5_a_disk_a_target_exports_by_a_path_outside_dev_is_in_use(lab, target, path):
+    """(a) Host shape: a storage node whose nvmet (or LIO) is set up from a privileged
+    container, as a CSI driver's node plugin or an appliance's agent does, with the host's
+    root mounted at ``/host``: it writes ``/host/dev/sdb`` to the namespace's
+    ``device_path`` (or ``udev_path``). The kernel opens that path in the writer's mount
+    namespace (``bdev_file_open_by_path`` from the configfs write), with no holder: no
+    exclusive claim, no ``holders/`` link, no process fd. The same for a disk's node or
+    udev-style link kept anywhere outside ``/dev`` (``/srv/nvmet/disk1 -> /dev/sdb``).
+
+    Path: :func:`harness.host.storage._exported_blocks` and ``_exported_controller`` return
+    nothing for a path that does not begin with ``/dev/`` ("a file: its filesystem is
+    mounted, and that is seen"); the path is never looked at, so a block device there is
+    taken for an image file, and a path in another mount namespace (which the harness
+    cannot look up from here) for one too.
+
+    On 6d5d590: the controller of sdb reads idle while it is exported; the controls (a
+    regular image file at that path on the host) are idle, as they should stay. Fix: look
+    the path up (bounded, as a loop's backing file is): a block node is that disk; a path
+    that cannot be looked up, or is no regular file, is unknown (every disk unproven)."""
+    lab.file("srv/nvmet/ns1.img", b"\0" * 4096)
+    assert HostUsage.read(lab.root).verdict(SATA).idle  # (idle before the export)
+    if target == "nvmet":
+        lab.file("sys/module/nvmet/refcnt", "1\n")
+        lab.file("sys/kernel/config/nvmet/subsystems/nqn.lab:san/namespaces/1/device_path",
+                 path + "\n")
+        lab.file("sys/kernel/config/nvmet/subsystems/nqn.lab:san/namespaces/1/enable", "1\n")
+    else:
+        lab.file("sys/module/target_core_mod/refcnt", "1\n")
+        disk0 = "sys/kernel/config/target/core/fileio_0/disk0"
+        lab.file(f"{disk0}/udev_path", path + "\n")
+        lab.file(f"{disk0}/enable", "1\n")
+        lab.file(f"{disk0}/info", FILEIO_INFO.replace("/dev/sdb", path))
+    v = HostUsage.read(lab.root).verdict(SATA)
+    if path.endswith(".img"):
+        assert v.idle, v  # (an image file on the host: no disk of it exported)
+        return
+    assert not v.idle, (f"the controller of sdb reads idle while {target} exports {path} "
+                        f"(the host's /dev/sdb as a pod sees it): {v}")
