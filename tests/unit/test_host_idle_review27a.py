@@ -420,3 +420,89 @@ def test_6_mounts_a_user_makes_do_not_stall_the_storage_read(count, monkeypatch)
         f"the host's storage read did not end in {bound:g} s: nobody's 3 mount namespaces of "
         f"{count} tmpfs mounts sourced /dev/mapper/... are each looked up in /dev and /sys, "
         "outside the mount tables' budget, and nothing said")
+
+
+# -- 7. a disk held open through a node at a path longer than PATH_MAX ----------------------------
+
+#: Opens the node ``node`` ``argv[2]`` folders of 200 bytes deep below ``argv[1]`` (each by a
+#: folder fd: no path is ever given), reads the disk's first bytes, prints them, and keeps
+#: the fd (and nothing else of the disk) open.
+DEEP_HOLD = """
+import os, sys, time
+here = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+for _ in range(int(sys.argv[2])):
+    deeper = os.open("d" * 200, os.O_RDONLY | os.O_DIRECTORY, dir_fd=here)
+    os.close(here)
+    here = deeper
+fd = os.open("node", os.O_RDONLY, dir_fd=here)
+os.close(here)
+print(os.pread(fd, 11, 0).decode(), flush=True)
+time.sleep(600)
+"""
+
+
+@contextlib.contextmanager
+def deep_node(folder, disk: str, depth: int):
+    """A block node of ``disk`` ``depth`` folders of 200 bytes deep below ``folder``/deep
+    (made by folder fds): that folder; removed after."""
+    top = os.path.join(folder, "deep")
+    os.mkdir(top)
+    here = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir("d" * 200, dir_fd=here)
+            deeper = os.open("d" * 200, os.O_RDONLY | os.O_DIRECTORY, dir_fd=here)
+            os.close(here)
+            here = deeper
+        os.mknod("node", stat.S_IFBLK | 0o600, os.stat(disk).st_rdev, dir_fd=here)
+        yield top
+    finally:
+        os.close(here)
+        shutil.rmtree(top)
+
+
+@as_root
+@pytest.mark.parametrize("depth", [22, 1], ids=["path-of-4400-bytes", "control-short-path"])
+def test_7_a_disk_open_through_a_node_at_a_path_longer_than_path_max_is_in_use(
+        loop_disk, tmp_path, depth):
+    """(a) Host shape: a process that reads and writes a disk through its block node made, or
+    bind-mounted with ``/dev``, in a deep folder (a container's or chroot's ``/dev`` nested
+    in a build tree or an overlay's work folders; any path past 4095 bytes, which ``openat``
+    reaches folder by folder), the fd kept open. No claim (a plain open is not exclusive),
+    no holder, no mapping.
+
+    Path: :meth:`harness.host.storage.OpenFiles._add_fds` keeps only the fds whose
+    ``readlink`` answers (``_link``: None "closed since"); the kernel's readlink of
+    ``/proc/PID/fd/N`` renders the path into a buffer of PATH_MAX and fails with
+    ``ENAMETOOLONG`` for a longer one. The fd is dropped before anything looks at what it
+    is: never ``statx``'d for its device number (which would have matched), never a
+    problem. (``_held_type``, for files on network and FUSE mounts, and review 24's
+    ``map_files`` lookups go through the magic link and are not affected.)
+
+    On 6d5d590: no use and no problem names the holder while it has the disk open (and it
+    reads it); the control (the node one folder deep) names it. Fix: an fd whose link
+    cannot be read for another reason than its closing (``ENOENT``) is looked at through
+    the magic link anyway (``statx`` of ``/proc/PID/fd/N`` works at any path length), or is
+    a problem naming its holder."""
+    name = os.path.basename(loop_disk)
+    with deep_node(tmp_path, loop_disk, depth) as top:
+        child = subprocess.Popen([PYTHON, "-c", DEEP_HOLD, top, str(depth)],
+                                 stdout=subprocess.PIPE, text=True, cwd="/")
+        try:
+            assert child.stdout.readline().strip() == "HH-REVIEW16"  # (it reads the disk)
+            fds = os.listdir(f"/proc/{child.pid}/fd")
+            links = []
+            for fd in fds:
+                try:
+                    links.append(os.readlink(f"/proc/{child.pid}/fd/{fd}"))
+                except OSError as e:
+                    links.append(f"<{e.strerror}>")
+            view = StorageView.read(Sysfs("/"))
+        finally:
+            child.kill()
+            child.wait()
+            child.stdout.close()
+    seen = view.use_of_block(name) + view.problems
+    assert any(f"pid {child.pid}" in u for u in seen), (
+        f"{name} reads idle and nothing names pid {child.pid}, which holds it open through a "
+        f"node {depth} folders deep (its fds read as {links}): {seen}")
