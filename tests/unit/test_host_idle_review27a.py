@@ -16,11 +16,32 @@ on 6d5d590).
    a guest) and the RDMA block server ``rnbd-server`` open the disk with no holder (so not
    exclusively: ``_claimed`` sees nothing), no ``holders/`` link and no process fd. The rule
    lists the servers it knows (nvmet, LIO) instead of failing closed on the ones it does not.
+4. (a) a disk held (open, or mapped) through a block node on a FUSE mount that allows
+   devices and refuses root a look (review 24's second case) reads idle once that mount is
+   detached: ``OpenFiles._add_node`` drops the ``EACCES`` of the bounded look with a bare
+   ``except OSError: return``, and ``_on_fuse`` takes any anonymous mount in no table for
+   a ``nodev`` FUSE mount.
+5. (a) a disk a kernel target (nvmet, LIO fileio) exports by a path that does not begin with
+   ``/dev/`` (``/host/dev/sdb``, written from a privileged pod; a node or link kept
+   elsewhere) reads idle: such a path is taken for an image file and never looked at.
+6. (b) any local user makes every storage read take as long as they like with mounts: the
+   mount tables' budget bounds reading them, and each mount whose source reads as a
+   ``/dev/`` path then costs some eight times its read in ``block_name`` lookups, in every
+   namespace, copies included, with no bound.
+7. (a) a disk open through a node at a path longer than PATH_MAX reads idle: the kernel's
+   readlink of ``/proc/PID/fd/N`` fails (``ENAMETOOLONG``), and ``OpenFiles._add_fds``
+   drops an fd whose link cannot be read as "closed since", before its device number is
+   looked at.
+8. (b) any local user makes one look of the network read at an fd of theirs take as long as
+   they like: :func:`harness.host.nsholders._on_fuse` reads the holder's whole
+   ``mountinfo`` with no bound (review 23's stacked mounts).
 
-Most important first: 1 (a real loop over a real disk, shown on this host), then 2 and 3
-(kernel targets, on a fake sysfs as the nvmet and LIO cases are). Each test fails on
-6d5d590 and names what it saw; the controls pass. No guest is booted; the loop devices made
-are detached and the deep folders removed by the test.
+Most important first: 1, 7 and 4 (a real disk in use taken, shown on this host with a loop
+disk; 1 and 7 need root's process or a node a user may open, 4 a mount root made for a
+user), then 3, 2 and 5 (kernel servers, on a fake sysfs as the nvmet and LIO cases are), then
+6 and 8 (stalls any user can cause). Each test fails on 6d5d590 and names what it saw; the
+controls pass. No guest is booted; the loop devices, FUSE mounts, deep folders, namespaces
+and processes made are ended or removed by each test.
 """
 
 from __future__ import annotations
@@ -32,10 +53,11 @@ import shutil
 import stat
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from harness.host import storage
+from harness.host import nsholders, storage
 from harness.host.safety import HostUsage
 from harness.host.storage import StorageView
 from harness.host.sysfs import Sysfs
@@ -43,7 +65,7 @@ from harness.host.sysfs import Sysfs
 from . import fakesysfs
 from .test_host_idle_review16 import loop_disk as _loop_disk
 from .test_host_idle_review17 import NOBODY_RUN
-from .test_host_idle_review19 import fuse_in_a_folder
+from .test_host_idle_review19 import NobodysFuse, fuse_in_a_folder
 from .test_host_idle_review23 import PYTHON, read_beside
 from .test_host_idle_review24 import HOLD, _node_fuse
 from .test_paths import as_root
@@ -517,3 +539,87 @@ def test_7_a_disk_open_through_a_node_at_a_path_longer_than_path_max_is_in_use(
     assert any(f"pid {child.pid}" in u for u in seen), (
         f"{name} reads idle and nothing names pid {child.pid}, which holds it open through a "
         f"node {depth} folders deep (its fds read as {links}): {seen}")
+
+
+# -- 8. a user's FUSE fd in a mount namespace of theirs with mounts stacked deep ----------------
+
+#: nobody's program: enters a user and mount namespace of its own (mapped to itself), stacks
+#: ``argv[2]`` bind mounts on one folder of a tmpfs on /mnt there (review 23's shape), then
+#: opens ``argv[1]`` (a file of nobody's FUSE mount, which refuses root a look) and prints
+#: the fd.
+DEEP_FUSE_HOLDER = """
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.unshare(0x10000000 | 0x20000):  # CLONE_NEWUSER | CLONE_NEWNS
+    sys.exit("unshare: " + os.strerror(ctypes.get_errno()))
+open("/proc/self/uid_map", "w").write("0 65534 1")
+open("/proc/self/setgroups", "w").write("deny")
+open("/proc/self/gid_map", "w").write("0 65534 1")
+if libc.mount(b"hh-r27a", b"/mnt", b"tmpfs", 0, None):
+    sys.exit("tmpfs: " + os.strerror(ctypes.get_errno()))
+os.mkdir("/mnt/a")
+for _ in range(int(sys.argv[2])):
+    if libc.mount(b"/mnt/a", b"/mnt/a", None, 4096, None):  # MS_BIND, on the one before
+        sys.exit("bind: " + os.strerror(ctypes.get_errno()))
+print(os.open(sys.argv[1], os.O_RDONLY), flush=True)
+time.sleep(600)
+"""
+
+
+@as_root
+@pytest.mark.parametrize("depth", [12000, 10], ids=["stacked-12000", "control-stacked-10"])
+def test_8_a_users_fuse_fd_in_a_deep_mount_namespace_is_looked_at_within_a_bound(
+        depth, monkeypatch):
+    """(b) Host shape: any multi-user host with user namespaces and FUSE (sshfs, rclone,
+    a desktop's gvfs): nobody keeps a file of their FUSE mount open (it refuses root a
+    look: no ``allow_other``) from a mount namespace of theirs in which they stacked bind
+    mounts on one folder (review 23's second finding's shape: the kernel's cost of that
+    namespace's ``mountinfo`` grows with the square of the depth; ``fs.mount-max`` allows
+    100,000).
+
+    Path: the network read asks :func:`harness.host.nsholders.fd_namespace` of every fd
+    whose link is a path; the kernel refuses root the cached ``statx`` (``EACCES``), and
+    :func:`~harness.host.nsholders._on_fuse` then reads the holder's whole
+    ``/proc/PID/mountinfo`` (``read_bytes``: no ``call_within``, no deadline, not the read's
+    :class:`~harness.host.storage.MountTables`, which bound every other read of a table since
+    review 23 and 25) to find the fd's mount. One look costs one whole table: 1 to 2 s at
+    depth 12,000 here, 4.5 s at 15,000 on a loaded machine, and at 100,000 minutes, for a
+    single fd; the network read's fd budget (``Budget.allows``, checked before each look)
+    stops only the looks after it. (The storage read has the same shape in
+    :func:`harness.host.storage._on_fuse` through ``MountTables``, which is bounded.)
+
+    Budgets made 0.25 s here (``MOUNT_TABLES_BUDGET``, ``DETACHED_STAT_TIMEOUT``); the bound
+    is 0.6 s. On 6d5d590: the look took the table's whole read (1 to 2 s); the control
+    (depth 10) is at once. Fix: read the table through the read's bounded tables
+    (``MountTables``, or ``call_within``), and take one that did not come in time as
+    "cannot be told" (a problem, as now for an fd that is no FUSE file)."""
+    monkeypatch.setattr(storage, "MOUNT_TABLES_BUDGET", 0.25)
+    monkeypatch.setattr(storage, "DETACHED_STAT_TIMEOUT", 0.25)
+    bound = 0.6
+    with fuse_in_a_folder(NobodysFuse) as fuse:
+        holder = subprocess.Popen(NOBODY_RUN + [PYTHON, "-c", DEEP_FUSE_HOLDER,
+                                                str(fuse.mountpoint / "f"), str(depth)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  cwd="/", start_new_session=True)
+        try:
+            fd = holder.stdout.readline().strip()
+            if not fd:
+                pytest.skip(f"nobody cannot stack mounts here: {holder.stderr.read()}")
+            entry = Path(f"/proc/{holder.pid}/fd/{fd}")
+            with pytest.raises(PermissionError):  # (the shape: root may not look at it)
+                os.stat(entry)
+            t0 = time.monotonic()
+            try:
+                nsholders.fd_namespace(Sysfs("/"), entry)
+            except OSError:
+                pass  # (an answer: "cannot be told" is fine; the time is what is tested)
+            took = time.monotonic() - t0
+        finally:
+            os.killpg(holder.pid, 9)
+            holder.wait()
+            holder.stdout.close()
+            holder.stderr.close()
+    assert took <= bound, (
+        f"one look at nobody's FUSE fd took {took:.1f} s (bound {bound:g} s): "
+        f"nsholders._on_fuse read the whole mountinfo of its namespace ({depth} mounts "
+        "stacked), outside every budget")
