@@ -626,11 +626,21 @@ FORK_TABLE_MIN = 64
 _KCMP_FILE = 0
 
 
+#: What stands for a path the kernel does not print (too long for its buffer): never looked up.
+_UNPRINTED = "<a path the kernel cannot print>"
+
+
 def _link(fd: Path) -> str | None:
+    """What an fd links to; None when it was closed since (or its process ended). A link the
+    kernel cannot print (a path longer than PATH_MAX: ENAMETOOLONG) is :data:`_UNPRINTED`
+    with its error: the fd is still looked at, through the magic link, which leads to the
+    file whatever its path."""
     try:
         return os.readlink(fd)
-    except OSError:
+    except (FileNotFoundError, ProcessLookupError):
         return None  # (closed since)
+    except OSError as e:
+        return f"{_UNPRINTED} ({e.strerror})"
 
 
 def _has_children(proc: Path) -> bool:
@@ -812,14 +822,13 @@ def _on_fuse(major: int, minor: int, who: set, types: "MountTables") -> bool:
     """Whether the filesystem ``major:minor`` its mappers map a file of is FUSE and ``nodev``
     to all of them: one mounted without ``allow_other`` refuses root even a look (EACCES),
     and a device node there is no device (root may mount one for a user without ``nodev``).
-    One in none of a mapper's mounts, an anonymous device (major 0), is taken for a FUSE
-    mount detached since (``fusermount -uz``): only FUSE refuses root there, an LSM aside.
+    One in none of a mapper's mounts (detached since: ``fusermount -uz``) is not: a detached
+    mount's flags are read nowhere, so whether a node there is a device cannot be told.
     ``types``: the read's mount tables."""
     for pid, _ in who:
         table = types.of(pid)
-        kind = (table or {}).get(f"{major}:{minor}", "" if table is None else None)
-        if not (kind is None and major == 0 or (kind or "").split(".")[0] in ("fuse", "fuseblk")
-                and not kind.endswith(" dev")):
+        kind = (table or {}).get(f"{major}:{minor}") or ""
+        if not (kind.split(".")[0] in ("fuse", "fuseblk") and not kind.endswith(" dev")):
             return False
     return bool(who)
 
@@ -1004,7 +1013,7 @@ class OpenFiles:
                 self.vfio_devices.setdefault(syspath[1].rsplit("/", 1)[-1], set()).add(who)
             else:  # (kernels before 6.14 do not name it)
                 self.vfio_unnamed.add(who)
-        elif target.startswith("/"):
+        elif target.startswith(("/", _UNPRINTED)):
             self._add_node(fs, fd, target, who)
         # socket:[...], pipe:[...], other anon_inode:..., net:[...]: no device node
 
@@ -1076,25 +1085,10 @@ class OpenFiles:
                 self._remote_files.append((str(fd), target, who))
             return
         detached = bool(mount and self.known is not None and mount[1] not in self.known)
-        try:
-            if not detached:
-                mode, rdev = node_type(str(fd))
-            elif mount[1] in self.silent_mounts:
-                return  # (already a problem)
-            else:
-                mode, rdev = self.lookups.node_type(str(fd), f"{target} (pid {who[0]})")
-        except NotLookedAt:
-            return  # (counted: one problem for all)
-        except TimeoutError:
-            self.silent_mounts.add(mount[1])
-            self.problems.append(
-                f"pid {who[0]} ({who[1]}) holds {target} open on "
-                f"a detached mount (id {mount[1]}, in no mount list) whose filesystem did not say in "
-                f"{DETACHED_STAT_TIMEOUT:g} s what the file is: which device it holds is "
-                f"unknown; end that process (kill {who[0]}) or its filesystem's daemon")
+        got = _node_of(self, fd, target, who, mount[1] if detached else None)
+        if got is None:
             return
-        except OSError:
-            return
+        mode, rdev = got
         self._add_number(mode, rdev, who)
         name = target.rsplit("/", 1)[-1]
         if stat.S_ISREG(mode) and _PCI_FILE_NAME.fullmatch(name):
@@ -1126,6 +1120,38 @@ class OpenFiles:
     def users(self, kind: str, devname: str | None, majmin: str | None) -> list[str]:
         """:meth:`holders` as ``pid 4242 (ceph-osd)``."""
         return [f"pid {pid} ({comm})" for pid, comm in self.holders(kind, devname, majmin)]
+
+
+def _node_of(opened: "OpenFiles", fd: Path, target: str, who: tuple[int, str],
+             detached: str | None) -> tuple[int, int] | None:
+    """(``st_mode``, ``st_rdev``) of the file an fd holds, through its magic link (which leads
+    to the file at any path length); on a ``detached`` mount (its id: in no mount list),
+    bounded. None when it was closed since, or when it cannot be told, which is then a
+    problem naming its holder (a FUSE mount refuses root a look: EACCES is no answer)."""
+    try:
+        if detached is None:
+            return node_type(str(fd))
+        if detached in opened.silent_mounts:
+            return None  # (already a problem)
+        return opened.lookups.node_type(str(fd), f"{target} (pid {who[0]})")
+    except NotLookedAt:
+        return None  # (counted: one problem for all)
+    except TimeoutError:
+        opened.silent_mounts.add(detached)
+        opened.problems.append(
+            f"pid {who[0]} ({who[1]}) holds {target} open on a detached mount (id {detached}, "
+            f"in no mount list) whose filesystem did not say in {DETACHED_STAT_TIMEOUT:g} s what "
+            f"the file is: which device it holds is unknown; end that process (kill {who[0]}) "
+            "or its filesystem's daemon")
+    except (FileNotFoundError, ProcessLookupError):
+        return None  # (closed since)
+    except OSError as e:
+        where = f" on a detached mount (id {detached}, in no mount list)" if detached else ""
+        opened.problems.append(
+            f"pid {who[0]} ({who[1]}) holds {target} open{where}, which cannot be looked at "
+            f"({e.strerror}): which device it holds is unknown; end that process "
+            f"(kill {who[0]}), or run as root outside any LSM confinement")
+    return None
 
 
 def _finish(opened: "OpenFiles", fs: Sysfs, problems: list[str]) -> None:
@@ -1432,7 +1458,7 @@ def _loop_backing(fs: Sysfs, lookups: Lookups) -> tuple[dict[str, str], list[str
     cannot be told: any disk may be theirs."""
     backed, unknown = {}, []
     for loop in sorted(fs.sys("class", "block").glob("loop*")):
-        backing = fs.read(loop / "loop" / "backing_file")
+        backing = _backing_file(loop)
         if not backing:
             continue  # (no backing file: the loop is not set up)
         name, why = _loop_disk(fs, loop, backing, lookups)
@@ -1443,11 +1469,25 @@ def _loop_backing(fs: Sysfs, lookups: Lookups) -> tuple[dict[str, str], list[str
     return backed, unknown
 
 
+def _backing_file(loop: Path) -> str | None:
+    """A loop's ``loop/backing_file``; None when the loop is not set up (no ``loop/`` folder,
+    or nothing in it). One that is set up but whose path cannot be read (the kernel prints it
+    into a page, and fails with ENAMETOOLONG for a longer one) is named by that error in
+    :data:`_UNPRINTED`: the loop still reads a file, which the kernel is asked about."""
+    try:
+        return (loop / "loop" / "backing_file").read_text(errors="replace").rstrip("\n")
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"{_UNPRINTED} ({e.strerror})"
+
+
 def _loop_disk(fs: Sysfs, loop: Path, backing: str, lookups: Lookups
                ) -> tuple[str | None, str | None]:
     """(the disk a loop reads, None); (None, None) for an image file; (None, why) when that
     cannot be told. The kernel's word first (:func:`_loop_rdev`): it holds whichever mount
-    namespace the path is printed for; without a node of the loop here, the path."""
+    namespace the path is printed for; without a node of the loop here, the path (and
+    without a path the kernel printed, nothing: unknown)."""
     if fs.real_host:
         try:
             rdev = _loop_rdev(fs, loop, lookups)
@@ -1461,6 +1501,10 @@ def _loop_disk(fs: Sysfs, loop: Path, backing: str, lookups: Lookups
             name = _block_of(fs, rdev)
             return (name, None) if name else (
                 None, f"node {backing} is of no block device this host lists")
+    if backing.startswith(_UNPRINTED):
+        return None, (f"file is {backing}, and the kernel could not be asked which device it "
+                      "reads (LOOP_GET_STATUS64 through the loop's node): it may be a disk's "
+                      "node")
     name = block_name(fs, backing) if backing.startswith("/dev/") else None
     if name is not None:
         return name, None
