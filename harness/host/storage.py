@@ -1280,13 +1280,17 @@ _TARGETS = (("nvmet", ("kernel", "config", "nvmet", "subsystems"),
             ("target_core_mod", ("kernel", "config", "target", "core"), ("*/*/udev_path",)))
 
 
-def _exported(fs: Sysfs, problems: list[str]) -> dict[str, list[str]]:
+def _exported(fs: Sysfs, problems: list[str], lookups: "Lookups | None" = None
+              ) -> dict[str, list[str]]:
     """Block device name -> the targets that export it; also an NVMe controller's node passed
     through whole (``/dev/nvme1``), by its name and its ``MAJ:MIN`` (the kernel opens it: no
     process holds it, and its namespaces may be named after its subsystem, ``nvme0n1``, or be
     none). A target module that is loaded with a configfs tree the harness cannot read is a
-    problem (every disk counts as in use)."""
+    problem (every disk counts as in use); so is a device it names that cannot be told
+    (:func:`_target_device`, :func:`_outside_dev`) and a block server it does not know
+    (:func:`_unread_servers`)."""
     out: dict[str, list[str]] = {}
+    lookups = lookups or Lookups()
     for module, folder, globs in _TARGETS:
         root = fs.sys(*folder)  # (a module built into the kernel may have no /sys/module entry)
         if not (root.is_dir() or fs.sys("module", module).exists() or _built_in(fs, module)):
@@ -1297,11 +1301,97 @@ def _exported(fs: Sysfs, problems: list[str]) -> dict[str, list[str]]:
             continue
         for pattern in globs:
             for f in sorted(root.glob(pattern)):
-                path = (fs.read(f) or "").strip()
                 where = f"{module} ({f.relative_to(root).parts[0]})"
-                for name in _exported_blocks(fs, path) + _exported_controller(fs, path):
+                path = _target_device(fs, f, where, problems)
+                names = _exported_blocks(fs, path) + _exported_controller(fs, path)
+                if path and not path.startswith("/dev/") and fs.read(f.parent / "enable") != "0":
+                    names = _outside_dev(fs, path, where, lookups, problems)
+                for name in names:
                     out.setdefault(name, []).append(where)
+    _unread_servers(fs, problems)
     return out
+
+
+#: LIO backstores that open no block device (a RAM disk; TCMU's, served by a process, which
+#: is seen holding its files).
+_LIO_NO_DISK = ("rd_mcp", "user")
+
+
+def _target_device(fs: Sysfs, f: Path, where: str, problems: list[str]) -> str:
+    """The device path a target's file ``f`` names (nvmet's ``device_path``, LIO's
+    ``udev_path``). ``udev_path`` is optional (only targetcli writes it): a LIO backstore set
+    up through its ``control`` file shows what it opened in ``info`` (fileio's ``File:``,
+    iblock's ``UDEV PATH:`` or ``iBlock device:``); an enabled one that names nothing there
+    either is a problem (a disk opened with no claim, holder or process fd)."""
+    path = (fs.read(f) or "").strip()
+    if path or f.name != "udev_path":
+        return path
+    info = fs.read(f.parent / "info") or ""
+    found = re.search(r"(?:File|UDEV PATH): (/\S+)", info)
+    if found:
+        return found[1]
+    bdev = re.search(r"iBlock device: (\S+)", info)
+    if bdev:
+        return f"/dev/{bdev[1]}"
+    hba = f.parent.parent.name.rsplit("_", 1)[0]
+    if hba not in _LIO_NO_DISK and fs.read(f.parent / "enable") not in (None, "0"):
+        problems.append(f"{where}: the LIO backstore {f.parent.name} is enabled and names no "
+                        f"device the harness can read (no udev_path, and its info says "
+                        f"{info.strip()[:200]!r}): which disk it opened is unknown")
+    return ""
+
+
+def _outside_dev(fs: Sysfs, path: str, where: str, lookups: "Lookups", problems: list[str]
+                 ) -> list[str]:
+    """The block device a target's path outside ``/dev`` opens (``/host/dev/sdb`` written
+    from a pod, a link kept anywhere): looked at, bounded (a path on a file server that
+    does not answer waits). A regular file is an image (its filesystem is mounted, and that
+    is seen); anything else (a node of no disk listed here, a path that cannot be looked
+    up: another mount namespace's) is a problem."""
+    try:
+        mode, rdev = lookups.node_type(str(fs.path(path.lstrip("/"))), f"{path} ({where})")
+    except (OSError, TimeoutError) as e:
+        why = f"cannot be looked at here ({getattr(e, 'strerror', None) or e}: it may be a " \
+              "path in the writer's mount namespace)"
+    else:
+        if stat.S_ISREG(mode):
+            return []
+        name = _block_of(fs, rdev) if stat.S_ISBLK(mode) else None
+        if name:
+            return [name]
+        why = "is no regular file and no block device this host lists"
+    problems.append(f"{where} opens {path}, which {why}: it may be a disk's node, so which "
+                    "disk it exports is unknown")
+    return []
+
+
+#: A kernel module whose name says it serves disks to other machines or guests: Xen's
+#: ``xen_blkback``, ``rnbd_server``/``rtrs_server``, IET's ``iscsi_trgt``, SCST, vhost-blk.
+_BLOCK_SERVER = re.compile(r".*(blkback|_server|_srv|target|tgt|trgt|scst|vhost_blk).*")
+
+
+def _unread_servers(fs: Sysfs, problems: list[str]) -> None:
+    """Loaded kernel block servers the harness does not read: they open a disk with no holder
+    (no claim, no ``holders/`` link) and no process fd, so any disk may be theirs. LIO's and
+    nvmet's own modules and fabrics (read through configfs) are known; any other module
+    whose name says it serves disks is a problem, named, rather than a list of the ones known
+    today (a new server fails closed)."""
+    known = {p.name for base in ("target_core_mod", "nvmet")
+             for p in fs.sys("module", base, "holders").glob("*")}
+    try:
+        loaded = sorted(os.listdir(fs.sys("module")))
+    except OSError as e:
+        problems.append(f"the kernel's modules cannot be listed ({e.strerror}): which block "
+                        "servers are loaded is unknown")
+        return
+    for name in loaded:
+        if _BLOCK_SERVER.fullmatch(name) and name not in known \
+                and not name.startswith(("nvmet", "target_core")):
+            problems.append(f"the kernel module {name} is loaded, and its name says it serves "
+                            "disks to other machines or guests, which the harness cannot read: "
+                            "such a server opens a disk with no holder, claim or process fd, so "
+                            f"every disk is unproven; unload it (modprobe -r {name}) if it "
+                            "serves nothing")
 
 
 def _built_in(fs: Sysfs, module: str) -> bool:
@@ -1349,7 +1439,7 @@ def _exported_blocks(fs: Sysfs, path: str) -> list[str]:
     """The block devices a target's device path gives away: a disk (``/dev/sdb``), or every
     namespace of an NVMe controller passed through whole (``/dev/nvme0``)."""
     if not path.startswith("/dev/"):
-        return []  # a file: its filesystem is mounted, and that is seen
+        return []  # (a path elsewhere: :func:`_outside_dev`)
     name = block_name(fs, path)
     if name:
         return [name]
@@ -1393,7 +1483,7 @@ class StorageView:
         #: Block devices a kernel storage target exports to other machines (nvmet, LIO):
         #: they open the disk without an exclusive claim, a holder or a process fd; and the
         #: NVMe controllers nvmet passes through whole (by node name and ``MAJ:MIN``).
-        self.exported = _exported(fs, problems)
+        self.exported = _exported(fs, problems, opened.lookups)
         self.p2pmem_lent = _p2pmem_lent(fs)  # (PCI functions whose p2pmem nvmet lends)
 
         #: Character devices the kernel prints its console to (/proc/consoles: a serial
