@@ -85,13 +85,26 @@ def _parse_mountinfo(text: str) -> list[Mount]:
 MOUNT_TABLES_BUDGET = 10.0
 
 
-def mountinfos(fs: Sysfs, problems: list[str]) -> list[tuple[Path, str]]:
+def mountinfos(fs: Sysfs, problems: list[str], budget: "Budget | None" = None
+               ) -> list[tuple[Path, str]]:
     """(a process of it, its ``mountinfo``) for every mount namespace, the harness's own first
     (``self``): a container's mounts are in no other. One that cannot be read is a problem,
     never an empty one (a process that ended meanwhile: gone); so are those past
-    :data:`MOUNT_TABLES_BUDGET`."""
+    :data:`MOUNT_TABLES_BUDGET` (``budget``: that of the read, which what is done with the
+    mounts then spends too: :func:`_look_up_mounts`)."""
     seen, out = set(), []
-    deadline = time.monotonic() + MOUNT_TABLES_BUDGET
+    t0 = time.monotonic()
+    deadline = t0 + (MOUNT_TABLES_BUDGET if budget is None else budget.seconds - budget.spent)
+    try:
+        return _read_tables(fs, problems, seen, out, deadline)
+    finally:
+        if budget is not None:
+            budget.spent += time.monotonic() - t0
+
+
+def _read_tables(fs: Sysfs, problems: list[str], seen: set, out: list, deadline: float
+                 ) -> list[tuple[Path, str]]:
+    """:func:`mountinfos`' reading, until ``deadline``."""
     for proc in [fs.proc("self")] + sorted(fs.proc().glob("[0-9]*")):
         try:
             ns = os.readlink(proc / "ns" / "mnt")
@@ -1450,21 +1463,24 @@ def _exported_blocks(fs: Sysfs, path: str) -> list[str]:
 class StorageView:
     """Mounts, swap, holders and open files, read once."""
 
-    def __init__(self, fs: Sysfs, opened: OpenFiles, mounts: list[Mount], problems: list[str]):
+    def __init__(self, fs: Sysfs, opened: OpenFiles, mounts: list[Mount], problems: list[str],
+                 budget: "Budget | None" = None):
         self.fs, self.opened, self.problems = fs, opened, problems
         self.by_majmin: dict[str, list[str]] = {}
         self.by_name: dict[str, list[str]] = {}
         #: Filesystems whose disks cannot be told (ZFS pools, a device that resolves nowhere).
         self.unmapped: list[str] = []
+        looked = _look_up_mounts(fs, mounts, budget or Budget(MOUNT_TABLES_BUDGET), problems)
         for m in mounts:
+            if (m.source, m.majmin) not in looked:
+                continue  # (past the budget: a problem, counted)
             what = "used as swap" if m.mountpoint == "swap" else f"mounted on {m.mountpoint}"
-            name = block_name(fs, m.source) if m.source.startswith("/dev/") else None
+            name, on_a_disk = looked[(m.source, m.majmin)]
             if name:
                 self.by_name.setdefault(name, []).append(what)
             if m.majmin and not m.majmin.startswith("0:"):
                 self.by_majmin.setdefault(m.majmin, []).append(what)
-            if m.fstype in _POOL_FS | _AUTOMOUNT_FS or (name is None and not (
-                    m.majmin and fs.sys("dev", "block", m.majmin).exists())):
+            if m.fstype in _POOL_FS | _AUTOMOUNT_FS or (name is None and not on_a_disk):
                 self.unmapped.append(f"{m.mountpoint} ({m.source}, {m.fstype})")
         if fs.sys("module", "zfs").exists():
             self.unmapped.append("ZFS is loaded (its pools hold disks the harness cannot tell)")
@@ -1499,10 +1515,11 @@ class StorageView:
     @classmethod
     def read(cls, fs: Sysfs) -> "StorageView":
         problems: list[str] = []
-        infos = mountinfos(fs, problems)
+        budget = Budget(MOUNT_TABLES_BUDGET)  # (the tables' reading, then their sources')
+        infos = mountinfos(fs, problems, budget)
         mounts = _mounts(fs, infos, problems)
         return cls(fs, OpenFiles(fs, problems, remote_mount_ids(infos), mount_ids(infos)), mounts,
-                   problems)
+                   problems, budget)
 
     def use_of_block(self, name: str, seen: set[str] | None = None) -> list[str]:
         """Why block device ``name`` (or a partition of it, or what holds it) is in use."""
@@ -1538,6 +1555,40 @@ class StorageView:
                 uses += [f"{name} is the same disk (wwid {wwid}) as {twin}: {u}"
                          for u in self.use_of_block(twin, seen)]
         return uses
+
+
+def _look_up_mounts(fs: Sysfs, mounts: list[Mount], budget: Budget, problems: list[str]
+                    ) -> dict[tuple[str, str | None], tuple[str | None, bool]]:
+    """(source, ``MAJ:MIN``) of each distinct mount -> (its block device by name,
+    :func:`block_name`; whether its ``MAJ:MIN`` is a block device). Any user makes mounts
+    with sources that read as /dev paths, thousands in each of many namespaces, and a lookup
+    costs some eight times the mount's read: each distinct one is looked up once, within
+    what is left of the mount tables' ``budget``; the mounts past it are a problem."""
+    looked: dict[tuple[str, str | None], tuple[str | None, bool]] = {}
+    left = 0
+    for m in mounts:
+        key = (m.source, m.majmin)
+        if key in looked:
+            continue
+        if not budget.allows():
+            left += 1
+            continue
+        with budget.timing():
+            name = block_name(fs, m.source) if m.source.startswith("/dev/") else None
+            looked[key] = name, bool(name is None and m.majmin
+                                     and fs.sys("dev", "block", m.majmin).exists())
+    if left:
+        problems.append(f"the mount tables and their {len(looked) + left} distinct mounts took "
+                        f"more than {budget.seconds:g} s to read and look up: {left} mounts "
+                        f"were not looked up (the first: {_first_left(mounts, looked)}), so "
+                        "which disks they are on is unknown; a user may make that many")
+    return looked
+
+
+def _first_left(mounts: list[Mount], looked: dict) -> str:
+    """The first mount :func:`_look_up_mounts` did not look up, for its problem."""
+    m = next(m for m in mounts if (m.source, m.majmin) not in looked)
+    return f"{m.mountpoint} ({m.source}, {m.fstype})"
 
 
 def _loop_backing(fs: Sysfs, lookups: Lookups) -> tuple[dict[str, str], list[str]]:
