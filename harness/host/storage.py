@@ -756,9 +756,11 @@ def _mapped_numbers(fs: Sysfs, mapped: dict, lookups: Lookups, problems: list[st
                         f"{DETACHED_STAT_TIMEOUT:g} s what they are: a disk mapped through a "
                         "node of another path would be missed")
         return []
-    denied = [who for key, (_, who), got in zip(keys, files, found)
+    denied = [(links, who) for key, (links, who), got in zip(keys, files, found)
               if isinstance(got, OSError) and got.errno in (errno.EACCES, errno.EPERM)
               and not _on_fuse(key[0], key[1], who, tables)]
+    denied = [who for (links, who), nodev in zip(denied, _nodev_mounts(lookups, denied))
+              if not nodev]
     if denied:
         pids = sorted({pid for who in denied for pid, _ in who})
         problems.append(f"{len(denied)} files mapped by pid {', '.join(map(str, pids[:5]))}"
@@ -769,6 +771,31 @@ def _mapped_numbers(fs: Sysfs, mapped: dict, lookups: Lookups, problems: list[st
     return [(got, who) for (_, who), got in zip(files, found)  # (another error: unmapped
             if not isinstance(got, OSError)                      # since, or its process ended)
             and (stat.S_ISBLK(got[0]) or stat.S_ISCHR(got[0]))]
+
+
+def _nodev(ways: list[str]) -> bool:
+    """Whether the mount of the file the first of ``ways`` that answers leads to (magic links:
+    ``/proc/PID/fd/N``, ``map_files/...``) is ``nodev``: ``statfs``'s flags are the mount's
+    own, which a detached mount keeps and which FUSE gives without asking its daemon when it
+    refuses the caller a look; a device node there is no device. False when none answers."""
+    for way in ways:
+        try:
+            return bool(os.statvfs(way).f_flag & os.ST_NODEV)
+        except OSError:
+            continue
+    return False
+
+
+def _nodev_mounts(lookups: Lookups, files: list) -> list[bool]:
+    """:func:`_nodev` of each (ways, holders) of ``files``, in one bounded lookup for all (a
+    file server that does allow the caller is asked); all False when it does not answer."""
+    if not files:
+        return []
+    try:
+        return lookups.within(lambda: [_nodev(ways) for ways, _ in files],
+                              "the mounts of files root may not look at")
+    except TimeoutError:
+        return [False] * len(files)
 
 
 def _mounted_as(tables: "MountTables", pid: int, dev: int, fstype: str) -> bool | None:
@@ -835,8 +862,8 @@ def _on_fuse(major: int, minor: int, who: set, types: "MountTables") -> bool:
     """Whether the filesystem ``major:minor`` its mappers map a file of is FUSE and ``nodev``
     to all of them: one mounted without ``allow_other`` refuses root even a look (EACCES),
     and a device node there is no device (root may mount one for a user without ``nodev``).
-    One in none of a mapper's mounts (detached since: ``fusermount -uz``) is not: a detached
-    mount's flags are read nowhere, so whether a node there is a device cannot be told.
+    One in none of a mapper's mounts (detached since: ``fusermount -uz``) is not told here:
+    its flags are in no table, and only :func:`_nodev` (``statfs``) can say.
     ``types``: the read's mount tables."""
     for pid, _ in who:
         table = types.of(pid)
@@ -1159,6 +1186,9 @@ def _node_of(opened: "OpenFiles", fd: Path, target: str, who: tuple[int, str],
     except (FileNotFoundError, ProcessLookupError):
         return None  # (closed since)
     except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM) and _nodev_mounts(opened.lookups,
+                                                                    [([str(fd)], who)])[0]:
+            return None  # (refused, but on a nodev mount: a node there is no device)
         where = f" on a detached mount (id {detached}, in no mount list)" if detached else ""
         opened.problems.append(
             f"pid {who[0]} ({who[1]}) holds {target} open{where}, which cannot be looked at "
