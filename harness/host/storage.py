@@ -1502,14 +1502,14 @@ class StorageView:
         self.unmapped: list[str] = []
         looked = _look_up_mounts(fs, mounts, budget or Budget(MOUNT_TABLES_BUDGET), problems)
         for m in mounts:
+            what = "used as swap" if m.mountpoint == "swap" else f"mounted on {m.mountpoint}"
+            if m.majmin and not m.majmin.startswith("0:"):
+                self.by_majmin.setdefault(m.majmin, []).append(what)
             if (m.source, m.majmin) not in looked:
                 continue  # (past the budget: a problem, counted)
-            what = "used as swap" if m.mountpoint == "swap" else f"mounted on {m.mountpoint}"
             name, on_a_disk = looked[(m.source, m.majmin)]
             if name:
                 self.by_name.setdefault(name, []).append(what)
-            if m.majmin and not m.majmin.startswith("0:"):
-                self.by_majmin.setdefault(m.majmin, []).append(what)
             if m.fstype in _POOL_FS | _AUTOMOUNT_FS or (name is None and not on_a_disk):
                 self.unmapped.append(f"{m.mountpoint} ({m.source}, {m.fstype})")
         if fs.sys("module", "zfs").exists():
