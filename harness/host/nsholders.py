@@ -126,11 +126,19 @@ _NS_KINDS = {0x40000000: "net", 0x00020000: "mnt"}
 def _on_fuse(entry: Path) -> bool:
     """Whether the fd ``entry`` (``/proc/PID/fd/N``) is a file on a FUSE mount: its mount id
     (``fdinfo``) names a ``fuse*`` mount in that process's ``mountinfo``. False when that
-    cannot be told."""
+    cannot be told. The table is read within :data:`~harness.host.storage.
+    DETACHED_STAT_TIMEOUT` (any user stacks mounts thousands deep in a namespace of theirs,
+    and the kernel's cost of its table grows with the square of that): one that does not
+    come is an OSError (``ETIMEDOUT``), "cannot be told", never a wait for good."""
     proc = entry.parent.parent
     try:
         info = os.fsdecode((proc / "fdinfo" / entry.name).read_bytes())
-        mounts = os.fsdecode((proc / "mountinfo").read_bytes())  # (paths: any bytes)
+        mounts = os.fsdecode(call_within((proc / "mountinfo").read_bytes,  # (paths: any bytes)
+                                         storage.DETACHED_STAT_TIMEOUT))
+    except TimeoutError:
+        raise OSError(errno.ETIMEDOUT, f"whether it is a FUSE file cannot be told: "
+                      f"{proc}/mountinfo did not come in {storage.DETACHED_STAT_TIMEOUT:g} s "
+                      "(mounts stacked thousands deep in its mount namespace)") from None
     except OSError:
         return False
     mount = re.search(r"^mnt_id:\s*(\d+)", info, re.M)

@@ -85,13 +85,26 @@ def _parse_mountinfo(text: str) -> list[Mount]:
 MOUNT_TABLES_BUDGET = 10.0
 
 
-def mountinfos(fs: Sysfs, problems: list[str]) -> list[tuple[Path, str]]:
+def mountinfos(fs: Sysfs, problems: list[str], budget: "Budget | None" = None
+               ) -> list[tuple[Path, str]]:
     """(a process of it, its ``mountinfo``) for every mount namespace, the harness's own first
     (``self``): a container's mounts are in no other. One that cannot be read is a problem,
     never an empty one (a process that ended meanwhile: gone); so are those past
-    :data:`MOUNT_TABLES_BUDGET`."""
+    :data:`MOUNT_TABLES_BUDGET` (``budget``: that of the read, which what is done with the
+    mounts then spends too: :func:`_look_up_mounts`)."""
     seen, out = set(), []
-    deadline = time.monotonic() + MOUNT_TABLES_BUDGET
+    t0 = time.monotonic()
+    deadline = t0 + (MOUNT_TABLES_BUDGET if budget is None else budget.seconds - budget.spent)
+    try:
+        return _read_tables(fs, problems, seen, out, deadline)
+    finally:
+        if budget is not None:
+            budget.spent += time.monotonic() - t0
+
+
+def _read_tables(fs: Sysfs, problems: list[str], seen: set, out: list, deadline: float
+                 ) -> list[tuple[Path, str]]:
+    """:func:`mountinfos`' reading, until ``deadline``."""
     for proc in [fs.proc("self")] + sorted(fs.proc().glob("[0-9]*")):
         try:
             ns = os.readlink(proc / "ns" / "mnt")
@@ -626,11 +639,21 @@ FORK_TABLE_MIN = 64
 _KCMP_FILE = 0
 
 
+#: What stands for a path the kernel does not print (too long for its buffer): never looked up.
+_UNPRINTED = "<a path the kernel cannot print>"
+
+
 def _link(fd: Path) -> str | None:
+    """What an fd links to; None when it was closed since (or its process ended). A link the
+    kernel cannot print (a path longer than PATH_MAX: ENAMETOOLONG) is :data:`_UNPRINTED`
+    with its error: the fd is still looked at, through the magic link, which leads to the
+    file whatever its path."""
     try:
         return os.readlink(fd)
-    except OSError:
+    except (FileNotFoundError, ProcessLookupError):
         return None  # (closed since)
+    except OSError as e:
+        return f"{_UNPRINTED} ({e.strerror})"
 
 
 def _has_children(proc: Path) -> bool:
@@ -733,9 +756,11 @@ def _mapped_numbers(fs: Sysfs, mapped: dict, lookups: Lookups, problems: list[st
                         f"{DETACHED_STAT_TIMEOUT:g} s what they are: a disk mapped through a "
                         "node of another path would be missed")
         return []
-    denied = [who for key, (_, who), got in zip(keys, files, found)
+    denied = [(links, who) for key, (links, who), got in zip(keys, files, found)
               if isinstance(got, OSError) and got.errno in (errno.EACCES, errno.EPERM)
               and not _on_fuse(key[0], key[1], who, tables)]
+    denied = [who for (links, who), nodev in zip(denied, _nodev_mounts(lookups, denied))
+              if not nodev]
     if denied:
         pids = sorted({pid for who in denied for pid, _ in who})
         problems.append(f"{len(denied)} files mapped by pid {', '.join(map(str, pids[:5]))}"
@@ -746,6 +771,31 @@ def _mapped_numbers(fs: Sysfs, mapped: dict, lookups: Lookups, problems: list[st
     return [(got, who) for (_, who), got in zip(files, found)  # (another error: unmapped
             if not isinstance(got, OSError)                      # since, or its process ended)
             and (stat.S_ISBLK(got[0]) or stat.S_ISCHR(got[0]))]
+
+
+def _nodev(ways: list[str]) -> bool:
+    """Whether the mount of the file the first of ``ways`` that answers leads to (magic links:
+    ``/proc/PID/fd/N``, ``map_files/...``) is ``nodev``: ``statfs``'s flags are the mount's
+    own, which a detached mount keeps and which FUSE gives without asking its daemon when it
+    refuses the caller a look; a device node there is no device. False when none answers."""
+    for way in ways:
+        try:
+            return bool(os.statvfs(way).f_flag & os.ST_NODEV)
+        except OSError:
+            continue
+    return False
+
+
+def _nodev_mounts(lookups: Lookups, files: list) -> list[bool]:
+    """:func:`_nodev` of each (ways, holders) of ``files``, in one bounded lookup for all (a
+    file server that does allow the caller is asked); all False when it does not answer."""
+    if not files:
+        return []
+    try:
+        return lookups.within(lambda: [_nodev(ways) for ways, _ in files],
+                              "the mounts of files root may not look at")
+    except TimeoutError:
+        return [False] * len(files)
 
 
 def _mounted_as(tables: "MountTables", pid: int, dev: int, fstype: str) -> bool | None:
@@ -812,14 +862,13 @@ def _on_fuse(major: int, minor: int, who: set, types: "MountTables") -> bool:
     """Whether the filesystem ``major:minor`` its mappers map a file of is FUSE and ``nodev``
     to all of them: one mounted without ``allow_other`` refuses root even a look (EACCES),
     and a device node there is no device (root may mount one for a user without ``nodev``).
-    One in none of a mapper's mounts, an anonymous device (major 0), is taken for a FUSE
-    mount detached since (``fusermount -uz``): only FUSE refuses root there, an LSM aside.
+    One in none of a mapper's mounts (detached since: ``fusermount -uz``) is not told here:
+    its flags are in no table, and only :func:`_nodev` (``statfs``) can say.
     ``types``: the read's mount tables."""
     for pid, _ in who:
         table = types.of(pid)
-        kind = (table or {}).get(f"{major}:{minor}", "" if table is None else None)
-        if not (kind is None and major == 0 or (kind or "").split(".")[0] in ("fuse", "fuseblk")
-                and not kind.endswith(" dev")):
+        kind = (table or {}).get(f"{major}:{minor}") or ""
+        if not (kind.split(".")[0] in ("fuse", "fuseblk") and not kind.endswith(" dev")):
             return False
     return bool(who)
 
@@ -1004,7 +1053,7 @@ class OpenFiles:
                 self.vfio_devices.setdefault(syspath[1].rsplit("/", 1)[-1], set()).add(who)
             else:  # (kernels before 6.14 do not name it)
                 self.vfio_unnamed.add(who)
-        elif target.startswith("/"):
+        elif target.startswith(("/", _UNPRINTED)):
             self._add_node(fs, fd, target, who)
         # socket:[...], pipe:[...], other anon_inode:..., net:[...]: no device node
 
@@ -1076,25 +1125,10 @@ class OpenFiles:
                 self._remote_files.append((str(fd), target, who))
             return
         detached = bool(mount and self.known is not None and mount[1] not in self.known)
-        try:
-            if not detached:
-                mode, rdev = node_type(str(fd))
-            elif mount[1] in self.silent_mounts:
-                return  # (already a problem)
-            else:
-                mode, rdev = self.lookups.node_type(str(fd), f"{target} (pid {who[0]})")
-        except NotLookedAt:
-            return  # (counted: one problem for all)
-        except TimeoutError:
-            self.silent_mounts.add(mount[1])
-            self.problems.append(
-                f"pid {who[0]} ({who[1]}) holds {target} open on "
-                f"a detached mount (id {mount[1]}, in no mount list) whose filesystem did not say in "
-                f"{DETACHED_STAT_TIMEOUT:g} s what the file is: which device it holds is "
-                f"unknown; end that process (kill {who[0]}) or its filesystem's daemon")
+        got = _node_of(self, fd, target, who, mount[1] if detached else None)
+        if got is None:
             return
-        except OSError:
-            return
+        mode, rdev = got
         self._add_number(mode, rdev, who)
         name = target.rsplit("/", 1)[-1]
         if stat.S_ISREG(mode) and _PCI_FILE_NAME.fullmatch(name):
@@ -1126,6 +1160,41 @@ class OpenFiles:
     def users(self, kind: str, devname: str | None, majmin: str | None) -> list[str]:
         """:meth:`holders` as ``pid 4242 (ceph-osd)``."""
         return [f"pid {pid} ({comm})" for pid, comm in self.holders(kind, devname, majmin)]
+
+
+def _node_of(opened: "OpenFiles", fd: Path, target: str, who: tuple[int, str],
+             detached: str | None) -> tuple[int, int] | None:
+    """(``st_mode``, ``st_rdev``) of the file an fd holds, through its magic link (which leads
+    to the file at any path length); on a ``detached`` mount (its id: in no mount list),
+    bounded. None when it was closed since, or when it cannot be told, which is then a
+    problem naming its holder (a FUSE mount refuses root a look: EACCES is no answer)."""
+    try:
+        if detached is None:
+            return node_type(str(fd))
+        if detached in opened.silent_mounts:
+            return None  # (already a problem)
+        return opened.lookups.node_type(str(fd), f"{target} (pid {who[0]})")
+    except NotLookedAt:
+        return None  # (counted: one problem for all)
+    except TimeoutError:
+        opened.silent_mounts.add(detached)
+        opened.problems.append(
+            f"pid {who[0]} ({who[1]}) holds {target} open on a detached mount (id {detached}, "
+            f"in no mount list) whose filesystem did not say in {DETACHED_STAT_TIMEOUT:g} s what "
+            f"the file is: which device it holds is unknown; end that process (kill {who[0]}) "
+            "or its filesystem's daemon")
+    except (FileNotFoundError, ProcessLookupError):
+        return None  # (closed since)
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM) and _nodev_mounts(opened.lookups,
+                                                                    [([str(fd)], who)])[0]:
+            return None  # (refused, but on a nodev mount: a node there is no device)
+        where = f" on a detached mount (id {detached}, in no mount list)" if detached else ""
+        opened.problems.append(
+            f"pid {who[0]} ({who[1]}) holds {target} open{where}, which cannot be looked at "
+            f"({e.strerror}): which device it holds is unknown; end that process "
+            f"(kill {who[0]}), or run as root outside any LSM confinement")
+    return None
 
 
 def _finish(opened: "OpenFiles", fs: Sysfs, problems: list[str]) -> None:
@@ -1254,13 +1323,17 @@ _TARGETS = (("nvmet", ("kernel", "config", "nvmet", "subsystems"),
             ("target_core_mod", ("kernel", "config", "target", "core"), ("*/*/udev_path",)))
 
 
-def _exported(fs: Sysfs, problems: list[str]) -> dict[str, list[str]]:
+def _exported(fs: Sysfs, problems: list[str], lookups: "Lookups | None" = None
+              ) -> dict[str, list[str]]:
     """Block device name -> the targets that export it; also an NVMe controller's node passed
     through whole (``/dev/nvme1``), by its name and its ``MAJ:MIN`` (the kernel opens it: no
     process holds it, and its namespaces may be named after its subsystem, ``nvme0n1``, or be
     none). A target module that is loaded with a configfs tree the harness cannot read is a
-    problem (every disk counts as in use)."""
+    problem (every disk counts as in use); so is a device it names that cannot be told
+    (:func:`_target_device`, :func:`_outside_dev`) and a block server it does not know
+    (:func:`_unread_servers`)."""
     out: dict[str, list[str]] = {}
+    lookups = lookups or Lookups()
     for module, folder, globs in _TARGETS:
         root = fs.sys(*folder)  # (a module built into the kernel may have no /sys/module entry)
         if not (root.is_dir() or fs.sys("module", module).exists() or _built_in(fs, module)):
@@ -1271,11 +1344,97 @@ def _exported(fs: Sysfs, problems: list[str]) -> dict[str, list[str]]:
             continue
         for pattern in globs:
             for f in sorted(root.glob(pattern)):
-                path = (fs.read(f) or "").strip()
                 where = f"{module} ({f.relative_to(root).parts[0]})"
-                for name in _exported_blocks(fs, path) + _exported_controller(fs, path):
+                path = _target_device(fs, f, where, problems)
+                names = _exported_blocks(fs, path) + _exported_controller(fs, path)
+                if path and not path.startswith("/dev/") and fs.read(f.parent / "enable") != "0":
+                    names = _outside_dev(fs, path, where, lookups, problems)
+                for name in names:
                     out.setdefault(name, []).append(where)
+    _unread_servers(fs, problems)
     return out
+
+
+#: LIO backstores that open no block device (a RAM disk; TCMU's, served by a process, which
+#: is seen holding its files).
+_LIO_NO_DISK = ("rd_mcp", "user")
+
+
+def _target_device(fs: Sysfs, f: Path, where: str, problems: list[str]) -> str:
+    """The device path a target's file ``f`` names (nvmet's ``device_path``, LIO's
+    ``udev_path``). ``udev_path`` is optional (only targetcli writes it): a LIO backstore set
+    up through its ``control`` file shows what it opened in ``info`` (fileio's ``File:``,
+    iblock's ``UDEV PATH:`` or ``iBlock device:``); an enabled one that names nothing there
+    either is a problem (a disk opened with no claim, holder or process fd)."""
+    path = (fs.read(f) or "").strip()
+    if path or f.name != "udev_path":
+        return path
+    info = fs.read(f.parent / "info") or ""
+    found = re.search(r"(?:File|UDEV PATH): (/\S+)", info)
+    if found:
+        return found[1]
+    bdev = re.search(r"iBlock device: (\S+)", info)
+    if bdev:
+        return f"/dev/{bdev[1]}"
+    hba = f.parent.parent.name.rsplit("_", 1)[0]
+    if hba not in _LIO_NO_DISK and fs.read(f.parent / "enable") not in (None, "0"):
+        problems.append(f"{where}: the LIO backstore {f.parent.name} is enabled and names no "
+                        f"device the harness can read (no udev_path, and its info says "
+                        f"{info.strip()[:200]!r}): which disk it opened is unknown")
+    return ""
+
+
+def _outside_dev(fs: Sysfs, path: str, where: str, lookups: "Lookups", problems: list[str]
+                 ) -> list[str]:
+    """The block device a target's path outside ``/dev`` opens (``/host/dev/sdb`` written
+    from a pod, a link kept anywhere): looked at, bounded (a path on a file server that
+    does not answer waits). A regular file is an image (its filesystem is mounted, and that
+    is seen); anything else (a node of no disk listed here, a path that cannot be looked
+    up: another mount namespace's) is a problem."""
+    try:
+        mode, rdev = lookups.node_type(str(fs.path(path.lstrip("/"))), f"{path} ({where})")
+    except (OSError, TimeoutError) as e:
+        why = f"cannot be looked at here ({getattr(e, 'strerror', None) or e}: it may be a " \
+              "path in the writer's mount namespace)"
+    else:
+        if stat.S_ISREG(mode):
+            return []
+        name = _block_of(fs, rdev) if stat.S_ISBLK(mode) else None
+        if name:
+            return [name]
+        why = "is no regular file and no block device this host lists"
+    problems.append(f"{where} opens {path}, which {why}: it may be a disk's node, so which "
+                    "disk it exports is unknown")
+    return []
+
+
+#: A kernel module whose name says it serves disks to other machines or guests: Xen's
+#: ``xen_blkback``, ``rnbd_server``/``rtrs_server``, IET's ``iscsi_trgt``, SCST, vhost-blk.
+_BLOCK_SERVER = re.compile(r".*(blkback|_server|_srv|target|tgt|trgt|scst|vhost_blk).*")
+
+
+def _unread_servers(fs: Sysfs, problems: list[str]) -> None:
+    """Loaded kernel block servers the harness does not read: they open a disk with no holder
+    (no claim, no ``holders/`` link) and no process fd, so any disk may be theirs. LIO's and
+    nvmet's own modules and fabrics (read through configfs) are known; any other module
+    whose name says it serves disks is a problem, named, rather than a list of the ones known
+    today (a new server fails closed)."""
+    known = {p.name for base in ("target_core_mod", "nvmet")
+             for p in fs.sys("module", base, "holders").glob("*")}
+    try:
+        loaded = sorted(os.listdir(fs.sys("module")))
+    except OSError as e:
+        problems.append(f"the kernel's modules cannot be listed ({e.strerror}): which block "
+                        "servers are loaded is unknown")
+        return
+    for name in loaded:
+        if _BLOCK_SERVER.fullmatch(name) and name not in known \
+                and not name.startswith(("nvmet", "target_core")):
+            problems.append(f"the kernel module {name} is loaded, and its name says it serves "
+                            "disks to other machines or guests, which the harness cannot read: "
+                            "such a server opens a disk with no holder, claim or process fd, so "
+                            f"every disk is unproven; unload it (modprobe -r {name}) if it "
+                            "serves nothing")
 
 
 def _built_in(fs: Sysfs, module: str) -> bool:
@@ -1323,7 +1482,7 @@ def _exported_blocks(fs: Sysfs, path: str) -> list[str]:
     """The block devices a target's device path gives away: a disk (``/dev/sdb``), or every
     namespace of an NVMe controller passed through whole (``/dev/nvme0``)."""
     if not path.startswith("/dev/"):
-        return []  # a file: its filesystem is mounted, and that is seen
+        return []  # (a path elsewhere: :func:`_outside_dev`)
     name = block_name(fs, path)
     if name:
         return [name]
@@ -1334,21 +1493,24 @@ def _exported_blocks(fs: Sysfs, path: str) -> list[str]:
 class StorageView:
     """Mounts, swap, holders and open files, read once."""
 
-    def __init__(self, fs: Sysfs, opened: OpenFiles, mounts: list[Mount], problems: list[str]):
+    def __init__(self, fs: Sysfs, opened: OpenFiles, mounts: list[Mount], problems: list[str],
+                 budget: "Budget | None" = None):
         self.fs, self.opened, self.problems = fs, opened, problems
         self.by_majmin: dict[str, list[str]] = {}
         self.by_name: dict[str, list[str]] = {}
         #: Filesystems whose disks cannot be told (ZFS pools, a device that resolves nowhere).
         self.unmapped: list[str] = []
+        looked = _look_up_mounts(fs, mounts, budget or Budget(MOUNT_TABLES_BUDGET), problems)
         for m in mounts:
             what = "used as swap" if m.mountpoint == "swap" else f"mounted on {m.mountpoint}"
-            name = block_name(fs, m.source) if m.source.startswith("/dev/") else None
-            if name:
-                self.by_name.setdefault(name, []).append(what)
             if m.majmin and not m.majmin.startswith("0:"):
                 self.by_majmin.setdefault(m.majmin, []).append(what)
-            if m.fstype in _POOL_FS | _AUTOMOUNT_FS or (name is None and not (
-                    m.majmin and fs.sys("dev", "block", m.majmin).exists())):
+            if (m.source, m.majmin) not in looked:
+                continue  # (past the budget: a problem, counted)
+            name, on_a_disk = looked[(m.source, m.majmin)]
+            if name:
+                self.by_name.setdefault(name, []).append(what)
+            if m.fstype in _POOL_FS | _AUTOMOUNT_FS or (name is None and not on_a_disk):
                 self.unmapped.append(f"{m.mountpoint} ({m.source}, {m.fstype})")
         if fs.sys("module", "zfs").exists():
             self.unmapped.append("ZFS is loaded (its pools hold disks the harness cannot tell)")
@@ -1367,7 +1529,7 @@ class StorageView:
         #: Block devices a kernel storage target exports to other machines (nvmet, LIO):
         #: they open the disk without an exclusive claim, a holder or a process fd; and the
         #: NVMe controllers nvmet passes through whole (by node name and ``MAJ:MIN``).
-        self.exported = _exported(fs, problems)
+        self.exported = _exported(fs, problems, opened.lookups)
         self.p2pmem_lent = _p2pmem_lent(fs)  # (PCI functions whose p2pmem nvmet lends)
 
         #: Character devices the kernel prints its console to (/proc/consoles: a serial
@@ -1383,10 +1545,11 @@ class StorageView:
     @classmethod
     def read(cls, fs: Sysfs) -> "StorageView":
         problems: list[str] = []
-        infos = mountinfos(fs, problems)
+        budget = Budget(MOUNT_TABLES_BUDGET)  # (the tables' reading, then their sources')
+        infos = mountinfos(fs, problems, budget)
         mounts = _mounts(fs, infos, problems)
         return cls(fs, OpenFiles(fs, problems, remote_mount_ids(infos), mount_ids(infos)), mounts,
-                   problems)
+                   problems, budget)
 
     def use_of_block(self, name: str, seen: set[str] | None = None) -> list[str]:
         """Why block device ``name`` (or a partition of it, or what holds it) is in use."""
@@ -1424,6 +1587,40 @@ class StorageView:
         return uses
 
 
+def _look_up_mounts(fs: Sysfs, mounts: list[Mount], budget: Budget, problems: list[str]
+                    ) -> dict[tuple[str, str | None], tuple[str | None, bool]]:
+    """(source, ``MAJ:MIN``) of each distinct mount -> (its block device by name,
+    :func:`block_name`; whether its ``MAJ:MIN`` is a block device). Any user makes mounts
+    with sources that read as /dev paths, thousands in each of many namespaces, and a lookup
+    costs some eight times the mount's read: each distinct one is looked up once, within
+    what is left of the mount tables' ``budget``; the mounts past it are a problem."""
+    looked: dict[tuple[str, str | None], tuple[str | None, bool]] = {}
+    left = 0
+    for m in mounts:
+        key = (m.source, m.majmin)
+        if key in looked:
+            continue
+        if not budget.allows():
+            left += 1
+            continue
+        with budget.timing():
+            name = block_name(fs, m.source) if m.source.startswith("/dev/") else None
+            looked[key] = name, bool(name is None and m.majmin
+                                     and fs.sys("dev", "block", m.majmin).exists())
+    if left:
+        problems.append(f"the mount tables and their {len(looked) + left} distinct mounts took "
+                        f"more than {budget.seconds:g} s to read and look up: {left} mounts "
+                        f"were not looked up (the first: {_first_left(mounts, looked)}), so "
+                        "which disks they are on is unknown; a user may make that many")
+    return looked
+
+
+def _first_left(mounts: list[Mount], looked: dict) -> str:
+    """The first mount :func:`_look_up_mounts` did not look up, for its problem."""
+    m = next(m for m in mounts if (m.source, m.majmin) not in looked)
+    return f"{m.mountpoint} ({m.source}, {m.fstype})"
+
+
 def _loop_backing(fs: Sysfs, lookups: Lookups) -> tuple[dict[str, str], list[str]]:
     """The block devices loop devices read directly (``losetup /dev/loop0 /dev/sdb``; kubelet's
     loop over a raw volume's node bind-mounted for a pod, a node made anywhere): disk ->
@@ -1432,7 +1629,7 @@ def _loop_backing(fs: Sysfs, lookups: Lookups) -> tuple[dict[str, str], list[str
     cannot be told: any disk may be theirs."""
     backed, unknown = {}, []
     for loop in sorted(fs.sys("class", "block").glob("loop*")):
-        backing = fs.read(loop / "loop" / "backing_file")
+        backing = _backing_file(loop)
         if not backing:
             continue  # (no backing file: the loop is not set up)
         name, why = _loop_disk(fs, loop, backing, lookups)
@@ -1443,11 +1640,25 @@ def _loop_backing(fs: Sysfs, lookups: Lookups) -> tuple[dict[str, str], list[str
     return backed, unknown
 
 
+def _backing_file(loop: Path) -> str | None:
+    """A loop's ``loop/backing_file``; None when the loop is not set up (no ``loop/`` folder,
+    or nothing in it). One that is set up but whose path cannot be read (the kernel prints it
+    into a page, and fails with ENAMETOOLONG for a longer one) is named by that error in
+    :data:`_UNPRINTED`: the loop still reads a file, which the kernel is asked about."""
+    try:
+        return (loop / "loop" / "backing_file").read_text(errors="replace").rstrip("\n")
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"{_UNPRINTED} ({e.strerror})"
+
+
 def _loop_disk(fs: Sysfs, loop: Path, backing: str, lookups: Lookups
                ) -> tuple[str | None, str | None]:
     """(the disk a loop reads, None); (None, None) for an image file; (None, why) when that
     cannot be told. The kernel's word first (:func:`_loop_rdev`): it holds whichever mount
-    namespace the path is printed for; without a node of the loop here, the path."""
+    namespace the path is printed for; without a node of the loop here, the path (and
+    without a path the kernel printed, nothing: unknown)."""
     if fs.real_host:
         try:
             rdev = _loop_rdev(fs, loop, lookups)
@@ -1461,6 +1672,10 @@ def _loop_disk(fs: Sysfs, loop: Path, backing: str, lookups: Lookups
             name = _block_of(fs, rdev)
             return (name, None) if name else (
                 None, f"node {backing} is of no block device this host lists")
+    if backing.startswith(_UNPRINTED):
+        return None, (f"file is {backing}, and the kernel could not be asked which device it "
+                      "reads (LOOP_GET_STATUS64 through the loop's node): it may be a disk's "
+                      "node")
     name = block_name(fs, backing) if backing.startswith("/dev/") else None
     if name is not None:
         return name, None
