@@ -22,6 +22,10 @@ from harness.virt import connect, daemon, xml as vx
 from harness.virt.domain import DomainGuest, LibvirtCommandError
 
 REPO = Path(__file__).resolve().parents[2]
+#: One daemon serves them all, and three of them stop or restart it: on two workers at once, a
+#: test met the daemon another had just killed ("the libvirt daemon is not running", a fresh
+#: clone's make test, Dec 6). They run one after another, on one worker.
+pytestmark = pytest.mark.xdist_group("libvirt-daemon")
 
 
 @pytest.fixture
