@@ -21,11 +21,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="building the systemd guest needs root "
                                 "(mmdebstrap); CI runs as root")
-# Each test runs its own pytest with two workers. All three on one worker were `make test`'s
-# critical path (2321 s of its 2329 s, the other workers idle after 971 s); all three at once
-# put 14 TCG guests on 2 cores. Two groups: the SSH run beside the console and cloud runs.
+# Each test runs its own pytest. All three on one worker were `make test`'s critical path
+# (2321 s of its 2329 s, the other workers idle after 971 s); all three at once put 14 TCG
+# guests on 2 cores. Three groups now: the SSH run (two workers), the console matrix (two)
+# with the NetworkManager cloud image, and the networkd and ifupdown cloud images (one guest
+# each). With the last two in one group, that group was the critical path again: 1815 s of
+# a fresh clone's 1831 s of `make test` (Dec 6, 19:05), the other workers done by 1166-1769 s.
 SSH_GROUP = pytest.mark.xdist_group("distribution-guest-ssh")
 OTHER_GROUP = pytest.mark.xdist_group("distribution-guests")
+CLOUD_GROUP = pytest.mark.xdist_group("cloud-images")
 #: Over SSH, all but the NIC: its e1000e on every platform is the console run's (below), and
 #: over SSH, beside the management NIC, the failover pair and the two NICs in one slot hot-add
 #: NICs udev renames. (Both runs had the NIC on all three platforms: 3 of the SSH run's 19
@@ -137,7 +141,7 @@ def cloud_guest(hotplug_session) -> distro.DistroImage:
     return distro.ensure_distro("cloudinit", cache, log=lambda s: None)
 
 
-@OTHER_GROUP
+@CLOUD_GROUP
 def test_cloud_image_with_no_key_baked_in_gets_its_hot_added_nics_configured_by_the_seed(
         cloud_guest, tmp_path, child_env):
     """A guest that behaves like a stock cloud image (cloud-init, no user key, no password):
@@ -157,9 +161,7 @@ def test_cloud_image_with_no_key_baked_in_gets_its_hot_added_nics_configured_by_
     assert seeds, "no NoCloud seed in the run folder"
 
 
-# (both beside the console matrix and the networkd cloud image: with the systemd guest's SSH
-# run alone in its group, the two groups take about as long)
-@pytest.mark.parametrize("network", [pytest.param("ifupdown", marks=OTHER_GROUP),
+@pytest.mark.parametrize("network", [pytest.param("ifupdown", marks=CLOUD_GROUP),
                                      pytest.param("nm", marks=OTHER_GROUP)])
 def test_cloud_image_whose_network_is_not_networkd_gets_its_hot_added_nics_configured(
         network, hotplug_session, tmp_path, child_env):
