@@ -271,9 +271,12 @@ def snap_namespaces(request):
             subprocess.run(["unshare", f"--mount={SNAP_NS}/snap{n}.mnt", "true"], check=True)
         yield request.param
     finally:
+        # (lazily: another reader of the host's namespaces, a run's host read on another
+        # worker, may hold one open right now, and a plain umount then fails with EBUSY and
+        # leaves the folder for the next test's mkdir: a fresh clone's make test, Dec 6)
         for bound in sorted(SNAP_NS.glob("*.mnt")):
-            subprocess.run(["umount", bound], check=False)
-        subprocess.run(["umount", SNAP_NS], check=False)
+            subprocess.run(["umount", "--lazy", bound], check=False)
+        subprocess.run(["umount", "--lazy", SNAP_NS], check=False)
         shutil.rmtree(SNAP_NS)
 
 
