@@ -1,4 +1,4 @@
-"""A scenario repeated 100 times on one guest: nothing may leak (QEMU memory and file
+"""A scenario repeated 50 times on one guest: nothing may leak (QEMU memory and file
 descriptors, guest devices and interfaces). The figures go into the report."""
 
 import os
@@ -10,7 +10,7 @@ from harness.guest import checks
 from harness.scenario import devices
 from harness.guest.pool import guest_state
 
-CYCLES = int(os.environ.get("HH_SOAK_CYCLES", "100"))
+CYCLES = int(os.environ.get("HH_SOAK_CYCLES", "50"))
 
 
 def rss_kb(pid: int) -> int:
