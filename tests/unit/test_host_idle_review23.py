@@ -99,6 +99,7 @@ from harness.host.storage import StorageView
 from harness.host.sysfs import Sysfs
 
 from . import fusestub, test_host_idle_review22 as review22
+from .hostload import scale_budgets
 from .test_host_idle_review16 import URING, loop_disk as _loop_disk
 from .test_host_idle_review17 import NOBODY_RUN
 from .test_host_idle_review19 import fuse_in_a_folder
@@ -198,7 +199,8 @@ time.sleep(600)
 def test_2_mount_tables_a_user_makes_slow_do_not_stall_the_read(depth, monkeypatch):
     """The mount tables' budget, made 2 s here (their unbounded read took 31 s on a quiet
     machine), ends the read well inside the bound even on a loaded one, and says so."""
-    monkeypatch.setattr(storage, "MOUNT_TABLES_BUDGET", 2.0)
+    f = scale_budgets(monkeypatch)
+    monkeypatch.setattr(storage, "MOUNT_TABLES_BUDGET", 2.0 * f)
     bound = storage.MOUNT_TABLES_BUDGET + 4 * storage.DETACHED_STAT_TIMEOUT
     view = read_beside(["unshare", "-Urm", "--propagation", "private", PYTHON, "-c", STACKER,
                         str(depth), "15"], lambda: StorageView.read(Sysfs("/")), bound)

@@ -50,6 +50,7 @@ from .test_host_idle_review16 import loop_disk as _loop_disk
 from .test_host_idle_review19 import fuse_in_a_folder
 from .test_host_idle_review23 import PYTHON, STACKER, read_beside
 from .test_host_idle_review24 import _node_fuse, read_with_two_mappers
+from .hostload import scale_budgets
 from .test_paths import as_root
 
 #: The real-host cases make processes and namespaces of nobody's and read the whole host.
@@ -227,7 +228,8 @@ def test_2_a_users_namesake_of_a_functions_file_does_not_stall_each_verdict(dept
     already, by namespace), and count one that was not read as not known (the holder
     counts)."""
     config = _a_function()
-    monkeypatch.setattr(storage, "MOUNT_TABLES_BUDGET", 3.0)  # (the read before: bounded)
+    f = scale_budgets(monkeypatch)
+    monkeypatch.setattr(storage, "MOUNT_TABLES_BUDGET", 3.0 * f)  # (the read before: bounded)
     bound = 2 * storage.DETACHED_STAT_TIMEOUT
 
     def read_then_judge():
@@ -238,7 +240,7 @@ def test_2_a_users_namesake_of_a_functions_file_does_not_stall_each_verdict(dept
 
     got = read_beside(["unshare", "-Urm", "--propagation", "private", PYTHON, "-c", NAMESAKE,
                        str(os.stat(config).st_ino), str(depth), "20"], read_then_judge,
-                      bound + 60)
+                      bound + 60 * f)
     assert got is not None, "the storage read itself did not end"
     took, found, thread = got
     thread.join(600)  # (none left for the next test)
@@ -284,7 +286,7 @@ RINGS = textwrap.dedent("""
 
 @as_root
 @pytest.mark.parametrize("slots", [19000, 10], ids=["slots-19000", "control-slots-10"])
-def test_3_io_uring_file_tables_a_user_fills_do_not_stall_the_read(slots):
+def test_3_io_uring_file_tables_a_user_fills_do_not_stall_the_read(slots, monkeypatch):
     """(b) Host shape: any host where unprivileged io_uring is allowed
     (``kernel.io_uring_disabled`` 0: the kernel's default, Debian's and Ubuntu's).
 
@@ -311,6 +313,7 @@ def test_3_io_uring_file_tables_a_user_fills_do_not_stall_the_read(slots):
     top = Path(tempfile.mkdtemp(prefix="hh-test-r25-"))
     top.chmod(0o755)
     os.chown(top, 65534, 65534)
+    scale_budgets(monkeypatch)
     bound = storage.MAPS_BUDGET + 2 * storage.DETACHED_STAT_TIMEOUT
     try:
         view = read_beside([PYTHON, "-c", RINGS, str(top), "12", str(slots)],
@@ -431,7 +434,8 @@ def test_5_mount_namespaces_a_user_keeps_do_not_stall_the_network_read(depth, mo
     read did not end in 22 s ..."; the control (100 stacked) ends at once. Fix: read the
     visited namespaces' tables within the same budget as :func:`mountinfos` (one deadline
     for all tables of the read, in the bounded reader), past which the rest are a problem."""
-    monkeypatch.setattr(storage, "MOUNT_TABLES_BUDGET", 2.0)
+    f = scale_budgets(monkeypatch)
+    monkeypatch.setattr(storage, "MOUNT_TABLES_BUDGET", 2.0 * f)
     bound = storage.MOUNT_TABLES_BUDGET + 4 * storage.DETACHED_STAT_TIMEOUT
     view = read_beside([PYTHON, "-c", MOUNT_NS_KEEPER, STACKER, str(depth), "16"],
                        lambda: NetView.read(Sysfs("/")), bound)
@@ -463,7 +467,7 @@ FD_FORKS = textwrap.dedent("""
 
 @as_root
 @pytest.mark.parametrize("fds", [19000, 10], ids=["fds-19000", "control-fds-10"])
-def test_6_open_files_a_user_multiplies_do_not_stall_the_network_read(fds):
+def test_6_open_files_a_user_multiplies_do_not_stall_the_network_read(fds, monkeypatch):
     """(b) Host shape: any multi-user host (an open-file limit of 20000 here; Debian's and
     Ubuntu's systemd gives every user a hard limit of 524288).
 
@@ -488,7 +492,8 @@ def test_6_open_files_a_user_multiplies_do_not_stall_the_network_read(fds):
     (``MAX_FDS_READ`` in all, a fork's copies read through its parent, past which every NIC
     is unproven; ``fd_namespace`` could also keep nsfs's ``st_dev`` rather than ``stat`` it
     again for each fd)."""
-    bound = network.NAMESPACES_BUDGET + 15
+    f = scale_budgets(monkeypatch)
+    bound = network.NAMESPACES_BUDGET + 15 * f
     view = read_beside([PYTHON, "-c", FD_FORKS, str(fds), "100"],
                        lambda: NetView.read(Sysfs("/")), bound)
     assert view is not None, (

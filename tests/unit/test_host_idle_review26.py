@@ -58,6 +58,7 @@ from harness.host.network import NetView
 from . import fakesysfs
 from .test_host_idle_review16 import loop_disk as _loop_disk
 from .fusestub import FuseStub
+from .hostload import scale_budgets
 from .test_host_idle_review19 import fuse_in_a_folder
 from .test_host_idle_review23 import FORKER, PYTHON, read_beside
 from .test_host_idle_review24 import _node_fuse
@@ -220,7 +221,7 @@ assert "'ready'" in OWN_FORKS, "review 23's FORKER changed: adapt OWN_FORKS"
 
 @as_root
 @pytest.mark.parametrize("fds", [19000, 10], ids=["fds-19000", "control-fds-10"])
-def test_3_open_files_a_user_remakes_in_forks_do_not_stall_the_network_read(fds):
+def test_3_open_files_a_user_remakes_in_forks_do_not_stall_the_network_read(fds, monkeypatch):
     """(b) Host shape: any multi-user host (a hard limit of 20000 open files here; Debian's
     and Ubuntu's systemd gives every user 524288, so two processes are enough there).
 
@@ -242,7 +243,8 @@ def test_3_open_files_a_user_remakes_in_forks_do_not_stall_the_network_read(fds)
     read by time as the other reads are (``NAMESPACES_BUDGET``, ``MAPS_BUDGET``), past
     which the processes left are a problem; and ``fd_namespace`` need not stat
     ``/proc/self/ns/net`` once per fd."""
-    bound = network.NAMESPACES_BUDGET + 15
+    f = scale_budgets(monkeypatch)
+    bound = network.NAMESPACES_BUDGET + 15 * f
     view = read_beside([PYTHON, "-c", OWN_FORKS, str(fds), "51"],
                        lambda: NetView.read(Sysfs("/")), bound)
     assert view is not None, (
@@ -339,7 +341,7 @@ def test_4_a_disk_mapped_through_a_node_on_an_overlay_stays_in_use_when_its_firs
 @as_root
 @pytest.mark.parametrize("silent", [True, False], ids=["daemon-silent", "control-answering"])
 def test_5_ways_into_a_namespace_through_a_silent_fuse_path_do_not_each_cost_20_s(
-        tmp_path, silent):
+        tmp_path, silent, monkeypatch):
     """(b) Host shape: any multi-user host where unprivileged user namespaces are allowed
     (Debian, Ubuntu, RHEL): in a user and mount namespace of their own, a user mounts a
     FUSE filesystem of theirs (allowed there since Linux 4.18), makes a network namespace
@@ -367,7 +369,8 @@ def test_5_ways_into_a_namespace_through_a_silent_fuse_path_do_not_each_cost_20_
     left) as a problem, and start ``NAMESPACES_BUDGET`` before the pins."""
     if not os.path.exists("/dev/fuse"):
         pytest.skip("no /dev/fuse on this host: modprobe fuse")
-    bound = network.NAMESPACES_BUDGET + 15
+    f = scale_budgets(monkeypatch)
+    bound = network.NAMESPACES_BUDGET + 15 * f
     with FuseStub(tmp_path / "mnt") as fuse:
         target = fuse.mountpoint / "f"
         maker = subprocess.Popen(
@@ -404,7 +407,7 @@ def test_5_ways_into_a_namespace_through_a_silent_fuse_path_do_not_each_cost_20_
 
 @as_root
 @pytest.mark.parametrize("fds", [19000, 10], ids=["fds-19000", "control-fds-10"])
-def test_3_open_files_a_user_remakes_in_forks_do_not_stall_the_storage_read(fds):
+def test_3_open_files_a_user_remakes_in_forks_do_not_stall_the_storage_read(fds, monkeypatch):
     """(b) Finding 3's storage side. Host shape: the same.
 
     Path: :meth:`harness.host.storage.OpenFiles._add_fds` stops at ``MAX_FDS_READ``
@@ -419,6 +422,7 @@ def test_3_open_files_a_user_remakes_in_forks_do_not_stall_the_storage_read(fds)
     the storage read, ``MAPS_BUDGET`` and two lookups); the control (11 processes of 10 fds)
     ends at once. Fix: a time budget for the fds of all processes (past it, the processes left
     are a problem, as ``MAPS_BUDGET`` does for maps), not only a count."""
+    scale_budgets(monkeypatch)
     bound = storage.MAPS_BUDGET + 2 * storage.DETACHED_STAT_TIMEOUT
     view = read_beside([PYTHON, "-c", OWN_FORKS, str(fds), "10"],
                        lambda: StorageView.read(Sysfs("/")), bound)

@@ -68,6 +68,7 @@ from .test_host_idle_review17 import NOBODY_RUN
 from .test_host_idle_review19 import NobodysFuse, fuse_in_a_folder
 from .test_host_idle_review23 import PYTHON, read_beside
 from .test_host_idle_review24 import HOLD, _node_fuse
+from .hostload import scale_budgets
 from .test_paths import as_root
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
@@ -441,11 +442,12 @@ def test_6_mounts_a_user_makes_do_not_stall_the_storage_read(count, monkeypatch)
     control (5 mounts in each of the 21 namespaces) ends at once. Fix: count the work on
     each mount in the budget (past it, the mounts left are a problem), and look each distinct
     source up once, not once a namespace."""
+    f = scale_budgets(monkeypatch)
     t0 = time.monotonic()
     StorageView.read(Sysfs("/"))
     alone = time.monotonic() - t0
-    monkeypatch.setattr(storage, "MOUNT_TABLES_BUDGET", 1.0)
-    bound = storage.MOUNT_TABLES_BUDGET + 2 * alone + 1
+    monkeypatch.setattr(storage, "MOUNT_TABLES_BUDGET", 1.0 * f)
+    bound = storage.MOUNT_TABLES_BUDGET + 2 * alone + f
     view = read_beside(["unshare", "-Urm", "--propagation", "private", PYTHON, "-c", MOUNTER,
                         str(count), "20"], lambda: StorageView.read(Sysfs("/")), bound)
     assert view is not None, (
@@ -593,9 +595,10 @@ def test_8_a_users_fuse_fd_in_a_deep_mount_namespace_is_looked_at_within_a_bound
     (depth 10) is at once. Fix: read the table through the read's bounded tables
     (``MountTables``, or ``call_within``), and take one that did not come in time as
     "cannot be told" (a problem, as now for an fd that is no FUSE file)."""
-    monkeypatch.setattr(storage, "MOUNT_TABLES_BUDGET", 0.25)
-    monkeypatch.setattr(storage, "DETACHED_STAT_TIMEOUT", 0.25)
-    bound = 0.6
+    f = scale_budgets(monkeypatch)
+    monkeypatch.setattr(storage, "MOUNT_TABLES_BUDGET", 0.25 * f)
+    monkeypatch.setattr(storage, "DETACHED_STAT_TIMEOUT", 0.25 * f)
+    bound = 0.6 * f
     with fuse_in_a_folder(NobodysFuse) as fuse:
         holder = subprocess.Popen(NOBODY_RUN + [PYTHON, "-c", DEEP_FUSE_HOLDER,
                                                 str(fuse.mountpoint / "f"), str(depth)],
