@@ -25,6 +25,12 @@ sees the use). All on a fake sysfs/proc tree, as the nvmet and LIO cases of earl
    path alone: a process holding it through a node of another path (a container's
    ``--device /dev/input/mice:/dev/input/pointer``) is not seen, where every other node is
    matched by number too.
+7. (a) a disk OCFS2's global heartbeat writes (o2hb region, configfs ``cluster/C/heartbeat/
+   R/dev``) reads idle: o2hb opens the disk with no holder (no claim), no ``holders/`` link,
+   no process fd; losing it makes o2quo fence (panic) the host.
+8. (a) a disk a pNFS block/SCSI layout client writes (``blocklayoutdriver``) reads idle: the
+   NFS client opens the LUN with no holder, no link and no fd, and names it nowhere but the
+   kernel log.
 
 Controls: the same controllers with none of those uses are still idle.
 """
@@ -184,8 +190,8 @@ def _dvd_writer(host: FakeHost) -> None:
 def test_4_a_dvd_writer_pktcdvd_maps_is_in_use(lab):
     """Host shape: a SATA DVD writer sr0 on 06:00.0 mapped by the packet-writing driver
     (``pktsetup dvd /dev/sr0``; Debian's udftools installs a udev rule that maps every CD
-    drive so, and the kernel's own commit "pktcdvd: remove warning on attempting to register
-    non-passthrough dev" says as much). ``pkt_new_dev`` opens the drive with
+    drive so, as Jens Axboe's commit dropping pktcdvd's "Attempt to register a non-SCSI
+    queue" warning notes). ``pkt_new_dev`` opens the drive with
     ``bdev_file_open_by_dev(dev, BLK_OPEN_READ | BLK_OPEN_NDELAY, NULL, NULL)``: no holder,
     so no exclusive claim (``_claimed`` sees nothing on a real host), no ``holders/`` link,
     no process fd; its ``kcdrwd`` thread and ``/dev/pktcdvd/dvd`` (253:0) stay on it. The
@@ -275,6 +281,70 @@ def test_6_a_mouse_whose_mice_node_a_container_holds_by_another_path_is_in_use(l
     v = _verdict(lab, XHCI)
     assert not v.idle, f"the mouse whose mice node Xorg holds was judged idle: {v.evidence}"
     assert any("/dev/input/mice" in u and "3301" in u for u in v.uses), v.uses
+
+
+# -- 7. a disk OCFS2's global heartbeat writes ------------------------------------------------------
+
+
+def test_7_a_disk_ocfs2s_global_heartbeat_writes_is_in_use(lab):
+    """Host shape: the lab host is a node of an OCFS2 cluster (an Oracle RAC test bed, a
+    shared SAS JBOD on two hosts) in global heartbeat mode: ``o2cb add-heartbeat labclu
+    /dev/sdb`` and ``o2cb register-cluster`` start a heartbeat region on the shared disk,
+    with no OCFS2 filesystem mounted yet. ``ocfs2_hb_ctl`` hands the kernel an fd of the
+    disk (``echo FD > /sys/kernel/config/cluster/labclu/heartbeat/UUID/dev``) and exits;
+    ``o2hb_region_dev_store`` opens it with ``bdev_file_open_by_dev(..., BLK_OPEN_WRITE |
+    BLK_OPEN_READ, NULL, NULL)``: no holder (so no exclusive claim: ``_claimed`` sees
+    nothing on a real host), no ``holders/`` link, no process fd. The ``o2hb-UUID`` kernel
+    thread writes the node's heartbeat block every two seconds. configfs shows the disk
+    (``.../heartbeat/UUID/dev`` reads ``sdb``).
+
+    Why it reads idle: :class:`harness.host.storage.StorageView` reads no o2hb region, and
+    :func:`harness.host.storage._unread_servers` looks for servers by module name
+    (``ocfs2_nodemanager`` is none).
+
+    What would be lost: the heartbeat writes fail once the disk is a guest's; o2hb stops
+    the region and o2quo fences the node: the lab host panics and reboots (and the other
+    nodes evict it)."""
+    assert _verdict(lab, SATA).idle  # (idle before the heartbeat)
+    lab.file("sys/module/ocfs2_nodemanager/refcnt", "3\n")
+    region = "sys/kernel/config/cluster/labclu/heartbeat/0AB12C34D56E78F90A1B2C3D4E5F6A7B"
+    lab.file(f"{region}/dev", "sdb\n")
+    lab.file(f"{region}/block_bytes", "512\n")
+    lab.file(f"{region}/blocks", "255\n")
+    lab.file(f"{region}/start_block", "2304\n")
+    lab.file("sys/kernel/config/cluster/labclu/heartbeat/mode", "global\n")
+    v = _verdict(lab, SATA)
+    assert not v.idle, f"sdb, which o2hb writes, was judged idle: {v.evidence}"
+    assert any("heartbeat" in u or "o2hb" in u or "ocfs2" in u for u in v.uses), v.uses
+
+
+# -- 8. a disk a pNFS block/SCSI layout client writes ---------------------------------------------
+
+
+def test_8_a_disk_a_pnfs_scsi_layout_client_writes_is_in_use(lab):
+    """Host shape: the lab host mounts an NFS export whose server hands out pNFS SCSI (or
+    block) layouts (a Linux nfsd exporting XFS with ``pnfs``, a filer): the client loads
+    ``blocklayoutdriver`` and writes file data straight to the shared LUN it sees as sdb
+    (``bl_open_path`` opens ``/dev/disk/by-id/wwn-0x...`` with
+    ``bdev_file_open_by_path(..., BLK_OPEN_READ | BLK_OPEN_WRITE, NULL, NULL)``: no holder,
+    so no exclusive claim, no ``holders/`` link, no process fd; the kernel logs "pNFS: using
+    block device sdb"). The only mount is the NFS one (``server:/export``, a network
+    filesystem the storage read leaves out), and which disk the layout uses is not listed
+    anywhere a reader can find.
+
+    Why it reads idle: ``use_of_block`` knows nothing of the pNFS client, and the loaded
+    ``blocklayoutdriver`` fails nothing closed (``_unread_servers`` is about servers).
+
+    What would be lost: writes the NFS client has in flight to the LUN fail once the disk
+    is a guest's (the client falls back to the MDS only for new I/O); the guest, given the
+    disk, can overwrite file data of a filesystem that other clients share."""
+    assert _verdict(lab, SATA).idle  # (idle before the layout)
+    lab.file("sys/module/blocklayoutdriver/refcnt", "1\n")
+    mounts = (lab.root / "proc/mounts").read_text()
+    lab.proc("mounts", mounts + "filer:/export /srv/shared nfs4 rw,relatime,vers=4.1 0 0\n")
+    v = _verdict(lab, SATA)
+    assert not v.idle, f"sdb, which the pNFS client may write, was judged idle: {v.evidence}"
+    assert any("blocklayout" in u or "pNFS" in u for u in v.uses), v.uses
 
 
 # -- controls --------------------------------------------------------------------------------------
