@@ -40,6 +40,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
+from harness.core.errors import HostDeviceError
+from harness.host.binding import VfioBinder
 from harness.host.safety import HostUsage
 from harness.host.storage import StorageView
 
@@ -114,6 +118,9 @@ def test_1_a_disk_a_usb_gadget_exports_as_mass_storage_is_in_use(lab):
     v = _verdict(lab, SATA)
     assert not v.idle, f"sdb, which a USB gadget exports, was judged idle: {v.evidence}"
     assert any("mass_storage" in u or "gadget" in u for u in v.uses), v.uses
+    with pytest.raises(HostDeviceError):  # (and `harness bind` refuses it, touching nothing)
+        VfioBinder(lab.sysfs(), journal=lab.root / "var/lib/hh/j.json").bind(SATA, {SATA})
+    assert lab.driver_of(SATA) == "ahci"
 
 
 def test_1_control_a_gadget_that_exports_an_image_file_leaves_the_disk_idle(lab):
@@ -231,7 +238,8 @@ def test_5_a_usb_controller_whose_bus_a_process_captures_is_in_use(lab):
 
     Why it reads idle: :meth:`harness.host.safety.HostUsage._nodes` judges the nodes below the
     function (root hubs, devices, interfaces); the bus's usbmon node is not below it, and
-    nothing maps ``usbmonN`` to the controller whose ``usbN`` root hub has that bus number.
+    nothing maps ``usbmonN`` to the controller whose ``usbN`` root hub has that bus number
+    (and ``/dev/usbmon0`` captures every bus: a holder of it uses every USB controller).
 
     What would be lost: the capture stops (the bus goes away under it) without its holder
     having been asked; the run takes a controller another process is using."""
@@ -316,6 +324,9 @@ def test_7_a_disk_ocfs2s_global_heartbeat_writes_is_in_use(lab):
     v = _verdict(lab, SATA)
     assert not v.idle, f"sdb, which o2hb writes, was judged idle: {v.evidence}"
     assert any("heartbeat" in u or "o2hb" in u or "ocfs2" in u for u in v.uses), v.uses
+    with pytest.raises(HostDeviceError):  # (and `harness bind` refuses it, touching nothing)
+        VfioBinder(lab.sysfs(), journal=lab.root / "var/lib/hh/j.json").bind(SATA, {SATA})
+    assert lab.driver_of(SATA) == "ahci"
 
 
 # -- 8. a disk a pNFS block/SCSI layout client writes ---------------------------------------------
