@@ -579,8 +579,8 @@ def _usbmon_uses(fs: Sysfs, opened: OpenFiles, label: str, tree: "_Subtree") -> 
         for kind in "ust":
             who |= opened.paths.get(f"/sys/kernel/debug/usb/usbmon/{bus}{kind}", set())
         what = "every USB bus" if bus == 0 else f"USB bus {bus}, {label}'s"
-        uses += [f"/dev/{name} (the capture of {what}) is open by pid {pid} ({comm})"
-                 for pid, comm in sorted(who)]
+        uses += [f"the capture of {what} (/dev/{name}, or usbmon's debugfs files) is open "
+                 f"by pid {pid} ({comm})" for pid, comm in sorted(who)]
     return uses
 
 
