@@ -182,6 +182,9 @@ class HostUsage:
         self._nodes(dev.bdf, dev.path, tree, uses, evidence)
         self._bars(dev, uses)
         uses += _tool_node_uses(self.fs, self.storage.opened, dev)
+        if role == "usb-controller":
+            uses += _usb_debug_uses(self.fs, self.storage, dev) + \
+                _usbmon_uses(self.fs, self.storage.opened, dev.bdf, tree)
         return _verdict(dev.bdf, uses, evidence)
 
     def _driver(self, dev: PciDevice, role, held_groups, uses: list, evidence: list) -> None:
@@ -314,7 +317,9 @@ class HostUsage:
                  "shows no network interface here (another namespace may use it)"
                  for name, driver, has_net in tree.usb_interfaces
                  if driver in _USB_NIC_DRIVERS and not has_net]
-        mice = self.storage.opened.users("char", "input/mice", None)
+        # (by number too, as every node: a container's --device /dev/input/mice:/dev/input/
+        # pointer is 13:63, mousedev's fixed minor for the mixed device, at another path)
+        mice = self.storage.opened.users("char", "input/mice", "13:63")
         if mice and any(n.name.startswith("mouse") for n, _ in tree.char_nodes):
             uses.append(f"a mouse below {label} feeds /dev/input/mice, open by "
                         f"{', '.join(mice)}")
@@ -520,6 +525,63 @@ def _tool_node_uses(fs: Sysfs, opened: OpenFiles, dev: PciDevice) -> list[str]:
     return [f"pid {pid} ({comm}) holds {what}, through which its tools reach any function "
             f"{dev.driver or 'its vendor'} drives, {dev.bdf} perhaps" for (pid, comm), what
             in sorted(held.items())]
+
+
+#: Kernel parameters that drive a USB controller's debug port from boot: ``earlyprintk=xdbc``
+#: (an xHCI's, prog-if 0x30), ``earlyprintk=dbgp`` and ``kgdbdbgp`` (an EHCI's, 0x20).
+_DEBUG_PORT_ARGS = ((re.compile(r"earlyprintk=xdbc.*"), 0x30),
+                    (re.compile(r"earlyprintk=dbgp.*|kgdbdbgp=.*"), 0x20))
+
+
+def _usb_debug_uses(fs: Sysfs, storage: StorageView, dev: PciDevice) -> list[str]:
+    """A USB controller's debug port, which the kernel drives with no device node below the
+    controller: an xHCI's USB 3 Debug Capability that is up (``dbc`` not ``disabled``: its
+    ``/dev/ttyDBC0``, a getty's or a debugger's, is a virtual tty below no device); an enabled
+    kernel console with no device number (``earlyprintk=xdbc1,keep`` leaves ``earlyxdbc0``
+    in /proc/consoles: which controller it is, ``xdbcN`` counting xHCIs in the early PCI scan,
+    cannot be told, so every USB controller may be it); and the kernel parameters that start
+    such a port at boot (:data:`_DEBUG_PORT_ARGS`)."""
+    uses = []
+    dbc = Path(dev.path) / "dbc"
+    state = fs.read(dbc)
+    if os.path.lexists(dbc) and state != "disabled":
+        uses.append(f"{dev.bdf}'s USB 3 Debug Capability is {state or 'unreadable'} (dbc): "
+                    "the kernel serves /dev/ttyDBC* through it (a getty or a debugger on the "
+                    "other end of the cable), a node below no device; echo disable > "
+                    f"{dbc} if nothing uses it")
+    uses += [f"the kernel console {name} (/proc/consoles) has no device number: it may write "
+             f"through {dev.bdf} (earlyprintk=xdbc or dbgp with keep writes the kernel's log "
+             "through a USB controller's debug port, and which one cannot be told)"
+             for name in storage.unnumbered_consoles]
+    cmdline = fs.read(fs.proc("cmdline"))
+    if cmdline is None and fs.real_host:
+        uses.append(f"/proc/cmdline cannot be read: whether the kernel drives {dev.bdf}'s "
+                    "debug port (earlyprintk=xdbc, dbgp, kgdbdbgp) cannot be told")
+    uses += [f"the kernel command line has {arg}: the kernel may drive {dev.bdf}'s debug port "
+             "(which controller it picks cannot be told)" for arg in (cmdline or "").split()
+             for pattern, prog_if in _DEBUG_PORT_ARGS
+             if pattern.fullmatch(arg) and dev.class_code & 0xff == prog_if]
+    return uses
+
+
+def _usbmon_uses(fs: Sysfs, opened: OpenFiles, label: str, tree: "_Subtree") -> list[str]:
+    """Processes that capture a bus of the controller (``dumpcap -i usbmon4``): usbmon's
+    nodes are virtual (``/sys/devices/virtual/usbmon/usbmon4``, below no controller), one per
+    bus, numbered as the root hub ``usb4``; ``usbmon0`` captures every bus. The text
+    interface in debugfs (``usb/usbmon/4u``) counts the same."""
+    buses = sorted({int(name[3:]) for name, _ in tree.usb_devices
+                    if re.fullmatch(r"usb\d+", name)})
+    uses = []
+    for bus in buses + [0] if buses else []:
+        node = fs.sys("class", "usbmon", f"usbmon{bus}")
+        name = devname(node, fs) if node.exists() else f"usbmon{bus}"
+        who = set(opened.holders("char", name, fs.read(node / "dev")))
+        for kind in "ust":
+            who |= opened.paths.get(f"/sys/kernel/debug/usb/usbmon/{bus}{kind}", set())
+        what = "every USB bus" if bus == 0 else f"USB bus {bus}, {label}'s"
+        uses += [f"the capture of {what} (/dev/{name}, or usbmon's debugfs files) is open "
+                 f"by pid {pid} ({comm})" for pid, comm in sorted(who)]
+    return uses
 
 
 def _gpio_held(fs: Sysfs) -> dict[str, list[tuple[str, str]]] | None:

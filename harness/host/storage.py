@@ -1437,6 +1437,112 @@ def _unread_servers(fs: Sysfs, problems: list[str]) -> None:
                             "serves nothing")
 
 
+#: Legacy USB gadgets that serve mass storage, each with the files it opened in its ``file``
+#: parameter (``modprobe g_mass_storage file=/dev/sdb``), comma-separated, one per LUN.
+_LEGACY_GADGETS = ("g_mass_storage", "g_multi", "g_acm_ms")
+
+
+def _loaded(fs: Sysfs, module: str) -> bool:
+    return fs.sys("module", module).exists() or _built_in(fs, module)
+
+
+def _kernel_held(fs: Sysfs, problems: list[str], lookups: Lookups) -> dict[str, list[str]]:
+    """Block device -> how the kernel itself holds it open with no holder (so no exclusive
+    claim), no ``holders/`` link and no process fd, each read where the kernel lists it: a
+    USB gadget's mass storage LUN (:func:`_gadget_luns`), pktcdvd's map
+    (:func:`_pktcdvd_mapped`), OCFS2's global heartbeat (:func:`_o2hb_regions`). What cannot
+    be read there, with the module loaded, is a problem; and a loaded pNFS block/SCSI layout
+    client, which names its disks nowhere but the kernel log, is one too."""
+    out: dict[str, list[str]] = {}
+    for name, how in (_gadget_luns(fs, problems, lookups) + _pktcdvd_mapped(fs, problems)
+                      + _o2hb_regions(fs, problems)):
+        out.setdefault(name, []).append(how)
+    if _loaded(fs, "blocklayoutdriver"):
+        problems.append("the pNFS block/SCSI layout client (blocklayoutdriver) is loaded: it "
+                        "writes file data of an NFS mount straight to the disks its layouts "
+                        "name, opened with no holder, claim or process fd, and names them "
+                        "nowhere but the kernel log, so every disk is unproven; unload it "
+                        "(modprobe -r blocklayoutdriver) if no pNFS mount uses it")
+    return out
+
+
+def _gadget_luns(fs: Sysfs, problems: list[str], lookups: Lookups) -> list[tuple[str, str]]:
+    """The disks a USB gadget exports as mass storage to the USB host on its other end (a
+    lab host playing a USB stick for a device under test): configfs ``usb_gadget/G/functions/
+    mass_storage.I/lun.N/file``, and a legacy gadget's ``file`` parameter. ``fsg_lun_open``
+    opens the file with ``filp_open`` whether or not the gadget is bound to its UDC. A path
+    outside /dev is looked at as a target's is (:func:`_outside_dev`: an image file is none)."""
+    out: list[tuple[str, str]] = []
+    legacy = [g for g in _LEGACY_GADGETS if _loaded(fs, g)]
+    root = fs.sys("kernel", "config", "usb_gadget")
+    if _loaded(fs, "usb_f_mass_storage") and not root.is_dir() and not legacy:
+        problems.append(f"usb_f_mass_storage is loaded or built in but {root} cannot be read "
+                        "(is configfs mounted?): the disks a USB gadget exports are unknown")
+    files = [(f, f"the USB gadget {f.parts[-5]} ({f.parts[-3]}, {f.parts[-2]})")
+             for f in sorted(root.glob("*/functions/mass_storage.*/lun.*/file"))]
+    files += [(fs.sys("module", g, "parameters", "file"), f"the USB gadget {g} (its file "
+               "parameter)") for g in legacy]
+    for f, where in files:
+        text = fs.read(f)
+        if text is None:
+            problems.append(f"{where}: {f} cannot be read: which disk it exports as USB mass "
+                            "storage is unknown")
+        for path in (p.strip() for p in (text or "").split(",") if p.strip()):
+            name = block_name(fs, path) if path.startswith("/dev/") else None
+            out += [(n, f"exported as USB mass storage by {where}") for n in
+                    ([name] if name else _outside_dev(fs, path, where, lookups, problems))]
+    return out
+
+
+def _pktcdvd_mapped(fs: Sysfs, problems: list[str]) -> list[tuple[str, str]]:
+    """The drives pktcdvd maps (``pktsetup dvd /dev/sr0``; Debian's udftools maps every CD
+    drive): ``pkt_new_dev`` opens the drive with no holder, and only the kernel's map,
+    ``/sys/class/pktcdvd/device_map`` (``pktcdvd0 253:0 11:0``), names it."""
+    listing = fs.sys("class", "pktcdvd", "device_map")
+    if not (_loaded(fs, "pktcdvd") or listing.exists()):
+        return []
+    text = fs.read(listing)
+    if text is None:
+        problems.append(f"pktcdvd is loaded or built in but {listing} cannot be read: which "
+                        "drives it holds is unknown")
+    out = []
+    for line in (text or "").splitlines():
+        fields = line.split()
+        name = _block_of(fs, os.makedev(*map(int, fields[2].split(":")))) \
+            if len(fields) == 3 and re.fullmatch(r"\d+:\d+", fields[2]) else None
+        if name is None:
+            problems.append(f"{listing} has {line!r}, whose drive is no block device this host "
+                            "lists: which drive pktcdvd holds is unknown")
+        else:
+            out.append((name, f"mapped by pktcdvd ({fields[0]}, {fields[1]})"))
+    return out
+
+
+def _o2hb_regions(fs: Sysfs, problems: list[str]) -> list[tuple[str, str]]:
+    """The disks OCFS2's heartbeat writes (global heartbeat: ``o2cb add-heartbeat``, with no
+    OCFS2 filesystem mounted yet): ``o2hb_region_dev_store`` opens the disk with no holder and
+    the o2hb thread writes it every two seconds; losing it, o2quo fences (panics) the host.
+    configfs names it: ``cluster/C/heartbeat/R/dev`` (``sdb``; empty: not started)."""
+    if not _loaded(fs, "ocfs2_nodemanager"):
+        return []
+    root = fs.sys("kernel", "config", "cluster")
+    if not root.is_dir():
+        problems.append(f"ocfs2_nodemanager is loaded or built in but {root} cannot be read "
+                        "(is configfs mounted?): which disks OCFS2's heartbeat writes is unknown")
+    out = []
+    for f in sorted(root.glob("*/heartbeat/*/dev")):
+        where = f"OCFS2's heartbeat of cluster {f.parts[-4]} (o2hb region {f.parts[-2]})"
+        text = fs.read(f)
+        name = text.strip() if text is not None else None
+        if name and "/" not in name and fs.sys("class", "block", name).exists():
+            out.append((name, f"written by {where}"))
+        elif name != "":
+            problems.append(f"{where}: {f} " + ("cannot be read" if name is None else
+                            f"names {name!r}, no block device this host lists") +
+                            ": which disk it writes is unknown")
+    return out
+
+
 def _built_in(fs: Sysfs, module: str) -> bool:
     """Whether the running kernel has ``module`` built in (``modules.builtin``): a built-in
     module without parameters or a version shows no /sys/module entry."""
@@ -1532,15 +1638,14 @@ class StorageView:
         self.exported = _exported(fs, problems, opened.lookups)
         self.p2pmem_lent = _p2pmem_lent(fs)  # (PCI functions whose p2pmem nvmet lends)
 
+        #: Block devices the kernel opens with no holder and names elsewhere (a USB gadget's
+        #: LUN, pktcdvd's map, OCFS2's heartbeat): name -> how.
+        self.kernel_held = _kernel_held(fs, problems, opened.lookups)
+
         #: Character devices the kernel prints its console to (/proc/consoles: a serial
-        #: adapter can be the console with no process holding it open): MAJ:MIN -> name.
-        consoles = fs.read(fs.proc("consoles"))
-        if consoles is None:
-            problems.append("/proc/consoles cannot be read: which device nodes the kernel "
-                            "prints its console to is unknown")
-        self.consoles = {f[-1]: f[0] for f in (line.split() for line in
-                         (consoles or "").splitlines())
-                         if len(f) >= 2 and re.fullmatch(r"\d+:\d+", f[-1])}
+        #: adapter can be the console with no process holding it open): MAJ:MIN -> name;
+        #: and the enabled consoles with no device number (``earlyxdbc0``: a USB debug port).
+        self.consoles, self.unnumbered_consoles = _consoles(fs, problems)
 
     @classmethod
     def read(cls, fs: Sysfs) -> "StorageView":
@@ -1567,6 +1672,7 @@ class StorageView:
             uses.append(f"{name} backs the loop device {self.loop_backed[name]}")
         uses += [f"{name} may back the loop device {why}" for why in self.loops_unknown]
         uses += [f"{name} is exported by {target}" for target in self.exported.get(name, [])]
+        uses += [f"{name} is {how}" for how in self.kernel_held.get(name, [])]
         # (a hidden NVMe multipath path, nvme0c0n1, has no /dev node: the kernel claims the
         # disk through its head, nvme0n1, which is looked at as the namespace's own device)
         if self.fs.real_host and self.fs.read(d / "hidden") != "1":
@@ -1585,6 +1691,28 @@ class StorageView:
                 uses += [f"{name} is the same disk (wwid {wwid}) as {twin}: {u}"
                          for u in self.use_of_block(twin, seen)]
         return uses
+
+
+def _consoles(fs: Sysfs, problems: list[str]) -> tuple[dict[str, str], list[str]]:
+    """/proc/consoles: (``MAJ:MIN`` -> name of the consoles with a tty, the names of the
+    enabled ones with none). A console without a device number still writes through a device:
+    ``earlyprintk=xdbc,keep`` or ``dbgp,keep`` keeps ``earlyxdbc0``/``earlydbg0`` on a USB
+    controller's debug port, netconsole (``netcon0``) on a NIC; a line whose flags cannot be
+    read counts as enabled."""
+    text = fs.read(fs.proc("consoles"))
+    if text is None:
+        problems.append("/proc/consoles cannot be read: which device nodes the kernel "
+                        "prints its console to is unknown")
+    numbered, unnumbered = {}, []
+    for line in (text or "").splitlines():
+        f = line.split()
+        if len(f) >= 2 and re.fullmatch(r"\d+:\d+", f[-1]):
+            numbered[f[-1]] = f[0]
+        elif f:
+            flags = re.search(r"\(([^)]*)\)", line)
+            if flags is None or "E" in flags[1]:
+                unnumbered.append(f[0])
+    return numbered, unnumbered
 
 
 def _look_up_mounts(fs: Sysfs, mounts: list[Mount], budget: Budget, problems: list[str]
