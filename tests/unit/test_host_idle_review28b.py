@@ -1,0 +1,170 @@
+"""Issue 31, twenty-eighth adversarial read (b: network, safety, SR-IOV, binding, plan,
+inventory, the root-owned paths; storage holders left to another read). What it found, one
+section below each (the docstring of each test says the host shape, why the harness calls it
+idle or safe, and what would be lost), on main at 798bb5e:
+
+1. (a) `python -m harness plan` calls an inventory VF entry "would be taken" whenever the PF
+   has enough VFs already, without judging the VF at all: ``harness.host.plan._vf_entry``
+   returns True once ``sriov.check_request`` is None (which it is as soon as
+   ``numvfs >= vfs``, before it looks at any use), and never runs the proven-idle rule on the
+   VF it would bind. A VF another user runs on igbvf with an address and a route (or one a
+   guest holds on vfio-pci) is printed under "verdict: every device would be taken".
+2. (a) a group that is on vfio-pci already (``vfio-pci.ids=`` on the kernel command line,
+   ``driverctl set-override``: the usual set-up of a passthrough host) is bound with no
+   journal entry at all (``VfioBinder.bind`` journals only what it moves), so it is held by
+   nobody: `python -m harness bind` says it is on vfio-pci "until `harness release`", but a
+   nightly (or any second run) proves it idle a moment later (``/dev/vfio/N`` is open by
+   nobody until the person starts their QEMU) and passes it to its own guest; `release`
+   then says the harness never bound it.
+"""
+
+import json
+import os
+
+import pytest
+
+from harness.core.errors import HostDeviceError
+from harness.host.binding import VfioBinder
+from harness.host.inventory import parse_inventory
+from harness.host.plan import plan_inventory
+
+from . import fakesysfs
+from . import test_host_sriov as sriov
+from .fakesysfs import FakeHost
+
+fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
+sriov_host = sriov.host  # (a fixture: the lab host with an idle 82576 PF at PF, 7 VFs)
+PF, VF0, VF1 = sriov.PF, sriov.VF0, sriov.VF1
+PORT0, PORT1 = "0000:05:00.0", "0000:05:00.1"
+
+
+@pytest.fixture
+def journal(fake_root):
+    return fake_root / "var/lib/hotplug-harness/vfio-journal.json"
+
+
+def entries(journal) -> list[dict]:
+    return json.loads(journal.read_text())["entries"] if journal.exists() else []
+
+
+def set_links(host: FakeHost, ifname: str, **changes) -> None:
+    """Change one interface as `ip -j -d link` shows it (``up=True``: `ip link set X up`)."""
+    listed = host.root / "ip/link.json"
+    links = json.loads(listed.read_text())
+    for li in links:
+        if li["ifname"] == ifname and changes.pop("up", False):
+            li.update(flags=li["flags"] + ["UP", "LOWER_UP"], operstate="UP")
+        if li["ifname"] == ifname:
+            li.update(changes)
+    listed.write_text(json.dumps(links))
+
+
+def add_route(host: FakeHost, ifname: str, dst: str) -> None:
+    routes = host.root / "ip/route.json"
+    routes.write_text(json.dumps(json.loads(routes.read_text()) + [{"dst": dst, "dev": ifname}]))
+
+
+# -- 1. plan calls an existing VF "would be taken" without judging it ----------------------------
+
+
+VF_ENTRY = """
+[[device]]
+role = "nic"
+pf = "0000:08:00.0"
+vf = 1
+vfs = 2
+gateway = "10.8.1.1"
+"""
+
+
+def vf_inventory(host: FakeHost):
+    return parse_inventory(VF_ENTRY, root=host.sysfs())
+
+
+def test_1_plan_refuses_an_existing_vf_another_user_runs_with_a_route(sriov_host):
+    """Host shape: the 82576 PF at 08:00.0 has 2 VFs already (someone, or an earlier run, set
+    sriov_numvfs; the harness's run reuses VFs that are there, "journaled as this run's").
+    Another user bound VF 1 (08:10.1) to igbvf and runs enp8s0v1 up, 10.8.1.2/24, with a route.
+    The inventory's VF entry is VF 1 of that PF.
+
+    Why it is called safe: ``plan._vf_entry`` asks ``sriov.check_request``, which returns None
+    as soon as the PF has enough VFs (it never looks at ``in_use`` then), prints "would use its
+    existing VF 1" and returns ok=True; the VF's own proven-idle verdict is never computed
+    (the run would only find out at bind time). `make nightly` prints this plan before it
+    binds anything, and an operator reads "verdict: every device would be taken" for a VF that
+    carries another user's traffic. Expected: the VF judged like any listed device (its
+    evidence, or REFUSED naming its use), and the plan's verdict not "would be taken"."""
+    host = sriov_host
+    sriov.set_numvfs(host, 2)
+    if host.driver_of(VF1) != "igbvf":
+        host._bind(VF1, "igbvf")
+    host.add_net("enp8s0v1", VF1)
+    set_links(host, "enp8s0v1", up=True)
+    add_route(host, "enp8s0v1", "10.8.1.0/24")
+    lines, ok = plan_inventory(host.sysfs(), vf_inventory(host))
+    text = "\n".join(lines)
+    assert not ok, text
+    assert "verdict: every device would be taken" not in text
+    assert any(line.strip().startswith("REFUSED") and ("enp8s0v1" in line or VF1 in line)
+               for line in lines), text
+
+
+def test_1_control_plan_takes_an_existing_idle_vf(sriov_host):
+    """Control: the same PF with 2 VFs on no driver (nobody's): the plan would use VF 1."""
+    host = sriov_host
+    sriov.set_numvfs(host, 2)
+    for vf in (VF0, VF1):
+        if host.driver_of(vf):
+            host._unbind(vf)
+    lines, ok = plan_inventory(host.sysfs(), vf_inventory(host))
+    assert ok, "\n".join(lines)
+    assert f"  would use its existing VF 1 ({VF1}), journaled as this run's: sriov_numvfs " \
+           "stays while any live run holds a VF of it" in lines
+
+
+# -- 2. a group on vfio-pci already is leased with no journal entry: held by nobody --------------
+
+
+def on_vfio_from_boot(host: FakeHost, *bdfs: str) -> None:
+    """`vfio-pci.ids=8086:10fb` on the kernel command line: the functions were on vfio-pci
+    from boot, with no journal entry of anyone's."""
+    for bdf in bdfs:
+        host._unbind(bdf)
+        host._bind(bdf, "vfio-pci")
+
+
+def test_2_a_group_bound_by_hand_while_on_vfio_from_boot_is_not_taken_by_a_run(lab, journal):
+    """Host shape: the 82599's two ports (group 12) are on vfio-pci from boot
+    (``vfio-pci.ids=8086:10fb``). A person runs `python -m harness bind 05:00.0 --with
+    05:00.1`, which says "0000:05:00.0 is on vfio-pci ... give it back: python -m harness
+    release 05:00", and goes to start their QEMU. Meanwhile the nightly (another run, the
+    same journal) binds 05:00.0.
+
+    Why it is called idle: ``VfioBinder.bind`` journals only ``plan.to_move``, which leaves out
+    functions on vfio-pci already, so the person's lease is no journal entry; the nightly's
+    ``_refuse_foreign`` finds no entry of the group, its verdict finds /dev/vfio/12 open by no
+    process (the person's QEMU has not started), and the group is taken: the nightly's guest
+    gets the ports, the person's QEMU then fails (the group is busy), and `release 05:00.0`
+    says "the harness did not bind it". Expected: a lease the harness hands out holds the
+    group in the journal even when nothing moved, and a second run is refused as for a group
+    it moved."""
+    on_vfio_from_boot(lab, PORT0, PORT1)
+    lab.file(f"proc/{os.getpid()}/stat", f"{os.getpid()} (python) S " + "0 " * 18 + "4242 0\n")
+    by_hand = VfioBinder(lab.sysfs(), journal=journal, manual=True)
+    lease = by_hand.bind(PORT0, {PORT0, PORT1})
+    assert lease.moved == [] and lab.driver_of(PORT0) == "vfio-pci"
+    lab.writes.clear()
+    with pytest.raises(HostDeviceError, match=r"0000:05:00\.[01] \(group 12\)"):
+        VfioBinder(lab.sysfs(), journal=journal).bind(PORT0, {PORT0, PORT1})  # the nightly
+    assert lab.writes == []
+
+
+def test_2_control_a_group_on_vfio_from_boot_is_still_taken_when_nobody_holds_it(lab, journal):
+    """Control: with no lease of anyone's, a run takes the group that is on vfio-pci from
+    boot (nothing to move, /dev/vfio/12 open by nobody) and writes nothing to sysfs."""
+    on_vfio_from_boot(lab, PORT0, PORT1)
+    lab.writes.clear()
+    with VfioBinder(lab.sysfs(), journal=journal).bind(PORT0, {PORT0, PORT1}) as lease:
+        assert lease.group == 12 and lab.driver_of(PORT0) == lab.driver_of(PORT1) == "vfio-pci"
+    assert lab.writes == []
+    assert lab.driver_of(PORT0) == "vfio-pci"
