@@ -16,6 +16,12 @@ idle or safe, and what would be lost), on main at 798bb5e:
    nightly (or any second run) proves it idle a moment later (``/dev/vfio/N`` is open by
    nobody until the person starts their QEMU) and passes it to its own guest; `release`
    then says the harness never bound it.
+3. (a) `python -m harness discover --write` drafts an entry for every VF of a PF that has VFs
+   already, those a guest holds included: ``discover.discover`` asks ``sriov.check_request``
+   with the count the PF has (``draft_vfs``), which returns None before it looks at any use,
+   and ``draft_inventory`` drafts the VF entries even for a PF it calls NOT safe (its own VF
+   is on vfio-pci). The text says "its VFs can be taken"; the docs say a device discover
+   calls safe is one a run takes.
 """
 
 import json
@@ -168,3 +174,49 @@ def test_2_control_a_group_on_vfio_from_boot_is_still_taken_when_nobody_holds_it
         assert lease.group == 12 and lab.driver_of(PORT0) == lab.driver_of(PORT1) == "vfio-pci"
     assert lab.writes == []
     assert lab.driver_of(PORT0) == "vfio-pci"
+
+
+# -- 3. discover drafts the VFs of a PF whose VF a guest holds ------------------------------------
+
+
+def qemu_holds_group(host: FakeHost, group: int, pid: int = 4321) -> None:
+    """A QEMU (another user's guest) holds /dev/vfio/GROUP open."""
+    host.proc(f"{pid}/comm", "qemu-system-x86\n")
+    (host.root / f"proc/{pid}/fd").mkdir(parents=True)
+    os.symlink(f"/dev/vfio/{group}", host.root / f"proc/{pid}/fd/17")
+
+
+def test_3_discover_drafts_no_vf_a_guest_holds(sriov_host):
+    """Host shape: the 82576 PF has 2 VFs; VF 0 (08:10.0, IOMMU group 100) is on vfio-pci and
+    a production VM's QEMU holds /dev/vfio/100; VF 1 is on no driver.
+
+    Why it is called takeable: ``discover`` computes ``sriov_refused`` with
+    ``check_request(pf, bdf, draft_vfs(7, 2) = 2, in_use=...)``, which returns None as soon as
+    ``numvfs >= 2`` (``in_use``, the PF's own verdict, which does name the held VF, is never
+    looked at then); ``draft_inventory`` then drafts VF 0 and VF 1 (``pf``/``vf``/``vfs``)
+    although the PF itself is NOT safe, and the text says "its VFs can be taken". The operator
+    who reviews the draft is told the VM's VF is for the harness. Expected: no entry drafted
+    for a VF that is not proven idle (here VF 0), and the PF's VFs not called takeable."""
+    from harness.host.discover import discover, draft_inventory
+
+    host = sriov_host
+    sriov.set_numvfs(host, 2)
+    for vf in (VF0, VF1):
+        if host.driver_of(vf):
+            host._unbind(vf)
+    host._bind(VF0, "vfio-pci")
+    qemu_holds_group(host, 100)
+    found = {c.address: c for c in discover(host.sysfs())}
+    assert not found[VF0].safe  # (its own candidate says so)
+    drafted = [(d.pf, d.vf) for d in draft_inventory(list(found.values())).devices if d.pf]
+    assert (PF, 0) not in drafted, drafted
+    assert found[PF].sriov_refused is not None or drafted == [(PF, 1)]
+
+
+def test_3_control_discover_drafts_the_vfs_of_an_idle_pf(sriov_host):
+    """Control: an idle PF with no VFs yet: the draft asks for VF 0 and VF 1 (vfs = 2)."""
+    from harness.host.discover import discover, draft_inventory
+
+    found = discover(sriov_host.sysfs())
+    drafted = [(d.pf, d.vf, d.vfs) for d in draft_inventory(found).devices if d.pf]
+    assert drafted == [(PF, 0, 2), (PF, 1, 2)]
