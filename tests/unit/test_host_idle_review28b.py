@@ -22,6 +22,16 @@ idle or safe, and what would be lost), on main at 798bb5e:
    and ``draft_inventory`` drafts the VF entries even for a PF it calls NOT safe (its own VF
    is on vfio-pci). The text says "its VFs can be taken"; the docs say a device discover
    calls safe is one a run takes.
+4. (a) the harness run from a chroot (schroot/debootstrap: a newer Python on an old lab host)
+   passes the "host's namespaces" proof, ``network.namespace_problem``: a chroot shares PID 1's
+   network, PID and mount namespaces and leaves no container mark. But the kernel prints every
+   ``mountinfo`` relative to the reader's root and leaves out the mounts outside it, and
+   /var/run/netns is the chroot's: a named namespace held only by its bind mount in the host's
+   /run/netns (`ip netns add blue`, no process in it) is seen nowhere, and the port of a
+   multi-port function moved there (ConnectX-3: two ports, one PCI function) is missed while
+   the function is judged by its other, idle port. The storage read is as blind to the host's
+   mounts (only the O_EXCL claim right before the move catches a mounted disk). The root
+   ``/proc/1/root`` and ``/`` differ there (device and inode), which nothing compares.
 """
 
 import json
@@ -32,6 +42,7 @@ import pytest
 from harness.core.errors import HostDeviceError
 from harness.host.binding import VfioBinder
 from harness.host.inventory import parse_inventory
+from harness.host.network import namespace_problem
 from harness.host.plan import plan_inventory
 
 from . import fakesysfs
@@ -220,3 +231,45 @@ def test_3_control_discover_drafts_the_vfs_of_an_idle_pf(sriov_host):
     found = discover(sriov_host.sysfs())
     drafted = [(d.pf, d.vf, d.vfs) for d in draft_inventory(found).devices if d.pf]
     assert drafted == [(PF, 0, 2), (PF, 1, 2)]
+
+
+# -- 4. a chroot passes the proof of the host's namespaces ----------------------------------------
+
+
+def roots(host: FakeHost, own: "os.PathLike", pid1: "os.PathLike") -> None:
+    """/proc/self/root and /proc/1/root: this process's root and PID 1's (the host's /)."""
+    for who, where in (("self", own), ("1", pid1)):
+        link = host.root / "proc" / who / "root"
+        if link.is_symlink():
+            link.unlink()
+        os.symlink(os.fspath(where), link)
+
+
+def test_4_a_chroot_is_not_taken_for_the_host(lab, journal, tmp_path):
+    """Host shape: the harness runs as root in a chroot (/srv/chroot/bookworm, with /proc,
+    /sys and /dev bind-mounted into it, as schroot does): the same network, PID and mount
+    namespaces as PID 1, no /.dockerenv, a host cgroup. PID 1's root (``/proc/1/root``: the
+    host's /) is not this process's root (``/proc/self/root``: the chroot).
+
+    Why it is called the host: ``namespace_problem`` compares only the ns links (equal in a
+    chroot) and looks for container marks. From there the kernel shows this process only the
+    mounts under its root in every ``/proc/PID/mountinfo``, so the host's /run/netns bind
+    mounts (a named namespace no process is in) and its disks' mounts are not seen, and
+    /var/run/netns is the chroot's own folder: a port of a function living in such a namespace
+    (up, carrying traffic) is missed. Expected: the proof fails ("this process's root is not
+    PID 1's"), and nothing is bound."""
+    host_root = tmp_path / "host-root"
+    host_root.mkdir()
+    roots(lab, lab.root, host_root)
+    assert namespace_problem(lab.sysfs()) is not None
+    lab.writes.clear()
+    with pytest.raises(HostDeviceError, match="refusing to take"):
+        VfioBinder(lab.sysfs(), journal=journal).bind(PORT0, {PORT0, PORT1})
+    assert lab.writes == [] and entries(journal) == []
+
+
+def test_4_control_the_hosts_own_root_passes_the_proof(lab):
+    """Control: /proc/self/root and /proc/1/root are the same folder (no chroot): the proof
+    holds, as on any host."""
+    roots(lab, lab.root, lab.root)
+    assert namespace_problem(lab.sysfs()) is None
