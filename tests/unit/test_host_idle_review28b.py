@@ -32,6 +32,15 @@ idle or safe, and what would be lost), on main at 798bb5e:
    the function is judged by its other, idle port. The storage read is as blind to the host's
    mounts (only the O_EXCL claim right before the move catches a mounted disk). The root
    ``/proc/1/root`` and ``/`` differ there (device and inode), which nothing compares.
+5. (a) a NIC whose driver lends it to the kernel's crypto API reads idle when its ports are
+   down: Chelsio's chcr (a ULD of cxgb4: no device, node or interface of its own) registers
+   ``xts(aes)``, ``cbc(aes)``, ``gcm(aes)``... at priority 500 (CHCR_CRA_PRIORITY), above
+   AES-NI's 401, so every dm-crypt
+   volume (the host's encrypted root), IPsec SA or AF_ALG user set up since it loaded runs
+   its crypto on the card. Nothing in the rule looks at modules that work through the
+   function's driver (``/sys/module/cxgb4/holders``) or at ``/proc/crypto``; unbinding cxgb4
+   detaches chcr under dm-crypt's in-flight requests. A new kind of kernel user of a function
+   with no device below it falls through as free.
 """
 
 import json
@@ -44,6 +53,7 @@ from harness.host.binding import VfioBinder
 from harness.host.inventory import parse_inventory
 from harness.host.network import namespace_problem
 from harness.host.plan import plan_inventory
+from harness.host.safety import HostUsage
 
 from . import fakesysfs
 from . import test_host_sriov as sriov
@@ -273,3 +283,67 @@ def test_4_control_the_hosts_own_root_passes_the_proof(lab):
     holds, as on any host."""
     roots(lab, lab.root, lab.root)
     assert namespace_problem(lab.sysfs()) is None
+
+
+# -- 5. a NIC that serves the kernel's crypto API ---------------------------------------------------
+
+
+T6 = "0000:09:00.4"
+CHCR_CRYPTO = """name         : xts(aes)
+driver       : xts-aes-chcr
+module       : chcr
+priority     : 500
+refcnt       : 3
+selftest     : passed
+internal     : no
+type         : skcipher
+
+name         : xts(aes)
+driver       : xts-aes-aesni
+module       : aesni_intel
+priority     : 401
+refcnt       : 1
+selftest     : passed
+internal     : no
+type         : skcipher
+"""
+
+
+def chelsio_t6(host: FakeHost) -> None:
+    """A Chelsio T6 (cxgb4 drives the adapter from PF4): one port, enp9s0f4, down, no address,
+    route or socket."""
+    host.add_pci("0000:00:1c.6", "8086:a33e", 0x060400, "pcieport", 19)
+    host.add_pci(T6, "1425:6408", 0x020000, "cxgb4", 20, parent="0000:00:1c.6")
+    host.add_net("enp9s0f4", T6)
+    for module in ("cxgb4", "aesni_intel"):
+        (host.sys / "module" / module / "holders").mkdir(parents=True, exist_ok=True)
+    host.proc("crypto", CHCR_CRYPTO.split("\n\n")[1])
+
+
+def test_5_a_nic_whose_driver_lends_it_to_the_crypto_api_is_in_use(lab):
+    """Host shape: chcr is loaded (crypto and inline-TLS offload on the T6); the host's
+    dm-crypt root volume, opened since, uses ``xts-aes-chcr`` (``/proc/crypto``: module chcr,
+    refcnt 3; chcr holds cxgb4: ``/sys/module/cxgb4/holders/chcr``). The port is down: the
+    card's crypto needs no link.
+
+    Why it is called idle: the verdict reads the port (down: the whole network evidence), the
+    nodes, bound devices and BARs below the function, none of which chcr has; so "enp9s0f4:
+    down, no route..." is the evidence and 09:00.4 is taken. Unbinding cxgb4 detaches chcr with
+    the root volume's I/O in flight (I/O errors, the root filesystem read-only). Expected: a
+    module that works through the function's driver and that the rule does not judge (chcr
+    here; a holder of the driver's module) keeps the function, named."""
+    chelsio_t6(lab)
+    (lab.sys / "module/chcr/holders").mkdir(parents=True)
+    os.symlink("../../chcr", lab.sys / "module/cxgb4/holders/chcr")
+    lab.proc("crypto", CHCR_CRYPTO)
+    verdict = HostUsage.read(lab.root).verdict(T6)
+    assert not verdict.idle, verdict
+    assert "chcr" in " ".join(verdict.uses)
+
+
+def test_5_control_the_same_nic_with_no_module_through_its_driver_is_idle(lab):
+    """Control: the same T6 with no chcr (cxgb4 holds nothing, /proc/crypto names only
+    AES-NI): its down port is the evidence, and it is idle."""
+    chelsio_t6(lab)
+    verdict = HostUsage.read(lab.root).verdict(T6)
+    assert verdict.idle, verdict
