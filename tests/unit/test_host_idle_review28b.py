@@ -41,6 +41,12 @@ idle or safe, and what would be lost), on main at 798bb5e:
    function's driver (``/sys/module/cxgb4/holders``) or at ``/proc/crypto``; unbinding cxgb4
    detaches chcr under dm-crypt's in-flight requests. A new kind of kernel user of a function
    with no device below it falls through as free.
+6. (a) a VF the inventory lists by its own address (``bdf = "0000:08:10.1"``: `discover` calls
+   an idle VF "safe to take" on its own line) is relied on for the whole run with no journal
+   entry between its tests: ``VfioBinder.enable_vfs`` is the only place that journals reliance
+   on a PF's VFs, and a lease's entries are dropped at its release. The run that made the VFs
+   (``set``) ends meanwhile, ``_live_users_of_vfs`` finds no live entry of a VF, and it writes
+   0 to ``sriov_numvfs``: the VF the live run's next tests take is gone.
 """
 
 import json
@@ -347,3 +353,54 @@ def test_5_control_the_same_nic_with_no_module_through_its_driver_is_idle(lab):
     chelsio_t6(lab)
     verdict = HostUsage.read(lab.root).verdict(T6)
     assert verdict.idle, verdict
+
+
+# -- 6. a VF listed by its address is relied on with no journal entry ------------------------------
+
+
+OTHER_RUN = 4321
+
+
+def as_another_live_run(host: FakeHost, journal, keep_lease: str) -> None:
+    """Every journal entry but those of lease ``keep_lease`` belongs to a run that is still
+    alive (pid 4321)."""
+    from harness.host.binding import Journal
+
+    host.proc(f"{OTHER_RUN}/stat", f"{OTHER_RUN} (pytest) S 1 " + "0 " * 40 + "\n")
+    held = Journal(journal).read()
+    with Journal(journal).locked():
+        Journal(journal).write([dict(e, pid=OTHER_RUN, pid_start=None)
+                                if e.get("lease") != keep_lease else e for e in held])
+
+
+def test_6_a_vf_a_live_run_lists_by_address_keeps_its_pfs_count(sriov_host, journal):
+    """Host shape: run A (an inventory with a VF entry of the 82576: pf, vf, vfs) made 2 VFs
+    (journaled, ``set`` 2). Run B, alive, lists VF 1 by its address (``bdf = "0000:08:10.1"``)
+    and has run its first test with it (bound, released: back on no driver). A ends.
+
+    Why it is called free: B's lease entries were dropped at its release and B never
+    journaled that it relies on VF 1 (only ``enable_vfs`` does that, for pf/vf entries), so
+    ``_live_users_of_vfs`` finds no live run; VF 1 is on no driver, idle; A's end writes 0 to
+    sriov_numvfs, and the VF B's next tests bind no longer exists (B fails, and had its guest
+    been mid-plug, lost the device under it). Expected: a run that binds a VF journals that
+    it relies on it (as for VFs that were there already), and A's end leaves the count
+    ("in-use"), for the last run to put back."""
+    host = sriov_host
+    a = VfioBinder(host.sysfs(), journal=journal)
+    a.enable_vfs(PF, 2)
+    mine = a._sriov[0]["lease"]
+    b = VfioBinder(host.sysfs(), journal=journal)
+    b.bind(VF1, {VF1}).release()  # B's first test with VF 1
+    as_another_live_run(host, journal, keep_lease=mine)  # B goes on (pid 4321)
+    a.close()
+    assert sriov.numvfs(host) == 2 and host.sysfs().pci_exists(VF1)
+
+
+def test_6_control_with_no_other_run_the_runs_end_puts_the_count_back(sriov_host, journal):
+    """Control: with no other run, A's end puts sriov_numvfs back to 0, as it should."""
+    host = sriov_host
+    a = VfioBinder(host.sysfs(), journal=journal)
+    a.enable_vfs(PF, 2)
+    VfioBinder(host.sysfs(), journal=journal).bind(VF1, {VF1}).release()
+    a.close()
+    assert sriov.numvfs(host) == 0 and entries(journal) == []
