@@ -47,6 +47,15 @@ idle or safe, and what would be lost), on main at 798bb5e:
    on a PF's VFs, and a lease's entries are dropped at its release. The run that made the VFs
    (``set``) ends meanwhile, ``_live_users_of_vfs`` finds no live entry of a VF, and it writes
    0 to ``sriov_numvfs``: the VF the live run's next tests take is gone.
+7. (b) `.ci/check-root-tree`, the guard that refuses a PATH folder others can write before
+   root runs anything by name, runs its own programs by name from that PATH first: its first
+   line is ``[ "$(id -u)" = 0 ]``, then ``dirname``, ``stat``, ``find``, ``mktemp`` (the PATH
+   check comes after the whole tree is checked). systemd's default PATH (the nightly unit's
+   ExecStartPre and ExecStopPost) starts with /usr/local/sbin:/usr/local/bin, and on a Debian
+   host installed before Debian 11 /usr/local/bin is 2775 root:staff (docs/vfio.md names
+   that very case as one "the harness refuses"): a member of staff who puts an ``id`` there
+   runs it as root every night, and the check then refuses the PATH, too late. (The CI jobs'
+   own ``test "$(id -u)" -eq 0`` before the check is the same.)
 """
 
 import json
@@ -404,3 +413,61 @@ def test_6_control_with_no_other_run_the_runs_end_puts_the_count_back(sriov_host
     VfioBinder(host.sysfs(), journal=journal).bind(VF1, {VF1}).release()
     a.close()
     assert sriov.numvfs(host) == 0 and entries(journal) == []
+
+
+# -- 7. check-root-tree runs programs from the PATH it is there to refuse ---------------------------
+
+
+def staffs_bin(tmp_path, marker) -> "os.PathLike":
+    """/usr/local/bin as Debian before 11 made it: root's, 2775, its group (here nobody's,
+    standing for staff) may add programs, and a member did: ``id``, ``dirname``, ``stat``,
+    ``find``... that leave ``marker`` (in root's own folder) and then do what the real ones do."""
+    from .test_paths import NOBODY
+
+    folder = tmp_path / "usr-local-bin"
+    folder.mkdir()
+    os.chown(folder, 0, NOBODY)
+    folder.chmod(0o2775)
+    for tool in ("id", "dirname", "basename", "stat", "find", "mktemp", "readlink", "head",
+                 "sed", "grep", "tr", "rm"):
+        real = next((f"{d}/{tool}" for d in ("/usr/bin", "/bin") if os.path.exists(f"{d}/{tool}")),
+                    None)
+        if real is None:
+            continue
+        (folder / tool).write_text(f'#!/bin/sh\n: > {marker}\nexec {real} "$@"\n')
+        (folder / tool).chmod(0o755)
+        os.chown(folder / tool, NOBODY, NOBODY)
+    return folder
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as a second user (nobody)")
+def test_7_check_root_tree_runs_nothing_from_the_path_it_refuses(tmp_path):
+    """Host shape: the nightly's systemd unit on a Debian host upgraded from 10, whose
+    /usr/local/bin is 2775 root:staff; PATH is systemd's default, /usr/local/bin before
+    /usr/bin. A member of staff (here nobody) put an ``id`` (and ``stat``, ``find``...) there.
+
+    Why it runs them: check-root-tree calls ``id -u`` on its first line, then checks the
+    checkout with ``dirname``, ``stat`` and ``find``, all looked up on PATH, and looks at PATH
+    itself only after that (``check_search PATH``): the check refuses the PATH (exit 1,
+    "writable by others than its owner"), but staff's programs have run as root already.
+    Expected: the refusal, and nothing of that folder run (its own commands from fixed
+    folders, the caller's PATH checked before it is used)."""
+    from .test_paths import _check_tree, _checkout
+
+    marker = tmp_path / "root-only" / "ran"
+    marker.parent.mkdir()
+    top = _checkout(tmp_path / "srv" / "hotplug-harness")
+    bad = staffs_bin(tmp_path, marker)
+    r = _check_tree(top, PATH=f"{bad}:/usr/bin:/bin")
+    assert r.returncode == 1 and "PATH entry" in r.stderr, r.stderr
+    assert not marker.exists(), "a program of the folder the check refuses ran as root"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as a second user (nobody)")
+def test_7_control_check_root_tree_passes_with_roots_own_path(tmp_path):
+    """Control: the same checkout with root's own PATH passes."""
+    from .test_paths import _check_tree, _checkout
+
+    top = _checkout(tmp_path / "srv" / "hotplug-harness")
+    r = _check_tree(top, PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    assert r.returncode == 0, r.stderr
