@@ -56,6 +56,13 @@ idle or safe, and what would be lost), on main at 798bb5e:
    that very case as one "the harness refuses"): a member of staff who puts an ``id`` there
    runs it as root every night, and the check then refuses the PATH, too late. (The CI jobs'
    own ``test "$(id -u)" -eq 0`` before the check is the same.)
+8. (a) a ConnectX-3 (mlx4: both ports on one PCI function) whose second port runs InfiniBand
+   (``mlx4_port2 = ib``) with no IPoIB interface up reads idle by its first, Ethernet port:
+   mlx4_ib puts its RDMA device below the function itself (``infiniband/mlx4_0``, a class
+   device bound to no driver: unlike mlx5's, ice's or bnxt's on the auxiliary bus, which the
+   rule refuses), so nothing in the rule sees it. An IB port is ACTIVE with no netdev at all:
+   the kernel's SRP/iSER/NVMe-over-RDMA/NFS-over-RDMA initiators and targets (and their
+   reconnects) use it, and ``infiniband/mlx4_0/ports/2/state`` says so.
 """
 
 import json
@@ -471,3 +478,56 @@ def test_7_control_check_root_tree_passes_with_roots_own_path(tmp_path):
     top = _checkout(tmp_path / "srv" / "hotplug-harness")
     r = _check_tree(top, PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     assert r.returncode == 0, r.stderr
+
+
+# -- 8. an RDMA device below the function itself, its InfiniBand port active ------------------------
+
+
+CX3 = "0000:0a:00.0"
+
+
+def connectx3(host: FakeHost, ib_port_state: "str | None") -> None:
+    """A ConnectX-3 Pro (15b3:1007, an Ethernet-class function, mlx4_core): port 1 Ethernet
+    (enp10s0, down), port 2 InfiniBand (no IPoIB interface). ``ib_port_state``: mlx4_ib's
+    RDMA device below the function, its port 2 in that state (None: mlx4_ib not loaded)."""
+    host.add_pci("0000:00:1c.7", "8086:a33f", 0x060400, "pcieport", 22)
+    host.add_pci(CX3, "15b3:1007", 0x020000, "mlx4_core", 23, parent="0000:00:1c.7")
+    (host.dev_dir(CX3) / "mlx4_port1").write_text("eth\n")
+    (host.dev_dir(CX3) / "mlx4_port2").write_text("ib\n")
+    host.add_net("enp10s0", CX3)
+    if ib_port_state is None:
+        return
+    ib = host.dev_dir(CX3) / "infiniband/mlx4_0"
+    for port, (state, layer) in {"1": ("1: DOWN", "Ethernet"),
+                                 "2": (ib_port_state, "InfiniBand")}.items():
+        (ib / "ports" / port).mkdir(parents=True)
+        (ib / "ports" / port / "state").write_text(state + "\n")
+        (ib / "ports" / port / "link_layer").write_text(layer + "\n")
+    (ib / "node_type").write_text("1: CA\n")
+    host._link(host.sys / "class/infiniband/mlx4_0", ib)
+
+
+def test_8_a_function_whose_infiniband_port_is_active_is_in_use(lab):
+    """Host shape: the ConnectX-3's port 2 is on the InfiniBand fabric, ACTIVE; the host's
+    scratch filesystem is NVMe over RDMA from a storage target on that fabric (nvme-rdma,
+    whose disks live under /sys/devices/virtual/nvme-fabrics, below no function), IPoIB is not
+    loaded (or ib0 is down). Port 1 (Ethernet, enp10s0) is down: the spare the operator lists.
+
+    Why it is called idle: the verdict sees the function's one network interface (down: the
+    evidence), and no node open, no disk, no bound device below it: mlx4_ib's RDMA device is
+    a class device below the function, bound to nothing, and no rule looks at RDMA devices or
+    their ports. Taking 0a:00.0 unbinds mlx4_core and drops port 2 off the fabric under the
+    mounted NVMe-oF filesystem. Expected: an RDMA device below the function (an active port,
+    at least) keeps it, named, as an RDMA device on the auxiliary bus does."""
+    connectx3(lab, "4: ACTIVE")
+    verdict = HostUsage.read(lab.root).verdict(CX3)
+    assert not verdict.idle, verdict
+    assert "mlx4_0" in " ".join(verdict.uses)
+
+
+def test_8_control_the_same_card_without_an_rdma_device_is_idle(lab):
+    """Control: the same card with mlx4_ib not loaded: its one Ethernet port down is the
+    evidence, and it is idle."""
+    connectx3(lab, None)
+    verdict = HostUsage.read(lab.root).verdict(CX3)
+    assert verdict.idle, verdict
