@@ -43,7 +43,7 @@ def plan_inventory(root: "str | Path | Sysfs", inventory: Inventory) -> tuple[li
         lines.append("")
         lines.append(f"{d.role} {d.name} ({d.address})")
         if d.pf and not d.bdf:
-            more, fine = _vf_entry(fs, usage, d)
+            more, fine = _vf_entry(fs, usage, d, inventory.pci_addresses())
         elif d.is_pci:
             more, fine = _pci_entry(fs, usage, d, inventory.pci_addresses())
         else:
@@ -90,7 +90,8 @@ def _pci_entry(fs: Sysfs, usage: HostUsage, d: InventoryDevice,
     return lines, plan.safe
 
 
-def _vf_entry(fs: Sysfs, usage: HostUsage, d: InventoryDevice) -> tuple[list[str], bool]:
+def _vf_entry(fs: Sysfs, usage: HostUsage, d: InventoryDevice,
+              allowed: set[str]) -> tuple[list[str], bool]:
     if not fs.pci_exists(d.pf):
         return [f"REFUSED: there is no PCI device {d.pf} (its pf) on this host"], False
     pf = sriov.physical_function(fs, d.pf)
@@ -104,6 +105,14 @@ def _vf_entry(fs: Sysfs, usage: HostUsage, d: InventoryDevice) -> tuple[list[str
     if pf.numvfs >= d.vfs:
         lines.append(f"would use its existing VF {d.vf} ({pf.vfs[d.vf]}), journaled as this "
                      "run's: sriov_numvfs stays while any live run holds a VF of it")
+        # A VF that is there already may be someone's (on igbvf with an address and a route,
+        # or in a guest on vfio-pci): judged now as its bind will judge it, not "would be
+        # taken" on the PF's count alone.
+        plan = plan_group(fs, pf.vfs[d.vf], usage, allowed=allowed | {pf.vfs[d.vf]})
+        lines += [f"  {line}" for v in plan.verdicts for line in _verdict_lines(v)]
+        if not plan.safe:
+            return lines + [f"REFUSED: VF {d.vf} ({pf.vfs[d.vf]}): {p}"
+                            for p in plan.problems], False
     else:
         lines += [f"would write: echo 0 > {pf_dir / 'sriov_drivers_autoprobe'} (journaled, "
                   "put back)", f"would write: echo {d.vfs} > {pf_dir / 'sriov_numvfs'} "
