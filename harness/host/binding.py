@@ -552,7 +552,7 @@ def _held_elsewhere(fs: Sysfs, entry: dict, take_all: bool, own_pids,
     return None
 
 
-def _refuse_foreign(fs: Sysfs, plan: GroupPlan, entries: list[dict], hold) -> None:
+def refuse_foreign(fs: Sysfs, plan: GroupPlan, entries: list[dict], hold) -> None:
     """Refuses a group another lease holds: a live run's, one bound by hand (`python -m
     harness bind`: its process has ended, its lease has not), or one a run that died left."""
     members = {m.bdf for m in plan.members}
@@ -715,7 +715,7 @@ class VfioBinder:
                                              "is rebinding these devices")
             entries = self.journal.read()
             hold = self._holds.get(plan.group)
-            _refuse_foreign(self.fs, plan, entries, hold)
+            refuse_foreign(self.fs, plan, entries, hold)
             hold = hold or _Hold(uuid.uuid4().hex[:12], [])
             keep = plan.target.bdf if moved_by and _libvirt_gives_back(plan) else None
             new = [self._entry(m, plan.group, hold.lease_id, moved_by if m.bdf == keep else None)
