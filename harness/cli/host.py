@@ -82,9 +82,13 @@ def plan_main(argv: list[str]) -> int:
                         "is idle (or why it is refused). Changes nothing. Exits 1 when "
                         "anything would be refused.")
     p.add_argument("--inventory", metavar="TOML", required=True, help="the devices to plan for")
+    p.add_argument("--journal", default=None, metavar="PATH",
+                   help="the vfio journal, whose leases a run would refuse (default "
+                        f"{default_journal_path()} on the host itself, none for a copy)")
     args = p.parse_args(argv)
     inventory = load_inventory(args.inventory, args.root, check_host=False)
-    lines, ok = plan_inventory(args.root, inventory)
+    journal = args.journal or (default_journal_path() if Sysfs(args.root).real_host else None)
+    lines, ok = plan_inventory(args.root, inventory, journal)
     print("\n".join(lines))
     return 0 if ok else 1
 

@@ -6,7 +6,8 @@ The guide's ``vfio-pci.sh`` (unbind, ``new_id``) done safely:
   host needs (:mod:`.safety`), a device without IOMMU group, a group with such a member.
 * It then writes a journal entry per device it is about to move (its original driver and
   ``driver_override``), fsyncs it, and only then moves the devices: ``driver_override=vfio-pci``,
-  unbind, ``drivers_probe``, and checks the ``driver`` link.
+  unbind, ``drivers_probe``, and checks the ``driver`` link. A group it holds with nothing to
+  move (on vfio-pci from boot) is journaled too (``hold``), and so is its reliance on a VF's PF.
 * :meth:`Lease.release` moves them back and drops their entries. A run killed in between
   leaves the entries; :func:`restore_from_journal` (``python -m harness restore``, and every
   session start) finishes the job from whatever step the run reached.
@@ -46,6 +47,9 @@ log = logging.getLogger("harness.host")
 VFIO = "vfio-pci"
 #: The journal entry of a PF whose ``sriov_numvfs`` the harness changed (``numvfs``: what it was).
 SRIOV = "sriov"
+#: The journal entry of a function a lease holds that the harness did not move (on vfio-pci
+#: from boot: ``vfio-pci.ids=``, ``driverctl``): nothing to give back, but the group is held.
+HOLD = "hold"
 #: Who moved a journaled device to vfio-pci instead of the harness (<hostdev managed='yes'>).
 LIBVIRT = "libvirt"
 DEFAULT_JOURNAL = Path("/var/lib/hotplug-harness/vfio-journal.json")
@@ -161,9 +165,9 @@ def _check_entry(entry, n: int) -> None:
     if not isinstance(entry.get("bdf"), str) or not _ENTRY_BDF.fullmatch(entry["bdf"]):
         raise ValueError(f"entry {n}: bdf {entry.get('bdf')!r} is not a PCI address like "
                          "0000:05:00.0")
-    if entry.get("kind", "vfio") not in ("vfio", SRIOV):
-        raise ValueError(f"entry {n} ({entry['bdf']}): kind {entry.get('kind')!r} is not vfio "
-                         f"or {SRIOV}")
+    if entry.get("kind", "vfio") not in ("vfio", SRIOV, HOLD):
+        raise ValueError(f"entry {n} ({entry['bdf']}): kind {entry.get('kind')!r} is not vfio, "
+                         f"{SRIOV} or {HOLD}")
     numvfs = entry.get("numvfs")
     if entry.get("kind") == SRIOV and (not isinstance(numvfs, int) or isinstance(numvfs, bool)
                                        or not 0 <= numvfs <= 4096):
@@ -328,6 +332,11 @@ def _restore_sriov(fs: Sysfs, entry: dict, timeout: float, journaled: list[dict]
     if now.numvfs == original:
         _restore_autoprobe(fs, pf, probe)
         return Restored(pf, "restored", now.driver, f"sriov_numvfs is {original} already")
+    # A run that only relied on VFs that were there (enable_vfs found them, or it bound one)
+    # changed nothing: the count is the run's that made them, to put back (or keep).
+    if entry.get("set") is None and probe is None:
+        return Restored(pf, "restored", now.driver, "let go of its VFs: this run changed "
+                                                    f"nothing (sriov_numvfs is {now.numvfs})")
     relying = _live_users_of_vfs(fs, entry, now, journaled)
     if relying:
         return Restored(pf, "in-use", now.driver,
@@ -384,9 +393,9 @@ def _vfs_not_idle(fs: Sysfs, entry: dict, pf: "sriov.PhysicalFunction") -> str |
 def _live_users_of_vfs(fs: Sysfs, entry: dict, pf: "sriov.PhysicalFunction",
                        journaled: list[dict]) -> str | None:
     """Which live run (other than this process) holds a VF of ``pf`` or relies on its VFs."""
-    for e in journaled:
+    for e in journaled:  # (a binding by hand outlives the `bind` that made it: live)
         if (e["bdf"], e.get("lease")) == (entry["bdf"], entry.get("lease")) or \
-                e.get("pid") == os.getpid() or not owner_alive(fs, e):
+                e.get("pid") == os.getpid() or not (e.get("manual") or owner_alive(fs, e)):
             continue
         if e["bdf"] in pf.vfs:
             return f"pid {e.get('pid')} (a live run) holds its VF {e['bdf']}"
@@ -407,6 +416,9 @@ def _restore_entry(fs: Sysfs, entry: dict, timeout: float,
     if entry.get("kind") == SRIOV:
         return _restore_sriov(fs, entry, timeout, journaled)
     bdf, original = entry["bdf"], entry.get("driver")
+    if entry.get("kind") == HOLD:
+        return Restored(bdf, "restored", original, "let go: it stays on vfio-pci, where it was "
+                                                   "before the harness held it")
     if not fs.pci_exists(bdf):
         return Restored(bdf, "gone", None, "no longer on this host (removed?); nothing to do")
     try:
@@ -540,6 +552,50 @@ def _held_elsewhere(fs: Sysfs, entry: dict, take_all: bool, own_pids,
     return None
 
 
+def refuse_foreign(fs: Sysfs, plan: GroupPlan, entries: list[dict], hold) -> None:
+    """Refuses a group another lease holds: a live run's, one bound by hand (`python -m
+    harness bind`: its process has ended, its lease has not), or one a run that died left."""
+    members = {m.bdf for m in plan.members}
+    for e in entries:
+        if e.get("kind") == SRIOV:
+            if e["bdf"] in members:
+                _refuse_pf_of_vfs(fs, e, plan.group)
+            continue
+        if e["bdf"] in members and (hold is None or e.get("lease") != hold.lease_id):
+            if e.get("manual"):
+                raise HostDeviceError(
+                    f"{e['bdf']} (group {plan.group}) is bound by hand (`python -m harness "
+                    f"bind`) since {e.get('time')}", hint="its user gives it back with `python "
+                    f"-m harness release {short_bdf(e['bdf'])}`; take another device meanwhile")
+            if owner_alive(fs, e):
+                raise HostDeviceError(
+                    f"{e['bdf']} (group {plan.group}) is held by pid {e.get('pid')} since "
+                    f"{e.get('time')}", hint="another run or xdist worker uses it: wait for "
+                                             "it, or give that run another device")
+            raise HostDeviceError(f"{e['bdf']} (group {plan.group}) was left on vfio-pci by "
+                                  f"a run that died (pid {e.get('pid')})", hint=RESTORE_HINT)
+
+
+def _refuse_pf_of_vfs(fs: Sysfs, e: dict, group: int) -> None:
+    """A PF whose sriov_numvfs a run journaled: unbinding its driver removes the VFs that
+    run relies on (alive, or bound by hand), or leaves its count for `restore` to put back
+    (dead)."""
+    if e.get("manual") or owner_alive(fs, e):
+        raise HostDeviceError(
+            f"{e['bdf']} (group {group}) is the PF whose VFs pid {e.get('pid')} (a live "
+            f"run) relies on since {e.get('time')}: unbinding its driver would remove them",
+            hint="wait for that run to end, or take another device")
+    raise HostDeviceError(f"{e['bdf']} (group {group}) is the PF whose sriov_numvfs a run "
+                          f"that died (pid {e.get('pid')}) changed", hint=RESTORE_HINT)
+
+
+def _drop_own_reliance(jr: Journal, pf: str) -> None:
+    """This process's entries that only rely on ``pf``'s VFs (its other binders' binds of a
+    VF: one process is one run), once its count is put back: the VFs are gone with it."""
+    jr.write([e for e in jr.read() if not (e.get("kind") == SRIOV and e["bdf"] == pf and
+                                           e.get("pid") == os.getpid() and "set" not in e)])
+
+
 def _drop(jr: Journal, entry: dict) -> None:
     key = (entry["bdf"], entry.get("lease"))
     jr.write([e for e in jr.read() if (e["bdf"], e.get("lease")) != key])
@@ -659,7 +715,7 @@ class VfioBinder:
                                              "is rebinding these devices")
             entries = self.journal.read()
             hold = self._holds.get(plan.group)
-            self._refuse_foreign(plan, entries, hold)
+            refuse_foreign(self.fs, plan, entries, hold)
             hold = hold or _Hold(uuid.uuid4().hex[:12], [])
             keep = plan.target.bdf if moved_by and _libvirt_gives_back(plan) else None
             new = [self._entry(m, plan.group, hold.lease_id, moved_by if m.bdf == keep else None)
@@ -667,7 +723,7 @@ class VfioBinder:
             if new:
                 self.journal.write(entries + new)
             self._move_all(plan, new, keep=keep)
-        hold.entries += new
+            hold.entries = hold.entries + new + self._hold_and_rely(plan, hold, new)
         hold.count += 1
         self._holds[plan.group] = hold
         moved = [e["bdf"] for e in new if not e.get("moved_by")]
@@ -758,14 +814,16 @@ class VfioBinder:
                                   f"{stale[0].get('pid')}, which did not put it back",
                                   hint=RESTORE_HINT)
 
-    def _sriov_entry(self, pf: str, numvfs: int, probe: int | None, made: int | None) -> dict:
+    def _sriov_entry(self, pf: str, numvfs: int, probe: int | None, made: int | None,
+                     lease: str | None = None) -> dict:
         """``numvfs``: the count before; ``made``: the count this run sets (None: it sets
-        none), the only one its end may write over."""
+        none), the only one its end may write over. ``lease``: a VF's group's, whose
+        `release` by hand lets go of this too."""
         pid = os.getpid()
         return {"kind": SRIOV, "bdf": pf, "numvfs": numvfs,
                 **({"set": made} if made is not None else {}),
                 **({"autoprobe": probe} if probe is not None else {}),
-                "lease": uuid.uuid4().hex[:12], "pid": pid,
+                "lease": lease or uuid.uuid4().hex[:12], "pid": pid,
                 "pid_start": _process_start(self.fs, pid),
                 "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 **({"manual": True} if self.manual else {})}
@@ -780,32 +838,26 @@ class VfioBinder:
                 _drop(self.journal, entry)
             raise
 
-    def _refuse_foreign(self, plan: GroupPlan, entries: list[dict], hold: _Hold | None) -> None:
-        members = {m.bdf for m in plan.members}
-        for e in entries:
-            if e.get("kind") == SRIOV:
-                if e["bdf"] in members:
-                    self._refuse_pf_of_vfs(e, plan.group)
-                continue
-            if e["bdf"] in members and (hold is None or e.get("lease") != hold.lease_id):
-                if owner_alive(self.fs, e):
-                    raise HostDeviceError(
-                        f"{e['bdf']} (group {plan.group}) is held by pid {e.get('pid')} since "
-                        f"{e.get('time')}", hint="another run or xdist worker uses it: wait for "
-                                                 "it, or give that run another device")
-                raise HostDeviceError(f"{e['bdf']} (group {plan.group}) was left on vfio-pci by "
-                                      f"a run that died (pid {e.get('pid')})", hint=RESTORE_HINT)
-
-    def _refuse_pf_of_vfs(self, e: dict, group: int) -> None:
-        """A PF whose sriov_numvfs a run journaled: unbinding its driver removes the VFs that
-        run relies on (alive), or leaves its count for `restore` to put back (dead)."""
-        if owner_alive(self.fs, e):
-            raise HostDeviceError(
-                f"{e['bdf']} (group {group}) is the PF whose VFs pid {e.get('pid')} (a live "
-                f"run) relies on since {e.get('time')}: unbinding its driver would remove them",
-                hint="wait for that run to end, or take another device")
-        raise HostDeviceError(f"{e['bdf']} (group {group}) is the PF whose sriov_numvfs a run "
-                              f"that died (pid {e.get('pid')}) changed", hint=RESTORE_HINT)
+    def _hold_and_rely(self, plan: GroupPlan, hold: _Hold, new: list[dict]) -> list[dict]:
+        """What a lease holds with nothing moved, journaled all the same: a group on vfio-pci
+        from boot (``vfio-pci.ids=``, ``driverctl``) gets an entry per member (kind
+        :data:`HOLD`, nothing to give back), so that no other run proves it idle while this
+        lease (a `bind` by hand, whose QEMU has not opened it yet) has it; and a VF this run
+        binds makes it rely on its PF's VFs (an entry as :meth:`enable_vfs` journals for VFs
+        that are there), kept to the binder's end, so that the run that made them does not
+        write 0 to ``sriov_numvfs`` between this run's tests. The group's hold entries."""
+        held = [] if new or hold.entries else [
+            {**self._entry(m, plan.group, hold.lease_id), "kind": HOLD}
+            for m in plan.members if not m.kernel_bridge]
+        mine = {e["bdf"] for e in self._sriov}
+        pfs = dict.fromkeys(p for m in plan.members if (p := sriov.physfn_of(self.fs, m.bdf))
+                            and p not in mine)
+        relied = [self._sriov_entry(pf, now.numvfs, None, None, hold.lease_id) for pf in pfs
+                  if (now := sriov.physical_function(self.fs, pf)) is not None]
+        if held or relied:
+            self.journal.write(self.journal.read() + held + relied)
+        self._sriov += relied
+        return held
 
     def _entry(self, dev: PciDevice, group: int, lease_id: str,
                moved_by: str | None = None) -> dict:
@@ -887,6 +939,8 @@ class VfioBinder:
                                                       details=str(result)))
                     elif result.status != "in-use":  # (in use: the entry stays for the last run)
                         _drop(self.journal, entry)
+                        if "set" in entry:  # (its count is back: the VFs this run used too)
+                            _drop_own_reliance(self.journal, entry["bdf"])
             self._sriov = kept
         if errors:
             raise HostDeviceError("; ".join(e.message for e in errors), hint=RESTORE_HINT,

@@ -54,6 +54,10 @@ class Candidate:
     #: (None: it may).
     sriov: tuple[int, int] | None = None
     sriov_refused: str | None = None
+    #: A PF with VFs already: the indices of those proven idle, which the draft lists (None:
+    #: the VFs the run makes, 0 up), and why each other one is not for the harness.
+    sriov_vfs: tuple[int, ...] | None = None
+    sriov_busy: tuple[str, ...] = ()
     #: A VF: its PF.
     physfn: str | None = None
 
@@ -82,17 +86,12 @@ def discover(root: "str | Path | Sysfs" = "/") -> list[Candidate]:
                        for m in plan.members if m.bdf != bdf)
         uses, disk_bytes = _uses(fs, dev.path)
         vname, dname = pci_names(fs.root, dev.vendor, dev.device)
-        pf = sriov.physical_function(fs, bdf) if role == "nic" else None
         out.append(Candidate(role, bdf, dev.ids, vname, dname, dev.class_name, dev.driver,
                              dev.iommu_group, others, plan.safe and not outside,
                              plan.problems + ((outside,) if outside else ()), uses,
                              disk_bytes=disk_bytes if role in ("sata-controller", "nvme") else None,
-                             companions=plan.companions,
-                             sriov=(pf.totalvfs, pf.numvfs) if pf else None,
-                             sriov_refused=sriov.check_request(
-                                 pf, bdf, draft_vfs(pf.totalvfs, pf.numvfs),
-                                 in_use=usage.verdict(bdf).uses) or outside if pf else None,
-                             physfn=sriov.physfn_of(fs, bdf)))
+                             companions=plan.companions, physfn=sriov.physfn_of(fs, bdf),
+                             **(_sriov_fields(fs, usage, bdf, outside) if role == "nic" else {})))
     for usb in fs.usb_devices():
         if usb.is_hub:
             continue
@@ -103,6 +102,30 @@ def discover(root: "str | Path | Sysfs" = "/") -> list[Candidate]:
                              "USB device", ", ".join(drivers) or None, None, (), not reasons,
                              reasons, busnum=usb.busnum, devnum=usb.devnum))
     return out
+
+
+def _sriov_fields(fs: Sysfs, usage: HostUsage, bdf: str, outside: str | None) -> dict:
+    """A NIC's SR-IOV fields of :class:`Candidate` (none: not a PF). VFs that are there
+    already may be anyone's (on igbvf with an address and a route, in a guest on vfio-pci):
+    each is judged as its bind would judge it, and only those proven idle are drafted; none
+    proven idle: its VFs are not for the harness."""
+    pf = sriov.physical_function(fs, bdf)
+    if pf is None:
+        return {}
+    count = draft_vfs(pf.totalvfs, pf.numvfs)
+    refused = sriov.check_request(pf, bdf, count, in_use=usage.verdict(bdf).uses) or outside
+    if refused or not pf.numvfs:
+        return dict(sriov=(pf.totalvfs, pf.numvfs), sriov_refused=refused)
+    idle, busy = [], []
+    for n, vf in enumerate(pf.vfs[:count]):
+        problems = plan_group(fs, vf, usage).problems
+        if problems:
+            busy.append(f"VF {n} ({vf}): {'; '.join(problems)}")
+        else:
+            idle.append(n)
+    return dict(sriov=(pf.totalvfs, pf.numvfs), sriov_vfs=tuple(idle), sriov_busy=tuple(busy),
+                sriov_refused=None if idle else "none of its VFs is proven idle: "
+                + "; ".join(busy))
 
 
 def draft_vfs(totalvfs: int, numvfs: int) -> int:
@@ -162,14 +185,25 @@ def format_candidates(candidates: list[Candidate]) -> str:
             else:
                 lines += [f"      NOT safe: {r}" for r in c.reasons]
             if c.sriov:
-                lines.append(f"      its VFs: NOT for the harness: {c.sriov_refused}"
-                             if c.sriov_refused else "      its VFs can be taken (the draft "
-                             "lists VF 0 and 1 instead of the PF: pf, vf, vfs)")
+                lines += _sriov_lines(c)
     safe = sum(c.safe for c in candidates)
     lines.append(f"{safe} of {len(candidates)} candidates are safe to take"
                  + ("; `python -m harness discover --write inventory.toml` drafts an inventory "
                     "of them" if safe else ""))
     return shown("\n".join(lines))  # (a name another user chose may be in any line)
+
+
+def _sriov_lines(c: Candidate) -> list[str]:
+    if c.sriov_refused:
+        return [f"      its VFs: NOT for the harness: {c.sriov_refused}"]
+    listed = " and ".join(f"VF {n}" for n in _drafted_vfs(c))
+    return [f"      its VFs can be taken (the draft lists {listed} instead of the PF: pf, vf, "
+            "vfs)"] + [f"      its VF NOT for the harness: {b}" for b in c.sriov_busy]
+
+
+def _drafted_vfs(c: Candidate) -> "tuple[int, ...] | range":
+    """The VF indices the draft lists for a PF: those proven idle, or the ones the run makes."""
+    return c.sriov_vfs if c.sriov_vfs is not None else range(draft_vfs(*c.sriov))
 
 
 def draft_inventory(candidates: list[Candidate]) -> Inventory:
@@ -183,14 +217,16 @@ def draft_inventory(candidates: list[Candidate]) -> Inventory:
     for c in candidates:
         if c.sriov and not c.sriov_refused:
             # The common production set-up: the PF stays on the host, its VFs go to guests.
-            count = draft_vfs(*c.sriov)
-            for vf in range(count):
+            count, drafted = draft_vfs(*c.sriov), _drafted_vfs(c)
+            for vf in drafted:
                 devices.append(InventoryDevice(
                     role=c.role, name=default_name(c.role, pf=c.address, vf=vf), pf=c.address,
                     vf=vf, vfs=count, gateway=GATEWAY_PLACEHOLDER,
                     note=f"VF {vf} of {c.title}, driver {c.driver or 'none'} (SR-IOV: "
-                         f"{c.sriov[0]} VFs at most); the harness sets sriov_numvfs and puts "
-                         f"it back" if vf == 0 else ""))
+                         f"{c.sriov[0]} VFs at most); " + (
+                             "the harness uses the VFs there (proven idle now)" if c.sriov[1]
+                             else "the harness sets sriov_numvfs and puts it back")
+                         if vf == drafted[0] else ""))
             continue
         if not c.safe or c.physfn:  # a VF: its PF's entry makes and names it
             continue

@@ -931,6 +931,25 @@ def namespace_problem(fs: Sysfs) -> str | None:
         return (f"PID 1 is in PID namespace {links['1', 'pid']}, not the host's initial one "
                 f"({INIT_PID_NS}): this runs in a container, whose processes are not all the "
                 "host's (a QEMU holding a device, a live run, would be invisible)")
+    return _chroot(fs)
+
+
+def _chroot(fs: Sysfs) -> str | None:
+    """A chroot (schroot, debootstrap: a newer Python on an old lab host) shares PID 1's
+    namespaces and leaves no container mark, but the kernel prints every ``mountinfo``
+    relative to the reader's root and leaves out the mounts outside it (the host's /run/netns
+    bind mounts, its disks' mounts), and /var/run/netns is the chroot's own: this process's
+    root must be PID 1's (device and inode); one that cannot be compared proves nothing."""
+    try:
+        mine, init = os.stat(fs.root), os.stat(fs.proc("1", "root"))
+    except OSError as e:
+        return ("it cannot be proven that this process's root is the host's: /proc/1/root "
+                f"cannot be read ({e.strerror or e}), so the mounts and named network "
+                "namespaces it sees may not be the host's")
+    if (mine.st_dev, mine.st_ino) != (init.st_dev, init.st_ino):
+        return ("this process's root is not PID 1's (/proc/1/root): it runs in a chroot, which "
+                "sees none of the host's mounts outside it (a disk's mount, a named network "
+                "namespace's in /run/netns)")
     return None
 
 

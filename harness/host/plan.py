@@ -12,19 +12,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.core.errors import HostDeviceError
 from harness.core.text import shown
 from harness.host import sriov
-from harness.host.binding import move_steps
+from harness.host.binding import Journal, move_steps, refuse_foreign
 from harness.host.inventory import Inventory, InventoryDevice, find_usb_device
 from harness.host.network import namespace_problem
-from harness.host.safety import HostUsage, Verdict, plan_group
+from harness.host.safety import GroupPlan, HostUsage, Verdict, plan_group
 from harness.host.sysfs import Sysfs
 
 
-def plan_inventory(root: "str | Path | Sysfs", inventory: Inventory) -> tuple[list[str], bool]:
+def plan_inventory(root: "str | Path | Sysfs", inventory: Inventory,
+                   journal: "str | Path | None" = None) -> tuple[list[str], bool]:
     """The plan's lines, and whether every device would be taken. The lines are as shown to
     people: a name in them that is not UTF-8 spelt ``\\xff`` (:func:`~harness.core.text.shown`),
-    so that any stream or file takes them."""
+    so that any stream or file takes them. ``journal``: the vfio journal, whose leases (a live
+    run's, one bound by hand) a run would refuse as its bind does (None: not read)."""
     fs = Sysfs.of(root)
     usage = HostUsage.read(fs, inventory.cleared_storage())
     lines = [f"plan for {inventory.path or 'the inventory'}: a dry run, nothing on this host "
@@ -39,13 +42,18 @@ def plan_inventory(root: "str | Path | Sysfs", inventory: Inventory) -> tuple[li
     if outside:
         ok = False
         lines.append(f"every bind is refused here: {outside}")
+    try:
+        held = Journal(journal).read() if journal is not None else []
+    except HostDeviceError as e:
+        ok, held = False, []
+        lines.append(f"every bind is refused here: {e.message}")
     for d in inventory.devices:
         lines.append("")
         lines.append(f"{d.role} {d.name} ({d.address})")
         if d.pf and not d.bdf:
-            more, fine = _vf_entry(fs, usage, d)
+            more, fine = _vf_entry(fs, usage, d, inventory.pci_addresses(), held)
         elif d.is_pci:
-            more, fine = _pci_entry(fs, usage, d, inventory.pci_addresses())
+            more, fine = _pci_entry(fs, usage, d, inventory.pci_addresses(), held)
         else:
             more, fine = _usb_entry(fs, usage, d)
         lines += [f"  {line}" for line in more]
@@ -59,8 +67,18 @@ def _verdict_lines(v: Verdict) -> list[str]:
     return [f"idle: {e}" for e in v.evidence] + [f"in use: {u}" for u in v.uses]
 
 
+def _leased(fs: Sysfs, plan: GroupPlan, held: list[dict]) -> list[str]:
+    """A group another lease holds (a live run's before its QEMU opens it, one bound by hand):
+    the refusal the bind would give (:func:`harness.host.binding.refuse_foreign`)."""
+    try:
+        refuse_foreign(fs, plan, held, None)
+    except HostDeviceError as e:
+        return [f"REFUSED: {e.message} ({e.hint})"]
+    return []
+
+
 def _pci_entry(fs: Sysfs, usage: HostUsage, d: InventoryDevice,
-               allowed: set[str]) -> tuple[list[str], bool]:
+               allowed: set[str], held: list[dict]) -> tuple[list[str], bool]:
     if not fs.pci_exists(d.bdf):
         return [f"REFUSED: there is no PCI device {d.bdf} on this host"], False
     plan = plan_group(fs, d.bdf, usage, allowed=allowed)
@@ -84,13 +102,15 @@ def _pci_entry(fs: Sysfs, usage: HostUsage, d: InventoryDevice,
     if busy:
         lines.append(f"REFUSED: {len(busy)} use(s) marked \"in use\" above")
     lines += [f"REFUSED: {p}" for p in plan.problems if not any(p.endswith(u) for u in busy)]
-    if plan.safe:
+    leased = _leased(fs, plan, held) if plan.group is not None else []
+    if plan.safe and not leased:
         lines.append(f"would be taken: {len(moving)} function(s) to vfio-pci, journaled "
                      "first, given back at the end of the run")
-    return lines, plan.safe
+    return lines + leased, plan.safe and not leased
 
 
-def _vf_entry(fs: Sysfs, usage: HostUsage, d: InventoryDevice) -> tuple[list[str], bool]:
+def _vf_entry(fs: Sysfs, usage: HostUsage, d: InventoryDevice,
+              allowed: set[str], held: list[dict]) -> tuple[list[str], bool]:
     if not fs.pci_exists(d.pf):
         return [f"REFUSED: there is no PCI device {d.pf} (its pf) on this host"], False
     pf = sriov.physical_function(fs, d.pf)
@@ -104,6 +124,15 @@ def _vf_entry(fs: Sysfs, usage: HostUsage, d: InventoryDevice) -> tuple[list[str
     if pf.numvfs >= d.vfs:
         lines.append(f"would use its existing VF {d.vf} ({pf.vfs[d.vf]}), journaled as this "
                      "run's: sriov_numvfs stays while any live run holds a VF of it")
+        # A VF that is there already may be someone's (on igbvf with an address and a route,
+        # or in a guest on vfio-pci): judged now as its bind will judge it, not "would be
+        # taken" on the PF's count alone.
+        plan = plan_group(fs, pf.vfs[d.vf], usage, allowed=allowed | {pf.vfs[d.vf]})
+        lines += [f"  {line}" for v in plan.verdicts for line in _verdict_lines(v)]
+        leased = _leased(fs, plan, held) if plan.group is not None else []
+        if not plan.safe or leased:
+            return lines + [f"REFUSED: VF {d.vf} ({pf.vfs[d.vf]}): {p}"
+                            for p in plan.problems] + leased, False
     else:
         lines += [f"would write: echo 0 > {pf_dir / 'sriov_drivers_autoprobe'} (journaled, "
                   "put back)", f"would write: echo {d.vfs} > {pf_dir / 'sriov_numvfs'} "

@@ -185,6 +185,7 @@ class HostUsage:
         if role == "usb-controller":
             uses += _usb_debug_uses(self.fs, self.storage, dev) + \
                 _usbmon_uses(self.fs, self.storage.opened, dev.bdf, tree)
+        uses += _modules_through_driver(self.fs, dev)
         return _verdict(dev.bdf, uses, evidence)
 
     def _driver(self, dev: PciDevice, role, held_groups, uses: list, evidence: list) -> None:
@@ -326,6 +327,7 @@ class HostUsage:
         self._gpio(label, tree, uses)
         uses += _phys_used_elsewhere(label, path, tree)
         uses += _midi_held_by_the_kernel(self.fs, label, tree)
+        uses += _rdma_ports_up(self.fs, label, tree)
         uses += [f"{_ON_BUS.get(bus, f'a device on the {bus} bus')} {name} (below {label}) is "
                  f"on the driver {driver}, whose use the harness cannot judge (a kernel driver "
                  "may use it with no node or process to show it)"
@@ -584,6 +586,41 @@ def _usbmon_uses(fs: Sysfs, opened: OpenFiles, label: str, tree: "_Subtree") -> 
     return uses
 
 
+#: Modules that work through a NIC driver (its ``holders``) whose use the rules judge: mlx4's
+#: Ethernet driver (its interfaces) and its RDMA driver (its device below the function and
+#: that device's ports: :func:`_rdma_ports_up`).
+_HOLDERS_JUDGED = {"mlx4_en", "mlx4_ib"}
+
+
+def _modules_through_driver(fs: Sysfs, dev: PciDevice) -> list[str]:
+    """Modules that work through the function's host driver (``/sys/module/DRIVER/holders``)
+    and whose use no rule judges: Chelsio's chcr (a ULD of cxgb4, with no device, node or
+    interface of its own) serves the kernel's crypto API (``xts(aes)`` at priority 500, above
+    AES-NI: dm-crypt, IPsec, AF_ALG use the card), and cxgb4i, iw_cxgb4 or bnx2x's cnic serve
+    iSCSI and RDMA the same way; unbinding the driver detaches them under their users. The
+    module is the driver's ``module`` link (else its name); a built-in driver has no holders
+    folder (a module cannot hold it), one that cannot be listed leaves the function unproven."""
+    if dev.driver in _NO_HOST_DRIVER | {VFIO}:
+        return []
+    module = fs.link_name(fs.pci_driver_dir(dev.driver) / "module") or dev.driver
+    module = module.replace("-", "_")
+    folder, shown = fs.sys("module", module, "holders"), f"/sys/module/{module}/holders"
+    try:
+        holders = sorted(p.name for p in folder.iterdir() if p.name not in _HOLDERS_JUDGED)
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        return [f"cannot tell which modules work through {dev.driver}, the driver of "
+                f"{dev.bdf}: {shown} cannot be read ({e.strerror})"]
+    crypto = (fs.read(fs.proc("crypto")) or "") if holders else ""
+    return [f"the module {m} works through {dev.driver}, the driver of {dev.bdf} ({shown}), "
+            "and the harness cannot judge its use" + (
+                " (it serves the kernel's crypto API: /proc/crypto names it)"
+                if re.search(rf"^module\s*:\s*{re.escape(m)}$", crypto, re.M) else
+                ": a kernel user of the function with no device, node or interface of its own")
+            for m in holders]
+
+
 def _gpio_held(fs: Sysfs) -> dict[str, list[tuple[str, str]]] | None:
     """GPIO chip -> its lines held by anyone, the kernel included, with who holds each
     (``gpiochip0`` -> [(``gpio-512``, ``gpio-aggregator.0``)]), as /sys/kernel/debug/gpio
@@ -668,6 +705,8 @@ class _Subtree:
         self.phys: list[tuple[str, str | None]] = []
         #: ALSA sound cards (``card1``, below the device's ``sound/``).
         self.sound_cards: list[str] = []
+        #: RDMA devices (``infiniband/mlx4_0``): their folders.
+        self.rdma: list[Path] = []
         try:  # a disk is wherever /sys/class/block says (an NVMe namespace sits under nvme0/)
             self.disks = {os.path.realpath(p) for p in fs.sys("class", "block").iterdir()}
         except OSError:
@@ -707,6 +746,8 @@ class _Subtree:
                                   if os.path.lexists(attached) else None))
         if re.fullmatch(r"card\d+", here.name) and here.parent.name == "sound":
             self.sound_cards.append(here.name)
+        if here.parent.name == "infiniband":
+            self.rdma.append(here)
         if here.parent.name == "net":
             self.netdevs.append(here.name)
             return False
@@ -780,6 +821,34 @@ def _midi_held_by_the_kernel(fs: Sysfs, label: str, tree: "_Subtree") -> list[st
             if text is None:
                 uses.append(f"cannot tell whether the kernel holds the MIDI port {card}/"
                             f"{port.name} (below {label}) open: {port} cannot be read")
+    return uses
+
+
+def _rdma_ports_up(fs: Sysfs, label: str, tree: "_Subtree") -> list[str]:
+    """Ports of an RDMA device below it that are not down: mlx4_ib puts its device below the
+    function itself (``infiniband/mlx4_0``, a class device bound to no driver, unlike mlx5's,
+    ice's or bnxt's on the auxiliary bus), and an InfiniBand port is ACTIVE with no network
+    interface at all: the kernel's SRP, iSER, NVMe-over-RDMA and NFS-over-RDMA initiators and
+    targets use it with no process, node or disk below the function to show it. Only a port
+    whose ``state`` reads DOWN is free; one that cannot be read is not."""
+    uses = []
+    for rdma in tree.rdma:
+        try:
+            ports = sorted(p for p in (rdma / "ports").iterdir() if p.is_dir())
+        except OSError as e:
+            uses.append(f"cannot tell whether the RDMA device {rdma.name} (below {label}) is in "
+                        f"use: {rdma / 'ports'} cannot be read ({e.strerror})")
+            continue
+        if not ports:
+            uses.append(f"the RDMA device {rdma.name} (below {label}) lists no port: whether "
+                        "one is in use cannot be told")
+        for port in ports:
+            state = fs.read(port / "state")
+            if state is None or state.strip() != "1: DOWN":
+                uses.append(f"port {port.name} of the RDMA device {rdma.name} (below {label}) "
+                            f"is {state.strip() if state else 'in a state that cannot be read'}"
+                            ": the kernel's RDMA users (NVMe over RDMA, SRP, iSER, NFS over "
+                            "RDMA) may use it with no interface, node or process to show it")
     return uses
 
 

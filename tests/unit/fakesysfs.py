@@ -325,6 +325,8 @@ class FakeHost:
                 if p.is_symlink():
                     p.unlink()
                 os.symlink(target, p)
+        if not (self.root / "proc/1/root").is_symlink():  # (PID 1's root is this one's: /)
+            os.symlink(self.root, self.root / "proc/1/root")
 
     def proc(self, name: str, text: str) -> None:
         """``name`` under proc/; ``mounts`` (the /proc/mounts format, easier to write) is

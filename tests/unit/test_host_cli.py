@@ -118,6 +118,24 @@ def test_bind_and_release_by_hand_like_the_guides_vfio_pci_sh(lab, fake_root, ca
     assert "the harness did not bind it" in capsys.readouterr().out
 
 
+def test_plan_refuses_a_group_another_lease_holds(lab, fake_root, capsys):
+    """Review 28b's note: `plan` read no journal, so a group bound by hand (or a live run's,
+    before its QEMU opens it) was "would be taken" where the run's bind refuses it."""
+    from harness.host.binding import VfioBinder
+
+    journal = fake_root / "journal.json"
+    VfioBinder(lab.sysfs(), journal=journal, manual=True).bind("05:00.0", {"05:00.0", "05:00.1"})
+    inv = fake_root / "inv.toml"
+    inv.write_text('[[device]]\nrole = "nic"\nbdf = "05:00.0"\ngateway = "10.0.5.1"\n'
+                   'companions = ["05:00.1"]\n')
+    args = ["--root", str(lab.root), "--inventory", str(inv)]
+    assert plan_main(args + ["--journal", str(journal)]) == 1
+    printed = capsys.readouterr().out
+    assert "  REFUSED: 0000:05:00.0 (group 12) is bound by hand (`python -m harness bind`)" \
+        in printed and "would be taken" not in printed
+    assert plan_main(args) == 0  # (a copy of a host's tree: no journal read)
+
+
 def test_plan_prints_each_members_changes_and_evidence_and_changes_nothing(lab, fake_root, capsys):
     inv = fake_root / "inv.toml"
     inv.write_text('[[device]]\nrole = "nic"\nbdf = "05:00.0"\ngateway = "10.0.5.1"\n'

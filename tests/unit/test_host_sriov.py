@@ -46,6 +46,13 @@ def set_numvfs(host: FakeHost, n: int, pf: str = PF) -> None:
     host.sysfs().write(host.sys / "bus/pci/devices" / pf / "sriov_numvfs", str(n))
 
 
+def vf_interfaces(host: FakeHost) -> None:
+    """What igbvf makes of VF 0 and 1 once the VFs are there: an interface each, down, no
+    address (nobody's: the proof a VF on a host driver is judged by, review 28b)."""
+    for n, vf in enumerate((VF0, VF1)):
+        host.add_net(f"enp8s0v{n}", vf)
+
+
 def numvfs(host: FakeHost, pf: str = PF) -> int:
     return int((host.dev_dir(pf) / "sriov_numvfs").read_text())
 
@@ -273,6 +280,7 @@ def test_discover_lists_sr_iov_pfs_and_drafts_their_vfs(host):
     from harness.host.discover import discover, draft_inventory, format_candidates
 
     set_numvfs(host, 2)
+    vf_interfaces(host)  # (on igbvf with no interface seen, a VF may be a container's)
     found = {c.address: c for c in discover(host.sysfs())}
     assert found[PF].sriov == (7, 2) and found[PF].sriov_refused is None
     assert found[VF0].physfn == PF and found["0000:05:00.0"].sriov is None
@@ -335,7 +343,8 @@ def test_a_runs_end_keeps_the_vf_count_while_a_live_run_holds_a_vf(host, journal
     assert result.status == "in-use" and "pid 4321 (a live run) holds its VF 0000:08:10.0" \
         in result.detail
     assert numvfs(host) == 2 and host.driver_of(VF0) == "vfio-pci"
-    assert [e.get("kind", "vfio") for e in entries(journal)] == ["sriov", "vfio"]
+    # (A's count, B's VF, and B's reliance on the PF's VFs, journaled by its bind: review 28b)
+    assert [e.get("kind", "vfio") for e in entries(journal)] == ["sriov", "vfio", "sriov"]
     (host.root / f"proc/{OTHER_RUN}/stat").unlink()  # B ends (killed): restore finishes it all
     restore_from_journal(host.sysfs(), journal)
     assert numvfs(host) == 0 and entries(journal) == []
@@ -383,6 +392,7 @@ def test_plan_says_what_a_vf_entry_would_write_and_why_the_pf_may_make_them(host
         "  then VF 1 is bound like any listed device (driver_override, drivers_probe), after its "
         "own proven-idle check", "", "verdict: every device would be taken"]
     set_numvfs(host, 2)
+    vf_interfaces(host)  # (the existing VF is judged as its bind would judge it)
     lines, ok = plan_inventory(host.sysfs(), inv)
     assert ok and f"  would use its existing VF 1 ({VF1}), journaled as this run's: " \
                   "sriov_numvfs stays while any live run holds a VF of it" in lines
