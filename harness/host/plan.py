@@ -69,7 +69,10 @@ def _verdict_lines(v: Verdict) -> list[str]:
 
 def _leased(fs: Sysfs, plan: GroupPlan, held: list[dict]) -> list[str]:
     """A group another lease holds (a live run's before its QEMU opens it, one bound by hand):
-    the refusal the bind would give (:func:`harness.host.binding.refuse_foreign`)."""
+    the refusal the bind would give (:func:`harness.host.binding.refuse_foreign`); none for
+    a function with no IOMMU group (refused already: no bind gets that far)."""
+    if plan.group is None:
+        return []
     try:
         refuse_foreign(fs, plan, held, None)
     except HostDeviceError as e:
@@ -102,7 +105,7 @@ def _pci_entry(fs: Sysfs, usage: HostUsage, d: InventoryDevice,
     if busy:
         lines.append(f"REFUSED: {len(busy)} use(s) marked \"in use\" above")
     lines += [f"REFUSED: {p}" for p in plan.problems if not any(p.endswith(u) for u in busy)]
-    leased = _leased(fs, plan, held) if plan.group is not None else []
+    leased = _leased(fs, plan, held)
     if plan.safe and not leased:
         lines.append(f"would be taken: {len(moving)} function(s) to vfio-pci, journaled "
                      "first, given back at the end of the run")
@@ -129,7 +132,7 @@ def _vf_entry(fs: Sysfs, usage: HostUsage, d: InventoryDevice,
         # taken" on the PF's count alone.
         plan = plan_group(fs, pf.vfs[d.vf], usage, allowed=allowed | {pf.vfs[d.vf]})
         lines += [f"  {line}" for v in plan.verdicts for line in _verdict_lines(v)]
-        leased = _leased(fs, plan, held) if plan.group is not None else []
+        leased = _leased(fs, plan, held)
         if not plan.safe or leased:
             return lines + [f"REFUSED: VF {d.vf} ({pf.vfs[d.vf]}): {p}"
                             for p in plan.problems] + leased, False

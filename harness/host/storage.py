@@ -1335,8 +1335,8 @@ def _exported(fs: Sysfs, problems: list[str], lookups: "Lookups | None" = None
     out: dict[str, list[str]] = {}
     lookups = lookups or Lookups()
     for module, folder, globs in _TARGETS:
-        root = fs.sys(*folder)  # (a module built into the kernel may have no /sys/module entry)
-        if not (root.is_dir() or fs.sys("module", module).exists() or _built_in(fs, module)):
+        root = fs.sys(*folder)
+        if not (root.is_dir() or _loaded(fs, module)):
             continue
         if not root.is_dir():
             problems.append(f"{module} is loaded or built in but {root} cannot be read (is "
@@ -1443,6 +1443,7 @@ _LEGACY_GADGETS = ("g_mass_storage", "g_multi", "g_acm_ms")
 
 
 def _loaded(fs: Sysfs, module: str) -> bool:
+    """Whether ``module`` is loaded or built in (a built-in one may have no /sys/module entry)."""
     return fs.sys("module", module).exists() or _built_in(fs, module)
 
 
