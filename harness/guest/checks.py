@@ -241,23 +241,48 @@ def configure_dhcp(guest, ifname: str) -> str:
                           "for hot-added NICs (DHCP on every Ethernet interface)")
 
 
+#: What in the guest could configure a new interface by itself (parsed by
+#: probes.network_stacks): the processes that run, the udev rules that start DHCP, and the
+#: interfaces ifupdown brings up on hotplug.
+NETWORK_STACKS = (
+    'for c in /proc/[0-9]*/comm; do read -r n < "$c" && echo "process $n"; done 2>/dev/null; '
+    "grep -lsE 'dhclient|udhcpc|dhcpcd|networkctl|nmcli|hook-hotplug' /etc/udev/rules.d/* "
+    "/run/udev/rules.d/* /lib/udev/rules.d/* /usr/lib/udev/rules.d/* | sed 's/^/rule /'; "
+    "if command -v ifquery >/dev/null; then l=$(ifquery -l --allow=hotplug 2>/dev/null) "
+    "&& echo ifupdown-hotplug $l || echo ifupdown-unreadable; fi; true")
+
+_SELF_HINT = ("give the guest DHCP on every Ethernet NIC (a udev rule, a networkd .network, "
+              "NetworkManager's default, allow-hotplug in ifupdown)")
+
+
+def guest_may_configure(guest, ifname: str) -> tuple[list[str], str]:
+    """Read the guest's state, after udev has named the interface: what of its own may
+    configure ``ifname`` (an empty list: nothing will), and the evidence (probes.network_stacks)."""
+    settle_udev(guest)
+    return probes.network_stacks(guest.shell.succeed(NETWORK_STACKS, 15), ifname)
+
+
 def nic_address(guest, nic, *, must_configure: bool = False,
                 timeout: float = 20.0) -> tuple[str, str]:
-    """The hot-added NIC's IPv4 address and who configured it: the guest's own network stack
-    (networkd, NetworkManager, ifupdown as cloud-init rendered it) is given ``timeout`` to do
-    it; after that the harness starts DHCP with the guest's own tool and says so ("harness
-    (nmcli)"), unless ``must_configure`` (``--guest-must-configure-nic``) makes the guest's
-    silence a failure."""
+    """The hot-added NIC's IPv4 address and who configured it. The guest's state is read
+    first: when something of its own may configure the NIC (networkd, NetworkManager, ifupdown
+    naming it for hotplug, an unknown stack), it is given ``timeout`` to; when the state proves
+    nothing will (ifupdown as Debian's cloud images render it), no time is spent waiting. Then
+    the harness starts DHCP with the guest's own tool and says so ("harness (ifup)"), unless
+    ``must_configure`` (``--guest-must-configure-nic``) makes the guest's silence a failure."""
     ident = nic if isinstance(nic, NicIdentity) else nic_identity(guest, nic)
-    try:
-        return ipv4_address(guest, ident, timeout), "guest"
-    except WaitTimeout as e:
-        if must_configure:
-            raise GuestCheckError(f"the guest did not configure {ident} by itself within "
-                                  f"{timeout:g} s (--guest-must-configure-nic)",
-                                  hint="give the guest DHCP on every Ethernet NIC (a udev "
-                                       "rule, a networkd .network, NetworkManager's default)",
-                                  details=e.details) from e
+    may, read = guest_may_configure(guest, nic_interface(guest, ident))
+    if not may and must_configure:
+        raise GuestCheckError(f"nothing in the guest would configure {ident} by itself "
+                              f"(--guest-must-configure-nic): {read}", hint=_SELF_HINT)
+    if may:
+        try:
+            return ipv4_address(guest, ident, timeout), "guest"
+        except WaitTimeout as e:
+            if must_configure:
+                raise GuestCheckError(f"the guest did not configure {ident} by itself within "
+                                      f"{timeout:g} s (--guest-must-configure-nic; {read})",
+                                      hint=_SELF_HINT, details=e.details) from e
     tool = configure_dhcp(guest, nic_interface(guest, ident))
     return ipv4_address(guest, ident, timeout), f"harness ({tool})"
 

@@ -318,3 +318,37 @@ def boot_stage(console: str) -> str:
         if pattern.search(console):
             return what
     return "some console output, but no kernel banner (see the serial log)"
+
+
+
+#: Daemons that configure a new interface by themselves, by their process name (``comm``:
+#: systemd-networkd's is cut to 15 characters).
+NETWORK_DAEMONS = ("systemd-network", "NetworkManager", "dhcpcd", "connmand", "wickedd")
+
+
+def network_stacks(text: str, ifname: str) -> tuple[list[str], str]:
+    """What the guest could use to configure a new interface ``ifname`` by itself, from
+    checks.NETWORK_STACKS's output: (the stacks that may act, what was read). An empty list is
+    proof that none will: the guest's network is ifupdown, which does not name the interface
+    for hotplug, and nothing else that configures interfaces runs or is wired to udev. Anything
+    not recognised (no ifupdown, a list that could not be read) leaves the guest its chance."""
+    may, processes, hotplug = [], set(), None
+    for line in text.splitlines():
+        kind, _, rest = line.partition(" ")
+        if kind == "process":
+            processes.add(rest.strip())
+        elif kind == "rule":
+            may.append(f"the udev rule {rest.strip()} may start DHCP")
+        elif kind == "ifupdown-hotplug":
+            hotplug = rest.split()
+        elif kind == "ifupdown-unreadable":
+            may.append("ifupdown's hotplug list could not be read (ifquery failed)")
+    may[:0] = [f"{d} runs" for d in NETWORK_DAEMONS if d in processes]
+    if hotplug is None and not may:
+        may.append("no ifupdown (ifquery) in the guest: what configures its NICs is unknown")
+    elif hotplug is not None and ifname in hotplug:
+        may.append(f"ifupdown lists {ifname} for hotplug")
+    if may:
+        return may, "; ".join(may)
+    return [], (f"ifupdown lists {' '.join(hotplug) or 'nothing'} for hotplug, no "
+                f"{'/'.join(NETWORK_DAEMONS)} process runs, no udev rule starts DHCP")

@@ -173,7 +173,8 @@ def test_cloud_image_whose_network_is_not_networkd_gets_its_hot_added_nics_confi
     """Cloud images whose cloud-init renders ifupdown (Debian's genericcloud) or
     NetworkManager (RHEL, Rocky, Alma): the seed's networkd rule means nothing there. The NIC
     scenario and two NICs in one slot on q35 (ACPI hotplug) pass: the guest's own stack
-    gets its chance, then the harness starts DHCP with the guest's own tool and the notes say
+    gets its chance (or, on the ifupdown image, the guest's state shows it has nothing for a
+    hot-added NIC), then the harness starts DHCP with the guest's own tool and the notes say
     so (on the ifupdown image, for all three NICs). (Both on q35 with ACPI hotplug, one guest
     for both: a cloud image takes about 80 s to boot under TCG, and what is tried here is the
     guest's network stack, not the slot.) The NetworkManager image on QEMU 10
