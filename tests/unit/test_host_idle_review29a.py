@@ -1,0 +1,232 @@
+"""Issue 31, twenty-ninth adversarial read (29a: storage controllers and block devices, USB
+controllers and gadgets, consoles, other device classes, IOMMU groups, plan against bind).
+What it found, one section below each (each test's docstring says the host shape, why the
+harness calls it idle on e1a1143, and what would be lost; each fails on e1a1143 and passes
+once the rule sees the use). All on a fake sysfs/proc tree, as the gadget, pktcdvd and OCFS2
+cases of read 28a are.
+
+1. (a) a disk a *legacy* USB gadget other than the three named ones exports as mass storage
+   (``g_nokia file=/dev/sdb``: nokia.c carries FSG_MODULE_PARAMETERS and selects
+   USB_F_MASS_STORAGE) reads idle: :data:`harness.host.storage._LEGACY_GADGETS` lists
+   ``g_mass_storage``, ``g_multi`` and ``g_acm_ms`` only, and the fail-closed net of
+   :func:`harness.host.storage._gadget_luns` fires only when configfs cannot be read.
+2. (a) a disk a legacy gadget's LUN was switched to at run time, through the LUN's own sysfs
+   attribute (``/sys/devices/.../gadget.0/lun0/file``, Documentation/usb/mass-storage.rst;
+   how an image is swapped on a removable LUN), reads idle: the harness reads the module's
+   ``parameters/file``, which keeps the value it was loaded with (empty, or an image file).
+3. (a) a MegaRAID SATA/SCSI controller on ``megaraid_mbox`` whose management node
+   ``/dev/megadev0`` (a misc device of ``megaraid_mm``, below no function; the ioctl picks the
+   adapter by number) a RAID tool holds reads idle: :data:`harness.host.safety._DRIVER_NODES`
+   is a list of the drivers known today, and a driver's node from a module it depends on is
+   not looked for.
+
+Controls: the same controllers and disks with none of those uses are still idle.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from harness.core.errors import HostDeviceError
+from harness.host.binding import VfioBinder
+from harness.host.safety import HostUsage
+
+from . import fakesysfs
+from .fakesysfs import FakeHost
+
+fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
+SATA = "0000:06:00.0"   # sdb, not mounted: idle on the lab host
+XHCI = "0000:07:00.0"   # USB bus 4, nothing on it: idle on the lab host
+
+
+def _holds(host: FakeHost, pid: int, comm: str, path: str, fd: int = 5) -> None:
+    """Process ``pid`` (``comm``) holds ``path`` open as its fd ``fd``."""
+    host.proc(f"{pid}/comm", f"{comm}\n")
+    (host.root / f"proc/{pid}/fd").mkdir(parents=True, exist_ok=True)
+    os.symlink(path, host.root / f"proc/{pid}/fd/{fd}")
+
+
+def _verdict(host: FakeHost, bdf: str):
+    return HostUsage.read(host.root).verdict(bdf)
+
+
+def _refused_by_bind(host: FakeHost, bdf: str) -> None:
+    """`harness bind` refuses ``bdf`` and leaves it on its driver."""
+    driver = host.driver_of(bdf)
+    with pytest.raises(HostDeviceError):
+        VfioBinder(host.sysfs(), journal=host.root / "var/lib/hh/j.json").bind(bdf, {bdf})
+    assert host.driver_of(bdf) == driver
+
+
+# -- 1. a legacy gadget not on the list exports the disk ----------------------------------------
+
+
+def _udc(host: FakeHost) -> str:
+    """A USB device controller (a dwc3 on an SoC, or dummy_hcd's dummy_udc in a lab) with the
+    gadget framework loaded and configfs mounted (systemd mounts it at boot), so that
+    ``/sys/kernel/config/usb_gadget`` is there, empty: no configfs gadget is set up."""
+    host.file("sys/module/libcomposite/refcnt", "2\n")
+    (host.sys / "kernel/config/usb_gadget").mkdir(parents=True)
+    d = host.sys / "devices/platform/dummy_udc.0"
+    (d / "udc/dummy_udc.0").mkdir(parents=True)
+    (host.sys / "class/udc").mkdir(parents=True, exist_ok=True)
+    os.symlink("../../devices/platform/dummy_udc.0/udc/dummy_udc.0",
+               host.sys / "class/udc/dummy_udc.0")
+    return "devices/platform/dummy_udc.0"
+
+
+def _legacy_gadget(host: FakeHost, module: str, file_param: str) -> None:
+    """A legacy gadget ``module`` loaded with ``file=<file_param>`` (FSG_MODULE_PARAMETERS:
+    its ``parameters/file`` shows what it was loaded with), working through
+    usb_f_mass_storage (``holders/<module>``)."""
+    host.file("sys/module/usb_f_mass_storage/refcnt", "1\n")
+    (host.sys / "module/usb_f_mass_storage/holders").mkdir(parents=True, exist_ok=True)
+    host.file(f"sys/module/{module}/parameters/file", f"{file_param}\n")
+    host.file(f"sys/module/{module}/parameters/removable", "Y\n")
+    host.file(f"sys/module/{module}/parameters/luns", "1\n")
+    os.symlink(f"../../{module}", host.sys / f"module/usb_f_mass_storage/holders/{module}")
+
+
+def test_1_a_disk_g_nokia_exports_as_mass_storage_is_in_use(lab):
+    """Host shape: a lab host that plays a phone-like USB composite device (serial, Phonet,
+    ECM and mass storage) for a device under test: ``modprobe g_nokia file=/dev/sdb``
+    (drivers/usb/gadget/legacy/nokia.c has carried a mass storage function since 3.16:
+    ``FSG_MODULE_PARAMETERS(/* no prefix */, fsg_mod_data)``, and Kconfig's USB_G_NOKIA
+    selects USB_F_MASS_STORAGE). ``fsg_lun_open`` opens sdb with ``filp_open``: no claim,
+    no ``holders/`` link, no process fd, whether or not the gadget is bound to its UDC.
+
+    Why it reads idle: :func:`harness.host.storage._gadget_luns` reads the ``file``
+    parameter of :data:`~harness.host.storage._LEGACY_GADGETS` (``g_mass_storage``,
+    ``g_multi``, ``g_acm_ms``) only, and its fail-closed net (``usb_f_mass_storage`` loaded
+    with nothing readable) is skipped because ``/sys/kernel/config/usb_gadget`` is there
+    (libcomposite loaded, configfs mounted) -- empty, as the legacy gadgets never show in
+    configfs. The list is what is known today; the module that says which gadgets use it is
+    ``/sys/module/usb_f_mass_storage/holders``.
+
+    What would be lost: ``harness bind`` takes 06:00.0; the device under test's USB disk
+    fails mid-write, and the gadget keeps a file of a disk that is now a guest's.
+
+    Fix: read the ``parameters/file`` of every holder of usb_f_mass_storage (and of
+    libcomposite), and count a holder without one as a problem."""
+    _udc(lab)
+    assert _verdict(lab, SATA).idle  # (idle before the export)
+    _legacy_gadget(lab, "g_nokia", "/dev/sdb")
+    v = _verdict(lab, SATA)
+    assert not v.idle, f"sdb, which g_nokia exports as USB mass storage, was judged idle: " \
+                       f"{v.evidence}"
+    assert any("g_nokia" in u for u in v.uses), v.uses
+    _refused_by_bind(lab, SATA)
+
+
+# -- 2. a legacy gadget's LUN switched through its sysfs attribute ------------------------------
+
+
+def test_2_a_disk_a_legacy_gadget_lun_was_switched_to_through_sysfs_is_in_use(lab):
+    """Host shape: the same lab host's gadget loaded with a removable LUN and an image
+    (``modprobe g_mass_storage removable=1 file=/srv/dut/blank.img``), and the medium
+    swapped at run time to the spare disk through the LUN's own attribute, as
+    Documentation/usb/mass-storage.rst describes for removable LUNs (``echo /dev/sdb >
+    /sys/devices/platform/dummy_udc.0/gadget.0/lun0/file``; Android's UMS and many
+    board-farm scripts switch images this way). A legacy gadget registers its LUNs as
+    devices below the gadget (``fsg_common_create_lun``: ``common->sysfs`` is true for the
+    legacy gadgets), and ``file_store`` -> ``fsg_store_file`` -> ``fsg_lun_open`` opens the
+    new file with ``filp_open`` (no claim, no holder, no process fd).
+
+    Why it reads idle: :func:`harness.host.storage._gadget_luns` reads the module's
+    ``parameters/file``, a ``charp`` read once at bind time (``fsg_config_from_params``),
+    which still says ``/srv/dut/blank.img``: an image file, so no disk. The LUN's own
+    ``file`` attribute, which says what the kernel has open now, is never read.
+
+    What would be lost: as in 1: the device under test's disk goes away mid-write; the
+    guest and the gadget write one disk.
+
+    Fix: read what each LUN has open now: the legacy LUN devices' ``file`` attributes below
+    every gadget (``/sys/class/udc/*/device/gadget*/lun*/file``), as configfs' ``lun.N/file``
+    is read for configfs gadgets (a LUN that cannot be read: a problem)."""
+    udc = _udc(lab)
+    lab.file("srv/dut/blank.img", "")
+    _legacy_gadget(lab, "g_mass_storage", "/srv/dut/blank.img")
+    lab.file(f"sys/{udc}/gadget.0/lun0/ro", "0\n")
+    lab.file(f"sys/{udc}/gadget.0/lun0/removable", "1\n")
+    lab.file(f"sys/{udc}/gadget.0/lun0/file", "/srv/dut/blank.img\n")
+    assert _verdict(lab, SATA).idle, _verdict(lab, SATA).uses  # (the image: sdb idle)
+    lab.file(f"sys/{udc}/gadget.0/lun0/file", "/dev/sdb\n")  # (the medium swapped)
+    v = _verdict(lab, SATA)
+    assert not v.idle, f"sdb, which the gadget's LUN 0 now exports, was judged idle: " \
+                       f"{v.evidence}"
+    assert any("gadget" in u or "mass storage" in u for u in v.uses), v.uses
+    _refused_by_bind(lab, SATA)
+
+
+# -- 3. a MegaRAID controller's management node from the module its driver depends on ------------
+
+
+MEGA = "0000:0b:00.0"   # LSI MegaRAID SATA 150-4 (1000:1960 subsystem), on megaraid_mbox
+
+
+def _megaraid(host: FakeHost, held: bool) -> None:
+    """A MegaRAID controller on megaraid_mbox with its logical drive sdm (not mounted), the
+    management module megaraid_mm (which megaraid_mbox depends on: ``holders/megaraid_mbox``)
+    and its misc node ``/dev/megadev0`` (below no function); ``held``: a RAID tool holds it."""
+    host.add_pci(MEGA, "1000:1960", 0x010400, "megaraid", 41)
+    host.add_disk("sdm", host.dev_dir(MEGA) / "host11/target11:1:0/11:1:0:0", ("sdm1",))
+    (host.sys / "module/megaraid_mm/holders").mkdir(parents=True)
+    os.symlink("../../megaraid_mbox", host.sys / "module/megaraid_mm/holders/megaraid_mbox")
+    (host.sys / "module/megaraid_mbox/holders").mkdir(parents=True)
+    host.file("sys/devices/virtual/misc/megadev0/dev", "10:58\n")
+    host.file("sys/devices/virtual/misc/megadev0/uevent", "MAJOR=10\nMINOR=58\nDEVNAME=megadev0\n")
+    (host.sys / "class/misc").mkdir(parents=True, exist_ok=True)
+    os.symlink("../../devices/virtual/misc/megadev0", host.sys / "class/misc/megadev0")
+    os.symlink("../../../../module/megaraid_mbox", host.sys / "bus/pci/drivers/megaraid/module")
+    if held:
+        _holds(host, 6120, "MegaCli64", "/dev/megadev0", 4)
+
+
+def test_3_a_megaraid_mbox_controller_whose_management_node_a_tool_holds_is_in_use(lab):
+    """Host shape: an older storage lab host with an LSI MegaRAID SATA 150-4 (or SCSI 320) on
+    ``megaraid_mbox`` (its PCI driver is named ``megaraid``), the logical drive sdm not
+    mounted, and a RAID tool holding the management node: ``MegaCli64`` flashing the
+    adapter's firmware, or a RAID monitor. That node is ``/dev/megadev0``, a misc device of
+    ``megaraid_mm`` (``misc_register(&megaraid_mm_dev)``, below no function), which every
+    megaraid_mbox adapter registers with (``mraid_mm_register_adp``); the ioctl names the
+    adapter by number (``adapno``), so any controller may be the one a tool drives.
+
+    Why it reads idle: :func:`harness.host.safety._tool_node_uses` looks up the driver's
+    nodes in :data:`harness.host.safety._DRIVER_NODES`, a list of the drivers known today
+    (mpt*sas, megaraid_sas, aacraid, 3ware); ``megaraid`` is not there, and a node of a
+    module the driver depends on (``/sys/module/megaraid_mm/holders/megaraid_mbox``) is not
+    looked for. The disk is idle, so the controller is proven idle.
+
+    What would be lost: the bind unbinds megaraid_mbox in the middle of the tool's firmware
+    flash or configuration change (a bricked adapter, a half-written RAID config).
+
+    Fix: fail closed: a node below no device (a misc or a bare char major) of the driver's
+    module or of a module it depends on (``holders/`` naming the driver's module), held by
+    a process, keeps every function of that driver."""
+    _megaraid(lab, held=True)
+    v = _verdict(lab, MEGA)
+    assert not v.idle, f"{MEGA} was judged idle while MegaCli64 holds /dev/megadev0: " \
+                       f"{v.evidence}"
+    assert any("megadev0" in u for u in v.uses), v.uses
+    _refused_by_bind(lab, MEGA)
+
+
+# -- controls ---------------------------------------------------------------------------------------
+
+
+def test_control_a_legacy_gadget_over_an_image_leaves_the_disk_idle(lab):
+    """g_nokia and g_mass_storage over image files (their LUNs too) leave sdb idle."""
+    udc = _udc(lab)
+    lab.file("srv/dut/phone.img", "")
+    _legacy_gadget(lab, "g_nokia", "/srv/dut/phone.img")
+    lab.file(f"sys/{udc}/gadget.0/lun0/file", "/srv/dut/phone.img\n")
+    v = _verdict(lab, SATA)
+    assert v.idle, v.uses
+
+
+def test_control_the_megaraid_controller_with_no_tool_holding_its_node_is_idle(lab):
+    _megaraid(lab, held=False)
+    v = _verdict(lab, MEGA)
+    assert v.idle, v.uses
