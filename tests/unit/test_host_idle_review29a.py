@@ -19,6 +19,10 @@ cases of read 28a are.
    adapter by number) a RAID tool holds reads idle: :data:`harness.host.safety._DRIVER_NODES`
    is a list of the drivers known today, and a driver's node from a module it depends on is
    not looked for.
+4. (a) a USB controller one of whose ports the lab has switched off (``echo 1 >
+   .../usb4-port2/disable``, Linux 6.0's port power switch, which uhubctl uses on Linux: a
+   board under test powered from that port is kept off) reads idle: a hub's ``usbN-portM``
+   device is "judged by the USB device on it", and a port switched off has none.
 
 Controls: the same controllers and disks with none of those uses are still idle.
 """
@@ -35,6 +39,7 @@ from harness.host.safety import HostUsage
 
 from . import fakesysfs
 from .fakesysfs import FakeHost
+from .test_host_bound_below import _root_hub
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
 SATA = "0000:06:00.0"   # sdb, not mounted: idle on the lab host
@@ -211,6 +216,42 @@ def test_3_a_megaraid_mbox_controller_whose_management_node_a_tool_holds_is_in_u
                        f"{v.evidence}"
     assert any("megadev0" in u for u in v.uses), v.uses
     _refused_by_bind(lab, MEGA)
+
+
+# -- 4. a USB port the lab switched off ------------------------------------------------------------
+
+
+def test_4_a_usb_controller_with_a_port_switched_off_is_in_use(lab):
+    """Host shape: a board farm's lab host powers a device under test (a Raspberry Pi, a
+    dev board, a USB relay) from a port of the xHCI 07:00.0 and keeps it off between jobs:
+    ``echo 1 > /sys/bus/usb/devices/4-0:1.0/usb4-port2/disable`` (Linux 6.0, "usb: core:
+    hub: add sysfs knob to switch off port power", Documentation/ABI/testing/sysfs-bus-usb:
+    "This file controls the state of a USB port, including Vbus power output"), which
+    uhubctl itself uses on Linux since 2.5 so that the kernel does not power the port back.
+    The port reads ``disable`` = 1 (``disable_show`` reads the port's power bit from the
+    hub: a port powered off by a hub request counts the same). Nothing is connected, so no
+    USB device, interface or node shows on it.
+
+    Why it reads idle: :class:`harness.host.safety._Subtree` skips a hub's port devices
+    (``_USB_PORT``: "what uses it is the USB device on it, judged as one"); a port switched
+    off has no device on it, and the root hub's node is open by no process.
+
+    What would be lost: the bind resets the controller (unbind, vfio-pci's reset, the guest's
+    xHCI driver), which powers every root port again: the device under test boots in the
+    middle of another job, or a USB relay's load switches on.
+
+    Fix: a hub port (``usbN-portM``, ``B-P-portM``) whose ``disable`` reads anything but 0
+    keeps its controller (and a USB device with such a hub below it keeps itself), named
+    with the port; one that cannot be read likewise."""
+    _root_hub(lab, XHCI, 4, 4)
+    port = lab.dev_dir(XHCI) / "usb4/4-0:1.0/usb4-port2"
+    (port / "disable").write_text("0\n")
+    assert _verdict(lab, XHCI).idle, _verdict(lab, XHCI).uses  # (every port powered: idle)
+    (port / "disable").write_text("1\n")
+    v = _verdict(lab, XHCI)
+    assert not v.idle, f"{XHCI} was judged idle with usb4-port2 switched off: {v.evidence}"
+    assert any("usb4-port2" in u for u in v.uses), v.uses
+    _refused_by_bind(lab, XHCI)
 
 
 # -- controls ---------------------------------------------------------------------------------------
