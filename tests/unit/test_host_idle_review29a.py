@@ -35,6 +35,8 @@ import pytest
 
 from harness.core.errors import HostDeviceError
 from harness.host.binding import VfioBinder
+from harness.host.inventory import parse_inventory
+from harness.host.plan import plan_inventory
 from harness.host.safety import HostUsage
 
 from . import fakesysfs
@@ -57,8 +59,13 @@ def _verdict(host: FakeHost, bdf: str):
     return HostUsage.read(host.root).verdict(bdf)
 
 
-def _refused_by_bind(host: FakeHost, bdf: str) -> None:
-    """`harness bind` refuses ``bdf`` and leaves it on its driver."""
+def _refused_by_bind(host: FakeHost, bdf: str, role: str) -> None:
+    """`python -m harness plan` marks ``bdf`` (a ``role`` entry) REFUSED, and `harness bind`
+    refuses it and leaves it on its driver."""
+    inventory = parse_inventory(f'[[device]]\nrole = "{role}"\nbdf = "{bdf}"\n',
+                                root=host.sysfs())
+    lines, ok = plan_inventory(host.sysfs(), inventory)
+    assert not ok, "plan says it would be taken:\n" + "\n".join(lines)
     driver = host.driver_of(bdf)
     with pytest.raises(HostDeviceError):
         VfioBinder(host.sysfs(), journal=host.root / "var/lib/hh/j.json").bind(bdf, {bdf})
@@ -122,7 +129,7 @@ def test_1_a_disk_g_nokia_exports_as_mass_storage_is_in_use(lab):
     assert not v.idle, f"sdb, which g_nokia exports as USB mass storage, was judged idle: " \
                        f"{v.evidence}"
     assert any("g_nokia" in u for u in v.uses), v.uses
-    _refused_by_bind(lab, SATA)
+    _refused_by_bind(lab, SATA, "sata-controller")
 
 
 # -- 2. a legacy gadget's LUN switched through its sysfs attribute ------------------------------
@@ -162,7 +169,7 @@ def test_2_a_disk_a_legacy_gadget_lun_was_switched_to_through_sysfs_is_in_use(la
     assert not v.idle, f"sdb, which the gadget's LUN 0 now exports, was judged idle: " \
                        f"{v.evidence}"
     assert any("gadget" in u or "mass storage" in u for u in v.uses), v.uses
-    _refused_by_bind(lab, SATA)
+    _refused_by_bind(lab, SATA, "sata-controller")
 
 
 # -- 3. a MegaRAID controller's management node from the module its driver depends on ------------
@@ -215,7 +222,7 @@ def test_3_a_megaraid_mbox_controller_whose_management_node_a_tool_holds_is_in_u
     assert not v.idle, f"{MEGA} was judged idle while MegaCli64 holds /dev/megadev0: " \
                        f"{v.evidence}"
     assert any("megadev0" in u for u in v.uses), v.uses
-    _refused_by_bind(lab, MEGA)
+    _refused_by_bind(lab, MEGA, "sata-controller")
 
 
 # -- 4. a USB port the lab switched off ------------------------------------------------------------
@@ -251,7 +258,7 @@ def test_4_a_usb_controller_with_a_port_switched_off_is_in_use(lab):
     v = _verdict(lab, XHCI)
     assert not v.idle, f"{XHCI} was judged idle with usb4-port2 switched off: {v.evidence}"
     assert any("usb4-port2" in u for u in v.uses), v.uses
-    _refused_by_bind(lab, XHCI)
+    _refused_by_bind(lab, XHCI, "usb-controller")
 
 
 # -- controls ---------------------------------------------------------------------------------------
@@ -265,6 +272,10 @@ def test_control_a_legacy_gadget_over_an_image_leaves_the_disk_idle(lab):
     lab.file(f"sys/{udc}/gadget.0/lun0/file", "/srv/dut/phone.img\n")
     v = _verdict(lab, SATA)
     assert v.idle, v.uses
+    inventory = parse_inventory(f'[[device]]\nrole = "sata-controller"\nbdf = "{SATA}"\n',
+                                root=lab.sysfs())
+    lines, ok = plan_inventory(lab.sysfs(), inventory)
+    assert ok, "\n".join(lines)  # (plan would take it, as the helper above expects not)
 
 
 def test_control_the_megaraid_controller_with_no_tool_holding_its_node_is_idle(lab):
