@@ -20,8 +20,8 @@ cases of read 28a are.
    is a list of the drivers known today, and a driver's node from a module it depends on is
    not looked for.
 4. (a) a USB controller one of whose ports the lab has switched off (``echo 1 >
-   .../usb4-port2/disable``, Linux 6.0's port power switch, which uhubctl uses on Linux: a
-   board under test powered from that port is kept off) reads idle: a hub's ``usbN-portM``
+   .../usb4-port2/disable``, Linux 6.0's port power switch: a board under test powered from
+   that port is kept off) reads idle: a hub's ``usbN-portM``
    device is "judged by the USB device on it", and a port switched off has none.
 
 Controls: the same controllers and disks with none of those uses are still idle.
@@ -233,8 +233,8 @@ def test_4_a_usb_controller_with_a_port_switched_off_is_in_use(lab):
     dev board, a USB relay) from a port of the xHCI 07:00.0 and keeps it off between jobs:
     ``echo 1 > /sys/bus/usb/devices/4-0:1.0/usb4-port2/disable`` (Linux 6.0, "usb: core:
     hub: add sysfs knob to switch off port power", Documentation/ABI/testing/sysfs-bus-usb:
-    "This file controls the state of a USB port, including Vbus power output"), which
-    uhubctl itself uses on Linux since 2.5 so that the kernel does not power the port back.
+    "This file controls the state of a USB port, including Vbus power output"; recent
+    uhubctl releases use it on Linux so that the kernel does not power the port back).
     The port reads ``disable`` = 1 (``disable_show`` reads the port's power bit from the
     hub: a port powered off by a hub request counts the same). Nothing is connected, so no
     USB device, interface or node shows on it.
@@ -259,6 +259,51 @@ def test_4_a_usb_controller_with_a_port_switched_off_is_in_use(lab):
     assert not v.idle, f"{XHCI} was judged idle with usb4-port2 switched off: {v.evidence}"
     assert any("usb4-port2" in u for u in v.uses), v.uses
     _refused_by_bind(lab, XHCI, "usb-controller")
+
+
+# -- 5. a LIO backstore whose udev_path label is not what it opened ---------------------------------
+
+
+def test_5_a_disk_lio_fileio_opened_under_another_udev_path_label_is_in_use(lab):
+    """Host shape: a host exporting the spare disk over iSCSI through LIO's fileio backstore,
+    set up by a provisioning script through configfs (``echo fd_dev_name=/dev/sdb,
+    fd_dev_size=... > core/fileio_0/lun0/control; echo 1 > .../enable``) that labels the
+    backstore with the name of the image it used to serve (``echo /srv/luns/lun0.img >
+    .../udev_path``; or a backstore re-pointed by hand, the label left as it was). The
+    kernel opened sdb (``fd_configure_device``: ``filp_open(fd_dev_name)``, a block device
+    allowed, no claim, no holder, no process fd) and says so in ``info``
+    (``fd_show_configfs_dev_params``: ``File: /dev/sdb``). ``udev_path`` is a separate
+    attribute (``target_dev_udev_path_store`` copies any string into ``dev->udev_path``,
+    enabled or not) that no opener reads.
+
+    Why it reads idle: :func:`harness.host.storage._target_device` returns the label when it
+    is not empty and reads ``info`` only for an empty one (read 27a's fix);
+    :func:`harness.host.storage._outside_dev` finds ``/srv/luns/lun0.img`` a regular file,
+    "an image", so nothing is exported.
+
+    What would be lost: the iSCSI initiators' LUN goes to a guest (two writers of one disk).
+
+    Fix: read the kernel's record (fileio's ``File:``, iblock's ``iBlock device:``/``UDEV
+    PATH:`` in ``info``) for every enabled backstore, the label as well at most; a
+    backstore whose two disagree counts both."""
+    (lab.sys / "module/target_core_mod").mkdir()
+    (lab.sys / "module/target_core_file").mkdir()
+    lab.file("srv/luns/lun0.img", "")
+    lun = "sys/kernel/config/target/core/fileio_0/lun0"
+    lab.file(f"{lun}/udev_path", "/srv/luns/lun0.img\n")
+    lab.file(f"{lun}/info", "Status: ACTIVATED  Max Queue Depth: 128  SectorSize: 512  "
+                            "HwMaxSectors: 16384\n        TCM FILEIO ID: 0        File: "
+                            "/srv/luns/lun0.img  Size: 0  Mode: O_DSYNC\n")
+    lab.file(f"{lun}/enable", "1\n")
+    lab.file(f"{lun}/control", "")
+    assert _verdict(lab, SATA).idle, _verdict(lab, SATA).uses  # (the image: sdb idle)
+    lab.file(f"{lun}/info", "Status: ACTIVATED  Max Queue Depth: 128  SectorSize: 512  "
+                            "HwMaxSectors: 16384\n        TCM FILEIO ID: 0        File: "
+                            "/dev/sdb  Size: 164696555520  Mode: O_DSYNC\n")
+    v = _verdict(lab, SATA)
+    assert not v.idle, f"sdb, which LIO's fileio backstore lun0 has open, was judged idle: " \
+                       f"{v.evidence}"
+    _refused_by_bind(lab, SATA, "sata-controller")
 
 
 # -- controls ---------------------------------------------------------------------------------------
