@@ -21,10 +21,25 @@ cases of read 28a are.
    not looked for.
 4. (a) a USB controller one of whose ports the lab has switched off (``echo 1 >
    .../usb4-port2/disable``, Linux 6.0's port power switch: a board under test powered from
-   that port is kept off) reads idle: a hub's ``usbN-portM``
-   device is "judged by the USB device on it", and a port switched off has none.
+   that port is kept off) reads idle: a hub's ``usbN-portM`` device is "judged by the USB
+   device on it", and a port switched off has none.
+5. (a, low likelihood) a disk a LIO fileio backstore opened (``info``: ``File: /dev/sdb``)
+   reads idle when the backstore's ``udev_path`` attribute names something else (an image
+   path, another disk): ``udev_path`` is an informational label any configfs writer sets at
+   any time, and :func:`harness.host.storage._target_device` reads ``info``, the kernel's
+   record of what it opened, only when that label is empty.
 
-Controls: the same controllers and disks with none of those uses are still idle.
+Each finding's test also asserts that `python -m harness plan` marks the device REFUSED and
+that `harness bind` refuses it (on e1a1143 plan prints "would be taken" and bind takes it: the
+two agree, on the same verdict). Controls: the same controllers and disks with none of those
+uses are still idle, and plan would take them.
+
+Looked at and found covered on e1a1143 (no test): kernel openers of a disk that claim it
+(md, dm, bcache, zram's backing_dev, DRBD, block2mtd, pstore/blk, iblock, pscsi, rnbd, external
+journals: ``_claimed``'s exclusive open sees them on a real host); nvmet/LIO device paths
+while enabled; EHCI and its UHCI/OHCI companions (one slot, no ACS: always one IOMMU group);
+display functions (no role: refused whatever their ``boot_vga``); bridges of a group (never
+moved); plan's move steps against ``_move_to_vfio``'s writes.
 """
 
 from __future__ import annotations
