@@ -101,6 +101,7 @@ def _udc(host: FakeHost) -> str:
     (host.sys / "class/udc").mkdir(parents=True, exist_ok=True)
     os.symlink("../../devices/platform/dummy_udc.0/udc/dummy_udc.0",
                host.sys / "class/udc/dummy_udc.0")
+    os.symlink("../../../dummy_udc.0", d / "udc/dummy_udc.0/device")  # (its parent)
     return "devices/platform/dummy_udc.0"
 
 
