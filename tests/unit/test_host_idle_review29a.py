@@ -120,7 +120,7 @@ def _legacy_gadget(host: FakeHost, module: str, file_param: str) -> None:
 def test_1_a_disk_g_nokia_exports_as_mass_storage_is_in_use(lab):
     """Host shape: a lab host that plays a phone-like USB composite device (serial, Phonet,
     ECM and mass storage) for a device under test: ``modprobe g_nokia file=/dev/sdb``
-    (drivers/usb/gadget/legacy/nokia.c has carried a mass storage function since 3.16:
+    (drivers/usb/gadget/legacy/nokia.c carries a mass storage function:
     ``FSG_MODULE_PARAMETERS(/* no prefix */, fsg_mod_data)``, and Kconfig's USB_G_NOKIA
     selects USB_F_MASS_STORAGE). ``fsg_lun_open`` opens sdb with ``filp_open``: no claim,
     no ``holders/`` link, no process fd, whether or not the gadget is bound to its UDC.
@@ -247,9 +247,8 @@ def test_3_a_megaraid_mbox_controller_whose_management_node_a_tool_holds_is_in_u
 def test_4_a_usb_controller_with_a_port_switched_off_is_in_use(lab):
     """Host shape: a board farm's lab host powers a device under test (a Raspberry Pi, a
     dev board, a USB relay) from a port of the xHCI 07:00.0 and keeps it off between jobs:
-    ``echo 1 > /sys/bus/usb/devices/4-0:1.0/usb4-port2/disable`` (Linux 6.0, "usb: core:
-    hub: add sysfs knob to switch off port power", Documentation/ABI/testing/sysfs-bus-usb:
-    "This file controls the state of a USB port, including Vbus power output"; recent
+    ``echo 1 > /sys/bus/usb/devices/4-0:1.0/usb4-port2/disable`` (the port's ``disable``
+    attribute, Linux 6.0; Documentation/ABI/testing/sysfs-bus-usb: "This file controls the state of a USB port, including Vbus power output"; recent
     uhubctl releases use it on Linux so that the kernel does not power the port back).
     The port reads ``disable`` = 1 (``disable_show`` reads the port's power bit from the
     hub: a port powered off by a hub request counts the same). Nothing is connected, so no
