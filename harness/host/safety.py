@@ -93,7 +93,7 @@ _BOUND_JUDGED = {
 _BUSES_JUDGED = {"mdio_bus"}
 #: A hub's port (``usb1-port2``, ``1-4-port1``): the kernel gives it a driver of its own with
 #: no bus; what uses it is the USB device on it, judged as one, and whether it is switched off
-#: (:func:`_ports_switched_off`).
+#: (:func:`_ports_off`).
 _USB_PORT = re.compile(r"(?:usb\d+|\d+-[\d.]+)-port\d+")
 #: What a device on a bus is called in a refusal.
 _ON_BUS = {"i2c": "an I2C client", "hid": "a HID device", "spi": "an SPI device",
@@ -328,7 +328,7 @@ class HostUsage:
         self._gpio(label, tree, uses)
         uses += _phys_used_elsewhere(label, path, tree)
         uses += _midi_held_by_the_kernel(self.fs, label, tree)
-        uses += _rdma_ports_up(self.fs, label, tree) + _ports_switched_off(label, tree)
+        uses += _rdma_ports_up(self.fs, label, tree) + _ports_off(self.fs, label, tree)
         uses += [f"{_ON_BUS.get(bus, f'a device on the {bus} bus')} {name} (below {label}) is "
                  f"on the driver {driver}, whose use the harness cannot judge (a kernel driver "
                  "may use it with no node or process to show it)"
@@ -747,8 +747,9 @@ class _Subtree:
         self.sound_cards: list[str] = []
         #: RDMA devices (``infiniband/mlx4_0``): their folders.
         self.rdma: list[Path] = []
-        #: Hub ports with a ``disable`` attribute (Linux 6.0), and what it reads (None: unread).
-        self.ports: list[tuple[Path, str | None]] = []
+        #: Hub ports with a ``disable`` attribute (Linux 6.0; read only when judged: reading
+        #: it asks the hub).
+        self.ports: list[Path] = []
         try:  # a disk is wherever /sys/class/block says (an NVMe namespace sits under nvme0/)
             self.disks = {os.path.realpath(p) for p in fs.sys("class", "block").iterdir()}
         except OSError:
@@ -780,7 +781,7 @@ class _Subtree:
                 and here.parent.parent.name == "gpio":  # (Linux 6.17's per-chip export)
             self.gpio_exported.append(f"{here.parent.name}/{here.name}")
         if _USB_PORT.fullmatch(here.name) and "disable" in filenames:
-            self.ports.append((here, fs.read(here / "disable")))
+            self.ports.append(here)
         if has_driver and not usb and not _USB_PORT.fullmatch(here.name):
             driver = Path(os.path.realpath(here / "driver"))  # /sys/bus/BUS/drivers/NAME
             self.bound.append((here.name, driver.parent.parent.name, driver.name))
@@ -838,17 +839,18 @@ def _phys_used_elsewhere(label: str, path: str, tree: "_Subtree") -> list[str]:
             for phy, netdev in tree.phys if netdev is not None and not netdev.startswith(prefix)]
 
 
-def _ports_switched_off(label: str, tree: "_Subtree") -> list[str]:
+def _ports_off(fs: Sysfs, label: str, tree: "_Subtree") -> list[str]:
     """Hub ports the lab has switched off (``echo 1 > .../usb4-port2/disable``, Linux 6.0;
     uhubctl uses it so that the kernel does not power the port back): a board under test
     powered from the port is kept off, and has no USB device on it to show it. Unbinding and
     resetting the controller powers every port again, so a port whose ``disable`` reads
     anything but 0, or cannot be read, keeps it (and a USB device with such a hub below it)."""
+    states = [(port, fs.read(port / "disable")) for port in tree.ports]
     return [f"the USB port {port.name} (below {label}) " + (
                 f"is switched off ({port / 'disable'} reads {state!r}): what is on it is kept "
                 f"unpowered, and resetting {label} powers it again" if state is not None else
                 f"may be switched off: {port / 'disable'} cannot be read")
-            for port, state in tree.ports if state != "0"]
+            for port, state in states if state != "0"]
 
 
 def _midi_held_by_the_kernel(fs: Sysfs, label: str, tree: "_Subtree") -> list[str]:
