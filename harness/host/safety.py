@@ -92,7 +92,8 @@ _BOUND_JUDGED = {
 #: which are judged: a NIC's PHYs (r8169's, phylib's; the driver is named after the chip).
 _BUSES_JUDGED = {"mdio_bus"}
 #: A hub's port (``usb1-port2``, ``1-4-port1``): the kernel gives it a driver of its own with
-#: no bus; what uses it is the USB device on it, judged as one.
+#: no bus; what uses it is the USB device on it, judged as one, and whether it is switched off
+#: (:func:`_ports_off`).
 _USB_PORT = re.compile(r"(?:usb\d+|\d+-[\d.]+)-port\d+")
 #: What a device on a bus is called in a refusal.
 _ON_BUS = {"i2c": "an I2C client", "hid": "a HID device", "spi": "an SPI device",
@@ -327,7 +328,7 @@ class HostUsage:
         self._gpio(label, tree, uses)
         uses += _phys_used_elsewhere(label, path, tree)
         uses += _midi_held_by_the_kernel(self.fs, label, tree)
-        uses += _rdma_ports_up(self.fs, label, tree)
+        uses += _rdma_ports_up(self.fs, label, tree) + _ports_off(self.fs, label, tree)
         uses += [f"{_ON_BUS.get(bus, f'a device on the {bus} bus')} {name} (below {label}) is "
                  f"on the driver {driver}, whose use the harness cannot judge (a kernel driver "
                  "may use it with no node or process to show it)"
@@ -497,24 +498,27 @@ _VENDOR_NODES = {"15b3": ("mst", ("mst_pciconf", "mst_pci"))}
 
 
 def _tool_node_uses(fs: Sysfs, opened: OpenFiles, dev: PciDevice) -> list[str]:
-    """Processes that hold a node of :data:`_DRIVER_NODES` or :data:`_VENDOR_NODES` that may
-    reach ``dev``: which function their ioctls pick cannot be read, so any may be it."""
-    names = _DRIVER_NODES.get(dev.driver or "", ())
+    """Processes that hold a node of :data:`_DRIVER_NODES`, of :func:`_module_nodes` or of
+    :data:`_VENDOR_NODES` that may reach ``dev``: which function their ioctls pick cannot be
+    read, so any may be it."""
+    text = fs.read(fs.proc("devices"))
+    majors = {f[1]: int(f[0]) for f in (line.split() for line in
+              (text or "").split("\n\n", 1)[0].splitlines()) if len(f) == 2 and f[0].isdigit()}
+    found = _module_nodes(fs, dev, majors)
+    names = _DRIVER_NODES.get(dev.driver or "", ()) + tuple(found)
     folder, named = _VENDOR_NODES.get(dev.vendor, (None, ()))
     if not names and not folder:
         return []
-    text = fs.read(fs.proc("devices"))
     if text is None and fs.real_host:
         return [f"{dev.bdf}: /proc/devices cannot be read, so whether a tool holds its "
                 f"driver's node ({', '.join(names or named)}) cannot be told"]
-    majors = {f[1]: int(f[0]) for f in (line.split() for line in
-              (text or "").split("\n\n", 1)[0].splitlines()) if len(f) == 2 and f[0].isdigit()}
     held: dict[tuple[int, str], str] = {}
     fake = not fs.real_host  # (a test's tree has no numbers: paths stand for nodes there; on
     for name in names:       # the host a path is anyone's file in a namespace of their own)
         for who in opened.holders("char", name if fake else None,
                                   fs.read(fs.sys("class", "misc", name, "dev"))):
-            held.setdefault(who, f"/dev/{name}")
+            held.setdefault(who, f"/dev/{name}" + (f" (below no device, named as {found[name]} "
+                                                   "is)" if name in found else ""))
     for prefix in [f"/dev/{folder}/"] if folder and fake else []:
         for path, whom in opened.paths.items():
             held.update({who: path for who in whom if path.startswith(prefix)
@@ -527,6 +531,43 @@ def _tool_node_uses(fs: Sysfs, opened: OpenFiles, dev: PciDevice) -> list[str]:
     return [f"pid {pid} ({comm}) holds {what}, through which its tools reach any function "
             f"{dev.driver or 'its vendor'} drives, {dev.bdf} perhaps" for (pid, comm), what
             in sorted(held.items())]
+
+
+def _module_nodes(fs: Sysfs, dev: PciDevice, majors: dict[str, int]) -> dict[str, str]:
+    """Nodes below no device, which no list names, that the driver's tools may reach it
+    through: megaraid_mbox's adapters are reached through ``/dev/megadev0``, a misc device of
+    megaraid_mm, a module it depends on (``/sys/module/megaraid_mm/holders/megaraid_mbox``),
+    the ioctl naming the adapter by number. The kernel says nowhere which module registered
+    a misc device or a major, so names are all there is: a misc device under
+    /sys/devices/virtual, or a bare character major (in /proc/devices, with no device in
+    /sys/dev/char), whose name begins with the same four letters or more as the driver's,
+    its module's or a module's it depends on counts as theirs (one that only looks like it,
+    ``nvme-fabrics`` against ``nvme``, keeps the functions while a tool holds it: closed, not
+    open). Name -> the module (or driver) it is named as."""
+    if dev.driver in _NO_HOST_DRIVER | {VFIO}:
+        return {}
+    module = _driver_module(fs, dev.driver)
+    modules = [p.parent.parent.name for p in sorted(fs.sys("module").glob(
+        f"*/holders/{module}"))] + [module, dev.driver]
+    misc = [p.name for p in sorted(fs.sys("class", "misc").glob("*"))
+            if "/devices/virtual/" in os.path.realpath(p)]
+    try:
+        numbered = {name.split(":")[0] for name in os.listdir(fs.sys("dev", "char"))}
+    except OSError:
+        numbered = set()
+    bare = [name for name, major in sorted(majors.items()) if str(major) not in numbered]
+    out = {}
+    for name in misc + bare:
+        best = max(modules, key=lambda m: len(os.path.commonprefix([name, m])))
+        if len(os.path.commonprefix([name, best])) >= 4:
+            out[name] = best
+    return out
+
+
+def _driver_module(fs: Sysfs, driver: str) -> str:
+    """The module of a PCI driver: its ``module`` link (megaraid's is megaraid_mbox), else the
+    driver's name, as /sys/module spells it."""
+    return (fs.link_name(fs.pci_driver_dir(driver) / "module") or driver).replace("-", "_")
 
 
 #: Kernel parameters that drive a USB controller's debug port from boot: ``earlyprintk=xdbc``
@@ -602,8 +643,7 @@ def _modules_through_driver(fs: Sysfs, dev: PciDevice) -> list[str]:
     folder (a module cannot hold it), one that cannot be listed leaves the function unproven."""
     if dev.driver in _NO_HOST_DRIVER | {VFIO}:
         return []
-    module = fs.link_name(fs.pci_driver_dir(dev.driver) / "module") or dev.driver
-    module = module.replace("-", "_")
+    module = _driver_module(fs, dev.driver)
     folder, shown = fs.sys("module", module, "holders"), f"/sys/module/{module}/holders"
     try:
         holders = sorted(p.name for p in folder.iterdir() if p.name not in _HOLDERS_JUDGED)
@@ -707,6 +747,9 @@ class _Subtree:
         self.sound_cards: list[str] = []
         #: RDMA devices (``infiniband/mlx4_0``): their folders.
         self.rdma: list[Path] = []
+        #: Hub ports with a ``disable`` attribute (Linux 6.0; read only when judged: reading
+        #: it asks the hub).
+        self.ports: list[Path] = []
         try:  # a disk is wherever /sys/class/block says (an NVMe namespace sits under nvme0/)
             self.disks = {os.path.realpath(p) for p in fs.sys("class", "block").iterdir()}
         except OSError:
@@ -737,6 +780,8 @@ class _Subtree:
         elif re.fullmatch(r"gpio\d+", here.name) and re.fullmatch(r"chip\d+", here.parent.name) \
                 and here.parent.parent.name == "gpio":  # (Linux 6.17's per-chip export)
             self.gpio_exported.append(f"{here.parent.name}/{here.name}")
+        if _USB_PORT.fullmatch(here.name) and "disable" in filenames:
+            self.ports.append(here)
         if has_driver and not usb and not _USB_PORT.fullmatch(here.name):
             driver = Path(os.path.realpath(here / "driver"))  # /sys/bus/BUS/drivers/NAME
             self.bound.append((here.name, driver.parent.parent.name, driver.name))
@@ -792,6 +837,20 @@ def _phys_used_elsewhere(label: str, path: str, tree: "_Subtree") -> list[str]:
             f"{os.path.basename(os.path.dirname(os.path.dirname(netdev)))}): taking {label} "
             "takes that interface's PHY"
             for phy, netdev in tree.phys if netdev is not None and not netdev.startswith(prefix)]
+
+
+def _ports_off(fs: Sysfs, label: str, tree: "_Subtree") -> list[str]:
+    """Hub ports the lab has switched off (``echo 1 > .../usb4-port2/disable``, Linux 6.0;
+    uhubctl uses it so that the kernel does not power the port back): a board under test
+    powered from the port is kept off, and has no USB device on it to show it. Unbinding and
+    resetting the controller powers every port again, so a port whose ``disable`` reads
+    anything but 0, or cannot be read, keeps it (and a USB device with such a hub below it)."""
+    states = [(port, fs.read(port / "disable")) for port in tree.ports]
+    return [f"the USB port {port.name} (below {label}) " + (
+                f"is switched off ({port / 'disable'} reads {state!r}): what is on it is kept "
+                f"unpowered, and resetting {label} powers it again" if state is not None else
+                f"may be switched off: {port / 'disable'} cannot be read")
+            for port, state in states if state != "0"]
 
 
 def _midi_held_by_the_kernel(fs: Sysfs, label: str, tree: "_Subtree") -> list[str]:

@@ -1330,7 +1330,7 @@ def _exported(fs: Sysfs, problems: list[str], lookups: "Lookups | None" = None
     process holds it, and its namespaces may be named after its subsystem, ``nvme0n1``, or be
     none). A target module that is loaded with a configfs tree the harness cannot read is a
     problem (every disk counts as in use); so is a device it names that cannot be told
-    (:func:`_target_device`, :func:`_outside_dev`) and a block server it does not know
+    (:func:`_target_devices`, :func:`_outside_dev`) and a block server it does not know
     (:func:`_unread_servers`)."""
     out: dict[str, list[str]] = {}
     lookups = lookups or Lookups()
@@ -1342,12 +1342,11 @@ def _exported(fs: Sysfs, problems: list[str], lookups: "Lookups | None" = None
             problems.append(f"{module} is loaded or built in but {root} cannot be read (is "
                             "configfs mounted?): the disks it exports are unknown")
             continue
-        for pattern in globs:
-            for f in sorted(root.glob(pattern)):
-                where = f"{module} ({f.relative_to(root).parts[0]})"
-                path = _target_device(fs, f, where, problems)
+        for f in sorted(f for pattern in globs for f in root.glob(pattern)):
+            where = f"{module} ({f.relative_to(root).parts[0]})"
+            for path in _target_devices(fs, f, where, problems):
                 names = _exported_blocks(fs, path) + _exported_controller(fs, path)
-                if path and not path.startswith("/dev/") and fs.read(f.parent / "enable") != "0":
+                if not path.startswith("/dev/") and fs.read(f.parent / "enable") != "0":
                     names = _outside_dev(fs, path, where, lookups, problems)
                 for name in names:
                     out.setdefault(name, []).append(where)
@@ -1360,28 +1359,29 @@ def _exported(fs: Sysfs, problems: list[str], lookups: "Lookups | None" = None
 _LIO_NO_DISK = ("rd_mcp", "user")
 
 
-def _target_device(fs: Sysfs, f: Path, where: str, problems: list[str]) -> str:
-    """The device path a target's file ``f`` names (nvmet's ``device_path``, LIO's
-    ``udev_path``). ``udev_path`` is optional (only targetcli writes it): a LIO backstore set
-    up through its ``control`` file shows what it opened in ``info`` (fileio's ``File:``,
-    iblock's ``UDEV PATH:`` or ``iBlock device:``); an enabled one that names nothing there
-    either is a problem (a disk opened with no claim, holder or process fd)."""
-    path = (fs.read(f) or "").strip()
-    if path or f.name != "udev_path":
-        return path
+def _target_devices(fs: Sysfs, f: Path, where: str, problems: list[str]) -> list[str]:
+    """The device paths a target's file ``f`` names (nvmet's ``device_path``, LIO's
+    ``udev_path``). LIO's ``udev_path`` is a label, not what the backstore opened: only
+    targetcli writes it, any configfs writer may set it to anything at any time (a script
+    labels a fileio backstore with the image it once served, then points ``control``'s
+    ``fd_dev_name`` at /dev/sdb), and no opener reads it. The kernel's record is ``info``
+    (fileio's ``File:``, iblock's ``iBlock device:`` and ``UDEV PATH:``), read for every
+    backstore but a disabled one with a label; the label counts too (pscsi's ``info`` names
+    no path), so a backstore whose two disagree exports both. An enabled one that names a
+    device in neither is a problem (a disk opened with no claim, holder or process fd)."""
+    label = (fs.read(f) or "").strip()
+    enable = fs.read(f.parent / "enable")
+    if f.name != "udev_path" or (label and enable == "0"):
+        return [label] if label else []
     info = fs.read(f.parent / "info") or ""
-    found = re.search(r"(?:File|UDEV PATH): (/\S+)", info)
-    if found:
-        return found[1]
-    bdev = re.search(r"iBlock device: (\S+)", info)
-    if bdev:
-        return f"/dev/{bdev[1]}"
+    opened = re.findall(r"(?:File|UDEV PATH): (/\S+)", info)
+    opened += [f"/dev/{name}" for name in re.findall(r"iBlock device: (\S+)", info)]
     hba = f.parent.parent.name.rsplit("_", 1)[0]
-    if hba not in _LIO_NO_DISK and fs.read(f.parent / "enable") not in (None, "0"):
+    if not (opened or label) and hba not in _LIO_NO_DISK and enable not in (None, "0"):
         problems.append(f"{where}: the LIO backstore {f.parent.name} is enabled and names no "
                         f"device the harness can read (no udev_path, and its info says "
                         f"{info.strip()[:200]!r}): which disk it opened is unknown")
-    return ""
+    return list(dict.fromkeys(opened + ([label] if label else [])))
 
 
 def _outside_dev(fs: Sysfs, path: str, where: str, lookups: "Lookups", problems: list[str]
@@ -1437,11 +1437,6 @@ def _unread_servers(fs: Sysfs, problems: list[str]) -> None:
                             "serves nothing")
 
 
-#: Legacy USB gadgets that serve mass storage, each with the files it opened in its ``file``
-#: parameter (``modprobe g_mass_storage file=/dev/sdb``), comma-separated, one per LUN.
-_LEGACY_GADGETS = ("g_mass_storage", "g_multi", "g_acm_ms")
-
-
 def _loaded(fs: Sysfs, module: str) -> bool:
     """Whether ``module`` is loaded or built in (a built-in one may have no /sys/module entry)."""
     return fs.sys("module", module).exists() or _built_in(fs, module)
@@ -1470,11 +1465,14 @@ def _kernel_held(fs: Sysfs, problems: list[str], lookups: Lookups) -> dict[str, 
 def _gadget_luns(fs: Sysfs, problems: list[str], lookups: Lookups) -> list[tuple[str, str]]:
     """The disks a USB gadget exports as mass storage to the USB host on its other end (a
     lab host playing a USB stick for a device under test): configfs ``usb_gadget/G/functions/
-    mass_storage.I/lun.N/file``, and a legacy gadget's ``file`` parameter. ``fsg_lun_open``
-    opens the file with ``filp_open`` whether or not the gadget is bound to its UDC. A path
-    outside /dev is looked at as a target's is (:func:`_outside_dev`: an image file is none)."""
+    mass_storage.I/lun.N/file``, a legacy gadget's ``file`` parameter (what it was loaded
+    with: :func:`_legacy_gadgets`), and a legacy gadget's LUNs as they are now (a removable
+    LUN's medium is swapped through its own ``file``, ``/sys/class/udc/U/device/gadget.0/
+    lun0/file``, and the parameter keeps its old value). ``fsg_lun_open`` opens the file with
+    ``filp_open`` whether or not the gadget is bound to its UDC. A path outside /dev is looked
+    at as a target's is (:func:`_outside_dev`: an image file is none)."""
     out: list[tuple[str, str]] = []
-    legacy = [g for g in _LEGACY_GADGETS if _loaded(fs, g)]
+    legacy = _legacy_gadgets(fs, problems)
     root = fs.sys("kernel", "config", "usb_gadget")
     if _loaded(fs, "usb_f_mass_storage") and not root.is_dir() and not legacy:
         problems.append(f"usb_f_mass_storage is loaded or built in but {root} cannot be read "
@@ -1483,6 +1481,8 @@ def _gadget_luns(fs: Sysfs, problems: list[str], lookups: Lookups) -> list[tuple
              for f in sorted(root.glob("*/functions/mass_storage.*/lun.*/file"))]
     files += [(fs.sys("module", g, "parameters", "file"), f"the USB gadget {g} (its file "
                "parameter)") for g in legacy]
+    files += [(f, f"the USB gadget on {f.parts[-5]} ({f.parts[-3]}, {f.parts[-2]})")
+              for f in sorted(fs.sys("class", "udc").glob("*/device/gadget*/lun*/file"))]
     for f, where in files:
         text = fs.read(f)
         if text is None:
@@ -1493,6 +1493,26 @@ def _gadget_luns(fs: Sysfs, problems: list[str], lookups: Lookups) -> list[tuple
             out += [(n, f"exported as USB mass storage by {where}") for n in
                     ([name] if name else _outside_dev(fs, path, where, lookups, problems))]
     return out
+
+
+def _legacy_gadgets(fs: Sysfs, problems: list[str]) -> list[str]:
+    """The legacy USB gadgets that may serve mass storage, whatever their name (g_mass_storage,
+    g_multi, g_acm_ms, g_nokia, an out-of-tree one): the modules that work through
+    usb_f_mass_storage (its ``holders``), and any module, built in too, with the mass storage
+    parameters ``file`` and ``luns`` (FSG_MODULE_PARAMETERS). A holder without a readable
+    ``file`` parameter is a problem (:func:`_gadget_luns` cannot read it), and so is a
+    ``holders`` folder that cannot be listed."""
+    folder = fs.sys("module", "usb_f_mass_storage", "holders")
+    try:
+        held = {p.name for p in folder.iterdir()}
+    except FileNotFoundError:  # (not loaded, or built in: no module can hold it)
+        held = set()
+    except OSError as e:
+        problems.append(f"usb_f_mass_storage is loaded but {folder} cannot be listed "
+                        f"({e.strerror}): which legacy USB gadgets export disks is unknown")
+        held = set()
+    return sorted(held | {p.parent.parent.name for p in fs.sys("module").glob("*/parameters/luns")
+                          if (p.parent / "file").exists()})
 
 
 def _pktcdvd_mapped(fs: Sysfs, problems: list[str]) -> list[tuple[str, str]]:
