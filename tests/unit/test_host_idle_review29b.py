@@ -27,6 +27,13 @@ and what would be lost), on main at e1a1143:
    run ``give_back``, whose failure turns the exit status to 1 with a red line on the
    terminal alone: the report the CI uploads (and `qualify` merges) says the host was left
    clean.
+5. (a) a network namespace that only the kernel holds is never searched: an NFS mount made
+   through a named namespace (`nsenter --net=/run/netns/storage mount -t nfs4 ...`) keeps it
+   alive after `ip netns del` (the RPC client's ``get_net``), with the storage port in it,
+   up; no process, fd, socket or bind mount names it. For a function with one port that is
+   "no interface in any namespace" (in use), but for a function with two ports (mlx4's
+   ConnectX-3, cxgb4's one function for all ports) the port left in the host's namespace,
+   down, proves the whole function idle (``HostUsage._network``: any netdev seen is enough).
 """
 
 import json
@@ -329,3 +336,59 @@ def test_4_control_a_run_whose_end_gave_everything_back_reports_it_clean(tmp_pat
     summary = json.loads((run_dir / "summary.json").read_text())
     assert session.exitstatus == pytest.ExitCode.OK
     assert summary["exit_status"] == 0 and summary["not_given_back"] == []
+
+
+# -- 5. a port in a namespace only the kernel holds -------------------------------------------------
+
+
+CX3 = "0000:0a:00.0"
+NFS_OVER_THE_STORAGE_PORT = (
+    "filer:/scratch /scratch nfs4 rw,relatime,vers=4.2,rsize=1048576,wsize=1048576,namlen=255,"
+    "hard,proto=tcp,timeo=600,retrans=2,sec=sys,clientaddr=10.9.0.5,local_lock=none,"
+    "addr=10.9.0.1 0 0\n")
+
+
+def connectx3_two_ethernet_ports(host: FakeHost) -> None:
+    """A ConnectX-3 Pro (15b3:1007, mlx4_core): both ports Ethernet on one PCI function; port 1
+    (enp10s0) in the harness's namespace, down; port 2 (enp10s0d1) not in any namespace the
+    harness can read."""
+    host.add_pci("0000:00:1c.7", "8086:a33f", 0x060400, "pcieport", 22)
+    host.add_pci(CX3, "15b3:1007", 0x020000, "mlx4_core", 23, parent="0000:00:1c.7")
+    (host.dev_dir(CX3) / "mlx4_port1").write_text("eth\n")
+    (host.dev_dir(CX3) / "mlx4_port2").write_text("eth\n")
+    host.add_net("enp10s0", CX3)
+
+
+def test_5_a_port_in_a_namespace_only_an_nfs_mount_keeps_is_not_missed(lab):
+    """Host shape: the lab host reaches its scratch filer over a storage network kept apart in
+    a named namespace: `ip netns add storage; ip link set enp10s0d1 netns storage` (port 2 of
+    the ConnectX-3, one PCI function for both ports), then `nsenter --net=/run/netns/storage
+    mount -t nfs4 filer:/scratch /scratch` (nsenter with --net alone: the mount is in the
+    host's mount namespace, its RPC client in `storage`), and a clean-up script's `ip netns
+    del storage`. The NFS client holds the namespace (``get_net`` in nfs_alloc_client): it
+    lives on with enp10s0d1 in it, up, carrying /scratch's traffic; no process lives in it, no
+    fd or bind mount names it, no socket of any process is in it (the RPC transport's socket
+    is the kernel's). Port 1 (enp10s0) is down in the host's namespace: the spare the operator
+    lists.
+
+    Why it is called idle: the holders the rule searches are all user-space handles (a
+    process, thread, fd, socket, io_uring slot, nsfs mount); a namespace the kernel alone holds
+    is never found, and a NIC "shows at least one interface" (enp10s0, down) so the
+    "no interface in any namespace" rule does not fire for a function with two ports. Taking
+    0a:00.0 unbinds mlx4_core: enp10s0d1 goes with it and every process using /scratch hangs
+    in D state (a hard mount) until the host is rebooted. Expected: a port of the function that
+    no namespace read shows (here mlx4's port 2, Ethernet, with no interface seen; or, for any
+    NIC, an NFS mount whose clientaddr 10.9.0.5 is an address of no namespace read: a namespace
+    the harness could not see exists) leaves it unproven."""
+    connectx3_two_ethernet_ports(lab)
+    mounts = (lab.root / "proc/mounts").read_text() + NFS_OVER_THE_STORAGE_PORT
+    lab.proc("mounts", mounts)
+    verdict = HostUsage.read(lab.root).verdict(CX3)
+    assert not verdict.idle, verdict
+
+
+def test_5_control_the_same_card_with_both_ports_seen_and_down_is_idle(lab):
+    """Control: both ports in the host's namespace, down, and no NFS mount: idle."""
+    connectx3_two_ethernet_ports(lab)
+    lab.add_net("enp10s0d1", CX3)
+    assert HostUsage.read(lab.root).verdict(CX3).idle
