@@ -20,7 +20,8 @@ and what would be lost), on main at e1a1143:
    in ``$TMPDIR`` unchecked: a TMPDIR another user can write (the very TMPDIR the harness
    itself refuses: ``checked_tempdir``) lets them rename root's work folder and put theirs in
    its place, so root writes ``$work/search`` through their link and checks the PATH list they
-   wrote, not its own.
+   wrote, not its own (review 14 found the same in the distribution build script; the guard
+   before make was left).
 4. (no silent pass) the run's report is written before the end-of-run give-back: ``finish``
    (plain ``pytest_sessionfinish``) writes summary.json with ``exit_status`` 0 and
    ``not_given_back`` empty, and only then does the ``pytest_sessionfinish_give_back`` wrapper
@@ -89,8 +90,8 @@ def test_1_a_group_bound_by_hand_with_its_own_journal_is_not_taken_by_a_run(lab,
     the verdict is "on vfio-pci and /dev/vfio/12 is open by no process" and the group is
     taken (a HOLD entry in the nightly's journal, nothing moved). The nightly's guest gets
     the ports; the person's QEMU fails (group busy), or, started first, the nightly's does;
-    the person's `release` and the nightly's end then each give the group back by their own
-    journal while the other may still use it. The same holds for SR-IOV: a run that binds a VF
+    and the person's `release` gives the group back to ixgbe by their journal whenever the
+    nightly's QEMU is between two tests, under the nightly's lease. The same holds for SR-IOV: a run that binds a VF
     journals its reliance on the PF's VFs in its journal, and the run that made them (another
     journal) writes 0 to sriov_numvfs under it. Expected: the lease is seen whatever journal
     recorded it (one host-wide place for leases and their lock), or a journal other than the
@@ -138,10 +139,10 @@ NETCONSOLE_SHAPES = {
 @pytest.mark.parametrize("shape", NETCONSOLE_SHAPES)
 def test_2_a_down_port_that_carries_netconsole_is_in_use(lab, shape):
     """Host shape: the lab host sends its kernel log to two log hosts, one over the
-    management port (enp2s0) and one over the 82599's port 1 (enp5s0f1, on the lab's log
-    VLAN-less segment), as netconsole.rst shows (``netconsole=@/,@10.0.0.2/;@/eth1,6892@
+    management port (enp2s0) and one over the 82599's port 1 (enp5s0f1, the lab's logging
+    segment), in the form netconsole.rst gives for several targets (``netconsole=@/,@10.0.0.2/;@/eth1,6892@
     10.0.0.3/``), either on the kernel command line or as the module's parameter in
-    /etc/modprobe.d (`options netconsole netconsole=...`, the way Debian's wiki sets it up).
+    /etc/modprobe.d (`options netconsole netconsole=...`, with netconsole in /etc/modules).
     The operator, following docs/vfio.md ("take it from the network manager ... ip link set
     enp5s0f1 down"), set the port down to offer it; netconsole keeps its target (it drops
     targets on unregister, not on down) and logs again once the port is up.
