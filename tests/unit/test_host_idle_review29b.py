@@ -47,7 +47,7 @@ from types import SimpleNamespace
 import pytest
 
 from harness.core.errors import ConfigError, HostDeviceError
-from harness.host.binding import VfioBinder
+from harness.host.binding import VfioBinder, restore_from_journal
 from harness.host.safety import HostUsage
 
 from . import fakesysfs
@@ -114,7 +114,6 @@ def test_1_control_a_group_the_harness_moved_and_gave_back_is_taken_again(lab, j
     """Control: with no lease anywhere (the person released it), the nightly takes group 12
     and gives it back to ixgbe."""
     VfioBinder(lab.sysfs(), journal=journal, manual=True).bind(PORT0, BOTH)
-    from harness.host.binding import restore_from_journal
     restore_from_journal(lab.sysfs(), journal, only={PORT0})
     assert lab.driver_of(PORT0) == lab.driver_of(PORT1) == "ixgbe"
     with VfioBinder(lab.sysfs(), journal=journal).bind(PORT0, BOTH) as lease:
