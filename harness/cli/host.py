@@ -129,7 +129,10 @@ def bind_main(argv: list[str], fs: Sysfs | None = None) -> int:
                         "(repeat); nothing unnamed is ever taken")
     p.add_argument("--inventory", metavar="TOML",
                    help="take the allow-list (devices and companions) from an inventory")
-    p.add_argument("--journal", default=None, metavar="PATH", help="the vfio journal")
+    p.add_argument("--journal", default=None, metavar="PATH",
+                   help="the vfio journal: only the host's (/var/lib/hotplug-harness/"
+                        "vfio-journal.json) is taken, as a lease in any other is one no run "
+                        "sees")
     args = p.parse_args(argv)
     _require_root(args.root, fs)
     fs = fs or Sysfs(args.root)

@@ -525,15 +525,36 @@ def restore_from_journal(root: "str | Path | Sysfs" = "/", journal: str | Path |
     return results
 
 
-def refuse_outside_host(fs: Sysfs, what: str, acting: bool = True) -> None:
+def refuse_outside_host(fs: Sysfs, what: str, acting: bool = True,
+                        journal: Path | None = None) -> None:
     """Outside the host's namespaces (a container), the processes, interfaces and open files
     seen are not the host's: a live run looks dead, a VF's interface unseen. Nothing is
-    taken, made or given back there (``acting``: there is something to do)."""
+    taken, made or given back there (``acting``: there is something to do); and nothing is
+    taken or made with a ``journal`` other than the host's (:func:`refuse_other_journal`)."""
     outside = namespace_problem(fs) if acting else None
     if outside:
         raise HostDeviceError(f"refusing to {what}: {outside}",
                               hint="run the harness on the host itself (not in a container "
                                    "or another network namespace)")
+    if journal is not None:
+        refuse_other_journal(fs, journal, what)
+
+
+def refuse_other_journal(fs: Sysfs, journal: Path, what: str) -> None:
+    """A lease is a host-wide fact, but a journal is read only by the binders that name it: a
+    group bound by hand with a journal of its own (``HH_VFIO_JOURNAL``, ``bind --journal``),
+    its QEMU not started yet, is on vfio-pci and open by no process to a run on the host's
+    journal, which takes it; a run's end writes 0 to ``sriov_numvfs`` under a VF another
+    journal relies on. So devices are taken and VFs made only under the host's journal
+    (``<root>/var/lib/hotplug-harness/vfio-journal.json``): one place for every lease, and one
+    lock. (release and restore read any journal: they give back.)"""
+    host = fs.path(*DEFAULT_JOURNAL.parts[1:])
+    if os.path.realpath(journal) != os.path.realpath(host):
+        raise HostDeviceError(f"refusing to {what} with the vfio journal {journal}: a run on "
+                              f"the host's journal ({host}) would not see this lease, nor "
+                              "this one the leases there", hint="unset HH_VFIO_JOURNAL (or "
+                              "leave out --journal); give back what an old journal lists "
+                              "with `python -m harness restore --journal PATH`")
 
 
 def _held_elsewhere(fs: Sysfs, entry: dict, take_all: bool, own_pids,
@@ -700,7 +721,7 @@ class VfioBinder:
         if not self.fs.pci_driver_dir(VFIO).is_dir():
             raise HostDeviceError(f"the vfio-pci driver is not loaded (no "
                                   f"{self.fs.pci_driver_dir(VFIO)})", hint="modprobe vfio-pci")
-        refuse_outside_host(self.fs, f"take {bdf}")
+        refuse_outside_host(self.fs, f"take {bdf}", journal=self.journal.path)
         first = self._proven_plan(bdf, allowed, "")
         with self.journal.locked():
             # The host may have changed while this waited for the lock (another run's bind, an
@@ -782,7 +803,7 @@ class VfioBinder:
         SR-IOV, more than ``sriov_totalvfs``, a PF with fewer VFs than asked (changing them
         would remove someone's), and a PF not proven idle."""
         pf = parse_bdf(pf)
-        refuse_outside_host(self.fs, f"change {pf}'s sriov_numvfs")
+        refuse_outside_host(self.fs, f"change {pf}'s sriov_numvfs", journal=self.journal.path)
         if not self.fs.pci_exists(pf):
             raise HostDeviceError(f"PCI device {pf} (an SR-IOV PF in the inventory) does not "
                                   "exist on this host", hint="check `lspci -D`; fix the pf")

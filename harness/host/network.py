@@ -53,8 +53,8 @@ from harness.host.nsholders import (PROC_NET, Identity, MountVisits, fd_namespac
                                     more_open_files, node_holds_namespace, nsfs_mounts,
                                     open_namespace, proc_net_problems, procfs_devices,
                                     ring_problems, socket_namespaces, tap_majors, went_away)
-from harness.host.storage import (FDS_BUDGET, FORK_TABLE_MIN, MAX_FDS_READ, Budget, _copied,
-                                  _has_children, _link, _parent_table, mountinfos,
+from harness.host.storage import (FDS_BUDGET, FORK_TABLE_MIN, MAX_FDS_READ, Budget, _built_in,
+                                  _copied, _has_children, _link, _parent_table, mountinfos,
                                   tables_budget, tables_within, tasks_of, thread_tables)
 from harness.host.sysfs import Sysfs
 
@@ -105,9 +105,10 @@ class NetView:
     def __init__(self, fs: Sysfs, namespaces: list[Namespace], problems: list[str]):
         self.fs = fs
         self.namespaces = {ns.name: ns for ns in namespaces}
-        #: Interfaces the kernel sends its log through (netconsole: no socket, no process).
-        self.netconsoles = _netconsoles(fs)
         problems = problems + [p for ns in namespaces for p in ns.problems]
+        #: Interfaces the kernel sends its log through (netconsole: no socket, no process), by
+        #: name or by MAC address.
+        self.netconsoles = _netconsoles(fs, problems)
         #: (namespace, link) -> the resolved sysfs path of the device ``ip -d`` puts it on.
         self.parents: dict[tuple[str, str], str] = _parents(fs, namespaces, problems)
         #: Why no interface can be proven idle (empty: all was read), as shown to people: a
@@ -167,7 +168,8 @@ class NetView:
             uses.append(f"{dev} is up " + (f"with the address {', '.join(addresses)}"
                                            if addresses else "(with no address)"))
         uses += [f"{dev} has a socket bound to it ({s})" for s in ns.sockets.get(dev.name, [])]
-        if dev.namespace == OWN and dev.name in self.netconsoles:
+        if dev.namespace == OWN and ({dev.name, str(link.get("address", "")).lower()}
+                                     & self.netconsoles):
             uses.append(f"{dev} carries the kernel's netconsole")
         if link.get("xdp"):  # a program handles its packets before any socket sees them
             uses.append(f"{dev} has an XDP program attached")
@@ -195,17 +197,40 @@ def _parents(fs: Sysfs, spaces: list[Namespace], problems: list[str]) -> dict:
     return out
 
 
-def _netconsoles(fs: Sysfs) -> set[str]:
-    """netconsole's interfaces: ``netconsole=[+][src-port]@[src-ip]/[dev],...`` on the kernel
-    command line (no dev: eth0) and its enabled configfs targets."""
-    out = set()
-    for m in re.finditer(r"(?:^|\s)netconsole=\S*?@[^/\s]*/([^,\s]*)",
-                         fs.read(fs.proc("cmdline")) or ""):
-        out.add(m[1] or "eth0")
+#: One netconsole target as the kernel parses it (``netpoll_parse_options``):
+#: ``[+][r][src-port]@[src-ip]/[dev],[tgt-port]@<tgt-ip>/[tgt-mac]``; the device (a name or, in
+#: recent kernels, a MAC address) runs to the first comma.
+_NETCONSOLE_TARGET = re.compile(r"[^@]*@[^/]*/([^,]*),")
+
+
+def _netconsoles(fs: Sysfs, problems: list[str]) -> set[str]:
+    """netconsole's interfaces: every target of ``netconsole=`` (built in) or
+    ``netconsole.netconsole=`` (the module's parameter, which modprobe takes from the kernel
+    command line) there, several separated by ``;`` (no dev: eth0), and its enabled configfs
+    targets. A netconsole loaded as a module got its targets from modprobe (its arguments,
+    ``options netconsole netconsole=...`` in /etc/modprobe.d), which nothing shows afterwards:
+    the parameter has no sysfs file and configfs shows such a target only once someone makes
+    its ``cmdlineN``; so every interface is unproven then (a problem)."""
+    names = []
+    cmdline = fs.read(fs.proc("cmdline"))
+    for m in re.finditer(r'(?:^|\s)(?:netconsole\.)?netconsole=("[^"]*"|\S*)', cmdline or ""):
+        names += [t[1] or "eth0" for target in m[1].strip('"').split(";")
+                  if (t := _NETCONSOLE_TARGET.match(target))]
     for target in fs.sys("kernel", "config", "netconsole").glob("*"):
         if fs.read(target / "enabled") == "1":
-            out.add(fs.read(target / "dev_name") or "eth0")
-    return out
+            names.append(fs.read(target / "dev_name") or "eth0")
+    built_in = _built_in(fs, "netconsole")
+    if cmdline is None and built_in:
+        problems.append("netconsole is built in and /proc/cmdline cannot be read: which "
+                        "interfaces carry the kernel's log is unknown")
+    if fs.sys("module", "netconsole").exists() and not built_in:
+        problems.append("netconsole is loaded as a module, and the targets modprobe gave it "
+                        "(its arguments, `options netconsole` in /etc/modprobe.d) show nowhere "
+                        "(no sysfs parameter; configfs only once a cmdlineN is made for one): "
+                        "any interface may carry the kernel's log; unload it (modprobe -r "
+                        "netconsole) while NICs are taken, or build it in with its targets on "
+                        "the kernel command line")
+    return set(names) | {n.lower() for n in names}  # (a MAC address in either case)
 
 
 def _physical(fs: Sysfs, ns: Namespace, name: str, link: dict) -> bool:

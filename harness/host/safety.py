@@ -221,10 +221,8 @@ class HostUsage:
     def _network(self, dev: PciDevice, role, tree: "_Subtree", uses: list, evidence: list) -> None:
         host_driver = dev.driver not in _NO_HOST_DRIVER | {VFIO}
         netdevs = self.net.netdevs_of(dev.path, tree.netdevs)
-        if role == "nic" and host_driver and not netdevs and not self.net.problems:
-            uses.append(f"{dev.bdf} is on {dev.driver}, which shows no network interface in "
-                        "any namespace the harness can read (a container's namespace, or a "
-                        "user-space driver, may use it)")
+        if role == "nic" and host_driver and not self.net.problems:
+            uses += _ports_unseen(self.fs, dev, netdevs)
         self._interfaces(dev.bdf, netdevs, role == "nic" and host_driver, uses, evidence)
 
     def _interfaces(self, label: str, netdevs: list, may_have: bool, uses: list,
@@ -881,6 +879,38 @@ def _midi_held_by_the_kernel(fs: Sysfs, label: str, tree: "_Subtree") -> list[st
                 uses.append(f"cannot tell whether the kernel holds the MIDI port {card}/"
                             f"{port.name} (below {label}) open: {port} cannot be read")
     return uses
+
+
+def _ports_unseen(fs: Sysfs, dev: PciDevice, netdevs: list) -> list[str]:
+    """A NIC's ports that show no interface in any namespace read: a function with none, or
+    an mlx4 function (ConnectX-3: one function for both ports) with fewer interfaces than
+    Ethernet ports (``mlx4_portN``: ``eth``, ``auto (eth)``; one that cannot be read counts
+    too). A port may sit in a namespace no process, fd or mount names, which the harness never
+    finds: an NFS mount made through a named namespace holds it after ``ip netns del`` (its
+    RPC client's reference), the port up in it carrying the mount; the other port, down in
+    the host's namespace, is no evidence for it. An interface in the host's namespace is told
+    by its ``dev_port`` (mlx4_en: the port less one); one elsewhere may be any port."""
+    if not netdevs:
+        return [f"{dev.bdf} is on {dev.driver}, which shows no network interface in any "
+                "namespace the harness can read (a container's namespace, or a user-space "
+                "driver, may use it)"]
+    wanted = {int(p.name[len("mlx4_port"):]) for p in Path(dev.path).glob("mlx4_port*")
+              if p.name[len("mlx4_port"):].isdigit() and
+              "ib" not in re.findall(r"\w+", fs.read(p) or "eth")}
+    seen, elsewhere = set(), 0
+    for nd in netdevs:
+        port = fs.read(fs.sys("class", "net", nd.name, "dev_port")) if not nd.namespace else None
+        if port is not None and port.strip().isdigit():
+            seen.add(int(port) + 1)
+        else:
+            elsewhere += 1
+    if len(wanted - seen) <= elsewhere:
+        return []
+    ports = ", ".join(str(n) for n in sorted(wanted - seen))
+    return [f"{dev.bdf} is on {dev.driver} with {len(wanted)} Ethernet ports, and port(s) "
+            f"{ports} show no network interface in any namespace the harness can read (a "
+            "namespace only the kernel holds, such as one an NFS mount keeps after `ip netns "
+            "del`, may carry its traffic)"]
 
 
 def _rdma_ports_up(fs: Sysfs, label: str, tree: "_Subtree") -> list[str]:

@@ -86,7 +86,7 @@ def handed(binder: VfioBinder, entry, form: str) -> Iterator[UsbDevice]:
     ``device_add usb-host`` opens it."""
     if form not in FORMS:
         raise ValueError(f"form {form!r} is not one of {FORMS}")
-    refuse_outside_host(binder.fs, f"hand {entry.name} to usb-host")
+    refuse_outside_host(binder.fs, f"hand {entry.name} to usb-host", journal=binder.journal.path)
     proven_idle(binder.fs, entry, form, binder.timeout)  # (the settle, outside the lock)
     with binder.journal.locked():
         usb, _ = proven_idle(binder.fs, entry, form, 0.0)

@@ -24,6 +24,8 @@ from harness.core.errors import HarnessError
 
 STASH_REPORTS = pytest.StashKey[dict]()
 STASH_RECORD = pytest.StashKey[dict]()
+#: What :func:`finish` wrote the run's summary from, for :func:`give_back` to write it again.
+STASH_SUMMARY = pytest.StashKey[dict]()
 
 
 def plain_nodeid(nodeid: str) -> str:
@@ -132,15 +134,22 @@ def write_record(item: pytest.Item, hs) -> None:
 
 def give_back(session: pytest.Session, hs) -> None:
     """At the very end (xdist's workers are gone): the backend gives back every host device of
-    this run. A device that cannot be given back fails the run, naming it."""
+    this run. A device that cannot be given back fails the run, naming it, in the run's report
+    too: that was written before (the give-back waits for xdist's workers to be gone, after
+    every other end-of-run hook), and CI uploads it, `qualify` merges it, reports/latest shows
+    it, so it is written again with the exit status and the device not given back."""
     tr = session.config.pluginmanager.get_plugin("terminalreporter")
     try:
         restored = hs.backend.give_back()
     except HarnessError as e:
         restored = []
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        problem = f"[{e.kind}] {e}"
         if tr is not None:
-            tr.write_line(f"HOST NOT RESTORED: [{e.kind}] {e}", red=True)
+            tr.write_line(f"HOST NOT RESTORED: {problem}", red=True)
+        if problem not in hs.give_back_problems:
+            hs.give_back_problems.append(problem)
+        _report_again(session, hs, tr)
     for r in restored:
         if tr is not None and r.status != "in-use":
             tr.write_line(f"hotplug-harness: end of run: {r}")
@@ -157,6 +166,21 @@ def not_given_back(session: pytest.Session, hs) -> None:
             tr.write_line(f"HOST NOT RESTORED: {problem}", red=True)
 
 
+def _report_again(session: pytest.Session, hs, tr) -> None:
+    """The run's summary and report written again (if :func:`finish` wrote them) with the
+    session's exit status and every device not given back."""
+    meta = session.config.stash.get(STASH_SUMMARY, None)
+    if meta is None:
+        return
+    meta.update(exit_status=int(session.exitstatus), not_given_back=list(hs.give_back_problems))
+    try:
+        report.finish_run(hs.run_dir, Path(session.config.option.report_dir).resolve(), meta)
+    except (OSError, ValueError) as e:  # (in the give-back's finally: never raised)
+        if tr is not None:
+            tr.write_line(f"HOST NOT RESTORED, and {hs.run_dir / 'summary.json'} still says it "
+                          f"was: it could not be written again: {e}", red=True)
+
+
 def finish(session: pytest.Session, hs) -> None:
     """The controller's end of the run: hygiene, "nothing tested", summary, report."""
     option = session.config.option
@@ -168,7 +192,7 @@ def finish(session: pytest.Session, hs) -> None:
     nothing_tested = _nothing_tested(hs)
     if (hs.hygiene_problems or nothing_tested) and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    summary = report.finish_run(hs.run_dir, Path(option.report_dir).resolve(), {
+    meta = session.config.stash[STASH_SUMMARY] = {
         "backend": hs.backend.name, "driver": hs.driver, "accel": hs.accel, "accel_reason": hs.accel_reason,
         "pace": dataclasses.asdict(hs.pace),
         "deadlines": {k: v for k, v in dataclasses.asdict(hs.deadlines).items()
@@ -188,7 +212,8 @@ def finish(session: pytest.Session, hs) -> None:
             qemu_binary=hs.qemu_binary, qemu_version=hs.qemu_version,
             inventory=hs.inventory.path if hs.inventory is not None else None,
             args=[str(a) for a in session.config.invocation_params.args]),
-    })
+    }
+    summary = report.finish_run(hs.run_dir, Path(option.report_dir).resolve(), meta)
     pruned = retention.prune(Path(option.report_dir), option.keep_runs, current=hs.run_dir)
     tr = session.config.pluginmanager.get_plugin("terminalreporter")
     if tr is not None:

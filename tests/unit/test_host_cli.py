@@ -91,7 +91,7 @@ def test_bind_and_release_by_hand_like_the_guides_vfio_pci_sh(lab, fake_root, ca
 
     from harness.cli.host import bind_main, release_main
 
-    journal = fake_root / "journal.json"
+    journal = fake_root / "var/lib/hotplug-harness/vfio-journal.json"
     with pytest.raises(HostDeviceError, match="0000:05:00.1 .* is not in the inventory"):
         bind_main(["05:00.0", "--journal", str(journal)], fs=lab.sysfs())
     with pytest.raises(HostDeviceError, match="enp2s0 carries the route default"):
@@ -123,7 +123,7 @@ def test_plan_refuses_a_group_another_lease_holds(lab, fake_root, capsys):
     before its QEMU opens it) was "would be taken" where the run's bind refuses it."""
     from harness.host.binding import VfioBinder
 
-    journal = fake_root / "journal.json"
+    journal = fake_root / "var/lib/hotplug-harness/vfio-journal.json"
     VfioBinder(lab.sysfs(), journal=journal, manual=True).bind("05:00.0", {"05:00.0", "05:00.1"})
     inv = fake_root / "inv.toml"
     inv.write_text('[[device]]\nrole = "nic"\nbdf = "05:00.0"\ngateway = "10.0.5.1"\n'
@@ -184,7 +184,7 @@ def test_release_refuses_a_live_runs_lease_without_force(lab, fake_root, capsys)
 
     from harness.cli.host import release_main
 
-    journal = fake_root / "journal.json"
+    journal = fake_root / "var/lib/hotplug-harness/vfio-journal.json"
     VfioBinder(lab.sysfs(), journal=journal).bind("06:00.0", {"06:00.0"})
     lab.proc("4321/stat", "4321 (pytest) S 1 " + "0 " * 40 + "\n")
     with Journal(journal).locked():

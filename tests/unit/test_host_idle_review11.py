@@ -113,7 +113,8 @@ def test_an_nvme_controller_nvmet_passes_through_is_in_use(lab, namespace):
     assert not v.idle
     assert "/dev/nvme1 (below 0000:09:00.0) is exported by nvmet (nqn.lab:pt)" in v.uses
     with pytest.raises(HostDeviceError, match="exported by nvmet"):
-        VfioBinder(lab.sysfs(), journal=lab.root / "var/lib/hh/j.json").bind(NVME, {NVME})
+        VfioBinder(lab.sysfs(), journal=lab.root / "var/lib/hotplug-harness/vfio-journal.json"
+                   ).bind(NVME, {NVME})
     assert lab.driver_of(NVME) == "nvme"
 
 

@@ -119,7 +119,8 @@ def test_1_a_disk_a_usb_gadget_exports_as_mass_storage_is_in_use(lab):
     assert not v.idle, f"sdb, which a USB gadget exports, was judged idle: {v.evidence}"
     assert any("mass_storage" in u or "gadget" in u for u in v.uses), v.uses
     with pytest.raises(HostDeviceError):  # (and `harness bind` refuses it, touching nothing)
-        VfioBinder(lab.sysfs(), journal=lab.root / "var/lib/hh/j.json").bind(SATA, {SATA})
+        VfioBinder(lab.sysfs(),
+                   journal=lab.root / "var/lib/hotplug-harness/vfio-journal.json").bind(SATA, {SATA})
     assert lab.driver_of(SATA) == "ahci"
 
 
@@ -325,7 +326,8 @@ def test_7_a_disk_ocfs2s_global_heartbeat_writes_is_in_use(lab):
     assert not v.idle, f"sdb, which o2hb writes, was judged idle: {v.evidence}"
     assert any("heartbeat" in u or "o2hb" in u or "ocfs2" in u for u in v.uses), v.uses
     with pytest.raises(HostDeviceError):  # (and `harness bind` refuses it, touching nothing)
-        VfioBinder(lab.sysfs(), journal=lab.root / "var/lib/hh/j.json").bind(SATA, {SATA})
+        VfioBinder(lab.sysfs(),
+                   journal=lab.root / "var/lib/hotplug-harness/vfio-journal.json").bind(SATA, {SATA})
     assert lab.driver_of(SATA) == "ahci"
 
 

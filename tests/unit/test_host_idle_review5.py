@@ -116,7 +116,7 @@ def bound_then_unreadable(host: FakeHost, journal) -> None:
 def test_7_a_vfio_device_with_unreadable_fds_is_not_idle(lab, fake_root):
     """It read "on vfio-pci and /dev/vfio/N is open by no process" while pid 77's fds could
     not be read at all."""
-    bound_then_unreadable(lab, fake_root / "var/lib/hh/journal.json")
+    bound_then_unreadable(lab, fake_root / "var/lib/hotplug-harness/vfio-journal.json")
     usage = HostUsage.read(lab.sysfs())
     assert any("pid 77" in p for p in usage.storage.problems)
     verdict = usage.verdict(PORT0)
@@ -128,7 +128,7 @@ def test_7_a_vfio_device_with_unreadable_fds_is_not_idle(lab, fake_root):
 def test_7_restore_does_not_unbind_while_fds_cannot_be_read(lab, fake_root):
     """restore unbound the group from vfio-pci (blocking in the kernel, or handing a QEMU's
     device to a host driver) because unreadable fds counted as "no holder"."""
-    journal = fake_root / "var/lib/hh/journal.json"
+    journal = fake_root / "var/lib/hotplug-harness/vfio-journal.json"
     bound_then_unreadable(lab, journal)
     with pytest.raises(HostDeviceError, match="could not be given back") as e:
         restore_from_journal(lab.sysfs(), journal, include_live=True)

@@ -542,7 +542,8 @@ def test_9_a_root_tree_whose_sysfs_leads_elsewhere_is_never_written_through(lab,
     link.unlink()
     link.symlink_to(elsewhere / "driver_override")
     with pytest.raises(HostDeviceError, match="leads out of"):
-        VfioBinder(lab.sysfs(), journal=lab.root / "journal.json").bind(PORT0, {PORT0, PORT1})
+        VfioBinder(lab.sysfs(), journal=lab.root / "var/lib/hotplug-harness/vfio-journal.json"
+                   ).bind(PORT0, {PORT0, PORT1})
     assert (elsewhere / "driver_override").read_text() == "(null)\n"
     assert lab.driver_of(PORT0) == "ixgbe" and (real_dev / "driver").exists()
 
@@ -554,7 +555,7 @@ def test_10_restore_leaves_the_whole_group_while_a_qemu_holds_one_member_on_iomm
     """A QEMU on iommufd holds PORT0 through /dev/vfio/devices/vfio0 (not /dev/vfio/12): restore
     left PORT0 alone, but gave PORT1, of the same group, back to ixgbe: a host driver on a
     member of a group a guest uses (its DMA not isolated from the guest's)."""
-    journal = lab.root / "var/lib/hh/journal.json"
+    journal = lab.root / "var/lib/hotplug-harness/vfio-journal.json"
     VfioBinder(lab.sysfs(), journal=journal).bind(PORT0, {PORT0, PORT1})  # the run dies
     qemu_on_iommufd(lab, PORT0)
     lab.writes.clear()

@@ -33,7 +33,8 @@ def stick(lab):
 
 
 def binder(host, **kw):
-    return VfioBinder(host.sysfs(), journal=host.root / "var/lib/hotplug-harness/j.json", **kw)
+    return VfioBinder(host.sysfs(),
+                      journal=host.root / "var/lib/hotplug-harness/vfio-journal.json", **kw)
 
 
 @pytest.mark.parametrize("form", usbhost.FORMS)

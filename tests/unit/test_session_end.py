@@ -21,7 +21,8 @@ fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
 
 def a_session_whose_device_a_qemu_still_holds(lab) -> HarnessSession:
     backend = Vfio(worker="", qemu_binary="qemu-system-x86_64", pace=None)
-    backend.binder = VfioBinder(lab.sysfs(), journal=lab.root / "journal.json")
+    backend.binder = VfioBinder(lab.sysfs(),
+                                journal=lab.root / "var/lib/hotplug-harness/vfio-journal.json")
     backend.binder.bind("06:00.0", {"06:00.0"})
     (lab.root / "proc/4242/fd").mkdir(parents=True)  # a QEMU that outlived its test
     lab.proc("4242/comm", "qemu-system-x86\n")
