@@ -107,6 +107,7 @@ from harness.host.storage import StorageView
 from harness.host.sysfs import Sysfs
 
 from . import fusestub
+from .hostload import scale_budgets
 from .test_host_idle_review16 import URING, loop_disk as _loop_disk
 from .test_host_idle_review17 import NOBODY_RUN
 from .test_host_idle_review19 import fuse_in_a_folder
@@ -264,8 +265,9 @@ time.sleep(600)
 
 @as_root
 @pytest.mark.parametrize("count", [800, 5], ids=["namespaces-800", "control-namespaces-5"])
-def test_3_network_namespaces_a_user_makes_do_not_stall_the_read(count):
-    bound = network.NAMESPACES_BUDGET + 15
+def test_3_network_namespaces_a_user_makes_do_not_stall_the_read(count, monkeypatch):
+    f = scale_budgets(monkeypatch)
+    bound = network.NAMESPACES_BUDGET + 15 * f
     view = read_beside(["unshare", "-Ur", PYTHON, "-c", NETNS_MAKER, str(count)],
                        lambda: NetView.read(Sysfs("/")), bound)
     assert view is not None, (
@@ -305,7 +307,8 @@ time.sleep(600)
 
 @as_root
 @pytest.mark.parametrize("count", [30000, 100], ids=["mapped-30000", "control-mapped-100"])
-def test_4_mapped_files_a_user_lists_do_not_stall_the_read(count):
+def test_4_mapped_files_a_user_lists_do_not_stall_the_read(count, monkeypatch):
+    scale_budgets(monkeypatch)
     top = Path(tempfile.mkdtemp(prefix="hh-test-r24-"))
     top.chmod(0o755)
     os.chown(top, 65534, 65534)

@@ -86,6 +86,7 @@ from harness.host.sysfs import Sysfs
 from . import fakesysfs
 from . import test_paths
 from .test_host_idle_review16 import SOCKET_NS, TUN_NS, _left_namespace
+from .hostload import factor
 from .test_host_idle_review23 import read_beside
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures (a fake sysfs lab host)
@@ -274,9 +275,12 @@ def test_3_a_users_namespace_slow_to_list_does_not_stretch_the_network_read_past
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.setenv("HH_TEST_OWN_NETNS", os.readlink("/proc/self/ns/net"))
-    monkeypatch.setenv("HH_TEST_ROUTES_SECONDS", str(seconds))
-    monkeypatch.setattr(network, "NAMESPACES_BUDGET", 0.5)
-    slack = 3.5  # (the harness's own namespace, the search of holders: 0.2 to 1.2 s here)
+    # (a loaded machine's room: the budget, the slack and the user's slow listings all times
+    # the time factor, so an unbounded read, 2 x 3 s x f, still ends past 4 s x f)
+    f = factor()
+    monkeypatch.setenv("HH_TEST_ROUTES_SECONDS", str(seconds * f))
+    monkeypatch.setattr(network, "NAMESPACES_BUDGET", 0.5 * f)
+    slack = 3.5 * f  # (the harness's own namespace, the search of holders: 0.2 to 1.2 s here)
     bound = network.NAMESPACES_BUDGET + slack
 
     def timed():
