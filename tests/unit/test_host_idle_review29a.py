@@ -57,17 +57,11 @@ from harness.host.safety import HostUsage
 from . import fakesysfs
 from .fakesysfs import FakeHost
 from .test_host_bound_below import _root_hub
+from .test_host_idle_review28a import _holds
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
 SATA = "0000:06:00.0"   # sdb, not mounted: idle on the lab host
 XHCI = "0000:07:00.0"   # USB bus 4, nothing on it: idle on the lab host
-
-
-def _holds(host: FakeHost, pid: int, comm: str, path: str, fd: int = 5) -> None:
-    """Process ``pid`` (``comm``) holds ``path`` open as its fd ``fd``."""
-    host.proc(f"{pid}/comm", f"{comm}\n")
-    (host.root / f"proc/{pid}/fd").mkdir(parents=True, exist_ok=True)
-    os.symlink(path, host.root / f"proc/{pid}/fd/{fd}")
 
 
 def _verdict(host: FakeHost, bdf: str):
