@@ -490,14 +490,15 @@ def restore_from_journal(root: "str | Path | Sysfs" = "/", journal: str | Path |
     back although they live (a session's end). ``only``: just the groups (leases) of these
     BDFs (``python -m harness release``): bound by hand, or of a dead run; a live run's only
     with ``include_live``. A PF's ``sriov_numvfs`` stays while a live run holds one of its VFs
-    (``in-use``, the entry kept). Idempotent. Raises
+    (``in-use``, the entry kept). With a journal other than the host's, the host's is read and
+    locked too, and a group or PF a lease there holds is left (``in-use``). Idempotent. Raises
     HostDeviceError after trying them all if any could not be given back (their entries stay)."""
     fs = Sysfs.of(root)
     jr = Journal(journal or default_journal_path())
     if not jr.path.exists():
         return []
     results: list[Restored] = []
-    with jr.locked():
+    with _host_leases(fs, jr) as host_leases, jr.locked():
         # VFs before the PFs whose sriov_numvfs made them (a VF on vfio-pci blocks the PF).
         entries = sorted(jr.read(), key=lambda e: e.get("kind") == SRIOV)
         refuse_outside_host(fs, "give devices back", bool(entries))
@@ -505,12 +506,14 @@ def restore_from_journal(root: "str | Path | Sysfs" = "/", journal: str | Path |
             leases = {e.get("lease") for e in entries if e["bdf"] in {parse_bdf(b) for b in only}}
             entries = [e for e in entries if e.get("lease") in leases]
         for entry in entries:
-            held = _held_elsewhere(fs, entry, include_live, own_pids, only is not None)
+            held = _held_elsewhere(fs, entry, include_live, own_pids, only is not None) or \
+                _leased_on_host(fs, entry, host_leases)
             if held:
                 results.append(Restored(entry["bdf"], "in-use", fs.link_name(
                     fs.pci_dir(entry["bdf"]) / "driver"), held))
                 continue
-            result = _restore_entry(fs, entry, timeout, [] if include_live else jr.read())
+            result = _restore_entry(fs, entry, timeout,
+                                    ([] if include_live else jr.read()) + host_leases)
             log.info("restore: %s", result)
             results.append(result)
             if result.status in ("restored", "gone"):
@@ -523,6 +526,45 @@ def restore_from_journal(root: "str | Path | Sysfs" = "/", journal: str | Path |
             hint="fix the cause below, then run `python -m harness restore` again",
             details="\n".join(f"  {r}" for r in results))
     return results
+
+
+def _host_journal(fs: Sysfs) -> Path:
+    return fs.path(*DEFAULT_JOURNAL.parts[1:])
+
+
+@contextlib.contextmanager
+def _host_leases(fs: Sysfs, jr: Journal):
+    """The entries of the host's journal, locked until the give-back ends, when ``jr`` is
+    another one (empty: it is that one). Every lease is taken there (:func:`refuse_other_
+    journal`), so `restore --journal OLD` (an old ``HH_VFIO_JOURNAL`` a run that died left)
+    may list a group a live run holds now: it stayed on vfio-pci, open by no process between
+    two of that run's tests, and the run took it as a HOLD lease in the host's journal; or a
+    PF whose VF a run there relies on. (The host's lock first, as every binder takes it.)"""
+    host = Journal(_host_journal(fs))
+    if os.path.realpath(jr.path) == os.path.realpath(host.path):
+        yield []
+        return
+    with host.locked():
+        yield host.read()
+
+
+def _leased_on_host(fs: Sysfs, entry: dict, leases: list[dict]) -> str | None:
+    """Why an entry of another journal is not this give-back's (None: it is): the host's
+    journal (``leases``) has a lease on its group or on the device itself (a PF's count
+    included), live or left by a run that died: the host's own `restore` or `release`
+    gives that back (:func:`_host_leases`)."""
+    bdf = entry["bdf"]
+    groups = {entry.get("group")} | ({fs.pci_device(bdf).iommu_group} if fs.pci_exists(bdf)
+                                     else set())
+    for e in leases:
+        if e["bdf"] == bdf or (SRIOV not in (e.get("kind"), entry.get("kind"))
+                               and e.get("group") in groups - {None}):
+            return (f"the host's journal ({_host_journal(fs)}) has a lease on "
+                    f"{e['bdf']}" + (f" (group {e['group']})" if e.get("group") is not None
+                                     else "") + f" by pid {e.get('pid')} since "
+                    f"{e.get('time')}; `python -m harness restore` (or `release`, without "
+                    "--journal) gives it back once that lease ends")
+    return None
 
 
 def refuse_outside_host(fs: Sysfs, what: str, acting: bool = True,
@@ -547,8 +589,9 @@ def refuse_other_journal(fs: Sysfs, journal: Path, what: str) -> None:
     journal, which takes it; a run's end writes 0 to ``sriov_numvfs`` under a VF another
     journal relies on. So devices are taken and VFs made only under the host's journal
     (``<root>/var/lib/hotplug-harness/vfio-journal.json``): one place for every lease, and one
-    lock. (release and restore read any journal: they give back.)"""
-    host = fs.path(*DEFAULT_JOURNAL.parts[1:])
+    lock. (release and restore read any journal: they give back, leaving what a lease in the
+    host's journal holds: :func:`_host_leases`.)"""
+    host = _host_journal(fs)
     if os.path.realpath(journal) != os.path.realpath(host):
         raise HostDeviceError(f"refusing to {what} with the vfio journal {journal}: a run on "
                               f"the host's journal ({host}) would not see this lease, nor "

@@ -54,8 +54,9 @@ from harness.host.nsholders import (PROC_NET, Identity, MountVisits, fd_namespac
                                     open_namespace, proc_net_problems, procfs_devices,
                                     ring_problems, socket_namespaces, tap_majors, went_away)
 from harness.host.storage import (FDS_BUDGET, FORK_TABLE_MIN, MAX_FDS_READ, Budget, _built_in,
-                                  _copied, _has_children, _link, _parent_table, mountinfos,
-                                  tables_budget, tables_within, tasks_of, thread_tables)
+                                  _copied, _has_children, _link, _parent_table, kernel_lines,
+                                  mountinfos, tables_budget, tables_within, tasks_of,
+                                  thread_tables, unescape_mountinfo)
 from harness.host.sysfs import Sysfs
 
 #: The harness's own network namespace, as :class:`NetView` names it.
@@ -216,10 +217,8 @@ def _netconsoles(fs: Sysfs, problems: list[str]) -> set[str]:
     for m in re.finditer(r'(?:^|\s)(?:netconsole\.)?netconsole=("[^"]*"|\S*)', cmdline or ""):
         names += [t[1] or "eth0" for target in m[1].strip('"').split(";")
                   if (t := _NETCONSOLE_TARGET.match(target))]
-    for target in fs.sys("kernel", "config", "netconsole").glob("*"):
-        if fs.read(target / "enabled") == "1":
-            names.append(fs.read(target / "dev_name") or "eth0")
     built_in = _built_in(fs, "netconsole")
+    names += _configfs_netconsoles(fs, built_in, problems)
     if cmdline is None and built_in:
         problems.append("netconsole is built in and /proc/cmdline cannot be read: which "
                         "interfaces carry the kernel's log is unknown")
@@ -231,6 +230,38 @@ def _netconsoles(fs: Sysfs, problems: list[str]) -> set[str]:
                         "netconsole) while NICs are taken, or build it in with its targets on "
                         "the kernel command line")
     return set(names) | {n.lower() for n in names}  # (a MAC address in either case)
+
+
+def _configfs_netconsoles(fs: Sysfs, built_in: bool, problems: list[str]) -> list[str]:
+    """The interfaces of netconsole's enabled dynamic targets, in every configfs mount of the
+    harness's namespace (/proc/mounts), not only /sys/kernel/config: netconsole.rst's `mount
+    -t configfs none /config` on a host with no systemd mount unit for it is as good. A
+    built-in netconsole with no configfs mounted here leaves its targets unknown (a problem):
+    ones made through a mount since gone, or one in another mount namespace, live on. (With
+    configfs mounted and no netconsole folder in it, the kernel has no dynamic targets: a
+    built-in netconsole registers its folder at boot.)"""
+    mounts = fs.read(fs.proc("mounts"))
+    mounted = {fs.path(*unescape_mountinfo(f[1]).strip("/").split("/"))
+               for f in (line.split() for line in kernel_lines(mounts or ""))
+               if f[2:3] == ["configfs"]}
+    names, readable = [], bool(mounted)
+    for folder in sorted(mounted | {fs.sys("kernel", "config")}):
+        try:
+            targets = sorted((folder / "netconsole").iterdir())
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            problems.append(f"netconsole's targets in {folder}/netconsole cannot be read "
+                            f"({e.strerror}): which interfaces carry the kernel's log is unknown")
+            continue
+        readable = True
+        names += [fs.read(t / "dev_name") or "eth0" for t in targets
+                  if fs.read(t / "enabled") == "1"]
+    if built_in and not readable:
+        problems.append("netconsole is built in and no configfs is mounted here (/proc/mounts"
+                        + ("" if mounts is not None else " cannot be read") + "): its dynamic "
+                        "targets are unknown (`mount -t configfs none /sys/kernel/config`)")
+    return names
 
 
 def _physical(fs: Sysfs, ns: Namespace, name: str, link: dict) -> bool:

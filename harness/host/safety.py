@@ -882,35 +882,40 @@ def _midi_held_by_the_kernel(fs: Sysfs, label: str, tree: "_Subtree") -> list[st
 
 
 def _ports_unseen(fs: Sysfs, dev: PciDevice, netdevs: list) -> list[str]:
-    """A NIC's ports that show no interface in any namespace read: a function with none, or
-    an mlx4 function (ConnectX-3: one function for both ports) with fewer interfaces than
+    """A NIC's ports that show no interface in any namespace read: a function with none, an
+    mlx4 function (ConnectX-3: one function for both ports) with fewer interfaces than
     Ethernet ports (``mlx4_portN``: ``eth``, ``auto (eth)``; one that cannot be read counts
-    too). A port may sit in a namespace no process, fd or mount names, which the harness never
-    finds: an NFS mount made through a named namespace holds it after ``ip netns del`` (its
-    RPC client's reference), the port up in it carrying the mount; the other port, down in
-    the host's namespace, is no evidence for it. An interface in the host's namespace is told
-    by its ``dev_port`` (mlx4_en: the port less one); one elsewhere may be any port."""
+    too), or, whatever the driver, a port numbered below the highest ``dev_port`` seen (cxgb4,
+    nfp, mlxsw: several ports on one function, numbered from 0 by the sysfs-class-net ABI)
+    with no interface of its own. A port may sit in a namespace no process, fd or mount names,
+    which the harness never finds: an NFS mount made through a named namespace holds it after
+    ``ip netns del`` (its RPC client's reference), the port up in it carrying the mount; the
+    other port, down in the host's namespace, is no evidence for it. An interface in the
+    host's namespace is told by its ``dev_port`` (mlx4_en: the port less one); one elsewhere
+    may be any port."""
     if not netdevs:
         return [f"{dev.bdf} is on {dev.driver}, which shows no network interface in any "
                 "namespace the harness can read (a container's namespace, or a user-space "
                 "driver, may use it)"]
-    wanted = {int(p.name[len("mlx4_port"):]) for p in Path(dev.path).glob("mlx4_port*")
-              if p.name[len("mlx4_port"):].isdigit() and
-              "ib" not in re.findall(r"\w+", fs.read(p) or "eth")}
+    kinds = {int(p.name[len("mlx4_port"):]) - 1: re.findall(r"\w+", fs.read(p) or "eth")
+             for p in Path(dev.path).glob("mlx4_port*") if p.name[len("mlx4_port"):].isdigit()}
     seen, elsewhere = set(), 0
     for nd in netdevs:
         port = fs.read(fs.sys("class", "net", nd.name, "dev_port")) if not nd.namespace else None
         if port is not None and port.strip().isdigit():
-            seen.add(int(port) + 1)
+            seen.add(int(port))
         else:
             elsewhere += 1
+    # mlx4's InfiniBand ports show no Ethernet interface (mlx4_ib's; rule 'no RDMA port up').
+    wanted = (set(kinds) | set(range(max(seen, default=0)))) \
+        - {n for n, kind in kinds.items() if "ib" in kind}
     if len(wanted - seen) <= elsewhere:
         return []
     ports = ", ".join(str(n) for n in sorted(wanted - seen))
-    return [f"{dev.bdf} is on {dev.driver} with {len(wanted)} Ethernet ports, and port(s) "
-            f"{ports} show no network interface in any namespace the harness can read (a "
-            "namespace only the kernel holds, such as one an NFS mount keeps after `ip netns "
-            "del`, may carry its traffic)"]
+    return [f"{dev.bdf} is on {dev.driver} with {len(wanted | seen)} Ethernet ports, and the "
+            f"port(s) of dev_port {ports} show no network interface in any namespace the "
+            "harness can read (a namespace only the kernel holds, such as one an NFS mount "
+            "keeps after `ip netns del`, may carry its traffic)"]
 
 
 def _rdma_ports_up(fs: Sysfs, label: str, tree: "_Subtree") -> list[str]:

@@ -1345,10 +1345,10 @@ def _exported(fs: Sysfs, problems: list[str], lookups: "Lookups | None" = None
         for f in sorted(f for pattern in globs for f in root.glob(pattern)):
             where = f"{module} ({f.relative_to(root).parts[0]})"
             for path in _target_devices(fs, f, where, problems):
-                names = _exported_blocks(fs, path) + _exported_controller(fs, path)
-                if not path.startswith("/dev/") and fs.read(f.parent / "enable") != "0":
+                names = _named_here(fs, path)
+                if names is None and fs.read(f.parent / "enable") != "0":
                     names = _outside_dev(fs, path, where, lookups, problems)
-                for name in names:
+                for name in names or []:
                     out.setdefault(name, []).append(where)
     _unread_servers(fs, problems)
     return out
@@ -1593,6 +1593,18 @@ def _p2pmem_lent(fs: Sysfs) -> dict[str, list[str]]:
         where = f"nvmet ({f.relative_to(root).parts[0]}, namespace {f.parent.name})"
         out.setdefault(value if _PCI_NAME.fullmatch(value) else "auto", []).append(where)
     return out
+
+
+def _named_here(fs: Sysfs, path: str) -> list[str] | None:
+    """The disks, or the NVMe controller, a target's path names in this host's /dev, or None
+    when it names none: a path outside /dev, or one under /dev that is no disk or controller
+    here (a container given the disk as `--device /dev/sdb:/dev/lun0` writes /dev/lun0 to
+    configfs, and the kernel opens it in the writer's mount namespace: the host has no lun0).
+    Such a path is looked up by its node (:func:`_outside_dev`), never dropped."""
+    if not path.startswith("/dev/"):
+        return None
+    blocks, controller = _exported_blocks(fs, path), _exported_controller(fs, path)
+    return blocks + controller if blocks or len(controller) == 2 else None  # (name, MAJ:MIN)
 
 
 def _exported_controller(fs: Sysfs, path: str) -> list[str]:

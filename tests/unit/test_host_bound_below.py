@@ -100,6 +100,10 @@ def test_a_gpio_line_request_whose_chip_a_kernel_does_not_name_keeps_every_chip(
 
 
 def _nvmet_p2pmem(host, value: str) -> None:
+    # (the namespace's disk is another controller's, 0a:00.0's: a path that names no disk of
+    # the host is one nvmet opened in another mount namespace, which is a problem of its own)
+    host.add_pci("0000:0a:00.0", "144d:a808", 0x010802, "nvme", 22)
+    host.add_disk("nvme7n1", host.dev_dir("0000:0a:00.0") / "nvme/nvme7")
     host.file("sys/module/nvmet/refcnt", "1\n")
     ns = "sys/kernel/config/nvmet/subsystems/nqn.lab:data/namespaces/1"
     host.file(f"{ns}/device_path", "/dev/nvme7n1\n")

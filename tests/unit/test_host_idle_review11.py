@@ -120,6 +120,11 @@ def test_an_nvme_controller_nvmet_passes_through_is_in_use(lab, namespace):
 
 def test_another_controllers_passthru_leaves_this_one_idle(lab):
     _nvme_controller(lab, True)
+    lab.add_pci("0000:0a:00.0", "144d:a808", 0x010802, "nvme", 22)  # (nvme7: another one)
+    ctrl = lab.dev_dir("0000:0a:00.0") / "nvme/nvme7"
+    ctrl.mkdir(parents=True)
+    (ctrl / "dev").write_text("242:7\n")
+    os.symlink(ctrl, lab.sys / "class/nvme/nvme7")
     _passthru(lab, "/dev/nvme7")
     assert HostUsage.read(lab.root).verdict(NVME).idle
 

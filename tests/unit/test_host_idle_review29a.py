@@ -71,7 +71,8 @@ def _verdict(host: FakeHost, bdf: str):
 def _refused_by_bind(host: FakeHost, bdf: str, role: str) -> None:
     """`python -m harness plan` marks ``bdf`` (a ``role`` entry) REFUSED, and `harness bind`
     refuses it and leaves it on its driver."""
-    inventory = parse_inventory(f'[[device]]\nrole = "{role}"\nbdf = "{bdf}"\n',
+    gateway = 'gateway = "10.0.5.1"\n' if role == "nic" else ""  # (a nic entry needs one)
+    inventory = parse_inventory(f'[[device]]\nrole = "{role}"\nbdf = "{bdf}"\n{gateway}',
                                 root=host.sysfs())
     lines, ok = plan_inventory(host.sysfs(), inventory)
     assert not ok, "plan says it would be taken:\n" + "\n".join(lines)
