@@ -195,7 +195,10 @@ def test_sigterm_mid_test_gives_the_device_back_and_leaves_no_qemu(hotplug_sessi
                              stderr=subprocess.STDOUT, text=True)
     def passed_through():
         # On vfio-pci, and device_add done: the test has gone on to look for it with lspci.
-        return fs.pci_device(entry.bdf).driver == VFIO and any(
+        # (Its driver link only: a whole pci_device() opens the function's config space, and
+        # the child's bind, which counts an open config as a user-space driver's, once met
+        # this poll's and refused the NIC: "config (sysfs) is open ... by pid 276", Dec 7.)
+        return fs.link_name(fs.pci_dir(entry.bdf) / "driver") == VFIO and any(
             "$ lspci -nn -s " in log.read_text(errors="replace")
             for log in run_dir.glob("guests/*/commands.log"))
 
