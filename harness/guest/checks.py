@@ -255,10 +255,14 @@ _SELF_HINT = ("give the guest DHCP on every Ethernet NIC (a udev rule, a network
               "NetworkManager's default, allow-hotplug in ifupdown)")
 
 
-def guest_may_configure(guest, ifname: str) -> tuple[list[str], str]:
-    """Read the guest's state, after udev has named the interface: what of its own may
-    configure ``ifname`` (an empty list: nothing will), and the evidence (probes.network_stacks)."""
+def guest_may_configure(guest, nic: NicIdentity) -> tuple[list[str], str]:
+    """Read the guest's state, once udev has named the interface (it appears, udev settles,
+    and its name is read again: ifupdown's list names interfaces as udev leaves them): what
+    of its own may configure ``nic`` (an empty list: nothing will), and the evidence
+    (probes.network_stacks)."""
+    nic_interface(guest, nic)
     settle_udev(guest)
+    ifname = nic_interface(guest, nic)
     return probes.network_stacks(guest.shell.succeed(NETWORK_STACKS, 15), ifname)
 
 
@@ -271,7 +275,7 @@ def nic_address(guest, nic, *, must_configure: bool = False,
     the harness starts DHCP with the guest's own tool and says so ("harness (ifup)"), unless
     ``must_configure`` (``--guest-must-configure-nic``) makes the guest's silence a failure."""
     ident = nic if isinstance(nic, NicIdentity) else nic_identity(guest, nic)
-    may, read = guest_may_configure(guest, nic_interface(guest, ident))
+    may, read = guest_may_configure(guest, ident)
     if not may and must_configure:
         raise GuestCheckError(f"nothing in the guest would configure {ident} by itself "
                               f"(--guest-must-configure-nic): {read}", hint=_SELF_HINT)
