@@ -8,6 +8,7 @@ host); no guest is booted.
 
 from __future__ import annotations
 
+import json
 import os
 from types import SimpleNamespace
 
@@ -236,3 +237,67 @@ def test_3_usb_host_takes_no_device_that_appears_after_its_plug(stick, form):
         f"QEMU's usb-host {seen} would open the twin 4-2 (bus 4 address 7, 0781:5567, sde1 "
         "mounted on /media/backup) as soon as the proven stick leaves the bus: never proven "
         "idle")
+
+
+# -- 4. IOMMU groups the kernel was told to split (pcie_acs_override) -------------------------
+
+
+def _up(h, ifname: str, address: str) -> None:
+    """``ifname`` up with ``address`` in the harness's own namespace's `ip -j` output."""
+    links = json.loads((h.root / "ip/link.json").read_text())
+    for li in links:
+        if li["ifname"] == ifname:
+            li.update(fakesysfs.link(li["ifindex"], ifname, li.get("parentdev"), up=True))
+    (h.root / "ip/link.json").write_text(json.dumps(links))
+    addrs = json.loads((h.root / "ip/addr.json").read_text())
+    local, prefix = address.split("/")
+    addrs = [a for a in addrs if a["ifname"] != ifname] + [
+        {"ifindex": next(li["ifindex"] for li in links if li["ifname"] == ifname),
+         "ifname": ifname, "addr_info": [{"local": local, "prefixlen": int(prefix)}]}]
+    (h.root / "ip/addr.json").write_text(json.dumps(addrs))
+
+
+@pytest.mark.parametrize("cmdline", [
+    "BOOT_IMAGE=/vmlinuz root=/dev/sda2 ro intel_iommu=on "
+    "pcie_acs_override=downstream,multifunction",
+    "BOOT_IMAGE=/vmlinuz root=/dev/sda2 ro intel_iommu=on"],
+    ids=["acs-override", "control-real-acs"])
+def test_4_a_group_split_by_pcie_acs_override_is_no_isolation(lab, fake_root, cmdline):
+    """(a) Host shape: a lab host set up the way Proxmox's and many VFIO guides' PCI
+    passthrough pages say when groups are too big: the ACS override patch (Proxmox VE's
+    kernel, linux-zen, linux-vfio builds) with ``pcie_acs_override=downstream,multifunction``
+    on the kernel command line. An i350 dual-port card (03:00.0, 03:00.1: one multifunction
+    device without ACS, one IOMMU group in truth) now shows one group per function: 03:00.0
+    carries the host's storage network (igb, up, 10.0.3.1/24), 03:00.1 is down and listed.
+
+    Path: :func:`harness.host.safety.plan_group` trusts the kernel's
+    ``/sys/kernel/iommu_groups``; nothing reads /proc/cmdline for the override. The override
+    makes the kernel *pretend* the functions are isolated: the card still routes a function's
+    DMA to a sibling's BARs peer to peer, untranslated (that is what ACS, and an IOMMU
+    group, is about), so the guest's igb driver, or any guest code that programs a DMA
+    address in 03:00.0's BAR window, writes 03:00.0's registers: the host's NIC (and its
+    traffic, and its DMA into host memory) is shared with the guest without ever being proven
+    idle or listed as a companion.
+
+    On b2c7379: 03:00.1 is moved to vfio-pci (the control, the same groups without the
+    override, i.e. real ACS, is taken too, rightly). Fix: with ``pcie_acs_override`` on the
+    command line (or /proc/cmdline unreadable), groups are no proof of isolation: refuse,
+    naming the parameter (or judge the device's real isolation domain: every function of
+    the slot and everything below a bridge without ACS, each listed and proven idle)."""
+    lab.file("proc/cmdline", cmdline + "\n")
+    lab.add_pci("0000:00:1c.6", "8086:a33e", 0x060400, "pcieport", 20)
+    lab.add_pci("0000:03:00.0", "8086:1521", 0x020000, "igb", 21, parent="0000:00:1c.6")
+    lab.add_pci("0000:03:00.1", "8086:1521", 0x020000, "igb", 22, parent="0000:00:1c.6")
+    lab.add_net("enp3s0f0", "0000:03:00.0")
+    lab.add_net("enp3s0f1", "0000:03:00.1")
+    _up(lab, "enp3s0f0", "10.0.3.1/24")
+    assert any("enp3s0f0 is up with the address 10.0.3.1/24" in u
+               for u in safety.HostUsage.read(lab.sysfs()).verdict("0000:03:00.0").uses)
+    refused, driver = _bind(lab, fake_root, "0000:03:00.1", ALLOWED | {"03:00.1"})
+    if "pcie_acs_override" not in cmdline:
+        assert refused == "" and driver == "vfio-pci", refused
+        return
+    assert "pcie_acs_override" in refused, (
+        f"03:00.1 was moved to {driver} although pcie_acs_override split its group from "
+        f"03:00.0, the host's NIC on the same card ({'refused: ' + refused if refused else 'not refused'})")
+    assert driver == "igb"
