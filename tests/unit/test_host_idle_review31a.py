@@ -211,7 +211,10 @@ def test_3_usb_host_takes_no_device_that_appears_after_its_plug(stick, form):
     QEMU's auto-connect timer (``usb_host_auto_check``, every 2 s for the life of the
     usb-host device) opens the first device matching the filter and detaches its host
     drivers: the twin, never proven idle, leaves the host under its mount. (The busaddr form
-    is pinned: a new device gets a new address.)
+    is pinned: QEMU's ``usb_host_realize`` opens that one device and sets no autoscan when
+    only ``hostbus``/``hostaddr`` are given; a re-enumerated device gets a new address.) The
+    same filter takes a twin when the stick is gone by the time QEMU realizes the device:
+    usb-host then waits, without an error, for the first device with those ids.
 
     On b2c7379: the props match the twin (the busaddr control passes). Fix: give QEMU the
     proven device's ``hostbus`` and ``hostaddr`` in both forms (the ids as well, for the
@@ -277,7 +280,9 @@ def test_4_a_group_split_by_pcie_acs_override_is_no_isolation(lab, fake_root, cm
     group, is about), so the guest's igb driver, or any guest code that programs a DMA
     address in 03:00.0's BAR window, writes 03:00.0's registers: the host's NIC (and its
     traffic, and its DMA into host memory) is shared with the guest without ever being proven
-    idle or listed as a companion.
+    idle or listed as a companion. No malice is needed: a guest with 3 GB of RAM or more DMAs
+    to guest-physical addresses in the 2-4 GB range, where the host's 32-bit MMIO window (and
+    03:00.0's BARs) usually sits, and the card routes such a write to its sibling function.
 
     On b2c7379: 03:00.1 is moved to vfio-pci (the control, the same groups without the
     override, i.e. real ACS, is taken too, rightly). Fix: with ``pcie_acs_override`` on the
