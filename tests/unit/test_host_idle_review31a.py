@@ -1,6 +1,20 @@
 """Issue 31, read 31a (storage, USB, display, IOMMU groups, the bind's mechanics, ``plan``).
 
-What it found, one section below each; every test asserts the safe behaviour (refused, or
+What it found, one section below each:
+
+1. a disk opened without O_EXCL (a libvirt guest's QEMU, ``dd``, ``losetup``, an nvmet or LIO
+   fileio export) after the last proof's storage read, while that proof reads the network,
+   is taken: ``_disks_claimed`` stops exclusive users only, and nothing looks again;
+2. usb-host's plug claims nothing at all: a stick mounted while the plug's last proof reads
+   the network is handed to QEMU, which detaches usb-storage under the mount;
+3. the ids form gives QEMU a standing filter (``vendorid``/``productid`` only): once the
+   proven device leaves the bus, QEMU's auto-connect takes any twin that appears, unproven
+   (docs/vfio.md mentions it as a caveat; the harness could pin the proven device);
+4. IOMMU groups split by ``pcie_acs_override`` (Proxmox's kernel, linux-zen) are trusted as
+   isolation: a function is taken while its sibling, the host's NIC, is reachable peer to
+   peer from the guest.
+
+Each section's test asserts the safe behaviour (refused, or
 unproven, with the use named) and fails on b2c7379, except the controls, which show that the
 idle shape is still taken. A fake sysfs/proc tree plays the host (:mod:`.fakesysfs`'s lab
 host); no guest is booted.
@@ -215,6 +229,10 @@ def test_3_usb_host_takes_no_device_that_appears_after_its_plug(stick, form):
     only ``hostbus``/``hostaddr`` are given; a re-enumerated device gets a new address.) The
     same filter takes a twin when the stick is gone by the time QEMU realizes the device:
     usb-host then waits, without an error, for the first device with those ids.
+
+    docs/vfio.md says as much ("Mind that the ids form is a standing match ... use the
+    hostbus/hostaddr form"), but leaves it to the operator: a run still plugs the ids form,
+    and the device QEMU takes then is one no rule looked at.
 
     On b2c7379: the props match the twin (the busaddr control passes). Fix: give QEMU the
     proven device's ``hostbus`` and ``hostaddr`` in both forms (the ids as well, for the
