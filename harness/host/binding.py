@@ -37,7 +37,8 @@ from harness.core.paths import UnsafePathError, open_nofollow, private_dir, writ
 from harness.host.network import namespace_problem
 from harness.host.safety import (GroupPlan, HostUsage, disks_below, node_holders, nodes_below,
                                  plan_group)
-from harness.host.storage import OpenFiles, mount_ids, mountinfos, remote_mount_ids
+from harness.host.storage import (OpenFiles, StorageView, mount_ids, mountinfos,
+                                  remote_mount_ids)
 from harness.host import sriov
 from harness.host.sysfs import SYSFS_BDF, PciDevice, Sysfs, parse_bdf, short_bdf
 from harness.qemu.process import start_time
@@ -1018,31 +1019,60 @@ class VfioBinder:
         self.close()
 
 
-@contextlib.contextmanager
 def _disks_claimed(fs: Sysfs, plan: GroupPlan, keep: str | None = None):
-    """An exclusive claim of every disk below what moves, held from right after the proof to
-    the end of the move: a mount or a swapon in between fails (EBUSY) rather than lose its
-    disk under it (the proof's own exclusive open is let go at once). A disk that cannot be
-    claimed now was taken since the proof: refused."""
+    """:func:`disks_claimed` of every disk below what moves (but ``keep``, libvirt's)."""
+    return disks_claimed(fs, [(f"refusing to take {dev.bdf}", name) for dev in plan.to_move
+                              if dev.bdf != keep for name in disks_below(fs, dev.path)])
+
+
+@contextlib.contextmanager
+def disks_claimed(fs: Sysfs, disks: "list[tuple[str, str]]", before: str = "the move"):
+    """An exclusive claim of each disk (the refusal's start, its /dev name), held from right
+    after the proof to the end of the change (vfio's move, usb-host's open): a mount or a
+    swapon in between fails (EBUSY) rather than lose its disk under it (the proof's own
+    exclusive open is let go at once). A disk that cannot be claimed now was taken since the
+    proof: refused. Once claimed, the disks' users are read again (:func:`_used_since`)."""
     fds: list[int] = []
+    held: set[str] = set()
     try:
-        for dev in plan.to_move if fs.real_host else ():
-            for name in disks_below(fs, dev.path) if dev.bdf != keep else ():
-                try:
-                    fds.append(os.open(fs.path("dev", name), os.O_RDONLY | os.O_EXCL |
-                                       os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW))
-                except OSError as e:
-                    if e.errno == errno.ENOMEDIUM:
-                        continue  # (an empty drive: nothing on it to use)
-                    raise HostDeviceError(
-                        f"refusing to take {dev.bdf}: /dev/{name} cannot be claimed right "
-                        f"before the move ({e.strerror}): something started using it since it "
-                        "was proven idle", hint="run again; `python -m harness plan` says "
-                                                "what uses it now") from e
+        for refusing, name in disks if fs.real_host else ():
+            try:
+                fds.append(os.open(fs.path("dev", name), os.O_RDONLY | os.O_EXCL |
+                                   os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW))
+                held.add(name)
+            except OSError as e:
+                if e.errno == errno.ENOMEDIUM:
+                    continue  # (an empty drive: nothing on it to use)
+                raise HostDeviceError(
+                    f"{refusing}: /dev/{name} cannot be claimed right before {before} "
+                    f"({e.strerror}): something started using it since it was proven idle",
+                    hint="run again; `python -m harness plan` says what uses it now") from e
+        _used_since(fs, disks, frozenset(held), before)
         yield
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def _used_since(fs: Sysfs, disks: "list[tuple[str, str]]", held: "frozenset[str]",
+                before: str) -> None:
+    """Refuses a claimed disk that someone has open, or mounted, now: an open without O_EXCL
+    is no claim (a libvirt guest's QEMU with ``<source dev='/dev/sdb'/>`` opens it O_RDWR,
+    O_DIRECT; so do ``dd``, ``losetup``, an nvmet or LIO fileio export), and the proof read
+    the storage seconds before (its network read last, which any user can stretch). Its
+    partitions too, by path and by device number; what cannot be read counts as a use."""
+    if not disks:
+        return
+    view = StorageView.read(fs, held)
+    problems = list(dict.fromkeys(view.problems))
+    for refusing, name in disks:
+        uses = view.use_of_block(name) + [f"cannot tell whether {name} is in use: {p}"
+                                          for p in problems]
+        if uses:
+            raise HostDeviceError(f"{refusing}: right before {before}, with /dev/{name} "
+                                  "claimed, " + "; ".join(dict.fromkeys(uses)),
+                                  hint="run again once that use has ended; `python -m harness "
+                                       "plan` says what uses it now")
 
 
 def _libvirt_gives_back(plan: GroupPlan) -> bool:

@@ -25,7 +25,7 @@ from harness.host import sriov
 from harness.host.binding import Journal, owner_alive
 from harness.host.inventory import Inventory, find_usb_device, host_problems
 from harness.host.network import namespace_problem
-from harness.host.safety import HostUsage, plan_group
+from harness.host.safety import HostUsage, acs_override, plan_group
 from harness.host.storage import StorageView
 from harness.host.sysfs import Sysfs, UsbDevice
 
@@ -147,7 +147,12 @@ def _iommu_checks(fs: Sysfs, cpuinfo: str, cmdline: list[str]) -> list[Check]:
     enabled = [a for a in cmdline if a.startswith(("intel_iommu=on", "amd_iommu="))
                or a == "iommu=pt"]
     checks = []
-    if groups:
+    split = acs_override(fs)  # (groups the kernel pretends, not the hardware's: no isolation)
+    if groups and split:
+        checks.append(Check("IOMMU groups", False, f"{len(groups)} groups, but {split}",
+                            "boot without pcie_acs_override (GRUB_CMDLINE_LINUX, update-grub, "
+                            "reboot): the harness takes no PCI device while it is there"))
+    elif groups:
         checks.append(Check("IOMMU groups", True, f"{len(groups)} groups"))
     else:
         if off:

@@ -1065,6 +1065,23 @@ def _new_id_strays(fs: Sysfs, to_move: list[PciDevice]) -> list[str]:
     return out
 
 
+def acs_override(fs: Sysfs) -> str | None:
+    """Why the kernel's IOMMU groups prove no isolation on this host, or None. The ACS
+    override patch (Proxmox VE's kernel, linux-zen) with ``pcie_acs_override=`` on the command
+    line has the kernel *pretend* that functions without ACS are isolated: each gets a group
+    of its own, while the card still routes a function's DMA to its siblings' BARs peer to
+    peer (a guest with 3 GB or more writes the host's NIC beside it). Whether the command
+    line has it must be read: unreadable on a real host counts as having it."""
+    cmdline = fs.read(fs.proc("cmdline"))
+    if cmdline is None:
+        return ("/proc/cmdline cannot be read: whether pcie_acs_override split the IOMMU "
+                "groups (a group is then no isolation) cannot be told") if fs.real_host else None
+    arg = next((a for a in cmdline.split() if a.split("=", 1)[0] == "pcie_acs_override"), None)
+    return (f"the kernel command line has {arg}: its IOMMU groups are split by the ACS "
+            "override, not by the hardware, so a group is no proof that a function's DMA "
+            "cannot reach its siblings (the host's devices beside it)") if arg else None
+
+
 def plan_group(root: "str | Path | Sysfs", bdf: str, usage: HostUsage | None,
                allowed: "set[str] | None" = None,
                held_groups: "set[int] | frozenset[int]" = frozenset()) -> GroupPlan:
@@ -1087,6 +1104,8 @@ def plan_group(root: "str | Path | Sysfs", bdf: str, usage: HostUsage | None,
                           "the firmware, intel_iommu=on)")
         return GroupPlan(target, None, (target,), (), (), tuple(p.problems), tuple(p.verdicts))
     group = target.iommu_group
+    if (split := acs_override(fs)) is not None:
+        p.problems.append(split)
     members = p.members_of(fs, target, group)
     listed = {parse_bdf(a) for a in allowed} if allowed is not None else None
     to_move, kept = [], []

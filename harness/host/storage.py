@@ -1630,11 +1630,13 @@ def _exported_blocks(fs: Sysfs, path: str) -> list[str]:
 
 
 class StorageView:
-    """Mounts, swap, holders and open files, read once."""
+    """Mounts, swap, holders and open files, read once. ``held``: whole disks this process
+    claims (O_EXCL) while the view reads them again (:func:`harness.host.binding.disks_claimed`):
+    that claim, and this process's fd of the disk, are no use by anyone else."""
 
     def __init__(self, fs: Sysfs, opened: OpenFiles, mounts: list[Mount], problems: list[str],
-                 budget: "Budget | None" = None):
-        self.fs, self.opened, self.problems = fs, opened, problems
+                 budget: "Budget | None" = None, held: "frozenset[str]" = frozenset()):
+        self.fs, self.opened, self.problems, self.held = fs, opened, problems, held
         self.by_majmin: dict[str, list[str]] = {}
         self.by_name: dict[str, list[str]] = {}
         #: Filesystems whose disks cannot be told (ZFS pools, a device that resolves nowhere).
@@ -1681,13 +1683,13 @@ class StorageView:
         self.consoles, self.unnumbered_consoles = _consoles(fs, problems)
 
     @classmethod
-    def read(cls, fs: Sysfs) -> "StorageView":
+    def read(cls, fs: Sysfs, held: "frozenset[str]" = frozenset()) -> "StorageView":
         problems: list[str] = []
         budget = Budget(MOUNT_TABLES_BUDGET)  # (the tables' reading, then their sources')
         infos = mountinfos(fs, problems, budget)
         mounts = _mounts(fs, infos, problems)
         return cls(fs, OpenFiles(fs, problems, remote_mount_ids(infos), mount_ids(infos)), mounts,
-                   problems, budget)
+                   problems, budget, held)
 
     def use_of_block(self, name: str, seen: set[str] | None = None) -> list[str]:
         """Why block device ``name`` (or a partition of it, or what holds it) is in use."""
@@ -1708,10 +1710,13 @@ class StorageView:
         uses += [f"{name} is {how}" for how in self.kernel_held.get(name, [])]
         # (a hidden NVMe multipath path, nvme0c0n1, has no /dev node: the kernel claims the
         # disk through its head, nvme0n1, which is looked at as the namespace's own device)
-        if self.fs.real_host and self.fs.read(d / "hidden") != "1":
+        # (a disk this process claims, or a partition of one: its own claim makes the
+        # exclusive open fail, and proves that no one else holds it exclusively)
+        mine = os.getpid() if {name, d.parent.name} & self.held else None
+        if self.fs.real_host and self.fs.read(d / "hidden") != "1" and mine is None:
             uses += _claimed(devname(d, self.fs))
-        uses += [f"{name} is open by {who}"
-                 for who in self.opened.users("block", devname(d, self.fs), majmin)]
+        uses += [f"{name} is open by pid {pid} ({comm})" for pid, comm in
+                 self.opened.holders("block", devname(d, self.fs), majmin) if pid != mine]
         for holder in sorted(p.name for p in (d / "holders").glob("*")):
             label = self.fs.read(self.fs.sys("class", "block", holder, "dm", "name"))
             uses.append(f"{name} is held by {holder}" + (f" ({label})" if label else ""))

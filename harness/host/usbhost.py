@@ -7,7 +7,8 @@ hours, and in between someone may mount the stick, start a serial console on it,
 device again from the inventory entry, checks it is still the one named, reads the host's
 evidence again (:meth:`harness.host.safety.HostUsage.usb_verdict`) and refuses, naming what it
 saw, unless it is idle. The check and QEMU's open of ``/dev/bus/usb/BBB/DDD`` happen under the
-vfio journal's lock, so that another run of the harness cannot take the device in between.
+vfio journal's lock, so that another run of the harness cannot take the device in between, and
+with the device's disks claimed (as vfio's move claims them), so that nothing mounts them.
 
 Right after a guest gives the device back, the host's drivers take it again and udev probes
 it (blkid opens a stick's disk for a moment): evidence of use is read again for a short while
@@ -21,8 +22,8 @@ from typing import Iterator
 
 from harness.core.errors import HostDeviceError, WaitTimeout
 from harness.core.waits import wait_until
-from harness.host.binding import VfioBinder, refuse_outside_host
-from harness.host.safety import HostUsage, Verdict
+from harness.host.binding import VfioBinder, disks_claimed, refuse_outside_host
+from harness.host.safety import HostUsage, Verdict, disks_below
 from harness.host.sysfs import Sysfs, UsbDevice
 
 #: The inventory's forms of naming a USB device to usb-host (the guide's ``usb_add host:...``).
@@ -90,4 +91,11 @@ def handed(binder: VfioBinder, entry, form: str) -> Iterator[UsbDevice]:
     proven_idle(binder.fs, entry, form, binder.timeout)  # (the settle, outside the lock)
     with binder.journal.locked():
         usb, _ = proven_idle(binder.fs, entry, form, 0.0)
-        yield usb
+        # Its disks claimed from the proof until QEMU has opened the device (usb-storage lets
+        # go of them then), and their users read again once claimed: the proof read the
+        # storage seconds before its network read, and a mount in between (udisks' automount,
+        # a backup job) would lose its disk under it.
+        refusing = f"refusing usb-host for {entry.name} (USB {usb.name} [{usb.ids}])"
+        with disks_claimed(binder.fs, [(refusing, name) for name in
+                                       disks_below(binder.fs, usb.path)], "QEMU opens it"):
+            yield usb

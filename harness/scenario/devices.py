@@ -448,7 +448,7 @@ class VfioPci(HotplugDevice):
 class UsbHost(HotplugDevice):
     """A host USB device through ``usb-host``, chosen as the guide's ``usb_add`` did: by
     ``hostbus``/``hostaddr`` (``host:003.003``) or by ``vendorid``/``productid``
-    (``host:03f0:8607``)."""
+    (``host:03f0:8607``; QEMU gets the proven device's bus and address too)."""
 
     backend = "vfio"
     role = "usb-device"
@@ -464,12 +464,16 @@ class UsbHost(HotplugDevice):
 
     def plug(self, guest, device_id: str) -> Plugged:
         e = self.entry
-        props = ({"hostbus": e.hostbus, "hostaddr": e.hostaddr} if self.form == "busaddr"
-                 else {"vendorid": int(e.vendorid, 16), "productid": int(e.productid, 16)})
         # Proven idle again right before QEMU opens it (the doctor did at the run's start),
         # under the vfio journal's lock (harness.host.usbhost).
-        with usbhost.handed(self.binder, e, self.form):
-            seconds = guest.device_add("usb-host", device_id, **props)
+        with usbhost.handed(self.binder, e, self.form) as usb:
+            # Both forms name the device proven idle by its bus and address: usb-host matches
+            # every property given, and with the ids alone it keeps a standing filter (its
+            # auto-scan opens any twin that appears once this one leaves the bus).
+            ids = ({"vendorid": int(e.vendorid, 16), "productid": int(e.productid, 16)}
+                   if self.form == "vidpid" else {})
+            seconds = guest.device_add("usb-host", device_id, **ids, hostbus=usb.busnum,
+                                       hostaddr=usb.devnum)
         return Plugged(device_id, self, seconds, facts=Facts(
             product=e.product or "", monitor_product=e.product or "",
             disk_bytes=getattr(e, "disk_bytes", None) or None))

@@ -11,8 +11,10 @@ from types import SimpleNamespace
 import pytest
 
 from harness.core.errors import ConfigError, HostDeviceError
+from harness.host import binding
 from harness.host.binding import (Journal, VfioBinder, _disks_claimed, default_journal_path,
                                   restore_from_journal, vfio_state)
+from harness.host.storage import StorageView
 from harness.host.sysfs import Sysfs
 
 from . import fakesysfs
@@ -570,12 +572,17 @@ def _exclusive(node: str) -> "int | None":
         return None
 
 
-def test_the_disks_below_what_moves_stay_claimed_through_the_move(claimed_plan):
+def test_the_disks_below_what_moves_stay_claimed_through_the_move(claimed_plan, monkeypatch):
     """A mount (or swapon) between the proof and the unbind fails rather than lose its disk;
-    after the move the claim is let go."""
+    after the move the claim is let go. (The users read again once claimed: stubbed here, as
+    the host this runs on may have processes it cannot read; the next test reads them.)"""
     loop, plan = claimed_plan
+    read_again: list = []
+    monkeypatch.setattr(binding, "_used_since", lambda fs, disks, held, before:
+                        read_again.append(held))
     with _disks_claimed(Sysfs("/"), plan):
         assert _exclusive(loop) is None  # (what a mount's claim meets: busy)
+        assert read_again == [{os.path.basename(loop)}]  # (read with the claim held)
     fd = _exclusive(loop)
     assert fd is not None
     os.close(fd)
@@ -590,3 +597,25 @@ def test_a_disk_taken_since_the_proof_refuses_the_move(claimed_plan):
                 pass
     finally:
         os.close(taken)
+
+
+def test_the_users_read_again_under_the_claim_are_others_only(claimed_plan):
+    """What :func:`harness.host.binding._used_since` reads of a disk this process claims: its
+    own claim and fd are no use, and another process's open without O_EXCL (a libvirt
+    guest's QEMU, ``dd``) is one (review 31a, 1). (Only the disk's uses: the host this runs on
+    may have processes whose files cannot be read, a problem of their own.)"""
+    loop, _ = claimed_plan
+    name = os.path.basename(loop)
+    claim = os.open(loop, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
+    try:
+        assert StorageView.read(Sysfs("/"), frozenset({name})).use_of_block(name) == []
+        with open(loop, "rb") as disk:
+            reader = subprocess.Popen(["sleep", "60"], stdin=disk)
+        try:
+            uses = StorageView.read(Sysfs("/"), frozenset({name})).use_of_block(name)
+        finally:
+            reader.kill()
+            reader.wait()
+        assert uses == [f"{name} is open by pid {reader.pid} (sleep)"]
+    finally:
+        os.close(claim)
