@@ -10,6 +10,22 @@ idle, and what would be lost), on main at b2c7379:
    /dev/ptp0 below the function, so ``HostUsage._nodes`` finds nothing open below the NIC and
    its port is down: idle. Taking it unregisters the clock and its PPS source under chronyd.
 
+2. (a) the same clock drives a signal out of the card: a pin of it set to periodic output
+   (``pins/SDP0`` reads ``2 0``, PTP_PF_PEROUT, and ``period`` written: 1PPS to a lab
+   instrument or a second card's time input). The kernel and the card do it alone, with no
+   process, node or interface to show it, and nothing in the rule looks at a clock's pins.
+3. (a) ``network._netconsoles`` tells a built-in netconsole only from
+   /lib/modules/$(uname -r)/modules.builtin (``storage._built_in``); on a kernel installed
+   without its modules tree (a monolithic lab kernel, ``make bzImage`` and kexec) that file
+   is missing, read as "not built in", and the problem a built-in netconsole with no
+   configfs mounted here raises (its dynamic targets unknown) is never raised.
+4. (a) ``safety._ports_unseen`` (review 30's fix) wants, for a function of several ports
+   (cxgb4, nfp, mlxsw), an interface for each port *below* the highest ``dev_port`` seen:
+   the highest port itself can never be missed. A Chelsio T520's port 1 in a namespace only
+   the kernel holds (an NFS mount's), port 0 down in the host's namespace: ``wanted`` is
+   empty, and the down port 0 "proves" the function idle, which docs/vfio.md says it must not
+   ("the port left down in the host's namespace proves nothing of the other").
+
 Controls (pass on main): the same hosts without the use are still idle.
 """
 
@@ -48,6 +64,10 @@ def _phc_with_pps(host: FakeHost, bdf: str = PORT0) -> None:
     (d / "uevent").write_text("MAJOR=246\nMINOR=0\nDEVNAME=ptp0\n")
     (d / "clock_name").write_text("ixgbe\n")
     (d / "pps_available").write_text("1\n")
+    (d / "n_programmable_pins").write_text("2\n")
+    for pin in ("SDP0", "SDP1"):  # (ptp_pin_show: "func chan"; 0: PTP_PF_NONE)
+        (d / "pins").mkdir(exist_ok=True)
+        (d / "pins" / pin).write_text("0 0\n")
     (host.sys / "class/ptp").mkdir(parents=True, exist_ok=True)
     os.symlink(os.path.relpath(d, host.sys / "class/ptp"), host.sys / "class/ptp/ptp0")
     pps = _virtual_node(host, "pps", "pps0", "247:0")
@@ -93,3 +113,108 @@ def test_1_control_a_nic_whose_pps_nobody_holds_is_idle(lab):
     assert _verdict(lab, PORT0).idle, _verdict(lab, PORT0)
     usage = HostUsage.read(lab.root)
     assert plan_group(lab.root, PORT0, usage, allowed=BOTH).safe
+
+
+# -- 2. a pin of the NIC's clock drives a signal out of the card ----------------------------------
+
+
+def test_2_a_nic_whose_clock_drives_a_periodic_output_pin_is_in_use(lab):
+    """Host shape: the 82599's hardware clock, disciplined once at boot, outputs a 1PPS
+    signal on its SDP0 pin (``echo 2 0 > /sys/class/ptp/ptp0/pins/SDP0; echo "0 0 0 1 0" >
+    /sys/class/ptp/ptp0/period``, a boot unit, or ``testptp -L0,2 -p 1000000000``, which then
+    exits): the lab's oscilloscope and a second host's time card take their reference from
+    that cable. The port is down (a timing card), listed in the inventory as a spare NIC.
+
+    Why it is called idle: the periodic output runs in the card, set up through write-only
+    sysfs files or an ioctl of a process that has ended: no process holds /dev/ptp0, no
+    interface is up, and ``HostUsage`` never reads the clock's pins (``ptp_pin_show``: the
+    function each pin is assigned, readable by anyone, ``2 0`` = PTP_PF_PEROUT on channel 0).
+    Taking 05:00.0 unbinds ixgbe, which unregisters the clock and resets the card: the signal
+    stops, and what takes its reference from it drifts or alarms. Expected: a clock below the
+    function with a pin assigned a function (EXTTS, PEROUT, PHYSYNC: anything but 0) keeps
+    the NIC, named (a periodic output cannot be read back, so the assignment is the
+    evidence)."""
+    _phc_with_pps(lab)
+    (lab.dev_dir(PORT0) / "ptp/ptp0/pins/SDP0").write_text("2 0\n")
+    verdict = _verdict(lab, PORT0)
+    assert not verdict.idle, (
+        f"05:00.0, whose clock drives a periodic output on SDP0, reads idle: {verdict}")
+    assert any("SDP0" in u for u in verdict.uses), verdict.uses
+
+
+# -- 3. a built-in netconsole on a kernel with no modules tree -----------------------------------
+
+
+def test_3_a_built_in_netconsole_is_not_taken_for_none_when_modules_builtin_is_missing(lab):
+    """Host shape: the lab host boots its own kernel, everything the lab needs built in
+    (``CONFIG_NETCONSOLE=y``, ``CONFIG_NETCONSOLE_DYNAMIC=y``, vfio-pci, ixgbe...), installed
+    as a bare bzImage (kexec'd by the lab's boot script): there is no /lib/modules/$(uname -r)
+    at all, so no ``modules.builtin``. The log-shipping unit made a dynamic netconsole target
+    on the 82599's port 1 (``mount -t configfs none /mnt/cfg; mkdir
+    /mnt/cfg/netconsole/lab; echo enp5s0f1 > .../dev_name; ...; echo 1 > .../enabled;
+    umount /mnt/cfg``); configfs is not mounted in the harness's namespace. The operator set
+    enp5s0f1 down to offer it (netconsole keeps the target and logs again once it is up, as
+    review 29b's finding 2 says).
+
+    Why it is called idle: ``storage._built_in`` reads modules.builtin, and a file that cannot
+    be read is "not built in" (``or ""``); so ``_configfs_netconsoles`` (no configfs mounted
+    here) raises nothing, and ``_netconsoles``' own checks (``built_in`` false, no
+    /sys/module/netconsole: a built-in netconsole's only parameter has mode 0, so the kernel
+    makes no /sys/module entry for it) raise nothing either: enp5s0f1 is down with no route,
+    socket or upper device, idle. Taking 05:00.1 unregisters enp5s0f1 and netconsole drops
+    the target for good. Expected: whether netconsole is built in cannot be told without
+    modules.builtin, so a host without it (and no configfs mounted here) leaves its NICs
+    unproven, naming netconsole, as a known built-in one does."""
+    assert not (lab.root / "lib/modules").exists()  # (the lab host has no modules tree)
+    found = _verdict(lab, PORT1)
+    assert not found.idle and any("netconsole" in u for u in found.uses), found
+
+
+def test_3_control_a_kernel_whose_modules_builtin_has_no_netconsole_leaves_the_nic_idle(lab):
+    """Control: the same host with its modules tree, in which netconsole is neither built in
+    nor loaded: the port is idle."""
+    lab.file(f"lib/modules/{os.uname().release}/modules.builtin",
+             "kernel/drivers/net/ethernet/intel/ixgbe/ixgbe.ko\n")
+    assert _verdict(lab, PORT1).idle, _verdict(lab, PORT1)
+
+
+# -- 4. the highest port of a multi-port function, in a namespace only the kernel holds -----------
+
+
+T5 = "0000:0c:00.4"   # Chelsio T520-CR (1425:5401): PF4 is the NIC function of both ports
+
+
+def _t520(host: FakeHost, seen: tuple[int, ...]) -> None:
+    """A Chelsio T520-CR on cxgb4, one PCI function for its two ports (enp12s0f4, dev_port 0;
+    enp12s0f4d1, dev_port 1), of which the ports in ``seen`` are in the host's namespace,
+    down."""
+    host.add_pci("0000:00:1c.6", "8086:a33e", 0x060400, "pcieport", 24)
+    host.add_pci(T5, "1425:5401", 0x020000, "cxgb4", 25, parent="0000:00:1c.6")
+    for name, port in (("enp12s0f4", 0), ("enp12s0f4d1", 1)):
+        if port in seen:
+            host.add_net(name, T5)
+            (host.sys / "class/net" / name / "dev_port").write_text(f"{port}\n")
+
+
+def test_4_a_multi_port_function_whose_highest_port_no_namespace_shows_is_in_use(lab):
+    """Host shape: review 30's finding 2 with the ports the other way round: the storage
+    network is on the T520's port 1 (``ip link set enp12s0f4d1 netns storage``), /scratch is
+    NFS-mounted through it (``nsenter --net=/run/netns/storage mount -t nfs4 ...``), and a
+    clean-up script's ``ip netns del storage`` leaves the namespace alive, held by the NFS
+    client alone (no process, fd or mount names it), port 1 up in it carrying /scratch. Port
+    0, enp12s0f4, is down in the host's namespace: the spare the inventory lists the card for.
+
+    Why it is called idle: ``_ports_unseen`` wants ``set(range(max(seen)))``: with only
+    dev_port 0 seen that is the empty set, so no port is missing, and the one down interface
+    is the evidence for the whole function. dev_port says which port an interface is, never
+    how many the function has; a function of several ports whose highest ones are all in
+    unreadable places looks exactly like one of a single port. Taking 0c:00.4 unbinds cxgb4,
+    port 1 goes with it, and every process on /scratch hangs (a hard mount). Expected: a
+    function of a driver that serves several ports on one function (cxgb4, nfp, mlxsw) is
+    proven only once its number of ports is known (devlink's port list, which names every
+    port, its netdev only when it is in the reader's namespace; the board, told by its
+    device id; or the inventory) and each shows an interface; else unproven, naming the
+    ports it could not see."""
+    _t520(lab, seen=(0,))
+    v = _verdict(lab, T5)
+    assert not v.idle, f"{T5} judged idle with its port 1 (dev_port 1) unseen: {v.evidence}"
