@@ -25,20 +25,25 @@ idle, and what would be lost), on main at b2c7379:
    the kernel holds (an NFS mount's), port 0 down in the host's namespace: ``wanted`` is
    empty, and the down port 0 "proves" the function idle, which docs/vfio.md says it must not
    ("the port left down in the host's namespace proves nothing of the other").
+5. (a) ``NetView.use_of`` looks for netconsole only on interfaces of the harness's own
+   namespace (``dev.namespace == OWN``), but a dynamic target binds to the interface of that
+   name in the network namespace of the process that enables it (``netpoll_setup``:
+   ``current->nsproxy->net_ns``): a target enabled from a management namespace (``ip netns
+   exec mgmt sh -c 'echo 1 > .../enabled'``) keeps its port there, and the port, down, reads
+   idle although configfs names it (``dev_name``, and ``local_mac``: its MAC).
 
 Controls (pass on main): the same hosts without the use are still idle.
 """
 
 from __future__ import annotations
 
+import json
 import os
-
-import pytest  # noqa: F401  (fixtures)
 
 from harness.host.safety import HostUsage, plan_group
 
 from . import fakesysfs
-from .fakesysfs import FakeHost
+from .fakesysfs import FakeHost, link
 from .test_host_idle_review28a import _holds, _virtual_node
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
@@ -218,3 +223,72 @@ def test_4_a_multi_port_function_whose_highest_port_no_namespace_shows_is_in_use
     _t520(lab, seen=(0,))
     v = _verdict(lab, T5)
     assert not v.idle, f"{T5} judged idle with its port 1 (dev_port 1) unseen: {v.evidence}"
+
+
+# -- 5. a netconsole target enabled from another network namespace --------------------------------
+
+
+MAC1 = "a0:36:9f:05:00:01"
+
+
+def _port1_in_mgmt(host: FakeHost) -> None:
+    """The 82599's port 1 lives in the named namespace ``mgmt`` (the lab's management VRF
+    done as a namespace), down, no address; the host's own namespace no longer shows it."""
+    own = [li for li in (json.loads((host.root / "ip/link.json").read_text()))
+           if li["ifname"] != "enp5s0f1"]
+    host.file("ip/link.json", json.dumps(own))
+    (host.dev_dir(PORT1) / "net/enp5s0f1").rename(host.root / "moved")  # (not in our sysfs)
+    (host.sys / "class/net/enp5s0f1").unlink()
+    host.network("mgmt", links=[link(1, "lo", up=True),
+                                link(7, "enp5s0f1", PORT1, address=MAC1)])
+
+
+def _built_in_netconsole_target(host: FakeHost, enabled: str) -> None:
+    """netconsole built in, configfs mounted at /sys/kernel/config, one dynamic target
+    ``lab`` on enp5s0f1 (``local_mac``: the MAC of the interface it bound, as the kernel
+    shows it once enabled)."""
+    host.file(f"lib/modules/{os.uname().release}/modules.builtin",
+              "kernel/drivers/net/netconsole.ko\nkernel/fs/configfs/configfs.ko\n")
+    target = "sys/kernel/config/netconsole/lab"
+    host.file(f"{target}/enabled", f"{enabled}\n")
+    host.file(f"{target}/dev_name", "enp5s0f1\n")
+    host.file(f"{target}/local_mac", f"{MAC1}\n")
+    host.file(f"{target}/remote_ip", "10.77.0.9\n")
+    mounts = (host.root / "proc/mounts").read_text()
+    host.proc("mounts", mounts + "configfs /sys/kernel/config configfs rw,relatime 0 0\n")
+
+
+def test_5_a_port_netconsole_bound_in_another_namespace_is_in_use(lab):
+    """Host shape: the lab host's management network is a named namespace, ``mgmt`` (the
+    82599's port 1 moved into it: ``ip link set enp5s0f1 netns mgmt``), and the log-shipping
+    unit runs in it (``NetworkNamespacePath=/run/netns/mgmt``), doing what netconsole.rst
+    shows: ``mkdir /sys/kernel/config/netconsole/lab; echo enp5s0f1 > .../dev_name; echo
+    10.77.0.9 > .../remote_ip; echo 1 > .../enabled``. The kernel's log now goes out of
+    port 1 in mgmt. The operator, to offer the 82599 for a night (as docs/vfio.md says),
+    set enp5s0f1 down in mgmt; netconsole keeps its target over a down, as review 29b's
+    finding 2 says.
+
+    Why it is called idle: ``_configfs_netconsoles`` reads the target (``enp5s0f1``), but
+    ``use_of`` compares it only with interfaces of the harness's own namespace (``dev.namespace
+    == OWN``), where no enp5s0f1 is; netconsole binds by name in the namespace of the
+    process that writes ``enabled`` (``netpoll_setup``: ``current->nsproxy->net_ns``), and
+    configfs says which interface it bound (``local_mac`` is its MAC). enp5s0f1 (netns mgmt)
+    is down with no route, socket or upper device: idle. Taking 05:00.1 unregisters it and
+    netconsole drops the target for good: the log host loses the lab host's oopses and
+    panics. Expected: a netconsole target's device is looked for in every namespace (by its
+    MAC, ``local_mac``, or its name anywhere), and the port keeps it."""
+    _port1_in_mgmt(lab)
+    _built_in_netconsole_target(lab, enabled="1")
+    found = _verdict(lab, PORT1)
+    assert any("enp5s0f1 (netns mgmt)" in e for e in found.evidence + found.uses), found
+    assert not found.idle and any("netconsole" in u for u in found.uses), found
+
+
+def test_5_control_a_disabled_target_leaves_the_port_in_mgmt_idle(lab):
+    """Control: the same target disabled (``enabled`` 0): the port in mgmt is idle, read
+    there."""
+    _port1_in_mgmt(lab)
+    _built_in_netconsole_target(lab, enabled="0")
+    found = _verdict(lab, PORT1)
+    assert found.idle, found
+    assert any("enp5s0f1 (netns mgmt)" in e for e in found.evidence), found
