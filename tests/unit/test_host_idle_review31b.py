@@ -9,23 +9,17 @@ idle, and what would be lost), on main at b2c7379:
    ``name`` (``ptp0``). chronyd's ``refclock PPS /dev/pps0`` holds that node, not the clock's
    /dev/ptp0 below the function, so ``HostUsage._nodes`` finds nothing open below the NIC and
    its port is down: idle. Taking it unregisters the clock and its PPS source under chronyd.
-
 2. (a) the same clock drives a signal out of the card: a pin of it set to periodic output
    (``pins/SDP0`` reads ``2 0``, PTP_PF_PEROUT, and ``period`` written: 1PPS to a lab
    instrument or a second card's time input). The kernel and the card do it alone, with no
    process, node or interface to show it, and nothing in the rule looks at a clock's pins.
-3. (a) ``network._netconsoles`` tells a built-in netconsole only from
-   /lib/modules/$(uname -r)/modules.builtin (``storage._built_in``); on a kernel installed
-   without its modules tree (a monolithic lab kernel, ``make bzImage`` and kexec) that file
-   is missing, read as "not built in", and the problem a built-in netconsole with no
-   configfs mounted here raises (its dynamic targets unknown) is never raised.
-4. (a) ``safety._ports_unseen`` (review 30's fix) wants, for a function of several ports
+3. (a) ``safety._ports_unseen`` (review 30's fix) wants, for a function of several ports
    (cxgb4, nfp, mlxsw), an interface for each port *below* the highest ``dev_port`` seen:
    the highest port itself can never be missed. A Chelsio T520's port 1 in a namespace only
    the kernel holds (an NFS mount's), port 0 down in the host's namespace: ``wanted`` is
    empty, and the down port 0 "proves" the function idle, which docs/vfio.md says it must not
    ("the port left down in the host's namespace proves nothing of the other").
-5. (a) ``NetView.use_of`` looks for netconsole only on interfaces of the harness's own
+4. (a) ``NetView.use_of`` looks for netconsole only on interfaces of the harness's own
    namespace (``dev.namespace == OWN``), but a dynamic target binds to the interface of that
    name in the network namespace of the process that enables it (``netpoll_setup``:
    ``current->nsproxy->net_ns``): a target enabled from a management namespace (``ip netns
@@ -147,43 +141,7 @@ def test_2_a_nic_whose_clock_drives_a_periodic_output_pin_is_in_use(lab):
     assert any("SDP0" in u for u in verdict.uses), verdict.uses
 
 
-# -- 3. a built-in netconsole on a kernel with no modules tree -----------------------------------
-
-
-def test_3_a_built_in_netconsole_is_not_taken_for_none_when_modules_builtin_is_missing(lab):
-    """Host shape: the lab host boots its own kernel, everything the lab needs built in
-    (``CONFIG_NETCONSOLE=y``, ``CONFIG_NETCONSOLE_DYNAMIC=y``, vfio-pci, ixgbe...), installed
-    as a bare bzImage (kexec'd by the lab's boot script): there is no /lib/modules/$(uname -r)
-    at all, so no ``modules.builtin``. The log-shipping unit made a dynamic netconsole target
-    on the 82599's port 1 (``mount -t configfs none /mnt/cfg; mkdir
-    /mnt/cfg/netconsole/lab; echo enp5s0f1 > .../dev_name; ...; echo 1 > .../enabled;
-    umount /mnt/cfg``); configfs is not mounted in the harness's namespace. The operator set
-    enp5s0f1 down to offer it (netconsole keeps the target and logs again once it is up, as
-    review 29b's finding 2 says).
-
-    Why it is called idle: ``storage._built_in`` reads modules.builtin, and a file that cannot
-    be read is "not built in" (``or ""``); so ``_configfs_netconsoles`` (no configfs mounted
-    here) raises nothing, and ``_netconsoles``' own checks (``built_in`` false, no
-    /sys/module/netconsole: a built-in netconsole's only parameter has mode 0, so the kernel
-    makes no /sys/module entry for it) raise nothing either: enp5s0f1 is down with no route,
-    socket or upper device, idle. Taking 05:00.1 unregisters enp5s0f1 and netconsole drops
-    the target for good. Expected: whether netconsole is built in cannot be told without
-    modules.builtin, so a host without it (and no configfs mounted here) leaves its NICs
-    unproven, naming netconsole, as a known built-in one does."""
-    assert not (lab.root / "lib/modules").exists()  # (the lab host has no modules tree)
-    found = _verdict(lab, PORT1)
-    assert not found.idle and any("netconsole" in u for u in found.uses), found
-
-
-def test_3_control_a_kernel_whose_modules_builtin_has_no_netconsole_leaves_the_nic_idle(lab):
-    """Control: the same host with its modules tree, in which netconsole is neither built in
-    nor loaded: the port is idle."""
-    lab.file(f"lib/modules/{os.uname().release}/modules.builtin",
-             "kernel/drivers/net/ethernet/intel/ixgbe/ixgbe.ko\n")
-    assert _verdict(lab, PORT1).idle, _verdict(lab, PORT1)
-
-
-# -- 4. the highest port of a multi-port function, in a namespace only the kernel holds -----------
+# -- 3. the highest port of a multi-port function, in a namespace only the kernel holds -----------
 
 
 T5 = "0000:0c:00.4"   # Chelsio T520-CR (1425:5401): PF4 is the NIC function of both ports
@@ -201,7 +159,7 @@ def _t520(host: FakeHost, seen: tuple[int, ...]) -> None:
             (host.sys / "class/net" / name / "dev_port").write_text(f"{port}\n")
 
 
-def test_4_a_multi_port_function_whose_highest_port_no_namespace_shows_is_in_use(lab):
+def test_3_a_multi_port_function_whose_highest_port_no_namespace_shows_is_in_use(lab):
     """Host shape: review 30's finding 2 with the ports the other way round: the storage
     network is on the T520's port 1 (``ip link set enp12s0f4d1 netns storage``), /scratch is
     NFS-mounted through it (``nsenter --net=/run/netns/storage mount -t nfs4 ...``), and a
@@ -225,7 +183,7 @@ def test_4_a_multi_port_function_whose_highest_port_no_namespace_shows_is_in_use
     assert not v.idle, f"{T5} judged idle with its port 1 (dev_port 1) unseen: {v.evidence}"
 
 
-# -- 5. a netconsole target enabled from another network namespace --------------------------------
+# -- 4. a netconsole target enabled from another network namespace --------------------------------
 
 
 MAC1 = "a0:36:9f:05:00:01"
@@ -254,11 +212,12 @@ def _built_in_netconsole_target(host: FakeHost, enabled: str) -> None:
     host.file(f"{target}/dev_name", "enp5s0f1\n")
     host.file(f"{target}/local_mac", f"{MAC1}\n")
     host.file(f"{target}/remote_ip", "10.77.0.9\n")
+    host.file("sys/module/netconsole/parameters/oops_only", "N\n")  # (mode 0600: shown)
     mounts = (host.root / "proc/mounts").read_text()
     host.proc("mounts", mounts + "configfs /sys/kernel/config configfs rw,relatime 0 0\n")
 
 
-def test_5_a_port_netconsole_bound_in_another_namespace_is_in_use(lab):
+def test_4_a_port_netconsole_bound_in_another_namespace_is_in_use(lab):
     """Host shape: the lab host's management network is a named namespace, ``mgmt`` (the
     82599's port 1 moved into it: ``ip link set enp5s0f1 netns mgmt``), and the log-shipping
     unit runs in it (``NetworkNamespacePath=/run/netns/mgmt``), doing what netconsole.rst
@@ -274,7 +233,8 @@ def test_5_a_port_netconsole_bound_in_another_namespace_is_in_use(lab):
     process that writes ``enabled`` (``netpoll_setup``: ``current->nsproxy->net_ns``), and
     configfs says which interface it bound (``local_mac`` is its MAC). enp5s0f1 (netns mgmt)
     is down with no route, socket or upper device: idle. Taking 05:00.1 unregisters it and
-    netconsole drops the target for good: the log host loses the lab host's oopses and
+    netconsole loses the target (dropped; a kernel with deactivated targets takes it up again
+    only when that interface comes back): the log host loses the lab host's oopses and
     panics. Expected: a netconsole target's device is looked for in every namespace (by its
     MAC, ``local_mac``, or its name anywhere), and the port keeps it."""
     _port1_in_mgmt(lab)
@@ -284,7 +244,7 @@ def test_5_a_port_netconsole_bound_in_another_namespace_is_in_use(lab):
     assert not found.idle and any("netconsole" in u for u in found.uses), found
 
 
-def test_5_control_a_disabled_target_leaves_the_port_in_mgmt_idle(lab):
+def test_4_control_a_disabled_target_leaves_the_port_in_mgmt_idle(lab):
     """Control: the same target disabled (``enabled`` 0): the port in mgmt is idle, read
     there."""
     _port1_in_mgmt(lab)
