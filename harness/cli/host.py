@@ -138,11 +138,13 @@ def bind_main(argv: list[str], fs: Sysfs | None = None) -> int:
     fs = fs or Sysfs(args.root)
     allowed = {parse_bdf(args.bdf)} | {parse_bdf(c) for c in args.companions}
     cleared: frozenset[str] = frozenset()
+    ports: dict[str, int] = {}
     if args.inventory:
         inventory = load_inventory(args.inventory, fs)
         allowed |= inventory.pci_addresses()
-        cleared = inventory.cleared_storage()
-    binder = VfioBinder(fs, journal=args.journal, manual=True, cleared_storage=cleared)
+        cleared, ports = inventory.cleared_storage(), inventory.nic_ports()
+    binder = VfioBinder(fs, journal=args.journal, manual=True, cleared_storage=cleared,
+                        nic_ports=ports)
     lease = binder.bind(args.bdf, allowed)
     short = short_bdf(lease.bdf)
     print(f"{lease.bdf} is on vfio-pci (IOMMU group {lease.group}; moved "

@@ -733,14 +733,16 @@ class VfioBinder:
     def __init__(self, root: "str | Path | Sysfs" = "/", journal: str | Path | None = None, *,
                  timeout: float = 5.0,
                  cleared_storage: "set[str] | frozenset[str]" = frozenset(),
-                 manual: bool = False):
+                 nic_ports: "dict[str, int] | None" = None, manual: bool = False):
         """``cleared_storage``: the inventory's ``no_host_filesystems`` controllers
-        (:meth:`Inventory.cleared_storage`). ``manual``: a binding by hand (``python -m
-        harness bind``) that outlives this process: no automatic restore takes it back."""
+        (:meth:`Inventory.cleared_storage`); ``nic_ports``: its NICs' ``ports``. ``manual``:
+        a binding by hand (``python -m harness bind``) that outlives this process: no
+        automatic restore takes it back."""
         self.manual = manual
         self.fs = Sysfs.of(root)
         self.journal = Journal(journal or default_journal_path())
         self.cleared_storage = frozenset(cleared_storage)
+        self.nic_ports = dict(nic_ports or {})
         self.timeout = timeout
         self._holds: dict[int, _Hold] = {}
         #: The PFs whose sriov_numvfs this binder changed (their journal entries).
@@ -826,7 +828,8 @@ class VfioBinder:
 
     def _proven_plan(self, bdf: str, allowed, when: str) -> GroupPlan:
         """The group's plan from the host's evidence read now; raises unless it is safe."""
-        plan = plan_group(self.fs, bdf, HostUsage.read(self.fs, self.cleared_storage),
+        plan = plan_group(self.fs, bdf,
+                          HostUsage.read(self.fs, self.cleared_storage, self.nic_ports),
                           allowed=set(allowed), held_groups=frozenset(self._holds))
         if plan.group is None:
             raise HostDeviceError(f"{plan.target.bdf}: no iommu_group found",
@@ -854,7 +857,7 @@ class VfioBinder:
         with self.journal.locked():
             now = sriov.physical_function(self.fs, pf)
             why = sriov.check_request(now, pf, count, in_use=HostUsage.read(
-                self.fs, self.cleared_storage).verdict(pf).uses)
+                self.fs, self.cleared_storage, self.nic_ports).verdict(pf).uses)
             if why:
                 raise HostDeviceError(f"cannot have {count} VFs of {pf}: {why}",
                                       hint="fix the inventory's pf/vfs (`python -m harness "

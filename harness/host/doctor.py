@@ -338,7 +338,7 @@ def _namespace_check(fs: Sysfs) -> Check:
 
 
 def _inventory_checks(fs: Sysfs, inventory: Inventory) -> list[Check]:
-    usage = HostUsage.read(fs, inventory.cleared_storage())
+    usage = HostUsage.read(fs, inventory.cleared_storage(), inventory.nic_ports())
     checks = []
     for d in inventory.devices:
         name = f"inventory {d.name}"

@@ -33,7 +33,7 @@ from harness.host.sysfs import (NVME_CLASS, STORAGE_CLASSES, Sysfs, UsbDevice, i
 PCI_ROLES = ("nic", "usb-controller", "sata-controller", "nvme")
 ROLES = PCI_ROLES + ("usb-device",)
 _ROLE_KEYS = {
-    "nic": ("bdf", "gateway", "companions", "pf", "vf", "vfs"),
+    "nic": ("bdf", "gateway", "companions", "pf", "vf", "vfs", "ports"),
     "usb-controller": ("bdf", "product", "companions", "no_host_filesystems"),
     "sata-controller": ("bdf", "disk_bytes", "companions", "no_host_filesystems"),
     "nvme": ("bdf", "disk_bytes", "companions", "no_host_filesystems"),
@@ -104,6 +104,10 @@ class InventoryDevice:
     pf: str | None = None
     vf: int | None = None
     vfs: int | None = None
+    #: nic: how many ports the function has, for a NIC that serves several on one function
+    #: (cxgb4, nfp, mlxsw): without it such a function is never proven idle (a port no
+    #: namespace the harness reads shows may carry traffic; harness/host/safety.py).
+    ports: int | None = None
     #: A comment ``to_toml`` writes above the entry (what discovery saw); not read back.
     note: str = dataclasses.field(default="", compare=False)
 
@@ -160,6 +164,10 @@ class Inventory:
         BDFs by index, as :func:`harness.host.sriov.vfs_of` reads them)."""
         return Inventory(tuple(dataclasses.replace(d, bdf=vfs[d.pf][d.vf]) if d.pf else d
                                for d in self.devices), self.path)
+
+    def nic_ports(self) -> dict[str, int]:
+        """NIC function -> how many ports its entry says it has (``ports``)."""
+        return {d.bdf: d.ports for d in self.devices if d.ports and d.bdf}
 
     def cleared_storage(self) -> frozenset[str]:
         """Storage controllers the inventory says hold no host filesystem."""
@@ -437,10 +445,11 @@ class _EntryChecker:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 return self._type(key, value, "a VF index: 0, 1, ... (0 is the first VF)")
             return value
-        if key in ("disk_bytes", "hostbus", "hostaddr", "vfs"):
+        if key in ("disk_bytes", "hostbus", "hostaddr", "vfs", "ports"):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 example = {"disk_bytes": "164696555520 (bytes, as `fdisk -l` shows)",
                            "vfs": "2 (VFs the PF gets, at most its sriov_totalvfs)",
+                           "ports": "2 (the ports of the card on this one PCI function)",
                            "hostbus": "3 (Bus of `lsusb`)", "hostaddr": "3 (Device of `lsusb`)"}
                 return self._type(key, value, f"a positive integer like {example[key]}")
             return value

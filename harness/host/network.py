@@ -169,8 +169,9 @@ class NetView:
             uses.append(f"{dev} is up " + (f"with the address {', '.join(addresses)}"
                                            if addresses else "(with no address)"))
         uses += [f"{dev} has a socket bound to it ({s})" for s in ns.sockets.get(dev.name, [])]
-        if dev.namespace == OWN and ({dev.name, str(link.get("address", "")).lower()}
-                                     & self.netconsoles):
+        # In any namespace: a dynamic target binds the interface of its name in the namespace
+        # of the process that enables it (``netpoll_setup``: ``current->nsproxy->net_ns``).
+        if {dev.name, str(link.get("address", "")).lower()} & self.netconsoles:
             uses.append(f"{dev} carries the kernel's netconsole")
         if link.get("xdp"):  # a program handles its packets before any socket sees them
             uses.append(f"{dev} has an XDP program attached")
@@ -232,6 +233,9 @@ def _netconsoles(fs: Sysfs, problems: list[str]) -> set[str]:
     return set(names) | {n.lower() for n in names}  # (a MAC address in either case)
 
 
+_NO_MAC = "00:00:00:00:00:00"
+
+
 def _configfs_netconsoles(fs: Sysfs, built_in: bool, problems: list[str]) -> list[str]:
     """The interfaces of netconsole's enabled dynamic targets, in every configfs mount of the
     harness's namespace (/proc/mounts), not only /sys/kernel/config: netconsole.rst's `mount
@@ -255,8 +259,10 @@ def _configfs_netconsoles(fs: Sysfs, built_in: bool, problems: list[str]) -> lis
                             f"({e.strerror}): which interfaces carry the kernel's log is unknown")
             continue
         readable = True
-        names += [fs.read(t / "dev_name") or "eth0" for t in targets
-                  if fs.read(t / "enabled") == "1"]
+        for t in (t for t in targets if fs.read(t / "enabled") == "1"):
+            # (``local_mac``: the MAC of the interface it bound, wherever that is)
+            names += [fs.read(t / "dev_name") or "eth0"] + [
+                mac for mac in [fs.read(t / "local_mac")] if mac and mac != _NO_MAC]
     if built_in and not readable:
         problems.append("netconsole is built in and no configfs is mounted here (/proc/mounts"
                         + ("" if mounts is not None else " cannot be read") + "): its dynamic "

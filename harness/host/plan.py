@@ -29,7 +29,7 @@ def plan_inventory(root: "str | Path | Sysfs", inventory: Inventory,
     so that any stream or file takes them. ``journal``: the vfio journal, whose leases (a live
     run's, one bound by hand) a run would refuse as its bind does (None: not read)."""
     fs = Sysfs.of(root)
-    usage = HostUsage.read(fs, inventory.cleared_storage())
+    usage = HostUsage.read(fs, inventory.cleared_storage(), inventory.nic_ports())
     lines = [f"plan for {inventory.path or 'the inventory'}: a dry run, nothing on this host "
              "is changed"]
     ok = True

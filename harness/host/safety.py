@@ -69,6 +69,11 @@ _USB_INTERFACE = re.compile(r"(?:\d+-[\d.]+|\d+-0):\d+\.\d+")
 #: it to another machine, with no interface driver, node or process on this host to show it.
 _USB_DEVICE = re.compile(r"usb\d+|\d+-[\d.]+")
 _USB_DEVICE_DRIVERS_JUDGED = {None, "usb"}
+#: NIC drivers that serve several ports on one PCI function (one netdev each, told apart by
+#: ``dev_port``): such a function is proven only once its number of ports is known.
+_MULTI_PORT = {"cxgb3", "cxgb4", "nfp", "mlx4_core", "mlxsw_spectrum", "mlxsw_spectrum2",
+               "mlxsw_spectrum3", "mlxsw_spectrum4", "mlxsw_switchx2", "prestera_pci",
+               "sky2", "skge"}
 #: Drivers that leave a device to nobody on the host.
 _NO_HOST_DRIVER = {None, "pci-stub"}
 #: A function's sysfs files that reach the device itself: BARs, config space, option ROM,
@@ -145,22 +150,26 @@ class HostUsage:
     """The host's network, storage and open files, read once; :meth:`verdict` per function.
     ``cleared_storage``: controllers the inventory says hold no host filesystem
     (``no_host_filesystems = true``), for which a filesystem whose disks cannot be told (ZFS)
-    is no reason to refuse."""
+    is no reason to refuse. ``nic_ports``: NIC function -> its number of ports, as the
+    inventory states it (``ports = N``; :func:`_ports_unseen`)."""
 
     def __init__(self, fs: Sysfs, net: NetView, storage: StorageView,
-                 cleared_storage: "set[str] | frozenset[str]" = frozenset()):
+                 cleared_storage: "set[str] | frozenset[str]" = frozenset(),
+                 nic_ports: "dict[str, int] | None" = None):
         self.fs, self.net, self.storage = fs, net, storage
         self.cleared = {parse_bdf(b) for b in cleared_storage}
+        self.nic_ports = {parse_bdf(b): n for b, n in (nic_ports or {}).items()}
 
     @classmethod
     def read(cls, root: "str | Path | Sysfs" = "/",
-             cleared_storage: "set[str] | frozenset[str]" = frozenset()) -> "HostUsage":
+             cleared_storage: "set[str] | frozenset[str]" = frozenset(),
+             nic_ports: "dict[str, int] | None" = None) -> "HostUsage":
         fs = Sysfs.of(root)
         # (the network last: a disk the move takes is claimed right before it, so a mount
         # after this read fails; an interface has no such claim, so its evidence is read
         # after the storage read's seconds, which any user can stretch to its budgets)
         storage = StorageView.read(fs)
-        return cls(fs, NetView.read(fs), storage, cleared_storage)
+        return cls(fs, NetView.read(fs), storage, cleared_storage, nic_ports)
 
     def verdict(self, bdf: str, held_groups: "set[int] | frozenset[int]" = frozenset()) -> Verdict:
         """``held_groups``: IOMMU groups this run holds already (its own QEMU may have them
@@ -175,7 +184,7 @@ class HostUsage:
                 "no rule that could prove it idle"]
         self._driver(dev, role, held_groups, uses, evidence)
         tree = _Subtree(self.fs, dev.path)
-        tree.char_nodes += _nvme_char_heads(self.fs, dev.path)
+        tree.char_nodes += _nvme_char_heads(self.fs, dev.path) + _clock_pps(self.fs, tree)
         self._network(dev, role, tree, uses, evidence)
         for vf in vfs_of(self.fs, dev.bdf):
             self._vf(vf, uses, evidence)
@@ -222,7 +231,7 @@ class HostUsage:
         host_driver = dev.driver not in _NO_HOST_DRIVER | {VFIO}
         netdevs = self.net.netdevs_of(dev.path, tree.netdevs)
         if role == "nic" and host_driver and not self.net.problems:
-            uses += _ports_unseen(self.fs, dev, netdevs)
+            uses += _ports_unseen(self.fs, dev, netdevs, self.nic_ports.get(dev.bdf))
         self._interfaces(dev.bdf, netdevs, role == "nic" and host_driver, uses, evidence)
 
     def _interfaces(self, label: str, netdevs: list, may_have: bool, uses: list,
@@ -326,7 +335,8 @@ class HostUsage:
         self._gpio(label, tree, uses)
         uses += _phys_used_elsewhere(label, path, tree)
         uses += _midi_held_by_the_kernel(self.fs, label, tree)
-        uses += _rdma_ports_up(self.fs, label, tree) + _ports_off(self.fs, label, tree)
+        uses += _rdma_ports_up(self.fs, label, tree) + _ports_off(self.fs, label, tree) + \
+            _clock_pins(self.fs, label, tree)
         uses += [f"{_ON_BUS.get(bus, f'a device on the {bus} bus')} {name} (below {label}) is "
                  f"on the driver {driver}, whose use the harness cannot judge (a kernel driver "
                  "may use it with no node or process to show it)"
@@ -824,6 +834,44 @@ def _nvme_char_heads(fs: Sysfs, path: str) -> list[tuple[Path, str | None]]:
             for p in sorted(subsys.glob("ng*")) if (p / "dev").exists()]
 
 
+def _clock_pps(fs: Sysfs, tree: "_Subtree") -> list[tuple[Path, str | None]]:
+    """The PPS sources of the PTP hardware clocks below it (``ptp/ptp0``): the PTP core
+    registers a clock's PPS source (igb, ixgbe, ice...) with no parent
+    (``/sys/devices/virtual/pps/pps0``), tied to the clock only by its ``name`` (``ptp0``),
+    and chronyd's ``refclock PPS /dev/pps0`` holds that node, not the clock's. Taking the
+    function unregisters both. One whose name cannot be read counts as the clock's."""
+    clocks = {node.name for node, _ in tree.char_nodes if node.parent.name == "ptp"}
+    pps = sorted(fs.sys("class", "pps").glob("*")) if clocks else []
+    return [(p, fs.read(p / "dev")) for p in pps
+            if (name := fs.read(p / "name")) is None or name.strip() in clocks]
+
+
+#: What a PTP clock's pin is assigned (``ptp_pin_show``: "func chan"; 0 is PTP_PF_NONE).
+_PIN_FUNCTIONS = {"1": "an external timestamp input (EXTTS)",
+                  "2": "a periodic output (PEROUT)", "3": "PHY clock sync (PHYSYNC)"}
+
+
+def _clock_pins(fs: Sysfs, label: str, tree: "_Subtree") -> list[str]:
+    """Pins of a PTP hardware clock below it that are assigned a function (``echo 2 0 >
+    ptp0/pins/SDP0``: a 1PPS out of the card to a lab instrument or another card's time
+    input). The card does it alone, with no process, node or interface to show it, and a
+    periodic output cannot be read back: the assignment is the evidence. Taking the function
+    unregisters the clock and resets the card, and the signal stops. A pin that cannot be
+    read counts too."""
+    uses = []
+    for clock in (node for node, _ in tree.char_nodes if node.parent.name == "ptp"):
+        for pin in sorted((clock / "pins").glob("*")):
+            func = ((fs.read(pin) or "").split() or [None])[0]
+            if func == "0":
+                continue
+            what = f"is assigned {_PIN_FUNCTIONS.get(func, f'function {func}')}" if func \
+                else f"cannot be read ({pin})"
+            uses.append(f"the pin {pin.name} of the PTP clock {clock.name} (below {label}) "
+                        f"{what}: the card drives or takes a signal there with no process, "
+                        "node or interface to show it")
+    return uses
+
+
 def _phys_used_elsewhere(label: str, path: str, tree: "_Subtree") -> list[str]:
     """PHYs on the function's MDIO bus that phylib attached to an interface not below it: one
     bus may serve several MACs (ixgbe's X550EM_A registers it on the lowest function for up to
@@ -881,18 +929,19 @@ def _midi_held_by_the_kernel(fs: Sysfs, label: str, tree: "_Subtree") -> list[st
     return uses
 
 
-def _ports_unseen(fs: Sysfs, dev: PciDevice, netdevs: list) -> list[str]:
-    """A NIC's ports that show no interface in any namespace read: a function with none, an
-    mlx4 function (ConnectX-3: one function for both ports) with fewer interfaces than
-    Ethernet ports (``mlx4_portN``: ``eth``, ``auto (eth)``; one that cannot be read counts
-    too), or, whatever the driver, a port numbered below the highest ``dev_port`` seen (cxgb4,
-    nfp, mlxsw: several ports on one function, numbered from 0 by the sysfs-class-net ABI)
-    with no interface of its own. A port may sit in a namespace no process, fd or mount names,
-    which the harness never finds: an NFS mount made through a named namespace holds it after
-    ``ip netns del`` (its RPC client's reference), the port up in it carrying the mount; the
-    other port, down in the host's namespace, is no evidence for it. An interface in the
-    host's namespace is told by its ``dev_port`` (mlx4_en: the port less one); one elsewhere
-    may be any port."""
+def _ports_unseen(fs: Sysfs, dev: PciDevice, netdevs: list, stated: int | None) -> list[str]:
+    """A NIC's ports that show no interface in any namespace read: a function with none, or
+    one of several ports (a driver that serves several on one function, :data:`_MULTI_PORT`,
+    or an interface of ``dev_port`` above 0) with fewer interfaces than ports. How many ports
+    it has is read from the driver where it says (mlx4's ``mlx4_portN``: ``eth``, ``auto
+    (eth)``; one that cannot be read counts too), else from the inventory (``ports = N``,
+    ``stated``): ``dev_port`` says which port an interface is (numbered from 0 by the
+    sysfs-class-net ABI), never how many there are, so without a count the function is
+    unproven. A port may sit in a namespace no process, fd or mount names, which the harness
+    never finds: an NFS mount made through a named namespace holds it after ``ip netns del``
+    (its RPC client's reference), the port up in it carrying the mount; the other port, down
+    in the host's namespace, is no evidence for it. An interface in the host's namespace is
+    told by its ``dev_port`` (mlx4_en: the port less one); one elsewhere may be any port."""
     if not netdevs:
         return [f"{dev.bdf} is on {dev.driver}, which shows no network interface in any "
                 "namespace the harness can read (a container's namespace, or a user-space "
@@ -906,14 +955,24 @@ def _ports_unseen(fs: Sysfs, dev: PciDevice, netdevs: list) -> list[str]:
             seen.add(int(port))
         else:
             elsewhere += 1
+    if not kinds and dev.driver not in _MULTI_PORT and max(seen, default=0) == 0:
+        return []  # one port: the interface seen is it
+    ports = set(kinds) or set(range(stated or 0))
+    if not ports or seen - ports:
+        return [f"{dev.bdf} is on {dev.driver}" + (
+            ", which serves several ports on one function," if dev.driver in _MULTI_PORT else
+            f" with an interface of dev_port {max(seen)},") + " and how many ports it has "
+            + ("cannot be told" if not ports else f"is more than the {len(ports)} " + (
+                "its mlx4_portN files show" if kinds else "its inventory entry states"))
+            + ": a port no namespace the harness reads shows may carry "
+            "traffic (say how many in its inventory entry: ports = N)"]
     # mlx4's InfiniBand ports show no Ethernet interface (mlx4_ib's; rule 'no RDMA port up').
-    wanted = (set(kinds) | set(range(max(seen, default=0)))) \
-        - {n for n, kind in kinds.items() if "ib" in kind}
+    wanted = ports - {n for n, kind in kinds.items() if "ib" in kind}
     if len(wanted - seen) <= elsewhere:
         return []
-    ports = ", ".join(str(n) for n in sorted(wanted - seen))
-    return [f"{dev.bdf} is on {dev.driver} with {len(wanted | seen)} Ethernet ports, and the "
-            f"port(s) of dev_port {ports} show no network interface in any namespace the "
+    unseen = ", ".join(str(n) for n in sorted(wanted - seen))
+    return [f"{dev.bdf} is on {dev.driver} with {len(wanted)} Ethernet ports, and the "
+            f"port(s) of dev_port {unseen} show no network interface in any namespace the "
             "harness can read (a namespace only the kernel holds, such as one an NFS mount "
             "keeps after `ip netns del`, may carry its traffic)"]
 

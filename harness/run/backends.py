@@ -112,7 +112,8 @@ class Vfio(Backend):
         self.inventory = load_inventory(inventory)  # bad input stops here, one line each
         self._ask_the_doctor()
         self.binder = binding.VfioBinder("/", timeout=self.pace(5.0),
-                                         cleared_storage=self.inventory.cleared_storage())
+                                         cleared_storage=self.inventory.cleared_storage(),
+                                         nic_ports=self.inventory.nic_ports())
         self._make_vfs()
 
     def _make_vfs(self) -> None:
@@ -256,7 +257,8 @@ class Lab(Vfio):
             print(f"hotplug-harness: lab host plan: {lines[-1].removeprefix('verdict: ')} "
                   f"({workdir / 'plan.txt'})", flush=True)
         self.binder = binding.VfioBinder("/", timeout=self.pace(5.0),
-                                         cleared_storage=self.inventory.cleared_storage())
+                                         cleared_storage=self.inventory.cleared_storage(),
+                                         nic_ports=self.inventory.nic_ports())
         self._make_vfs()
         if not self.worker:
             for pf in self.inventory.vf_counts():

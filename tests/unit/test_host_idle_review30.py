@@ -165,9 +165,10 @@ def test_2_a_multi_port_function_whose_port_0_no_namespace_shows_is_in_use(lab):
 
 
 def test_2_control_the_t5_with_both_ports_seen_and_down_is_idle(lab):
-    """Control: both ports (dev_port 0 and 1) in the host's namespace, down: idle."""
+    """Control: both ports (dev_port 0 and 1) in the host's namespace, down, and the
+    inventory's entry saying the function has 2 (``ports = 2``; review 31b, 3): idle."""
     _t5(lab, both_seen=True)
-    v = _verdict(lab, T5)
+    v = HostUsage.read(lab.root, nic_ports={T5: 2}).verdict(T5)
     assert v.idle, v.uses
 
 
