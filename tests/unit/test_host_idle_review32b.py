@@ -15,6 +15,11 @@ would be lost), on main at 45b56e8:
    (``SET_NETDEV_DEV(repr->netdev, ice_pf_to_dev(pf))``, ``phys_port_name`` ``pf0vf0``), so a
    down representor proves the PF idle while its uplink port, in a namespace only the kernel
    holds, carries an NFS mount.
+3. (a) review 31b's fix for a clock's signal out of the card reads only its programmable pins
+   (``pins/*``), but ixgbe's X540/X550 clock has none (``n_programmable_pins`` 0): its 1PPS
+   goes out of SDP0 once ``pps_enable`` is written (``ixgbe_ptp_setup_sdp_X540``), a
+   write-only switch; the clock's PPS source, held by no process, counts its pulses in
+   ``assert`` (readable by anyone), and nothing reads it: the card reads idle.
 
 Controls (pass on main): the same hosts without the use are still idle.
 """
@@ -29,6 +34,7 @@ from harness.host.safety import HostUsage, plan_group
 
 from . import fakesysfs
 from .fakesysfs import FakeHost
+from .test_host_idle_review28a import _virtual_node
 from .test_host_idle_review31b import T5, _t520
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
@@ -142,4 +148,69 @@ def test_2_control_the_uplink_down_beside_the_representor_is_idle(lab):
     """Control: the uplink port down in the host's namespace beside the representor: idle."""
     _e810_switchdev(lab, uplink_seen=True)
     v = HostUsage.read(lab.root).verdict(E810)
+    assert v.idle, v
+
+
+# -- 3. a clock's 1PPS out of a card with no programmable pins -------------------------------------
+
+
+X540 = "0000:03:00.0"   # Intel X540-T2 (8086:1528) on ixgbe, port 0
+
+
+def _x540_clock(host: FakeHost, assert_line: str) -> None:
+    """An X540-T2's port 0 (enp3s0f0, down) on ixgbe with its PTP hardware clock ptp0 below
+    it: ``pps_available`` 1, no programmable pins (ixgbe gives the X540 none: ``n_pins`` 0, no
+    ``pins/`` folder), and the clock's PPS source pps0 (no parent, ``name`` ptp0) whose
+    ``assert`` is ``assert_line`` (``pps``'s ``assert_show``: "seconds.nanoseconds#sequence";
+    "0.000000000#0": no pulse ever)."""
+    host.add_pci("0000:00:1c.3", "8086:a33b", 0x060400, "pcieport", 19)
+    host.add_pci(X540, "8086:1528", 0x020000, "ixgbe", 20, parent="0000:00:1c.3")
+    host.add_net("enp3s0f0", X540)
+    d = host.dev_dir(X540) / "ptp" / "ptp0"
+    d.mkdir(parents=True)
+    (d / "dev").write_text("246:0\n")
+    (d / "uevent").write_text("MAJOR=246\nMINOR=0\nDEVNAME=ptp0\n")
+    (d / "clock_name").write_text("enp3s0f0\n")
+    (d / "pps_available").write_text("1\n")
+    (d / "n_programmable_pins").write_text("0\n")
+    (d / "n_periodic_outputs").write_text("0\n")
+    (host.sys / "class/ptp").mkdir(parents=True, exist_ok=True)
+    os.symlink(os.path.relpath(d, host.sys / "class/ptp"), host.sys / "class/ptp/ptp0")
+    pps = _virtual_node(host, "pps", "pps0", "247:0")
+    (pps / "name").write_text("ptp0\n")
+    (pps / "path").write_text("\n")
+    (pps / "mode").write_text("1133\n")
+    (pps / "assert").write_text(f"{assert_line}\n")
+
+
+def test_3_a_clock_sending_1pps_out_of_a_pinless_card_is_in_use(lab):
+    """Host shape: the lab's timing rack takes its 1PPS from the host's X540-T2: a boot unit
+    writes ``echo 1 > /sys/class/ptp/ptp0/pps_enable`` (after ``phc2sys -s CLOCK_REALTIME -c
+    ptp0 -O 0`` once, which ends), and ixgbe then drives a pulse per second out of the card's
+    SDP0 (``ixgbe_ptp_feature_enable`` -> ``ixgbe_ptp_setup_sdp_X540``: SDP0 as output,
+    native Clock Out), to the oscilloscope's trigger and a second host's time card. Port 0 is
+    down (a timing card); the inventory lists it as a spare NIC.
+
+    Why it is called idle: review 31b's fix (``_clock_pins``) reads the clock's programmable
+    pins for a signal out of the card, but the X540's clock has none (``n_pins`` 0): its
+    1PPS is switched on by ``pps_enable``, a write-only file, and no pin says it. The clock's
+    PPS source pps0 is held by no process, and its node /dev/ptp0 by none either. What shows
+    the pulses is the PPS source's ``assert`` (the time and count of the last pulse, readable
+    by anyone: ``...#86400``, a day of them): nothing reads it. The port is down: idle, with
+    "2 device node(s) below ... open by no process" as the evidence. Taking 03:00.0 unbinds
+    ixgbe, the clock goes and the pulse stops: what takes its reference from it drifts or
+    alarms. Expected: a clock below the function whose PPS source has counted pulses
+    (``assert``'s sequence above 0, or one that cannot be read) keeps the NIC, named."""
+    _x540_clock(lab, "1765083600.000000008#86400")
+    v = HostUsage.read(lab.root).verdict(X540)
+    assert not v.idle, (f"{X540}, whose clock sends a pulse per second out of SDP0 (pps0: "
+                        f"86400 pulses), reads idle: {v.evidence}")
+    assert any("pps0" in u or "ptp0" in u for u in v.uses), v.uses
+
+
+def test_3_control_a_clock_that_never_pulsed_is_idle(lab):
+    """Control: the same clock whose PPS source never counted a pulse (``pps_enable`` never
+    written): idle."""
+    _x540_clock(lab, "0.000000000#0")
+    v = HostUsage.read(lab.root).verdict(X540)
     assert v.idle, v
