@@ -8,7 +8,9 @@ would be lost), on main at 45b56e8:
    interfaces are counted again: ``safety._ports_unseen`` counts each interface outside the
    harness's own namespace as "a port seen elsewhere", so the host-namespace copy of port 0
    stands in for the port 1 that no namespace shows (review 31b's kernel-held namespace), and
-   the two-port function is judged idle with ``ports = 2`` stated.
+   the two-port function is judged idle with ``ports = 2`` stated (two names of one other
+   namespace count its interfaces twice the same way: ``network._read_all`` never compares a
+   name's inode with the namespaces already read).
 2. (a) ``safety._ports_unseen`` takes, for a driver of one port per function (ice), any
    interface of the function for that port ("one port: the interface seen is it"); in
    switchdev mode the PF's VF representors are interfaces of the PF too
