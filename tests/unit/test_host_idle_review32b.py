@@ -22,6 +22,12 @@ would be lost), on main at 45b56e8:
    goes out of SDP0 once ``pps_enable`` is written (``ixgbe_ptp_setup_sdp_X540``), a
    write-only switch; the clock's PPS source, held by no process, counts its pulses in
    ``assert`` (readable by anyone), and nothing reads it: the card reads idle.
+4. (a) the same fix, for a clock that drives a periodic output with no pins at all: stmmac
+   (Intel's mGbE, ``intel-eth-pci``) gives its clock ``n_per_out`` outputs and no
+   programmable pins, and a ``PTP_PEROUT_REQUEST`` (``testptp -p``, which then exits) keeps
+   the signal going with nothing in sysfs to show it: a clock that can drive an output the
+   harness cannot read (``n_periodic_outputs`` above 0, no ``pins/``) should leave the
+   function unproven; it reads idle.
 
 Controls (pass on main): the same hosts without the use are still idle.
 """
@@ -215,4 +221,59 @@ def test_3_control_a_clock_that_never_pulsed_is_idle(lab):
     written): idle."""
     _x540_clock(lab, "0.000000000#0")
     v = HostUsage.read(lab.root).verdict(X540)
+    assert v.idle, v
+
+
+# -- 4. a periodic output of a clock that has no pins -----------------------------------------------
+
+
+MGBE = "0000:00:1e.4"   # Intel Elkhart Lake mGbE (8086:4b32), stmmac through intel-eth-pci
+
+
+def _mgbe_clock(host: FakeHost, outputs: int) -> None:
+    """The mGbE's port (enp0s30f4, down) with its PTP clock ptp0 below it: stmmac gives it
+    ``n_per_out`` = the MAC's PPS outputs (``dma_cap.pps_out_num``), no programmable pins (no
+    ``pins/`` folder) and no PPS source."""
+    host.add_pci(MGBE, "8086:4b32", 0x020000, "intel-eth-pci", 31)
+    host.add_net("enp0s30f4", MGBE)
+    d = host.dev_dir(MGBE) / "ptp" / "ptp0"
+    d.mkdir(parents=True)
+    (d / "dev").write_text("246:0\n")
+    (d / "uevent").write_text("MAJOR=246\nMINOR=0\nDEVNAME=ptp0\n")
+    (d / "clock_name").write_text("stmmac ptp\n")
+    (d / "pps_available").write_text("0\n")
+    (d / "n_programmable_pins").write_text("0\n")
+    (d / "n_periodic_outputs").write_text(f"{outputs}\n")
+    (d / "n_external_timestamps").write_text(f"{outputs}\n")
+    (host.sys / "class/ptp").mkdir(parents=True, exist_ok=True)
+    os.symlink(os.path.relpath(d, host.sys / "class/ptp"), host.sys / "class/ptp/ptp0")
+
+
+def test_4_a_pinless_clock_that_can_drive_an_output_is_unproven(lab):
+    """Host shape: an industrial lab host (Elkhart Lake) whose second Ethernet, the SoC's
+    mGbE on stmmac, is a spare port, down, listed in the inventory; its clock drives the
+    lab's 1PPS: a boot unit runs ``testptp -d /dev/ptp0 -p 1000000000`` (PTP_PEROUT_REQUEST
+    on output 0, then exits), and ``stmmac_ptp_enable`` -> ``stmmac_flex_pps_config`` keeps
+    the MAC's PPS output toggling on its pin to the instrument.
+
+    Why it is called idle: review 31b's fix (``_clock_pins``) looks for a signal out of the
+    card in the clock's programmable pins, and this clock has none (stmmac sets
+    ``n_per_out``, never ``n_pins``: the ptp core makes no ``pins/`` folder); an output
+    requested by ioctl leaves nothing in sysfs, and the process that asked has ended. The
+    port is down and /dev/ptp0 is open by no process: idle. Taking 00:1e.4 unbinds the
+    driver, the clock goes and the pulse stops. Expected: a clock below the function that can
+    drive a periodic output (``n_periodic_outputs`` above 0) which no pin or file shows the
+    state of leaves the function unproven, named (the harness cannot read whether one is
+    on); one without outputs proves nothing against it."""
+    _mgbe_clock(lab, outputs=4)
+    v = HostUsage.read(lab.root).verdict(MGBE)
+    assert not v.idle, (f"{MGBE}, whose pin-less clock may drive a periodic output nobody "
+                        f"can read, reads idle: {v.evidence}")
+    assert any("ptp0" in u for u in v.uses), v.uses
+
+
+def test_4_control_a_clock_with_no_outputs_is_idle(lab):
+    """Control: a clock with no periodic output (``n_periodic_outputs`` 0): idle."""
+    _mgbe_clock(lab, outputs=0)
+    v = HostUsage.read(lab.root).verdict(MGBE)
     assert v.idle, v
