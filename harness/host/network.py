@@ -413,6 +413,11 @@ def _read_all(fs: Sysfs, problems: list[str], alone: bool) -> list[Namespace]:
     done = {_inode(fs.proc("self", "ns", "net"))}
     for name in _named_namespaces(fs, problems):
         inode = _inode(fs.path("var", "run", "netns", name))
+        # A namespace is read once, whatever its names: ``ip netns attach host 1`` names the
+        # harness's own, two names may bind one; read again, each interface counts twice
+        # (``safety._ports_unseen`` took the copy for a port seen elsewhere).
+        if inode is not None and inode in done:
+            continue
         ns = _named_namespace(fs, name, inode)
         if ns is not None:  # (else its name went away: the searches below find it if held)
             out.append(ns)

@@ -47,6 +47,7 @@ import os
 import re
 from pathlib import Path
 
+from harness.core.text import shown
 from harness.host.network import NetView
 from harness.host.sriov import physfn_of, vfs_of
 from harness.host.storage import OpenFiles, StorageView, devname, pci_file_holders
@@ -231,7 +232,7 @@ class HostUsage:
         host_driver = dev.driver not in _NO_HOST_DRIVER | {VFIO}
         netdevs = self.net.netdevs_of(dev.path, tree.netdevs)
         if role == "nic" and host_driver and not self.net.problems:
-            uses += _ports_unseen(self.fs, dev, netdevs, self.nic_ports.get(dev.bdf))
+            uses += _ports_shown(self.fs, self.net, dev, netdevs, self.nic_ports.get(dev.bdf))
         self._interfaces(dev.bdf, netdevs, role == "nic" and host_driver, uses, evidence)
 
     def _interfaces(self, label: str, netdevs: list, may_have: bool, uses: list,
@@ -336,7 +337,7 @@ class HostUsage:
         uses += _phys_used_elsewhere(label, path, tree)
         uses += _midi_held_by_the_kernel(self.fs, label, tree)
         uses += _rdma_ports_up(self.fs, label, tree) + _ports_off(self.fs, label, tree) + \
-            _clock_pins(self.fs, label, tree)
+            _clock_pins(self.fs, label, tree) + _pps_pulsed(self.fs, label, tree)
         uses += [f"{_ON_BUS.get(bus, f'a device on the {bus} bus')} {name} (below {label}) is "
                  f"on the driver {driver}, whose use the harness cannot judge (a kernel driver "
                  "may use it with no node or process to show it)"
@@ -857,10 +858,21 @@ def _clock_pins(fs: Sysfs, label: str, tree: "_Subtree") -> list[str]:
     input). The card does it alone, with no process, node or interface to show it, and a
     periodic output cannot be read back: the assignment is the evidence. Taking the function
     unregisters the clock and resets the card, and the signal stops. A pin that cannot be
-    read counts too."""
+    read counts too, and so does a clock with periodic outputs and no pins at all."""
     uses = []
     for clock in (node for node, _ in tree.char_nodes if node.parent.name == "ptp"):
-        for pin in sorted((clock / "pins").glob("*")):
+        pins = sorted((clock / "pins").glob("*"))
+        outputs = (fs.read(clock / "n_periodic_outputs") or "").strip()
+        # A clock with periodic outputs and no pins (stmmac: n_per_out, never n_pins) drives
+        # one on a PTP_PEROUT_REQUEST (``testptp -p``, which then exits) with nothing in sysfs
+        # to show it: whether one is on cannot be read. (Unreadable: it may have some.)
+        if not pins and outputs != "0":
+            uses.append(f"the PTP clock {clock.name} (below {label}) can drive "
+                        + (f"{outputs} periodic output(s)" if outputs.isdigit() else
+                           f"periodic outputs ({clock / 'n_periodic_outputs'} cannot be read)")
+                        + " and has no pins to show whether one is on: a signal out of the "
+                        "card, started by a process that has since ended, shows nowhere")
+        for pin in pins:
             func = ((fs.read(pin) or "").split() or [None])[0]
             if func == "0":
                 continue
@@ -869,6 +881,25 @@ def _clock_pins(fs: Sysfs, label: str, tree: "_Subtree") -> list[str]:
             uses.append(f"the pin {pin.name} of the PTP clock {clock.name} (below {label}) "
                         f"{what}: the card drives or takes a signal there with no process, "
                         "node or interface to show it")
+    return uses
+
+
+def _pps_pulsed(fs: Sysfs, label: str, tree: "_Subtree") -> list[str]:
+    """The PPS sources of its clocks (:func:`_clock_pps`) that have counted pulses: a clock's
+    1PPS is switched on by ``pps_enable``, a write-only file, and may go out of the card with
+    no pin to show it (ixgbe's X540: SDP0, ``ixgbe_ptp_setup_sdp_X540``) to an instrument or
+    another host's time card. What shows it is the source's ``assert`` (``pps``'s
+    ``assert_show``: "seconds.nanoseconds#sequence", readable by anyone): a sequence above 0,
+    or one that cannot be read, keeps the NIC. Taking the function stops the pulse."""
+    uses = []
+    for node in (node for node, _ in tree.char_nodes if node.parent.name == "pps"):
+        seq = (fs.read(node / "assert") or "").rpartition("#")[2].strip()
+        if not seq.isdigit() or int(seq) > 0:
+            uses.append(f"the PPS source {node.name} (of {label}'s PTP clock, or below it) " + (
+                f"has counted {int(seq)} pulses" if seq.isdigit() else
+                f"cannot say whether it pulses ({node / 'assert'} cannot be read)") +
+                ": the clock's pulse per second (pps_enable, which cannot be read back) may "
+                "go out of the card with no process, node or pin to show it")
     return uses
 
 
@@ -927,6 +958,35 @@ def _midi_held_by_the_kernel(fs: Sysfs, label: str, tree: "_Subtree") -> list[st
                 uses.append(f"cannot tell whether the kernel holds the MIDI port {card}/"
                             f"{port.name} (below {label}) open: {port} cannot be read")
     return uses
+
+
+#: ``phys_port_name`` of a port of the card (devlink's ``p0``, ``p0s1`` when split); a
+#: switchdev representor's names a function instead (``pf0vf0``, ``pf0sf1``, ``pf1``,
+#: ``c1pf0vf0``).
+_PORT_NAME = re.compile(r"p\d+(?:s\d+)?")
+
+
+def _ports_shown(fs: Sysfs, net: NetView, dev: PciDevice, netdevs: list,
+                 stated: int | None) -> list[str]:
+    """:func:`_ports_unseen` of its interfaces that may be ports. In switchdev mode (ice,
+    mlx5, nfp...) the PF's VF, SF and PF representors are interfaces below it too
+    (``SET_NETDEV_DEV(repr->netdev, ice_pf_to_dev(pf))``), each standing for a function, not
+    for a port of the card: a down ``pf0vf0`` proves nothing of the uplink, which may carry
+    an NFS mount in a namespace only the kernel holds. A function that shows representors
+    and no port is unproven. (An interface whose ``phys_port_name`` cannot be read, as most
+    drivers give none, may be a port.)"""
+    def port_name(nd) -> str:  # (sysfs shows the harness's own namespace; `ip -d` the rest)
+        if not nd.namespace:
+            return fs.read(fs.sys("class", "net", nd.name, "phys_port_name")) or ""
+        ns = net.namespaces.get(nd.namespace)
+        return str(((ns.links.get(nd.name) or {}) if ns else {}).get("phys_port_name") or "")
+    reps = [nd for nd in netdevs if (n := port_name(nd).strip()) and not _PORT_NAME.fullmatch(n)]
+    if reps and len(reps) == len(netdevs):
+        return [f"{dev.bdf} is on {dev.driver} and shows only switchdev representors ("
+                + shown(", ".join(str(nd) for nd in reps)) + ": each stands for a VF, SF or "
+                "PF, not a port), no interface of its port in any namespace the harness can "
+                "read (a namespace only the kernel holds may carry its traffic)"]
+    return _ports_unseen(fs, dev, [nd for nd in netdevs if nd not in reps], stated)
 
 
 def _ports_unseen(fs: Sysfs, dev: PciDevice, netdevs: list, stated: int | None) -> list[str]:

@@ -59,6 +59,8 @@ def test_the_lab_hosts_devices_stay_idle_with_what_the_kernel_binds_below_them(f
                .relative_to(fake_root)), "21:1\n")
     _bind(h, h.sata_port("0000:00:04.0"), "scsi", "sd")
     h.file(str((h.dev_dir("0000:00:03.0") / "ptp/ptp0/dev").relative_to(fake_root)), "248:0\n")
+    h.file(str((h.dev_dir("0000:00:03.0") / "ptp/ptp0/n_periodic_outputs")  # (e1000e: none)
+               .relative_to(fake_root)), "0\n")
     _bind(h, h.dev_dir("0000:00:03.0") / "mdio_bus/e1000e-0-300/e1000e-0-300:00", "mdio_bus",
           "RTL8168h!8111h Gigabit Ethernet")  # (a PHY of the NIC, as r8169 has; / is ! in sysfs)
     usage = HostUsage.read(fake_root)
