@@ -15,7 +15,11 @@ What it found, one section below each:
 3. the "read again under the claim" step (review 31a, 1) reads the disks' block nodes only:
    the disk's SCSI generic node (``/dev/sg1``, what a libvirt ``<hostdev type='scsi'>`` guest's
    QEMU opens), opened while the bind's last proof reads the network, is not looked for again,
-   and the controller is unbound under it.
+   and the controller is unbound under it;
+4. libvirt's move (``managed = "yes"``): :meth:`VfioBinder.handover` proves the target idle
+   again right before libvirt unbinds it, but claims none of its disks and reads nothing again
+   (the claim of review 31a's fix covers the harness's own move and usb-host only): a mount
+   while that proof reads the network is handed to libvirt.
 
 Each section's test asserts the safe behaviour (refused, with the use named) and fails on
 45b56e8; the controls show that the idle shape is still taken. A fake sysfs/proc tree plays
@@ -297,3 +301,71 @@ def test_3_a_disks_scsi_generic_node_opened_while_the_bind_reads_the_network_is_
         f"06:00.0 was moved to {driver} with /dev/sg1 open by pid 4711 (qemu-system-x86), "
         f"opened after the last proof's storage read ({'refused: ' + refused if refused else 'not refused'})")
     assert driver == "ahci"
+
+
+# -- 4. libvirt's move (<hostdev managed='yes'>): proven, never claimed -----------------------
+
+MOUNTS = ("/dev/sda2 / ext4 rw,relatime 0 0\n")
+
+
+def _mounted_from_the_network_read(h, monkeypatch, on_call: int) -> list:
+    """From the ``on_call``-th read of the host's network on, sdb1 is mounted on /srv/backup
+    once that read ends (a backup job's mount, an automount's first access)."""
+    calls: list = []
+    real = safety.NetView.read
+
+    def net_read(fs):
+        view = real(fs)
+        calls.append(1)
+        if len(calls) >= on_call:
+            h.proc("mounts", MOUNTS + "/dev/sdb1 /srv/backup ext4 rw 0 0\n")
+        return view
+    monkeypatch.setattr(safety.NetView, "read", staticmethod(net_read))
+    return calls
+
+
+@pytest.mark.parametrize("on_call", [3, 2], ids=["mounted-during-the-handovers-read",
+                                                 "control-mounted-during-the-binds-read"])
+def test_4_a_disk_mounted_while_libvirts_handover_reads_the_network_is_not_handed_over(
+        lab, fake_root, monkeypatch, on_call):
+    """(a, low likelihood: the host's own activity in a window of seconds that any user can
+    stretch, as review 31a's findings 1 and 2) Host shape: the lab's ASM1062 (06:00.0, alone
+    in group 13, on ahci) is listed with ``managed = "yes"``: the run binds it with
+    ``moved_by="libvirt"`` (journaled, left on ahci for libvirt's ``<hostdev
+    managed='yes'>``), and right before ``attach-device``, :meth:`VfioBinder.handover` proves
+    it idle again under the journal lock. While that proof reads the network (its seconds),
+    a backup job mounts sdb1.
+
+    Path: :meth:`harness.host.binding.VfioBinder.handover` -> ``_proven_plan`` (storage, then
+    network) -> yield -> libvirt's ``virPCIDeviceDetach`` unbinds ahci under the mount.
+    Review 31a's fix claims the disks from the proof to the change in the harness's own move
+    (``_move_all`` -> ``_disks_claimed``, which leaves out libvirt's target: ``keep``) and in
+    usb-host's plug (:func:`harness.host.usbhost.handed`), but ``handover``, the third way a
+    device leaves the host, claims nothing and reads nothing again: a mount (or a
+    non-exclusive open: a libvirt guest's QEMU on /dev/sdb) after its storage read is handed
+    to libvirt, which looks at nothing, and the filesystem loses its disk.
+
+    On 45b56e8: ``handover`` yields (libvirt would move 06:00.0 with sdb1 mounted); the
+    control, mounted during the bind's own last read, is refused by ``handover``'s proof.
+    Fix: in ``handover``, claim the target's disks right after its proof and read their users
+    again (:func:`harness.host.binding.disks_claimed`), held until libvirt's attach returns."""
+    lab.proc("mounts", MOUNTS)
+    calls = _mounted_from_the_network_read(lab, monkeypatch, on_call)
+    binder = VfioBinder(lab.sysfs(), journal=_journal(fake_root))
+    handed = refused = ""
+    try:
+        lease = binder.bind(ASM, ALLOWED, moved_by="libvirt")
+        assert lease.left_to == "libvirt" and lab.driver_of(ASM) == "ahci"
+        with binder.handover(lease):
+            handed = "libvirt would move it now"
+    except HostDeviceError as e:
+        refused = e.message
+    finally:
+        try:
+            binder.close()
+        except HostDeviceError:
+            pass
+    assert len(calls) >= 3  # (the bind's proof twice, then the handover's)
+    assert not handed and "sdb1 is mounted on /srv/backup" in refused, (
+        "libvirt was handed 06:00.0 (its attach unbinds ahci) with sdb1 mounted on /srv/backup "
+        f"since the handover's storage read ({'refused: ' + refused if refused else handed})")
