@@ -35,7 +35,9 @@ import struct
 import pytest
 
 from harness.core.errors import HostDeviceError
-from harness.host import safety
+from types import SimpleNamespace
+
+from harness.host import safety, usbhost
 from harness.host.binding import VfioBinder
 
 from . import fakesysfs
@@ -301,6 +303,90 @@ def test_3_a_disks_scsi_generic_node_opened_while_the_bind_reads_the_network_is_
         f"06:00.0 was moved to {driver} with /dev/sg1 open by pid 4711 (qemu-system-x86), "
         f"opened after the last proof's storage read ({'refused: ' + refused if refused else 'not refused'})")
     assert driver == "ahci"
+
+
+#: A USB serial adapter the inventory hands to usb-host (an FTDI FT232R on bus 4, port 1).
+FTDI = SimpleNamespace(name="serial", hostbus=4, hostaddr=2, vendorid="0x0403",
+                       productid="0x6001", product="FT232R USB UART", disk_bytes=None,
+                       no_host_filesystems=False)
+
+
+@pytest.fixture
+def ftdi(lab):
+    """4-1 (0403:6001) on the uPD720202's bus 4: its interface on ftdi_sio, its port ttyUSB0
+    (usb-serial, ftdi_sio) with the tty node /dev/ttyUSB0 (188:0)."""
+    iface = lab.add_usb("4-1", 2, "0403:6001", "FT232R USB UART", "FTDI",
+                        iface_driver="ftdi_sio")
+    port = iface / "ttyUSB0"
+    (port / "tty/ttyUSB0").mkdir(parents=True)
+    (port / "tty/ttyUSB0/dev").write_text("188:0\n")
+    (port / "tty/ttyUSB0/uevent").write_text("MAJOR=188\nMINOR=0\nDEVNAME=ttyUSB0\n")
+    drv = lab.sys / "bus/usb-serial/drivers/ftdi_sio"
+    drv.mkdir(parents=True)
+    os.symlink(os.path.relpath(drv, port), port / "driver")
+    return lab
+
+
+def _tty_opened_during_the_network_read(h, monkeypatch, on_call: int) -> list:
+    """From the ``on_call``-th read of the host's network on, pid 4712 (``ser2net``, a
+    ``screen`` session, a getty a udev rule starts) holds /dev/ttyUSB0 open."""
+    calls: list = []
+    real = safety.NetView.read
+
+    def net_read(fs):
+        view = real(fs)
+        calls.append(1)
+        if len(calls) >= on_call and not (h.root / "proc/4712/fd/3").is_symlink():
+            h.proc("4712/comm", "ser2net\n")
+            (h.root / "proc/4712/fd").mkdir(parents=True, exist_ok=True)
+            os.symlink("/dev/ttyUSB0", h.root / "proc/4712/fd/3")
+        return view
+    monkeypatch.setattr(safety.NetView, "read", staticmethod(net_read))
+    return calls
+
+
+def test_3_control_an_idle_usb_serial_adapter_is_handed_over(ftdi):
+    """Nobody holds /dev/ttyUSB0: the adapter is handed to usb-host."""
+    binder = VfioBinder(ftdi.sysfs(), timeout=0.3,
+                        journal=ftdi.root / "var/lib/hotplug-harness/vfio-journal.json")
+    with usbhost.handed(binder, FTDI, "busaddr") as usb:
+        assert usb.name == "4-1"
+
+
+@pytest.mark.parametrize("on_call", [2, 1], ids=["opened-during-the-last-read",
+                                                 "control-opened-during-the-first-read"])
+def test_3_a_usb_serial_port_opened_while_its_plug_reads_the_network_is_not_handed_over(
+        ftdi, monkeypatch, on_call):
+    """(a, low likelihood, as section 3's first test) Host shape: the inventory's USB serial
+    adapter (4-1, an FT232R: ttyUSB0, the console cable of a board in the lab) is idle when
+    usb-host's plug proves it under the journal lock; while that proof reads the network,
+    ``ser2net`` (or a ``screen`` session, a getty a udev rule starts, a lab's console server)
+    opens /dev/ttyUSB0.
+
+    Path: :func:`harness.host.usbhost.handed` -> :func:`proven_idle` (storage, then network)
+    -> :func:`harness.host.binding.disks_claimed` over the device's disks (none) -> yield ->
+    QEMU's ``device_add usb-host`` detaches ftdi_sio: the console server's tty hangs up under
+    it. Review 31a's fix reads again only the disks under their claim; a device node below
+    the device (the tty, a hidraw, /dev/bus/usb itself) opened after the storage read is
+    not looked for.
+
+    On 45b56e8: 4-1 is handed to usb-host with /dev/ttyUSB0 open by pid 4712 (the control,
+    opened during the proof outside the lock, is refused by the one under it). Fix: as
+    section 3's first test: read again the holders of every node below the device right
+    before the yield (after the network read)."""
+    calls = _tty_opened_during_the_network_read(ftdi, monkeypatch, on_call)
+    handed, refused = None, ""
+    binder = VfioBinder(ftdi.sysfs(), timeout=0.3,
+                        journal=ftdi.root / "var/lib/hotplug-harness/vfio-journal.json")
+    try:
+        with usbhost.handed(binder, FTDI, "busaddr") as usb:
+            handed = usb.name
+    except HostDeviceError as e:
+        refused = e.message
+    assert len(calls) >= 2  # (the proof outside the lock, then under it)
+    assert handed is None and "ttyUSB0" in refused and "4712" in refused, (
+        "USB 4-1 was handed to usb-host with /dev/ttyUSB0 open by pid 4712 (ser2net) since "
+        f"the last proof's storage read ({'refused: ' + refused if refused else 'not refused'})")
 
 
 # -- 4. libvirt's move (<hostdev managed='yes'>): proven, never claimed -----------------------
