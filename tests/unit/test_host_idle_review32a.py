@@ -6,7 +6,7 @@ What it found, one section below each:
    a parameter with dashes for underscores (``parameq``, as ``do_early_param`` compares it),
    and strips the quotes around a quoted one: ``pcie-acs-override=downstream,multifunction``
    or ``"pcie_acs_override=multifunction"`` split the groups all the same, and the harness
-   trusts them;
+   trusts them (the bind takes the function; ``doctor`` passes its IOMMU groups check);
 2. ACS switched off at run time on a switch's downstream ports (``setpci ... ECAP_ACS+6.w=0``,
    as GPUDirect/P2P set-up guides say): the kernel made the IOMMU groups at boot, with ACS on,
    and never makes them again, so each port's endpoint keeps a group of its own while the
@@ -15,7 +15,8 @@ What it found, one section below each:
 3. the "read again under the claim" step (review 31a, 1) reads the disks' block nodes only:
    the disk's SCSI generic node (``/dev/sg1``, what a libvirt ``<hostdev type='scsi'>`` guest's
    QEMU opens), opened while the bind's last proof reads the network, is not looked for again,
-   and the controller is unbound under it;
+   and the controller is unbound under it; the same for usb-host's plug (a USB serial
+   adapter's /dev/ttyUSB0 that ``ser2net`` opens then is handed to QEMU);
 4. libvirt's move (``managed = "yes"``): :meth:`VfioBinder.handover` proves the target idle
    again right before libvirt unbinds it, but claims none of its disks and reads nothing again
    (the claim of review 31a's fix covers the harness's own move and usb-host only): a mount
@@ -194,9 +195,9 @@ def _config(vendor_device: str, header: int, port_type: int, acs_ctrl: int | Non
 def _switch(lab, acs_ctrl: int) -> None:
     """A PCIe switch (PLX/Broadcom PEX 8747) below root port 00:1c.6: its upstream port 03:00.0
     and downstream ports 04:08.0 and 04:10.0, each with ACS (on at boot: the kernel gave each
-    endpoint below them a group of its own); 05:00.0 (an X710 the host's storage network runs
-    on: i40e, up, 10.0.5.1/24... here igb) below 04:08.0, 06:00.0 below 04:10.0, down and
-    listed. ``acs_ctrl``: the downstream ports' ACS control now."""
+    endpoint below them a group of its own); 08:00.0 below 04:08.0 carries the host's storage
+    network (igb, up, 10.0.8.1/24), 09:00.0 below 04:10.0 is down and listed. ``acs_ctrl``:
+    the downstream ports' ACS control now."""
     plx = "10b5:8747"
     lab.add_pci("0000:00:1c.6", "8086:a33e", 0x060400, "pcieport", 20)
     lab.add_pci("0000:03:00.0", plx, 0x060400, "pcieport", 21, parent="0000:00:1c.6")
