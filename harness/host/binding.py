@@ -824,7 +824,12 @@ class VfioBinder:
                     f"{(journaled or {}).get('driver') or 'no driver'} it was proven idle on",
                     hint="something on the host rebound it since the bind; run again, and if "
                          "it repeats, find what rebinds it")
-            yield lease
+            # Its disks claimed from the proof until libvirt's attach returns, and their
+            # users (and those of every node below it) read again once claimed: the proof read
+            # the storage seconds before its network read, and libvirt looks at none of it.
+            with _disks_claimed(self.fs, plan, refusing=f"refusing to let {lease.left_to} "
+                                "take", before=f"{lease.left_to} moves it"):
+                yield lease
 
     def _proven_plan(self, bdf: str, allowed, when: str) -> GroupPlan:
         """The group's plan from the host's evidence read now; raises unless it is safe."""
@@ -1022,19 +1027,26 @@ class VfioBinder:
         self.close()
 
 
-def _disks_claimed(fs: Sysfs, plan: GroupPlan, keep: str | None = None):
-    """:func:`disks_claimed` of every disk below what moves (but ``keep``, libvirt's)."""
-    return disks_claimed(fs, [(f"refusing to take {dev.bdf}", name) for dev in plan.to_move
-                              if dev.bdf != keep for name in disks_below(fs, dev.path)])
+def _disks_claimed(fs: Sysfs, plan: GroupPlan, keep: str | None = None,
+                   refusing: str = "refusing to take", before: str = "the move"):
+    """:func:`disks_claimed` of every disk below what moves (but ``keep``, libvirt's), the
+    device nodes below it read again with them."""
+    moving = [dev for dev in plan.to_move if dev.bdf != keep]
+    return disks_claimed(fs, [(f"{refusing} {dev.bdf}", name) for dev in moving
+                              for name in disks_below(fs, dev.path)], before,
+                         [(f"{refusing} {dev.bdf}", dev.path) for dev in moving])
 
 
 @contextlib.contextmanager
-def disks_claimed(fs: Sysfs, disks: "list[tuple[str, str]]", before: str = "the move"):
+def disks_claimed(fs: Sysfs, disks: "list[tuple[str, str]]", before: str = "the move",
+                  below: "list[tuple[str, str]]" = ()):
     """An exclusive claim of each disk (the refusal's start, its /dev name), held from right
     after the proof to the end of the change (vfio's move, usb-host's open): a mount or a
     swapon in between fails (EBUSY) rather than lose its disk under it (the proof's own
     exclusive open is let go at once). A disk that cannot be claimed now was taken since the
-    proof: refused. Once claimed, the disks' users are read again (:func:`_used_since`)."""
+    proof: refused. Once claimed, the disks' users are read again (:func:`_used_since`), and
+    so are those of every device node below the devices that leave (``below``: the refusal's
+    start, the device's sysfs path; :func:`_nodes_opened_since`)."""
     fds: list[int] = []
     held: set[str] = set()
     try:
@@ -1051,10 +1063,36 @@ def disks_claimed(fs: Sysfs, disks: "list[tuple[str, str]]", before: str = "the 
                     f"({e.strerror}): something started using it since it was proven idle",
                     hint="run again; `python -m harness plan` says what uses it now") from e
         _used_since(fs, disks, frozenset(held), before)
+        _nodes_opened_since(fs, below, before)
         yield
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def _nodes_opened_since(fs: Sysfs, below: "list[tuple[str, str]]", before: str) -> None:
+    """Refuses a device node below ``below``'s devices (the refusal's start, the sysfs path)
+    that someone has open now, by path or by number: no claim keeps a node from being opened,
+    and the proof read them seconds before (its network read last, which any user can
+    stretch): a disk's SCSI generic node (/dev/sg1, which a libvirt ``<hostdev type='scsi'>``
+    guest's QEMU opens), an NVMe controller's /dev/nvme0 or /dev/ng0n1, a USB serial port's
+    tty (``ser2net``). Open files that cannot be read count as a holder (fail closed)."""
+    nodes = [(refusing, node, majmin) for refusing, path in below
+             for node, majmin in nodes_below(fs, path)]
+    if not nodes:
+        return
+    problems: list[str] = []
+    infos = mountinfos(fs, problems)
+    opened = OpenFiles(fs, problems, remote_mount_ids(infos), mount_ids(infos))
+    for refusing, node, majmin in nodes:
+        name, users = node_holders(fs, opened, node, majmin)
+        uses = [f"/dev/{name} is open by pid {pid} ({comm})" for pid, comm in users] + [
+            f"cannot tell whether /dev/{name} is open: {p}" for p in dict.fromkeys(problems)]
+        if uses:
+            raise HostDeviceError(f"{refusing}: right before {before}, "
+                                  + "; ".join(dict.fromkeys(uses)),
+                                  hint="run again once that use has ended; `python -m harness "
+                                       "plan` says what uses it now")
 
 
 def _used_since(fs: Sysfs, disks: "list[tuple[str, str]]", held: "frozenset[str]",

@@ -52,7 +52,7 @@ from harness.host.network import NetView
 from harness.host.sriov import physfn_of, vfs_of
 from harness.host.storage import OpenFiles, StorageView, devname, pci_file_holders
 from harness.host.sysfs import (NVME_CLASS, STORAGE_CLASSES, PciDevice, Sysfs, UsbDevice,
-                                is_usb_host_controller, parse_bdf)
+                                bdfs_in_path, is_usb_host_controller, parse_bdf)
 
 #: USB interface drivers whose use the rule can judge: through their network interfaces,
 #: disks or device nodes (all looked at), or not at all (hubs). An interface on any other
@@ -610,7 +610,7 @@ def _usb_debug_uses(fs: Sysfs, storage: StorageView, dev: PciDevice) -> list[str
         uses.append(f"/proc/cmdline cannot be read: whether the kernel drives {dev.bdf}'s "
                     "debug port (earlyprintk=xdbc, dbgp, kgdbdbgp) cannot be told")
     uses += [f"the kernel command line has {arg}: the kernel may drive {dev.bdf}'s debug port "
-             "(which controller it picks cannot be told)" for arg in (cmdline or "").split()
+             "(which controller it picks cannot be told)" for arg in kernel_params(cmdline or "")
              for pattern, prog_if in _DEBUG_PORT_ARGS
              if pattern.fullmatch(arg) and dev.class_code & 0xff == prog_if]
     return uses
@@ -1184,6 +1184,20 @@ def _new_id_strays(fs: Sysfs, to_move: list[PciDevice]) -> list[str]:
     return out
 
 
+def kernel_params(cmdline: str) -> list[str]:
+    """The parameters of a kernel command line as the kernel reads them (``next_arg``,
+    ``parameq``): words split at spaces outside double quotes, the quotes dropped
+    (``"pcie_acs_override=downstream"`` is the parameter), and ``-`` in a name read as ``_``
+    (``pcie-acs-override=`` is ``pcie_acs_override=``). Every quote is dropped, where the
+    kernel drops only those around a word or a value: a name it would not match may match
+    here, which refuses more, never less."""
+    out = []
+    for word in re.findall(r'(?:"[^"]*"?|[^\s"])+', cmdline):
+        name, eq, value = word.replace('"', "").partition("=")
+        out.append(name.replace("-", "_") + eq + value)
+    return out
+
+
 def acs_override(fs: Sysfs) -> str | None:
     """Why the kernel's IOMMU groups prove no isolation on this host, or None. The ACS
     override patch (Proxmox VE's kernel, linux-zen) with ``pcie_acs_override=`` on the command
@@ -1195,10 +1209,91 @@ def acs_override(fs: Sysfs) -> str | None:
     if cmdline is None:
         return ("/proc/cmdline cannot be read: whether pcie_acs_override split the IOMMU "
                 "groups (a group is then no isolation) cannot be told") if fs.real_host else None
-    arg = next((a for a in cmdline.split() if a.split("=", 1)[0] == "pcie_acs_override"), None)
+    arg = next((a for a in kernel_params(cmdline) if a.split("=", 1)[0] == "pcie_acs_override"),
+               None)
     return (f"the kernel command line has {arg}: its IOMMU groups are split by the ACS "
             "override, not by the hardware, so a group is no proof that a function's DMA "
             "cannot reach its siblings (the host's devices beside it)") if arg else None
+
+
+#: The ACS controls the kernel enables on a port at boot and requires for a group of its own
+#: below it (REQ_ACS_FLAGS: Source Validation, P2P Request Redirect, P2P Completion Redirect,
+#: Upstream Forwarding): those the port's ACS capability offers must be on.
+_ACS_FLAGS = ((0x01, "SV"), (0x04, "RR"), (0x08, "CR"), (0x10, "UF"))
+#: PCIe port types (the PCI Express capability's bits 7:4) whose ACS the kernel always reads:
+#: a root port, a switch's downstream port (any other function only when multifunction).
+_ACS_PORTS = {4: "a root port", 6: "a switch's downstream port"}
+
+
+def _config_space(fs: Sysfs, bdf: str) -> bytes | None:
+    """A function's whole config space, or None when it cannot be read in full (no file, or
+    fewer bytes than its size: only root reads past the first 64)."""
+    try:
+        with open(fs.pci_dir(bdf) / "config", "rb") as f:
+            data, size = f.read(), os.fstat(f.fileno()).st_size
+    except OSError:
+        return None
+    return data if len(data) >= max(size, 64) else None
+
+
+def _acs_registers(cfg: bytes, ids: str) -> "tuple[int | None, int, int] | None":
+    """(the PCIe port type, the ACS capability and control registers) of a config space;
+    (type, 0, 0) with no ACS capability, None for a conventional PCI function. Intel's Sunrise
+    Point PCH root ports lay them out as dwords (the kernel's pci_quirk_intel_spt_pch_acs)."""
+    ptype, ptr, seen = None, cfg[0x34] & 0xfc if cfg[0x06] & 0x10 else 0, 0
+    while 0x40 <= ptr < len(cfg) - 3 and seen < 48 and ptype is None:
+        ptype = cfg[ptr + 2] >> 4 & 0xf if cfg[ptr] == 0x10 else None
+        ptr, seen = cfg[ptr + 1] & 0xfc, seen + 1
+    if ptype is None:
+        return None
+    ptr, seen = 0x100, 0
+    while 0x100 <= ptr <= len(cfg) - 12 and seen < 480:
+        header = int.from_bytes(cfg[ptr:ptr + 4], "little")
+        if header & 0xffff == 0x000d:
+            device = int(ids.split(":")[1], 16)
+            if ids.startswith("8086:") and ptype == 4 and (
+                    device & ~0xf == 0xa110 or 0xa167 <= device <= 0xa16a):
+                return (ptype, int.from_bytes(cfg[ptr + 4:ptr + 8], "little"),
+                        int.from_bytes(cfg[ptr + 8:ptr + 12], "little"))
+            return (ptype, int.from_bytes(cfg[ptr + 4:ptr + 6], "little"),
+                    int.from_bytes(cfg[ptr + 6:ptr + 8], "little"))
+        ptr, seen = header >> 20 & 0xffc, seen + 1
+    return ptype, 0, 0
+
+
+def acs_off(fs: Sysfs, dev: PciDevice) -> list[str]:
+    """Why the IOMMU group the kernel made for ``dev`` at boot no longer isolates it: ACS
+    switched off since on a port between it and its root bus (``setpci -s 04:10.0
+    ECAP_ACS+6.w=0``, as GPUDirect/P2P set-up guides do on a switch's downstream ports: the
+    switch then routes a function's DMA straight to its sibling's BARs, past the IOMMU), or on
+    a multifunction function on the way (``dev`` too). The kernel groups once, when a device is
+    added, and reads ACS as pci_acs_path_enabled does; so does this: a root port, a downstream
+    port and a multifunction function must have on each of SV, RR, CR and UF that their ACS
+    capability offers. One with no ACS capability, a conventional PCI bridge or a PCI-to-PCIe
+    one the kernel grouped with what is below it already: no reason here. A config space that
+    cannot be read in full (not root) counts as off."""
+    out = []
+    for bdf in bdfs_in_path(dev.path):
+        cfg = _config_space(fs, bdf)
+        if cfg is None:
+            out.append(f"the config space of {bdf} (on {dev.bdf}'s way to its root port) "
+                       "cannot be read in full (as root): whether ACS is on there, and the "
+                       "IOMMU group any isolation, cannot be told")
+            continue
+        ids = f"{cfg[1]:02x}{cfg[0]:02x}:{cfg[3]:02x}{cfg[2]:02x}"
+        regs = _acs_registers(cfg, ids)
+        if regs is None or (regs[0] not in _ACS_PORTS and not cfg[0x0e] & 0x80) or not regs[1]:
+            continue
+        ptype, cap, ctrl = regs
+        off = [name for bit, name in _ACS_FLAGS if cap & bit and not ctrl & bit]
+        if off:
+            out.append(f"ACS is off on {bdf} ({_ACS_PORTS.get(ptype, 'a multifunction device')}"
+                       f", on {dev.bdf}'s way to its root port): {', '.join(off)} not enabled "
+                       f"(ACS control {ctrl:#06x}): it may route {dev.bdf}'s DMA peer to peer "
+                       "past the IOMMU, so the IOMMU group the kernel made at boot is no "
+                       "isolation (ACS switched off since, by setpci? the kernel enables "
+                       "SV, RR, CR, UF)")
+    return out
 
 
 def plan_group(root: "str | Path | Sysfs", bdf: str, usage: HostUsage | None,
@@ -1225,6 +1320,7 @@ def plan_group(root: "str | Path | Sysfs", bdf: str, usage: HostUsage | None,
     group = target.iommu_group
     if (split := acs_override(fs)) is not None:
         p.problems.append(split)
+    p.problems += acs_off(fs, target)
     members = p.members_of(fs, target, group)
     listed = {parse_bdf(a) for a in allowed} if allowed is not None else None
     to_move, kept = [], []

@@ -97,5 +97,6 @@ def handed(binder: VfioBinder, entry, form: str) -> Iterator[UsbDevice]:
         # a backup job) would lose its disk under it.
         refusing = f"refusing usb-host for {entry.name} (USB {usb.name} [{usb.ids}])"
         with disks_claimed(binder.fs, [(refusing, name) for name in
-                                       disks_below(binder.fs, usb.path)], "QEMU opens it"):
+                                       disks_below(binder.fs, usb.path)], "QEMU opens it",
+                           [(refusing, usb.path)]):  # (its nodes too: a tty, a hidraw)
             yield usb
