@@ -583,3 +583,24 @@ def lab_host(root: Path) -> FakeHost:
     h.file("usr/share/misc/pci.ids", PCI_IDS)
     h.file("usr/share/seabios/bios-256k.bin", b"\0")
     return h
+
+
+def bind_outcome(lab: "FakeHost", journal: Path, bdf: str, allowed: set) -> tuple[str, str | None]:
+    """``harness bind`` of ``bdf`` on the fake ``lab`` host, with the inventory's ``allowed``:
+    (the refusal, or "" when it was taken; the driver it is on after the bind). The binder's
+    give-back at its close may refuse (a device taken in use is not given back while its
+    user holds it): the outcome is the bind's."""
+    from harness.core.errors import HostDeviceError
+    from harness.host.binding import VfioBinder
+    binder = VfioBinder(lab.sysfs(), journal=journal)
+    try:
+        binder.bind(bdf, allowed)
+        refused = ""
+    except HostDeviceError as e:
+        refused = e.message
+    driver = lab.driver_of(bdf)
+    try:
+        binder.close()
+    except HostDeviceError:
+        pass
+    return refused, driver

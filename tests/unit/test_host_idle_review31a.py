@@ -46,16 +46,7 @@ def _journal(fake_root):
 
 
 def _bind(lab, fake_root, bdf: str, allowed=ALLOWED) -> tuple[str, str | None]:
-    """(the refusal, or "" when it was taken; the driver it is on after the bind)."""
-    binder = VfioBinder(lab.sysfs(), journal=_journal(fake_root))
-    try:
-        binder.bind(bdf, allowed)
-        refused = ""
-    except HostDeviceError as e:
-        refused = e.message
-    driver = lab.driver_of(bdf)
-    binder.close()
-    return refused, driver
+    return fakesysfs.bind_outcome(lab, _journal(fake_root), bdf, allowed)
 
 
 # -- 1. a disk opened while the bind's last proof reads the network ---------------------------
@@ -65,16 +56,23 @@ def _opened_during_the_network_read(h, monkeypatch, on_call: int) -> list:
     """From the ``on_call``-th read of the host's network on, pid 4711 (a libvirt guest's QEMU
     started meanwhile, ``<disk type='block'><source dev='/dev/sdb'/>``) holds /dev/sdb open
     once that read ends: what the host does while the read takes its seconds."""
+    return opened_during_the_network_read(h, monkeypatch, on_call, "/dev/sdb")
+
+
+def opened_during_the_network_read(h, monkeypatch, on_call: int, path: str, pid: int = 4711,
+                                   comm: str = "qemu-system-x86", fd: int = 12) -> list:
+    """From the ``on_call``-th read of the host's network on, ``pid`` (``comm``) holds ``path``
+    open once that read ends. The reads so far, one item each."""
     calls: list = []
     real = safety.NetView.read
 
     def net_read(fs):
         view = real(fs)
         calls.append(1)
-        if len(calls) >= on_call and not (h.root / "proc/4711/fd/12").is_symlink():
-            h.proc("4711/comm", "qemu-system-x86\n")
-            (h.root / "proc/4711/fd").mkdir(parents=True, exist_ok=True)
-            os.symlink("/dev/sdb", h.root / "proc/4711/fd/12")
+        if len(calls) >= on_call and not (h.root / f"proc/{pid}/fd/{fd}").is_symlink():
+            h.proc(f"{pid}/comm", f"{comm}\n")
+            (h.root / f"proc/{pid}/fd").mkdir(parents=True, exist_ok=True)
+            os.symlink(path, h.root / f"proc/{pid}/fd/{fd}")
         return view
     monkeypatch.setattr(safety.NetView, "read", staticmethod(net_read))
     return calls

@@ -57,23 +57,40 @@ def _phc_with_pps(host: FakeHost, bdf: str = PORT0) -> None:
     the function, node 246:0) with a PPS source: the PTP core registers it as pps0, a device
     of no parent (``/sys/devices/virtual/pps/pps0``, node 247:0) whose ``name`` is the
     clock's (``snprintf(pps.name, ..., "ptp%d", index)``)."""
+    d = phc(host, bdf, "ixgbe", pps_available=1, pins=2)
+    for pin in ("SDP0", "SDP1"):  # (ptp_pin_show: "func chan"; 0: PTP_PF_NONE)
+        (d / "pins").mkdir(exist_ok=True)
+        (d / "pins" / pin).write_text("0 0\n")
+    pps_source(host, "0.000000000#0")  # (pps's assert_show: no pulse counted)
+
+
+def phc(host: FakeHost, bdf: str, clock_name: str, *, pps_available: int, pins: int = 0,
+        outputs: int | None = None):
+    """A PTP hardware clock ptp0 below ``bdf`` (node 246:0, linked from /sys/class/ptp) as
+    ``ptp_register`` shows it: its name, whether it has a PPS source, its programmable pins
+    (a count: the caller makes ``pins/``) and, when given, its periodic outputs."""
     d = host.dev_dir(bdf) / "ptp" / "ptp0"
     d.mkdir(parents=True)
     (d / "dev").write_text("246:0\n")
     (d / "uevent").write_text("MAJOR=246\nMINOR=0\nDEVNAME=ptp0\n")
-    (d / "clock_name").write_text("ixgbe\n")
-    (d / "pps_available").write_text("1\n")
-    (d / "n_programmable_pins").write_text("2\n")
-    for pin in ("SDP0", "SDP1"):  # (ptp_pin_show: "func chan"; 0: PTP_PF_NONE)
-        (d / "pins").mkdir(exist_ok=True)
-        (d / "pins" / pin).write_text("0 0\n")
+    (d / "clock_name").write_text(f"{clock_name}\n")
+    (d / "pps_available").write_text(f"{pps_available}\n")
+    (d / "n_programmable_pins").write_text(f"{pins}\n")
+    if outputs is not None:
+        (d / "n_periodic_outputs").write_text(f"{outputs}\n")
     (host.sys / "class/ptp").mkdir(parents=True, exist_ok=True)
     os.symlink(os.path.relpath(d, host.sys / "class/ptp"), host.sys / "class/ptp/ptp0")
+    return d
+
+
+def pps_source(host: FakeHost, assert_line: str) -> None:
+    """ptp0's PPS source pps0 (no parent, node 247:0, ``name`` ptp0), its ``assert`` the line
+    given ("seconds.nanoseconds#sequence")."""
     pps = _virtual_node(host, "pps", "pps0", "247:0")
     (pps / "name").write_text("ptp0\n")
     (pps / "path").write_text("\n")
     (pps / "mode").write_text("1133\n")
-    (pps / "assert").write_text("0.000000000#0\n")  # (pps's assert_show: no pulse counted)
+    (pps / "assert").write_text(f"{assert_line}\n")
 
 
 def test_1_a_nic_whose_clock_feeds_the_pps_chronyd_holds_is_in_use(lab):

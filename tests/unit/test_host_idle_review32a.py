@@ -42,6 +42,7 @@ from harness.host import doctor, safety, usbhost
 from harness.host.binding import VfioBinder
 
 from . import fakesysfs
+from .test_host_idle_review31a import opened_during_the_network_read
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures (a fake sysfs lab host)
 
@@ -54,19 +55,7 @@ def _journal(fake_root):
 
 
 def _bind(lab, fake_root, bdf: str, allowed=ALLOWED) -> tuple[str, str | None]:
-    """(the refusal, or "" when it was taken; the driver it is on after the bind)."""
-    binder = VfioBinder(lab.sysfs(), journal=_journal(fake_root))
-    try:
-        binder.bind(bdf, allowed)
-        refused = ""
-    except HostDeviceError as e:
-        refused = e.message
-    driver = lab.driver_of(bdf)
-    try:
-        binder.close()
-    except HostDeviceError:
-        pass  # (a device taken in use is not given back while its user holds it: it was taken)
-    return refused, driver
+    return fakesysfs.bind_outcome(lab, _journal(fake_root), bdf, allowed)
 
 
 def _up(h, ifname: str, address: str) -> None:
@@ -275,19 +264,7 @@ def _sg_opened_during_the_network_read(h, monkeypatch, on_call: int) -> list:
     guest started meanwhile, with ``<hostdev mode='subsystem' type='scsi'>`` on sdb's
     address: libvirt hands QEMU /dev/sg1, ``scsi-generic``) holds /dev/sg1 open once that
     read ends."""
-    calls: list = []
-    real = safety.NetView.read
-
-    def net_read(fs):
-        view = real(fs)
-        calls.append(1)
-        if len(calls) >= on_call and not (h.root / "proc/4711/fd/12").is_symlink():
-            h.proc("4711/comm", "qemu-system-x86\n")
-            (h.root / "proc/4711/fd").mkdir(parents=True, exist_ok=True)
-            os.symlink("/dev/sg1", h.root / "proc/4711/fd/12")
-        return view
-    monkeypatch.setattr(safety.NetView, "read", staticmethod(net_read))
-    return calls
+    return opened_during_the_network_read(h, monkeypatch, on_call, "/dev/sg1")
 
 
 @pytest.mark.parametrize("on_call", [2, 1], ids=["opened-during-the-last-read",
@@ -352,19 +329,8 @@ def ftdi(lab):
 def _tty_opened_during_the_network_read(h, monkeypatch, on_call: int) -> list:
     """From the ``on_call``-th read of the host's network on, pid 4712 (``ser2net``, a
     ``screen`` session, a getty a udev rule starts) holds /dev/ttyUSB0 open."""
-    calls: list = []
-    real = safety.NetView.read
-
-    def net_read(fs):
-        view = real(fs)
-        calls.append(1)
-        if len(calls) >= on_call and not (h.root / "proc/4712/fd/3").is_symlink():
-            h.proc("4712/comm", "ser2net\n")
-            (h.root / "proc/4712/fd").mkdir(parents=True, exist_ok=True)
-            os.symlink("/dev/ttyUSB0", h.root / "proc/4712/fd/3")
-        return view
-    monkeypatch.setattr(safety.NetView, "read", staticmethod(net_read))
-    return calls
+    return opened_during_the_network_read(h, monkeypatch, on_call, "/dev/ttyUSB0",
+                                          pid=4712, comm="ser2net", fd=3)
 
 
 def test_3_control_an_idle_usb_serial_adapter_is_handed_over(ftdi):

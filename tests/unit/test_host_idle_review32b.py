@@ -42,7 +42,7 @@ from harness.host.safety import HostUsage, plan_group
 
 from . import fakesysfs
 from .fakesysfs import FakeHost
-from .test_host_idle_review28a import _virtual_node
+from .test_host_idle_review31b import phc, pps_source
 from .test_host_idle_review31b import T5, _t520
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
@@ -174,21 +174,8 @@ def _x540_clock(host: FakeHost, assert_line: str) -> None:
     host.add_pci("0000:00:1c.3", "8086:a33b", 0x060400, "pcieport", 19)
     host.add_pci(X540, "8086:1528", 0x020000, "ixgbe", 20, parent="0000:00:1c.3")
     host.add_net("enp3s0f0", X540)
-    d = host.dev_dir(X540) / "ptp" / "ptp0"
-    d.mkdir(parents=True)
-    (d / "dev").write_text("246:0\n")
-    (d / "uevent").write_text("MAJOR=246\nMINOR=0\nDEVNAME=ptp0\n")
-    (d / "clock_name").write_text("enp3s0f0\n")
-    (d / "pps_available").write_text("1\n")
-    (d / "n_programmable_pins").write_text("0\n")
-    (d / "n_periodic_outputs").write_text("0\n")
-    (host.sys / "class/ptp").mkdir(parents=True, exist_ok=True)
-    os.symlink(os.path.relpath(d, host.sys / "class/ptp"), host.sys / "class/ptp/ptp0")
-    pps = _virtual_node(host, "pps", "pps0", "247:0")
-    (pps / "name").write_text("ptp0\n")
-    (pps / "path").write_text("\n")
-    (pps / "mode").write_text("1133\n")
-    (pps / "assert").write_text(f"{assert_line}\n")
+    phc(host, X540, "enp3s0f0", pps_available=1, pins=0, outputs=0)
+    pps_source(host, assert_line)
 
 
 def test_3_a_clock_sending_1pps_out_of_a_pinless_card_is_in_use(lab):
@@ -236,17 +223,8 @@ def _mgbe_clock(host: FakeHost, outputs: int) -> None:
     ``pins/`` folder) and no PPS source."""
     host.add_pci(MGBE, "8086:4b32", 0x020000, "intel-eth-pci", 31)
     host.add_net("enp0s30f4", MGBE)
-    d = host.dev_dir(MGBE) / "ptp" / "ptp0"
-    d.mkdir(parents=True)
-    (d / "dev").write_text("246:0\n")
-    (d / "uevent").write_text("MAJOR=246\nMINOR=0\nDEVNAME=ptp0\n")
-    (d / "clock_name").write_text("stmmac ptp\n")
-    (d / "pps_available").write_text("0\n")
-    (d / "n_programmable_pins").write_text("0\n")
-    (d / "n_periodic_outputs").write_text(f"{outputs}\n")
+    d = phc(host, MGBE, "stmmac ptp", pps_available=0, pins=0, outputs=outputs)
     (d / "n_external_timestamps").write_text(f"{outputs}\n")
-    (host.sys / "class/ptp").mkdir(parents=True, exist_ok=True)
-    os.symlink(os.path.relpath(d, host.sys / "class/ptp"), host.sys / "class/ptp/ptp0")
 
 
 def test_4_a_pinless_clock_that_can_drive_an_output_is_unproven(lab):
