@@ -63,16 +63,25 @@ def opened_during_the_network_read(h, monkeypatch, on_call: int, path: str, pid:
                                    comm: str = "qemu-system-x86", fd: int = 12) -> list:
     """From the ``on_call``-th read of the host's network on, ``pid`` (``comm``) holds ``path``
     open once that read ends. The reads so far, one item each."""
+    def open_it():
+        if not (h.root / f"proc/{pid}/fd/{fd}").is_symlink():
+            h.proc(f"{pid}/comm", f"{comm}\n")
+            (h.root / f"proc/{pid}/fd").mkdir(parents=True, exist_ok=True)
+            os.symlink(path, h.root / f"proc/{pid}/fd/{fd}")
+    return during_the_network_read(monkeypatch, on_call, open_it)
+
+
+def during_the_network_read(monkeypatch, on_call: int, act) -> list:
+    """``act()`` at the end of the host's network read, from its ``on_call``-th on: what the
+    host does while the read takes its seconds. The reads so far, one item each."""
     calls: list = []
     real = safety.NetView.read
 
     def net_read(fs):
         view = real(fs)
         calls.append(1)
-        if len(calls) >= on_call and not (h.root / f"proc/{pid}/fd/{fd}").is_symlink():
-            h.proc(f"{pid}/comm", f"{comm}\n")
-            (h.root / f"proc/{pid}/fd").mkdir(parents=True, exist_ok=True)
-            os.symlink(path, h.root / f"proc/{pid}/fd/{fd}")
+        if len(calls) >= on_call:
+            act()
         return view
     monkeypatch.setattr(safety.NetView, "read", staticmethod(net_read))
     return calls
@@ -145,17 +154,8 @@ def _usb_binder(h):
 def _mounted_during_the_network_read(h, monkeypatch, on_call: int) -> list:
     """From the ``on_call``-th read of the host's network on, the stick's sdd1 is mounted on
     /media/backup once that read ends (udisks' automount, a backup job's mount)."""
-    calls: list = []
-    real = safety.NetView.read
-
-    def net_read(fs):
-        view = real(fs)
-        calls.append(1)
-        if len(calls) >= on_call:
-            h.proc("mounts", MOUNTS + "/dev/sdd1 /media/backup vfat rw 0 0\n")
-        return view
-    monkeypatch.setattr(safety.NetView, "read", staticmethod(net_read))
-    return calls
+    return during_the_network_read(monkeypatch, on_call, lambda: h.proc(
+        "mounts", MOUNTS + "/dev/sdd1 /media/backup vfat rw 0 0\n"))
 
 
 @pytest.mark.parametrize("on_call", [2, 1], ids=["mounted-during-the-last-read",
@@ -276,6 +276,18 @@ def _up(h, ifname: str, address: str) -> None:
     (h.root / "ip/addr.json").write_text(json.dumps(addrs))
 
 
+def _dual_port_card(lab) -> None:
+    """An i350 dual-port card below a root port: 03:00.0 carries the host's storage network
+    (igb, up, 10.0.3.1/24), 03:00.1 is down and listed; one group per function (as the ACS
+    override, or real ACS, makes them)."""
+    lab.add_pci("0000:00:1c.6", "8086:a33e", 0x060400, "pcieport", 20)
+    lab.add_pci("0000:03:00.0", "8086:1521", 0x020000, "igb", 21, parent="0000:00:1c.6")
+    lab.add_pci("0000:03:00.1", "8086:1521", 0x020000, "igb", 22, parent="0000:00:1c.6")
+    lab.add_net("enp3s0f0", "0000:03:00.0")
+    lab.add_net("enp3s0f1", "0000:03:00.1")
+    _up(lab, "enp3s0f0", "10.0.3.1/24")
+
+
 @pytest.mark.parametrize("cmdline", [
     "BOOT_IMAGE=/vmlinuz root=/dev/sda2 ro intel_iommu=on "
     "pcie_acs_override=downstream,multifunction",
@@ -306,12 +318,7 @@ def test_4_a_group_split_by_pcie_acs_override_is_no_isolation(lab, fake_root, cm
     naming the parameter (or judge the device's real isolation domain: every function of
     the slot and everything below a bridge without ACS, each listed and proven idle)."""
     lab.file("proc/cmdline", cmdline + "\n")
-    lab.add_pci("0000:00:1c.6", "8086:a33e", 0x060400, "pcieport", 20)
-    lab.add_pci("0000:03:00.0", "8086:1521", 0x020000, "igb", 21, parent="0000:00:1c.6")
-    lab.add_pci("0000:03:00.1", "8086:1521", 0x020000, "igb", 22, parent="0000:00:1c.6")
-    lab.add_net("enp3s0f0", "0000:03:00.0")
-    lab.add_net("enp3s0f1", "0000:03:00.1")
-    _up(lab, "enp3s0f0", "10.0.3.1/24")
+    _dual_port_card(lab)
     assert any("enp3s0f0 is up with the address 10.0.3.1/24" in u
                for u in safety.HostUsage.read(lab.sysfs()).verdict("0000:03:00.0").uses)
     refused, driver = _bind(lab, fake_root, "0000:03:00.1", ALLOWED | {"03:00.1"})

@@ -29,7 +29,6 @@ the host (:mod:`.fakesysfs`'s lab host); no guest is booted.
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 
@@ -42,36 +41,10 @@ from harness.host import doctor, safety, usbhost
 from harness.host.binding import VfioBinder
 
 from . import fakesysfs
-from .test_host_idle_review31a import opened_during_the_network_read
+from .test_host_idle_review31a import (ALLOWED, ASM, _bind, _dual_port_card, _journal, _up,
+                                       during_the_network_read, opened_during_the_network_read)
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures (a fake sysfs lab host)
-
-ASM = "0000:06:00.0"  # the lab's ASM1062 SATA controller, alone in group 13: sdb, not mounted
-ALLOWED = {"05:00.0", "05:00.1", "06:00.0", "07:00.0"}
-
-
-def _journal(fake_root):
-    return fake_root / "var/lib/hotplug-harness/vfio-journal.json"
-
-
-def _bind(lab, fake_root, bdf: str, allowed=ALLOWED) -> tuple[str, str | None]:
-    return fakesysfs.bind_outcome(lab, _journal(fake_root), bdf, allowed)
-
-
-def _up(h, ifname: str, address: str) -> None:
-    """``ifname`` up with ``address`` in the harness's own namespace's `ip -j` output."""
-    links = json.loads((h.root / "ip/link.json").read_text())
-    for li in links:
-        if li["ifname"] == ifname:
-            li.update(fakesysfs.link(li["ifindex"], ifname, li.get("parentdev"), up=True))
-    (h.root / "ip/link.json").write_text(json.dumps(links))
-    addrs = json.loads((h.root / "ip/addr.json").read_text())
-    local, prefix = address.split("/")
-    addrs = [a for a in addrs if a["ifname"] != ifname] + [
-        {"ifindex": next(li["ifindex"] for li in links if li["ifname"] == ifname),
-         "ifname": ifname, "addr_info": [{"local": local, "prefixlen": int(prefix)}]}]
-    (h.root / "ip/addr.json").write_text(json.dumps(addrs))
-
 
 def test_control_an_idle_sata_controller_is_still_taken(lab, fake_root):
     """The control for the file: nothing uses sdb (nor its SCSI generic node), the kernel
@@ -82,18 +55,6 @@ def test_control_an_idle_sata_controller_is_still_taken(lab, fake_root):
 
 
 # -- 1. pcie_acs_override spelt as the kernel also takes it -----------------------------------
-
-
-def _dual_port_card(lab) -> None:
-    """An i350 dual-port card below a root port: 03:00.0 carries the host's storage network
-    (igb, up, 10.0.3.1/24), 03:00.1 is down and listed; one group per function (as the ACS
-    override, or real ACS, makes them)."""
-    lab.add_pci("0000:00:1c.6", "8086:a33e", 0x060400, "pcieport", 20)
-    lab.add_pci("0000:03:00.0", "8086:1521", 0x020000, "igb", 21, parent="0000:00:1c.6")
-    lab.add_pci("0000:03:00.1", "8086:1521", 0x020000, "igb", 22, parent="0000:00:1c.6")
-    lab.add_net("enp3s0f0", "0000:03:00.0")
-    lab.add_net("enp3s0f1", "0000:03:00.1")
-    _up(lab, "enp3s0f0", "10.0.3.1/24")
 
 
 @pytest.mark.parametrize("arg", [
@@ -385,17 +346,8 @@ MOUNTS = ("/dev/sda2 / ext4 rw,relatime 0 0\n")
 def _mounted_from_the_network_read(h, monkeypatch, on_call: int) -> list:
     """From the ``on_call``-th read of the host's network on, sdb1 is mounted on /srv/backup
     once that read ends (a backup job's mount, an automount's first access)."""
-    calls: list = []
-    real = safety.NetView.read
-
-    def net_read(fs):
-        view = real(fs)
-        calls.append(1)
-        if len(calls) >= on_call:
-            h.proc("mounts", MOUNTS + "/dev/sdb1 /srv/backup ext4 rw 0 0\n")
-        return view
-    monkeypatch.setattr(safety.NetView, "read", staticmethod(net_read))
-    return calls
+    return during_the_network_read(monkeypatch, on_call, lambda: h.proc(
+        "mounts", MOUNTS + "/dev/sdb1 /srv/backup ext4 rw 0 0\n"))
 
 
 @pytest.mark.parametrize("on_call", [3, 2], ids=["mounted-during-the-handovers-read",
