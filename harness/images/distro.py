@@ -99,7 +99,9 @@ def _build(name: str, script: Path, variant: str, dest: Path, log, extra_env=Non
     aside = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
         part = aside / "out"
-        log(f"{name} guest: building with {script} (mmdebstrap, about a minute)")
+        how = ("its packages added to the shared bootstrap with apt" if extra_env else
+               "mmdebstrap, a few minutes under TCG-heavy load")
+        log(f"{name} guest: building with {script} ({how})")
         p = subprocess.run([str(script), str(part), *([variant] if variant else [])],
                            capture_output=True, text=True, env=env)
         if p.returncode:
