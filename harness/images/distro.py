@@ -100,7 +100,7 @@ def _build(name: str, script: Path, variant: str, dest: Path, log, extra_env=Non
     try:
         part = aside / "out"
         how = ("its packages added to the shared bootstrap with apt" if extra_env else
-               "mmdebstrap, a few minutes under TCG-heavy load")
+               "mmdebstrap, a few minutes")
         log(f"{name} guest: building with {script} ({how})")
         p = subprocess.run([str(script), str(part), *([variant] if variant else [])],
                            capture_output=True, text=True, env=env)
