@@ -7,7 +7,8 @@ libvirt hand-over). What it found, one section below each:
    addressed) while they take their seconds, which any local user stretches to their budgets,
    is unbound under its address. docs/vfio.md says the network is read last "so [its]
    evidence is the newest of the proof"; for a NIC with a PTP clock (igb, ixgbe, i40e, ice,
-   mlx5: all of them) it no longer is;
+   mlx5: all of them), and for every USB NIC handed to usb-host (its /dev/bus/usb node is read
+   again), it no longer is;
 2. taking an SR-IOV PF whose VFs are idle (on no driver or ``pci-stub``, as a libvirt hostdev
    pool or an operator's boot unit leaves them) removes them (the PF driver's remove calls
    ``pci_disable_sriov``), and nothing puts them back: the give-back rebinds the PF with
@@ -35,12 +36,15 @@ over-refusal, not a finding).
 
 from __future__ import annotations
 
+import json
+import os
 import xml.etree.ElementTree as ET
+from types import SimpleNamespace
 
 import pytest
 
 from harness.core.errors import HostDeviceError
-from harness.host import binding, sriov
+from harness.host import binding, sriov, usbhost
 from harness.host.binding import VfioBinder
 from harness.qemu.machine import GuestSpec
 from harness.scenario.devices import UsbHost
@@ -126,6 +130,80 @@ def test_1_an_interface_brought_up_during_the_claimed_reread_is_not_unbound(
     assert "enp5s0f0" in refused and driver == "ixgbe", (
         f"05:00.0 went to {driver} with enp5s0f0 up with 10.0.5.1/24 since the proof's network "
         f"read ({'refused: ' + refused if refused else 'not refused'})")
+
+
+#: A USB-to-Ethernet adapter (Realtek RTL8153, r8152) the inventory hands to usb-host.
+DONGLE = SimpleNamespace(name="dongle", hostbus=4, hostaddr=2, vendorid="0x0bda",
+                         productid="0x8153", product="USB 10/100/1000 LAN", disk_bytes=None,
+                         no_host_filesystems=False)
+
+
+def _dongle(lab) -> None:
+    """The dongle on the lab's uPD720202 (bus 4, 4-1), its interface 4-1:1.0 on r8152 with
+    the network interface enx00e04c680001 below it, down (as ``add_net`` makes a PCI port's,
+    and ``ip -d link`` ties it to its USB interface: ``parentbus usb``)."""
+    iface = lab.add_usb("4-1", 2, "0bda:8153", "USB 10/100/1000 LAN", "Realtek",
+                        iface_driver="r8152")
+    d = iface / "net" / "enx00e04c680001"
+    d.mkdir(parents=True)
+    os.symlink(os.path.relpath(d, lab.sys / "class/net"), lab.sys / "class/net" / d.name)
+    links = json.loads((lab.root / "ip/link.json").read_text())
+    links.append(fakesysfs.link(len(links) + 1, d.name, parentbus="usb", parentdev=iface.name))
+    (lab.root / "ip/link.json").write_text(json.dumps(links))
+
+
+def _dongle_up(lab) -> None:
+    """enx00e04c680001 up with 192.168.50.2/24 (``_up``, its link still on the USB bus)."""
+    _up(lab, "enx00e04c680001", "192.168.50.2/24")
+    links = json.loads((lab.root / "ip/link.json").read_text())
+    for li in links:
+        if li["ifname"] == "enx00e04c680001":
+            li.update(parentbus="usb", parentdev="4-1:1.0")
+    (lab.root / "ip/link.json").write_text(json.dumps(links))
+
+
+def _dongle_up_during_the_claimed_reread(lab, monkeypatch) -> list:
+    calls: list = []
+    real = binding.OpenFiles
+
+    def opened(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            _dongle_up(lab)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(binding, "OpenFiles", opened)
+    return calls
+
+
+@pytest.mark.parametrize("brought_up", [True, False], ids=["up-during-the-reread", "control-idle"])
+def test_1_usb_host_hands_over_no_usb_nic_brought_up_during_the_claimed_reread(
+        lab, monkeypatch, brought_up):
+    """(a, low likelihood, as above) Host shape: the same window in usb-host's plug
+    (:func:`harness.host.usbhost.handed`): a USB Ethernet dongle (RTL8153 on r8152, 4-1), its
+    interface enx00e04c680001 down when the plug's last proof reads the network; the plug
+    then claims its disks (none) and reads every process's fds again for the nodes below it
+    (``/dev/bus/usb/004/002``), and meanwhile NetworkManager activates the dongle's profile
+    (a docking station's NIC, which NetworkManager manages by default): up with
+    192.168.50.2/24. QEMU's usb-host detaches r8152 from under the address.
+
+    On fdaa4af: the dongle is handed over up and addressed (the control, idle, is handed
+    over, rightly). Fix: as above, in :func:`binding.disks_claimed` for every caller."""
+    _dongle(lab)
+    calls = _dongle_up_during_the_claimed_reread(lab, monkeypatch) if brought_up else []
+    binder = VfioBinder(lab.sysfs(), journal=_journal(lab.root), timeout=0.3)
+    handed, refused = None, ""
+    try:
+        with usbhost.handed(binder, DONGLE, "busaddr") as usb:
+            handed = usb.name
+    except HostDeviceError as e:
+        refused = e.message
+    if not brought_up:
+        assert handed == "4-1", refused
+        return
+    assert calls, "the plug read no open files again under its claim (the path changed?)"
+    assert handed is None and "enx00e04c680001" in refused, (
+        f"USB 4-1 was handed to usb-host with enx00e04c680001 up with 192.168.50.2/24 since the "
+        f"plug's last network read ({'refused: ' + refused if refused else 'not refused'})")
 
 
 # -- 2. a PF's idle VFs are removed by the move and never made again ---------------------------
