@@ -163,6 +163,9 @@ def _dongle_up(lab) -> None:
 
 
 def _dongle_up_during_the_claimed_reread(lab, monkeypatch) -> list:
+    """As :func:`_up_during_the_claimed_reread`, for the dongle: usb-host's plug reads the
+    USB device's node (/dev/bus/usb/004/002) again under its claim, and meanwhile the dongle
+    comes up with 192.168.50.2/24. The reads so far, one item each."""
     calls: list = []
     real = binding.OpenFiles
 
