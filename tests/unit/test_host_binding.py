@@ -578,8 +578,8 @@ def test_the_disks_below_what_moves_stay_claimed_through_the_move(claimed_plan, 
     the host this runs on may have processes it cannot read; the next test reads them.)"""
     loop, plan = claimed_plan
     read_again: list = []
-    monkeypatch.setattr(binding, "_used_since", lambda fs, disks, held, before:
-                        read_again.append(held))
+    monkeypatch.setattr(binding, "_used_since", lambda view, disks, before:
+                        read_again.append(view.held))
     with _disks_claimed(Sysfs("/"), plan):
         assert _exclusive(loop) is None  # (what a mount's claim meets: busy)
         assert read_again == [{os.path.basename(loop)}]  # (read with the claim held)
