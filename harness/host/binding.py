@@ -1062,28 +1062,37 @@ def disks_claimed(fs: Sysfs, disks: "list[tuple[str, str]]", before: str = "the 
                     f"{refusing}: /dev/{name} cannot be claimed right before {before} "
                     f"({e.strerror}): something started using it since it was proven idle",
                     hint="run again; `python -m harness plan` says what uses it now") from e
-        _used_since(fs, disks, frozenset(held), before)
-        _nodes_opened_since(fs, below, before)
+        # One read of the host's storage and open files serves both (each walks every
+        # process's fds): the disks' users, then the nodes' openers.
+        view = StorageView.read(fs, frozenset(held)) if disks else None
+        _used_since(view, disks, before)
+        _nodes_opened_since(fs, below, before, view)
         yield
     finally:
         for fd in fds:
             os.close(fd)
 
 
-def _nodes_opened_since(fs: Sysfs, below: "list[tuple[str, str]]", before: str) -> None:
+def _nodes_opened_since(fs: Sysfs, below: "list[tuple[str, str]]", before: str,
+                        view: "StorageView | None" = None) -> None:
     """Refuses a device node below ``below``'s devices (the refusal's start, the sysfs path)
     that someone has open now, by path or by number: no claim keeps a node from being opened,
     and the proof read them seconds before (its network read last, which any user can
     stretch): a disk's SCSI generic node (/dev/sg1, which a libvirt ``<hostdev type='scsi'>``
     guest's QEMU opens), an NVMe controller's /dev/nvme0 or /dev/ng0n1, a USB serial port's
-    tty (``ser2net``). Open files that cannot be read count as a holder (fail closed)."""
+    tty (``ser2net``). Open files that cannot be read count as a holder (fail closed).
+    ``view``: the storage :func:`_used_since` read a moment before, its open files with it
+    (read here when no disk was claimed)."""
     nodes = [(refusing, node, majmin) for refusing, path in below
              for node, majmin in nodes_below(fs, path)]
     if not nodes:
         return
-    problems: list[str] = []
-    infos = mountinfos(fs, problems)
-    opened = OpenFiles(fs, problems, remote_mount_ids(infos), mount_ids(infos))
+    problems: list[str] = list(view.problems) if view else []
+    if view is not None:
+        opened = view.opened
+    else:
+        infos = mountinfos(fs, problems)
+        opened = OpenFiles(fs, problems, remote_mount_ids(infos), mount_ids(infos))
     for refusing, node, majmin in nodes:
         name, users = node_holders(fs, opened, node, majmin)
         uses = [f"/dev/{name} is open by pid {pid} ({comm})" for pid, comm in users] + [
@@ -1095,16 +1104,17 @@ def _nodes_opened_since(fs: Sysfs, below: "list[tuple[str, str]]", before: str) 
                                        "plan` says what uses it now")
 
 
-def _used_since(fs: Sysfs, disks: "list[tuple[str, str]]", held: "frozenset[str]",
+def _used_since(view: "StorageView | None", disks: "list[tuple[str, str]]",
                 before: str) -> None:
     """Refuses a claimed disk that someone has open, or mounted, now: an open without O_EXCL
     is no claim (a libvirt guest's QEMU with ``<source dev='/dev/sdb'/>`` opens it O_RDWR,
     O_DIRECT; so do ``dd``, ``losetup``, an nvmet or LIO fileio export), and the proof read
     the storage seconds before (its network read last, which any user can stretch). Its
-    partitions too, by path and by device number; what cannot be read counts as a use."""
+    partitions too, by path and by device number; what cannot be read counts as a use.
+    ``view``: the storage read with the claim held (``view.held``: the disks claimed)."""
     if not disks:
         return
-    view = StorageView.read(fs, held)
+    assert view is not None
     problems = list(dict.fromkeys(view.problems))
     for refusing, name in disks:
         uses = view.use_of_block(name) + [f"cannot tell whether {name} is in use: {p}"

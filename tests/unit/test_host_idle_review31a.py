@@ -33,7 +33,8 @@ from harness.host import safety, usbhost
 from harness.host.binding import VfioBinder
 from harness.scenario.devices import UsbHost
 
-from . import fakesysfs
+from . import fakesysfs, test_host_usbhost
+from .test_host_usbhost import MOUNTS
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures (a fake sysfs lab host)
 
@@ -129,21 +130,11 @@ def test_1_control_an_idle_sata_controller_is_still_taken(lab, fake_root):
 
 # -- 2. a USB stick mounted while its usb-host plug is proven ----------------------------------
 
-MOUNTS = ("/dev/sda2 / ext4 rw,relatime 0 0\n"
-          "/dev/sdc1 /mnt/usb\\040stick vfat rw,relatime 0 0\n")
 #: The stick the inventory hands to usb-host (as tests/unit/test_host_usbhost.py's).
 STICK = SimpleNamespace(name="stick", hostbus=4, hostaddr=2, vendorid="0x0781",
                         productid="0x5567", product="Cruzer Blade", disk_bytes=None,
                         no_host_filesystems=False)
-
-
-@pytest.fixture
-def stick(lab):
-    iface = lab.add_usb("4-1", 2, "0781:5567", "Cruzer Blade", "SanDisk",
-                        iface_driver="usb-storage")
-    lab.add_disk("sdd", iface / "host6/target6:0:0/6:0:0:0", ("sdd1",), sectors=65536)
-    lab.proc("mounts", MOUNTS)
-    return lab
+stick = test_host_usbhost.stick  # a fixture: the SanDisk stick on bus 4, its sdd1 not mounted
 
 
 def _usb_binder(h):
