@@ -337,13 +337,21 @@ def _hostdev_pci(spec: GuestSpec, name: str, props: dict) -> str:
 
 
 def _hostdev_usb(name: str, props: dict) -> str:
-    if "vendorid" in props:
-        source = (f"<vendor id='{int(str(props['vendorid']), 0):#06x}'/>"
-                  f"<product id='{int(str(props['productid']), 0):#06x}'/>")
-    else:
-        source = f"<address bus='{props['hostbus']}' device='{props['hostaddr']}'/>"
+    """The host device by every part ``device_add`` names it with: its ids and its bus
+    address both, when both are given (libvirt then takes only a device that matches both,
+    ``virUSBDeviceFind``: with the ids alone it takes whichever device has them at attach
+    time, a twin never proven idle); its guest port too."""
+    ids, where = {"vendorid", "productid"} & set(props), {"hostbus", "hostaddr"} & set(props)
+    if len(ids) == 1 or len(where) == 1 or not ids | where:
+        raise Unexpressible(f"usb-host with {', '.join(f'{k}={props[k]}' for k in sorted(props))}",
+                            "libvirt names a host USB device by vendor and product, or by bus "
+                            "and device address, each pair whole", hint="give vendorid with productid, hostbus with hostaddr (or both pairs)")
+    source = (f"<vendor id='{int(str(props['vendorid']), 0):#06x}'/>"
+              f"<product id='{int(str(props['productid']), 0):#06x}'/>") if ids else ""
+    if where:
+        source += f"<address bus='{props['hostbus']}' device='{props['hostaddr']}'/>"
     return (f"<hostdev mode='subsystem' type='usb' managed='yes'><source>{source}</source>"
-            f"{name}</hostdev>")
+            f"{name}{_usb_address(props)}</hostdev>")
 
 
 def live_aliases(domain_xml_text: str) -> dict[str, str]:

@@ -146,6 +146,13 @@ def test_disks_controllers_and_host_devices():
     usbhost = ET.fromstring(vx.device_xml(spec, "usb-host", "u0", {"vendorid": "0x46f4",
                                                                     "productid": "0x0001"}, b))
     assert usbhost.find("source/vendor").get("id") == "0x46f4"
+    both = ET.fromstring(vx.device_xml(spec, "usb-host", "u0", {
+        "vendorid": 0x46f4, "productid": 1, "hostbus": 4, "hostaddr": 2}, b))
+    assert both.find("source/product").get("id") == "0x0001"  # (and the proven address: both)
+    assert (both.find("source/address").get("bus"), both.find("source/address").get("device")) \
+        == ("4", "2")
+    with pytest.raises(Unexpressible, match="each pair whole"):
+        vx.device_xml(spec, "usb-host", "u0", {"vendorid": 0x46f4, "hostbus": 4, "hostaddr": 2}, b)
     with pytest.raises(Unexpressible, match="nvme"):
         vx.device_xml(spec, "nvme", "nvme0", {"drive": "d0"}, b)
 
