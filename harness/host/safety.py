@@ -11,7 +11,8 @@ in sysfs:
   (:mod:`.network`), and a NIC on a host driver has at least one interface the harness can
   see (else it may live in a container's namespace, or a DPDK process may drive it);
 * every VF is on no driver or pci-stub, or on a host driver with idle interfaces (a VF on
-  vfio-pci may be in a guest);
+  vfio-pci may be in a guest); and a PF that would leave its driver has no VF at all (its
+  driver's remove deletes them, and nothing makes them again: :func:`plan_group`);
 * every block device below it (NVMe multipath heads under ``nvme-subsystem`` included) is
   idle (:mod:`.storage`), and every device node below it (``/dev/input/event*``,
   ``/dev/bus/usb/...``, ``/dev/ttyUSB*``, the NVMe controller's ``/dev/nvme0`` and generic
@@ -1184,6 +1185,36 @@ def _new_id_strays(fs: Sysfs, to_move: list[PciDevice]) -> list[str]:
     return out
 
 
+def _vfs_removed(fs: Sysfs, to_move: list[PciDevice]) -> list[str]:
+    """An SR-IOV PF that leaves its driver loses its VFs (the driver's remove disables
+    SR-IOV: ``pci_disable_sriov``), idle or not, and binding the driver back makes none:
+    whoever made them (a boot unit, a libvirt hostdev pool) had them for a reason, and their
+    MACs and VLANs go with them. So a PF that moves must have none, by ``sriov_numvfs`` and by
+    its ``virtfn`` links, and a count that cannot be read counts as some. (Here, not in the
+    verdict: a PF that stays on its driver, whose VFs a run makes or gives back, is judged by
+    the verdict too, and its VFs are no use of it.)"""
+    out = []
+    for m in to_move:
+        d = fs.pci_dir(m.bdf)
+        if fs.read(d / "sriov_totalvfs") is None:
+            continue  # (no SR-IOV capability: no VF to lose)
+        text = (fs.read(d / "sriov_numvfs") or "").strip()
+        count = int(text) if text.isdigit() else None
+        made = max(count or 0, len(vfs_of(fs, m.bdf)))
+        if count is None:
+            out.append(f"{m.bdf}'s sriov_numvfs cannot be read: unbinding "
+                       f"{m.driver or 'its driver'} from it "
+                       "would remove whatever VFs it has, which nothing would make again (read "
+                       "it as root, or list a VF instead)")
+        elif made:
+            out.append(f"unbinding {m.driver or 'its driver'} from {m.bdf} would remove its "
+                       f"{made} VFs "
+                       f"(sriov_numvfs = {count}), which the host set up, and nothing would "
+                       f"make them again; set sriov_numvfs to 0 first if they are not needed "
+                       f"(echo 0 > {d / 'sriov_numvfs'}), or list a VF instead")
+    return out
+
+
 def kernel_params(cmdline: str) -> list[str]:
     """The parameters of a kernel command line as the kernel reads them (``next_arg``,
     ``parameq``): words split at spaces outside double quotes, the quotes dropped
@@ -1337,7 +1368,7 @@ def plan_group(root: "str | Path | Sysfs", bdf: str, usage: HostUsage | None,
         elif m.driver != VFIO:
             to_move.append(m)
     if usage is not None:
-        p.problems += _new_id_strays(fs, to_move)
+        p.problems += _new_id_strays(fs, to_move) + _vfs_removed(fs, to_move)
     pf = physfn_of(fs, bdf)
     if pf and pf in {m.bdf for m in members}:
         p.problems.append(f"group {group} holds {bdf}'s own physical function {pf}: the PF (and "

@@ -270,6 +270,21 @@ def test_2_a_pf_taken_with_idle_vfs_gets_its_vfs_back(lab, fake_root):
     assert numvfs == "2", (
         f"05:00.0 was {'refused (' + refused + ')' if refused else 'taken'} and given back with "
         f"sriov_numvfs {numvfs}: the 2 idle VFs it had before the run are gone for good")
+    # (The fix chosen refuses the PF, naming its VFs and what to do, rather than journal the
+    # count: the VFs are never removed, so their MACs and VLANs stay too.)
+    assert "remove its 2 VFs (sriov_numvfs = 2)" in refused and "list a VF instead" in refused, \
+        refused
+
+
+def test_2_a_pf_whose_vf_count_cannot_be_read_is_refused(lab, fake_root):
+    """The same PF, no VF link below it, its ``sriov_numvfs`` unreadable: whatever VFs it has
+    would be lost, so it counts as having some (what cannot be read counts as in use)."""
+    lab.sriov_capable(PORT0, 63, vf_ids="8086:10ed", vf_driver=None)
+    numvfs = lab.dev_dir(PORT0) / "sriov_numvfs"
+    numvfs.unlink()
+    numvfs.mkdir()  # (EISDIR: unreadable even as root)
+    refused, driver = _bind(lab, fake_root, PORT0)
+    assert "sriov_numvfs cannot be read" in refused and lab.driver_of(PORT0) == "ixgbe", refused
 
 
 # -- 3. libvirt's usb-host element drops the proven device's address -------------------------
