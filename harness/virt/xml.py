@@ -345,7 +345,9 @@ def _hostdev_usb(name: str, props: dict) -> str:
     if len(ids) == 1 or len(where) == 1 or not ids | where:
         raise Unexpressible(f"usb-host with {', '.join(f'{k}={props[k]}' for k in sorted(props))}",
                             "libvirt names a host USB device by vendor and product, or by bus "
-                            "and device address, each pair whole", hint="give vendorid with productid, hostbus with hostaddr (or both pairs)")
+                            "and device address, each pair whole",
+                            hint="give vendorid with productid, hostbus with hostaddr (or both "
+                                 "pairs)")
     source = (f"<vendor id='{int(str(props['vendorid']), 0):#06x}'/>"
               f"<product id='{int(str(props['productid']), 0):#06x}'/>") if ids else ""
     if where:
