@@ -34,9 +34,9 @@ from harness.core.errors import HarnessError, HostDeviceError, WaitTimeout
 from harness.core.waits import wait_until
 from harness.core.locks import flock_within
 from harness.core.paths import UnsafePathError, open_nofollow, private_dir, write_atomic
-from harness.host.network import namespace_problem
-from harness.host.safety import (GroupPlan, HostUsage, disks_below, node_holders, nodes_below,
-                                 plan_group)
+from harness.host.network import NetView, namespace_problem
+from harness.host.safety import (GroupPlan, HostUsage, disks_below, network_uses, node_holders,
+                                 nodes_below, plan_group, vfs_removed)
 from harness.host.storage import (OpenFiles, StorageView, mount_ids, mountinfos,
                                   remote_mount_ids)
 from harness.host import sriov
@@ -828,7 +828,8 @@ class VfioBinder:
             # users (and those of every node below it) read again once claimed: the proof read
             # the storage seconds before its network read, and libvirt looks at none of it.
             with _disks_claimed(self.fs, plan, refusing=f"refusing to let {lease.left_to} "
-                                "take", before=f"{lease.left_to} moves it"):
+                                "take", before=f"{lease.left_to} moves it",
+                                nic_ports=self.nic_ports):
                 yield lease
 
     def _proven_plan(self, bdf: str, allowed, when: str) -> GroupPlan:
@@ -946,7 +947,7 @@ class VfioBinder:
 
     def _move_all(self, plan: GroupPlan, new: list[dict], keep: str | None = None) -> None:
         try:
-            with _disks_claimed(self.fs, plan, keep):
+            with _disks_claimed(self.fs, plan, keep, nic_ports=self.nic_ports):
                 for dev in plan.to_move:
                     if dev.bdf != keep:
                         _move_to_vfio(self.fs, dev, self.timeout)
@@ -1028,25 +1029,30 @@ class VfioBinder:
 
 
 def _disks_claimed(fs: Sysfs, plan: GroupPlan, keep: str | None = None,
-                   refusing: str = "refusing to take", before: str = "the move"):
+                   refusing: str = "refusing to take", before: str = "the move",
+                   nic_ports: "dict[str, int] | None" = None):
     """:func:`disks_claimed` of every disk below what moves (but ``keep``, libvirt's), the
-    device nodes below it read again with them."""
+    device nodes below it and its network interfaces read again with them (``nic_ports``:
+    the inventory's, as the proof had them)."""
     moving = [dev for dev in plan.to_move if dev.bdf != keep]
     return disks_claimed(fs, [(f"{refusing} {dev.bdf}", name) for dev in moving
                               for name in disks_below(fs, dev.path)], before,
-                         [(f"{refusing} {dev.bdf}", dev.path) for dev in moving])
+                         [(f"{refusing} {dev.bdf}", dev.path) for dev in moving], nic_ports)
 
 
 @contextlib.contextmanager
 def disks_claimed(fs: Sysfs, disks: "list[tuple[str, str]]", before: str = "the move",
-                  below: "list[tuple[str, str]]" = ()):
+                  below: "list[tuple[str, str]]" = (),
+                  nic_ports: "dict[str, int] | None" = None):
     """An exclusive claim of each disk (the refusal's start, its /dev name), held from right
     after the proof to the end of the change (vfio's move, usb-host's open): a mount or a
     swapon in between fails (EBUSY) rather than lose its disk under it (the proof's own
     exclusive open is let go at once). A disk that cannot be claimed now was taken since the
     proof: refused. Once claimed, the disks' users are read again (:func:`_used_since`), and
     so are those of every device node below the devices that leave (``below``: the refusal's
-    start, the device's sysfs path; :func:`_nodes_opened_since`)."""
+    start, the device's sysfs path; :func:`_nodes_opened_since`), and then, last as in the
+    proof, their network interfaces (:func:`_network_since`; ``nic_ports``: the inventory's
+    ports of each NIC, as the proof had them)."""
     fds: list[int] = []
     held: set[str] = set()
     try:
@@ -1067,10 +1073,36 @@ def disks_claimed(fs: Sysfs, disks: "list[tuple[str, str]]", before: str = "the 
         view = StorageView.read(fs, frozenset(held)) if disks else None
         _used_since(view, disks, before)
         _nodes_opened_since(fs, below, before, view)
+        _network_since(fs, below, before, nic_ports)
         yield
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def _network_since(fs: Sysfs, below: "list[tuple[str, str]]", before: str,
+                   nic_ports: "dict[str, int] | None" = None) -> None:
+    """Refuses ``below``'s devices (the refusal's start, the sysfs path) once an interface of
+    one (or of a PF's VF) is no longer idle by the proof's rule (:func:`network_uses`), or
+    cannot be told, or once a PF that leaves has VFs (:func:`vfs_removed`): the re-reads
+    under the claim come after the proof's network read and take seconds any user can
+    stretch, and nothing claims an interface, so NetworkManager activating a profile
+    meanwhile (a cable plugged in, ``nmcli con up``; its ``sriov.total-vfs`` makes VFs) would
+    have the driver unbound under an address. Read last, as the proof reads it."""
+    if not below:
+        return
+    net = NetView.read(fs)
+    for refusing, path in below:
+        uses = network_uses(fs, net, path, nic_ports)
+        name = Path(path).name
+        if SYSFS_BDF.fullmatch(name) and fs.pci_exists(name):
+            uses += vfs_removed(fs, [fs.pci_device(name)])
+        if uses:
+            raise HostDeviceError(f"{refusing}: right before {before}, " + "; ".join(uses),
+                                  hint="run again once that has ended (an interface down "
+                                       "and left alone: `nmcli device set IFACE managed no`, "
+                                       "`ip link set IFACE down`); `python -m harness plan` "
+                                       "says what uses it now")
 
 
 def _nodes_opened_since(fs: Sysfs, below: "list[tuple[str, str]]", before: str,

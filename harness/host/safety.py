@@ -52,7 +52,7 @@ from harness.core.text import shown
 from harness.host.network import NetView
 from harness.host.sriov import physfn_of, vfs_of
 from harness.host.storage import OpenFiles, StorageView, devname, pci_file_holders
-from harness.host.sysfs import (NVME_CLASS, STORAGE_CLASSES, PciDevice, Sysfs, UsbDevice,
+from harness.host.sysfs import (NVME_CLASS, STORAGE_CLASSES, SYSFS_BDF, PciDevice, Sysfs, UsbDevice,
                                 bdfs_in_path, is_usb_host_controller, parse_bdf)
 
 #: USB interface drivers whose use the rule can judge: through their network interfaces,
@@ -710,6 +710,27 @@ def node_holders(fs: Sysfs, opened: OpenFiles, node: Path, majmin: str | None
     return name, opened.holders("char", name, majmin)
 
 
+def network_uses(fs: Sysfs, net: NetView, path: str,
+                 nic_ports: "dict[str, int] | None" = None) -> list[str]:
+    """The proof's network rule alone (:meth:`HostUsage._network`), on ``net``, for the device
+    at sysfs ``path``: a PCI function and its VFs, or a USB device. Why an interface of it is
+    not idle, or cannot be told (empty: every one is idle). For the network read again last,
+    right before a change (:func:`harness.host.binding.disks_claimed`): the re-reads under
+    the claim come after the proof's network read, and nothing claims an interface."""
+    usage = HostUsage(fs, net, None, nic_ports=nic_ports)  # (the network alone: no storage)
+    uses: list[str] = []
+    name = Path(path).name
+    if not SYSFS_BDF.fullmatch(name):  # (a USB device, as :meth:`HostUsage.usb_verdict`)
+        usage._interfaces(name, net.netdevs_of(path, _Subtree(fs, path).netdevs), False, uses,
+                          [])
+        return list(dict.fromkeys(uses))
+    for bdf in [name, *vfs_of(fs, name)]:
+        dev, found = fs.pci_device(bdf), []
+        usage._network(dev, role_of(dev), _Subtree(fs, dev.path), found, [])
+        uses += [f"its VF {u}" if bdf != name else u for u in found]
+    return list(dict.fromkeys(uses))
+
+
 def disks_below(fs: Sysfs, path: str) -> list[str]:
     """The block devices below a device's sysfs directory, by their /dev names (``sdb``,
     ``nvme0n1``; an NVMe controller's multipath heads too): the whole disks, whose claim
@@ -1185,7 +1206,7 @@ def _new_id_strays(fs: Sysfs, to_move: list[PciDevice]) -> list[str]:
     return out
 
 
-def _vfs_removed(fs: Sysfs, to_move: list[PciDevice]) -> list[str]:
+def vfs_removed(fs: Sysfs, to_move: list[PciDevice]) -> list[str]:
     """An SR-IOV PF that leaves its driver loses its VFs (the driver's remove disables
     SR-IOV: ``pci_disable_sriov``), idle or not, and binding the driver back makes none:
     whoever made them (a boot unit, a libvirt hostdev pool) had them for a reason, and their
@@ -1368,7 +1389,7 @@ def plan_group(root: "str | Path | Sysfs", bdf: str, usage: HostUsage | None,
         elif m.driver != VFIO:
             to_move.append(m)
     if usage is not None:
-        p.problems += _new_id_strays(fs, to_move) + _vfs_removed(fs, to_move)
+        p.problems += _new_id_strays(fs, to_move) + vfs_removed(fs, to_move)
     pf = physfn_of(fs, bdf)
     if pf and pf in {m.bdf for m in members}:
         p.problems.append(f"group {group} holds {bdf}'s own physical function {pf}: the PF (and "

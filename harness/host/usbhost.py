@@ -94,7 +94,8 @@ def handed(binder: VfioBinder, entry, form: str) -> Iterator[UsbDevice]:
         # Its disks claimed from the proof until QEMU has opened the device (usb-storage lets
         # go of them then), and their users read again once claimed: the proof read the
         # storage seconds before its network read, and a mount in between (udisks' automount,
-        # a backup job) would lose its disk under it.
+        # a backup job) would lose its disk under it. Its network interfaces are read again
+        # after those re-reads, last (a USB NIC that NetworkManager brings up meanwhile).
         refusing = f"refusing usb-host for {entry.name} (USB {usb.name} [{usb.ids}])"
         with disks_claimed(binder.fs, [(refusing, name) for name in
                                        disks_below(binder.fs, usb.path)], "QEMU opens it",

@@ -132,6 +132,27 @@ def test_1_an_interface_brought_up_during_the_claimed_reread_is_not_unbound(
         f"read ({'refused: ' + refused if refused else 'not refused'})")
 
 
+def test_1_vfs_made_during_the_claimed_reread_are_not_removed(lab, fake_root, monkeypatch):
+    """(Added with the fix) The same window, the PF's count: NetworkManager's profile of
+    enp5s0f0 with ``sriov.total-vfs 2`` writes ``sriov_numvfs`` when it activates, so the PF
+    has 2 VFs by the time of the unbind, which would remove them (finding 2). The claim's
+    last read sees them and refuses."""
+    _clock(lab)
+    lab.sriov_capable(PORT0, 63, vf_ids="8086:10ed", vf_driver=None)
+    calls: list = []
+    real = binding.OpenFiles
+
+    def opened(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            lab.kernel(lab.sys / "bus/pci/devices" / PORT0 / "sriov_numvfs", "2")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(binding, "OpenFiles", opened)
+    refused, driver = _bind(lab, fake_root, PORT0)
+    assert calls and driver == "ixgbe", refused
+    assert "right before the move" in refused and "remove its 2 VFs" in refused, refused
+
+
 #: A USB-to-Ethernet adapter (Realtek RTL8153, r8152) the inventory hands to usb-host.
 DONGLE = SimpleNamespace(name="dongle", hostbus=4, hostaddr=2, vendorid="0x0bda",
                          productid="0x8153", product="USB 10/100/1000 LAN", disk_bytes=None,
