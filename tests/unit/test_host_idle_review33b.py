@@ -1,0 +1,103 @@
+"""Issue 31, thirty-third adversarial read, part b (NICs and their netdevs in every namespace,
+leases and the host journal between runs, shared paths, CI files, exit status). Findings, one
+section below each (each test's docstring: the host shape, why the harness calls it idle, what
+would be lost), on main at fdaa4af:
+
+1. (a) an upper device in a namespace other than the harness's own is looked for only as a
+   ``master`` or a top-level ``link`` of `ip -j -d link`; a VXLAN device bound to the port
+   (``ip link add vx100 type vxlan id 100 dev enp5s0f1 ...``) has neither: the kernel links it
+   as an upper of its lower device (``netdev_upper_dev_link`` in ``__vxlan_dev_create``, so
+   the harness's own namespace shows it in sysfs ``upper_vx100``), but it has no
+   ``ndo_get_iflink``, so `ip` prints its lower device only inside ``linkinfo.info_data``
+   (``"link": "enp5s0f1"``; checked on Linux 6.18 with iproute2 6.1). A port moved into a
+   named or container namespace with a VXLAN on top of it, down, reads idle; unbinding it
+   deletes the VXLAN device (``vxlan_handle_lowerdev_unregister``), which the give-back never
+   makes again.
+
+Controls (pass on main): the same hosts without the use are still idle.
+"""
+
+from __future__ import annotations
+
+import json
+
+from harness.host.safety import HostUsage, plan_group
+
+from . import fakesysfs
+from .fakesysfs import FakeHost, link
+
+fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
+
+PORT0, PORT1 = "0000:05:00.0", "0000:05:00.1"   # the lab host's 82599, ports 0 and 1
+HOST_LINKS = [link(1, "lo", up=True), link(2, "enp2s0", "0000:02:00.0", up=True),
+              link(3, "enp5s0f0", PORT0), link(5, "eno1", "0000:00:1f.6")]
+HOST_ADDRS = {"lo": ["127.0.0.1/8"], "enp2s0": ["192.168.1.10/24"]}
+
+
+# -- 1. a VXLAN bound to the port, in a namespace other than the harness's own ----------------
+
+
+def _port1_in_namespace(host: FakeHost, name: str, *, vxlan: bool) -> None:
+    """The 82599's port 1, enp5s0f1, moved into the named namespace ``name`` (``ip link set
+    enp5s0f1 netns NAME``): gone from the harness's namespace (its sysfs ``net/`` and `ip
+    link`), shown there by `ip -d` on its PCI function, down. With ``vxlan``, a VXLAN device
+    vx100 bound to it (``ip -n NAME link add vx100 type vxlan id 100 dev enp5s0f1 local
+    10.20.0.1 remote 10.20.0.2 dstport 4789``), up and enslaved to the namespace's bridge
+    br-lab, printed as `ip -j -d link show` prints it (no top-level ``link``: the lower device
+    is only in ``linkinfo.info_data``)."""
+    host.network(links=HOST_LINKS, addrs=HOST_ADDRS,
+                 routes=[{"dst": "default", "gateway": "192.168.1.1", "dev": "enp2s0"}])
+    sysfs_net = host.dev_dir(PORT1) / "net/enp5s0f1"
+    sysfs_net.rename(host.root / "moved-enp5s0f1")
+    (host.sys / "class/net/enp5s0f1").unlink()
+    links = [link(1, "lo", up=True), link(7, "enp5s0f1", PORT1)]
+    if vxlan:
+        links += [link(8, "br-lab", up=True, linkinfo={"info_kind": "bridge"}),
+                  link(9, "vx100", up=True, master="br-lab", linkinfo={
+                      "info_kind": "vxlan",
+                      "info_data": {"id": 100, "remote": "10.20.0.2", "local": "10.20.0.1",
+                                    "link": "enp5s0f1", "port": 4789, "learning": True}})]
+    host.network(name, links=links, addrs={"lo": ["127.0.0.1/8"]})
+
+
+def test_1_a_vxlan_on_the_port_in_another_namespace_is_an_upper_device(lab):
+    """Host shape: the lab host isolates a spare port per tenant: the 82599's port 1,
+    enp5s0f1, is in the named namespace ``overlay`` (``ip link set enp5s0f1 netns overlay``),
+    where the tenant's test network stretches to a second lab host over a VXLAN bound to it
+    (``ip -n overlay link add vx100 type vxlan id 100 dev enp5s0f1 local 10.20.0.1 remote
+    10.20.0.2 dstport 4789``; vx100 enslaved to the namespace's bridge br-lab, where the
+    tenant's guests' taps are). The tenant has set the port down for the night (``ip -n
+    overlay link set enp5s0f1 down``, its underlay address flushed with it); vx100 and br-lab
+    stay, configured, to carry the overlay again in the morning. The inventory lists both
+    82599 ports (group 12) as spare NICs.
+
+    Why it is called idle: ``network._uppers`` finds, in a namespace other than the harness's
+    own, only a ``master`` of the port and a link whose top-level ``link`` is the port (a VLAN,
+    macvlan or ipvlan); sysfs ``upper_*`` is read only for the harness's own namespace. A
+    VXLAN device is linked by the kernel as an upper of its lower device
+    (``netdev_upper_dev_link(remote_dev, dev)`` in ``__vxlan_dev_create``: in the harness's
+    own namespace it shows as ``upper_vx100``), but it has no ``ndo_get_iflink``, so `ip`
+    prints no top-level ``link`` for it: its lower device is printed inside ``linkinfo``'s
+    ``info_data`` alone (``"link": "enp5s0f1"``, as Linux 6.18 and iproute2 6.1 print it). So
+    enp5s0f1 is down, with no route, socket or upper device: idle, and group 12 is taken.
+    Unbinding ixgbe from 05:00.1 unregisters enp5s0f1, and the kernel deletes every VXLAN
+    device bound to it (``vxlan_handle_lowerdev_unregister``): vx100 leaves br-lab and is gone
+    when the harness gives the port back, so the tenant's overlay is lost, with nothing to say
+    so. Expected: a link whose ``linkinfo.info_data.link`` is the port (a VXLAN bound to it)
+    is an upper device of it, as a VLAN on it is, in any namespace."""
+    _port1_in_namespace(lab, "overlay", vxlan=True)
+    usage = HostUsage.read(lab.root)
+    v = usage.verdict(PORT1)
+    assert not v.idle, (f"{PORT1} judged idle with the VXLAN vx100 bound to its port "
+                        f"enp5s0f1 in netns overlay: {v.evidence}")
+    assert any("vx100" in u for u in v.uses), v.uses
+    assert not plan_group(lab.root, PORT0, usage, allowed={PORT0, PORT1}).safe
+
+
+def test_1_control_the_port_in_another_namespace_without_a_vxlan_is_idle(lab):
+    """Control: the same port in ``overlay``, down, with no VXLAN (nor bridge) there: idle,
+    and group 12 would be taken."""
+    _port1_in_namespace(lab, "overlay", vxlan=False)
+    usage = HostUsage.read(lab.root)
+    assert usage.verdict(PORT1).idle, usage.verdict(PORT1)
+    assert plan_group(lab.root, PORT0, usage, allowed={PORT0, PORT1}).safe
