@@ -12,7 +12,13 @@ would be lost), on main at fdaa4af:
    (``"link": "enp5s0f1"``; checked on Linux 6.18 with iproute2 6.1). A port moved into a
    named or container namespace with a VXLAN on top of it, down, reads idle; unbinding it
    deletes the VXLAN device (``vxlan_handle_lowerdev_unregister``), which the give-back never
-   makes again.
+   makes again. The same holds for an HSR or PRP device (IEC 62439-3 redundancy:
+   ``ip link add hsr0 type hsr slave1 enp5s0f1 slave2 eno1``): from Linux 5.x until a 2025
+   change to ``netdev_master_upper_dev_link``, ``hsr_portdev_setup`` links each slave with
+   ``netdev_upper_dev_link`` (no ``master`` in `ip link`), and hsr0 names its slaves only in
+   ``info_data`` (``slave1``, ``slave2``): a slave port set down in another namespace (the
+   ring runs on the other slave) reads idle, and unbinding it removes it from the ring for
+   good (``hsr_del_port`` on ``NETDEV_UNREGISTER``).
 
 Controls (pass on main): the same hosts without the use are still idle.
 """
@@ -101,3 +107,49 @@ def test_1_control_the_port_in_another_namespace_without_a_vxlan_is_idle(lab):
     usage = HostUsage.read(lab.root)
     assert usage.verdict(PORT1).idle, usage.verdict(PORT1)
     assert plan_group(lab.root, PORT0, usage, allowed={PORT0, PORT1}).safe
+
+
+def test_1_an_hsr_slave_in_another_namespace_is_an_upper_device(lab):
+    """Host shape: the lab host is a node of the lab's HSR ring (IEC 62439-3: the industrial
+    controllers under test send every frame both ways round the ring), run in the named
+    namespace ``ring``: ``ip -n ring link add hsr0 type hsr slave1 enp5s0f1 slave2 eno1
+    version 1``, hsr0 up with the ring's address. Port A of the ring, the 82599's enp5s0f1,
+    has been set down while its cable is re-routed (``ip -n ring link set enp5s0f1 down``):
+    HSR keeps the ring running on port B (eno1) alone, and takes port A back as soon as it is
+    up. The inventory lists both 82599 ports (group 12) as spare NICs; port 0 is down in the
+    host's namespace.
+
+    Why it is called idle: as in the VXLAN case above, ``network._uppers`` looks in another
+    namespace only for the port's ``master`` and for a link whose top-level ``link`` is the
+    port. HSR (Linux 5.x until the 2025 change to a master link) links each slave with
+    ``netdev_upper_dev_link(dev, hsr_dev)`` in ``hsr_portdev_setup``: no ``IFLA_MASTER``,
+    so `ip` prints no ``master`` for enp5s0f1 (in the harness's own namespace sysfs would
+    show ``upper_hsr0``), and hsr0 names its slaves only in ``linkinfo.info_data``
+    (``slave1``, ``slave2``, as iproute2's iplink_hsr prints them). So enp5s0f1 is down with
+    no route, socket or upper device: idle, and group 12 is taken. Unbinding ixgbe from
+    05:00.1 unregisters enp5s0f1 and HSR removes the port from the ring (``hsr_del_port`` on
+    ``NETDEV_UNREGISTER``): when the harness gives the port back, it is no slave of hsr0, and
+    the ring stays without its redundancy until someone notices. Expected: a link whose
+    ``info_data`` names the port (``slave1``/``slave2`` of an HSR/PRP device, ``link`` of a
+    VXLAN) is an upper device of the port, in any namespace."""
+    _port1_in_namespace(lab, "ring", vxlan=False)
+    (lab.dev_dir("0000:00:1f.6") / "net/eno1").rename(lab.root / "moved-eno1")
+    (lab.sys / "class/net/eno1").unlink()
+    lab.network(links=HOST_LINKS[:3], addrs=HOST_ADDRS,
+                routes=[{"dst": "default", "gateway": "192.168.1.1", "dev": "enp2s0"}])
+    lab.network("ring", links=[
+        link(1, "lo", up=True), link(7, "enp5s0f1", PORT1),
+        link(8, "eno1", "0000:00:1f.6", up=True),
+        link(9, "hsr0", up=True, linkinfo={"info_kind": "hsr", "info_data": {
+            "slave1": "enp5s0f1", "slave2": "eno1", "seq_nr": 64880,
+            "supervision": "01:15:4e:00:01:00", "proto": 0}})],
+        addrs={"lo": ["127.0.0.1/8"], "hsr0": ["10.77.0.5/24"]},
+        routes=[{"dst": "10.77.0.0/24", "dev": "hsr0", "scope": "link"}])
+    # (ip/netns.json lists "ring" twice now: the helper adds the name at each call)
+    lab.file("ip/netns.json", json.dumps([{"name": "ring"}]))
+    usage = HostUsage.read(lab.root)
+    v = usage.verdict(PORT1)
+    assert not v.idle, (f"{PORT1} judged idle with its port enp5s0f1 a slave of hsr0 in "
+                        f"netns ring: {v.evidence}")
+    assert any("hsr0" in u for u in v.uses), v.uses
+    assert not plan_group(lab.root, PORT0, usage, allowed={PORT0, PORT1}).safe
