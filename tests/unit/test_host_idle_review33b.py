@@ -98,6 +98,10 @@ def test_1_a_vxlan_on_the_port_in_another_namespace_is_an_upper_device(lab):
                         f"enp5s0f1 in netns overlay: {v.evidence}")
     assert any("vx100" in u for u in v.uses), v.uses
     assert not plan_group(lab.root, PORT0, usage, allowed={PORT0, PORT1}).safe
+    refused, driver = fakesysfs.bind_outcome(
+        lab, lab.root / "var/lib/hotplug-harness/vfio-journal.json", PORT1, {PORT0, PORT1})
+    assert refused and driver == "ixgbe", (
+        f"`harness bind {PORT1}` took it (now on {driver}) with vx100 bound to enp5s0f1")
 
 
 def test_1_control_the_port_in_another_namespace_without_a_vxlan_is_idle(lab):
@@ -107,6 +111,9 @@ def test_1_control_the_port_in_another_namespace_without_a_vxlan_is_idle(lab):
     usage = HostUsage.read(lab.root)
     assert usage.verdict(PORT1).idle, usage.verdict(PORT1)
     assert plan_group(lab.root, PORT0, usage, allowed={PORT0, PORT1}).safe
+    refused, driver = fakesysfs.bind_outcome(
+        lab, lab.root / "var/lib/hotplug-harness/vfio-journal.json", PORT1, {PORT0, PORT1})
+    assert not refused and driver == "vfio-pci", refused
 
 
 def test_1_an_hsr_slave_in_another_namespace_is_an_upper_device(lab):
