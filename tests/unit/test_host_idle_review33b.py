@@ -19,6 +19,15 @@ would be lost), on main at fdaa4af:
    ``info_data`` (``slave1``, ``slave2``): a slave port set down in another namespace (the
    ring runs on the other slave) reads idle, and unbinding it removes it from the ring for
    good (``hsr_del_port`` on ``NETDEV_UNREGISTER``).
+2. (a) namespaces the holder search finds are told apart by a label, not by their inode:
+   ``NetView`` keys them by ``Namespace.name``, which for one held only by a bind mount is
+   ``nsfs mount <mount point>``, the path inside its own mount namespace. Two containers
+   (LXC/LXD system containers cloned from one template, each running the same ``ip netns add
+   test`` set-up) each keep a namespace mounted at /run/netns/test in a mount namespace of
+   their own: the two namespaces get one name, the second read replaces the first in
+   ``NetView.namespaces``, and ``_parents`` keeps the first one's ``parentdev`` for a link
+   name they share. The port up in the first (a physical port the container was given) is
+   judged by the second's link of the same name (a down dummy): idle, and taken.
 
 Controls (pass on main): the same hosts without the use are still idle.
 """
@@ -160,3 +169,114 @@ def test_1_an_hsr_slave_in_another_namespace_is_an_upper_device(lab):
                         f"netns ring: {v.evidence}")
     assert any("hsr0" in u for u in v.uses), v.uses
     assert not plan_group(lab.root, PORT0, usage, allowed={PORT0, PORT1}).safe
+
+
+# -- 2. two namespaces held by bind mounts at the same path in two mount namespaces -------------
+
+
+HOST_NS = 4026531840
+NS_A, NS_B = 4026532801, 4026532802   # "test" in container 1 (the port), in container 2
+
+
+def _ns_link(host: FakeHost, pid: int, inode: int, where: str) -> None:
+    path = host.root / f"proc/{pid}/{where}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink():
+        path.unlink()
+    path.symlink_to(f"{where.split('/')[-1]}:[{inode}]")
+
+
+def _namespace_output(host: FakeHost, inode: int, links, addrs=None, routes=()) -> None:
+    """What `nsenter --net=... ip/ss/cat` prints in the namespace ``inode``."""
+    where = f"ip/nsfs/{inode}"
+    addrs = addrs or {}
+    host.file(f"{where}/link.json", json.dumps(links))
+    host.file(f"{where}/addr.json", json.dumps(
+        [{"ifindex": li["ifindex"], "ifname": li["ifname"], "addr_info": [
+            {"local": a.split("/")[0], "prefixlen": int(a.split("/")[1])}
+            for a in addrs.get(li["ifname"], [])]} for li in links]))
+    host.file(f"{where}/route.json", json.dumps(list(routes)))
+    host.file(f"{where}/route6.json", "[]")
+    host.file(f"{where}/ss.txt", "")
+    host.file(f"{where}/packet.txt", "sk RefCnt Type Proto Iface R Rmem User Inode\n")
+
+
+def _two_containers_with_a_test_namespace(host: FakeHost, *, second: bool) -> None:
+    """Container 1 (init pid 3200, its own mount namespace) was given the 82599's port 1 (LXC
+    ``lxc.net.0.type = phys``, renamed eth1) and moved it into its namespace ``test`` (``ip
+    netns add test; ip link set eth1 netns test``): up, 10.50.0.1/24, the route to the
+    device under test's network. With ``second``, container 2 (init pid 3300, a clone of the
+    same template) has run the same set-up with no port to give: its ``test`` holds a dummy
+    named eth1, down. Neither ``test`` has a process in it (``ip netns exec`` runs there now
+    and then): each is held by the bind mount at /run/netns/test in its container's mount
+    namespace alone."""
+    host.network(links=HOST_LINKS, addrs=HOST_ADDRS,
+                 routes=[{"dst": "default", "gateway": "192.168.1.1", "dev": "enp2s0"}])
+    (host.dev_dir(PORT1) / "net/enp5s0f1").rename(host.root / "moved-enp5s0f1")
+    (host.sys / "class/net/enp5s0f1").unlink()
+    for pid in ("self", 1):
+        _ns_link(host, pid, HOST_NS, "ns/net")
+    containers = [(3200, 4026532901, NS_A)] + ([(3300, 4026532902, NS_B)] if second else [])
+    for pid, mnt, net in containers:
+        _ns_link(host, pid, HOST_NS + pid, "ns/net")  # (its init's own namespace: lo only)
+        _ns_link(host, pid, mnt, "ns/mnt")
+        host.proc(f"{pid}/mountinfo",
+                  "500 400 0:60 / / rw - overlay overlay rw\n"
+                  f"501 500 0:4 net:[{net}] /run/netns/test rw - nsfs nsfs rw\n")
+        host.file(f"ip/pidns/{pid}/link.json", json.dumps([link(1, "lo", up=True)]))
+        for what in ("addr", "route", "route6"):
+            host.file(f"ip/pidns/{pid}/{what}.json", "[]")
+        host.file(f"ip/pidns/{pid}/ss.txt", "")
+        host.file(f"ip/pidns/{pid}/packet.txt", "sk RefCnt Type Proto Iface R Rmem User Inode\n")
+    _namespace_output(host, NS_A, [link(1, "lo", up=True), link(2, "eth1", PORT1, up=True)],
+                      addrs={"eth1": ["10.50.0.1/24"]},
+                      routes=[{"dst": "10.50.0.0/24", "dev": "eth1", "scope": "link"}])
+    if second:
+        _namespace_output(host, NS_B, [link(1, "lo", up=True),
+                                       link(2, "eth1", linkinfo={"info_kind": "dummy"})])
+
+
+def test_2_two_namespaces_mounted_at_one_path_are_two_namespaces(lab):
+    """Host shape: the lab host runs two LXD system containers cloned from one network-test
+    template. Container 1 was given the 82599's port 1 (``lxc config device add c1 eth1 nic
+    nictype=physical parent=enp5s0f1``) and its set-up script put it in a namespace of its own,
+    ``ip netns add test; ip link set eth1 netns test``, where it is up and carries the test
+    network (10.50.0.1/24). Container 2 ran the same script with no port to give: its ``test``
+    namespace holds only the script's fallback, a dummy named eth1, down. Neither namespace has
+    a process in it: each is held by the bind mount ``ip netns add`` made at /run/netns/test,
+    in its container's mount namespace (not the host's /run/netns). The inventory lists both
+    82599 ports (group 12); port 0 is down in the host's namespace.
+
+    Why it is called idle: the holder search finds both namespaces (the nsfs lines of the two
+    containers' mountinfo) and reads each; ``_held_namespace`` (on the host, ``_pin``) names
+    each by how it is held, ``nsfs mount /run/netns/test``: the path inside its own mount
+    namespace, the same for both. ``NetView`` keys its namespaces by that name, so the
+    second one read (container 2's) replaces the first in ``NetView.namespaces``, while
+    ``_parents``, keyed by (name, link), keeps the first one's eth1 -> 05:00.1 (the dummy has
+    no parent to write over it). ``netdevs_of(05:00.1)`` then finds "eth1" in the surviving
+    namespace, container 2's, and ``use_of`` judges container 2's dummy eth1: down, no route,
+    no socket. The driver (ixgbe, one port a function) wants one interface, and there is one:
+    idle. Taking 05:00.1 unbinds ixgbe under container 1's test network. Expected: namespaces
+    are told apart by their identity (inode), not by a label two of them can share; each
+    interface is judged in the namespace it is in."""
+    _two_containers_with_a_test_namespace(lab, second=True)
+    usage = HostUsage.read(lab.root)
+    v = usage.verdict(PORT1)
+    assert not v.idle, (f"{PORT1} judged idle with its port up in container 1's namespace "
+                        f"test, another container's namespace mounted at the same path: "
+                        f"{v.evidence}")
+    assert any("10.50.0.1/24" in u for u in v.uses), v.uses
+    assert not plan_group(lab.root, PORT0, usage, allowed={PORT0, PORT1}).safe
+    refused, driver = fakesysfs.bind_outcome(
+        lab, lab.root / "var/lib/hotplug-harness/vfio-journal.json", PORT1, {PORT0, PORT1})
+    assert refused and driver == "ixgbe", (
+        f"`harness bind {PORT1}` took it (now on {driver}) from under container 1")
+
+
+def test_2_control_one_container_with_the_port_up_is_in_use(lab):
+    """Control: container 1 alone (no second ``test``): its namespace is read, and the port,
+    up there with its address and route, keeps 05:00.1."""
+    _two_containers_with_a_test_namespace(lab, second=False)
+    v = HostUsage.read(lab.root).verdict(PORT1)
+    assert not v.idle
+    assert any("10.50.0.1/24" in u for u in v.uses), v.uses
