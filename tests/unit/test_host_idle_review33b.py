@@ -13,9 +13,11 @@ would be lost), on main at fdaa4af:
    named or container namespace with a VXLAN on top of it, down, reads idle; unbinding it
    deletes the VXLAN device (``vxlan_handle_lowerdev_unregister``), which the give-back never
    makes again. The same holds for an HSR or PRP device (IEC 62439-3 redundancy:
-   ``ip link add hsr0 type hsr slave1 enp5s0f1 slave2 eno1``): from Linux 5.x until a 2025
-   change to ``netdev_master_upper_dev_link``, ``hsr_portdev_setup`` links each slave with
-   ``netdev_upper_dev_link`` (no ``master`` in `ip link`), and hsr0 names its slaves only in
+   ``ip link add hsr0 type hsr slave1 enp5s0f1 slave2 eno1``): where ``hsr_portdev_setup``
+   links each slave with ``netdev_upper_dev_link`` (Linux 5.x and 6.x; a 2025 patch for HSR
+   offload moves it to ``netdev_master_upper_dev_link``), `ip link` shows no ``master`` for
+   a slave (read from the kernel source, not on a running kernel: the test host has no
+   hsr module), and hsr0 names its slaves only in
    ``info_data`` (``slave1``, ``slave2``): a slave port set down in another namespace (the
    ring runs on the other slave) reads idle, and unbinding it removes it from the ring for
    good (``hsr_del_port`` on ``NETDEV_UNREGISTER``).
@@ -29,7 +31,8 @@ would be lost), on main at fdaa4af:
    name they share. The port up in the first (a physical port the container was given) is
    judged by the second's link of the same name (a down dummy): idle, and taken.
 
-Controls (pass on main): the same hosts without the use are still idle.
+Controls (pass on main): the same hosts without the VXLAN are still idle and taken; the
+container's namespace alone (no second one at the same path) keeps the port, in use.
 """
 
 from __future__ import annotations
