@@ -140,7 +140,7 @@ def test_1_an_hsr_slave_in_another_namespace_is_an_upper_device(lab):
 
     Why it is called idle: as in the VXLAN case above, ``network._uppers`` looks in another
     namespace only for the port's ``master`` and for a link whose top-level ``link`` is the
-    port. HSR (Linux 5.x until the 2025 change to a master link) links each slave with
+    port. HSR (Linux 5.x and 6.x, before a 2025 patch for offload) links each slave with
     ``netdev_upper_dev_link(dev, hsr_dev)`` in ``hsr_portdev_setup``: no ``IFLA_MASTER``,
     so `ip` prints no ``master`` for enp5s0f1 (in the harness's own namespace sysfs would
     show ``upper_hsr0``), and hsr0 names its slaves only in ``linkinfo.info_data``
