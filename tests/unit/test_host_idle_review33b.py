@@ -30,6 +30,16 @@ would be lost), on main at fdaa4af:
    ``NetView.namespaces``, and ``_parents`` keeps the first one's ``parentdev`` for a link
    name they share. The port up in the first (a physical port the container was given) is
    judged by the second's link of the same name (a down dummy): idle, and taken.
+3. (b) `make nightly` hands ``HH_PYTEST_ARGS`` (a GitLab pipeline variable, a Jenkins build
+   parameter, the systemd unit's Environment) to root's pytest through ``PYTEST_ADDOPTS``,
+   which pytest splits and reads like its command line: a path there is collected, and
+   pytest imports every ``conftest.py`` on its way (and ``-o pythonpath=DIR`` puts DIR first
+   on root's ``sys.path``), before any check of the harness runs (``pytest_cmdline_main``,
+   where PATH and PYTHONPATH are checked, comes after the initial conftests). A test path
+   in a folder another user owns (an operator narrowing the nightly to a scenario of a
+   colleague's checkout, ``HH_PYTEST_ARGS=/home/alice/hh/tests/scenarios/test_nic.py``, or
+   anyone allowed to start the protected pipeline with variables) runs that user's code as
+   root: the check that guards PYTHONPATH and the checkout does not guard this way in.
 
 Controls (pass on main): the same hosts without the VXLAN are still idle and taken; the
 container's namespace alone (no second one at the same path) keeps the port, in use.
@@ -38,11 +48,15 @@ container's namespace alone (no second one at the same path) keeps the port, in 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 from harness.host.safety import HostUsage, plan_group
 
 from . import fakesysfs
 from .fakesysfs import FakeHost, link
+from .test_paths import NOBODY, as_nobody, as_root, shared_tmp  # noqa: F401 (a fixture)
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
 
@@ -283,3 +297,51 @@ def test_2_control_one_container_with_the_port_up_is_in_use(lab):
     v = HostUsage.read(lab.root).verdict(PORT1)
     assert not v.idle
     assert any("10.50.0.1/24" in u for u in v.uses), v.uses
+
+
+# -- 3. a test path in HH_PYTEST_ARGS, in a folder another user owns --------------------------
+
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+@as_root
+def test_3_a_conftest_another_user_owns_is_not_imported_by_roots_run(shared_tmp):
+    """Host shape: the nightly of a VT-d host, as root (the systemd unit, or GitLab's/Jenkins'
+    protected job): ``make nightly`` runs ``PYTEST_ADDOPTS="${PYTEST_ADDOPTS:-}
+    ${HH_PYTEST_ARGS:-}" pytest tests/scenarios --backend vfio ...``. To narrow a night to one
+    scenario under work, the lab's operator sets ``HH_PYTEST_ARGS`` to a path in a
+    colleague's checkout on the host (``/home/alice/hh/tests/scenarios/test_nic.py``), or
+    someone allowed to start the protected pipeline (GitLab "Run pipeline" with variables,
+    Jenkins "Build with Parameters": the job defines HH_PYTEST_ARGS as a parameter) gives one.
+    The folder is the other user's (here: nobody's, in a sticky /tmp-like folder), with a
+    ``conftest.py`` of theirs.
+
+    Why it runs: pytest reads ``PYTEST_ADDOPTS`` as command-line arguments, collects the path,
+    and imports each ``conftest.py`` on the way to it while it parses its arguments
+    (``pytest_load_initial_conftests``), before the harness's first check
+    (``pytest_cmdline_main``: PATH and PYTHONPATH, as root). docs/vfio.md, "What root reads
+    and runs", holds PYTHONPATH, the checkout and its .venv to "owned by root (or the sudo
+    user) and writable by nobody else", and says extra pytest options reach the nightly
+    "split by pytest, never by a shell or by make": they are not parsed by a shell, but pytest
+    itself imports code from a path in them. The conftest runs as root: the other user owns
+    the host. Expected: as root, a pytest run refuses (before importing anything from it) a
+    path argument, an ini file (``-c``), a ``--rootdir``/``--confcutdir`` or a ``pythonpath``
+    (``-o pythonpath=``) in a folder another user owns or can write, as PYTHONPATH is refused;
+    or ``make nightly`` refuses HH_PYTEST_ARGS that name paths or load code (``-p``, ``-c``,
+    ``-o``)."""
+    theirs = shared_tmp / "alice-hh"
+    marker = shared_tmp / "ran-as"
+    as_nobody(f"mkdir -m 755 {theirs}; printf '%s\\n' 'import os' "
+              f"'open(\"{marker}\", \"w\").write(str(os.geteuid()))' > {theirs}/conftest.py; "
+              f"printf 'def test_nic():\\n    pass\\n' > {theirs}/test_nic.py; "
+              f"touch {marker}; chmod 666 {marker}")
+    assert (theirs / "conftest.py").stat().st_uid == NOBODY
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8",
+           "PYTEST_ADDOPTS": f" {theirs}/test_nic.py"}
+    subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider",
+                    "tests/unit/test_keywords.py"], cwd=CHECKOUT, env=env, timeout=120,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ran = marker.read_text()
+    assert ran != "0", (f"root's pytest imported {theirs}/conftest.py, a file of uid {NOBODY}, "
+                        "given through PYTEST_ADDOPTS (make nightly's HH_PYTEST_ARGS): it ran "
+                        "as uid 0")
