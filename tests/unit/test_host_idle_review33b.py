@@ -319,12 +319,13 @@ def test_3_a_conftest_another_user_owns_is_not_imported_by_roots_run(shared_tmp)
     Why it runs: pytest reads ``PYTEST_ADDOPTS`` as command-line arguments, collects the path,
     and imports each ``conftest.py`` on the way to it while it parses its arguments
     (``pytest_load_initial_conftests``), before the harness's first check
-    (``pytest_cmdline_main``: PATH and PYTHONPATH, as root). docs/vfio.md, "What root reads
-    and runs", holds PYTHONPATH, the checkout and its .venv to "owned by root (or the sudo
-    user) and writable by nobody else", and says extra pytest options reach the nightly
-    "split by pytest, never by a shell or by make": they are not parsed by a shell, but pytest
-    itself imports code from a path in them. The conftest runs as root: the other user owns
-    the host. Expected: as root, a pytest run refuses (before importing anything from it) a
+    (``pytest_cmdline_main``: PATH and PYTHONPATH, as root). docs/fleet.md trusts the options
+    themselves (only administrators may "Build with Parameters"; "pytest ... splits it into
+    words and runs nothing in it"), but docs/vfio.md, "What root reads and runs", holds every
+    file an option names to its owner: ``--qemu-binary``, ``--guest`` files, the inventory,
+    PYTHONPATH and the checkout are refused when another user could have written them. A test
+    path is not looked at, and pytest imports code from it. The conftest runs as root: the
+    other user owns the host. Expected: as root, a pytest run refuses (before importing anything from it) a
     path argument, an ini file (``-c``), a ``--rootdir``/``--confcutdir`` or a ``pythonpath``
     (``-o pythonpath=``) in a folder another user owns or can write, as PYTHONPATH is refused;
     or ``make nightly`` refuses HH_PYTEST_ARGS that name paths or load code (``-p``, ``-c``,
