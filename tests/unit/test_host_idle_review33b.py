@@ -325,8 +325,8 @@ def test_3_a_conftest_another_user_owns_is_not_imported_by_roots_run(shared_tmp)
     file an option names to its owner: ``--qemu-binary``, ``--guest`` files, the inventory,
     PYTHONPATH and the checkout are refused when another user could have written them. A test
     path is not looked at, and pytest imports code from it. The conftest runs as root: the
-    other user owns the host. Expected: as root, a pytest run refuses (before importing anything from it) a
-    path argument, an ini file (``-c``), a ``--rootdir``/``--confcutdir`` or a ``pythonpath``
+    other user owns the host. Expected: as root, a pytest run refuses (before it imports
+    anything from it) a path argument, an ini file (``-c``), a ``--rootdir``/``--confcutdir`` or a ``pythonpath``
     (``-o pythonpath=``) in a folder another user owns or can write, as PYTHONPATH is refused;
     or ``make nightly`` refuses HH_PYTEST_ARGS that name paths or load code (``-p``, ``-c``,
     ``-o``)."""
