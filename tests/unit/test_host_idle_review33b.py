@@ -326,10 +326,10 @@ def test_3_a_conftest_another_user_owns_is_not_imported_by_roots_run(shared_tmp)
     PYTHONPATH and the checkout are refused when another user could have written them. A test
     path is not looked at, and pytest imports code from it. The conftest runs as root: the
     other user owns the host. Expected: as root, a pytest run refuses (before it imports
-    anything from it) a path argument, an ini file (``-c``), a ``--rootdir``/``--confcutdir`` or a ``pythonpath``
-    (``-o pythonpath=``) in a folder another user owns or can write, as PYTHONPATH is refused;
-    or ``make nightly`` refuses HH_PYTEST_ARGS that name paths or load code (``-p``, ``-c``,
-    ``-o``)."""
+    anything from it) a path argument, an ini file (``-c``), a ``--rootdir`` or
+    ``--confcutdir``, or a ``pythonpath`` (``-o pythonpath=``) in a folder another user owns
+    or can write, as PYTHONPATH is refused; or ``make nightly`` refuses HH_PYTEST_ARGS that
+    name paths or load code (``-p``, ``-c``, ``-o``)."""
     theirs = shared_tmp / "alice-hh"
     marker = shared_tmp / "ran-as"
     as_nobody(f"mkdir -m 755 {theirs}; printf '%s\\n' 'import os' "
