@@ -1,7 +1,7 @@
 """The host's network interfaces in every network namespace, read to prove a NIC idle.
 
 A network interface (netdev) is *idle* when it has no upper device (a bridge, bond, OVS or VRF
-master; a VLAN, macvlan or ipvlan on top of it), no route in any routing table of its
+master; a VLAN, macvlan or ipvlan on top of it; a VXLAN or HSR/PRP device bound to it), no route in any routing table of its
 namespace (ECMP ``nexthops`` included), no socket bound to it, and is down or has no address
 at all (an IPv6 link-local address counts: SSH may run over it). What cannot be read (``ip``
 or ``ss`` missing, a namespace the harness cannot enter, a device in another namespace whose
@@ -125,7 +125,7 @@ class NetView:
             for link in ns.links.values():
                 if link.get("link_netnsid") is not None and \
                         _kind(link) not in _PEERED_VIRTUAL and \
-                        ("link" in link or "link_index" in link):
+                        ("link" in link or "link_index" in link or _lower_in_data(link)):
                     what = _kind(link) or "link"
                     problems.append(f"{Netdev(ns.name, link['ifname'])} ({what}) sits on a "
                                     "device of another namespace, which the harness cannot "
@@ -283,13 +283,48 @@ def _kind(link: dict) -> str:
     return (link.get("linkinfo") or {}).get("info_kind", "")
 
 
+#: ``info_data`` keys that name a link's lower device (by name, or ``if<N>``/N by ifindex): a
+#: VXLAN's ``link`` (``dev``), an HSR or PRP device's ``slave1``, ``slave2`` and ``interlink``.
+_LOWER_KEYS = {"link", "slave1", "slave2", "interlink"}
+
+
+def _lower_in_data(link: dict) -> bool:
+    """Whether ``info_data`` names a lower device of ``link`` (:data:`_LOWER_KEYS`): one of
+    another namespace (a VXLAN made there and moved, ``link_netnsid``) is named by an ifindex
+    of that namespace, which `ip` spells as if it were of this one."""
+    data = (link.get("linkinfo") or {}).get("info_data")
+    return isinstance(data, dict) and bool(_LOWER_KEYS & data.keys())
+
+
+def _names_in_data(link: dict, name: str, ifindex: "int | None") -> bool:
+    """Whether ``link``'s ``linkinfo.info_data`` names the interface ``name`` (of ``ifindex``)
+    of its namespace. A VXLAN or HSR/PRP device is linked as an upper device of its lower ones
+    (``netdev_upper_dev_link``: unbinding the port deletes the VXLAN, drops the port from the
+    ring), but has no ``ndo_get_iflink``, so `ip` names them only there (``"link":
+    "enp5s0f1"``, ``"slave1": ...``). Any value there that is the interface's name counts, a
+    kind not listed in :data:`_LOWER_KEYS` included (fail closed: a false "in use" keeps a
+    device, a missed upper device loses what sits on it)."""
+    data = (link.get("linkinfo") or {}).get("info_data")
+    if not isinstance(data, dict):
+        return False
+    spelt = {name} | ({f"if{ifindex}"} if ifindex is not None else set())
+    return any((isinstance(value, str) and value in spelt) or
+               (key in _LOWER_KEYS and type(value) is int and value == ifindex)
+               for key, value in data.items())
+
+
 def _uppers(fs: Sysfs, ns: Namespace, dev: Netdev) -> list[str]:
+    """Its master, the links on top of it (a top-level ``link``: a VLAN, macvlan, ipvlan), and
+    those whose ``info_data`` names it (:func:`_names_in_data`: a VXLAN, an HSR/PRP device), in
+    any namespace; in the harness's own, sysfs ``upper_*`` too."""
     out = []
     link = ns.links[dev.name]
     if link.get("master"):
         out.append(link["master"])
     out += sorted(name for name, other in ns.links.items()
                   if other.get("link") == dev.name and "link_netnsid" not in other)
+    out += sorted(name for name, other in ns.links.items()
+                  if name != dev.name and _names_in_data(other, dev.name, link.get("ifindex")))
     if dev.namespace == OWN:  # sysfs shows the harness's own namespace
         out += sorted(p.name[len("upper_"):] for p in fs.sys("class", "net", dev.name)
                       .glob("upper_*"))
