@@ -81,13 +81,18 @@ class Netdev(NamedTuple):
 
 class Namespace:
     """One namespace's links, addresses, routes and sockets, or the reasons it is unreadable.
-    ``name``: OWN, a named namespace, or ``pid N`` (an unnamed one, a container's, entered
-    through a process in it); ``enter``: the argv prefix that runs a command in it; ``fake``:
-    where a test's fake root keeps the tools' output for it."""
+    ``name``: OWN, a named namespace, or how it is held (an unnamed one: ``pid N``, a
+    container's, entered through a process in it; ``nsfs mount PATH``...), unique in a
+    :class:`NetView` (:func:`_told_apart`); ``enter``: the argv prefix that runs a command in
+    it; ``fake``: where a test's fake root keeps the tools' output for it."""
 
     def __init__(self, name: str, enter: list[str], ip: list[str], fake: Path,
                  fds: tuple[int, ...] = ()):
         self.name, self.enter, self.ip, self.fake = name, enter, ip, fake
+        #: What it is (``[N]``: its nsfs inode; None: not known), which tells it from another
+        #: of the same name: two containers' ``ip netns add test`` are both ``nsfs mount
+        #: /run/netns/test``, each in its own mount namespace.
+        self.ident: str | None = None
         #: fds the commands that enter it inherit (``nsenter --net=/proc/self/fd/N``)
         self.fds = fds
         #: When all its commands must have ended (``time.monotonic()``; None: each has
@@ -120,7 +125,7 @@ class NetView:
     def read(cls, fs: Sysfs) -> "NetView":
         problems: list[str] = []
         with more_open_files():  # (an fd of each namespace a socket holds is kept until read)
-            spaces = _namespaces(fs, problems)
+            spaces = _told_apart(_namespaces(fs, problems), problems)
         for ns in spaces:
             for link in ns.links.values():
                 if link.get("link_netnsid") is not None and \
@@ -178,6 +183,31 @@ class NetView:
         evidence = (f"{dev}: down, no route in any table, no upper device, no socket bound "
                     "to it")
         return [shown(u) for u in uses], shown(evidence)
+
+
+def _told_apart(spaces: list[Namespace], problems: list[str]) -> list[Namespace]:
+    """``spaces``, each under a name no other has: every interface is judged in the namespace
+    it is in, by (its namespace's name, its own). A name is how a namespace is held, which two
+    can share (a bind mount at one path in two mount namespaces: two containers cloned from
+    one template, each running ``ip netns add test``; a pid reused between two searches): those
+    that share one are each named with their identity added (``, net:[N]``). Two that share a
+    name and cannot be told apart (an identity unknown, or the same one read twice) leave
+    every interface unproven: which one an interface is in cannot be told."""
+    names: dict[str, list[Namespace]] = {}
+    for ns in spaces:
+        names.setdefault(ns.name, []).append(ns)
+    for name, same in names.items():
+        idents = [ns.ident for ns in same]
+        if len(same) == 1:
+            continue
+        if None in idents or len(set(idents)) < len(idents):
+            problems.append(f"{len(same)} network namespaces are each {name or 'the harness'}"
+                            f"'s ({', '.join(str(i) for i in idents)}) and cannot be told apart: "
+                            "which one an interface is in cannot be told")
+            continue
+        for ns in same:
+            ns.name = f"{name}, net:{ns.ident}"
+    return spaces
 
 
 def _parents(fs: Sysfs, spaces: list[Namespace], problems: list[str]) -> dict:
@@ -446,6 +476,7 @@ def _read_all(fs: Sysfs, problems: list[str], alone: bool) -> list[Namespace]:
     """:func:`_namespaces`; the holders searched only when ``alone``."""
     out = [_read_namespace(fs, Namespace(OWN, [], ["ip"], fs.path("ip")))]
     done = {_inode(fs.proc("self", "ns", "net"))}
+    out[0].ident = next(iter(done))
     for name in _named_namespaces(fs, problems):
         inode = _inode(fs.path("var", "run", "netns", name))
         # A namespace is read once, whatever its names: ``ip netns attach host 1`` names the
@@ -455,6 +486,7 @@ def _read_all(fs: Sysfs, problems: list[str], alone: bool) -> list[Namespace]:
             continue
         ns = _named_namespace(fs, name, inode)
         if ns is not None:  # (else its name went away: the searches below find it if held)
+            ns.ident = inode
             out.append(ns)
             done.add(inode)
     if None in done or not alone:  # a bare fake with no namespace of its own
@@ -529,6 +561,8 @@ def _search_held(fs: Sysfs, done: set, visits: MountVisits, early: dict, problem
     if not fs.real_host:
         fakes = {inode: _held_namespace(fs, inode, ways) for inode, ways in held.items()
                  if inode not in done}
+        for inode, ns in fakes.items():
+            ns.ident = inode
         done |= fakes.keys()
         return list(fakes.values()), visits.went, problems
     pins, went, found, silent = {}, {}, {}, []
@@ -560,6 +594,8 @@ def _search_held(fs: Sysfs, done: set, visits: MountVisits, early: dict, problem
     finally:
         for _, fd in pins.values():
             os.close(fd)
+    for inode, ns in found.items():
+        ns.ident = inode
     done |= found.keys()
     return list(found.values()), visits.went + list(went.values()), problems
 
