@@ -19,11 +19,14 @@
     prune [DIR]        remove all but the newest run folders (--keep N; make clean)
     lab-runs -- ARGS   pytest --backend lab ARGS, with a wedged lab host restarted for the
                        tests left (--runs N in all, default 3; make lab-smoke)
+    check-pytest-args  as root, refuse HH_PYTEST_ARGS and PYTEST_ADDOPTS holding options that
+                       load code before the harness's checks (-p, -c, -o...; make nightly)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -63,10 +66,26 @@ def _image(argv: list[str]) -> int:
     return 0
 
 
+def _check_pytest_args(argv: list[str]) -> int:
+    """``make nightly``, before root's pytest: the options CI hands it through the environment
+    (``HH_PYTEST_ARGS``, and ``PYTEST_ADDOPTS`` they are added to) hold none that pytest acts on
+    before any check of the harness can run (:func:`harness.plugin.early.check_pytest_args`:
+    ``-p``, ``-c``, ``-o``, ``--rootdir``, ``--confcutdir``). Read from the environment, never
+    from make's command line or a shell's. Not root: nothing to check."""
+    from harness.plugin import early  # (pytest's plugin: imported only for this command)
+    argparse.ArgumentParser(prog="python -m harness check-pytest-args",
+                            description=_check_pytest_args.__doc__).parse_args(argv)
+    if os.geteuid() == 0:
+        for var in ("PYTEST_ADDOPTS", "HH_PYTEST_ARGS"):
+            early.check_pytest_args(os.environ.get(var, ""), var)
+    return 0
+
+
 COMMANDS = {"image": _image, "compare": report.compare_main, "merge": report.merge_main,
             "trend": report.trend_main, "prune": report.prune_main, "lab-runs": reruns.main,
             "doctor": host.doctor_main, "discover": host.discover_main, "plan": host.plan_main,
-            "restore": host.restore_main, "bind": host.bind_main, "release": host.release_main}
+            "restore": host.restore_main, "bind": host.bind_main, "release": host.release_main,
+            "check-pytest-args": _check_pytest_args}
 
 
 def main(argv: list[str] | None = None) -> int:
