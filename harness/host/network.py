@@ -1,11 +1,12 @@
 """The host's network interfaces in every network namespace, read to prove a NIC idle.
 
 A network interface (netdev) is *idle* when it has no upper device (a bridge, bond, OVS or VRF
-master; a VLAN, macvlan or ipvlan on top of it; a VXLAN or HSR/PRP device bound to it), no route in any routing table of its
-namespace (ECMP ``nexthops`` included), no socket bound to it, and is down or has no address
-at all (an IPv6 link-local address counts: SSH may run over it). What cannot be read (``ip``
-or ``ss`` missing, a namespace the harness cannot enter, a device in another namespace whose
-lower device cannot be told) makes every interface unproven: :attr:`NetView.problems`.
+master; a VLAN, macvlan or ipvlan on top of it; a VXLAN or HSR/PRP device bound to it), no
+route in any routing table of its namespace (ECMP ``nexthops`` included), no socket bound to
+it, and is down or has no address at all (an IPv6 link-local address counts: SSH may run over
+it). What cannot be read (``ip`` or ``ss`` missing, a namespace the harness cannot enter, a
+device in another namespace whose lower device cannot be told) makes every interface
+unproven: :attr:`NetView.problems`.
 
 Namespaces: the harness's own, every named one (``ip -all netns``, ``/var/run/netns``), and
 every other one anything holds: a process lives in it (a container's, ``/proc/PID/ns/net``),

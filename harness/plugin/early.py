@@ -68,7 +68,8 @@ def _initial_paths(config, here: Path) -> list[Path]:
     else the folder it runs in."""
     args = [a.split("::")[0] for a in config.known_args_namespace.file_or_dir]
     if not args and here == Path(config.rootpath) and not config.known_args_namespace.pyargs:
-        args = [m for p in config.getini("testpaths") for m in sorted(glob.iglob(p, recursive=True))]
+        args = [m for p in config.getini("testpaths")
+                for m in sorted(glob.iglob(p, recursive=True))]
     return [here / a for a in args] or [here]
 
 
@@ -77,10 +78,17 @@ def code_loading_options(words: list[str]) -> list[str]:
     harness can run, or choose where conftests are looked for: ``-p``, ``-c``/``--config-file``,
     ``-o``/``--override-ini`` (``pythonpath``, ``addopts``), ``--rootdir``, ``--confcutdir``.
     A short flag group that holds p, c or o counts (``-vp NAME`` is ``-v -p NAME``), a ``-r``
-    of such characters too (fail closed: the refusal says how to do without)."""
-    return [w for w in words
-            if (w.startswith("-") and not w.startswith("--") and set(w[1:]) & set(_SHORT))
-            or w.split("=")[0] in _LONG]
+    of such characters too (fail closed: the refusal says how to do without). ``-p no:NAME``
+    (``-pno:NAME``), which only keeps a plugin from loading, does not."""
+    found = []
+    for n, w in enumerate(words):
+        blocks = w == "-p" and words[n + 1:n + 2] and words[n + 1].startswith("no:")
+        if blocks or w.startswith("-pno:"):
+            continue
+        if (w.startswith("-") and not w.startswith("--") and set(w[1:]) & set(_SHORT)) or \
+                w.split("=")[0] in _LONG:
+            found.append(w)
+    return found
 
 
 def check_pytest_args(text: str, where: str) -> None:
@@ -94,9 +102,9 @@ def check_pytest_args(text: str, where: str) -> None:
     found = code_loading_options(words)
     if found:
         raise ConfigError(
-            f"{where} holds {shlex.join(found)}, which make pytest load code or configuration "
-            "(a plugin, an ini file, a pythonpath) as root before the harness can check who "
-            "could have written it",
+            f"{where} holds {shlex.join(found)}, with which pytest loads code or configuration "
+            "(a plugin, an ini file, a pythonpath) or chooses where it imports conftest.py "
+            "from, as root, before the harness can check who could have written it",
             hint="give the nightly only the harness's options and -k/-m selections there; "
                  "install a plugin into root's venv, and put ini settings in the checkout's "
                  "pytest.ini; docs/fleet.md")
