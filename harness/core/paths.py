@@ -242,7 +242,7 @@ def _check_test_entry(path: Path, p: Path, uids: set[int], why: str) -> None:
     what = "the folder" if stat.S_ISDIR(st.st_mode) else "the file"
     who = (f"owned by uid {lst.st_uid if lst.st_uid not in uids else st.st_uid}"
            if lst.st_uid not in uids or st.st_uid not in uids else
-           f"writable by {'its group' if st.st_mode & stat.S_IWGRP else 'every user'}"
+           f"writable by {'every user' if st.st_mode & stat.S_IWOTH else 'its group'}"
            + (" (sticky: anyone may add a file)" if st.st_mode & stat.S_ISVTX else ""))
     raise UnsafePathError(
         f"{what} {p}" + (f" (of the test path {path})" if p != path else " (a test path)")
