@@ -63,14 +63,16 @@ _HINT = ("run root's pytest from a checkout only root (or you, under sudo) can w
 
 
 def _initial_paths(config, here: Path) -> list[Path]:
-    """The paths pytest loads its initial conftests from (``Config._decide_args``): its
-    arguments (a node id's path), else each ``testpaths`` match when it runs in its rootdir,
-    else the folder it runs in."""
+    """The paths pytest loads its initial conftests from (``Config._decide_args``,
+    ``_set_initial_conftests``): its arguments (a node id's path), else each ``testpaths``
+    match when it runs in its rootdir; and the folder it runs in when none of those exists
+    (``--pyargs`` names, a path not made yet)."""
     args = [a.split("::")[0] for a in config.known_args_namespace.file_or_dir]
     if not args and here == Path(config.rootpath) and not config.known_args_namespace.pyargs:
         args = [m for p in config.getini("testpaths")
                 for m in sorted(glob.iglob(p, recursive=True))]
-    return [here / a for a in args] or [here]
+    paths = [here / a for a in args]
+    return paths + ([here] if not any(os.path.exists(p) for p in paths) else [])
 
 
 def code_loading_options(words: list[str]) -> list[str]:
