@@ -34,7 +34,7 @@ from pathlib import Path
 from harness.cli import host, report
 from harness.lab import reruns
 from harness.core.errors import HarnessError
-from harness.core.paths import check_search_path
+from harness.core.paths import check_pytest_options, check_search_path
 from harness.core.text import shown
 from harness.images import builtin as images
 from harness.images import distro
@@ -69,15 +69,14 @@ def _image(argv: list[str]) -> int:
 def _check_pytest_args(argv: list[str]) -> int:
     """``make nightly``, before root's pytest: the options CI hands it through the environment
     (``HH_PYTEST_ARGS``, and ``PYTEST_ADDOPTS`` they are added to) hold none that pytest acts on
-    before any check of the harness can run (:func:`harness.plugin.early.check_pytest_args`:
+    before any check of the harness can run (:func:`harness.core.paths.check_pytest_options`:
     ``-p``, ``-c``, ``-o``, ``--rootdir``, ``--confcutdir``). Read from the environment, never
     from make's command line or a shell's. Not root: nothing to check."""
-    from harness.plugin import early  # (pytest's plugin: imported only for this command)
     argparse.ArgumentParser(prog="python -m harness check-pytest-args",
                             description=_check_pytest_args.__doc__).parse_args(argv)
     if os.geteuid() == 0:
         for var in ("PYTEST_ADDOPTS", "HH_PYTEST_ARGS"):
-            early.check_pytest_args(os.environ.get(var, ""), var)
+            check_pytest_options(os.environ.get(var, ""), var)
     return 0
 
 

@@ -27,6 +27,7 @@ import errno
 import fnmatch
 import hashlib
 import os
+import shlex
 import shutil
 import stat
 import tempfile
@@ -254,6 +255,50 @@ _TEST_PATH_HINT = ("give root's pytest only test paths in a checkout only root (
                    "sudo) can write, such as the one it runs from (copy a colleague's test "
                    "there after reading it), or run that test as its owner without root; "
                    "docs/vfio.md, 'What root reads and runs'")
+
+
+#: pytest's options that load code or configuration before any plugin's hook (the short ones
+#: may be joined to their value or to other short flags: ``-pNAME``, ``-vp NAME``), and those
+#: that choose where conftests are looked for (``--rootdir``, ``--confcutdir``).
+_PYTEST_SHORT = "pco"
+_PYTEST_LONG = ("--config-file", "--override-ini", "--rootdir", "--confcutdir")
+
+
+def code_loading_options(words: list[str]) -> list[str]:
+    """Of pytest arguments, those that load code or configuration before any check of the
+    harness can run, or choose where conftests are looked for: ``-p``, ``-c``/``--config-file``,
+    ``-o``/``--override-ini`` (``pythonpath``, ``addopts``), ``--rootdir``, ``--confcutdir``.
+    A short flag group that holds p, c or o counts (``-vp NAME`` is ``-v -p NAME``), a ``-r``
+    of such characters too (fail closed: the refusal says how to do without). ``-p no:NAME``
+    (``-pno:NAME``), which only keeps a plugin from loading, does not."""
+    found = []
+    for n, w in enumerate(words):
+        blocks = w == "-p" and words[n + 1:n + 2] and words[n + 1].startswith("no:")
+        if blocks or w.startswith("-pno:"):
+            continue
+        if (w.startswith("-") and not w.startswith("--") and set(w[1:]) & set(_PYTEST_SHORT)) or \
+                w.split("=")[0] in _PYTEST_LONG:
+            found.append(w)
+    return found
+
+
+def check_pytest_options(text: str, where: str) -> None:
+    """``text`` (pytest options as ``PYTEST_ADDOPTS`` holds them, split as pytest splits them)
+    holds none of :func:`code_loading_options`. Raises ConfigError naming them."""
+    try:
+        words = shlex.split(text)
+    except ValueError as e:
+        raise ConfigError(f"{where} cannot be split into words ({e})",
+                          hint=f"close the quote in {where}") from e
+    found = code_loading_options(words)
+    if found:
+        raise ConfigError(
+            f"{where} holds {shlex.join(found)}, with which pytest loads code or configuration "
+            "(a plugin, an ini file, a pythonpath) or chooses where it imports conftest.py "
+            "from, as root, before the harness can check who could have written it",
+            hint="give the nightly only the harness's options and -k/-m selections there; "
+                 "install a plugin into root's venv, and put ini settings in the checkout's "
+                 "pytest.ini; docs/fleet.md")
 
 
 def check_missing(path: Path) -> None:

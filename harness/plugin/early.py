@@ -1,5 +1,5 @@
-"""What root's pytest reads and imports before the harness's first check (``pytest_cmdline_main``):
-its arguments' paths, and the options that load code or configuration.
+"""What root's pytest imports before the harness's first check (``pytest_cmdline_main``): the
+conftests and tests of the paths it is given, its ini file, its ``pythonpath``.
 
 pytest imports the ``conftest.py`` of every folder on the way to each path it is given while it
 parses its arguments (``pytest_load_initial_conftests``), then every test module and conftest in
@@ -12,25 +12,18 @@ Some come earlier still, before any plugin's hook: ``-p NAME`` is imported, ``py
 (``-o pythonpath=DIR``, or an ini file's) put first on ``sys.path`` (where ``harness`` itself
 would then be found), an ini file (``-c``) read, with its ``addopts`` of ``-p`` and
 ``pythonpath``. Nothing of the harness can check those once pytest runs: a caller that hands
-pytest options it did not choose refuses them before (:func:`code_loading_options`: ``make
-nightly`` with ``HH_PYTEST_ARGS``, through ``python -m harness check-pytest-args``).
+pytest options it did not choose refuses them before (``make nightly`` with
+``HH_PYTEST_ARGS``, through ``python -m harness check-pytest-args``:
+:func:`harness.core.paths.check_pytest_options`).
 """
 
 from __future__ import annotations
 
 import glob
 import os
-import shlex
 from pathlib import Path
 
-from harness.core.errors import ConfigError
 from harness.core.paths import check_search_entries, check_test_path, check_trusted_file
-
-#: pytest's options that load code or configuration before any plugin's hook (the short ones
-#: may be joined to their value or to other short flags: ``-pNAME``, ``-vp NAME``), and those
-#: that choose where conftests are looked for (``--rootdir``, ``--confcutdir``).
-_SHORT = "pco"
-_LONG = ("--config-file", "--override-ini", "--rootdir", "--confcutdir")
 
 
 def check_initial_paths(config) -> None:
@@ -73,40 +66,3 @@ def _initial_paths(config, here: Path) -> list[Path]:
                 for m in sorted(glob.iglob(p, recursive=True))]
     paths = [here / a for a in args]
     return paths + ([here] if not any(os.path.exists(p) for p in paths) else [])
-
-
-def code_loading_options(words: list[str]) -> list[str]:
-    """Of pytest arguments, those that load code or configuration before any check of the
-    harness can run, or choose where conftests are looked for: ``-p``, ``-c``/``--config-file``,
-    ``-o``/``--override-ini`` (``pythonpath``, ``addopts``), ``--rootdir``, ``--confcutdir``.
-    A short flag group that holds p, c or o counts (``-vp NAME`` is ``-v -p NAME``), a ``-r``
-    of such characters too (fail closed: the refusal says how to do without). ``-p no:NAME``
-    (``-pno:NAME``), which only keeps a plugin from loading, does not."""
-    found = []
-    for n, w in enumerate(words):
-        blocks = w == "-p" and words[n + 1:n + 2] and words[n + 1].startswith("no:")
-        if blocks or w.startswith("-pno:"):
-            continue
-        if (w.startswith("-") and not w.startswith("--") and set(w[1:]) & set(_SHORT)) or \
-                w.split("=")[0] in _LONG:
-            found.append(w)
-    return found
-
-
-def check_pytest_args(text: str, where: str) -> None:
-    """``text`` (pytest options as ``PYTEST_ADDOPTS`` holds them, split as pytest splits them)
-    holds none of :func:`code_loading_options`. Raises ConfigError naming them."""
-    try:
-        words = shlex.split(text)
-    except ValueError as e:
-        raise ConfigError(f"{where} cannot be split into words ({e})",
-                          hint=f"close the quote in {where}") from e
-    found = code_loading_options(words)
-    if found:
-        raise ConfigError(
-            f"{where} holds {shlex.join(found)}, with which pytest loads code or configuration "
-            "(a plugin, an ini file, a pythonpath) or chooses where it imports conftest.py "
-            "from, as root, before the harness can check who could have written it",
-            hint="give the nightly only the harness's options and -k/-m selections there; "
-                 "install a plugin into root's venv, and put ini settings in the checkout's "
-                 "pytest.ini; docs/fleet.md")

@@ -24,7 +24,7 @@ from harness.host import network
 from harness.host.network import NetView
 from harness.host.safety import HostUsage
 from harness.host.sysfs import Sysfs
-from harness.plugin.early import code_loading_options
+from harness.core.paths import code_loading_options
 
 from . import fakesysfs
 from .fakesysfs import link
