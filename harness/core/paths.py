@@ -269,17 +269,11 @@ def code_loading_options(words: list[str]) -> list[str]:
     harness can run, or choose where conftests are looked for: ``-p``, ``-c``/``--config-file``,
     ``-o``/``--override-ini`` (``pythonpath``, ``addopts``), ``--rootdir``, ``--confcutdir``.
     A short flag group that holds p, c or o counts (``-vp NAME`` is ``-v -p NAME``), a ``-r``
-    of such characters too (fail closed: the refusal says how to do without). ``-p no:NAME``
-    (``-pno:NAME``), which only keeps a plugin from loading, does not."""
-    found = []
-    for n, w in enumerate(words):
-        blocks = w == "-p" and words[n + 1:n + 2] and words[n + 1].startswith("no:")
-        if blocks or w.startswith("-pno:"):
-            continue
-        if (w.startswith("-") and not w.startswith("--") and set(w[1:]) & set(_PYTEST_SHORT)) or \
-                w.split("=")[0] in _PYTEST_LONG:
-            found.append(w)
-    return found
+    of such characters too (fail closed: the refusal says how to do without); and so does
+    ``-p no:NAME``: ``-p no:hotplug`` keeps the harness's own checks from loading."""
+    return [w for w in words
+            if (w.startswith("-") and not w.startswith("--") and set(w[1:]) & set(_PYTEST_SHORT))
+            or w.split("=")[0] in _PYTEST_LONG]
 
 
 def check_pytest_options(text: str, where: str) -> None:
