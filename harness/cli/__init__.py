@@ -70,7 +70,7 @@ def _check_pytest_args(argv: list[str]) -> int:
     """``make nightly``, before root's pytest: the options CI hands it through the environment
     (``HH_PYTEST_ARGS``, and ``PYTEST_ADDOPTS`` they are added to) hold none that pytest acts on
     before any check of the harness can run (:func:`harness.core.paths.check_pytest_options`:
-    ``-p``, ``-c``, ``-o``, ``--rootdir``, ``--confcutdir``). Read from the environment, never
+    ``-p``, ``-c``, ``-o``, ``--rootdir``, ``--confcutdir``...). Read from the environment, never
     from make's command line or a shell's. Not root: nothing to check."""
     argparse.ArgumentParser(prog="python -m harness check-pytest-args",
                             description=_check_pytest_args.__doc__).parse_args(argv)

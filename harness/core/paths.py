@@ -259,15 +259,18 @@ _TEST_PATH_HINT = ("give root's pytest only test paths in a checkout only root (
 
 #: pytest's options that load code or configuration before any plugin's hook (the short ones
 #: may be joined to their value or to other short flags: ``-pNAME``, ``-vp NAME``), and those
-#: that choose where conftests are looked for (``--rootdir``, ``--confcutdir``).
+#: that choose where conftests are looked for (``--rootdir``, ``--confcutdir``) or keep the
+#: harness's checks from loading (``--disable-plugin-autoload``: its entry point).
 _PYTEST_SHORT = "pco"
-_PYTEST_LONG = ("--config-file", "--override-ini", "--rootdir", "--confcutdir")
+_PYTEST_LONG = ("--config-file", "--override-ini", "--rootdir", "--confcutdir",
+                "--disable-plugin-autoload")
 
 
 def code_loading_options(words: list[str]) -> list[str]:
     """Of pytest arguments, those that load code or configuration before any check of the
     harness can run, or choose where conftests are looked for: ``-p``, ``-c``/``--config-file``,
-    ``-o``/``--override-ini`` (``pythonpath``, ``addopts``), ``--rootdir``, ``--confcutdir``.
+    ``-o``/``--override-ini`` (``pythonpath``, ``addopts``), ``--rootdir``, ``--confcutdir``,
+    ``--disable-plugin-autoload``.
     A short flag group that holds p, c or o counts (``-vp NAME`` is ``-v -p NAME``), a ``-r``
     of such characters too (fail closed: the refusal says how to do without); and so does
     ``-p no:NAME``: ``-p no:hotplug`` keeps the harness's own checks from loading."""

@@ -103,7 +103,7 @@ def test_3_the_options_pytest_acts_on_before_the_harness_are_found():
     for words in (["-p", "evil"], ["-pevil"], ["-vp", "evil"], ["-o", "pythonpath=/tmp"],
                   ["--override-ini=addopts=-p evil"], ["-c", "/tmp/x.ini"],
                   ["--config-file=/tmp/x.ini"], ["--rootdir", "/tmp"], ["--confcutdir=/"],
-                  ["-p", "no:hotplug"]):  # (the harness's own checks not loaded)
+                  ["-p", "no:hotplug"], ["--disable-plugin-autoload"]):  # (no checks)
         assert code_loading_options(words), words
     assert code_loading_options(["--keep-runs", "60", "-k", "nic and not slow", "-x", "-ra",
                                  "-n", "4", "--co", "--qemu-binary",
