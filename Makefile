@@ -90,6 +90,10 @@ lab-smoke: image
 # HH_INVENTORY (else INVENTORY) and HH_PYTEST_ARGS, which pytest alone splits, as shell words
 # that nothing executes (PYTEST_ADDOPTS). PYTEST_ARGS is refused here (docs/fleet.md); mind
 # that make expands $(...) in any variable on its command line whatever the Makefile says.
+# HH_PYTEST_ARGS (and PYTEST_ADDOPTS) may not hold -p, -c, -o, --rootdir, --confcutdir or
+# --disable-plugin-autoload: pytest acts on them (imports a plugin, reads an ini file, puts a
+# pythonpath first) before any check of the harness, or leaves the harness unloaded; a test path
+# there is held to its owner by the harness's plugin (docs/fleet.md).
 # Before anything of the checkout runs as root (its .venv included: `make image` runs it), the
 # checkout is refused if another user could have written any of it (.ci/check-root-tree). That
 # check comes after make has read this checkout's makefiles: the jobs in ci/ run root's own
@@ -98,6 +102,7 @@ INVENTORY ?= inventory.toml
 nightly:
 	@if [ "$(if $(value PYTEST_ARGS),set)" = set ]; then echo "make nightly: PYTEST_ARGS is not read here (make and the shell would parse it as root): put the pytest options in the environment variable HH_PYTEST_ARGS"; exit 2; fi
 	@sh .ci/check-root-tree
+	@$(PY) -m harness check-pytest-args
 	@$(MAKE) --no-print-directory image
 	@inv="$${HH_INVENTORY:-$(INVENTORY)}"; \
 	test -f "$$inv" || { echo "make nightly: no inventory $$inv (python -m harness discover --write $$inv)"; exit 2; }; \

@@ -19,11 +19,14 @@
     prune [DIR]        remove all but the newest run folders (--keep N; make clean)
     lab-runs -- ARGS   pytest --backend lab ARGS, with a wedged lab host restarted for the
                        tests left (--runs N in all, default 3; make lab-smoke)
+    check-pytest-args  as root, refuse HH_PYTEST_ARGS and PYTEST_ADDOPTS holding options that
+                       load code before the harness's checks (-p, -c, -o...; make nightly)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -31,7 +34,7 @@ from pathlib import Path
 from harness.cli import host, report
 from harness.lab import reruns
 from harness.core.errors import HarnessError
-from harness.core.paths import check_search_path
+from harness.core.paths import check_pytest_options, check_search_path
 from harness.core.text import shown
 from harness.images import builtin as images
 from harness.images import distro
@@ -63,10 +66,25 @@ def _image(argv: list[str]) -> int:
     return 0
 
 
+def _check_pytest_args(argv: list[str]) -> int:
+    """``make nightly``, before root's pytest: the options CI hands it through the environment
+    (``HH_PYTEST_ARGS``, and ``PYTEST_ADDOPTS`` they are added to) hold none that pytest acts on
+    before any check of the harness can run (:func:`harness.core.paths.check_pytest_options`:
+    ``-p``, ``-c``, ``-o``, ``--rootdir``, ``--confcutdir``...). Read from the environment, never
+    from make's command line or a shell's. Not root: nothing to check."""
+    argparse.ArgumentParser(prog="python -m harness check-pytest-args",
+                            description=_check_pytest_args.__doc__).parse_args(argv)
+    if os.geteuid() == 0:
+        for var in ("PYTEST_ADDOPTS", "HH_PYTEST_ARGS"):
+            check_pytest_options(os.environ.get(var, ""), var)
+    return 0
+
+
 COMMANDS = {"image": _image, "compare": report.compare_main, "merge": report.merge_main,
             "trend": report.trend_main, "prune": report.prune_main, "lab-runs": reruns.main,
             "doctor": host.doctor_main, "discover": host.discover_main, "plan": host.plan_main,
-            "restore": host.restore_main, "bind": host.bind_main, "release": host.release_main}
+            "restore": host.restore_main, "bind": host.bind_main, "release": host.release_main,
+            "check-pytest-args": _check_pytest_args}
 
 
 def main(argv: list[str] | None = None) -> int:

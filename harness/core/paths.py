@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import hashlib
 import os
+import shlex
 import shutil
 import stat
 import tempfile
@@ -149,13 +151,14 @@ def check_search_path(search: str | None = None) -> None:
                                                               "Python imports")
 
 
-def _check_search(var: str, search: str, what: str) -> None:
+def _check_search(var: str, search: str, what: str, hint: str = "") -> None:
     uids = invoking_uids()
+    hint = hint or _SEARCH_HINT.format(var=var)
     for entry in search.split(os.pathsep):
         if not os.path.isabs(entry):
             raise UnsafePathError(
                 f"{var} holds the relative entry {entry!r}: another user could put {what}, "
-                "in whatever folder root happens to be in", hint=_SEARCH_HINT.format(var=var))
+                "in whatever folder root happens to be in", hint=hint)
         try:
             check_ancestors(Path(entry, "x"), uids)
             st = os.stat(entry)
@@ -164,18 +167,135 @@ def _check_search(var: str, search: str, what: str) -> None:
                 check_missing(Path(entry))
             except UnsafePathError as e:
                 raise UnsafePathError(f"{var} entry {entry}: {e.finding}, so another user could "
-                                      f"put {what}", hint=_SEARCH_HINT.format(var=var)) from e
+                                      f"put {what}", hint=hint) from e
             continue
         except UnsafePathError as e:
             found = e.finding.replace(f" above {Path(entry, 'x')}", "")  # (x: the entry's own)
             raise UnsafePathError(f"{var} entry {entry}: {found}, so another user could put "
-                                  f"{what}", hint=_SEARCH_HINT.format(var=var)) from e
+                                  f"{what}", hint=hint) from e
         if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             raise UnsafePathError(
                 f"{var} entry {entry} is writable by "
                 f"{'every user' if st.st_mode & stat.S_IWOTH else 'its group'} (mode "
                 f"{st.st_mode & 0o7777:o}), so another user could put {what}",
-                hint=_SEARCH_HINT.format(var=var))
+                hint=hint)
+
+
+def check_search_entries(var: str, entries: list[str], what: str, hint: str = "") -> None:
+    """:func:`check_search_path`'s rule for the folders ``entries`` of ``var`` (pytest's
+    ``pythonpath`` ini option, which puts them first on root's ``sys.path``; its
+    ``--rootdir``), ``hint`` saying what to do instead. As root only. Raises UnsafePathError
+    naming the entry."""
+    if os.geteuid() == 0 and entries:
+        _check_search(var, os.pathsep.join(entries), what, hint)
+
+
+def check_test_path(path: Path, cut: "Path | None", skip: "tuple[str, ...]" = ()) -> None:
+    """As root, a path pytest is given to collect (an argument, a ``testpaths`` entry, the
+    folder it runs in), before pytest imports anything from it: it imports the
+    ``conftest.py`` of the path's folder and of every folder above it but those above ``cut``
+    (its ``confcutdir``: out of it, every one), and then every test module and
+    ``conftest.py`` in it. So the folders above it pass :func:`check_ancestors` (owned by root
+    or the invoking user, :func:`invoking_uids`, links judged hop by hop), those pytest looks
+    for a ``conftest.py`` in may not be writable by others even when sticky (anyone may make
+    ``/tmp/conftest.py``), and the file, or every folder and ``.py`` file below the folder
+    (but folders named by ``skip``, pytest's ``norecursedirs``, and hidden ones), is owned by
+    root or the invoking user and writable by nobody else. A path that does not exist is fine
+    when nobody else could make it (:func:`check_missing`). Not root: nothing to check.
+    Raises UnsafePathError naming the path."""
+    if os.geteuid() != 0:
+        return
+    uids = invoking_uids()
+    path = Path(os.path.abspath(path))
+    try:
+        check_ancestors(path, uids)
+        if not os.path.exists(path):
+            check_missing(path)
+            return
+    except UnsafePathError as e:
+        raise UnsafePathError(f"the test path {path}: {e.finding}, and pytest imports what is "
+                              "there as root, so another user could choose what root runs",
+                              hint=_TEST_PATH_HINT) from e
+    folder = path if os.path.isdir(path) else path.parent
+    for f in (folder, *folder.parents):
+        if cut is None or f not in Path(os.path.abspath(cut)).parents:
+            _check_test_entry(path, f, uids, "pytest imports its conftest.py")
+    if not os.path.isdir(path):
+        _check_test_entry(path, path, uids, "pytest imports it")
+        return
+    for top, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if not d.startswith(".")
+                   and not any(fnmatch.fnmatch(d, pattern) for pattern in skip)]
+        for name in dirs + [f for f in files if f.endswith(".py")]:
+            _check_test_entry(path, Path(top, name), uids, "pytest imports what is in it")
+
+
+def _check_test_entry(path: Path, p: Path, uids: set[int], why: str) -> None:
+    """One folder or file of :func:`check_test_path`: it (and a link at its name) root's or the
+    invoking user's, and writable by nobody else, sticky or not."""
+    lst = os.lstat(p)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        st = lst  # (a link that leads nowhere: judged by itself)
+    if lst.st_uid in uids and st.st_uid in uids and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return
+    what = "the folder" if stat.S_ISDIR(st.st_mode) else "the file"
+    who = (f"owned by uid {lst.st_uid if lst.st_uid not in uids else st.st_uid}"
+           if lst.st_uid not in uids or st.st_uid not in uids else
+           f"writable by {'every user' if st.st_mode & stat.S_IWOTH else 'its group'}"
+           + (" (sticky: anyone may add a file)" if st.st_mode & stat.S_ISVTX else ""))
+    raise UnsafePathError(
+        f"{what} {p}" + (f" (of the test path {path})" if p != path else " (a test path)")
+        + f" is {who}, and {why} as root, so another user could choose what root runs",
+        hint=_TEST_PATH_HINT)
+
+
+_TEST_PATH_HINT = ("give root's pytest only test paths in a checkout only root (or you, under "
+                   "sudo) can write, such as the one it runs from (copy a colleague's test "
+                   "there after reading it), or run that test as its owner without root; "
+                   "docs/vfio.md, 'What root reads and runs'")
+
+
+#: pytest's options that load code or configuration before any plugin's hook (the short ones
+#: may be joined to their value or to other short flags: ``-pNAME``, ``-vp NAME``), and those
+#: that choose where conftests are looked for (``--rootdir``, ``--confcutdir``) or keep the
+#: harness's checks from loading (``--disable-plugin-autoload``: its entry point).
+_PYTEST_SHORT = "pco"
+_PYTEST_LONG = ("--config-file", "--override-ini", "--rootdir", "--confcutdir",
+                "--disable-plugin-autoload")
+
+
+def code_loading_options(words: list[str]) -> list[str]:
+    """Of pytest arguments, those that load code or configuration before any check of the
+    harness can run, or choose where conftests are looked for: ``-p``, ``-c``/``--config-file``,
+    ``-o``/``--override-ini`` (``pythonpath``, ``addopts``), ``--rootdir``, ``--confcutdir``,
+    ``--disable-plugin-autoload``.
+    A short flag group that holds p, c or o counts (``-vp NAME`` is ``-v -p NAME``), a ``-r``
+    of such characters too (fail closed: the refusal says how to do without); and so does
+    ``-p no:NAME``: ``-p no:hotplug`` keeps the harness's own checks from loading."""
+    return [w for w in words
+            if (w.startswith("-") and not w.startswith("--") and set(w[1:]) & set(_PYTEST_SHORT))
+            or w.split("=")[0] in _PYTEST_LONG]
+
+
+def check_pytest_options(text: str, where: str) -> None:
+    """``text`` (pytest options as ``PYTEST_ADDOPTS`` holds them, split as pytest splits them)
+    holds none of :func:`code_loading_options`. Raises ConfigError naming them."""
+    try:
+        words = shlex.split(text)
+    except ValueError as e:
+        raise ConfigError(f"{where} cannot be split into words ({e})",
+                          hint=f"close the quote in {where}") from e
+    found = code_loading_options(words)
+    if found:
+        raise ConfigError(
+            f"{where} holds {shlex.join(found)}, with which pytest loads code or configuration "
+            "(a plugin, an ini file, a pythonpath) or chooses where it imports conftest.py "
+            "from, as root, before the harness can check who could have written it",
+            hint="give the nightly only the harness's options and -k/-m selections there; "
+                 "install a plugin into root's venv, and put ini settings in the checkout's "
+                 "pytest.ini; docs/fleet.md")
 
 
 def check_missing(path: Path) -> None:

@@ -1,11 +1,12 @@
 """The host's network interfaces in every network namespace, read to prove a NIC idle.
 
 A network interface (netdev) is *idle* when it has no upper device (a bridge, bond, OVS or VRF
-master; a VLAN, macvlan or ipvlan on top of it), no route in any routing table of its
-namespace (ECMP ``nexthops`` included), no socket bound to it, and is down or has no address
-at all (an IPv6 link-local address counts: SSH may run over it). What cannot be read (``ip``
-or ``ss`` missing, a namespace the harness cannot enter, a device in another namespace whose
-lower device cannot be told) makes every interface unproven: :attr:`NetView.problems`.
+master; a VLAN, macvlan or ipvlan on top of it; a VXLAN or HSR/PRP device bound to it), no
+route in any routing table of its namespace (ECMP ``nexthops`` included), no socket bound to
+it, and is down or has no address at all (an IPv6 link-local address counts: SSH may run over
+it). What cannot be read (``ip`` or ``ss`` missing, a namespace the harness cannot enter, a
+device in another namespace whose lower device cannot be told) makes every interface
+unproven: :attr:`NetView.problems`.
 
 Namespaces: the harness's own, every named one (``ip -all netns``, ``/var/run/netns``), and
 every other one anything holds: a process lives in it (a container's, ``/proc/PID/ns/net``),
@@ -81,13 +82,18 @@ class Netdev(NamedTuple):
 
 class Namespace:
     """One namespace's links, addresses, routes and sockets, or the reasons it is unreadable.
-    ``name``: OWN, a named namespace, or ``pid N`` (an unnamed one, a container's, entered
-    through a process in it); ``enter``: the argv prefix that runs a command in it; ``fake``:
-    where a test's fake root keeps the tools' output for it."""
+    ``name``: OWN, a named namespace, or how it is held (an unnamed one: ``pid N``, a
+    container's, entered through a process in it; ``nsfs mount PATH``...), unique in a
+    :class:`NetView` (:func:`_told_apart`); ``enter``: the argv prefix that runs a command in
+    it; ``fake``: where a test's fake root keeps the tools' output for it."""
 
     def __init__(self, name: str, enter: list[str], ip: list[str], fake: Path,
                  fds: tuple[int, ...] = ()):
         self.name, self.enter, self.ip, self.fake = name, enter, ip, fake
+        #: What it is (``[N]``: its nsfs inode; None: not known), which tells it from another
+        #: of the same name: two containers' ``ip netns add test`` are both ``nsfs mount
+        #: /run/netns/test``, each in its own mount namespace.
+        self.ident: str | None = None
         #: fds the commands that enter it inherit (``nsenter --net=/proc/self/fd/N``)
         self.fds = fds
         #: When all its commands must have ended (``time.monotonic()``; None: each has
@@ -120,12 +126,12 @@ class NetView:
     def read(cls, fs: Sysfs) -> "NetView":
         problems: list[str] = []
         with more_open_files():  # (an fd of each namespace a socket holds is kept until read)
-            spaces = _namespaces(fs, problems)
+            spaces = _told_apart(_namespaces(fs, problems), problems)
         for ns in spaces:
             for link in ns.links.values():
                 if link.get("link_netnsid") is not None and \
                         _kind(link) not in _PEERED_VIRTUAL and \
-                        ("link" in link or "link_index" in link):
+                        ("link" in link or "link_index" in link or _lower_in_data(link)):
                     what = _kind(link) or "link"
                     problems.append(f"{Netdev(ns.name, link['ifname'])} ({what}) sits on a "
                                     "device of another namespace, which the harness cannot "
@@ -178,6 +184,31 @@ class NetView:
         evidence = (f"{dev}: down, no route in any table, no upper device, no socket bound "
                     "to it")
         return [shown(u) for u in uses], shown(evidence)
+
+
+def _told_apart(spaces: list[Namespace], problems: list[str]) -> list[Namespace]:
+    """``spaces``, each under a name no other has: every interface is judged in the namespace
+    it is in, by (its namespace's name, its own). A name is how a namespace is held, which two
+    can share (a bind mount at one path in two mount namespaces: two containers cloned from
+    one template, each running ``ip netns add test``; a pid reused between two searches): those
+    that share one are each named with their identity added (``, net:[N]``). Two that share a
+    name and cannot be told apart (an identity unknown, or the same one read twice) leave
+    every interface unproven: which one an interface is in cannot be told."""
+    names: dict[str, list[Namespace]] = {}
+    for ns in spaces:
+        names.setdefault(ns.name, []).append(ns)
+    for name, same in names.items():
+        idents = [ns.ident for ns in same]
+        if len(same) == 1:
+            continue
+        if None in idents or len(set(idents)) < len(idents):
+            problems.append(f"{len(same)} network namespaces are each {name or 'the harness'}"
+                            f"'s ({', '.join(str(i) for i in idents)}) and cannot be told apart: "
+                            "which one an interface is in cannot be told")
+            continue
+        for ns in same:
+            ns.name = f"{name}, net:{ns.ident}"
+    return spaces
 
 
 def _parents(fs: Sysfs, spaces: list[Namespace], problems: list[str]) -> dict:
@@ -283,13 +314,48 @@ def _kind(link: dict) -> str:
     return (link.get("linkinfo") or {}).get("info_kind", "")
 
 
+#: ``info_data`` keys that name a link's lower device (by name, or ``if<N>``/N by ifindex): a
+#: VXLAN's ``link`` (``dev``), an HSR or PRP device's ``slave1``, ``slave2`` and ``interlink``.
+_LOWER_KEYS = {"link", "slave1", "slave2", "interlink"}
+
+
+def _lower_in_data(link: dict) -> bool:
+    """Whether ``info_data`` names a lower device of ``link`` (:data:`_LOWER_KEYS`): one of
+    another namespace (a VXLAN made there and moved, ``link_netnsid``) is named by an ifindex
+    of that namespace, which `ip` spells as if it were of this one."""
+    data = (link.get("linkinfo") or {}).get("info_data")
+    return isinstance(data, dict) and bool(_LOWER_KEYS & data.keys())
+
+
+def _names_in_data(link: dict, name: str, ifindex: "int | None") -> bool:
+    """Whether ``link``'s ``linkinfo.info_data`` names the interface ``name`` (of ``ifindex``)
+    of its namespace. A VXLAN or HSR/PRP device is linked as an upper device of its lower ones
+    (``netdev_upper_dev_link``: unbinding the port deletes the VXLAN, drops the port from the
+    ring), but has no ``ndo_get_iflink``, so `ip` names them only there (``"link":
+    "enp5s0f1"``, ``"slave1": ...``). Any value there that is the interface's name counts, a
+    kind not listed in :data:`_LOWER_KEYS` included (fail closed: a false "in use" keeps a
+    device, a missed upper device loses what sits on it)."""
+    data = (link.get("linkinfo") or {}).get("info_data")
+    if not isinstance(data, dict):
+        return False
+    spelt = {name} | ({f"if{ifindex}"} if ifindex is not None else set())
+    return any((isinstance(value, str) and value in spelt) or
+               (key in _LOWER_KEYS and type(value) is int and value == ifindex)
+               for key, value in data.items())
+
+
 def _uppers(fs: Sysfs, ns: Namespace, dev: Netdev) -> list[str]:
+    """Its master, the links on top of it (a top-level ``link``: a VLAN, macvlan, ipvlan), and
+    those whose ``info_data`` names it (:func:`_names_in_data`: a VXLAN, an HSR/PRP device), in
+    any namespace; in the harness's own, sysfs ``upper_*`` too."""
     out = []
     link = ns.links[dev.name]
     if link.get("master"):
         out.append(link["master"])
     out += sorted(name for name, other in ns.links.items()
                   if other.get("link") == dev.name and "link_netnsid" not in other)
+    out += sorted(name for name, other in ns.links.items()
+                  if name != dev.name and _names_in_data(other, dev.name, link.get("ifindex")))
     if dev.namespace == OWN:  # sysfs shows the harness's own namespace
         out += sorted(p.name[len("upper_"):] for p in fs.sys("class", "net", dev.name)
                       .glob("upper_*"))
@@ -411,6 +477,7 @@ def _read_all(fs: Sysfs, problems: list[str], alone: bool) -> list[Namespace]:
     """:func:`_namespaces`; the holders searched only when ``alone``."""
     out = [_read_namespace(fs, Namespace(OWN, [], ["ip"], fs.path("ip")))]
     done = {_inode(fs.proc("self", "ns", "net"))}
+    out[0].ident = next(iter(done))
     for name in _named_namespaces(fs, problems):
         inode = _inode(fs.path("var", "run", "netns", name))
         # A namespace is read once, whatever its names: ``ip netns attach host 1`` names the
@@ -420,6 +487,7 @@ def _read_all(fs: Sysfs, problems: list[str], alone: bool) -> list[Namespace]:
             continue
         ns = _named_namespace(fs, name, inode)
         if ns is not None:  # (else its name went away: the searches below find it if held)
+            ns.ident = inode
             out.append(ns)
             done.add(inode)
     if None in done or not alone:  # a bare fake with no namespace of its own
@@ -494,6 +562,8 @@ def _search_held(fs: Sysfs, done: set, visits: MountVisits, early: dict, problem
     if not fs.real_host:
         fakes = {inode: _held_namespace(fs, inode, ways) for inode, ways in held.items()
                  if inode not in done}
+        for inode, ns in fakes.items():
+            ns.ident = inode
         done |= fakes.keys()
         return list(fakes.values()), visits.went, problems
     pins, went, found, silent = {}, {}, {}, []
@@ -525,6 +595,8 @@ def _search_held(fs: Sysfs, done: set, visits: MountVisits, early: dict, problem
     finally:
         for _, fd in pins.values():
             os.close(fd)
+    for inode, ns in found.items():
+        ns.ident = inode
     done |= found.keys()
     return list(found.values()), visits.went + list(went.values()), problems
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from harness.plugin import collect
+from harness.plugin import early
 from harness.scenario import devices
 from harness.run import hygiene
 from harness.plugin import options
@@ -37,6 +38,19 @@ _STASH_JUNIT = pytest.StashKey["bool | Path"]()
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     options.add_options(parser)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    """As root, before pytest imports any conftest.py (its own implementation of this hook
+    comes after, and the harness, an installed plugin, is registered before it is called):
+    a test path, ini file or pythonpath another user could have written is refused
+    (:func:`harness.plugin.early.check_initial_paths`): pytest would import their code as
+    root, before :func:`pytest_cmdline_main` checks anything."""
+    try:
+        early.check_initial_paths(early_config)
+    except HarnessError as e:
+        raise pytest.UsageError(f"hotplug-harness: [{e.kind}] {e}") from e
 
 
 @pytest.hookimpl(tryfirst=True)
