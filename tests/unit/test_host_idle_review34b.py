@@ -24,7 +24,14 @@ lost), on main at 92b5fc7:
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
+
+from harness.core.errors import ConfigError
+from harness.core.paths import check_pytest_options
 
 from . import fakesysfs
 from .test_host_idle_review28a import _holds
@@ -64,10 +71,10 @@ def test_1_a_node_opened_while_the_claim_reads_the_network_again_is_not_taken(
 
     On 92b5fc7: 06:00.0 is moved to vfio-pci with /dev/sg1 (or /dev/sdb) open by pid 4711;
     the control (opened during the proof's read) is refused. Fix: in ``disks_claimed``, read
-    the open files (``_used_since`` + ``_nodes_opened_since``) after ``_network_since`` too
-    (the network's own re-read first, then one open-files read, whose window any user can
-    no longer hide a network change in, since an interface's use must be made by root or the
-    namespace's owner), or repeat the two reads until one pass of both sees nothing new."""
+    the open files (``_used_since`` + ``_nodes_opened_since``) again after
+    ``_network_since`` (or repeat the network and open-files reads until one pass of both
+    sees nothing new): neither can be claimed, so whichever is read last leaves the seconds
+    of the other unwatched, and the network read is the one any user stretches most."""
     _scsi_generic(lab)
     calls = opened_during_the_network_read(lab, monkeypatch, on_call, path)
     refused, driver = _bind(lab, fake_root, ASM)
@@ -109,3 +116,76 @@ def test_2_a_pps_node_opened_while_the_proof_reads_the_network_is_not_taken(
         f"05:00.0 was moved to {driver} with /dev/pps0 open by chronyd "
         f"({'refused: ' + refused if refused else 'not refused'})")
     assert driver == "ixgbe"
+
+
+# -- 3. make nightly's options check: pytest reads more options from an @FILE ----------------------
+
+
+def _alice_args(tmp_path):
+    """Another user's (uid 65534, ``nobody``) files: an args file that names their ini file,
+    whose ``addopts`` loads their plugin from their ``pythonpath``; the plugin leaves a mark
+    saying which uid imported it."""
+    d = tmp_path / "alice"
+    (d / "lib").mkdir(parents=True)
+    (d / "evil.ini").write_text(f"[pytest]\npythonpath = {d / 'lib'}\naddopts = -p hh_evilplug\n")
+    (d / "lib" / "hh_evilplug.py").write_text(
+        "import os\n"
+        f"open({str(d)!r} + '/imported-as-uid-%d' % os.geteuid(), 'w').close()\n")
+    (d / "args").write_text(f"-c\n{d / 'evil.ini'}\n")
+    for p in [d, d / "lib", d / "evil.ini", d / "lib" / "hh_evilplug.py", d / "args"]:
+        if os.geteuid() == 0:
+            os.chown(p, 65534, 65534)
+    return d
+
+
+@pytest.mark.parametrize("text", ["@{d}/args", "-v @{d}/args", "-k nic @{d}/args"],
+                         ids=["alone", "after-a-flag", "among-a-selection"])
+def test_3_an_args_file_in_hh_pytest_args_is_refused(tmp_path, text):
+    """(b) Host shape: a nightly whose test selection is long (a lab's list of scenarios, one
+    per line), so the operator keeps it in a file and hands it to pytest as pytest 8.2 and
+    later documents (``pytest @tests_to_run.txt``): ``HH_PYTEST_ARGS=@/srv/lab/nightly.args``
+    in the systemd unit's Environment, a GitLab variable or a Jenkins parameter; the file is
+    the lab team's (a group-writable folder, a colleague's home), or anyone allowed to start
+    the protected pipeline with variables names a file of theirs.
+
+    Path: ``make nightly`` runs ``python -m harness check-pytest-args``, whose
+    :func:`harness.core.paths.check_pytest_options` splits HH_PYTEST_ARGS as pytest does and
+    refuses -p, -c, -o, --rootdir, --confcutdir, --disable-plugin-autoload: ``@/srv/...`` is
+    none of them, and passes. pytest's own parser is built with ``fromfile_prefix_chars="@"``
+    (``_pytest.config.argparsing.MyOptionParser``): every word that starts with ``@`` is
+    replaced by the lines of that file, read as root, before ``_initini`` and the second
+    parse. So ``-c THEIR.ini`` there is read (its ``pythonpath`` put on root's ``sys.path``
+    by ``_configure_python_path``, its ``addopts`` ``-p THEIRS`` imported by
+    ``consider_preparse``) before the harness's first hook, and
+    ``--disable-plugin-autoload`` there keeps the harness (and its conftest and test-path
+    checks) from loading at all: their code runs as root, which is what the check exists to
+    stop (review 33b's finding 3).
+
+    On 92b5fc7: ``check_pytest_options`` passes each text. Fix: in
+    :func:`code_loading_options`, refuse any word that starts with ``@`` (argparse expands it
+    wherever it stands, an option's value included), with a hint to put the selection in the
+    checkout's own files; and in :func:`harness.plugin.early.check_initial_paths`, hold an
+    ``@`` word of ``invocation_params.args`` to its owner too (a direct ``pytest @FILE`` as
+    root)."""
+    d = _alice_args(tmp_path)
+    with pytest.raises(ConfigError):
+        check_pytest_options(text.format(d=d), "HH_PYTEST_ARGS")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the check acts as root only, as make nightly runs")
+def test_3_make_nightlys_check_passes_an_args_file_that_pytest_then_acts_on(tmp_path):
+    """The same, end to end as ``make nightly`` runs it as root: ``python -m harness
+    check-pytest-args`` with HH_PYTEST_ARGS=@FILE must fail. It exits 0 on 92b5fc7, and
+    pytest, given the same PYTEST_ADDOPTS, imports the other user's plugin as root (shown
+    first, with a collection of this file only, so that the shape is real)."""
+    d = _alice_args(tmp_path)
+    env = dict(os.environ, PYTEST_ADDOPTS=f"@{d}/args", HH_PYTEST_ARGS=f"@{d}/args")
+    subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--co", "-q",
+                    __file__], env=env, capture_output=True, timeout=120)
+    assert (d / "imported-as-uid-0").exists(), "pytest did not read the @FILE (older pytest?)"
+    env.pop("PYTEST_ADDOPTS")
+    check = subprocess.run([sys.executable, "-m", "harness", "check-pytest-args"], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode != 0, (
+        "python -m harness check-pytest-args passed HH_PYTEST_ARGS=@FILE, whose file makes "
+        "root's pytest import another user's plugin before any check of the harness")
