@@ -20,6 +20,15 @@ lost), on main at 92b5fc7:
    multipath generic heads (``_nvme_char_heads``); chronyd started (or restarted: ``systemctl
    restart chrony`` from a config management run) while the proof under the journal lock
    reads the network opens /dev/pps0, and the NIC is unbound under it.
+3. (b) `make nightly`'s options check (read 33b's fix, ``check_pytest_options``) does not know
+   pytest's ``@FILE`` (``fromfile_prefix_chars="@"``, pytest 8.2+): ``HH_PYTEST_ARGS=@FILE``
+   passes, and pytest reads the file's lines as root as if they were on its command line:
+   ``-c``, ``-o pythonpath=``, ``--disable-plugin-autoload`` there load another user's code
+   as root before the harness's first hook (shown end to end on this host: the plugin
+   named by the file's ini was imported as uid 0).
+
+Controls (pass on 92b5fc7): the same opens made during the first proof's network read are
+refused.
 """
 
 from __future__ import annotations
@@ -34,9 +43,8 @@ from harness.core.errors import ConfigError
 from harness.core.paths import check_pytest_options
 
 from . import fakesysfs
-from .test_host_idle_review28a import _holds
 from .test_host_idle_review31a import _bind, opened_during_the_network_read, ASM
-from .test_host_idle_review31b import PORT0, BOTH, _phc_with_pps
+from .test_host_idle_review31b import PORT0, _phc_with_pps
 from .test_host_idle_review32a import _scsi_generic
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures (a fake sysfs lab host)
