@@ -26,9 +26,16 @@ lost), on main at 92b5fc7:
    ``-c``, ``-o pythonpath=``, ``--disable-plugin-autoload`` there load another user's code
    as root before the harness's first hook (shown end to end on this host: the plugin
    named by the file's ini was imported as uid 0).
+4. (b) the shape of review 33b's finding 3 itself still runs another user's code as root: a
+   test path in HH_PYTEST_ARGS passes ``check-pytest-args`` (left to the plugin's early
+   hook), but pytest picks its ini file from the paths it is given before any plugin hook
+   (``determine_setup``: with ``tests/scenarios`` beside it the common ancestor is ``/``, so
+   the first ini met walking up from each path, PYTEST_ADDOPTS's first: theirs), puts that
+   ini's ``pythonpath`` on ``sys.path`` and imports its ``addopts`` ``-p`` plugin; the
+   harness's check then refuses the path, too late (shown end to end as root here).
 
 Controls (pass on 92b5fc7): the same opens made during the first proof's network read are
-refused.
+refused; a test path of the checkout itself passes the options check.
 """
 
 from __future__ import annotations
@@ -197,3 +204,76 @@ def test_3_make_nightlys_check_passes_an_args_file_that_pytest_then_acts_on(tmp_
     assert check.returncode != 0, (
         "python -m harness check-pytest-args passed HH_PYTEST_ARGS=@FILE, whose file makes "
         "root's pytest import another user's plugin before any check of the harness")
+
+
+# -- 4. a test path in HH_PYTEST_ARGS chooses root's ini file before any check ------------------
+
+
+def _alice_checkout(tmp_path):
+    """Another user's (uid 65534) checkout of the harness: its pytest.ini (which its owner
+    may edit at will) puts their ``lib`` on root's ``sys.path`` and loads their plugin from
+    it; their scenario test beside it. The plugin leaves a mark saying which uid imported it."""
+    d = tmp_path / "alice" / "hh"
+    (d / "lib").mkdir(parents=True)
+    (d / "tests").mkdir()
+    (d / "pytest.ini").write_text("[pytest]\npythonpath = lib\naddopts = -p hh_evil_ini\n")
+    (d / "lib" / "hh_evil_ini.py").write_text(
+        "import os\n"
+        f"open({str(d)!r} + '/imported-as-uid-%d' % os.geteuid(), 'w').close()\n")
+    (d / "tests" / "test_nic.py").write_text("def test_nic():\n    pass\n")
+    if os.geteuid() == 0:
+        for top, dirs, files in os.walk(tmp_path / "alice"):
+            for name in [top, *(os.path.join(top, f) for f in dirs + files)]:
+                os.chown(name, 65534, 65534)
+    return d
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the check acts as root only, as make nightly runs")
+def test_4_a_test_path_in_another_users_checkout_is_refused_before_pytest_runs(tmp_path):
+    """(b) Host shape: review 33b's finding 3 itself: an operator narrows the nightly to a
+    scenario of a colleague's checkout (``HH_PYTEST_ARGS=/home/alice/hh/tests/scenarios/
+    test_nic.py``), or anyone allowed to start the protected pipeline with variables names a
+    test of theirs. Their checkout has its pytest.ini (the harness's own has one at its
+    root), which they may edit; so may a pyproject.toml, tox.ini, setup.cfg or pytest.toml
+    in any folder above their test.
+
+    Path: read 33b's fix lets a test path through ``check-pytest-args`` ("a test path there
+    is held to its owner by the harness's plugin", the Makefile says) and holds it to its
+    owner in :func:`harness.plugin.early.check_initial_paths`, the harness's
+    ``pytest_load_initial_conftests``. But pytest chooses its ini file from the paths it is
+    given before that (``Config._initini`` -> ``determine_setup``: the common ancestor of
+    ``tests/scenarios`` and their path is ``/``, which has none, so ``locate_config`` walks
+    up from each path in order, PYTEST_ADDOPTS's first, and takes the first ini it meets:
+    theirs), then puts its ``pythonpath`` first on ``sys.path`` (``_configure_python_path``)
+    and imports its ``addopts``'s ``-p`` plugins (``consider_preparse``), all in
+    ``_preparse``. The harness's check refuses the path afterwards, with their code already
+    run as root (shown here: the mark is made by uid 0, and then the harness's refusal of
+    the path is printed).
+
+    On 92b5fc7: ``python -m harness check-pytest-args`` exits 0 for that path, and root's
+    pytest imports their plugin. Fix: in ``check-pytest-args`` (before make runs pytest),
+    hold every word that names an existing path to
+    :func:`harness.core.paths.check_test_path` (its folders above, sticky ones included, must
+    be root's or the invoking user's and writable by nobody else: that covers an ini there
+    too); and say in docs/vfio.md that a direct ``pytest PATH`` as root has its ini chosen
+    before the plugin can look."""
+    d = _alice_checkout(tmp_path)
+    test = d / "tests" / "test_nic.py"
+    env = dict(os.environ, PYTEST_ADDOPTS=str(test))
+    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--co",
+                          "-q", __file__], env=env, capture_output=True, text=True, timeout=120)
+    assert (d / "imported-as-uid-0").exists(), (
+        "pytest did not take their pytest.ini (precondition of the shape): " + run.stdout[-800:])
+    env = dict(os.environ, HH_PYTEST_ARGS=str(test))
+    env.pop("PYTEST_ADDOPTS", None)
+    check = subprocess.run([sys.executable, "-m", "harness", "check-pytest-args"], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode != 0, (
+        f"python -m harness check-pytest-args passed HH_PYTEST_ARGS={test}, a test in a "
+        "checkout uid 65534 owns, whose pytest.ini root's pytest then reads and whose plugin "
+        "it imports, before the harness's own check of the path")
+
+
+def test_4_control_a_test_path_of_this_checkout_still_passes(tmp_path):
+    """Control: a test path in the checkout root runs from passes the options check."""
+    check_pytest_options(f"-k nic {__file__}", "HH_PYTEST_ARGS")
