@@ -46,13 +46,15 @@ import sys
 
 import pytest
 
-from harness.core.errors import ConfigError
+from harness.core.errors import ConfigError, HostDeviceError
 from harness.core.paths import check_pytest_options
+from harness.host import usbhost
+from harness.host.binding import VfioBinder
 
 from . import fakesysfs
 from .test_host_idle_review31a import _bind, opened_during_the_network_read, ASM
 from .test_host_idle_review31b import PORT0, _phc_with_pps
-from .test_host_idle_review32a import _scsi_generic
+from .test_host_idle_review32a import FTDI, _scsi_generic, ftdi  # noqa: F401 (a fixture)
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures (a fake sysfs lab host)
 ALLOWED_NIC = {"05:00.0", "05:00.1"}
@@ -99,6 +101,34 @@ def test_1_a_node_opened_while_the_claim_reads_the_network_again_is_not_taken(
         f"while the read under the claim read the network, the last read before the unbind "
         f"({'refused: ' + refused if refused else 'not refused'})")
     assert driver == "ahci"
+
+
+@pytest.mark.parametrize("on_call", [3, 2], ids=["tty-during-the-read-under-the-claim",
+                                                 "control-tty-during-the-proofs-read"])
+def test_1_a_usb_serial_port_opened_while_the_plug_reads_the_network_again_is_not_handed(
+        ftdi, monkeypatch, on_call):
+    """(a, low likelihood) The same for usb-host's plug (:func:`harness.host.usbhost.handed`,
+    which runs :func:`disks_claimed` with the device's nodes and its network read last): the
+    inventory's FT232R (4-1, ttyUSB0: a lab board's console cable) is idle through both
+    proofs and the node read under the claim; ``ser2net`` (or a getty a udev rule starts)
+    opens /dev/ttyUSB0 while the network is read again, and QEMU's usb-host detaches
+    ftdi_sio under it. On 92b5fc7: handed over (the control, opened during the proof under
+    the lock, is refused). Fix: as above."""
+    calls = opened_during_the_network_read(ftdi, monkeypatch, on_call, "/dev/ttyUSB0",
+                                           pid=4712, comm="ser2net")
+    handed, refused = None, ""
+    binder = VfioBinder(ftdi.sysfs(), timeout=0.3,
+                        journal=ftdi.root / "var/lib/hotplug-harness/vfio-journal.json")
+    try:
+        with usbhost.handed(binder, FTDI, "busaddr") as usb:
+            handed = usb.name
+    except HostDeviceError as e:
+        refused = e.message
+    assert len(calls) >= on_call
+    assert handed is None and "ttyUSB0" in refused and "4712" in refused, (
+        "USB 4-1 was handed to usb-host with /dev/ttyUSB0 open by pid 4712 (ser2net), opened "
+        "while the plug read the network again, its last read "
+        f"({'refused: ' + refused if refused else 'not refused'})")
 
 
 @pytest.mark.parametrize("on_call", [2, 1], ids=["pps-during-the-proofs-read",
