@@ -163,6 +163,30 @@ def test_2_a_pps_node_opened_while_the_proof_reads_the_network_is_not_taken(
     assert driver == "ixgbe"
 
 
+@pytest.mark.parametrize("on_call", [2, 1], ids=["ng0n1-during-the-proofs-read",
+                                                 "control-ng0n1-during-the-first-read"])
+def test_2_an_nvme_multipath_generic_head_opened_while_the_proof_reads_the_network_is_not_taken(
+        lab, fake_root, monkeypatch, on_call):
+    """(a, low likelihood; storage's side of the same gap) Host shape: an idle NVMe drive
+    (09:00.0, group 21) with native multipath (``nvme_core.multipath=Y``, the default of
+    Fedora, RHEL and Debian kernels): its namespace's generic node /dev/ng0n1 sits under
+    /sys/devices/virtual/nvme-subsystem, outside the controller's subtree. fio's
+    ``io_uring_cmd`` engine (or SPDK's, or ``nvme io-passthru``) opens /dev/ng0n1 while the
+    proof under the journal lock reads the network. The verdict judges that node
+    (``_nvme_char_heads``); the read again under the claim (``nodes_below``) does not, and no
+    block device is opened, so the claim of nvme0n1 does not see it either. On 92b5fc7: the
+    controller is moved to vfio-pci under fio's passthrough I/O. Fix: as above."""
+    from .test_host_idle_review import NVME, nvme_multipath
+    nvme_multipath(lab)
+    opened_during_the_network_read(lab, monkeypatch, on_call, "/dev/ng0n1", pid=6060,
+                                   comm="fio")
+    refused, driver = _bind(lab, fake_root, NVME, {"09:00.0"})
+    assert "ng0n1" in refused and "6060" in refused, (
+        f"09:00.0 was moved to {driver} with /dev/ng0n1 open by fio "
+        f"({'refused: ' + refused if refused else 'not refused'})")
+    assert driver == "nvme"
+
+
 # -- 3. make nightly's options check: pytest reads more options from an @FILE ----------------------
 
 
