@@ -36,6 +36,17 @@ lost), on main at 92b5fc7:
 
 Controls (pass on 92b5fc7): the same opens made during the first proof's network read are
 refused; a test path of the checkout itself passes the options check.
+
+Looked at and found covered on 92b5fc7 (no test): ``_told_apart`` and the named namespaces'
+dedupe (a /run/netns name that is a symlink to /proc/PID/ns/net: on the host
+``open_namespace`` sees another inode, ESTALE, and the search reads it once by its holder;
+nsfs mounts such as Docker's /var/run/docker/netns/default of the host's namespace share the
+``[N]`` form of ``done``), ``_names_in_data`` (VXLAN, HSR/PRP, AMT: by name, ``ifN`` or
+index), uppers with an iflink (VLAN, macvlan, ipvlan, macsec, macvtap, DSA user ports), an
+upper in another namespace (``link_netnsid``: a problem), USB NICs with no netdev in sight
+(refused), mlx5 SFs (their auxiliary device keeps the PF), ``vfs_removed`` under the claim,
+``_restore_sriov``'s checks, the journal's and the netns read lock's files, ``--qemu-binary``
+and the harness's own path options in HH_PYTEST_ARGS (``trusted_program``, private folders).
 """
 
 from __future__ import annotations
