@@ -342,3 +342,34 @@ def test_4_a_test_path_in_another_users_checkout_is_refused_before_pytest_runs(t
 def test_4_control_a_test_path_of_this_checkout_still_passes(tmp_path):
     """Control: a test path in the checkout root runs from passes the options check."""
     check_pytest_options(f"-k nic {__file__}", "HH_PYTEST_ARGS")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the check acts as root only, as make nightly runs")
+def test_3_an_args_file_that_disables_the_harness_runs_their_conftest_as_root(tmp_path):
+    """The other form of section 3: the file holds ``--disable-plugin-autoload`` (which
+    ``check-pytest-args`` refuses when it is in HH_PYTEST_ARGS itself) and a test path of
+    theirs: pytest reads the flag from the file (``known_args_namespace``, which argparse
+    filled from it), loads no entry point, so the harness's early check of test paths never
+    runs, and imports their ``conftest.py`` as root (shown first). ``check-pytest-args`` must
+    refuse ``@FILE``; it exits 0 on 92b5fc7."""
+    d = tmp_path / "alice"
+    (d / "t").mkdir(parents=True)
+    (d / "t" / "conftest.py").write_text(
+        "import os\n"
+        f"open({str(d)!r} + '/conftest-as-uid-%d' % os.geteuid(), 'w').close()\n")
+    (d / "t" / "test_a.py").write_text("def test_a():\n    pass\n")
+    (d / "args").write_text(f"--disable-plugin-autoload\n{d / 't' / 'test_a.py'}\n")
+    for top, dirs, files in os.walk(d):
+        for name in [top, *(os.path.join(top, f) for f in dirs + files)]:
+            os.chown(name, 65534, 65534)
+    env = dict(os.environ, PYTEST_ADDOPTS=f"@{d}/args")
+    subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--co", "-q"],
+                   env=env, capture_output=True, timeout=120, cwd=tmp_path)
+    assert (d / "conftest-as-uid-0").exists(), "pytest did not act on the @FILE (older pytest?)"
+    env = dict(os.environ, HH_PYTEST_ARGS=f"@{d}/args")
+    env.pop("PYTEST_ADDOPTS", None)
+    check = subprocess.run([sys.executable, "-m", "harness", "check-pytest-args"], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode != 0, (
+        "python -m harness check-pytest-args passed HH_PYTEST_ARGS=@FILE, whose file keeps the "
+        "harness from loading and has root's pytest import another user's conftest.py")
