@@ -1048,11 +1048,14 @@ def disks_claimed(fs: Sysfs, disks: "list[tuple[str, str]]", before: str = "the 
     after the proof to the end of the change (vfio's move, usb-host's open): a mount or a
     swapon in between fails (EBUSY) rather than lose its disk under it (the proof's own
     exclusive open is let go at once). A disk that cannot be claimed now was taken since the
-    proof: refused. Once claimed, the disks' users are read again (:func:`_used_since`), and
-    so are those of every device node below the devices that leave (``below``: the refusal's
-    start, the device's sysfs path; :func:`_nodes_opened_since`), and then, last as in the
-    proof, their network interfaces (:func:`_network_since`; ``nic_ports``: the inventory's
-    ports of each NIC, as the proof had them)."""
+    proof: refused. Once claimed, the open files are read again (:func:`_opened_since`: the
+    disks' users and those of every device node of the devices that leave; ``below``: the
+    refusal's start, the device's sysfs path), then their network interfaces
+    (:func:`_network_since`; ``nic_ports``: the inventory's ports of each NIC, as the proof had
+    them), then the open files once more: neither read can be claimed, and each takes seconds
+    any user can stretch, so each is followed by the other, and the last is the open files
+    (what libvirt's QEMU, ``ser2net`` or ``sg_*`` opens without O_EXCL). Not in a loop: some
+    read is always last, and its own seconds are the residual docs/vfio.md states."""
     fds: list[int] = []
     held: set[str] = set()
     try:
@@ -1068,16 +1071,24 @@ def disks_claimed(fs: Sysfs, disks: "list[tuple[str, str]]", before: str = "the 
                     f"{refusing}: /dev/{name} cannot be claimed right before {before} "
                     f"({e.strerror}): something started using it since it was proven idle",
                     hint="run again; `python -m harness plan` says what uses it now") from e
-        # One read of the host's storage and open files serves both (each walks every
-        # process's fds): the disks' users, then the nodes' openers.
-        view = StorageView.read(fs, frozenset(held)) if disks else None
-        _used_since(view, disks, before)
-        _nodes_opened_since(fs, below, before, view)
+        _opened_since(fs, disks, below, before, held)
         _network_since(fs, below, before, nic_ports)
+        _opened_since(fs, disks, below, before, held)
         yield
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def _opened_since(fs: Sysfs, disks: "list[tuple[str, str]]", below: "list[tuple[str, str]]",
+                  before: str, held: "set[str]") -> None:
+    """Refuses what was opened since the last read: a claimed disk's users
+    (:func:`_used_since`), then a device node's openers (:func:`_nodes_opened_since`). One
+    read of the host's storage and open files, with the claim held (``held``), serves both:
+    each walks every process's fds."""
+    view = StorageView.read(fs, frozenset(held)) if disks else None
+    _used_since(view, disks, before)
+    _nodes_opened_since(fs, below, before, view)
 
 
 def _network_since(fs: Sysfs, below: "list[tuple[str, str]]", before: str,
@@ -1088,7 +1099,8 @@ def _network_since(fs: Sysfs, below: "list[tuple[str, str]]", before: str,
     under the claim come after the proof's network read and take seconds any user can
     stretch, and nothing claims an interface, so NetworkManager activating a profile
     meanwhile (a cable plugged in, ``nmcli con up``; its ``sriov.total-vfs`` makes VFs) would
-    have the driver unbound under an address. Read last, as the proof reads it."""
+    have the driver unbound under an address. Read between the two reads of the open files
+    (:func:`disks_claimed`), so its own seconds are looked into too."""
     if not below:
         return
     net = NetView.read(fs)
