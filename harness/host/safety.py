@@ -186,7 +186,7 @@ class HostUsage:
                 "no rule that could prove it idle"]
         self._driver(dev, role, held_groups, uses, evidence)
         tree = _Subtree(self.fs, dev.path)
-        tree.char_nodes += _nvme_char_heads(self.fs, dev.path) + _clock_pps(self.fs, tree)
+        tree.char_nodes = device_nodes(self.fs, dev.path, tree)
         self._network(dev, role, tree, uses, evidence)
         for vf in vfs_of(self.fs, dev.bdf):
             self._vf(vf, uses, evidence)
@@ -743,9 +743,22 @@ def disks_below(fs: Sysfs, path: str) -> list[str]:
 
 
 def nodes_below(fs: Sysfs, path: str) -> list[tuple[Path, str | None]]:
-    """The device nodes below a device's sysfs directory (a vfio-pci function's
-    ``vfio-dev/vfioN``: iommufd's /dev/vfio/devices/vfioN), with their ``MAJ:MIN``."""
-    return _Subtree(fs, path).char_nodes
+    """The device nodes of a device (:func:`device_nodes`): what the re-reads under the claim
+    and the holders' check look at are the nodes the proof judged."""
+    return device_nodes(fs, path)
+
+
+def device_nodes(fs: Sysfs, path: str, tree: "_Subtree | None" = None
+                 ) -> list[tuple[Path, str | None]]:
+    """The device nodes a device's use shows in, with their ``MAJ:MIN``: those below its sysfs
+    directory (a vfio-pci function's ``vfio-dev/vfioN``: iommufd's /dev/vfio/devices/vfioN),
+    and those its removal takes from elsewhere: its NVMe multipath namespaces' generic heads
+    (:func:`_nvme_char_heads`, under nvme-subsystem) and its PTP clocks' PPS sources
+    (:func:`_clock_pps`, under /sys/devices/virtual/pps). One list for the proof
+    (:meth:`HostUsage.verdict`) and for the read again under the claim, so a node the one
+    judges is never one the other leaves out. ``tree``: its :class:`_Subtree`, if read."""
+    tree = tree if tree is not None else _Subtree(fs, path)
+    return tree.char_nodes + _nvme_char_heads(fs, path) + _clock_pps(fs, tree)
 
 
 class _Subtree:
