@@ -20,7 +20,8 @@
     lab-runs -- ARGS   pytest --backend lab ARGS, with a wedged lab host restarted for the
                        tests left (--runs N in all, default 3; make lab-smoke)
     check-pytest-args  as root, refuse HH_PYTEST_ARGS and PYTEST_ADDOPTS holding options that
-                       load code before the harness's checks (-p, -c, -o...; make nightly)
+                       load code before the harness's checks (-p, -c, -o, @FILE...) or a
+                       path another user could have written (make nightly)
 """
 
 from __future__ import annotations
@@ -70,8 +71,10 @@ def _check_pytest_args(argv: list[str]) -> int:
     """``make nightly``, before root's pytest: the options CI hands it through the environment
     (``HH_PYTEST_ARGS``, and ``PYTEST_ADDOPTS`` they are added to) hold none that pytest acts on
     before any check of the harness can run (:func:`harness.core.paths.check_pytest_options`:
-    ``-p``, ``-c``, ``-o``, ``--rootdir``, ``--confcutdir``...). Read from the environment, never
-    from make's command line or a shell's. Not root: nothing to check."""
+    ``-p``, ``-c``, ``-o``, ``--rootdir``, ``--confcutdir``, ``@FILE``...), and each word it may
+    take as a path is held to its owner (pytest chooses its ini file from the folders above
+    it). Read from the environment, never from make's command line or a shell's. Not root:
+    nothing to check."""
     argparse.ArgumentParser(prog="python -m harness check-pytest-args",
                             description=_check_pytest_args.__doc__).parse_args(argv)
     if os.geteuid() == 0:

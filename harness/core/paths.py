@@ -260,34 +260,74 @@ _TEST_PATH_HINT = ("give root's pytest only test paths in a checkout only root (
 #: pytest's options that load code or configuration before any plugin's hook (the short ones
 #: may be joined to their value or to other short flags: ``-pNAME``, ``-vp NAME``), and those
 #: that choose where conftests are looked for (``--rootdir``, ``--confcutdir``) or keep the
-#: harness's checks from loading (``--disable-plugin-autoload``: its entry point).
+#: harness's checks from loading (``--disable-plugin-autoload``: its entry point). And any
+#: word that starts with ``@`` (:data:`_ARGS_FILE`).
 _PYTEST_SHORT = "pco"
 _PYTEST_LONG = ("--config-file", "--override-ini", "--rootdir", "--confcutdir",
                 "--disable-plugin-autoload")
+#: pytest's parser reads ``@FILE`` as the lines of FILE (``fromfile_prefix_chars="@"``, pytest
+#: 8.2+), wherever the word stands (an option's value too), before its first parse: each line
+#: is then a word of its command line, ``-c``, ``-p`` and a test path included, read as root
+#: from a file nothing of the harness has looked at.
+_ARGS_FILE = "@"
+#: The folders pytest does not collect in unless its ini says otherwise (its ``norecursedirs``
+#: default; the checkout's pytest.ini keeps it).
+_PYTEST_NORECURSE = ("*.egg", ".*", "_darcs", "build", "CVS", "dist", "node_modules", "venv",
+                     "{arch}")
 
 
 def code_loading_options(words: list[str]) -> list[str]:
     """Of pytest arguments, those that load code or configuration before any check of the
     harness can run, or choose where conftests are looked for: ``-p``, ``-c``/``--config-file``,
     ``-o``/``--override-ini`` (``pythonpath``, ``addopts``), ``--rootdir``, ``--confcutdir``,
-    ``--disable-plugin-autoload``.
+    ``--disable-plugin-autoload``; and an args file, ``@FILE``, wherever it stands (pytest
+    reads its lines as more of these words).
     A short flag group that holds p, c or o counts (``-vp NAME`` is ``-v -p NAME``), a ``-r``
     of such characters too (fail closed: the refusal says how to do without); and so does
     ``-p no:NAME``: ``-p no:hotplug`` keeps the harness's own checks from loading."""
     return [w for w in words
             if (w.startswith("-") and not w.startswith("--") and set(w[1:]) & set(_PYTEST_SHORT))
-            or w.split("=")[0] in _PYTEST_LONG]
+            or w.split("=")[0] in _PYTEST_LONG or w.startswith(_ARGS_FILE)]
+
+
+def path_words(words: list[str]) -> list[str]:
+    """Of pytest arguments, the words pytest may take as paths (a node id's path part,
+    ``path::test``, only): every one that is not an option, an option's value included (the
+    harness's options are not known when pytest chooses its ini file, so
+    ``--qemu-binary /opt/...``'s value is one of its paths then), and every one after ``--``.
+    pytest looks for its ini file in the folders above each that exists (``determine_setup``)
+    before any plugin's hook, and collects it."""
+    out, rest = [], False
+    for w in words:
+        if rest or not w.startswith("-"):
+            out.append(w.split("::", 1)[0])
+        elif w == "--":
+            rest = True
+    return out
 
 
 def check_pytest_options(text: str, where: str) -> None:
     """``text`` (pytest options as ``PYTEST_ADDOPTS`` holds them, split as pytest splits them)
-    holds none of :func:`code_loading_options`. Raises ConfigError naming them."""
+    holds none of :func:`code_loading_options`, and each word pytest may take as a path
+    (:func:`path_words`) passes :func:`check_test_path` (relative ones from the folder it runs
+    in, as pytest takes them): pytest picks its ini file from the folders above them, and
+    acts on that ini's ``pythonpath`` and ``addopts`` ``-p``, before the harness's plugin can
+    look, so another user's checkout (its own pytest.ini) or a folder others can write (an
+    ini made there) is refused before root's pytest runs. Raises ConfigError naming them."""
     try:
         words = shlex.split(text)
     except ValueError as e:
         raise ConfigError(f"{where} cannot be split into words ({e})",
                           hint=f"close the quote in {where}") from e
     found = code_loading_options(words)
+    files = [w for w in found if w.startswith(_ARGS_FILE)]
+    if files:
+        raise ConfigError(
+            f"{where} holds {shlex.join(files)}, whose file pytest reads as more of its "
+            "arguments (a -c, -p or test path there included), as root, before the harness "
+            "can check who could have written it or what it says",
+            hint=f"put the test selection in {where} itself (-k, -m, test paths of the "
+                 "checkout), not in a file; docs/fleet.md")
     if found:
         raise ConfigError(
             f"{where} holds {shlex.join(found)}, with which pytest loads code or configuration "
@@ -296,6 +336,19 @@ def check_pytest_options(text: str, where: str) -> None:
             hint="give the nightly only the harness's options and -k/-m selections there; "
                  "install a plugin into root's venv, and put ini settings in the checkout's "
                  "pytest.ini; docs/fleet.md")
+    for word in path_words(words):
+        try:
+            check_test_path(Path(word), None, _PYTEST_NORECURSE)
+        except UnsafePathError as e:
+            raise UnsafePathError(
+                f"{where} holds {word}, which pytest takes as a path, choosing its ini file "
+                "(its pythonpath, its addopts' -p) from the folders above it before the "
+                f"harness's plugin can look: {e.message}",
+                hint=e.hint, finding=e.finding) from e
+        except OSError as e:
+            raise ConfigError(f"{where} holds {word}, which pytest takes as a path, and it "
+                              f"cannot be looked at ({e.strerror})",
+                              hint=_TEST_PATH_HINT) from e
 
 
 def check_missing(path: Path) -> None:

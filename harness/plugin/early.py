@@ -11,19 +11,24 @@ entry points are loaded before that hook is called).
 Some come earlier still, before any plugin's hook: ``-p NAME`` is imported, ``pythonpath``
 (``-o pythonpath=DIR``, or an ini file's) put first on ``sys.path`` (where ``harness`` itself
 would then be found), an ini file (``-c``) read, with its ``addopts`` of ``-p`` and
-``pythonpath``. Nothing of the harness can check those once pytest runs: a caller that hands
-pytest options it did not choose refuses them before (``make nightly`` with
+``pythonpath``; an args file (``@FILE``) read as more of the command line; and the ini file
+itself chosen from the folders above the paths it is given (another user's checkout has its
+own pytest.ini). Nothing of the harness can check those once pytest runs: a caller that hands
+pytest options or paths it did not choose refuses them before (``make nightly`` with
 ``HH_PYTEST_ARGS``, through ``python -m harness check-pytest-args``:
-:func:`harness.core.paths.check_pytest_options`).
+:func:`harness.core.paths.check_pytest_options`), and a direct root ``pytest PATH`` outside
+a root-owned checkout is its caller's to check.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import shlex
 from pathlib import Path
 
-from harness.core.paths import check_search_entries, check_test_path, check_trusted_file
+from harness.core.paths import (UnsafePathError, check_search_entries, check_test_path,
+                                 check_trusted_file)
 
 
 def check_initial_paths(config) -> None:
@@ -31,12 +36,20 @@ def check_initial_paths(config) -> None:
     will collect (its arguments, else ``testpaths``, else the folder it runs in) passes
     :func:`~harness.core.paths.check_test_path` (``confcutdir`` as pytest has it), the ini file
     it read (``-c``, or the one found) and ``--rootdir`` are root's or the invoking user's in
-    folders nobody else can write, and so is each ``pythonpath`` folder (as PYTHONPATH's).
+    folders nobody else can write, and so is each ``pythonpath`` folder (as PYTHONPATH's),
+    and each args file (``@FILE``, :func:`_args_files`).
     Not root: nothing to check. Raises UnsafePathError naming the path."""
     if os.geteuid() != 0:
         return
     ns = config.known_args_namespace
     here = Path(config.invocation_params.dir)
+    for path in _args_files(config, here):
+        try:
+            check_trusted_file(path)
+        except UnsafePathError as e:
+            raise UnsafePathError(
+                f"the args file @{path}: {e.finding}; pytest reads its lines as more of its "
+                "arguments, as root", hint=_ARGS_FILE_HINT) from e
     cut = here / ns.confcutdir if ns.confcutdir else None
     skip = tuple(config.getini("norecursedirs"))
     for path in _initial_paths(config, here):
@@ -50,9 +63,27 @@ def check_initial_paths(config) -> None:
                          "a module there that root's Python imports", hint=_HINT)
 
 
+_ARGS_FILE_HINT = ("put those arguments on root's pytest command line, or keep the file where "
+                   "only root (or you, under sudo) can write; docs/vfio.md, 'What root reads "
+                   "and runs'")
 _HINT = ("run root's pytest from a checkout only root (or you, under sudo) can write, without "
          "-c, --rootdir or -o pythonpath= naming a folder another user can write; "
          "docs/vfio.md, 'What root reads and runs'")
+
+
+def _args_files(config, here: Path) -> list[Path]:
+    """The args files of a direct ``pytest @FILE`` (its arguments, and ``PYTEST_ADDOPTS``'):
+    pytest reads each line as a word of its command line (``fromfile_prefix_chars``, pytest
+    8.2+) before this hook, so a ``-c`` or ``-p`` there has acted already, as an ini file's
+    ``addopts`` has; what is left to stop is the run itself (its test paths, its conftests)
+    on a file another user could have written. ``make nightly`` refuses ``@`` before pytest
+    runs (:func:`harness.core.paths.check_pytest_options`)."""
+    words = [str(a) for a in config.invocation_params.args]
+    try:
+        words += shlex.split(os.environ.get("PYTEST_ADDOPTS", ""))
+    except ValueError:
+        pass  # (pytest has refused it already)
+    return [here / w[1:] for w in words if w.startswith("@")]
 
 
 def _initial_paths(config, here: Path) -> list[Path]:
