@@ -90,10 +90,11 @@ lab-smoke: image
 # HH_INVENTORY (else INVENTORY) and HH_PYTEST_ARGS, which pytest alone splits, as shell words
 # that nothing executes (PYTEST_ADDOPTS). PYTEST_ARGS is refused here (docs/fleet.md); mind
 # that make expands $(...) in any variable on its command line whatever the Makefile says.
-# HH_PYTEST_ARGS (and PYTEST_ADDOPTS) may not hold -p, -c, -o, --rootdir, --confcutdir or
-# --disable-plugin-autoload: pytest acts on them (imports a plugin, reads an ini file, puts a
-# pythonpath first) before any check of the harness, or leaves the harness unloaded; a test path
-# there is held to its owner by the harness's plugin (docs/fleet.md).
+# HH_PYTEST_ARGS (and PYTEST_ADDOPTS) may not hold -p, -c, -o, --rootdir, --confcutdir,
+# --disable-plugin-autoload or @FILE: pytest acts on them (imports a plugin, reads an ini file or
+# more arguments, puts a pythonpath first) before any check of the harness, or leaves the harness
+# unloaded; a test path there (any word pytest may take as a path) is held to its owner before
+# pytest runs, since pytest chooses its ini file from the folders above it (docs/fleet.md).
 # Before anything of the checkout runs as root (its .venv included: `make image` runs it), the
 # checkout is refused if another user could have written any of it (.ci/check-root-tree). That
 # check comes after make has read this checkout's makefiles: the jobs in ci/ run root's own
