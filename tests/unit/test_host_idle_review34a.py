@@ -212,4 +212,5 @@ def test_2_an_intel_xhci_sharing_its_ports_with_the_hosts_ehci_is_not_taken(lab,
     assert refused and driver == "xhci_hcd" and any(
         w in refused for w in ("00:1a.0", "EHCI", "XUSB2PR", "1-1", "sde")), (
         f"00:14.0 (8086:8c31) went to {driver} while the host's keyboard and /srv/backup's "
-        f"disk are on the EHCI ports it switches ({'refused: ' + refused if refused else 'not refused'})")
+        "disk are on the EHCI ports it switches "
+        f"({'refused: ' + refused if refused else 'not refused'})")
