@@ -17,6 +17,12 @@ libvirt hand-over). What it found, one section below each:
    passes to the hardware (config space outside any capability is raw read/write), and
    every device then on the host's EHCI on a switchable port (a console keyboard, a mounted
    disk) leaves the host for the guest.
+3. a VF is judged by what is below the VF alone; in switchdev mode (mlx5, ice, nfp: the
+   OVS hardware-offload set-up) a VF's port on the card's embedded switch is its
+   representor, an interface of the PF (``phys_port_name`` ``pf0vf0``), and the host wires
+   the VF through it: a representor that is up and enslaved to an OVS bridge (master
+   ``ovs-system``) carries the host's switch traffic to the VF, yet the VF on no driver
+   reads idle and is taken, the harness's guest joining the host's bridge.
 
 Each section's test asserts the safe behaviour and fails on 92b5fc7; the controls show that
 the idle shape is still taken, and what the existing re-reads already catch. A fake sysfs/proc
@@ -25,6 +31,8 @@ tree plays the host (:mod:`.fakesysfs`'s lab host); no guest is booted.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 
 import pytest
@@ -214,3 +222,86 @@ def test_2_an_intel_xhci_sharing_its_ports_with_the_hosts_ehci_is_not_taken(lab,
         f"00:14.0 (8086:8c31) went to {driver} while the host's keyboard and /srv/backup's "
         "disk are on the EHCI ports it switches "
         f"({'refused: ' + refused if refused else 'not refused'})")
+
+
+# -- 3. a VF whose switchdev representor is up in the host's OVS bridge --------------------------
+
+
+E810, E810_VF0 = "0000:0d:00.0", "0000:0d:10.0"
+
+
+def _e810_switchdev_vf(lab, rep_in_bridge: bool = True) -> None:
+    """The lab host's E810 (0d:00.0, ice, behind root port 00:1c.5) in switchdev mode
+    (``devlink dev eswitch set pci/0000:0d:00.0 mode switchdev``) with one VF, 0d:10.0 on no
+    driver in group 100 (``sriov_drivers_autoprobe`` 0: for guests). Below the PF, in the
+    host's namespace: its uplink ``enp13s0f0np0`` (p0, down: the port is spare) and VF 0's
+    representor ``enp13s0f0npf0vf0`` (pf0vf0); with ``rep_in_bridge`` the representor is up
+    and a port of the OVS bridge ``br-sriov`` (``ovs-vsctl add-port br-sriov
+    enp13s0f0npf0vf0``: master ``ovs-system``, the kernel datapath, with ``upper_ovs-system``
+    in sysfs), as NVIDIA's and Intel's OVS-offload guides set each VF up before the VM that
+    gets it starts."""
+    lab.add_pci("0000:00:1c.5", "8086:a33d", 0x060400, "pcieport", 26)
+    lab.add_pci(E810, "8086:1593", 0x020000, "ice", 27, parent="0000:00:1c.5")
+    lab.sriov_capable(E810, 8, vf_ids="8086:1889", vf_driver=None)
+    (lab.dev_dir(E810) / "sriov_drivers_autoprobe").write_text("0\n")
+    lab.kernel(lab.sys / "bus/pci/devices" / E810 / "sriov_numvfs", "1")
+    assert lab.driver_of(E810_VF0) is None
+    for name, port_name in (("enp13s0f0np0", "p0"), ("enp13s0f0npf0vf0", "pf0vf0")):
+        lab.add_net(name, E810)
+        d = lab.sys / "class/net" / name
+        (d / "dev_port").write_text("0\n")
+        (d / "phys_port_name").write_text(f"{port_name}\n")
+        (d / "phys_switch_id").write_text("a0369f0d0000\n")
+    if rep_in_bridge:
+        lab.add_net("ovs-system")
+        rep = lab.sys / "class/net/enp13s0f0npf0vf0"
+        os.symlink(os.path.relpath(os.path.realpath(lab.sys / "class/net/ovs-system"), rep),
+                   rep / "upper_ovs-system")
+        links = json.loads((lab.root / "ip/link.json").read_text())
+        for li in links:
+            if li["ifname"] == "enp13s0f0npf0vf0":
+                li.update(fakesysfs.link(li["ifindex"], li["ifname"], E810, up=True,
+                                         master="ovs-system"))
+        (lab.root / "ip/link.json").write_text(json.dumps(links))
+
+
+def test_3_control_a_vf_whose_representor_is_down_and_alone_is_taken(lab, fake_root):
+    """Control: the representor down and in no bridge (switchdev set, nothing wired): VF 0
+    goes to vfio-pci."""
+    _e810_switchdev_vf(lab, rep_in_bridge=False)
+    refused, driver = _bind(lab, fake_root, E810_VF0, ALLOWED | {"0d:10.0"})
+    assert refused == "" and driver == "vfio-pci", refused
+
+
+def test_3_a_vf_whose_representor_is_up_in_the_hosts_ovs_bridge_is_not_taken(lab, fake_root):
+    """(a) Host shape: a lab host doing OVS hardware-offload work (an OpenStack/OVN compute
+    node, or a colleague's switchdev tests): the E810's eswitch in switchdev mode, VF 0 made
+    and left on no driver for a VM, its representor enp13s0f0npf0vf0 up and added to the
+    OVS bridge br-sriov (which bonds to the lab network, with flows that steer that VM's
+    traffic to the representor and so to the VF, offloaded to the card as TC flower rules).
+    The inventory lists VF 0 of the E810 for the harness's SR-IOV tests (``pf``/``vf``), as
+    docs/vfio.md's SR-IOV section drafts it.
+
+    Path: :meth:`VfioBinder.bind` -> ``plan_group(0d:10.0)`` -> :meth:`HostUsage.verdict`
+    of the VF: on no driver ("no host driver uses it"), no interface, disk or node below
+    its own sysfs directory; its group holds it alone; ``vfs_removed`` and the PF check
+    concern a PF that moves. Nothing reads the PF's interfaces for a VF, and the VF's port
+    on the embedded switch is not below the VF: the kernel puts the representor below the
+    PF (``SET_NETDEV_DEV(repr->netdev, ice_pf_to_dev(pf))``; mlx5 likewise), named for the
+    VF by ``phys_port_name`` ``pf0vf0`` (devlink's ``pci_vf`` port attributes). By the
+    rule's own standard for a port (up, or with an upper device: in use) the VF's port is
+    in use; the VF is taken, and the harness's guest is wired into br-sriov: its test
+    traffic (its DHCP, the addresses the inventory gives it) reaches the host's bridge and
+    the network behind it, and the VM the VF was set up for cannot start.
+
+    On 92b5fc7: 0d:10.0 goes to vfio-pci. Fix: in ``HostUsage.verdict`` (or ``_vf``'s
+    counterpart for a VF target), for a VF read its PF's interfaces whose
+    ``phys_port_name`` names that VF (``pf<N>vf<index>``, ``c<C>pf<N>vf<index>``, with the
+    PF's ``phys_switch_id``; in every namespace, as ``ip -d`` shows them) and judge each by
+    the port rule (up, addressed, an upper device: in use); a PF in switchdev mode whose
+    representors cannot be told apart leaves its VFs unproven."""
+    _e810_switchdev_vf(lab)
+    refused, driver = _bind(lab, fake_root, E810_VF0, ALLOWED | {"0d:10.0"})
+    assert "enp13s0f0npf0vf0" in refused and driver is None, (
+        f"VF 0d:10.0 went to {driver} while its representor enp13s0f0npf0vf0 is up in the "
+        f"host's OVS bridge ({'refused: ' + refused if refused else 'not refused'})")
