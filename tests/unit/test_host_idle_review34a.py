@@ -23,6 +23,14 @@ libvirt hand-over). What it found, one section below each:
    the VF through it: a representor that is up and enslaved to an OVS bridge (master
    ``ovs-system``) carries the host's switch traffic to the VF, yet the VF on no driver
    reads idle and is taken, the harness's guest joining the host's bridge.
+4. read 32a's re-read of the device nodes under the claim (``_nodes_opened_since``) takes
+   its nodes from ``nodes_below`` (the nodes in the function's own sysfs tree), not from the
+   proof's list, which adds the nodes that live elsewhere but are the function's
+   (``_nvme_char_heads``: a native-multipath namespace's ``/dev/ng0n1`` under
+   /sys/devices/virtual/nvme-subsystem; ``_clock_pps``: its clock's ``/dev/pps0``): a
+   passthrough user (``fio --ioengine=io_uring_cmd --filename=/dev/ng0n1``, SPDK's
+   io_uring bdev, ``nvme`` commands through the head) that opens the head while the proof
+   reads the network is never looked for again, and the NVMe controller is unbound under it.
 
 Each section's test asserts the safe behaviour and fails on 92b5fc7; the controls show that
 the idle shape is still taken, and what the existing re-reads already catch. A fake sysfs/proc
@@ -41,7 +49,8 @@ from harness.host.safety import HostUsage
 
 from . import fakesysfs
 from .test_host_idle_review31a import ALLOWED
-from .test_host_idle_review31a import _bind, during_the_network_read
+from .test_host_idle_review import NVME, nvme_multipath
+from .test_host_idle_review31a import _bind, during_the_network_read, opened_during_the_network_read
 from .test_host_usbhost import MOUNTS
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures (a fake sysfs lab host)
@@ -305,3 +314,51 @@ def test_3_a_vf_whose_representor_is_up_in_the_hosts_ovs_bridge_is_not_taken(lab
     assert "enp13s0f0npf0vf0" in refused and driver is None, (
         f"VF 0d:10.0 went to {driver} while its representor enp13s0f0npf0vf0 is up in the "
         f"host's OVS bridge ({'refused: ' + refused if refused else 'not refused'})")
+
+
+# -- 4. an NVMe multipath head's generic node opened while the proof reads the network ---------
+
+
+@pytest.mark.parametrize("on_call", [2, 1], ids=["opened-during-the-last-proofs-network-read",
+                                                 "control-opened-during-the-first-read"])
+def test_4_an_nvme_head_opened_while_the_proof_reads_the_network_is_not_unbound(
+        lab, fake_root, monkeypatch, on_call):
+    """(a, low likelihood: the host's activity in a window of seconds that any user
+    stretches, as reads 31a, 32a and 33a's) Host shape: an idle NVMe drive (09:00.0, group 21,
+    listed) with native multipath on (the default of Debian's, Fedora's and RHEL 9's kernels:
+    ``nvme_core.multipath=Y``), so its namespace's block device nvme0n1 and its generic
+    character device ng0n1 (238:0) are the subsystem's, under
+    /sys/devices/virtual/nvme-subsystem/nvme-subsys0, not below the controller. While the
+    bind's last proof reads the network, a colleague's benchmark starts on the drive through
+    NVMe passthrough: ``fio --ioengine=io_uring_cmd --cmd_type=nvme --filename=/dev/ng0n1``
+    (or SPDK's uring bdev, ``nvme io-passthru /dev/ng0n1``): no block device is opened, so
+    the claim of nvme0n1 succeeds and its re-read sees no opener.
+
+    Path: :meth:`VfioBinder.bind` -> ``_move_all`` -> ``disks_claimed`` ->
+    ``_nodes_opened_since(below)``: ``nodes_below(fs, 09:00.0's path)`` is
+    ``_Subtree(...).char_nodes``, the nodes inside the function's sysfs tree (nvme0, 242:0);
+    the proof's verdict adds ``_nvme_char_heads`` (ng0n1) and ``_clock_pps`` (a clock's
+    pps0) to its list, this re-read does not. The opener is not looked for again; nvme is
+    unbound under fio's io_uring ring (its commands fail; a run of hours is lost, and a
+    write workload leaves the namespace half written for the guest to see).
+
+    On 92b5fc7: 09:00.0 goes to vfio-pci with /dev/ng0n1 open by pid 4711. The control (the
+    same open during the first proof's network read) is refused by the proof under the lock.
+    Fix: give ``nodes_below`` the proof's whole list (``_Subtree.char_nodes`` +
+    ``_nvme_char_heads`` + ``_clock_pps``, one helper both use), so that the claim reads
+    again every node the proof read."""
+    nvme_multipath(lab)
+    calls = opened_during_the_network_read(lab, monkeypatch, on_call, "/dev/ng0n1",
+                                           comm="fio")
+    refused, driver = _bind(lab, fake_root, NVME, ALLOWED | {"09:00.0"})
+    assert len(calls) >= on_call
+    assert "/dev/ng0n1" in refused and "pid 4711" in refused and driver == "nvme", (
+        f"09:00.0 went to {driver} with /dev/ng0n1 open by pid 4711 (fio) since the proof "
+        f"({'refused: ' + refused if refused else 'not refused'})")
+
+
+def test_4_control_the_idle_nvme_drive_is_taken(lab, fake_root):
+    """Control: nothing opens the head; the drive goes to vfio-pci."""
+    nvme_multipath(lab)
+    refused, driver = _bind(lab, fake_root, NVME, ALLOWED | {"09:00.0"})
+    assert refused == "" and driver == "vfio-pci", refused
