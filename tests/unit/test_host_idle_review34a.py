@@ -8,22 +8,13 @@ libvirt hand-over). What it found, one section below each:
    spare USB card's port and automounted by udisks2; a drive pushed into a hot-swap bay or
    eSATA port and assembled by mdadm's udev rule ``--incremental``) is neither claimed nor
    read, and the controller is unbound under its mount.
-2. an Intel PCH whose USB 2.0 ports are shared by its xHCI and its EHCI controllers (Panther
-   Point, Lynx Point, Wellsburg/C610, Wildcat Point: ``XUSB2PR`` in the xHCI's config space
-   routes each port to one or the other) has its xHCI judged by what is below the xHCI
-   alone: the guest given the xHCI writes ``XUSB2PR`` (Linux's ``quirk_usb_handoff_xhci`` ->
-   ``usb_enable_intel_xhci_ports``, whenever its machine has an Intel EHCI, as the
-   harness's q35 guests with ``-usb`` do; Windows' Intel xHCI driver), which vfio-pci
-   passes to the hardware (config space outside any capability is raw read/write), and
-   every device then on the host's EHCI on a switchable port (a console keyboard, a mounted
-   disk) leaves the host for the guest.
-3. a VF is judged by what is below the VF alone; in switchdev mode (mlx5, ice, nfp: the
+2. a VF is judged by what is below the VF alone; in switchdev mode (mlx5, ice, nfp: the
    OVS hardware-offload set-up) a VF's port on the card's embedded switch is its
    representor, an interface of the PF (``phys_port_name`` ``pf0vf0``), and the host wires
    the VF through it: a representor that is up and enslaved to an OVS bridge (master
    ``ovs-system``) carries the host's switch traffic to the VF, yet the VF on no driver
    reads idle and is taken, the harness's guest joining the host's bridge.
-4. read 32a's re-read of the device nodes under the claim (``_nodes_opened_since``) takes
+3. read 32a's re-read of the device nodes under the claim (``_nodes_opened_since``) takes
    its nodes from ``nodes_below`` (the nodes in the function's own sysfs tree), not from the
    proof's list, which adds the nodes that live elsewhere but are the function's
    (``_nvme_char_heads``: a native-multipath namespace's ``/dev/ng0n1`` under
@@ -41,16 +32,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import pytest
 
-from harness.host.safety import HostUsage
-
 from . import fakesysfs
-from .test_host_idle_review31a import ALLOWED
 from .test_host_idle_review import NVME, nvme_multipath
-from .test_host_idle_review31a import _bind, during_the_network_read, opened_during_the_network_read
+from .test_host_idle_review31a import (ALLOWED, _bind, during_the_network_read,
+                                       opened_during_the_network_read)
 from .test_host_usbhost import MOUNTS
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures (a fake sysfs lab host)
@@ -148,92 +136,7 @@ def test_1_control_the_idle_controllers_are_still_taken(lab, fake_root):
         assert refused == "" and driver == "vfio-pci", refused
 
 
-# -- 2. an Intel PCH's xHCI that shares its USB 2.0 ports with the host's EHCI ------------------
-
-
-XHCI, EHCI = "0000:00:14.0", "0000:00:1a.0"
-
-
-def _lynx_point(lab, ehci_devices: bool = True) -> None:
-    """The lab host on a Lynx Point PCH (Intel 8 series: a Haswell workstation or a C220
-    server): its xHCI 00:14.0 is 8086:8c31, and the PCH's EHCI #2 (00:1a.0, 8086:8c2d,
-    ehci-pci, group 16, USB bus 1) serves the same physical USB 2.0 ports, whichever of the
-    two XUSB2PR routes each one to. The ports are routed to the EHCI now (the firmware's
-    "xHCI mode: Auto" until an xHCI driver switches them, or a reset of the xHCI since: its
-    XUSB2PR is back at 0 after a vfio-pci reset, and the host's xhci_hcd switches the ports
-    only at boot and resume), so nothing is below the xHCI; on the EHCI, with
-    ``ehci_devices``: the console's USB keyboard (1-1) and a USB disk (1-2, sde) whose sde1
-    is mounted on /srv/backup."""
-    x = lab.dev_dir(XHCI)
-    (x / "device").write_text("0x8c31\n")
-    cfg = bytearray((x / "config").read_bytes())
-    cfg[2:4] = bytes.fromhex("8c31")[::-1]
-    (x / "config").write_bytes(bytes(cfg))
-    for name in ("3-3", "3-4", "3-5"):  # (nothing below the xHCI: its ports are the EHCI's)
-        shutil.rmtree(x / "usb3" / name)
-        for link in (lab.sys / "bus/usb/devices").glob(name + "*"):
-            link.unlink()
-    for name in ("sdc", "sdc1"):
-        (lab.sys / "class/block" / name).unlink()
-    mounts = "/dev/sda2 / ext4 rw,relatime 0 0\n"
-    lab.add_pci(EHCI, "8086:8c2d", 0x0c0320, "ehci-pci", 16)
-    lab.add_usb_bus(1, EHCI)
-    if ehci_devices:
-        lab.add_usb("1-1", 2, "046d:c31c", "USB Keyboard", "Logitech")
-        disk = lab.add_usb("1-2", 3, "0781:5581", "Ultra", "SanDisk", iface_driver="usb-storage")
-        lab.add_disk("sde", disk / "host8/target8:0:0/8:0:0:0", ("sde1",), sectors=60063744)
-        mounts += "/dev/sde1 /srv/backup ext4 rw,relatime 0 0\n"
-    lab.proc("mounts", mounts)
-
-
-def test_2_control_the_ehci_devices_alone_are_judged_in_use(lab):
-    """Control: the keyboard and the mounted disk are the host's, in use, as the rule reads
-    them on the EHCI (whose role and group the harness would never take)."""
-    _lynx_point(lab)
-    uses = " ".join(HostUsage.read(lab.sysfs()).verdict(EHCI).uses)
-    assert "sde" in uses, uses
-
-
-def test_2_an_intel_xhci_sharing_its_ports_with_the_hosts_ehci_is_not_taken(lab, fake_root):
-    """(a) Host shape: a lab host on an Intel 7/8/9-series or C600/C610 PCH (Panther Point
-    8086:1e31, Lynx Point 8086:8c31 and -LP 9c31, Wellsburg 8086:8d31, Wildcat Point-LP
-    9cb1: Ivy Bridge and Haswell workstations, X79/X99 and C220/C610 servers, the hardware
-    of many homelab and CI lab hosts). Its xHCI (00:14.0) and its EHCI controllers (00:1a.0,
-    00:1d.0) are separate functions in separate IOMMU groups, but they serve the same
-    physical USB 2.0 ports: the xHCI's config register XUSB2PR (0xd0; USB3_PSSEN at 0xd8 for
-    the SuperSpeed half) says which controller has each port. The inventory lists the xHCI
-    (nothing below it: the ports are on the EHCI now, see :func:`_lynx_point`), and the
-    host's console keyboard and a USB disk mounted on /srv/backup sit on the EHCI's ports.
-
-    Path: :meth:`VfioBinder.bind` -> ``plan_group`` -> :meth:`HostUsage.verdict` of
-    00:14.0: the devices below its sysfs directory (none), its group (itself); the EHCI is
-    in no group of the plan and nothing below the xHCI names it: idle, taken. The guest's
-    kernel then enumerates the xHCI (8086:8c31) beside its own Intel EHCI (QEMU q35's
-    ich9-usb-ehci1, the harness's q35 ``-usb`` platform) and runs ``quirk_usb_handoff_xhci``,
-    whose ``usb_enable_intel_xhci_ports`` writes USB2PRM's mask into XUSB2PR and USB3PRM's
-    into USB3_PSSEN: vfio-pci passes config space outside any capability through raw ("some
-    devices hide registers between the gaps", vfio_pci_config.c), so the PCH moves every
-    switchable port to the guest's xHCI: the host's EHCI sees the keyboard and the disk
-    disconnect (the mounted ext4 loses its disk mid-write), and they enumerate in the
-    guest. A Windows guest's Intel xHCI driver does the same.
-
-    On 92b5fc7: 00:14.0 goes to vfio-pci. Fix: in ``safety`` (the verdict of a USB
-    controller, or ``plan_group``), for an Intel xHCI of a PCH with switchable ports (the
-    kernel's list: ``usb_is_intel_switchable_xhci`` and the ids its quirks use, or simply any
-    Intel xHCI beside an Intel EHCI on the host, as ``usb_enable_intel_xhci_ports`` itself
-    decides), judge every device below each Intel EHCI too (its keyboard, disks, nodes, as
-    the xHCI's own: they are the guest's once it routes the ports), or refuse it with the
-    shared ports named; `discover` and `plan` say so."""
-    _lynx_point(lab)
-    refused, driver = _bind(lab, fake_root, XHCI, ALLOWED | {"00:14.0"})
-    assert refused and driver == "xhci_hcd" and any(
-        w in refused for w in ("00:1a.0", "EHCI", "XUSB2PR", "1-1", "sde")), (
-        f"00:14.0 (8086:8c31) went to {driver} while the host's keyboard and /srv/backup's "
-        "disk are on the EHCI ports it switches "
-        f"({'refused: ' + refused if refused else 'not refused'})")
-
-
-# -- 3. a VF whose switchdev representor is up in the host's OVS bridge --------------------------
+# -- 2. a VF whose switchdev representor is up in the host's OVS bridge --------------------------
 
 
 E810, E810_VF0 = "0000:0d:00.0", "0000:0d:10.0"
@@ -274,7 +177,7 @@ def _e810_switchdev_vf(lab, rep_in_bridge: bool = True) -> None:
         (lab.root / "ip/link.json").write_text(json.dumps(links))
 
 
-def test_3_control_a_vf_whose_representor_is_down_and_alone_is_taken(lab, fake_root):
+def test_2_control_a_vf_whose_representor_is_down_and_alone_is_taken(lab, fake_root):
     """Control: the representor down and in no bridge (switchdev set, nothing wired): VF 0
     goes to vfio-pci."""
     _e810_switchdev_vf(lab, rep_in_bridge=False)
@@ -282,7 +185,7 @@ def test_3_control_a_vf_whose_representor_is_down_and_alone_is_taken(lab, fake_r
     assert refused == "" and driver == "vfio-pci", refused
 
 
-def test_3_a_vf_whose_representor_is_up_in_the_hosts_ovs_bridge_is_not_taken(lab, fake_root):
+def test_2_a_vf_whose_representor_is_up_in_the_hosts_ovs_bridge_is_not_taken(lab, fake_root):
     """(a) Host shape: a lab host doing OVS hardware-offload work (an OpenStack/OVN compute
     node, or a colleague's switchdev tests): the E810's eswitch in switchdev mode, VF 0 made
     and left on no driver for a VM, its representor enp13s0f0npf0vf0 up and added to the
@@ -316,12 +219,12 @@ def test_3_a_vf_whose_representor_is_up_in_the_hosts_ovs_bridge_is_not_taken(lab
         f"host's OVS bridge ({'refused: ' + refused if refused else 'not refused'})")
 
 
-# -- 4. an NVMe multipath head's generic node opened while the proof reads the network ---------
+# -- 3. an NVMe multipath head's generic node opened while the proof reads the network ---------
 
 
 @pytest.mark.parametrize("on_call", [2, 1], ids=["opened-during-the-last-proofs-network-read",
                                                  "control-opened-during-the-first-read"])
-def test_4_an_nvme_head_opened_while_the_proof_reads_the_network_is_not_unbound(
+def test_3_an_nvme_head_opened_while_the_proof_reads_the_network_is_not_unbound(
         lab, fake_root, monkeypatch, on_call):
     """(a, low likelihood: the host's activity in a window of seconds that any user
     stretches, as reads 31a, 32a and 33a's) Host shape: an idle NVMe drive (09:00.0, group 21,
@@ -357,7 +260,7 @@ def test_4_an_nvme_head_opened_while_the_proof_reads_the_network_is_not_unbound(
         f"({'refused: ' + refused if refused else 'not refused'})")
 
 
-def test_4_control_the_idle_nvme_drive_is_taken(lab, fake_root):
+def test_3_control_the_idle_nvme_drive_is_taken(lab, fake_root):
     """Control: nothing opens the head; the drive goes to vfio-pci."""
     nvme_multipath(lab)
     refused, driver = _bind(lab, fake_root, NVME, ALLOWED | {"09:00.0"})
