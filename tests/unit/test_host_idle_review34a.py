@@ -18,7 +18,8 @@ libvirt hand-over). What it found, one section below each:
    its nodes from ``nodes_below`` (the nodes in the function's own sysfs tree), not from the
    proof's list, which adds the nodes that live elsewhere but are the function's
    (``_nvme_char_heads``: a native-multipath namespace's ``/dev/ng0n1`` under
-   /sys/devices/virtual/nvme-subsystem; ``_clock_pps``: its clock's ``/dev/pps0``): a
+   /sys/devices/virtual/nvme-subsystem; ``_clock_pps``: its clock's ``/dev/pps0``, where a
+   source that pulses is kept by its ``assert`` count anyway): a
    passthrough user (``fio --ioengine=io_uring_cmd --filename=/dev/ng0n1``, SPDK's
    io_uring bdev, ``nvme`` commands through the head) that opens the head while the proof
    reads the network is never looked for again, and the NVMe controller is unbound under it.
