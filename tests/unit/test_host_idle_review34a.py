@@ -23,6 +23,15 @@ libvirt hand-over). What it found, one section below each:
    passthrough user (``fio --ioengine=io_uring_cmd --filename=/dev/ng0n1``, SPDK's
    io_uring bdev, ``nvme`` commands through the head) that opens the head while the proof
    reads the network is never looked for again, and the NVMe controller is unbound under it.
+4. usb-host's plug journals nothing: QEMU detaches the device's host drivers
+   (``USBDEVFS_DISCONNECT``) and puts them back only on a clean close
+   (``usb_host_attach_kernel``, ``USBDEVFS_CONNECT``, from its exit notifier); a QEMU that
+   aborts (an assertion in the device code a hotplug test exercises) or that the harness's
+   stop escalates to SIGKILL leaves every interface on no driver (usbfs's release binds
+   nothing back), and neither the plug's clean-up, the binder's close nor ``restore`` (every
+   session's start) knows the device was handed over: the stick's usb-storage, a USB NIC's
+   netdev, a serial adapter's tty stay gone from the host until someone replugs it, and the
+   run passes.
 
 Each section's test asserts the safe behaviour and fails on 92b5fc7; the controls show that
 the idle shape is still taken, and what the existing re-reads already catch. A fake sysfs/proc
@@ -36,11 +45,15 @@ import os
 
 import pytest
 
+from harness.host import usbhost
+from harness.host.binding import VfioBinder, restore_from_journal
+
 from . import fakesysfs
 from .test_host_idle_review import NVME, nvme_multipath
 from .test_host_idle_review31a import (ALLOWED, _bind, during_the_network_read,
                                        opened_during_the_network_read)
-from .test_host_usbhost import MOUNTS
+from .test_host_idle_review31a import STICK
+from .test_host_usbhost import MOUNTS, stick  # noqa: F401 (a fixture: the SanDisk stick, 4-1)
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures (a fake sysfs lab host)
 
@@ -266,3 +279,52 @@ def test_3_control_the_idle_nvme_drive_is_taken(lab, fake_root):
     nvme_multipath(lab)
     refused, driver = _bind(lab, fake_root, NVME, ALLOWED | {"09:00.0"})
     assert refused == "" and driver == "vfio-pci", refused
+
+
+# -- 4. a USB device left on no driver by a QEMU that died holding it --------------------------
+
+
+def test_4_a_usb_device_a_killed_qemu_left_driverless_is_given_back(stick, fake_root):
+    """(a) Host shape: the inventory's SanDisk stick (4-1, interface 4-1:1.0 on usb-storage,
+    sdd not mounted) handed to usb-host by its bus address, proven idle. QEMU's usb-host
+    opens /dev/bus/usb/004/002 and detaches usb-storage from 4-1:1.0 (libusb's
+    ``libusb_detach_kernel_driver``: ``USBDEVFS_DISCONNECT``), claiming it through usbfs.
+    Then QEMU dies without its exit notifier: it aborts on an assertion in the USB or
+    hotplug code the test drives (what a hotplug harness exists to find), or the harness's
+    stop escalates to SIGKILL (``harness.qemu.process``: SIGTERM unanswered). usbfs's release
+    of the claimed interface (``usbdev_release`` -> ``releaseintf``) binds no driver back:
+    only QEMU's ``usb_host_attach_kernel`` (``USBDEVFS_CONNECT``) on a clean close did.
+
+    Path: :func:`harness.host.usbhost.handed` claims the disks and proves the device, and
+    writes nothing to the journal; :class:`harness.scenario.devices.UsbHost` has no
+    clean-up; :meth:`VfioBinder.close` and :func:`restore_from_journal` (every session's
+    start, ``harness restore``) give back only the journal's PCI functions and PF counts.
+    The stick stays with no driver on its interface (no sdd, nothing for udisks or a backup
+    job to mount) until someone replugs it; for a USB NIC its netdev is gone, for a serial
+    adapter its /dev/ttyUSB0; the next usb-host test proves it idle again (no driver: idle)
+    and the run ends green.
+
+    On 92b5fc7: nothing asks the kernel to bind 4-1:1.0 again. Fix: journal a usb-host
+    hand-over before QEMU opens the device (its bus path, its ``busnum``/``devnum`` and
+    serial or ``devpath``, and each interface with its driver), drop the entry once QEMU
+    has given it back (each interface on its driver again), and in ``_restore_entry`` (the
+    plug's clean-up, the binder's close, ``restore``) bind each interface that is on no
+    driver and no process's usbfs claim to its journaled driver (``echo 4-1:1.0 >
+    /sys/bus/usb/drivers/usb-storage/bind``, or ``/sys/bus/usb/drivers_probe``), once no
+    process holds /dev/bus/usb/004/002."""
+    lab = stick
+    iface = lab.sys / "bus/usb/devices/4-1:1.0"
+    for f in ("bus/usb/drivers_probe", "bus/usb/drivers/usb-storage/bind"):
+        (lab.sys / f).parent.mkdir(parents=True, exist_ok=True)
+        (lab.sys / f).write_text("")
+    journal = fake_root / "var/lib/hotplug-harness/vfio-journal.json"
+    binder = VfioBinder(lab.sysfs(), journal=journal, timeout=0.3)
+    with usbhost.handed(binder, STICK, "busaddr"):
+        (iface / "driver").unlink()  # QEMU detaches usb-storage: USBDEVFS_DISCONNECT
+    # ... and is SIGKILLed (or aborts): no USBDEVFS_CONNECT, 4-1:1.0 stays on no driver.
+    binder.close()
+    restore_from_journal(lab.sysfs(), journal)
+    rebinds = [(path, v) for path, v in lab.writes
+               if path.startswith("sys/bus/usb/") and v == "4-1:1.0"]
+    assert rebinds, ("4-1:1.0 was left on no driver after its QEMU died holding it: nothing "
+                     "bound usb-storage back (writes: " + repr(lab.writes) + ")")
