@@ -319,9 +319,15 @@ def test_4_a_usb_device_a_killed_qemu_left_driverless_is_given_back(stick, fake_
         (lab.sys / f).write_text("")
     journal = fake_root / "var/lib/hotplug-harness/vfio-journal.json"
     binder = VfioBinder(lab.sysfs(), journal=journal, timeout=0.3)
+    usbfs = lab.sys / "bus/usb/drivers/usbfs"
+    usbfs.mkdir(parents=True, exist_ok=True)
     with usbhost.handed(binder, STICK, "busaddr"):
-        (iface / "driver").unlink()  # QEMU detaches usb-storage: USBDEVFS_DISCONNECT
-    # ... and is SIGKILLed (or aborts): no USBDEVFS_CONNECT, 4-1:1.0 stays on no driver.
+        # QEMU opens the device and detaches usb-storage, claiming the interface through
+        # usbfs (USBDEVFS_DISCONNECT_CLAIM): its driver is usbfs while QEMU holds it.
+        (iface / "driver").unlink()
+        os.symlink(os.path.relpath(usbfs, os.path.realpath(iface)), iface / "driver")
+    # ... and is SIGKILLed (or aborts): usbfs lets go, no USBDEVFS_CONNECT, no driver.
+    (iface / "driver").unlink()
     binder.close()
     restore_from_journal(lab.sysfs(), journal)
     rebinds = [(path, v) for path, v in lab.writes
