@@ -90,3 +90,24 @@ def test_a_twin_plugged_since_the_start_makes_the_ids_form_refused(stick):
             pass
     with usbhost.handed(binder(stick), STICK, "busaddr") as usb:  # the address still names one
         assert usb.name == "4-1"
+
+
+def test_a_disk_that_appears_below_the_stick_while_its_claim_rereads_is_refused(
+        stick, monkeypatch):
+    """(read 34a, finding 1, the usb-host side) A card reader's second LUN (a card pushed
+    into its other slot, mounted by udisks2) appears below the device while its claim's
+    re-reads take their seconds: it was never claimed nor judged, so the plug is refused,
+    naming it."""
+    from .test_host_idle_review31a import during_the_network_read
+
+    def card_inserted():
+        if not (stick.sys / "class/block/sde").exists():
+            stick.add_disk("sde", stick.sys / "bus/usb/devices/4-1:1.0/host6/target6:0:0/"
+                           "6:0:0:1", ("sde1",), sectors=65536)
+            stick.proc("mounts", MOUNTS + "/dev/sde1 /media/alice/CARD vfat rw 0 0\n")
+    calls = during_the_network_read(monkeypatch, 3, card_inserted)
+    with pytest.raises(HostDeviceError, match=r"refusing usb-host for stick .*right before "
+                                              r"QEMU opens it, /dev/sde appeared below it"):
+        with usbhost.handed(binder(stick, timeout=0.3), STICK, "busaddr"):
+            pytest.fail("the plug must not happen")
+    assert len(calls) >= 3, "the plug read the network fewer than 3 times (the path changed?)"
