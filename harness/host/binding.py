@@ -1306,27 +1306,6 @@ def disks_claimed(fs: Sysfs, disks: "list[tuple[str, str]]", before: str = "the 
             os.close(fd)
 
 
-def _nothing_new_below(fs: Sysfs, disks: "list[tuple[str, str]]",
-                       below: "list[tuple[str, str]]", before: str) -> None:
-    """Refuses ``below``'s devices (the refusal's start, the sysfs path) once a disk below one
-    is not among the ``disks`` claimed (their /dev names): the disks were listed once, before
-    the claims, and the re-reads take seconds, in which a stick plugged into a USB
-    controller's port (udisks2 mounts it) or a drive pushed into an AHCI hot-swap bay
-    (``mdadm --incremental`` assembles it) arrives below what leaves, neither claimed nor
-    judged. Listed again last, right before the change; a disk that arrives after this is
-    the residual docs/vfio.md states."""
-    claimed = {name for _, name in disks}
-    for refusing, path in below:
-        new = [name for name in disks_below(fs, path) if name not in claimed]
-        if new:
-            raise HostDeviceError(
-                f"{refusing}: right before {before}, "
-                + ", ".join(f"/dev/{name}" for name in new) + " appeared below it since it "
-                "was proven idle (a disk plugged in meanwhile: neither claimed nor judged)",
-                hint="run again once it is unplugged, or once it is idle (unmounted, out of "
-                     "its array); `python -m harness plan` says what uses it now")
-
-
 def _network_since(fs: Sysfs, below: "list[tuple[str, str]]", before: str,
                    nic_ports: "dict[str, int] | None" = None) -> None:
     """Refuses ``below``'s devices (the refusal's start, the sysfs path) once an interface of
@@ -1403,6 +1382,27 @@ def _used_since(view: "StorageView | None", disks: "list[tuple[str, str]]",
                                   "claimed, " + "; ".join(dict.fromkeys(uses)),
                                   hint="run again once that use has ended; `python -m harness "
                                        "plan` says what uses it now")
+
+
+def _nothing_new_below(fs: Sysfs, disks: "list[tuple[str, str]]",
+                       below: "list[tuple[str, str]]", before: str) -> None:
+    """Refuses ``below``'s devices (the refusal's start, the sysfs path) once a disk below one
+    is not among the ``disks`` claimed (their /dev names): the disks were listed once, before
+    the claims, and the re-reads take seconds, in which a stick plugged into a USB
+    controller's port (udisks2 mounts it) or a drive pushed into an AHCI hot-swap bay
+    (``mdadm --incremental`` assembles it) arrives below what leaves, neither claimed nor
+    judged. Listed again last, right before the change; a disk that arrives after this is
+    the residual docs/vfio.md states."""
+    claimed = {name for _, name in disks}
+    for refusing, path in below:
+        new = [name for name in disks_below(fs, path) if name not in claimed]
+        if new:
+            raise HostDeviceError(
+                f"{refusing}: right before {before}, "
+                + ", ".join(f"/dev/{name}" for name in new) + " appeared below it since it "
+                "was proven idle (a disk plugged in meanwhile: neither claimed nor judged)",
+                hint="run again once it is unplugged, or once it is idle (unmounted, out of "
+                     "its array); `python -m harness plan` says what uses it now")
 
 
 def _libvirt_gives_back(plan: GroupPlan) -> bool:
