@@ -594,10 +594,15 @@ def _restore_usb(fs: Sysfs, entry: dict, timeout: float) -> Restored:
 
 def _bind_usb_interface(fs: Sysfs, iface: str, driver: str, timeout: float) -> None:
     """Bind ``iface`` to ``driver`` (its ``bind``, else ``drivers_probe``: the kernel matches
-    it again), and wait until its ``driver`` link names it."""
+    it again), and wait until its ``driver`` link names it. A write refused because the
+    kernel bound it meanwhile (QEMU's own give-back, a moment late: EBUSY) is no failure."""
     bind = fs.sys("bus", "usb", "drivers", driver, "bind")
-    fs.write(bind if bind.exists() else fs.sys("bus", "usb", "drivers_probe"), iface)
     link = fs.sys("bus", "usb", "devices", iface, "driver")
+    try:
+        fs.write(bind if bind.exists() else fs.sys("bus", "usb", "drivers_probe"), iface)
+    except HostDeviceError:
+        if fs.link_name(link) != driver:
+            raise
     try:
         wait_until(f"{iface} on {driver}", lambda: fs.link_name(link) == driver, timeout,
                    interval=0.02)

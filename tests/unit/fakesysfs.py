@@ -13,8 +13,9 @@ Layout, as on a real host::
 Files in a temp dir do not react to writes; ``FakeHost.kernel`` is the ``on_write`` hook of the
 :class:`Sysfs` it hands out, and updates the links like Linux: ``driver_override``, ``unbind``,
 ``bind``, ``drivers_probe``, ``new_id``, ``remove_id``, and a PF's ``sriov_numvfs`` (which makes
-or removes its VFs: :meth:`FakeHost.sriov_capable`); and a USB driver's ``bind``. ``fail`` makes a write fail with an errno;
-``kill_at`` raises :class:`Killed` (a run killed by SIGKILL: no cleanup runs).
+or removes its VFs: :meth:`FakeHost.sriov_capable`); and a USB driver's ``bind``. ``fail``
+makes a write fail with an errno; ``kill_at`` raises :class:`Killed` (a run killed by SIGKILL:
+no cleanup runs).
 """
 
 from __future__ import annotations

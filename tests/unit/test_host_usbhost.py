@@ -264,3 +264,20 @@ def test_a_journal_with_a_bad_usb_entry_is_refused(stick, bad):
         jr.write([good])
     with pytest.raises(HostDeviceError, match="refusing to write the vfio journal"):
         jr.write([{**good, **bad}])
+
+
+def test_an_interface_the_kernel_bound_meanwhile_is_no_failure(stick):
+    """QEMU's own give-back a moment late: the interface is bound by the time the harness's
+    write lands (EBUSY), which is the outcome wanted."""
+    _bind_file(stick)
+    b = binder(stick, timeout=0.3)
+    with usbhost.handed(b, STICK, "busaddr") as usb:
+        _qemu_takes(stick)
+    (stick.sys / "bus/usb/devices/4-1:1.0/driver").unlink()
+
+    def late(rel, value):  # (the kernel binds it just before the write)
+        if rel.endswith("usb-storage/bind"):
+            stick._usb_bind(value, "usb-storage")
+    stick.on_any_write = late
+    [r] = b.give_back_usb(usb.name)
+    assert r.status == "restored" and _journal_entries(stick) == []
