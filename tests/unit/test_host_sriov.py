@@ -428,3 +428,22 @@ def test_a_vf_in_legacy_mode_has_no_representor_to_judge(lab):
     (lab.sys / "class/net/enp13s0f0npf0vf0/phys_port_name").write_text("p1\n")
     verdict = HostUsage.read(lab.sysfs()).verdict(E810_VF0)
     assert verdict.idle and not any("representor" in e for e in verdict.evidence), verdict
+
+
+def test_a_vf_whose_representor_is_up_in_another_namespace_is_not_idle(lab):
+    """The representor moved into a named namespace (``ip link set enp13s0f0npf0vf0 netns
+    ovs``) and up there: `ip -d link` there names it (its ``parentdev``, its
+    ``phys_port_name``), and it is judged as in the host's."""
+    import shutil
+    from .test_host_idle_review34a import E810, E810_VF0, _e810_switchdev_vf
+    _e810_switchdev_vf(lab, rep_in_bridge=False)
+    rep = "enp13s0f0npf0vf0"
+    shutil.rmtree(os.path.realpath(lab.sys / "class/net" / rep))
+    (lab.sys / "class/net" / rep).unlink()
+    links = [li for li in json.loads((lab.root / "ip/link.json").read_text())
+             if li["ifname"] != rep]
+    (lab.root / "ip/link.json").write_text(json.dumps(links))
+    lab.network("ovs", links=[fakesysfs.link(7, rep, E810, up=True, phys_port_name="pf0vf0")])
+    verdict = HostUsage.read(lab.sysfs()).verdict(E810_VF0)
+    assert any(u.startswith(f"its representor {rep} (netns ovs) is up") for u in verdict.uses), \
+        verdict
