@@ -40,7 +40,7 @@ from harness.host.safety import (GroupPlan, HostUsage, disks_below, network_uses
 from harness.host.storage import (OpenFiles, StorageView, mount_ids, mountinfos,
                                   remote_mount_ids)
 from harness.host import sriov
-from harness.host.sysfs import SYSFS_BDF, PciDevice, Sysfs, parse_bdf, short_bdf
+from harness.host.sysfs import SYSFS_BDF, PciDevice, Sysfs, UsbDevice, parse_bdf, short_bdf
 from harness.qemu.process import start_time
 
 log = logging.getLogger("harness.host")
@@ -53,6 +53,12 @@ SRIOV = "sriov"
 HOLD = "hold"
 #: Who moved a journaled device to vfio-pci instead of the harness (<hostdev managed='yes'>).
 LIBVIRT = "libvirt"
+#: The journal entry of a host USB device handed to QEMU's usb-host (``bdf``: its bus id,
+#: ``4-1``): QEMU detaches each interface's host driver and binds it back only on a clean
+#: close, so what the device was and each interface's driver before (:func:`_usb_entry`).
+USB = "usb"
+#: The driver a USB interface shows while a process (QEMU's usb-host) claims it through usbfs.
+USBFS = "usbfs"
 DEFAULT_JOURNAL = Path("/var/lib/hotplug-harness/vfio-journal.json")
 RESTORE_HINT = "run `python -m harness restore` (as root) to give the devices back"
 
@@ -66,7 +72,8 @@ def default_journal_path() -> Path:
 
 
 class Journal:
-    """The devices moved to vfio-pci and not yet given back, as JSON on disk.
+    """The devices moved to vfio-pci, and the USB devices handed to usb-host, not yet given
+    back, as JSON on disk.
 
     Every change happens under an exclusive lock (pytest-xdist workers share one journal) and
     replaces the file atomically after an fsync, so a crash leaves either the old or the new
@@ -163,6 +170,9 @@ def _check_entry(entry, n: int) -> None:
     the harness itself writes, or the journal is refused (ValueError)."""
     if not isinstance(entry, dict):
         raise ValueError(f"entry {n} is not an object")
+    if entry.get("kind") == USB:
+        _check_usb_entry(entry, n)
+        return
     if not isinstance(entry.get("bdf"), str) or not _ENTRY_BDF.fullmatch(entry["bdf"]):
         raise ValueError(f"entry {n}: bdf {entry.get('bdf')!r} is not a PCI address like "
                          "0000:05:00.0")
@@ -201,6 +211,38 @@ def _check_entry(entry, n: int) -> None:
         if (value is None and optional) or (isinstance(value, int) and not isinstance(value, bool)):
             continue
         raise ValueError(f"entry {n} ({entry['bdf']}): {key} {value!r} is not a number")
+
+
+_USB_NAME = re.compile(r"\d{1,3}-\d{1,3}(?:\.\d{1,3}){0,6}")
+_USB_PATH_PART = re.compile(r"[A-Za-z0-9:._-]{1,64}")
+
+
+def _check_usb_entry(entry: dict, n: int) -> None:
+    """A usb-host entry's values name a sysfs folder, the interfaces bound and their drivers,
+    all written as root: each must be what :func:`_usb_entry` writes."""
+    name = entry.get("bdf")
+    if not isinstance(name, str) or not _USB_NAME.fullmatch(name):
+        raise ValueError(f"entry {n}: bdf {name!r} is not a USB device like 4-1.2")
+    for key, top in (("busnum", 999), ("devnum", 999), ("pid", 1 << 31)):
+        value = entry.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= top:
+            raise ValueError(f"entry {n} ({name}): {key} {value!r} is not a number")
+    if not isinstance(entry.get("ids"), str) or not re.fullmatch(r"[0-9a-f]{4}:[0-9a-f]{4}",
+                                                                  entry["ids"]):
+        raise ValueError(f"entry {n} ({name}): ids {entry.get('ids')!r} is not 'vvvv:pppp'")
+    parts = str(entry.get("path")).split("/")
+    if not isinstance(entry.get("path"), str) or parts[0] != "devices" or parts[-1] != name or \
+            not all(_USB_PATH_PART.fullmatch(p) and p not in (".", "..") for p in parts):
+        raise ValueError(f"entry {n} ({name}): path {entry.get('path')!r} is not its sysfs "
+                         "folder under devices/")
+    interfaces = entry.get("interfaces")
+    if not isinstance(interfaces, dict) or not all(
+            isinstance(i, str) and re.fullmatch(re.escape(name) + r":\d{1,3}\.\d{1,3}", i) and
+            (d is None or (isinstance(d, str) and _DRIVER_NAME.fullmatch(d) and
+                           d not in (".", "..")))
+            for i, d in interfaces.items()):
+        raise ValueError(f"entry {n} ({name}): interfaces {interfaces!r} are not its "
+                         "interfaces with their drivers")
 
 
 def _process_start(fs: Sysfs, pid: int) -> int | None:
@@ -416,6 +458,8 @@ def _restore_entry(fs: Sysfs, entry: dict, timeout: float,
     the journal now, for a PF's count: :func:`_restore_sriov`)."""
     if entry.get("kind") == SRIOV:
         return _restore_sriov(fs, entry, timeout, journaled)
+    if entry.get("kind") == USB:
+        return _restore_usb(fs, entry, timeout)
     bdf, original = entry["bdf"], entry.get("driver")
     if entry.get("kind") == HOLD:
         return Restored(bdf, "restored", original, "let go: it stays on vfio-pci, where it was "
@@ -455,6 +499,117 @@ def _restore_entry(fs: Sysfs, entry: dict, timeout: float,
         return Restored(bdf, "failed", fs.link_name(fs.pci_dir(bdf) / "driver"),
                         f"{e.message} ({e.hint})" if e.hint else e.message)
     return Restored(bdf, "restored", original, f"back on {original or 'no driver'}")
+
+
+# -- usb-host hand-overs ------------------------------------------------------------------------
+
+
+def _usb_entry(fs: Sysfs, usb: UsbDevice, lease: str) -> dict:
+    """The journal entry of ``usb`` handed to usb-host: what tells it is still the same device
+    (its bus and address, which a replug changes, its ids and its sysfs folder) and each of
+    its interfaces with its driver now, which QEMU detaches."""
+    here = Path(os.path.realpath(usb.path))
+    pid = os.getpid()
+    return {"kind": USB, "bdf": usb.name, "busnum": usb.busnum, "devnum": usb.devnum,
+            "ids": usb.ids, "path": str(here.relative_to(os.path.realpath(fs.sys()))),
+            "interfaces": {i.name: fs.link_name(i / "driver") for i in _usb_interfaces(here)},
+            "lease": lease, "pid": pid, "pid_start": _process_start(fs, pid),
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def _usb_interfaces(here: Path) -> list[Path]:
+    """The interfaces of the USB device at ``here`` (``4-1:1.0``: its active configuration's)."""
+    return sorted(p for p in here.glob(f"{here.name}:*") if p.is_dir())
+
+
+def _same_usb(fs: Sysfs, entry: dict) -> str | None:
+    """Why the device at the entry's bus id is not the one handed over (None: it is): gone,
+    or another device in its place (a replug changes its address; a device plugged into the
+    same port has other ids). A give-back writes only to the device it took."""
+    here = fs.sys("bus", "usb", "devices", entry["bdf"])
+    if not here.exists():
+        return "no longer on this host (unplugged)"
+    now = (os.path.relpath(os.path.realpath(here), os.path.realpath(fs.sys())),
+           fs.read(here / "busnum"), fs.read(here / "devnum"),
+           f"{fs.read(here / 'idVendor')}:{fs.read(here / 'idProduct')}")
+    then = (entry["path"], str(entry["busnum"]), str(entry["devnum"]), entry["ids"])
+    if now != then:
+        return (f"another device is there now ({now[3]}, bus {now[1]} address {now[2]}; it "
+                f"was {then[3]}, bus {then[1]} address {then[2]}): replugged")
+    return None
+
+
+def _usb_holders(fs: Sysfs, entry: dict) -> str | None:
+    """Who holds the device's usbfs node (/dev/bus/usb/BBB/DDD: a QEMU not yet gone has it,
+    its interfaces claimed), by path and by number; open files that cannot be read count as
+    a holder (fail closed). None: nobody."""
+    problems: list[str] = []
+    infos = mountinfos(fs, problems)
+    opened = OpenFiles(fs, problems, remote_mount_ids(infos), mount_ids(infos))
+    here = fs.sys("bus", "usb", "devices", entry["bdf"])
+    node = f"bus/usb/{entry['busnum']:03d}/{entry['devnum']:03d}"
+    users = opened.holders("char", node, fs.read(here / "dev"))
+    if users:
+        return f"/dev/{node} is open by " + ", ".join(f"pid {p} ({c})" for p, c in users)
+    if problems:
+        return f"whether /dev/{node} is open cannot be told ({'; '.join(problems)})"
+    return None
+
+
+def _restore_usb(fs: Sysfs, entry: dict, timeout: float) -> Restored:
+    """Bind each interface of a device handed to usb-host back to the driver it had, where it
+    is on none now: QEMU detached them (``USBDEVFS_DISCONNECT``) and a QEMU that aborts or is
+    killed binds nothing back (usbfs's release does not), so the stick's disk, a USB NIC's
+    interface or a serial adapter's tty stays gone until someone replugs it. Only once no
+    process holds its usbfs node, and only to the same device (:func:`_same_usb`)."""
+    name = entry["bdf"]
+    other = _same_usb(fs, entry)
+    if other:
+        return Restored(name, "gone", None, f"{other}; nothing to give back")
+    held = _usb_holders(fs, entry)
+    if held:
+        return Restored(name, "failed", None, f"{held}: its interfaces stay with it; stop it "
+                                              "(or let its guest end), then restore again")
+    done, left = [], []
+    for iface, original in entry["interfaces"].items():
+        where = fs.sys("bus", "usb", "devices", iface)
+        now = fs.link_name(where / "driver")
+        if original in (None, USBFS) or now == original:
+            continue  # (on usbfs before: a process's claim, which is not the harness's to make)
+        if not where.exists():
+            left.append(f"{iface} is gone (the guest chose another configuration?): replug it")
+        elif now is not None:
+            left.append(f"{iface} is on {now}, not its {original}; left as it is")
+        else:
+            try:
+                _bind_usb_interface(fs, iface, original, timeout)
+                done.append(f"{iface} on {original}")
+            except HostDeviceError as e:
+                left.append(e.message)
+    if left:
+        return Restored(name, "failed", None, "; ".join(done + left))
+    return Restored(name, "restored", None, "its interfaces are back on their drivers"
+                    + (f" (bound again: {', '.join(done)})" if done else ""))
+
+
+def _bind_usb_interface(fs: Sysfs, iface: str, driver: str, timeout: float) -> None:
+    """Bind ``iface`` to ``driver`` (its ``bind``, else ``drivers_probe``: the kernel matches
+    it again), and wait until its ``driver`` link names it. A write refused because the
+    kernel bound it meanwhile (QEMU's own give-back, a moment late: EBUSY) is no failure."""
+    bind = fs.sys("bus", "usb", "drivers", driver, "bind")
+    link = fs.sys("bus", "usb", "devices", iface, "driver")
+    try:
+        fs.write(bind if bind.exists() else fs.sys("bus", "usb", "drivers_probe"), iface)
+    except HostDeviceError:
+        if fs.link_name(link) != driver:
+            raise
+    try:
+        wait_until(f"{iface} on {driver}", lambda: fs.link_name(link) == driver, timeout,
+                   interval=0.02)
+    except WaitTimeout as e:
+        raise HostDeviceError(f"{iface} is on {fs.link_name(link) or 'no driver'} after "
+                              f"{timeout:g} s, not {driver}",
+                              hint=f"`dmesg | tail` shows why {driver} did not take it") from e
 
 
 def _give_back(fs: Sysfs, entry: dict, timeout: float) -> Restored:
@@ -622,6 +777,9 @@ def refuse_foreign(fs: Sysfs, plan: GroupPlan, entries: list[dict], hold) -> Non
     harness bind`: its process has ended, its lease has not), or one a run that died left."""
     members = {m.bdf for m in plan.members}
     for e in entries:
+        if e.get("kind") == USB:
+            _refuse_usb_below(fs, plan, e)
+            continue
         if e.get("kind") == SRIOV:
             if e["bdf"] in members:
                 _refuse_pf_of_vfs(fs, e, plan.group)
@@ -639,6 +797,24 @@ def refuse_foreign(fs: Sysfs, plan: GroupPlan, entries: list[dict], hold) -> Non
                                              "it, or give that run another device")
             raise HostDeviceError(f"{e['bdf']} (group {plan.group}) was left on vfio-pci by "
                                   f"a run that died (pid {e.get('pid')})", hint=RESTORE_HINT)
+
+
+def _refuse_usb_below(fs: Sysfs, plan: GroupPlan, e: dict) -> None:
+    """A group with a member above a USB device handed to usb-host (a live run's QEMU has it,
+    or a run that died left its interfaces on no driver, for `restore` to bind back)."""
+    here = os.path.realpath(fs.sys(e["path"]))
+    above = [m.bdf for m in sorted(plan.members, key=lambda m: -len(m.path))
+             if here.startswith(os.path.realpath(m.path) + "/")]  # (the nearest first)
+    if not above:
+        return
+    if owner_alive(fs, e):
+        raise HostDeviceError(f"{above[0]} (group {plan.group}) has the USB device {e['bdf']} "
+                              f"below it, handed to usb-host by pid {e.get('pid')} since "
+                              f"{e.get('time')}", hint="another run uses it: wait for it, or "
+                                                       "take another device")
+    raise HostDeviceError(f"{above[0]} (group {plan.group}) has the USB device {e['bdf']} below "
+                          f"it, which a run that died (pid {e.get('pid')}) handed to usb-host "
+                          "and did not give back", hint=RESTORE_HINT)
 
 
 def _refuse_pf_of_vfs(fs: Sysfs, e: dict, group: int) -> None:
@@ -747,6 +923,9 @@ class VfioBinder:
         self._holds: dict[int, _Hold] = {}
         #: The PFs whose sriov_numvfs this binder changed (their journal entries).
         self._sriov: list[dict] = []
+        #: The USB devices this binder handed to usb-host and has not given back (their
+        #: journal entries: :meth:`usb_handed`).
+        self._usb: list[dict] = []
 
     def bind(self, bdf: str, allowed: set[str] | frozenset[str], *,
              moved_by: str | None = None) -> Lease:
@@ -831,6 +1010,51 @@ class VfioBinder:
                                 "take", before=f"{lease.left_to} moves it",
                                 nic_ports=self.nic_ports):
                 yield lease
+
+    @contextlib.contextmanager
+    def usb_handed(self, usb: UsbDevice):
+        """Around QEMU's open of ``usb`` (usb-host), with the journal lock held by the caller
+        (:func:`harness.host.usbhost.handed`): the hand-over is journaled first (the device and
+        each interface's driver), since QEMU detaches those drivers and a QEMU that aborts or
+        is killed binds none back. A hand-over that fails is given back at once; one that
+        succeeds is given back by :meth:`give_back_usb` once its guest let it go (or is gone),
+        by :meth:`close`, or by `restore` after a run that died."""
+        entry = _usb_entry(self.fs, usb, uuid.uuid4().hex[:12])
+        self.journal.write(self.journal.read() + [entry])
+        self._usb.append(entry)
+        try:
+            yield entry
+        except BaseException as e:
+            result = self._give_back_usb(entry)  # (the lock is the caller's: still held)
+            if result.status == "failed" and isinstance(e, Exception):
+                e.add_note(f"(USB {usb.name} is given back to its host drivers once its guest "
+                           f"is closed: {result.detail})")
+            raise
+
+    def give_back_usb(self, name: str) -> list[Restored]:
+        """Bind the interfaces of the USB device ``name`` (``4-1``) that this binder handed to
+        usb-host back to their drivers, once its guest let it go (``device_del``, or the guest
+        is gone: :func:`_restore_usb`). Raises if that cannot be done yet (the entry stays, for
+        a later call, :meth:`close` or `restore`)."""
+        results = []
+        with self.journal.locked():
+            for entry in [e for e in self._usb if e["bdf"] == name]:
+                results.append(self._give_back_usb(entry))
+        failed = [r for r in results if r.status == "failed"]
+        if failed:
+            raise HostDeviceError(f"USB {name}: not given back to its host drivers: "
+                                  + "; ".join(r.detail for r in failed), hint=RESTORE_HINT)
+        return results
+
+    def _give_back_usb(self, entry: dict) -> Restored:
+        """:func:`_restore_usb` of one hand-over, its entry dropped once done (the journal lock
+        held)."""
+        result = _restore_usb(self.fs, entry, self.timeout)
+        log.info("usb-host: give back %s", result)
+        if result.status != "failed":
+            _drop(self.journal, entry)
+            self._usb.remove(entry)
+        return result
 
     def _proven_plan(self, bdf: str, allowed, when: str) -> GroupPlan:
         """The group's plan from the host's evidence read now; raises unless it is safe."""
@@ -992,7 +1216,8 @@ class VfioBinder:
         return results
 
     def close(self) -> list[Restored]:
-        """Give back every group still held (errors of one group do not stop the others)."""
+        """Give back every group still held, and every USB device handed to usb-host (errors of
+        one do not stop the others)."""
         results, errors = [], []
         for group in list(self._holds):
             self._holds[group].count = 1
@@ -1016,6 +1241,11 @@ class VfioBinder:
                         if "set" in entry:  # (its count is back: the VFs this run used too)
                             _drop_own_reliance(self.journal, entry["bdf"])
             self._sriov = kept
+        for name in dict.fromkeys(e["bdf"] for e in self._usb):
+            try:
+                results += self.give_back_usb(name)
+            except HostDeviceError as e:
+                errors.append(e)
         if errors:
             raise HostDeviceError("; ".join(e.message for e in errors), hint=RESTORE_HINT,
                                   details="\n".join(e.details for e in errors))
@@ -1074,6 +1304,7 @@ def disks_claimed(fs: Sysfs, disks: "list[tuple[str, str]]", before: str = "the 
         _opened_since(fs, disks, below, before, held)
         _network_since(fs, below, before, nic_ports)
         _opened_since(fs, disks, below, before, held)
+        _nothing_new_below(fs, disks, below, before)
         yield
     finally:
         for fd in fds:
@@ -1168,6 +1399,27 @@ def _used_since(view: "StorageView | None", disks: "list[tuple[str, str]]",
                                   "claimed, " + "; ".join(dict.fromkeys(uses)),
                                   hint="run again once that use has ended; `python -m harness "
                                        "plan` says what uses it now")
+
+
+def _nothing_new_below(fs: Sysfs, disks: "list[tuple[str, str]]",
+                       below: "list[tuple[str, str]]", before: str) -> None:
+    """Refuses ``below``'s devices (the refusal's start, the sysfs path) once a disk below one
+    is not among the ``disks`` claimed (their /dev names): the disks were listed once, before
+    the claims, and the re-reads take seconds, in which a stick plugged into a USB
+    controller's port (udisks2 mounts it) or a drive pushed into an AHCI hot-swap bay
+    (``mdadm --incremental`` assembles it) arrives below what leaves, neither claimed nor
+    judged. Listed again last, right before the change; a disk that arrives after this is
+    the residual docs/vfio.md states."""
+    claimed = {name for _, name in disks}
+    for refusing, path in below:
+        new = [name for name in disks_below(fs, path) if name not in claimed]
+        if new:
+            raise HostDeviceError(
+                f"{refusing}: right before {before}, "
+                + ", ".join(f"/dev/{name}" for name in new) + " appeared below it since it "
+                "was proven idle (a disk plugged in meanwhile: neither claimed nor judged)",
+                hint="run again once it is unplugged, or once it is idle (unmounted, out of "
+                     "its array); `python -m harness plan` says what uses it now")
 
 
 def _libvirt_gives_back(plan: GroupPlan) -> bool:

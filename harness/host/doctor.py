@@ -304,10 +304,13 @@ def _journal_check(fs: Sysfs, path: Path) -> Check:
         entries = Journal(path).read()
     except HostDeviceError as e:
         return Check(name, False, e.message, e.hint)
-    dead = [e["bdf"] for e in entries if not owner_alive(fs, e)]
-    live = [e["bdf"] for e in entries if e["bdf"] not in dead]
-    if dead:
-        return Check(name, False, f"a killed run left {', '.join(dead)} on vfio-pci",
+    dead = [e["bdf"] for e in entries if not owner_alive(fs, e) and e.get("kind") != "usb"]
+    usb = [e["bdf"] for e in entries if not owner_alive(fs, e) and e.get("kind") == "usb"]
+    live = [e["bdf"] for e in entries if e["bdf"] not in dead + usb]
+    if dead or usb:  # (a USB device handed to usb-host: its interfaces may be on no driver)
+        left = ([f"{', '.join(dead)} on vfio-pci"] if dead else []) + \
+            ([f"the USB device(s) {', '.join(usb)} handed to usb-host"] if usb else [])
+        return Check(name, False, f"a killed run left {' and '.join(left)}",
                      "python -m harness restore", required=False)
     return Check(name, True, f"{len(live)} device(s) held by a live run" if live
                  else "no devices held")

@@ -152,7 +152,8 @@ def _usb_entry(fs: Sysfs, usage: HostUsage, d: InventoryDevice) -> tuple[list[st
     verdict = usage.usb_verdict(usb, bool(d.no_host_filesystems))
     lines = [f"USB {usb.name} [{usb.ids}] {usb.product or ''}".rstrip(),
              f"would write: nothing on the host; QEMU's usb-host opens "
-             f"/dev/bus/usb/{usb.busnum:03d}/{usb.devnum:03d} and detaches its host drivers"]
+             f"/dev/bus/usb/{usb.busnum:03d}/{usb.devnum:03d} and detaches its host drivers "
+             "(journaled first; the harness binds back any QEMU left on none)"]
     lines += _verdict_lines(verdict)
     lines += [f"REFUSED: {u}" for u in verdict.uses]
     return lines, verdict.idle

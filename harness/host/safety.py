@@ -50,7 +50,7 @@ from pathlib import Path
 
 from harness.core.text import shown
 from harness.host.network import NetView
-from harness.host.sriov import physfn_of, vfs_of
+from harness.host.sriov import physfn_of, vf_index, vfs_of
 from harness.host.storage import OpenFiles, StorageView, devname, pci_file_holders
 from harness.host.sysfs import (NVME_CLASS, STORAGE_CLASSES, SYSFS_BDF, PciDevice, Sysfs, UsbDevice,
                                 bdfs_in_path, is_usb_host_controller, parse_bdf)
@@ -161,6 +161,7 @@ class HostUsage:
         self.fs, self.net, self.storage = fs, net, storage
         self.cleared = {parse_bdf(b) for b in cleared_storage}
         self.nic_ports = {parse_bdf(b): n for b, n in (nic_ports or {}).items()}
+        self._reps: dict[str, dict] = {}  # (:meth:`_representors_of`)
 
     @classmethod
     def read(cls, root: "str | Path | Sysfs" = "/",
@@ -235,6 +236,46 @@ class HostUsage:
         if role == "nic" and host_driver and not self.net.problems:
             uses += _ports_shown(self.fs, self.net, dev, netdevs, self.nic_ports.get(dev.bdf))
         self._interfaces(dev.bdf, netdevs, role == "nic" and host_driver, uses, evidence)
+        pf = physfn_of(self.fs, dev.bdf)
+        if pf and self.fs.pci_exists(pf):
+            self._representor(dev, pf, uses, evidence)
+
+    def _representor(self, vf: PciDevice, pf: str, uses: list, evidence: list) -> None:
+        """A VF's port on the card's embedded switch, in switchdev mode (ice, mlx5, nfp: OVS
+        hardware offload): its representor, an interface below the PF, not the VF
+        (``SET_NETDEV_DEV(repr->netdev, ice_pf_to_dev(pf))``), named for the VF by its
+        ``phys_port_name`` (``pf0vf3``, ``c1pf0vf3``). The host wires the VF through it (up,
+        a port of an OVS bridge: the VF's traffic is the bridge's), so it is judged by the
+        port rule as the VF's own interface would be. A PF that shows representors (switchdev
+        mode) but none that can be told for this VF (its index unknown, a name that does not
+        parse, none of its index) leaves the VF unproven. Any PF number matches: a driver's
+        number for its PF is not always the PCI function's."""
+        reps = self._representors_of(pf)
+        if not reps:
+            return  # (legacy mode: the VF's port is no interface of the host's)
+        index = vf_index(self.fs, pf, vf.bdf)
+        names = {nd: _REPRESENTOR.fullmatch(name) for nd, name in reps.items()}
+        mine = [nd for nd, m in names.items() if m and m[1] is not None and index is not None
+                and int(m[1]) == index]
+        why = _representor_untold(index, [f"{nd} ({reps[nd]})" for nd, m in names.items()
+                                          if m is None], bool(mine))
+        if why:
+            uses.append(shown(f"{vf.bdf} is a VF of {pf}, which is in switchdev mode (it shows "
+                              "representors), and which representor is its port on the card's "
+                              f"switch cannot be told: {why}"))
+        found, idle = [], []
+        self._interfaces(f"{vf.bdf}'s representor", mine, False, found, idle)
+        uses += [u if u.startswith("cannot tell") else f"its representor {u}" for u in found]
+        evidence += [f"its representor {e}" for e in idle]
+
+    def _representors_of(self, pf: str) -> dict:
+        """:func:`representors` of ``pf``'s interfaces in every namespace, read once (each of
+        its VFs asks)."""
+        if pf not in self._reps:
+            path = self.fs.pci_device(pf).path
+            self._reps[pf] = representors(self.fs, self.net, self.net.netdevs_of(
+                path, _Subtree(self.fs, path).netdevs))
+        return self._reps[pf]
 
     def _interfaces(self, label: str, netdevs: list, may_have: bool, uses: list,
                     evidence: list) -> None:
@@ -1001,6 +1042,37 @@ def _midi_held_by_the_kernel(fs: Sysfs, label: str, tree: "_Subtree") -> list[st
 _PORT_NAME = re.compile(r"p\d+(?:s\d+)?")
 
 
+#: A switchdev representor's ``phys_port_name`` (devlink's port names): a VF's
+#: (``pf0vf3``, ``c1pf0vf3``: group 1, the VF's index), an SF's (``pf0sf1``), a PF's (``pf1``).
+_REPRESENTOR = re.compile(r"(?:c\d+)?pf\d+(?:vf(\d+)|sf\d+)?")
+
+
+def _representor_untold(index: int | None, unparsed: list[str], found: bool) -> str | None:
+    """Why a VF's representor cannot be told among its PF's (None: it can)."""
+    if index is None:
+        return "its VF index cannot be read (no virtfnN link of the PF names it)"
+    if unparsed:
+        return (f"the representor(s) {', '.join(unparsed)} name no function the harness can "
+                "parse, and one may be its")
+    if not found:
+        return (f"none is named for VF {index} (pf<N>vf{index}): it may sit in a namespace the "
+                "harness cannot read")
+    return None
+
+
+def representors(fs: Sysfs, net: NetView, netdevs: list) -> dict:
+    """The switchdev representors among ``netdevs`` (a PF's), each with its ``phys_port_name``:
+    an interface whose name is set and is not a port's (:data:`_PORT_NAME`). (sysfs shows
+    the harness's own namespace; `ip -d` the rest. An interface whose ``phys_port_name``
+    cannot be read, as most drivers give none, is none.)"""
+    def port_name(nd) -> str:
+        if not nd.namespace:
+            return fs.read(fs.sys("class", "net", nd.name, "phys_port_name")) or ""
+        ns = net.namespaces.get(nd.namespace)
+        return str(((ns.links.get(nd.name) or {}) if ns else {}).get("phys_port_name") or "")
+    return {nd: n for nd in netdevs if (n := port_name(nd).strip()) and not _PORT_NAME.fullmatch(n)}
+
+
 def _ports_shown(fs: Sysfs, net: NetView, dev: PciDevice, netdevs: list,
                  stated: int | None) -> list[str]:
     """:func:`_ports_unseen` of its interfaces that may be ports. In switchdev mode (ice,
@@ -1010,12 +1082,7 @@ def _ports_shown(fs: Sysfs, net: NetView, dev: PciDevice, netdevs: list,
     an NFS mount in a namespace only the kernel holds. A function that shows representors
     and no port is unproven. (An interface whose ``phys_port_name`` cannot be read, as most
     drivers give none, may be a port.)"""
-    def port_name(nd) -> str:  # (sysfs shows the harness's own namespace; `ip -d` the rest)
-        if not nd.namespace:
-            return fs.read(fs.sys("class", "net", nd.name, "phys_port_name")) or ""
-        ns = net.namespaces.get(nd.namespace)
-        return str(((ns.links.get(nd.name) or {}) if ns else {}).get("phys_port_name") or "")
-    reps = [nd for nd in netdevs if (n := port_name(nd).strip()) and not _PORT_NAME.fullmatch(n)]
+    reps = list(representors(fs, net, netdevs))
     if reps and len(reps) == len(netdevs):
         return [f"{dev.bdf} is on {dev.driver} and shows only switchdev representors ("
                 + shown(", ".join(str(nd) for nd in reps)) + ": each stands for a VF, SF or "

@@ -74,6 +74,18 @@ def physfn_of(root: "str | Sysfs", bdf: str) -> str | None:
     return fs.link_name(fs.pci_dir(parse_bdf(bdf)) / "physfn")
 
 
+def vf_index(root: "str | Sysfs", pf: str, vf: str) -> int | None:
+    """``vf``'s index among ``pf``'s VFs (the N of the PF's ``virtfnN`` link to it), as
+    devlink numbers its port (``pf0vf<N>``); None when no link of the PF names it."""
+    fs = Sysfs.of(root)
+    vf = parse_bdf(vf)
+    for link in fs.pci_dir(parse_bdf(pf)).glob("virtfn*"):
+        m = _VIRTFN.fullmatch(link.name)
+        if m and fs.link_name(link) == vf:
+            return int(m[1])
+    return None
+
+
 def _int(text: str) -> int:
     try:
         return int(text.strip())

@@ -13,6 +13,13 @@ with the device's disks claimed (as vfio's move claims them), so that nothing mo
 Right after a guest gives the device back, the host's drivers take it again and udev probes
 it (blkid opens a stick's disk for a moment): evidence of use is read again for a short while
 before the plug is refused.
+
+QEMU detaches the host drivers of the device's interfaces when it opens it and binds them back
+only when it closes it cleanly: one that aborts or is killed leaves them on no driver (the
+stick's disk, a USB NIC's interface, a serial adapter's tty gone until someone replugs it). So
+each hand-over is journaled before QEMU opens the device (:meth:`VfioBinder.usb_handed`), and
+given back when its plug ends (:meth:`VfioBinder.give_back_usb`, from the plug's clean-up once
+the guest let it go or is gone), by the binder's close, or by `restore` after a run that died.
 """
 
 from __future__ import annotations
@@ -96,8 +103,11 @@ def handed(binder: VfioBinder, entry, form: str) -> Iterator[UsbDevice]:
         # storage seconds before its network read, and a mount in between (udisks' automount,
         # a backup job) would lose its disk under it. Its network interfaces are read again
         # after those re-reads, last (a USB NIC that NetworkManager brings up meanwhile).
+        # Journaled before QEMU opens it: QEMU detaches its interfaces' drivers, and only a
+        # clean close binds them back (a QEMU that aborts or is killed leaves them on none).
         refusing = f"refusing usb-host for {entry.name} (USB {usb.name} [{usb.ids}])"
-        with disks_claimed(binder.fs, [(refusing, name) for name in
-                                       disks_below(binder.fs, usb.path)], "QEMU opens it",
-                           [(refusing, usb.path)]):  # (its nodes too: a tty, a hidraw)
+        with binder.usb_handed(usb), \
+                disks_claimed(binder.fs, [(refusing, name) for name in
+                                          disks_below(binder.fs, usb.path)], "QEMU opens it",
+                              [(refusing, usb.path)]):  # (its nodes too: a tty, a hidraw)
             yield usb

@@ -103,7 +103,8 @@ class Vfio(Backend):
         self._require_root()
         if not self.worker:
             for r in binding.restore_from_journal("/"):
-                print(f"hotplug-harness: {r.bdf} left on vfio-pci by a killed run: {r.status} "
+                print(f"hotplug-harness: {r.bdf} left by a killed run (on vfio-pci, or a USB "
+                      f"device handed to usb-host): {r.status} "
                       f"({r.detail})")
         if not inventory:
             raise ConfigError("--backend vfio needs --host-inventory TOML naming the host devices to "

@@ -476,7 +476,12 @@ class UsbHost(HotplugDevice):
                                        hostaddr=usb.devnum)
         return Plugged(device_id, self, seconds, facts=Facts(
             product=e.product or "", monitor_product=e.product or "",
-            disk_bytes=getattr(e, "disk_bytes", None) or None))
+            disk_bytes=getattr(e, "disk_bytes", None) or None), own={"usb": usb.name})
+
+    def cleanup(self, guest, plugged: Plugged) -> None:
+        # Its interfaces back on their host drivers: QEMU binds them back when it closes the
+        # device cleanly (device_del); one that aborted or was killed left them on none.
+        self.binder.give_back_usb(plugged.own["usb"])
 
 
 EMULATED = {

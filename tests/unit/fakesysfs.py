@@ -13,8 +13,9 @@ Layout, as on a real host::
 Files in a temp dir do not react to writes; ``FakeHost.kernel`` is the ``on_write`` hook of the
 :class:`Sysfs` it hands out, and updates the links like Linux: ``driver_override``, ``unbind``,
 ``bind``, ``drivers_probe``, ``new_id``, ``remove_id``, and a PF's ``sriov_numvfs`` (which makes
-or removes its VFs: :meth:`FakeHost.sriov_capable`). ``fail`` makes a write fail with an errno;
-``kill_at`` raises :class:`Killed` (a run killed by SIGKILL: no cleanup runs).
+or removes its VFs: :meth:`FakeHost.sriov_capable`); and a USB driver's ``bind``. ``fail``
+makes a write fail with an errno; ``kill_at`` raises :class:`Killed` (a run killed by SIGKILL:
+no cleanup runs).
 """
 
 from __future__ import annotations
@@ -450,6 +451,18 @@ class FakeHost:
             path.write_text((v or "(null)") + "\n")
         elif parts[:3] == ("bus", "pci", "devices") and parts[-1] == "sriov_numvfs":
             self._set_numvfs(path, parts[3], v)
+        elif parts[:3] == ("bus", "usb", "drivers") and len(parts) == 5 and parts[4] == "bind":
+            self._usb_bind(v, parts[3])
+
+    def _usb_bind(self, iface: str, driver: str) -> None:
+        """A USB interface bound to ``driver`` by name (``drivers_probe`` binds nothing here:
+        the fake has no USB id tables)."""
+        where = Path(os.path.realpath(self.sys / "bus/usb/devices" / iface))
+        if not where.exists():
+            raise OSError(errno.ENODEV, "No such device")
+        if (where / "driver").is_symlink():
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        self._link(where / "driver", self.sys / "bus/usb/drivers" / driver)
 
 
 def link(index: int, name: str, bdf: str | None = None, *, up: bool = False, **more) -> dict:

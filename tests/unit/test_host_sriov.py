@@ -3,6 +3,7 @@ half-way and `restore`, the refusals (no SR-IOV, too many VFs, VFs already there
 own NIC, a VF grouped with its PF), and the inventory's VF entries."""
 
 import json
+import re
 import os
 
 import pytest
@@ -396,3 +397,53 @@ def test_plan_says_what_a_vf_entry_would_write_and_why_the_pf_may_make_them(host
     lines, ok = plan_inventory(host.sysfs(), inv)
     assert ok and f"  would use its existing VF 1 ({VF1}), journaled as this run's: " \
                   "sriov_numvfs stays while any live run holds a VF of it" in lines
+
+
+# -- a VF's switchdev representor (read 34a, finding 2) -----------------------------------------
+
+
+@pytest.mark.parametrize("port_name, why", [
+    ("pf0vf1", r"none is named for VF 0 \(pf<N>vf0\)"),
+    ("pf0xvf0", r"enp13s0f0npf0vf0 \(pf0xvf0\) name no function the harness can parse"),
+])
+def test_a_vf_whose_representor_cannot_be_told_is_unproven(lab, port_name, why):
+    """A PF in switchdev mode (it shows representors) whose representor of this VF cannot be
+    told (only another VF's, or a name that does not parse: a driver's own form) leaves the
+    VF unproven: its port on the card's switch may be up in a host bridge."""
+    from .test_host_idle_review34a import E810_VF0, _e810_switchdev_vf
+    _e810_switchdev_vf(lab, rep_in_bridge=False)
+    (lab.sys / "class/net/enp13s0f0npf0vf0/phys_port_name").write_text(port_name + "\n")
+    verdict = HostUsage.read(lab.sysfs()).verdict(E810_VF0)
+    assert not verdict.idle
+    assert any("which representor is its port on the card's switch cannot be told" in u
+               for u in verdict.uses), verdict.uses
+    assert any(re.search(why, u) for u in verdict.uses), verdict.uses
+
+
+def test_a_vf_in_legacy_mode_has_no_representor_to_judge(lab):
+    """Legacy mode (no representors below the PF: its uplink's phys_port_name is p0, or
+    none): the VF is judged as before."""
+    from .test_host_idle_review34a import E810_VF0, _e810_switchdev_vf
+    _e810_switchdev_vf(lab, rep_in_bridge=False)
+    (lab.sys / "class/net/enp13s0f0npf0vf0/phys_port_name").write_text("p1\n")
+    verdict = HostUsage.read(lab.sysfs()).verdict(E810_VF0)
+    assert verdict.idle and not any("representor" in e for e in verdict.evidence), verdict
+
+
+def test_a_vf_whose_representor_is_up_in_another_namespace_is_not_idle(lab):
+    """The representor moved into a named namespace (``ip link set enp13s0f0npf0vf0 netns
+    ovs``) and up there: `ip -d link` there names it (its ``parentdev``, its
+    ``phys_port_name``), and it is judged as in the host's."""
+    import shutil
+    from .test_host_idle_review34a import E810, E810_VF0, _e810_switchdev_vf
+    _e810_switchdev_vf(lab, rep_in_bridge=False)
+    rep = "enp13s0f0npf0vf0"
+    shutil.rmtree(os.path.realpath(lab.sys / "class/net" / rep))
+    (lab.sys / "class/net" / rep).unlink()
+    links = [li for li in json.loads((lab.root / "ip/link.json").read_text())
+             if li["ifname"] != rep]
+    (lab.root / "ip/link.json").write_text(json.dumps(links))
+    lab.network("ovs", links=[fakesysfs.link(7, rep, E810, up=True, phys_port_name="pf0vf0")])
+    verdict = HostUsage.read(lab.sysfs()).verdict(E810_VF0)
+    assert any(u.startswith(f"its representor {rep} (netns ovs) is up") for u in verdict.uses), \
+        verdict
