@@ -126,10 +126,10 @@ def test_3_make_nightlys_check_refuses_p_in_hh_pytest_args():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def _collect(*args: str) -> subprocess.CompletedProcess:
+def _collect(*args: str, cwd: Path = CHECKOUT) -> subprocess.CompletedProcess:
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
     return subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider",
-                           *args], cwd=CHECKOUT, env=env, capture_output=True, text=True,
+                           *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=120)
 
 
@@ -149,10 +149,12 @@ def test_3_a_test_path_below_a_sticky_folder_pytest_looks_in_is_refused(shared_t
 
 @as_root
 def test_3_control_a_test_path_in_roots_own_folder_is_collected(shared_tmp):
-    """Alone, its folder is pytest's rootdir and confcutdir: nothing above it is imported."""
+    """Alone, and run from its folder, its folder is pytest's rootdir and confcutdir: nothing
+    above it is imported. (Run from a checkout under /tmp, the rootdir would be /tmp, the two
+    folders' common ancestor, and the sticky folder between would be refused, rightly.)"""
     mine = shared_tmp / "roots"
     mine.mkdir(mode=0o755)
     (mine / "test_r.py").write_text("def test_r():\n    pass\n")
-    r = _collect(str(mine / "test_r.py"))
+    r = _collect(str(mine / "test_r.py"), cwd=mine)
     assert r.returncode == 0 and "test_r.py::test_r" in r.stdout, r.stdout + r.stderr
     assert os.stat(mine).st_uid == 0
