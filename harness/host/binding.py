@@ -509,12 +509,10 @@ def _usb_entry(fs: Sysfs, usb: UsbDevice, lease: str) -> dict:
     (its bus and address, which a replug changes, its ids and its sysfs folder) and each of
     its interfaces with its driver now, which QEMU detaches."""
     here = Path(os.path.realpath(usb.path))
-    pid = os.getpid()
     return {"kind": USB, "bdf": usb.name, "busnum": usb.busnum, "devnum": usb.devnum,
             "ids": usb.ids, "path": str(here.relative_to(os.path.realpath(fs.sys()))),
             "interfaces": {i.name: fs.link_name(i / "driver") for i in _usb_interfaces(here)},
-            "lease": lease, "pid": pid, "pid_start": _process_start(fs, pid),
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "lease": lease, **_stamp(fs, False)}
 
 
 def _usb_interfaces(here: Path) -> list[Path]:
@@ -901,6 +899,80 @@ class Lease:
         return f"<Lease {self.bdf} group {self.group} moved={self.moved}>"
 
 
+def _stamp(fs: Sysfs, manual: bool) -> dict:
+    """Who wrote a journal entry, and when: this process, with its start time (a pid reused by
+    another process is told apart), and whether it is a bind by hand (``harness bind``)."""
+    pid = os.getpid()
+    return {"pid": pid, "pid_start": _process_start(fs, pid),
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **({"manual": True} if manual else {})}
+
+
+def _refuse_stale_count(pf: str, entries: list[dict]) -> None:
+    """Refuses to change ``pf``'s VF count while the journal holds another run's change of it
+    that was never put back (its ``restore`` comes first)."""
+    stale = [e for e in entries if e.get("kind") == SRIOV and e["bdf"] == pf]
+    if stale:
+        raise HostDeviceError(f"{pf}'s sriov_numvfs was changed by pid "
+                              f"{stale[0].get('pid')}, which did not put it back",
+                              hint=RESTORE_HINT)
+
+
+class UsbHandovers:
+    """A binder's usb-host hand-overs (``binder.usb``): each journaled before QEMU opens the
+    device, and given back to its host drivers once its guest let it go."""
+
+    def __init__(self, binder: "VfioBinder"):
+        self.binder = binder
+        #: journal entries of the hand-overs this binder made and has not given back yet
+        self.entries: list[dict] = []
+
+    @contextlib.contextmanager
+    def handed(self, usb: UsbDevice):
+        """Around QEMU's open of ``usb`` (usb-host), with the journal lock held by the caller
+        (:func:`harness.host.usbhost.handed`): the hand-over is journaled first (the device and
+        each interface's driver), since QEMU detaches those drivers and a QEMU that aborts or
+        is killed binds none back. A hand-over that fails is given back at once; one that
+        succeeds is given back by :meth:`give_back` once its guest let it go (or is gone),
+        by :meth:`VfioBinder.close`, or by `restore` after a run that died."""
+        entry = _usb_entry(self.binder.fs, usb, uuid.uuid4().hex[:12])
+        self.binder.journal.write(self.binder.journal.read() + [entry])
+        self.entries.append(entry)
+        try:
+            yield entry
+        except BaseException as e:
+            result = self._give_back(entry)  # (the lock is the caller's: still held)
+            if result.status == "failed" and isinstance(e, Exception):
+                e.add_note(f"(USB {usb.name} is given back to its host drivers once its guest "
+                           f"is closed: {result.detail})")
+            raise
+
+    def give_back(self, name: str) -> list[Restored]:
+        """Bind the interfaces of the USB device ``name`` (``4-1``) that this binder handed to
+        usb-host back to their drivers, once its guest let it go (``device_del``, or the guest
+        is gone: :func:`_restore_usb`). Raises if that cannot be done yet (the entry stays, for
+        a later call, :meth:`VfioBinder.close` or `restore`)."""
+        results = []
+        with self.binder.journal.locked():
+            for entry in [e for e in self.entries if e["bdf"] == name]:
+                results.append(self._give_back(entry))
+        failed = [r for r in results if r.status == "failed"]
+        if failed:
+            raise HostDeviceError(f"USB {name}: not given back to its host drivers: "
+                                  + "; ".join(r.detail for r in failed), hint=RESTORE_HINT)
+        return results
+
+    def _give_back(self, entry: dict) -> Restored:
+        """:func:`_restore_usb` of one hand-over, its entry dropped once done (the journal lock
+        held)."""
+        result = _restore_usb(self.binder.fs, entry, self.binder.timeout)
+        log.info("usb-host: give back %s", result)
+        if result.status != "failed":
+            _drop(self.binder.journal, entry)
+            self.entries.remove(entry)
+        return result
+
+
 class VfioBinder:
     """Binds inventory devices to vfio-pci for one run; use one per process (another binder's
     entries look like another run's). ``close()`` gives back everything still held. ``root``
@@ -923,9 +995,8 @@ class VfioBinder:
         self._holds: dict[int, _Hold] = {}
         #: The PFs whose sriov_numvfs this binder changed (their journal entries).
         self._sriov: list[dict] = []
-        #: The USB devices this binder handed to usb-host and has not given back (their
-        #: journal entries: :meth:`usb_handed`).
-        self._usb: list[dict] = []
+        #: The USB devices this binder handed to usb-host and has not given back.
+        self.usb = UsbHandovers(self)
 
     def bind(self, bdf: str, allowed: set[str] | frozenset[str], *,
              moved_by: str | None = None) -> Lease:
@@ -1011,51 +1082,6 @@ class VfioBinder:
                                 nic_ports=self.nic_ports):
                 yield lease
 
-    @contextlib.contextmanager
-    def usb_handed(self, usb: UsbDevice):
-        """Around QEMU's open of ``usb`` (usb-host), with the journal lock held by the caller
-        (:func:`harness.host.usbhost.handed`): the hand-over is journaled first (the device and
-        each interface's driver), since QEMU detaches those drivers and a QEMU that aborts or
-        is killed binds none back. A hand-over that fails is given back at once; one that
-        succeeds is given back by :meth:`give_back_usb` once its guest let it go (or is gone),
-        by :meth:`close`, or by `restore` after a run that died."""
-        entry = _usb_entry(self.fs, usb, uuid.uuid4().hex[:12])
-        self.journal.write(self.journal.read() + [entry])
-        self._usb.append(entry)
-        try:
-            yield entry
-        except BaseException as e:
-            result = self._give_back_usb(entry)  # (the lock is the caller's: still held)
-            if result.status == "failed" and isinstance(e, Exception):
-                e.add_note(f"(USB {usb.name} is given back to its host drivers once its guest "
-                           f"is closed: {result.detail})")
-            raise
-
-    def give_back_usb(self, name: str) -> list[Restored]:
-        """Bind the interfaces of the USB device ``name`` (``4-1``) that this binder handed to
-        usb-host back to their drivers, once its guest let it go (``device_del``, or the guest
-        is gone: :func:`_restore_usb`). Raises if that cannot be done yet (the entry stays, for
-        a later call, :meth:`close` or `restore`)."""
-        results = []
-        with self.journal.locked():
-            for entry in [e for e in self._usb if e["bdf"] == name]:
-                results.append(self._give_back_usb(entry))
-        failed = [r for r in results if r.status == "failed"]
-        if failed:
-            raise HostDeviceError(f"USB {name}: not given back to its host drivers: "
-                                  + "; ".join(r.detail for r in failed), hint=RESTORE_HINT)
-        return results
-
-    def _give_back_usb(self, entry: dict) -> Restored:
-        """:func:`_restore_usb` of one hand-over, its entry dropped once done (the journal lock
-        held)."""
-        result = _restore_usb(self.fs, entry, self.timeout)
-        log.info("usb-host: give back %s", result)
-        if result.status != "failed":
-            _drop(self.journal, entry)
-            self._usb.remove(entry)
-        return result
-
     def _proven_plan(self, bdf: str, allowed, when: str) -> GroupPlan:
         """The group's plan from the host's evidence read now; raises unless it is safe."""
         plan = plan_group(self.fs, bdf,
@@ -1064,7 +1090,8 @@ class VfioBinder:
         if plan.group is None:
             raise HostDeviceError(f"{plan.target.bdf}: no iommu_group found",
                                   hint="enable VT-d in the firmware and boot with intel_iommu=on")
-        if plan.problems:
+        if plan.problems:  # (another lease's refusal first: it says whose, and what to do)
+            refuse_foreign(self.fs, plan, self.journal.read(), self._holds.get(plan.group))
             raise HostDeviceError(f"refusing to take {plan.target.bdf}: {when}"
                                   + "; ".join(plan.problems),
                                   hint="take it out of the inventory; `python -m harness "
@@ -1095,7 +1122,7 @@ class VfioBinder:
             entries = self.journal.read()
             reuse = now.numvfs >= count
             if not reuse:
-                self._refuse_stale_count(pf, entries)
+                _refuse_stale_count(pf, entries)
             probe = None if reuse else sriov.autoprobe(self.fs, pf)
             entry = self._sriov_entry(pf, now.numvfs, probe, None if reuse else count)
             self.journal.write(entries + [entry])
@@ -1105,26 +1132,15 @@ class VfioBinder:
                  "there already" if reuse else "made", vfs)
         return vfs
 
-    def _refuse_stale_count(self, pf: str, entries: list[dict]) -> None:
-        stale = [e for e in entries if e.get("kind") == SRIOV and e["bdf"] == pf]
-        if stale:
-            raise HostDeviceError(f"{pf}'s sriov_numvfs was changed by pid "
-                                  f"{stale[0].get('pid')}, which did not put it back",
-                                  hint=RESTORE_HINT)
-
     def _sriov_entry(self, pf: str, numvfs: int, probe: int | None, made: int | None,
                      lease: str | None = None) -> dict:
         """``numvfs``: the count before; ``made``: the count this run sets (None: it sets
         none), the only one its end may write over. ``lease``: a VF's group's, whose
         `release` by hand lets go of this too."""
-        pid = os.getpid()
         return {"kind": SRIOV, "bdf": pf, "numvfs": numvfs,
                 **({"set": made} if made is not None else {}),
                 **({"autoprobe": probe} if probe is not None else {}),
-                "lease": lease or uuid.uuid4().hex[:12], "pid": pid,
-                "pid_start": _process_start(self.fs, pid),
-                "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                **({"manual": True} if self.manual else {})}
+                "lease": lease or uuid.uuid4().hex[:12], **_stamp(self.fs, self.manual)}
 
     def _make_vfs(self, pf: str, count: int, probe: int | None, entry: dict) -> list[str]:
         try:
@@ -1159,15 +1175,12 @@ class VfioBinder:
 
     def _entry(self, dev: PciDevice, group: int, lease_id: str,
                moved_by: str | None = None) -> dict:
-        pid = os.getpid()
         return {"bdf": dev.bdf, "group": group, "driver": dev.driver,
                 **({"moved_by": moved_by} if moved_by else {}),
                 "driver_override": dev.driver_override,
                 "method": "driver_override" if dev.has_driver_override else "new_id",
-                "ids": f"{dev.vendor} {dev.device}", "lease": lease_id, "pid": pid,
-                "pid_start": _process_start(self.fs, pid),
-                "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                **({"manual": True} if self.manual else {})}
+                "ids": f"{dev.vendor} {dev.device}", "lease": lease_id,
+                **_stamp(self.fs, self.manual)}
 
     def _move_all(self, plan: GroupPlan, new: list[dict], keep: str | None = None) -> None:
         try:
@@ -1241,9 +1254,9 @@ class VfioBinder:
                         if "set" in entry:  # (its count is back: the VFs this run used too)
                             _drop_own_reliance(self.journal, entry["bdf"])
             self._sriov = kept
-        for name in dict.fromkeys(e["bdf"] for e in self._usb):
+        for name in dict.fromkeys(e["bdf"] for e in self.usb.entries):
             try:
-                results += self.give_back_usb(name)
+                results += self.usb.give_back(name)
             except HostDeviceError as e:
                 errors.append(e)
         if errors:

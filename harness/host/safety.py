@@ -238,44 +238,7 @@ class HostUsage:
         self._interfaces(dev.bdf, netdevs, role == "nic" and host_driver, uses, evidence)
         pf = physfn_of(self.fs, dev.bdf)
         if pf and self.fs.pci_exists(pf):
-            self._representor(dev, pf, uses, evidence)
-
-    def _representor(self, vf: PciDevice, pf: str, uses: list, evidence: list) -> None:
-        """A VF's port on the card's embedded switch, in switchdev mode (ice, mlx5, nfp: OVS
-        hardware offload): its representor, an interface below the PF, not the VF
-        (``SET_NETDEV_DEV(repr->netdev, ice_pf_to_dev(pf))``), named for the VF by its
-        ``phys_port_name`` (``pf0vf3``, ``c1pf0vf3``). The host wires the VF through it (up,
-        a port of an OVS bridge: the VF's traffic is the bridge's), so it is judged by the
-        port rule as the VF's own interface would be. A PF that shows representors (switchdev
-        mode) but none that can be told for this VF (its index unknown, a name that does not
-        parse, none of its index) leaves the VF unproven. Any PF number matches: a driver's
-        number for its PF is not always the PCI function's."""
-        reps = self._representors_of(pf)
-        if not reps:
-            return  # (legacy mode: the VF's port is no interface of the host's)
-        index = vf_index(self.fs, pf, vf.bdf)
-        names = {nd: _REPRESENTOR.fullmatch(name) for nd, name in reps.items()}
-        mine = [nd for nd, m in names.items() if m and m[1] is not None and index is not None
-                and int(m[1]) == index]
-        why = _representor_untold(index, [f"{nd} ({reps[nd]})" for nd, m in names.items()
-                                          if m is None], bool(mine))
-        if why:
-            uses.append(shown(f"{vf.bdf} is a VF of {pf}, which is in switchdev mode (it shows "
-                              "representors), and which representor is its port on the card's "
-                              f"switch cannot be told: {why}"))
-        found, idle = [], []
-        self._interfaces(f"{vf.bdf}'s representor", mine, False, found, idle)
-        uses += [u if u.startswith("cannot tell") else f"its representor {u}" for u in found]
-        evidence += [f"its representor {e}" for e in idle]
-
-    def _representors_of(self, pf: str) -> dict:
-        """:func:`representors` of ``pf``'s interfaces in every namespace, read once (each of
-        its VFs asks)."""
-        if pf not in self._reps:
-            path = self.fs.pci_device(pf).path
-            self._reps[pf] = representors(self.fs, self.net, self.net.netdevs_of(
-                path, _Subtree(self.fs, path).netdevs))
-        return self._reps[pf]
+            _representor(self, dev, pf, uses, evidence)
 
     def _interfaces(self, label: str, netdevs: list, may_have: bool, uses: list,
                     evidence: list) -> None:
@@ -483,6 +446,44 @@ class HostUsage:
             out.append(f"{dev.bdf} backs the framebuffer {fb.name}, which the console "
                        "(fbcon) draws on")
         return out
+
+
+def _representor(usage: "HostUsage", vf: PciDevice, pf: str, uses: list, evidence: list) -> None:
+    """A VF's port on the card's embedded switch, in switchdev mode (ice, mlx5, nfp: OVS
+    hardware offload): its representor, an interface below the PF, not the VF
+    (``SET_NETDEV_DEV(repr->netdev, ice_pf_to_dev(pf))``), named for the VF by its
+    ``phys_port_name`` (``pf0vf3``, ``c1pf0vf3``). The host wires the VF through it (up,
+    a port of an OVS bridge: the VF's traffic is the bridge's), so it is judged by the
+    port rule as the VF's own interface would be. A PF that shows representors (switchdev
+    mode) but none that can be told for this VF (its index unknown, a name that does not
+    parse, none of its index) leaves the VF unproven. Any PF number matches: a driver's
+    number for its PF is not always the PCI function's."""
+    reps = _representors_of(usage, pf)
+    if not reps:
+        return  # (legacy mode: the VF's port is no interface of the host's)
+    index = vf_index(usage.fs, pf, vf.bdf)
+    names = {nd: _REPRESENTOR.fullmatch(name) for nd, name in reps.items()}
+    mine = [nd for nd, m in names.items() if m and m[1] is not None and index is not None
+            and int(m[1]) == index]
+    why = _representor_untold(index, [f"{nd} ({reps[nd]})" for nd, m in names.items()
+                                      if m is None], bool(mine))
+    if why:
+        uses.append(shown(f"{vf.bdf} is a VF of {pf}, which is in switchdev mode (it shows "
+                          "representors), and which representor is its port on the card's "
+                          f"switch cannot be told: {why}"))
+    found, idle = [], []
+    usage._interfaces(f"{vf.bdf}'s representor", mine, False, found, idle)
+    uses += [u if u.startswith("cannot tell") else f"its representor {u}" for u in found]
+    evidence += [f"its representor {e}" for e in idle]
+
+def _representors_of(usage: "HostUsage", pf: str) -> dict:
+    """:func:`representors` of ``pf``'s interfaces in every namespace, read once (each of
+    its VFs asks)."""
+    if pf not in usage._reps:
+        path = usage.fs.pci_device(pf).path
+        usage._reps[pf] = representors(usage.fs, usage.net, usage.net.netdevs_of(
+            path, _Subtree(usage.fs, path).netdevs))
+    return usage._reps[pf]
 
 
 def _ranges(fs: Sysfs, dev: PciDevice) -> list[tuple[int, int, int]]:
@@ -1310,8 +1311,7 @@ def vfs_removed(fs: Sysfs, to_move: list[PciDevice]) -> list[str]:
         elif made:
             out.append(f"unbinding {m.driver or 'its driver'} from {m.bdf} would remove its "
                        f"{made} VFs "
-                       f"(sriov_numvfs = {count}), which the host set up, and nothing would "
-                       f"make them again; set sriov_numvfs to 0 first if they are not needed "
+                       f"(sriov_numvfs = {count}), and nothing would make them again; set sriov_numvfs to 0 first if they are not needed "
                        f"(echo 0 > {d / 'sriov_numvfs'}), or list a VF instead")
     return out
 

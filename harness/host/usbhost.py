@@ -17,8 +17,8 @@ before the plug is refused.
 QEMU detaches the host drivers of the device's interfaces when it opens it and binds them back
 only when it closes it cleanly: one that aborts or is killed leaves them on no driver (the
 stick's disk, a USB NIC's interface, a serial adapter's tty gone until someone replugs it). So
-each hand-over is journaled before QEMU opens the device (:meth:`VfioBinder.usb_handed`), and
-given back when its plug ends (:meth:`VfioBinder.give_back_usb`, from the plug's clean-up once
+each hand-over is journaled before QEMU opens the device (:meth:`UsbHandovers.handed`), and
+given back when its plug ends (:meth:`UsbHandovers.give_back`, from the plug's clean-up once
 the guest let it go or is gone), by the binder's close, or by `restore` after a run that died.
 """
 
@@ -106,7 +106,7 @@ def handed(binder: VfioBinder, entry, form: str) -> Iterator[UsbDevice]:
         # Journaled before QEMU opens it: QEMU detaches its interfaces' drivers, and only a
         # clean close binds them back (a QEMU that aborts or is killed leaves them on none).
         refusing = f"refusing usb-host for {entry.name} (USB {usb.name} [{usb.ids}])"
-        with binder.usb_handed(usb), \
+        with binder.usb.handed(usb), \
                 disks_claimed(binder.fs, [(refusing, name) for name in
                                           disks_below(binder.fs, usb.path)], "QEMU opens it",
                               [(refusing, usb.path)]):  # (its nodes too: a tty, a hidraw)

@@ -481,7 +481,7 @@ class UsbHost(HotplugDevice):
     def cleanup(self, guest, plugged: Plugged) -> None:
         # Its interfaces back on their host drivers: QEMU binds them back when it closes the
         # device cleanly (device_del); one that aborted or was killed left them on none.
-        self.binder.give_back_usb(plugged.own["usb"])
+        self.binder.usb.give_back(plugged.own["usb"])
 
 
 EMULATED = {

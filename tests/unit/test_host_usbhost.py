@@ -153,7 +153,7 @@ def test_a_clean_close_needs_no_write_and_drops_the_entry(stick):
     b = binder(stick)
     with usbhost.handed(b, STICK, "busaddr") as usb:
         pass
-    [r] = b.give_back_usb(usb.name)
+    [r] = b.usb.give_back(usb.name)
     assert r.status == "restored" and stick.writes == [] and _journal_entries(stick) == []
 
 
@@ -163,7 +163,7 @@ def test_an_interface_left_on_no_driver_is_bound_back_at_the_plugs_end(stick):
     with usbhost.handed(b, STICK, "busaddr") as usb:
         _qemu_takes(stick)
     (stick.sys / "bus/usb/devices/4-1:1.0/driver").unlink()  # QEMU killed: usbfs lets go
-    [r] = b.give_back_usb(usb.name)
+    [r] = b.usb.give_back(usb.name)
     assert r.status == "restored" and "4-1:1.0 on usb-storage" in r.detail
     assert stick.writes == [("sys/bus/usb/drivers/usb-storage/bind", "4-1:1.0")]
     assert os.path.basename(os.readlink(stick.sys / "bus/usb/devices/4-1:1.0/driver")) == \
@@ -184,7 +184,7 @@ def test_nothing_is_bound_while_a_process_holds_the_device(stick):
     (stick.root / "proc/4321/fd").mkdir(parents=True)
     os.symlink("/dev/bus/usb/004/002", stick.root / "proc/4321/fd/20")
     with pytest.raises(HostDeviceError, match=r"/dev/bus/usb/004/002 is open by pid 4321"):
-        b.give_back_usb(usb.name)
+        b.usb.give_back(usb.name)
     assert stick.writes == [] and len(_journal_entries(stick)) == 1
     os.unlink(stick.root / "proc/4321/fd/20")
     b.close()
@@ -201,7 +201,7 @@ def test_another_device_at_the_port_is_never_bound(stick):
         _qemu_takes(stick)
     (stick.sys / "bus/usb/devices/4-1:1.0/driver").unlink()
     (stick.sys / "bus/usb/devices/4-1/devnum").write_text("5\n")  # replugged: address 5
-    [r] = b.give_back_usb(usb.name)
+    [r] = b.usb.give_back(usb.name)
     assert r.status == "gone" and "bus 4 address 5" in r.detail
     assert stick.writes == [] and _journal_entries(stick) == []
 
@@ -279,5 +279,5 @@ def test_an_interface_the_kernel_bound_meanwhile_is_no_failure(stick):
         if rel.endswith("usb-storage/bind"):
             stick._usb_bind(value, "usb-storage")
     stick.on_any_write = late
-    [r] = b.give_back_usb(usb.name)
+    [r] = b.usb.give_back(usb.name)
     assert r.status == "restored" and _journal_entries(stick) == []
