@@ -1,0 +1,120 @@
+"""Issue 31, read 35a (storage, USB, IOMMU groups, SR-IOV, the bind's mechanics, the libvirt
+hand-over). What it found, one section below each:
+
+1. libvirt is left to move a device (``<hostdev managed='yes'>``) whenever it is on a host
+   driver, alone in its group (:func:`harness.host.binding._libvirt_gives_back`), on the
+   ground that libvirt's give-back (``driver_override`` cleared, unbind, ``drivers_probe``:
+   virPCIDeviceUnbindFromStub) "puts the target back as it was only when a host driver had
+   it". That holds only when the host driver is the one a probe picks by the ids. A device
+   whose driver was chosen by its ``driver_override`` (``driverctl set-override``, DPDK's
+   ``dpdk-devbind.py`` and SPDK's ``scripts/setup.sh``, which write ``driver_override``:
+   a DPDK port or an SPDK drive on ``uio_pci_generic``/``igb_uio``, idle between two jobs)
+   comes back on the driver its ids match (``nvme``, ``ixgbe``), with its override gone:
+   the release then finds it on a driver that is neither vfio-pci nor its own, fails, and
+   leaves it there, and `restore` does the same every session after: the SPDK drive's
+   namespaces are the host's block devices (udev, LVM and mdadm scan them), the DPDK port
+   an interface NetworkManager configures. The harness's own move puts the override back
+   (:func:`harness.host.binding._restore_entry`); it should move such a device itself.
+
+Each section's test asserts the safe behaviour and fails on 26c8ba4; the controls show that
+the idle shape is still taken, and what the existing checks already catch. A fake sysfs/proc
+tree plays the host (:mod:`.fakesysfs`'s lab host) and libvirt's own sysfs writes; no guest is
+booted.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.core.errors import HostDeviceError
+
+from . import fakesysfs
+from .test_host_binding import binder, entries, journal, libvirt_moves
+from .test_host_idle_review9 import libvirt_guest
+
+fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
+journal = journal  # (a fixture: the journal in the fake root's /var/lib)
+
+
+# -- 1. libvirt's give-back and a driver chosen by driver_override ----------------------------
+
+SPDK = "0000:08:00.0"  # added below: an NVMe drive alone in group 20
+
+
+def spdk_drive(lab, driver: str = "uio_pci_generic", override: str | None = "uio_pci_generic"):
+    """A Samsung NVMe drive SPDK's setup.sh (or driverctl, or dpdk-devbind.py) put on
+    ``driver`` through its ``driver_override``: the in-kernel ``nvme`` matches its ids, the
+    user-space I/O driver matches none. Its /dev/uio0 is open by nobody (the SPDK target is
+    stopped between two jobs): idle."""
+    lab.add_driver("nvme", ids={"144d:a808"})
+    lab.add_driver(driver)
+    lab.add_pci(SPDK, "144d:a808", 0x010802, None, group=20)
+    if override:
+        (lab.dev_dir(SPDK) / "driver_override").write_text(f"{override}\n")
+    lab._bind(SPDK, driver)
+    node = ("uio/uio0", "243:0", "uio0") if driver != "nvme" else ("nvme/nvme1", "240:1",
+                                                                    "nvme1")
+    where = lab.dev_dir(SPDK) / node[0]
+    where.mkdir(parents=True)
+    (where / "dev").write_text(f"{node[1]}\n")
+    (where / "uevent").write_text(f"MAJOR={node[1].split(':')[0]}\nMINOR="
+                                  f"{node[1].split(':')[1]}\nDEVNAME={node[2]}\n")
+    lab.file(f"dev/{node[2]}")
+
+
+def libvirt_round(lab, journal) -> tuple[object, list]:
+    """bind with moved_by="libvirt", libvirt's attach (under the hand-over) and its detach
+    (which gives back only what libvirt moved), then the release: the lease and the
+    release's results (or its error)."""
+    b = binder(lab, journal, timeout=0.2)
+    lease = b.bind(SPDK, {SPDK}, moved_by="libvirt")
+    seen: dict = {}
+    guest = libvirt_guest(lab, journal, seen)
+    with b.handover(lease):
+        guest.device_add("vfio-pci", "nvme0", SPDK, managed="yes")
+    assert lab.driver_of(SPDK) == "vfio-pci"
+    if lease.left_to == "libvirt":
+        libvirt_moves(lab, SPDK, None)  # detach-device: virPCIDeviceUnbindFromStub
+    try:
+        return lease, lease.release()
+    except HostDeviceError as e:
+        return lease, [e]
+
+
+def test_a_drive_on_the_driver_its_override_chose_is_not_left_to_libvirts_give_back(lab,
+                                                                                      journal):
+    """SPDK's drive on uio_pci_generic by its driver_override, idle, taken with
+    ``--driver libvirt --libvirt-managed yes``. Path: ``_libvirt_gives_back`` looks at the
+    driver alone (not None, pci-stub or vfio-pci: libvirt's), so libvirt moves it; its
+    detach clears the override and writes drivers_probe, and ``nvme`` (whose ids match)
+    takes the drive; ``_give_back`` waits for uio_pci_generic in vain and ``_restore_entry``
+    refuses to unbind a driver that is neither vfio-pci nor the original: the drive stays on
+    nvme (its namespaces the host's block devices), its override gone. Safe: the harness
+    moves it itself (``lease.left_to`` None), and gives it back to uio_pci_generic with its
+    override."""
+    spdk_drive(lab)
+    lease, results = libvirt_round(lab, journal)
+    assert (lab.driver_of(SPDK), lab.override_of(SPDK)) == \
+        ("uio_pci_generic", "uio_pci_generic"), f"left on {lab.driver_of(SPDK)}: {results}"
+    assert lease.left_to is None
+    assert entries(journal) == []
+
+
+def test_a_drive_whose_override_names_its_own_driver_is_given_back_with_it(lab, journal):
+    """Control: driverctl pinned the drive to nvme itself (the driver its ids pick): libvirt's
+    give-back brings it back on nvme, and the release puts the override back that libvirt
+    cleared (``_give_back``: "its driver_override was not put back")."""
+    spdk_drive(lab, driver="nvme", override="nvme")
+    lease, results = libvirt_round(lab, journal)
+    assert [getattr(r, "status", r) for r in results] == ["restored"]
+    assert (lab.driver_of(SPDK), lab.override_of(SPDK)) == ("nvme", "nvme")
+    assert entries(journal) == []
+
+
+def test_a_drive_on_its_ids_driver_is_still_left_to_libvirt(lab, journal):
+    """Control: the same drive on nvme with no override is libvirt's to move and give back."""
+    spdk_drive(lab, driver="nvme", override=None)
+    lease, results = libvirt_round(lab, journal)
+    assert lease.left_to == "libvirt"
+    assert [getattr(r, "status", r) for r in results] == ["restored"]
+    assert (lab.driver_of(SPDK), lab.override_of(SPDK)) == ("nvme", None)
