@@ -14,7 +14,9 @@ hand-over). What it found, one section below each:
    leaves it there, and `restore` does the same every session after: the SPDK drive's
    namespaces are the host's block devices (udev, LVM and mdadm scan them), the DPDK port
    an interface NetworkManager configures. The harness's own move puts the override back
-   (:func:`harness.host.binding._restore_entry`); it should move such a device itself.
+   (:func:`harness.host.binding._restore_entry`); it should move such a device itself. The
+   same for a driver given the device by ``new_id`` (older ``dpdk_nic_bind.py``): two drivers
+   match then, and libvirt's probe picks the one registered first (the in-kernel one).
 
 Each section's test asserts the safe behaviour and fails on 26c8ba4; the controls show that
 the idle shape is still taken, and what the existing checks already catch. A fake sysfs/proc
@@ -97,6 +99,21 @@ def test_a_drive_on_the_driver_its_override_chose_is_not_left_to_libvirts_give_b
     assert (lab.driver_of(SPDK), lab.override_of(SPDK)) == \
         ("uio_pci_generic", "uio_pci_generic"), f"left on {lab.driver_of(SPDK)}: {results}"
     assert lease.left_to is None
+    assert entries(journal) == []
+
+
+def test_a_port_bound_by_new_id_is_not_left_to_libvirts_give_back(lab, journal):
+    """The same drive put on uio_pci_generic the older way, by the driver's ``new_id`` and
+    ``bind`` (TRex's and older DPDK's ``dpdk_nic_bind.py``, the DPDK guides' ``echo "144d
+    a808" > .../uio_pci_generic/new_id``): no override, and two drivers match its ids now.
+    libvirt's ``drivers_probe`` gives it to the first registered that matches: ``nvme``,
+    loaded at boot, long before uio_pci_generic (the fake probes in name order, which here
+    is the same). Path and outcome as above: left on nvme, the release failed. Safe: the
+    harness moves it (its own give-back binds by name through uio_pci_generic's ``bind``)."""
+    spdk_drive(lab, override=None)
+    lab.dynids["uio_pci_generic"].add("144d:a808")
+    lease, results = libvirt_round(lab, journal)
+    assert lab.driver_of(SPDK) == "uio_pci_generic", f"left on {lab.driver_of(SPDK)}: {results}"
     assert entries(journal) == []
 
 
