@@ -18,6 +18,21 @@ hand-over). What it found, one section below each:
    same for a driver given the device by ``new_id`` (older ``dpdk_nic_bind.py``): two drivers
    match then, and libvirt's probe picks the one registered first (the in-kernel one).
 
+2. usb-host's hand-over never reads the journal's hand-overs: the PCI bind refuses a group
+   another lease holds, live or left by a run that died (``refuse_foreign``), and a
+   controller with a journaled hand-over below it (``_refuse_usb_below``), but
+   :func:`harness.host.usbhost.handed` proves the device idle and hands it over with the
+   journal lock held and looks at no entry of it. A QEMU that aborted or was killed (read
+   34a, 4) leaves the device's interfaces on no driver and its run's entry in the journal,
+   to be bound back by that run's plug clean-up (or its close, or `restore`); meanwhile the
+   device reads idle (nothing bound, its usbfs node open by nobody), and another run (a
+   parallel run on the same inventory, another xdist worker) hands it to its own guest,
+   journaling "no driver" as what its interfaces had. The first run's give-back then finds
+   the second's QEMU on the device and fails (its run reports a device not given back), and
+   the stick stays off usb-storage until one of them gets to it later. Safe: the hand-over
+   refuses a device the journal lists, naming whose it is (a live run: wait; a run that
+   died: `restore`), as the PCI bind does.
+
 Each section's test asserts the safe behaviour and fails on 26c8ba4; the controls show that
 the idle shape is still taken, and what the existing checks already catch. A fake sysfs/proc
 tree plays the host (:mod:`.fakesysfs`'s lab host) and libvirt's own sysfs writes; no guest is
@@ -135,3 +150,65 @@ def test_a_drive_on_its_ids_driver_is_still_left_to_libvirt(lab, journal):
     assert lease.left_to == "libvirt"
     assert [getattr(r, "status", r) for r in results] == ["restored"]
     assert (lab.driver_of(SPDK), lab.override_of(SPDK)) == ("nvme", None)
+
+
+# -- 2. usb-host's hand-over and the journal's hand-overs -------------------------------------
+
+from harness.host import usbhost  # noqa: E402
+
+from .test_host_usbhost import STICK, _bind_file, _journal_entries, _qemu_takes  # noqa: E402
+from .test_host_usbhost import binder as usb_binder  # noqa: E402
+from .test_host_usbhost import stick  # noqa: E402,F401 (a fixture: the SanDisk stick, 4-1)
+
+
+def first_run_left_it(stick) -> list[dict]:
+    """Run A (a binder of its own: another run's entries look like this) handed the stick to
+    its guest; its QEMU was killed (an assertion in the device code a hotplug test hit), so
+    usbfs let go of the interface and nothing bound usb-storage back: on no driver. Run A is
+    alive (its stat file says so), its test not yet torn down."""
+    import os
+    stick.file(f"proc/{os.getpid()}/stat", f"{os.getpid()} (pytest) S " + "0 " * 18 + "4242 0\n")
+    _bind_file(stick)
+    a = usb_binder(stick, timeout=0.3)
+    with usbhost.handed(a, STICK, "busaddr"):
+        _qemu_takes(stick)
+    (stick.sys / "bus/usb/devices/4-1:1.0/driver").unlink()  # QEMU killed: usbfs lets go
+    return _journal_entries(stick)
+
+
+def test_a_device_another_runs_killed_qemu_left_is_not_handed_over_again(stick):
+    """Path: ``usbhost.handed`` -> ``proven_idle`` (4-1:1.0 on no driver, sdd gone with
+    usb-storage, /dev/bus/usb/004/002 open by nobody: idle) -> ``UsbHandovers.handed``
+    journals a second entry, its interface's driver "None"; nothing compares it with run
+    A's. Safe: refused, naming run A's hand-over."""
+    [a_entry] = first_run_left_it(stick)
+    b = usb_binder(stick, timeout=0.3)
+    with pytest.raises(HostDeviceError, match=r"4-1.*handed to usb-host by pid"):
+        with usbhost.handed(b, STICK, "busaddr"):
+            pytest.fail("run B's QEMU opened the device run A has not given back")
+
+
+def test_a_device_a_dead_runs_qemu_left_is_not_handed_over_before_restore(stick):
+    """The same, run A dead (its pid gone) and `restore` not run since (or refused: its
+    give-back failed once): its entry is what binds usb-storage back; a hand-over now makes
+    the host's stick run B's with "no driver" journaled. Safe: refused until `restore`."""
+    [a_entry] = first_run_left_it(stick)
+    usb_binder(stick).journal.write([{**a_entry, "pid": 1, "pid_start": None}])
+    b = usb_binder(stick, timeout=0.3)
+    with pytest.raises(HostDeviceError, match=r"4-1.*(run that died|restore)"):
+        with usbhost.handed(b, STICK, "busaddr"):
+            pytest.fail("run B's QEMU opened the device a dead run left on no driver")
+
+
+def test_the_stick_given_back_is_handed_over_again(stick):
+    """Control: once run A's give-back bound usb-storage back and dropped its entry, run B
+    takes the idle stick."""
+    first_run_left_it(stick)
+    a = usb_binder(stick, timeout=0.3)
+    a.journal.write([])  # (run A's clean-up: usb-storage bound back, entry dropped)
+    import os
+    os.symlink(os.path.relpath(stick.sys / "bus/usb/drivers/usb-storage",
+                               os.path.realpath(stick.sys / "bus/usb/devices/4-1:1.0")),
+               stick.sys / "bus/usb/devices/4-1:1.0/driver")
+    with usbhost.handed(usb_binder(stick, timeout=0.3), STICK, "busaddr") as usb:
+        assert usb.name == "4-1"
