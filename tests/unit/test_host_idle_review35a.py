@@ -11,9 +11,10 @@ hand-over). What it found, one section below each:
    a DPDK port or an SPDK drive on ``uio_pci_generic``/``igb_uio``, idle between two jobs)
    comes back on the driver its ids match (``nvme``, ``ixgbe``), with its override gone:
    the release then finds it on a driver that is neither vfio-pci nor its own, fails, and
-   leaves it there, and `restore` does the same every session after: the SPDK drive's
-   namespaces are the host's block devices (udev, LVM and mdadm scan them), the DPDK port
-   an interface NetworkManager configures. The harness's own move puts the override back
+   leaves it there, and `restore` does the same at every session's start after, which then
+   raises (``Vfio.setup``): every later vfio run on the host fails until someone rebinds the
+   drive by hand. Meanwhile the SPDK drive's namespaces are the host's block devices (udev,
+   LVM and mdadm scan them), the DPDK port an interface NetworkManager configures. The harness's own move puts the override back
    (:func:`harness.host.binding._restore_entry`); it should move such a device itself. The
    same for a driver given the device by ``new_id`` (older ``dpdk_nic_bind.py``): two drivers
    match then, and libvirt's probe picks the one registered first (the in-kernel one).
@@ -31,7 +32,10 @@ hand-over). What it found, one section below each:
    the second's QEMU on the device and fails (its run reports a device not given back), and
    the stick stays off usb-storage until one of them gets to it later. Safe: the hand-over
    refuses a device the journal lists, naming whose it is (a live run: wait; a run that
-   died: `restore`), as the PCI bind does.
+   died: `restore`), as the PCI bind does. (A run that died leaves its entry for the next
+   session's start; a run killed while another runs, SIGKILLed by a CI job's cancel or the
+   OOM killer, leaves it to the living run's tests, whose workers never restore: the stick
+   is handed over with "no driver" journaled, and stays off usb-storage after that guest.)
 
 Each section's test asserts the safe behaviour and fails on 26c8ba4; the controls show that
 the idle shape is still taken, and what the existing checks already catch. A fake sysfs/proc
