@@ -14,10 +14,11 @@ hand-over). What it found, one section below each:
    leaves it there, and `restore` does the same at every session's start after, which then
    raises (``Vfio.setup``): every later vfio run on the host fails until someone rebinds the
    drive by hand. Meanwhile the SPDK drive's namespaces are the host's block devices (udev,
-   LVM and mdadm scan them), the DPDK port an interface NetworkManager configures. The harness's own move puts the override back
-   (:func:`harness.host.binding._restore_entry`); it should move such a device itself. The
-   same for a driver given the device by ``new_id`` (older ``dpdk_nic_bind.py``): two drivers
-   match then, and libvirt's probe picks the one registered first (the in-kernel one).
+   LVM and mdadm scan them), the DPDK port an interface NetworkManager configures. The
+   harness's own move puts the override back (:func:`harness.host.binding._restore_entry`):
+   it should move such a device itself. The same for a driver given the device by ``new_id``
+   (older ``dpdk_nic_bind.py``, TRex's): two drivers match then, and libvirt's probe picks
+   the one registered first (the in-kernel one).
 
 2. usb-host's hand-over never reads the journal's hand-overs: the PCI bind refuses a group
    another lease holds, live or left by a run that died (``refuse_foreign``), and a
@@ -41,17 +42,36 @@ Each section's test asserts the safe behaviour and fails on 26c8ba4; the control
 the idle shape is still taken, and what the existing checks already catch. A fake sysfs/proc
 tree plays the host (:mod:`.fakesysfs`'s lab host) and libvirt's own sysfs writes; no guest is
 booted.
+
+Looked at and found covered on 26c8ba4 (no test): read 34's fixes: ``disks_claimed``'s order
+and ``_nothing_new_below`` (a disk replaced by one of the same name during the re-reads gets
+another name on a real host: the claim's open keeps the old disk's index taken; an empty
+drive opened O_NONBLOCK is claimed all the same, so ENOMEDIUM is rare), ``device_nodes`` in
+the proof, the claim's re-read and ``_holders``; ``_representor`` (mlx5's older bare-number
+``phys_port_name`` is unparsed: refused; SF representors; one in an unreadable namespace);
+``_usb_entry``/``_same_usb``/``_restore_usb`` (a replug, another configuration, an
+interface on usbfs, a holder of the usbfs node; the PCI side's ``_refuse_usb_below``);
+``acs_off`` (only the target's path matters, as for the kernel's grouping); a VF on a
+vfio-pci variant driver (``mlx5_vfio_pci``: refused, no interface); vfio device fds and
+their BAR mappings after the fd is closed (``anon_inode:[vfio-device]`` in maps); kept
+group members on no driver; ``_move_to_vfio``'s crash points against ``_restore_entry``.
 """
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from harness.core.errors import HostDeviceError
+from harness.host import usbhost
 
 from . import fakesysfs
 from .test_host_binding import binder, entries, journal, libvirt_moves
 from .test_host_idle_review9 import libvirt_guest
+from .test_host_usbhost import STICK, _bind_file, _journal_entries, _qemu_takes
+from .test_host_usbhost import binder as usb_binder
+from .test_host_usbhost import stick  # noqa: F401 (a fixture: the SanDisk stick, 4-1)
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
 journal = journal  # (a fixture: the journal in the fake root's /var/lib)
@@ -158,19 +178,11 @@ def test_a_drive_on_its_ids_driver_is_still_left_to_libvirt(lab, journal):
 
 # -- 2. usb-host's hand-over and the journal's hand-overs -------------------------------------
 
-from harness.host import usbhost  # noqa: E402
-
-from .test_host_usbhost import STICK, _bind_file, _journal_entries, _qemu_takes  # noqa: E402
-from .test_host_usbhost import binder as usb_binder  # noqa: E402
-from .test_host_usbhost import stick  # noqa: E402,F401 (a fixture: the SanDisk stick, 4-1)
-
-
 def first_run_left_it(stick) -> list[dict]:
     """Run A (a binder of its own: another run's entries look like this) handed the stick to
     its guest; its QEMU was killed (an assertion in the device code a hotplug test hit), so
     usbfs let go of the interface and nothing bound usb-storage back: on no driver. Run A is
     alive (its stat file says so), its test not yet torn down."""
-    import os
     stick.file(f"proc/{os.getpid()}/stat", f"{os.getpid()} (pytest) S " + "0 " * 18 + "4242 0\n")
     _bind_file(stick)
     a = usb_binder(stick, timeout=0.3)
@@ -210,7 +222,6 @@ def test_the_stick_given_back_is_handed_over_again(stick):
     first_run_left_it(stick)
     a = usb_binder(stick, timeout=0.3)
     a.journal.write([])  # (run A's clean-up: usb-storage bound back, entry dropped)
-    import os
     os.symlink(os.path.relpath(stick.sys / "bus/usb/drivers/usb-storage",
                                os.path.realpath(stick.sys / "bus/usb/devices/4-1:1.0")),
                stick.sys / "bus/usb/devices/4-1:1.0/driver")
