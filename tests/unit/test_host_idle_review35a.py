@@ -5,20 +5,21 @@ hand-over). What it found, one section below each:
    driver, alone in its group (:func:`harness.host.binding._libvirt_gives_back`), on the
    ground that libvirt's give-back (``driver_override`` cleared, unbind, ``drivers_probe``:
    virPCIDeviceUnbindFromStub) "puts the target back as it was only when a host driver had
-   it". That holds only when the host driver is the one a probe picks by the ids. A device
-   whose driver was chosen by its ``driver_override`` (``driverctl set-override``, DPDK's
-   ``dpdk-devbind.py`` and SPDK's ``scripts/setup.sh``, which write ``driver_override``:
-   a DPDK port or an SPDK drive on ``uio_pci_generic``/``igb_uio``, idle between two jobs)
-   comes back on the driver its ids match (``nvme``, ``ixgbe``), with its override gone:
-   the release then finds it on a driver that is neither vfio-pci nor its own, fails, and
-   leaves it there, and `restore` does the same at every session's start after, which then
-   raises (``Vfio.setup``): every later vfio run on the host fails until someone rebinds the
-   drive by hand. Meanwhile the SPDK drive's namespaces are the host's block devices (udev,
-   LVM and mdadm scan them), the DPDK port an interface NetworkManager configures. The
-   harness's own move puts the override back (:func:`harness.host.binding._restore_entry`):
-   it should move such a device itself. The same for a driver given the device by ``new_id``
-   (older ``dpdk_nic_bind.py``, TRex's): two drivers match then, and libvirt's probe picks
-   the one registered first (the in-kernel one).
+   it". That holds only when the host driver is the one a probe picks by the ids. An NVMe
+   drive whose driver was chosen by its ``driver_override`` (SPDK's ``scripts/setup.sh`` with
+   ``DRIVER_OVERRIDE=uio_pci_generic``, ``dpdk-devbind.py``, ``driverctl set-override``: all
+   write ``driver_override``), idle between two jobs (its /dev/uio0 open by nobody), comes
+   back on the driver its ids match (``nvme``), with its override gone: the release then
+   finds it on a driver that is neither vfio-pci nor its own, fails, and leaves it there;
+   `restore` does the same at every session's start after, and raises (``Vfio.setup``), so
+   every later vfio run on the host fails until someone rebinds the drive by hand.
+   Meanwhile the drive's namespaces are the host's block devices (udev, LVM, mdadm and
+   multipathd scan them). The harness's own move puts the override back
+   (:func:`harness.host.binding._restore_entry`): it should move such a device itself. The
+   same for a driver given the device by ``new_id`` and ``bind`` (older SPDK ``setup.sh``
+   and ``dpdk_nic_bind.py``): two drivers match then, and libvirt's probe picks the one
+   registered first (the in-kernel one). (A NIC on such a driver is refused already: it
+   shows no interface.)
 
 2. usb-host's hand-over never reads the journal's hand-overs: the PCI bind refuses a group
    another lease holds, live or left by a run that died (``refuse_foreign``), and a
@@ -141,9 +142,9 @@ def test_a_drive_on_the_driver_its_override_chose_is_not_left_to_libvirts_give_b
     assert entries(journal) == []
 
 
-def test_a_port_bound_by_new_id_is_not_left_to_libvirts_give_back(lab, journal):
+def test_a_drive_bound_by_new_id_is_not_left_to_libvirts_give_back(lab, journal):
     """The same drive put on uio_pci_generic the older way, by the driver's ``new_id`` and
-    ``bind`` (TRex's and older DPDK's ``dpdk_nic_bind.py``, the DPDK guides' ``echo "144d
+    ``bind`` (older SPDK ``setup.sh`` and ``dpdk_nic_bind.py``, the guides' ``echo "144d
     a808" > .../uio_pci_generic/new_id``): no override, and two drivers match its ids now.
     libvirt's ``drivers_probe`` gives it to the first registered that matches: ``nvme``,
     loaded at boot, long before uio_pci_generic (the fake probes in name order, which here
