@@ -30,7 +30,12 @@ of VFs that were there; the usb-host hand-over's journal entry (``_check_usb_ent
 parts), ``_same_usb`` (a replug changes the address) and ``_usb_holders``;
 ``hygiene.sweep_stale`` (root's own folders only, by a PID owner tag); the GitLab and
 systemd units' order (root's installed check before make, restore in after_script and
-ExecStopPost).
+ExecStopPost), the Jenkinsfile's (``timeout`` signals the whole group); in HH_PYTEST_ARGS,
+xdist's ``--tx popen//python=PATH`` (the command line's ``-n`` replaces every ``--tx``),
+``-W ...::mod.Category`` (imports a module by name from root's own ``sys.path`` only),
+``--basetemp=DIR`` (pytest removes what is there, symlink-safe, then ``mkdir`` fails on a
+name made again meanwhile), ``--report-dir=``/``--snapshot-cache=``/``--image-cache=``
+(the harness holds them itself: ``private_dir``, ``build_once``).
 """
 
 from __future__ import annotations
