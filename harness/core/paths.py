@@ -294,15 +294,20 @@ def path_words(words: list[str]) -> list[str]:
     """Of pytest arguments, the words pytest may take as paths (a node id's path part,
     ``path::test``, only): every one that is not an option, an option's value included (the
     harness's options are not known when pytest chooses its ini file, so
-    ``--qemu-binary /opt/...``'s value is one of its paths then), and every one after ``--``.
-    pytest looks for its ini file in the folders above each that exists (``determine_setup``)
-    before any plugin's hook, and collects it."""
+    ``--qemu-binary /opt/...``'s value is one of its paths then), the value of any long
+    option joined to it with ``=`` too (``--junitxml=PATH``, ``--debug=PATH``,
+    ``--log-file=PATH``: files root's pytest opens for writing, following links, some before
+    any plugin's hook), and every one after ``--``. pytest looks for its ini file in the
+    folders above each that exists (``determine_setup``) before any plugin's hook, and
+    collects it."""
     out, rest = [], False
     for w in words:
         if rest or not w.startswith("-"):
             out.append(w.split("::", 1)[0])
         elif w == "--":
             rest = True
+        elif w.startswith("--") and "=" in w:
+            out.append(w.split("=", 1)[1].split("::", 1)[0])
     return out
 
 

@@ -108,7 +108,7 @@ def test_3_control_a_direct_root_pytest_at_file_of_roots_runs(tmp_path):
 def test_4_the_words_pytest_may_take_as_paths():
     assert path_words(["-k", "nic", "--keep-runs=60", "--qemu-binary", "/opt/q",
                        "tests/t.py::test_a[x::y]", "-x", "--", "-odd"]) == [
-        "nic", "/opt/q", "tests/t.py", "-odd"]
+        "nic", "60", "/opt/q", "tests/t.py", "-odd"]  # (a value joined with =: review 35b)
 
 
 @as_root
