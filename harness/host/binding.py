@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import fnmatch
 import json
 import logging
 import os
@@ -35,8 +36,9 @@ from harness.core.waits import wait_until
 from harness.core.locks import flock_within
 from harness.core.paths import UnsafePathError, open_nofollow, private_dir, write_atomic
 from harness.host.network import NetView, namespace_problem
-from harness.host.safety import (GroupPlan, HostUsage, disks_below, network_uses, node_holders,
-                                 nodes_below, plan_group, vfs_removed)
+from harness.host.safety import (GroupPlan, HostUsage, _driver_module, disks_below,
+                                 network_uses, node_holders, nodes_below, plan_group,
+                                 vfs_removed)
 from harness.host.storage import (OpenFiles, StorageView, mount_ids, mountinfos,
                                   remote_mount_ids)
 from harness.host import sriov
@@ -1034,7 +1036,7 @@ class VfioBinder:
             hold = self._holds.get(plan.group)
             refuse_foreign(self.fs, plan, entries, hold)
             hold = hold or _Hold(uuid.uuid4().hex[:12], [])
-            keep = plan.target.bdf if moved_by and _libvirt_gives_back(plan) else None
+            keep = plan.target.bdf if moved_by and _libvirt_gives_back(self.fs, plan) else None
             new = [self._entry(m, plan.group, hold.lease_id, moved_by if m.bdf == keep else None)
                    for m in plan.to_move]
             if new:
@@ -1435,18 +1437,67 @@ def _nothing_new_below(fs: Sysfs, disks: "list[tuple[str, str]]",
                      "its array); `python -m harness plan` says what uses it now")
 
 
-def _libvirt_gives_back(plan: GroupPlan) -> bool:
+def _libvirt_gives_back(fs: Sysfs, plan: GroupPlan) -> bool:
     """Whether libvirt may move ``plan``'s target (``<hostdev managed='yes'>``): its give-back
     on detach clears ``driver_override``, unbinds and writes ``drivers_probe``
     (virPCIDeviceUnbindFromStub), and looks at nothing else. That puts the target back as it
-    was only when a host driver had it (one on no driver or ``pci-stub`` would be handed to
-    whichever host driver claims it), and shares no DMA with a guest only when no other
-    function of its group can be in one (libvirt gives a member back while a guest has
-    another: the harness never does). Otherwise the harness moves the target too, and
-    libvirt, which finds it on vfio-pci already, leaves it there on detach."""
+    was only when its host driver is the one a probe picks by the device's ids alone
+    (:func:`_probed_driver`; one on no driver or ``pci-stub`` would be handed to whichever
+    host driver claims it, and one on a driver its ``driver_override`` or a ``new_id`` chose,
+    an NVMe drive SPDK's ``setup.sh`` put on ``uio_pci_generic``, would come back on
+    ``nvme``, its override gone and its namespaces the host's block devices, while the
+    release waits for uio_pci_generic in vain), and shares no DMA with a guest only when no
+    other function of its group can be in one (libvirt gives a member back while a guest has
+    another: the harness never does). An override that names that same driver (driverctl
+    pinning a drive to ``nvme``) is put back by the release. Otherwise the harness moves the
+    target too (its give-back puts the override back and binds by name), and libvirt, which
+    finds it on vfio-pci already, leaves it there on detach."""
     target = plan.target
     others = [m for m in plan.members if m.bdf != target.bdf and not m.kernel_bridge]
-    return target.driver not in (None, "pci-stub", VFIO) and not others
+    return (target.driver not in (None, "pci-stub", VFIO) and not others
+            and target.driver_override in (None, target.driver)
+            and _probed_driver(fs, target) == target.driver)
+
+
+def _probed_driver(fs: Sysfs, dev: PciDevice) -> str | None:
+    """The loaded PCI driver a probe picks for ``dev`` by its ids alone (``drivers_probe`` with
+    no ``driver_override``): the one whose module's aliases in the running kernel's
+    ``modules.alias`` and ``modules.builtin.alias`` match the device's ``modalias``. None
+    when that cannot be told, which leaves the device to the harness's own give-back: no
+    loaded driver matches, or more than one does (the kernel tries them in the order they
+    registered, which sysfs does not show), or the modalias, the alias files or the loaded
+    drivers cannot be read. Ids given to a driver by ``new_id`` are shown nowhere (the file
+    is write-only): a driver that has the device by them alone is never the one picked."""
+    modalias = fs.read(fs.pci_dir(dev.bdf) / "modalias")
+    aliases = _pci_aliases(fs)
+    try:
+        loaded = sorted(p.name for p in fs.sys("bus", "pci", "drivers").iterdir())
+    except OSError:
+        return None
+    if not modalias or aliases is None:
+        return None
+    matching = {module for pattern, module in aliases
+                if modalias.startswith(pattern.split("*", 1)[0])
+                and fnmatch.fnmatchcase(modalias, pattern)}
+    picked = [d for d in loaded if _driver_module(fs, d) in matching]
+    return picked[0] if len(picked) == 1 else None
+
+
+def _pci_aliases(fs: Sysfs) -> list[tuple[str, str]] | None:
+    """The running kernel's PCI module aliases, (pattern, module) as ``modprobe`` matches
+    them (``pci:v0000144Dd0000A808sv*sd*bc*sc*i*``, ``nvme``), from its ``modules.alias``
+    and ``modules.builtin.alias`` (depmod's, kmod 27 on); None if either cannot be read."""
+    release = os.uname().release
+    out = []
+    for name in ("modules.alias", "modules.builtin.alias"):
+        text = next((t for base in ("lib", "usr/lib") if (t := fs.read(
+            fs.path(base, "modules", release, name))) is not None), None)
+        if text is None:
+            return None
+        out += [(f[1], f[2].replace("-", "_")) for f in (line.split() for line in
+                                                          text.splitlines())
+                if len(f) == 3 and f[0] == "alias" and f[1].startswith("pci:")]
+    return out
 
 
 def _moves(plan: GroupPlan) -> list[str]:

@@ -118,6 +118,18 @@ class FakeHost:
                 (d / attr).write_text("")
         self.ids.setdefault(name, set()).update(ids)
         self.dynids.setdefault(name, set())
+        self._modules_alias()
+
+    def _modules_alias(self) -> None:
+        """The running kernel's ``modules.alias`` as depmod writes it from each driver's id
+        table (``ids``; ``new_id``'s are in none), its module named as the driver, and an
+        empty ``modules.builtin.alias`` (every driver here is a module)."""
+        lines = [f"alias pci:v0000{ids[:4].upper()}d0000{ids[5:].upper()}sv*sd*bc*sc*i* "
+                 f"{driver.replace('-', '_')}\n"
+                 for driver, table in sorted(self.ids.items()) for ids in sorted(table)]
+        self.file(f"lib/modules/{os.uname().release}/modules.alias",
+                  "# Aliases extracted from modules themselves.\n" + "".join(lines))
+        self.file(f"lib/modules/{os.uname().release}/modules.builtin.alias", "")
 
     def remove_driver(self, name: str) -> None:
         d = self.sys / "bus/pci/drivers" / name
@@ -141,6 +153,9 @@ class FakeHost:
         header = 1 if cls >> 8 in (0x0604, 0x0609) else 0
         (d / "config").write_bytes(bytes([*bytes.fromhex(vendor)[::-1], *bytes.fromhex(device)[::-1]])
                                    + bytes(10) + bytes([header]) + bytes(49))
+        (d / "modalias").write_text(f"pci:v0000{vendor.upper()}d0000{device.upper()}sv00000000"
+                                    f"sd00000000bc{cls >> 16:02X}sc{cls >> 8 & 0xff:02X}"
+                                    f"i{cls & 0xff:02X}\n")
         if override_file:
             (d / "driver_override").write_text("(null)\n")
         self._link(self.sys / "bus/pci/devices" / bdf, d)
