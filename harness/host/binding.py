@@ -817,6 +817,32 @@ def _refuse_usb_below(fs: Sysfs, plan: GroupPlan, e: dict) -> None:
                           "and did not give back", hint=RESTORE_HINT)
 
 
+def refuse_usb_handed(fs: Sysfs, usb: UsbDevice, entries: list[dict], refusing: str,
+                      own: list[dict] = ()) -> None:
+    """Refuses a USB device the journal lists as handed to usb-host (its bus id or its sysfs
+    folder) by a hand-over not among ``own`` (this binder's, not given back yet): a live
+    run's QEMU has it, or had it and was killed, its interfaces left on no driver for that
+    run's give-back; or a run that died left it so, for `restore`. Such a device reads idle
+    (nothing bound, its usbfs node open by nobody), and a second hand-over would journal
+    "no driver" as what its interfaces had, while the first give-back finds the second
+    guest on it and fails."""
+    path = os.path.relpath(os.path.realpath(usb.path), os.path.realpath(fs.sys()))
+    mine = {e.get("lease") for e in own}
+    for e in entries:
+        if e.get("kind") != USB or e.get("lease") in mine or \
+                (e["bdf"] != usb.name and e.get("path") != path):
+            continue
+        if owner_alive(fs, e):
+            raise HostDeviceError(f"{refusing}: handed to usb-host by pid {e.get('pid')} since "
+                                  f"{e.get('time')}, not given back yet (its guest has it, or "
+                                  "had it and left its interfaces on no driver)",
+                                  hint="another run or xdist worker uses it: wait for it, or "
+                                       "take another device")
+        raise HostDeviceError(f"{refusing}: a run that died (pid {e.get('pid')}) handed it to "
+                              f"usb-host since {e.get('time')} and did not give it back",
+                              hint=RESTORE_HINT)
+
+
 def _refuse_pf_of_vfs(fs: Sysfs, e: dict, group: int) -> None:
     """A PF whose sriov_numvfs a run journaled: unbinding its driver removes the VFs that
     run relies on (alive, or bound by hand), or leaves its count for `restore` to put back

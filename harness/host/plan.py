@@ -15,7 +15,7 @@ from pathlib import Path
 from harness.core.errors import HostDeviceError
 from harness.core.text import shown
 from harness.host import sriov
-from harness.host.binding import Journal, move_steps, refuse_foreign
+from harness.host.binding import Journal, move_steps, refuse_foreign, refuse_usb_handed
 from harness.host.inventory import Inventory, InventoryDevice, find_usb_device
 from harness.host.network import namespace_problem
 from harness.host.safety import GroupPlan, HostUsage, Verdict, plan_group
@@ -55,7 +55,7 @@ def plan_inventory(root: "str | Path | Sysfs", inventory: Inventory,
         elif d.is_pci:
             more, fine = _pci_entry(fs, usage, d, inventory.pci_addresses(), held)
         else:
-            more, fine = _usb_entry(fs, usage, d)
+            more, fine = _usb_entry(fs, usage, d, held)
         lines += [f"  {line}" for line in more]
         ok = ok and fine
     lines += ["", "verdict: every device would be taken" if ok else
@@ -145,7 +145,11 @@ def _vf_entry(fs: Sysfs, usage: HostUsage, d: InventoryDevice,
     return lines, True
 
 
-def _usb_entry(fs: Sysfs, usage: HostUsage, d: InventoryDevice) -> tuple[list[str], bool]:
+def _usb_entry(fs: Sysfs, usage: HostUsage, d: InventoryDevice,
+               held: list[dict]) -> tuple[list[str], bool]:
+    """A USB device's verdict, and the refusal a plug would give while the journal lists a
+    hand-over of it (:func:`harness.host.binding.refuse_usb_handed`): a live run's QEMU has
+    it, or a killed one left it on no driver, idle to the verdict."""
     usb = find_usb_device(fs, d)
     if usb is None:
         return [f"REFUSED: no such USB device on this host ({d.address})"], False
@@ -156,4 +160,8 @@ def _usb_entry(fs: Sysfs, usage: HostUsage, d: InventoryDevice) -> tuple[list[st
              "(journaled first; the harness binds back any QEMU left on none)"]
     lines += _verdict_lines(verdict)
     lines += [f"REFUSED: {u}" for u in verdict.uses]
+    try:
+        refuse_usb_handed(fs, usb, held, f"USB {usb.name}")
+    except HostDeviceError as e:
+        return lines + [f"REFUSED: {e.message} ({e.hint})"], False
     return lines, verdict.idle

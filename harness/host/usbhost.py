@@ -29,7 +29,8 @@ from typing import Iterator
 
 from harness.core.errors import HostDeviceError, WaitTimeout
 from harness.core.waits import wait_until
-from harness.host.binding import VfioBinder, disks_claimed, refuse_outside_host
+from harness.host.binding import (VfioBinder, disks_claimed, refuse_outside_host,
+                                  refuse_usb_handed)
 from harness.host.safety import HostUsage, Verdict, disks_below
 from harness.host.sysfs import Sysfs, UsbDevice
 
@@ -106,6 +107,9 @@ def handed(binder: VfioBinder, entry, form: str) -> Iterator[UsbDevice]:
         # Journaled before QEMU opens it: QEMU detaches its interfaces' drivers, and only a
         # clean close binds them back (a QEMU that aborts or is killed leaves them on none).
         refusing = f"refusing usb-host for {entry.name} (USB {usb.name} [{usb.ids}])"
+        # Another hand-over of it still journaled (a killed QEMU's, its interfaces on no
+        # driver: idle to the proof) is that run's, or `restore`'s, to give back first.
+        refuse_usb_handed(binder.fs, usb, binder.journal.read(), refusing, binder.usb.entries)
         with binder.usb.handed(usb), \
                 disks_claimed(binder.fs, [(refusing, name) for name in
                                           disks_below(binder.fs, usb.path)], "QEMU opens it",

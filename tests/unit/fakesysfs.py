@@ -15,7 +15,8 @@ Files in a temp dir do not react to writes; ``FakeHost.kernel`` is the ``on_writ
 ``bind``, ``drivers_probe``, ``new_id``, ``remove_id``, and a PF's ``sriov_numvfs`` (which makes
 or removes its VFs: :meth:`FakeHost.sriov_capable`); and a USB driver's ``bind``. ``fail``
 makes a write fail with an errno; ``kill_at`` raises :class:`Killed` (a run killed by SIGKILL:
-no cleanup runs).
+no cleanup runs). Each PCI device has its ``modalias``, and the running kernel's
+``lib/modules/$(uname -r)/modules.alias`` lists each driver's ``ids`` (not its ``new_id``'s).
 """
 
 from __future__ import annotations
