@@ -1496,14 +1496,14 @@ def _probed_driver(fs: Sysfs, dev: PciDevice) -> str | None:
     is write-only): a driver that has the device by them alone is never the one picked."""
     modalias = fs.read(fs.pci_dir(dev.bdf) / "modalias")
     aliases = _pci_aliases(fs)
+    if not modalias or aliases is None:
+        return None
     try:
         loaded = sorted(p.name for p in fs.sys("bus", "pci", "drivers").iterdir())
     except OSError:
         return None
-    if not modalias or aliases is None:
-        return None
-    matching = {module for pattern, module in aliases
-                if modalias.startswith(pattern.split("*", 1)[0])
+    matching = {module for pattern, module in aliases  # (the literal head first: quick)
+                if modalias.startswith(re.split(r"[*?\[]", pattern, maxsplit=1)[0])
                 and fnmatch.fnmatchcase(modalias, pattern)}
     picked = [d for d in loaded if _driver_module(fs, d) in matching]
     return picked[0] if len(picked) == 1 else None

@@ -20,6 +20,8 @@ stick's disk, a USB NIC's interface, a serial adapter's tty gone until someone r
 each hand-over is journaled before QEMU opens the device (:meth:`UsbHandovers.handed`), and
 given back when its plug ends (:meth:`UsbHandovers.give_back`, from the plug's clean-up once
 the guest let it go or is gone), by the binder's close, or by `restore` after a run that died.
+Until then the device, idle as it reads, is refused to every other hand-over (another run's, a
+dead run's left for `restore`), as the PCI bind refuses a group another lease holds.
 """
 
 from __future__ import annotations
@@ -99,6 +101,10 @@ def handed(binder: VfioBinder, entry, form: str) -> Iterator[UsbDevice]:
     proven_idle(binder.fs, entry, form, binder.timeout)  # (the settle, outside the lock)
     with binder.journal.locked():
         usb, _ = proven_idle(binder.fs, entry, form, 0.0)
+        refusing = f"refusing usb-host for {entry.name} (USB {usb.name} [{usb.ids}])"
+        # Another hand-over of it still journaled (a killed QEMU's, its interfaces on no
+        # driver: idle to the proof) is that run's, or `restore`'s, to give back first.
+        refuse_usb_handed(binder.fs, usb, binder.journal.read(), refusing, binder.usb.entries)
         # Its disks claimed from the proof until QEMU has opened the device (usb-storage lets
         # go of them then), and their users read again once claimed: the proof read the
         # storage seconds before its network read, and a mount in between (udisks' automount,
@@ -106,10 +112,6 @@ def handed(binder: VfioBinder, entry, form: str) -> Iterator[UsbDevice]:
         # after those re-reads, last (a USB NIC that NetworkManager brings up meanwhile).
         # Journaled before QEMU opens it: QEMU detaches its interfaces' drivers, and only a
         # clean close binds them back (a QEMU that aborts or is killed leaves them on none).
-        refusing = f"refusing usb-host for {entry.name} (USB {usb.name} [{usb.ids}])"
-        # Another hand-over of it still journaled (a killed QEMU's, its interfaces on no
-        # driver: idle to the proof) is that run's, or `restore`'s, to give back first.
-        refuse_usb_handed(binder.fs, usb, binder.journal.read(), refusing, binder.usb.entries)
         with binder.usb.handed(usb), \
                 disks_claimed(binder.fs, [(refusing, name) for name in
                                           disks_below(binder.fs, usb.path)], "QEMU opens it",
