@@ -341,9 +341,11 @@ def check_pytest_options(text: str, where: str) -> None:
             hint="give the nightly only the harness's options and -k/-m selections there; "
                  "install a plugin into root's venv, and put ini settings in the checkout's "
                  "pytest.ini; docs/fleet.md")
-    for word in path_words(words):
+    paths = path_words(words)
+    cut = _ini_folder(paths)
+    for word in paths:
         try:
-            check_test_path(Path(word), None, _PYTEST_NORECURSE)
+            check_test_path(Path(word), cut, _PYTEST_NORECURSE)
         except UnsafePathError as e:
             raise UnsafePathError(
                 f"{where} holds {word}, which pytest takes as a path, choosing its ini file "
@@ -354,6 +356,25 @@ def check_pytest_options(text: str, where: str) -> None:
             raise ConfigError(f"{where} holds {word}, which pytest takes as a path, and it "
                               f"cannot be looked at ({e.strerror})",
                               hint=_TEST_PATH_HINT) from e
+
+
+def _ini_folder(paths: list[str]) -> "Path | None":
+    """Where pytest's search for its ini file would end at the latest, for ``paths`` given
+    alongside the command line's own (run from the folder it runs in, the checkout): pytest
+    looks from its paths' common ancestor upward and takes the first config file it accepts,
+    and imports no ``conftest.py`` above that file's folder (its ``confcutdir``). Searched
+    here from the common ancestor of the paths that exist and the folder it runs in, which is
+    never below pytest's own, and only ``pytest.ini``/``.pytest.ini`` count (pytest takes them
+    even empty; a ``pyproject.toml`` or ``setup.cfg`` may hold no section for it): the folder
+    found is never below the one pytest finds, so the folders checked up to it are never
+    fewer than pytest reads. None: no such file, and every folder above counts."""
+    here = os.getcwd()
+    ancestor = Path(os.path.commonpath([os.path.abspath(os.path.join(here, p)) for p in paths
+                                        if os.path.exists(os.path.join(here, p))] + [here]))
+    for base in (ancestor, *ancestor.parents):
+        if any(os.path.isfile(base / name) for name in ("pytest.ini", ".pytest.ini")):
+            return base
+    return None
 
 
 def check_missing(path: Path) -> None:
