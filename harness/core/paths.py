@@ -342,38 +342,59 @@ def check_pytest_options(text: str, where: str) -> None:
                  "install a plugin into root's venv, and put ini settings in the checkout's "
                  "pytest.ini; docs/fleet.md")
     paths = path_words(words)
-    cut = _ini_folder(paths)
+    try:
+        cut = _ini_folder(paths)
+    except UnsafePathError as e:
+        raise _path_word_refused(where, e.word, e) from e
     for word in paths:
         try:
             check_test_path(Path(word), cut, _PYTEST_NORECURSE)
         except UnsafePathError as e:
-            raise UnsafePathError(
-                f"{where} holds {word}, which pytest takes as a path, choosing its ini file "
-                "(its pythonpath, its addopts' -p) from the folders above it before the "
-                f"harness's plugin can look: {e.message}",
-                hint=e.hint, finding=e.finding) from e
+            raise _path_word_refused(where, word, e) from e
         except OSError as e:
             raise ConfigError(f"{where} holds {word}, which pytest takes as a path, and it "
                               f"cannot be looked at ({e.strerror})",
                               hint=_TEST_PATH_HINT) from e
 
 
+def _path_word_refused(where: str, word: str, e: UnsafePathError) -> UnsafePathError:
+    return UnsafePathError(f"{where} holds {word}, which pytest takes as a path, choosing its "
+                           "ini file (its pythonpath, its addopts' -p) from the folders above "
+                           f"it before the harness's plugin can look: {e.message}",
+                           hint=e.hint, finding=e.finding)
+
+
 def _ini_folder(paths: list[str]) -> "Path | None":
-    """Where pytest's search for its ini file would end at the latest, for ``paths`` given
-    alongside the command line's own (run from the folder it runs in, the checkout): pytest
-    looks from its paths' common ancestor upward and takes the first config file it accepts,
-    and imports no ``conftest.py`` above that file's folder (its ``confcutdir``). Searched
-    here from the common ancestor of the paths that exist and the folder it runs in, which is
-    never below pytest's own, and only ``pytest.ini``/``.pytest.ini`` count (pytest takes them
-    even empty; a ``pyproject.toml`` or ``setup.cfg`` may hold no section for it): the folder
-    found is never below the one pytest finds, so the folders checked up to it are never
-    fewer than pytest reads. None: no such file, and every folder above counts."""
+    """The folder of the ini file pytest would choose, given ``paths`` before the command
+    line's own (in the checkout it runs from), once each folder it would look in on the way
+    proves to be one nobody else can write (else another user's ``pytest.ini`` made there
+    would win): raises UnsafePathError naming it. pytest (``determine_setup``) looks from the
+    common ancestor of the paths that exist upward, then from each one's folder upward in
+    turn, and takes the first config file it accepts; it imports no ``conftest.py`` above
+    that file's folder (its ``confcutdir``). Only ``pytest.ini`` and ``.pytest.ini`` count
+    here (pytest takes them even empty; a ``pyproject.toml`` or ``setup.cfg`` may hold no
+    section for it), so the folder found is never below pytest's. None: no such file, or a
+    ``setup.py`` makes the rootdir: every folder above counts."""
     here = os.getcwd()
-    ancestor = Path(os.path.commonpath([os.path.abspath(os.path.join(here, p)) for p in paths
-                                        if os.path.exists(os.path.join(here, p))] + [here]))
-    for base in (ancestor, *ancestor.parents):
-        if any(os.path.isfile(base / name) for name in ("pytest.ini", ".pytest.ini")):
-            return base
+    found = {p: os.path.abspath(os.path.join(here, p)) for p in paths
+             if os.path.exists(os.path.join(here, p))}
+    dirs = {w: Path(d if os.path.isdir(d) else os.path.dirname(d))
+            for w, d in [*found.items(), ("the folder it runs in", here)]}
+    uids, ancestor = invoking_uids(), Path(os.path.commonpath(list(dirs.values())))
+    for word, chain in [(next(iter(dirs)), ancestor), (None, None), *dirs.items()]:
+        if chain is None:  # (no ini above the ancestor: pytest looks for setup.py there)
+            if any(os.path.isfile(b / "setup.py") for b in (ancestor, *ancestor.parents)):
+                return None
+            continue
+        for base in (chain, *chain.parents):
+            try:
+                _check_test_entry(Path(found.get(word, here)), base, uids,
+                                  "pytest looks for its ini file there")
+            except UnsafePathError as e:
+                e.word = word
+                raise
+            if any(os.path.isfile(base / n) for n in ("pytest.ini", ".pytest.ini")):
+                return base
     return None
 
 

@@ -134,3 +134,24 @@ def test_4_control_the_harness_options_and_selections_pass(monkeypatch):
     check_pytest_options("--keep-runs 60 -k 'a b' -m 'not slow' -x -ra -n 4 "
                          "--qemu-binary /usr/bin/env tests/unit/test_keywords.py::test_a",
                          "HH_PYTEST_ARGS")
+
+
+@as_root
+@pytest.mark.parametrize("ini", ["pytest.ini", None], ids=["with-its-ini", "no-ini"])
+def test_4_a_checkout_below_a_sticky_folder_is_checked_up_to_its_ini(shared_tmp, monkeypatch,
+                                                                     ini):
+    """CI clones into /tmp: pytest, given a path of the checkout, takes the checkout's
+    pytest.ini and looks no higher, for its ini or a conftest.py; with no ini in it, it looks
+    in every folder above, the sticky one included, where anyone may make either."""
+    checkout = shared_tmp / "clone"
+    (checkout / "tests").mkdir(mode=0o755, parents=True)
+    checkout.chmod(0o755)
+    (checkout / "tests" / "test_t.py").write_text("def test_t():\n    pass\n")
+    if ini:
+        (checkout / ini).write_text("[pytest]\n")
+    monkeypatch.chdir(checkout)
+    if ini:
+        check_pytest_options("-k t tests/test_t.py", "HH_PYTEST_ARGS")
+    else:
+        with pytest.raises(ConfigError, match=f"the folder {shared_tmp} .*sticky"):
+            check_pytest_options("-k t tests/test_t.py", "HH_PYTEST_ARGS")
