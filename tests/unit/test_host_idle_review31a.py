@@ -137,6 +137,16 @@ STICK = SimpleNamespace(name="stick", hostbus=4, hostaddr=2, vendorid="0x0781",
 stick = test_host_usbhost.stick  # a fixture: the SanDisk stick on bus 4, its sdd1 not mounted
 
 
+def mounted_twin(stick):
+    """A twin of the stick (the same ids) at 4-2, bus 4 address 7, its sde1 mounted on
+    /media/backup: or the stick itself, re-enumerated."""
+    iface = stick.add_usb("4-2", 7, "0781:5567", "Cruzer Blade", "SanDisk",
+                          iface_driver="usb-storage")
+    stick.add_disk("sde", iface / "host7/target7:0:0/7:0:0:0", ("sde1",), sectors=65536)
+    stick.proc("mounts", MOUNTS + "/dev/sde1 /media/backup vfat rw 0 0\n")
+    return next(u for u in stick.sysfs().usb_devices() if u.name == "4-2")
+
+
 def _usb_binder(h):
     return VfioBinder(h.sysfs(), journal=h.root / "var/lib/hotplug-harness/vfio-journal.json",
                       timeout=0.3)
@@ -238,11 +248,7 @@ def test_3_usb_host_takes_no_device_that_appears_after_its_plug(stick, form):
     proven = next(u for u in stick.sysfs().usb_devices() if u.name == "4-1")
     assert _qemu_would_attach(seen, proven)  # (it is the device that was proven idle)
     # Later: the stick re-enumerates (a new address), and a twin is plugged and mounted.
-    twin_iface = stick.add_usb("4-2", 7, "0781:5567", "Cruzer Blade", "SanDisk",
-                               iface_driver="usb-storage")
-    stick.add_disk("sde", twin_iface / "host7/target7:0:0/7:0:0:0", ("sde1",), sectors=65536)
-    stick.proc("mounts", MOUNTS + "/dev/sde1 /media/backup vfat rw 0 0\n")
-    twin = next(u for u in stick.sysfs().usb_devices() if u.name == "4-2")
+    twin = mounted_twin(stick)
     assert not _qemu_would_attach(seen, twin), (
         f"QEMU's usb-host {seen} would open the twin 4-2 (bus 4 address 7, 0781:5567, sde1 "
         "mounted on /media/backup) as soon as the proven stick leaves the bus: never proven "

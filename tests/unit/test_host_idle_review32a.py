@@ -287,6 +287,18 @@ def ftdi(lab):
     return lab
 
 
+def ftdi_handed(ftdi) -> "tuple[str | None, str]":
+    """The FTDI adapter through usb-host's plug: (the device handed over, or None; the
+    refusal's message, or "")."""
+    binder = VfioBinder(ftdi.sysfs(), timeout=0.3,
+                        journal=ftdi.root / "var/lib/hotplug-harness/vfio-journal.json")
+    try:
+        with usbhost.handed(binder, FTDI, "busaddr") as usb:
+            return usb.name, ""
+    except HostDeviceError as e:
+        return None, e.message
+
+
 def _tty_opened_during_the_network_read(h, monkeypatch, on_call: int) -> list:
     """From the ``on_call``-th read of the host's network on, pid 4712 (``ser2net``, a
     ``screen`` session, a getty a udev rule starts) holds /dev/ttyUSB0 open."""
@@ -324,14 +336,7 @@ def test_3_a_usb_serial_port_opened_while_its_plug_reads_the_network_is_not_hand
     section 3's first test: read again the holders of every node below the device right
     before the yield (after the network read)."""
     calls = _tty_opened_during_the_network_read(ftdi, monkeypatch, on_call)
-    handed, refused = None, ""
-    binder = VfioBinder(ftdi.sysfs(), timeout=0.3,
-                        journal=ftdi.root / "var/lib/hotplug-harness/vfio-journal.json")
-    try:
-        with usbhost.handed(binder, FTDI, "busaddr") as usb:
-            handed = usb.name
-    except HostDeviceError as e:
-        refused = e.message
+    handed, refused = ftdi_handed(ftdi)
     assert len(calls) >= 2  # (the proof outside the lock, then under it)
     assert handed is None and "ttyUSB0" in refused and "4712" in refused, (
         "USB 4-1 was handed to usb-host with /dev/ttyUSB0 open by pid 4712 (ser2net) since "

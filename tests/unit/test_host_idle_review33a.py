@@ -51,7 +51,7 @@ from harness.scenario.devices import UsbHost
 from harness.virt import xml as vx
 
 from . import fakesysfs
-from .test_host_idle_review31a import ALLOWED, STICK, MOUNTS, _bind, _journal, _up, stick  # noqa: F401
+from .test_host_idle_review31a import ALLOWED, STICK, _bind, _journal, _up, mounted_twin, stick  # noqa: F401
 from .test_host_idle_review31b import phc
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures (a fake sysfs lab host)
@@ -373,11 +373,7 @@ def test_3_libvirts_usb_host_element_names_the_proven_device(stick, form):
     proven = next(u for u in stick.sysfs().usb_devices() if u.name == "4-1")
     assert _libvirt_would_take(element, proven)  # (it is the device that was proven idle)
     # The stick leaves the bus; a twin (or the stick itself, re-enumerated) is there, mounted.
-    twin_iface = stick.add_usb("4-2", 7, "0781:5567", "Cruzer Blade", "SanDisk",
-                               iface_driver="usb-storage")
-    stick.add_disk("sde", twin_iface / "host7/target7:0:0/7:0:0:0", ("sde1",), sectors=65536)
-    stick.proc("mounts", MOUNTS + "/dev/sde1 /media/backup vfat rw 0 0\n")
-    twin = next(u for u in stick.sysfs().usb_devices() if u.name == "4-2")
+    twin = mounted_twin(stick)
     assert not _libvirt_would_take(element, twin), (
         f"libvirt's element {element} takes the twin 4-2 (bus 4 address 7, 0781:5567, sde1 "
         "mounted on /media/backup) if it is the one with those ids at attach time: the proven "

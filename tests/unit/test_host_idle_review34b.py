@@ -59,13 +59,11 @@ import pytest
 
 from harness.core.errors import ConfigError, HostDeviceError
 from harness.core.paths import check_pytest_options
-from harness.host import usbhost
-from harness.host.binding import VfioBinder
 
 from . import fakesysfs
 from .test_host_idle_review31a import _bind, opened_during_the_network_read, ASM
 from .test_host_idle_review31b import PORT0, _phc_with_pps
-from .test_host_idle_review32a import FTDI, _scsi_generic, ftdi  # noqa: F401 (a fixture)
+from .test_host_idle_review32a import _scsi_generic, ftdi, ftdi_handed  # noqa: F401 (a fixture)
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures (a fake sysfs lab host)
 ALLOWED_NIC = {"05:00.0", "05:00.1"}
@@ -127,14 +125,7 @@ def test_1_a_usb_serial_port_opened_while_the_plug_reads_the_network_again_is_no
     the lock, is refused). Fix: as above."""
     calls = opened_during_the_network_read(ftdi, monkeypatch, on_call, "/dev/ttyUSB0",
                                            pid=4712, comm="ser2net")
-    handed, refused = None, ""
-    binder = VfioBinder(ftdi.sysfs(), timeout=0.3,
-                        journal=ftdi.root / "var/lib/hotplug-harness/vfio-journal.json")
-    try:
-        with usbhost.handed(binder, FTDI, "busaddr") as usb:
-            handed = usb.name
-    except HostDeviceError as e:
-        refused = e.message
+    handed, refused = ftdi_handed(ftdi)
     assert len(calls) >= on_call
     assert handed is None and "ttyUSB0" in refused and "4712" in refused, (
         "USB 4-1 was handed to usb-host with /dev/ttyUSB0 open by pid 4712 (ser2net), opened "
