@@ -20,7 +20,9 @@ hand-over). What it found, one section below each:
    session's `restore` after fails the same way until someone rebinds it by hand.
 
 Each section's test asserts the safe behaviour and fails on 3d4d6b2; the controls show that
-the idle shape is still taken. A fake sysfs/proc tree plays the host (:mod:`.fakesysfs`'s lab
+the idle shape is still taken, and given back right by the harness's own move (pci-stub's
+dynamic ids are shown nowhere: no sysfs file, ``ids`` has mode 0, so telling them apart from
+an aliasless driver loaded with none is not asked of the fix). A fake sysfs/proc tree plays the host (:mod:`.fakesysfs`'s lab
 host) and libvirt's own sysfs writes; no guest is booted.
 """
 
@@ -29,7 +31,7 @@ from __future__ import annotations
 import pytest
 
 from . import fakesysfs
-from .test_host_binding import entries, journal
+from .test_host_binding import binder, entries, journal
 from .test_host_idle_review35a import SPDK, libvirt_round, spdk_drive
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
@@ -79,14 +81,17 @@ def test_a_drive_whose_ids_a_stub_driver_holds_is_not_left_to_libvirts_give_back
     assert entries(journal) == []
 
 
-def test_a_drive_of_a_model_no_stub_driver_holds_is_still_left_to_libvirt(lab, journal,
-                                                                           monkeypatch):
-    """Control: pci-stub loaded (built in) but given no ids: libvirt moves the drive and its
-    give-back brings it back on nvme."""
-    spdk_drive(lab, driver="nvme", override=None)
-    lab.add_driver("pci-stub")
-    probes_in_registration_order(lab, monkeypatch, ["pci-stub", "nvme", "vfio-pci"])
-    lease, results = libvirt_round(lab, journal)
-    assert lease.left_to == "libvirt"
-    assert [getattr(r, "status", r) for r in results] == ["restored"]
-    assert (lab.driver_of(SPDK), lab.override_of(SPDK)) == ("nvme", None)
+@pytest.mark.parametrize("override", ["nvme", None], ids=["driverctl", "bound-by-hand"])
+def test_the_harness_own_move_gives_the_same_drive_back_to_nvme(lab, journal, monkeypatch,
+                                                                override):
+    """Control: on the same host the harness's own move and give-back (``moved_by`` None:
+    ``driver_override``, then nvme's ``bind`` by name) bring the drive back on nvme with its
+    override, pci-stub's ids notwithstanding: the safe path exists."""
+    reserved_model(lab, monkeypatch, override)
+    b = binder(lab, journal, timeout=0.2)
+    lease = b.bind(SPDK, {SPDK})
+    assert lab.driver_of(SPDK) == "vfio-pci"
+    results = lease.release()
+    assert [r.status for r in results] == ["restored"]
+    assert (lab.driver_of(SPDK), lab.override_of(SPDK)) == ("nvme", override)
+    assert entries(journal) == []
