@@ -1492,8 +1492,10 @@ def _probed_driver(fs: Sysfs, dev: PciDevice) -> str | None:
     when that cannot be told, which leaves the device to the harness's own give-back: no
     loaded driver matches, or more than one does (the kernel tries them in the order they
     registered, which sysfs does not show), or the modalias, the alias files or the loaded
-    drivers cannot be read. Ids given to a driver by ``new_id`` are shown nowhere (the file
-    is write-only): a driver that has the device by them alone is never the one picked."""
+    drivers cannot be read. Ids given to a driver at run time (``new_id``, a module's
+    ``ids=`` parameter: ``pci-stub.ids=`` on the kernel command line) are shown nowhere, and
+    the kernel tries them before any driver's own table: so None too while a driver loaded
+    that may hold such ids (:func:`_may_hold_unseen_ids`) could take the device first."""
     modalias = fs.read(fs.pci_dir(dev.bdf) / "modalias")
     aliases = _pci_aliases(fs)
     if not modalias or aliases is None:
@@ -1505,8 +1507,30 @@ def _probed_driver(fs: Sysfs, dev: PciDevice) -> str | None:
     matching = {module for pattern, module in aliases  # (the literal head first: quick)
                 if modalias.startswith(re.split(r"[*?\[]", pattern, maxsplit=1)[0])
                 and fnmatch.fnmatchcase(modalias, pattern)}
+    if any(_may_hold_unseen_ids(fs, d, aliases) for d in loaded):
+        return None
     picked = [d for d in loaded if _driver_module(fs, d) in matching]
     return picked[0] if len(picked) == 1 else None
+
+
+#: PCI drivers with no id table of their own, which take devices only by ids given at run
+#: time: a stub that reserves a model for guests, and the userspace-I/O drivers DPDK and SPDK
+#: bind by ``new_id``.
+_IDS_GIVEN_DRIVERS = {"pci-stub", "uio_pci_generic", "igb_uio"}
+
+
+def _may_hold_unseen_ids(fs: Sysfs, driver: str, aliases: list[tuple[str, str]]) -> bool:
+    """Whether loaded PCI ``driver`` (not vfio-pci, whose catch of a device the release puts
+    right) may take a device by ids no file shows: one of :data:`_IDS_GIVEN_DRIVERS` (built in
+    or not: Fedora builds pci-stub in), or a loadable module with no ``pci:`` alias at all
+    (``/sys/module/M/initstate``: built-in drivers without one, such as pcieport, match by
+    class)."""
+    if driver == VFIO:
+        return False
+    module = _driver_module(fs, driver)
+    return driver in _IDS_GIVEN_DRIVERS or (
+        fs.sys("module", module, "initstate").exists()
+        and not any(m == module for _, m in aliases))
 
 
 def _pci_aliases(fs: Sysfs) -> list[tuple[str, str]] | None:
