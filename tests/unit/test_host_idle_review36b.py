@@ -16,9 +16,11 @@ test's docstring: the shape, why the harness lets it through, what is lost), on 
    OOM killer, a ``kill`` of a hung worker) is replaced by xdist (``--max-worker-restart``,
    4 per worker by default) and the run goes on, its controller and the other workers alive,
    their guests' overlays and sockets, and the saved states, in folders tagged with the dead
-   PID. The next run of the same user that decides (a second CI job on the same shell runner,
-   a developer's second terminal, the root nightly beside a root ``make qualify``) deletes
-   them all under the live run: its running guests lose their QMP socket path, the saved
+   PID. The next run of the same user that decides deletes them all under the live run: a
+   second CI job on the same shell runner, a developer's second terminal, and in ``make
+   test`` the run's own self-tests, which start child runs (``python -m pytest`` in
+   tests/harness/test_faults.py, test_no_silent_pass.py, test_kernel_health.py...) with the
+   same TMPDIR, each deciding and sweeping: its running guests lose their QMP socket path, the saved
    states every later test restores are gone, and saving a new one fails in a folder that no
    longer exists.
 
