@@ -20,9 +20,10 @@ test's docstring: the shape, why the harness lets it through, what is lost), on 
    second CI job on the same shell runner, a developer's second terminal, and in ``make
    test`` the run's own self-tests, which start child runs (``python -m pytest`` in
    tests/harness/test_faults.py, test_no_silent_pass.py, test_kernel_health.py...) with the
-   same TMPDIR, each deciding and sweeping: its running guests lose their QMP socket path, the saved
-   states every later test restores are gone, and saving a new one fails in a folder that no
-   longer exists.
+   same TMPDIR, each deciding and sweeping. The live run's saved states are gone,
+   and every guest it boots after that fails in set-up (:meth:`StateCache.claim` opens its
+   lock file in the states folder, which no longer exists: ``FileNotFoundError``); its
+   running guests' QMP sockets and overlays are unlinked under them.
 
 Each test asserts the safe behaviour and fails on 3d4d6b2; the controls show what is still
 swept (a run that is really gone) and what is kept (a run whose deciding process lives).
