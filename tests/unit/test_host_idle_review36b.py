@@ -13,8 +13,9 @@ test's docstring: the shape, why the harness lets it through, what is lost), on 
    ``-n 4``) is decided by whichever xdist *worker* collects a guest test first
    (``pytest_collection_modifyitems``: the controller collects nothing), and its PID becomes
    the tag. A worker that dies mid-run (a crash in a C extension such as libvirt-python, the
-   OOM killer, a ``kill`` of a hung worker) is replaced by xdist (``--max-worker-restart``,
-   4 per worker by default) and the run goes on, its controller and the other workers alive,
+   OOM killer, a ``kill`` of a hung worker) is replaced by xdist ("replacing crashed worker gw0":
+   up to 4 x ``-n`` crashes by default, ``--max-worker-restart``) and the run goes on (the
+   test that crashed is reported failed; every other test still runs), its controller and the other workers alive,
    their guests' overlays and sockets, and the saved states, in folders tagged with the dead
    PID. The next run of the same user that decides deletes them all under the live run: a
    second CI job on the same shell runner, a developer's second terminal, and in ``make
