@@ -50,6 +50,15 @@ hand-overs); ``Vfio.give_back`` after xdist's ``teardown_nodes`` (the wrapper ru
 worker's failed release is retried once its PID is gone, and a failure sets the exit status
 and rewrites the summary); ``_nothing_tested``; the GitLab, Jenkins and systemd files' order
 and artifacts (``cloud-init/**`` and ``id_*`` excluded).
+
+Seen, not reported (no shape strong enough): journal entries carry no boot id, so one left by
+a run the host's crash ended is judged after the reboot against the new boot's state, where
+only ``set``'s equality says the VFs are the run's (a host that makes the same count at boot,
+its VFs idle, would have them removed by the next `restore`; the host must then have made
+none when the run started, or the run would have reused them); the claim's re-reads judge
+the network rule (``network_uses``) but not the rest of the node rule (an IB port that goes
+ACTIVE, a keyboard plugged in that feeds the console, a PTP pin programmed) during their
+seconds.
 """
 
 from __future__ import annotations
