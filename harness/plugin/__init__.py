@@ -7,6 +7,7 @@ configuration (session.py, runconfig.py), who plays each device (backends.py), c
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -31,6 +32,9 @@ from harness import lab
 _STASH_SESSION = pytest.StashKey[HarnessSession]()
 #: What an xdist worker finds in its workerinput: the run folder the controller chose.
 _WORKER_RUN_DIR = "hh_run_dir"
+#: ... and the controller's pid: the process that started the run, which lives to its end, owns
+#: its temporary folders (a worker that decides may crash and be replaced mid-run).
+_WORKER_STARTER = "hh_starter_pid"
 #: Set when the plugin chose where junitxml writes (the user did not pass --junitxml); at the
 #: end, the temporary file to remove if the run never made a folder.
 _STASH_JUNIT = pytest.StashKey["bool | Path"]()
@@ -100,7 +104,8 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         hs = HarnessSession(config.option, config=config, plan=workerinput.get(_WORKER_RUN_DIR),
                             given=config.option.hh_run_config,
-                            worker=workerinput.get("workerid", ""))
+                            worker=workerinput.get("workerid", ""),
+                            starter=workerinput.get(_WORKER_STARTER))
     except HarnessError as e:
         raise pytest.UsageError(str(e)) from e
     config.stash[_STASH_SESSION] = hs
@@ -128,6 +133,7 @@ def pytest_configure_node(node) -> None:
     hs: HarnessSession | None = node.config.stash.get(_STASH_SESSION, None)
     if hs is not None:
         node.workerinput[_WORKER_RUN_DIR] = str(hs.run_dir)
+        node.workerinput[_WORKER_STARTER] = os.getpid()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -55,11 +55,13 @@ class HarnessSession:
     ``--collect-only``) writes nothing and starts no QEMU."""
 
     def __init__(self, opt, *, config=None, worker: str = "", plan: str | None = None,
-                 given: str | None = None):
+                 given: str | None = None, starter: int | None = None):
         """``opt``: the parsed options. ``plan``: the run folder the process that started the
         run chose (an xdist worker gets it; None: choose one now). ``given``: the path of a run
-        configuration already decided (the run inside the lab host)."""
+        configuration already decided (the run inside the lab host). ``starter``: the pid of
+        the process that started the run (an xdist worker's controller; None: this one)."""
         self.config, self.option, self.worker = config, opt, worker
+        self.starter = starter or os.getpid()
         #: For the summary's wall_seconds: the run's span as its user waited for it, from here
         #: (option parsing is done, nothing is built or booted yet) to the report.
         self.started_monotonic = time.monotonic()
@@ -172,9 +174,11 @@ class HarnessSession:
         if requested != self.option.accel:
             choice = dataclasses.replace(choice, reason=f"--lab-accel {requested}" + (
                 "" if requested == "tcg" else f"; {choice.reason}"))
-        # The process that decides owns the run's temporary folders (the outer lab run's PID
-        # means nothing inside the lab host).
-        owner = str(os.getpid())
+        # The process that started the run owns its temporary folders: it lives to the run's
+        # end, while the xdist worker that decides may crash and be replaced mid-run, and
+        # another run's sweep (hygiene.sweep_stale) would then remove the live run's folders.
+        # (The outer lab run's PID means nothing inside the lab host: there, the inner run's.)
+        owner = str(self.starter)
         self.swept = hygiene.sweep_stale()
         run = dataclasses.replace(
             self.plan, owner=owner, accel=choice.name, accel_reason=choice.reason,
