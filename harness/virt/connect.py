@@ -102,7 +102,17 @@ def _connect_error(uri: str, e) -> LabError:
     if "Permission denied" in text or "authentication" in text.lower():
         return LabError(f"no permission to use {uri}: {text}",
                         hint="run as root, or as a member of the libvirt group")
+    if any(lost in text for lost in _GONE_MID_CONNECT):
+        return LabError(f"the libvirt daemon stopped answering while {uri} was being reached "
+                        f"({text})", hint="is it still running? (`virsh list`); its log says "
+                                          "why it went away")
     return LabError(f"cannot connect to {uri}: {text}", hint="check the daemon's log")
+
+
+#: What a connection says when the daemon goes away while it is being made (killed after its
+#: socket accepted, before it answered): seen as "Cannot recv data: Connection reset by peer".
+_GONE_MID_CONNECT = ("Connection reset by peer", "Cannot recv data",
+                     "End of file while reading data")
 
 
 def _on_reboot(conn, dom, opaque) -> None:

@@ -200,3 +200,19 @@ def test_a_daemon_gone_under_an_open_connection_is_told_apart_from_a_refusal(mon
     assert vd._connection_lost(_Err("internal error: client socket is closed", 7, 1))
     assert vd._connection_lost(_Err("some new RPC wording", 7, 38))
     assert not vd._connection_lost(_Err("operation failed: device not found", 10, 9))
+
+
+@pytest.mark.parametrize("text, says", [
+    ("Failed to connect socket to '/run/libvirt/libvirt-sock': No such file or directory",
+     "the libvirt daemon is not running"),
+    ("Cannot recv data: Connection reset by peer", "the libvirt daemon stopped answering"),
+    ("End of file while reading data: Input/output error", "the libvirt daemon stopped answering"),
+    ("authentication unavailable: no polkit agent", "no permission to use"),
+    ("something else entirely", "cannot connect to"),
+])
+def test_a_connection_error_says_what_happened_to_the_daemon(text, says):
+    """A daemon killed after its socket accepted the connection, before it answered (seen in
+    the libvirt tests' SIGKILL of the daemon), is one that stopped answering, not an unknown
+    failure."""
+    from harness.virt import connect
+    assert connect._connect_error("qemu:///system", Exception(text)).message.startswith(says)
