@@ -28,6 +28,18 @@ What it found, one section below each:
    /proc/net/packet (AF_PACKET sockets) only; the bearer is disabled, and the cluster
    configuration lost, when the port is unbound. This is the same kind of use as netconsole,
    which the harness counts on a down port (no socket, no process: the kernel's own user).
+4. A connection over the port's own address, with no ``%ifname``. An IPv4 address stays on a
+   port set down, and so does every TCP connection whose local address it is: one with no
+   data in flight (an idle SSH session of a user on the lab network 10.0.5.0/24, a database
+   replication or message-bus stream between heartbeats, an NFS or iSCSI session between
+   its pings) stays ESTAB through a down/up of the port (a cable swap, a firmware setting
+   changed with the port down, a multipath failover test) and carries on when it comes back.
+   ``ss`` prints it ``10.0.5.1:22 10.0.5.50:50100``, with no ``%ifname`` (nothing bound it to
+   the device), so :func:`_read_sockets` files it under no interface, and the evidence "no
+   socket bound to it" is given while a connection of the port's own address waits on it;
+   taking the port removes the address and the connection is lost for good. (The socket's
+   local address being one of the port's, in the port's namespace, is positive evidence of
+   use; an address alone on a down port stays idle, the rule as written: control 4.)
 
 Each section's test asserts the safe behaviour (the port is in use, with the use named) and
 fails on 0498058; the control shows the same port, down with none of these, is still idle. A
@@ -117,3 +129,49 @@ def test_3_a_tipc_bearer_on_the_down_port_keeps_it(lab):
     uses = _uses(lab)
     assert any("tipc" in u.lower() or "ptype" in u.lower() or "handler" in u.lower()
                for u in uses), uses
+
+
+# -- 4. a connection over the port's own address ------------------------------------------------
+
+
+def test_4_an_established_connection_from_the_down_ports_address_keeps_it(lab):
+    lab.network(links=[fakesysfs.link(1, "lo", up=True),
+                       fakesysfs.link(2, "enp2s0", "0000:02:00.0", up=True),
+                       fakesysfs.link(3, "enp5s0f0", "0000:05:00.0"),
+                       fakesysfs.link(4, "enp5s0f1", "0000:05:00.1"),
+                       fakesysfs.link(5, "eno1", "0000:00:1f.6")],
+                addrs={"lo": ["127.0.0.1/8"], "enp2s0": ["192.168.1.10/24"],
+                       "enp5s0f1": ["10.0.5.1/24"]},
+                ss="tcp LISTEN 0 128 0.0.0.0:22 0.0.0.0:*\n"
+                   "tcp ESTAB 0 0 10.0.5.1:22 10.0.5.50:50100\n")
+    uses = _uses(lab)
+    assert any("10.0.5.50:50100" in u for u in uses), uses
+
+
+def test_control_4_the_same_port_with_its_address_and_no_connection_is_idle(lab):
+    """(The rule as written: an address on a down port is not a use by itself.)"""
+    lab.network(links=[fakesysfs.link(1, "lo", up=True),
+                       fakesysfs.link(4, "enp5s0f1", "0000:05:00.1")],
+                addrs={"enp5s0f1": ["10.0.5.1/24"]},
+                ss="tcp LISTEN 0 128 0.0.0.0:22 0.0.0.0:*\n")
+    uses, evidence = NetView.read(Sysfs(lab.root)).use_of(PORT)
+    assert uses == [] and "down" in evidence, uses
+
+
+# -- the verdict on the function itself ---------------------------------------------------------
+
+
+def test_control_the_lab_hosts_05_00_1_is_taken_as_it_stands(lab):
+    from harness.host.safety import HostUsage
+    assert HostUsage.read(lab.root).verdict("0000:05:00.1").uses == ()
+
+
+def test_2_3_the_function_is_refused_with_its_ports_use_named(lab, monkeypatch):
+    """The same as sections 2a and 3, judged as the binder judges 05:00.1 (HostUsage)."""
+    from harness.host.safety import HostUsage
+    lab.proc("net/ip_mr_vif",
+             "Interface      BytesIn  PktsIn  BytesOut PktsOut Flags Local    Remote\n"
+             " 1 enp5s0f1           0       0     40960      80 00000 0105000A 00000000\n")
+    lab.proc("net/ptype", "Type Device      Function\n88ca enp5s0f1 tipc_l2_rcv_msg\n")
+    uses = HostUsage.read(lab.root).verdict("0000:05:00.1").uses
+    assert any("enp5s0f1" in u for u in uses), uses
