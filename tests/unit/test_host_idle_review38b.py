@@ -93,6 +93,7 @@ def test_1_an_mpls_route_out_of_the_down_port_keeps_it(lab, monkeypatch):
         return real(fs, argv, fake, *a, **k)
 
     monkeypatch.setattr(network, "_run", run)
+    lab.proc("sys/net/mpls/platform_labels", "1048575\n")  # (mpls_router is loaded: FRR's LDP)
     uses = _uses(lab)
     assert any("100" in u or "mpls" in u.lower() for u in uses), uses
 
