@@ -2,11 +2,13 @@
 
 A network interface (netdev) is *idle* when it has no upper device (a bridge, bond, OVS or VRF
 master; a VLAN, macvlan or ipvlan on top of it; a VXLAN or HSR/PRP device bound to it), no
-route in any routing table of its namespace (ECMP ``nexthops`` included), no socket bound to
-it, and is down or has no address at all (an IPv6 link-local address counts: SSH may run over
-it). What cannot be read (``ip`` or ``ss`` missing, a namespace the harness cannot enter, a
-device in another namespace whose lower device cannot be told) makes every interface
-unproven: :attr:`NetView.problems`.
+route in any routing table of its namespace (ECMP ``nexthops`` included) nor in its MPLS label
+table, no socket bound to it or using its address (a connection from it, which ``ss`` prints
+with no ``%ifname``), no multicast routing interface (VIF) and no protocol handler bound to
+it (/proc/net/ptype: a TIPC bearer), and is down or has no address at all (an IPv6 link-local
+address counts: SSH may run over it). What cannot be read (``ip`` or ``ss`` missing, a
+namespace the harness cannot enter, a device in another namespace whose lower device cannot
+be told) makes every interface unproven: :attr:`NetView.problems`.
 
 Namespaces: the harness's own, every named one (``ip -all netns``, ``/var/run/netns``), and
 every other one anything holds: a process lives in it (a container's, ``/proc/PID/ns/net``),
@@ -27,7 +29,10 @@ Everything is read under a root: on ``/`` the tools are run; under a test's fake
 output is read from files: ``<root>/ip/<what>.json`` for the harness's own namespace,
 ``<root>/ip/netns/<name>/<what>.json`` for a named one, ``ip/pidns/<pid>/`` for a process's,
 ``ip/nsfs/<inode>/`` for one entered through a file,
-``ip/netns.json``, ``ss.txt`` and ``packet.txt`` (``/proc/net/packet``) likewise.
+``ip/netns.json``, ``ss.txt``, ``mpls.json`` (``ip -f mpls route``, read when
+``proc/sys/net/mpls/platform_labels`` exists) and ``packet.txt`` (``/proc/net/packet``; and
+``ptype.txt``, ``ip_mr_vif.txt``, ``ip6_mr_vif.txt``, read when the harness's own
+``proc/net`` has that file) likewise.
 
     >>> view = NetView.read(Sysfs("/"))                 # doctest: +SKIP
     >>> view.use_of(Netdev(OWN, "enp5s0f0"))
@@ -1011,8 +1016,14 @@ def _read_mpls(fs: Sysfs, ns: Namespace, where: str) -> bool:
     LDP paths out of a port the operator set down. A kernel without ``mpls_router`` has no
     label table in any namespace (``/proc/sys/net/mpls/platform_labels`` is made in every
     namespace by the module's pernet init, or in none): nothing to read then."""
-    if not fs.proc("sys", "net", "mpls", "platform_labels").exists():
+    try:
+        os.stat(fs.proc("sys", "net", "mpls", "platform_labels"))
+    except FileNotFoundError:
         return True
+    except OSError as e:
+        ns.problems.append(f"whether MPLS routing is loaded cannot be told{where}: "
+                           f"/proc/sys/net/mpls/platform_labels: {e.strerror}")
+        return False
     try:
         routes = _ip_json(_run(fs, ns.ip + _MPLS, ns.fake / "mpls.json", ns.fds, **_by(ns))
                           or "[]")
