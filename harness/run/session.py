@@ -57,9 +57,8 @@ class HarnessSession:
     def __init__(self, opt, *, config=None, worker: str = "", plan: str | None = None,
                  given: str | None = None, starter: int | None = None):
         """``opt``: the parsed options. ``plan``: the run folder the process that started the
-        run chose (an xdist worker gets it; None: choose one now). ``given``: the path of a run
-        configuration already decided (the run inside the lab host). ``starter``: the pid of
-        the process that started the run (an xdist worker's controller; None: this one)."""
+        run (``starter``: its pid; None: this one) chose, for an xdist worker (None: choose one
+        now). ``given``: the path of a run configuration already decided (inside the lab)."""
         self.config, self.option, self.worker = config, opt, worker
         self.starter = starter or os.getpid()
         #: For the summary's wall_seconds: the run's span as its user waited for it, from here
