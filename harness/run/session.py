@@ -59,8 +59,8 @@ class HarnessSession:
         """``opt``: the parsed options. ``plan``: the run folder the process that started the
         run (``starter``: its pid; None: this one) chose, for an xdist worker (None: choose one
         now). ``given``: the path of a run configuration already decided (inside the lab)."""
-        self.config, self.option, self.worker = config, opt, worker
-        self.starter = starter or os.getpid()
+        self.config, self.option, self.worker, self.starter = (config, opt, worker,
+                                                              starter or os.getpid())
         #: For the summary's wall_seconds: the run's span as its user waited for it, from here
         #: (option parsing is done, nothing is built or booted yet) to the report.
         self.started_monotonic = time.monotonic()
@@ -95,8 +95,7 @@ class HarnessSession:
         #: user's image files' sizes and times); the process that started the run takes it.
         self.snapshot = None if worker else hygiene.Snapshot.take(
             [self.user_image] + [c.image for c in self.guest_choices if not c.builtin])
-        self.hygiene_problems: list[str] = []
-        self.swept: list[str] = []
+        self.hygiene_problems, self.swept = list[str](), list[str]()  # (leftovers; stale folders)
         if given_run is not None and given_run.accel is not None:  # decided by whoever started it
             self._run = given_run
             self._after_decided(given_run)
