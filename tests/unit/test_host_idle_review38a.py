@@ -11,7 +11,7 @@ hand-over), on main at 0498058. What it found, one section below:
    host mounts nvme0n1 through nvme0. With ``multipath=N`` the subsystem folder holds only
    the links to its controllers, and nvme0n1 sits below nvme0: nothing below nvme1, nothing
    in the subsystem, so nvme1 reads idle and goes to vfio-pci. Shape: a dual-port U.2/E3
-   drive (``CMIC`` bit 0: Samsung PM1733/PM1735, Kioxia CM6/CM7, Micron 7450 dual-port)
+   drive (``CMIC`` bit 0: Samsung PM1733/PM1735, Kioxia CM6/CM7)
    with both ports cabled to the host (an HA test bench, a dual-port backplane), on RHEL 8
    or with ``nvme_core.multipath=N``. The guest holds a primary controller of the subsystem
    the host writes: a Namespace Attachment of the host's (shared) namespace to it, a
