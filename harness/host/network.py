@@ -2,11 +2,13 @@
 
 A network interface (netdev) is *idle* when it has no upper device (a bridge, bond, OVS or VRF
 master; a VLAN, macvlan or ipvlan on top of it; a VXLAN or HSR/PRP device bound to it), no
-route in any routing table of its namespace (ECMP ``nexthops`` included), no socket bound to
-it, and is down or has no address at all (an IPv6 link-local address counts: SSH may run over
-it). What cannot be read (``ip`` or ``ss`` missing, a namespace the harness cannot enter, a
-device in another namespace whose lower device cannot be told) makes every interface
-unproven: :attr:`NetView.problems`.
+route in any routing table of its namespace (ECMP ``nexthops`` included) nor in its MPLS label
+table, no socket bound to it or using its address (a connection from it, which ``ss`` prints
+with no ``%ifname``), no multicast routing interface (VIF) and no protocol handler bound to
+it (/proc/net/ptype: a TIPC bearer), and is down or has no address at all (an IPv6 link-local
+address counts: SSH may run over it). What cannot be read (``ip`` or ``ss`` missing, a
+namespace the harness cannot enter, a device in another namespace whose lower device cannot
+be told) makes every interface unproven: :attr:`NetView.problems`.
 
 Namespaces: the harness's own, every named one (``ip -all netns``, ``/var/run/netns``), and
 every other one anything holds: a process lives in it (a container's, ``/proc/PID/ns/net``),
@@ -27,7 +29,10 @@ Everything is read under a root: on ``/`` the tools are run; under a test's fake
 output is read from files: ``<root>/ip/<what>.json`` for the harness's own namespace,
 ``<root>/ip/netns/<name>/<what>.json`` for a named one, ``ip/pidns/<pid>/`` for a process's,
 ``ip/nsfs/<inode>/`` for one entered through a file,
-``ip/netns.json``, ``ss.txt`` and ``packet.txt`` (``/proc/net/packet``) likewise.
+``ip/netns.json``, ``ss.txt``, ``mpls.json`` (``ip -f mpls route``, read when
+``proc/sys/net/mpls/platform_labels`` exists) and ``packet.txt`` (``/proc/net/packet``; and
+``ptype.txt``, ``ip_mr_vif.txt``, ``ip6_mr_vif.txt``, read when the harness's own
+``proc/net`` has that file) likewise.
 
     >>> view = NetView.read(Sysfs("/"))                 # doctest: +SKIP
     >>> view.use_of(Netdev(OWN, "enp5s0f0"))
@@ -103,6 +108,12 @@ class Namespace:
         self.addresses: dict[str, list[str]] = {}
         self.routes: dict[str, list[str]] = {}
         self.sockets: dict[str, list[str]] = {}
+        #: Every ``ss`` socket by its local address (no port, no ``%ifname``): (state, local,
+        #: peer, the line), what a port's own address is matched against.
+        self.local: dict[str, list[tuple[str, str, str, str]]] = {}
+        #: What the kernel keeps on an interface with no socket (a multicast VIF, a protocol
+        #: handler bound to it), by interface: :func:`_read_kernel_users`.
+        self.kernel_users: dict[str, list[str]] = {}
         self.problems: list[str] = []
 
 
@@ -175,6 +186,8 @@ class NetView:
             uses.append(f"{dev} is up " + (f"with the address {', '.join(addresses)}"
                                            if addresses else "(with no address)"))
         uses += [f"{dev} has a socket bound to it ({s})" for s in ns.sockets.get(dev.name, [])]
+        uses += [f"{dev} {u}" for u in ns.kernel_users.get(dev.name, [])]
+        uses += _on_its_address(ns, dev)
         # In any namespace: a dynamic target binds the interface of its name in the namespace
         # of the process that enables it (``netpoll_setup``: ``current->nsproxy->net_ns``).
         if {dev.name, str(link.get("address", "")).lower()} & self.netconsoles:
@@ -984,8 +997,47 @@ def _read_namespace(fs: Sysfs, ns: Namespace) -> Namespace:
         for dev in {r.get("dev")} | {h.get("dev") for h in r.get("nexthops", [])}:
             if dev:
                 ns.routes.setdefault(dev, []).append(_route_text(r))
+    if not _read_mpls(fs, ns, where):
+        return ns
     _read_sockets(fs, ns, where)
+    _read_kernel_users(fs, ns, where)
     return ns
+
+
+#: ``ip -j -f mpls route show``: the MPLS label table.
+_MPLS = ["-j", "-f", "mpls", "route", "show"]
+
+
+def _read_mpls(fs: Sysfs, ns: Namespace, where: str) -> bool:
+    """The MPLS label table's routes, filed under each nexthop's ``dev`` as ``mpls label N``
+    (False: it could not be read, a problem of ``ns``). Unlike IPv4 and IPv6 routes, which the
+    kernel flushes when a port is set down, an MPLS route through it stays (``mpls_ifdown``
+    only marks its nexthop dead; it is deleted at ``NETDEV_UNREGISTER``, the unbind): FRR's
+    LDP paths out of a port the operator set down. A kernel without ``mpls_router`` has no
+    label table in any namespace (``/proc/sys/net/mpls/platform_labels`` is made in every
+    namespace by the module's pernet init, or in none): nothing to read then."""
+    try:
+        os.stat(fs.proc("sys", "net", "mpls", "platform_labels"))
+    except FileNotFoundError:
+        return True
+    except OSError as e:
+        ns.problems.append(f"whether MPLS routing is loaded cannot be told{where}: "
+                           f"/proc/sys/net/mpls/platform_labels: {e.strerror}")
+        return False
+    try:
+        routes = _ip_json(_run(fs, ns.ip + _MPLS, ns.fake / "mpls.json", ns.fds, **_by(ns))
+                          or "[]")
+        if not isinstance(routes, list):
+            raise ValueError("not a list")
+    except (OSError, ValueError) as e:
+        ns.problems.append(f"`ip {' '.join(_MPLS)}`{where} cannot be read: {e}")
+        return False
+    for r in routes:
+        hops = r.get("nexthops") if isinstance(r.get("nexthops"), list) else []
+        for dev in {r.get("dev")} | {h.get("dev") for h in hops if isinstance(h, dict)}:
+            if dev:
+                ns.routes.setdefault(dev, []).append(f"mpls label {r.get('dst', '?')}")
+    return True
 
 
 def _by(ns: Namespace) -> dict:
@@ -998,6 +1050,36 @@ def _route_text(r: dict) -> str:
     if r.get("nexthops"):
         text += " (ECMP: " + ", ".join(h.get("dev", "?") for h in r["nexthops"]) + ")"
     return text + f" (table {r.get('table', 'main')})"
+
+
+def _address_of(endpoint: str) -> str:
+    """``ss -n``'s local address without its port, brackets or ``%ifname``: ``10.0.5.1:22``
+    and ``[fe80::1%enp5s0f1]:22`` give ``10.0.5.1`` and ``fe80::1``; an IPv4 connection to a
+    dual-stack listener (``[::ffff:10.0.5.1]:22``) gives its IPv4 address."""
+    host = endpoint.rpartition(":")[0] if ":" in endpoint else endpoint
+    host = host.partition("%")[0].strip("[]")
+    mapped = host.removeprefix("::ffff:")
+    return mapped if mapped != host and "." in mapped else host
+
+
+def _on_its_address(ns: Namespace, dev: Netdev) -> list[str]:
+    """The sockets whose local address is one of ``dev``'s own in its namespace, those
+    ``ss`` prints with no ``%ifname`` (a connection from its address: nothing bound it to the
+    device). An IPv4 address stays on a port set down, and so does a TCP connection from it
+    with no data in flight (an idle SSH session, a replication stream between heartbeats),
+    which carries on when the port comes back; taking the port removes the address and loses
+    it. A listener on the address is counted too (fail closed: it serves the lab network
+    through that port only)."""
+    uses, scoped = [], set(ns.sockets.get(dev.name, []))
+    for address in ns.addresses.get(dev.name, []):
+        for state, local, peer, line in ns.local.get(address.partition("/")[0], []):
+            if line in scoped:
+                continue  # (named already, as a socket bound to it)
+            if state in ("LISTEN", "UNCONN"):
+                uses.append(f"{dev} has a socket listening on its address ({line})")
+            else:
+                uses.append(f"{dev} has the connection {local} {peer} from its address")
+    return uses
 
 
 def _read_sockets(fs: Sysfs, ns: Namespace, where: str) -> None:
@@ -1018,12 +1100,63 @@ def _read_sockets(fs: Sysfs, ns: Namespace, where: str) -> None:
     for line in ss.splitlines():
         for ifname in _SCOPED.findall(line):
             ns.sockets.setdefault(ifname, []).append(" ".join(line.split()))
+        f = line.split()
+        if len(f) >= 6:  # Netid State Recv-Q Send-Q Local Peer [Process]
+            ns.local.setdefault(_address_of(f[4]), []).append(
+                (f[1], f[4], f[5], " ".join(f)))
     by_index = {str(link.get("ifindex")): name for name, link in ns.links.items()}
     for line in packet.splitlines()[1:]:
         f = line.split()
         if len(f) >= 5 and f[4] != "0":
             name = by_index.get(f[4], f"ifindex {f[4]}")
             ns.sockets.setdefault(name, []).append(f"packet socket, inode {f[-1]}")
+
+
+#: The kernel's own tables of what is bound to an interface with no socket, each as
+#: (/proc/net file, the column naming the interface, what a row of it is).
+_KERNEL_USERS = (("ip_mr_vif", 1, "vif"), ("ip6_mr_vif", 1, "vif"), ("ptype", 1, "ptype"))
+
+
+def _read_kernel_users(fs: Sysfs, ns: Namespace, where: str) -> None:
+    """What the kernel keeps on an interface with no socket and no route: a multicast
+    routing interface (a VIF of smcroute, pimd, FRR's pim: /proc/net/ip_mr_vif and
+    ip6_mr_vif; kept while its port is down, deleted at unregister with every forwarding
+    entry through it) and a protocol handler bound to the device (a TIPC bearer,
+    ``tipc_l2_rcv_msg``: /proc/net/ptype's Device column, which lists the handlers bound to
+    a device of the reader's namespace; the cluster's configuration is lost when the port is
+    unbound). Filed in ``ns.kernel_users``. A file the kernel does not have (no multicast
+    routing built in) lists nothing; one that cannot be read is a problem of ``ns``."""
+    for name, column, what in _KERNEL_USERS:
+        try:
+            text = _proc_net_file(fs, ns, name)
+        except OSError as e:
+            ns.problems.append(f"/proc/net/{name}{where} cannot be read: {e}")
+            return
+        for line in (text or "").splitlines()[1:]:
+            f = line.split()
+            if len(f) <= column or (what == "ptype" and len(f) < 3):
+                continue  # (a ptype row with no Device: a handler of every device)
+            if what == "vif":
+                use = f"carries a multicast routing interface (VIF {f[0]})"
+            else:
+                use = f"has the protocol handler {' '.join(f[2:])} (type {f[0]}) bound to it"
+            ns.kernel_users.setdefault(f[column], []).append(use)
+
+
+def _proc_net_file(fs: Sysfs, ns: Namespace, name: str) -> str | None:
+    """/proc/net/``name`` as ``ns`` sees it, or None when the kernel has none: read directly in
+    the harness's own namespace, else ``cat`` entered in ``ns`` (``<fake>/<name>.txt``). The
+    same kernel makes the file in every namespace or in none (pernet init), so one the
+    harness's own namespace does not have is in none. Raises OSError."""
+    own = fs.proc("net", name)
+    try:
+        text = own.read_text(errors="replace")
+    except FileNotFoundError:
+        return None
+    if not ns.name:
+        return text
+    return _run(fs, ns.enter + ["cat", f"/proc/net/{name}"], ns.fake / f"{name}.txt", ns.fds,
+                **_by(ns))
 
 
 # -- namespaces ---------------------------------------------------------------------------------

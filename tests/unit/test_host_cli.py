@@ -157,7 +157,7 @@ def test_plan_prints_each_members_changes_and_evidence_and_changes_nothing(lab, 
             f"to it\n") in printed
     assert "  would be taken: 2 function(s) to vfio-pci" in printed
     assert ("    in use: enp2s0 carries the route default (table main)\n" in printed)
-    assert '  REFUSED: 3 use(s) marked "in use" above\n' in printed
+    assert '  REFUSED: 4 use(s) marked "in use" above\n' in printed
     assert ("usb-device usb-device-3-3 (bus 3 addr 3)\n  USB 3-3 [03f0:8607] Optical Mobile "
             "Mouse\n") in printed
     assert printed.rstrip().endswith("verdict: this run would refuse what is marked REFUSED "

@@ -27,7 +27,8 @@ def test_verdicts_of_the_lab_host(lab):
     assert usage.verdict("02:00.0").uses == (
         "enp2s0 carries the route default (table main)",
         "enp2s0 carries the route 192.168.1.0/24 (table main)",
-        "enp2s0 is up with the address 192.168.1.10/24, fe80::1:10/64")
+        "enp2s0 is up with the address 192.168.1.10/24, fe80::1:10/64",
+        "enp2s0 has the connection 192.168.1.10:22 192.168.1.50:50022 from its address")
     idle = usage.verdict("05:00.0")
     assert idle.idle and idle.evidence == (
         "enp5s0f0: down, no route in any table, no upper device, no socket bound to it",)
