@@ -775,9 +775,10 @@ def network_uses(fs: Sysfs, net: NetView, path: str,
 
 def disks_below(fs: Sysfs, path: str) -> list[str]:
     """The block devices below a device's sysfs directory, by their /dev names (``sdb``,
-    ``nvme0n1``; an NVMe controller's multipath heads too): the whole disks, whose claim
-    covers their partitions. Not a hidden one (``nvme0c0n1``, one path of a multipath head:
-    no node, nothing to mount)."""
+    ``nvme0n1``; an NVMe controller's multipath heads and its subsystem's other controllers'
+    disks too, :func:`_nvme_heads`: the host must not mount them while it moves): the whole
+    disks, whose claim covers their partitions. Not a hidden one (``nvme0c0n1``, one path of
+    a multipath head: no node, nothing to mount)."""
     tree = _Subtree(fs, path)
     return [devname(fs.sys("class", "block", name), fs)
             for name in tree.blocks + _nvme_heads(fs, path)
@@ -794,11 +795,12 @@ def device_nodes(fs: Sysfs, path: str, tree: "_Subtree | None" = None
                  ) -> list[tuple[Path, str | None]]:
     """The device nodes a device's use shows in, with their ``MAJ:MIN``: those below its sysfs
     directory (a vfio-pci function's ``vfio-dev/vfioN``: iommufd's /dev/vfio/devices/vfioN),
-    and those its removal takes from elsewhere: its NVMe multipath namespaces' generic heads
-    (:func:`_nvme_char_heads`, under nvme-subsystem) and its PTP clocks' PPS sources
-    (:func:`_clock_pps`, under /sys/devices/virtual/pps). One list for the proof
-    (:meth:`HostUsage.verdict`) and for the read again under the claim, so a node the one
-    judges is never one the other leaves out. ``tree``: its :class:`_Subtree`, if read."""
+    and those its removal takes from elsewhere: its NVMe subsystems' generic nodes
+    (:func:`_nvme_char_heads`: under nvme-subsystem, or below the other controllers) and its
+    PTP clocks' PPS sources (:func:`_clock_pps`, under /sys/devices/virtual/pps). One list
+    for the proof (:meth:`HostUsage.verdict`) and for the read again under the claim, so a
+    node the one judges is never one the other leaves out. ``tree``: its :class:`_Subtree`,
+    if read."""
     tree = tree if tree is not None else _Subtree(fs, path)
     return tree.char_nodes + _nvme_char_heads(fs, path) + _clock_pps(fs, tree)
 
