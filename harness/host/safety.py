@@ -775,9 +775,10 @@ def network_uses(fs: Sysfs, net: NetView, path: str,
 
 def disks_below(fs: Sysfs, path: str) -> list[str]:
     """The block devices below a device's sysfs directory, by their /dev names (``sdb``,
-    ``nvme0n1``; an NVMe controller's multipath heads too): the whole disks, whose claim
-    covers their partitions. Not a hidden one (``nvme0c0n1``, one path of a multipath head:
-    no node, nothing to mount)."""
+    ``nvme0n1``; an NVMe controller's multipath heads and its subsystem's other controllers'
+    disks too, :func:`_nvme_heads`: the host must not mount them while it moves): the whole
+    disks, whose claim covers their partitions. Not a hidden one (``nvme0c0n1``, one path of
+    a multipath head: no node, nothing to mount)."""
     tree = _Subtree(fs, path)
     return [devname(fs.sys("class", "block", name), fs)
             for name in tree.blocks + _nvme_heads(fs, path)
@@ -794,11 +795,12 @@ def device_nodes(fs: Sysfs, path: str, tree: "_Subtree | None" = None
                  ) -> list[tuple[Path, str | None]]:
     """The device nodes a device's use shows in, with their ``MAJ:MIN``: those below its sysfs
     directory (a vfio-pci function's ``vfio-dev/vfioN``: iommufd's /dev/vfio/devices/vfioN),
-    and those its removal takes from elsewhere: its NVMe multipath namespaces' generic heads
-    (:func:`_nvme_char_heads`, under nvme-subsystem) and its PTP clocks' PPS sources
-    (:func:`_clock_pps`, under /sys/devices/virtual/pps). One list for the proof
-    (:meth:`HostUsage.verdict`) and for the read again under the claim, so a node the one
-    judges is never one the other leaves out. ``tree``: its :class:`_Subtree`, if read."""
+    and those its removal takes from elsewhere: its NVMe subsystems' generic nodes
+    (:func:`_nvme_char_heads`: under nvme-subsystem, or below the other controllers) and its
+    PTP clocks' PPS sources (:func:`_clock_pps`, under /sys/devices/virtual/pps). One list
+    for the proof (:meth:`HostUsage.verdict`) and for the read again under the claim, so a
+    node the one judges is never one the other leaves out. ``tree``: its :class:`_Subtree`,
+    if read."""
     tree = tree if tree is not None else _Subtree(fs, path)
     return tree.char_nodes + _nvme_char_heads(fs, path) + _clock_pps(fs, tree)
 
@@ -899,17 +901,39 @@ def _nvme_subsystems(fs: Sysfs, path: str) -> list[Path]:
                    for p in subsys.glob("nvme*") if p.is_symlink())]
 
 
+def _nvme_siblings(fs: Sysfs, path: str) -> list["_Subtree"]:
+    """What sits below the other controllers of its NVMe subsystems (those not below
+    ``path``: a dual-port drive's second port, cabled to the same host). Without native
+    multipath (``nvme_core.multipath=N``: RHEL 8's default, dm-multipath set-ups) a
+    namespace's disk and generic node sit below the controller it is attached to, not in the
+    subsystem's folder, yet a guest holding any controller of the subsystem can reach it (a
+    Namespace Attachment, a Sanitize or Format of every namespace, a Subsystem Reset)."""
+    prefix = path.rstrip("/") + "/"
+    ctrls = {os.path.realpath(p) for subsys in _nvme_subsystems(fs, path)
+             for p in subsys.glob("nvme*") if p.is_symlink()}
+    return [_Subtree(fs, ctrl) for ctrl in sorted(ctrls) if not ctrl.startswith(prefix)]
+
+
 def _nvme_heads(fs: Sysfs, path: str) -> list[str]:
-    """The multipath disks the host mounts (``nvme0n1``), beside the controllers' links."""
-    return [p.name for subsys in _nvme_subsystems(fs, path) for p in sorted(subsys.glob("nvme*"))
-            if (p / "dev").exists() and not p.is_symlink()]
+    """The namespaces' disks of its NVMe subsystems the host may mount, wherever they sit: the
+    multipath heads (``nvme0n1``, beside the controllers' links) and the disks below the
+    subsystems' other controllers (:func:`_nvme_siblings`), so a controller's verdict is the
+    same with or without native multipath."""
+    heads = [p.name for subsys in _nvme_subsystems(fs, path)
+             for p in sorted(subsys.glob("nvme*")) if (p / "dev").exists() and not p.is_symlink()]
+    return list(dict.fromkeys(heads + [name for tree in _nvme_siblings(fs, path)
+                                       for name in tree.blocks]))
 
 
 def _nvme_char_heads(fs: Sysfs, path: str) -> list[tuple[Path, str | None]]:
-    """The multipath namespaces' generic character devices (``/dev/ng0n1``: NVMe passthrough,
-    io_uring): a process holding one uses the controller with no block device open."""
-    return [(p, fs.read(p / "dev")) for subsys in _nvme_subsystems(fs, path)
-            for p in sorted(subsys.glob("ng*")) if (p / "dev").exists()]
+    """The namespaces' generic character devices (``/dev/ng0n1``: NVMe passthrough,
+    io_uring) of its NVMe subsystems: a process holding one uses the subsystem with no block
+    device open. The multipath heads' and those below the other controllers
+    (:func:`_nvme_siblings`)."""
+    heads = [(p, fs.read(p / "dev")) for subsys in _nvme_subsystems(fs, path)
+             for p in sorted(subsys.glob("ng*")) if (p / "dev").exists()]
+    return heads + [(node, majmin) for tree in _nvme_siblings(fs, path)
+                    for node, majmin in tree.char_nodes if re.fullmatch(r"ng\d+n\d+", node.name)]
 
 
 def _clock_pps(fs: Sysfs, tree: "_Subtree") -> list[tuple[Path, str | None]]:
