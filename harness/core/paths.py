@@ -342,10 +342,7 @@ def check_pytest_options(text: str, where: str) -> None:
                  "install a plugin into root's venv, and put ini settings in the checkout's "
                  "pytest.ini; docs/fleet.md")
     paths = path_words(words)
-    try:
-        cut = _ini_folder(paths)
-    except UnsafePathError as e:
-        raise _path_word_refused(where, e.word, e) from e
+    cut = _ini_folder(paths, where)
     for word in paths:
         try:
             check_test_path(Path(word), cut, _PYTEST_NORECURSE)
@@ -364,11 +361,11 @@ def _path_word_refused(where: str, word: str, e: UnsafePathError) -> UnsafePathE
                            hint=e.hint, finding=e.finding)
 
 
-def _ini_folder(paths: list[str]) -> "Path | None":
-    """The folder of the ini file pytest would choose, given ``paths`` before the command
-    line's own (in the checkout it runs from), once each folder it would look in on the way
-    proves to be one nobody else can write (else another user's ``pytest.ini`` made there
-    would win): raises UnsafePathError naming it. pytest (``determine_setup``) looks from the
+def _ini_folder(paths: list[str], where: str) -> "Path | None":
+    """The folder of the ini file pytest would choose, given ``paths`` (of ``where``) before
+    the command line's own (in the checkout it runs from), once each folder it would look in
+    on the way proves to be one nobody else can write (else another user's ``pytest.ini``
+    made there would win): raises UnsafePathError naming it and the word it came from. pytest (``determine_setup``) looks from the
     common ancestor of the paths that exist upward, then from each one's folder upward in
     turn, and takes the first config file it accepts; it imports no ``conftest.py`` above
     that file's folder (its ``confcutdir``). Only ``pytest.ini`` and ``.pytest.ini`` count
@@ -391,8 +388,7 @@ def _ini_folder(paths: list[str]) -> "Path | None":
                 _check_test_entry(Path(found.get(word, here)), base, uids,
                                   "pytest looks for its ini file there")
             except UnsafePathError as e:
-                e.word = word
-                raise
+                raise _path_word_refused(where, word, e) from e
             if any(os.path.isfile(base / n) for n in ("pytest.ini", ".pytest.ini")):
                 return base
     return None

@@ -39,8 +39,7 @@ from harness.host.network import NetView, namespace_problem
 from harness.host.safety import (GroupPlan, HostUsage, _driver_module, disks_below,
                                  network_uses, node_holders, nodes_below, plan_group,
                                  vfs_removed)
-from harness.host.storage import (OpenFiles, StorageView, mount_ids, mountinfos,
-                                  remote_mount_ids)
+from harness.host.storage import OpenFiles, StorageView
 from harness.host import sriov
 from harness.host.sysfs import SYSFS_BDF, PciDevice, Sysfs, UsbDevice, parse_bdf, short_bdf
 from harness.qemu.process import start_time
@@ -335,8 +334,7 @@ def _holders(fs: Sysfs, group: int | None, bdf: str | None = None
     None: a device in use is never touched. Open files that cannot be read count as a holder
     (fail closed)."""
     problems: list[str] = []
-    infos = mountinfos(fs, problems)
-    opened = OpenFiles(fs, problems, remote_mount_ids(infos), mount_ids(infos))
+    opened = OpenFiles.read(fs, problems)
     held = [(f"/dev/vfio/{group}", opened.holders("char", f"vfio/{group}",
                                                   fs.vfio_group_dev(group)))] \
         if group is not None else []
@@ -544,8 +542,7 @@ def _usb_holders(fs: Sysfs, entry: dict) -> str | None:
     its interfaces claimed), by path and by number; open files that cannot be read count as
     a holder (fail closed). None: nobody."""
     problems: list[str] = []
-    infos = mountinfos(fs, problems)
-    opened = OpenFiles(fs, problems, remote_mount_ids(infos), mount_ids(infos))
+    opened = OpenFiles.read(fs, problems)
     here = fs.sys("bus", "usb", "devices", entry["bdf"])
     node = f"bus/usb/{entry['busnum']:03d}/{entry['devnum']:03d}"
     users = opened.holders("char", node, fs.read(here / "dev"))
@@ -1407,8 +1404,7 @@ def _nodes_opened_since(fs: Sysfs, below: "list[tuple[str, str]]", before: str,
     if view is not None:
         opened = view.opened
     else:
-        infos = mountinfos(fs, problems)
-        opened = OpenFiles(fs, problems, remote_mount_ids(infos), mount_ids(infos))
+        opened = OpenFiles.read(fs, problems)
     for refusing, node, majmin in nodes:
         name, users = node_holders(fs, opened, node, majmin)
         uses = [f"/dev/{name} is open by pid {pid} ({comm})" for pid, comm in users] + [
@@ -1504,32 +1500,27 @@ def _probed_driver(fs: Sysfs, dev: PciDevice) -> str | None:
         loaded = sorted(p.name for p in fs.sys("bus", "pci", "drivers").iterdir())
     except OSError:
         return None
+    aliased = {module for _, module in aliases}
+    if any(_may_hold_unseen_ids(fs, d, aliased) for d in loaded):
+        return None
     matching = {module for pattern, module in aliases  # (the literal head first: quick)
                 if modalias.startswith(re.split(r"[*?\[]", pattern, maxsplit=1)[0])
                 and fnmatch.fnmatchcase(modalias, pattern)}
-    if any(_may_hold_unseen_ids(fs, d, aliases) for d in loaded):
-        return None
     picked = [d for d in loaded if _driver_module(fs, d) in matching]
     return picked[0] if len(picked) == 1 else None
 
 
-#: PCI drivers with no id table of their own, which take devices only by ids given at run
-#: time: a stub that reserves a model for guests, and the userspace-I/O drivers DPDK and SPDK
-#: bind by ``new_id``.
-_IDS_GIVEN_DRIVERS = {"pci-stub", "uio_pci_generic", "igb_uio"}
-
-
-def _may_hold_unseen_ids(fs: Sysfs, driver: str, aliases: list[tuple[str, str]]) -> bool:
+def _may_hold_unseen_ids(fs: Sysfs, driver: str, aliased: "set[str]") -> bool:
     """Whether loaded PCI ``driver`` (not vfio-pci, whose catch of a device the release puts
-    right) may take a device by ids no file shows: one of :data:`_IDS_GIVEN_DRIVERS`, or any
-    driver whose module has no ``pci:`` alias at all, built in or not. Before Linux 6.18,
-    ``modules.builtin.alias`` lists no PCI ids of built-in drivers (a built-in r8169 takes a
+    right) may take a device by ids no file shows: any driver whose module has no ``pci:``
+    alias (``aliased``: the modules that have one), built in or not. That is every driver
+    with no id table of its own, which takes devices only by ids given at run time
+    (``pci-stub``, whose ``pci-stub.ids=`` reserves a model for guests; ``uio_pci_generic``
+    and ``igb_uio``, which DPDK and SPDK bind by ``new_id``); and, before Linux 6.18, whose
+    ``modules.builtin.alias`` lists no PCI ids, every built-in one (a built-in r8169 takes a
     Realtek NIC kept on r8168 by ``driverctl``): there, with pcieport always loaded, libvirt
     is never left a move, and the harness's own, given back by name, is the one used."""
-    if driver == VFIO:
-        return False
-    module = _driver_module(fs, driver)
-    return driver in _IDS_GIVEN_DRIVERS or not any(m == module for _, m in aliases)
+    return driver != VFIO and _driver_module(fs, driver) not in aliased
 
 
 def _pci_aliases(fs: Sysfs) -> list[tuple[str, str]] | None:

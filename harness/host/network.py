@@ -1087,13 +1087,9 @@ def _read_sockets(fs: Sysfs, ns: Namespace, where: str) -> None:
     sockets, by interface index; 0 means every interface: bound to none)."""
     try:
         ss = _run(fs, ns.enter + _SS, ns.fake / "ss.txt", ns.fds, **_by(ns))
-        if ns.name:
-            packet = _run(fs, ns.enter + ["cat", "/proc/net/packet"], ns.fake / "packet.txt",
-                          ns.fds, **_by(ns))
-        else:
-            packet = fs.read(fs.proc("net", "packet"))
-            if packet is None:
-                raise OSError("/proc/net/packet cannot be read")
+        packet = _proc_net_file(fs, ns, "packet")
+        if packet is None:
+            raise OSError("/proc/net/packet cannot be read")
     except OSError as e:
         ns.problems.append(f"the sockets{where} cannot be read: {e}")
         return

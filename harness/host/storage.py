@@ -895,6 +895,13 @@ class OpenFiles:
     :data:`DETACHED_STAT_TIMEOUT` seconds, and one that does not come is a problem (what that
     process holds is unknown)."""
 
+    @classmethod
+    def read(cls, fs: Sysfs, problems: list[str]) -> "OpenFiles":
+        """Every process's open files, with the mount tables that tell remote files from local
+        ones read first (their problems, and the open files', added to ``problems``)."""
+        infos = mountinfos(fs, problems)
+        return cls(fs, problems, remote_mount_ids(infos), mount_ids(infos))
+
     def __init__(self, fs: Sysfs, problems: list[str], remote_mounts: "dict | None" = None,
                  known_mounts: "set[str] | None" = None):
         self.paths: dict[str, set[tuple[int, str]]] = {}

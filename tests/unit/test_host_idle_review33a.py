@@ -76,14 +76,14 @@ def _up_during_the_claimed_reread(lab, monkeypatch) -> list:
     lab's cable plugged in, a colleague's ``nmcli con up``), or a DHCP client's lease. The
     reads so far, one item each."""
     calls: list = []
-    real = binding.OpenFiles
+    real = binding.OpenFiles.read
 
     def opened(*args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
             _up(lab, "enp5s0f0", "10.0.5.1/24")
         return real(*args, **kwargs)
-    monkeypatch.setattr(binding, "OpenFiles", opened)
+    monkeypatch.setattr(binding.OpenFiles, "read", staticmethod(opened))
     return calls
 
 
@@ -140,14 +140,14 @@ def test_1_vfs_made_during_the_claimed_reread_are_not_removed(lab, fake_root, mo
     _clock(lab)
     lab.sriov_capable(PORT0, 63, vf_ids="8086:10ed", vf_driver=None)
     calls: list = []
-    real = binding.OpenFiles
+    real = binding.OpenFiles.read
 
     def opened(*args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
             lab.kernel(lab.sys / "bus/pci/devices" / PORT0 / "sriov_numvfs", "2")
         return real(*args, **kwargs)
-    monkeypatch.setattr(binding, "OpenFiles", opened)
+    monkeypatch.setattr(binding.OpenFiles, "read", staticmethod(opened))
     refused, driver = _bind(lab, fake_root, PORT0)
     assert calls and driver == "ixgbe", refused
     assert "right before the move" in refused and "remove its 2 VFs" in refused, refused
@@ -188,14 +188,14 @@ def _dongle_up_during_the_claimed_reread(lab, monkeypatch) -> list:
     USB device's node (/dev/bus/usb/004/002) again under its claim, and meanwhile the dongle
     comes up with 192.168.50.2/24. The reads so far, one item each."""
     calls: list = []
-    real = binding.OpenFiles
+    real = binding.OpenFiles.read
 
     def opened(*args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
             _dongle_up(lab)
         return real(*args, **kwargs)
-    monkeypatch.setattr(binding, "OpenFiles", opened)
+    monkeypatch.setattr(binding.OpenFiles, "read", staticmethod(opened))
     return calls
 
 
