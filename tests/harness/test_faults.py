@@ -290,7 +290,8 @@ def test_guest_hangs_on_first_attempt(hotplug, tmp_path_factory):
 
 
 @pytest.mark.parametrize("how, retries", [("dies", 0), ("dies", 1), ("hangs", 1)])
-def test_retry_dead_guest_runs_the_test_again_and_says_so(tmp_path, child_env, how, retries):
+def test_retry_dead_guest_runs_the_test_again_and_says_so(tmp_path, child_env, probe_options, how,
+                                                          retries):
     """--retry-dead-guest N: a test that failed while its guest's QEMU exited on its own, or
     while its guest stopped answering, runs again; the first attempt's bundle is kept and the
     notes say so. Without it the death fails the test. Real QEMU, killed (or stopped with
@@ -300,8 +301,8 @@ def test_retry_dead_guest_runs_the_test_again_and_says_so(tmp_path, child_env, h
     probe = tmp_path / "retry_probe_test.py"  # outside the repository: nothing to leave there
     probe.write_text(RETRY_PROBE)
     env = {**child_env, "HH_RETRY_MARKER": str(tmp_path / "attempted")}
-    p = run_pytest(env, f"{probe}::test_guest_{how}_on_first_attempt", "-c", str(REPO / "pytest.ini"),
-                   "--rootdir", str(REPO), "--report-dir", str(tmp_path / "r"), "--machine", "pc",
+    p = run_pytest(env, f"{probe}::test_guest_{how}_on_first_attempt", *probe_options,
+                   "--report-dir", str(tmp_path / "r"), "--machine", "pc",
                    "--retry-dead-guest", str(retries))
     out = p.stdout + p.stderr
     [run] = (tmp_path / "r").glob("run-*")
@@ -387,7 +388,8 @@ def test_hotplug_into_a_guest_that_cannot_boot(guest):
 '''
 
 
-def test_guest_that_cannot_boot_is_an_error_in_set_up_with_its_console_log(tmp_path, child_env):
+def test_guest_that_cannot_boot_is_an_error_in_set_up_with_its_console_log(tmp_path, child_env,
+                                                                           probe_options):
     """A guest whose kernel finds no init panics at boot: its test is an error in set-up (the
     fixture ladder boots the guest before the test body), not a failed hotplug, and the bundle
     holds the guest's serial log with the panic and its command line."""
@@ -395,8 +397,8 @@ def test_guest_that_cannot_boot_is_an_error_in_set_up_with_its_console_log(tmp_p
 
     probe = tmp_path / "never_boots_test.py"  # outside the repository: nothing to leave there
     probe.write_text(NEVER_BOOTS)
-    p = run_pytest(child_env, str(probe), "-c", str(REPO / "pytest.ini"), "--rootdir", str(REPO),
-                   "--report-dir", str(tmp_path / "r"), "--machine", "pc")
+    p = run_pytest(child_env, str(probe), *probe_options, "--report-dir", str(tmp_path / "r"),
+                   "--machine", "pc")
     out = p.stdout + p.stderr
     assert p.returncode == 1, out[-3000:]
     assert "1 error" in out and "test body ran" not in out, out[-3000:]

@@ -45,13 +45,12 @@ def test_fails_on_a_command_after_its_guest_kernel_warned(guest):
 '''
 
 
-def test_a_test_whose_guest_kernel_warned_fails_with_the_trace(tmp_path, child_env):
+def test_a_test_whose_guest_kernel_warned_fails_with_the_trace(tmp_path, child_env, probe_options):
     test_file = tmp_path / "test_warned.py"
     test_file.write_text(CHILD_TEST)
     p = subprocess.run([sys.executable, "-m", "pytest", str(test_file), "-p", "no:cacheprovider",
-                        "--report-dir", str(tmp_path / "reports"), "--rootdir", str(REPO),
-                        "-c", str(REPO / "pytest.ini")], cwd=REPO, capture_output=True,
-                       text=True, timeout=300, env=child_env)
+                        "--report-dir", str(tmp_path / "reports"), *probe_options], cwd=REPO,
+                       capture_output=True, text=True, timeout=300, env=child_env)
     assert p.returncode == 1, p.stdout[-3000:] + p.stderr[-2000:]
     warned, failed = sorted(json.loads((tmp_path / "reports" / "latest" / "summary.json").read_text())["tests"],
                             key=lambda r: r["test"], reverse=True)
