@@ -1,0 +1,130 @@
+"""Issue 31, read 39a (storage, USB, IOMMU groups, SR-IOV, the bind's mechanics), on main at
+ab073e9. What it found, one section below each:
+
+1. (placeholder, filled in below)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from harness.host.safety import HostUsage, disks_below, nodes_below
+
+from . import fakesysfs
+from .fakesysfs import bind_outcome
+from .test_host_binding import journal
+from .test_host_idle_review31a import opened_during_the_network_read
+
+fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
+journal = journal  # (a fixture: the journal in the fake root's /var/lib)
+
+
+# -- 1. a dual-ported SAS disk whose other path's SCSI generic node a guest holds ----------------
+
+HBA_A, HBA_B = "0000:0a:00.0", "0000:0b:00.0"
+SAS_WWID = "naa.5000c500a1b2c3d4"
+
+
+def _sas_disk(lab, hba: str, host: int, disk: str, majmin: str, sg: str, sg_majmin: str) -> Path:
+    """A SAS disk behind ``hba`` (mpt3sas), as sysfs shows it: its SCSI device
+    ``host:0:0:0`` with the block device ``disk`` and the generic node ``sg``, and the disk's
+    world-wide id (VPD page 0x83) in ``device/wwid``."""
+    scsi = lab.dev_dir(hba) / (f"host{host}/port-{host}:0/end_device-{host}:0/"
+                               f"target{host}:0:0/{host}:0:0:0")
+    d = lab.add_disk(disk, scsi, majmin=majmin)
+    os.symlink(os.path.relpath(scsi, d), d / "device")
+    (scsi / "wwid").write_text(f"{SAS_WWID}\n")
+    node = scsi / "scsi_generic" / sg
+    node.mkdir(parents=True)
+    (node / "dev").write_text(f"{sg_majmin}\n")
+    (node / "uevent").write_text(f"MAJOR={sg_majmin.split(':')[0]}\n"
+                                 f"MINOR={sg_majmin.split(':')[1]}\nDEVNAME={sg}\n")
+    return scsi
+
+
+def dual_ported_disk(lab) -> None:
+    """Two SAS HBAs (Broadcom SAS3008 on mpt3sas, 0a:00.0 and 0b:00.0, groups 20 and 21) and a
+    dual-ported SAS disk of a shared JBOD cabled to both, no dm-multipath: sdd (8:48, /dev/sg4)
+    through HBA A and sde (8:64, /dev/sg5) through HBA B, one world-wide id."""
+    for bdf, group in ((HBA_A, 20), (HBA_B, 21)):
+        lab.add_pci(bdf, "1000:0097", 0x010700, "mpt3sas", group)
+    _sas_disk(lab, HBA_A, 10, "sdd", "8:48", "sg4", "21:4")
+    _sas_disk(lab, HBA_B, 11, "sde", "8:64", "sg5", "21:5")
+
+
+def holds(lab, pid: int, comm: str, path: str, fd: int = 23) -> None:
+    lab.proc(f"{pid}/comm", f"{comm}\n")
+    (lab.root / f"proc/{pid}/fd").mkdir(parents=True, exist_ok=True)
+    os.symlink(path, lab.root / f"proc/{pid}/fd/{fd}")
+
+
+def test_1_control_the_idle_dual_ported_disk_leaves_both_hbas_idle(lab):
+    """Control: nothing holds either path of the disk: both HBAs are idle, and a block user of
+    the other path (a QEMU with ``<disk type='block' device='lun'>`` on /dev/sde) keeps HBA A
+    already (the world-wide id rule)."""
+    dual_ported_disk(lab)
+    assert HostUsage.read(lab.root).verdict(HBA_A).idle
+    holds(lab, 4711, "qemu-system-x86", "/dev/sde")
+    uses = HostUsage.read(lab.root).verdict(HBA_A).uses
+    assert any("sdd is the same disk" in u and "pid 4711" in u for u in uses), uses
+
+
+def test_1_the_other_paths_scsi_generic_node_held_by_a_guest_keeps_the_hba(lab, journal):
+    """(finding 1) Host shape: a storage/cluster lab's shared SAS JBOD, each dual-ported disk
+    cabled to two HBAs of the host (mpt3sas, no dm-multipath: the disks are meant for the
+    guests). A libvirt guest of a failover cluster (Windows Server Failover Clustering, a
+    Pacemaker node with ``fence_scsi``) holds the disk through HBA B as a SCSI host device,
+    ``<hostdev mode='subsystem' type='scsi'>`` on 11:0:0:0: QEMU's ``scsi-generic`` opens
+    /dev/sg5 and sends every command of the guest (reads, writes, SCSI-3 persistent
+    reservations) through SG_IO, with no block device of the disk open. ``sg_persist``,
+    ``sg_dd`` or a firmware tool (``sg_write_buffer``) on /dev/sg5 does the same.
+
+    Path: :meth:`HostUsage.verdict` -> ``_storage`` -> :meth:`StorageView.use_of_block`
+    follows the world-wide id to the twin sde, but judges only the twin's *block* uses
+    (mounts, holders, block fds, its claim); the twin's SCSI generic (and bsg) node is judged
+    only for the function it sits below (``_nodes`` of HBA B). So HBA A reads idle ("sdd: not
+    mounted ... open by no process") and is moved to vfio-pci: the test guest that gets HBA A
+    sees the same disk and can write it, reset it (a LUN or target reset through its own
+    HBA) or break the cluster's reservation under the running cluster guest.
+
+    Safe: the twin's device nodes below its SCSI device (``device/scsi_generic/*``,
+    ``device/bsg/*``) are judged like its block node: open by a process = the disk is in use."""
+    dual_ported_disk(lab)
+    holds(lab, 4711, "qemu-system-x86", "/dev/sg5")
+    v = HostUsage.read(lab.root).verdict(HBA_A)
+    assert not v.idle and any("sg5" in u and "4711" in u for u in v.uses), (
+        f"HBA A ({HBA_A}) was proven idle while its disk sdd is the disk a guest's QEMU drives "
+        f"through the other path's /dev/sg5: {v}")
+    refused, driver = bind_outcome(lab, journal, HBA_A, {HBA_A})
+    assert refused and driver == "mpt3sas", (refused, driver)
+
+
+@pytest.mark.parametrize("on_call", [2, 1], ids=["opened-during-the-last-read",
+                                                 "control-opened-during-the-first-read"])
+def test_1_the_other_paths_scsi_generic_node_opened_during_the_bind_keeps_the_hba(
+        lab, journal, monkeypatch, on_call):
+    """(finding 1, the re-read under the claim) The same shape, the cluster guest started while
+    the bind's last proof reads the network (seconds any user can stretch): its QEMU opens
+    /dev/sg5 then. The re-reads under the claim (:func:`harness.host.binding.disks_claimed`:
+    ``_used_since`` on ``disks_below``, ``_nodes_opened_since`` on ``nodes_below``) look at
+    sdd, its twin's *block* uses, and the nodes below HBA A (/dev/sg4) only, and the claim
+    itself holds sdd alone: neither the twin's disk sde (a mount of it during the move
+    succeeds, unlike the NVMe sibling's disk, which fix 38a put in ``disks_below``) nor its
+    generic node is in the lists. On ab073e9 HBA A is moved with the guest on sg5 (the
+    control, opened during the first proof's read, is refused once finding 1's proof is
+    fixed, and is the same miss today). Safe: ``disks_below`` and ``nodes_below`` of a
+    function hold its disks' world-wide-id twins and their SCSI generic and bsg nodes, as
+    they hold an NVMe subsystem's other controllers' disks and generic nodes."""
+    dual_ported_disk(lab)
+    path = lab.sysfs().pci_device(HBA_A).path
+    calls = opened_during_the_network_read(lab, monkeypatch, on_call, "/dev/sg5")
+    refused, driver = bind_outcome(lab, journal, HBA_A, {HBA_A})
+    assert len(calls) >= 2
+    assert "sg5" in refused and "4711" in refused and driver == "mpt3sas", (
+        f"HBA A was moved to {driver} with the same disk's /dev/sg5 (through HBA B) open by a "
+        f"guest's QEMU ({'refused: ' + refused if refused else 'not refused'}); the claim "
+        f"lists {disks_below(lab.sysfs(), path)}, the nodes read again "
+        f"{[n.name for n, _ in nodes_below(lab.sysfs(), path)]}")
