@@ -1,7 +1,59 @@
-"""Issue 31, read 39a (storage, USB, IOMMU groups, SR-IOV, the bind's mechanics), on main at
-ab073e9. What it found, one section below each:
+"""Issue 31, read 39a (storage, USB, IOMMU groups, SR-IOV, the bind's mechanics, the libvirt
+hand-over), on main at ab073e9. What it found, one section below:
 
-1. (placeholder, filled in below)
+1. a dual-ported SAS disk's *other* path held through its SCSI generic node. A disk cabled to
+   two HBAs of the host without dm-multipath is two block devices with one world-wide id
+   (sdd behind HBA A, sde behind HBA B), and :meth:`StorageView.use_of_block` follows the id
+   to the twin (read 8's rule) but judges only the twin's *block* uses: mounts, swap,
+   holders, block fds, the kernel's claim, exports. The twin's SCSI generic node
+   (``/dev/sg5``, below HBA B's SCSI device, ``device/scsi_generic/sg5``; its bsg node too)
+   is judged only for HBA B, the function it sits below. A libvirt guest that holds the
+   disk through HBA B as a SCSI host device (``<hostdev mode='subsystem' type='scsi'>``:
+   QEMU's ``scsi-generic`` opens /dev/sg5 and sends every command, reads, writes and SCSI-3
+   persistent reservations, through SG_IO; the usual way a failover-cluster guest gets a
+   shared JBOD disk) uses the disk with no block device open, so HBA A reads idle ("sdd:
+   not mounted ... open by no process") and is moved to vfio-pci: the test guest that gets
+   it sees the same disk and can write it, reset it, or pre-empt the cluster's reservation.
+   ``sg_persist``, ``sg_dd``, ``sg_write_buffer`` on /dev/sg5 likewise. The bind's re-reads
+   under the claim (``disks_below``, ``nodes_below``) miss it the same way, and the claim
+   holds sdd alone, not the twin sde (fix 38a put an NVMe subsystem's other controllers'
+   disks in ``disks_below``; a SAS twin is not). Shape: a storage or cluster lab's shared
+   SAS JBOD (dual-ported SAS HDDs/SSDs, two mpt3sas HBAs cabled to both expanders' ports),
+   dm-multipath not set up because the disks are meant for guests.
+
+The tests assert the safe behaviour and fail on ab073e9; the control shows both HBAs idle
+with nothing on either path, and a block user of the other path (``<disk device='lun'>`` on
+/dev/sde) refused already. A fake sysfs/proc tree plays the host (:mod:`.fakesysfs`'s lab
+host, two SAS HBAs added); no guest is booted.
+
+Looked at, no test (each held, or is a stated limit, or an over-refusal):
+
+* fix 38a, :func:`harness.host.safety._nvme_siblings`/``_nvme_heads``/``_nvme_char_heads``:
+  the subsystem's controller links exist with ``nvme_core.multipath=N`` too; a private
+  namespace below the other controller, its partitions (``use_of_block`` recurses), hidden
+  ``nvmeXcYnZ`` paths (no node, not claimed), the claim and re-reads (``disks_below``,
+  ``nodes_below``). A dual-port drive whose other port is on vfio-pci or no driver (SPDK)
+  shows no subsystem at all: nothing on the host names the two as one drive (not a shape
+  the harness can read; low likelihood).
+* :func:`harness.host.binding._nothing_new_below`, ``disks_claimed``'s order, the
+  ``_restore_entry`` paths after a failed move (a member never moved is left as it was; a
+  holder of a node makes the give-back fail closed and keeps the entry), ``_move_to_vfio``
+  with a stale driver name (another tool rebinding inside the residual window only).
+* :func:`harness.host.safety.vfs_removed` (group members included, ``virtfn`` links and the
+  count; drivers' ``max_vfs=`` still show ``sriov_numvfs``), ``_refuse_pf_of_vfs``,
+  ``_restore_sriov``/``_vfs_not_idle`` (a VF a container's SR-IOV CNI holds is judged in
+  its namespace; a VF in a libvirt guest is held through its group).
+* switchdev representors (``_representor``, every namespace); Socket Direct/multi-host
+  secondary functions and NPAR partitions (no interface of their own: unproven).
+* usb-host hand-overs (``UsbHandovers``, ``refuse_usb_handed``, ``_refuse_usb_below``,
+  ``_restore_usb``), USB judged drivers (cdc_acm, hiddev nodes, PipeWire's held
+  ``controlC1`` while its PCM is suspended), EHCI/UHCI/OHCI companions (one slot, no ACS:
+  one group, the companion with the keyboard judged as a member).
+* storage users with no process fd: ext4/XFS external journals and log devices, bcachefs
+  members, DRBD, pstore/blk and zram backing devices all take an exclusive claim, which
+  ``_claimed`` sees on a real host (not on a fake tree).
+* Intel VMD (class 0x0104): the NVMe functions of its domain sit below it, bound to nvme on
+  the pci bus: refused as a driver not judged.
 """
 
 from __future__ import annotations
@@ -103,7 +155,7 @@ def test_1_the_other_paths_scsi_generic_node_held_by_a_guest_keeps_the_hba(lab, 
 
 
 @pytest.mark.parametrize("on_call", [2, 1], ids=["opened-during-the-last-read",
-                                                 "control-opened-during-the-first-read"])
+                                                 "opened-during-the-first-read"])
 def test_1_the_other_paths_scsi_generic_node_opened_during_the_bind_keeps_the_hba(
         lab, journal, monkeypatch, on_call):
     """(finding 1, the re-read under the claim) The same shape, the cluster guest started while
@@ -113,9 +165,10 @@ def test_1_the_other_paths_scsi_generic_node_opened_during_the_bind_keeps_the_hb
     sdd, its twin's *block* uses, and the nodes below HBA A (/dev/sg4) only, and the claim
     itself holds sdd alone: neither the twin's disk sde (a mount of it during the move
     succeeds, unlike the NVMe sibling's disk, which fix 38a put in ``disks_below``) nor its
-    generic node is in the lists. On ab073e9 HBA A is moved with the guest on sg5 (the
-    control, opened during the first proof's read, is refused once finding 1's proof is
-    fixed, and is the same miss today). Safe: ``disks_below`` and ``nodes_below`` of a
+    generic node is in the lists. On ab073e9 HBA A is moved with the guest on sg5 either
+    way (opened during the first proof's read, the second proof, under the journal's lock,
+    is the one that must refuse it once finding 1's proof is fixed; during the last read,
+    only the re-reads under the claim can). Safe: ``disks_below`` and ``nodes_below`` of a
     function hold its disks' world-wide-id twins and their SCSI generic and bsg nodes, as
     they hold an NVMe subsystem's other controllers' disks and generic nodes."""
     dual_ported_disk(lab)
