@@ -20,11 +20,25 @@ hand-over), on main at ab073e9. What it found, one section below:
    disks in ``disks_below``; a SAS twin is not). Shape: a storage or cluster lab's shared
    SAS JBOD (dual-ported SAS HDDs/SSDs, two mpt3sas HBAs cabled to both expanders' ports),
    dm-multipath not set up because the disks are meant for guests.
+2. Intel's NIC firmware and EEPROM tools hold a node of their own driver that no rule names.
+   ``nvmupdate64e`` (Intel's NVM Update Utility: how Intel ships X710/XL710/E810/X550 NVM
+   images for Linux), ``bootutil64e``, ``lanconf64e`` and ``eeupdate64e`` work through
+   Intel's QV driver, ``iqvlinux.ko`` (shipped with them): one node, /dev/iqvlinux, below no
+   device, whose ioctls reach the configuration space of any function by bus/device/function
+   and map any physical address (a NIC's BARs, its flash through them). An NVM update takes
+   minutes, ports down or not. :func:`harness.host.safety._tool_node_uses` knows SAS/RAID
+   drivers' nodes, nodes sharing four letters with the driver or its modules (``iqvlinux``
+   shares one with ``ixgbe``/``i40e``/``ice``/``igb``) and Mellanox MFT's ``/dev/mst``
+   (vendor ``15b3``) only: the idle Intel port is moved to vfio-pci (driver unbound,
+   vfio-pci's and the guest's resets of the function) under a flash write, which can leave
+   the card unbootable (its NVM in recovery mode) or its option ROM mismatched. Shape: any
+   lab host with Intel server NICs (the commonest) where someone updates a card's firmware
+   or programs its EEPROM while a run binds.
 
-The tests assert the safe behaviour and fail on ab073e9; the control shows both HBAs idle
-with nothing on either path, and a block user of the other path (``<disk device='lun'>`` on
-/dev/sde) refused already. A fake sysfs/proc tree plays the host (:mod:`.fakesysfs`'s lab
-host, two SAS HBAs added); no guest is booted.
+The tests assert the safe behaviour and fail on ab073e9; the controls show both HBAs idle
+with nothing on either path, a block user of the other path (``<disk device='lun'>`` on
+/dev/sde) refused already, and the 82599 port idle with iqvlinux loaded and held by no one. A fake sysfs/proc tree plays the host (:mod:`.fakesysfs`'s lab
+host, two SAS HBAs added; /proc/devices for the QV driver's major); no guest is booted.
 
 Looked at, no test (each held, or is a stated limit, or an over-refusal):
 
@@ -181,3 +195,62 @@ def test_1_the_other_paths_scsi_generic_node_opened_during_the_bind_keeps_the_hb
         f"guest's QEMU ({'refused: ' + refused if refused else 'not refused'}); the claim "
         f"lists {disks_below(lab.sysfs(), path)}, the nodes read again "
         f"{[n.name for n, _ in nodes_below(lab.sysfs(), path)]}")
+
+
+# -- 2. Intel's NVM update / LAN tools reach every Intel NIC through /dev/iqvlinux --------------
+
+PORT0, PORT1 = "0000:05:00.0", "0000:05:00.1"  # (the lab's 82599, ixgbe, group 12, both down)
+
+
+def _iqvlinux(lab, held: bool) -> None:
+    """Intel's QV driver loaded (``iqvlinux.ko``, from the NVM update package: a bare
+    character major, 240 here, its node /dev/iqvlinux made by the tool with mknod), and, if
+    ``held``, ``nvmupdate64e`` (pid 5150) running with it open."""
+    lab.proc("devices", "Character devices:\n  1 mem\n  4 /dev/vc/0\n  4 tty\n 10 misc\n"
+                        "189 usb_device\n240 iqvlinux\n\nBlock devices:\n  8 sd\n259 blkext\n")
+    (lab.sys / "module/iqvlinux").mkdir(parents=True, exist_ok=True)
+    if held:
+        holds(lab, 5150, "nvmupdate64e", "/dev/iqvlinux", fd=3)
+
+
+def test_2_control_the_qv_driver_loaded_and_held_by_nobody_leaves_the_port_idle(lab):
+    """Control: iqvlinux loaded, its node open by no process: the down 82599 port is idle."""
+    _iqvlinux(lab, held=False)
+    assert HostUsage.read(lab.root).verdict(PORT0).idle
+
+
+def test_2_a_nic_while_intels_nvm_update_tool_holds_iqvlinux_is_in_use(lab, journal):
+    """(finding 2) Host shape: a lab host with Intel NICs (X710/XL710 on i40e, E810 on ice,
+    82599/X550 on ixgbe: the commonest server NICs), where someone updates a card's firmware
+    with Intel's NVM Update Utility (``nvmupdate64e``, the only way Intel ships 700/800-series
+    NVM images for Linux), or reads/writes its EEPROM or option ROM with ``bootutil64e``,
+    ``lanconf64e`` or ``eeupdate64e``. They all work through Intel's QV driver,
+    ``iqvlinux.ko``, shipped with them: one node, /dev/iqvlinux (a bare character major, made
+    by the tool), below no device, whose ioctls read and write the configuration space of
+    any PCI function named by bus/device/function and map any physical address (the NIC's
+    BARs, its flash through them). An update takes minutes, with the ports down or not (the
+    tool asks for no link); the function it writes, and which of the host's Intel functions it
+    inventories meanwhile, cannot be read from outside.
+
+    Path: :meth:`HostUsage.verdict` -> :func:`harness.host.safety._tool_node_uses`: nodes of
+    :data:`_DRIVER_NODES` (SAS/RAID drivers'), of :func:`_module_nodes` (a name sharing four
+    letters with the driver, its module or a module it depends on: ``iqvlinux`` shares one
+    with ``ixgbe``, ``i40e``, ``ice``, ``igb``) and of :data:`_VENDOR_NODES` (Mellanox's MFT
+    only, ``15b3``). So a process holding /dev/iqvlinux is no use of anything, the idle port
+    is moved to vfio-pci (the driver unbound, vfio-pci's reset of the function on QEMU's open,
+    the guest's driver resetting it again) in the middle of a flash write: a half-written NVM
+    image leaves the card unbootable ("NVM image is corrupt", recovery mode) or with a
+    mismatched option ROM.
+
+    Safe: a process holding a node of the QV driver (``iqvlinux`` in /proc/devices, by number,
+    or the misc device of that name) keeps every Intel function (vendor 8086) the harness
+    would take, as MFT's /dev/mst nodes keep every Mellanox one; better, as /dev/mem's open fd
+    keeps every function (its ioctls reach any function's config space and any physical
+    address): every function."""
+    _iqvlinux(lab, held=True)
+    v = HostUsage.read(lab.root).verdict(PORT0)
+    assert not v.idle and any("iqvlinux" in u and "5150" in u for u in v.uses), (
+        f"{PORT0} (Intel 82599, ixgbe) was proven idle while nvmupdate64e holds /dev/iqvlinux, "
+        f"through which it writes Intel NICs' flash: {v}")
+    refused, driver = bind_outcome(lab, journal, PORT0, {PORT0, PORT1})
+    assert refused and driver == "ixgbe", (refused, driver)
