@@ -21,9 +21,11 @@ hand-over), on main at ab073e9. What it found, one section below:
    SAS JBOD (dual-ported SAS HDDs/SSDs, two mpt3sas HBAs cabled to both expanders' ports),
    dm-multipath not set up because the disks are meant for guests.
 2. Intel's NIC firmware and EEPROM tools hold a node of their own driver that no rule names.
-   ``nvmupdate64e`` (Intel's NVM Update Utility: how Intel ships X710/XL710/E810/X550 NVM
-   images for Linux), ``bootutil64e``, ``lanconf64e`` and ``eeupdate64e`` work through
-   Intel's QV driver, ``iqvlinux.ko`` (shipped with them): one node, /dev/iqvlinux, below no
+   Intel's Quartzville/LAN tools (``eeupdate64e``, ``lanconf64e``: MAC and EEPROM
+   programming; ``bootutil64e``: the option ROM; ``nvmupdate64e`` where it is run through
+   the QV driver, as OEM and manufacturing scripts do) work through Intel's QV driver,
+   ``iqvlinux.ko`` (shipped with them, built by hand or packaged: StarlingX ships it, a
+   buildroot package builds it from e1000's sourceforge): one node, /dev/iqvlinux, below no
    device, whose ioctls reach the configuration space of any function by bus/device/function
    and map any physical address (a NIC's BARs, its flash through them). An NVM update takes
    minutes, ports down or not. :func:`harness.host.safety._tool_node_uses` knows SAS/RAID
@@ -31,9 +33,12 @@ hand-over), on main at ab073e9. What it found, one section below:
    shares one with ``ixgbe``/``i40e``/``ice``/``igb``) and Mellanox MFT's ``/dev/mst``
    (vendor ``15b3``) only: the idle Intel port is moved to vfio-pci (driver unbound,
    vfio-pci's and the guest's resets of the function) under a flash write, which can leave
-   the card unbootable (its NVM in recovery mode) or its option ROM mismatched. Shape: any
-   lab host with Intel server NICs (the commonest) where someone updates a card's firmware
-   or programs its EEPROM while a run binds.
+   the card unbootable (its NVM in recovery mode) or its option ROM mismatched. Shape: a
+   lab host with Intel NICs (the commonest) on a kernel where iqvlinux builds and works
+   (RHEL 8/9's 4.18/5.14, Ubuntu 22.04's 5.15; on 6.8 and later bootutil falls back to
+   /dev/mem, which :func:`_devmem` sees already) where someone programs a card's EEPROM,
+   MAC or option ROM, or updates its NVM, while a run binds. (nvmupdate64e through the base
+   driver, ethtool's EEPROM ioctl on a socket, has no node: not this finding.)
 
 The tests assert the safe behaviour and fail on ab073e9; the controls show both HBAs idle
 with nothing on either path, a block user of the other path (``<disk device='lun'>`` on
