@@ -226,10 +226,10 @@ def test_2_control_the_qv_driver_loaded_and_held_by_nobody_leaves_the_port_idle(
 
 def test_2_a_nic_while_intels_nvm_update_tool_holds_iqvlinux_is_in_use(lab, journal):
     """(finding 2) Host shape: a lab host with Intel NICs (X710/XL710 on i40e, E810 on ice,
-    82599/X550 on ixgbe: the commonest server NICs), where someone updates a card's firmware
-    with Intel's NVM Update Utility (``nvmupdate64e``, the only way Intel ships 700/800-series
-    NVM images for Linux), or reads/writes its EEPROM or option ROM with ``bootutil64e``,
-    ``lanconf64e`` or ``eeupdate64e``. They all work through Intel's QV driver,
+    82599/X550 on ixgbe, I350 on igb: the commonest server NICs), where someone programs a
+    card's MAC or EEPROM (``eeupdate64e``, ``lanconf64e``), its option ROM (``bootutil64e``)
+    or its NVM (``nvmupdate64e`` run through the QV driver, as OEM and manufacturing scripts
+    do: ``insmod iqvlinux.ko`` first). These work through Intel's QV driver,
     ``iqvlinux.ko``, shipped with them: one node, /dev/iqvlinux (a bare character major, made
     by the tool), below no device, whose ioctls read and write the configuration space of
     any PCI function named by bus/device/function and map any physical address (the NIC's
