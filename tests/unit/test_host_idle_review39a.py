@@ -42,8 +42,9 @@ hand-over), on main at ab073e9. What it found, one section below:
 
 The tests assert the safe behaviour and fail on ab073e9; the controls show both HBAs idle
 with nothing on either path, a block user of the other path (``<disk device='lun'>`` on
-/dev/sde) refused already, and the 82599 port idle with iqvlinux loaded and held by no one. A fake sysfs/proc tree plays the host (:mod:`.fakesysfs`'s lab
-host, two SAS HBAs added; /proc/devices for the QV driver's major); no guest is booted.
+/dev/sde) refused already, and the 82599 port idle with iqvlinux loaded and held by no
+one. A fake sysfs/proc tree plays the host (:mod:`.fakesysfs`'s lab host, two SAS HBAs
+added; /proc/devices for the QV driver's major); no guest is booted.
 
 Looked at, no test (each held, or is a stated limit, or an over-refusal):
 
@@ -71,6 +72,10 @@ Looked at, no test (each held, or is a stated limit, or an over-refusal):
 * storage users with no process fd: ext4/XFS external journals and log devices, bcachefs
   members, DRBD, pstore/blk and zram backing devices all take an exclusive claim, which
   ``_claimed`` sees on a real host (not on a fake tree).
+* vendor tool nodes besides iqvlinux: Broadcom's ``bnxt_lfc`` (niccli, bnxtnvm) shares
+  ``bnxt_`` with bnxt_en (the four-letter rule holds it); flashes through the driver
+  (``devlink dev flash``, ``ethtool -f``) hold the devlink lock or RTNL, which the unbind
+  waits for. Realtek's ``pgdrv`` (rtnicpg) would be another iqvlinux, not tested here.
 * Intel VMD (class 0x0104): the NVMe functions of its domain sit below it, bound to nvme on
   the pci bus: refused as a driver not judged.
 """
