@@ -51,7 +51,7 @@ from pathlib import Path
 from harness.core.text import shown
 from harness.host.network import NetView
 from harness.host.sriov import physfn_of, vf_index, vfs_of
-from harness.host.storage import OpenFiles, StorageView, devname, pci_file_holders
+from harness.host.storage import OpenFiles, StorageView, devname, other_paths, pci_file_holders
 from harness.host.sysfs import (NVME_CLASS, STORAGE_CLASSES, SYSFS_BDF, PciDevice, Sysfs, UsbDevice,
                                 bdfs_in_path, is_usb_host_controller, parse_bdf)
 
@@ -776,19 +776,27 @@ def network_uses(fs: Sysfs, net: NetView, path: str,
 def disks_below(fs: Sysfs, path: str) -> list[str]:
     """The block devices below a device's sysfs directory, by their /dev names (``sdb``,
     ``nvme0n1``; an NVMe controller's multipath heads and its subsystem's other controllers'
-    disks too, :func:`_nvme_heads`: the host must not mount them while it moves): the whole
-    disks, whose claim covers their partitions. Not a hidden one (``nvme0c0n1``, one path of
-    a multipath head: no node, nothing to mount)."""
+    disks too, :func:`_nvme_heads`, and the same disks' other paths,
+    :func:`harness.host.storage.other_paths`: the host must not mount them while it moves):
+    the whole disks, whose claim covers their partitions. Not a hidden one (``nvme0c0n1``, one
+    path of a multipath head: no node, nothing to mount)."""
     tree = _Subtree(fs, path)
+    names = tree.blocks + _nvme_heads(fs, path)
     return [devname(fs.sys("class", "block", name), fs)
-            for name in tree.blocks + _nvme_heads(fs, path)
+            for name in names + [twin for twin, _ in other_paths(fs, names)]
             if fs.read(fs.sys("class", "block", name, "hidden")) != "1"]
 
 
 def nodes_below(fs: Sysfs, path: str) -> list[tuple[Path, str | None]]:
-    """The device nodes of a device (:func:`device_nodes`): what the re-reads under the claim
+    """The device nodes of a device (:func:`device_nodes`), and those of its disks' other
+    paths (:func:`harness.host.storage.other_paths`: a dual-ported SAS disk's /dev/sg5 below
+    the other HBA, which the proof judges with the disk): what the re-reads under the claim
     and the holders' check look at are the nodes the proof judged."""
-    return device_nodes(fs, path)
+    tree = _Subtree(fs, path)
+    return device_nodes(fs, path, tree) + [
+        node for _, nodes in other_paths(fs, tree.blocks + _nvme_heads(fs, path))
+        for node in nodes]
+
 
 
 def device_nodes(fs: Sysfs, path: str, tree: "_Subtree | None" = None

@@ -1730,12 +1730,18 @@ class StorageView:
         for part in sorted(p.name for p in d.iterdir() if (p / "partition").exists()) \
                 if d.is_dir() else []:
             uses += self.use_of_block(part, seen)
-        wwid = self.wwid_of.get(name)
-        for twin in self.by_wwid.get(wwid, []) if wwid else []:
+        for twin, nodes in other_paths(self.fs, [name], (self.wwid_of, self.by_wwid)):
             if twin not in seen:
-                uses += [f"{name} is the same disk (wwid {wwid}) as {twin}: {u}"
-                         for u in self.use_of_block(twin, seen)]
+                uses += [f"{name} is the same disk (wwid {self.wwid_of[name]}) as {twin}: {u}"
+                         for u in self.use_of_block(twin, seen) + self._nodes_held(nodes)]
         return uses
+
+    def _nodes_held(self, nodes: "list[tuple[Path, str | None]]") -> list[str]:
+        """Who holds the disk's SCSI generic or bsg nodes (:func:`scsi_nodes`), by path and by
+        number: QEMU's scsi-generic drives the disk through one with no block device open."""
+        return [f"/dev/{devname(node, self.fs)} is open by pid {pid} ({comm})"
+                for node, majmin in nodes
+                for pid, comm in self.opened.holders("char", devname(node, self.fs), majmin)]
 
 
 def _consoles(fs: Sysfs, problems: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -1909,6 +1915,33 @@ def _wwids(fs: Sysfs) -> tuple[dict[str, str], dict[str, list[str]]]:
     for name, w in wwid_of.items():
         by_wwid.setdefault(w, []).append(name)
     return wwid_of, by_wwid
+
+
+def scsi_nodes(fs: Sysfs, disk: str) -> list[tuple[Path, str | None]]:
+    """The device nodes below a disk's SCSI device (``device/scsi_generic/sg5``,
+    ``device/bsg/11:0:0:0``), with their ``MAJ:MIN``: through them a process sends the disk any
+    command (reads, writes, persistent reservations: QEMU's scsi-generic for a libvirt
+    ``<hostdev type='scsi'>``, ``sg_persist``, ``sg_dd``) with no block device open."""
+    scsi = Path(os.path.realpath(fs.sys("class", "block", disk, "device")))
+    return [(node, fs.read(node / "dev")) for kind in ("scsi_generic", "bsg")
+            for node in sorted(scsi.glob(f"{kind}/*")) if (node / "dev").exists()]
+
+
+def other_paths(fs: Sysfs, disks: list[str],
+                wwids: "tuple[dict[str, str], dict[str, list[str]]] | None" = None
+                ) -> list[tuple[str, list[tuple[Path, str | None]]]]:
+    """The same media reached another way: the whole disks, not among ``disks``, with the
+    world-wide id of one of them (a dual-ported SAS disk cabled to two HBAs without
+    dm-multipath: sdd behind one, sde behind the other), each with its SCSI device's nodes
+    (:func:`scsi_nodes`: sde's /dev/sg5). One list for the proof
+    (:meth:`StorageView.use_of_block`) and for the claim and its re-reads
+    (:func:`harness.host.safety.disks_below`, ``nodes_below``), so the twin a guest holds
+    through its generic node is neither proven idle nor left out of the claim. ``wwids``:
+    :func:`_wwids`, if read."""
+    wwid_of, by_wwid = wwids if wwids is not None else _wwids(fs)
+    twins = [twin for name in disks if name in wwid_of
+             for twin in by_wwid[wwid_of[name]] if twin not in disks]
+    return [(twin, scsi_nodes(fs, twin)) for twin in dict.fromkeys(twins)]
 
 
 def _wwid(fs: Sysfs, blk: Path) -> str | None:
