@@ -194,7 +194,8 @@ class HostUsage:
         self._storage(dev, tree, uses, evidence)
         self._nodes(dev.bdf, dev.path, tree, uses, evidence)
         self._bars(dev, uses)
-        uses += _tool_node_uses(self.fs, self.storage.opened, dev)
+        uses += _tool_node_uses(self.fs, self.storage.opened, dev) + \
+            _raw_access_uses(self.fs, self.storage.opened, dev.bdf)
         if role == "usb-controller":
             uses += _usb_debug_uses(self.fs, self.storage, dev) + \
                 _usbmon_uses(self.fs, self.storage.opened, dev.bdf, tree)
@@ -554,8 +555,7 @@ def _tool_node_uses(fs: Sysfs, opened: OpenFiles, dev: PciDevice) -> list[str]:
     :data:`_VENDOR_NODES` that may reach ``dev``: which function their ioctls pick cannot be
     read, so any may be it."""
     text = fs.read(fs.proc("devices"))
-    majors = {f[1]: int(f[0]) for f in (line.split() for line in
-              (text or "").split("\n\n", 1)[0].splitlines()) if len(f) == 2 and f[0].isdigit()}
+    majors = _char_majors(text)
     found = _module_nodes(fs, dev, majors)
     names = _DRIVER_NODES.get(dev.driver or "", ()) + tuple(found)
     folder, named = _VENDOR_NODES.get(dev.vendor, (None, ()))
@@ -564,25 +564,78 @@ def _tool_node_uses(fs: Sysfs, opened: OpenFiles, dev: PciDevice) -> list[str]:
     if text is None and fs.real_host:
         return [f"{dev.bdf}: /proc/devices cannot be read, so whether a tool holds its "
                 f"driver's node ({', '.join(names or named)}) cannot be told"]
-    held: dict[tuple[int, str], str] = {}
-    fake = not fs.real_host  # (a test's tree has no numbers: paths stand for nodes there; on
-    for name in names:       # the host a path is anyone's file in a namespace of their own)
-        for who in opened.holders("char", name if fake else None,
-                                  fs.read(fs.sys("class", "misc", name, "dev"))):
-            held.setdefault(who, f"/dev/{name}" + (f" (below no device, named as {found[name]} "
-                                                   "is)" if name in found else ""))
-    for prefix in [f"/dev/{folder}/"] if folder and fake else []:
+    held = _named_holders(fs, opened, names, majors, found)
+    for prefix in [f"/dev/{folder}/"] if folder and not fs.real_host else []:
         for path, whom in opened.paths.items():
             held.update({who: path for who in whom if path.startswith(prefix)
                          and who not in held})
-    for name in names + named:
+    held.update({who: what for who, what in _named_holders(fs, opened, named, majors).items()
+                 if who not in held})
+    return [f"pid {pid} ({comm}) holds {what}, through which its tools reach any function "
+            f"{dev.driver or 'its vendor'} drives, {dev.bdf} perhaps" for (pid, comm), what
+            in sorted(held.items())]
+
+
+def _char_majors(text: str | None) -> dict[str, int]:
+    """The character majors of /proc/devices (its text), by name."""
+    return {f[1]: int(f[0]) for f in (line.split() for line in
+            (text or "").split("\n\n", 1)[0].splitlines()) if len(f) == 2 and f[0].isdigit()}
+
+
+def _named_holders(fs: Sysfs, opened: OpenFiles, names: "tuple[str, ...]",
+                   majors: dict[str, int], found: "dict[str, str] | None" = None
+                   ) -> dict[tuple[int, str], str]:
+    """Who holds a node below no device, by its name: the misc device of that name (by its
+    number), any node of the bare character major of that name (``storcli`` and Intel's QV
+    tools make theirs with mknod, anywhere), or, in a test's tree, which has no numbers, the
+    path /dev/NAME (on the host a path is anyone's file in a namespace of their own).
+    ``found``: names :func:`_module_nodes` gave, and the module each is named as. (pid,
+    command) -> the node, as a refusal names it."""
+    held: dict[tuple[int, str], str] = {}
+    for name in names:
+        for who in opened.holders("char", None if fs.real_host else name,
+                                  fs.read(fs.sys("class", "misc", name, "dev"))):
+            held.setdefault(who, f"/dev/{name}" + (f" (below no device, named as {found[name]} "
+                                                   "is)" if found and name in found else ""))
+    for name in names:
         for (kind, rdev), whom in opened.numbers.items() if name in majors else ():
             held.update({who: f"a node of {name} (major {majors[name]})" for who in whom
                          if kind == "char" and os.major(rdev) == majors[name]
                          and who not in held})
-    return [f"pid {pid} ({comm}) holds {what}, through which its tools reach any function "
-            f"{dev.driver or 'its vendor'} drives, {dev.bdf} perhaps" for (pid, comm), what
-            in sorted(held.items())]
+    return held
+
+
+#: Raw-access drivers of NIC vendors' tools: one node below no device whose ioctls read and
+#: write the configuration space of any PCI function, named by bus/device/function, and map
+#: any physical address, as /dev/mem does. Name (the module's, its node's) -> its tools.
+_RAW_ACCESS_NODES = {
+    "iqvlinux": "Intel's NIC tools (eeupdate64e, lanconf64e, bootutil64e, nvmupdate64e)",
+    "pgdrv": "Realtek's NIC tools (rtnicpg)",
+}
+
+
+def _raw_access_uses(fs: Sysfs, opened: OpenFiles, bdf: str) -> list[str]:
+    """Processes that hold a node of :data:`_RAW_ACCESS_NODES`: an EEPROM, option ROM or NVM
+    write that takes minutes may be going to any function, so, like an open fd of /dev/mem,
+    one keeps every function (not only its vendor's: the ioctls reach any function). Which
+    function the tool writes cannot be read from outside."""
+    text = fs.read(fs.proc("devices"))
+    if text is None and fs.real_host:
+        return [f"{bdf}: /proc/devices cannot be read, so whether a process holds {name}'s "
+                f"node ({tools}) cannot be told: unload the module (rmmod {name}) if no tool runs"
+                for name, tools in _RAW_ACCESS_NODES.items() if fs.sys("module", name).exists()]
+    held = _named_holders(fs, opened, tuple(_RAW_ACCESS_NODES), _char_majors(text))
+    return [f"pid {pid} ({comm}) holds {what}, the raw-access node of "
+            f"{_RAW_ACCESS_NODES[_raw_name(what)]}: its ioctls read and write any PCI "
+            f"function's configuration space and map any physical address, {bdf}'s included (a "
+            "flash write to it may be under way): run again once the tool is done, or unload "
+            f"the module (rmmod {_raw_name(what)}) if it needs none"
+            for (pid, comm), what in sorted(held.items())]
+
+
+def _raw_name(what: str) -> str:
+    """Which of :data:`_RAW_ACCESS_NODES` a node as :func:`_named_holders` names it is."""
+    return next(name for name in _RAW_ACCESS_NODES if name in what)
 
 
 def _module_nodes(fs: Sysfs, dev: PciDevice, majors: dict[str, int]) -> dict[str, str]:
