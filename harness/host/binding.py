@@ -1328,6 +1328,8 @@ def disks_claimed(fs: Sysfs, disks: "list[tuple[str, str]]", before: str = "the 
     held: set[str] = set()
     try:
         for refusing, name in disks if fs.real_host else ():
+            if name in held:  # (below two functions that move: a dual-ported disk's two
+                continue      # paths, an NVMe subsystem's controllers; a second claim fails)
             try:
                 fds.append(os.open(fs.path("dev", name), os.O_RDONLY | os.O_EXCL |
                                    os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW))
