@@ -66,7 +66,7 @@ def _with_sctp(monkeypatch, sctp: str) -> None:
         if _asks_sctp(argv):
             tcp = "-t" in argv or any(w.startswith("-") and not w.startswith("--") and
                                        "t" in w[1:] for w in map(str, argv))
-            return (real(fs, argv, fake, *a, **k) if tcp else "") + sctp
+            return (real(fs, argv, fake, *a, **k).rstrip("\n") + "\n" if tcp else "") + sctp
         return real(fs, argv, fake, *a, **k)
 
     monkeypatch.setattr(network, "_run", run)
@@ -108,3 +108,4 @@ def test_control_1_no_sctp_socket_on_its_address_is_idle(lab, monkeypatch):
     _with_sctp(monkeypatch, "sctp LISTEN 0 128 192.168.1.10:38412 *:*\n")
     uses, evidence = NetView.read(Sysfs(lab.root)).use_of(PORT)
     assert uses == [] and "down" in evidence, uses
+
