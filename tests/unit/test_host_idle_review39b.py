@@ -17,6 +17,32 @@ folders, CI files), on main at ab073e9. What it found, one section below each:
    good. The same rule read for TCP refuses it (control 1). Safe: SCTP sockets are read
    with the others (``ss -S``), and one on the port's address is a use, as a TCP one is.
 
+2. A BPF program attached to the down port at tc (``clsact`` ingress/egress, ``tc filter ...
+   bpf da``, or a ``tcx`` link on 6.6+). :meth:`NetView.use_of` counts an XDP program on a
+   down port (``ip -d link``'s ``xdp``: "a program handles its packets before any socket
+   sees them"), but the same program attached one hook later, at tc, shows in no output the
+   harness reads: ``ip -d link`` prints neither a clsact qdisc's filters nor a tcx link, and
+   no socket, route or upper device goes with it. A port's tc programs and qdisc stay
+   through a down (``dev_deactivate`` keeps them; ``tcx_uninstall`` runs at unregister) and
+   act again when it comes back; taking the port deletes them. Shape: Cilium's or Calico's
+   eBPF data path on a lab host's k3s/k8s node (``cil_from_netdev``/``cil_to_netdev`` on each
+   device of ``--devices=enp+``, as tcx links on 6.6+ or ``clsact`` filters before), a
+   traffic generator's or a lab's own ``tc filter add dev enp5s0f1 ingress bpf da obj
+   prog.o``, the kind of program a team moves between XDP and tc as it needs. Safe: a BPF
+   program on the port at tc (``tc filter show dev X ingress|egress`` or ``bpftool net
+   show``, in each namespace) is a use, named, as XDP is.
+3. A ``tc mirred`` action on another port whose target is the down port (a software SPAN:
+   ``tc filter add dev enp2s0 ingress matchall action mirred egress mirror dev enp5s0f1``,
+   the usual way a lab without a managed switch feeds a capture box or IDS sensor on a
+   spare port). The rule counts "a ``tc mirred`` target" only while it is up; the operator
+   sets the capture port down while the sensor is away, the mirror stays (it drops what it
+   would send, ``tcf_mirred_act``'s "device is down") and mirrors again when the port comes
+   back. Unregistering the port (the unbind) clears the action's device
+   (``tcf_mirred_device_event``, ``NETDEV_UNREGISTER``): the SPAN mirrors nowhere for good,
+   even once the port is back, as an MPLS route through it (read 38b) is gone. Nothing the
+   harness reads names it: the filter sits on enp2s0. Safe: a mirred action (``tc actions
+   ls action mirred``, or the filters of each link) whose ``to_dev`` is the port is a use.
+
 Each test asserts the safe behaviour and fails on ab073e9; the controls show the same shape
 refused for TCP and the port taken with no socket on its address. A fake sysfs/proc tree
 plays the host (:mod:`.fakesysfs`'s lab host), ``ss`` by monkeypatched output; no guest is
@@ -24,6 +50,8 @@ booted.
 """
 
 from __future__ import annotations
+
+import json
 
 from harness.host import network
 from harness.host.network import NetView, Netdev
@@ -109,3 +137,101 @@ def test_control_1_no_sctp_socket_on_its_address_is_idle(lab, monkeypatch):
     uses, evidence = NetView.read(Sysfs(lab.root)).use_of(PORT)
     assert uses == [] and "down" in evidence, uses
 
+
+
+# -- 2. and 3. what tc holds on the port --------------------------------------------------------
+
+_TC_BPF = [{"protocol": "all", "pref": 1, "kind": "bpf", "chain": 0},
+           {"protocol": "all", "pref": 1, "kind": "bpf", "chain": 0,
+            "options": {"handle": "0x1", "bpf_name": "cil_from_netdev", "direct-action": True,
+                        "not_in_hw": True, "prog": {"id": 421, "name": "cil_from_netdev",
+                                                    "tag": "3a1e5c1d2b4f6a7e", "jited": 1}}}]
+_MIRRED = {"order": 1, "kind": "mirred", "mirred_action": "mirror", "direction": "egress",
+           "to_dev": "enp5s0f1", "control_action": {"type": "pipe"}, "index": 1, "ref": 1,
+           "bind": 1}
+_TC_MIRROR = [{"protocol": "all", "pref": 49152, "kind": "matchall", "chain": 0},
+              {"protocol": "all", "pref": 49152, "kind": "matchall", "chain": 0,
+               "options": {"handle": 1, "not_in_hw": True, "actions": [_MIRRED]}}]
+
+
+def _with_tc(monkeypatch, filters: dict, tcx: list | None = None) -> None:
+    """``tc`` and ``bpftool`` as they print on the lab host: ``filters`` maps (device, hook)
+    to what ``tc -j filter show dev DEVICE HOOK`` prints (a clsact qdisc on each device
+    named), ``tcx`` the tcx links ``bpftool -j net show`` lists; anything else as the fakes
+    have it (no tc, no bpftool fake: nothing attached)."""
+    real = network._run
+    devs = {d for d, _ in filters}
+
+    def run(fs, argv, fake, *a, **k):
+        words = [str(w) for w in argv]
+        names = {w.rsplit("/", 1)[-1] for w in words}
+        if "bpftool" in names:
+            tc = [{"devname": d, "ifindex": 4 if d == "enp5s0f1" else 2, "kind": f"tcx/{h}",
+                   "name": n, "prog_id": 421} for d, h, n in (tcx or [])]
+            tc += [{"devname": d, "ifindex": 4 if d == "enp5s0f1" else 2,
+                    "kind": f"clsact/{h}", "name": "cil_from_netdev", "prog_id": 421}
+                   for (d, h), f in filters.items() if any(x.get("kind") == "bpf" for x in f)]
+            return json.dumps([{"xdp": [], "tc": tc, "flow_dissector": [], "netfilter": []}])
+        if "tc" in names:
+            dev = next((d for d in words if d in {li["ifname"] for li in _LINKS}), None)
+            if "qdisc" in words:
+                return json.dumps([{"kind": "clsact", "handle": "ffff:", "parent": "ffff:fff1",
+                                    "options": {}}] if dev in devs or (dev is None and devs)
+                                  else [])
+            if "filter" in words:
+                hook = next((h for h in ("ingress", "egress") if h in words), None)
+                if dev is None:
+                    return json.dumps([x for f in filters.values() for x in f])
+                return json.dumps([x for (d, h), f in filters.items() if d == dev and
+                                   (hook is None or h == hook) for x in f])
+            if "actions" in words or "action" in words:
+                acts = [x for f in filters.values() for e in f
+                        for x in e.get("options", {}).get("actions", [])]
+                return json.dumps([{"total acts": len(acts)}, {"actions": acts}])
+            return "[]"
+        return real(fs, argv, fake, *a, **k)
+
+    monkeypatch.setattr(network, "_run", run)
+
+
+def test_2a_a_tc_bpf_program_on_the_down_port_keeps_it(lab, monkeypatch):
+    """``tc filter add dev enp5s0f1 ingress bpf da obj bpf_host.o sec from-netdev`` (Cilium
+    before tcx), the port down."""
+    lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
+    _with_tc(monkeypatch, {("enp5s0f1", "ingress"): _TC_BPF})
+    uses, _ = NetView.read(Sysfs(lab.root)).use_of(PORT)
+    assert any("bpf" in u.lower() or "cil_from_netdev" in u for u in uses), uses
+
+
+def test_2b_a_tcx_program_on_the_down_port_keeps_it(lab, monkeypatch):
+    """Cilium on a 6.6+ kernel: a tcx link (no qdisc, no ``tc filter`` shows it)."""
+    lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
+    _with_tc(monkeypatch, {}, tcx=[("enp5s0f1", "ingress", "cil_from_netdev")])
+    uses, _ = NetView.read(Sysfs(lab.root)).use_of(PORT)
+    assert any("bpf" in u.lower() or "cil_from_netdev" in u or "tcx" in u for u in uses), uses
+
+
+def test_2c_the_function_is_refused_with_its_tc_program_named(lab, monkeypatch):
+    lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
+    _with_tc(monkeypatch, {("enp5s0f1", "ingress"): _TC_BPF},
+             tcx=[("enp5s0f1", "ingress", "cil_from_netdev")])
+    uses = HostUsage.read(lab.root).verdict("0000:05:00.1").uses
+    assert any("enp5s0f1" in u and ("bpf" in u.lower() or "cil_from_netdev" in u or "tc" in u)
+               for u in uses), uses
+
+
+def test_3_a_mirred_target_on_the_down_port_keeps_it(lab, monkeypatch):
+    """enp2s0's ingress mirrored to the capture port enp5s0f1 (set down: sensor away)."""
+    lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
+    _with_tc(monkeypatch, {("enp2s0", "ingress"): _TC_MIRROR})
+    uses, _ = NetView.read(Sysfs(lab.root)).use_of(PORT)
+    assert any("mirred" in u or "mirror" in u for u in uses), uses
+
+
+def test_control_2_3_tc_on_another_port_only_leaves_it_idle(lab, monkeypatch):
+    """A BPF program on enp2s0 (the host's uplink), mirroring nothing to enp5s0f1."""
+    lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
+    _with_tc(monkeypatch, {("enp2s0", "ingress"): _TC_BPF},
+             tcx=[("enp2s0", "ingress", "cil_from_netdev")])
+    uses, evidence = NetView.read(Sysfs(lab.root)).use_of(PORT)
+    assert uses == [] and "down" in evidence, uses
