@@ -43,6 +43,29 @@ folders, CI files), on main at ab073e9. What it found, one section below each:
    harness reads names it: the filter sits on enp2s0. Safe: a mirred action (``tc actions
    ls action mirred``, or the filters of each link) whose ``to_dev`` is the port is a use.
 
+4. (the journal; runs must not hurt each other) ``restore`` (every session's start, the first
+   step of ``make nightly``, the systemd unit's ``ExecStopPost``) acts on a journal entry
+   left by a run that a host crash ended as if the device at that address were still the one
+   the run moved, in the state the run left it: :func:`harness.host.binding._restore_entry`
+   compares neither the device's ids with the entry's ``ids`` (a USB give-back checks it is
+   still the device handed over, :func:`_same_usb`; a PCI one does not) nor the entry's boot
+   with the host's (the journal is on disk, ``/var/lib``; every binding, ``driver_override``
+   and ``sriov_numvfs`` the run wrote died with the boot). So a device the *new* boot put on
+   vfio-pci (``driverctl set-override 0000:08:00.0 vfio-pci``, the usual way to reserve a
+   card for a libvirt VM, its VM shut off: nothing holds the group) is unbound from
+   vfio-pci, its override cleared, and bound to the entry's driver: (a) a card put in that
+   slot while the host was down (PCI addresses follow slots: a GPU where the run's ConnectX
+   was) is probed by its host driver (nouveau, amdgpu: the GPU reserved for the VM goes to the
+   host, the VM's ``managed='no'`` hostdev fails; or, with the entry's driver still loaded,
+   it is left on no driver with its pin gone); (b) the same card, reserved for a VM after
+   the crash, goes back to mlx5_core (a netdev NetworkManager configures). Shape: a hotplug
+   test that takes the host down (an AER fatal error, an IOMMU fault storm, a power cut),
+   the operator changing the card or its use before the host comes back, and the nightly
+   timer's ``Persistent=true`` run at boot. Safe: an entry from another boot (its ``time``
+   before the boot's ``btime``, or a boot id recorded with it that is not this one's) or for
+   a device that is not the one journaled (other ``vendor device``) gives back nothing: it
+   is dropped (or kept and named), never written to the device.
+
 Each test asserts the safe behaviour and fails on ab073e9; the controls show the same shape
 refused for TCP and the port taken with no socket on its address. A fake sysfs/proc tree
 plays the host (:mod:`.fakesysfs`'s lab host), ``ss`` by monkeypatched output; no guest is
@@ -52,7 +75,12 @@ booted.
 from __future__ import annotations
 
 import json
+import os
 
+import pytest
+
+from harness.core.errors import HostDeviceError
+from harness.host.binding import restore_from_journal
 from harness.host import network
 from harness.host.network import NetView, Netdev
 from harness.host.safety import HostUsage
@@ -235,3 +263,86 @@ def test_control_2_3_tc_on_another_port_only_leaves_it_idle(lab, monkeypatch):
              tcx=[("enp2s0", "ingress", "cil_from_netdev")])
     uses, evidence = NetView.read(Sysfs(lab.root)).use_of(PORT)
     assert uses == [] and "down" in evidence, uses
+
+
+# -- 4. a journal entry of a run a host crash ended, after the reboot ---------------------------
+
+#: The boot: the host came up at 2026-12-07 02:12:05 UTC (``btime``), after the crash.
+_BTIME = 1796609525
+GPU, CX5 = "0000:08:00.0", "0000:08:00.0"
+
+
+def _rebooted(lab, fake_root, bdf: str, ids: str, driver: str, *, time_: str) -> "os.PathLike":
+    """The journal as a run the crash ended left it: ``bdf`` (then ``ids``, on ``driver``)
+    moved to vfio-pci by pid 4242 at ``time_``; the new boot's /proc (``btime``, a boot id;
+    pid 4242 is no process now)."""
+    lab.proc("stat", f"cpu  1 0 1 100 0 0 0 0 0 0\nbtime {_BTIME}\nprocesses 2000\n")
+    lab.proc("sys/kernel/random/boot_id", "5f0e0c3a-6b0e-4d53-9d0b-1c2f64a1e001\n")
+    journal = fake_root / "var/lib/hotplug-harness/vfio-journal.json"
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(journal.parent, 0o700)
+    entry = {"bdf": bdf, "group": 20, "driver": driver, "driver_override": None,
+             "method": "driver_override", "ids": ids.replace(":", " "), "lease": "4f1c2a9e0b7d",
+             "pid": 4242, "pid_start": 51234, "time": time_}
+    journal.write_text(json.dumps({"version": 1, "entries": [entry]}, indent=1) + "\n")
+    return journal
+
+
+def _reserved_for_a_vm(lab, ids: str, cls: int, host_driver: str) -> None:
+    """A card at 08:00.0 (``ids``), pinned to vfio-pci by ``driverctl set-override`` for a
+    libvirt VM that is shut off (nothing holds its group); ``host_driver`` is loaded and
+    matches it."""
+    lab.add_pci("0000:00:1c.6", "8086:a33e", 0x060400, "pcieport", 19)
+    lab.add_driver(host_driver, [ids])
+    lab.add_pci(GPU, ids, cls, None, 20, parent="0000:00:1c.6")
+    (lab.dev_dir(GPU) / "driver_override").write_text("vfio-pci\n")
+    lab._probe(GPU)
+    assert lab.driver_of(GPU) == "vfio-pci"
+
+
+def _restore(lab, journal):
+    try:
+        return restore_from_journal(lab.sysfs(), journal, timeout=0.3)
+    except HostDeviceError as e:
+        return e
+
+
+def test_4a_restore_leaves_alone_another_card_now_at_the_journaled_address(lab, fake_root):
+    """The run had the ConnectX-5 at 08:00.0 (mlx5_core) on vfio-pci when the host went
+    down; the card was taken out (mlx5_core not loaded now) and a GPU put in its slot,
+    reserved for a Windows VM with driverctl. The first `restore` after the boot."""
+    journal = _rebooted(lab, fake_root, GPU, "15b3:1017", "mlx5_core",
+                        time_="2026-12-07T01:40:11+00:00")
+    _reserved_for_a_vm(lab, "10de:1eb8", 0x030000, "nouveau")
+    before = len(lab.writes)
+    _restore(lab, journal)
+    assert (lab.driver_of(GPU), lab.override_of(GPU)) == ("vfio-pci", "vfio-pci"), \
+        (lab.driver_of(GPU), lab.override_of(GPU), lab.writes[before:])
+
+
+def test_4b_restore_leaves_alone_a_card_the_new_boot_reserved_for_a_vm(lab, fake_root):
+    """The same ConnectX-5, the run's move to vfio-pci gone with the crash; the operator
+    pinned it to vfio-pci for a VM before the host came back (driverctl)."""
+    journal = _rebooted(lab, fake_root, CX5, "15b3:1017", "mlx5_core",
+                        time_="2026-12-07T01:40:11+00:00")
+    _reserved_for_a_vm(lab, "15b3:1017", 0x020000, "mlx5_core")
+    before = len(lab.writes)
+    _restore(lab, journal)
+    assert (lab.driver_of(CX5), lab.override_of(CX5)) == ("vfio-pci", "vfio-pci"), \
+        (lab.driver_of(CX5), lab.override_of(CX5), lab.writes[before:])
+
+
+def test_control_4_an_entry_of_this_boot_is_given_back(lab, fake_root):
+    """A run of this boot, killed (its pid gone), left the ConnectX-5 on vfio-pci (its move
+    wrote the override ``vfio-pci``: the same state as 4b's, which only the boot tells
+    apart): `restore` gives it back to mlx5_core, as it should."""
+    journal = _rebooted(lab, fake_root, CX5, "15b3:1017", "mlx5_core",
+                        time_="2026-12-07T03:40:11+00:00")
+    lab.add_pci("0000:00:1c.6", "8086:a33e", 0x060400, "pcieport", 19)
+    lab.add_driver("mlx5_core", ["15b3:1017"])
+    lab.add_pci(CX5, "15b3:1017", 0x020000, None, 20, parent="0000:00:1c.6")
+    (lab.dev_dir(CX5) / "driver_override").write_text("vfio-pci\n")
+    lab._probe(CX5)
+    assert lab.driver_of(CX5) == "vfio-pci"  # (as the run's own move left it: override too)
+    results = _restore(lab, journal)
+    assert lab.driver_of(CX5) == "mlx5_core", (results, lab.writes)
