@@ -66,6 +66,19 @@ folders, CI files), on main at ab073e9. What it found, one section below each:
    a device that is not the one journaled (other ``vendor device``) gives back nothing: it
    is dropped (or kept and named), never written to the device.
 
+5. An nftables ``netdev`` base chain on the down port (``table netdev filter { chain ingress {
+   type filter hook ingress device "enp5s0f1" priority 0; ... } }``, loaded from
+   /etc/nftables.conf at boot: an ingress filter or early drop on a traffic-generator or
+   firewall-test port). docs/vfio.md counts "an nftables netdev hook" only while the port is
+   up, and nothing the harness reads shows it (no socket, no route; ``ip link`` does not
+   list hooks). The chain stays through a down; when the port is unregistered (the unbind),
+   ``nft_netdev_event`` drops the device from a chain of several devices and, for a chain of
+   this one device, releases the whole base chain with its rules (``__nft_release_basechain``:
+   every kernel before 6.16, the one that keeps hooks by name: RHEL 9's 5.14, Debian 12's 6.1,
+   Ubuntu 24.04's 6.8), so the ruleset the host loaded is gone when the port comes back.
+   Safe: a netdev-family chain or a flowtable whose ``dev`` names the port (``nft -j list
+   ruleset``, in each namespace) is a use.
+
 Each test asserts the safe behaviour and fails on ab073e9; the controls show the same shape
 refused for TCP and the port taken with no socket on its address. A fake sysfs/proc tree
 plays the host (:mod:`.fakesysfs`'s lab host), ``ss`` by monkeypatched output; no guest is
@@ -346,3 +359,53 @@ def test_control_4_an_entry_of_this_boot_is_given_back(lab, fake_root):
     assert lab.driver_of(CX5) == "vfio-pci"  # (as the run's own move left it: override too)
     results = _restore(lab, journal)
     assert lab.driver_of(CX5) == "mlx5_core", (results, lab.writes)
+
+
+# -- 5. an nftables netdev chain on the down port -----------------------------------------------
+
+
+def _with_nft(monkeypatch, items: list) -> None:
+    """``nft -j list ...`` prints ``items`` (chains, flowtables, each listed under its own
+    ``list chains``/``list flowtables`` too); anything else as the fakes have it."""
+    real = network._run
+
+    def run(fs, argv, fake, *a, **k):
+        words = [str(w) for w in argv]
+        if "nft" in {w.rsplit("/", 1)[-1] for w in words}:
+            kinds = {"chains": "chain", "flowtables": "flowtable"}
+            wanted = [kinds[w] for w in words if w in kinds]
+            shown = [i for i in items if not wanted or next(iter(i)) in wanted]
+            return json.dumps({"nftables": [{"metainfo": {"version": "1.0.6",
+                                                          "json_schema_version": 1}},
+                                            {"table": {"family": "netdev", "name": "filter",
+                                                       "handle": 1}}, *shown]})
+        return real(fs, argv, fake, *a, **k)
+
+    monkeypatch.setattr(network, "_run", run)
+
+
+def _chain(dev) -> dict:
+    return {"chain": {"family": "netdev", "table": "filter", "name": "ingress", "handle": 1,
+                      "type": "filter", "hook": "ingress", "prio": 0, "dev": dev,
+                      "policy": "accept"}}
+
+
+def test_5a_a_netdev_chain_on_the_down_port_keeps_it(lab, monkeypatch):
+    lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
+    _with_nft(monkeypatch, [_chain("enp5s0f1")])
+    uses, _ = NetView.read(Sysfs(lab.root)).use_of(PORT)
+    assert any("nft" in u.lower() or "ingress" in u or "netdev" in u for u in uses), uses
+
+
+def test_5b_the_function_is_refused_with_its_netdev_chain_named(lab, monkeypatch):
+    lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
+    _with_nft(monkeypatch, [_chain(["enp2s0", "enp5s0f1"])])
+    uses = HostUsage.read(lab.root).verdict("0000:05:00.1").uses
+    assert any("enp5s0f1" in u and ("nft" in u.lower() or "ingress" in u) for u in uses), uses
+
+
+def test_control_5_a_netdev_chain_on_another_port_leaves_it_idle(lab, monkeypatch):
+    lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
+    _with_nft(monkeypatch, [_chain("enp2s0")])
+    uses, evidence = NetView.read(Sysfs(lab.root)).use_of(PORT)
+    assert uses == [] and "down" in evidence, uses
