@@ -79,10 +79,26 @@ folders, CI files), on main at ab073e9. What it found, one section below each:
    Safe: a netdev-family chain or a flowtable whose ``dev`` names the port (``nft -j list
    ruleset``, in each namespace) is a use.
 
-Each test asserts the safe behaviour and fails on ab073e9; the controls show the same shape
-refused for TCP and the port taken with no socket on its address. A fake sysfs/proc tree
-plays the host (:mod:`.fakesysfs`'s lab host), ``ss`` by monkeypatched output; no guest is
-booted.
+Each test asserts the safe behaviour and fails on ab073e9 (each was also run against a
+throw-away fix, not committed: ``ss -S``, ``bpftool -j net show`` and ``tc -j actions ls
+action mirred``, ``nft -j list ruleset``, and an entry's ``time`` before ``btime`` or other
+ids dropped, under which all pass); the controls show the same shape refused for TCP, the
+port taken with tc programs, mirrors and chains on another port only, and a dead run's entry
+of this boot still given back. A fake sysfs/proc tree plays the host (:mod:`.fakesysfs`'s lab
+host), ``ss``, ``tc``, ``bpftool`` and ``nft`` by monkeypatched output; no guest is booted.
+
+Looked at, no test (each held, or too weak to report): the journal's lock, ``write_atomic``,
+``_check_entry``, ``_live_users_of_vfs``/``_vfs_not_idle`` (``release --force`` of a PF's
+lease passes only the host's leases as ``journaled``, but a live run's VF held between its
+tests is then a forced take-back the operator asked for), ``_leased_on_host`` with SR-IOV
+entries, ``refuse_usb_handed`` (own hand-overs), ``hygiene.sweep_stale``/``sweep_run`` and the
+owner tag (PID reuse only leaks folders); ci/gitlab-ci.yml, ci/Jenkinsfile, the systemd unit
+(grant first, root's check before anything by name, restore after every end, no key
+uploaded; ``HH_PYTEST_ARGS`` as a Jenkins build parameter reaches root, held to
+``check_pytest_options``: ``--basetemp=DIR`` has pytest empty a root-owned ``DIR``, an
+operator's foot-gun, not a user's way to root); /proc/net/ip_mr_vif lists the default
+multicast table only (a VIF of another table: FRR's pim in a VRF, whose port is then a VRF
+member, an upper device already).
 """
 
 from __future__ import annotations
