@@ -171,6 +171,10 @@ def _check_entry(entry, n: int) -> None:
     the harness itself writes, or the journal is refused (ValueError)."""
     if not isinstance(entry, dict):
         raise ValueError(f"entry {n} is not an object")
+    if "boot" in entry and not (isinstance(entry["boot"], str) and
+                                _BOOT_ID.fullmatch(entry["boot"])):
+        raise ValueError(f"entry {n} ({entry.get('bdf')}): boot {entry['boot']!r} is not a "
+                         "boot id")
     if entry.get("kind") == USB:
         _check_usb_entry(entry, n)
         return
@@ -251,9 +255,57 @@ def _process_start(fs: Sysfs, pid: int) -> int | None:
     return start_time(fs.read(fs.proc(str(pid), "stat")))
 
 
+_BOOT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def boot_id(fs: Sysfs) -> str | None:
+    """This boot's id (/proc/sys/kernel/random/boot_id), or None if it cannot be read."""
+    value = fs.read(fs.proc("sys", "kernel", "random", "boot_id"))
+    return value.strip() if value and _BOOT_ID.fullmatch(value.strip()) else None
+
+
+def _boot_time(fs: Sysfs) -> int | None:
+    """When this boot began (``btime`` in /proc/stat, seconds since the epoch), or None."""
+    for line in (fs.read(fs.proc("stat")) or "").splitlines():
+        key, _, value = line.partition(" ")
+        if key == "btime" and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def _entry_time(entry: dict) -> float | None:
+    """When the entry was written (its ``time``, with its zone), or None."""
+    try:
+        when = datetime.fromisoformat(entry.get("time"))
+    except (TypeError, ValueError):
+        return None
+    return when.timestamp() if when.tzinfo is not None else None
+
+
+def _of_another_boot(fs: Sysfs, entry: dict) -> str | None:
+    """Why an entry is of an earlier boot (None: it is not, or that cannot be told): the
+    journal is on disk, but every binding, ``driver_override``, VF count and hand-over its
+    run wrote died with that boot (a host crash, a power cut), so what is at its address now
+    is this boot's (a card put in the slot meanwhile, one pinned to vfio-pci for a VM by
+    ``driverctl``): giving it back would write to a device the run never had. Its boot id
+    is not this one's, or it has none (an entry older than the boot id) and its ``time`` is
+    before ``btime``."""
+    now = boot_id(fs)
+    if entry.get("boot") and now:
+        return None if entry["boot"] == now else (
+            f"journaled by pid {entry.get('pid')} at {entry.get('time')} in another boot "
+            f"({entry['boot']}; this is {now})")
+    written, booted = _entry_time(entry), _boot_time(fs)
+    if written is None or booted is None or written >= booted:
+        return None
+    return (f"journaled by pid {entry.get('pid')} at {entry.get('time')}, before this boot "
+            f"({datetime.fromtimestamp(booted, timezone.utc).isoformat(timespec='seconds')})")
+
+
 def owner_alive(fs: Sysfs, entry: dict) -> bool:
-    """Whether the process that wrote a journal entry still runs (pid and start time match)."""
-    if not fs.proc(str(entry.get("pid")), "stat").exists():
+    """Whether the process that wrote a journal entry still runs (pid and start time match, in
+    this boot: a start time counts from the boot, so another boot's may match by chance)."""
+    if not fs.proc(str(entry.get("pid")), "stat").exists() or _of_another_boot(fs, entry):
         return False
     recorded = entry.get("pid_start")
     return recorded is None or _process_start(fs, entry["pid"]) == recorded
@@ -265,7 +317,9 @@ def owner_alive(fs: Sysfs, entry: dict) -> bool:
 @dataclasses.dataclass(frozen=True)
 class Restored:
     """What happened to one journaled device. ``status``: ``restored`` (back on ``driver``),
-    ``gone`` (no longer on the host), ``in-use`` (its run is alive: left alone), ``failed``."""
+    ``gone`` (no longer on the host, or another device at its address), ``stale`` (an entry
+    of an earlier boot: nothing written), ``in-use`` (its run is alive: left alone),
+    ``failed``."""
 
     bdf: str
     status: str
@@ -367,6 +421,9 @@ def _restore_sriov(fs: Sysfs, entry: dict, timeout: float, journaled: list[dict]
     a live run relies on the PF's VFs (``journaled``: the journal now): then it stays
     (``in-use``) and the entry with it, for the last run to let go."""
     pf, original = entry["bdf"], entry["numvfs"]
+    stale = _stale(fs, entry)  # (its VFs and its count ended with its boot)
+    if stale:
+        return stale
     now = sriov.physical_function(fs, pf) if fs.pci_exists(pf) else None
     if now is None:
         return Restored(pf, "gone", None, "no longer on this host (or no longer SR-IOV); "
@@ -438,7 +495,8 @@ def _live_users_of_vfs(fs: Sysfs, entry: dict, pf: "sriov.PhysicalFunction",
     """Which live run (other than this process) holds a VF of ``pf`` or relies on its VFs."""
     for e in journaled:  # (a binding by hand outlives the `bind` that made it: live)
         if (e["bdf"], e.get("lease")) == (entry["bdf"], entry.get("lease")) or \
-                e.get("pid") == os.getpid() or not (e.get("manual") or owner_alive(fs, e)):
+                e.get("pid") == os.getpid() or _of_another_boot(fs, e) or \
+                not (e.get("manual") or owner_alive(fs, e)):
             continue
         if e["bdf"] in pf.vfs:
             return f"pid {e.get('pid')} (a live run) holds its VF {e['bdf']}"
@@ -455,49 +513,87 @@ def _restore_autoprobe(fs: Sysfs, pf: str, value: int | None) -> None:
 def _restore_entry(fs: Sysfs, entry: dict, timeout: float,
                    journaled: list[dict] = ()) -> Restored:
     """Give one journaled device back, from whatever state a run left it in (``journaled``:
-    the journal now, for a PF's count: :func:`_restore_sriov`)."""
+    the journal now, for a PF's count: :func:`_restore_sriov`), if it is still the state a
+    run of this boot left (:func:`_stale`), on the device it took (:func:`_other_pci_device`)."""
     if entry.get("kind") == SRIOV:
         return _restore_sriov(fs, entry, timeout, journaled)
     if entry.get("kind") == USB:
         return _restore_usb(fs, entry, timeout)
     bdf, original = entry["bdf"], entry.get("driver")
+    stale = _stale(fs, entry)
+    if stale:
+        return stale
     if entry.get("kind") == HOLD:
         return Restored(bdf, "restored", original, "let go: it stays on vfio-pci, where it was "
                                                    "before the harness held it")
     if not fs.pci_exists(bdf):
         return Restored(bdf, "gone", None, "no longer on this host (removed?); nothing to do")
     try:
-        dev = fs.pci_device(bdf)
-        if entry.get("method") == "new_id":
-            with contextlib.suppress(HostDeviceError):  # already removed
-                fs.write(fs.pci_driver_dir(VFIO) / "remove_id", entry["ids"])
-        # While a process (a QEMU) has the group open, unbinding blocks in the kernel until it
-        # lets go, and a host driver on any member would share DMA with it: touch none.
-        group = dev.iommu_group if dev.iommu_group is not None else entry.get("group")
-        held = _holders(fs, group, bdf)
-        if held:
-            return Restored(bdf, "failed", dev.driver,
-                            f"{held[0]} is still open by {held[1]}; {held[2]}, then "
-                            "restore again")
-        if dev.driver == VFIO:
-            fs.write(fs.pci_driver_dir(VFIO) / "unbind", bdf)
-        elif dev.driver not in (None, original):
-            return Restored(bdf, "failed", dev.driver,
-                            f"bound to {dev.driver}, neither vfio-pci nor its original "
-                            f"{original or 'no driver'}; left as it is")
-        wanted_override = entry.get("driver_override")
-        if dev.has_driver_override and dev.driver_override != wanted_override:
-            fs.write(fs.pci_dir(bdf) / "driver_override", wanted_override or "\n")
-        if original and fs.link_name(fs.pci_dir(bdf) / "driver") != original:
-            bind = fs.pci_driver_dir(original) / "bind"
-            if bind.exists():
-                fs.write(bind, bdf)
-            else:
-                fs.write(fs.sys("bus", "pci", "drivers_probe"), bdf)
-        _wait_driver(fs, bdf, original, timeout)
+        other = _other_pci_device(fs, entry)
+        if other:
+            return Restored(bdf, "gone", fs.link_name(fs.pci_dir(bdf) / "driver"),
+                            f"{other}; nothing given back, its entry dropped")
+        return _put_back(fs, fs.pci_device(bdf), entry, timeout)
     except HostDeviceError as e:
         return Restored(bdf, "failed", fs.link_name(fs.pci_dir(bdf) / "driver"),
                         f"{e.message} ({e.hint})" if e.hint else e.message)
+
+
+def _stale(fs: Sysfs, entry: dict) -> Restored | None:
+    """An entry of an earlier boot (:func:`_of_another_boot`), as a give-back that writes
+    nothing (``stale``: its entry is dropped); None: it is of this boot, or that cannot be
+    told."""
+    why = _of_another_boot(fs, entry)
+    if why is None:
+        return None
+    driver = fs.link_name(fs.pci_dir(entry["bdf"]) / "driver") if entry.get("kind") != USB \
+        else None
+    return Restored(entry["bdf"], "stale", driver,
+                    f"{why}: what that run wrote ended with its boot; nothing given back, "
+                    "its entry dropped (the device is left as this boot has it)")
+
+
+def _other_pci_device(fs: Sysfs, entry: dict) -> str | None:
+    """Why the function at the entry's address is not the one journaled (None: it is, or the
+    entry names no ids): other ``vendor device`` ids, a card put in that slot since. A
+    give-back writes only to the device it took, as a USB one does (:func:`_same_usb`)."""
+    dev = fs.pci_device(entry["bdf"])
+    now = f"{dev.vendor} {dev.device}"
+    if entry.get("ids") is None or entry["ids"] == now:
+        return None
+    return (f"another device is there now ({now.replace(' ', ':')}; it was "
+            f"{entry['ids'].replace(' ', ':')}, journaled by pid {entry.get('pid')} at "
+            f"{entry.get('time')})")
+
+
+def _put_back(fs: Sysfs, dev: PciDevice, entry: dict, timeout: float) -> Restored:
+    """The writes of a give-back: vfio-pci's ``new_id`` removed, the device unbound from
+    vfio-pci, its ``driver_override`` as it was, bound to its original driver (raises
+    HostDeviceError: the caller's ``failed``)."""
+    bdf, original = dev.bdf, entry.get("driver")
+    if entry.get("method") == "new_id":
+        with contextlib.suppress(HostDeviceError):  # already removed
+            fs.write(fs.pci_driver_dir(VFIO) / "remove_id", entry["ids"])
+    # While a process (a QEMU) has the group open, unbinding blocks in the kernel until it
+    # lets go, and a host driver on any member would share DMA with it: touch none.
+    group = dev.iommu_group if dev.iommu_group is not None else entry.get("group")
+    held = _holders(fs, group, bdf)
+    if held:
+        return Restored(bdf, "failed", dev.driver, f"{held[0]} is still open by {held[1]}; "
+                                                   f"{held[2]}, then restore again")
+    if dev.driver == VFIO:
+        fs.write(fs.pci_driver_dir(VFIO) / "unbind", bdf)
+    elif dev.driver not in (None, original):
+        return Restored(bdf, "failed", dev.driver,
+                        f"bound to {dev.driver}, neither vfio-pci nor its original "
+                        f"{original or 'no driver'}; left as it is")
+    wanted_override = entry.get("driver_override")
+    if dev.has_driver_override and dev.driver_override != wanted_override:
+        fs.write(fs.pci_dir(bdf) / "driver_override", wanted_override or "\n")
+    if original and fs.link_name(fs.pci_dir(bdf) / "driver") != original:
+        bind = fs.pci_driver_dir(original) / "bind"
+        fs.write(bind if bind.exists() else fs.sys("bus", "pci", "drivers_probe"), bdf)
+    _wait_driver(fs, bdf, original, timeout)
     return Restored(bdf, "restored", original, f"back on {original or 'no driver'}")
 
 
@@ -560,6 +656,9 @@ def _restore_usb(fs: Sysfs, entry: dict, timeout: float) -> Restored:
     interface or a serial adapter's tty stays gone until someone replugs it. Only once no
     process holds its usbfs node, and only to the same device (:func:`_same_usb`)."""
     name = entry["bdf"]
+    stale = _stale(fs, entry)  # (its bus and address are this boot's: another device's)
+    if stale:
+        return stale
     other = _same_usb(fs, entry)
     if other:
         return Restored(name, "gone", None, f"{other}; nothing to give back")
@@ -613,8 +712,9 @@ def _give_back(fs: Sysfs, entry: dict, timeout: float) -> Restored:
     """A release's give-back: :func:`_restore_entry`, but an entry libvirt moved
     (``<hostdev managed='yes'>``) should be back on its driver already (libvirt re-attaches
     it when QEMU lets go); given the deadline to get there, then put back by the harness,
-    which the result says."""
-    if not entry.get("moved_by"):
+    which the result says. An entry of an earlier boot is dropped, nothing waited for or
+    written (:func:`_stale`)."""
+    if not entry.get("moved_by") or _of_another_boot(fs, entry):
         return _restore_entry(fs, entry, timeout)
     bdf, original, who = entry["bdf"], entry.get("driver"), entry["moved_by"]
     try:
@@ -669,7 +769,7 @@ def restore_from_journal(root: "str | Path | Sysfs" = "/", journal: str | Path |
                                     ([] if include_live else jr.read()) + host_leases)
             log.info("restore: %s", result)
             results.append(result)
-            if result.status in ("restored", "gone"):
+            if result.status in ("restored", "gone", "stale"):
                 _drop(jr, entry)
     failed = [r for r in results if r.status == "failed"]
     if failed:
@@ -757,8 +857,8 @@ def _held_elsewhere(fs: Sysfs, entry: dict, take_all: bool, own_pids,
                     releasing: bool) -> str | None:
     """Why an entry is not this restore's to give back (None: it is). ``releasing``: `release
     BDF` names the lease, which gives back one bound by hand, not a live run's."""
-    if take_all or entry.get("pid") in own_pids:
-        return None
+    if take_all or entry.get("pid") in own_pids or _of_another_boot(fs, entry):
+        return None  # (an entry of an earlier boot: its lease ended with it, for restore to drop)
     if entry.get("manual"):
         return None if releasing else (
             f"bound by hand (`python -m harness bind`) since {entry.get('time')}; "
@@ -779,9 +879,11 @@ def refuse_foreign(fs: Sysfs, plan: GroupPlan, entries: list[dict], hold) -> Non
             continue
         if e.get("kind") == SRIOV:
             if e["bdf"] in members:
+                _refuse_of_another_boot(fs, e, plan.group)
                 _refuse_pf_of_vfs(fs, e, plan.group)
             continue
         if e["bdf"] in members and (hold is None or e.get("lease") != hold.lease_id):
+            _refuse_of_another_boot(fs, e, plan.group)
             if e.get("manual"):
                 raise HostDeviceError(
                     f"{e['bdf']} (group {plan.group}) is bound by hand (`python -m harness "
@@ -794,6 +896,17 @@ def refuse_foreign(fs: Sysfs, plan: GroupPlan, entries: list[dict], hold) -> Non
                                              "it, or give that run another device")
             raise HostDeviceError(f"{e['bdf']} (group {plan.group}) was left on vfio-pci by "
                                   f"a run that died (pid {e.get('pid')})", hint=RESTORE_HINT)
+
+
+def _refuse_of_another_boot(fs: Sysfs, e: dict, group: int) -> None:
+    """A member with an entry of an earlier boot is stale (:func:`_of_another_boot`): no run
+    holds it, but nor is its own entry (a bind by hand, a live run) told from it until
+    `restore` drops it, which writes nothing to the device."""
+    why = _of_another_boot(fs, e)
+    if why:
+        raise HostDeviceError(f"{e['bdf']} (group {group}) has a stale journal entry: {why}",
+                              hint="run `python -m harness restore` (as root): it drops an "
+                                   "entry of an earlier boot without writing to the device")
 
 
 def _refuse_usb_below(fs: Sysfs, plan: GroupPlan, e: dict) -> None:
@@ -926,11 +1039,12 @@ class Lease:
 
 def _stamp(fs: Sysfs, manual: bool) -> dict:
     """Who wrote a journal entry, and when: this process, with its start time (a pid reused by
-    another process is told apart), and whether it is a bind by hand (``harness bind``)."""
-    pid = os.getpid()
+    another process is told apart), the boot (every binding the entry records dies with it:
+    :func:`_of_another_boot`), and whether it is a bind by hand (``harness bind``)."""
+    pid, boot = os.getpid(), boot_id(fs)
     return {"pid": pid, "pid_start": _process_start(fs, pid),
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            **({"manual": True} if manual else {})}
+            **({"boot": boot} if boot else {}), **({"manual": True} if manual else {})}
 
 
 def _refuse_stale_count(pf: str, entries: list[dict]) -> None:
