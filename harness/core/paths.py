@@ -248,13 +248,16 @@ def _check_test_entry(path: Path, p: Path, uids: set[int], why: str) -> None:
     raise UnsafePathError(
         f"{what} {p}" + (f" (of the test path {path})" if p != path else " (a test path)")
         + f" is {who}, and {why} as root, so another user could choose what root runs",
-        hint=_TEST_PATH_HINT)
+        hint=(_CONFCUT_HINT if p != path and why.endswith("conftest.py") else "") + _TEST_PATH_HINT)
 
 
 _TEST_PATH_HINT = ("give root's pytest only test paths in a checkout only root (or you, under "
                    "sudo) can write, such as the one it runs from (copy a colleague's test "
                    "there after reading it), or run that test as its owner without root; "
                    "docs/vfio.md, 'What root reads and runs'")
+_CONFCUT_HINT = ("for a test file in a folder only root can write below that one (a temporary "
+                 "folder of root's), --confcutdir naming its folder stops pytest looking above "
+                 "it; otherwise ")
 
 
 #: pytest's options that load code or configuration before any plugin's hook (the short ones

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.paths import UnsafePathError, new_private_dir, private_dir, read_trusted_file
+from harness.core.paths import (UnsafePathError, check_test_path, new_private_dir, private_dir,
+                                 read_trusted_file)
 from harness.core.errors import ConfigError, HostDeviceError
 from harness.guest.snapshot import StateCache, new_run_cache_dir
 from harness.host.binding import Journal
@@ -308,3 +309,19 @@ def test_what_leads_out_of_the_checkout_is_checked_where_it_leads(tmp_path):
     theirs.chmod(0o777)
     r = _check_tree(top)
     assert r.returncode == 1 and str(theirs) in r.stderr, r.stderr
+
+
+def test_a_test_file_in_roots_own_temporary_folder_needs_confcutdir_there(shared_tmp):
+    """Stop 46's CI: root's probe test file in a folder of its own (0700) below a sticky /tmp.
+    pytest would import the sticky folder's ``conftest.py`` for it (anyone may make one), so
+    root's run refuses it, naming that folder and saying ``--confcutdir`` at the file's own
+    folder is the way; with that cut the file is taken."""
+    folder = shared_tmp / "probe"
+    folder.mkdir(mode=0o700)
+    test = folder / "probe_test.py"
+    test.write_text("def test_x():\n    pass\n")
+    with pytest.raises(UnsafePathError) as e:
+        check_test_path(test, None)
+    assert f"the folder {shared_tmp} (of the test path {test})" in str(e.value), e.value
+    assert "sticky" in str(e.value) and "--confcutdir naming its folder" in e.value.hint
+    check_test_path(test, folder)
