@@ -1082,11 +1082,29 @@ def _on_its_address(ns: Namespace, dev: Netdev) -> list[str]:
     return uses
 
 
+def _loaded(fs: Sysfs, module: str) -> bool:
+    """Whether the kernel has ``module`` now: loaded (/sys/module) or built in. Asking the
+    kernel for what a module keeps (``ss -S``, ``tc actions ls action mirred``, ``nft``) makes
+    it load the module when it is not there (``request_module``), and the harness must load
+    none as a side effect (a host may blacklist sctp for its CVEs); with the module not
+    there, nothing of its kind exists to be read."""
+    return fs.sys("module", module).exists() or _built_in(fs, module)
+
+
+def _ss_argv(fs: Sysfs) -> list[str]:
+    """``ss``'s arguments: TCP, UDP and raw sockets, and SCTP ones (``-S``: an Open5GS AMF's
+    NGAP listener, an association from the port's address) where the ``sctp`` module is
+    loaded: only there can an SCTP socket exist, and asking elsewhere would load it."""
+    return _SS + (["-S"] if _loaded(fs, "sctp") else [])
+
+
 def _read_sockets(fs: Sysfs, ns: Namespace, where: str) -> None:
-    """Sockets bound to an interface: ``ss`` (TCP, UDP, raw) and /proc/net/packet (packet
-    sockets, by interface index; 0 means every interface: bound to none)."""
+    """Sockets bound to an interface: ``ss`` (TCP, UDP, raw, SCTP: :func:`_ss_argv`) and
+    /proc/net/packet (packet sockets, by interface index; 0 means every interface: bound to
+    none). An SCTP association under its listener is a line of its own (`` `- ESTAB ...``),
+    whose fields fall where a socket's do."""
     try:
-        ss = _run(fs, ns.enter + _SS, ns.fake / "ss.txt", ns.fds, **_by(ns))
+        ss = _run(fs, ns.enter + _ss_argv(fs), ns.fake / "ss.txt", ns.fds, **_by(ns))
         packet = _proc_net_file(fs, ns, "packet")
         if packet is None:
             raise OSError("/proc/net/packet cannot be read")

@@ -142,9 +142,12 @@ def _asks_sctp(argv) -> bool:
         w.startswith("-") and not w.startswith("--") and "S" in w[1:] for w in words)
 
 
-def _with_sctp(monkeypatch, sctp: str) -> None:
+def _with_sctp(lab, monkeypatch, sctp: str) -> None:
     """``ss`` prints ``sctp`` (its SCTP sockets) when it is asked for SCTP ones, as the real
-    one does; the other fakes as they are."""
+    one does; the other fakes as they are. The ``sctp`` module is loaded (/sys/module/sctp):
+    a host with an SCTP socket has it, and the harness asks for SCTP only there (``ss -S``
+    would load it)."""
+    (lab.sys / "module/sctp").mkdir(exist_ok=True)
     real = network._run
 
     def run(fs, argv, fake, *a, **k):
@@ -160,7 +163,7 @@ def _with_sctp(monkeypatch, sctp: str) -> None:
 def test_1a_an_sctp_listener_on_the_down_ports_address_keeps_it(lab, monkeypatch):
     """Open5GS's AMF listens for NGAP on 10.0.5.1:38412 (SCTP), the port set down."""
     lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
-    _with_sctp(monkeypatch, "sctp LISTEN 0 128 10.0.5.1:38412 *:*\n")
+    _with_sctp(lab, monkeypatch, "sctp LISTEN 0 128 10.0.5.1:38412 *:*\n")
     uses, _ = NetView.read(Sysfs(lab.root)).use_of(PORT)
     assert any("38412" in u for u in uses), uses
 
@@ -169,7 +172,7 @@ def test_1b_an_sctp_association_from_the_down_ports_address_keeps_it(lab, monkey
     """An S1AP association of an eNB simulator with the MME, from 10.0.5.1 (multi-homed:
     its other path is up, the association ESTAB through the port's down)."""
     lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
-    _with_sctp(monkeypatch, "sctp ESTAB 0 0 10.0.5.1:36412 10.0.5.50:36412\n")
+    _with_sctp(lab, monkeypatch, "sctp ESTAB 0 0 10.0.5.1:36412 10.0.5.50:36412\n")
     uses, _ = NetView.read(Sysfs(lab.root)).use_of(PORT)
     assert any("36412" in u for u in uses), uses
 
@@ -177,7 +180,7 @@ def test_1b_an_sctp_association_from_the_down_ports_address_keeps_it(lab, monkey
 def test_1c_the_function_is_refused_with_the_sctp_listener_named(lab, monkeypatch):
     """As the binder judges 05:00.1 (HostUsage)."""
     lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
-    _with_sctp(monkeypatch, "sctp LISTEN 0 128 10.0.5.1:38412 *:*\n")
+    _with_sctp(lab, monkeypatch, "sctp LISTEN 0 128 10.0.5.1:38412 *:*\n")
     uses = HostUsage.read(lab.root).verdict("0000:05:00.1").uses
     assert any("38412" in u for u in uses), uses
 
@@ -190,7 +193,7 @@ def test_control_1_a_tcp_listener_on_the_same_address_keeps_it(lab):
 
 def test_control_1_no_sctp_socket_on_its_address_is_idle(lab, monkeypatch):
     lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
-    _with_sctp(monkeypatch, "sctp LISTEN 0 128 192.168.1.10:38412 *:*\n")
+    _with_sctp(lab, monkeypatch, "sctp LISTEN 0 128 192.168.1.10:38412 *:*\n")
     uses, evidence = NetView.read(Sysfs(lab.root)).use_of(PORT)
     assert uses == [] and "down" in evidence, uses
 
