@@ -42,11 +42,13 @@ output is read from files: ``<root>/ip/<what>.json`` for the harness's own names
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import json
 import os
 import re
 import select
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -114,6 +116,10 @@ class Namespace:
         #: What the kernel keeps on an interface with no socket (a multicast VIF, a protocol
         #: handler bound to it), by interface: :func:`_read_kernel_users`.
         self.kernel_users: dict[str, list[str]] = {}
+        #: A tc mirred action's index -> the port and hook whose filter holds it, as far as
+        #: the filters read show (:func:`_tc_filters`): what a mirror's target is told it
+        #: is taken from.
+        self.mirred_from: dict[int, str] = {}
         self.problems: list[str] = []
 
 
@@ -1001,6 +1007,8 @@ def _read_namespace(fs: Sysfs, ns: Namespace) -> Namespace:
         return ns
     _read_sockets(fs, ns, where)
     _read_kernel_users(fs, ns, where)
+    _read_tc(fs, ns, where)
+    _read_nft(fs, ns, where)
     return ns
 
 
@@ -1155,6 +1163,248 @@ def _read_kernel_users(fs: Sysfs, ns: Namespace, where: str) -> None:
             else:
                 use = f"has the protocol handler {' '.join(f[2:])} (type {f[0]}) bound to it"
             ns.kernel_users.setdefault(f[column], []).append(use)
+
+
+# -- what tc and nftables keep on a port --------------------------------------------------------
+
+
+#: The qdiscs that tc filters (a BPF program's ``bpf da``, a ``u32``, a ``matchall``) hang on,
+#: ``sch_ingress``'s two, and the hooks each has.
+_TC_HOOK_QDISCS = {"ingress": ("ingress",), "clsact": ("ingress", "egress")}
+
+
+def _read_tc(fs: Sysfs, ns: Namespace, where: str) -> None:
+    """What tc keeps on a port with no socket or route, each kept through a down and deleted
+    (a mirred action's target: cleared) when the port is unregistered, which the unbind does:
+    the qdisc its filters hang on (:func:`_read_tc_qdiscs`: Cilium's ``cil_from_netdev``
+    before tcx, a lab's ``tc filter ... bpf da``), a tcx program (:func:`_read_tcx`: Cilium
+    or Calico on 6.6+), and a mirred action on any port that sends to it
+    (:func:`_read_mirred`: a software SPAN to a capture port). Filed in
+    ``ns.kernel_users``; what cannot be read is a problem of ``ns``."""
+    for read in (_read_tc_qdiscs, _read_tcx, _read_mirred):
+        if not read(fs, ns, where):
+            return
+
+
+def _tc_json(fs: Sysfs, ns: Namespace, args: list[str], fake: str) -> list:
+    """``tc -j ARGS`` run in ``ns`` (``<fake>.json`` under a fake root), a list (empty output:
+    nothing). Raises OSError or ValueError."""
+    text = _run(fs, ns.enter + ["tc", "-j", *args], ns.fake / f"{fake}.json", ns.fds, **_by(ns))
+    out = _ip_json(text) if text.strip() else []
+    if not isinstance(out, list):
+        raise ValueError("not a list")
+    return out
+
+
+def _read_tc_qdiscs(fs: Sysfs, ns: Namespace, where: str) -> bool:
+    """An ``ingress`` or ``clsact`` qdisc on a port that sits on a device (``parentdev``: the
+    ports a function can be taken with) is a use: someone attached tc filters there, BPF or
+    not, all deleted with it at the unbind; they are named where ``tc filter show`` lists
+    them. Read where ``sch_ingress`` is there (else no such qdisc exists). False: a problem."""
+    if not _loaded(fs, "sch_ingress"):
+        return True
+    for name in sorted(n for n, link in ns.links.items() if "parentdev" in link):
+        try:
+            qdiscs = _tc_json(fs, ns, ["qdisc", "show", "dev", name], f"tc-qdisc-{name}")
+        except (OSError, ValueError) as e:
+            ns.problems.append(f"the tc qdiscs of {name}{where} cannot be read (`tc -j qdisc "
+                               f"show dev {name}`: {e}): a clsact qdisc's filters (a BPF "
+                               "program) are deleted at the unbind; install iproute2's `tc`")
+            return False
+        for kind in [q.get("kind") for q in qdiscs if isinstance(q, dict)]:
+            if kind in _TC_HOOK_QDISCS:
+                ns.kernel_users.setdefault(name, []).append(
+                    f"has a tc {kind} qdisc, whose filters ({_tc_filters(fs, ns, name, kind)}) "
+                    "are deleted with it at the unbind")
+    return True
+
+
+def _tc_filters(fs: Sysfs, ns: Namespace, name: str, kind: str) -> str:
+    """The filters under ``name``'s ``kind`` qdisc, as ``ingress: bpf cil_from_netdev``, or
+    why they cannot be named (the qdisc is a use all the same)."""
+    named = []
+    for hook in _TC_HOOK_QDISCS[kind]:
+        try:
+            found = _tc_json(fs, ns, ["filter", "show", "dev", name, hook],
+                             f"tc-filter-{name}-{hook}")
+        except (OSError, ValueError) as e:
+            return f"cannot be listed: {e}"
+        for f in (f for f in found if isinstance(f, dict) and "options" in f):
+            options = f["options"] if isinstance(f["options"], dict) else {}
+            named.append(f"{hook}: {f.get('kind', '?')} {options.get('bpf_name', '')}".strip())
+            _note_mirreds(ns, f"{name} {hook}", options.get("actions"))
+    return ", ".join(named) or "none now"
+
+
+def _note_mirreds(ns: Namespace, where: str, actions) -> None:
+    """Files the mirred actions of a filter at ``where`` (a port and hook) by their index in
+    ``ns.mirred_from``, so the port a mirror sends to is told which one it is taken from."""
+    for a in actions if isinstance(actions, list) else []:
+        if isinstance(a, dict) and a.get("kind") == "mirred" and type(a.get("index")) is int:
+            ns.mirred_from[a["index"]] = where
+
+
+#: ``bpftool -j net show``: the BPF programs on each interface (XDP, tc, tcx, netkit...).
+_BPFTOOL_NET = ["bpftool", "-j", "net", "show"]
+
+
+def _read_tcx(fs: Sysfs, ns: Namespace, where: str) -> bool:
+    """A tcx program on a port (Linux 6.6+: attached with no qdisc, which only ``bpftool``
+    lists) is a use, named. Without bpftool, none is proven where no ``sched_cls`` program is
+    loaded at all (:func:`_sched_cls_programs`: tcx takes no other type); else a problem of
+    ``ns`` that says to install bpftool. False: a problem."""
+    if not _tcx_possible(fs):
+        return True
+    try:
+        text = _run(fs, ns.enter + _BPFTOOL_NET, ns.fake / "bpftool-net.json", ns.fds, **_by(ns))
+        listing = _ip_json(text) if text.strip() else []
+        hooked = [p for entry in listing for p in entry.get("tc", [])
+                  if str(p.get("kind", "")).startswith("tcx/")]
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        lacking = _tcx_unproven(fs)
+        if lacking:
+            ns.problems.append(f"the tcx programs{where} cannot be listed (`bpftool -j net "
+                               f"show`: {e}) and {lacking}: a program attached to a port at "
+                               "tcx (Linux 6.6+, no qdisc shows it) is deleted at the unbind; "
+                               "install bpftool (Debian, Ubuntu: `bpftool`)")
+        return not lacking
+    for p in hooked:
+        ns.kernel_users.setdefault(str(p.get("devname")), []).append(
+            f"has the BPF program {p.get('name', '?')} (id {p.get('prog_id', '?')}) attached "
+            f"at {p['kind']}, deleted at the unbind")
+    return True
+
+
+def _tcx_possible(fs: Sysfs) -> bool:
+    """Whether the running kernel has tcx (6.6 and later; one whose release cannot be read
+    or parsed is taken to have it)."""
+    release = fs.read(fs.proc("sys", "kernel", "osrelease"))
+    if release is None and fs.real_host:
+        release = os.uname().release
+    m = re.match(r"(\d+)\.(\d+)", release or "")
+    return not m or (int(m[1]), int(m[2])) >= (6, 6)
+
+
+def _tcx_unproven(fs: Sysfs) -> str:
+    """Why no tcx program can be ruled out without bpftool ("": none can exist, as no
+    ``sched_cls`` program is loaded)."""
+    if not fs.real_host:
+        return "a fake root has no kernel to ask"
+    try:
+        ids = _sched_cls_programs()
+    except OSError as e:
+        return f"the loaded BPF programs cannot be listed ({e})"
+    return (f"tc BPF programs are loaded (ids {', '.join(map(str, ids[:8]))}) whose device "
+            "cannot be told") if ids else ""
+
+
+#: The ``bpf`` system call's number, by machine (``os.uname().machine``).
+_BPF_SYSCALL = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "ppc64": 361,
+                "s390x": 351, "i686": 357, "armv7l": 386}
+#: ``BPF_PROG_GET_NEXT_ID``, ``BPF_PROG_GET_FD_BY_ID``, ``BPF_OBJ_GET_INFO_BY_FD``,
+#: ``BPF_PROG_TYPE_SCHED_CLS`` (linux/bpf.h), and the ``union bpf_attr`` passed (zeros past
+#: the fields set: the kernel checks the tail).
+_BPF_NEXT, _BPF_FD, _BPF_INFO, _SCHED_CLS, _ATTR = 11, 13, 15, 3, 128
+
+
+def _sched_cls_programs() -> list[int]:
+    """The ids of the loaded BPF programs of type ``sched_cls``, the only type tc's ``bpf``
+    filter and tcx run, from the kernel (every program host-wide, whatever holds it: a
+    process's fd, a bpffs pin, a link or a tcx entry). Raises OSError (root only)."""
+    nr = _BPF_SYSCALL.get(os.uname().machine)
+    if nr is None:
+        raise OSError(f"the bpf system call of {os.uname().machine} is not known")
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+
+    def bpf(cmd: int, *fields: int, fmt: str = "=III") -> tuple[int, ctypes.Array]:
+        attr = ctypes.create_string_buffer(struct.pack(fmt, *fields), _ATTR)
+        return libc.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), attr,
+                            ctypes.c_uint(_ATTR)), attr
+
+    found, prog = [], 0
+    while True:
+        done, attr = bpf(_BPF_NEXT, prog, 0, 0)
+        if done < 0:
+            if ctypes.get_errno() == errno.ENOENT:
+                return found
+            raise OSError(ctypes.get_errno(), f"BPF_PROG_GET_NEXT_ID: "
+                          f"{os.strerror(ctypes.get_errno())}")
+        prog = struct.unpack_from("=I", attr, 4)[0]
+        fd, _ = bpf(_BPF_FD, prog, 0, 0)
+        if fd < 0:
+            if ctypes.get_errno() == errno.ENOENT:
+                continue  # (unloaded since it was listed)
+            raise OSError(ctypes.get_errno(), f"BPF_PROG_GET_FD_BY_ID {prog}: "
+                          f"{os.strerror(ctypes.get_errno())}")
+        try:
+            info = ctypes.create_string_buffer(8)
+            if bpf(_BPF_INFO, fd, 4, ctypes.addressof(info), fmt="=IIQ")[0] < 0:
+                raise OSError(ctypes.get_errno(), f"BPF_OBJ_GET_INFO_BY_FD {prog}: "
+                              f"{os.strerror(ctypes.get_errno())}")
+        finally:
+            os.close(fd)
+        if struct.unpack_from("=I", info)[0] == _SCHED_CLS:
+            found.append(prog)
+
+
+def _read_mirred(fs: Sysfs, ns: Namespace, where: str) -> bool:
+    """A mirred action whose target is a port (``tc ... action mirred egress mirror dev
+    enp5s0f1`` on another port: a software SPAN to a capture port, left while the port is
+    down) is a use of it: the unbind clears the action's device for good
+    (``tcf_mirred_device_event``). Read where ``act_mirred`` is there. False: a problem."""
+    if not _loaded(fs, "act_mirred"):
+        return True
+    try:
+        listing = _tc_json(fs, ns, ["actions", "ls", "action", "mirred"], "tc-mirred")
+        actions = [a for entry in listing if isinstance(entry, dict)
+                   for a in entry.get("actions", []) if isinstance(a, dict) and a.get("to_dev")]
+    except (OSError, ValueError, TypeError) as e:
+        ns.problems.append(f"the tc mirred actions{where} cannot be read (`tc -j actions ls "
+                           f"action mirred`: {e}): one that sends to a port is cleared at the "
+                           "unbind; install iproute2's `tc`")
+        return False
+    for a in actions:
+        index = a.get("index") if type(a.get("index")) is int else None
+        source = ns.mirred_from.get(index, "another port (its filter not read)")
+        ns.kernel_users.setdefault(str(a["to_dev"]), []).append(
+            f"is the target of a tc mirred action ({a.get('mirred_action', '?')} "
+            f"{a.get('direction', '?')}, index {a.get('index', '?')}) on {source}, cleared "
+            "for good at the unbind")
+    return True
+
+
+#: What ``nft -j list`` is asked for, and the key of each object it prints.
+_NFT = (("chains", "chain"), ("flowtables", "flowtable"))
+
+
+def _read_nft(fs: Sysfs, ns: Namespace, where: str) -> None:
+    """A netdev-family base chain (or an ``inet`` ingress one) or a flowtable whose ``dev``
+    names a port is a use: when the port is unregistered (the unbind), the kernel drops it
+    from the hook, and releases a chain of that one device with its rules (every kernel
+    before 6.16): the ruleset the host loaded is gone when the port is back. Read where
+    ``nf_tables`` is there (else there is no ruleset); ``nft`` missing or failing is a
+    problem of ``ns``."""
+    if not _loaded(fs, "nf_tables"):
+        return
+    for what, key in _NFT:
+        try:
+            text = _run(fs, ns.enter + ["nft", "-j", "list", what], ns.fake / f"nft-{what}.json",
+                        ns.fds, **_by(ns))
+            items = [i[key] for i in json.loads(text or "{}").get("nftables", [])
+                     if isinstance(i, dict) and isinstance(i.get(key), dict)]
+        except (OSError, ValueError, AttributeError) as e:
+            ns.problems.append(f"the nftables {what}{where} cannot be listed (`nft -j list "
+                               f"{what}`: {e}): a netdev chain on a port is released at the "
+                               "unbind; install nftables (its `nft`)")
+            return
+        for item in items:
+            devs = item.get("dev", [])
+            for dev in [devs] if isinstance(devs, str) else devs:
+                ns.kernel_users.setdefault(str(dev), []).append(
+                    f"has the nftables {key} {item.get('family', '?')} {item.get('table', '?')} "
+                    f"{item.get('name', '?')} hooked on it ({item.get('hook', '?')}), released "
+                    "at the unbind")
 
 
 def _proc_net_file(fs: Sysfs, ns: Namespace, name: str) -> str | None:
