@@ -4,11 +4,15 @@ A network interface (netdev) is *idle* when it has no upper device (a bridge, bo
 master; a VLAN, macvlan or ipvlan on top of it; a VXLAN or HSR/PRP device bound to it), no
 route in any routing table of its namespace (ECMP ``nexthops`` included) nor in its MPLS label
 table, no socket bound to it or using its address (a connection from it, which ``ss`` prints
-with no ``%ifname``), no multicast routing interface (VIF) and no protocol handler bound to
-it (/proc/net/ptype: a TIPC bearer), and is down or has no address at all (an IPv6 link-local
-address counts: SSH may run over it). What cannot be read (``ip`` or ``ss`` missing, a
-namespace the harness cannot enter, a device in another namespace whose lower device cannot
-be told) makes every interface unproven: :attr:`NetView.problems`.
+with no ``%ifname``; SCTP ones too where ``sctp`` is loaded), no multicast routing interface
+(VIF) and no protocol handler bound to it (/proc/net/ptype: a TIPC bearer), no tc or nftables
+hook on it (an ``ingress``/``clsact`` qdisc, a tcx program, the target of a ``tc mirred``
+action on any port, a chain or flowtable whose ``dev`` names it: each kept through a down and
+deleted at the unbind; each read only where its module is loaded or built in, as asking would
+load it), and is down or has no address at all (an IPv6 link-local address counts: SSH may run
+over it). What cannot be read (``ip`` or ``ss`` missing, ``tc``, ``nft`` or ``bpftool`` where
+they are needed, a namespace the harness cannot enter, a device in another namespace whose
+lower device cannot be told) makes every interface unproven: :attr:`NetView.problems`.
 
 Namespaces: the harness's own, every named one (``ip -all netns``, ``/var/run/netns``), and
 every other one anything holds: a process lives in it (a container's, ``/proc/PID/ns/net``),
@@ -32,7 +36,9 @@ output is read from files: ``<root>/ip/<what>.json`` for the harness's own names
 ``ip/netns.json``, ``ss.txt``, ``mpls.json`` (``ip -f mpls route``, read when
 ``proc/sys/net/mpls/platform_labels`` exists) and ``packet.txt`` (``/proc/net/packet``; and
 ``ptype.txt``, ``ip_mr_vif.txt``, ``ip6_mr_vif.txt``, read when the harness's own
-``proc/net`` has that file) likewise.
+``proc/net`` has that file) likewise; ``tc-qdisc-<port>.json``, ``tc-filter-<port>-<hook>.json``,
+``tc-mirred.json``, ``bpftool-net.json`` and ``nft-chains.json``/``nft-flowtables.json`` are
+read only when their module (or, for tcx, a 6.6+ ``osrelease``) says there can be something.
 
     >>> view = NetView.read(Sysfs("/"))                 # doctest: +SKIP
     >>> view.use_of(Netdev(OWN, "enp5s0f0"))
