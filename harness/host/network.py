@@ -54,6 +54,7 @@ import json
 import os
 import re
 import select
+import shutil
 import struct
 import subprocess
 import time
@@ -1122,6 +1123,8 @@ def _read_sockets(fs: Sysfs, ns: Namespace, where: str) -> None:
         packet = _proc_net_file(fs, ns, "packet")
         if packet is None:
             raise OSError("/proc/net/packet cannot be read")
+        if _loaded(fs, "sctp"):
+            _read_sctp_addresses(fs, ns)
     except OSError as e:
         ns.problems.append(f"the sockets{where} cannot be read: {e}")
         return
@@ -1138,6 +1141,27 @@ def _read_sockets(fs: Sysfs, ns: Namespace, where: str) -> None:
         if len(f) >= 5 and f[4] != "0":
             name = by_index.get(f[4], f"ifindex {f[4]}")
             ns.sockets.setdefault(name, []).append(f"packet socket, inode {f[-1]}")
+
+
+#: /proc/net/sctp's tables: each one's column where the local addresses start, the word
+#: after them (None: the line's end), its ``LPORT`` column, and what a row of it is.
+_SCTP_TABLES = (("sctp/eps", 8, None, 5, "LISTEN"), ("sctp/assocs", 13, "<->", 11, "ESTAB"))
+
+
+def _read_sctp_addresses(fs: Sysfs, ns: Namespace) -> None:
+    """Every local address of each SCTP endpoint and association (/proc/net/sctp's
+    ``LADDRS``), filed in ``ns.local`` as an ``ss`` socket is: ``ss`` shows one address of
+    a multi-homed one (``sctp_bindx``: 10.0.6.1 and 10.0.5.1), and a listener or a path
+    through the port's address is lost with it all the same. Raises OSError."""
+    for name, first, end, port, state in _SCTP_TABLES:
+        for line in (_proc_net_file(fs, ns, name) or "").splitlines()[1:]:
+            f = line.split()
+            stop = f.index(end) if end in f else len(f)
+            peer = f[stop + 1].lstrip("*") if stop + 1 < len(f) else "*"
+            for address in (a.lstrip("*") for a in f[first:stop] if len(f) > port):
+                local = f"{address}:{f[port]}"
+                ns.local.setdefault(address, []).append(
+                    (state, local, peer, f"sctp {state} {local} {peer} (/proc/net/{name})"))
 
 
 #: The kernel's own tables of what is bound to an interface with no socket, each as
@@ -1262,6 +1286,8 @@ def _read_tcx(fs: Sysfs, ns: Namespace, where: str) -> bool:
     if not _tcx_possible(fs):
         return True
     try:
+        if fs.real_host and shutil.which("bpftool") is None:  # (no process a namespace)
+            raise OSError("bpftool is not installed")
         text = _run(fs, ns.enter + _BPFTOOL_NET, ns.fake / "bpftool-net.json", ns.fds, **_by(ns))
         listing = _ip_json(text) if text.strip() else []
         hooked = [p for entry in listing for p in entry.get("tc", [])
@@ -1406,7 +1432,7 @@ def _read_nft(fs: Sysfs, ns: Namespace, where: str) -> None:
             return
         for item in items:
             devs = item.get("dev", [])
-            for dev in [devs] if isinstance(devs, str) else devs:
+            for dev in devs if isinstance(devs, list) else [devs] if devs else []:
                 ns.kernel_users.setdefault(str(dev), []).append(
                     f"has the nftables {key} {item.get('family', '?')} {item.get('table', '?')} "
                     f"{item.get('name', '?')} hooked on it ({item.get('hook', '?')}), released "
