@@ -192,8 +192,9 @@ class NetView:
         uses = [f"{dev} has the upper device {up}" for up in _uppers(self.fs, ns, dev)]
         uses += [f"{dev} carries the route {r}" for r in ns.routes.get(dev.name, [])]
         # Up at all is in use: an address-less port that is up carries what no address, route
-        # or socket shows (FCoE, AoE, a tc mirror target, an nftables netdev hook, an uplink
+        # or socket shows (FCoE, AoE, a tc or nftables hook of a kind not read, an uplink
         # whose cable is out right now); the operator sets a spare port down to offer it.
+        # (tc qdiscs, tcx programs, mirred targets, nftables chains: ``ns.kernel_users``.)
         if "UP" in link.get("flags", []):
             addresses = ns.addresses.get(dev.name)
             uses.append(f"{dev} is up " + (f"with the address {', '.join(addresses)}"
