@@ -4,11 +4,15 @@ A network interface (netdev) is *idle* when it has no upper device (a bridge, bo
 master; a VLAN, macvlan or ipvlan on top of it; a VXLAN or HSR/PRP device bound to it), no
 route in any routing table of its namespace (ECMP ``nexthops`` included) nor in its MPLS label
 table, no socket bound to it or using its address (a connection from it, which ``ss`` prints
-with no ``%ifname``), no multicast routing interface (VIF) and no protocol handler bound to
-it (/proc/net/ptype: a TIPC bearer), and is down or has no address at all (an IPv6 link-local
-address counts: SSH may run over it). What cannot be read (``ip`` or ``ss`` missing, a
-namespace the harness cannot enter, a device in another namespace whose lower device cannot
-be told) makes every interface unproven: :attr:`NetView.problems`.
+with no ``%ifname``; SCTP ones too where ``sctp`` is loaded), no multicast routing interface
+(VIF) and no protocol handler bound to it (/proc/net/ptype: a TIPC bearer), no tc or nftables
+hook on it (an ``ingress``/``clsact`` qdisc, a tcx program, the target of a ``tc mirred``
+action on any port, a chain or flowtable whose ``dev`` names it: each kept through a down and
+deleted at the unbind; each read only where its module is loaded or built in, as asking would
+load it), and is down or has no address at all (an IPv6 link-local address counts: SSH may run
+over it). What cannot be read (``ip`` or ``ss`` missing, ``tc``, ``nft`` or ``bpftool`` where
+they are needed, a namespace the harness cannot enter, a device in another namespace whose
+lower device cannot be told) makes every interface unproven: :attr:`NetView.problems`.
 
 Namespaces: the harness's own, every named one (``ip -all netns``, ``/var/run/netns``), and
 every other one anything holds: a process lives in it (a container's, ``/proc/PID/ns/net``),
@@ -32,7 +36,9 @@ output is read from files: ``<root>/ip/<what>.json`` for the harness's own names
 ``ip/netns.json``, ``ss.txt``, ``mpls.json`` (``ip -f mpls route``, read when
 ``proc/sys/net/mpls/platform_labels`` exists) and ``packet.txt`` (``/proc/net/packet``; and
 ``ptype.txt``, ``ip_mr_vif.txt``, ``ip6_mr_vif.txt``, read when the harness's own
-``proc/net`` has that file) likewise.
+``proc/net`` has that file) likewise; ``tc-qdisc-<port>.json``, ``tc-filter-<port>-<hook>.json``,
+``tc-mirred.json``, ``bpftool-net.json`` and ``nft-chains.json``/``nft-flowtables.json`` are
+read only when their module (or, for tcx, a 6.6+ ``osrelease``) says there can be something.
 
     >>> view = NetView.read(Sysfs("/"))                 # doctest: +SKIP
     >>> view.use_of(Netdev(OWN, "enp5s0f0"))
@@ -42,11 +48,14 @@ output is read from files: ``<root>/ip/<what>.json`` for the harness's own names
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import json
 import os
 import re
 import select
+import shutil
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -114,6 +123,10 @@ class Namespace:
         #: What the kernel keeps on an interface with no socket (a multicast VIF, a protocol
         #: handler bound to it), by interface: :func:`_read_kernel_users`.
         self.kernel_users: dict[str, list[str]] = {}
+        #: A tc mirred action's index -> the port and hook whose filter holds it, as far as
+        #: the filters read show (:func:`_tc_filters`): what a mirror's target is told it
+        #: is taken from.
+        self.mirred_from: dict[int, str] = {}
         self.problems: list[str] = []
 
 
@@ -179,8 +192,9 @@ class NetView:
         uses = [f"{dev} has the upper device {up}" for up in _uppers(self.fs, ns, dev)]
         uses += [f"{dev} carries the route {r}" for r in ns.routes.get(dev.name, [])]
         # Up at all is in use: an address-less port that is up carries what no address, route
-        # or socket shows (FCoE, AoE, a tc mirror target, an nftables netdev hook, an uplink
+        # or socket shows (FCoE, AoE, a tc or nftables hook of a kind not read, an uplink
         # whose cable is out right now); the operator sets a spare port down to offer it.
+        # (tc qdiscs, tcx programs, mirred targets, nftables chains: ``ns.kernel_users``.)
         if "UP" in link.get("flags", []):
             addresses = ns.addresses.get(dev.name)
             uses.append(f"{dev} is up " + (f"with the address {', '.join(addresses)}"
@@ -1001,6 +1015,8 @@ def _read_namespace(fs: Sysfs, ns: Namespace) -> Namespace:
         return ns
     _read_sockets(fs, ns, where)
     _read_kernel_users(fs, ns, where)
+    _read_tc(fs, ns, where)
+    _read_nft(fs, ns, where)
     return ns
 
 
@@ -1082,14 +1098,34 @@ def _on_its_address(ns: Namespace, dev: Netdev) -> list[str]:
     return uses
 
 
+def _loaded(fs: Sysfs, module: str) -> bool:
+    """Whether the kernel has ``module`` now: loaded (/sys/module) or built in. Asking the
+    kernel for what a module keeps (``ss -S``, ``tc actions ls action mirred``, ``nft``) makes
+    it load the module when it is not there (``request_module``), and the harness must load
+    none as a side effect (a host may blacklist sctp for its CVEs); with the module not
+    there, nothing of its kind exists to be read."""
+    return fs.sys("module", module).exists() or _built_in(fs, module)
+
+
+def _ss_argv(fs: Sysfs) -> list[str]:
+    """``ss``'s arguments: TCP, UDP and raw sockets, and SCTP ones (``-S``: an Open5GS AMF's
+    NGAP listener, an association from the port's address) where the ``sctp`` module is
+    loaded: only there can an SCTP socket exist, and asking elsewhere would load it."""
+    return _SS + (["-S"] if _loaded(fs, "sctp") else [])
+
+
 def _read_sockets(fs: Sysfs, ns: Namespace, where: str) -> None:
-    """Sockets bound to an interface: ``ss`` (TCP, UDP, raw) and /proc/net/packet (packet
-    sockets, by interface index; 0 means every interface: bound to none)."""
+    """Sockets bound to an interface: ``ss`` (TCP, UDP, raw, SCTP: :func:`_ss_argv`) and
+    /proc/net/packet (packet sockets, by interface index; 0 means every interface: bound to
+    none). An SCTP association under its listener is a line of its own (`` `- ESTAB ...``),
+    whose fields fall where a socket's do."""
     try:
-        ss = _run(fs, ns.enter + _SS, ns.fake / "ss.txt", ns.fds, **_by(ns))
+        ss = _run(fs, ns.enter + _ss_argv(fs), ns.fake / "ss.txt", ns.fds, **_by(ns))
         packet = _proc_net_file(fs, ns, "packet")
         if packet is None:
             raise OSError("/proc/net/packet cannot be read")
+        if _loaded(fs, "sctp"):
+            _read_sctp_addresses(fs, ns)
     except OSError as e:
         ns.problems.append(f"the sockets{where} cannot be read: {e}")
         return
@@ -1106,6 +1142,27 @@ def _read_sockets(fs: Sysfs, ns: Namespace, where: str) -> None:
         if len(f) >= 5 and f[4] != "0":
             name = by_index.get(f[4], f"ifindex {f[4]}")
             ns.sockets.setdefault(name, []).append(f"packet socket, inode {f[-1]}")
+
+
+#: /proc/net/sctp's tables: each one's column where the local addresses start, the word
+#: after them (None: the line's end), its ``LPORT`` column, and what a row of it is.
+_SCTP_TABLES = (("sctp/eps", 8, None, 5, "LISTEN"), ("sctp/assocs", 13, "<->", 11, "ESTAB"))
+
+
+def _read_sctp_addresses(fs: Sysfs, ns: Namespace) -> None:
+    """Every local address of each SCTP endpoint and association (/proc/net/sctp's
+    ``LADDRS``), filed in ``ns.local`` as an ``ss`` socket is: ``ss`` shows one address of
+    a multi-homed one (``sctp_bindx``: 10.0.6.1 and 10.0.5.1), and a listener or a path
+    through the port's address is lost with it all the same. Raises OSError."""
+    for name, first, end, port, state in _SCTP_TABLES:
+        for line in (_proc_net_file(fs, ns, name) or "").splitlines()[1:]:
+            f = line.split()
+            stop = f.index(end) if end in f else len(f)
+            peer = f[stop + 1].lstrip("*") if stop + 1 < len(f) else "*"
+            for address in (a.lstrip("*") for a in f[first:stop] if len(f) > port):
+                local = f"{address}:{f[port]}"
+                ns.local.setdefault(address, []).append(
+                    (state, local, peer, f"sctp {state} {local} {peer} (/proc/net/{name})"))
 
 
 #: The kernel's own tables of what is bound to an interface with no socket, each as
@@ -1137,6 +1194,250 @@ def _read_kernel_users(fs: Sysfs, ns: Namespace, where: str) -> None:
             else:
                 use = f"has the protocol handler {' '.join(f[2:])} (type {f[0]}) bound to it"
             ns.kernel_users.setdefault(f[column], []).append(use)
+
+
+# -- what tc and nftables keep on a port --------------------------------------------------------
+
+
+#: The qdiscs that tc filters (a BPF program's ``bpf da``, a ``u32``, a ``matchall``) hang on,
+#: ``sch_ingress``'s two, and the hooks each has.
+_TC_HOOK_QDISCS = {"ingress": ("ingress",), "clsact": ("ingress", "egress")}
+
+
+def _read_tc(fs: Sysfs, ns: Namespace, where: str) -> None:
+    """What tc keeps on a port with no socket or route, each kept through a down and deleted
+    (a mirred action's target: cleared) when the port is unregistered, which the unbind does:
+    the qdisc its filters hang on (:func:`_read_tc_qdiscs`: Cilium's ``cil_from_netdev``
+    before tcx, a lab's ``tc filter ... bpf da``), a tcx program (:func:`_read_tcx`: Cilium
+    or Calico on 6.6+), and a mirred action on any port that sends to it
+    (:func:`_read_mirred`: a software SPAN to a capture port). Filed in
+    ``ns.kernel_users``; what cannot be read is a problem of ``ns``."""
+    for read in (_read_tc_qdiscs, _read_tcx, _read_mirred):
+        if not read(fs, ns, where):
+            return
+
+
+def _tc_json(fs: Sysfs, ns: Namespace, args: list[str], fake: str) -> list:
+    """``tc -j ARGS`` run in ``ns`` (``<fake>.json`` under a fake root), a list (empty output:
+    nothing). Raises OSError or ValueError."""
+    text = _run(fs, ns.enter + ["tc", "-j", *args], ns.fake / f"{fake}.json", ns.fds, **_by(ns))
+    out = _ip_json(text) if text.strip() else []
+    if not isinstance(out, list):
+        raise ValueError("not a list")
+    return out
+
+
+def _read_tc_qdiscs(fs: Sysfs, ns: Namespace, where: str) -> bool:
+    """An ``ingress`` or ``clsact`` qdisc on a port that sits on a device (``parentdev``: the
+    ports a function can be taken with) is a use: someone attached tc filters there, BPF or
+    not, all deleted with it at the unbind; they are named where ``tc filter show`` lists
+    them. Read where ``sch_ingress`` is there (else no such qdisc exists). False: a problem."""
+    if not _loaded(fs, "sch_ingress"):
+        return True
+    for name in sorted(n for n, link in ns.links.items() if "parentdev" in link):
+        try:
+            qdiscs = _tc_json(fs, ns, ["qdisc", "show", "dev", name], f"tc-qdisc-{name}")
+        except (OSError, ValueError) as e:
+            ns.problems.append(f"the tc qdiscs of {name}{where} cannot be read (`tc -j qdisc "
+                               f"show dev {name}`: {e}): a clsact qdisc's filters (a BPF "
+                               "program) are deleted at the unbind; install iproute2's `tc`")
+            return False
+        for kind in [q.get("kind") for q in qdiscs if isinstance(q, dict)]:
+            if kind in _TC_HOOK_QDISCS:
+                ns.kernel_users.setdefault(name, []).append(
+                    f"has a tc {kind} qdisc, whose filters ({_tc_filters(fs, ns, name, kind)}) "
+                    "are deleted with it at the unbind")
+    return True
+
+
+def _tc_filters(fs: Sysfs, ns: Namespace, name: str, kind: str) -> str:
+    """The filters under ``name``'s ``kind`` qdisc, as ``ingress: bpf cil_from_netdev``, or
+    why they cannot be named (the qdisc is a use all the same)."""
+    named = []
+    for hook in _TC_HOOK_QDISCS[kind]:
+        try:
+            found = _tc_json(fs, ns, ["filter", "show", "dev", name, hook],
+                             f"tc-filter-{name}-{hook}")
+        except (OSError, ValueError) as e:
+            return f"cannot be listed: {e}"
+        for f in (f for f in found if isinstance(f, dict) and "options" in f):
+            options = f["options"] if isinstance(f["options"], dict) else {}
+            named.append(f"{hook}: {f.get('kind', '?')} {options.get('bpf_name', '')}".strip())
+            _note_mirreds(ns, f"{name} {hook}", options.get("actions"))
+    return ", ".join(named) or "none now"
+
+
+def _note_mirreds(ns: Namespace, where: str, actions) -> None:
+    """Files the mirred actions of a filter at ``where`` (a port and hook) by their index in
+    ``ns.mirred_from``, so the port a mirror sends to is told which one it is taken from."""
+    for a in actions if isinstance(actions, list) else []:
+        if isinstance(a, dict) and a.get("kind") == "mirred" and type(a.get("index")) is int:
+            ns.mirred_from[a["index"]] = where
+
+
+#: ``bpftool -j net show``: the BPF programs on each interface (XDP, tc, tcx, netkit...).
+_BPFTOOL_NET = ["bpftool", "-j", "net", "show"]
+
+
+def _read_tcx(fs: Sysfs, ns: Namespace, where: str) -> bool:
+    """A tcx program on a port (Linux 6.6+: attached with no qdisc, which only ``bpftool``
+    lists) is a use, named. Without bpftool, none is proven where no ``sched_cls`` program is
+    loaded at all (:func:`_sched_cls_programs`: tcx takes no other type); else a problem of
+    ``ns`` that says to install bpftool. False: a problem."""
+    if not _tcx_possible(fs):
+        return True
+    try:
+        if fs.real_host and shutil.which("bpftool") is None:  # (no process a namespace)
+            raise OSError("bpftool is not installed")
+        text = _run(fs, ns.enter + _BPFTOOL_NET, ns.fake / "bpftool-net.json", ns.fds, **_by(ns))
+        listing = _ip_json(text) if text.strip() else []
+        hooked = [p for entry in listing for p in entry.get("tc", [])
+                  if str(p.get("kind", "")).startswith("tcx/")]
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        lacking = _tcx_unproven(fs)
+        if lacking:
+            ns.problems.append(f"the tcx programs{where} cannot be listed (`bpftool -j net "
+                               f"show`: {e}) and {lacking}: a program attached to a port at "
+                               "tcx (Linux 6.6+, no qdisc shows it) is deleted at the unbind; "
+                               "install bpftool (Debian, Ubuntu: `bpftool`)")
+        return not lacking
+    for p in hooked:
+        ns.kernel_users.setdefault(str(p.get("devname")), []).append(
+            f"has the BPF program {p.get('name', '?')} (id {p.get('prog_id', '?')}) attached "
+            f"at {p['kind']}, deleted at the unbind")
+    return True
+
+
+def _tcx_possible(fs: Sysfs) -> bool:
+    """Whether the running kernel has tcx (6.6 and later; one whose release cannot be read
+    or parsed is taken to have it)."""
+    release = fs.read(fs.proc("sys", "kernel", "osrelease"))
+    if release is None and fs.real_host:
+        release = os.uname().release
+    m = re.match(r"(\d+)\.(\d+)", release or "")
+    return not m or (int(m[1]), int(m[2])) >= (6, 6)
+
+
+def _tcx_unproven(fs: Sysfs) -> str:
+    """Why no tcx program can be ruled out without bpftool ("": none can exist, as no
+    ``sched_cls`` program is loaded)."""
+    if not fs.real_host:
+        return "a fake root has no kernel to ask"
+    try:
+        ids = _sched_cls_programs()
+    except OSError as e:
+        return f"the loaded BPF programs cannot be listed ({e})"
+    return (f"tc BPF programs are loaded (ids {', '.join(map(str, ids[:8]))}) whose device "
+            "cannot be told") if ids else ""
+
+
+#: The ``bpf`` system call's number, by machine (``os.uname().machine``).
+_BPF_SYSCALL = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "ppc64": 361,
+                "s390x": 351, "i686": 357, "armv7l": 386}
+#: ``BPF_PROG_GET_NEXT_ID``, ``BPF_PROG_GET_FD_BY_ID``, ``BPF_OBJ_GET_INFO_BY_FD``,
+#: ``BPF_PROG_TYPE_SCHED_CLS`` (linux/bpf.h), and the ``union bpf_attr`` passed (zeros past
+#: the fields set: the kernel checks the tail).
+_BPF_NEXT, _BPF_FD, _BPF_INFO, _SCHED_CLS, _ATTR = 11, 13, 15, 3, 128
+
+
+def _sched_cls_programs() -> list[int]:
+    """The ids of the loaded BPF programs of type ``sched_cls``, the only type tc's ``bpf``
+    filter and tcx run, from the kernel (every program host-wide, whatever holds it: a
+    process's fd, a bpffs pin, a link or a tcx entry). Raises OSError (root only)."""
+    nr = _BPF_SYSCALL.get(os.uname().machine)
+    if nr is None:
+        raise OSError(f"the bpf system call of {os.uname().machine} is not known")
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+
+    def bpf(cmd: int, *fields: int, fmt: str = "=III") -> tuple[int, ctypes.Array]:
+        attr = ctypes.create_string_buffer(struct.pack(fmt, *fields), _ATTR)
+        return libc.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), attr,
+                            ctypes.c_uint(_ATTR)), attr
+
+    found, prog = [], 0
+    while True:
+        done, attr = bpf(_BPF_NEXT, prog, 0, 0)
+        if done < 0:
+            if ctypes.get_errno() == errno.ENOENT:
+                return found
+            raise OSError(ctypes.get_errno(), f"BPF_PROG_GET_NEXT_ID: "
+                          f"{os.strerror(ctypes.get_errno())}")
+        prog = struct.unpack_from("=I", attr, 4)[0]
+        fd, _ = bpf(_BPF_FD, prog, 0, 0)
+        if fd < 0:
+            if ctypes.get_errno() == errno.ENOENT:
+                continue  # (unloaded since it was listed)
+            raise OSError(ctypes.get_errno(), f"BPF_PROG_GET_FD_BY_ID {prog}: "
+                          f"{os.strerror(ctypes.get_errno())}")
+        try:
+            info = ctypes.create_string_buffer(8)
+            if bpf(_BPF_INFO, fd, 4, ctypes.addressof(info), fmt="=IIQ")[0] < 0:
+                raise OSError(ctypes.get_errno(), f"BPF_OBJ_GET_INFO_BY_FD {prog}: "
+                              f"{os.strerror(ctypes.get_errno())}")
+        finally:
+            os.close(fd)
+        if struct.unpack_from("=I", info)[0] == _SCHED_CLS:
+            found.append(prog)
+
+
+def _read_mirred(fs: Sysfs, ns: Namespace, where: str) -> bool:
+    """A mirred action whose target is a port (``tc ... action mirred egress mirror dev
+    enp5s0f1`` on another port: a software SPAN to a capture port, left while the port is
+    down) is a use of it: the unbind clears the action's device for good
+    (``tcf_mirred_device_event``). Read where ``act_mirred`` is there. False: a problem."""
+    if not _loaded(fs, "act_mirred"):
+        return True
+    try:
+        listing = _tc_json(fs, ns, ["actions", "ls", "action", "mirred"], "tc-mirred")
+        actions = [a for entry in listing if isinstance(entry, dict)
+                   for a in entry.get("actions", []) if isinstance(a, dict) and a.get("to_dev")]
+    except (OSError, ValueError, TypeError) as e:
+        ns.problems.append(f"the tc mirred actions{where} cannot be read (`tc -j actions ls "
+                           f"action mirred`: {e}): one that sends to a port is cleared at the "
+                           "unbind; install iproute2's `tc`")
+        return False
+    for a in actions:
+        index = a.get("index") if type(a.get("index")) is int else None
+        source = ns.mirred_from.get(index, "another port (its filter not read)")
+        ns.kernel_users.setdefault(str(a["to_dev"]), []).append(
+            f"is the target of a tc mirred action ({a.get('mirred_action', '?')} "
+            f"{a.get('direction', '?')}, index {a.get('index', '?')}) on {source}, cleared "
+            "for good at the unbind")
+    return True
+
+
+#: What ``nft -j list`` is asked for, and the key of each object it prints.
+_NFT = (("chains", "chain"), ("flowtables", "flowtable"))
+
+
+def _read_nft(fs: Sysfs, ns: Namespace, where: str) -> None:
+    """A netdev-family base chain (or an ``inet`` ingress one) or a flowtable whose ``dev``
+    names a port is a use: when the port is unregistered (the unbind), the kernel drops it
+    from the hook, and releases a chain of that one device with its rules (every kernel
+    before 6.16): the ruleset the host loaded is gone when the port is back. Read where
+    ``nf_tables`` is there (else there is no ruleset); ``nft`` missing or failing is a
+    problem of ``ns``."""
+    if not _loaded(fs, "nf_tables"):
+        return
+    for what, key in _NFT:
+        try:
+            text = _run(fs, ns.enter + ["nft", "-j", "list", what], ns.fake / f"nft-{what}.json",
+                        ns.fds, **_by(ns))
+            items = [i[key] for i in json.loads(text or "{}").get("nftables", [])
+                     if isinstance(i, dict) and isinstance(i.get(key), dict)]
+        except (OSError, ValueError, AttributeError) as e:
+            ns.problems.append(f"the nftables {what}{where} cannot be listed (`nft -j list "
+                               f"{what}`: {e}): a netdev chain on a port is released at the "
+                               "unbind; install nftables (its `nft`)")
+            return
+        for item in items:
+            devs = item.get("dev", [])
+            for dev in devs if isinstance(devs, list) else [devs] if devs else []:
+                ns.kernel_users.setdefault(str(dev), []).append(
+                    f"has the nftables {key} {item.get('family', '?')} {item.get('table', '?')} "
+                    f"{item.get('name', '?')} hooked on it ({item.get('hook', '?')}), released "
+                    "at the unbind")
 
 
 def _proc_net_file(fs: Sysfs, ns: Namespace, name: str) -> str | None:

@@ -98,6 +98,7 @@ class FakeHost:
         self.proc("self/mountinfo", "")
         self.proc("swaps", "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n")
         self.proc("consoles", "tty0                 -WU (EC p  )    4:7\n")
+        self.proc("sys/kernel/osrelease", "6.1.0-18-amd64\n")  # (Debian 12's: no tcx)
         self.host_namespaces()
         self.add_driver("vfio-pci")
 

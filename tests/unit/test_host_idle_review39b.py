@@ -142,9 +142,12 @@ def _asks_sctp(argv) -> bool:
         w.startswith("-") and not w.startswith("--") and "S" in w[1:] for w in words)
 
 
-def _with_sctp(monkeypatch, sctp: str) -> None:
+def _with_sctp(lab, monkeypatch, sctp: str) -> None:
     """``ss`` prints ``sctp`` (its SCTP sockets) when it is asked for SCTP ones, as the real
-    one does; the other fakes as they are."""
+    one does; the other fakes as they are. The ``sctp`` module is loaded (/sys/module/sctp):
+    a host with an SCTP socket has it, and the harness asks for SCTP only there (``ss -S``
+    would load it)."""
+    (lab.sys / "module/sctp").mkdir(exist_ok=True)
     real = network._run
 
     def run(fs, argv, fake, *a, **k):
@@ -160,7 +163,7 @@ def _with_sctp(monkeypatch, sctp: str) -> None:
 def test_1a_an_sctp_listener_on_the_down_ports_address_keeps_it(lab, monkeypatch):
     """Open5GS's AMF listens for NGAP on 10.0.5.1:38412 (SCTP), the port set down."""
     lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
-    _with_sctp(monkeypatch, "sctp LISTEN 0 128 10.0.5.1:38412 *:*\n")
+    _with_sctp(lab, monkeypatch, "sctp LISTEN 0 128 10.0.5.1:38412 *:*\n")
     uses, _ = NetView.read(Sysfs(lab.root)).use_of(PORT)
     assert any("38412" in u for u in uses), uses
 
@@ -169,7 +172,7 @@ def test_1b_an_sctp_association_from_the_down_ports_address_keeps_it(lab, monkey
     """An S1AP association of an eNB simulator with the MME, from 10.0.5.1 (multi-homed:
     its other path is up, the association ESTAB through the port's down)."""
     lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
-    _with_sctp(monkeypatch, "sctp ESTAB 0 0 10.0.5.1:36412 10.0.5.50:36412\n")
+    _with_sctp(lab, monkeypatch, "sctp ESTAB 0 0 10.0.5.1:36412 10.0.5.50:36412\n")
     uses, _ = NetView.read(Sysfs(lab.root)).use_of(PORT)
     assert any("36412" in u for u in uses), uses
 
@@ -177,7 +180,7 @@ def test_1b_an_sctp_association_from_the_down_ports_address_keeps_it(lab, monkey
 def test_1c_the_function_is_refused_with_the_sctp_listener_named(lab, monkeypatch):
     """As the binder judges 05:00.1 (HostUsage)."""
     lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
-    _with_sctp(monkeypatch, "sctp LISTEN 0 128 10.0.5.1:38412 *:*\n")
+    _with_sctp(lab, monkeypatch, "sctp LISTEN 0 128 10.0.5.1:38412 *:*\n")
     uses = HostUsage.read(lab.root).verdict("0000:05:00.1").uses
     assert any("38412" in u for u in uses), uses
 
@@ -190,7 +193,7 @@ def test_control_1_a_tcp_listener_on_the_same_address_keeps_it(lab):
 
 def test_control_1_no_sctp_socket_on_its_address_is_idle(lab, monkeypatch):
     lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
-    _with_sctp(monkeypatch, "sctp LISTEN 0 128 192.168.1.10:38412 *:*\n")
+    _with_sctp(lab, monkeypatch, "sctp LISTEN 0 128 192.168.1.10:38412 *:*\n")
     uses, evidence = NetView.read(Sysfs(lab.root)).use_of(PORT)
     assert uses == [] and "down" in evidence, uses
 
@@ -211,11 +214,16 @@ _TC_MIRROR = [{"protocol": "all", "pref": 49152, "kind": "matchall", "chain": 0}
                "options": {"handle": 1, "not_in_hw": True, "actions": [_MIRRED]}}]
 
 
-def _with_tc(monkeypatch, filters: dict, tcx: list | None = None) -> None:
+def _with_tc(lab, monkeypatch, filters: dict, tcx: list | None = None) -> None:
     """``tc`` and ``bpftool`` as they print on the lab host: ``filters`` maps (device, hook)
     to what ``tc -j filter show dev DEVICE HOOK`` prints (a clsact qdisc on each device
     named), ``tcx`` the tcx links ``bpftool -j net show`` lists; anything else as the fakes
-    have it (no tc, no bpftool fake: nothing attached)."""
+    have it (no tc, no bpftool fake: nothing attached). The host is one that can have them:
+    ``sch_ingress`` and ``act_mirred`` loaded, a 6.8 kernel (tcx is 6.6+); the harness asks
+    only such a host (asking loads the module)."""
+    for module in ("sch_ingress", "act_mirred"):
+        (lab.sys / "module" / module).mkdir(exist_ok=True)
+    lab.proc("sys/kernel/osrelease", "6.8.0-49-generic\n")
     real = network._run
     devs = {d for d, _ in filters}
 
@@ -255,7 +263,7 @@ def test_2a_a_tc_bpf_program_on_the_down_port_keeps_it(lab, monkeypatch):
     """``tc filter add dev enp5s0f1 ingress bpf da obj bpf_host.o sec from-netdev`` (Cilium
     before tcx), the port down."""
     lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
-    _with_tc(monkeypatch, {("enp5s0f1", "ingress"): _TC_BPF})
+    _with_tc(lab, monkeypatch, {("enp5s0f1", "ingress"): _TC_BPF})
     uses, _ = NetView.read(Sysfs(lab.root)).use_of(PORT)
     assert any("bpf" in u.lower() or "cil_from_netdev" in u for u in uses), uses
 
@@ -263,14 +271,14 @@ def test_2a_a_tc_bpf_program_on_the_down_port_keeps_it(lab, monkeypatch):
 def test_2b_a_tcx_program_on_the_down_port_keeps_it(lab, monkeypatch):
     """Cilium on a 6.6+ kernel: a tcx link (no qdisc, no ``tc filter`` shows it)."""
     lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
-    _with_tc(monkeypatch, {}, tcx=[("enp5s0f1", "ingress", "cil_from_netdev")])
+    _with_tc(lab, monkeypatch, {}, tcx=[("enp5s0f1", "ingress", "cil_from_netdev")])
     uses, _ = NetView.read(Sysfs(lab.root)).use_of(PORT)
     assert any("bpf" in u.lower() or "cil_from_netdev" in u or "tcx" in u for u in uses), uses
 
 
 def test_2c_the_function_is_refused_with_its_tc_program_named(lab, monkeypatch):
     lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
-    _with_tc(monkeypatch, {("enp5s0f1", "ingress"): _TC_BPF},
+    _with_tc(lab, monkeypatch, {("enp5s0f1", "ingress"): _TC_BPF},
              tcx=[("enp5s0f1", "ingress", "cil_from_netdev")])
     uses = HostUsage.read(lab.root).verdict("0000:05:00.1").uses
     assert any("enp5s0f1" in u and ("bpf" in u.lower() or "cil_from_netdev" in u or "tc" in u)
@@ -280,7 +288,7 @@ def test_2c_the_function_is_refused_with_its_tc_program_named(lab, monkeypatch):
 def test_3_a_mirred_target_on_the_down_port_keeps_it(lab, monkeypatch):
     """enp2s0's ingress mirrored to the capture port enp5s0f1 (set down: sensor away)."""
     lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
-    _with_tc(monkeypatch, {("enp2s0", "ingress"): _TC_MIRROR})
+    _with_tc(lab, monkeypatch, {("enp2s0", "ingress"): _TC_MIRROR})
     uses, _ = NetView.read(Sysfs(lab.root)).use_of(PORT)
     assert any("mirred" in u or "mirror" in u for u in uses), uses
 
@@ -288,7 +296,7 @@ def test_3_a_mirred_target_on_the_down_port_keeps_it(lab, monkeypatch):
 def test_control_2_3_tc_on_another_port_only_leaves_it_idle(lab, monkeypatch):
     """A BPF program on enp2s0 (the host's uplink), mirroring nothing to enp5s0f1."""
     lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
-    _with_tc(monkeypatch, {("enp2s0", "ingress"): _TC_BPF},
+    _with_tc(lab, monkeypatch, {("enp2s0", "ingress"): _TC_BPF},
              tcx=[("enp2s0", "ingress", "cil_from_netdev")])
     uses, evidence = NetView.read(Sysfs(lab.root)).use_of(PORT)
     assert uses == [] and "down" in evidence, uses
@@ -380,9 +388,11 @@ def test_control_4_an_entry_of_this_boot_is_given_back(lab, fake_root):
 # -- 5. an nftables netdev chain on the down port -----------------------------------------------
 
 
-def _with_nft(monkeypatch, items: list) -> None:
+def _with_nft(lab, monkeypatch, items: list) -> None:
     """``nft -j list ...`` prints ``items`` (chains, flowtables, each listed under its own
-    ``list chains``/``list flowtables`` too); anything else as the fakes have it."""
+    ``list chains``/``list flowtables`` too); anything else as the fakes have it. ``nf_tables``
+    is loaded (a host with a ruleset has it; the harness asks only there)."""
+    (lab.sys / "module/nf_tables").mkdir(exist_ok=True)
     real = network._run
 
     def run(fs, argv, fake, *a, **k):
@@ -408,20 +418,20 @@ def _chain(dev) -> dict:
 
 def test_5a_a_netdev_chain_on_the_down_port_keeps_it(lab, monkeypatch):
     lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
-    _with_nft(monkeypatch, [_chain("enp5s0f1")])
+    _with_nft(lab, monkeypatch, [_chain("enp5s0f1")])
     uses, _ = NetView.read(Sysfs(lab.root)).use_of(PORT)
     assert any("nft" in u.lower() or "ingress" in u or "netdev" in u for u in uses), uses
 
 
 def test_5b_the_function_is_refused_with_its_netdev_chain_named(lab, monkeypatch):
     lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
-    _with_nft(monkeypatch, [_chain(["enp2s0", "enp5s0f1"])])
+    _with_nft(lab, monkeypatch, [_chain(["enp2s0", "enp5s0f1"])])
     uses = HostUsage.read(lab.root).verdict("0000:05:00.1").uses
     assert any("enp5s0f1" in u and ("nft" in u.lower() or "ingress" in u) for u in uses), uses
 
 
 def test_control_5_a_netdev_chain_on_another_port_leaves_it_idle(lab, monkeypatch):
     lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
-    _with_nft(monkeypatch, [_chain("enp2s0")])
+    _with_nft(lab, monkeypatch, [_chain("enp2s0")])
     uses, evidence = NetView.read(Sysfs(lab.root)).use_of(PORT)
     assert uses == [] and "down" in evidence, uses
