@@ -69,8 +69,8 @@ from harness.host.nsholders import (PROC_NET, Identity, MountVisits, fd_namespac
                                     open_namespace, proc_net_problems, procfs_devices,
                                     ring_problems, socket_namespaces, tap_majors, went_away)
 from harness.host.storage import (FDS_BUDGET, FORK_TABLE_MIN, MAX_FDS_READ, Budget, _built_in,
-                                  _copied, _has_children, _link, _parent_table, kernel_lines,
-                                  mountinfos, tables_budget, tables_within, tasks_of,
+                                  _copied, _has_children, _link, _loaded, _parent_table,
+                                  kernel_lines, mountinfos, tables_budget, tables_within, tasks_of,
                                   thread_tables, unescape_mountinfo)
 from harness.host.sysfs import Sysfs
 
@@ -1096,15 +1096,6 @@ def _on_its_address(ns: Namespace, dev: Netdev) -> list[str]:
             else:
                 uses.append(f"{dev} has the connection {local} {peer} from its address")
     return uses
-
-
-def _loaded(fs: Sysfs, module: str) -> bool:
-    """Whether the kernel has ``module`` now: loaded (/sys/module) or built in. Asking the
-    kernel for what a module keeps (``ss -S``, ``tc actions ls action mirred``, ``nft``) makes
-    it load the module when it is not there (``request_module``), and the harness must load
-    none as a side effect (a host may blacklist sctp for its CVEs); with the module not
-    there, nothing of its kind exists to be read."""
-    return fs.sys("module", module).exists() or _built_in(fs, module)
 
 
 def _ss_argv(fs: Sysfs) -> list[str]:

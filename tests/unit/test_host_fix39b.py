@@ -96,3 +96,31 @@ def test_a_6_6_kernel_without_bpftool_is_unproven_unless_no_sched_cls_program(la
 def test_the_lab_host_s_6_1_kernel_asks_for_no_tcx(lab):
     _host(lab)
     assert not network._tcx_possible(Sysfs(lab.root))
+
+
+@pytest.mark.parametrize("config, asked_nft", [("CONFIG_NF_TABLES=y\n", True),
+                                               ("# CONFIG_NF_TABLES is not set\n", False)])
+def test_a_kernel_without_modules_builtin_is_asked_through_its_config(lab, config, asked_nft):
+    """A cloud or microVM kernel installed with no /lib/modules (no ``modules.builtin``) and
+    nf_tables built in shows no /sys/module/nf_tables: its /proc/config.gz says it is there,
+    so its hooks are read (here ``nft`` is missing: the port is unproven, with the way out);
+    where the config says it is not, nothing is asked."""
+    import gzip
+
+    _host(lab)
+    (lab.root / "proc").mkdir(exist_ok=True)
+    with gzip.open(lab.root / "proc" / "config.gz", "wt") as f:
+        f.write("CONFIG_NET=y\n" + config)
+    _, problems = _uses(lab)
+    assert any("install nftables" in p for p in problems) == asked_nft, problems
+
+
+def test_a_kernel_whose_built_in_modules_cannot_be_told_counts_them_there(monkeypatch):
+    """On the host, with neither ``modules.builtin`` nor /proc/config.gz to read, a module
+    with no /sys/module entry may be built in: what it would keep is read, not ruled out."""
+    from harness.host import storage
+
+    fs = Sysfs("/")
+    monkeypatch.setattr(storage, "_kernel_config", lambda fs: None)
+    monkeypatch.setattr(fs, "read", lambda path: None)
+    assert storage._built_in(fs, "nf_tables") and storage._built_in(fs, "sctp")
