@@ -851,7 +851,6 @@ def nodes_below(fs: Sysfs, path: str) -> list[tuple[Path, str | None]]:
         for node in nodes]
 
 
-
 def device_nodes(fs: Sysfs, path: str, tree: "_Subtree | None" = None
                  ) -> list[tuple[Path, str | None]]:
     """The device nodes a device's use shows in, with their ``MAJ:MIN``: those below its sysfs
