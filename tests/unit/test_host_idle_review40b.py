@@ -28,7 +28,8 @@ each:
    silently loses it. The same kind of use as a VIF (read 38b, 2) and an nftables netdev
    chain (read 39b, 5): kept through a down, deleted at the unbind. Safe: a group in
    /proc/net/igmp or /proc/net/igmp6 under the port, other than the kernel's own (the
-   all-nodes ``ff01::1``/``ff02::1`` that every IPv6 interface keeps, all-hosts
+   all-nodes ``ff01::1``/``ff02::1`` that every IPv6 interface keeps, all-routers
+   ``ff02::2``/``ff05::2`` with forwarding on, all-hosts
    ``224.0.0.1`` and solicited-node ``ff02::1:ffXX:XXXX`` of its own addresses), read in
    every namespace, is a use, named with the group.
 
@@ -55,7 +56,10 @@ IGMP_LO = "1\tlo        :     1      V3\n\t\t\t\t010000E0     1 0:00000000\t\t0\
 IGMP6_KERNEL = ("1    lo              ff020000000000000000000000000001     1 0000000C 0\n"
                 "1    lo              ff010000000000000000000000000001     1 00000008 0\n"
                 "4    enp5s0f1        ff020000000000000000000000000001     1 00000004 0\n"
-                "4    enp5s0f1        ff010000000000000000000000000001     1 00000008 0\n")
+                "4    enp5s0f1        ff010000000000000000000000000001     1 00000008 0\n"
+                # (forwarding on: all-routers; keep_addr_on_down: its address's solicited-node)
+                "4    enp5s0f1        ff020000000000000000000000000002     1 00000004 0\n"
+                "4    enp5s0f1        ff0200000000000000000001ff000001     1 00000004 0\n")
 RECEIVER = ("udp UNCONN 0 0 0.0.0.0:5004 0.0.0.0:* users:((\"st2110-rx\",pid=4242,fd=7))\n"
             "udp UNCONN 0 0 *:5006 *:* users:((\"st2110-rx\",pid=4242,fd=8))\n")
 
