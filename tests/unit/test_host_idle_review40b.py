@@ -33,9 +33,45 @@ each:
    ``224.0.0.1`` and solicited-node ``ff02::1:ffXX:XXXX`` of its own addresses), read in
    every namespace, is a use, named with the group.
 
-Each test asserts the safe behaviour and fails on a12d4d4; the controls show the down port
-with only the kernel's own groups taken as it stands. A fake sysfs/proc tree plays the host
-(:mod:`.fakesysfs`'s lab host); no guest is booted.
+2. Read 39b's fix for nftables netdev chains (:func:`harness.host.network._read_nft`) reads
+   each chain's ``dev`` from ``nft -j list chains``; the ``nft`` of Debian 12 (nftables
+   1.0.6-2+deb12u2: the lab's Debian 12 L1, and this host) prints no ``dev`` at all for a
+   base chain, netdev or ``inet`` ingress, of one device or of several: checked here, in a
+   network namespace of this host's own, ``table netdev filter { chain ingress { type filter
+   hook ingress device "lo" priority 0; } }`` is ``{"chain": {"family": "netdev", "table":
+   "filter", "name": "ingress", "handle": 1, "type": "filter", "hook": "ingress", "prio": 0,
+   "policy": "accept"}}`` in ``nft -j list chains`` and ``nft -j list ruleset`` alike, while
+   ``nft list chains`` prints ``device "lo"``. Read 39b's own fake prints ``"version":
+   "1.0.6"`` with a ``dev`` the real 1.0.6 does not print. So on Debian 12 the fix finds no
+   chain on any port, and 39b's shape (a netdev ingress chain on the down port from
+   /etc/nftables.conf, released with its rules at the unbind before 6.16: Debian 12's 6.1
+   among them) is taken as before. Safe: a netdev-family (or ``inet`` ingress/egress) base
+   chain whose JSON names no device is read from ``nft list chains``' text (``device "X"``,
+   ``devices = { X, Y }``), or leaves every port unproven, naming it; never "no hook".
+3. An nftables ``dup to``/``fwd to`` the down port from a chain on another port (``table
+   netdev span { chain c { type filter hook ingress device "enp2s0" priority -100; dup to
+   "enp5s0f1" } }``: the nftables wiki's way to mirror a port, the nft counterpart of read
+   39b's ``tc mirred`` SPAN, to a capture box or IDS sensor on a spare port; ``fwd to`` as a
+   software patch between two ports; ``ip`` family ``dup to 10.0.5.2 device "enp5s0f1"``).
+   nft resolves the device name to its ifindex when the rule is loaded (``nft
+   --debug=netlink`` on this host: ``[ immediate reg 1 0x00000001 ] [ dup sreg_dev 1 ]`` for
+   ``dup to "lo"``), and the rule keeps that number. While the port is down the copies are
+   dropped at it, and flow again when it is back; the unbind unregisters it, the give-back
+   registers it with a new ifindex, and the rule then duplicates to nothing, for good, until
+   the ruleset is loaded again: the SPAN is gone and nothing says so. The rule sits in a
+   chain on enp2s0, so the chains and flowtables the harness reads do not name the port.
+   Safe: a rule of ``nft -j list ruleset`` whose ``dup`` or ``fwd`` names the port (its
+   ``dev``, or its ``addr`` in the netdev family, where ``dup to "X"`` prints so) is a use,
+   as a ``tc mirred`` target is.
+
+Each test asserts the safe behaviour and fails on a12d4d4 (each was also run against a
+throw-away fix, not committed: /proc/net/igmp and igmp6 read for groups other than the
+kernel's own; ``nft list chains``' text where the JSON names no device; ``nft -j list
+ruleset``'s ``dup``/``fwd``; under which they pass); the controls show the down port
+with only the kernel's own groups, Debian's default ruleset (an inet filter table on no
+device) and an nftables SPAN to another port taken as it stands. A fake sysfs/proc tree plays the host
+(:mod:`.fakesysfs`'s lab host), ``ss`` and ``nft`` by monkeypatched output (as nft 1.0.6
+prints it where said); no guest is booted.
 """
 
 from __future__ import annotations
@@ -125,3 +161,113 @@ def test_control_1c_the_same_function_with_no_group_is_taken(lab):
     lab.proc("net/igmp", IGMP_HEAD + IGMP_LO)
     lab.proc("net/igmp6", IGMP6_KERNEL)
     assert HostUsage.read(lab.root).verdict("0000:05:00.1").uses == ()
+
+
+# -- 2. and 3. nftables: what Debian 12's nft prints, and a dup or fwd to the port --------------
+
+import json  # noqa: E402
+
+from harness.host import network  # noqa: E402
+from harness.host.safety import HostUsage  # noqa: E402
+
+#: What ``nft`` 1.0.6 (Debian 12's nftables 1.0.6-2+deb12u2, this host's) prints, run in a
+#: network namespace of this host with a netdev chain on ``lo``: ``nft -j list chains`` names
+#: no device (no ``dev`` key), ``nft list chains`` does.
+NFT_106_CHAIN = {"chain": {"family": "netdev", "table": "filter", "name": "ingress", "handle": 1,
+                           "type": "filter", "hook": "ingress", "prio": 0, "policy": "accept"}}
+NFT_106_TEXT = ('table netdev filter {\n\tchain ingress {\n\t\ttype filter hook ingress device '
+                '"enp5s0f1" priority filter; policy accept;\n\t}\n}\n')
+#: Debian's default /etc/nftables.conf: an inet filter table, hooked on no device.
+DEBIAN_DEFAULT = [{"chain": {"family": "inet", "table": "filter", "name": name, "handle": n,
+                             "type": "filter", "hook": name, "prio": 0, "policy": "accept"}}
+                  for n, name in enumerate(("input", "forward", "output"), start=1)]
+DEBIAN_DEFAULT_TEXT = "".join(
+    f"table inet filter {{\n\tchain {name} {{\n\t\ttype filter hook {name} priority filter; "
+    "policy accept;\n\t}\n}\n" for name in ("input", "forward", "output"))
+
+
+def _with_nft(lab, monkeypatch, items: list, text: str = "", version: str = "1.0.6") -> None:
+    """``nft -j list chains|flowtables|ruleset`` prints ``items`` as nft ``version`` does (a
+    rule is listed by ``list ruleset`` only), ``nft list ...`` (no ``-j``) prints ``text``;
+    ``nf_tables`` is loaded."""
+    (lab.sys / "module/nf_tables").mkdir(exist_ok=True)
+    real = network._run
+
+    def run(fs, argv, fake, *a, **k):
+        words = [str(w) for w in argv]
+        if "nft" not in {w.rsplit("/", 1)[-1] for w in words}:
+            return real(fs, argv, fake, *a, **k)
+        if "-j" not in words and "--json" not in words:
+            return text
+        kinds = {"chains": {"chain"}, "flowtables": {"flowtable"},
+                 "ruleset": {"table", "chain", "flowtable", "rule"}}
+        wanted = set().union(*(kinds[w] for w in words if w in kinds)) or kinds["ruleset"]
+        return json.dumps({"nftables": [{"metainfo": {"version": version,
+                                                      "json_schema_version": 1}},
+                                        *[i for i in items if next(iter(i)) in wanted]]})
+
+    monkeypatch.setattr(network, "_run", run)
+
+
+def test_control_2_debians_default_ruleset_leaves_the_port_idle(lab, monkeypatch):
+    _network(lab)
+    _with_nft(lab, monkeypatch, DEBIAN_DEFAULT, DEBIAN_DEFAULT_TEXT)
+    uses, evidence = NetView.read(Sysfs(lab.root)).use_of(PORT)
+    assert uses == [] and "down" in evidence, uses
+
+
+def test_2a_a_netdev_chain_on_the_down_port_as_debian_12s_nft_lists_it_keeps_it(lab, monkeypatch):
+    """Read 39b's section 5 on the nft that Debian 12 ships: the chain's JSON has no
+    ``dev``, so the port it hooks is never named; the port must not read idle (named from
+    ``nft list chains``' ``device "enp5s0f1"``, or the chain's device unproven)."""
+    _network(lab)
+    _with_nft(lab, monkeypatch, DEBIAN_DEFAULT + [NFT_106_CHAIN],
+              DEBIAN_DEFAULT_TEXT + NFT_106_TEXT)
+    uses, _ = NetView.read(Sysfs(lab.root)).use_of(PORT)
+    assert uses, "the netdev chain on enp5s0f1 is not seen: the port reads idle"
+
+
+def test_2b_the_function_is_refused_under_debian_12s_nft(lab, monkeypatch):
+    _network(lab)
+    _with_nft(lab, monkeypatch, DEBIAN_DEFAULT + [NFT_106_CHAIN],
+              DEBIAN_DEFAULT_TEXT + NFT_106_TEXT)
+    assert HostUsage.read(lab.root).verdict("0000:05:00.1").uses != ()
+
+
+#: A software SPAN in nftables on enp2s0 (a netdev ingress chain there, listed with its ``dev``
+#: as a newer nft prints it, so that section 2 plays no part), and the rule that sends to the
+#: down port, as nft prints each (1.0.6 checked on this host: ``dup to "lo"`` is
+#: ``{"dup": {"addr": "lo"}}``, ``fwd to "lo"`` is ``{"fwd": {"dev": "lo"}}``; ``nft
+#: --debug=netlink`` shows each as ``immediate reg 1 0x00000001``, the port's ifindex).
+SPAN_CHAIN = {"chain": {"family": "netdev", "table": "span", "name": "c", "handle": 1,
+                        "type": "filter", "hook": "ingress", "prio": -100, "dev": "enp2s0",
+                        "policy": "accept"}}
+
+
+def _rule(expr: dict, family: str = "netdev") -> dict:
+    return {"rule": {"family": family, "table": "span", "chain": "c", "handle": 2,
+                     "expr": [expr]}}
+
+
+def test_control_3_a_span_to_another_port_leaves_the_port_idle(lab, monkeypatch):
+    _network(lab)
+    _with_nft(lab, monkeypatch, [SPAN_CHAIN, _rule({"dup": {"addr": "eno1"}})],
+              version="1.1.1")
+    uses, evidence = NetView.read(Sysfs(lab.root)).use_of(PORT)
+    assert uses == [] and "down" in evidence, uses
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("expr, family", [
+    ({"dup": {"addr": "enp5s0f1"}}, "netdev"),                 # dup to "enp5s0f1"
+    ({"fwd": {"dev": "enp5s0f1"}}, "netdev"),                  # fwd to "enp5s0f1"
+    ({"dup": {"addr": "10.0.5.2", "dev": "enp5s0f1"}}, "ip"),  # dup to 10.0.5.2 device ...
+], ids=["dup", "fwd", "ip-dup-device"])
+def test_3_an_nftables_dup_or_fwd_to_the_down_port_keeps_it(lab, monkeypatch, expr, family):
+    _network(lab)
+    _with_nft(lab, monkeypatch, [SPAN_CHAIN, _rule(expr, family)], version="1.1.1")
+    uses, _ = NetView.read(Sysfs(lab.root)).use_of(PORT)
+    assert any("dup" in u or "fwd" in u or "mirror" in u.lower() or "forward" in u.lower()
+               for u in uses), uses
