@@ -41,7 +41,12 @@ each:
    hook ingress device "lo" priority 0; } }`` is ``{"chain": {"family": "netdev", "table":
    "filter", "name": "ingress", "handle": 1, "type": "filter", "hook": "ingress", "prio": 0,
    "policy": "accept"}}`` in ``nft -j list chains`` and ``nft -j list ruleset`` alike, while
-   ``nft list chains`` prints ``device "lo"``. Read 39b's own fake prints ``"version":
+   ``nft list chains`` prints ``device "lo"``. Why: nft 0.9.3's "src: add multidevice
+   support for netdev chain" (Pablo Neira Ayuso, October 2019) made ``chain_print_json``
+   print ``dev`` from ``chain->dev_expr``, which only the parser fills; a chain listed from
+   the kernel (``netlink_delinearize_chain``) has ``dev_array`` instead, which the text
+   printer uses. So every nft from 0.9.3 to at least 1.0.6 lists no chain device in JSON:
+   RHEL 8's 0.9.3, Ubuntu 20.04's 0.9.3 and 22.04's 1.0.2, Debian 12's 1.0.6. Read 39b's own fake prints ``"version":
    "1.0.6"`` with a ``dev`` the real 1.0.6 does not print. So on Debian 12 the fix finds no
    chain on any port, and 39b's shape (a netdev ingress chain on the down port from
    /etc/nftables.conf, released with its rules at the unbind before 6.16: Debian 12's 6.1
