@@ -45,8 +45,10 @@ each:
    support for netdev chain" (Pablo Neira Ayuso, October 2019) made ``chain_print_json``
    print ``dev`` from ``chain->dev_expr``, which only the parser fills; a chain listed from
    the kernel (``netlink_delinearize_chain``) has ``dev_array`` instead, which the text
-   printer uses. So every nft from 0.9.3 to at least 1.0.6 lists no chain device in JSON:
-   RHEL 8's 0.9.3, Ubuntu 20.04's 0.9.3 and 22.04's 1.0.2, Debian 12's 1.0.6. Read 39b's own fake prints ``"version":
+   printer uses. So, as that code reads, every nft from 0.9.3 to at least 1.0.6 (1.0.6 run
+   here) lists no chain device in JSON:
+   RHEL 8's and 9's 0.9.x and 1.0.4, Ubuntu 20.04's 0.9.3 and 22.04's 1.0.2, Debian 12's
+   1.0.6. Read 39b's own fake prints ``"version":
    "1.0.6"`` with a ``dev`` the real 1.0.6 does not print. So on Debian 12 the fix finds no
    chain on any port, and 39b's shape (a netdev ingress chain on the down port from
    /etc/nftables.conf, released with its rules at the unbind before 6.16: Debian 12's 6.1
