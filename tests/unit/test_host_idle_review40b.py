@@ -79,6 +79,23 @@ with only the kernel's own groups, Debian's default ruleset (an inet filter tabl
 device) and an nftables SPAN to another port taken as it stands. A fake sysfs/proc tree plays the host
 (:mod:`.fakesysfs`'s lab host), ``ss`` and ``nft`` by monkeypatched output (as nft 1.0.6
 prints it where said); no guest is booted.
+
+Looked at, no test (each held, or too weak to report): read 39b's tc fixes against this
+host's iproute2 6.1 in a namespace of its own (``tc -j qdisc show``, ``tc -j actions ls
+action mirred``, ``tc -j filter show``: the same JSON as 39b's fakes, ``to_dev`` and
+``total acts`` included); ``storage._loaded``/``_built_in`` (``modules.builtin``'s
+``.ko`` lines, ``/proc/config.gz``, "there" on the host when neither reads); the SCTP tables'
+columns (``/proc/net/sctp/eps``, ``assocs``); ``binding._of_another_boot`` (every entry is
+stamped with the boot id, readable on any host; only entries of older versions fall back to
+``time`` against ``btime``, which a clock step moves: an old version's entry of this boot,
+written before an NTP step forward, then reads "another boot": too narrow); flowtables under
+nft 1.0.6 (not tried: ``nf_flow_table`` is not built into this host's kernel, and the harness
+must load no module). Kernel state on a down port that the unbind would lose and that turned
+out to be no finding: static neighbours and proxy entries (flushed at the down), IPsec
+offloaded states (``xfrm_dev_down`` at the down), PPPoE sessions (flushed at the down),
+``ip rule iif/oif`` (by name, kept at the unregister), a tunnel with only ``local`` on the
+port's address (no binding to the port), a multicast sender's ``IP_MULTICAST_IF`` (shown
+nowhere: no proof to ask for).
 """
 
 from __future__ import annotations
