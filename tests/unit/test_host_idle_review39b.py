@@ -344,29 +344,24 @@ def _restore(lab, journal):
         return e
 
 
-def test_4a_restore_leaves_alone_another_card_now_at_the_journaled_address(lab, fake_root):
-    """The run had the ConnectX-5 at 08:00.0 (mlx5_core) on vfio-pci when the host went
-    down; the card was taken out (mlx5_core not loaded now) and a GPU put in its slot,
-    reserved for a Windows VM with driverctl. The first `restore` after the boot."""
-    journal = _rebooted(lab, fake_root, GPU, "15b3:1017", "mlx5_core",
+@pytest.mark.parametrize("bdf, now, klass, driver", [
+    # 4a: the run had the ConnectX-5 at 08:00.0 (mlx5_core) on vfio-pci when the host went
+    # down; the card was taken out (mlx5_core not loaded now) and a GPU put in its slot,
+    # reserved for a Windows VM with driverctl
+    (GPU, "10de:1eb8", 0x030000, "nouveau"),
+    # 4b: the same ConnectX-5, the run's move to vfio-pci gone with the crash; the operator
+    # pinned it to vfio-pci for a VM before the host came back (driverctl)
+    (CX5, "15b3:1017", 0x020000, "mlx5_core")], ids=["4a-another-card", "4b-reserved"])
+def test_4_restore_leaves_alone_what_the_new_boot_has_at_the_journaled_address(
+        lab, fake_root, bdf, now, klass, driver):
+    """The first `restore` after the boot writes nothing to the card now there."""
+    journal = _rebooted(lab, fake_root, bdf, "15b3:1017", "mlx5_core",
                         time_="2026-12-07T01:40:11+00:00")
-    _reserved_for_a_vm(lab, "10de:1eb8", 0x030000, "nouveau")
+    _reserved_for_a_vm(lab, now, klass, driver)
     before = len(lab.writes)
     _restore(lab, journal)
-    assert (lab.driver_of(GPU), lab.override_of(GPU)) == ("vfio-pci", "vfio-pci"), \
-        (lab.driver_of(GPU), lab.override_of(GPU), lab.writes[before:])
-
-
-def test_4b_restore_leaves_alone_a_card_the_new_boot_reserved_for_a_vm(lab, fake_root):
-    """The same ConnectX-5, the run's move to vfio-pci gone with the crash; the operator
-    pinned it to vfio-pci for a VM before the host came back (driverctl)."""
-    journal = _rebooted(lab, fake_root, CX5, "15b3:1017", "mlx5_core",
-                        time_="2026-12-07T01:40:11+00:00")
-    _reserved_for_a_vm(lab, "15b3:1017", 0x020000, "mlx5_core")
-    before = len(lab.writes)
-    _restore(lab, journal)
-    assert (lab.driver_of(CX5), lab.override_of(CX5)) == ("vfio-pci", "vfio-pci"), \
-        (lab.driver_of(CX5), lab.override_of(CX5), lab.writes[before:])
+    assert (lab.driver_of(bdf), lab.override_of(bdf)) == ("vfio-pci", "vfio-pci"), \
+        (lab.driver_of(bdf), lab.override_of(bdf), lab.writes[before:])
 
 
 def test_control_4_an_entry_of_this_boot_is_given_back(lab, fake_root):
