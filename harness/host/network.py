@@ -5,7 +5,9 @@ master; a VLAN, macvlan or ipvlan on top of it; a VXLAN or HSR/PRP device bound 
 route in any routing table of its namespace (ECMP ``nexthops`` included) nor in its MPLS label
 table, no socket bound to it or using its address (a connection from it, which ``ss`` prints
 with no ``%ifname``; SCTP ones too where ``sctp`` is loaded), no multicast routing interface
-(VIF) and no protocol handler bound to it (/proc/net/ptype: a TIPC bearer), no tc or nftables
+(VIF), no multicast group joined on it other than the kernel's own (/proc/net/igmp and
+igmp6: a receiver's join by its index) and no protocol handler bound to it (/proc/net/ptype: a
+TIPC bearer), no tc or nftables
 hook on it (an ``ingress``/``clsact`` qdisc, a tcx program, the target of a ``tc mirred``
 action on any port, a chain or flowtable whose ``dev`` names it: each kept through a down and
 deleted at the unbind; each read only where its module is loaded or built in, as asking would
@@ -35,7 +37,7 @@ output is read from files: ``<root>/ip/<what>.json`` for the harness's own names
 ``ip/nsfs/<inode>/`` for one entered through a file,
 ``ip/netns.json``, ``ss.txt``, ``mpls.json`` (``ip -f mpls route``, read when
 ``proc/sys/net/mpls/platform_labels`` exists) and ``packet.txt`` (``/proc/net/packet``; and
-``ptype.txt``, ``ip_mr_vif.txt``, ``ip6_mr_vif.txt``, read when the harness's own
+``ptype.txt``, ``ip_mr_vif.txt``, ``ip6_mr_vif.txt``, ``igmp.txt``, ``igmp6.txt``, read when the harness's own
 ``proc/net`` has that file) likewise; ``tc-qdisc-<port>.json``, ``tc-filter-<port>-<hook>.json``,
 ``tc-mirred.json``, ``bpftool-net.json`` and ``nft-chains.json``/``nft-flowtables.json`` are
 read only when their module (or, for tcx, a 6.6+ ``osrelease``) says there can be something.
@@ -50,6 +52,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import ipaddress
 import json
 import os
 import re
@@ -1015,6 +1018,7 @@ def _read_namespace(fs: Sysfs, ns: Namespace) -> Namespace:
         return ns
     _read_sockets(fs, ns, where)
     _read_kernel_users(fs, ns, where)
+    _read_multicast(fs, ns, where)
     _read_tc(fs, ns, where)
     _read_nft(fs, ns, where)
     return ns
@@ -1185,6 +1189,63 @@ def _read_kernel_users(fs: Sysfs, ns: Namespace, where: str) -> None:
             else:
                 use = f"has the protocol handler {' '.join(f[2:])} (type {f[0]}) bound to it"
             ns.kernel_users.setdefault(f[column], []).append(use)
+
+
+#: The groups the kernel joins on an interface by itself, no socket asking: all-hosts, the
+#: IPv6 all-nodes, and all-routers (forwarding on); solicited-node ones go by their prefix.
+_KERNEL_GROUPS = {"224.0.0.1", "ff01::1", "ff02::1", "ff01::2", "ff02::2", "ff05::2"}
+_SOLICITED_NODE = ipaddress.ip_network("ff02::1:ff00:0/104")
+
+
+def _read_multicast(fs: Sysfs, ns: Namespace, where: str) -> None:
+    """A multicast group joined on an interface (``IP_ADD_MEMBERSHIP``/``IPV6_JOIN_GROUP`` by
+    its index, from a socket on the wildcard or the group: ``ss`` shows no ``%ifname`` and
+    none of the port's addresses) is a use: the kernel keeps the membership through a down
+    and rejoins at the up, but frees it when the port is unregistered (the unbind), and the
+    port given back has a new ifindex, so the receiver (an ST 2110 red or blue leg, a
+    market-data A or B feed) gets nothing for good. Read from /proc/net/igmp and igmp6 in
+    every namespace; a group the kernel joins by itself (:data:`_KERNEL_GROUPS`) is none.
+    A kernel without the file has no multicast; one that cannot be read is a problem."""
+    for name, groups in (("igmp", _igmp_groups), ("igmp6", _igmp6_groups)):
+        try:
+            text = _proc_net_file(fs, ns, name)
+            found = groups(text or "")
+        except (OSError, ValueError, IndexError) as e:
+            ns.problems.append(f"/proc/net/{name}{where} cannot be read: {e}: a multicast "
+                               "group joined on a port is lost at the unbind")
+            return
+        for ifname, group in found:
+            if group not in _KERNEL_GROUPS and ipaddress.ip_address(group) not in \
+                    _SOLICITED_NODE:
+                ns.kernel_users.setdefault(ifname, []).append(
+                    f"has the multicast group {group} joined on it (/proc/net/{name}), "
+                    "which the unbind leaves and nothing joins again")
+
+
+def _igmp_groups(text: str) -> list[tuple[str, str]]:
+    """(interface, group) of each line of /proc/net/igmp: a device line (``4\tenp5s0f1  :
+    1 V3``; a name of 10 characters or more runs into its colon) and an indented line for
+    each of its groups, the address as the kernel holds it (network order) printed as a host
+    integer (``010101EF`` is 239.1.1.1 on a little-endian host). Raises ValueError."""
+    found, ifname = [], None
+    for line in text.splitlines()[1:]:
+        if not line.strip():
+            continue
+        if not line[0].isspace():
+            ifname = line.split(None, 1)[1].partition(":")[0].strip()
+        elif ifname is None:
+            raise ValueError(f"a group with no device: {line.strip()!r}")
+        else:
+            raw = struct.pack("=I", int(line.split()[0], 16))
+            found.append((ifname, str(ipaddress.IPv4Address(raw))))
+    return found
+
+
+def _igmp6_groups(text: str) -> list[tuple[str, str]]:
+    """(interface, group) of each line of /proc/net/igmp6 (``4 enp5s0f1 ff15000...01 1
+    00000004 0``: the group in 32 hex digits). Raises ValueError."""
+    return [(f[1], str(ipaddress.IPv6Address(bytes.fromhex(f[2]))))
+            for f in (line.split() for line in text.splitlines()) if f]
 
 
 # -- what tc and nftables keep on a port --------------------------------------------------------
