@@ -5,14 +5,15 @@ master; a VLAN, macvlan or ipvlan on top of it; a VXLAN or HSR/PRP device bound 
 route in any routing table of its namespace (ECMP ``nexthops`` included) nor in its MPLS label
 table, no socket bound to it or using its address (a connection from it, which ``ss`` prints
 with no ``%ifname``; SCTP ones too where ``sctp`` is loaded), no multicast routing interface
-(VIF), no multicast group joined on it other than the kernel's own (/proc/net/igmp and
-igmp6: a receiver's join by its index) and no protocol handler bound to it (/proc/net/ptype: a
-TIPC bearer), no tc or nftables
-hook on it (an ``ingress``/``clsact`` qdisc, a tcx program, the target of a ``tc mirred``
-action on any port, a chain or flowtable whose ``dev`` names it: each kept through a down and
-deleted at the unbind; each read only where its module is loaded or built in, as asking would
-load it), and is down or has no address at all (an IPv6 link-local address counts: SSH may run
-over it). What cannot be read (``ip`` or ``ss`` missing, ``tc``, ``nft`` or ``bpftool`` where
+(VIF), no multicast group joined on it other than the kernel's own (/proc/net/igmp and igmp6:
+a receiver's join by its index) and no protocol handler bound to it (/proc/net/ptype: a TIPC
+bearer), no tc or nftables hook on it (an ``ingress``/``clsact`` qdisc, a tcx program, the
+target of a ``tc mirred`` action on any port, a chain or flowtable hooked on it, its devices
+read from ``nft list chains`` where ``nft -j`` names none, a ``dup``/``fwd`` to it from a
+rule on any port: each kept through a down and deleted, or left sending nowhere, at the
+unbind; each read only where its module is loaded or built in, as asking would load it), and
+is down or has no address at all (an IPv6 link-local address counts: SSH may run over it).
+What cannot be read (``ip`` or ``ss`` missing, ``tc``, ``nft`` or ``bpftool`` where
 they are needed, a namespace the harness cannot enter, a device in another namespace whose
 lower device cannot be told) makes every interface unproven: :attr:`NetView.problems`.
 
@@ -37,10 +38,11 @@ output is read from files: ``<root>/ip/<what>.json`` for the harness's own names
 ``ip/nsfs/<inode>/`` for one entered through a file,
 ``ip/netns.json``, ``ss.txt``, ``mpls.json`` (``ip -f mpls route``, read when
 ``proc/sys/net/mpls/platform_labels`` exists) and ``packet.txt`` (``/proc/net/packet``; and
-``ptype.txt``, ``ip_mr_vif.txt``, ``ip6_mr_vif.txt``, ``igmp.txt``, ``igmp6.txt``, read when the harness's own
-``proc/net`` has that file) likewise; ``tc-qdisc-<port>.json``, ``tc-filter-<port>-<hook>.json``,
-``tc-mirred.json``, ``bpftool-net.json`` and ``nft-chains.json``/``nft-flowtables.json`` are
-read only when their module (or, for tcx, a 6.6+ ``osrelease``) says there can be something.
+``ptype.txt``, ``ip_mr_vif.txt``, ``ip6_mr_vif.txt``, ``igmp.txt``, ``igmp6.txt``, read
+when the harness's own ``proc/net`` has that file) likewise; ``tc-qdisc-<port>.json``,
+``tc-filter-<port>-<hook>.json``, ``tc-mirred.json``, ``bpftool-net.json`` and
+``nft-ruleset.json`` (and ``nft-chains.txt``/``nft-flowtables.txt``) are read only when
+their module (or, for tcx, a 6.6+ ``osrelease``) says there can be something.
 
     >>> view = NetView.read(Sysfs("/"))                 # doctest: +SKIP
     >>> view.use_of(Netdev(OWN, "enp5s0f0"))
@@ -1459,37 +1461,132 @@ def _read_mirred(fs: Sysfs, ns: Namespace, where: str) -> bool:
     return True
 
 
-#: What ``nft -j list`` is asked for, and the key of each object it prints.
-_NFT = (("chains", "chain"), ("flowtables", "flowtable"))
+#: ``nft -j list ruleset``: every chain, flowtable and rule of every table, in one command.
+_NFT_RULESET = ["nft", "-j", "list", "ruleset"]
+#: In ``nft list chains|flowtables``' text, a hook's devices: ``device "X"``, ``devices = {
+#: X, Y }`` (names quoted or not, as nft's version prints them).
+_NFT_DEVICES = re.compile(r'\bdevice "([^"]*)"|\bdevices = \{([^}]*)\}')
 
 
 def _read_nft(fs: Sysfs, ns: Namespace, where: str) -> None:
-    """A netdev-family base chain (or an ``inet`` ingress one) or a flowtable whose ``dev``
-    names a port is a use: when the port is unregistered (the unbind), the kernel drops it
-    from the hook, and releases a chain of that one device with its rules (every kernel
-    before 6.16): the ruleset the host loaded is gone when the port is back. Read where
-    ``nf_tables`` is there (else there is no ruleset); ``nft`` missing or failing is a
-    problem of ``ns``."""
+    """What nftables keeps on a port, each lost at the unbind: a netdev-family base chain (or
+    an ``inet`` ingress one) or a flowtable hooked on it (when the port is unregistered the
+    kernel drops it from the hook, and releases a chain of that one device with its rules,
+    every kernel before 6.16), and a rule that sends to it, ``dup to``/``fwd to`` the port
+    from a chain on another (the nftables wiki's SPAN: nft resolved the name to the port's
+    ifindex at load, and the port given back has a new one, so the rule sends nowhere).
+    Read from ``nft -j list ruleset`` (:func:`_nft_hooks` for the devices the JSON does not
+    name) where ``nf_tables`` is there (else there is no ruleset); ``nft`` missing or
+    failing, or a device that cannot be told, is a problem of ``ns``."""
     if not _loaded(fs, "nf_tables"):
         return
-    for what, key in _NFT:
-        try:
-            text = _run(fs, ns.enter + ["nft", "-j", "list", what], ns.fake / f"nft-{what}.json",
-                        ns.fds, **_by(ns))
-            items = [i[key] for i in json.loads(text or "{}").get("nftables", [])
-                     if isinstance(i, dict) and isinstance(i.get(key), dict)]
-        except (OSError, ValueError, AttributeError) as e:
-            ns.problems.append(f"the nftables {what}{where} cannot be listed (`nft -j list "
-                               f"{what}`: {e}): a netdev chain on a port is released at the "
-                               "unbind; install nftables (its `nft`)")
-            return
-        for item in items:
-            devs = item.get("dev", [])
-            for dev in devs if isinstance(devs, list) else [devs] if devs else []:
-                ns.kernel_users.setdefault(str(dev), []).append(
-                    f"has the nftables {key} {item.get('family', '?')} {item.get('table', '?')} "
-                    f"{item.get('name', '?')} hooked on it ({item.get('hook', '?')}), released "
-                    "at the unbind")
+    try:
+        text = _run(fs, ns.enter + _NFT_RULESET, ns.fake / "nft-ruleset.json", ns.fds,
+                    **_by(ns))
+        items = [(k, v) for i in json.loads(text or "{}").get("nftables", [])
+                 if isinstance(i, dict) for k, v in i.items() if isinstance(v, dict)]
+        hooked = _nft_hooks(fs, ns, items)
+        sent = [s for k, rule in items if k == "rule" for s in _nft_sends(rule)]
+    except (OSError, ValueError, AttributeError, TypeError) as e:
+        ns.problems.append(f"the nftables ruleset{where} cannot be read (`nft -j list ruleset`"
+                           f": {e}): a netdev chain on a port is released at the unbind, and a "
+                           "dup or fwd to it sends nowhere after it; install nftables (its "
+                           "`nft`)")
+        return
+    chains = {}
+    for key, item, devs in hooked:
+        chains[item.get("family"), item.get("table"), item.get("name")] = devs
+        for dev in devs:
+            ns.kernel_users.setdefault(dev, []).append(
+                f"has the nftables {key} {item.get('family', '?')} {item.get('table', '?')} "
+                f"{item.get('name', '?')} hooked on it ({item.get('hook', '?')}), released "
+                "at the unbind")
+    for dev, verb, (family, table, chain) in sent:
+        on = chains.get((family, table, chain))
+        ns.kernel_users.setdefault(dev, []).append(
+            f"is sent to by the nftables rule `{verb} to` it in chain {family} {table} {chain}"
+            + (f" (on {', '.join(on)})" if on else "") + ", which holds its ifindex: after "
+            f"the unbind the {verb} goes nowhere, for good")
+
+
+def _nft_on_devices(key: str, item: dict) -> bool:
+    """Whether a chain or flowtable of ``nft -j`` hooks devices: a flowtable, a netdev-family
+    base chain, an ``inet`` ingress or egress one."""
+    return key == "flowtable" or key == "chain" and "hook" in item and (
+        item.get("family") == "netdev" or
+        item.get("family") == "inet" and item.get("hook") in ("ingress", "egress"))
+
+
+def _nft_hooks(fs: Sysfs, ns: Namespace, items: list) -> list[tuple[str, dict, list[str]]]:
+    """(chain or flowtable, its JSON, its devices) of each that hooks devices. Its devices are
+    its ``dev``; where that is missing they are read from ``nft list chains`` (or
+    ``flowtables``), as text: nft 0.9.3 to at least 1.0.6 (Debian 12's, RHEL 8's and 9's,
+    Ubuntu 20.04's and 22.04's) print no ``dev`` for a chain listed from the kernel
+    (``chain_print_json`` reads the parser's ``dev_expr``, the text printer the kernel's
+    ``dev_array``). One the text does not show either cannot be told: ValueError."""
+    hooked, texts = [], {}
+    for key, item in items:
+        if key not in ("chain", "flowtable") or not _nft_on_devices(key, item):
+            continue
+        devs = item.get("dev")
+        if not devs:
+            if key not in texts:
+                texts[key] = _nft_text_devices(_run(
+                    fs, ns.enter + ["nft", "list", f"{key}s"], ns.fake / f"nft-{key}s.txt",
+                    ns.fds, **_by(ns)))
+            named = (key, item.get("family"), item.get("table"), item.get("name"))
+            if named not in texts[key]:
+                raise ValueError(f"`nft -j` names no device of the {' '.join(map(str, named))} "
+                                 f"and `nft list {key}s` shows none for it")
+            devs = texts[key][named]
+        hooked.append((key, item, [str(d) for d in (devs if isinstance(devs, list) else
+                                                    [devs])]))
+    return hooked
+
+
+def _nft_text_devices(text: str) -> dict[tuple, list[str]]:
+    """(``chain`` or ``flowtable``, family, table, name) -> its devices, from ``nft list
+    chains|flowtables``: ``table netdev filter {``, ``chain ingress {``, then its declaration
+    (a chain's ``type filter hook ingress device "X" priority ...``, a flowtable's ``hook
+    ingress ...`` and ``devices = { X, Y };``). Only one whose declaration was seen is in it
+    (with no device if it names none)."""
+    found, table, current = {}, None, None
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) == 4 and words[0] == "table" and words[3] == "{":
+            table, current = (words[1], words[2].strip('"')), None
+        elif len(words) == 3 and words[0] in ("chain", "flowtable") and words[2] == "{":
+            current = (words[0], *table, words[1].strip('"')) if table else None
+        elif current and (words[:1] in (["hook"], ["devices"]) or
+                          words[:1] == ["type"] and "hook" in words):
+            devs = found.setdefault(current, [])
+            for one, several in _NFT_DEVICES.findall(line):
+                devs += [one] if one else [d.strip().strip('"') for d in several.split(",")
+                                           if d.strip()]
+    return found
+
+
+def _nft_sends(rule: dict) -> list[tuple[str, str, tuple]]:
+    """(device, ``dup`` or ``fwd``, (family, table, chain)) of each statement of an ``nft -j``
+    rule that sends packets to a device: ``fwd to "X"`` (``{"fwd": {"dev": "X"}}``), ``dup to
+    ADDR device "X"`` (``dev``), and in the netdev family ``dup to "X"``, which nft 1.0.6
+    prints as ``{"dup": {"addr": "X"}}``. A device an expression picks (a map) cannot be
+    told: ValueError."""
+    where = (rule.get("family"), rule.get("table"), rule.get("chain"))
+    sends = []
+    for stmt in rule.get("expr") or []:
+        for verb in ("dup", "fwd"):
+            args = stmt.get(verb) if isinstance(stmt, dict) else None
+            if not isinstance(args, dict):
+                continue
+            dev = args.get("dev", args.get("addr") if where[0] == "netdev" else None)
+            if dev is not None and not isinstance(dev, str):
+                raise ValueError(f"a `{verb}` in chain {' '.join(map(str, where))} sends to a "
+                                 f"device an expression picks ({json.dumps(dev)[:80]}): which "
+                                 "port cannot be told")
+            if dev is not None:
+                sends.append((dev, verb, where))
+    return sends
 
 
 def _proc_net_file(fs: Sysfs, ns: Namespace, name: str) -> str | None:
