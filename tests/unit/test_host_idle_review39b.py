@@ -385,24 +385,39 @@ def test_control_4_an_entry_of_this_boot_is_given_back(lab, fake_root):
 
 def _with_nft(lab, monkeypatch, items: list) -> None:
     """``nft -j list ...`` prints ``items`` (chains, flowtables, each listed under its own
-    ``list chains``/``list flowtables`` too); anything else as the fakes have it. ``nf_tables``
-    is loaded (a host with a ruleset has it; the harness asks only there)."""
+    ``list chains``/``list flowtables`` too) as nft 1.0.6 does, the version it names: a
+    chain with no ``dev`` (read 40b, 2: nft 0.9.3 to 1.0.6 print none for a chain listed from
+    the kernel), whose devices ``nft list chains`` prints as text (``device "X"``, ``devices
+    = { X, Y }``); anything else as the fakes have it. ``nf_tables`` is loaded (a host with a
+    ruleset has it; the harness asks only there)."""
     (lab.sys / "module/nf_tables").mkdir(exist_ok=True)
     real = network._run
 
     def run(fs, argv, fake, *a, **k):
         words = [str(w) for w in argv]
-        if "nft" in {w.rsplit("/", 1)[-1] for w in words}:
-            kinds = {"chains": "chain", "flowtables": "flowtable"}
-            wanted = [kinds[w] for w in words if w in kinds]
-            shown = [i for i in items if not wanted or next(iter(i)) in wanted]
-            return json.dumps({"nftables": [{"metainfo": {"version": "1.0.6",
-                                                          "json_schema_version": 1}},
-                                            {"table": {"family": "netdev", "name": "filter",
-                                                       "handle": 1}}, *shown]})
-        return real(fs, argv, fake, *a, **k)
+        if "nft" not in {w.rsplit("/", 1)[-1] for w in words}:
+            return real(fs, argv, fake, *a, **k)
+        if "-j" not in words:
+            return "".join(_chain_text(i["chain"]) for i in items if "chain" in i)
+        kinds = {"chains": "chain", "flowtables": "flowtable"}
+        wanted = [kinds[w] for w in words if w in kinds]
+        shown = [{k: {f: v for f, v in o.items() if k != "chain" or f != "dev"}}
+                 for i in items for k, o in i.items() if not wanted or k in wanted]
+        return json.dumps({"nftables": [{"metainfo": {"version": "1.0.6",
+                                                      "json_schema_version": 1}},
+                                        {"table": {"family": "netdev", "name": "filter",
+                                                   "handle": 1}}, *shown]})
 
     monkeypatch.setattr(network, "_run", run)
+
+
+def _chain_text(chain: dict) -> str:
+    """A chain as ``nft list chains`` (1.0.6) prints it."""
+    devs = chain["dev"] if isinstance(chain["dev"], list) else [chain["dev"]]
+    on = f'device "{devs[0]}"' if len(devs) == 1 else f"devices = {{ {', '.join(devs)} }}"
+    return (f"table {chain['family']} {chain['table']} {{\n\tchain {chain['name']} {{\n"
+            f"\t\ttype {chain['type']} hook {chain['hook']} {on} priority filter; policy "
+            "accept;\n\t}\n}\n")
 
 
 def _chain(dev) -> dict:
