@@ -1461,8 +1461,9 @@ def _read_mirred(fs: Sysfs, ns: Namespace, where: str) -> bool:
     return True
 
 
-#: ``nft -j list ruleset``: every chain, flowtable and rule of every table, in one command.
-_NFT_RULESET = ["nft", "-j", "list", "ruleset"]
+#: ``nft -j list ruleset``: every chain, flowtable and rule of every table, in one command;
+#: terse (``-t``, nft 0.9.1 and later): no set's elements (a blocklist's million addresses).
+_NFT_RULESET = ["nft", "-j", "-t", "list", "ruleset"]
 #: In ``nft list chains|flowtables``' text, a hook's devices: ``device "X"``, ``devices = {
 #: X, Y }`` (names quoted or not, as nft's version prints them).
 _NFT_DEVICES = re.compile(r'\bdevice "([^"]*)"|\bdevices = \{([^}]*)\}')
@@ -1475,7 +1476,7 @@ def _read_nft(fs: Sysfs, ns: Namespace, where: str) -> None:
     every kernel before 6.16), and a rule that sends to it, ``dup to``/``fwd to`` the port
     from a chain on another (the nftables wiki's SPAN: nft resolved the name to the port's
     ifindex at load, and the port given back has a new one, so the rule sends nowhere).
-    Read from ``nft -j list ruleset`` (:func:`_nft_hooks` for the devices the JSON does not
+    Read from ``nft -j -t list ruleset`` (:func:`_nft_hooks` for the devices the JSON does not
     name) where ``nf_tables`` is there (else there is no ruleset); ``nft`` missing or
     failing, or a device that cannot be told, is a problem of ``ns``."""
     if not _loaded(fs, "nf_tables"):
@@ -1488,10 +1489,10 @@ def _read_nft(fs: Sysfs, ns: Namespace, where: str) -> None:
         hooked = _nft_hooks(fs, ns, items)
         sent = [s for k, rule in items if k == "rule" for s in _nft_sends(rule)]
     except (OSError, ValueError, AttributeError, TypeError) as e:
-        ns.problems.append(f"the nftables ruleset{where} cannot be read (`nft -j list ruleset`"
-                           f": {e}): a netdev chain on a port is released at the unbind, and a "
-                           "dup or fwd to it sends nowhere after it; install nftables (its "
-                           "`nft`)")
+        ns.problems.append(f"the nftables ruleset{where} cannot be read "
+                           f"(`{' '.join(_NFT_RULESET)}`: {e}): a netdev chain on a port is "
+                           "released at the unbind, and a dup or fwd to it sends nowhere "
+                           "after it; install nftables (its `nft`, 0.9.1 or later)")
         return
     chains = {}
     for key, item, devs in hooked:

@@ -83,4 +83,4 @@ def test_where_the_json_names_every_device_no_text_is_asked_for(lab, monkeypatch
         asked.append(argv), real(fs, argv, *a, **k))[1])
     (uses, _), problems = _read(lab)
     assert uses == [] and not problems, (uses, problems)
-    assert [a for a in asked if "nft" in a] == [["nft", "-j", "list", "ruleset"]], asked
+    assert [a for a in asked if "nft" in a] == [network._NFT_RULESET], asked
