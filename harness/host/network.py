@@ -126,7 +126,9 @@ class Namespace:
         #: peer, the line), what a port's own address is matched against.
         self.local: dict[str, list[tuple[str, str, str, str]]] = {}
         #: What the kernel keeps on an interface with no socket (a multicast VIF, a protocol
-        #: handler bound to it), by interface: :func:`_read_kernel_users`.
+        #: handler bound to it, a group joined on it; tc and nftables hooks), by interface:
+        #: :func:`_read_kernel_users`, :func:`_read_multicast`, :func:`_read_tc`,
+        #: :func:`_read_nft`.
         self.kernel_users: dict[str, list[str]] = {}
         #: A tc mirred action's index -> the port and hook whose filter holds it, as far as
         #: the filters read show (:func:`_tc_filters`): what a mirror's target is told it
@@ -199,7 +201,8 @@ class NetView:
         # Up at all is in use: an address-less port that is up carries what no address, route
         # or socket shows (FCoE, AoE, a tc or nftables hook of a kind not read, an uplink
         # whose cable is out right now); the operator sets a spare port down to offer it.
-        # (tc qdiscs, tcx programs, mirred targets, nftables chains: ``ns.kernel_users``.)
+        # (tc qdiscs, tcx programs, mirred targets, nftables chains and dup/fwd targets,
+        # multicast groups: ``ns.kernel_users``.)
         if "UP" in link.get("flags", []):
             addresses = ns.addresses.get(dev.name)
             uses.append(f"{dev} is up " + (f"with the address {', '.join(addresses)}"
