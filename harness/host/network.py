@@ -6,7 +6,8 @@ route in any routing table of its namespace (ECMP ``nexthops`` included) nor in 
 table, no socket bound to it or using its address (a connection from it, which ``ss`` prints
 with no ``%ifname``; SCTP ones too where ``sctp`` is loaded), no multicast routing interface
 (VIF), no multicast group joined on it other than the kernel's own (/proc/net/igmp and igmp6:
-a receiver's join by its index) and no protocol handler bound to it (/proc/net/ptype: a TIPC
+a receiver's join by its index), no pktgen thread that has it, and no protocol handler
+bound to it (/proc/net/ptype: a TIPC
 bearer), no tc or nftables hook on it (an ``ingress``/``clsact`` qdisc, a tcx program, the
 target of a ``tc mirred`` action on any port, a chain or flowtable hooked on it, its devices
 read from ``nft list chains`` where ``nft -j`` names none, a ``dup``/``fwd`` to it from a
@@ -1024,6 +1025,7 @@ def _read_namespace(fs: Sysfs, ns: Namespace) -> Namespace:
     _read_sockets(fs, ns, where)
     _read_kernel_users(fs, ns, where)
     _read_multicast(fs, ns, where)
+    _read_pktgen(fs, ns, where)
     _read_tc(fs, ns, where)
     _read_nft(fs, ns, where)
     return ns
@@ -1194,6 +1196,30 @@ def _read_kernel_users(fs: Sysfs, ns: Namespace, where: str) -> None:
             else:
                 use = f"has the protocol handler {' '.join(f[2:])} (type {f[0]}) bound to it"
             ns.kernel_users.setdefault(f[column], []).append(use)
+
+
+def _read_pktgen(fs: Sysfs, ns: Namespace, where: str) -> None:
+    """A port a pktgen thread has (``add_device`` written to /proc/net/pktgen/kpktgend_N: a
+    lab's traffic generator, set up and waiting, running or stopped) is a use: the kernel
+    removes it from the thread when the port is unregistered (the unbind), with its whole
+    setup (rates, sizes, addresses), and nothing adds it back. Each thread's file lists its
+    devices (``Running: ...`` and ``Stopped: enp5s0f1@0 ...``, a queue after ``@``), in every
+    namespace (pktgen is per namespace). No /proc/net/pktgen: pktgen is not loaded, nothing
+    to read (reading loads nothing); a thread's file that cannot be read is a problem."""
+    own = fs.proc("net", "pktgen")
+    for thread in sorted(p.name for p in own.glob("kpktgend_*")) if own.is_dir() else []:
+        try:
+            text = _proc_net_file(fs, ns, f"pktgen/{thread}")
+        except OSError as e:
+            ns.problems.append(f"/proc/net/pktgen/{thread}{where} cannot be read: {e}: a "
+                               "port pktgen has is removed from it at the unbind")
+            return
+        for line in (text or "").splitlines():
+            state, _, names = line.partition(":")
+            for name in names.split() if state in ("Running", "Stopped") else []:
+                ns.kernel_users.setdefault(name.split("@")[0], []).append(
+                    f"is a device of pktgen's {thread} ({state.lower()}, as {name}), removed "
+                    "from it with its setup at the unbind")
 
 
 #: The groups the kernel joins on an interface by itself, no socket asking: all-hosts, the

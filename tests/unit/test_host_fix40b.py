@@ -11,7 +11,7 @@ monkeypatched output, as nft 1.0.6 prints it."""
 from __future__ import annotations
 
 from harness.host import network
-from harness.host.network import NetView
+from harness.host.network import NetView, Netdev
 from harness.host.sysfs import Sysfs
 
 from . import fakesysfs
@@ -84,3 +84,18 @@ def test_where_the_json_names_every_device_no_text_is_asked_for(lab, monkeypatch
     (uses, _), problems = _read(lab)
     assert uses == [] and not problems, (uses, problems)
     assert [a for a in asked if "nft" in a] == [network._NFT_RULESET], asked
+
+
+def test_a_port_pktgen_has_keeps_it_and_the_others_stay_idle(lab):
+    """A lab's traffic generator: `echo "add_device enp5s0f1@0" > /proc/net/pktgen/kpktgend_1`,
+    set up and stopped while the port is down. The unbind removes it from the thread with its
+    setup; another port, which pktgen does not have, stays idle."""
+    _network(lab)
+    lab.proc("net/pktgen/pgctrl", "Packet Generator (proc) version 2.75\n")
+    lab.proc("net/pktgen/kpktgend_0", "Running: \nStopped: \nResult: NA\n")
+    lab.proc("net/pktgen/kpktgend_1", "Running: \nStopped: enp5s0f1@0 \n"
+                                      "Result: OK: add_device=enp5s0f1@0\n")
+    view = NetView.read(Sysfs(lab.root))
+    uses, _ = view.use_of(PORT)
+    assert any("pktgen's kpktgend_1 (stopped, as enp5s0f1@0)" in u for u in uses), uses
+    assert view.use_of(Netdev("", "enp5s0f0"))[0] == [] and not view.problems
