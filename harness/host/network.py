@@ -7,8 +7,7 @@ table, no socket bound to it or using its address (a connection from it, which `
 with no ``%ifname``; SCTP ones too where ``sctp`` is loaded), no multicast routing interface
 (VIF), no multicast group joined on it other than the kernel's own (/proc/net/igmp and igmp6:
 a receiver's join by its index), no pktgen thread that has it, and no protocol handler
-bound to it (/proc/net/ptype: a TIPC
-bearer), no tc or nftables hook on it (an ``ingress``/``clsact`` qdisc, a tcx program, the
+bound to it (/proc/net/ptype: a TIPC bearer), no tc or nftables hook on it (an ``ingress``/``clsact`` qdisc, a tcx program, the
 target of a ``tc mirred`` action on any port, a chain or flowtable hooked on it, its devices
 read from ``nft list chains`` where ``nft -j`` names none, a ``dup``/``fwd`` to it from a
 rule on any port: each kept through a down and deleted, or left sending nowhere, at the
