@@ -1,0 +1,148 @@
+"""Issue 31, read 40a (storage, USB, IOMMU groups, SR-IOV, the bind's mechanics, the libvirt
+hand-over), on main at a12d4d4. What it found, one section below:
+
+1. (a, low likelihood: a tool started in a window of seconds that any user can stretch, as
+   reviews 31a/1, 32a/3, 34b/1-2 and 39a/1's re-read test) the re-reads under the claim
+   (:func:`harness.host.binding.disks_claimed`: ``_used_since``, ``_nodes_opened_since``,
+   ``_network_since``, ``_used_since`` again) look again only at the disks and at the nodes
+   *below* what moves (``safety.nodes_below``), not at the rest of what the proof judged as a
+   use of the function through a node *below no device*: its driver's management node
+   (``/dev/mpt3ctl``, ``/dev/megaraid_sas_ioctl_node``: :func:`safety._tool_node_uses`), a
+   NIC vendor's raw-access node (``/dev/iqvlinux``, ``pgdrv``: read 39a's fix,
+   :func:`safety._raw_access_uses`), an open ``/dev/mem`` or ``/dev/port``, or its own BAR and
+   config files (``resource0``..., ``/proc/bus/pci``: :meth:`HostUsage._bars`). So a flash
+   tool started while the bind's proof under the journal lock reads the network, or while the
+   re-reads under the claim read it (``ip``/``ss`` in every namespace, every process's
+   sockets: budgets any user fills, reviews 31a/34b), is not seen, and the function is
+   unbound and handed to vfio-pci (its reset on QEMU's open, the guest driver's reset) in the
+   middle of a firmware or NVM write: read 39a's own reason for the rule ("a flash write that
+   takes minutes may be going to any function"). Shapes: an admin or a vendor update bundle
+   (Dell DUP, HPE SPP, Lenovo OneCLI) runs ``sas3flash -f`` or ``storcli64 /c0 download`` on
+   a lab host's Broadcom SAS3008/9300-8e HBA, ``nvmupdate64e`` on its Intel X710/82599 card
+   (with ``iqvlinux.ko``), or ``bootutil64e`` on a 6.8+ kernel, where it falls back to
+   ``/dev/mem``. The same tool started during the *first* proof's network read is refused
+   (the proof under the lock sees it: the controls), so the rule is there; only the last
+   seconds before the unbind are unwatched for it. Safe: the re-reads under the claim judge,
+   for each function that moves, everything the proof judged through the open files
+   (``_tool_node_uses``, ``_raw_access_uses``, ``_bars``/``_devmem``), not only its disks and
+   the nodes below it; docs/vfio.md's "The nodes read again are the ones the proof judged"
+   then holds.
+
+The tests assert the safe behaviour and fail on a12d4d4; the controls (the same tool started
+during the first proof's network read) pass. A fake sysfs/proc tree plays the host
+(:mod:`.fakesysfs`'s lab host, a SAS HBA added); the tool's open is played at the end of a
+network read (:func:`.test_host_idle_review31a.during_the_network_read`); no guest is booted.
+
+Looked at, no test (each held, or is a stated limit, or an over-refusal):
+
+* read 39a's fixes: :func:`harness.host.storage.other_paths`/``scsi_nodes`` (the twin's
+  partitions and holders through ``use_of_block``'s recursion; twins below the same HBA, one
+  HBA's two connectors to both expanders of a JBOD; twins that appear during the move, which
+  ``_nothing_new_below`` lists; a twin's sg node held after the move, which ``_holders`` no
+  longer lists since the disk is gone from the host with the function);
+  ``binding.disks_claimed``'s one claim per disk; ``_raw_access_uses`` (misc device or bare
+  major, by number; ``pgdrv`` registered with a class device is still found by its major in
+  /proc/devices).
+* ``_of_another_boot``/``_stale``/``_other_pci_device``: SR-IOV and USB entries are checked
+  for another boot too; same-model card swaps within one boot need PCIe hot-plug of the slot
+  (the stale entry then finds the new card on its host driver and writes nothing harmful).
+* ``_libvirt_gives_back`` (libvirt's bus reset refuses active devices on the bus; vfio's own
+  hot reset needs every affected group), ``handover``'s re-proof.
+* USB: usb-host is always given hostbus/hostaddr of the proven device (no auto-match of a
+  twin after a re-enumeration); BMC virtual hubs (their keyboard keeps the xHCI).
+* ``acs_off``: Sunrise Point root ports' dword layout is read; Union Point's (8086:a290-a29f,
+  a2e7-a2ee, the kernel's ``pci_quirk_intel_spt_pch_acs_match``) is read as the standard one,
+  the control word taken from the capability's upper half (0): every device behind a Kaby
+  Lake PCH root port is refused as "ACS off" (an over-refusal, not a finding).
+* SR-IOV: ``enable_vfs``' reuse, ``_restore_sriov`` under a VF another binder of the same
+  process holds (one binder per process in harness/run/backends.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from . import fakesysfs
+from .fakesysfs import bind_outcome
+from .test_host_binding import journal
+from .test_host_idle_review31a import opened_during_the_network_read
+
+fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
+journal = journal  # (a fixture: the journal in the fake root's /var/lib)
+
+HBA = "0000:08:00.0"  # (a Broadcom SAS3008 on mpt3sas, group 43, an idle disk sdx below it)
+PORT0, PORT1 = "0000:05:00.0", "0000:05:00.1"  # (the lab's 82599, ixgbe, group 12, both down)
+
+
+def _sas_hba(lab) -> None:
+    """The HBA, its disk sdx (not mounted, open by no one), and mpt3sas's management node
+    /dev/mpt3ctl, a misc device below no function (``sys/devices/virtual/misc``)."""
+    lab.add_pci(HBA, "1000:0097", 0x010700, "mpt3sas", 43)
+    lab.add_disk("sdx", lab.dev_dir(HBA) / "host9/target9:0:0/9:0:0:0", ("sdx1",))
+    lab.file("sys/devices/virtual/misc/mpt3ctl/dev", "10:222\n")
+
+
+def _iqvlinux(lab) -> None:
+    """Intel's QV driver loaded (``iqvlinux.ko``, a bare character major, 240 here), held by
+    no one yet (read 39a's shape)."""
+    lab.proc("devices", "Character devices:\n  1 mem\n  4 /dev/vc/0\n  4 tty\n 10 misc\n"
+                        "189 usb_device\n240 iqvlinux\n\nBlock devices:\n  8 sd\n259 blkext\n")
+    (lab.sys / "module/iqvlinux").mkdir(parents=True, exist_ok=True)
+
+
+#: The tool, what it holds, the function it reaches, the inventory's allow-list, the set-up.
+TOOLS = {
+    "sas3flash": ("/dev/mpt3ctl", HBA, {HBA}, _sas_hba),
+    "nvmupdate64e": ("/dev/iqvlinux", PORT0, {PORT0, PORT1}, _iqvlinux),
+    "bootutil64e": ("/dev/mem", PORT0, {PORT0, PORT1}, lambda lab: None),
+}
+
+
+@pytest.mark.parametrize("tool", sorted(TOOLS))
+def test_1_control_a_flash_tool_started_during_the_first_proof_is_refused(
+        lab, journal, monkeypatch, tool):
+    """Control: the same tool started while the *first* proof reads the network (before the
+    journal lock): the proof under the lock sees it, and the bind is refused, naming it."""
+    node, bdf, allowed, setup = TOOLS[tool]
+    setup(lab)
+    driver_before = lab.driver_of(bdf)
+    opened_during_the_network_read(lab, monkeypatch, 1, node, pid=5421, comm=tool, fd=3)
+    refused, driver = bind_outcome(lab, journal, bdf, allowed)
+    assert "5421" in refused and driver == driver_before, (refused, driver)
+
+
+@pytest.mark.parametrize("on_call", [2, 3], ids=["during-the-proof-under-the-lock",
+                                                 "during-the-read-under-the-claim"])
+@pytest.mark.parametrize("tool", sorted(TOOLS))
+def test_1_a_flash_tool_started_during_the_last_reads_keeps_the_function(
+        lab, journal, monkeypatch, tool, on_call):
+    """(finding 1) Host shape: a lab host's Broadcom SAS3008 HBA (mpt3sas, 08:00.0, an idle
+    disk below it) or Intel 82599 card (ixgbe, 05:00.0/.1, both ports down), listed in the
+    inventory. While a run binds it, an admin (or a vendor update bundle: Dell DUP, HPE SPP,
+    Lenovo OneCLI) starts ``sas3flash -f`` (``/dev/mpt3ctl``), ``nvmupdate64e`` with
+    ``iqvlinux.ko`` (``/dev/iqvlinux``) or ``bootutil64e`` on a 6.8+ kernel (``/dev/mem``):
+    a flash write that takes minutes, through a node below no device, whose ioctl or address
+    picks the function. Started while the bind's proof under the journal lock reads the
+    network (call 2) or while the re-read under the claim reads it (call 3): seconds, which
+    any user stretches to the namespaces' budgets.
+
+    Path: :meth:`VfioBinder.bind` -> ``_proven_plan`` (its :class:`HostUsage` read the open
+    files before the network) -> ``_move_all`` -> :func:`disks_claimed`: ``_opened_since``
+    reads the open files again but judges only the claimed disks (``_used_since``) and
+    ``nodes_below`` (``_nodes_opened_since``); ``_tool_node_uses``, ``_raw_access_uses``,
+    ``_bars``/``_devmem`` are not asked again. The function is unbound from its driver and
+    bound to vfio-pci under the flash write (vfio-pci and the guest's driver reset it).
+
+    On a12d4d4: moved to vfio-pci. Safe: refused, naming the tool's pid (as the proof does
+    when the tool was started a moment earlier: the control)."""
+    node, bdf, allowed, setup = TOOLS[tool]
+    setup(lab)
+    driver_before = lab.driver_of(bdf)
+    calls = opened_during_the_network_read(lab, monkeypatch, on_call, node, pid=5421,
+                                           comm=tool, fd=3)
+    refused, driver = bind_outcome(lab, journal, bdf, allowed)
+    assert len(calls) >= on_call
+    assert "5421" in refused and driver == driver_before, (
+        f"{bdf} was moved to {driver} while {tool} (pid 5421) holds {node}, opened during "
+        f"network read {on_call} of the bind ({len(calls)} in all): "
+        + (f"refused: {refused}" if refused else "not refused"))
