@@ -10,7 +10,9 @@ hand-over), on main at a12d4d4. What it found, one section below:
    (``/dev/mpt3ctl``, ``/dev/megaraid_sas_ioctl_node``: :func:`safety._tool_node_uses`), a
    NIC vendor's raw-access node (``/dev/iqvlinux``, ``pgdrv``: read 39a's fix,
    :func:`safety._raw_access_uses`), an open ``/dev/mem`` or ``/dev/port``, or its own BAR and
-   config files (``resource0``..., ``/proc/bus/pci``: :meth:`HostUsage._bars`). So a flash
+   config files (``resource0``..., ``/proc/bus/pci``: :meth:`HostUsage._bars`), or a GPIO
+   line of a chip below it held by a line request (``anon_inode:gpio-line``) or by the kernel
+   (/sys/kernel/debug/gpio: :meth:`HostUsage._gpio`). So a flash
    tool started while the bind's proof under the journal lock reads the network, or while the
    re-reads under the claim read it (``ip``/``ss`` in every namespace, every process's
    sockets: budgets any user fills, reviews 31a/34b), is not seen, and the function is
@@ -26,7 +28,9 @@ hand-over), on main at a12d4d4. What it found, one section below:
    for each function that moves, everything the proof judged through the open files
    (``_tool_node_uses``, ``_raw_access_uses``, ``_bars``/``_devmem``), not only its disks and
    the nodes below it; docs/vfio.md's "The nodes read again are the ones the proof judged"
-   then holds.
+   then holds. The same for a GPIO line: a lab's relay on a CP2102N's GPIO (``gpioset``,
+   libgpiod v2, which holds only the line request) switched while the re-read under the
+   claim reads the network is not seen, and the xHCI is reset under it (the relay drops).
 
 The tests assert the safe behaviour and fail on a12d4d4; the controls (the same tool started
 during the first proof's network read) pass. A fake sysfs/proc tree plays the host
@@ -146,3 +150,59 @@ def test_1_a_flash_tool_started_during_the_last_reads_keeps_the_function(
         f"{bdf} was moved to {driver} while {tool} (pid 5421) holds {node}, opened during "
         f"network read {on_call} of the bind ({len(calls)} in all): "
         + (f"refused: {refused}" if refused else "not refused"))
+
+
+# -- 1, the same window: a GPIO line of a USB serial adapter requested during the last reads ----
+
+XHCI = "0000:07:00.0"  # (the lab's free uPD720202 xHCI, USB bus 4, group 14)
+
+
+def _line_requested(lab) -> None:
+    """``gpioset`` (libgpiod v2: the chip's fd closed once the line is requested) holds line 1
+    of the CP2102N's chip, as the kernel shows it: its line request fd, whose fdinfo names the
+    chip, and the line held in /sys/kernel/debug/gpio."""
+    if (lab.root / "proc/5300/fd/4").is_symlink():
+        return
+    lab.proc("5300/comm", "gpioset\n")
+    (lab.root / "proc/5300/fd").mkdir(parents=True)
+    (lab.root / "proc/5300/fd/4").symlink_to("anon_inode:gpio-line")
+    lab.proc("5300/fdinfo/4", "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t1057\n"
+                              "gpio-chip:\tgpiochip0\ngpio-line:\t1\n")
+    (lab.sys / "kernel/debug/gpio").write_text(
+        "gpiochip0: GPIOs 512-515, parent: usb/4-1:1.0, cp210x, can sleep:\n"
+        " gpio-513 (                    |gpioset             ) out hi \n\n")
+
+
+@pytest.mark.parametrize("on_call", [1, 2, 3], ids=["control-during-the-first-proof",
+                                                    "control-during-the-proof-under-the-lock",
+                                                    "during-the-read-under-the-claim"])
+def test_1_a_gpio_line_requested_during_the_last_reads_keeps_the_controller(
+        lab, journal, monkeypatch, on_call):
+    """(finding 1, a GPIO line) Host shape: a hardware lab's relay board on a CP2102N
+    (cp210x registers a GPIO chip below its interface) on the lab's free xHCI (07:00.0): the
+    rig's power script (``gpioset -c gpiochip0 1=1``, libgpiod v2, which closes the chip's fd
+    once the line is requested and holds only the line request) switches a board under test
+    on while a run binds the xHCI. Read 16's rule keeps the controller while a line is held
+    (debugfs lists it; the request's fdinfo names the chip), but the re-reads under the claim
+    look at ``nodes_below`` only (``/dev/gpiochip0``, which nobody holds): a request made while
+    the proof under the lock, or the re-read under the claim, reads the network is not seen,
+    and the controller is reset under the line (cp210x's GPIO state is lost, the relay drops:
+    the board under test loses power). (The proof under the lock reads debugfs after its
+    network read, lazily, in the verdict: a request during that read is seen, the control of
+    call 2; the re-read under the claim reads neither debugfs nor the line requests again.)
+    On a12d4d4 calls 1 and 2 are refused and call 3 is moved to vfio-pci. Safe: refused,
+    naming the held line."""
+    from .test_host_idle_review16 import _cp2102n
+    _cp2102n(lab)
+    calls = _requested_during(lab, monkeypatch, on_call)
+    refused, driver = bind_outcome(lab, journal, XHCI, {XHCI})
+    assert len(calls) >= on_call
+    assert "gpio" in refused.lower() and driver == "xhci_hcd", (
+        f"{XHCI} was moved to {driver} while gpioset (pid 5300) holds a line of the CP2102N's "
+        f"chip below it, requested during network read {on_call} of the bind: "
+        + (f"refused: {refused}" if refused else "not refused"))
+
+
+def _requested_during(lab, monkeypatch, on_call: int) -> list:
+    from .test_host_idle_review31a import during_the_network_read
+    return during_the_network_read(monkeypatch, on_call, lambda: _line_requested(lab))
