@@ -31,6 +31,8 @@ hand-over), on main at a12d4d4. What it found, one section below:
    then holds. The same for a GPIO line: a lab's relay on a CP2102N's GPIO (``gpioset``,
    libgpiod v2, which holds only the line request) switched while the re-read under the
    claim reads the network is not seen, and the xHCI is reset under it (the relay drops).
+   And for the drivers below: a USB device put on ``usbip-host`` (``usbip bind``) then is not
+   seen either (the re-reads list new disks, not what the devices below are bound to).
 
 The tests assert the safe behaviour and fail on a12d4d4; the controls (the same tool started
 during the first proof's network read) pass. A fake sysfs/proc tree plays the host
@@ -206,3 +208,45 @@ def test_1_a_gpio_line_requested_during_the_last_reads_keeps_the_controller(
 def _requested_during(lab, monkeypatch, on_call: int) -> list:
     from .test_host_idle_review31a import during_the_network_read
     return during_the_network_read(monkeypatch, on_call, lambda: _line_requested(lab))
+
+
+# -- 1, the same window: a USB device below exported with usbip during the read under the claim --
+
+
+def _usbip_bound(lab) -> None:
+    """``usbip bind -b 4-1``: usbip-host takes the whole device (its interface's driver let go),
+    for usbipd to serve it to another machine."""
+    dev = lab.sys / "bus/usb/devices/4-1"
+    driver = lab.sys / "bus/usb/drivers/usbip-host"
+    if (dev / "driver").is_symlink():
+        return
+    driver.mkdir(parents=True, exist_ok=True)
+    (dev / "driver").symlink_to(driver.resolve())
+
+
+@pytest.mark.parametrize("on_call", [1, 2, 3], ids=["control-during-the-first-proof",
+                                                    "control-during-the-proof-under-the-lock",
+                                                    "during-the-read-under-the-claim"])
+def test_1_a_usb_device_exported_during_the_last_reads_keeps_the_controller(
+        lab, journal, monkeypatch, on_call):
+    """(finding 1, a driver below) Host shape: a lab that shares its debug probes and boards'
+    USB ports over the network with usbip (``usbipd``, a script's ``usbip bind -b 4-1`` when a
+    colleague asks for the ST-LINK on the lab's free xHCI, 07:00.0). The rule keeps a
+    controller while a USB device below it is on ``usbip-host`` (the kernel serves it to
+    another machine: no node, interface or process here shows it). Bound while the re-read
+    under the claim reads the network: the re-reads list the disks again
+    (``_nothing_new_below``) and the nodes' holders, but not the drivers of what sits below,
+    so the controller is moved under the export (the remote ``usbip attach`` is cut, the
+    probe's session to its board with it). The proof under the lock builds its subtree after
+    its network read (the control of call 2). On a12d4d4 call 3 is moved to vfio-pci. Safe:
+    refused, naming usbip."""
+    lab.add_usb("4-1", 2, "0483:3748", "STM32 STLink", "STMicroelectronics",
+                iface_driver=None)
+    from .test_host_idle_review31a import during_the_network_read
+    calls = during_the_network_read(monkeypatch, on_call, lambda: _usbip_bound(lab))
+    refused, driver = bind_outcome(lab, journal, XHCI, {XHCI})
+    assert len(calls) >= on_call
+    assert "usbip" in refused and driver == "xhci_hcd", (
+        f"{XHCI} was moved to {driver} while its USB device 4-1 was put on usbip-host during "
+        f"network read {on_call} of the bind: "
+        + (f"refused: {refused}" if refused else "not refused"))
