@@ -57,9 +57,11 @@ Looked at, no test (each held, or is a stated limit, or an over-refusal):
 * USB: usb-host is always given hostbus/hostaddr of the proven device (no auto-match of a
   twin after a re-enumeration); BMC virtual hubs (their keyboard keeps the xHCI).
 * ``acs_off``: Sunrise Point root ports' dword layout is read; Union Point's (8086:a290-a29f,
-  a2e7-a2ee, the kernel's ``pci_quirk_intel_spt_pch_acs_match``) is read as the standard one,
-  the control word taken from the capability's upper half (0): every device behind a Kaby
-  Lake PCH root port is refused as "ACS off" (an over-refusal, not a finding).
+  a2e7-a2ee, in the kernel's ``pci_quirk_intel_spt_pch_acs_match`` beside Sunrise Point) is
+  read as the standard one, its control word taken from the capability dword's upper half:
+  where that is 0, every device behind a Kaby Lake (200-series) PCH root port is refused as
+  "ACS off" (an over-refusal, not a finding; ``_acs_registers`` could list Union Point's ids
+  with Sunrise Point's).
 * SR-IOV: ``enable_vfs``' reuse, ``_restore_sriov`` under a VF another binder of the same
   process holds (one binder per process in harness/run/backends.py).
 """
