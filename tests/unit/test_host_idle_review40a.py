@@ -32,7 +32,9 @@ hand-over), on main at a12d4d4. What it found, one section below:
    libgpiod v2, which holds only the line request) switched while the re-read under the
    claim reads the network is not seen, and the xHCI is reset under it (the relay drops).
    And for the drivers below: a USB device put on ``usbip-host`` (``usbip bind``) then is not
-   seen either (the re-reads list new disks, not what the devices below are bound to).
+   seen either (the re-reads list new disks, not what the devices below are bound to). The
+   usb-host hand-over (:func:`harness.host.usbhost.handed`) runs the same re-reads, with the
+   same gap (its test: the relay adapter itself handed to a guest).
 
 The tests assert the safe behaviour and fail on a12d4d4; the controls (the same tool started
 during the first proof's network read) pass. A fake sysfs/proc tree plays the host
@@ -252,3 +254,62 @@ def test_1_a_usb_device_exported_during_the_last_reads_keeps_the_controller(
         f"{XHCI} was moved to {driver} while its USB device 4-1 was put on usbip-host during "
         f"network read {on_call} of the bind: "
         + (f"refused: {refused}" if refused else "not refused"))
+
+
+# -- 1, the usb-host side: the relay adapter itself handed to a guest ----------------------------
+
+
+def test_1_a_gpio_line_requested_while_the_usb_hand_over_rereads_keeps_the_adapter(
+        lab, monkeypatch):
+    """(finding 1, the usb-host side) The same relay adapter (the CP2102N, 4-1) in the
+    inventory as a ``usb-device`` for a guest's serial tests, handed to usb-host: the
+    hand-over's re-reads under the claim (:func:`harness.host.usbhost.handed` ->
+    :func:`disks_claimed`, with the device's path as ``below``) look at its disks, nodes and
+    interfaces again, not at the GPIO lines :meth:`HostUsage.usb_verdict` judged. A line
+    requested by the rig's ``gpioset`` while they read the network (call 3) is not seen, and
+    QEMU detaches cp210x from the adapter (its GPIO chip, and the line's state, gone with it).
+    On a12d4d4 the plug goes ahead. Safe: refused, naming the held line."""
+    from types import SimpleNamespace
+
+    from harness.core.errors import HostDeviceError
+    from harness.host import usbhost
+    from harness.host.binding import VfioBinder
+
+    from .test_host_idle_review16 import _cp2102n
+    _cp2102n(lab)
+    entry = SimpleNamespace(name="relay", hostbus=4, hostaddr=2, vendorid="0x10c4",
+                            productid="0xea60")
+    binder = VfioBinder(lab.sysfs(), journal=lab.root / "var/lib/hotplug-harness/"
+                                                        "vfio-journal.json", timeout=0.3)
+    calls = _requested_during(lab, monkeypatch, 3)
+    refused = ""
+    try:
+        with usbhost.handed(binder, entry, "busaddr"):
+            pass
+    except HostDeviceError as e:
+        refused = e.message
+    assert len(calls) >= 3
+    assert "gpio" in refused.lower(), (
+        "the CP2102N (4-1) was handed to usb-host while gpioset (pid 5300) holds a line of its "
+        "GPIO chip, requested during the hand-over's network read 3: "
+        + (f"refused: {refused}" if refused else "not refused"))
+
+
+def test_1_control_a_gpio_line_held_before_the_hand_over_keeps_the_adapter(lab):
+    """Control: the line held before the plug: the hand-over's proof refuses it."""
+    from types import SimpleNamespace
+
+    from harness.core.errors import HostDeviceError
+    from harness.host import usbhost
+    from harness.host.binding import VfioBinder
+
+    from .test_host_idle_review16 import _cp2102n
+    _cp2102n(lab)
+    _line_requested(lab)
+    entry = SimpleNamespace(name="relay", hostbus=4, hostaddr=2, vendorid="0x10c4",
+                            productid="0xea60")
+    binder = VfioBinder(lab.sysfs(), journal=lab.root / "var/lib/hotplug-harness/"
+                                                        "vfio-journal.json", timeout=0.3)
+    with pytest.raises(HostDeviceError, match=r"(?i)gpio"):
+        with usbhost.handed(binder, entry, "busaddr"):
+            pytest.fail("the plug must not happen")
