@@ -5,12 +5,15 @@ master; a VLAN, macvlan or ipvlan on top of it; a VXLAN or HSR/PRP device bound 
 route in any routing table of its namespace (ECMP ``nexthops`` included) nor in its MPLS label
 table, no socket bound to it or using its address (a connection from it, which ``ss`` prints
 with no ``%ifname``; SCTP ones too where ``sctp`` is loaded), no multicast routing interface
-(VIF) and no protocol handler bound to it (/proc/net/ptype: a TIPC bearer), no tc or nftables
-hook on it (an ``ingress``/``clsact`` qdisc, a tcx program, the target of a ``tc mirred``
-action on any port, a chain or flowtable whose ``dev`` names it: each kept through a down and
-deleted at the unbind; each read only where its module is loaded or built in, as asking would
-load it), and is down or has no address at all (an IPv6 link-local address counts: SSH may run
-over it). What cannot be read (``ip`` or ``ss`` missing, ``tc``, ``nft`` or ``bpftool`` where
+(VIF), no multicast group joined on it other than the kernel's own (/proc/net/igmp and igmp6:
+a receiver's join by its index) and no protocol handler bound to it (/proc/net/ptype: a TIPC
+bearer), no tc or nftables hook on it (an ``ingress``/``clsact`` qdisc, a tcx program, the
+target of a ``tc mirred`` action on any port, a chain or flowtable hooked on it, its devices
+read from ``nft list chains`` where ``nft -j`` names none, a ``dup``/``fwd`` to it from a
+rule on any port: each kept through a down and deleted, or left sending nowhere, at the
+unbind; each read only where its module is loaded or built in, as asking would load it), and
+is down or has no address at all (an IPv6 link-local address counts: SSH may run over it).
+What cannot be read (``ip`` or ``ss`` missing, ``tc``, ``nft`` or ``bpftool`` where
 they are needed, a namespace the harness cannot enter, a device in another namespace whose
 lower device cannot be told) makes every interface unproven: :attr:`NetView.problems`.
 
@@ -35,10 +38,11 @@ output is read from files: ``<root>/ip/<what>.json`` for the harness's own names
 ``ip/nsfs/<inode>/`` for one entered through a file,
 ``ip/netns.json``, ``ss.txt``, ``mpls.json`` (``ip -f mpls route``, read when
 ``proc/sys/net/mpls/platform_labels`` exists) and ``packet.txt`` (``/proc/net/packet``; and
-``ptype.txt``, ``ip_mr_vif.txt``, ``ip6_mr_vif.txt``, read when the harness's own
-``proc/net`` has that file) likewise; ``tc-qdisc-<port>.json``, ``tc-filter-<port>-<hook>.json``,
-``tc-mirred.json``, ``bpftool-net.json`` and ``nft-chains.json``/``nft-flowtables.json`` are
-read only when their module (or, for tcx, a 6.6+ ``osrelease``) says there can be something.
+``ptype.txt``, ``ip_mr_vif.txt``, ``ip6_mr_vif.txt``, ``igmp.txt``, ``igmp6.txt``, read
+when the harness's own ``proc/net`` has that file) likewise; ``tc-qdisc-<port>.json``,
+``tc-filter-<port>-<hook>.json``, ``tc-mirred.json``, ``bpftool-net.json`` and
+``nft-ruleset.json`` (and ``nft-chains.txt``/``nft-flowtables.txt``) are read only when
+their module (or, for tcx, a 6.6+ ``osrelease``) says there can be something.
 
     >>> view = NetView.read(Sysfs("/"))                 # doctest: +SKIP
     >>> view.use_of(Netdev(OWN, "enp5s0f0"))
@@ -50,6 +54,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import ipaddress
 import json
 import os
 import re
@@ -121,7 +126,9 @@ class Namespace:
         #: peer, the line), what a port's own address is matched against.
         self.local: dict[str, list[tuple[str, str, str, str]]] = {}
         #: What the kernel keeps on an interface with no socket (a multicast VIF, a protocol
-        #: handler bound to it), by interface: :func:`_read_kernel_users`.
+        #: handler bound to it, a group joined on it; tc and nftables hooks), by interface:
+        #: :func:`_read_kernel_users`, :func:`_read_multicast`, :func:`_read_tc`,
+        #: :func:`_read_nft`.
         self.kernel_users: dict[str, list[str]] = {}
         #: A tc mirred action's index -> the port and hook whose filter holds it, as far as
         #: the filters read show (:func:`_tc_filters`): what a mirror's target is told it
@@ -194,7 +201,8 @@ class NetView:
         # Up at all is in use: an address-less port that is up carries what no address, route
         # or socket shows (FCoE, AoE, a tc or nftables hook of a kind not read, an uplink
         # whose cable is out right now); the operator sets a spare port down to offer it.
-        # (tc qdiscs, tcx programs, mirred targets, nftables chains: ``ns.kernel_users``.)
+        # (tc qdiscs, tcx programs, mirred targets, nftables chains and dup/fwd targets,
+        # multicast groups: ``ns.kernel_users``.)
         if "UP" in link.get("flags", []):
             addresses = ns.addresses.get(dev.name)
             uses.append(f"{dev} is up " + (f"with the address {', '.join(addresses)}"
@@ -1015,6 +1023,7 @@ def _read_namespace(fs: Sysfs, ns: Namespace) -> Namespace:
         return ns
     _read_sockets(fs, ns, where)
     _read_kernel_users(fs, ns, where)
+    _read_multicast(fs, ns, where)
     _read_tc(fs, ns, where)
     _read_nft(fs, ns, where)
     return ns
@@ -1185,6 +1194,63 @@ def _read_kernel_users(fs: Sysfs, ns: Namespace, where: str) -> None:
             else:
                 use = f"has the protocol handler {' '.join(f[2:])} (type {f[0]}) bound to it"
             ns.kernel_users.setdefault(f[column], []).append(use)
+
+
+#: The groups the kernel joins on an interface by itself, no socket asking: all-hosts, the
+#: IPv6 all-nodes, and all-routers (forwarding on); solicited-node ones go by their prefix.
+_KERNEL_GROUPS = {"224.0.0.1", "ff01::1", "ff02::1", "ff01::2", "ff02::2", "ff05::2"}
+_SOLICITED_NODE = ipaddress.ip_network("ff02::1:ff00:0/104")
+
+
+def _read_multicast(fs: Sysfs, ns: Namespace, where: str) -> None:
+    """A multicast group joined on an interface (``IP_ADD_MEMBERSHIP``/``IPV6_JOIN_GROUP`` by
+    its index, from a socket on the wildcard or the group: ``ss`` shows no ``%ifname`` and
+    none of the port's addresses) is a use: the kernel keeps the membership through a down
+    and rejoins at the up, but frees it when the port is unregistered (the unbind), and the
+    port given back has a new ifindex, so the receiver (an ST 2110 red or blue leg, a
+    market-data A or B feed) gets nothing for good. Read from /proc/net/igmp and igmp6 in
+    every namespace; a group the kernel joins by itself (:data:`_KERNEL_GROUPS`) is none.
+    A kernel without the file has no multicast; one that cannot be read is a problem."""
+    for name, groups in (("igmp", _igmp_groups), ("igmp6", _igmp6_groups)):
+        try:
+            text = _proc_net_file(fs, ns, name)
+            found = groups(text or "")
+        except (OSError, ValueError, IndexError) as e:
+            ns.problems.append(f"/proc/net/{name}{where} cannot be read: {e}: a multicast "
+                               "group joined on a port is lost at the unbind")
+            return
+        for ifname, group in found:
+            if group not in _KERNEL_GROUPS and ipaddress.ip_address(group) not in \
+                    _SOLICITED_NODE:
+                ns.kernel_users.setdefault(ifname, []).append(
+                    f"has the multicast group {group} joined on it (/proc/net/{name}), "
+                    "which the unbind leaves and nothing joins again")
+
+
+def _igmp_groups(text: str) -> list[tuple[str, str]]:
+    """(interface, group) of each line of /proc/net/igmp: a device line (``4\tenp5s0f1  :
+    1 V3``; a name of 10 characters or more runs into its colon) and an indented line for
+    each of its groups, the address as the kernel holds it (network order) printed as a host
+    integer (``010101EF`` is 239.1.1.1 on a little-endian host). Raises ValueError."""
+    found, ifname = [], None
+    for line in text.splitlines()[1:]:
+        if not line.strip():
+            continue
+        if not line[0].isspace():
+            ifname = line.split(None, 1)[1].partition(":")[0].strip()
+        elif ifname is None:
+            raise ValueError(f"a group with no device: {line.strip()!r}")
+        else:
+            raw = struct.pack("=I", int(line.split()[0], 16))
+            found.append((ifname, str(ipaddress.IPv4Address(raw))))
+    return found
+
+
+def _igmp6_groups(text: str) -> list[tuple[str, str]]:
+    """(interface, group) of each line of /proc/net/igmp6 (``4 enp5s0f1 ff15000...01 1
+    00000004 0``: the group in 32 hex digits). Raises ValueError."""
+    return [(f[1], str(ipaddress.IPv6Address(bytes.fromhex(f[2]))))
+            for f in (line.split() for line in text.splitlines()) if f]
 
 
 # -- what tc and nftables keep on a port --------------------------------------------------------
@@ -1398,37 +1464,133 @@ def _read_mirred(fs: Sysfs, ns: Namespace, where: str) -> bool:
     return True
 
 
-#: What ``nft -j list`` is asked for, and the key of each object it prints.
-_NFT = (("chains", "chain"), ("flowtables", "flowtable"))
+#: ``nft -j list ruleset``: every chain, flowtable and rule of every table, in one command;
+#: terse (``-t``, nft 0.9.1 and later): no set's elements (a blocklist's million addresses).
+_NFT_RULESET = ["nft", "-j", "-t", "list", "ruleset"]
+#: In ``nft list chains|flowtables``' text, a hook's devices: ``device "X"``, ``devices = {
+#: X, Y }`` (names quoted or not, as nft's version prints them).
+_NFT_DEVICES = re.compile(r'\bdevice "([^"]*)"|\bdevices = \{([^}]*)\}')
 
 
 def _read_nft(fs: Sysfs, ns: Namespace, where: str) -> None:
-    """A netdev-family base chain (or an ``inet`` ingress one) or a flowtable whose ``dev``
-    names a port is a use: when the port is unregistered (the unbind), the kernel drops it
-    from the hook, and releases a chain of that one device with its rules (every kernel
-    before 6.16): the ruleset the host loaded is gone when the port is back. Read where
-    ``nf_tables`` is there (else there is no ruleset); ``nft`` missing or failing is a
-    problem of ``ns``."""
+    """What nftables keeps on a port, each lost at the unbind: a netdev-family base chain (or
+    an ``inet`` ingress one) or a flowtable hooked on it (when the port is unregistered the
+    kernel drops it from the hook, and releases a chain of that one device with its rules,
+    every kernel before 6.16), and a rule that sends to it, ``dup to``/``fwd to`` the port
+    from a chain on another (the nftables wiki's SPAN: nft resolved the name to the port's
+    ifindex at load, and the port given back has a new one, so the rule sends nowhere).
+    Read from ``nft -j -t list ruleset`` (:func:`_nft_hooks` for the devices the JSON does not
+    name) where ``nf_tables`` is there (else there is no ruleset); ``nft`` missing or
+    failing, or a device that cannot be told, is a problem of ``ns``."""
     if not _loaded(fs, "nf_tables"):
         return
-    for what, key in _NFT:
-        try:
-            text = _run(fs, ns.enter + ["nft", "-j", "list", what], ns.fake / f"nft-{what}.json",
-                        ns.fds, **_by(ns))
-            items = [i[key] for i in json.loads(text or "{}").get("nftables", [])
-                     if isinstance(i, dict) and isinstance(i.get(key), dict)]
-        except (OSError, ValueError, AttributeError) as e:
-            ns.problems.append(f"the nftables {what}{where} cannot be listed (`nft -j list "
-                               f"{what}`: {e}): a netdev chain on a port is released at the "
-                               "unbind; install nftables (its `nft`)")
-            return
-        for item in items:
-            devs = item.get("dev", [])
-            for dev in devs if isinstance(devs, list) else [devs] if devs else []:
-                ns.kernel_users.setdefault(str(dev), []).append(
-                    f"has the nftables {key} {item.get('family', '?')} {item.get('table', '?')} "
-                    f"{item.get('name', '?')} hooked on it ({item.get('hook', '?')}), released "
-                    "at the unbind")
+    try:
+        text = _run(fs, ns.enter + _NFT_RULESET, ns.fake / "nft-ruleset.json", ns.fds,
+                    **_by(ns))
+        items = [(k, v) for i in json.loads(text or "{}").get("nftables", [])
+                 if isinstance(i, dict) for k, v in i.items() if isinstance(v, dict)]
+        hooked = _nft_hooks(fs, ns, items)
+        sent = [s for k, rule in items if k == "rule" for s in _nft_sends(rule)]
+    except (OSError, ValueError, AttributeError, TypeError) as e:
+        ns.problems.append(f"the nftables ruleset{where} cannot be read "
+                           f"(`{' '.join(_NFT_RULESET)}`: {e}): a netdev chain on a port is "
+                           "released at the unbind, and a dup or fwd to it sends nowhere "
+                           "after it; install nftables (its `nft`, 0.9.1 or later)")
+        return
+    chains = {}
+    for key, item, devs in hooked:
+        chains[item.get("family"), item.get("table"), item.get("name")] = devs
+        for dev in devs:
+            ns.kernel_users.setdefault(dev, []).append(
+                f"has the nftables {key} {item.get('family', '?')} {item.get('table', '?')} "
+                f"{item.get('name', '?')} hooked on it ({item.get('hook', '?')}), released "
+                "at the unbind")
+    for dev, verb, (family, table, chain) in sent:
+        on = chains.get((family, table, chain))
+        ns.kernel_users.setdefault(dev, []).append(
+            f"is sent to by the nftables rule `{verb} to` it in chain {family} {table} {chain}"
+            + (f" (on {', '.join(on)})" if on else "") + ", which holds its ifindex: after "
+            f"the unbind the {verb} goes nowhere, for good")
+
+
+def _nft_on_devices(key: str, item: dict) -> bool:
+    """Whether a chain or flowtable of ``nft -j`` hooks devices: a flowtable, a netdev-family
+    base chain, an ``inet`` ingress or egress one."""
+    return key == "flowtable" or key == "chain" and "hook" in item and (
+        item.get("family") == "netdev" or
+        item.get("family") == "inet" and item.get("hook") in ("ingress", "egress"))
+
+
+def _nft_hooks(fs: Sysfs, ns: Namespace, items: list) -> list[tuple[str, dict, list[str]]]:
+    """(chain or flowtable, its JSON, its devices) of each that hooks devices. Its devices are
+    its ``dev``; where that is missing they are read from ``nft list chains`` (or
+    ``flowtables``), as text: nft 0.9.3 to at least 1.0.6 (Debian 12's, RHEL 8's and 9's,
+    Ubuntu 20.04's and 22.04's) print no ``dev`` for a chain listed from the kernel
+    (``chain_print_json`` reads the parser's ``dev_expr``, the text printer the kernel's
+    ``dev_array``). One the text does not show either cannot be told: ValueError."""
+    hooked, texts = [], {}
+    for key, item in items:
+        if key not in ("chain", "flowtable") or not _nft_on_devices(key, item):
+            continue
+        devs = item.get("dev")
+        if not devs:
+            if key not in texts:
+                texts[key] = _nft_text_devices(_run(
+                    fs, ns.enter + ["nft", "list", f"{key}s"], ns.fake / f"nft-{key}s.txt",
+                    ns.fds, **_by(ns)))
+            named = (key, item.get("family"), item.get("table"), item.get("name"))
+            if named not in texts[key]:
+                raise ValueError(f"`nft -j` names no device of the {' '.join(map(str, named))} "
+                                 f"and `nft list {key}s` shows none for it")
+            devs = texts[key][named]
+        hooked.append((key, item, [str(d) for d in (devs if isinstance(devs, list) else
+                                                    [devs])]))
+    return hooked
+
+
+def _nft_text_devices(text: str) -> dict[tuple, list[str]]:
+    """(``chain`` or ``flowtable``, family, table, name) -> its devices, from ``nft list
+    chains|flowtables``: ``table netdev filter {``, ``chain ingress {``, then its declaration
+    (a chain's ``type filter hook ingress device "X" priority ...``, a flowtable's ``hook
+    ingress ...`` and ``devices = { X, Y };``). Only one whose declaration was seen is in it
+    (with no device if it names none)."""
+    found, table, current = {}, None, None
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) == 4 and words[0] == "table" and words[3] == "{":
+            table, current = (words[1], words[2].strip('"')), None
+        elif len(words) == 3 and words[0] in ("chain", "flowtable") and words[2] == "{":
+            current = (words[0], *table, words[1].strip('"')) if table else None
+        elif current and (words[:1] in (["hook"], ["devices"]) or
+                          words[:1] == ["type"] and "hook" in words):
+            devs = found.setdefault(current, [])
+            for one, several in _NFT_DEVICES.findall(line):
+                devs += [one] if one else [d.strip().strip('"') for d in several.split(",")
+                                           if d.strip()]
+    return found
+
+
+def _nft_sends(rule: dict) -> list[tuple[str, str, tuple]]:
+    """(device, ``dup`` or ``fwd``, (family, table, chain)) of each statement of an ``nft -j``
+    rule that sends packets to a device: ``fwd to "X"`` (``{"fwd": {"dev": "X"}}``), ``dup to
+    ADDR device "X"`` (``dev``), and in the netdev family ``dup to "X"``, which nft 1.0.6
+    prints as ``{"dup": {"addr": "X"}}``. A device an expression picks (a map) cannot be
+    told: ValueError."""
+    where = (rule.get("family"), rule.get("table"), rule.get("chain"))
+    sends = []
+    for stmt in rule.get("expr") or []:
+        for verb in ("dup", "fwd"):
+            args = stmt.get(verb) if isinstance(stmt, dict) else None
+            if not isinstance(args, dict):
+                continue
+            dev = args.get("dev", args.get("addr") if where[0] == "netdev" else None)
+            if dev is not None and not isinstance(dev, str):
+                raise ValueError(f"a `{verb}` in chain {' '.join(map(str, where))} sends to a "
+                                 f"device an expression picks ({json.dumps(dev)[:80]}): which "
+                                 "port cannot be told")
+            if dev is not None:
+                sends.append((dev, verb, where))
+    return sends
 
 
 def _proc_net_file(fs: Sysfs, ns: Namespace, name: str) -> str | None:

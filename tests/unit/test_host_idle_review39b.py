@@ -344,29 +344,24 @@ def _restore(lab, journal):
         return e
 
 
-def test_4a_restore_leaves_alone_another_card_now_at_the_journaled_address(lab, fake_root):
-    """The run had the ConnectX-5 at 08:00.0 (mlx5_core) on vfio-pci when the host went
-    down; the card was taken out (mlx5_core not loaded now) and a GPU put in its slot,
-    reserved for a Windows VM with driverctl. The first `restore` after the boot."""
-    journal = _rebooted(lab, fake_root, GPU, "15b3:1017", "mlx5_core",
+@pytest.mark.parametrize("bdf, now, klass, driver", [
+    # 4a: the run had the ConnectX-5 at 08:00.0 (mlx5_core) on vfio-pci when the host went
+    # down; the card was taken out (mlx5_core not loaded now) and a GPU put in its slot,
+    # reserved for a Windows VM with driverctl
+    (GPU, "10de:1eb8", 0x030000, "nouveau"),
+    # 4b: the same ConnectX-5, the run's move to vfio-pci gone with the crash; the operator
+    # pinned it to vfio-pci for a VM before the host came back (driverctl)
+    (CX5, "15b3:1017", 0x020000, "mlx5_core")], ids=["4a-another-card", "4b-reserved"])
+def test_4_restore_leaves_alone_what_the_new_boot_has_at_the_journaled_address(
+        lab, fake_root, bdf, now, klass, driver):
+    """The first `restore` after the boot writes nothing to the card now there."""
+    journal = _rebooted(lab, fake_root, bdf, "15b3:1017", "mlx5_core",
                         time_="2026-12-07T01:40:11+00:00")
-    _reserved_for_a_vm(lab, "10de:1eb8", 0x030000, "nouveau")
+    _reserved_for_a_vm(lab, now, klass, driver)
     before = len(lab.writes)
     _restore(lab, journal)
-    assert (lab.driver_of(GPU), lab.override_of(GPU)) == ("vfio-pci", "vfio-pci"), \
-        (lab.driver_of(GPU), lab.override_of(GPU), lab.writes[before:])
-
-
-def test_4b_restore_leaves_alone_a_card_the_new_boot_reserved_for_a_vm(lab, fake_root):
-    """The same ConnectX-5, the run's move to vfio-pci gone with the crash; the operator
-    pinned it to vfio-pci for a VM before the host came back (driverctl)."""
-    journal = _rebooted(lab, fake_root, CX5, "15b3:1017", "mlx5_core",
-                        time_="2026-12-07T01:40:11+00:00")
-    _reserved_for_a_vm(lab, "15b3:1017", 0x020000, "mlx5_core")
-    before = len(lab.writes)
-    _restore(lab, journal)
-    assert (lab.driver_of(CX5), lab.override_of(CX5)) == ("vfio-pci", "vfio-pci"), \
-        (lab.driver_of(CX5), lab.override_of(CX5), lab.writes[before:])
+    assert (lab.driver_of(bdf), lab.override_of(bdf)) == ("vfio-pci", "vfio-pci"), \
+        (lab.driver_of(bdf), lab.override_of(bdf), lab.writes[before:])
 
 
 def test_control_4_an_entry_of_this_boot_is_given_back(lab, fake_root):
@@ -390,24 +385,39 @@ def test_control_4_an_entry_of_this_boot_is_given_back(lab, fake_root):
 
 def _with_nft(lab, monkeypatch, items: list) -> None:
     """``nft -j list ...`` prints ``items`` (chains, flowtables, each listed under its own
-    ``list chains``/``list flowtables`` too); anything else as the fakes have it. ``nf_tables``
-    is loaded (a host with a ruleset has it; the harness asks only there)."""
+    ``list chains``/``list flowtables`` too) as nft 1.0.6 does, the version it names: a
+    chain with no ``dev`` (read 40b, 2: nft 0.9.3 to 1.0.6 print none for a chain listed from
+    the kernel), whose devices ``nft list chains`` prints as text (``device "X"``, ``devices
+    = { X, Y }``); anything else as the fakes have it. ``nf_tables`` is loaded (a host with a
+    ruleset has it; the harness asks only there)."""
     (lab.sys / "module/nf_tables").mkdir(exist_ok=True)
     real = network._run
 
     def run(fs, argv, fake, *a, **k):
         words = [str(w) for w in argv]
-        if "nft" in {w.rsplit("/", 1)[-1] for w in words}:
-            kinds = {"chains": "chain", "flowtables": "flowtable"}
-            wanted = [kinds[w] for w in words if w in kinds]
-            shown = [i for i in items if not wanted or next(iter(i)) in wanted]
-            return json.dumps({"nftables": [{"metainfo": {"version": "1.0.6",
-                                                          "json_schema_version": 1}},
-                                            {"table": {"family": "netdev", "name": "filter",
-                                                       "handle": 1}}, *shown]})
-        return real(fs, argv, fake, *a, **k)
+        if "nft" not in {w.rsplit("/", 1)[-1] for w in words}:
+            return real(fs, argv, fake, *a, **k)
+        if "-j" not in words:
+            return "".join(_chain_text(i["chain"]) for i in items if "chain" in i)
+        kinds = {"chains": "chain", "flowtables": "flowtable"}
+        wanted = [kinds[w] for w in words if w in kinds]
+        shown = [{k: {f: v for f, v in o.items() if k != "chain" or f != "dev"}}
+                 for i in items for k, o in i.items() if not wanted or k in wanted]
+        return json.dumps({"nftables": [{"metainfo": {"version": "1.0.6",
+                                                      "json_schema_version": 1}},
+                                        {"table": {"family": "netdev", "name": "filter",
+                                                   "handle": 1}}, *shown]})
 
     monkeypatch.setattr(network, "_run", run)
+
+
+def _chain_text(chain: dict) -> str:
+    """A chain as ``nft list chains`` (1.0.6) prints it."""
+    devs = chain["dev"] if isinstance(chain["dev"], list) else [chain["dev"]]
+    on = f'device "{devs[0]}"' if len(devs) == 1 else f"devices = {{ {', '.join(devs)} }}"
+    return (f"table {chain['family']} {chain['table']} {{\n\tchain {chain['name']} {{\n"
+            f"\t\ttype {chain['type']} hook {chain['hook']} {on} priority filter; policy "
+            "accept;\n\t}\n}\n")
 
 
 def _chain(dev) -> dict:
