@@ -38,7 +38,7 @@ from harness.core.paths import UnsafePathError, open_nofollow, private_dir, writ
 from harness.host.network import NetView, namespace_problem
 from harness.host.safety import (GroupPlan, HostUsage, _driver_module, disks_below,
                                  network_uses, node_holders, nodes_below, plan_group,
-                                 vfs_removed)
+                                 uses_below, vfs_removed)
 from harness.host.storage import OpenFiles, StorageView
 from harness.host import sriov
 from harness.host.sysfs import SYSFS_BDF, PciDevice, Sysfs, UsbDevice, parse_bdf, short_bdf
@@ -1413,9 +1413,9 @@ class VfioBinder:
 def _disks_claimed(fs: Sysfs, plan: GroupPlan, keep: str | None = None,
                    refusing: str = "refusing to take", before: str = "the move",
                    nic_ports: "dict[str, int] | None" = None):
-    """:func:`disks_claimed` of every disk below what moves (but ``keep``, libvirt's), the
-    device nodes below it and its network interfaces read again with them (``nic_ports``:
-    the inventory's, as the proof had them)."""
+    """:func:`disks_claimed` of every disk below what moves (but ``keep``, libvirt's), what
+    the proof judged from the open files and the tree below it, and its network interfaces,
+    read again with them (``nic_ports``: the inventory's, as the proof had them)."""
     moving = [dev for dev in plan.to_move if dev.bdf != keep]
     return disks_claimed(fs, [(f"{refusing} {dev.bdf}", name) for dev in moving
                               for name in disks_below(fs, dev.path)], before,
@@ -1431,8 +1431,9 @@ def disks_claimed(fs: Sysfs, disks: "list[tuple[str, str]]", before: str = "the 
     swapon in between fails (EBUSY) rather than lose its disk under it (the proof's own
     exclusive open is let go at once). A disk that cannot be claimed now was taken since the
     proof: refused. Once claimed, the open files are read again (:func:`_opened_since`: the
-    disks' users and those of every device node of the devices that leave; ``below``: the
-    refusal's start, the device's sysfs path), then their network interfaces
+    disks' users, and everything else the proof judged from the open files and the tree below
+    the devices that leave: their nodes, tool nodes, BARs, GPIO lines, drivers below;
+    ``below``: the refusal's start, the device's sysfs path), then their network interfaces
     (:func:`_network_since`; ``nic_ports``: the inventory's ports of each NIC, as the proof had
     them), then the open files once more: neither read can be claimed, and each takes seconds
     any user can stretch, so each is followed by the other, and the last is the open files
@@ -1467,13 +1468,26 @@ def disks_claimed(fs: Sysfs, disks: "list[tuple[str, str]]", before: str = "the 
 
 def _opened_since(fs: Sysfs, disks: "list[tuple[str, str]]", below: "list[tuple[str, str]]",
                   before: str, held: "set[str]") -> None:
-    """Refuses what was opened since the last read: a claimed disk's users
-    (:func:`_used_since`), then a device node's openers (:func:`_nodes_opened_since`). One
-    read of the host's storage and open files, with the claim held (``held``), serves both:
-    each walks every process's fds."""
-    view = StorageView.read(fs, frozenset(held)) if disks else None
+    """Refuses what was opened or taken since the last read: a claimed disk's users
+    (:func:`_used_since`), then whatever else the proof judged from the open files and the
+    tree below the devices that leave (:func:`_held_since`). One read of the host's storage
+    and open files, with the claim held (``held``), serves both: each walks every process's
+    fds."""
+    view = _claimed_view(fs, disks, held) if disks or below else None
     _used_since(view, disks, before)
-    _nodes_opened_since(fs, below, before, view)
+    _held_since(fs, below, before, view)
+
+
+def _claimed_view(fs: Sysfs, disks: "list[tuple[str, str]]", held: "set[str]") -> StorageView:
+    """The host's storage and open files read with the claim held (``held``): in full where
+    there are disks to judge; with none, every process's open files and what the kernel
+    holds (exports, consoles, p2pmem), no mount table: the proof's rules for nodes, tool
+    nodes, BARs and GPIO lines need no more, and the mounts' sources would take their own
+    seconds for nothing."""
+    if disks:
+        return StorageView.read(fs, frozenset(held))
+    problems: list[str] = []
+    return StorageView(fs, OpenFiles.read(fs, problems), [], problems, held=frozenset(held))
 
 
 def _network_since(fs: Sysfs, below: "list[tuple[str, str]]", before: str,
@@ -1502,34 +1516,25 @@ def _network_since(fs: Sysfs, below: "list[tuple[str, str]]", before: str,
                                        "says what uses it now")
 
 
-def _nodes_opened_since(fs: Sysfs, below: "list[tuple[str, str]]", before: str,
-                        view: "StorageView | None" = None) -> None:
-    """Refuses a device node below ``below``'s devices (the refusal's start, the sysfs path)
-    that someone has open now, by path or by number: no claim keeps a node from being opened,
-    and the proof read them seconds before (its network read last, which any user can
-    stretch): a disk's SCSI generic node (/dev/sg1, which a libvirt ``<hostdev type='scsi'>``
-    guest's QEMU opens), an NVMe controller's /dev/nvme0 or /dev/ng0n1, a USB serial port's
-    tty (``ser2net``). Open files that cannot be read count as a holder (fail closed).
-    ``view``: the storage :func:`_used_since` read a moment before, its open files with it
-    (read here when no disk was claimed)."""
-    nodes = [(refusing, node, majmin) for refusing, path in below
-             for node, majmin in nodes_below(fs, path)]
-    if not nodes:
-        return
-    problems: list[str] = list(view.problems) if view else []
-    if view is not None:
-        opened = view.opened
-    else:
-        opened = OpenFiles.read(fs, problems)
-    for refusing, node, majmin in nodes:
-        name, users = node_holders(fs, opened, node, majmin)
-        uses = [f"/dev/{name} is open by pid {pid} ({comm})" for pid, comm in users] + [
-            f"cannot tell whether /dev/{name} is open: {p}" for p in dict.fromkeys(problems)]
+def _held_since(fs: Sysfs, below: "list[tuple[str, str]]", before: str,
+                view: "StorageView | None") -> None:
+    """Refuses a device of ``below`` (the refusal's start, the sysfs path) that the proof's
+    rules for the open files and the tree below it (:func:`harness.host.safety.uses_below`,
+    the proof's own code) find in use on ``view``, the storage and open files read with the
+    claim held: no claim keeps a node from being opened, and the proof read them seconds
+    before (its network read last, which any user can stretch). A node below it opened since
+    (a disk's /dev/sg1, which a libvirt ``<hostdev type='scsi'>`` guest's QEMU opens; an NVMe
+    controller's /dev/nvme0 or /dev/ng0n1; a USB serial port's tty: ``ser2net``), and as much
+    a flash tool on its driver's node below no device (``sas3flash`` on /dev/mpt3ctl,
+    ``nvmupdate64e`` on /dev/iqvlinux, /dev/mem), a GPIO line of a chip below it requested, a
+    USB device below it put on usbip-host. What cannot be read counts (fail closed)."""
+    for refusing, path in below:
+        uses = uses_below(fs, view, path)
         if uses:
-            raise HostDeviceError(f"{refusing}: right before {before}, "
-                                  + "; ".join(dict.fromkeys(uses)),
-                                  hint="run again once that use has ended; `python -m harness "
-                                       "plan` says what uses it now")
+            raise HostDeviceError(f"{refusing}: right before {before}, " + "; ".join(uses),
+                                  hint="run again once that use has ended (a flash tool done, "
+                                       "a GPIO line let go, `usbip unbind`); `python -m "
+                                       "harness plan` says what uses it now")
 
 
 def _used_since(view: "StorageView | None", disks: "list[tuple[str, str]]",

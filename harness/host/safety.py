@@ -186,20 +186,12 @@ class HostUsage:
                 f"{dev.bdf} is a {dev.class_name}: the harness has no role for that class, so "
                 "no rule that could prove it idle"]
         self._driver(dev, role, held_groups, uses, evidence)
-        tree = _Subtree(self.fs, dev.path)
-        tree.char_nodes = device_nodes(self.fs, dev.path, tree)
+        tree = _judged_tree(self.fs, dev.path)
         self._network(dev, role, tree, uses, evidence)
         for vf in vfs_of(self.fs, dev.bdf):
             self._vf(vf, uses, evidence)
         self._storage(dev, tree, uses, evidence)
-        self._nodes(dev.bdf, dev.path, tree, uses, evidence)
-        self._bars(dev, uses)
-        uses += _tool_node_uses(self.fs, self.storage.opened, dev) + \
-            _raw_access_uses(self.fs, self.storage.opened, dev.bdf)
-        if role == "usb-controller":
-            uses += _usb_debug_uses(self.fs, self.storage, dev) + \
-                _usbmon_uses(self.fs, self.storage.opened, dev.bdf, tree)
-        uses += _modules_through_driver(self.fs, dev)
+        _held(self, dev, role, tree, uses, evidence)
         return _verdict(dev.bdf, uses, evidence)
 
     def _driver(self, dev: PciDevice, role, held_groups, uses: list, evidence: list) -> None:
@@ -260,7 +252,7 @@ class HostUsage:
         it holds no host filesystem (``no_host_filesystems``)."""
         uses: list[str] = []
         evidence: list[str] = []
-        tree = _Subtree(self.fs, usb.path)
+        tree = _judged_tree(self.fs, usb.path)
         self._interfaces(usb.name, self.net.netdevs_of(usb.path, tree.netdevs), False, uses,
                          evidence)
         self._storage(None, tree, uses, evidence, usb.name, cleared)
@@ -447,6 +439,27 @@ class HostUsage:
             out.append(f"{dev.bdf} backs the framebuffer {fb.name}, which the console "
                        "(fbcon) draws on")
         return out
+
+
+def _held(usage: "HostUsage", dev: PciDevice, role, tree: "_Subtree", uses: list,
+          evidence: list) -> None:
+    """What the open files and the tree below it say of it, disks and network aside: its
+    device nodes, GPIO lines and the drivers of what sits below it (:meth:`HostUsage._nodes`),
+    its BARs and config space, by path or through /dev/mem (:meth:`HostUsage._bars`), the
+    nodes below no device its tools reach it through (:func:`_tool_node_uses`,
+    :func:`_raw_access_uses`), its USB buses' captures and debug port, the modules that work
+    through its driver. One piece for the proof (:meth:`HostUsage.verdict`) and for the open
+    files read again last under the claim (:func:`uses_below`), so that a use the one judges
+    is never one the other leaves out (a flash tool started while the proof read the
+    network)."""
+    fs, opened = usage.fs, usage.storage.opened
+    usage._nodes(dev.bdf, dev.path, tree, uses, evidence)
+    usage._bars(dev, uses)
+    uses += _tool_node_uses(fs, opened, dev) + _raw_access_uses(fs, opened, dev.bdf)
+    if role == "usb-controller":
+        uses += _usb_debug_uses(fs, usage.storage, dev) + \
+            _usbmon_uses(fs, opened, dev.bdf, tree)
+    uses += _modules_through_driver(fs, dev)
 
 
 def _representor(usage: "HostUsage", vf: PciDevice, pf: str, uses: list, evidence: list) -> None:
@@ -826,6 +839,31 @@ def network_uses(fs: Sysfs, net: NetView, path: str,
     return list(dict.fromkeys(uses))
 
 
+def uses_below(fs: Sysfs, storage: StorageView, path: str) -> list[str]:
+    """The proof's rules that the open files and the tree below a device judge, on ``storage``
+    and the tree read now, for the device at sysfs ``path``: a PCI function's
+    (:func:`_held`: its nodes, GPIO lines and drivers below, its BARs and /dev/mem,
+    its driver's and its vendor's tool nodes, the raw-access nodes), a USB device's (its
+    nodes, GPIO lines and drivers below, as :meth:`HostUsage.usb_verdict`); what could not be
+    read (``storage.problems``) counts, as in the proof. Why it is not idle (empty: it is, by
+    those rules). For the open files read again under the claim
+    (:func:`harness.host.binding.disks_claimed`), so that a flash tool, a GPIO line request or
+    a usbip export started while the last reads took their seconds is refused as the proof
+    refuses it. Its disks (claimed, their users read again on their own) and its interfaces
+    (:func:`network_uses`) are not judged here; ``storage.held`` keeps the claim from
+    counting."""
+    usage = HostUsage(fs, None, storage)  # (no network: judged on its own, network_uses)
+    name = Path(path).name
+    uses = [f"cannot tell whether {name} is in use: {p}" for p in storage.problems]
+    tree = _judged_tree(fs, path)
+    if SYSFS_BDF.fullmatch(name) and fs.pci_exists(name):
+        dev = fs.pci_device(name)
+        _held(usage, dev, role_of(dev), tree, uses, [])
+    else:
+        usage._nodes(name, path, tree, uses, [])
+    return list(dict.fromkeys(uses))
+
+
 def disks_below(fs: Sysfs, path: str) -> list[str]:
     """The block devices below a device's sysfs directory, by their /dev names (``sdb``,
     ``nvme0n1``; an NVMe controller's multipath heads and its subsystem's other controllers'
@@ -863,6 +901,15 @@ def device_nodes(fs: Sysfs, path: str, tree: "_Subtree | None" = None
     if read."""
     tree = tree if tree is not None else _Subtree(fs, path)
     return tree.char_nodes + _nvme_char_heads(fs, path) + _clock_pps(fs, tree)
+
+
+def _judged_tree(fs: Sysfs, path: str) -> "_Subtree":
+    """The :class:`_Subtree` of a device with the device nodes its use shows in
+    (:func:`device_nodes`): what the proof and the read again under the claim
+    (:func:`uses_below`) both judge."""
+    tree = _Subtree(fs, path)
+    tree.char_nodes = device_nodes(fs, path, tree)
+    return tree
 
 
 class _Subtree:

@@ -108,12 +108,14 @@ def handed(binder: VfioBinder, entry, form: str) -> Iterator[UsbDevice]:
         # Its disks claimed from the proof until QEMU has opened the device (usb-storage lets
         # go of them then), and their users read again once claimed: the proof read the
         # storage seconds before its network read, and a mount in between (udisks' automount,
-        # a backup job) would lose its disk under it. Its network interfaces are read again
-        # after those re-reads, last (a USB NIC that NetworkManager brings up meanwhile).
+        # a backup job) would lose its disk under it. The open files are read again before
+        # and after its network interfaces (a USB NIC that NetworkManager brings up
+        # meanwhile), and judged as the proof judges them: its nodes, a GPIO line requested
+        # of its chip (a relay's), a driver that took it (usbip-host).
         # Journaled before QEMU opens it: QEMU detaches its interfaces' drivers, and only a
         # clean close binds them back (a QEMU that aborts or is killed leaves them on none).
         with binder.usb.handed(usb), \
                 disks_claimed(binder.fs, [(refusing, name) for name in
                                           disks_below(binder.fs, usb.path)], "QEMU opens it",
-                              [(refusing, usb.path)]):  # (its nodes too: a tty, a hidraw)
+                              [(refusing, usb.path)]):  # (its nodes, GPIO lines, drivers)
             yield usb

@@ -574,12 +574,14 @@ def _exclusive(node: str) -> "int | None":
 
 def test_the_disks_below_what_moves_stay_claimed_through_the_move(claimed_plan, monkeypatch):
     """A mount (or swapon) between the proof and the unbind fails rather than lose its disk;
-    after the move the claim is let go. (The users read again once claimed: stubbed here, as
-    the host this runs on may have processes it cannot read; the next test reads them.)"""
+    after the move the claim is let go. (The users read again once claimed, and what else the
+    proof judged from the open files: stubbed here, as the host this runs on may have
+    processes it cannot read; the next test reads the users.)"""
     loop, plan = claimed_plan
     read_again: list = []
     monkeypatch.setattr(binding, "_used_since", lambda view, disks, before:
                         read_again.append(view.held))
+    monkeypatch.setattr(binding, "_held_since", lambda fs, below, before, view: None)
     with _disks_claimed(Sysfs("/"), plan):
         assert _exclusive(loop) is None  # (what a mount's claim meets: busy)
         # (read with the claim held, before the network's read again and after it)
