@@ -21,12 +21,22 @@ hand-over), on main at 5d76b2e. What it found, one section below:
    ``resource0``), ``pcimem``/``devmem2`` on its BAR, or a user-space driver maps it, while a
    run binds port 0. (The target's own re-read does not name it: its BARs are other files; an
    open /dev/mem would be seen through the target's ``_devmem``, a /dev/mem mapping with its
-   fd closed would not.) Safe: the re-reads under the claim judge every member the proof
-   judged (what moves and what is kept: ``plan.members`` but the bridges), by the same rules.
+   fd closed would not.) The same gap for a member already on vfio-pci (neither moved nor
+   kept): the proof's :meth:`HostUsage._driver` refuses it while its group node
+   /dev/vfio/GROUP or a vfio device fd of it is open, and nothing reads that again; and
+   :func:`safety.uses_below` has no ``_driver`` rule at all. Shape: port 1 put on vfio-pci
+   for DPDK (``dpdk-devbind.py -b vfio-pci``) and listed as port 0's companion;
+   ``dpdk-testpmd -a 05:00.1`` started while a run binds port 0: port 0 leaves ixgbe and is
+   bound to vfio-pci into a group DPDK's process owns (vfio-pci's ``driver_managed_dma``
+   lets it bind while the group is owned), the harness's QEMU cannot open the group, and the
+   release cannot give port 0 back while DPDK holds it (``_holders``): it stays off the host
+   until DPDK ends. Safe: the re-reads under the claim judge every member the proof judged
+   (what moves, what is kept, what is on vfio-pci already: ``plan.members`` but the
+   bridges), by the same rules (``_driver``'s group and device-fd rule included).
 
 The tests assert the safe behaviour and fail on 5d76b2e; the controls show the same tool
-started during the first proof refused (the rule is there), and the group taken when the kept
-member is mapped by no one. A fake sysfs/proc tree plays the host (:mod:`.fakesysfs`'s lab
+started during the first proof refused (the rule is there: for the kept member's files and for
+the vfio member's group node), and the group taken when the kept member is mapped by no one. A fake sysfs/proc tree plays the host (:mod:`.fakesysfs`'s lab
 host, 05:00.1 left on no driver); the tool's open is played at the end of a network read
 (:func:`.test_host_idle_review31a.during_the_network_read`); no guest is booted.
 """
@@ -103,3 +113,51 @@ def test_1_a_kept_member_mapped_during_the_last_reads_keeps_the_group(
         f"{PORT0} was moved to {driver} (its group with it) while mstflint (pid 6100) holds "
         f"{PORT1}'s {file}, opened during network read {on_call} of the bind "
         f"({len(calls)} in all): " + (f"refused: {refused}" if refused else "not refused"))
+
+
+# -- 1, the same gap: a member already on vfio-pci whose group is opened during the last reads --
+
+def _port1_on_vfio(lab) -> None:
+    """05:00.1 put on vfio-pci by ``dpdk-devbind.py -b vfio-pci 0000:05:00.1`` (no run of the
+    harness holds it), its group node /dev/vfio/12 open by no one yet."""
+    if not (lab.sys / "bus/pci/drivers/vfio-pci").is_dir():
+        lab.add_driver("vfio-pci")
+    lab._unbind(PORT1)
+    lab._bind(PORT1, "vfio-pci")
+
+
+def test_1_control_a_member_on_vfio_opened_during_the_first_proof_is_refused(
+        lab, journal, monkeypatch):
+    """Control: ``dpdk-testpmd`` opens /dev/vfio/12 while the *first* proof reads the network:
+    the proof under the lock sees the member's group open and refuses."""
+    _port1_on_vfio(lab)
+    opened_during_the_network_read(lab, monkeypatch, 1, "/dev/vfio/12", pid=6200,
+                                   comm="dpdk-testpmd", fd=9)
+    refused, driver = bind_outcome(lab, journal, PORT0, {PORT0, PORT1})
+    assert "6200" in refused and driver == "ixgbe", (refused, driver)
+
+
+@pytest.mark.parametrize("on_call", [2, 3], ids=["during-the-proof-under-the-lock",
+                                                 "during-the-read-under-the-claim"])
+def test_1_a_member_on_vfio_opened_during_the_last_reads_keeps_the_group(
+        lab, journal, monkeypatch, on_call):
+    """(finding 1, a member on vfio-pci) Host shape: the 82599's port 1 on vfio-pci for a
+    DPDK application (``dpdk-devbind.py``), listed as port 0's companion; ``dpdk-testpmd -a
+    05:00.1`` starts while a run binds port 0 (call 2: the proof under the lock's network read;
+    call 3: the re-read under the claim's). The proof's ``_driver`` refuses a member on
+    vfio-pci whose group node is open; the re-reads under the claim read only what moves.
+    Port 0 is unbound from ixgbe and bound to vfio-pci into a group DPDK's process owns (its
+    container, its IOMMU domain: vfio-pci binds with ``driver_managed_dma`` while the group is
+    owned); the harness's QEMU then cannot open the group, and the release cannot give port 0
+    back while DPDK holds it (``_holders``): it stays off the host until DPDK ends.
+
+    On 5d76b2e: moved. Safe: refused, naming pid 6200."""
+    _port1_on_vfio(lab)
+    calls = opened_during_the_network_read(lab, monkeypatch, on_call, "/dev/vfio/12",
+                                           pid=6200, comm="dpdk-testpmd", fd=9)
+    refused, driver = bind_outcome(lab, journal, PORT0, {PORT0, PORT1})
+    assert len(calls) >= on_call
+    assert "6200" in refused and driver == "ixgbe", (
+        f"{PORT0} was moved to {driver} while dpdk-testpmd (pid 6200) holds /dev/vfio/12, "
+        f"its group's node, opened during network read {on_call} of the bind: "
+        + (f"refused: {refused}" if refused else "not refused"))
