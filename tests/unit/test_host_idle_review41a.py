@@ -9,11 +9,14 @@ hand-over), on main at 5d76b2e. What it found, one section below:
    ``plan.to_move`` only: the group's members the proof judged and *kept* where they are (on
    no driver or ``pci-stub``, which vfio accepts: :func:`safety.plan_group`'s ``kept``) are
    not read again. The proof refuses such a member whose BARs or config space a process holds
-   or maps (:meth:`HostUsage._bars`: "a user-space driver may use it"), because vfio hands the
-   whole group to the guest's IOMMU domain and QEMU's reset of a multi-function slot is a
-   hot (bus) reset of every function of it; the same tool started while the proof under the
-   lock, or the re-read under the claim, reads the network is not seen, and the group goes to
-   vfio-pci under it. Shape: a dual-port card whose two functions share an IOMMU group (no
+   or maps (:meth:`HostUsage._bars`: "a user-space driver may use it"), because vfio attaches
+   the whole group to the guest's IOMMU domain when QEMU opens it: a user-space driver's DMA
+   from the kept member (set up with host physical addresses under ``iommu=pt``) then goes
+   through the guest's page tables (faults, or writes into guest memory), and a flash tool
+   writes the card's shared NVM while the other port is reset (FLR) and initialised by a
+   guest's driver. The same tool started while the proof under the lock, or the re-read
+   under the claim, reads the network is not seen, and the group goes to the guest under
+   it. Shape: a dual-port card whose two functions share an IOMMU group (no
    ACS on the card: Intel 82599/X710, Mellanox ConnectX-4 Lx), one port listed for the
    harness, the other left on no driver (``driverctl set-override 0000:05:00.1 none``, or
    unbound by hand) and listed as its companion; an admin runs ``mstflint -d 05:00.1 burn``
@@ -99,8 +102,8 @@ def test_1_a_kept_member_mapped_during_the_last_reads_keeps_the_group(
     Path: :meth:`VfioBinder.bind` -> ``_proven_plan`` (kept member judged, its files read
     before the network) -> ``_move_all`` -> :func:`binding._disks_claimed`: ``below`` is
     ``plan.to_move`` (05:00.0 only); ``uses_below`` judges 05:00.0's files and tree, never
-    05:00.1's. Port 0 goes to vfio-pci, the group to the guest's IOMMU domain (QEMU's hot
-    reset of the slot resets 05:00.1 under the flash write).
+    05:00.1's. Port 0 goes to vfio-pci, and on QEMU's open the group (05:00.1 with it) to the
+    guest's IOMMU domain, under the tool.
 
     On 5d76b2e: moved. Safe: refused, naming pid 6100 (as the proof refuses it a moment
     earlier: the control)."""
