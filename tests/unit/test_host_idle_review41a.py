@@ -164,3 +164,22 @@ def test_1_a_member_on_vfio_opened_during_the_last_reads_keeps_the_group(
         f"{PORT0} was moved to {driver} while dpdk-testpmd (pid 6200) holds /dev/vfio/12, "
         f"its group's node, opened during network read {on_call} of the bind: "
         + (f"refused: {refused}" if refused else "not refused"))
+
+
+def test_1_control_a_group_this_run_holds_is_judged_as_the_proof_judges_it(
+        lab, journal, monkeypatch):
+    """Control (fix 41a): the re-reads under the claim judge a member on vfio-pci with this
+    run's held groups, as the proof does (``_driver``: "on vfio-pci for this run"). This run
+    took group 12 with 05:00.1 (both ports moved) and its QEMU opened /dev/vfio/12; a second
+    lease of the same group (05:00.0, on vfio-pci already) is its own, not a use."""
+    from harness.host.binding import VfioBinder
+    binder = VfioBinder(lab.sysfs(), journal=journal)
+    try:
+        binder.bind(PORT1, {PORT0, PORT1})
+        opened_during_the_network_read(lab, monkeypatch, 1, "/dev/vfio/12", pid=6300,
+                                       comm="qemu-system-x86", fd=20)
+        lease = binder.bind(PORT0, {PORT0, PORT1})
+        assert lease.plan.group == 12 and lab.driver_of(PORT0) == "vfio-pci"
+    finally:
+        shutil.rmtree(lab.root / "proc/6300", ignore_errors=True)  # (the QEMU gone)
+        binder.close()
