@@ -1218,7 +1218,7 @@ class VfioBinder:
             # the storage seconds before its network read, and libvirt looks at none of it.
             with _disks_claimed(self.fs, plan, refusing=f"refusing to let {lease.left_to} "
                                 "take", before=f"{lease.left_to} moves it",
-                                nic_ports=self.nic_ports):
+                                nic_ports=self.nic_ports, held_groups=frozenset(self._holds)):
                 yield lease
 
     def _proven_plan(self, bdf: str, allowed, when: str) -> GroupPlan:
@@ -1323,7 +1323,8 @@ class VfioBinder:
 
     def _move_all(self, plan: GroupPlan, new: list[dict], keep: str | None = None) -> None:
         try:
-            with _disks_claimed(self.fs, plan, keep, nic_ports=self.nic_ports):
+            with _disks_claimed(self.fs, plan, keep, nic_ports=self.nic_ports,
+                                held_groups=frozenset(self._holds)):
                 for dev in plan.to_move:
                     if dev.bdf != keep:
                         _move_to_vfio(self.fs, dev, self.timeout)
@@ -1412,28 +1413,38 @@ class VfioBinder:
 
 def _disks_claimed(fs: Sysfs, plan: GroupPlan, keep: str | None = None,
                    refusing: str = "refusing to take", before: str = "the move",
-                   nic_ports: "dict[str, int] | None" = None):
-    """:func:`disks_claimed` of every disk below what moves (but ``keep``, libvirt's), what
-    the proof judged from the open files and the tree below it, and its network interfaces,
-    read again with them (``nic_ports``: the inventory's, as the proof had them)."""
+                   nic_ports: "dict[str, int] | None" = None,
+                   held_groups: "frozenset[int]" = frozenset()):
+    """:func:`disks_claimed` of every disk below what moves (but ``keep``, libvirt's), and
+    what the proof judged from the open files and the tree below every member it judged (but
+    the bridges and ``keep``), and their network interfaces, read again with them
+    (``nic_ports``: the inventory's, as the proof had them; ``held_groups``: this run's, as
+    the proof had them). Not only what moves: vfio attaches the whole group to the guest's
+    IOMMU domain, so a member kept on no driver or ``pci-stub`` that a flash tool or a
+    user-space driver maps, or one on vfio-pci whose group a DPDK process opens, while the
+    last reads take their seconds, is refused as the proof refuses it."""
     moving = [dev for dev in plan.to_move if dev.bdf != keep]
+    judged = [dev for dev in plan.members if not dev.kernel_bridge and dev.bdf != keep]
     return disks_claimed(fs, [(f"{refusing} {dev.bdf}", name) for dev in moving
                               for name in disks_below(fs, dev.path)], before,
-                         [(f"{refusing} {dev.bdf}", dev.path) for dev in moving], nic_ports)
+                         [(f"{refusing} {dev.bdf}", dev.path) for dev in judged], nic_ports,
+                         held_groups)
 
 
 @contextlib.contextmanager
 def disks_claimed(fs: Sysfs, disks: "list[tuple[str, str]]", before: str = "the move",
                   below: "list[tuple[str, str]]" = (),
-                  nic_ports: "dict[str, int] | None" = None):
+                  nic_ports: "dict[str, int] | None" = None,
+                  held_groups: "frozenset[int]" = frozenset()):
     """An exclusive claim of each disk (the refusal's start, its /dev name), held from right
     after the proof to the end of the change (vfio's move, usb-host's open): a mount or a
     swapon in between fails (EBUSY) rather than lose its disk under it (the proof's own
     exclusive open is let go at once). A disk that cannot be claimed now was taken since the
     proof: refused. Once claimed, the open files are read again (:func:`_opened_since`: the
     disks' users, and everything else the proof judged from the open files and the tree below
-    the devices that leave: their nodes, tool nodes, BARs, GPIO lines, drivers below;
-    ``below``: the refusal's start, the device's sysfs path), then their network interfaces
+    the devices judged: their nodes, tool nodes, BARs, GPIO lines, drivers below, a vfio-pci
+    member's group; ``below``: the refusal's start, the device's sysfs path; ``held_groups``:
+    the IOMMU groups this run holds, as the proof had them), then their network interfaces
     (:func:`_network_since`; ``nic_ports``: the inventory's ports of each NIC, as the proof had
     them), then the open files once more: neither read can be claimed, and each takes seconds
     any user can stretch, so each is followed by the other, and the last is the open files
@@ -1456,9 +1467,9 @@ def disks_claimed(fs: Sysfs, disks: "list[tuple[str, str]]", before: str = "the 
                     f"{refusing}: /dev/{name} cannot be claimed right before {before} "
                     f"({e.strerror}): something started using it since it was proven idle",
                     hint="run again; `python -m harness plan` says what uses it now") from e
-        _opened_since(fs, disks, below, before, held)
+        _opened_since(fs, disks, below, before, held, held_groups)
         _network_since(fs, below, before, nic_ports)
-        _opened_since(fs, disks, below, before, held)
+        _opened_since(fs, disks, below, before, held, held_groups)
         _nothing_new_below(fs, disks, below, before)
         yield
     finally:
@@ -1467,15 +1478,16 @@ def disks_claimed(fs: Sysfs, disks: "list[tuple[str, str]]", before: str = "the 
 
 
 def _opened_since(fs: Sysfs, disks: "list[tuple[str, str]]", below: "list[tuple[str, str]]",
-                  before: str, held: "set[str]") -> None:
+                  before: str, held: "set[str]",
+                  held_groups: "frozenset[int]" = frozenset()) -> None:
     """Refuses what was opened or taken since the last read: a claimed disk's users
     (:func:`_used_since`), then whatever else the proof judged from the open files and the
-    tree below the devices that leave (:func:`_held_since`). One read of the host's storage
+    tree below the devices judged (:func:`_held_since`). One read of the host's storage
     and open files, with the claim held (``held``), serves both: each walks every process's
     fds."""
     view = _claimed_view(fs, disks, held) if disks or below else None
     _used_since(view, disks, before)
-    _held_since(fs, below, before, view)
+    _held_since(fs, below, before, view, held_groups)
 
 
 def _claimed_view(fs: Sysfs, disks: "list[tuple[str, str]]", held: "set[str]") -> StorageView:
@@ -1506,7 +1518,8 @@ def _network_since(fs: Sysfs, below: "list[tuple[str, str]]", before: str,
     for refusing, path in below:
         uses = network_uses(fs, net, path, nic_ports)
         name = Path(path).name
-        if SYSFS_BDF.fullmatch(name) and fs.pci_exists(name):
+        if SYSFS_BDF.fullmatch(name) and fs.pci_exists(name) and \
+                fs.pci_device(name).driver != VFIO:  # (one on vfio-pci stays: its VFs too)
             uses += vfs_removed(fs, [fs.pci_device(name)])
         if uses:
             raise HostDeviceError(f"{refusing}: right before {before}, " + "; ".join(uses),
@@ -1517,7 +1530,8 @@ def _network_since(fs: Sysfs, below: "list[tuple[str, str]]", before: str,
 
 
 def _held_since(fs: Sysfs, below: "list[tuple[str, str]]", before: str,
-                view: "StorageView | None") -> None:
+                view: "StorageView | None", held_groups: "frozenset[int]" = frozenset()
+                ) -> None:
     """Refuses a device of ``below`` (the refusal's start, the sysfs path) that the proof's
     rules for the open files and the tree below it (:func:`harness.host.safety.uses_below`,
     the proof's own code) find in use on ``view``, the storage and open files read with the
@@ -1527,9 +1541,11 @@ def _held_since(fs: Sysfs, below: "list[tuple[str, str]]", before: str,
     controller's /dev/nvme0 or /dev/ng0n1; a USB serial port's tty: ``ser2net``), and as much
     a flash tool on its driver's node below no device (``sas3flash`` on /dev/mpt3ctl,
     ``nvmupdate64e`` on /dev/iqvlinux, /dev/mem), a GPIO line of a chip below it requested, a
-    USB device below it put on usbip-host. What cannot be read counts (fail closed)."""
+    USB device below it put on usbip-host; a member on vfio-pci whose group node or a vfio
+    device fd of it was opened (``dpdk-testpmd``). What cannot be read counts (fail
+    closed)."""
     for refusing, path in below:
-        uses = uses_below(fs, view, path)
+        uses = uses_below(fs, view, path, held_groups)
         if uses:
             raise HostDeviceError(f"{refusing}: right before {before}, " + "; ".join(uses),
                                   hint="run again once that use has ended (a flash tool done, "

@@ -198,30 +198,38 @@ class HostUsage:
         if dev.driver in _NO_HOST_DRIVER:
             evidence.append(f"{dev.bdf} is on {dev.driver or 'no driver'}: no host driver uses it")
         elif dev.driver == VFIO:
-            node = f"/dev/vfio/{dev.iommu_group}"
-            number = self.fs.vfio_group_dev(dev.iommu_group) \
-                if dev.iommu_group is not None else None
-            users = self.storage.opened.users("char", node[len("/dev/"):], number)
-            users += [f"{u} through a vfio device fd" for u in
-                      self.storage.opened.vfio_device_users(
-                          self.fs, self.fs.iommu_group_members(dev.iommu_group)
-                          if dev.iommu_group is not None else [dev.bdf])]
-            if dev.iommu_group in held_groups:
-                evidence.append(f"{dev.bdf} is on vfio-pci for this run")
-            elif number is None:
-                uses.append(f"{dev.bdf} is on vfio-pci and the device number of {node} cannot "
-                            f"be read (/sys/class/vfio/{dev.iommu_group}/dev): a process may "
-                            "hold the group through a node of another path")
-            elif users:
-                uses.append(f"{dev.bdf} is on vfio-pci and {node} is open by "
-                            f"{', '.join(users)}")
-            else:
-                evidence.append(f"{dev.bdf} is on vfio-pci and {node} is open by no process")
+            self._vfio(dev, held_groups, uses, evidence)
         # On vfio-pci or on no driver too: a process whose fds or maps cannot be read may hold
         # the group, or drive the function from user space through its BARs (:meth:`_bars`).
         if self.storage.problems and not (dev.driver == VFIO and dev.iommu_group in held_groups):
             uses += [f"cannot tell whether {dev.bdf} is in use: {p}"
                      for p in self.storage.problems]
+
+    def _vfio(self, dev: PciDevice, held_groups, uses: list, evidence: list) -> None:
+        """A function on vfio-pci is idle only while no process holds its group: its group node
+        /dev/vfio/GROUP or a vfio device fd of a member open (``dpdk-testpmd``, another run's
+        QEMU) owns the group, and what joins it joins that process's IOMMU domain. One piece
+        for the proof (:meth:`_driver`) and for the open files read again under the claim
+        (:func:`uses_below`). ``held_groups``: this run's groups (its own QEMU may hold them)."""
+        node = f"/dev/vfio/{dev.iommu_group}"
+        number = self.fs.vfio_group_dev(dev.iommu_group) \
+            if dev.iommu_group is not None else None
+        users = self.storage.opened.users("char", node[len("/dev/"):], number)
+        users += [f"{u} through a vfio device fd" for u in
+                  self.storage.opened.vfio_device_users(
+                      self.fs, self.fs.iommu_group_members(dev.iommu_group)
+                      if dev.iommu_group is not None else [dev.bdf])]
+        if dev.iommu_group in held_groups:
+            evidence.append(f"{dev.bdf} is on vfio-pci for this run")
+        elif number is None:
+            uses.append(f"{dev.bdf} is on vfio-pci and the device number of {node} cannot "
+                        f"be read (/sys/class/vfio/{dev.iommu_group}/dev): a process may "
+                        "hold the group through a node of another path")
+        elif users:
+            uses.append(f"{dev.bdf} is on vfio-pci and {node} is open by "
+                        f"{', '.join(users)}")
+        else:
+            evidence.append(f"{dev.bdf} is on vfio-pci and {node} is open by no process")
 
     def _network(self, dev: PciDevice, role, tree: "_Subtree", uses: list, evidence: list) -> None:
         host_driver = dev.driver not in _NO_HOST_DRIVER | {VFIO}
@@ -839,14 +847,16 @@ def network_uses(fs: Sysfs, net: NetView, path: str,
     return list(dict.fromkeys(uses))
 
 
-def uses_below(fs: Sysfs, storage: StorageView, path: str) -> list[str]:
+def uses_below(fs: Sysfs, storage: StorageView, path: str,
+               held_groups: "set[int] | frozenset[int]" = frozenset()) -> list[str]:
     """The proof's rules that the open files and the tree below a device judge, on ``storage``
     and the tree read now, for the device at sysfs ``path``: a PCI function's
     (:func:`_held`: its nodes, GPIO lines and drivers below, its BARs and /dev/mem,
-    its driver's and its vendor's tool nodes, the raw-access nodes), a USB device's (its
-    nodes, GPIO lines and drivers below, as :meth:`HostUsage.usb_verdict`); what could not be
-    read (``storage.problems``) counts, as in the proof. Why it is not idle (empty: it is, by
-    those rules). For the open files read again under the claim
+    its driver's and its vendor's tool nodes, the raw-access nodes; on vfio-pci, its group
+    node and vfio device fds, :meth:`HostUsage._vfio`, with ``held_groups`` this run's), a
+    USB device's (its nodes, GPIO lines and drivers below, as :meth:`HostUsage.usb_verdict`);
+    what could not be read (``storage.problems``) counts, as in the proof. Why it is not idle
+    (empty: it is, by those rules). For the open files read again under the claim
     (:func:`harness.host.binding.disks_claimed`), so that a flash tool, a GPIO line request or
     a usbip export started while the last reads took their seconds is refused as the proof
     refuses it. Its disks (claimed, their users read again on their own) and its interfaces
@@ -858,6 +868,8 @@ def uses_below(fs: Sysfs, storage: StorageView, path: str) -> list[str]:
     tree = _judged_tree(fs, path)
     if SYSFS_BDF.fullmatch(name) and fs.pci_exists(name):
         dev = fs.pci_device(name)
+        if dev.driver == VFIO:
+            usage._vfio(dev, held_groups, uses, [])
         _held(usage, dev, role_of(dev), tree, uses, [])
     else:
         usage._nodes(name, path, tree, uses, [])

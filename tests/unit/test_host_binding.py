@@ -558,9 +558,9 @@ def claimed_plan(tmp_path):
     if made.returncode != 0:
         pytest.skip(f"no loop device to play the disk: {made.stderr.strip()}")
     loop = made.stdout.strip()
-    fn = SimpleNamespace(bdf="0000:06:00.0", path=os.path.realpath(
+    fn = SimpleNamespace(bdf="0000:06:00.0", kernel_bridge=False, path=os.path.realpath(
         f"/sys/class/block/{os.path.basename(loop)}"))
-    yield loop, SimpleNamespace(to_move=(fn,))
+    yield loop, SimpleNamespace(to_move=(fn,), members=(fn,))  # (a group of one: as a plan)
     subprocess.run(["losetup", "-d", loop], check=False)
 
 
@@ -581,7 +581,7 @@ def test_the_disks_below_what_moves_stay_claimed_through_the_move(claimed_plan, 
     read_again: list = []
     monkeypatch.setattr(binding, "_used_since", lambda view, disks, before:
                         read_again.append(view.held))
-    monkeypatch.setattr(binding, "_held_since", lambda fs, below, before, view: None)
+    monkeypatch.setattr(binding, "_held_since", lambda fs, below, before, view, held_groups: None)
     with _disks_claimed(Sysfs("/"), plan):
         assert _exclusive(loop) is None  # (what a mount's claim meets: busy)
         # (read with the claim held, before the network's read again and after it)

@@ -42,7 +42,8 @@ CHECKOUT = Path(__file__).resolve().parents[2]
 def test_1_the_open_files_are_read_on_both_sides_of_the_network_once(lab, monkeypatch):
     reads: list[str] = []
     monkeypatch.setattr(binding, "_held_since",
-                        lambda fs, below, before, view=None: reads.append("open files"))
+                        lambda fs, below, before, view=None, held_groups=frozenset():
+                        reads.append("open files"))
     monkeypatch.setattr(binding, "_network_since",
                         lambda fs, below, before, nic_ports=None: reads.append("network"))
     fs = Sysfs(lab.root)
