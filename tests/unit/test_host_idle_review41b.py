@@ -31,6 +31,29 @@
    (``cls_bpf``, ``cls_u32``, ``cls_flower``, ``cls_matchall``...) is loaded, not only where
    ``sch_ingress`` is; one is a use, named.
 
+2. An nftables rule that matches the port by its index (``meta iif``/``oif``, ``iif
+   "enp5s0f1" ...``), in any chain. Read 40b's fix (:func:`harness.host.network._read_nft`,
+   :func:`_nft_sends`) counts a rule that *sends* to the port (``dup``/``fwd``) because nft
+   resolves the name to the port's ifindex when the rule is loaded and the port given back
+   has a new one; a rule that *matches* ``iif``/``oif`` is resolved the same way, and is read
+   by nothing. Checked on this host (nft 1.0.6, kernel 6.18, a namespace of its own):
+   ``table inet filter { chain input { type filter hook input priority 0; policy accept;
+   iif "d1" tcp dport 22 drop } }`` lists in ``nft -j -t list ruleset`` as ``{"match": {"op":
+   "==", "left": {"meta": {"key": "iif"}}, "right": "d1"}}`` (a set of ports: ``"right":
+   {"set": ["d1", "d0"]}``); after the veth is deleted and made again under the same name,
+   ``nft list ruleset`` prints ``iif 2 tcp dport 22 drop``, the old number, and the rule
+   matches nothing. So the unbind and the give-back silently switch the rule off, for good,
+   until the ruleset is loaded again. Shape: the hand-written ``/etc/nftables.conf`` of a lab
+   host that keeps an untrusted network (the DUT or customer-equipment network on a spare
+   port, set down between campaigns) away from its services: ``iif "enp5s0f1" drop`` in
+   ``input`` (the nftables wiki's own examples use ``iif`` for interfaces that exist at
+   load, ``iifname`` for those that come and go), or ``oif``/``iif`` in ``forward`` to keep
+   it from being routed. After the harness has taken and given back the port, the drop is
+   gone: the port, brought up again for the next campaign, reaches the host's sshd and
+   everything else. ``iifname``/``oifname`` match by name and survive (control 2). Safe: a
+   rule of ``nft -j list ruleset`` with a ``meta`` ``iif`` or ``oif`` match naming the port
+   (a string or a set of them) is a use, named with its chain, as a ``dup``/``fwd`` to it is.
+
 Looked at and not reported (each already refused, or not a real shape): the multicast
 parser against this host's /proc/net/igmp; nft 1.0.6's text listing of a multi-device
 netdev chain; the journal's VF leases (``_restore_sriov``, ``_live_users_of_vfs``,
@@ -163,6 +186,72 @@ def test_control_1_a_root_filter_on_another_port_leaves_it_idle(lab, monkeypatch
     """The classifier on enp2s0 (the uplink) only: enp5s0f1 down, nothing on it."""
     lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
     _with_root_qdisc(lab, monkeypatch, "enp2s0", _BPF)
+    view = NetView.read(Sysfs(lab.root))
+    uses, evidence = view.use_of(PORT)
+    assert uses == [] and "down" in evidence, (uses, view.problems)
+
+
+# -- 2. an nftables rule that matches the port by its index -------------------------------------
+
+
+def _with_ruleset(lab, monkeypatch, rules: list) -> None:
+    """``nft -j -t list ruleset`` prints Debian's inet filter table with ``rules`` in its
+    input chain, as nft 1.0.6 prints them; ``nf_tables`` loaded."""
+    (lab.sys / "module" / "nf_tables").mkdir(parents=True, exist_ok=True)
+    items = [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5",
+                           "json_schema_version": 1}},
+             {"table": {"family": "inet", "name": "filter", "handle": 1}},
+             {"chain": {"family": "inet", "table": "filter", "name": "input", "handle": 1,
+                        "type": "filter", "hook": "input", "prio": 0, "policy": "accept"}}]
+    items += [{"rule": {"family": "inet", "table": "filter", "chain": "input", "handle": n,
+                        "expr": expr}} for n, expr in enumerate(rules, start=2)]
+    real = network._run
+
+    def run(fs, argv, fake, *a, **k):
+        if "nft" in {str(w).rsplit("/", 1)[-1] for w in argv}:
+            return json.dumps({"nftables": items})
+        return real(fs, argv, fake, *a, **k)
+
+    monkeypatch.setattr(network, "_run", run)
+
+
+def _meta(key: str, right) -> list:
+    """``KEY RIGHT tcp dport 22 drop`` as nft 1.0.6 prints it in JSON."""
+    return [{"match": {"op": "==", "left": {"meta": {"key": key}}, "right": right}},
+            {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}},
+                       "right": 22}},
+            {"drop": None}]
+
+
+def test_2a_an_iif_drop_rule_on_the_down_port_keeps_it(lab, monkeypatch):
+    """``iif "enp5s0f1" tcp dport 22 drop`` in inet filter input."""
+    lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
+    _with_ruleset(lab, monkeypatch, [_meta("iif", "enp5s0f1")])
+    view = NetView.read(Sysfs(lab.root))
+    uses, _ = view.use_of(PORT)
+    assert any("iif" in u or "nftables" in u for u in uses), (uses, view.problems)
+
+
+def test_2b_a_port_in_an_iif_set_keeps_it(lab, monkeypatch):
+    """``iif { "enp5s0f0", "enp5s0f1" } tcp dport 22 drop``: both DUT-network ports."""
+    lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
+    _with_ruleset(lab, monkeypatch, [_meta("iif", {"set": ["enp5s0f1", "enp5s0f0"]})])
+    view = NetView.read(Sysfs(lab.root))
+    uses, _ = view.use_of(PORT)
+    assert any("iif" in u or "nftables" in u for u in uses), (uses, view.problems)
+
+
+def test_2c_the_function_is_refused_with_its_iif_rule_named(lab, monkeypatch):
+    lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
+    _with_ruleset(lab, monkeypatch, [_meta("oif", "enp5s0f1")])
+    uses = HostUsage.read(lab.root).verdict("0000:05:00.1").uses
+    assert any("enp5s0f1" in u and ("oif" in u or "nftables" in u) for u in uses), uses
+
+
+def test_control_2_an_iifname_rule_leaves_it_idle(lab, monkeypatch):
+    """``iifname "enp5s0f1" ... drop`` matches by name: it holds after the give-back too."""
+    lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
+    _with_ruleset(lab, monkeypatch, [_meta("iifname", "enp5s0f1"), _meta("iif", "enp2s0")])
     view = NetView.read(Sysfs(lab.root))
     uses, evidence = view.use_of(PORT)
     assert uses == [] and "down" in evidence, (uses, view.problems)
