@@ -52,7 +52,17 @@
    gone: the port, brought up again for the next campaign, reaches the host's sshd and
    everything else. ``iifname``/``oifname`` match by name and survive (control 2). Safe: a
    rule of ``nft -j list ruleset`` with a ``meta`` ``iif`` or ``oif`` match naming the port
-   (a string or a set of them) is a use, named with its chain, as a ``dup``/``fwd`` to it is.
+   (a string or a set of them) is a use, named with its chain, as a ``dup``/``fwd`` to it is;
+   a match against a named set of type ``iface_index`` (``iif @dut_ports``: ``-t`` lists no
+   elements, so ``nft -j list set FAMILY TABLE NAME`` for each such set, elements only, a few
+   ports) names the ports in it; one that cannot be read leaves every NIC unproven (2d).
+
+Each test asserts the safe behaviour and fails on 5d76b2e (the port is taken as idle: "down,
+no route in any table, no upper device, no socket bound to it"); the controls show the same
+filter on another port, and an ``iifname`` rule (by name) with an ``iif`` on another port,
+leaving the down port idle. A fake sysfs/proc tree plays the host (:mod:`.fakesysfs`'s lab
+host), ``tc``, ``bpftool`` and ``nft`` by monkeypatched output, as this host's iproute2 6.1
+and nft 1.0.6 print it; no guest is booted.
 
 Looked at and not reported (each already refused, or not a real shape): the multicast
 parser against this host's /proc/net/igmp; nft 1.0.6's text listing of a multi-device
@@ -194,9 +204,11 @@ def test_control_1_a_root_filter_on_another_port_leaves_it_idle(lab, monkeypatch
 # -- 2. an nftables rule that matches the port by its index -------------------------------------
 
 
-def _with_ruleset(lab, monkeypatch, rules: list) -> None:
+def _with_ruleset(lab, monkeypatch, rules: list, sets: dict | None = None) -> None:
     """``nft -j -t list ruleset`` prints Debian's inet filter table with ``rules`` in its
-    input chain, as nft 1.0.6 prints them; ``nf_tables`` loaded."""
+    input chain, as nft 1.0.6 prints them, and ``sets`` (name -> elements, of type
+    ``iface_index``: their elements only without ``-t``, as nft prints them); ``nf_tables``
+    loaded."""
     (lab.sys / "module" / "nf_tables").mkdir(parents=True, exist_ok=True)
     items = [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5",
                            "json_schema_version": 1}},
@@ -208,8 +220,14 @@ def _with_ruleset(lab, monkeypatch, rules: list) -> None:
     real = network._run
 
     def run(fs, argv, fake, *a, **k):
-        if "nft" in {str(w).rsplit("/", 1)[-1] for w in argv}:
-            return json.dumps({"nftables": items})
+        words = [str(w) for w in argv]
+        if "nft" in {w.rsplit("/", 1)[-1] for w in words}:
+            listed = items + [{"set": {"family": "inet", "name": name, "table": "filter",
+                                       "type": "iface_index", "handle": 20 + n,
+                                       **({} if "-t" in words or "--terse" in words
+                                          else {"elem": elem})}}
+                              for n, (name, elem) in enumerate((sets or {}).items())]
+            return json.dumps({"nftables": listed})
         return real(fs, argv, fake, *a, **k)
 
     monkeypatch.setattr(network, "_run", run)
@@ -246,6 +264,20 @@ def test_2c_the_function_is_refused_with_its_iif_rule_named(lab, monkeypatch):
     _with_ruleset(lab, monkeypatch, [_meta("oif", "enp5s0f1")])
     uses = HostUsage.read(lab.root).verdict("0000:05:00.1").uses
     assert any("enp5s0f1" in u and ("oif" in u or "nftables" in u) for u in uses), uses
+
+
+def test_2d_a_port_in_a_named_iface_index_set_keeps_it(lab, monkeypatch):
+    """``set dut_ports { type iface_index; elements = { "enp5s0f1" } }`` and ``iif @dut_ports
+    drop``: ``-t`` lists the set with no elements (checked with nft 1.0.6 here), so the port
+    is named nowhere in what the harness reads. Safe: the set's elements are read, or the
+    port is left unproven."""
+    lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
+    _with_ruleset(lab, monkeypatch, [[{"match": {"op": "==", "left": {"meta": {"key": "iif"}},
+                                                 "right": "@dut_ports"}}, {"drop": None}]],
+                  sets={"dut_ports": ["enp5s0f1"]})
+    view = NetView.read(Sysfs(lab.root))
+    uses, _ = view.use_of(PORT)
+    assert uses, (uses, view.problems)  # (named, or its namespace unproven)
 
 
 def test_control_2_an_iifname_rule_leaves_it_idle(lab, monkeypatch):
