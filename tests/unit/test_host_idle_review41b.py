@@ -67,7 +67,14 @@ and nft 1.0.6 print it; no guest is booted.
 Looked at and not reported (each already refused, or not a real shape): the multicast
 parser against this host's /proc/net/igmp; nft 1.0.6's text listing of a multi-device
 netdev chain; the journal's VF leases (``_restore_sriov``, ``_live_users_of_vfs``,
-``_vfs_not_idle``, ``enable_vfs``'s reuse) in the two-runs-one-PF orders.
+``_vfs_not_idle``, ``enable_vfs``'s reuse, the session's ``give_back`` with ``own_pids``) in
+the two-runs-one-PF orders: a count another live run relies on stays, and the last run's end
+(or `restore`) puts it back. ``release PF --force`` selects every lease with an entry on the
+PF, another live run's VF lease among them (its reliance entry carries that VF group's lease
+id) and gives that VF back too: ``--force`` is the operator's override, not reported. A root
+qdisc someone configured with no filter (``netem``, ``taprio``, ``tbf``), also deleted at the
+unbind: a question for the lead (is shaping alone a use?), no test. AF_XDP sockets (judged
+by read 37b).
 """
 
 from __future__ import annotations
