@@ -1309,27 +1309,96 @@ def _tc_json(fs: Sysfs, ns: Namespace, args: list[str], fake: str) -> list:
     return out
 
 
+#: The qdiscs the kernel attaches to a port by itself (handle ``0:``) that take no filter
+#: (tc: "Qdisc not classful", for ``mq`` "Class doesn't support blocks"; ``mq``'s children
+#: cannot be named as a parent at all): a port with only these has nothing of tc on it.
+#: Another default (``net.core.default_qdisc``: ``fq_codel``, ``cake``, ``sfq``) can hold
+#: filters as the root, which are read (:func:`_tc_default_root`).
+_TC_FILTERLESS = {"noop", "noqueue", "pfifo_fast", "mq"}
+
+
 def _read_tc_qdiscs(fs: Sysfs, ns: Namespace, where: str) -> bool:
-    """An ``ingress`` or ``clsact`` qdisc on a port that sits on a device (``parentdev``: the
-    ports a function can be taken with) is a use: someone attached tc filters there, BPF or
-    not, all deleted with it at the unbind; they are named where ``tc filter show`` lists
-    them. Read where ``sch_ingress`` is there (else no such qdisc exists). False: a problem."""
-    if not _loaded(fs, "sch_ingress"):
+    """A qdisc someone configured on a port that sits on a device (``parentdev``: the ports a
+    function can be taken with) is a use, named with its kind and handle: the kernel's own
+    have the handle ``0:``, one tc added has another (``8001:`` and up when none is given,
+    ``ffff:`` for ``ingress``/``clsact``). Each is kept through a down and deleted with its
+    filters (a BPF classifier, a ``u32`` with its actions) or shaping (``netem``, ``tbf``,
+    ``taprio``) at the unbind, and the port comes back with the default qdisc. Read from one
+    ``tc -j qdisc show`` per namespace (a dump: it loads no module). False: a problem."""
+    ports = {n for n, link in ns.links.items() if "parentdev" in link}
+    if not ports:
         return True
-    for name in sorted(n for n, link in ns.links.items() if "parentdev" in link):
-        try:
-            qdiscs = _tc_json(fs, ns, ["qdisc", "show", "dev", name], f"tc-qdisc-{name}")
-        except (OSError, ValueError) as e:
-            ns.problems.append(f"the tc qdiscs of {name}{where} cannot be read (`tc -j qdisc "
-                               f"show dev {name}`: {e}): a clsact qdisc's filters (a BPF "
-                               "program) are deleted at the unbind; install iproute2's `tc`")
-            return False
-        for kind in [q.get("kind") for q in qdiscs if isinstance(q, dict)]:
-            if kind in _TC_HOOK_QDISCS:
-                ns.kernel_users.setdefault(name, []).append(
-                    f"has a tc {kind} qdisc, whose filters ({_tc_filters(fs, ns, name, kind)}) "
+    try:
+        qdiscs = [q for q in _tc_json(fs, ns, ["qdisc", "show"], "tc-qdisc")
+                  if isinstance(q, dict)]
+        if any("dev" not in q for q in qdiscs):
+            raise ValueError("a qdisc is listed with no device")
+        qdiscs = [q for q in qdiscs if q["dev"] in ports]
+    except (OSError, ValueError) as e:
+        ns.problems.append(f"the tc qdiscs{where} cannot be read (`tc -j qdisc show`: {e}): "
+                           "a qdisc configured on a port, with its filters (a BPF program) or "
+                           "shaping, is deleted at the unbind; install iproute2's `tc`")
+        return False
+    for q in qdiscs:
+        name, kind = str(q["dev"]), str(q.get("kind", "?"))
+        if kind in _TC_HOOK_QDISCS:
+            used = (f"has a tc {kind} qdisc, whose filters ({_tc_filters(fs, ns, name, kind)}) "
                     "are deleted with it at the unbind")
+        elif _tc_handle(q) != 0:
+            used = _tc_configured(fs, ns, name, q)
+        else:
+            used = _tc_default_root(fs, ns, name, q)
+        if used:
+            ns.kernel_users.setdefault(name, []).append(used)
     return True
+
+
+def _tc_handle(qdisc: dict) -> int | None:
+    """The major number of a qdisc's ``handle`` (``"8001:"``: 0x8001; the kernel's own:
+    0), or None when it cannot be read (counted as configured)."""
+    m = re.fullmatch(r"([0-9a-fA-F]+):", str(qdisc.get("handle", "")))
+    return int(m[1], 16) if m else None
+
+
+def _tc_configured(fs: Sysfs, ns: Namespace, name: str, qdisc: dict) -> str:
+    """A qdisc someone configured, named with its kind, handle and place, and the filters
+    on it where it is the root (``tc -j filter show dev X parent H``)."""
+    handle, kind = qdisc.get("handle", "?"), qdisc.get("kind", "?")
+    place = "root" if qdisc.get("root") else f"parent {qdisc.get('parent', '?')}"
+    filters = ""
+    if qdisc.get("root") and _tc_handle(qdisc):
+        found = _tc_named(fs, ns, name, ["parent", str(handle)],
+                          f"tc-filter-{name}-{_tc_handle(qdisc):x}")
+        filters = f" with its filters ({found})" if found else ""
+    return (f"has the tc {kind} qdisc {handle} ({place}) configured on it{filters}, deleted at "
+            f"the unbind (the port comes back with the default qdisc): `tc qdisc del dev "
+            f"{name} {place}` if nothing needs it")
+
+
+def _tc_default_root(fs: Sysfs, ns: Namespace, name: str, qdisc: dict) -> str:
+    """The filters someone attached to the port's default root qdisc, when it is one that
+    takes filters (not :data:`_TC_FILTERLESS`): a use, or "" (none, or not the root)."""
+    if not qdisc.get("root") or qdisc.get("kind") in _TC_FILTERLESS:
+        return ""
+    found = _tc_named(fs, ns, name, [], f"tc-filter-{name}-root")
+    return (f"has tc filters ({found}) on its default {qdisc.get('kind')} qdisc, deleted at "
+            "the unbind" if found else "")
+
+
+def _tc_named(fs: Sysfs, ns: Namespace, name: str, parent: list[str], fake: str) -> str:
+    """``tc -j filter show dev NAME [parent H]``'s filters, as ``u32, bpf cls.o``, their
+    mirred actions filed (:func:`_note_mirreds`); "" for none; why they cannot be listed
+    (where the qdisc is a use all the same, or a problem's text)."""
+    try:
+        found = _tc_json(fs, ns, ["filter", "show", "dev", name, *parent], fake)
+    except (OSError, ValueError) as e:
+        return f"cannot be listed: {e}"
+    named = []
+    for f in (f for f in found if isinstance(f, dict) and "options" in f):
+        options = f["options"] if isinstance(f["options"], dict) else {}
+        named.append(f"{f.get('kind', '?')} {options.get('bpf_name', '')}".strip())
+        _note_mirreds(ns, f"{name} {' '.join(parent) or 'root'}", options.get("actions"))
+    return ", ".join(named)
 
 
 def _tc_filters(fs: Sysfs, ns: Namespace, name: str, kind: str) -> str:

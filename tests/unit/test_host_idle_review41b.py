@@ -142,8 +142,9 @@ def _with_root_qdisc(lab, monkeypatch, dev: str, filters: list, *, modules=("sch
         names = {w.rsplit("/", 1)[-1] for w in words}
         if "tc" in names:
             on = next((w for w in words if w in {li["ifname"] for li in _LINKS}), None)
-            if "qdisc" in words:
-                return json.dumps(_HTB if on == dev else [])
+            if "qdisc" in words:  # (no ``dev``: every device's, each entry naming its own)
+                return json.dumps(_HTB if on == dev else [{**q, "dev": dev} for q in _HTB]
+                                  if on is None else [])
             if "filter" in words:
                 hooked = on == dev and ("parent" in words or not
                                         {"ingress", "egress"} & set(words))
