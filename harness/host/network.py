@@ -1570,12 +1570,15 @@ def _read_nft(fs: Sysfs, ns: Namespace, where: str) -> None:
     """What nftables keeps on a port, each lost at the unbind: a netdev-family base chain (or
     an ``inet`` ingress one) or a flowtable hooked on it (when the port is unregistered the
     kernel drops it from the hook, and releases a chain of that one device with its rules,
-    every kernel before 6.16), and a rule that sends to it, ``dup to``/``fwd to`` the port
-    from a chain on another (the nftables wiki's SPAN: nft resolved the name to the port's
-    ifindex at load, and the port given back has a new one, so the rule sends nowhere).
-    Read from ``nft -j -t list ruleset`` (:func:`_nft_hooks` for the devices the JSON does not
-    name) where ``nf_tables`` is there (else there is no ruleset); ``nft`` missing or
-    failing, or a device that cannot be told, is a problem of ``ns``."""
+    every kernel before 6.16), a rule that sends to it, ``dup to``/``fwd to`` the port from a
+    chain on another (the nftables wiki's SPAN), and a rule that matches it by its index,
+    ``iif``/``oif`` (a host firewall's ``iif "enp5s0f1" drop`` fencing off a DUT network):
+    nft resolved the name to the port's ifindex at load, and the port given back has a new
+    one, so the rule sends nowhere, or matches nothing, for good (``iifname``/``oifname``
+    match by name, and hold). Read from ``nft -j -t list ruleset`` (:func:`_nft_hooks` for
+    the devices the JSON does not name, :func:`_nft_index_sets` for a named set's ports)
+    where ``nf_tables`` is there (else there is no ruleset); ``nft`` missing or failing, or a
+    device that cannot be told, is a problem of ``ns``."""
     if not _loaded(fs, "nf_tables"):
         return
     try:
@@ -1583,14 +1586,24 @@ def _read_nft(fs: Sysfs, ns: Namespace, where: str) -> None:
                     **_by(ns))
         items = [(k, v) for i in json.loads(text or "{}").get("nftables", [])
                  if isinstance(i, dict) for k, v in i.items() if isinstance(v, dict)]
+        rules = [rule for k, rule in items if k == "rule"]
         hooked = _nft_hooks(fs, ns, items)
-        sent = [s for k, rule in items if k == "rule" for s in _nft_sends(rule)]
+        sent = [s for rule in rules for s in _nft_sends(rule)]
+        sets = _nft_index_sets(fs, ns, items, rules)
+        matched = [m for rule in rules for m in _nft_matches(rule, sets)]
     except (OSError, ValueError, AttributeError, TypeError) as e:
         ns.problems.append(f"the nftables ruleset{where} cannot be read "
                            f"(`{' '.join(_NFT_RULESET)}`: {e}): a netdev chain on a port is "
-                           "released at the unbind, and a dup or fwd to it sends nowhere "
-                           "after it; install nftables (its `nft`, 0.9.1 or later)")
+                           "released at the unbind, and a dup or fwd to it, or an iif or oif "
+                           "match on it, holds an index that is gone after it; install "
+                           "nftables (its `nft`, 0.9.1 or later)")
         return
+    _file_nft(ns, hooked, sent, matched)
+
+
+def _file_nft(ns: Namespace, hooked: list, sent: list, matched: list) -> None:
+    """Files what :func:`_read_nft` found in ``ns.kernel_users``, each rule named with its
+    chain (and the devices that chain is hooked on)."""
     chains = {}
     for key, item, devs in hooked:
         chains[item.get("family"), item.get("table"), item.get("name")] = devs
@@ -1605,6 +1618,11 @@ def _read_nft(fs: Sysfs, ns: Namespace, where: str) -> None:
             f"is sent to by the nftables rule `{verb} to` it in chain {family} {table} {chain}"
             + (f" (on {', '.join(on)})" if on else "") + ", which holds its ifindex: after "
             f"the unbind the {verb} goes nowhere, for good")
+    for dev, key, (family, table, chain) in matched:
+        ns.kernel_users.setdefault(dev, []).append(
+            f"is matched by its index (`{key}`) in an nftables rule of chain {family} {table} "
+            f"{chain}: after the unbind the port has a new one and the rule matches nothing, "
+            f"for good (`{key}name` matches by name, and holds)")
 
 
 def _nft_on_devices(key: str, item: dict) -> bool:
@@ -1685,6 +1703,107 @@ def _nft_sends(rule: dict) -> list[tuple[str, str, tuple]]:
             if dev is not None:
                 sends.append((dev, verb, where))
     return sends
+
+
+#: ``meta`` keys whose value is an interface's index, which nft resolves from the name when
+#: the rule is loaded (``iifname``/``oifname`` match by name, and hold after a give-back).
+_NFT_INDEX_KEYS = ("iif", "oif")
+
+
+def _nft_matches(rule: dict, sets: dict) -> list[tuple[str, str, tuple]]:
+    """(device, ``iif`` or ``oif``, (family, table, chain)) of each port an ``nft -j`` rule
+    matches by its index: ``iif "X"``, ``iif { "X", "Y" }``, ``iif . ip saddr { "X" . ADDR
+    }``, ``iif vmap { "X" : drop }``, or a named set or map (``iif @dut_ports``: its elements
+    in ``sets``, :func:`_nft_index_sets`). An element that names no device cannot be told:
+    ValueError."""
+    where = (rule.get("family"), rule.get("table"), rule.get("chain"))
+    found = []
+    for stmt in rule.get("expr") or []:
+        for left, right in _nft_compared(stmt):
+            keys = _nft_index_keys(left)
+            for elem in _nft_elements(right, sets, where) if keys else []:
+                parts = elem["concat"] if isinstance(elem, dict) and "concat" in elem else [elem]
+                for i, key in keys:
+                    name = parts[i] if isinstance(parts, list) and i < len(parts) else None
+                    if not isinstance(name, str):
+                        raise ValueError(f"an `{key}` match in chain {' '.join(map(str, where))}"
+                                         f" compares with {json.dumps(name)[:80]}: which port "
+                                         "cannot be told")
+                    found.append((name, key, where))
+    return found
+
+
+def _nft_compared(stmt) -> list[tuple]:
+    """(what is compared, what with) in a statement of ``nft -j``: a ``match``'s left and
+    right, a ``vmap``'s or ``map``'s key and data."""
+    if not isinstance(stmt, dict):
+        return []
+    pairs = [(m.get("left"), m.get("right"))] if isinstance(m := stmt.get("match"), dict) else []
+    return pairs + [(m["key"], m.get("data")) for verb in ("vmap", "map")
+                    if isinstance(m := stmt.get(verb), dict) and "key" in m]
+
+
+def _nft_index_keys(expr) -> list[tuple[int, str]]:
+    """(position, ``iif`` or ``oif``) of each part of an ``nft -j`` expression that is an
+    interface's index: the expression itself (position 0), or a part of a concatenation
+    (``iif . ip saddr``). nft 0.9.0 printed ``{"meta": "iif"}``, later ones a ``key``."""
+    concat = expr.get("concat") if isinstance(expr, dict) else None
+    found = []
+    for i, part in enumerate(concat if isinstance(concat, list) else [expr]):
+        meta = part.get("meta") if isinstance(part, dict) else None
+        key = meta.get("key") if isinstance(meta, dict) else meta
+        if key in _NFT_INDEX_KEYS:
+            found.append((i, key))
+    return found
+
+
+def _nft_elements(right, sets: dict, where: tuple) -> list:
+    """What ``right`` compares with: one value, an anonymous set's elements (a map's keys),
+    or a named set's (``@NAME``, in ``sets``; one not there cannot be told: ValueError)."""
+    if isinstance(right, str) and right.startswith("@"):
+        named = (where[0], where[1], right[1:])
+        if named not in sets:
+            raise ValueError(f"the set {' '.join(map(str, named))}, matched by an interface's "
+                             "index, is not listed as one")
+        elems = sets[named]
+    else:
+        elems = right["set"] if isinstance(right, dict) and "set" in right else [right]
+    elems = [e[0] if isinstance(e, list) and e else e for e in elems]  # (a map's key)
+    return [e["elem"].get("val") if isinstance(e, dict) and isinstance(e.get("elem"), dict)
+            else e for e in elems]  # (an element with a timeout or comment)
+
+
+def _nft_index_sets(fs: Sysfs, ns: Namespace, items: list, rules: list) -> dict:
+    """(family, table, name) -> the elements of each named set or map of interface indexes
+    (type ``iface_index``, alone or in a concatenation) a rule names (``@NAME``): ``-t``
+    lists no elements, so each is read, ``nft -j list set|map FAMILY TABLE NAME`` (a few
+    ports). Raises OSError or ValueError (it cannot be read: every port is unproven)."""
+    named = {(r.get("family"), r.get("table"), ref[1:]) for r in rules
+             for ref in _nft_refs(r.get("expr"))}
+    found = {}
+    for key, item in items:
+        ident = (item.get("family"), item.get("table"), item.get("name"))
+        types = item.get("type") if isinstance(item.get("type"), list) else [item.get("type")]
+        if key not in ("set", "map") or ident not in named or "iface_index" not in types:
+            continue
+        argv = ["nft", "-j", "list", key, *map(str, ident)]
+        text = _run(fs, ns.enter + argv, ns.fake / f"nft-{key}-{'-'.join(map(str, ident))}.json",
+                    ns.fds, **_by(ns))
+        listed = [v for i in json.loads(text or "{}").get("nftables", []) if isinstance(i, dict)
+                  for k, v in i.items() if k == key and isinstance(v, dict) and
+                  (v.get("family"), v.get("table"), v.get("name")) == ident]
+        if not listed:
+            raise ValueError(f"`{' '.join(argv)}` does not list it")
+        found[ident] = listed[0].get("elem") or []
+    return found
+
+
+def _nft_refs(expr) -> list[str]:
+    """Every named set or map an ``nft -j`` expression refers to (``"@NAME"``)."""
+    if isinstance(expr, str):
+        return [expr] if expr.startswith("@") else []
+    values = expr.values() if isinstance(expr, dict) else expr if isinstance(expr, list) else []
+    return [ref for v in values for ref in _nft_refs(v)]
 
 
 def _proc_net_file(fs: Sysfs, ns: Namespace, name: str) -> str | None:
