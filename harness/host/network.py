@@ -7,12 +7,16 @@ table, no socket bound to it or using its address (a connection from it, which `
 with no ``%ifname``; SCTP ones too where ``sctp`` is loaded), no multicast routing interface
 (VIF), no multicast group joined on it other than the kernel's own (/proc/net/igmp and igmp6:
 a receiver's join by its index), no pktgen thread that has it, and no protocol handler
-bound to it (/proc/net/ptype: a TIPC bearer), no tc or nftables hook on it (an ``ingress``/``clsact`` qdisc, a tcx program, the
-target of a ``tc mirred`` action on any port, a chain or flowtable hooked on it, its devices
-read from ``nft list chains`` where ``nft -j`` names none, a ``dup``/``fwd`` to it from a
-rule on any port: each kept through a down and deleted, or left sending nowhere, at the
-unbind; each read only where its module is loaded or built in, as asking would load it), and
-is down or has no address at all (an IPv6 link-local address counts: SSH may run over it).
+bound to it (/proc/net/ptype: a TIPC bearer), no tc or nftables hook on it (a qdisc someone
+configured, any but the kernel's own of handle ``0:``: a classful root with its filters,
+shaping alone, an ``ingress``/``clsact``; a filter on a default root that takes one; a tcx
+program, the target of a ``tc mirred`` action on any port, a chain or flowtable hooked on
+it, its devices read from ``nft list chains`` where ``nft -j`` names none, a ``dup``/``fwd``
+to it from a rule on any port, a rule matching it by its index, ``iif``/``oif``, named sets
+of ``iface_index`` read for their elements: each kept through a down and deleted, or left
+sending to or matching nothing, at the unbind; each read only where its module is loaded or
+built in, as asking would load it, but the qdiscs, a dump that loads none), and is down or
+has no address at all (an IPv6 link-local address counts: SSH may run over it).
 What cannot be read (``ip`` or ``ss`` missing, ``tc``, ``nft`` or ``bpftool`` where
 they are needed, a namespace the harness cannot enter, a device in another namespace whose
 lower device cannot be told) makes every interface unproven: :attr:`NetView.problems`.
@@ -39,10 +43,11 @@ output is read from files: ``<root>/ip/<what>.json`` for the harness's own names
 ``ip/netns.json``, ``ss.txt``, ``mpls.json`` (``ip -f mpls route``, read when
 ``proc/sys/net/mpls/platform_labels`` exists) and ``packet.txt`` (``/proc/net/packet``; and
 ``ptype.txt``, ``ip_mr_vif.txt``, ``ip6_mr_vif.txt``, ``igmp.txt``, ``igmp6.txt``, read
-when the harness's own ``proc/net`` has that file) likewise; ``tc-qdisc-<port>.json``,
-``tc-filter-<port>-<hook>.json``, ``tc-mirred.json``, ``bpftool-net.json`` and
-``nft-ruleset.json`` (and ``nft-chains.txt``/``nft-flowtables.txt``) are read only when
-their module (or, for tcx, a 6.6+ ``osrelease``) says there can be something.
+when the harness's own ``proc/net`` has that file) likewise; ``tc-qdisc.json`` where a port
+sits on a device; ``tc-filter-<port>-<hook|handle|root>.json`` for a qdisc that can hold
+filters; ``tc-mirred.json``, ``bpftool-net.json`` and ``nft-ruleset.json`` (and
+``nft-chains.txt``/``nft-flowtables.txt``, ``nft-set|map-<family>-<table>-<name>.json``)
+only when their module (or, for tcx, a 6.6+ ``osrelease``) says there can be something.
 
     >>> view = NetView.read(Sysfs("/"))                 # doctest: +SKIP
     >>> view.use_of(Netdev(OWN, "enp5s0f0"))
@@ -201,8 +206,8 @@ class NetView:
         # Up at all is in use: an address-less port that is up carries what no address, route
         # or socket shows (FCoE, AoE, a tc or nftables hook of a kind not read, an uplink
         # whose cable is out right now); the operator sets a spare port down to offer it.
-        # (tc qdiscs, tcx programs, mirred targets, nftables chains and dup/fwd targets,
-        # multicast groups: ``ns.kernel_users``.)
+        # (tc qdiscs, tcx programs, mirred targets, nftables chains, dup/fwd targets and
+        # iif/oif matches, multicast groups: ``ns.kernel_users``.)
         if "UP" in link.get("flags", []):
             addresses = ns.addresses.get(dev.name)
             uses.append(f"{dev} is up " + (f"with the address {', '.join(addresses)}"
@@ -1281,16 +1286,17 @@ def _igmp6_groups(text: str) -> list[tuple[str, str]]:
 # -- what tc and nftables keep on a port --------------------------------------------------------
 
 
-#: The qdiscs that tc filters (a BPF program's ``bpf da``, a ``u32``, a ``matchall``) hang on,
-#: ``sch_ingress``'s two, and the hooks each has.
+#: ``sch_ingress``'s two qdiscs, whose filters (a BPF program's ``bpf da``, a ``u32``, a
+#: ``matchall``) are listed by hook, and the hooks each has.
 _TC_HOOK_QDISCS = {"ingress": ("ingress",), "clsact": ("ingress", "egress")}
 
 
 def _read_tc(fs: Sysfs, ns: Namespace, where: str) -> None:
     """What tc keeps on a port with no socket or route, each kept through a down and deleted
     (a mirred action's target: cleared) when the port is unregistered, which the unbind does:
-    the qdisc its filters hang on (:func:`_read_tc_qdiscs`: Cilium's ``cil_from_netdev``
-    before tcx, a lab's ``tc filter ... bpf da``), a tcx program (:func:`_read_tcx`: Cilium
+    a qdisc someone configured, with the filters on it, or filters on a default root
+    (:func:`_read_tc_qdiscs`: Cilium's ``cil_from_netdev`` before tcx, a lab's ``tc filter
+    ... bpf da``, an ``htb`` root with a BPF classifier, shaping), a tcx program (:func:`_read_tcx`: Cilium
     or Calico on 6.6+), and a mirred action on any port that sends to it
     (:func:`_read_mirred`: a software SPAN to a capture port). Filed in
     ``ns.kernel_users``; what cannot be read is a problem of ``ns``."""
