@@ -1296,9 +1296,9 @@ def _read_tc(fs: Sysfs, ns: Namespace, where: str) -> None:
     (a mirred action's target: cleared) when the port is unregistered, which the unbind does:
     a qdisc someone configured, with the filters on it, or filters on a default root
     (:func:`_read_tc_qdiscs`: Cilium's ``cil_from_netdev`` before tcx, a lab's ``tc filter
-    ... bpf da``, an ``htb`` root with a BPF classifier, shaping), a tcx program (:func:`_read_tcx`: Cilium
-    or Calico on 6.6+), and a mirred action on any port that sends to it
-    (:func:`_read_mirred`: a software SPAN to a capture port). Filed in
+    ... bpf da``, an ``htb`` root with a BPF classifier, shaping), a tcx program
+    (:func:`_read_tcx`: Cilium or Calico on 6.6+), and a mirred action on any port that sends
+    to it (:func:`_read_mirred`: a software SPAN to a capture port). Filed in
     ``ns.kernel_users``; what cannot be read is a problem of ``ns``."""
     for read in (_read_tc_qdiscs, _read_tcx, _read_mirred):
         if not read(fs, ns, where):
@@ -1744,9 +1744,12 @@ def _nft_compared(stmt) -> list[tuple]:
     right, a ``vmap``'s or ``map``'s key and data."""
     if not isinstance(stmt, dict):
         return []
-    pairs = [(m.get("left"), m.get("right"))] if isinstance(m := stmt.get("match"), dict) else []
-    return pairs + [(m["key"], m.get("data")) for verb in ("vmap", "map")
-                    if isinstance(m := stmt.get(verb), dict) and "key" in m]
+    pairs = []
+    for verb, left, right in (("match", "left", "right"), ("vmap", "key", "data"),
+                              ("map", "key", "data")):
+        if isinstance(args := stmt.get(verb), dict):
+            pairs.append((args.get(left), args.get(right)))
+    return pairs
 
 
 def _nft_index_keys(expr) -> list[tuple[int, str]]:
