@@ -7,12 +7,16 @@ table, no socket bound to it or using its address (a connection from it, which `
 with no ``%ifname``; SCTP ones too where ``sctp`` is loaded), no multicast routing interface
 (VIF), no multicast group joined on it other than the kernel's own (/proc/net/igmp and igmp6:
 a receiver's join by its index), no pktgen thread that has it, and no protocol handler
-bound to it (/proc/net/ptype: a TIPC bearer), no tc or nftables hook on it (an ``ingress``/``clsact`` qdisc, a tcx program, the
-target of a ``tc mirred`` action on any port, a chain or flowtable hooked on it, its devices
-read from ``nft list chains`` where ``nft -j`` names none, a ``dup``/``fwd`` to it from a
-rule on any port: each kept through a down and deleted, or left sending nowhere, at the
-unbind; each read only where its module is loaded or built in, as asking would load it), and
-is down or has no address at all (an IPv6 link-local address counts: SSH may run over it).
+bound to it (/proc/net/ptype: a TIPC bearer), no tc or nftables hook on it (a qdisc someone
+configured, any but the kernel's own of handle ``0:``: a classful root with its filters,
+shaping alone, an ``ingress``/``clsact``; a filter on a default root that takes one; a tcx
+program, the target of a ``tc mirred`` action on any port, a chain or flowtable hooked on
+it, its devices read from ``nft list chains`` where ``nft -j`` names none, a ``dup``/``fwd``
+to it from a rule on any port, a rule matching it by its index, ``iif``/``oif``, named sets
+of ``iface_index`` read for their elements: each kept through a down and deleted, or left
+sending to or matching nothing, at the unbind; each read only where its module is loaded or
+built in, as asking would load it, but the qdiscs, a dump that loads none), and is down or
+has no address at all (an IPv6 link-local address counts: SSH may run over it).
 What cannot be read (``ip`` or ``ss`` missing, ``tc``, ``nft`` or ``bpftool`` where
 they are needed, a namespace the harness cannot enter, a device in another namespace whose
 lower device cannot be told) makes every interface unproven: :attr:`NetView.problems`.
@@ -39,10 +43,11 @@ output is read from files: ``<root>/ip/<what>.json`` for the harness's own names
 ``ip/netns.json``, ``ss.txt``, ``mpls.json`` (``ip -f mpls route``, read when
 ``proc/sys/net/mpls/platform_labels`` exists) and ``packet.txt`` (``/proc/net/packet``; and
 ``ptype.txt``, ``ip_mr_vif.txt``, ``ip6_mr_vif.txt``, ``igmp.txt``, ``igmp6.txt``, read
-when the harness's own ``proc/net`` has that file) likewise; ``tc-qdisc-<port>.json``,
-``tc-filter-<port>-<hook>.json``, ``tc-mirred.json``, ``bpftool-net.json`` and
-``nft-ruleset.json`` (and ``nft-chains.txt``/``nft-flowtables.txt``) are read only when
-their module (or, for tcx, a 6.6+ ``osrelease``) says there can be something.
+when the harness's own ``proc/net`` has that file) likewise; ``tc-qdisc.json`` where a port
+sits on a device; ``tc-filter-<port>-<hook|handle|root>.json`` for a qdisc that can hold
+filters; ``tc-mirred.json``, ``bpftool-net.json`` and ``nft-ruleset.json`` (and
+``nft-chains.txt``/``nft-flowtables.txt``, ``nft-set|map-<family>-<table>-<name>.json``)
+only when their module (or, for tcx, a 6.6+ ``osrelease``) says there can be something.
 
     >>> view = NetView.read(Sysfs("/"))                 # doctest: +SKIP
     >>> view.use_of(Netdev(OWN, "enp5s0f0"))
@@ -201,8 +206,8 @@ class NetView:
         # Up at all is in use: an address-less port that is up carries what no address, route
         # or socket shows (FCoE, AoE, a tc or nftables hook of a kind not read, an uplink
         # whose cable is out right now); the operator sets a spare port down to offer it.
-        # (tc qdiscs, tcx programs, mirred targets, nftables chains and dup/fwd targets,
-        # multicast groups: ``ns.kernel_users``.)
+        # (tc qdiscs, tcx programs, mirred targets, nftables chains, dup/fwd targets and
+        # iif/oif matches, multicast groups: ``ns.kernel_users``.)
         if "UP" in link.get("flags", []):
             addresses = ns.addresses.get(dev.name)
             uses.append(f"{dev} is up " + (f"with the address {', '.join(addresses)}"
@@ -1281,18 +1286,19 @@ def _igmp6_groups(text: str) -> list[tuple[str, str]]:
 # -- what tc and nftables keep on a port --------------------------------------------------------
 
 
-#: The qdiscs that tc filters (a BPF program's ``bpf da``, a ``u32``, a ``matchall``) hang on,
-#: ``sch_ingress``'s two, and the hooks each has.
+#: ``sch_ingress``'s two qdiscs, whose filters (a BPF program's ``bpf da``, a ``u32``, a
+#: ``matchall``) are listed by hook, and the hooks each has.
 _TC_HOOK_QDISCS = {"ingress": ("ingress",), "clsact": ("ingress", "egress")}
 
 
 def _read_tc(fs: Sysfs, ns: Namespace, where: str) -> None:
     """What tc keeps on a port with no socket or route, each kept through a down and deleted
     (a mirred action's target: cleared) when the port is unregistered, which the unbind does:
-    the qdisc its filters hang on (:func:`_read_tc_qdiscs`: Cilium's ``cil_from_netdev``
-    before tcx, a lab's ``tc filter ... bpf da``), a tcx program (:func:`_read_tcx`: Cilium
-    or Calico on 6.6+), and a mirred action on any port that sends to it
-    (:func:`_read_mirred`: a software SPAN to a capture port). Filed in
+    a qdisc someone configured, with the filters on it, or filters on a default root
+    (:func:`_read_tc_qdiscs`: Cilium's ``cil_from_netdev`` before tcx, a lab's ``tc filter
+    ... bpf da``, an ``htb`` root with a BPF classifier, shaping), a tcx program
+    (:func:`_read_tcx`: Cilium or Calico on 6.6+), and a mirred action on any port that sends
+    to it (:func:`_read_mirred`: a software SPAN to a capture port). Filed in
     ``ns.kernel_users``; what cannot be read is a problem of ``ns``."""
     for read in (_read_tc_qdiscs, _read_tcx, _read_mirred):
         if not read(fs, ns, where):
@@ -1309,27 +1315,96 @@ def _tc_json(fs: Sysfs, ns: Namespace, args: list[str], fake: str) -> list:
     return out
 
 
+#: The qdiscs the kernel attaches to a port by itself (handle ``0:``) that take no filter
+#: (tc: "Qdisc not classful", for ``mq`` "Class doesn't support blocks"; ``mq``'s children
+#: cannot be named as a parent at all): a port with only these has nothing of tc on it.
+#: Another default (``net.core.default_qdisc``: ``fq_codel``, ``cake``, ``sfq``) can hold
+#: filters as the root, which are read (:func:`_tc_default_root`).
+_TC_FILTERLESS = {"noop", "noqueue", "pfifo_fast", "mq"}
+
+
 def _read_tc_qdiscs(fs: Sysfs, ns: Namespace, where: str) -> bool:
-    """An ``ingress`` or ``clsact`` qdisc on a port that sits on a device (``parentdev``: the
-    ports a function can be taken with) is a use: someone attached tc filters there, BPF or
-    not, all deleted with it at the unbind; they are named where ``tc filter show`` lists
-    them. Read where ``sch_ingress`` is there (else no such qdisc exists). False: a problem."""
-    if not _loaded(fs, "sch_ingress"):
+    """A qdisc someone configured on a port that sits on a device (``parentdev``: the ports a
+    function can be taken with) is a use, named with its kind and handle: the kernel's own
+    have the handle ``0:``, one tc added has another (``8001:`` and up when none is given,
+    ``ffff:`` for ``ingress``/``clsact``). Each is kept through a down and deleted with its
+    filters (a BPF classifier, a ``u32`` with its actions) or shaping (``netem``, ``tbf``,
+    ``taprio``) at the unbind, and the port comes back with the default qdisc. Read from one
+    ``tc -j qdisc show`` per namespace (a dump: it loads no module). False: a problem."""
+    ports = {n for n, link in ns.links.items() if "parentdev" in link}
+    if not ports:
         return True
-    for name in sorted(n for n, link in ns.links.items() if "parentdev" in link):
-        try:
-            qdiscs = _tc_json(fs, ns, ["qdisc", "show", "dev", name], f"tc-qdisc-{name}")
-        except (OSError, ValueError) as e:
-            ns.problems.append(f"the tc qdiscs of {name}{where} cannot be read (`tc -j qdisc "
-                               f"show dev {name}`: {e}): a clsact qdisc's filters (a BPF "
-                               "program) are deleted at the unbind; install iproute2's `tc`")
-            return False
-        for kind in [q.get("kind") for q in qdiscs if isinstance(q, dict)]:
-            if kind in _TC_HOOK_QDISCS:
-                ns.kernel_users.setdefault(name, []).append(
-                    f"has a tc {kind} qdisc, whose filters ({_tc_filters(fs, ns, name, kind)}) "
+    try:
+        qdiscs = [q for q in _tc_json(fs, ns, ["qdisc", "show"], "tc-qdisc")
+                  if isinstance(q, dict)]
+        if any("dev" not in q for q in qdiscs):
+            raise ValueError("a qdisc is listed with no device")
+        qdiscs = [q for q in qdiscs if q["dev"] in ports]
+    except (OSError, ValueError) as e:
+        ns.problems.append(f"the tc qdiscs{where} cannot be read (`tc -j qdisc show`: {e}): "
+                           "a qdisc configured on a port, with its filters (a BPF program) or "
+                           "shaping, is deleted at the unbind; install iproute2's `tc`")
+        return False
+    for q in qdiscs:
+        name, kind = str(q["dev"]), str(q.get("kind", "?"))
+        if kind in _TC_HOOK_QDISCS:
+            used = (f"has a tc {kind} qdisc, whose filters ({_tc_filters(fs, ns, name, kind)}) "
                     "are deleted with it at the unbind")
+        elif _tc_handle(q) != 0:
+            used = _tc_configured(fs, ns, name, q)
+        else:
+            used = _tc_default_root(fs, ns, name, q)
+        if used:
+            ns.kernel_users.setdefault(name, []).append(used)
     return True
+
+
+def _tc_handle(qdisc: dict) -> int | None:
+    """The major number of a qdisc's ``handle`` (``"8001:"``: 0x8001; the kernel's own:
+    0), or None when it cannot be read (counted as configured)."""
+    m = re.fullmatch(r"([0-9a-fA-F]+):", str(qdisc.get("handle", "")))
+    return int(m[1], 16) if m else None
+
+
+def _tc_configured(fs: Sysfs, ns: Namespace, name: str, qdisc: dict) -> str:
+    """A qdisc someone configured, named with its kind, handle and place, and the filters
+    on it where it is the root (``tc -j filter show dev X parent H``)."""
+    handle, kind = qdisc.get("handle", "?"), qdisc.get("kind", "?")
+    place = "root" if qdisc.get("root") else f"parent {qdisc.get('parent', '?')}"
+    filters = ""
+    if qdisc.get("root") and _tc_handle(qdisc):
+        found = _tc_named(fs, ns, name, ["parent", str(handle)],
+                          f"tc-filter-{name}-{_tc_handle(qdisc):x}")
+        filters = f" with its filters ({found})" if found else ""
+    return (f"has the tc {kind} qdisc {handle} ({place}) configured on it{filters}, deleted at "
+            f"the unbind (the port comes back with the default qdisc): `tc qdisc del dev "
+            f"{name} {place}` if nothing needs it")
+
+
+def _tc_default_root(fs: Sysfs, ns: Namespace, name: str, qdisc: dict) -> str:
+    """The filters someone attached to the port's default root qdisc, when it is one that
+    takes filters (not :data:`_TC_FILTERLESS`): a use, or "" (none, or not the root)."""
+    if not qdisc.get("root") or qdisc.get("kind") in _TC_FILTERLESS:
+        return ""
+    found = _tc_named(fs, ns, name, [], f"tc-filter-{name}-root")
+    return (f"has tc filters ({found}) on its default {qdisc.get('kind')} qdisc, deleted at "
+            "the unbind" if found else "")
+
+
+def _tc_named(fs: Sysfs, ns: Namespace, name: str, parent: list[str], fake: str) -> str:
+    """``tc -j filter show dev NAME [parent H]``'s filters, as ``u32, bpf cls.o``, their
+    mirred actions filed (:func:`_note_mirreds`); "" for none; why they cannot be listed
+    (where the qdisc is a use all the same, or a problem's text)."""
+    try:
+        found = _tc_json(fs, ns, ["filter", "show", "dev", name, *parent], fake)
+    except (OSError, ValueError) as e:
+        return f"cannot be listed: {e}"
+    named = []
+    for f in (f for f in found if isinstance(f, dict) and "options" in f):
+        options = f["options"] if isinstance(f["options"], dict) else {}
+        named.append(f"{f.get('kind', '?')} {options.get('bpf_name', '')}".strip())
+        _note_mirreds(ns, f"{name} {' '.join(parent) or 'root'}", options.get("actions"))
+    return ", ".join(named)
 
 
 def _tc_filters(fs: Sysfs, ns: Namespace, name: str, kind: str) -> str:
@@ -1501,12 +1576,15 @@ def _read_nft(fs: Sysfs, ns: Namespace, where: str) -> None:
     """What nftables keeps on a port, each lost at the unbind: a netdev-family base chain (or
     an ``inet`` ingress one) or a flowtable hooked on it (when the port is unregistered the
     kernel drops it from the hook, and releases a chain of that one device with its rules,
-    every kernel before 6.16), and a rule that sends to it, ``dup to``/``fwd to`` the port
-    from a chain on another (the nftables wiki's SPAN: nft resolved the name to the port's
-    ifindex at load, and the port given back has a new one, so the rule sends nowhere).
-    Read from ``nft -j -t list ruleset`` (:func:`_nft_hooks` for the devices the JSON does not
-    name) where ``nf_tables`` is there (else there is no ruleset); ``nft`` missing or
-    failing, or a device that cannot be told, is a problem of ``ns``."""
+    every kernel before 6.16), a rule that sends to it, ``dup to``/``fwd to`` the port from a
+    chain on another (the nftables wiki's SPAN), and a rule that matches it by its index,
+    ``iif``/``oif`` (a host firewall's ``iif "enp5s0f1" drop`` fencing off a DUT network):
+    nft resolved the name to the port's ifindex at load, and the port given back has a new
+    one, so the rule sends nowhere, or matches nothing, for good (``iifname``/``oifname``
+    match by name, and hold). Read from ``nft -j -t list ruleset`` (:func:`_nft_hooks` for
+    the devices the JSON does not name, :func:`_nft_index_sets` for a named set's ports)
+    where ``nf_tables`` is there (else there is no ruleset); ``nft`` missing or failing, or a
+    device that cannot be told, is a problem of ``ns``."""
     if not _loaded(fs, "nf_tables"):
         return
     try:
@@ -1514,14 +1592,24 @@ def _read_nft(fs: Sysfs, ns: Namespace, where: str) -> None:
                     **_by(ns))
         items = [(k, v) for i in json.loads(text or "{}").get("nftables", [])
                  if isinstance(i, dict) for k, v in i.items() if isinstance(v, dict)]
+        rules = [rule for k, rule in items if k == "rule"]
         hooked = _nft_hooks(fs, ns, items)
-        sent = [s for k, rule in items if k == "rule" for s in _nft_sends(rule)]
+        sent = [s for rule in rules for s in _nft_sends(rule)]
+        sets = _nft_index_sets(fs, ns, items, rules)
+        matched = [m for rule in rules for m in _nft_matches(rule, sets)]
     except (OSError, ValueError, AttributeError, TypeError) as e:
         ns.problems.append(f"the nftables ruleset{where} cannot be read "
                            f"(`{' '.join(_NFT_RULESET)}`: {e}): a netdev chain on a port is "
-                           "released at the unbind, and a dup or fwd to it sends nowhere "
-                           "after it; install nftables (its `nft`, 0.9.1 or later)")
+                           "released at the unbind, and a dup or fwd to it, or an iif or oif "
+                           "match on it, holds an index that is gone after it; install "
+                           "nftables (its `nft`, 0.9.1 or later)")
         return
+    _file_nft(ns, hooked, sent, matched)
+
+
+def _file_nft(ns: Namespace, hooked: list, sent: list, matched: list) -> None:
+    """Files what :func:`_read_nft` found in ``ns.kernel_users``, each rule named with its
+    chain (and the devices that chain is hooked on)."""
     chains = {}
     for key, item, devs in hooked:
         chains[item.get("family"), item.get("table"), item.get("name")] = devs
@@ -1536,6 +1624,11 @@ def _read_nft(fs: Sysfs, ns: Namespace, where: str) -> None:
             f"is sent to by the nftables rule `{verb} to` it in chain {family} {table} {chain}"
             + (f" (on {', '.join(on)})" if on else "") + ", which holds its ifindex: after "
             f"the unbind the {verb} goes nowhere, for good")
+    for dev, key, (family, table, chain) in matched:
+        ns.kernel_users.setdefault(dev, []).append(
+            f"is matched by its index (`{key}`) in an nftables rule of chain {family} {table} "
+            f"{chain}: after the unbind the port has a new one and the rule matches nothing, "
+            f"for good (`{key}name` matches by name, and holds)")
 
 
 def _nft_on_devices(key: str, item: dict) -> bool:
@@ -1616,6 +1709,110 @@ def _nft_sends(rule: dict) -> list[tuple[str, str, tuple]]:
             if dev is not None:
                 sends.append((dev, verb, where))
     return sends
+
+
+#: ``meta`` keys whose value is an interface's index, which nft resolves from the name when
+#: the rule is loaded (``iifname``/``oifname`` match by name, and hold after a give-back).
+_NFT_INDEX_KEYS = ("iif", "oif")
+
+
+def _nft_matches(rule: dict, sets: dict) -> list[tuple[str, str, tuple]]:
+    """(device, ``iif`` or ``oif``, (family, table, chain)) of each port an ``nft -j`` rule
+    matches by its index: ``iif "X"``, ``iif { "X", "Y" }``, ``iif . ip saddr { "X" . ADDR
+    }``, ``iif vmap { "X" : drop }``, or a named set or map (``iif @dut_ports``: its elements
+    in ``sets``, :func:`_nft_index_sets`). An element that names no device cannot be told:
+    ValueError."""
+    where = (rule.get("family"), rule.get("table"), rule.get("chain"))
+    found = []
+    for stmt in rule.get("expr") or []:
+        for left, right in _nft_compared(stmt):
+            keys = _nft_index_keys(left)
+            for elem in _nft_elements(right, sets, where) if keys else []:
+                parts = elem["concat"] if isinstance(elem, dict) and "concat" in elem else [elem]
+                for i, key in keys:
+                    name = parts[i] if isinstance(parts, list) and i < len(parts) else None
+                    if not isinstance(name, str):
+                        raise ValueError(f"an `{key}` match in chain {' '.join(map(str, where))}"
+                                         f" compares with {json.dumps(name)[:80]}: which port "
+                                         "cannot be told")
+                    found.append((name, key, where))
+    return found
+
+
+def _nft_compared(stmt) -> list[tuple]:
+    """(what is compared, what with) in a statement of ``nft -j``: a ``match``'s left and
+    right, a ``vmap``'s or ``map``'s key and data."""
+    if not isinstance(stmt, dict):
+        return []
+    pairs = []
+    for verb, left, right in (("match", "left", "right"), ("vmap", "key", "data"),
+                              ("map", "key", "data")):
+        if isinstance(args := stmt.get(verb), dict):
+            pairs.append((args.get(left), args.get(right)))
+    return pairs
+
+
+def _nft_index_keys(expr) -> list[tuple[int, str]]:
+    """(position, ``iif`` or ``oif``) of each part of an ``nft -j`` expression that is an
+    interface's index: the expression itself (position 0), or a part of a concatenation
+    (``iif . ip saddr``). nft 0.9.0 printed ``{"meta": "iif"}``, later ones a ``key``."""
+    concat = expr.get("concat") if isinstance(expr, dict) else None
+    found = []
+    for i, part in enumerate(concat if isinstance(concat, list) else [expr]):
+        meta = part.get("meta") if isinstance(part, dict) else None
+        key = meta.get("key") if isinstance(meta, dict) else meta
+        if key in _NFT_INDEX_KEYS:
+            found.append((i, key))
+    return found
+
+
+def _nft_elements(right, sets: dict, where: tuple) -> list:
+    """What ``right`` compares with: one value, an anonymous set's elements (a map's keys),
+    or a named set's (``@NAME``, in ``sets``; one not there cannot be told: ValueError)."""
+    if isinstance(right, str) and right.startswith("@"):
+        named = (where[0], where[1], right[1:])
+        if named not in sets:
+            raise ValueError(f"the set {' '.join(map(str, named))}, matched by an interface's "
+                             "index, is not listed as one")
+        elems = sets[named]
+    else:
+        elems = right["set"] if isinstance(right, dict) and "set" in right else [right]
+    elems = [e[0] if isinstance(e, list) and e else e for e in elems]  # (a map's key)
+    return [e["elem"].get("val") if isinstance(e, dict) and isinstance(e.get("elem"), dict)
+            else e for e in elems]  # (an element with a timeout or comment)
+
+
+def _nft_index_sets(fs: Sysfs, ns: Namespace, items: list, rules: list) -> dict:
+    """(family, table, name) -> the elements of each named set or map of interface indexes
+    (type ``iface_index``, alone or in a concatenation) a rule names (``@NAME``): ``-t``
+    lists no elements, so each is read, ``nft -j list set|map FAMILY TABLE NAME`` (a few
+    ports). Raises OSError or ValueError (it cannot be read: every port is unproven)."""
+    named = {(r.get("family"), r.get("table"), ref[1:]) for r in rules
+             for ref in _nft_refs(r.get("expr"))}
+    found = {}
+    for key, item in items:
+        ident = (item.get("family"), item.get("table"), item.get("name"))
+        types = item.get("type") if isinstance(item.get("type"), list) else [item.get("type")]
+        if key not in ("set", "map") or ident not in named or "iface_index" not in types:
+            continue
+        argv = ["nft", "-j", "list", key, *map(str, ident)]
+        text = _run(fs, ns.enter + argv, ns.fake / f"nft-{key}-{'-'.join(map(str, ident))}.json",
+                    ns.fds, **_by(ns))
+        listed = [v for i in json.loads(text or "{}").get("nftables", []) if isinstance(i, dict)
+                  for k, v in i.items() if k == key and isinstance(v, dict) and
+                  (v.get("family"), v.get("table"), v.get("name")) == ident]
+        if not listed:
+            raise ValueError(f"`{' '.join(argv)}` does not list it")
+        found[ident] = listed[0].get("elem") or []
+    return found
+
+
+def _nft_refs(expr) -> list[str]:
+    """Every named set or map an ``nft -j`` expression refers to (``"@NAME"``)."""
+    if isinstance(expr, str):
+        return [expr] if expr.startswith("@") else []
+    values = expr.values() if isinstance(expr, dict) else expr if isinstance(expr, list) else []
+    return [ref for v in values for ref in _nft_refs(v)]
 
 
 def _proc_net_file(fs: Sysfs, ns: Namespace, name: str) -> str | None:

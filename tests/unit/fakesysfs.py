@@ -321,6 +321,7 @@ class FakeHost:
         for what, value in data.items():
             self.file(f"{where}/{what}.json", json.dumps(value))
         self.file(f"{where}/ss.txt", ss)
+        self.file(f"{where}/tc-qdisc.json", "[]")  # (`tc -j qdisc show`: nothing configured)
         if namespace:
             self.file(f"{where}/packet.txt", packet)
             listed = self.root / "ip/netns.json"

@@ -292,6 +292,7 @@ def entered_through_a_file(host: FakeHost, inode: int, up_port: str = PORT1) -> 
     for what in ("route", "route6"):
         host.file(f"{where}/{what}.json", "[]")
     host.file(f"{where}/ss.txt", "")
+    host.file(f"{where}/tc-qdisc.json", "[]")  # (`tc -j qdisc show`: nothing configured)
     host.file(f"{where}/packet.txt", "sk RefCnt Type Proto Iface R Rmem User Inode\n")
 
 

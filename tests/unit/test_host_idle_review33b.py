@@ -215,6 +215,7 @@ def _namespace_output(host: FakeHost, inode: int, links, addrs=None, routes=()) 
     host.file(f"{where}/route.json", json.dumps(list(routes)))
     host.file(f"{where}/route6.json", "[]")
     host.file(f"{where}/ss.txt", "")
+    host.file(f"{where}/tc-qdisc.json", "[]")  # (`tc -j qdisc show`: nothing configured)
     host.file(f"{where}/packet.txt", "sk RefCnt Type Proto Iface R Rmem User Inode\n")
 
 

@@ -241,8 +241,8 @@ def _with_tc(lab, monkeypatch, filters: dict, tcx: list | None = None) -> None:
             dev = next((d for d in words if d in {li["ifname"] for li in _LINKS}), None)
             if "qdisc" in words:
                 return json.dumps([{"kind": "clsact", "handle": "ffff:", "parent": "ffff:fff1",
-                                    "options": {}}] if dev in devs or (dev is None and devs)
-                                  else [])
+                                    "options": {}, **({} if dev else {"dev": d})}
+                                   for d in sorted(devs) if dev in (d, None)])
             if "filter" in words:
                 hook = next((h for h in ("ingress", "egress") if h in words), None)
                 if dev is None:
