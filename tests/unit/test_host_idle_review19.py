@@ -283,7 +283,8 @@ def test_3_an_idle_nvme_controller_with_multipath_heads_can_be_claimed_for_the_m
     # (a host says what is built in: one that cannot counts every module there)
     lab.file(f"lib/modules/{os.uname().release}/modules.builtin")
     fs = HostShaped(lab.root)
-    plan = type("Plan", (), {"to_move": (fs.pci_device(NVME),)})()
+    dev = fs.pci_device(NVME)
+    plan = type("Plan", (), {"to_move": (dev,), "members": (dev,)})()
     try:
         with _disks_claimed(fs, plan):
             pass
