@@ -29,6 +29,15 @@ bind's mechanics, the give-back), on main at 723dbcf. What it found, one section
    VFs from another run whose inventory lists VFs of it (it reads no PCI entry of the PF),
    and the lease's handover then refuses it (``vfs_removed``). Safe: ``enable_vfs`` refuses
    a PF another lease's entry holds, as ``_refuse_pf_of_vfs`` does the other way.
+   Nor does this need two sessions (test 1c): one run's xdist scheduling
+   (:meth:`harness.run.backends.Vfio.resource_group`, "one physical resource, one worker at
+   a time") groups a PCI entry by its IOMMU group and a USB entry by its port path, so the
+   controller's tests and the stick's go to two workers at once (the inventory takes both
+   entries; nothing in ``load_inventory`` or ``doctor`` says one is below the other). With
+   the harness's own move the two still collide, fail closed (the later one is refused:
+   ``_refuse_usb_below``, or "no USB device at bus 4 address 2 any more"): a test failure
+   the run made for itself; with libvirt's, it is the lease holder that fails. Safe: a USB
+   device below a PCI function the inventory lists shares that function's xdist group.
 
 The tests assert the safe behaviour and fail on 723dbcf; the control shows the same stick
 handed over when no lease holds its controller. A fake sysfs/proc tree plays the host
@@ -172,3 +181,38 @@ def test_1b_a_pf_leased_for_libvirt_gets_no_vfs_from_another_run(pf_host):
             except HostDeviceError:
                 pass
     assert not made and PF in refused, made or refused
+
+
+INVENTORY = """\
+[[device]]
+role = "usb-controller"
+bdf = "0000:07:00.0"
+companions = ["0000:00:1d.0"]
+product = "Cruzer Blade"
+
+[[device]]
+role = "usb-device"
+name = "stick"
+hostbus = 4
+hostaddr = 2
+"""
+
+
+def test_1c_one_run_puts_a_usb_device_and_the_controller_above_it_on_two_workers(
+        stick, monkeypatch):
+    """Why the collision of test 1 needs no second session: within one run, the xdist group
+    of a test (:meth:`harness.run.backends.Vfio.resource_group`, "one physical resource, one
+    worker at a time") is the IOMMU group for a PCI entry and the USB port path for a USB
+    entry, so the uPD720202's tests (``iommu-group-14``) and the stick's below it
+    (``usb-4-1``) go to two workers at once, each with a binder of its own. Safe: a USB
+    device whose controller (or any PCI function above it) the inventory lists is in that
+    function's group (the one resource it is part of)."""
+    from harness.host.inventory import parse_inventory
+    from harness.run import backends
+
+    monkeypatch.setattr(backends.Sysfs, "of", staticmethod(lambda root: stick.sysfs()))
+    inv = parse_inventory(INVENTORY, root=stick.sysfs())
+    vfio = backends.Vfio(worker="gw0", qemu_binary="qemu-system-x86_64", pace=lambda s: s)
+    vfio.inventory = inv
+    groups = {d.name: vfio.resource_group(SimpleNamespace(entry=d)) for d in inv.devices}
+    assert groups["stick"] == groups[inv.devices[0].name], groups
