@@ -26,9 +26,25 @@ journal), on main at 723dbcf. What it found, one section below each:
    ``sched_cls`` list decides, :func:`_tcx_unproven`), else every NIC is unproven, naming
    it.
 
+2. A tcx program on a kernel whose release number is below 6.6 but which has tcx: RHEL 9.4
+   and later (and AlmaLinux/Rocky 9.4+), ``5.14.0-427...el9_4`` to ``5.14.0-570...el9_6``,
+   whose eBPF is rebased to upstream 6.6 (9.4) and 6.12 (9.6, its release notes: "eBPF
+   facility rebased to Linux kernel version 6.12"). :func:`harness.host.network._tcx_possible`
+   decides from ``osrelease`` alone ("5.14" < 6.6: no tcx) and then reads nothing: neither
+   ``bpftool -j net show`` nor the kernel's ``sched_cls`` list, so a tcx link on the down
+   port is not seen. tcx works there: ptcpdump's users report ``attach tcx/egress hooks`` on
+   AlmaLinux 9.4's ``5.14.0-427.42.1.el9_4`` (mozillazg/ptcpdump#244), and Cilium's loader
+   (cilium/cilium#30103) attaches with tcx wherever the kernel takes it, falling back to tc
+   only on ``ErrNotSupported``. Shape: a RHEL 9.4+ lab host that is also a k8s/OpenShift
+   node with Cilium 1.15+ (``cil_from_netdev`` as tcx links on the devices it manages), or
+   ptcpdump/a libbpf loader left attached to a spare port, the port set down; the unbind's
+   ``tcx_uninstall`` drops the program for good. Safe: whether tcx can be there is not read
+   from the version number: ``bpftool -j net show`` (or, without bpftool, the kernel's
+   ``sched_cls`` programs) is read on every kernel; a ``tcx/`` entry on the port is a use.
+
 Each test asserts the safe behaviour and fails on 723dbcf; the controls show the same host
-with a bpftool that lists tcx (7.5.0, bookworm-backports') and the tcx program on another
-port, the down port taken. A fake sysfs/proc tree plays the host (:mod:`.fakesysfs`'s lab
+with a bpftool that lists tcx (7.5.0, bookworm-backports') naming the program, and the tcx
+program on another port, the down port taken. A fake sysfs/proc tree plays the host (:mod:`.fakesysfs`'s lab
 host), ``tc`` and ``bpftool`` by monkeypatched output; no guest is booted.
 """
 
@@ -58,13 +74,14 @@ _TCP = "tcp LISTEN 0 128 0.0.0.0:22 0.0.0.0:*\n"
 
 # -- 1. a tcx program that a bpftool older than 7.3 does not list --------------------------------
 
-def _with_bpftool(lab, monkeypatch, version: str, tcx: list) -> None:
-    """A 6.12 kernel (Debian 12's bookworm-backports, ``6.12.9+bpo-amd64``) with tcx programs
+def _with_bpftool(lab, monkeypatch, version: str, tcx: list,
+                  release: str = "6.12.9+bpo-amd64") -> None:
+    """A 6.12 kernel (Debian 12's bookworm-backports, ``6.12.9+bpo-amd64``; or ``release``) with tcx programs
     ``tcx`` ((device, hook, name)) attached, and a ``bpftool`` of ``version``: one from 7.3
     on lists them as ``tcx/ingress`` entries, an older one does not know tcx and lists the
     netlink tc filters only (none here: no qdisc on any port). ``tc -j qdisc show`` lists
     the kernel's own qdiscs only (tcx needs none)."""
-    lab.proc("sys/kernel/osrelease", "6.12.9+bpo-amd64\n")
+    lab.proc("sys/kernel/osrelease", release + "\n")
     real = network._run
     knows_tcx = tuple(map(int, version.split("."))) >= (7, 3)
 
@@ -119,5 +136,40 @@ def test_control_1b_a_tcx_program_on_another_port_leaves_it_idle(lab, monkeypatc
     """bpftool 7.5.0 lists Cilium's program on enp2s0 only: the down port is taken."""
     lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
     _with_bpftool(lab, monkeypatch, "7.5.0", [("enp2s0", "ingress", "cil_from_netdev")])
+    uses, evidence = NetView.read(Sysfs(lab.root)).use_of(PORT)
+    assert uses == [] and "down" in evidence, uses
+
+
+# -- 2. a tcx program on a RHEL 9.4+ kernel, whose release says 5.14 ----------------------------
+
+#: RHEL 9.6's kernel: 5.14 by its release, its eBPF rebased to 6.12 (the 9.6 release notes;
+#: 9.4's to 6.6), tcx included; AlmaLinux/Rocky 9.4+ the same.
+_EL9 = "5.14.0-570.12.1.el9_6.x86_64"
+
+
+def test_2a_a_tcx_program_on_a_rhel9_kernel_keeps_the_port(lab, monkeypatch):
+    """Cilium 1.16 (tcx when the kernel takes it: its loader falls back to tc only on
+    ``ErrNotSupported``) on a RHEL 9.6 k8s node: ``cil_from_netdev`` as a tcx link on the
+    down enp5s0f1; RHEL 9.6's bpftool (7.5, from the same rebase) lists it."""
+    lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
+    _with_bpftool(lab, monkeypatch, "7.5.0", [("enp5s0f1", "ingress", "cil_from_netdev")],
+                  release=_EL9)
+    uses, evidence = NetView.read(Sysfs(lab.root)).use_of(PORT)
+    assert uses, f"taken as idle: {evidence}"
+
+
+def test_2b_the_function_is_refused_on_the_rhel9_host(lab, monkeypatch):
+    lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
+    _with_bpftool(lab, monkeypatch, "7.5.0", [("enp5s0f1", "ingress", "cil_from_netdev")],
+                  release=_EL9)
+    verdict = HostUsage.read(lab.root).verdict("0000:05:00.1")
+    assert verdict.uses, f"taken: {verdict}"
+
+
+def test_control_2_a_tcx_program_on_another_port_of_the_rhel9_host_leaves_it_idle(
+        lab, monkeypatch):
+    lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
+    _with_bpftool(lab, monkeypatch, "7.5.0", [("enp2s0", "ingress", "cil_from_netdev")],
+                  release=_EL9)
     uses, evidence = NetView.read(Sysfs(lab.root)).use_of(PORT)
     assert uses == [] and "down" in evidence, uses
