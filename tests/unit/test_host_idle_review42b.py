@@ -6,7 +6,8 @@ journal), on main at 723dbcf. What it found, one section below each:
    later, no qdisc: ``bpftool -j net show``)") takes ``bpftool -j net show``'s word for it
    whenever bpftool runs: no ``tcx/`` entry, no tcx program. But ``bpftool net show`` lists
    tcx links only from bpftool 7.3 on ("bpftool: Extend net dump with tcx progs", the tcx
-   series of Linux 6.6, July 2023: it asks ``BPF_PROG_QUERY`` for ``BPF_TCX_INGRESS`` and
+   series of Linux 6.6, July 2023; libbpf/bpftool 4294230, first in v7.3.0: v7.1.0's
+   src/net.c has no tcx at all. It asks ``BPF_PROG_QUERY`` for ``BPF_TCX_INGRESS`` and
    ``BPF_TCX_EGRESS``); an older one dumps the netlink tc filters (``clsact`` ones) and XDP
    only, and prints ``"tc": []`` for a port whose programs are all tcx: tcx keeps them in
    ``dev->tcx_ingress``/``tcx_egress``, which no netlink dump shows, with no qdisc (so
