@@ -45,8 +45,9 @@ journal), on main at 723dbcf. What it found, one section below each:
 
 Each test asserts the safe behaviour and fails on 723dbcf; the controls show the same host
 with a bpftool that lists tcx (7.5.0, bookworm-backports') naming the program, and the tcx
-program on another port, the down port taken. A fake sysfs/proc tree plays the host (:mod:`.fakesysfs`'s lab
-host), ``tc`` and ``bpftool`` by monkeypatched output; no guest is booted.
+program on another port, the down port taken. A fake sysfs/proc tree plays the host
+(:mod:`.fakesysfs`'s lab host), ``tc`` and ``bpftool`` by monkeypatched output; no guest is
+booted.
 """
 
 from __future__ import annotations
@@ -77,10 +78,10 @@ _TCP = "tcp LISTEN 0 128 0.0.0.0:22 0.0.0.0:*\n"
 
 def _with_bpftool(lab, monkeypatch, version: str, tcx: list,
                   release: str = "6.12.9+bpo-amd64") -> None:
-    """A 6.12 kernel (Debian 12's bookworm-backports, ``6.12.9+bpo-amd64``; or ``release``) with tcx programs
-    ``tcx`` ((device, hook, name)) attached, and a ``bpftool`` of ``version``: one from 7.3
-    on lists them as ``tcx/ingress`` entries, an older one does not know tcx and lists the
-    netlink tc filters only (none here: no qdisc on any port). ``tc -j qdisc show`` lists
+    """A 6.12 kernel (Debian 12's bookworm-backports, ``6.12.9+bpo-amd64``; or ``release``)
+    with tcx programs ``tcx`` ((device, hook, name)) attached, and a ``bpftool`` of
+    ``version``: one from 7.3 on lists them as ``tcx/ingress`` entries, an older one does not
+    know tcx and lists the netlink tc filters only (none here: no qdisc on any port). ``tc -j qdisc show`` lists
     the kernel's own qdiscs only (tcx needs none)."""
     lab.proc("sys/kernel/osrelease", release + "\n")
     real = network._run
