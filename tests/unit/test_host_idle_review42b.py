@@ -81,8 +81,8 @@ def _with_bpftool(lab, monkeypatch, version: str, tcx: list,
     """A 6.12 kernel (Debian 12's bookworm-backports, ``6.12.9+bpo-amd64``; or ``release``)
     with tcx programs ``tcx`` ((device, hook, name)) attached, and a ``bpftool`` of
     ``version``: one from 7.3 on lists them as ``tcx/ingress`` entries, an older one does not
-    know tcx and lists the netlink tc filters only (none here: no qdisc on any port). ``tc -j qdisc show`` lists
-    the kernel's own qdiscs only (tcx needs none)."""
+    know tcx and lists the netlink tc filters only (none here: no qdisc on any port). ``tc -j
+    qdisc show`` lists the kernel's own qdiscs only (tcx needs none)."""
     lab.proc("sys/kernel/osrelease", release + "\n")
     real = network._run
     knows_tcx = tuple(map(int, version.split("."))) >= (7, 3)
