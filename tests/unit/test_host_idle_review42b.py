@@ -48,6 +48,17 @@ with a bpftool that lists tcx (7.5.0, bookworm-backports') naming the program, a
 program on another port, the down port taken. A fake sysfs/proc tree plays the host
 (:mod:`.fakesysfs`'s lab host), ``tc`` and ``bpftool`` by monkeypatched output; no guest is
 booted.
+
+Looked at, checked against this host's tools in a namespace of its own (nft 1.0.6, iproute2
+6.1, kernel 6.18), and held: ``tc -j actions ls action mirred`` past one dump message (41
+actions print as two ``total acts``/``actions`` pairs, both read); ``tc -j qdisc show`` and
+``tc -j filter show`` of a ``clsact`` with a ``u32`` mirred; ``nft list chains``' text of a
+netdev egress chain and a two-device ingress chain and an ``inet`` ingress one (the JSON
+names no device; the text parser reads each); named ``typeof meta iif`` sets and verdict maps
+(``"type": "iface_index"``, ``iif @set``, ``iif vmap @map``, ``nft -j list set|map``'s
+elements); bpftool's JSON keys for tcx (``devname``, ``kind`` ``tcx/ingress``: libbpf/bpftool
+src/net.c). A VXLAN with only ``local`` on the down port's address (socket on 0.0.0.0:4789,
+nothing names the port): judged no finding by read 40b, not reported again.
 """
 
 from __future__ import annotations
