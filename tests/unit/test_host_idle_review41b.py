@@ -152,6 +152,8 @@ def _with_root_qdisc(lab, monkeypatch, dev: str, filters: list, *, modules=("sch
                 return json.dumps([{"total acts": len(acts)}, {"actions": acts}])
             return "[]"
         if "bpftool" in names:  # (where installed: the filter under htb, not a tcx link)
+            if "version" in words:  # (Ubuntu 24.04's, from linux-tools 6.8: lists tcx)
+                return json.dumps({"version": "7.4.0", "libbpf_version": "1.4"})
             tc = [{"devname": dev, "ifindex": 4, "kind": "htb", "name": "egress_mark",
                    "prog_id": 37}] if any(f.get("kind") == "bpf" for f in filters) else []
             return json.dumps([{"xdp": [], "tc": tc, "flow_dissector": [], "netfilter": []}])
