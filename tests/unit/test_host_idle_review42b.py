@@ -88,13 +88,18 @@ _TCP = "tcp LISTEN 0 128 0.0.0.0:22 0.0.0.0:*\n"
 # -- 1. a tcx program that a bpftool older than 7.3 does not list --------------------------------
 
 def _with_bpftool(lab, monkeypatch, version: str, tcx: list,
-                  release: str = "6.12.9+bpo-amd64") -> None:
+                  release: str = "6.12.9+bpo-amd64", has_tcx: bool | None = None) -> None:
     """A 6.12 kernel (Debian 12's bookworm-backports, ``6.12.9+bpo-amd64``; or ``release``)
     with tcx programs ``tcx`` ((device, hook, name)) attached, and a ``bpftool`` of
     ``version``: one from 7.3 on lists them as ``tcx/ingress`` entries, an older one does not
     know tcx and lists the netlink tc filters only (none here: no qdisc on any port). ``tc -j
-    qdisc show`` lists the kernel's own qdiscs only (tcx needs none)."""
+    qdisc show`` lists the kernel's own qdiscs only (tcx needs none). ``has_tcx``: the
+    kernel's answer to the harness's tcx query (``BPF_PROG_QUERY`` at ``BPF_TCX_INGRESS``),
+    which only the real host is asked; a fake root plays its kernel by its ``osrelease``
+    (6.6+: tcx), so a 5.14 that has tcx (RHEL 9.4+) is played by that answer."""
     lab.proc("sys/kernel/osrelease", release + "\n")
+    if has_tcx is not None:
+        monkeypatch.setattr(network, "_tcx_possible", lambda fs: has_tcx)
     real = network._run
     knows_tcx = tuple(map(int, version.split("."))) >= (7, 3)
 
@@ -166,7 +171,7 @@ def test_2a_a_tcx_program_on_a_rhel9_kernel_keeps_the_port(lab, monkeypatch):
     down enp5s0f1; RHEL 9.6's bpftool (7.5, from the same rebase) lists it."""
     lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
     _with_bpftool(lab, monkeypatch, "7.5.0", [("enp5s0f1", "ingress", "cil_from_netdev")],
-                  release=_EL9)
+                  release=_EL9, has_tcx=True)
     uses, evidence = NetView.read(Sysfs(lab.root)).use_of(PORT)
     assert uses, f"taken as idle: {evidence}"
 
@@ -174,7 +179,7 @@ def test_2a_a_tcx_program_on_a_rhel9_kernel_keeps_the_port(lab, monkeypatch):
 def test_2b_the_function_is_refused_on_the_rhel9_host(lab, monkeypatch):
     lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
     _with_bpftool(lab, monkeypatch, "7.5.0", [("enp5s0f1", "ingress", "cil_from_netdev")],
-                  release=_EL9)
+                  release=_EL9, has_tcx=True)
     verdict = HostUsage.read(lab.root).verdict("0000:05:00.1")
     assert verdict.uses, f"taken: {verdict}"
 
@@ -183,6 +188,6 @@ def test_control_2_a_tcx_program_on_another_port_of_the_rhel9_host_leaves_it_idl
         lab, monkeypatch):
     lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
     _with_bpftool(lab, monkeypatch, "7.5.0", [("enp2s0", "ingress", "cil_from_netdev")],
-                  release=_EL9)
+                  release=_EL9, has_tcx=True)
     uses, evidence = NetView.read(Sysfs(lab.root)).use_of(PORT)
     assert uses == [] and "down" in evidence, uses
