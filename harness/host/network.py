@@ -10,9 +10,10 @@ a receiver's join by its index), no pktgen thread that has it, and no protocol h
 bound to it (/proc/net/ptype: a TIPC bearer), no tc or nftables hook on it (a qdisc someone
 configured, any but the kernel's own of handle ``0:``: a classful root with its filters,
 shaping alone, an ``ingress``/``clsact``; a filter on a default root that takes one; a tcx
-program, the target of a ``tc mirred`` action on any port, a chain or flowtable hooked on
-it, its devices read from ``nft list chains`` where ``nft -j`` names none, a ``dup``/``fwd``
-to it from a rule on any port, a rule matching it by its index, ``iif``/``oif``, named sets
+program (listed by a ``bpftool`` of 7.3 or later: an older one lists none), the target of a
+``tc mirred`` action on any port, a chain or flowtable hooked on it, its devices read from
+``nft list chains`` where ``nft -j`` names none, a ``dup``/``fwd`` to it from a rule on any
+port, a rule matching it by its index, ``iif``/``oif``, named sets
 of ``iface_index`` read for their elements: each kept through a down and deleted, or left
 sending to or matching nothing, at the unbind; each read only where its module is loaded or
 built in, as asking would load it, but the qdiscs, a dump that loads none), and is down or
@@ -45,9 +46,12 @@ output is read from files: ``<root>/ip/<what>.json`` for the harness's own names
 ``ptype.txt``, ``ip_mr_vif.txt``, ``ip6_mr_vif.txt``, ``igmp.txt``, ``igmp6.txt``, read
 when the harness's own ``proc/net`` has that file) likewise; ``tc-qdisc.json`` where a port
 sits on a device; ``tc-filter-<port>-<hook|handle|root>.json`` for a qdisc that can hold
-filters; ``tc-mirred.json``, ``bpftool-net.json`` and ``nft-ruleset.json`` (and
-``nft-chains.txt``/``nft-flowtables.txt``, ``nft-set|map-<family>-<table>-<name>.json``)
-only when their module (or, for tcx, a 6.6+ ``osrelease``) says there can be something.
+filters; ``tc-mirred.json``, ``bpftool-net.json`` (with ``bpftool-version.json``) and
+``nft-ruleset.json`` (and ``nft-chains.txt``/``nft-flowtables.txt``,
+``nft-set|map-<family>-<table>-<name>.json``) only when their module says there can be
+something, or, for tcx, the kernel: on the host its answer to ``BPF_PROG_QUERY`` at
+``BPF_TCX_INGRESS`` of ``lo`` (EINVAL: no tcx, whatever its release says), under a fake
+root a 6.6+ ``osrelease``.
 
     >>> view = NetView.read(Sysfs("/"))                 # doctest: +SKIP
     >>> view.use_of(Netdev(OWN, "enp5s0f0"))
