@@ -10,9 +10,10 @@ a receiver's join by its index), no pktgen thread that has it, and no protocol h
 bound to it (/proc/net/ptype: a TIPC bearer), no tc or nftables hook on it (a qdisc someone
 configured, any but the kernel's own of handle ``0:``: a classful root with its filters,
 shaping alone, an ``ingress``/``clsact``; a filter on a default root that takes one; a tcx
-program, the target of a ``tc mirred`` action on any port, a chain or flowtable hooked on
-it, its devices read from ``nft list chains`` where ``nft -j`` names none, a ``dup``/``fwd``
-to it from a rule on any port, a rule matching it by its index, ``iif``/``oif``, named sets
+program (listed by a ``bpftool`` of 7.3 or later: an older one lists none), the target of a
+``tc mirred`` action on any port, a chain or flowtable hooked on it, its devices read from
+``nft list chains`` where ``nft -j`` names none, a ``dup``/``fwd`` to it from a rule on any
+port, a rule matching it by its index, ``iif``/``oif``, named sets
 of ``iface_index`` read for their elements: each kept through a down and deleted, or left
 sending to or matching nothing, at the unbind; each read only where its module is loaded or
 built in, as asking would load it, but the qdiscs, a dump that loads none), and is down or
@@ -45,9 +46,12 @@ output is read from files: ``<root>/ip/<what>.json`` for the harness's own names
 ``ptype.txt``, ``ip_mr_vif.txt``, ``ip6_mr_vif.txt``, ``igmp.txt``, ``igmp6.txt``, read
 when the harness's own ``proc/net`` has that file) likewise; ``tc-qdisc.json`` where a port
 sits on a device; ``tc-filter-<port>-<hook|handle|root>.json`` for a qdisc that can hold
-filters; ``tc-mirred.json``, ``bpftool-net.json`` and ``nft-ruleset.json`` (and
-``nft-chains.txt``/``nft-flowtables.txt``, ``nft-set|map-<family>-<table>-<name>.json``)
-only when their module (or, for tcx, a 6.6+ ``osrelease``) says there can be something.
+filters; ``tc-mirred.json``, ``bpftool-net.json`` (with ``bpftool-version.json``) and
+``nft-ruleset.json`` (and ``nft-chains.txt``/``nft-flowtables.txt``,
+``nft-set|map-<family>-<table>-<name>.json``) only when their module says there can be
+something, or, for tcx, the kernel: on the host its answer to ``BPF_PROG_QUERY`` at
+``BPF_TCX_INGRESS`` of ``lo`` (EINVAL: no tcx, whatever its release says), under a fake
+root a 6.6+ ``osrelease``.
 
     >>> view = NetView.read(Sysfs("/"))                 # doctest: +SKIP
     >>> view.use_of(Netdev(OWN, "enp5s0f0"))
@@ -1434,29 +1438,28 @@ def _note_mirreds(ns: Namespace, where: str, actions) -> None:
 
 #: ``bpftool -j net show``: the BPF programs on each interface (XDP, tc, tcx, netkit...).
 _BPFTOOL_NET = ["bpftool", "-j", "net", "show"]
+#: ``bpftool -j version``, and the first version whose ``net show`` lists tcx links (7.3.0:
+#: "bpftool: Extend net dump with tcx progs"; an older one prints ``"tc": []`` for them).
+_BPFTOOL_VERSION, _BPFTOOL_TCX = ["bpftool", "-j", "version"], (7, 3)
 
 
 def _read_tcx(fs: Sysfs, ns: Namespace, where: str) -> bool:
-    """A tcx program on a port (Linux 6.6+: attached with no qdisc, which only ``bpftool``
-    lists) is a use, named. Without bpftool, none is proven where no ``sched_cls`` program is
-    loaded at all (:func:`_sched_cls_programs`: tcx takes no other type); else a problem of
-    ``ns`` that says to install bpftool. False: a problem."""
+    """A tcx program on a port (attached with no qdisc, which only ``bpftool`` 7.3+ lists) is
+    a use, named. Read where the kernel has tcx (:func:`_tcx_possible`). Without a bpftool
+    that lists tcx, none is proven where no ``sched_cls`` program is loaded at all
+    (:func:`_sched_cls_programs`: tcx takes no other type); else a problem of ``ns`` that says
+    to install bpftool 7.3 or later. False: a problem."""
     if not _tcx_possible(fs):
         return True
     try:
-        if fs.real_host and shutil.which("bpftool") is None:  # (no process a namespace)
-            raise OSError("bpftool is not installed")
-        text = _run(fs, ns.enter + _BPFTOOL_NET, ns.fake / "bpftool-net.json", ns.fds, **_by(ns))
-        listing = _ip_json(text) if text.strip() else []
-        hooked = [p for entry in listing for p in entry.get("tc", [])
-                  if str(p.get("kind", "")).startswith("tcx/")]
+        hooked = _tcx_listed(fs, ns)
     except (OSError, ValueError, TypeError, AttributeError) as e:
         lacking = _tcx_unproven(fs)
         if lacking:
-            ns.problems.append(f"the tcx programs{where} cannot be listed (`bpftool -j net "
-                               f"show`: {e}) and {lacking}: a program attached to a port at "
-                               "tcx (Linux 6.6+, no qdisc shows it) is deleted at the unbind; "
-                               "install bpftool (Debian, Ubuntu: `bpftool`)")
+            ns.problems.append(f"the tcx programs{where} cannot be listed ({e}) and {lacking}: "
+                               "a program attached to a port at tcx (no qdisc shows it) is "
+                               "deleted at the unbind; install bpftool 7.3 or later (Debian, "
+                               "Ubuntu: `bpftool`; Debian 12: bookworm-backports')")
         return not lacking
     for p in hooked:
         ns.kernel_users.setdefault(str(p.get("devname")), []).append(
@@ -1465,14 +1468,53 @@ def _read_tcx(fs: Sysfs, ns: Namespace, where: str) -> bool:
     return True
 
 
+def _tcx_listed(fs: Sysfs, ns: Namespace) -> list[dict]:
+    """The ``tcx/`` entries of ``bpftool -j net show`` in ``ns``, from a bpftool that lists
+    them (:func:`_bpftool_lists_tcx`: an older one's empty list proves nothing). Raises
+    OSError (with why), ValueError or TypeError."""
+    if fs.real_host and shutil.which("bpftool") is None:  # (no process a namespace)
+        raise OSError("bpftool is not installed")
+    _bpftool_lists_tcx(fs, ns)
+    text = _run(fs, ns.enter + _BPFTOOL_NET, ns.fake / "bpftool-net.json", ns.fds, **_by(ns))
+    listing = _ip_json(text) if text.strip() else []
+    return [p for entry in listing for p in entry.get("tc", [])
+            if str(p.get("kind", "")).startswith("tcx/")]
+
+
+def _bpftool_lists_tcx(fs: Sysfs, ns: Namespace) -> None:
+    """Raises OSError unless ``bpftool -j version`` says 7.3 or later (one from before lists
+    a port's tcx programs as nothing: Debian 12's 7.1.0 beside a backports kernel; a version
+    that cannot be read is as old)."""
+    text = _run(fs, _BPFTOOL_VERSION, ns.fake / "bpftool-version.json", **_by(ns))
+    said = json.loads(text).get("version") if text.strip().startswith("{") else None
+    m = re.match(r"v?(\d+)\.(\d+)", said if isinstance(said, str) else "")
+    if not m or (int(m[1]), int(m[2])) < _BPFTOOL_TCX:
+        raise OSError(f"`bpftool -j version` says {said or text.strip()[:40]!r}: bpftool lists "
+                      "tcx programs from 7.3 on")
+
+
 def _tcx_possible(fs: Sysfs) -> bool:
-    """Whether the running kernel has tcx (6.6 and later; one whose release cannot be read
-    or parsed is taken to have it)."""
+    """Whether the running kernel has tcx, as it answers :func:`_tcx_query` (its release says
+    nothing: RHEL 9.4+'s 5.14 has tcx). A fake root has no kernel to ask: its ``osrelease``
+    plays one (6.6 and later; one that cannot be read or parsed is taken to have it)."""
+    if fs.real_host:
+        return _tcx_query() != errno.EINVAL
     release = fs.read(fs.proc("sys", "kernel", "osrelease"))
-    if release is None and fs.real_host:
-        release = os.uname().release
     m = re.match(r"(\d+)\.(\d+)", release or "")
     return not m or (int(m[1]), int(m[2])) >= (6, 6)
+
+
+def _tcx_query() -> int:
+    """The errno of ``BPF_PROG_QUERY`` at ``BPF_TCX_INGRESS`` of ``lo`` (index 1 in the
+    harness's own namespace), 0 where it answers: a kernel without tcx answers EINVAL (an
+    attach type it does not know); any other failure (no ``CAP_NET_ADMIN``, no bpf system
+    call, a machine whose number for it is not known) tells nothing, so tcx is not ruled
+    out."""
+    try:
+        done, err, _ = _bpf(_BPF_QUERY, 1, _TCX_INGRESS, 0)
+    except OSError as e:
+        return e.errno or errno.ENOSYS
+    return err if done < 0 else 0
 
 
 def _tcx_unproven(fs: Sysfs) -> str:
@@ -1492,50 +1534,58 @@ def _tcx_unproven(fs: Sysfs) -> str:
 _BPF_SYSCALL = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "ppc64": 361,
                 "s390x": 351, "i686": 357, "armv7l": 386}
 #: ``BPF_PROG_GET_NEXT_ID``, ``BPF_PROG_GET_FD_BY_ID``, ``BPF_OBJ_GET_INFO_BY_FD``,
-#: ``BPF_PROG_TYPE_SCHED_CLS`` (linux/bpf.h), and the ``union bpf_attr`` passed (zeros past
+#: ``BPF_PROG_QUERY``, ``BPF_PROG_TYPE_SCHED_CLS``, ``BPF_TCX_INGRESS`` (linux/bpf.h: 46 in
+#: ``enum bpf_attach_type``, from Linux 6.6), and the ``union bpf_attr`` passed (zeros past
 #: the fields set: the kernel checks the tail).
-_BPF_NEXT, _BPF_FD, _BPF_INFO, _SCHED_CLS, _ATTR = 11, 13, 15, 3, 128
+_BPF_NEXT, _BPF_FD, _BPF_INFO, _BPF_QUERY, _SCHED_CLS, _TCX_INGRESS, _ATTR = (11, 13, 15, 16,
+                                                                             3, 46, 128)
+
+
+def _bpf(cmd: int, *fields: int, fmt: str = "=III") -> tuple[int, int, ctypes.Array]:
+    """One ``bpf`` system call with ``fields`` (packed by ``fmt``) at the head of its
+    ``union bpf_attr``: (its result, its errno, the attr as the kernel left it). Raises
+    OSError where the machine's number for the call is not known."""
+    nr = _BPF_SYSCALL.get(os.uname().machine)
+    if nr is None:
+        raise OSError(errno.ENOSYS, f"the bpf system call of {os.uname().machine} is not known")
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    attr = ctypes.create_string_buffer(struct.pack(fmt, *fields), _ATTR)
+    done = libc.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), attr, ctypes.c_uint(_ATTR))
+    return done, ctypes.get_errno() if done < 0 else 0, attr
 
 
 def _sched_cls_programs() -> list[int]:
     """The ids of the loaded BPF programs of type ``sched_cls``, the only type tc's ``bpf``
     filter and tcx run, from the kernel (every program host-wide, whatever holds it: a
     process's fd, a bpffs pin, a link or a tcx entry). Raises OSError (root only)."""
-    nr = _BPF_SYSCALL.get(os.uname().machine)
-    if nr is None:
-        raise OSError(f"the bpf system call of {os.uname().machine} is not known")
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-
-    def bpf(cmd: int, *fields: int, fmt: str = "=III") -> tuple[int, ctypes.Array]:
-        attr = ctypes.create_string_buffer(struct.pack(fmt, *fields), _ATTR)
-        return libc.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), attr,
-                            ctypes.c_uint(_ATTR)), attr
-
     found, prog = [], 0
     while True:
-        done, attr = bpf(_BPF_NEXT, prog, 0, 0)
+        done, err, attr = _bpf(_BPF_NEXT, prog, 0, 0)
         if done < 0:
-            if ctypes.get_errno() == errno.ENOENT:
+            if err == errno.ENOENT:
                 return found
-            raise OSError(ctypes.get_errno(), f"BPF_PROG_GET_NEXT_ID: "
-                          f"{os.strerror(ctypes.get_errno())}")
+            raise OSError(err, f"BPF_PROG_GET_NEXT_ID: {os.strerror(err)}")
         prog = struct.unpack_from("=I", attr, 4)[0]
-        fd, _ = bpf(_BPF_FD, prog, 0, 0)
+        fd, err, _ = _bpf(_BPF_FD, prog, 0, 0)
         if fd < 0:
-            if ctypes.get_errno() == errno.ENOENT:
+            if err == errno.ENOENT:
                 continue  # (unloaded since it was listed)
-            raise OSError(ctypes.get_errno(), f"BPF_PROG_GET_FD_BY_ID {prog}: "
-                          f"{os.strerror(ctypes.get_errno())}")
-        try:
-            info = ctypes.create_string_buffer(8)
-            if bpf(_BPF_INFO, fd, 4, ctypes.addressof(info), fmt="=IIQ")[0] < 0:
-                raise OSError(ctypes.get_errno(), f"BPF_OBJ_GET_INFO_BY_FD {prog}: "
-                              f"{os.strerror(ctypes.get_errno())}")
-        finally:
-            os.close(fd)
-        if struct.unpack_from("=I", info)[0] == _SCHED_CLS:
+            raise OSError(err, f"BPF_PROG_GET_FD_BY_ID {prog}: {os.strerror(err)}")
+        if _prog_type(prog, fd) == _SCHED_CLS:
             found.append(prog)
+
+
+def _prog_type(prog: int, fd: int) -> int:
+    """The type of the program ``prog`` open at ``fd`` (closed here). Raises OSError."""
+    try:
+        info = ctypes.create_string_buffer(8)
+        done, err, _ = _bpf(_BPF_INFO, fd, 4, ctypes.addressof(info), fmt="=IIQ")
+        if done < 0:
+            raise OSError(err, f"BPF_OBJ_GET_INFO_BY_FD {prog}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+    return struct.unpack_from("=I", info)[0]
 
 
 def _read_mirred(fs: Sysfs, ns: Namespace, where: str) -> bool:

@@ -635,3 +635,15 @@ def bind_outcome(lab: "FakeHost", journal: Path, bdf: str, allowed: set) -> tupl
     except HostDeviceError:
         pass
     return refused, driver
+
+
+def assert_kept(lab: "FakeHost", journal: Path, bdf: str, allowed: set, driver: str,
+                named: str, calls: list, on_call: int, what: str) -> None:
+    """:func:`bind_outcome` refused the bind of ``bdf`` naming ``named`` and left it on its
+    ``driver``, after the network read ``on_call`` (``calls``: those made) in which ``what``
+    began, as the review tests of the last reads' window put it."""
+    refused, now = bind_outcome(lab, journal, bdf, allowed)
+    assert len(calls) >= on_call
+    assert named in refused and now == driver, (
+        f"{bdf} was moved to {now} while {what}, during network read {on_call} of the bind "
+        f"({len(calls)} in all): " + (f"refused: {refused}" if refused else "not refused"))

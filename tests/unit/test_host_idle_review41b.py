@@ -81,22 +81,20 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from harness.host import network
 from harness.host.network import NetView, Netdev
 from harness.host.safety import HostUsage
 from harness.host.sysfs import Sysfs
 
 from . import fakesysfs
+from .test_host_idle_review39b import _LINKS
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
 
 PORT = Netdev("", "enp5s0f1")
 
-_LINKS = [fakesysfs.link(1, "lo", up=True),
-          fakesysfs.link(2, "enp2s0", "0000:02:00.0", up=True),
-          fakesysfs.link(3, "enp5s0f0", "0000:05:00.0"),
-          fakesysfs.link(4, "enp5s0f1", "0000:05:00.1"),
-          fakesysfs.link(5, "eno1", "0000:00:1f.6")]
 _ADDRS = {"lo": ["127.0.0.1/8"], "enp2s0": ["192.168.1.10/24"]}
 _TCP = "tcp LISTEN 0 128 0.0.0.0:22 0.0.0.0:*\n"
 
@@ -154,6 +152,8 @@ def _with_root_qdisc(lab, monkeypatch, dev: str, filters: list, *, modules=("sch
                 return json.dumps([{"total acts": len(acts)}, {"actions": acts}])
             return "[]"
         if "bpftool" in names:  # (where installed: the filter under htb, not a tcx link)
+            if "version" in words:  # (Ubuntu 24.04's, from linux-tools 6.8: lists tcx)
+                return json.dumps({"version": "7.4.0", "libbpf_version": "1.4"})
             tc = [{"devname": dev, "ifindex": 4, "kind": "htb", "name": "egress_mark",
                    "prog_id": 37}] if any(f.get("kind") == "bpf" for f in filters) else []
             return json.dumps([{"xdp": [], "tc": tc, "flow_dissector": [], "netfilter": []}])
@@ -162,34 +162,26 @@ def _with_root_qdisc(lab, monkeypatch, dev: str, filters: list, *, modules=("sch
     monkeypatch.setattr(network, "_run", run)
 
 
-def test_1a_a_bpf_classifier_on_the_down_ports_root_qdisc_keeps_it(lab, monkeypatch):
-    """Debian 12 (6.1, no tcx), sch_ingress not loaded: an htb root with a cls_bpf filter."""
+_DEBIAN_12 = {}
+_WITH_SCH_INGRESS = {"release": "6.8.0-49-generic",
+                     "modules": ("sch_htb", "cls_bpf", "sch_ingress", "act_mirred")}
+
+
+@pytest.mark.parametrize("filters, host, named", [
+    # 1a: Debian 12 (6.1, no tcx), sch_ingress not loaded: an htb root with a cls_bpf filter
+    (_BPF, _DEBIAN_12, ("bpf", "egress_mark", "htb")),
+    # 1b: the u32 filter (with its mirred action) as this host's tc printed it, under htb
+    (_U32, _DEBIAN_12, ("u32", "htb", "filter")),
+    # 1c: the same host with sch_ingress loaded (something used clsact on another port), 6.8
+    (_BPF, _WITH_SCH_INGRESS, ("bpf", "egress_mark", "htb"))],
+    ids=["1a-bpf", "1b-u32", "1c-bpf-with-sch_ingress"])
+def test_1_a_filter_on_the_down_ports_root_qdisc_keeps_it(lab, monkeypatch, filters, host,
+                                                          named):
     lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
-    _with_root_qdisc(lab, monkeypatch, "enp5s0f1", _BPF)
+    _with_root_qdisc(lab, monkeypatch, "enp5s0f1", filters, **host)
     view = NetView.read(Sysfs(lab.root))
     uses, _ = view.use_of(PORT)
-    assert any("bpf" in u.lower() or "egress_mark" in u or "htb" in u for u in uses), \
-        (uses, view.problems)
-
-
-def test_1b_a_u32_filter_on_the_down_ports_root_qdisc_keeps_it(lab, monkeypatch):
-    """The u32 filter (with its mirred action) as this host's tc printed it, under htb."""
-    lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
-    _with_root_qdisc(lab, monkeypatch, "enp5s0f1", _U32)
-    view = NetView.read(Sysfs(lab.root))
-    uses, _ = view.use_of(PORT)
-    assert any("u32" in u or "htb" in u or "filter" in u for u in uses), (uses, view.problems)
-
-
-def test_1c_with_sch_ingress_loaded_too_the_root_filter_is_still_a_use(lab, monkeypatch):
-    """The same host with sch_ingress loaded (something used clsact on another port), 6.8."""
-    lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
-    _with_root_qdisc(lab, monkeypatch, "enp5s0f1", _BPF, release="6.8.0-49-generic",
-                     modules=("sch_htb", "cls_bpf", "sch_ingress", "act_mirred"))
-    view = NetView.read(Sysfs(lab.root))
-    uses, _ = view.use_of(PORT)
-    assert any("bpf" in u.lower() or "egress_mark" in u or "htb" in u for u in uses), \
-        (uses, view.problems)
+    assert any(word in u.lower() for u in uses for word in named), (uses, view.problems)
 
 
 def test_1d_the_function_is_refused_with_its_root_filter_named(lab, monkeypatch):
