@@ -41,7 +41,8 @@ from harness.host.safety import (GroupPlan, HostUsage, _driver_module, disks_bel
                                  uses_below, vfs_removed)
 from harness.host.storage import OpenFiles, StorageView
 from harness.host import sriov
-from harness.host.sysfs import SYSFS_BDF, PciDevice, Sysfs, UsbDevice, parse_bdf, short_bdf
+from harness.host.sysfs import (SYSFS_BDF, PciDevice, Sysfs, UsbDevice, bdfs_in_path,
+                                parse_bdf, short_bdf)
 from harness.qemu.process import start_time
 
 log = logging.getLogger("harness.host")
@@ -935,7 +936,9 @@ def refuse_usb_handed(fs: Sysfs, usb: UsbDevice, entries: list[dict], refusing: 
     run's give-back; or a run that died left it so, for `restore`. Such a device reads idle
     (nothing bound, its usbfs node open by nobody), and a second hand-over would journal
     "no driver" as what its interfaces had, while the first give-back finds the second
-    guest on it and fails."""
+    guest on it and fails. A device below a PCI function a lease holds is refused first
+    (:func:`_refuse_below_leased`)."""
+    _refuse_below_leased(fs, usb, entries, refusing)
     path = os.path.relpath(os.path.realpath(usb.path), os.path.realpath(fs.sys()))
     mine = {e.get("lease") for e in own}
     for e in entries:
@@ -951,6 +954,57 @@ def refuse_usb_handed(fs: Sysfs, usb: UsbDevice, entries: list[dict], refusing: 
         raise HostDeviceError(f"{refusing}: a run that died (pid {e.get('pid')}) handed it to "
                               f"usb-host since {e.get('time')} and did not give it back",
                               hint=RESTORE_HINT)
+
+
+def _refuse_below_leased(fs: Sysfs, usb: UsbDevice, entries: list[dict], refusing: str) -> None:
+    """Refuses a USB device below a PCI function a lease holds (its vfio or HOLD entry, the
+    nearest first), as :func:`_refuse_usb_below` refuses the function above a handed device.
+    Such a function is on vfio-pci (nothing below it), or left on its host driver for libvirt
+    to move at the lease's handover (``moved_by``): the device below it reads idle until then,
+    and a QEMU that has it makes that handover refuse the controller, the lease broken by
+    another run. A dead run's lease counts until `restore` gives it back."""
+    above = bdfs_in_path(usb.path)
+    held = sorted((e for e in entries if e.get("kind", "vfio") in ("vfio", HOLD)
+                   and e["bdf"] in above), key=lambda e: -above.index(e["bdf"]))
+    if held:
+        e = held[0]
+        _refuse_leased(fs, e, f"{refusing}: it is below {e['bdf']} (group {e.get('group')}), "
+                              "which")
+
+
+def _refuse_pf_leased(fs: Sysfs, pf: str, count: int, entries: list[dict]) -> None:
+    """Refuses VFs of a PF a lease holds (its vfio or HOLD entry), as :func:`_refuse_pf_of_vfs`
+    refuses the PF whose VFs a run relies on: left on its driver for libvirt to move at the
+    lease's handover, it reads idle until then, and VFs made meanwhile make that handover
+    refuse it (its VFs would be removed), the lease broken by another run; and VFs of a PF
+    a run is about to move are none to rely on."""
+    held = [e for e in entries if e.get("kind", "vfio") in ("vfio", HOLD) and e["bdf"] == pf]
+    if held:
+        _refuse_leased(fs, held[0], f"cannot have {count} VFs of {pf} (group "
+                                    f"{held[0].get('group')}): it")
+
+
+def _refuse_leased(fs: Sysfs, e: dict, lead: str) -> None:
+    """Raises for the vfio or HOLD entry ``e`` of a lease, saying whose it is and what to do:
+    ``lead`` names what is refused and ends in its subject ("..., which")."""
+    stale = _of_another_boot(fs, e)
+    if stale:
+        raise HostDeviceError(f"{lead} has a stale journal entry: {stale}",
+                              hint="run `python -m harness restore` (as root): it drops an "
+                                   "entry of an earlier boot without writing to the device")
+    if e.get("manual"):
+        raise HostDeviceError(f"{lead} is bound by hand (`python -m harness bind`) since "
+                              f"{e.get('time')}", hint="its user gives it back with `python -m "
+                              f"harness release {short_bdf(e['bdf'])}`; take another device "
+                              "meanwhile")
+    left = f" (left on {e.get('driver')} for {e['moved_by']} to move)" if e.get("moved_by") \
+        else ""
+    if owner_alive(fs, e):
+        raise HostDeviceError(f"{lead} is held by pid {e.get('pid')} since {e.get('time')}"
+                              f"{left}", hint="another run or xdist worker uses it: wait for "
+                                              "it, or give that run another device")
+    raise HostDeviceError(f"{lead} is held by a lease of a run that died (pid {e.get('pid')})"
+                          f"{left}", hint=RESTORE_HINT)
 
 
 def _refuse_pf_of_vfs(fs: Sysfs, e: dict, group: int) -> None:
@@ -1251,6 +1305,8 @@ class VfioBinder:
             raise HostDeviceError(f"PCI device {pf} (an SR-IOV PF in the inventory) does not "
                                   "exist on this host", hint="check `lspci -D`; fix the pf")
         with self.journal.locked():
+            entries = self.journal.read()  # (another lease's refusal first: it says whose)
+            _refuse_pf_leased(self.fs, pf, count, entries)
             now = sriov.physical_function(self.fs, pf)
             why = sriov.check_request(now, pf, count, in_use=HostUsage.read(
                 self.fs, self.cleared_storage, self.nic_ports).verdict(pf).uses)
@@ -1258,7 +1314,6 @@ class VfioBinder:
                 raise HostDeviceError(f"cannot have {count} VFs of {pf}: {why}",
                                       hint="fix the inventory's pf/vfs (`python -m harness "
                                            "discover` lists the SR-IOV PFs and their VF counts)")
-            entries = self.journal.read()
             reuse = now.numvfs >= count
             if not reuse:
                 _refuse_stale_count(pf, entries)

@@ -149,7 +149,8 @@ def _usb_entry(fs: Sysfs, usage: HostUsage, d: InventoryDevice,
                held: list[dict]) -> tuple[list[str], bool]:
     """A USB device's verdict, and the refusal a plug would give while the journal lists a
     hand-over of it (:func:`harness.host.binding.refuse_usb_handed`): a live run's QEMU has
-    it, or a killed one left it on no driver, idle to the verdict."""
+    it, or a killed one left it on no driver, idle to the verdict; or a lease of a PCI
+    function above it (a controller left on its driver for libvirt to move)."""
     usb = find_usb_device(fs, d)
     if usb is None:
         return [f"REFUSED: no such USB device on this host ({d.address})"], False
