@@ -23,7 +23,7 @@ from harness.host import sriov
 from harness.host import doctor
 from harness.host.inventory import find_usb_device
 from harness.host.plan import plan_inventory
-from harness.host.sysfs import Sysfs
+from harness.host.sysfs import Sysfs, bdfs_in_path
 from harness import lab as lab_mod
 
 NAMES = ("emulated", "vfio", "lab")
@@ -186,8 +186,10 @@ class Vfio(Backend):
     def resource_group(self, device) -> str:
         """The IOMMU group of a PCI device (two inventory entries in one group are one
         resource), the USB port path of a USB device (its hostbus/hostaddr and
-        vendorid/productid forms are one device). The vfio failure-path tests bind the
-        inventory's first NIC by hand: they go with its group."""
+        vendorid/productid forms are one device), or the group of the nearest PCI function
+        above it that the inventory lists (a stick on a listed xHCI: a test of one takes the
+        other from the host, so they run on one worker, in turn). The vfio failure-path tests
+        bind the inventory's first NIC by hand: they go with its group."""
         fs = Sysfs.of("/")
         entry = getattr(device, "entry", None)
         if entry is None:  # a failure-path test, or a role nobody plays
@@ -196,10 +198,13 @@ class Vfio(Backend):
             if entry is None:
                 return "host-failure-paths"
         if entry.is_pci:
-            group = fs.pci_device(entry.bdf).iommu_group if fs.pci_dir(entry.bdf).exists() else None
-            return f"iommu-group-{group}" if group is not None else f"host-{entry.bdf}"
+            return _pci_group(fs, entry.bdf)
         usb = find_usb_device(fs, entry)
-        return f"usb-{usb.name}" if usb is not None else f"host-{entry.name}"
+        if usb is None:
+            return f"host-{entry.name}"
+        listed = self.inventory.pci_addresses() if self.inventory else set()
+        above = [bdf for bdf in bdfs_in_path(usb.path) if bdf in listed]
+        return _pci_group(fs, above[-1]) if above else f"usb-{usb.name}"
 
     def give_back(self) -> list:
         """Every journal entry of this run goes back to its host driver, its dead workers'
@@ -288,6 +293,12 @@ def make(name: str, **kw) -> Backend:
     kw.pop("lab", None)
     kw.pop("roles", None)
     return {"emulated": Emulated, "vfio": Vfio}[name](**kw)
+
+
+def _pci_group(fs: Sysfs, bdf: str) -> str:
+    """The xdist group of the PCI function ``bdf``: its IOMMU group's."""
+    group = fs.pci_device(bdf).iommu_group if fs.pci_dir(bdf).exists() else None
+    return f"iommu-group-{group}" if group is not None else f"host-{bdf}"
 
 
 def _usb_by_ids(entry, binder):
