@@ -89,12 +89,11 @@ from harness.host import usbhost
 from harness.host.binding import VfioBinder
 
 from . import fakesysfs
+from .test_host_usbhost import STICK  # (its SanDisk stick, on 4-1)
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
 UPD = "0000:07:00.0"  # uPD720202 xHCI, group 14 with its root port 00:1d.0 (kept)
 ALLOWED = {"00:1d.0", "07:00.0"}
-STICK = SimpleNamespace(name="stick", hostbus=4, hostaddr=2, vendorid="0x0781",
-                        productid="0x5567")
 
 
 @pytest.fixture
@@ -129,12 +128,17 @@ def test_1_a_usb_device_below_a_controller_leased_for_libvirt_is_not_handed_over
     except HostDeviceError as e:
         refused = e.message
     finally:
-        for binder in (b, a):
-            try:
-                binder.close()
-            except HostDeviceError:
-                pass
+        _close(b, a)
     assert not handed and UPD in refused, handed or refused
+
+
+def _close(*binders) -> None:
+    """Close each binder (a refused give-back of a lease the test left in use is no matter)."""
+    for binder in binders:
+        try:
+            binder.close()
+        except HostDeviceError:
+            pass
 
 
 def test_1_control_with_no_lease_on_its_controller_the_stick_is_handed_over(stick):
@@ -175,11 +179,7 @@ def test_1b_a_pf_leased_for_libvirt_gets_no_vfs_from_another_run(pf_host):
     except HostDeviceError as e:
         refused = e.message
     finally:
-        for binder in (b, a):
-            try:
-                binder.close()
-            except HostDeviceError:
-                pass
+        _close(b, a)
     assert not made and PF in refused, made or refused
 
 

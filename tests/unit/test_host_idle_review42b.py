@@ -71,16 +71,12 @@ from harness.host.safety import HostUsage
 from harness.host.sysfs import Sysfs
 
 from . import fakesysfs
+from .test_host_idle_review39b import _LINKS
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
 
 PORT = Netdev("", "enp5s0f1")
 
-_LINKS = [fakesysfs.link(1, "lo", up=True),
-          fakesysfs.link(2, "enp2s0", "0000:02:00.0", up=True),
-          fakesysfs.link(3, "enp5s0f0", "0000:05:00.0"),
-          fakesysfs.link(4, "enp5s0f1", "0000:05:00.1"),
-          fakesysfs.link(5, "eno1", "0000:00:1f.6")]
 _ADDRS = {"lo": ["127.0.0.1/8"], "enp2s0": ["192.168.1.10/24"]}
 _TCP = "tcp LISTEN 0 128 0.0.0.0:22 0.0.0.0:*\n"
 
