@@ -1,0 +1,101 @@
+"""Issue 31, read 43b (the network side: nftables and tc reads of reads 39b-42b, what else
+the kernel keeps on a down port; the leases and the journal), on main at d4ffd14. What it
+found, one section below each:
+
+1. An nftables map lookup keyed by ``iif``/``oif`` inside a statement. Read 41b's fix
+   (:func:`harness.host.network._nft_matches`, :func:`_nft_compared`) reads a port's index
+   only where a statement *is* a ``match``, ``vmap`` or ``map``; nft puts a map lookup that
+   computes a value *inside* the statement that uses it: ``snat to oif map { "enp5s0f1" :
+   192.0.2.1, ... }`` is ``{"snat": {"addr": {"map": {"key": {"meta": {"key": "oif"}},
+   "data": {"set": [["enp5s0f1", "192.0.2.1"], ...]}}}}}``, and ``ct mark set iif map {
+   "enp5s0f1" : 0x1 }`` (or ``meta mark set ...``) is ``{"mangle": {"key": ..., "value":
+   {"map": {...}}}}``. The key is an ``iface_index`` all the same: nft resolved the name to
+   the port's ifindex at load. Checked on this host (nft 1.0.6, kernel 6.18, a namespace of
+   its own, veth pairs d0/d1 and d2/d3): after ``d0`` is deleted and made again under the
+   same name, ``nft list table ip nat`` prints ``snat to oif map { 3 : 192.0.2.1, "d2" :
+   198.51.100.1 }`` and the mangle rule ``ct mark set iif map { 3 : 0x00000001, "d2" :
+   0x00000002 }``: the old number; the port given back is no longer SNATed to its address,
+   its connections are no longer marked (the policy route or the QoS class keyed by the
+   mark no longer applies), for good, until the ruleset is loaded again, and nothing says
+   so. Shape: a lab gateway's multi-uplink ``/etc/nftables.conf`` (one SNAT address per
+   uplink, ``snat to oif map``; the nftables wiki's "Multiple NATs using nftables maps"),
+   or connection marking by input port for policy routing (``ct mark set iif map``, then
+   ``ip rule add fwmark 1 table 101``), one uplink a spare port set down between
+   campaigns. The same kind of use as read 41b's ``iif``/``oif`` match. Safe: an ``iif`` or
+   ``oif`` key of a ``map`` anywhere in a rule's statements (recursively: ``snat``/``dnat``
+   ``addr``/``port``, ``mangle`` ``value``, ``redirect``, ``ct``/``meta`` set...) is read as
+   :func:`_nft_matches` reads a top-level one; its elements (or a named map's) naming the
+   port are a use, named.
+
+The tests assert the safe behaviour and fail on d4ffd14; the controls show the same rules
+keyed by ``oifname``/``iifname`` (which hold) leaving the port idle. A fake sysfs/proc tree
+plays the host (:mod:`.fakesysfs`'s lab host), ``nft`` by monkeypatched output as nft 1.0.6
+prints it here; no guest is booted.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.host.network import NetView, Netdev
+from harness.host.safety import HostUsage
+from harness.host.sysfs import Sysfs
+
+from . import fakesysfs
+from .test_host_idle_review39b import _LINKS
+from .test_host_idle_review41b import _with_ruleset
+
+fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
+
+PORT = Netdev("", "enp5s0f1")
+
+_ADDRS = {"lo": ["127.0.0.1/8"], "enp2s0": ["192.168.1.10/24"]}
+_TCP = "tcp LISTEN 0 128 0.0.0.0:22 0.0.0.0:*\n"
+
+# -- 1. an nftables map lookup keyed by iif/oif inside a statement ------------------------------
+
+
+def _snat_by(key: str) -> list:
+    """``snat to KEY map { "enp5s0f1" : 192.0.2.1, "enp2s0" : 198.51.100.1 }`` as nft 1.0.6
+    prints it in ``nft -j -t list ruleset`` (checked here with veth ports)."""
+    return [{"snat": {"addr": {"map": {"key": {"meta": {"key": key}},
+                                       "data": {"set": [["enp5s0f1", "192.0.2.1"],
+                                                        ["enp2s0", "198.51.100.1"]]}}}}}]
+
+
+def _ct_mark_by(key: str) -> list:
+    """``ct state new ct mark set KEY map { "enp5s0f1" : 0x1, "enp2s0" : 0x2 }`` as nft 1.0.6
+    prints it in JSON (checked here)."""
+    return [{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}},
+            {"mangle": {"key": {"ct": {"key": "mark"}},
+                        "value": {"map": {"key": {"meta": {"key": key}},
+                                          "data": {"set": [["enp5s0f1", 1], ["enp2s0", 2]]}}}}}]
+
+
+@pytest.mark.parametrize("rule", [_snat_by("oif"), _ct_mark_by("iif")],
+                         ids=["snat-to-oif-map", "ct-mark-set-iif-map"])
+def test_1_a_map_keyed_by_the_ports_index_in_a_statement_keeps_it(lab, monkeypatch, rule):
+    lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
+    _with_ruleset(lab, monkeypatch, [rule])
+    view = NetView.read(Sysfs(lab.root))
+    uses, _ = view.use_of(PORT)
+    assert any("oif" in u or "iif" in u or "nftables" in u for u in uses), (uses,
+                                                                           view.problems)
+
+
+def test_1c_the_function_is_refused_with_its_snat_map_named(lab, monkeypatch):
+    lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
+    _with_ruleset(lab, monkeypatch, [_snat_by("oif")])
+    uses = HostUsage.read(lab.root).verdict("0000:05:00.1").uses
+    assert any("enp5s0f1" in u and ("oif" in u or "nftables" in u) for u in uses), uses
+
+
+@pytest.mark.parametrize("rule", [_snat_by("oifname"), _ct_mark_by("iifname")],
+                         ids=["snat-to-oifname-map", "ct-mark-set-iifname-map"])
+def test_control_1_the_same_maps_by_name_leave_it_idle(lab, monkeypatch, rule):
+    """Keyed by ``oifname``/``iifname`` the maps match by name, and hold after the give-back."""
+    lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
+    _with_ruleset(lab, monkeypatch, [rule])
+    view = NetView.read(Sysfs(lab.root))
+    uses, evidence = view.use_of(PORT)
+    assert uses == [] and "down" in evidence, (uses, view.problems)
