@@ -27,15 +27,44 @@ found, one section below each:
    :func:`_nft_matches` reads a top-level one; its elements (or a named map's) naming the
    port are a use, named.
 
+2. An MPTCP endpoint on the port (``ip mptcp endpoint add 10.0.5.1 dev enp5s0f1 subflow``:
+   the in-kernel path manager opens an extra subflow of every MPTCP connection from that
+   address, bound to that device; ``backup`` makes it the standby path). The endpoint is
+   kept by the kernel, per network namespace, with the port's *ifindex*
+   (``mptcp_pm_addr_entry.addr.ifindex``), through a down and through the unregister: the
+   path manager has no netdev notifier. Checked on this host (kernel 6.18, iproute2 6.1, a
+   namespace of its own): ``ip -j mptcp endpoint show`` prints ``[{"address": "10.0.5.1",
+   "id": 1, "subflow": true, "dev": "d0"}]`` with ``d0`` down; after ``d0`` is deleted and
+   made again under the same name (index 7 then 9), it prints ``"dev": "if7"``, and the
+   address put back on the new ``d0`` does not mend it. So after the unbind and the
+   give-back, every subflow the endpoint opens is bound to an index that no longer exists
+   (``__mptcp_subflow_connect`` sets ``sk_bound_dev_if`` from it): the second path (or the
+   backup path) of every MPTCP connection is gone, for good, until someone deletes and adds
+   the endpoint again, and nothing says so. The harness reads no MPTCP state at all (the
+   port is down with its address, no socket on it: "idle"). Shape: a lab host with MPTCP
+   (built in and enabled by default, ``net.mptcp.enabled = 1``, on Fedora, RHEL 9, Ubuntu
+   22.04+ kernels) that tests multipath or failover over two uplinks (a backup subflow over
+   a spare port the operator sets down between campaigns; ``mptcpize run``, iperf3 with
+   MPTCP, a 5G ATSSS or hybrid-access test bed), in the host's namespace or a container's.
+   Safe: where the kernel has MPTCP (``/proc/sys/net/mptcp`` exists: it is built in, asking
+   loads nothing), ``ip -j mptcp endpoint show`` is read in every namespace, as the routes
+   are; an endpoint whose ``dev`` is the port is a use, named with its address and flags
+   (one that cannot be read is a problem of the namespace).
+
 The tests assert the safe behaviour and fail on d4ffd14; the controls show the same rules
-keyed by ``oifname``/``iifname`` (which hold) leaving the port idle. A fake sysfs/proc tree
+keyed by ``oifname``/``iifname`` (which hold) leaving the port idle, and an MPTCP endpoint
+with no device, or on another port, leaving it idle. A fake sysfs/proc tree
 plays the host (:mod:`.fakesysfs`'s lab host), ``nft`` by monkeypatched output as nft 1.0.6
 prints it here; no guest is booted.
 """
 
 from __future__ import annotations
 
+import json
+
 import pytest
+
+from harness.host import network
 
 from harness.host.network import NetView, Netdev
 from harness.host.safety import HostUsage
@@ -96,6 +125,56 @@ def test_control_1_the_same_maps_by_name_leave_it_idle(lab, monkeypatch, rule):
     """Keyed by ``oifname``/``iifname`` the maps match by name, and hold after the give-back."""
     lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
     _with_ruleset(lab, monkeypatch, [rule])
+    view = NetView.read(Sysfs(lab.root))
+    uses, evidence = view.use_of(PORT)
+    assert uses == [] and "down" in evidence, (uses, view.problems)
+
+
+# -- 2. an MPTCP endpoint on the port ----------------------------------------------------------
+
+
+def _with_mptcp(lab, monkeypatch, endpoints: list) -> None:
+    """The kernel has MPTCP (``/proc/sys/net/mptcp/enabled``, built in) and ``ip -j mptcp
+    endpoint show`` prints ``endpoints`` in the harness's namespace, as iproute2 6.1 prints
+    them here."""
+    lab.proc("sys/net/mptcp/enabled", "1")
+    real = network._run
+
+    def run(fs, argv, fake, *a, **k):
+        if "mptcp" in [str(w) for w in argv]:
+            return json.dumps(endpoints)
+        return real(fs, argv, fake, *a, **k)
+
+    monkeypatch.setattr(network, "_run", run)
+
+
+#: ``ip mptcp endpoint add 10.0.5.1 dev enp5s0f1 subflow backup``, as ``ip -j`` prints it.
+_ENDPOINT = {"address": "10.0.5.1", "id": 1, "subflow": True, "backup": True,
+             "dev": "enp5s0f1"}
+_ADDRS_5 = {**_ADDRS, "enp5s0f1": ["10.0.5.1/24"]}
+
+
+def test_2a_an_mptcp_endpoint_on_the_down_port_keeps_it(lab, monkeypatch):
+    lab.network(links=_LINKS, addrs=_ADDRS_5, ss=_TCP)
+    _with_mptcp(lab, monkeypatch, [_ENDPOINT])
+    view = NetView.read(Sysfs(lab.root))
+    uses, _ = view.use_of(PORT)
+    assert any("mptcp" in u.lower() for u in uses) or view.problems, (uses, view.problems)
+
+
+def test_2b_the_function_is_refused_with_its_mptcp_endpoint_named(lab, monkeypatch):
+    lab.network(links=_LINKS, addrs=_ADDRS_5, ss=_TCP)
+    _with_mptcp(lab, monkeypatch, [_ENDPOINT])
+    uses = HostUsage.read(lab.root).verdict("0000:05:00.1").uses
+    assert any("enp5s0f1" in u and "mptcp" in u.lower() for u in uses), uses
+
+
+@pytest.mark.parametrize("endpoint", [{"address": "192.168.1.10", "id": 1, "subflow": True},
+                                      {**_ENDPOINT, "address": "192.168.1.10",
+                                       "dev": "enp2s0"}], ids=["no-dev", "another-port"])
+def test_control_2_an_endpoint_elsewhere_leaves_it_idle(lab, monkeypatch, endpoint):
+    lab.network(links=_LINKS, addrs=_ADDRS_5, ss=_TCP)
+    _with_mptcp(lab, monkeypatch, [endpoint])
     view = NetView.read(Sysfs(lab.root))
     uses, evidence = view.use_of(PORT)
     assert uses == [] and "down" in evidence, (uses, view.problems)
