@@ -25,7 +25,11 @@ found, one section below each:
    ``oif`` key of a ``map`` anywhere in a rule's statements (recursively: ``snat``/``dnat``
    ``addr``/``port``, ``mangle`` ``value``, ``redirect``, ``ct``/``meta`` set...) is read as
    :func:`_nft_matches` reads a top-level one; its elements (or a named map's) naming the
-   port are a use, named.
+   port are a use, named. The same for a ``fib`` result compared with a port, ``fib daddr
+   oif "enp5s0f1"`` (``{"fib": {"result": "oif", ...}}``: an ``iface_index`` resolved at
+   load; after ``d2`` was made again here nft prints ``fib daddr oif 5``), but not its
+   ``missing``/``exists`` test (``"right": false``/``true``: firewalld's rpfilter, ``fib
+   saddr . iif oif missing drop``), which names no port and must not make one unproven.
 
 2. An MPTCP endpoint on the port (``ip mptcp endpoint add 10.0.5.1 dev enp5s0f1 subflow``:
    the in-kernel path manager opens an extra subflow of every MPTCP connection from that
@@ -101,8 +105,17 @@ def _ct_mark_by(key: str) -> list:
                                           "data": {"set": [["enp5s0f1", 1], ["enp2s0", 2]]}}}}}]
 
 
-@pytest.mark.parametrize("rule", [_snat_by("oif"), _ct_mark_by("iif")],
-                         ids=["snat-to-oif-map", "ct-mark-set-iif-map"])
+def _fib_oif(right) -> list:
+    """``fib daddr oif "enp5s0f1" drop`` (traffic the routing table sends out of
+    the port) as nft 1.0.6 prints its match in JSON (checked here: ``{"fib": {"result":
+    "oif", "flags": ["daddr"]}}``); ``right`` false is ``fib saddr . iif oif missing``."""
+    flags = ["daddr"] if right is not False else ["saddr", "iif"]
+    return [{"match": {"op": "==", "left": {"fib": {"result": "oif", "flags": flags}},
+                       "right": right}}, {"drop": None}]
+
+
+@pytest.mark.parametrize("rule", [_snat_by("oif"), _ct_mark_by("iif"), _fib_oif("enp5s0f1")],
+                         ids=["snat-to-oif-map", "ct-mark-set-iif-map", "fib-daddr-oif"])
 def test_1_a_map_keyed_by_the_ports_index_in_a_statement_keeps_it(lab, monkeypatch, rule):
     lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
     _with_ruleset(lab, monkeypatch, [rule])
@@ -119,10 +132,13 @@ def test_1c_the_function_is_refused_with_its_snat_map_named(lab, monkeypatch):
     assert any("enp5s0f1" in u and ("oif" in u or "nftables" in u) for u in uses), uses
 
 
-@pytest.mark.parametrize("rule", [_snat_by("oifname"), _ct_mark_by("iifname")],
-                         ids=["snat-to-oifname-map", "ct-mark-set-iifname-map"])
+@pytest.mark.parametrize("rule", [_snat_by("oifname"), _ct_mark_by("iifname"), _fib_oif(False)],
+                         ids=["snat-to-oifname-map", "ct-mark-set-iifname-map",
+                              "fib-rpfilter-missing"])
 def test_control_1_the_same_maps_by_name_leave_it_idle(lab, monkeypatch, rule):
-    """Keyed by ``oifname``/``iifname`` the maps match by name, and hold after the give-back."""
+    """Keyed by ``oifname``/``iifname`` the maps match by name, and hold after the give-back;
+    firewalld's and the nftables wiki's reverse-path filter, ``fib saddr . iif oif missing
+    drop`` (``"right": false``), names no port: a fix must not refuse every port for it."""
     lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
     _with_ruleset(lab, monkeypatch, [rule])
     view = NetView.read(Sysfs(lab.root))
