@@ -1791,28 +1791,47 @@ def _nft_matches(rule: dict, sets: dict) -> list[tuple[str, str, tuple]]:
 
 def _nft_compared(stmt) -> list[tuple]:
     """(what is compared, what with) in a statement of ``nft -j``: a ``match``'s left and
-    right, a ``vmap``'s or ``map``'s key and data."""
+    right, and the key and data of each ``vmap`` or ``map`` lookup anywhere in it: nft puts
+    one that computes a value inside the statement that uses it (``snat to oif map {...}``
+    is ``{"snat": {"addr": {"map": ...}}}``, ``ct mark set iif map {...}`` a ``mangle``'s
+    ``value``), keyed by the port's index all the same. A ``fib`` test, ``fib saddr . iif
+    oif missing`` (``"right": false``), names no port: not compared."""
     if not isinstance(stmt, dict):
         return []
     pairs = []
-    for verb, left, right in (("match", "left", "right"), ("vmap", "key", "data"),
-                              ("map", "key", "data")):
-        if isinstance(args := stmt.get(verb), dict):
-            pairs.append((args.get(left), args.get(right)))
-    return pairs
+    if isinstance(args := stmt.get("match"), dict) and not isinstance(args.get("right"), bool):
+        pairs.append((args.get("left"), args.get("right")))
+    return pairs + _nft_lookups(stmt)
+
+
+def _nft_lookups(expr) -> list[tuple]:
+    """(key, data) of every ``map`` or ``vmap`` lookup in an ``nft -j`` expression, at any
+    depth (a named map's ``data`` is ``"@NAME"``, read by :func:`_nft_index_sets`)."""
+    if isinstance(expr, list):
+        return [pair for v in expr for pair in _nft_lookups(v)]
+    if not isinstance(expr, dict):
+        return []
+    pairs = [(args.get("key"), args.get("data")) for verb in ("map", "vmap")
+             if isinstance(args := expr.get(verb), dict) and "key" in args]
+    return pairs + [pair for v in expr.values() for pair in _nft_lookups(v)]
 
 
 def _nft_index_keys(expr) -> list[tuple[int, str]]:
-    """(position, ``iif`` or ``oif``) of each part of an ``nft -j`` expression that is an
-    interface's index: the expression itself (position 0), or a part of a concatenation
-    (``iif . ip saddr``). nft 0.9.0 printed ``{"meta": "iif"}``, later ones a ``key``."""
+    """(position, ``iif``, ``oif`` or ``fib oif``) of each part of an ``nft -j`` expression
+    that is an interface's index: the expression itself (position 0), or a part of a
+    concatenation (``iif . ip saddr``). nft 0.9.0 printed ``{"meta": "iif"}``, later ones a
+    ``key``; a ``fib`` of result ``oif`` (``fib daddr oif "X"``) is an ``iface_index`` too,
+    resolved at load (its ``missing`` test is no comparison: :func:`_nft_compared`)."""
     concat = expr.get("concat") if isinstance(expr, dict) else None
     found = []
     for i, part in enumerate(concat if isinstance(concat, list) else [expr]):
         meta = part.get("meta") if isinstance(part, dict) else None
         key = meta.get("key") if isinstance(meta, dict) else meta
+        fib = part.get("fib") if isinstance(part, dict) else None
         if key in _NFT_INDEX_KEYS:
             found.append((i, key))
+        elif isinstance(fib, dict) and fib.get("result") == "oif":
+            found.append((i, "fib oif"))
     return found
 
 
