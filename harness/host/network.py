@@ -1030,6 +1030,7 @@ def _read_namespace(fs: Sysfs, ns: Namespace) -> Namespace:
                 ns.routes.setdefault(dev, []).append(_route_text(r))
     if not _read_mpls(fs, ns, where):
         return ns
+    _read_mptcp(fs, ns, where)
     _read_sockets(fs, ns, where)
     _read_kernel_users(fs, ns, where)
     _read_multicast(fs, ns, where)
@@ -1073,6 +1074,46 @@ def _read_mpls(fs: Sysfs, ns: Namespace, where: str) -> bool:
             if dev:
                 ns.routes.setdefault(dev, []).append(f"mpls label {r.get('dst', '?')}")
     return True
+
+
+#: ``ip -j mptcp endpoint show``: the in-kernel MPTCP path manager's endpoints.
+_MPTCP = ["-j", "mptcp", "endpoint", "show"]
+
+
+def _read_mptcp(fs: Sysfs, ns: Namespace, where: str) -> None:
+    """Each MPTCP endpoint on a port (``ip mptcp endpoint add ADDR dev PORT subflow``), filed
+    in ``ns.kernel_users``: the path manager keeps it per namespace with the port's ifindex,
+    through a down and the unregister (it has no netdev notifier; ``ip`` prints ``"dev":
+    "ifN"`` once the port is made again), so after the give-back every subflow it opens is
+    bound to an index that is gone: the second (or backup) path of every MPTCP connection,
+    for good. MPTCP is built in or absent (``/proc/sys/net/mptcp`` is in every namespace, or
+    in none): asking loads nothing. What cannot be read is a problem of ``ns``."""
+    try:
+        os.stat(fs.proc("sys", "net", "mptcp"))
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        ns.problems.append(f"whether the kernel has MPTCP cannot be told{where}: "
+                           f"/proc/sys/net/mptcp: {e.strerror}")
+        return
+    try:
+        endpoints = _ip_json(_run(fs, ns.ip + _MPTCP, ns.fake / "mptcp.json", ns.fds,
+                                  **_by(ns)) or "[]")
+        if not isinstance(endpoints, list) or not all(isinstance(e, dict) for e in endpoints):
+            raise ValueError("not a list of endpoints")
+    except (OSError, ValueError) as e:
+        ns.problems.append(f"`ip {' '.join(_MPTCP)}`{where} cannot be read: {e}: an MPTCP "
+                           "endpoint on a port holds its ifindex, gone after the unbind; "
+                           "install iproute2 5.8 or later")
+        return
+    for e in endpoints:
+        if e.get("dev"):
+            flags = " ".join(f for f in ("signal", "subflow", "backup", "fullmesh") if e.get(f))
+            ns.kernel_users.setdefault(str(e["dev"]), []).append(
+                f"has the MPTCP endpoint {e.get('address', '?')} (id {e.get('id', '?')}"
+                f"{', ' + flags if flags else ''}) on it, which holds its ifindex: after the "
+                "unbind its subflows are bound to an index that is gone, for good (`ip mptcp "
+                f"endpoint delete id {e.get('id', '?')}` first, if it may go)")
 
 
 def _by(ns: Namespace) -> dict:
