@@ -3,17 +3,19 @@
 A network interface (netdev) is *idle* when it has no upper device (a bridge, bond, OVS or VRF
 master; a VLAN, macvlan or ipvlan on top of it; a VXLAN or HSR/PRP device bound to it), no
 route in any routing table of its namespace (ECMP ``nexthops`` included) nor in its MPLS label
-table, no socket bound to it or using its address (a connection from it, which ``ss`` prints
-with no ``%ifname``; SCTP ones too where ``sctp`` is loaded), no multicast routing interface
-(VIF), no multicast group joined on it other than the kernel's own (/proc/net/igmp and igmp6:
-a receiver's join by its index), no pktgen thread that has it, and no protocol handler
+table, no MPTCP endpoint on it (kept with its index through the unregister), no socket
+bound to it or using its address (a connection from it, which ``ss`` prints with no
+``%ifname``; SCTP ones too where ``sctp`` is loaded), no multicast routing interface (VIF), no
+multicast group joined on it other than the kernel's own (/proc/net/igmp and igmp6: a
+receiver's join by its index), no pktgen thread that has it, and no protocol handler
 bound to it (/proc/net/ptype: a TIPC bearer), no tc or nftables hook on it (a qdisc someone
 configured, any but the kernel's own of handle ``0:``: a classful root with its filters,
 shaping alone, an ``ingress``/``clsact``; a filter on a default root that takes one; a tcx
 program (listed by a ``bpftool`` of 7.3 or later: an older one lists none), the target of a
 ``tc mirred`` action on any port, a chain or flowtable hooked on it, its devices read from
 ``nft list chains`` where ``nft -j`` names none, a ``dup``/``fwd`` to it from a rule on any
-port, a rule matching it by its index, ``iif``/``oif``, named sets
+port, a rule matching it by its index, ``iif``/``oif`` (a map keyed by it anywhere in a
+statement, ``snat to oif map``, and a ``fib`` ``oif`` compared with it, included), named sets
 of ``iface_index`` read for their elements: each kept through a down and deleted, or left
 sending to or matching nothing, at the unbind; each read only where its module is loaded or
 built in, as asking would load it, but the qdiscs, a dump that loads none), and is down or
@@ -42,7 +44,8 @@ output is read from files: ``<root>/ip/<what>.json`` for the harness's own names
 ``<root>/ip/netns/<name>/<what>.json`` for a named one, ``ip/pidns/<pid>/`` for a process's,
 ``ip/nsfs/<inode>/`` for one entered through a file,
 ``ip/netns.json``, ``ss.txt``, ``mpls.json`` (``ip -f mpls route``, read when
-``proc/sys/net/mpls/platform_labels`` exists) and ``packet.txt`` (``/proc/net/packet``; and
+``proc/sys/net/mpls/platform_labels`` exists), ``mptcp.json`` (``ip mptcp endpoint show``,
+read when ``proc/sys/net/mptcp`` exists) and ``packet.txt`` (``/proc/net/packet``; and
 ``ptype.txt``, ``ip_mr_vif.txt``, ``ip6_mr_vif.txt``, ``igmp.txt``, ``igmp6.txt``, read
 when the harness's own ``proc/net`` has that file) likewise; ``tc-qdisc.json`` where a port
 sits on a device; ``tc-filter-<port>-<hook|handle|root>.json`` for a qdisc that can hold
