@@ -1055,21 +1055,8 @@ def _read_mpls(fs: Sysfs, ns: Namespace, where: str) -> bool:
     LDP paths out of a port the operator set down. A kernel without ``mpls_router`` has no
     label table in any namespace (``/proc/sys/net/mpls/platform_labels`` is made in every
     namespace by the module's pernet init, or in none): nothing to read then."""
-    try:
-        os.stat(fs.proc("sys", "net", "mpls", "platform_labels"))
-    except FileNotFoundError:
-        return True
-    except OSError as e:
-        ns.problems.append(f"whether MPLS routing is loaded cannot be told{where}: "
-                           f"/proc/sys/net/mpls/platform_labels: {e.strerror}")
-        return False
-    try:
-        routes = _ip_json(_run(fs, ns.ip + _MPLS, ns.fake / "mpls.json", ns.fds, **_by(ns))
-                          or "[]")
-        if not isinstance(routes, list):
-            raise ValueError("not a list")
-    except (OSError, ValueError) as e:
-        ns.problems.append(f"`ip {' '.join(_MPLS)}`{where} cannot be read: {e}")
+    routes = _ip_list(fs, ns, where, ("mpls", "platform_labels"), _MPLS, "mpls", "")
+    if routes is None:
         return False
     for r in routes:
         hops = r.get("nexthops") if isinstance(r.get("nexthops"), list) else []
@@ -1083,6 +1070,31 @@ def _read_mpls(fs: Sysfs, ns: Namespace, where: str) -> bool:
 _MPTCP = ["-j", "mptcp", "endpoint", "show"]
 
 
+def _ip_list(fs: Sysfs, ns: Namespace, where: str, sysctl: "tuple[str, ...]",
+             args: list[str], fake: str, why: str) -> "list[dict] | None":
+    """``ip -j ARGS`` in ``ns`` (``<fake>.json`` under a fake root), a list of objects, where
+    the kernel has the feature whose /proc/sys/net/``sysctl`` is made in every namespace or in
+    none (MPLS's label table, MPTCP's endpoints): [] where it has not; None once what cannot
+    be read is a problem of ``ns`` (``why``: what is at stake, and the way out)."""
+    try:
+        os.stat(fs.proc("sys", "net", *sysctl))
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        ns.problems.append(f"whether the kernel has /proc/sys/net/{'/'.join(sysctl)} cannot be "
+                           f"told{where}: {e.strerror}{why}")
+        return None
+    try:
+        out = _ip_json(_run(fs, ns.ip + args, ns.fake / f"{fake}.json", ns.fds, **_by(ns))
+                       or "[]")
+        if not isinstance(out, list) or not all(isinstance(o, dict) for o in out):
+            raise ValueError("not a list of objects")
+    except (OSError, ValueError) as e:
+        ns.problems.append(f"`ip {' '.join(args)}`{where} cannot be read: {e}{why}")
+        return None
+    return out
+
+
 def _read_mptcp(fs: Sysfs, ns: Namespace, where: str) -> None:
     """Each MPTCP endpoint on a port (``ip mptcp endpoint add ADDR dev PORT subflow``), filed
     in ``ns.kernel_users``: the path manager keeps it per namespace with the port's ifindex,
@@ -1091,25 +1103,10 @@ def _read_mptcp(fs: Sysfs, ns: Namespace, where: str) -> None:
     bound to an index that is gone: the second (or backup) path of every MPTCP connection,
     for good. MPTCP is built in or absent (``/proc/sys/net/mptcp`` is in every namespace, or
     in none): asking loads nothing. What cannot be read is a problem of ``ns``."""
-    try:
-        os.stat(fs.proc("sys", "net", "mptcp"))
-    except FileNotFoundError:
-        return
-    except OSError as e:
-        ns.problems.append(f"whether the kernel has MPTCP cannot be told{where}: "
-                           f"/proc/sys/net/mptcp: {e.strerror}")
-        return
-    try:
-        endpoints = _ip_json(_run(fs, ns.ip + _MPTCP, ns.fake / "mptcp.json", ns.fds,
-                                  **_by(ns)) or "[]")
-        if not isinstance(endpoints, list) or not all(isinstance(e, dict) for e in endpoints):
-            raise ValueError("not a list of endpoints")
-    except (OSError, ValueError) as e:
-        ns.problems.append(f"`ip {' '.join(_MPTCP)}`{where} cannot be read: {e}: an MPTCP "
-                           "endpoint on a port holds its ifindex, gone after the unbind; "
-                           "install iproute2 5.8 or later")
-        return
-    for e in endpoints:
+    endpoints = _ip_list(fs, ns, where, ("mptcp",), _MPTCP, "mptcp",
+                         ": an MPTCP endpoint on a port holds its ifindex, gone after the "
+                         "unbind; install iproute2 5.8 or later")
+    for e in endpoints or []:
         if e.get("dev"):
             flags = " ".join(f for f in ("signal", "subflow", "backup", "fullmesh") if e.get(f))
             ns.kernel_users.setdefault(str(e["dev"]), []).append(
