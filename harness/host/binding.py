@@ -880,32 +880,20 @@ def refuse_foreign(fs: Sysfs, plan: GroupPlan, entries: list[dict], hold) -> Non
             continue
         if e.get("kind") == SRIOV:
             if e["bdf"] in members:
-                _refuse_of_another_boot(fs, e, plan.group)
+                _stale_refused(fs, e, f"{e['bdf']} (group {plan.group})")
                 _refuse_pf_of_vfs(fs, e, plan.group)
             continue
         if e["bdf"] in members and (hold is None or e.get("lease") != hold.lease_id):
-            _refuse_of_another_boot(fs, e, plan.group)
-            if e.get("manual"):
-                raise HostDeviceError(
-                    f"{e['bdf']} (group {plan.group}) is bound by hand (`python -m harness "
-                    f"bind`) since {e.get('time')}", hint="its user gives it back with `python "
-                    f"-m harness release {short_bdf(e['bdf'])}`; take another device meanwhile")
-            if owner_alive(fs, e):
-                raise HostDeviceError(
-                    f"{e['bdf']} (group {plan.group}) is held by pid {e.get('pid')} since "
-                    f"{e.get('time')}", hint="another run or xdist worker uses it: wait for "
-                                             "it, or give that run another device")
-            raise HostDeviceError(f"{e['bdf']} (group {plan.group}) was left on vfio-pci by "
-                                  f"a run that died (pid {e.get('pid')})", hint=RESTORE_HINT)
+            _refuse_leased(fs, e, f"{e['bdf']} (group {plan.group})")
 
 
-def _refuse_of_another_boot(fs: Sysfs, e: dict, group: int) -> None:
-    """A member with an entry of an earlier boot is stale (:func:`_of_another_boot`): no run
-    holds it, but nor is its own entry (a bind by hand, a live run) told from it until
-    `restore` drops it, which writes nothing to the device."""
+def _stale_refused(fs: Sysfs, e: dict, lead: str) -> None:
+    """An entry of an earlier boot is stale (:func:`_of_another_boot`): no run holds what it
+    names, but nor is its own entry (a bind by hand, a live run) told from it until
+    `restore` drops it, which writes nothing to the device (``lead``: what is refused)."""
     why = _of_another_boot(fs, e)
     if why:
-        raise HostDeviceError(f"{e['bdf']} (group {group}) has a stale journal entry: {why}",
+        raise HostDeviceError(f"{lead} has a stale journal entry: {why}",
                               hint="run `python -m harness restore` (as root): it drops an "
                                    "entry of an earlier boot without writing to the device")
 
@@ -985,13 +973,10 @@ def _refuse_pf_leased(fs: Sysfs, pf: str, count: int, entries: list[dict]) -> No
 
 
 def _refuse_leased(fs: Sysfs, e: dict, lead: str) -> None:
-    """Raises for the vfio or HOLD entry ``e`` of a lease, saying whose it is and what to do:
-    ``lead`` names what is refused and ends in its subject ("..., which")."""
-    stale = _of_another_boot(fs, e)
-    if stale:
-        raise HostDeviceError(f"{lead} has a stale journal entry: {stale}",
-                              hint="run `python -m harness restore` (as root): it drops an "
-                                   "entry of an earlier boot without writing to the device")
+    """Raises for the vfio or HOLD entry ``e`` of a lease, saying whose it is and what to do
+    (``lead`` names what is refused, ending in its subject: "..., which"): stale (an earlier
+    boot's), bound by hand, a live run's, or a dead run's left for `restore`."""
+    _stale_refused(fs, e, lead)
     if e.get("manual"):
         raise HostDeviceError(f"{lead} is bound by hand (`python -m harness bind`) since "
                               f"{e.get('time')}", hint="its user gives it back with `python -m "
@@ -1003,8 +988,10 @@ def _refuse_leased(fs: Sysfs, e: dict, lead: str) -> None:
         raise HostDeviceError(f"{lead} is held by pid {e.get('pid')} since {e.get('time')}"
                               f"{left}", hint="another run or xdist worker uses it: wait for "
                                               "it, or give that run another device")
-    raise HostDeviceError(f"{lead} is held by a lease of a run that died (pid {e.get('pid')})"
-                          f"{left}", hint=RESTORE_HINT)
+    where = (f"on {e.get('driver')} for {e['moved_by']} to move" if e.get("moved_by")
+             else "on vfio-pci")
+    raise HostDeviceError(f"{lead} was left {where} by a run that died (pid {e.get('pid')})",
+                          hint=RESTORE_HINT)
 
 
 def _refuse_pf_of_vfs(fs: Sysfs, e: dict, group: int) -> None:
