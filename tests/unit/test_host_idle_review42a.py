@@ -121,24 +121,30 @@ def test_1_a_usb_device_below_a_controller_leased_for_libvirt_is_not_handed_over
     lease = a.bind(UPD, ALLOWED, moved_by="libvirt")
     assert lease.left_to == "libvirt" and stick.driver_of(UPD) == "xhci_hcd"
     b = _binder(stick, timeout=0.2)
-    handed = refused = ""
-    try:
+    def hand(b):
         with usbhost.handed(b, STICK, "busaddr") as usb:
-            handed = f"run B's QEMU opened USB {usb.name} below {UPD}, which run A holds"
-    except HostDeviceError as e:
-        refused = e.message
-    finally:
-        _close(b, a)
+            return f"run B's QEMU opened USB {usb.name} below {UPD}, which run A holds"
+
+    handed, refused = run_b(b, a, hand)
     assert not handed and UPD in refused, handed or refused
 
 
-def _close(*binders) -> None:
-    """Close each binder (a refused give-back of a lease the test left in use is no matter)."""
-    for binder in binders:
-        try:
-            binder.close()
-        except HostDeviceError:
-            pass
+def run_b(b, a, do) -> "tuple[str, str]":
+    """Run B's ``do(b)`` while run A (binder ``a``) holds its lease: (what B did, or ""; its
+    refusal, or ""), both binders closed after (a refused give-back of a lease left in use
+    is no matter here)."""
+    done = refused = ""
+    try:
+        done = do(b)
+    except HostDeviceError as e:
+        refused = e.message
+    finally:
+        for binder in (b, a):
+            try:
+                binder.close()
+            except HostDeviceError:
+                pass
+    return done, refused
 
 
 def test_1_control_with_no_lease_on_its_controller_the_stick_is_handed_over(stick):
@@ -173,13 +179,8 @@ def test_1b_a_pf_leased_for_libvirt_gets_no_vfs_from_another_run(pf_host):
     lease = a.bind(PF, {PF}, moved_by="libvirt")
     assert lease.left_to == "libvirt" and pf_host.driver_of(PF) == "igb"
     b = _binder(pf_host)
-    made = refused = ""
-    try:
-        made = f"run B made VFs {b.enable_vfs(PF, 2)} of {PF}, which run A holds"
-    except HostDeviceError as e:
-        refused = e.message
-    finally:
-        _close(b, a)
+    made, refused = run_b(b, a, lambda b: f"run B made VFs {b.enable_vfs(PF, 2)} of {PF}, "
+                                          "which run A holds")
     assert not made and PF in refused, made or refused
 
 

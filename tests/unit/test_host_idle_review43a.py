@@ -39,10 +39,9 @@ Looked at, no finding (each held, is a stated limit, an over-refusal, or not a r
 
 from __future__ import annotations
 
-from harness.core.errors import HostDeviceError
 
 from . import fakesysfs
-from .test_host_idle_review42a import _binder, stick  # noqa: F401  (fixture)
+from .test_host_idle_review42a import _binder, run_b, stick  # noqa: F401  (fixture)
 
 fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
 
@@ -64,12 +63,6 @@ def test_control_a_pf_moved_as_another_function_s_group_member_gets_no_vfs(stick
     lease = a.bind(PORT1, {PORT0, PORT1})
     assert set(lease.moved) == {PORT0, PORT1}
     b = _binder(stick)
-    made = refused = ""
-    try:
-        made = f"run B made VFs {b.enable_vfs(PORT0, 2)} of {PORT0}, which run A holds"
-    except HostDeviceError as e:
-        refused = e.message
-    finally:
-        b.close()
-        a.close()
+    made, refused = run_b(b, a, lambda b: f"run B made VFs {b.enable_vfs(PORT0, 2)} of "
+                                          f"{PORT0}, which run A holds")
     assert not made and PORT0 in refused, made or refused
