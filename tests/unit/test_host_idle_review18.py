@@ -194,7 +194,7 @@ def test_1_nobodys_mount_source_does_not_stop_the_storage_read():
 @as_root
 @pytest.mark.parametrize("over", ["plain file", "another disk's name"])
 def test_2_a_loop_device_set_up_in_a_live_mount_namespace_holds_its_disk(loop_disk, tmp_path,
-                                                                         over):
+                                                                         over, request):
     """A container's shape: the disk's node bind-mounted in a mount namespace of its own, over
     a path that in the host's is a plain empty file, or over ``/dev/NAME`` of another block
     device the host has (here another loop device of this test: ``--device
@@ -212,6 +212,8 @@ def test_2_a_loop_device_set_up_in_a_live_mount_namespace_holds_its_disk(loop_di
         if made.returncode != 0:
             pytest.skip(f"no second loop device: {made.stderr.strip()}")
         other = made.stdout.strip()
+        # (detached whatever fails below, "idle before" included: a host's loop is not left)
+        request.addfinalizer(lambda: subprocess.run(["losetup", "-d", other], check=False))
         where = Path(other)
     assert StorageView.read(Sysfs("/")).use_of_block(name) == []  # (idle before)
     holder = subprocess.Popen(
@@ -233,8 +235,6 @@ def test_2_a_loop_device_set_up_in_a_live_mount_namespace_holds_its_disk(loop_di
         holder.wait()
         if loop and loop.startswith("/dev/loop"):
             subprocess.run(["losetup", "-d", loop], check=False)
-        if other:
-            subprocess.run(["losetup", "-d", other], check=False)
 
 
 @as_root
