@@ -303,6 +303,17 @@ def _of_another_boot(fs: Sysfs, entry: dict) -> str | None:
             f"({datetime.fromtimestamp(booted, timezone.utc).isoformat(timespec='seconds')})")
 
 
+def _own(fs: Sysfs, entry: dict, pids=None) -> bool:
+    """Whether ``entry`` was written by this process (or by one of ``pids``, the run's
+    processes): its pid *and* its start time (``pid_start``, as :func:`_stamp` wrote it). A
+    later process that got the pid of a `bind` by hand (its CLI ended, its lease did not) is
+    not it; a bind by hand's entry without a start time is never taken for one's own."""
+    pid = entry.get("pid")
+    return pid in (pids if pids is not None else {os.getpid()}) and \
+        entry.get("pid_start") == _process_start(fs, pid) and \
+        not (entry.get("manual") and entry.get("pid_start") is None)
+
+
 def owner_alive(fs: Sysfs, entry: dict) -> bool:
     """Whether the process that wrote a journal entry still runs (pid and start time match, in
     this boot: a start time counts from the boot, so another boot's may match by chance)."""
@@ -496,7 +507,7 @@ def _live_users_of_vfs(fs: Sysfs, entry: dict, pf: "sriov.PhysicalFunction",
     """Which live run (other than this process) holds a VF of ``pf`` or relies on its VFs."""
     for e in journaled:  # (a binding by hand outlives the `bind` that made it: live)
         if (e["bdf"], e.get("lease")) == (entry["bdf"], entry.get("lease")) or \
-                e.get("pid") == os.getpid() or _of_another_boot(fs, e) or \
+                _own(fs, e) or _of_another_boot(fs, e) or \
                 not (e.get("manual") or owner_alive(fs, e)):
             continue
         if e["bdf"] in pf.vfs:
@@ -858,7 +869,7 @@ def _held_elsewhere(fs: Sysfs, entry: dict, take_all: bool, own_pids,
                     releasing: bool) -> str | None:
     """Why an entry is not this restore's to give back (None: it is). ``releasing``: `release
     BDF` names the lease, which gives back one bound by hand, not a live run's."""
-    if take_all or entry.get("pid") in own_pids or _of_another_boot(fs, entry):
+    if take_all or _own(fs, entry, own_pids) or _of_another_boot(fs, entry):
         return None  # (an entry of an earlier boot: its lease ended with it, for restore to drop)
     if entry.get("manual"):
         return None if releasing else (
@@ -1007,11 +1018,11 @@ def _refuse_pf_of_vfs(fs: Sysfs, e: dict, group: int) -> None:
                           f"that died (pid {e.get('pid')}) changed", hint=RESTORE_HINT)
 
 
-def _drop_own_reliance(jr: Journal, pf: str) -> None:
+def _drop_own_reliance(fs: Sysfs, jr: Journal, pf: str) -> None:
     """This process's entries that only rely on ``pf``'s VFs (its other binders' binds of a
     VF: one process is one run), once its count is put back: the VFs are gone with it."""
     jr.write([e for e in jr.read() if not (e.get("kind") == SRIOV and e["bdf"] == pf and
-                                           e.get("pid") == os.getpid() and "set" not in e)])
+                                           "set" not in e and _own(fs, e))])
 
 
 def _drop(jr: Journal, entry: dict) -> None:
@@ -1434,7 +1445,7 @@ class VfioBinder:
                     elif result.status != "in-use":  # (in use: the entry stays for the last run)
                         _drop(self.journal, entry)
                         if "set" in entry:  # (its count is back: the VFs this run used too)
-                            _drop_own_reliance(self.journal, entry["bdf"])
+                            _drop_own_reliance(self.fs, self.journal, entry["bdf"])
             self._sriov = kept
         for name in dict.fromkeys(e["bdf"] for e in self.usb.entries):
             try:
