@@ -1,0 +1,114 @@
+"""Issue 31, read 44b (the network side: what the kernel keeps on a down port, the reads of
+reads 39b-43b: nftables, tc, MPTCP's and MPLS's ``_ip_list``), on main at f8b05cf. What it
+found, one section below:
+
+1. An SRv6 ``End.DX2`` route (``seg6local``) that sends into the port. An SRv6 provider edge
+   on Linux terminates an L2VPN by decapsulating the Ethernet frame and sending it out of the
+   attachment circuit, a port named by ``oif``: ``ip -6 route add fc00:0:1::d2/128 encap
+   seg6local action End.DX2 oif enp5s0f1 dev enp2s0`` (the iproute2 man page's and the Linux
+   SRv6 tutorials' L2VPN; FRR's zebra installs the same ``seg6local`` action). The route's
+   own ``dev`` is another port (the core-facing one, or ``lo``), so it is filed under that
+   one (:func:`harness.host.network._read_namespace` reads a route's ``dev`` and its
+   nexthops' ``dev`` only) and is not flushed when the attachment port is set down. The
+   kernel keeps the port as a bare ifindex (``seg6_local.c``: ``parse_nla_oif`` stores
+   ``slwt->oif = nla_get_u32(...)``, no reference, no netdev notifier;
+   ``input_action_end_dx2`` looks it up per packet with ``dev_get_by_index_rcu`` and drops
+   when it is gone or down), so while the port is down the L2VPN is paused, and after the
+   unbind the port comes back with a new ifindex and every frame of the pseudowire is
+   dropped, for good, until the route is installed again; nothing says so. ``ip -j -6 route
+   show table all`` names the port: iproute2's ``lwt_print_encap`` opens an ``encap``
+   object (``{"encap_type": "seg6local", "action": "End.DX2", "oif": "enp5s0f1"}``), and
+   ``print_encap_seg6local`` prints ``oif`` through ``ll_index_to_name`` (``if7`` once the
+   index is gone). This host's kernel 6.18 has no ``seg6local`` lwtunnel ("lwt
+   encapsulation type not supported"), so the JSON below is from iproute2's source
+   (``ip/iproute_lwtunnel.c``), not from a run here. Shape: an SRv6 lab host (a Linux PE
+   in an SRv6 L2VPN testbed) whose customer-facing port is set down between campaigns; the
+   same kind of use as read 38b's MPLS routes through a down port (kept, holding the port,
+   lost at the unbind). Safe: a route's ``encap`` that names a port (``oif`` of a
+   ``seg6local``; the same holds for ``encap xfrm ... link_dev X``, iproute2's ``link_dev``
+   in that object) is a route of that port too, filed under it (or its index spelt
+   ``ifN``: unproven).
+
+Each test asserts the safe behaviour and fails on f8b05cf (the port is taken as idle: "down,
+no route in any table, no upper device, no socket bound to it"); the controls show the same
+route sending into another port, and an ``End.DT6`` route (into a table, no port), leaving
+the down port idle. A fake sysfs/proc tree plays the host (:mod:`.fakesysfs`'s lab host);
+no guest is booted.
+
+Looked at and not reported (each already refused, held, or not a real shape): an IPv4
+address on the down port (its ``local`` route in table ``local`` stays through the down,
+checked here with a veth in a namespace of its own: the harness files it under the port, so
+a down port with an IPv4 address is refused already); a route on another port with ``src``
+the down port's address (same: refused by the local route); ``tc -j actions ls action
+mirred`` past 32 actions (iproute2 6.1 reads every part of the dump: 42 of 42 listed here);
+named ``typeof iif`` sets and verdict maps (``nft -j -t`` prints ``"type": "iface_index"``
+for them, and ``nft -j list set`` their elements by name); nexthop objects, neighbours, proxy
+entries and offloaded xfrm states (flushed at the down); fib rules (``iif``/``oif`` by name,
+resolved again at register); netdev chains with a wildcard device (6.16+, name-based hooks
+that come back with the port: not a loss); CAN raw sockets and AF_XDP (judged by read 37b).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.host.network import NetView, Netdev
+from harness.host.safety import HostUsage
+from harness.host.sysfs import Sysfs
+
+from . import fakesysfs
+from .test_host_idle_review39b import _LINKS
+
+fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
+
+PORT = Netdev("", "enp5s0f1")
+
+_ADDRS = {"lo": ["127.0.0.1/8"], "enp2s0": ["192.168.1.10/24", "2001:db8:1::10/64"]}
+_TCP = "tcp LISTEN 0 128 0.0.0.0:22 0.0.0.0:*\n"
+
+# -- 1. an SRv6 End.DX2 route into the port -----------------------------------------------------
+
+
+def _seg6local(action: str, oif: "str | None", dev: str = "enp2s0") -> dict:
+    """``ip -6 route add fc00:0:1::d2/128 encap seg6local action ACTION [oif OIF] dev DEV``
+    as ``ip -j -6 route show table all`` prints it (iproute2's ``lwt_print_encap`` and
+    ``print_encap_seg6local``)."""
+    encap = {"encap_type": "seg6local", "action": action}
+    if oif is not None:
+        encap["oif"] = oif
+    else:
+        encap["table"] = "100"
+    return {"dst": "fc00:0:1::d2", "encap": encap, "dev": dev, "metric": 1024, "flags": [],
+            "pref": "medium"}
+
+
+#: The core-facing port's own routes, up: what an SRv6 PE has beside its SIDs.
+_CORE = [{"dst": "2001:db8:1::/64", "dev": "enp2s0", "protocol": "kernel", "metric": 256,
+          "flags": [], "pref": "medium"}]
+
+
+def test_1a_an_srv6_end_dx2_route_into_the_down_port_keeps_it(lab):
+    lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP,
+                routes6=_CORE + [_seg6local("End.DX2", "enp5s0f1")])
+    view = NetView.read(Sysfs(lab.root))
+    uses, _ = view.use_of(PORT)
+    assert any("End.DX2" in u or "seg6local" in u or "fc00:0:1::d2" in u for u in uses) or \
+        view.problems, (uses, view.problems)
+
+
+def test_1b_the_function_is_refused_with_its_srv6_route_named(lab):
+    lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP,
+                routes6=_CORE + [_seg6local("End.DX2", "enp5s0f1", dev="lo")])
+    uses = HostUsage.read(lab.root).verdict("0000:05:00.1").uses
+    assert any("enp5s0f1" in u and ("fc00:0:1::d2" in u or "seg6local" in u or
+                                    "End.DX2" in u) for u in uses), uses
+
+
+@pytest.mark.parametrize("route", [_seg6local("End.DX2", "enp2s0", dev="lo"),
+                                   _seg6local("End.DT6", None)],
+                         ids=["dx2-into-another-port", "dt6-into-a-table"])
+def test_control_1_an_srv6_route_elsewhere_leaves_it_idle(lab, route):
+    lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP, routes6=_CORE + [route])
+    view = NetView.read(Sysfs(lab.root))
+    uses, evidence = view.use_of(PORT)
+    assert uses == [] and "down" in evidence, (uses, view.problems)
