@@ -16,10 +16,11 @@ found, one section below each:
    when it is gone or down), so while the port is down the L2VPN is paused, and after the
    unbind the port comes back with a new ifindex and every frame of the pseudowire is
    dropped, for good, until the route is installed again; nothing says so. ``ip -j -6 route
-   show table all`` names the port: iproute2's ``lwt_print_encap`` opens an ``encap``
-   object (``{"encap_type": "seg6local", "action": "End.DX2", "oif": "enp5s0f1"}``), and
-   ``print_encap_seg6local`` prints ``oif`` through ``ll_index_to_name`` (``if7`` once the
-   index is gone). This host's kernel 6.18 has no ``seg6local`` lwtunnel ("lwt
+   show table all`` names the port: ``print_encap_seg6local`` prints ``oif`` through
+   ``ll_index_to_name`` (``if7`` once the index is gone), at the route's top level in
+   iproute2 up to at least 6.1 (``"encap": "seg6local", "action": "End.DX2", "oif":
+   "enp5s0f1"``: Debian 12's), inside an ``encap`` object in later ones (``lwt_print_encap``
+   now opens one: ``"encap": {"encap_type": "seg6local", ...}``); both are tested. This host's kernel 6.18 has no ``seg6local`` lwtunnel ("lwt
    encapsulation type not supported"), so the JSON below is from iproute2's source
    (``ip/iproute_lwtunnel.c``), not from a run here. Shape: an SRv6 lab host (a Linux PE
    in an SRv6 L2VPN testbed) whose customer-facing port is set down between campaigns; the
@@ -96,17 +97,21 @@ _TCP = "tcp LISTEN 0 128 0.0.0.0:22 0.0.0.0:*\n"
 # -- 1. an SRv6 End.DX2 route into the port -----------------------------------------------------
 
 
-def _seg6local(action: str, oif: "str | None", dev: str = "enp2s0") -> dict:
+def _seg6local(action: str, oif: "str | None", dev: str = "enp2s0",
+               nested: bool = False) -> dict:
     """``ip -6 route add fc00:0:1::d2/128 encap seg6local action ACTION [oif OIF] dev DEV``
     as ``ip -j -6 route show table all`` prints it (iproute2's ``lwt_print_encap`` and
-    ``print_encap_seg6local``)."""
-    encap = {"encap_type": "seg6local", "action": action}
+    ``print_encap_seg6local``): flat, as 6.1 prints it, or ``nested`` in an ``encap``
+    object, as later ones do."""
+    encap = {"action": action}
     if oif is not None:
         encap["oif"] = oif
     else:
         encap["table"] = "100"
-    return {"dst": "fc00:0:1::d2", "encap": encap, "dev": dev, "metric": 1024, "flags": [],
-            "pref": "medium"}
+    route = {"dst": "fc00:0:1::d2"}
+    route.update({"encap": {"encap_type": "seg6local", **encap}} if nested else
+                 {"encap": "seg6local", **encap})
+    return {**route, "dev": dev, "metric": 1024, "flags": [], "pref": "medium"}
 
 
 #: The core-facing port's own routes, up: what an SRv6 PE has beside its SIDs.
@@ -114,9 +119,10 @@ _CORE = [{"dst": "2001:db8:1::/64", "dev": "enp2s0", "protocol": "kernel", "metr
           "flags": [], "pref": "medium"}]
 
 
-def test_1a_an_srv6_end_dx2_route_into_the_down_port_keeps_it(lab):
+@pytest.mark.parametrize("nested", [False, True], ids=["iproute2-6.1", "iproute2-later"])
+def test_1a_an_srv6_end_dx2_route_into_the_down_port_keeps_it(lab, nested):
     lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP,
-                routes6=_CORE + [_seg6local("End.DX2", "enp5s0f1")])
+                routes6=_CORE + [_seg6local("End.DX2", "enp5s0f1", nested=nested)])
     view = NetView.read(Sysfs(lab.root))
     uses, _ = view.use_of(PORT)
     assert any("End.DX2" in u or "seg6local" in u or "fc00:0:1::d2" in u for u in uses) or \
@@ -132,8 +138,10 @@ def test_1b_the_function_is_refused_with_its_srv6_route_named(lab):
 
 
 @pytest.mark.parametrize("route", [_seg6local("End.DX2", "enp2s0", dev="lo"),
+                                   _seg6local("End.DX2", "enp2s0", nested=True),
                                    _seg6local("End.DT6", None)],
-                         ids=["dx2-into-another-port", "dt6-into-a-table"])
+                         ids=["dx2-into-another-port", "dx2-into-another-port-nested",
+                              "dt6-into-a-table"])
 def test_control_1_an_srv6_route_elsewhere_leaves_it_idle(lab, route):
     lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP, routes6=_CORE + [route])
     view = NetView.read(Sysfs(lab.root))
