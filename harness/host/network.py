@@ -2,15 +2,17 @@
 
 A network interface (netdev) is *idle* when it has no upper device (a bridge, bond, OVS or VRF
 master; a VLAN, macvlan or ipvlan on top of it; a VXLAN or HSR/PRP device bound to it), no
-route in any routing table of its namespace (ECMP ``nexthops`` included) nor in its MPLS label
-table, no MPTCP endpoint on it (kept with its index through the unregister), no socket
-bound to it or using its address (a connection from it, which ``ss`` prints with no
-``%ifname``; SCTP ones too where ``sctp`` is loaded), no multicast routing interface (VIF), no
-multicast group joined on it other than the kernel's own (/proc/net/igmp and igmp6: a
-receiver's join by its index), no pktgen thread that has it, and no protocol handler
-bound to it (/proc/net/ptype: a TIPC bearer), no tc or nftables hook on it (a qdisc someone
-configured, any but the kernel's own of handle ``0:``: a classful root with its filters,
-shaping alone, an ``ingress``/``clsact``; a filter on a default root that takes one; a tcx
+route in any routing table of its namespace (ECMP ``nexthops`` included, and one whose
+``encap`` sends into it: SRv6 ``seg6local``'s ``oif``, ``xfrm``'s ``link_dev``) nor in its
+MPLS label table, no MPTCP endpoint on it (kept
+with its index through the unregister), no socket bound to it or using its address (a
+connection from it, which ``ss`` prints with no ``%ifname``; SCTP ones too where ``sctp`` is
+loaded), no multicast routing interface (VIF), no multicast group joined on it other than
+the kernel's own (/proc/net/igmp and igmp6: a receiver's join by its index), no pktgen thread
+that has it, and no protocol handler bound to it (/proc/net/ptype: a TIPC bearer), no tc
+or nftables hook on it (a qdisc someone configured, any but the kernel's own of handle
+``0:``: a classful root with its filters, shaping alone, an ``ingress``/``clsact``; a filter
+on a default root that takes one; a tcx
 program (listed by a ``bpftool`` of 7.3 or later: an older one lists none), the target of a
 ``tc mirred`` action on any port, a chain or flowtable hooked on it, its devices read from
 ``nft list chains`` where ``nft -j`` names none, a ``dup``/``fwd`` to it from a rule on any
@@ -20,9 +22,9 @@ of ``iface_index`` read for their elements: each kept through a down and deleted
 sending to or matching nothing, at the unbind; each read only where its module is loaded or
 built in, as asking would load it, but the qdiscs, a dump that loads none), and is down or
 has no address at all (an IPv6 link-local address counts: SSH may run over it).
-What cannot be read (``ip`` or ``ss`` missing, ``tc``, ``nft`` or ``bpftool`` where
-they are needed, a namespace the harness cannot enter, a device in another namespace whose
-lower device cannot be told) makes every interface unproven: :attr:`NetView.problems`.
+What cannot be read (``ip`` or ``ss`` missing, ``tc``, ``nft`` or ``bpftool``
+where they are needed, a namespace the harness cannot enter, a device in another namespace
+whose lower device cannot be told) makes every interface unproven: :attr:`NetView.problems`.
 
 Namespaces: the harness's own, every named one (``ip -all netns``, ``/var/run/netns``), and
 every other one anything holds: a process lives in it (a container's, ``/proc/PID/ns/net``),
@@ -1031,6 +1033,8 @@ def _read_namespace(fs: Sysfs, ns: Namespace) -> Namespace:
         for dev in {r.get("dev")} | {h.get("dev") for h in r.get("nexthops", [])}:
             if dev:
                 ns.routes.setdefault(dev, []).append(_route_text(r))
+        for dev in _encap_ports(ns, r):
+            ns.routes.setdefault(dev, []).append(_encap_text(r))
     if not _read_mpls(fs, ns, where):
         return ns
     _read_mptcp(fs, ns, where)
@@ -1126,6 +1130,52 @@ def _route_text(r: dict) -> str:
     if r.get("nexthops"):
         text += " (ECMP: " + ", ".join(h.get("dev", "?") for h in r["nexthops"]) + ")"
     return text + f" (table {r.get('table', 'main')})"
+
+
+#: Lightweight tunnels whose ``encap`` names a port by its ifindex, and the key `ip -j` prints
+#: it under: SRv6's ``seg6local`` (``End.DX2``/``End.DX4``/``End.DX6`` send out of ``oif``)
+#: and ``xfrm`` (``link_dev``).
+_ENCAP_PORT_KEYS = {"seg6local": ("oif",), "xfrm": ("link_dev",)}
+
+
+def _encap(r: dict) -> dict:
+    """A route's ``encap`` as one object: later iproute2 nest it (``"encap": {"encap_type":
+    "seg6local", "action": ..., "oif": ...}``), 6.1 prints its fields at the route's top level
+    beside ``"encap": "seg6local"``; {} for a route with none."""
+    encap = r.get("encap")
+    if isinstance(encap, dict):
+        return {**encap, "encap_type": encap.get("encap_type")}
+    return {**r, "encap_type": encap} if isinstance(encap, str) else {}
+
+
+def _encap_ports(ns: Namespace, r: dict) -> set[str]:
+    """The ports a route's ``encap`` sends into (``ip -6 route add SID encap seg6local action
+    End.DX2 oif enp5s0f1 dev enp2s0``: an SRv6 L2VPN's attachment port), by name, a name `ip`
+    spells ``ifN`` included as the link of that index. The route is filed under its ``dev``,
+    another port, so the down does not flush it; the kernel keeps the port as a bare ifindex
+    (no reference, no notifier), which after the unbind names nothing: every frame is dropped,
+    for good, until the route is made again. So it is a route of that port too."""
+    encap = _encap(r)
+    names = {encap[key] for key in _ENCAP_PORT_KEYS.get(encap["encap_type"], ()) if
+             isinstance(encap.get(key), str)} if encap else set()
+    return {_link_named(ns, name) for name in names}
+
+
+def _link_named(ns: Namespace, name: str) -> str:
+    """The link of ``ns`` a name `ip` or `bridge` printed stands for: itself, or for an
+    index they could not name (``ifN``) the link of that index, where there is one."""
+    return next((other for other, link in ns.links.items()
+                 if name == f"if{link.get('ifindex')}"), name)
+
+
+def _encap_text(r: dict) -> str:
+    """A route whose ``encap`` sends into a port, as its refusal names it: ``seg6local
+    End.DX2 fc00:0:1::d2 (table main)`` and why it matters."""
+    encap = _encap(r)
+    what = " ".join(str(w) for w in (encap["encap_type"], encap.get("action")) if w)
+    return (f"{what} {r.get('dst', 'default')} (table {r.get('table', 'main')}), which sends "
+            "into it by its ifindex: after the unbind that index names nothing and the "
+            "route's traffic is dropped, for good (delete the route first, if it may go)")
 
 
 def _address_of(endpoint: str) -> str:
