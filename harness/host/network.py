@@ -4,7 +4,7 @@ A network interface (netdev) is *idle* when it has no upper device (a bridge, bo
 master; a VLAN, macvlan or ipvlan on top of it; a VXLAN or HSR/PRP device bound to it), no
 route in any routing table of its namespace (ECMP ``nexthops`` included, and one whose
 ``encap`` sends into it: SRv6 ``seg6local``'s ``oif``, ``xfrm``'s ``link_dev``) nor in its
-MPLS label table, no MPTCP endpoint on it (kept
+MPLS label table, no VXLAN forwarding entry sent ``via`` it, no MPTCP endpoint on it (kept
 with its index through the unregister), no socket bound to it or using its address (a
 connection from it, which ``ss`` prints with no ``%ifname``; SCTP ones too where ``sctp`` is
 loaded), no multicast routing interface (VIF), no multicast group joined on it other than
@@ -22,7 +22,7 @@ of ``iface_index`` read for their elements: each kept through a down and deleted
 sending to or matching nothing, at the unbind; each read only where its module is loaded or
 built in, as asking would load it, but the qdiscs, a dump that loads none), and is down or
 has no address at all (an IPv6 link-local address counts: SSH may run over it).
-What cannot be read (``ip`` or ``ss`` missing, ``tc``, ``nft`` or ``bpftool``
+What cannot be read (``ip`` or ``ss`` missing, ``tc``, ``nft``, ``bpftool`` or ``bridge``
 where they are needed, a namespace the harness cannot enter, a device in another namespace
 whose lower device cannot be told) makes every interface unproven: :attr:`NetView.problems`.
 
@@ -45,7 +45,8 @@ Everything is read under a root: on ``/`` the tools are run; under a test's fake
 output is read from files: ``<root>/ip/<what>.json`` for the harness's own namespace,
 ``<root>/ip/netns/<name>/<what>.json`` for a named one, ``ip/pidns/<pid>/`` for a process's,
 ``ip/nsfs/<inode>/`` for one entered through a file,
-``ip/netns.json``, ``ss.txt``, ``mpls.json`` (``ip -f mpls route``, read when
+``ip/netns.json``, ``ss.txt``, ``bridge-fdb-<vxlan>.json`` (``bridge -j fdb show dev X``,
+read for each VXLAN), ``mpls.json`` (``ip -f mpls route``, read when
 ``proc/sys/net/mpls/platform_labels`` exists), ``mptcp.json`` (``ip mptcp endpoint show``,
 read when ``proc/sys/net/mptcp`` exists) and ``packet.txt`` (``/proc/net/packet``; and
 ``ptype.txt``, ``ip_mr_vif.txt``, ``ip6_mr_vif.txt``, ``igmp.txt``, ``igmp6.txt``, read
@@ -1037,6 +1038,7 @@ def _read_namespace(fs: Sysfs, ns: Namespace) -> Namespace:
             ns.routes.setdefault(dev, []).append(_encap_text(r))
     if not _read_mpls(fs, ns, where):
         return ns
+    _read_vxlan_fdb(fs, ns, where)
     _read_mptcp(fs, ns, where)
     _read_sockets(fs, ns, where)
     _read_kernel_users(fs, ns, where)
@@ -1118,6 +1120,52 @@ def _read_mptcp(fs: Sysfs, ns: Namespace, where: str) -> None:
                 f"{', ' + flags if flags else ''}) on it, which holds its ifindex: after the "
                 "unbind its subflows are bound to an index that is gone, for good (`ip mptcp "
                 f"endpoint delete id {e.get('id', '?')}` first, if it may go)")
+
+
+def _read_vxlan_fdb(fs: Sysfs, ns: Namespace, where: str) -> None:
+    """Each VXLAN forwarding entry sent out of a port (``bridge fdb append 00:00:00:00:00:00
+    dev vxlan42 dst 239.1.1.1 via enp5s0f1``: an overlay's flood to a multicast group, or to
+    a link-local VTEP, pinned to one uplink), filed in ``ns.kernel_users``. The VXLAN names no
+    lower device, so it is no upper device of the port; the entry keeps the port as a bare
+    ifindex (``vxlan_rdst.remote_ifindex``), which nothing clears: after the unbind the flood
+    (ARP, ND, DHCP of the overlay's far side) goes nowhere, for good. Only a VXLAN's entries
+    can carry ``via``: read with ``bridge -j fdb show dev X`` (``<fake>/bridge-fdb-X.json``)
+    for each VXLAN of ``ns``. What cannot be read is a problem of ``ns``."""
+    for name in sorted(n for n, link in ns.links.items() if _kind(link) == "vxlan"):
+        argv = ["bridge", "-j", "fdb", "show", "dev", name]
+        try:
+            text = _run(fs, ns.enter + argv, ns.fake / f"bridge-fdb-{name}.json", ns.fds,
+                        **_by(ns))
+            entries = _ip_json(text) if text.strip() else []
+            if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+                raise ValueError("not a list of objects")
+            for entry in entries:
+                _vxlan_entry(ns, name, entry)
+        except (OSError, ValueError) as e:
+            ns.problems.append(f"the forwarding entries of the VXLAN {name}{where} cannot be "
+                               f"read (`{' '.join(argv)}`: {e}): an entry sent `via` a port "
+                               "holds its ifindex, gone after the unbind; install iproute2's "
+                               "`bridge`")
+            return
+
+
+def _vxlan_entry(ns: Namespace, vxlan: str, entry: dict) -> None:
+    """One entry of ``bridge -j fdb show dev VXLAN``: its ``viaIf`` (a name, ``ifN`` for an
+    index `bridge` cannot name: the link of that index) is a use of that port. ``viaIfIndex``
+    is an index in another namespace (a VXLAN moved from the one it was made in, whose
+    underlay it keeps): which port cannot be told, ValueError."""
+    where = f"{entry.get('mac', '?')} dst {entry.get('dst', '?')}"
+    if "viaIfIndex" in entry:
+        raise ValueError(f"the entry {where} goes via the ifindex {entry['viaIfIndex']} of "
+                         "another namespace: which port cannot be told")
+    via = entry.get("viaIf")
+    if via is None:
+        return
+    ns.kernel_users.setdefault(_link_named(ns, str(via)), []).append(
+        f"carries the VXLAN {vxlan}'s forwarding entry {where} (`via` it), which holds its "
+        "ifindex: after the unbind the entry sends to an index that is gone, for good "
+        f"(`bridge fdb del {entry.get('mac', '?')} dev {vxlan} dst {entry.get('dst', '?')}` "
+        "first, if it may go)")
 
 
 def _by(ns: Namespace) -> dict:
