@@ -1142,10 +1142,10 @@ def _read_vxlan_fdb(fs: Sysfs, ns: Namespace, where: str) -> None:
             for entry in entries:
                 _vxlan_entry(ns, name, entry)
         except (OSError, ValueError) as e:
+            hint = "; install iproute2's `bridge`" if isinstance(e, OSError) else ""
             ns.problems.append(f"the forwarding entries of the VXLAN {name}{where} cannot be "
                                f"read (`{' '.join(argv)}`: {e}): an entry sent `via` a port "
-                               "holds its ifindex, gone after the unbind; install iproute2's "
-                               "`bridge`")
+                               f"holds its ifindex, gone after the unbind{hint}")
             return
 
 
@@ -1157,7 +1157,9 @@ def _vxlan_entry(ns: Namespace, vxlan: str, entry: dict) -> None:
     where = f"{entry.get('mac', '?')} dst {entry.get('dst', '?')}"
     if "viaIfIndex" in entry:
         raise ValueError(f"the entry {where} goes via the ifindex {entry['viaIfIndex']} of "
-                         "another namespace: which port cannot be told")
+                         "another namespace: which port cannot be told (`bridge fdb del "
+                         f"{entry.get('mac', '?')} dev {vxlan} dst {entry.get('dst', '?')}`, "
+                         "if it may go)")
     via = entry.get("viaIf")
     if via is None:
         return
