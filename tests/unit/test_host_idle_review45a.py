@@ -126,3 +126,24 @@ def test_1b_control_restore_leaves_both_and_release_of_the_vf_gives_it_back(host
     assert [(e["kind"], e.get("set")) for e in _entries(journal)] == [("sriov", 2)]
     restore_from_journal(host.sysfs(), journal)
     assert _numvfs(host) == 0 and _entries(journal) == []
+
+
+def test_1c_the_cli_release_of_the_pf_that_restore_names_leaves_the_vf(host, journal, capsys):
+    """The same through the command `restore` points to: `python -m harness restore` says
+    "0000:08:00.0: in-use: bound by hand ...; `python -m harness release 08:00.0` gives it
+    back"; the operator runs it (twice: the first exits 1, the count "in-use"). VF 0, bound by
+    hand by another user, must still be on vfio-pci and still be there."""
+    from harness.cli.host import release_main, restore_main
+    _nightly_died_with_vfs(host, journal)
+    _user_binds_vf0_by_hand(host, journal)
+    assert restore_main(["--root", str(host.root), "--journal", str(journal)]) == 1
+    assert "`python -m harness release 08:00.0` gives it back" in capsys.readouterr().out
+    for _ in range(2):
+        try:
+            release_main(["08:00.0", "--journal", str(journal)], fs=host.sysfs())
+        except HostDeviceError:
+            pass
+    present = host.sysfs().pci_exists(VF0)
+    assert present and host.driver_of(VF0) == "vfio-pci", (
+        f"VF 0 {'on ' + str(host.driver_of(VF0)) if present else 'removed'}, "
+        f"sriov_numvfs {_numvfs(host)}")
