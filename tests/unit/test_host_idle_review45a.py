@@ -23,7 +23,26 @@ after 15f236c's ``_own``), on main at 15f236c. What it found, one section below:
    cleaning up with `release 08:00.0`. Safe: a reliance entry (SR-IOV, no ``set``, no
    ``autoprobe``) names the PF but is no lease *of* it: ``only`` picks the leases that hold
    the named function (its vfio/HOLD entry, or a count it set), not those that merely rely on
-   it; or the release refuses, naming the VF bound by hand (test 1, control 1b).
+   it; or the release refuses, naming the VF bound by hand; and ``_held_elsewhere``'s line
+   for a reliance entry names the VF of its lease, not the PF (tests 1, 1c; control 1b).
+
+Looked at, no test (each held, is a stated limit, or an over-refusal):
+
+* 15f236c's ``_own`` (pid and ``pid_start``, never a start-less bind by hand) in
+  ``_held_elsewhere``, ``_live_users_of_vfs`` and ``_drop_own_reliance``: a bind by hand's
+  entries under a reused pid are not the session's; an entry without a start time is
+  "alive" to ``owner_alive`` (in-use: over-refusal); xdist workers' entries are given back
+  by the controller only once their process is gone.
+* `release`/`restore` selection (``only`` by lease): HOLD leases, a dead run's lease with its
+  reliance entry, a live run's reliance (left ``in-use``, and it keeps the count), `restore
+  --journal OLD` with ``_leased_on_host``; `--force` takes live leases by design.
+* SR-IOV: ``enable_vfs``' reuse (no write, a reliance entry), ``_restore_sriov``'s early
+  returns, ``_vfs_not_idle`` (a count set again by hand to the same number is not told from
+  the run's: its VFs are proven idle first; not shown to be a real shape).
+* the bind's mechanics: ``_move_to_vfio`` (override/new_id), ``_new_id_strays``,
+  ``vfs_removed``, ``_put_back``; the libvirt hand-over (``_libvirt_gives_back``,
+  ``handover``'s re-proof; libvirt skips its own reset for a vfio-bound device); usb-host
+  both forms and libvirt's ``<hostdev type='usb'>`` (bus and address always given).
 
 The tests assert the safe behaviour and fail on 15f236c. A fake sysfs/proc tree plays the host
 (:mod:`.fakesysfs`); no guest is booted.
