@@ -510,10 +510,12 @@ def _live_users_of_vfs(fs: Sysfs, entry: dict, pf: "sriov.PhysicalFunction",
                 _own(fs, e) or _of_another_boot(fs, e) or \
                 not (e.get("manual") or owner_alive(fs, e)):
             continue
+        who = (f"a bind by hand (`python -m harness release {short_bdf(_named_by(e, journaled))}`"
+               " gives it back)" if e.get("manual") else f"pid {e.get('pid')} (a live run)")
         if e["bdf"] in pf.vfs:
-            return f"pid {e.get('pid')} (a live run) holds its VF {e['bdf']}"
+            return f"{who} holds its VF {e['bdf']}"
         if e.get("kind") == SRIOV and e["bdf"] == pf.bdf:
-            return f"pid {e.get('pid')} (a live run) uses its VFs"
+            return f"{who} uses its VFs"
     return None
 
 
@@ -768,10 +770,12 @@ def restore_from_journal(root: "str | Path | Sysfs" = "/", journal: str | Path |
         entries = sorted(jr.read(), key=lambda e: e.get("kind") == SRIOV)
         refuse_outside_host(fs, "give devices back", bool(entries))
         if only is not None:
-            leases = {e.get("lease") for e in entries if e["bdf"] in {parse_bdf(b) for b in only}}
+            leases = {e.get("lease") for e in entries
+                      if _named_by(e, entries) in {parse_bdf(b) for b in only}}
             entries = [e for e in entries if e.get("lease") in leases]
         for entry in entries:
-            held = _held_elsewhere(fs, entry, include_live, own_pids, only is not None) or \
+            held = _held_elsewhere(fs, entry, include_live, own_pids, only is not None,
+                                   _named_by(entry, entries)) or \
                 _leased_on_host(fs, entry, host_leases)
             if held:
                 results.append(Restored(entry["bdf"], "in-use", fs.link_name(
@@ -865,16 +869,28 @@ def refuse_other_journal(fs: Sysfs, journal: Path, what: str) -> None:
                               "with `python -m harness restore --journal PATH`")
 
 
+def _named_by(entry: dict, entries: list[dict]) -> str:
+    """The function that names ``entry``'s lease for `release`: its own, but for an entry
+    that only relies on a PF's VFs (SR-IOV, no count set, no autoprobe: :meth:`VfioBinder.
+    _hold_and_rely`) in the lease of a VF, which is that VF's lease, not one of the PF:
+    `release PF` must not give back a VF another user bound by hand below it."""
+    if entry.get("kind") != SRIOV or "set" in entry or "autoprobe" in entry:
+        return entry["bdf"]
+    return next((e["bdf"] for e in entries if e.get("lease") == entry.get("lease")
+                 and e.get("kind") != SRIOV), entry["bdf"])
+
+
 def _held_elsewhere(fs: Sysfs, entry: dict, take_all: bool, own_pids,
-                    releasing: bool) -> str | None:
+                    releasing: bool, name: str | None = None) -> str | None:
     """Why an entry is not this restore's to give back (None: it is). ``releasing``: `release
-    BDF` names the lease, which gives back one bound by hand, not a live run's."""
+    BDF` names the lease, which gives back one bound by hand, not a live run's. ``name``: the
+    function `release` names its lease by (:func:`_named_by`)."""
     if take_all or _own(fs, entry, own_pids) or _of_another_boot(fs, entry):
         return None  # (an entry of an earlier boot: its lease ended with it, for restore to drop)
     if entry.get("manual"):
         return None if releasing else (
             f"bound by hand (`python -m harness bind`) since {entry.get('time')}; "
-            f"`python -m harness release {short_bdf(entry['bdf'])}` gives it back")
+            f"`python -m harness release {short_bdf(name or entry['bdf'])}` gives it back")
     if owner_alive(fs, entry):
         return (f"held by pid {entry.get('pid')} (a live run) since {entry.get('time')}"
                 + ("; --force takes it back anyway" if releasing else ""))
