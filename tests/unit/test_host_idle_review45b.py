@@ -1,0 +1,166 @@
+"""Issue 31, read 45b (the network side: read 44b's fixes, ``_read_vxlan_fdb`` and
+``_encap_ports``; what else the kernel keeps on a down port; the shared paths), on main at
+96a888f. What it found, one section below:
+
+1. A VXLAN *multicast database* entry sent out of the port. Read 44b's fix
+   (:func:`harness.host.network._read_vxlan_fdb`) reads a VXLAN's forwarding entries
+   (``bridge -j fdb show dev X``) for ``via``; but a VXLAN has a second table whose remotes
+   carry the very same ``via``: the MDB (Linux 6.3 and later, "vxlan: Add MDB data path
+   support"; iproute2 6.4 and later, ``bridge mdb add dev vxlan42 port vxlan42 grp
+   239.1.1.1 permanent dst 10.9.9.9 via enp5s0f1``; ``man bridge``'s ``via DEV``: "device
+   name of the outgoing interface for the VXLAN device to reach the remote VXLAN tunnel
+   endpoint", the same words as for ``bridge fdb``). An entry of it replicates the
+   overlay's traffic to that group to the remote VTEP (or the underlay group) ``dst``, out
+   of the port; the catch-all entries ``grp 0.0.0.0`` and ``grp ::`` take over the flood of
+   every unregistered IPv4/IPv6 multicast group from the all-zeros FDB entry (``man
+   bridge``). The kernel keeps the port as a bare ifindex in the entry's ``vxlan_rdst``
+   (``remote_ifindex``), as for the FDB. Checked on this host (kernel 6.18, a namespace of
+   its own, veth ``d0`` index 3, a VXLAN ``vx0`` with no ``dev``; the entry added through
+   rtnetlink, ``RTM_NEWMDB`` with ``MDBE_ATTR_DST`` and ``MDBE_ATTR_IFINDEX``, since this
+   host's iproute2 6.1 has no ``dst``/``via`` for ``bridge mdb``): the dump
+   (``RTM_GETMDB``) gives the entry ``grp 239.1.1.1 dst 10.9.9.9`` with
+   ``MDBA_MDB_EATTR_IFINDEX`` 3 with ``d0`` up, after ``ip link set d0 down``, after ``ip
+   link del d0``, and after ``d0`` is made again (now index 6): still 3. So after the unbind
+   and the give-back, that group's traffic (or, for a catch-all entry, every unregistered
+   group's) to that VTEP goes to an index that is gone, for good, until the entry is made
+   again; nothing says so, and the harness takes the port as "down, no route in any table,
+   no upper device, no socket bound to it". It reads no MDB at all. Shape: a lab overlay
+   that maps overlay multicast groups to VTEPs or underlay groups (the series' purpose:
+   EVPN's selective multicast, per-group ingress replication; or the catch-all entries
+   standing in for the FDB flood entry) over a chosen uplink, the same overlay as read
+   44b's finding 2, an uplink set down between campaigns. Safe: for each VXLAN of a
+   namespace (only a VXLAN's MDB entries can carry ``via``), ``bridge -j mdb show dev X``
+   is read as the FDB is; an entry whose ``via`` is the port (``ifN``: the link of that
+   index) is a use, named with the VXLAN, its group and ``dst``. A ``bridge`` older than
+   6.4 prints a VXLAN's remote entries with no ``dst`` and no ``via`` (as this host's 6.1
+   printed the entry above: ``{"index": 4, "dev": "vx0", "port": "vx0", "grp":
+   "239.1.1.1", "state": "permanent", "flags": []}``): such an entry cannot be told (a
+   problem of the namespace, the way out being iproute2 6.4 or later); a VXLAN with no MDB
+   entry proves nothing is sent via the port that way, whatever the version.
+
+The tests assert the safe behaviour and fail on 96a888f; the controls show the same entry
+sent via another port, and one with no ``via``, leaving the down port idle. A fake
+sysfs/proc tree plays the host (:mod:`.fakesysfs`'s lab host), ``bridge`` by
+monkeypatched output as iproute2's ``bridge/mdb.c`` prints it (``print_mdb_entry``: keys
+``index``, ``dev``, ``port``, ``grp``, ``state``, ``flags``, ``dst``, ``via``); no guest is
+booted.
+
+Looked at, no test (each held, is refused already, or not a real shape):
+
+* read 44b's fixes: ``_encap_ports``/``_encap`` (the ``oif`` of any ``seg6local`` action,
+  End.X's included; flat and nested ``encap``), ``_vxlan_entry`` (``viaIfIndex`` for a
+  VXLAN moved from the namespace of its underlay: a problem), ``_link_named``.
+* a PCI CAN card (PEAK PCAN-PCIe on ``peak_pci``, class 0x0c09) whose port a ``cangw``
+  rule routes to or from (the CAN gateway keeps both ifindexes and drops the rule at the
+  unregister): refused already, "the harness has no role for that class"; a USB CAN
+  adapter's interface driver (``gs_usb``, ``peak_usb``) is not in ``USB_DRIVERS_JUDGED``:
+  refused.
+* an XDP ``devmap`` entry on another port's program redirecting into the down port (the
+  devmap holds it, and drops it at the unregister): the drivers of this harness's NICs
+  (ixgbe, i40e) take ``ndo_xdp_xmit`` only with an XDP program of their own attached, which
+  ``ip -d link`` shows (refused); not shown to be a lab shape otherwise.
+* tunnels with ``dev`` (GRE, IPIP, ip6tnl: ``link`` at the top level, an upper device);
+  nexthop objects and neighbours (flushed at the down); ``TEE``'s ``oif`` and ipset's
+  ``hash:net,iface`` (by name).
+* the shared paths: :func:`harness.core.paths.private_dir`, ``_make_below``,
+  ``check_ancestors`` (links hop by hop), ``write_atomic``; the journal (``Journal.locked``,
+  ``read``, ``write``: its folder made private first, ``O_NOFOLLOW``), ``_host_leases``;
+  :func:`harness.run.hygiene.sweep_stale`/``sweep_run`` (real folders of ours only; QEMU
+  killed only by pid and start time); ``cloud_seeded`` (its folder private before the
+  lock file is opened).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness.host import network
+from harness.host.network import NetView, Netdev
+from harness.host.safety import HostUsage
+from harness.host.sysfs import Sysfs
+
+from . import fakesysfs
+from .test_host_idle_review39b import _LINKS
+
+fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
+
+PORT = Netdev("", "enp5s0f1")
+
+_ADDRS = {"lo": ["127.0.0.1/8"], "enp2s0": ["192.168.1.10/24", "2001:db8:1::10/64"]}
+_TCP = "tcp LISTEN 0 128 0.0.0.0:22 0.0.0.0:*\n"
+
+#: ``ip link add vxlan42 type vxlan id 42 dstport 4789 local 192.168.1.10 nolearning``: no
+#: ``dev``, so no lower device in ``info_data`` (as ``ip -j -d link`` prints it here).
+_VXLAN = fakesysfs.link(6, "vxlan42", up=True, linkinfo={
+    "info_kind": "vxlan", "info_data": {"id": 42, "local": "192.168.1.10", "port": 4789,
+                                        "learning": False, "ttl": 0}})
+
+
+def _entry(via: "str | None", grp: str = "239.1.1.1", new: bool = True) -> dict:
+    """One remote entry of the VXLAN's MDB as ``bridge -j mdb show`` prints it: ``new``,
+    iproute2 6.4 and later (``dst``, and ``via`` when the entry has an outgoing interface);
+    else as 6.1 printed it on this host, with neither."""
+    out = {"index": 6, "dev": "vxlan42", "port": "vxlan42", "grp": grp,
+           "state": "permanent", "flags": []}
+    if new:
+        out["dst"] = "10.9.9.9"
+        if via is not None:
+            out["via"] = via
+    return out
+
+
+def _with_mdb(monkeypatch, entries: list[dict]) -> None:
+    """``bridge -j mdb show`` (with or without ``dev vxlan42``) prints ``entries``; the
+    VXLAN's FDB has no entry ``via`` a port (``bridge -j fdb show``: []), the other fakes as
+    they are."""
+    real = network._run
+
+    def run(fs, argv, fake, *a, **k):
+        words = [str(w) for w in argv]
+        if any(w.endswith("bridge") for w in words) and "mdb" in words:
+            return json.dumps([{"mdb": entries, "router": {}}])
+        if any(w.endswith("bridge") for w in words) and "fdb" in words:
+            return "[]"
+        return real(fs, argv, fake, *a, **k)
+
+    monkeypatch.setattr(network, "_run", run)
+
+
+@pytest.mark.parametrize("grp", ["239.1.1.1", "0.0.0.0"], ids=["group", "catch-all"])
+def test_1a_a_vxlan_mdb_entry_via_the_down_port_keeps_it(lab, monkeypatch, grp):
+    lab.network(links=_LINKS + [_VXLAN], addrs=_ADDRS, ss=_TCP)
+    _with_mdb(monkeypatch, [_entry("enp5s0f1", grp)])
+    view = NetView.read(Sysfs(lab.root))
+    uses, _ = view.use_of(PORT)
+    assert any("vxlan42" in u or "mdb" in u.lower() or "10.9.9.9" in u for u in uses) or \
+        view.problems, (uses, view.problems)
+
+
+def test_1b_the_function_is_refused_with_its_vxlan_mdb_entry_named(lab, monkeypatch):
+    lab.network(links=_LINKS + [_VXLAN], addrs=_ADDRS, ss=_TCP)
+    _with_mdb(monkeypatch, [_entry("enp5s0f1")])
+    uses = HostUsage.read(lab.root).verdict("0000:05:00.1").uses
+    assert any("enp5s0f1" in u and ("vxlan42" in u or "239.1.1.1" in u or "10.9.9.9" in u)
+               for u in uses), uses
+
+
+def test_1c_a_vxlan_mdb_entry_an_old_bridge_cannot_show_is_unproven(lab, monkeypatch):
+    """iproute2 6.1 (Debian 12's) on a 6.3+ kernel: the remote entry is listed, with no
+    ``dst`` and no ``via``: whether it goes via the port cannot be told."""
+    lab.network(links=_LINKS + [_VXLAN], addrs=_ADDRS, ss=_TCP)
+    _with_mdb(monkeypatch, [_entry(None, new=False)])
+    view = NetView.read(Sysfs(lab.root))
+    uses, _ = view.use_of(PORT)
+    assert uses or view.problems, (uses, view.problems)
+
+
+@pytest.mark.parametrize("entries", [[_entry("enp2s0")], [_entry(None)], []],
+                         ids=["via-another-port", "no-via", "no-entry"])
+def test_control_1_an_mdb_entry_elsewhere_leaves_it_idle(lab, monkeypatch, entries):
+    lab.network(links=_LINKS + [_VXLAN], addrs=_ADDRS, ss=_TCP)
+    _with_mdb(monkeypatch, entries)
+    view = NetView.read(Sysfs(lab.root))
+    uses, evidence = view.use_of(PORT)
+    assert uses == [] and "down" in evidence, (uses, view.problems)
