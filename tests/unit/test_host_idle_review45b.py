@@ -38,8 +38,36 @@
    problem of the namespace, the way out being iproute2 6.4 or later); a VXLAN with no MDB
    entry proves nothing is sent via the port that way, whatever the version.
 
+2. A tc filter on *another* port that matches the port as the packet's input device: ``u32
+   ... indev enp5s0f1``, ``flower indev enp5s0f1`` (tc-flower(8): "Match on incoming
+   interface name. Obviously this makes sense only for forwarded flows"), ``fw ... indev``,
+   ``route fromif``. The harness reads the filters of the port's own qdiscs, and of another
+   port only their ``mirred`` targets (:func:`harness.host.network._note_mirreds`); an
+   ``indev`` is not read. The kernel resolves the name once, at the filter's creation, and
+   keeps the bare ifindex (``tcf_change_indev``: ``dev->ifindex``, no reference, no
+   notifier; u32 ``n->ifindex``, flower ``key->meta.ingress_ifindex``); the dump names it
+   only while a device of that index exists (``u32_dump``, ``fl_dump_key``: ``if (dev &&
+   nla_put_string(...INDEV, dev->name))``). Checked on this host (kernel 6.18, iproute2 6.1,
+   a namespace of its own; u32 is built in here, flower is not): ``tc filter add dev d2
+   parent 1: protocol ip prio 2 u32 match u32 0 0 indev d0 classid 1:10`` under an ``htb``
+   root on ``d2``; ``tc -j filter show dev d2 parent 1:`` prints ``"input_dev": "d0"`` with
+   ``d0`` set down; after ``ip link del d0`` the filter is still there and prints no input
+   device at all, nor after ``d0`` is made again (index 6, then 10). So after the unbind
+   and the give-back, the filter matches nothing from the port (``skb->skb_iif`` is the new
+   index) and its traffic falls to the default class, for good, and the listing no longer
+   even shows what the filter was for; nothing says so. Shape: a lab router or WAN
+   emulator host that shapes or delays forwarded traffic by the port it came in on (an
+   ``htb`` on the uplink with a ``netem`` class per test segment, the segment's traffic
+   picked with ``u32``/``flower`` ``indev``), a segment's port set down between campaigns.
+   The same kind of use as read 41b's nftables ``iif`` match (an index resolved at load).
+   Safe: the filters on every qdisc that holds them, of every port of the namespace (and
+   their classes), are read as the port's own are; a filter whose ``input_dev``/``indev``
+   (u32, flower, fw) or ``fromif`` (route) is the port (``ifN``: the link of that index) is
+   a use, named with the port and qdisc it is on; one that cannot be listed is a problem.
+
 The tests assert the safe behaviour and fail on 96a888f; the controls show the same entry
-sent via another port, and one with no ``via``, leaving the down port idle. A fake
+sent via another port, and one with no ``via``, and the same filter matching another
+port's input, leaving the down port idle. A fake
 sysfs/proc tree plays the host (:mod:`.fakesysfs`'s lab host), ``bridge`` by
 monkeypatched output as iproute2's ``bridge/mdb.c`` prints it (``print_mdb_entry``: keys
 ``index``, ``dev``, ``port``, ``grp``, ``state``, ``flags``, ``dst``, ``via``); no guest is
@@ -161,6 +189,71 @@ def test_1c_a_vxlan_mdb_entry_an_old_bridge_cannot_show_is_unproven(lab, monkeyp
 def test_control_1_an_mdb_entry_elsewhere_leaves_it_idle(lab, monkeypatch, entries):
     lab.network(links=_LINKS + [_VXLAN], addrs=_ADDRS, ss=_TCP)
     _with_mdb(monkeypatch, entries)
+    view = NetView.read(Sysfs(lab.root))
+    uses, evidence = view.use_of(PORT)
+    assert uses == [] and "down" in evidence, (uses, view.problems)
+
+
+# -- 2. a tc filter on another port that matches the port as its input device ----------------
+
+
+#: ``tc qdisc add dev enp2s0 root handle 1: htb default 20`` as ``tc -j qdisc show`` prints
+#: it here (with ``dev``: a listing of every port), the other ports' default qdiscs beside.
+_QDISCS = [{"kind": "htb", "handle": "1:", "dev": "enp2s0", "root": True, "refcnt": 3,
+            "options": {"r2q": 10, "default": "0x20", "direct_packets_stat": 1,
+                        "direct_qlen": 1000}},
+           {"kind": "noqueue", "handle": "0:", "dev": "enp5s0f1", "root": True, "refcnt": 2,
+            "options": {}}]
+
+
+def _u32_indev(indev: str) -> list[dict]:
+    """``tc filter add dev enp2s0 parent 1: protocol ip prio 2 u32 match u32 0 0 indev
+    INDEV classid 1:10`` as ``tc -j filter show dev enp2s0 parent 1:`` printed it here."""
+    return [{"protocol": "ip", "pref": 2, "kind": "u32", "chain": 0},
+            {"protocol": "ip", "pref": 2, "kind": "u32", "chain": 0,
+             "options": {"fh": "800:", "ht_divisor": 1}},
+            {"protocol": "ip", "pref": 2, "kind": "u32", "chain": 0,
+             "options": {"fh": "800::800", "order": 2048, "key_ht": "800", "bkt": "0",
+                         "flowid": "1:10", "not_in_hw": True,
+                         "match": {"value": "0", "mask": "0", "offmask": "", "off": 0},
+                         "input_dev": indev}}]
+
+
+def _flower_indev(indev: str) -> list[dict]:
+    """``tc filter add dev enp2s0 parent 1: protocol all prio 1 flower indev INDEV classid
+    1:10`` as iproute2's ``tc/f_flower.c`` prints it (``flower_print``: ``"indev"``)."""
+    return [{"protocol": "all", "pref": 1, "kind": "flower", "chain": 0},
+            {"protocol": "all", "pref": 1, "kind": "flower", "chain": 0,
+             "options": {"handle": 1, "classid": "1:10", "indev": indev,
+                         "not_in_hw": True}}]
+
+
+def _shaped(lab, filters: list[dict]) -> None:
+    lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
+    lab.file("ip/tc-qdisc.json", json.dumps(_QDISCS))
+    lab.file("ip/tc-filter-enp2s0-1.json", json.dumps(filters))
+
+
+@pytest.mark.parametrize("filters", [_u32_indev("enp5s0f1"), _flower_indev("enp5s0f1")],
+                         ids=["u32", "flower"])
+def test_2a_a_filter_on_the_uplink_matching_the_down_port_as_indev_keeps_it(lab, filters):
+    _shaped(lab, filters)
+    view = NetView.read(Sysfs(lab.root))
+    uses, _ = view.use_of(PORT)
+    assert any("enp2s0" in u or "indev" in u or "input" in u for u in uses) or \
+        view.problems, (uses, view.problems)
+
+
+def test_2b_the_function_is_refused_with_the_indev_filter_named(lab):
+    _shaped(lab, _u32_indev("enp5s0f1"))
+    uses = HostUsage.read(lab.root).verdict("0000:05:00.1").uses
+    assert any("enp5s0f1" in u and "enp2s0" in u for u in uses), uses
+
+
+@pytest.mark.parametrize("filters", [_u32_indev("eno1"), _flower_indev("eno1")],
+                         ids=["u32", "flower"])
+def test_control_2_a_filter_matching_another_ports_input_leaves_it_idle(lab, filters):
+    _shaped(lab, filters)
     view = NetView.read(Sysfs(lab.root))
     uses, evidence = view.use_of(PORT)
     assert uses == [] and "down" in evidence, (uses, view.problems)
