@@ -65,9 +65,38 @@
    (u32, flower, fw) or ``fromif`` (route) is the port (``ifN``: the link of that index) is
    a use, named with the port and qdisc it is on; one that cannot be listed is a problem.
 
+3. An IPsec (xfrm) policy restricted to the port: its selector's ``dev`` (``ip xfrm policy
+   add src 10.0.5.0/24 dst 10.20.0.0/16 dev enp5s0f1 dir out tmpl ... proto esp mode
+   tunnel``; strongSwan's ``children.<child>.interface = enp5s0f1``, "Optional interface
+   name to restrict IPsec policies" (swanctl.conf), which its kernel-netlink plugin installs
+   as ``sel.ifindex = interface ? if_nametoindex(interface) : 0``, for a CHILD_SA's
+   policies, its trap policies and its shunts, e.g. the DROP shunt of the strongSwan docs'
+   ``swanctl --list-pols`` example, ``shunts/drop-eth0-default``; VyOS's ``set vpn ipsec
+   interface``). The kernel keeps the bare index in the selector (``xfrm_selector.ifindex``,
+   matched against the flow's ``oif`` in ``xfrm_selector_match``); a down flushes only
+   *offloaded* states and policies (``xfrm_dev_down``), and nothing clears a selector's
+   index. Checked on this host (kernel 6.18, iproute2 6.1, a namespace of its own): ``ip
+   xfrm policy show`` prints ``src 10.4.4.0/24 dst 10.9.9.0/24 dev d4`` with ``d4`` set
+   down, ``dev if14`` after ``ip link del d4``, and still ``dev if14`` once ``d4`` is made
+   again (index 16). So after the unbind and the give-back the policy applies to nothing
+   on the port: traffic to the protected subnet leaves the port given back *in the clear*
+   (the ESP policy no longer matches it), and a DROP shunt meant to keep the port from
+   sending anything unprotected (a kill switch) drops nothing, for good, until the policies
+   are installed again; nothing says so. The harness reads no xfrm state at all (the
+   port, down with no address, is "idle"; charon's IKE sockets are on the wildcard). Shape:
+   a lab host that is also an IPsec endpoint or gateway for a test network (strongSwan with
+   ``interface`` set per child, or a kill-switch shunt on the uplink to a test segment, or
+   policies added by hand with ``dev``), the port set down between campaigns; trap policies
+   and shunts are installed at configuration load, whether the peer is reachable or not.
+   Safe: where the kernel has ``xfrm_user`` (``/sys/module/xfrm_user``: loaded or built
+   in; asking elsewhere would load it), ``ip xfrm policy show`` is read in every namespace
+   (it prints no JSON: each policy's first line is its selector, ``... dev X``); a policy
+   whose selector's ``dev`` is the port (``ifN``: the link of that index) is a use, named
+   with its selector, direction and action; one that cannot be read is a problem.
+
 The tests assert the safe behaviour and fail on 96a888f; the controls show the same entry
-sent via another port, and one with no ``via``, and the same filter matching another
-port's input, leaving the down port idle. A fake
+sent via another port, and one with no ``via``, the same filter matching another port's
+input, and policies with no ``dev`` or another port's, leaving the down port idle. A fake
 sysfs/proc tree plays the host (:mod:`.fakesysfs`'s lab host), ``bridge`` by
 monkeypatched output as iproute2's ``bridge/mdb.c`` prints it (``print_mdb_entry``: keys
 ``index``, ``dev``, ``port``, ``grp``, ``state``, ``flags``, ``dst``, ``via``); no guest is
@@ -254,6 +283,66 @@ def test_2b_the_function_is_refused_with_the_indev_filter_named(lab):
                          ids=["u32", "flower"])
 def test_control_2_a_filter_matching_another_ports_input_leaves_it_idle(lab, filters):
     _shaped(lab, filters)
+    view = NetView.read(Sysfs(lab.root))
+    uses, evidence = view.use_of(PORT)
+    assert uses == [] and "down" in evidence, (uses, view.problems)
+
+
+# -- 3. an xfrm policy restricted to the port ------------------------------------------------
+
+
+def _policy(dev: "str | None", block: bool = False) -> str:
+    """One policy as ``ip xfrm policy show`` prints it here (iproute2 6.1: text only, ``-j``
+    prints the same): an outbound ESP tunnel policy of strongSwan's, or its DROP shunt;
+    ``dev`` the selector's interface (none: not restricted)."""
+    on = f" dev {dev}" if dev else ""
+    if block:
+        return (f"src 0.0.0.0/0 dst 0.0.0.0/0{on} \n"
+                "\tdir out action block priority 2000 ptype main \n")
+    return (f"src 10.0.5.0/24 dst 10.20.0.0/16{on} \n"
+            "\tdir out priority 367231 ptype main \n"
+            "\ttmpl src 10.0.5.1 dst 198.51.100.7\n"
+            "\t\tproto esp spi 0xc1d2e3f4 reqid 1 mode tunnel\n")
+
+
+def _with_xfrm(lab, monkeypatch, text: str) -> None:
+    """``ip xfrm policy show`` (``ip [-j] xfrm policy [list|show]``, with ``-n``/``nsenter``
+    or not) prints ``text``; ``xfrm_user`` is loaded (/sys/module/xfrm_user: a host with
+    an xfrm policy has it); the other fakes as they are."""
+    (lab.sys / "module/xfrm_user").mkdir(parents=True, exist_ok=True)
+    real = network._run
+
+    def run(fs, argv, fake, *a, **k):
+        words = [str(w) for w in argv]
+        if "xfrm" in words:
+            return text
+        return real(fs, argv, fake, *a, **k)
+
+    monkeypatch.setattr(network, "_run", run)
+
+
+@pytest.mark.parametrize("block", [False, True], ids=["esp-policy", "drop-shunt"])
+def test_3a_an_xfrm_policy_restricted_to_the_down_port_keeps_it(lab, monkeypatch, block):
+    lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
+    _with_xfrm(lab, monkeypatch, _policy("enp5s0f1", block) + _policy(None))
+    view = NetView.read(Sysfs(lab.root))
+    uses, _ = view.use_of(PORT)
+    assert any("xfrm" in u or "IPsec" in u or "policy" in u for u in uses) or \
+        view.problems, (uses, view.problems)
+
+
+def test_3b_the_function_is_refused_with_its_xfrm_policy_named(lab, monkeypatch):
+    lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
+    _with_xfrm(lab, monkeypatch, _policy("enp5s0f1"))
+    uses = HostUsage.read(lab.root).verdict("0000:05:00.1").uses
+    assert any("enp5s0f1" in u and ("10.20.0.0/16" in u or "xfrm" in u or "IPsec" in u)
+               for u in uses), uses
+
+
+@pytest.mark.parametrize("dev", [None, "enp2s0"], ids=["no-dev", "another-port"])
+def test_control_3_an_xfrm_policy_elsewhere_leaves_it_idle(lab, monkeypatch, dev):
+    lab.network(links=_LINKS, addrs=_ADDRS, ss=_TCP)
+    _with_xfrm(lab, monkeypatch, _policy(dev) + _policy(dev, block=True))
     view = NetView.read(Sysfs(lab.root))
     uses, evidence = view.use_of(PORT)
     assert uses == [] and "down" in evidence, (uses, view.problems)
