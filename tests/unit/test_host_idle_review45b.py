@@ -5,7 +5,7 @@
 1. A VXLAN *multicast database* entry sent out of the port. Read 44b's fix
    (:func:`harness.host.network._read_vxlan_fdb`) reads a VXLAN's forwarding entries
    (``bridge -j fdb show dev X``) for ``via``; but a VXLAN has a second table whose remotes
-   carry the very same ``via``: the MDB (Linux 6.3 and later, "vxlan: Add MDB data path
+   carry the very same ``via``: the MDB (Linux 6.4 and later, "vxlan: Add MDB data path
    support"; iproute2 6.4 and later, ``bridge mdb add dev vxlan42 port vxlan42 grp
    239.1.1.1 permanent dst 10.9.9.9 via enp5s0f1``; ``man bridge``'s ``via DEV``: "device
    name of the outgoing interface for the VXLAN device to reach the remote VXLAN tunnel
@@ -60,8 +60,10 @@
    ``htb`` on the uplink with a ``netem`` class per test segment, the segment's traffic
    picked with ``u32``/``flower`` ``indev``), a segment's port set down between campaigns.
    The same kind of use as read 41b's nftables ``iif`` match (an index resolved at load).
-   Safe: the filters on every qdisc that holds them, of every port of the namespace (and
-   their classes), are read as the port's own are; a filter whose ``input_dev``/``indev``
+   The uplink is often no port of a device at all (a ``bond0`` of two ports, a bridge):
+   :func:`_read_tc_qdiscs` lists only links with ``parentdev``, so its filters are not even
+   listed (test 2c). Safe: the filters on every qdisc that holds them, of every link of the
+   namespace (and their classes), are read as the port's own are; a filter whose ``input_dev``/``indev``
    (u32, flower, fw) or ``fromif`` (route) is the port (``ifN``: the link of that index) is
    a use, named with the port and qdisc it is on; one that cannot be listed is a problem.
 
@@ -204,7 +206,7 @@ def test_1b_the_function_is_refused_with_its_vxlan_mdb_entry_named(lab, monkeypa
 
 
 def test_1c_a_vxlan_mdb_entry_an_old_bridge_cannot_show_is_unproven(lab, monkeypatch):
-    """iproute2 6.1 (Debian 12's) on a 6.3+ kernel: the remote entry is listed, with no
+    """iproute2 6.1 (Debian 12's) on a 6.4+ kernel: the remote entry is listed, with no
     ``dst`` and no ``via``: whether it goes via the port cannot be told."""
     lab.network(links=_LINKS + [_VXLAN], addrs=_ADDRS, ss=_TCP)
     _with_mdb(monkeypatch, [_entry(None, new=False)])
@@ -277,6 +279,18 @@ def test_2b_the_function_is_refused_with_the_indev_filter_named(lab):
     _shaped(lab, _u32_indev("enp5s0f1"))
     uses = HostUsage.read(lab.root).verdict("0000:05:00.1").uses
     assert any("enp5s0f1" in u and "enp2s0" in u for u in uses), uses
+
+
+def test_2c_the_same_filter_on_a_bond_uplink_keeps_it(lab):
+    """The uplink is ``bond0`` (``ip link add bond0 type bond``, its slaves elsewhere): a
+    virtual link, no ``parentdev``."""
+    bond = fakesysfs.link(7, "bond0", up=True, linkinfo={"info_kind": "bond"})
+    lab.network(links=_LINKS + [bond], addrs=_ADDRS, ss=_TCP)
+    lab.file("ip/tc-qdisc.json", json.dumps([{**_QDISCS[0], "dev": "bond0"}, _QDISCS[1]]))
+    lab.file("ip/tc-filter-bond0-1.json", json.dumps(_u32_indev("enp5s0f1")))
+    view = NetView.read(Sysfs(lab.root))
+    uses, _ = view.use_of(PORT)
+    assert any("bond0" in u for u in uses) or view.problems, (uses, view.problems)
 
 
 @pytest.mark.parametrize("filters", [_u32_indev("eno1"), _flower_indev("eno1")],
