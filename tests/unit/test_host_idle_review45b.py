@@ -118,7 +118,8 @@ Looked at, no test (each held, is refused already, or not a real shape):
   devmap holds it, and drops it at the unregister): the drivers of this harness's NICs
   (ixgbe, i40e) take ``ndo_xdp_xmit`` only with an XDP program of their own attached, which
   ``ip -d link`` shows (refused); not shown to be a lab shape otherwise.
-* tunnels with ``dev`` (GRE, IPIP, ip6tnl: ``link`` at the top level, an upper device);
+* tunnels with ``dev`` (GRE, IPIP, ip6tnl: ``link`` at the top level, an upper device, as
+  read 37b found; this host's kernel has no tunnel modules to check it again);
   nexthop objects and neighbours (flushed at the down); ``TEE``'s ``oif`` and ipset's
   ``hash:net,iface`` (by name).
 * the shared paths: :func:`harness.core.paths.private_dir`, ``_make_below``,
