@@ -4,8 +4,8 @@ A network interface (netdev) is *idle* when it has no upper device (a bridge, bo
 master; a VLAN, macvlan or ipvlan on top of it; a VXLAN or HSR/PRP device bound to it), no
 route in any routing table of its namespace (ECMP ``nexthops`` included, and one whose
 ``encap`` sends into it: SRv6 ``seg6local``'s ``oif``, ``xfrm``'s ``link_dev``) nor in its
-MPLS label table, no VXLAN forwarding entry sent ``via`` it, no MPTCP endpoint on it (kept
-with its index through the unregister), no socket bound to it or using its address (a
+MPLS label table, no VXLAN forwarding or multicast (MDB) entry sent ``via`` it, no MPTCP
+endpoint on it (kept with its index through the unregister), no socket bound to it or using its address (a
 connection from it, which ``ss`` prints with no ``%ifname``; SCTP ones too where ``sctp`` is
 loaded), no multicast routing interface (VIF), no multicast group joined on it other than
 the kernel's own (/proc/net/igmp and igmp6: a receiver's join by its index), no pktgen thread
@@ -45,8 +45,8 @@ Everything is read under a root: on ``/`` the tools are run; under a test's fake
 output is read from files: ``<root>/ip/<what>.json`` for the harness's own namespace,
 ``<root>/ip/netns/<name>/<what>.json`` for a named one, ``ip/pidns/<pid>/`` for a process's,
 ``ip/nsfs/<inode>/`` for one entered through a file,
-``ip/netns.json``, ``ss.txt``, ``bridge-fdb-<vxlan>.json`` (``bridge -j fdb show dev X``,
-read for each VXLAN), ``mpls.json`` (``ip -f mpls route``, read when
+``ip/netns.json``, ``ss.txt``, ``bridge-fdb-<vxlan>.json`` and ``bridge-mdb-<vxlan>.json``
+(``bridge -j fdb|mdb show dev X``, read for each VXLAN), ``mpls.json`` (``ip -f mpls route``, read when
 ``proc/sys/net/mpls/platform_labels`` exists), ``mptcp.json`` (``ip mptcp endpoint show``,
 read when ``proc/sys/net/mptcp`` exists) and ``packet.txt`` (``/proc/net/packet``; and
 ``ptype.txt``, ``ip_mr_vif.txt``, ``ip6_mr_vif.txt``, ``igmp.txt``, ``igmp6.txt``, read
@@ -1123,30 +1123,35 @@ def _read_mptcp(fs: Sysfs, ns: Namespace, where: str) -> None:
 
 
 def _read_vxlan_fdb(fs: Sysfs, ns: Namespace, where: str) -> None:
-    """Each VXLAN forwarding entry sent out of a port (``bridge fdb append 00:00:00:00:00:00
-    dev vxlan42 dst 239.1.1.1 via enp5s0f1``: an overlay's flood to a multicast group, or to
-    a link-local VTEP, pinned to one uplink), filed in ``ns.kernel_users``. The VXLAN names no
-    lower device, so it is no upper device of the port; the entry keeps the port as a bare
-    ifindex (``vxlan_rdst.remote_ifindex``), which nothing clears: after the unbind the flood
-    (ARP, ND, DHCP of the overlay's far side) goes nowhere, for good. Only a VXLAN's entries
-    can carry ``via``: read with ``bridge -j fdb show dev X`` (``<fake>/bridge-fdb-X.json``)
-    for each VXLAN of ``ns``. What cannot be read is a problem of ``ns``."""
+    """Each VXLAN forwarding or multicast entry sent out of a port (``bridge fdb append
+    00:00:00:00:00:00 dev vxlan42 dst 239.1.1.1 via enp5s0f1``: an overlay's flood to a
+    multicast group, or to a link-local VTEP, pinned to one uplink; ``bridge mdb add dev
+    vxlan42 port vxlan42 grp 239.1.1.1 permanent dst 10.9.9.9 via enp5s0f1``, Linux 6.4 and
+    later: a group's traffic, or with ``grp 0.0.0.0``/``::`` every unregistered group's,
+    replicated to a VTEP), filed in ``ns.kernel_users``. The VXLAN names no lower device, so
+    it is no upper device of the port; the entry keeps the port as a bare ifindex
+    (``vxlan_rdst.remote_ifindex``), which nothing clears: after the unbind that traffic (ARP,
+    ND, DHCP of the overlay's far side; a multicast group's) goes nowhere, for good. Only a
+    VXLAN's entries can carry ``via``: both tables are read for each VXLAN of ``ns``
+    (:data:`_VXLAN_TABLES`) by one reader. What cannot be read is a problem of ``ns``."""
     for name in sorted(n for n, link in ns.links.items() if _kind(link) == "vxlan"):
-        argv = ["bridge", "-j", "fdb", "show", "dev", name]
-        try:
-            text = _run(fs, ns.enter + argv, ns.fake / f"bridge-fdb-{name}.json", ns.fds,
-                        **_by(ns))
-            entries = _ip_json(text) if text.strip() else []
-            if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-                raise ValueError("not a list of objects")
-            for entry in entries:
-                _vxlan_entry(ns, name, entry)
-        except (OSError, ValueError) as e:
-            hint = "; install iproute2's `bridge`" if isinstance(e, OSError) else ""
-            ns.problems.append(f"the forwarding entries of the VXLAN {name}{where} cannot be "
-                               f"read (`{' '.join(argv)}`: {e}): an entry sent `via` a port "
-                               f"holds its ifindex, gone after the unbind{hint}")
-            return
+        for table, (what, entries_of, judge) in _VXLAN_TABLES.items():
+            argv = ["bridge", "-j", table, "show", "dev", name]
+            try:
+                text = _run(fs, ns.enter + argv, ns.fake / f"bridge-{table}-{name}.json",
+                            ns.fds, **_by(ns))
+                entries = entries_of(_ip_json(text) if text.strip() else [])
+                if not isinstance(entries, list) or not all(isinstance(e, dict)
+                                                            for e in entries):
+                    raise ValueError("not a list of objects")
+                for entry in entries:
+                    judge(ns, name, entry)
+            except (OSError, ValueError) as e:
+                hint = "; install iproute2's `bridge`" if isinstance(e, OSError) else ""
+                ns.problems.append(f"the {what} of the VXLAN {name}{where} cannot be read "
+                                   f"(`{' '.join(argv)}`: {e}): an entry sent `via` a port "
+                                   f"holds its ifindex, gone after the unbind{hint}")
+                return
 
 
 def _vxlan_entry(ns: Namespace, vxlan: str, entry: dict) -> None:
@@ -1168,6 +1173,41 @@ def _vxlan_entry(ns: Namespace, vxlan: str, entry: dict) -> None:
         "ifindex: after the unbind the entry sends to an index that is gone, for good "
         f"(`bridge fdb del {entry.get('mac', '?')} dev {vxlan} dst {entry.get('dst', '?')}` "
         "first, if it may go)")
+
+
+def _mdb_entries(listing) -> list:
+    """The entries of ``bridge -j mdb show dev X``'s listing (``[{"mdb": [...], "router":
+    {...}}]``, as 6.1 prints it for a VXLAN with none: ``"mdb": []``)."""
+    if not isinstance(listing, list) or not all(isinstance(t, dict) for t in listing):
+        raise ValueError("not a list of objects")
+    return [e for t in listing for e in t.get("mdb", [])]
+
+
+def _vxlan_mdb_entry(ns: Namespace, vxlan: str, entry: dict) -> None:
+    """One entry of ``bridge -j mdb show dev VXLAN``: a remote one (its ``port`` is the VXLAN
+    itself) whose ``via`` (a name, ``ifN``: the link of that index) is a use of that port. A
+    remote entry printed with no ``dst`` comes from a `bridge` older than 6.4, which prints
+    neither ``dst`` nor ``via``: whether it goes via a port cannot be told, ValueError."""
+    group = entry.get("grp", "?")
+    if entry.get("port") == vxlan and "dst" not in entry:
+        raise ValueError(f"its entry for the group {group} is printed with no `dst` nor `via` "
+                         "(iproute2 before 6.4): whether it goes via a port cannot be told; "
+                         "install iproute2 6.4 or later")
+    via = entry.get("via")
+    if via is None:
+        return
+    ns.kernel_users.setdefault(_link_named(ns, str(via)), []).append(
+        f"carries the VXLAN {vxlan}'s multicast entry for the group {group} dst "
+        f"{entry.get('dst', '?')} (`via` it), which holds its ifindex: after the unbind that "
+        f"group's traffic goes to an index that is gone, for good (`bridge mdb del dev {vxlan} "
+        f"port {vxlan} grp {group} dst {entry.get('dst', '?')}` first, if it may go)")
+
+
+#: A VXLAN's tables whose entries can be sent ``via`` a port, read by
+#: :func:`_read_vxlan_fdb`: ``bridge -j TABLE show dev X``, what the table is called, its
+#: entries from the listing, and the judge of one entry.
+_VXLAN_TABLES = {"fdb": ("forwarding entries", lambda listing: listing, _vxlan_entry),
+                 "mdb": ("multicast entries (MDB)", _mdb_entries, _vxlan_mdb_entry)}
 
 
 def _by(ns: Namespace) -> dict:

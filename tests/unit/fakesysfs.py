@@ -322,9 +322,11 @@ class FakeHost:
             self.file(f"{where}/{what}.json", json.dumps(value))
         self.file(f"{where}/ss.txt", ss)
         self.file(f"{where}/tc-qdisc.json", "[]")  # (`tc -j qdisc show`: nothing configured)
-        for li in links:  # (`bridge -j fdb show dev VXLAN`: no entry `via` a port)
+        for li in links:  # (`bridge -j fdb|mdb show dev VXLAN`: no entry `via` a port)
             if (li.get("linkinfo") or {}).get("info_kind") == "vxlan":
                 self.file(f"{where}/bridge-fdb-{li['ifname']}.json", "[]")
+                self.file(f"{where}/bridge-mdb-{li['ifname']}.json",
+                          '[{"mdb": [], "router": {}}]')
         if namespace:
             self.file(f"{where}/packet.txt", packet)
             listed = self.root / "ip/netns.json"
