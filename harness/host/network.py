@@ -12,9 +12,9 @@ the kernel's own (/proc/net/igmp and igmp6: a receiver's join by its index), no 
 that has it, and no protocol handler bound to it (/proc/net/ptype: a TIPC bearer), no tc
 or nftables hook on it (a qdisc someone configured, any but the kernel's own of handle
 ``0:``: a classful root with its filters, shaping alone, an ``ingress``/``clsact``; a filter
-on a default root that takes one; a tcx
-program (listed by a ``bpftool`` of 7.3 or later: an older one lists none), the target of a
-``tc mirred`` action on any port, a chain or flowtable hooked on it, its devices read from
+on a default root that takes one; a filter on any link's root or hook matching it as its
+input device, ``indev``; a tcx program (listed by a ``bpftool`` of 7.3 or later: an older
+one lists none), the target of a ``tc mirred`` action on any port, a chain or flowtable hooked on it, its devices read from
 ``nft list chains`` where ``nft -j`` names none, a ``dup``/``fwd`` to it from a rule on any
 port, a rule matching it by its index, ``iif``/``oif`` (a map keyed by it anywhere in a
 statement, ``snat to oif map``, and a ``fib`` ``oif`` compared with it, included), named sets
@@ -51,8 +51,8 @@ output is read from files: ``<root>/ip/<what>.json`` for the harness's own names
 read when ``proc/sys/net/mptcp`` exists) and ``packet.txt`` (``/proc/net/packet``; and
 ``ptype.txt``, ``ip_mr_vif.txt``, ``ip6_mr_vif.txt``, ``igmp.txt``, ``igmp6.txt``, read
 when the harness's own ``proc/net`` has that file) likewise; ``tc-qdisc.json`` where a port
-sits on a device; ``tc-filter-<port>-<hook|handle|root>.json`` for a qdisc that can hold
-filters; ``tc-mirred.json``, ``bpftool-net.json`` (with ``bpftool-version.json``) and
+sits on a device; ``tc-filter-<link>-<hook|handle|root>.json`` for a qdisc that can hold
+filters, of any link; ``tc-mirred.json``, ``bpftool-net.json`` (with ``bpftool-version.json``) and
 ``nft-ruleset.json`` (and ``nft-chains.txt``/``nft-flowtables.txt``,
 ``nft-set|map-<family>-<table>-<name>.json``) only when their module says there can be
 something, or, for tcx, the kernel: on the host its answer to ``BPF_PROG_QUERY`` at
@@ -1514,8 +1514,11 @@ def _read_tc_qdiscs(fs: Sysfs, ns: Namespace, where: str) -> bool:
     have the handle ``0:``, one tc added has another (``8001:`` and up when none is given,
     ``ffff:`` for ``ingress``/``clsact``). Each is kept through a down and deleted with its
     filters (a BPF classifier, a ``u32`` with its actions) or shaping (``netem``, ``tbf``,
-    ``taprio``) at the unbind, and the port comes back with the default qdisc. Read from one
-    ``tc -j qdisc show`` per namespace (a dump: it loads no module). False: a problem."""
+    ``taprio``) at the unbind, and the port comes back with the default qdisc. The filters of
+    every other link's qdiscs are read too (:func:`_tc_other_link`), for one that matches a
+    port as its input device. Read from one ``tc -j qdisc show`` per namespace with a port (a
+    dump: it loads no module; a filter's input device is of its own namespace, so one with
+    no port has none). False: a problem."""
     ports = {n for n, link in ns.links.items() if "parentdev" in link}
     if not ports:
         return True
@@ -1524,13 +1527,21 @@ def _read_tc_qdiscs(fs: Sysfs, ns: Namespace, where: str) -> bool:
                   if isinstance(q, dict)]
         if any("dev" not in q for q in qdiscs):
             raise ValueError("a qdisc is listed with no device")
-        qdiscs = [q for q in qdiscs if q["dev"] in ports]
     except (OSError, ValueError) as e:
         ns.problems.append(f"the tc qdiscs{where} cannot be read (`tc -j qdisc show`: {e}): "
                            "a qdisc configured on a port, with its filters (a BPF program) or "
                            "shaping, is deleted at the unbind; install iproute2's `tc`")
         return False
-    for q in qdiscs:
+    for q in (q for q in qdiscs if q["dev"] not in ports):
+        try:
+            _tc_other_link(fs, ns, str(q["dev"]), q)
+        except (OSError, ValueError) as e:
+            ns.problems.append(f"the tc filters of {q['dev']}'s {q.get('kind', '?')} qdisc "
+                               f"{q.get('handle', '?')}{where} cannot be listed ({e}): one "
+                               "that matches a port as its input device (`indev`) holds its "
+                               "ifindex, gone after the unbind; install iproute2's `tc`")
+            return False
+    for q in (q for q in qdiscs if q["dev"] in ports):
         name, kind = str(q["dev"]), str(q.get("kind", "?"))
         if kind in _TC_HOOK_QDISCS:
             used = (f"has a tc {kind} qdisc, whose filters ({_tc_filters(fs, ns, name, kind)}) "
@@ -1542,6 +1553,23 @@ def _read_tc_qdiscs(fs: Sysfs, ns: Namespace, where: str) -> bool:
         if used:
             ns.kernel_users.setdefault(name, []).append(used)
     return True
+
+
+def _tc_other_link(fs: Sysfs, ns: Namespace, name: str, qdisc: dict) -> None:
+    """Lists the filters of a qdisc of a link that is no port (an uplink's ``htb`` root, a
+    ``bond0``'s, a bridge's ``clsact``) where it can hold them, as a port's are read: an
+    ``ingress``/``clsact`` hook, a configured root, a default root that takes filters. Only
+    the root's and the hooks' (one ``tc`` per hook or root: a class's own filters would need
+    one per class). Raises OSError or ValueError."""
+    kind = qdisc.get("kind")
+    if kind in _TC_HOOK_QDISCS:
+        for hook in _TC_HOOK_QDISCS[kind]:
+            _tc_list(fs, ns, name, [hook], f"tc-filter-{name}-{hook}")
+    elif qdisc.get("root") and _tc_handle(qdisc):
+        _tc_list(fs, ns, name, ["parent", str(qdisc.get("handle"))],
+                 f"tc-filter-{name}-{_tc_handle(qdisc):x}")
+    elif qdisc.get("root") and kind not in _TC_FILTERLESS:
+        _tc_list(fs, ns, name, [], f"tc-filter-{name}-root")
 
 
 def _tc_handle(qdisc: dict) -> int | None:
@@ -1577,19 +1605,15 @@ def _tc_default_root(fs: Sysfs, ns: Namespace, name: str, qdisc: dict) -> str:
 
 
 def _tc_named(fs: Sysfs, ns: Namespace, name: str, parent: list[str], fake: str) -> str:
-    """``tc -j filter show dev NAME [parent H]``'s filters, as ``u32, bpf cls.o``, their
-    mirred actions filed (:func:`_note_mirreds`); "" for none; why they cannot be listed
-    (where the qdisc is a use all the same, or a problem's text)."""
+    """``tc -j filter show dev NAME [parent H]``'s filters, as ``u32, bpf cls.o``
+    (:func:`_tc_list`); "" for none; why they cannot be listed (where the qdisc is a use all
+    the same, or a problem's text)."""
     try:
-        found = _tc_json(fs, ns, ["filter", "show", "dev", name, *parent], fake)
+        found = _tc_list(fs, ns, name, parent, fake)
     except (OSError, ValueError) as e:
         return f"cannot be listed: {e}"
-    named = []
-    for f in (f for f in found if isinstance(f, dict) and "options" in f):
-        options = f["options"] if isinstance(f["options"], dict) else {}
-        named.append(f"{f.get('kind', '?')} {options.get('bpf_name', '')}".strip())
-        _note_mirreds(ns, f"{name} {' '.join(parent) or 'root'}", options.get("actions"))
-    return ", ".join(named)
+    return ", ".join(f"{f.get('kind', '?')} {f['options'].get('bpf_name', '')}".strip()
+                     for f in found)
 
 
 def _tc_filters(fs: Sysfs, ns: Namespace, name: str, kind: str) -> str:
@@ -1598,15 +1622,49 @@ def _tc_filters(fs: Sysfs, ns: Namespace, name: str, kind: str) -> str:
     named = []
     for hook in _TC_HOOK_QDISCS[kind]:
         try:
-            found = _tc_json(fs, ns, ["filter", "show", "dev", name, hook],
-                             f"tc-filter-{name}-{hook}")
+            found = _tc_list(fs, ns, name, [hook], f"tc-filter-{name}-{hook}")
         except (OSError, ValueError) as e:
             return f"cannot be listed: {e}"
-        for f in (f for f in found if isinstance(f, dict) and "options" in f):
-            options = f["options"] if isinstance(f["options"], dict) else {}
-            named.append(f"{hook}: {f.get('kind', '?')} {options.get('bpf_name', '')}".strip())
-            _note_mirreds(ns, f"{name} {hook}", options.get("actions"))
+        named += [f"{hook}: {f.get('kind', '?')} {f['options'].get('bpf_name', '')}".strip()
+                  for f in found]
     return ", ".join(named) or "none now"
+
+
+def _tc_list(fs: Sysfs, ns: Namespace, name: str, parent: list[str], fake: str) -> list[dict]:
+    """``tc -j filter show dev NAME [parent H | ingress | egress]``'s filters that have
+    ``options`` (those shown with their options as a dict), their mirred actions and input
+    devices filed (:func:`_note_mirreds`, :func:`_note_indev`). Raises OSError or
+    ValueError."""
+    found = _tc_json(fs, ns, ["filter", "show", "dev", name, *parent], fake)
+    filters = [{**f, "options": f["options"] if isinstance(f["options"], dict) else {}}
+               for f in found if isinstance(f, dict) and "options" in f]
+    for f in filters:
+        _note_mirreds(ns, f"{name} {' '.join(parent) or 'root'}", f["options"].get("actions"))
+        _note_indev(ns, name, parent, f)
+    return filters
+
+
+#: Where a tc filter's options name the input device it matches (``tcf_change_indev``: the
+#: name resolved once, to a bare ifindex): ``u32 ... indev X``, ``flower indev X``, ``fw ...
+#: indev X``; the ``route`` classifier's ``fromif X``.
+_TC_INDEV_KEYS = ("input_dev", "indev", "fromif")
+
+
+def _note_indev(ns: Namespace, name: str, parent: list[str], f: dict) -> None:
+    """A filter on ``name`` that matches a port as its input device (``u32 ... indev
+    enp5s0f1 classid 1:10`` on an uplink's ``htb``: a segment's forwarded traffic shaped by
+    the port it came in on) is a use of that port, filed in ``ns.kernel_users``: the kernel
+    keeps its bare ifindex (no reference, no notifier), so after the unbind and the give-back
+    the filter matches nothing from it, for good, and its traffic falls to the default."""
+    place = " ".join(parent) or "root"
+    for key in _TC_INDEV_KEYS:
+        if isinstance(f["options"].get(key), str):
+            ns.kernel_users.setdefault(_link_named(ns, f["options"][key]), []).append(
+                f"is matched as the input device ({key}) of a tc {f.get('kind', '?')} filter "
+                f"(pref {f.get('pref', '?')}) on {name} {place}, which holds its ifindex: after "
+                "the unbind it matches nothing from it, for good (`tc filter del "
+                f"{' '.join(['dev', name, *parent])} pref {f.get('pref', '?')}` first, if it "
+                "may go)")
 
 
 def _note_mirreds(ns: Namespace, where: str, actions) -> None:
