@@ -3,25 +3,27 @@
 A network interface (netdev) is *idle* when it has no upper device (a bridge, bond, OVS or VRF
 master; a VLAN, macvlan or ipvlan on top of it; a VXLAN or HSR/PRP device bound to it), no
 route in any routing table of its namespace (ECMP ``nexthops`` included, and one whose
-``encap`` sends into it: SRv6 ``seg6local``'s ``oif``, ``xfrm``'s ``link_dev``) nor in its
-MPLS label table, no VXLAN forwarding or multicast (MDB) entry sent ``via`` it, no MPTCP
-endpoint on it (kept with its index through the unregister), no socket bound to it or using its address (a
-connection from it, which ``ss`` prints with no ``%ifname``; SCTP ones too where ``sctp`` is
-loaded), no multicast routing interface (VIF), no multicast group joined on it other than
-the kernel's own (/proc/net/igmp and igmp6: a receiver's join by its index), no pktgen thread
-that has it, and no protocol handler bound to it (/proc/net/ptype: a TIPC bearer), no tc
-or nftables hook on it (a qdisc someone configured, any but the kernel's own of handle
-``0:``: a classful root with its filters, shaping alone, an ``ingress``/``clsact``; a filter
-on a default root that takes one; a filter on any link's root or hook matching it as its
-input device, ``indev``; a tcx program (listed by a ``bpftool`` of 7.3 or later: an older
-one lists none), the target of a ``tc mirred`` action on any port, a chain or flowtable hooked on it, its devices read from
-``nft list chains`` where ``nft -j`` names none, a ``dup``/``fwd`` to it from a rule on any
-port, a rule matching it by its index, ``iif``/``oif`` (a map keyed by it anywhere in a
-statement, ``snat to oif map``, and a ``fib`` ``oif`` compared with it, included), named sets
-of ``iface_index`` read for their elements: each kept through a down and deleted, or left
-sending to or matching nothing, at the unbind; each read only where its module is loaded or
-built in, as asking would load it, but the qdiscs, a dump that loads none), and is down or
-has no address at all (an IPv6 link-local address counts: SSH may run over it).
+``encap`` sends into it: SRv6 ``seg6local``'s ``oif``, ``xfrm``'s ``link_dev``) nor in its MPLS
+label table, no VXLAN forwarding or multicast (MDB) entry sent ``via`` it, no MPTCP endpoint on
+it (kept with its index through the unregister), no IPsec (xfrm) policy whose selector is
+restricted to it (``dev``; read where ``xfrm_user`` is loaded or built in), no socket bound to
+it or using its address (a connection from it, which ``ss`` prints with no ``%ifname``; SCTP
+ones too where ``sctp`` is loaded), no multicast routing interface (VIF), no multicast group
+joined on it other than the kernel's own (/proc/net/igmp and igmp6: a receiver's join by its
+index), no pktgen thread that has it, and no protocol handler bound to it (/proc/net/ptype: a
+TIPC bearer), no tc or nftables hook on it (a qdisc someone configured, any but the kernel's
+own of handle ``0:``: a classful root with its filters, shaping alone, an
+``ingress``/``clsact``; a filter on a default root that takes one; a filter on any link's root
+or hook matching it as its input device, ``indev``; a tcx program (listed by a ``bpftool`` of
+7.3 or later: an older one lists none), the target of a ``tc mirred`` action on any port, a
+chain or flowtable hooked on it, its devices read from ``nft list chains`` where ``nft -j``
+names none, a ``dup``/``fwd`` to it from a rule on any port, a rule matching it by its index,
+``iif``/``oif`` (a map keyed by it anywhere in a statement, ``snat to oif map``, and a ``fib``
+``oif`` compared with it, included), named sets of ``iface_index`` read for their elements:
+each kept through a down and deleted, or left sending to or matching nothing, at the unbind;
+each read only where its module is loaded or built in, as asking would load it, but the qdiscs,
+a dump that loads none), and is down or has no address at all (an IPv6 link-local address
+counts: SSH may run over it).
 What cannot be read (``ip`` or ``ss`` missing, ``tc``, ``nft``, ``bpftool`` or ``bridge``
 where they are needed, a namespace the harness cannot enter, a device in another namespace
 whose lower device cannot be told) makes every interface unproven: :attr:`NetView.problems`.
@@ -46,13 +48,14 @@ output is read from files: ``<root>/ip/<what>.json`` for the harness's own names
 ``<root>/ip/netns/<name>/<what>.json`` for a named one, ``ip/pidns/<pid>/`` for a process's,
 ``ip/nsfs/<inode>/`` for one entered through a file,
 ``ip/netns.json``, ``ss.txt``, ``bridge-fdb-<vxlan>.json`` and ``bridge-mdb-<vxlan>.json``
-(``bridge -j fdb|mdb show dev X``, read for each VXLAN), ``mpls.json`` (``ip -f mpls route``, read when
-``proc/sys/net/mpls/platform_labels`` exists), ``mptcp.json`` (``ip mptcp endpoint show``,
-read when ``proc/sys/net/mptcp`` exists) and ``packet.txt`` (``/proc/net/packet``; and
+(``bridge -j fdb|mdb show dev X``, read for each VXLAN), ``mpls.json`` (``ip -f mpls
+route``, read when ``proc/sys/net/mpls/platform_labels`` exists), ``mptcp.json`` (``ip mptcp
+endpoint show``, read when ``proc/sys/net/mptcp`` exists), ``xfrm-policy.txt`` (``ip xfrm
+policy show``, read where ``xfrm_user`` is) and ``packet.txt`` (``/proc/net/packet``; and
 ``ptype.txt``, ``ip_mr_vif.txt``, ``ip6_mr_vif.txt``, ``igmp.txt``, ``igmp6.txt``, read
 when the harness's own ``proc/net`` has that file) likewise; ``tc-qdisc.json`` where a port
-sits on a device; ``tc-filter-<link>-<hook|handle|root>.json`` for a qdisc that can hold
-filters, of any link; ``tc-mirred.json``, ``bpftool-net.json`` (with ``bpftool-version.json``) and
+sits on a device; ``tc-filter-<link>-<hook|handle|root>.json`` for a qdisc of any link that
+can hold filters; ``tc-mirred.json``, ``bpftool-net.json`` (with ``bpftool-version.json``) and
 ``nft-ruleset.json`` (and ``nft-chains.txt``/``nft-flowtables.txt``,
 ``nft-set|map-<family>-<table>-<name>.json``) only when their module says there can be
 something, or, for tcx, the kernel: on the host its answer to ``BPF_PROG_QUERY`` at
@@ -1040,6 +1043,7 @@ def _read_namespace(fs: Sysfs, ns: Namespace) -> Namespace:
         return ns
     _read_vxlan_fdb(fs, ns, where)
     _read_mptcp(fs, ns, where)
+    _read_xfrm(fs, ns, where)
     _read_sockets(fs, ns, where)
     _read_kernel_users(fs, ns, where)
     _read_multicast(fs, ns, where)
@@ -1120,6 +1124,67 @@ def _read_mptcp(fs: Sysfs, ns: Namespace, where: str) -> None:
                 f"{', ' + flags if flags else ''}) on it, which holds its ifindex: after the "
                 "unbind its subflows are bound to an index that is gone, for good (`ip mptcp "
                 f"endpoint delete id {e.get('id', '?')}` first, if it may go)")
+
+
+#: ``ip xfrm policy show``: the IPsec policies (text: ``-j`` prints the same text).
+_XFRM = ["xfrm", "policy", "show"]
+
+
+def _read_xfrm(fs: Sysfs, ns: Namespace, where: str) -> None:
+    """Each IPsec (xfrm) policy restricted to a port (``ip xfrm policy add ... dev enp5s0f1
+    dir out tmpl ... proto esp``; strongSwan's ``children.<child>.interface``, for a child's
+    policies, its trap policies and its shunts; VyOS's ``vpn ipsec interface``), filed in
+    ``ns.kernel_users``: the selector keeps the port's bare ifindex (a down flushes only
+    offloaded policies), so after the unbind and the give-back the policy applies to nothing
+    on it: traffic to the protected subnet leaves in the clear, a DROP shunt (a kill switch)
+    drops nothing, for good. Read where the kernel has ``xfrm_user`` (:func:`_loaded`:
+    asking elsewhere would load it; without it no policy can have been added through
+    netlink). What cannot be read is a problem of ``ns``."""
+    if not _loaded(fs, "xfrm_user"):
+        return
+    try:
+        policies = _xfrm_policies(_run(fs, ns.ip + _XFRM, ns.fake / "xfrm-policy.txt", ns.fds,
+                                       **_by(ns)))
+    except (OSError, ValueError) as e:
+        hint = "; install iproute2's `ip`" if isinstance(e, OSError) else ""
+        ns.problems.append(f"the IPsec policies{where} cannot be read (`ip {' '.join(_XFRM)}`: "
+                           f"{e}): a policy restricted to a port (`dev`) holds its ifindex, "
+                           f"gone after the unbind{hint}")
+        return
+    for selector, rest in policies:
+        dev = re.search(r"\bdev (\S+)", selector)
+        if not dev:
+            continue
+        direction = re.search(r"\bdir (\S+)", rest)
+        action = re.search(r"\baction (\S+)", rest)
+        what = (f"{selector} dir {direction[1] if direction else '?'} action "
+                f"{action[1] if action else 'allow'}")
+        ns.kernel_users.setdefault(_link_named(ns, dev[1]), []).append(
+            f"has the IPsec (xfrm) policy {what} restricted to it, which holds its ifindex: "
+            "after the unbind the policy applies to nothing on it (traffic it protects leaves "
+            "in the clear, a block drops nothing), for good (`ip xfrm policy delete "
+            f"{selector.replace(f'dev {dev[1]}', '').strip()} dir "
+            f"{direction[1] if direction else '?'}`, or the IPsec daemon's configuration "
+            "without `interface`, first, if it may go)")
+
+
+def _xfrm_policies(text: str) -> list[tuple[str, str]]:
+    """``ip xfrm policy show``'s policies as (selector, the rest): each begins with its
+    selector at the start of a line (``src 10.0.5.0/24 dst 10.20.0.0/16 dev X``), its
+    direction, action, templates indented below. ValueError for another shape."""
+    policies: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        if not line[0].isspace():
+            if not line.startswith("src "):
+                raise ValueError(f"a policy begins with {shown(line.strip())}, not its selector")
+            policies.append((line.strip(), ""))
+        elif policies:
+            policies[-1] = (policies[-1][0], f"{policies[-1][1]} {line.strip()}")
+        else:
+            raise ValueError(f"{shown(line.strip())} comes before any selector")
+    return policies
 
 
 def _read_vxlan_fdb(fs: Sysfs, ns: Namespace, where: str) -> None:

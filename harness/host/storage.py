@@ -1598,7 +1598,7 @@ _CONFIG_OF = {
     "act_mirred": "NET_ACT_MIRRED", "nf_tables": "NF_TABLES", "nvmet": "NVME_TARGET",
     "target_core_mod": "TARGET_CORE", "blocklayoutdriver": "PNFS_BLOCK",
     "usb_f_mass_storage": "USB_F_MASS_STORAGE", "pktcdvd": "CDROM_PKTCDVD",
-    "ocfs2_nodemanager": "OCFS2_FS",
+    "ocfs2_nodemanager": "OCFS2_FS", "xfrm_user": "XFRM_USER",
 }
 
 
