@@ -1571,6 +1571,13 @@ def _tc_json(fs: Sysfs, ns: Namespace, args: list[str], fake: str) -> list:
 #: Another default (``net.core.default_qdisc``: ``fq_codel``, ``cake``, ``sfq``) can hold
 #: filters as the root, which are read (:func:`_tc_default_root`).
 _TC_FILTERLESS = {"noop", "noqueue", "pfifo_fast", "mq"}
+#: The kinds of qdisc that hold no filter wherever they are (no ``tcf_block``: tc says
+#: "Class doesn't support blocks" or "Qdisc not classful"; as a root, ``tc filter show`` lists
+#: none): shaping (``tbf``, ``netem``, ``taprio``...), FIFOs and AQMs. Not asked for filters:
+#: a default ``fq`` on every port, or a configured ``tbf`` root, costs no ``tc``.
+_TC_BLOCKLESS = _TC_FILTERLESS | {"tbf", "netem", "pfifo", "bfifo", "pfifo_head_drop", "fq",
+                                  "codel", "pie", "red", "gred", "plug", "mqprio", "taprio",
+                                  "cbs", "etf"}
 
 
 def _read_tc_qdiscs(fs: Sysfs, ns: Namespace, where: str) -> bool:
@@ -1601,10 +1608,8 @@ def _read_tc_qdiscs(fs: Sysfs, ns: Namespace, where: str) -> bool:
         try:
             _tc_other_link(fs, ns, str(q["dev"]), q)
         except (OSError, ValueError) as e:
-            ns.problems.append(f"the tc filters of {q['dev']}'s {q.get('kind', '?')} qdisc "
-                               f"{q.get('handle', '?')}{where} cannot be listed ({e}): one "
-                               "that matches a port as its input device (`indev`) holds its "
-                               "ifindex, gone after the unbind; install iproute2's `tc`")
+            _tc_unlisted(ns, f"{q['dev']}'s {q.get('kind', '?')} qdisc {q.get('handle', '?')}",
+                         e)
             return False
     for q in (q for q in qdiscs if q["dev"] in ports):
         name, kind = str(q["dev"]), str(q.get("kind", "?"))
@@ -1630,10 +1635,12 @@ def _tc_other_link(fs: Sysfs, ns: Namespace, name: str, qdisc: dict) -> None:
     if kind in _TC_HOOK_QDISCS:
         for hook in _TC_HOOK_QDISCS[kind]:
             _tc_list(fs, ns, name, [hook], f"tc-filter-{name}-{hook}")
-    elif qdisc.get("root") and _tc_handle(qdisc):
+    elif not qdisc.get("root") or kind in _TC_BLOCKLESS:
+        return
+    elif _tc_handle(qdisc):
         _tc_list(fs, ns, name, ["parent", str(qdisc.get("handle"))],
                  f"tc-filter-{name}-{_tc_handle(qdisc):x}")
-    elif qdisc.get("root") and kind not in _TC_FILTERLESS:
+    else:
         _tc_list(fs, ns, name, [], f"tc-filter-{name}-root")
 
 
@@ -1646,11 +1653,11 @@ def _tc_handle(qdisc: dict) -> int | None:
 
 def _tc_configured(fs: Sysfs, ns: Namespace, name: str, qdisc: dict) -> str:
     """A qdisc someone configured, named with its kind, handle and place, and the filters
-    on it where it is the root (``tc -j filter show dev X parent H``)."""
+    on it where it is the root and can hold them (``tc -j filter show dev X parent H``)."""
     handle, kind = qdisc.get("handle", "?"), qdisc.get("kind", "?")
     place = "root" if qdisc.get("root") else f"parent {qdisc.get('parent', '?')}"
     filters = ""
-    if qdisc.get("root") and _tc_handle(qdisc):
+    if qdisc.get("root") and _tc_handle(qdisc) and kind not in _TC_BLOCKLESS:
         found = _tc_named(fs, ns, name, ["parent", str(handle)],
                           f"tc-filter-{name}-{_tc_handle(qdisc):x}")
         filters = f" with its filters ({found})" if found else ""
@@ -1661,8 +1668,8 @@ def _tc_configured(fs: Sysfs, ns: Namespace, name: str, qdisc: dict) -> str:
 
 def _tc_default_root(fs: Sysfs, ns: Namespace, name: str, qdisc: dict) -> str:
     """The filters someone attached to the port's default root qdisc, when it is one that
-    takes filters (not :data:`_TC_FILTERLESS`): a use, or "" (none, or not the root)."""
-    if not qdisc.get("root") or qdisc.get("kind") in _TC_FILTERLESS:
+    takes filters (not :data:`_TC_BLOCKLESS`): a use, or "" (none, or not the root)."""
+    if not qdisc.get("root") or qdisc.get("kind") in _TC_BLOCKLESS:
         return ""
     found = _tc_named(fs, ns, name, [], f"tc-filter-{name}-root")
     return (f"has tc filters ({found}) on its default {qdisc.get('kind')} qdisc, deleted at "
@@ -1676,7 +1683,7 @@ def _tc_named(fs: Sysfs, ns: Namespace, name: str, parent: list[str], fake: str)
     try:
         found = _tc_list(fs, ns, name, parent, fake)
     except (OSError, ValueError) as e:
-        return f"cannot be listed: {e}"
+        return _tc_unlisted(ns, f"{name} {' '.join(parent) or 'root'}", e)
     return ", ".join(f"{f.get('kind', '?')} {f['options'].get('bpf_name', '')}".strip()
                      for f in found)
 
@@ -1689,7 +1696,7 @@ def _tc_filters(fs: Sysfs, ns: Namespace, name: str, kind: str) -> str:
         try:
             found = _tc_list(fs, ns, name, [hook], f"tc-filter-{name}-{hook}")
         except (OSError, ValueError) as e:
-            return f"cannot be listed: {e}"
+            return _tc_unlisted(ns, f"{name} {hook}", e)
         named += [f"{hook}: {f.get('kind', '?')} {f['options'].get('bpf_name', '')}".strip()
                   for f in found]
     return ", ".join(named) or "none now"
@@ -1707,6 +1714,17 @@ def _tc_list(fs: Sysfs, ns: Namespace, name: str, parent: list[str], fake: str) 
         _note_mirreds(ns, f"{name} {' '.join(parent) or 'root'}", f["options"].get("actions"))
         _note_indev(ns, name, parent, f)
     return filters
+
+
+def _tc_unlisted(ns: Namespace, place: str, e: Exception) -> str:
+    """Files the problem of filters at ``place`` (a link and its qdisc or hook) that cannot
+    be listed: one of them may match any port of ``ns`` as its input device
+    (:func:`_note_indev`). Returns why, for the use of a port whose qdisc it is."""
+    where = f" in network namespace {ns.name}" if ns.name else ""
+    ns.problems.append(f"the tc filters of {place}{where} cannot be listed ({e}): one that "
+                       "matches a port as its input device (`indev`) holds its ifindex, gone "
+                       "after the unbind; install iproute2's `tc`")
+    return f"cannot be listed: {e}"
 
 
 #: Where a tc filter's options name the input device it matches (``tcf_change_indev``: the
