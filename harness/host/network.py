@@ -1162,9 +1162,8 @@ def _read_xfrm(fs: Sysfs, ns: Namespace, where: str) -> None:
         ns.kernel_users.setdefault(_link_named(ns, dev[1]), []).append(
             f"has the IPsec (xfrm) policy {what} restricted to it, which holds its ifindex: "
             "after the unbind the policy applies to nothing on it (traffic it protects leaves "
-            "in the clear, a block drops nothing), for good (`ip xfrm policy delete "
-            f"{selector.replace(f'dev {dev[1]}', '').strip()} dir "
-            f"{direction[1] if direction else '?'}`, or the IPsec daemon's configuration "
+            f"in the clear, a block drops nothing), for good (`ip xfrm policy delete {selector} "
+            f"dir {direction[1] if direction else '?'}`, or the IPsec daemon's configuration "
             "without `interface`, first, if it may go)")
 
 
@@ -1546,9 +1545,10 @@ def _read_tc(fs: Sysfs, ns: Namespace, where: str) -> None:
     (a mirred action's target: cleared) when the port is unregistered, which the unbind does:
     a qdisc someone configured, with the filters on it, or filters on a default root
     (:func:`_read_tc_qdiscs`: Cilium's ``cil_from_netdev`` before tcx, a lab's ``tc filter
-    ... bpf da``, an ``htb`` root with a BPF classifier, shaping), a tcx program
-    (:func:`_read_tcx`: Cilium or Calico on 6.6+), and a mirred action on any port that sends
-    to it (:func:`_read_mirred`: a software SPAN to a capture port). Filed in
+    ... bpf da``, an ``htb`` root with a BPF classifier, shaping; and a filter on any link
+    that matches it as its input device, ``indev``), a tcx program (:func:`_read_tcx`: Cilium
+    or Calico on 6.6+), and a mirred action on any port that sends to it
+    (:func:`_read_mirred`: a software SPAN to a capture port). Filed in
     ``ns.kernel_users``; what cannot be read is a problem of ``ns``."""
     for read in (_read_tc_qdiscs, _read_tcx, _read_mirred):
         if not read(fs, ns, where):
