@@ -322,6 +322,8 @@ class FakeHost:
             self.file(f"{where}/{what}.json", json.dumps(value))
         self.file(f"{where}/ss.txt", ss)
         self.file(f"{where}/tc-qdisc.json", "[]")  # (`tc -j qdisc show`: nothing configured)
+        for li in links:  # (`tc class show dev X`: no class)
+            self.file(f"{where}/tc-class-{li['ifname']}.txt", "")
         for li in links:  # (`bridge -j fdb|mdb show dev VXLAN`: no entry `via` a port)
             if (li.get("linkinfo") or {}).get("info_kind") == "vxlan":
                 self.file(f"{where}/bridge-fdb-{li['ifname']}.json", "[]")
