@@ -1578,6 +1578,19 @@ _TC_FILTERLESS = {"noop", "noqueue", "pfifo_fast", "mq"}
 _TC_BLOCKLESS = _TC_FILTERLESS | {"tbf", "netem", "pfifo", "bfifo", "pfifo_head_drop", "fq",
                                   "codel", "pie", "red", "gred", "plug", "mqprio", "taprio",
                                   "cbs", "etf"}
+#: The kinds of qdisc whose classes hold no filter of their own (the kernel gives a class no
+#: ``tcf_block``: "DRR classid must be zero"; ``prio``, ``qfq``, ``ets``, ``multiq``, ``sfb``,
+#: ``sfq``, ``fq_codel`` and ``cake`` alike, their filters going on the qdisc, listed at its
+#: handle), those with no filter at all, and the hooks (listed by hook): a link whose qdiscs
+#: are all of these is not asked for its classes (a default ``fq_codel`` or ``mq`` costs no
+#: ``tc``). A class of any other kind (``htb``, ``hfsc``, one not known here) is listed.
+_TC_CLASS_BLOCKLESS = _TC_BLOCKLESS | set(_TC_HOOK_QDISCS) | {
+    "prio", "drr", "qfq", "ets", "multiq", "sfb", "sfq", "fq_codel", "cake"}
+#: The most filter listings below a link's root read (one ``tc`` for each class that holds
+#: filters, each qdisc configured below the root): a shaper with thousands of classes would
+#: stretch the read to minutes, and the namespaces share one budget. Past it, a filter that
+#: matches a port as its input device cannot be ruled out: a problem of the namespace.
+_TC_BELOW_ROOT_MAX = 64
 
 
 def _read_tc_qdiscs(fs: Sysfs, ns: Namespace, where: str) -> bool:
@@ -1587,10 +1600,11 @@ def _read_tc_qdiscs(fs: Sysfs, ns: Namespace, where: str) -> bool:
     ``ffff:`` for ``ingress``/``clsact``). Each is kept through a down and deleted with its
     filters (a BPF classifier, a ``u32`` with its actions) or shaping (``netem``, ``tbf``,
     ``taprio``) at the unbind, and the port comes back with the default qdisc. The filters of
-    every other link's qdiscs are read too (:func:`_tc_other_link`), for one that matches a
-    port as its input device. Read from one ``tc -j qdisc show`` per namespace with a port (a
-    dump: it loads no module; a filter's input device is of its own namespace, so one with
-    no port has none). False: a problem."""
+    every other link's qdiscs are read too (:func:`_tc_other_link`), and those of every
+    link's classes and qdiscs below the root (:func:`_read_tc_below_root`), for one that
+    matches a port as its input device. Read from one ``tc -j qdisc show`` per namespace with
+    a port (a dump: it loads no module; a filter's input device is of its own namespace, so
+    one with no port has none). False: a problem."""
     ports = {n for n, link in ns.links.items() if "parentdev" in link}
     if not ports:
         return True
@@ -1622,15 +1636,95 @@ def _read_tc_qdiscs(fs: Sysfs, ns: Namespace, where: str) -> bool:
             used = _tc_default_root(fs, ns, name, q)
         if used:
             ns.kernel_users.setdefault(name, []).append(used)
+    return _read_tc_below_root(fs, ns, qdiscs, where)
+
+
+def _read_tc_below_root(fs: Sysfs, ns: Namespace, qdiscs: list[dict], where: str) -> bool:
+    """Lists the filters below the root of every link, a port's too (an uplink is often
+    one): those of each class that holds filters (``htb``, ``hfsc``: a filter at ``parent
+    1:1``, which ``tc filter show dev X parent 1:`` does not show) and of each qdisc
+    configured below the root (``parent 20:``), for one that matches a port as its input
+    device (:func:`_tc_list`). At most :data:`_TC_BELOW_ROOT_MAX` a link; more, or a list
+    that cannot be read, is a problem of ``ns``. False: a problem."""
+    links: dict[str, list[dict]] = {}
+    for q in qdiscs:
+        links.setdefault(str(q["dev"]), []).append(q)
+    for name, mine in links.items():
+        try:
+            places = _tc_below_root(fs, ns, name, mine)
+        except (OSError, ValueError) as e:
+            ns.problems.append(f"the tc classes of {name}{where} cannot be listed (`tc class "
+                               f"show dev {name}`: {e}): a filter on a class that matches a "
+                               "port as its input device (`indev`) holds its ifindex, gone "
+                               "after the unbind; install iproute2's `tc`")
+            return False
+        if len(places) > _TC_BELOW_ROOT_MAX:
+            ns.problems.append(f"{name}{where} has {len(places)} tc classes and qdiscs below "
+                               f"its root that hold filters, more than the "
+                               f"{_TC_BELOW_ROOT_MAX} the harness lists: one may match a port "
+                               "as its input device (`indev`) and hold its ifindex, gone after "
+                               f"the unbind; fewer classes on {name}, or its shaping in a "
+                               "network namespace with no port of a device, lets it be read")
+            return False
+        for parent, fake in places:
+            try:
+                _tc_list(fs, ns, name, ["parent", parent], f"tc-filter-{name}-{fake}")
+            except (OSError, ValueError) as e:
+                _tc_unlisted(ns, f"{name} parent {parent}", e)
+                return False
     return True
+
+
+def _tc_below_root(fs: Sysfs, ns: Namespace, name: str, qdiscs: list[dict]
+                   ) -> list[tuple[str, str]]:
+    """Where below its root ``name``'s qdiscs (``qdiscs``) can hold filters, as (parent,
+    fake): each qdisc configured below the root that holds filters (a handle other than
+    ``0:``: the kernel's own, ``mq``'s children, cannot be named as a parent) and, when one
+    of the qdiscs' classes can hold them (not :data:`_TC_CLASS_BLOCKLESS`), each such class
+    of ``tc class show dev NAME`` (:func:`_tc_classes`). Raises OSError or ValueError."""
+    places = []
+    for q in qdiscs:
+        if q.get("root") or q.get("kind") in _TC_BLOCKLESS or q.get("kind") in _TC_HOOK_QDISCS:
+            continue
+        handle = _tc_handle(q)
+        if handle is None:
+            raise ValueError(f"a {q.get('kind', '?')} qdisc below the root with the handle "
+                             f"{q.get('handle')!r}")
+        if handle:
+            places.append((f"{handle:x}:", f"{handle:x}"))
+    if all(q.get("kind") in _TC_CLASS_BLOCKLESS for q in qdiscs):
+        return places
+    return places + [(f"{major:x}:{minor:x}", f"{major:x}-{minor:x}")
+                     for kind, major, minor in _tc_classes(fs, ns, name)
+                     if kind not in _TC_CLASS_BLOCKLESS]
+
+
+def _tc_classes(fs: Sysfs, ns: Namespace, name: str) -> list[tuple[str, int, int]]:
+    """(kind, major, minor) of each class of ``tc class show dev NAME`` (``tc-class-NAME.txt``
+    under a fake root): text, which iproute2 before 6.2 (Debian 12's 6.1) prints even with
+    ``-j``, and 6.2 and later print without it, one line a class (``class htb 1:10 parent 1:1
+    prio 0 rate 10Mbit ...``; what a kind prints after it on lines of its own is indented).
+    Raises OSError or ValueError (a line that is no class)."""
+    text = _run(fs, ns.enter + ["tc", "class", "show", "dev", name],
+                ns.fake / f"tc-class-{name}.txt", ns.fds, **_by(ns))
+    found = []
+    for line in text.splitlines():
+        if not line.strip() or line[0].isspace():
+            continue
+        words = line.split()
+        m = re.fullmatch(r"([0-9a-fA-F]+):([0-9a-fA-F]+)", words[2]) if len(words) > 2 else None
+        if words[0] != "class" or not m:
+            raise ValueError(f"not a class: {line.strip()!r}")
+        found.append((words[1], int(m[1], 16), int(m[2], 16)))
+    return found
 
 
 def _tc_other_link(fs: Sysfs, ns: Namespace, name: str, qdisc: dict) -> None:
     """Lists the filters of a qdisc of a link that is no port (an uplink's ``htb`` root, a
     ``bond0``'s, a bridge's ``clsact``) where it can hold them, as a port's are read: an
-    ``ingress``/``clsact`` hook, a configured root, a default root that takes filters. Only
-    the root's and the hooks' (one ``tc`` per hook or root: a class's own filters would need
-    one per class). Raises OSError or ValueError."""
+    ``ingress``/``clsact`` hook, a configured root, a default root that takes filters (one
+    ``tc`` per hook or root; those of its classes and of qdiscs below the root:
+    :func:`_read_tc_below_root`). Raises OSError or ValueError."""
     kind = qdisc.get("kind")
     if kind in _TC_HOOK_QDISCS:
         for hook in _TC_HOOK_QDISCS[kind]:
