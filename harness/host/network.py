@@ -1653,8 +1653,8 @@ def _read_tc_below_root(fs: Sysfs, ns: Namespace, qdiscs: list[dict], where: str
         try:
             places = _tc_below_root(fs, ns, name, mine)
         except (OSError, ValueError) as e:
-            ns.problems.append(f"the tc classes of {name}{where} cannot be listed (`tc class "
-                               f"show dev {name}`: {e}): a filter on a class that matches a "
+            ns.problems.append(f"the tc classes of {name}{where}, and its qdiscs below the "
+                               f"root, cannot be listed ({e}): a filter on one that matches a "
                                "port as its input device (`indev`) holds its ifindex, gone "
                                "after the unbind; install iproute2's `tc`")
             return False
