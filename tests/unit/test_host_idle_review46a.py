@@ -1,0 +1,120 @@
+"""Issue 31, read 46a (devices side: the leases and the journal after 16a9c14's ``_named_by``
+and 15f236c's ``_own``; SR-IOV counts; the bind's mechanics; usb-host), on main at 16a9c14.
+What it found: nothing it could show with a failing test in the time it had (about 50
+minutes). One control below documents a spot it checked around the newest fix.
+
+Looked at, no finding (each held, is a stated limit, an over-refusal, or not a real shape):
+
+* 16a9c14's ``_named_by`` in ``restore_from_journal``'s ``only`` selection, in
+  ``_held_elsewhere``'s hint and in ``_live_users_of_vfs``: a reliance entry (SR-IOV, no
+  ``set``, no ``autoprobe``) is named by the first non-SR-IOV entry of its lease; a lease of
+  VFs of two PFs (two cards behind a switch without ACS, one group) is named by either VF,
+  never by a PF, and `release` of either VF gives back the whole lease, as a lease should;
+  a reliance entry whose lease's VF entry was dropped already (``Lease.release`` drops the
+  group's entries, the reliance stays in ``_sriov`` to ``close``) falls back to the PF: a
+  live run's is then left ``in-use`` by `release PF` (control 1), a dead run's is its to
+  drop, and the VF count itself stays while any VF entry (by hand or live) is in the
+  journal (``_live_users_of_vfs`` looks at VF entries as well as reliances).
+* ``_own`` (pid and ``pid_start``) in ``_held_elsewhere``, ``_live_users_of_vfs`` (this
+  process only: the session's controller gives back its dead workers' entries, whose
+  reliances are then not live) and ``_drop_own_reliance``.
+* ``_restore_sriov`` / ``_vfs_not_idle``: with `--force` (no journaled live users) a VF
+  bound by hand on vfio-pci, its VM shut off, still fails the write through the PF's own
+  verdict ("its VF ... is on vfio-pci"); a count changed by someone else is left.
+* ``_hold_and_rely``: HOLD entries only when nothing moves; a group member already on
+  vfio-pci beside a member that moves gets no entry of its own, but ``refuse_foreign``
+  refuses by group membership, a kept member on no driver or ``pci-stub`` has no
+  ``sriov_configure`` and no USB bus; VFs of a vfio-pci PF (``vfio-pci enable_sriov=1``)
+  with no entry were considered and not shown to hurt the lease (not a finding).
+* A failed release of a group (its node open by another process) leaves the group in the
+  binder's ``_holds``, so a later bind of it by the same run treats its members on vfio-pci
+  as the run's own (no holder check); the next QEMU then fails to open the group (the group
+  node is single-open): a failing test, not a device taken from a user; stated ("a group
+  this run holds is its own QEMU's").
+* The bind's mechanics: ``_move_to_vfio`` (override then unbind then ``drivers_probe``;
+  ``new_id``), ``_move_all``'s undo (the libvirt ``keep`` entry too), ``_put_back`` (override
+  restored before the bind by name; a device on a third driver left), ``_other_pci_device``,
+  ``_stale``.
+* usb-host: ``find_for_plug`` (both forms), the proof again under the lock, the
+  hand-over's journal entry before QEMU opens, ``refuse_usb_handed`` (own lease by lease id)
+  and ``_refuse_below_leased``; ``usb_verdict`` (interfaces, disks, nodes, GPIO, drivers
+  below).
+* Storage: kernel users of a disk with no holder link and no process (zram's
+  ``backing_dev``, DRBD, block2mtd, pktcdvd) open it exclusively, so the claim under the
+  move refuses them even where the proof does not name them (an over-refusal at worst in
+  `plan`, never a take).
+* ACS (``acs_off``, ``pcie_acs_override``, ``pci=disable_acs_redir``/``config_acs``, which act at
+  boot before the groups are made and show in the config space read).
+
+A fake sysfs/proc tree plays the host (:mod:`.fakesysfs`); no guest is booted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from harness.core.errors import HostDeviceError
+from harness.host.binding import Journal, VfioBinder, restore_from_journal
+
+from . import fakesysfs
+from .fakesysfs import FakeHost
+
+fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
+
+PF = "0000:08:00.0"  # an 82576 (igb, SR-IOV, 7 VFs), alone in group 17
+VF0 = "0000:08:10.0"
+OTHER = 4_000_003  # a pid no process has: the live run below is played by this process
+
+
+@pytest.fixture
+def host(lab: FakeHost) -> FakeHost:
+    lab.add_pci("0000:00:1c.6", "8086:a33e", 0x060400, "pcieport", 16)
+    lab.add_pci(PF, "8086:10c9", 0x020000, "igb", 17, parent="0000:00:1c.6")
+    lab.sriov_capable(PF, 7)
+    lab.add_net("enp8s0", PF)  # down, no address: idle
+    lab.file(f"proc/{os.getpid()}/stat", f"{os.getpid()} (python) S " + "0 " * 18 + "4242 0\n")
+    return lab
+
+
+@pytest.fixture
+def journal(fake_root):
+    return fake_root / "var/lib/hotplug-harness/vfio-journal.json"
+
+
+def _entries(journal) -> list[dict]:
+    return json.loads(journal.read_text())["entries"] if journal.exists() else []
+
+
+def _numvfs(host: FakeHost) -> int:
+    return int((host.dev_dir(PF) / "sriov_numvfs").read_text())
+
+
+def test_1_control_release_pf_leaves_a_live_runs_reliance_after_its_vf_lease_ended(host, journal):
+    """Control: a live run made 2 VFs and bound VF 0 for a test, which ended (``Lease.release``
+    dropped VF 0's entry; the count's entry stays to the run's ``close``). Another user's
+    `release 08:00.0` (no --force) now names the run's count entry by the PF (its own
+    lease): it is a live run's, so it stays ``in-use``, the count and the entry with it."""
+    binder = VfioBinder(host.sysfs(), journal=journal)
+    vfs = binder.enable_vfs(PF, 2)
+    assert vfs[0] == VF0 and _numvfs(host) == 2
+    lease = binder.bind(VF0, {VF0})
+    assert host.driver_of(VF0) == "vfio-pci"
+    lease.release()
+    assert host.driver_of(VF0) is None
+    kinds = sorted((e.get("kind", "vfio"), "set" in e) for e in _entries(journal))
+    assert kinds == [("sriov", True)], kinds  # (this binder set the count: no reliance)
+    # (the run is alive: another process, not this one, is its owner to `release`)
+    jr = Journal(journal)
+    with jr.locked():
+        jr.write([{**e, "pid": os.getpid()} for e in jr.read()])
+    try:
+        results = restore_from_journal(host.sysfs(), journal, only={"08:00.0"},
+                                       own_pids={OTHER})
+    except HostDeviceError:
+        results = []
+    assert _numvfs(host) == 2, "a live run's VF count was written back by another's release"
+    assert [e["bdf"] for e in _entries(journal)] == [PF]
+    assert all(r.status == "in-use" for r in results), results
