@@ -118,3 +118,71 @@ def test_1_control_release_pf_leaves_a_live_runs_reliance_after_its_vf_lease_end
     assert _numvfs(host) == 2, "a live run's VF count was written back by another's release"
     assert [e["bdf"] for e in _entries(journal)] == [PF]
     assert all(r.status == "in-use" for r in results), results
+
+
+# -- 2. speakup's hardware synthesizer on a USB serial adapter --------------------------------
+
+XHCI = "0000:07:00.0"  # the lab host's spare uPD720202 xHCI (USB bus 4)
+
+
+def _synth_on_ttyusb0(host: FakeHost, synth: str = "ltlk", module: str | None = None) -> None:
+    """A DoubleTalk LT on an FTDI FT232R cable in the spare xHCI's port (4-1, its tty
+    ttyUSB0, 188:0), and speakup driving it: ``modprobe speakup_ltlk dev=ttyUSB0`` (the
+    module's parameters are 0444 in sysfs; ``synth`` is the one speakup selected)."""
+    iface = host.add_usb("4-1", 2, "0403:6001", "FT232R USB UART", "FTDI",
+                         iface_driver="ftdi_sio")
+    port = iface / "ttyUSB0"
+    (host.sys / "bus/usb-serial/drivers/ftdi_sio").mkdir(parents=True, exist_ok=True)
+    port.mkdir()
+    os.symlink(host.sys / "bus/usb-serial/drivers/ftdi_sio", port / "driver")
+    tty = port / "tty/ttyUSB0"
+    tty.mkdir(parents=True)
+    (tty / "dev").write_text("188:0\n")
+    (tty / "uevent").write_text("MAJOR=188\nMINOR=0\nDEVNAME=ttyUSB0\n")
+    module = module or f"speakup_{synth}"
+    (host.sys / "module/speakup/parameters").mkdir(parents=True, exist_ok=True)
+    params = host.sys / "module" / module / "parameters"
+    params.mkdir(parents=True, exist_ok=True)
+    if module != "speakup_soft":
+        (params / "dev").write_text("ttyUSB0\n")
+        (params / "ser").write_text("-1\n")  # (ser unset: dev names the tty)
+    (params / "start").write_text("1\n")
+    (host.sys / "accessibility/speakup").mkdir(parents=True, exist_ok=True)
+    (host.sys / "accessibility/speakup/synth").write_text(f"{synth}\n")
+
+
+def _usb(host: FakeHost, name: str):
+    from harness.host.sysfs import Sysfs
+    [usb] = [u for u in Sysfs(host.root).usb_devices() if u.name == name]
+    return usb
+
+
+def test_2_a_usb_serial_adapter_speakup_drives_is_not_handed_to_usb_host(host):
+    """usb-host of the FT232R (the inventory's usb-device entry ``0403:6001``, or by its bus
+    address): the kernel holds ttyUSB0 for speakup's synthesizer; the verdict must not be
+    idle, and must name it."""
+    from harness.host.safety import HostUsage
+    _synth_on_ttyusb0(host)
+    verdict = HostUsage.read(host.root).usb_verdict(_usb(host, "4-1"))
+    assert not verdict.idle, verdict
+    assert any("speakup" in u for u in verdict.uses), verdict.uses
+
+
+def test_2b_the_xhci_above_it_is_not_taken_either(host):
+    """Binding the spare xHCI (an inventory usb-controller) takes bus 4 with the synthesizer's
+    adapter on it."""
+    from harness.host.safety import HostUsage
+    _synth_on_ttyusb0(host)
+    verdict = HostUsage.read(host.root).verdict(XHCI)
+    assert not verdict.idle, verdict
+    assert any("speakup" in u for u in verdict.uses), verdict.uses
+
+
+def test_2c_control_speakup_soft_holds_no_tty(host):
+    """Control: speakup_soft (espeakup's software synth, /dev/softsynth) opens no tty: the idle
+    adapter, and the xHCI above it, are still taken."""
+    from harness.host.safety import HostUsage
+    _synth_on_ttyusb0(host, "soft")
+    usage = HostUsage.read(host.root)
+    assert usage.usb_verdict(_usb(host, "4-1")).idle
+    assert usage.verdict(XHCI).idle, usage.verdict(XHCI)
