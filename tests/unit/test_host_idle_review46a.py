@@ -1,7 +1,33 @@
 """Issue 31, read 46a (devices side: the leases and the journal after 16a9c14's ``_named_by``
 and 15f236c's ``_own``; SR-IOV counts; the bind's mechanics; usb-host), on main at 16a9c14.
-What it found: nothing it could show with a failing test in the time it had (about 50
-minutes). One control below documents a spot it checked around the newest fix.
+What it found, one section below (numbered as its tests; test 1 is a control):
+
+2. (low likelihood: a console user's speech synthesizer) A tty the kernel opened for
+   itself shows no holder. Speakup, the kernel's screen reader for blind users, drives a
+   hardware speech synthesizer (DoubleTalk LT, Apollo, DECtalk Express, LiteTalk...) through
+   a serial port, and on a machine without one through a USB serial adapter:
+   ``speakup_ltlk.dev=ttyUSB0`` (the module's own parameter description: "Set the device
+   e.g. ttyUSB0, for the synthesizer"; or ``speakup.synth=ltlk`` on the command line, or
+   ``echo ltlk > /sys/accessibility/speakup/synth`` at run time). Its ``spk_ttyio`` opens
+   the tty with ``tty_kopen_exclusive`` and sets its own line discipline: no process has
+   ``/dev/ttyUSB0`` open, it is in no ``/proc/consoles`` line, and the adapter's interface
+   is on ``ftdi_sio``/``pl2303``/``cp210x``, drivers the rule judges "by their tty"
+   (``USB_DRIVERS_JUDGED``, ``_BOUND_JUDGED``'s usb-serial ports). So
+   :meth:`HostUsage.usb_verdict` reads the adapter as idle ("2 device node(s) below 4-1
+   open by no process") and :meth:`HostUsage.verdict` reads the USB controller above it so
+   too: a usb-host hand-over detaches the serial driver (QEMU's ``USBDEVFS_DISCONNECT``), a
+   bind takes the whole bus; the kernel's tty goes away under speakup, which does not open
+   it again by itself, and the console's user hears nothing more (nor that the synth must be
+   selected again). Any module that opens a tty in the kernel (``tty_kopen_exclusive``: an
+   out-of-tree NFC or radio bridge does) leaves the same nothing to see per tty. Shape: a
+   lab host run from its console by a blind engineer, a hardware synthesizer on an
+   FTDI/PL2303 cable in the host's spare xHCI, or the cable itself the inventory's
+   usb-device. Safe: the tty a loaded speakup synth names (``/sys/module/speakup_*/
+   parameters/dev``, 0444, or its ``ser`` index for ``ttyS``) is in use while that synth is
+   the one selected (``/sys/accessibility/speakup/synth``; a synth with no tty, ``soft``,
+   ``none``, holds none), named; speakup loaded with either unreadable leaves every tty
+   below a USB device or controller unproven (tests 2, 2b; control 2c: ``speakup_soft``,
+   the software synth espeakup speaks through, holds no tty).
 
 Looked at, no finding (each held, is a stated limit, an over-refusal, or not a real shape):
 
@@ -45,7 +71,19 @@ Looked at, no finding (each held, is a stated limit, an over-refusal, or not a r
   `plan`, never a take).
 * ACS (``acs_off``, ``pcie_acs_override``, ``pci=disable_acs_redir``/``config_acs``, which act at
   boot before the groups are made and show in the config space read).
+* Other kernel users of a node below a USB device with no process fd: ttys (``ldattach``,
+  ``slcand``, ``btattach``, ``kissattach``, pppd keep the tty open: a process; serdev binds
+  no USB serial port; ``ledtrig-tty``'s shared open harms nothing); USB CAN adapters
+  (``gs_usb``, ``peak_usb``: AF_CAN sockets, which ``ss`` does not list, and ``cangw``
+  rules in the kernel) are on drivers the rule does not judge, so refused (fail-closed);
+  an slcan adapter on ``ftdi_sio`` is held by ``slcand``.
+* A stated-limit candidate, not a finding (no evidence the host shows): a console server
+  that opens its tty only when a client connects (ser2net 4's ``connector: serialdev``,
+  ``socat TCP-LISTEN:...,fork /dev/ttyUSB0``) leaves the tty unopened while nobody is
+  connected; taking the adapter breaks the lab's console access to the board on the other
+  end until the give-back. docs/vfio.md could say so beside the BMC's shared port.
 
+Tests 2 and 2b assert the safe behaviour and fail on 16a9c14; 1 and 2c are controls and pass.
 A fake sysfs/proc tree plays the host (:mod:`.fakesysfs`); no guest is booted.
 """
 
