@@ -321,6 +321,7 @@ class HostUsage:
             if majmin in self.storage.consoles:
                 uses.append(f"/dev/{name} (below {label}) is a kernel console "
                             f"({self.storage.consoles[majmin]} in /proc/consoles)")
+            uses += _kernel_tty_uses(self.storage, node, name, majmin, label)
         uses += [f"{label}: {k}" for k in _console_inputs(self.fs, path, tree.inputs)]
         uses += [f"USB interface {name} (below {label}) is on {driver}, whose use the harness "
                  "cannot judge" for name, driver, _ in tree.usb_interfaces
@@ -1309,6 +1310,22 @@ def _rdma_ports_up(fs: Sysfs, label: str, tree: "_Subtree") -> list[str]:
                             ": the kernel's RDMA users (NVMe over RDMA, SRP, iSER, NFS over "
                             "RDMA) may use it with no interface, node or process to show it")
     return uses
+
+
+def _kernel_tty_uses(storage: StorageView, node: Path, name: str, majmin: "str | None",
+                     label: str) -> list[str]:
+    """A tty below the device that the kernel holds for itself, by number or by name
+    (:attr:`StorageView.kernel_ttys`: speakup's synthesizer), or may hold: no process has it
+    open, and taking it silences the console's screen reader."""
+    if node.parent.name != "tty":
+        return []
+    who = storage.kernel_ttys.get(majmin or "-", storage.kernel_ttys.get(name))
+    if who:
+        return [f"/dev/{name} (below {label}) is held by the kernel for {who}: the console's "
+                "screen reader speaks through it (echo none > /sys/accessibility/speakup/synth "
+                "if no one listens; else keep this device out of the inventory)"]
+    return [f"/dev/{name} (below {label}) may be held by the kernel: {why}"
+            for why in storage.kernel_ttys_unknown]
 
 
 def _console_inputs(fs: Sysfs, path: str, inputs: list[str]) -> list[str]:

@@ -1723,6 +1723,11 @@ class StorageView:
         #: and the enabled consoles with no device number (``earlyxdbc0``: a USB debug port).
         self.consoles, self.unnumbered_consoles = _consoles(fs, problems)
 
+        #: ttys the kernel opens for itself, in no /proc/consoles line and with no process fd
+        #: (speakup's hardware synthesizer): name and MAJ:MIN -> who; and why which ones it
+        #: holds cannot be told (every tty below a device is then unproven).
+        self.kernel_ttys, self.kernel_ttys_unknown = _kernel_ttys(fs)
+
     @classmethod
     def read(cls, fs: Sysfs, held: "frozenset[str]" = frozenset()) -> "StorageView":
         problems: list[str] = []
@@ -1798,6 +1803,50 @@ def _consoles(fs: Sysfs, problems: list[str]) -> tuple[dict[str, str], list[str]
             if flags is None or "E" in flags[1]:
                 unnumbered.append(f[0])
     return numbered, unnumbered
+
+
+#: speakup's synths that open no tty: ``soft`` (espeakup's, through /dev/softsynth) and
+#: ``none`` (no synth selected).
+_SPEAKUP_NO_TTY = frozenset({"none", "soft"})
+
+
+def _kernel_ttys(fs: Sysfs) -> tuple[dict[str, str], list[str]]:
+    """The ttys the kernel opens for itself (``tty_kopen_exclusive``), which no process holds
+    and /proc/consoles does not list: (tty name and ``MAJ:MIN`` -> who, why which ones cannot
+    be told). Speakup, the kernel's screen reader, drives a hardware speech synthesizer
+    through the tty its synth module names (``speakup_ltlk dev=ttyUSB0``: a USB serial
+    adapter), while that synth is the one selected (``/sys/accessibility/speakup/synth``);
+    taking the adapter silences the console's blind user. Loaded with either file unreadable,
+    which tty it holds cannot be told."""
+    if not fs.sys("module", "speakup").exists():
+        return {}, []
+    synth = fs.read(fs.sys("accessibility", "speakup", "synth"))
+    if synth is not None and synth.strip() in _SPEAKUP_NO_TTY:
+        return {}, []
+    params = fs.sys("module", f"speakup_{(synth or '').strip()}", "parameters")
+    tty = _speakup_tty(fs.read(params / "dev"), fs.read(params / "ser")) if synth else None
+    if tty is None:
+        unread = "/sys/accessibility/speakup/synth" if synth is None else f"{params}/dev"
+        return {}, [f"speakup is loaded and {unread} cannot be read: which tty its "
+                    "synthesizer holds cannot be told"]
+    who = f"speakup's synthesizer {synth.strip()} (speakup_{synth.strip()}: {tty})"
+    held = {tty: who}
+    majmin = fs.read(fs.sys("class", "tty", tty, "dev"))
+    if majmin:
+        held[majmin.strip()] = who
+    return held, []
+
+
+def _speakup_tty(dev: "str | None", ser: "str | None") -> "str | None":
+    """The tty a speakup synth opens, as its ``get_dev_to_use`` picks it: ``dev`` unless it is
+    the default (``ttyS0``) and ``ser`` is set (not 0), then ``ttyS<ser>``; None if that
+    cannot be told."""
+    dev, ser = (dev or "").strip(), (ser or "").strip()
+    if not dev:
+        return None
+    if dev != "ttyS0" or ser == "0":
+        return dev
+    return f"ttyS{ser}" if ser else None
 
 
 def _look_up_mounts(fs: Sysfs, mounts: list[Mount], budget: Budget, problems: list[str]
