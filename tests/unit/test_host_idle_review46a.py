@@ -224,3 +224,56 @@ def test_2c_control_speakup_soft_holds_no_tty(host):
     usage = HostUsage.read(host.root)
     assert usage.usb_verdict(_usb(host, "4-1")).idle
     assert usage.verdict(XHCI).idle, usage.verdict(XHCI)
+
+
+# -- fix 46a: the rule's edges (speakup loaded but unreadable, ser's ttyS, the re-read) --------
+
+def test_2d_speakup_loaded_with_its_synth_unreadable_leaves_the_tty_unproven(host):
+    """Speakup loaded, ``/sys/accessibility/speakup/synth`` unreadable (gone: a kernel without
+    the sysfs interface): which tty it holds cannot be told, so a tty below the adapter, and
+    the xHCI above it, are unproven, named."""
+    from harness.host.safety import HostUsage
+    _synth_on_ttyusb0(host)
+    (host.sys / "accessibility/speakup/synth").unlink()
+    usage = HostUsage.read(host.root)
+    for verdict in (usage.usb_verdict(_usb(host, "4-1")), usage.verdict(XHCI)):
+        assert not verdict.idle, verdict
+        assert any("speakup" in u and "cannot be read" in u for u in verdict.uses), verdict
+
+
+def test_2e_the_synths_dev_unreadable_leaves_the_tty_unproven(host):
+    """The selected synth's module shows no ``dev`` parameter: unproven, named."""
+    from harness.host.safety import HostUsage
+    _synth_on_ttyusb0(host)
+    (host.sys / "module/speakup_ltlk/parameters/dev").unlink()
+    verdict = HostUsage.read(host.root).usb_verdict(_usb(host, "4-1"))
+    assert not verdict.idle and any("speakup_ltlk/parameters/dev" in u for u in verdict.uses)
+
+
+def test_2f_control_speakup_none_and_another_synths_tty(host):
+    """Control: no synth selected (``none``) holds no tty; a synth on ``ttyS1`` (``dev`` the
+    default ``ttyS0`` and ``ser=1``, speakup's ``get_dev_to_use``) holds ttyS1, not the
+    adapter's ttyUSB0."""
+    from harness.host.safety import HostUsage
+    from harness.host.storage import _speakup_tty
+    _synth_on_ttyusb0(host, "none", module="speakup_ltlk")
+    assert HostUsage.read(host.root).usb_verdict(_usb(host, "4-1")).idle
+    assert _speakup_tty("ttyS0", "1") == "ttyS1" and _speakup_tty("ttyS0", "0") == "ttyS0"
+    assert _speakup_tty("ttyUSB0", "-1") == "ttyUSB0" and _speakup_tty(None, "0") is None
+    (host.sys / "module/speakup_ltlk/parameters/dev").write_text("ttyS0\n")
+    (host.sys / "module/speakup_ltlk/parameters/ser").write_text("1\n")
+    (host.sys / "accessibility/speakup/synth").write_text("ltlk\n")
+    assert HostUsage.read(host.root).usb_verdict(_usb(host, "4-1")).idle
+
+
+def test_2g_a_synth_selected_after_the_proof_is_refused_under_the_claim(host):
+    """Selected between the proof and the hand-over (``echo ltlk > .../speakup/synth``): the
+    re-read under the claim (:func:`_held_since`, the proof's own code) refuses it."""
+    from harness.host.binding import _claimed_view, _held_since
+    _synth_on_ttyusb0(host, "none", module="speakup_ltlk")
+    fs = host.sysfs()
+    path = str(_usb(host, "4-1").path)
+    _held_since(fs, [("usb-host 4-1", path)], "the hand-over", _claimed_view(fs, [], set()))
+    (host.sys / "accessibility/speakup/synth").write_text("ltlk\n")
+    with pytest.raises(HostDeviceError, match="speakup"):
+        _held_since(fs, [("usb-host 4-1", path)], "the hand-over", _claimed_view(fs, [], set()))
