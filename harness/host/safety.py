@@ -1315,15 +1315,16 @@ def _rdma_ports_up(fs: Sysfs, label: str, tree: "_Subtree") -> list[str]:
 def _kernel_tty_uses(storage: StorageView, node: Path, name: str, majmin: "str | None",
                      label: str) -> list[str]:
     """A tty below the device that the kernel holds for itself, by number or by name
-    (:attr:`StorageView.kernel_ttys`: speakup's synthesizer), or may hold: no process has it
-    open, and taking it silences the console's screen reader."""
+    (:attr:`StorageView.kernel_ttys`: speakup's synthesizer, the braille console), or may
+    hold: no process has it open, and taking it silences the console's blind user."""
     if node.parent.name != "tty":
         return []
     who = storage.kernel_ttys.get(majmin or "-", storage.kernel_ttys.get(name))
     if who:
         return [f"/dev/{name} (below {label}) is held by the kernel for {who}: the console's "
-                "screen reader speaks through it (echo none > /sys/accessibility/speakup/synth "
-                "if no one listens; else keep this device out of the inventory)"]
+                "blind user reads the host through it (for speakup, echo none > "
+                "/sys/accessibility/speakup/synth if no one listens; else keep this device "
+                "out of the inventory)"]
     return [f"/dev/{name} (below {label}) may be held by the kernel: {why}"
             for why in storage.kernel_ttys_unknown]
 

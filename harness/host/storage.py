@@ -1811,30 +1811,52 @@ _SPEAKUP_NO_TTY = frozenset({"none", "soft"})
 
 
 def _kernel_ttys(fs: Sysfs) -> tuple[dict[str, str], list[str]]:
-    """The ttys the kernel opens for itself (``tty_kopen_exclusive``), which no process holds
-    and /proc/consoles does not list: (tty name and ``MAJ:MIN`` -> who, why which ones cannot
-    be told). Speakup, the kernel's screen reader, drives a hardware speech synthesizer
-    through the tty its synth module names (``speakup_ltlk dev=ttyUSB0``: a USB serial
-    adapter), while that synth is the one selected (``/sys/accessibility/speakup/synth``);
-    taking the adapter silences the console's blind user. Loaded with either file unreadable,
-    which tty it holds cannot be told."""
+    """The ttys the kernel opens for itself, which no process holds and /proc/consoles does
+    not list: (tty name and ``MAJ:MIN`` -> who, why which ones cannot be told): speakup's
+    synthesizer (:func:`_speakup_ttys`) and the braille console (:func:`_braille_ttys`)."""
+    held: dict[str, str] = {}
+    unknown: list[str] = []
+    for tty, who in _speakup_ttys(fs, unknown) + _braille_ttys(fs, unknown):
+        held[tty] = who
+        majmin = fs.read(fs.sys("class", "tty", tty, "dev"))
+        if majmin:
+            held[majmin.strip()] = who
+    return held, unknown
+
+
+def _speakup_ttys(fs: Sysfs, unknown: list[str]) -> list[tuple[str, str]]:
+    """Speakup, the kernel's screen reader, drives a hardware speech synthesizer through the
+    tty its synth module names (``speakup_ltlk dev=ttyUSB0``: a USB serial adapter), opened in
+    the kernel (``tty_kopen_exclusive``), while that synth is the one selected
+    (``/sys/accessibility/speakup/synth``): taking the adapter silences the console's blind
+    user. Loaded with either file unreadable, which tty it holds cannot be told."""
     if not fs.sys("module", "speakup").exists():
-        return {}, []
+        return []
     synth = fs.read(fs.sys("accessibility", "speakup", "synth"))
     if synth is not None and synth.strip() in _SPEAKUP_NO_TTY:
-        return {}, []
+        return []
     params = fs.sys("module", f"speakup_{(synth or '').strip()}", "parameters")
     tty = _speakup_tty(fs.read(params / "dev"), fs.read(params / "ser")) if synth else None
     if tty is None:
         unread = "/sys/accessibility/speakup/synth" if synth is None else f"{params}/dev"
-        return {}, [f"speakup is loaded and {unread} cannot be read: which tty its "
-                    "synthesizer holds cannot be told"]
-    who = f"speakup's synthesizer {synth.strip()} (speakup_{synth.strip()}: {tty})"
-    held = {tty: who}
-    majmin = fs.read(fs.sys("class", "tty", tty, "dev"))
-    if majmin:
-        held[majmin.strip()] = who
-    return held, []
+        unknown.append(f"speakup is loaded and {unread} cannot be read: which tty its "
+                       "synthesizer holds cannot be told")
+        return []
+    return [(tty, f"speakup's synthesizer {synth.strip()} (speakup_{synth.strip()}: {tty})")]
+
+
+def _braille_ttys(fs: Sysfs, unknown: list[str]) -> list[tuple[str, str]]:
+    """The kernel's braille console (``console=brl,ttyS0`` on the command line: a braille
+    display on that serial port reads the console out), which /proc/consoles does not list.
+    An unreadable /proc/cmdline on a real host leaves it untold."""
+    cmdline = fs.read(fs.proc("cmdline"))
+    if cmdline is None:
+        if fs.real_host:
+            unknown.append("/proc/cmdline cannot be read: whether the kernel's braille "
+                           "console (console=brl,TTY) is on a tty cannot be told")
+        return []
+    return [(m, f"the braille console (console=brl,{m} on /proc/cmdline)")
+            for m in re.findall(r'(?:^|\s)"?console="?brl,([^,\s"]+)', cmdline)]
 
 
 def _speakup_tty(dev: "str | None", ser: "str | None") -> "str | None":

@@ -277,3 +277,19 @@ def test_2g_a_synth_selected_after_the_proof_is_refused_under_the_claim(host):
     (host.sys / "accessibility/speakup/synth").write_text("ltlk\n")
     with pytest.raises(HostDeviceError, match="speakup"):
         _held_since(fs, [("usb-host 4-1", path)], "the hand-over", _claimed_view(fs, [], set()))
+
+
+def test_2h_the_braille_console_on_the_adapter_is_not_taken(host):
+    """``console=brl,ttyUSB0`` on the command line: the kernel's braille console reads the
+    console out on a braille display through the adapter, in no /proc/consoles line and with
+    no process fd; the adapter and the xHCI above it are in use, named. Control: a serial
+    console elsewhere (``console=ttyS0``) is not the adapter's."""
+    from harness.host.safety import HostUsage
+    _synth_on_ttyusb0(host, "none", module="speakup_ltlk")
+    host.file("proc/cmdline", "BOOT_IMAGE=/vmlinuz ro console=ttyS0,115200n8\n")
+    assert HostUsage.read(host.root).usb_verdict(_usb(host, "4-1")).idle
+    host.file("proc/cmdline", "BOOT_IMAGE=/vmlinuz ro console=brl,ttyUSB0 quiet\n")
+    usage = HostUsage.read(host.root)
+    for verdict in (usage.usb_verdict(_usb(host, "4-1")), usage.verdict(XHCI)):
+        assert not verdict.idle, verdict
+        assert any("braille console" in u for u in verdict.uses), verdict
