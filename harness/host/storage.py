@@ -1724,8 +1724,9 @@ class StorageView:
         self.consoles, self.unnumbered_consoles = _consoles(fs, problems)
 
         #: ttys the kernel opens for itself, in no /proc/consoles line and with no process fd
-        #: (speakup's hardware synthesizer): name and MAJ:MIN -> who; and why which ones it
-        #: holds cannot be told (every tty below a device is then unproven).
+        #: (speakup's hardware synthesizer, the braille console): name and MAJ:MIN -> who;
+        #: and why which ones it holds cannot be told (every tty below a device is then
+        #: unproven).
         self.kernel_ttys, self.kernel_ttys_unknown = _kernel_ttys(fs)
 
     @classmethod
@@ -1838,7 +1839,8 @@ def _speakup_ttys(fs: Sysfs, unknown: list[str]) -> list[tuple[str, str]]:
     params = fs.sys("module", f"speakup_{(synth or '').strip()}", "parameters")
     tty = _speakup_tty(fs.read(params / "dev"), fs.read(params / "ser")) if synth else None
     if tty is None:
-        unread = "/sys/accessibility/speakup/synth" if synth is None else f"{params}/dev"
+        unread = "/sys/accessibility/speakup/synth" if synth is None else \
+            f"{params}/{'ser' if fs.read(params / 'dev') else 'dev'}"
         unknown.append(f"speakup is loaded and {unread} cannot be read: which tty its "
                        "synthesizer holds cannot be told")
         return []

@@ -84,6 +84,9 @@ Looked at, no finding (each held, is a stated limit, an over-refusal, or not a r
   end until the give-back. docs/vfio.md could say so beside the BMC's shared port.
 
 Tests 2 and 2b assert the safe behaviour and fail on 16a9c14; 1 and 2c are controls and pass.
+Tests 2d-2i (fix 46a) hold the fix's edges: speakup loaded with its synth, ``dev`` or ``ser``
+unreadable (unproven, named), ``none`` and another synth's ``ttyS<ser>`` (controls), a synth
+selected after the proof (refused under the claim), the braille console (``console=brl,``).
 A fake sysfs/proc tree plays the host (:mod:`.fakesysfs`); no guest is booted.
 """
 
@@ -293,3 +296,14 @@ def test_2h_the_braille_console_on_the_adapter_is_not_taken(host):
     for verdict in (usage.usb_verdict(_usb(host, "4-1")), usage.verdict(XHCI)):
         assert not verdict.idle, verdict
         assert any("braille console" in u for u in verdict.uses), verdict
+
+
+def test_2i_the_default_dev_with_ser_unreadable_is_unproven_naming_ser(host):
+    """``dev`` the default ``ttyS0`` and ``ser`` unreadable: ttyS0 or ttyS<ser> cannot be told
+    apart, so the tty is unproven, naming ``ser``."""
+    from harness.host.safety import HostUsage
+    _synth_on_ttyusb0(host)
+    (host.sys / "module/speakup_ltlk/parameters/dev").write_text("ttyS0\n")
+    (host.sys / "module/speakup_ltlk/parameters/ser").unlink()
+    verdict = HostUsage.read(host.root).usb_verdict(_usb(host, "4-1"))
+    assert not verdict.idle and any("parameters/ser cannot be read" in u for u in verdict.uses)
