@@ -12,7 +12,9 @@ found, one section below:
    on ``NETDEV_DOWN`` only mark its port DOWN, ``IB_EVENT_PORT_ERR``), and it is
    *unregistered* at ``NETDEV_UNREGISTER`` (``ib_unregister_device_queued``), which the
    unbind is; nothing makes it again when the port comes back (``rdma link add`` is run by
-   hand, or by a boot-time unit, never on a hot-plug of the port), so every user of it loses
+   hand, or by a boot-time unit, never on a hot-plug of the port; siw's own notifier says so
+   at ``NETDEV_REGISTER``: "Device registration now handled only by rdma netlink commands"),
+   so every user of it loses
    it for good: an nvmet-rdma port (``/sys/kernel/config/nvmet/ports/N``, ``trtype rdma``)
    or an NVMe-oF/RDMA host controller (``nvme connect -t rdma``, reconnecting every 10 s
    while the port is down, its ``/dev/nvmeXnY`` kept until ``ctrl_loss_tmo``; with
@@ -39,9 +41,47 @@ found, one section below:
    harness cannot list: a problem) is a use, named (``rdma link delete rxe0`` first, if it may
    go); a software one (no parent device) even with its port DOWN.
 
-The tests assert the safe behaviour and fail on aff6134; the controls show an rxe device on
+The tests assert the safe behaviour and fail on aff6134; the control shows an rxe device on
 another port (the uplink) leaving the down port idle. A fake sysfs/proc tree plays the host
 (:mod:`.fakesysfs`'s lab host), ``rdma`` by monkeypatched output; no guest is booted.
+
+Looked at, no test (each held, is refused already, is a fail-closed over-refusal, or not a
+real shape):
+
+* read 45b's fixes: ``_read_xfrm``/``_xfrm_policies`` (PF_KEY's ``setkey`` cannot set a
+  selector's ``dev``; strongSwan sets ``sel.ifindex`` on policies only), ``_tc_other_link``/
+  ``_note_indev``: a filter on a *shared block* (``tc qdisc add dev d2 ingress_block 22
+  clsact``, ``tc filter add block 22 ... u32 ... indev d0``) is dumped by ``tc -j filter
+  show dev d2 ingress`` with its ``input_dev`` (checked on this host, kernel 6.18, iproute2
+  6.1), so it is read. (The known gap, filters on an htb/hfsc class or a non-root qdisc, is
+  being fixed elsewhere.)
+* nftables netdev chains hooked by an *altname* (``ip link property add dev d0 altname
+  uplink0``; ``device "uplink0"``): checked here, on 6.18 the hook does not attach to ``d0``
+  at all (its counter stays 0 while ``d0``'s own chain counts), and before 6.16 the dump
+  names the device by its primary name: nothing missed. netconsole by an altname: its
+  ``local_mac`` names the port once enabled (read already).
+* what a down flushes, checked here (a namespace of its own): permanent and proxy
+  neighbours, nexthop objects, IPv4/IPv6 routes through it; a route on another port with
+  ``src`` = the port's address stays, but that address is not local while the port is down
+  (its local route is flushed), so that route is broken already. Kept with a stale index:
+  ``ip addrlabel add prefix ... dev d0`` (``dev if3`` after the port is made again) and a
+  static multicast MAC (``ip maddr add``, ``/proc/net/dev_mcast`` global use 1): no lab
+  software found that sets either.
+* network storage initiators over the down port (NVMe/TCP ``--host-iface``/
+  ``--host-traddr``, iSCSI iface binding, NFS): they bind by name or by the port's address
+  on each reconnect, so the port given back is used again (the address's loss is the rule's
+  own, for a down port); a connected one is a socket on its address (read).
+* `.ci/check-root-tree`'s ``find -xdev``: a filesystem mounted inside the checkout (a data
+  disk at ``fixtures/images/build``) is not looked into, nor are links in it followed
+  (checked here: a file of ``nobody``'s in a tmpfs mounted there passes; without ``-xdev``
+  it is refused); but every part of the image cache root uses is checked again at run time
+  by :func:`harness.core.paths.check_trusted_tree` (``os.walk``, which crosses mounts:
+  ``debroot.build_once`` for the built-in image, the lab image and its QEMU), so that
+  fails closed; a mount over code (``.venv``, ``harness/``) is not a real shape.
+* :mod:`harness.report.retention` ``prune`` and :mod:`harness.run.hygiene` (real folders of
+  ours only); ``ci/`` (protected refs only, the root grant, the checked tree before make,
+  ``restore`` after; keys excluded from the artifacts); ``_nothing_tested`` and the give-back
+  failing the run.
 """
 
 from __future__ import annotations
@@ -77,7 +117,8 @@ def _soft_rdma(lab, monkeypatch, name: str, kind: str, netdev: str) -> None:
     (cls / name).symlink_to(f"../../devices/virtual/infiniband/{name}")
     listing = [{"ifindex": 0, "ifname": name, "port": 1, "state": "DOWN",
                 "physical_state": "DISABLED", "netdev": netdev, "netdev_index": 4}]
-    lab.file("rdma-link.json", json.dumps(listing))
+    for where in ("rdma-link.json", "ip/rdma-link.json"):  # (a fake root's, either place)
+        lab.file(where, json.dumps(listing))
     real = network._run
 
     def run(fs, argv, fake, *a, **k):
@@ -99,3 +140,4 @@ def test_control_1_a_soft_rdma_device_on_the_uplink_leaves_it_idle(lab, monkeypa
     _soft_rdma(lab, monkeypatch, "rxe0", "rxe", "enp2s0")
     verdict = HostUsage.read(lab.root).verdict(_BDF)
     assert not verdict.uses, verdict.uses
+
