@@ -152,6 +152,11 @@ class Namespace:
         #: the filters read show (:func:`_tc_filters`): what a mirror's target is told it
         #: is taken from.
         self.mirred_from: dict[int, str] = {}
+        #: Software RDMA devices (:func:`_read_rdma`) listed here, and those of them whose
+        #: port names an interface of this namespace: one tied to none anywhere is a problem
+        #: (:func:`_rdma_untied`).
+        self.rdma_seen: set[str] = set()
+        self.rdma_tied: set[str] = set()
         self.problems: list[str] = []
 
 
@@ -190,6 +195,7 @@ class NetView:
                          "old), so which PCI function's port it is cannot be told"
                          for name, link in ns.links.items()
                          if "parentdev" not in link and _physical(fs, ns, name, link)]
+        problems += _rdma_untied(fs, spaces)
         return cls(fs, spaces, problems)
 
     def netdevs_of(self, path: str | None, own_names: list[str]) -> list[Netdev]:
@@ -1048,6 +1054,7 @@ def _read_namespace(fs: Sysfs, ns: Namespace) -> Namespace:
     _read_kernel_users(fs, ns, where)
     _read_multicast(fs, ns, where)
     _read_pktgen(fs, ns, where)
+    _read_rdma(fs, ns, where)
     _read_tc(fs, ns, where)
     _read_nft(fs, ns, where)
     return ns
@@ -1473,6 +1480,137 @@ def _read_pktgen(fs: Sysfs, ns: Namespace, where: str) -> None:
                 ns.kernel_users.setdefault(name.split("@")[0], []).append(
                     f"is a device of pktgen's {thread} ({state.lower()}, as {name}), removed "
                     "from it with its setup at the unbind")
+
+
+#: ``rdma -j link show``: every port of every RDMA device this namespace sees, with the
+#: interface it runs over (``netdev``, ``netdev_index``) when that is in this namespace.
+_RDMA = ["rdma", "-j", "link", "show"]
+
+
+def _rdma_possible(fs: Sysfs) -> bool:
+    """Whether an RDMA device can exist: ib_core is there (its class, /sys/class/infiniband,
+    is made when it loads) and either lists a device in the harness's namespace or shares
+    none (``netns_mode`` N, ``rdma system set netns exclusive``: a device moved to another
+    namespace shows only in that one's sysfs). Without ib_core there is none, and asking
+    ``rdma`` would load it (its netlink family is ib_core's: ``request_module``)."""
+    cls = fs.sys("class", "infiniband")
+    try:
+        if any(cls.iterdir()):
+            return True
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # (cannot be listed: read, not ruled out unseen)
+    mode = fs.read(fs.sys("module", "ib_core", "parameters", "netns_mode"))
+    return mode is not None and mode.strip() not in ("Y", "1")
+
+
+def _rdma_software(fs: Sysfs, device: str) -> bool:
+    """Whether an RDMA device is a software one (Soft-RoCE's ``rxe``, Soft-iWARP's ``siw``):
+    registered with no parent device (since 5.10), so it sits in
+    /sys/devices/virtual/infiniband, below no PCI function, and the unbind of its port
+    unregisters it for good; rxe before 5.10 sat below its port's device, and tells itself
+    by its ``parent`` file (the interface it runs over) wherever it sits. One the harness's
+    sysfs does not show (another namespace's, in exclusive mode) counts as one: where it
+    sits cannot be read."""
+    entry = fs.sys("class", "infiniband", device)
+    if not entry.exists() or (entry / "parent").exists():
+        return True
+    virtual = os.path.realpath(fs.sys("devices", "virtual"))
+    return os.path.realpath(entry).startswith(virtual + "/")
+
+
+def _read_rdma(fs: Sysfs, ns: Namespace, where: str) -> None:
+    """Each software RDMA device over a port (``rdma link add rxe0 type rxe netdev
+    enp5s0f1``, ``type siw``), filed in ``ns.kernel_users`` whatever its port's state: the
+    down only marks its port DOWN, the unbind (``NETDEV_UNREGISTER``) unregisters it, and
+    nothing makes it again when the port comes back, so an nvmet-rdma port, an ``nvme
+    connect -t rdma`` controller, an NFS/RDMA mount or an iSER session on it (no socket shows
+    any) are lost for good. A hardware one is the function's own and is judged below it
+    (:func:`harness.host.safety._rdma_ports_up`). Read in every namespace (a port is named
+    only in its own namespace's listing) where one can exist (:func:`_rdma_possible`), from
+    ``rdma -j link show``, or from sysfs (rxe's ``parent``, a port's ``gid_attrs/ndevs``)
+    where ``rdma`` is missing. Output that cannot be read is a problem of ``ns``."""
+    if not _rdma_possible(fs):
+        return
+    missing = shutil.which("rdma") is None if fs.real_host else \
+        not (ns.fake / "rdma-link.json").exists()
+    if missing:
+        ports = _rdma_sysfs_ports(fs, ns)
+    else:
+        try:
+            text = _run(fs, ns.enter + _RDMA, ns.fake / "rdma-link.json", ns.fds, **_by(ns))
+            ports = _rdma_ports(ns, _ip_json(text or "[]"))
+        except (OSError, ValueError, TypeError) as e:
+            ns.problems.append(f"`rdma {' '.join(_RDMA[1:])}`{where} cannot be read: {e}: a "
+                               "software RDMA device (rxe, siw) on a port is unregistered "
+                               "for good at the unbind")
+            return
+    for device, port, state, netdev in ports:
+        if not _rdma_software(fs, device):
+            continue
+        ns.rdma_seen.add(device)
+        if netdev is None:
+            continue
+        ns.rdma_tied.add(device)
+        ns.kernel_users.setdefault(netdev, []).append(
+            f"carries the software RDMA device {device} (port {port}, {state}), which the "
+            "unbind unregisters for good, with what uses it (an NVMe over RDMA target or "
+            "host, an NFS over RDMA mount, an iSER session): nothing makes it again when the "
+            f"port comes back (`rdma link delete {device}` first, if it may go)")
+
+
+def _rdma_ports(ns: Namespace, listing) -> list[tuple[str, str, str, "str | None"]]:
+    """(device, port, state, the link of ``ns`` it runs over or None) of each port of ``rdma
+    -j link show``: ``netdev``, or ``netdev_index`` as the link of that index. Raises
+    ValueError."""
+    if not isinstance(listing, list) or not all(isinstance(p, dict) for p in listing):
+        raise ValueError("not a list of objects")
+    out = []
+    for p in listing:
+        if not isinstance(p.get("ifname"), str):
+            raise ValueError(f"a port with no device: {p!r}")
+        netdev = p.get("netdev")
+        if not isinstance(netdev, str) and type(p.get("netdev_index")) is int:
+            netdev = _link_named(ns, f"if{p['netdev_index']}")
+        out.append((p["ifname"].partition("/")[0], str(p.get("port", "?")),
+                    str(p.get("state", "?")), netdev if isinstance(netdev, str) else None))
+    return out
+
+
+def _rdma_sysfs_ports(fs: Sysfs, ns: Namespace) -> list[tuple[str, str, str, "str | None"]]:
+    """:func:`_rdma_ports` from the harness's sysfs, where ``rdma`` is missing: each device's
+    ports, each tied to the links of ``ns`` its device's ``parent`` (rxe) or the port's
+    ``gid_attrs/ndevs/N`` (a RoCE GID's interface) names, or to none (siw: sysfs names no
+    interface; an unknown name; a device only another namespace shows). A name is matched in
+    every namespace (sysfs names no namespace): a false "in use" keeps a port, a miss loses
+    the device."""
+    out = []
+    for dev in sorted(fs.sys("class", "infiniband").glob("*")):
+        names = {fs.read(dev / "parent")}
+        names |= {fs.read(n) for n in dev.glob("ports/*/gid_attrs/ndevs/*")}
+        names = {n.strip() for n in names if n and n.strip()} & ns.links.keys()
+        for port in sorted(dev.glob("ports/*")) or [dev / "ports" / "?"]:
+            state = (fs.read(port / "state") or "?").partition(":")[2].strip() or "?"
+            out += [(dev.name, port.name, state, n) for n in sorted(names)] or \
+                [(dev.name, port.name, state, None)]
+    return out
+
+
+def _rdma_untied(fs: Sysfs, spaces: list[Namespace]) -> list[str]:
+    """A software RDMA device whose port names an interface in no namespace read (``rdma``
+    missing and sysfs silent, siw's; a device in one namespace over a port of another, in
+    exclusive mode; or one the harness's sysfs lists and no ``rdma`` listing showed) is a
+    problem: which port it is on cannot be told, and the unbind of that port loses it."""
+    seen = set().union(*(ns.rdma_seen for ns in spaces))
+    seen |= {d.name for d in fs.sys("class", "infiniband").glob("*")
+             if _rdma_software(fs, d.name)}
+    tied = set().union(*(ns.rdma_tied for ns in spaces))
+    return [f"the software RDMA device {d} names no interface the harness can read (`rdma "
+            "-j link show` in each namespace, or sysfs where `rdma` is missing): which port "
+            "it runs over cannot be told, and the unbind of that port unregisters it for "
+            f"good (install iproute2's `rdma`, or `rdma link delete {d}` first, if it may go)"
+            for d in sorted(seen - tied)]
 
 
 #: The groups the kernel joins on an interface by itself, no socket asking: all-hosts, the
