@@ -10,8 +10,10 @@ restricted to it (``dev``; read where ``xfrm_user`` is loaded or built in), no s
 it or using its address (a connection from it, which ``ss`` prints with no ``%ifname``; SCTP
 ones too where ``sctp`` is loaded), no multicast routing interface (VIF), no multicast group
 joined on it other than the kernel's own (/proc/net/igmp and igmp6: a receiver's join by its
-index), no pktgen thread that has it, and no protocol handler bound to it (/proc/net/ptype: a
-TIPC bearer), no tc or nftables hook on it (a qdisc someone configured, any but the kernel's
+index), no pktgen thread that has it, no software RDMA device over it (Soft-RoCE's ``rxe``,
+Soft-iWARP's ``siw``, whatever its port's state: the unbind unregisters it for good; read
+where ib_core is there, as asking would load it), and no protocol handler bound to it
+(/proc/net/ptype: a TIPC bearer), no tc or nftables hook on it (a qdisc someone configured, any but the kernel's
 own of handle ``0:``: a classful root with its filters, shaping alone, an
 ``ingress``/``clsact``; a filter on a default root that takes one; a filter on any link's root
 or hook matching it as its input device, ``indev``; a tcx program (listed by a ``bpftool`` of
@@ -26,7 +28,8 @@ a dump that loads none), and is down or has no address at all (an IPv6 link-loca
 counts: SSH may run over it).
 What cannot be read (``ip`` or ``ss`` missing, ``tc``, ``nft``, ``bpftool`` or ``bridge``
 where they are needed, a namespace the harness cannot enter, a device in another namespace
-whose lower device cannot be told) makes every interface unproven: :attr:`NetView.problems`.
+whose lower device cannot be told, a software RDMA device tied to no interface read) makes
+every interface unproven: :attr:`NetView.problems`.
 
 Namespaces: the harness's own, every named one (``ip -all netns``, ``/var/run/netns``), and
 every other one anything holds: a process lives in it (a container's, ``/proc/PID/ns/net``),
@@ -53,7 +56,9 @@ route``, read when ``proc/sys/net/mpls/platform_labels`` exists), ``mptcp.json``
 endpoint show``, read when ``proc/sys/net/mptcp`` exists), ``xfrm-policy.txt`` (``ip xfrm
 policy show``, read where ``xfrm_user`` is) and ``packet.txt`` (``/proc/net/packet``; and
 ``ptype.txt``, ``ip_mr_vif.txt``, ``ip6_mr_vif.txt``, ``igmp.txt``, ``igmp6.txt``, read
-when the harness's own ``proc/net`` has that file) likewise; ``tc-qdisc.json`` where a port
+when the harness's own ``proc/net`` has that file) likewise; ``rdma-link.json`` (``rdma -j
+link show``, where ``sys/class/infiniband`` lists a device or ib_core shares none; without
+it, as on a host with no ``rdma``, sysfs is read); ``tc-qdisc.json`` where a port
 sits on a device; ``tc-filter-<link>-<hook|handle|root>.json`` for a qdisc of any link that
 can hold filters; ``tc-mirred.json``, ``bpftool-net.json`` (with ``bpftool-version.json``) and
 ``nft-ruleset.json`` (and ``nft-chains.txt``/``nft-flowtables.txt``,
