@@ -1,31 +1,30 @@
 """The host's network interfaces in every network namespace, read to prove a NIC idle.
 
 A network interface (netdev) is *idle* when it has no upper device (a bridge, bond, OVS or VRF
-master; a VLAN, macvlan or ipvlan on top of it; a VXLAN or HSR/PRP device bound to it), no
-route in any routing table of its namespace (ECMP ``nexthops`` included, and one whose
-``encap`` sends into it: SRv6 ``seg6local``'s ``oif``, ``xfrm``'s ``link_dev``) nor in its MPLS
-label table, no VXLAN forwarding or multicast (MDB) entry sent ``via`` it, no MPTCP endpoint on
-it (kept with its index through the unregister), no IPsec (xfrm) policy whose selector is
-restricted to it (``dev``; read where ``xfrm_user`` is loaded or built in), no socket bound to
-it or using its address (a connection from it, which ``ss`` prints with no ``%ifname``; SCTP
-ones too where ``sctp`` is loaded), no multicast routing interface (VIF), no multicast group
-joined on it other than the kernel's own (/proc/net/igmp and igmp6: a receiver's join by its
-index), no pktgen thread that has it, no software RDMA device over it (Soft-RoCE's ``rxe``,
-Soft-iWARP's ``siw``, whatever its port's state: the unbind unregisters it for good; read
-where ib_core is there, as asking would load it), and no protocol handler bound to it
-(/proc/net/ptype: a TIPC bearer), no tc or nftables hook on it (a qdisc someone configured, any but the kernel's
-own of handle ``0:``: a classful root with its filters, shaping alone, an
-``ingress``/``clsact``; a filter on a default root that takes one; a filter on any link's root
-or hook matching it as its input device, ``indev``; a tcx program (listed by a ``bpftool`` of
-7.3 or later: an older one lists none), the target of a ``tc mirred`` action on any port, a
-chain or flowtable hooked on it, its devices read from ``nft list chains`` where ``nft -j``
-names none, a ``dup``/``fwd`` to it from a rule on any port, a rule matching it by its index,
-``iif``/``oif`` (a map keyed by it anywhere in a statement, ``snat to oif map``, and a ``fib``
-``oif`` compared with it, included), named sets of ``iface_index`` read for their elements:
-each kept through a down and deleted, or left sending to or matching nothing, at the unbind;
-each read only where its module is loaded or built in, as asking would load it, but the qdiscs,
-a dump that loads none), and is down or has no address at all (an IPv6 link-local address
-counts: SSH may run over it).
+master; a VLAN, macvlan or ipvlan on top of it; a VXLAN or HSR/PRP device bound to it), no route
+in any routing table of its namespace (ECMP ``nexthops`` included, and one whose ``encap`` sends
+into it: SRv6 ``seg6local``'s ``oif``, ``xfrm``'s ``link_dev``) nor in its MPLS label table, no
+VXLAN forwarding or multicast (MDB) entry sent ``via`` it, no MPTCP endpoint on it (kept with
+its index through the unregister), no IPsec (xfrm) policy whose selector is restricted to it
+(``dev``; read where ``xfrm_user`` is loaded or built in), no socket bound to it or using its
+address (a connection from it, which ``ss`` prints with no ``%ifname``; SCTP ones too where
+``sctp`` is loaded), no multicast routing interface (VIF), no multicast group joined on it other
+than the kernel's own (/proc/net/igmp and igmp6: a receiver's join by its index), no pktgen
+thread that has it, no software RDMA device over it (Soft-RoCE's ``rxe``, Soft-iWARP's ``siw``,
+whatever its port's state: the unbind unregisters it for good; read where ib_core is there, as
+asking would load it), and no protocol handler bound to it (/proc/net/ptype: a TIPC bearer), no
+tc or nftables hook on it (a qdisc someone configured, any but the kernel's own of handle
+``0:``: a classful root with its filters, shaping alone, an ``ingress``/``clsact``; a filter on
+a default root that takes one; a filter on any link's root or hook matching it as its input
+device, ``indev``; a tcx program (listed by a ``bpftool`` of 7.3 or later: an older one lists
+none), the target of a ``tc mirred`` action on any port, a chain or flowtable hooked on it, its
+devices read from ``nft list chains`` where ``nft -j`` names none, a ``dup``/``fwd`` to it from
+a rule on any port, a rule matching it by its index, ``iif``/``oif`` (a map keyed by it anywhere
+in a statement, ``snat to oif map``, and a ``fib`` ``oif`` compared with it, included), named
+sets of ``iface_index`` read for their elements: each kept through a down and deleted, or left
+sending to or matching nothing, at the unbind; each read only where its module is loaded or
+built in, as asking would load it, but the qdiscs, a dump that loads none), and is down or has
+no address at all (an IPv6 link-local address counts: SSH may run over it).
 What cannot be read (``ip`` or ``ss`` missing, ``tc``, ``nft``, ``bpftool`` or ``bridge``
 where they are needed, a namespace the harness cannot enter, a device in another namespace
 whose lower device cannot be told, a software RDMA device tied to no interface read) makes
