@@ -1682,18 +1682,7 @@ class StorageView:
         self.by_name: dict[str, list[str]] = {}
         #: Filesystems whose disks cannot be told (ZFS pools, a device that resolves nowhere).
         self.unmapped: list[str] = []
-        looked = _look_up_mounts(fs, mounts, budget or Budget(MOUNT_TABLES_BUDGET), problems)
-        for m in mounts:
-            what = "used as swap" if m.mountpoint == "swap" else f"mounted on {m.mountpoint}"
-            if m.majmin and not m.majmin.startswith("0:"):
-                self.by_majmin.setdefault(m.majmin, []).append(what)
-            if (m.source, m.majmin) not in looked:
-                continue  # (past the budget: a problem, counted)
-            name, on_a_disk = looked[(m.source, m.majmin)]
-            if name:
-                self.by_name.setdefault(name, []).append(what)
-            if m.fstype in _POOL_FS | _AUTOMOUNT_FS or (name is None and not on_a_disk):
-                self.unmapped.append(f"{m.mountpoint} ({m.source}, {m.fstype})")
+        self._map_mounts(fs, mounts, budget or Budget(MOUNT_TABLES_BUDGET), problems)
         if fs.sys("module", "zfs").exists():
             self.unmapped.append("ZFS is loaded (its pools hold disks the harness cannot tell)")
         self.btrfs = {p.name: p.parent.parent.name
@@ -1728,6 +1717,23 @@ class StorageView:
         #: and why which ones it holds cannot be told (every tty below a device is then
         #: unproven).
         self.kernel_ttys, self.kernel_ttys_unknown = _kernel_ttys(fs)
+
+    def _map_mounts(self, fs: Sysfs, mounts: list[Mount], budget: "Budget",
+                    problems: list[str]) -> None:
+        """Files each mount (and swap) under its device's number and its disk's name; one
+        whose disk cannot be told goes to :attr:`unmapped`."""
+        looked = _look_up_mounts(fs, mounts, budget, problems)
+        for m in mounts:
+            what = "used as swap" if m.mountpoint == "swap" else f"mounted on {m.mountpoint}"
+            if m.majmin and not m.majmin.startswith("0:"):
+                self.by_majmin.setdefault(m.majmin, []).append(what)
+            if (m.source, m.majmin) not in looked:
+                continue  # (past the budget: a problem, counted)
+            name, on_a_disk = looked[(m.source, m.majmin)]
+            if name:
+                self.by_name.setdefault(name, []).append(what)
+            if m.fstype in _POOL_FS | _AUTOMOUNT_FS or (name is None and not on_a_disk):
+                self.unmapped.append(f"{m.mountpoint} ({m.source}, {m.fstype})")
 
     @classmethod
     def read(cls, fs: Sysfs, held: "frozenset[str]" = frozenset()) -> "StorageView":
