@@ -2,8 +2,9 @@
 USB controller, storage controller or NIC, after 46a's ``kernel_ttys``), on main at 458a7c1.
 What it found, one section below (numbered as its tests):
 
-1. (low likelihood: a host whose kernel builds ``CONFIG_INPUT_MOUSEDEV_PSAUX``, and a
-   pointer user that reads the PS/2 name) ``/dev/psaux`` is the same multiplexed mouse as
+1. (low likelihood: a pointer user that reads the PS/2 name; the node itself is on every
+   Debian kernel, whose ``debian/config/config`` sets ``CONFIG_INPUT_MOUSEDEV=y`` and
+   ``CONFIG_INPUT_MOUSEDEV_PSAUX=y``) ``/dev/psaux`` is the same multiplexed mouse as
    ``/dev/input/mice``, under another name and number. mousedev registers it as the misc
    device ``psaux`` (10:1, ``PSMOUSE_MINOR``, ``/sys/devices/virtual/misc/psaux``: below no
    device), and ``mousedev_open`` opens ``mousedev_mix`` for any node of ``MISC_MAJOR``:
