@@ -334,12 +334,7 @@ class HostUsage:
                  "shows no network interface here (another namespace may use it)"
                  for name, driver, has_net in tree.usb_interfaces
                  if driver in _USB_NIC_DRIVERS and not has_net]
-        # (by number too, as every node: a container's --device /dev/input/mice:/dev/input/
-        # pointer is 13:63, mousedev's fixed minor for the mixed device, at another path)
-        mice = self.storage.opened.users("char", "input/mice", "13:63")
-        if mice and any(n.name.startswith("mouse") for n, _ in tree.char_nodes):
-            uses.append(f"a mouse below {label} feeds /dev/input/mice, open by "
-                        f"{', '.join(mice)}")
+        uses += _mice_fed(self.storage.opened, label, tree)
         self._gpio(label, tree, uses)
         uses += _phys_used_elsewhere(label, path, tree)
         uses += _midi_held_by_the_kernel(self.fs, label, tree)
@@ -1122,6 +1117,19 @@ def _pps_pulsed(fs: Sysfs, label: str, tree: "_Subtree") -> list[str]:
                 ": the clock's pulse per second (pps_enable, which cannot be read back) may "
                 "go out of the card with no process, node or pin to show it")
     return uses
+
+
+def _mice_fed(opened: OpenFiles, label: str, tree: "_Subtree") -> list[str]:
+    """A mouse below ``label`` feeds the host's mixed mouse, open by a process: through
+    ``/dev/input/mice`` or its other name ``/dev/psaux`` (misc 10:1, with
+    ``CONFIG_INPUT_MOUSEDEV_PSAUX``, as Debian builds it: the same stream, below no device;
+    ``gpm -m /dev/psaux``), by number too, as every node (a container's ``--device
+    /dev/input/mice:/dev/input/pointer`` is 13:63 at another path)."""
+    if not any(n.name.startswith("mouse") for n, _ in tree.char_nodes):
+        return []
+    return [f"a mouse below {label} feeds /dev/{node}, open by {', '.join(mice)}"
+            for node, majmin in (("input/mice", "13:63"), ("psaux", "10:1"))
+            if (mice := opened.users("char", node, majmin))]
 
 
 def _phys_used_elsewhere(label: str, path: str, tree: "_Subtree") -> list[str]:
