@@ -33,6 +33,23 @@ Looked at, no finding (each held, is a stated limit, an over-refusal, or not a r
 * Tool nodes below no device (:func:`_tool_node_uses`, :func:`_module_nodes`,
   :func:`_raw_access_uses`), /dev/mem and /dev/port, /proc/bus/pci and sysfs BARs
   (:meth:`HostUsage._bars`), including a VF's on no driver.
+* The claims under the lock (:func:`harness.host.binding.disks_claimed`): an empty card
+  reader or CD drive (ENOMEDIUM) is not claimed, so a card put in during the change's own
+  window (QEMU's ``device_add``, vfio's unbind) can be automounted and lost: the same
+  residual as a disk plugged in after :func:`_nothing_new_below`, which docs/vfio.md states;
+  not a finding.
+* ACS (:func:`harness.host.safety.acs_off`): only the target's own path to its root port
+  matters for the guest's DMA; ACS switched off on a *sibling's* downstream port (GPUDirect
+  set-ups) lets that host device reach the target peer to peer, not the guest reach the
+  host. EHCI/UHCI companions (Intel ICH/PCH, AMD SB7xx/8xx, VIA, NEC uPD720101 cards) are
+  one multifunction slot without ACS: one group, every companion listed and judged.
+* SR-IOV (:meth:`VfioBinder.enable_vfs`): VFs that are there are reused with no write (no
+  proof of the PF needed); a write only on a proven-idle PF with none, autoprobe off first;
+  a PF that moves with VFs is refused before and under the claim (``vfs_removed``). SFs,
+  vDPA devices, mdevs, RDMA and ptp auxiliary devices below a function are bound devices
+  the rule does not judge: refused.
+* usb-host give-back (``_restore_usb``): a guest that switches the device's mode
+  (usb_modeswitch) or its configuration is reported (``gone`` / ``failed``), not passed.
 * The bind's mechanics: :func:`harness.host.binding._move_to_vfio` (override, unbind,
   ``drivers_probe``; new_id on kernels before 3.16, EEXIST tolerated) and ``_put_back``
   (``remove_id``, the group's and every member's nodes held refuse the give-back, a driver
