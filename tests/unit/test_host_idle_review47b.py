@@ -1,0 +1,131 @@
+"""Issue 31, read 47b (the network side: what sits on a down port from a namespace the
+harness does not find; the leases and the journal), on main at b625e37. What it found, one
+section below:
+
+1. An upper device of the port (a VLAN, a macvlan) that lives in a network namespace only the
+   kernel holds. The storage network of a lab host is kept apart in a named namespace, reached
+   through a VLAN of a host port rather than the port itself: ``ip link add link enp5s0f1
+   name stor0 type vlan id 100; ip link set stor0 netns storage; ip -n storage addr add
+   10.9.0.5/24 dev stor0; ip -n storage link set stor0 up; nsenter --net=/run/netns/storage
+   mount -t nfs4 filer:/scratch /scratch`` (``nsenter --net`` alone: the mount is in the host's
+   mount namespace, its RPC client in ``storage``), and later a clean-up script's ``ip netns
+   del storage``. The NFS client holds the namespace (``get_net`` in ``nfs_alloc_client``; the
+   same for a CIFS, Ceph or NVMe/TCP client made there), and with it ``stor0``, which no
+   process, fd, socket or bind mount names: read 29b, 5's holder, whose fix
+   (:func:`harness.host.safety._ports_unseen`) catches only a *port* moved in there (its
+   function then shows too few interfaces). An upper device moved there is seen from nowhere
+   the harness looks: the kernel drops the port's ``upper_*`` sysfs links when the two are in
+   different namespaces (``netdev_adjacent_is_neigh_list`` wants ``net_eq``), ``ip -d link
+   show enp5s0f1`` names no upper device, and :func:`harness.host.network._uppers` finds a
+   VLAN of another namespace only by reading that namespace (``link_netnsid``, a problem),
+   which it never finds. Checked on this host's 6.18 kernel with namespaces of its own (a
+   macvlan on a down veth ``d0``, moved to a second namespace that a process then held alone,
+   its name deleted): ``d0`` has no ``upper_*`` link, ``ip -j -d link show d0`` names nothing,
+   and the only trace in ``d0``'s namespace is ``ip -j netns list-id``: ``[{"nsid":0}]``, a
+   peer namespace with no name (the move allocated it: ``dev_change_net_namespace`` ->
+   ``peernet2id_alloc``). So a port that is down (set down by an operator who, from ``ip``,
+   sees nothing on it; or a storage leg down for a switch's maintenance) is proven idle
+   and taken; unregistering it (the unbind) deletes every VLAN and macvlan on it
+   (``vlan_device_event``/``macvlan_device_event`` on ``NETDEV_UNREGISTER``), so the NFS mount
+   (a ``hard`` one) loses its only interface for good: every process that touches /scratch
+   hangs in D state until the host is rebooted, where setting the port up again would have
+   let it carry on. Safe: a namespace the harness's own lists by ``nsid`` (``ip -j netns
+   list-id``, RTM_GETNSID) that is none of the namespaces it read (each one's nsid told by
+   RTM_GETNSID with its fd, ``NETNSA_FD``), or a network file system mount whose
+   ``clientaddr`` is an address of no namespace read (read 29b, 5's second sign), is a
+   namespace no holder names: every NIC is unproven, naming it.
+
+Looked at, no test (each held, is refused already, is a stated limit, or not a real shape):
+
+* the tc reads of reads 41b-45c with real iproute2 6.1 output in a namespace of its own (an
+  ``htb`` root with classes on a veth, ``u32 ... indev d0`` filters on chain 0 and chain 7):
+  ``tc -j filter show dev d2 parent 1:`` lists every chain's filters with ``input_dev``,
+  ``tc class show`` prints each class at column 0 as :func:`_tc_classes` reads it; the
+  kernel's own ``noop`` qdiscs are not dumped at all. Module gates (``_loaded``/
+  ``_built_in``): a kernel without /lib/modules is asked through /proc/config.gz, else counts
+  as built in.
+* nftables: ``iif``/``oif`` in concatenations, maps inside statements, named sets, ``fib``
+  ``oif``; iptables(-nft) matches by name (``-i``/``-o``, ``physdev``, ``TEE --oif`` by name
+  through its notifier): hold after a give-back.
+* IPv6 anycast joins (``IPV6_JOIN_ANYCAST``, kept through a down, destroyed at the
+  unregister) and a packet socket bound to no interface with a ``PACKET_ADD_MEMBERSHIP`` on
+  the port: no lab software found that does either (Mobile IPv6 home agents only).
+* sockets: an ``ss`` scope's ``%ifname``, /proc/net/packet's index, SCTP's addresses; the
+  port must be down to be taken, which stops what a socket on it carries (judged by reads
+  40b-44b).
+* :mod:`harness.run.hygiene` (``sweep_stale``/``sweep_run``: real folders of root's only),
+  ``run_tmp_prefix``; ``ci/`` and ``.ci/check-root-tree`` (``.pth`` ``import`` lines are
+  skipped, but the project builds with setuptools, whose editable finder is followed);
+  :class:`harness.run.backends.Vfio` ``_make_vfs`` and :func:`harness.host.binding.
+  _restore_sriov` (``_live_users_of_vfs``, ``_vfs_not_idle`` under the journal's lock).
+
+The test asserts the safe behaviour (refused, with the use named) and fails on b625e37; the
+controls show that the idle shape is still taken and that the same VLAN in the host's
+namespace is refused. A fake sysfs/proc tree plays the host (:mod:`.fakesysfs`'s lab host);
+no guest is booted.
+"""
+
+from __future__ import annotations
+
+import json
+
+from harness.host.safety import HostUsage
+
+from . import fakesysfs
+from .fakesysfs import link
+
+fake_root, lab = fakesysfs.fake_root, fakesysfs.lab  # fixtures
+
+PORT1 = "0000:05:00.1"           # enp5s0f1, the lab host's free 82599 port
+NFS_THROUGH_THE_HIDDEN_VLAN = (
+    "filer:/scratch /scratch nfs4 rw,relatime,vers=4.2,rsize=1048576,wsize=1048576,namlen=255,"
+    "hard,proto=tcp,timeo=600,retrans=2,sec=sys,clientaddr=10.9.0.5,local_lock=none,"
+    "addr=10.9.0.1 0 0\n")
+
+
+# -- 1. a VLAN of the down port in a namespace only the kernel holds ---------------------------
+
+
+def _storage_vlan_in_a_deleted_namespace(lab) -> None:
+    """``stor0`` (VLAN 100 of enp5s0f1) in the namespace ``storage``, whose name was deleted:
+    the NFS client of /scratch holds it. What the harness can read of it: the mount (the
+    host's mount namespace) and, in its own network namespace, a peer namespace with no
+    name listed by ``ip -j netns list-id``; enp5s0f1 itself is down in the host's namespace,
+    with no address, route or upper device it can see."""
+    mounts = (lab.root / "proc/mounts").read_text() + NFS_THROUGH_THE_HIDDEN_VLAN
+    lab.proc("mounts", mounts)
+    lab.file("ip/netns-list-id.json", json.dumps([{"nsid": 0}]))  # (`ip -j netns list-id`)
+
+
+def test_1_a_vlan_of_the_port_in_a_namespace_only_an_nfs_mount_keeps_is_not_missed(lab):
+    """Host shape: above (section 1). The harness reads the host's namespace (enp5s0f1 down,
+    nothing on it) and every namespace a process, fd, socket or mount holds; ``storage`` is
+    none of them. Expected: 05:00.1 is not proven idle: a namespace exists that the harness
+    cannot read (the peer nsid 0 its own namespace lists, no namespace read; an NFS mount
+    from 10.9.0.5, an address of no namespace read), and an upper device of the port may
+    sit there."""
+    _storage_vlan_in_a_deleted_namespace(lab)
+    verdict = HostUsage.read(lab.root).verdict(PORT1)
+    assert not verdict.idle, verdict
+    assert any("namespace" in u for u in verdict.uses), verdict.uses
+
+
+def test_control_1_the_same_vlan_in_the_hosts_namespace_is_refused(lab):
+    """Control: the rule is there. ``stor0`` left in the host's namespace (``ip -d`` shows
+    ``"link": "enp5s0f1"``): enp5s0f1 has the upper device stor0, in use."""
+    links = json.loads((lab.root / "ip/link.json").read_text())
+    links.append(link(6, "stor0", up=True, link="enp5s0f1",
+                      linkinfo={"info_kind": "vlan", "info_data": {"protocol": "802.1Q",
+                                                                    "id": 100}}))
+    (lab.root / "ip/link.json").write_text(json.dumps(links))
+    lab.file("ip/tc-class-stor0.txt", "")
+    verdict = HostUsage.read(lab.root).verdict(PORT1)
+    assert not verdict.idle
+    assert any("upper device stor0" in u for u in verdict.uses), verdict.uses
+
+
+def test_control_1_the_free_port_with_no_hidden_namespace_is_idle(lab):
+    """Control: no namespace the harness cannot read, no network file system: enp5s0f1, down,
+    is idle, as before."""
+    verdict = HostUsage.read(lab.root).verdict(PORT1)
+    assert verdict.idle, verdict.uses
