@@ -110,6 +110,19 @@ def test_1_a_vlan_of_the_port_in_a_namespace_only_an_nfs_mount_keeps_is_not_miss
     assert any("namespace" in u for u in verdict.uses), verdict.uses
 
 
+def test_1b_a_ceph_rbd_client_through_a_hidden_vlan_leaves_only_the_nsid(lab):
+    """The same shape with a Ceph RBD disk instead of NFS: ``nsenter --net=/run/netns/storage
+    rbd map scratch/vol0`` (libceph's messenger holds the namespace: ``get_net`` in
+    ``ceph_messenger_init``), /dev/rbd0 mounted on /data in the host's mount namespace, then
+    ``ip netns del storage``. No mount line names a client address; the peer namespace with
+    no name that ``ip -j netns list-id`` lists in the harness's own is the sign. Expected: not
+    proven idle, a namespace the harness cannot read named."""
+    lab.file("ip/netns-list-id.json", json.dumps([{"nsid": 0}]))
+    verdict = HostUsage.read(lab.root).verdict(PORT1)
+    assert not verdict.idle, verdict
+    assert any("namespace" in u for u in verdict.uses), verdict.uses
+
+
 def test_control_1_the_same_vlan_in_the_hosts_namespace_is_refused(lab):
     """Control: the rule is there. ``stor0`` left in the host's namespace (``ip -d`` shows
     ``"link": "enp5s0f1"``): enp5s0f1 has the upper device stor0, in use."""
