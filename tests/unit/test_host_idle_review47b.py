@@ -1,6 +1,6 @@
 """Issue 31, read 47b (the network side: what sits on a down port from a namespace the
-harness does not find; the leases and the journal), on main at b625e37. What it found, one
-section below:
+harness does not find, what the kernel holds of it with no socket; the leases and the
+journal), on main at b625e37. What it found, one section below each:
 
 1. An upper device of the port (a VLAN, a macvlan) that lives in a network namespace only the
    kernel holds. The storage network of a lab host is kept apart in a named namespace, reached
@@ -35,6 +35,32 @@ section below:
    ``clientaddr`` is an address of no namespace read (read 29b, 5's second sign), is a
    namespace no holder names: every NIC is unproven, naming it.
 
+2. An ATA-over-Ethernet (AoE) target found through the down port. AoE needs no address, no
+   route and no socket: ``modprobe aoe; aoe-discover`` (aoetools) finds a ``vblade`` or Coraid
+   shelf on the lab network, and the kernel's initiator keeps, for each target, the interfaces
+   it answered on, each with a reference to the netdev (``setifbcnt``: ``dev_hold(nd)``, from
+   ``aoecmd_cfg_rsp``; the one handler in /proc/net/ptype, ``88a2 aoenet``, is bound to no
+   device). The reference is dropped only when another interface of the same target takes
+   over (``ejectif``, never the last one) or when the device is freed (``aoe-flush``, module
+   unload: ``freetgt``); aoe has no netdevice notifier. So a port that an AoE target was found
+   on keeps that reference down, and for good: after ``aoe_deadsecs`` (180 s) with the port
+   down the device is only marked down (``aoedev_downdev``: its interfaces stay). The only
+   trace is the AoE disk's ``netif`` (``/sys/block/etherd!e1.0/netif``: ``enp5s0f1``, what
+   ``aoe-stat`` prints), which the harness does not read (the disk is a virtual device, below
+   no function; :mod:`harness.host.network` counts AoE only through "up is in use"). Taking
+   the port then does not merely cut the AoE disk off (a mount on /dev/etherd/e1.0p1 loses its
+   only path, every I/O failed): the driver's unbind, in ``unregister_netdevice``, waits for
+   the reference forever (``unregister_netdevice: waiting for enp5s0f1 to become free. Usage
+   count = 2`` every 10 s, ``netdev_wait_allrefs_any``), so the harness's write to ``unbind``
+   never returns, in uninterruptible sleep, holding the device's lock: the run (or ``harness
+   bind``) hangs unkillable, nothing is given back, and the port is lost to the host until
+   the AoE device is flushed (which refuses while it is mounted) or the host reboots. Shape: a
+   lab host that uses, or once used, an AoE disk (diskless-boot and storage labs; Debian and
+   RHEL ship ``aoe.ko``, aoetools ``aoe-discover``/``aoe-stat``), on the port an operator later
+   sets down to offer it, seeing no address, route or socket on it. Safe: with the ``aoe``
+   module there, each AoE disk's ``netif`` naming the port (or ``none``/unreadable: which
+   port cannot be told) is a use, named: ``aoe-flush`` it first.
+
 Looked at, no test (each held, is refused already, is a stated limit, or not a real shape):
 
 * the tc reads of reads 41b-45c with real iproute2 6.1 output in a namespace of its own (an
@@ -59,10 +85,10 @@ Looked at, no test (each held, is refused already, is a stated limit, or not a r
   :class:`harness.run.backends.Vfio` ``_make_vfs`` and :func:`harness.host.binding.
   _restore_sriov` (``_live_users_of_vfs``, ``_vfs_not_idle`` under the journal's lock).
 
-The test asserts the safe behaviour (refused, with the use named) and fails on b625e37; the
-controls show that the idle shape is still taken and that the same VLAN in the host's
-namespace is refused. A fake sysfs/proc tree plays the host (:mod:`.fakesysfs`'s lab host);
-no guest is booted.
+Each section's test asserts the safe behaviour (refused, with the use named) and fails on
+b625e37; the controls show that the idle shape is still taken (and, for 1, that the same
+VLAN in the host's namespace is refused). A fake sysfs/proc tree plays the host
+(:mod:`.fakesysfs`'s lab host); no guest is booted.
 """
 
 from __future__ import annotations
@@ -140,5 +166,41 @@ def test_control_1_the_same_vlan_in_the_hosts_namespace_is_refused(lab):
 def test_control_1_the_free_port_with_no_hidden_namespace_is_idle(lab):
     """Control: no namespace the harness cannot read, no network file system: enp5s0f1, down,
     is idle, as before."""
+    verdict = HostUsage.read(lab.root).verdict(PORT1)
+    assert verdict.idle, verdict.uses
+
+
+# -- 2. an AoE target found through the down port --------------------------------------------
+
+
+def _aoe_disk(lab, netif: str) -> None:
+    """The aoe module loaded and its disk e1.0 (a vblade export), found through ``netif``:
+    ``/sys/block/etherd!e1.0/netif`` as ``aoeblk.c``'s ``aoedisk_show_netif`` prints it, with
+    ``state`` and ``mac`` beside it; a virtual block device, below no PCI function."""
+    (lab.sys / "module/aoe/parameters").mkdir(parents=True)
+    lab.file("sys/module/aoe/parameters/aoe_iflist", "\n")
+    lab.add_disk("etherd!e1.0", lab.sys / "devices/virtual", ("etherd!e1.0p1",),
+                 sectors=16777216, majmin="152:16")
+    disk = lab.sys / "devices/virtual/block/etherd!e1.0"
+    (disk / "netif").write_text(f"{netif}\n")
+    (disk / "state").write_text("up\n")
+    (disk / "mac").write_text("525400a1b2c3\n")
+    (disk / "fwver").write_text("0x4019\n")
+
+
+def test_2_an_aoe_target_found_through_the_down_port_keeps_it(lab):
+    """Host shape: above (section 2). enp5s0f1 is down, with no address, route, socket or
+    upper device; the AoE disk e1.0 was found through it and holds a reference to it.
+    Expected: 05:00.1 is not proven idle, the AoE disk named (its unbind would wait for that
+    reference forever)."""
+    _aoe_disk(lab, "enp5s0f1")
+    verdict = HostUsage.read(lab.root).verdict(PORT1)
+    assert not verdict.idle, verdict
+    assert any("e1.0" in u or "AoE" in u for u in verdict.uses), verdict.uses
+
+
+def test_control_2_an_aoe_target_on_another_port_leaves_it_idle(lab):
+    """Control: the AoE disk found through enp2s0 (the uplink): enp5s0f1 is idle, as before."""
+    _aoe_disk(lab, "enp2s0")
     verdict = HostUsage.read(lab.root).verdict(PORT1)
     assert verdict.idle, verdict.uses
