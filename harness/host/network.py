@@ -82,6 +82,7 @@ import os
 import re
 import select
 import shutil
+import socket
 import struct
 import subprocess
 import time
@@ -135,6 +136,9 @@ class Namespace:
         #: of the same name: two containers' ``ip netns add test`` are both ``nsfs mount
         #: /run/netns/test``, each in its own mount namespace.
         self.ident: str | None = None
+        #: Its nsid in the harness's own namespace (RTM_GETNSID with its fd; None: none
+        #: assigned, or not told), matched against ``ip netns list-id`` (:func:`_unheld_peers`).
+        self.nsid: int | None = None
         #: fds the commands that enter it inherit (``nsenter --net=/proc/self/fd/N``)
         self.fds = fds
         #: When all its commands must have ended (``time.monotonic()``; None: each has
@@ -200,6 +204,7 @@ class NetView:
                          for name, link in ns.links.items()
                          if "parentdev" not in link and _physical(fs, ns, name, link)]
         problems += _rdma_untied(fs, spaces)
+        problems += _unheld_peers(fs, spaces)
         return cls(fs, spaces, problems)
 
     def netdevs_of(self, path: str | None, own_names: list[str]) -> list[Netdev]:
@@ -966,6 +971,7 @@ def _held_namespace(fs: Sysfs, inode: str, ways: list[tuple[str, Path]]) -> Name
         else:
             enter, fake = ["nsenter", f"--net={path}"], fs.path("ip", "nsfs", inode.strip("[]"))
         ns = _read_namespace(fs, Namespace(how, enter, enter + ["ip"], fake))
+        ns.nsid = _fake_nsid(fs, fake)
         if not ns.problems or how.startswith("nsfs mount") or os.path.lexists(path):
             return ns
     return Namespace(ways[0][0], [], [], fs.path("ip", "nsfs", inode.strip("[]")))
@@ -979,7 +985,87 @@ def _read_namespace_fd(fs: Sysfs, how: str, fd: int, fake: Path,
     enter = ["nsenter", f"--net=/proc/self/fd/{fd}"]
     ns = Namespace(how, enter, enter + ["ip"], fake, (fd,))
     ns.deadline = deadline
+    ns.nsid = _nsid_of(fd)
     return _read_namespace(fs, ns)
+
+
+#: ``ip -j netns list-id``: the nsids the harness's own namespace gave its peers.
+_NSIDS = ["-j", "netns", "list-id"]
+#: rtnetlink: ask a namespace's nsid (``RTM_GETNSID``) by an fd of it (``NETNSA_FD``).
+_RTM_GETNSID, _RTM_NEWNSID, _NLMSG_ERROR = 90, 88, 2
+_NETNSA_NSID, _NETNSA_FD = 1, 3
+
+
+def _unheld_peers(fs: Sysfs, spaces: list[Namespace]) -> list[str]:
+    """A peer namespace the harness's own one lists by nsid (``ip -j netns list-id``: one it
+    has a device of, or had one moved to) that is none of those read: only the kernel holds
+    it (an NFS, CIFS, Ceph or NVMe/TCP client made in it, then ``ip netns del``), which no
+    process, fd or mount names. A VLAN or macvlan of a port moved there is seen from nowhere
+    the harness looks (the port's ``upper_*`` links are dropped across namespaces), and the
+    unbind deletes it under that client: every interface is unproven, the nsid named."""
+    try:
+        listed = _ip_json(_run(fs, ["ip"] + _NSIDS, fs.path("ip", "netns-list-id.json")) or "[]")
+        peers = {int(p["nsid"]): p.get("name") for p in listed}
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        return [f"the peer namespaces of the harness's own (`ip {' '.join(_NSIDS)}`) cannot be "
+                f"read ({e}): one only the kernel holds (a network file system's client made "
+                "in it), with an upper device of a port in it, would be missed"]
+    read = {ns.nsid for ns in spaces if ns.nsid is not None} | {_own_nsid(fs)}
+    names = {ns.name for ns in spaces if ns.name}
+    return [f"the network namespace of nsid {nsid} (a peer `ip netns list-id` lists in the "
+            "harness's own) is none the harness read: nothing it searched holds it, the kernel "
+            "does (a network file system's or Ceph client made in it, then `ip netns del`), "
+            "and an upper device of a port (a VLAN, a macvlan) may sit there unseen; find "
+            "what holds it (`ip netns identify`, a mount made in it) and free it, or delete "
+            "the ports' upper devices there"
+            for nsid, name in sorted(peers.items()) if nsid not in read and name not in names]
+
+
+def _own_nsid(fs: Sysfs) -> int | None:
+    """The nsid the harness's namespace gave itself, if any (under a fake root: its
+    ``ip/nsid``)."""
+    if not fs.real_host:
+        return _fake_nsid(fs, fs.path("ip"))
+    try:
+        fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return _nsid_of(fd)
+    finally:
+        os.close(fd)
+
+
+def _fake_nsid(fs: Sysfs, fake: Path) -> int | None:
+    """Under a test's fake root, the nsid of the namespace whose files are in ``fake``: its
+    ``nsid`` file (none: no nsid)."""
+    text = fs.read(fake / "nsid") if not fs.real_host else None
+    return int(text) if text and text.strip().lstrip("-").isdigit() else None
+
+
+def _nsid_of(fd: int) -> int | None:
+    """The nsid the harness's own namespace has for the namespace of ``fd`` (RTM_GETNSID with
+    NETNSA_FD, what ``ip netns list-id`` lists it by); None when it has none, or it cannot be
+    asked (then a listed nsid matches none read: the namespace counts as one not found)."""
+    attr = struct.pack("=HHI", 8, _NETNSA_FD, fd)
+    body = struct.pack("=B3x", socket.AF_UNSPEC) + attr
+    msg = struct.pack("=IHHII", 16 + len(body), _RTM_GETNSID, 1, 1, 0) + body  # NLM_F_REQUEST
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as s:
+            s.settimeout(RUN_TIMEOUT)
+            s.send(msg)
+            reply = s.recv(4096)
+        length, kind = struct.unpack_from("=IH", reply)
+    except (OSError, struct.error):
+        return None
+    pos = 20  # (nlmsghdr, rtgenmsg padded to 4)
+    while kind == _RTM_NEWNSID and pos + 8 <= min(length, len(reply)):
+        size, what = struct.unpack_from("=HH", reply, pos)
+        if what == _NETNSA_NSID:
+            nsid = struct.unpack_from("=i", reply, pos + 4)[0]
+            return nsid if nsid >= 0 else None
+        pos += max(4, (size + 3) & ~3)
+    return None
 
 
 def _inode(path: Path, strict: bool = False) -> str | None:

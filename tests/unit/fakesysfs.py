@@ -338,6 +338,8 @@ class FakeHost:
             self.proc("net/packet", packet)
             if not (self.root / "ip/netns.json").exists():
                 self.file("ip/netns.json", "")
+            if not (self.root / "ip/netns-list-id.json").exists():  # (no peer nsid)
+                self.file("ip/netns-list-id.json", "[]")
 
     def host_namespaces(self, **mine: str) -> None:
         """The harness runs in the host's PID and mount namespaces: /proc/self/ns/{pid,mnt}
