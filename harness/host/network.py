@@ -10,25 +10,28 @@ its index through the unregister), no IPsec (xfrm) policy whose selector is rest
 address (a connection from it, which ``ss`` prints with no ``%ifname``; SCTP ones too where
 ``sctp`` is loaded), no multicast routing interface (VIF), no multicast group joined on it other
 than the kernel's own (/proc/net/igmp and igmp6: a receiver's join by its index), no pktgen
-thread that has it, no software RDMA device over it (Soft-RoCE's ``rxe``, Soft-iWARP's ``siw``,
-whatever its port's state: the unbind unregisters it for good; read where ib_core is there, as
-asking would load it), and no protocol handler bound to it (/proc/net/ptype: a TIPC bearer), no
-tc or nftables hook on it (a qdisc someone configured, any but the kernel's own of handle
-``0:``: a classful root with its filters, shaping alone, an ``ingress``/``clsact``; a filter on
-a default root that takes one; a filter on any link's root or hook matching it as its input
-device, ``indev``; a tcx program (listed by a ``bpftool`` of 7.3 or later: an older one lists
-none), the target of a ``tc mirred`` action on any port, a chain or flowtable hooked on it, its
-devices read from ``nft list chains`` where ``nft -j`` names none, a ``dup``/``fwd`` to it from
-a rule on any port, a rule matching it by its index, ``iif``/``oif`` (a map keyed by it anywhere
-in a statement, ``snat to oif map``, and a ``fib`` ``oif`` compared with it, included), named
-sets of ``iface_index`` read for their elements: each kept through a down and deleted, or left
-sending to or matching nothing, at the unbind; each read only where its module is loaded or
-built in, as asking would load it, but the qdiscs, a dump that loads none), and is down or has
-no address at all (an IPv6 link-local address counts: SSH may run over it).
+thread that has it, no ATA-over-Ethernet disk found through it (its ``netif``, where ``aoe`` is
+loaded: the driver holds it until ``aoe-flush``), no software RDMA device over it (Soft-RoCE's
+``rxe``, Soft-iWARP's ``siw``, whatever its port's state: the unbind unregisters it for good;
+read where ib_core is there, as asking would load it), and no protocol handler bound to it
+(/proc/net/ptype: a TIPC bearer), no tc or nftables hook on it (a qdisc someone configured, any
+but the kernel's own of handle ``0:``: a classful root with its filters, shaping alone, an
+``ingress``/``clsact``; a filter on a default root that takes one; a filter on any link's root
+or hook matching it as its input device, ``indev``; a tcx program (listed by a ``bpftool`` of
+7.3 or later: an older one lists none), the target of a ``tc mirred`` action on any port, a
+chain or flowtable hooked on it, its devices read from ``nft list chains`` where ``nft -j``
+names none, a ``dup``/``fwd`` to it from a rule on any port, a rule matching it by its index,
+``iif``/``oif`` (a map keyed by it anywhere in a statement, ``snat to oif map``, and a ``fib``
+``oif`` compared with it, included), named sets of ``iface_index`` read for their elements: each
+kept through a down and deleted, or left sending to or matching nothing, at the unbind; each
+read only where its module is loaded or built in, as asking would load it, but the qdiscs, a
+dump that loads none), and is down or has no address at all (an IPv6 link-local address counts:
+SSH may run over it).
 What cannot be read (``ip`` or ``ss`` missing, ``tc``, ``nft``, ``bpftool`` or ``bridge``
 where they are needed, a namespace the harness cannot enter, a device in another namespace
-whose lower device cannot be told, a software RDMA device tied to no interface read) makes
-every interface unproven: :attr:`NetView.problems`.
+whose lower device cannot be told, a software RDMA device tied to no interface read, an AoE
+disk whose ``netif`` names none, a peer nsid of the harness's namespace that is none read: one
+only the kernel holds) makes every interface unproven: :attr:`NetView.problems`.
 
 Namespaces: the harness's own, every named one (``ip -all netns``, ``/var/run/netns``), and
 every other one anything holds: a process lives in it (a container's, ``/proc/PID/ns/net``),
@@ -49,7 +52,8 @@ Everything is read under a root: on ``/`` the tools are run; under a test's fake
 output is read from files: ``<root>/ip/<what>.json`` for the harness's own namespace,
 ``<root>/ip/netns/<name>/<what>.json`` for a named one, ``ip/pidns/<pid>/`` for a process's,
 ``ip/nsfs/<inode>/`` for one entered through a file,
-``ip/netns.json``, ``ss.txt``, ``bridge-fdb-<vxlan>.json`` and ``bridge-mdb-<vxlan>.json``
+``ip/netns.json``, ``ip/netns-list-id.json`` (``ip -j netns list-id``; a namespace's nsid in
+its ``nsid`` file), ``ss.txt``, ``bridge-fdb-<vxlan>.json`` and ``bridge-mdb-<vxlan>.json``
 (``bridge -j fdb|mdb show dev X``, read for each VXLAN), ``mpls.json`` (``ip -f mpls
 route``, read when ``proc/sys/net/mpls/platform_labels`` exists), ``mptcp.json`` (``ip mptcp
 endpoint show``, read when ``proc/sys/net/mptcp`` exists), ``xfrm-policy.txt`` (``ip xfrm
@@ -178,6 +182,9 @@ class NetView:
         #: Interfaces the kernel sends its log through (netconsole: no socket, no process), by
         #: name or by MAC address.
         self.netconsoles = _netconsoles(fs, problems)
+        #: Interface name (the harness's namespace: AoE runs in the initial one only) -> the AoE
+        #: disks found through it, each holding a reference to it (:func:`_aoe_netifs`).
+        self.aoe = _aoe_netifs(fs, problems)
         #: (namespace, link) -> the resolved sysfs path of the device ``ip -d`` puts it on.
         self.parents: dict[tuple[str, str], str] = _parents(fs, namespaces, problems)
         #: Why no interface can be proven idle (empty: all was read), as shown to people: a
@@ -249,6 +256,10 @@ class NetView:
             uses.append(f"{dev} carries the kernel's netconsole")
         if link.get("xdp"):  # a program handles its packets before any socket sees them
             uses.append(f"{dev} has an XDP program attached")
+        uses += [f"{dev} is the interface the AoE disk {disk} was found through (its netif): "
+                 "the aoe driver holds it until the disk is flushed, and the unbind would wait "
+                 f"for it forever, unkillable; `aoe-flush {disk}` first (after unmounting what "
+                 "is on it)" for disk in (self.aoe.get(dev.name, []) if not dev.namespace else [])]
         evidence = (f"{dev}: down, no route in any table, no upper device, no socket bound "
                     "to it")
         return [shown(u) for u in uses], shown(evidence)
@@ -333,6 +344,39 @@ def _netconsoles(fs: Sysfs, problems: list[str]) -> set[str]:
 
 
 _NO_MAC = "00:00:00:00:00:00"
+
+
+def _aoe_netifs(fs: Sysfs, problems: list[str]) -> dict[str, list[str]]:
+    """Interface -> the ATA-over-Ethernet disks found through it (``aoe-stat``'s ``e1.0``),
+    read from each ``/sys/class/block/etherd!*/netif`` where the ``aoe`` module is there. The
+    initiator holds a reference to each interface a target answered on (``dev_hold`` in
+    ``setifbcnt``) that only ``aoe-flush`` or the module's unload drop, down or not: no
+    address, route or socket shows it, and ``unregister_netdevice`` (the unbind) waits for it
+    forever, in D state with the device's lock held. A disk whose ``netif`` cannot be read,
+    or names none, leaves which interface it holds untold: a problem."""
+    if not _loaded(fs, "aoe"):
+        return {}
+    out: dict[str, list[str]] = {}
+    block = fs.sys("class", "block")
+    try:
+        disks = sorted(p for p in block.iterdir()  # (a partition, etherd!e1.0p1, has none)
+                       if p.name.startswith("etherd!") and not (p / "partition").exists())
+    except OSError as e:
+        problems.append(f"{block} cannot be read ({e.strerror}): the interfaces the AoE disks "
+                        "(aoe is loaded) hold cannot be told")
+        return {}
+    for path in disks:
+        disk = path.name.removeprefix("etherd!")
+        netif = fs.read(path / "netif")
+        names = [n for n in re.split(r"[,\s]+", netif or "") if n and n != "none"]
+        if not names:
+            said = "cannot be read" if netif is None else f"names no interface ({netif!r})"
+            problems.append(f"the AoE disk {disk}'s {path}/netif {said}: which interface the "
+                            "aoe driver holds for it cannot be told; `aoe-flush "
+                            f"{disk}` first (after unmounting what is on it)")
+        for name in names:
+            out.setdefault(name, []).append(disk)
+    return out
 
 
 def _configfs_netconsoles(fs: Sysfs, built_in: bool, problems: list[str]) -> list[str]:
