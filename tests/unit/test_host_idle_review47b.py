@@ -204,3 +204,55 @@ def test_control_2_an_aoe_target_on_another_port_leaves_it_idle(lab):
     _aoe_disk(lab, "enp2s0")
     verdict = HostUsage.read(lab.root).verdict(PORT1)
     assert verdict.idle, verdict.uses
+
+
+# -- fix 47b: the edges of both rules -------------------------------------------------------
+
+
+def test_fix_1_a_peer_nsid_of_a_namespace_read_is_no_hidden_one(lab):
+    """A peer listed by its name (a named namespace, read) or by the nsid of one read through
+    a process in it (its fake ``nsid``, RTM_GETNSID on the host) is no namespace the harness
+    missed: enp5s0f1 stays idle."""
+    from .test_host_proven_idle import container
+
+    lab.network("storage", links=[link(1, "lo", up=True)])
+    lab.file("var/run/netns/storage")  # (its nsfs file: else the fake searches no holder)
+    container(lab, "self", 4026531840)
+    container(lab, 1, 4026531840)
+    container(lab, 2301, 4026532500)  # a container's init, its namespace the peer nsid 1
+    lab.file("ip/pidns/2301/link.json", json.dumps([link(1, "lo", up=True)]))
+    for what in ("addr", "route", "route6"):
+        lab.file(f"ip/pidns/2301/{what}.json", "[]")
+    lab.file("ip/pidns/2301/ss.txt", "")
+    lab.file("ip/pidns/2301/packet.txt", "sk RefCnt Type Proto Iface R Rmem User Inode\n")
+    lab.file("ip/pidns/2301/nsid", "1\n")
+    lab.file("ip/netns-list-id.json", json.dumps([{"nsid": 0, "name": "storage"},
+                                                   {"nsid": 1}]))
+    verdict = HostUsage.read(lab.root).verdict(PORT1)
+    assert verdict.idle, verdict.uses
+    (lab.root / "ip/pidns/2301/nsid").unlink()  # its nsid not told: nsid 1 is unaccounted for
+    verdict = HostUsage.read(lab.root).verdict(PORT1)
+    assert any("nsid 1 " in u for u in verdict.uses), verdict.uses
+
+
+def test_fix_1_peers_that_cannot_be_listed_leave_every_nic_unproven(lab):
+    """`ip -j netns list-id` failing (or an ``ip`` too old for it): fail closed, said."""
+    (lab.root / "ip/netns-list-id.json").unlink()
+    verdict = HostUsage.read(lab.root).verdict(PORT1)
+    assert not verdict.idle
+    assert any("netns list-id" in u for u in verdict.uses), verdict.uses
+
+
+def test_fix_2_an_aoe_disk_of_several_interfaces_or_none_told(lab):
+    """``netif`` may name several interfaces; one that says ``none`` or cannot be read leaves
+    which it holds untold: every NIC unproven, the disk named with ``aoe-flush``."""
+    _aoe_disk(lab, "enp2s0,enp5s0f1")
+    verdict = HostUsage.read(lab.root).verdict(PORT1)
+    assert any("AoE disk e1.0" in u and "aoe-flush e1.0" in u for u in verdict.uses)
+    netif = lab.sys / "devices/virtual/block/etherd!e1.0/netif"
+    netif.write_text("none\n")
+    verdict = HostUsage.read(lab.root).verdict(PORT1)
+    assert any("names no interface" in u for u in verdict.uses), verdict.uses
+    netif.unlink()
+    verdict = HostUsage.read(lab.root).verdict(PORT1)
+    assert any("netif cannot be read" in u for u in verdict.uses), verdict.uses
