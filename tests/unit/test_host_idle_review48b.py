@@ -29,7 +29,12 @@ one section below each:
    mapped there, ``/sys/bus/rbd/devices/0/client_addr`` (``10.9.0.5:0/2381329734``, Linux
    5.0 and later), likewise global. Safe: a kernel network client whose local address
    (NFSv4 ``clientaddr``, rbd ``client_addr``) is an address of no namespace read is a
-   namespace the harness did not read: every NIC unproven, the mount or disk named.
+   namespace the harness did not read: every NIC unproven, the mount or disk named. An
+   NFSv3 mount prints no client address at all (``mountaddr=``/``addr=`` are the server's);
+   what tells it is the per-namespace NFS volume list: ``/proc/fs/nfsfs/volumes`` (a link to
+   ``/proc/self/net/nfsfs``) lists, by ``DEV`` (``0:53``), only the superblocks whose client
+   is in the reader's namespace, so an NFS mount of /proc/self/mountinfo whose device no
+   namespace read lists was made in one the harness never read (test 1c).
 
 Each section's test asserts the safe behaviour (refused, with the use named) and fails on
 dacacc9; the controls show that the same client with an address of a namespace read leaves
@@ -61,6 +66,23 @@ def _nfs_mount(lab, clientaddr: str) -> None:
     network namespace whose address is ``clientaddr``; ``ip -j netns list-id`` in the
     harness's namespace prints ``[]`` (the VLAN was made in ``storage``, never moved)."""
     lab.proc("mounts", (lab.root / "proc/mounts").read_text() + _nfs4(clientaddr))
+    lab.file("ip/netns-list-id.json", "[]")
+
+
+def _nfs3_mount(lab, volumes: str) -> None:
+    """``mount -t nfs -o vers=3 filer:/scratch /scratch`` made in ``storage`` (``nsenter
+    --net``), its superblock ``0:53``; /proc/fs/nfsfs/volumes in the harness's namespace lists
+    ``volumes`` (its header and the superblocks whose client is there)."""
+    lab.proc("mounts", (lab.root / "proc/mounts").read_text() +
+             "filer:/scratch /scratch nfs rw,relatime,vers=3,rsize=1048576,wsize=1048576,"
+             "namlen=255,hard,proto=tcp,timeo=600,retrans=2,sec=sys,mountaddr=10.9.0.1,"
+             "mountvers=3,mountport=20048,mountproto=udp,local_lock=none,addr=10.9.0.1 0 0\n")
+    mountinfo = lab.root / "proc/self/mountinfo"
+    if mountinfo.exists():
+        mountinfo.write_text(mountinfo.read_text() + "95 1 0:53 / /scratch rw,relatime shared:50 - "
+                             "nfs filer:/scratch rw,vers=3,addr=10.9.0.1\n")
+    lab.proc("fs/nfsfs/volumes", "NV SERVER   PORT DEV          FSID                              "
+             "FSC\n" + volumes)
     lab.file("ip/netns-list-id.json", "[]")
 
 
@@ -104,6 +126,23 @@ def test_1b_a_ceph_rbd_client_through_a_vlan_made_in_a_deleted_namespace_is_not_
     assert not verdict.idle, verdict
     assert any("namespace" in u or "10.9.0.5" in u or "rbd" in u for u in verdict.uses), \
         verdict.uses
+
+
+def test_1c_an_nfsv3_client_through_a_vlan_made_in_a_deleted_namespace_is_not_missed(lab):
+    """The same with NFSv3 (no ``clientaddr`` in the mount line): the host's own
+    /proc/fs/nfsfs/volumes lists no volume ``0:53``, so no namespace read has /scratch's
+    client. Expected: not proven idle, the mount named."""
+    _nfs3_mount(lab, "")
+    verdict = HostUsage.read(lab.root).verdict(PORT1)
+    assert not verdict.idle, verdict
+    assert any("namespace" in u or "/scratch" in u for u in verdict.uses), verdict.uses
+
+
+def test_control_1c_an_nfsv3_client_of_the_hosts_namespace_leaves_the_port_idle(lab):
+    """Control: the NFSv3 mount made in the host's namespace, its volume listed there."""
+    _nfs3_mount(lab, "v3 0a090001  801 0:53         0:0                               no\n")
+    verdict = HostUsage.read(lab.root).verdict(PORT1)
+    assert verdict.idle, verdict.uses
 
 
 def test_control_1_an_nfs_client_on_the_hosts_own_address_leaves_the_port_idle(lab):
