@@ -36,6 +36,25 @@ one section below each:
    is in the reader's namespace, so an NFS mount of /proc/self/mountinfo whose device no
    namespace read lists was made in one the harness never read (test 1c).
 
+Looked at, no test (each held, is refused already, is a stated limit, or not a real shape):
+
+* the other ways into a namespace with no host nsid: a macvlan moved host -> A -> B (A
+  gets B's nsid, the host none; the same finding, the same fix); a VF moved into a hidden
+  namespace (a move: the host gets the nsid, 47b's fix holds); ``_unheld_peers``'s match by
+  name (list-id names only what the harness's own /run/netns binds, which it reads) and by
+  RTM_GETNSID (no allocation; an unanswered one is None, so fail-closed); an nsid allocated
+  in the host *after* a namespace was read (a later ``ip -d link`` dump of a veth whose peer
+  is there) over-refuses only.
+* the AoE reader: ``netif`` is printed by ``aoedisk_show_netif`` comma-separated, up to 8,
+  ``none`` when empty (fail-closed); a target found by a config reply whose ATA identify
+  never came has interfaces held but no gendisk (only debugfs ``aoe/eX.Y`` shows it): not a
+  shape a lab meets with a live vblade.
+* no-socket kernel users of a down port: FCoE (its ``packet_type`` per interface is in
+  /proc/net/ptype), the IPVS sync daemon (its sockets: the port's address, and its group in
+  /proc/net/igmp), AF_XDP (needs the XDP program ``ip -d link`` shows), an xfrm interface
+  (``dev`` is also its top-level ``link``), ``ip nexthop ... dev X`` (flushed at the down),
+  802.1X/LLDP/DHCP (packet sockets).
+
 Each section's test asserts the safe behaviour (refused, with the use named) and fails on
 dacacc9; the controls show that the same client with an address of a namespace read leaves
 the free port idle. A fake sysfs/proc tree plays the host (:mod:`.fakesysfs`'s lab host); no
