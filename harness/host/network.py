@@ -212,6 +212,7 @@ class NetView:
                          if "parentdev" not in link and _physical(fs, ns, name, link)]
         problems += _rdma_untied(fs, spaces)
         problems += _unheld_peers(fs, spaces)
+        problems += _hidden_clients(fs, spaces)
         return cls(fs, spaces, problems)
 
     def netdevs_of(self, path: str | None, own_names: list[str]) -> list[Netdev]:
@@ -1063,6 +1064,158 @@ def _unheld_peers(fs: Sysfs, spaces: list[Namespace]) -> list[str]:
             "what holds it (`ip netns identify`, a mount made in it) and free it, or delete "
             "the ports' upper devices there"
             for nsid, name in sorted(peers.items()) if nsid not in read and name not in names]
+
+
+def _hidden_clients(fs: Sysfs, spaces: list[Namespace]) -> list[str]:
+    """A kernel network-storage client (an NFS mount, a Ceph RBD disk, an NVMe/TCP or RDMA
+    controller) that no namespace read accounts for lives in one the harness never read: an
+    upper device of a port made straight in it (``ip link add link P name V netns S``, CNI's
+    macvlan/ipvlan/vlan plugins) allocates no nsid in the harness's namespace, so after ``ip
+    netns del S`` only that client shows it (:func:`_unheld_peers` cannot), and the unbind
+    deletes the device under it (a ``hard`` NFS mount hangs in D state until reboot): every
+    interface is unproven, the mount or disk named."""
+    addresses = {a for ns in spaces for a in _own_addresses(ns)}
+    return (_hidden_nfs(fs, spaces, addresses) + _hidden_rbd(fs, addresses)
+            + _hidden_nvme(fs, addresses))
+
+
+def _own_addresses(ns: Namespace) -> set[str]:
+    """``ns``'s addresses (``ip -j addr``), without their prefix length, normalized."""
+    return {_normal(a.partition("/")[0]) for listed in ns.addresses.values() for a in listed}
+
+
+def _normal(address: str) -> str:
+    """``address`` as :mod:`ipaddress` writes it (``::ffff:`` and case told apart from
+    nothing), or as it is when it is not one."""
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return address
+
+
+def _unaccounted(address: str, addresses: set[str]) -> bool:
+    """Whether a client's local ``address`` tells no namespace read: none has it, or it is
+    a wildcard (``0.0.0.0``, ``::``: the kernel chose by route, in a namespace not told)."""
+    address = _normal(address)
+    return address in ("0.0.0.0", "::", "") or address not in addresses
+
+
+_HIDDEN_HINT = ("a namespace the harness did not read (one made for it, then `ip netns del`: "
+                "only the kernel holds it) may hold an upper device of a port (a VLAN, a "
+                "macvlan made there with `ip link add ... netns`)")
+
+
+def _hidden_nfs(fs: Sysfs, spaces: list[Namespace], addresses: set[str]) -> list[str]:
+    """Each NFS mount of every mount namespace, told to be of a namespace read: its superblock
+    (mountinfo's ``0:NN``) listed in one's /proc/fs/nfsfs/volumes (per namespace: only the
+    superblocks whose client is there; NFSv3 and v4 alike). Where those lists cannot be read
+    (a kernel or a namespace whose list is missing), an NFSv4 mount's
+    ``clientaddr=`` is the second sign: an address of a namespace read (a wildcard tells
+    none). A ``clientaddr`` of no namespace read is refused whatever the lists say. Read only
+    where ``nfs`` is loaded or built in: with it not there, no NFS mount exists."""
+    if not _loaded(fs, "nfs"):
+        return []  # (no NFS mount can exist)
+    problems: list[str] = []
+    mounts = _nfs_mounts(fs, problems)
+    if not mounts:
+        return problems
+    volumes = _nfs_volumes(fs, spaces)
+    for dev, point, options in mounts:
+        client = re.search(r"(?:^|,)clientaddr=([^,]+)", options)
+        told = client is not None and not _unaccounted(client[1], addresses)
+        if client is not None and not told:
+            problems.append(f"the NFS mount of {point} has the client address {client[1]}, "
+                            f"of no network namespace read: {_HIDDEN_HINT}; unmount it "
+                            "(`umount -f -l`) or find the namespace it was made in")
+        elif isinstance(volumes, set) and dev not in volumes and \
+                not (dev == "0:0" and not fs.real_host):  # (a fake root's mount: no MAJ:MIN)
+            problems.append(f"the NFS mount of {point} (superblock {dev}) is listed in no "
+                            "network namespace read (/proc/fs/nfsfs/volumes): its client is "
+                            f"in one the harness did not read: {_HIDDEN_HINT}; unmount it or "
+                            "find the namespace it was made in")
+        elif not isinstance(volumes, set) and not told:
+            problems.append(f"the NFS mount of {point}: which network namespace its client is "
+                            f"in cannot be told ({volumes}; no clientaddr of a namespace read "
+                            f"names it): {_HIDDEN_HINT}; unmount it while NICs are taken")
+    return problems
+
+
+def _nfs_mounts(fs: Sysfs, problems: list[str]) -> list[tuple[str, str, str]]:
+    """(superblock ``MAJ:MIN``, mount point, its options) of each NFS mount of every mount
+    namespace (:func:`~harness.host.storage.mountinfos`), each superblock once."""
+    out, seen = [], set()
+    for _proc, text in mountinfos(fs, problems):
+        for line in kernel_lines(text):
+            head, _, tail = line.partition(" - ")
+            fields, rest = head.split(), tail.split()
+            if len(fields) < 5 or len(rest) < 3 or rest[0] not in ("nfs", "nfs4"):
+                continue
+            key = (fields[2], unescape_mountinfo(fields[4]))
+            if key not in seen:
+                seen.add(key)
+                out.append((fields[2], key[1], rest[2]))
+    return out
+
+
+def _nfs_volumes(fs: Sysfs, spaces: list[Namespace]) -> "set[str] | str":
+    """The NFS superblocks (``DEV``) whose client is in a namespace read: the union of each
+    one's /proc/fs/nfsfs/volumes (a link to /proc/self/net/nfsfs/volumes, so per namespace;
+    in another, ``cat /proc/net/nfsfs/volumes`` entered there: ``<fake>/nfsfs-volumes.txt``),
+    or why they cannot be read (one namespace's list missing is all unknown)."""
+    own = fs.proc("fs", "nfsfs", "volumes")
+    own_text = fs.read(own)
+    if own_text is None:
+        return f"{own} cannot be read"
+    listed = set()
+    for ns in spaces:
+        if ns.problems:
+            continue  # (unreadable: a problem already)
+        try:
+            text = own_text if not ns.name else _run(
+                fs, ns.enter + ["cat", "/proc/net/nfsfs/volumes"], ns.fake / "nfsfs-volumes.txt",
+                ns.fds, **_by(ns))
+        except OSError as e:
+            return f"network namespace {ns.name}'s NFS volume list cannot be read: {e}"
+        listed |= {f[3] for line in text.splitlines()[1:] if len(f := line.split()) >= 4}
+    return listed
+
+
+def _hidden_rbd(fs: Sysfs, addresses: set[str]) -> list[str]:
+    """Each mapped Ceph RBD disk's client address (/sys/bus/rbd/devices/N/client_addr,
+    ``10.9.0.5:0/2381329734``, Linux 5.0 and later: global, not per namespace) must be one
+    of a namespace read; one that cannot be read tells nothing (unproven)."""
+    problems = []
+    for dev in sorted(fs.sys("bus", "rbd", "devices").glob("*")):
+        text = fs.read(dev / "client_addr")
+        address = _address_of(text.strip().rpartition("/")[0]) if text else ""
+        if not text or _unaccounted(address, addresses):
+            said = f"is {text.strip()}," if text else "cannot be read (a kernel before 5.0?):"
+            problems.append(f"the Ceph RBD disk rbd{dev.name}'s client address ({dev}/"
+                            f"client_addr) {said} of no network namespace read: "
+                            f"{_HIDDEN_HINT}; unmap it (`rbd unmap /dev/rbd{dev.name}`) while "
+                            "NICs are taken")
+    return problems
+
+
+def _hidden_nvme(fs: Sysfs, addresses: set[str]) -> list[str]:
+    """Each NVMe over TCP or RDMA controller's ``src_addr`` (in its ``address``; the kernel
+    prints it only when one was asked for: ``nvme connect --host-traddr``) must be an address
+    of a namespace read. One with none chose its source by route in its namespace, which is
+    not told: not refused (a stated limit, docs/vfio.md); an ``address`` that cannot be read
+    is."""
+    problems = []
+    for ctrl in sorted(fs.sys("class", "nvme").glob("nvme*")):
+        if (fs.read(ctrl / "transport") or "").strip() not in ("tcp", "rdma"):
+            continue
+        text = fs.read(ctrl / "address")
+        source = re.search(r"(?:^|,)src_addr=([^,\s]+)", text or "")
+        if text is None or (source and _unaccounted(source[1], addresses)):
+            said = (f"has the source address {source[1]}," if source else
+                    "cannot be read (its address file):")
+            problems.append(f"the NVMe-oF controller {ctrl.name} {said} of no network "
+                            f"namespace read: {_HIDDEN_HINT}; disconnect it (`nvme disconnect "
+                            f"-d {ctrl.name}`) while NICs are taken")
+    return problems
 
 
 def _own_nsid(fs: Sysfs) -> int | None:

@@ -367,6 +367,19 @@ class FakeHost:
                 f"{n} 1 0:0 / {f[1]} {f[3]} - {f[2]} {f[0]} {f[3]}\n"
                 for n, f in enumerate((line.split() for line in text.splitlines()), start=20)
                 if len(f) >= 4))
+            if any(f[2] in ("nfs", "nfs4") for f in (line.split() for line in text.splitlines())
+                   if len(f) >= 4):
+                self.nfs_loaded()
+
+    def nfs_loaded(self) -> None:
+        """An NFS mount's kernel: ``nfs`` loaded, and the harness's namespace's NFS volume list
+        (/proc/fs/nfsfs/volumes), its header only unless a test wrote one: a fake mount's
+        superblock is ``0:0``, listed nowhere, which the harness leaves to ``clientaddr``."""
+        (self.sys / "module/nfs").mkdir(parents=True, exist_ok=True)
+        volumes = self.root / "proc/fs/nfsfs/volumes"
+        if not volumes.exists():
+            self.proc("fs/nfsfs/volumes", "NV SERVER   PORT DEV          FSID"
+                      "                              FSC\n")
 
     def file(self, rel: str, text: str | bytes = "") -> Path:
         p = self.root / rel
