@@ -31,7 +31,9 @@ What cannot be read (``ip`` or ``ss`` missing, ``tc``, ``nft``, ``bpftool`` or `
 where they are needed, a namespace the harness cannot enter, a device in another namespace
 whose lower device cannot be told, a software RDMA device tied to no interface read, an AoE
 disk whose ``netif`` names none, a peer nsid of the harness's namespace that is none read: one
-only the kernel holds) makes every interface unproven: :attr:`NetView.problems`.
+only the kernel holds; an NFS mount, Ceph RBD disk or NVMe-oF controller whose client no
+namespace read accounts for: :func:`_hidden_clients`) makes every interface unproven:
+:attr:`NetView.problems`.
 
 Namespaces: the harness's own, every named one (``ip -all netns``, ``/var/run/netns``), and
 every other one anything holds: a process lives in it (a container's, ``/proc/PID/ns/net``),
@@ -53,7 +55,9 @@ output is read from files: ``<root>/ip/<what>.json`` for the harness's own names
 ``<root>/ip/netns/<name>/<what>.json`` for a named one, ``ip/pidns/<pid>/`` for a process's,
 ``ip/nsfs/<inode>/`` for one entered through a file,
 ``ip/netns.json``, ``ip/netns-list-id.json`` (``ip -j netns list-id``; a namespace's nsid in
-its ``nsid`` file), ``ss.txt``, ``bridge-fdb-<vxlan>.json`` and ``bridge-mdb-<vxlan>.json``
+its ``nsid`` file), ``nfsfs-volumes.txt`` (another one's /proc/net/nfsfs/volumes, where
+``nfs`` is there and an NFS mount is), ``ss.txt``, ``bridge-fdb-<vxlan>.json`` and
+``bridge-mdb-<vxlan>.json``
 (``bridge -j fdb|mdb show dev X``, read for each VXLAN), ``mpls.json`` (``ip -f mpls
 route``, read when ``proc/sys/net/mpls/platform_labels`` exists), ``mptcp.json`` (``ip mptcp
 endpoint show``, read when ``proc/sys/net/mptcp`` exists), ``xfrm-policy.txt`` (``ip xfrm
@@ -1047,7 +1051,8 @@ def _unheld_peers(fs: Sysfs, spaces: list[Namespace]) -> list[str]:
     it (an NFS, CIFS, Ceph or NVMe/TCP client made in it, then ``ip netns del``), which no
     process, fd or mount names. A VLAN or macvlan of a port moved there is seen from nowhere
     the harness looks (the port's ``upper_*`` links are dropped across namespaces), and the
-    unbind deletes it under that client: every interface is unproven, the nsid named."""
+    unbind deletes it under that client: every interface is unproven, the nsid named. (One
+    *made* there, not moved, allocates no nsid here: :func:`_hidden_clients` catches that.)"""
     try:
         listed = _ip_json(_run(fs, ["ip"] + _NSIDS, fs.path("ip", "netns-list-id.json")) or "[]")
         peers = {int(p["nsid"]): p.get("name") for p in listed}
@@ -1097,7 +1102,11 @@ def _unaccounted(address: str, addresses: set[str]) -> bool:
     """Whether a client's local ``address`` tells no namespace read: none has it, or it is
     a wildcard (``0.0.0.0``, ``::``: the kernel chose by route, in a namespace not told)."""
     address = _normal(address)
-    return address in ("0.0.0.0", "::", "") or address not in addresses
+    return address in _WILDCARDS or address not in addresses
+
+
+#: A local address that names no interface: the kernel chose one by route (or none yet).
+_WILDCARDS = ("0.0.0.0", "::", "")
 
 
 _HIDDEN_HINT = ("a namespace the harness did not read (one made for it, then `ip netns del`: "
@@ -1109,35 +1118,40 @@ def _hidden_nfs(fs: Sysfs, spaces: list[Namespace], addresses: set[str]) -> list
     """Each NFS mount of every mount namespace, told to be of a namespace read: its superblock
     (mountinfo's ``0:NN``) listed in one's /proc/fs/nfsfs/volumes (per namespace: only the
     superblocks whose client is there; NFSv3 and v4 alike). Where those lists cannot be read
-    (a kernel or a namespace whose list is missing), an NFSv4 mount's
-    ``clientaddr=`` is the second sign: an address of a namespace read (a wildcard tells
-    none). A ``clientaddr`` of no namespace read is refused whatever the lists say. Read only
-    where ``nfs`` is loaded or built in: with it not there, no NFS mount exists."""
+    (a kernel or a namespace whose list is missing), an NFSv4 mount's ``clientaddr=`` is the
+    second sign: an address of a namespace read (a wildcard tells none). A ``clientaddr`` of
+    no namespace read (not a wildcard) is refused whatever the lists say. Read only where
+    ``nfs`` is loaded or built in: with it not there, no NFS mount exists."""
     if not _loaded(fs, "nfs"):
-        return []  # (no NFS mount can exist)
+        return []
     problems: list[str] = []
     mounts = _nfs_mounts(fs, problems)
-    if not mounts:
-        return problems
-    volumes = _nfs_volumes(fs, spaces)
+    volumes = _nfs_volumes(fs, spaces) if mounts else set()
     for dev, point, options in mounts:
-        client = re.search(r"(?:^|,)clientaddr=([^,]+)", options)
-        told = client is not None and not _unaccounted(client[1], addresses)
-        if client is not None and not told:
-            problems.append(f"the NFS mount of {point} has the client address {client[1]}, "
-                            f"of no network namespace read: {_HIDDEN_HINT}; unmount it "
-                            "(`umount -f -l`) or find the namespace it was made in")
-        elif isinstance(volumes, set) and dev not in volumes and \
-                not (dev == "0:0" and not fs.real_host):  # (a fake root's mount: no MAJ:MIN)
-            problems.append(f"the NFS mount of {point} (superblock {dev}) is listed in no "
-                            "network namespace read (/proc/fs/nfsfs/volumes): its client is "
-                            f"in one the harness did not read: {_HIDDEN_HINT}; unmount it or "
+        why = _nfs_unaccounted(fs, dev, options, volumes, addresses)
+        if why:
+            problems.append(f"the NFS mount of {point} {why}: {_HIDDEN_HINT}; unmount it "
+                            "(`umount -f -l` if its server is gone) while NICs are taken, or "
                             "find the namespace it was made in")
-        elif not isinstance(volumes, set) and not told:
-            problems.append(f"the NFS mount of {point}: which network namespace its client is "
-                            f"in cannot be told ({volumes}; no clientaddr of a namespace read "
-                            f"names it): {_HIDDEN_HINT}; unmount it while NICs are taken")
     return problems
+
+
+def _nfs_unaccounted(fs: Sysfs, dev: str, options: str, volumes: "set[str] | str",
+                     addresses: set[str]) -> str | None:
+    """Why the NFS mount of superblock ``dev`` and super options ``options`` is of no
+    namespace read (:func:`_hidden_nfs`), or None when one read accounts for it."""
+    client = re.search(r"(?:^|,)clientaddr=([^,]+)", options)
+    address = _normal(client[1]) if client else ""
+    if address not in _WILDCARDS and address not in addresses:
+        return f"has the client address {client[1]}, of no network namespace read"
+    if isinstance(volumes, str):
+        return None if address not in _WILDCARDS else (
+            f"tells which network namespace its client is in nowhere ({volumes}, and its "
+            f"clientaddr is {client[1] if client else 'not printed (NFSv3)'})")
+    if dev in volumes or (dev == "0:0" and not fs.real_host):  # (a fake's mount: no MAJ:MIN)
+        return None
+    return (f"(superblock {dev}) is listed by no network namespace read "
+            "(/proc/fs/nfsfs/volumes): its client is in one the harness did not read")
 
 
 def _nfs_mounts(fs: Sysfs, problems: list[str]) -> list[tuple[str, str, str]]:
