@@ -1090,10 +1090,10 @@ def _own_addresses(ns: Namespace) -> set[str]:
 
 
 def _normal(address: str) -> str:
-    """``address`` as :mod:`ipaddress` writes it (``::ffff:`` and case told apart from
-    nothing), or as it is when it is not one."""
+    """``address`` as :mod:`ipaddress` writes it (one spelling of each: case, zeros), or as
+    it is when it is not one."""
     try:
-        return str(ipaddress.ip_address(address))
+        return str(ipaddress.ip_address(address.partition("%")[0]))  # (no ``%ifname`` zone)
     except ValueError:
         return address
 
@@ -1203,32 +1203,35 @@ def _hidden_rbd(fs: Sysfs, addresses: set[str]) -> list[str]:
         text = fs.read(dev / "client_addr")
         address = _address_of(text.strip().rpartition("/")[0]) if text else ""
         if not text or _unaccounted(address, addresses):
-            said = f"is {text.strip()}," if text else "cannot be read (a kernel before 5.0?):"
+            said = (f"is {text.strip()}, of no network namespace read" if text else
+                    "cannot be read (a kernel before 5.0 has none): its namespace is not told")
             problems.append(f"the Ceph RBD disk rbd{dev.name}'s client address ({dev}/"
-                            f"client_addr) {said} of no network namespace read: "
-                            f"{_HIDDEN_HINT}; unmap it (`rbd unmap /dev/rbd{dev.name}`) while "
-                            "NICs are taken")
+                            f"client_addr) {said}: {_HIDDEN_HINT}; unmap it (`rbd unmap "
+                            f"/dev/rbd{dev.name}`) while NICs are taken")
     return problems
 
 
 def _hidden_nvme(fs: Sysfs, addresses: set[str]) -> list[str]:
-    """Each NVMe over TCP or RDMA controller's ``src_addr`` (in its ``address``; the kernel
-    prints it only when one was asked for: ``nvme connect --host-traddr``) must be an address
-    of a namespace read. One with none chose its source by route in its namespace, which is
-    not told: not refused (a stated limit, docs/vfio.md); an ``address`` that cannot be read
-    is."""
+    """Each NVMe over TCP or RDMA controller's source address, in its ``address``, must be
+    one of a namespace read: ``src_addr=`` (a live TCP controller's socket's, Linux 6.1 and
+    later) or else ``host_traddr=`` (the one asked for, ``nvme connect --host-traddr``). One
+    that prints neither (an older kernel, RDMA, a TCP controller reconnecting) chose its
+    source by route in a namespace not told: not refused (a stated limit, docs/vfio.md); an
+    ``address`` that cannot be read is."""
     problems = []
     for ctrl in sorted(fs.sys("class", "nvme").glob("nvme*")):
         if (fs.read(ctrl / "transport") or "").strip() not in ("tcp", "rdma"):
             continue
         text = fs.read(ctrl / "address")
-        source = re.search(r"(?:^|,)src_addr=([^,\s]+)", text or "")
+        source = (re.search(r"(?:^|,)src_addr=([^,\s]+)", text or "") or
+                  re.search(r"(?:^|,)host_traddr=([^,\s]+)", text or ""))
         if text is None or (source and _unaccounted(source[1], addresses)):
-            said = (f"has the source address {source[1]}," if source else
-                    "cannot be read (its address file):")
-            problems.append(f"the NVMe-oF controller {ctrl.name} {said} of no network "
-                            f"namespace read: {_HIDDEN_HINT}; disconnect it (`nvme disconnect "
-                            f"-d {ctrl.name}`) while NICs are taken")
+            said = (f"has the source address {source[1]}, of no network namespace read"
+                    if source else f"has an {ctrl}/address that cannot be read: its source "
+                    "address, and so its namespace, is not told")
+            problems.append(f"the NVMe-oF controller {ctrl.name} {said}: {_HIDDEN_HINT}; "
+                            f"disconnect it (`nvme disconnect -d {ctrl.name}`) while NICs are "
+                            "taken")
     return problems
 
 

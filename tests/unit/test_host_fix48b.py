@@ -3,10 +3,10 @@ reviewer's tests. An NFSv4 mount whose ``clientaddr`` is a wildcard (the kernel 
 is told by the volume lists alone; a superblock listed by a named namespace's list is one
 read; a named namespace's list that cannot be read leaves only ``clientaddr``; an rbd disk
 whose ``client_addr`` cannot be read (a kernel before 5.0) or is an IPv6 address
-(``[addr]:0/nonce``); an NVMe/TCP controller by its ``src_addr``, none (a stated limit) or an
-``address`` that cannot be read, and a PCIe one not looked at. A fake sysfs/proc tree plays
-the host (:mod:`.fakesysfs`'s lab host), the tools their fake output files; no guest is
-booted."""
+(``[addr]:0/nonce``); an NVMe/TCP controller by its ``src_addr``, none (a stated limit) or
+an ``address`` that cannot be read, its ``host_traddr`` where no ``src_addr`` is printed, and
+a PCIe one not looked at. A fake sysfs/proc tree plays the host (:mod:`.fakesysfs`'s lab
+host), the tools their fake output files; no guest is booted."""
 
 from __future__ import annotations
 
@@ -140,9 +140,16 @@ def test_an_nvme_tcp_controller_from_the_hosts_address_is_idle(lab):
 
 
 def test_an_nvme_tcp_controller_with_no_src_addr_is_not_refused(lab):
-    """The stated limit: no ``src_addr`` (none asked for), its namespace not told."""
+    """The stated limit: no ``src_addr`` (a kernel before 6.1), its namespace not told."""
     _nvme(lab, "tcp", "traddr=192.168.1.20,trsvcid=4420")
     assert _verdict(lab).idle, _verdict(lab).uses
+
+
+def test_an_nvme_controller_asked_for_a_hidden_namespaces_address_is_unproven(lab):
+    """No ``src_addr`` (RDMA), but ``host_traddr`` (``--host-traddr 10.9.0.5``) tells it."""
+    _nvme(lab, "rdma", "traddr=10.9.0.1,trsvcid=4420,host_traddr=10.9.0.5")
+    verdict = _verdict(lab)
+    assert not verdict.idle and any("10.9.0.5" in u for u in verdict.uses), verdict.uses
 
 
 def test_an_nvme_tcp_controller_whose_address_cannot_be_read_is_unproven(lab):
