@@ -1457,10 +1457,8 @@ def _read_xfrm(fs: Sysfs, ns: Namespace, where: str) -> None:
         policies = _xfrm_policies(_run(fs, ns.ip + _XFRM, ns.fake / "xfrm-policy.txt", ns.fds,
                                        **_by(ns)))
     except (OSError, ValueError) as e:
-        hint = "; install iproute2's `ip`" if isinstance(e, OSError) else ""
-        ns.problems.append(f"the IPsec policies{where} cannot be read (`ip {' '.join(_XFRM)}`: "
-                           f"{e}): a policy restricted to a port (`dev`) holds its ifindex, "
-                           f"gone after the unbind{hint}")
+        _unread(ns, f"the IPsec policies{where}", ["ip", *_XFRM], e,
+                "a policy restricted to a port (`dev`)")
         return
     for selector, rest in policies:
         dev = re.search(r"\bdev (\S+)", selector)
@@ -1476,6 +1474,15 @@ def _read_xfrm(fs: Sysfs, ns: Namespace, where: str) -> None:
             f"in the clear, a block drops nothing), for good (`ip xfrm policy delete {selector} "
             f"dir {direction[1] if direction else '?'}`, or the IPsec daemon's configuration "
             "without `interface`, first, if it may go)")
+
+
+def _unread(ns: Namespace, what: str, argv: list[str], e: Exception, holder: str) -> None:
+    """A problem of ``ns``: ``what`` cannot be read by ``argv`` (``e``), where ``holder``
+    would hold a port's ifindex, gone after the unbind; an iproute2 tool that could not run
+    is named to install."""
+    hint = f"; install iproute2's `{argv[0]}`" if isinstance(e, OSError) else ""
+    ns.problems.append(f"{what} cannot be read (`{' '.join(argv)}`: {e}): {holder} holds its "
+                       f"ifindex, gone after the unbind{hint}")
 
 
 def _xfrm_policies(text: str) -> list[tuple[str, str]]:
@@ -1522,10 +1529,8 @@ def _read_vxlan_fdb(fs: Sysfs, ns: Namespace, where: str) -> None:
                 for entry in entries:
                     judge(ns, name, entry)
             except (OSError, ValueError) as e:
-                hint = "; install iproute2's `bridge`" if isinstance(e, OSError) else ""
-                ns.problems.append(f"the {what} of the VXLAN {name}{where} cannot be read "
-                                   f"(`{' '.join(argv)}`: {e}): an entry sent `via` a port "
-                                   f"holds its ifindex, gone after the unbind{hint}")
+                _unread(ns, f"the {what} of the VXLAN {name}{where}", argv, e,
+                        "an entry sent `via` a port")
                 return
 
 
