@@ -1545,14 +1545,19 @@ def _vxlan_entry(ns: Namespace, vxlan: str, entry: dict) -> None:
                          "another namespace: which port cannot be told (`bridge fdb del "
                          f"{entry.get('mac', '?')} dev {vxlan} dst {entry.get('dst', '?')}`, "
                          "if it may go)")
-    via = entry.get("viaIf")
+    _via_use(ns, entry.get("viaIf"), f"the VXLAN {vxlan}'s forwarding entry {where}",
+             "the entry sends", f"bridge fdb del {entry.get('mac', '?')} dev {vxlan} dst "
+             f"{entry.get('dst', '?')}")
+
+
+def _via_use(ns: Namespace, via, what: str, sent: str, undo: str) -> None:
+    """A VXLAN entry ``what`` sent ``via`` a port (a name, ``ifN``: the link of that index;
+    None: none) is a use of that port: ``sent`` to an index that is gone after the unbind."""
     if via is None:
         return
     ns.kernel_users.setdefault(_link_named(ns, str(via)), []).append(
-        f"carries the VXLAN {vxlan}'s forwarding entry {where} (`via` it), which holds its "
-        "ifindex: after the unbind the entry sends to an index that is gone, for good "
-        f"(`bridge fdb del {entry.get('mac', '?')} dev {vxlan} dst {entry.get('dst', '?')}` "
-        "first, if it may go)")
+        f"carries {what} (`via` it), which holds its ifindex: after the unbind {sent} to an "
+        f"index that is gone, for good (`{undo}` first, if it may go)")
 
 
 def _mdb_entries(listing) -> list:
@@ -1573,14 +1578,9 @@ def _vxlan_mdb_entry(ns: Namespace, vxlan: str, entry: dict) -> None:
         raise ValueError(f"its entry for the group {group} is printed with no `dst` nor `via` "
                          "(iproute2 before 6.4): whether it goes via a port cannot be told; "
                          "install iproute2 6.4 or later")
-    via = entry.get("via")
-    if via is None:
-        return
-    ns.kernel_users.setdefault(_link_named(ns, str(via)), []).append(
-        f"carries the VXLAN {vxlan}'s multicast entry for the group {group} dst "
-        f"{entry.get('dst', '?')} (`via` it), which holds its ifindex: after the unbind that "
-        f"group's traffic goes to an index that is gone, for good (`bridge mdb del dev {vxlan} "
-        f"port {vxlan} grp {group} dst {entry.get('dst', '?')}` first, if it may go)")
+    _via_use(ns, entry.get("via"), f"the VXLAN {vxlan}'s multicast entry for the group "
+             f"{group} dst {entry.get('dst', '?')}", "that group's traffic goes",
+             f"bridge mdb del dev {vxlan} port {vxlan} grp {group} dst {entry.get('dst', '?')}")
 
 
 #: A VXLAN's tables whose entries can be sent ``via`` a port, read by
