@@ -53,7 +53,7 @@ from harness.host.network import NetView
 from harness.host.sriov import physfn_of, vf_index, vfs_of
 from harness.host.storage import OpenFiles, StorageView, devname, other_paths, pci_file_holders
 from harness.host.sysfs import (NVME_CLASS, STORAGE_CLASSES, SYSFS_BDF, PciDevice, Sysfs, UsbDevice,
-                                bdfs_in_path, is_usb_host_controller, parse_bdf)
+                                bdfs_in_path, is_usb_host_controller, kernel_params, parse_bdf)
 
 #: USB interface drivers whose use the rule can judge: through their network interfaces,
 #: disks or device nodes (all looked at), or not at all (hubs). An interface on any other
@@ -1482,20 +1482,6 @@ def vfs_removed(fs: Sysfs, to_move: list[PciDevice]) -> list[str]:
                        f"{made} VFs "
                        f"(sriov_numvfs = {count}), and nothing would make them again; set sriov_numvfs to 0 first if they are not needed "
                        f"(echo 0 > {d / 'sriov_numvfs'}), or list a VF instead")
-    return out
-
-
-def kernel_params(cmdline: str) -> list[str]:
-    """The parameters of a kernel command line as the kernel reads them (``next_arg``,
-    ``parameq``): words split at spaces outside double quotes, the quotes dropped
-    (``"pcie_acs_override=downstream"`` is the parameter), and ``-`` in a name read as ``_``
-    (``pcie-acs-override=`` is ``pcie_acs_override=``). Every quote is dropped, where the
-    kernel drops only those around a word or a value: a name it would not match may match
-    here, which refuses more, never less."""
-    out = []
-    for word in re.findall(r'(?:"[^"]*"?|[^\s"])+', cmdline):
-        name, eq, value = word.replace('"', "").partition("=")
-        out.append(name.replace("-", "_") + eq + value)
     return out
 
 

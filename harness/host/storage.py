@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from harness.host.sysfs import Sysfs
+from harness.host.sysfs import Sysfs, kernel_params
 
 #: Mounts that never sit on a device of their own.
 _NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "ceph", "glusterfs", "9p", "virtiofs"}
@@ -1863,8 +1863,9 @@ def _braille_ttys(fs: Sysfs, unknown: list[str]) -> list[tuple[str, str]]:
             unknown.append("/proc/cmdline cannot be read: whether the kernel's braille "
                            "console (console=brl,TTY) is on a tty cannot be told")
         return []
-    return [(m, f"the braille console (console=brl,{m} on /proc/cmdline)")
-            for m in re.findall(r'(?:^|\s)"?console="?brl,([^,\s"]+)', cmdline)]
+    return [(tty, f"the braille console (console=brl,{tty} on /proc/cmdline)")
+            for arg in kernel_params(cmdline) if arg.startswith("console=brl,")
+            and (tty := arg.split(",")[1])]
 
 
 def _speakup_tty(dev: "str | None", ser: "str | None") -> "str | None":

@@ -52,6 +52,20 @@ def parse_bdf(value: str) -> str:
     return f"{(domain or '0000').lower()}:{bus.lower()}:{dev.lower()}.{fn}"
 
 
+def kernel_params(cmdline: str) -> list[str]:
+    """The parameters of a kernel command line as the kernel reads them (``next_arg``,
+    ``parameq``): words split at spaces outside double quotes, the quotes dropped
+    (``"pcie_acs_override=downstream"`` is the parameter), and ``-`` in a name read as ``_``
+    (``pcie-acs-override=`` is ``pcie_acs_override=``). Every quote is dropped, where the
+    kernel drops only those around a word or a value: a name it would not match may match
+    here, which refuses more, never less."""
+    out = []
+    for word in re.findall(r'(?:"[^"]*"?|[^\s"])+', cmdline):
+        name, eq, value = word.replace('"', "").partition("=")
+        out.append(name.replace("-", "_") + eq + value)
+    return out
+
+
 def short_bdf(bdf: str) -> str:
     """``0000:05:00.0`` -> ``05:00.0`` (the domain only when it is not 0000)."""
     return bdf[5:] if bdf.startswith("0000:") else bdf
